@@ -1,0 +1,35 @@
+# Set-up, run, test and benchmark the platform. `make run` and `make test` are all a fresh
+# Debian 12 machine with Python 3.11 and make needs (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml scripts/install-system-packages
+	./scripts/install-system-packages
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/openhostingd $(ARGS)
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/pytest $(ARGS)
+
+bench: setup
+	$(BIN)/python -m bench $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV)

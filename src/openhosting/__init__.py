@@ -1,0 +1,1 @@
+"""Open Hosting: a small IaaS platform behind the Open Hosting (ElasticHosts) HTTP API."""

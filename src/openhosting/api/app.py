@@ -1,0 +1,73 @@
+"""The aiohttp application: middlewares (errors, auth), the route table, method rules."""
+
+import logging
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from openhosting.api.auth import check_basic_auth
+from openhosting.api.context import PLATFORM_KEY
+from openhosting.api.negotiation import error_response, payload_response
+from openhosting.api.routes import ROUTES, Handler, Kind, Route, unavailable
+from openhosting.errors import ApiError, MethodError, MissingError, SystemError_
+from openhosting.services.platform import Platform
+from openhosting.wire.payload import Properties, PropertiesList, ValueList
+
+log = logging.getLogger("openhosting.api")
+
+READ_METHODS = frozenset({"GET", "HEAD", "POST"})
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the API's error form; nothing escapes as a bare 500."""
+    try:
+        return await handler(request)  # type: ignore[return-value]
+    except ApiError as error:
+        return error_response(error)
+    except web.HTTPNotFound:
+        return error_response(MissingError(f"Command {request.path} could not be found"))
+    except web.HTTPMethodNotAllowed:
+        return error_response(MethodError(f"Method {request.method} not allowed here"))
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        log.warning("event=http_error status=%s path=%s", error.status, request.path)
+        return error_response(SystemError_(error.reason))
+    except Exception:
+        log.exception("event=internal_error method=%s path=%s", request.method, request.path)
+        return error_response(SystemError_("Internal error; the operator has the details"))
+
+
+def _command_handler(route: Route, handler: Handler) -> Handler:
+    """Wrap `handler` with the method rules of its command and render what it returns."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if request.method not in READ_METHODS or (
+            route.kind is Kind.CHANGE and request.method != "POST"
+        ):
+            raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
+        result = await handler(request)
+        if result is None:
+            return web.Response(status=204)
+        if isinstance(result, Properties | PropertiesList | ValueList):
+            return payload_response(request, result)
+        return result
+
+    return serve
+
+
+def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None) -> web.Application:
+    """The API application over `platform`; `handlers` maps command names to handlers."""
+    app = web.Application(
+        middlewares=[error_middleware, check_basic_auth],
+        # Key/value bodies are read with their own cap, drive writes are streamed: the
+        # framework's whole-body limit must never apply.
+        client_max_size=platform.config.api.max_body_bytes,
+    )
+    app[PLATFORM_KEY] = platform
+    table = dict(handlers or {})
+    for route in ROUTES:
+        handler = table.get(route.command, unavailable)
+        app.router.add_route("*", route.path, _command_handler(route, handler))
+    return app

@@ -1,0 +1,76 @@
+"""Content negotiation: reading key/value request bodies and writing payloads and errors in
+text or JSON, with the X-Elastic-* headers (API.md §2, §3)."""
+
+from aiohttp import web
+
+from openhosting.errors import ApiError, UsageError
+from openhosting.wire.json_codec import parse_json_object, render_json
+from openhosting.wire.payload import OUTPUT_HEADER, Payload, output_kind
+from openhosting.wire.text import parse_properties, render_text
+
+ERROR_HEADER = "X-Elastic-Error"
+REALM = 'Basic realm="openhosting"'
+
+
+def wants_json(request: web.BaseRequest) -> bool:
+    """JSON output only when the client asks for it; text otherwise (including `*/*`)."""
+    return "application/json" in request.headers.get("Accept", "")
+
+
+async def read_body_capped(request: web.BaseRequest, cap: int) -> bytes:
+    """The whole request body, refusing (400 `usage`) one larger than `cap` bytes.
+
+    Reads as it arrives and stops past the cap, so a huge body is never held in memory.
+    """
+    declared = request.content_length
+    if declared is not None and declared > cap:
+        raise UsageError(f"Request body too large: at most {cap} bytes of key/value data")
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > cap:
+            raise UsageError(f"Request body too large: at most {cap} bytes of key/value data")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_properties(request: web.BaseRequest, cap: int) -> dict[str, str]:
+    """The key/value pairs of the request body, in JSON or text (API.md §2 leniency rules).
+
+    JSON only when the Content-Type says so and the body is not empty: libcloud sends empty
+    JSON-typed bodies and the shell tool sends text as octet-stream or form-urlencoded.
+    """
+    body = await read_body_capped(request, cap)
+    if request.content_type == "application/json" and body.strip():
+        return parse_json_object(body)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("Invalid request body: key/value text must be UTF-8") from None
+    return parse_properties(text)
+
+
+def payload_response(request: web.BaseRequest, payload: Payload) -> web.Response:
+    """A 200 response carrying `payload` in the format the client asked for."""
+    headers = {OUTPUT_HEADER: output_kind(payload)}
+    if wants_json(request):
+        return web.Response(
+            text=render_json(payload), content_type="application/json", headers=headers
+        )
+    return web.Response(text=render_text(payload), content_type="text/plain", headers=headers)
+
+
+def error_response(error: ApiError) -> web.Response:
+    """The response for `error`: its status, `X-Elastic-Error`, and a one-line text body
+    (text in JSON mode too, as API.md §3 says)."""
+    headers = {ERROR_HEADER: error.kind}
+    if error.kind == "auth":
+        headers["WWW-Authenticate"] = REALM
+    message = " ".join(error.message.split()) or error.kind
+    return web.Response(
+        status=error.status, text=message + "\n", content_type="text/plain", headers=headers
+    )

@@ -1,0 +1,84 @@
+"""The URL space of the API (API.md §4–6): every command, whether it reads or changes state,
+and the handler that serves it.
+
+POST works on every command; GET (and HEAD) only on those that read. Commands that a later
+part of the platform implements answer 404 `missing` until then.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from aiohttp import web
+
+from openhosting.errors import MissingError
+from openhosting.wire.payload import Payload
+
+HandlerResult = Payload | web.StreamResponse | None
+Handler = Callable[[web.Request], Awaitable[HandlerResult]]
+
+UUID = r"{%s:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}}"
+DRIVE = UUID % "drive"
+SERVER = UUID % "server"
+SOURCE = UUID % "source"
+SIZE = r"[0-9]+[kKmMgGtT]?"
+
+
+class Kind(Enum):
+    READ = "read"
+    CHANGE = "change"
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    kind: Kind
+    command: str  # the handler's name in the handler table
+
+
+ROUTES: tuple[Route, ...] = (
+    # Drives (API.md §4)
+    Route("/drives/list", Kind.READ, "drives.list"),
+    Route("/drives/info", Kind.READ, "drives.info_all"),
+    Route("/drives/info/full", Kind.READ, "drives.info_all"),
+    Route("/drives/list/standard", Kind.READ, "drives.list_standard"),
+    Route("/drives/info/standard", Kind.READ, "drives.info_standard"),
+    Route("/drives/create", Kind.CHANGE, "drives.create"),
+    Route(f"/drives/{DRIVE}/info", Kind.READ, "drives.info"),
+    Route(f"/drives/{DRIVE}/info/full", Kind.READ, "drives.info"),
+    Route(f"/drives/{DRIVE}/set", Kind.CHANGE, "drives.set"),
+    Route(f"/drives/{DRIVE}/destroy", Kind.CHANGE, "drives.destroy"),
+    Route(f"/drives/{DRIVE}/image/{SOURCE}", Kind.CHANGE, "drives.image"),
+    Route(f"/drives/{DRIVE}/image/{SOURCE}/{{conversion}}", Kind.CHANGE, "drives.image"),
+    Route(f"/drives/{DRIVE}/read", Kind.READ, "drives.read"),
+    Route(f"/drives/{DRIVE}/read/{{offset:{SIZE}}}", Kind.READ, "drives.read"),
+    Route(f"/drives/{DRIVE}/read/{{offset:{SIZE}}}/{{size:{SIZE}}}", Kind.READ, "drives.read"),
+    Route(f"/drives/{DRIVE}/write", Kind.CHANGE, "drives.write"),
+    Route(f"/drives/{DRIVE}/write/{{offset:{SIZE}}}", Kind.CHANGE, "drives.write"),
+    # Servers (API.md §5)
+    Route("/servers/list", Kind.READ, "servers.list"),
+    Route("/servers/info", Kind.READ, "servers.info_all"),
+    Route("/servers/create", Kind.CHANGE, "servers.create"),
+    Route("/servers/create/stopped", Kind.CHANGE, "servers.create_stopped"),
+    Route(f"/servers/{SERVER}/info", Kind.READ, "servers.info"),
+    Route(f"/servers/{SERVER}/start", Kind.CHANGE, "servers.start"),
+    Route(f"/servers/{SERVER}/set", Kind.CHANGE, "servers.set"),
+    Route(f"/servers/{SERVER}/stop", Kind.CHANGE, "servers.stop"),
+    Route(f"/servers/{SERVER}/shutdown", Kind.CHANGE, "servers.shutdown"),
+    Route(f"/servers/{SERVER}/reset", Kind.CHANGE, "servers.reset"),
+    Route(f"/servers/{SERVER}/destroy", Kind.CHANGE, "servers.destroy"),
+    # Resources (API.md §6)
+    Route("/resources/list", Kind.READ, "resources.list"),
+    Route("/resources/info", Kind.READ, "resources.info_all"),
+    Route("/resources/{type}/list", Kind.READ, "resources.list"),
+    Route("/resources/{type}/info", Kind.READ, "resources.info_all"),
+    Route("/resources/{type}/create", Kind.CHANGE, "resources.create"),
+    Route("/resources/{type}/{resource}/info", Kind.READ, "resources.info"),
+    Route("/resources/{type}/{resource}/set", Kind.CHANGE, "resources.set"),
+    Route("/resources/{type}/{resource}/destroy", Kind.CHANGE, "resources.destroy"),
+)
+
+
+async def unavailable(request: web.Request) -> HandlerResult:
+    """The answer of a command this platform does not offer yet."""
+    raise MissingError(f"Command {request.path} could not be found on this platform yet")

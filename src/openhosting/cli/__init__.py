@@ -1,0 +1,1 @@
+"""Command-line tools: the operator's admin tool and the users' client tools."""

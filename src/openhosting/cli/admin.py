@@ -1,0 +1,112 @@
+"""`openhosting-admin`: the operator's tool for users, keys and limits.
+
+Works on the state directory directly (the same SQLite file the daemon uses, in WAL mode), so
+it works whether or not the daemon runs. Output is the API's text form.
+"""
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from openhosting.config import ConfigError, load_config
+from openhosting.errors import ApiError
+from openhosting.services.platform import Platform, open_platform
+from openhosting.wire.payload import Properties, ValueList
+from openhosting.wire.sizes import parse_size
+from openhosting.wire.text import render_text
+
+
+def _user_properties(user: dict[str, Any]) -> dict[str, str | int]:
+    values: dict[str, str | int] = {"user": user["uuid"], "name": user["name"]}
+    values["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(user["created_at"]))
+    if user.get("max_drive_bytes") is not None:
+        values["limit:drive:bytes"] = user["max_drive_bytes"]
+    return values
+
+
+def cmd_user_create(platform: Platform, args: argparse.Namespace) -> str:
+    key = platform.accounts.create_user(args.name or "")
+    return render_text(Properties({"user": key.uuid, "secret": key.secret, "name": args.name or ""}))
+
+
+def cmd_user_list(platform: Platform, _args: argparse.Namespace) -> str:
+    rows = [{"user": u["uuid"], "name": u["name"]} for u in platform.accounts.list_users()]
+    return render_text(ValueList(("user", "name"), rows))
+
+
+def cmd_user_show(platform: Platform, args: argparse.Namespace) -> str:
+    return render_text(Properties(_user_properties(platform.accounts.get_user(args.uuid))))
+
+
+def cmd_user_rotate_key(platform: Platform, args: argparse.Namespace) -> str:
+    key = platform.accounts.rotate_key(args.uuid)
+    return render_text(Properties({"user": key.uuid, "secret": key.secret}))
+
+
+def cmd_user_delete(platform: Platform, args: argparse.Namespace) -> str:
+    platform.accounts.delete_user(args.uuid)
+    return ""
+
+
+def cmd_user_set(platform: Platform, args: argparse.Namespace) -> str:
+    limits: dict[str, int | None] = {}
+    if args.max_drive_bytes is not None:
+        text = args.max_drive_bytes
+        limits["max_drive_bytes"] = None if text == "none" else parse_size(text, "limit")
+    if limits:
+        platform.accounts.set_limits(args.uuid, **limits)
+    return render_text(Properties(_user_properties(platform.accounts.get_user(args.uuid))))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openhosting-admin", description=__doc__)
+    parser.add_argument("--config", type=Path, help="the daemon's TOML configuration file")
+    parser.add_argument("--state-dir", help="the platform's state directory")
+    areas = parser.add_subparsers(dest="area", required=True)
+
+    user = areas.add_parser("user", help="users and their API keys")
+    commands = user.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="create a user and print its secret key once")
+    create.add_argument("--name", default="")
+    create.set_defaults(run=cmd_user_create)
+    commands.add_parser("list", help="list users").set_defaults(run=cmd_user_list)
+    for name, run, text in (
+        ("show", cmd_user_show, "show a user"),
+        ("rotate-key", cmd_user_rotate_key, "replace a user's secret key and print it once"),
+        ("delete", cmd_user_delete, "delete a user"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("uuid", type=str.lower)
+        command.set_defaults(run=run)
+    limits = commands.add_parser("set", help="set a user's limits")
+    limits.add_argument("uuid", type=str.lower)
+    limits.add_argument("--max-drive-bytes", help="total drive bytes (k/M/G/T), or 'none'")
+    limits.set_defaults(run=cmd_user_set)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {"state_dir": args.state_dir} if args.state_dir else {}
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as error:
+        print(f"openhosting-admin: {error}", file=sys.stderr)
+        return 2
+    platform = open_platform(config)
+    try:
+        run: Callable[[Platform, argparse.Namespace], str] = args.run
+        sys.stdout.write(run(platform, args))
+    except ApiError as error:
+        print(f"openhosting-admin: {error.message}", file=sys.stderr)
+        return 1
+    finally:
+        platform.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

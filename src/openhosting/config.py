@@ -1,0 +1,147 @@
+"""The daemon's configuration: embedded defaults, a TOML file, then `OH_*` environment overrides.
+
+Every setting has a default that lets `openhostingd` run out of the box. A TOML table maps to
+a section (`[api] listen = "…"`) and its environment override joins the names
+(`OH_API_LISTEN`). Top-level settings have no section (`state_dir`, `OH_STATE_DIR`).
+"""
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration file or an override is invalid."""
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The HTTP edge."""
+
+    listen: str = "127.0.0.1:8080"
+    # Largest key/value request body accepted; drive writes are streamed and not limited.
+    max_body_bytes: int = 64 * 1024
+    # Public address clients use; printed in the README's export lines.
+    public_url: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Drive storage."""
+
+    # Where drive files live; empty means `<state_dir>/drives`.
+    drive_dir: str = ""
+    default_cipher: str = "aes-xts-plain"
+    # Host-wide number of imaging jobs that run at once.
+    imaging_concurrency: int = 2
+
+
+@dataclass(frozen=True)
+class HypervisorSettings:
+    """QEMU."""
+
+    accelerator: str = "auto"
+    qemu_binary: str = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one daemon."""
+
+    state_dir: str = "state"
+    log_level: str = "info"
+    # Create a first user when the database has none, and print how to reach the API.
+    first_user: bool = True
+    api: ApiSettings = field(default_factory=ApiSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    hypervisor: HypervisorSettings = field(default_factory=HypervisorSettings)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def drive_path(self) -> Path:
+        return Path(self.storage.drive_dir) if self.storage.drive_dir else self.state_path / "drives"
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_path / "openhosting.sqlite"
+
+    @property
+    def platform_key_path(self) -> Path:
+        return self.state_path / "platform.key"
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    """Check a file value or convert an environment string to the field's type."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"Invalid value for {name}: {value!r} (expected {kind.__name__})")
+
+
+def _build(cls: Any, table: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> Any:
+    values: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"Unknown setting {prefix.lower()}{key}")
+    for item in dataclasses.fields(cls):
+        kind = item.type
+        env_name = f"OH_{prefix}{item.name}".upper()
+        if dataclasses.is_dataclass(kind):
+            section = table.get(item.name, {})
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"Setting {item.name} must be a table")
+            values[item.name] = _build(kind, section, env, f"{prefix}{item.name}_")
+            continue
+        if env_name in env:
+            values[item.name] = _convert(env_name, kind, env[env_name])
+        elif item.name in table:
+            values[item.name] = _convert(f"{prefix.lower()}{item.name}", kind, table[item.name])
+    return cls(**values)
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults, then the TOML file at `path`, then `OH_*` variables, then `overrides`.
+
+    `overrides` are the command line's top-level settings (`state_dir`) or sections given as
+    mappings (`{"api": {"listen": "…"}}`).
+    """
+    table: dict[str, Any] = {}
+    if path is not None:
+        try:
+            table = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"Cannot read configuration {path}: {error}") from None
+    config = _build(Config, table, os.environ if env is None else env, "")
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping):
+            config = dataclasses.replace(
+                config, **{key: dataclasses.replace(getattr(config, key), **value)}
+            )
+        else:
+            config = dataclasses.replace(config, **{key: value})
+    return config

@@ -1,0 +1,115 @@
+"""`openhostingd`: the platform daemon. Serves the API in the foreground until SIGTERM/SIGINT."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from openhosting.api.app import build_app
+from openhosting.api.handlers import HANDLERS
+from openhosting.config import Config, ConfigError, load_config
+from openhosting.logs import RequestLogger, configure_logging
+from openhosting.services.platform import Platform, open_platform
+
+log = logging.getLogger("openhosting.daemon")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Invalid listen address {listen!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def public_url(config: Config) -> str:
+    if config.api.public_url:
+        return config.api.public_url
+    host, port = parse_listen(config.api.listen)
+    scheme = "https" if config.api.tls_cert else "http"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"{scheme}://{host}:{port}/"
+
+
+def announce_first_user(platform: Platform) -> None:
+    """On a platform with no users yet, create one and print how to reach the API with it.
+
+    Printed to standard output only, never logged: the secret is shown this once.
+    """
+    if not platform.config.first_user or platform.accounts.has_users():
+        return
+    key = platform.accounts.create_user("first user")
+    log.info("event=first_user_created user=%s", key.uuid)
+    print(
+        "A first user was created. Use the API with:\n"
+        f"export OHURI={public_url(platform.config)}\n"
+        f"export OHAUTH={key.uuid}:{key.secret}\n",
+        flush=True,
+    )
+
+
+async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
+    """Serve the API until SIGTERM or SIGINT."""
+    config = platform.config
+    host, port = parse_listen(config.api.listen)
+    app = build_app(platform, HANDLERS)
+    runner = web.AppRunner(app, access_log_class=RequestLogger, handle_signals=False)
+    await runner.setup()
+    ssl_context = None
+    if config.api.tls_cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(config.api.tls_cert, config.api.tls_key or None)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await site.start()
+        log.info("event=listening url=%s state_dir=%s", public_url(config), config.state_dir)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("event=stopping")
+    finally:
+        await runner.cleanup()
+        log.info("event=stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="openhostingd", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--state-dir", help="directory holding the platform's state")
+    parser.add_argument("--listen", help="HOST:PORT to serve the API on")
+    args = parser.parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.state_dir:
+        overrides["state_dir"] = args.state_dir
+    if args.listen:
+        overrides["api"] = {"listen": args.listen}
+    try:
+        config = load_config(args.config, overrides=overrides)
+        parse_listen(config.api.listen)
+    except ConfigError as error:
+        print(f"openhostingd: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    platform = open_platform(config)
+    try:
+        announce_first_user(platform)
+        asyncio.run(serve(platform))
+    except OSError as error:
+        log.error("event=start_failed error=%s", error)
+        return 1
+    finally:
+        platform.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Logging set-up: one `key=value` line per event, and per request through the access log."""
+
+import logging
+import sys
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+from openhosting.api.context import USER_KEY
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+class RequestLogger(AbstractAccessLogger):
+    """One line per request: who asked what, the answer, and how long it took."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        error = response.headers.get("X-Elastic-Error", "-")
+        self.logger.info(
+            "event=request remote=%s user=%s method=%s path=%s status=%s error=%s bytes=%s"
+            " ms=%.1f",
+            request.remote,
+            request.get(USER_KEY, "-"),
+            request.method,
+            request.path,
+            response.status,
+            error,
+            response.body_length,
+            time * 1000,
+        )

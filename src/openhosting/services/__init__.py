@@ -1,0 +1,1 @@
+"""What the platform does, one module per area, over the store and the drivers."""

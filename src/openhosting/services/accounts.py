@@ -1,0 +1,104 @@
+"""Accounts: users, their secret API keys, and authentication.
+
+Keys are random (192 bits), shown once, and stored only as a keyed hash, so a copy of the
+database alone lets nobody in.
+"""
+
+import hmac
+import secrets
+import time
+import uuid as uuid_module
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from openhosting.errors import AuthError, MissingError
+from openhosting.store import users as user_store
+from openhosting.store.platform_key import derive_key, keyed_hash
+
+UUID_LENGTH = 36
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A user's UUID with a secret key, as shown once to the operator."""
+
+    uuid: str
+    secret: str
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Accounts:
+    """Users and authentication."""
+
+    def __init__(self, engine: Engine, platform_key: bytes) -> None:
+        self._engine = engine
+        self._hash_key = derive_key(platform_key, "api-key-hash")
+        # Compared against when the user does not exist, so that an unknown user and a wrong
+        # key take the same path and the same time.
+        self._decoy_hash = keyed_hash(self._hash_key, new_secret())
+
+    def create_user(self, name: str = "") -> NewKey:
+        key = NewKey(str(uuid_module.uuid4()), new_secret())
+        with self._engine.begin() as connection:
+            user_store.insert_user(
+                connection,
+                uuid=key.uuid,
+                name=name,
+                key_hash=keyed_hash(self._hash_key, key.secret),
+                created_at=int(time.time()),
+            )
+        return key
+
+    def authenticate(self, uuid: str, secret: str) -> str:
+        """The user's UUID when `secret` is their key; AuthError otherwise."""
+        stored = None
+        if len(uuid) == UUID_LENGTH:
+            with self._engine.connect() as connection:
+                stored = user_store.key_hash_of(connection, uuid)
+        given = keyed_hash(self._hash_key, secret)
+        matches = hmac.compare_digest(given, stored if stored is not None else self._decoy_hash)
+        if stored is None or not matches:
+            raise AuthError("Authentication failed: wrong user UUID or secret API key")
+        return uuid
+
+    def rotate_key(self, uuid: str) -> NewKey:
+        key = NewKey(uuid, new_secret())
+        with self._engine.begin() as connection:
+            if not user_store.update_user(
+                connection, uuid, key_hash=keyed_hash(self._hash_key, key.secret)
+            ):
+                raise MissingError(f"User {uuid} could not be found")
+        return key
+
+    def delete_user(self, uuid: str) -> None:
+        with self._engine.begin() as connection:
+            if not user_store.delete_user(connection, uuid):
+                raise MissingError(f"User {uuid} could not be found")
+
+    def get_user(self, uuid: str) -> dict[str, Any]:
+        with self._engine.connect() as connection:
+            user = user_store.get_user(connection, uuid)
+        if user is None:
+            raise MissingError(f"User {uuid} could not be found")
+        return {key: value for key, value in user.items() if key != "key_hash"}
+
+    def list_users(self) -> list[dict[str, Any]]:
+        with self._engine.connect() as connection:
+            return [
+                {key: value for key, value in user.items() if key != "key_hash"}
+                for user in user_store.list_users(connection)
+            ]
+
+    def has_users(self) -> bool:
+        with self._engine.connect() as connection:
+            return user_store.count_users(connection) > 0
+
+    def set_limits(self, uuid: str, **limits: int | None) -> None:
+        with self._engine.begin() as connection:
+            if not user_store.update_user(connection, uuid, **limits):
+                raise MissingError(f"User {uuid} could not be found")

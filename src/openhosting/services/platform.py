@@ -1,0 +1,32 @@
+"""The platform: every service assembled from one configuration, for the daemon and the
+admin tool alike."""
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from openhosting.config import Config
+from openhosting.services.accounts import Accounts
+from openhosting.store.database import open_engine
+from openhosting.store.platform_key import load_or_create_platform_key
+
+
+@dataclass
+class Platform:
+    """The services of one platform (one state directory)."""
+
+    config: Config
+    engine: Engine
+    accounts: Accounts
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_platform(config: Config) -> Platform:
+    """Open (and migrate) the state directory of `config` and build the services over it."""
+    # The state directory holds the platform key and every drive: nobody else may look in.
+    config.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    platform_key = load_or_create_platform_key(config.platform_key_path)
+    engine = open_engine(config.database_path)
+    return Platform(config=config, engine=engine, accounts=Accounts(engine, platform_key))

@@ -1,0 +1,1 @@
+"""Persistence: tables, queries and migrations (SQLite in the state directory by default)."""

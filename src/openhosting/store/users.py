@@ -1,0 +1,41 @@
+"""Queries on the users table."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from openhosting.store.tables import users
+
+
+def insert_user(connection: Connection, **values: Any) -> None:
+    connection.execute(insert(users).values(**values))
+
+
+def key_hash_of(connection: Connection, uuid: str) -> str | None:
+    """The stored key hash of user `uuid`, or None when there is no such user."""
+    return connection.execute(select(users.c.key_hash).where(users.c.uuid == uuid)).scalar()
+
+
+def get_user(connection: Connection, uuid: str) -> Mapping[str, Any] | None:
+    row = connection.execute(select(users).where(users.c.uuid == uuid)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def list_users(connection: Connection) -> list[dict[str, Any]]:
+    rows = connection.execute(select(users).order_by(users.c.created_at, users.c.uuid))
+    return [dict(row) for row in rows.mappings()]
+
+
+def count_users(connection: Connection) -> int:
+    return len(connection.execute(select(users.c.uuid).limit(1)).all())
+
+
+def update_user(connection: Connection, uuid: str, **values: Any) -> bool:
+    """Change columns of user `uuid`; False when there is no such user."""
+    result = connection.execute(update(users).where(users.c.uuid == uuid).values(**values))
+    return result.rowcount > 0
+
+
+def delete_user(connection: Connection, uuid: str) -> bool:
+    return connection.execute(delete(users).where(users.c.uuid == uuid)).rowcount > 0

@@ -1,0 +1,48 @@
+"""The three shapes of data the API sends (API.md §2), independent of text or JSON."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# A value on the wire: integers are JSON numbers, everything else a string.
+Value = str | int
+Object = Mapping[str, Value]
+
+
+@dataclass(frozen=True)
+class Properties:
+    """One object: `KEY VALUE` lines, or a JSON object."""
+
+    values: Object
+
+
+@dataclass(frozen=True)
+class PropertiesList:
+    """Several objects: blank-line separated `KEY VALUE` blocks, or a JSON array of objects."""
+
+    items: Sequence[Object]
+
+
+@dataclass(frozen=True)
+class ValueList:
+    """A list of rows: one line of space-separated values each, or a JSON array of objects.
+
+    `keys` names the columns in their text order (e.g. `type resource`).
+    """
+
+    keys: tuple[str, ...]
+    rows: Sequence[Object]
+
+
+Payload = Properties | PropertiesList | ValueList
+
+# The X-Elastic-Output header value for each shape.
+OUTPUT_HEADER = "X-Elastic-Output"
+
+
+def output_kind(payload: Payload) -> str:
+    """The `X-Elastic-Output` header value that describes `payload`."""
+    if isinstance(payload, Properties):
+        return "properties"
+    if isinstance(payload, PropertiesList):
+        return "properties list"
+    return "list"

@@ -1,0 +1,80 @@
+"""HTTP Basic authentication: every way in is refused alike, with 401 `auth`."""
+
+import base64
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from openhosting.services.accounts import NewKey
+from openhosting.services.platform import Platform
+from tests.conftest import basic_auth
+
+
+async def assert_auth_refused(client: TestClient, headers: dict[str, str]) -> str:
+    response = await client.get("/drives/list", headers=headers)
+    assert response.status == 401
+    assert response.headers["X-Elastic-Error"] == "auth"
+    assert response.headers["WWW-Authenticate"].startswith("Basic realm=")
+    assert response.content_type == "text/plain"
+    return await response.text()
+
+
+async def test_no_auth_header_is_refused(client: TestClient) -> None:
+    await assert_auth_refused(client, {})
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer abc",
+        "Basic",
+        "Basic !!!notbase64!!!",
+        "Basic " + base64.b64encode(b"no-colon-here").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+    ],
+)
+async def test_malformed_basic_headers_are_refused(client: TestClient, header: str) -> None:
+    await assert_auth_refused(client, {"Authorization": header})
+
+
+async def test_wrong_key_and_unknown_user_get_the_same_answer(
+    client: TestClient, user: NewKey
+) -> None:
+    wrong_key = await assert_auth_refused(client, basic_auth(user, "not-the-secret"))
+    stranger = NewKey("00000000-0000-4000-8000-000000000000", user.secret)
+    unknown_user = await assert_auth_refused(client, basic_auth(stranger))
+    assert wrong_key == unknown_user
+
+
+async def test_the_right_key_is_let_in(client: TestClient, auth: dict[str, str]) -> None:
+    response = await client.get("/nosuch/command", headers=auth)
+    assert response.status == 404  # past authentication, to the router
+
+
+async def test_a_deleted_user_is_refused(
+    client: TestClient, platform: Platform, user: NewKey
+) -> None:
+    platform.accounts.delete_user(user.uuid)
+    await assert_auth_refused(client, basic_auth(user))
+
+
+async def test_a_rotated_key_replaces_the_old_one(
+    client: TestClient, platform: Platform, user: NewKey
+) -> None:
+    new_key = platform.accounts.rotate_key(user.uuid)
+    await assert_auth_refused(client, basic_auth(user))
+    response = await client.get("/nosuch/command", headers=basic_auth(new_key))
+    assert response.status == 404
+
+
+async def test_keys_are_stored_only_as_keyed_hashes(platform: Platform, user: NewKey) -> None:
+    path = platform.config.database_path
+    database = path.read_bytes() + path.with_name(path.name + "-wal").read_bytes()
+    assert user.secret.encode() not in database
+    assert user.uuid.encode() in database
+
+
+async def test_uppercase_user_uuid_is_accepted(client: TestClient, user: NewKey) -> None:
+    upper = NewKey(user.uuid.upper(), user.secret)
+    response = await client.get("/nosuch/command", headers=basic_auth(upper))
+    assert response.status == 404

@@ -1,0 +1,56 @@
+"""Fixtures shared by every test: a platform on a temporary state directory, its users, and
+an in-process API client."""
+
+import base64
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from openhosting.api.app import build_app
+from openhosting.api.handlers import HANDLERS
+from openhosting.config import Config, load_config
+from openhosting.services.accounts import NewKey
+from openhosting.services.platform import Platform, open_platform
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_DIR = REPO.parent / "shared" / "spec"
+
+
+def basic_auth(key: NewKey, secret: str | None = None) -> dict[str, str]:
+    """The Authorization header for `key` (or for its UUID with another secret)."""
+    token = f"{key.uuid}:{key.secret if secret is None else secret}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(token).decode()}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return load_config(env={}, overrides={"state_dir": str(tmp_path / "state"), "first_user": False})
+
+
+@pytest.fixture
+def platform(config: Config) -> Iterator[Platform]:
+    opened = open_platform(config)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def user(platform: Platform) -> NewKey:
+    return platform.accounts.create_user("alice")
+
+
+@pytest.fixture
+def other_user(platform: Platform) -> NewKey:
+    return platform.accounts.create_user("mallory")
+
+
+@pytest.fixture
+def auth(user: NewKey) -> dict[str, str]:
+    return basic_auth(user)
+
+
+@pytest.fixture
+async def client(aiohttp_client, platform: Platform) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
+    yield await aiohttp_client(build_app(platform, HANDLERS))
