@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
-from openhosting.api.app import build_app
+from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.config import Config, load_config
 from openhosting.services.accounts import NewKey
@@ -26,7 +26,9 @@ def basic_auth(key: NewKey, secret: str | None = None) -> dict[str, str]:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return load_config(env={}, overrides={"state_dir": str(tmp_path / "state"), "first_user": False})
+    return load_config(
+        env={}, overrides={"state_dir": str(tmp_path / "state"), "first_user": False}
+    )
 
 
 @pytest.fixture
@@ -53,4 +55,6 @@ def auth(user: NewKey) -> dict[str, str]:
 
 @pytest.fixture
 async def client(aiohttp_client, platform: Platform) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
-    yield await aiohttp_client(build_app(platform, HANDLERS))
+    server = TestServer(build_app(platform, HANDLERS))
+    await server.start_server(**RUNNER_OPTIONS)
+    yield await aiohttp_client(server)

@@ -78,7 +78,10 @@ def test_readme_start_prints_exports_and_serves_a_user_made_with_the_admin_tool(
     try:
         created = subprocess.run(
             [ADMIN, "--state-dir", str(state_dir), "user", "create", "--name", "bob"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
         fields = dict(line.split(" ", 1) for line in created.splitlines())
         assert len(fields["secret"]) >= 22  # ≥ 128 bits in URL-safe base64

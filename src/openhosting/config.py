@@ -68,7 +68,9 @@ class Config:
 
     @property
     def drive_path(self) -> Path:
-        return Path(self.storage.drive_dir) if self.storage.drive_dir else self.state_path / "drives"
+        return (
+            Path(self.storage.drive_dir) if self.storage.drive_dir else self.state_path / "drives"
+        )
 
     @property
     def database_path(self) -> Path:

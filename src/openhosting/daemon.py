@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from openhosting.api.app import build_app
+from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.config import Config, ConfigError, load_config
 from openhosting.logs import RequestLogger, configure_logging
@@ -58,7 +58,9 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     config = platform.config
     host, port = parse_listen(config.api.listen)
     app = build_app(platform, HANDLERS)
-    runner = web.AppRunner(app, access_log_class=RequestLogger, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log_class=RequestLogger, handle_signals=False, **RUNNER_OPTIONS
+    )
     await runner.setup()
     ssl_context = None
     if config.api.tls_cert:

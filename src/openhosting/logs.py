@@ -23,8 +23,7 @@ class RequestLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         error = response.headers.get("X-Elastic-Error", "-")
         self.logger.info(
-            "event=request remote=%s user=%s method=%s path=%s status=%s error=%s bytes=%s"
-            " ms=%.1f",
+            "event=request remote=%s user=%s method=%s path=%s status=%s error=%s bytes=%s ms=%.1f",
             request.remote,
             request.get(USER_KEY, "-"),
             request.method,

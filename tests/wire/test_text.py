@@ -74,5 +74,7 @@ def test_multi_object_sample_has_two_servers() -> None:
 
 def test_seed_drive_sample_keeps_claimed_entries() -> None:
     drive = parse_properties((SPEC_DIR / "samples" / "drive.txt").read_text())
-    assert drive["claimed"].split()[0].endswith(":guest:692cd1c7-a863-4a22-8170-fc6e6feb68af:ide:0:0")
+    assert (
+        drive["claimed"].split()[0].endswith(":guest:692cd1c7-a863-4a22-8170-fc6e6feb68af:ide:0:0")
+    )
     assert drive["size"] == "8589934592"

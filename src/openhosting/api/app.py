@@ -17,6 +17,10 @@ log = logging.getLogger("openhosting.api")
 
 READ_METHODS = frozenset({"GET", "HEAD", "POST"})
 
+# Options of the server that runs the app (aiohttp's AppRunner). Drive writes decode
+# `Content-Encoding: gzip` themselves, in bounded pieces and with a faster library.
+RUNNER_OPTIONS = {"auto_decompress": False}
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -29,6 +33,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(MissingError(f"Command {request.path} could not be found"))
     except web.HTTPMethodNotAllowed:
         return error_response(MethodError(f"Method {request.method} not allowed here"))
+    except ConnectionResetError:
+        raise  # the client went away; there is nobody to answer
     except web.HTTPException as error:
         if error.status < 400:
             raise

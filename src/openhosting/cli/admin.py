@@ -29,7 +29,9 @@ def _user_properties(user: dict[str, Any]) -> dict[str, str | int]:
 
 def cmd_user_create(platform: Platform, args: argparse.Namespace) -> str:
     key = platform.accounts.create_user(args.name or "")
-    return render_text(Properties({"user": key.uuid, "secret": key.secret, "name": args.name or ""}))
+    return render_text(
+        Properties({"user": key.uuid, "secret": key.secret, "name": args.name or ""})
+    )
 
 
 def cmd_user_list(platform: Platform, _args: argparse.Namespace) -> str:

@@ -1,0 +1,1 @@
+"""The typed configuration of drives, servers and resources, with its validation. Pure."""

@@ -7,8 +7,10 @@ from sqlalchemy import Engine
 
 from openhosting.config import Config
 from openhosting.services.accounts import Accounts
+from openhosting.services.drives import Drives
+from openhosting.storage.drive_files import DriveFiles
 from openhosting.store.database import open_engine
-from openhosting.store.platform_key import load_or_create_platform_key
+from openhosting.store.platform_key import derive_key, load_or_create_platform_key
 
 
 @dataclass
@@ -18,6 +20,7 @@ class Platform:
     config: Config
     engine: Engine
     accounts: Accounts
+    drives: Drives
 
     def close(self) -> None:
         self.engine.dispose()
@@ -29,4 +32,12 @@ def open_platform(config: Config) -> Platform:
     config.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     platform_key = load_or_create_platform_key(config.platform_key_path)
     engine = open_engine(config.database_path)
-    return Platform(config=config, engine=engine, accounts=Accounts(engine, platform_key))
+    drives = Drives(
+        engine,
+        DriveFiles(config.drive_path),
+        derive_key(platform_key, "drive-secrets"),
+        config.storage.default_cipher,
+    )
+    return Platform(
+        config=config, engine=engine, accounts=Accounts(engine, platform_key), drives=drives
+    )

@@ -1,0 +1,123 @@
+"""Handlers of the drive commands (API.md §4)."""
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.client_exceptions import ClientPayloadError
+
+from openhosting.api.content_coding import GzipStreamDecoder
+from openhosting.api.context import platform_of, user_of
+from openhosting.api.negotiation import read_properties
+from openhosting.api.responses import FileSliceResponse
+from openhosting.errors import FullError, UsageError
+from openhosting.services.drives import ReadPlan
+from openhosting.wire.payload import Properties, PropertiesList, ValueList
+from openhosting.wire.sizes import parse_size
+
+
+def _drive(request: web.Request) -> str:
+    return request.match_info["drive"].lower()
+
+
+async def list_drives(request: web.Request) -> ValueList:
+    uuids = platform_of(request).drives.list_uuids(user_of(request))
+    return ValueList(("drive",), [{"drive": uuid} for uuid in uuids])
+
+
+async def info_all(request: web.Request) -> PropertiesList:
+    return PropertiesList(platform_of(request).drives.info_all(user_of(request)))
+
+
+async def info(request: web.Request) -> Properties:
+    return Properties(platform_of(request).drives.info(user_of(request), _drive(request)))
+
+
+async def create(request: web.Request) -> Properties:
+    platform = platform_of(request)
+    properties = await read_properties(request, platform.config.api.max_body_bytes)
+    return Properties(await platform.drives.create(user_of(request), properties))
+
+
+async def set_drive(request: web.Request) -> Properties:
+    platform = platform_of(request)
+    properties = await read_properties(request, platform.config.api.max_body_bytes)
+    return Properties(await platform.drives.set(user_of(request), _drive(request), properties))
+
+
+async def destroy(request: web.Request) -> None:
+    platform_of(request).drives.destroy(user_of(request), _drive(request))
+
+
+async def read(request: web.Request) -> web.StreamResponse:
+    offset = parse_size(request.match_info.get("offset", "0"), "offset")
+    size_text = request.match_info.get("size")
+    length = parse_size(size_text, "size") if size_text is not None else None
+    drives = platform_of(request).drives
+    plan = drives.open_read(user_of(request), _drive(request), offset, length)
+    try:
+        if plan.plain_file is not None:
+            response: web.StreamResponse = FileSliceResponse(
+                plan.plain_file.fileno(), plan.offset, plan.count
+            )
+            await response.prepare(request)
+        else:
+            response = await _stream_decrypted(request, plan)
+    finally:
+        plan.close()
+    drives.record_read(plan.drive, plan.count)
+    return response
+
+
+async def _stream_decrypted(request: web.Request, plan: ReadPlan) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = plan.count
+    await response.prepare(request)
+    if request.method != "HEAD":
+        async for chunk in plan.chunks():
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def write(request: web.Request) -> None:
+    """Stream the body to the drive; acknowledge (204) only once it is durable."""
+    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        raise UsageError("Chunked transfer encoding is not supported: send a Content-Length")
+    declared = request.content_length
+    if declared is None:
+        raise UsageError("Content-Length is required for a drive write")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise UsageError(f"Unsupported Content-Encoding {encoding!r}: use gzip or none")
+    offset = parse_size(request.match_info.get("offset", "0"), "offset")
+    writer = platform_of(request).drives.begin_write(user_of(request), _drive(request), offset)
+    try:
+        decoder = GzipStreamDecoder() if encoding != "identity" else None
+        if decoder is None and declared > writer.remaining:
+            raise FullError(
+                f"Write of {declared} bytes at offset {offset} would pass the drive's end:"
+                " nothing was written"
+            )
+        received = 0
+        while chunk := await _next_body_chunk(request):
+            received += len(chunk)
+            if decoder is None:
+                await writer.write(chunk)
+            else:
+                for piece in decoder.feed(chunk):
+                    await writer.write(piece)
+        if received != declared:
+            raise UsageError(f"Request body incomplete: {received} of {declared} bytes")
+        if decoder is not None:
+            decoder.finish()
+        await writer.finish()
+    except BaseException:
+        await writer.abort()
+        raise
+
+
+async def _next_body_chunk(request: web.Request) -> bytes:
+    try:
+        return await request.content.readany()
+    except (ClientPayloadError, ConnectionResetError, asyncio.IncompleteReadError):
+        raise UsageError("Request body incomplete: the client went away") from None

@@ -1,0 +1,408 @@
+"""Drives: ownership and readers, limits, claims and busy rules, and moving bytes between the
+API and the drive files (API.md §4).
+
+A user sees and changes only their own drives; a drive whose `readers` name the user (or
+everyone) can also be read by them, but not written, set or destroyed. Blocking file work runs
+in worker threads so the event loop stays responsive.
+"""
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import secrets
+import time
+import uuid as uuid_module
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from openhosting.errors import BillingError, BusyError, FullError, MissingError, UsageError
+from openhosting.model.common import EVERYONE
+from openhosting.model.drive import DriveSettings, apply_drive_properties
+from openhosting.storage.drive_files import (
+    IO_CHUNK,
+    DriveFiles,
+    OpenDrive,
+    PlainDriveIO,
+    is_disk_full,
+    is_too_large,
+)
+from openhosting.store import drives as drive_store
+from openhosting.store import users as user_store
+from openhosting.store.platform_key import unwrap_secret, wrap_secret
+from openhosting.wire.payload import Value
+
+log = logging.getLogger("openhosting.drives")
+
+
+def _settings_of(row: dict[str, Any]) -> DriveSettings:
+    return DriveSettings(
+        name=row["name"],
+        size=row["size"],
+        claim_type=row["claim_type"],
+        readers=tuple(row["readers"].split()),
+        tags=tuple(row["tags"].split()),
+        user_keys=json.loads(row["user_keys"]),
+        avoid=tuple(row["avoid"].split()),
+        cipher=row["cipher"],
+        tier=row["tier"],
+    )
+
+
+def _settings_columns(settings: DriveSettings) -> dict[str, Any]:
+    return {
+        "name": settings.name,
+        "size": settings.size,
+        "claim_type": settings.claim_type,
+        "readers": " ".join(settings.readers),
+        "tags": " ".join(settings.tags),
+        "user_keys": json.dumps(settings.user_keys, sort_keys=True),
+        "avoid": " ".join(settings.avoid),
+        "tier": settings.tier,
+    }
+
+
+def drive_info(row: dict[str, Any], claims: list[dict[str, Any]]) -> dict[str, Value]:
+    """The info of a drive, keys in the order the real service shows them."""
+    info: dict[str, Value] = {
+        "drive": row["uuid"],
+        "name": row["name"],
+        "size": row["size"],
+        "user": row["user"],
+        "status": "active",
+        "claim:type": row["claim_type"],
+    }
+    if claims:
+        info["claimed"] = " ".join(
+            f"{claim['user']}:{claim['kind']}:{claim['holder']}:{claim['device']}"
+            for claim in claims
+        )
+    info["readers"] = row["readers"]
+    info["tags"] = row["tags"]
+    info.update(sorted(json.loads(row["user_keys"]).items()))
+    info["encryption:cipher"] = row["cipher"]
+    info["tier"] = row["tier"]
+    info["read:bytes"] = row["read_bytes"]
+    info["read:requests"] = row["read_requests"]
+    info["write:bytes"] = row["write_bytes"]
+    info["write:requests"] = row["write_requests"]
+    return info
+
+
+def _missing(uuid: str) -> MissingError:
+    return MissingError(f"Drive {uuid} could not be found")
+
+
+@dataclass
+class ReadPlan:
+    """What a read will send: `count` bytes from `offset` of an open drive."""
+
+    drive: str
+    opened: OpenDrive
+    offset: int
+    count: int
+
+    @property
+    def plain_file(self) -> PlainDriveIO | None:
+        """The plain drive file, for sendfile; None when bytes must be decrypted."""
+        return self.opened.io if isinstance(self.opened.io, PlainDriveIO) else None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The bytes, `IO_CHUNK` at a time, each read (and decrypted) in a worker thread."""
+        position, end = self.offset, self.offset + self.count
+        while position < end:
+            length = min(IO_CHUNK, end - position)
+            yield await asyncio.to_thread(self.opened.io.read_at, position, length)
+            position += length
+
+    def close(self) -> None:
+        self.opened.io.close()
+
+
+class Drives:
+    """The drive service."""
+
+    def __init__(self, engine: Engine, files: DriveFiles, secret_key: bytes, cipher: str) -> None:
+        self._engine = engine
+        self.files = files
+        self._secret_key = secret_key
+        self._default_cipher = cipher
+        # Writes under way per drive: a drive being written cannot be destroyed or shrunk.
+        self._writes_in_flight: Counter[str] = Counter()
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def _owned(self, connection: Connection, user: str, uuid: str) -> dict[str, Any]:
+        row = drive_store.get_drive(connection, uuid)
+        if row is None or row["user"] != user:
+            raise _missing(uuid)
+        return row
+
+    def _readable(self, connection: Connection, user: str, uuid: str) -> dict[str, Any]:
+        row = drive_store.get_drive(connection, uuid)
+        if row is None:
+            raise _missing(uuid)
+        readers = row["readers"].split()
+        if row["user"] != user and user not in readers and EVERYONE not in readers:
+            raise _missing(uuid)
+        return row
+
+    def _master_key(self, row: dict[str, Any]) -> bytes | None:
+        if row["wrapped_master_key"] is None:
+            return None
+        return unwrap_secret(self._secret_key, row["wrapped_master_key"], row["uuid"] + ":master")
+
+    def passphrase_of(self, row: dict[str, Any]) -> bytes | None:
+        """The LUKS passphrase QEMU opens an encrypted drive with."""
+        if row["wrapped_passphrase"] is None:
+            return None
+        return unwrap_secret(self._secret_key, row["wrapped_passphrase"], row["uuid"] + ":luks")
+
+    # -- commands ------------------------------------------------------------------------
+
+    def list_uuids(self, user: str) -> list[str]:
+        with self._engine.connect() as connection:
+            return drive_store.drive_uuids_of(connection, user)
+
+    def info(self, user: str, uuid: str) -> dict[str, Value]:
+        with self._engine.connect() as connection:
+            row = self._readable(connection, user, uuid)
+            return drive_info(row, drive_store.claims_on(connection, uuid))
+
+    def info_all(self, user: str) -> list[dict[str, Value]]:
+        with self._engine.connect() as connection:
+            rows = drive_store.drives_of(connection, user)
+            claims = drive_store.claims_on_many(connection, [row["uuid"] for row in rows])
+        return [drive_info(row, claims[row["uuid"]]) for row in rows]
+
+    def _check_drive_limit(
+        self, connection: Connection, user: str, size: int, excluding: str | None = None
+    ) -> None:
+        account = user_store.get_user(connection, user)
+        limit = account["max_drive_bytes"] if account is not None else None
+        if limit is None:
+            return
+        used = drive_store.total_size_of(connection, user, excluding)
+        if used + size > limit:
+            raise BillingError(
+                f"Drive bytes limit exceeded: {used} bytes in use, {size} asked, limit {limit}"
+            )
+
+    async def create(self, user: str, properties: dict[str, str]) -> dict[str, Value]:
+        defaults = DriveSettings(cipher=self._default_cipher)
+        settings = apply_drive_properties(defaults, properties, creating=True)
+        uuid = str(uuid_module.uuid4())
+        with self._engine.connect() as connection:
+            self._check_drive_limit(connection, user, settings.size)
+        wrapped: dict[str, bytes | None] = {"wrapped_passphrase": None, "wrapped_master_key": None}
+        try:
+            if settings.cipher == "none":
+                await asyncio.to_thread(self.files.create_plain, uuid, settings.size)
+            else:
+                passphrase = base64.urlsafe_b64encode(secrets.token_bytes(32))
+                master_key = await asyncio.to_thread(
+                    self.files.create_encrypted, uuid, settings.size, passphrase
+                )
+                wrapped = {
+                    "wrapped_passphrase": wrap_secret(self._secret_key, passphrase, uuid + ":luks"),
+                    "wrapped_master_key": wrap_secret(
+                        self._secret_key, master_key, uuid + ":master"
+                    ),
+                }
+        except OSError as error:
+            raise self._storage_error(error, "create the drive") from None
+        try:
+            with self._engine.begin() as connection:
+                # Checked again: another create may have finished while the file was made.
+                self._check_drive_limit(connection, user, settings.size)
+                drive_store.insert_drive(
+                    connection,
+                    uuid=uuid,
+                    user=user,
+                    cipher=settings.cipher,
+                    created_at=int(time.time()),
+                    **_settings_columns(settings),
+                    **wrapped,
+                )
+        except BaseException:
+            self.files.destroy(uuid)
+            raise
+        log.info(
+            "event=drive_created user=%s drive=%s size=%s cipher=%s",
+            user,
+            uuid,
+            settings.size,
+            settings.cipher,
+        )
+        return self.info(user, uuid)
+
+    async def set(self, user: str, uuid: str, properties: dict[str, str]) -> dict[str, Value]:
+        with self._engine.connect() as connection:
+            row = self._owned(connection, user, uuid)
+            current = _settings_of(row)
+            settings = apply_drive_properties(current, properties, creating=False)
+            if settings.size != current.size:
+                self._check_busy(connection, uuid, "resized")
+                if settings.size > current.size:
+                    self._check_drive_limit(connection, user, settings.size, excluding=uuid)
+        if settings.size < current.size and self._writes_in_flight[uuid]:
+            raise BusyError(f"Drive {uuid} is being written and cannot be shrunk now")
+        if settings.size != current.size:
+            try:
+                await asyncio.to_thread(
+                    self.files.resize, uuid, settings.size, self._master_key(row)
+                )
+            except OSError as error:
+                raise self._storage_error(error, "resize the drive") from None
+        with self._engine.begin() as connection:
+            drive_store.update_drive(connection, uuid, **_settings_columns(settings))
+        return self.info(user, uuid)
+
+    def destroy(self, user: str, uuid: str) -> None:
+        with self._engine.begin() as connection:
+            self._owned(connection, user, uuid)
+            self._check_busy(connection, uuid, "destroyed")
+            if self._writes_in_flight[uuid]:
+                raise BusyError(f"Drive {uuid} is being written and cannot be destroyed now")
+            drive_store.delete_drive(connection, uuid)
+        self.files.destroy(uuid)
+        log.info("event=drive_destroyed user=%s drive=%s", user, uuid)
+
+    def _check_busy(self, connection: Connection, uuid: str, action: str) -> None:
+        claims = drive_store.claims_on(connection, uuid)
+        if claims:
+            holder = claims[0]
+            raise BusyError(
+                f"Drive {uuid} is in use ({holder['kind']} {holder['holder']}) and cannot be"
+                f" {action} now"
+            )
+
+    # -- data ----------------------------------------------------------------------------
+
+    def open_read(self, user: str, uuid: str, offset: int, length: int | None) -> ReadPlan:
+        """Plan a read of `length` bytes (None: to the end) from `offset`, clamped to the end."""
+        with self._engine.connect() as connection:
+            row = self._readable(connection, user, uuid)
+        size = row["size"]
+        start = min(offset, size)
+        count = size - start if length is None else min(length, size - start)
+        return ReadPlan(uuid, self.files.open(uuid, self._master_key(row)), start, count)
+
+    def record_read(self, uuid: str, nbytes: int) -> None:
+        with self._engine.begin() as connection:
+            drive_store.add_io_counters(connection, uuid, "read", nbytes)
+
+    def begin_write(self, user: str, uuid: str, offset: int) -> "DriveWriter":
+        with self._engine.connect() as connection:
+            row = self._owned(connection, user, uuid)
+            claims = drive_store.claims_on(connection, uuid)
+        for claim in claims:
+            if claim["kind"] != "guest" or row["claim_type"] != "shared":
+                raise BusyError(
+                    f"Drive {uuid} is in use ({claim['kind']} {claim['holder']}) and cannot be"
+                    " written now"
+                )
+        if offset > row["size"]:
+            raise FullError(
+                f"Offset {offset} is past the end of drive {uuid} ({row['size']} bytes)"
+            )
+        opened = self.files.open(uuid, self._master_key(row))
+        self._writes_in_flight[uuid] += 1
+        return DriveWriter(self, uuid, opened, offset, row["size"])
+
+    def _end_write(self, uuid: str, nbytes: int | None) -> None:
+        self._writes_in_flight[uuid] -= 1
+        if not self._writes_in_flight[uuid]:
+            del self._writes_in_flight[uuid]
+        if nbytes is not None:
+            with self._engine.begin() as connection:
+                drive_store.add_io_counters(connection, uuid, "write", nbytes)
+
+    @staticmethod
+    def _storage_error(error: OSError, action: str) -> Exception:
+        if is_disk_full(error):
+            return FullError(f"Cannot {action}: the platform's storage is full")
+        if is_too_large(error):
+            return UsageError(f"Cannot {action}: size too large for this platform")
+        return error
+
+
+class DriveWriter:
+    """One write request: bytes in order from `offset`, flushed in large pieces by a worker
+    thread while the next piece arrives, acknowledged only after `finish` has made them
+    durable."""
+
+    def __init__(self, drives: Drives, uuid: str, opened: OpenDrive, offset: int, size: int):
+        self._drives, self._uuid, self._opened = drives, uuid, opened
+        self._position = offset  # where the next flushed byte goes
+        self._size = size
+        self._buffer = bytearray()
+        self._pending: asyncio.Future[None] | None = None
+        self._written = 0
+        self._closed = False
+
+    @property
+    def remaining(self) -> int:
+        """How many more bytes fit before the drive's end."""
+        return self._size - self._position - len(self._buffer)
+
+    async def write(self, data: bytes) -> None:
+        if len(data) > self.remaining:
+            raise FullError(
+                f"Write past the end of drive {self._uuid} ({self._size} bytes): nothing was"
+                " written beyond the end"
+            )
+        self._buffer += data
+        if len(self._buffer) >= IO_CHUNK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await self._wait(pending)
+        if not self._buffer:
+            return
+        data, self._buffer = bytes(self._buffer), bytearray()
+        position = self._position
+        self._position += len(data)
+        self._written += len(data)
+        self._pending = asyncio.ensure_future(
+            asyncio.to_thread(self._opened.io.write_at, position, data)
+        )
+
+    async def _wait(self, pending: "asyncio.Future[None]") -> None:
+        try:
+            await pending
+        except OSError as error:
+            raise Drives._storage_error(error, "write to the drive") from None
+
+    async def finish(self) -> int:
+        """Write what is left, make it durable, count it; returns the bytes written."""
+        await self._flush()
+        await self._flush()  # waits for the last piece
+        try:
+            await asyncio.to_thread(self._opened.io.sync)
+        except OSError as error:
+            raise Drives._storage_error(error, "write to the drive") from None
+        self._close(self._written)
+        return self._written
+
+    async def abort(self) -> None:
+        """Give up: wait for a piece in flight (its thread cannot be stopped), close."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            with contextlib.suppress(OSError):  # the write is being refused anyway
+                await pending
+        self._close(None)
+
+    def _close(self, counted: int | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._opened.io.close()
+        self._drives._end_write(self._uuid, counted)

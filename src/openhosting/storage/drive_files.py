@@ -1,0 +1,173 @@
+"""Drive files: one raw, sparse file per drive under one directory.
+
+Creating or resizing is a `truncate`, instant at any size; a byte never written costs no disk
+and reads as zero. Encrypted drives are LUKS1 containers (see `luks.py`) whose payload is the
+drive's bytes.
+"""
+
+import contextlib
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from openhosting.storage.luks import LuksVolume, format_luks1
+from openhosting.storage.xts import SECTOR_SIZE
+
+# Large enough to amortise a system call and an AES pass; small enough to keep memory flat.
+IO_CHUNK = 4 * 1024 * 1024
+
+
+class DriveIO(Protocol):
+    """Random access to one drive's bytes."""
+
+    def read_at(self, offset: int, length: int) -> bytes: ...
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PlainDriveIO:
+    """A plain drive: the file's bytes are the drive's bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class EncryptedDriveIO:
+    """An encrypted drive: sector-exact access to a LUKS1 container's payload."""
+
+    def __init__(self, path: Path, master_key: bytes, edge_lock: threading.Lock) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._volume = LuksVolume(self._fd, master_key)
+        # Writes that start or end inside a sector read, modify and write that sector back;
+        # two of them touching one sector must not interleave.
+        self._edge_lock = edge_lock
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self._volume.read_at(offset, length)
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        if offset % SECTOR_SIZE == 0 and len(data) % SECTOR_SIZE == 0:
+            self._volume.write_at(offset, bytes(data))
+            return
+        with self._edge_lock:
+            self._volume.write_at(offset, bytes(data))
+
+    def resize(self, size: int) -> None:
+        """Resize the payload to hold `size` bytes; bytes past `size` in the last sector are
+        zeroed, so that growing the drive again never shows what a shrink cut off."""
+        self._volume.resize(_whole_sectors(size))
+        tail = _whole_sectors(size) - size
+        if tail:
+            self._volume.write_at(size, bytes(tail))
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _whole_sectors(size: int) -> int:
+    """A LUKS payload holds whole sectors: `size` rounded up to one."""
+    return -(-size // SECTOR_SIZE) * SECTOR_SIZE
+
+
+class DriveFiles:
+    """The directory of drive files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._edge_locks: dict[str, threading.Lock] = {}
+
+    def path_of(self, uuid: str) -> Path:
+        return self.root / f"{uuid}.img"
+
+    def create_plain(self, uuid: str, size: int) -> None:
+        fd = os.open(self.path_of(uuid), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            os.close(fd)
+            self.destroy(uuid)
+            raise
+        os.close(fd)
+
+    def create_encrypted(self, uuid: str, size: int, passphrase: bytes) -> bytes:
+        """Create a LUKS1 container with `size` payload bytes; returns its master key."""
+        try:
+            return format_luks1(self.path_of(uuid), passphrase, _whole_sectors(size))
+        except BaseException:
+            self.destroy(uuid)
+            raise
+
+    def resize(self, uuid: str, size: int, master_key: bytes | None) -> None:
+        if master_key is None:
+            os.truncate(self.path_of(uuid), size)
+            return
+        with self.open(uuid, master_key) as drive_io:
+            assert isinstance(drive_io, EncryptedDriveIO)
+            drive_io.resize(size)
+
+    def destroy(self, uuid: str) -> None:
+        self._edge_locks.pop(uuid, None)
+        with contextlib.suppress(FileNotFoundError):
+            self.path_of(uuid).unlink()
+
+    def open(self, uuid: str, master_key: bytes | None) -> "OpenDrive":
+        """Open a drive for I/O: plain when `master_key` is None, else encrypted."""
+        path = self.path_of(uuid)
+        if master_key is None:
+            return OpenDrive(PlainDriveIO(path))
+        lock = self._edge_locks.setdefault(uuid, threading.Lock())
+        return OpenDrive(EncryptedDriveIO(path, master_key, lock))
+
+    def allocated_bytes(self, uuid: str) -> int:
+        return self.path_of(uuid).stat().st_blocks * 512
+
+
+class OpenDrive:
+    """A context manager that closes a DriveIO."""
+
+    def __init__(self, drive_io: PlainDriveIO | EncryptedDriveIO) -> None:
+        self.io = drive_io
+
+    def __enter__(self) -> PlainDriveIO | EncryptedDriveIO:
+        return self.io
+
+    def __exit__(self, *exc: object) -> None:
+        self.io.close()
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_too_large(error: OSError) -> bool:
+    return error.errno in (errno.EFBIG, errno.EINVAL)

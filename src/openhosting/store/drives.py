@@ -1,0 +1,67 @@
+"""Queries on the drives and claims tables."""
+
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from openhosting.store.tables import claims, drives
+
+
+def insert_drive(connection: Connection, **values: Any) -> None:
+    connection.execute(insert(drives).values(**values))
+
+
+def get_drive(connection: Connection, uuid: str) -> dict[str, Any] | None:
+    row = connection.execute(select(drives).where(drives.c.uuid == uuid)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def drive_uuids_of(connection: Connection, user: str) -> list[str]:
+    query = select(drives.c.uuid).where(drives.c.user == user).order_by(drives.c.created_at)
+    return list(connection.execute(query.order_by(drives.c.uuid)).scalars())
+
+
+def drives_of(connection: Connection, user: str) -> list[dict[str, Any]]:
+    query = select(drives).where(drives.c.user == user)
+    rows = connection.execute(query.order_by(drives.c.created_at, drives.c.uuid)).mappings()
+    return [dict(row) for row in rows]
+
+
+def total_size_of(connection: Connection, user: str, excluding: str | None = None) -> int:
+    query = select(func.coalesce(func.sum(drives.c.size), 0)).where(drives.c.user == user)
+    if excluding is not None:
+        query = query.where(drives.c.uuid != excluding)
+    return int(connection.execute(query).scalar_one())
+
+
+def update_drive(connection: Connection, uuid: str, **values: Any) -> None:
+    connection.execute(update(drives).where(drives.c.uuid == uuid).values(**values))
+
+
+def add_io_counters(connection: Connection, uuid: str, direction: str, nbytes: int) -> None:
+    """Add one request of `nbytes` to the `read` or `write` counters of a drive."""
+    byte_column = drives.c[f"{direction}_bytes"]
+    request_column = drives.c[f"{direction}_requests"]
+    connection.execute(
+        update(drives)
+        .where(drives.c.uuid == uuid)
+        .values({byte_column: byte_column + nbytes, request_column: request_column + 1})
+    )
+
+
+def delete_drive(connection: Connection, uuid: str) -> None:
+    connection.execute(delete(drives).where(drives.c.uuid == uuid))
+
+
+def claims_on(connection: Connection, drive: str) -> list[dict[str, Any]]:
+    query = select(claims).where(claims.c.drive == drive).order_by(claims.c.id)
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def claims_on_many(connection: Connection, uuids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    result: dict[str, list[dict[str, Any]]] = {uuid: [] for uuid in uuids}
+    if uuids:
+        query = select(claims).where(claims.c.drive.in_(uuids)).order_by(claims.c.id)
+        for row in connection.execute(query).mappings():
+            result[row["drive"]].append(dict(row))
+    return result
