@@ -21,6 +21,8 @@ class RequestLogger(AbstractAccessLogger):
     """One line per request: who asked what, the answer, and how long it took."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return  # don't gather what nobody will read
         error = response.headers.get("X-Elastic-Error", "-")
         self.logger.info(
             "event=request remote=%s user=%s method=%s path=%s status=%s error=%s bytes=%s ms=%.1f",

@@ -1,11 +1,11 @@
-"""The aiohttp application: middlewares (errors, auth), the route table, method rules."""
+"""The aiohttp application: the middleware (auth, errors), the route table, method rules."""
 
 import logging
 from collections.abc import Mapping
 
 from aiohttp import web
 
-from openhosting.api.auth import check_basic_auth
+from openhosting.api.auth import authenticate_request
 from openhosting.api.context import PLATFORM_KEY
 from openhosting.api.negotiation import error_response, payload_response
 from openhosting.api.routes import ROUTES, Handler, Kind, Route, unavailable
@@ -23,9 +23,11 @@ RUNNER_OPTIONS = {"auto_decompress": False}
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into the API's error form; nothing escapes as a bare 500."""
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate every request, and turn every failure into the API's error form: nothing
+    escapes as a bare 500. (One middleware, not two: each costs a few µs per request.)"""
     try:
+        authenticate_request(request)
         return await handler(request)  # type: ignore[return-value]
     except ApiError as error:
         return error_response(error)
@@ -66,7 +68,7 @@ def _command_handler(route: Route, handler: Handler) -> Handler:
 def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None) -> web.Application:
     """The API application over `platform`; `handlers` maps command names to handlers."""
     app = web.Application(
-        middlewares=[error_middleware, check_basic_auth],
+        middlewares=[api_middleware],
         # Key/value bodies are read with their own cap, drive writes are streamed: the
         # framework's whole-body limit must never apply.
         client_max_size=platform.config.api.max_body_bytes,

@@ -29,9 +29,8 @@ def parse_basic_credentials(header: str | None) -> tuple[str, str]:
     return username, password
 
 
-@web.middleware
-async def check_basic_auth(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
-    """Authenticate the request and record the user's UUID as `request["user"]`."""
+def authenticate_request(request: web.Request) -> None:
+    """Authenticate the request (AuthError if it fails) and record the user's UUID."""
     try:
         username, password = parse_basic_credentials(request.headers.get("Authorization"))
         user = platform_of(request).accounts.authenticate(username.lower(), password)
@@ -39,4 +38,3 @@ async def check_basic_auth(request: web.Request, handler: web.RequestHandler) ->
         log.info("event=auth_failed remote=%s path=%s", request.remote, request.path)
         raise
     request[USER_KEY] = user
-    return await handler(request)

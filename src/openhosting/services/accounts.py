@@ -4,6 +4,7 @@ Keys are random (192 bits), shown once, and stored only as a keyed hash, so a co
 database alone lets nobody in.
 """
 
+import functools
 import hmac
 import secrets
 import time
@@ -16,6 +17,7 @@ from sqlalchemy import Engine
 from openhosting.errors import AuthError, MissingError
 from openhosting.store import users as user_store
 from openhosting.store.platform_key import derive_key, keyed_hash
+from openhosting.store.reader import Reader
 
 UUID_LENGTH = 36
 
@@ -35,12 +37,18 @@ def new_secret() -> str:
 class Accounts:
     """Users and authentication."""
 
-    def __init__(self, engine: Engine, platform_key: bytes) -> None:
+    def __init__(self, engine: Engine, reader: Reader, platform_key: bytes) -> None:
         self._engine = engine
+        self._reader = reader
         self._hash_key = derive_key(platform_key, "api-key-hash")
         # Compared against when the user does not exist, so that an unknown user and a wrong
         # key take the same path and the same time.
         self._decoy_hash = keyed_hash(self._hash_key, new_secret())
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Accounts per process, never freed
+    def _hash_of(self, secret: str) -> str:
+        """The keyed hash of `secret`, remembered: the same few keys arrive over and over."""
+        return keyed_hash(self._hash_key, secret)
 
     def create_user(self, name: str = "") -> NewKey:
         key = NewKey(str(uuid_module.uuid4()), new_secret())
@@ -58,9 +66,8 @@ class Accounts:
         """The user's UUID when `secret` is their key; AuthError otherwise."""
         stored = None
         if len(uuid) == UUID_LENGTH:
-            with self._engine.connect() as connection:
-                stored = user_store.key_hash_of(connection, uuid)
-        given = keyed_hash(self._hash_key, secret)
+            stored = self._reader.scalar(user_store.KEY_HASH_BY_UUID, uuid=uuid)
+        given = self._hash_of(secret)
         matches = hmac.compare_digest(given, stored if stored is not None else self._decoy_hash)
         if stored is None or not matches:
             raise AuthError("Authentication failed: wrong user UUID or secret API key")

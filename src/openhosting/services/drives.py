@@ -35,6 +35,7 @@ from openhosting.storage.drive_files import (
 from openhosting.store import drives as drive_store
 from openhosting.store import users as user_store
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
+from openhosting.store.reader import Reader
 from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.drives")
@@ -127,8 +128,11 @@ class ReadPlan:
 class Drives:
     """The drive service."""
 
-    def __init__(self, engine: Engine, files: DriveFiles, secret_key: bytes, cipher: str) -> None:
+    def __init__(
+        self, engine: Engine, reader: Reader, files: DriveFiles, secret_key: bytes, cipher: str
+    ) -> None:
         self._engine = engine
+        self._reader = reader
         self.files = files
         self._secret_key = secret_key
         self._default_cipher = cipher
@@ -166,8 +170,7 @@ class Drives:
     # -- commands ------------------------------------------------------------------------
 
     def list_uuids(self, user: str) -> list[str]:
-        with self._engine.connect() as connection:
-            return drive_store.drive_uuids_of(connection, user)
+        return [row[0] for row in self._reader.all(drive_store.DRIVE_UUIDS_BY_USER, user=user)]
 
     def info(self, user: str, uuid: str) -> dict[str, Value]:
         with self._engine.connect() as connection:

@@ -11,6 +11,7 @@ from openhosting.services.drives import Drives
 from openhosting.storage.drive_files import DriveFiles
 from openhosting.store.database import open_engine
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
+from openhosting.store.reader import Reader
 
 
 @dataclass
@@ -21,8 +22,10 @@ class Platform:
     engine: Engine
     accounts: Accounts
     drives: Drives
+    reader: Reader
 
     def close(self) -> None:
+        self.reader.close()
         self.engine.dispose()
 
 
@@ -32,12 +35,18 @@ def open_platform(config: Config) -> Platform:
     config.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     platform_key = load_or_create_platform_key(config.platform_key_path)
     engine = open_engine(config.database_path)
+    reader = Reader(engine)
     drives = Drives(
         engine,
+        reader,
         DriveFiles(config.drive_path),
         derive_key(platform_key, "drive-secrets"),
         config.storage.default_cipher,
     )
     return Platform(
-        config=config, engine=engine, accounts=Accounts(engine, platform_key), drives=drives
+        config=config,
+        engine=engine,
+        accounts=Accounts(engine, reader, platform_key),
+        drives=drives,
+        reader=reader,
     )

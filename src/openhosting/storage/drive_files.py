@@ -121,11 +121,9 @@ class DriveFiles:
 
     def create_encrypted(self, uuid: str, size: int, passphrase: bytes) -> bytes:
         """Create a LUKS1 container with `size` payload bytes; returns its master key."""
-        try:
-            return format_luks1(self.path_of(uuid), passphrase, _whole_sectors(size))
-        except BaseException:
-            self.destroy(uuid)
-            raise
+        # format_luks1 removes its own partial file on failure, and never touches a file
+        # that was already there.
+        return format_luks1(self.path_of(uuid), passphrase, _whole_sectors(size))
 
     def resize(self, uuid: str, size: int, master_key: bytes | None) -> None:
         if master_key is None:

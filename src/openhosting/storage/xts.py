@@ -14,7 +14,7 @@ XORs. Sectors are processed in chunks that keep the temporaries in the CPU cache
 from __future__ import annotations
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 SECTOR_SIZE = 512
 KEY_SIZE = 64
@@ -22,8 +22,8 @@ KEY_SIZE = 64
 _BLOCKS_PER_SECTOR = SECTOR_SIZE // 16
 # The XTS byte order is little-endian; views of the data use it explicitly.
 _U64 = np.dtype("<u8")
-# Sectors per inner step: 128 KiB of data keeps the tweak table and the data in L2.
-_CHUNK_SECTORS = 256
+# Sectors per inner step: 512 KiB of data and tweaks stay in cache (measured best of 256..2048).
+_CHUNK_SECTORS = 1024
 _MAX_SECTOR = 2**64 - 1
 
 # x^128 = x^7 + x^2 + x + 1 in the XTS field, so bits shifted out past bit 127 fold back
@@ -42,7 +42,7 @@ def _sector_numbers(first_sector: int, count: int) -> np.ndarray:
 class XtsCipher:
     """AES-256-XTS with a 64-byte key (key1 = data key, key2 = tweak key), 512-byte units.
 
-    Thread-safe: every call creates its own OpenSSL contexts and buffers.
+    Thread-safe: every call creates its own OpenSSL contexts and scratch buffers.
     """
 
     def __init__(self, key: bytes) -> None:
@@ -57,48 +57,38 @@ class XtsCipher:
 
     def encrypt(self, data: bytes | bytearray | memoryview, first_sector: int) -> bytes:
         """Encrypt whole sectors; the first 512 bytes are sector ``first_sector``."""
-        return self._crypt_range(data, first_sector, encrypt=True)
+        out = bytearray(data)
+        self.crypt_in_place(out, first_sector, encrypt=True)
+        return bytes(out)
 
     def decrypt(self, data: bytes | bytearray | memoryview, first_sector: int) -> bytes:
         """Decrypt whole sectors; the first 512 bytes are sector ``first_sector``."""
-        return self._crypt_range(data, first_sector, encrypt=False)
-
-    def crypt_sectors(
-        self, data: bytes | bytearray | memoryview, sectors: np.ndarray, *, encrypt: bool
-    ) -> bytearray:
-        """En- or decrypt sectors that need not be contiguous.
-
-        ``sectors`` holds one uint64 sector number per 512 bytes of ``data``. Used to decrypt
-        only the allocated sectors of a sparse read in one pass.
-        """
-        view = memoryview(data).cast("B")
-        count = _sector_count(len(view))
-        sectors = np.asarray(sectors, dtype=np.uint64)
-        if sectors.shape != (count,):
-            raise ValueError(f"need {count} sector numbers, got shape {sectors.shape}")
-        out = bytearray(len(view))
-        self._crypt_into(view, out, sectors, encrypt)
-        return out
-
-    def _crypt_range(
-        self, data: bytes | bytearray | memoryview, first_sector: int, *, encrypt: bool
-    ) -> bytes:
-        view = memoryview(data).cast("B")
-        count = _sector_count(len(view))
-        out = bytearray(len(view))
-        self._crypt_into(view, out, _sector_numbers(first_sector, count), encrypt)
+        out = bytearray(data)
+        self.crypt_in_place(out, first_sector, encrypt=False)
         return bytes(out)
 
-    def _crypt_into(
-        self, src: memoryview, dst: bytearray, sectors: np.ndarray, encrypt: bool
+    def crypt_in_place(
+        self, buffer: bytearray | memoryview, sectors: int | np.ndarray, *, encrypt: bool
     ) -> None:
-        """Write the transform of ``src`` (whole sectors) into ``dst`` of the same length."""
-        count = len(sectors)
+        """En- or decrypt a writable buffer of whole sectors in place, without copies.
+
+        ``sectors`` is the number of the first sector, or an array with one sector number per
+        512 bytes, so that scattered sectors (the allocated ones of a sparse read) can be
+        done in one pass.
+        """
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise TypeError("crypt_in_place needs a writable buffer")
+        count = _sector_count(len(view))
+        if isinstance(sectors, int):
+            numbers = _sector_numbers(sectors, count)
+        else:
+            numbers = np.asarray(sectors, dtype=np.uint64)
+            if numbers.shape != (count,):
+                raise ValueError(f"need {count} sector numbers, got shape {numbers.shape}")
         if count == 0:
             return
-        source = np.frombuffer(src, dtype=_U64).reshape(count, _BLOCKS_PER_SECTOR, 2)
-        target = np.frombuffer(dst, dtype=_U64).reshape(count, _BLOCKS_PER_SECTOR, 2)
-        dst_view = memoryview(dst)
+        blocks = np.frombuffer(view, dtype=_U64).reshape(count, _BLOCKS_PER_SECTOR, 2)
         step = min(count, _CHUNK_SECTORS)
         # update_into() wants room for one extra block minus a byte.
         scratch = bytearray(step * SECTOR_SIZE + 15)
@@ -107,45 +97,48 @@ class XtsCipher:
         tweak_aes = self._tweak_cipher.encryptor()
         for start in range(0, count, step):
             stop = min(start + step, count)
-            size = (stop - start) * SECTOR_SIZE
-            tweaks = self._tweaks(tweak_aes, sectors[start:stop])
-            whitened = target[start:stop]
-            np.bitwise_xor(source[start:stop], tweaks, out=whitened)
-            aes.update_into(dst_view[start * SECTOR_SIZE : start * SECTOR_SIZE + size], scratch)
-            result = scratch_blocks[: size // 8].reshape(stop - start, _BLOCKS_PER_SECTOR, 2)
-            np.bitwise_xor(result, tweaks, out=whitened)
+            tweaks = _block_tweaks(tweak_aes, numbers[start:stop])
+            chunk = blocks[start:stop]
+            chunk ^= tweaks
+            aes.update_into(view[start * SECTOR_SIZE : stop * SECTOR_SIZE], scratch)
+            np.bitwise_xor(scratch_blocks[: chunk.size].reshape(chunk.shape), tweaks, out=chunk)
         aes.finalize()
 
-    @staticmethod
-    def _tweaks(tweak_aes: object, sectors: np.ndarray) -> np.ndarray:
-        """The (n, 32, 2) table of block tweaks T_0 * alpha^j, j = 0..31, for n sectors.
 
-        A 128-bit tweak is held as (low, high) little-endian 64-bit halves. Columns are filled
-        by doubling: columns [k, 2k) are columns [0, k) times alpha^k, a k-bit left shift
-        across both halves whose overflow h folds back as h * (x^7 + x^2 + x + 1). Five such
-        steps replace 31 single multiplications and keep the NumPy call count low.
-        """
-        count = len(sectors)
-        ivs = np.zeros((count, 2), dtype=_U64)
-        ivs[:, 0] = sectors
-        t0 = tweak_aes.update(ivs.tobytes())  # type: ignore[attr-defined]
-        table = np.empty((count, _BLOCKS_PER_SECTOR, 2), dtype=_U64)
-        table[:, 0, :] = np.frombuffer(t0, dtype=_U64).reshape(count, 2)
-        width = 1
-        while width < _BLOCKS_PER_SECTOR:
-            shift, back = np.uint64(width), np.uint64(64 - width)
-            low, high = table[:, :width, 0], table[:, :width, 1]
-            overflow = high >> back
-            new_low, new_high = table[:, width : 2 * width, 0], table[:, width : 2 * width, 1]
-            np.left_shift(high, shift, out=new_high)
-            new_high |= low >> back
-            np.left_shift(low, shift, out=new_low)
-            new_low ^= overflow
-            new_low ^= overflow << _ONE
-            new_low ^= overflow << _TWO
-            new_low ^= overflow << _SEVEN
-            width *= 2
-        return table
+def _block_tweaks(tweak_aes: CipherContext, sectors: np.ndarray) -> np.ndarray:
+    """The (n, 32, 2) table of block tweaks T_0 * alpha^j, j = 0..31, for n sectors.
+
+    A 128-bit tweak is a (low, high) pair of little-endian 64-bit halves, computed in two
+    (32, n) planes so that every NumPy operation runs over contiguous memory. Rows are filled
+    by doubling: rows [w, 2w) are rows [0, w) times alpha^w, a w-bit left shift across both
+    halves whose overflow h folds back as h * (x^7 + x^2 + x + 1). Five such steps replace 31
+    single multiplications by alpha.
+    """
+    count = len(sectors)
+    ivs = np.zeros((count, 2), dtype=_U64)
+    ivs[:, 0] = sectors
+    t0 = np.frombuffer(tweak_aes.update(ivs.tobytes()), dtype=_U64)
+    low = np.empty((_BLOCKS_PER_SECTOR, count), dtype=_U64)
+    high = np.empty((_BLOCKS_PER_SECTOR, count), dtype=_U64)
+    low[0], high[0] = t0[0::2], t0[1::2]
+    width = 1
+    while width < _BLOCKS_PER_SECTOR:
+        shift, back = np.uint64(width), np.uint64(64 - width)
+        src_low, src_high = low[:width], high[:width]
+        dst_low, dst_high = low[width : 2 * width], high[width : 2 * width]
+        overflow = src_high >> back
+        np.left_shift(src_high, shift, out=dst_high)
+        dst_high |= src_low >> back
+        np.left_shift(src_low, shift, out=dst_low)
+        dst_low ^= overflow
+        dst_low ^= overflow << _ONE
+        dst_low ^= overflow << _TWO
+        dst_low ^= overflow << _SEVEN
+        width *= 2
+    table = np.empty((count, _BLOCKS_PER_SECTOR, 2), dtype=_U64)
+    table[:, :, 0] = low.T
+    table[:, :, 1] = high.T
+    return table
 
 
 def _sector_count(length: int) -> int:

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from openhosting.store.tables import claims, drives
 
@@ -16,9 +16,12 @@ def get_drive(connection: Connection, uuid: str) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
-def drive_uuids_of(connection: Connection, user: str) -> list[str]:
-    query = select(drives.c.uuid).where(drives.c.user == user).order_by(drives.c.created_at)
-    return list(connection.execute(query.order_by(drives.c.uuid)).scalars())
+# For the Reader (store/reader.py): the UUIDs of the drives of `user`, oldest first.
+DRIVE_UUIDS_BY_USER = (
+    select(drives.c.uuid)
+    .where(drives.c.user == bindparam("user"))
+    .order_by(drives.c.created_at, drives.c.uuid)
+)
 
 
 def drives_of(connection: Connection, user: str) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from openhosting.store.tables import users
 
@@ -12,9 +12,8 @@ def insert_user(connection: Connection, **values: Any) -> None:
     connection.execute(insert(users).values(**values))
 
 
-def key_hash_of(connection: Connection, uuid: str) -> str | None:
-    """The stored key hash of user `uuid`, or None when there is no such user."""
-    return connection.execute(select(users.c.key_hash).where(users.c.uuid == uuid)).scalar()
+# For the Reader (store/reader.py): the stored key hash of user `uuid`.
+KEY_HASH_BY_UUID = select(users.c.key_hash).where(users.c.uuid == bindparam("uuid"))
 
 
 def get_user(connection: Connection, uuid: str) -> Mapping[str, Any] | None:

@@ -1,0 +1,28 @@
+"""`python -m bench [NAME ...]`: run the named benchmarks (all by default), one ratio each."""
+
+import argparse
+import importlib
+import sys
+
+# Name → module with a `run()` that prints its figures and returns its main ratio.
+BENCHMARKS = {
+    "api": "bench.api_rps",
+    "drive-write": "bench.drive_write",
+    "drive-upload": "bench.drive_upload",
+    "drive-read": "bench.drive_read",
+    "drive-read-encrypted": "bench.drive_read_encrypted",
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], metavar="NAME",
+                        help=f"one of: {', '.join(BENCHMARKS)}")  # fmt: skip
+    args = parser.parse_args()
+    for name in args.names or list(BENCHMARKS):
+        importlib.import_module(BENCHMARKS[name]).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

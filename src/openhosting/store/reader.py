@@ -1,0 +1,53 @@
+"""Fast reads for the event loop's hot paths (authentication, listings).
+
+SQLAlchemy builds, compiles and wraps every `execute` in result machinery that costs ten
+times the query itself for a one-row SQLite lookup. Here statements are still SQLAlchemy Core,
+defined once at module level and compiled once, but run on one held driver connection. Only
+the event loop's thread uses a Reader; everything that writes uses the engine as usual.
+"""
+
+from typing import Any
+
+from sqlalchemy import Engine, PoolProxiedConnection
+from sqlalchemy.sql import Executable
+
+
+class Reader:
+    """One held connection running precompiled read statements."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: PoolProxiedConnection | None = None
+        self._compiled: dict[int, tuple[Executable, str, tuple[str, ...]]] = {}
+
+    def _cursor(self) -> Any:
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+        return self._connection.cursor()
+
+    def _compile(self, statement: Executable) -> tuple[str, tuple[str, ...]]:
+        cached = self._compiled.get(id(statement))
+        if cached is None or cached[0] is not statement:
+            compiled = statement.compile(dialect=self._engine.dialect)  # type: ignore[attr-defined]
+            cached = (statement, compiled.string, tuple(compiled.positiontup or ()))
+            self._compiled[id(statement)] = cached
+        return cached[1], cached[2]
+
+    def all(self, statement: Executable, **params: Any) -> list[tuple[Any, ...]]:
+        sql, names = self._compile(statement)
+        cursor = self._cursor()
+        try:
+            # The driver opens no transaction for a SELECT (pysqlite begins one only before a
+            # change), so every read sees every commit made before it.
+            return list(cursor.execute(sql, tuple(params[name] for name in names)).fetchall())
+        finally:
+            cursor.close()
+
+    def scalar(self, statement: Executable, **params: Any) -> Any:
+        rows = self.all(statement, **params)
+        return rows[0][0] if rows else None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
