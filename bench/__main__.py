@@ -7,10 +7,12 @@ import sys
 # Name → module with a `run()` that prints its figures and returns its main ratio.
 BENCHMARKS = {
     "api": "bench.api_rps",
+    "tools": "bench.client_tools",
     "drive-write": "bench.drive_write",
     "drive-upload": "bench.drive_upload",
     "drive-read": "bench.drive_read",
     "drive-read-encrypted": "bench.drive_read_encrypted",
+    "imaging": "bench.imaging",
 }
 
 

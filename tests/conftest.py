@@ -2,6 +2,9 @@
 an in-process API client."""
 
 import base64
+import os
+import shutil
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.config import Config, load_config
+from openhosting.hypervisor import process
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 
@@ -36,6 +40,16 @@ def platform(config: Config) -> Iterator[Platform]:
     opened = open_platform(config)
     yield opened
     opened.close()
+    kill_leftover_vms(config.run_path)
+
+
+def kill_leftover_vms(run_path: Path) -> None:
+    """Kill every VM a test left running under `run_path`, then remove the run files."""
+    for run_dir in run_path.glob("*") if run_path.exists() else []:
+        pid = process.adopt(run_dir, run_dir.name)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(run_path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -57,4 +71,6 @@ def auth(user: NewKey) -> dict[str, str]:
 async def client(aiohttp_client, platform: Platform) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
     server = TestServer(build_app(platform, HANDLERS))
     await server.start_server(**RUNNER_OPTIONS)
+    await platform.imaging.start()  # as the daemon does
     yield await aiohttp_client(server)
+    await platform.imaging.stop()

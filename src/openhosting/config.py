@@ -6,6 +6,7 @@ a section (`[api] listen = "…"`) and its environment override joins the names
 """
 
 import dataclasses
+import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -40,6 +41,9 @@ class StorageSettings:
     default_cipher: str = "aes-xts-plain"
     # Host-wide number of imaging jobs that run at once.
     imaging_concurrency: int = 2
+    # Source bytes per second one imaging job may process, to spare running servers' disks;
+    # 0 means no limit.
+    imaging_max_rate: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,24 @@ class HypervisorSettings:
 
     accelerator: str = "auto"
     qemu_binary: str = "qemu-system-x86_64"
+    # Where each running VM keeps its pidfile, sockets and serial log; empty means a short
+    # directory under /run (unix socket paths must stay under 108 bytes).
+    run_dir: str = ""
+    # The address VNC servers listen on in user-mode networking.
+    vnc_listen: str = "127.0.0.1"
+    # The speed of one host core: a server's `cpu` MHz is this share of a core.
+    core_mhz: int = 2000
+    # How long a VM may take to start (QEMU) or to stop before it is killed.
+    start_timeout: int = 30
+    stop_timeout: int = 10
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Server networking."""
+
+    # `user`: QEMU user-mode networking (no host set-up); `bridge`: bridges, taps, dnsmasq.
+    mode: str = "user"
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,7 @@ class Config:
     api: ApiSettings = field(default_factory=ApiSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     hypervisor: HypervisorSettings = field(default_factory=HypervisorSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
 
     @property
     def state_path(self) -> Path:
@@ -75,6 +98,19 @@ class Config:
     @property
     def database_path(self) -> Path:
         return self.state_path / "openhosting.sqlite"
+
+    @property
+    def run_path(self) -> Path:
+        if self.hypervisor.run_dir:
+            return Path(self.hypervisor.run_dir)
+        # One short directory per state directory, so two platforms on a host never meet.
+        tag = hashlib.sha256(str(self.state_path.resolve()).encode()).hexdigest()[:10]
+        base = (
+            Path("/run/openhosting")
+            if os.geteuid() == 0
+            else Path(f"/tmp/openhosting-{os.geteuid()}")
+        )
+        return base / tag
 
     @property
     def platform_key_path(self) -> Path:

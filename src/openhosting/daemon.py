@@ -71,6 +71,8 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    await platform.servers.recover()
+    await platform.imaging.start()  # jobs a previous daemon left unfinished start again
     try:
         await site.start()
         log.info("event=listening url=%s state_dir=%s", public_url(config), config.state_dir)
@@ -80,6 +82,8 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         log.info("event=stopping")
     finally:
         await runner.cleanup()
+        await platform.imaging.stop()  # interrupted jobs start again on the next start
+        await platform.servers.close()  # VMs keep running; the next daemon adopts them
         log.info("event=stopped")
 
 

@@ -50,7 +50,9 @@ async def test_case_2_create_without_final_newline_has_exactly_one_drive_line(
         headers={**auth, "Content-Type": "text/plain", "Expect": ""},
     )
     assert response.status == 200
-    drive_lines = [line for line in (await response.text()).splitlines() if line.startswith("drive ")]
+    drive_lines = [
+        line for line in (await response.text()).splitlines() if line.startswith("drive ")
+    ]
     assert len(drive_lines) == 1
     assert len(drive_lines[0].split()[1]) == UUID_LEN
 
@@ -69,7 +71,9 @@ async def test_case_3_list_is_a_post_with_an_empty_form_body(
     assert sorted((await response.text()).split()) == sorted(made)
 
 
-async def test_case_4_info_by_post_with_empty_body(client: TestClient, auth: dict[str, str]) -> None:
+async def test_case_4_info_by_post_with_empty_body(
+    client: TestClient, auth: dict[str, str]
+) -> None:
     drive = (await create_drive(client, auth, 1000))["drive"]
     response = await client.post(f"/drives/{drive}/info", headers=auth)
     assert response.status == 200
@@ -160,7 +164,9 @@ async def test_case_10_missing_drive_is_404_missing_in_text(
     assert "could not be found" in await response.text()
 
 
-async def test_case_14_json_create_with_suffix_size(client: TestClient, auth: dict[str, str]) -> None:
+async def test_case_14_json_create_with_suffix_size(
+    client: TestClient, auth: dict[str, str]
+) -> None:
     response = await client.post(
         "/drives/create",
         data=json.dumps({"name": "test", "size": "160G"}),
@@ -203,7 +209,9 @@ async def test_case_29_newlines_in_user_keys_are_escaped(
     assert (await drive_info(client, auth, drive))["user:note"] == "a\nb"
 
 
-async def test_case_36_info_full_has_the_same_keys(client: TestClient, auth: dict[str, str]) -> None:
+async def test_case_36_info_full_has_the_same_keys(
+    client: TestClient, auth: dict[str, str]
+) -> None:
     drive = (await create_drive(client, auth, 100))["drive"]
     plain = await client.get(f"/drives/{drive}/info", headers=auth)
     full = await client.get(f"/drives/{drive}/info/full", headers=auth)
@@ -358,11 +366,15 @@ async def test_drive_bytes_limit_is_402_billing(
     assert response.headers["X-Elastic-Error"] == "billing"
     grow = await client.post(f"/drives/{drive}/set", data="size 10001", headers=auth)
     assert grow.status == 402
-    assert (await client.post(f"/drives/{drive}/set", data="size 10000", headers=auth)).status == 200
+    assert (
+        await client.post(f"/drives/{drive}/set", data="size 10000", headers=auth)
+    ).status == 200
     assert (await client.post("/drives/create", data="size 0", headers=auth)).status == 200
 
 
-async def test_oversized_key_value_body_is_refused(client: TestClient, auth: dict[str, str]) -> None:
+async def test_oversized_key_value_body_is_refused(
+    client: TestClient, auth: dict[str, str]
+) -> None:
     body = "size 10\nname " + "x" * 70000
     response = await client.post("/drives/create", data=body, headers=auth)
     assert response.status == 400

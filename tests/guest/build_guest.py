@@ -13,8 +13,8 @@ What the guest does, on its serial port (ttyS0, 115200):
   handler prints ``OH-GUEST-POWEROFF`` and runs ``poweroff -f``;
 - runs ``udhcpc`` on every NIC; each lease prints ``OH-GUEST-LEASE <iface> <mac> <ip>``
   (NIC names follow driver load order, so match NICs by MAC);
-- prints ``OH-GUEST-READY`` and keeps a root shell (prompt ``oh# ``) on ttyS0 for tests to
-  type commands into; the shell is restarted if it exits.
+- prints ``OH-GUEST-READY`` (acpid is listening by then) and keeps a root shell (prompt
+  ``oh# ``) on ttyS0 for tests to type commands into; the shell is restarted if it exits.
 
 Use ``build_tiny_guest()`` from Python or run this file as a script (it prints the path).
 """
@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the build steps change in a way the hashed texts below do not show.
-RECIPE_REVISION = "1"
+RECIPE_REVISION = "2"
 
 BOOT_MARKER = "OH-GUEST-BOOT"
 READY_MARKER = "OH-GUEST-READY"
@@ -48,9 +48,19 @@ FAT_KIB = (DISK_BYTES - PARTITION_START_SECTOR * 512) // 1024
 FIXED_MTIME = 1609459200
 
 MODULES = (
-    "ata_piix sd_mod sr_mod virtio_pci virtio_blk virtio_scsi virtio_net "
-    "e1000 8139cp 8139too button evdev"
-).split()
+    "ata_piix",
+    "sd_mod",
+    "sr_mod",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_net",
+    "e1000",
+    "8139cp",
+    "8139too",
+    "button",
+    "evdev",
+)
 
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 
@@ -61,7 +71,13 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo {BOOT_MARKER} > /dev/ttyS0
 for m in $(cat /etc/modules); do modprobe "$m"; done
-acpid -c /etc/acpi -l /dev/null
+acpid -f -c /etc/acpi -l /dev/null &
+# acpid opens the power button's input device after it starts: wait for that, so that READY
+# means a power-button press will be seen.
+for i in $(seq 50); do
+    ls -l /proc/$!/fd 2>/dev/null | grep -q /dev/input/event && break
+    sleep 0.1
+done
 for path in /sys/class/net/*; do
     iface=${{path##*/}}
     [ "$iface" = lo ] && continue
@@ -279,19 +295,33 @@ def _build_fat(work: Path, kver: str, initrd: Path) -> Path:
 def _build_disk(disk: Path, fat: Path) -> None:
     with disk.open("wb") as f:
         f.truncate(DISK_BYTES)
-    _run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
-         stdin=SFDISK_SCRIPT.encode())
-    _run(["dd", f"if={SYSLINUX_MBR}", f"of={disk}", "bs=440", "count=1", "conv=notrunc",
-          "status=none"])
-    _run(["dd", f"if={fat}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc,sparse",
-          "status=none"])
+    _run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
+        stdin=SFDISK_SCRIPT.encode(),
+    )
+    _run(
+        [
+            "dd",
+            f"if={SYSLINUX_MBR}",
+            f"of={disk}",
+            "bs=440",
+            "count=1",
+            "conv=notrunc",
+            "status=none",
+        ]
+    )
+    _run(["dd", f"if={fat}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Build (or find) the image and print its path."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where to keep the image (default ~/.cache/openhosting)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where to keep the image (default ~/.cache/openhosting)",
+    )
     args = parser.parse_args(argv)
     print(build_tiny_guest(args.cache_dir))
     return 0

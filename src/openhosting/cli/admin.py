@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from openhosting.cli import admin_imaging
 from openhosting.config import ConfigError, load_config
 from openhosting.errors import ApiError
 from openhosting.services.platform import Platform, open_platform
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("uuid", type=str.lower)
     limits.add_argument("--max-drive-bytes", help="total drive bytes (k/M/G/T), or 'none'")
     limits.set_defaults(run=cmd_user_set)
+    admin_imaging.add_parsers(areas)
     return parser
 
 

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +77,20 @@ def read_cpu_quota(layout: CgroupLayout, server: str) -> int | None:
     return None if text in ("max", "-1") else int(text)
 
 
-def remove_cpu_group(layout: CgroupLayout, server: str) -> None:
-    """Remove the server's group once its process is gone (a group with tasks stays)."""
-    try:
-        os.rmdir(layout.group_of(server))
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        if error.errno != errno.EBUSY:
-            raise
-        log.warning("event=cgroup_busy server=%s", server)
+def remove_cpu_group(layout: CgroupLayout, server: str, wait: float = 2.0) -> None:
+    """Remove the server's group once its process is gone. The threads of a process that
+    just exited can linger a moment, keeping the group busy: try again for `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.rmdir(layout.group_of(server))
+            return
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            if error.errno != errno.EBUSY:
+                raise
+            if time.monotonic() >= deadline:
+                log.warning("event=cgroup_busy server=%s", server)
+                return
+            time.sleep(0.05)

@@ -8,6 +8,9 @@ from sqlalchemy import Engine
 from openhosting.config import Config
 from openhosting.services.accounts import Accounts
 from openhosting.services.drives import Drives
+from openhosting.services.imaging import Imaging
+from openhosting.services.servers import Servers
+from openhosting.services.standard_drives import StandardDrives
 from openhosting.storage.drive_files import DriveFiles
 from openhosting.store.database import open_engine
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
@@ -22,7 +25,10 @@ class Platform:
     engine: Engine
     accounts: Accounts
     drives: Drives
+    servers: Servers
     reader: Reader
+    imaging: Imaging
+    standard_drives: StandardDrives
 
     def close(self) -> None:
         self.reader.close()
@@ -48,5 +54,13 @@ def open_platform(config: Config) -> Platform:
         engine=engine,
         accounts=Accounts(engine, reader, platform_key),
         drives=drives,
+        servers=Servers(engine, reader, drives, config),
         reader=reader,
+        imaging=Imaging(
+            engine,
+            drives,
+            config.storage.imaging_concurrency,
+            config.storage.imaging_max_rate,
+        ),
+        standard_drives=StandardDrives(engine, drives.files),
     )

@@ -24,7 +24,7 @@ class DriveIO(Protocol):
 
     def read_at(self, offset: int, length: int) -> bytes: ...
 
-    def write_at(self, offset: int, data: bytes | memoryview) -> None: ...
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
 
     def sync(self) -> None: ...
 
@@ -44,7 +44,7 @@ class PlainDriveIO:
     def read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
 
-    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         while view:
             written = os.pwrite(self._fd, view, offset)
@@ -71,12 +71,13 @@ class EncryptedDriveIO:
     def read_at(self, offset: int, length: int) -> bytes:
         return self._volume.read_at(offset, length)
 
-    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        # No copy here: the volume encrypts into a buffer of its own.
         if offset % SECTOR_SIZE == 0 and len(data) % SECTOR_SIZE == 0:
-            self._volume.write_at(offset, bytes(data))
+            self._volume.write_at(offset, data)
             return
         with self._edge_lock:
-            self._volume.write_at(offset, bytes(data))
+            self._volume.write_at(offset, data)
 
     def resize(self, size: int) -> None:
         """Resize the payload to hold `size` bytes; bytes past `size` in the last sector are

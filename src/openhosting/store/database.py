@@ -42,4 +42,5 @@ def migrate(engine: Engine, lock_path: Path) -> None:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         with engine.begin() as connection:
             alembic_config.attributes["connection"] = connection
-            command.upgrade(alembic_config, "head")
+            # "heads": branches made side by side (one per feature) all apply.
+            command.upgrade(alembic_config, "heads")

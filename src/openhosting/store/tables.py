@@ -4,6 +4,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -51,6 +52,15 @@ drives = Table(
     Column("read_requests", BigInteger, nullable=False, server_default="0"),
     Column("write_bytes", BigInteger, nullable=False, server_default="0"),
     Column("write_requests", BigInteger, nullable=False, server_default="0"),
+    # Standard drives (owned by PLATFORM_USER): how servers mount them, and for gzip images
+    # their format and decompressed size.
+    Column("media", String(8), nullable=False, server_default="disk"),
+    Column("format", String(16), nullable=False, server_default=""),
+    Column("rawsize", BigInteger, nullable=True),
+    # What drive info shows of imaging into this drive (`queued`, `42%`, NULL when none is
+    # under way) and the reason the last imaging failed; kept by services/imaging.py.
+    Column("imaging", String(16), nullable=True),
+    Column("imaging_error", Text, nullable=True),
     Index("drives_by_user", "user"),
 )
 
@@ -66,4 +76,45 @@ claims = Table(
     Column("device", String(32), nullable=False, server_default=""),
     Column("exclusive", Boolean, nullable=False),
     Index("claims_by_drive", "drive"),
+)
+
+servers = Table(
+    "servers",
+    metadata,
+    Column("uuid", String(36), primary_key=True),
+    Column("user", String(36), ForeignKey("users.uuid", ondelete="CASCADE"), nullable=False),
+    # The configuration as `ServerConfig.canonical_properties()` gives it (JSON object).
+    Column("config", Text, nullable=False),
+    # What the server should be: `active` while its VM is meant to run, `stopped`, or `dead`
+    # after its VM crashed. Whether a VM really runs is read from QEMU, never from here.
+    Column("status", String(16), nullable=False, server_default="stopped"),
+    Column("started_at", Integer, nullable=True),
+    Column("vnc_display", Integer, nullable=True),
+    Column("created_at", Integer, nullable=False),
+    Index("servers_by_user", "user"),
+)
+
+# The owner of the standard drives (the public image library): a row in `users` that no key
+# opens and that user listings leave out.
+PLATFORM_USER = "00000000-0000-0000-0000-000000000000"
+
+# Imaging jobs (services/imaging.py): one row per `/drives/D/image/SRC[/conversion]` request.
+# `dst` and `src` are plain UUIDs, not foreign keys: the history outlives the drives.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user", String(36), nullable=False),
+    Column("dst", String(36), nullable=False),
+    Column("src", String(36), nullable=False),
+    Column("conversion", String(16), nullable=False, server_default=""),
+    Column("state", String(16), nullable=False),  # queued | running | done | failed
+    Column("bytes_done", BigInteger, nullable=False, server_default="0"),
+    Column("bytes_total", BigInteger, nullable=False, server_default="0"),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Index("jobs_by_state", "state"),
+    Index("jobs_by_dst", "dst"),
 )

@@ -5,7 +5,10 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
-from openhosting.store.tables import users
+from openhosting.store.tables import PLATFORM_USER, users
+
+# Every user but the platform user that owns the standard drives.
+_PEOPLE = users.c.uuid != PLATFORM_USER
 
 
 def insert_user(connection: Connection, **values: Any) -> None:
@@ -17,24 +20,27 @@ KEY_HASH_BY_UUID = select(users.c.key_hash).where(users.c.uuid == bindparam("uui
 
 
 def get_user(connection: Connection, uuid: str) -> Mapping[str, Any] | None:
-    row = connection.execute(select(users).where(users.c.uuid == uuid)).mappings().first()
+    query = select(users).where(users.c.uuid == uuid, _PEOPLE)
+    row = connection.execute(query).mappings().first()
     return dict(row) if row is not None else None
 
 
 def list_users(connection: Connection) -> list[dict[str, Any]]:
-    rows = connection.execute(select(users).order_by(users.c.created_at, users.c.uuid))
+    query = select(users).where(_PEOPLE).order_by(users.c.created_at, users.c.uuid)
+    rows = connection.execute(query)
     return [dict(row) for row in rows.mappings()]
 
 
 def count_users(connection: Connection) -> int:
-    return len(connection.execute(select(users.c.uuid).limit(1)).all())
+    return len(connection.execute(select(users.c.uuid).where(_PEOPLE).limit(1)).all())
 
 
 def update_user(connection: Connection, uuid: str, **values: Any) -> bool:
     """Change columns of user `uuid`; False when there is no such user."""
-    result = connection.execute(update(users).where(users.c.uuid == uuid).values(**values))
+    query = update(users).where(users.c.uuid == uuid, _PEOPLE).values(**values)
+    result = connection.execute(query)
     return result.rowcount > 0
 
 
 def delete_user(connection: Connection, uuid: str) -> bool:
-    return connection.execute(delete(users).where(users.c.uuid == uuid)).rowcount > 0
+    return connection.execute(delete(users).where(users.c.uuid == uuid, _PEOPLE)).rowcount > 0

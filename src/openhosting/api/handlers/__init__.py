@@ -1,6 +1,6 @@
 """Request handlers, one module per area; `HANDLERS` maps command names to them."""
 
-from openhosting.api.handlers import drives
+from openhosting.api.handlers import drive_images, drives, servers
 from openhosting.api.routes import Handler
 
 HANDLERS: dict[str, Handler] = {
@@ -12,4 +12,18 @@ HANDLERS: dict[str, Handler] = {
     "drives.destroy": drives.destroy,
     "drives.read": drives.read,
     "drives.write": drives.write,
+    "drives.image": drive_images.image,
+    "drives.list_standard": drive_images.list_standard,
+    "drives.info_standard": drive_images.info_standard,
+    "servers.list": servers.list_servers,
+    "servers.info_all": servers.info_all,
+    "servers.info": servers.info,
+    "servers.create": servers.create,
+    "servers.create_stopped": servers.create_stopped,
+    "servers.set": servers.set_server,
+    "servers.start": servers.start,
+    "servers.stop": servers.stop,
+    "servers.shutdown": servers.shutdown,
+    "servers.reset": servers.reset,
+    "servers.destroy": servers.destroy,
 }

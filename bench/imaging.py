@@ -1,0 +1,197 @@
+"""Imaging jobs against the commands an operator would use instead.
+
+- copy: `/drives/D/image/SRC` of a 10 GiB plain drive holding 100 MiB, against
+  `cp --sparse=always` of the same drive file. Goal: ≤ 1.5× its time.
+- gunzip: `/drives/D/image/STD/gunzip` of a 1 GiB gzip image stored as a standard drive,
+  against `gzip -dc` of the same file to the same disk. Goal: ≤ 1×.
+
+An imaging job's time runs from the POST to the info without `imaging`, and includes the
+fdatasync that makes the result durable; the anchors leave their output in the page cache, so
+each is also shown with a `sync -d` of its output, the like-for-like figure. While two gunzip
+jobs run, the latency of `/drives/list` is sampled to show the API stays responsive.
+"""
+
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from isal import isal_zlib
+
+from bench.drive_data import (
+    MIB,
+    ROUNDS,
+    api_post,
+    create_drive,
+    curl_upload,
+    data_blocks,
+    destroy_drive,
+    drop_dirty_pages,
+)
+from bench.harness import BIN, Daemon, report, running_daemon, work_directory
+
+GIB = 1024 * MIB
+TIMEOUT = 600
+
+
+def drive_info(daemon: Daemon, drive: str) -> dict[str, str]:
+    text = api_post(daemon, f"/drives/{drive}/info")
+    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+
+def image_seconds(daemon: Daemon, dst: str, src: str, conversion: str = "") -> float:
+    """Seconds from the POST until DST's info shows no imaging (checked every 2 ms)."""
+    path = f"/drives/{dst}/image/{src}" + (f"/{conversion}" if conversion else "")
+    started = time.perf_counter()
+    api_post(daemon, path, b" ")
+    deadline = started + TIMEOUT
+    while "imaging" in (info := drive_info(daemon, dst)):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"imaging did not finish in {TIMEOUT} s")
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    if "imaging:error" in info:
+        raise RuntimeError(f"imaging failed: {info['imaging:error']}")
+    return elapsed
+
+
+def command_seconds(command: str, output: Path) -> tuple[float, float]:
+    """Seconds of a shell command writing `output`, without and with `sync -d` of it."""
+    started = time.perf_counter()
+    subprocess.run(["sh", "-c", command], check=True, timeout=TIMEOUT)
+    plain = time.perf_counter() - started
+    subprocess.run(["sync", "-d", str(output)], check=True, timeout=TIMEOUT)
+    return plain, time.perf_counter() - started
+
+
+def bench_copy(daemon: Daemon, work_dir: Path) -> float:
+    size, pieces = 10 * GIB, 10
+    piece = work_dir / "piece.bin"
+    piece.write_bytes(os.urandom(10 * MIB))
+    src = create_drive(daemon, size, "none")
+    headers = {"Authorization": daemon.auth_header}
+    for index in range(pieces):  # 100 MiB spread over the drive
+        offset = index * (size // pieces) + index * 4096
+        curl_upload(f"{daemon.url}/drives/{src}/write/{offset}", piece, headers)
+    source_file = daemon.state_dir / "drives" / f"{src}.img"
+    target = work_dir / "cp.out"
+    ours, anchor, anchor_synced = [], [], []
+    for _ in range(ROUNDS):
+        dst = create_drive(daemon, size, "none")
+        drop_dirty_pages()
+        ours.append(image_seconds(daemon, dst, src))
+        destroy_drive(daemon, dst)
+        drop_dirty_pages()
+        plain, synced = command_seconds(f"cp --sparse=always {source_file} {target}", target)
+        anchor.append(plain)
+        anchor_synced.append(synced)
+        target.unlink()
+    best = min(ours)
+    report(
+        "image copy, 10 GiB plain holding 100 MiB, incl. sync", best * 1000,
+        "cp --sparse=always + sync -d", min(anchor_synced) * 1000, "ms", "info",
+    )  # fmt: skip
+    return report(
+        "image copy, 10 GiB plain holding 100 MiB", best * 1000,
+        "cp --sparse=always", min(anchor) * 1000, "ms", "≤ 1.5",
+    )  # fmt: skip
+
+
+def make_gzip_image(path: Path, size: int) -> None:
+    """A gzip image of `size` bytes: disk-like data (compresses about 2:1) and zeros."""
+    compressor = isal_zlib.compressobj(3, isal_zlib.DEFLATED, 31)
+    with path.open("wb") as file:
+        for index, block in enumerate(data_blocks(size)):
+            # A quarter of the blocks are zeros, as unused space in a disk image is.
+            file.write(compressor.compress(bytes(len(block)) if index % 4 == 3 else block))
+        file.write(compressor.flush())
+
+
+def add_standard(daemon: Daemon, image: Path) -> str:
+    out = subprocess.run(
+        [str(BIN / "openhosting-admin"), "--state-dir", str(daemon.state_dir), "standard",
+         "add", str(image), "--name", "bench image", "--gzip"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=True,
+    ).stdout  # fmt: skip
+    return dict(line.split(" ", 1) for line in out.splitlines())["drive"]
+
+
+def bench_gunzip(daemon: Daemon, work_dir: Path) -> float:
+    size = GIB
+    image = work_dir / "image.gz"
+    make_gzip_image(image, size)
+    standard = add_standard(daemon, image)
+    target = work_dir / "gunzip.out"
+    ours, encrypted, anchor, anchor_synced = [], [], [], []
+    for _ in range(ROUNDS):
+        for cipher, times in (("none", ours), ("aes-xts-plain", encrypted)):
+            dst = create_drive(daemon, size, cipher)
+            drop_dirty_pages()
+            times.append(image_seconds(daemon, dst, standard, "gunzip"))
+            destroy_drive(daemon, dst)
+        drop_dirty_pages()
+        plain, synced = command_seconds(f"gzip -dc {image} > {target}", target)
+        anchor.append(plain)
+        anchor_synced.append(synced)
+        target.unlink()
+    report(
+        "image gunzip, 1 GiB image, encrypted drive", min(encrypted), "gzip -dc", min(anchor),
+        "s", "info",
+    )  # fmt: skip
+    report(
+        "image gunzip, 1 GiB image, plain drive, incl. sync", min(ours),
+        "gzip -dc + sync -d", min(anchor_synced), "s", "info",
+    )  # fmt: skip
+    ratio = report(
+        "image gunzip, 1 GiB image, plain drive", min(ours), "gzip -dc", min(anchor), "s", "≤ 1",
+    )  # fmt: skip
+    responsiveness(daemon, standard, size)
+    return ratio
+
+
+def responsiveness(daemon: Daemon, standard: str, size: int) -> None:
+    """The slowest and median `/drives/list` while two gunzip jobs run."""
+    targets = [create_drive(daemon, size, "aes-xts-plain") for _ in range(2)]
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        request = urllib.request.Request(
+            f"{daemon.url}/drives/list", headers={"Authorization": daemon.auth_header}
+        )
+        while not done.is_set() and len(latencies) < 100_000:
+            started = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=60) as response:
+                response.read()
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        runs = [
+            threading.Thread(target=image_seconds, args=(daemon, dst, standard, "gunzip"))
+            for dst in targets
+        ]
+        for run_thread in runs:
+            run_thread.start()
+        for run_thread in runs:
+            run_thread.join(timeout=TIMEOUT)
+    finally:
+        done.set()
+        sampler.join(timeout=60)
+    latencies.sort()
+    print(
+        f"/drives/list during two encrypted gunzip jobs: {len(latencies)} requests,"
+        f" median {latencies[len(latencies) // 2] * 1000:.1f} ms,"
+        f" slowest {latencies[-1] * 1000:.1f} ms",
+        flush=True,
+    )
+
+
+def run() -> float:
+    with work_directory("imaging") as work_dir, running_daemon(work_dir) as daemon:
+        bench_copy(daemon, work_dir)
+        return bench_gunzip(daemon, work_dir)

@@ -1,0 +1,64 @@
+"""Handlers of the server commands (API.md §5)."""
+
+from aiohttp import web
+
+from openhosting.api.context import platform_of, user_of
+from openhosting.api.negotiation import read_properties
+from openhosting.wire.payload import Properties, PropertiesList, ValueList
+
+
+def _server(request: web.Request) -> str:
+    return request.match_info["server"].lower()
+
+
+async def _body(request: web.Request) -> dict[str, str]:
+    return await read_properties(request, platform_of(request).config.api.max_body_bytes)
+
+
+async def list_servers(request: web.Request) -> ValueList:
+    rows = platform_of(request).servers.list_rows(user_of(request))
+    return ValueList(("server", "cpu", "mem"), rows)
+
+
+async def info_all(request: web.Request) -> PropertiesList:
+    return PropertiesList(await platform_of(request).servers.info_all(user_of(request)))
+
+
+async def info(request: web.Request) -> Properties:
+    return Properties(await platform_of(request).servers.info(user_of(request), _server(request)))
+
+
+async def create(request: web.Request) -> Properties:
+    servers = platform_of(request).servers
+    return Properties(await servers.create(user_of(request), await _body(request), start=True))
+
+
+async def create_stopped(request: web.Request) -> Properties:
+    servers = platform_of(request).servers
+    return Properties(await servers.create(user_of(request), await _body(request), start=False))
+
+
+async def set_server(request: web.Request) -> Properties:
+    servers = platform_of(request).servers
+    properties = await _body(request)
+    return Properties(await servers.set_config(user_of(request), _server(request), properties))
+
+
+async def start(request: web.Request) -> None:
+    await platform_of(request).servers.start(user_of(request), _server(request))
+
+
+async def stop(request: web.Request) -> None:
+    await platform_of(request).servers.stop(user_of(request), _server(request))
+
+
+async def shutdown(request: web.Request) -> None:
+    await platform_of(request).servers.shutdown(user_of(request), _server(request))
+
+
+async def reset(request: web.Request) -> None:
+    await platform_of(request).servers.reset(user_of(request), _server(request))
+
+
+async def destroy(request: web.Request) -> None:
+    await platform_of(request).servers.destroy(user_of(request), _server(request))

@@ -1,0 +1,236 @@
+"""`openhosting-download [-c CHUNK] [-o OFFSET] [-p N] DRIVE FILE`: download a drive to a file.
+
+Reads the drive's `size` from its info, prints `Downloading COUNT chunks of CHUNK bytes
+starting at OFFSET: `, one `.` per chunk and ` completed`, as the original ElasticHosts tool
+printed. Without `-o` it resumes from the local file's size rounded down to a whole chunk. The
+last chunk is cut to the drive's exact size. On failure it prints `E`, and on standard error
+the `-o …` that resumes the download.
+
+Beyond the original: chunks are fetched `-p N` at a time (default 4) but written in order, so
+the file never has a gap before its end and resuming from its size stays right even after a
+`kill -9`; chunks of zeros past the file's end become holes (a sparse file); on a terminal a
+progress bar replaces the dots. A regular output file ends with exactly the drive's size.
+"""
+
+import argparse
+import functools
+import os
+import stat
+import sys
+import threading
+
+from openhosting.cli.chunks import (
+    DEFAULT_WORKERS,
+    Chunk,
+    ChunkRun,
+    Turns,
+    chunk_at,
+    chunk_count,
+    is_zero,
+    zeros,
+)
+from openhosting.cli.http_client import ApiClient, api_path
+from openhosting.cli.progress import choose_progress
+from openhosting.cli.tool import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    client_from_environment,
+    interrupt_on_sigterm,
+    positive_int_argument,
+    positive_size_argument,
+    run_tool,
+    size_argument,
+)
+from openhosting.cli.upload import DEFAULT_CHUNK, describe
+from openhosting.errors import MissingError, UsageError
+from openhosting.wire.text import parse_properties
+
+
+def drive_size(client: ApiClient, drive: str) -> int:
+    try:
+        answer = client.call("GET", api_path("drives", drive, "info"))
+    except MissingError:
+        raise MissingError(f"Drive {drive} not found") from None
+    size = parse_properties(answer.decode("utf-8", "replace")).get("size", "")
+    if not size.isdigit():
+        raise MissingError(f"Drive {drive} not found")
+    return int(size)
+
+
+def resume_offset(path: str, chunk_size: int) -> int:
+    """Where a download into `path` resumes: its size rounded down to a whole chunk."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(info.st_mode):
+        return 0
+    return info.st_size - info.st_size % chunk_size
+
+
+class OutputFile:
+    """The file chunks are written to, in order; zero chunks past its end become holes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        self.regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+
+    def write(self, offset: int, data: bytearray | bytes, zero: bool) -> None:
+        end = offset + len(data)
+        if zero and self.regular:
+            current = os.fstat(self._fd).st_size
+            if offset < current:  # zeros over what the file holds: they must be written
+                self._pwrite(offset, zeros(min(end, current) - offset))
+            if end > current:
+                os.ftruncate(self._fd, end)  # a hole, read back as zeros
+            return
+        self._pwrite(offset, data)
+
+    def _pwrite(self, offset: int, data: bytearray | bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def set_size(self, size: int) -> None:
+        """Make a regular file exactly `size` bytes long (a block device keeps its size)."""
+        if self.regular and os.fstat(self._fd).st_size != size:
+            os.ftruncate(self._fd, size)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class ChunkBuffers(threading.local):
+    """One reusable buffer per worker thread and chunk length."""
+
+    def __init__(self) -> None:
+        self.by_length: dict[int, bytearray] = {}
+
+    def get(self, length: int) -> bytearray:
+        buffer = self.by_length.get(length)
+        if buffer is None:
+            buffer = self.by_length[length] = bytearray(length)
+        return buffer
+
+
+def read_chunk(
+    client: ApiClient,
+    drive: str,
+    output: OutputFile,
+    buffers: ChunkBuffers,
+    chunk: Chunk,
+    turns: Turns,
+) -> None:
+    buffer = buffers.get(chunk.length)
+    path = api_path("drives", drive, "read", str(chunk.offset), str(chunk.length))
+    response = client.request("GET", path)
+    client.read_into(response, memoryview(buffer))
+    zero = is_zero(buffer)
+    with turns.turn(chunk.index):
+        output.write(chunk.offset, buffer, zero)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openhosting-download",
+        description="Download a drive to a file (or a block device) in chunks.",
+        epilog="Environment: OHURI (the API endpoint), OHAUTH (<user uuid>:<secret API key>).",
+    )
+    add = parser.add_argument
+    add(
+        "-c",
+        dest="chunk",
+        type=positive_size_argument,
+        default=DEFAULT_CHUNK,
+        metavar="CHUNK",
+        help=f"size of chunks (default: {DEFAULT_CHUNK})",
+    )
+    add(
+        "-o",
+        dest="offset",
+        type=size_argument,
+        metavar="OFFSET",
+        help="byte offset from which to resume the download (default: the file's size, rounded"
+        " down to a whole chunk)",
+    )
+    add(
+        "-p",
+        dest="parallel",
+        type=positive_int_argument,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"chunks fetched at once (default: {DEFAULT_WORKERS})",
+    )
+    add("drive", type=str.lower, metavar="DRIVE", help="UUID of the drive")
+    add("file", metavar="FILE", help="the file (or block device) to write")
+    return parser
+
+
+def download(args: argparse.Namespace) -> int:
+    chunk_size = args.chunk
+    start = resume_offset(args.file, chunk_size) if args.offset is None else args.offset
+    client = client_from_environment()
+    size = drive_size(client, args.drive)
+    client.close()  # the workers open their own connections
+    if start > size:
+        raise UsageError(f"Offset {start} is past the end of drive {args.drive} ({size} bytes)")
+    try:
+        output = OutputFile(args.file)
+    except OSError as error:
+        raise UsageError(f"Failed to open {args.file}: {error.strerror}") from None
+    try:
+        return _download(args, client, output, start, size)
+    finally:
+        output.close()
+
+
+def _download(
+    args: argparse.Namespace, client: ApiClient, output: OutputFile, start: int, size: int
+) -> int:
+    chunk_size = args.chunk
+    count = chunk_count(start, size, chunk_size)
+    progress = choose_progress(
+        sys.stdout,
+        f"Downloading {count} chunks of {chunk_size} bytes starting at {start}: ",
+        size - start,
+    )
+    work = functools.partial(read_chunk, client, args.drive, output, ChunkBuffers())
+    run = ChunkRun(
+        count,
+        lambda index: chunk_at(index, start, size, chunk_size),
+        work,
+        workers=args.parallel,
+        worker_done=client.close,
+    )
+    progress.start()
+    result = run.run(lambda chunk: progress.advance(chunk.length), progress.tick)
+    if result.ok:
+        output.set_size(size)
+        progress.finish()
+        return 0
+    progress.fail()
+    # Chunks are written in order: every one before the first unfinished one is in the file.
+    resume = start + result.first_unfinished * chunk_size
+    if result.interrupted:
+        print(f"Interrupted at offset {resume}: aborting", file=sys.stderr)
+    else:
+        assert result.failed is not None and result.error is not None
+        print(
+            f"Failed to read chunk at offset {result.failed.offset}: aborting\n"
+            f"{describe(result.error)}",
+            file=sys.stderr,
+        )
+    print(f"Restart with '-o {resume}' to resume the download", file=sys.stderr)
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    interrupt_on_sigterm()
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: download(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

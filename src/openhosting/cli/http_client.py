@@ -1,0 +1,387 @@
+"""The small HTTP client the client tools share.
+
+One endpoint (`OHURI`), HTTP Basic auth (`OHAUTH`), keep-alive connections (one per thread,
+so that parallel chunks each have their own), request bodies streamed from files without
+reading them whole, a time limit on every socket operation, and failures turned into the
+platform's error types: an HTTP error becomes the class of its `X-Elastic-Error` type with the
+body's text as message; a connection that cannot be made becomes a `ConnectionFailed` that
+says what to check.
+"""
+
+import base64
+import http.client
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import quote, urlsplit
+
+from openhosting.errors import (
+    ApiError,
+    AuthError,
+    BillingError,
+    BusyError,
+    FailedError,
+    FullError,
+    MethodError,
+    MissingError,
+    SystemError_,
+    UsageError,
+)
+
+# Seconds any one socket operation (connect, send, a wait for the answer) may take. A drive
+# write is answered only once its bytes are durable, which can take a while on a busy disk.
+DEFAULT_TIMEOUT = float(os.environ.get("OH_TIMEOUT", "300"))
+# Bytes sent per system call when a body streams from a file.
+SEND_BLOCK = 1024 * 1024
+
+_ERROR_TYPES: dict[str, type[ApiError]] = {
+    cls.kind: cls
+    for cls in (
+        UsageError,
+        AuthError,
+        BillingError,
+        MissingError,
+        MethodError,
+        BusyError,
+        FailedError,
+        SystemError_,
+        FullError,
+    )
+}
+# Errors on a reused keep-alive connection that mean the server closed it while it was idle.
+_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+Body = bytes | bytearray | memoryview | BinaryIO | None
+Trace = Callable[[str], None]
+
+
+class ConnectionFailed(SystemError_):
+    """The endpoint could not be reached, or did not answer as an HTTP server."""
+
+
+class HttpError(ApiError):
+    """An HTTP error without an `X-Elastic-Error` type: not an answer of the API itself."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the API is: the parts of `OHURI`."""
+
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # always ends with "/"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.base_path}"
+
+    def target(self, path: str) -> str:
+        """The request target for an API path such as `drives/list`."""
+        return self.base_path + path.lstrip("/")
+
+
+def parse_endpoint(uri: str) -> Endpoint:
+    """The endpoint `uri` names (`http://HOST[:PORT][/PATH][/]`; the trailing slash is optional)."""
+    parts = urlsplit(uri.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"Invalid OHURI {uri!r}: expected the API endpoint URI, e.g. http://127.0.0.1:8080/"
+        )
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UsageError(f"Invalid OHURI {uri!r}: the port is not a number") from None
+    base = parts.path if parts.path.endswith("/") else parts.path + "/"
+    return Endpoint(parts.scheme, parts.hostname, port, base)
+
+
+def api_path(*components: str) -> str:
+    """An API path from its components, each percent-encoded where a URL needs it."""
+    return "/".join(quote(component, safe="/:@!$&'()*+,;=-._~") for component in components)
+
+
+def basic_authorization(user: str, secret: str) -> str:
+    """The `Authorization` header value for `user` and `secret`."""
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+
+
+def error_from_response(status: int, reason: str, kind: str, text: str, url: str) -> ApiError:
+    """The error an HTTP error response stands for: its `X-Elastic-Error` type's class."""
+    text = text.strip() or f"HTTP {status} {reason}"
+    error_type = _ERROR_TYPES.get(kind.split(" ")[0].strip().lower()) if kind else None
+    if error_type is None:
+        if status == 401:
+            error_type = AuthError
+        else:
+            # No API answers without the header: OHURI probably names some other server.
+            foreign = HttpError(f"HTTP {status} {reason} from {url}: is OHURI the API endpoint?")
+            foreign.status = status
+            return foreign
+    if error_type is AuthError:
+        text += " (check OHAUTH: <user uuid>:<secret API key>)"
+    error = error_type(text)
+    error.status = status
+    return error
+
+
+class ApiClient:
+    """Requests to one endpoint with one set of credentials, safe to use from many threads."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        authorization: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        trace: Trace | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._authorization = authorization
+        self._timeout = timeout
+        self._trace = trace
+        self._local = threading.local()
+
+    # -- connections ------------------------------------------------------------------
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        if self.endpoint.scheme == "https":
+            return http.client.HTTPSConnection(
+                self.endpoint.host,
+                self.endpoint.port,
+                timeout=self._timeout,
+                context=ssl.create_default_context(),
+                blocksize=SEND_BLOCK,
+            )
+        return http.client.HTTPConnection(
+            self.endpoint.host, self.endpoint.port, timeout=self._timeout, blocksize=SEND_BLOCK
+        )
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it has carried a request before."""
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is None or connection.sock is None:
+            if connection is not None:
+                connection.close()
+            connection = self._new_connection()
+            self._local.connection = connection
+            return connection, False
+        return connection, True
+
+    def _drop_connection(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads' close when their thread ends)."""
+        self._drop_connection()
+
+    # -- requests ---------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Body = None,
+        *,
+        length: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> http.client.HTTPResponse:
+        """Send a request and return the response, its body still to be read.
+
+        `body` is bytes, or a binary file of `length` bytes that is streamed. An HTTP error
+        status raises the matching `ApiError` after reading its text.
+        """
+        if body is not None and not isinstance(body, bytes | bytearray | memoryview):
+            if length is None:
+                raise ValueError("a streamed body needs its length")
+        elif body is not None:
+            length = len(body)
+        connection, reused = self._connection()
+        try:
+            response = self._exchange(connection, method, path, body, length or 0, headers)
+        except _STALE_CONNECTION:
+            self._drop_connection()
+            # A connection idle since its last request may have been closed by the server; a
+            # body that is in memory can be sent again on a new one.
+            if not reused or not (body is None or isinstance(body, bytes | bytearray)):
+                raise self._connection_error(ConnectionResetError("connection reset")) from None
+            connection, _ = self._connection()
+            response = self._send_fresh(connection, method, path, body, length or 0, headers)
+        except (OSError, http.client.HTTPException) as error:
+            self._drop_connection()
+            raise self._connection_error(error) from None
+        if response.status >= 400:
+            self._raise_for(response)
+        return response
+
+    def _send_fresh(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        body: Body,
+        length: int,
+        headers: Mapping[str, str] | None,
+    ) -> http.client.HTTPResponse:
+        try:
+            return self._exchange(connection, method, path, body, length, headers)
+        except (OSError, http.client.HTTPException) as error:
+            self._drop_connection()
+            raise self._connection_error(error) from None
+
+    def _exchange(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        body: Body,
+        length: int,
+        headers: Mapping[str, str] | None,
+    ) -> http.client.HTTPResponse:
+        target = self.endpoint.target(path)
+        host = self.endpoint.host if ":" not in self.endpoint.host else f"[{self.endpoint.host}]"
+        default_port = 443 if self.endpoint.scheme == "https" else 80
+        all_headers = {
+            "Host": host if self.endpoint.port == default_port else f"{host}:{self.endpoint.port}",
+            "User-Agent": "openhosting-tools/1",
+            "Authorization": self._authorization,
+            **(headers or {}),
+        }
+        if body is not None or method == "POST":
+            all_headers["Content-Length"] = str(length)
+        if self._trace is not None:
+            self._trace(f"> {method} {target} HTTP/1.1")
+            for key, value in all_headers.items():
+                shown = "Basic <hidden>" if key == "Authorization" else value
+                self._trace(f"> {key}: {shown}")
+        connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for key, value in all_headers.items():
+            connection.putheader(key, value)
+        connection.endheaders()
+        try:
+            self._send_body(connection, body, length)
+        except (BrokenPipeError, ConnectionResetError):
+            # The server may have answered (an error) before reading the whole body and closed
+            # the connection: its answer says more than the broken pipe.
+            response = connection.getresponse()
+        else:
+            response = connection.getresponse()
+        if self._trace is not None:
+            version = "HTTP/1.1" if response.version == 11 else "HTTP/1.0"
+            self._trace(f"< {version} {response.status} {response.reason}")
+            for key, value in response.getheaders():
+                self._trace(f"< {key}: {value}")
+        return response
+
+    @staticmethod
+    def _send_body(connection: http.client.HTTPConnection, body: Body, length: int) -> None:
+        if body is None:
+            return
+        if isinstance(body, bytes | bytearray | memoryview):
+            connection.send(body)
+            return
+        remaining = length
+        while remaining:
+            block = body.read(min(SEND_BLOCK, remaining))
+            if not block:
+                raise UsageError(f"The request body ended {remaining} bytes early")
+            connection.send(block)
+            remaining -= len(block)
+
+    def _raise_for(self, response: http.client.HTTPResponse) -> None:
+        try:
+            text = response.read(64 * 1024).decode("utf-8", "replace")
+            if not response.isclosed():
+                self._drop_connection()  # a long error body is not worth reading to the end
+        except (OSError, http.client.HTTPException):
+            self._drop_connection()
+            text = ""
+        raise error_from_response(
+            response.status,
+            response.reason,
+            response.getheader("X-Elastic-Error", ""),
+            text,
+            self.endpoint.url,
+        )
+
+    def _connection_error(self, error: BaseException) -> ConnectionFailed:
+        url = self.endpoint.url
+        if isinstance(error, ConnectionRefusedError):
+            return ConnectionFailed(
+                f"Cannot connect to {url}: connection refused (is the API running there?"
+                " check OHURI)"
+            )
+        if isinstance(error, socket.gaierror):
+            return ConnectionFailed(
+                f"Cannot find host {self.endpoint.host!r} of OHURI {url}: {error.strerror}"
+            )
+        if isinstance(error, TimeoutError):
+            return ConnectionFailed(f"No answer from {url} within {self._timeout:g} s")
+        if isinstance(error, ssl.SSLError):
+            return ConnectionFailed(f"TLS with {url} failed: {error.reason or error}")
+        if isinstance(error, ConnectionResetError | BrokenPipeError):
+            return ConnectionFailed(f"The connection to {url} was closed before an answer")
+        if isinstance(error, http.client.HTTPException):
+            return ConnectionFailed(f"{url} did not answer as an HTTP server (check OHURI)")
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        return ConnectionFailed(f"Connection to {url} failed: {reason}")
+
+    # -- conveniences -----------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Body = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """A request whose whole answer is returned (small answers only)."""
+        response = self.request(method, path, body, headers=headers)
+        return self.read_all(response)
+
+    def stream(self, response: http.client.HTTPResponse, block: int) -> Iterator[bytes]:
+        """The answer's body as it arrives, in pieces of at most `block` bytes."""
+        while True:
+            try:
+                piece = response.read1(block)
+            except (OSError, http.client.HTTPException) as error:
+                self._drop_connection()
+                raise self._connection_error(error) from None
+            if not piece:
+                return
+            yield piece
+
+    def read_all(self, response: http.client.HTTPResponse) -> bytes:
+        try:
+            return response.read()
+        except (OSError, http.client.HTTPException) as error:
+            self._drop_connection()
+            raise self._connection_error(error) from None
+
+    def read_into(self, response: http.client.HTTPResponse, buffer: memoryview) -> None:
+        """Fill `buffer` exactly from the answer's body; a short body is an error."""
+        filled = 0
+        try:
+            while filled < len(buffer):
+                count = response.readinto(buffer[filled:])
+                if not count:
+                    break
+                filled += count
+        except (OSError, http.client.HTTPException) as error:
+            self._drop_connection()
+            raise self._connection_error(error) from None
+        if filled != len(buffer) or not response.isclosed():
+            self._drop_connection()
+            raise FailedError(
+                f"The answer from {self.endpoint.url} had {filled} bytes"
+                f"{' or more' if filled == len(buffer) else ''}, {len(buffer)} expected"
+            )

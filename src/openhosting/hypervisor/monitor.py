@@ -1,0 +1,272 @@
+"""The QMP connection to one VM: lifecycle commands, block statistics, VNC password, events.
+
+A thin, typed layer over `qemu.qmp.QMPClient`. Every command has a time limit, and every
+failure (QEMU's error reply, a timeout, a closed connection) is a `HypervisorError`. The live
+state of a VM is read from here, never from the database.
+
+QEMU serves one QMP client at a time on the socket: the daemon keeps one `Monitor` per running
+VM; a second connection would wait unanswered until the first closes (and time out).
+Events are buffered from the moment of connecting, so none is lost between a command and the
+wait for its event; `next_event`/`events()` end (None / stop) when QEMU closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from qemu.qmp import (
+    ExecInterruptedError,
+    ExecuteError,
+    Message,
+    QMPClient,
+    QMPError,
+    Runstate,
+)
+
+from openhosting.hypervisor.argv import slot_for_device_id
+from openhosting.hypervisor.errors import HypervisorError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMMAND_TIMEOUT = 10.0
+_PERIPHERAL = "/machine/peripheral/"
+
+
+@dataclass(frozen=True)
+class MonitorEvent:
+    """A QMP event, e.g. `SHUTDOWN` with data `{"guest": True, "reason": "guest-shutdown"}`."""
+
+    name: str
+    data: Mapping[str, object]
+    timestamp: float  # seconds since the epoch, as QEMU stamped it
+
+    @property
+    def reason(self) -> str | None:
+        """The `reason` of SHUTDOWN/RESET events (`guest-shutdown`, `host-qmp-quit`, ...)."""
+        reason = self.data.get("reason")
+        return reason if isinstance(reason, str) else None
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """Cumulative I/O of one drive since QEMU started."""
+
+    read_bytes: int
+    read_requests: int
+    write_bytes: int
+    write_requests: int
+
+
+class Monitor:
+    """A QMP client for the VM whose socket is `socket_path`."""
+
+    def __init__(
+        self, socket_path: Path, *, command_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    ) -> None:
+        self._path = socket_path
+        self._timeout = command_timeout
+        self._qmp = QMPClient(socket_path.parent.name)
+        self._closed = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect, waiting up to `timeout` s for the socket to appear and QEMU to greet."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # QEMU creates the socket before it daemonizes, but a caller may race a spawn.
+        while not self._path.exists():
+            if loop.time() >= deadline:
+                raise HypervisorError(f"no QMP socket at {self._path} after {timeout:g} s")
+            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(
+                self._qmp.connect(str(self._path)), max(0.1, deadline - loop.time())
+            )
+        except TimeoutError:
+            raise HypervisorError(
+                f"QMP at {self._path} did not answer within {timeout:g} s "
+                "(is another client connected?)"
+            ) from None
+        except QMPError as err:
+            raise HypervisorError(f"cannot connect to QMP at {self._path}: {err}") from err
+        self._watcher = asyncio.create_task(self._watch_connection())
+
+    async def close(self) -> None:
+        """Close the connection; harmless if QEMU already closed it or it never opened."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        try:
+            await self._qmp.disconnect()
+        except (EOFError, OSError, QMPError) as err:
+            # QEMU hanging up (it quit or was killed) is how a VM's connection normally ends.
+            log.debug("qmp connection %s ended: %r", self._path, err)
+        self._closed.set()
+
+    async def __aenter__(self) -> Monitor:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """Whether commands can be sent: connected and QEMU has not hung up."""
+        return self._qmp.runstate == Runstate.RUNNING
+
+    async def execute(
+        self,
+        command: str,
+        arguments: Mapping[str, object] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> object:
+        """Run a QMP command and return its `return` value."""
+        limit = self._timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(self._qmp.execute(command, arguments), limit)
+        except TimeoutError:
+            raise HypervisorError(f"QMP {command} got no answer within {limit:g} s") from None
+        except ExecuteError as err:
+            raise HypervisorError(f"QMP {command} failed: {err}") from err
+        except QMPError as err:
+            raise HypervisorError(f"QMP {command} failed: {err}") from err
+
+    async def query_status(self) -> str:
+        """QEMU's run state: `running`, `paused`, `shutdown`, `internal-error`, ..."""
+        result = await self.execute("query-status")
+        assert isinstance(result, dict)
+        return str(result["status"])
+
+    async def system_powerdown(self) -> None:
+        """Press the ACPI power button; the guest decides whether and when to power off."""
+        await self.execute("system_powerdown")
+
+    async def system_reset(self) -> None:
+        """Reset the machine, as the reset button does."""
+        await self.execute("system_reset")
+
+    async def quit(self) -> None:
+        """Make QEMU exit at once (power cut). Returns when QEMU has acknowledged it."""
+        try:
+            await self.execute("quit")
+        except HypervisorError as err:
+            # QEMU may close the socket before its reply arrives: that is the quit done.
+            if not isinstance(err.__cause__, ExecInterruptedError):
+                raise
+
+    async def set_vnc_password(self, password: str) -> None:
+        """Set the VNC password (8 characters at most); VNC refuses logins until one is set."""
+        await self.execute("set_password", {"protocol": "vnc", "password": password})
+
+    async def expire_vnc_password(self) -> None:
+        """Make the current VNC password invalid now: VNC then refuses every login."""
+        await self.execute("expire_password", {"protocol": "vnc", "time": "now"})
+
+    async def query_blockstats(self) -> dict[str, BlockStats]:
+        """I/O counters per API slot (`ide:0:0`, ...) of the drives attached to devices."""
+        result = await self.execute("query-blockstats")
+        assert isinstance(result, list)
+        stats: dict[str, BlockStats] = {}
+        for entry in result:
+            slot = _slot_of_blockstats(entry)
+            if slot is None:
+                continue
+            counters = entry["stats"]
+            stats[slot] = BlockStats(
+                read_bytes=counters["rd_bytes"],
+                read_requests=counters["rd_operations"],
+                write_bytes=counters["wr_bytes"],
+                write_requests=counters["wr_operations"],
+            )
+        return stats
+
+    async def next_event(self, timeout: float | None = None) -> MonitorEvent | None:
+        """The next event; None once QEMU closed the connection and all events were read.
+
+        Raises `HypervisorError` if nothing happens within `timeout` seconds.
+        """
+        try:
+            return await self._next_event(timeout)
+        except TimeoutError:
+            raise HypervisorError(f"no QMP event within {timeout:g} s") from None
+
+    async def events(self) -> AsyncIterator[MonitorEvent]:
+        """Every event, in order, until QEMU closes the connection."""
+        while (event := await self._next_event(None)) is not None:
+            yield event
+
+    async def wait_for_event(self, name: str, timeout: float) -> MonitorEvent:
+        """Skip events until one called `name`; `HypervisorError` on timeout or hang-up."""
+        try:
+            async with asyncio.timeout(timeout):
+                while (event := await self._next_event(None)) is not None:
+                    if event.name == name:
+                        return event
+        except TimeoutError:
+            raise HypervisorError(f"no QMP {name} event within {timeout:g} s") from None
+        raise HypervisorError(f"QMP connection closed before a {name} event")
+
+    async def _next_event(self, timeout: float | None) -> MonitorEvent | None:
+        listener = self._qmp.events
+        while True:
+            if not listener.empty():
+                return _event(await listener.get())
+            if self._closed.is_set():
+                return None
+            getter = asyncio.ensure_future(listener.get())
+            closed = asyncio.ensure_future(self._closed.wait())
+            await asyncio.wait(
+                {getter, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in (getter, closed):
+                waiter.cancel()
+            # Checked after cancelling: an event that arrived meanwhile is not dropped.
+            if getter.done() and not getter.cancelled():
+                return _event(getter.result())
+            if not closed.done() or closed.cancelled():
+                raise TimeoutError
+
+    async def _watch_connection(self) -> None:
+        # qemu.qmp moves out of RUNNING when QEMU hangs up; turn that into our closed flag.
+        while self._qmp.runstate == Runstate.RUNNING:
+            await self._qmp.runstate_changed()
+        self._closed.set()
+
+
+def _event(message: Message) -> MonitorEvent:
+    stamp = message.get("timestamp")
+    data = message.get("data")
+    seconds = 0.0
+    if isinstance(stamp, Mapping):
+        seconds = stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6
+    return MonitorEvent(
+        name=str(message["event"]),
+        data=dict(data) if isinstance(data, Mapping) else {},
+        timestamp=seconds,
+    )
+
+
+def _slot_of_blockstats(entry: Mapping[str, object]) -> str | None:
+    # `qdev` is the device id, or for virtio devices the QOM path of their backend
+    # (/machine/peripheral/block-0/virtio-backend); the node name is the fallback.
+    qdev = str(entry.get("qdev") or "")
+    device_id = qdev.removeprefix(_PERIPHERAL).split("/")[0]
+    slot = slot_for_device_id(device_id) if device_id else None
+    if slot is None:
+        node = str(entry.get("node-name") or "")
+        slot = slot_for_device_id(node.removeprefix("drive-")) if node else None
+    return slot

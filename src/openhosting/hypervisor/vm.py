@@ -1,0 +1,145 @@
+"""A running VM as the daemon holds it: its QEMU process, its QMP monitor, and a watcher
+that reports how the VM ended.
+
+A VM outlives the daemon (QEMU is daemonized): `start` spawns one, `adopt` finds one again
+after a daemon restart, `detach` lets go of one without stopping it. When QEMU exits for any
+reason, `on_exit` is called once with how it ended: `shutdown` after a SHUTDOWN event (guest
+power-off, `quit`, SIGTERM), `crash` when the process vanished without one (killed, died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from openhosting.hypervisor import process
+from openhosting.hypervisor.argv import RunPaths, VmSpec
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.monitor import BlockStats, Monitor
+
+log = logging.getLogger("openhosting.hypervisor")
+
+ExitCallback = Callable[[str, str], Awaitable[None]]
+SHUTDOWN, CRASH = "shutdown", "crash"
+
+
+class RunningVm:
+    """One VM's process and monitor. Create with `start` or `adopt`."""
+
+    def __init__(self, uuid: str, run_dir: Path, pid: int, monitor: Monitor, started: float):
+        self.uuid = uuid
+        self.run_dir = run_dir
+        self.pid = pid
+        self.monitor = monitor
+        self.started = started
+        self._ending: str | None = None  # set by a SHUTDOWN event
+        self._watcher: asyncio.Task[None] | None = None
+        self.exited = asyncio.Event()
+
+    @classmethod
+    async def start(cls, spec: VmSpec, on_exit: ExitCallback, *, timeout: float = 30) -> RunningVm:
+        """Spawn the VM of `spec` and connect to its monitor; undone if any step fails."""
+        pid = await process.spawn(spec, timeout=timeout)
+        monitor = Monitor(spec.paths.qmp_socket)
+        try:
+            await monitor.connect(timeout=timeout)
+        except BaseException:
+            await process.kill(pid, spec.uuid)
+            process.remove_run_files(spec.run_dir)
+            raise
+        vm = cls(spec.uuid, spec.run_dir, pid, monitor, time.time())
+        vm._watch(on_exit)
+        return vm
+
+    @classmethod
+    async def adopt(
+        cls, uuid: str, run_dir: Path, on_exit: ExitCallback, *, timeout: float = 10
+    ) -> RunningVm | None:
+        """The VM of server `uuid` left running by a previous daemon, or None if there is
+        none (its pidfile missing, stale, or naming another process)."""
+        pid = process.adopt(run_dir, uuid)
+        if pid is None:
+            return None
+        monitor = Monitor(RunPaths(run_dir).qmp_socket)
+        await monitor.connect(timeout=timeout)
+        vm = cls(uuid, run_dir, pid, monitor, started=0.0)  # the caller knows when it started
+        vm._watch(on_exit)
+        return vm
+
+    def _watch(self, on_exit: ExitCallback) -> None:
+        self._watcher = asyncio.create_task(self._watch_until_exit(on_exit))
+
+    async def _watch_until_exit(self, on_exit: ExitCallback) -> None:
+        async for event in self.monitor.events():
+            if event.name == "SHUTDOWN":
+                self._ending = SHUTDOWN
+                log.info("event=vm_shutdown server=%s reason=%s", self.uuid, event.reason)
+        # QEMU hung up: it is exiting. Wait for the process itself to be gone.
+        while not await process.wait_exit(self.pid, timeout=30):
+            if self.monitor.connected:
+                break  # cannot happen while QEMU runs; never spin
+            log.warning("event=vm_exit_slow server=%s pid=%s", self.uuid, self.pid)
+        ending = self._ending or CRASH
+        await self.monitor.close()  # collects the connection's end, so nothing dangles
+        process.remove_run_files(self.run_dir)
+        self.exited.set()
+        log.info("event=vm_exited server=%s how=%s", self.uuid, ending)
+        await on_exit(self.uuid, ending)
+
+    async def stop(self, timeout: float = 10) -> None:
+        """Power off now: `quit`, then kill the process if it lingers. Returns once it has
+        exited and `on_exit` has run."""
+        try:
+            await self.monitor.quit()
+        except HypervisorError as error:
+            log.warning("event=vm_quit_failed server=%s error=%s", self.uuid, error)
+        if not await process.wait_exit(self.pid, timeout):
+            await process.kill(self.pid, self.uuid, timeout=timeout)
+        await self.wait_exited(timeout)
+
+    async def kill(self, timeout: float = 10) -> None:
+        """Stop the process with signals, for a VM whose monitor does not answer."""
+        await process.kill(self.pid, self.uuid, timeout=timeout)
+        await self.wait_exited(timeout)
+
+    async def wait_exited(self, timeout: float) -> None:
+        """Wait until the watcher has seen the exit and reported it."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._watcher_done()), timeout)
+        except TimeoutError:
+            raise HypervisorError(
+                f"VM {self.uuid} did not finish exiting in {timeout:g} s"
+            ) from None
+
+    async def _watcher_done(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._watcher)
+
+    async def powerdown(self) -> None:
+        await self.monitor.system_powerdown()
+
+    async def reset(self) -> None:
+        await self.monitor.system_reset()
+
+    async def blockstats(self) -> dict[str, BlockStats]:
+        return await self.monitor.query_blockstats()
+
+    async def set_vnc_password(self, password: str | None) -> None:
+        """Set the VNC password, or with None refuse every login from now on."""
+        if password:
+            await self.monitor.set_vnc_password(password)
+        else:
+            await self.monitor.expire_vnc_password()
+
+    async def detach(self) -> None:
+        """Let go of the VM without stopping it (the daemon is shutting down)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.monitor.close()

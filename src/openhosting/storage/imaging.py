@@ -1,0 +1,274 @@
+"""Imaging pipelines: fill one drive from another, as a copy, as gzip, or by gunzip.
+
+Knows nothing of users, jobs or the database: a pipeline takes two open drives (`Endpoint`)
+and a `Tracker` that hears of progress, paces the work and says when to stop. Pipelines are
+blocking and run in a worker thread; the expensive parts (copy_file_range, ISA-L, AES) release
+the GIL.
+
+Every pipeline first empties the destination (its bytes become holes, which read as zeros),
+then writes what the conversion produces from offset 0, cut at the destination's size. On a
+plain destination all-zero pieces are skipped, since a hole already reads as zeros to
+everyone. On an encrypted destination every byte the conversion produces is written as real
+ciphertext, because QEMU reads a never-written LUKS sector as garbage, not zeros; only the
+holes of a copy's source stay holes, as they were never written there either.
+"""
+
+import contextlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from isal import isal_zlib
+
+from openhosting.errors import FailedError
+from openhosting.storage.drive_files import EncryptedDriveIO, PlainDriveIO
+from openhosting.storage.gzip_stream import GZIP_WBITS, GzipMembers
+from openhosting.storage.luks import payload_offset
+from openhosting.storage.sparse import clone_file, copy_range, data_extents
+
+# Large pieces amortise system calls, AES passes and compressor calls; memory stays flat.
+CHUNK = 8 * 1024 * 1024
+ZERO_CHUNK = bytes(CHUNK)
+# ISA-L's levels run 0-3; level 1 compresses at several hundred MB/s.
+GZIP_LEVEL = 1
+CONVERSIONS = ("", "gzip", "gunzip")
+
+
+class ImagingStopped(FailedError):
+    """The pipeline was asked to stop before it finished (the daemon is stopping)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One side of an imaging: an open drive and its size in bytes."""
+
+    io: PlainDriveIO | EncryptedDriveIO
+    size: int
+    base: int  # where the drive's bytes start in its file (the LUKS payload offset)
+
+    @classmethod
+    def of(cls, io: PlainDriveIO | EncryptedDriveIO, size: int) -> "Endpoint":
+        base = 0 if isinstance(io, PlainDriveIO) else payload_offset(io.path)
+        return cls(io, size, base)
+
+    @property
+    def plain(self) -> bool:
+        return isinstance(self.io, PlainDriveIO)
+
+
+class Tracker:
+    """Progress of one pipeline: counts source bytes done, reports them now and then
+    (`report(done, total)`, at most every `interval` seconds), holds the pace to `max_rate`
+    bytes per second (0: no limit) and raises ImagingStopped once `stop` is set."""
+
+    def __init__(
+        self,
+        report: Callable[[int, int], None] | None = None,
+        *,
+        stop: threading.Event | None = None,
+        max_rate: int = 0,
+        interval: float = 0.5,
+    ) -> None:
+        self._report = report
+        self._stop = stop or threading.Event()
+        self._max_rate = max_rate
+        self._interval = interval
+        self._started = self._last_report = time.monotonic()
+        self.done = self.total = 0
+
+    def begin(self, total: int) -> None:
+        self.total = total
+        self._started = time.monotonic()
+        self.tick(force=True)
+
+    def advance(self, nbytes: int, *, paced: bool = True) -> None:
+        """`nbytes` more source bytes are done."""
+        self.done += nbytes
+        while paced and self._max_rate:
+            ahead = self.done / self._max_rate - (time.monotonic() - self._started)
+            if ahead <= 0:
+                break
+            # Wait in slices, reporting between them, so a long wait hides nothing.
+            self._stop.wait(min(ahead, self._interval))
+            self.tick()
+        self.tick()
+
+    def tick(self, *, force: bool = False) -> None:
+        """Report if it is time to, and stop if asked to."""
+        if self._stop.is_set():
+            raise ImagingStopped("imaging was stopped")
+        now = time.monotonic()
+        if self._report is not None and (force or now - self._last_report >= self._interval):
+            self._last_report = now
+            self._report(self.done, self.total)
+
+
+def copy(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
+    """DST receives SRC's bytes, only SRC's data regions moving (cloned where possible)."""
+    length = min(src.size, dst.size)
+    _empty(dst)
+    if src.plain and dst.plain and _clone(src, dst):
+        tracker.begin(length)
+        tracker.advance(length, paced=False)
+        dst.io.sync()
+        return
+    with _seekable(src) as fd:
+        tracker.begin(sum(end - first for first, end in _extents(fd, src, length)))
+        for first, end in _extents(fd, src, length):
+            position = first
+            if src.plain and dst.plain:
+                position = copy_range(_fileno(src), _fileno(dst), first, end, tracker.advance)
+            _copy_pieces(src, dst, position, end, tracker)
+    dst.io.sync()
+
+
+def gzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
+    """DST receives a gzip stream of all of SRC's bytes."""
+    _empty(dst)
+    tracker.begin(src.size)
+    compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
+    out = _SequentialWriter(dst, tracker)
+    with _seekable(src) as fd:
+        for piece in _pieces(fd, src, src.size):
+            if not out.write(compressor.compress(piece)):
+                break  # DST is full: the rest is cut
+            tracker.advance(len(piece))
+        else:
+            out.write(compressor.flush())
+    out.close()
+    dst.io.sync()
+
+
+def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
+    """DST receives the decompressed gzip stream that SRC holds; padding after it is ignored.
+
+    GzipStreamError when SRC does not hold a whole gzip stream."""
+    _empty(dst)
+    tracker.begin(src.size)
+    members = GzipMembers(CHUNK)
+    out = _SequentialWriter(dst, tracker)
+    with _seekable(src) as fd:
+        for piece in _pieces(fd, src, src.size):
+            for data in members.feed(piece):
+                if not out.write(data):
+                    break
+            if out.full or members.ended:
+                break
+            tracker.advance(len(piece))
+    if not out.full:
+        members.finish()
+    out.close()
+    dst.io.sync()
+
+
+PIPELINES: dict[str, Callable[[Endpoint, Endpoint, Tracker], None]] = {
+    "": copy,
+    "gzip": gzip,
+    "gunzip": gunzip,
+}
+
+
+class _SequentialWriter:
+    """Writes a stream into DST from offset 0 in `CHUNK` pieces, up to DST's size."""
+
+    def __init__(self, dst: Endpoint, tracker: Tracker) -> None:
+        self._dst, self._tracker = dst, tracker
+        self._position = 0  # where the buffer's first byte goes
+        self._buffer = bytearray()
+        self.full = False
+
+    def write(self, data: bytes) -> bool:
+        """Take `data`; False once DST is full (the part that did not fit is dropped)."""
+        room = self._dst.size - self._position - len(self._buffer)
+        if len(data) > room:
+            data, self.full = data[:room], True
+        self._buffer += data
+        while len(self._buffer) >= CHUNK:
+            self._flush(CHUNK)
+        return not self.full
+
+    def close(self) -> None:
+        if self._buffer:
+            self._flush(len(self._buffer))
+
+    def _flush(self, length: int) -> None:
+        if length == len(self._buffer):
+            piece, self._buffer = self._buffer, bytearray()
+        else:
+            piece = self._buffer[:length]
+            del self._buffer[:length]  # cheap: a bytearray drops its head without moving
+        if not (self._dst.plain and _is_zero(piece)):
+            self._dst.io.write_at(self._position, memoryview(piece))
+        self._position += length
+        # A small input can inflate to a lot of output: let a stop request through here too.
+        self._tracker.tick()
+
+
+def _copy_pieces(src: Endpoint, dst: Endpoint, first: int, end: int, tracker: Tracker) -> None:
+    """Copy `[first, end)` through memory, decrypting and encrypting as the drives need."""
+    position = first
+    while position < end:
+        length = min(CHUNK, end - position)
+        data = src.io.read_at(position, length)
+        if not data:
+            return
+        if not (dst.plain and _is_zero(data)):
+            dst.io.write_at(position, data)
+        position += length
+        tracker.advance(length)
+
+
+def _pieces(fd: int, src: Endpoint, length: int) -> Iterator[bytes | memoryview]:
+    """SRC's first `length` bytes in pieces of at most `CHUNK`; holes cost no reads."""
+    zeros = memoryview(ZERO_CHUNK)
+    position = 0
+    for first, end in itertools.chain(_extents(fd, src, length), [(length, length)]):
+        for at in range(position, first, CHUNK):
+            yield zeros[: min(CHUNK, first - at)]
+        for at in range(first, end, CHUNK):
+            yield src.io.read_at(at, min(CHUNK, end - at))
+        position = end
+
+
+def _extents(fd: int, drive: Endpoint, length: int) -> Iterator[tuple[int, int]]:
+    """Data regions of the drive's first `length` bytes, in drive offsets."""
+    for first, end in data_extents(fd, drive.base, drive.base + length):
+        yield first - drive.base, end - drive.base
+
+
+@contextlib.contextmanager
+def _seekable(drive: Endpoint) -> Iterator[int]:
+    """A descriptor of the drive's file of its own, for SEEK_DATA/SEEK_HOLE."""
+    fd = os.open(drive.io.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _empty(dst: Endpoint) -> None:
+    """Make every byte of DST a hole (reading as zeros), keeping its size and LUKS header."""
+    file_size = os.stat(dst.io.path).st_size
+    os.truncate(dst.io.path, dst.base)
+    os.truncate(dst.io.path, file_size)
+
+
+def _clone(src: Endpoint, dst: Endpoint) -> bool:
+    """Share SRC's blocks with DST (reflink), then cut or extend DST to its own size."""
+    if not clone_file(_fileno(src), _fileno(dst)):
+        return False
+    os.ftruncate(_fileno(dst), dst.size)
+    return True
+
+
+def _fileno(drive: Endpoint) -> int:
+    assert isinstance(drive.io, PlainDriveIO)
+    return drive.io.fileno()
+
+
+def _is_zero(data: bytes | bytearray) -> bool:
+    # bytes/bytearray equality is a memcmp; memoryview equality would go item by item.
+    return data == (ZERO_CHUNK if len(data) == CHUNK else bytes(len(data)))

@@ -1,0 +1,91 @@
+"""Queries on the jobs table, and the claims imaging jobs hold on their drives."""
+
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from openhosting.store.tables import claims, drives, jobs
+
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+PENDING = (QUEUED, RUNNING)
+STATES = (QUEUED, RUNNING, DONE, FAILED)
+
+# Claims of an imaging job: kind `imaging`, holder the job id, device says which side.
+CLAIM_KIND = "imaging"
+DESTINATION, SOURCE = "destination", "source"
+
+
+def insert_job(connection: Connection, **values: Any) -> int:
+    """Add a job; returns its id."""
+    result = connection.execute(insert(jobs).values(**values))
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+def get_job(connection: Connection, job_id: int) -> dict[str, Any] | None:
+    row = connection.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def update_job(connection: Connection, job_id: int, **values: Any) -> None:
+    connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+
+def pending_jobs(connection: Connection) -> list[dict[str, Any]]:
+    """Every queued or running job, in the order they were asked for."""
+    query = select(jobs).where(jobs.c.state.in_(PENDING)).order_by(jobs.c.id)
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def pending_jobs_into(connection: Connection, dst: str) -> list[dict[str, Any]]:
+    """The queued or running jobs into drive `dst`, in order."""
+    query = select(jobs).where(jobs.c.dst == dst, jobs.c.state.in_(PENDING)).order_by(jobs.c.id)
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def list_jobs(
+    connection: Connection, state: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Jobs, newest first, optionally only those in `state`."""
+    query = select(jobs).order_by(jobs.c.id.desc())
+    if state is not None:
+        query = query.where(jobs.c.state == state)
+    if limit is not None:
+        query = query.limit(limit)
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def insert_job_claim(
+    connection: Connection, job_id: int, drive: str, user: str, device: str
+) -> None:
+    """Claim `drive` for job `job_id`: exclusively as its destination, shared as a source."""
+    connection.execute(
+        insert(claims).values(
+            drive=drive,
+            user=user,
+            kind=CLAIM_KIND,
+            holder=str(job_id),
+            device=device,
+            exclusive=device == DESTINATION,
+        )
+    )
+
+
+def delete_job_claims(connection: Connection, job_id: int) -> None:
+    connection.execute(
+        delete(claims).where(claims.c.kind == CLAIM_KIND, claims.c.holder == str(job_id))
+    )
+
+
+def delete_orphan_job_claims(connection: Connection) -> int:
+    """Remove imaging claims whose job is not pending; returns how many there were."""
+    pending = select(jobs.c.id).where(jobs.c.state.in_(PENDING))
+    live_holders = [str(job_id) for job_id in connection.execute(pending).scalars()]
+    query = delete(claims).where(claims.c.kind == CLAIM_KIND)
+    if live_holders:
+        query = query.where(claims.c.holder.not_in(live_holders))
+    return int(connection.execute(query).rowcount)
+
+
+def clear_imaging_status(connection: Connection) -> None:
+    """Forget what every drive's info shows of imaging (before setting it afresh)."""
+    connection.execute(update(drives).where(drives.c.imaging.is_not(None)).values(imaging=None))

@@ -1,0 +1,70 @@
+"""Queries on the servers table, and on the claims servers hold on drives."""
+
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
+
+from openhosting.store.tables import claims, servers
+
+
+def insert_server(connection: Connection, **values: Any) -> None:
+    connection.execute(insert(servers).values(**values))
+
+
+def get_server(connection: Connection, uuid: str) -> dict[str, Any] | None:
+    row = connection.execute(select(servers).where(servers.c.uuid == uuid)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def servers_of(connection: Connection, user: str) -> list[dict[str, Any]]:
+    query = select(servers).where(servers.c.user == user)
+    rows = connection.execute(query.order_by(servers.c.created_at, servers.c.uuid)).mappings()
+    return [dict(row) for row in rows]
+
+
+def servers_with_status(connection: Connection, status: str) -> list[dict[str, Any]]:
+    query = select(servers).where(servers.c.status == status).order_by(servers.c.uuid)
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+# For the Reader (store/reader.py): `servers/list` rows of `user`.
+SERVER_LIST_BY_USER = (
+    select(servers.c.uuid, servers.c.config)
+    .where(servers.c.user == bindparam("user"))
+    .order_by(servers.c.created_at, servers.c.uuid)
+)
+
+
+def update_server(connection: Connection, uuid: str, **values: Any) -> None:
+    connection.execute(update(servers).where(servers.c.uuid == uuid).values(**values))
+
+
+def delete_server(connection: Connection, uuid: str) -> None:
+    connection.execute(delete(servers).where(servers.c.uuid == uuid))
+
+
+def used_vnc_displays(connection: Connection) -> set[int]:
+    query = select(servers.c.vnc_display).where(servers.c.vnc_display.is_not(None))
+    return {int(display) for display in connection.execute(query).scalars()}
+
+
+def add_guest_claims(
+    connection: Connection, user: str, server: str, devices: list[tuple[str, str, bool]]
+) -> None:
+    """Claim each (drive, device, exclusive) for `server`."""
+    for drive, device, exclusive in devices:
+        connection.execute(
+            insert(claims).values(
+                drive=drive, user=user, kind="guest", holder=server, device=device,
+                exclusive=exclusive,
+            )
+        )  # fmt: skip
+
+
+def remove_guest_claims(connection: Connection, server: str) -> None:
+    connection.execute(delete(claims).where(claims.c.kind == "guest", claims.c.holder == server))
+
+
+def claims_on_drives(connection: Connection, drives: list[str]) -> list[dict[str, Any]]:
+    query = select(claims).where(claims.c.drive.in_(drives))
+    return [dict(row) for row in connection.execute(query).mappings()]

@@ -1,0 +1,203 @@
+"""Fixtures of the client tool tests: a real `openhostingd` on a loopback port with a user, and
+the tools run as subprocesses against it, as a user runs them."""
+
+import hashlib
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TOOL_TIMEOUT = 60
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ApiDaemon:
+    """`openhostingd` in a subprocess with its own state directory; can be stopped and started
+    again on the same port and state (to fail a transfer half-way)."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.state_dir = work_dir / "state"
+        created = subprocess.run(
+            [str(BIN / "openhosting-admin"), "--state-dir", str(self.state_dir), "user", "create"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        fields = dict(line.split(" ", 1) for line in created.stdout.splitlines() if " " in line)
+        self.user, self.secret = fields["user"], fields["secret"]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = work_dir / "daemon.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "openhostingd"), "--state-dir", str(self.state_dir),
+                 "--listen", f"127.0.0.1:{self.port}"],
+                stdout=log, stderr=log, env={**os.environ, "OH_LOG_LEVEL": "warning"},
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError("openhostingd did not listen within 30 s")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment a user of this daemon has: OHURI and OHAUTH set."""
+        return {
+            **os.environ,
+            "OHURI": self.url,
+            "OHAUTH": f"{self.user}:{self.secret}",
+            "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            **extra,
+        }
+
+    def run(
+        self,
+        tool: str,
+        *args: str | Path,
+        input: bytes | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a client tool to its end; output captured as bytes."""
+        return subprocess.run(
+            [str(BIN / tool), *map(str, args)],
+            input=input, capture_output=True, env=env or self.env(), cwd=cwd,
+            timeout=TOOL_TIMEOUT, check=False,
+        )  # fmt: skip
+
+    def check(self, tool: str, *args: str | Path, **options: object) -> str:
+        """Run a client tool that must succeed; its standard output as text."""
+        done = self.run(tool, *args, **options)  # type: ignore[arg-type]
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    def create_drive(self, size: int, cipher: str | None = None) -> str:
+        body = f"size {size}\n" + (f"encryption:cipher {cipher}\n" if cipher else "")
+        out = self.check("openhosting", "-c", "drives", "create", input=body.encode())
+        return next(line.split()[1] for line in out.splitlines() if line.startswith("drive "))
+
+    def info(self, drive: str) -> dict[str, str]:
+        out = self.check("openhosting", "drives", drive, "info")
+        return dict(line.split(" ", 1) if " " in line else (line, "") for line in out.splitlines())
+
+
+@pytest.fixture(scope="session")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
+    """One daemon for all the client tool tests."""
+    daemon = ApiDaemon(tmp_path_factory.mktemp("tools-daemon"))
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def run_in_terminal(
+    argv: list[str], env: dict[str, str], answer: bytes | None = None, timeout: float = 30
+) -> tuple[int, bytes]:
+    """Run `argv` with a pseudo-terminal as its controlling terminal and standard streams;
+    type `answer` at the first prompt. Returns the exit status and everything shown."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: become the program, never return into pytest
+        try:
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    shown = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            shown += data
+            if answer is not None and b": " in shown:
+                os.write(fd, answer)
+                answer = None
+        else:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown
+
+
+@contextmanager
+def loop_device(image: Path) -> Iterator[str]:
+    """`image` as a block device (a loop device, detached afterwards); skips without one."""
+    try:
+        attached = subprocess.run(
+            ["losetup", "--find", "--show", str(image)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except FileNotFoundError:
+        pytest.skip("losetup is not installed")
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", device], timeout=30, check=True)
+
+
+def wait_for_output(process: subprocess.Popen[bytes], needle: bytes, timeout: float = 30) -> bytes:
+    """Read `process`'s standard output until it holds `needle`; what was read so far."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        assert time.monotonic() < deadline, f"no {needle!r} in {seen!r} within {timeout} s"
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            data = os.read(fd, 4096)
+            assert data, f"output ended without {needle!r}: {seen!r}"
+            seen += data
+    return seen

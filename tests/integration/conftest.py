@@ -1,0 +1,27 @@
+"""Fixtures for tests against real QEMU: the tiny guest disk, built once and cached.
+
+Every test in this folder is marked `integration` (deselect with `-m "not integration"`).
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.guest.build_guest import build_tiny_guest
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def tiny_guest_image() -> Path:
+    """The read-only cached tiny guest disk (see tests/guest/build_guest.py); copy it to use."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("QEMU is not installed (Debian package qemu-system-x86)")
+    return build_tiny_guest()

@@ -1,0 +1,142 @@
+"""The drive data path of a real `openhostingd`: gigabytes stream through in flat memory, and a
+write whose client goes away half-way is neither acknowledged nor counted (API.md §4)."""
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from tests.integration.drive_daemon import DriveDaemon, running_daemon
+
+MIB = 1 << 20
+GIB = 1 << 30
+# The issue's bound on the daemon's peak resident memory while it streams a drive.
+PEAK_LIMIT_KB = 200_000
+
+
+@pytest.fixture
+def daemon() -> Iterator[DriveDaemon]:
+    with running_daemon() as running:
+        yield running
+
+
+class Pattern:
+    """Deterministic random-looking bytes made on the fly, 1 MiB block by block, so that a
+    test can stream gigabytes without a file and still know every byte it sent."""
+
+    def __init__(self, seed: int) -> None:
+        self._base = np.frombuffer(np.random.default_rng(seed).bytes(MIB), dtype=np.uint64)
+
+    def block(self, index: int) -> bytes:
+        return (self._base ^ np.uint64(index * 0x9E3779B97F4A7C15 % 2**64)).tobytes()
+
+    def blocks(self, size: int) -> Iterator[bytes]:
+        for index in range(size // MIB):
+            yield self.block(index)
+
+    def at(self, offset: int, length: int) -> bytes:
+        first, last = offset // MIB, (offset + length - 1) // MIB
+        joined = b"".join(self.block(index) for index in range(first, last + 1))
+        start = offset - first * MIB
+        return joined[start : start + length]
+
+
+def curl_read_to_null(daemon: DriveDaemon, drive: str) -> tuple[str, int]:
+    result = subprocess.run(
+        ["curl", "-sS", "--max-time", "300", "-o", "/dev/null", "-X", "POST",
+         "-H", f"Authorization: {daemon.auth['Authorization']}",
+         "-w", "%{http_code} %{size_download}", f"{daemon.url}/drives/{drive}/read"],
+        capture_output=True, text=True, timeout=330, check=True,
+    )  # fmt: skip
+    status, count = result.stdout.split()
+    return status, int(count)
+
+
+@pytest.mark.parametrize(
+    ("cipher", "size"), [("none", 2 * GIB), ("aes-xts-plain", 2 * GIB)], ids=["plain", "encrypted"]
+)
+def test_streaming_two_gib_in_and_out_keeps_the_daemon_under_200_mb(
+    daemon: DriveDaemon, cipher: str, size: int
+) -> None:
+    drive = daemon.create_drive(size, cipher)
+    pattern = Pattern(seed=size)
+
+    daemon.reset_peak_memory()
+    status, _, answer = daemon.request(
+        f"/drives/{drive}/write",
+        pattern.blocks(size),  # streamed by http.client, never held whole
+        {"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+    )
+    assert status == 204, answer
+    write_peak = daemon.memory_kb("VmHWM")
+
+    daemon.reset_peak_memory()
+    assert curl_read_to_null(daemon, drive) == ("200", size)
+    read_peak = daemon.memory_kb("VmHWM")
+
+    assert write_peak < PEAK_LIMIT_KB, f"peak {write_peak} kB while writing {size} bytes"
+    assert read_peak < PEAK_LIMIT_KB, f"peak {read_peak} kB while reading {size} bytes"
+    # What was streamed is what is stored: the first bytes, across a block edge, the last.
+    for offset in (0, size // 2 - 700, size - 1000):
+        status, _, got = daemon.request(f"/drives/{drive}/read/{offset}/1400")
+        assert status == 200
+        assert got == pattern.at(offset, min(1400, size - offset))
+    info = daemon.info(drive)
+    assert (info["write:bytes"], info["write:requests"]) == (str(size), "1")
+
+
+def _send_half_a_write(daemon: DriveDaemon, drive: str, declared: int, half_close: bool) -> bytes:
+    """Declare `declared` bytes, send half of them, then go away; returns what the daemon
+    answered before the connection ended (nothing, when the socket is simply closed)."""
+    head = (
+        f"POST /drives/{drive}/write HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {daemon.auth['Authorization']}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n"
+    ).encode()
+    answer = b""
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as sock:
+        sock.sendall(head + Pattern(seed=7).at(0, declared // 2))
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+            while piece := sock.recv(65536):
+                answer += piece
+    return answer
+
+
+def _wait_until_not_being_written(daemon: DriveDaemon, drive: str, new_size: int) -> None:
+    """Shrinking is refused (409) while a write is under way: retry until the daemon has
+    given up on the cut-off request, for at most 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        status, _, answer = daemon.request(f"/drives/{drive}/set", f"size {new_size}".encode())
+        if status == 200:
+            return
+        assert status == 409 and time.monotonic() < deadline, answer
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("half_close", [False, True], ids=["closed", "half-closed"])
+def test_a_write_cut_off_half_way_is_not_acknowledged_counted_or_left_busy(
+    daemon: DriveDaemon, half_close: bool
+) -> None:
+    drive = daemon.create_drive(16 * MIB, "none")
+    # 8 MiB arrive: enough for the daemon to have flushed some of it to the file already.
+    answer = _send_half_a_write(daemon, drive, 16 * MIB, half_close)
+    assert not answer.startswith(b"HTTP/1.1 2"), answer[:200]
+
+    _wait_until_not_being_written(daemon, drive, 8 * MIB)
+    info = daemon.info(drive)
+    assert (info["write:requests"], info["write:bytes"]) == ("0", "0")
+
+    # The daemon is healthy: the next write on the same drive is acknowledged and lands.
+    data = Pattern(seed=8).at(0, 8 * MIB)
+    status, _, answer = daemon.request(f"/drives/{drive}/write", data)
+    assert status == 204, answer
+    status, _, got = daemon.request(f"/drives/{drive}/read")
+    assert (status, got == data) == (200, True)
+    assert daemon.info(drive)["write:requests"] == "1"
+    assert daemon.alive()
+    assert "internal_error" not in daemon.log.read_text()

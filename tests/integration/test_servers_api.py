@@ -1,0 +1,166 @@
+"""Servers through the API on real QEMU (TCG) booting the tiny guest (API.md §5)."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from openhosting.hypervisor.cpu_quota import read_cpu_quota
+from openhosting.services.platform import Platform
+from openhosting.wire.text import parse_properties
+from tests.api.drive_helpers import drive_info
+from tests.guest.build_guest import POWEROFF_MARKER
+from tests.guest.serial_console import SerialConsole
+from tests.integration.server_helpers import (
+    create_server,
+    serial_log,
+    server_info,
+    upload_guest,
+    wait_booted,
+    wait_ready,
+    wait_status,
+)
+
+
+@pytest.fixture
+async def servers_cleanup(platform: Platform) -> AsyncIterator[None]:
+    """Whatever a test leaves running is stopped, so no QEMU outlives the test."""
+    yield
+    for uuid, vm in list(platform.servers._vms.items()):
+        await vm.kill()
+        assert uuid not in platform.servers._vms
+
+
+async def test_case_11_seed_body_boots_and_stop_destroys_a_non_persistent_server(
+    client: TestClient, auth: dict[str, str], platform: Platform, tiny_guest_image: Path,
+    servers_cleanup: None,
+) -> None:  # fmt: skip
+    drive = await upload_guest(client, auth, tiny_guest_image)
+    body = (
+        "name TestServer\ncpu 2000\nmem 256\n"
+        f"ide:0:0 {drive}\nboot ide:0:0\nnic:0:model e1000\nnic:0:dhcp auto\n"
+        "vnc:ip auto\nvnc:password XXXXXXXX\n"
+    )
+    response = await client.post(
+        "/servers/create", data=body, headers={**auth, "Content-Type": "application/octet-stream"}
+    )
+    assert response.status == 200, await response.text()
+    assert response.headers["X-Elastic-Output"] == "properties"
+    info = parse_properties(await response.text())
+    server = info["server"]
+    assert (info["status"], info["smp"], info["rx"], info["tx"]) == ("active", "1", "0", "0")
+    assert info["nic:0:dhcp"] == info["nic:0:dhcp:ip"] == "10.0.2.15"
+    assert info["vnc:ip"] == "127.0.0.1"
+    assert info["vnc:password"] == info["password"] == "XXXXXXXX"
+    claimed = (await drive_info(client, auth, drive))["claimed"]
+    assert claimed.endswith(f":guest:{server}:ide:0:0")
+
+    await wait_booted(platform, server)
+    info = await server_info(client, auth, server)
+    assert int(info["ide:0:0:read:bytes"]) > 0 and int(info["ide:0:0:read:requests"]) > 0
+    argv = (platform.servers.run_dir(server) / "qemu.argv").read_text()
+    assert "XXXXXXXX" not in argv  # the VNC password goes over QMP only
+
+    stop = await client.post(f"/servers/{server}/stop", headers=auth)
+    assert stop.status == 204
+    assert await wait_status(client, auth, server, "stopped") is None  # destroyed
+    assert "claimed" not in await drive_info(client, auth, drive)
+
+
+async def test_persistent_server_start_reset_shutdown_and_busy_drive(
+    client: TestClient, auth: dict[str, str], platform: Platform, tiny_guest_image: Path,
+    servers_cleanup: None,
+) -> None:  # fmt: skip
+    drive = await upload_guest(client, auth, tiny_guest_image, cipher="aes-xts-plain")
+    body = (
+        f"name persistent\ncpu 1000\nsmp auto\nmem 256\npersistent true\nblock:0 {drive}\n"
+        "boot block:0\nnic:0:model virtio\nnic:0:dhcp auto\npassword XXXXXXXX\nvnc:ip auto\n"
+    )
+    info = await create_server(client, auth, body, stopped=True)
+    server = info["server"]
+    assert (info["status"], info["password"], info["smp:cores"]) == ("stopped", "XXXXXXXX", "1")
+    assert (await client.post(f"/servers/{server}/start", headers=auth)).status == 204
+    assert (await server_info(client, auth, server))["status"] == "active"
+    await wait_ready(platform, server)  # an encrypted drive boots
+
+    # The drive is claimed exclusively: a second server cannot start on it (compat 33).
+    other = await create_server(
+        client, auth, f"name b\ncpu 500\nmem 64\nide:0:0 {drive}\npersistent true", stopped=True
+    )
+    busy = await client.post(f"/servers/{other['server']}/start", headers=auth)
+    assert busy.status == 409 and busy.headers["X-Elastic-Error"] == "busy"
+
+    # Live set: name and cpu change (cpu as a CPU quota), mem cannot.
+    changed = await client.post(
+        f"/servers/{server}/set", data="name renamed\ncpu 500", headers=auth
+    )
+    assert changed.status == 200
+    assert parse_properties(await changed.text())["name"] == "renamed"
+    if platform.servers._cgroup is not None:
+        assert read_cpu_quota(platform.servers._cgroup, server) == 25_000
+    refused = await client.post(f"/servers/{server}/set", data="mem 512", headers=auth)
+    assert refused.status == 409
+
+    assert (await client.post(f"/servers/{server}/reset", headers=auth)).status == 204
+    await wait_ready(platform, server, count=2)
+
+    assert (await client.post(f"/servers/{server}/shutdown", headers=auth)).status == 204
+    info = await wait_status(client, auth, server, "stopped", timeout=30)
+    assert info is not None and "started" not in info
+    assert POWEROFF_MARKER in serial_log(platform, server).read_text()
+    assert "claimed" not in await drive_info(client, auth, drive)
+    # Once stopped, the other server may have the drive.
+    assert (await client.post(f"/servers/{other['server']}/destroy", headers=auth)).status == 204
+    assert (await client.post(f"/servers/{server}/destroy", headers=auth)).status == 204
+    assert (await client.get(f"/servers/{server}/info", headers=auth)).status == 404
+
+
+async def test_guest_powering_itself_off_stops_the_server(
+    client: TestClient, auth: dict[str, str], platform: Platform, tiny_guest_image: Path,
+    servers_cleanup: None,
+) -> None:  # fmt: skip
+    drive = await upload_guest(client, auth, tiny_guest_image)
+    body = f"name p\ncpu 2000\nmem 128\npersistent true\nscsi:0:0 {drive}\nboot scsi:0:0"
+    server = (await create_server(client, auth, body))["server"]
+    await wait_ready(platform, server)
+    console = await SerialConsole.open(platform.servers.run_dir(server) / "serial.sock")
+    try:
+        assert await console.run("echo alive") == "alive"
+        await console.send("poweroff -f")
+        info = await wait_status(client, auth, server, "stopped", timeout=30)
+    finally:
+        await console.close()
+    assert info is not None
+
+
+async def test_json_create_with_aliases_and_info_numbers(
+    client: TestClient, auth: dict[str, str], platform: Platform, tiny_guest_image: Path,
+    servers_cleanup: None,
+) -> None:  # fmt: skip
+    drive = await upload_guest(client, auth, tiny_guest_image)
+    body = {
+        "name": "json", "cpu": 2000, "mem": 256, "ide:0:0": drive, "boot": "ide:0:0",
+        "smp": "auto", "nic:0:model": "e1000", "nic:0:dhcp": "auto", "vnc": "auto",
+        "vnc:password": "pw",
+    }  # fmt: skip
+    headers = {**auth, "Content-Type": "application/json", "Accept": "application/json"}
+    response = await client.post("/servers/create", data=json.dumps(body), headers=headers)
+    assert response.status == 200, await response.text()
+    document = await response.json()
+    assert (document["cpu"], document["mem"], document["status"]) == (2000, 256, "active")
+    assert document["vnc:ip"] == document["vnc"] == "127.0.0.1"
+    assert isinstance(document["started"], int)
+    listing = await client.get("/servers/info", headers=headers)
+    [entry] = await listing.json()
+    assert entry["nic:0:dhcp:ip"] == "10.0.2.15" and entry["ide:0:0"] == drive
+    for command in ("reset", "destroy"):
+        done = await client.post(
+            f"/servers/{document['server']}/{command}",
+            headers={**auth, "Content-Type": "application/json"},
+        )
+        assert done.status == 204
+    await asyncio.sleep(0)
+    assert (await client.get("/servers/list", headers=auth)).status == 200

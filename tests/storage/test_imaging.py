@@ -1,0 +1,212 @@
+"""Imaging pipelines on real drive files, plain and encrypted on either side."""
+
+import gzip as gzip_module
+import os
+import shutil
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openhosting.storage import imaging
+from openhosting.storage.drive_files import DriveFiles, OpenDrive
+from openhosting.storage.gzip_stream import GzipStreamError
+from openhosting.storage.imaging import CHUNK, Endpoint, ImagingStopped, Tracker
+
+MiB = 1024 * 1024
+PASSPHRASE = b"imaging-test-passphrase"
+KINDS = ["plain", "encrypted"]
+PAIRS = [(src, dst) for src in KINDS for dst in KINDS]
+# Not a multiple of a sector, a block, CHUNK or the inflater's slices.
+ODD_SIZE = 2 * CHUNK + 1_234_567
+
+
+def gunzip_stream(data: bytes) -> bytes:
+    """The gzip stream at the start of `data`, decompressed; what follows it is ignored."""
+    return zlib.decompressobj(wbits=31).decompress(data)
+
+
+class Drives:
+    """Drive files in a temporary directory, opened for I/O."""
+
+    def __init__(self, root: Path) -> None:
+        self.files = DriveFiles(root)
+        self.keys: dict[str, bytes | None] = {}
+        self._open: list[OpenDrive] = []
+
+    def make(self, name: str, size: int, kind: str) -> Endpoint:
+        if kind == "plain":
+            self.files.create_plain(name, size)
+            self.keys[name] = None
+        else:
+            self.keys[name] = self.files.create_encrypted(name, -(-size // 512) * 512, PASSPHRASE)
+        return self.open(name, size)
+
+    def open(self, name: str, size: int) -> Endpoint:
+        opened = self.files.open(name, self.keys[name])
+        self._open.append(opened)
+        return Endpoint.of(opened.io, size)
+
+    def close(self) -> None:
+        for opened in self._open:
+            opened.io.close()
+
+
+@pytest.fixture
+def drives(tmp_path: Path) -> Iterator[Drives]:
+    made = Drives(tmp_path / "drives")
+    yield made
+    made.close()
+
+
+def fill(drive: Endpoint, pieces: dict[int, bytes]) -> None:
+    for offset, data in pieces.items():
+        drive.io.write_at(offset, data)
+
+
+def content(drive: Endpoint) -> bytes:
+    return drive.io.read_at(0, drive.size)
+
+
+def scattered(size: int) -> dict[int, bytes]:
+    """Data at the start, across CHUNK boundaries, written zeros, and at the very end."""
+    return {
+        0: os.urandom(1000),
+        CHUNK - 700: os.urandom(1400),
+        CHUNK + MiB: bytes(MiB),  # written zeros: data, not a hole
+        2 * CHUNK - 3: os.urandom(MiB),
+        size - 77: os.urandom(77),
+    }
+
+
+@pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS)
+def test_copy_gives_dst_the_bytes_of_src_and_zeros_where_dst_had_data(
+    drives: Drives, src_kind: str, dst_kind: str
+) -> None:
+    src = drives.make("src", ODD_SIZE, src_kind)
+    dst = drives.make("dst", ODD_SIZE, dst_kind)
+    fill(src, scattered(ODD_SIZE))
+    fill(dst, {5 * MiB: b"old" * 1000, ODD_SIZE - 10: b"old bytes!"})
+    imaging.copy(src, dst, Tracker())
+    assert content(dst) == content(src)
+
+
+@pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS)
+def test_copy_cuts_what_does_not_fit_and_leaves_the_rest_zero(
+    drives: Drives, src_kind: str, dst_kind: str
+) -> None:
+    big = drives.make("big", ODD_SIZE, src_kind)
+    fill(big, scattered(ODD_SIZE))
+    small = drives.make("small", CHUNK + 5, dst_kind)
+    imaging.copy(big, small, Tracker())
+    assert content(small) == content(big)[: CHUNK + 5]
+    larger = drives.make("larger", ODD_SIZE + 3 * MiB, dst_kind)
+    fill(larger, {ODD_SIZE + MiB: b"stale"})
+    imaging.copy(big, larger, Tracker())
+    assert content(larger) == content(big) + bytes(3 * MiB)
+
+
+def test_plain_copy_moves_only_data(drives: Drives) -> None:
+    src = drives.make("src", 4096 * MiB, "plain")
+    fill(src, {100 * MiB: os.urandom(2 * MiB), 3000 * MiB: os.urandom(MiB)})
+    dst = drives.make("dst", 4096 * MiB, "plain")
+    reports: list[tuple[int, int]] = []
+    started = time.monotonic()
+    imaging.copy(src, dst, Tracker(lambda done, total: reports.append((done, total))))
+    assert time.monotonic() - started < 5  # a dense copy would move 4 GiB
+    assert os.stat(dst.io.path).st_blocks * 512 < 8 * MiB
+    for offset, length in ((100 * MiB, 2 * MiB), (3000 * MiB, MiB), (0, MiB)):
+        assert dst.io.read_at(offset, length) == src.io.read_at(offset, length)
+    assert reports and reports[0][1] < 8 * MiB  # progress counts data bytes, not the size
+
+
+@pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS)
+def test_gunzip_of_gzip_is_the_original(drives: Drives, src_kind: str, dst_kind: str) -> None:
+    src = drives.make("src", ODD_SIZE, src_kind)
+    fill(src, scattered(ODD_SIZE))
+    packed = drives.make("packed", ODD_SIZE, dst_kind)
+    imaging.gzip(src, packed, Tracker())
+    assert gunzip_stream(content(packed)) == content(src)
+    unpacked = drives.make("unpacked", ODD_SIZE, src_kind)
+    fill(unpacked, {MiB: b"stale" * 100})
+    imaging.gunzip(packed, unpacked, Tracker())
+    assert content(unpacked) == content(src)
+
+
+def test_gunzip_ignores_padding_and_reads_every_member(drives: Drives) -> None:
+    parts = [os.urandom(300_000), bytes(CHUNK + 3), b"tail"]
+    stream = b"".join(gzip_module.compress(part, compresslevel=1) for part in parts)
+    src = drives.make("src", len(stream) + 5 * MiB, "plain")
+    fill(src, {0: stream, len(stream) + MiB: b"junk after the stream"})
+    dst = drives.make("dst", 2 * CHUNK, "encrypted")
+    imaging.gunzip(src, dst, Tracker())
+    raw = b"".join(parts)
+    assert content(dst) == raw + bytes(2 * CHUNK - len(raw))
+
+
+def test_gunzip_cuts_output_at_the_end_of_dst(drives: Drives) -> None:
+    raw = os.urandom(3 * MiB)
+    stream = gzip_module.compress(raw)
+    src = drives.make("src", len(stream), "plain")
+    fill(src, {0: stream})
+    dst = drives.make("dst", MiB + 1, "plain")
+    imaging.gunzip(src, dst, Tracker())
+    assert content(dst) == raw[: MiB + 1]
+
+
+@pytest.mark.parametrize(
+    "stored", [b"this drive holds no gzip stream", b"", gzip_module.compress(os.urandom(MiB))[:-9]]
+)
+def test_gunzip_of_what_is_not_a_whole_gzip_stream_fails(drives: Drives, stored: bytes) -> None:
+    src = drives.make("src", 2 * MiB, "plain")
+    fill(src, {0: stored})
+    dst = drives.make("dst", 4 * MiB, "plain")
+    with pytest.raises(GzipStreamError):
+        imaging.gunzip(src, dst, Tracker())
+
+
+@pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-utils")
+def test_qemu_sees_the_decompressed_bytes_on_an_encrypted_dst_zeros_included(
+    drives: Drives, tmp_path: Path
+) -> None:
+    raw = os.urandom(MiB) + bytes(3 * MiB) + os.urandom(4096)
+    src = drives.make("src", 6 * MiB, "plain")
+    fill(src, {0: gzip_module.compress(raw)})
+    dst = drives.make("dst", len(raw), "encrypted")
+    imaging.gunzip(src, dst, Tracker())
+    secret = tmp_path / "secret"
+    secret.write_bytes(PASSPHRASE)
+    out = tmp_path / "qemu-view.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "--object", f"secret,id=sec0,file={secret}", "--image-opts",
+         f"driver=luks,key-secret=sec0,file.filename={dst.io.path}", "-O", "raw", str(out)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert out.read_bytes() == raw
+
+
+def test_a_stop_request_ends_the_pipeline(drives: Drives) -> None:
+    src = drives.make("src", 4 * CHUNK, "plain")
+    fill(src, {0: os.urandom(4 * CHUNK)})
+    dst = drives.make("dst", 4 * CHUNK, "encrypted")
+    stop = threading.Event()
+
+    def report(done: int, _total: int) -> None:
+        if done:
+            stop.set()
+
+    with pytest.raises(ImagingStopped):
+        imaging.copy(src, dst, Tracker(report, stop=stop, interval=0))
+
+
+def test_the_rate_limit_holds_the_pace(drives: Drives) -> None:
+    src = drives.make("src", 3 * MiB, "plain")
+    fill(src, {0: os.urandom(3 * MiB)})
+    dst = drives.make("dst", 3 * MiB, "plain")
+    started = time.monotonic()
+    imaging.gzip(src, dst, Tracker(max_rate=10 * MiB))
+    assert time.monotonic() - started >= 0.25
