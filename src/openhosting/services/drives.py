@@ -252,7 +252,7 @@ class Drives:
                     uuid=uuid,
                     user=user,
                     cipher=settings.cipher,
-                    created_at=int(time.time()),
+                    created_at=time.time(),  # sub-second: lists keep creation order
                     **_settings_columns(settings),
                     **wrapped,
                 )

@@ -165,7 +165,7 @@ class Servers:
                 user=user,
                 config=json.dumps(config.canonical_properties(), sort_keys=True),
                 status="stopped",
-                created_at=int(time.time()),
+                created_at=time.time(),  # sub-second: lists keep creation order
             )
         log.info("event=server_created user=%s server=%s", user, uuid)
         if start:

@@ -47,7 +47,7 @@ drives = Table(
     # I/O), each wrapped by a key derived from the platform key.
     Column("wrapped_passphrase", LargeBinary, nullable=True),
     Column("wrapped_master_key", LargeBinary, nullable=True),
-    Column("created_at", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
     Column("read_bytes", BigInteger, nullable=False, server_default="0"),
     Column("read_requests", BigInteger, nullable=False, server_default="0"),
     Column("write_bytes", BigInteger, nullable=False, server_default="0"),
@@ -90,7 +90,7 @@ servers = Table(
     Column("status", String(16), nullable=False, server_default="stopped"),
     Column("started_at", Integer, nullable=True),
     Column("vnc_display", Integer, nullable=True),
-    Column("created_at", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
     Index("servers_by_user", "user"),
 )
 

@@ -34,7 +34,7 @@ def upgrade() -> None:
         sa.Column("tier", sa.String(16), nullable=False, server_default="disk"),
         sa.Column("wrapped_passphrase", sa.LargeBinary, nullable=True),
         sa.Column("wrapped_master_key", sa.LargeBinary, nullable=True),
-        sa.Column("created_at", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("read_bytes", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("read_requests", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("write_bytes", sa.BigInteger, nullable=False, server_default="0"),

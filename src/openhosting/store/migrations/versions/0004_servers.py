@@ -27,7 +27,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False, server_default="stopped"),
         sa.Column("started_at", sa.Integer, nullable=True),
         sa.Column("vnc_display", sa.Integer, nullable=True),
-        sa.Column("created_at", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
     )
     op.create_index("servers_by_user", "servers", ["user"])
 
