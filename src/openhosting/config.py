@@ -30,6 +30,17 @@ class ApiSettings:
     public_url: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    # A connection that sends no complete request for this long is closed (slow clients,
+    # idle keep-alives); a request body that stalls this long is refused.
+    idle_timeout: int = 30
+    # Repeated authentication failures from one address: after `auth_failures_free` within
+    # `auth_failure_window` seconds each further attempt waits longer, and past
+    # `auth_failures_max` the address is refused (401 with Retry-After) until the window ends.
+    auth_failures_free: int = 5
+    auth_failures_max: int = 30
+    auth_failure_window: int = 300
+    # Requests per second per user (a token bucket with a burst of 4 seconds' worth); 0: off.
+    user_requests_per_second: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,26 @@ class NetworkSettings:
 
     # `user`: QEMU user-mode networking (no host set-up); `bridge`: bridges, taps, dnsmasq.
     mode: str = "user"
+    # Bridge mode: the network namespace holding the bridges, taps, dnsmasq and QEMU (created
+    # if missing, never deleted); empty means the host's own network.
+    namespace: str = ""
+    # The bridge that carries the public pool (created if missing).
+    public_bridge: str = "oh-public"
+    # The host's address on the public bridge (dnsmasq answers from it), in the subnet;
+    # empty means the gateway: this host routes for the pool.
+    host_address: str = ""
+    # The public address pool (a documentation range by default): subnet, gateway, name
+    # servers (space-separated) and the allocatable range `FIRST-LAST`.
+    pool_subnet: str = "192.0.2.0/24"
+    pool_gateway: str = "192.0.2.1"
+    pool_nameservers: str = "192.0.2.1"
+    pool_range: str = "192.0.2.10-192.0.2.250"
+    # Bridge mode: VLAN bridges are PREFIX + part of the VLAN UUID; taps PREFIX + server + NIC.
+    vlan_bridge_prefix: str = "oh-v"
+    tap_prefix: str = "oh-t"
+    dnsmasq_binary: str = "dnsmasq"
+    # How long a DHCP lease lasts (seconds; dnsmasq's minimum is 120).
+    lease_seconds: int = 3600
 
 
 @dataclass(frozen=True)

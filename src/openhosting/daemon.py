@@ -59,7 +59,12 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     host, port = parse_listen(config.api.listen)
     app = build_app(platform, HANDLERS)
     runner = web.AppRunner(
-        app, access_log_class=RequestLogger, handle_signals=False, **RUNNER_OPTIONS
+        app,
+        access_log_class=RequestLogger,
+        handle_signals=False,
+        # Also closes a connection that never completes its first request (slow loris).
+        keepalive_timeout=config.api.idle_timeout,
+        **RUNNER_OPTIONS,
     )
     await runner.setup()
     ssl_context = None

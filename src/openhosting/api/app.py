@@ -5,7 +5,8 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from openhosting.api.auth import authenticate_request
+from openhosting.api.abuse import AuthThrottle, UserRateLimiter
+from openhosting.api.auth import AUTH_THROTTLE_KEY, RATE_LIMITER_KEY, authenticate_request
 from openhosting.api.context import PLATFORM_KEY
 from openhosting.api.negotiation import error_response, payload_response
 from openhosting.api.routes import ROUTES, Handler, Kind, Route, unavailable
@@ -27,7 +28,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     """Authenticate every request, and turn every failure into the API's error form: nothing
     escapes as a bare 500. (One middleware, not two: each costs a few µs per request.)"""
     try:
-        authenticate_request(request)
+        await authenticate_request(request)
         return await handler(request)  # type: ignore[return-value]
     except ApiError as error:
         return error_response(error)
@@ -74,6 +75,11 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
         client_max_size=platform.config.api.max_body_bytes,
     )
     app[PLATFORM_KEY] = platform
+    api = platform.config.api
+    app[AUTH_THROTTLE_KEY] = AuthThrottle(
+        api.auth_failures_free, api.auth_failures_max, api.auth_failure_window
+    )
+    app[RATE_LIMITER_KEY] = UserRateLimiter(api.user_requests_per_second)
     table = dict(handlers or {})
     for route in ROUTES:
         handler = table.get(route.command, unavailable)

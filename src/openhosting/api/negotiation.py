@@ -1,8 +1,12 @@
 """Content negotiation: reading key/value request bodies and writing payloads and errors in
 text or JSON, with the X-Elastic-* headers (API.md §2, §3)."""
 
-from aiohttp import web
+import asyncio
 
+from aiohttp import web
+from aiohttp.client_exceptions import ClientPayloadError
+
+from openhosting.api.context import PLATFORM_KEY
 from openhosting.errors import ApiError, UsageError
 from openhosting.wire.json_codec import parse_json_object, render_json
 from openhosting.wire.payload import OUTPUT_HEADER, Payload, output_kind
@@ -28,7 +32,7 @@ async def read_body_capped(request: web.BaseRequest, cap: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = await request.content.readany()
+        chunk = await read_body_chunk(request)
         if not chunk:
             break
         total += len(chunk)
@@ -36,6 +40,19 @@ async def read_body_capped(request: web.BaseRequest, cap: int) -> bytes:
             raise UsageError(f"Request body too large: at most {cap} bytes of key/value data")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_body_chunk(request: web.BaseRequest, timeout: float | None = None) -> bytes:
+    """The next piece of the request body (b"" at its end). A body that stalls for the idle
+    timeout, or whose client goes away, is a usage error: it is never acknowledged."""
+    if timeout is None:
+        timeout = request.app[PLATFORM_KEY].config.api.idle_timeout
+    try:
+        return await asyncio.wait_for(request.content.readany(), timeout)
+    except TimeoutError:
+        raise UsageError(f"Request body stalled for {timeout:g} s") from None
+    except (ClientPayloadError, ConnectionResetError, asyncio.IncompleteReadError):
+        raise UsageError("Request body incomplete: the client went away") from None
 
 
 async def read_properties(request: web.BaseRequest, cap: int) -> dict[str, str]:
@@ -70,6 +87,9 @@ def error_response(error: ApiError) -> web.Response:
     headers = {ERROR_HEADER: error.kind}
     if error.kind == "auth":
         headers["WWW-Authenticate"] = REALM
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     message = " ".join(error.message.split()) or error.kind
     return web.Response(
         status=error.status, text=message + "\n", content_type="text/plain", headers=headers

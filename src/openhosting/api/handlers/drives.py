@@ -1,13 +1,10 @@
 """Handlers of the drive commands (API.md §4)."""
 
-import asyncio
-
 from aiohttp import web
-from aiohttp.client_exceptions import ClientPayloadError
 
 from openhosting.api.content_coding import GzipStreamDecoder
 from openhosting.api.context import platform_of, user_of
-from openhosting.api.negotiation import read_properties
+from openhosting.api.negotiation import read_body_chunk, read_properties
 from openhosting.api.responses import FileSliceResponse
 from openhosting.errors import FullError, UsageError
 from openhosting.services.drives import ReadPlan
@@ -64,7 +61,8 @@ async def read(request: web.Request) -> web.StreamResponse:
             response = await _stream_decrypted(request, plan)
     finally:
         plan.close()
-    drives.record_read(plan.drive, plan.count)
+    if request.method != "HEAD":  # a HEAD sends no bytes: nothing was read
+        drives.record_read(plan.drive, plan.count)
     return response
 
 
@@ -99,7 +97,7 @@ async def write(request: web.Request) -> None:
                 " nothing was written"
             )
         received = 0
-        while chunk := await _next_body_chunk(request):
+        while chunk := await read_body_chunk(request):
             received += len(chunk)
             if decoder is None:
                 await writer.write(chunk)
@@ -114,10 +112,3 @@ async def write(request: web.Request) -> None:
     except BaseException:
         await writer.abort()
         raise
-
-
-async def _next_body_chunk(request: web.Request) -> bytes:
-    try:
-        return await request.content.readany()
-    except (ClientPayloadError, ConnectionResetError, asyncio.IncompleteReadError):
-        raise UsageError("Request body incomplete: the client went away") from None

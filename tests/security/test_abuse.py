@@ -1,0 +1,156 @@
+"""Abuse limits at the edge: failing logins slow down then lock out, per-user request rates,
+oversized headers and paths, slow clients (issue: accounts, billing and security)."""
+
+import dataclasses
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from openhosting.api.abuse import (
+    AuthLockedOutError,
+    AuthThrottle,
+    RateLimitedError,
+    UserRateLimiter,
+)
+from openhosting.api.app import RUNNER_OPTIONS, build_app
+from openhosting.api.handlers import HANDLERS
+from openhosting.config import Config
+from openhosting.services.accounts import NewKey
+from openhosting.services.platform import open_platform
+from tests.conftest import basic_auth
+from tests.test_daemon import Daemon, free_port
+
+
+def test_failures_are_free_then_slower_then_locked_out() -> None:
+    throttle = AuthThrottle(free=2, maximum=5, window=60)
+    delays = []
+    for _ in range(5):
+        delays.append(throttle.delay_before("203.0.113.9", now=100.0))
+        throttle.failed("203.0.113.9", now=100.0)
+    assert delays == [0.0, 0.0, 0.1, 0.2, 0.4]
+    with pytest.raises(AuthLockedOutError) as locked:
+        throttle.delay_before("203.0.113.9", now=110.0)
+    assert locked.value.retry_after == 51
+    assert throttle.delay_before("198.51.100.1", now=110.0) == 0.0  # others unaffected
+    assert throttle.delay_before("203.0.113.9", now=161.0) == 0.0  # the window ended
+
+
+def test_a_success_clears_the_failures() -> None:
+    throttle = AuthThrottle(free=1, maximum=3, window=60)
+    throttle.failed("a", now=0.0)
+    throttle.failed("a", now=0.0)
+    throttle.succeeded("a")
+    assert throttle.delay_before("a", now=0.0) == 0.0
+
+
+def test_rate_limiter_allows_a_burst_then_the_rate() -> None:
+    limiter = UserRateLimiter(rate=2)
+    for _ in range(8):
+        limiter.take("u", now=0.0)
+    with pytest.raises(RateLimitedError) as limited:
+        limiter.take("u", now=0.0)
+    assert limited.value.retry_after >= 1
+    limiter.take("u", now=0.5)  # one more token after half a second at 2/s
+    limiter.take("other", now=0.5)
+    UserRateLimiter(rate=0).take("u")  # off
+
+
+@pytest.fixture
+async def strict_client(aiohttp_client, config: Config) -> AsyncIterator[tuple[TestClient, NewKey]]:  # type: ignore[no-untyped-def]
+    api = dataclasses.replace(
+        config.api, auth_failures_free=2, auth_failures_max=4, user_requests_per_second=1
+    )
+    platform = open_platform(dataclasses.replace(config, api=api))
+    key = platform.accounts.create_user("alice")
+    server = TestServer(build_app(platform, HANDLERS))
+    await server.start_server(**RUNNER_OPTIONS)
+    yield await aiohttp_client(server), key
+    platform.close()
+
+
+async def test_repeated_failures_end_in_401_with_retry_after(
+    strict_client: tuple[TestClient, NewKey],
+) -> None:
+    client, key = strict_client
+    started = time.monotonic()
+    for _ in range(4):
+        response = await client.get("/drives/list", headers=basic_auth(key, "wrong"))
+        assert response.status == 401
+    assert time.monotonic() - started >= 0.3  # the 3rd and 4th attempts were slowed
+    locked = await client.get("/drives/list", headers=basic_auth(key))
+    assert locked.status == 401  # even the right key, while locked out
+    assert locked.headers["X-Elastic-Error"] == "auth"
+    assert int(locked.headers["Retry-After"]) > 0
+
+
+async def test_requests_over_the_users_rate_are_429_busy(
+    strict_client: tuple[TestClient, NewKey],
+) -> None:
+    client, key = strict_client
+    statuses = [
+        (await client.get("/drives/list", headers=basic_auth(key))).status for _ in range(6)
+    ]
+    assert statuses[:4] == [200] * 4
+    assert 429 in statuses[4:]
+    response = await client.get("/drives/list", headers=basic_auth(key))
+    assert response.status == 429
+    assert response.headers["X-Elastic-Error"] == "busy"
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def raw_request(port: int, data: bytes, timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(data)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+            if b"\r\n\r\n" in b"".join(chunks):
+                break
+        return b"".join(chunks)
+
+
+def test_oversized_headers_and_paths_and_slow_clients_against_the_daemon(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    os.environ["OH_API_IDLE_TIMEOUT"] = "2"
+    try:
+        daemon = Daemon(tmp_path / "state", free_port())
+    finally:
+        del os.environ["OH_API_IDLE_TIMEOUT"]
+    try:
+        long_path = b"/drives/" + b"x" * 9000
+        answer = raw_request(daemon.port, b"GET " + long_path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert answer.split(b"\r\n")[0].split()[1] in (b"400", b"414")
+        big_header = b"X-Big: " + b"y" * 9000 + b"\r\n"
+        answer = raw_request(
+            daemon.port, b"GET /drives/list HTTP/1.1\r\nHost: a\r\n" + big_header + b"\r\n"
+        )
+        assert answer.split(b"\r\n")[0].split()[1].startswith(b"4")
+        many = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+        answer = raw_request(daemon.port, b"GET /drives/list HTTP/1.1\r\n" + many + b"\r\n")
+        assert answer.split(b"\r\n")[0].split()[1].startswith(b"4")
+
+        # A slow loris: headers trickle in and never end; the daemon hangs up.
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as slow:
+            slow.sendall(b"GET /drives/list HTTP/1.1\r\n")
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 8:
+                try:
+                    slow.sendall(b"X-a: b\r\n")
+                    slow.settimeout(0.5)
+                    if slow.recv(1) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+            assert closed, "the daemon kept a never-ending request open"
+            assert time.monotonic() - started < 6
+    finally:
+        daemon.stop()
