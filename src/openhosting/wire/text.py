@@ -76,11 +76,8 @@ def _format_value(value: Value) -> str:
 
 def render_object(values: Object) -> str:
     """`KEY VALUE` lines for one object, each ending in a newline."""
-    lines = []
-    for key, value in values.items():
-        text = _format_value(value)
-        lines.append(f"{key} {text}\n" if text else f"{key}\n")
-    return "".join(lines)
+    # An empty value still gets its space, so that naive `split(" ", 1)` readers cope.
+    return "".join(f"{key} {_format_value(value)}\n" for key, value in values.items())
 
 
 def render_rows(keys: Iterable[str], rows: Iterable[Object]) -> str:
