@@ -73,6 +73,11 @@ class HypervisorSettings:
     # How long a VM may take to start (QEMU) or to stop before it is killed.
     start_timeout: int = 30
     stop_timeout: int = 10
+    # The unprivileged user QEMU becomes once its files are open: `auto` is `nobody` when
+    # the daemon runs as root, and none otherwise; empty: none.
+    run_as: str = "auto"
+    # QEMU's seccomp sandbox.
+    sandbox: bool = True
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ HEAD = f"""qemu-system-x86_64
 -serial chardev:serial0
 -device VGA,id=video0"""  # noqa: E501
 
-TAIL = f"""-pidfile {RUN}/qemu.pid
+TAIL = f"""-sandbox on,obsolete=deny,resourcecontrol=deny
+-pidfile {RUN}/qemu.pid
 -daemonize"""
 
 
@@ -249,3 +250,10 @@ def test_an_explicit_accelerator_is_taken_as_is_and_others_are_refused(tmp_path:
     assert choose_accelerator("tcg") == "tcg"
     with pytest.raises(ValueError, match="kvm, tcg or auto"):
         choose_accelerator("hvf")
+
+
+def test_qemu_can_drop_to_an_unprivileged_user_and_go_without_the_sandbox() -> None:
+    spec = VmSpec(uuid=UUID, smp=1, mem_mb=64, run_dir=Path(RUN), run_as="nobody", sandbox=False)
+    argv = build_qemu_argv(spec)
+    assert argv[argv.index("-runas") + 1] == "nobody"
+    assert "-sandbox" not in argv

@@ -35,6 +35,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _SLOT = re.compile(r"ide:([01]):([01])|scsi:0:([0-7])|block:([0-7])")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_NETNS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,13 @@ def slot_for_device_id(device_id: str) -> str | None:
 
 @dataclass(frozen=True)
 class UserNetdev:
-    """QEMU user-mode networking: no host set-up; the guest gets 10.0.2.15 from QEMU."""
+    """QEMU user-mode networking: no host set-up; the guest gets 10.0.2.15 from QEMU, or
+    `dhcp_start` in network `net` (CIDR) behind `host` with name server `dns` when given."""
+
+    net: str | None = None
+    host: str | None = None
+    dhcp_start: str | None = None
+    dns: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,12 @@ class VmSpec:
     nics: tuple[NicSpec, ...] = ()
     vnc: VncSpec | None = None
     qemu_binary: str = QEMU_BINARY
+    # The network namespace QEMU runs in (bridge mode with a namespace): its taps live there.
+    netns: str | None = None
+    # Hardening: a seccomp filter, and an unprivileged user QEMU switches to once it has
+    # opened its files (None: stay as started).
+    sandbox: bool = True
+    run_as: str | None = None
 
     def __post_init__(self) -> None:
         if not _UUID.fullmatch(self.uuid):
@@ -175,6 +188,8 @@ class VmSpec:
             raise ValueError(f"boot names slots without a disk: {sorted(unknown)}")
         if len({nic.index for nic in self.nics}) != len(self.nics):
             raise ValueError("a NIC index is used twice")
+        if self.netns is not None and not _NETNS.fullmatch(self.netns):
+            raise ValueError(f"not a network namespace name: {self.netns!r}")
 
     @property
     def paths(self) -> RunPaths:
@@ -203,6 +218,9 @@ def build_qemu_argv(spec: VmSpec) -> list[str]:
         ("-boot", "strict=on"),
     ]
     argv = [spec.qemu_binary, *(word for option in options for word in option)]
+    if spec.netns:
+        # `ip netns exec` execs QEMU in place, so the pid and -daemonize behave the same.
+        argv = ["ip", "netns", "exec", spec.netns, *argv]
     argv += _plumbing_args(paths)
     argv += ["-device", "VGA,id=video0"]
     argv += _disk_args(spec)
@@ -210,6 +228,12 @@ def build_qemu_argv(spec: VmSpec) -> list[str]:
         argv += _nic_args(nic)
     if spec.vnc is not None:
         argv += _vnc_args(spec.vnc)
+    if spec.sandbox:
+        # `spawn=deny` would forbid -daemonize's fork, and `elevateprivileges=deny` the
+        # switch to `-runas`; both happen after the filter is installed.
+        argv += ["-sandbox", "on,obsolete=deny,resourcecontrol=deny"]
+    if spec.run_as:
+        argv += ["-runas", spec.run_as]
     argv += ["-pidfile", str(paths.pidfile), "-daemonize"]
     return argv
 
@@ -327,7 +351,18 @@ def _nic_args(nic: NicSpec) -> list[str]:
             head="tap",
         )
     else:
-        netdev = _opts(("id", netdev_id), head="user")
+        user = nic.backend
+        addressing = [
+            (key, value)
+            for key, value in (
+                ("net", user.net),
+                ("host", user.host),
+                ("dhcpstart", user.dhcp_start),
+                ("dns", user.dns),
+            )
+            if value is not None
+        ]
+        netdev = _opts(("id", netdev_id), *addressing, head="user")
     device = _opts(
         ("netdev", netdev_id),
         ("mac", nic.mac),

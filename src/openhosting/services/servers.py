@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import shutil
 import socket
 import time
@@ -33,6 +34,7 @@ from openhosting.hypervisor.cpu_quota import (
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.vm import SHUTDOWN, RunningVm
+from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
 from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.server_info import LiveFigures, server_info
@@ -56,6 +58,19 @@ def default_mac(server: str, index: int) -> str:
     return "52:54:00:" + ":".join(f"{byte:02x}" for byte in digest[:3])
 
 
+def qemu_user(setting: str) -> pwd.struct_passwd | None:
+    """The account QEMU drops to (see HypervisorSettings.run_as), if any."""
+    if setting == "auto":
+        setting = "nobody" if os.geteuid() == 0 else ""
+    if not setting:
+        return None
+    try:
+        return pwd.getpwnam(setting)
+    except KeyError:
+        log.warning("event=qemu_user_missing user=%s", setting)
+        return None
+
+
 class Servers:
     """The server service."""
 
@@ -67,6 +82,7 @@ class Servers:
         self._settings = config.hypervisor
         self._accelerator = choose_accelerator(self._settings.accelerator)
         self._cgroup = find_cpu_cgroup()
+        self._run_as = qemu_user(self._settings.run_as)
         self._vms: dict[str, RunningVm] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -111,8 +127,9 @@ class Servers:
     async def _info_of(self, row: dict[str, Any]) -> dict[str, Value]:
         config = ServerConfig.from_properties(json.loads(row["config"]))
         vm = self._vms.get(row["uuid"])
+        status = self._status(row)  # before any await: the VM may end meanwhile
         live = await self._live_figures(row, config, vm) if vm is not None else None
-        return server_info(row["uuid"], row["user"], self._status(row), config, live)
+        return server_info(row["uuid"], row["user"], status, config, live)
 
     async def _live_figures(
         self, row: dict[str, Any], config: ServerConfig, vm: RunningVm
@@ -230,6 +247,13 @@ class Servers:
             display = self._claim(user, uuid, config, drives)
             undo.callback(self._release, uuid)
             run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self._run_as is not None:
+                # QEMU, once unprivileged, still removes its pidfile and sockets at exit.
+                os.chown(run_dir, self._run_as.pw_uid, self._run_as.pw_gid)
+            if config.vnc_tls and display is not None:
+                # Made once per platform (slow: RSA keys), so in a worker thread.
+                tls_dir = vnc_tls_dir(self._config.state_path)
+                await asyncio.to_thread(ensure_vnc_tls, tls_dir, [self._settings.vnc_listen])
             spec = self._vm_spec(uuid, config, drives, display)
             # QEMU reads the LUKS passphrases at start-up; they need not outlive that.
             undo.push_async_callback(asyncio.to_thread, self._remove_secrets, spec)
@@ -325,7 +349,8 @@ class Servers:
             NicSpec(index=nic.index, model=nic.model, mac=nic.mac or default_mac(uuid, nic.index))
             for nic in config.nics
         )
-        vnc = VncSpec(self._settings.vnc_listen, display) if display is not None else None
+        tls_dir = vnc_tls_dir(self._config.state_path) if config.vnc_tls else None
+        vnc = VncSpec(self._settings.vnc_listen, display, tls_dir) if display is not None else None
         return VmSpec(
             uuid=uuid,
             smp=config.smp_cores,
@@ -337,6 +362,8 @@ class Servers:
             nics=nics,
             vnc=vnc,
             qemu_binary=self._settings.qemu_binary,
+            sandbox=self._settings.sandbox,
+            run_as=self._run_as.pw_name if self._run_as else None,
         )
 
     @staticmethod
@@ -347,25 +374,27 @@ class Servers:
 
     async def _vm_exited(self, uuid: str, how: str) -> None:
         """The VM of `uuid` is gone: release its drives and apply the persistence rules."""
-        self._vms.pop(uuid, None)
+        # The database first, and no await until the VM has left `_vms`: whoever sees the
+        # server no longer active must also see its drives released.
+        try:
+            with self._engine.begin() as connection:
+                row = server_store.get_server(connection, uuid)
+                server_store.remove_guest_claims(connection, uuid)
+                config = json.loads(row["config"]) if row is not None else {}
+                if row is not None and config.get("persistent") != "true":
+                    server_store.delete_server(connection, uuid)
+                    log.info("event=server_destroyed server=%s reason=vm_%s", uuid, how)
+                elif row is not None:
+                    status = "stopped" if how == SHUTDOWN else "dead"
+                    server_store.update_server(
+                        connection, uuid, status=status, started_at=None, vnc_display=None
+                    )
+                    log.info("event=server_stopped server=%s status=%s", uuid, status)
+        finally:
+            self._vms.pop(uuid, None)
         if self._cgroup is not None:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(remove_cpu_group, self._cgroup, uuid)
-        with self._engine.begin() as connection:
-            row = server_store.get_server(connection, uuid)
-            server_store.remove_guest_claims(connection, uuid)
-            if row is None:
-                return
-            config = json.loads(row["config"])
-            if config.get("persistent") != "true":
-                server_store.delete_server(connection, uuid)
-                log.info("event=server_destroyed server=%s reason=vm_%s", uuid, how)
-            else:
-                status = "stopped" if how == SHUTDOWN else "dead"
-                server_store.update_server(
-                    connection, uuid, status=status, started_at=None, vnc_display=None
-                )
-                log.info("event=server_stopped server=%s status=%s", uuid, status)
         if row is not None and config.get("persistent") != "true":
             shutil.rmtree(self.run_dir(uuid), ignore_errors=True)
 
