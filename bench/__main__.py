@@ -13,6 +13,7 @@ BENCHMARKS = {
     "drive-read": "bench.drive_read",
     "drive-read-encrypted": "bench.drive_read_encrypted",
     "imaging": "bench.imaging",
+    "boot": "bench.server_boot",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from openhosting.cli import admin_imaging
 from openhosting.config import ConfigError, load_config
-from openhosting.errors import ApiError
+from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
 from openhosting.wire.payload import Properties, ValueList
 from openhosting.wire.sizes import parse_size
@@ -25,6 +25,9 @@ def _user_properties(user: dict[str, Any]) -> dict[str, str | int]:
     values["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(user["created_at"]))
     if user.get("max_drive_bytes") is not None:
         values["limit:drive:bytes"] = user["max_drive_bytes"]
+    for column, key in (("max_ips", "limit:ips"), ("max_vlans", "limit:vlans")):
+        if user.get(column) is not None:
+            values[key] = user[column]
     return values
 
 
@@ -54,11 +57,22 @@ def cmd_user_delete(platform: Platform, args: argparse.Namespace) -> str:
     return ""
 
 
+def _parse_count(text: str, option: str) -> int | None:
+    if text == "none":
+        return None
+    if not text.isdigit():
+        raise UsageError(f"--{option} must be a number or 'none', not {text!r}")
+    return int(text)
+
+
 def cmd_user_set(platform: Platform, args: argparse.Namespace) -> str:
     limits: dict[str, int | None] = {}
     if args.max_drive_bytes is not None:
         text = args.max_drive_bytes
         limits["max_drive_bytes"] = None if text == "none" else parse_size(text, "limit")
+    for name in ("max_ips", "max_vlans"):
+        if (text := getattr(args, name)) is not None:
+            limits[name] = _parse_count(text, name.replace("_", "-"))
     if limits:
         platform.accounts.set_limits(args.uuid, **limits)
     return render_text(Properties(_user_properties(platform.accounts.get_user(args.uuid))))
@@ -87,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     limits = commands.add_parser("set", help="set a user's limits")
     limits.add_argument("uuid", type=str.lower)
     limits.add_argument("--max-drive-bytes", help="total drive bytes (k/M/G/T), or 'none'")
+    limits.add_argument("--max-ips", help="number of IP resources, or 'none'")
+    limits.add_argument("--max-vlans", help="number of VLAN resources, or 'none'")
     limits.set_defaults(run=cmd_user_set)
     admin_imaging.add_parsers(areas)
     return parser
