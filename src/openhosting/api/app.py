@@ -7,9 +7,9 @@ from aiohttp import web
 
 from openhosting.api.abuse import AuthThrottle, UserRateLimiter
 from openhosting.api.auth import AUTH_THROTTLE_KEY, RATE_LIMITER_KEY, authenticate_request
-from openhosting.api.context import PLATFORM_KEY
+from openhosting.api.context import PLATFORM_KEY, user_of
 from openhosting.api.negotiation import error_response, payload_response
-from openhosting.api.routes import ROUTES, Handler, Kind, Route, unavailable
+from openhosting.api.routes import ROUTES, Handler, HandlerResult, Kind, Route, unavailable
 from openhosting.errors import ApiError, MethodError, MissingError, SystemError_
 from openhosting.services.platform import Platform
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
@@ -17,6 +17,8 @@ from openhosting.wire.payload import Properties, PropertiesList, ValueList
 log = logging.getLogger("openhosting.api")
 
 READ_METHODS = frozenset({"GET", "HEAD", "POST"})
+# The key holding a new object's id in what a create command answers.
+CREATED_KEYS = ("drive", "server", "resource")
 
 # Options of the server that runs the app (aiohttp's AppRunner). Drive writes decode
 # `Content-Encoding: gzip` themselves, in bounded pieces and with a faster library.
@@ -56,14 +58,40 @@ def _command_handler(route: Route, handler: Handler) -> Handler:
             route.kind is Kind.CHANGE and request.method != "POST"
         ):
             raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
-        result = await handler(request)
-        if result is None:
-            return web.Response(status=204)
-        if isinstance(result, Properties | PropertiesList | ValueList):
-            return payload_response(request, result)
-        return result
+        if route.kind is Kind.CHANGE:
+            return await _audited(request, handler)
+        return _render(request, await handler(request))
 
     return serve
+
+
+def _render(request: web.Request, result: HandlerResult) -> web.StreamResponse:
+    if result is None:
+        return web.Response(status=204)
+    if isinstance(result, Properties | PropertiesList | ValueList):
+        return payload_response(request, result)
+    return result
+
+
+async def _audited(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run a state-changing command and record it, whatever its result."""
+    status, error, created = 500, "system", None
+    try:
+        result = await handler(request)
+        if isinstance(result, Properties) and request.path.endswith(("/create", "/stopped")):
+            new_id = next((result.values.get(k) for k in CREATED_KEYS if k in result.values), None)
+            created = str(new_id) if new_id is not None else None
+        response = _render(request, result)
+        status, error = response.status, ""
+        return response
+    except ApiError as failure:
+        status, error = failure.status, failure.kind
+        raise
+    finally:
+        request.app[PLATFORM_KEY].audit.record(
+            user_of(request), request.remote or "", request.method, request.path, status, error,
+            created,
+        )  # fmt: skip
 
 
 def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None) -> web.Application:

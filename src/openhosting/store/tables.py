@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -27,6 +28,8 @@ users = Table(
     Column("created_at", Integer, nullable=False),
     # Subscription limits; NULL means no limit.
     Column("max_drive_bytes", BigInteger, nullable=True),
+    Column("max_ips", Integer, nullable=True),
+    Column("max_vlans", Integer, nullable=True),
 )
 
 drives = Table(
@@ -117,4 +120,53 @@ jobs = Table(
     Column("ended_at", Float, nullable=True),
     Index("jobs_by_state", "state"),
     Index("jobs_by_dst", "dst"),
+)
+
+# IP and VLAN resources (services/resources.py): `resource` is the address of an `ip` (from the
+# platform's pool), the UUID of a `vlan`.
+resources = Table(
+    "resources",
+    metadata,
+    Column("type", String(8), primary_key=True),
+    Column("resource", String(64), primary_key=True),
+    Column("user", String(36), ForeignKey("users.uuid", ondelete="CASCADE"), nullable=False),
+    Column("name", String(256), nullable=False, server_default=""),
+    Column("tags", Text, nullable=False, server_default=""),
+    Column("user_keys", Text, nullable=False, server_default="{}"),  # JSON object
+    Column("created_at", Integer, nullable=False),
+    Index("resources_by_user", "user"),
+)
+
+# The NICs of active servers and what they hold (services/server_network.py): a row from start
+# to stop. `network` is `public` or a VLAN UUID; `address` the pool address the NIC is offered
+# (an IP resource, or a temporary one for `nic:0:dhcp auto`), unique while held.
+server_nics = Table(
+    "server_nics",
+    metadata,
+    Column("server", String(36), primary_key=True),
+    Column("nic", Integer, primary_key=True),
+    Column("user", String(36), nullable=False),
+    Column("network", String(36), nullable=False),
+    Column("mac", String(17), nullable=False),
+    Column("address", String(15), nullable=True, unique=True),
+    Column("temporary", Boolean, nullable=False, server_default="0"),
+    UniqueConstraint("network", "mac", name="server_nics_mac_per_network"),
+)
+
+# Every state-changing command: who asked what, when, and how it ended.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("user", String(36), nullable=False),
+    Column("remote", String(64), nullable=False, server_default=""),
+    Column("method", String(8), nullable=False),
+    Column("path", String(512), nullable=False),
+    # The drive, server or resource the command named, if any.
+    Column("object", String(64), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("error", String(16), nullable=False, server_default=""),
+    Index("audit_by_object", "object"),
+    Index("audit_by_user", "user"),
 )
