@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openhosting.cli import admin_imaging
+from openhosting.cli import admin_audit, admin_imaging
 from openhosting.config import ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-vlans", help="number of VLAN resources, or 'none'")
     limits.set_defaults(run=cmd_user_set)
     admin_imaging.add_parsers(areas)
+    admin_audit.add_parsers(areas)
     return parser
 
 

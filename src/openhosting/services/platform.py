@@ -6,9 +6,13 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from openhosting.config import Config
+from openhosting.network import open_network
 from openhosting.services.accounts import Accounts
+from openhosting.services.audit import Audit
 from openhosting.services.drives import Drives
 from openhosting.services.imaging import Imaging
+from openhosting.services.resources import Resources
+from openhosting.services.server_network import ServerNetworks
 from openhosting.services.servers import Servers
 from openhosting.services.standard_drives import StandardDrives
 from openhosting.storage.drive_files import DriveFiles
@@ -29,6 +33,8 @@ class Platform:
     reader: Reader
     imaging: Imaging
     standard_drives: StandardDrives
+    resources: Resources
+    audit: Audit
 
     def close(self) -> None:
         self.reader.close()
@@ -49,12 +55,15 @@ def open_platform(config: Config) -> Platform:
         derive_key(platform_key, "drive-secrets"),
         config.storage.default_cipher,
     )
+    pool, network_driver = open_network(config.network, config.run_path / "network")
+    resources = Resources(engine, reader, pool)
+    networks = ServerNetworks(engine, resources, pool, network_driver)
     return Platform(
         config=config,
         engine=engine,
         accounts=Accounts(engine, reader, platform_key),
         drives=drives,
-        servers=Servers(engine, reader, drives, config),
+        servers=Servers(engine, reader, drives, config, networks),
         reader=reader,
         imaging=Imaging(
             engine,
@@ -63,4 +72,6 @@ def open_platform(config: Config) -> Platform:
             config.storage.imaging_max_rate,
         ),
         standard_drives=StandardDrives(engine, drives.files),
+        resources=resources,
+        audit=Audit(engine),
     )
