@@ -109,6 +109,24 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class BillingSettings:
+    """Metering usage and charging it against prepaid balances.
+
+    Prices are in the platform's currency per hour of use; balances are kept in millionths
+    of it. Off by default: a private platform has nobody to bill.
+    """
+
+    enabled: bool = False
+    # How often usage is measured and charged, in seconds.
+    interval: int = 60
+    drive_gb_hour: str = "0.0002"
+    cpu_ghz_hour: str = "0.01"
+    mem_gb_hour: str = "0.01"
+    ip_hour: str = "0.005"
+    vlan_hour: str = "0.001"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one daemon."""
 
@@ -120,6 +138,7 @@ class Config:
     storage: StorageSettings = field(default_factory=StorageSettings)
     hypervisor: HypervisorSettings = field(default_factory=HypervisorSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
+    billing: BillingSettings = field(default_factory=BillingSettings)
 
     @property
     def state_path(self) -> Path:

@@ -67,6 +67,8 @@ ROUTES: tuple[Route, ...] = (
     Route(f"/servers/{SERVER}/shutdown", Kind.CHANGE, "servers.shutdown"),
     Route(f"/servers/{SERVER}/reset", Kind.CHANGE, "servers.reset"),
     Route(f"/servers/{SERVER}/destroy", Kind.CHANGE, "servers.destroy"),
+    # The caller's own account: balance, limits, usage (API.md §7)
+    Route("/account/info", Kind.READ, "account.info"),
     # Resources (API.md §6)
     Route("/resources/list", Kind.READ, "resources.list"),
     Route("/resources/info", Kind.READ, "resources.info_all"),

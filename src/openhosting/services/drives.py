@@ -22,9 +22,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from openhosting.errors import BillingError, BusyError, FullError, MissingError, UsageError
+from openhosting.errors import BusyError, FullError, MissingError, UsageError
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings, apply_drive_properties
+from openhosting.services.billing import Billing
 from openhosting.storage.drive_files import (
     IO_CHUNK,
     DriveFiles,
@@ -34,7 +35,6 @@ from openhosting.storage.drive_files import (
     is_too_large,
 )
 from openhosting.store import drives as drive_store
-from openhosting.store import users as user_store
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.wire.payload import Value
@@ -146,8 +146,15 @@ class Drives:
     """The drive service."""
 
     def __init__(
-        self, engine: Engine, reader: Reader, files: DriveFiles, secret_key: bytes, cipher: str
+        self,
+        engine: Engine,
+        reader: Reader,
+        files: DriveFiles,
+        secret_key: bytes,
+        cipher: str,
+        billing: Billing,
     ) -> None:
+        self._billing = billing
         self._engine = engine
         self._reader = reader
         self.files = files
@@ -210,15 +217,11 @@ class Drives:
     def _check_drive_limit(
         self, connection: Connection, user: str, size: int, excluding: str | None = None
     ) -> None:
-        account = user_store.get_user(connection, user)
-        limit = account["max_drive_bytes"] if account is not None else None
-        if limit is None:
-            return
-        used = drive_store.total_size_of(connection, user, excluding)
-        if used + size > limit:
-            raise BillingError(
-                f"Drive bytes limit exceeded: {used} bytes in use, {size} asked, limit {limit}"
-            )
+        """May `user` hold `size` bytes more (in place of drive `excluding`'s)? 402 if not."""
+        current = drive_store.get_drive(connection, excluding) if excluding else None
+        self._billing.check_drive_bytes(
+            connection, user, size, excluding=current["size"] if current else 0
+        )
 
     async def create(self, user: str, properties: dict[str, str]) -> dict[str, Value]:
         defaults = DriveSettings(cipher=self._default_cipher)

@@ -30,6 +30,13 @@ users = Table(
     Column("max_drive_bytes", BigInteger, nullable=True),
     Column("max_ips", Integer, nullable=True),
     Column("max_vlans", Integer, nullable=True),
+    Column("max_servers", Integer, nullable=True),
+    Column("max_cpu_mhz", Integer, nullable=True),  # of active servers
+    Column("max_mem_mb", Integer, nullable=True),  # of active servers
+    # Prepaid balance in millionths of the platform's currency, and when usage was last
+    # charged against it.
+    Column("balance", BigInteger, nullable=False, server_default="0"),
+    Column("metered_at", Float, nullable=True),
 )
 
 drives = Table(
@@ -169,4 +176,21 @@ audit = Table(
     Column("error", String(16), nullable=False, server_default=""),
     Index("audit_by_object", "object"),
     Index("audit_by_user", "user"),
+)
+
+# What each user used over each metering interval, and what it cost.
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user", String(36), ForeignKey("users.uuid", ondelete="CASCADE"), nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("drive_bytes", BigInteger, nullable=False),
+    Column("cpu_mhz", Integer, nullable=False),
+    Column("mem_mb", Integer, nullable=False),
+    Column("ips", Integer, nullable=False),
+    Column("vlans", Integer, nullable=False),
+    Column("charge", BigInteger, nullable=False),  # millionths
+    Index("usage_by_user", "user", "end"),
 )

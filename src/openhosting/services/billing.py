@@ -1,0 +1,187 @@
+"""Billing: subscription limits, prepaid balances, and metering usage against them.
+
+Limits are checked where a command would take more (drive bytes, servers, cpu and mem of
+active servers, IPs, VLANs); a command past a limit, or one that would start spending with an
+exhausted balance, is refused with 402 `billing` naming what is short. Usage is measured every
+interval and charged at the configured hourly prices; running servers are never stopped for
+billing: the operator and the customer settle that.
+"""
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from openhosting.config import BillingSettings
+from openhosting.errors import BillingError, MissingError
+from openhosting.store import billing as billing_store
+from openhosting.store.billing import Usage
+
+log = logging.getLogger("openhosting.billing")
+
+MICROS = 1_000_000  # balances are kept in millionths of the currency
+GB = 1 << 30
+
+
+def to_micros(amount: str) -> int:
+    """`"12.5"` (currency) → 12500000 millionths."""
+    return int(Decimal(amount) * MICROS)
+
+
+def format_micros(micros: int) -> str:
+    """12500000 → `"12.500000"`."""
+    return f"{Decimal(micros) / MICROS:.6f}"
+
+
+class Billing:
+    """Limits, balances and metering."""
+
+    def __init__(self, engine: Engine, settings: BillingSettings) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._prices = {
+            name: Decimal(getattr(settings, name))
+            for name in ("drive_gb_hour", "cpu_ghz_hour", "mem_gb_hour", "ip_hour", "vlan_hour")
+        }
+
+    # -- checks, called by the services that would take more ---------------------------
+
+    def _account(self, connection: Connection, user: str) -> dict[str, Any]:
+        account = billing_store.account_of(connection, user)
+        if account is None:
+            raise MissingError(f"User {user} could not be found")
+        return account
+
+    def _require_balance(self, account: dict[str, Any]) -> None:
+        if self._settings.enabled and account["balance"] <= 0:
+            raise BillingError(
+                f"Balance exhausted ({format_micros(account['balance'])}): add credit first"
+            )
+
+    def check_drive_bytes(
+        self, connection: Connection, user: str, extra: int, excluding: int = 0
+    ) -> None:
+        """Taking `extra` more drive bytes (beyond `excluding` the drive already has)."""
+        account = self._account(connection, user)
+        limit = account["max_drive_bytes"]
+        if limit is not None:
+            used = billing_store.current_usage(connection, user).drive_bytes - excluding
+            if used + extra > limit:
+                raise BillingError(
+                    f"Drive bytes limit exceeded: {used} in use, {extra} asked, limit {limit}"
+                )
+        self._require_balance(account)
+
+    def check_new_server(self, connection: Connection, user: str) -> None:
+        account = self._account(connection, user)
+        limit = account["max_servers"]
+        if limit is not None:
+            servers = billing_store.current_usage(connection, user).servers
+            if servers + 1 > limit:
+                raise BillingError(f"Servers limit reached: {servers} of {limit}")
+        self._require_balance(account)
+
+    def check_server_start(
+        self, connection: Connection, user: str, server: str, cpu: int, mem: int
+    ) -> None:
+        account = self._account(connection, user)
+        usage = billing_store.current_usage(connection, user, excluding_server=server)
+        for what, used, asked, limit in (
+            ("cpu", usage.cpu_mhz, cpu, account["max_cpu_mhz"]),
+            ("mem", usage.mem_mb, mem, account["max_mem_mb"]),
+        ):
+            if limit is not None and used + asked > limit:
+                unit = "MHz" if what == "cpu" else "MB"
+                raise BillingError(
+                    f"{what} limit of active servers exceeded: {used} {unit} in use,"
+                    f" {asked} {unit} asked, limit {limit} {unit}"
+                )
+        self._require_balance(account)
+
+    def check_new_resource(self, connection: Connection, user: str) -> None:
+        self._require_balance(self._account(connection, user))
+
+    # -- balances and metering ---------------------------------------------------------
+
+    def credit(self, user: str, amount_micros: int) -> None:
+        with self._engine.begin() as connection:
+            if not billing_store.credit(connection, user, amount_micros):
+                raise MissingError(f"User {user} could not be found")
+        log.info("event=credit user=%s amount=%s", user, format_micros(amount_micros))
+
+    def cost(self, usage: Usage, seconds: float) -> int:
+        """The charge, in millionths, for holding `usage` for `seconds`."""
+        hours = Decimal(seconds) / 3600
+        per_hour = (
+            Decimal(usage.drive_bytes) / GB * self._prices["drive_gb_hour"]
+            + Decimal(usage.cpu_mhz) / 1000 * self._prices["cpu_ghz_hour"]
+            + Decimal(usage.mem_mb) / 1024 * self._prices["mem_gb_hour"]
+            + usage.ips * self._prices["ip_hour"]
+            + usage.vlans * self._prices["vlan_hour"]
+        )
+        return int(per_hour * hours * MICROS)
+
+    def meter(self, now: float | None = None) -> None:
+        """Charge every account for what it held since it was last metered."""
+        now = time.time() if now is None else now
+        with self._engine.begin() as connection:
+            for account in billing_store.all_accounts(connection):
+                start = account["metered_at"]
+                if start is None or now <= start:
+                    billing_store.charge(connection, account["uuid"], 0, now)
+                    continue
+                usage = billing_store.current_usage(connection, account["uuid"])
+                amount = self.cost(usage, now - start)
+                billing_store.charge(connection, account["uuid"], amount, now)
+                billing_store.record_usage(
+                    connection,
+                    user=account["uuid"],
+                    start=start,
+                    end=now,
+                    drive_bytes=usage.drive_bytes,
+                    cpu_mhz=usage.cpu_mhz,
+                    mem_mb=usage.mem_mb,
+                    ips=usage.ips,
+                    vlans=usage.vlans,
+                    charge=amount,
+                )
+
+    async def run(self) -> None:
+        """Meter every interval until cancelled (the daemon's lifetime)."""
+        while True:
+            try:
+                await asyncio.to_thread(self.meter)
+            except Exception:
+                log.exception("event=metering_failed")
+            await asyncio.sleep(self._settings.interval)
+
+    def account_info(self, user: str) -> dict[str, str | int]:
+        """What `GET /account/info` shows: balance, limits, and what is in use now."""
+        with self._engine.connect() as connection:
+            account = self._account(connection, user)
+            usage = billing_store.current_usage(connection, user)
+        info: dict[str, str | int] = {
+            "user": user,
+            "name": account["name"],
+            "balance": format_micros(account["balance"]),
+        }
+        for key, column in (
+            ("drive:bytes", "max_drive_bytes"), ("servers", "max_servers"),
+            ("cpu", "max_cpu_mhz"), ("mem", "max_mem_mb"), ("ips", "max_ips"),
+            ("vlans", "max_vlans"),
+        ):  # fmt: skip
+            if account.get(column) is not None:
+                info[f"limit:{key}"] = account[column]
+        info.update({
+            "usage:drive:bytes": usage.drive_bytes, "usage:servers": usage.servers,
+            "usage:cpu": usage.cpu_mhz, "usage:mem": usage.mem_mb, "usage:ips": usage.ips,
+            "usage:vlans": usage.vlans,
+        })  # fmt: skip
+        return info
+
+    def usage_history(self, user: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self._engine.connect() as connection:
+            return billing_store.usage_of(connection, user, limit)

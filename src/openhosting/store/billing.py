@@ -1,0 +1,85 @@
+"""Queries for billing: what each user uses now, balances, and the usage record."""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from openhosting.store.tables import drives, resources, servers, usage, users
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one user holds at one moment."""
+
+    drive_bytes: int = 0
+    servers: int = 0
+    cpu_mhz: int = 0  # of active servers
+    mem_mb: int = 0  # of active servers
+    ips: int = 0
+    vlans: int = 0
+
+
+def current_usage(connection: Connection, user: str, excluding_server: str | None = None) -> Usage:
+    drive_bytes = connection.execute(
+        select(func.coalesce(func.sum(drives.c.size), 0)).where(drives.c.user == user)
+    ).scalar_one()
+    server_rows = connection.execute(
+        select(servers.c.uuid, servers.c.status, servers.c.config).where(servers.c.user == user)
+    ).all()
+    cpu = mem = 0
+    for uuid, status, config in server_rows:
+        if status == "active" and uuid != excluding_server:
+            settings = json.loads(config)
+            cpu += int(settings["cpu"])
+            mem += int(settings["mem"])
+    counts = dict(
+        connection.execute(
+            select(resources.c.type, func.count())
+            .where(resources.c.user == user)
+            .group_by(resources.c.type)
+        ).all()
+    )
+    return Usage(
+        drive_bytes=int(drive_bytes),
+        servers=len(server_rows),
+        cpu_mhz=cpu,
+        mem_mb=mem,
+        ips=int(counts.get("ip", 0)),
+        vlans=int(counts.get("vlan", 0)),
+    )
+
+
+def account_of(connection: Connection, user: str) -> dict[str, Any] | None:
+    row = connection.execute(select(users).where(users.c.uuid == user)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def all_accounts(connection: Connection) -> list[dict[str, Any]]:
+    query = select(users.c.uuid, users.c.metered_at).where(users.c.key_hash != "")
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def charge(connection: Connection, user: str, amount: int, metered_at: float) -> None:
+    connection.execute(
+        update(users)
+        .where(users.c.uuid == user)
+        .values(balance=users.c.balance - amount, metered_at=metered_at)
+    )
+
+
+def credit(connection: Connection, user: str, amount: int) -> bool:
+    result = connection.execute(
+        update(users).where(users.c.uuid == user).values(balance=users.c.balance + amount)
+    )
+    return result.rowcount > 0
+
+
+def record_usage(connection: Connection, **values: Any) -> None:
+    connection.execute(insert(usage).values(**values))
+
+
+def usage_of(connection: Connection, user: str, limit: int) -> list[dict[str, Any]]:
+    query = select(usage).where(usage.c.user == user).order_by(usage.c.id.desc()).limit(limit)
+    return [dict(row) for row in connection.execute(query).mappings()][::-1]
