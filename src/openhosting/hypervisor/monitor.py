@@ -33,6 +33,8 @@ from openhosting.hypervisor.argv import slot_for_device_id
 from openhosting.hypervisor.errors import HypervisorError
 
 log = logging.getLogger(__name__)
+# qemu.qmp logs every message it sends at DEBUG, VNC passwords included: never let it.
+logging.getLogger("qemu.qmp").setLevel(logging.INFO)
 
 DEFAULT_COMMAND_TIMEOUT = 10.0
 _PERIPHERAL = "/machine/peripheral/"
