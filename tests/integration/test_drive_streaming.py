@@ -88,17 +88,20 @@ def test_streaming_two_gib_in_and_out_keeps_the_daemon_under_200_mb(
     assert (info["write:bytes"], info["write:requests"]) == (str(size), "1")
 
 
-def _send_half_a_write(daemon: DriveDaemon, drive: str, declared: int, half_close: bool) -> bytes:
-    """Declare `declared` bytes, send half of them, then go away; returns what the daemon
-    answered before the connection ended (nothing, when the socket is simply closed)."""
-    head = (
+def _write_head(daemon: DriveDaemon, drive: str, declared: int) -> bytes:
+    return (
         f"POST /drives/{drive}/write HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Authorization: {daemon.auth['Authorization']}\r\n"
         f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n"
     ).encode()
+
+
+def _send_half_a_write(daemon: DriveDaemon, drive: str, declared: int, half_close: bool) -> bytes:
+    """Declare `declared` bytes, send half of them, then go away; returns what the daemon
+    answered before the connection ended (nothing, when the socket is simply closed)."""
     answer = b""
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as sock:
-        sock.sendall(head + Pattern(seed=7).at(0, declared // 2))
+        sock.sendall(_write_head(daemon, drive, declared) + Pattern(seed=7).at(0, declared // 2))
         if half_close:
             sock.shutdown(socket.SHUT_WR)
             while piece := sock.recv(65536):
@@ -139,4 +142,22 @@ def test_a_write_cut_off_half_way_is_not_acknowledged_counted_or_left_busy(
     assert (status, got == data) == (200, True)
     assert daemon.info(drive)["write:requests"] == "1"
     assert daemon.alive()
-    assert "internal_error" not in daemon.log.read_text()
+    log = daemon.log.read_text()
+    assert "internal_error" not in log, log
+
+
+def test_a_write_that_stalls_half_way_is_refused_after_the_idle_timeout() -> None:
+    with running_daemon({"OH_API_IDLE_TIMEOUT": "2"}) as daemon:
+        drive = daemon.create_drive(4 * MIB, "none")
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as sock:
+            sock.sendall(_write_head(daemon, drive, 4 * MIB) + bytes(MIB))
+            started = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
+                answer += piece
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        assert b"X-Elastic-Error: usage" in answer
+        assert 1.5 < waited < 20
+        info = daemon.info(drive)
+        assert (info["write:requests"], info["write:bytes"]) == ("0", "0")

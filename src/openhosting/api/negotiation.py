@@ -48,7 +48,10 @@ async def read_body_chunk(request: web.BaseRequest, timeout: float | None = None
     if timeout is None:
         timeout = request.app[PLATFORM_KEY].config.api.idle_timeout
     try:
-        return await asyncio.wait_for(request.content.readany(), timeout)
+        # asyncio.timeout, not wait_for: wait_for wraps every call in a task (~16 µs here),
+        # which is paid thousands of times per gigabyte a drive write streams.
+        async with asyncio.timeout(timeout):
+            return await request.content.readany()
     except TimeoutError:
         raise UsageError(f"Request body stalled for {timeout:g} s") from None
     except (ClientPayloadError, ConnectionResetError, asyncio.IncompleteReadError):

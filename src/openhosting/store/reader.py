@@ -47,6 +47,15 @@ class Reader:
         rows = self.all(statement, **params)
         return rows[0][0] if rows else None
 
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits to the database: what
+        was read before is still true while it stays the same."""
+        cursor = self._cursor()
+        try:
+            return int(cursor.execute("PRAGMA data_version").fetchone()[0])
+        finally:
+            cursor.close()
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
