@@ -78,3 +78,33 @@ async def test_uppercase_user_uuid_is_accepted(client: TestClient, user: NewKey)
     upper = NewKey(user.uuid.upper(), user.secret)
     response = await client.get("/nosuch/command", headers=basic_auth(upper))
     assert response.status == 404
+
+
+async def test_expect_continue_checks_credentials_before_the_body(
+    client: TestClient, user: NewKey
+) -> None:
+    import asyncio
+
+    host, port = client.server.host, client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    header = basic_auth(user, "wrong")["Authorization"]
+    writer.write(
+        b"POST /drives/00000000-0000-4000-8000-000000000000/write HTTP/1.1\r\n"
+        b"Host: x\r\nContent-Length: 1073741824\r\nExpect: 100-continue\r\n"
+        b"Authorization: " + header.encode() + b"\r\n\r\n"
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 401")  # no "100 Continue" first
+
+
+async def test_expect_continue_with_good_credentials_invites_the_body(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    made = await client.post("/drives/create", data="size 10\nencryption:cipher none", headers=auth)
+    drive = (await made.text()).split("drive ", 1)[1].split()[0]
+    response = await client.post(
+        f"/drives/{drive}/write", data=b"0123456789", headers={**auth, "Expect": "100-continue"}
+    )
+    assert response.status == 204

@@ -533,3 +533,15 @@ async def test_unsupported_content_encoding_is_refused(
         f"/drives/{drive}/write", data=b"x", headers={**auth, "Content-Encoding": "br"}
     )
     assert response.status == 400
+
+
+async def test_a_drive_being_read_cannot_be_shrunk(
+    client: TestClient, auth: dict[str, str], platform: Platform, user: NewKey
+) -> None:
+    drive = (await create_drive(client, auth, 4096))["drive"]
+    plan = platform.drives.open_read(user.uuid, drive, 0, None)
+    shrink = await client.post(f"/drives/{drive}/set", data="size 100", headers=auth)
+    assert shrink.status == 409  # the read promised 4096 bytes
+    assert (await client.post(f"/drives/{drive}/set", data="size 8192", headers=auth)).status == 200
+    plan.close()
+    assert (await client.post(f"/drives/{drive}/set", data="size 100", headers=auth)).status == 200

@@ -10,7 +10,7 @@ from openhosting.api.auth import AUTH_THROTTLE_KEY, RATE_LIMITER_KEY, authentica
 from openhosting.api.context import PLATFORM_KEY, user_of
 from openhosting.api.negotiation import error_response, payload_response
 from openhosting.api.routes import ROUTES, Handler, HandlerResult, Kind, Route, unavailable
-from openhosting.errors import ApiError, MethodError, MissingError, SystemError_
+from openhosting.errors import ApiError, MethodError, MissingError, SystemError_, UsageError
 from openhosting.services.platform import Platform
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 
@@ -94,6 +94,22 @@ async def _audited(request: web.Request, handler: Handler) -> web.StreamResponse
         )  # fmt: skip
 
 
+async def authenticate_then_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: check the credentials before inviting the body, so a client
+    with a wrong key does not upload gigabytes to hear 401."""
+    try:
+        await authenticate_request(request)
+    except ApiError as error:
+        return error_response(error)
+    expect = request.headers.get("Expect", "")
+    if request.version >= (1, 1) and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response's size
+    elif request.version >= (1, 1):
+        return error_response(UsageError(f"Unknown Expect: {expect}"))
+    return None
+
+
 def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None) -> web.Application:
     """The API application over `platform`; `handlers` maps command names to handlers."""
     app = web.Application(
@@ -111,5 +127,10 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
     table = dict(handlers or {})
     for route in ROUTES:
         handler = table.get(route.command, unavailable)
-        app.router.add_route("*", route.path, _command_handler(route, handler))
+        app.router.add_route(
+            "*",
+            route.path,
+            _command_handler(route, handler),
+            expect_handler=authenticate_then_continue,
+        )
     return app

@@ -21,7 +21,7 @@ def wants_json(request: web.BaseRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-async def read_body_capped(request: web.BaseRequest, cap: int) -> bytes:
+async def read_body_capped(request: web.Request, cap: int) -> bytes:
     """The whole request body, refusing (400 `usage`) one larger than `cap` bytes.
 
     Reads as it arrives and stops past the cap, so a huge body is never held in memory.
@@ -42,7 +42,7 @@ async def read_body_capped(request: web.BaseRequest, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_body_chunk(request: web.BaseRequest, timeout: float | None = None) -> bytes:
+async def read_body_chunk(request: web.Request, timeout: float | None = None) -> bytes:
     """The next piece of the request body (b"" at its end). A body that stalls for the idle
     timeout, or whose client goes away, is a usage error: it is never acknowledged."""
     if timeout is None:
@@ -58,7 +58,7 @@ async def read_body_chunk(request: web.BaseRequest, timeout: float | None = None
         raise UsageError("Request body incomplete: the client went away") from None
 
 
-async def read_properties(request: web.BaseRequest, cap: int) -> dict[str, str]:
+async def read_properties(request: web.Request, cap: int) -> dict[str, str]:
     """The key/value pairs of the request body, in JSON or text (API.md §2 leniency rules).
 
     JSON only when the Content-Type says so and the body is not empty: libcloud sends empty

@@ -15,7 +15,7 @@ import secrets
 import time
 import uuid as uuid_module
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,7 @@ class ReadPlan:
     opened: OpenDrive
     offset: int
     count: int
+    on_close: Callable[[], None] = lambda: None
 
     @property
     def plain_file(self) -> PlainDriveIO | None:
@@ -140,6 +141,7 @@ class ReadPlan:
 
     def close(self) -> None:
         self.opened.io.close()
+        self.on_close()
 
 
 class Drives:
@@ -162,6 +164,8 @@ class Drives:
         self._default_cipher = cipher
         # Writes under way per drive: a drive being written cannot be destroyed or shrunk.
         self._writes_in_flight: Counter[str] = Counter()
+        # Reads under way: a drive being read cannot be shrunk (the read promised its length).
+        self._reads_in_flight: Counter[str] = Counter()
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -282,8 +286,10 @@ class Drives:
                 self._check_busy(connection, uuid, "resized")
                 if settings.size > current.size:
                     self._check_drive_limit(connection, user, settings.size, excluding=uuid)
-        if settings.size < current.size and self._writes_in_flight[uuid]:
-            raise BusyError(f"Drive {uuid} is being written and cannot be shrunk now")
+        if settings.size < current.size and (
+            self._writes_in_flight[uuid] or self._reads_in_flight[uuid]
+        ):
+            raise BusyError(f"Drive {uuid} is being read or written and cannot be shrunk now")
         if settings.size != current.size:
             try:
                 await asyncio.to_thread(
@@ -335,7 +341,14 @@ class Drives:
         size = row["size"]
         start = min(offset, size)
         count = size - start if length is None else min(length, size - start)
-        return ReadPlan(uuid, self.files.open(uuid, self._master_key(row)), start, count)
+        opened = self.files.open(uuid, self._master_key(row))
+        self._reads_in_flight[uuid] += 1
+        return ReadPlan(uuid, opened, start, count, lambda: self._end_read(uuid))
+
+    def _end_read(self, uuid: str) -> None:
+        self._reads_in_flight[uuid] -= 1
+        if not self._reads_in_flight[uuid]:
+            del self._reads_in_flight[uuid]
 
     def record_read(self, uuid: str, nbytes: int) -> None:
         with self._engine.begin() as connection:
