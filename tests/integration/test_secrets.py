@@ -3,6 +3,8 @@ drive and a VNC password runs, and the run's logs and QEMU's /proc/PID/cmdline a
 for every secret it used."""
 
 import logging
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,12 @@ async def test_secrets_stay_out_of_command_lines_and_logs(
     vm = platform.servers._vms[server]
     cmdline = Path(f"/proc/{vm.pid}/cmdline").read_bytes()
     assert b"guest=" + server.encode() in cmdline  # the right process
+    # Hardened: a seccomp sandbox, and no longer root once its files are open.
+    assert b"-sandbox" in cmdline
+    status = Path(f"/proc/{vm.pid}/status").read_text()
+    uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+    if os.geteuid() == 0:
+        assert uid == pwd.getpwnam("nobody").pw_uid
     run_dir = platform.servers.run_dir(server)
     leftovers = b"".join(
         path.read_bytes()
