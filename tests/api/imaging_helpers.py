@@ -22,7 +22,9 @@ def imaging_config(tmp_path: Path, **storage: int) -> Config:
     )
 
 
-async def write(client: TestClient, auth: dict[str, str], drive: str, offset: int, data: bytes):  # type: ignore[no-untyped-def]
+async def write(
+    client: TestClient, auth: dict[str, str], drive: str, offset: int, data: bytes
+) -> None:
     response = await client.post(f"/drives/{drive}/write/{offset}", data=data, headers=auth)
     assert response.status == 204, await response.text()
 

@@ -1,6 +1,7 @@
 """Reading a gzip image out of a drive: members, padding, damage."""
 
 import gzip
+import itertools
 import os
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def inflate(data: bytes, splits: list[int] | None = None, piece: int = PIECE) ->
     members = GzipMembers(piece)
     cuts = sorted({0, len(data), *(s % (len(data) + 1) for s in splits or [])})
     out = bytearray()
-    for first, end in zip(cuts, cuts[1:], strict=False):
+    for first, end in itertools.pairwise(cuts):
         for chunk in members.feed(data[first:end]):
             assert len(chunk) <= piece
             out += chunk

@@ -5,8 +5,10 @@ The rules:
 - DST is the caller's own drive; SRC is their own, one whose `readers` name them (or
   everyone), or a standard drive. Anything else is missing (404), as for every command.
 - From its acceptance to its end a job claims DST exclusively (write, set, destroy, attach:
-  409 busy) and SRC shared: SRC stays readable but cannot be written, resized or destroyed,
-  so DST receives SRC's content as it was when the job was accepted (the 204).
+  409 busy) and SRC shared: SRC stays readable but cannot be written, resized, destroyed or
+  attached, so DST receives SRC's content as it was when the job was accepted (the 204).
+  Standard drives, which nobody writes, are not claimed as sources; one the operator removes
+  mid-job fails the job with that reason.
 - A second job into the same DST waits behind the first; a drive that is the destination of
   a pending job cannot be a source (its content is in flux), and vice versa (409 busy).
 - At most `storage.imaging_concurrency` jobs run at once on the host; the others wait.
@@ -96,7 +98,10 @@ class Imaging:
                 created_at=time.time(),
             )
             job_store.insert_job_claim(connection, job_id, dst, user, DESTINATION)
-            job_store.insert_job_claim(connection, job_id, src, user, SOURCE)
+            # Standard drives need no freezing (nobody writes them), and a claim on one would
+            # keep every user's servers from attaching it while anyone images from it.
+            if src_row["user"] != PLATFORM_USER:
+                job_store.insert_job_claim(connection, job_id, src, user, SOURCE)
             if not dst_row["imaging"]:
                 drive_store.update_drive(connection, dst, imaging="queued")
             job = job_store.get_job(connection, job_id)
@@ -178,15 +183,6 @@ class Imaging:
             await asyncio.wait(list(self._tasks.values()), timeout=timeout)
         assert self._executor is not None
         self._executor.shutdown(wait=False)
-
-    async def wait_idle(self, timeout: float) -> None:
-        """Wait until no job is pending in this runner (tests and benchmarks)."""
-        deadline = time.monotonic() + timeout
-        while self._tasks:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("imaging jobs still pending")
-            await asyncio.wait(list(self._tasks.values()), timeout=remaining)
 
     def _spawn(self, job: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(self._run(job), name=f"imaging-{job['id']}")

@@ -107,7 +107,7 @@ class StandardDrives:
                     media=media,
                     format="gzip" if gzip else "",
                     rawsize=rawsize,
-                    created_at=int(time.time()),
+                    created_at=time.time(),  # sub-second: lists keep creation order
                 )
                 row = drive_store.get_drive(connection, uuid)
         except BaseException:

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from isal import isal_zlib
@@ -27,7 +28,7 @@ from openhosting.errors import FailedError
 from openhosting.storage.drive_files import EncryptedDriveIO, PlainDriveIO
 from openhosting.storage.gzip_stream import GZIP_WBITS, GzipMembers
 from openhosting.storage.luks import payload_offset
-from openhosting.storage.sparse import clone_file, copy_range, data_extents
+from openhosting.storage.sparse import clone_file, copy_range, data_extents, start_writeback
 
 # Large pieces amortise system calls, AES passes and compressor calls; memory stays flat.
 CHUNK = 8 * 1024 * 1024
@@ -115,14 +116,14 @@ def copy(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
         tracker.advance(length, paced=False)
         dst.io.sync()
         return
-    with _seekable(src) as fd:
+    with _seekable(src) as fd, _Writer(dst) as out:
         tracker.begin(sum(end - first for first, end in _extents(fd, src, length)))
         for first, end in _extents(fd, src, length):
             position = first
             if src.plain and dst.plain:
                 position = copy_range(_fileno(src), _fileno(dst), first, end, tracker.advance)
-            _copy_pieces(src, dst, position, end, tracker)
-    dst.io.sync()
+            _copy_pieces(src, out, position, end, tracker)
+        out.finish()
 
 
 def gzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
@@ -130,16 +131,16 @@ def gzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     _empty(dst)
     tracker.begin(src.size)
     compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
-    out = _SequentialWriter(dst, tracker)
-    with _seekable(src) as fd:
+    with _seekable(src) as fd, _Writer(dst) as writer:
+        out = _Stream(writer, dst.size, tracker)
         for piece in _pieces(fd, src, src.size):
             if not out.write(compressor.compress(piece)):
                 break  # DST is full: the rest is cut
             tracker.advance(len(piece))
         else:
             out.write(compressor.flush())
-    out.close()
-    dst.io.sync()
+        out.close()
+        writer.finish()
 
 
 def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
@@ -149,8 +150,8 @@ def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     _empty(dst)
     tracker.begin(src.size)
     members = GzipMembers(CHUNK)
-    out = _SequentialWriter(dst, tracker)
-    with _seekable(src) as fd:
+    with _seekable(src) as fd, _Writer(dst) as writer:
+        out = _Stream(writer, dst.size, tracker)
         for piece in _pieces(fd, src, src.size):
             for data in members.feed(piece):
                 if not out.write(data):
@@ -158,10 +159,10 @@ def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
             if out.full or members.ended:
                 break
             tracker.advance(len(piece))
-    if not out.full:
-        members.finish()
-    out.close()
-    dst.io.sync()
+        if not out.full:
+            members.finish()
+        out.close()
+        writer.finish()
 
 
 PIPELINES: dict[str, Callable[[Endpoint, Endpoint, Tracker], None]] = {
@@ -171,18 +172,59 @@ PIPELINES: dict[str, Callable[[Endpoint, Endpoint, Tracker], None]] = {
 }
 
 
-class _SequentialWriter:
-    """Writes a stream into DST from offset 0 in `CHUNK` pieces, up to DST's size."""
+class _Writer:
+    """Writes pieces into DST from a thread of its own, so the next piece is read, inflated
+    or compressed while this one is encrypted and written; one piece in flight keeps memory
+    flat. Each write's disk write-back starts at once, so `finish` has little left to wait
+    for. On a plain DST an all-zero piece is not written: it is a hole already."""
 
-    def __init__(self, dst: Endpoint, tracker: Tracker) -> None:
-        self._dst, self._tracker = dst, tracker
+    def __init__(self, dst: Endpoint) -> None:
+        self._dst = dst
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="imaging-write")
+        self._pending: Future[None] | None = None
+        self._hint_fd = os.open(dst.io.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def write(self, offset: int, data: bytes | bytearray) -> None:
+        self._wait()
+        if not (self._dst.plain and _is_zero(data)):
+            self._pending = self._pool.submit(self._write, offset, data)
+
+    def _write(self, offset: int, data: bytes | bytearray) -> None:
+        self._dst.io.write_at(offset, memoryview(data))
+        start_writeback(self._hint_fd, self._dst.base + offset, len(data))
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def finish(self) -> None:
+        """Wait for the last write and make everything durable."""
+        self._wait()
+        self._dst.io.sync()
+
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # After a failure too, the write in flight must end before DST's file is closed.
+        self._pool.shutdown(wait=True)
+        os.close(self._hint_fd)
+
+
+class _Stream:
+    """A stream written into DST from offset 0 in `CHUNK` pieces, up to DST's size."""
+
+    def __init__(self, writer: _Writer, size: int, tracker: Tracker) -> None:
+        self._writer, self._tracker = writer, tracker
+        self._room = size
         self._position = 0  # where the buffer's first byte goes
         self._buffer = bytearray()
         self.full = False
 
     def write(self, data: bytes) -> bool:
         """Take `data`; False once DST is full (the part that did not fit is dropped)."""
-        room = self._dst.size - self._position - len(self._buffer)
+        room = self._room - self._position - len(self._buffer)
         if len(data) > room:
             data, self.full = data[:room], True
         self._buffer += data
@@ -200,14 +242,13 @@ class _SequentialWriter:
         else:
             piece = self._buffer[:length]
             del self._buffer[:length]  # cheap: a bytearray drops its head without moving
-        if not (self._dst.plain and _is_zero(piece)):
-            self._dst.io.write_at(self._position, memoryview(piece))
+        self._writer.write(self._position, piece)
         self._position += length
         # A small input can inflate to a lot of output: let a stop request through here too.
         self._tracker.tick()
 
 
-def _copy_pieces(src: Endpoint, dst: Endpoint, first: int, end: int, tracker: Tracker) -> None:
+def _copy_pieces(src: Endpoint, out: _Writer, first: int, end: int, tracker: Tracker) -> None:
     """Copy `[first, end)` through memory, decrypting and encrypting as the drives need."""
     position = first
     while position < end:
@@ -215,8 +256,7 @@ def _copy_pieces(src: Endpoint, dst: Endpoint, first: int, end: int, tracker: Tr
         data = src.io.read_at(position, length)
         if not data:
             return
-        if not (dst.plain and _is_zero(data)):
-            dst.io.write_at(position, data)
+        out.write(position, data)
         position += length
         tracker.advance(length)
 

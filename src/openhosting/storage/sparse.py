@@ -7,6 +7,7 @@ filesystem can, and data is moved by the kernel with `copy_file_range` where it 
 """
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -18,6 +19,8 @@ FICLONE = 0x40049409
 # Pieces handed to copy_file_range: big enough to keep the kernel busy, small enough that
 # progress and a stop request are seen often.
 COPY_PIECE = 32 * 1024 * 1024
+# sync_file_range(2) flag: start write-back of the range's dirty pages, do not wait for it.
+SYNC_FILE_RANGE_WRITE = 2
 # Errors that mean "this filesystem or kernel cannot do that", never "the data is bad".
 _UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS})
 
@@ -41,6 +44,29 @@ def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
         past_last = min(os.lseek(fd, first, os.SEEK_HOLE), end)
         yield first, past_last
         position = past_last
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _libc_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a range's dirty pages to disk now, without waiting.
+
+    A copy that ends with fdatasync then overlaps the disk writes with its own work instead
+    of doing them all at the end. Only a hint: where unsupported, nothing happens.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def clone_file(source_fd: int, target_fd: int) -> bool:
@@ -86,6 +112,7 @@ def copy_range(
             raise
         if copied == 0:  # the source ends here: the rest stays a hole, which reads as zeros
             return past_last
+        start_writeback(target_fd, target_base + position, copied)
         position += copied
         advance(copied)
     return position
