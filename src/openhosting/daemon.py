@@ -77,6 +77,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await platform.servers.recover()
+    metering = asyncio.create_task(platform.billing.run()) if config.billing.enabled else None
     await platform.imaging.start()  # jobs a previous daemon left unfinished start again
     try:
         await site.start()
@@ -88,6 +89,8 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     finally:
         await runner.cleanup()
         await platform.imaging.stop()  # interrupted jobs start again on the next start
+        if metering is not None:
+            metering.cancel()
         await platform.servers.close()  # VMs keep running; the next daemon adopts them
         log.info("event=stopped")
 
@@ -110,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openhostingd: {error}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
-    platform = open_platform(config)
+    try:
+        platform = open_platform(config)
+    except ConfigError as error:  # e.g. network settings only checked when opened
+        print(f"openhostingd: {error}", file=sys.stderr)
+        return 2
     try:
         announce_first_user(platform)
         asyncio.run(serve(platform))

@@ -165,10 +165,10 @@ async def test_invalid_json_and_non_utf8_text_are_usage_errors(
     assert bad_text.status == 400 and bad_text.headers["X-Elastic-Error"] == "usage"
 
 
-async def test_not_yet_offered_commands_answer_missing(
+async def test_an_unknown_resource_type_answers_missing(
     client: TestClient, auth: dict[str, str]
 ) -> None:
-    response = await client.post("/resources/ip/create", data=b"name x", headers=auth)
+    response = await client.post("/resources/disk/create", data=b"name x", headers=auth)
     assert response.status == 404
     assert response.headers["X-Elastic-Error"] == "missing"
 

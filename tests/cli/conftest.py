@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from openhosting.config import load_config
+from tests.conftest import kill_leftover_vms
+
 BIN = Path(sys.executable).parent
 TOOL_TIMEOUT = 60
 
@@ -130,6 +133,9 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
         yield daemon
     finally:
         daemon.stop()
+        # The daemon leaves VMs running when it stops (by design): a test must not.
+        run_path = load_config(overrides={"state_dir": str(daemon.state_dir)}).run_path
+        kill_leftover_vms(run_path)
 
 
 def run_in_terminal(

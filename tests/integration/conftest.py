@@ -4,10 +4,12 @@ Every test in this folder is marked `integration` (deselect with `-m "not integr
 """
 
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from openhosting.services.platform import Platform
 from tests.guest.build_guest import build_tiny_guest
 
 _HERE = Path(__file__).resolve().parent
@@ -25,3 +27,12 @@ def tiny_guest_image() -> Path:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("QEMU is not installed (Debian package qemu-system-x86)")
     return build_tiny_guest()
+
+
+@pytest.fixture
+async def servers_cleanup(platform: Platform) -> AsyncIterator[None]:
+    """Whatever a test leaves running is killed through the service, so no QEMU outlives
+    the test and the service sees every exit."""
+    yield
+    for vm in list(platform.servers._vms.values()):
+        await vm.kill()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openhosting.cli import admin_audit, admin_imaging
+from openhosting.cli import admin_audit, admin_billing, admin_imaging
 from openhosting.config import ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
@@ -25,7 +25,10 @@ def _user_properties(user: dict[str, Any]) -> dict[str, str | int]:
     values["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(user["created_at"]))
     if user.get("max_drive_bytes") is not None:
         values["limit:drive:bytes"] = user["max_drive_bytes"]
-    for column, key in (("max_ips", "limit:ips"), ("max_vlans", "limit:vlans")):
+    for column, key in (
+        ("max_ips", "limit:ips"), ("max_vlans", "limit:vlans"), ("max_servers", "limit:servers"),
+        ("max_cpu_mhz", "limit:cpu"), ("max_mem_mb", "limit:mem"),
+    ):  # fmt: skip
         if user.get(column) is not None:
             values[key] = user[column]
     return values
@@ -70,7 +73,7 @@ def cmd_user_set(platform: Platform, args: argparse.Namespace) -> str:
     if args.max_drive_bytes is not None:
         text = args.max_drive_bytes
         limits["max_drive_bytes"] = None if text == "none" else parse_size(text, "limit")
-    for name in ("max_ips", "max_vlans"):
+    for name in ("max_ips", "max_vlans", "max_servers", "max_cpu_mhz", "max_mem_mb"):
         if (text := getattr(args, name)) is not None:
             limits[name] = _parse_count(text, name.replace("_", "-"))
     if limits:
@@ -103,9 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-drive-bytes", help="total drive bytes (k/M/G/T), or 'none'")
     limits.add_argument("--max-ips", help="number of IP resources, or 'none'")
     limits.add_argument("--max-vlans", help="number of VLAN resources, or 'none'")
+    limits.add_argument("--max-servers", help="number of servers, or 'none'")
+    limits.add_argument(
+        "--max-cpu", dest="max_cpu_mhz", help="total cpu MHz of active servers, or 'none'"
+    )
+    limits.add_argument(
+        "--max-mem", dest="max_mem_mb", help="total mem MB of active servers, or 'none'"
+    )
     limits.set_defaults(run=cmd_user_set)
     admin_imaging.add_parsers(areas)
     admin_audit.add_parsers(areas)
+    admin_billing.add_parsers(areas)
     return parser
 
 

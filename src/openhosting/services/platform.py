@@ -9,6 +9,7 @@ from openhosting.config import Config
 from openhosting.network import open_network
 from openhosting.services.accounts import Accounts
 from openhosting.services.audit import Audit
+from openhosting.services.billing import Billing
 from openhosting.services.drives import Drives
 from openhosting.services.imaging import Imaging
 from openhosting.services.resources import Resources
@@ -35,6 +36,7 @@ class Platform:
     standard_drives: StandardDrives
     resources: Resources
     audit: Audit
+    billing: Billing
 
     def close(self) -> None:
         self.reader.close()
@@ -48,22 +50,24 @@ def open_platform(config: Config) -> Platform:
     platform_key = load_or_create_platform_key(config.platform_key_path)
     engine = open_engine(config.database_path)
     reader = Reader(engine)
+    billing = Billing(engine, config.billing)
     drives = Drives(
         engine,
         reader,
         DriveFiles(config.drive_path),
         derive_key(platform_key, "drive-secrets"),
         config.storage.default_cipher,
+        billing,
     )
     pool, network_driver = open_network(config.network, config.run_path / "network")
-    resources = Resources(engine, reader, pool)
+    resources = Resources(engine, reader, pool, billing)
     networks = ServerNetworks(engine, resources, pool, network_driver)
     return Platform(
         config=config,
         engine=engine,
         accounts=Accounts(engine, reader, platform_key),
         drives=drives,
-        servers=Servers(engine, reader, drives, config, networks),
+        servers=Servers(engine, reader, drives, config, networks, billing),
         reader=reader,
         imaging=Imaging(
             engine,
@@ -74,4 +78,5 @@ def open_platform(config: Config) -> Platform:
         standard_drives=StandardDrives(engine, drives.files),
         resources=resources,
         audit=Audit(engine),
+        billing=billing,
     )

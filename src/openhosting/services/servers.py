@@ -8,7 +8,6 @@ ends for any reason, `_vm_exited` applies the rules: a persistent server becomes
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from openhosting.config import Config
-from openhosting.errors import BusyError, MissingError, UsageError
+from openhosting.errors import BusyError, FailedError, MissingError, UsageError
 from openhosting.hypervisor.argv import DiskSpec, NicSpec, VmSpec, VncSpec, choose_accelerator
 from openhosting.hypervisor.cpu_quota import (
     apply_cpu_quota,
@@ -36,26 +35,23 @@ from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.vm import SHUTDOWN, RunningVm
 from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
 from openhosting.model.server import ServerConfig
+from openhosting.network import open_network
+from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
+from openhosting.services.resources import Resources
 from openhosting.services.server_info import LiveFigures, server_info
+from openhosting.services.server_network import ServerNetworks
 from openhosting.store import servers as server_store
 from openhosting.store.reader import Reader
 from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.servers")
 
-USER_MODE_GUEST_ADDRESS = "10.0.2.15"  # what QEMU's user-mode DHCP gives the first NIC
 VNC_BASE_PORT = 5900
 
 
 def _missing(uuid: str) -> MissingError:
     return MissingError(f"Server {uuid} could not be found")
-
-
-def default_mac(server: str, index: int) -> str:
-    """A MAC that stays the same for a server's NIC across starts (QEMU's 52:54:00 prefix)."""
-    digest = hashlib.sha256(f"{server}:{index}".encode()).digest()
-    return "52:54:00:" + ":".join(f"{byte:02x}" for byte in digest[:3])
 
 
 def qemu_user(setting: str) -> pwd.struct_passwd | None:
@@ -74,7 +70,16 @@ def qemu_user(setting: str) -> pwd.struct_passwd | None:
 class Servers:
     """The server service."""
 
-    def __init__(self, engine: Engine, reader: Reader, drives: Drives, config: Config) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        reader: Reader,
+        drives: Drives,
+        config: Config,
+        networks: ServerNetworks | None = None,
+        billing: Billing | None = None,
+    ) -> None:
+        self._billing = billing
         self._engine = engine
         self._reader = reader
         self._drives = drives
@@ -83,6 +88,10 @@ class Servers:
         self._accelerator = choose_accelerator(self._settings.accelerator)
         self._cgroup = find_cpu_cgroup()
         self._run_as = qemu_user(self._settings.run_as)
+        if networks is None:
+            pool, driver = open_network(config.network, config.run_path / "network")
+            networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, driver)
+        self._networks = networks
         self._vms: dict[str, RunningVm] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -139,14 +148,23 @@ class Servers:
         except HypervisorError:
             blockstats = {}  # the VM is going away; its counters with it
         display = row["vnc_display"]
-        has_nic0 = any(nic.index == 0 and nic.dhcp for nic in config.nics)
+        traffic = await self._networks.counters(row["uuid"])
         return LiveFigures(
             started=int(row["started_at"] or vm.started),
-            nic0_address=USER_MODE_GUEST_ADDRESS if has_nic0 else None,
-            vnc_address=self._settings.vnc_listen if display is not None else None,
+            nic0_address=self._networks.nic0_address(row["uuid"], config),
+            vnc_address=self._vnc_listen() if display is not None else None,
             vnc_port=VNC_BASE_PORT + display if display is not None else None,
             blockstats=blockstats,
+            rx=traffic.rx_bytes,
+            tx=traffic.tx_bytes,
+            rx_packets=traffic.rx_packets,
+            tx_packets=traffic.tx_packets,
         )
+
+    def _vnc_listen(self) -> str:
+        """Where VNC listens: in bridge mode the host's address on the public bridge (QEMU
+        may run in a namespace, where the host's loopback is out of reach)."""
+        return self._networks.vnc_address or self._settings.vnc_listen
 
     # -- configuration ---------------------------------------------------------------
 
@@ -166,9 +184,7 @@ class Servers:
                     f" {attachment.slot}:media cdrom (read-only)"
                 )
             attachable.append(drive)
-        for nic in config.nics:
-            if nic.vlan is not None and self._config.network.mode == "user":
-                raise UsageError("nic:1:vlan: VLANs need bridge networking (network.mode)")
+        self._networks.check(user, config)  # IP and VLAN resources, VLANs in user mode
         return attachable
 
     async def create(self, user: str, properties: dict[str, str], start: bool) -> dict[str, Value]:
@@ -176,6 +192,8 @@ class Servers:
         self._check_config(user, config)
         uuid = str(uuid_module.uuid4())
         with self._engine.begin() as connection:
+            if self._billing is not None:
+                self._billing.check_new_server(connection, user)
             server_store.insert_server(
                 connection,
                 uuid=uuid,
@@ -246,6 +264,8 @@ class Servers:
         async with AsyncExitStack() as undo:
             display = self._claim(user, uuid, config, drives)
             undo.callback(self._release, uuid)
+            nics = await self._networks.acquire(user, uuid, config)
+            undo.push_async_callback(self._networks.release, uuid)
             run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self._run_as is not None:
                 # QEMU, once unprivileged, still removes its pidfile and sockets at exit.
@@ -253,8 +273,8 @@ class Servers:
             if config.vnc_tls and display is not None:
                 # Made once per platform (slow: RSA keys), so in a worker thread.
                 tls_dir = vnc_tls_dir(self._config.state_path)
-                await asyncio.to_thread(ensure_vnc_tls, tls_dir, [self._settings.vnc_listen])
-            spec = self._vm_spec(uuid, config, drives, display)
+                await asyncio.to_thread(ensure_vnc_tls, tls_dir, [self._vnc_listen()])
+            spec = self._vm_spec(uuid, config, drives, display, nics)
             # QEMU reads the LUKS passphrases at start-up; they need not outlive that.
             undo.push_async_callback(asyncio.to_thread, self._remove_secrets, spec)
             try:
@@ -285,6 +305,8 @@ class Servers:
         """Claim the drives (409 if another server or an imaging job holds one) and pick a
         VNC display, in one transaction."""
         with self._engine.begin() as connection:
+            if self._billing is not None:
+                self._billing.check_server_start(connection, user, uuid, config.cpu, config.mem)
             existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
             by_drive = {drive.uuid: drive for drive in drives}
             for claim in existing:
@@ -323,7 +345,12 @@ class Servers:
         raise BusyError("No free VNC display on this host")
 
     def _vm_spec(
-        self, uuid: str, config: ServerConfig, drives: list[AttachableDrive], display: int | None
+        self,
+        uuid: str,
+        config: ServerConfig,
+        drives: list[AttachableDrive],
+        display: int | None,
+        nics: tuple[NicSpec, ...] = (),
     ) -> VmSpec:
         run_dir = self.run_dir(uuid)
         by_drive = {drive.uuid: drive for drive in drives}
@@ -345,12 +372,8 @@ class Servers:
                     secret_file=secret_file,
                 )
             )
-        nics = tuple(
-            NicSpec(index=nic.index, model=nic.model, mac=nic.mac or default_mac(uuid, nic.index))
-            for nic in config.nics
-        )
         tls_dir = vnc_tls_dir(self._config.state_path) if config.vnc_tls else None
-        vnc = VncSpec(self._settings.vnc_listen, display, tls_dir) if display is not None else None
+        vnc = VncSpec(self._vnc_listen(), display, tls_dir) if display is not None else None
         return VmSpec(
             uuid=uuid,
             smp=config.smp_cores,
@@ -364,6 +387,7 @@ class Servers:
             qemu_binary=self._settings.qemu_binary,
             sandbox=self._settings.sandbox,
             run_as=self._run_as.pw_name if self._run_as else None,
+            netns=self._networks.namespace,
         )
 
     @staticmethod
@@ -374,6 +398,10 @@ class Servers:
 
     async def _vm_exited(self, uuid: str, how: str) -> None:
         """The VM of `uuid` is gone: release its drives and apply the persistence rules."""
+        try:
+            await self._networks.release(uuid)  # its taps, DHCP entries and addresses
+        except (FailedError, OSError) as error:
+            log.warning("event=network_release_failed server=%s error=%s", uuid, error)
         # The database first, and no await until the VM has left `_vms`: whoever sees the
         # server no longer active must also see its drives released.
         try:
@@ -437,6 +465,7 @@ class Servers:
 
     async def recover(self) -> None:
         """Re-adopt the VMs of active servers; reconcile those that ended meanwhile."""
+        await self._networks.start()
         with self._engine.connect() as connection:
             rows = server_store.servers_with_status(connection, "active")
         for row in rows:
@@ -455,9 +484,11 @@ class Servers:
             # QEMU removes its pidfile when it exits cleanly; one left behind means a crash.
             crashed = (run_dir / "qemu.pid").exists()
             await self._vm_exited(uuid, "crash" if crashed else SHUTDOWN)
+        await self._networks.recover(set(self._vms))
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they keep running for the next daemon."""
         for vm in list(self._vms.values()):
             await vm.detach()
         self._vms.clear()
+        await self._networks.close()  # what running VMs use stays; with none, all goes

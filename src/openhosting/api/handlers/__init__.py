@@ -1,9 +1,10 @@
 """Request handlers, one module per area; `HANDLERS` maps command names to them."""
 
-from openhosting.api.handlers import drive_images, drives, servers
+from openhosting.api.handlers import account, drive_images, drives, resources, servers
 from openhosting.api.routes import Handler
 
 HANDLERS: dict[str, Handler] = {
+    "account.info": account.info,
     "drives.list": drives.list_drives,
     "drives.info_all": drives.info_all,
     "drives.info": drives.info,
@@ -26,4 +27,10 @@ HANDLERS: dict[str, Handler] = {
     "servers.shutdown": servers.shutdown,
     "servers.reset": servers.reset,
     "servers.destroy": servers.destroy,
+    "resources.list": resources.list_resources,
+    "resources.info_all": resources.info_all,
+    "resources.info": resources.info,
+    "resources.create": resources.create,
+    "resources.set": resources.set_resource,
+    "resources.destroy": resources.destroy,
 }

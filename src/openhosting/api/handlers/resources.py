@@ -1,0 +1,54 @@
+"""Handlers of the resource commands (API.md §6): IP addresses and VLANs."""
+
+from aiohttp import web
+
+from openhosting.api.context import platform_of, user_of
+from openhosting.api.negotiation import read_properties
+from openhosting.wire.payload import Properties, PropertiesList, ValueList
+
+
+def _type(request: web.Request) -> str | None:
+    kind = request.match_info.get("type")
+    return kind.lower() if kind is not None else None
+
+
+def _path(request: web.Request) -> tuple[str, str]:
+    return request.match_info["type"].lower(), request.match_info["resource"]
+
+
+async def _body(request: web.Request) -> dict[str, str]:
+    return await read_properties(request, platform_of(request).config.api.max_body_bytes)
+
+
+async def list_resources(request: web.Request) -> ValueList:
+    rows = platform_of(request).resources.list_rows(user_of(request), _type(request))
+    return ValueList(("type", "resource"), rows)
+
+
+async def info_all(request: web.Request) -> PropertiesList:
+    resources = platform_of(request).resources
+    return PropertiesList(resources.info_all(user_of(request), _type(request)))
+
+
+async def info(request: web.Request) -> Properties:
+    kind, resource = _path(request)
+    return Properties(platform_of(request).resources.info(user_of(request), kind, resource))
+
+
+async def create(request: web.Request) -> Properties:
+    resources = platform_of(request).resources
+    kind = request.match_info["type"].lower()
+    return Properties(resources.create(user_of(request), kind, await _body(request)))
+
+
+async def set_resource(request: web.Request) -> Properties:
+    kind, resource = _path(request)
+    properties = await _body(request)
+    return Properties(
+        platform_of(request).resources.set(user_of(request), kind, resource, properties)
+    )
+
+
+async def destroy(request: web.Request) -> None:
+    kind, resource = _path(request)
+    platform_of(request).resources.destroy(user_of(request), kind, resource)

@@ -1,0 +1,204 @@
+"""Bridge-mode networking: a public bridge carrying the address pool with one dnsmasq, one
+bridge per VLAN, one tap per NIC; all of it in a network namespace when one is configured.
+
+This kernel has no 802.1Q interfaces or VLAN-filtering bridges, so a VLAN is a bridge of its
+own on the host (across hosts it would become a VXLAN bridge). Taps are made before QEMU
+starts and removed after it ends; a VLAN bridge lives while a tap is on it. Every link made
+here is marked (see `links.LINK_MARKER`); the public bridge is left alone when an operator
+made it. One lock serialises every change, so a VLAN bridge is never removed while another
+server is being attached to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Collection, Sequence
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from openhosting.config import NetworkSettings
+from openhosting.hypervisor.argv import TapNetdev
+from openhosting.network.dnsmasq import DhcpServer, DhcpSpec
+from openhosting.network.driver import Backend, NicPlan
+from openhosting.network.links import IFNAMSIZ, Counters, Links, check_ifname
+from openhosting.network.pool import AddressPool, PoolError
+
+
+def _hex(uuid: str) -> str:
+    return uuid.replace("-", "")
+
+
+class BridgeNetwork:
+    """The bridge-mode driver (see `NetworkDriver`)."""
+
+    mode = "bridge"
+    pool_for_auto = True
+
+    def __init__(self, settings: NetworkSettings, pool: AddressPool, run_dir: Path) -> None:
+        self.namespace = settings.namespace
+        self._links = Links(settings.namespace)
+        self._public = check_ifname(settings.public_bridge)
+        self._vlan_prefix = settings.vlan_bridge_prefix
+        self._tap_prefix = settings.tap_prefix
+        # At least 8 hex digits of a UUID in every name, so that names do not collide.
+        for prefix, room in ((self._vlan_prefix, IFNAMSIZ), (self._tap_prefix, IFNAMSIZ - 1)):
+            if len(prefix) > room - 8 or not prefix:
+                raise PoolError(f"link name prefix {prefix!r} is empty or too long")
+        host = IPv4Address(settings.host_address or str(pool.gateway))
+        if host not in pool.subnet or host in pool:
+            raise PoolError(f"host address {host} must be in {pool.subnet}, outside the range")
+        self.vnc_address: str | None = str(host)
+        self._host_cidr = f"{host}/{pool.subnet.prefixlen}"
+        self._directory = run_dir
+        self._dhcp = DhcpServer(
+            DhcpSpec(
+                bridge=self._public,
+                directory=run_dir / self._public,
+                pool=pool,
+                lease_seconds=settings.lease_seconds,
+                namespace=settings.namespace,
+                binary=settings.dnsmasq_binary,
+            )
+        )
+        self._lock = asyncio.Lock()
+
+    @property
+    def dhcp(self) -> DhcpServer:
+        return self._dhcp
+
+    # -- names ---------------------------------------------------------------------------
+
+    def vlan_bridge(self, vlan: str) -> str:
+        return self._vlan_prefix + _hex(vlan)[: IFNAMSIZ - len(self._vlan_prefix)]
+
+    def tap_name(self, nic: NicPlan) -> str:
+        room = IFNAMSIZ - len(self._tap_prefix) - 1
+        return f"{self._tap_prefix}{_hex(nic.server)[:room]}{nic.index}"
+
+    def bridge_of(self, nic: NicPlan) -> str:
+        return self._public if nic.vlan is None else self.vlan_bridge(nic.vlan)
+
+    @staticmethod
+    def entry_name(nic: NicPlan) -> str:
+        return f"{nic.server}-{nic.index}"
+
+    def _is_our_tap(self, name: str, ours: bool) -> bool:
+        return ours and name.startswith(self._tap_prefix) and name != self._public
+
+    def guest_address(self, nic: NicPlan) -> str | None:
+        return nic.address
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def _ensure_public(self) -> None:
+        await self._links.ensure_namespace()
+        await self._links.ensure_bridge(self._public, self._host_cidr)
+        await self._dhcp.ensure_running()
+
+    async def start(self) -> None:
+        async with self._lock:
+            await self._ensure_public()
+
+    async def attach(self, nics: Sequence[NicPlan]) -> dict[int, Backend]:
+        async with self._lock:
+            await self._ensure_public()
+            backends: dict[int, Backend] = {}
+            done: list[NicPlan] = []
+            try:
+                for nic in nics:
+                    if nic.vlan is not None:
+                        await self._links.ensure_bridge(self.vlan_bridge(nic.vlan))
+                    done.append(nic)
+                    await self._links.add_tap(self.tap_name(nic), self.bridge_of(nic))
+                    if nic.address is not None:
+                        await self._dhcp.add_entry(self.entry_name(nic), nic.mac, nic.address)
+                    backends[nic.index] = TapNetdev(self.tap_name(nic))
+            except BaseException:
+                await self._detach(done)
+                raise
+            return backends
+
+    async def detach(self, nics: Sequence[NicPlan]) -> None:
+        async with self._lock:
+            await self._detach(nics)
+
+    async def _detach(self, nics: Sequence[NicPlan]) -> None:
+        for nic in nics:
+            self._dhcp.remove_entry(self.entry_name(nic))
+            await self._links.delete(self.tap_name(nic))
+        vlans = {self.vlan_bridge(nic.vlan) for nic in nics if nic.vlan is not None}
+        if vlans:
+            await self._remove_idle_vlan_bridges(vlans)
+
+    async def _remove_idle_vlan_bridges(self, only: Collection[str] | None = None) -> None:
+        links = await self._links.all()
+        masters = {link.master for link in links.values()}
+        for link in links.values():
+            if (
+                link.ours
+                and link.name.startswith(self._vlan_prefix)
+                and link.name != self._public
+                and link.name not in masters
+                and (only is None or link.name in only)
+            ):
+                await self._links.delete(link.name)
+
+    async def counters(self, nics: Sequence[NicPlan]) -> Counters:
+        if not nics or not self._links.namespace_exists():
+            return Counters()
+        links = await self._links.all()
+        total = Counters()
+        for nic in nics:
+            link = links.get(self.tap_name(nic))
+            if link is None:
+                continue
+            tap = link.counters
+            # What the tap sends is what the guest receives, and the other way round.
+            total = Counters(
+                rx_bytes=total.rx_bytes + tap.tx_bytes,
+                tx_bytes=total.tx_bytes + tap.rx_bytes,
+                rx_packets=total.rx_packets + tap.tx_packets,
+                tx_packets=total.tx_packets + tap.rx_packets,
+            )
+        return total
+
+    async def reconcile(self, active: Sequence[NicPlan]) -> None:
+        async with self._lock:
+            await self._ensure_public()
+            wanted = {self.entry_name(nic): nic for nic in active if nic.address is not None}
+            for name, entry in self._dhcp.entries().items():
+                nic = wanted.get(name)
+                if nic is None or (nic.mac, nic.address) != entry:
+                    self._dhcp.remove_entry(name)
+            present = self._dhcp.entries()
+            for name, nic in wanted.items():
+                if name not in present:
+                    assert nic.address is not None
+                    await self._dhcp.add_entry(name, nic.mac, nic.address)
+            taps = {self.tap_name(nic) for nic in active}
+            for link in (await self._links.all()).values():
+                if self._is_our_tap(link.name, link.ours) and link.name not in taps:
+                    await self._links.delete(link.name)
+            await self._remove_idle_vlan_bridges()
+
+    async def close(self, idle: bool) -> None:
+        if not idle:
+            return  # running servers keep their taps, bridges and DHCP server
+        async with self._lock:
+            await self._dhcp.stop()
+            if not self._links.namespace_exists():
+                return  # the namespace, and every link in it, is gone already
+            await self._remove_our_links()
+            shutil.rmtree(self._dhcp.spec.directory, ignore_errors=True)
+
+    async def _remove_our_links(self) -> None:
+        """Remove every link of ours: taps, VLAN bridges, and the public bridge if we made it
+        and nothing else is on it."""
+        for link in (await self._links.all()).values():
+            if self._is_our_tap(link.name, link.ours):
+                await self._links.delete(link.name)
+        await self._remove_idle_vlan_bridges()
+        public = (await self._links.all()).get(self._public)
+        if public is not None and public.ours and not await self._links.ports_of(self._public):
+            await self._links.delete(self._public)

@@ -1,0 +1,75 @@
+"""What the servers service asks of the network, whatever the mode: NICs in, QEMU backends
+out, counters, and tidying up.
+
+`NicPlan` is a NIC as the network sees it (a MAC on the public network or on a VLAN, maybe
+with an address to offer); who owns it and why is the service's business. The two drivers are
+`user_mode.UserNetwork` (QEMU user-mode networking, nothing on the host) and
+`bridge_mode.BridgeNetwork` (bridges, taps and dnsmasq, optionally in a namespace).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from openhosting.hypervisor.argv import TapNetdev, UserNetdev
+from openhosting.network.links import Counters
+
+Backend = UserNetdev | TapNetdev
+
+
+@dataclass(frozen=True)
+class NicPlan:
+    """NIC `index` of `server`: its MAC, its VLAN (None: the public network) and the
+    address DHCP offers it (None: none)."""
+
+    server: str
+    index: int
+    mac: str
+    vlan: str | None = None
+    address: str | None = None
+
+
+class NetworkDriver(Protocol):
+    """One networking mode of a host."""
+
+    mode: str
+    # The network namespace QEMU must run in ("" for the host's own).
+    namespace: str
+    # Whether `nic:0:dhcp auto` takes a temporary address from the pool (bridge mode), or the
+    # mode gives the guest one of its own (user mode: `guest_address`).
+    pool_for_auto: bool
+    # Where VNC servers listen in this mode; None: the hypervisor's own setting.
+    vnc_address: str | None
+
+    def guest_address(self, nic: NicPlan) -> str | None:
+        """The address the guest gets on `nic` when it asks DHCP (None: none offered)."""
+        ...
+
+    async def start(self) -> None:
+        """Set up what every server needs (bridges, the DHCP server); idempotent."""
+        ...
+
+    async def attach(self, nics: Sequence[NicPlan]) -> dict[int, Backend]:
+        """Make the NICs of one server ready to start; their QEMU backends by index.
+        Undone by itself if it fails half-way."""
+        ...
+
+    async def detach(self, nics: Sequence[NicPlan]) -> None:
+        """Remove what `attach` made for these NICs; idempotent."""
+        ...
+
+    async def counters(self, nics: Sequence[NicPlan]) -> Counters:
+        """Traffic of these NICs from the guest's point of view (rx: what the guest got)."""
+        ...
+
+    async def reconcile(self, active: Sequence[NicPlan]) -> None:
+        """After a daemon restart: keep what `active` NICs use, remove every other thing of
+        ours (taps and entries of servers that ended meanwhile, idle VLAN bridges)."""
+        ...
+
+    async def close(self, idle: bool) -> None:
+        """The daemon stops. When `idle` (no server runs) remove everything of ours; else
+        leave it all to the running servers and the next daemon."""
+        ...

@@ -1,0 +1,211 @@
+"""Resources: IP addresses from the platform's public pool and VLANs (private layer-2
+networks), owned by users (API.md §6).
+
+A user sees and changes only their own resources. An IP resource is an address of the pool
+that no other resource and no active server holds; a VLAN is a fresh UUID. Limits come from
+the account (402 `billing`), exhaustion of the pool is 507 `full`, and a resource an active
+server uses cannot be destroyed (409 `busy`).
+"""
+
+import json
+import logging
+import time
+import uuid as uuid_module
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from openhosting.errors import BillingError, BusyError, FullError, MissingError, UsageError
+from openhosting.model.resource import (
+    ResourceSettings,
+    apply_resource_properties,
+    check_type,
+    parse_resource_id,
+)
+from openhosting.network.pool import AddressPool
+from openhosting.services.billing import Billing
+from openhosting.store import resources as resource_store
+from openhosting.store import users as user_store
+from openhosting.store.reader import Reader
+from openhosting.wire.payload import Value
+
+log = logging.getLogger("openhosting.resources")
+
+LIMIT_COLUMNS = {"ip": "max_ips", "vlan": "max_vlans"}
+
+
+def _missing(kind: str, resource: str) -> MissingError:
+    return MissingError(f"Resource {kind} {resource} could not be found")
+
+
+def _settings_of(row: dict[str, Any]) -> ResourceSettings:
+    return ResourceSettings(
+        name=row["name"], tags=tuple(row["tags"].split()), user_keys=json.loads(row["user_keys"])
+    )
+
+
+def taken_addresses(connection: Connection) -> set[str]:
+    """Every pool address someone holds: IP resources, and addresses active servers hold."""
+    return resource_store.resource_names(connection, "ip") | resource_store.held_addresses(
+        connection
+    )
+
+
+class Resources:
+    """The resource service."""
+
+    def __init__(
+        self, engine: Engine, reader: Reader, pool: AddressPool, billing: Billing | None = None
+    ) -> None:
+        self._engine = engine
+        self._reader = reader
+        self._pool = pool
+        self._billing = billing
+
+    def resource_info(self, row: dict[str, Any]) -> dict[str, Value]:
+        """The info of a resource: identity, owner, for IPs how to configure the address."""
+        info: dict[str, Value] = {
+            "resource": row["resource"],
+            "type": row["type"],
+            "name": row["name"],
+            "user": row["user"],
+        }
+        if row["type"] == "ip":
+            info["netmask"] = self._pool.netmask
+            info["gateway"] = str(self._pool.gateway)
+            info["nameserver"] = " ".join(str(ns) for ns in self._pool.nameservers)
+        info["tags"] = row["tags"]
+        info.update(sorted(json.loads(row["user_keys"]).items()))
+        return info
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def owned(self, connection: Connection, user: str, kind: str, resource: str) -> dict[str, Any]:
+        """The row of the user's resource; 404 for anyone else's or none."""
+        canonical = parse_resource_id(kind, resource)
+        row = resource_store.get_resource(connection, kind, canonical) if canonical else None
+        if row is None or row["user"] != user:
+            raise _missing(kind, resource)
+        return row
+
+    # -- commands ------------------------------------------------------------------------
+
+    def list_rows(self, user: str, kind: str | None = None) -> list[dict[str, Value]]:
+        if kind is not None:
+            check_type(kind)
+        rows = self._reader.all(resource_store.RESOURCE_LIST_BY_USER, user=user)
+        return [
+            {"type": row_kind, "resource": resource}
+            for row_kind, resource in rows
+            if kind is None or row_kind == kind
+        ]
+
+    def info_all(self, user: str, kind: str | None = None) -> list[dict[str, Value]]:
+        if kind is not None:
+            check_type(kind)
+        with self._engine.connect() as connection:
+            rows = resource_store.resources_of(connection, user, kind)
+        return [self.resource_info(row) for row in rows]
+
+    def info(self, user: str, kind: str, resource: str) -> dict[str, Value]:
+        check_type(kind)
+        with self._engine.connect() as connection:
+            return self.resource_info(self.owned(connection, user, kind, resource))
+
+    def create(self, user: str, kind: str, properties: dict[str, str]) -> dict[str, Value]:
+        check_type(kind)
+        settings, wanted = apply_resource_properties(
+            kind, ResourceSettings(), properties, creating=True
+        )
+        try:
+            with self._engine.begin() as connection:
+                self._check_limit(connection, user, kind)
+                if self._billing is not None:
+                    self._billing.check_new_resource(connection, user)  # the balance
+                resource = (
+                    self._choose_address(connection, wanted)
+                    if kind == "ip"
+                    else str(uuid_module.uuid4())
+                )
+                resource_store.insert_resource(
+                    connection,
+                    type=kind,
+                    resource=resource,
+                    user=user,
+                    name=settings.name,
+                    tags=" ".join(settings.tags),
+                    user_keys=json.dumps(settings.user_keys, sort_keys=True),
+                    created_at=int(time.time()),
+                )
+                row = resource_store.get_resource(connection, kind, resource)
+        except IntegrityError:
+            # Only a concurrent writer (another process on the same file) gets here.
+            raise BusyError(f"Resource {kind} {wanted or ''} was just taken; try again") from None
+        assert row is not None
+        log.info("event=resource_created user=%s type=%s resource=%s", user, kind, resource)
+        return self.resource_info(row)
+
+    def _check_limit(self, connection: Connection, user: str, kind: str) -> None:
+        account = user_store.get_user(connection, user)
+        limit = account.get(LIMIT_COLUMNS[kind]) if account is not None else None
+        if limit is None:
+            return
+        used = resource_store.count_resources(connection, user, kind)
+        if used + 1 > limit:
+            raise BillingError(
+                f"{kind.upper()} limit reached: {used} in use, limit {limit} for this account"
+            )
+
+    def _choose_address(self, connection: Connection, wanted: str | None) -> str:
+        taken = taken_addresses(connection)
+        if wanted is not None:
+            if wanted not in self._pool:
+                raise UsageError(
+                    f"Address {wanted} is not in this platform's pool"
+                    f" ({self._pool.first}-{self._pool.last})"
+                )
+            if wanted in taken:
+                raise BusyError(f"Address {wanted} is in use")
+            return wanted
+        address = self._pool.choose_free(taken)
+        if address is None:
+            raise FullError("No free IP address is left in this platform's pool")
+        return address
+
+    def set(
+        self, user: str, kind: str, resource: str, properties: dict[str, str]
+    ) -> dict[str, Value]:
+        check_type(kind)
+        with self._engine.begin() as connection:
+            row = self.owned(connection, user, kind, resource)
+            settings, _ = apply_resource_properties(
+                kind, _settings_of(row), properties, creating=False
+            )
+            resource_store.update_resource(
+                connection,
+                kind,
+                row["resource"],
+                name=settings.name,
+                tags=" ".join(settings.tags),
+                user_keys=json.dumps(settings.user_keys, sort_keys=True),
+            )
+            updated = resource_store.get_resource(connection, kind, row["resource"])
+        assert updated is not None
+        return self.resource_info(updated)
+
+    def destroy(self, user: str, kind: str, resource: str) -> None:
+        check_type(kind)
+        with self._engine.begin() as connection:
+            row = self.owned(connection, user, kind, resource)
+            name = row["resource"]
+            if kind == "ip":
+                holders = [h] if (h := resource_store.holder_of_address(connection, name)) else []
+            else:
+                holders = resource_store.users_of_network(connection, name)
+            if holders:
+                raise BusyError(
+                    f"Resource {kind} {name} is in use by active server {', '.join(holders)}"
+                )
+            resource_store.delete_resource(connection, kind, name)
+        log.info("event=resource_destroyed user=%s type=%s resource=%s", user, kind, name)

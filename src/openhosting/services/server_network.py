@@ -1,0 +1,226 @@
+"""The network side of servers: NICs checked against the account, what they hold recorded
+while the server runs, and the network driver told to make it so.
+
+A server's `nic:0:dhcp` names an IP resource of its user, or `auto` (a temporary address from
+the pool in bridge mode, QEMU's own in user mode), or nothing (no address offered); its
+`nic:1:vlan` names a VLAN resource of its user. From start to stop each NIC has a row in
+`server_nics`: the address it holds (unique: two active servers cannot hold one address) and
+its MAC on its network (unique per network). The rows are what releases an address, what
+makes a resource busy, and what the driver keeps after a daemon restart.
+"""
+
+import hashlib
+import logging
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from openhosting.errors import BusyError, FullError, MissingError, UsageError
+from openhosting.hypervisor.argv import NicSpec
+from openhosting.model.server import NicConfig, ServerConfig
+from openhosting.network.driver import NetworkDriver, NicPlan
+from openhosting.network.links import Counters
+from openhosting.network.pool import AddressPool
+from openhosting.services.resources import Resources, taken_addresses
+from openhosting.store import resources as resource_store
+
+log = logging.getLogger("openhosting.network")
+
+PUBLIC = "public"  # the `network` of NICs on the public bridge
+
+
+def default_mac(server: str, index: int) -> str:
+    """A MAC that stays the same for a server's NIC across starts (QEMU's 52:54:00 prefix)."""
+    digest = hashlib.sha256(f"{server}:{index}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{byte:02x}" for byte in digest[:3])
+
+
+def _plan_of(row: dict[str, Any]) -> NicPlan:
+    return NicPlan(
+        server=row["server"],
+        index=row["nic"],
+        mac=row["mac"],
+        vlan=None if row["network"] == PUBLIC else row["network"],
+        address=row["address"],
+    )
+
+
+class ServerNetworks:
+    """The NICs of servers, over one network driver."""
+
+    def __init__(
+        self, engine: Engine, resources: Resources, pool: AddressPool, driver: NetworkDriver
+    ) -> None:
+        self._engine = engine
+        self._resources = resources
+        self._pool = pool
+        self.driver = driver
+
+    @property
+    def vnc_address(self) -> str | None:
+        """Where VNC servers listen in this network mode (None: the hypervisor's setting)."""
+        return self.driver.vnc_address
+
+    @property
+    def namespace(self) -> str | None:
+        return self.driver.namespace or None
+
+    # -- configuration -------------------------------------------------------------------
+
+    def check(self, user: str, config: ServerConfig) -> None:
+        """Refuse a configuration whose NICs name resources the user does not own (404), or
+        a VLAN where the mode has none (400)."""
+        with self._engine.connect() as connection:
+            for nic in config.nics:
+                self._check_nic(connection, user, nic)
+
+    def _check_nic(self, connection: Connection, user: str, nic: NicConfig) -> None:
+        if nic.vlan is not None:
+            if self.driver.mode == "user":
+                raise UsageError(
+                    f"nic:{nic.index}:vlan: VLANs need bridge networking (network.mode bridge);"
+                    " this platform runs user-mode networking"
+                )
+            try:
+                self._resources.owned(connection, user, "vlan", nic.vlan)
+            except MissingError:
+                raise MissingError(
+                    f"nic:{nic.index}:vlan: VLAN {nic.vlan} could not be found"
+                ) from None
+        if nic.dhcp is not None and nic.dhcp != "auto":
+            try:
+                self._resources.owned(connection, user, "ip", nic.dhcp)
+            except MissingError:
+                raise MissingError(
+                    f"nic:{nic.index}:dhcp: IP {nic.dhcp} could not be found among your"
+                    " resources (use auto, or create one with /resources/ip/create)"
+                ) from None
+
+    # -- start and stop ------------------------------------------------------------------
+
+    async def acquire(self, user: str, server: str, config: ServerConfig) -> tuple[NicSpec, ...]:
+        """Hold the NICs' addresses and MACs and set up their links; the NICs for QEMU.
+        409 `busy` if another active server holds the address or MAC, 507 `full` when the
+        pool has no temporary address left. Undone by `release`."""
+        plans = self._hold(user, server, config)
+        try:
+            backends = await self.driver.attach(plans)
+        except BaseException:
+            with self._engine.begin() as connection:
+                resource_store.delete_nics(connection, server)
+            raise
+        for plan in plans:
+            if plan.address is not None:
+                log.info(
+                    "event=address_held server=%s nic=%s address=%s mac=%s",
+                    server, plan.index, plan.address, plan.mac,
+                )  # fmt: skip
+        by_index = {plan.index: plan for plan in plans}
+        return tuple(
+            NicSpec(
+                index=nic.index,
+                model=nic.model,
+                mac=by_index[nic.index].mac,
+                backend=backends[nic.index],
+            )
+            for nic in config.nics
+        )
+
+    def _hold(self, user: str, server: str, config: ServerConfig) -> list[NicPlan]:
+        plans: list[NicPlan] = []
+        with self._engine.begin() as connection:
+            resource_store.delete_nics(connection, server)  # a crashed start's leftovers
+            taken = taken_addresses(connection)
+            for nic in config.nics:
+                self._check_nic(connection, user, nic)
+                plan = self._plan(connection, server, nic, taken)
+                if plan.address is not None:
+                    taken.add(plan.address)
+                resource_store.insert_nic(
+                    connection,
+                    server=server,
+                    nic=nic.index,
+                    user=user,
+                    network=plan.vlan or PUBLIC,
+                    mac=plan.mac,
+                    address=plan.address,
+                    temporary=nic.dhcp == "auto" and plan.address is not None,
+                )
+                plans.append(plan)
+        return plans
+
+    def _plan(
+        self, connection: Connection, server: str, nic: NicConfig, taken: set[str]
+    ) -> NicPlan:
+        mac = nic.mac or default_mac(server, nic.index)
+        network = nic.vlan or PUBLIC
+        holder = resource_store.holder_of_mac(connection, network, mac)
+        if holder is not None:
+            where = "the public network" if network == PUBLIC else f"VLAN {network}"
+            raise BusyError(
+                f"nic:{nic.index}:mac {mac} is in use on {where} by active server {holder}"
+            )
+        address = None
+        if nic.dhcp == "auto" and self.driver.pool_for_auto:
+            address = self._pool.choose_free(taken)
+            if address is None:
+                raise FullError("No free IP address is left in this platform's pool")
+        elif nic.dhcp is not None and nic.dhcp != "auto":
+            holder = resource_store.holder_of_address(connection, nic.dhcp)
+            if holder is not None:
+                raise BusyError(
+                    f"nic:{nic.index}:dhcp: IP {nic.dhcp} is in use by active server {holder}"
+                )
+            address = nic.dhcp
+        return NicPlan(server, nic.index, mac, vlan=nic.vlan, address=address)
+
+    def plans_of(self, server: str) -> list[NicPlan]:
+        with self._engine.connect() as connection:
+            return [_plan_of(row) for row in resource_store.nics_of(connection, server)]
+
+    async def release(self, server: str) -> None:
+        """The server stopped: take its links down and let go of its addresses."""
+        plans = self.plans_of(server)
+        if not plans:
+            return
+        try:
+            await self.driver.detach(plans)
+        finally:
+            # Addresses are released even if a link could not be removed: the next daemon
+            # start (`recover`) removes what is left, and a leftover tap is replaced on use.
+            with self._engine.begin() as connection:
+                resource_store.delete_nics(connection, server)
+        log.info("event=network_released server=%s", server)
+
+    # -- live figures --------------------------------------------------------------------
+
+    def nic0_address(self, server: str, config: ServerConfig) -> str | None:
+        """The address the guest is offered on nic:0, if `nic:0:dhcp` asks for one."""
+        nic0 = next((nic for nic in config.nics if nic.index == 0), None)
+        if nic0 is None or nic0.dhcp is None:
+            return None
+        plan = next((plan for plan in self.plans_of(server) if plan.index == 0), None)
+        return self.driver.guest_address(plan) if plan is not None else None
+
+    async def counters(self, server: str) -> Counters:
+        return await self.driver.counters(self.plans_of(server))
+
+    # -- daemon start and stop -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Set up what every server needs (in bridge mode: the public bridge and dnsmasq)."""
+        await self.driver.start()
+
+    async def recover(self, running: set[str]) -> None:
+        """After the VMs were adopted: forget the NICs of servers that no longer run, and
+        have the driver keep exactly what the running ones use."""
+        with self._engine.begin() as connection:
+            rows = resource_store.all_nics(connection)
+            for server in {row["server"] for row in rows} - running:
+                resource_store.delete_nics(connection, server)
+        await self.driver.reconcile([_plan_of(row) for row in rows if row["server"] in running])
+
+    async def close(self) -> None:
+        with self._engine.connect() as connection:
+            idle = not resource_store.all_nics(connection)
+        await self.driver.close(idle)

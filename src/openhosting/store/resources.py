@@ -1,0 +1,105 @@
+"""Queries on the resources table (IPs and VLANs) and on the NICs active servers hold."""
+
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+
+from openhosting.store.tables import resources, server_nics
+
+# -- resources -----------------------------------------------------------------------------
+
+
+def insert_resource(connection: Connection, **values: Any) -> None:
+    connection.execute(insert(resources).values(**values))
+
+
+def get_resource(connection: Connection, kind: str, resource: str) -> dict[str, Any] | None:
+    query = select(resources).where(resources.c.type == kind, resources.c.resource == resource)
+    row = connection.execute(query).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def resources_of(
+    connection: Connection, user: str, kind: str | None = None
+) -> list[dict[str, Any]]:
+    query = select(resources).where(resources.c.user == user)
+    if kind is not None:
+        query = query.where(resources.c.type == kind)
+    query = query.order_by(resources.c.type, resources.c.created_at, resources.c.resource)
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+# For the Reader (store/reader.py): `resources/list` rows of `user`, every type.
+RESOURCE_LIST_BY_USER = (
+    select(resources.c.type, resources.c.resource)
+    .where(resources.c.user == bindparam("user"))
+    .order_by(resources.c.type, resources.c.created_at, resources.c.resource)
+)
+
+
+def count_resources(connection: Connection, user: str, kind: str) -> int:
+    query = select(func.count()).where(resources.c.user == user, resources.c.type == kind)
+    return int(connection.execute(query).scalar_one())
+
+
+def resource_names(connection: Connection, kind: str) -> set[str]:
+    """Every resource of `kind`, whoever owns it."""
+    query = select(resources.c.resource).where(resources.c.type == kind)
+    return set(connection.execute(query).scalars())
+
+
+def update_resource(connection: Connection, kind: str, resource: str, **values: Any) -> None:
+    connection.execute(
+        update(resources)
+        .where(resources.c.type == kind, resources.c.resource == resource)
+        .values(**values)
+    )
+
+
+def delete_resource(connection: Connection, kind: str, resource: str) -> None:
+    connection.execute(
+        delete(resources).where(resources.c.type == kind, resources.c.resource == resource)
+    )
+
+
+# -- NICs of active servers ----------------------------------------------------------------
+
+
+def insert_nic(connection: Connection, **values: Any) -> None:
+    connection.execute(insert(server_nics).values(**values))
+
+
+def nics_of(connection: Connection, server: str) -> list[dict[str, Any]]:
+    query = select(server_nics).where(server_nics.c.server == server).order_by(server_nics.c.nic)
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def all_nics(connection: Connection) -> list[dict[str, Any]]:
+    query = select(server_nics).order_by(server_nics.c.server, server_nics.c.nic)
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def held_addresses(connection: Connection) -> set[str]:
+    query = select(server_nics.c.address).where(server_nics.c.address.is_not(None))
+    return set(connection.execute(query).scalars())
+
+
+def holder_of_address(connection: Connection, address: str) -> str | None:
+    query = select(server_nics.c.server).where(server_nics.c.address == address)
+    return connection.execute(query).scalars().first()
+
+
+def holder_of_mac(connection: Connection, network: str, mac: str) -> str | None:
+    query = select(server_nics.c.server).where(
+        server_nics.c.network == network, server_nics.c.mac == mac
+    )
+    return connection.execute(query).scalars().first()
+
+
+def users_of_network(connection: Connection, network: str) -> list[str]:
+    query = select(server_nics.c.server).where(server_nics.c.network == network)
+    return sorted(set(connection.execute(query).scalars()))
+
+
+def delete_nics(connection: Connection, server: str) -> None:
+    connection.execute(delete(server_nics).where(server_nics.c.server == server))

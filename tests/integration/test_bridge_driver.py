@@ -1,0 +1,118 @@
+"""The bridge-mode network driver on real links and a real dnsmasq, in a namespace this test
+creates: what attach makes, what detach, reconcile and close leave behind (nothing of ours)."""
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from openhosting.config import NetworkSettings
+from openhosting.hypervisor.argv import TapNetdev
+from openhosting.network.bridge_mode import BridgeNetwork
+from openhosting.network.driver import NicPlan
+from openhosting.network.pool import AddressPool
+from tests.integration.netns_helpers import NETNS_DIR, link_names, network_namespace
+
+SERVER_A = "0f962616-2071-4173-be79-7dd084271edf"
+SERVER_B = "8d2b1c3e-5f40-4a61-9b7c-2e3d4f5a6b7c"
+VLAN = "3a9c6b52-1d7e-4f08-a2b3-c4d5e6f7a8b9"
+MAC_A, MAC_B = "52:54:00:00:00:0a", "52:54:00:00:00:0b"
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    with network_namespace() as name:
+        yield name
+
+
+@pytest.fixture
+async def driver(namespace: str, tmp_path: Path) -> AsyncIterator[BridgeNetwork]:
+    settings = NetworkSettings(mode="bridge", namespace=namespace, lease_seconds=120)
+    pool = AddressPool.parse(
+        settings.pool_subnet, settings.pool_gateway, settings.pool_nameservers, settings.pool_range
+    )
+    network = BridgeNetwork(settings, pool, tmp_path / "network")
+    yield network
+    await network.dhcp.stop()
+
+
+def in_namespace(pid: int, namespace: str) -> bool:
+    theirs, pinned = os.stat(f"/proc/{pid}/ns/net"), os.stat(NETNS_DIR / namespace)
+    return (theirs.st_dev, theirs.st_ino) == (pinned.st_dev, pinned.st_ino)
+
+
+async def test_attach_makes_taps_bridges_and_entries_and_detach_removes_them(
+    driver: BridgeNetwork, namespace: str
+) -> None:
+    await driver.start()
+    dnsmasq = driver.dhcp.pid()
+    assert dnsmasq is not None and in_namespace(dnsmasq, namespace)
+    public = NicPlan(SERVER_A, 0, MAC_A, address="192.0.2.10")
+    private = NicPlan(SERVER_A, 1, MAC_B, vlan=VLAN)
+    backends = await driver.attach([public, private])
+    taps = {index: backend.ifname for index, backend in backends.items()
+            if isinstance(backend, TapNetdev)}  # fmt: skip
+    assert set(taps) == {0, 1}
+    assert all(len(tap) <= 15 for tap in taps.values())
+    links = await driver._links.all()
+    assert links[taps[0]].master == "oh-public"
+    assert links[taps[1]].master == driver.vlan_bridge(VLAN)
+    assert driver.dhcp.entries() == {f"{SERVER_A}-0": (MAC_A, "192.0.2.10")}
+    assert (await driver.counters([public, private])).rx_bytes == 0
+
+    await driver.detach([public, private])
+    assert link_names(namespace) == {"lo", "oh-public"}
+    assert driver.dhcp.entries() == {}
+    assert driver.dhcp.pid() == dnsmasq  # the DHCP server stays for other servers
+
+    await driver.close(idle=True)
+    assert driver.dhcp.pid() is None
+    assert link_names(namespace) == {"lo"}
+    assert not driver.dhcp.spec.directory.exists()
+
+
+async def test_a_vlan_bridge_stays_while_another_server_is_on_it(
+    driver: BridgeNetwork, namespace: str
+) -> None:
+    first = NicPlan(SERVER_A, 1, MAC_A, vlan=VLAN)
+    second = NicPlan(SERVER_B, 1, MAC_B, vlan=VLAN)
+    await driver.attach([first])
+    await driver.attach([second])
+    await driver.detach([first])
+    assert driver.vlan_bridge(VLAN) in link_names(namespace)
+    await driver.detach([second])
+    assert driver.vlan_bridge(VLAN) not in link_names(namespace)
+
+
+async def test_reconcile_keeps_what_running_servers_use_and_removes_the_rest(
+    driver: BridgeNetwork, namespace: str
+) -> None:
+    kept = NicPlan(SERVER_A, 0, MAC_A, address="192.0.2.10")
+    ended = [NicPlan(SERVER_B, 0, MAC_B, address="192.0.2.11"),
+             NicPlan(SERVER_B, 1, MAC_B, vlan=VLAN)]  # fmt: skip
+    await driver.attach([kept])
+    await driver.attach(ended)
+    driver.dhcp.spec.hosts_dir.joinpath(f"{SERVER_A}-0").unlink()  # lost, e.g. by a crash
+    await driver.reconcile([kept])
+    assert link_names(namespace) == {"lo", "oh-public", driver.tap_name(kept)}
+    assert driver.dhcp.entries() == {f"{SERVER_A}-0": (MAC_A, "192.0.2.10")}
+    await driver.close(idle=False)  # a server runs: everything stays
+    assert driver.dhcp.pid() is not None and driver.tap_name(kept) in link_names(namespace)
+
+
+async def test_an_address_changing_hands_drops_the_old_lease_and_restarts_dnsmasq(
+    driver: BridgeNetwork,
+) -> None:
+    await driver.start()
+    before = driver.dhcp.pid()
+    lease_file = driver.dhcp.spec.lease_file
+    await driver.dhcp.stop()  # as if the previous holder had a lease when it stopped
+    lease_file.write_text(f"4000000000 {MAC_A} 192.0.2.10 * 01:{MAC_A}\n")
+    await driver.dhcp.ensure_running()
+    await driver.attach([NicPlan(SERVER_B, 0, MAC_B, address="192.0.2.10")])
+    assert MAC_A not in lease_file.read_text()
+    assert driver.dhcp.pid() not in (None, before)
+    restarted = driver.dhcp.pid()
+    await driver.attach([NicPlan(SERVER_A, 0, MAC_A, address="192.0.2.11")])
+    assert driver.dhcp.pid() == restarted  # no handover, no restart

@@ -1,0 +1,257 @@
+"""Bridge-mode networking end to end (TCG guests in a namespace this test creates): guests on
+the public bridge get the addresses the API shows and reach each other, a static IP resource
+is the address its guest gets, VLANs connect their members and nobody else, tap counters move,
+and nothing of a server remains after it is gone. Traffic stays inside the namespace."""
+
+import asyncio
+import os
+import re
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from openhosting.config import Config, load_config
+from openhosting.hypervisor import process
+from openhosting.network.driver import NicPlan
+from openhosting.services.platform import Platform, open_platform
+from openhosting.services.server_network import default_mac
+from openhosting.wire.text import parse_properties
+from tests.guest.build_guest import LEASE_MARKER
+from tests.guest.serial_console import SerialConsole, wait_for_log
+from tests.integration.netns_helpers import link_names, network_namespace
+from tests.integration.server_helpers import (
+    BOOT_TIMEOUT,
+    create_server,
+    serial_log,
+    server_info,
+    upload_guest,
+    wait_ready,
+    wait_status,
+)
+
+PUBLIC_BRIDGE = "oh-public"
+LEASE = re.compile(rf"{LEASE_MARKER} (\S+) ([0-9a-f:]{{17}}) ([0-9.]+)")
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    with network_namespace() as name:
+        yield name
+
+
+@pytest.fixture
+def config(tmp_path: Path, namespace: str) -> Config:
+    return load_config(
+        env={},
+        overrides={
+            "state_dir": str(tmp_path / "state"),
+            "first_user": False,
+            "hypervisor": {"accelerator": "tcg"},
+            "network": {"mode": "bridge", "namespace": namespace, "lease_seconds": 120},
+        },
+    )
+
+
+@pytest.fixture
+async def bridge_platform(platform: Platform) -> AsyncIterator[Platform]:
+    """The platform; afterwards every VM is killed and the daemon's shutdown path runs, which
+    with no server left removes the DHCP server and the bridges."""
+    yield platform
+    for vm in list(platform.servers._vms.values()):
+        await vm.kill()
+    await platform.servers.close()
+
+
+async def leases(platform: Platform, server: str) -> dict[str, str]:
+    """The guest's leases as its serial log shows them: MAC -> address."""
+    text = await wait_for_log(serial_log(platform, server), LEASE_MARKER, timeout=BOOT_TIMEOUT)
+    return {mac: address for _iface, mac, address in LEASE.findall(text)}
+
+
+async def console_run(platform: Platform, server: str, command: str) -> str:
+    console = await SerialConsole.open(platform.servers.run_dir(server) / "serial.sock")
+    try:
+        return await console.run(command, timeout=30)
+    finally:
+        await console.close()
+
+
+async def pings(platform: Platform, server: str, address: str) -> bool:
+    output = await console_run(platform, server, f"ping -c 2 -W 2 {address}")
+    return bool(re.search(r"[1-9]\d* packets received", output))
+
+
+def driver_plan(platform: Platform, server: str) -> NicPlan:
+    [plan] = platform.servers._networks.plans_of(server)
+    return plan
+
+
+def platform_vm_pid(platform: Platform, server: str) -> int:
+    pid = process.adopt(platform.servers.run_dir(server), server)
+    assert pid is not None
+    return pid
+
+
+async def kill_and_wait(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    assert await process.wait_exit(pid, timeout=10)
+
+
+async def post(client: TestClient, auth: dict[str, str], path: str, body: str = "") -> str:
+    response = await client.post(path, data=body, headers=auth)
+    assert response.status in (200, 204), (path, await response.text())
+    return await response.text()
+
+
+async def test_guests_on_the_public_bridge_get_the_shown_addresses_and_reach_each_other(
+    client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str,
+    tiny_guest_image: Path,
+) -> None:  # fmt: skip
+    platform = bridge_platform
+    static = parse_properties(await post(client, auth, "/resources/ip/create", "name fixed"))
+    address = static["resource"]
+    drives = [await upload_guest(client, auth, tiny_guest_image) for _ in range(2)]
+    auto = await create_server(
+        client, auth,
+        f"name auto\ncpu 1000\nmem 256\nide:0:0 {drives[0]}\nboot ide:0:0\n"
+        "nic:0:model e1000\nnic:0:dhcp auto\nvnc:ip auto\nvnc:password secret\n",
+    )  # fmt: skip
+    fixed = await create_server(
+        client, auth,
+        f"name fixed\ncpu 1000\nmem 256\nblock:0 {drives[1]}\nboot block:0\n"
+        f"nic:0:model virtio\nnic:0:dhcp {address}\nnic:0:mac 52:54:00:0f:1e:d0\n",
+    )  # fmt: skip
+    assert fixed["nic:0:dhcp"] == fixed["nic:0:dhcp:ip"] == address
+    temporary = auto["nic:0:dhcp:ip"]
+    assert auto["nic:0:dhcp"] == temporary and temporary not in ("", address, "10.0.2.15")
+    assert auto["vnc:ip"] == "192.0.2.1"  # VNC listens on the host's address on the bridge
+
+    # The guests get exactly those addresses from dnsmasq.
+    assert await leases(platform, fixed["server"]) == {"52:54:00:0f:1e:d0": address}
+    auto_mac = default_mac(auto["server"], 0)
+    assert await leases(platform, auto["server"]) == {auto_mac: temporary}
+    await wait_ready(platform, auto["server"])
+    await wait_ready(platform, fixed["server"])
+
+    assert await pings(platform, auto["server"], address)
+    assert await pings(platform, fixed["server"], temporary)
+    info = await server_info(client, auth, auto["server"])
+    assert int(info["rx"]) > 0 and int(info["tx"]) > 0
+    assert int(info["rx:packets"]) > 0 and int(info["tx:packets"]) > 0
+
+    # A static IP is held while its server runs: not destroyable, not for a second server.
+    busy = await client.post(f"/resources/ip/{address}/destroy", headers=auth)
+    assert busy.status == 409 and busy.headers["X-Elastic-Error"] == "busy"
+
+    for server in (auto, fixed):
+        await post(client, auth, f"/servers/{server['server']}/destroy")
+    assert link_names(namespace) == {"lo", PUBLIC_BRIDGE}  # no tap left
+    dhcp = platform.servers._networks.driver.dhcp
+    assert dhcp.entries() == {}
+    await post(client, auth, f"/resources/ip/{address}/destroy")
+    await platform.servers.close()  # the daemon stops with no server running
+    assert dhcp.pid() is None
+    assert link_names(namespace) == {"lo"}
+
+
+async def test_vlan_members_reach_each_other_and_no_one_else(
+    client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str,
+    tiny_guest_image: Path,
+) -> None:  # fmt: skip
+    platform = bridge_platform
+    vlans = [
+        parse_properties(await post(client, auth, "/resources/vlan/create", f"name v{n}"))
+        for n in (1, 2)
+    ]
+    members = [(vlans[0], "10.99.0.1"), (vlans[0], "10.99.0.2"), (vlans[1], "10.99.0.3")]
+    servers = []
+    for number, (vlan, _address) in enumerate(members):
+        drive = await upload_guest(client, auth, tiny_guest_image)
+        body = (
+            f"name g{number}\ncpu 1000\nmem 128\nide:0:0 {drive}\nboot ide:0:0\n"
+            f"nic:1:model rtl8139\nnic:1:vlan {vlan['resource']}\n"
+        )
+        servers.append((await create_server(client, auth, body))["server"])
+    # A VLAN in use by an active server cannot be destroyed.
+    busy = await client.post(f"/resources/vlan/{vlans[1]['resource']}/destroy", headers=auth)
+    assert busy.status == 409 and busy.headers["X-Elastic-Error"] == "busy"
+
+    for server, (_vlan, address) in zip(servers, members, strict=True):
+        await wait_ready(platform, server)
+        mac = default_mac(server, 1)
+        # NIC names follow driver load order: find the VLAN NIC by its MAC.
+        iface = f"$(grep -l {mac} /sys/class/net/*/address | cut -d/ -f5)"
+        await console_run(platform, server, f"ifconfig {iface} {address} netmask 255.255.255.0")
+
+    assert await pings(platform, servers[0], "10.99.0.2")
+    assert await pings(platform, servers[1], "10.99.0.1")
+    assert not await pings(platform, servers[2], "10.99.0.1")
+    assert not await pings(platform, servers[2], "10.99.0.2")
+    assert not await pings(platform, servers[0], "10.99.0.3")
+
+    vlan_bridges = {link for link in link_names(namespace) if link.startswith("oh-v")}
+    assert len(vlan_bridges) == 2
+    await asyncio.gather(*(post(client, auth, f"/servers/{s}/destroy") for s in servers))
+    for server in servers:
+        assert await wait_status(client, auth, server, "stopped") is None
+    assert link_names(namespace) == {"lo", PUBLIC_BRIDGE}  # no tap, no VLAN bridge left
+
+
+async def test_a_daemon_restart_keeps_what_running_servers_use_and_removes_the_rest(
+    client: TestClient, auth: dict[str, str], bridge_platform: Platform, config: Config,
+    namespace: str,
+) -> None:  # fmt: skip
+    diskless = "cpu 500\nmem 64\nnic:0:model e1000\nnic:0:dhcp auto\npersistent true\n"
+    keeps = await create_server(client, auth, "name keeps\n" + diskless)
+    ends = await create_server(client, auth, "name ends\n" + diskless)
+    driver = bridge_platform.servers._networks.driver
+    taps = {s["server"]: driver.tap_name(driver_plan(bridge_platform, s["server"]))
+            for s in (keeps, ends)}  # fmt: skip
+    assert set(taps.values()) <= link_names(namespace)
+
+    await bridge_platform.servers.close()  # the daemon stops; its VMs run on
+    assert set(taps.values()) <= link_names(namespace)
+    assert driver.dhcp.pid() is not None
+    ended_vm = platform_vm_pid(bridge_platform, ends["server"])
+    await kill_and_wait(ended_vm)  # a VM ends while no daemon watches
+
+    restarted = open_platform(config)
+    try:
+        await restarted.servers.recover()
+        assert keeps["server"] in restarted.servers._vms
+        assert ends["server"] not in restarted.servers._vms
+        assert link_names(namespace) == {"lo", PUBLIC_BRIDGE, taps[keeps["server"]]}
+        entries = restarted.servers._networks.driver.dhcp.entries()
+        assert entries == {f"{keeps['server']}-0": (default_mac(keeps["server"], 0),
+                                                    keeps["nic:0:dhcp:ip"])}  # fmt: skip
+        vm = restarted.servers._vms[keeps["server"]]
+        await vm.stop()
+        assert link_names(namespace) == {"lo", PUBLIC_BRIDGE}
+        await restarted.servers.close()
+        assert link_names(namespace) == {"lo"}
+    finally:
+        for vm in list(restarted.servers._vms.values()):
+            await vm.kill()
+        restarted.close()
+
+
+async def test_a_nic_without_dhcp_is_offered_no_address(
+    client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str
+) -> None:
+    info = await create_server(client, auth, "name quiet\ncpu 500\nmem 64\nnic:0:model e1000\n")
+    assert "nic:0:dhcp" not in info and "nic:0:dhcp:ip" not in info
+    driver = bridge_platform.servers._networks.driver
+    assert driver.dhcp.entries() == {}  # dnsmasq answers only MACs it has an entry for
+    tap = driver.tap_name(driver_plan(bridge_platform, info["server"]))
+    assert tap in link_names(namespace)
+    await post(client, auth, f"/servers/{info['server']}/destroy")
+    assert tap not in link_names(namespace)
+    assert await first_free_address(client, auth) == "192.0.2.10"
+
+
+async def first_free_address(client: TestClient, auth: dict[str, str]) -> str:
+    """The address a new IP resource gets: the lowest one nobody holds."""
+    return parse_properties(await post(client, auth, "/resources/ip/create"))["resource"]
