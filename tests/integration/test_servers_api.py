@@ -164,3 +164,35 @@ async def test_json_create_with_aliases_and_info_numbers(
         assert done.status == 204
     await asyncio.sleep(0)
     assert (await client.get("/servers/list", headers=auth)).status == 200
+
+
+async def test_a_start_failing_after_qemu_started_leaves_no_vm_behind(
+    client: TestClient, auth: dict[str, str], platform: Platform,
+    monkeypatch: pytest.MonkeyPatch, servers_cleanup: None,
+) -> None:  # fmt: skip
+    from openhosting.hypervisor.errors import HypervisorError
+    from openhosting.hypervisor.vm import RunningVm
+
+    started: list[RunningVm] = []
+    real_start = RunningVm.start
+
+    async def start_and_remember(*args, **kwargs):  # type: ignore[no-untyped-def]
+        vm = await real_start(*args, **kwargs)
+        started.append(vm)
+        return vm
+
+    async def refuse(self: RunningVm, password: str | None) -> None:
+        raise HypervisorError("QMP set_password failed: simulated")
+
+    monkeypatch.setattr(RunningVm, "start", start_and_remember)
+    monkeypatch.setattr(RunningVm, "set_vnc_password", refuse)
+    body = "name v\ncpu 500\nmem 64\npersistent true\nvnc:password pw"
+    server = (await create_server(client, auth, body, stopped=True))["server"]
+    response = await client.post(f"/servers/{server}/start", headers=auth)
+    assert response.status == 500 and response.headers["X-Elastic-Error"] == "failed"
+    [vm] = started
+    assert vm.exited.is_set()
+    assert not Path(f"/proc/{vm.pid}").exists() or b"guest=" not in Path(
+        f"/proc/{vm.pid}/cmdline"
+    ).read_bytes()
+    assert (await server_info(client, auth, server))["status"] == "stopped"

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine
 
 from openhosting.config import Config
 from openhosting.errors import BusyError, FailedError, MissingError, UsageError
+from openhosting.hypervisor import process
 from openhosting.hypervisor.argv import DiskSpec, NicSpec, VmSpec, VncSpec, choose_accelerator
 from openhosting.hypervisor.cpu_quota import (
     apply_cpu_quota,
@@ -268,8 +269,10 @@ class Servers:
             undo.push_async_callback(self._networks.release, uuid)
             run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self._run_as is not None:
-                # QEMU, once unprivileged, still removes its pidfile and sockets at exit.
+                # QEMU, once unprivileged, still removes its pidfile and sockets at exit:
+                # it owns its run directory and may pass through the one above.
                 os.chown(run_dir, self._run_as.pw_uid, self._run_as.pw_gid)
+                os.chmod(run_dir.parent, 0o711)
             if config.vnc_tls and display is not None:
                 # Made once per platform (slow: RSA keys), so in a worker thread.
                 tls_dir = vnc_tls_dir(self._config.state_path)
@@ -284,6 +287,8 @@ class Servers:
             except HypervisorError as error:
                 log.warning("event=server_start_failed server=%s error=%s", uuid, error)
                 raise
+            # Whatever fails from here on must not leave a VM running that nobody holds.
+            undo.push_async_callback(vm.kill, self._settings.stop_timeout)
             if config.vnc_password and display is not None:
                 await vm.set_vnc_password(config.vnc_password)
             if self._cgroup is not None:
@@ -474,8 +479,12 @@ class Servers:
             try:
                 vm = await RunningVm.adopt(uuid, run_dir, self._vm_exited)
             except HypervisorError as error:
+                # A VM that runs but cannot be controlled cannot be left running unseen:
+                # stop it, and the server is dead (its owner can start it again).
                 log.warning("event=server_adopt_failed server=%s error=%s", uuid, error)
                 vm = None
+                if (pid := process.adopt(run_dir, uuid)) is not None:
+                    await process.kill(pid, uuid, timeout=self._settings.stop_timeout)
             if vm is not None:
                 vm.started = float(row["started_at"] or 0)
                 self._vms[uuid] = vm
