@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from tests.integration.server_helpers import (
     wait_ready,
     wait_status,
 )
-
-
-@pytest.fixture
-async def servers_cleanup(platform: Platform) -> AsyncIterator[None]:
-    """Whatever a test leaves running is stopped, so no QEMU outlives the test."""
-    yield
-    for uuid, vm in list(platform.servers._vms.items()):
-        await vm.kill()
-        assert uuid not in platform.servers._vms
 
 
 async def test_case_11_seed_body_boots_and_stop_destroys_a_non_persistent_server(
