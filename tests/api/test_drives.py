@@ -545,3 +545,17 @@ async def test_a_drive_being_read_cannot_be_shrunk(
     assert (await client.post(f"/drives/{drive}/set", data="size 8192", headers=auth)).status == 200
     plan.close()
     assert (await client.post(f"/drives/{drive}/set", data="size 100", headers=auth)).status == 200
+
+
+async def test_listing_shows_every_change_at_once(
+    client: TestClient, auth: dict[str, str], platform: Platform, user: NewKey
+) -> None:
+    # The listing is answered from memory until the database changes: check it changes.
+    listed = lambda: platform.drives.list_uuids(user.uuid)  # noqa: E731
+    assert listed() == []
+    first = (await create_drive(client, auth, 10))["drive"]
+    assert listed() == [first]
+    second = (await create_drive(client, auth, 10))["drive"]
+    assert listed() == listed() == [first, second]
+    await client.post(f"/drives/{first}/destroy", headers=auth)
+    assert listed() == [second]

@@ -205,7 +205,8 @@ class Drives:
     # -- commands ------------------------------------------------------------------------
 
     def list_uuids(self, user: str) -> list[str]:
-        return [row[0] for row in self._reader.all(drive_store.DRIVE_UUIDS_BY_USER, user=user)]
+        rows = self._reader.all_cached(drive_store.DRIVE_UUIDS_BY_USER, user=user)
+        return [row[0] for row in rows]
 
     def info(self, user: str, uuid: str) -> dict[str, Value]:
         with self._engine.connect() as connection:

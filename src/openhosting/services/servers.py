@@ -119,7 +119,7 @@ class Servers:
     # -- reading ---------------------------------------------------------------------
 
     def list_rows(self, user: str) -> list[dict[str, Value]]:
-        rows = self._reader.all(server_store.SERVER_LIST_BY_USER, user=user)
+        rows = self._reader.all_cached(server_store.SERVER_LIST_BY_USER, user=user)
         result: list[dict[str, Value]] = []
         for uuid, config_json in rows:
             config = json.loads(config_json)
