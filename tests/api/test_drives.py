@@ -559,3 +559,30 @@ async def test_listing_shows_every_change_at_once(
     assert listed() == listed() == [first, second]
     await client.post(f"/drives/{first}/destroy", headers=auth)
     assert listed() == [second]
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_never_written_ranges_go_as_gzip_to_clients_that_accept_it(
+    client: TestClient, auth: dict[str, str], cipher: str
+) -> None:
+    size = 3 * 1024 * 1024
+    drive = (await create_drive(client, auth, size, cipher))["drive"]
+    await client.post(f"/drives/{drive}/write/1M", data=b"\x01" * 4096, headers=auth)
+    empty = await client.get(
+        f"/drives/{drive}/read/2M/1M", headers={**auth, "Accept-Encoding": "gzip"}
+    )
+    assert empty.headers["Content-Encoding"] == "gzip"
+    assert int(empty.headers["Content-Length"]) < 4096
+    assert await empty.read() == bytes(1024 * 1024)  # the client inflates it
+    written = await client.get(
+        f"/drives/{drive}/read/1M/1M", headers={**auth, "Accept-Encoding": "gzip"}
+    )
+    assert "Content-Encoding" not in written.headers
+    assert (await written.read())[:4097] == b"\x01" * 4096 + b"\x00"
+    plain = await client.get(
+        f"/drives/{drive}/read/2M/1M", headers={**auth, "Accept-Encoding": "identity"}
+    )
+    assert "Content-Encoding" not in plain.headers
+    assert await plain.read() == bytes(1024 * 1024)
+    info = await drive_info(client, auth, drive)
+    assert info["read:bytes"] == str(3 * 1024 * 1024)

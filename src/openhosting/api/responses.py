@@ -1,12 +1,35 @@
-"""Responses beyond key/value payloads: a slice of a file sent with sendfile."""
+"""Responses beyond key/value payloads: a slice of a file sent with sendfile, and a range
+that was never written sent as a few bytes of gzip."""
 
 import asyncio
+import functools
 import os
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from isal import igzip
 
 FALLBACK_CHUNK = 1024 * 1024
+# A never-written range up to this size goes as gzip of zeros (about 1/1000 of its size) to
+# a client that accepts gzip; the download tool's chunks are 5 MiB.
+MAX_ZEROS_AS_GZIP = 64 * 1024 * 1024
+
+
+def accepts_gzip(request: web.BaseRequest) -> bool:
+    return "gzip" in request.headers.get("Accept-Encoding", "")
+
+
+@functools.lru_cache(maxsize=8)
+def _gzip_of_zeros(count: int) -> bytes:
+    return igzip.compress(bytes(count), compresslevel=1)
+
+
+def zeros_as_gzip(count: int) -> web.Response:
+    """`count` zero bytes, as a gzip-encoded body (the same few lengths recur: cached)."""
+    return web.Response(
+        body=_gzip_of_zeros(count),
+        headers={"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"},
+    )
 
 
 class FileSliceResponse(web.StreamResponse):

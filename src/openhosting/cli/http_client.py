@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import quote, urlsplit
 
+from isal import igzip
+
 from openhosting.errors import (
     ApiError,
     AuthError,
@@ -366,6 +368,25 @@ class ApiClient:
         except (OSError, http.client.HTTPException) as error:
             self._drop_connection()
             raise self._connection_error(error) from None
+
+    def read_gzip_into(self, response: http.client.HTTPResponse, buffer: memoryview) -> None:
+        """Fill `buffer` exactly from a gzip-encoded answer (small: a never-written range)."""
+        try:
+            packed = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            self._drop_connection()
+            raise self._connection_error(error) from None
+        try:
+            data = igzip.decompress(packed)
+        except (OSError, EOFError, ValueError) as error:
+            raise FailedError(
+                f"The answer from {self.endpoint.url} is not valid gzip: {error}"
+            ) from None
+        if len(data) != len(buffer):
+            raise FailedError(
+                f"The answer from {self.endpoint.url} had {len(data)} bytes, {len(buffer)} expected"
+            )
+        buffer[:] = data
 
     def read_into(self, response: http.client.HTTPResponse, buffer: memoryview) -> None:
         """Fill `buffer` exactly from the answer's body; a short body is an error."""

@@ -139,6 +139,10 @@ class ReadPlan:
             yield await asyncio.to_thread(self.opened.io.read_at, position, length)
             position += length
 
+    def reads_only_zeros(self) -> bool:
+        """Whether the whole range was never written: it reads as zeros, nothing to send."""
+        return self.count > 0 and self.opened.io.holds_no_data(self.offset, self.count)
+
     def close(self) -> None:
         self.opened.io.close()
         self.on_close()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from openhosting.storage.luks import LuksVolume, format_luks1
+from openhosting.storage.sparse import data_extents
 from openhosting.storage.xts import SECTOR_SIZE
 
 # Large enough to amortise a system call and an AES pass; small enough to keep memory flat.
@@ -40,6 +41,10 @@ class PlainDriveIO:
 
     def fileno(self) -> int:
         return self._fd
+
+    def holds_no_data(self, offset: int, length: int) -> bool:
+        """Whether `[offset, offset + length)` was never written (a hole: reads as zeros)."""
+        return next(data_extents(self._fd, offset, offset + length), None) is None
 
     def read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
@@ -70,6 +75,11 @@ class EncryptedDriveIO:
 
     def read_at(self, offset: int, length: int) -> bytes:
         return self._volume.read_at(offset, length)
+
+    def holds_no_data(self, offset: int, length: int) -> bool:
+        """Whether `[offset, offset + length)` of the payload was never written."""
+        base = self._volume.payload_offset
+        return next(data_extents(self._fd, base + offset, base + offset + length), None) is None
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         # No copy here: the volume encrypts into a buffer of its own.

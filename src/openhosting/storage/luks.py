@@ -251,6 +251,11 @@ class LuksVolume:
         return cls(path, header.master_key, header.payload_offset)
 
     @property
+    def payload_offset(self) -> int:
+        """Where the payload starts in the file, in bytes."""
+        return self._base
+
+    @property
     def size(self) -> int:
         """Payload size in bytes."""
         return max(0, os.fstat(self._fd).st_size - self._base)

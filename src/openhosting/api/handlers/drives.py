@@ -5,7 +5,12 @@ from aiohttp import web
 from openhosting.api.content_coding import GzipStreamDecoder
 from openhosting.api.context import platform_of, user_of
 from openhosting.api.negotiation import read_body_chunk, read_properties
-from openhosting.api.responses import FileSliceResponse
+from openhosting.api.responses import (
+    MAX_ZEROS_AS_GZIP,
+    FileSliceResponse,
+    accepts_gzip,
+    zeros_as_gzip,
+)
 from openhosting.errors import FullError, UsageError
 from openhosting.services.drives import ReadPlan
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
@@ -52,7 +57,15 @@ async def read(request: web.Request) -> web.StreamResponse:
     drives = platform_of(request).drives
     plan = drives.open_read(user_of(request), _drive(request), offset, length)
     try:
-        if plan.plain_file is not None:
+        if (
+            request.method != "HEAD"
+            and plan.count <= MAX_ZEROS_AS_GZIP
+            and accepts_gzip(request)
+            and plan.reads_only_zeros()
+        ):
+            response = zeros_as_gzip(plan.count)
+            await response.prepare(request)
+        elif plan.plain_file is not None:
             response: web.StreamResponse = FileSliceResponse(
                 plan.plain_file.fileno(), plan.offset, plan.count
             )
