@@ -134,10 +134,23 @@ class ReadPlan:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The bytes, `IO_CHUNK` at a time, each read (and decrypted) in a worker thread."""
         position, end = self.offset, self.offset + self.count
-        while position < end:
-            length = min(IO_CHUNK, end - position)
-            yield await asyncio.to_thread(self.opened.io.read_at, position, length)
-            position += length
+        pending: asyncio.Future[bytes] | None = None
+        try:
+            while position < end or pending is not None:
+                current, pending = pending, None
+                if position < end:
+                    # The next piece is read and decrypted while this one goes out.
+                    length = min(IO_CHUNK, end - position)
+                    pending = asyncio.ensure_future(
+                        asyncio.to_thread(self.opened.io.read_at, position, length)
+                    )
+                    position += length
+                if current is not None:
+                    yield await current
+        finally:
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await pending  # its thread holds the file: let it finish before close
 
     def reads_only_zeros(self) -> bool:
         """Whether the whole range was never written: it reads as zeros, nothing to send."""
