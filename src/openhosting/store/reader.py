@@ -6,6 +6,7 @@ defined once at module level and compiled once, but run on one held driver conne
 the event loop's thread uses a Reader; everything that writes uses the engine as usual.
 """
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import Engine, PoolProxiedConnection
@@ -23,6 +24,7 @@ class Reader:
         self._compiled: dict[int, tuple[Executable, str, tuple[str, ...]]] = {}
         self._cached: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         self._cached_version = -1
+        self._version: int | None = None
 
     def _cursor(self) -> Any:
         if self._connection is None:
@@ -49,7 +51,9 @@ class Reader:
 
     def all_cached(self, statement: Executable, **params: Any) -> list[tuple[Any, ...]]:
         """`all`, answered from memory while nothing has been committed since it was read:
-        for the hottest listings, one `PRAGMA data_version` instead of a query."""
+        for the hottest listings, one `PRAGMA data_version` instead of a query. For reads
+        only: code that has just written must not expect to see it here in the same run of
+        the event loop (see `data_version`)."""
         version = self.data_version()
         if version != self._cached_version:
             self._cached.clear()
@@ -68,12 +72,28 @@ class Reader:
 
     def data_version(self) -> int:
         """A number that changes whenever another connection commits to the database: what
-        was read before is still true while it stays the same."""
+        was read before is still true while it stays the same.
+
+        Within one uninterrupted run of the event loop (a request's authentication and its
+        listing, say) the number is asked once: a commit landing in those microseconds is
+        indistinguishable from one landing just after the request.
+        """
+        if self._version is not None:
+            return self._version
         cursor = self._cursor()
         try:
-            return int(cursor.execute("PRAGMA data_version").fetchone()[0])
+            version = int(cursor.execute("PRAGMA data_version").fetchone()[0])
         finally:
             cursor.close()
+        try:
+            asyncio.get_running_loop().call_soon(self._forget_version)
+        except RuntimeError:
+            return version  # no event loop (the admin tool): never remembered
+        self._version = version
+        return version
+
+    def _forget_version(self) -> None:
+        self._version = None
 
     def close(self) -> None:
         if self._connection is not None:
