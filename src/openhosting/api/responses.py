@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import socket
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from aiohttp import web
@@ -18,6 +19,22 @@ SENDFILE_PIECE = 8 * 1024 * 1024  # a few milliseconds of the event loop at most
 # A never-written range up to this size goes as gzip of zeros (about 1/1000 of its size) to
 # a client that accepts gzip; the download tool's chunks are 5 MiB.
 MAX_ZEROS_AS_GZIP = 64 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _corked(sock: socket.socket | None) -> Iterator[None]:
+    """TCP_CORK while a file streams out: only full segments leave (nginx's `tcp_nopush`),
+    about a quarter more throughput on loopback; uncorking sends the last partial one."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        yield
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
 
 def accepts_gzip(request: web.BaseRequest) -> bool:
@@ -65,7 +82,7 @@ class FileSliceResponse(web.StreamResponse):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             # A file object over a duplicate of the fd: loop.sendfile wants one, and closing
             # it must not close the caller's descriptor.
-            with os.fdopen(os.dup(self._fd), "rb") as file:
+            with os.fdopen(os.dup(self._fd), "rb") as file, _corked(sock):
                 try:
                     await self._sendfile(transport, file)
                 except NotImplementedError:
