@@ -22,7 +22,7 @@ MAX_ZEROS_AS_GZIP = 64 * 1024 * 1024
 
 
 @contextlib.contextmanager
-def _corked(sock: socket.socket | None) -> Iterator[None]:
+def corked(sock: socket.socket | None) -> Iterator[None]:
     """TCP_CORK while a file streams out: only full segments leave (nginx's `tcp_nopush`),
     about a quarter more throughput on loopback; uncorking sends the last partial one."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
@@ -82,7 +82,7 @@ class FileSliceResponse(web.StreamResponse):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             # A file object over a duplicate of the fd: loop.sendfile wants one, and closing
             # it must not close the caller's descriptor.
-            with os.fdopen(os.dup(self._fd), "rb") as file, _corked(sock):
+            with os.fdopen(os.dup(self._fd), "rb") as file, corked(sock):
                 try:
                     await self._sendfile(transport, file)
                 except NotImplementedError:

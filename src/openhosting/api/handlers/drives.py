@@ -9,6 +9,7 @@ from openhosting.api.responses import (
     MAX_ZEROS_AS_GZIP,
     FileSliceResponse,
     accepts_gzip,
+    corked,
     zeros_as_gzip,
 )
 from openhosting.errors import FullError, UsageError
@@ -83,9 +84,10 @@ async def _stream_decrypted(request: web.Request, plan: ReadPlan) -> web.StreamR
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = plan.count
     await response.prepare(request)
-    if request.method != "HEAD":
-        async for chunk in plan.chunks():
-            await response.write(chunk)
+    if request.method != "HEAD" and request.transport is not None:
+        with corked(request.transport.get_extra_info("socket")):
+            async for chunk in plan.chunks():
+                await response.write(chunk)
     await response.write_eof()
     return response
 
