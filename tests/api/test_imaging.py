@@ -152,7 +152,9 @@ async def test_a_copy_into_a_smaller_drive_is_cut_at_its_size(
 async def test_a_second_job_into_the_same_drive_waits_then_runs(
     client: TestClient, auth: dict[str, str], platform: Platform
 ) -> None:
-    first = await drive_with(client, auth, MiB, {0: b"first" * 1000}, "none")
+    # Dense, so that the first job takes about half a second at the slowed rate (a sparse
+    # copy would be done before the claims are looked at).
+    first = await drive_with(client, auth, MiB, {0: os.urandom(MiB)}, "none")
     second = await drive_with(client, auth, MiB, {0: b"second" * 1000}, "none")
     dst = (await create_drive(client, auth, MiB))["drive"]
     await image(client, auth, dst, first)
