@@ -7,6 +7,8 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -127,7 +129,8 @@ async def test_guests_on_the_public_bridge_get_the_shown_addresses_and_reach_eac
     assert fixed["nic:0:dhcp"] == fixed["nic:0:dhcp:ip"] == address
     temporary = auto["nic:0:dhcp:ip"]
     assert auto["nic:0:dhcp"] == temporary and temporary not in ("", address, "10.0.2.15")
-    assert auto["vnc:ip"] == "192.0.2.1"  # VNC listens on the host's address on the bridge
+    # VNC is reached on the server's own address, port 5900 (see the overlay test below).
+    assert auto["vnc:ip"] == temporary and "vnc:port" not in auto
 
     # The guests get exactly those addresses from dnsmasq.
     assert await leases(platform, fixed["server"]) == {"52:54:00:0f:1e:d0": address}
@@ -255,3 +258,42 @@ async def test_a_nic_without_dhcp_is_offered_no_address(
 async def first_free_address(client: TestClient, auth: dict[str, str]) -> str:
     """The address a new IP resource gets: the lowest one nobody holds."""
     return parse_properties(await post(client, auth, "/resources/ip/create"))["resource"]
+
+
+def rfb_greeting_from(namespace: str, address: str, port: int) -> bytes:
+    """What a VNC server says first, asked from inside `namespace`."""
+    script = (
+        "import socket\n"
+        f"c = socket.create_connection(({address!r}, {port}), timeout=5)\n"
+        "print(c.recv(12).decode())\n"
+    )
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", script],
+        capture_output=True, timeout=20, check=False,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+async def test_vnc_is_reached_on_the_servers_own_address_port_5900(
+    client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str
+) -> None:
+    body = "name vnc\ncpu 500\nmem 64\nnic:0:model e1000\nnic:0:dhcp auto\nvnc:ip auto\n"
+    info = await create_server(client, auth, body + "vnc:password pw\n")
+    address = info["nic:0:dhcp"]
+    assert info["vnc:ip"] == address and "vnc:port" not in info  # the service's overlay
+    # A host on the public network: a namespace of its own, cabled to the public bridge.
+    with network_namespace() as peer:
+        cable = ["ip", "link", "add", "ohpeer0", "netns", peer, "type", "veth", "peer", "name"]
+        subprocess.run([*cable, "ohpeer1", "netns", namespace], check=True, timeout=10)
+        subprocess.run(["ip", "-n", namespace, "link", "set", "ohpeer1", "master", PUBLIC_BRIDGE,
+                        "up"], check=True, timeout=10)  # fmt: skip
+        subprocess.run(["ip", "-n", peer, "addr", "add", "192.0.2.250/24", "dev", "ohpeer0"],
+                       check=True, timeout=10)  # fmt: skip
+        subprocess.run(["ip", "-n", peer, "link", "set", "ohpeer0", "up"], check=True, timeout=10)
+        # The guest (not booted here) would answer ARP for its address; say it for it.
+        mac = default_mac(info["server"], 0)
+        subprocess.run(["ip", "-n", peer, "neigh", "add", address, "lladdr", mac, "dev",
+                        "ohpeer0"], check=True, timeout=10)  # fmt: skip
+        assert rfb_greeting_from(peer, address, 5900) == b"RFB 003.008"
+        await post(client, auth, f"/servers/{info['server']}/stop")
+        assert rfb_greeting_from(peer, address, 5900) == b""  # gone with the server

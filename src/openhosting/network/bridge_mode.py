@@ -23,6 +23,7 @@ from openhosting.network.dnsmasq import DhcpServer, DhcpSpec
 from openhosting.network.driver import Backend, NicPlan
 from openhosting.network.links import IFNAMSIZ, Counters, Links, check_ifname
 from openhosting.network.pool import AddressPool, PoolError
+from openhosting.network.vnc_overlay import VncOverlay
 
 
 def _hex(uuid: str) -> str:
@@ -62,6 +63,7 @@ class BridgeNetwork:
             )
         )
         self._lock = asyncio.Lock()
+        self._vnc = VncOverlay(settings.namespace, self._public)
 
     @property
     def dhcp(self) -> DhcpServer:
@@ -95,6 +97,17 @@ class BridgeNetwork:
         await self._links.ensure_namespace()
         await self._links.ensure_bridge(self._public, self._host_cidr)
         await self._dhcp.ensure_running()
+
+    async def open_vnc(self, guest: str, port: int) -> bool:
+        async with self._lock:
+            await self._ensure_public()
+        assert self.vnc_address is not None
+        await self._vnc.open(guest, self.vnc_address, port)
+        return True
+
+    async def close_vnc(self, guest: str) -> None:
+        if self._links.namespace_exists():
+            await self._vnc.close(guest)
 
     async def start(self) -> None:
         async with self._lock:
@@ -189,6 +202,7 @@ class BridgeNetwork:
             await self._dhcp.stop()
             if not self._links.namespace_exists():
                 return  # the namespace, and every link in it, is gone already
+            await self._vnc.remove()
             await self._remove_our_links()
             shutil.rmtree(self._dhcp.spec.directory, ignore_errors=True)
 

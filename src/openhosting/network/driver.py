@@ -69,6 +69,15 @@ class NetworkDriver(Protocol):
         ours (taps and entries of servers that ended meanwhile, idle VLAN bridges)."""
         ...
 
+    async def open_vnc(self, guest: str, port: int) -> bool:
+        """Make `guest`:5900 reach the VNC server on `vnc_address`:`port`; False when this
+        mode cannot (user mode: the guest's address is QEMU's private one)."""
+        ...
+
+    async def close_vnc(self, guest: str) -> None:
+        """Undo `open_vnc`; idempotent."""
+        ...
+
     async def close(self, idle: bool) -> None:
         """The daemon stops. When `idle` (no server runs) remove everything of ours; else
         leave it all to the running servers and the next daemon."""

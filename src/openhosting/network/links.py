@@ -78,19 +78,23 @@ def check_ifname(name: str) -> str:
     return name
 
 
-async def run_command(argv: list[str], timeout: float = COMMAND_TIMEOUT) -> str:
-    """Run `argv`; its standard output, or NetworkError with its message."""
+async def run_command(
+    argv: list[str], timeout: float = COMMAND_TIMEOUT, stdin: str | None = None
+) -> str:
+    """Run `argv` (fed `stdin`); its standard output, or NetworkError with its message."""
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
     except OSError as error:
         raise NetworkError(f"cannot run {argv[0]}: {error}") from None
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+        stdout, stderr = await asyncio.wait_for(
+            process.communicate(None if stdin is None else stdin.encode()), timeout
+        )
     except TimeoutError:
         process.kill()
         await process.wait()

@@ -47,6 +47,12 @@ class UserNetwork:
             dns=str(dns) if dns is not None else None,
         )
 
+    async def open_vnc(self, guest: str, port: int) -> bool:
+        return False  # 10.0.2.15 is private to QEMU: VNC stays on the host's address
+
+    async def close_vnc(self, guest: str) -> None:
+        return None
+
     async def start(self) -> None:
         return None
 

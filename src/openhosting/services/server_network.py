@@ -202,6 +202,19 @@ class ServerNetworks:
         plan = next((plan for plan in self.plans_of(server) if plan.index == 0), None)
         return self.driver.guest_address(plan) if plan is not None else None
 
+    async def open_vnc(self, server: str, config: ServerConfig, port: int) -> str | None:
+        """Overlay the server's VNC on its nic:0 address, port 5900, where the mode can; the
+        address VNC is reached at then, or None (it stays on `vnc_address`)."""
+        guest = self.nic0_address(server, config)
+        if guest is None or not await self.driver.open_vnc(guest, port):
+            return None
+        return guest
+
+    async def close_vnc(self, server: str, config: ServerConfig) -> None:
+        guest = self.nic0_address(server, config)
+        if guest is not None:
+            await self.driver.close_vnc(guest)
+
     async def counters(self, server: str) -> Counters:
         return await self.driver.counters(self.plans_of(server))
 

@@ -89,6 +89,8 @@ class Servers:
         self._accelerator = choose_accelerator(self._settings.accelerator)
         self._cgroup = find_cpu_cgroup()
         self._run_as = qemu_user(self._settings.run_as)
+        # Servers whose VNC is also on their own address (bridge mode): their address.
+        self._vnc_overlays: dict[str, str] = {}
         if networks is None:
             pool, driver = open_network(config.network, config.run_path / "network")
             networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, driver)
@@ -153,8 +155,14 @@ class Servers:
         return LiveFigures(
             started=int(row["started_at"] or vm.started),
             nic0_address=self._networks.nic0_address(row["uuid"], config),
-            vnc_address=self._vnc_listen() if display is not None else None,
-            vnc_port=VNC_BASE_PORT + display if display is not None else None,
+            vnc_address=self._vnc_overlays.get(row["uuid"], self._vnc_listen())
+            if display is not None
+            else None,
+            vnc_port=(
+                VNC_BASE_PORT if row["uuid"] in self._vnc_overlays else VNC_BASE_PORT + display
+            )
+            if display is not None
+            else None,
             blockstats=blockstats,
             rx=traffic.rx_bytes,
             tx=traffic.tx_bytes,
@@ -276,7 +284,8 @@ class Servers:
             if config.vnc_tls and display is not None:
                 # Made once per platform (slow: RSA keys), so in a worker thread.
                 tls_dir = vnc_tls_dir(self._config.state_path)
-                await asyncio.to_thread(ensure_vnc_tls, tls_dir, [self._vnc_listen()])
+                names = [self._vnc_listen(), self._networks.nic0_address(uuid, config)]
+                await asyncio.to_thread(ensure_vnc_tls, tls_dir, [n for n in names if n])
             spec = self._vm_spec(uuid, config, drives, display, nics)
             # QEMU reads the LUKS passphrases at start-up; they need not outlive that.
             undo.push_async_callback(asyncio.to_thread, self._remove_secrets, spec)
@@ -291,6 +300,9 @@ class Servers:
             undo.push_async_callback(vm.kill, self._settings.stop_timeout)
             if config.vnc_password and display is not None:
                 await vm.set_vnc_password(config.vnc_password)
+            if display is not None:
+                await self._open_vnc_overlay(uuid, config, display)
+                undo.push_async_callback(self._close_vnc_overlay, uuid)
             if self._cgroup is not None:
                 apply_cpu_quota(
                     self._cgroup, uuid, vm.pid, quota_us(config.cpu, self._settings.core_mhz)
@@ -401,8 +413,23 @@ class Servers:
             if disk.secret_file is not None:
                 disk.secret_file.unlink(missing_ok=True)
 
+    async def _open_vnc_overlay(self, uuid: str, config: ServerConfig, display: int) -> None:
+        """In bridge mode, VNC is also reached on the server's own address, port 5900."""
+        guest = await self._networks.open_vnc(uuid, config, VNC_BASE_PORT + display)
+        if guest is not None:
+            self._vnc_overlays[uuid] = guest
+
+    async def _close_vnc_overlay(self, uuid: str) -> None:
+        guest = self._vnc_overlays.pop(uuid, None)
+        if guest is not None:
+            await self._networks.driver.close_vnc(guest)
+
     async def _vm_exited(self, uuid: str, how: str) -> None:
         """The VM of `uuid` is gone: release its drives and apply the persistence rules."""
+        try:
+            await self._close_vnc_overlay(uuid)
+        except (FailedError, OSError) as error:
+            log.warning("event=vnc_overlay_close_failed server=%s error=%s", uuid, error)
         try:
             await self._networks.release(uuid)  # its taps, DHCP entries and addresses
         except (FailedError, OSError) as error:
@@ -488,6 +515,10 @@ class Servers:
             if vm is not None:
                 vm.started = float(row["started_at"] or 0)
                 self._vms[uuid] = vm
+                if row["vnc_display"] is not None:
+                    config = ServerConfig.from_properties(json.loads(row["config"]))
+                    with contextlib.suppress(FailedError, OSError):
+                        await self._open_vnc_overlay(uuid, config, row["vnc_display"])
                 log.info("event=server_adopted server=%s pid=%s", uuid, vm.pid)
                 continue
             # QEMU removes its pidfile when it exits cleanly; one left behind means a crash.

@@ -1,0 +1,88 @@
+"""VNC on a server's own public address, in bridge mode: the service's "overlay" of port 5900.
+
+QEMU's VNC server listens on the host's address on the public bridge; a client connecting to
+a guest's address on port 5900 is sent there instead. Frames for a guest's address are bridged
+straight to the guest and never reach the host's IP stack, so an nftables `bridge` rule
+re-addresses those to the bridge itself (to the host), and an `ip` NAT rule then forwards them
+to the server's VNC port. Guests and their targets are elements of a set and a map: adding or
+removing a server changes no rule.
+"""
+
+import asyncio
+import json
+
+from openhosting.network.errors import NetworkError
+from openhosting.network.links import ip_argv, netns_exec_argv, run_command
+
+TABLE = "openhosting_vnc"
+VNC_PORT = 5900
+NFT_BINARY = "nft"
+
+
+def overlay_ruleset(bridge_mac: str) -> str:
+    """The two tables (pure): the guests whose port 5900 is ours, and where each goes."""
+    return f"""\
+table bridge {TABLE} {{
+  set guests {{ type ipv4_addr; }}
+  chain prerouting {{
+    type filter hook prerouting priority -300; policy accept;
+    ip daddr @guests tcp dport {VNC_PORT} ether daddr set {bridge_mac} meta pkttype set host
+  }}
+}}
+table ip {TABLE} {{
+  map targets {{ type ipv4_addr : ipv4_addr . inet_service; }}
+  chain prerouting {{
+    type nat hook prerouting priority -100; policy accept;
+    tcp dport {VNC_PORT} dnat ip to ip daddr map @targets
+  }}
+}}
+"""
+
+
+class VncOverlay:
+    """The overlay's rules in one namespace, for one public bridge."""
+
+    def __init__(self, namespace: str, bridge: str) -> None:
+        self._namespace, self._bridge = namespace, bridge
+        self._lock = asyncio.Lock()
+
+    async def _nft(self, *args: str, stdin: str | None = None) -> str:
+        return await run_command(netns_exec_argv(self._namespace, [NFT_BINARY, *args]), stdin=stdin)
+
+    async def ensure(self) -> None:
+        """Create the tables once (they outlive the daemon, like the bridge)."""
+        async with self._lock:
+            tables = await self._nft("list", "tables")
+            if f"table ip {TABLE}" in tables and f"table bridge {TABLE}" in tables:
+                return
+            shown = await run_command(ip_argv(self._namespace, "-j", "link", "show", self._bridge))
+            mac = json.loads(shown)[0]["address"]
+            await self._nft("-f", "-", stdin=overlay_ruleset(mac))
+
+    async def open(self, guest: str, target: str, port: int) -> None:
+        """Send `guest`:5900 to `target`:`port`."""
+        await self.ensure()
+        await self._nft("add", "element", "bridge", TABLE, "guests", f"{{ {guest} }}")
+        await self.close(guest, only_target=True)
+        await self._nft(
+            "add", "element", "ip", TABLE, "targets", f"{{ {guest} : {target} . {port} }}"
+        )
+
+    async def close(self, guest: str, only_target: bool = False) -> None:
+        """Stop sending `guest`:5900 anywhere; idempotent."""
+        places = [("ip", "targets")] if only_target else [("ip", "targets"), ("bridge", "guests")]
+        for family, name in places:
+            try:
+                await self._nft("delete", "element", family, TABLE, name, f"{{ {guest} }}")
+            except NetworkError as error:
+                if "No such file" not in str(error):
+                    raise
+
+    async def remove(self) -> None:
+        """Remove both tables (the daemon stops with no server running)."""
+        for family in ("bridge", "ip"):
+            try:
+                await self._nft("delete", "table", family, TABLE)
+            except NetworkError as error:
+                if "No such file" not in str(error):
+                    raise
