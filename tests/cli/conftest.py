@@ -18,15 +18,10 @@ import pytest
 
 from openhosting.config import load_config
 from tests.conftest import kill_leftover_vms
+from tests.test_daemon import free_port
 
 BIN = Path(sys.executable).parent
 TOOL_TIMEOUT = 60
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def sha256_of(path: Path) -> str:

@@ -16,15 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from openhosting.wire.text import parse_properties
+from tests.test_daemon import free_port
 
 BIN = Path(sys.executable).parent
 REQUEST_TIMEOUT = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class DriveDaemon:
