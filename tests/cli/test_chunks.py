@@ -1,5 +1,6 @@
 """Parallel chunk runs: every chunk once, steps in order when asked, stop at the first failure."""
 
+import mmap
 import random
 import threading
 import time
@@ -25,6 +26,15 @@ def test_chunks_cover_the_range_and_the_last_one_is_cut() -> None:
 def test_zero_detection() -> None:
     assert is_zero(bytes(1000)) and is_zero(bytearray(7)) and is_zero(b"")
     assert not is_zero(bytes(999) + b"\x01")
+
+
+def test_zero_detection_in_a_memory_map() -> None:
+    with mmap.mmap(-1, 3 * 4096) as buffer:
+        assert is_zero(buffer)
+        buffer[-1] = 1  # past the first page, which alone looks like zeros
+        assert not is_zero(buffer)
+        buffer[-1], buffer[5] = 0, 1
+        assert not is_zero(buffer)
 
 
 def run_of(count: int, work, workers: int = 4) -> tuple[ChunkRun, list[int]]:  # type: ignore[no-untyped-def]

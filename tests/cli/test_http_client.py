@@ -1,5 +1,6 @@
 """The client tools' HTTP client: OHURI and OHAUTH, errors as our types, keep-alive."""
 
+import gzip
 import http.server
 import io
 import threading
@@ -16,7 +17,14 @@ from openhosting.cli.http_client import (
     parse_endpoint,
 )
 from openhosting.cli.tool import client_from_environment
-from openhosting.errors import AuthError, BusyError, FullError, MissingError, UsageError
+from openhosting.errors import (
+    AuthError,
+    BusyError,
+    FailedError,
+    FullError,
+    MissingError,
+    UsageError,
+)
 from tests.cli.conftest import ApiDaemon, free_port
 
 
@@ -167,3 +175,27 @@ def test_errors_of_the_api_and_of_the_connection_raise_our_types(api: ApiDaemon)
     finally:
         for client in (wrong, right, nowhere):
             client.close()
+
+
+class _Answer:
+    """An answer whose body is already here, for the decoding step alone."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def read(self) -> bytes:
+        return self._body
+
+
+def test_a_gzip_answer_must_inflate_to_exactly_the_length_asked() -> None:
+    client = ApiClient(parse_endpoint("http://127.0.0.1:1/"), "Basic x")
+    zeros = gzip.compress(bytes(100_000))
+    assert client.read_gzip(_Answer(zeros), 100_000) == bytes(100_000)  # type: ignore[arg-type]
+    with pytest.raises(FailedError, match="100000 expected"):
+        client.read_gzip(_Answer(gzip.compress(bytes(99_999))), 100_000)  # type: ignore[arg-type]
+    with pytest.raises(FailedError, match="1001 bytes, 1000 expected"):  # not inflated further
+        client.read_gzip(_Answer(zeros), 1000)  # type: ignore[arg-type]
+    with pytest.raises(FailedError, match="not valid gzip"):
+        client.read_gzip(_Answer(b"plain text"), 10)  # type: ignore[arg-type]
+    with pytest.raises(FailedError, match="not one whole gzip member"):
+        client.read_gzip(_Answer(zeros[:-8]), 100_000)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ worker threads are daemons, and a chunk in flight simply counts as not done.
 """
 
 import functools
+import mmap
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_WORKERS = 4
 _POLL_SECONDS = 0.1
+_FIRST_PAGE = 4096
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,15 @@ def zeros(length: int) -> bytes:
     return bytes(length)
 
 
-def is_zero(data: bytes | bytearray) -> bool:
-    """Whether `data` is all zero bytes: one memcmp (a memoryview would compare bytewise)."""
-    return data == zeros(len(data))
+def is_zero(data: bytes | bytearray | mmap.mmap) -> bool:
+    """Whether `data` is all zero bytes: one memcmp (a memoryview would compare bytewise).
+
+    A memory map is compared through a copy, after a look at its first page (where data
+    usually shows) so that the copy is made only for what may be all zeros."""
+    if isinstance(data, bytes | bytearray):
+        return data == zeros(len(data))
+    head = data[:_FIRST_PAGE]
+    return head == zeros(len(head)) and data[:] == zeros(len(data))
 
 
 class Cancelled(Exception):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import quote, urlsplit
 
-from isal import igzip
+from isal import isal_zlib
 
 from openhosting.errors import (
     ApiError,
@@ -39,6 +39,8 @@ from openhosting.errors import (
 DEFAULT_TIMEOUT = float(os.environ.get("OH_TIMEOUT", "300"))
 # Bytes sent per system call when a body streams from a file.
 SEND_BLOCK = 1024 * 1024
+# zlib's window bits for the gzip format.
+_GZIP_WBITS = 31
 
 _ERROR_TYPES: dict[str, type[ApiError]] = {
     cls.kind: cls
@@ -369,24 +371,29 @@ class ApiClient:
             self._drop_connection()
             raise self._connection_error(error) from None
 
-    def read_gzip_into(self, response: http.client.HTTPResponse, buffer: memoryview) -> None:
-        """Fill `buffer` exactly from a gzip-encoded answer (small: a never-written range)."""
+    def read_gzip(self, response: http.client.HTTPResponse, length: int) -> bytes:
+        """The `length` bytes a gzip-encoded answer holds (a small answer: a never-written
+        range); any other length is an error."""
         try:
             packed = response.read()
         except (OSError, http.client.HTTPException) as error:
             self._drop_connection()
             raise self._connection_error(error) from None
+        inflater = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
         try:
-            data = igzip.decompress(packed)
-        except (OSError, EOFError, ValueError) as error:
+            # At most one byte more than expected: a longer answer is refused, not inflated.
+            data = inflater.decompress(packed, length + 1)
+        except (OSError, EOFError, ValueError, isal_zlib.error) as error:
             raise FailedError(
                 f"The answer from {self.endpoint.url} is not valid gzip: {error}"
             ) from None
-        if len(data) != len(buffer):
+        if len(data) != length:
             raise FailedError(
-                f"The answer from {self.endpoint.url} had {len(data)} bytes, {len(buffer)} expected"
+                f"The answer from {self.endpoint.url} had {len(data)} bytes, {length} expected"
             )
-        buffer[:] = data
+        if not inflater.eof:
+            raise FailedError(f"The answer from {self.endpoint.url} is not one whole gzip member")
+        return data
 
     def read_into(self, response: http.client.HTTPResponse, buffer: memoryview) -> None:
         """Fill `buffer` exactly from the answer's body; a short body is an error."""
