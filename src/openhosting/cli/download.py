@@ -9,7 +9,8 @@ the `-o …` that resumes the download.
 Beyond the original: chunks are fetched `-p N` at a time (default 4) but written in order, so
 the file never has a gap before its end and resuming from its size stays right even after a
 `kill -9`; aligned chunks are written with O_DIRECT (see `OutputFile`); chunks of zeros past
-the file's end become holes (a sparse file); on a terminal a progress bar replaces the dots. A regular output file ends with exactly the drive's size.
+the file's end become holes (a sparse file); on a terminal a progress bar replaces the dots.
+A regular output file ends with exactly the drive's size.
 """
 
 import argparse
