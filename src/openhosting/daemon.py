@@ -76,6 +76,9 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Drive files first: a resize the previous daemon did not finish is put right before any
+    # server or job opens them.
+    await asyncio.to_thread(platform.drives.reconcile_files)
     await platform.servers.recover()
     metering = asyncio.create_task(platform.billing.run()) if config.billing.enabled else None
     await platform.imaging.start()  # jobs a previous daemon left unfinished start again

@@ -183,6 +183,8 @@ class Drives:
         self._writes_in_flight: Counter[str] = Counter()
         # Reads under way: a drive being read cannot be shrunk (the read promised its length).
         self._reads_in_flight: Counter[str] = Counter()
+        # Drives whose file is being resized: their bytes may not be read, written or claimed.
+        self._resizing: set[str] = set()
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -216,8 +218,18 @@ class Drives:
         """The drive of `row` opened for in-process I/O (decrypted when it is encrypted)."""
         return self.files.open(row["uuid"], self._master_key(row))
 
-    def is_being_written(self, uuid: str) -> bool:
-        return bool(self._writes_in_flight[uuid])
+    def changing(self, uuid: str) -> str | None:
+        """What changes the drive's bytes right now outside any claim (`being written`,
+        `being resized`), or None."""
+        if uuid in self._resizing:
+            return "being resized"
+        if self._writes_in_flight[uuid]:
+            return "being written"
+        return None
+
+    def _refuse_while_resizing(self, uuid: str, action: str) -> None:
+        if uuid in self._resizing:
+            raise BusyError(f"Drive {uuid} is being resized and cannot be {action} now")
 
     # -- commands ------------------------------------------------------------------------
 
@@ -294,34 +306,69 @@ class Drives:
         return self.info(user, uuid)
 
     async def set(self, user: str, uuid: str, properties: dict[str, str]) -> dict[str, Value]:
-        with self._engine.connect() as connection:
+        # The checks, the new row and the `_resizing` mark come with no await between them:
+        # from then on whatever would touch the bytes (I/O, imaging, a server) is refused
+        # until the file has its new size. The row is the truth; a daemon killed before the
+        # file follows is put right at the next start (`reconcile_files`).
+        with self._engine.begin() as connection:
             row = self._owned(connection, user, uuid)
             if row.get("imaging"):
                 raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
+            self._refuse_while_resizing(uuid, "set")
             current = _settings_of(row)
             settings = apply_drive_properties(current, properties, creating=False)
             if settings.size != current.size:
                 self._check_busy(connection, uuid, "resized")
                 if settings.size > current.size:
                     self._check_drive_limit(connection, user, settings.size, excluding=uuid)
-        if settings.size < current.size and (
-            self._writes_in_flight[uuid] or self._reads_in_flight[uuid]
-        ):
-            raise BusyError(f"Drive {uuid} is being read or written and cannot be shrunk now")
-        if settings.size != current.size:
-            try:
-                await asyncio.to_thread(
-                    self.files.resize, uuid, settings.size, self._master_key(row)
-                )
-            except OSError as error:
-                raise self._storage_error(error, "resize the drive") from None
-        with self._engine.begin() as connection:
+                elif self._writes_in_flight[uuid] or self._reads_in_flight[uuid]:
+                    raise BusyError(
+                        f"Drive {uuid} is being read or written and cannot be shrunk now"
+                    )
             drive_store.update_drive(connection, uuid, **_settings_columns(settings))
+        if settings.size != current.size:
+            await self._resize_file(row, current.size, settings.size)
         return self.info(user, uuid)
+
+    async def _resize_file(self, row: dict[str, Any], old_size: int, new_size: int) -> None:
+        uuid, master_key = row["uuid"], self._master_key(row)
+        kept = min(old_size, new_size)
+        self._resizing.add(uuid)
+        try:
+            await asyncio.to_thread(self.files.resize, uuid, new_size, master_key, kept)
+        except OSError as error:
+            # Back to the old size (what was cut stays cut: it reads as zeros).
+            with self._engine.begin() as connection:
+                drive_store.update_drive(connection, uuid, size=old_size)
+            with contextlib.suppress(OSError):  # reconcile_files retries at the next start
+                await asyncio.to_thread(self.files.resize, uuid, old_size, master_key, kept)
+            raise self._storage_error(error, "resize the drive") from None
+        finally:
+            self._resizing.discard(uuid)
+
+    def reconcile_files(self) -> int:
+        """Give every drive file the size its row says (after a daemon stopped mid-resize);
+        returns how many needed it."""
+        with self._engine.connect() as connection:
+            rows = drive_store.all_drives(connection)
+        fixed = 0
+        for row in rows:
+            encrypted = row["wrapped_master_key"] is not None
+            try:
+                if self.files.holds_size(row["uuid"], row["size"], encrypted):
+                    continue
+                self.files.resize(row["uuid"], row["size"], self._master_key(row), row["size"])
+            except OSError as error:
+                log.error("event=drive_file_unfixable drive=%s error=%s", row["uuid"], error)
+                continue
+            log.warning("event=drive_file_resized drive=%s size=%s", row["uuid"], row["size"])
+            fixed += 1
+        return fixed
 
     def destroy(self, user: str, uuid: str) -> None:
         with self._engine.begin() as connection:
             self._owned(connection, user, uuid)
+            self._refuse_while_resizing(uuid, "destroyed")
             self._check_busy(connection, uuid, "destroyed")
             if self._writes_in_flight[uuid]:
                 raise BusyError(f"Drive {uuid} is being written and cannot be destroyed now")
@@ -342,6 +389,7 @@ class Drives:
         """What a server of `user` needs to attach drive `uuid` (their own, or readable)."""
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
+        self._refuse_while_resizing(uuid, "attached")
         return AttachableDrive(
             uuid=uuid,
             path=self.files.path_of(uuid),
@@ -356,6 +404,7 @@ class Drives:
         """Plan a read of `length` bytes (None: to the end) from `offset`, clamped to the end."""
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
+        self._refuse_while_resizing(uuid, "read")
         size = row["size"]
         start = min(offset, size)
         count = size - start if length is None else min(length, size - start)
@@ -376,6 +425,7 @@ class Drives:
         with self._engine.connect() as connection:
             row = self._owned(connection, user, uuid)
             claims = drive_store.claims_on(connection, uuid)
+        self._refuse_while_resizing(uuid, "written")
         for claim in claims:
             if claim["kind"] != "guest" or row["claim_type"] != "shared":
                 raise BusyError(

@@ -119,8 +119,8 @@ class Imaging:
             if claim["kind"] == job_store.CLAIM_KIND and claim["device"] == DESTINATION:
                 continue  # another job into DST: this one waits its turn
             raise BusyError(f"Drive {dst} is in use ({_claim_text(claim)}) and cannot be imaged")
-        if self._drives.is_being_written(dst):
-            raise BusyError(f"Drive {dst} is being written and cannot be imaged now")
+        if changing := self._drives.changing(dst):
+            raise BusyError(f"Drive {dst} is {changing} and cannot be imaged now")
 
     def _check_source(self, connection: Connection, src_row: dict[str, Any]) -> None:
         src = src_row["uuid"]
@@ -133,8 +133,8 @@ class Imaging:
                 raise BusyError(
                     f"Drive {src} is in use ({_claim_text(claim)}) and cannot be a source now"
                 )
-        if self._drives.is_being_written(src):
-            raise BusyError(f"Drive {src} is being written and cannot be a source now")
+        if changing := self._drives.changing(src):
+            raise BusyError(f"Drive {src} is {changing} and cannot be a source now")
 
     def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Job rows, newest first (for the operator)."""

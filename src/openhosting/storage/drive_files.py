@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from openhosting.storage.luks import LuksVolume, format_luks1
+from openhosting.storage.luks import LuksVolume, format_luks1, payload_offset
 from openhosting.storage.sparse import data_extents
 from openhosting.storage.xts import SECTOR_SIZE
 
@@ -136,13 +136,30 @@ class DriveFiles:
         # that was already there.
         return format_luks1(self.path_of(uuid), passphrase, _whole_sectors(size))
 
-    def resize(self, uuid: str, size: int, master_key: bytes | None) -> None:
+    def resize(self, uuid: str, size: int, master_key: bytes | None, kept: int) -> None:
+        """Make the drive `size` bytes long, of which only the first `kept` keep their data:
+        the file is cut to `kept` first, so that growing never shows bytes a shrink meant
+        to cut (one the daemon did not finish, say) and a shrink is one truncate."""
+        kept = min(kept, size)
         if master_key is None:
-            os.truncate(self.path_of(uuid), size)
+            path = self.path_of(uuid)
+            os.truncate(path, kept)
+            if size != kept:
+                os.truncate(path, size)
             return
         with self.open(uuid, master_key) as drive_io:
             assert isinstance(drive_io, EncryptedDriveIO)
-            drive_io.resize(size)
+            drive_io.resize(kept)
+            if size != kept:
+                drive_io.resize(size)
+
+    def holds_size(self, uuid: str, size: int, encrypted: bool) -> bool:
+        """Whether the drive's file is exactly what a drive of `size` bytes takes (checked
+        without a key: an encrypted drive's header says where its payload starts)."""
+        path = self.path_of(uuid)
+        if not encrypted:
+            return path.stat().st_size == size
+        return path.stat().st_size == payload_offset(path) + _whole_sectors(size)
 
     def destroy(self, uuid: str) -> None:
         self._edge_locks.pop(uuid, None)

@@ -30,6 +30,11 @@ def drives_of(connection: Connection, user: str) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
+def all_drives(connection: Connection) -> list[dict[str, Any]]:
+    """Every drive's row, of every user."""
+    return [dict(row) for row in connection.execute(select(drives)).mappings()]
+
+
 def total_size_of(connection: Connection, user: str, excluding: str | None = None) -> int:
     query = select(func.coalesce(func.sum(drives.c.size), 0)).where(drives.c.user == user)
     if excluding is not None:
