@@ -55,6 +55,9 @@ class StorageSettings:
     # Source bytes per second one imaging job may process, to spare running servers' disks;
     # 0 means no limit.
     imaging_max_rate: int = 0
+    # Days a finished imaging job's row is kept (for `openhosting-admin jobs list`); 0: for
+    # ever.
+    job_retention_days: int = 30
 
 
 @dataclass(frozen=True)

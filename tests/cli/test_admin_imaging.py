@@ -83,3 +83,64 @@ def test_jobs_list_shows_state_progress_and_errors(
     assert oldest["conversion"] == "gunzip" and "created" in oldest
     code, out, _ = admin(state, capsys, "jobs", "list", "--state", "failed")
     assert [item["job"] for item in parse_properties_list(out)] == [oldest["job"]]
+
+
+def insert_jobs(state: Path, jobs: list[tuple[str, str, float | None]]) -> None:
+    """Job rows of (dst, state, ended how many days ago)."""
+    platform = open_platform(load_config(env={}, overrides={"state_dir": str(state)}))
+    now = time.time()
+    try:
+        with platform.engine.begin() as connection:
+            for dst, job_state, days_ago in jobs:
+                ended = None if days_ago is None else now - days_ago * 86400
+                job_store.insert_job(
+                    connection, user="u" * 36, dst=dst, src="s" * 36, state=job_state,
+                    created_at=now - 100 * 86400, ended_at=ended,
+                )  # fmt: skip
+    finally:
+        platform.close()
+
+
+def listed_drives(state: Path, capsys: pytest.CaptureFixture[str]) -> set[str]:
+    code, out, _ = admin(state, capsys, "jobs", "list")
+    assert code == 0
+    return {item["drive"] for item in parse_properties_list(out)}
+
+
+def test_jobs_prune_forgets_only_jobs_that_ended_before_the_age_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    insert_jobs(
+        state,
+        [("a" * 36, "done", 40), ("b" * 36, "failed", 20), ("c" * 36, "done", 1),
+         ("d" * 36, "queued", None)],
+    )  # fmt: skip
+    code, out, _ = admin(state, capsys, "jobs", "prune", "--older-than", "10")
+    assert code == 0 and out == "pruned 2\n"
+    assert listed_drives(state, capsys) == {"c" * 36, "d" * 36}
+    code, out, _ = admin(state, capsys, "jobs", "prune", "--older-than", "0")
+    assert code == 0 and out == "pruned 1\n"
+    assert listed_drives(state, capsys) == {"d" * 36}  # a pending job is never pruned
+    for wrong in ("-1", "nan"):
+        code, _, err = admin(state, capsys, "jobs", "prune", "--older-than", wrong)
+        assert code == 1 and "0 or more days" in err
+
+
+@pytest.mark.parametrize(("retention", "kept"), [(30, {"b" * 36}), (0, {"a" * 36, "b" * 36})])
+async def test_the_daemon_applies_the_retention_when_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], retention: int, kept: set[str]
+) -> None:
+    state = tmp_path / "state"
+    insert_jobs(state, [("a" * 36, "done", 31), ("b" * 36, "failed", 29)])
+    config = load_config(
+        env={"OH_STORAGE_JOB_RETENTION_DAYS": str(retention)},
+        overrides={"state_dir": str(state)},
+    )
+    platform = open_platform(config)
+    try:
+        await platform.imaging.start()
+        await platform.imaging.stop()
+    finally:
+        platform.close()
+    assert listed_drives(state, capsys) == kept

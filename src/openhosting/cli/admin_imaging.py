@@ -2,11 +2,13 @@
 and the imaging jobs, for the operator. Output is the API's text form."""
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from openhosting.errors import UsageError
+from openhosting.services.imaging import SECONDS_PER_DAY
 from openhosting.services.platform import Platform
 from openhosting.store.jobs import STATES
 from openhosting.wire.payload import Properties, PropertiesList, Value
@@ -62,6 +64,13 @@ def cmd_jobs_list(platform: Platform, args: argparse.Namespace) -> str:
     return render_text(PropertiesList([job_properties(job) for job in jobs]))
 
 
+def cmd_jobs_prune(platform: Platform, args: argparse.Namespace) -> str:
+    if not math.isfinite(args.older_than) or args.older_than < 0:
+        raise UsageError("--older-than must be 0 or more days")
+    count = platform.imaging.prune(time.time() - args.older_than * SECONDS_PER_DAY)
+    return f"pruned {count}\n"
+
+
 def add_parsers(areas: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the `standard` and `jobs` areas to the admin tool's parser."""
     standard = areas.add_parser("standard", help="the standard drive library")
@@ -87,3 +96,12 @@ def add_parsers(areas: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     listing.add_argument("--state", choices=STATES, help="only jobs in this state")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     listing.set_defaults(run=cmd_jobs_list)
+    prune = job_commands.add_parser("prune", help="delete the rows of jobs that ended long ago")
+    prune.add_argument(
+        "--older-than",
+        type=float,
+        required=True,
+        metavar="DAYS",
+        help="jobs that ended more than DAYS days ago (0: every ended job)",
+    )
+    prune.set_defaults(run=cmd_jobs_prune)

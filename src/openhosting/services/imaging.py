@@ -45,6 +45,9 @@ from openhosting.store.tables import PLATFORM_USER
 
 log = logging.getLogger("openhosting.imaging")
 
+SECONDS_PER_DAY = 86400
+# How often, at most, rows of jobs past their retention are deleted (as jobs end).
+PRUNE_INTERVAL = 3600
 # How long a stopping daemon waits for running jobs to notice and let go of their drives.
 STOP_TIMEOUT = 30.0
 
@@ -53,12 +56,20 @@ class Imaging:
     """The imaging service: accepts jobs, runs them, and keeps their rows and claims."""
 
     def __init__(
-        self, engine: Engine, drives: Drives, concurrency: int = 2, max_rate: int = 0
+        self,
+        engine: Engine,
+        drives: Drives,
+        concurrency: int = 2,
+        max_rate: int = 0,
+        retention_days: int = 30,
     ) -> None:
         self._engine = engine
         self._drives = drives
         self._concurrency = max(1, concurrency)
         self._max_rate = max_rate  # source bytes per second per job; 0: no limit
+        # Seconds an ended job's row is kept; 0 (or less): for ever.
+        self._retention = max(0, retention_days) * SECONDS_PER_DAY
+        self._pruned_at = float("-inf")
         self._running = False
         self._slots: asyncio.Semaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -141,6 +152,21 @@ class Imaging:
         with self._engine.connect() as connection:
             return job_store.list_jobs(connection, state, limit)
 
+    def prune(self, ended_before: float) -> int:
+        """Forget the jobs that ended before `ended_before` (a time); returns how many."""
+        with self._engine.begin() as connection:
+            count = job_store.delete_ended_jobs(connection, ended_before)
+        if count:
+            log.info("event=imaging_jobs_pruned count=%s", count)
+        return count
+
+    def _prune_expired(self) -> None:
+        """Apply the retention, at most once per PRUNE_INTERVAL (the rows only pile up)."""
+        now = time.time()
+        if self._retention and now - self._pruned_at >= PRUNE_INTERVAL:
+            self._pruned_at = now
+            self.prune(now - self._retention)
+
     # -- the runner ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -163,6 +189,7 @@ class Imaging:
                 drive_store.update_drive(connection, job["dst"], imaging="queued")
         if orphans:
             log.warning("event=imaging_claims_released count=%s reason=no_pending_job", orphans)
+        self._prune_expired()
         self._slots = asyncio.Semaphore(self._concurrency)
         self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="imaging")
         self._running = True
@@ -304,6 +331,7 @@ class Imaging:
             if error:
                 status["imaging_error"] = error
             drive_store.update_drive(connection, job["dst"], **status)
+        self._prune_expired()
         if error:
             log.warning(
                 "event=imaging_failed job=%s drive=%s source=%s error=%r",

@@ -74,6 +74,7 @@ def open_platform(config: Config) -> Platform:
             drives,
             config.storage.imaging_concurrency,
             config.storage.imaging_max_rate,
+            config.storage.job_retention_days,
         ),
         standard_drives=StandardDrives(engine, drives.files),
         resources=resources,

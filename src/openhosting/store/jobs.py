@@ -54,6 +54,12 @@ def list_jobs(
     return [dict(row) for row in connection.execute(query).mappings()]
 
 
+def delete_ended_jobs(connection: Connection, ended_before: float) -> int:
+    """Delete the rows of jobs that ended before `ended_before`; returns how many."""
+    query = delete(jobs).where(jobs.c.state.in_((DONE, FAILED)), jobs.c.ended_at < ended_before)
+    return connection.execute(query).rowcount
+
+
 def insert_job_claim(
     connection: Connection, job_id: int, drive: str, user: str, device: str
 ) -> None:
