@@ -24,28 +24,22 @@ import sys
 import threading
 
 from openhosting.cli.chunks import (
-    DEFAULT_WORKERS,
     Chunk,
-    ChunkRun,
     Turns,
-    chunk_at,
     chunk_count,
     is_zero,
     zeros,
 )
 from openhosting.cli.http_client import ApiClient, api_path
-from openhosting.cli.progress import choose_progress
 from openhosting.cli.tool import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     client_from_environment,
     interrupt_on_sigterm,
-    positive_int_argument,
-    positive_size_argument,
     run_tool,
     size_argument,
 )
-from openhosting.cli.upload import DEFAULT_CHUNK, describe
+from openhosting.cli.transfer import add_chunk_options, describe, run_transfer
 from openhosting.errors import MissingError, UsageError
 from openhosting.wire.text import parse_properties
 
@@ -191,14 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Environment: OHURI (the API endpoint), OHAUTH (<user uuid>:<secret API key>).",
     )
     add = parser.add_argument
-    add(
-        "-c",
-        dest="chunk",
-        type=positive_size_argument,
-        default=DEFAULT_CHUNK,
-        metavar="CHUNK",
-        help=f"size of chunks (default: {DEFAULT_CHUNK})",
-    )
+    add_chunk_options(parser, "fetched")
     add(
         "-o",
         dest="offset",
@@ -206,14 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OFFSET",
         help="byte offset from which to resume the download (default: the file's size, rounded"
         " down to a whole chunk)",
-    )
-    add(
-        "-p",
-        dest="parallel",
-        type=positive_int_argument,
-        default=DEFAULT_WORKERS,
-        metavar="N",
-        help=f"chunks fetched at once (default: {DEFAULT_WORKERS})",
     )
     add("drive", type=str.lower, metavar="DRIVE", help="UUID of the drive")
     add("file", metavar="FILE", help="the file (or block device) to write")
@@ -243,26 +222,18 @@ def _download(
 ) -> int:
     chunk_size = args.chunk
     count = chunk_count(start, size, chunk_size)
-    progress = choose_progress(
-        sys.stdout,
+    result = run_transfer(
         f"Downloading {count} chunks of {chunk_size} bytes starting at {start}: ",
-        size - start,
+        start,
+        size,
+        chunk_size,
+        functools.partial(read_chunk, client, args.drive, output, ChunkBuffers()),
+        client,
+        args.parallel,
+        before_finish=lambda: output.set_size(size),
     )
-    work = functools.partial(read_chunk, client, args.drive, output, ChunkBuffers())
-    run = ChunkRun(
-        count,
-        lambda index: chunk_at(index, start, size, chunk_size),
-        work,
-        workers=args.parallel,
-        worker_done=client.close,
-    )
-    progress.start()
-    result = run.run(lambda chunk: progress.advance(chunk.length), progress.tick)
     if result.ok:
-        output.set_size(size)
-        progress.finish()
         return 0
-    progress.fail()
     # Chunks are written in order: every one before the first unfinished one is in the file.
     resume = start + result.first_unfinished * chunk_size
     if result.interrupted:

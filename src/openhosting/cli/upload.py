@@ -23,30 +23,24 @@ from collections.abc import Callable
 from isal import igzip
 
 from openhosting.cli.chunks import (
-    DEFAULT_WORKERS,
     Chunk,
-    ChunkRun,
     Turns,
-    chunk_at,
     chunk_count,
     is_zero,
 )
 from openhosting.cli.http_client import ApiClient, api_path
-from openhosting.cli.progress import choose_progress
 from openhosting.cli.tool import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     client_from_environment,
     interrupt_on_sigterm,
-    positive_int_argument,
-    positive_size_argument,
     run_tool,
     size_argument,
 )
+from openhosting.cli.transfer import add_chunk_options, describe, run_transfer
 from openhosting.errors import ApiError, FailedError, MissingError, UsageError
 from openhosting.wire.text import parse_properties
 
-DEFAULT_CHUNK = 5242880
 GZIP_LEVEL = 1  # ISA-L's fastest level: ~10x zlib's default, and the network is not the limit
 READ_BLOCK = 4 * 1024 * 1024
 
@@ -185,10 +179,6 @@ def write_chunk(
     client.read_all(response)
 
 
-def describe(error: BaseException) -> str:
-    return error.message if isinstance(error, ApiError) else f"{type(error).__name__}: {error}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="openhosting-upload",
@@ -196,14 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Environment: OHURI (the API endpoint), OHAUTH (<user uuid>:<secret API key>).",
     )
     add = parser.add_argument
-    add(
-        "-c",
-        dest="chunk",
-        type=positive_size_argument,
-        default=DEFAULT_CHUNK,
-        metavar="CHUNK",
-        help=f"size of chunks (default: {DEFAULT_CHUNK})",
-    )
+    add_chunk_options(parser, "sent")
     add(
         "-d",
         dest="drive",
@@ -230,14 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="OFFSET",
         help="byte offset from which to resume the upload (default: 0)",
-    )
-    add(
-        "-p",
-        dest="parallel",
-        type=positive_int_argument,
-        default=DEFAULT_WORKERS,
-        metavar="N",
-        help=f"chunks sent at once (default: {DEFAULT_WORKERS})",
     )
     add(
         "-s",
@@ -282,23 +257,17 @@ def _upload(args: argparse.Namespace, source: FileSource | GunzipSource) -> int:
 
     chunk_size, start = args.chunk, args.offset
     count = chunk_count(start, size, chunk_size)
-    progress = choose_progress(
-        sys.stdout, f"Uploading {count} chunks of {chunk_size} bytes: ", size - start
+    result = run_transfer(
+        f"Uploading {count} chunks of {chunk_size} bytes: ",
+        start,
+        size,
+        chunk_size,
+        functools.partial(write_chunk, client, drive, source.read, not args.drive),
+        client,
+        args.parallel,
     )
-    work = functools.partial(write_chunk, client, drive, source.read, not args.drive)
-    run = ChunkRun(
-        count,
-        lambda index: chunk_at(index, start, size, chunk_size),
-        work,
-        workers=args.parallel,
-        worker_done=client.close,
-    )
-    progress.start()
-    result = run.run(lambda chunk: progress.advance(chunk.length), progress.tick)
     if result.ok:
-        progress.finish()
         return 0
-    progress.fail()
     resume = start + result.first_unfinished * chunk_size
     if result.interrupted:
         print(

@@ -1,0 +1,80 @@
+"""What the two chunked transfer tools (`openhosting-upload`, `openhosting-download`) share:
+their `-c CHUNK` and `-p N` options, a run of chunks shown by the dots or a progress bar, and
+how a failed chunk's error reads."""
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from openhosting.cli.chunks import (
+    DEFAULT_WORKERS,
+    Chunk,
+    ChunkRun,
+    RunResult,
+    Turns,
+    chunk_at,
+    chunk_count,
+)
+from openhosting.cli.http_client import ApiClient
+from openhosting.cli.progress import choose_progress
+from openhosting.cli.tool import positive_int_argument, positive_size_argument
+from openhosting.errors import ApiError
+
+DEFAULT_CHUNK = 5242880
+
+
+def add_chunk_options(parser: argparse.ArgumentParser, sent: str) -> None:
+    """`-c CHUNK` and `-p N`; `sent` says what happens to chunks (`sent`, `fetched`)."""
+    parser.add_argument(
+        "-c",
+        dest="chunk",
+        type=positive_size_argument,
+        default=DEFAULT_CHUNK,
+        metavar="CHUNK",
+        help=f"size of chunks (default: {DEFAULT_CHUNK})",
+    )
+    parser.add_argument(
+        "-p",
+        dest="parallel",
+        type=positive_int_argument,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"chunks {sent} at once (default: {DEFAULT_WORKERS})",
+    )
+
+
+def run_transfer(
+    header: str,
+    start: int,
+    end: int,
+    chunk_size: int,
+    work: Callable[[Chunk, Turns], None],
+    client: ApiClient,
+    workers: int,
+    before_finish: Callable[[], None] | None = None,
+) -> RunResult:
+    """Run `work` for each chunk of bytes `start` to `end` on `workers` threads (each with its
+    own connection of `client`), showing `header` then the dots or a bar; `before_finish` runs
+    once every chunk is done, before ` completed` is shown."""
+    progress = choose_progress(sys.stdout, header, end - start)
+    run = ChunkRun(
+        chunk_count(start, end, chunk_size),
+        lambda index: chunk_at(index, start, end, chunk_size),
+        work,
+        workers=workers,
+        worker_done=client.close,
+    )
+    progress.start()
+    result = run.run(lambda chunk: progress.advance(chunk.length), progress.tick)
+    if not result.ok:
+        progress.fail()
+        return result
+    if before_finish is not None:
+        before_finish()
+    progress.finish()
+    return result
+
+
+def describe(error: BaseException) -> str:
+    """A failed chunk's error as the user reads it: the API's message, or what broke."""
+    return error.message if isinstance(error, ApiError) else f"{type(error).__name__}: {error}"
