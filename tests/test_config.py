@@ -19,7 +19,7 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "oh.toml"
     path.write_text(
         'state_dir = "/srv/oh"\n[api]\nlisten = "0.0.0.0:80"\nmax_body_bytes = 1000\n'
-        '[storage]\nimaging_concurrency = 3\n'
+        "[storage]\nimaging_concurrency = 3\n"
     )
     config = load_config(path, env={"OH_API_LISTEN": "127.0.0.1:9", "OH_FIRST_USER": "no"})
     assert config.state_dir == "/srv/oh"

@@ -64,9 +64,7 @@ async def test_an_unexpected_fault_is_500_system_without_details(
 async def test_case_30_get_on_a_state_changing_command_is_405_method(
     client: TestClient, auth: dict[str, str]
 ) -> None:
-    response = await client.get(
-        "/servers/00000000-0000-4000-8000-000000000000/start", headers=auth
-    )
+    response = await client.get("/servers/00000000-0000-4000-8000-000000000000/start", headers=auth)
     assert response.status == 405
     assert response.headers["X-Elastic-Error"] == "method"
 
