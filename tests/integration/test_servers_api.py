@@ -89,8 +89,8 @@ async def test_persistent_server_start_reset_shutdown_and_busy_drive(
     )
     assert changed.status == 200
     assert parse_properties(await changed.text())["name"] == "renamed"
-    if platform.servers._cgroup is not None:
-        assert read_cpu_quota(platform.servers._cgroup, server) == 25_000
+    if platform.servers.lifecycle.cgroup is not None:
+        assert read_cpu_quota(platform.servers.lifecycle.cgroup, server) == 25_000
     refused = await client.post(f"/servers/{server}/set", data="mem 512", headers=auth)
     assert refused.status == 409
 
@@ -182,7 +182,8 @@ async def test_a_start_failing_after_qemu_started_leaves_no_vm_behind(
     assert response.status == 500 and response.headers["X-Elastic-Error"] == "failed"
     [vm] = started
     assert vm.exited.is_set()
-    assert not Path(f"/proc/{vm.pid}").exists() or b"guest=" not in Path(
-        f"/proc/{vm.pid}/cmdline"
-    ).read_bytes()
+    assert (
+        not Path(f"/proc/{vm.pid}").exists()
+        or b"guest=" not in Path(f"/proc/{vm.pid}/cmdline").read_bytes()
+    )
     assert (await server_info(client, auth, server))["status"] == "stopped"

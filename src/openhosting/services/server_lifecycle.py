@@ -1,0 +1,301 @@
+"""The VMs of servers: starting one, changing one while it runs, reading its live figures,
+and what happens when it ends; at daemon start, adopting those a previous daemon left running.
+
+The database says what a server should be; whether its VM runs is known from the VM itself
+(`RunningVm`), held here by server in `vms`. When a VM ends for any reason, `vm_exited` applies
+the rules: a persistent server becomes `stopped` (or `dead` after a crash), a non-persistent
+one is destroyed; its drives, addresses and VNC overlay are released. Callers (the server
+service) check ownership, claim the drives and hold the server's lock around these steps.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pwd
+import shutil
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from openhosting.config import Config
+from openhosting.errors import FailedError
+from openhosting.hypervisor import process
+from openhosting.hypervisor.argv import VmSpec, choose_accelerator
+from openhosting.hypervisor.cpu_quota import (
+    apply_cpu_quota,
+    find_cpu_cgroup,
+    quota_us,
+    remove_cpu_group,
+)
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.vm import SHUTDOWN, RunningVm
+from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
+from openhosting.model.server import ServerConfig
+from openhosting.services.drives import AttachableDrive
+from openhosting.services.server_info import LiveFigures
+from openhosting.services.server_network import ServerNetworks
+from openhosting.services.vm_specs import VNC_BASE_PORT, HostVmSettings, VmPlan, build_vm_spec
+from openhosting.store import servers as server_store
+
+log = logging.getLogger("openhosting.servers")
+
+
+def qemu_user(setting: str) -> pwd.struct_passwd | None:
+    """The account QEMU drops to (see HypervisorSettings.run_as), if any."""
+    if setting == "auto":
+        setting = "nobody" if os.geteuid() == 0 else ""
+    if not setting:
+        return None
+    try:
+        return pwd.getpwnam(setting)
+    except KeyError:
+        log.warning("event=qemu_user_missing user=%s", setting)
+        return None
+
+
+def _write_secrets(plan: VmPlan) -> None:
+    for secret in plan.secrets:
+        fd = os.open(secret.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(secret.passphrase)
+
+
+def _remove_secrets(spec: VmSpec) -> None:
+    for disk in spec.disks:
+        if disk.secret_file is not None:
+            disk.secret_file.unlink(missing_ok=True)
+
+
+class ServerLifecycle:
+    """The running VMs of this daemon's servers."""
+
+    def __init__(self, engine: Engine, config: Config, networks: ServerNetworks) -> None:
+        self._engine = engine
+        self._config = config
+        self._settings = config.hypervisor
+        self._networks = networks
+        self._accelerator = choose_accelerator(self._settings.accelerator)
+        self.cgroup = find_cpu_cgroup()  # None: `cpu` cannot be enforced on this host
+        self._run_as = qemu_user(self._settings.run_as)
+        # The VM of every active server; only this class adds and removes entries.
+        self.vms: dict[str, RunningVm] = {}
+        # Servers whose VNC is also on their own address (bridge mode): their address.
+        self._vnc_overlays: dict[str, str] = {}
+
+    def run_dir(self, uuid: str) -> Path:
+        return self._config.run_path / uuid
+
+    def _vnc_listen(self) -> str:
+        """Where VNC listens: in bridge mode the host's address on the public bridge (QEMU
+        may run in a namespace, where the host's loopback is out of reach)."""
+        return self._networks.vnc_address or self._settings.vnc_listen
+
+    def _host_settings(self) -> HostVmSettings:
+        return HostVmSettings(
+            accelerator=self._accelerator,
+            vnc_listen=self._vnc_listen(),
+            vnc_tls_dir=vnc_tls_dir(self._config.state_path),
+            qemu_binary=self._settings.qemu_binary,
+            sandbox=self._settings.sandbox,
+            run_as=self._run_as.pw_name if self._run_as else None,
+            netns=self._networks.namespace,
+        )
+
+    # -- start -----------------------------------------------------------------------
+
+    async def start_vm(
+        self,
+        user: str,
+        uuid: str,
+        config: ServerConfig,
+        drives: list[AttachableDrive],
+        display: int | None,
+    ) -> None:
+        """Start the VM of `uuid`, whose drives are claimed and VNC `display` picked; the
+        server is `active` once this returns. Every step is undone if a later one fails."""
+        run_dir = self.run_dir(uuid)
+        async with AsyncExitStack() as undo:
+            nics = await self._networks.acquire(user, uuid, config)
+            undo.push_async_callback(self._networks.release, uuid)
+            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self._run_as is not None:
+                # QEMU, once unprivileged, still removes its pidfile and sockets at exit:
+                # it owns its run directory and may pass through the one above.
+                os.chown(run_dir, self._run_as.pw_uid, self._run_as.pw_gid)
+                os.chmod(run_dir.parent, 0o711)
+            if config.vnc_tls and display is not None:
+                # Made once per platform (slow: RSA keys), so in a worker thread.
+                tls_dir = vnc_tls_dir(self._config.state_path)
+                names = [self._vnc_listen(), self._networks.nic0_address(uuid, config)]
+                await asyncio.to_thread(ensure_vnc_tls, tls_dir, [n for n in names if n])
+            plan = build_vm_spec(
+                uuid,
+                config,
+                drives,
+                run_dir=run_dir,
+                host=self._host_settings(),
+                display=display,
+                nics=nics,
+            )
+            spec = plan.spec
+            # QEMU reads the LUKS passphrases at start-up; they need not outlive that.
+            undo.push_async_callback(asyncio.to_thread, _remove_secrets, spec)
+            _write_secrets(plan)
+            try:
+                vm = await RunningVm.start(
+                    spec, self.vm_exited, timeout=self._settings.start_timeout
+                )
+            except HypervisorError as error:
+                log.warning("event=server_start_failed server=%s error=%s", uuid, error)
+                raise
+            # Whatever fails from here on must not leave a VM running that nobody holds.
+            undo.push_async_callback(vm.kill, self._settings.stop_timeout)
+            if config.vnc_password and display is not None:
+                await vm.set_vnc_password(config.vnc_password)
+            if display is not None:
+                await self._open_vnc_overlay(uuid, config, display)
+                undo.push_async_callback(self._close_vnc_overlay, uuid)
+            if self.cgroup is not None:
+                apply_cpu_quota(
+                    self.cgroup, uuid, vm.pid, quota_us(config.cpu, self._settings.core_mhz)
+                )
+            started = int(time.time())
+            vm.started = started
+            self.vms[uuid] = vm
+            with self._engine.begin() as connection:
+                server_store.update_server(connection, uuid, status="active", started_at=started)
+            undo.pop_all()
+            await asyncio.to_thread(_remove_secrets, spec)
+        log.info("event=server_started user=%s server=%s pid=%s", user, uuid, vm.pid)
+
+    async def _open_vnc_overlay(self, uuid: str, config: ServerConfig, display: int) -> None:
+        """In bridge mode, VNC is also reached on the server's own address, port 5900."""
+        guest = await self._networks.open_vnc(uuid, config, VNC_BASE_PORT + display)
+        if guest is not None:
+            self._vnc_overlays[uuid] = guest
+
+    async def _close_vnc_overlay(self, uuid: str) -> None:
+        guest = self._vnc_overlays.pop(uuid, None)
+        if guest is not None:
+            await self._networks.driver.close_vnc(guest)
+
+    # -- while it runs ---------------------------------------------------------------
+
+    async def reconfigure(self, vm: RunningVm, current: ServerConfig, merged: ServerConfig) -> None:
+        """Apply to a running VM what a `set` may change live: its CPU quota, its VNC
+        password."""
+        if merged.cpu != current.cpu and self.cgroup is not None:
+            quota = quota_us(merged.cpu, self._settings.core_mhz)
+            apply_cpu_quota(self.cgroup, vm.uuid, vm.pid, quota)
+        if merged.vnc_password != current.vnc_password:
+            with contextlib.suppress(HypervisorError):  # no VNC server: applies at next start
+                await vm.set_vnc_password(merged.vnc_password)
+
+    async def live_figures(
+        self, row: dict[str, Any], config: ServerConfig, vm: RunningVm
+    ) -> LiveFigures:
+        """What the running `vm` of the server in `row` tells for its info."""
+        try:
+            blockstats = await vm.blockstats()
+        except HypervisorError:
+            blockstats = {}  # the VM is going away; its counters with it
+        display = row["vnc_display"]
+        traffic = await self._networks.counters(row["uuid"])
+        return LiveFigures(
+            started=int(row["started_at"] or vm.started),
+            nic0_address=self._networks.nic0_address(row["uuid"], config),
+            vnc_address=self._vnc_overlays.get(row["uuid"], self._vnc_listen())
+            if display is not None
+            else None,
+            vnc_port=(
+                VNC_BASE_PORT if row["uuid"] in self._vnc_overlays else VNC_BASE_PORT + display
+            )
+            if display is not None
+            else None,
+            blockstats=blockstats,
+            rx=traffic.rx_bytes,
+            tx=traffic.tx_bytes,
+            rx_packets=traffic.rx_packets,
+            tx_packets=traffic.tx_packets,
+        )
+
+    # -- end -------------------------------------------------------------------------
+
+    async def vm_exited(self, uuid: str, how: str) -> None:
+        """The VM of `uuid` is gone: release its drives and apply the persistence rules."""
+        try:
+            await self._close_vnc_overlay(uuid)
+        except (FailedError, OSError) as error:
+            log.warning("event=vnc_overlay_close_failed server=%s error=%s", uuid, error)
+        try:
+            await self._networks.release(uuid)  # its taps, DHCP entries and addresses
+        except (FailedError, OSError) as error:
+            log.warning("event=network_release_failed server=%s error=%s", uuid, error)
+        # The database first, and no await until the VM has left `vms`: whoever sees the
+        # server no longer active must also see its drives released.
+        try:
+            with self._engine.begin() as connection:
+                row = server_store.get_server(connection, uuid)
+                server_store.remove_guest_claims(connection, uuid)
+                config = json.loads(row["config"]) if row is not None else {}
+                if row is not None and config.get("persistent") != "true":
+                    server_store.delete_server(connection, uuid)
+                    log.info("event=server_destroyed server=%s reason=vm_%s", uuid, how)
+                elif row is not None:
+                    status = "stopped" if how == SHUTDOWN else "dead"
+                    server_store.update_server(
+                        connection, uuid, status=status, started_at=None, vnc_display=None
+                    )
+                    log.info("event=server_stopped server=%s status=%s", uuid, status)
+        finally:
+            self.vms.pop(uuid, None)
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(remove_cpu_group, self.cgroup, uuid)
+        if row is not None and config.get("persistent") != "true":
+            shutil.rmtree(self.run_dir(uuid), ignore_errors=True)
+
+    # -- daemon start and stop -------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Re-adopt the VMs of active servers; reconcile those that ended meanwhile."""
+        await self._networks.start()
+        with self._engine.connect() as connection:
+            rows = server_store.servers_with_status(connection, "active")
+        for row in rows:
+            uuid = row["uuid"]
+            run_dir = self.run_dir(uuid)
+            try:
+                vm = await RunningVm.adopt(uuid, run_dir, self.vm_exited)
+            except HypervisorError as error:
+                # A VM that runs but cannot be controlled cannot be left running unseen:
+                # stop it, and the server is dead (its owner can start it again).
+                log.warning("event=server_adopt_failed server=%s error=%s", uuid, error)
+                vm = None
+                if (pid := process.adopt(run_dir, uuid)) is not None:
+                    await process.kill(pid, uuid, timeout=self._settings.stop_timeout)
+            if vm is not None:
+                vm.started = float(row["started_at"] or 0)
+                self.vms[uuid] = vm
+                if row["vnc_display"] is not None:
+                    config = ServerConfig.from_properties(json.loads(row["config"]))
+                    with contextlib.suppress(FailedError, OSError):
+                        await self._open_vnc_overlay(uuid, config, row["vnc_display"])
+                log.info("event=server_adopted server=%s pid=%s", uuid, vm.pid)
+                continue
+            # QEMU removes its pidfile when it exits cleanly; one left behind means a crash.
+            crashed = (run_dir / "qemu.pid").exists()
+            await self.vm_exited(uuid, "crash" if crashed else SHUTDOWN)
+        await self._networks.recover(set(self.vms))
+
+    async def close(self) -> None:
+        """Let go of every VM without stopping it: they keep running for the next daemon."""
+        for vm in list(self.vms.values()):
+            await vm.detach()
+        self.vms.clear()
+        await self._networks.close()  # what running VMs use stays; with none, all goes

@@ -1,0 +1,118 @@
+"""A server's VM as QEMU is to run it: its configuration, attached drives and NICs turned into
+a `VmSpec` for the hypervisor driver.
+
+Pure: `build_vm_spec` is a function of its arguments, with no I/O, so what a server becomes
+(disks in which slots and formats, boot order, vCPUs, VNC, the host's hardening) is tested
+without QEMU or a platform. What the host contributes to every VM comes in as `HostVmSettings`;
+what a start holds (NICs with their backends, a VNC display) comes in already acquired.
+
+The passphrases of encrypted drives never enter the spec, which becomes QEMU's argv and the
+run directory's `qemu.argv`: the spec names a file per drive (`secret_path`) and the plan
+carries the passphrases beside it, for the caller to write just before QEMU starts and remove
+right after.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openhosting.hypervisor.argv import QEMU_BINARY, DiskSpec, NicSpec, VmSpec, VncSpec
+from openhosting.model.server import ServerConfig
+from openhosting.services.drives import AttachableDrive
+
+# VNC display N listens on this port + N; bridge mode also shows it on the guest's own
+# address at this very port.
+VNC_BASE_PORT = 5900
+
+
+@dataclass(frozen=True)
+class HostVmSettings:
+    """What this host puts into every VM, whatever the server."""
+
+    accelerator: str  # `kvm` or `tcg`, already chosen
+    vnc_listen: str  # the address VNC servers listen on
+    vnc_tls_dir: Path  # the platform's VNC TLS credentials, for servers with `vnc:tls on`
+    qemu_binary: str = QEMU_BINARY
+    sandbox: bool = True
+    run_as: str | None = None  # the user QEMU drops to
+    netns: str | None = None  # the network namespace QEMU runs in
+
+
+@dataclass(frozen=True)
+class DriveSecret:
+    """The passphrase of an encrypted drive and the file QEMU reads it from."""
+
+    path: Path
+    passphrase: bytes = field(repr=False)  # never in logs or tracebacks
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    """A VM ready to start: its spec, and the secret files to write before and remove after."""
+
+    spec: VmSpec
+    secrets: tuple[DriveSecret, ...] = ()
+
+
+def secret_path(run_dir: Path, slot: str) -> Path:
+    """The file in the run directory holding the passphrase of the drive in `slot`."""
+    return run_dir / f"secret-{slot.replace(':', '-')}"
+
+
+def build_vm_spec(
+    uuid: str,
+    config: ServerConfig,
+    drives: Sequence[AttachableDrive],
+    *,
+    run_dir: Path,
+    host: HostVmSettings,
+    display: int | None = None,
+    nics: tuple[NicSpec, ...] = (),
+) -> VmPlan:
+    """The VM of server `uuid` with `config`, its attached `drives` (one per attachment, in
+    any order), the NICs it acquired and its VNC `display` (None: no VNC server).
+
+    Raises `ValueError` if an attachment has no drive among `drives`, or if the result is not
+    a valid `VmSpec` (see there).
+    """
+    by_drive = {drive.uuid: drive for drive in drives}
+    disks: list[DiskSpec] = []
+    secrets: list[DriveSecret] = []
+    for attachment in config.drives:
+        drive = by_drive.get(attachment.drive)
+        if drive is None:
+            raise ValueError(f"{attachment.slot}: drive {attachment.drive} was not given")
+        secret_file = None
+        if drive.passphrase is not None:
+            secret_file = secret_path(run_dir, attachment.slot)
+            secrets.append(DriveSecret(secret_file, drive.passphrase))
+        disks.append(
+            DiskSpec(
+                slot=attachment.slot,
+                path=drive.path,
+                media=attachment.media,
+                # Always explicit: QEMU never probes the format of user data.
+                format="luks" if secret_file is not None else "raw",
+                secret_file=secret_file,
+            )
+        )
+    vnc = None
+    if display is not None:
+        tls_dir = host.vnc_tls_dir if config.vnc_tls else None
+        vnc = VncSpec(host.vnc_listen, display, tls_dir)
+    spec = VmSpec(
+        uuid=uuid,
+        smp=config.smp_cores,
+        mem_mb=config.mem,
+        run_dir=run_dir,
+        accelerator=host.accelerator,
+        disks=tuple(disks),
+        boot=config.boot,
+        nics=nics,
+        vnc=vnc,
+        qemu_binary=host.qemu_binary,
+        sandbox=host.sandbox,
+        run_as=host.run_as,
+        netns=host.netns,
+    )
+    return VmPlan(spec, tuple(secrets))
