@@ -10,7 +10,7 @@ from bench.harness import (
     free_port,
     report,
     running_daemon,
-    stop,
+    stop_process,
     wait_listening,
     work_directory,
     wrk_requests_per_second,
@@ -42,7 +42,7 @@ def run() -> float:
                     wrk_requests_per_second(f"http://127.0.0.1:{port}/hello", {}, SECONDS)
                 )
         finally:
-            stop(hello)
+            stop_process(hello)
         ours, anchor = statistics.median(ours_runs), statistics.median(anchor_runs)
     return report("api GET /drives/list (auth, SQLite)", ours, "aiohttp hello world", anchor,
                   "req/s", "≥ 0.5")  # fmt: skip

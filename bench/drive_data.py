@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import Daemon, free_port, wait_listening
+from bench.harness import Daemon, free_port, stop_process, wait_listening
 from openhosting.wire.sizes import parse_size
 
 MIB = 1024 * 1024
@@ -150,13 +150,7 @@ def running_nginx(work_dir: Path, root: Path) -> Iterator[str]:
         wait_listening(port, process)
         yield f"http://127.0.0.1:{port}"
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGQUIT)  # graceful stop
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process, signal.SIGQUIT, timeout=10)  # SIGQUIT: nginx's graceful stop
 
 
 def drop_dirty_pages() -> None:

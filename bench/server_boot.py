@@ -96,7 +96,7 @@ def run() -> float:
     try:
         with (
             work_directory("server-boot") as work,
-            running_daemon(work, extra_env={"OH_HYPERVISOR_RUN_DIR": str(run_dir)}) as daemon,
+            running_daemon(work, env={"OH_HYPERVISOR_RUN_DIR": str(run_dir)}) as daemon,
         ):
             data = image.read_bytes()
             drive = create_drive(daemon, len(data), "none")

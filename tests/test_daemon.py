@@ -2,23 +2,16 @@
 
 import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from tests.daemon_process import create_user, free_port, wait_listening
 
-ADMIN = str(REPO / ".venv" / "bin" / "openhosting-admin")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+ADMIN = REPO / ".venv" / "bin" / "openhosting-admin"
 
 
 class Daemon:
@@ -37,18 +30,11 @@ class Daemon:
                 stderr=log,
                 start_new_session=True,
             )
-        self._wait_listening()
-
-    def _wait_listening(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("daemon did not start listening in 60 s")
+        try:
+            wait_listening(port, self.process, timeout=60, log=self.log, interval=0.1)
+        except AssertionError:
+            self.stop()
+            raise
 
     def stop(self) -> str:
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -76,18 +62,11 @@ def test_readme_start_prints_exports_and_serves_a_user_made_with_the_admin_tool(
 ) -> None:
     daemon = Daemon(state_dir, free_port())
     try:
-        created = subprocess.run(
-            [ADMIN, "--state-dir", str(state_dir), "user", "create", "--name", "bob"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        fields = dict(line.split(" ", 1) for line in created.splitlines())
-        assert len(fields["secret"]) >= 22  # ≥ 128 bits in URL-safe base64
-        good = curl("-u", f"{fields['user']}:{fields['secret']}", f"{daemon.url}/nosuch/command")
+        bob = create_user(state_dir, "--name", "bob", admin=ADMIN, timeout=30)
+        assert len(bob.secret) >= 22  # ≥ 128 bits in URL-safe base64
+        good = curl("-u", bob.auth, f"{daemon.url}/nosuch/command")
         assert "X-Elastic-Error: missing" in good.stdout
-        bad = curl("-u", f"{fields['user']}:wrong", f"{daemon.url}/drives/list")
+        bad = curl("-u", f"{bob.user}:wrong", f"{daemon.url}/drives/list")
         assert " 401 " in bad.stdout.splitlines()[0]
         assert "X-Elastic-Error: auth" in bad.stdout
     finally:
@@ -97,7 +76,7 @@ def test_readme_start_prints_exports_and_serves_a_user_made_with_the_admin_tool(
     assert exports[1].startswith("export OHAUTH=")
     log = daemon.log.read_text()
     assert "event=listening" in log and "event=stopped" in log
-    assert fields["secret"] not in log
+    assert bob.secret not in log
     first_user_secret = exports[1].split(":", 1)[1]
     assert first_user_secret not in log
 

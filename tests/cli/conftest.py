@@ -6,9 +6,7 @@ import os
 import pty
 import select
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +16,8 @@ import pytest
 
 from openhosting.config import load_config
 from tests.conftest import kill_leftover_vms
-from tests.test_daemon import free_port
+from tests.daemon_process import BIN, DaemonProcess, create_user
 
-BIN = Path(sys.executable).parent
 TOOL_TIMEOUT = 60
 
 
@@ -33,51 +30,22 @@ def sha256_of(path: Path) -> str:
 
 
 class ApiDaemon:
-    """`openhostingd` in a subprocess with its own state directory; can be stopped and started
-    again on the same port and state (to fail a transfer half-way)."""
+    """`openhostingd` in a subprocess with its own state directory and one user; can be stopped
+    and started again on the same port and state (to fail a transfer half-way)."""
 
     def __init__(self, work_dir: Path) -> None:
         self.state_dir = work_dir / "state"
-        created = subprocess.run(
-            [str(BIN / "openhosting-admin"), "--state-dir", str(self.state_dir), "user", "create"],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        fields = dict(line.split(" ", 1) for line in created.stdout.splitlines() if " " in line)
-        self.user, self.secret = fields["user"], fields["secret"]
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = work_dir / "daemon.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
+        account = create_user(self.state_dir)  # before the daemon: it makes the state directory
+        self.user, self.secret = account.user, account.secret
+        self.daemon = DaemonProcess(self.state_dir, work_dir / "daemon.log")
+        self.url = self.daemon.url + "/"
+        self.log = self.daemon.log
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(BIN / "openhostingd"), "--state-dir", str(self.state_dir),
-                 "--listen", f"127.0.0.1:{self.port}"],
-                stdout=log, stderr=log, env={**os.environ, "OH_LOG_LEVEL": "warning"},
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise AssertionError("openhostingd did not listen within 30 s")
+        self.daemon.start()
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        self.daemon.stop()
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment a user of this daemon has: OHURI and OHAUTH set."""

@@ -25,7 +25,8 @@ from openhosting.errors import (
     MissingError,
     UsageError,
 )
-from tests.cli.conftest import ApiDaemon, free_port
+from tests.cli.conftest import ApiDaemon
+from tests.daemon_process import free_port
 
 
 @pytest.mark.parametrize(

@@ -2,109 +2,41 @@
 SIGTERM or killed with SIGKILL while servers run; the next daemon adopts the VMs that still
 run and reconciles those that ended while no daemon watched (API.md §5's stop rules)."""
 
-import base64
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from openhosting.hypervisor import process
-from openhosting.wire.text import parse_properties
 from tests.conftest import kill_leftover_vms
-from tests.test_daemon import free_port
+from tests.daemon_process import Api, DaemonProcess, create_user
 
-BIN = Path(sys.executable).parent
 TIMEOUT = 30
 
 
-class Daemon:
-    """`openhostingd` on a loopback port, in a session of its own, logging to a file."""
-
-    def __init__(self, state_dir: Path, run_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "OH_FIRST_USER": "0",
-            "OH_HYPERVISOR_RUN_DIR": str(run_dir),
-            "OH_HYPERVISOR_ACCELERATOR": "tcg",
-        }
-        with log.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                [str(BIN / "openhostingd"), "--state-dir", str(state_dir),
-                 "--listen", f"127.0.0.1:{self.port}"],
-                stdout=log_file, stderr=log_file, env=env, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            assert self.process.poll() is None, log.read_text()
-            try:
-                urllib.request.urlopen(self.url, timeout=1)
-            except urllib.error.HTTPError:
-                return  # answering (401): ready, VMs adopted (recover() runs before listening)
-            except OSError:
-                assert time.monotonic() < deadline, "the daemon did not start listening"
-                time.sleep(0.05)
-
-    def end(self, signum: signal.Signals) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        self.process.wait(timeout=TIMEOUT)
-
-
-class Api:
-    """Text-mode requests as the shell tools make them."""
-
-    def __init__(self, user: str, secret: str) -> None:
-        token = base64.b64encode(f"{user}:{secret}".encode()).decode()
-        self.headers = {"Authorization": f"Basic {token}"}
-        self.url = ""
-
-    def call(self, path: str, body: bytes | None = None) -> tuple[int, str]:
-        request = urllib.request.Request(
-            self.url + path, data=body, headers=self.headers, method="POST" if body else "GET"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-
-    def properties(self, path: str, body: bytes | None = None) -> dict[str, str]:
-        status, text = self.call(path, body)
-        assert status == 200, f"{path}: {status} {text}"
-        return parse_properties(text)
+class ServerApi(Api):
+    """The requests of this test, in its words."""
 
     def info(self, server: str) -> dict[str, str]:
         return self.properties(f"/servers/{server}/info")
 
-    def wait_info(
-        self, server: str, until: Callable[[dict[str, str]], bool], timeout: float = TIMEOUT
-    ) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while not until(info := self.info(server)):
-            assert time.monotonic() < deadline, info
-            time.sleep(0.1)
-        return info
+    def wait_info(self, server: str, until: Callable[[dict[str, str]], bool]) -> dict[str, str]:
+        return self.wait_properties(f"/servers/{server}/info", until, TIMEOUT)
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Path, Path, list[Daemon]]]:
+def world(tmp_path: Path) -> Iterator[tuple[Path, Path, list[DaemonProcess]]]:
     """A state directory, a short run directory, and the daemons started on them; at the end
     every daemon and every QEMU found through the run directory's pidfiles is killed."""
     run_dir = Path(tempfile.mkdtemp(prefix="ohr-", dir="/tmp"))
     # QEMU may run as another user (hypervisor.run_as): it must reach its own run directory.
     run_dir.chmod(0o755)
-    daemons: list[Daemon] = []
+    daemons: list[DaemonProcess] = []
     try:
         yield tmp_path / "state", run_dir, daemons
     finally:
@@ -128,19 +60,20 @@ def wait_gone(pid: int, server: str) -> None:
 
 
 def test_vms_outlive_the_daemon_and_the_next_one_reconciles_what_happened_meanwhile(
-    world: tuple[Path, Path, list[Daemon]], tiny_guest_image: Path
+    world: tuple[Path, Path, list[DaemonProcess]], tiny_guest_image: Path
 ) -> None:
     state, run_dir, daemons = world
     log = state.parent / "daemon.log"
-    created = subprocess.run(
-        [str(BIN / "openhosting-admin"), "--state-dir", str(state), "user", "create"],
-        capture_output=True, text=True, timeout=TIMEOUT, check=True,
-    ).stdout  # fmt: skip
-    fields = dict(line.split(" ", 1) for line in created.splitlines() if " " in line)
-    api = Api(fields["user"], fields["secret"])
+    api = ServerApi(create_user(state, timeout=TIMEOUT))
+    env = {
+        "OH_FIRST_USER": "0",
+        "OH_HYPERVISOR_RUN_DIR": str(run_dir),
+        "OH_HYPERVISOR_ACCELERATOR": "tcg",
+    }
 
     def start_daemon() -> None:
-        daemons.append(Daemon(state, run_dir, log))
+        # Each on a port of its own; the log at its default level: it is read for events.
+        daemons.append(DaemonProcess(state, log, env=env, log_level=None))
         api.url = daemons[-1].url
 
     start_daemon()

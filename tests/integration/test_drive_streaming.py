@@ -47,7 +47,7 @@ class Pattern:
 def curl_read_to_null(daemon: DriveDaemon, drive: str) -> tuple[str, int]:
     result = subprocess.run(
         ["curl", "-sS", "--max-time", "300", "-o", "/dev/null", "-X", "POST",
-         "-H", f"Authorization: {daemon.auth['Authorization']}",
+         "-H", f"Authorization: {daemon.auth_header}",
          "-w", "%{http_code} %{size_download}", f"{daemon.url}/drives/{drive}/read"],
         capture_output=True, text=True, timeout=330, check=True,
     )  # fmt: skip
@@ -91,7 +91,7 @@ def test_streaming_two_gib_in_and_out_keeps_the_daemon_under_200_mb(
 def _write_head(daemon: DriveDaemon, drive: str, declared: int) -> bytes:
     return (
         f"POST /drives/{drive}/write HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Authorization: {daemon.auth['Authorization']}\r\n"
+        f"Authorization: {daemon.auth_header}\r\n"
         f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n"
     ).encode()
 

@@ -21,7 +21,8 @@ from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import open_platform
 from tests.conftest import basic_auth
-from tests.test_daemon import Daemon, free_port
+from tests.daemon_process import free_port
+from tests.test_daemon import Daemon
 
 
 def test_failures_are_free_then_slower_then_locked_out() -> None:

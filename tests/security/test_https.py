@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.test_daemon import ADMIN, Daemon, free_port
+from tests.daemon_process import create_user, free_port
+from tests.test_daemon import ADMIN, Daemon
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -55,12 +56,7 @@ def test_https_serves_the_api_and_drive_bytes(tmp_path: Path) -> None:
     finally:
         del os.environ["OH_API_TLS_CERT"], os.environ["OH_API_TLS_KEY"]
     try:
-        created = subprocess.run(
-            [ADMIN, "--state-dir", str(state), "user", "create"],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout  # fmt: skip
-        fields = dict(line.split(" ", 1) for line in created.splitlines() if " " in line)
-        auth = f"{fields['user']}:{fields['secret']}"
+        auth = create_user(state, admin=ADMIN, timeout=30).auth
         url = f"https://127.0.0.1:{daemon.port}"
         made = curl("--cacert", str(cert), "-u", auth, "--data-binary",
                     "size 3000000\nencryption:cipher none", f"{url}/drives/create")  # fmt: skip

@@ -1,0 +1,264 @@
+"""A real `openhostingd` in a subprocess, for the tests and benchmarks that need the whole
+daemon: a user made with `openhosting-admin`, a free loopback port, a start that returns once
+the daemon listens, a stop that cannot hang, and a small text-mode HTTP client.
+
+The one place that starts the daemon as a process (tests/test_daemon.py alone goes through
+`make run`, as the README does, and uses the waiting and port helpers of this module). Only
+the standard library and the package: `python -m bench` imports it too, without pytest.
+"""
+
+import base64
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from openhosting.wire.text import parse_properties
+
+BIN = Path(sys.executable).parent
+LISTEN_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+# Daemons start in well under a second: look again often, so tests do not idle.
+POLL_INTERVAL = 0.05
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 at this moment (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_listening(
+    port: int,
+    process: subprocess.Popen[bytes],
+    timeout: float = LISTEN_TIMEOUT,
+    log: Path | None = None,
+    interval: float = POLL_INTERVAL,
+) -> None:
+    """Return once 127.0.0.1:`port` accepts connections. AssertionError if `process` exits
+    first (with the text of its `log`) or nothing listens within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = log.read_text(errors="replace") if log is not None else ""
+            raise AssertionError(f"exited with {process.returncode} before listening\n{output}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(interval)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes],
+    signum: signal.Signals = signal.SIGTERM,
+    timeout: float = STOP_TIMEOUT,
+) -> None:
+    """End a process the caller started: `signum`, then SIGKILL if it is still there after
+    `timeout` seconds. Nothing if it has already exited."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Account:
+    """One user's credentials, as `openhosting-admin user create` prints them."""
+
+    user: str
+    secret: str
+
+    @property
+    def auth(self) -> str:
+        """`UUID:SECRET`: what `curl -u` and OHAUTH take."""
+        return f"{self.user}:{self.secret}"
+
+    @property
+    def auth_header(self) -> str:
+        """The value of the Authorization header (Basic)."""
+        return "Basic " + base64.b64encode(self.auth.encode()).decode()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": self.auth_header}
+
+
+def create_user(
+    state_dir: Path,
+    *options: str,
+    admin: Path = BIN / "openhosting-admin",
+    timeout: float = 60,
+) -> Account:
+    """`openhosting-admin --state-dir DIR user create [OPTIONS]`, which makes the state
+    directory if it is missing; whether or not a daemon runs on it."""
+    created = subprocess.run(
+        [str(admin), "--state-dir", str(state_dir), "user", "create", *options],
+        capture_output=True, text=True, timeout=timeout, check=True,
+    ).stdout  # fmt: skip
+    fields = dict(line.split(" ", 1) for line in created.splitlines() if " " in line)
+    return Account(fields["user"], fields["secret"])
+
+
+class DaemonProcess:
+    """`openhostingd --state-dir DIR --listen 127.0.0.1:PORT` with its output appended to
+    `log`, started when made; it can be stopped and started again on the same port and state.
+
+    `env` is added to this process's environment; `log_level` is set as OH_LOG_LEVEL unless
+    None (tests that read events such as `event=listening` from the log want the default).
+    The daemon runs in a session of its own: a terminal's Ctrl-C reaches only the test,
+    whose clean-up stops it.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        log: Path,
+        *,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        log_level: str | None = "warning",
+    ) -> None:
+        self.state_dir, self.log = state_dir, log
+        self.port = free_port() if port is None else port
+        self.url = f"http://127.0.0.1:{self.port}"
+        level = {} if log_level is None else {"OH_LOG_LEVEL": log_level}
+        self._env = {**level, **(env or {})}
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as log:
+            process = subprocess.Popen(
+                [str(BIN / "openhostingd"), "--state-dir", str(self.state_dir),
+                 "--listen", f"127.0.0.1:{self.port}"],
+                stdout=log, stderr=log, env={**os.environ, **self._env},
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            wait_listening(self.port, process, log=self.log)
+        except BaseException:
+            stop_process(process)
+            raise
+        return process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def start(self) -> None:
+        """Start it again (same port, state and log) after a stop."""
+        assert not self.alive(), "the daemon is running already"
+        self.process = self._spawn()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds: for clean-up."""
+        stop_process(self.process, timeout=timeout)
+
+    def end(self, signum: signal.Signals, timeout: float = 30) -> int:
+        """Send `signum` (if it still runs) and wait for the exit, which must come within
+        `timeout` seconds (TimeoutExpired): for tests in which how it ends is the point."""
+        if self.alive():
+            self.process.send_signal(signum)
+        return self.process.wait(timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Daemon(Account):
+    """What :func:`running_daemon` yields: the credentials of the user made for the daemon,
+    where it listens (`url` without a trailing slash) and its process."""
+
+    url: str
+    port: int
+    state_dir: Path
+    log: Path
+    process: DaemonProcess
+
+
+@contextmanager
+def running_daemon(work_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Daemon]:
+    """A daemon on a loopback port with a new state directory `work_dir/state`, one user, and
+    its log in `work_dir/daemon.log` (level warning); stopped afterwards."""
+    account = create_user(work_dir / "state")
+    process = DaemonProcess(work_dir / "state", work_dir / "daemon.log", env=env)
+    try:
+        yield Daemon(
+            account.user, account.secret, process.url, process.port, process.state_dir,
+            process.log, process,
+        )  # fmt: skip
+    finally:
+        process.stop()
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Api:
+    """Requests to a daemon as the shell tools make them: text bodies, the Basic auth of one
+    account, a fresh connection each, a time limit. The words (drives, servers) are the
+    caller's: tests subclass it with their own."""
+
+    def __init__(self, account: Account, url: str = "", timeout: float = 30) -> None:
+        self.account, self.timeout = account, timeout
+        # `http://127.0.0.1:PORT`; a test that restarts the daemon elsewhere moves it.
+        self.url = url
+
+    def call(
+        self,
+        path: str,
+        body: bytes | Iterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        method: str | None = None,
+    ) -> Answer:
+        """One request: a GET without a body, a POST with one, unless `method` says."""
+        address = urlsplit(self.url)
+        connection = http.client.HTTPConnection(
+            address.hostname or "127.0.0.1", address.port, timeout=self.timeout
+        )
+        try:
+            connection.request(
+                method or ("GET" if body is None else "POST"),
+                path,
+                body,
+                {**self.account.headers, **(headers or {})},
+            )
+            response = connection.getresponse()
+            return Answer(response.status, dict(response.getheaders()), response.read())
+        finally:
+            connection.close()
+
+    def properties(self, path: str, body: bytes | None = None) -> dict[str, str]:
+        """The `KEY VALUE` answer of a request that must succeed (200)."""
+        status, _, answer = self.call(path, body)
+        assert status == 200, f"{path}: {status} {answer!r}"
+        return parse_properties(answer.decode())
+
+    def wait_properties(
+        self, path: str, until: Callable[[dict[str, str]], bool], timeout: float = 30
+    ) -> dict[str, str]:
+        """GET `path` again and again until its properties satisfy `until`; those."""
+        deadline = time.monotonic() + timeout
+        while not until(properties := self.properties(path)):
+            assert time.monotonic() < deadline, properties
+            time.sleep(POLL_INTERVAL)
+        return properties
