@@ -78,7 +78,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(signum, stop.set)
     # Drive files first: a resize the previous daemon did not finish is put right before any
     # server or job opens them.
-    await asyncio.to_thread(platform.drives.reconcile_files)
+    await asyncio.to_thread(platform.drives.repair_files)
     await platform.servers.recover()
     metering = asyncio.create_task(platform.billing.run()) if config.billing.enabled else None
     await platform.imaging.start()  # jobs a previous daemon left unfinished start again

@@ -41,6 +41,9 @@ from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.drives")
 
+# How long a drive file without a row is left alone, in case its row is about to come.
+ORPHAN_GRACE_SECONDS = 600
+
 
 def _settings_of(row: dict[str, Any]) -> DriveSettings:
     return DriveSettings(
@@ -346,11 +349,15 @@ class Drives:
         finally:
             self._resizing.discard(uuid)
 
-    def reconcile_files(self) -> int:
-        """Give every drive file the size its row says (after a daemon stopped mid-resize);
-        returns how many needed it."""
+    def repair_files(self) -> tuple[int, int]:
+        """Put the drive files right after a daemon that stopped half-way (at start): how many
+        were resized to their row's size, and how many files without a row were removed."""
         with self._engine.connect() as connection:
             rows = drive_store.all_drives(connection)
+        return self._fit_files_to_rows(rows), self._remove_orphan_files(rows)
+
+    def _fit_files_to_rows(self, rows: list[dict[str, Any]]) -> int:
+        """Give every drive file the size its row says (a resize the daemon did not finish)."""
         fixed = 0
         for row in rows:
             encrypted = row["wrapped_master_key"] is not None
@@ -364,6 +371,19 @@ class Drives:
             log.warning("event=drive_file_resized drive=%s size=%s", row["uuid"], row["size"])
             fixed += 1
         return fixed
+
+    def _remove_orphan_files(self, rows: list[dict[str, Any]]) -> int:
+        """Remove drive files no row names: a create or destroy the daemon did not finish.
+        Files changed in the last ORPHAN_GRACE_SECONDS are spared: `openhosting-admin
+        standard add` writes its file before its row."""
+        known = {row["uuid"] for row in rows}
+        removed = 0
+        for uuid in self.files.unchanged_since(time.time() - ORPHAN_GRACE_SECONDS):
+            if uuid not in known:
+                self.files.destroy(uuid)
+                log.warning("event=drive_file_orphan_removed drive=%s", uuid)
+                removed += 1
+        return removed
 
     def destroy(self, user: str, uuid: str) -> None:
         with self._engine.begin() as connection:

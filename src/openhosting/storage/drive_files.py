@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import threading
+import uuid as uuid_module
 from pathlib import Path
 from typing import Protocol
 
@@ -104,6 +105,13 @@ class EncryptedDriveIO:
         os.close(self._fd)
 
 
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid_module.UUID(text)) == text
+    except ValueError:
+        return False
+
+
 def _whole_sectors(size: int) -> int:
     """A LUKS payload holds whole sectors: `size` rounded up to one."""
     return -(-size // SECTOR_SIZE) * SECTOR_SIZE
@@ -152,6 +160,15 @@ class DriveFiles:
             drive_io.resize(kept)
             if size != kept:
                 drive_io.resize(size)
+
+    def unchanged_since(self, moment: float) -> list[str]:
+        """The UUIDs of the drive files not modified since `moment` (a time)."""
+        found = []
+        for path in self.root.glob("*.img"):
+            with contextlib.suppress(FileNotFoundError):
+                if _is_uuid(path.stem) and path.stat().st_mtime < moment:
+                    found.append(path.stem)
+        return found
 
     def holds_size(self, uuid: str, size: int, encrypted: bool) -> bool:
         """Whether the drive's file is exactly what a drive of `size` bytes takes (checked
