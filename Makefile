@@ -19,8 +19,7 @@ $(STAMP): requirements.lock pyproject.toml scripts/install-system-packages
 run: setup
 	$(BIN)/openhostingd $(ARGS)
 
-test: setup
-	$(BIN)/ruff check src tests bench
+test: lint
 	$(BIN)/pytest $(ARGS)
 
 bench: setup

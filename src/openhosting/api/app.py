@@ -1,7 +1,7 @@
 """The aiohttp application: the middleware (auth, errors), the route table, method rules."""
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -50,7 +50,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(SystemError_("Internal error; the operator has the details"))
 
 
-def _command_handler(route: Route, handler: Handler) -> Handler:
+def _command_handler(
+    route: Route, handler: Handler
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Wrap `handler` with the method rules of its command and render what it returns."""
 
     async def serve(request: web.Request) -> web.StreamResponse:

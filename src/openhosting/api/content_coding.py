@@ -37,7 +37,7 @@ class GzipStreamDecoder:
                     self._started = False
                 else:
                     data = self._inflater.unconsumed_tail
-        except isal_zlib.error as error:
+        except isal_zlib.error as error:  # type: ignore[misc]  # isal's stub: an instance
             raise UsageError(f"Invalid gzip body: {error}") from None
 
     def finish(self) -> None:

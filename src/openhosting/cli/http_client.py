@@ -383,7 +383,7 @@ class ApiClient:
         try:
             # At most one byte more than expected: a longer answer is refused, not inflated.
             data = inflater.decompress(packed, length + 1)
-        except (OSError, EOFError, ValueError, isal_zlib.error) as error:
+        except (OSError, EOFError, ValueError, isal_zlib.error) as error:  # type: ignore[misc]
             raise FailedError(
                 f"The answer from {self.endpoint.url} is not valid gzip: {error}"
             ) from None

@@ -34,7 +34,7 @@ def current_usage(connection: Connection, user: str, excluding_server: str | Non
             settings = json.loads(config)
             cpu += int(settings["cpu"])
             mem += int(settings["mem"])
-    counts = dict(
+    counts: dict[str, int] = dict(
         connection.execute(
             select(resources.c.type, func.count())
             .where(resources.c.user == user)

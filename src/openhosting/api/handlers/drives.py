@@ -57,6 +57,7 @@ async def read(request: web.Request) -> web.StreamResponse:
     length = parse_size(size_text, "size") if size_text is not None else None
     drives = platform_of(request).drives
     plan = drives.open_read(user_of(request), _drive(request), offset, length)
+    response: web.StreamResponse
     try:
         if (
             request.method != "HEAD"
@@ -67,9 +68,7 @@ async def read(request: web.Request) -> web.StreamResponse:
             response = zeros_as_gzip(plan.count)
             await response.prepare(request)
         elif plan.plain_file is not None:
-            response: web.StreamResponse = FileSliceResponse(
-                plan.plain_file.fileno(), plan.offset, plan.count
-            )
+            response = FileSliceResponse(plan.plain_file.fileno(), plan.offset, plan.count)
             await response.prepare(request)
         else:
             response = await _stream_decrypted(request, plan)
