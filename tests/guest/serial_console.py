@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from pathlib import Path
 
 _counter = itertools.count()
+# A kernel message on the console: `[   12.345678] …`.
+_KERNEL_MESSAGE = re.compile(r"\[\s*\d+\.\d+\] ")
+
+
+def _echo_split(marker: str) -> str:
+    """A command printing `marker` whose own text does not contain it."""
+    return f'echo "{marker[:3]}""{marker[3:]}"'
 
 
 async def wait_for_log(log: Path, text: str, *, count: int = 1, timeout: float = 60.0) -> str:
@@ -51,11 +59,15 @@ class SerialConsole:
         await self._writer.drain()
 
     async def run(self, command: str, timeout: float = 30.0) -> str:
-        """Type `command` at the shell and return what it printed (without the echo)."""
-        done = f"OH-DONE-{next(_counter)}"
-        # The quotes split the marker in the echoed command line, so only the output matches.
-        marker_command = f'echo "{done[:3]}""{done[3:]}"'
-        self._writer.write(f"{command}; {marker_command}\n".encode())
+        """Type `command` at the shell and return what it printed.
+
+        The output is what comes between two marker lines the shell prints around it: the
+        echo of the typed line never matches them (quotes split them there), and kernel
+        messages, which may land on the console at any moment, are dropped."""
+        number = next(_counter)
+        start, done = f"OH-START-{number}", f"OH-DONE-{number}"
+        typed = f"{_echo_split(start)}; {command}; {_echo_split(done)}"
+        self._writer.write(f"{typed}\n".encode())
         await self._writer.drain()
         output = b""
         loop = asyncio.get_running_loop()
@@ -72,9 +84,6 @@ class SerialConsole:
                 raise ConnectionError(f"serial console closed while running {command!r}")
             output += chunk
         text = output.decode(errors="replace").replace("\r", "")
-        before_marker = text[: text.rindex(done)]
-        # Drop everything up to the end of the echoed command line.
-        echoed = before_marker.find(marker_command)
-        if echoed >= 0:
-            before_marker = before_marker[echoed + len(marker_command) :]
-        return before_marker.strip("\n")
+        between = text[text.index(start) + len(start) : text.rindex(done)]
+        lines = [line for line in between.split("\n") if not _KERNEL_MESSAGE.match(line)]
+        return "\n".join(lines).strip("\n")
