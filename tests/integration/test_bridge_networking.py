@@ -62,7 +62,7 @@ async def bridge_platform(platform: Platform) -> AsyncIterator[Platform]:
     """The platform; afterwards every VM is killed and the daemon's shutdown path runs, which
     with no server left removes the DHCP server and the bridges."""
     yield platform
-    for vm in list(platform.servers._vms.values()):
+    for vm in list(platform.servers.lifecycle.vms.values()):
         await vm.kill()
     await platform.servers.close()
 
@@ -87,7 +87,7 @@ async def pings(platform: Platform, server: str, address: str) -> bool:
 
 
 def driver_plan(platform: Platform, server: str) -> NicPlan:
-    [plan] = platform.servers._networks.plans_of(server)
+    [plan] = platform.servers.networks.plans_of(server)
     return plan
 
 
@@ -152,7 +152,7 @@ async def test_guests_on_the_public_bridge_get_the_shown_addresses_and_reach_eac
     for server in (auto, fixed):
         await post(client, auth, f"/servers/{server['server']}/destroy")
     assert link_names(namespace) == {"lo", PUBLIC_BRIDGE}  # no tap left
-    dhcp = platform.servers._networks.driver.dhcp
+    dhcp = platform.servers.networks.driver.dhcp
     assert dhcp.entries() == {}
     await post(client, auth, f"/resources/ip/{address}/destroy")
     await platform.servers.close()  # the daemon stops with no server running
@@ -210,7 +210,7 @@ async def test_a_daemon_restart_keeps_what_running_servers_use_and_removes_the_r
     diskless = "cpu 500\nmem 64\nnic:0:model e1000\nnic:0:dhcp auto\npersistent true\n"
     keeps = await create_server(client, auth, "name keeps\n" + diskless)
     ends = await create_server(client, auth, "name ends\n" + diskless)
-    driver = bridge_platform.servers._networks.driver
+    driver = bridge_platform.servers.networks.driver
     taps = {s["server"]: driver.tap_name(driver_plan(bridge_platform, s["server"]))
             for s in (keeps, ends)}  # fmt: skip
     assert set(taps.values()) <= link_names(namespace)
@@ -224,19 +224,19 @@ async def test_a_daemon_restart_keeps_what_running_servers_use_and_removes_the_r
     restarted = open_platform(config)
     try:
         await restarted.servers.recover()
-        assert keeps["server"] in restarted.servers._vms
-        assert ends["server"] not in restarted.servers._vms
+        assert keeps["server"] in restarted.servers.lifecycle.vms
+        assert ends["server"] not in restarted.servers.lifecycle.vms
         assert link_names(namespace) == {"lo", PUBLIC_BRIDGE, taps[keeps["server"]]}
-        entries = restarted.servers._networks.driver.dhcp.entries()
+        entries = restarted.servers.networks.driver.dhcp.entries()
         assert entries == {f"{keeps['server']}-0": (default_mac(keeps["server"], 0),
                                                     keeps["nic:0:dhcp:ip"])}  # fmt: skip
-        vm = restarted.servers._vms[keeps["server"]]
+        vm = restarted.servers.lifecycle.vms[keeps["server"]]
         await vm.stop()
         assert link_names(namespace) == {"lo", PUBLIC_BRIDGE}
         await restarted.servers.close()
         assert link_names(namespace) == {"lo"}
     finally:
-        for vm in list(restarted.servers._vms.values()):
+        for vm in list(restarted.servers.lifecycle.vms.values()):
             await vm.kill()
         restarted.close()
 
@@ -246,7 +246,7 @@ async def test_a_nic_without_dhcp_is_offered_no_address(
 ) -> None:
     info = await create_server(client, auth, "name quiet\ncpu 500\nmem 64\nnic:0:model e1000\n")
     assert "nic:0:dhcp" not in info and "nic:0:dhcp:ip" not in info
-    driver = bridge_platform.servers._networks.driver
+    driver = bridge_platform.servers.networks.driver
     assert driver.dhcp.entries() == {}  # dnsmasq answers only MACs it has an entry for
     tap = driver.tap_name(driver_plan(bridge_platform, info["server"]))
     assert tap in link_names(namespace)

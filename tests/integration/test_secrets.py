@@ -39,7 +39,7 @@ async def test_secrets_stay_out_of_command_lines_and_logs(
     )
     server = (await create_server(client, auth, body))["server"]
     await wait_booted(platform, server)
-    vm = platform.servers._vms[server]
+    vm = platform.servers.lifecycle.vms[server]
     cmdline = Path(f"/proc/{vm.pid}/cmdline").read_bytes()
     assert b"guest=" + server.encode() in cmdline  # the right process
     # Hardened: a seccomp sandbox, and no longer root once its files are open.

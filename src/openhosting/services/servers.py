@@ -64,7 +64,7 @@ class Servers:
         if networks is None:
             pool, driver = open_network(config.network, config.run_path / "network")
             networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, driver)
-        self._networks = networks
+        self.networks = networks  # the servers' NICs: addresses, DHCP, taps
         self.lifecycle = ServerLifecycle(engine, config, networks)
         # The lifecycle's own dict: who is active is read here, changed only there.
         self._vms: dict[str, RunningVm] = self.lifecycle.vms
@@ -134,7 +134,7 @@ class Servers:
                     f" {attachment.slot}:media cdrom (read-only)"
                 )
             attachable.append(drive)
-        self._networks.check(user, config)  # IP and VLAN resources, VLANs in user mode
+        self.networks.check(user, config)  # IP and VLAN resources, VLANs in user mode
         return attachable
 
     async def create(self, user: str, properties: dict[str, str], start: bool) -> dict[str, Value]:
