@@ -9,7 +9,7 @@ import uuid
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.services.drives import ORPHAN_GRACE_SECONDS
+from openhosting.services.drive_repair import ORPHAN_GRACE_SECONDS
 from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
 from tests.api.drive_helpers import create_drive, read_bytes

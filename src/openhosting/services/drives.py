@@ -1,5 +1,5 @@
-"""Drives: ownership and readers, limits, claims and busy rules, and moving bytes between the
-API and the drive files (API.md §4).
+"""Drives: ownership and readers, limits, claims and busy rules, and who may move bytes
+between the API and the drive files (API.md §4; the moving itself is drive_transfers.py).
 
 A user sees and changes only their own drives; a drive whose `readers` name the user (or
 everyone) can also be read by them, but not written, set or destroyed. Blocking file work runs
@@ -15,34 +15,25 @@ import secrets
 import time
 import uuid as uuid_module
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from openhosting.errors import BusyError, FullError, MissingError, UsageError
+from openhosting.errors import BusyError, FullError, MissingError
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings, apply_drive_properties
 from openhosting.services.billing import Billing
-from openhosting.storage.drive_files import (
-    IO_CHUNK,
-    DriveFiles,
-    OpenDrive,
-    PlainDriveIO,
-    is_disk_full,
-    is_too_large,
-)
+from openhosting.services.drive_repair import repair_drive_files
+from openhosting.services.drive_transfers import DriveWriter, ReadPlan, storage_error
+from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.store import drives as drive_store
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.drives")
-
-# How long a drive file without a row is left alone, in case its row is about to come.
-ORPHAN_GRACE_SECONDS = 600
 
 
 def _settings_of(row: dict[str, Any]) -> DriveSettings:
@@ -117,51 +108,6 @@ class AttachableDrive:
     passphrase: bytes | None
     owned: bool
     exclusive: bool
-
-
-@dataclass
-class ReadPlan:
-    """What a read will send: `count` bytes from `offset` of an open drive."""
-
-    drive: str
-    opened: OpenDrive
-    offset: int
-    count: int
-    on_close: Callable[[], None] = lambda: None
-
-    @property
-    def plain_file(self) -> PlainDriveIO | None:
-        """The plain drive file, for sendfile; None when bytes must be decrypted."""
-        return self.opened.io if isinstance(self.opened.io, PlainDriveIO) else None
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The bytes, `IO_CHUNK` at a time, each read (and decrypted) in a worker thread."""
-        position, end = self.offset, self.offset + self.count
-        pending: asyncio.Future[bytes] | None = None
-        try:
-            while position < end or pending is not None:
-                current, pending = pending, None
-                if position < end:
-                    # The next piece is read and decrypted while this one goes out.
-                    length = min(IO_CHUNK, end - position)
-                    pending = asyncio.ensure_future(
-                        asyncio.to_thread(self.opened.io.read_at, position, length)
-                    )
-                    position += length
-                if current is not None:
-                    yield await current
-        finally:
-            if pending is not None:
-                with contextlib.suppress(Exception):
-                    await pending  # its thread holds the file: let it finish before close
-
-    def reads_only_zeros(self) -> bool:
-        """Whether the whole range was never written: it reads as zeros, nothing to send."""
-        return self.count > 0 and self.opened.io.holds_no_data(self.offset, self.count)
-
-    def close(self) -> None:
-        self.opened.io.close()
-        self.on_close()
 
 
 class Drives:
@@ -282,7 +228,7 @@ class Drives:
                     ),
                 }
         except OSError as error:
-            raise self._storage_error(error, "create the drive") from None
+            raise storage_error(error, "create the drive") from None
         try:
             with self._engine.begin() as connection:
                 # Checked again: another create may have finished while the file was made.
@@ -343,9 +289,9 @@ class Drives:
             # Back to the old size (what was cut stays cut: it reads as zeros).
             with self._engine.begin() as connection:
                 drive_store.update_drive(connection, uuid, size=old_size)
-            with contextlib.suppress(OSError):  # reconcile_files retries at the next start
+            with contextlib.suppress(OSError):  # repair_files retries at the next start
                 await asyncio.to_thread(self.files.resize, uuid, old_size, master_key, kept)
-            raise self._storage_error(error, "resize the drive") from None
+            raise storage_error(error, "resize the drive") from None
         finally:
             self._resizing.discard(uuid)
 
@@ -354,36 +300,7 @@ class Drives:
         were resized to their row's size, and how many files without a row were removed."""
         with self._engine.connect() as connection:
             rows = drive_store.all_drives(connection)
-        return self._fit_files_to_rows(rows), self._remove_orphan_files(rows)
-
-    def _fit_files_to_rows(self, rows: list[dict[str, Any]]) -> int:
-        """Give every drive file the size its row says (a resize the daemon did not finish)."""
-        fixed = 0
-        for row in rows:
-            encrypted = row["wrapped_master_key"] is not None
-            try:
-                if self.files.holds_size(row["uuid"], row["size"], encrypted):
-                    continue
-                self.files.resize(row["uuid"], row["size"], self._master_key(row), row["size"])
-            except OSError as error:
-                log.error("event=drive_file_unfixable drive=%s error=%s", row["uuid"], error)
-                continue
-            log.warning("event=drive_file_resized drive=%s size=%s", row["uuid"], row["size"])
-            fixed += 1
-        return fixed
-
-    def _remove_orphan_files(self, rows: list[dict[str, Any]]) -> int:
-        """Remove drive files no row names: a create or destroy the daemon did not finish.
-        Files changed in the last ORPHAN_GRACE_SECONDS are spared: `openhosting-admin
-        standard add` writes its file before its row."""
-        known = {row["uuid"] for row in rows}
-        removed = 0
-        for uuid in self.files.unchanged_since(time.time() - ORPHAN_GRACE_SECONDS):
-            if uuid not in known:
-                self.files.destroy(uuid)
-                log.warning("event=drive_file_orphan_removed drive=%s", uuid)
-                removed += 1
-        return removed
+        return repair_drive_files(self.files, rows, self._master_key)
 
     def destroy(self, user: str, uuid: str) -> None:
         with self._engine.begin() as connection:
@@ -441,7 +358,7 @@ class Drives:
         with self._engine.begin() as connection:
             drive_store.add_io_counters(connection, uuid, "read", nbytes)
 
-    def begin_write(self, user: str, uuid: str, offset: int) -> "DriveWriter":
+    def begin_write(self, user: str, uuid: str, offset: int) -> DriveWriter:
         with self._engine.connect() as connection:
             row = self._owned(connection, user, uuid)
             claims = drive_store.claims_on(connection, uuid)
@@ -458,7 +375,9 @@ class Drives:
             )
         opened = self.files.open(uuid, self._master_key(row))
         self._writes_in_flight[uuid] += 1
-        return DriveWriter(self, uuid, opened, offset, row["size"])
+        return DriveWriter(
+            uuid, opened, offset, row["size"], lambda written: self._end_write(uuid, written)
+        )
 
     def _end_write(self, uuid: str, nbytes: int | None) -> None:
         self._writes_in_flight[uuid] -= 1
@@ -467,89 +386,3 @@ class Drives:
         if nbytes is not None:
             with self._engine.begin() as connection:
                 drive_store.add_io_counters(connection, uuid, "write", nbytes)
-
-    @staticmethod
-    def _storage_error(error: OSError, action: str) -> Exception:
-        if is_disk_full(error):
-            return FullError(f"Cannot {action}: the platform's storage is full")
-        if is_too_large(error):
-            return UsageError(f"Cannot {action}: size too large for this platform")
-        return error
-
-
-class DriveWriter:
-    """One write request: bytes in order from `offset`, flushed in large pieces by a worker
-    thread while the next piece arrives, acknowledged only after `finish` has made them
-    durable."""
-
-    def __init__(self, drives: Drives, uuid: str, opened: OpenDrive, offset: int, size: int):
-        self._drives, self._uuid, self._opened = drives, uuid, opened
-        self._position = offset  # where the next flushed byte goes
-        self._size = size
-        self._buffer = bytearray()
-        self._pending: asyncio.Future[None] | None = None
-        self._written = 0
-        self._closed = False
-
-    @property
-    def remaining(self) -> int:
-        """How many more bytes fit before the drive's end."""
-        return self._size - self._position - len(self._buffer)
-
-    async def write(self, data: bytes) -> None:
-        if len(data) > self.remaining:
-            raise FullError(
-                f"Write past the end of drive {self._uuid} ({self._size} bytes): nothing was"
-                " written beyond the end"
-            )
-        self._buffer += data
-        if len(self._buffer) >= IO_CHUNK:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await self._wait(pending)
-        if not self._buffer:
-            return
-        # Hand the buffer itself to the worker thread and start a new one: copying it to
-        # bytes cost about a sixth of the gzip upload's throughput (bench drive-upload).
-        data, self._buffer = self._buffer, bytearray()
-        position = self._position
-        self._position += len(data)
-        self._written += len(data)
-        self._pending = asyncio.ensure_future(
-            asyncio.to_thread(self._opened.io.write_at, position, data)
-        )
-
-    async def _wait(self, pending: "asyncio.Future[None]") -> None:
-        try:
-            await pending
-        except OSError as error:
-            raise Drives._storage_error(error, "write to the drive") from None
-
-    async def finish(self) -> int:
-        """Write what is left, make it durable, count it; returns the bytes written."""
-        await self._flush()
-        await self._flush()  # waits for the last piece
-        try:
-            await asyncio.to_thread(self._opened.io.sync)
-        except OSError as error:
-            raise Drives._storage_error(error, "write to the drive") from None
-        self._close(self._written)
-        return self._written
-
-    async def abort(self) -> None:
-        """Give up: wait for a piece in flight (its thread cannot be stopped), close."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            with contextlib.suppress(OSError):  # the write is being refused anyway
-                await pending
-        self._close(None)
-
-    def _close(self, counted: int | None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._opened.io.close()
-        self._drives._end_write(self._uuid, counted)

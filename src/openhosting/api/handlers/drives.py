@@ -13,7 +13,7 @@ from openhosting.api.responses import (
     zeros_as_gzip,
 )
 from openhosting.errors import FullError, UsageError
-from openhosting.services.drives import ReadPlan
+from openhosting.services.drive_transfers import ReadPlan
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 from openhosting.wire.sizes import parse_size
 

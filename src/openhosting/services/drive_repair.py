@@ -1,0 +1,63 @@
+"""Putting the drive directory right when the daemon starts, after one that was killed
+half-way: the rows are the truth, the files follow them.
+
+- A resize is answered once its row is written; a daemon killed before the file followed
+  leaves a file of the wrong size: it is resized to the row's size (what a shrink cut stays
+  cut, a grow reads as zeros).
+- A create writes its file before its row, a destroy removes its row before its file: a
+  daemon killed between leaves a file no row names, which nobody can reach. It is removed,
+  unless it changed in the last ORPHAN_GRACE_SECONDS (`openhosting-admin standard add` also
+  writes its file before its row, and may be doing so right now).
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from openhosting.storage.drive_files import DriveFiles
+
+log = logging.getLogger("openhosting.drives")
+
+ORPHAN_GRACE_SECONDS = 600
+
+
+def repair_drive_files(
+    files: DriveFiles,
+    rows: list[dict[str, Any]],
+    master_key_of: Callable[[dict[str, Any]], bytes | None],
+) -> tuple[int, int]:
+    """Repair the files of the drives of `rows` (all of them): how many files were resized,
+    and how many files without a row were removed."""
+    return _fit_files_to_rows(files, rows, master_key_of), _remove_orphan_files(files, rows)
+
+
+def _fit_files_to_rows(
+    files: DriveFiles,
+    rows: list[dict[str, Any]],
+    master_key_of: Callable[[dict[str, Any]], bytes | None],
+) -> int:
+    fixed = 0
+    for row in rows:
+        uuid, size = row["uuid"], row["size"]
+        try:
+            if files.holds_size(uuid, size, encrypted=row["wrapped_master_key"] is not None):
+                continue
+            files.resize(uuid, size, master_key_of(row), kept=size)
+        except OSError as error:
+            log.error("event=drive_file_unfixable drive=%s error=%s", uuid, error)
+            continue
+        log.warning("event=drive_file_resized drive=%s size=%s", uuid, size)
+        fixed += 1
+    return fixed
+
+
+def _remove_orphan_files(files: DriveFiles, rows: list[dict[str, Any]]) -> int:
+    known = {row["uuid"] for row in rows}
+    removed = 0
+    for uuid in files.unchanged_since(time.time() - ORPHAN_GRACE_SECONDS):
+        if uuid not in known:
+            files.destroy(uuid)
+            log.warning("event=drive_file_orphan_removed drive=%s", uuid)
+            removed += 1
+    return removed

@@ -1,0 +1,157 @@
+"""Moving a drive's bytes for one API request: a read sent from the drive file (sendfile, or
+decrypted a piece ahead in a worker thread) and a write flushed in large pieces while the
+next arrives, acknowledged once durable. `Drives` checks who may do it and counts it."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from openhosting.errors import FullError, UsageError
+from openhosting.storage.drive_files import (
+    IO_CHUNK,
+    OpenDrive,
+    PlainDriveIO,
+    is_disk_full,
+    is_too_large,
+)
+
+
+def storage_error(error: OSError, action: str) -> Exception:
+    """The API error a failed file operation stands for (507 full, 400 too large), or the
+    error itself when it is a fault of ours."""
+    if is_disk_full(error):
+        return FullError(f"Cannot {action}: the platform's storage is full")
+    if is_too_large(error):
+        return UsageError(f"Cannot {action}: size too large for this platform")
+    return error
+
+
+@dataclass
+class ReadPlan:
+    """What a read will send: `count` bytes from `offset` of an open drive."""
+
+    drive: str
+    opened: OpenDrive
+    offset: int
+    count: int
+    on_close: Callable[[], None] = lambda: None
+
+    @property
+    def plain_file(self) -> PlainDriveIO | None:
+        """The plain drive file, for sendfile; None when bytes must be decrypted."""
+        return self.opened.io if isinstance(self.opened.io, PlainDriveIO) else None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The bytes, `IO_CHUNK` at a time, each read (and decrypted) in a worker thread."""
+        position, end = self.offset, self.offset + self.count
+        pending: asyncio.Future[bytes] | None = None
+        try:
+            while position < end or pending is not None:
+                current, pending = pending, None
+                if position < end:
+                    # The next piece is read and decrypted while this one goes out.
+                    length = min(IO_CHUNK, end - position)
+                    pending = asyncio.ensure_future(
+                        asyncio.to_thread(self.opened.io.read_at, position, length)
+                    )
+                    position += length
+                if current is not None:
+                    yield await current
+        finally:
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await pending  # its thread holds the file: let it finish before close
+
+    def reads_only_zeros(self) -> bool:
+        """Whether the whole range was never written: it reads as zeros, nothing to send."""
+        return self.count > 0 and self.opened.io.holds_no_data(self.offset, self.count)
+
+    def close(self) -> None:
+        self.opened.io.close()
+        self.on_close()
+
+
+class DriveWriter:
+    """One write request: bytes in order from `offset`, flushed in large pieces by a worker
+    thread while the next piece arrives, acknowledged only after `finish` has made them
+    durable."""
+
+    def __init__(
+        self,
+        uuid: str,
+        opened: OpenDrive,
+        offset: int,
+        size: int,
+        on_close: Callable[[int | None], None],
+    ) -> None:
+        self._uuid, self._opened, self._on_close = uuid, opened, on_close
+        self._position = offset  # where the next flushed byte goes
+        self._size = size
+        self._buffer = bytearray()
+        self._pending: asyncio.Future[None] | None = None
+        self._written = 0
+        self._closed = False
+
+    @property
+    def remaining(self) -> int:
+        """How many more bytes fit before the drive's end."""
+        return self._size - self._position - len(self._buffer)
+
+    async def write(self, data: bytes) -> None:
+        if len(data) > self.remaining:
+            raise FullError(
+                f"Write past the end of drive {self._uuid} ({self._size} bytes): nothing was"
+                " written beyond the end"
+            )
+        self._buffer += data
+        if len(self._buffer) >= IO_CHUNK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await self._wait(pending)
+        if not self._buffer:
+            return
+        # Hand the buffer itself to the worker thread and start a new one: copying it to
+        # bytes cost about a sixth of the gzip upload's throughput (bench drive-upload).
+        data, self._buffer = self._buffer, bytearray()
+        position = self._position
+        self._position += len(data)
+        self._written += len(data)
+        self._pending = asyncio.ensure_future(
+            asyncio.to_thread(self._opened.io.write_at, position, data)
+        )
+
+    async def _wait(self, pending: "asyncio.Future[None]") -> None:
+        try:
+            await pending
+        except OSError as error:
+            raise storage_error(error, "write to the drive") from None
+
+    async def finish(self) -> int:
+        """Write what is left, make it durable, count it; returns the bytes written."""
+        await self._flush()
+        await self._flush()  # waits for the last piece
+        try:
+            await asyncio.to_thread(self._opened.io.sync)
+        except OSError as error:
+            raise storage_error(error, "write to the drive") from None
+        self._close(self._written)
+        return self._written
+
+    async def abort(self) -> None:
+        """Give up: wait for a piece in flight (its thread cannot be stopped), close."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            with contextlib.suppress(OSError):  # the write is being refused anyway
+                await pending
+        self._close(None)
+
+    def _close(self, counted: int | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._opened.io.close()
+        self._on_close(counted)  # the bytes written, None when aborted
