@@ -258,7 +258,7 @@ class Drives:
         # The checks, the new row and the `_resizing` mark come with no await between them:
         # from then on whatever would touch the bytes (I/O, imaging, a server) is refused
         # until the file has its new size. The row is the truth; a daemon killed before the
-        # file follows is put right at the next start (`reconcile_files`).
+        # file follows is put right at the next start (`repair_files`).
         with self._engine.begin() as connection:
             row = self._owned(connection, user, uuid)
             if row.get("imaging"):
