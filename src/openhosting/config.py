@@ -41,6 +41,10 @@ class ApiSettings:
     auth_failure_window: int = 300
     # Requests per second per user (a token bucket with a burst of 4 seconds' worth); 0: off.
     user_requests_per_second: int = 0
+    # Drive reads and writes under way at once, per user and on the host (each may hold about
+    # 8 MiB of buffers); more are refused with 429 `busy` and Retry-After. 0: no limit.
+    max_transfers_per_user: int = 16
+    max_transfers: int = 64
 
 
 @dataclass(frozen=True)

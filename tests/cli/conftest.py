@@ -33,11 +33,11 @@ class ApiDaemon:
     """`openhostingd` in a subprocess with its own state directory and one user; can be stopped
     and started again on the same port and state (to fail a transfer half-way)."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, env: dict[str, str] | None = None) -> None:
         self.state_dir = work_dir / "state"
         account = create_user(self.state_dir)  # before the daemon: it makes the state directory
         self.user, self.secret = account.user, account.secret
-        self.daemon = DaemonProcess(self.state_dir, work_dir / "daemon.log")
+        self.daemon = DaemonProcess(self.state_dir, work_dir / "daemon.log", env=env)
         self.url = self.daemon.url + "/"
         self.log = self.daemon.log
 

@@ -119,3 +119,23 @@ def test_a_block_device_can_be_the_target(api: ApiDaemon, tmp_path: Path) -> Non
         out = api.check("openhosting-download", "-c", str(CHUNK), drive, device)
     assert out.startswith("Downloading 8 chunks")
     assert disk.read_bytes() == data
+
+
+def test_both_tools_wait_out_a_platform_that_caps_transfers_at_once(tmp_path: Path) -> None:
+    """With at most 2 transfers per account, 8 chunks at a time get 429 `busy` answers: the
+    tools wait as told and send them again, and the round trip is whole."""
+    env = {"OH_API_MAX_TRANSFERS_PER_USER": "2", "OH_LOG_LEVEL": "info"}  # requests logged
+    capped = ApiDaemon(tmp_path / "daemon", env=env)
+    try:
+        image = tmp_path / "image.raw"
+        image.write_bytes(os.urandom(40 * CHUNK + 1234))
+        out = capped.check("openhosting-upload", "-e", "none", "-c", str(CHUNK), "-p", "8", image)
+        drive = out.split()[2]  # "Created drive UUID of size N"
+        target = tmp_path / "copy.raw"
+        capped.check("openhosting-download", "-c", str(CHUNK), "-p", "8", drive, target)
+        assert target.read_bytes() == image.read_bytes()
+        log = capped.log.read_text()
+        refused = re.findall(r"path=/drives/\S+/(write|read)/\S+ status=429", log)
+        assert {"write", "read"} <= set(refused)  # both tools met the cap
+    finally:
+        capped.stop()

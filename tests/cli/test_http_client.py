@@ -4,10 +4,13 @@ import gzip
 import http.server
 import io
 import threading
+from typing import ClassVar
 
 import pytest
 
 from openhosting.cli.http_client import (
+    BUSY_RETRIES,
+    MAX_RETRY_AFTER,
     ApiClient,
     ConnectionFailed,
     HttpError,
@@ -15,6 +18,7 @@ from openhosting.cli.http_client import (
     basic_authorization,
     error_from_response,
     parse_endpoint,
+    retry_after_seconds,
 )
 from openhosting.cli.tool import client_from_environment
 from openhosting.errors import (
@@ -200,3 +204,75 @@ def test_a_gzip_answer_must_inflate_to_exactly_the_length_asked() -> None:
         client.read_gzip(_Answer(b"plain text"), 10)  # type: ignore[arg-type]
     with pytest.raises(FailedError, match="not one whole gzip member"):
         client.read_gzip(_Answer(zeros[:-8]), 100_000)  # type: ignore[arg-type]
+
+
+class _BusyAtFirst(http.server.BaseHTTPRequestHandler):
+    """Answers 429 `busy` with Retry-After 0 to the first `busy_answers` requests."""
+
+    protocol_version = "HTTP/1.1"
+    busy_answers = 0
+    bodies: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        type(self).bodies.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        busy = len(self.bodies) <= self.busy_answers
+        text = b"Too many drive transfers at once\n" if busy else b"ok\n"
+        self.send_response(429 if busy else 200)
+        if busy:
+            self.send_header("X-Elastic-Error", "busy")
+            self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def busy_server_answers(
+    busy_answers: int, body: bytes | io.BytesIO
+) -> tuple[bytes | Exception, list[bytes]]:
+    """What a request with `body` gets from a server busy for its first `busy_answers`
+    requests, and the bodies the server received."""
+    _BusyAtFirst.busy_answers, _BusyAtFirst.bodies = busy_answers, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BusyAtFirst)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = ApiClient(parse_endpoint(f"http://127.0.0.1:{server.server_address[1]}/"), "x")
+    try:
+        length = len(body.getvalue()) if isinstance(body, io.BytesIO) else None
+        answer: bytes | Exception = client.read_all(
+            client.request("POST", "drives/D/write/0", body, length=length)
+        )
+    except BusyError as error:
+        answer = error
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    return answer, _BusyAtFirst.bodies
+
+
+def test_a_busy_answer_is_waited_out_and_the_request_sent_again() -> None:
+    answer, bodies = busy_server_answers(2, b"chunk")
+    assert answer == b"ok\n" and bodies == [b"chunk"] * 3
+
+
+def test_busy_answers_end_in_the_busy_error_after_the_retries() -> None:
+    answer, bodies = busy_server_answers(BUSY_RETRIES + 1, b"chunk")
+    assert isinstance(answer, BusyError) and "Too many drive transfers" in answer.message
+    assert len(bodies) == BUSY_RETRIES + 1
+
+
+def test_a_streamed_body_is_not_sent_again() -> None:
+    answer, bodies = busy_server_answers(1, io.BytesIO(b"from a file"))
+    assert isinstance(answer, BusyError) and bodies == [b"from a file"]
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("3", 3.0), ("", 1.0), ("soon", 1.0), ("nan", 1.0), ("-5", 0.0),
+                            ("86400", MAX_RETRY_AFTER)]
+)  # fmt: skip
+def test_retry_after_is_read_within_bounds(header: str, seconds: float) -> None:
+    assert retry_after_seconds(header) == seconds

@@ -1,25 +1,31 @@
 """Abuse limits at the edge: failing logins slow down then lock out, per-user request rates,
-oversized headers and paths, slow clients (issue: accounts, billing and security)."""
+drive transfers at once, oversized headers and paths, slow clients (issue: accounts, billing
+and security)."""
 
+import asyncio
 import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from openhosting.api.abuse import (
     AuthLockedOutError,
     AuthThrottle,
     RateLimitedError,
+    TransferLimiter,
     UserRateLimiter,
 )
 from openhosting.api.app import RUNNER_OPTIONS, build_app
+from openhosting.api.context import TRANSFER_LIMITER_KEY
 from openhosting.api.handlers import HANDLERS
 from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import open_platform
+from openhosting.wire.text import parse_properties
 from tests.conftest import basic_auth
 from tests.daemon_process import free_port
 from tests.test_daemon import Daemon
@@ -155,3 +161,87 @@ def test_oversized_headers_and_paths_and_slow_clients_against_the_daemon(tmp_pat
             assert time.monotonic() - started < 6
     finally:
         daemon.stop()
+
+
+def test_transfers_are_capped_per_user_and_on_the_host() -> None:
+    limiter = TransferLimiter(per_user=2, total=3)
+    with limiter.admit("a"), limiter.admit("a"):
+        with pytest.raises(RateLimitedError, match="at most 2 per account"), limiter.admit("a"):
+            pass
+        with (
+            limiter.admit("b"),
+            pytest.raises(RateLimitedError, match="too many drive transfers"),
+            limiter.admit("c"),
+        ):
+            pass
+        with limiter.admit("c"):  # b's ended: room again
+            pass
+    with limiter.admit("a"), limiter.admit("a"):  # a's ended, even the refused one
+        pass
+    unlimited = TransferLimiter(per_user=0, total=0)
+    with unlimited.admit("a"), unlimited.admit("a"), unlimited.admit("a"):
+        pass
+
+
+@pytest.fixture
+async def capped_client(  # type: ignore[no-untyped-def]
+    aiohttp_client, config: Config
+) -> AsyncIterator[tuple[TestClient, NewKey, NewKey]]:
+    api = dataclasses.replace(config.api, max_transfers_per_user=2, max_transfers=3)
+    platform = open_platform(dataclasses.replace(config, api=api))
+    alice, bob = platform.accounts.create_user("alice"), platform.accounts.create_user("bob")
+    server = TestServer(build_app(platform, HANDLERS))
+    await server.start_server(**RUNNER_OPTIONS)
+    yield await aiohttp_client(server), alice, bob
+    platform.close()
+
+
+async def new_drive(client: TestClient, key: NewKey) -> str:
+    response = await client.post("/drives/create", data="size 1M\n", headers=basic_auth(key))
+    assert response.status == 200, await response.text()
+    return parse_properties(await response.text())["drive"]
+
+
+async def test_drive_transfers_over_the_cap_are_429_busy_until_one_ends(
+    capped_client: tuple[TestClient, NewKey, NewKey],
+) -> None:
+    client, alice, bob = capped_client
+    drives = [await new_drive(client, alice) for _ in range(3)]
+    theirs = await new_drive(client, bob)
+    go_on = asyncio.Event()
+
+    async def stalled_body() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        await asyncio.wait_for(go_on.wait(), 30)
+        yield b"y" * 1000
+
+    def stalled_write(drive: str, key: NewKey) -> asyncio.Task[ClientResponse]:
+        headers = {**basic_auth(key), "Content-Length": "2000"}
+        return asyncio.create_task(
+            client.post(f"/drives/{drive}/write", data=stalled_body(), headers=headers)
+        )
+
+    async def under_way(count: int) -> None:
+        limiter = client.server.app[TRANSFER_LIMITER_KEY]  # type: ignore[union-attr]
+        for _ in range(300):
+            if limiter.under_way == count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{count} transfers never got under way")
+
+    writes = [stalled_write(drives[0], alice), stalled_write(drives[1], alice)]
+    await under_way(2)
+    refused = await client.get(f"/drives/{drives[2]}/read", headers=basic_auth(alice))
+    assert refused.status == 429
+    assert refused.headers["X-Elastic-Error"] == "busy"
+    assert refused.headers["Retry-After"] == "1"
+    assert "at most 2 per account" in await refused.text()
+    writes.append(stalled_write(theirs, bob))  # another account: room on the host
+    await under_way(3)
+    full = await client.get(f"/drives/{theirs}/read", headers=basic_auth(bob))
+    assert full.status == 429  # the host's cap
+    go_on.set()
+    for write in writes:
+        assert (await write).status == 204
+    read = await client.get(f"/drives/{drives[0]}/read/0/2000", headers=basic_auth(alice))
+    assert read.status == 200 and await read.read() == b"x" * 1000 + b"y" * 1000

@@ -1,18 +1,22 @@
-"""Slowing down abuse at the edge: repeated authentication failures from one address, and
-(optionally) too many requests from one user.
+"""Slowing down abuse at the edge: repeated authentication failures from one address,
+(optionally) too many requests from one user, and too many drive transfers at once.
 
 In memory, per daemon, bounded: an attacker cycling addresses can fill the tables, but then
 the oldest entries go first and memory stays flat.
 """
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from openhosting.errors import AuthError, BusyError
 
 MAX_TRACKED = 65536
 MAX_DELAY = 5.0
+# Seconds a refused transfer is told to wait: transfers last seconds, not minutes.
+TRANSFER_RETRY_AFTER = 1
 
 
 class RateLimitedError(BusyError):
@@ -112,3 +116,47 @@ class UserRateLimiter:
             retry_after = max(1, int((1 - bucket.tokens) / self._rate) + 1)
             raise RateLimitedError("Too many requests: slow down", retry_after)
         bucket.tokens -= 1
+
+
+class TransferLimiter:
+    """Caps the drive reads and writes under way at once, per user and on the whole host.
+
+    Each transfer holds buffers (a write's pending pieces, an encrypted read's decrypted
+    pieces: about 8 MiB at worst) for as long as its client keeps it going, so without a cap
+    one account opening connections could exhaust the daemon's memory. A transfer over either
+    cap is refused at once with 429 `busy` and Retry-After, as the rate limit is: the client
+    tools retry a chunk, and queueing would only hold the connection open for nothing.
+    """
+
+    def __init__(self, per_user: int, total: int) -> None:
+        self._per_user, self._total = per_user, total
+        self._by_user: Counter[str] = Counter()
+        self._count = 0
+
+    @property
+    def under_way(self) -> int:
+        """How many transfers are under way on the host."""
+        return self._count
+
+    @contextmanager
+    def admit(self, user: str) -> Iterator[None]:
+        """Count one transfer of `user` for the body's duration; RateLimitedError if over."""
+        if self._per_user and self._by_user[user] >= self._per_user:
+            raise RateLimitedError(
+                f"Too many drive transfers at once: at most {self._per_user} per account",
+                TRANSFER_RETRY_AFTER,
+            )
+        if self._total and self._count >= self._total:
+            raise RateLimitedError(
+                "The platform has too many drive transfers under way: try again shortly",
+                TRANSFER_RETRY_AFTER,
+            )
+        self._by_user[user] += 1
+        self._count += 1
+        try:
+            yield
+        finally:
+            self._count -= 1
+            self._by_user[user] -= 1
+            if not self._by_user[user]:
+                del self._by_user[user]

@@ -5,9 +5,9 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from openhosting.api.abuse import AuthThrottle, UserRateLimiter
+from openhosting.api.abuse import AuthThrottle, TransferLimiter, UserRateLimiter
 from openhosting.api.auth import AUTH_THROTTLE_KEY, RATE_LIMITER_KEY, authenticate_request
-from openhosting.api.context import PLATFORM_KEY, user_of
+from openhosting.api.context import PLATFORM_KEY, TRANSFER_LIMITER_KEY, user_of
 from openhosting.api.negotiation import error_response, payload_response
 from openhosting.api.routes import ROUTES, Handler, HandlerResult, Kind, Route, unavailable
 from openhosting.errors import ApiError, MethodError, MissingError, SystemError_, UsageError
@@ -126,6 +126,7 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
         api.auth_failures_free, api.auth_failures_max, api.auth_failure_window
     )
     app[RATE_LIMITER_KEY] = UserRateLimiter(api.user_requests_per_second)
+    app[TRANSFER_LIMITER_KEY] = TransferLimiter(api.max_transfers_per_user, api.max_transfers)
     table = dict(handlers or {})
     for route in ROUTES:
         handler = table.get(route.command, unavailable)

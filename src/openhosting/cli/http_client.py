@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -39,6 +40,9 @@ from openhosting.errors import (
 DEFAULT_TIMEOUT = float(os.environ.get("OH_TIMEOUT", "300"))
 # Bytes sent per system call when a body streams from a file.
 SEND_BLOCK = 1024 * 1024
+# How often a request refused with 429 is sent again, and the longest Retry-After honoured.
+BUSY_RETRIES = 5
+MAX_RETRY_AFTER = 30.0
 # zlib's window bits for the gzip format.
 _GZIP_WBITS = 31
 
@@ -108,6 +112,18 @@ def parse_endpoint(uri: str) -> Endpoint:
 def api_path(*components: str) -> str:
     """An API path from its components, each percent-encoded where a URL needs it."""
     return "/".join(quote(component, safe="/:@!$&'()*+,;=-._~") for component in components)
+
+
+def retry_after_seconds(header: str) -> float:
+    """The wait a `Retry-After` header asks for (seconds only), within 0–MAX_RETRY_AFTER;
+    1 s when it is missing or unreadable."""
+    try:
+        seconds = float(header.strip())
+    except ValueError:
+        return 1.0
+    if seconds != seconds:  # NaN
+        return 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def basic_authorization(user: str, secret: str) -> str:
@@ -201,13 +217,38 @@ class ApiClient:
         """Send a request and return the response, its body still to be read.
 
         `body` is bytes, or a binary file of `length` bytes that is streamed. An HTTP error
-        status raises the matching `ApiError` after reading its text.
+        status raises the matching `ApiError` after reading its text. A 429 (the platform's
+        request rate or transfer cap) is waited out and sent again, up to BUSY_RETRIES times,
+        when the body can be sent again.
         """
         if body is not None and not isinstance(body, bytes | bytearray | memoryview):
             if length is None:
                 raise ValueError("a streamed body needs its length")
         elif body is not None:
             length = len(body)
+        replayable = body is None or isinstance(body, bytes | bytearray | memoryview)
+        for attempt in range(BUSY_RETRIES + 1):
+            response = self._send(method, path, body, length, headers)
+            if response.status != 429 or not replayable or attempt == BUSY_RETRIES:
+                break
+            wait = retry_after_seconds(response.getheader("Retry-After", ""))
+            self.read_all(response)  # a short error text: the connection stays usable
+            if self._trace is not None:
+                self._trace(f"* busy: sending again in {wait:g} s")
+            time.sleep(wait)
+        if response.status >= 400:
+            self._raise_for(response)
+        return response
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Body,
+        length: int | None,
+        headers: Mapping[str, str] | None,
+    ) -> http.client.HTTPResponse:
+        """One exchange, on this thread's connection (a new one if the idle one was closed)."""
         connection, reused = self._connection()
         try:
             response = self._exchange(connection, method, path, body, length or 0, headers)
@@ -222,8 +263,6 @@ class ApiClient:
         except (OSError, http.client.HTTPException) as error:
             self._drop_connection()
             raise self._connection_error(error) from None
-        if response.status >= 400:
-            self._raise_for(response)
         return response
 
     def _send_fresh(

@@ -3,7 +3,7 @@
 from aiohttp import web
 
 from openhosting.api.content_coding import GzipStreamDecoder
-from openhosting.api.context import platform_of, user_of
+from openhosting.api.context import platform_of, transfer_limiter_of, user_of
 from openhosting.api.negotiation import read_body_chunk, read_properties
 from openhosting.api.responses import (
     MAX_ZEROS_AS_GZIP,
@@ -55,6 +55,11 @@ async def read(request: web.Request) -> web.StreamResponse:
     offset = parse_size(request.match_info.get("offset", "0"), "offset")
     size_text = request.match_info.get("size")
     length = parse_size(size_text, "size") if size_text is not None else None
+    with transfer_limiter_of(request).admit(user_of(request)):
+        return await _read(request, offset, length)
+
+
+async def _read(request: web.Request, offset: int, length: int | None) -> web.StreamResponse:
     drives = platform_of(request).drives
     plan = drives.open_read(user_of(request), _drive(request), offset, length)
     response: web.StreamResponse
@@ -102,6 +107,11 @@ async def write(request: web.Request) -> None:
     if encoding not in ("identity", "gzip", "x-gzip"):
         raise UsageError(f"Unsupported Content-Encoding {encoding!r}: use gzip or none")
     offset = parse_size(request.match_info.get("offset", "0"), "offset")
+    with transfer_limiter_of(request).admit(user_of(request)):
+        await _write(request, offset, declared, encoding)
+
+
+async def _write(request: web.Request, offset: int, declared: int, encoding: str) -> None:
     writer = platform_of(request).drives.begin_write(user_of(request), _drive(request), offset)
     try:
         decoder = GzipStreamDecoder() if encoding != "identity" else None
