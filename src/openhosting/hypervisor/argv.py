@@ -146,6 +146,11 @@ class NicSpec:
             raise ValueError(f"not a lowercase MAC address: {self.mac!r}")
 
 
+# VNC display N listens on this port + N (QEMU's rule); bridge mode also shows a server's VNC
+# on its own address at this very port.
+VNC_BASE_PORT = 5900
+
+
 @dataclass(frozen=True)
 class VncSpec:
     """A VNC server on `address`:5900+`display`; logins fail until a password is set by QMP."""

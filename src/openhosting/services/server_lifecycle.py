@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from openhosting.config import Config
 from openhosting.errors import FailedError
 from openhosting.hypervisor import process
-from openhosting.hypervisor.argv import VmSpec, choose_accelerator
+from openhosting.hypervisor.argv import VNC_BASE_PORT, VmSpec, choose_accelerator
 from openhosting.hypervisor.cpu_quota import (
     apply_cpu_quota,
     find_cpu_cgroup,
@@ -39,7 +39,7 @@ from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_network import ServerNetworks
-from openhosting.services.vm_specs import VNC_BASE_PORT, HostVmSettings, VmPlan, build_vm_spec
+from openhosting.services.vm_specs import HostVmSettings, VmPlan, build_vm_spec
 from openhosting.store import servers as server_store
 
 log = logging.getLogger("openhosting.servers")

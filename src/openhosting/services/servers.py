@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine
 
 from openhosting.config import Config
 from openhosting.errors import BusyError, MissingError, UsageError
+from openhosting.hypervisor.argv import VNC_BASE_PORT
 from openhosting.hypervisor.vm import RunningVm
 from openhosting.model.server import ServerConfig
 from openhosting.network import open_network
@@ -32,7 +33,6 @@ from openhosting.services.resources import Resources
 from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import ServerLifecycle
 from openhosting.services.server_network import ServerNetworks
-from openhosting.services.vm_specs import VNC_BASE_PORT
 from openhosting.store import servers as server_store
 from openhosting.store.reader import Reader
 from openhosting.wire.payload import Value

@@ -20,10 +20,6 @@ from openhosting.hypervisor.argv import QEMU_BINARY, DiskSpec, NicSpec, VmSpec, 
 from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
 
-# VNC display N listens on this port + N; bridge mode also shows it on the guest's own
-# address at this very port.
-VNC_BASE_PORT = 5900
-
 
 @dataclass(frozen=True)
 class HostVmSettings:
