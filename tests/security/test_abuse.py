@@ -7,6 +7,7 @@ import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import ClientResponse
@@ -27,8 +28,7 @@ from openhosting.services.accounts import NewKey
 from openhosting.services.platform import open_platform
 from openhosting.wire.text import parse_properties
 from tests.conftest import basic_auth
-from tests.daemon_process import free_port
-from tests.test_daemon import Daemon
+from tests.daemon_process import DaemonProcess
 
 
 def test_failures_are_free_then_slower_then_locked_out() -> None:
@@ -119,14 +119,9 @@ def raw_request(port: int, data: bytes, timeout: float = 10) -> bytes:
         return b"".join(chunks)
 
 
-def test_oversized_headers_and_paths_and_slow_clients_against_the_daemon(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import os
-
-    os.environ["OH_API_IDLE_TIMEOUT"] = "2"
-    try:
-        daemon = Daemon(tmp_path / "state", free_port())
-    finally:
-        del os.environ["OH_API_IDLE_TIMEOUT"]
+def test_oversized_headers_and_paths_and_slow_clients_against_the_daemon(tmp_path: Path) -> None:
+    env = {"OH_API_IDLE_TIMEOUT": "2"}
+    daemon = DaemonProcess(tmp_path / "state", tmp_path / "daemon.log", env=env)
     try:
         long_path = b"/drives/" + b"x" * 9000
         answer = raw_request(daemon.port, b"GET " + long_path + b" HTTP/1.1\r\nHost: a\r\n\r\n")

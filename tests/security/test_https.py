@@ -11,8 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.daemon_process import create_user, free_port
-from tests.test_daemon import ADMIN, Daemon
+from tests.daemon_process import DaemonProcess, create_user
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -50,13 +49,10 @@ def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
 def test_https_serves_the_api_and_drive_bytes(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     state = tmp_path / "state"
-    os.environ.update(OH_API_TLS_CERT=str(cert), OH_API_TLS_KEY=str(key))
+    env = {"OH_API_TLS_CERT": str(cert), "OH_API_TLS_KEY": str(key)}
+    daemon = DaemonProcess(state, tmp_path / "daemon.log", env=env)
     try:
-        daemon = Daemon(state, free_port())
-    finally:
-        del os.environ["OH_API_TLS_CERT"], os.environ["OH_API_TLS_KEY"]
-    try:
-        auth = create_user(state, admin=ADMIN, timeout=30).auth
+        auth = create_user(state, timeout=30).auth
         url = f"https://127.0.0.1:{daemon.port}"
         made = curl("--cacert", str(cert), "-u", auth, "--data-binary",
                     "size 3000000\nencryption:cipher none", f"{url}/drives/create")  # fmt: skip
