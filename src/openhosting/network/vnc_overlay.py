@@ -10,26 +10,33 @@ removing a server changes no rule.
 
 import asyncio
 import json
+import re
 
 from openhosting.network.errors import NetworkError
 from openhosting.network.links import ip_argv, netns_exec_argv, run_command
 
-TABLE = "openhosting_vnc"
+TABLE_PREFIX = "openhosting_vnc_"
 VNC_PORT = 5900
 NFT_BINARY = "nft"
 
 
-def overlay_ruleset(bridge_mac: str) -> str:
+def table_name(bridge: str) -> str:
+    """The overlay's tables for the public bridge `bridge`: one pair per bridge, so platforms
+    on different bridges of one namespace keep to their own (nft names allow no `-`)."""
+    return TABLE_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", bridge)
+
+
+def overlay_ruleset(table: str, bridge_mac: str) -> str:
     """The two tables (pure): the guests whose port 5900 is ours, and where each goes."""
     return f"""\
-table bridge {TABLE} {{
+table bridge {table} {{
   set guests {{ type ipv4_addr; }}
   chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     ip daddr @guests tcp dport {VNC_PORT} ether daddr set {bridge_mac} meta pkttype set host
   }}
 }}
-table ip {TABLE} {{
+table ip {table} {{
   map targets {{ type ipv4_addr : ipv4_addr . inet_service; }}
   chain prerouting {{
     type nat hook prerouting priority -100; policy accept;
@@ -44,6 +51,7 @@ class VncOverlay:
 
     def __init__(self, namespace: str, bridge: str) -> None:
         self._namespace, self._bridge = namespace, bridge
+        self._table = table_name(bridge)
         self._lock = asyncio.Lock()
 
     async def _nft(self, *args: str, stdin: str | None = None) -> str:
@@ -53,19 +61,20 @@ class VncOverlay:
         """Create the tables once (they outlive the daemon, like the bridge)."""
         async with self._lock:
             tables = await self._nft("list", "tables")
-            if f"table ip {TABLE}" in tables and f"table bridge {TABLE}" in tables:
+            listed = tables.splitlines()
+            if f"table ip {self._table}" in listed and f"table bridge {self._table}" in listed:
                 return
             shown = await run_command(ip_argv(self._namespace, "-j", "link", "show", self._bridge))
             mac = json.loads(shown)[0]["address"]
-            await self._nft("-f", "-", stdin=overlay_ruleset(mac))
+            await self._nft("-f", "-", stdin=overlay_ruleset(self._table, mac))
 
     async def open(self, guest: str, target: str, port: int) -> None:
         """Send `guest`:5900 to `target`:`port`."""
         await self.ensure()
-        await self._nft("add", "element", "bridge", TABLE, "guests", f"{{ {guest} }}")
+        await self._nft("add", "element", "bridge", self._table, "guests", f"{{ {guest} }}")
         await self.close(guest, only_target=True)
         await self._nft(
-            "add", "element", "ip", TABLE, "targets", f"{{ {guest} : {target} . {port} }}"
+            "add", "element", "ip", self._table, "targets", f"{{ {guest} : {target} . {port} }}"
         )
 
     async def close(self, guest: str, only_target: bool = False) -> None:
@@ -73,7 +82,7 @@ class VncOverlay:
         places = [("ip", "targets")] if only_target else [("ip", "targets"), ("bridge", "guests")]
         for family, name in places:
             try:
-                await self._nft("delete", "element", family, TABLE, name, f"{{ {guest} }}")
+                await self._nft("delete", "element", family, self._table, name, f"{{ {guest} }}")
             except NetworkError as error:
                 if "No such file" not in str(error):
                     raise
@@ -82,7 +91,7 @@ class VncOverlay:
         """Remove both tables (the daemon stops with no server running)."""
         for family in ("bridge", "ip"):
             try:
-                await self._nft("delete", "table", family, TABLE)
+                await self._nft("delete", "table", family, self._table)
             except NetworkError as error:
                 if "No such file" not in str(error):
                     raise
