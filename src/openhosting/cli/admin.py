@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openhosting.cli import admin_audit, admin_billing, admin_imaging
-from openhosting.config import ConfigError, load_config
+from openhosting.cli import admin_audit, admin_backup, admin_billing, admin_imaging
+from openhosting.config import Config, ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
 from openhosting.wire.payload import Properties, ValueList
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_imaging.add_parsers(areas)
     admin_audit.add_parsers(areas)
     admin_billing.add_parsers(areas)
+    admin_backup.add_parsers(areas)
     return parser
 
 
@@ -128,16 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"openhosting-admin: {error}", file=sys.stderr)
         return 2
-    platform = open_platform(config)
     try:
-        run: Callable[[Platform, argparse.Namespace], str] = args.run
-        sys.stdout.write(run(platform, args))
+        sys.stdout.write(_run(config, args))
     except ApiError as error:
         print(f"openhosting-admin: {error.message}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _run(config: Config, args: argparse.Namespace) -> str:
+    """Run the command: on the state directory as it is, or on the platform opened over it."""
+    if (run_on_state := getattr(args, "run_on_state", None)) is not None:
+        return str(run_on_state(config, args))
+    platform = open_platform(config)
+    try:
+        run: Callable[[Platform, argparse.Namespace], str] = args.run
+        return run(platform, args)
     finally:
         platform.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""`openhosting-admin backup DIR`: a consistent copy of the platform's database and key, taken
+while the daemon runs (see store/backup.py for what it holds and what it leaves out)."""
+
+import argparse
+from pathlib import Path
+
+from openhosting.config import Config
+from openhosting.store.backup import back_up_state
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> str:
+    database, key = back_up_state(config.database_path, config.platform_key_path, args.target)
+    return (
+        f"database {database}\nkey {key}\n"
+        f"drives not included: copy {config.drive_path} with your file backups"
+        " (e.g. rsync -S)\n"
+    )
+
+
+def add_parsers(areas: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the `backup` command to the admin tool's parser."""
+    backup = areas.add_parser(
+        "backup",
+        help="copy the database and the platform key (not the drives) into a new directory",
+        description="To restore: stop the daemon, put both files back into the state"
+        " directory, the drive files into the drive directory, and start it.",
+    )
+    backup.add_argument("target", type=Path, metavar="DIR", help="a new (or empty) directory")
+    # Works on the state as it is: opening the platform would create one where there is none.
+    backup.set_defaults(run_on_state=cmd_backup)
