@@ -210,3 +210,32 @@ def test_the_rate_limit_holds_the_pace(drives: Drives) -> None:
     started = time.monotonic()
     imaging.gzip(src, dst, Tracker(max_rate=10 * MiB))
     assert time.monotonic() - started >= 0.25
+
+
+@pytest.mark.parametrize("dst_kind", ["plain", "encrypted"])
+def test_a_destination_being_emptied_is_never_shorter_than_its_size(
+    drives: Drives, dst_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DST may be read while it is imaged: a read promised its length, so the file must never
+    be cut below it, not even for the instant of emptying it."""
+    src = drives.make("src", ODD_SIZE, "encrypted")  # no reflink: DST is emptied, then filled
+    dst = drives.make("dst", ODD_SIZE, dst_kind)
+    fill(src, {0: b"new" * 1000})
+    fill(dst, {0: b"old" * 1000, ODD_SIZE - 10: b"old bytes!"})
+    file_size = os.stat(dst.io.path).st_size
+    cuts: list[int] = []
+    real_ftruncate, real_truncate = os.ftruncate, os.truncate
+
+    def ftruncate(fd: int, length: int) -> None:
+        cuts.append(length)
+        real_ftruncate(fd, length)
+
+    def truncate(path: object, length: int) -> None:
+        cuts.append(length)
+        real_truncate(path, length)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    monkeypatch.setattr(os, "truncate", truncate)
+    imaging.copy(src, dst, Tracker())
+    assert all(length >= file_size for length in cuts), cuts
+    assert content(dst) == content(src)

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from openhosting.storage.sparse import copy_file_sparse, copy_range, data_extents
+from openhosting.storage.sparse import copy_file_sparse, copy_range, data_extents, punch_hole
 
 MiB = 1024 * 1024
 
@@ -56,3 +56,16 @@ def test_copy_range_moves_a_range_to_the_same_offset(tmp_path: Path) -> None:
     if seen:
         assert sum(seen) == MiB + 5
         assert target.read_bytes() == bytes(MiB) + data[MiB : 2 * MiB + 5] + bytes(MiB - 5)
+
+
+def test_a_punched_hole_reads_as_zeros_frees_its_blocks_and_keeps_the_size(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(os.urandom(3 * MiB))
+    with path.open("r+b") as file:
+        assert punch_hole(file.fileno(), MiB, MiB)
+        assert list(data_extents(file.fileno(), 0, 3 * MiB)) == [(0, MiB), (2 * MiB, 3 * MiB)]
+    data = path.read_bytes()
+    assert len(data) == 3 * MiB and data[MiB : 2 * MiB] == bytes(MiB)
+    assert path.stat().st_blocks * 512 <= 2 * MiB + 8192

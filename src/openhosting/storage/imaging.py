@@ -28,7 +28,13 @@ from openhosting.errors import FailedError
 from openhosting.storage.drive_files import EncryptedDriveIO, PlainDriveIO
 from openhosting.storage.gzip_stream import GZIP_WBITS, GzipMembers
 from openhosting.storage.luks import payload_offset
-from openhosting.storage.sparse import clone_file, copy_range, data_extents, start_writeback
+from openhosting.storage.sparse import (
+    clone_file,
+    copy_range,
+    data_extents,
+    punch_hole,
+    start_writeback,
+)
 
 # Large pieces amortise system calls, AES passes and compressor calls; memory stays flat.
 CHUNK = 8 * 1024 * 1024
@@ -290,10 +296,20 @@ def _seekable(drive: Endpoint) -> Iterator[int]:
 
 
 def _empty(dst: Endpoint) -> None:
-    """Make every byte of DST a hole (reading as zeros), keeping its size and LUKS header."""
+    """Make every byte of DST a hole (reading as zeros), keeping its size and LUKS header.
+
+    DST may be read meanwhile (reads are not refused during imaging): punching a hole keeps
+    the file's size, so a read under way (sendfile of a promised length) never finds it
+    shorter. Only where holes cannot be punched is the file cut and grown again."""
     file_size = os.stat(dst.io.path).st_size
-    os.truncate(dst.io.path, dst.base)
-    os.truncate(dst.io.path, file_size)
+    fd = os.open(dst.io.path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if punch_hole(fd, dst.base, file_size - dst.base):
+            return
+        os.ftruncate(fd, dst.base)
+        os.ftruncate(fd, file_size)
+    finally:
+        os.close(fd)
 
 
 def _clone(src: Endpoint, dst: Endpoint) -> bool:

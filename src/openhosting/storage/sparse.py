@@ -21,6 +21,9 @@ FICLONE = 0x40049409
 COPY_PIECE = 32 * 1024 * 1024
 # sync_file_range(2) flag: start write-back of the range's dirty pages, do not wait for it.
 SYNC_FILE_RANGE_WRITE = 2
+# fallocate(2) modes (linux/falloc.h): free a range's blocks, keeping the file's size.
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
 # Errors that mean "this filesystem or kernel cannot do that", never "the data is bad".
 _UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS})
 
@@ -57,6 +60,33 @@ def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _sync_file_range = _libc_sync_file_range()
+
+
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_fallocate = _libc_fallocate()
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Make `length` bytes from `offset` a hole (reading as zeros) without changing the file's
+    size; False where the file system cannot. Unlike cutting the file and growing it again,
+    a reader never sees the file shorter than it is."""
+    if _fallocate is None:
+        return False
+    if _fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code))
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
