@@ -60,6 +60,32 @@ async def test_case_11_seed_body_boots_and_stop_destroys_a_non_persistent_server
     assert "claimed" not in await drive_info(client, auth, drive)
 
 
+@pytest.mark.parametrize("cipher", ["none", "aes-xts-plain"])
+async def test_two_servers_run_at_once_on_a_shared_drive(
+    client: TestClient, auth: dict[str, str], platform: Platform, tiny_guest_image: Path,
+    servers_cleanup: None, cipher: str,
+) -> None:  # fmt: skip
+    """`claim:type shared` lets several servers attach one drive: QEMU's image locking must be
+    told so (share-rw), or the second QEMU refuses to start."""
+    drive = await upload_guest(client, auth, tiny_guest_image, cipher=cipher)
+    shared = await client.post(f"/drives/{drive}/set", data="claim:type shared", headers=auth)
+    assert shared.status == 200, await shared.text()
+    servers = [
+        (await create_server(client, auth, f"name s{n}\ncpu 2000\nmem 128\nide:0:0 {drive}"))[
+            "server"
+        ]
+        for n in range(2)
+    ]
+    for server in servers:
+        assert (await server_info(client, auth, server))["status"] == "active"
+    for server in servers:
+        await wait_ready(platform, server)  # both guests booted from it
+    claimed = (await drive_info(client, auth, drive))["claimed"].split()
+    assert len(claimed) == 2
+    for server in servers:
+        assert (await client.post(f"/servers/{server}/destroy", headers=auth)).status == 204
+
+
 async def test_persistent_server_start_reset_shutdown_and_busy_drive(
     client: TestClient, auth: dict[str, str], platform: Platform, tiny_guest_image: Path,
     servers_cleanup: None,

@@ -33,12 +33,12 @@ PASSPHRASE = b"correct-horse-battery-staple"
 HOST = HostVmSettings(accelerator="tcg", vnc_listen="127.0.0.1", vnc_tls_dir=TLS)
 
 
-def plain(uuid: str, *, owned: bool = True) -> AttachableDrive:
-    return AttachableDrive(uuid, DRIVES / uuid, None, owned=owned, exclusive=False)
+def plain(uuid: str, *, owned: bool = True, exclusive: bool = True) -> AttachableDrive:
+    return AttachableDrive(uuid, DRIVES / uuid, None, owned=owned, exclusive=exclusive)
 
 
 def encrypted(uuid: str) -> AttachableDrive:
-    return AttachableDrive(uuid, DRIVES / uuid, PASSPHRASE, owned=True, exclusive=False)
+    return AttachableDrive(uuid, DRIVES / uuid, PASSPHRASE, owned=True, exclusive=True)
 
 
 def config(**properties: str) -> ServerConfig:
@@ -114,6 +114,18 @@ def test_slots_become_their_bus_and_a_cdrom_is_read_only() -> None:
     assert "virtio-blk-pci,drive=drive-block-1,id=block-1" in text
     assert f"filename={DRIVES / ISO},read-only=on" in text
     assert f"filename={DRIVES / ROOT},read-only=off" in text
+
+
+def test_a_shared_drive_lets_other_vms_write_it_too() -> None:
+    server = config(**{"ide:0:0": ROOT, "scsi:0:1": DATA})
+    spec = build(server, [plain(ROOT), plain(DATA, exclusive=False)]).spec
+    assert [(disk.slot, disk.shared) for disk in spec.disks] == [
+        ("ide:0:0", False),
+        ("scsi:0:1", True),
+    ]
+    text = "\n".join(build_qemu_argv(spec))
+    assert "drive=drive-scsi-0-1,id=scsi-0-1,share-rw=on" in text
+    assert "drive=drive-ide-0-0,id=ide-0-0\n" in text  # an exclusive drive shares nothing
 
 
 def test_the_boot_order_is_the_configurations_first_boots_first() -> None:

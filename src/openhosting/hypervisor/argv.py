@@ -75,6 +75,9 @@ class DiskSpec:
     media: str = "disk"  # "disk" | "cdrom"; a cdrom is attached read-only
     format: str = "raw"  # "raw" | "luks"; always explicit, never probed
     secret_file: Path | None = None
+    # `claim:type shared`: other VMs may have the drive open for writing too. QEMU's image
+    # locking refuses a second writer unless the device lets it share (share-rw).
+    shared: bool = False
 
     def __post_init__(self) -> None:
         if not _SLOT.fullmatch(self.slot):
@@ -339,6 +342,8 @@ def _device_opts(disk: DiskSpec, bootindex: int | None) -> str:
         head = "virtio-blk-pci"
         pairs = []
     pairs += [("drive", disk.node_name), ("id", disk.device_id)]
+    if disk.shared:
+        pairs.append(("share-rw", "on"))
     if bootindex is not None:
         pairs.append(("bootindex", bootindex))
     return _opts(*pairs, head=head)

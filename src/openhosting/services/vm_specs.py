@@ -90,6 +90,7 @@ def build_vm_spec(
                 # Always explicit: QEMU never probes the format of user data.
                 format="luks" if secret_file is not None else "raw",
                 secret_file=secret_file,
+                shared=not drive.exclusive,
             )
         )
     vnc = None
