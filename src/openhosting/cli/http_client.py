@@ -249,36 +249,20 @@ class ApiClient:
         headers: Mapping[str, str] | None,
     ) -> http.client.HTTPResponse:
         """One exchange, on this thread's connection (a new one if the idle one was closed)."""
-        connection, reused = self._connection()
-        try:
-            response = self._exchange(connection, method, path, body, length or 0, headers)
-        except _STALE_CONNECTION:
-            self._drop_connection()
-            # A connection idle since its last request may have been closed by the server; a
-            # body that is in memory can be sent again on a new one.
-            if not reused or not (body is None or isinstance(body, bytes | bytearray)):
-                raise self._connection_error(ConnectionResetError("connection reset")) from None
-            connection, _ = self._connection()
-            response = self._send_fresh(connection, method, path, body, length or 0, headers)
-        except (OSError, http.client.HTTPException) as error:
-            self._drop_connection()
-            raise self._connection_error(error) from None
-        return response
-
-    def _send_fresh(
-        self,
-        connection: http.client.HTTPConnection,
-        method: str,
-        path: str,
-        body: Body,
-        length: int,
-        headers: Mapping[str, str] | None,
-    ) -> http.client.HTTPResponse:
-        try:
-            return self._exchange(connection, method, path, body, length, headers)
-        except (OSError, http.client.HTTPException) as error:
-            self._drop_connection()
-            raise self._connection_error(error) from None
+        for attempt in (1, 2):
+            connection, reused = self._connection()
+            try:
+                return self._exchange(connection, method, path, body, length or 0, headers)
+            except _STALE_CONNECTION:
+                self._drop_connection()
+                # A connection idle since its last request may have been closed by the server:
+                # a body that is in memory can be sent again, once, on a new one.
+                if attempt == 2 or not reused or not isinstance(body, bytes | bytearray | None):
+                    raise self._connection_error(ConnectionResetError("connection reset")) from None
+            except (OSError, http.client.HTTPException) as error:
+                self._drop_connection()
+                raise self._connection_error(error) from None
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _exchange(
         self,
