@@ -170,3 +170,17 @@ def wait_for_output(process: subprocess.Popen[bytes], needle: bytes, timeout: fl
             assert data, f"output ended without {needle!r}: {seen!r}"
             seen += data
     return seen
+
+
+def interrupt_mid_transfer(process: subprocess.Popen[bytes]) -> str:
+    """Ctrl-C a transfer tool once four chunks are done; it must end with `E` and a non-zero
+    status. Its standard error (which says how to resume)."""
+    try:
+        seen = wait_for_output(process, b"....")
+        process.send_signal(signal.SIGINT)
+        rest, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert (seen + rest).endswith(b"E\n")
+    return err.decode()

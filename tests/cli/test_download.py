@@ -3,13 +3,12 @@ sizes, holes for zeros, and resumption from the local file."""
 
 import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import BIN, ApiDaemon, loop_device, wait_for_output
+from tests.cli.conftest import BIN, ApiDaemon, interrupt_mid_transfer, loop_device
 
 CHUNK = 65536
 
@@ -78,15 +77,8 @@ def test_an_interrupted_download_resumes_with_the_printed_offset(
         [str(BIN / "openhosting-download"), "-c", str(CHUNK), "-p", "2", drive, str(target)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=api.env(),
     )  # fmt: skip
-    try:
-        seen = wait_for_output(process, b"....")
-        process.send_signal(signal.SIGINT)
-        rest, err = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode != 0
-    assert (seen + rest).endswith(b"E\n")
-    match = re.search(r"Restart with '-o ([0-9]+)' to resume the download", err.decode())
+    err = interrupt_mid_transfer(process)
+    match = re.search(r"Restart with '-o ([0-9]+)' to resume the download", err)
     assert match, err
     offset = int(match.group(1))
     assert 0 < offset < len(data) and offset % CHUNK == 0

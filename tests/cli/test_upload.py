@@ -4,7 +4,6 @@ output, byte-identical round trips, zero chunks skipped on new drives, and resum
 import gzip
 import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from tests.cli.conftest import (
     BIN,
     ApiDaemon,
+    interrupt_mid_transfer,
     loop_device,
     run_in_terminal,
     sha256_of,
@@ -193,15 +193,8 @@ def test_an_interrupted_upload_resumes_with_the_printed_command(
 ) -> None:
     image = make_image(tmp_path / "image", os.urandom(16 * 1024 * 1024))
     process = start_upload(api, image)
-    try:
-        seen = wait_for_output(process, b"....")
-        process.send_signal(signal.SIGINT)
-        rest, err = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode != 0
-    assert (seen + rest).endswith(b"E\n")
-    drive, offset = resume_command(err.decode())
+    err = interrupt_mid_transfer(process)
+    drive, offset = resume_command(err)
     resume_and_compare(api, image, drive, offset, tmp_path / "back")
 
 

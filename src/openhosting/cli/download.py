@@ -32,14 +32,12 @@ from openhosting.cli.chunks import (
 )
 from openhosting.cli.http_client import ApiClient, api_path
 from openhosting.cli.tool import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
     client_from_environment,
     interrupt_on_sigterm,
     run_tool,
     size_argument,
 )
-from openhosting.cli.transfer import add_chunk_options, describe, run_transfer
+from openhosting.cli.transfer import add_chunk_options, report_unfinished, run_transfer
 from openhosting.errors import MissingError, UsageError
 from openhosting.wire.text import parse_properties
 
@@ -236,17 +234,12 @@ def _download(
         return 0
     # Chunks are written in order: every one before the first unfinished one is in the file.
     resume = start + result.first_unfinished * chunk_size
-    if result.interrupted:
-        print(f"Interrupted at offset {resume}: aborting", file=sys.stderr)
-    else:
-        assert result.failed is not None and result.error is not None
-        print(
-            f"Failed to read chunk at offset {result.failed.offset}: aborting\n"
-            f"{describe(result.error)}",
-            file=sys.stderr,
-        )
-    print(f"Restart with '-o {resume}' to resume the download", file=sys.stderr)
-    return EXIT_INTERRUPTED if result.interrupted else EXIT_FAILED
+    return report_unfinished(
+        result,
+        f"Interrupted at offset {resume}",
+        lambda chunk: f"Failed to read chunk at offset {chunk.offset}",
+        f"Restart with '-o {resume}' to resume the download",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

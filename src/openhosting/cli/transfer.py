@@ -17,7 +17,12 @@ from openhosting.cli.chunks import (
 )
 from openhosting.cli.http_client import ApiClient
 from openhosting.cli.progress import choose_progress
-from openhosting.cli.tool import positive_int_argument, positive_size_argument
+from openhosting.cli.tool import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    positive_int_argument,
+    positive_size_argument,
+)
 from openhosting.errors import ApiError
 
 DEFAULT_CHUNK = 5242880
@@ -73,6 +78,21 @@ def run_transfer(
         before_finish()
     progress.finish()
     return result
+
+
+def report_unfinished(
+    result: RunResult, interrupted: str, failed: Callable[[Chunk], str], restart: str
+) -> int:
+    """Say on standard error how a run that did not finish ended (`interrupted`, or `failed`
+    for the first failed chunk followed by its error) and `restart`, the command that resumes
+    it; returns the tool's exit status."""
+    if result.interrupted:
+        print(f"{interrupted}: aborting", file=sys.stderr)
+    else:
+        assert result.failed is not None and result.error is not None
+        print(f"{failed(result.failed)}: aborting\n{describe(result.error)}", file=sys.stderr)
+    print(restart, file=sys.stderr)
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_FAILED
 
 
 def describe(error: BaseException) -> str:

@@ -30,14 +30,12 @@ from openhosting.cli.chunks import (
 )
 from openhosting.cli.http_client import ApiClient, api_path
 from openhosting.cli.tool import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
     client_from_environment,
     interrupt_on_sigterm,
     run_tool,
     size_argument,
 )
-from openhosting.cli.transfer import add_chunk_options, describe, run_transfer
+from openhosting.cli.transfer import add_chunk_options, report_unfinished, run_transfer
 from openhosting.errors import ApiError, FailedError, MissingError, UsageError
 from openhosting.wire.text import parse_properties
 
@@ -269,20 +267,12 @@ def _upload(args: argparse.Namespace, source: FileSource | GunzipSource) -> int:
     if result.ok:
         return 0
     resume = start + result.first_unfinished * chunk_size
-    if result.interrupted:
-        print(
-            f"Interrupted during chunk {result.first_unfinished + 1} of {count}: aborting",
-            file=sys.stderr,
-        )
-    else:
-        assert result.failed is not None and result.error is not None
-        print(
-            f"Failed to write chunk {result.failed.index + 1} of {count}: aborting\n"
-            f"{describe(result.error)}",
-            file=sys.stderr,
-        )
-    print(f"Restart with '-d {drive} -o {resume}' to resume the upload", file=sys.stderr)
-    return EXIT_INTERRUPTED if result.interrupted else EXIT_FAILED
+    return report_unfinished(
+        result,
+        f"Interrupted during chunk {result.first_unfinished + 1} of {count}",
+        lambda chunk: f"Failed to write chunk {chunk.index + 1} of {count}",
+        f"Restart with '-d {drive} -o {resume}' to resume the upload",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
