@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from openhosting.api.abuse import AuthThrottle, UserRateLimiter
+from openhosting.api.abuse import AuthLockedOutError, AuthThrottle, UserRateLimiter
 from openhosting.api.context import USER_KEY, platform_of
 from openhosting.errors import AuthError
 
@@ -37,21 +37,29 @@ def parse_basic_credentials(header: str | None) -> tuple[str, str]:
 async def authenticate_request(request: web.Request) -> None:
     """Authenticate the request (AuthError if it fails) and record the user's UUID.
 
-    An address that keeps failing waits longer before each check, then is refused outright
-    for a while; a user over their request rate is refused with 429.
+    The credentials are checked first and the right key always gets in; a failure waits
+    longer the more its address, its user or the pair of both have failed, and past a limit
+    is refused with Retry-After. A user over their request rate is refused with 429.
     """
-    throttle = request.app[AUTH_THROTTLE_KEY]
-    remote = request.remote or "-"
-    delay = throttle.delay_before(remote)
-    if delay:
-        await asyncio.sleep(delay)
+    if USER_KEY in request:
+        return  # already authenticated by the `Expect: 100-continue` handler
+    header = request.headers.get("Authorization")
+    username = None
     try:
-        username, password = parse_basic_credentials(request.headers.get("Authorization"))
+        username, password = parse_basic_credentials(header)
         user = platform_of(request).accounts.authenticate(username.lower(), password)
     except AuthError:
-        throttle.failed(remote)
+        if not header:
+            raise  # no guess at all: the challenge half of Basic authentication (RFC 7617)
+        remote = request.remote or "-"
+        try:
+            delay = request.app[AUTH_THROTTLE_KEY].failed(remote, username)
+        except AuthLockedOutError:
+            log.info("event=auth_refused remote=%s path=%s", remote, request.path)
+            raise
         log.info("event=auth_failed remote=%s path=%s", remote, request.path)
+        if delay:
+            await asyncio.sleep(delay)
         raise
-    throttle.succeeded(remote)
     request.app[RATE_LIMITER_KEY].take(user)
     request[USER_KEY] = user
