@@ -3,7 +3,9 @@ drive transfers at once, oversized headers and paths, slow clients (issue: accou
 and security)."""
 
 import asyncio
+import base64
 import dataclasses
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -328,6 +330,22 @@ async def test_malformed_credentials_from_one_address_are_slowed_then_refused(
     assert "Retry-After" not in answers[7].headers
     assert int(answers[8].headers["Retry-After"]) > 0
     assert (await client.get("/drives/list", headers=basic_auth(alice))).status == 200
+
+
+async def test_a_failed_login_is_logged_on_one_line_that_the_client_cannot_forge(
+    guarded_client: tuple[TestClient, NewKey, NewKey], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, alice, _ = guarded_client
+    caplog.set_level(logging.INFO, logger="openhosting.auth")
+    forged_path = "/drives/x%0Aevent=auth_ok%20remote=192.0.2.1/list"
+    await client.get(forged_path, headers=basic_auth(alice, "guess"))
+    forged_user = base64.b64encode(b"x\nevent=auth_ok remote=192.0.2.1:guess").decode()
+    await client.get("/drives/list", headers={"Authorization": "Basic " + forged_user})
+    lines = [record.getMessage() for record in caplog.records if record.name == "openhosting.auth"]
+    assert len(lines) == 2
+    assert not any("\n" in line for line in lines)
+    assert f"user={alice.uuid} " in lines[0] and "%0A" in lines[0]
+    assert "user=- " in lines[1]
 
 
 async def test_a_request_expecting_100_continue_is_counted_once_by_the_rate_limit(

@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from openhosting.api.abuse import AuthLockedOutError, AuthThrottle, UserRateLimiter
+from openhosting.api.abuse import AuthLockedOutError, AuthThrottle, UserRateLimiter, user_tried
 from openhosting.api.context import USER_KEY, platform_of
 from openhosting.errors import AuthError
 
@@ -52,12 +52,15 @@ async def authenticate_request(request: web.Request) -> None:
         if not header:
             raise  # no guess at all: the challenge half of Basic authentication (RFC 7617)
         remote = request.remote or "-"
+        # The raw path, still percent-encoded: a decoded %0A would let anyone write lines of
+        # their own into the log. The user only when it is a UUID, for the same reason.
+        where = f"remote={remote} user={user_tried(username) or '-'} path={request.raw_path}"
         try:
             delay = request.app[AUTH_THROTTLE_KEY].failed(remote, username)
         except AuthLockedOutError:
-            log.info("event=auth_refused remote=%s path=%s", remote, request.path)
+            log.info("event=auth_refused %s", where)
             raise
-        log.info("event=auth_failed remote=%s path=%s", remote, request.path)
+        log.info("event=auth_failed %s", where)
         if delay:
             await asyncio.sleep(delay)
         raise
