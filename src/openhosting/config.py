@@ -33,9 +33,11 @@ class ApiSettings:
     # A connection that sends no complete request for this long is closed (slow clients,
     # idle keep-alives); a request body that stalls this long is refused.
     idle_timeout: int = 30
-    # Repeated authentication failures from one address: after `auth_failures_free` within
-    # `auth_failure_window` seconds each further attempt waits longer, and past
-    # `auth_failures_max` the address is refused (401 with Retry-After) until the window ends.
+    # Repeated authentication failures of one (address, user tried): after
+    # `auth_failures_free` within `auth_failure_window` seconds each further failure waits
+    # longer, and past `auth_failures_max` failures are refused (401 with Retry-After) until
+    # the window ends. One user from every address and one address for every user get four
+    # times these. The right key is never slowed or refused.
     auth_failures_free: int = 5
     auth_failures_max: int = 30
     auth_failure_window: int = 300

@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from openhosting.api.abuse import AuthThrottle, UserRateLimiter
+from openhosting.api.abuse import AuthLockedOutError, AuthThrottle, UserRateLimiter, user_tried
 from openhosting.api.context import USER_KEY, platform_of
 from openhosting.errors import AuthError
 
@@ -37,21 +37,32 @@ def parse_basic_credentials(header: str | None) -> tuple[str, str]:
 async def authenticate_request(request: web.Request) -> None:
     """Authenticate the request (AuthError if it fails) and record the user's UUID.
 
-    An address that keeps failing waits longer before each check, then is refused outright
-    for a while; a user over their request rate is refused with 429.
+    The credentials are checked first and the right key always gets in; a failure waits
+    longer the more its address, its user or the pair of both have failed, and past a limit
+    is refused with Retry-After. A user over their request rate is refused with 429.
     """
-    throttle = request.app[AUTH_THROTTLE_KEY]
-    remote = request.remote or "-"
-    delay = throttle.delay_before(remote)
-    if delay:
-        await asyncio.sleep(delay)
+    if USER_KEY in request:
+        return  # already authenticated by the `Expect: 100-continue` handler
+    header = request.headers.get("Authorization")
+    username = None
     try:
-        username, password = parse_basic_credentials(request.headers.get("Authorization"))
+        username, password = parse_basic_credentials(header)
         user = platform_of(request).accounts.authenticate(username.lower(), password)
     except AuthError:
-        throttle.failed(remote)
-        log.info("event=auth_failed remote=%s path=%s", remote, request.path)
+        if not header:
+            raise  # no guess at all: the challenge half of Basic authentication (RFC 7617)
+        remote = request.remote or "-"
+        # The raw path, still percent-encoded: a decoded %0A would let anyone write lines of
+        # their own into the log. The user only when it is a UUID, for the same reason.
+        where = f"remote={remote} user={user_tried(username) or '-'} path={request.raw_path}"
+        try:
+            delay = request.app[AUTH_THROTTLE_KEY].failed(remote, username)
+        except AuthLockedOutError:
+            log.info("event=auth_refused %s", where)
+            raise
+        log.info("event=auth_failed %s", where)
+        if delay:
+            await asyncio.sleep(delay)
         raise
-    throttle.succeeded(remote)
     request.app[RATE_LIMITER_KEY].take(user)
     request[USER_KEY] = user
