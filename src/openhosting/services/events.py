@@ -90,6 +90,18 @@ class Subscription:
             raise Overflowed(f"more than {QUEUE_LENGTH} events pending")
         return event
 
+    def pending(self) -> list[Event]:
+        """The events already waiting (none while the feed is open and quiet); the end mark
+        stays queued for `next_event` to report."""
+        batch = []
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            if event is END:
+                self._queue.put_nowait(END)
+                break
+            batch.append(event)
+        return batch
+
     def close(self) -> None:
         self._bus.unsubscribe(self)
 

@@ -60,7 +60,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 break
             if event is None:  # the daemon is stopping
                 break
-            await response.write(_block(event))
+            # Whatever else is waiting goes in the same write: a busy feed costs one write
+            # per wake-up, not per event.
+            batch = [event, *subscription.pending()]
+            await response.write(b"".join(_block(e) for e in batch))
         await response.write_eof()
         return response
     finally:  # also when the client went away mid-write
