@@ -10,12 +10,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from openhosting.api.access_log import RequestLogger
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.context import READINESS_KEY
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.config import Config, ConfigError, load_config
-from openhosting.logs import FORMATS, RequestLogger, configure_logging
+from openhosting.logs import FORMATS, configure_logging
 from openhosting.services.platform import Platform, open_platform
 
 log = logging.getLogger("openhosting.daemon")

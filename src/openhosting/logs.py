@@ -1,6 +1,6 @@
-"""Logging set-up: one line per event, `key=value` text or (for log shippers) JSON, and one
-line per request through the access log. Lines logged while a request is served carry its
-id, which the client also sees in the answer's X-Request-Id header."""
+"""Logging set-up: one line per event, `key=value` text or (for log shippers) JSON. Lines
+logged while a request is served carry its id (`REQUEST_ID`, set by the HTTP edge), which the
+client also sees in the answer's X-Request-Id header."""
 
 import contextvars
 import json
@@ -8,11 +8,6 @@ import logging
 import re
 import sys
 import time
-
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
-
-from openhosting.api.context import REQUEST_ID_KEY, USER_KEY
 
 # The id of the request being served by the current task, if any.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -71,25 +66,3 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-
-
-class RequestLogger(AbstractAccessLogger):
-    """One line per request: who asked what, the answer, and how long it took."""
-
-    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
-            return  # don't gather what nobody will read
-        error = response.headers.get("X-Elastic-Error", "-")
-        self.logger.info(
-            "event=request request_id=%s remote=%s user=%s method=%s path=%s status=%s"
-            " error=%s bytes=%s ms=%.1f",
-            request.get(REQUEST_ID_KEY, "-"),
-            request.remote,
-            request.get(USER_KEY, "-"),
-            request.method,
-            request.path,
-            response.status,
-            error,
-            response.body_length,
-            time * 1000,
-        )
