@@ -14,6 +14,7 @@ BENCHMARKS = {
     "drive-read-encrypted": "bench.drive_read_encrypted",
     "imaging": "bench.imaging",
     "boot": "bench.server_boot",
+    "events": "bench.events",
 }
 
 

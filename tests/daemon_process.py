@@ -137,8 +137,12 @@ class DaemonProcess:
         self.state_dir, self.log = state_dir, log
         self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
+        # The metrics listener too gets a free port: daemons of tests run side by side.
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
         level = {} if log_level is None else {"OH_LOG_LEVEL": log_level}
-        self._env = {**level, **(env or {})}
+        metrics = {"OH_API_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}"}
+        self._env = {**level, **metrics, **(env or {})}
         self.process = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:

@@ -47,6 +47,9 @@ class ApiSettings:
     # 8 MiB of buffers); more are refused with 429 `busy` and Retry-After. 0: no limit.
     max_transfers_per_user: int = 16
     max_transfers: int = 64
+    # Where Prometheus scrapes `/metrics` (also `/health` and `/ready`): a listener apart from
+    # the API, for the provider's monitoring network only; empty: no metrics listener.
+    metrics_listen: str = "127.0.0.1:9180"
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,9 @@ class Config:
 
     state_dir: str = "state"
     log_level: str = "info"
+    # `text`: one `key=value` line per event; `json`: one JSON object per line (for log
+    # shippers), the `key=value` pairs as fields.
+    log_format: str = "text"
     # Create a first user when the database has none, and print how to reach the API.
     first_user: bool = True
     api: ApiSettings = field(default_factory=ApiSettings)

@@ -10,10 +10,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from openhosting.api.access_log import RequestLogger
 from openhosting.api.app import RUNNER_OPTIONS, build_app
+from openhosting.api.context import READINESS_KEY
 from openhosting.api.handlers import HANDLERS
+from openhosting.api.ops import build_ops_app
 from openhosting.config import Config, ConfigError, load_config
-from openhosting.logs import RequestLogger, configure_logging
+from openhosting.logs import FORMATS, configure_logging
 from openhosting.services.platform import Platform, open_platform
 
 log = logging.getLogger("openhosting.daemon")
@@ -72,6 +75,8 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.api.tls_cert, config.api.tls_key or None)
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+    ops_runner = web.AppRunner(build_ops_app(app), handle_signals=False, access_log=None)
+    await ops_runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -83,14 +88,22 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     metering = asyncio.create_task(platform.billing.run()) if config.billing.enabled else None
     await platform.imaging.start()  # jobs a previous daemon left unfinished start again
     try:
+        if config.api.metrics_listen:
+            ops_host, ops_port = parse_listen(config.api.metrics_listen)
+            await web.TCPSite(ops_runner, ops_host, ops_port, reuse_address=True).start()
+            log.info("event=metrics_listening address=%s", config.api.metrics_listen)
         await site.start()
         log.info("event=listening url=%s state_dir=%s", public_url(config), config.state_dir)
+        app[READINESS_KEY].set()
         if ready is not None:
             ready.set()
         await stop.wait()
         log.info("event=stopping")
     finally:
+        app[READINESS_KEY].clear()
+        platform.events.close()  # event streams end, so the runner need not wait for them
         await runner.cleanup()
+        await ops_runner.cleanup()
         await platform.imaging.stop()  # interrupted jobs start again on the next start
         if metering is not None:
             metering.cancel()
@@ -112,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides=overrides)
         parse_listen(config.api.listen)
+        if config.api.metrics_listen:
+            parse_listen(config.api.metrics_listen)
+        if config.log_format not in FORMATS:
+            raise ConfigError(f"Invalid log_format {config.log_format!r}: text or json")
     except ConfigError as error:
         print(f"openhostingd: {error}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     try:
         platform = open_platform(config)
     except ConfigError as error:  # e.g. network settings only checked when opened

@@ -1,16 +1,29 @@
 """The aiohttp application: the middleware (auth, errors), the route table, method rules."""
 
+import asyncio
 import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
 from openhosting.api.abuse import AuthThrottle, TransferLimiter, UserRateLimiter
 from openhosting.api.auth import AUTH_THROTTLE_KEY, RATE_LIMITER_KEY, authenticate_request
-from openhosting.api.context import PLATFORM_KEY, TRANSFER_LIMITER_KEY, user_of
+from openhosting.api.context import (
+    METRICS_KEY,
+    PLATFORM_KEY,
+    READINESS_KEY,
+    REQUEST_ID_KEY,
+    TRANSFER_LIMITER_KEY,
+    user_of,
+)
+from openhosting.api.metrics import UNMATCHED, PlatformMetrics
 from openhosting.api.negotiation import error_response, payload_response
 from openhosting.api.routes import ROUTES, Handler, HandlerResult, Kind, Route, unavailable
 from openhosting.errors import ApiError, MethodError, MissingError, SystemError_, UsageError
+from openhosting.logs import REQUEST_ID
+from openhosting.services.audit import object_of
 from openhosting.services.platform import Platform
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 
@@ -20,6 +33,21 @@ READ_METHODS = frozenset({"GET", "HEAD", "POST"})
 # The key holding a new object's id in what a create command answers.
 CREATED_KEYS = ("drive", "server", "resource")
 
+# What a successful command tells the event feed: (object type, change). Commands that are
+# not here publish through their service (a server's status, imaging) or not at all (writes).
+COMMAND_EVENTS = {
+    "drives.create": ("drive", "created"),
+    "drives.set": ("drive", "changed"),
+    "drives.destroy": ("drive", "destroyed"),
+    "servers.create": ("server", "created"),
+    "servers.create_stopped": ("server", "created"),
+    "servers.set": ("server", "changed"),
+    "servers.destroy": ("server", "destroyed"),
+    "resources.create": ("resource", "created"),
+    "resources.set": ("resource", "changed"),
+    "resources.destroy": ("resource", "destroyed"),
+}
+
 # Options of the server that runs the app (aiohttp's AppRunner). Drive writes decode
 # `Content-Encoding: gzip` themselves, in bounded pieces and with a faster library.
 RUNNER_OPTIONS = {"auto_decompress": False}
@@ -28,11 +56,34 @@ RUNNER_OPTIONS = {"auto_decompress": False}
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate every request, and turn every failure into the API's error form: nothing
-    escapes as a bare 500. (One middleware, not two: each costs a few µs per request.)"""
+    escapes as a bare 500. Each request is given an id (in its log lines and its answer's
+    X-Request-Id) and counted in the metrics. (One middleware, not several: each costs a
+    few µs per request.)"""
+    started = time.perf_counter()
+    request_id = secrets.token_hex(8)
+    request[REQUEST_ID_KEY] = request_id
+    REQUEST_ID.set(request_id)
+    metrics = request.app[METRICS_KEY]
+    status: int | str = "aborted"  # the client went away before an answer
+    try:
+        response = await _answer(request, handler, metrics)
+        status = response.status
+        return response
+    finally:
+        metrics.observe_request(
+            _route_label(request), request.method, status, time.perf_counter() - started
+        )
+
+
+async def _answer(
+    request: web.Request, handler: Handler, metrics: PlatformMetrics
+) -> web.StreamResponse:
     try:
         await authenticate_request(request)
         return await handler(request)  # type: ignore[return-value]
     except ApiError as error:
+        if error.kind == "auth":
+            metrics.auth_failures.inc()
         return error_response(error)
     except web.HTTPNotFound:
         return error_response(MissingError(f"Command {request.path} could not be found"))
@@ -50,6 +101,19 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(SystemError_("Internal error; the operator has the details"))
 
 
+def _route_label(request: web.Request) -> str:
+    """The command's URL pattern (`/drives/{drive}/read`): few values, unlike paths."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries its request's id, streamed ones included (set as headers go)."""
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id is not None:
+        response.headers["X-Request-Id"] = request_id
+
+
 def _command_handler(
     route: Route, handler: Handler
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -61,7 +125,7 @@ def _command_handler(
         ):
             raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
         if route.kind is Kind.CHANGE:
-            return await _audited(request, handler)
+            return await _audited(request, route, handler)
         return _render(request, await handler(request))
 
     return serve
@@ -75,8 +139,9 @@ def _render(request: web.Request, result: HandlerResult) -> web.StreamResponse:
     return result
 
 
-async def _audited(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run a state-changing command and record it, whatever its result."""
+async def _audited(request: web.Request, route: Route, handler: Handler) -> web.StreamResponse:
+    """Run a state-changing command and record it, whatever its result; tell the event feed
+    what it changed."""
     status, error, created = 500, "system", None
     try:
         result = await handler(request)
@@ -85,6 +150,7 @@ async def _audited(request: web.Request, handler: Handler) -> web.StreamResponse
             created = str(new_id) if new_id is not None else None
         response = _render(request, result)
         status, error = response.status, ""
+        _publish(request, route, created)
         return response
     except ApiError as failure:
         status, error = failure.status, failure.kind
@@ -96,12 +162,23 @@ async def _audited(request: web.Request, handler: Handler) -> web.StreamResponse
         )  # fmt: skip
 
 
+def _publish(request: web.Request, route: Route, created: str | None) -> None:
+    described = COMMAND_EVENTS.get(route.command)
+    object_id = created or object_of(request.path)
+    if described is None or object_id is None:
+        return
+    type_, change = described
+    request.app[PLATFORM_KEY].events.publish_command(user_of(request), type_, object_id, change)
+
+
 async def authenticate_then_continue(request: web.Request) -> web.StreamResponse | None:
     """`Expect: 100-continue`: check the credentials before inviting the body, so a client
     with a wrong key does not upload gigabytes to hear 401."""
     try:
         await authenticate_request(request)
     except ApiError as error:
+        if error.kind == "auth":
+            request.app[METRICS_KEY].auth_failures.inc()
         return error_response(error)
     expect = request.headers.get("Expect", "")
     if request.version >= (1, 1) and expect.lower() == "100-continue":
@@ -110,6 +187,10 @@ async def authenticate_then_continue(request: web.Request) -> web.StreamResponse
     elif request.version >= (1, 1):
         return error_response(UsageError(f"Unknown Expect: {expect}"))
     return None
+
+
+async def _bind_events(app: web.Application) -> None:
+    app[PLATFORM_KEY].events.bind()  # events from worker threads are delivered on this loop
 
 
 def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None) -> web.Application:
@@ -127,6 +208,11 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
     )
     app[RATE_LIMITER_KEY] = UserRateLimiter(api.user_requests_per_second)
     app[TRANSFER_LIMITER_KEY] = TransferLimiter(api.max_transfers_per_user, api.max_transfers)
+    app[METRICS_KEY] = metrics = PlatformMetrics()
+    app[READINESS_KEY] = asyncio.Event()
+    platform.events.add_listener(metrics.observe_event)
+    app.on_startup.append(_bind_events)
+    app.on_response_prepare.append(_add_request_id)
     table = dict(handlers or {})
     for route in ROUTES:
         handler = table.get(route.command, unavailable)

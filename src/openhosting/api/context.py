@@ -1,14 +1,22 @@
-"""What a request handler reaches through the request: the platform, the caller, and the
-cap on drive transfers."""
+"""What a request handler reaches through the request: the platform, the caller, the cap on
+drive transfers, and what monitoring needs (metrics, readiness, the request's id)."""
+
+import asyncio
 
 from aiohttp import web
 
 from openhosting.api.abuse import TransferLimiter
+from openhosting.api.metrics import PlatformMetrics
 from openhosting.services.platform import Platform
 
 PLATFORM_KEY: web.AppKey[Platform] = web.AppKey("platform", Platform)
 USER_KEY: web.RequestKey[str] = web.RequestKey("user", str)
 TRANSFER_LIMITER_KEY: web.AppKey[TransferLimiter] = web.AppKey("transfer_limiter", TransferLimiter)
+METRICS_KEY: web.AppKey[PlatformMetrics] = web.AppKey("metrics", PlatformMetrics)
+# Set once the daemon has adopted its VMs and listens: what `/ready` answers.
+READINESS_KEY: web.AppKey[asyncio.Event] = web.AppKey("readiness", asyncio.Event)
+# A request's id: in its log lines and its answer's X-Request-Id header.
+REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 
 def platform_of(request: web.Request) -> Platform:

@@ -69,6 +69,8 @@ ROUTES: tuple[Route, ...] = (
     Route(f"/servers/{SERVER}/destroy", Kind.CHANGE, "servers.destroy"),
     # The caller's own account: balance, limits, usage (API.md §7)
     Route("/account/info", Kind.READ, "account.info"),
+    # The caller's state changes as they happen (server-sent events; an extension)
+    Route("/events", Kind.READ, "events.stream"),
     # Resources (API.md §6)
     Route("/resources/list", Kind.READ, "resources.list"),
     Route("/resources/info", Kind.READ, "resources.info_all"),

@@ -36,6 +36,7 @@ from sqlalchemy import Connection, Engine
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
 from openhosting.model.common import EVERYONE
 from openhosting.services.drives import Drives
+from openhosting.services.events import EventBus
 from openhosting.storage.gzip_stream import GzipStreamError
 from openhosting.storage.imaging import CONVERSIONS, PIPELINES, Endpoint, ImagingStopped, Tracker
 from openhosting.store import drives as drive_store
@@ -62,8 +63,13 @@ class Imaging:
         concurrency: int = 2,
         max_rate: int = 0,
         retention_days: int = 30,
+        events: EventBus | None = None,
     ) -> None:
         self._engine = engine
+        self._events = events if events is not None else EventBus()
+        # The last percentage told to the event feed, per job: progress is published when it
+        # moves, not at every report.
+        self._published: dict[int, str] = {}
         self._drives = drives
         self._concurrency = max(1, concurrency)
         self._max_rate = max_rate  # source bytes per second per job; 0: no limit
@@ -121,6 +127,7 @@ class Imaging:
             "event=imaging_accepted job=%s user=%s drive=%s source=%s conversion=%s",
             job_id, user, dst, src, conversion or "none",
         )  # fmt: skip
+        self._publish(job, "queued")
         if self._running:
             self._spawn(job)
         return job_id
@@ -287,6 +294,20 @@ class Imaging:
             self._check_source_remains(job, connection)
             job_store.update_job(connection, job["id"], bytes_done=done, bytes_total=total)
             drive_store.update_drive(connection, job["dst"], imaging=f"{percent}%")
+        self._publish(job, f"{percent}%")
+
+    def _publish(self, job: dict[str, Any], imaging: str, error: str | None = None) -> None:
+        """Tell the event feed where the job is (`queued`, `NN%`, `done`, `failed`)."""
+        if self._published.get(job["id"]) == imaging:
+            return
+        if imaging in ("done", "failed"):
+            self._published.pop(job["id"], None)
+        else:
+            self._published[job["id"]] = imaging
+        self._events.publish(
+            job["user"], "drive", job["dst"], "imaging", imaging=imaging, job=job["id"],
+            source=job["src"], **({"error": error} if error is not None else {}),
+        )  # fmt: skip
 
     def _check_source_remains(
         self, job: dict[str, Any], connection: Connection | None = None
@@ -309,12 +330,14 @@ class Imaging:
             )
             drive_store.update_drive(connection, job["dst"], imaging="0%", imaging_error=None)
         log.info("event=imaging_started job=%s drive=%s", job["id"], job["dst"])
+        self._publish(job, "0%")
 
     def _requeue(self, job: dict[str, Any]) -> None:
         with self._engine.begin() as connection:
             job_store.update_job(connection, job["id"], state=QUEUED, started_at=None, bytes_done=0)
             drive_store.update_drive(connection, job["dst"], imaging="queued")
         log.info("event=imaging_interrupted job=%s drive=%s", job["id"], job["dst"])
+        self._publish(job, "queued")
 
     def _end(self, job: dict[str, Any], error: str | None, total: int | None = None) -> None:
         """The job is over: record how, release its claims, show what DST waits for next."""
@@ -332,6 +355,10 @@ class Imaging:
                 status["imaging_error"] = error
             drive_store.update_drive(connection, job["dst"], **status)
         self._prune_expired()
+        if error:
+            self._publish(job, "failed", error)
+        else:
+            self._publish(job, "done")
         if error:
             log.warning(
                 "event=imaging_failed job=%s drive=%s source=%s error=%r",

@@ -11,6 +11,7 @@ from openhosting.services.accounts import Accounts
 from openhosting.services.audit import Audit
 from openhosting.services.billing import Billing
 from openhosting.services.drives import Drives
+from openhosting.services.events import EventBus, audit_sink
 from openhosting.services.imaging import Imaging
 from openhosting.services.resources import Resources
 from openhosting.services.server_network import ServerNetworks
@@ -37,6 +38,7 @@ class Platform:
     resources: Resources
     audit: Audit
     billing: Billing
+    events: EventBus
 
     def close(self) -> None:
         self.reader.close()
@@ -62,12 +64,14 @@ def open_platform(config: Config) -> Platform:
     pool, network_driver = open_network(config.network, config.run_path / "network")
     resources = Resources(engine, reader, pool, billing)
     networks = ServerNetworks(engine, resources, pool, network_driver)
+    audit = Audit(engine)
+    events = EventBus(audit=audit_sink(audit.record))
     return Platform(
         config=config,
         engine=engine,
         accounts=Accounts(engine, reader, platform_key),
         drives=drives,
-        servers=Servers(engine, reader, drives, config, networks, billing),
+        servers=Servers(engine, reader, drives, config, networks, billing, events),
         reader=reader,
         imaging=Imaging(
             engine,
@@ -75,9 +79,11 @@ def open_platform(config: Config) -> Platform:
             config.storage.imaging_concurrency,
             config.storage.imaging_max_rate,
             config.storage.job_retention_days,
+            events,
         ),
         standard_drives=StandardDrives(engine, drives.files),
         resources=resources,
-        audit=Audit(engine),
+        audit=audit,
         billing=billing,
+        events=events,
     )

@@ -37,6 +37,7 @@ from openhosting.hypervisor.vm import SHUTDOWN, RunningVm
 from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
 from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
+from openhosting.services.events import EventBus
 from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.vm_specs import HostVmSettings, VmPlan, build_vm_spec
@@ -74,8 +75,15 @@ def _remove_secrets(spec: VmSpec) -> None:
 class ServerLifecycle:
     """The running VMs of this daemon's servers."""
 
-    def __init__(self, engine: Engine, config: Config, networks: ServerNetworks) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        networks: ServerNetworks,
+        events: EventBus | None = None,
+    ) -> None:
         self._engine = engine
+        self._events = events if events is not None else EventBus()
         self._config = config
         self._settings = config.hypervisor
         self._networks = networks
@@ -119,6 +127,7 @@ class ServerLifecycle:
         """Start the VM of `uuid`, whose drives are claimed and VNC `display` picked; the
         server is `active` once this returns. Every step is undone if a later one fails."""
         run_dir = self.run_dir(uuid)
+        begun = time.monotonic()
         async with AsyncExitStack() as undo:
             nics = await self._networks.acquire(user, uuid, config)
             undo.push_async_callback(self._networks.release, uuid)
@@ -172,6 +181,14 @@ class ServerLifecycle:
             undo.pop_all()
             await asyncio.to_thread(_remove_secrets, spec)
         log.info("event=server_started user=%s server=%s pid=%s", user, uuid, vm.pid)
+        for attachment in config.drives:
+            self._events.publish(
+                user, "drive", attachment.drive, "claimed", server=uuid, device=attachment.slot
+            )
+        self._events.publish(
+            user, "server", uuid, "status", status="active", started=started,
+            start_seconds=round(time.monotonic() - begun, 3),
+        )  # fmt: skip
 
     async def _open_vnc_overlay(self, uuid: str, config: ServerConfig, display: int) -> None:
         """In bridge mode, VNC is also reached on the server's own address, port 5900."""
@@ -254,11 +271,24 @@ class ServerLifecycle:
                     log.info("event=server_stopped server=%s status=%s", uuid, status)
         finally:
             self.vms.pop(uuid, None)
+        if row is not None:
+            self._publish_exit(row["user"], uuid, config, how)
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(remove_cpu_group, self.cgroup, uuid)
         if row is not None and config.get("persistent") != "true":
             shutil.rmtree(self.run_dir(uuid), ignore_errors=True)
+
+    def _publish_exit(self, user: str, uuid: str, config: dict[str, str], how: str) -> None:
+        for attachment in ServerConfig.from_properties(config).drives:
+            self._events.publish(
+                user, "drive", attachment.drive, "released", server=uuid, device=attachment.slot
+            )
+        if config.get("persistent") != "true":
+            self._events.publish(user, "server", uuid, "destroyed", reason=f"vm_{how}")
+        else:
+            status = "stopped" if how == SHUTDOWN else "dead"
+            self._events.publish(user, "server", uuid, "status", status=status, reason=how)
 
     # -- daemon start and stop -------------------------------------------------------
 

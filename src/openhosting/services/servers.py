@@ -29,6 +29,7 @@ from openhosting.model.server import ServerConfig
 from openhosting.network import open_network
 from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
+from openhosting.services.events import EventBus
 from openhosting.services.resources import Resources
 from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import ServerLifecycle
@@ -55,6 +56,7 @@ class Servers:
         config: Config,
         networks: ServerNetworks | None = None,
         billing: Billing | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self._billing = billing
         self._engine = engine
@@ -65,7 +67,7 @@ class Servers:
             pool, driver = open_network(config.network, config.run_path / "network")
             networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, driver)
         self.networks = networks  # the servers' NICs: addresses, DHCP, taps
-        self.lifecycle = ServerLifecycle(engine, config, networks)
+        self.lifecycle = ServerLifecycle(engine, config, networks, events)
         # The lifecycle's own dict: who is active is read here, changed only there.
         self._vms: dict[str, RunningVm] = self.lifecycle.vms
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)

@@ -1,10 +1,11 @@
 """Request handlers, one module per area; `HANDLERS` maps command names to them."""
 
-from openhosting.api.handlers import account, drive_images, drives, resources, servers
+from openhosting.api.handlers import account, drive_images, drives, events, resources, servers
 from openhosting.api.routes import Handler
 
 HANDLERS: dict[str, Handler] = {
     "account.info": account.info,
+    "events.stream": events.stream,
     "drives.list": drives.list_drives,
     "drives.info_all": drives.info_all,
     "drives.info": drives.info,

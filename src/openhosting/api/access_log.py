@@ -1,0 +1,30 @@
+"""The access log: one line per request, with its id, caller, answer and duration."""
+
+import logging
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+from openhosting.api.context import REQUEST_ID_KEY, USER_KEY
+
+
+class RequestLogger(AbstractAccessLogger):
+    """One line per request: who asked what, the answer, and how long it took."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return  # don't gather what nobody will read
+        error = response.headers.get("X-Elastic-Error", "-")
+        self.logger.info(
+            "event=request request_id=%s remote=%s user=%s method=%s path=%s status=%s"
+            " error=%s bytes=%s ms=%.1f",
+            request.get(REQUEST_ID_KEY, "-"),
+            request.remote,
+            request.get(USER_KEY, "-"),
+            request.method,
+            request.path,
+            response.status,
+            error,
+            response.body_length,
+            time * 1000,
+        )

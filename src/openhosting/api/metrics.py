@@ -1,0 +1,121 @@
+"""What Prometheus scrapes: the API's traffic, the platform's state and the host's capacity.
+
+Traffic (requests by route and status, latency, authentication failures) is counted as it
+happens; state (servers by status, drives and bytes by tier, imaging jobs by state, transfers
+under way, capacity used) is read when scraped, so it is never stale and costs nothing in
+between. One registry per application, not the library's global one: several platforms may
+live in one process (the tests).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from openhosting.services.events import Event
+from openhosting.services.platform_state import PlatformState
+
+# Latency buckets from a cached info (~1 ms) to a drive transfer's first byte under load.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# A VM's start: QEMU up and QMP answering, from well under a second (KVM) to many (TCG).
+VM_START_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+UNMATCHED = "unmatched"  # the route label of a path that is no command (404)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class PlatformMetrics:
+    """The metrics of one daemon."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            "openhosting_http_requests",
+            "API requests answered, by route (the command's URL pattern), method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "openhosting_http_request_duration_seconds",
+            "Time from a request's arrival to its answer's start, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "openhosting_auth_failures",
+            "Requests refused for their credentials (missing, wrong, malformed or throttled).",
+            registry=registry,
+        )
+        self.vm_start = Histogram(
+            "openhosting_vm_start_seconds",
+            "Time to start a server's VM (QEMU spawned until it runs and answers QMP).",
+            buckets=VM_START_BUCKETS,
+            registry=registry,
+        )
+        self.events = Counter(
+            "openhosting_events",
+            "State changes published on the event feed, by object type and change.",
+            ["type", "change"],
+            registry=registry,
+        )
+        self.event_streams = Gauge(
+            "openhosting_event_streams", "Clients connected to /events.", registry=registry
+        )
+        self.transfers = Gauge(
+            "openhosting_drive_transfers_in_flight",
+            "Drive reads and writes under way.",
+            registry=registry,
+        )
+        self.servers = Gauge(
+            "openhosting_servers", "Servers, by status.", ["status"], registry=registry
+        )
+        self.drives = Gauge("openhosting_drives", "Drives, by tier.", ["tier"], registry=registry)
+        self.drive_bytes = Gauge(
+            "openhosting_drive_bytes",
+            "Drives' provisioned sizes in bytes, by tier.",
+            ["tier"],
+            registry=registry,
+        )
+        self.jobs = Gauge(
+            "openhosting_imaging_jobs", "Imaging jobs, by state.", ["state"], registry=registry
+        )
+        self.capacity_used = Gauge(
+            "openhosting_host_capacity_used",
+            "What this host's active servers and drives use: cpu_mhz, mem_mb, disk_bytes.",
+            ["resource"],
+            registry=registry,
+        )
+        self.capacity_total = Gauge(
+            "openhosting_host_capacity",
+            "What this host has: cpu_mhz (cores × core_mhz), mem_mb, disk_bytes.",
+            ["resource"],
+            registry=registry,
+        )
+
+    def observe_request(self, route: str, method: str, status: int | str, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def observe_event(self, event: Event) -> None:
+        """A listener of the event feed: counts events and times VM starts."""
+        self.events.labels(event.type, event.change).inc()
+        seconds = event.fields.get("start_seconds")
+        if isinstance(seconds, int | float):
+            self.vm_start.observe(seconds)
+
+    def render(self, state: PlatformState, transfers: int, event_streams: int) -> bytes:
+        """The exposition text, with the state gauges set from `state`."""
+        self.transfers.set(transfers)
+        self.event_streams.set(event_streams)
+        for gauge, values in (
+            (self.servers, state.servers_by_status),
+            (self.drives, state.drives_by_tier),
+            (self.drive_bytes, state.drive_bytes_by_tier),
+            (self.jobs, state.jobs_by_state),
+            (self.capacity_used, state.capacity_used),
+            (self.capacity_total, state.capacity_total),
+        ):
+            gauge.clear()  # a status nobody has any more must not keep its last count
+            for label, value in values.items():
+                gauge.labels(label).set(value)
+        return generate_latest(self.registry)

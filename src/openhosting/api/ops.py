@@ -1,0 +1,61 @@
+"""The operator's listener, apart from the API: `/metrics` for Prometheus, `/health` (the
+daemon answers) and `/ready` (it has adopted its VMs, serves the API and reaches its
+database). No authentication: it is meant for the provider's monitoring network only, and
+listens on loopback by default (`api.metrics_listen`)."""
+
+import asyncio
+
+from aiohttp import web
+from sqlalchemy import text
+
+from openhosting.api.context import METRICS_KEY, PLATFORM_KEY, READINESS_KEY, TRANSFER_LIMITER_KEY
+from openhosting.api.metrics import CONTENT_TYPE
+from openhosting.services.platform_state import read_platform_state
+
+API_APP_KEY: web.AppKey[web.Application] = web.AppKey("api_app", web.Application)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    api = request.app[API_APP_KEY]
+    platform = api[PLATFORM_KEY]
+    state = await asyncio.to_thread(
+        read_platform_state,
+        platform.engine,
+        set(platform.servers.lifecycle.vms),
+        platform.config.drive_path,
+        platform.config.hypervisor.core_mhz,
+    )
+    body = api[METRICS_KEY].render(
+        state, api[TRANSFER_LIMITER_KEY].under_way, platform.events.subscribers()
+    )
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    api = request.app[API_APP_KEY]
+    if not api[READINESS_KEY].is_set():
+        return web.Response(status=503, text="starting\n")
+    try:
+        await asyncio.to_thread(_ping, api)
+    except Exception as error:  # any failure to reach the database means not ready
+        return web.Response(status=503, text=f"database unreachable: {type(error).__name__}\n")
+    return web.Response(text="ready\n")
+
+
+def _ping(api: web.Application) -> None:
+    with api[PLATFORM_KEY].engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def build_ops_app(api: web.Application) -> web.Application:
+    """The operator's application over the API application `api` (its platform, metrics)."""
+    app = web.Application()
+    app[API_APP_KEY] = api
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    return app

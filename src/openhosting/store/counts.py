@@ -1,0 +1,25 @@
+"""Counts over the whole platform, for monitoring: grouped in the database, never row by row."""
+
+from sqlalchemy import Connection, func, select
+
+from openhosting.store.tables import drives, jobs, servers
+
+
+def drives_by_tier(connection: Connection) -> dict[str, tuple[int, int]]:
+    """tier → (how many drives, their sizes in bytes)."""
+    query = select(drives.c.tier, func.count(), func.coalesce(func.sum(drives.c.size), 0))
+    return {
+        tier: (int(count), int(size))
+        for tier, count, size in connection.execute(query.group_by(drives.c.tier))
+    }
+
+
+def jobs_by_state(connection: Connection) -> dict[str, int]:
+    query = select(jobs.c.state, func.count()).group_by(jobs.c.state)
+    return {state: int(count) for state, count in connection.execute(query)}
+
+
+def server_statuses(connection: Connection) -> list[tuple[str, str, str]]:
+    """(uuid, stored status, configuration JSON) of every server."""
+    query = select(servers.c.uuid, servers.c.status, servers.c.config)
+    return [(uuid, status, config) for uuid, status, config in connection.execute(query)]

@@ -1,0 +1,88 @@
+"""The operator's listener: `/metrics` after a scripted workload has the expected counts,
+`/health` answers, `/ready` tells whether the daemon serves."""
+
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from openhosting.api.context import READINESS_KEY
+from openhosting.api.ops import build_ops_app
+from tests.api.drive_helpers import create_drive
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def ops_client(client: TestClient, aiohttp_client) -> TestClient:  # type: ignore[no-untyped-def]
+    return await aiohttp_client(TestServer(build_ops_app(client.server.app)))
+
+
+async def test_a_scrape_counts_requests_failures_and_state(
+    client: TestClient,
+    auth: dict[str, str],
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    ops = await ops_client(client, aiohttp_client)
+    for size in (1000, 2000, 3000):
+        await create_drive(client, auth, size)
+    await create_drive(client, auth, 500, tier="ssd")
+    for _ in range(2):
+        assert (await client.get("/drives/list", headers=auth)).status == 200
+    bad = {"Authorization": "Basic bm90OnZhbGlk"}  # not:valid
+    assert (await client.get("/drives/list", headers=bad)).status == 401
+    assert (await client.get("/nothing/here", headers=auth)).status == 404
+    await client.post("/servers/create/stopped", data="name s\ncpu 1000\nmem 256", headers=auth)
+
+    response = await ops.get("/metrics")
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    found = samples(await response.text())
+    list_ok = (("method", "GET"), ("route", "/drives/list"), ("status", "200"))
+    assert found[("openhosting_http_requests_total", list_ok)] == 2
+    denied = (("method", "GET"), ("route", "/drives/list"), ("status", "401"))
+    assert found[("openhosting_http_requests_total", denied)] == 1
+    unmatched = (("method", "GET"), ("route", "unmatched"), ("status", "404"))
+    assert found[("openhosting_http_requests_total", unmatched)] == 1
+    created = (("method", "POST"), ("route", "/drives/create"), ("status", "200"))
+    assert found[("openhosting_http_requests_total", created)] == 4
+    assert (
+        found[("openhosting_http_request_duration_seconds_count", (("route", "/drives/list"),))]
+        == 3
+    )
+    assert found[("openhosting_auth_failures_total", ())] == 1
+    assert found[("openhosting_drives", (("tier", "disk"),))] == 3
+    assert found[("openhosting_drives", (("tier", "ssd"),))] == 1
+    assert found[("openhosting_drive_bytes", (("tier", "disk"),))] == 6000
+    assert found[("openhosting_servers", (("status", "stopped"),))] == 1
+    assert found[("openhosting_servers", (("status", "active"),))] == 0
+    assert found[("openhosting_imaging_jobs", (("state", "queued"),))] == 0
+    assert found[("openhosting_drive_transfers_in_flight", ())] == 0
+    assert found[("openhosting_events_total", (("change", "created"), ("type", "drive")))] == 4
+    assert found[("openhosting_host_capacity", (("resource", "cpu_mhz"),))] > 0
+    assert found[("openhosting_host_capacity_used", (("resource", "cpu_mhz"),))] == 0
+
+
+async def test_every_answer_carries_a_request_id(client: TestClient, auth: dict[str, str]) -> None:
+    ids = set()
+    for path in ("/drives/list", "/nothing", "/drives/create"):
+        response = await client.get(path, headers=auth)
+        request_id = response.headers["X-Request-Id"]
+        assert len(request_id) == 16 and int(request_id, 16) >= 0
+        ids.add(request_id)
+    assert len(ids) == 3
+
+
+async def test_health_answers_and_ready_follows_the_daemon(
+    client: TestClient,
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    ops = await ops_client(client, aiohttp_client)
+    assert (await ops.get("/health")).status == 200
+    assert (await ops.get("/ready")).status == 503  # not yet told it serves
+    client.server.app[READINESS_KEY].set()
+    response = await ops.get("/ready")
+    assert response.status == 200 and await response.text() == "ready\n"
