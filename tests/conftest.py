@@ -19,7 +19,8 @@ from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC_DIR = REPO.parent / "shared" / "spec"
+# Real bodies of the service this API comes from (see its README): golden inputs.
+SAMPLES = Path(__file__).resolve().parent / "data" / "samples"
 
 
 def basic_auth(key: NewKey, secret: str | None = None) -> dict[str, str]:
