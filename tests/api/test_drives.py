@@ -1,4 +1,4 @@
-"""Drive commands over HTTP against a real SQLite file and real drive files (API.md §4)."""
+"""Drive commands over HTTP against a real SQLite file and real drive files (docs/api.md §4)."""
 
 import asyncio
 import gzip

@@ -1,5 +1,5 @@
 """Server commands that need no running VM: validation, ownership, stopped-server rules
-(API.md §5). Booting servers is tested in tests/integration/."""
+(docs/api.md §5). Booting servers is tested in tests/integration/."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""The server configuration: every rule of API.md §5, and the real request bodies."""
+"""The server configuration: every rule of docs/api.md §5, and the real request bodies."""
 
 import pytest
 
