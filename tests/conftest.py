@@ -17,9 +17,11 @@ from openhosting.config import Config, load_config
 from openhosting.hypervisor import process
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
+from tests.disk_tmp import disk_directory
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC_DIR = REPO.parent / "shared" / "spec"
+# Real bodies of the service this API comes from (see its README): golden inputs.
+SAMPLES = Path(__file__).resolve().parent / "data" / "samples"
 
 
 def basic_auth(key: NewKey, secret: str | None = None) -> dict[str, str]:
@@ -33,6 +35,13 @@ def config(tmp_path: Path) -> Config:
     return load_config(
         env={}, overrides={"state_dir": str(tmp_path / "state"), "first_user": False}
     )
+
+
+@pytest.fixture
+def disk_tmp_path(tmp_path: Path) -> Iterator[Path | None]:
+    """A temporary directory on a disk file system (see tests/disk_tmp.py), or None."""
+    with disk_directory(tmp_path) as directory:
+        yield directory
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The platform's error types: one per X-Elastic-Error kind of the API (API.md §3).
+"""The platform's error types: one per X-Elastic-Error kind of the API (docs/api.md §3).
 
 Raised at the place that knows the cause; the HTTP edge turns them into responses.
 """

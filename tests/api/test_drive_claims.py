@@ -1,4 +1,4 @@
-"""The busy rules of claimed drives (API.md §4, §5): a drive held by a server's device refuses
+"""The busy rules of claimed drives (docs/api.md §4, §5): a drive held by a server's device refuses
 writes unless it is `claim:type shared`, and refuses destroy and resize whatever its type."""
 
 import gzip

@@ -1,4 +1,4 @@
-"""A drive write that runs out of platform storage (API.md §3, §4): 507 `full`, and the drive
+"""A drive write that runs out of platform storage (docs/api.md §3, §4): 507 `full`, and the drive
 keeps every byte that was acknowledged before. The drive directory is a 24 MiB tmpfs mounted
 for the test (root only), holding drives larger than itself: they are sparse."""
 

@@ -1,5 +1,5 @@
 """The cumulative I/O counters of a drive (`read:bytes`, `read:requests`, `write:bytes`,
-`write:requests`, API.md §4) count the bytes that really moved, once per request that
+`write:requests`, docs/api.md §4) count the bytes that really moved, once per request that
 moved them."""
 
 import gzip

@@ -1,4 +1,4 @@
-"""Drive commands over HTTP against a real SQLite file and real drive files (API.md §4)."""
+"""Drive commands over HTTP against a real SQLite file and real drive files (docs/api.md §4)."""
 
 import asyncio
 import gzip
@@ -12,7 +12,7 @@ from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
-from tests.conftest import basic_auth
+from tests.conftest import SAMPLES, basic_auth
 
 UUID_LEN = 36
 CIPHERS = ["none", "aes-xts-plain"]
@@ -237,9 +237,7 @@ async def test_info_has_every_key(client: TestClient, auth: dict[str, str], user
 async def test_the_real_services_create_body_is_accepted(
     client: TestClient, auth: dict[str, str]
 ) -> None:
-    from tests.conftest import SPEC_DIR
-
-    body = (SPEC_DIR / "samples" / "create_drive.txt").read_text()
+    body = (SAMPLES / "create_drive.txt").read_text()
     response = await client.post("/drives/create", data=body, headers=auth)
     assert response.status == 200, await response.text()
     info = parse_properties(await response.text())

@@ -1,5 +1,5 @@
 """The wire contract shared by every command: negotiation, leniency, methods, errors
-(API.md §1–3)."""
+(docs/api.md §1–3)."""
 
 import json
 

@@ -1,5 +1,5 @@
 """`POST /drives/D/image/SRC[/gzip|gunzip]` over HTTP: background jobs, their progress and
-claims, the busy rules, failures, and who may image from what (API.md §4)."""
+claims, the busy rules, failures, and who may image from what (docs/api.md §4)."""
 
 import asyncio
 import gzip

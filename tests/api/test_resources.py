@@ -1,4 +1,4 @@
-"""Resources through the API (API.md §6): IPs from the pool and VLANs, their ownership,
+"""Resources through the API (docs/api.md §6): IPs from the pool and VLANs, their ownership,
 limits and exhaustion. Rules that need an active server are in
 tests/integration/test_resource_rules.py."""
 

@@ -1,5 +1,5 @@
 """Server commands that need no running VM: validation, ownership, stopped-server rules
-(API.md §5). Booting servers is tested in tests/integration/."""
+(docs/api.md §5). Booting servers is tested in tests/integration/."""
 
 import json
 
@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from openhosting.services.accounts import NewKey
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive
-from tests.conftest import SPEC_DIR, basic_auth
+from tests.conftest import SAMPLES, basic_auth
 
 BASE = "name s\ncpu 1000\nmem 256\n"
 
@@ -112,7 +112,7 @@ async def test_case_23_jclouds_create_stopped_echoes_password(
 async def test_the_real_services_create_body_is_accepted(
     client: TestClient, auth: dict[str, str]
 ) -> None:
-    body = (SPEC_DIR / "samples" / "create_server.txt").read_text()
+    body = (SAMPLES / "create_server.txt").read_text()
     drive = (await create_drive(client, auth, 1000))["drive"]
     body = body.replace("08c92dd5-70a0-4f51-83d2-835919d254df", drive)
     await stopped_server(client, auth, body)

@@ -1,5 +1,5 @@
 """The standard drive library over HTTP: listed for every user, read-only, imaged from
-(API.md §4, compat case 28)."""
+(docs/api.md §4, compat case 28)."""
 
 import gzip
 import os

@@ -1,10 +1,9 @@
 """Build the tiny bootable test guest: a 25 MiB raw disk made from Debian's own packages.
 
-The recipe is the one in docs PLATFORM.md ("A tiny bootable test guest"): a busybox
-initramfs with the kernel modules for every device our QEMU driver can give a guest, a FAT
-partition made as a plain file with syslinux on it, and an MBR disk around it. No root, no
-loop devices, no mounting; the output is byte-reproducible, so it is cached under
-``~/.cache/openhosting/`` keyed by a hash of everything that goes into it.
+The recipe: a busybox initramfs with the kernel modules for every device our QEMU driver
+can give a guest, a FAT partition made as a plain file with syslinux on it, and an MBR disk
+around it. No root, no loop devices, no mounting; the output is byte-reproducible, so it is
+cached under ``~/.cache/openhosting/`` keyed by a hash of everything that goes into it.
 
 What the guest does, on its serial port (ttyS0, 115200):
 

@@ -1,6 +1,6 @@
-"""VMs outlive the daemon (ARCHITECTURE.md, "Servers"): a real `openhostingd` is stopped with
+"""VMs outlive the daemon (README.md, "Operating"): a real `openhostingd` is stopped with
 SIGTERM or killed with SIGKILL while servers run; the next daemon adopts the VMs that still
-run and reconciles those that ended while no daemon watched (API.md §5's stop rules)."""
+run and reconciles those that ended while no daemon watched (docs/api.md §5's stop rules)."""
 
 import os
 import shutil

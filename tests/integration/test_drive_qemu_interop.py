@@ -1,6 +1,6 @@
 """Encrypted drives are LUKS1 containers that QEMU opens with the drive's passphrase: bytes
-written through the API are what QEMU reads, and bytes QEMU writes are what the API reads
-(ARCHITECTURE.md, "Drives"). The passphrase goes to QEMU in a 0600 file, never in argv."""
+written through the API are what QEMU reads, and bytes QEMU writes are what the API reads.
+The passphrase goes to QEMU in a 0600 file, never in argv."""
 
 import os
 import shutil

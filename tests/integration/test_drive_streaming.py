@@ -1,5 +1,5 @@
 """The drive data path of a real `openhostingd`: gigabytes stream through in flat memory, and a
-write whose client goes away half-way is neither acknowledged nor counted (API.md §4)."""
+write whose client goes away half-way is neither acknowledged nor counted (docs/api.md §4)."""
 
 import socket
 import subprocess

@@ -1,5 +1,5 @@
 """Servers through the API on real QEMU: what the guest sees (boot order, cdrom), a VM
-killed from outside, and the server compat cases of libcloud and jclouds (compat-cases.md 13,
+killed from outside, and the server compat cases of libcloud and jclouds (docs/api.md §9: 13,
 17-19, 22-25) on VMs that need not boot (their drive holds nothing bootable)."""
 
 import json

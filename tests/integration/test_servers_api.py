@@ -1,4 +1,4 @@
-"""Servers through the API on real QEMU (TCG) booting the tiny guest (API.md §5)."""
+"""Servers through the API on real QEMU (TCG) booting the tiny guest (docs/api.md §5)."""
 
 import asyncio
 import json

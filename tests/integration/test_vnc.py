@@ -1,4 +1,4 @@
-"""VNC of servers on real QEMU, spoken to with a tiny RFB 3.8 client (API.md §5, `vnc:*`).
+"""VNC of servers on real QEMU, spoken to with a tiny RFB 3.8 client (docs/api.md §5, `vnc:*`).
 
 With a password a server has a VNC server that checks it (VNC authentication: a DES-encrypted
 challenge); without one it has no VNC at all; `vnc:tls on` wraps it in VeNCrypt X509 with the

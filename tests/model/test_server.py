@@ -1,6 +1,4 @@
-"""The server configuration: every rule of API.md §5, and the real request bodies."""
-
-from pathlib import Path
+"""The server configuration: every rule of docs/api.md §5, and the real request bodies."""
 
 import pytest
 
@@ -12,8 +10,8 @@ from openhosting.model.server import (
     is_slot,
     slot_sort_key,
 )
+from tests.conftest import SAMPLES
 
-SAMPLES = Path("/work/shared/spec/samples")
 DRIVE = "08c92dd5-70a0-4f51-83d2-835919d254df"
 DRIVE2 = "4af85ed3-0caa-4736-8a26-a33d7de0a122"
 VLAN = "0f962616-2071-4173-be79-7dd084271edf"

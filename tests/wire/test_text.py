@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 from openhosting.wire.text import parse_properties, parse_properties_list, render_text
-from tests.conftest import SPEC_DIR
+from tests.conftest import SAMPLES
 
 keys = st.from_regex(r"[a-z][a-z0-9:_.-]{0,20}", fullmatch=True)
 values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -58,7 +58,7 @@ def test_integers_render_as_plain_numbers() -> None:
 
 
 def test_every_sample_of_the_real_service_parses() -> None:
-    samples = sorted((SPEC_DIR / "samples").glob("*.txt"))
+    samples = sorted(SAMPLES.glob("*.txt"))
     assert len(samples) >= 9
     for sample in samples:
         objects = parse_properties_list(sample.read_text())
@@ -67,13 +67,13 @@ def test_every_sample_of_the_real_service_parses() -> None:
 
 
 def test_multi_object_sample_has_two_servers() -> None:
-    servers = parse_properties_list((SPEC_DIR / "samples" / "servers.txt").read_text())
+    servers = parse_properties_list((SAMPLES / "servers.txt").read_text())
     assert [s["status"] for s in servers] == ["active", "stopped"]
     assert servers[0]["nic:0:dhcp"] == "46.20.114.124"
 
 
 def test_seed_drive_sample_keeps_claimed_entries() -> None:
-    drive = parse_properties((SPEC_DIR / "samples" / "drive.txt").read_text())
+    drive = parse_properties((SAMPLES / "drive.txt").read_text())
     assert (
         drive["claimed"].split()[0].endswith(":guest:692cd1c7-a863-4a22-8170-fc6e6feb68af:ide:0:0")
     )

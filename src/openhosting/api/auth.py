@@ -1,4 +1,4 @@
-"""HTTP Basic authentication of every request (API.md §1)."""
+"""HTTP Basic authentication of every request (docs/api.md §1)."""
 
 import asyncio
 import base64

@@ -1,5 +1,5 @@
 """Content negotiation: reading key/value request bodies and writing payloads and errors in
-text or JSON, with the X-Elastic-* headers (API.md §2, §3)."""
+text or JSON, with the X-Elastic-* headers (docs/api.md §2, §3)."""
 
 import asyncio
 
@@ -59,7 +59,7 @@ async def read_body_chunk(request: web.Request, timeout: float | None = None) ->
 
 
 async def read_properties(request: web.Request, cap: int) -> dict[str, str]:
-    """The key/value pairs of the request body, in JSON or text (API.md §2 leniency rules).
+    """The key/value pairs of the request body, in JSON or text (docs/api.md §2 leniency rules).
 
     JSON only when the Content-Type says so and the body is not empty: libcloud sends empty
     JSON-typed bodies and the shell tool sends text as octet-stream or form-urlencoded.
@@ -86,7 +86,7 @@ def payload_response(request: web.BaseRequest, payload: Payload) -> web.Response
 
 def error_response(error: ApiError) -> web.Response:
     """The response for `error`: its status, `X-Elastic-Error`, and a one-line text body
-    (text in JSON mode too, as API.md §3 says)."""
+    (text in JSON mode too, as docs/api.md §3 says)."""
     headers = {ERROR_HEADER: error.kind}
     if error.kind == "auth":
         headers["WWW-Authenticate"] = REALM

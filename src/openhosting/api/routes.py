@@ -1,4 +1,4 @@
-"""The URL space of the API (API.md §4–6): every command, whether it reads or changes state,
+"""The URL space of the API (docs/api.md §4–6): every command, whether it reads or changes state,
 and the handler that serves it.
 
 POST works on every command; GET (and HEAD) only on those that read. Commands that a later
@@ -37,7 +37,7 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    # Drives (API.md §4)
+    # Drives (docs/api.md §4)
     Route("/drives/list", Kind.READ, "drives.list"),
     Route("/drives/info", Kind.READ, "drives.info_all"),
     Route("/drives/info/full", Kind.READ, "drives.info_all"),
@@ -55,7 +55,7 @@ ROUTES: tuple[Route, ...] = (
     Route(f"/drives/{DRIVE}/read/{{offset:{SIZE}}}/{{size:{SIZE}}}", Kind.READ, "drives.read"),
     Route(f"/drives/{DRIVE}/write", Kind.CHANGE, "drives.write"),
     Route(f"/drives/{DRIVE}/write/{{offset:{SIZE}}}", Kind.CHANGE, "drives.write"),
-    # Servers (API.md §5)
+    # Servers (docs/api.md §5)
     Route("/servers/list", Kind.READ, "servers.list"),
     Route("/servers/info", Kind.READ, "servers.info_all"),
     Route("/servers/create", Kind.CHANGE, "servers.create"),
@@ -67,11 +67,11 @@ ROUTES: tuple[Route, ...] = (
     Route(f"/servers/{SERVER}/shutdown", Kind.CHANGE, "servers.shutdown"),
     Route(f"/servers/{SERVER}/reset", Kind.CHANGE, "servers.reset"),
     Route(f"/servers/{SERVER}/destroy", Kind.CHANGE, "servers.destroy"),
-    # The caller's own account: balance, limits, usage (API.md §7)
+    # The caller's own account: balance, limits, usage (docs/api.md §7)
     Route("/account/info", Kind.READ, "account.info"),
     # The caller's state changes as they happen (server-sent events; an extension)
     Route("/events", Kind.READ, "events.stream"),
-    # Resources (API.md §6)
+    # Resources (docs/api.md §6)
     Route("/resources/list", Kind.READ, "resources.list"),
     Route("/resources/info", Kind.READ, "resources.info_all"),
     Route("/resources/{type}/list", Kind.READ, "resources.list"),

@@ -1,4 +1,4 @@
-"""A drive's settable configuration (API.md §4): parsed from the wire, validated, merged."""
+"""A drive's settable configuration (docs/api.md §4): parsed from the wire, validated, merged."""
 
 import dataclasses
 from dataclasses import dataclass, field

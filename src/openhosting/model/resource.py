@@ -1,4 +1,4 @@
-"""A resource's settable keys (API.md §6): IP addresses and VLANs, parsed and merged."""
+"""A resource's settable keys (docs/api.md §6): IP addresses and VLANs, parsed and merged."""
 
 import dataclasses
 import ipaddress

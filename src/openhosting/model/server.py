@@ -1,4 +1,4 @@
-"""The configuration of a server (API.md §5): parsing, validation and its key/value form.
+"""The configuration of a server (docs/api.md §5): parsing, validation and its key/value form.
 
 Pure: a mapping of strings (already decoded from the wire) in, a frozen `ServerConfig` out,
 or a `UsageError` naming the key that is wrong. Live state (status, counters, leases) is not
@@ -25,7 +25,7 @@ MEDIA = ("disk", "cdrom")
 
 ALIASES = {"vnc": "vnc:ip", "password": "vnc:password"}
 REQUIRED = ("name", "cpu", "mem")
-# What `set` may change while the server runs (API.md §5); user:* keys too.
+# What `set` may change while the server runs (docs/api.md §5); user:* keys too.
 LIVE_KEYS = frozenset({"name", "cpu", "persistent", "tags", "vnc:password"})
 
 _SLOT = re.compile(r"ide:[01]:[01]|scsi:0:[0-7]|block:[0-7]")

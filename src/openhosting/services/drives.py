@@ -1,5 +1,5 @@
 """Drives: ownership and readers, limits, claims and busy rules, and who may move bytes
-between the API and the drive files (API.md §4; the moving itself is drive_transfers.py).
+between the API and the drive files (docs/api.md §4; the moving itself is drive_transfers.py).
 
 A user sees and changes only their own drives; a drive whose `readers` name the user (or
 everyone) can also be read by them, but not written, set or destroyed. Blocking file work runs

@@ -1,4 +1,4 @@
-"""Imaging jobs: `/drives/D/image/SRC[/gzip|gunzip]` (API.md §4), accepted at once and run in
+"""Imaging jobs: `/drives/D/image/SRC[/gzip|gunzip]` (docs/api.md §4), accepted at once and run in
 the background, durable across daemon restarts.
 
 The rules:

@@ -1,5 +1,5 @@
 """Resources: IP addresses from the platform's public pool and VLANs (private layer-2
-networks), owned by users (API.md §6).
+networks), owned by users (docs/api.md §6).
 
 A user sees and changes only their own resources. An IP resource is an address of the pool
 that no other resource and no active server holds; a VLAN is a fresh UUID. Limits come from

@@ -1,4 +1,4 @@
-"""The info of a server (API.md §5): its configuration, its status and, while it runs, its
+"""The info of a server (docs/api.md §5): its configuration, its status and, while it runs, its
 live figures (QMP counters, addresses, VNC)."""
 
 from dataclasses import dataclass, field
@@ -7,7 +7,7 @@ from openhosting.hypervisor.monitor import BlockStats
 from openhosting.model.server import ServerConfig
 from openhosting.wire.payload import Value
 
-# Keys whose values are numbers in JSON (API.md §2).
+# Keys whose values are numbers in JSON (docs/api.md §2).
 NUMERIC_KEYS = frozenset({"cpu", "mem", "smp", "smp:cores", "started", "vnc:port"})
 NUMERIC_SUFFIXES = (":bytes", ":requests", ":packets")
 

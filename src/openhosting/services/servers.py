@@ -1,4 +1,4 @@
-"""Servers: the API's commands on them (API.md §5), their configuration, ownership and claims.
+"""Servers: the API's commands on them (docs/api.md §5), their configuration, ownership and claims.
 
 Each command checks that the server is the user's and that its configuration may be used (its
 drives the user's or readable cdroms, its NICs' resources the user's), then acts under the

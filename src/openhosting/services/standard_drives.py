@@ -1,4 +1,4 @@
-"""Standard drives: the platform's public image library (API.md §4).
+"""Standard drives: the platform's public image library (docs/api.md §4).
 
 A standard drive is a plain drive file owned by the platform user (`PLATFORM_USER`), shared and
 readable by everyone and written by nobody: no user owns it, so no user can write, set or

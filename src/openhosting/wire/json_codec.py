@@ -1,4 +1,4 @@
-"""The application/json codec (API.md §2).
+"""The application/json codec (docs/api.md §2).
 
 Output: one object → a JSON object; several → an array of objects; a list → an array of
 objects with the list's keys. Input is lenient: numbers, strings and booleans are all taken

@@ -1,4 +1,4 @@
-"""The three shapes of data the API sends (API.md §2), independent of text or JSON."""
+"""The three shapes of data the API sends (docs/api.md §2), independent of text or JSON."""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass

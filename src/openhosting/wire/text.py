@@ -1,4 +1,4 @@
-"""The text/plain codec: `KEY VALUE` lines (API.md §2).
+"""The text/plain codec: `KEY VALUE` lines (docs/api.md §2).
 
 A value's newlines are written as `\\n` (and a backslash as `\\\\`, a carriage return as
 `\\r`) so that every value fits on its line and reads back exactly. Input is lenient: `\\r\\n`

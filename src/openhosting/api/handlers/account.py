@@ -1,4 +1,4 @@
-"""Handlers of the account commands: the caller's balance, limits and usage (API.md §7)."""
+"""Handlers of the account commands: the caller's balance, limits and usage (docs/api.md §7)."""
 
 from aiohttp import web
 

@@ -1,4 +1,4 @@
-"""Handlers of imaging and the standard drive library (API.md §4)."""
+"""Handlers of imaging and the standard drive library (docs/api.md §4)."""
 
 from aiohttp import web
 

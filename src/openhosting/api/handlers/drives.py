@@ -1,4 +1,4 @@
-"""Handlers of the drive commands (API.md §4)."""
+"""Handlers of the drive commands (docs/api.md §4)."""
 
 from aiohttp import web
 

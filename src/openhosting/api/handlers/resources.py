@@ -1,4 +1,4 @@
-"""Handlers of the resource commands (API.md §6): IP addresses and VLANs."""
+"""Handlers of the resource commands (docs/api.md §6): IP addresses and VLANs."""
 
 from aiohttp import web
 

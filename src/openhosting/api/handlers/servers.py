@@ -1,4 +1,4 @@
-"""Handlers of the server commands (API.md §5)."""
+"""Handlers of the server commands (docs/api.md §5)."""
 
 from aiohttp import web
 
