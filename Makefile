@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run test bench lint clean install uninstall
 
 setup: $(STAMP)
 
@@ -32,3 +32,11 @@ lint: setup
 
 clean:
 	rm -rf $(VENV)
+
+# Install on this host as a service (docs/operating.md); DESTDIR stages it, PREFIX moves it.
+PREFIX ?= /usr/local
+install:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" ./scripts/install
+
+uninstall:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" ./scripts/uninstall

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Where an installed platform keeps its configuration (scripts/install writes it).
+SYSTEM_CONFIG_PATH = Path("/etc/openhosting/openhosting.toml")
+
 
 class ConfigError(Exception):
     """The configuration file or an override is invalid."""
@@ -28,6 +31,7 @@ class ApiSettings:
     max_body_bytes: int = 64 * 1024
     # Public address clients use; printed in the README's export lines.
     public_url: str = ""
+    # HTTPS: the certificate chain and private key files (PEM); empty: plain HTTP.
     tls_cert: str = ""
     tls_key: str = ""
     # A connection that sends no complete request for this long is closed (slow clients,
@@ -58,6 +62,7 @@ class StorageSettings:
 
     # Where drive files live; empty means `<state_dir>/drives`.
     drive_dir: str = ""
+    # The cipher of a new drive that names none: `aes-xts-plain` (LUKS1) or `none`.
     default_cipher: str = "aes-xts-plain"
     # Host-wide number of imaging jobs that run at once.
     imaging_concurrency: int = 2
@@ -73,7 +78,9 @@ class StorageSettings:
 class HypervisorSettings:
     """QEMU."""
 
+    # `kvm`, `tcg`, or `auto`: KVM where the CPU and /dev/kvm allow it, else TCG.
     accelerator: str = "auto"
+    # The QEMU program, a name looked up in PATH or a full path.
     qemu_binary: str = "qemu-system-x86_64"
     # Where each running VM keeps its pidfile, sockets and serial log; empty means a short
     # directory under /run (unix socket paths must stay under 108 bytes).
@@ -128,9 +135,11 @@ class BillingSettings:
     of it. Off by default: a private platform has nobody to bill.
     """
 
+    # Meter usage and charge it against balances (`openhosting-admin account credit`).
     enabled: bool = False
     # How often usage is measured and charged, in seconds.
     interval: int = 60
+    # Prices per hour: a GB of drive, a GHz of cpu, a GB of mem, an IP, a VLAN.
     drive_gb_hour: str = "0.0002"
     cpu_ghz_hour: str = "0.01"
     mem_gb_hour: str = "0.01"
@@ -142,7 +151,9 @@ class BillingSettings:
 class Config:
     """The whole configuration of one daemon."""
 
+    # The database, the platform key and (unless storage.drive_dir) the drives.
     state_dir: str = "state"
+    # `debug`, `info`, `warning` or `error`; logs go to standard error.
     log_level: str = "info"
     # `text`: one `key=value` line per event; `json`: one JSON object per line (for log
     # shippers), the `key=value` pairs as fields.

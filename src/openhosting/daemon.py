@@ -17,6 +17,7 @@ from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.config import Config, ConfigError, load_config
 from openhosting.logs import FORMATS, configure_logging
+from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 
 log = logging.getLogger("openhosting.daemon")
@@ -39,6 +40,15 @@ def public_url(config: Config) -> str:
     return f"{scheme}://{host}:{port}/"
 
 
+def first_user_message(config: Config, key: NewKey) -> str:
+    """What to paste into a shell to use the API as the new user `key`."""
+    return (
+        "A first user was created. Use the API with:\n"
+        f"export OHURI={public_url(config)}\n"
+        f"export OHAUTH={key.uuid}:{key.secret}\n"
+    )
+
+
 def announce_first_user(platform: Platform) -> None:
     """On a platform with no users yet, create one and print how to reach the API with it.
 
@@ -48,12 +58,7 @@ def announce_first_user(platform: Platform) -> None:
         return
     key = platform.accounts.create_user("first user")
     log.info("event=first_user_created user=%s", key.uuid)
-    print(
-        "A first user was created. Use the API with:\n"
-        f"export OHURI={public_url(platform.config)}\n"
-        f"export OHAUTH={key.uuid}:{key.secret}\n",
-        flush=True,
-    )
+    print(first_user_message(platform.config, key), flush=True)
 
 
 async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:

@@ -11,8 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openhosting.cli import admin_audit, admin_backup, admin_billing, admin_imaging
-from openhosting.config import Config, ConfigError, load_config
+from openhosting.cli import (
+    admin_audit,
+    admin_backup,
+    admin_billing,
+    admin_config,
+    admin_imaging,
+    admin_init,
+)
+from openhosting.config import SYSTEM_CONFIG_PATH, Config, ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
 from openhosting.wire.payload import Properties, ValueList
@@ -83,7 +90,12 @@ def cmd_user_set(platform: Platform, args: argparse.Namespace) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openhosting-admin", description=__doc__)
-    parser.add_argument("--config", type=Path, help="the daemon's TOML configuration file")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"the daemon's TOML configuration file (default: {SYSTEM_CONFIG_PATH} if it"
+        " exists, else the embedded defaults)",
+    )
     parser.add_argument("--state-dir", help="the platform's state directory")
     areas = parser.add_subparsers(dest="area", required=True)
 
@@ -118,19 +130,35 @@ def build_parser() -> argparse.ArgumentParser:
     admin_audit.add_parsers(areas)
     admin_billing.add_parsers(areas)
     admin_backup.add_parsers(areas)
+    admin_config.add_parsers(areas)
+    admin_init.add_parsers(areas)
     return parser
+
+
+def config_path(given: Path | None) -> Path | None:
+    """The configuration file to read: `--config`, else the installed platform's if any.
+
+    On an installed host the operator types `openhosting-admin user list` and means the
+    platform the service runs (see docs/operating.md).
+    """
+    if given is not None:
+        return given
+    return SYSTEM_CONFIG_PATH if SYSTEM_CONFIG_PATH.exists() else None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {"state_dir": args.state_dir} if args.state_dir else {}
     try:
-        config = load_config(args.config, overrides=overrides)
+        config = load_config(config_path(args.config), overrides=overrides)
     except ConfigError as error:
         print(f"openhosting-admin: {error}", file=sys.stderr)
         return 2
     try:
         sys.stdout.write(_run(config, args))
+    except ConfigError as error:  # e.g. network settings, only checked when the platform opens
+        print(f"openhosting-admin: {error}", file=sys.stderr)
+        return 2
     except ApiError as error:
         print(f"openhosting-admin: {error.message}", file=sys.stderr)
         return 1
