@@ -283,7 +283,7 @@ class ServerLifecycle:
                 vm.started = float(row["started_at"] or 0)
                 self.vms[uuid] = vm
                 if row["vnc_display"] is not None:
-                    config = ServerConfig.from_properties(json.loads(row["config"]))
+                    config = ServerConfig.from_stored(json.loads(row["config"]))
                     with contextlib.suppress(FailedError, OSError):
                         await self._open_vnc_overlay(uuid, config, row["vnc_display"])
                 log.info("event=server_adopted server=%s pid=%s", uuid, vm.pid)
