@@ -148,6 +148,19 @@ async def test_commands_return_qemus_answers(monitor: Monitor, fake: FakeQmp) ->
     ]
 
 
+async def test_vcpu_threads_are_the_thread_ids_of_query_cpus_fast(
+    monitor: Monitor, fake: FakeQmp
+) -> None:
+    # The shape QEMU 7.2 answers for two vCPUs under TCG.
+    fake.replies["query-cpus-fast"] = [
+        {"cpu-index": n, "qom-path": f"/machine/unattached/device[{n}]", "thread-id": tid,
+         "target": "x86_64", "props": {"core-id": 0, "thread-id": 0, "node-id": 0,
+                                        "socket-id": n}}
+        for n, tid in enumerate([4301, 4302])
+    ]  # fmt: skip
+    assert await monitor.query_vcpu_threads() == [4301, 4302]
+
+
 async def test_blockstats_are_keyed_by_slot(monitor: Monitor) -> None:
     assert await monitor.query_blockstats() == {
         "ide:0:0": BlockStats(1, 2, 3, 4),

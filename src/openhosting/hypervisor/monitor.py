@@ -170,6 +170,13 @@ class Monitor:
             if not isinstance(err.__cause__, ExecInterruptedError):
                 raise
 
+    async def query_vcpu_threads(self) -> list[int]:
+        """The host thread id of each vCPU, in vCPU order (`query-cpus-fast`)."""
+        result = await self.execute("query-cpus-fast")
+        if not isinstance(result, list):
+            raise HypervisorError(f"QMP query-cpus-fast answered {result!r}")
+        return [int(cpu["thread-id"]) for cpu in result]
+
     async def set_vnc_password(self, password: str) -> None:
         """Set the VNC password (8 characters at most); VNC refuses logins until one is set."""
         await self.execute("set_password", {"protocol": "vnc", "password": password})

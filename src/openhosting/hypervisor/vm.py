@@ -126,6 +126,10 @@ class RunningVm:
     async def reset(self) -> None:
         await self.monitor.system_reset()
 
+    async def vcpu_threads(self) -> list[int]:
+        """The host thread ids of the VM's vCPUs."""
+        return await self.monitor.query_vcpu_threads()
+
     async def blockstats(self) -> dict[str, BlockStats]:
         return await self.monitor.query_blockstats()
 

@@ -27,8 +27,8 @@ from openhosting.errors import FailedError
 from openhosting.hypervisor import process
 from openhosting.hypervisor.argv import VNC_BASE_PORT, VmSpec, choose_accelerator
 from openhosting.hypervisor.cpu_quota import (
-    apply_cpu_quota,
     find_cpu_cgroup,
+    place_vm_threads,
     quota_us,
     remove_cpu_group,
 )
@@ -169,10 +169,7 @@ class ServerLifecycle:
             if display is not None:
                 await self._open_vnc_overlay(uuid, config, display)
                 undo.push_async_callback(self._close_vnc_overlay, uuid)
-            if self.cgroup is not None:
-                apply_cpu_quota(
-                    self.cgroup, uuid, vm.pid, quota_us(config.cpu, self._settings.core_mhz)
-                )
+            await self._limit_cpu(vm, config.cpu)
             started = int(time.time())
             vm.started = started
             self.vms[uuid] = vm
@@ -206,12 +203,19 @@ class ServerLifecycle:
     async def reconfigure(self, vm: RunningVm, current: ServerConfig, merged: ServerConfig) -> None:
         """Apply to a running VM what a `set` may change live: its CPU quota, its VNC
         password."""
-        if merged.cpu != current.cpu and self.cgroup is not None:
-            quota = quota_us(merged.cpu, self._settings.core_mhz)
-            apply_cpu_quota(self.cgroup, vm.uuid, vm.pid, quota)
+        if merged.cpu != current.cpu:
+            await self._limit_cpu(vm, merged.cpu)
         if merged.vnc_password != current.vnc_password:
             with contextlib.suppress(HypervisorError):  # no VNC server: applies at next start
                 await vm.set_vnc_password(merged.vnc_password)
+
+    async def _limit_cpu(self, vm: RunningVm, cpu_mhz: int) -> None:
+        """Hold the vCPU threads of `vm` to `cpu_mhz` (see hypervisor/cpu_quota.py)."""
+        if self.cgroup is None:
+            return
+        vcpu_tids = await vm.vcpu_threads()
+        quota = quota_us(cpu_mhz, self._settings.core_mhz)
+        place_vm_threads(self.cgroup, vm.uuid, vm.pid, vcpu_tids, quota)
 
     async def live_figures(
         self, row: dict[str, Any], config: ServerConfig, vm: RunningVm
@@ -312,8 +316,14 @@ class ServerLifecycle:
             if vm is not None:
                 vm.started = float(row["started_at"] or 0)
                 self.vms[uuid] = vm
+                config = ServerConfig.from_stored(json.loads(row["config"]))
+                try:
+                    # Placed again: threads may have been moved meanwhile, or placed by an
+                    # older daemon with the quota on the whole process.
+                    await self._limit_cpu(vm, config.cpu)
+                except (HypervisorError, OSError, ValueError) as error:
+                    log.warning("event=cpu_quota_failed server=%s error=%s", uuid, error)
                 if row["vnc_display"] is not None:
-                    config = ServerConfig.from_properties(json.loads(row["config"]))
                     with contextlib.suppress(FailedError, OSError):
                         await self._open_vnc_overlay(uuid, config, row["vnc_display"])
                 log.info("event=server_adopted server=%s pid=%s", uuid, vm.pid)
