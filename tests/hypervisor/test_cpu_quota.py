@@ -27,7 +27,8 @@ def test_quota_is_the_share_of_a_core() -> None:
     assert quota_us(1000, 2000) == 50_000
     assert quota_us(500, 2000) == 25_000
     assert quota_us(4000, 2000) == 200_000  # two cores' worth
-    assert quota_us(2, 2000) == 1_000  # the kernel's floor
+    assert quota_us(2, 2000) == 5_000  # a sane floor: 100 MHz's worth
+    assert quota_us(2, 200_000) == 1_000  # and never below the kernel's
 
 
 def test_only_vcpu_threads_are_limited_never_the_main_thread() -> None:

@@ -10,12 +10,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.hypervisor.cpu_quota import (
+    FLOOR_MHZ,
     CgroupLayout,
     limited_threads,
     quota_us,
     read_cpu_quota,
 )
-from openhosting.model.server import CPU_MHZ_MIN
 from openhosting.services.platform import Platform
 from tests.integration.server_helpers import create_server, upload_guest
 
@@ -44,10 +44,7 @@ async def test_at_the_cpu_floor_only_the_vcpus_are_limited_and_the_server_obeys_
         pytest.fail("this host has no cpu cgroup controller: cpu cannot be enforced")
     core_mhz = platform.config.hypervisor.core_mhz
     drive = await upload_guest(client, auth, tiny_guest_image)
-    body = (
-        f"name floor\ncpu {CPU_MHZ_MIN}\nsmp 2\nmem 128\npersistent true\n"
-        f"ide:0:0 {drive}\nboot ide:0:0\n"
-    )
+    body = f"name floor\ncpu 2\nsmp 2\nmem 128\npersistent true\nide:0:0 {drive}\nboot ide:0:0\n"
     server = (await create_server(client, auth, body))["server"]
     vm = lifecycle.vms[server]
 
@@ -56,7 +53,9 @@ async def test_at_the_cpu_floor_only_the_vcpus_are_limited_and_the_server_obeys_
     assert len(vcpus) == 2 and vm.pid not in vcpus
     assert limited_threads(layout, server) == vcpus
     assert vm.pid in group_threads(layout, server)
-    assert read_cpu_quota(layout, server) == quota_us(CPU_MHZ_MIN, core_mhz)
+    assert (
+        read_cpu_quota(layout, server) == quota_us(2, core_mhz) == FLOOR_MHZ * 100_000 // core_mhz
+    )
 
     # The guest boots on its vCPUs, which the quota holds back; the monitor still answers.
     deadline = time.monotonic() + 30
@@ -69,11 +68,11 @@ async def test_at_the_cpu_floor_only_the_vcpus_are_limited_and_the_server_obeys_
 
     # A live `set` of cpu changes the vCPUs' quota, and nothing else.
     started = time.monotonic()
-    changed = await client.post(f"/servers/{server}/set", data=f"cpu {CPU_MHZ_MIN + 100}",
+    changed = await client.post(f"/servers/{server}/set", data=f"cpu {FLOOR_MHZ + 100}",
                                 headers=auth)  # fmt: skip
     assert changed.status == 200, await changed.text()
     assert time.monotonic() - started < PROMPT
-    assert read_cpu_quota(layout, server) == quota_us(CPU_MHZ_MIN + 100, core_mhz)
+    assert read_cpu_quota(layout, server) == quota_us(FLOOR_MHZ + 100, core_mhz)
     assert limited_threads(layout, server) == vcpus
 
     started = time.monotonic()
@@ -85,7 +84,7 @@ async def test_at_the_cpu_floor_only_the_vcpus_are_limited_and_the_server_obeys_
     # (the process in the server's group, the quota on that group).
     (layout.group_of(server) / "cgroup.procs").write_text(str(vm.pid))
     if layout.version == 1:
-        quota = str(quota_us(CPU_MHZ_MIN + 100, core_mhz))
+        quota = str(quota_us(FLOOR_MHZ + 100, core_mhz))
         (layout.group_of(server) / "cpu.cfs_quota_us").write_text(quota)
     assert limited_threads(layout, server) == set()
     await lifecycle.close()
@@ -93,7 +92,7 @@ async def test_at_the_cpu_floor_only_the_vcpus_are_limited_and_the_server_obeys_
     adopted = lifecycle.vms[server]
     assert adopted.pid == vm.pid
     assert limited_threads(layout, server) == vcpus
-    assert read_cpu_quota(layout, server) == quota_us(CPU_MHZ_MIN + 100, core_mhz)
+    assert read_cpu_quota(layout, server) == quota_us(FLOOR_MHZ + 100, core_mhz)
     if layout.version == 1:
         assert (layout.group_of(server) / "cpu.cfs_quota_us").read_text().strip() == "-1"
 

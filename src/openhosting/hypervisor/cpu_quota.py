@@ -27,13 +27,18 @@ log = logging.getLogger("openhosting.hypervisor")
 
 PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000  # the kernel's floor
+# The least a guest is given, whatever its `cpu` (the API accepts `cpu` from 1: libcloud sends
+# `cpu 2`): below about 5% of a core a guest kernel misses its timer ticks, and a vCPU thread
+# throttled while it holds QEMU's global lock holds it for longer.
+FLOOR_MHZ = 100
 GROUP = "openhosting"
 VCPUS = "vcpus"
 
 
 def quota_us(cpu_mhz: int, core_mhz: int, period_us: int = PERIOD_US) -> int:
-    """The CFS quota (µs per period) that gives `cpu_mhz` worth of a `core_mhz` core."""
-    return max(MIN_QUOTA_US, cpu_mhz * period_us // core_mhz)
+    """The CFS quota (µs per period) that gives `cpu_mhz` worth of a `core_mhz` core, and
+    never less than `FLOOR_MHZ` worth."""
+    return max(MIN_QUOTA_US, max(cpu_mhz, FLOOR_MHZ) * period_us // core_mhz)
 
 
 def threads_to_limit(pid: int, vcpu_tids: Iterable[int]) -> list[int]:

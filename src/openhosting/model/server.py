@@ -15,12 +15,7 @@ from dataclasses import dataclass
 
 from openhosting.errors import UsageError
 
-# A quarter of a 2000 MHz core. Below it a guest is too slow to be of use (and a few MHz once
-# starved QEMU's monitor, see hypervisor/cpu_quota.py); an operator can still give more.
-CPU_MHZ_MIN = 500
-CPU_MHZ_RANGE = (CPU_MHZ_MIN, 64000)
-# Configurations stored before the floor (it was 1) must still load: old rows stay valid.
-_STORED_CPU_MHZ_RANGE = (1, CPU_MHZ_RANGE[1])
+CPU_MHZ_RANGE = (1, 64000)  # the low end is 1: libcloud sets `cpu 2` (compat case 19)
 SMP_RANGE = (1, 64)
 MEM_MB_RANGE = (16, 262144)
 MHZ_PER_AUTO_CORE = 2000
@@ -98,20 +93,10 @@ class ServerConfig:
 
     @classmethod
     def from_properties(cls, props: Mapping[str, str]) -> ServerConfig:
-        """Parse and validate a whole configuration asked for (a `create` body).
+        """Parse and validate a whole configuration (a `create` body, or a stored one).
 
         An empty value means the key is unset. Raises `UsageError` naming the wrong key.
         """
-        return cls._parse(props, CPU_MHZ_RANGE)
-
-    @classmethod
-    def from_stored(cls, props: Mapping[str, str]) -> ServerConfig:
-        """Read a configuration from the database, as `canonical_properties` wrote it; one
-        stored under older, looser bounds still loads."""
-        return cls._parse(props, _STORED_CPU_MHZ_RANGE)
-
-    @classmethod
-    def _parse(cls, props: Mapping[str, str], cpu_range: tuple[int, int]) -> ServerConfig:
         values = {k: v for k, v in _resolve_aliases(props).items() if v.strip()}
         for key in REQUIRED:
             if key not in values:
@@ -120,7 +105,7 @@ class ServerConfig:
         attached = {d.slot for d in drives}
         return cls(
             name=values["name"],
-            cpu=_parse_int(values, "cpu", cpu_range, "MHz"),
+            cpu=_parse_int(values, "cpu", CPU_MHZ_RANGE, "MHz"),
             mem=_parse_int(values, "mem", MEM_MB_RANGE, "MB"),
             smp=_parse_smp(values),
             persistent=_parse_choice(values, "persistent", ("true", "false"), "false") == "true",
@@ -140,8 +125,6 @@ class ServerConfig:
         Unsetting a slot also unsets its `:media`; unsetting `nic:N:model` removes the NIC.
         """
         changes = _resolve_aliases(changes)
-        # Today's bounds for what changes; a stored `cpu` under an older floor may stay.
-        cpu_range = CPU_MHZ_RANGE if "cpu" in changes else _STORED_CPU_MHZ_RANGE
         props = self.canonical_properties()
         for key, value in changes.items():
             if value.strip():
@@ -154,7 +137,7 @@ class ServerConfig:
                 dependants.extend(_NIC_KEYS[int(key.split(":")[1])])
             for gone in dependants:
                 props.pop(gone, None)
-        return ServerConfig._parse(props, cpu_range)
+        return ServerConfig.from_properties(props)
 
     def offline_changes(self, changes: Mapping[str, str]) -> list[str]:
         """The keys of a `set` that would change something a running server cannot change."""
@@ -168,7 +151,7 @@ class ServerConfig:
         )
 
     def canonical_properties(self) -> dict[str, str]:
-        """The configuration as stored: no aliases or derived keys; `from_stored` reads it."""
+        """The configuration as stored: no aliases or derived keys; `from_properties` reads it."""
         props: dict[str, str] = {
             "name": self.name,
             "cpu": str(self.cpu),

@@ -316,7 +316,7 @@ class ServerLifecycle:
             if vm is not None:
                 vm.started = float(row["started_at"] or 0)
                 self.vms[uuid] = vm
-                config = ServerConfig.from_stored(json.loads(row["config"]))
+                config = ServerConfig.from_properties(json.loads(row["config"]))
                 try:
                     # Placed again: threads may have been moved meanwhile, or placed by an
                     # older daemon with the quota on the whole process.

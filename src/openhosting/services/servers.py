@@ -112,7 +112,7 @@ class Servers:
         return [await self._info_of(row) for row in rows]
 
     async def _info_of(self, row: dict[str, Any]) -> dict[str, Value]:
-        config = ServerConfig.from_stored(json.loads(row["config"]))
+        config = ServerConfig.from_properties(json.loads(row["config"]))
         vm = self._vms.get(row["uuid"])
         status = self._status(row)  # before any await: the VM may end meanwhile
         live = await self.lifecycle.live_figures(row, config, vm) if vm is not None else None
@@ -170,7 +170,7 @@ class Servers:
     ) -> dict[str, Value]:
         async with self._locks[uuid]:
             row = self._get(user, uuid)
-            current = ServerConfig.from_stored(json.loads(row["config"]))
+            current = ServerConfig.from_properties(json.loads(row["config"]))
             merged = current.merge(properties)
             vm = self._vms.get(uuid)
             if vm is None:
@@ -197,7 +197,7 @@ class Servers:
             row = self._get(user, uuid)
             if uuid in self._vms:
                 raise BusyError(f"Server {uuid} is already active")
-            config = ServerConfig.from_stored(json.loads(row["config"]))
+            config = ServerConfig.from_properties(json.loads(row["config"]))
             drives = self._check_config(user, config)
             async with AsyncExitStack() as undo:
                 display = self._claim(user, uuid, config, drives)
