@@ -9,6 +9,7 @@ in worker threads so the event loop stays responsive.
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -26,8 +27,14 @@ from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings, apply_drive_properties
 from openhosting.services.billing import Billing
 from openhosting.services.drive_repair import repair_drive_files
-from openhosting.services.drive_transfers import DriveWriter, ReadPlan, storage_error
+from openhosting.services.drive_transfers import (
+    DriveWriter,
+    ReadPlan,
+    StagedDriveWriter,
+    storage_error,
+)
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
+from openhosting.storage.write_stage import WriteStage
 from openhosting.store import drives as drive_store
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
@@ -358,7 +365,11 @@ class Drives:
         with self._engine.begin() as connection:
             drive_store.add_io_counters(connection, uuid, "read", nbytes)
 
-    def begin_write(self, user: str, uuid: str, offset: int) -> DriveWriter:
+    def begin_write(
+        self, user: str, uuid: str, offset: int, staged: bool = False
+    ) -> DriveWriter | StagedDriveWriter:
+        """A writer of the drive's bytes from `offset`: straight to the drive as they come, or
+        `staged` (kept aside until the request's end proves them good, then applied whole)."""
         with self._engine.connect() as connection:
             row = self._owned(connection, user, uuid)
             claims = drive_store.claims_on(connection, uuid)
@@ -375,9 +386,11 @@ class Drives:
             )
         opened = self.files.open(uuid, self._master_key(row))
         self._writes_in_flight[uuid] += 1
-        return DriveWriter(
-            uuid, opened, offset, row["size"], lambda written: self._end_write(uuid, written)
-        )
+        on_close = functools.partial(self._end_write, uuid)
+        if staged:
+            stage = WriteStage(opened.io, self.files.root, offset)
+            return StagedDriveWriter(uuid, opened, stage, row["size"] - offset, on_close)
+        return DriveWriter(uuid, opened, offset, row["size"], on_close)
 
     def _end_write(self, uuid: str, nbytes: int | None) -> None:
         self._writes_in_flight[uuid] -= 1

@@ -40,6 +40,9 @@ class PlainDriveIO:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
+    # The drive's bytes start at the file's first byte (an encrypted drive's do not).
+    payload_offset = 0
+
     def fileno(self) -> int:
         return self._fd
 
@@ -73,6 +76,19 @@ class EncryptedDriveIO:
         # Writes that start or end inside a sector read, modify and write that sector back;
         # two of them touching one sector must not interleave.
         self._edge_lock = edge_lock
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def payload_offset(self) -> int:
+        """Where the drive's bytes start in the file."""
+        return self._volume.payload_offset
+
+    def encrypt_sectors(self, buffer: bytearray, first_sector: int) -> None:
+        """Encrypt whole sectors in place, as the drive's sectors from `first_sector` (of the
+        payload) would be stored."""
+        self._volume.encrypt_sectors(buffer, first_sector)
 
     def read_at(self, offset: int, length: int) -> bytes:
         return self._volume.read_at(offset, length)

@@ -112,9 +112,14 @@ async def write(request: web.Request) -> None:
 
 
 async def _write(request: web.Request, offset: int, declared: int, encoding: str) -> None:
-    writer = platform_of(request).drives.begin_write(user_of(request), _drive(request), offset)
+    # A gzip body is good or bad only at its end: its bytes are staged and reach the drive
+    # once it has proved whole. A raw body can fail only by its client going away (or a
+    # check before any byte is written), so it goes straight to the drive.
+    decoder = GzipStreamDecoder() if encoding != "identity" else None
+    writer = platform_of(request).drives.begin_write(
+        user_of(request), _drive(request), offset, staged=decoder is not None
+    )
     try:
-        decoder = GzipStreamDecoder() if encoding != "identity" else None
         if decoder is None and declared > writer.remaining:
             raise FullError(
                 f"Write of {declared} bytes at offset {offset} would pass the drive's end:"
