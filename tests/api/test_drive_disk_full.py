@@ -3,7 +3,6 @@ keeps every byte that was acknowledged before. The drive directory is a 24 MiB t
 for the test (root only), holding drives larger than itself: they are sparse."""
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from openhosting.config import Config, load_config
 from openhosting.services.platform import Platform
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
+from tests.api.tmpfs_helpers import small_tmpfs
 
 MIB = 1 << 20
 TMPFS_SIZE = 24 * MIB
@@ -21,20 +21,8 @@ DRIVE_SIZE = 64 * MIB  # larger than the tmpfs
 
 @pytest.fixture
 def small_drive_dir(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", TMPFS_SIZE) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], timeout=30, check=True)
 
 
 @pytest.fixture

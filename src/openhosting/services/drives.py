@@ -36,6 +36,8 @@ from openhosting.services.drive_transfers import (
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.write_stage import WriteStage
 from openhosting.store import drives as drive_store
+from openhosting.store import space_reserve
+from openhosting.store.errors import is_storage_full
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.wire.payload import Value
@@ -310,14 +312,19 @@ class Drives:
         return repair_drive_files(self.files, rows, self._master_key)
 
     def destroy(self, user: str, uuid: str) -> None:
-        with self._engine.begin() as connection:
+        def delete_row(connection: Connection) -> None:
             self._owned(connection, user, uuid)
             self._refuse_while_resizing(uuid, "destroyed")
             self._check_busy(connection, uuid, "destroyed")
             if self._writes_in_flight[uuid]:
                 raise BusyError(f"Drive {uuid} is being written and cannot be destroyed now")
             drive_store.delete_drive(connection, uuid)
+
+        # Destroying is how a user gets space back: it must work on a full disk, where even
+        # the row's delete needs room in the WAL (the space reserve gives it).
+        space_reserve.begin_freeing(self._engine, delete_row)
         self.files.destroy(uuid)
+        space_reserve.refill(self._engine)
         log.info("event=drive_destroyed user=%s drive=%s", user, uuid)
 
     def _check_busy(self, connection: Connection, uuid: str, action: str) -> None:
@@ -362,8 +369,21 @@ class Drives:
             del self._reads_in_flight[uuid]
 
     def record_read(self, uuid: str, nbytes: int) -> None:
-        with self._engine.begin() as connection:
-            drive_store.add_io_counters(connection, uuid, "read", nbytes)
+        self._count_io(uuid, "read", nbytes)
+
+    def _count_io(self, uuid: str, direction: str, nbytes: int) -> None:
+        """Add to the drive's I/O counters. They are bookkeeping: failing to write them (a
+        full disk) is logged and changes nothing of the answer, whose bytes are moved."""
+        try:
+            with self._engine.begin() as connection:
+                drive_store.add_io_counters(connection, uuid, direction, nbytes)
+        except Exception as error:
+            if not is_storage_full(error):
+                raise
+            log.error(
+                "event=io_counters_lost drive=%s direction=%s bytes=%s error=%s",
+                uuid, direction, nbytes, error,
+            )  # fmt: skip
 
     def begin_write(
         self, user: str, uuid: str, offset: int, staged: bool = False
@@ -397,5 +417,4 @@ class Drives:
         if not self._writes_in_flight[uuid]:
             del self._writes_in_flight[uuid]
         if nbytes is not None:
-            with self._engine.begin() as connection:
-                drive_store.add_io_counters(connection, uuid, "write", nbytes)
+            self._count_io(uuid, "write", nbytes)
