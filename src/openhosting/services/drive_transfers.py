@@ -100,6 +100,14 @@ class DriveWriter:
         """How many more bytes fit before the drive's end."""
         return self._size - self._position - len(self._buffer)
 
+    async def reserve(self, length: int) -> None:
+        """Give the next `length` bytes' range its disk blocks before any byte is written: a
+        full platform refuses the write (507) with the drive unchanged, never half-way."""
+        try:
+            await asyncio.to_thread(self._opened.io.allocate, self._position, length)
+        except OSError as error:
+            raise storage_error(error, "write to the drive") from None
+
     async def write(self, data: bytes) -> None:
         if len(data) > self.remaining:
             raise FullError(

@@ -53,6 +53,12 @@ class PlainDriveIO:
     def read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
 
+    def allocate(self, offset: int, length: int) -> None:
+        """Give `[offset, offset + length)` its disk blocks now, without changing a byte: a
+        write into it cannot then run out of space half-way (ENOSPC comes from here)."""
+        if length > 0:
+            os.posix_fallocate(self._fd, offset, length)
+
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         while view:
@@ -97,6 +103,14 @@ class EncryptedDriveIO:
         """Whether `[offset, offset + length)` of the payload was never written."""
         base = self._volume.payload_offset
         return next(data_extents(self._fd, base + offset, base + offset + length), None) is None
+
+    def allocate(self, offset: int, length: int) -> None:
+        """Give the sectors holding payload `[offset, offset + length)` their disk blocks
+        now, without changing a byte (see `PlainDriveIO.allocate`)."""
+        if length > 0:
+            first = offset - offset % SECTOR_SIZE
+            end = _whole_sectors(offset + length)
+            os.posix_fallocate(self._fd, self._volume.payload_offset + first, end - first)
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         # No copy here: the volume encrypts into a buffer of its own.

@@ -97,7 +97,9 @@ class WriteStage:
         self._in_file += count
 
     def apply(self) -> None:
-        """Put the staged bytes on the drive and make them durable."""
+        """Put the staged bytes on the drive and make them durable. The range gets its disk
+        blocks first: a full disk refuses the write before it changes a byte."""
+        self._io.allocate(self._offset, self.length)
         if self._fd is None:
             self._io.write_at(self._offset, self._buffer)
         else:
