@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from openhosting.config import Config, load_config
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
-from tests.api.drive_helpers import create_drive, drive_info
+from tests.api.drive_helpers import create_drive, drive_info, read_bytes
 from tests.api.tmpfs_helpers import small_tmpfs
 
 MIB = 1 << 20
@@ -92,9 +92,14 @@ async def test_an_audit_trail_that_cannot_be_written_changes_no_answer(
 ) -> None:
     drive = (await create_drive(client, auth, DRIVE_SIZE))["drive"]
     await fill_the_disk(client, auth, platform, drive)
-    # A write in place needs no new block of the drive, but its audit entry needs the
-    # database to grow; the write's own answer stands.
+    # A write in place needs no new block of the drive, but its audit entry and its I/O
+    # counters need the database to grow; the write's own answer stands, and so does a
+    # read's (its counters cannot be written either).
     response = await client.post(f"/drives/{drive}/write/4096", data=b"again", headers=auth)
     assert response.status == 204, await response.text()
+    assert await read_bytes(client, auth, f"/drives/{drive}/read/4096/5") == b"again"
+    # A refusal keeps its own status and error type, not the audit's failure.
     response = await client.post(f"/drives/{drive}/write", data=bytes(DRIVE_SIZE + 1), headers=auth)
-    assert response.status == 507, await response.text()
+    assert (response.status, response.headers["X-Elastic-Error"]) == (507, "full")
+    response = await client.post(f"/drives/{drive}/set", data="size lots", headers=auth)
+    assert (response.status, response.headers["X-Elastic-Error"]) == (400, "usage")

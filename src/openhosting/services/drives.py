@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.errors import BusyError, FullError, MissingError
 from openhosting.model.common import EVERYONE
@@ -37,7 +38,6 @@ from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.write_stage import WriteStage
 from openhosting.store import drives as drive_store
 from openhosting.store import space_reserve
-from openhosting.store.errors import is_storage_full
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.wire.payload import Value
@@ -372,14 +372,13 @@ class Drives:
         self._count_io(uuid, "read", nbytes)
 
     def _count_io(self, uuid: str, direction: str, nbytes: int) -> None:
-        """Add to the drive's I/O counters. They are bookkeeping: failing to write them (a
-        full disk) is logged and changes nothing of the answer, whose bytes are moved."""
+        """Add to the drive's I/O counters. They are bookkeeping, written after the bytes
+        moved: failing to write them (a full disk, a locked database) is logged and changes
+        nothing of the answer."""
         try:
             with self._engine.begin() as connection:
                 drive_store.add_io_counters(connection, uuid, direction, nbytes)
-        except Exception as error:
-            if not is_storage_full(error):
-                raise
+        except SQLAlchemyError as error:
             log.error(
                 "event=io_counters_lost drive=%s direction=%s bytes=%s error=%s",
                 uuid, direction, nbytes, error,
