@@ -182,6 +182,7 @@ class StagedDriveWriter:
     ) -> None:
         self._uuid, self._opened, self._stage, self._on_close = uuid, opened, stage, on_close
         self._room = room  # bytes from the offset to the drive's end
+        self._pending: asyncio.Future[None] | None = None
         self._closed = False
 
     @property
@@ -199,8 +200,11 @@ class StagedDriveWriter:
             await self._in_thread(self._stage.spill)
 
     async def _in_thread(self, work: Callable[[], None]) -> None:
+        # Shielded and kept: a cancelled request must not close the staging file under a
+        # thread that still uses it (`abort` waits for it).
+        self._pending = asyncio.ensure_future(asyncio.to_thread(work))
         try:
-            await asyncio.to_thread(work)
+            await asyncio.shield(self._pending)
         except OSError as error:
             raise storage_error(error, "write to the drive") from None
 
@@ -213,6 +217,9 @@ class StagedDriveWriter:
 
     async def abort(self) -> None:
         """Give up: the staged bytes are dropped, the drive was never touched."""
+        if self._pending is not None:
+            with contextlib.suppress(Exception):  # the write is being refused anyway
+                await self._pending
         await asyncio.to_thread(self._stage.discard)
         self._close(None)
 
