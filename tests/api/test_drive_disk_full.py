@@ -1,9 +1,10 @@
 """A drive write that runs out of platform storage (docs/api.md §3, §4): 507 `full`, and the drive
-keeps every byte that was acknowledged before. The drive directory is a 24 MiB tmpfs mounted
-for the test (root only), holding drives larger than itself: they are sparse."""
+is as it was (the write's blocks are allocated before its first byte is written). The drive
+directory is a 24 MiB tmpfs mounted for the test (root only), holding drives larger than
+itself: they are sparse."""
 
+import gzip
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from openhosting.config import Config, load_config
 from openhosting.services.platform import Platform
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
+from tests.api.tmpfs_helpers import small_tmpfs
 
 MIB = 1 << 20
 TMPFS_SIZE = 24 * MIB
@@ -21,20 +23,8 @@ DRIVE_SIZE = 64 * MIB  # larger than the tmpfs
 
 @pytest.fixture
 def small_drive_dir(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", TMPFS_SIZE) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], timeout=30, check=True)
 
 
 @pytest.fixture
@@ -51,7 +41,7 @@ def config(tmp_path: Path, small_drive_dir: Path) -> Config:
 
 
 @pytest.mark.parametrize("cipher", ["none", "aes-xts-plain"])
-async def test_running_out_of_space_is_507_full_and_keeps_what_was_acknowledged(
+async def test_running_out_of_space_is_507_full_and_leaves_the_drive_as_it_was(
     client: TestClient, auth: dict[str, str], platform: Platform, cipher: str
 ) -> None:
     drive = (await create_drive(client, auth, DRIVE_SIZE, cipher))["drive"]
@@ -66,7 +56,10 @@ async def test_running_out_of_space_is_507_full_and_keeps_what_was_acknowledged(
     assert response.status == 507, await response.text()
     assert response.headers["X-Elastic-Error"] == "full"
 
-    assert await read_bytes(client, auth, f"/drives/{drive}/read/0/{8 * MIB}") == first
+    # Refused before any byte was written: the drive is as it was.
+    assert await read_bytes(client, auth, f"/drives/{drive}/read") == first + bytes(
+        DRIVE_SIZE - 8 * MIB
+    )
     info = await drive_info(client, auth, drive)
     assert (info["write:requests"], info["write:bytes"]) == ("1", str(8 * MIB))
     # The drive is not left busy or broken: bytes already stored can be rewritten in place,
@@ -88,13 +81,40 @@ async def test_a_drive_cannot_be_created_when_its_header_does_not_fit(
     # Fill the tmpfs with a plain drive written to the brim, then ask for an encrypted one:
     # its LUKS header and key material need real blocks.
     drive = (await create_drive(client, auth, DRIVE_SIZE))["drive"]
+    space = os.statvfs(platform.drives.files.root)
     response = await client.post(
-        f"/drives/{drive}/write", data=os.urandom(TMPFS_SIZE + MIB), headers=auth
+        f"/drives/{drive}/write", data=os.urandom(space.f_bavail * space.f_frsize), headers=auth
     )
-    assert response.status == 507, await response.text()
+    assert response.status == 204, await response.text()
     response = await client.post(
         "/drives/create", data="size 1M\nencryption:cipher aes-xts-plain", headers=auth
     )
     assert response.status == 507, await response.text()
     assert response.headers["X-Elastic-Error"] == "full"
     assert sorted(os.listdir(platform.drives.files.root)) == [f"{drive}.img"]
+
+
+@pytest.mark.parametrize("cipher", ["none", "aes-xts-plain"])
+async def test_a_gzip_write_that_does_not_fit_on_the_platform_changes_nothing(
+    client: TestClient, auth: dict[str, str], platform: Platform, cipher: str
+) -> None:
+    """Staged in memory, it is checked whole; its blocks are then allocated before it is
+    applied, so a platform with room for half of it refuses it with the drive unchanged."""
+    drive = (await create_drive(client, auth, DRIVE_SIZE, cipher))["drive"]
+    space = os.statvfs(platform.drives.files.root)
+    room = space.f_bavail * space.f_frsize
+    first = os.urandom(room - 3 * MIB)  # leaves 3 MiB free
+    response = await client.post(f"/drives/{drive}/write", data=first, headers=auth)
+    assert response.status == 204, await response.text()
+
+    body = gzip.compress(os.urandom(6 * MIB), compresslevel=1)
+    response = await client.post(
+        f"/drives/{drive}/write/{len(first)}",
+        data=body,
+        headers={**auth, "Content-Encoding": "gzip"},
+    )
+    assert response.status == 507, await response.text()
+    assert response.headers["X-Elastic-Error"] == "full"
+    assert await read_bytes(client, auth, f"/drives/{drive}/read") == first + bytes(
+        DRIVE_SIZE - len(first)
+    )

@@ -21,10 +21,18 @@ from openhosting.api.context import (
 from openhosting.api.metrics import UNMATCHED, PlatformMetrics
 from openhosting.api.negotiation import error_response, payload_response
 from openhosting.api.routes import ROUTES, Handler, HandlerResult, Kind, Route, unavailable
-from openhosting.errors import ApiError, MethodError, MissingError, SystemError_, UsageError
+from openhosting.errors import (
+    ApiError,
+    FullError,
+    MethodError,
+    MissingError,
+    SystemError_,
+    UsageError,
+)
 from openhosting.logs import REQUEST_ID
 from openhosting.services.audit import object_of
 from openhosting.services.platform import Platform
+from openhosting.store.errors import is_storage_full
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 
 log = logging.getLogger("openhosting.api")
@@ -96,7 +104,9 @@ async def _answer(
             raise
         log.warning("event=http_error status=%s path=%s", error.status, request.path)
         return error_response(SystemError_(error.reason))
-    except Exception:
+    except Exception as error:
+        if (full := full_error_of(error)) is not None:
+            return error_response(full)
         log.exception("event=internal_error method=%s path=%s", request.method, request.path)
         return error_response(SystemError_("Internal error; the operator has the details"))
 
@@ -112,6 +122,16 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
     request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
+
+
+def full_error_of(error: BaseException) -> FullError | None:
+    """The 507 `full` a failure stands for when the platform's storage (the database's disk
+    or the drives') is full, else None. The one place such failures are translated."""
+    if isinstance(error, FullError):
+        return error
+    if is_storage_full(error):
+        return FullError("The platform's storage is full")
+    return None
 
 
 def _command_handler(
@@ -155,6 +175,11 @@ async def _audited(request: web.Request, route: Route, handler: Handler) -> web.
     except ApiError as failure:
         status, error = failure.status, failure.kind
         raise
+    except Exception as failure:
+        if (full := full_error_of(failure)) is None:
+            raise
+        status, error = full.status, full.kind
+        raise full from failure
     finally:
         request.app[PLATFORM_KEY].audit.record(
             user_of(request), request.remote or "", request.method, request.path, status, error,

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.store import audit as audit_store
 
@@ -37,19 +38,27 @@ class Audit:
         self, user: str, remote: str, method: str, path: str, status: int, error: str,
         created: str | None = None,
     ) -> None:  # fmt: skip
-        """Record one command; `created` names the object a create made."""
-        with self._engine.begin() as connection:
-            audit_store.insert_entry(
-                connection,
-                at=time.time(),
-                user=user,
-                remote=remote[:64],
-                method=method[:8],
-                path=path[:512],
-                object=created or object_of(path),
-                status=status,
-                error=error[:16],
-            )
+        """Record one command; `created` names the object a create made. The trail never
+        changes an answer: an entry that cannot be written (a full disk, a locked database)
+        is logged instead, and the command's own answer stands."""
+        try:
+            with self._engine.begin() as connection:
+                audit_store.insert_entry(
+                    connection,
+                    at=time.time(),
+                    user=user,
+                    remote=remote[:64],
+                    method=method[:8],
+                    path=path[:512],
+                    object=created or object_of(path),
+                    status=status,
+                    error=error[:16],
+                )
+        except SQLAlchemyError as failure:
+            log.error(
+                "event=audit_entry_lost user=%s method=%s path=%s status=%s error=%s",
+                user, method, path[:512], status, failure,
+            )  # fmt: skip
 
     def history(
         self, object_id: str | None = None, user: str | None = None, limit: int = 100

@@ -8,6 +8,9 @@ half-way: the rows are the truth, the files follow them.
   daemon killed between leaves a file no row names, which nobody can reach. It is removed,
   unless it changed in the last ORPHAN_GRACE_SECONDS (`openhosting-admin standard add` also
   writes its file before its row, and may be doing so right now).
+- A gzip write stages its bytes in a nameless file; where the file system cannot make one,
+  a named `*.staging` file is unlinked at once, and a daemon killed in between leaves it:
+  it is removed (no write is under way at start).
 """
 
 import logging
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from openhosting.storage.drive_files import DriveFiles
+from openhosting.storage.write_stage import remove_staging_leftovers
 
 log = logging.getLogger("openhosting.drives")
 
@@ -29,6 +33,9 @@ def repair_drive_files(
 ) -> tuple[int, int]:
     """Repair the files of the drives of `rows` (all of them): how many files were resized,
     and how many files without a row were removed."""
+    staged = remove_staging_leftovers(files.root)
+    if staged:
+        log.warning("event=drive_staging_files_removed count=%s", staged)
     return _fit_files_to_rows(files, rows, master_key_of), _remove_orphan_files(files, rows)
 
 

@@ -1,6 +1,7 @@
 """Moving a drive's bytes for one API request: a read sent from the drive file (sendfile, or
-decrypted a piece ahead in a worker thread) and a write flushed in large pieces while the
-next arrives, acknowledged once durable. `Drives` checks who may do it and counts it."""
+decrypted a piece ahead in a worker thread); a raw write flushed in large pieces while the
+next arrives, acknowledged once durable; a staged write (a gzip body) kept aside until its
+end proves it good, then applied whole. `Drives` checks who may do it and counts it."""
 
 import asyncio
 import contextlib
@@ -15,6 +16,7 @@ from openhosting.storage.drive_files import (
     is_disk_full,
     is_too_large,
 )
+from openhosting.storage.write_stage import WriteStage
 
 
 def storage_error(error: OSError, action: str) -> Exception:
@@ -98,6 +100,14 @@ class DriveWriter:
         """How many more bytes fit before the drive's end."""
         return self._size - self._position - len(self._buffer)
 
+    async def reserve(self, length: int) -> None:
+        """Give the next `length` bytes' range its disk blocks before any byte is written: a
+        full platform refuses the write (507) with the drive unchanged, never half-way."""
+        try:
+            await asyncio.to_thread(self._opened.io.allocate, self._position, length)
+        except OSError as error:
+            raise storage_error(error, "write to the drive") from None
+
     async def write(self, data: bytes) -> None:
         if len(data) > self.remaining:
             raise FullError(
@@ -155,3 +165,67 @@ class DriveWriter:
         self._closed = True
         self._opened.io.close()
         self._on_close(counted)  # the bytes written, None when aborted
+
+
+class StagedDriveWriter:
+    """One write whose bytes reach the drive only once all of them are known good (a gzip
+    body, valid or not only at its end): staged as they come (`WriteStage`), applied and
+    made durable by `finish`. Until then, and after `abort`, the drive is as it was."""
+
+    def __init__(
+        self,
+        uuid: str,
+        opened: OpenDrive,
+        stage: WriteStage,
+        room: int,
+        on_close: Callable[[int | None], None],
+    ) -> None:
+        self._uuid, self._opened, self._stage, self._on_close = uuid, opened, stage, on_close
+        self._room = room  # bytes from the offset to the drive's end
+        self._pending: asyncio.Future[None] | None = None
+        self._closed = False
+
+    @property
+    def remaining(self) -> int:
+        return self._room - self._stage.length
+
+    async def write(self, data: bytes) -> None:
+        if len(data) > self.remaining:
+            raise FullError(
+                f"Write past the end of drive {self._uuid} ({self._room} bytes from the"
+                " offset): nothing was written"
+            )
+        self._stage.append(data)
+        if self._stage.wants_spill():
+            await self._in_thread(self._stage.spill)
+
+    async def _in_thread(self, work: Callable[[], None]) -> None:
+        # Shielded and kept: a cancelled request must not close the staging file under a
+        # thread that still uses it (`abort` waits for it).
+        self._pending = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            await asyncio.shield(self._pending)
+        except OSError as error:
+            raise storage_error(error, "write to the drive") from None
+
+    async def finish(self) -> int:
+        """Apply the staged bytes, make them durable, count them; returns how many."""
+        await self._in_thread(self._stage.apply)
+        written = self._stage.length
+        self._close(written)
+        return written
+
+    async def abort(self) -> None:
+        """Give up: the staged bytes are dropped, the drive was never touched."""
+        if self._pending is not None:
+            with contextlib.suppress(Exception):  # the write is being refused anyway
+                await self._pending
+        await asyncio.to_thread(self._stage.discard)
+        self._close(None)
+
+    def _close(self, counted: int | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._opened.io.close()
+        self._on_close(counted)

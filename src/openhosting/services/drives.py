@@ -9,6 +9,7 @@ in worker threads so the event loop stays responsive.
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -20,15 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.errors import BusyError, FullError, MissingError
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings, apply_drive_properties
 from openhosting.services.billing import Billing
 from openhosting.services.drive_repair import repair_drive_files
-from openhosting.services.drive_transfers import DriveWriter, ReadPlan, storage_error
+from openhosting.services.drive_transfers import (
+    DriveWriter,
+    ReadPlan,
+    StagedDriveWriter,
+    storage_error,
+)
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
+from openhosting.storage.write_stage import WriteStage
 from openhosting.store import drives as drive_store
+from openhosting.store import space_reserve
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.wire.payload import Value
@@ -303,14 +312,19 @@ class Drives:
         return repair_drive_files(self.files, rows, self._master_key)
 
     def destroy(self, user: str, uuid: str) -> None:
-        with self._engine.begin() as connection:
+        def delete_row(connection: Connection) -> None:
             self._owned(connection, user, uuid)
             self._refuse_while_resizing(uuid, "destroyed")
             self._check_busy(connection, uuid, "destroyed")
             if self._writes_in_flight[uuid]:
                 raise BusyError(f"Drive {uuid} is being written and cannot be destroyed now")
             drive_store.delete_drive(connection, uuid)
+
+        # Destroying is how a user gets space back: it must work on a full disk, where even
+        # the row's delete needs room in the WAL (the space reserve gives it).
+        space_reserve.begin_freeing(self._engine, delete_row)
         self.files.destroy(uuid)
+        space_reserve.refill(self._engine)
         log.info("event=drive_destroyed user=%s drive=%s", user, uuid)
 
     def _check_busy(self, connection: Connection, uuid: str, action: str) -> None:
@@ -355,10 +369,26 @@ class Drives:
             del self._reads_in_flight[uuid]
 
     def record_read(self, uuid: str, nbytes: int) -> None:
-        with self._engine.begin() as connection:
-            drive_store.add_io_counters(connection, uuid, "read", nbytes)
+        self._count_io(uuid, "read", nbytes)
 
-    def begin_write(self, user: str, uuid: str, offset: int) -> DriveWriter:
+    def _count_io(self, uuid: str, direction: str, nbytes: int) -> None:
+        """Add to the drive's I/O counters. They are bookkeeping, written after the bytes
+        moved: failing to write them (a full disk, a locked database) is logged and changes
+        nothing of the answer."""
+        try:
+            with self._engine.begin() as connection:
+                drive_store.add_io_counters(connection, uuid, direction, nbytes)
+        except SQLAlchemyError as error:
+            log.error(
+                "event=io_counters_lost drive=%s direction=%s bytes=%s error=%s",
+                uuid, direction, nbytes, error,
+            )  # fmt: skip
+
+    def begin_write(
+        self, user: str, uuid: str, offset: int, staged: bool = False
+    ) -> DriveWriter | StagedDriveWriter:
+        """A writer of the drive's bytes from `offset`: straight to the drive as they come, or
+        `staged` (kept aside until the request's end proves them good, then applied whole)."""
         with self._engine.connect() as connection:
             row = self._owned(connection, user, uuid)
             claims = drive_store.claims_on(connection, uuid)
@@ -375,14 +405,15 @@ class Drives:
             )
         opened = self.files.open(uuid, self._master_key(row))
         self._writes_in_flight[uuid] += 1
-        return DriveWriter(
-            uuid, opened, offset, row["size"], lambda written: self._end_write(uuid, written)
-        )
+        on_close = functools.partial(self._end_write, uuid)
+        if staged:
+            stage = WriteStage(opened.io, self.files.root, offset)
+            return StagedDriveWriter(uuid, opened, stage, row["size"] - offset, on_close)
+        return DriveWriter(uuid, opened, offset, row["size"], on_close)
 
     def _end_write(self, uuid: str, nbytes: int | None) -> None:
         self._writes_in_flight[uuid] -= 1
         if not self._writes_in_flight[uuid]:
             del self._writes_in_flight[uuid]
         if nbytes is not None:
-            with self._engine.begin() as connection:
-                drive_store.add_io_counters(connection, uuid, "write", nbytes)
+            self._count_io(uuid, "write", nbytes)

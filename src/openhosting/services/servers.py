@@ -8,6 +8,7 @@ is `ServerLifecycle`'s.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import shutil
@@ -35,6 +36,7 @@ from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import ServerLifecycle
 from openhosting.services.server_network import ServerNetworks
 from openhosting.store import servers as server_store
+from openhosting.store import space_reserve
 from openhosting.store.reader import Reader
 from openhosting.wire.payload import Value
 
@@ -43,6 +45,11 @@ log = logging.getLogger("openhosting.servers")
 
 def _missing(uuid: str) -> MissingError:
     return MissingError(f"Server {uuid} could not be found")
+
+
+def _delete_server(uuid: str, connection: Connection) -> None:
+    server_store.remove_guest_claims(connection, uuid)
+    server_store.delete_server(connection, uuid)
 
 
 class Servers:
@@ -278,9 +285,8 @@ class Servers:
             vm = self._vms.get(uuid)
             if vm is not None:
                 await vm.stop(self._settings.stop_timeout)
-            with self._engine.begin() as connection:
-                server_store.remove_guest_claims(connection, uuid)
-                server_store.delete_server(connection, uuid)
+            # Destroying must work on a full disk too (the space reserve gives the WAL room).
+            space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self._locks.pop(uuid, None)
         shutil.rmtree(self.run_dir(uuid), ignore_errors=True)
         log.info("event=server_destroyed user=%s server=%s", user, uuid)

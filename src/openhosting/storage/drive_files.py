@@ -40,6 +40,9 @@ class PlainDriveIO:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
+    # The drive's bytes start at the file's first byte (an encrypted drive's do not).
+    payload_offset = 0
+
     def fileno(self) -> int:
         return self._fd
 
@@ -49,6 +52,12 @@ class PlainDriveIO:
 
     def read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
+
+    def allocate(self, offset: int, length: int) -> None:
+        """Give `[offset, offset + length)` its disk blocks now, without changing a byte: a
+        write into it cannot then run out of space half-way (ENOSPC comes from here)."""
+        if length > 0:
+            os.posix_fallocate(self._fd, offset, length)
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -74,6 +83,19 @@ class EncryptedDriveIO:
         # two of them touching one sector must not interleave.
         self._edge_lock = edge_lock
 
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def payload_offset(self) -> int:
+        """Where the drive's bytes start in the file."""
+        return self._volume.payload_offset
+
+    def encrypt_sectors(self, buffer: bytearray, first_sector: int) -> None:
+        """Encrypt whole sectors in place, as the drive's sectors from `first_sector` (of the
+        payload) would be stored."""
+        self._volume.encrypt_sectors(buffer, first_sector)
+
     def read_at(self, offset: int, length: int) -> bytes:
         return self._volume.read_at(offset, length)
 
@@ -81,6 +103,14 @@ class EncryptedDriveIO:
         """Whether `[offset, offset + length)` of the payload was never written."""
         base = self._volume.payload_offset
         return next(data_extents(self._fd, base + offset, base + offset + length), None) is None
+
+    def allocate(self, offset: int, length: int) -> None:
+        """Give the sectors holding payload `[offset, offset + length)` their disk blocks
+        now, without changing a byte (see `PlainDriveIO.allocate`)."""
+        if length > 0:
+            first = offset - offset % SECTOR_SIZE
+            end = _whole_sectors(offset + length)
+            os.posix_fallocate(self._fd, self._volume.payload_offset + first, end - first)
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         # No copy here: the volume encrypts into a buffer of its own.

@@ -304,6 +304,10 @@ class LuksVolume:
         self._cipher.crypt_in_place(buffer, first, encrypt=True)
         _pwrite_all(self._fd, buffer, self._base + first * SECTOR_SIZE)
 
+    def encrypt_sectors(self, buffer: bytearray, first_sector: int) -> None:
+        """Encrypt whole payload sectors in place, as sectors `first_sector`.. are stored."""
+        self._cipher.crypt_in_place(buffer, first_sector, encrypt=True)
+
     def resize(self, payload_size: int) -> None:
         """Grow (with a never-written, zero-reading tail) or shrink the payload."""
         _check_size(payload_size)

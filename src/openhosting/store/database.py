@@ -9,6 +9,8 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
 
+from openhosting.store import space_reserve
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -29,6 +31,7 @@ def open_engine(path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{path}")
     event.listen(engine, "connect", _configure_sqlite)
     migrate(engine, path.parent / (path.name + ".migrate.lock"))
+    space_reserve.refill(engine)
     return engine
 
 

@@ -13,7 +13,7 @@ from openhosting.api.responses import (
     zeros_as_gzip,
 )
 from openhosting.errors import FullError, UsageError
-from openhosting.services.drive_transfers import ReadPlan
+from openhosting.services.drive_transfers import DriveWriter, ReadPlan
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 from openhosting.wire.sizes import parse_size
 
@@ -112,14 +112,22 @@ async def write(request: web.Request) -> None:
 
 
 async def _write(request: web.Request, offset: int, declared: int, encoding: str) -> None:
-    writer = platform_of(request).drives.begin_write(user_of(request), _drive(request), offset)
+    # A gzip body is good or bad only at its end: its bytes are staged and reach the drive
+    # once it has proved whole. A raw body goes straight to the drive: what could refuse it
+    # (its end past the drive's, no room for its blocks) is checked before its first byte,
+    # after which only its client can fail it, by going away.
+    decoder = GzipStreamDecoder() if encoding != "identity" else None
+    writer = platform_of(request).drives.begin_write(
+        user_of(request), _drive(request), offset, staged=decoder is not None
+    )
     try:
-        decoder = GzipStreamDecoder() if encoding != "identity" else None
-        if decoder is None and declared > writer.remaining:
-            raise FullError(
-                f"Write of {declared} bytes at offset {offset} would pass the drive's end:"
-                " nothing was written"
-            )
+        if isinstance(writer, DriveWriter):
+            if declared > writer.remaining:
+                raise FullError(
+                    f"Write of {declared} bytes at offset {offset} would pass the drive's end:"
+                    " nothing was written"
+                )
+            await writer.reserve(declared)
         received = 0
         while chunk := await read_body_chunk(request):
             received += len(chunk)

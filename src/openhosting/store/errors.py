@@ -1,0 +1,30 @@
+"""What a failure of the store or of a file means to the API: the platform's storage is full.
+
+SQLite reports a full disk as SQLITE_FULL ("database or disk is full") wrapped in SQLAlchemy's
+exceptions; files report ENOSPC or EDQUOT. Both are the platform running out of space (507
+`full`), never a fault of ours (500).
+"""
+
+import errno
+import sqlite3
+
+from sqlalchemy.exc import DBAPIError
+
+
+def is_storage_full(error: BaseException) -> bool:
+    """Whether `error` (or what it wraps) says the disk holding the state is full."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and isinstance(current.orig, BaseException):
+            current = current.orig
+            continue
+        if isinstance(current, sqlite3.Error):
+            # The primary code is the low byte (extended codes add detail above it).
+            code = getattr(current, "sqlite_errorcode", None)
+            return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+        if isinstance(current, OSError):
+            return current.errno in (errno.ENOSPC, errno.EDQUOT)
+        current = current.__cause__ or current.__context__
+    return False
