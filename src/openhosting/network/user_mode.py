@@ -53,7 +53,12 @@ def passt_account(run_as: str) -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        raise NetworkError(f"no account {name!r} for the user-mode network helper") from None
+        # As for QEMU (see server_lifecycle.qemu_user), a missing account is not fatal.
+        log.warning("event=passt_user_missing user=%s fallback=nobody", name)
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        raise NetworkError("no account for the user-mode network helper (nobody)") from None
 
 
 class UserNetwork:
@@ -69,6 +74,7 @@ class UserNetwork:
         self._directory = run_dir / "passt"
         self._run_as = run_as
         self._fence = GuestFence(table_name(self._directory))
+        self._warned = False  # that guests are not fenced off the host (no root), once
 
     def guest_address(self, nic: NicPlan) -> str | None:
         return nic.address or GUEST_ADDRESS
@@ -101,7 +107,9 @@ class UserNetwork:
         account = passt_account(self._run_as)
         self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if account is None:
-            log.warning("event=guest_fence_missing reason=not_root")
+            if not self._warned:
+                log.warning("event=guest_fence_missing reason=not_root")
+                self._warned = True
             return
         # passt, once unprivileged, writes its pidfile here and QEMU (the same account)
         # connects to its socket: it must own the directory and pass through the ones above.
