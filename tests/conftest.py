@@ -5,6 +5,7 @@ import base64
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.config import Config, load_config
 from openhosting.hypervisor import process
+from openhosting.network import passt
+from openhosting.network.guest_fence import table_name
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 from tests.disk_tmp import disk_directory
@@ -53,11 +56,19 @@ def platform(config: Config) -> Iterator[Platform]:
 
 
 def kill_leftover_vms(run_path: Path) -> None:
-    """Kill every VM a test left running under `run_path`, then remove the run files."""
+    """Kill every VM and user-mode network helper a test left running under `run_path`,
+    take down its platform's guest fence, then remove the run files."""
     for run_dir in run_path.glob("*") if run_path.exists() else []:
         pid = process.adopt(run_dir, run_dir.name)
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
+    passt_dir = run_path / "network" / "passt"
+    for files in passt.running_files(passt_dir) if passt_dir.exists() else []:
+        if (pid := passt.adopt(files)) is not None:
+            os.kill(pid, signal.SIGKILL)
+    if os.geteuid() == 0:
+        table = ["nft", "delete", "table", "inet", table_name(passt_dir)]
+        subprocess.run(table, check=False, capture_output=True, timeout=10)
     shutil.rmtree(run_path, ignore_errors=True)
 
 

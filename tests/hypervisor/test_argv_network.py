@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.hypervisor.argv import NicSpec, TapNetdev, UserNetdev, VmSpec, build_qemu_argv
+from openhosting.hypervisor.argv import (
+    NicSpec,
+    StreamNetdev,
+    TapNetdev,
+    UserNetdev,
+    VmSpec,
+    build_qemu_argv,
+)
 
 UUID = "0f962616-2071-4173-be79-7dd084271edf"
 MAC = "52:54:00:12:34:56"
@@ -31,6 +38,19 @@ def test_user_mode_can_give_the_guest_a_chosen_address() -> None:
 def test_a_tap_nic_runs_no_scripts() -> None:
     argv = build_qemu_argv(spec(nics=(NicSpec(1, "rtl8139", MAC, TapNetdev("oh-tabc1")),)))
     assert "tap,id=net1,ifname=oh-tabc1,script=no,downscript=no" in argv
+
+
+def test_a_stream_nic_connects_to_its_helpers_unix_socket() -> None:
+    backend = StreamNetdev(Path("/run/oh/network/passt/x-0.sock"))
+    argv = build_qemu_argv(spec(nics=(NicSpec(0, "virtio", MAC, backend),)))
+    netdev = "stream,id=net0,server=off,addr.type=unix,addr.path=/run/oh/network/passt/x-0.sock"
+    assert argv[argv.index(netdev) - 1] == "-netdev"
+    assert f"virtio-net-pci,netdev=net0,mac={MAC},id=nic-0" in argv
+
+
+def test_a_stream_socket_path_must_fit_a_unix_socket() -> None:
+    with pytest.raises(ValueError, match="too long"):
+        StreamNetdev(Path("/run/" + "x" * 110))
 
 
 def test_in_a_namespace_qemu_is_started_through_ip_netns_exec() -> None:

@@ -274,6 +274,45 @@ def rfb_greeting_from(namespace: str, address: str, port: int) -> bytes:
     return done.stdout.strip()
 
 
+async def test_a_guest_reaches_of_its_host_only_dhcp_vnc_and_ping(
+    client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str,
+    tiny_guest_image: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    """A host service on all addresses (the API bound to 0.0.0.0, say) is not a guest's."""
+    platform = bridge_platform
+    (tmp_path / "site").mkdir()
+    service = subprocess.Popen(
+        ["ip", "netns", "exec", namespace, sys.executable, "-m", "http.server", "8081",
+         "--bind", "0.0.0.0", "--directory", str(tmp_path / "site")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        drive = await upload_guest(client, auth, tiny_guest_image)
+        server = (await create_server(
+            client, auth,
+            f"name g\ncpu 1000\nmem 256\nide:0:0 {drive}\nboot ide:0:0\n"
+            "nic:0:model e1000\nnic:0:dhcp auto\nvnc:ip auto\nvnc:password secret\n",
+        ))["server"]  # fmt: skip
+        await leases(platform, server)  # DHCP from the host still works
+        await wait_ready(platform, server)
+        host = platform.servers.networks.driver.vnc_address
+        assert host is not None
+        assert await pings(platform, server, host)
+        probe = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 4 {} {} 2>&1; echo rc=$?"
+        refused = await console_run(platform, server, probe.format(host, 8081))
+        assert "HTTP/" not in refused and "refused" in refused, refused
+        # Its own VNC, on the host's address, stays reachable (as from anywhere).
+        argv = (platform.servers.run_dir(server) / "qemu.argv").read_text()
+        match = re.search(r"-vnc [0-9.]+:(\d+),", argv)
+        assert match is not None, argv
+        vnc_port = 5900 + int(match.group(1))
+        display = await console_run(platform, server, probe.format(host, vnc_port))
+        assert "RFB 003.008" in display, display
+    finally:
+        service.kill()
+        service.wait(timeout=10)
+
+
 async def test_vnc_is_reached_on_the_servers_own_address_port_5900(
     client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str
 ) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from openhosting.hypervisor import process
+from openhosting.network import passt
+from openhosting.network.passt import PasstFiles
 from tests.conftest import kill_leftover_vms
 from tests.daemon_process import Api, DaemonProcess, create_user
 
@@ -84,8 +86,9 @@ def test_vms_outlive_the_daemon_and_the_next_one_reconciles_what_happened_meanwh
     assert api.call(f"/drives/{drive}/write", image)[0] == 204
     # Only the first boots a guest: the others need no drive to be a running VM.
     bodies = {
-        "kept": f"name kept\ncpu 1000\nmem 256\npersistent true\nide:0:0 {drive}\nboot ide:0:0",
-        "crashed": "name crashed\ncpu 500\nmem 32\npersistent true",
+        "kept": f"name kept\ncpu 1000\nmem 256\npersistent true\nide:0:0 {drive}\nboot ide:0:0"
+        "\nnic:0:model e1000",
+        "crashed": "name crashed\ncpu 500\nmem 32\npersistent true\nnic:0:model e1000",
         "ended": "name ended\ncpu 500\nmem 32\npersistent true",
         "temporary": "name temporary\ncpu 500\nmem 32\npersistent false",
     }
@@ -96,6 +99,11 @@ def test_vms_outlive_the_daemon_and_the_next_one_reconciles_what_happened_meanwh
     kept = servers["kept"]
     before = api.wait_info(kept, lambda info: int(info["ide:0:0:read:bytes"]) > 0)
     pids = {name: qemu_pid(run_dir, server) for name, server in servers.items()}
+    # A user-mode NIC has a passt of its own, which lives and dies with its VM.
+    nets = {name: PasstFiles(run_dir / "network" / "passt", servers[name], 0)
+            for name in ("kept", "crashed")}  # fmt: skip
+    net_pids = {name: passt.adopt(files) for name, files in nets.items()}
+    assert None not in net_pids.values()
 
     # SIGTERM: the daemon lets go of its VMs without stopping them; the next one adopts them.
     daemons[-1].end(signal.SIGTERM)
@@ -118,6 +126,8 @@ def test_vms_outlive_the_daemon_and_the_next_one_reconciles_what_happened_meanwh
     after = api.info(kept)
     assert after["status"] == "active"
     assert qemu_pid(run_dir, kept) == pids["kept"]
+    assert passt.adopt(nets["kept"]) == net_pids["kept"]
+    assert passt.adopt(nets["crashed"]) is None and not nets["crashed"].socket.exists()
     assert after["started"] == before["started"]
     # Counters come live from the adopted QEMU: cumulative since it started.
     assert int(after["ide:0:0:read:bytes"]) >= int(before["ide:0:0:read:bytes"]) > 0
@@ -131,6 +141,7 @@ def test_vms_outlive_the_daemon_and_the_next_one_reconciles_what_happened_meanwh
     stopped = api.info(kept)
     assert stopped["status"] == "stopped" and "started" not in stopped
     assert not process.is_vm_process(pids["kept"], kept)
+    assert passt.adopt(nets["kept"]) is None and not nets["kept"].pidfile.exists()
     assert "claimed" not in api.properties(f"/drives/{drive}/info")
     log_text = log.read_text()
     assert log_text.count("event=server_adopted") == 4 + 1  # all four, then the survivor

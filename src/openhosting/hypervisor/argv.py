@@ -134,13 +134,28 @@ class TapNetdev:
 
 
 @dataclass(frozen=True)
+class StreamNetdev:
+    """A user-mode network helper (passt) listening on the unix socket `socket`: QEMU sends
+    the guest's frames there and the helper does the NAT and DHCP."""
+
+    socket: Path
+
+    def __post_init__(self) -> None:
+        if len(str(self.socket).encode()) > MAX_SOCKET_PATH:
+            raise ValueError(f"socket path too long for a unix socket: {self.socket}")
+
+
+Netdev = UserNetdev | TapNetdev | StreamNetdev
+
+
+@dataclass(frozen=True)
 class NicSpec:
     """A network card: API NIC index, model (`e1000`, `rtl8139`, `virtio`) and MAC."""
 
     index: int
     model: str
     mac: str
-    backend: UserNetdev | TapNetdev = field(default_factory=UserNetdev)
+    backend: Netdev = field(default_factory=UserNetdev)
 
     def __post_init__(self) -> None:
         if self.model not in NIC_DEVICES:
@@ -359,6 +374,15 @@ def _nic_args(nic: NicSpec) -> list[str]:
             ("script", "no"),
             ("downscript", "no"),
             head="tap",
+        )
+    elif isinstance(nic.backend, StreamNetdev):
+        # The helper made the socket before QEMU starts; QEMU connects as the client.
+        netdev = _opts(
+            ("id", netdev_id),
+            ("server", "off"),
+            ("addr.type", "unix"),
+            ("addr.path", nic.backend.socket),
+            head="stream",
         )
     else:
         user = nic.backend

@@ -11,9 +11,12 @@ from openhosting.network.user_mode import UserNetwork
 MODES = ("user", "bridge")
 
 
-def open_network(settings: NetworkSettings, run_dir: Path) -> tuple[AddressPool, NetworkDriver]:
+def open_network(
+    settings: NetworkSettings, run_dir: Path, run_as: str = "auto"
+) -> tuple[AddressPool, NetworkDriver]:
     """The pool and the driver the settings describe; bridge mode keeps its DHCP server's
-    files under `run_dir`. Nothing on the host changes until the driver is used."""
+    files under `run_dir`, user mode its passt helpers' (run as `run_as`, QEMU's account).
+    Nothing on the host changes until the driver is used."""
     try:
         pool = AddressPool.parse(
             settings.pool_subnet,
@@ -22,7 +25,7 @@ def open_network(settings: NetworkSettings, run_dir: Path) -> tuple[AddressPool,
             settings.pool_range,
         )
         if settings.mode == "user":
-            return pool, UserNetwork(pool)
+            return pool, UserNetwork(pool, run_dir, run_as)
         if settings.mode == "bridge":
             return pool, BridgeNetwork(settings, pool, run_dir)
     except (PoolError, ValueError) as error:

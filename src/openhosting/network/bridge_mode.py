@@ -19,6 +19,7 @@ from pathlib import Path
 
 from openhosting.config import NetworkSettings
 from openhosting.hypervisor.argv import TapNetdev
+from openhosting.network.bridge_fence import BridgeFence
 from openhosting.network.dnsmasq import DhcpServer, DhcpSpec
 from openhosting.network.driver import Backend, NicPlan
 from openhosting.network.links import IFNAMSIZ, Counters, Links, check_ifname
@@ -64,6 +65,7 @@ class BridgeNetwork:
         )
         self._lock = asyncio.Lock()
         self._vnc = VncOverlay(settings.namespace, self._public)
+        self._fence = BridgeFence(settings.namespace, self._public, self._tap_prefix)
 
     @property
     def dhcp(self) -> DhcpServer:
@@ -96,6 +98,8 @@ class BridgeNetwork:
     async def _ensure_public(self) -> None:
         await self._links.ensure_namespace()
         await self._links.ensure_bridge(self._public, self._host_cidr)
+        # Before any tap: a guest never meets a host without the fence.
+        await self._fence.ensure()
         await self._dhcp.ensure_running()
 
     async def open_vnc(self, guest: str, port: int) -> bool:
@@ -203,6 +207,7 @@ class BridgeNetwork:
             if not self._links.namespace_exists():
                 return  # the namespace, and every link in it, is gone already
             await self._vnc.remove()
+            await self._fence.remove()
             await self._remove_our_links()
             shutil.rmtree(self._dhcp.spec.directory, ignore_errors=True)
 

@@ -3,7 +3,7 @@ out, counters, and tidying up.
 
 `NicPlan` is a NIC as the network sees it (a MAC on the public network or on a VLAN, maybe
 with an address to offer); who owns it and why is the service's business. The two drivers are
-`user_mode.UserNetwork` (QEMU user-mode networking, nothing on the host) and
+`user_mode.UserNetwork` (one passt per NIC, fenced off from the host) and
 `bridge_mode.BridgeNetwork` (bridges, taps and dnsmasq, optionally in a namespace).
 """
 
@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from openhosting.hypervisor.argv import TapNetdev, UserNetdev
+from openhosting.hypervisor.argv import Netdev
 from openhosting.network.links import Counters
 
-Backend = UserNetdev | TapNetdev
+Backend = Netdev
 
 
 @dataclass(frozen=True)

@@ -1,72 +1,152 @@
-"""User-mode networking: QEMU's built-in NAT and DHCP, with nothing on the host.
+"""User-mode networking: one passt per NIC does the guest's NAT, DHCP and DNS; no bridge,
+no tap, no DHCP server on the host.
 
-The guest is given 10.0.2.15 by QEMU; a NIC that holds an IP resource is given that address
-instead, in the pool's subnet behind the pool's gateway (inside QEMU only: it is not reachable
-from outside, as nothing in user mode is). There are no per-NIC counters and no VLANs.
+The guest is given 10.0.2.15 behind 10.0.2.2 with name server 10.0.2.3, as QEMU's built-in
+user mode gave; a NIC that holds an IP resource is given that address instead, in the pool's
+subnet behind the pool's gateway (inside passt only: it is not reachable from outside, as
+nothing in user mode is). There are no per-NIC counters and no VLANs.
+
+A guest reaches the outside world and nothing of its host: passt never maps the gateway to
+the host's loopback (QEMU 7.2's built-in slirp always does, and its only switch, `restrict`,
+cuts the outside too), and when the daemon runs as root the `GuestFence` refuses passt's
+account every new flow to the host's own addresses but DNS (see guest_fence.py).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import pwd
 from collections.abc import Sequence
-from ipaddress import IPv4Address
+from contextlib import AsyncExitStack
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
-from openhosting.hypervisor.argv import UserNetdev
+from openhosting.hypervisor.argv import StreamNetdev
+from openhosting.network import passt
 from openhosting.network.driver import Backend, NicPlan
+from openhosting.network.errors import NetworkError
+from openhosting.network.guest_fence import GuestFence, table_name
 from openhosting.network.links import Counters
+from openhosting.network.passt import GuestAddressing, PasstFiles
 from openhosting.network.pool import AddressPool
 
-GUEST_ADDRESS = "10.0.2.15"  # what QEMU's user-mode DHCP gives the first guest NIC
+log = logging.getLogger("openhosting.network")
+
+GUEST_ADDRESS = "10.0.2.15"  # what user mode's DHCP gives a guest NIC without an address
+DEFAULT_ADDRESSING = GuestAddressing(
+    address=IPv4Address(GUEST_ADDRESS),
+    network=IPv4Network("10.0.2.0/24"),
+    gateway=IPv4Address("10.0.2.2"),
+    dns=IPv4Address("10.0.2.3"),
+)
+
+
+def passt_account(run_as: str) -> pwd.struct_passwd | None:
+    """The account passt runs as, from `hypervisor.run_as` (QEMU's): as root always some
+    unprivileged account (passt refuses to stay root; `auto` and "" mean nobody), else the
+    daemon's own (None)."""
+    if os.geteuid() != 0:
+        return None
+    name = run_as if run_as not in ("", "auto") else "nobody"
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        # As for QEMU (see server_lifecycle.qemu_user), a missing account is not fatal.
+        log.warning("event=passt_user_missing user=%s fallback=nobody", name)
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        raise NetworkError("no account for the user-mode network helper (nobody)") from None
 
 
 class UserNetwork:
-    """The user-mode driver (see `NetworkDriver`)."""
+    """The user-mode driver (see `NetworkDriver`); passt's files live in `run_dir`/passt."""
 
     mode = "user"
     namespace = ""
     pool_for_auto = False
     vnc_address: str | None = None
 
-    def __init__(self, pool: AddressPool) -> None:
+    def __init__(self, pool: AddressPool, run_dir: Path, run_as: str = "auto") -> None:
         self._pool = pool
+        self._directory = run_dir / "passt"
+        self._run_as = run_as
+        self._fence = GuestFence(table_name(self._directory))
+        self._warned = False  # that guests are not fenced off the host (no root), once
 
     def guest_address(self, nic: NicPlan) -> str | None:
         return nic.address or GUEST_ADDRESS
 
-    def netdev(self, nic: NicPlan) -> UserNetdev:
+    def addressing(self, nic: NicPlan) -> GuestAddressing:
+        """What the NIC's passt offers the guest (pure)."""
         if nic.address is None:
-            return UserNetdev()
-        # QEMU needs a name server address of its own, apart from the guest and the host.
+            return DEFAULT_ADDRESSING
+        # The guest's name server needs an address of its own, apart from guest and gateway.
         taken = {IPv4Address(nic.address), self._pool.gateway}
         candidates = itertools.chain(self._pool.nameservers, self._pool.subnet.hosts())
-        dns = next((ns for ns in candidates if ns not in taken and ns in self._pool.subnet), None)
-        return UserNetdev(
-            net=str(self._pool.subnet),
-            host=str(self._pool.gateway),
-            dhcp_start=nic.address,
-            dns=str(dns) if dns is not None else None,
+        dns = next(ns for ns in candidates if ns not in taken and ns in self._pool.subnet)
+        return GuestAddressing(
+            address=IPv4Address(nic.address),
+            network=self._pool.subnet,
+            gateway=self._pool.gateway,
+            dns=dns,
         )
 
+    def _files(self, nic: NicPlan) -> PasstFiles:
+        return PasstFiles(self._directory, nic.server, nic.index)
+
     async def open_vnc(self, guest: str, port: int) -> bool:
-        return False  # 10.0.2.15 is private to QEMU: VNC stays on the host's address
+        return False  # the guest's address is private to passt: VNC stays on the host's
 
     async def close_vnc(self, guest: str) -> None:
         return None
 
     async def start(self) -> None:
-        return None
+        account = passt_account(self._run_as)
+        self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if account is None:
+            if not self._warned:
+                log.warning("event=guest_fence_missing reason=not_root")
+                self._warned = True
+            return
+        # passt, once unprivileged, writes its pidfile here and QEMU (the same account)
+        # connects to its socket: it must own the directory and pass through the ones above.
+        os.chown(self._directory, account.pw_uid, account.pw_gid)
+        for parent in (self._directory.parent, self._directory.parent.parent):
+            parent.chmod(parent.stat().st_mode | 0o711)
+        await self._fence.ensure(account.pw_uid)
 
     async def attach(self, nics: Sequence[NicPlan]) -> dict[int, Backend]:
-        return {nic.index: self.netdev(nic) for nic in nics}
+        await self.start()
+        account = passt_account(self._run_as)
+        backends: dict[int, Backend] = {}
+        async with AsyncExitStack() as undo:
+            for nic in nics:
+                files = self._files(nic)
+                undo.push_async_callback(passt.stop, files)
+                await passt.start(files, self.addressing(nic), account.pw_name if account else None)
+                backends[nic.index] = StreamNetdev(files.socket)
+            undo.pop_all()
+        return backends
 
     async def detach(self, nics: Sequence[NicPlan]) -> None:
-        return None
+        for nic in nics:
+            await passt.stop(self._files(nic))
 
     async def counters(self, nics: Sequence[NicPlan]) -> Counters:
-        return Counters()  # QEMU 7.2 counts nothing per user-mode NIC
+        return Counters()  # passt counts nothing per NIC that we could read
 
     async def reconcile(self, active: Sequence[NicPlan]) -> None:
-        return None
+        keep = {(nic.server, nic.index) for nic in active}
+        for files in passt.running_files(self._directory):
+            if (files.server, files.index) not in keep:
+                await passt.stop(files)
 
     async def close(self, idle: bool) -> None:
-        return None
+        if not idle:
+            return  # the running guests keep their passt and their fence
+        await self.reconcile([])
+        if passt_account(self._run_as) is not None:
+            await self._fence.remove()

@@ -61,7 +61,9 @@ def open_platform(config: Config) -> Platform:
         config.storage.default_cipher,
         billing,
     )
-    pool, network_driver = open_network(config.network, config.run_path / "network")
+    pool, network_driver = open_network(
+        config.network, config.run_path / "network", config.hypervisor.run_as
+    )
     resources = Resources(engine, reader, pool, billing)
     networks = ServerNetworks(engine, resources, pool, network_driver)
     audit = Audit(engine)

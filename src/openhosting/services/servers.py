@@ -71,7 +71,9 @@ class Servers:
         self._drives = drives
         self._settings = config.hypervisor
         if networks is None:
-            pool, driver = open_network(config.network, config.run_path / "network")
+            pool, driver = open_network(
+                config.network, config.run_path / "network", config.hypervisor.run_as
+            )
             networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, driver)
         self.networks = networks  # the servers' NICs: addresses, DHCP, taps
         self.lifecycle = ServerLifecycle(engine, config, networks, events)

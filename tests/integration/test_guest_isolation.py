@@ -1,0 +1,170 @@
+"""A user-mode guest reaches the outside world and nothing of its host (issue 13, item 1).
+
+The whole platform runs inside a network namespace the test makes, which stands for the host:
+its API, a server's VNC, a "database" on 127.0.0.1 and a service on the host's own address
+all live there, and so do passt and the guest fence. A second namespace, cabled to the first
+by a veth, is the outside world, with an HTTP server on a non-loopback address. A real guest
+under TCG then tries them all from its shell, the hostile way included: routing 127.0.0.0/8
+out of its NIC with `route_localnet`, which passt would otherwise turn into connections to
+the host's loopback.
+"""
+
+import asyncio
+import ctypes
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from openhosting.services.platform import Platform
+from tests.guest.build_guest import LEASE_MARKER
+from tests.guest.serial_console import SerialConsole
+from tests.integration.netns_helpers import network_namespace
+from tests.integration.server_helpers import (
+    create_server,
+    serial_log,
+    server_info,
+    upload_guest,
+    wait_for_log,
+)
+
+CLONE_NEWNET = 0x40000000
+HOST_ADDRESS, OUTSIDE_ADDRESS = "198.18.0.1", "198.18.0.2"  # a benchmarking range (RFC 2544)
+OUTSIDE_PORT = 8080
+TOKEN = "outside-world-reached-7c1f"
+BANNER = b"HOST-ONLY-SERVICE\n"
+BOOT_TIMEOUT = 120
+
+
+def set_network_namespace(path: str) -> None:
+    """Move the calling thread (and the processes and threads it starts) into a namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def host_and_outside(tmp_path: Path) -> Iterator[None]:
+    """The test process in the "host" namespace, cabled to an "outside" one serving TOKEN;
+    everything is back as it was afterwards (the platform fixture ends first)."""
+    with network_namespace() as host, network_namespace() as outside:
+        ip("link", "add", "oh-h", "netns", host, "type", "veth", "peer", "oh-o", "netns", outside)
+        ip("-n", host, "addr", "add", f"{HOST_ADDRESS}/24", "dev", "oh-h")
+        ip("-n", outside, "addr", "add", f"{OUTSIDE_ADDRESS}/24", "dev", "oh-o")
+        ip("-n", host, "link", "set", "oh-h", "up")
+        ip("-n", outside, "link", "set", "oh-o", "up")
+        # passt takes the interface of the default route as its way out.
+        ip("-n", host, "route", "add", "default", "via", OUTSIDE_ADDRESS)
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "token.txt").write_text(TOKEN + "\n")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", outside, sys.executable, "-m", "http.server",
+             str(OUTSIDE_PORT), "--bind", OUTSIDE_ADDRESS, "--directory", str(site)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            set_network_namespace(f"/run/netns/{host}")
+            try:
+                yield
+            finally:
+                set_network_namespace(f"/proc/self/fd/{original}")
+        finally:
+            os.close(original)
+            server.kill()
+            server.wait(timeout=10)
+
+
+class CountingListener:
+    """A TCP service that greets with BANNER and counts who got in."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str) -> int:
+        self.server = await asyncio.start_server(self._greet, host, 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        writer.write(BANNER)
+        await writer.drain()
+        writer.close()
+
+    def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def probe(host: str, port: int) -> str:
+    """A guest shell command: what a TCP client gets from `host`:`port` (an HTTP request)."""
+    return f"printf 'GET /token.txt HTTP/1.0\\r\\n\\r\\n' | nc -w 4 {host} {port} 2>&1; echo rc=$?"
+
+
+async def test_a_user_mode_guest_reaches_the_outside_but_nothing_of_its_host(
+    client: TestClient, auth: dict[str, str], platform: Platform, tiny_guest_image: Path,
+    servers_cleanup: None,
+) -> None:  # fmt: skip
+    database, host_service = CountingListener(), CountingListener()
+    database_port = await database.start("127.0.0.1")
+    host_service_port = await host_service.start(HOST_ADDRESS)
+    api_port = client.server.port
+    assert api_port is not None
+    try:
+        drive = await upload_guest(client, auth, tiny_guest_image)
+        server = (await create_server(
+            client, auth,
+            f"name g\ncpu 1000\nmem 256\nide:0:0 {drive}\nboot ide:0:0\nnic:0:model e1000\n"
+            "nic:0:dhcp auto\nvnc:ip auto\nvnc:password XXXXXXXX\n",
+        ))["server"]  # fmt: skip
+        vnc_port = int((await server_info(client, auth, server)).get("vnc:port", 5900))
+        log = await wait_for_log(serial_log(platform, server), LEASE_MARKER, timeout=BOOT_TIMEOUT)
+        # The guest keeps user mode's address.
+        assert " 10.0.2.15" in log.split(LEASE_MARKER, 1)[1].splitlines()[0]
+        console = await SerialConsole.open(platform.servers.run_dir(server) / "serial.sock")
+        try:
+            # The outside world is reached, through passt, from the guest's own address.
+            assert TOKEN in await console.run(probe(OUTSIDE_ADDRESS, OUTSIDE_PORT))
+
+            # The gateway is not the host's loopback (QEMU's slirp maps 10.0.2.2 to it).
+            reached = {
+                f"gateway:{port}": await console.run(probe("10.0.2.2", port))
+                for port in (api_port, vnc_port, database_port)
+            }
+            # The host's own address: its services, and those bound to loopback only.
+            for port in (host_service_port, database_port, api_port):
+                reached[f"host:{port}"] = await console.run(probe(HOST_ADDRESS, port))
+            # A root guest routes loopback out of its NIC: passt would connect to 127.0.0.1.
+            await console.run(
+                "sysctl -qw net.ipv4.conf.all.route_localnet=1 "
+                "net.ipv4.conf.eth0.route_localnet=1; "
+                "ip route add 127.0.0.0/8 via 10.0.2.2 dev eth0"
+            )
+            assert "dev eth0" in await console.run("ip route get 127.0.0.1")
+            for port in (api_port, vnc_port, database_port):
+                reached[f"loopback:{port}"] = await console.run(probe("127.0.0.1", port))
+            # The outside still works after all that.
+            assert TOKEN in await console.run(probe(OUTSIDE_ADDRESS, OUTSIDE_PORT))
+        finally:
+            await console.close()
+    finally:
+        database.close()
+        host_service.close()
+    for target, output in reached.items():
+        for sign in ("HTTP/", "RFB", BANNER.decode().strip()):
+            assert sign not in output, f"the guest reached {target}: {output!r}"
+    assert (database.accepted, host_service.accepted) == (0, 0)
