@@ -49,3 +49,28 @@ def test_input_takes_numbers_strings_booleans_and_lists() -> None:
 def test_input_that_is_not_an_object_of_values_is_a_usage_error(body: str) -> None:
     with pytest.raises(UsageError):
         parse_json_object(body)
+
+
+@pytest.mark.parametrize("body", ["[" * 2000, '{"a":' * 2000, '{"tags": [[[[["x"]]]]]}'])
+def test_deep_nesting_is_refused_before_the_decoder_recurses(body: str) -> None:
+    with pytest.raises(UsageError, match="nested deeper"):
+        parse_json_object(body)
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    assert parse_json_object('{"name": "[[[[[[{{{{{\\"]"}') == {"name": '[[[[[[{{{{{"]'}
+
+
+@pytest.mark.parametrize("body", ['{"name": "\\ud800"}', '{"\\udfff": "x"}', '{"t": ["\\udc00"]}'])
+def test_lone_surrogates_are_refused(body: str) -> None:
+    with pytest.raises(UsageError, match="lone surrogate"):
+        parse_json_object(body)
+
+
+def test_a_surrogate_pair_is_one_character() -> None:
+    assert parse_json_object('{"name": "\\ud83d\\ude00"}') == {"name": "\U0001f600"}
+
+
+def test_a_body_that_is_not_utf8_is_refused() -> None:
+    with pytest.raises(UsageError, match="UTF-8"):
+        parse_json_object(b'{"name": "\xff"}')
