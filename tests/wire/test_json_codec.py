@@ -74,3 +74,27 @@ def test_a_surrogate_pair_is_one_character() -> None:
 def test_a_body_that_is_not_utf8_is_refused() -> None:
     with pytest.raises(UsageError, match="UTF-8"):
         parse_json_object(b'{"name": "\xff"}')
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_any_json_document_is_parsed_or_refused_as_usage(document: object) -> None:
+    try:
+        parsed = parse_json_object(json.dumps(document))
+    except UsageError:
+        return
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items())
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_are_parsed_or_refused_as_usage(body: bytes) -> None:
+    try:
+        parse_json_object(body)
+    except UsageError:
+        pass
