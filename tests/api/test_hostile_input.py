@@ -9,13 +9,18 @@ hostile headers and malformed HTTP. Servers are only ever stopped here: no QEMU 
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from openhosting.api.app import RUNNER_OPTIONS, build_app
+from openhosting.api.handlers import HANDLERS
 from openhosting.api.routes import ROUTES, Kind
 from openhosting.config import Config, load_config
+from openhosting.logs import RequestLogger
+from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 
 # What each 4xx status must say in X-Elastic-Error (API.md §3; 429 is our rate limit).
@@ -368,3 +373,28 @@ async def test_nul_characters_are_refused_in_keys_and_values(
     assert response.status == 400
     assert response.headers["X-Elastic-Error"] == "usage"
     assert "NUL" in await response.text()
+
+
+@pytest.fixture
+async def logged_client(aiohttp_client, platform: Platform) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
+    """An in-process API with the daemon's request log."""
+    server = TestServer(build_app(platform, HANDLERS))
+    await server.start_server(access_log_class=RequestLogger, **RUNNER_OPTIONS)
+    yield await aiohttp_client(server)
+
+
+@pytest.mark.parametrize("authorized", [True, False])
+async def test_a_path_cannot_forge_log_lines(
+    logged_client: TestClient,
+    auth: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+    authorized: bool,
+) -> None:
+    caplog.set_level(logging.INFO)
+    forged = "/drives/list%0Aevent=server_destroyed%20user=x%0D%0Aevent=auth_ok"
+    headers = auth if authorized else {"Authorization": "Basic eDp5"}
+    response = await logged_client.get(forged, headers=headers)
+    assert response.status == (404 if authorized else 401)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("%0A" in message for message in messages if "event=request" in message)
+    assert not [message for message in messages if "\n" in message or "\r" in message]

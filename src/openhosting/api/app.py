@@ -45,7 +45,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        log.warning("event=http_error status=%s path=%s", error.status, request.path)
+        log.warning("event=http_error status=%s path=%s", error.status, request.raw_path)
         return error_response(SystemError_(error.reason))
     except Exception:
         return _internal_error(request)
@@ -53,7 +53,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 def _internal_error(request: web.Request) -> web.StreamResponse:
     """A fault of ours: logged with its traceback (called while handling it), 500 `system`."""
-    log.exception("event=internal_error method=%s path=%s", request.method, request.path)
+    log.exception("event=internal_error method=%s path=%s", request.method, request.raw_path)
     return error_response(SystemError_("Internal error; the operator has the details"))
 
 
@@ -73,7 +73,7 @@ def _client_gone(request: web.Request) -> web.StreamResponse:
     """The client went away mid-answer (a long read it stopped): nobody to answer, and no
     fault of ours. The connection is closed; the placeholder answer is never sent, only
     logged (aiohttp finds the transport closed)."""
-    log.info("event=client_gone method=%s path=%s", request.method, request.path)
+    log.info("event=client_gone method=%s path=%s", request.method, request.raw_path)
     if request.transport is not None:
         request.transport.close()
     return web.Response(status=CLIENT_GONE_STATUS)

@@ -52,7 +52,7 @@ async def authenticate_request(request: web.Request) -> None:
         user = platform_of(request).accounts.authenticate(username.lower(), password)
     except AuthError:
         throttle.failed(remote)
-        log.info("event=auth_failed remote=%s path=%s", remote, request.path)
+        log.info("event=auth_failed remote=%s path=%s", remote, request.raw_path)
         raise
     throttle.succeeded(remote)
     request.app[RATE_LIMITER_KEY].take(user)
