@@ -8,8 +8,9 @@ import sys
 
 from aiohttp import web
 
+from openhosting.api.access_log import RequestLogger
 from openhosting.api.app import RUNNER_OPTIONS
-from openhosting.logs import RequestLogger, configure_logging
+from openhosting.logs import configure_logging
 
 
 async def hello(_request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ import base64
 import pytest
 from aiohttp.test_utils import TestClient
 
+from openhosting.api.auth import AUTH_THROTTLE_KEY
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from tests.conftest import basic_auth
@@ -31,6 +32,8 @@ async def test_no_auth_header_is_refused(client: TestClient) -> None:
         "Basic !!!notbase64!!!",
         "Basic " + base64.b64encode(b"no-colon-here").decode(),
         "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+        "Basic \u00e4",  # not base64's alphabet, nor even ASCII
+        "Basic w6Q6w6Q=\u00e4",
     ],
 )
 async def test_malformed_basic_headers_are_refused(client: TestClient, header: str) -> None:
@@ -108,3 +111,12 @@ async def test_expect_continue_with_good_credentials_invites_the_body(
         f"/drives/{drive}/write", data=b"0123456789", headers={**auth, "Expect": "100-continue"}
     )
     assert response.status == 204
+
+
+async def test_a_non_ascii_header_counts_as_a_failed_login(client: TestClient) -> None:
+    """An unauthenticated request with a non-ASCII header is a failure like any other: the
+    address is slowed after a few, not answered 500 for free."""
+    throttle = client.server.app[AUTH_THROTTLE_KEY]
+    for _ in range(6):
+        await assert_auth_refused(client, {"Authorization": "Basic \u00e4"})
+    assert throttle.delay_before("127.0.0.1") > 0

@@ -8,6 +8,7 @@ import os
 import pytest
 from aiohttp.test_utils import TestClient
 
+from openhosting.model.drive import MAX_ENCRYPTED_SIZE
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
@@ -584,3 +585,29 @@ async def test_never_written_ranges_go_as_gzip_to_clients_that_accept_it(
     assert await plain.read() == bytes(1024 * 1024)
     info = await drive_info(client, auth, drive)
     assert info["read:bytes"] == str(3 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(
+    "size",
+    ["9223372036854775807", "8388607T", str(MAX_ENCRYPTED_SIZE + 1), str(MAX_ENCRYPTED_SIZE)],
+)
+async def test_an_encrypted_drive_too_large_for_any_file_is_a_usage_error(
+    client: TestClient, auth: dict[str, str], platform: Platform, size: str
+) -> None:
+    response = await client.post("/drives/create", data=f"size {size}", headers=auth)
+    assert response.status == 400
+    assert response.headers["X-Elastic-Error"] == "usage"
+    assert "too large" in await response.text()
+    assert list(platform.drives.files.root.glob("*.img")) == []
+
+
+async def test_growing_an_encrypted_drive_past_any_file_is_a_usage_error(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    drive = (await create_drive(client, auth, 4096, cipher="aes-xts-plain"))["drive"]
+    response = await client.post(
+        f"/drives/{drive}/set", data="size 9223372036854775807", headers=auth
+    )
+    assert response.status == 400
+    assert "too large" in await response.text()
+    assert (await drive_info(client, auth, drive))["size"] == "4096"

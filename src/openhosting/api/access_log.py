@@ -15,6 +15,8 @@ class RequestLogger(AbstractAccessLogger):
         if not self.logger.isEnabledFor(logging.INFO):
             return  # don't gather what nobody will read
         error = response.headers.get("X-Elastic-Error", "-")
+        # Paths are logged as sent (raw_path, still percent-encoded) here and in every event
+        # line: a decoded `%0A` would let any client start a forged line of its own.
         self.logger.info(
             "event=request request_id=%s remote=%s user=%s method=%s path=%s status=%s"
             " error=%s bytes=%s ms=%.1f",
@@ -22,7 +24,7 @@ class RequestLogger(AbstractAccessLogger):
             request.remote,
             request.get(USER_KEY, "-"),
             request.method,
-            request.path,
+            request.raw_path,
             response.status,
             error,
             response.body_length,

@@ -97,18 +97,47 @@ async def _answer(
         return error_response(MissingError(f"Command {request.path} could not be found"))
     except web.HTTPMethodNotAllowed:
         return error_response(MethodError(f"Method {request.method} not allowed here"))
-    except ConnectionResetError:
-        raise  # the client went away; there is nobody to answer
+    except ConnectionError:
+        if _client_went_away(request):
+            return _client_gone(request)
+        return _internal_error(request)
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        log.warning("event=http_error status=%s path=%s", error.status, request.path)
+        log.warning("event=http_error status=%s path=%s", error.status, request.raw_path)
         return error_response(SystemError_(error.reason))
     except Exception as error:
         if (full := full_error_of(error)) is not None:
             return error_response(full)
-        log.exception("event=internal_error method=%s path=%s", request.method, request.path)
-        return error_response(SystemError_("Internal error; the operator has the details"))
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.StreamResponse:
+    """A fault of ours: logged with its traceback (called while handling it), 500 `system`."""
+    log.exception("event=internal_error method=%s path=%s", request.method, request.raw_path)
+    return error_response(SystemError_("Internal error; the operator has the details"))
+
+
+# nginx's status for "client closed request": only the access log ever shows it.
+CLIENT_GONE_STATUS = 499
+
+
+def _client_went_away(request: web.Request) -> bool:
+    """Whether a ConnectionError is the client's doing: its connection is closing, or the
+    answer had begun (we send nothing else once it has). A ConnectionError before that, with
+    the client still there, is ours (QMP, say)."""
+    transport = request.transport
+    return transport is None or transport.is_closing() or request.writer.output_size > 0
+
+
+def _client_gone(request: web.Request) -> web.StreamResponse:
+    """The client went away mid-answer (a long read it stopped): nobody to answer, and no
+    fault of ours. The connection is closed; the placeholder answer is never sent, only
+    logged (aiohttp finds the transport closed)."""
+    log.info("event=client_gone method=%s path=%s", request.method, request.raw_path)
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=CLIENT_GONE_STATUS)
 
 
 def _route_label(request: web.Request) -> str:

@@ -26,7 +26,9 @@ def parse_basic_credentials(header: str | None) -> tuple[str, str]:
         raise AuthError("Authentication failed: only HTTP Basic authentication is supported")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):
+        # ValueError: b64decode refuses non-ASCII text (`Basic ä`); UnicodeDecodeError, a
+        # subclass, credentials that are not UTF-8. Both are a failed login, counted as one.
         raise AuthError("Authentication failed: malformed Basic credentials") from None
     username, colon, password = decoded.partition(":")
     if not colon:

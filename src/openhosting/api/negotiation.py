@@ -66,12 +66,19 @@ async def read_properties(request: web.Request, cap: int) -> dict[str, str]:
     """
     body = await read_body_capped(request, cap)
     if request.content_type == "application/json" and body.strip():
-        return parse_json_object(body)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError("Invalid request body: key/value text must be UTF-8") from None
-    return parse_properties(text)
+        properties = parse_json_object(body)
+    else:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError("Invalid request body: key/value text must be UTF-8") from None
+        properties = parse_properties(text)
+    for key, value in properties.items():
+        # A NUL ends a C string and is no character of any name: shown back, it would cut
+        # the text tools' output or the tools reading it.
+        if "\0" in key or "\0" in value:
+            raise UsageError(f"Invalid key {key!r}: NUL characters are not allowed")
+    return properties
 
 
 def payload_response(request: web.BaseRequest, payload: Payload) -> web.Response:

@@ -96,6 +96,9 @@ class FileSliceResponse(web.StreamResponse):
         loop = asyncio.get_running_loop()
         position, end = self._offset, self._offset + self._count
         while position < end:
+            if transport.is_closing():
+                # The client went away between pieces; loop.sendfile would say RuntimeError.
+                raise ConnectionResetError("Connection lost")
             piece = min(SENDFILE_PIECE, end - position)
             await loop.sendfile(transport, file, position, piece)
             position += piece

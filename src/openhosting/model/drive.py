@@ -11,11 +11,16 @@ from openhosting.model.common import (
     parse_tags,
     parse_uuid_list,
 )
-from openhosting.wire.sizes import parse_size
+from openhosting.wire.sizes import MAX_SIZE, parse_size
 
 CIPHERS = ("aes-xts-plain", "none")
 CLAIM_TYPES = ("exclusive", "shared")
 TIERS = ("disk", "ssd")
+# An encrypted drive is a LUKS container: its bytes rounded up to 512-byte sectors, after a
+# header and key slots of 2 MiB. The file must still fit in an off_t, so its size may not
+# reach MAX_SIZE; 16 MiB of room covers the header with margin.
+ENCRYPTED_OVERHEAD = 16 * 1024 * 1024
+MAX_ENCRYPTED_SIZE = (MAX_SIZE - ENCRYPTED_OVERHEAD) // 512 * 512
 # Keys that info shows but nobody sets.
 INFO_ONLY_KEYS = frozenset(
     {
@@ -85,4 +90,10 @@ def apply_drive_properties(
         raise UsageError("Missing key size: a new drive needs a size")
     if user_updates:
         changes["user_keys"] = merge_user_keys(current.user_keys, user_updates)
-    return dataclasses.replace(current, **changes)  # type: ignore[arg-type]
+    settings = dataclasses.replace(current, **changes)  # type: ignore[arg-type]
+    if settings.cipher != "none" and settings.size > MAX_ENCRYPTED_SIZE:
+        raise UsageError(
+            f"Invalid size {settings.size}: size too large for an encrypted drive"
+            f" (at most {MAX_ENCRYPTED_SIZE} bytes)"
+        )
+    return settings

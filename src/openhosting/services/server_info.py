@@ -48,6 +48,9 @@ def server_info(
         info[key] = _number_or_text(key, value)
         if key == "vnc:ip":
             info["vnc"] = info[key]  # both spellings are read by clients
+    if "vnc:ip" not in info and live is not None and live.vnc_address:
+        # A password without `vnc:ip` still gives the server a VNC server: say where it is.
+        info["vnc:ip"] = info["vnc"] = live.vnc_address
     info["user"] = user
     info["status"] = status
     if live is None:

@@ -73,6 +73,19 @@ class ServerNetworks:
         with self._engine.connect() as connection:
             for nic in config.nics:
                 self._check_nic(connection, user, nic)
+            if config.vnc_ip is not None and config.vnc_ip != "auto":
+                self._check_vnc_ip(connection, user, config.vnc_ip)
+
+    def _check_vnc_ip(self, connection: Connection, user: str, address: str) -> None:
+        """`vnc:ip` names where the customer connects: one of their own addresses, never
+        someone else's or one outside the platform."""
+        try:
+            self._resources.owned(connection, user, "ip", address)
+        except MissingError:
+            raise UsageError(
+                f"vnc:ip {address} is not one of your IP resources: use auto, or an address"
+                " from /resources/ip/list"
+            ) from None
 
     def _check_nic(self, connection: Connection, user: str, nic: NicConfig) -> None:
         if nic.vlan is not None:

@@ -93,6 +93,12 @@ class Servers:
         with self._engine.connect() as connection:
             return self._owned(connection, user, uuid)
 
+    def _lock_of(self, user: str, uuid: str) -> asyncio.Lock:
+        """The operation lock of the user's server `uuid` (404 if it is not theirs). Made
+        only for real servers: a lock per id that anyone sends would grow without bound."""
+        self._get(user, uuid)
+        return self._locks[uuid]
+
     def _status(self, row: dict[str, Any]) -> str:
         if row["uuid"] in self._vms:
             return "active"
@@ -177,7 +183,7 @@ class Servers:
     async def set_config(
         self, user: str, uuid: str, properties: dict[str, str]
     ) -> dict[str, Value]:
-        async with self._locks[uuid]:
+        async with self._lock_of(user, uuid):
             row = self._get(user, uuid)
             current = ServerConfig.from_properties(json.loads(row["config"]))
             merged = current.merge(properties)
@@ -202,7 +208,7 @@ class Servers:
     # -- power -----------------------------------------------------------------------
 
     async def start(self, user: str, uuid: str) -> None:
-        async with self._locks[uuid]:
+        async with self._lock_of(user, uuid):
             row = self._get(user, uuid)
             if uuid in self._vms:
                 raise BusyError(f"Server {uuid} is already active")
@@ -260,21 +266,21 @@ class Servers:
         raise BusyError("No free VNC display on this host")
 
     async def stop(self, user: str, uuid: str) -> None:
-        async with self._locks[uuid]:
+        async with self._lock_of(user, uuid):
             self._get(user, uuid)
             vm = self._vms.get(uuid)
             if vm is not None:
                 await vm.stop(self._settings.stop_timeout)
 
     async def shutdown(self, user: str, uuid: str) -> None:
-        async with self._locks[uuid]:
+        async with self._lock_of(user, uuid):
             self._get(user, uuid)
             vm = self._vms.get(uuid)
             if vm is not None:
                 await vm.powerdown()
 
     async def reset(self, user: str, uuid: str) -> None:
-        async with self._locks[uuid]:
+        async with self._lock_of(user, uuid):
             self._get(user, uuid)
             vm = self._vms.get(uuid)
             if vm is None:
@@ -282,7 +288,7 @@ class Servers:
             await vm.reset()
 
     async def destroy(self, user: str, uuid: str) -> None:
-        async with self._locks[uuid]:
+        async with self._lock_of(user, uuid):
             self._get(user, uuid)
             vm = self._vms.get(uuid)
             if vm is not None:

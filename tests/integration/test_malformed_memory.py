@@ -1,0 +1,96 @@
+"""The daemon's memory levels off under a repeat of the same malformed input (a real
+`openhostingd`, its VmRSS from /proc): what hostile requests leave behind is bounded.
+
+A first round warms the allocator, SQLite's page cache and the lazily made parts of the
+daemon; from then on, the same input again must cost (almost) nothing. A table that kept an
+entry per id sent (an operation lock per server UUID, say) grows by a few hundred bytes per
+request and fails this."""
+
+import http.client
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.api.test_hostile_input import JSON_BODIES, TEXT_BODIES, concrete_paths
+from tests.integration.drive_daemon import DriveDaemon, running_daemon
+
+WARM_ROUNDS, MEASURED_ROUNDS = 3, 3
+RANDOM_IDS_PER_ROUND = 5000
+SERVER_COMMANDS = ("start", "stop", "shutdown", "reset", "destroy", "set")
+# Leveled off: well under what 15 000 requests leaking ~250 bytes each would add.
+GROWTH_LIMIT_KB = 1500
+ROUND_TIMEOUT = 120
+
+
+@pytest.fixture
+def daemon() -> Iterator[DriveDaemon]:
+    with running_daemon() as running:
+        yield running
+
+
+class Connection:
+    """One keep-alive connection to the daemon, opened again when the daemon closes it (as
+    it does after refusing an oversized body)."""
+
+    def __init__(self, daemon: DriveDaemon) -> None:
+        self._daemon = daemon
+        self._connection = self._open()
+
+    def _open(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self._daemon.port, timeout=30)
+
+    def post(self, path: str, body: bytes, content_type: str) -> int:
+        headers = {**self._daemon.account.headers, "Content-Type": content_type}
+        self._connection.request("POST", path, body, headers)
+        response = self._connection.getresponse()
+        response.read()
+        if response.will_close:
+            self._connection.close()
+            self._connection = self._open()
+        return response.status
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def malformed_round(connection: Connection, paths: list[str]) -> None:
+    """The hostile bodies to every command, then requests naming servers that do not exist."""
+    deadline = time.monotonic() + ROUND_TIMEOUT
+    sent = [(body, "application/octet-stream") for body in TEXT_BODIES]
+    sent += [(body, "application/json") for body in JSON_BODIES]
+    for path in paths:
+        for body, content_type in sent:
+            assert connection.post(path, body, content_type) < 500 or path.endswith("/write")
+        assert time.monotonic() < deadline
+    for index in range(RANDOM_IDS_PER_ROUND):
+        command = SERVER_COMMANDS[index % len(SERVER_COMMANDS)]
+        assert connection.post(f"/servers/{uuid.uuid4()}/{command}", b"", "text/plain") == 404
+    assert time.monotonic() < deadline
+
+
+def test_memory_levels_off_under_repeated_malformed_input(daemon: DriveDaemon) -> None:
+    objects = {
+        "drive": daemon.create_drive(1 << 20, "none"),
+        "source": daemon.create_drive(65536, "aes-xts-plain"),
+        "server": daemon.properties("/servers/create/stopped", b"name s\ncpu 1000\nmem 256")[
+            "server"
+        ],
+        "vlan": daemon.properties("/resources/vlan/create", b"name v")["resource"],
+        "ip": "192.0.2.10",  # none in this daemon's pool: its commands answer 404
+    }
+    paths = [path for path, _ in concrete_paths(objects) if not path.endswith("/start")]
+    connection = Connection(daemon)
+    try:
+        for _ in range(WARM_ROUNDS):
+            malformed_round(connection, paths)
+        warm = daemon.memory_kb("VmRSS")
+        figures = []
+        for _ in range(MEASURED_ROUNDS):
+            malformed_round(connection, paths)
+            figures.append(daemon.memory_kb("VmRSS"))
+    finally:
+        connection.close()
+    assert daemon.alive()
+    assert figures[-1] - warm < GROWTH_LIMIT_KB, (warm, figures)

@@ -1,0 +1,44 @@
+"""A drive's settings: sizes an encrypted drive's container can hold."""
+
+import pytest
+
+from openhosting.errors import UsageError
+from openhosting.model.drive import MAX_ENCRYPTED_SIZE, DriveSettings, apply_drive_properties
+from openhosting.storage.luks import PAYLOAD_OFFSET_SECTORS, SECTOR_SIZE
+from openhosting.wire.sizes import MAX_SIZE
+
+LARGEST = str(MAX_SIZE)
+
+
+def test_the_largest_encrypted_drive_still_fits_in_a_file() -> None:
+    assert PAYLOAD_OFFSET_SECTORS * SECTOR_SIZE + MAX_ENCRYPTED_SIZE <= MAX_SIZE
+    assert MAX_ENCRYPTED_SIZE % SECTOR_SIZE == 0
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {"size": LARGEST},
+        {"size": LARGEST, "encryption:cipher": "aes-xts-plain"},
+        {"encryption:cipher": "aes-xts-plain", "size": str(MAX_ENCRYPTED_SIZE + 1)},
+    ],
+)
+def test_an_encrypted_drive_larger_than_its_container_can_be_is_refused(
+    properties: dict[str, str],
+) -> None:
+    with pytest.raises(UsageError, match="too large for an encrypted drive"):
+        apply_drive_properties(DriveSettings(), properties, creating=True)
+
+
+def test_growing_an_encrypted_drive_past_the_limit_is_refused() -> None:
+    current = DriveSettings(size=1024)
+    with pytest.raises(UsageError, match="too large"):
+        apply_drive_properties(current, {"size": LARGEST}, creating=False)
+
+
+def test_a_plain_drive_may_ask_for_any_off_t() -> None:
+    # Whether the filesystem holds it is the storage's answer (400 "size too large").
+    settings = apply_drive_properties(
+        DriveSettings(), {"size": LARGEST, "encryption:cipher": "none"}, creating=True
+    )
+    assert settings.size == MAX_SIZE
