@@ -11,7 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openhosting.cli import admin_audit, admin_backup, admin_billing, admin_imaging
+from openhosting.cli import (
+    admin_audit,
+    admin_backup,
+    admin_billing,
+    admin_imaging,
+    admin_servers,
+)
 from openhosting.config import Config, ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
@@ -118,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_audit.add_parsers(areas)
     admin_billing.add_parsers(areas)
     admin_backup.add_parsers(areas)
+    admin_servers.add_parsers(areas)
     return parser
 
 

@@ -38,6 +38,7 @@ from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
 from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.server_info import LiveFigures
+from openhosting.services.server_logs import ServerLogs
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.vm_specs import HostVmSettings, VmPlan, build_vm_spec
 from openhosting.store import servers as server_store
@@ -79,6 +80,7 @@ class ServerLifecycle:
         self._config = config
         self._settings = config.hypervisor
         self._networks = networks
+        self.logs = ServerLogs(config)
         self._accelerator = choose_accelerator(self._settings.accelerator)
         self.cgroup = find_cpu_cgroup()  # None: `cpu` cannot be enforced on this host
         self._run_as = qemu_user(self._settings.run_as)
@@ -148,7 +150,10 @@ class ServerLifecycle:
             _write_secrets(plan)
             try:
                 vm = await RunningVm.start(
-                    spec, self.vm_exited, timeout=self._settings.start_timeout
+                    spec,
+                    self.vm_exited,
+                    timeout=self._settings.start_timeout,
+                    serial_limit=self.logs.limit,
                 )
             except HypervisorError as error:
                 log.warning("event=server_start_failed server=%s error=%s", uuid, error)
@@ -258,7 +263,16 @@ class ServerLifecycle:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(remove_cpu_group, self.cgroup, uuid)
         if row is not None and config.get("persistent") != "true":
-            shutil.rmtree(self.run_dir(uuid), ignore_errors=True)
+            self.remove_run_dir(uuid)
+
+    def remove_run_dir(self, uuid: str) -> None:
+        """The server is destroyed: keep the last of its serial log, remove the rest."""
+        run_dir = self.run_dir(uuid)
+        try:
+            self.logs.keep(uuid, run_dir)
+        except OSError as error:
+            log.warning("event=server_log_keep_failed server=%s error=%s", uuid, error)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     # -- daemon start and stop -------------------------------------------------------
 
@@ -271,7 +285,9 @@ class ServerLifecycle:
             uuid = row["uuid"]
             run_dir = self.run_dir(uuid)
             try:
-                vm = await RunningVm.adopt(uuid, run_dir, self.vm_exited)
+                vm = await RunningVm.adopt(
+                    uuid, run_dir, self.vm_exited, serial_limit=self.logs.limit
+                )
             except HypervisorError as error:
                 # A VM that runs but cannot be controlled cannot be left running unseen:
                 # stop it, and the server is dead (its owner can start it again).
