@@ -1,6 +1,7 @@
 """The serial log's hard bound, on real files: whatever is written, no file exceeds its size,
 the files never exceed their number, and the newest output is what is kept."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,53 @@ def test_read_log_can_take_only_the_last_bytes_and_remove_log_removes_all(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_planted_symlink_or_fifo_is_neither_written_through_nor_read(tmp_path: Path) -> None:
+    # A compromised QEMU owns the run directory and may plant these for the root daemon.
+    run = tmp_path / "run"
+    run.mkdir()
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root's secret\n")
+    path = run / "serial.log"
+    path.symlink_to(secret)
+    (run / "serial.log.1").symlink_to(secret)
+    assert read_log(path, 2) == b""
+    log = RotatingLog(path, SerialLogLimit())
+    log.write(b"guest output\n")
+    log.close()
+    assert secret.read_bytes() == b"root's secret\n"
+    assert not path.is_symlink() and path.read_bytes() == b"guest output\n"
+
+    os.mkfifo(run / "fifo.log")
+    (run / "fifo.log.1").write_bytes(b"x")
+    os.link(run / "fifo.log.1", run / "hard-link")
+    assert read_log(run / "fifo.log", 2) == b""  # neither waits on the FIFO nor reads the link
+    log = RotatingLog(run / "fifo.log", SerialLogLimit())
+    log.write(b"ok")
+    log.close()
+    assert (run / "fifo.log").read_bytes() == b"ok"
+
+
 @pytest.mark.parametrize(("file_bytes", "files"), [(0, 2), (10, 0)])
 def test_a_limit_without_room_is_refused(file_bytes: int, files: int) -> None:
     with pytest.raises(ValueError):
         SerialLogLimit(file_bytes, files)
+
+
+def test_a_failed_rotation_never_writes_to_a_stale_descriptor_and_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "serial.log"
+    log = RotatingLog(path, SerialLogLimit(file_bytes=10, files=2))
+    real_open = RotatingLog._open
+
+    def full(self: RotatingLog) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RotatingLog, "_open", full)
+    with pytest.raises(OSError):
+        log.write(b"0123456789abc")  # the rotation's new file cannot be made
+    monkeypatch.setattr(RotatingLog, "_open", real_open)
+    log.write(b"more")
+    log.close()
+    assert read_log(path, 2) == b"0123456789more"
+    assert all(size <= 10 for size in sizes(path, 2))

@@ -273,7 +273,7 @@ def _plumbing_args(paths: RunPaths) -> list[str]:
         "-mon",
         "chardev=qmp,mode=control",
         # The daemon is this socket's client and keeps the log; no `logfile=`: QEMU would
-        # let a guest fill the disk with it. Output while no client is connected is dropped.
+        # let a guest fill the disk with it. With no client connected, QEMU stores none.
         "-chardev",
         _opts(
             ("id", "serial0"),

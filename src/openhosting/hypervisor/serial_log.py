@@ -6,6 +6,11 @@ exactly `file_bytes`, then renames it to `serial.log.1` (the older ones move up 
 oldest falls off) and starts a new one, so the last output is always kept. It appends to what
 a previous daemon left, so a restart keeps the history and the bound.
 
+The run directory belongs to QEMU's unprivileged user (`hypervisor.run_as`), so a compromised
+QEMU could plant a symlink, a FIFO or a hard link where a log file goes: the daemon, as root,
+opens log files only when they are regular files with one link, never through a symlink;
+anything else is removed (for writing) or ignored (for reading).
+
 Writes go straight to the file without buffering: a chunk read from QEMU is at most a few KiB
 and the run directory is on a local filesystem (tmpfs under /run), where such a write takes
 microseconds; the event loop is never held for long.
@@ -13,8 +18,10 @@ microseconds; the event loop is never held for long.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +50,34 @@ def log_files(path: Path, files: int) -> list[Path]:
     return [path.with_name(f"{path.name}.{n}") for n in range(files - 1, 0, -1)] + [path]
 
 
+def _open_regular(path: Path, flags: int) -> int | None:
+    """A descriptor of `path` if it is a regular file with one link, else None. Never follows
+    a symlink, and never waits on a FIFO (O_NONBLOCK)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO without a reader
+            return None
+        raise
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        os.close(fd)
+        return None
+    return fd
+
+
 def read_log(path: Path, files: int, max_bytes: int | None = None) -> bytes:
-    """What the log at `path` holds, oldest output first; only the last `max_bytes` if given."""
+    """What the log at `path` holds, oldest output first; only the last `max_bytes` if given.
+    A file that is not a plain log file (a planted symlink, FIFO, hard link) is skipped."""
     kept = b""
     for file in log_files(path, files):
-        try:
-            kept += file.read_bytes()
-        except FileNotFoundError:
+        fd = _open_regular(file, os.O_RDONLY)
+        if fd is None:
             continue
+        with os.fdopen(fd, "rb") as opened:
+            kept += opened.read()
     if max_bytes is None:
         return kept
     return kept[len(kept) - max_bytes :] if max_bytes < len(kept) else kept
@@ -76,22 +103,32 @@ class RotatingLog:
 
     def _open(self) -> int:
         # 0600: the guest's output may hold anything its owner printed.
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        fd = _open_regular(self.path, flags)
+        if fd is None:
+            # Not a log file of ours: replace whatever it is (the entry, not its target).
+            self.path.unlink(missing_ok=True)
+            fd = _open_regular(self.path, flags | os.O_EXCL)
+            if fd is None:
+                raise OSError(errno.EEXIST, "serial log replaced while it was created", self.path)
+        return fd
 
     def write(self, data: bytes) -> None:
         """Append `data`, rotating as often as needed; no file ever exceeds `file_bytes`."""
+        if self._fd < 0:  # a rotation failed (e.g. a full filesystem): try again
+            self._fd = self._open()
+            self._size = os.fstat(self._fd).st_size
         view = memoryview(data)
         while view:
-            room = self.limit.file_bytes - self._size
-            piece = view[:room]
-            written = os.write(self._fd, piece)
-            self._size += written
-            view = view[written:]
             if self._size >= self.limit.file_bytes:
                 self._rotate()
+            written = os.write(self._fd, view[: self.limit.file_bytes - self._size])
+            self._size += written
+            view = view[written:]
 
     def _rotate(self) -> None:
         os.close(self._fd)
+        self._fd = -1  # never a stale number, should what follows fail
         files = log_files(self.path, self.limit.files)
         if len(files) == 1:
             self.path.unlink(missing_ok=True)  # one file: the newest output starts it afresh

@@ -1,13 +1,14 @@
 """The daemon's end of a VM's serial port: it logs the guest's output with a bound and lends
 the console to one client at a time.
 
-QEMU's serial port is a unix socket server with a single client, and QEMU drops the output
-while no client is connected. The daemon is that client, always: every byte the guest prints
+QEMU's serial port is a unix socket server with a single client, and QEMU stores nothing
+while no client is connected (a byte the UART cannot send is retried a few times, then
+dropped). The daemon is that client, always: every byte the guest prints
 goes to a `RotatingLog` (so the log has a hard bound whatever the guest does) and, when
 someone holds the console, to them too. The console is offered on a socket of the daemon's
 own (`console.sock` in the run directory), one client at a time; what the client types goes
-to the guest. While no daemon runs (a restart), QEMU drops the output: the log has a gap but
-never grows, and the next daemon attaches again when it adopts the VM.
+to the guest. While no daemon runs (a restart), nobody receives the output: the log has a gap
+but never grows, and the next daemon attaches again when it adopts the VM.
 
 A console client that does not read its output is disconnected once `CONSOLE_BACKLOG` bytes
 wait for it, rather than holding the guest (or the daemon's memory) back.
@@ -48,6 +49,7 @@ class SerialRelay:
         self._console_tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._closed = False
 
     @classmethod
     async def attach(
@@ -84,12 +86,23 @@ class SerialRelay:
 
     async def _copy_output(self) -> None:
         """Guest output to the log and the console holder, until QEMU hangs up."""
+        log_failed = False
         try:
             while chunk := await self._qemu_reader.read(_READ_SIZE):
-                self._log.write(chunk)
+                try:
+                    self._log.write(chunk)
+                except OSError as error:
+                    # E.g. the run directory's filesystem is full: the console still works.
+                    if not log_failed:
+                        log.warning(
+                            "event=serial_log_failed path=%s error=%s",
+                            self._paths.serial_log,
+                            error,
+                        )
+                    log_failed = True
                 self._forward(chunk)
-        except (ConnectionError, OSError) as error:
-            log.warning("event=serial_log_failed path=%s error=%s", self._paths.serial_log, error)
+        except ConnectionError as error:
+            log.info("event=serial_hung_up path=%s error=%s", self._paths.directory, error)
 
     def _forward(self, chunk: bytes) -> None:
         console = self._console
@@ -125,7 +138,11 @@ class SerialRelay:
             self._console_tasks.discard(task)
 
     async def close(self) -> None:
-        """Stop relaying; the log files stay. QEMU drops output until the next attach."""
+        """Stop relaying; the log files stay. Once only: the console socket's path may be
+        another relay's by a second call (the VM adopted again)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._server is not None:
             self._server.close()
         for task in list(self._console_tasks):
