@@ -97,6 +97,13 @@ class HypervisorSettings:
     run_as: str = "auto"
     # QEMU's seccomp sandbox.
     sandbox: bool = True
+    # A VM's serial log: the daemon keeps at most this many files of this many KiB each (the
+    # oldest output goes first), whatever the guest prints.
+    serial_log_kib: int = 256
+    serial_log_files: int = 2
+    # Days the last of a destroyed server's serial log is kept in `<state_dir>/logs/servers`;
+    # 0: not kept.
+    serial_log_retention_days: int = 7
 
 
 @dataclass(frozen=True)

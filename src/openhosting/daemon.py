@@ -91,6 +91,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     await asyncio.to_thread(platform.drives.repair_files)
     await platform.servers.recover()
     metering = asyncio.create_task(platform.billing.run()) if config.billing.enabled else None
+    log_pruning = asyncio.create_task(platform.servers.lifecycle.logs.prune_hourly())
     await platform.imaging.start()  # jobs a previous daemon left unfinished start again
     try:
         if config.api.metrics_listen:
@@ -112,6 +113,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         await platform.imaging.stop()  # interrupted jobs start again on the next start
         if metering is not None:
             metering.cancel()
+        log_pruning.cancel()
         await platform.servers.close()  # VMs keep running; the next daemon adopts them
         log.info("event=stopped")
 

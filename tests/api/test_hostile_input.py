@@ -1,5 +1,5 @@
 """Hostile input to every command of the API: each is a 4xx with the right X-Elastic-Error,
-never a 500 (API.md §3).
+never a 500 (docs/api.md §3).
 
 Table-driven: every route of `ROUTES`, with the user's real objects in its path, receives
 every hostile body (as text and as JSON), hostile paths (bad UUIDs, offsets and sizes),
@@ -23,7 +23,7 @@ from openhosting.config import Config, load_config
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 
-# What each 4xx status must say in X-Elastic-Error (API.md §3; 429 is our rate limit).
+# What each 4xx status must say in X-Elastic-Error (docs/api.md §3; 429 is our rate limit).
 KIND_OF_STATUS = {
     400: "usage",
     401: "auth",

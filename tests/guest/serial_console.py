@@ -1,8 +1,9 @@
-"""Talk to the tiny guest's shell over the VM's serial socket, and watch its serial log.
+"""Talk to the tiny guest's shell over the VM's console socket, and watch its serial log.
 
-The QEMU driver gives every VM a serial port that is a unix socket (one client at a time)
-and also logs all guest output to a file. Tests read boot, lease and power-off markers from
-the log and type shell commands through the socket.
+The QEMU driver's serial relay logs all guest output to `serial.log` (rotated to
+`serial.log.1`, … with a bound) and lends the console on `console.sock` (one client at a
+time). Tests read boot, lease and power-off markers from the log and type shell commands
+through the socket.
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ def _echo_split(marker: str) -> str:
     return f'echo "{marker[:3]}""{marker[3:]}"'
 
 
+def read_serial_log(log: Path) -> str:
+    """All that the serial log at `log` keeps, its rotated files included, oldest first."""
+    rotated = [path for path in log.parent.glob(f"{log.name}.*") if path.suffix[1:].isdigit()]
+    files = [*sorted(rotated, key=lambda path: -int(path.suffix[1:])), log]
+    return "".join(path.read_text(errors="replace") for path in files if path.exists())
+
+
 async def wait_for_log(log: Path, text: str, *, count: int = 1, timeout: float = 60.0) -> str:
     """Wait until `text` occurs `count` times in the serial log; return the log."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        content = log.read_text(errors="replace") if log.exists() else ""
+        content = read_serial_log(log)
         if content.count(text) >= count:
             return content
         if loop.time() >= deadline:

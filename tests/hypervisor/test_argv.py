@@ -54,9 +54,9 @@ HEAD = f"""qemu-system-x86_64
 -boot strict=on
 -chardev socket,id=qmp,path={RUN}/qmp.sock,server=on,wait=off
 -mon chardev=qmp,mode=control
--chardev socket,id=serial0,path={RUN}/serial.sock,server=on,wait=off,logfile={RUN}/serial.log,logappend=off
+-chardev socket,id=serial0,path={RUN}/serial.sock,server=on,wait=off
 -serial chardev:serial0
--device VGA,id=video0"""  # noqa: E501
+-device VGA,id=video0"""
 
 TAIL = f"""-sandbox on,obsolete=deny,resourcecontrol=deny
 -pidfile {RUN}/qemu.pid
@@ -159,9 +159,10 @@ def test_run_paths_live_in_the_run_directory() -> None:
         paths.pidfile.name,
         paths.qmp_socket.name,
         paths.serial_socket.name,
+        paths.console_socket.name,
         paths.serial_log.name,
         paths.argv_file.name,
-    ] == ["qemu.pid", "qmp.sock", "serial.sock", "serial.log", "qemu.argv"]
+    ] == ["qemu.pid", "qmp.sock", "serial.sock", "console.sock", "serial.log", "qemu.argv"]
     assert spec().paths == paths
 
 

@@ -139,9 +139,11 @@ def test_remove_run_files_keeps_the_logs(tmp_path: Path) -> None:
         paths.pidfile,
         paths.qmp_socket,
         paths.serial_socket,
+        paths.console_socket,
         paths.serial_log,
+        tmp_path / "serial.log.1",
         paths.argv_file,
     ):
         path.write_text("x")
     process.remove_run_files(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["qemu.argv", "serial.log"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qemu.argv", "serial.log", "serial.log.1"]

@@ -74,7 +74,7 @@ async def leases(platform: Platform, server: str) -> dict[str, str]:
 
 
 async def console_run(platform: Platform, server: str, command: str) -> str:
-    console = await SerialConsole.open(platform.servers.run_dir(server) / "serial.sock")
+    console = await SerialConsole.open(platform.servers.run_dir(server) / "console.sock")
     try:
         return await console.run(command, timeout=30)
     finally:

@@ -20,8 +20,10 @@ from openhosting.hypervisor import process
 from openhosting.hypervisor.argv import DiskSpec, NicSpec, VmSpec, VncSpec
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import Monitor
+from openhosting.hypervisor.serial_log import DEFAULT_LIMIT
+from openhosting.hypervisor.serial_relay import SerialRelay
 from tests.guest.build_guest import BOOT_MARKER, LEASE_MARKER, POWEROFF_MARKER, READY_MARKER
-from tests.guest.serial_console import SerialConsole, wait_for_log
+from tests.guest.serial_console import SerialConsole, read_serial_log, wait_for_log
 
 BOOT_TIMEOUT = 60.0
 LEASE_TIMEOUT = 30.0
@@ -39,13 +41,16 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture
 async def launch() -> AsyncIterator[Launch]:
-    """Start VMs; whatever is still running at the end of the test is killed."""
+    """Start VMs with their serial relay (the log, the console); whatever is still running
+    at the end of the test is killed."""
     specs: list[VmSpec] = []
     monitors: list[Monitor] = []
+    relays: list[SerialRelay] = []
 
     async def start(spec: VmSpec) -> tuple[int, Monitor]:
         specs.append(spec)
         pid = await process.spawn(spec)
+        relays.append(await SerialRelay.attach(spec.paths, DEFAULT_LIMIT))
         monitor = Monitor(spec.paths.qmp_socket)
         monitors.append(monitor)
         await monitor.connect()
@@ -54,6 +59,8 @@ async def launch() -> AsyncIterator[Launch]:
     yield start
     for monitor in monitors:
         await monitor.close()
+    for relay in relays:
+        await relay.close()
     for spec in specs:
         if (pid := process.adopt(spec.run_dir, spec.uuid)) is not None:
             await process.kill(pid, spec.uuid, timeout=5.0)
@@ -110,7 +117,7 @@ async def test_ide_guest_boots_with_cdrom_nic_and_growing_disk_counters(
     assert lease is not None
     assert lease.group(2, 3) == (mac, "10.0.2.15")
 
-    console = await SerialConsole.open(spec.paths.serial_socket)
+    console = await SerialConsole.open(spec.paths.console_socket)
     try:
         # The cdrom is an sr device next to the sd disk.
         assert (await console.run("ls /sys/block")).split() == ["sda", "sr0"]
@@ -158,7 +165,7 @@ async def test_virtio_scsi_guest_resets_is_readopted_and_powers_off(
         shutdown = await fresh.wait_for_event("SHUTDOWN", timeout=30)
         assert (shutdown.data["guest"], shutdown.reason) == (True, "guest-shutdown")
     assert await process.wait_exit(pid, timeout=10)
-    assert POWEROFF_MARKER in spec.paths.serial_log.read_text()
+    assert POWEROFF_MARKER in read_serial_log(spec.paths.serial_log)
     assert process.adopt(spec.run_dir, spec.uuid) is None
 
 

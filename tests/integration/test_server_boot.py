@@ -67,7 +67,7 @@ async def test_guest_boots_from_the_first_boot_slot_sees_its_cdrom_and_survives_
     await wait_ready(platform, server)
 
     # Without `boot`, the BIOS would take ide:0:0, whose kernel has no `ohdisk` argument.
-    console = await SerialConsole.open(platform.servers.run_dir(server) / "serial.sock")
+    console = await SerialConsole.open(platform.servers.run_dir(server) / "console.sock")
     try:
         assert "ohdisk=second" in await console.run("cat /proc/cmdline")
         assert "sr0" in (await console.run("ls /sys/block")).split()

@@ -12,7 +12,7 @@ from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import drive_info
 from tests.guest.build_guest import POWEROFF_MARKER
-from tests.guest.serial_console import SerialConsole
+from tests.guest.serial_console import SerialConsole, read_serial_log
 from tests.integration.server_helpers import (
     create_server,
     serial_log,
@@ -126,7 +126,7 @@ async def test_persistent_server_start_reset_shutdown_and_busy_drive(
     assert (await client.post(f"/servers/{server}/shutdown", headers=auth)).status == 204
     info = await wait_status(client, auth, server, "stopped", timeout=30)
     assert info is not None and "started" not in info
-    assert POWEROFF_MARKER in serial_log(platform, server).read_text()
+    assert POWEROFF_MARKER in read_serial_log(serial_log(platform, server))
     assert "claimed" not in await drive_info(client, auth, drive)
     # Once stopped, the other server may have the drive.
     assert (await client.post(f"/servers/{other['server']}/destroy", headers=auth)).status == 204
@@ -142,7 +142,7 @@ async def test_guest_powering_itself_off_stops_the_server(
     body = f"name p\ncpu 2000\nmem 128\npersistent true\nscsi:0:0 {drive}\nboot scsi:0:0"
     server = (await create_server(client, auth, body))["server"]
     await wait_ready(platform, server)
-    console = await SerialConsole.open(platform.servers.run_dir(server) / "serial.sock")
+    console = await SerialConsole.open(platform.servers.run_dir(server) / "console.sock")
     try:
         assert await console.run("echo alive") == "alive"
         await console.send("poweroff -f")

@@ -67,6 +67,8 @@ ROUTES: tuple[Route, ...] = (
     Route(f"/servers/{SERVER}/shutdown", Kind.CHANGE, "servers.shutdown"),
     Route(f"/servers/{SERVER}/reset", Kind.CHANGE, "servers.reset"),
     Route(f"/servers/{SERVER}/destroy", Kind.CHANGE, "servers.destroy"),
+    # Our extension: what the server printed on its serial port (the last of it).
+    Route(f"/servers/{SERVER}/log", Kind.READ, "servers.log"),
     # The caller's own account: balance, limits, usage (docs/api.md §7)
     Route("/account/info", Kind.READ, "account.info"),
     # The caller's state changes as they happen (server-sent events; an extension)

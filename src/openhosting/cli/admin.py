@@ -18,6 +18,7 @@ from openhosting.cli import (
     admin_config,
     admin_imaging,
     admin_init,
+    admin_servers,
 )
 from openhosting.config import SYSTEM_CONFIG_PATH, Config, ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_backup.add_parsers(areas)
     admin_config.add_parsers(areas)
     admin_init.add_parsers(areas)
+    admin_servers.add_parsers(areas)
     return parser
 
 

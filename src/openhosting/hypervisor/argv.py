@@ -8,9 +8,10 @@ beyond their paths. Choosing the accelerator probes the host, through injectable
 Conventions the rest of the driver relies on:
 
 - `-name guest=<server uuid>`: `process.adopt` checks /proc/PID/cmdline for the UUID.
-- One run directory per server holding the pidfile, the QMP socket, the serial socket and the
-  serial log (`RunPaths`). The serial port is a unix socket server (one client at a time: the
-  console) that also copies everything the guest prints into the log file, truncated at start.
+- One run directory per server holding the pidfile, the QMP socket, the serial socket, the
+  console socket and the serial log (`RunPaths`). The serial port is a unix socket server
+  whose one client is the daemon (`serial_relay`): it writes the log with a bound and offers
+  the console on its own socket. QEMU writes no log file itself, which could grow unbounded.
 - Device ids come from slots (`ide:0:1` -> `ide-0-1`, block node `drive-ide-0-1`), so
   `monitor.query_blockstats` can map QEMU's answers back to slots.
 - Secrets for encrypted drives are passed as files (`-object secret,file=`), never inline.
@@ -57,7 +58,13 @@ class RunPaths:
         return self.directory / "serial.sock"
 
     @property
+    def console_socket(self) -> Path:
+        """The daemon's socket lending the serial console to one client at a time."""
+        return self.directory / "console.sock"
+
+    @property
     def serial_log(self) -> Path:
+        """The newest file of the serial log; older output in `serial.log.1`, …"""
         return self.directory / "serial.log"
 
     @property
@@ -222,7 +229,7 @@ class VmSpec:
 def build_qemu_argv(spec: VmSpec) -> list[str]:
     """The full command line that starts `spec` daemonized. Same spec, same list."""
     paths = spec.paths
-    for socket_path in (paths.qmp_socket, paths.serial_socket):
+    for socket_path in (paths.qmp_socket, paths.serial_socket, paths.console_socket):
         if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
             raise ValueError(f"run directory path too long for a unix socket: {socket_path}")
     options: list[tuple[str, ...]] = [
@@ -280,16 +287,14 @@ def _plumbing_args(paths: RunPaths) -> list[str]:
         ),
         "-mon",
         "chardev=qmp,mode=control",
-        # A socket for typing into the console, plus a log of all output even when nobody is
-        # connected (QEMU drops output to an unconnected socket but still logs it).
+        # The daemon is this socket's client and keeps the log; no `logfile=`: QEMU would
+        # let a guest fill the disk with it. With no client connected, QEMU stores none.
         "-chardev",
         _opts(
             ("id", "serial0"),
             ("path", paths.serial_socket),
             ("server", "on"),
             ("wait", "off"),
-            ("logfile", paths.serial_log),
-            ("logappend", "off"),
             head="socket",
         ),
         "-serial",

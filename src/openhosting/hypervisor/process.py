@@ -38,7 +38,7 @@ async def spawn(spec: VmSpec, *, timeout: float = 30.0) -> int:
     if (running := adopt(paths.directory, spec.uuid)) is not None:
         raise HypervisorError(f"server {spec.uuid} already has a running VM (pid {running})")
     # Leftovers of a crashed VM would make QEMU fail to bind or fool `adopt`.
-    for stale in (paths.pidfile, paths.qmp_socket, paths.serial_socket):
+    for stale in (paths.pidfile, paths.qmp_socket, paths.serial_socket, paths.console_socket):
         stale.unlink(missing_ok=True)
     paths.argv_file.write_text(shlex.join(argv) + "\n")
 
@@ -135,7 +135,7 @@ async def kill(pid: int, server_uuid: str, *, timeout: float = 10.0) -> None:
 def remove_run_files(run_dir: Path) -> None:
     """Remove what only a running VM needs (pidfile, sockets); keep the logs and argv."""
     paths = RunPaths(run_dir)
-    for path in (paths.pidfile, paths.qmp_socket, paths.serial_socket):
+    for path in (paths.pidfile, paths.qmp_socket, paths.serial_socket, paths.console_socket):
         path.unlink(missing_ok=True)
 
 

@@ -1,5 +1,6 @@
-"""A running VM as the daemon holds it: its QEMU process, its QMP monitor, and a watcher
-that reports how the VM ended.
+"""A running VM as the daemon holds it: its QEMU process, its QMP monitor, its serial port
+(logged with a bound, console lent out: `SerialRelay`), and a watcher that reports how the VM
+ended.
 
 A VM outlives the daemon (QEMU is daemonized): `start` spawns one, `adopt` finds one again
 after a daemon restart, `detach` lets go of one without stopping it. When QEMU exits for any
@@ -20,6 +21,8 @@ from openhosting.hypervisor import process
 from openhosting.hypervisor.argv import RunPaths, VmSpec
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import BlockStats, Monitor
+from openhosting.hypervisor.serial_log import DEFAULT_LIMIT, SerialLogLimit, remove_log
+from openhosting.hypervisor.serial_relay import SerialRelay
 
 log = logging.getLogger("openhosting.hypervisor")
 
@@ -30,43 +33,81 @@ SHUTDOWN, CRASH = "shutdown", "crash"
 class RunningVm:
     """One VM's process and monitor. Create with `start` or `adopt`."""
 
-    def __init__(self, uuid: str, run_dir: Path, pid: int, monitor: Monitor, started: float):
+    def __init__(
+        self,
+        uuid: str,
+        run_dir: Path,
+        pid: int,
+        monitor: Monitor,
+        serial: SerialRelay,
+        started: float,
+    ):
         self.uuid = uuid
         self.run_dir = run_dir
         self.pid = pid
         self.monitor = monitor
+        self.serial = serial
         self.started = started
         self._ending: str | None = None  # set by a SHUTDOWN event
         self._watcher: asyncio.Task[None] | None = None
         self.exited = asyncio.Event()
 
     @classmethod
-    async def start(cls, spec: VmSpec, on_exit: ExitCallback, *, timeout: float = 30) -> RunningVm:
-        """Spawn the VM of `spec` and connect to its monitor; undone if any step fails."""
+    async def start(
+        cls,
+        spec: VmSpec,
+        on_exit: ExitCallback,
+        *,
+        timeout: float = 30,
+        serial_limit: SerialLogLimit = DEFAULT_LIMIT,
+    ) -> RunningVm:
+        """Spawn the VM of `spec`, attach to its serial port and connect to its monitor;
+        undone if any step fails. The serial log starts empty."""
+        remove_log(spec.paths.serial_log, serial_limit.files)
         pid = await process.spawn(spec, timeout=timeout)
         monitor = Monitor(spec.paths.qmp_socket)
         try:
-            await monitor.connect(timeout=timeout)
+            # The serial port first: the guest runs already and its output is lost until then.
+            serial = await SerialRelay.attach(spec.paths, serial_limit, timeout=timeout)
+            try:
+                await monitor.connect(timeout=timeout)
+            except BaseException:
+                await serial.close()
+                raise
         except BaseException:
             await process.kill(pid, spec.uuid)
             process.remove_run_files(spec.run_dir)
             raise
-        vm = cls(spec.uuid, spec.run_dir, pid, monitor, time.time())
+        vm = cls(spec.uuid, spec.run_dir, pid, monitor, serial, time.time())
         vm._watch(on_exit)
         return vm
 
     @classmethod
     async def adopt(
-        cls, uuid: str, run_dir: Path, on_exit: ExitCallback, *, timeout: float = 10
+        cls,
+        uuid: str,
+        run_dir: Path,
+        on_exit: ExitCallback,
+        *,
+        timeout: float = 10,
+        serial_limit: SerialLogLimit = DEFAULT_LIMIT,
     ) -> RunningVm | None:
         """The VM of server `uuid` left running by a previous daemon, or None if there is
-        none (its pidfile missing, stale, or naming another process)."""
+        none (its pidfile missing, stale, or naming another process). Its serial log goes on
+        where the previous daemon left it, within the same bound."""
         pid = process.adopt(run_dir, uuid)
         if pid is None:
             return None
-        monitor = Monitor(RunPaths(run_dir).qmp_socket)
+        paths = RunPaths(run_dir)
+        monitor = Monitor(paths.qmp_socket)
         await monitor.connect(timeout=timeout)
-        vm = cls(uuid, run_dir, pid, monitor, started=0.0)  # the caller knows when it started
+        try:
+            serial = await SerialRelay.attach(paths, serial_limit, timeout=timeout)
+        except BaseException:
+            await monitor.close()
+            raise
+        # The caller knows when it started.
+        vm = cls(uuid, run_dir, pid, monitor, serial, started=0.0)
         vm._watch(on_exit)
         return vm
 
@@ -85,6 +126,7 @@ class RunningVm:
             log.warning("event=vm_exit_slow server=%s pid=%s", self.uuid, self.pid)
         ending = self._ending or CRASH
         await self.monitor.close()  # collects the connection's end, so nothing dangles
+        await self.serial.close()  # the log files stay, for whoever wants to know why
         process.remove_run_files(self.run_dir)
         self.exited.set()
         log.info("event=vm_exited server=%s how=%s", self.uuid, ending)
@@ -147,3 +189,4 @@ class RunningVm:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         await self.monitor.close()
+        await self.serial.close()

@@ -39,6 +39,7 @@ from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.events import EventBus
 from openhosting.services.server_info import LiveFigures
+from openhosting.services.server_logs import ServerLogs
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.vm_specs import HostVmSettings, VmPlan, build_vm_spec
 from openhosting.store import servers as server_store
@@ -87,6 +88,7 @@ class ServerLifecycle:
         self._config = config
         self._settings = config.hypervisor
         self._networks = networks
+        self.logs = ServerLogs(config)
         self._accelerator = choose_accelerator(self._settings.accelerator)
         self.cgroup = find_cpu_cgroup()  # None: `cpu` cannot be enforced on this host
         self._run_as = qemu_user(self._settings.run_as)
@@ -157,7 +159,10 @@ class ServerLifecycle:
             _write_secrets(plan)
             try:
                 vm = await RunningVm.start(
-                    spec, self.vm_exited, timeout=self._settings.start_timeout
+                    spec,
+                    self.vm_exited,
+                    timeout=self._settings.start_timeout,
+                    serial_limit=self.logs.limit,
                 )
             except HypervisorError as error:
                 log.warning("event=server_start_failed server=%s error=%s", uuid, error)
@@ -281,7 +286,16 @@ class ServerLifecycle:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(remove_cpu_group, self.cgroup, uuid)
         if row is not None and config.get("persistent") != "true":
-            shutil.rmtree(self.run_dir(uuid), ignore_errors=True)
+            self.remove_run_dir(uuid)
+
+    def remove_run_dir(self, uuid: str) -> None:
+        """The server is destroyed: keep the last of its serial log, remove the rest."""
+        run_dir = self.run_dir(uuid)
+        try:
+            self.logs.keep(uuid, run_dir)
+        except OSError as error:
+            log.warning("event=server_log_keep_failed server=%s error=%s", uuid, error)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     def _publish_exit(self, user: str, uuid: str, config: dict[str, str], how: str) -> None:
         for attachment in ServerConfig.from_properties(config).drives:
@@ -305,7 +319,9 @@ class ServerLifecycle:
             uuid = row["uuid"]
             run_dir = self.run_dir(uuid)
             try:
-                vm = await RunningVm.adopt(uuid, run_dir, self.vm_exited)
+                vm = await RunningVm.adopt(
+                    uuid, run_dir, self.vm_exited, serial_limit=self.logs.limit
+                )
             except HypervisorError as error:
                 # A VM that runs but cannot be controlled cannot be left running unseen:
                 # stop it, and the server is dead (its owner can start it again).

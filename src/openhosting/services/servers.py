@@ -11,7 +11,6 @@ import asyncio
 import functools
 import json
 import logging
-import shutil
 import socket
 import time
 import uuid as uuid_module
@@ -26,6 +25,7 @@ from openhosting.config import Config
 from openhosting.errors import BusyError, MissingError, UsageError
 from openhosting.hypervisor.argv import VNC_BASE_PORT
 from openhosting.hypervisor.vm import RunningVm
+from openhosting.model.common import is_uuid
 from openhosting.model.server import ServerConfig
 from openhosting.network import open_network
 from openhosting.services.billing import Billing
@@ -107,6 +107,19 @@ class Servers:
     def run_dir(self, uuid: str) -> Path:
         """The run directory of the server's VM (pidfile, sockets, serial log, argv)."""
         return self.lifecycle.run_dir(uuid)
+
+    def serial_log(self, uuid: str, user: str | None = None) -> bytes:
+        """What the server printed on its serial port (the last of it, within the log's
+        bound). For its owner `user` only while the server exists; for the operator (no
+        user) also what is kept of a destroyed server."""
+        if user is not None:
+            self._get(user, uuid)
+        elif not is_uuid(uuid):
+            raise _missing(uuid)
+        content = self.lifecycle.logs.read(uuid, self.run_dir(uuid))
+        if content is None:
+            raise MissingError(f"Server {uuid} has no serial log")
+        return content
 
     # -- reading ---------------------------------------------------------------------
 
@@ -296,7 +309,7 @@ class Servers:
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self._locks.pop(uuid, None)
-        shutil.rmtree(self.run_dir(uuid), ignore_errors=True)
+        self.lifecycle.remove_run_dir(uuid)
         log.info("event=server_destroyed user=%s server=%s", user, uuid)
 
     # -- daemon start and stop -------------------------------------------------------

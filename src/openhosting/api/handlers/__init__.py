@@ -28,6 +28,7 @@ HANDLERS: dict[str, Handler] = {
     "servers.shutdown": servers.shutdown,
     "servers.reset": servers.reset,
     "servers.destroy": servers.destroy,
+    "servers.log": servers.serial_log,
     "resources.list": resources.list_resources,
     "resources.info_all": resources.info_all,
     "resources.info": resources.info,

@@ -1,5 +1,7 @@
 """Handlers of the server commands (docs/api.md §5)."""
 
+import asyncio
+
 from aiohttp import web
 
 from openhosting.api.context import platform_of, user_of
@@ -62,3 +64,12 @@ async def reset(request: web.Request) -> None:
 
 async def destroy(request: web.Request) -> None:
     await platform_of(request).servers.destroy(user_of(request), _server(request))
+
+
+async def serial_log(request: web.Request) -> web.Response:
+    """The server's serial log as its guest wrote it: bytes, not necessarily text."""
+    servers = platform_of(request).servers
+    content = await asyncio.to_thread(servers.serial_log, _server(request), user_of(request))
+    # Guest output is hostile: never let a browser take it for HTML.
+    headers = {"X-Content-Type-Options": "nosniff"}
+    return web.Response(body=content, content_type="text/plain", headers=headers)
