@@ -40,6 +40,19 @@ def config(tmp_path: Path) -> Config:
     )
 
 
+def config_with_pool(tmp_path: Path, pool_range: str = "192.0.2.10-192.0.2.20") -> Config:
+    """The tests' configuration with a small IP pool, so that IP resources exist (in user
+    mode, without a bridge) and exhausting the pool is quick."""
+    return load_config(
+        env={},
+        overrides={
+            "state_dir": str(tmp_path / "state"),
+            "first_user": False,
+            "network": {"pool_range": pool_range},
+        },
+    )
+
+
 @pytest.fixture
 def disk_tmp_path(tmp_path: Path) -> Iterator[Path | None]:
     """A temporary directory on a disk file system (see tests/disk_tmp.py), or None."""

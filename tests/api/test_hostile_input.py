@@ -19,9 +19,10 @@ from openhosting.api.access_log import RequestLogger
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.routes import ROUTES, Kind
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
+from tests.conftest import config_with_pool
 
 # What each 4xx status must say in X-Elastic-Error (docs/api.md §3; 429 is our rate limit).
 KIND_OF_STATUS = {
@@ -93,15 +94,7 @@ JSON_BODIES: list[bytes] = [
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    """A small IP pool, so that IP resources exist without a bridge."""
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "network": {"pool_range": "192.0.2.10-192.0.2.20"},
-        },
-    )
+    return config_with_pool(tmp_path)
 
 
 async def _create(client: TestClient, auth: dict[str, str], path: str, body: str) -> str:

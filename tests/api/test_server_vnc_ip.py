@@ -6,24 +6,17 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.wire.text import parse_properties
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, config_with_pool
 
 BASE = "name s\ncpu 1000\nmem 256\nvnc:password secret\n"
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "network": {"pool_range": "192.0.2.10-192.0.2.20"},
-        },
-    )
+    return config_with_pool(tmp_path)
 
 
 async def own_ip(client: TestClient, auth: dict[str, str]) -> str:
