@@ -164,3 +164,26 @@ async def test_a_file_found_in_another_tiers_directory_is_never_removed(
     os.utime(moved, (long_ago, long_ago))
     assert platform.drives.repair_files() == (0, 0)
     assert moved.exists()
+
+
+async def test_a_drive_whose_tier_the_configuration_lost_is_refused_and_kept(
+    client: TestClient, auth: dict[str, str], platform: Platform, tmp_path: Path
+) -> None:
+    """An operator who removes a tier that still has drives: their info still answers, their
+    bytes are a clear 500 `system` (not a missing file), and destroy keeps row and file."""
+    drive = (await create_drive(client, auth, SIZE, tier="archive"))["drive"]
+    with platform.engine.begin() as connection:
+        drive_store.update_drive(connection, drive, tier="gone")
+    assert (await drive_info(client, auth, drive))["tier"] == "gone"
+    for response in (
+        await client.get(f"/drives/{drive}/read", headers=auth),
+        await client.post(f"/drives/{drive}/write", data=b"x", headers=auth),
+        await client.post(f"/drives/{drive}/destroy", headers=auth),
+    ):
+        assert response.status == 500, await response.text()
+        assert response.headers["X-Elastic-Error"] == "system"
+        assert "tier gone" in await response.text()
+    assert (await drive_info(client, auth, drive))["tier"] == "gone"
+    assert files_in(tmp_path / "archive") == [f"{drive}.img"]
+    assert platform.drives.repair_files() == (0, 0)
+    assert files_in(tmp_path / "archive") == [f"{drive}.img"]
