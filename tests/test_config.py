@@ -47,3 +47,37 @@ def test_invalid_settings_are_refused(tmp_path: Path, text: str, env: dict[str, 
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(path, env=env)
+
+
+def test_tiers_default_to_disk_in_the_drive_directory_and_ssd_beside_it(tmp_path: Path) -> None:
+    config = load_config(env={}, overrides={"state_dir": str(tmp_path)})
+    assert config.tier_paths == {"disk": tmp_path / "drives", "ssd": tmp_path / "drives"}
+
+
+def test_each_configured_tier_has_its_own_directory(tmp_path: Path) -> None:
+    path = tmp_path / "oh.toml"
+    path.write_text('[storage]\ndrive_dir = "/d"\ntiers = "ssd=/srv/ssd/drives  cold-2=/c"\n')
+    assert load_config(path, env={}).tier_paths == {
+        "disk": Path("/d"),
+        "ssd": Path("/srv/ssd/drives"),
+        "cold-2": Path("/c"),
+    }
+    from_env = load_config(env={"OH_STORAGE_TIERS": "fast=/f"}).tier_paths
+    assert from_env["fast"] == Path("/f") and from_env["ssd"] == from_env["disk"]
+
+
+@pytest.mark.parametrize(
+    ("tiers", "named"),
+    [
+        ("ssd", "'ssd'"),
+        ("ssd=", "'ssd='"),
+        ("=/x", "'=/x'"),
+        ("SSD=/x", "'SSD=/x'"),
+        ("a-name-far-too-long=/x", "'a-name-far-too-long=/x'"),
+        ("disk=/x", "storage.drive_dir"),
+        ("ssd=/a ssd=/b", "ssd twice"),
+    ],
+)
+def test_invalid_tiers_are_refused_at_load(tiers: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config(env={"OH_STORAGE_TIERS": tiers})

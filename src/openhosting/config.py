@@ -8,6 +8,7 @@ a section (`[api] listen = "…"`) and its environment override joins the names
 import dataclasses
 import hashlib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,8 +61,13 @@ class ApiSettings:
 class StorageSettings:
     """Drive storage."""
 
-    # Where drive files live; empty means `<state_dir>/drives`.
+    # Where the drive files of the `disk` tier live; empty means `<state_dir>/drives`.
     drive_dir: str = ""
+    # More storage tiers, each with its own drive directory (its own file system in
+    # production): space-separated `NAME=DIR`, e.g. `ssd=/srv/ssd/drives`. A drive lives in
+    # its tier's directory. `ssd` shares `disk`'s directory unless named here; a tier not
+    # named here (and not `disk` or `ssd`) is refused.
+    tiers: str = ""
     # The cipher of a new drive that names none: `aes-xts-plain` (LUKS1) or `none`.
     default_cipher: str = "aes-xts-plain"
     # Host-wide number of imaging jobs that run at once.
@@ -184,6 +190,11 @@ class Config:
         )
 
     @property
+    def tier_paths(self) -> dict[str, Path]:
+        """Each storage tier's drive directory (ConfigError if `storage.tiers` is invalid)."""
+        return parse_tiers(self.storage.tiers, self.drive_path)
+
+    @property
     def database_path(self) -> Path:
         return self.state_path / "openhosting.sqlite"
 
@@ -203,6 +214,33 @@ class Config:
     @property
     def platform_key_path(self) -> Path:
         return self.state_path / "platform.key"
+
+
+DEFAULT_TIER = "disk"
+# A tier's name is stored with each drive (16 characters at most) and is a Prometheus label.
+_TIER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")
+
+
+def parse_tiers(text: str, disk_dir: Path) -> dict[str, Path]:
+    """The tiers of `storage.tiers` (`NAME=DIR ...`) with `disk` in `disk_dir` and `ssd`
+    sharing it unless named."""
+    tiers = {DEFAULT_TIER: disk_dir}
+    named: set[str] = set()
+    for entry in text.split():
+        name, equals, directory = entry.partition("=")
+        if not equals or not _TIER_NAME.fullmatch(name) or not directory:
+            raise ConfigError(
+                f"Invalid storage.tiers entry {entry!r}: expected NAME=DIR, NAME in lower case"
+                " letters, digits, - and _ (16 at most)"
+            )
+        if name == DEFAULT_TIER:
+            raise ConfigError("storage.tiers cannot name disk: its directory is storage.drive_dir")
+        if name in named:
+            raise ConfigError(f"storage.tiers names {name} twice")
+        named.add(name)
+        tiers[name] = Path(directory)
+    tiers.setdefault("ssd", disk_dir)
+    return tiers
 
 
 def _convert(name: str, kind: Any, value: Any) -> Any:
@@ -270,4 +308,6 @@ def load_config(
             )
         else:
             config = dataclasses.replace(config, **{key: value})
+    # Checked now: a bad tier list stops the daemon at its start, not at a drive's creation.
+    parse_tiers(config.storage.tiers, config.drive_path)
     return config

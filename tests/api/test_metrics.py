@@ -64,6 +64,10 @@ async def test_a_scrape_counts_requests_failures_and_state(
     assert found[("openhosting_events_total", (("change", "created"), ("type", "drive")))] == 4
     assert found[("openhosting_host_capacity", (("resource", "cpu_mhz"),))] > 0
     assert found[("openhosting_host_capacity_used", (("resource", "cpu_mhz"),))] == 0
+    # ssd shares disk's directory unless configured: one file system, reported for each.
+    disk_fs = found[("openhosting_tier_bytes", (("tier", "disk"),))]
+    assert disk_fs > 0 and found[("openhosting_tier_bytes", (("tier", "ssd"),))] == disk_fs
+    assert found[("openhosting_tier_bytes_used", (("tier", "ssd"),))] > 0
 
 
 async def test_every_answer_carries_a_request_id(client: TestClient, auth: dict[str, str]) -> None:

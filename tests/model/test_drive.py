@@ -42,3 +42,21 @@ def test_a_plain_drive_may_ask_for_any_off_t() -> None:
         DriveSettings(), {"size": LARGEST, "encryption:cipher": "none"}, creating=True
     )
     assert settings.size == MAX_SIZE
+
+
+def test_a_drive_takes_only_a_tier_the_platform_has() -> None:
+    tiers = ("disk", "ssd", "archive")
+    created = apply_drive_properties(
+        DriveSettings(), {"size": "1", "tier": "archive"}, creating=True, tiers=tiers
+    )
+    assert created.tier == "archive"
+    with pytest.raises(UsageError, match="Invalid tier 'nvme'"):
+        apply_drive_properties(DriveSettings(), {"size": "1", "tier": "nvme"}, creating=True)
+
+
+def test_a_drive_keeps_its_tier() -> None:
+    current = DriveSettings(size=1, tier="ssd")
+    # Sent back as info shows it: no change, accepted.
+    assert apply_drive_properties(current, {"tier": "ssd"}, creating=False).tier == "ssd"
+    with pytest.raises(UsageError, match="tier cannot be changed"):
+        apply_drive_properties(current, {"tier": "disk"}, creating=False)

@@ -91,6 +91,18 @@ class PlatformMetrics:
             ["resource"],
             registry=registry,
         )
+        self.tier_used = Gauge(
+            "openhosting_tier_bytes_used",
+            "Bytes used on each storage tier's file system.",
+            ["tier"],
+            registry=registry,
+        )
+        self.tier_total = Gauge(
+            "openhosting_tier_bytes",
+            "Size in bytes of each storage tier's file system.",
+            ["tier"],
+            registry=registry,
+        )
 
     def observe_request(self, route: str, method: str, status: int | str, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -114,6 +126,8 @@ class PlatformMetrics:
             (self.jobs, state.jobs_by_state),
             (self.capacity_used, state.capacity_used),
             (self.capacity_total, state.capacity_total),
+            (self.tier_used, state.tier_bytes_used),
+            (self.tier_total, state.tier_bytes_total),
         ):
             gauge.clear()  # a status nobody has any more must not keep its last count
             for label, value in values.items():

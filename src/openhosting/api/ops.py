@@ -22,7 +22,7 @@ async def metrics(request: web.Request) -> web.Response:
         read_platform_state,
         platform.engine,
         set(platform.servers.lifecycle.vms),
-        platform.config.drive_path,
+        platform.config.tier_paths,
         platform.config.hypervisor.core_mhz,
     )
     body = api[METRICS_KEY].render(

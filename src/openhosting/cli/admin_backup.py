@@ -10,9 +10,11 @@ from openhosting.store.backup import back_up_state
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> str:
     database, key = back_up_state(config.database_path, config.platform_key_path, args.target)
+    # Every tier's drive directory, each once (`ssd` shares `disk`'s unless configured).
+    directories = " ".join(dict.fromkeys(str(path) for path in config.tier_paths.values()))
     return (
         f"database {database}\nkey {key}\n"
-        f"drives not included: copy {config.drive_path} with your file backups"
+        f"drives not included: copy {directories} with your file backups"
         " (e.g. rsync -S)\n"
     )
 
@@ -23,7 +25,7 @@ def add_parsers(areas: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
         "backup",
         help="copy the database and the platform key (not the drives) into a new directory",
         description="To restore: stop the daemon, put both files back into the state"
-        " directory, the drive files into the drive directory, and start it.",
+        " directory, the drive files into each tier's drive directory, and start it.",
     )
     backup.add_argument("target", type=Path, metavar="DIR", help="a new (or empty) directory")
     # Works on the state as it is: opening the platform would create one where there is none.

@@ -218,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create the drive with claim:type shared (default: exclusive)",
     )
-    add("-t", dest="tier", metavar="TIER", help="tier of a new drive: disk or ssd")
+    add(
+        "-t",
+        dest="tier",
+        metavar="TIER",
+        help="tier of a new drive: disk (default), ssd or another the platform has",
+    )
     add(
         "-z",
         dest="gunzip",

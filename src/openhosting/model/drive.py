@@ -1,6 +1,7 @@
 """A drive's settable configuration (docs/api.md §4): parsed from the wire, validated, merged."""
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from openhosting.errors import UsageError
@@ -15,6 +16,7 @@ from openhosting.wire.sizes import MAX_SIZE, parse_size
 
 CIPHERS = ("aes-xts-plain", "none")
 CLAIM_TYPES = ("exclusive", "shared")
+# The tiers of a platform that configures none beyond its drive directory (config.py).
 TIERS = ("disk", "ssd")
 # An encrypted drive is a LUKS container: its bytes rounded up to 512-byte sectors, after a
 # header and key slots of 2 MiB. The file must still fit in an off_t, so its size may not
@@ -53,9 +55,14 @@ class DriveSettings:
 
 
 def apply_drive_properties(
-    current: DriveSettings, properties: dict[str, str], *, creating: bool
+    current: DriveSettings,
+    properties: dict[str, str],
+    *,
+    creating: bool,
+    tiers: Sequence[str] = TIERS,
 ) -> DriveSettings:
-    """`current` with the keys of a create or set body applied; UsageError names a bad key."""
+    """`current` with the keys of a create or set body applied; UsageError names a bad key.
+    `tiers` are the storage tiers the platform has."""
     changes: dict[str, object] = {}
     user_updates: dict[str, str] = {}
     for key, value in properties.items():
@@ -79,7 +86,15 @@ def apply_drive_properties(
                 raise UsageError("encryption:cipher cannot be changed once a drive is created")
             changes["cipher"] = cipher
         elif key == "tier":
-            changes["tier"] = parse_choice(value, key, TIERS)
+            tier = parse_choice(value, key, tuple(tiers))
+            # A drive's file lives in its tier's directory (another file system): a new tier
+            # would be a copy, which imaging into a new drive of that tier already is.
+            if not creating and tier != current.tier:
+                raise UsageError(
+                    "tier cannot be changed once a drive is created: image the drive into a"
+                    f" new drive of tier {tier}"
+                )
+            changes["tier"] = tier
         elif key.startswith("user:"):
             user_updates[key] = value
         elif key in INFO_ONLY_KEYS:

@@ -11,6 +11,10 @@ half-way: the rows are the truth, the files follow them.
 - A gzip write stages its bytes in a nameless file; where the file system cannot make one,
   a named `*.staging` file is unlinked at once, and a daemon killed in between leaves it:
   it is removed (no write is under way at start).
+
+Every tier's directory is scanned. A file is an orphan only when no row at all names its
+drive: a drive whose tier moved to another directory in the configuration keeps its file
+where it was (logged as missing from its tier) until the operator moves it.
 """
 
 import logging
@@ -19,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from openhosting.storage.drive_files import DriveFiles
+from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.write_stage import remove_staging_leftovers
 
 log = logging.getLogger("openhosting.drives")
@@ -27,26 +32,31 @@ ORPHAN_GRACE_SECONDS = 600
 
 
 def repair_drive_files(
-    files: DriveFiles,
+    tiers: DriveTiers,
     rows: list[dict[str, Any]],
     master_key_of: Callable[[dict[str, Any]], bytes | None],
 ) -> tuple[int, int]:
     """Repair the files of the drives of `rows` (all of them): how many files were resized,
     and how many files without a row were removed."""
-    staged = remove_staging_leftovers(files.root)
+    staged = sum(remove_staging_leftovers(files.root) for files in tiers.directories())
     if staged:
         log.warning("event=drive_staging_files_removed count=%s", staged)
-    return _fit_files_to_rows(files, rows, master_key_of), _remove_orphan_files(files, rows)
+    resized = _fit_files_to_rows(tiers, rows, master_key_of)
+    return resized, sum(_remove_orphan_files(files, rows) for files in tiers.directories())
 
 
 def _fit_files_to_rows(
-    files: DriveFiles,
+    tiers: DriveTiers,
     rows: list[dict[str, Any]],
     master_key_of: Callable[[dict[str, Any]], bytes | None],
 ) -> int:
     fixed = 0
     for row in rows:
         uuid, size = row["uuid"], row["size"]
+        if row["tier"] not in tiers.names:
+            log.error("event=drive_tier_unknown drive=%s tier=%s", uuid, row["tier"])
+            continue
+        files = tiers.of(row["tier"])
         try:
             if files.holds_size(uuid, size, encrypted=row["wrapped_master_key"] is not None):
                 continue

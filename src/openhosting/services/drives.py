@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from openhosting.errors import BusyError, FullError, MissingError
+from openhosting.errors import BusyError, FullError, MissingError, SystemError_
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings, apply_drive_properties
 from openhosting.services.billing import Billing
@@ -35,6 +35,7 @@ from openhosting.services.drive_transfers import (
     storage_error,
 )
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
+from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.write_stage import WriteStage
 from openhosting.store import drives as drive_store
 from openhosting.store import space_reserve
@@ -126,7 +127,7 @@ class Drives:
         self,
         engine: Engine,
         reader: Reader,
-        files: DriveFiles,
+        tiers: DriveTiers,
         secret_key: bytes,
         cipher: str,
         billing: Billing,
@@ -134,7 +135,7 @@ class Drives:
         self._billing = billing
         self._engine = engine
         self._reader = reader
-        self.files = files
+        self.tiers = tiers
         self._secret_key = secret_key
         self._default_cipher = cipher
         # Writes under way per drive: a drive being written cannot be destroyed or shrunk.
@@ -143,6 +144,22 @@ class Drives:
         self._reads_in_flight: Counter[str] = Counter()
         # Drives whose file is being resized: their bytes may not be read, written or claimed.
         self._resizing: set[str] = set()
+
+    @property
+    def files(self) -> DriveFiles:
+        """The default tier's (`disk`) drive files, where standard drives live too."""
+        return self.tiers.of(self.tiers.default)
+
+    def files_of(self, row: dict[str, Any]) -> DriveFiles:
+        """The drive files of the tier of the drive of `row`."""
+        try:
+            return self.tiers.of(row["tier"])
+        except KeyError:
+            # The configuration no longer names the tier: its file is nowhere we know.
+            raise SystemError_(
+                f"Drive {row['uuid']} is in tier {row['tier']}, which this platform's"
+                " configuration no longer has"
+            ) from None
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -174,7 +191,7 @@ class Drives:
 
     def open_io(self, row: dict[str, Any]) -> OpenDrive:
         """The drive of `row` opened for in-process I/O (decrypted when it is encrypted)."""
-        return self.files.open(row["uuid"], self._master_key(row))
+        return self.files_of(row).open(row["uuid"], self._master_key(row))
 
     def changing(self, uuid: str) -> str | None:
         """What changes the drive's bytes right now outside any claim (`being written`,
@@ -217,18 +234,21 @@ class Drives:
 
     async def create(self, user: str, properties: dict[str, str]) -> dict[str, Value]:
         defaults = DriveSettings(cipher=self._default_cipher)
-        settings = apply_drive_properties(defaults, properties, creating=True)
+        settings = apply_drive_properties(
+            defaults, properties, creating=True, tiers=self.tiers.names
+        )
+        files = self.tiers.of(settings.tier)
         uuid = str(uuid_module.uuid4())
         with self._engine.connect() as connection:
             self._check_drive_limit(connection, user, settings.size)
         wrapped: dict[str, bytes | None] = {"wrapped_passphrase": None, "wrapped_master_key": None}
         try:
             if settings.cipher == "none":
-                await asyncio.to_thread(self.files.create_plain, uuid, settings.size)
+                await asyncio.to_thread(files.create_plain, uuid, settings.size)
             else:
                 passphrase = base64.urlsafe_b64encode(secrets.token_bytes(32))
                 master_key = await asyncio.to_thread(
-                    self.files.create_encrypted, uuid, settings.size, passphrase
+                    files.create_encrypted, uuid, settings.size, passphrase
                 )
                 wrapped = {
                     "wrapped_passphrase": wrap_secret(self._secret_key, passphrase, uuid + ":luks"),
@@ -252,14 +272,15 @@ class Drives:
                     **wrapped,
                 )
         except BaseException:
-            self.files.destroy(uuid)
+            files.destroy(uuid)
             raise
         log.info(
-            "event=drive_created user=%s drive=%s size=%s cipher=%s",
+            "event=drive_created user=%s drive=%s size=%s cipher=%s tier=%s",
             user,
             uuid,
             settings.size,
             settings.cipher,
+            settings.tier,
         )
         return self.info(user, uuid)
 
@@ -274,7 +295,9 @@ class Drives:
                 raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
             self._refuse_while_resizing(uuid, "set")
             current = _settings_of(row)
-            settings = apply_drive_properties(current, properties, creating=False)
+            settings = apply_drive_properties(
+                current, properties, creating=False, tiers=self.tiers.names
+            )
             if settings.size != current.size:
                 self._check_busy(connection, uuid, "resized")
                 if settings.size > current.size:
@@ -290,16 +313,17 @@ class Drives:
 
     async def _resize_file(self, row: dict[str, Any], old_size: int, new_size: int) -> None:
         uuid, master_key = row["uuid"], self._master_key(row)
+        files = self.files_of(row)
         kept = min(old_size, new_size)
         self._resizing.add(uuid)
         try:
-            await asyncio.to_thread(self.files.resize, uuid, new_size, master_key, kept)
+            await asyncio.to_thread(files.resize, uuid, new_size, master_key, kept)
         except OSError as error:
             # Back to the old size (what was cut stays cut: it reads as zeros).
             with self._engine.begin() as connection:
                 drive_store.update_drive(connection, uuid, size=old_size)
             with contextlib.suppress(OSError):  # repair_files retries at the next start
-                await asyncio.to_thread(self.files.resize, uuid, old_size, master_key, kept)
+                await asyncio.to_thread(files.resize, uuid, old_size, master_key, kept)
             raise storage_error(error, "resize the drive") from None
         finally:
             self._resizing.discard(uuid)
@@ -309,11 +333,14 @@ class Drives:
         were resized to their row's size, and how many files without a row were removed."""
         with self._engine.connect() as connection:
             rows = drive_store.all_drives(connection)
-        return repair_drive_files(self.files, rows, self._master_key)
+        return repair_drive_files(self.tiers, rows, self._master_key)
 
     def destroy(self, user: str, uuid: str) -> None:
+        found: list[DriveFiles] = []
+
         def delete_row(connection: Connection) -> None:
-            self._owned(connection, user, uuid)
+            # Its tier's files first: a drive whose tier the configuration lost keeps its row.
+            found.append(self.files_of(self._owned(connection, user, uuid)))
             self._refuse_while_resizing(uuid, "destroyed")
             self._check_busy(connection, uuid, "destroyed")
             if self._writes_in_flight[uuid]:
@@ -323,7 +350,7 @@ class Drives:
         # Destroying is how a user gets space back: it must work on a full disk, where even
         # the row's delete needs room in the WAL (the space reserve gives it).
         space_reserve.begin_freeing(self._engine, delete_row)
-        self.files.destroy(uuid)
+        found[-1].destroy(uuid)
         space_reserve.refill(self._engine)
         log.info("event=drive_destroyed user=%s drive=%s", user, uuid)
 
@@ -343,7 +370,7 @@ class Drives:
         self._refuse_while_resizing(uuid, "attached")
         return AttachableDrive(
             uuid=uuid,
-            path=self.files.path_of(uuid),
+            path=self.files_of(row).path_of(uuid),
             passphrase=self.passphrase_of(row),
             owned=row["user"] == user,
             exclusive=row["claim_type"] != "shared",
@@ -359,7 +386,7 @@ class Drives:
         size = row["size"]
         start = min(offset, size)
         count = size - start if length is None else min(length, size - start)
-        opened = self.files.open(uuid, self._master_key(row))
+        opened = self.files_of(row).open(uuid, self._master_key(row))
         self._reads_in_flight[uuid] += 1
         return ReadPlan(uuid, opened, start, count, lambda: self._end_read(uuid))
 
@@ -403,11 +430,12 @@ class Drives:
             raise FullError(
                 f"Offset {offset} is past the end of drive {uuid} ({row['size']} bytes)"
             )
-        opened = self.files.open(uuid, self._master_key(row))
+        files = self.files_of(row)
+        opened = files.open(uuid, self._master_key(row))
         self._writes_in_flight[uuid] += 1
         on_close = functools.partial(self._end_write, uuid)
         if staged:
-            stage = WriteStage(opened.io, self.files.root, offset)
+            stage = WriteStage(opened.io, files.root, offset)
             return StagedDriveWriter(uuid, opened, stage, row["size"] - offset, on_close)
         return DriveWriter(uuid, opened, offset, row["size"], on_close)
 

@@ -17,7 +17,7 @@ from openhosting.services.resources import Resources
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.servers import Servers
 from openhosting.services.standard_drives import StandardDrives
-from openhosting.storage.drive_files import DriveFiles
+from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.store.database import open_engine
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
 from openhosting.store.reader import Reader
@@ -56,7 +56,7 @@ def open_platform(config: Config) -> Platform:
     drives = Drives(
         engine,
         reader,
-        DriveFiles(config.drive_path),
+        DriveTiers(config.tier_paths),
         derive_key(platform_key, "drive-secrets"),
         config.storage.default_cipher,
         billing,

@@ -1,9 +1,11 @@
 """The platform's state in figures, for monitoring: servers by status, drives and bytes by
-tier, imaging jobs by state, and what this host's capacity is and how much of it is used."""
+tier, imaging jobs by state, and what this host's capacity is and how much of it is used (each
+storage tier's file system apart)."""
 
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,9 @@ class PlatformState:
     jobs_by_state: dict[str, int] = field(default_factory=dict)
     capacity_used: dict[str, int] = field(default_factory=dict)
     capacity_total: dict[str, int] = field(default_factory=dict)
+    # Each tier's file system: bytes used and bytes in all (tiers sharing one count it each).
+    tier_bytes_used: dict[str, int] = field(default_factory=dict)
+    tier_bytes_total: dict[str, int] = field(default_factory=dict)
 
 
 def host_memory_mb(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -31,10 +36,11 @@ def host_memory_mb(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 
 def read_platform_state(
-    engine: Engine, active: set[str], drive_dir: Path, core_mhz: int
+    engine: Engine, active: set[str], tier_dirs: Mapping[str, Path], core_mhz: int
 ) -> PlatformState:
     """The figures now; `active` holds the servers whose VM runs (the live truth: the
-    database's status of a VM that just ended may lag)."""
+    database's status of a VM that just ended may lag); `tier_dirs` each tier's drive
+    directory, `disk` the one `disk_bytes` reports."""
     with engine.connect() as connection:
         tiers = counts.drives_by_tier(connection)
         jobs = counts.jobs_by_state(connection)
@@ -49,7 +55,12 @@ def read_platform_state(
         else:
             status = "dead" if stored == "dead" else "stopped"
         by_status[status] = by_status.get(status, 0) + 1
-    disk = shutil.disk_usage(drive_dir) if drive_dir.exists() else None
+    usage = {
+        tier: shutil.disk_usage(directory)
+        for tier, directory in tier_dirs.items()
+        if directory.exists()
+    }
+    disk = usage.get("disk")
     return PlatformState(
         servers_by_status=by_status,
         drives_by_tier={tier: n for tier, (n, _) in tiers.items()},
@@ -65,4 +76,6 @@ def read_platform_state(
             "mem_mb": host_memory_mb(),
             "disk_bytes": disk.total if disk else 0,
         },
+        tier_bytes_used={tier: figures.used for tier, figures in usage.items()},
+        tier_bytes_total={tier: figures.total for tier, figures in usage.items()},
     )
