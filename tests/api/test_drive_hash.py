@@ -11,9 +11,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.api.context import TRANSFER_LIMITER_KEY
+from openhosting.services import drive_transfers
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
-from openhosting.storage.drive_hash import HASH_PIECE
+from openhosting.storage import drive_hash
+from openhosting.storage.drive_hash import HASH_PIECE, HashStopped
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
 from tests.conftest import basic_auth
@@ -172,11 +174,23 @@ async def test_a_hash_counts_as_a_transfer(
     assert limiter.under_way == 0
 
 
-async def test_a_client_that_leaves_mid_hash_stops_the_hash(
-    client: TestClient, auth: dict[str, str], platform: Platform
+async def test_a_client_that_leaves_mid_hash_stops_the_hash_before_its_file_is_closed(
+    client: TestClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 64 GiB of never-written zeros take far longer to hash than the test waits.
     drive = (await create_drive(client, auth, "64G"))["drive"]
+    ended: list[BaseException | str] = []
+
+    def recorded_hash_range(*args: object) -> str:
+        try:
+            digest = drive_hash.hash_range(*args)  # type: ignore[arg-type]
+        except BaseException as error:
+            ended.append(error)
+            raise
+        ended.append(digest)
+        return digest
+
+    monkeypatch.setattr(drive_transfers, "hash_range", recorded_hash_range)
     limiter = client.server.app[TRANSFER_LIMITER_KEY]  # type: ignore[union-attr]
     request = asyncio.ensure_future(client.get(f"/drives/{drive}/hash", headers=auth))
     for _ in range(200):
@@ -192,6 +206,8 @@ async def test_a_client_that_leaves_mid_hash_stops_the_hash(
             break
         await asyncio.sleep(0.01)
     assert limiter.under_way == 0
+    # The handler ended only once its thread had stopped: the file was never closed under it.
+    assert len(ended) == 1 and isinstance(ended[0], HashStopped), ended
     # The drive is no longer being read: it may be shrunk.
     response = await client.post(f"/drives/{drive}/set", data="size 1M", headers=auth)
     assert response.status == 200, await response.text()
