@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -211,3 +212,13 @@ async def test_a_client_that_leaves_mid_hash_stops_the_hash_before_its_file_is_c
     # The drive is no longer being read: it may be shrunk.
     response = await client.post(f"/drives/{drive}/set", data="size 1M", headers=auth)
     assert response.status == 200, await response.text()
+
+
+async def test_every_user_may_hash_a_standard_drive(
+    client: TestClient, auth: dict[str, str], platform: Platform, tmp_path: Path
+) -> None:
+    image = tmp_path / "rescue.iso"
+    image.write_bytes(os.urandom(70_000))
+    standard = platform.standard_drives.add(image, "Rescue CD", "cdrom")["drive"]
+    answer = await hash_of(client, auth, f"/drives/{standard}/hash")
+    assert (answer["size"], answer["hash"]) == ("70000", sha256(image.read_bytes()))
