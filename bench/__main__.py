@@ -12,6 +12,7 @@ BENCHMARKS = {
     "drive-upload": "bench.drive_upload",
     "drive-read": "bench.drive_read",
     "drive-read-encrypted": "bench.drive_read_encrypted",
+    "drive-hash": "bench.drive_hash",
     "imaging": "bench.imaging",
     "boot": "bench.server_boot",
     "events": "bench.events",

@@ -68,6 +68,7 @@ async def test_a_stranger_can_neither_see_nor_touch_anything_of_another_user(
         for placeholder, value in victims.items():
             path = path.replace(placeholder, value)
         path = path.replace(f"{{offset:{SIZE}}}", "0").replace(f"{{size:{SIZE}}}", "10")
+        path = path.replace("{offset}", "0").replace("{size}", "10")  # /hash: any segment
         path = path.replace("{conversion}", "gzip")
         for kind, resource in (("ip", ip), ("vlan", vlan)):
             attempt = path.replace("{type}", kind).replace("{resource}", resource)

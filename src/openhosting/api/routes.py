@@ -53,6 +53,11 @@ ROUTES: tuple[Route, ...] = (
     Route(f"/drives/{DRIVE}/read", Kind.READ, "drives.read"),
     Route(f"/drives/{DRIVE}/read/{{offset:{SIZE}}}", Kind.READ, "drives.read"),
     Route(f"/drives/{DRIVE}/read/{{offset:{SIZE}}}/{{size:{SIZE}}}", Kind.READ, "drives.read"),
+    # Our extension: the SHA-256 of a range. OFFSET and SIZE match any segment, so that a bad
+    # one is a 400 naming it rather than an unknown command.
+    Route(f"/drives/{DRIVE}/hash", Kind.READ, "drives.hash"),
+    Route(f"/drives/{DRIVE}/hash/{{offset}}", Kind.READ, "drives.hash"),
+    Route(f"/drives/{DRIVE}/hash/{{offset}}/{{size}}", Kind.READ, "drives.hash"),
     Route(f"/drives/{DRIVE}/write", Kind.CHANGE, "drives.write"),
     Route(f"/drives/{DRIVE}/write/{{offset:{SIZE}}}", Kind.CHANGE, "drives.write"),
     # Servers (docs/api.md §5)

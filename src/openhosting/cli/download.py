@@ -9,7 +9,8 @@ the `-o …` that resumes the download.
 Beyond the original: chunks are fetched `-p N` at a time (default 4) but written in order, so
 the file never has a gap before its end and resuming from its size stays right even after a
 `kill -9`; aligned chunks are written with O_DIRECT (see `OutputFile`); chunks of zeros past
-the file's end become holes (a sparse file); on a terminal a progress bar replaces the dots.
+the file's end become holes (a sparse file); on a terminal a progress bar replaces the dots;
+`--verify` checks each chunk's SHA-256 against the drive's and fetches one that differs again.
 A regular output file ends with exactly the drive's size.
 """
 
@@ -38,6 +39,13 @@ from openhosting.cli.tool import (
     size_argument,
 )
 from openhosting.cli.transfer import add_chunk_options, report_unfinished, run_transfer
+from openhosting.cli.verify import (
+    VERIFY_RETRIES,
+    drive_hash,
+    local_hash,
+    report_mismatch,
+    still_differs,
+)
 from openhosting.errors import MissingError, UsageError
 from openhosting.wire.text import parse_properties
 
@@ -159,21 +167,39 @@ def read_chunk(
     drive: str,
     output: OutputFile,
     buffers: ChunkBuffers,
+    verify: bool,
     chunk: Chunk,
     turns: Turns,
 ) -> None:
-    path = api_path("drives", drive, "read", str(chunk.offset), str(chunk.length))
-    # The daemon answers a never-written chunk with a few bytes of gzip instead of 5 MiB.
-    response = client.request("GET", path, headers={"Accept-Encoding": "gzip"})
-    data: bytes | mmap.mmap
-    if response.getheader("Content-Encoding", "").lower() == "gzip":
-        data = client.read_gzip(response, chunk.length)
-    else:
-        data = buffers.get(chunk.length)
-        client.read_into(response, memoryview(data))
+    data = fetch_chunk(client, drive, buffers, chunk)
+    if verify:
+        ours = local_hash(data)
+        for attempt in range(VERIFY_RETRIES + 1):
+            theirs = drive_hash(client, drive, chunk)
+            if theirs == ours:
+                break
+            if attempt == VERIFY_RETRIES:
+                raise still_differs(chunk, ours, theirs)
+            report_mismatch(chunk, attempt + 1, "fetching it again")
+            data = fetch_chunk(client, drive, buffers, chunk)
+            ours = local_hash(data)
     zero = is_zero(data)
     with turns.turn(chunk.index):
         output.write(chunk.offset, data, zero)
+
+
+def fetch_chunk(
+    client: ApiClient, drive: str, buffers: ChunkBuffers, chunk: Chunk
+) -> bytes | mmap.mmap:
+    """The chunk's bytes from the drive (in this worker's buffer, unless they came as gzip)."""
+    path = api_path("drives", drive, "read", str(chunk.offset), str(chunk.length))
+    # The daemon answers a never-written chunk with a few bytes of gzip instead of 5 MiB.
+    response = client.request("GET", path, headers={"Accept-Encoding": "gzip"})
+    if response.getheader("Content-Encoding", "").lower() == "gzip":
+        return client.read_gzip(response, chunk.length)
+    data = buffers.get(chunk.length)
+    client.read_into(response, memoryview(data))
+    return data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +251,7 @@ def _download(
         start,
         size,
         chunk_size,
-        functools.partial(read_chunk, client, args.drive, output, ChunkBuffers()),
+        functools.partial(read_chunk, client, args.drive, output, ChunkBuffers(), args.verify),
         client,
         args.parallel,
         before_finish=lambda: output.set_size(size),

@@ -23,13 +23,15 @@ from openhosting.cli.tool import (
     positive_int_argument,
     positive_size_argument,
 )
+from openhosting.cli.verify import VERIFY_RETRIES
 from openhosting.errors import ApiError
 
 DEFAULT_CHUNK = 5242880
 
 
 def add_chunk_options(parser: argparse.ArgumentParser, sent: str) -> None:
-    """`-c CHUNK` and `-p N`; `sent` says what happens to chunks (`sent`, `fetched`)."""
+    """`-c CHUNK`, `-p N` and `--verify`; `sent` says what happens to chunks (`sent`,
+    `fetched`)."""
     parser.add_argument(
         "-c",
         dest="chunk",
@@ -45,6 +47,12 @@ def add_chunk_options(parser: argparse.ArgumentParser, sent: str) -> None:
         default=DEFAULT_WORKERS,
         metavar="N",
         help=f"chunks {sent} at once (default: {DEFAULT_WORKERS})",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help=f"compare each chunk's SHA-256 with the drive's; a chunk that differs is {sent}"
+        f" again (up to {VERIFY_RETRIES} times)",
     )
 
 

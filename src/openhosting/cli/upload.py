@@ -10,7 +10,8 @@ failed and the exact `-d … -o …` that resumes the upload, and exits with sta
 Beyond the original: chunks go `-p N` at a time (default 4); on a drive this run created,
 chunks of zeros are skipped (a new drive reads as zeros); `-e CIPHER` sets the new drive's
 `encryption:cipher` (`none` or `aes-xts-plain`; default: the platform's default); on a
-terminal a progress bar replaces the dots.
+terminal a progress bar replaces the dots; `--verify` checks each chunk's SHA-256 against the
+drive's (`/drives/D/hash/OFFSET/SIZE`) and sends a chunk that differs again (see verify.py).
 """
 
 import argparse
@@ -27,6 +28,7 @@ from openhosting.cli.chunks import (
     Turns,
     chunk_count,
     is_zero,
+    zeros,
 )
 from openhosting.cli.http_client import ApiClient, api_path
 from openhosting.cli.tool import (
@@ -36,6 +38,13 @@ from openhosting.cli.tool import (
     size_argument,
 )
 from openhosting.cli.transfer import add_chunk_options, report_unfinished, run_transfer
+from openhosting.cli.verify import (
+    VERIFY_RETRIES,
+    drive_hash,
+    local_hash,
+    report_mismatch,
+    still_differs,
+)
 from openhosting.errors import ApiError, FailedError, MissingError, UsageError
 from openhosting.wire.text import parse_properties
 
@@ -160,14 +169,33 @@ def write_chunk(
     drive: str,
     read: Callable[[Chunk, Turns], bytes],
     skip_zeros: bool,
+    verify: bool,
     chunk: Chunk,
     turns: Turns,
 ) -> None:
     data = read(chunk, turns)
-    if skip_zeros and is_zero(data):
-        return
-    body = igzip.compress(data, GZIP_LEVEL)
+    ours = local_hash(data) if verify else None
+    body = None if skip_zeros and is_zero(data) else igzip.compress(data, GZIP_LEVEL)
     del data  # keep one copy per worker in memory, not two
+    if body is not None:
+        send_chunk(client, drive, chunk, body)
+    if ours is None:
+        return
+    # The compressed body is kept to be sent again: a gzip input cannot be read twice.
+    for attempt in range(VERIFY_RETRIES + 1):
+        theirs = drive_hash(client, drive, chunk)
+        if theirs == ours:
+            return
+        if attempt == VERIFY_RETRIES:
+            raise still_differs(chunk, ours, theirs)
+        report_mismatch(chunk, attempt + 1, "sending it again")
+        if body is None:  # a skipped chunk of zeros, but the drive holds something else
+            body = igzip.compress(zeros(chunk.length), GZIP_LEVEL)
+        send_chunk(client, drive, chunk, body)
+
+
+def send_chunk(client: ApiClient, drive: str, chunk: Chunk, body: bytes) -> None:
+    """POST one gzipped chunk to its offset of the drive."""
     response = client.request(
         "POST",
         api_path("drives", drive, "write", str(chunk.offset)),
@@ -265,7 +293,7 @@ def _upload(args: argparse.Namespace, source: FileSource | GunzipSource) -> int:
         start,
         size,
         chunk_size,
-        functools.partial(write_chunk, client, drive, source.read, not args.drive),
+        functools.partial(write_chunk, client, drive, source.read, not args.drive, args.verify),
         client,
         args.parallel,
     )

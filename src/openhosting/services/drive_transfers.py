@@ -1,10 +1,12 @@
 """Moving a drive's bytes for one API request: a read sent from the drive file (sendfile, or
-decrypted a piece ahead in a worker thread); a raw write flushed in large pieces while the
-next arrives, acknowledged once durable; a staged write (a gzip body) kept aside until its
-end proves it good, then applied whole. `Drives` checks who may do it and counts it."""
+decrypted a piece ahead in a worker thread), or hashed instead of sent; a raw write flushed
+in large pieces while the next arrives, acknowledged once durable; a staged write (a gzip
+body) kept aside until its end proves it good, then applied whole. `Drives` checks who may do
+it and counts it."""
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ from openhosting.storage.drive_files import (
     is_disk_full,
     is_too_large,
 )
+from openhosting.storage.drive_hash import hash_range
 from openhosting.storage.write_stage import WriteStage
 
 
@@ -64,6 +67,22 @@ class ReadPlan:
             if pending is not None:
                 with contextlib.suppress(Exception):
                     await pending  # its thread holds the file: let it finish before close
+
+    async def sha256(self) -> str:
+        """The hex SHA-256 of the range, hashed in a worker thread. A cancelled caller (its
+        client went away) stops the thread at its next piece and waits for it, so that
+        `close` never closes the file under it."""
+        stop = threading.Event()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(hash_range, self.opened.io, self.offset, self.count, stop)
+        )
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(Exception):  # the request is gone: nobody reads the outcome
+                await work
+            raise
 
     def reads_only_zeros(self) -> bool:
         """Whether the whole range was never written: it reads as zeros, nothing to send."""

@@ -14,6 +14,7 @@ HANDLERS: dict[str, Handler] = {
     "drives.destroy": drives.destroy,
     "drives.read": drives.read,
     "drives.write": drives.write,
+    "drives.hash": drives.hash_range,
     "drives.image": drive_images.image,
     "drives.list_standard": drive_images.list_standard,
     "drives.info_standard": drive_images.info_standard,

@@ -14,6 +14,7 @@ from openhosting.api.responses import (
 )
 from openhosting.errors import FullError, UsageError
 from openhosting.services.drive_transfers import DriveWriter, ReadPlan
+from openhosting.storage.drive_hash import HASH_ALGORITHM
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 from openhosting.wire.sizes import parse_size
 
@@ -51,12 +52,42 @@ async def destroy(request: web.Request) -> None:
     platform_of(request).drives.destroy(user_of(request), _drive(request))
 
 
-async def read(request: web.Request) -> web.StreamResponse:
+def _range(request: web.Request) -> tuple[int, int | None]:
+    """The `/OFFSET[/SIZE]` of a read or hash: offset (default 0) and size (None: to the
+    end)."""
     offset = parse_size(request.match_info.get("offset", "0"), "offset")
     size_text = request.match_info.get("size")
-    length = parse_size(size_text, "size") if size_text is not None else None
+    return offset, parse_size(size_text, "size") if size_text is not None else None
+
+
+async def read(request: web.Request) -> web.StreamResponse:
+    offset, length = _range(request)
     with transfer_limiter_of(request).admit(user_of(request)):
         return await _read(request, offset, length)
+
+
+async def hash_range(request: web.Request) -> Properties:
+    """The SHA-256 of a range of the drive's bytes (decrypted), clamped to the drive's end as
+    a read is. It reads the whole range, so it counts as a transfer; its bytes are not sent,
+    so they are not counted as read."""
+    offset, length = _range(request)
+    with transfer_limiter_of(request).admit(user_of(request)):
+        plan = platform_of(request).drives.open_read(
+            user_of(request), _drive(request), offset, length
+        )
+        try:
+            digest = await plan.sha256()
+        finally:
+            plan.close()
+    return Properties(
+        {
+            "drive": plan.drive,
+            "offset": plan.offset,
+            "size": plan.count,
+            "algorithm": HASH_ALGORITHM,
+            "hash": digest,
+        }
+    )
 
 
 async def _read(request: web.Request, offset: int, length: int | None) -> web.StreamResponse:
