@@ -135,7 +135,7 @@ async def test_a_user_mode_guest_reaches_the_outside_but_nothing_of_its_host(
         log = await wait_for_log(serial_log(platform, server), LEASE_MARKER, timeout=BOOT_TIMEOUT)
         # The guest keeps user mode's address.
         assert " 10.0.2.15" in log.split(LEASE_MARKER, 1)[1].splitlines()[0]
-        console = await SerialConsole.open(platform.servers.run_dir(server) / "serial.sock")
+        console = await SerialConsole.open(platform.servers.run_dir(server) / "console.sock")
         try:
             # The outside world is reached, through passt, from the guest's own address.
             assert TOKEN in await console.run(probe(OUTSIDE_ADDRESS, OUTSIDE_PORT))
