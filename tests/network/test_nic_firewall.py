@@ -22,7 +22,7 @@ from openhosting.network.nic_firewall import (
     tap_rules,
     tap_ruleset,
 )
-from tests.integration.netns_helpers import network_namespace
+from tests.integration.netns_helpers import answer_from, network_namespace
 
 TABLE = "openhosting_block_oh_public"
 
@@ -94,19 +94,6 @@ for port in map(int, sys.argv[1:]):
 print("ready", flush=True)
 threading.Event().wait()
 """
-CLIENT = """\
-import socket, sys
-kind, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-try:
-    if kind == "tcp":
-        c = socket.create_connection((address, port), timeout=1)
-        print(c.recv(5).decode())
-    else:
-        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(1)
-        c.sendto(b"hi", (address, port)); print(c.recv(5).decode())
-except OSError as error:
-    print(type(error).__name__)
-"""
 
 
 def run(*argv: str) -> None:
@@ -164,12 +151,7 @@ def listening(wiring: Wiring) -> Iterator[None]:
 
 
 def answer(namespace: str, kind: str, address: str, port: int) -> str:
-    """What `address`:`port` answers from `namespace`: "hello", or the error's name."""
-    done = subprocess.run(
-        ["ip", "netns", "exec", namespace, sys.executable, "-c", CLIENT, kind, address, str(port)],
-        capture_output=True, text=True, timeout=20, check=True,
-    )  # fmt: skip
-    return done.stdout.strip()
+    return answer_from(namespace, kind, address, port)
 
 
 async def test_blocked_ports_are_unreachable_from_the_bridge_and_the_host_and_open_ones_answer(
