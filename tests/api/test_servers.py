@@ -42,6 +42,10 @@ async def stopped_server(client: TestClient, auth: dict[str, str], body: str = B
         (BASE + "boot ide:0:0", "boot"),
         (BASE + "ide:0:0 not-a-uuid", "ide:0:0"),
         (BASE + "nic:1:model e1000\nnic:1:vlan 00000000-0000-4000-8000-000000000000", "VLAN"),
+        (BASE + "nic:0:model e1000\nnic:0:block tcp/22 tcp/65536", "nic:0:block: 'tcp/65536'"),
+        (BASE + "nic:0:model e1000\nnic:0:block icmp/8", "nic:0:block: 'icmp/8'"),
+        (BASE + "nic:0:model e1000\nnic:0:block 90-80", "nic:0:block: '90-80'"),
+        (BASE + "nic:1:block tcp/22", "nic:1:block"),
     ],
 )
 async def test_invalid_configuration_is_a_usage_error_naming_the_key(
@@ -216,3 +220,32 @@ async def test_another_users_server_is_missing_for_every_command(
         await (await client.get(f"/servers/{server}/info", headers=auth)).text()
     )
     assert (info["name"], info["status"]) == ("s", "stopped")
+
+
+BLOCKED = "tcp/43594 tcp/5902 udp/5060 tcp/5900 tcp/5901 tcp/21 tcp/22 tcp/23 tcp/25 tcp/110"
+
+
+async def test_nic_block_is_shown_in_info_and_set_like_any_key(
+    client: TestClient, auth: dict[str, str], other_user: NewKey
+) -> None:
+    server = await stopped_server(client, auth, BASE + f"nic:0:model e1000\nnic:0:block {BLOCKED}")
+    info = parse_properties(
+        await (await client.get(f"/servers/{server}/info", headers=auth)).text()
+    )
+    assert info["nic:0:block"] == BLOCKED  # as the real service sent it, in its order
+    as_json = await client.post(
+        f"/servers/{server}/set",
+        data=json.dumps({"nic:0:block": ["udp/53", "8000-8100"]}),
+        headers={**auth, "Content-Type": "application/json", "Accept": "application/json"},
+    )
+    assert as_json.status == 200
+    assert (await as_json.json())["nic:0:block"] == "udp/53 8000-8100"
+    bad = await client.post(f"/servers/{server}/set", data="nic:0:block ssh", headers=auth)
+    assert bad.status == 400 and bad.headers["X-Elastic-Error"] == "usage"
+    assert "nic:0:block: 'ssh'" in await bad.text()
+    # Another user's server is missing, whatever the body.
+    other = basic_auth(other_user)
+    stranger = await client.post(f"/servers/{server}/set", data="nic:0:block 22", headers=other)
+    assert stranger.status == 404 and stranger.headers["X-Elastic-Error"] == "missing"
+    unset = await client.post(f"/servers/{server}/set", data="nic:0:block", headers=auth)
+    assert "nic:0:block" not in parse_properties(await unset.text())

@@ -5,6 +5,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -64,3 +65,29 @@ def link_names(namespace: str) -> set[str]:
         check=True, capture_output=True, text=True, timeout=10,
     ).stdout  # fmt: skip
     return {line.split(":")[1].strip().split("@")[0] for line in output.splitlines()}
+
+
+_CLIENT = """\
+import socket, sys
+kind, address, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+try:
+    if kind == "tcp":
+        c = socket.create_connection((address, port), timeout=timeout)
+        print(c.recv(5).decode())
+    else:
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(timeout)
+        c.sendto(b"hi", (address, port)); print(c.recv(5).decode())
+except OSError as error:
+    print(type(error).__name__)
+"""
+
+
+def answer_from(namespace: str, kind: str, address: str, port: int, timeout: float = 1.0) -> str:
+    """The first 5 characters `address`:`port` answers (`kind` tcp, or udp for a datagram
+    "hi"), asked from inside `namespace`; or the name of the error (e.g. TimeoutError)."""
+    argv = [sys.executable, "-c", _CLIENT, kind, address, str(port), str(timeout)]
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, *argv],
+        capture_output=True, text=True, timeout=timeout + 20, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()

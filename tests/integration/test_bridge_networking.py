@@ -17,7 +17,9 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config, load_config
 from openhosting.hypervisor import process
+from openhosting.network import nic_firewall
 from openhosting.network.driver import NicPlan
+from openhosting.network.nic_firewall import chain_name
 from openhosting.services.platform import Platform, open_platform
 from openhosting.services.server_network import default_mac
 from openhosting.wire.text import parse_properties
@@ -208,8 +210,8 @@ async def test_a_daemon_restart_keeps_what_running_servers_use_and_removes_the_r
     namespace: str,
 ) -> None:  # fmt: skip
     diskless = "cpu 500\nmem 64\nnic:0:model e1000\nnic:0:dhcp auto\npersistent true\n"
-    keeps = await create_server(client, auth, "name keeps\n" + diskless)
-    ends = await create_server(client, auth, "name ends\n" + diskless)
+    keeps = await create_server(client, auth, "name keeps\nnic:0:block tcp/22\n" + diskless)
+    ends = await create_server(client, auth, "name ends\nnic:0:block udp/53\n" + diskless)
     driver = bridge_platform.servers.networks.driver
     taps = {s["server"]: driver.tap_name(driver_plan(bridge_platform, s["server"]))
             for s in (keeps, ends)}  # fmt: skip
@@ -220,6 +222,10 @@ async def test_a_daemon_restart_keeps_what_running_servers_use_and_removes_the_r
     assert driver.dhcp.pid() is not None
     ended_vm = platform_vm_pid(bridge_platform, ends["server"])
     await kill_and_wait(ended_vm)  # a VM ends while no daemon watches
+    # Rules lost meanwhile (an operator's `nft flush ruleset`) are made again from the servers'.
+    table = nic_firewall.table_name(PUBLIC_BRIDGE)
+    subprocess.run(["ip", "netns", "exec", namespace, "nft", "delete", "table", "bridge", table],
+                   check=True, timeout=10)  # fmt: skip
 
     restarted = open_platform(config)
     try:
@@ -230,6 +236,10 @@ async def test_a_daemon_restart_keeps_what_running_servers_use_and_removes_the_r
         entries = restarted.servers.networks.driver.dhcp.entries()
         assert entries == {f"{keeps['server']}-0": (default_mac(keeps["server"], 0),
                                                     keeps["nic:0:dhcp:ip"])}  # fmt: skip
+        # The blocked ports of the running server are in force again, the other's gone.
+        blocks = blocked_ports(namespace)
+        assert chain_name(taps[keeps["server"]]) in blocks and "tcp dport 22 " in blocks
+        assert chain_name(taps[ends["server"]]) not in blocks
         vm = restarted.servers.lifecycle.vms[keeps["server"]]
         await vm.stop()
         assert link_names(namespace) == {"lo", PUBLIC_BRIDGE}
@@ -239,6 +249,16 @@ async def test_a_daemon_restart_keeps_what_running_servers_use_and_removes_the_r
         for vm in list(restarted.servers.lifecycle.vms.values()):
             await vm.kill()
         restarted.close()
+
+
+def blocked_ports(namespace: str) -> str:
+    """The `nic:N:block` table of the platform, as nft lists it."""
+    argv = ["nft", "list", "table", "bridge", nic_firewall.table_name(PUBLIC_BRIDGE)]
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, *argv],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    return done.stdout
 
 
 async def test_a_nic_without_dhcp_is_offered_no_address(

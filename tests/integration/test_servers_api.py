@@ -119,6 +119,12 @@ async def test_persistent_server_start_reset_shutdown_and_busy_drive(
         assert read_cpu_quota(platform.servers.lifecycle.cgroup, server) == 25_000
     refused = await client.post(f"/servers/{server}/set", data="mem 512", headers=auth)
     assert refused.status == 409
+    # nic:0:block is live too (user mode: nothing inbound reaches the guest anyway).
+    blocked = await client.post(f"/servers/{server}/set", data="nic:0:block tcp/22", headers=auth)
+    assert blocked.status == 200
+    assert parse_properties(await blocked.text())["nic:0:block"] == "tcp/22"
+    wrong = await client.post(f"/servers/{server}/set", data="nic:0:block tcp/0", headers=auth)
+    assert wrong.status == 400 and "nic:0:block" in await wrong.text()
 
     assert (await client.post(f"/servers/{server}/reset", headers=auth)).status == 204
     await wait_ready(platform, server, count=2)

@@ -1,5 +1,7 @@
 """The server configuration: every rule of docs/api.md §5, and the real request bodies."""
 
+import re
+
 import pytest
 
 from openhosting.errors import UsageError
@@ -79,7 +81,7 @@ def test_name_cpu_and_mem_are_required(key: str) -> None:
 
 def test_an_unknown_key_is_a_usage_error_naming_it() -> None:
     assert "'colour'" in usage_message({"colour": "blue"})
-    assert "'nic:0:block'" in usage_message({"nic:0:block": "tcp/22"})
+    assert "'nic:2:block'" in usage_message({"nic:2:block": "tcp/22"})
     assert "'nic:2:model'" in usage_message({"nic:2:model": "e1000"})
     assert "'ide:2:0'" in usage_message({"ide:2:0": DRIVE})
 
@@ -349,3 +351,51 @@ def test_offline_changes_are_those_a_running_server_cannot_take() -> None:
     ]
     # Sending back an unchanged value (as clients that post the whole configuration do) is fine.
     assert config.offline_changes({"mem": "1024", "ide:0:0": DRIVE, "vnc": "auto"}) == []
+
+
+INFO_ONLY = re.compile(r"server|user|status|started|rx|tx|.*:(bytes|requests|packets)|.*:dhcp:ip")
+
+
+@pytest.mark.parametrize("name", ["new_server.txt", "server2.txt"])
+def test_the_real_services_server_bodies_with_blocked_ports_parse_and_round_trip(
+    name: str,
+) -> None:
+    sample = read_sample(name)
+    config = ServerConfig.from_properties(
+        {key: value for key, value in sample.items() if not INFO_ONLY.fullmatch(key)}
+    )
+    [nic] = config.nics
+    assert [str(entry) for entry in nic.block][:3] == ["tcp/43594", "tcp/5902", "udp/5060"]
+    props = config.canonical_properties()
+    assert props["nic:0:block"] == sample["nic:0:block"]
+    assert ServerConfig.from_properties(props) == config
+    assert config.to_properties()["nic:0:block"] == sample["nic:0:block"]
+
+
+def test_nic_block_is_per_nic_and_needs_the_nic() -> None:
+    config = parse_keys(
+        {"nic:0:model": "e1000", "nic:0:block": "tcp/22 25", "nic:1:model": "virtio",
+         "nic:1:vlan": VLAN, "nic:1:block": "udp/53"}
+    )  # fmt: skip
+    assert [nic.index for nic in config.nics] == [0, 1]
+    assert config.canonical_properties()["nic:0:block"] == "tcp/22 25"
+    assert config.canonical_properties()["nic:1:block"] == "udp/53"
+    assert usage_message({"nic:1:block": "tcp/22"}) == "nic:1:block is set but nic:1:model is not"
+    assert "nic:0:block: 'tcp/70000'" in usage_message(
+        {"nic:0:model": "e1000", "nic:0:block": "tcp/22 tcp/70000"}
+    )
+    # An empty list blocks nothing and is not stored.
+    assert (
+        "nic:0:block"
+        not in parse_keys({"nic:0:model": "e1000", "nic:0:block": " "}).canonical_properties()
+    )
+
+
+def test_nic_block_changes_live_and_goes_with_its_nic() -> None:
+    config = parse_keys({"nic:0:model": "e1000", "nic:0:block": "tcp/22"})
+    assert config.offline_changes({"nic:0:block": "tcp/22 udp/53", "name": "x"}) == []
+    assert config.offline_changes({"nic:0:model": "virtio"}) == ["nic:0:model"]
+    changed = config.merge({"nic:0:block": "udp/53"})
+    assert changed.canonical_properties()["nic:0:block"] == "udp/53"
+    assert "nic:0:block" not in config.merge({"nic:0:block": ""}).canonical_properties()
+    assert config.merge({"nic:0:model": ""}).nics == ()

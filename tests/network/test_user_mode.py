@@ -51,6 +51,8 @@ def test_passt_never_maps_the_gateway_to_the_host_and_ends_with_its_vm() -> None
     # DNS: the guest asks 10.0.2.3, which passt forwards to the host's resolver.
     assert argv[argv.index("--dns") + 1] == argv[argv.index("--dns-forward") + 1] == "10.0.2.3"
     assert argv[-2:] == ["--runas", "nobody"]
+    # No port forwarded inbound: a user-mode guest's ports are all closed (nic:N:block).
+    assert argv[argv.index("--tcp-ports") + 1] == argv[argv.index("--udp-ports") + 1] == "none"
     assert "--runas" not in build_passt_argv(files, DEFAULT_ADDRESSING, None)
 
 

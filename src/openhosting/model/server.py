@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from openhosting.errors import UsageError
+from openhosting.model.port_block import BlockedPorts, format_block_list, parse_block_list
 
 CPU_MHZ_RANGE = (1, 64000)  # the low end is 1: libcloud sets `cpu 2` (compat case 19)
 SMP_RANGE = (1, 64)
@@ -26,15 +27,17 @@ MEDIA = ("disk", "cdrom")
 ALIASES = {"vnc": "vnc:ip", "password": "vnc:password"}
 REQUIRED = ("name", "cpu", "mem")
 # What `set` may change while the server runs (docs/api.md §5); user:* keys too.
-LIVE_KEYS = frozenset({"name", "cpu", "persistent", "tags", "vnc:password"})
+LIVE_KEYS = frozenset(
+    {"name", "cpu", "persistent", "tags", "vnc:password", "nic:0:block", "nic:1:block"}
+)
 
 _SLOT = re.compile(r"ide:[01]:[01]|scsi:0:[0-7]|block:[0-7]")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _DIGITS = re.compile(r"[0-9]+")
 _NIC_KEYS = {
-    0: ("nic:0:model", "nic:0:dhcp", "nic:0:mac"),
-    1: ("nic:1:model", "nic:1:vlan", "nic:1:mac"),
+    0: ("nic:0:model", "nic:0:dhcp", "nic:0:mac", "nic:0:block"),
+    1: ("nic:1:model", "nic:1:vlan", "nic:1:mac", "nic:1:block"),
 }
 _PLAIN_KEYS = frozenset(
     {"name", "cpu", "smp", "mem", "persistent", "boot", "tags", "vnc:ip", "vnc:password", "vnc:tls"}
@@ -60,6 +63,7 @@ class NicConfig:
     mac: str | None = None
     dhcp: str | None = None  # "auto" or an IPv4 address; None: no address offered
     vlan: str | None = None  # a VLAN resource UUID
+    block: tuple[BlockedPorts, ...] = ()  # inbound ports refused (`nic:N:block`)
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,8 @@ class ServerConfig:
             for field, value in (("dhcp", nic.dhcp), ("vlan", nic.vlan), ("mac", nic.mac)):
                 if value is not None:
                     props[f"{prefix}:{field}"] = value
+            if nic.block:
+                props[f"{prefix}:block"] = format_block_list(nic.block)
         if self.vnc_ip is not None:
             props["vnc:ip"] = self.vnc_ip
         if self.vnc_password is not None:
@@ -331,9 +337,9 @@ def _parse_boot(values: Mapping[str, str], attached: set[str]) -> tuple[str, ...
 
 def _parse_nics(values: Mapping[str, str]) -> tuple[NicConfig, ...]:
     nics: list[NicConfig] = []
-    for index, (model_key, address_key, mac_key) in _NIC_KEYS.items():
+    for index, (model_key, address_key, mac_key, block_key) in _NIC_KEYS.items():
         if model_key not in values:
-            for key in (address_key, mac_key):
+            for key in (address_key, mac_key, block_key):
                 if key in values:
                     raise UsageError(f"{key} is set but {model_key} is not")
             continue
@@ -347,6 +353,7 @@ def _parse_nics(values: Mapping[str, str]) -> tuple[NicConfig, ...]:
                 vlan=_parse_uuid(values, address_key)
                 if index == 1 and address_key in values
                 else None,
+                block=parse_block_list(values.get(block_key, ""), block_key),
             )
         )
     return tuple(nics)

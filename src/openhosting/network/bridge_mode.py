@@ -6,7 +6,8 @@ own on the host (across hosts it would become a VXLAN bridge). Taps are made bef
 starts and removed after it ends; a VLAN bridge lives while a tap is on it. Every link made
 here is marked (see `links.LINK_MARKER`); the public bridge is left alone when an operator
 made it. One lock serialises every change, so a VLAN bridge is never removed while another
-server is being attached to it.
+server is being attached to it. The inbound ports a NIC blocks (`nic:N:block`) are dropped
+on its tap (see nic_firewall.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from openhosting.network.bridge_fence import BridgeFence
 from openhosting.network.dnsmasq import DhcpServer, DhcpSpec
 from openhosting.network.driver import Backend, NicPlan
 from openhosting.network.links import IFNAMSIZ, Counters, Links, check_ifname
+from openhosting.network.nic_firewall import NicFirewall
 from openhosting.network.pool import AddressPool, PoolError
 from openhosting.network.vnc_overlay import VncOverlay
 
@@ -66,6 +68,7 @@ class BridgeNetwork:
         self._lock = asyncio.Lock()
         self._vnc = VncOverlay(settings.namespace, self._public)
         self._fence = BridgeFence(settings.namespace, self._public, self._tap_prefix)
+        self._firewall = NicFirewall(settings.namespace, self._public)
 
     @property
     def dhcp(self) -> DhcpServer:
@@ -127,6 +130,8 @@ class BridgeNetwork:
                     if nic.vlan is not None:
                         await self._links.ensure_bridge(self.vlan_bridge(nic.vlan))
                     done.append(nic)
+                    # The blocked ports first: the tap never carries a frame they refuse.
+                    await self._firewall.block(self.tap_name(nic), nic.block)
                     await self._links.add_tap(self.tap_name(nic), self.bridge_of(nic))
                     if nic.address is not None:
                         await self._dhcp.add_entry(self.entry_name(nic), nic.mac, nic.address)
@@ -144,6 +149,7 @@ class BridgeNetwork:
         for nic in nics:
             self._dhcp.remove_entry(self.entry_name(nic))
             await self._links.delete(self.tap_name(nic))
+            await self._firewall.unblock(self.tap_name(nic))
         vlans = {self.vlan_bridge(nic.vlan) for nic in nics if nic.vlan is not None}
         if vlans:
             await self._remove_idle_vlan_bridges(vlans)
@@ -160,6 +166,10 @@ class BridgeNetwork:
                 and (only is None or link.name in only)
             ):
                 await self._links.delete(link.name)
+
+    async def block(self, nic: NicPlan) -> None:
+        async with self._lock:
+            await self._firewall.block(self.tap_name(nic), nic.block)
 
     async def counters(self, nics: Sequence[NicPlan]) -> Counters:
         if not nics or not self._links.namespace_exists():
@@ -194,6 +204,7 @@ class BridgeNetwork:
                     assert nic.address is not None
                     await self._dhcp.add_entry(name, nic.mac, nic.address)
             taps = {self.tap_name(nic) for nic in active}
+            await self._firewall.replace_all({self.tap_name(nic): nic.block for nic in active})
             for link in (await self._links.all()).values():
                 if self._is_our_tap(link.name, link.ours) and link.name not in taps:
                     await self._links.delete(link.name)
@@ -208,6 +219,7 @@ class BridgeNetwork:
                 return  # the namespace, and every link in it, is gone already
             await self._vnc.remove()
             await self._fence.remove()
+            await self._firewall.remove()
             await self._remove_our_links()
             shutil.rmtree(self._dhcp.spec.directory, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from openhosting.hypervisor.argv import Netdev
+from openhosting.model.port_block import BlockedPorts
 from openhosting.network.links import Counters
 
 Backend = Netdev
@@ -21,14 +22,15 @@ Backend = Netdev
 
 @dataclass(frozen=True)
 class NicPlan:
-    """NIC `index` of `server`: its MAC, its VLAN (None: the public network) and the
-    address DHCP offers it (None: none)."""
+    """NIC `index` of `server`: its MAC, its VLAN (None: the public network), the
+    address DHCP offers it (None: none) and the inbound ports blocked on it."""
 
     server: str
     index: int
     mac: str
     vlan: str | None = None
     address: str | None = None
+    block: tuple[BlockedPorts, ...] = ()
 
 
 class NetworkDriver(Protocol):
@@ -52,12 +54,16 @@ class NetworkDriver(Protocol):
         ...
 
     async def attach(self, nics: Sequence[NicPlan]) -> dict[int, Backend]:
-        """Make the NICs of one server ready to start; their QEMU backends by index.
-        Undone by itself if it fails half-way."""
+        """Make the NICs of one server ready to start (their blocked ports in force before
+        the guest runs); their QEMU backends by index. Undone by itself if it fails half-way."""
         ...
 
     async def detach(self, nics: Sequence[NicPlan]) -> None:
         """Remove what `attach` made for these NICs; idempotent."""
+        ...
+
+    async def block(self, nic: NicPlan) -> None:
+        """Make `nic.block` the inbound ports blocked on an attached NIC, at once."""
         ...
 
     async def counters(self, nics: Sequence[NicPlan]) -> Counters:
@@ -65,8 +71,9 @@ class NetworkDriver(Protocol):
         ...
 
     async def reconcile(self, active: Sequence[NicPlan]) -> None:
-        """After a daemon restart: keep what `active` NICs use, remove every other thing of
-        ours (taps and entries of servers that ended meanwhile, idle VLAN bridges)."""
+        """After a daemon restart: keep what `active` NICs use (their blocked ports as they
+        say), remove every other thing of ours (taps and entries of servers that ended
+        meanwhile, idle VLAN bridges)."""
         ...
 
     async def open_vnc(self, guest: str, port: int) -> bool:

@@ -86,6 +86,10 @@ def build_passt_argv(
         "--dns", str(addressing.dns),
         "--dns-forward", str(addressing.dns),
         "--no-dhcp-search",
+        # Nothing inbound: no port of the host leads to the guest (passt's default, said
+        # here because docs/networking.md promises it: `nic:N:block` has nothing to add).
+        "--tcp-ports", "none",
+        "--udp-ports", "none",
     ]  # fmt: skip
     if run_as:
         argv += ["--runas", run_as]

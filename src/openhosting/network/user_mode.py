@@ -4,7 +4,9 @@ no tap, no DHCP server on the host.
 The guest is given 10.0.2.15 behind 10.0.2.2 with name server 10.0.2.3, as QEMU's built-in
 user mode gave; a NIC that holds an IP resource is given that address instead, in the pool's
 subnet behind the pool's gateway (inside passt only: it is not reachable from outside, as
-nothing in user mode is). There are no per-NIC counters and no VLANs.
+nothing in user mode is). There are no per-NIC counters and no VLANs, and `nic:N:block` has
+nothing left to block: passt forwards no port inbound (see passt.py), so every inbound port of
+a user-mode guest is closed already.
 
 A guest reaches the outside world and nothing of its host: passt never maps the gateway to
 the host's loopback (QEMU 7.2's built-in slirp always does, and its only switch, `restrict`,
@@ -134,6 +136,9 @@ class UserNetwork:
     async def detach(self, nics: Sequence[NicPlan]) -> None:
         for nic in nics:
             await passt.stop(self._files(nic))
+
+    async def block(self, nic: NicPlan) -> None:
+        return None  # passt forwards no port to the guest: nothing inbound reaches it
 
     async def counters(self, nics: Sequence[NicPlan]) -> Counters:
         return Counters()  # passt counts nothing per NIC that we could read

@@ -207,7 +207,9 @@ class ServerLifecycle:
 
     async def reconfigure(self, vm: RunningVm, current: ServerConfig, merged: ServerConfig) -> None:
         """Apply to a running VM what a `set` may change live: its CPU quota, its VNC
-        password."""
+        password, the ports its NICs block."""
+        if [nic.block for nic in merged.nics] != [nic.block for nic in current.nics]:
+            await self._networks.block(vm.uuid, merged)
         if merged.cpu != current.cpu:
             await self._limit_cpu(vm, merged.cpu)
         if merged.vnc_password != current.vnc_password:
@@ -315,6 +317,7 @@ class ServerLifecycle:
         await self._networks.start()
         with self._engine.connect() as connection:
             rows = server_store.servers_with_status(connection, "active")
+        adopted: dict[str, ServerConfig] = {}
         for row in rows:
             uuid = row["uuid"]
             run_dir = self.run_dir(uuid)
@@ -333,6 +336,7 @@ class ServerLifecycle:
                 vm.started = float(row["started_at"] or 0)
                 self.vms[uuid] = vm
                 config = ServerConfig.from_properties(json.loads(row["config"]))
+                adopted[uuid] = config
                 try:
                     # Placed again: threads may have been moved meanwhile, or placed by an
                     # older daemon with the quota on the whole process.
@@ -347,7 +351,7 @@ class ServerLifecycle:
             # QEMU removes its pidfile when it exits cleanly; one left behind means a crash.
             crashed = (run_dir / "qemu.pid").exists()
             await self.vm_exited(uuid, "crash" if crashed else SHUTDOWN)
-        await self._networks.recover(set(self.vms))
+        await self._networks.recover({u: c for u, c in adopted.items() if u in self.vms})
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they keep running for the next daemon."""

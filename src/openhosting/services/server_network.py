@@ -9,8 +9,10 @@ its MAC on its network (unique per network). The rows are what releases an addre
 makes a resource busy, and what the driver keeps after a daemon restart.
 """
 
+import dataclasses
 import hashlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -185,11 +187,18 @@ class ServerNetworks:
                     f"nic:{nic.index}:dhcp: IP {nic.dhcp} is in use by active server {holder}"
                 )
             address = nic.dhcp
-        return NicPlan(server, nic.index, mac, vlan=nic.vlan, address=address)
+        return NicPlan(server, nic.index, mac, vlan=nic.vlan, address=address, block=nic.block)
 
     def plans_of(self, server: str) -> list[NicPlan]:
         with self._engine.connect() as connection:
             return [_plan_of(row) for row in resource_store.nics_of(connection, server)]
+
+    async def block(self, server: str, config: ServerConfig) -> None:
+        """A running server's `nic:N:block` changed: its NICs block what `config` says."""
+        blocks = {nic.index: nic.block for nic in config.nics}
+        for plan in self.plans_of(server):
+            await self.driver.block(dataclasses.replace(plan, block=blocks.get(plan.index, ())))
+        log.info("event=ports_blocked server=%s", server)
 
     async def release(self, server: str) -> None:
         """The server stopped: take its links down and let go of its addresses."""
@@ -237,14 +246,20 @@ class ServerNetworks:
         """Set up what every server needs (in bridge mode: the public bridge and dnsmasq)."""
         await self.driver.start()
 
-    async def recover(self, running: set[str]) -> None:
+    async def recover(self, running: Mapping[str, ServerConfig]) -> None:
         """After the VMs were adopted: forget the NICs of servers that no longer run, and
-        have the driver keep exactly what the running ones use."""
+        have the driver keep exactly what the running ones (with these configurations)
+        use."""
         with self._engine.begin() as connection:
             rows = resource_store.all_nics(connection)
-            for server in {row["server"] for row in rows} - running:
+            for server in {row["server"] for row in rows} - set(running):
                 resource_store.delete_nics(connection, server)
-        await self.driver.reconcile([_plan_of(row) for row in rows if row["server"] in running])
+        plans = []
+        for row in rows:
+            if (config := running.get(row["server"])) is not None:
+                blocks = {nic.index: nic.block for nic in config.nics}
+                plans.append(dataclasses.replace(_plan_of(row), block=blocks.get(row["nic"], ())))
+        await self.driver.reconcile(plans)
 
     async def close(self) -> None:
         with self._engine.connect() as connection:
