@@ -100,6 +100,9 @@ class PasstCounters:
         """Counting needs root (cgroups, nftables) and a cgroup v2 hierarchy."""
         return os.geteuid() == 0 and self._root is not None
 
+    def table_of(self, files: PasstFiles) -> str:
+        return table_name(self._tag, files)
+
     def group_of(self, files: PasstFiles) -> Path:
         assert self._root is not None
         return self._root / GROUP_DIR / f"{self._tag}-{files.stem}"
@@ -124,7 +127,7 @@ class PasstCounters:
         group = self.group_of(files)
         relative = group.relative_to(self._mount)
         level = len(group.relative_to(self._root or self._mount).parts)
-        ruleset = counter_ruleset(table_name(self._tag, files), str(relative), level)
+        ruleset = counter_ruleset(self.table_of(files), str(relative), level)
         await run_command([NFT_BINARY, "-f", "-"], stdin=ruleset)
 
     async def counters(self, files: PasstFiles) -> Counters:
@@ -132,7 +135,7 @@ class PasstCounters:
             return Counters()
         try:
             text = await run_command(
-                [NFT_BINARY, "-j", "list", "table", "inet", table_name(self._tag, files)]
+                [NFT_BINARY, "-j", "list", "table", "inet", self.table_of(files)]
             )
         except NetworkError:
             return Counters()  # not counted (yet): its passt is starting or gone
@@ -143,7 +146,7 @@ class PasstCounters:
         if not self.available:
             return
         try:
-            await run_command([NFT_BINARY, "delete", "table", "inet", table_name(self._tag, files)])
+            await run_command([NFT_BINARY, "delete", "table", "inet", self.table_of(files)])
         except NetworkError as error:
             if "No such file" not in str(error):
                 raise
