@@ -1,6 +1,8 @@
 """Folding a guest's block counters into its drives' I/O counters: the arithmetic (pure), and
 the fold on a real SQLite database (each byte counted once, whatever folds repeat)."""
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,8 +10,10 @@ import pytest
 from sqlalchemy import Engine
 
 from openhosting.hypervisor.monitor import BlockStats
+from openhosting.services import server_lifecycle
 from openhosting.services.drives import drive_info
 from openhosting.services.guest_io import ZERO, fold, fold_guest_io
+from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
 from openhosting.store import servers as server_store
 from openhosting.store import users as user_store
@@ -124,3 +128,49 @@ def test_a_server_no_longer_holding_the_drive_adds_nothing(engine: Engine) -> No
     # The VM ended (its claims went) between the reading and the fold.
     fold_guest_io(engine, {SERVER: {"ide:0:0": BlockStats(4096, 8, 512, 1)}})
     assert counters(engine, DRIVE) == (1000, 1, 0, 0)
+
+
+# -- from the running VMs --------------------------------------------------------------------
+
+
+class AnsweringVm:
+    def __init__(self, uuid: str, stats: dict[str, BlockStats]) -> None:
+        self.uuid, self._stats = uuid, stats
+
+    async def blockstats(self) -> dict[str, BlockStats]:
+        return self._stats
+
+
+class StuckVm(AnsweringVm):
+    async def blockstats(self) -> dict[str, BlockStats]:
+        await asyncio.sleep(3600)  # a monitor that never answers
+        raise AssertionError("unreachable")
+
+
+async def test_a_vm_whose_monitor_is_stuck_holds_no_fold_and_the_others_still_count(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_lifecycle, "GUEST_IO_QUERY_SECONDS", 0.2)
+    lifecycle = platform.servers.lifecycle
+    with platform.engine.begin() as connection:
+        user_store.insert_user(connection, uuid=USER, key_hash="0" * 64, created_at=0)
+        drive_store.insert_drive(
+            connection, uuid=DRIVE, user=USER, size=1 << 20, cipher="none", created_at=0
+        )
+        for server in (SERVER, OTHER_SERVER):
+            server_store.insert_server(connection, uuid=server, user=USER, config="{}",
+                                       created_at=0)  # fmt: skip
+    start(platform.engine, SERVER, [(DRIVE, "ide:0:0")])
+    start(platform.engine, OTHER_SERVER, [(DRIVE, "ide:0:0")])
+    lifecycle.vms[SERVER] = StuckVm(SERVER, {})  # type: ignore[assignment]
+    lifecycle.vms[OTHER_SERVER] = AnsweringVm(  # type: ignore[assignment]
+        OTHER_SERVER, {"ide:0:0": BlockStats(512, 1, 0, 0)}
+    )
+    try:
+        began = time.monotonic()
+        await asyncio.wait_for(lifecycle.fold_guest_io(), 5)
+        await asyncio.wait_for(lifecycle.fold_guest_io(SERVER), 5)  # as a stop does first
+        assert time.monotonic() - began < 2
+    finally:
+        lifecycle.vms.clear()
+    assert counters(platform.engine, DRIVE) == (512, 1, 0, 0)
