@@ -2,10 +2,12 @@
 an in-process API client."""
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from openhosting.config import Config, load_config
 from openhosting.hypervisor import process
 from openhosting.network import passt
 from openhosting.network.guest_fence import table_name
+from openhosting.network.passt_counters import PasstCounters
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 from tests.disk_tmp import disk_directory
@@ -76,9 +79,19 @@ def kill_leftover_vms(run_path: Path) -> None:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
     passt_dir = run_path / "network" / "passt"
+    counting = PasstCounters(passt_dir)
     for files in passt.running_files(passt_dir) if passt_dir.exists() else []:
         if (pid := passt.adopt(files)) is not None:
             os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5  # its cgroup empties once it is gone
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if counting.available:  # the NIC's counting table and cgroup
+            nic_table = ["nft", "delete", "table", "inet", counting.table_of(files)]
+            subprocess.run(nic_table, check=False, capture_output=True, timeout=10)
+            with contextlib.suppress(OSError):
+                counting.group_of(files).rmdir()
+                counting.group_of(files).parent.rmdir()  # unless other NICs' are in it
     if os.geteuid() == 0:
         table = ["nft", "delete", "table", "inet", table_name(passt_dir)]
         subprocess.run(table, check=False, capture_output=True, timeout=10)

@@ -38,6 +38,7 @@ OUTSIDE_PORT = 8080
 TOKEN = "outside-world-reached-7c1f"
 BANNER = b"HOST-ONLY-SERVICE\n"
 BOOT_TIMEOUT = 120
+BULK_BYTES = 32 * 1024
 
 
 def set_network_namespace(path: str) -> None:
@@ -70,6 +71,7 @@ def host_and_outside(tmp_path: Path) -> Iterator[None]:
         site = tmp_path / "site"
         site.mkdir()
         (site / "token.txt").write_text(TOKEN + "\n")
+        (site / "bulk.txt").write_text("x" * BULK_BYTES)
         server = subprocess.Popen(
             ["ip", "netns", "exec", outside, sys.executable, "-m", "http.server",
              str(OUTSIDE_PORT), "--bind", OUTSIDE_ADDRESS, "--directory", str(site)],
@@ -139,6 +141,20 @@ async def test_a_user_mode_guest_reaches_the_outside_but_nothing_of_its_host(
         try:
             # The outside world is reached, through passt, from the guest's own address.
             assert TOKEN in await console.run(probe(OUTSIDE_ADDRESS, OUTSIDE_PORT))
+
+            # The NIC's counters count what the guest moved (issue 18, item 5).
+            before = await server_info(client, auth, server)
+            request = "GET /bulk.txt HTTP/1.0\\r\\n\\r\\n"
+            fetched = await console.run(
+                f"printf '{request}' | nc -w 4 {OUTSIDE_ADDRESS} {OUTSIDE_PORT} | wc -c"
+            )
+            received = int(fetched.split()[-1])
+            assert received > BULK_BYTES, fetched
+            after = await server_info(client, auth, server)
+            assert int(after["rx"]) - int(before["rx"]) >= received
+            assert int(after["tx"]) - int(before["tx"]) >= len("GET /bulk.txt HTTP/1.0")
+            assert int(after["rx:packets"]) > int(before["rx:packets"])
+            assert int(after["tx:packets"]) > int(before["tx:packets"])
 
             # The gateway is not the host's loopback (QEMU's slirp maps 10.0.2.2 to it).
             reached = {

@@ -117,10 +117,24 @@ def _is_passt_of(pid: int, files: PasstFiles) -> bool:
     return any(a == b"--socket" and b == socket for a, b in itertools.pairwise(cmdline))
 
 
-async def start(files: PasstFiles, addressing: GuestAddressing, run_as: str | None) -> int:
+def in_cgroup(argv: list[str], cgroup_procs: Path) -> list[str]:
+    """`argv` run in the cgroup of `cgroup_procs` from its first instruction on, so every
+    socket it opens belongs there (pure). The shell joins, then becomes the program."""
+    return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup_procs), *argv]
+
+
+async def start(
+    files: PasstFiles,
+    addressing: GuestAddressing,
+    run_as: str | None,
+    cgroup_procs: Path | None = None,
+) -> int:
     """Start the NIC's passt and return its pid once its socket listens (passt daemonizes
-    after binding it). A passt already serving this NIC is stopped first."""
+    after binding it), in the cgroup of `cgroup_procs` if given. A passt already serving this
+    NIC is stopped first."""
     argv = build_passt_argv(files, addressing, run_as)
+    if cgroup_procs is not None:
+        argv = in_cgroup(argv, cgroup_procs)
     await stop(files)
     try:
         process = await asyncio.create_subprocess_exec(
@@ -131,7 +145,7 @@ async def start(files: PasstFiles, addressing: GuestAddressing, run_as: str | No
             start_new_session=True,
         )
     except OSError as error:
-        raise NetworkError(f"cannot run {argv[0]} (Debian package passt): {error}") from None
+        raise NetworkError(f"cannot run {PASST_BINARY} (Debian package passt): {error}") from None
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), START_TIMEOUT)
     except TimeoutError:

@@ -4,9 +4,10 @@ no tap, no DHCP server on the host.
 The guest is given 10.0.2.15 behind 10.0.2.2 with name server 10.0.2.3, as QEMU's built-in
 user mode gave; a NIC that holds an IP resource is given that address instead, in the pool's
 subnet behind the pool's gateway (inside passt only: it is not reachable from outside, as
-nothing in user mode is). There are no per-NIC counters and no VLANs, and `nic:N:block` has
-nothing left to block: passt forwards no port inbound (see passt.py), so every inbound port of
-a user-mode guest is closed already.
+nothing in user mode is). Each NIC's traffic is counted by the host's kernel on passt's
+sockets (see passt_counters.py). There are no VLANs, and `nic:N:block` has nothing left to
+block: passt forwards no port inbound (see passt.py), so every inbound port of a user-mode
+guest is closed already.
 
 A guest reaches the outside world and nothing of its host: passt never maps the gateway to
 the host's loopback (QEMU 7.2's built-in slirp always does, and its only switch, `restrict`,
@@ -32,6 +33,7 @@ from openhosting.network.errors import NetworkError
 from openhosting.network.guest_fence import GuestFence, table_name
 from openhosting.network.links import Counters
 from openhosting.network.passt import GuestAddressing, PasstFiles
+from openhosting.network.passt_counters import PasstCounters
 from openhosting.network.pool import AddressPool
 
 log = logging.getLogger("openhosting.network")
@@ -76,6 +78,7 @@ class UserNetwork:
         self._directory = run_dir / "passt"
         self._run_as = run_as
         self._fence = GuestFence(table_name(self._directory))
+        self._counters = PasstCounters(self._directory)
         self._warned = False  # that guests are not fenced off the host (no root), once
 
     def guest_address(self, nic: NicPlan) -> str | None:
@@ -127,27 +130,47 @@ class UserNetwork:
         async with AsyncExitStack() as undo:
             for nic in nics:
                 files = self._files(nic)
-                undo.push_async_callback(passt.stop, files)
-                await passt.start(files, self.addressing(nic), account.pw_name if account else None)
+                undo.push_async_callback(self._stop, files)
+                cgroup_procs = self._counters.prepare(files)
+                await self._counters.watch(files)  # from passt's first packet on
+                await passt.start(
+                    files,
+                    self.addressing(nic),
+                    account.pw_name if account else None,
+                    cgroup_procs=cgroup_procs,
+                )
                 backends[nic.index] = StreamNetdev(files.socket)
             undo.pop_all()
         return backends
 
+    async def _stop(self, files: PasstFiles) -> None:
+        await passt.stop(files)
+        await self._counters.forget(files)
+
     async def detach(self, nics: Sequence[NicPlan]) -> None:
         for nic in nics:
-            await passt.stop(self._files(nic))
+            await self._stop(self._files(nic))
 
     async def block(self, nic: NicPlan) -> None:
         return None  # passt forwards no port to the guest: nothing inbound reaches it
 
     async def counters(self, nics: Sequence[NicPlan]) -> Counters:
-        return Counters()  # passt counts nothing per NIC that we could read
+        total = Counters()
+        for nic in nics:
+            nic_counters = await self._counters.counters(self._files(nic))
+            total = Counters(
+                rx_bytes=total.rx_bytes + nic_counters.rx_bytes,
+                tx_bytes=total.tx_bytes + nic_counters.tx_bytes,
+                rx_packets=total.rx_packets + nic_counters.rx_packets,
+                tx_packets=total.tx_packets + nic_counters.tx_packets,
+            )
+        return total
 
     async def reconcile(self, active: Sequence[NicPlan]) -> None:
         keep = {(nic.server, nic.index) for nic in active}
         for files in passt.running_files(self._directory):
             if (files.server, files.index) not in keep:
-                await passt.stop(files)
+                await self._stop(files)
 
     async def close(self, idle: bool) -> None:
         if not idle:

@@ -38,6 +38,7 @@ from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
 from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.events import EventBus
+from openhosting.services.guest_io import fold_guest_io
 from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_logs import ServerLogs
 from openhosting.services.server_network import ServerNetworks
@@ -45,6 +46,12 @@ from openhosting.services.vm_specs import HostVmSettings, VmPlan, build_vm_spec
 from openhosting.store import servers as server_store
 
 log = logging.getLogger("openhosting.servers")
+
+# How often what running guests did to their drives reaches the drives' counters. A VM that
+# ends by itself (guest power-off, crash) takes the I/O since the last fold with it; a stop,
+# destroy or daemon stop folds first.
+GUEST_IO_FOLD_SECONDS = 30.0
+GUEST_IO_QUERY_SECONDS = 2.0
 
 
 def qemu_user(setting: str) -> pwd.struct_passwd | None:
@@ -252,6 +259,28 @@ class ServerLifecycle:
             tx_packets=traffic.tx_packets,
         )
 
+    async def fold_guest_io(self, uuid: str | None = None) -> None:
+        """Add what the guest of `uuid` (or of every running VM) read and wrote since the
+        last fold to its drives' I/O counters (see services/guest_io.py)."""
+        vms = [self.vms[uuid]] if uuid in self.vms else [] if uuid else list(self.vms.values())
+        readings = {}
+        for vm in vms:
+            try:
+                # Short: a stop or destroy waits for it, and a stuck monitor must not hold
+                # them (their own `quit` then times out and kills).
+                async with asyncio.timeout(GUEST_IO_QUERY_SECONDS):
+                    readings[vm.uuid] = await vm.blockstats()
+            except (HypervisorError, TimeoutError):
+                continue  # the VM is going away; the last fold holds what it did before
+        if readings:
+            fold_guest_io(self._engine, readings)
+
+    async def fold_guest_io_every(self, interval: float = GUEST_IO_FOLD_SECONDS) -> None:
+        """Fold the running guests' I/O every `interval` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.fold_guest_io()
+
     # -- end -------------------------------------------------------------------------
 
     async def vm_exited(self, uuid: str, how: str) -> None:
@@ -354,7 +383,9 @@ class ServerLifecycle:
         await self._networks.recover({u: c for u, c in adopted.items() if u in self.vms})
 
     async def close(self) -> None:
-        """Let go of every VM without stopping it: they keep running for the next daemon."""
+        """Let go of every VM without stopping it: they keep running for the next daemon,
+        which folds their I/O from where this one left it."""
+        await self.fold_guest_io()
         for vm in list(self.vms.values()):
             await vm.detach()
         self.vms.clear()

@@ -283,6 +283,7 @@ class Servers:
             self._get(user, uuid)
             vm = self._vms.get(uuid)
             if vm is not None:
+                await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
                 await vm.stop(self._settings.stop_timeout)
 
     async def shutdown(self, user: str, uuid: str) -> None:
@@ -290,6 +291,8 @@ class Servers:
             self._get(user, uuid)
             vm = self._vms.get(uuid)
             if vm is not None:
+                # The guest powers off by itself: what it does from here to its end is lost.
+                await self.lifecycle.fold_guest_io(uuid)
                 await vm.powerdown()
 
     async def reset(self, user: str, uuid: str) -> None:
@@ -305,6 +308,7 @@ class Servers:
             self._get(user, uuid)
             vm = self._vms.get(uuid)
             if vm is not None:
+                await self.lifecycle.fold_guest_io(uuid)
                 await vm.stop(self._settings.stop_timeout)
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))

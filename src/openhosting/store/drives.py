@@ -73,3 +73,31 @@ def claims_on_many(connection: Connection, uuids: list[str]) -> dict[str, list[d
         for row in connection.execute(query).mappings():
             result[row["drive"]].append(dict(row))
     return result
+
+
+# A drive's I/O counters, by their column names; a guest claim keeps the same with `guest_`.
+IO_COUNTERS = ("read_bytes", "read_requests", "write_bytes", "write_requests")
+
+
+def guest_claims_of(connection: Connection, server: str) -> list[dict[str, Any]]:
+    """The claims `server` holds on drives, with how much of its guest's I/O each has added
+    to its drive (`guest_read_bytes`, ...)."""
+    query = select(claims).where(claims.c.kind == "guest", claims.c.holder == server)
+    return [dict(row) for row in connection.execute(query.order_by(claims.c.id)).mappings()]
+
+
+def add_guest_io(
+    connection: Connection, claim: int, drive: str, delta: dict[str, int], mark: dict[str, int]
+) -> None:
+    """Add `delta` (by counter name) to the drive's I/O counters and set the claim's mark to
+    `mark`: in the caller's transaction, so the two never disagree."""
+    connection.execute(
+        update(drives)
+        .where(drives.c.uuid == drive)
+        .values({drives.c[name]: drives.c[name] + delta[name] for name in IO_COUNTERS})
+    )
+    connection.execute(
+        update(claims)
+        .where(claims.c.id == claim)
+        .values({claims.c[f"guest_{name}"]: mark[name] for name in IO_COUNTERS})
+    )

@@ -85,6 +85,13 @@ claims = Table(
     Column("holder", String(36), nullable=False),
     Column("device", String(32), nullable=False, server_default=""),
     Column("exclusive", Boolean, nullable=False),
+    # For a `guest` claim: how much of what the server's QEMU counted for this drive since it
+    # started is already in the drive's I/O counters (services/guest_io.py). A claim is made
+    # at each VM start, when QEMU's counters are 0, and outlives a daemon restart with its VM.
+    Column("guest_read_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("guest_read_requests", BigInteger, nullable=False, server_default="0"),
+    Column("guest_write_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("guest_write_requests", BigInteger, nullable=False, server_default="0"),
     Index("claims_by_drive", "drive"),
 )
 
