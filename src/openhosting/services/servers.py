@@ -36,6 +36,7 @@ from openhosting.services.resources import Resources
 from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import ServerLifecycle
 from openhosting.services.server_network import ServerNetworks
+from openhosting.storage.drive_files import file_is_available
 from openhosting.store import servers as server_store
 from openhosting.store import space_reserve
 from openhosting.store.reader import Reader
@@ -232,6 +233,11 @@ class Servers:
                 return
             config = ServerConfig.from_properties(json.loads(row["config"]))
             drives = self._check_config(user, config)
+            for drive in drives:
+                if not file_is_available(drive.path):
+                    raise BusyError(
+                        f"Drive {drive.uuid} is inactive: its storage is unavailable now"
+                    )
             async with AsyncExitStack() as undo:
                 display = self._claim(user, uuid, config, drives)
                 undo.callback(self._release, uuid)
