@@ -22,13 +22,16 @@ Backend = Netdev
 @dataclass(frozen=True)
 class NicPlan:
     """NIC `index` of `server`: its MAC, its VLAN (None: the public network) and the
-    address DHCP offers it (None: none)."""
+    address DHCP offers it (None: none in bridge mode; user mode's own with `dhcp`).
+    `dhcp` False: the configuration asks for no address (`nic:N:dhcp` unset), so no DHCP
+    server answers the NIC in any mode."""
 
     server: str
     index: int
     mac: str
     vlan: str | None = None
     address: str | None = None
+    dhcp: bool = True
 
 
 class NetworkDriver(Protocol):

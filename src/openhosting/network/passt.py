@@ -60,6 +60,7 @@ class GuestAddressing:
     network: IPv4Network
     gateway: IPv4Address
     dns: IPv4Address
+    dhcp: bool = True  # False: passt's DHCP server stays silent (the guest sets its own)
 
 
 def build_passt_argv(
@@ -87,6 +88,8 @@ def build_passt_argv(
         "--dns-forward", str(addressing.dns),
         "--no-dhcp-search",
     ]  # fmt: skip
+    if not addressing.dhcp:
+        argv.append("--no-dhcp")
     if run_as:
         argv += ["--runas", run_as]
     return argv

@@ -14,6 +14,7 @@ account every new flow to the host's own addresses but DNS (see guest_fence.py).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -82,7 +83,8 @@ class UserNetwork:
     def addressing(self, nic: NicPlan) -> GuestAddressing:
         """What the NIC's passt offers the guest (pure)."""
         if nic.address is None:
-            return DEFAULT_ADDRESSING
+            # passt still needs the guest's address to translate its traffic.
+            return dataclasses.replace(DEFAULT_ADDRESSING, dhcp=nic.dhcp)
         # The guest's name server needs an address of its own, apart from guest and gateway.
         taken = {IPv4Address(nic.address), self._pool.gateway}
         candidates = itertools.chain(self._pool.nameservers, self._pool.subnet.hosts())
@@ -92,6 +94,7 @@ class UserNetwork:
             network=self._pool.subnet,
             gateway=self._pool.gateway,
             dns=dns,
+            dhcp=nic.dhcp,
         )
 
     def _files(self, nic: NicPlan) -> PasstFiles:

@@ -185,7 +185,9 @@ class ServerNetworks:
                     f"nic:{nic.index}:dhcp: IP {nic.dhcp} is in use by active server {holder}"
                 )
             address = nic.dhcp
-        return NicPlan(server, nic.index, mac, vlan=nic.vlan, address=address)
+        return NicPlan(
+            server, nic.index, mac, vlan=nic.vlan, address=address, dhcp=nic.dhcp is not None
+        )
 
     def plans_of(self, server: str) -> list[NicPlan]:
         with self._engine.connect() as connection:
