@@ -81,6 +81,15 @@ class NetworkDriver(Protocol):
         """Undo `open_vnc`; idempotent."""
         ...
 
+    async def open_vnc_address(self, address: str, port: int) -> bool:
+        """Make `address`:5900, an address no guest holds, reach the VNC server on
+        `vnc_address`:`port` (the host takes the address); False when this mode cannot."""
+        ...
+
+    async def close_vnc_address(self, address: str) -> None:
+        """Undo `open_vnc_address`; idempotent."""
+        ...
+
     async def close(self, idle: bool) -> None:
         """The daemon stops. When `idle` (no server runs) remove everything of ours; else
         leave it all to the running servers and the next daemon."""

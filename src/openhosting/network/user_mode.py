@@ -106,6 +106,12 @@ class UserNetwork:
     async def close_vnc(self, guest: str) -> None:
         return None
 
+    async def open_vnc_address(self, address: str, port: int) -> bool:
+        return False  # no public network to take an address on
+
+    async def close_vnc_address(self, address: str) -> None:
+        return None
+
     async def start(self) -> None:
         account = passt_account(self._run_as)
         self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)

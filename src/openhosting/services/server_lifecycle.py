@@ -145,7 +145,11 @@ class ServerLifecycle:
             if config.vnc_tls and display is not None:
                 # Made once per platform (slow: RSA keys), so in a worker thread.
                 tls_dir = vnc_tls_dir(self._config.state_path)
-                names = [self._vnc_listen(), self._networks.nic0_address(uuid, config)]
+                names = [
+                    self._vnc_listen(),
+                    self._networks.vnc_address_of(uuid)
+                    or self._networks.nic0_address(uuid, config),
+                ]
                 await asyncio.to_thread(ensure_vnc_tls, tls_dir, [n for n in names if n])
             plan = build_vm_spec(
                 uuid,
@@ -218,9 +222,9 @@ class ServerLifecycle:
             self._vnc_overlays[uuid] = guest
 
     async def _close_vnc_overlay(self, uuid: str) -> None:
-        guest = self._vnc_overlays.pop(uuid, None)
-        if guest is not None:
-            await self._networks.driver.close_vnc(guest)
+        address = self._vnc_overlays.pop(uuid, None)
+        if address is not None:
+            await self._networks.close_vnc(uuid, address)
 
     # -- while it runs ---------------------------------------------------------------
 
