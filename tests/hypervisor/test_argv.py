@@ -88,19 +88,19 @@ def test_a_full_vm_is_rendered_sorted_by_slot_with_boot_order() -> None:
 -device virtio-scsi-pci,id=scsi0
 -blockdev driver=file,node-name=file-ide-0-0,filename={D}/i00,read-only=off,discard=unmap
 -blockdev driver=raw,node-name=drive-ide-0-0,file=file-ide-0-0,read-only=off
--device ide-hd,bus=ide.0,unit=0,drive=drive-ide-0-0,id=ide-0-0,bootindex=2
+-device ide-hd,bus=ide.0,unit=0,drive=drive-ide-0-0,id=ide-0-0,werror=enospc,rerror=report,bootindex=2
 -blockdev driver=file,node-name=file-ide-1-1,filename={D}/cd,read-only=on,discard=unmap
 -blockdev driver=raw,node-name=drive-ide-1-1,file=file-ide-1-1,read-only=on
 -device ide-cd,bus=ide.1,unit=1,drive=drive-ide-1-1,id=ide-1-1
 -blockdev driver=file,node-name=file-scsi-0-0,filename={D}/s0,read-only=off,discard=unmap
 -blockdev driver=raw,node-name=drive-scsi-0-0,file=file-scsi-0-0,read-only=off
--device scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=drive-scsi-0-0,id=scsi-0-0,bootindex=1
+-device scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=drive-scsi-0-0,id=scsi-0-0,werror=enospc,rerror=report,bootindex=1
 -blockdev driver=file,node-name=file-scsi-0-5,filename={D}/s5,read-only=on,discard=unmap
 -blockdev driver=raw,node-name=drive-scsi-0-5,file=file-scsi-0-5,read-only=on
 -device scsi-cd,bus=scsi0.0,channel=0,scsi-id=5,lun=0,drive=drive-scsi-0-5,id=scsi-0-5
 -blockdev driver=file,node-name=file-block-1,filename={D}/b1,read-only=off,discard=unmap
 -blockdev driver=luks,node-name=drive-block-1,file=file-block-1,read-only=off,key-secret=secret-block-1
--device virtio-blk-pci,drive=drive-block-1,id=block-1
+-device virtio-blk-pci,drive=drive-block-1,id=block-1,werror=enospc,rerror=report
 -netdev user,id=net0
 -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic-0
 -netdev tap,id=net1,ifname=ohtap7,script=no,downscript=no
@@ -151,6 +151,14 @@ def test_block_slot_cdrom_is_a_read_only_virtio_disk() -> None:
     argv = build_qemu_argv(spec(disks=(DiskSpec("block:7", D / "iso", media="cdrom"),)))
     assert "driver=raw,node-name=drive-block-7,file=file-block-7,read-only=on" in argv
     assert "virtio-blk-pci,drive=drive-block-7,id=block-7" in argv
+
+
+def test_a_full_host_disk_pauses_the_vm_and_other_errors_reach_the_guest() -> None:
+    # werror=enospc: QEMU stops the VM on ENOSPC and retries the write on `cont`.
+    argv = build_qemu_argv(spec(disks=(DiskSpec("block:0", D / "a"), DiskSpec("ide:0:1", D / "b"))))
+    errors = "werror=enospc,rerror=report"
+    assert f"virtio-blk-pci,drive=drive-block-0,id=block-0,{errors}" in argv
+    assert f"ide-hd,bus=ide.0,unit=1,drive=drive-ide-0-1,id=ide-0-1,{errors}" in argv
 
 
 def test_run_paths_live_in_the_run_directory() -> None:

@@ -4,6 +4,7 @@ is the address its guest gets, VLANs connect their members and nobody else, tap 
 and nothing of a server remains after it is gone. Traffic stays inside the namespace."""
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -333,14 +334,9 @@ async def test_a_guest_reaches_of_its_host_only_dhcp_vnc_and_ping(
         service.wait(timeout=10)
 
 
-async def test_vnc_is_reached_on_the_servers_own_address_port_5900(
-    client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str
-) -> None:
-    body = "name vnc\ncpu 500\nmem 64\nnic:0:model e1000\nnic:0:dhcp auto\nvnc:ip auto\n"
-    info = await create_server(client, auth, body + "vnc:password pw\n")
-    address = info["nic:0:dhcp"]
-    assert info["vnc:ip"] == address and "vnc:port" not in info  # the service's overlay
-    # A host on the public network: a namespace of its own, cabled to the public bridge.
+@contextlib.contextmanager
+def public_peer(namespace: str) -> Iterator[str]:
+    """A host on the public network: a namespace of its own, cabled to the public bridge."""
     with network_namespace() as peer:
         cable = ["ip", "link", "add", "ohpeer0", "netns", peer, "type", "veth", "peer", "name"]
         subprocess.run([*cable, "ohpeer1", "netns", namespace], check=True, timeout=10)
@@ -349,6 +345,53 @@ async def test_vnc_is_reached_on_the_servers_own_address_port_5900(
         subprocess.run(["ip", "-n", peer, "addr", "add", "192.0.2.250/24", "dev", "ohpeer0"],
                        check=True, timeout=10)  # fmt: skip
         subprocess.run(["ip", "-n", peer, "link", "set", "ohpeer0", "up"], check=True, timeout=10)
+        yield peer
+
+
+async def test_vnc_ip_puts_vnc_on_an_address_of_the_users_and_auto_takes_one_from_the_pool(
+    client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str
+) -> None:
+    """Neither server has an address on nic:0 (no NIC at all): the host takes the VNC
+    address on the public bridge for as long as the server runs."""
+    mine = await first_free_address(client, auth)  # an IP resource of the user's
+    info = await create_server(
+        client, auth, f"name a\ncpu 500\nmem 64\nvnc:ip {mine}\nvnc:password pw\n"
+    )
+    with public_peer(namespace) as peer:  # once the public bridge is up
+        assert info["vnc:ip"] == mine and "vnc:port" not in info
+        assert rfb_greeting_from(peer, mine, 5900) == b"RFB 003.008"
+        # Held: no other server may take it meanwhile.
+        response = await client.post(
+            "/servers/create/stopped",
+            data=f"name b\ncpu 500\nmem 64\nnic:0:model e1000\nnic:0:dhcp {mine}\n",
+            headers=auth,
+        )
+        other = parse_properties(await response.text())["server"]
+        response = await client.post(f"/servers/{other}/start", headers=auth)
+        assert response.status == 409, await response.text()
+        await post(client, auth, f"/servers/{info['server']}/stop")
+        assert rfb_greeting_from(peer, mine, 5900) == b""  # gone with the server
+
+        info = await create_server(
+            client, auth, "name c\ncpu 500\nmem 64\nvnc:ip auto\nvnc:password pw\n"
+        )
+        temporary = info["vnc:ip"]
+        assert temporary not in (mine, bridge_platform.servers.networks.driver.vnc_address)
+        assert rfb_greeting_from(peer, temporary, 5900) == b"RFB 003.008"
+        await post(client, auth, f"/servers/{info['server']}/stop")
+        assert rfb_greeting_from(peer, temporary, 5900) == b""
+    # The temporary address went back to the pool.
+    assert await first_free_address(client, auth) == temporary
+
+
+async def test_vnc_is_reached_on_the_servers_own_address_port_5900(
+    client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str
+) -> None:
+    body = "name vnc\ncpu 500\nmem 64\nnic:0:model e1000\nnic:0:dhcp auto\nvnc:ip auto\n"
+    info = await create_server(client, auth, body + "vnc:password pw\n")
+    address = info["nic:0:dhcp"]
+    assert info["vnc:ip"] == address and "vnc:port" not in info  # the service's overlay
+    with public_peer(namespace) as peer:
         # The guest (not booted here) would answer ARP for its address; say it for it.
         mac = default_mac(info["server"], 0)
         subprocess.run(["ip", "-n", peer, "neigh", "add", address, "lladdr", mac, "dev",

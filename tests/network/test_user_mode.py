@@ -76,3 +76,14 @@ def test_each_platform_has_its_own_fence_table() -> None:
     one, two = table_name(Path("/run/a/network/passt")), table_name(Path("/run/b/network/passt"))
     assert one != two and one.startswith("openhosting_guests_")
     assert one == table_name(Path("/run/a/network/passt"))
+
+
+def test_a_nic_without_nic_dhcp_is_offered_no_address_by_passt() -> None:
+    silent = network().addressing(NicPlan(SERVER, 0, "52:54:00:00:00:01", dhcp=False))
+    assert silent.dhcp is False
+    files = PasstFiles(Path("/run/oh/network/passt"), SERVER, 0)
+    assert "--no-dhcp" in build_passt_argv(files, silent, None)
+    # nic:0:dhcp auto (or an IP resource): passt's DHCP answers.
+    assert "--no-dhcp" not in build_passt_argv(files, DEFAULT_ADDRESSING, None)
+    offered = network().addressing(NicPlan(SERVER, 0, "52:54:00:00:00:01", address="192.0.2.12"))
+    assert "--no-dhcp" not in build_passt_argv(files, offered, None)

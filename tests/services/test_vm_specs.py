@@ -124,8 +124,9 @@ def test_a_shared_drive_lets_other_vms_write_it_too() -> None:
         ("scsi:0:1", True),
     ]
     text = "\n".join(build_qemu_argv(spec))
-    assert "drive=drive-scsi-0-1,id=scsi-0-1,share-rw=on" in text
-    assert "drive=drive-ide-0-0,id=ide-0-0\n" in text  # an exclusive drive shares nothing
+    assert "drive=drive-scsi-0-1,id=scsi-0-1,werror=enospc,rerror=report,share-rw=on" in text
+    # an exclusive drive shares nothing
+    assert "drive=drive-ide-0-0,id=ide-0-0,werror=enospc,rerror=report\n" in text
 
 
 def test_the_boot_order_is_the_configurations_first_boots_first() -> None:
@@ -133,8 +134,9 @@ def test_the_boot_order_is_the_configurations_first_boots_first() -> None:
     spec = build(server, [plain(ROOT), plain(DATA)]).spec
     assert spec.boot == ("ide:0:1", "ide:0:0")
     argv = build_qemu_argv(spec)
-    assert "ide-hd,bus=ide.0,unit=1,drive=drive-ide-0-1,id=ide-0-1,bootindex=1" in argv
-    assert "ide-hd,bus=ide.0,unit=0,drive=drive-ide-0-0,id=ide-0-0,bootindex=2" in argv
+    errors = "werror=enospc,rerror=report"
+    assert f"ide-hd,bus=ide.0,unit=1,drive=drive-ide-0-1,id=ide-0-1,{errors},bootindex=1" in argv
+    assert f"ide-hd,bus=ide.0,unit=0,drive=drive-ide-0-0,id=ide-0-0,{errors},bootindex=2" in argv
 
 
 def test_without_a_boot_key_no_disk_has_a_boot_index() -> None:

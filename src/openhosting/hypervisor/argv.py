@@ -362,6 +362,11 @@ def _device_opts(disk: DiskSpec, bootindex: int | None) -> str:
         head = "virtio-blk-pci"
         pairs = []
     pairs += [("drive", disk.node_name), ("id", disk.device_id)]
+    if not cdrom:
+        # A full host disk pauses the VM (its write retried on `cont`, nothing lost) instead
+        # of failing the guest's write; any other host error, read or write, is the guest's
+        # to see as a disk error, as a failing real disk would show it.
+        pairs += [("werror", "enospc"), ("rerror", "report")]
     if disk.shared:
         pairs.append(("share-rw", "on"))
     if bootindex is not None:

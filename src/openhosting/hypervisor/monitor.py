@@ -153,6 +153,23 @@ class Monitor:
         assert isinstance(result, dict)
         return str(result["status"])
 
+    async def cont(self) -> None:
+        """Resume a paused VM; requests held by a host I/O error are retried."""
+        await self.execute("cont")
+
+    async def query_writable_files(self) -> list[Path]:
+        """The host files the VM's block nodes write to (`query-named-block-nodes`)."""
+        result = await self.execute("query-named-block-nodes", {"flat": True})
+        if not isinstance(result, list):
+            raise HypervisorError(f"QMP query-named-block-nodes answered {result!r}")
+        return sorted(
+            {
+                Path(str(node["file"]))
+                for node in result
+                if node.get("drv") == "file" and not node.get("ro")
+            }
+        )
+
     async def system_powerdown(self) -> None:
         """Press the ACPI power button; the guest decides whether and when to power off."""
         await self.execute("system_powerdown")

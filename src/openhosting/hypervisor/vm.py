@@ -6,6 +6,11 @@ A VM outlives the daemon (QEMU is daemonized): `start` spawns one, `adopt` finds
 after a daemon restart, `detach` lets go of one without stopping it. When QEMU exits for any
 reason, `on_exit` is called once with how it ended: `shutdown` after a SHUTDOWN event (guest
 power-off, `quit`, SIGTERM), `crash` when the process vanished without one (killed, died).
+
+Whether a running VM is paused is QEMU's to say: its run state is read with `query-status`
+whenever a STOP or RESUME event arrives (and on `refresh_state`), and `on_state` is called on
+each change with the `Pause` (None once it runs again). A host I/O error that stops the VM is
+announced by BLOCK_IO_ERROR first; its `nospace` flag says whether the host's storage is full.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting.hypervisor import process
@@ -28,6 +34,29 @@ log = logging.getLogger("openhosting.hypervisor")
 
 ExitCallback = Callable[[str, str], Awaitable[None]]
 SHUTDOWN, CRASH = "shutdown", "crash"
+# Why a VM is paused: the host's storage is full, another host I/O error, or else QEMU's own
+# run state (`paused` after a monitor's `stop`, `internal-error`, ...).
+NOSPACE, IO_ERROR = "nospace", "io-error"
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A VM that exists but does not run, and why (NOSPACE, IO_ERROR or QEMU's run state)."""
+
+    reason: str
+
+
+StateCallback = Callable[[str, "Pause | None"], Awaitable[None]]
+
+
+def pause_of(status: str, nospace: bool) -> Pause | None:
+    """The pause that QEMU's run state `status` means; None while it runs (or is leaving:
+    `shutdown` is followed by the exit)."""
+    if status in ("running", "shutdown"):
+        return None
+    if status == "io-error":
+        return Pause(NOSPACE if nospace else IO_ERROR)
+    return Pause(status)
 
 
 class RunningVm:
@@ -51,6 +80,9 @@ class RunningVm:
         self._ending: str | None = None  # set by a SHUTDOWN event
         self._watcher: asyncio.Task[None] | None = None
         self.exited = asyncio.Event()
+        self.pause: Pause | None = None  # as QEMU last said; a new VM runs
+        self.on_state: StateCallback | None = None
+        self._nospace = False  # the last I/O error that stopped the VM was ENOSPC
 
     @classmethod
     async def start(
@@ -119,6 +151,15 @@ class RunningVm:
             if event.name == "SHUTDOWN":
                 self._ending = SHUTDOWN
                 log.info("event=vm_shutdown server=%s reason=%s", self.uuid, event.reason)
+            elif event.name == "BLOCK_IO_ERROR" and event.data.get("action") == "stop":
+                self._nospace = bool(event.data.get("nospace"))
+                log.warning(
+                    "event=vm_io_error server=%s node=%s operation=%s nospace=%s",
+                    self.uuid, event.data.get("node-name"), event.data.get("operation"),
+                    self._nospace,
+                )  # fmt: skip
+            elif event.name in ("STOP", "RESUME"):
+                await self.refresh_state()
         # QEMU hung up: it is exiting. Wait for the process itself to be gone.
         while not await process.wait_exit(self.pid, timeout=30):
             if self.monitor.connected:
@@ -161,6 +202,30 @@ class RunningVm:
         if self._watcher is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._watcher)
+
+    async def refresh_state(self) -> None:
+        """Read QEMU's run state; call `on_state` if the pause changed."""
+        try:
+            status = await self.monitor.query_status()
+        except HypervisorError as error:
+            log.debug("vm %s: no run state (%s)", self.uuid, error)  # exiting: the exit tells
+            return
+        pause = pause_of(status, self._nospace)
+        if pause == self.pause:
+            return
+        self.pause = pause
+        if pause is None:
+            log.info("event=vm_resumed server=%s", self.uuid)
+        else:
+            log.warning("event=vm_paused server=%s reason=%s", self.uuid, pause.reason)
+        if self.on_state is not None:
+            await self.on_state(self.uuid, pause)
+
+    async def resume(self) -> None:
+        """Run a paused VM again (`cont`); a write held by a full disk is retried, and
+        pauses the VM again if the disk is still full."""
+        await self.monitor.cont()
+        await self.refresh_state()
 
     async def powerdown(self) -> None:
         await self.monitor.system_powerdown()

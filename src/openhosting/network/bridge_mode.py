@@ -116,6 +116,18 @@ class BridgeNetwork:
         if self._links.namespace_exists():
             await self._vnc.close(guest)
 
+    async def open_vnc_address(self, address: str, port: int) -> bool:
+        # The host answers ARP for the address on the public bridge, so frames for it come
+        # to the host, where the overlay's NAT sends port 5900 on to QEMU's VNC.
+        await self.open_vnc(address, port)
+        await self._links.add_host_address(self._public, address)
+        return True
+
+    async def close_vnc_address(self, address: str) -> None:
+        if self._links.namespace_exists():
+            await self._links.remove_host_address(self._public, address)
+        await self.close_vnc(address)
+
     async def start(self) -> None:
         async with self._lock:
             await self._ensure_public()

@@ -23,7 +23,9 @@ Backend = Netdev
 @dataclass(frozen=True)
 class NicPlan:
     """NIC `index` of `server`: its MAC, its VLAN (None: the public network), the
-    address DHCP offers it (None: none) and the inbound ports blocked on it."""
+    address DHCP offers it (None: none in bridge mode; user mode's own with `dhcp`) and the
+    inbound ports blocked on it. `dhcp` False: the configuration asks for no address
+    (`nic:N:dhcp` unset), so no DHCP server answers the NIC in any mode."""
 
     server: str
     index: int
@@ -31,6 +33,7 @@ class NicPlan:
     vlan: str | None = None
     address: str | None = None
     block: tuple[BlockedPorts, ...] = ()
+    dhcp: bool = True
 
 
 class NetworkDriver(Protocol):
@@ -83,6 +86,15 @@ class NetworkDriver(Protocol):
 
     async def close_vnc(self, guest: str) -> None:
         """Undo `open_vnc`; idempotent."""
+        ...
+
+    async def open_vnc_address(self, address: str, port: int) -> bool:
+        """Make `address`:5900, an address no guest holds, reach the VNC server on
+        `vnc_address`:`port` (the host takes the address); False when this mode cannot."""
+        ...
+
+    async def close_vnc_address(self, address: str) -> None:
+        """Undo `open_vnc_address`; idempotent."""
         ...
 
     async def close(self, idle: bool) -> None:

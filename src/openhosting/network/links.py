@@ -152,6 +152,18 @@ class Links:
             await self._ip("addr", "replace", address, "dev", name)
         await self._ip("link", "set", name, "up")
 
+    async def add_host_address(self, link: str, address: str) -> None:
+        """The host holds `address` alone (/32) on `link` too; idempotent."""
+        await self._ip("addr", "replace", f"{address}/32", "dev", link)
+
+    async def remove_host_address(self, link: str, address: str) -> None:
+        """Undo `add_host_address`; nothing to do when the address or link is gone."""
+        try:
+            await self._ip("addr", "del", f"{address}/32", "dev", link)
+        except NetworkError as error:
+            if not (_is_gone(error) or "Cannot assign" in str(error)):
+                raise
+
     async def add_tap(self, name: str, bridge: str) -> None:
         """A fresh tap `name` enslaved to `bridge` and up (a leftover one is replaced)."""
         check_ifname(name)

@@ -60,6 +60,7 @@ class GuestAddressing:
     network: IPv4Network
     gateway: IPv4Address
     dns: IPv4Address
+    dhcp: bool = True  # False: passt's DHCP server stays silent (the guest sets its own)
 
 
 def build_passt_argv(
@@ -91,6 +92,8 @@ def build_passt_argv(
         "--tcp-ports", "none",
         "--udp-ports", "none",
     ]  # fmt: skip
+    if not addressing.dhcp:
+        argv.append("--no-dhcp")
     if run_as:
         argv += ["--runas", run_as]
     return argv

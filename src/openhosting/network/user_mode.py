@@ -17,6 +17,7 @@ account every new flow to the host's own addresses but DNS (see guest_fence.py).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -87,7 +88,8 @@ class UserNetwork:
     def addressing(self, nic: NicPlan) -> GuestAddressing:
         """What the NIC's passt offers the guest (pure)."""
         if nic.address is None:
-            return DEFAULT_ADDRESSING
+            # passt still needs the guest's address to translate its traffic.
+            return dataclasses.replace(DEFAULT_ADDRESSING, dhcp=nic.dhcp)
         # The guest's name server needs an address of its own, apart from guest and gateway.
         taken = {IPv4Address(nic.address), self._pool.gateway}
         candidates = itertools.chain(self._pool.nameservers, self._pool.subnet.hosts())
@@ -97,6 +99,7 @@ class UserNetwork:
             network=self._pool.subnet,
             gateway=self._pool.gateway,
             dns=dns,
+            dhcp=nic.dhcp,
         )
 
     def _files(self, nic: NicPlan) -> PasstFiles:
@@ -106,6 +109,12 @@ class UserNetwork:
         return False  # the guest's address is private to passt: VNC stays on the host's
 
     async def close_vnc(self, guest: str) -> None:
+        return None
+
+    async def open_vnc_address(self, address: str, port: int) -> bool:
+        return False  # no public network to take an address on
+
+    async def close_vnc_address(self, address: str) -> None:
         return None
 
     async def start(self) -> None:

@@ -73,14 +73,17 @@ def _settings_columns(settings: DriveSettings) -> dict[str, Any]:
     }
 
 
-def drive_info(row: dict[str, Any], claims: list[dict[str, Any]]) -> dict[str, Value]:
-    """The info of a drive, keys in the order the real service shows them."""
+def drive_info(
+    row: dict[str, Any], claims: list[dict[str, Any]], available: bool = True
+) -> dict[str, Value]:
+    """The info of a drive, keys in the order the real service shows them; `available`:
+    whether its data can be reached now (`status active`, else `inactive`)."""
     info: dict[str, Value] = {
         "drive": row["uuid"],
         "name": row["name"],
         "size": row["size"],
         "user": row["user"],
-        "status": "active",
+        "status": "active" if available else "inactive",
         "claim:type": row["claim_type"],
     }
     if claims:
@@ -215,13 +218,17 @@ class Drives:
     def info(self, user: str, uuid: str) -> dict[str, Value]:
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
-            return drive_info(row, drive_store.claims_on(connection, uuid))
+            claims = drive_store.claims_on(connection, uuid)
+        return drive_info(row, claims, self.files.is_available(uuid))
 
     def info_all(self, user: str) -> list[dict[str, Value]]:
         with self._engine.connect() as connection:
             rows = drive_store.drives_of(connection, user)
             claims = drive_store.claims_on_many(connection, [row["uuid"] for row in rows])
-        return [drive_info(row, claims[row["uuid"]]) for row in rows]
+        return [
+            drive_info(row, claims[row["uuid"]], self.files.is_available(row["uuid"]))
+            for row in rows
+        ]
 
     def _check_drive_limit(
         self, connection: Connection, user: str, size: int, excluding: str | None = None

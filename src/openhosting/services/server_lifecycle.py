@@ -10,6 +10,7 @@ service) check ownership, claim the drives and hold the server's lock around the
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from openhosting.hypervisor.cpu_quota import (
     remove_cpu_group,
 )
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.vm import SHUTDOWN, RunningVm
+from openhosting.hypervisor.vm import NOSPACE, SHUTDOWN, Pause, RunningVm
 from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
 from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
@@ -42,6 +43,7 @@ from openhosting.services.guest_io import fold_guest_io
 from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_logs import ServerLogs
 from openhosting.services.server_network import ServerNetworks
+from openhosting.services.space_resume import SpaceResumer
 from openhosting.services.vm_specs import HostVmSettings, VmPlan, build_vm_spec
 from openhosting.store import servers as server_store
 
@@ -103,6 +105,7 @@ class ServerLifecycle:
         self.vms: dict[str, RunningVm] = {}
         # Servers whose VNC is also on their own address (bridge mode): their address.
         self._vnc_overlays: dict[str, str] = {}
+        self._space_resumer = SpaceResumer()
 
     def run_dir(self, uuid: str) -> Path:
         return self._config.run_path / uuid
@@ -149,7 +152,11 @@ class ServerLifecycle:
             if config.vnc_tls and display is not None:
                 # Made once per platform (slow: RSA keys), so in a worker thread.
                 tls_dir = vnc_tls_dir(self._config.state_path)
-                names = [self._vnc_listen(), self._networks.nic0_address(uuid, config)]
+                names = [
+                    self._vnc_listen(),
+                    self._networks.vnc_address_of(uuid)
+                    or self._networks.nic0_address(uuid, config),
+                ]
                 await asyncio.to_thread(ensure_vnc_tls, tls_dir, [n for n in names if n])
             plan = build_vm_spec(
                 uuid,
@@ -185,6 +192,7 @@ class ServerLifecycle:
             started = int(time.time())
             vm.started = started
             self.vms[uuid] = vm
+            vm.on_state = functools.partial(self._vm_state_changed, user)
             with self._engine.begin() as connection:
                 server_store.update_server(connection, uuid, status="active", started_at=started)
             undo.pop_all()
@@ -198,6 +206,21 @@ class ServerLifecycle:
             user, "server", uuid, "status", status="active", started=started,
             start_seconds=round(time.monotonic() - begun, 3),
         )  # fmt: skip
+        if vm.pause is not None:  # paused before anyone listened (a full disk at boot)
+            await self._vm_state_changed(user, uuid, vm.pause)
+
+    # -- paused and resumed ----------------------------------------------------------
+
+    async def _vm_state_changed(self, user: str, uuid: str, pause: Pause | None) -> None:
+        """QEMU paused or resumed the VM of `uuid`: tell its owner; a full disk is watched
+        for room to resume it."""
+        if pause is None:
+            self._events.publish(user, "server", uuid, "status", status="active", reason="resumed")
+            return
+        self._events.publish(user, "server", uuid, "status", status="paused", reason=pause.reason)
+        vm = self.vms.get(uuid)
+        if pause.reason == NOSPACE and vm is not None:
+            self._space_resumer.watch(vm)
 
     async def _open_vnc_overlay(self, uuid: str, config: ServerConfig, display: int) -> None:
         """In bridge mode, VNC is also reached on the server's own address, port 5900."""
@@ -206,9 +229,9 @@ class ServerLifecycle:
             self._vnc_overlays[uuid] = guest
 
     async def _close_vnc_overlay(self, uuid: str) -> None:
-        guest = self._vnc_overlays.pop(uuid, None)
-        if guest is not None:
-            await self._networks.driver.close_vnc(guest)
+        address = self._vnc_overlays.pop(uuid, None)
+        if address is not None:
+            await self._networks.close_vnc(uuid, address)
 
     # -- while it runs ---------------------------------------------------------------
 
@@ -285,6 +308,7 @@ class ServerLifecycle:
 
     async def vm_exited(self, uuid: str, how: str) -> None:
         """The VM of `uuid` is gone: release its drives and apply the persistence rules."""
+        await self._space_resumer.cancel(uuid)
         try:
             await self._close_vnc_overlay(uuid)
         except (FailedError, OSError) as error:
@@ -364,6 +388,9 @@ class ServerLifecycle:
             if vm is not None:
                 vm.started = float(row["started_at"] or 0)
                 self.vms[uuid] = vm
+                vm.on_state = functools.partial(self._vm_state_changed, row["user"])
+                # It may have been paused meanwhile (a full disk, say): QEMU knows.
+                await vm.refresh_state()
                 config = ServerConfig.from_properties(json.loads(row["config"]))
                 adopted[uuid] = config
                 try:
@@ -385,6 +412,7 @@ class ServerLifecycle:
     async def close(self) -> None:
         """Let go of every VM without stopping it: they keep running for the next daemon,
         which folds their I/O from where this one left it."""
+        await self._space_resumer.close()
         await self.fold_guest_io()
         for vm in list(self.vms.values()):
             await vm.detach()

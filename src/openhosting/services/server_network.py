@@ -7,6 +7,12 @@ the pool in bridge mode, QEMU's own in user mode), or nothing (no address offere
 `server_nics`: the address it holds (unique: two active servers cannot hold one address) and
 its MAC on its network (unique per network). The rows are what releases an address, what
 makes a resource busy, and what the driver keeps after a daemon restart.
+
+VNC may need an address of its own (bridge mode): `vnc:ip IP` naming one of the user's
+addresses that is not its nic:0's, or `vnc:ip auto` with no `nic:0:dhcp` (a temporary one from
+the pool). That address is held in a row of its own (`nic` VNC_ROW, network `vnc`), so it is
+busy, released and kept across restarts like a NIC's; the host takes it on the public bridge
+and sends its port 5900 to the server's VNC.
 """
 
 import dataclasses
@@ -29,6 +35,7 @@ from openhosting.store import resources as resource_store
 log = logging.getLogger("openhosting.network")
 
 PUBLIC = "public"  # the `network` of NICs on the public bridge
+VNC_NETWORK, VNC_ROW = "vnc", -1  # the row of an address VNC holds apart from the NICs
 
 
 def default_mac(server: str, index: int) -> str:
@@ -162,7 +169,53 @@ class ServerNetworks:
                     temporary=nic.dhcp == "auto" and plan.address is not None,
                 )
                 plans.append(plan)
+            self._hold_vnc_address(connection, user, server, config, plans, taken)
         return plans
+
+    def _hold_vnc_address(
+        self,
+        connection: Connection,
+        user: str,
+        server: str,
+        config: ServerConfig,
+        plans: list[NicPlan],
+        taken: set[str],
+    ) -> None:
+        """Hold the address VNC needs apart from nic:0's, if any (see the module's doc)."""
+        if not self.driver.pool_for_auto or not config.vnc_password or config.vnc_ip is None:
+            return  # user mode, or no VNC server
+        nic0 = next((plan.address for plan in plans if plan.index == 0), None)
+        if config.vnc_ip == "auto":
+            if nic0 is not None:
+                return  # VNC goes on the guest's own address
+            address = self._pool.choose_free(taken)
+            if address is None:
+                raise FullError("No free IP address is left in this platform's pool for VNC")
+        else:
+            if config.vnc_ip == nic0:
+                return
+            self._check_vnc_ip(connection, user, config.vnc_ip)
+            holder = resource_store.holder_of_address(connection, config.vnc_ip)
+            if holder is not None:
+                raise BusyError(f"vnc:ip {config.vnc_ip} is in use by active server {holder}")
+            address = config.vnc_ip
+        taken.add(address)
+        resource_store.insert_nic(
+            connection,
+            server=server,
+            nic=VNC_ROW,
+            user=user,
+            network=VNC_NETWORK,
+            mac=default_mac(server, VNC_ROW),  # unused: the row's key on its network
+            address=address,
+            temporary=config.vnc_ip == "auto",
+        )
+
+    def vnc_address_of(self, server: str) -> str | None:
+        """The address held for the server's VNC apart from its NICs, if any."""
+        with self._engine.connect() as connection:
+            rows = resource_store.nics_of(connection, server)
+        return next((row["address"] for row in rows if row["nic"] == VNC_ROW), None)
 
     def _plan(
         self, connection: Connection, server: str, nic: NicConfig, taken: set[str]
@@ -187,11 +240,15 @@ class ServerNetworks:
                     f"nic:{nic.index}:dhcp: IP {nic.dhcp} is in use by active server {holder}"
                 )
             address = nic.dhcp
-        return NicPlan(server, nic.index, mac, vlan=nic.vlan, address=address, block=nic.block)
+        return NicPlan(
+            server, nic.index, mac, vlan=nic.vlan, address=address, block=nic.block,
+            dhcp=nic.dhcp is not None,
+        )  # fmt: skip
 
     def plans_of(self, server: str) -> list[NicPlan]:
         with self._engine.connect() as connection:
-            return [_plan_of(row) for row in resource_store.nics_of(connection, server)]
+            rows = resource_store.nics_of(connection, server)
+        return [_plan_of(row) for row in rows if row["nic"] != VNC_ROW]
 
     async def block(self, server: str, config: ServerConfig) -> None:
         """A running server's `nic:N:block` changed: its NICs block what `config` says."""
@@ -203,7 +260,7 @@ class ServerNetworks:
     async def release(self, server: str) -> None:
         """The server stopped: take its links down and let go of its addresses."""
         plans = self.plans_of(server)
-        if not plans:
+        if not plans and self.vnc_address_of(server) is None:
             return
         try:
             await self.driver.detach(plans)
@@ -225,17 +282,22 @@ class ServerNetworks:
         return self.driver.guest_address(plan) if plan is not None else None
 
     async def open_vnc(self, server: str, config: ServerConfig, port: int) -> str | None:
-        """Overlay the server's VNC on its nic:0 address, port 5900, where the mode can; the
-        address VNC is reached at then, or None (it stays on `vnc_address`)."""
+        """Overlay the server's VNC on port 5900 of the address held for it, else of its nic:0
+        address, where the mode can; the address VNC is reached at then, or None (it stays
+        on `vnc_address`)."""
+        if (own := self.vnc_address_of(server)) is not None:
+            return own if await self.driver.open_vnc_address(own, port) else None
         guest = self.nic0_address(server, config)
         if guest is None or not await self.driver.open_vnc(guest, port):
             return None
         return guest
 
-    async def close_vnc(self, server: str, config: ServerConfig) -> None:
-        guest = self.nic0_address(server, config)
-        if guest is not None:
-            await self.driver.close_vnc(guest)
+    async def close_vnc(self, server: str, address: str) -> None:
+        """Undo `open_vnc`, which answered `address` (before `release`)."""
+        if address == self.vnc_address_of(server):
+            await self.driver.close_vnc_address(address)
+        else:
+            await self.driver.close_vnc(address)
 
     async def counters(self, server: str) -> Counters:
         return await self.driver.counters(self.plans_of(server))
@@ -256,7 +318,8 @@ class ServerNetworks:
                 resource_store.delete_nics(connection, server)
         plans = []
         for row in rows:
-            if (config := running.get(row["server"])) is not None:
+            config = running.get(row["server"])
+            if config is not None and row["nic"] != VNC_ROW:
                 blocks = {nic.index: nic.block for nic in config.nics}
                 plans.append(dataclasses.replace(_plan_of(row), block=blocks.get(row["nic"], ())))
         await self.driver.reconcile(plans)

@@ -22,8 +22,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from openhosting.config import Config
-from openhosting.errors import BusyError, MissingError, UsageError
+from openhosting.errors import BusyError, FailedError, MissingError, UsageError
 from openhosting.hypervisor.argv import VNC_BASE_PORT
+from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.vm import RunningVm
 from openhosting.model.common import is_uuid
 from openhosting.model.server import ServerConfig
@@ -35,6 +36,7 @@ from openhosting.services.resources import Resources
 from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import ServerLifecycle
 from openhosting.services.server_network import ServerNetworks
+from openhosting.storage.drive_files import file_is_available
 from openhosting.store import servers as server_store
 from openhosting.store import space_reserve
 from openhosting.store.reader import Reader
@@ -100,8 +102,9 @@ class Servers:
         return self._locks[uuid]
 
     def _status(self, row: dict[str, Any]) -> str:
-        if row["uuid"] in self._vms:
-            return "active"
+        vm = self._vms.get(row["uuid"])
+        if vm is not None:
+            return "paused" if vm.pause is not None else "active"
         return "dead" if row["status"] == "dead" else "stopped"
 
     def run_dir(self, uuid: str) -> Path:
@@ -223,15 +226,32 @@ class Servers:
     async def start(self, user: str, uuid: str) -> None:
         async with self._lock_of(user, uuid):
             row = self._get(user, uuid)
-            if uuid in self._vms:
-                raise BusyError(f"Server {uuid} is already active")
+            if (vm := self._vms.get(uuid)) is not None:
+                if vm.pause is None:
+                    raise BusyError(f"Server {uuid} is already active")
+                await self._resume(uuid, vm)
+                return
             config = ServerConfig.from_properties(json.loads(row["config"]))
             drives = self._check_config(user, config)
+            for drive in drives:
+                if not file_is_available(drive.path):
+                    raise BusyError(
+                        f"Drive {drive.uuid} is inactive: its storage is unavailable now"
+                    )
             async with AsyncExitStack() as undo:
                 display = self._claim(user, uuid, config, drives)
                 undo.callback(self._release, uuid)
                 await self.lifecycle.start_vm(user, uuid, config, drives, display)
                 undo.pop_all()
+
+    async def _resume(self, uuid: str, vm: RunningVm) -> None:
+        """`start` on a paused server runs it again; a write that a full disk held is
+        retried, and pauses it again while the disk stays full."""
+        try:
+            await vm.resume()
+        except HypervisorError as error:
+            raise FailedError(f"Server {uuid} could not be resumed: {error}") from error
+        log.info("event=server_resumed server=%s by=start", uuid)
 
     def _claim(
         self, user: str, uuid: str, config: ServerConfig, drives: list[AttachableDrive]
