@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,7 +28,11 @@ from openhosting.hypervisor.serial_relay import SerialRelay
 log = logging.getLogger("openhosting.hypervisor")
 
 ExitCallback = Callable[[str, str], Awaitable[None]]
+# Moves a saved state through a pipe, in a worker thread: a sink reads its descriptor to
+# the end (and stores what it read), a source writes the saved state into its descriptor.
+StateStream = Callable[[int], object]
 SHUTDOWN, CRASH = "shutdown", "crash"
+_STATE_FD = "saved-state"
 
 
 class RunningVm:
@@ -60,10 +65,16 @@ class RunningVm:
         *,
         timeout: float = 30,
         serial_limit: SerialLogLimit = DEFAULT_LIMIT,
+        saved_state: StateStream | None = None,
     ) -> RunningVm:
         """Spawn the VM of `spec`, attach to its serial port and connect to its monitor;
-        undone if any step fails. The serial log starts empty."""
-        remove_log(spec.paths.serial_log, serial_limit.files)
+        undone if any step fails. The serial log starts empty, except for a VM restored
+        from `saved_state` (with `spec.incoming`), whose log goes on: it runs on from where
+        it was saved instead of booting."""
+        if (saved_state is None) == spec.incoming:
+            raise ValueError("a saved state goes with spec.incoming, and only with it")
+        if saved_state is None:
+            remove_log(spec.paths.serial_log, serial_limit.files)
         pid = await process.spawn(spec, timeout=timeout)
         monitor = Monitor(spec.paths.qmp_socket)
         try:
@@ -71,7 +82,10 @@ class RunningVm:
             serial = await SerialRelay.attach(spec.paths, serial_limit, timeout=timeout)
             try:
                 await monitor.connect(timeout=timeout)
+                if saved_state is not None:
+                    await _load_state(monitor, saved_state, timeout)
             except BaseException:
+                await monitor.close()
                 await serial.close()
                 raise
         except BaseException:
@@ -162,6 +176,34 @@ class RunningVm:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._watcher)
 
+    async def save_state(self, sink: StateStream, timeout: float = 120) -> None:
+        """Pause the guest and stream its memory and device state into `sink`. On return the
+        state is whole and the guest stays paused (the caller keeps the state, then `stop`s
+        the VM); if it cannot be saved, the guest runs on and `HypervisorError` is raised."""
+        read_end, write_end = os.pipe()
+        try:
+            await self.monitor.pass_fd(_STATE_FD, write_end)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # QEMU holds its own copy now
+        reading = asyncio.create_task(asyncio.to_thread(_drain, sink, read_end))
+        try:
+            await self.monitor.stop_vcpus()
+            await self.monitor.migrate(f"fd:{_STATE_FD}")
+            await self.monitor.wait_migration(timeout)
+            await asyncio.wait_for(asyncio.shield(reading), timeout)
+        except BaseException as error:
+            # QEMU closes its end when the migration ends, failed or not: the reader ends.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(reading), timeout)
+            with contextlib.suppress(HypervisorError):
+                await self.monitor.cont()
+            if isinstance(error, OSError):
+                raise HypervisorError(f"cannot store the state of {self.uuid}: {error}") from error
+            raise
+
     async def powerdown(self) -> None:
         await self.monitor.system_powerdown()
 
@@ -190,3 +232,45 @@ class RunningVm:
                 await self._watcher
         await self.monitor.close()
         await self.serial.close()
+
+
+def _drain(sink: StateStream, read_end: int) -> None:
+    # The reading end is closed here, even when the sink fails: QEMU then gets EPIPE and
+    # fails the migration instead of blocking on a full pipe.
+    try:
+        sink(read_end)
+    finally:
+        os.close(read_end)
+
+
+def _feed(source: StateStream, write_end: int) -> None:
+    # Closed here too: QEMU sees the end of the stream (or a cut-off one, and fails).
+    try:
+        source(write_end)
+    finally:
+        os.close(write_end)
+
+
+async def _load_state(monitor: Monitor, source: StateStream, timeout: float) -> None:
+    """Feed a QEMU started with -incoming defer its saved state, then let the guest run."""
+    read_end, write_end = os.pipe()
+    try:
+        await monitor.pass_fd(_STATE_FD, read_end)
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    writing = asyncio.create_task(asyncio.to_thread(_feed, source, write_end))
+    try:
+        await monitor.migrate_incoming(f"fd:{_STATE_FD}")
+        await monitor.wait_migration(timeout)
+        await asyncio.wait_for(asyncio.shield(writing), timeout)
+    except BaseException as error:
+        try:
+            await asyncio.wait_for(asyncio.shield(writing), timeout)
+        except Exception as feed_error:
+            # The source's own failure (a damaged dump) says more than QEMU's hang-up.
+            raise HypervisorError(f"cannot feed the saved state: {feed_error}") from feed_error
+        raise error
+    await monitor.cont()
