@@ -262,15 +262,31 @@ async def _load_state(monitor: Monitor, source: StateStream, timeout: float) -> 
     finally:
         os.close(read_end)
     writing = asyncio.create_task(asyncio.to_thread(_feed, source, write_end))
+    migration: asyncio.Task[None] | None = None
     try:
         await monitor.migrate_incoming(f"fd:{_STATE_FD}")
-        await monitor.wait_migration(timeout)
-        await asyncio.wait_for(asyncio.shield(writing), timeout)
-    except BaseException as error:
-        try:
-            await asyncio.wait_for(asyncio.shield(writing), timeout)
-        except Exception as feed_error:
-            # The source's own failure (a damaged dump) says more than QEMU's hang-up.
+        # A source that fails ends the wait at once: QEMU 7.2 fed an empty or cut-off
+        # stream may wait for more forever rather than fail.
+        migration = asyncio.create_task(monitor.wait_migration(timeout))
+        await asyncio.wait(
+            {migration, writing}, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION
+        )
+        if writing.done() and (feed_error := writing.exception()) is not None:
             raise HypervisorError(f"cannot feed the saved state: {feed_error}") from feed_error
-        raise error
+        await asyncio.wait_for(asyncio.shield(migration), timeout)
+        await asyncio.wait_for(asyncio.shield(writing), timeout)
+    except BaseException:
+        if migration is not None:
+            migration.cancel()
+            with contextlib.suppress(BaseException):
+                await migration
+        # The writer ends once QEMU (killed by the caller if need be) closes the pipe.
+        writing.add_done_callback(_collect)
+        raise
     await monitor.cont()
+
+
+def _collect(task: asyncio.Task[object]) -> None:
+    # Its error, if any, was reported another way (or mattered less than QEMU's own).
+    if not task.cancelled():
+        task.exception()
