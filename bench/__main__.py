@@ -15,6 +15,7 @@ BENCHMARKS = {
     "imaging": "bench.imaging",
     "boot": "bench.server_boot",
     "events": "bench.events",
+    "suspend": "bench.suspend_resume",
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ ExitCallback = Callable[[str, str], Awaitable[None]]
 StateStream = Callable[[int], object]
 SHUTDOWN, CRASH = "shutdown", "crash"
 _STATE_FD = "saved-state"
+_PIPE_BYTES = 1 << 20
 
 
 class RunningVm:
@@ -180,7 +182,7 @@ class RunningVm:
         """Pause the guest and stream its memory and device state into `sink`. On return the
         state is whole and the guest stays paused (the caller keeps the state, then `stop`s
         the VM); if it cannot be saved, the guest runs on and `HypervisorError` is raised."""
-        read_end, write_end = os.pipe()
+        read_end, write_end = _state_pipe()
         try:
             await self.monitor.pass_fd(_STATE_FD, write_end)
         except BaseException:
@@ -234,6 +236,14 @@ class RunningVm:
         await self.serial.close()
 
 
+def _state_pipe() -> tuple[int, int]:
+    """A pipe for a saved state, with room for 1 MiB: fewer wake-ups on both sides."""
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(OSError):  # a smaller pipe only costs speed
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+    return read_end, write_end
+
+
 def _drain(sink: StateStream, read_end: int) -> None:
     # The reading end is closed here, even when the sink fails: QEMU then gets EPIPE and
     # fails the migration instead of blocking on a full pipe.
@@ -253,7 +263,7 @@ def _feed(source: StateStream, write_end: int) -> None:
 
 async def _load_state(monitor: Monitor, source: StateStream, timeout: float) -> None:
     """Feed a QEMU started with -incoming defer its saved state, then let the guest run."""
-    read_end, write_end = os.pipe()
+    read_end, write_end = _state_pipe()
     try:
         await monitor.pass_fd(_STATE_FD, read_end)
     except BaseException:
