@@ -16,6 +16,7 @@ BENCHMARKS = {
     "imaging": "bench.imaging",
     "boot": "bench.server_boot",
     "events": "bench.events",
+    "suspend": "bench.suspend_resume",
 }
 
 

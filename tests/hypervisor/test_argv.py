@@ -266,3 +266,14 @@ def test_qemu_can_drop_to_an_unprivileged_user_and_go_without_the_sandbox() -> N
     argv = build_qemu_argv(spec)
     assert argv[argv.index("-runas") + 1] == "nobody"
     assert "-sandbox" not in argv
+
+
+def test_a_restoring_vm_waits_for_its_saved_state_instead_of_booting() -> None:
+    spec = VmSpec(uuid=UUID, smp=1, mem_mb=64, run_dir=Path(RUN), incoming=True)
+    argv = build_qemu_argv(spec)
+    assert argv[argv.index("-incoming") + 1] == "defer"
+    # Everything else is the argv the VM ran with: the saved devices must match it.
+    without = build_qemu_argv(VmSpec(uuid=UUID, smp=1, mem_mb=64, run_dir=Path(RUN)))
+    position = argv.index("-incoming")
+    assert argv[:position] + argv[position + 2 :] == without
+    assert "-incoming" not in without

@@ -1,9 +1,14 @@
 """The operator's listener, apart from the API: `/metrics` for Prometheus, `/health` (the
 daemon answers) and `/ready` (it has adopted its VMs, serves the API and reaches its
 database). No authentication: it is meant for the provider's monitoring network only, and
-listens on loopback by default (`api.metrics_listen`)."""
+listens on loopback by default (`api.metrics_listen`).
+
+`POST /host/suspend` and `/host/resume` are how `openhosting-admin host …` has the running
+daemon dump and restore every server (the daemon holds each VM's only QMP connection). They
+change state, so they answer only callers on this host's loopback, wherever it listens."""
 
 import asyncio
+import ipaddress
 
 from aiohttp import web
 from sqlalchemy import text
@@ -51,6 +56,32 @@ def _ping(api: web.Application) -> None:
         connection.execute(text("SELECT 1"))
 
 
+async def host_suspend(request: web.Request) -> web.Response:
+    _local_only(request)
+    outcome = await request.app[API_APP_KEY][PLATFORM_KEY].servers.suspend_all()
+    return web.Response(text=_outcome_text(outcome))
+
+
+async def host_resume(request: web.Request) -> web.Response:
+    _local_only(request)
+    outcome = await request.app[API_APP_KEY][PLATFORM_KEY].servers.resume_all()
+    return web.Response(text=_outcome_text(outcome))
+
+
+def _local_only(request: web.Request) -> None:
+    try:
+        local = ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        local = False
+    if not local:
+        raise web.HTTPForbidden(text="host maintenance is for callers on this host only\n")
+
+
+def _outcome_text(outcome: dict[str, str]) -> str:
+    """One line per server: its id, then `dumped`/`active` or why not."""
+    return "".join(f"{uuid} {' '.join(text.split())}\n" for uuid, text in outcome.items())
+
+
 def build_ops_app(api: web.Application) -> web.Application:
     """The operator's application over the API application `api` (its platform, metrics)."""
     app = web.Application()
@@ -58,4 +89,6 @@ def build_ops_app(api: web.Application) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_post("/host/suspend", host_suspend)
+    app.router.add_post("/host/resume", host_resume)
     return app

@@ -16,6 +16,7 @@ from openhosting.cli import (
     admin_backup,
     admin_billing,
     admin_config,
+    admin_host,
     admin_imaging,
     admin_init,
     admin_servers,
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_config.add_parsers(areas)
     admin_init.add_parsers(areas)
     admin_servers.add_parsers(areas)
+    admin_host.add_parsers(areas)
     return parser
 
 

@@ -205,6 +205,8 @@ class VmSpec:
     # opened its files (None: stay as started).
     sandbox: bool = True
     run_as: str | None = None
+    # Start paused, waiting for a saved state to be fed in (`migrate-incoming`), not booting.
+    incoming: bool = False
 
     def __post_init__(self) -> None:
         if not _UUID.fullmatch(self.uuid):
@@ -264,6 +266,8 @@ def build_qemu_argv(spec: VmSpec) -> list[str]:
         argv += ["-sandbox", "on,obsolete=deny,resourcecontrol=deny"]
     if spec.run_as:
         argv += ["-runas", spec.run_as]
+    if spec.incoming:
+        argv += ["-incoming", "defer"]
     argv += ["-pidfile", str(paths.pidfile), "-daemonize"]
     return argv
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("qemu.qmp").setLevel(logging.INFO)
 
 DEFAULT_COMMAND_TIMEOUT = 10.0
+UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s: far beyond any disk, within QEMU's bound
 _PERIPHERAL = "/machine/peripheral/"
 
 
@@ -186,6 +187,49 @@ class Monitor:
             # QEMU may close the socket before its reply arrives: that is the quit done.
             if not isinstance(err.__cause__, ExecInterruptedError):
                 raise
+
+    async def stop_vcpus(self) -> None:
+        """Pause the guest (QMP `stop`): its memory and devices no longer change."""
+        await self.execute("stop")
+
+    async def pass_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU the file descriptor `fd` under `name` (QMP `getfd`, over SCM_RIGHTS)."""
+        try:
+            self._qmp.send_fd_scm(fd)
+        except (QMPError, OSError) as err:
+            raise HypervisorError(f"cannot pass a descriptor to QMP: {err}") from err
+        await self.execute("getfd", {"fdname": name})
+
+    async def migrate(self, uri: str) -> None:
+        """Start sending the VM's state to `uri` (e.g. `fd:NAME`) as fast as it can be read;
+        see `wait_migration`."""
+        # QEMU's default limit (128 MiB/s) is for a guest running on while it moves across a
+        # network; this one is paused and its state goes to a local file.
+        await self.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
+        await self.execute("migrate", {"uri": uri})
+
+    async def migrate_incoming(self, uri: str) -> None:
+        """Start reading the VM's state from `uri`, for a QEMU started with -incoming defer."""
+        await self.execute("migrate-incoming", {"uri": uri})
+
+    async def wait_migration(self, timeout: float) -> None:
+        """Wait until the migration under way has completed; `HypervisorError` if it failed
+        or is not done within `timeout` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            result = await self.execute("query-migrate")
+            assert isinstance(result, dict)
+            status = result.get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise HypervisorError(
+                    f"migration {status}: {result.get('error-desc', 'no reason given')}"
+                )
+            if loop.time() >= deadline:
+                raise HypervisorError(f"migration not done within {timeout:g} s ({status})")
+            await asyncio.sleep(0.05)
 
     async def query_vcpu_threads(self) -> list[int]:
         """The host thread id of each vCPU, in vCPU order (`query-cpus-fast`)."""

@@ -4,12 +4,16 @@ and what happens when it ends; at daemon start, adopting those a previous daemon
 The database says what a server should be; whether its VM runs is known from the VM itself
 (`RunningVm`), held here by server in `vms`. When a VM ends for any reason, `vm_exited` applies
 the rules: a persistent server becomes `stopped` (or `dead` after a crash), a non-persistent
-one is destroyed; its drives, addresses and VNC overlay are released. Callers (the server
+one is destroyed; its drives, addresses and VNC overlay are released. A VM that ends because
+its state was saved (`dump_vm`, for host maintenance) is the exception: its server, persistent
+or not, is `dumped` and keeps its drives claimed (their content must not change under the
+saved memory) until `start_vm` restores it. Callers (the server
 service) check ownership, claim the drives and hold the server's lock around these steps.
 """
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -40,6 +44,7 @@ from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.events import EventBus
 from openhosting.services.guest_io import fold_guest_io
+from openhosting.services.server_dumps import ServerDumps
 from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_logs import ServerLogs
 from openhosting.services.server_network import ServerNetworks
@@ -54,6 +59,10 @@ log = logging.getLogger("openhosting.servers")
 # destroy or daemon stop folds first.
 GUEST_IO_FOLD_SECONDS = 30.0
 GUEST_IO_QUERY_SECONDS = 2.0
+
+# Saving or restoring a guest's memory: a few seconds per GiB on a disk, generous for slow ones.
+STATE_TIMEOUT = 300.0
+DUMPED = "dumped"
 
 
 def qemu_user(setting: str) -> pwd.struct_passwd | None:
@@ -106,6 +115,9 @@ class ServerLifecycle:
         # Servers whose VNC is also on their own address (bridge mode): their address.
         self._vnc_overlays: dict[str, str] = {}
         self._space_resumer = SpaceResumer()
+        self.dumps = ServerDumps.of_state(config.state_path, config.platform_key_path)
+        # Servers whose VM is ending because its state was saved: `vm_exited` keeps them.
+        self._dumping: set[str] = set()
 
     def run_dir(self, uuid: str) -> Path:
         return self._config.run_path / uuid
@@ -135,9 +147,12 @@ class ServerLifecycle:
         config: ServerConfig,
         drives: list[AttachableDrive],
         display: int | None,
+        restore: bool = False,
     ) -> None:
         """Start the VM of `uuid`, whose drives are claimed and VNC `display` picked; the
-        server is `active` once this returns. Every step is undone if a later one fails."""
+        server is `active` once this returns. Every step is undone if a later one fails.
+        With `restore`, the VM runs on from its dump instead of booting; the dump is removed
+        once it runs."""
         run_dir = self.run_dir(uuid)
         begun = time.monotonic()
         async with AsyncExitStack() as undo:
@@ -167,7 +182,7 @@ class ServerLifecycle:
                 display=display,
                 nics=nics,
             )
-            spec = plan.spec
+            spec = dataclasses.replace(plan.spec, incoming=True) if restore else plan.spec
             # QEMU reads the LUKS passphrases at start-up; they need not outlive that.
             undo.push_async_callback(asyncio.to_thread, _remove_secrets, spec)
             _write_secrets(plan)
@@ -175,8 +190,9 @@ class ServerLifecycle:
                 vm = await RunningVm.start(
                     spec,
                     self.vm_exited,
-                    timeout=self._settings.start_timeout,
+                    timeout=STATE_TIMEOUT if restore else self._settings.start_timeout,
                     serial_limit=self.logs.limit,
+                    saved_state=self.dumps.source(uuid) if restore else None,
                 )
             except HypervisorError as error:
                 log.warning("event=server_start_failed server=%s error=%s", uuid, error)
@@ -197,7 +213,12 @@ class ServerLifecycle:
                 server_store.update_server(connection, uuid, status="active", started_at=started)
             undo.pop_all()
             await asyncio.to_thread(_remove_secrets, spec)
-        log.info("event=server_started user=%s server=%s pid=%s", user, uuid, vm.pid)
+        if restore:
+            await asyncio.to_thread(self.dumps.remove, uuid)  # used: the guest runs on
+        log.info(
+            "event=server_started user=%s server=%s pid=%s restored=%s",
+            user, uuid, vm.pid, str(restore).lower(),
+        )  # fmt: skip
         for attachment in config.drives:
             self._events.publish(
                 user, "drive", attachment.drive, "claimed", server=uuid, device=attachment.slot
@@ -304,6 +325,52 @@ class ServerLifecycle:
             await asyncio.sleep(interval)
             await self.fold_guest_io()
 
+    # -- saving a VM's state ------------------------------------------------------------
+
+    async def dump_vm(self, uuid: str) -> None:
+        """Save the running VM's memory and device state to its dump and end it: the server
+        is `dumped` once this returns. If the state cannot be saved, the VM runs on."""
+        vm = self.vms.get(uuid)
+        if vm is None:
+            raise FailedError(f"Server {uuid} is not active")
+        begun = time.monotonic()
+        await self.fold_guest_io(uuid)  # QEMU's counters end with it
+        try:
+            await vm.save_state(self.dumps.sink(uuid), timeout=STATE_TIMEOUT)
+            await asyncio.to_thread(self.dumps.commit, uuid)
+        except (HypervisorError, OSError) as error:
+            await asyncio.to_thread(self.dumps.remove, uuid)
+            if vm.monitor.connected:
+                with contextlib.suppress(HypervisorError):
+                    await vm.monitor.cont()
+            log.warning("event=server_dump_failed server=%s error=%s", uuid, error)
+            raise FailedError(f"Server {uuid} could not be dumped: {error}") from error
+        self._dumping.add(uuid)
+        try:
+            await vm.stop(self._settings.stop_timeout)
+        finally:
+            self._dumping.discard(uuid)
+        log.info(
+            "event=server_dumped server=%s seconds=%.3f bytes=%s",
+            uuid, time.monotonic() - begun, self.dumps.path(uuid).stat().st_size,
+        )  # fmt: skip
+
+    def discard_dump(self, uuid: str) -> None:
+        """The dumped server is stopped instead of restored: its saved state and claims go,
+        and the stop rules apply (a non-persistent server is destroyed)."""
+        self.dumps.remove(uuid)
+        with self._engine.begin() as connection:
+            row = server_store.get_server(connection, uuid)
+            server_store.remove_guest_claims(connection, uuid)
+            persistent = row is not None and json.loads(row["config"]).get("persistent") == "true"
+            if persistent:
+                server_store.update_server(connection, uuid, status="stopped")
+            elif row is not None:
+                server_store.delete_server(connection, uuid)
+        if row is not None and not persistent:
+            log.info("event=server_destroyed server=%s reason=dump_discarded", uuid)
+            self.remove_run_dir(uuid)
+
     # -- end -------------------------------------------------------------------------
 
     async def vm_exited(self, uuid: str, how: str) -> None:
@@ -319,12 +386,20 @@ class ServerLifecycle:
             log.warning("event=network_release_failed server=%s error=%s", uuid, error)
         # The database first, and no await until the VM has left `vms`: whoever sees the
         # server no longer active must also see its drives released.
+        dumped = uuid in self._dumping
         try:
             with self._engine.begin() as connection:
                 row = server_store.get_server(connection, uuid)
-                server_store.remove_guest_claims(connection, uuid)
                 config = json.loads(row["config"]) if row is not None else {}
-                if row is not None and config.get("persistent") != "true":
+                if not dumped:
+                    server_store.remove_guest_claims(connection, uuid)
+                if dumped and row is not None:
+                    # Its drives stay claimed: what they hold belongs with the saved memory.
+                    server_store.update_server(
+                        connection, uuid, status=DUMPED, started_at=None, vnc_display=None
+                    )
+                    log.info("event=server_stopped server=%s status=%s", uuid, DUMPED)
+                elif row is not None and config.get("persistent") != "true":
                     server_store.delete_server(connection, uuid)
                     log.info("event=server_destroyed server=%s reason=vm_%s", uuid, how)
                 elif row is not None:
@@ -335,12 +410,14 @@ class ServerLifecycle:
                     log.info("event=server_stopped server=%s status=%s", uuid, status)
         finally:
             self.vms.pop(uuid, None)
-        if row is not None:
+        if dumped and row is not None:
+            self._events.publish(row["user"], "server", uuid, "status", status=DUMPED)
+        elif row is not None:
             self._publish_exit(row["user"], uuid, config, how)
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(remove_cpu_group, self.cgroup, uuid)
-        if row is not None and config.get("persistent") != "true":
+        if not dumped and row is not None and config.get("persistent") != "true":
             self.remove_run_dir(uuid)
 
     def remove_run_dir(self, uuid: str) -> None:
@@ -408,6 +485,31 @@ class ServerLifecycle:
             crashed = (run_dir / "qemu.pid").exists()
             await self.vm_exited(uuid, "crash" if crashed else SHUTDOWN)
         await self._networks.recover({u: c for u, c in adopted.items() if u in self.vms})
+
+    async def adopt_for_maintenance(self) -> dict[str, str]:
+        """For the admin tool when no daemon answers: hold the VMs of active servers as
+        `recover` does, but never stop one it cannot control (a daemon may hold it) and leave
+        networking as it is but for starting it. Returns why each one not held is not."""
+        await self._networks.start()
+        with self._engine.connect() as connection:
+            rows = server_store.servers_with_status(connection, "active")
+        unreachable: dict[str, str] = {}
+        for row in rows:
+            uuid = row["uuid"]
+            try:
+                vm = await RunningVm.adopt(
+                    uuid, self.run_dir(uuid), self.vm_exited, timeout=3,
+                    serial_limit=self.logs.limit,
+                )  # fmt: skip
+            except HypervisorError as error:
+                unreachable[uuid] = f"its VM cannot be controlled here ({error})"
+                continue
+            if vm is None:
+                unreachable[uuid] = "its VM does not run (the daemon reconciles it at start)"
+                continue
+            vm.started = float(row["started_at"] or 0)
+            self.vms[uuid] = vm
+        return unreachable
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they keep running for the next daemon,

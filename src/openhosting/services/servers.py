@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from openhosting.config import Config
-from openhosting.errors import BusyError, FailedError, MissingError, UsageError
+from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
 from openhosting.hypervisor.argv import VNC_BASE_PORT
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.vm import RunningVm
@@ -34,9 +34,10 @@ from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.events import EventBus
 from openhosting.services.resources import Resources
 from openhosting.services.server_info import server_info
-from openhosting.services.server_lifecycle import ServerLifecycle
+from openhosting.services.server_lifecycle import DUMPED, ServerLifecycle
 from openhosting.services.server_network import ServerNetworks
 from openhosting.storage.drive_files import file_is_available
+from openhosting.store import drives as drive_store
 from openhosting.store import servers as server_store
 from openhosting.store import space_reserve
 from openhosting.store.reader import Reader
@@ -105,7 +106,7 @@ class Servers:
         vm = self._vms.get(row["uuid"])
         if vm is not None:
             return "paused" if vm.pause is not None else "active"
-        return "dead" if row["status"] == "dead" else "stopped"
+        return row["status"] if row["status"] in ("dead", DUMPED) else "stopped"
 
     def run_dir(self, uuid: str) -> Path:
         """The run directory of the server's VM (pidfile, sockets, serial log, argv)."""
@@ -204,7 +205,14 @@ class Servers:
             current = ServerConfig.from_properties(json.loads(row["config"]))
             merged = current.merge(properties)
             vm = self._vms.get(uuid)
-            if vm is None:
+            if vm is None and row["status"] == DUMPED:
+                # Its saved memory knows its devices: only what a running server may change.
+                if offline := current.offline_changes(properties):
+                    raise BusyError(
+                        f"Server {uuid} is dumped: {', '.join(offline)} can only be changed"
+                        " once it is stopped"
+                    )
+            elif vm is None:
                 self._check_config(user, merged)
             else:
                 if offline := current.offline_changes(properties):
@@ -238,10 +246,12 @@ class Servers:
                     raise BusyError(
                         f"Drive {drive.uuid} is inactive: its storage is unavailable now"
                     )
+            restore = row["status"] == DUMPED
             async with AsyncExitStack() as undo:
-                display = self._claim(user, uuid, config, drives)
-                undo.callback(self._release, uuid)
-                await self.lifecycle.start_vm(user, uuid, config, drives, display)
+                display = self._claim(user, uuid, config, drives, held=restore)
+                # A dumped server's drives stay its own whether or not it comes back.
+                undo.callback(self._release, uuid, drives=not restore)
+                await self.lifecycle.start_vm(user, uuid, config, drives, display, restore)
                 undo.pop_all()
 
     async def _resume(self, uuid: str, vm: RunningVm) -> None:
@@ -254,36 +264,56 @@ class Servers:
         log.info("event=server_resumed server=%s by=start", uuid)
 
     def _claim(
-        self, user: str, uuid: str, config: ServerConfig, drives: list[AttachableDrive]
+        self,
+        user: str,
+        uuid: str,
+        config: ServerConfig,
+        drives: list[AttachableDrive],
+        held: bool = False,
     ) -> int | None:
         """Claim the drives (409 if another server or an imaging job holds one) and pick a
-        VNC display, in one transaction."""
+        VNC display, in one transaction. With `held`, the server holds its claims already
+        (it is dumped): only the display is picked."""
         with self._engine.begin() as connection:
             if self._billing is not None:
                 self._billing.check_server_start(connection, user, uuid, config.cpu, config.mem)
-            existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
-            by_drive = {drive.uuid: drive for drive in drives}
-            for claim in existing:
-                drive = by_drive[claim["drive"]]
-                if claim["kind"] != "guest" or claim["exclusive"] or drive.exclusive:
-                    raise BusyError(
-                        f"Drive {claim['drive']} is in use ({claim['kind']} {claim['holder']})"
-                    )
-            server_store.add_guest_claims(
-                connection,
-                user,
-                uuid,
-                [(a.drive, a.slot, by_drive[a.drive].exclusive) for a in config.drives],
-            )
+            if not held:
+                self._claim_drives(connection, user, uuid, config, drives)
+            else:
+                drive_store.reset_guest_io_marks(connection, uuid)
             display = None
             if config.vnc_password:
                 display = self._free_vnc_display(server_store.used_vnc_displays(connection))
                 server_store.update_server(connection, uuid, vnc_display=display)
         return display
 
-    def _release(self, uuid: str) -> None:
+    def _claim_drives(
+        self,
+        connection: Connection,
+        user: str,
+        uuid: str,
+        config: ServerConfig,
+        drives: list[AttachableDrive],
+    ) -> None:
+        existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
+        by_drive = {drive.uuid: drive for drive in drives}
+        for claim in existing:
+            drive = by_drive[claim["drive"]]
+            if claim["kind"] != "guest" or claim["exclusive"] or drive.exclusive:
+                raise BusyError(
+                    f"Drive {claim['drive']} is in use ({claim['kind']} {claim['holder']})"
+                )
+        server_store.add_guest_claims(
+            connection,
+            user,
+            uuid,
+            [(a.drive, a.slot, by_drive[a.drive].exclusive) for a in config.drives],
+        )
+
+    def _release(self, uuid: str, drives: bool = True) -> None:
         with self._engine.begin() as connection:
-            server_store.remove_guest_claims(connection, uuid)
+            if drives:
+                server_store.remove_guest_claims(connection, uuid)
             server_store.update_server(connection, uuid, vnc_display=None)
 
     def _free_vnc_display(self, used: set[int]) -> int:
@@ -300,11 +330,15 @@ class Servers:
 
     async def stop(self, user: str, uuid: str) -> None:
         async with self._lock_of(user, uuid):
-            self._get(user, uuid)
+            row = self._get(user, uuid)
             vm = self._vms.get(uuid)
             if vm is not None:
                 await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
                 await vm.stop(self._settings.stop_timeout)
+            elif row["status"] == DUMPED:
+                # Power-off of a saved guest: its state is dropped, its drives released.
+                await asyncio.to_thread(self.lifecycle.discard_dump, uuid)
+                log.info("event=server_stopped user=%s server=%s status=stopped", user, uuid)
 
     async def shutdown(self, user: str, uuid: str) -> None:
         async with self._lock_of(user, uuid):
@@ -333,14 +367,51 @@ class Servers:
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self._locks.pop(uuid, None)
+        self.lifecycle.dumps.remove(uuid)
         self.lifecycle.remove_run_dir(uuid)
         log.info("event=server_destroyed user=%s server=%s", user, uuid)
+
+    # -- host maintenance ------------------------------------------------------------
+
+    async def suspend_all(self) -> dict[str, str]:
+        """Dump every active server (host maintenance). Returns, per server, `dumped` or why
+        it could not be (it then runs on)."""
+        outcome: dict[str, str] = {}
+        for uuid in sorted(self._vms):
+            async with self._locks[uuid]:
+                if uuid not in self._vms:
+                    continue  # ended meanwhile
+                try:
+                    await self.lifecycle.dump_vm(uuid)
+                except FailedError as error:
+                    outcome[uuid] = error.message
+                else:
+                    outcome[uuid] = DUMPED
+        return outcome
+
+    async def resume_all(self) -> dict[str, str]:
+        """Restore every dumped server. Returns, per server, `active` or why it is not."""
+        with self._engine.connect() as connection:
+            rows = server_store.servers_with_status(connection, DUMPED)
+        outcome: dict[str, str] = {}
+        for row in rows:
+            try:
+                await self.start(row["user"], row["uuid"])
+            except ApiError as error:
+                outcome[row["uuid"]] = error.message
+            else:
+                outcome[row["uuid"]] = "active"
+        return outcome
 
     # -- daemon start and stop -------------------------------------------------------
 
     async def recover(self) -> None:
         """Re-adopt the VMs of active servers; reconcile those that ended meanwhile."""
         await self.lifecycle.recover()
+
+    async def adopt_for_maintenance(self) -> dict[str, str]:
+        """Hold the running VMs without a daemon (see ServerLifecycle.adopt_for_maintenance)."""
+        return await self.lifecycle.adopt_for_maintenance()
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they keep running for the next daemon."""

@@ -101,3 +101,13 @@ def add_guest_io(
         .where(claims.c.id == claim)
         .values({claims.c[f"guest_{name}"]: mark[name] for name in IO_COUNTERS})
     )
+
+
+def reset_guest_io_marks(connection: Connection, server: str) -> None:
+    """The claims of `server` count its guest's I/O from 0 again: a new QEMU (a dumped server
+    restored) starts its counters at 0 while the claims stayed."""
+    connection.execute(
+        update(claims)
+        .where(claims.c.kind == "guest", claims.c.holder == server)
+        .values({claims.c[f"guest_{name}"]: 0 for name in IO_COUNTERS})
+    )

@@ -1,0 +1,89 @@
+"""`openhosting-admin host suspend|resume`: host maintenance (a kernel update, a reboot).
+
+`suspend` saves every active server's memory and device state to an encrypted dump in the
+state directory and ends its VM: those servers are `dumped`, their drives still claimed.
+`resume` restores each dumped server where it was (its guest runs on, it does not boot).
+
+The daemon holds each VM's one QMP connection and would apply the stop rules to a VM that
+ends under it, so when it runs it does the work itself: the tool asks it on its operator
+listener (`api.metrics_listen`, loopback callers only). When nothing answers there, the
+tool holds the VMs itself for the time of the command, as the daemon would.
+"""
+
+import argparse
+import asyncio
+import http.client
+from typing import Any
+
+from openhosting.config import Config
+from openhosting.daemon import parse_listen
+from openhosting.errors import FailedError
+from openhosting.services.platform import open_platform
+
+# Saving or restoring every guest of a host takes a while: bounded, but generously.
+DAEMON_TIMEOUT = 3600.0
+_DONE = {"suspend": "dumped", "resume": "active"}
+
+
+def ask_daemon(config: Config, action: str) -> dict[str, str] | None:
+    """The daemon's outcome of `action`, or None when no daemon answers on its listener."""
+    if not config.api.metrics_listen:
+        return None
+    host, port = parse_listen(config.api.metrics_listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    connection = http.client.HTTPConnection(host, port, timeout=DAEMON_TIMEOUT)
+    try:
+        connection.request("POST", f"/host/{action}")
+        response = connection.getresponse()
+        body = response.read().decode()
+    except ConnectionRefusedError:
+        return None
+    except OSError as error:
+        raise FailedError(f"openhostingd at {host}:{port} did not answer: {error}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise FailedError(f"openhostingd refused host {action}: {body.strip()}")
+    outcome: dict[str, str] = {}
+    for line in body.splitlines():
+        uuid, _, text = line.partition(" ")
+        outcome[uuid] = text
+    return outcome
+
+
+async def run_here(config: Config, action: str) -> dict[str, str]:
+    """Do `action` in this process: no daemon runs (or none listens for the operator)."""
+    platform = open_platform(config)
+    try:
+        servers = platform.servers
+        unreachable = await servers.adopt_for_maintenance()
+        try:
+            done = await (servers.suspend_all() if action == "suspend" else servers.resume_all())
+        finally:
+            await servers.close()  # restored VMs run on, for the daemon to adopt
+    finally:
+        platform.close()
+    return {**unreachable, **done} if action == "suspend" else done
+
+
+def cmd_host(config: Config, args: argparse.Namespace) -> str:
+    outcome = ask_daemon(config, args.command)
+    if outcome is None:
+        outcome = asyncio.run(run_here(config, args.command))
+    text = "".join(f"{uuid} {result}\n" for uuid, result in outcome.items())
+    failed = [uuid for uuid, result in outcome.items() if result != _DONE[args.command]]
+    if failed:
+        raise FailedError(f"{text}host {args.command}: {len(failed)} server(s) not done")
+    return text
+
+
+def add_parsers(areas: Any) -> None:
+    """Add the `host` area to the admin tool's parser."""
+    host = areas.add_parser("host", help="host maintenance")
+    commands = host.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "suspend", help="save every active server's state to disk and end its VM (dumped)"
+    ).set_defaults(run_on_state=cmd_host)
+    commands.add_parser("resume", help="restore every dumped server where it was").set_defaults(
+        run_on_state=cmd_host
+    )
