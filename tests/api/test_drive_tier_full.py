@@ -73,7 +73,7 @@ async def test_a_full_tier_is_507_for_its_drives_while_the_others_go_on(
     assert "imaging:error" not in info, info
     assert await read_bytes(client, auth, f"/drives/{encrypted}/read") == filling[:MIB]
 
-    state = read_platform_state(platform.engine, set(), platform.config.tier_paths, 2000)
+    state = read_platform_state(platform.engine, {}, platform.config.tier_paths, 2000)
     assert state.tier_bytes_total["ssd"] == TMPFS_SIZE
     assert state.tier_bytes_used["ssd"] >= len(filling)
     assert state.tier_bytes_total["disk"] != TMPFS_SIZE

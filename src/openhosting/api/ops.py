@@ -26,7 +26,10 @@ async def metrics(request: web.Request) -> web.Response:
     state = await asyncio.to_thread(
         read_platform_state,
         platform.engine,
-        set(platform.servers.lifecycle.vms),
+        {
+            uuid: "paused" if vm.pause is not None else "active"
+            for uuid, vm in platform.servers.lifecycle.vms.items()
+        },
         platform.config.tier_paths,
         platform.config.hypervisor.core_mhz,
     )

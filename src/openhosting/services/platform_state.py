@@ -36,24 +36,24 @@ def host_memory_mb(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 
 def read_platform_state(
-    engine: Engine, active: set[str], tier_dirs: Mapping[str, Path], core_mhz: int
+    engine: Engine, live: Mapping[str, str], tier_dirs: Mapping[str, Path], core_mhz: int
 ) -> PlatformState:
-    """The figures now; `active` holds the servers whose VM runs (the live truth: the
-    database's status of a VM that just ended may lag); `tier_dirs` each tier's drive
-    directory, `disk` the one `disk_bytes` reports."""
+    """The figures now; `live` maps the servers whose VM exists to `active` or `paused` (the
+    live truth: the database's status of a VM that just ended may lag); `tier_dirs` each
+    tier's drive directory, `disk` the one `disk_bytes` reports."""
     with engine.connect() as connection:
         tiers = counts.drives_by_tier(connection)
         jobs = counts.jobs_by_state(connection)
         statuses = counts.server_statuses(connection)
-    by_status = dict.fromkeys(("active", "stopped", "dead"), 0)
+    by_status = dict.fromkeys(("active", "paused", "stopped", "dumped", "dead"), 0)
     cpu = mem = 0
     for uuid, stored, config_json in statuses:
-        if uuid in active:
+        if uuid in live:
             config = json.loads(config_json)
             cpu, mem = cpu + int(config["cpu"]), mem + int(config["mem"])
-            status = "active"
+            status = live[uuid]
         else:
-            status = "dead" if stored == "dead" else "stopped"
+            status = stored if stored in ("dead", "dumped") else "stopped"
         by_status[status] = by_status.get(status, 0) + 1
     usage = {
         tier: shutil.disk_usage(directory)
