@@ -52,6 +52,7 @@ HEAD = f"""qemu-system-x86_64
 -display none
 -rtc base=utc
 -boot strict=on
+-action shutdown=pause
 -chardev socket,id=qmp,path={RUN}/qmp.sock,server=on,wait=off
 -mon chardev=qmp,mode=control
 -chardev socket,id=serial0,path={RUN}/serial.sock,server=on,wait=off

@@ -248,6 +248,9 @@ def build_qemu_argv(spec: VmSpec) -> list[str]:
         ("-display", "none"),
         ("-rtc", "base=utc"),
         ("-boot", "strict=on"),
+        # A guest's power-off pauses QEMU instead of ending it, so the driver can read what
+        # the guest did (block counters) before it ends the VM with `quit` (see vm.py).
+        ("-action", "shutdown=pause"),
     ]
     argv = [spec.qemu_binary, *(word for option in options for word in option)]
     if spec.netns:

@@ -35,6 +35,11 @@ from openhosting.hypervisor.serial_relay import SerialRelay
 log = logging.getLogger("openhosting.hypervisor")
 
 ExitCallback = Callable[[str, str], Awaitable[None]]
+# Called when the guest has powered itself off, before its VM is ended (QEMU only pauses it:
+# `-action shutdown=pause`), e.g. to read its counters one last time.
+EndingCallback = Callable[[str], Awaitable[None]]
+# How long that may take before the VM is ended anyway.
+ENDING_TIMEOUT = 5.0
 # Moves a saved state through a pipe, in a worker thread: a sink reads its descriptor to
 # the end (and stores what it read), a source writes the saved state into its descriptor.
 StateStream = Callable[[int], object]
@@ -87,6 +92,8 @@ class RunningVm:
         self.serial = serial
         self.started = started
         self._ending: str | None = None  # set by a SHUTDOWN event
+        self.before_end: EndingCallback | None = None
+        self._ender: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.exited = asyncio.Event()
         self.pause: Pause | None = None  # as QEMU last said; a new VM runs
@@ -169,6 +176,8 @@ class RunningVm:
             if event.name == "SHUTDOWN":
                 self._ending = SHUTDOWN
                 log.info("event=vm_shutdown server=%s reason=%s", self.uuid, event.reason)
+                if event.data.get("guest"):
+                    self._end_after_guest_shutdown()
             elif event.name == "BLOCK_IO_ERROR" and event.data.get("action") == "stop":
                 self._nospace = bool(event.data.get("nospace"))
                 log.warning(
@@ -190,6 +199,36 @@ class RunningVm:
         self.exited.set()
         log.info("event=vm_exited server=%s how=%s", self.uuid, ending)
         await on_exit(self.uuid, ending)
+
+    def _end_after_guest_shutdown(self) -> None:
+        """The guest powered off and QEMU paused (`-action shutdown=pause`): let `before_end`
+        look at the VM, then end it. In a task: the event loop of the watcher goes on."""
+        if self._ender is None:
+            self._ender = asyncio.create_task(self._end_guest_shutdown())
+
+    async def _end_guest_shutdown(self) -> None:
+        if self.before_end is not None:
+            try:
+                async with asyncio.timeout(ENDING_TIMEOUT):
+                    await self.before_end(self.uuid)
+            except Exception as error:  # never keeps a powered-off VM alive
+                log.warning("event=vm_before_end_failed server=%s error=%s", self.uuid, error)
+        try:
+            await self.monitor.quit()
+        except HypervisorError as error:
+            log.warning("event=vm_quit_failed server=%s error=%s", self.uuid, error)
+            await process.kill(self.pid, self.uuid)
+
+    async def end_if_powered_off(self) -> None:
+        """A VM found paused after its guest's power-off (while no daemon ran) is ended now,
+        as the guest asked."""
+        try:
+            status = await self.monitor.query_status()
+        except HypervisorError:
+            return
+        if status == "shutdown":
+            self._ending = SHUTDOWN
+            self._end_after_guest_shutdown()
 
     async def stop(self, timeout: float = 10) -> None:
         """Power off now: `quit`, then kill the process if it lingers. Returns once it has

@@ -209,6 +209,7 @@ class ServerLifecycle:
             vm.started = started
             self.vms[uuid] = vm
             vm.on_state = functools.partial(self._vm_state_changed, user)
+            vm.before_end = self.fold_guest_io  # a guest's power-off: its last I/O counts
             with self._engine.begin() as connection:
                 server_store.update_server(connection, uuid, status="active", started_at=started)
             undo.pop_all()
@@ -466,6 +467,9 @@ class ServerLifecycle:
                 vm.started = float(row["started_at"] or 0)
                 self.vms[uuid] = vm
                 vm.on_state = functools.partial(self._vm_state_changed, row["user"])
+                vm.before_end = self.fold_guest_io
+                # Its guest may have powered off while no daemon ran: QEMU paused it.
+                await vm.end_if_powered_off()
                 # It may have been paused meanwhile (a full disk, say): QEMU knows.
                 await vm.refresh_state()
                 config = ServerConfig.from_properties(json.loads(row["config"]))
