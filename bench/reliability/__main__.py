@@ -7,13 +7,14 @@ import argparse
 import random
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.harness import work_directory
 from bench.reliability.table import CampaignResult, render_table
 
-CAMPAIGNS = ("crash", "isolation", "load", "input")
+CAMPAIGNS = ("crash", "isolation", "load", "input", "storage")
 
 
 def main() -> int:
@@ -29,6 +30,7 @@ def main() -> int:
     parser.add_argument("--load-servers", type=int, default=100)
     parser.add_argument("--input-examples", type=int, default=2000)
     parser.add_argument("--input-seconds", type=float, default=180)
+    parser.add_argument("--storage-rounds", type=int, default=3)
     args = parser.parse_args()
     unknown = set(args.campaigns) - set(CAMPAIGNS)
     if unknown:
@@ -57,15 +59,25 @@ def main() -> int:
 
         return bad_input.run(work_dir, seed, args.input_examples, args.input_seconds)
 
+    def storage(work_dir: Path) -> CampaignResult:
+        from bench.reliability import storage
+
+        return storage.run(work_dir, seed, args.storage_rounds)
+
     runners: dict[str, Callable[[Path], CampaignResult]] = {
         "crash": crash, "isolation": isolation, "load": load, "input": bad_input,
+        "storage": storage,
     }  # fmt: skip
     results = []
     for name in args.campaigns or CAMPAIGNS:
         started = time.monotonic()
         print(f"campaign {name} ...", flush=True)
         with work_directory(f"reliability-{name}") as work_dir:
-            result = runners[name](work_dir)
+            try:
+                result = runners[name](work_dir)
+            except Exception as error:  # a campaign that breaks is a finding, not the end
+                result = CampaignResult(name, violations=[f"the campaign failed: {error!r}"])
+                traceback.print_exc()
         result.notes.append(f"{time.monotonic() - started:.0f} s")
         results.append(result)
     print(render_table(results), flush=True)

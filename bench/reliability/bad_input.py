@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from tests.api.test_hostile_input import HOSTILE_HEADERS, JSON_BODIES, TEXT_BODIES, fill
 from tests.daemon_process import BIN, Account, Api, DaemonProcess, create_user
 
+from bench.reliability import checkers
 from bench.reliability.load import rss_bytes
 from bench.reliability.table import CampaignResult
 from openhosting.api.routes import ROUTES
@@ -205,8 +206,9 @@ def run(work_dir: Path, seed_value: int, examples: int, seconds: float) -> Campa
             status, took = exchange(daemon.port, request)
             result.operations += 1
             statuses[status] = statuses.get(status, 0) + 1
-            if (status is not None and status >= 500) or took > IDLE_TIMEOUT + ANSWER_MARGIN:
-                result.violations.append(f"{status} after {took:.1f} s: {request[:300]!r}")
+            result.violations += checkers.check_answer(
+                repr(request[:300]), status, took, IDLE_TIMEOUT + ANSWER_MARGIN
+            )
 
         attempt()
         if snapshot(other_api) != before:
@@ -214,8 +216,9 @@ def run(work_dir: Path, seed_value: int, examples: int, seconds: float) -> Campa
         if other_api.call(f"/drives/{other.drive}/read/0/4096").body != b"mine" * 1024:
             result.violations.append("the other user's drive changed")
         rss_end = rss_bytes(daemon.pid)
-        if rss_end - rss_start > RSS_GROWTH_BOUND:
-            result.violations.append(f"RSS grew {(rss_end - rss_start) >> 20} MiB")
+        result.violations += checkers.check_daemon_resources(
+            (rss_start, rss_end), (0, 0), RSS_GROWTH_BOUND
+        )
         result.faults = result.operations
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str))
         result.notes.append(f"answers by status {counts}")

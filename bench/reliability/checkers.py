@@ -151,3 +151,36 @@ def check_integrity(database: Path) -> list[str]:
     finally:
         connection.close()
     return [] if rows == ["ok"] else [f"{database.name}: integrity_check: {rows[0][:300]}"]
+
+
+def check_attack(what: str, status: int, status_if_missing: int) -> list[str]:
+    """A command on another user's object is answered as on one that does not exist: the
+    same status, and never a success."""
+    if status == status_if_missing and not 200 <= status < 300:
+        return []
+    return [f"{what}: {status} (for a missing object: {status_if_missing})"]
+
+
+def check_foreign_ids(what: str, text: str, strangers: Collection[str]) -> list[str]:
+    """`text` (a list, an info, an event stream of one user) names none of `strangers`."""
+    leaked = sorted(stranger for stranger in strangers if stranger in text)
+    return [f"{what} names another user's {leaked}"] if leaked else []
+
+
+def check_daemon_resources(
+    rss: tuple[int, int], fds: tuple[int, int], rss_growth_bound: int
+) -> list[str]:
+    """(start, end) RSS within the bound; no more descriptors at the end than at the start."""
+    problems = []
+    if rss[1] - rss[0] > rss_growth_bound:
+        problems.append(f"RSS grew {(rss[1] - rss[0]) >> 20} MiB (bound {rss_growth_bound >> 20})")
+    if fds[1] > fds[0]:
+        problems.append(f"open fds {fds[0]} at the start, {fds[1]} at the end")
+    return problems
+
+
+def check_answer(what: str, status: int | None, seconds: float, limit: float) -> list[str]:
+    """No 5xx, and an answer (or a close) within `limit` seconds."""
+    if (status is not None and status >= 500) or seconds > limit:
+        return [f"{status} after {seconds:.1f} s: {what}"]
+    return []

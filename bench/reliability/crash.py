@@ -1,6 +1,7 @@
 """The crash campaign: a mixed workload on a real daemon (drive writes of known content,
 creates, resizes, imaging, destroys, servers, an IP resource, a running VM, key rotation)
-while the daemon, or the VM's QEMU, is SIGKILLed at seeded random moments. After each kill
+while the daemon, the VM's QEMU, or the admin tool in the middle of `standard add` or
+`backup`, is SIGKILLed at seeded random moments. After each kill
 the daemon is started again and the checkers of checkers.py prove that nothing acknowledged
 was lost, nothing destroyed came back, no claim or imaging mark is stranded, every running VM
 is adopted once, and the database passes `PRAGMA integrity_check`."""
@@ -26,6 +27,7 @@ from openhosting.wire.text import parse_properties
 
 DRIVE_SIZE = 256 * 1024
 WORKERS = 2
+STANDARD_IMAGE_SIZE = 8 * 1024 * 1024
 VM_CONFIG = b"name vm\ncpu 500\nmem 128\npersistent true"
 # How long a killed QEMU's server may take to leave `active` (the daemon sees the exit).
 VM_EXIT_WAIT = 10.0
@@ -243,6 +245,11 @@ class CrashCampaign:
         self.vm: str | None = None
         self.vm_started = False
         self.workers = [Worker(self, index) for index in range(WORKERS)]
+        self.admin_runs = 0
+        self.fault_kinds: dict[str, int] = {}
+        # A standard image big enough that `standard add` can be caught in the middle.
+        self.standard_image = work_dir / "standard.img"
+        self.standard_image.write_bytes(pattern("standard", 0, 0, STANDARD_IMAGE_SIZE))
         self.running = threading.Event()  # set while workers may send requests
         self.idle = [threading.Event() for _ in self.workers]
         self.stopping = False
@@ -285,7 +292,8 @@ class CrashCampaign:
                 thread.join(60)
             self.clean_up()
         self.violations += checkers.check_integrity(self.state_dir / "openhosting.sqlite")
-        return CampaignResult("crash", self.operations, self.faults, self.violations)
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.fault_kinds.items()))
+        return CampaignResult("crash", self.operations, self.faults, self.violations, [kinds])
 
     def inject_fault(self) -> None:
         """SIGKILL the daemon mid-work (mostly), or the VM's QEMU, or rotate the key."""
@@ -294,7 +302,7 @@ class CrashCampaign:
             pids = checkers.qemu_processes([self.vm]).get(self.vm, [])
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
-                self.faults += 1
+                self.count_fault("SIGKILL qemu")
                 self.pause_workers()
                 self.wait_vm_exit(self.vm)
                 return
@@ -302,11 +310,19 @@ class CrashCampaign:
             self.pause_workers()
             self.rotate_key()
             return
+        if roll < 0.35:
+            self.pause_workers()
+            self.kill_admin()
+            return
         self.daemon.end(signal.SIGKILL)
-        self.faults += 1
+        self.count_fault("SIGKILL openhostingd")
         self.pause_workers()
         self.violations += checkers.check_integrity(self.state_dir / "openhosting.sqlite")
         self.daemon.start()
+
+    def count_fault(self, kind: str) -> None:
+        self.faults += 1
+        self.fault_kinds[kind] = self.fault_kinds.get(kind, 0) + 1
 
     def rotate_key(self) -> None:
         """`openhosting-admin user rotate-key` while the daemon runs: the new key works at
@@ -323,6 +339,53 @@ class CrashCampaign:
         if Api(old, self.daemon.url).call("/drives/list").status != 401:
             self.violations.append("rotate-key: the old key still opens the account")
         self.operations += 1
+
+    def kill_admin(self) -> None:
+        """SIGKILL `openhosting-admin standard add` or `backup` at a random moment: a
+        standard drive is listed only whole, a finished backup passes integrity_check, and
+        the daemon's database is checked at the next kill like every other time."""
+        self.admin_runs += 1
+        if self.rng.random() < 0.5:
+            name = f"std-{self.admin_runs}"
+            command = ["standard", "add", "--name", name, str(self.standard_image)]
+        else:
+            target = self.work_dir / f"backup-{self.admin_runs}"
+            command = ["backup", str(target)]
+        admin = subprocess.Popen(
+            [str(BIN / "openhosting-admin"), "--state-dir", str(self.state_dir), *command],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(self.rng.uniform(0.0, 0.6))
+        if admin.poll() is None:
+            admin.kill()
+            self.count_fault(f"SIGKILL admin {command[0]}")
+        finished = admin.wait(60) == 0
+        self.operations += 1
+        if command[0] == "standard":
+            self.check_standard_drives(name if finished else None)
+        elif finished:
+            self.violations += checkers.check_integrity(target / "openhosting.sqlite")
+
+    def check_standard_drives(self, acknowledged: str | None) -> None:
+        expected = self.standard_image.read_bytes()
+        status, _, answer = self.api.call("/drives/info/standard")
+        if status != 200:
+            self.violations.append(f"/drives/info/standard: {status}")
+            return
+        listed = {}
+        for block in answer.decode().split("\n\n"):
+            info = parse_properties(block)
+            if info.get("name", "").startswith("std-"):
+                listed[info["name"]] = info["drive"]
+        if acknowledged is not None and acknowledged not in listed:
+            self.violations.append(f"standard drive {acknowledged}: added, not listed")
+        for name, drive in sorted(listed.items()):
+            status, _, actual = self.api.call(f"/drives/{drive}/read")
+            if status != 200 or actual != expected:
+                self.violations.append(
+                    f"standard drive {name}: listed, reads {status} {len(actual)} bytes"
+                    " that are not its image"
+                )
 
     def wait_vm_exit(self, server: str) -> None:
         deadline = time.monotonic() + VM_EXIT_WAIT

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tests.daemon_process import Api, DaemonProcess, create_user
 
+from bench.reliability import checkers
 from bench.reliability.table import CampaignResult
 
 RSS_GROWTH_BOUND = 64 * 1024 * 1024
@@ -188,12 +189,9 @@ def run(
         result.violations += errors[:20]
         if len(errors) > 20:
             result.violations.append(f"... and {len(errors) - 20} more failed requests")
-        if rss_end - rss_start > RSS_GROWTH_BOUND:
-            result.violations.append(
-                f"RSS grew {(rss_end - rss_start) >> 20} MiB (bound {RSS_GROWTH_BOUND >> 20})"
-            )
-        if fds_end != fds_start:
-            result.violations.append(f"open fds {fds_start} at the start, {fds_end} at the end")
+        result.violations += checkers.check_daemon_resources(
+            (rss_start, rss_end), (fds_start, fds_end), RSS_GROWTH_BOUND
+        )
         result.notes.append(
             f"{clients} clients, {elapsed:.0f} s: {total / elapsed:.0f} requests/s;"
             f" RSS {rss_start >> 20} → {rss_end >> 20} MiB; fds {fds_start} → {fds_end}"

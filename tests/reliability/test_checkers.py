@@ -13,7 +13,11 @@ from bench.reliability.checkers import (
     ClaimState,
     Ledger,
     check_adoption,
+    check_answer,
+    check_attack,
     check_claims,
+    check_daemon_resources,
+    check_foreign_ids,
     check_integrity,
     check_presence,
     qemu_processes,
@@ -181,3 +185,34 @@ def test_the_table_has_one_row_per_campaign_and_names_each_violation() -> None:
     assert lines[2].split() == ["crash", "12", "3", "0"]
     assert lines[3].split() == ["load", "500", "0", "1"]
     assert "load: VIOLATION GET /x: 500" in lines
+
+
+def test_an_attack_answered_as_for_a_missing_object_passes() -> None:
+    assert check_attack("info", 404, 404) == []
+
+
+def test_an_attack_that_succeeds_or_betrays_the_object_is_caught() -> None:
+    assert check_attack("write", 204, 404)  # wrote into another user's drive
+    assert check_attack("destroy", 409, 404)  # `busy`: the object exists
+    assert check_attack("set", 200, 200)  # never a success, even if a missing one were
+
+
+def test_another_users_id_in_a_list_or_event_stream_is_caught() -> None:
+    assert check_foreign_ids("/drives/list", f"{D1}\n", {D2}) == []
+    assert check_foreign_ids("/events", f'data: {{"drive": "{D2}"}}', {D2}) == [
+        f"/events names another user's ['{D2}']"
+    ]
+
+
+def test_rss_past_its_bound_and_leaked_descriptors_are_caught() -> None:
+    assert check_daemon_resources((100 << 20, 120 << 20), (13, 13), 64 << 20) == []
+    assert check_daemon_resources((100 << 20, 120 << 20), (20, 13), 64 << 20) == []
+    assert check_daemon_resources((100 << 20, 200 << 20), (13, 13), 64 << 20)
+    assert check_daemon_resources((100 << 20, 100 << 20), (13, 14), 64 << 20)
+
+
+def test_a_5xx_or_an_answer_past_the_idle_timeout_is_caught() -> None:
+    assert check_answer("x", 400, 0.1, 8) == []
+    assert check_answer("x", None, 3.2, 8) == []  # closed at the idle timeout
+    assert check_answer("x", 500, 0.1, 8)
+    assert check_answer("x", None, float("inf"), 8)
