@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--load-clients", type=int, default=32)
     parser.add_argument("--load-drives", type=int, default=1000)
     parser.add_argument("--load-servers", type=int, default=100)
-    parser.add_argument("--input-examples", type=int, default=2000)
+    parser.add_argument("--input-examples", type=int, default=10000)
     parser.add_argument("--input-seconds", type=float, default=180)
     parser.add_argument("--storage-rounds", type=int, default=3)
     args = parser.parse_args()
