@@ -25,7 +25,7 @@ test: lint
 bench: setup
 	$(BIN)/python -m bench $(ARGS)
 
-# The fault campaigns (docs/reliability.md): real daemons, QEMU and files, about 15 minutes;
+# The fault campaigns (docs/reliability.md): real daemons, QEMU and files, under 10 minutes;
 # not part of `make test`. ARGS='--seed N' replays a run, ARGS='crash' runs one campaign.
 reliability: setup
 	$(BIN)/python -m bench.reliability $(ARGS)
