@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench lint clean install uninstall
+.PHONY: setup run test bench reliability lint clean install uninstall
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ test: lint
 
 bench: setup
 	$(BIN)/python -m bench $(ARGS)
+
+# The fault campaigns (docs/reliability.md): real daemons, QEMU and files, under 10 minutes;
+# not part of `make test`. ARGS='--seed N' replays a run, ARGS='crash' runs one campaign.
+reliability: setup
+	$(BIN)/python -m bench.reliability $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -488,6 +488,7 @@ class ServerLifecycle:
             # QEMU removes its pidfile when it exits cleanly; one left behind means a crash.
             crashed = (run_dir / "qemu.pid").exists()
             await self.vm_exited(uuid, "crash" if crashed else SHUTDOWN)
+        await self._stop_unowned_vms()
         await self._networks.recover({u: c for u, c in adopted.items() if u in self.vms})
 
     async def adopt_for_maintenance(self) -> dict[str, str]:
@@ -514,6 +515,25 @@ class ServerLifecycle:
             vm.started = float(row["started_at"] or 0)
             self.vms[uuid] = vm
         return unreachable
+
+    async def _stop_unowned_vms(self) -> None:
+        """A daemon killed between QEMU's start and the server's `active` (or its claims and
+        the start) leaves a VM, or claims, that no active server owns: the start was never
+        answered, so the VM is stopped and the claims released (a start later is a 500 and
+        the drives stay `claimed` otherwise)."""
+        run_path = self._config.run_path
+        for run_dir in sorted(run_path.iterdir()) if run_path.is_dir() else []:
+            if run_dir.name in self.vms or not run_dir.is_dir():
+                continue
+            if (pid := process.adopt(run_dir, run_dir.name)) is not None:
+                log.warning("event=server_orphan_stopped server=%s pid=%s", run_dir.name, pid)
+                await process.kill(pid, run_dir.name, timeout=self._settings.stop_timeout)
+        with self._engine.begin() as connection:
+            # A dumped server has no VM and keeps its claims: its disks must not change.
+            dumped = {row["uuid"] for row in server_store.servers_with_status(connection, DUMPED)}
+            released = server_store.remove_guest_claims_except(connection, set(self.vms) | dumped)
+        if released:
+            log.warning("event=stale_guest_claims_released count=%s", released)
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: they keep running for the next daemon,

@@ -65,6 +65,14 @@ def remove_guest_claims(connection: Connection, server: str) -> None:
     connection.execute(delete(claims).where(claims.c.kind == "guest", claims.c.holder == server))
 
 
+def remove_guest_claims_except(connection: Connection, active: set[str]) -> int:
+    """Remove the guest claims of every server not in `active`; returns how many there were."""
+    query = delete(claims).where(claims.c.kind == "guest")
+    if active:
+        query = query.where(claims.c.holder.not_in(sorted(active)))
+    return int(connection.execute(query).rowcount)
+
+
 def claims_on_drives(connection: Connection, drives: list[str]) -> list[dict[str, Any]]:
     query = select(claims).where(claims.c.drive.in_(drives))
     return [dict(row) for row in connection.execute(query).mappings()]

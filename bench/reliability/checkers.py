@@ -1,0 +1,186 @@
+"""The invariants checked after a fault, each a function of what was acknowledged and what is
+observed, so that a unit test can feed it a tampered history or state and see it object.
+Each returns the violations it found, in words (empty: the invariant holds)."""
+
+import sqlite3
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PENDING_JOB_STATES = ("queued", "running")
+
+
+@dataclass
+class Ledger:
+    """Which objects of one kind were acknowledged as created or destroyed, and which
+    requests lost their answer (the object may or may not exist)."""
+
+    kind: str
+    present: set[str]
+    absent: set[str]
+    in_doubt: set[str]
+
+    @classmethod
+    def empty(cls, kind: str) -> "Ledger":
+        return cls(kind, set(), set(), set())
+
+    def created(self, uuid: str) -> None:
+        self.present.add(uuid)
+        self.absent.discard(uuid)
+        self.in_doubt.discard(uuid)
+
+    def destroyed(self, uuid: str) -> None:
+        self.absent.add(uuid)
+        self.present.discard(uuid)
+        self.in_doubt.discard(uuid)
+
+    def doubt(self, uuid: str) -> None:
+        self.in_doubt.add(uuid)
+
+    def settle(self, observed: Collection[str]) -> None:
+        """After a check: what was in doubt is now what the platform shows."""
+        for uuid in list(self.in_doubt):
+            (self.created if uuid in observed else self.destroyed)(uuid)
+
+
+def check_presence(
+    ledger: Ledger, observed: Collection[str], unanswered_creates: int = 0
+) -> list[str]:
+    """Acknowledged creates are there, acknowledged destroys are not; objects nobody
+    acknowledged are allowed only as many as creates lost their answer."""
+    problems = [f"{ledger.kind} {u}: acknowledged created, missing" for u in
+                sorted(ledger.present - ledger.in_doubt - set(observed))]  # fmt: skip
+    problems += [f"{ledger.kind} {u}: acknowledged destroyed, back" for u in
+                 sorted(ledger.absent & set(observed))]  # fmt: skip
+    unknown = set(observed) - ledger.present - ledger.absent - ledger.in_doubt
+    if len(unknown) > unanswered_creates:
+        problems.append(
+            f"{ledger.kind}: {len(unknown)} unacknowledged objects appeared"
+            f" ({unanswered_creates} creates lost their answer): {sorted(unknown)}"
+        )
+    return problems
+
+
+@dataclass(frozen=True)
+class ClaimState:
+    """What the database says of drives, claims, jobs and servers (one read transaction)."""
+
+    imaging_drives: Mapping[str, str]  # drive → its `imaging` column
+    claims: list[tuple[str, str, str]]  # (drive, kind, holder)
+    pending_jobs: Mapping[str, str]  # job id → destination drive
+    active_servers: set[str]
+
+
+def read_claim_state(database: Path) -> ClaimState:
+    """Read the state directory's SQLite file read-only (a running daemon is not disturbed:
+    the database is in WAL mode)."""
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        with connection:
+            imaging = dict(connection.execute(
+                "SELECT uuid, imaging FROM drives WHERE imaging IS NOT NULL"
+            ).fetchall())  # fmt: skip
+            claims = [tuple(row) for row in connection.execute(
+                "SELECT drive, kind, holder FROM claims"
+            )]  # fmt: skip
+            pending = {str(job_id): dst for job_id, dst in connection.execute(
+                "SELECT id, dst FROM jobs WHERE state IN (?, ?)", PENDING_JOB_STATES
+            )}  # fmt: skip
+            active = {uuid for (uuid,) in connection.execute(
+                "SELECT uuid FROM servers WHERE status = 'active'"
+            )}  # fmt: skip
+    finally:
+        connection.close()
+    return ClaimState(imaging, claims, pending, active)  # type: ignore[arg-type]
+
+
+def check_claims(state: ClaimState) -> list[str]:
+    """No drive shows imaging without a pending job into it; no imaging claim outlives its
+    job; no guest claim outlives its server's run."""
+    targets = set(state.pending_jobs.values())
+    problems = [f"drive {d}: imaging {v!r} without a pending job" for d, v in
+                sorted(state.imaging_drives.items()) if d not in targets]  # fmt: skip
+    for drive, kind, holder in state.claims:
+        if kind == "imaging" and holder not in state.pending_jobs:
+            problems.append(f"drive {drive}: claimed by imaging job {holder}, which is not pending")
+        if kind == "guest" and holder not in state.active_servers:
+            problems.append(f"drive {drive}: claimed by server {holder}, which is not active")
+    return problems
+
+
+def check_adoption(active_servers: Collection[str], vm_pids: Mapping[str, list[int]]) -> list[str]:
+    """Every server the platform calls active has exactly one QEMU; no QEMU runs for one that
+    it does not (an orphan)."""
+    problems = []
+    for server in sorted(active_servers):
+        count = len(vm_pids.get(server, []))
+        if count != 1:
+            problems.append(f"server {server}: active with {count} QEMU processes")
+    for server, pids in sorted(vm_pids.items()):
+        if pids and server not in active_servers:
+            problems.append(f"server {server}: QEMU {pids} runs but the server is not active")
+    return problems
+
+
+def qemu_processes(servers: Iterable[str]) -> dict[str, list[int]]:
+    """PIDs of QEMU processes whose command line names each of `servers` (`-name
+    guest=UUID`, which the daemon's adoption trusts too)."""
+    markers = {f"guest={server}".encode(): server for server in servers}
+    found: dict[str, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        for arg in argv:
+            for marker, server in markers.items():
+                if arg.startswith(marker):
+                    found.setdefault(server, []).append(int(entry.name))
+    return found
+
+
+def check_integrity(database: Path) -> list[str]:
+    """`PRAGMA integrity_check` of a database no daemon has open."""
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = [row[0] for row in connection.execute("PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as error:  # too damaged for the check to run
+        rows = [str(error)]
+    finally:
+        connection.close()
+    return [] if rows == ["ok"] else [f"{database.name}: integrity_check: {rows[0][:300]}"]
+
+
+def check_attack(what: str, status: int, status_if_missing: int) -> list[str]:
+    """A command on another user's object is answered as on one that does not exist: the
+    same status, and never a success."""
+    if status == status_if_missing and not 200 <= status < 300:
+        return []
+    return [f"{what}: {status} (for a missing object: {status_if_missing})"]
+
+
+def check_foreign_ids(what: str, text: str, strangers: Collection[str]) -> list[str]:
+    """`text` (a list, an info, an event stream of one user) names none of `strangers`."""
+    leaked = sorted(stranger for stranger in strangers if stranger in text)
+    return [f"{what} names another user's {leaked}"] if leaked else []
+
+
+def check_daemon_resources(
+    rss: tuple[int, int], fds: tuple[int, int], rss_growth_bound: int
+) -> list[str]:
+    """(start, end) RSS within the bound; no more descriptors at the end than at the start."""
+    problems = []
+    if rss[1] - rss[0] > rss_growth_bound:
+        problems.append(f"RSS grew {(rss[1] - rss[0]) >> 20} MiB (bound {rss_growth_bound >> 20})")
+    if fds[1] > fds[0]:
+        problems.append(f"open fds {fds[0]} at the start, {fds[1]} at the end")
+    return problems
+
+
+def check_answer(what: str, status: int | None, seconds: float, limit: float) -> list[str]:
+    """No 5xx, and an answer (or a close) within `limit` seconds."""
+    if (status is not None and status >= 500) or seconds > limit:
+        return [f"{status} after {seconds:.1f} s: {what}"]
+    return []

@@ -1,0 +1,218 @@
+"""The checkers of `make reliability` catch what they are for: each is fed a tampered history
+or state (a write acknowledged but not on the drive, a destroyed drive back, a claim left
+behind, a VM doubled or orphaned, a damaged database) and must object, while the honest one
+passes. The campaigns themselves run real daemons and are not part of `make test`."""
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.reliability.checkers import (
+    ClaimState,
+    Ledger,
+    check_adoption,
+    check_answer,
+    check_attack,
+    check_claims,
+    check_daemon_resources,
+    check_foreign_ids,
+    check_integrity,
+    check_presence,
+    qemu_processes,
+)
+from bench.reliability.model import DriveModel, pattern
+from bench.reliability.table import CampaignResult, render_table
+
+D1, D2, D3 = (f"{n}" * 8 + "-0000-4000-8000-000000000000" for n in "123")
+
+
+def written_drive() -> tuple[DriveModel, bytearray]:
+    """A model with two acknowledged writes and the drive's bytes that honour them."""
+    model = DriveModel(D1, 8192)
+    for offset, seq in ((100, 1), (4000, 2)):
+        model.acknowledged_write(offset, pattern(D1, offset, seq, 1000))
+    return model, bytearray(model.expected)
+
+
+def test_a_drive_holding_every_acknowledged_write_passes() -> None:
+    model, actual = written_drive()
+    assert model.mismatches(bytes(actual)) == []
+
+
+def test_a_lost_acknowledged_write_is_caught() -> None:
+    model, actual = written_drive()
+    actual[4500] ^= 0xFF  # one byte of the second write never reached the disk
+    assert any("offset 4500" in problem for problem in model.mismatches(bytes(actual)))
+
+
+def test_a_write_acknowledged_but_written_elsewhere_or_older_is_caught() -> None:
+    model, _ = written_drive()
+    stale = bytearray(8192)  # the drive as it was before the writes
+    assert model.mismatches(bytes(stale))
+
+
+def test_an_unanswered_write_may_or_may_not_have_landed() -> None:
+    model, actual = written_drive()
+    model.uncertain(100, 1000)
+    actual[100:1100] = pattern(D1, 100, 3, 1000)
+    assert model.mismatches(bytes(actual)) == []
+
+
+def test_resizes_keep_what_lies_below_the_new_end_and_read_zeros_beyond() -> None:
+    model, actual = written_drive()
+    model.acknowledged_resize(4500)
+    assert model.mismatches(bytes(actual[:4500])) == []
+    model.acknowledged_resize(6000)
+    assert model.mismatches(bytes(actual[:4500]) + bytes(1500)) == []
+    assert model.mismatches(bytes(actual[:6000]))  # the old tail came back after a shrink
+    assert model.mismatches(bytes(actual[:4500]))  # the size is not the acknowledged one
+
+
+def test_an_unanswered_resize_adopts_the_size_the_drive_shows() -> None:
+    model, actual = written_drive()
+    model.adopt_size(3000)
+    assert model.mismatches(bytes(actual[:3000])) == []
+
+
+def test_acknowledged_creates_present_and_destroys_absent_pass() -> None:
+    ledger = Ledger.empty("drive")
+    ledger.created(D1)
+    ledger.created(D2)
+    ledger.destroyed(D2)
+    assert check_presence(ledger, {D1}) == []
+
+
+def test_a_missing_acknowledged_create_is_caught() -> None:
+    ledger = Ledger.empty("drive")
+    ledger.created(D1)
+    assert check_presence(ledger, set()) == [f"drive {D1}: acknowledged created, missing"]
+
+
+def test_an_acknowledged_destroy_come_back_is_caught() -> None:
+    ledger = Ledger.empty("drive")
+    ledger.destroyed(D2)
+    assert check_presence(ledger, {D2}) == [f"drive {D2}: acknowledged destroyed, back"]
+
+
+def test_objects_nobody_created_are_allowed_only_for_creates_that_lost_their_answer() -> None:
+    ledger = Ledger.empty("server")
+    assert check_presence(ledger, {D3}, unanswered_creates=1) == []
+    assert check_presence(ledger, {D3}, unanswered_creates=0)
+
+
+def test_an_object_in_doubt_may_be_there_or_not_and_is_then_settled() -> None:
+    ledger = Ledger.empty("drive")
+    ledger.created(D1)
+    ledger.doubt(D1)  # its destroy lost its answer
+    assert check_presence(ledger, set()) == []
+    ledger.settle(set())
+    assert ledger.absent == {D1}
+    assert check_presence(ledger, {D1})
+
+
+def test_claims_and_imaging_marks_with_their_job_or_server_pass() -> None:
+    state = ClaimState(
+        imaging_drives={D1: "42%"},
+        claims=[(D1, "imaging", "7"), (D2, "guest", D3)],
+        pending_jobs={"7": D1},
+        active_servers={D3},
+    )
+    assert check_claims(state) == []
+
+
+def test_a_drive_imaging_without_a_job_is_caught() -> None:
+    state = ClaimState({D1: "queued"}, [], {}, set())
+    assert check_claims(state) == [f"drive {D1}: imaging 'queued' without a pending job"]
+
+
+def test_a_claim_release_skipped_is_caught() -> None:
+    state = ClaimState({}, [(D1, "imaging", "7"), (D2, "guest", D3)], {}, set())
+    assert len(check_claims(state)) == 2
+
+
+def test_every_active_server_with_one_vm_passes() -> None:
+    assert check_adoption({D1}, {D1: [10]}) == []
+
+
+def test_a_vm_not_adopted_doubled_or_orphaned_is_caught() -> None:
+    assert check_adoption({D1}, {}) == [f"server {D1}: active with 0 QEMU processes"]
+    assert check_adoption({D1}, {D1: [10, 11]})
+    assert check_adoption(set(), {D2: [12]}) == [
+        f"server {D2}: QEMU [12] runs but the server is not active"
+    ]
+
+
+def test_qemu_processes_are_found_by_the_guest_name_on_their_command_line() -> None:
+    named = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"guest={D1}"])
+    try:
+        deadline = time.monotonic() + 10
+        while not (found := qemu_processes([D1, D2])) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the child may not have exec'd yet
+        assert found == {D1: [named.pid]}
+    finally:
+        named.kill()
+        named.wait(10)
+    assert qemu_processes([D1]) == {}
+
+
+def test_a_sound_database_passes_and_a_damaged_one_is_caught(tmp_path: Path) -> None:
+    database = tmp_path / "db.sqlite"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+        connection.execute("CREATE INDEX t_b ON t (b)")
+        connection.executemany(
+            "INSERT INTO t (b) VALUES (?)", [(str(i) * 50,) for i in range(2000)]
+        )
+    connection.close()
+    assert check_integrity(database) == []
+    data = bytearray(database.read_bytes())
+    page = 4096
+    data[2 * page : 3 * page] = bytes(page)  # a torn write: page 3, a b-tree's, zeroed
+    database.write_bytes(bytes(data))
+    assert check_integrity(database)
+
+
+def test_the_table_has_one_row_per_campaign_and_names_each_violation() -> None:
+    table = render_table([
+        CampaignResult("crash", 12, 3),
+        CampaignResult("load", 500, 0, ["GET /x: 500"]),
+    ])  # fmt: skip
+    lines = table.splitlines()
+    assert lines[0].split() == ["campaign", "operations", "faults", "injected", "invariant",
+                                "violations"]  # fmt: skip
+    assert lines[2].split() == ["crash", "12", "3", "0"]
+    assert lines[3].split() == ["load", "500", "0", "1"]
+    assert "load: VIOLATION GET /x: 500" in lines
+
+
+def test_an_attack_answered_as_for_a_missing_object_passes() -> None:
+    assert check_attack("info", 404, 404) == []
+
+
+def test_an_attack_that_succeeds_or_betrays_the_object_is_caught() -> None:
+    assert check_attack("write", 204, 404)  # wrote into another user's drive
+    assert check_attack("destroy", 409, 404)  # `busy`: the object exists
+    assert check_attack("set", 200, 200)  # never a success, even if a missing one were
+
+
+def test_another_users_id_in_a_list_or_event_stream_is_caught() -> None:
+    assert check_foreign_ids("/drives/list", f"{D1}\n", {D2}) == []
+    assert check_foreign_ids("/events", f'data: {{"drive": "{D2}"}}', {D2}) == [
+        f"/events names another user's ['{D2}']"
+    ]
+
+
+def test_rss_past_its_bound_and_leaked_descriptors_are_caught() -> None:
+    assert check_daemon_resources((100 << 20, 120 << 20), (13, 13), 64 << 20) == []
+    assert check_daemon_resources((100 << 20, 120 << 20), (20, 13), 64 << 20) == []
+    assert check_daemon_resources((100 << 20, 200 << 20), (13, 13), 64 << 20)
+    assert check_daemon_resources((100 << 20, 100 << 20), (13, 14), 64 << 20)
+
+
+def test_a_5xx_or_an_answer_past_the_idle_timeout_is_caught() -> None:
+    assert check_answer("x", 400, 0.1, 8) == []
+    assert check_answer("x", None, 3.2, 8) == []  # closed at the idle timeout
+    assert check_answer("x", 500, 0.1, 8)
+    assert check_answer("x", None, float("inf"), 8)
