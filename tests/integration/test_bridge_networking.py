@@ -10,13 +10,12 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.hypervisor import process
 from openhosting.network import nic_firewall
 from openhosting.network.driver import NicPlan
@@ -26,6 +25,11 @@ from openhosting.services.server_network import default_mac
 from openhosting.wire.text import parse_properties
 from tests.guest.build_guest import LEASE_MARKER
 from tests.guest.serial_console import SerialConsole, wait_for_log
+from tests.integration.bridge_platform import (  # noqa: F401 (fixtures, by their names)
+    bridge_config_fixture,
+    bridge_platform_fixture,
+    namespace_fixture,
+)
 from tests.integration.netns_helpers import link_names, network_namespace
 from tests.integration.server_helpers import (
     BOOT_TIMEOUT,
@@ -39,35 +43,6 @@ from tests.integration.server_helpers import (
 
 PUBLIC_BRIDGE = "oh-public"
 LEASE = re.compile(rf"{LEASE_MARKER} (\S+) ([0-9a-f:]{{17}}) ([0-9.]+)")
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    with network_namespace() as name:
-        yield name
-
-
-@pytest.fixture
-def config(tmp_path: Path, namespace: str) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "hypervisor": {"accelerator": "tcg"},
-            "network": {"mode": "bridge", "namespace": namespace, "lease_seconds": 120},
-        },
-    )
-
-
-@pytest.fixture
-async def bridge_platform(platform: Platform) -> AsyncIterator[Platform]:
-    """The platform; afterwards every VM is killed and the daemon's shutdown path runs, which
-    with no server left removes the DHCP server and the bridges."""
-    yield platform
-    for vm in list(platform.servers.lifecycle.vms.values()):
-        await vm.kill()
-    await platform.servers.close()
 
 
 async def leases(platform: Platform, server: str) -> dict[str, str]:

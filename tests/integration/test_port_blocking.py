@@ -3,18 +3,20 @@ the server blocks is unreachable from a machine on the public network, an open o
 and a live `set` changes which is which at once. One guest; traffic stays in the namespaces."""
 
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
 from openhosting.network.nic_firewall import table_name
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from tests.guest.build_guest import LEASE_MARKER
 from tests.guest.serial_console import SerialConsole, wait_for_log
+from tests.integration.bridge_platform import (  # noqa: F401 (fixtures, by their names)
+    bridge_config_fixture,
+    bridge_platform_fixture,
+    namespace_fixture,
+)
 from tests.integration.netns_helpers import answer_from, network_namespace
 from tests.integration.server_helpers import (
     BOOT_TIMEOUT,
@@ -27,33 +29,6 @@ from tests.integration.server_helpers import (
 PUBLIC_BRIDGE = "oh-public"
 PEER = "192.0.2.250"  # a machine on the public network, outside the pool's range
 OPEN_TIMEOUT = 5.0  # a TCG guest answers slowly, but well within this
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    with network_namespace() as name:
-        yield name
-
-
-@pytest.fixture
-def config(tmp_path: Path, namespace: str) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "hypervisor": {"accelerator": "tcg"},
-            "network": {"mode": "bridge", "namespace": namespace, "lease_seconds": 120},
-        },
-    )
-
-
-@pytest.fixture
-async def bridge_platform(platform: Platform) -> AsyncIterator[Platform]:
-    yield platform
-    for vm in list(platform.servers.lifecycle.vms.values()):
-        await vm.kill()
-    await platform.servers.close()
 
 
 async def test_a_blocked_port_is_unreachable_an_open_one_answers_and_set_changes_it_live(
