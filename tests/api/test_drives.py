@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 from openhosting.model.drive import MAX_ENCRYPTED_SIZE
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
+from openhosting.store import drives as drive_store
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
 from tests.conftest import SAMPLES, basic_auth
@@ -611,3 +612,19 @@ async def test_growing_an_encrypted_drive_past_any_file_is_a_usage_error(
     assert response.status == 400
     assert "too large" in await response.text()
     assert (await drive_info(client, auth, drive))["size"] == "4096"
+
+
+async def test_sums_of_huge_drive_sizes_never_overflow(
+    client: TestClient, auth: dict[str, str], platform: Platform
+) -> None:
+    """Sizes summed for limits, account/info and metrics do not overflow 64 bits (SQLite
+    raised "integer overflow", a 500, once a file system took two 4 EiB sparse files)."""
+    drives = [(await create_drive(client, auth, 4096))["drive"] for _ in range(2)]
+    with platform.engine.begin() as connection:
+        for drive in drives:  # as large as a file can be on tmpfs or XFS
+            drive_store.update_drive(connection, drive, size=1 << 62)
+    response = await client.get("/account/info", headers=auth)
+    assert response.status == 200, await response.text()
+    assert int(parse_properties(await response.text())["usage:drive:bytes"]) == 1 << 63
+    created = await client.post("/drives/create", data="size 1M", headers=auth)
+    assert created.status == 200, await created.text()

@@ -23,6 +23,10 @@ TIERS = ("disk", "ssd")
 # reach MAX_SIZE; 16 MiB of room covers the header with margin.
 ENCRYPTED_OVERHEAD = 16 * 1024 * 1024
 MAX_ENCRYPTED_SIZE = (MAX_SIZE - ENCRYPTED_OVERHEAD) // 512 * 512
+# The largest drive the platform makes, whatever its file system would take (ext4 stops at
+# 16 TiB, XFS and tmpfs near 8 EiB): 1 PiB, far beyond any real disk image, and small enough
+# that an account's sums of sizes stay far from 64-bit limits.
+MAX_DRIVE_SIZE = 1 << 50
 # Keys that info shows but nobody sets.
 INFO_ONLY_KEYS = frozenset(
     {
@@ -110,5 +114,9 @@ def apply_drive_properties(
         raise UsageError(
             f"Invalid size {settings.size}: size too large for an encrypted drive"
             f" (at most {MAX_ENCRYPTED_SIZE} bytes)"
+        )
+    if settings.size > MAX_DRIVE_SIZE:
+        raise UsageError(
+            f"Invalid size {settings.size}: size too large (at most {MAX_DRIVE_SIZE} bytes, 1P)"
         )
     return settings

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
+from openhosting.store import drives as drive_store
 from openhosting.store.tables import drives, resources, servers, usage, users
 
 
@@ -23,7 +24,7 @@ class Usage:
 
 def current_usage(connection: Connection, user: str, excluding_server: str | None = None) -> Usage:
     drive_bytes = connection.execute(
-        select(func.coalesce(func.sum(drives.c.size), 0)).where(drives.c.user == user)
+        select(drive_store.SIZE_SUM).where(drives.c.user == user)
     ).scalar_one()
     server_rows = connection.execute(
         select(servers.c.uuid, servers.c.status, servers.c.config).where(servers.c.user == user)

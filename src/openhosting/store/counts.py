@@ -2,12 +2,13 @@
 
 from sqlalchemy import Connection, func, select
 
+from openhosting.store.drives import SIZE_SUM
 from openhosting.store.tables import drives, jobs, servers
 
 
 def drives_by_tier(connection: Connection) -> dict[str, tuple[int, int]]:
     """tier → (how many drives, their sizes in bytes)."""
-    query = select(drives.c.tier, func.count(), func.coalesce(func.sum(drives.c.size), 0))
+    query = select(drives.c.tier, func.count(), SIZE_SUM)
     return {
         tier: (int(count), int(size))
         for tier, count, size in connection.execute(query.group_by(drives.c.tier))

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Float, bindparam, cast, delete, func, insert, select, update
 
 from openhosting.store.tables import claims, drives
 
@@ -35,8 +35,13 @@ def all_drives(connection: Connection) -> list[dict[str, Any]]:
     return [dict(row) for row in connection.execute(select(drives)).mappings()]
 
 
+# The sum of drives' sizes, as a double: a 64-bit integer sum would overflow (an error in
+# SQLite) with a few very large sparse drives; a double is exact up to 2^53 bytes (8 PiB).
+SIZE_SUM = func.coalesce(func.sum(cast(drives.c.size, Float)), 0)
+
+
 def total_size_of(connection: Connection, user: str, excluding: str | None = None) -> int:
-    query = select(func.coalesce(func.sum(drives.c.size), 0)).where(drives.c.user == user)
+    query = select(SIZE_SUM).where(drives.c.user == user)
     if excluding is not None:
         query = query.where(drives.c.uuid != excluding)
     return int(connection.execute(query).scalar_one())
