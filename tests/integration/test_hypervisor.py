@@ -164,6 +164,10 @@ async def test_virtio_scsi_guest_resets_is_readopted_and_powers_off(
         await fresh.system_powerdown()
         shutdown = await fresh.wait_for_event("SHUTDOWN", timeout=30)
         assert (shutdown.data["guest"], shutdown.reason) == (True, "guest-shutdown")
+        # `-action shutdown=pause`: QEMU waits, paused, for the driver to read it and end it.
+        assert await fresh.query_status() == "shutdown"
+        assert process.adopt(spec.run_dir, spec.uuid) == pid
+        await fresh.quit()
     assert await process.wait_exit(pid, timeout=10)
     assert POWEROFF_MARKER in read_serial_log(spec.paths.serial_log)
     assert process.adopt(spec.run_dir, spec.uuid) is None

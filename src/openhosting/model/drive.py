@@ -117,6 +117,6 @@ def apply_drive_properties(
         )
     if settings.size > MAX_DRIVE_SIZE:
         raise UsageError(
-            f"Invalid size {settings.size}: size too large (at most {MAX_DRIVE_SIZE} bytes, 1P)"
+            f"Invalid size {settings.size}: size too large (at most {MAX_DRIVE_SIZE} bytes, 1024T)"
         )
     return settings
