@@ -35,8 +35,13 @@ def all_drives(connection: Connection) -> list[dict[str, Any]]:
     return [dict(row) for row in connection.execute(select(drives)).mappings()]
 
 
-def total_size_of(connection: Connection, user: str, excluding: str | None = None) -> int:
+def total_size_of(
+    connection: Connection, user: str, excluding: str | None = None, tier: str | None = None
+) -> int:
+    """The bytes of `user`'s drives (of `tier` only, when given), but drive `excluding`."""
     query = select(func.coalesce(func.sum(drives.c.size), 0)).where(drives.c.user == user)
+    if tier is not None:
+        query = query.where(drives.c.tier == tier)
     if excluding is not None:
         query = query.where(drives.c.uuid != excluding)
     return int(connection.execute(query).scalar_one())
