@@ -24,6 +24,7 @@ from openhosting.cli import (
 from openhosting.config import SYSTEM_CONFIG_PATH, Config, ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
+from openhosting.store.users import tier_limits_of
 from openhosting.wire.payload import Properties, ValueList
 from openhosting.wire.sizes import parse_size
 from openhosting.wire.text import render_text
@@ -34,6 +35,8 @@ def _user_properties(user: dict[str, Any]) -> dict[str, str | int]:
     values["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(user["created_at"]))
     if user.get("max_drive_bytes") is not None:
         values["limit:drive:bytes"] = user["max_drive_bytes"]
+    for tier, limit in sorted(tier_limits_of(user).items()):
+        values[f"limit:drive:bytes:{tier}"] = limit
     for column, key in (
         ("max_ips", "limit:ips"), ("max_vlans", "limit:vlans"), ("max_servers", "limit:servers"),
         ("max_cpu_mhz", "limit:cpu"), ("max_mem_mb", "limit:mem"),
@@ -87,6 +90,15 @@ def cmd_user_set(platform: Platform, args: argparse.Namespace) -> str:
             limits[name] = _parse_count(text, name.replace("_", "-"))
     if limits:
         platform.accounts.set_limits(args.uuid, **limits)
+    for setting in args.max_drive_bytes_tier or []:
+        tier, equals, text = setting.partition("=")
+        if not equals or not tier:
+            raise UsageError(f"--max-drive-bytes-tier takes TIER=SIZE, not {setting!r}")
+        if tier not in platform.drives.tiers.names:
+            known = ", ".join(sorted(platform.drives.tiers.names))
+            raise UsageError(f"--max-drive-bytes-tier: no tier {tier!r} here ({known})")
+        limit = None if text == "none" else parse_size(text, "limit")
+        platform.accounts.set_tier_limit(args.uuid, tier, limit)
     return render_text(Properties(_user_properties(platform.accounts.get_user(args.uuid))))
 
 
@@ -118,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits = commands.add_parser("set", help="set a user's limits")
     limits.add_argument("uuid", type=str.lower)
     limits.add_argument("--max-drive-bytes", help="total drive bytes (k/M/G/T), or 'none'")
+    limits.add_argument(
+        "--max-drive-bytes-tier",
+        action="append",
+        metavar="TIER=SIZE",
+        help="drive bytes in one storage tier (e.g. ssd=100G), or TIER=none; repeatable",
+    )
     limits.add_argument("--max-ips", help="number of IP resources, or 'none'")
     limits.add_argument("--max-vlans", help="number of VLAN resources, or 'none'")
     limits.add_argument("--max-servers", help="number of servers, or 'none'")

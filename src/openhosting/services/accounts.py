@@ -6,6 +6,7 @@ database alone lets nobody in.
 
 import functools
 import hmac
+import json
 import secrets
 import time
 import uuid as uuid_module
@@ -18,6 +19,7 @@ from openhosting.errors import AuthError, MissingError
 from openhosting.store import users as user_store
 from openhosting.store.platform_key import derive_key, keyed_hash
 from openhosting.store.reader import Reader
+from openhosting.store.users import tier_limits_of
 
 UUID_LENGTH = 36
 MAX_VERIFIED = 4096
@@ -128,3 +130,18 @@ class Accounts:
         with self._engine.begin() as connection:
             if not user_store.update_user(connection, uuid, **limits):
                 raise MissingError(f"User {uuid} could not be found")
+
+    def set_tier_limit(self, uuid: str, tier: str, limit: int | None) -> None:
+        """Limit the user's drive bytes in `tier` to `limit` (None: no limit of its own)."""
+        with self._engine.begin() as connection:
+            user = user_store.get_user(connection, uuid)
+            if user is None:
+                raise MissingError(f"User {uuid} could not be found")
+            limits = tier_limits_of(user)
+            if limit is None:
+                limits.pop(tier, None)
+            else:
+                limits[tier] = limit
+            user_store.update_user(
+                connection, uuid, max_drive_bytes_by_tier=json.dumps(limits, sort_keys=True)
+            )

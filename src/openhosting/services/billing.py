@@ -18,7 +18,9 @@ from sqlalchemy import Connection, Engine
 from openhosting.config import BillingSettings
 from openhosting.errors import BillingError, MissingError
 from openhosting.store import billing as billing_store
+from openhosting.store import drives as drive_store
 from openhosting.store.billing import Usage
+from openhosting.store.users import tier_limits_of
 
 log = logging.getLogger("openhosting.billing")
 
@@ -62,16 +64,30 @@ class Billing:
             )
 
     def check_drive_bytes(
-        self, connection: Connection, user: str, extra: int, excluding: int = 0
+        self,
+        connection: Connection,
+        user: str,
+        extra: int,
+        tier: str,
+        excluding: str | None = None,
     ) -> None:
-        """Taking `extra` more drive bytes (beyond `excluding` the drive already has)."""
+        """Taking `extra` drive bytes in `tier` (in place of drive `excluding`'s): within the
+        account's limit on all its drives and within its limit on that tier, if any."""
         account = self._account(connection, user)
         limit = account["max_drive_bytes"]
         if limit is not None:
-            used = billing_store.current_usage(connection, user).drive_bytes - excluding
+            used = drive_store.total_size_of(connection, user, excluding)
             if used + extra > limit:
                 raise BillingError(
                     f"Drive bytes limit exceeded: {used} in use, {extra} asked, limit {limit}"
+                )
+        tier_limit = tier_limits_of(account).get(tier)
+        if tier_limit is not None:
+            used = drive_store.total_size_of(connection, user, excluding, tier=tier)
+            if used + extra > tier_limit:
+                raise BillingError(
+                    f"Drive bytes limit of tier {tier} exceeded: {used} in use, {extra} asked,"
+                    f" limit {tier_limit}"
                 )
         self._require_balance(account)
 
@@ -175,6 +191,12 @@ class Billing:
         ):  # fmt: skip
             if account.get(column) is not None:
                 info[f"limit:{key}"] = account[column]
+        for tier, limit in sorted(tier_limits_of(account).items()):
+            info[f"limit:drive:bytes:{tier}"] = limit
+            with self._engine.connect() as connection:
+                info[f"usage:drive:bytes:{tier}"] = drive_store.total_size_of(
+                    connection, user, tier=tier
+                )
         info.update({
             "usage:drive:bytes": usage.drive_bytes, "usage:servers": usage.servers,
             "usage:cpu": usage.cpu_mhz, "usage:mem": usage.mem_mb, "usage:ips": usage.ips,

@@ -231,13 +231,16 @@ class Drives:
         ]
 
     def _check_drive_limit(
-        self, connection: Connection, user: str, size: int, excluding: str | None = None
+        self,
+        connection: Connection,
+        user: str,
+        size: int,
+        tier: str,
+        excluding: str | None = None,
     ) -> None:
-        """May `user` hold `size` bytes more (in place of drive `excluding`'s)? 402 if not."""
-        current = drive_store.get_drive(connection, excluding) if excluding else None
-        self._billing.check_drive_bytes(
-            connection, user, size, excluding=current["size"] if current else 0
-        )
+        """May `user` hold `size` bytes more in `tier` (in place of drive `excluding`'s)?
+        402 if not."""
+        self._billing.check_drive_bytes(connection, user, size, tier, excluding=excluding)
 
     async def create(self, user: str, properties: dict[str, str]) -> dict[str, Value]:
         defaults = DriveSettings(cipher=self._default_cipher)
@@ -247,7 +250,7 @@ class Drives:
         files = self.tiers.of(settings.tier)
         uuid = str(uuid_module.uuid4())
         with self._engine.connect() as connection:
-            self._check_drive_limit(connection, user, settings.size)
+            self._check_drive_limit(connection, user, settings.size, settings.tier)
         wrapped: dict[str, bytes | None] = {"wrapped_passphrase": None, "wrapped_master_key": None}
         try:
             if settings.cipher == "none":
@@ -268,7 +271,7 @@ class Drives:
         try:
             with self._engine.begin() as connection:
                 # Checked again: another create may have finished while the file was made.
-                self._check_drive_limit(connection, user, settings.size)
+                self._check_drive_limit(connection, user, settings.size, settings.tier)
                 drive_store.insert_drive(
                     connection,
                     uuid=uuid,
@@ -308,7 +311,9 @@ class Drives:
             if settings.size != current.size:
                 self._check_busy(connection, uuid, "resized")
                 if settings.size > current.size:
-                    self._check_drive_limit(connection, user, settings.size, excluding=uuid)
+                    self._check_drive_limit(
+                        connection, user, settings.size, settings.tier, excluding=uuid
+                    )
                 elif self._writes_in_flight[uuid] or self._reads_in_flight[uuid]:
                     raise BusyError(
                         f"Drive {uuid} is being read or written and cannot be shrunk now"

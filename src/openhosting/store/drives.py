@@ -40,8 +40,13 @@ def all_drives(connection: Connection) -> list[dict[str, Any]]:
 SIZE_SUM = func.coalesce(func.sum(cast(drives.c.size, Float)), 0)
 
 
-def total_size_of(connection: Connection, user: str, excluding: str | None = None) -> int:
+def total_size_of(
+    connection: Connection, user: str, excluding: str | None = None, tier: str | None = None
+) -> int:
+    """The bytes of `user`'s drives (of `tier` only, when given), but drive `excluding`."""
     query = select(SIZE_SUM).where(drives.c.user == user)
+    if tier is not None:
+        query = query.where(drives.c.tier == tier)
     if excluding is not None:
         query = query.where(drives.c.uuid != excluding)
     return int(connection.execute(query).scalar_one())

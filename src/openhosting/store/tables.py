@@ -28,6 +28,8 @@ users = Table(
     Column("created_at", Integer, nullable=False),
     # Subscription limits; NULL means no limit.
     Column("max_drive_bytes", BigInteger, nullable=True),
+    # Per tier, a JSON object tier → bytes (the tiers without a key have no limit of their own).
+    Column("max_drive_bytes_by_tier", Text, nullable=False, server_default="{}"),
     Column("max_ips", Integer, nullable=True),
     Column("max_vlans", Integer, nullable=True),
     Column("max_servers", Integer, nullable=True),

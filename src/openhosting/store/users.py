@@ -1,5 +1,6 @@
 """Queries on the users table."""
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,3 +45,11 @@ def update_user(connection: Connection, uuid: str, **values: Any) -> bool:
 
 def delete_user(connection: Connection, uuid: str) -> bool:
     return connection.execute(delete(users).where(users.c.uuid == uuid, _PEOPLE)).rowcount > 0
+
+
+def tier_limits_of(user: Mapping[str, Any]) -> dict[str, int]:
+    """The user's drive-bytes limits per storage tier (tier → bytes), from its row."""
+    return {
+        str(tier): int(limit)
+        for tier, limit in json.loads(user.get("max_drive_bytes_by_tier") or "{}").items()
+    }
