@@ -55,6 +55,9 @@ class ApiSettings:
     # Where Prometheus scrapes `/metrics` (also `/health` and `/ready`): a listener apart from
     # the API, for the provider's monitoring network only; empty: no metrics listener.
     metrics_listen: str = "127.0.0.1:9180"
+    # Seconds a web console token (`POST /servers/S/console`) may wait to be used: its
+    # WebSocket must open within this time, once.
+    console_token_seconds: int = 60
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,20 @@
 """The access log: one line per request, with its id, caller, answer and duration."""
 
 import logging
+import re
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 from openhosting.api.context import REQUEST_ID_KEY, USER_KEY
+
+# A console token in a query (`/console/websocket?token=…`) is a credential: never logged.
+_TOKEN_IN_QUERY = re.compile(r"(?<=[?&]token=)[^&]*")
+
+
+def loggable_path(raw_path: str) -> str:
+    """`raw_path` with the value of any `token` query parameter hidden."""
+    return _TOKEN_IN_QUERY.sub("-", raw_path)
 
 
 class RequestLogger(AbstractAccessLogger):
@@ -24,7 +33,7 @@ class RequestLogger(AbstractAccessLogger):
             request.remote,
             request.get(USER_KEY, "-"),
             request.method,
-            request.raw_path,
+            loggable_path(request.raw_path),
             response.status,
             error,
             response.body_length,

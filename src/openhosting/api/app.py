@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from openhosting.api.abuse import AuthThrottle, TransferLimiter, UserRateLimiter
+from openhosting.api.access_log import loggable_path
 from openhosting.api.auth import AUTH_THROTTLE_KEY, RATE_LIMITER_KEY, authenticate_request
 from openhosting.api.context import (
     METRICS_KEY,
@@ -20,7 +21,15 @@ from openhosting.api.context import (
 )
 from openhosting.api.metrics import UNMATCHED, PlatformMetrics
 from openhosting.api.negotiation import error_response, payload_response
-from openhosting.api.routes import ROUTES, Handler, HandlerResult, Kind, Route, unavailable
+from openhosting.api.routes import (
+    ROUTES,
+    WITHOUT_BASIC_AUTH,
+    Handler,
+    HandlerResult,
+    Kind,
+    Route,
+    unavailable,
+)
 from openhosting.errors import (
     ApiError,
     FullError,
@@ -87,7 +96,8 @@ async def _answer(
     request: web.Request, handler: Handler, metrics: PlatformMetrics
 ) -> web.StreamResponse:
     try:
-        await authenticate_request(request)
+        if _route_label(request) not in WITHOUT_BASIC_AUTH:
+            await authenticate_request(request)
         return await handler(request)  # type: ignore[return-value]
     except ApiError as error:
         if error.kind == "auth":
@@ -104,7 +114,9 @@ async def _answer(
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        log.warning("event=http_error status=%s path=%s", error.status, request.raw_path)
+        log.warning(
+            "event=http_error status=%s path=%s", error.status, loggable_path(request.raw_path)
+        )
         return error_response(SystemError_(error.reason))
     except Exception as error:
         if (full := full_error_of(error)) is not None:
@@ -114,7 +126,9 @@ async def _answer(
 
 def _internal_error(request: web.Request) -> web.StreamResponse:
     """A fault of ours: logged with its traceback (called while handling it), 500 `system`."""
-    log.exception("event=internal_error method=%s path=%s", request.method, request.raw_path)
+    log.exception(
+        "event=internal_error method=%s path=%s", request.method, loggable_path(request.raw_path)
+    )
     return error_response(SystemError_("Internal error; the operator has the details"))
 
 
@@ -134,7 +148,7 @@ def _client_gone(request: web.Request) -> web.StreamResponse:
     """The client went away mid-answer (a long read it stopped): nobody to answer, and no
     fault of ours. The connection is closed; the placeholder answer is never sent, only
     logged (aiohttp finds the transport closed)."""
-    log.info("event=client_gone method=%s path=%s", request.method, request.raw_path)
+    log.info("event=client_gone method=%s path=%s", request.method, loggable_path(request.raw_path))
     if request.transport is not None:
         request.transport.close()
     return web.Response(status=CLIENT_GONE_STATUS)
@@ -229,7 +243,8 @@ async def authenticate_then_continue(request: web.Request) -> web.StreamResponse
     """`Expect: 100-continue`: check the credentials before inviting the body, so a client
     with a wrong key does not upload gigabytes to hear 401."""
     try:
-        await authenticate_request(request)
+        if _route_label(request) not in WITHOUT_BASIC_AUTH:
+            await authenticate_request(request)
     except ApiError as error:
         if error.kind == "auth":
             request.app[METRICS_KEY].auth_failures.inc()

@@ -34,6 +34,9 @@ class Route:
     path: str
     kind: Kind
     command: str  # the handler's name in the handler table
+    # False: no Basic authentication; the handler authenticates the request by other means
+    # (a browser cannot send Basic credentials on a WebSocket: the console's token).
+    basic_auth: bool = True
 
 
 ROUTES: tuple[Route, ...] = (
@@ -74,6 +77,12 @@ ROUTES: tuple[Route, ...] = (
     Route(f"/servers/{SERVER}/destroy", Kind.CHANGE, "servers.destroy"),
     # Our extension: what the server printed on its serial port (the last of it).
     Route(f"/servers/{SERVER}/log", Kind.READ, "servers.log"),
+    # Our extension: the web console. A token for one server's console, then the WebSocket
+    # that uses it (the token alone authenticates it) and the page that opens it (to come:
+    # until then 404).
+    Route(f"/servers/{SERVER}/console", Kind.CHANGE, "servers.console"),
+    Route("/console/websocket", Kind.READ, "console.websocket", basic_auth=False),
+    Route("/console/", Kind.READ, "console.page", basic_auth=False),
     # The caller's own account: balance, limits, usage (docs/api.md §7)
     Route("/account/info", Kind.READ, "account.info"),
     # The caller's state changes as they happen (server-sent events; an extension)
@@ -93,3 +102,7 @@ ROUTES: tuple[Route, ...] = (
 async def unavailable(request: web.Request) -> HandlerResult:
     """The answer of a command this platform does not offer yet."""
     raise MissingError(f"Command {request.path} could not be found on this platform yet")
+
+
+# The URL patterns whose requests are not asked for Basic credentials.
+WITHOUT_BASIC_AUTH = frozenset(route.path for route in ROUTES if not route.basic_auth)

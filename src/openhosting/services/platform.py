@@ -10,6 +10,7 @@ from openhosting.network import open_network
 from openhosting.services.accounts import Accounts
 from openhosting.services.audit import Audit
 from openhosting.services.billing import Billing
+from openhosting.services.consoles import Consoles
 from openhosting.services.drives import Drives
 from openhosting.services.events import EventBus, audit_sink
 from openhosting.services.imaging import Imaging
@@ -39,6 +40,7 @@ class Platform:
     audit: Audit
     billing: Billing
     events: EventBus
+    consoles: Consoles
 
     def close(self) -> None:
         self.reader.close()
@@ -68,12 +70,15 @@ def open_platform(config: Config) -> Platform:
     networks = ServerNetworks(engine, resources, pool, network_driver)
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
+    servers = Servers(engine, reader, drives, config, networks, billing, events)
+    consoles = Consoles(engine, servers, config.api.console_token_seconds)
+    events.add_listener(consoles.observe_event)  # a VM that ends closes its consoles
     return Platform(
         config=config,
         engine=engine,
         accounts=Accounts(engine, reader, platform_key),
         drives=drives,
-        servers=Servers(engine, reader, drives, config, networks, billing, events),
+        servers=servers,
         reader=reader,
         imaging=Imaging(
             engine,
@@ -88,4 +93,5 @@ def open_platform(config: Config) -> Platform:
         audit=audit,
         billing=billing,
         events=events,
+        consoles=consoles,
     )

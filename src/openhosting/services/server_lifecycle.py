@@ -127,6 +127,10 @@ class ServerLifecycle:
         may run in a namespace, where the host's loopback is out of reach)."""
         return self._networks.vnc_address or self._settings.vnc_listen
 
+    def vnc_endpoint(self, display: int) -> tuple[str, int]:
+        """Where the daemon itself reaches the VNC server of `display` (the web console)."""
+        return self._vnc_listen(), VNC_BASE_PORT + display
+
     def _host_settings(self) -> HostVmSettings:
         return HostVmSettings(
             accelerator=self._accelerator,

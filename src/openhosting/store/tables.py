@@ -203,3 +203,18 @@ usage = Table(
     Column("charge", BigInteger, nullable=False),  # millionths
     Index("usage_by_user", "user", "end"),
 )
+
+# Web console tokens (services/consoles.py): each lets one WebSocket open the VNC console of
+# one server for its user, once, before `expires`. Only the token's SHA-256 is kept, so
+# whoever reads the database cannot open a console with what it holds.
+console_tokens = Table(
+    "console_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("server", String(36), nullable=False),
+    Column("user", String(36), ForeignKey("users.uuid", ondelete="CASCADE"), nullable=False),
+    Column("expires", Float, nullable=False),
+    # When its WebSocket used it; a used token is kept (refused) until it expires.
+    Column("used_at", Float, nullable=True),
+    Index("console_tokens_by_expiry", "expires"),
+)

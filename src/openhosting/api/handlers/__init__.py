@@ -1,6 +1,14 @@
 """Request handlers, one module per area; `HANDLERS` maps command names to them."""
 
-from openhosting.api.handlers import account, drive_images, drives, events, resources, servers
+from openhosting.api.handlers import (
+    account,
+    console,
+    drive_images,
+    drives,
+    events,
+    resources,
+    servers,
+)
 from openhosting.api.routes import Handler
 
 HANDLERS: dict[str, Handler] = {
@@ -30,6 +38,8 @@ HANDLERS: dict[str, Handler] = {
     "servers.reset": servers.reset,
     "servers.destroy": servers.destroy,
     "servers.log": servers.serial_log,
+    "servers.console": console.issue,
+    "console.websocket": console.websocket,
     "resources.list": resources.list_resources,
     "resources.info_all": resources.info_all,
     "resources.info": resources.info,

@@ -1,0 +1,143 @@
+"""The web console's HTTP side: `POST /servers/S/console` hands out a token, and
+`GET /console/websocket?token=T` carries the server's RFB stream over a WebSocket (subprotocol
+`binary`, as noVNC speaks). Tokens, sessions and their ends are services/consoles.py's.
+
+The WebSocket is authenticated by its token alone (a browser cannot send Basic credentials
+on one); a token that does not work counts as a failed login of its address. Every refusal
+is an HTTP answer before any upgrade, so no RFB byte flows to a refused client.
+"""
+
+import asyncio
+import logging
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from yarl import URL
+
+from openhosting.api.abuse import AuthLockedOutError
+from openhosting.api.auth import AUTH_THROTTLE_KEY
+from openhosting.api.context import platform_of, user_of
+from openhosting.errors import AuthError, MethodError, UsageError
+from openhosting.services.consoles import ConsoleSession, ConsoleTokenError
+from openhosting.wire.payload import Properties
+
+log = logging.getLogger("openhosting.consoles")
+
+SUBPROTOCOL = "binary"
+# A browser that vanished without closing is noticed within this (WebSocket ping/pong).
+HEARTBEAT_SECONDS = 30.0
+
+
+class OriginError(AuthError):
+    """A browser page of another site tried to open a console: 403."""
+
+    status = 403
+
+
+def _server(request: web.Request) -> str:
+    return request.match_info["server"].lower()
+
+
+def _base_url(request: web.Request) -> str:
+    """The daemon's public URL (ending in `/`), or the one this request came in on."""
+    configured = platform_of(request).config.api.public_url
+    if configured:
+        return configured if configured.endswith("/") else configured + "/"
+    return f"{request.scheme}://{request.host}/"
+
+
+async def issue(request: web.Request) -> Properties:
+    ticket = platform_of(request).consoles.issue(user_of(request), _server(request))
+    url = URL(_base_url(request) + "console/").with_query(token=ticket.token)
+    return Properties(
+        {
+            "server": _server(request),
+            "url": str(url),
+            "token": ticket.token,
+            "expires": ticket.expires,
+        }
+    )
+
+
+def _origin_of(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme.lower(), (url.host or "").lower(), url.port)
+
+
+def check_origin(request: web.Request) -> None:
+    """A browser names the page that opens a WebSocket in `Origin`: it must be the daemon's
+    own (its public URL, or the host this request was sent to), or any page on the web could
+    open a console with a token it got hold of. No `Origin`: not a browser, allowed."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    allowed = {_origin_of(URL(f"{request.scheme}://{request.host}"))}
+    if configured := platform_of(request).config.api.public_url:
+        allowed.add(_origin_of(URL(configured)))
+    try:
+        sent = _origin_of(URL(origin))
+    except ValueError:
+        sent = None
+    if sent not in allowed:
+        raise OriginError(f"Origin {origin[:100]!r} may not open a console here")
+
+
+async def _token_failed(request: web.Request, error: ConsoleTokenError) -> None:
+    """Count a token that did not work as a failed login of its address, and slow the next."""
+    remote = request.remote or "-"
+    try:
+        delay = request.app[AUTH_THROTTLE_KEY].failed(remote, None)
+    except AuthLockedOutError:
+        log.info("event=console_token_refused remote=%s", remote)
+        raise
+    log.info("event=console_token_failed remote=%s reason=%r", remote, error.message)
+    if delay:
+        await asyncio.sleep(delay)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    if request.method != "GET":
+        raise MethodError(f"{request.method} is not allowed on {request.path}: use GET")
+    check_origin(request)
+    ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), heartbeat=HEARTBEAT_SECONDS)
+    if not ws.can_prepare(request).ok:  # before the token: a plain GET must not use it up
+        raise UsageError("Expected a WebSocket upgrade (subprotocol binary)")
+    consoles = platform_of(request).consoles
+    try:
+        grant = consoles.use_token(request.query.get("token", ""))
+    except ConsoleTokenError as error:
+        await _token_failed(request, error)
+        raise
+    async with consoles.open_session(grant) as session:
+        await ws.prepare(request)
+        await _bridge(ws, session)
+    return ws
+
+
+async def _bridge(ws: web.WebSocketResponse, session: ConsoleSession) -> None:
+    """Carry bytes both ways until either side closes or the session is ended."""
+    to_vnc = asyncio.create_task(_browser_to_vnc(ws, session))
+    to_browser = asyncio.create_task(_vnc_to_browser(ws, session))
+    try:
+        done, _ = await asyncio.wait((to_vnc, to_browser), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (to_vnc, to_browser):
+            task.cancel()
+        await asyncio.gather(to_vnc, to_browser, return_exceptions=True)
+    if to_browser in done:  # VNC ended first: the server stopped (or its VNC went)
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"The server's console ended")
+    else:
+        await ws.close()
+
+
+async def _browser_to_vnc(ws: web.WebSocketResponse, session: ConsoleSession) -> None:
+    async for message in ws:
+        if message.type != WSMsgType.BINARY:
+            return  # RFB is bytes: anything else ends the session
+        try:
+            await session.write(message.data)  # waits while VNC is slow to take it
+        except ConnectionError:
+            return
+
+
+async def _vnc_to_browser(ws: web.WebSocketResponse, session: ConsoleSession) -> None:
+    while data := await session.read():
+        await ws.send_bytes(data)  # waits while the browser is slow to take it

@@ -1,0 +1,199 @@
+"""Web consoles: the one owner of console tokens and of the console sessions under way.
+
+`issue` gives the owner of a running server with a VNC password a token: random (256 bits),
+single-use, short-lived, bound to that server and user, kept in the database only as its
+SHA-256 (so several daemons could share it). `open_session` uses the token up (atomically: of
+two uses, one wins) and connects to the server's VNC itself, on the host's side, so the VNC
+port need not be reachable by the browser. A session ends when either side closes or when its
+server stops: the platform's event feed says so, and `end_sessions` closes its VNC connection.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from openhosting.errors import AuthError, BusyError, MissingError
+from openhosting.services.events import Event
+from openhosting.services.servers import Servers
+from openhosting.store import console_tokens as token_store
+from openhosting.store import servers as server_store
+
+log = logging.getLogger("openhosting.consoles")
+
+# What a VNC connection may take to open: loopback (or the host's bridge address), at once.
+VNC_CONNECT_SECONDS = 5.0
+# A server's status that means its VM is gone (see ServerLifecycle.vm_exited).
+ENDED_STATUSES = frozenset({"stopped", "dead", "dumped"})
+
+
+class ConsoleTokenError(AuthError):
+    """The console token is missing, unknown, used or expired: 401, counted as a failed
+    login of its address."""
+
+
+@dataclass(frozen=True)
+class ConsoleGrant:
+    """What a used token opens: the console of `server`, for `user`."""
+
+    server: str
+    user: str
+
+
+@dataclass(frozen=True)
+class ConsoleTicket:
+    """What `POST /servers/S/console` answers (with the page's URL)."""
+
+    token: str
+    expires: int  # seconds since the epoch
+
+
+def token_hash(token: str) -> str:
+    """What the database keeps of a token: its SHA-256, hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ConsoleSession:
+    """One WebSocket's connection to one server's VNC: the bytes both ways, and its end."""
+
+    def __init__(
+        self, server: str, user: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server, self.user = server, user
+        self._reader, self._writer = reader, writer
+
+    async def read(self, limit: int = 64 * 1024) -> bytes:
+        """What VNC sent next; b"" once it (or the session) has ended."""
+        with contextlib.suppress(ConnectionError):
+            return await self._reader.read(limit)
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        """Send `data` to VNC, waiting while VNC is slow to take it (backpressure)."""
+        self._writer.write(data)
+        await self._writer.drain()
+
+    def end(self) -> None:
+        """Close the VNC connection: `read` then answers b"" and the bridge winds down."""
+        self._writer.close()
+        self._reader.feed_eof()
+
+
+class Consoles:
+    """Console tokens and the sessions they open."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        servers: Servers,
+        token_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self._servers = servers
+        self._token_seconds = token_seconds
+        self._clock = clock
+        self._sessions: dict[str, set[ConsoleSession]] = {}
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def issue(self, user: str, server: str) -> ConsoleTicket:
+        """A token for the console of the user's running server `server`."""
+        with self._engine.connect() as connection:
+            row = server_store.get_server(connection, server)
+        if row is None or row["user"] != user:
+            raise MissingError(f"Server {server} could not be found")
+        self._vnc_endpoint(row)  # refuses a server with no console now
+        token = secrets.token_urlsafe(32)
+        now = self._clock()
+        expires = now + self._token_seconds
+        with self._engine.begin() as connection:
+            token_store.prune_expired(connection, now)
+            token_store.insert_token(connection, token_hash(token), server, user, expires)
+        log.info("event=console_token_issued user=%s server=%s", user, server)
+        return ConsoleTicket(token=token, expires=int(expires))
+
+    def _vnc_endpoint(self, row: dict[str, object]) -> tuple[str, int]:
+        """Where the VNC of the server in `row` listens; BusyError if it has none now."""
+        uuid = str(row["uuid"])
+        if uuid not in self._servers.lifecycle.vms:
+            raise BusyError(f"Server {uuid} is not active: its console opens once it runs")
+        config = json.loads(str(row["config"]))
+        display = row["vnc_display"]
+        if not config.get("vnc:password") or not isinstance(display, int):
+            raise BusyError(f"Server {uuid} has no VNC console: set vnc:password and restart it")
+        return self._servers.lifecycle.vnc_endpoint(display)
+
+    def use_token(self, token: str) -> ConsoleGrant:
+        """Use `token` up: what it opens; ConsoleTokenError if it cannot be used."""
+        if not token:
+            raise ConsoleTokenError("Console token required: ?token= from POST /servers/S/console")
+        hashed = token_hash(token)
+        now = self._clock()
+        with self._engine.begin() as connection:
+            used = token_store.use_token(connection, hashed, now)
+            row = token_store.get_token(connection, hashed)
+        if row is None:
+            raise ConsoleTokenError("Unknown console token")
+        if not used:
+            reason = "used" if row["used_at"] is not None else "expired"
+            raise ConsoleTokenError(f"Console token {reason}: ask POST /servers/S/console again")
+        return ConsoleGrant(server=str(row["server"]), user=str(row["user"]))
+
+    # -- sessions ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open_session(self, grant: ConsoleGrant) -> AsyncIterator[ConsoleSession]:
+        """Connect to the VNC of the server `grant` opens, for the caller's `with` block.
+        Refused (nothing connected) if the server is no longer its user's or not running
+        with a console."""
+        server, user = grant.server, grant.user
+        with self._engine.connect() as connection:
+            row = server_store.get_server(connection, server)
+        if row is None or row["user"] != user:
+            raise MissingError(f"Server {server} could not be found")
+        host, port = self._vnc_endpoint(row)
+        try:
+            async with asyncio.timeout(VNC_CONNECT_SECONDS):
+                reader, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError) as error:
+            raise BusyError(f"Server {server}'s console could not be reached: {error}") from None
+        session = ConsoleSession(server, user, reader, writer)
+        self._sessions.setdefault(server, set()).add(session)
+        log.info("event=console_opened user=%s server=%s", user, server)
+        try:
+            yield session
+        finally:
+            sessions = self._sessions.get(server, set())
+            sessions.discard(session)
+            if not sessions:
+                self._sessions.pop(server, None)
+            session.end()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            log.info("event=console_closed user=%s server=%s", user, server)
+
+    def sessions_of(self, server: str) -> int:
+        """How many console sessions of `server` are open."""
+        return len(self._sessions.get(server, ()))
+
+    def end_sessions(self, server: str) -> None:
+        """End every console session of `server` (its VM is gone)."""
+        for session in list(self._sessions.get(server, ())):
+            session.end()
+
+    def observe_event(self, event: Event) -> None:
+        """An event-feed listener: a server whose VM ended loses its consoles."""
+        if event.type != "server":
+            return
+        if event.change == "destroyed" or (
+            event.change == "status" and event.fields.get("status") in ENDED_STATUSES
+        ):
+            self.end_sessions(event.object)

@@ -1,0 +1,46 @@
+"""Queries on web console tokens (the `console_tokens` table)."""
+
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from openhosting.store.tables import console_tokens
+
+
+def insert_token(
+    connection: Connection, token_hash: str, server: str, user: str, expires: float
+) -> None:
+    connection.execute(
+        insert(console_tokens).values(
+            token_hash=token_hash, server=server, user=user, expires=expires
+        )
+    )
+
+
+def use_token(connection: Connection, token_hash: str, now: float) -> bool:
+    """Mark the token used, if it is unused and unexpired: whether this call did. One
+    UPDATE, so of two concurrent uses exactly one wins."""
+    result = connection.execute(
+        update(console_tokens)
+        .where(
+            console_tokens.c.token_hash == token_hash,
+            console_tokens.c.used_at.is_(None),
+            console_tokens.c.expires > now,
+        )
+        .values(used_at=now)
+    )
+    return result.rowcount == 1
+
+
+def get_token(connection: Connection, token_hash: str) -> dict[str, Any] | None:
+    row = connection.execute(
+        select(console_tokens).where(console_tokens.c.token_hash == token_hash)
+    ).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def prune_expired(connection: Connection, now: float) -> int:
+    """Forget the tokens that can no longer be used; how many went."""
+    return connection.execute(
+        delete(console_tokens).where(console_tokens.c.expires <= now)
+    ).rowcount
