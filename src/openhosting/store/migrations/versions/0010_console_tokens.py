@@ -1,7 +1,7 @@
 """Web console tokens: single-use, short-lived, stored as their SHA-256 only.
 
 Revision ID: 0010_console_tokens
-Revises: 0008_guest_io
+Revises: 0009_tier_limits
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 # 0009 (tier limits) is made on a branch of its own beside this one: both revise 0008, and
 # the store upgrades to every head.
 revision = "0010_console_tokens"
-down_revision = "0008_guest_io"
+down_revision = "0009_tier_limits"
 branch_labels = None
 depends_on = None
 
