@@ -117,6 +117,24 @@ def probe(host: str, port: int) -> str:
     return f"printf 'GET /token.txt HTTP/1.0\\r\\n\\r\\n' | nc -w 4 {host} {port} 2>&1; echo rc=$?"
 
 
+async def probe_all(console: SerialConsole, targets: dict[str, tuple[str, int]]) -> dict[str, str]:
+    """What each probe of `targets` (label: host, port) got, the probes run at once in the
+    guest: one whose packets are dropped waits its whole `nc -w 4`, and one after the other
+    those waits made most of this test's time."""
+    labels = list(targets)
+    started = " ".join(
+        f"( {probe(*targets[label])} ) >/tmp/probe{index} 2>&1 &"
+        for index, label in enumerate(labels)
+    )
+    shown = "; ".join(
+        f'echo "==probe{index}=="; cat /tmp/probe{index}' for index in range(len(labels))
+    )
+    output = await console.run(f"{started} wait; {shown}")
+    parts = output.split("==probe")[1:]
+    assert len(parts) == len(labels), output
+    return {label: part.split("==", 1)[1] for label, part in zip(labels, parts, strict=True)}
+
+
 async def test_a_user_mode_guest_reaches_the_outside_but_nothing_of_its_host(
     client: TestClient, auth: dict[str, str], platform: Platform, tiny_guest_image: Path,
     servers_cleanup: None,
@@ -157,13 +175,14 @@ async def test_a_user_mode_guest_reaches_the_outside_but_nothing_of_its_host(
             assert int(after["tx:packets"]) > int(before["tx:packets"])
 
             # The gateway is not the host's loopback (QEMU's slirp maps 10.0.2.2 to it).
-            reached = {
-                f"gateway:{port}": await console.run(probe("10.0.2.2", port))
+            targets = {
+                f"gateway:{port}": ("10.0.2.2", port)
                 for port in (api_port, vnc_port, database_port)
             }
             # The host's own address: its services, and those bound to loopback only.
             for port in (host_service_port, database_port, api_port):
-                reached[f"host:{port}"] = await console.run(probe(HOST_ADDRESS, port))
+                targets[f"host:{port}"] = (HOST_ADDRESS, port)
+            reached = await probe_all(console, targets)
             # A root guest routes loopback out of its NIC: passt would connect to 127.0.0.1.
             await console.run(
                 "sysctl -qw net.ipv4.conf.all.route_localnet=1 "
@@ -171,8 +190,13 @@ async def test_a_user_mode_guest_reaches_the_outside_but_nothing_of_its_host(
                 "ip route add 127.0.0.0/8 via 10.0.2.2 dev eth0"
             )
             assert "dev eth0" in await console.run("ip route get 127.0.0.1")
-            for port in (api_port, vnc_port, database_port):
-                reached[f"loopback:{port}"] = await console.run(probe("127.0.0.1", port))
+            reached |= await probe_all(
+                console,
+                {
+                    f"loopback:{port}": ("127.0.0.1", port)
+                    for port in (api_port, vnc_port, database_port)
+                },
+            )
             # The outside still works after all that.
             assert TOKEN in await console.run(probe(OUTSIDE_ADDRESS, OUTSIDE_PORT))
         finally:
@@ -181,6 +205,7 @@ async def test_a_user_mode_guest_reaches_the_outside_but_nothing_of_its_host(
         database.close()
         host_service.close()
     for target, output in reached.items():
+        assert "rc=" in output, f"the probe of {target} did not end: {output!r}"
         for sign in ("HTTP/", "RFB", BANNER.decode().strip()):
             assert sign not in output, f"the guest reached {target}: {output!r}"
     assert (database.accepted, host_service.accepted) == (0, 0)
