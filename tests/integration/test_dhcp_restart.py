@@ -42,7 +42,7 @@ async def test_a_killed_dnsmasq_is_started_again_and_a_running_guest_renews_its_
     drive = await upload_guest(client, auth, tiny_guest_image)
     server = (await create_server(
         client, auth,
-        f"name g\ncpu 1000\nmem 128\nide:0:0 {drive}\nboot ide:0:0\n"
+        f"name g\ncpu 2000\nmem 128\nide:0:0 {drive}\nboot ide:0:0\n"
         "nic:0:model e1000\nnic:0:dhcp auto\n",
     ))  # fmt: skip
     uuid, address = server["server"], server["nic:0:dhcp:ip"]
