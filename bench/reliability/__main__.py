@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.harness import work_directory
 from bench.reliability.table import CampaignResult, render_table
 
-CAMPAIGNS = ("crash", "isolation", "load", "input", "storage")
+CAMPAIGNS = ("crash", "isolation", "load", "input", "storage", "eio")
 
 
 def main() -> int:
@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--input-examples", type=int, default=10000)
     parser.add_argument("--input-seconds", type=float, default=180)
     parser.add_argument("--storage-rounds", type=int, default=3)
+    parser.add_argument("--eio-rounds", type=int, default=3)
     args = parser.parse_args()
     unknown = set(args.campaigns) - set(CAMPAIGNS)
     if unknown:
@@ -64,9 +65,14 @@ def main() -> int:
 
         return storage.run(work_dir, seed, args.storage_rounds)
 
+    def eio(work_dir: Path) -> CampaignResult:
+        from bench.reliability import eio
+
+        return eio.run(work_dir, seed, args.eio_rounds)
+
     runners: dict[str, Callable[[Path], CampaignResult]] = {
         "crash": crash, "isolation": isolation, "load": load, "input": bad_input,
-        "storage": storage,
+        "storage": storage, "eio": eio,
     }  # fmt: skip
     results = []
     for name in args.campaigns or CAMPAIGNS:

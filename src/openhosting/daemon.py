@@ -93,6 +93,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     metering = asyncio.create_task(platform.billing.run()) if config.billing.enabled else None
     log_pruning = asyncio.create_task(platform.servers.lifecycle.logs.prune_hourly())
     guest_io = asyncio.create_task(platform.servers.lifecycle.fold_guest_io_every())
+    nic_helpers = asyncio.create_task(platform.servers.networks.keep_helpers_running_every())
     await platform.imaging.start()  # jobs a previous daemon left unfinished start again
     try:
         if config.api.metrics_listen:
@@ -116,6 +117,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
             metering.cancel()
         log_pruning.cancel()
         guest_io.cancel()
+        nic_helpers.cancel()
         await platform.servers.close()  # VMs keep running; the next daemon adopts them
         log.info("event=stopped")
 

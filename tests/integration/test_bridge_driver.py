@@ -2,12 +2,14 @@
 creates: what attach makes, what detach, reconcile and close leave behind (nothing of ours)."""
 
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from openhosting.config import NetworkSettings
+from openhosting.hypervisor import process
 from openhosting.hypervisor.argv import TapNetdev
 from openhosting.network.bridge_mode import BridgeNetwork
 from openhosting.network.driver import NicPlan
@@ -116,3 +118,28 @@ async def test_an_address_changing_hands_drops_the_old_lease_and_restarts_dnsmas
     restarted = driver.dhcp.pid()
     await driver.attach([NicPlan(SERVER_A, 0, MAC_A, address="192.0.2.11")])
     assert driver.dhcp.pid() == restarted  # no handover, no restart
+
+
+async def test_a_killed_dnsmasq_is_started_again_while_servers_hold_entries_only(
+    driver: BridgeNetwork, namespace: str
+) -> None:
+    await driver.start()
+    nic = NicPlan(SERVER_A, 0, MAC_A, address="192.0.2.10")
+    await driver.attach([nic])
+    killed = driver.dhcp.pid()
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)
+    assert await process.wait_exit(killed, timeout=10)
+    await driver.keep_helpers_running()
+    restarted = driver.dhcp.pid()
+    assert restarted not in (None, killed) and in_namespace(restarted, namespace)
+    assert driver.dhcp.entries() == {driver.entry_name(nic): (MAC_A, "192.0.2.10")}
+    await driver.keep_helpers_running()
+    assert driver.dhcp.pid() == restarted  # running: left alone
+
+    # No server holds an entry: a dead dnsmasq is not needed, and not started.
+    await driver.detach([nic])
+    os.kill(restarted, signal.SIGKILL)
+    assert await process.wait_exit(restarted, timeout=10)
+    await driver.keep_helpers_running()
+    assert driver.dhcp.pid() is None

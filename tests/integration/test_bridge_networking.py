@@ -286,7 +286,7 @@ async def test_a_guest_reaches_of_its_host_only_dhcp_vnc_and_ping(
         drive = await upload_guest(client, auth, tiny_guest_image)
         server = (await create_server(
             client, auth,
-            f"name g\ncpu 1000\nmem 256\nide:0:0 {drive}\nboot ide:0:0\n"
+            f"name g\ncpu 2000\nmem 256\nide:0:0 {drive}\nboot ide:0:0\n"
             "nic:0:model e1000\nnic:0:dhcp auto\nvnc:ip auto\nvnc:password secret\n",
         ))["server"]  # fmt: skip
         await leases(platform, server)  # DHCP from the host still works

@@ -38,7 +38,7 @@ async def test_a_blocked_port_is_unreachable_an_open_one_answers_and_set_changes
     drive = await upload_guest(client, auth, tiny_guest_image)
     info = await create_server(
         client, auth,
-        f"name fw\ncpu 1000\nmem 256\nide:0:0 {drive}\nboot ide:0:0\n"
+        f"name fw\ncpu 2000\nmem 256\nide:0:0 {drive}\nboot ide:0:0\n"
         "nic:0:model e1000\nnic:0:dhcp auto\nnic:0:block tcp/22 udp/53\n",
     )  # fmt: skip
     server, guest = info["server"], info["nic:0:dhcp:ip"]

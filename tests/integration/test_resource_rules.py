@@ -74,7 +74,7 @@ async def test_user_mode_gives_the_guest_its_static_ip_and_auto_takes_no_pool_ad
     drive = await upload_guest(client, auth, tiny_guest_image)
     server = await create_server(
         client, auth,
-        f"name g\ncpu 1000\nmem 256\nide:0:0 {drive}\nboot ide:0:0\n"
+        f"name g\ncpu 2000\nmem 256\nide:0:0 {drive}\nboot ide:0:0\n"
         f"nic:0:model virtio\nnic:0:dhcp {ip['resource']}\n",
     )  # fmt: skip
     assert server["nic:0:dhcp:ip"] == ip["resource"]

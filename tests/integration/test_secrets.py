@@ -34,7 +34,7 @@ async def test_secrets_stay_out_of_command_lines_and_logs(
     assert passphrase
     vnc_password = "Vq7#zK2w"
     body = (
-        f"name secret\ncpu 1000\nmem 128\npersistent true\nide:0:0 {drive}\nboot ide:0:0\n"
+        f"name secret\ncpu 2000\nmem 128\npersistent true\nide:0:0 {drive}\nboot ide:0:0\n"
         f"vnc:password {vnc_password}\n"
     )
     server = (await create_server(client, auth, body))["server"]

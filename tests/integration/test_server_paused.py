@@ -97,7 +97,7 @@ async def test_a_full_disk_pauses_the_guest_which_resumes_with_its_writes_once_r
     data = (await create_drive(client, auth, DATA_SIZE, "none"))["drive"]
     created = await create_server(
         client, auth,
-        f"name full\ncpu 1000\nmem 256\npersistent true\nide:0:0 {boot}\nboot ide:0:0\n"
+        f"name full\ncpu 2000\nmem 256\npersistent true\nide:0:0 {boot}\nboot ide:0:0\n"
         f"block:0 {data}\n",
     )  # fmt: skip
     server = created["server"]

@@ -32,6 +32,7 @@ from openhosting.api.routes import (
 )
 from openhosting.errors import (
     ApiError,
+    FailedError,
     FullError,
     MethodError,
     MissingError,
@@ -41,7 +42,7 @@ from openhosting.errors import (
 from openhosting.logs import REQUEST_ID
 from openhosting.services.audit import object_of
 from openhosting.services.platform import Platform
-from openhosting.store.errors import is_storage_full
+from openhosting.store.errors import is_storage_full, storage_io_error
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 
 log = logging.getLogger("openhosting.api")
@@ -167,13 +168,17 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers["X-Request-Id"] = request_id
 
 
-def full_error_of(error: BaseException) -> FullError | None:
+def full_error_of(error: BaseException) -> FullError | FailedError | None:
     """The 507 `full` a failure stands for when the platform's storage (the database's disk
-    or the drives') is full, else None. The one place such failures are translated."""
+    or the drives') is full, or the 500 `failed` naming the I/O error when that storage
+    fails (EIO), else None. The one place such failures are translated."""
     if isinstance(error, FullError):
         return error
     if is_storage_full(error):
         return FullError("The platform's storage is full")
+    if (io_error := storage_io_error(error)) is not None:
+        log.warning("event=storage_io_error error=%r", io_error)
+        return FailedError(f"The platform's storage failed: {io_error.strerror or 'I/O error'}")
     return None
 
 

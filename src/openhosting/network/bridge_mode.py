@@ -13,6 +13,7 @@ on its tap (see nic_firewall.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import Collection, Sequence
 from ipaddress import IPv4Address
@@ -27,6 +28,8 @@ from openhosting.network.links import IFNAMSIZ, Counters, Links, check_ifname
 from openhosting.network.nic_firewall import NicFirewall
 from openhosting.network.pool import AddressPool, PoolError
 from openhosting.network.vnc_overlay import VncOverlay
+
+log = logging.getLogger("openhosting.network")
 
 
 def _hex(uuid: str) -> str:
@@ -221,6 +224,18 @@ class BridgeNetwork:
                 if self._is_our_tap(link.name, link.ours) and link.name not in taps:
                     await self._links.delete(link.name)
             await self._remove_idle_vlan_bridges()
+
+    async def keep_helpers_running(self) -> None:
+        """A dnsmasq that died (killed, crashed) while servers hold DHCP entries is started
+        again: nothing else would until the next server starts, and meanwhile no running
+        guest could renew its lease. Without entries it is not needed (nor running)."""
+        async with self._lock:
+            if self._dhcp.pid() is not None or not self._dhcp.entries():
+                return
+            if not self._links.namespace_exists():
+                return  # the host's network is gone: nothing to serve
+            log.warning("event=dhcp_gone bridge=%s", self._public)
+            await self._dhcp.ensure_running()
 
     async def close(self, idle: bool) -> None:
         if not idle:

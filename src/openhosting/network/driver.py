@@ -79,6 +79,11 @@ class NetworkDriver(Protocol):
         meanwhile, idle VLAN bridges)."""
         ...
 
+    async def keep_helpers_running(self) -> None:
+        """Start again a helper process of running servers' NICs that died (bridge mode:
+        the DHCP server, which a running guest needs to renew its lease); idempotent."""
+        ...
+
     async def open_vnc(self, guest: str, port: int) -> bool:
         """Make `guest`:5900 reach the VNC server on `vnc_address`:`port`; False when this
         mode cannot (user mode: the guest's address is QEMU's private one)."""

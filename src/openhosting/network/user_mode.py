@@ -175,6 +175,9 @@ class UserNetwork:
             )
         return total
 
+    async def keep_helpers_running(self) -> None:
+        """Nothing to watch: a NIC's passt is its own server's, and goes with it."""
+
     async def reconcile(self, active: Sequence[NicPlan]) -> None:
         keep = {(nic.server, nic.index) for nic in active}
         for files in passt.running_files(self._directory):

@@ -15,6 +15,7 @@ busy, released and kept across restarts like a NIC's; the host takes it on the p
 and sends its port 5900 to the server's VNC.
 """
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -35,6 +36,8 @@ from openhosting.store import resources as resource_store
 log = logging.getLogger("openhosting.network")
 
 PUBLIC = "public"  # the `network` of NICs on the public bridge
+# How often a dead NIC helper is looked for: well within a lease's renewal time.
+HELPER_CHECK_SECONDS = 5.0
 VNC_NETWORK, VNC_ROW = "vnc", -1  # the row of an address VNC holds apart from the NICs
 
 
@@ -323,6 +326,16 @@ class ServerNetworks:
                 blocks = {nic.index: nic.block for nic in config.nics}
                 plans.append(dataclasses.replace(_plan_of(row), block=blocks.get(row["nic"], ())))
         await self.driver.reconcile(plans)
+
+    async def keep_helpers_running_every(self, interval: float = HELPER_CHECK_SECONDS) -> None:
+        """Every `interval` seconds, start again a NIC helper that died (bridge mode's
+        dnsmasq), until cancelled; a failed attempt is logged and tried again next time."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.driver.keep_helpers_running()
+            except Exception:  # a broken restart must not end the watch (nor the daemon)
+                log.exception("event=nic_helper_restart_failed")
 
     async def close(self) -> None:
         with self._engine.connect() as connection:

@@ -1,8 +1,10 @@
-"""What a failure of the store or of a file means to the API: the platform's storage is full.
+"""What a failure of the store or of a file means to the API: the platform's storage is full,
+or failing.
 
 SQLite reports a full disk as SQLITE_FULL ("database or disk is full") wrapped in SQLAlchemy's
 exceptions; files report ENOSPC or EDQUOT. Both are the platform running out of space (507
-`full`), never a fault of ours (500).
+`full`), never a fault of ours (500). A file reporting EIO is a disk that fails: 500 `failed`
+naming the error, not an internal error of the daemon's.
 """
 
 import errno
@@ -28,3 +30,15 @@ def is_storage_full(error: BaseException) -> bool:
             return current.errno in (errno.ENOSPC, errno.EDQUOT)
         current = current.__cause__ or current.__context__
     return False
+
+
+def storage_io_error(error: BaseException) -> OSError | None:
+    """The EIO (the disk's own failure) that `error` is or wraps, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.EIO:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
