@@ -3,13 +3,14 @@ Reader (store/reader.py), not SQLAlchemy's engine, whose execute cost several ti
 query (`make bench ARGS=api`); and what they answer is still read afresh every time (a
 claim's showing is tested in test_drive_claims.py)."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import event
 
+from openhosting.model.server import ServerConfig
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties, parse_properties_list
@@ -81,3 +82,22 @@ async def test_server_infos_show_a_set_at_once_and_only_the_callers_servers(
     assert (response.status, response.headers["X-Elastic-Error"]) == (404, "missing")
     response = await client.get("/servers/info", headers=other)
     assert (response.status, await response.text()) == (200, "")
+
+
+async def test_server_infos_parse_an_unchanged_stored_configuration_no_more(
+    client: TestClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    parsed: list[Mapping[str, str]] = []
+    parse = ServerConfig.from_properties
+
+    def counting(props: Mapping[str, str]) -> ServerConfig:
+        parsed.append(props)
+        return parse(props)
+
+    monkeypatch.setattr(ServerConfig, "from_properties", counting)
+    for path in ("/servers/info", f"/servers/{server}/info") * 3:
+        response = await client.get(path, headers=auth)
+        assert response.status == 200, await response.text()
+    assert parsed == []  # parsed once already, when the create answered its info

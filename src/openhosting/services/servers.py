@@ -55,6 +55,13 @@ def _delete_server(uuid: str, connection: Connection) -> None:
     server_store.delete_server(connection, uuid)
 
 
+# Parsing a stored configuration is most of an info's cost, and it changes only with a set:
+# infos parse each stored text once (ServerConfig is frozen; a text is ~1 KiB, 4 MiB at most).
+@functools.lru_cache(maxsize=4096)
+def _stored_config(text: str) -> ServerConfig:
+    return ServerConfig.from_properties(json.loads(text))
+
+
 class Servers:
     """The server service."""
 
@@ -148,7 +155,7 @@ class Servers:
         return [await self._info_of(row) for row in rows]
 
     async def _info_of(self, row: dict[str, Any]) -> dict[str, Value]:
-        config = ServerConfig.from_properties(json.loads(row["config"]))
+        config = _stored_config(row["config"])
         vm = self._vms.get(row["uuid"])
         status = self._status(row)  # before any await: the VM may end meanwhile
         live = await self.lifecycle.live_figures(row, config, vm) if vm is not None else None
