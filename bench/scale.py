@@ -2,11 +2,11 @@
 and 1,000 stopped servers (each server with one of the drives attached), and at each size the
 latency (p50, p99) of the listings and infos and the daemon's RSS, printed as one table.
 
-Everything is created through the API, as a customer would, by 8 clients at once (about 300
-creates a second here: the 11,000 of the largest size in under a minute). The figure is how
-each command's cost grows from the smallest size to the largest: per item returned for the
-commands that return every object (goal: flat, O(n) in what is returned), per request for
-those that return one (goal: flat).
+Everything is created through the API, as a customer would, by 8 clients at once (several
+hundred creates a second here: the 11,000 of the largest size in well under a minute). The
+figure is how each command's cost grows from the smallest size to the largest: per item
+returned for the commands that return every object (goal: no more than at the smallest,
+O(n) in what is returned), per request for those that return one (goal: flat).
 
 `OH_BENCH_SCALE_DRIVES` and `OH_BENCH_SCALE_SERVERS` (comma-separated, increasing, as many of
 each) and `OH_BENCH_SCALE_SECONDS` (time spent on each command at each size) shrink a run.
