@@ -17,6 +17,7 @@ BENCHMARKS = {
     "boot": "bench.server_boot",
     "events": "bench.events",
     "suspend": "bench.suspend_resume",
+    "scale": "bench.scale",
 }
 
 

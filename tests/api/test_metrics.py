@@ -2,9 +2,11 @@
 `/health` answers, `/ready` tells whether the daemon serves."""
 
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from openhosting.api.context import READINESS_KEY
+from openhosting.api.metrics import MAX_CACHED_LABELS, PlatformMetrics
 from openhosting.api.ops import build_ops_app
 from tests.api.drive_helpers import create_drive
 
@@ -90,3 +92,23 @@ async def test_health_answers_and_ready_follows_the_daemon(
     client.server.app[READINESS_KEY].set()
     response = await ops.get("/ready")
     assert response.status == 200 and await response.text() == "ready\n"
+
+
+def test_request_counts_stay_exact_past_the_kept_label_children() -> None:
+    metrics = PlatformMetrics()
+    # Unknown methods are the client's to choose: more combinations than are kept.
+    methods = [f"M{index}" for index in range(MAX_CACHED_LABELS + 10)]
+    for method in [*methods, *methods]:
+        metrics.observe_request("/drives/list", method, 200, 0.001)
+    metrics.observe_request("/drives/list", "GET", 404, 0.001)
+    assert len(metrics._request_children) == MAX_CACHED_LABELS
+    found = samples(generate_latest(metrics.registry).decode())
+    key = (
+        "openhosting_http_requests_total",
+        (("method", methods[-1]), ("route", "/drives/list"), ("status", "200")),
+    )
+    assert found[key] == 2
+    assert (
+        found[("openhosting_http_request_duration_seconds_count", (("route", "/drives/list"),))]
+        == 2 * len(methods) + 1
+    )

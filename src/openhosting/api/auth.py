@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 
 from aiohttp import web
@@ -21,6 +22,15 @@ def parse_basic_credentials(header: str | None) -> tuple[str, str]:
     """The (username, password) of a Basic `Authorization` header; AuthError if unusable."""
     if not header:
         raise AuthError("Authentication required: HTTP Basic with your user UUID and API key")
+    return _parse_basic(header)
+
+
+# A client sends the same header on every request: decoding it again costs more than the rest
+# of the check (a cached key). Bounded: aiohttp caps a header at 8 KiB, so at most 2 MiB. Only
+# headers that parse are kept (lru_cache keeps no exception); a wrong key is still refused
+# by the key check, which this cache does not touch.
+@functools.lru_cache(maxsize=256)
+def _parse_basic(header: str) -> tuple[str, str]:
     scheme, _, encoded = header.strip().partition(" ")
     if scheme.lower() != "basic" or not encoded.strip():
         raise AuthError("Authentication failed: only HTTP Basic authentication is supported")

@@ -19,6 +19,9 @@ from openhosting.services.platform_state import PlatformState
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # A VM's start: QEMU up and QMP answering, from well under a second (KVM) to many (TCG).
 VM_START_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+# Label combinations of requests whose metric children are kept (far more than routes ×
+# methods × statuses: a bound, not a size).
+MAX_CACHED_LABELS = 4096
 UNMATCHED = "unmatched"  # the route label of a path that is no command (404)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -103,10 +106,23 @@ class PlatformMetrics:
             ["tier"],
             registry=registry,
         )
+        self._request_children: dict[tuple[str, str, int | str], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, route: str, method: str, status: int | str, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        # `labels()` validates and locks on every call, a sizeable part of a cheap request's
+        # cost: each combination's children are looked up once and kept (routes, methods and
+        # statuses are few, and unmatched paths share one label).
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+            if len(self._request_children) < MAX_CACHED_LABELS:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_event(self, event: Event) -> None:
         """A listener of the event feed: counts events and times VM starts."""

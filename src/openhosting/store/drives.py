@@ -16,6 +16,11 @@ def get_drive(connection: Connection, uuid: str) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
+# For the Reader (store/reader.py): a drive's row by `uuid`, and the claims on `drive`
+# oldest first (get_drive and claims_on without SQLAlchemy's cost per execute).
+DRIVE_BY_UUID = select(drives).where(drives.c.uuid == bindparam("uuid"))
+CLAIMS_ON_DRIVE = select(claims).where(claims.c.drive == bindparam("drive")).order_by(claims.c.id)
+
 # For the Reader (store/reader.py): the UUIDs of the drives of `user`, oldest first.
 DRIVE_UUIDS_BY_USER = (
     select(drives.c.uuid)

@@ -9,7 +9,7 @@ the event loop's thread uses a Reader; everything that writes uses the engine as
 import asyncio
 from typing import Any
 
-from sqlalchemy import Engine, PoolProxiedConnection
+from sqlalchemy import Engine, PoolProxiedConnection, Select
 from sqlalchemy.sql import Executable
 
 MAX_CACHED = 4096
@@ -22,6 +22,7 @@ class Reader:
         self._engine = engine
         self._connection: PoolProxiedConnection | None = None
         self._compiled: dict[int, tuple[Executable, str, tuple[str, ...]]] = {}
+        self._keys: dict[int, tuple[Select[Any], tuple[str, ...]]] = {}
         self._cached: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         self._cached_version = -1
         self._version: int | None = None
@@ -65,6 +66,14 @@ class Reader:
                 self._cached.clear()
             rows = self._cached[key] = self.all(statement, **params)
         return list(rows)
+
+    def mappings(self, statement: Select[Any], **params: Any) -> list[dict[str, Any]]:
+        """`all` with each row as a dict by column name, as `Result.mappings()` gives it.
+        Values are SQLite's own (a Boolean column reads 0 or 1)."""
+        keys = self._keys.get(id(statement))
+        if keys is None or keys[0] is not statement:
+            keys = self._keys[id(statement)] = (statement, tuple(statement.selected_columns.keys()))
+        return [dict(zip(keys[1], row, strict=True)) for row in self.all(statement, **params)]
 
     def scalar(self, statement: Executable, **params: Any) -> Any:
         rows = self.all(statement, **params)

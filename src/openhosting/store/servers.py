@@ -35,6 +35,16 @@ SERVER_LIST_BY_USER = (
 )
 
 
+# For the Reader: a server's row by `uuid`, and every server of `user` oldest first
+# (get_server and servers_of for the infos, without SQLAlchemy's cost per execute).
+SERVER_BY_UUID = select(servers).where(servers.c.uuid == bindparam("uuid"))
+SERVERS_BY_USER = (
+    select(servers)
+    .where(servers.c.user == bindparam("user"))
+    .order_by(servers.c.created_at, servers.c.uuid)
+)
+
+
 def update_server(connection: Connection, uuid: str, **values: Any) -> None:
     connection.execute(update(servers).where(servers.c.uuid == uuid).values(**values))
 

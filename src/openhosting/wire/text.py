@@ -83,6 +83,11 @@ def render_object(values: Object) -> str:
 def render_rows(keys: Iterable[str], rows: Iterable[Object]) -> str:
     """One line per row, the values of `keys` separated by spaces."""
     key_list = list(keys)
+    if len(key_list) == 1:
+        # The listings of one column (`drives/list`, `servers/list`): the hottest answers,
+        # without the inner join per row.
+        key = key_list[0]
+        return "".join([_format_value(row.get(key, "")) + "\n" for row in rows])
     return "".join(
         " ".join(_format_value(row.get(key, "")) for key in key_list) + "\n" for row in rows
     )

@@ -1,0 +1,103 @@
+"""The hot read commands (`drives/D/info`, `servers/info`, `servers/S/info`) answer through the
+Reader (store/reader.py), not SQLAlchemy's engine, whose execute cost several times their
+query (`make bench ARGS=api`); and what they answer is still read afresh every time (a
+claim's showing is tested in test_drive_claims.py)."""
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlalchemy import event
+
+from openhosting.model.server import ServerConfig
+from openhosting.services.accounts import NewKey
+from openhosting.services.platform import Platform
+from openhosting.wire.text import parse_properties, parse_properties_list
+from tests.api.drive_helpers import create_drive, drive_info
+from tests.conftest import basic_auth
+
+
+@pytest.fixture
+def engine_statements(platform: Platform) -> Iterator[list[str]]:
+    """The SQL statements run through the platform's engine while the test runs."""
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(platform.engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(platform.engine, "before_cursor_execute", record)
+
+
+async def _server(client: TestClient, auth: dict[str, str], drive: str) -> str:
+    body = f"name s\ncpu 500\nmem 64\nide:0:0 {drive}\nboot ide:0:0"
+    response = await client.post("/servers/create/stopped", data=body, headers=auth)
+    assert response.status == 200, await response.text()
+    return parse_properties(await response.text())["server"]
+
+
+async def test_drive_and_server_infos_run_no_statement_through_the_engine(
+    client: TestClient, auth: dict[str, str], engine_statements: list[str]
+) -> None:
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    engine_statements.clear()
+    for path in (f"/drives/{drive}/info", "/servers/info", f"/servers/{server}/info"):
+        response = await client.get(path, headers=auth)
+        assert response.status == 200, await response.text()
+    assert engine_statements == []
+
+
+async def test_drive_info_shows_a_write_and_a_set_at_once(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    assert (await drive_info(client, auth, drive))["write:bytes"] == "0"
+    response = await client.post(f"/drives/{drive}/write/0", data=b"x" * 4096, headers=auth)
+    assert response.status == 204, await response.text()
+    response = await client.post(f"/drives/{drive}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    info = await drive_info(client, auth, drive)
+    assert (info["name"], info["write:bytes"], info["write:requests"]) == ("renamed", "4096", "1")
+
+
+async def test_server_infos_show_a_set_at_once_and_only_the_callers_servers(
+    client: TestClient, auth: dict[str, str], platform: Platform, other_user: NewKey
+) -> None:
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    response = await client.post(f"/servers/{server}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    response = await client.get(f"/servers/{server}/info", headers=auth)
+    assert parse_properties(await response.text())["name"] == "renamed"
+    response = await client.get("/servers/info", headers=auth)
+    assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]
+
+    other = basic_auth(other_user)
+    response = await client.get(f"/servers/{server}/info", headers=other)
+    assert (response.status, response.headers["X-Elastic-Error"]) == (404, "missing")
+    response = await client.get("/servers/info", headers=other)
+    assert (response.status, await response.text()) == (200, "")
+
+
+async def test_server_infos_parse_an_unchanged_stored_configuration_no_more(
+    client: TestClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    parsed: list[Mapping[str, str]] = []
+    parse = ServerConfig.from_properties
+
+    def counting(props: Mapping[str, str]) -> ServerConfig:
+        parsed.append(props)
+        return parse(props)
+
+    monkeypatch.setattr(ServerConfig, "from_properties", counting)
+    for path in ("/servers/info", f"/servers/{server}/info") * 3:
+        response = await client.get(path, headers=auth)
+        assert response.status == 200, await response.text()
+    assert parsed == []  # parsed once already, when the create answered its info
