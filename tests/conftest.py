@@ -120,3 +120,30 @@ async def client(aiohttp_client, platform: Platform) -> AsyncIterator[TestClient
     await platform.imaging.start()  # as the daemon does
     yield await aiohttp_client(server)
     await platform.imaging.stop()
+
+
+def platform_nft_tables() -> set[tuple[str, str]]:
+    """The (family, name) of every nftables table of ours in the host's own namespace."""
+    if os.geteuid() != 0 or shutil.which("nft") is None:
+        return set()
+    listed = subprocess.run(
+        ["nft", "list", "tables"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
+    tables = set()
+    for line in listed.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "table" and words[2].startswith("openhosting_"):
+            tables.add((words[1], words[2]))
+    return tables
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_nft_tables_left_behind() -> Iterator[None]:
+    """Daemons a test kills (SIGKILL, a crash on purpose) cannot take down their guest fence
+    or counting tables: whatever table of ours the session made is removed at its end."""
+    before = platform_nft_tables()
+    yield
+    for family, name in platform_nft_tables() - before:
+        subprocess.run(
+            ["nft", "delete", "table", family, name], capture_output=True, timeout=10, check=False
+        )
