@@ -43,6 +43,20 @@ def config(tmp_path: Path) -> Config:
     )
 
 
+def config_with_tiers(tmp_path: Path, *names: str) -> Config:
+    """The tests' configuration with each tier of `names` in a directory of its own under
+    `tmp_path` (`disk` stays in the state directory)."""
+    tiers = " ".join(f"{name}={tmp_path / name}" for name in names)
+    return load_config(
+        env={},
+        overrides={
+            "state_dir": str(tmp_path / "state"),
+            "first_user": False,
+            "storage": {"tiers": tiers},
+        },
+    )
+
+
 def config_with_pool(tmp_path: Path, pool_range: str = "192.0.2.10-192.0.2.20") -> Config:
     """The tests' configuration with a small IP pool, so that IP resources exist (in user
     mode, without a bridge) and exhausting the pool is quick."""

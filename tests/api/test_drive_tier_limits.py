@@ -9,24 +9,18 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.cli.admin import main
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive
+from tests.conftest import config_with_tiers
 
 MIB = 1 << 20
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "storage": {"tiers": f"ssd={tmp_path / 'ssd'}"},
-        },
-    )
+    return config_with_tiers(tmp_path, "ssd")
 
 
 def admin(config: Config, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.drive_repair import ORPHAN_GRACE_SECONDS
 from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
 from tests.api.imaging_helpers import image, wait_imaged, write
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, config_with_tiers
 
 SIZE = 256 * 1024
 
@@ -25,14 +25,7 @@ SIZE = 256 * 1024
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     """`disk` in the state directory, `ssd` and `archive` each in a directory of its own."""
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "storage": {"tiers": f"ssd={tmp_path / 'ssd'} archive={tmp_path / 'archive'}"},
-        },
-    )
+    return config_with_tiers(tmp_path, "ssd", "archive")
 
 
 def files_in(directory: Path) -> list[str]:

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.platform import Platform
 from tests.api.drive_helpers import create_drive, read_bytes
 from tests.api.imaging_helpers import write
+from tests.conftest import config_with_tiers
 from tests.guest.serial_console import SerialConsole
 from tests.integration.server_helpers import create_server, wait_ready, wait_status
 
@@ -19,14 +20,7 @@ MARKER = b"OH-TIER-MARKER"
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "storage": {"tiers": f"ssd={tmp_path / 'ssd'}"},
-        },
-    )
+    return config_with_tiers(tmp_path, "ssd")
 
 
 async def test_a_guest_boots_from_and_writes_to_a_drive_in_its_tiers_directory(
