@@ -17,7 +17,7 @@ from tests.conftest import REPO, SAMPLES
 NOT_OURS = {"state", "__pycache__", "results", "build", "dist"}
 # This file names what it looks for, so it is left out of the scan.
 THIS_FILE = Path(__file__).resolve()
-# A folder beside the clone (the API contract was once read from `../shared`), an absolute path
+# A folder beside the clone (the API contract was once read from a sibling folder), an absolute path
 # of the machine the repository was written on, or a document that lived only there (the API is
 # described by docs/api.md).
 OUTSIDE = re.compile(
@@ -108,7 +108,7 @@ def test_the_readme_leads_to_the_api_reference_and_the_other_docs() -> None:
 def test_the_tests_that_read_data_pass_from_a_copy_alone_in_an_empty_directory(
     tmp_path: Path,
 ) -> None:
-    copy = tmp_path / "repo"  # nothing beside it: no `../shared`, no sibling worktree
+    copy = tmp_path / "repo"  # nothing beside it: no sibling folder, no sibling worktree
     ignore = shutil.ignore_patterns(*NOT_OURS, ".*")
     for name in ("src", "tests"):
         shutil.copytree(REPO / name, copy / name, ignore=ignore)
