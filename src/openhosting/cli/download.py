@@ -40,11 +40,8 @@ from openhosting.cli.tool import (
 )
 from openhosting.cli.transfer import add_chunk_options, report_unfinished, run_transfer
 from openhosting.cli.verify import (
-    VERIFY_RETRIES,
-    drive_hash,
     local_hash,
-    report_mismatch,
-    still_differs,
+    until_verified,
 )
 from openhosting.errors import MissingError, UsageError
 from openhosting.wire.text import parse_properties
@@ -173,16 +170,13 @@ def read_chunk(
 ) -> None:
     data = fetch_chunk(client, drive, buffers, chunk)
     if verify:
-        ours = local_hash(data)
-        for attempt in range(VERIFY_RETRIES + 1):
-            theirs = drive_hash(client, drive, chunk)
-            if theirs == ours:
-                break
-            if attempt == VERIFY_RETRIES:
-                raise still_differs(chunk, ours, theirs)
-            report_mismatch(chunk, attempt + 1, "fetching it again")
+
+        def fetch_again() -> str:
+            nonlocal data
             data = fetch_chunk(client, drive, buffers, chunk)
-            ours = local_hash(data)
+            return local_hash(data)
+
+        until_verified(client, drive, chunk, local_hash(data), fetch_again, "fetching it again")
     zero = is_zero(data)
     with turns.turn(chunk.index):
         output.write(chunk.offset, data, zero)

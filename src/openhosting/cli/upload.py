@@ -39,11 +39,8 @@ from openhosting.cli.tool import (
 )
 from openhosting.cli.transfer import add_chunk_options, report_unfinished, run_transfer
 from openhosting.cli.verify import (
-    VERIFY_RETRIES,
-    drive_hash,
     local_hash,
-    report_mismatch,
-    still_differs,
+    until_verified,
 )
 from openhosting.errors import ApiError, FailedError, MissingError, UsageError
 from openhosting.wire.text import parse_properties
@@ -182,16 +179,16 @@ def write_chunk(
     if ours is None:
         return
     # The compressed body is kept to be sent again: a gzip input cannot be read twice.
-    for attempt in range(VERIFY_RETRIES + 1):
-        theirs = drive_hash(client, drive, chunk)
-        if theirs == ours:
-            return
-        if attempt == VERIFY_RETRIES:
-            raise still_differs(chunk, ours, theirs)
-        report_mismatch(chunk, attempt + 1, "sending it again")
+    expected = ours
+
+    def send_again() -> str:
+        nonlocal body
         if body is None:  # a skipped chunk of zeros, but the drive holds something else
             body = igzip.compress(zeros(chunk.length), GZIP_LEVEL)
         send_chunk(client, drive, chunk, body)
+        return expected
+
+    until_verified(client, drive, chunk, ours, send_again, "sending it again")
 
 
 def send_chunk(client: ApiClient, drive: str, chunk: Chunk, body: bytes) -> None:

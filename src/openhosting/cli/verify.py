@@ -6,6 +6,7 @@ being found out later, or never."""
 import hashlib
 import mmap
 import sys
+from collections.abc import Callable
 
 from openhosting.cli.chunks import Chunk
 from openhosting.cli.http_client import ApiClient, api_path
@@ -50,3 +51,19 @@ def still_differs(chunk: Chunk, ours: str, theirs: str) -> FailedError:
         f"Chunk {chunk.index + 1} at offset {chunk.offset} ({chunk.length} bytes) still"
         f" differs after {VERIFY_RETRIES} retries: sha256 {ours} here, {theirs} on the drive"
     )
+
+
+def until_verified(
+    client: ApiClient, drive: str, chunk: Chunk, ours: str, again: Callable[[], str], action: str
+) -> None:
+    """Compare the chunk's hash `ours` with the drive's; while they differ, `again()` moves
+    the chunk once more (sends or fetches it) and returns its hash here, up to
+    VERIFY_RETRIES times; then FailedError."""
+    for attempt in range(VERIFY_RETRIES + 1):
+        theirs = drive_hash(client, drive, chunk)
+        if theirs == ours:
+            return
+        if attempt == VERIFY_RETRIES:
+            raise still_differs(chunk, ours, theirs)
+        report_mismatch(chunk, attempt + 1, action)
+        ours = again()
