@@ -8,19 +8,18 @@ every write acknowledged before and during the fault reads back exactly, writes 
 work again, no claim or imaging mark is stranded and the database passes integrity_check."""
 
 import random
-import time
 from pathlib import Path
 
 from tests.daemon_process import Api, DaemonProcess, create_user
 
 from bench.reliability import checkers, faultfs
 from bench.reliability.model import DriveModel, pattern
+from bench.reliability.storage import await_imaging_end
 from bench.reliability.table import CampaignResult
 from openhosting.wire.text import parse_properties
 
 DRIVE_SIZE = 4 * 1024 * 1024
 CHUNK = 1024 * 1024
-IMAGING_WAIT = 20.0
 # How an I/O error is named in a 500's body (strerror of EIO).
 EIO_TEXT = "Input/output error"
 
@@ -126,18 +125,9 @@ class EioCampaign:
         """Imaging on a failing disk ends (done or `imaging:error`), never stuck."""
         source = self.rng.choice(sorted(set(self.drives) - {target}))
         status, _ = self.answer(f"/drives/{target}/image/{source}", b"")
-        if status != 204:
-            return
-        self.drives[target].uncertain()
-        deadline = time.monotonic() + IMAGING_WAIT
-        while "imaging" in (info := self.api.properties(f"/drives/{target}/info")):
-            if time.monotonic() > deadline:
-                self.result.violations.append(f"drive {target}: imaging stuck at {info}")
-                return
-            time.sleep(0.2)
-        if "imaging:error" in info:
-            self.result.faults += 1
-            self.result.notes.append(f"imaging on a failing disk: {info['imaging:error']}")
+        if status == 204:
+            self.drives[target].uncertain()
+            await_imaging_end(self.api, target, self.result, "a failing disk")
 
     def round(self) -> None:
         self.faulting, self.faulty_writes = False, False

@@ -60,6 +60,20 @@ def run(work_dir: Path, seed: int, rounds: int) -> CampaignResult:
     return result
 
 
+def await_imaging_end(api: Api, drive: str, result: CampaignResult, cause: str) -> None:
+    """Imaging into `drive` on a failing disk must end (done or `imaging:error`, counted as a
+    fault met), never stay stuck: a violation after IMAGING_WAIT seconds."""
+    deadline = time.monotonic() + IMAGING_WAIT
+    while "imaging" in (info := api.properties(f"/drives/{drive}/info")):
+        if time.monotonic() > deadline:
+            result.violations.append(f"drive {drive}: imaging stuck at {info}")
+            return
+        time.sleep(0.2)
+    if "imaging:error" in info:
+        result.faults += 1
+        result.notes.append(f"imaging on {cause}: {info['imaging:error']}")
+
+
 class StorageCampaign:
     def __init__(self, api: Api, rng: random.Random, result: CampaignResult) -> None:
         self.api, self.rng, self.result = api, rng, result
@@ -111,18 +125,9 @@ class StorageCampaign:
         if target is None:
             return
         status, _ = self.answer(f"/drives/{target}/image/{source}", b"")
-        if status != 204:
-            return
-        self.drives[target].uncertain()
-        deadline = time.monotonic() + IMAGING_WAIT
-        while "imaging" in (info := self.api.properties(f"/drives/{target}/info")):
-            if time.monotonic() > deadline:
-                self.result.violations.append(f"drive {target}: imaging stuck at {info}")
-                return
-            time.sleep(0.2)
-        if "imaging:error" in info:
-            self.result.faults += 1
-            self.result.notes.append(f"imaging on a full disk: {info['imaging:error']}")
+        if status == 204:
+            self.drives[target].uncertain()
+            await_imaging_end(self.api, target, self.result, "a full disk")
 
     def fill_then_free(self) -> None:
         while (uuid := self.create()) is not None and self.write_whole(uuid):
