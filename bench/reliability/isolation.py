@@ -26,7 +26,7 @@ DRIVE_ATTACKS = [
 ]  # fmt: skip
 SERVER_ATTACKS = [
     ("info", None), ("log", None), ("start", b""), ("stop", b""), ("shutdown", b""),
-    ("reset", b""), ("set", b"name stolen"), ("destroy", b""),
+    ("reset", b""), ("set", b"name stolen"), ("destroy", b""), ("console", b""),
 ]  # fmt: skip
 RESOURCE_ATTACKS = [("info", None), ("set", b"name stolen"), ("destroy", b"")]
 
