@@ -151,12 +151,26 @@ def platform_nft_tables() -> set[tuple[str, str]]:
     return tables
 
 
-@pytest.fixture(autouse=True, scope="session")
-def no_nft_tables_left_behind() -> Iterator[None]:
+NFT_TABLES_BEFORE = pytest.StashKey[set[tuple[str, str]]]()
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
     """Daemons a test kills (SIGKILL, a crash on purpose) cannot take down their guest fence
-    or counting tables: whatever table of ours the session made is removed at its end."""
-    before = platform_nft_tables()
-    yield
+    or counting tables: whatever table of ours the run made is removed at its end. Only the
+    process that runs the whole session does it (with pytest-xdist, the controller, after
+    every worker is done), so no worker removes the tables of another's running daemon."""
+    if not _is_xdist_worker(session.config):
+        session.config.stash[NFT_TABLES_BEFORE] = platform_nft_tables()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(NFT_TABLES_BEFORE, None)
+    if before is None:
+        return
     for family, name in platform_nft_tables() - before:
         subprocess.run(
             ["nft", "delete", "table", family, name], capture_output=True, timeout=10, check=False
