@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.cli import admin
+from openhosting.admin import tool as admin
 from openhosting.hypervisor import process
 from openhosting.hypervisor.argv import DiskSpec, RunPaths, VmSpec
 from openhosting.hypervisor.serial_log import SerialLogLimit, log_files, read_log
