@@ -29,8 +29,8 @@ from openhosting.errors import (
     MissingError,
     UsageError,
 )
+from testbed.daemon_process import free_port
 from tests.client.conftest import ApiDaemon
-from tests.daemon_process import free_port
 
 
 @pytest.mark.parametrize(
