@@ -15,8 +15,8 @@ import pytest
 from openhosting.hypervisor import process
 from openhosting.network import passt
 from openhosting.network.passt import PasstFiles
+from testbed.daemon_process import Api, DaemonProcess, create_user
 from tests.conftest import kill_leftover_vms
-from tests.daemon_process import Api, DaemonProcess, create_user
 
 TIMEOUT = 30
 

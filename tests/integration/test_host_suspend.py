@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from openhosting.hypervisor import process
+from testbed.build_guest import BOOT_MARKER, READY_MARKER
+from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
 from tests.conftest import kill_leftover_vms
-from tests.daemon_process import BIN, Api, DaemonProcess, create_user
-from tests.guest.build_guest import BOOT_MARKER, READY_MARKER
 from tests.guest.serial_console import SerialConsole, read_serial_log, wait_for_log
 
 TIMEOUT = 60

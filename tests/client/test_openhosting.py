@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import BIN, ApiDaemon, run_in_terminal
-from tests.daemon_process import free_port
+from testbed.daemon_process import free_port
+from tests.client.conftest import BIN, ApiDaemon, run_in_terminal
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 

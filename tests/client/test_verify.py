@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from openhosting.cli import download, upload
-from openhosting.cli.http_client import ApiClient
-from openhosting.cli.tool import run_tool
-from openhosting.cli.verify import VERIFY_RETRIES
-from tests.cli.conftest import ApiDaemon, sha256_of
-from tests.cli.test_upload import created_drive, make_image
+from openhosting.client import download, upload
+from openhosting.client.http_client import ApiClient
+from openhosting.client.tool import run_tool
+from openhosting.client.verify import VERIFY_RETRIES
+from tests.client.conftest import ApiDaemon, sha256_of
+from tests.client.test_upload import created_drive, make_image
 
 CHUNK = 65536
 

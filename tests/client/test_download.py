@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import BIN, ApiDaemon, interrupt_mid_transfer, loop_device
+from tests.client.conftest import BIN, ApiDaemon, interrupt_mid_transfer, loop_device
 
 CHUNK = 65536
 

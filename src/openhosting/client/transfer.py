@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from openhosting.cli.chunks import (
+from openhosting.client.chunks import (
     DEFAULT_WORKERS,
     Chunk,
     ChunkRun,
@@ -15,15 +15,15 @@ from openhosting.cli.chunks import (
     chunk_at,
     chunk_count,
 )
-from openhosting.cli.http_client import ApiClient
-from openhosting.cli.progress import choose_progress
-from openhosting.cli.tool import (
+from openhosting.client.http_client import ApiClient
+from openhosting.client.progress import choose_progress
+from openhosting.client.tool import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     positive_int_argument,
     positive_size_argument,
 )
-from openhosting.cli.verify import VERIFY_RETRIES
+from openhosting.client.verify import VERIFY_RETRIES
 from openhosting.errors import ApiError
 
 DEFAULT_CHUNK = 5242880

@@ -8,8 +8,8 @@ import mmap
 import sys
 from collections.abc import Callable
 
-from openhosting.cli.chunks import Chunk
-from openhosting.cli.http_client import ApiClient, api_path
+from openhosting.client.chunks import Chunk
+from openhosting.client.http_client import ApiClient, api_path
 from openhosting.errors import FailedError
 from openhosting.wire.text import parse_properties
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.cli.admin import main
+from openhosting.admin.tool import main
 from openhosting.wire.text import parse_properties
 
 

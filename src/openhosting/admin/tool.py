@@ -11,16 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openhosting.cli import (
-    admin_audit,
-    admin_backup,
-    admin_billing,
-    admin_config,
-    admin_host,
-    admin_imaging,
-    admin_init,
-    admin_servers,
-)
+from openhosting.admin import audit as admin_audit
+from openhosting.admin import backup as admin_backup
+from openhosting.admin import billing as admin_billing
+from openhosting.admin import config as admin_config
+from openhosting.admin import host as admin_host
+from openhosting.admin import imaging as admin_imaging
+from openhosting.admin import init as admin_init
+from openhosting.admin import servers as admin_servers
 from openhosting.config import SYSTEM_CONFIG_PATH, Config, ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform

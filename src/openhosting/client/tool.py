@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 
-from openhosting.cli.http_client import ApiClient, Trace, basic_authorization, parse_endpoint
+from openhosting.client.http_client import ApiClient, Trace, basic_authorization, parse_endpoint
 from openhosting.errors import ApiError, UsageError
 from openhosting.wire.sizes import parse_size
 

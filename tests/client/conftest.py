@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from openhosting.config import load_config
+from testbed.daemon_process import BIN, DaemonProcess, create_user
 from tests.conftest import kill_leftover_vms
-from tests.daemon_process import BIN, DaemonProcess, create_user
 
 TOOL_TIMEOUT = 60
 

@@ -2,7 +2,7 @@
 
 import io
 
-from openhosting.cli.progress import (
+from openhosting.client.progress import (
     Bar,
     Dots,
     choose_progress,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import (
+from tests.client.conftest import (
     BIN,
     ApiDaemon,
     interrupt_mid_transfer,

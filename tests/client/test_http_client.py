@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from openhosting.cli.http_client import (
+from openhosting.client.http_client import (
     BUSY_RETRIES,
     MAX_RETRY_AFTER,
     ApiClient,
@@ -20,7 +20,7 @@ from openhosting.cli.http_client import (
     parse_endpoint,
     retry_after_seconds,
 )
-from openhosting.cli.tool import client_from_environment
+from openhosting.client.tool import client_from_environment
 from openhosting.errors import (
     AuthError,
     BusyError,
@@ -29,8 +29,8 @@ from openhosting.errors import (
     MissingError,
     UsageError,
 )
-from tests.cli.conftest import ApiDaemon
-from tests.daemon_process import free_port
+from testbed.daemon_process import free_port
+from tests.client.conftest import ApiDaemon
 
 
 @pytest.mark.parametrize(

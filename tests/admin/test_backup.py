@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from openhosting.admin.tool import main
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
-from openhosting.cli.admin import main
 from openhosting.config import Config, load_config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform

@@ -16,8 +16,8 @@ import sys
 import tempfile
 from typing import BinaryIO
 
-from openhosting.cli.http_client import SEND_BLOCK, api_path
-from openhosting.cli.tool import EXIT_FAILED, EXIT_USAGE, client_from_environment, run_tool
+from openhosting.client.http_client import SEND_BLOCK, api_path
+from openhosting.client.tool import EXIT_FAILED, EXIT_USAGE, client_from_environment, run_tool
 
 USAGE = """\
 Usage: openhosting [ -c | -f FILENAME ] [ -j ] [ -v ] CMD [ARG]...

@@ -5,7 +5,7 @@ import random
 import threading
 import time
 
-from openhosting.cli.chunks import (
+from openhosting.client.chunks import (
     Chunk,
     ChunkRun,
     Turns,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.cli.admin import main
+from openhosting.admin.tool import main
 from openhosting.config import load_config
 from openhosting.services.platform import open_platform
 from openhosting.store import jobs as job_store

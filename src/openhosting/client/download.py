@@ -24,22 +24,22 @@ import stat
 import sys
 import threading
 
-from openhosting.cli.chunks import (
+from openhosting.client.chunks import (
     Chunk,
     Turns,
     chunk_count,
     is_zero,
     zeros,
 )
-from openhosting.cli.http_client import ApiClient, api_path
-from openhosting.cli.tool import (
+from openhosting.client.http_client import ApiClient, api_path
+from openhosting.client.tool import (
     client_from_environment,
     interrupt_on_sigterm,
     run_tool,
     size_argument,
 )
-from openhosting.cli.transfer import add_chunk_options, report_unfinished, run_transfer
-from openhosting.cli.verify import (
+from openhosting.client.transfer import add_chunk_options, report_unfinished, run_transfer
+from openhosting.client.verify import (
     local_hash,
     until_verified,
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.cli import admin
+from openhosting.admin import tool as admin
 from openhosting.config import load_config
 from openhosting.services.platform import open_platform
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.cli.download import ChunkBuffers, OutputFile
+from openhosting.client.download import ChunkBuffers, OutputFile
 from tests.disk_tmp import cached_bytes
 
 PAGE = 4096
