@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from openhosting.errors import BusyError, FullError, MissingError, SystemError_
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings, apply_drive_properties
+from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drive_repair import repair_drive_files
 from openhosting.services.drive_transfers import (
@@ -273,7 +274,8 @@ class Drives:
                 }
         except OSError as error:
             raise storage_error(error, "create the drive") from None
-        try:
+        with Reverter() as revert:
+            revert.add(functools.partial(files.destroy, uuid))
             with self._engine.begin() as connection:
                 # Checked again: another create may have finished while the file was made.
                 self._check_drive_limit(connection, user, settings.size, settings.tier)
@@ -286,9 +288,7 @@ class Drives:
                     **_settings_columns(settings),
                     **wrapped,
                 )
-        except BaseException:
-            files.destroy(uuid)
-            raise
+            revert.success()
         log.info(
             "event=drive_created user=%s drive=%s size=%s cipher=%s tier=%s",
             user,
