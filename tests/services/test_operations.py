@@ -145,3 +145,10 @@ async def test_a_cancelled_or_failed_operation_leaves_the_registry_empty() -> No
         raise OSError("the disk failed")
     assert len(registry) == 0
     registry.check(DRIVE, SHRINK)
+
+
+def test_only_actions_that_last_are_held_in_flight() -> None:
+    registry = drives()
+    with pytest.raises(ValueError, match="never in flight"):
+        registry.begin(DRIVE, DESTROY)
+    assert len(registry) == 0

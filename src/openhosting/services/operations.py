@@ -30,34 +30,35 @@ class Rule:
     """How action `verb` meets the operations in flight on its object.
 
     `refused_by`: the kinds in flight that refuse it, in the order they are asked about.
-    `doing`: how the object is described while this action is in flight ("being read").
+    `doing`: for an action that lasts, how its object is described meanwhile ("being read").
     `refusal`: what a refusal says the object is doing, when not the refusing kind's own
     `doing` (a shrink names reads and writes together)."""
 
     verb: str
-    doing: str
     refused_by: tuple[str, ...] = ()
+    doing: str = ""
     refusal: str | None = None
 
 
 # Drives (see services/drives.py). Reads and writes run side by side; a resize refuses
-# everything that touches the bytes, a shrink waits for reads (they promised a length) and
-# writes, a destroy for writes; a grow does not wait for reads or writes.
+# everything that touches the bytes; a shrink waits for reads (they promised a length) and
+# writes, a destroy or imaging for writes; a grow waits for neither.
 READ, WRITE, RESIZE = "read", "write", "resize"  # operations that last
-SET, SHRINK, ATTACH, DESTROY, IMAGE, SOURCE = (  # actions checked, never in flight
+SET, SHRINK, ATTACH, DESTROY, IMAGE, SOURCE = (  # actions only checked
     "set", "shrink", "attach", "destroy", "image", "source",
 )  # fmt: skip
 DRIVE_RULES: Mapping[str, Rule] = {
-    READ: Rule("read", "being read", (RESIZE,)),
-    WRITE: Rule("written", "being written", (RESIZE,)),
-    RESIZE: Rule("resized", "being resized", (RESIZE,)),
-    SET: Rule("set", "being set", (RESIZE,)),
-    SHRINK: Rule("shrunk", "being shrunk", (READ, WRITE), refusal="being read or written"),
-    ATTACH: Rule("attached", "being attached", (RESIZE,)),
-    DESTROY: Rule("destroyed", "being destroyed", (RESIZE, WRITE)),
-    IMAGE: Rule("imaged", "being imaged", (RESIZE, WRITE)),
-    SOURCE: Rule("a source", "being a source", (RESIZE, WRITE)),
+    READ: Rule("read", (RESIZE,), doing="being read"),
+    WRITE: Rule("written", (RESIZE,), doing="being written"),
+    RESIZE: Rule("resized", (RESIZE,), doing="being resized"),
+    SET: Rule("set", (RESIZE,)),
+    SHRINK: Rule("shrunk", (READ, WRITE), refusal="being read or written"),
+    ATTACH: Rule("attached", (RESIZE,)),
+    DESTROY: Rule("destroyed", (RESIZE, WRITE)),
+    IMAGE: Rule("imaged", (RESIZE, WRITE)),
+    SOURCE: Rule("a source", (RESIZE, WRITE)),
 }
+# Servers' lifecycle actions get a table of their own here when they use the registry.
 
 
 class Operation:
@@ -117,6 +118,8 @@ class Operations:
 
     def begin(self, uuid: str, kind: str) -> Operation:
         """Check `kind`, then hold it in flight on object `uuid` until the operation ends."""
+        if not self._rules[kind].doing:
+            raise ValueError(f"{kind} is an action only checked, never in flight")
         self.check(uuid, kind)
         self._in_flight.setdefault(uuid, Counter())[kind] += 1
         return Operation(self, uuid, kind)
