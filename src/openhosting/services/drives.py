@@ -15,7 +15,6 @@ import logging
 import secrets
 import time
 import uuid as uuid_module
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from openhosting.errors import BusyError, FullError, MissingError, SystemError_
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings, apply_drive_properties
+from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drive_repair import repair_drive_files
 from openhosting.services.drive_transfers import (
@@ -33,6 +33,19 @@ from openhosting.services.drive_transfers import (
     ReadPlan,
     StagedDriveWriter,
     storage_error,
+)
+from openhosting.services.operations import (
+    ATTACH,
+    DESTROY,
+    DRIVE_RULES,
+    IMAGE,
+    READ,
+    RESIZE,
+    SET,
+    SHRINK,
+    WRITE,
+    Operation,
+    Operations,
 )
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.drive_tiers import DriveTiers
@@ -141,12 +154,8 @@ class Drives:
         self.tiers = tiers
         self._secret_key = secret_key
         self._default_cipher = cipher
-        # Writes under way per drive: a drive being written cannot be destroyed or shrunk.
-        self._writes_in_flight: Counter[str] = Counter()
-        # Reads under way: a drive being read cannot be shrunk (the read promised its length).
-        self._reads_in_flight: Counter[str] = Counter()
-        # Drives whose file is being resized: their bytes may not be read, written or claimed.
-        self._resizing: set[str] = set()
+        # Reads, writes and resizes under way per drive, and what each refuses.
+        self.operations = Operations("Drive", DRIVE_RULES)
 
     @property
     def files(self) -> DriveFiles:
@@ -202,15 +211,7 @@ class Drives:
     def changing(self, uuid: str) -> str | None:
         """What changes the drive's bytes right now outside any claim (`being written`,
         `being resized`), or None."""
-        if uuid in self._resizing:
-            return "being resized"
-        if self._writes_in_flight[uuid]:
-            return "being written"
-        return None
-
-    def _refuse_while_resizing(self, uuid: str, action: str) -> None:
-        if uuid in self._resizing:
-            raise BusyError(f"Drive {uuid} is being resized and cannot be {action} now")
+        return self.operations.conflict(uuid, IMAGE)
 
     # -- commands ------------------------------------------------------------------------
 
@@ -273,7 +274,8 @@ class Drives:
                 }
         except OSError as error:
             raise storage_error(error, "create the drive") from None
-        try:
+        with Reverter() as revert:
+            revert.add(functools.partial(files.destroy, uuid))
             with self._engine.begin() as connection:
                 # Checked again: another create may have finished while the file was made.
                 self._check_drive_limit(connection, user, settings.size, settings.tier)
@@ -286,9 +288,7 @@ class Drives:
                     **_settings_columns(settings),
                     **wrapped,
                 )
-        except BaseException:
-            files.destroy(uuid)
-            raise
+            revert.success()
         log.info(
             "event=drive_created user=%s drive=%s size=%s cipher=%s tier=%s",
             user,
@@ -300,7 +300,7 @@ class Drives:
         return self.info(user, uuid)
 
     async def set(self, user: str, uuid: str, properties: dict[str, str]) -> dict[str, Value]:
-        # The checks, the new row and the `_resizing` mark come with no await between them:
+        # The checks, the new row and the resize in flight come with no await between them:
         # from then on whatever would touch the bytes (I/O, imaging, a server) is refused
         # until the file has its new size. The row is the truth; a daemon killed before the
         # file follows is put right at the next start (`repair_files`).
@@ -308,7 +308,7 @@ class Drives:
             row = self._owned(connection, user, uuid)
             if row.get("imaging"):
                 raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
-            self._refuse_while_resizing(uuid, "set")
+            self.operations.check(uuid, SET)
             current = _settings_of(row)
             settings = apply_drive_properties(
                 current, properties, creating=False, tiers=self.tiers.names
@@ -319,10 +319,8 @@ class Drives:
                     self._check_drive_limit(
                         connection, user, settings.size, settings.tier, excluding=uuid
                     )
-                elif self._writes_in_flight[uuid] or self._reads_in_flight[uuid]:
-                    raise BusyError(
-                        f"Drive {uuid} is being read or written and cannot be shrunk now"
-                    )
+                else:
+                    self.operations.check(uuid, SHRINK)
             drive_store.update_drive(connection, uuid, **_settings_columns(settings))
         if settings.size != current.size:
             await self._resize_file(row, current.size, settings.size)
@@ -332,18 +330,16 @@ class Drives:
         uuid, master_key = row["uuid"], self._master_key(row)
         files = self.files_of(row)
         kept = min(old_size, new_size)
-        self._resizing.add(uuid)
-        try:
-            await asyncio.to_thread(files.resize, uuid, new_size, master_key, kept)
-        except OSError as error:
-            # Back to the old size (what was cut stays cut: it reads as zeros).
-            with self._engine.begin() as connection:
-                drive_store.update_drive(connection, uuid, size=old_size)
-            with contextlib.suppress(OSError):  # repair_files retries at the next start
-                await asyncio.to_thread(files.resize, uuid, old_size, master_key, kept)
-            raise storage_error(error, "resize the drive") from None
-        finally:
-            self._resizing.discard(uuid)
+        with self.operations.begin(uuid, RESIZE):
+            try:
+                await asyncio.to_thread(files.resize, uuid, new_size, master_key, kept)
+            except OSError as error:
+                # Back to the old size (what was cut stays cut: it reads as zeros).
+                with self._engine.begin() as connection:
+                    drive_store.update_drive(connection, uuid, size=old_size)
+                with contextlib.suppress(OSError):  # repair_files retries at the next start
+                    await asyncio.to_thread(files.resize, uuid, old_size, master_key, kept)
+                raise storage_error(error, "resize the drive") from None
 
     def repair_files(self) -> tuple[int, int]:
         """Put the drive files right after a daemon that stopped half-way (at start): how many
@@ -358,10 +354,8 @@ class Drives:
         def delete_row(connection: Connection) -> None:
             # Its tier's files first: a drive whose tier the configuration lost keeps its row.
             found.append(self.files_of(self._owned(connection, user, uuid)))
-            self._refuse_while_resizing(uuid, "destroyed")
             self._check_busy(connection, uuid, "destroyed")
-            if self._writes_in_flight[uuid]:
-                raise BusyError(f"Drive {uuid} is being written and cannot be destroyed now")
+            self.operations.check(uuid, DESTROY)
             drive_store.delete_drive(connection, uuid)
 
         # Destroying is how a user gets space back: it must work on a full disk, where even
@@ -384,7 +378,7 @@ class Drives:
         """What a server of `user` needs to attach drive `uuid` (their own, or readable)."""
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
-        self._refuse_while_resizing(uuid, "attached")
+        self.operations.check(uuid, ATTACH)
         return AttachableDrive(
             uuid=uuid,
             path=self.files_of(row).path_of(uuid),
@@ -399,18 +393,15 @@ class Drives:
         """Plan a read of `length` bytes (None: to the end) from `offset`, clamped to the end."""
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
-        self._refuse_while_resizing(uuid, "read")
         size = row["size"]
         start = min(offset, size)
         count = size - start if length is None else min(length, size - start)
-        opened = self.files_of(row).open(uuid, self._master_key(row))
-        self._reads_in_flight[uuid] += 1
-        return ReadPlan(uuid, opened, start, count, lambda: self._end_read(uuid))
-
-    def _end_read(self, uuid: str) -> None:
-        self._reads_in_flight[uuid] -= 1
-        if not self._reads_in_flight[uuid]:
-            del self._reads_in_flight[uuid]
+        reading = self.operations.begin(uuid, READ)
+        with Reverter() as revert:
+            revert.add(reading.end)
+            opened = self.files_of(row).open(uuid, self._master_key(row))
+            revert.success()
+        return ReadPlan(uuid, opened, start, count, reading.end)
 
     def record_read(self, uuid: str, nbytes: int) -> None:
         self._count_io(uuid, "read", nbytes)
@@ -436,7 +427,7 @@ class Drives:
         with self._engine.connect() as connection:
             row = self._owned(connection, user, uuid)
             claims = drive_store.claims_on(connection, uuid)
-        self._refuse_while_resizing(uuid, "written")
+        self.operations.check(uuid, WRITE)
         for claim in claims:
             if claim["kind"] != "guest" or row["claim_type"] != "shared":
                 raise BusyError(
@@ -449,16 +440,14 @@ class Drives:
             )
         files = self.files_of(row)
         opened = files.open(uuid, self._master_key(row))
-        self._writes_in_flight[uuid] += 1
-        on_close = functools.partial(self._end_write, uuid)
+        # Checked above, and nothing awaited since: this cannot be refused.
+        on_close = functools.partial(self._end_write, self.operations.begin(uuid, WRITE))
         if staged:
             stage = WriteStage(opened.io, files.root, offset)
             return StagedDriveWriter(uuid, opened, stage, row["size"] - offset, on_close)
         return DriveWriter(uuid, opened, offset, row["size"], on_close)
 
-    def _end_write(self, uuid: str, nbytes: int | None) -> None:
-        self._writes_in_flight[uuid] -= 1
-        if not self._writes_in_flight[uuid]:
-            del self._writes_in_flight[uuid]
+    def _end_write(self, writing: Operation, nbytes: int | None) -> None:
+        writing.end()
         if nbytes is not None:
-            self._count_io(uuid, "write", nbytes)
+            self._count_io(writing.uuid, "write", nbytes)

@@ -17,6 +17,7 @@ and sends its port 5900 to the server's VNC.
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from openhosting.model.server import NicConfig, ServerConfig
 from openhosting.network.driver import NetworkDriver, NicPlan
 from openhosting.network.links import Counters
 from openhosting.network.pool import AddressPool
+from openhosting.reverter import Reverter
 from openhosting.services.resources import Resources, taken_addresses
 from openhosting.store import resources as resource_store
 
@@ -127,13 +129,11 @@ class ServerNetworks:
         """Hold the NICs' addresses and MACs and set up their links; the NICs for QEMU.
         409 `busy` if another active server holds the address or MAC, 507 `full` when the
         pool has no temporary address left. Undone by `release`."""
-        plans = self._hold(user, server, config)
-        try:
+        async with Reverter() as revert:
+            plans = self._hold(user, server, config)
+            revert.add(functools.partial(self._forget_nics, server))
             backends = await self.driver.attach(plans)
-        except BaseException:
-            with self._engine.begin() as connection:
-                resource_store.delete_nics(connection, server)
-            raise
+            revert.success()
         for plan in plans:
             if plan.address is not None:
                 log.info(
@@ -150,6 +150,10 @@ class ServerNetworks:
             )
             for nic in config.nics
         )
+
+    def _forget_nics(self, server: str) -> None:
+        with self._engine.begin() as connection:
+            resource_store.delete_nics(connection, server)
 
     def _hold(self, user: str, server: str, config: ServerConfig) -> list[NicPlan]:
         plans: list[NicPlan] = []
@@ -270,8 +274,7 @@ class ServerNetworks:
         finally:
             # Addresses are released even if a link could not be removed: the next daemon
             # start (`recover`) removes what is left, and a leftover tap is replaced on use.
-            with self._engine.begin() as connection:
-                resource_store.delete_nics(connection, server)
+            self._forget_nics(server)
         log.info("event=network_released server=%s", server)
 
     # -- live figures --------------------------------------------------------------------

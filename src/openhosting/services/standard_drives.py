@@ -8,6 +8,7 @@ destroy it. Operators add and remove them with the admin tool; every user lists 
 and shows `format gzip` and its decompressed size as `rawsize`.
 """
 
+import functools
 import logging
 import time
 import uuid as uuid_module
@@ -18,6 +19,7 @@ from sqlalchemy import Engine
 
 from openhosting.errors import BusyError, FullError, MissingError, UsageError
 from openhosting.model.common import EVERYONE, parse_choice, parse_name
+from openhosting.reverter import Reverter
 from openhosting.storage.drive_files import DriveFiles, is_disk_full
 from openhosting.storage.gzip_stream import GzipStreamError, gzip_stream_size
 from openhosting.storage.sparse import copy_file_sparse
@@ -91,7 +93,8 @@ class StandardDrives:
             if is_disk_full(error):
                 raise FullError("Cannot add the drive: the platform's storage is full") from None
             raise UsageError(f"Cannot read {path}: {error.strerror or error}") from None
-        try:
+        with Reverter() as revert:
+            revert.add(functools.partial(self._files.destroy, uuid))
             if size == 0:
                 raise UsageError(f"{path} is empty")
             with self._engine.begin() as connection:
@@ -110,9 +113,7 @@ class StandardDrives:
                     created_at=time.time(),  # sub-second: lists keep creation order
                 )
                 row = drive_store.get_drive(connection, uuid)
-        except BaseException:
-            self._files.destroy(uuid)
-            raise
+            revert.success()
         assert row is not None
         log.info(
             "event=standard_drive_added drive=%s name=%r media=%s size=%s format=%s",
