@@ -2,20 +2,28 @@
 server boots the tiny guest under TCG: `POST /servers/S/console`, the page at its `url`
 draws the guest's screen with noVNC, keys typed there reach the guest, the session ends in
 words when the server stops, and a used token's page says so. One guest, about half a minute.
+Over HTTPS the page opens its WebSocket with wss (Chromium refuses ws from an HTTPS page);
+that server boots nothing, QEMU's VNC shows SeaBIOS finding no disk.
 """
 
 import os
 import shutil
+import ssl
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
 from selenium.webdriver import ActionChains, Keys
+from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from tests.browser.conftest import CHROMEDRIVER, chromium_options
 from tests.browser.console_guest import (
     KEYS_PREFIX,
+    VNC_PASSWORD,
     read_keyboard_to_serial,
     start_console_server,
     wait_for_screen,
@@ -23,8 +31,9 @@ from tests.browser.console_guest import (
     wait_for_state,
 )
 from tests.conftest import kill_leftover_vms
-from tests.daemon_process import Api, Daemon, running_daemon
+from tests.daemon_process import Api, Daemon, DaemonProcess, create_user, running_daemon
 from tests.guest.build_guest import build_tiny_guest
+from tests.security.test_https import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -32,19 +41,24 @@ MARKER = "ohkeys42"  # letters and digits: the same keys on every keyboard layou
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, Path]]:
-    """A daemon with its VMs' run files in a short directory (unix socket paths), every VM
-    killed after the test."""
+def run_dir() -> Iterator[Path]:
+    """A short directory for the VMs' run files (unix socket paths), every VM killed after
+    the test."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("QEMU is not installed (Debian package qemu-system-x86)")
-    run_dir = Path(tempfile.mkdtemp(prefix="ohc-", dir="/tmp"))
-    run_dir.chmod(0o755)  # QEMU may run as another user
+    path = Path(tempfile.mkdtemp(prefix="ohc-", dir="/tmp"))
+    path.chmod(0o755)  # QEMU may run as another user
     try:
-        with running_daemon(tmp_path, env={"OH_HYPERVISOR_RUN_DIR": str(run_dir)}) as running:
-            yield running, run_dir
+        yield path
     finally:
-        kill_leftover_vms(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        kill_leftover_vms(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, run_dir: Path) -> Iterator[tuple[Daemon, Path]]:
+    with running_daemon(tmp_path, env={"OH_HYPERVISOR_RUN_DIR": str(run_dir)}) as running:
+        yield running, run_dir
 
 
 def test_the_console_page_shows_the_guests_screen_takes_keys_and_says_when_it_ends(
@@ -76,3 +90,38 @@ def test_the_console_page_shows_the_guests_screen_takes_keys_and_says_when_it_en
     browser.get(ticket["url"])  # the same token, once more
     words = wait_for_state(browser, "error")
     assert "Console token used" in words, words
+
+
+def test_over_https_the_page_opens_its_websocket_with_wss(tmp_path: Path, run_dir: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    env = {"OH_API_TLS_CERT": str(cert), "OH_API_TLS_KEY": str(key),
+           "OH_HYPERVISOR_RUN_DIR": str(run_dir)}  # fmt: skip
+    account = create_user(tmp_path / "state")
+    daemon = DaemonProcess(tmp_path / "state", tmp_path / "daemon.log", env=env)
+    profile = tmp_path / "chromium"
+    options = chromium_options(profile)
+    options.add_argument("--ignore-certificate-errors")  # our self-signed certificate
+    browser = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        trust = ssl.create_default_context(cafile=str(cert))
+        trust.check_hostname = False  # the certificate names 127.0.0.1 in its CN only
+
+        def post(path: str, body: str = "") -> dict[str, str]:
+            request = urllib.request.Request(
+                f"https://127.0.0.1:{daemon.port}{path}", data=body.encode(),
+                headers={"Authorization": account.auth_header},
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=30, context=trust) as answer:
+                return dict(line.split(" ", 1) for line in answer.read().decode().splitlines())
+
+        body = f"name tls\ncpu 1000\nmem 64\npersistent true\nvnc:password {VNC_PASSWORD}"
+        server = post("/servers/create", body)["server"]
+        url = post(f"/servers/{server}/console")["url"]
+        assert url.startswith(f"https://127.0.0.1:{daemon.port}/console/?token=")
+        browser.get(url)
+        assert "Connected" in wait_for_state(browser, "connected")
+        wait_for_screen(browser)
+        post(f"/servers/{server}/stop")
+    finally:
+        browser.quit()
+        daemon.stop()
