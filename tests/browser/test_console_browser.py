@@ -125,3 +125,18 @@ def test_over_https_the_page_opens_its_websocket_with_wss(tmp_path: Path, run_di
     finally:
         browser.quit()
         daemon.stop()
+
+
+def test_the_page_says_in_words_when_it_has_no_token_or_novnc_is_missing(
+    tmp_path: Path, browser: WebDriver
+) -> None:
+    """Never a blank page: no daemon work is needed to see these (no server, no token)."""
+    empty = tmp_path / "no-novnc"
+    empty.mkdir()
+    env = {"OH_API_CONSOLE_NOVNC_DIR": str(empty)}
+    with running_daemon(tmp_path, env=env) as running:
+        browser.get(f"{running.url}/console/")
+        assert "holds no console token" in wait_for_state(browser, "error")
+        browser.get(f"{running.url}/console/?token=anything")
+        words = wait_for_state(browser, "error")
+        assert "noVNC could not be loaded" in words and "novnc" in words, words
