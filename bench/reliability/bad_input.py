@@ -78,6 +78,10 @@ def requests(own: Objects, other: Objects, account: Account) -> st.SearchStrateg
         "conversion": st.sampled_from(["gzip", "gunzip", "zip", "", "gzip/gzip"]),
         "type": st.sampled_from(["ip", "vlan", "x", "IP"]),
         "resource": st.sampled_from([own.ip, other.ip, own.vlan, other.vlan, "1.2.3.4", "x"]),
+        # The console page's files: noVNC's modules and the page's own (no auth asked).
+        "path": st.sampled_from(["core/rfb.js", "vendor/pako/lib/zlib/inflate.js", "core/",
+                                 "core/../../../etc/passwd", "../vnc.html", "core/%2e%2e/x.js"]),
+        "asset": st.sampled_from(["console.js", "console.css", "index.html", "..", "x"]),
     })  # fmt: skip
     raw = st.binary(max_size=2048)
     bodies = st.one_of(

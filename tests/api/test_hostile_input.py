@@ -75,7 +75,8 @@ def concrete_paths(objects: dict[str, str]) -> list[tuple[str, Kind]]:
             continue
         for kind in ["ip", "vlan"] if "{type}" in route.path else [""]:
             values = {**objects, "type": kind, "resource": objects.get(kind, ""),
-                      "offset": "512", "size": "1k", "conversion": "gzip"}  # fmt: skip
+                      "offset": "512", "size": "1k", "conversion": "gzip",
+                      "path": "core/rfb.js", "asset": "console.js"}  # fmt: skip
             paths.append((fill(route.path, values), route.kind))
     return paths
 
