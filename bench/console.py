@@ -2,7 +2,7 @@
 `POST /servers/S/console`, its token in it) to the first frame of the guest's screen painted
 on noVNC's canvas, in a real headless Chromium. Goal: under 1 s.
 
-The guest is the tiny test guest (tests/guest/build_guest.py), booted once under the host's
+The guest is the tiny test guest (testbed/build_guest.py), booted once under the host's
 accelerator; each round asks a new token and loads the page in the same browser (the first
 round fetches noVNC's modules, later ones may take them from the browser's cache). Before the
 rounds the browser loads the page once without a token (which stops before noVNC), so that
@@ -20,13 +20,13 @@ from pathlib import Path
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
-from tests.browser.conftest import CHROMEDRIVER, chromium_options
-from tests.browser.console_guest import start_console_server, wait_for_screen, wait_for_serial
-from tests.conftest import kill_leftover_vms
-from tests.daemon_process import Api
-from tests.guest.build_guest import READY_MARKER, build_tiny_guest
 
 from bench.harness import report, running_daemon, work_directory
+from testbed.build_guest import READY_MARKER, build_tiny_guest
+from testbed.chromium import CHROMEDRIVER, chromium_options
+from testbed.console_guest import start_console_server, wait_for_screen, wait_for_serial
+from testbed.daemon_process import Api
+from testbed.leftovers import kill_leftover_vms
 
 ROUNDS = int(os.environ.get("OH_BENCH_ROUNDS", "5"))
 GOAL_SECONDS = 1.0

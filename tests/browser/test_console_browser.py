@@ -20,8 +20,9 @@ from selenium.webdriver import ActionChains, Keys
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.browser.conftest import CHROMEDRIVER, chromium_options
-from tests.browser.console_guest import (
+from testbed.build_guest import build_tiny_guest
+from testbed.chromium import CHROMEDRIVER, chromium_options
+from testbed.console_guest import (
     KEYS_PREFIX,
     VNC_PASSWORD,
     read_keyboard_to_serial,
@@ -30,9 +31,8 @@ from tests.browser.console_guest import (
     wait_for_serial,
     wait_for_state,
 )
-from tests.conftest import kill_leftover_vms
-from tests.daemon_process import Api, Daemon, DaemonProcess, create_user, running_daemon
-from tests.guest.build_guest import build_tiny_guest
+from testbed.daemon_process import Api, Daemon, DaemonProcess, create_user, running_daemon
+from testbed.leftovers import kill_leftover_vms
 from tests.security.test_https import self_signed
 
 pytestmark = pytest.mark.integration

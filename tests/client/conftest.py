@@ -16,7 +16,7 @@ import pytest
 
 from openhosting.config import load_config
 from testbed.daemon_process import BIN, DaemonProcess, create_user
-from tests.conftest import kill_leftover_vms
+from testbed.leftovers import kill_leftover_vms
 
 TOOL_TIMEOUT = 60
 

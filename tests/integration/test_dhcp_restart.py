@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
 from testbed.build_guest import LEASE_MARKER
-from tests.guest.serial_console import SerialConsole, wait_for_log
+from testbed.serial_console import SerialConsole, wait_for_log
 from tests.integration.bridge_platform import (  # noqa: F401 (fixtures, by their names)
     bridge_config_fixture,
     bridge_platform_fixture,

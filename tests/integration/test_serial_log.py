@@ -25,8 +25,8 @@ from openhosting.services.platform import Platform
 from openhosting.services.server_logs import SECONDS_PER_DAY
 from testbed.build_guest import READY_MARKER
 from testbed.daemon_process import Api, DaemonProcess, create_user
-from tests.conftest import kill_leftover_vms
-from tests.guest.serial_console import SerialConsole, wait_for_log
+from testbed.leftovers import kill_leftover_vms
+from testbed.serial_console import SerialConsole, wait_for_log
 from tests.integration.server_helpers import create_server, upload_guest, wait_ready
 
 BOOT_TIMEOUT = 60.0

@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from testbed.build_guest import PARTITION_START_SECTOR, SYSLINUX_CFG
+from testbed.serial_console import SerialConsole
 from tests.api.drive_helpers import create_drive, drive_info
-from tests.guest.serial_console import SerialConsole
 from tests.integration.server_helpers import (
     create_server,
     server_info,

@@ -16,7 +16,7 @@ import pytest
 
 from openhosting.hypervisor import process
 from testbed.daemon_process import Api, DaemonProcess, create_user
-from tests.conftest import kill_leftover_vms
+from testbed.leftovers import kill_leftover_vms
 
 TIMEOUT = 30
 

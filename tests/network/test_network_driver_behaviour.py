@@ -38,7 +38,7 @@ from openhosting.network.links import Counters
 from openhosting.network.passt_counters import PasstCounters
 from openhosting.network.pool import AddressPool
 from openhosting.network.user_mode import UserNetwork, passt_account
-from tests.conftest import kill_leftover_vms
+from testbed.leftovers import kill_leftover_vms
 from tests.integration.netns_helpers import link_names, network_namespace
 
 SERVER = "0f962616-2071-4173-be79-7dd084271edf"

@@ -1,7 +1,7 @@
 """A tiny guest with a VNC console in a real daemon, and the console page in a real Chromium:
 what tests/browser/test_console_browser.py and `python -m bench console` share.
 
-The tiny guest (tests/guest/build_guest.py) keeps its shell on the serial port; its screen
+The tiny guest (testbed/build_guest.py) keeps its shell on the serial port; its screen
 is the VGA text console, where no program reads the keyboard. `read_keyboard_to_serial`
 starts one through the serial shell: each line typed on the screen's console (tty1) is
 echoed on that screen by the kernel and copied to the serial log as `KEYS:<line>`, so keys
@@ -15,9 +15,9 @@ from pathlib import Path
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.daemon_process import Api
-from tests.guest.build_guest import READY_MARKER
-from tests.guest.serial_console import read_serial_log
+from testbed.build_guest import READY_MARKER
+from testbed.daemon_process import Api
+from testbed.serial_console import read_serial_log
 
 VNC_PASSWORD = "secret1"
 BOOT_TIMEOUT = 90.0  # TCG on a machine shared with other tests
