@@ -1,0 +1,268 @@
+"""Typed records of the store's rows: what its queries give the services.
+
+One frozen dataclass per kind of row the services read, each made from a row by column name
+(SQLAlchemy's `mappings()` or the Reader's, whose Booleans read 0 or 1) with `from_row`, and
+giving its columns back with `to_row`. Columns that hold an encoded value (space-separated
+lists, JSON objects) are decoded and encoded here and nowhere else.
+
+Here in `store/` rather than in `model/`: `model/` is what a user may choose, validated;
+a record is what a table holds (secrets, counters, imaging marks, ids), so it changes with
+the tables and their migrations.
+"""
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from openhosting.model.common import EVERYONE
+from openhosting.model.drive import DriveSettings
+
+# A row by column name: SQLAlchemy's RowMapping (keyed by names or columns), the Reader's dict.
+Row = Mapping[Any, Any]
+# Columns to write, by name (`insert_*` and `update_*` take them as keywords).
+Columns = dict[str, object]
+
+
+def _words(text: str | None) -> tuple[str, ...]:
+    """A space-separated column (`readers`, `tags`, `avoid`) as its words."""
+    return tuple((text or "").split())
+
+
+def _user_keys(text: str | None) -> dict[str, str]:
+    """A `user_keys` column (a JSON object) as a dict."""
+    return {str(key): str(value) for key, value in json.loads(text or "{}").items()}
+
+
+def encode_user_keys(user_keys: Mapping[str, str]) -> str:
+    """The `user_keys` column of `user_keys`: JSON, keys sorted."""
+    return json.dumps(dict(user_keys), sort_keys=True)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _bytes_or_none(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+# -- drives and claims ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriveRecord:
+    """A row of `drives`: a user's drive, or a standard drive (owned by the platform user)."""
+
+    uuid: str
+    user: str
+    size: int
+    cipher: str
+    created_at: float
+    name: str = ""
+    claim_type: str = "exclusive"
+    readers: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    user_keys: Mapping[str, str] = field(default_factory=dict)
+    avoid: tuple[str, ...] = ()
+    tier: str = "disk"
+    wrapped_passphrase: bytes | None = None
+    wrapped_master_key: bytes | None = None
+    read_bytes: int = 0
+    read_requests: int = 0
+    write_bytes: int = 0
+    write_requests: int = 0
+    media: str = "disk"
+    format: str = ""
+    rawsize: int | None = None
+    imaging: str | None = None
+    imaging_error: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> "DriveRecord":
+        return cls(
+            uuid=row["uuid"],
+            user=row["user"],
+            size=int(row["size"]),
+            cipher=row["cipher"],
+            created_at=float(row["created_at"]),
+            name=row["name"],
+            claim_type=row["claim_type"],
+            readers=_words(row["readers"]),
+            tags=_words(row["tags"]),
+            user_keys=_user_keys(row["user_keys"]),
+            avoid=_words(row["avoid"]),
+            tier=row["tier"],
+            wrapped_passphrase=_bytes_or_none(row["wrapped_passphrase"]),
+            wrapped_master_key=_bytes_or_none(row["wrapped_master_key"]),
+            read_bytes=int(row["read_bytes"]),
+            read_requests=int(row["read_requests"]),
+            write_bytes=int(row["write_bytes"]),
+            write_requests=int(row["write_requests"]),
+            media=row["media"],
+            format=row["format"],
+            rawsize=_int_or_none(row["rawsize"]),
+            imaging=row["imaging"],
+            imaging_error=row["imaging_error"],
+        )
+
+    def to_row(self) -> Columns:
+        """Every column of the drive's row."""
+        return {
+            "uuid": self.uuid,
+            "user": self.user,
+            "cipher": self.cipher,
+            "created_at": self.created_at,
+            **drive_settings_columns(self.settings),
+            "wrapped_passphrase": self.wrapped_passphrase,
+            "wrapped_master_key": self.wrapped_master_key,
+            "read_bytes": self.read_bytes,
+            "read_requests": self.read_requests,
+            "write_bytes": self.write_bytes,
+            "write_requests": self.write_requests,
+            "media": self.media,
+            "format": self.format,
+            "rawsize": self.rawsize,
+            "imaging": self.imaging,
+            "imaging_error": self.imaging_error,
+        }
+
+    @property
+    def settings(self) -> DriveSettings:
+        """What the drive's user chose of it."""
+        return DriveSettings(
+            name=self.name,
+            size=self.size,
+            claim_type=self.claim_type,
+            readers=self.readers,
+            tags=self.tags,
+            user_keys=dict(self.user_keys),
+            avoid=self.avoid,
+            cipher=self.cipher,
+            tier=self.tier,
+        )
+
+    def readable_by(self, user: str) -> bool:
+        """Whether `user` may read the drive: its owner, or one its `readers` name."""
+        return self.user == user or user in self.readers or EVERYONE in self.readers
+
+
+def drive_settings_columns(settings: DriveSettings) -> Columns:
+    """The columns a drive's settings are stored in (all but the cipher, fixed at create)."""
+    return {
+        "name": settings.name,
+        "size": settings.size,
+        "claim_type": settings.claim_type,
+        "readers": " ".join(settings.readers),
+        "tags": " ".join(settings.tags),
+        "user_keys": encode_user_keys(settings.user_keys),
+        "avoid": " ".join(settings.avoid),
+        "tier": settings.tier,
+    }
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    """A row of `claims`: a server's device (`guest`) or an imaging job (`imaging`) holding a
+    drive; a guest claim also keeps how much of its guest's I/O is in the drive's counters."""
+
+    id: int
+    drive: str
+    user: str
+    kind: str
+    holder: str
+    device: str
+    exclusive: bool
+    guest_read_bytes: int = 0
+    guest_read_requests: int = 0
+    guest_write_bytes: int = 0
+    guest_write_requests: int = 0
+
+    @classmethod
+    def from_row(cls, row: Row) -> "ClaimRecord":
+        return cls(
+            id=int(row["id"]),
+            drive=row["drive"],
+            user=row["user"],
+            kind=row["kind"],
+            holder=row["holder"],
+            device=row["device"],
+            exclusive=bool(row["exclusive"]),
+            guest_read_bytes=int(row["guest_read_bytes"]),
+            guest_read_requests=int(row["guest_read_requests"]),
+            guest_write_bytes=int(row["guest_write_bytes"]),
+            guest_write_requests=int(row["guest_write_requests"]),
+        )
+
+    def to_row(self) -> Columns:
+        return {
+            "id": self.id,
+            "drive": self.drive,
+            "user": self.user,
+            "kind": self.kind,
+            "holder": self.holder,
+            "device": self.device,
+            "exclusive": self.exclusive,
+            "guest_read_bytes": self.guest_read_bytes,
+            "guest_read_requests": self.guest_read_requests,
+            "guest_write_bytes": self.guest_write_bytes,
+            "guest_write_requests": self.guest_write_requests,
+        }
+
+
+# -- imaging jobs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A row of `jobs`: one imaging request, from its acceptance to its end."""
+
+    id: int
+    user: str
+    dst: str
+    src: str
+    state: str
+    created_at: float
+    conversion: str = ""
+    bytes_done: int = 0
+    bytes_total: int = 0
+    error: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> "JobRecord":
+        return cls(
+            id=int(row["id"]),
+            user=row["user"],
+            dst=row["dst"],
+            src=row["src"],
+            state=row["state"],
+            created_at=float(row["created_at"]),
+            conversion=row["conversion"],
+            bytes_done=int(row["bytes_done"]),
+            bytes_total=int(row["bytes_total"]),
+            error=row["error"],
+            started_at=_float_or_none(row["started_at"]),
+            ended_at=_float_or_none(row["ended_at"]),
+        )
+
+    def to_row(self) -> Columns:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "dst": self.dst,
+            "src": self.src,
+            "state": self.state,
+            "created_at": self.created_at,
+            "conversion": self.conversion,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "error": self.error,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }

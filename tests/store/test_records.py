@@ -1,0 +1,186 @@
+"""Records round-trip: record → columns → a real SQLite row → record again, through the engine
+and through the Reader, with odd values (unicode, huge sizes, None, bytes)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from openhosting.model.common import EVERYONE
+from openhosting.store import drives as drive_store
+from openhosting.store import jobs as job_store
+from openhosting.store import servers as server_store
+from openhosting.store import users as user_store
+from openhosting.store.database import open_engine
+from openhosting.store.reader import Reader
+from openhosting.store.records import ClaimRecord, DriveRecord, JobRecord, encode_user_keys
+
+USER = "11111111-1111-4111-8111-111111111111"
+READER = "22222222-2222-4222-8222-222222222222"
+DRIVE = "33333333-3333-4333-8333-333333333333"
+SERVER = "44444444-4444-4444-8444-444444444444"
+
+ODD_DRIVE = DriveRecord(
+    uuid=DRIVE,
+    user=USER,
+    size=(1 << 62) + 7,  # beyond any real drive, within a signed 64-bit column
+    cipher="aes-xts-plain",
+    created_at=1_700_000_000.123456,
+    name="Ünïcødé 💾 «drive» \t with\nnewline",
+    claim_type="shared",
+    readers=(READER, EVERYONE),
+    tags=("ταγ", "日本語", "x"),
+    user_keys={"user:ключ": "värde ✓", "user:empty-ish": " ", "user:a": '{"json": "inside"}'},
+    avoid=("d1",),
+    tier="ssd",
+    wrapped_passphrase=b"\x00\xff" * 40,
+    wrapped_master_key=b"",
+    read_bytes=(1 << 63) - 1,
+    read_requests=1,
+    write_bytes=0,
+    write_requests=(1 << 40),
+    media="cdrom",
+    format="gzip",
+    rawsize=(1 << 50),
+    imaging="42%",
+    imaging_error="source drive gone: «ошибка»",
+)
+PLAIN_DRIVE = DriveRecord(uuid=DRIVE, user=USER, size=0, cipher="none", created_at=0.0)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = open_engine(tmp_path / "state.db")
+    with engine.begin() as connection:
+        user_store.insert_user(connection, uuid=USER, key_hash="0" * 64, created_at=0)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("drive", [ODD_DRIVE, PLAIN_DRIVE], ids=["odd", "plain"])
+def test_a_drive_reads_back_as_it_was_written_through_the_engine_and_the_reader(
+    engine: Engine, drive: DriveRecord
+) -> None:
+    with engine.begin() as connection:
+        drive_store.insert_drive(connection, **drive.to_row())
+    with engine.connect() as connection:
+        assert drive_store.get_drive(connection, DRIVE) == drive
+        assert drive_store.drives_of(connection, USER) == [drive]
+        assert drive_store.all_drives(connection) == [drive]
+    reader = Reader(engine)
+    try:
+        assert drive_store.read_drive(reader, DRIVE) == drive
+        assert drive_store.read_drive(reader, READER) is None
+    finally:
+        reader.close()
+
+
+def test_a_drive_record_is_its_columns_and_back_without_a_database() -> None:
+    for drive in (ODD_DRIVE, PLAIN_DRIVE):
+        assert DriveRecord.from_row(drive.to_row()) == drive
+
+
+def test_drive_settings_are_what_the_columns_say() -> None:
+    settings = ODD_DRIVE.settings
+    assert settings.readers == (READER, EVERYONE)
+    assert settings.user_keys == dict(ODD_DRIVE.user_keys)
+    assert (settings.size, settings.cipher, settings.tier) == (
+        ODD_DRIVE.size,
+        "aes-xts-plain",
+        "ssd",
+    )
+
+
+def test_readable_by_its_owner_its_readers_and_everyone_when_named() -> None:
+    assert ODD_DRIVE.readable_by(USER)
+    assert ODD_DRIVE.readable_by(READER)
+    assert ODD_DRIVE.readable_by("55555555-5555-4555-8555-555555555555")  # EVERYONE
+    assert not PLAIN_DRIVE.readable_by(READER)
+
+
+def test_user_keys_are_json_with_sorted_keys_and_escaped_unicode() -> None:
+    text = encode_user_keys({"user:b": "ü", "user:a": "1"})
+    assert text == '{"user:a": "1", "user:b": "\\u00fc"}'
+    assert DriveRecord.from_row({**PLAIN_DRIVE.to_row(), "user_keys": text}).user_keys == {
+        "user:a": "1",
+        "user:b": "ü",
+    }
+
+
+def test_claims_read_back_with_a_real_boolean_through_the_engine_and_the_reader(
+    engine: Engine,
+) -> None:
+    with engine.begin() as connection:
+        drive_store.insert_drive(connection, **ODD_DRIVE.to_row())
+        server_store.add_guest_claims(connection, USER, SERVER, [(DRIVE, "ide:0:0", True)])
+        job_store.insert_job_claim(connection, 7, DRIVE, USER, job_store.SOURCE)
+    expected = [
+        ClaimRecord(1, DRIVE, USER, "guest", SERVER, "ide:0:0", exclusive=True),
+        ClaimRecord(2, DRIVE, USER, "imaging", "7", "source", exclusive=False),
+    ]
+    with engine.connect() as connection:
+        assert drive_store.claims_on(connection, DRIVE) == expected
+        assert drive_store.claims_on_many(connection, [DRIVE, READER]) == {
+            DRIVE: expected,
+            READER: [],
+        }
+        assert drive_store.guest_claims_of(connection, SERVER) == expected[:1]
+    reader = Reader(engine)
+    try:
+        claims = drive_store.read_claims_on(reader, DRIVE)
+    finally:
+        reader.close()
+    assert claims == expected
+    assert claims[0].exclusive is True  # SQLite gives 1: the record says what it means
+    assert ClaimRecord.from_row(expected[0].to_row()) == expected[0]
+
+
+def test_guest_io_marks_read_back_as_written(engine: Engine) -> None:
+    with engine.begin() as connection:
+        drive_store.insert_drive(connection, **PLAIN_DRIVE.to_row())
+        server_store.add_guest_claims(connection, USER, SERVER, [(DRIVE, "ide:0:0", False)])
+        mark = {"read_bytes": 1 << 60, "read_requests": 2, "write_bytes": 3, "write_requests": 4}
+        drive_store.add_guest_io(connection, 1, DRIVE, mark, mark)
+    with engine.connect() as connection:
+        [claim] = drive_store.guest_claims_of(connection, SERVER)
+        drive = drive_store.get_drive(connection, DRIVE)
+    assert (claim.guest_read_bytes, claim.guest_read_requests) == (1 << 60, 2)
+    assert (claim.guest_write_bytes, claim.guest_write_requests) == (3, 4)
+    assert drive is not None and drive.read_bytes == 1 << 60
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        JobRecord(1, USER, DRIVE, READER, job_store.QUEUED, created_at=5.5),
+        JobRecord(
+            1,
+            USER,
+            DRIVE,
+            READER,
+            job_store.FAILED,
+            created_at=1.0,
+            conversion="gunzip",
+            bytes_done=(1 << 62),
+            bytes_total=(1 << 62) + 1,
+            error="«не gzip» 💥",
+            started_at=2.25,
+            ended_at=3.0,
+        ),
+    ],
+    ids=["new", "ended"],
+)
+def test_a_job_reads_back_as_it_was_written(engine: Engine, job: JobRecord) -> None:
+    columns = job.to_row()
+    del columns["id"]  # the database gives it
+    with engine.begin() as connection:
+        assert job_store.insert_job(connection, **columns) == job.id
+    with engine.connect() as connection:
+        assert job_store.get_job(connection, job.id) == job
+        assert job_store.list_jobs(connection) == [job]
+        pending = job.state in job_store.PENDING
+        assert job_store.pending_jobs(connection) == ([job] if pending else [])
+        assert job_store.pending_jobs_into(connection, DRIVE) == ([job] if pending else [])
+        assert job_store.get_job(connection, job.id + 1) is None
+    assert JobRecord.from_row(job.to_row()) == job
