@@ -10,11 +10,19 @@ from sqlalchemy import Engine
 from openhosting.model.common import EVERYONE
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
+from openhosting.store import resources as resource_store
 from openhosting.store import servers as server_store
 from openhosting.store import users as user_store
 from openhosting.store.database import open_engine
 from openhosting.store.reader import Reader
-from openhosting.store.records import ClaimRecord, DriveRecord, JobRecord, encode_user_keys
+from openhosting.store.records import (
+    ClaimRecord,
+    DriveRecord,
+    JobRecord,
+    NicRecord,
+    ResourceRecord,
+    encode_user_keys,
+)
 
 USER = "11111111-1111-4111-8111-111111111111"
 READER = "22222222-2222-4222-8222-222222222222"
@@ -184,3 +192,41 @@ def test_a_job_reads_back_as_it_was_written(engine: Engine, job: JobRecord) -> N
         assert job_store.pending_jobs_into(connection, DRIVE) == ([job] if pending else [])
         assert job_store.get_job(connection, job.id + 1) is None
     assert JobRecord.from_row(job.to_row()) == job
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        ResourceRecord("ip", "192.0.2.10", USER, created_at=0),
+        ResourceRecord(
+            "vlan", DRIVE, USER, created_at=(1 << 40), name="réseau 🛰", tags=("a", "β"),
+            user_keys={"user:note": "«x»"},
+        ),
+    ],
+    ids=["plain", "odd"],
+)  # fmt: skip
+def test_a_resource_reads_back_as_it_was_written(engine: Engine, resource: ResourceRecord) -> None:
+    with engine.begin() as connection:
+        resource_store.insert_resource(connection, **resource.to_row())
+    with engine.connect() as connection:
+        assert resource_store.get_resource(connection, resource.type, resource.resource) == resource
+        assert resource_store.resources_of(connection, USER) == [resource]
+        assert resource_store.resources_of(connection, USER, "other") == []
+    assert ResourceRecord.from_row(resource.to_row()) == resource
+    assert resource.settings.tags == resource.tags
+
+
+def test_nics_read_back_with_a_real_boolean_and_none_addresses(engine: Engine) -> None:
+    nics = [
+        NicRecord(SERVER, -1, USER, "vnc", "52:54:00:00:00:01", "192.0.2.9", temporary=True),
+        NicRecord(SERVER, 0, USER, "public", "52:54:00:00:00:02"),
+        NicRecord(SERVER, 1, USER, DRIVE, "52:54:00:00:00:03", None, temporary=False),
+    ]
+    with engine.begin() as connection:
+        for nic in nics:
+            resource_store.insert_nic(connection, **nic.to_row())
+    with engine.connect() as connection:
+        assert resource_store.nics_of(connection, SERVER) == nics
+        assert resource_store.all_nics(connection) == nics
+        assert resource_store.nics_of(connection, USER) == []
+    assert nics[0].temporary is True and nics[1].address is None

@@ -17,6 +17,7 @@ from typing import Any
 
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings
+from openhosting.model.resource import ResourceSettings
 
 # A row by column name: SQLAlchemy's RowMapping (keyed by names or columns), the Reader's dict.
 Row = Mapping[Any, Any]
@@ -265,4 +266,94 @@ class JobRecord:
             "error": self.error,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
+        }
+
+
+# -- resources and the NICs of active servers ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourceRecord:
+    """A row of `resources`: an IP address of the pool (`resource` the address) or a VLAN
+    (`resource` its UUID) that a user owns."""
+
+    type: str
+    resource: str
+    user: str
+    created_at: int
+    name: str = ""
+    tags: tuple[str, ...] = ()
+    user_keys: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Row) -> "ResourceRecord":
+        return cls(
+            type=row["type"],
+            resource=row["resource"],
+            user=row["user"],
+            created_at=int(row["created_at"]),
+            name=row["name"],
+            tags=_words(row["tags"]),
+            user_keys=_user_keys(row["user_keys"]),
+        )
+
+    def to_row(self) -> Columns:
+        return {
+            "type": self.type,
+            "resource": self.resource,
+            "user": self.user,
+            "created_at": self.created_at,
+            **resource_settings_columns(self.settings),
+        }
+
+    @property
+    def settings(self) -> ResourceSettings:
+        """What the resource's user chose of it."""
+        return ResourceSettings(name=self.name, tags=self.tags, user_keys=dict(self.user_keys))
+
+
+def resource_settings_columns(settings: ResourceSettings) -> Columns:
+    """The columns a resource's settings are stored in."""
+    return {
+        "name": settings.name,
+        "tags": " ".join(settings.tags),
+        "user_keys": encode_user_keys(settings.user_keys),
+    }
+
+
+@dataclass(frozen=True)
+class NicRecord:
+    """A row of `server_nics`: what one NIC of an active server holds (its MAC on its
+    network, and the pool address it is offered, if any), from the server's start to its stop.
+    `nic` is the NIC's index, or services/server_network.py's row for a VNC address."""
+
+    server: str
+    nic: int
+    user: str
+    network: str
+    mac: str
+    address: str | None = None
+    temporary: bool = False
+
+    @classmethod
+    def from_row(cls, row: Row) -> "NicRecord":
+        return cls(
+            server=row["server"],
+            nic=int(row["nic"]),
+            user=row["user"],
+            network=row["network"],
+            mac=row["mac"],
+            address=row["address"],
+            temporary=bool(row["temporary"]),
+        )
+
+    def to_row(self) -> Columns:
+        return {
+            "server": self.server,
+            "nic": self.nic,
+            "user": self.user,
+            "network": self.network,
+            "mac": self.mac,
+            "address": self.address,
+            "temporary": self.temporary,
         }
