@@ -124,7 +124,7 @@ def test_metering_charges_what_was_held_at_the_configured_prices(billed: Platfor
     billed.billing.meter(now=start + 3600)
     with billed.engine.connect() as connection:
         row = server_store.get_server(connection, "00000000-0000-4000-8000-00000000000a")
-    assert row is not None and row["status"] == "active"
+    assert row is not None and row.status == "active"
     assert Decimal(billed.billing.account_info(key.uuid)["balance"]) < 0
 
 

@@ -1,6 +1,7 @@
 """Records round-trip: record → columns → a real SQLite row → record again, through the engine
 and through the Reader, with odd values (unicode, huge sizes, None, bytes)."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 from openhosting.model.common import EVERYONE
+from openhosting.model.server import ServerConfig
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
 from openhosting.store import resources as resource_store
@@ -21,6 +23,9 @@ from openhosting.store.records import (
     JobRecord,
     NicRecord,
     ResourceRecord,
+    ServerRecord,
+    decode_server_config,
+    encode_server_config,
     encode_user_keys,
 )
 
@@ -230,3 +235,68 @@ def test_nics_read_back_with_a_real_boolean_and_none_addresses(engine: Engine) -
         assert resource_store.all_nics(connection) == nics
         assert resource_store.nics_of(connection, USER) == []
     assert nics[0].temporary is True and nics[1].address is None
+
+
+ODD_CONFIG = ServerConfig.from_properties(
+    {
+        "name": "сервер 🖥 «one»",
+        "cpu": "64000",
+        "mem": "262144",
+        "smp": "64",
+        "persistent": "true",
+        "ide:0:0": DRIVE,
+        "ide:0:0:media": "cdrom",
+        "boot": "ide:0:0",
+        "nic:0:model": "virtio",
+        "nic:0:dhcp": "auto",
+        "nic:0:block": "tcp/25 udp/53 1000-2000",
+        "vnc:ip": "auto",
+        "vnc:password": "p4ss w0r",
+        "tags": "α β",
+        "user:заметка": "значение ✓",
+    }
+)
+PLAIN_CONFIG = ServerConfig.from_properties({"name": "s", "cpu": "1", "mem": "16"})
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        ServerRecord(SERVER, USER, PLAIN_CONFIG, created_at=0.0),
+        ServerRecord(
+            SERVER, USER, ODD_CONFIG, created_at=1_700_000_000.5, status="active",
+            started_at=(1 << 40), vnc_display=999,
+        ),
+    ],
+    ids=["plain", "odd"],
+)  # fmt: skip
+def test_a_server_reads_back_as_it_was_written_through_the_engine_and_the_reader(
+    engine: Engine, server: ServerRecord
+) -> None:
+    with engine.begin() as connection:
+        server_store.insert_server(connection, **server.to_row())
+    with engine.connect() as connection:
+        assert server_store.get_server(connection, SERVER) == server
+        assert server_store.servers_of(connection, USER) == [server]
+        assert server_store.servers_with_status(connection, server.status) == [server]
+        assert server_store.servers_with_status(connection, "dead") == []
+    reader = Reader(engine)
+    try:
+        assert server_store.read_server(reader, SERVER) == server
+        assert server_store.read_server(reader, USER) is None
+        assert server_store.read_servers_of(reader, USER) == [server]
+        sizes = server_store.read_server_sizes_of(reader, USER)
+        assert sizes == [(SERVER, server.config.cpu, server.config.mem)]
+    finally:
+        reader.close()
+    assert ServerRecord.from_row(server.to_row()) == server
+
+
+def test_a_server_configuration_is_stored_as_sorted_json_and_read_back_whole() -> None:
+    text = encode_server_config(ODD_CONFIG)
+    assert list(json.loads(text)) == sorted(json.loads(text))
+    assert json.loads(text)["persistent"] == "true"
+    assert decode_server_config(text) == ODD_CONFIG
+    assert decode_server_config(encode_server_config(PLAIN_CONFIG)) == PLAIN_CONFIG
+    # The same text is parsed once: the configuration of an unchanged server is shared.
+    assert decode_server_config(text) is decode_server_config(text)

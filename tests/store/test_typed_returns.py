@@ -24,15 +24,10 @@ PENDING = frozenset(
         "openhosting.store.billing.all_accounts",
         "openhosting.store.billing.usage_of",
         "openhosting.store.console_tokens.get_token",
-        "openhosting.store.servers.claims_on_drives",
-        "openhosting.store.servers.get_server",
-        "openhosting.store.servers.servers_with_status",
         "openhosting.store.users.get_user",
         "openhosting.store.users.list_users",
     }
 )
-# Service modules that still read the Reader's rows by column name.
-PENDING_READER_ROWS = frozenset({"servers.py"})
 
 
 def _store_names_used(tree: ast.Module) -> Iterator[tuple[str, str]]:
@@ -111,8 +106,6 @@ def test_services_do_not_read_the_readers_rows_by_column_name() -> None:
         f"{path.name}:{node.lineno}"
         for path in sorted(SERVICES.glob("*.py"))
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Attribute)
-        and node.attr == readers_rows
-        and path.name not in PENDING_READER_ROWS
+        if isinstance(node, ast.Attribute) and node.attr == readers_rows
     ]
     assert users == []

@@ -11,7 +11,6 @@ server stops: the platform's event feed says so, and `end_sessions` closes its V
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
 import time
@@ -25,6 +24,7 @@ from openhosting.services.events import Event
 from openhosting.services.servers import Servers
 from openhosting.store import console_tokens as token_store
 from openhosting.store import servers as server_store
+from openhosting.store.records import ServerRecord
 
 log = logging.getLogger("openhosting.consoles")
 
@@ -108,7 +108,7 @@ class Consoles:
         """A token for the console of the user's running server `server`."""
         with self._engine.connect() as connection:
             row = server_store.get_server(connection, server)
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise MissingError(f"Server {server} could not be found")
         self._vnc_endpoint(row)  # refuses a server with no console now
         token = secrets.token_urlsafe(32)
@@ -120,14 +120,13 @@ class Consoles:
         log.info("event=console_token_issued user=%s server=%s", user, server)
         return ConsoleTicket(token=token, expires=int(expires))
 
-    def _vnc_endpoint(self, row: dict[str, object]) -> tuple[str, int]:
+    def _vnc_endpoint(self, row: ServerRecord) -> tuple[str, int]:
         """Where the VNC of the server in `row` listens; BusyError if it has none now."""
-        uuid = str(row["uuid"])
+        uuid = row.uuid
         if uuid not in self._servers.lifecycle.vms:
             raise BusyError(f"Server {uuid} is not active: its console opens once it runs")
-        config = json.loads(str(row["config"]))
-        display = row["vnc_display"]
-        if not config.get("vnc:password") or not isinstance(display, int):
+        display = row.vnc_display
+        if not row.config.vnc_password or display is None:
             raise BusyError(f"Server {uuid} has no VNC console: set vnc:password and restart it")
         return self._servers.lifecycle.vnc_endpoint(display)
 
@@ -157,7 +156,7 @@ class Consoles:
         server, user = grant.server, grant.user
         with self._engine.connect() as connection:
             row = server_store.get_server(connection, server)
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise MissingError(f"Server {server} could not be found")
         host, port = self._vnc_endpoint(row)
         try:

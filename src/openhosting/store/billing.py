@@ -1,12 +1,12 @@
 """Queries for billing: what each user uses now, balances, and the usage record."""
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from openhosting.store import drives as drive_store
+from openhosting.store.records import decode_server_config
 from openhosting.store.tables import drives, resources, servers, usage, users
 
 
@@ -30,11 +30,11 @@ def current_usage(connection: Connection, user: str, excluding_server: str | Non
         select(servers.c.uuid, servers.c.status, servers.c.config).where(servers.c.user == user)
     ).all()
     cpu = mem = 0
-    for uuid, status, config in server_rows:
+    for uuid, status, text in server_rows:
         if status == "active" and uuid != excluding_server:
-            settings = json.loads(config)
-            cpu += int(settings["cpu"])
-            mem += int(settings["mem"])
+            config = decode_server_config(text)
+            cpu += config.cpu
+            mem += config.mem
     counts: dict[str, int] = dict(
         connection.execute(
             select(resources.c.type, func.count())

@@ -10,6 +10,7 @@ a record is what a table holds (secrets, counters, imaging marks, ids), so it ch
 the tables and their migrations.
 """
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings
 from openhosting.model.resource import ResourceSettings
+from openhosting.model.server import ServerConfig
 
 # A row by column name: SQLAlchemy's RowMapping (keyed by names or columns), the Reader's dict.
 Row = Mapping[Any, Any]
@@ -356,4 +358,59 @@ class NicRecord:
             "mac": self.mac,
             "address": self.address,
             "temporary": self.temporary,
+        }
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+def encode_server_config(config: ServerConfig) -> str:
+    """The `config` column of a server: its canonical properties as JSON, keys sorted (so
+    that an unchanged configuration is always the same text)."""
+    return json.dumps(config.canonical_properties(), sort_keys=True)
+
+
+# Parsing a stored configuration is most of a server info's cost, and it changes only with a
+# set: each stored text is parsed once (ServerConfig is frozen; a text is ~1 KiB, 4 MiB at most
+# for the cache).
+@functools.lru_cache(maxsize=4096)
+def decode_server_config(text: str) -> ServerConfig:
+    """The configuration a server's `config` column holds."""
+    return ServerConfig.from_properties(json.loads(text))
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """A row of `servers`: a server's configuration and what it should be (`active`,
+    `stopped`, `dead`, `dumped`); whether its VM really runs is the hypervisor's to say."""
+
+    uuid: str
+    user: str
+    config: ServerConfig
+    created_at: float
+    status: str = "stopped"
+    started_at: int | None = None
+    vnc_display: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> "ServerRecord":
+        return cls(
+            uuid=row["uuid"],
+            user=row["user"],
+            config=decode_server_config(row["config"]),
+            created_at=float(row["created_at"]),
+            status=row["status"],
+            started_at=_int_or_none(row["started_at"]),
+            vnc_display=_int_or_none(row["vnc_display"]),
+        )
+
+    def to_row(self) -> Columns:
+        return {
+            "uuid": self.uuid,
+            "user": self.user,
+            "config": encode_server_config(self.config),
+            "created_at": self.created_at,
+            "status": self.status,
+            "started_at": self.started_at,
+            "vnc_display": self.vnc_display,
         }
