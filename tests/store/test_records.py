@@ -10,6 +10,8 @@ from sqlalchemy import Engine
 
 from openhosting.model.common import EVERYONE
 from openhosting.model.server import ServerConfig
+from openhosting.store import audit as audit_store
+from openhosting.store import billing as billing_store
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
 from openhosting.store import resources as resource_store
@@ -18,16 +20,21 @@ from openhosting.store import users as user_store
 from openhosting.store.database import open_engine
 from openhosting.store.reader import Reader
 from openhosting.store.records import (
+    AuditRecord,
     ClaimRecord,
     DriveRecord,
     JobRecord,
     NicRecord,
     ResourceRecord,
     ServerRecord,
+    UsageRecord,
+    UserRecord,
     decode_server_config,
     encode_server_config,
+    encode_tier_limits,
     encode_user_keys,
 )
+from openhosting.store.tables import PLATFORM_USER
 
 USER = "11111111-1111-4111-8111-111111111111"
 READER = "22222222-2222-4222-8222-222222222222"
@@ -300,3 +307,68 @@ def test_a_server_configuration_is_stored_as_sorted_json_and_read_back_whole() -
     assert decode_server_config(encode_server_config(PLAIN_CONFIG)) == PLAIN_CONFIG
     # The same text is parsed once: the configuration of an unchanged server is shared.
     assert decode_server_config(text) is decode_server_config(text)
+
+
+ODD_USER = UserRecord(
+    uuid=READER,
+    created_at=(1 << 40),
+    name="ユーザー «ü» 👤",
+    max_drive_bytes=(1 << 62),
+    max_drive_bytes_by_tier={"ssd": 1 << 50, "disk": 0},
+    max_ips=0,
+    max_vlans=None,
+    max_servers=1,
+    max_cpu_mhz=64000,
+    max_mem_mb=262144,
+    balance=-(1 << 62),
+    metered_at=1_700_000_000.25,
+)
+
+
+def test_a_user_reads_back_as_written_and_its_key_hash_is_in_no_record(engine: Engine) -> None:
+    with engine.begin() as connection:
+        user_store.insert_user(connection, key_hash="ab" * 32, **ODD_USER.to_row())
+    with engine.connect() as connection:
+        assert user_store.get_user(connection, READER) == ODD_USER
+        assert billing_store.account_of(connection, READER) == ODD_USER
+        assert user_store.list_users(connection)[-1] == ODD_USER
+        accounts = billing_store.all_accounts(connection)
+        assert [account.uuid for account in accounts] == [USER, READER]
+        assert user_store.get_user(connection, PLATFORM_USER) is None  # nobody's account
+    assert UserRecord.from_row(ODD_USER.to_row()) == ODD_USER
+    assert "key_hash" not in ODD_USER.to_row()
+    assert "ab" * 32 not in repr(ODD_USER)
+    assert ODD_USER.limits() == {
+        "drive:bytes": 1 << 62, "servers": 1, "cpu": 64000, "mem": 262144, "ips": 0,
+        "vlans": None,
+    }  # fmt: skip
+
+
+def test_tier_limits_are_a_json_object_with_sorted_tiers() -> None:
+    assert encode_tier_limits({"ssd": 2, "disk": 1}) == '{"disk": 1, "ssd": 2}'
+    assert ODD_USER.to_row()["max_drive_bytes_by_tier"] == encode_tier_limits(
+        ODD_USER.max_drive_bytes_by_tier
+    )
+
+
+def test_usage_and_audit_records_read_back_as_written_oldest_first(engine: Engine) -> None:
+    usage = [
+        UsageRecord(1, USER, 0.5, 1800.5, 1 << 60, 64000, 262144, 3, 0, charge=(1 << 62)),
+        UsageRecord(2, USER, 1800.5, 3600.0, 0, 0, 0, 0, 0, charge=-1),
+    ]
+    entries = [
+        AuditRecord(1, 1.5, USER, "POST", "/drives/create", 200, remote="::1"),
+        AuditRecord(2, 2.5, USER, "POST", f"/drives/{DRIVE}/set", 400, object=DRIVE, error="usage"),
+    ]
+    with engine.begin() as connection:
+        for record in usage:
+            billing_store.record_usage(connection, **record.to_row())
+        for entry in entries:
+            audit_store.insert_entry(connection, **entry.to_row())
+    with engine.connect() as connection:
+        assert billing_store.usage_of(connection, USER, 10) == usage
+        assert billing_store.usage_of(connection, USER, 1) == usage[1:]
+        assert audit_store.entries(connection, None, USER, 10) == entries
+        assert audit_store.entries(connection, DRIVE, None, 10) == entries[1:]
+    assert UsageRecord.from_row(usage[0].to_row()) == usage[0]
+    assert AuditRecord.from_row(entries[1].to_row()) == entries[1]

@@ -19,20 +19,14 @@ STORE_PACKAGE = openhosting.store.__name__
 # Store functions that still give rows as dicts, until their records come (issue 14).
 PENDING = frozenset(
     {
-        "openhosting.store.audit.entries",
-        "openhosting.store.billing.account_of",
-        "openhosting.store.billing.all_accounts",
-        "openhosting.store.billing.usage_of",
         "openhosting.store.console_tokens.get_token",
-        "openhosting.store.users.get_user",
-        "openhosting.store.users.list_users",
     }
 )
 
 
 def _store_names_used(tree: ast.Module) -> Iterator[tuple[str, str]]:
     """(store module, name) for each store function a service module uses: through an
-    imported module (`drive_store.get_drive`) or imported by name (`tier_limits_of`)."""
+    imported module (`drive_store.get_drive`) or imported by name (`unwrap_secret`)."""
     modules: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module is not None:

@@ -31,8 +31,6 @@ from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.resources")
 
-LIMIT_COLUMNS = {"ip": "max_ips", "vlan": "max_vlans"}
-
 
 def _missing(kind: str, resource: str) -> MissingError:
     return MissingError(f"Resource {kind} {resource} could not be found")
@@ -139,7 +137,9 @@ class Resources:
 
     def _check_limit(self, connection: Connection, user: str, kind: str) -> None:
         account = user_store.get_user(connection, user)
-        limit = account.get(LIMIT_COLUMNS[kind]) if account is not None else None
+        limit = (
+            None if account is None else {"ip": account.max_ips, "vlan": account.max_vlans}[kind]
+        )
         if limit is None:
             return
         used = resource_store.count_resources(connection, user, kind)

@@ -414,3 +414,168 @@ class ServerRecord:
             "started_at": self.started_at,
             "vnc_display": self.vnc_display,
         }
+
+
+# -- users, their usage and the audit trail ------------------------------------------------
+
+
+def encode_tier_limits(limits: Mapping[str, int]) -> str:
+    """The `max_drive_bytes_by_tier` column: a JSON object tier → bytes, keys sorted."""
+    return json.dumps(dict(limits), sort_keys=True)
+
+
+def _tier_limits(text: str | None) -> dict[str, int]:
+    return {str(tier): int(limit) for tier, limit in json.loads(text or "{}").items()}
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A row of `users` (an account: its limits, None for none, and its balance), but for
+    its key hash: only authentication reads that (`users.KEY_HASH_BY_UUID`), so no record
+    carries it elsewhere."""
+
+    uuid: str
+    created_at: int
+    name: str = ""
+    max_drive_bytes: int | None = None
+    max_drive_bytes_by_tier: Mapping[str, int] = field(default_factory=dict)
+    max_ips: int | None = None
+    max_vlans: int | None = None
+    max_servers: int | None = None
+    max_cpu_mhz: int | None = None
+    max_mem_mb: int | None = None
+    balance: int = 0  # millionths of the platform's currency
+    metered_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> "UserRecord":
+        return cls(
+            uuid=row["uuid"],
+            created_at=int(row["created_at"]),
+            name=row["name"],
+            max_drive_bytes=_int_or_none(row["max_drive_bytes"]),
+            max_drive_bytes_by_tier=_tier_limits(row["max_drive_bytes_by_tier"]),
+            max_ips=_int_or_none(row["max_ips"]),
+            max_vlans=_int_or_none(row["max_vlans"]),
+            max_servers=_int_or_none(row["max_servers"]),
+            max_cpu_mhz=_int_or_none(row["max_cpu_mhz"]),
+            max_mem_mb=_int_or_none(row["max_mem_mb"]),
+            balance=int(row["balance"]),
+            metered_at=_float_or_none(row["metered_at"]),
+        )
+
+    def to_row(self) -> Columns:
+        """Every column but `key_hash`."""
+        return {
+            "uuid": self.uuid,
+            "created_at": self.created_at,
+            "name": self.name,
+            "max_drive_bytes": self.max_drive_bytes,
+            "max_drive_bytes_by_tier": encode_tier_limits(self.max_drive_bytes_by_tier),
+            "max_ips": self.max_ips,
+            "max_vlans": self.max_vlans,
+            "max_servers": self.max_servers,
+            "max_cpu_mhz": self.max_cpu_mhz,
+            "max_mem_mb": self.max_mem_mb,
+            "balance": self.balance,
+            "metered_at": self.metered_at,
+        }
+
+    def limits(self) -> dict[str, int | None]:
+        """The account's limits by the name its info gives them (`drive:bytes`, `servers`,
+        `cpu`, `mem`, `ips`, `vlans`), None where there is none."""
+        return {
+            "drive:bytes": self.max_drive_bytes,
+            "servers": self.max_servers,
+            "cpu": self.max_cpu_mhz,
+            "mem": self.max_mem_mb,
+            "ips": self.max_ips,
+            "vlans": self.max_vlans,
+        }
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """A row of `usage`: what one user held over one metering interval, and its charge."""
+
+    id: int
+    user: str
+    start: float
+    end: float
+    drive_bytes: int
+    cpu_mhz: int
+    mem_mb: int
+    ips: int
+    vlans: int
+    charge: int  # millionths
+
+    @classmethod
+    def from_row(cls, row: Row) -> "UsageRecord":
+        return cls(
+            id=int(row["id"]),
+            user=row["user"],
+            start=float(row["start"]),
+            end=float(row["end"]),
+            drive_bytes=int(row["drive_bytes"]),
+            cpu_mhz=int(row["cpu_mhz"]),
+            mem_mb=int(row["mem_mb"]),
+            ips=int(row["ips"]),
+            vlans=int(row["vlans"]),
+            charge=int(row["charge"]),
+        )
+
+    def to_row(self) -> Columns:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "start": self.start,
+            "end": self.end,
+            "drive_bytes": self.drive_bytes,
+            "cpu_mhz": self.cpu_mhz,
+            "mem_mb": self.mem_mb,
+            "ips": self.ips,
+            "vlans": self.vlans,
+            "charge": self.charge,
+        }
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """A row of `audit`: one state-changing command, who asked it and how it ended."""
+
+    id: int
+    at: float
+    user: str
+    method: str
+    path: str
+    status: int
+    remote: str = ""
+    object: str | None = None
+    error: str = ""
+
+    @classmethod
+    def from_row(cls, row: Row) -> "AuditRecord":
+        return cls(
+            id=int(row["id"]),
+            at=float(row["at"]),
+            user=row["user"],
+            method=row["method"],
+            path=row["path"],
+            status=int(row["status"]),
+            remote=row["remote"],
+            object=row["object"],
+            error=row["error"],
+        )
+
+    def to_row(self) -> Columns:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "user": self.user,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "remote": self.remote,
+            "object": self.object,
+            "error": self.error,
+        }
