@@ -12,6 +12,7 @@ from openhosting.model.common import EVERYONE
 from openhosting.model.server import ServerConfig
 from openhosting.store import audit as audit_store
 from openhosting.store import billing as billing_store
+from openhosting.store import console_tokens as token_store
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
 from openhosting.store import resources as resource_store
@@ -22,6 +23,7 @@ from openhosting.store.reader import Reader
 from openhosting.store.records import (
     AuditRecord,
     ClaimRecord,
+    ConsoleTokenRecord,
     DriveRecord,
     JobRecord,
     NicRecord,
@@ -372,3 +374,18 @@ def test_usage_and_audit_records_read_back_as_written_oldest_first(engine: Engin
         assert audit_store.entries(connection, DRIVE, None, 10) == entries[1:]
     assert UsageRecord.from_row(usage[0].to_row()) == usage[0]
     assert AuditRecord.from_row(entries[1].to_row()) == entries[1]
+
+
+def test_a_console_token_reads_back_unused_then_used(engine: Engine) -> None:
+    token = ConsoleTokenRecord("f" * 64, SERVER, USER, expires=1e12)
+    with engine.begin() as connection:
+        token_store.insert_token(connection, token.token_hash, SERVER, USER, token.expires)
+    with engine.connect() as connection:
+        assert token_store.get_token(connection, token.token_hash) == token
+        assert token_store.get_token(connection, "0" * 64) is None
+    with engine.begin() as connection:
+        assert token_store.use_token(connection, token.token_hash, 5.5)
+    with engine.connect() as connection:
+        used = token_store.get_token(connection, token.token_hash)
+    assert used == ConsoleTokenRecord("f" * 64, SERVER, USER, 1e12, used_at=5.5)
+    assert ConsoleTokenRecord.from_row(used.to_row()) == used

@@ -16,12 +16,6 @@ from openhosting.store.reader import Reader
 
 SERVICES = Path(openhosting.services.__file__).parent
 STORE_PACKAGE = openhosting.store.__name__
-# Store functions that still give rows as dicts, until their records come (issue 14).
-PENDING = frozenset(
-    {
-        "openhosting.store.console_tokens.get_token",
-    }
-)
 
 
 def _store_names_used(tree: ast.Module) -> Iterator[tuple[str, str]]:
@@ -89,7 +83,7 @@ def test_no_store_function_used_by_services_returns_a_row_dict() -> None:
     offenders = {
         name: typing.get_type_hints(function).get("return")
         for name, function in store_functions_used_by_services().items()
-        if _is_row_type(typing.get_type_hints(function).get("return")) and name not in PENDING
+        if _is_row_type(typing.get_type_hints(function).get("return"))
     }
     assert offenders == {}
 

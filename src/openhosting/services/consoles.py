@@ -142,9 +142,9 @@ class Consoles:
         if row is None:
             raise ConsoleTokenError("Unknown console token")
         if not used:
-            reason = "used" if row["used_at"] is not None else "expired"
+            reason = "used" if row.used_at is not None else "expired"
             raise ConsoleTokenError(f"Console token {reason}: ask POST /servers/S/console again")
-        return ConsoleGrant(server=str(row["server"]), user=str(row["user"]))
+        return ConsoleGrant(server=row.server, user=row.user)
 
     # -- sessions ----------------------------------------------------------------------
 

@@ -579,3 +579,37 @@ class AuditRecord:
             "object": self.object,
             "error": self.error,
         }
+
+
+# -- web console tokens --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsoleTokenRecord:
+    """A row of `console_tokens`: a token (by its SHA-256 only) that opens the console of
+    one server for its user once, before `expires`; `used_at` once its WebSocket used it."""
+
+    token_hash: str
+    server: str
+    user: str
+    expires: float
+    used_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> "ConsoleTokenRecord":
+        return cls(
+            token_hash=row["token_hash"],
+            server=row["server"],
+            user=row["user"],
+            expires=float(row["expires"]),
+            used_at=_float_or_none(row["used_at"]),
+        )
+
+    def to_row(self) -> Columns:
+        return {
+            "token_hash": self.token_hash,
+            "server": self.server,
+            "user": self.user,
+            "expires": self.expires,
+            "used_at": self.used_at,
+        }
