@@ -10,6 +10,7 @@ a record is what a table holds (secrets, counters, imaging marks, ids), so it ch
 the tables and their migrations.
 """
 
+import dataclasses
 import functools
 import json
 from collections.abc import Mapping
@@ -33,8 +34,12 @@ def _words(text: str | None) -> tuple[str, ...]:
 
 
 def _user_keys(text: str | None) -> dict[str, str]:
-    """A `user_keys` column (a JSON object) as a dict."""
-    return {str(key): str(value) for key, value in json.loads(text or "{}").items()}
+    """A `user_keys` column (a JSON object of strings, `encode_user_keys`) as a dict."""
+    # Most rows have none: a drive list reads thousands of rows per request.
+    if not text or text == "{}":
+        return {}
+    keys: dict[str, str] = json.loads(text)
+    return keys
 
 
 def encode_user_keys(user_keys: Mapping[str, str]) -> str:
@@ -202,19 +207,7 @@ class ClaimRecord:
         )
 
     def to_row(self) -> Columns:
-        return {
-            "id": self.id,
-            "drive": self.drive,
-            "user": self.user,
-            "kind": self.kind,
-            "holder": self.holder,
-            "device": self.device,
-            "exclusive": self.exclusive,
-            "guest_read_bytes": self.guest_read_bytes,
-            "guest_read_requests": self.guest_read_requests,
-            "guest_write_bytes": self.guest_write_bytes,
-            "guest_write_requests": self.guest_write_requests,
-        }
+        return dataclasses.asdict(self)
 
 
 # -- imaging jobs --------------------------------------------------------------------------
@@ -255,20 +248,7 @@ class JobRecord:
         )
 
     def to_row(self) -> Columns:
-        return {
-            "id": self.id,
-            "user": self.user,
-            "dst": self.dst,
-            "src": self.src,
-            "state": self.state,
-            "created_at": self.created_at,
-            "conversion": self.conversion,
-            "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
-            "error": self.error,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-        }
+        return dataclasses.asdict(self)
 
 
 # -- resources and the NICs of active servers ----------------------------------------------
@@ -350,15 +330,7 @@ class NicRecord:
         )
 
     def to_row(self) -> Columns:
-        return {
-            "server": self.server,
-            "nic": self.nic,
-            "user": self.user,
-            "network": self.network,
-            "mac": self.mac,
-            "address": self.address,
-            "temporary": self.temporary,
-        }
+        return dataclasses.asdict(self)
 
 
 # -- servers -------------------------------------------------------------------------------
@@ -525,18 +497,7 @@ class UsageRecord:
         )
 
     def to_row(self) -> Columns:
-        return {
-            "id": self.id,
-            "user": self.user,
-            "start": self.start,
-            "end": self.end,
-            "drive_bytes": self.drive_bytes,
-            "cpu_mhz": self.cpu_mhz,
-            "mem_mb": self.mem_mb,
-            "ips": self.ips,
-            "vlans": self.vlans,
-            "charge": self.charge,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -568,17 +529,7 @@ class AuditRecord:
         )
 
     def to_row(self) -> Columns:
-        return {
-            "id": self.id,
-            "at": self.at,
-            "user": self.user,
-            "method": self.method,
-            "path": self.path,
-            "status": self.status,
-            "remote": self.remote,
-            "object": self.object,
-            "error": self.error,
-        }
+        return dataclasses.asdict(self)
 
 
 # -- web console tokens --------------------------------------------------------------------
@@ -606,10 +557,4 @@ class ConsoleTokenRecord:
         )
 
     def to_row(self) -> Columns:
-        return {
-            "token_hash": self.token_hash,
-            "server": self.server,
-            "user": self.user,
-            "expires": self.expires,
-            "used_at": self.used_at,
-        }
+        return dataclasses.asdict(self)
