@@ -97,3 +97,13 @@ def test_services_do_not_read_the_readers_rows_by_column_name() -> None:
         if isinstance(node, ast.Attribute) and node.attr == readers_rows
     ]
     assert users == []
+
+
+def test_every_store_function_used_by_services_says_what_it_returns() -> None:
+    # An unannotated function could hand back a row unseen by the check above.
+    unannotated = [
+        name
+        for name, function in store_functions_used_by_services().items()
+        if "return" not in typing.get_type_hints(function)
+    ]
+    assert unannotated == []
