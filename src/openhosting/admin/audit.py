@@ -5,18 +5,19 @@ import time
 from typing import Any
 
 from openhosting.services.platform import Platform
+from openhosting.store.records import AuditRecord
 from openhosting.wire.payload import PropertiesList
 from openhosting.wire.text import render_text
 
 
-def _entry(row: dict[str, Any]) -> dict[str, str | int]:
-    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["at"]))
+def _entry(row: AuditRecord) -> dict[str, str | int]:
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.at))
     entry: dict[str, str | int] = {
-        "at": at, "user": row["user"], "remote": row["remote"], "command": row["path"],
-        "status": row["status"],
+        "at": at, "user": row.user, "remote": row.remote, "command": row.path,
+        "status": row.status,
     }  # fmt: skip
-    if row["error"]:
-        entry["error"] = row["error"]
+    if row.error:
+        entry["error"] = row.error
     return entry
 
 

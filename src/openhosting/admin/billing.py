@@ -8,6 +8,7 @@ from typing import Any
 from openhosting.errors import UsageError
 from openhosting.services.billing import format_micros, to_micros
 from openhosting.services.platform import Platform
+from openhosting.store.records import UsageRecord
 from openhosting.wire.payload import Properties, PropertiesList
 from openhosting.wire.text import render_text
 
@@ -29,11 +30,11 @@ def _stamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _usage(row: dict[str, Any]) -> dict[str, str | int]:
+def _usage(row: UsageRecord) -> dict[str, str | int]:
     return {
-        "start": _stamp(row["start"]), "end": _stamp(row["end"]),
-        "drive:bytes": row["drive_bytes"], "cpu": row["cpu_mhz"], "mem": row["mem_mb"],
-        "ips": row["ips"], "vlans": row["vlans"], "charge": format_micros(row["charge"]),
+        "start": _stamp(row.start), "end": _stamp(row.end),
+        "drive:bytes": row.drive_bytes, "cpu": row.cpu_mhz, "mem": row.mem_mb,
+        "ips": row.ips, "vlans": row.vlans, "charge": format_micros(row.charge),
     }  # fmt: skip
 
 

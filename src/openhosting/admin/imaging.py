@@ -5,12 +5,12 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 from openhosting.errors import UsageError
 from openhosting.services.imaging import SECONDS_PER_DAY
 from openhosting.services.platform import Platform
 from openhosting.store.jobs import STATES
+from openhosting.store.records import JobRecord
 from openhosting.wire.payload import Properties, PropertiesList, Value
 from openhosting.wire.text import render_text
 
@@ -35,25 +35,25 @@ def _when(seconds: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def job_properties(job: dict[str, Any]) -> dict[str, Value]:
-    """A job row as the operator reads it."""
+def job_properties(job: JobRecord) -> dict[str, Value]:
+    """A job as the operator reads it."""
     values: dict[str, Value] = {
-        "job": job["id"],
-        "state": job["state"],
-        "user": job["user"],
-        "drive": job["dst"],
-        "source": job["src"],
-        "conversion": job["conversion"] or "none",
-        "bytes:done": job["bytes_done"],
-        "bytes:total": job["bytes_total"],
-        "created": _when(job["created_at"]),
+        "job": job.id,
+        "state": job.state,
+        "user": job.user,
+        "drive": job.dst,
+        "source": job.src,
+        "conversion": job.conversion or "none",
+        "bytes:done": job.bytes_done,
+        "bytes:total": job.bytes_total,
+        "created": _when(job.created_at),
     }
-    if job["started_at"] is not None:
-        values["started"] = _when(job["started_at"])
-    if job["ended_at"] is not None:
-        values["ended"] = _when(job["ended_at"])
-    if job["error"]:
-        values["error"] = job["error"]
+    if job.started_at is not None:
+        values["started"] = _when(job.started_at)
+    if job.ended_at is not None:
+        values["ended"] = _when(job.ended_at)
+    if job.error:
+        values["error"] = job.error
     return values
 
 

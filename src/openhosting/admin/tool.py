@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from openhosting.admin import audit as admin_audit
 from openhosting.admin import backup as admin_backup
@@ -22,25 +21,23 @@ from openhosting.admin import servers as admin_servers
 from openhosting.config import SYSTEM_CONFIG_PATH, Config, ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
-from openhosting.store.users import tier_limits_of
+from openhosting.store.records import UserRecord
 from openhosting.wire.payload import Properties, ValueList
 from openhosting.wire.sizes import parse_size
 from openhosting.wire.text import render_text
 
 
-def _user_properties(user: dict[str, Any]) -> dict[str, str | int]:
-    values: dict[str, str | int] = {"user": user["uuid"], "name": user["name"]}
-    values["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(user["created_at"]))
-    if user.get("max_drive_bytes") is not None:
-        values["limit:drive:bytes"] = user["max_drive_bytes"]
-    for tier, limit in sorted(tier_limits_of(user).items()):
+def _user_properties(user: UserRecord) -> dict[str, str | int]:
+    values: dict[str, str | int] = {"user": user.uuid, "name": user.name}
+    values["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(user.created_at))
+    limits = user.limits()
+    if limits["drive:bytes"] is not None:
+        values["limit:drive:bytes"] = limits["drive:bytes"]
+    for tier, limit in sorted(user.max_drive_bytes_by_tier.items()):
         values[f"limit:drive:bytes:{tier}"] = limit
-    for column, key in (
-        ("max_ips", "limit:ips"), ("max_vlans", "limit:vlans"), ("max_servers", "limit:servers"),
-        ("max_cpu_mhz", "limit:cpu"), ("max_mem_mb", "limit:mem"),
-    ):  # fmt: skip
-        if user.get(column) is not None:
-            values[key] = user[column]
+    for key in ("ips", "vlans", "servers", "cpu", "mem"):
+        if (value := limits[key]) is not None:
+            values[f"limit:{key}"] = value
     return values
 
 
@@ -52,7 +49,7 @@ def cmd_user_create(platform: Platform, args: argparse.Namespace) -> str:
 
 
 def cmd_user_list(platform: Platform, _args: argparse.Namespace) -> str:
-    rows = [{"user": u["uuid"], "name": u["name"]} for u in platform.accounts.list_users()]
+    rows = [{"user": u.uuid, "name": u.name} for u in platform.accounts.list_users()]
     return render_text(ValueList(("user", "name"), rows))
 
 

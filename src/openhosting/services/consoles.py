@@ -14,7 +14,6 @@ its VNC connection.
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
 import ssl
@@ -32,6 +31,7 @@ from openhosting.services.events import Event
 from openhosting.services.servers import Servers
 from openhosting.store import console_tokens as token_store
 from openhosting.store import servers as server_store
+from openhosting.store.records import ServerRecord
 
 log = logging.getLogger("openhosting.consoles")
 
@@ -128,7 +128,7 @@ class Consoles:
         """A token for the console of the user's running server `server`."""
         with self._engine.connect() as connection:
             row = server_store.get_server(connection, server)
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise MissingError(f"Server {server} could not be found")
         self._vnc_target(row)  # refuses a server with no console now
         token = secrets.token_urlsafe(32)
@@ -140,19 +140,18 @@ class Consoles:
         log.info("event=console_token_issued user=%s server=%s", user, server)
         return ConsoleTicket(token=token, expires=int(expires))
 
-    def _vnc_target(self, row: dict[str, object]) -> VncTarget:
+    def _vnc_target(self, row: ServerRecord) -> VncTarget:
         """Where the VNC of the server in `row` listens and how to log in; BusyError if it
         has none now."""
-        uuid = str(row["uuid"])
+        uuid = row.uuid
         if uuid not in self._servers.lifecycle.vms:
             raise BusyError(f"Server {uuid} is not active: its console opens once it runs")
-        config = json.loads(str(row["config"]))
-        display = row["vnc_display"]
-        password = config.get("vnc:password")
-        if not password or not isinstance(display, int):
+        display = row.vnc_display
+        password = row.config.vnc_password
+        if not password or display is None:
             raise BusyError(f"Server {uuid} has no VNC console: set vnc:password and restart it")
         host, port = self._servers.lifecycle.vnc_endpoint(display)
-        return VncTarget(host, port, str(password), config.get("vnc:tls") == "on")
+        return VncTarget(host, port, password, row.config.vnc_tls)
 
     def check_token(self, token: str) -> None:
         """ConsoleTokenError naming why `token` cannot be used, without using it up: what
@@ -163,8 +162,8 @@ class Consoles:
             row = token_store.get_token(connection, token_hash(token))
         if row is None:
             raise ConsoleTokenError("Unknown console token")
-        if row["used_at"] is not None or float(row["expires"]) <= self._clock():
-            reason = "used" if row["used_at"] is not None else "expired"
+        if row.used_at is not None or row.expires <= self._clock():
+            reason = "used" if row.used_at is not None else "expired"
             raise ConsoleTokenError(f"Console token {reason}: ask POST /servers/S/console again")
 
     def use_token(self, token: str) -> ConsoleGrant:
@@ -179,9 +178,9 @@ class Consoles:
         if row is None:
             raise ConsoleTokenError("Unknown console token")
         if not used:
-            reason = "used" if row["used_at"] is not None else "expired"
+            reason = "used" if row.used_at is not None else "expired"
             raise ConsoleTokenError(f"Console token {reason}: ask POST /servers/S/console again")
-        return ConsoleGrant(server=str(row["server"]), user=str(row["user"]))
+        return ConsoleGrant(server=row.server, user=row.user)
 
     # -- sessions ----------------------------------------------------------------------
 
@@ -193,7 +192,7 @@ class Consoles:
         server, user = grant.server, grant.user
         with self._engine.connect() as connection:
             row = server_store.get_server(connection, server)
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise MissingError(f"Server {server} could not be found")
         target = self._vnc_target(row)
         reader, writer = await self._log_in(server, target)

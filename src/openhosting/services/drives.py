@@ -10,20 +10,17 @@ import asyncio
 import base64
 import contextlib
 import functools
-import json
 import logging
 import secrets
 import time
 import uuid as uuid_module
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.errors import BusyError, FullError, MissingError, SystemError_
-from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings, apply_drive_properties
 from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
@@ -54,70 +51,43 @@ from openhosting.store import drives as drive_store
 from openhosting.store import space_reserve
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
+from openhosting.store.records import ClaimRecord, DriveRecord, drive_settings_columns
 from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.drives")
 
 
-def _settings_of(row: dict[str, Any]) -> DriveSettings:
-    return DriveSettings(
-        name=row["name"],
-        size=row["size"],
-        claim_type=row["claim_type"],
-        readers=tuple(row["readers"].split()),
-        tags=tuple(row["tags"].split()),
-        user_keys=json.loads(row["user_keys"]),
-        avoid=tuple(row["avoid"].split()),
-        cipher=row["cipher"],
-        tier=row["tier"],
-    )
-
-
-def _settings_columns(settings: DriveSettings) -> dict[str, Any]:
-    return {
-        "name": settings.name,
-        "size": settings.size,
-        "claim_type": settings.claim_type,
-        "readers": " ".join(settings.readers),
-        "tags": " ".join(settings.tags),
-        "user_keys": json.dumps(settings.user_keys, sort_keys=True),
-        "avoid": " ".join(settings.avoid),
-        "tier": settings.tier,
-    }
-
-
 def drive_info(
-    row: dict[str, Any], claims: list[dict[str, Any]], available: bool = True
+    drive: DriveRecord, claims: list[ClaimRecord], available: bool = True
 ) -> dict[str, Value]:
     """The info of a drive, keys in the order the real service shows them; `available`:
     whether its data can be reached now (`status active`, else `inactive`)."""
     info: dict[str, Value] = {
-        "drive": row["uuid"],
-        "name": row["name"],
-        "size": row["size"],
-        "user": row["user"],
+        "drive": drive.uuid,
+        "name": drive.name,
+        "size": drive.size,
+        "user": drive.user,
         "status": "active" if available else "inactive",
-        "claim:type": row["claim_type"],
+        "claim:type": drive.claim_type,
     }
     if claims:
         info["claimed"] = " ".join(
-            f"{claim['user']}:{claim['kind']}:{claim['holder']}:{claim['device']}"
-            for claim in claims
+            f"{claim.user}:{claim.kind}:{claim.holder}:{claim.device}" for claim in claims
         )
-    info["readers"] = row["readers"]
-    info["tags"] = row["tags"]
-    info.update(sorted(json.loads(row["user_keys"]).items()))
-    info["encryption:cipher"] = row["cipher"]
-    info["tier"] = row["tier"]
+    info["readers"] = " ".join(drive.readers)
+    info["tags"] = " ".join(drive.tags)
+    info.update(sorted(drive.user_keys.items()))
+    info["encryption:cipher"] = drive.cipher
+    info["tier"] = drive.tier
     # Kept on the row by services/imaging.py; absent (never "false") when nothing is pending.
-    if row.get("imaging"):
-        info["imaging"] = row["imaging"]
-    if row.get("imaging_error"):
-        info["imaging:error"] = row["imaging_error"]
-    info["read:bytes"] = row["read_bytes"]
-    info["read:requests"] = row["read_requests"]
-    info["write:bytes"] = row["write_bytes"]
-    info["write:requests"] = row["write_requests"]
+    if drive.imaging:
+        info["imaging"] = drive.imaging
+    if drive.imaging_error:
+        info["imaging:error"] = drive.imaging_error
+    info["read:bytes"] = drive.read_bytes
+    info["read:requests"] = drive.read_requests
+    info["write:bytes"] = drive.write_bytes
+    info["write:requests"] = drive.write_requests
     return info
 
 
@@ -162,51 +132,48 @@ class Drives:
         """The default tier's (`disk`) drive files, where standard drives live too."""
         return self.tiers.of(self.tiers.default)
 
-    def files_of(self, row: dict[str, Any]) -> DriveFiles:
+    def files_of(self, row: DriveRecord) -> DriveFiles:
         """The drive files of the tier of the drive of `row`."""
         try:
-            return self.tiers.of(row["tier"])
+            return self.tiers.of(row.tier)
         except KeyError:
             # The configuration no longer names the tier: its file is nowhere we know.
             raise SystemError_(
-                f"Drive {row['uuid']} is in tier {row['tier']}, which this platform's"
+                f"Drive {row.uuid} is in tier {row.tier}, which this platform's"
                 " configuration no longer has"
             ) from None
 
     # -- lookups -------------------------------------------------------------------------
 
-    def _owned(self, connection: Connection, user: str, uuid: str) -> dict[str, Any]:
+    def _owned(self, connection: Connection, user: str, uuid: str) -> DriveRecord:
         row = drive_store.get_drive(connection, uuid)
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise _missing(uuid)
         return row
 
-    def _readable(self, connection: Connection, user: str, uuid: str) -> dict[str, Any]:
+    def _readable(self, connection: Connection, user: str, uuid: str) -> DriveRecord:
         return self._check_readable(drive_store.get_drive(connection, uuid), user, uuid)
 
-    def _check_readable(self, row: dict[str, Any] | None, user: str, uuid: str) -> dict[str, Any]:
+    def _check_readable(self, row: DriveRecord | None, user: str, uuid: str) -> DriveRecord:
         """`row` if `user` may read drive `uuid`; missing (as for no drive) otherwise."""
-        if row is None:
-            raise _missing(uuid)
-        readers = row["readers"].split()
-        if row["user"] != user and user not in readers and EVERYONE not in readers:
+        if row is None or not row.readable_by(user):
             raise _missing(uuid)
         return row
 
-    def _master_key(self, row: dict[str, Any]) -> bytes | None:
-        if row["wrapped_master_key"] is None:
+    def _master_key(self, row: DriveRecord) -> bytes | None:
+        if row.wrapped_master_key is None:
             return None
-        return unwrap_secret(self._secret_key, row["wrapped_master_key"], row["uuid"] + ":master")
+        return unwrap_secret(self._secret_key, row.wrapped_master_key, row.uuid + ":master")
 
-    def passphrase_of(self, row: dict[str, Any]) -> bytes | None:
+    def passphrase_of(self, row: DriveRecord) -> bytes | None:
         """The LUKS passphrase QEMU opens an encrypted drive with."""
-        if row["wrapped_passphrase"] is None:
+        if row.wrapped_passphrase is None:
             return None
-        return unwrap_secret(self._secret_key, row["wrapped_passphrase"], row["uuid"] + ":luks")
+        return unwrap_secret(self._secret_key, row.wrapped_passphrase, row.uuid + ":luks")
 
-    def open_io(self, row: dict[str, Any]) -> OpenDrive:
+    def open_io(self, row: DriveRecord) -> OpenDrive:
         """The drive of `row` opened for in-process I/O (decrypted when it is encrypted)."""
-        return self.files_of(row).open(row["uuid"], self._master_key(row))
+        return self.files_of(row).open(row.uuid, self._master_key(row))
 
     def changing(self, uuid: str) -> str | None:
         """What changes the drive's bytes right now outside any claim (`being written`,
@@ -222,18 +189,16 @@ class Drives:
     def info(self, user: str, uuid: str) -> dict[str, Value]:
         # Through the Reader: the hottest command after the lists, and SQLAlchemy's execute
         # cost several times the two queries. Not cached: counters change with every write.
-        rows = self._reader.mappings(drive_store.DRIVE_BY_UUID, uuid=uuid)
-        row = self._check_readable(rows[0] if rows else None, user, uuid)
-        claims = self._reader.mappings(drive_store.CLAIMS_ON_DRIVE, drive=uuid)
+        row = self._check_readable(drive_store.read_drive(self._reader, uuid), user, uuid)
+        claims = drive_store.read_claims_on(self._reader, uuid)
         return drive_info(row, claims, self.files.is_available(uuid))
 
     def info_all(self, user: str) -> list[dict[str, Value]]:
         with self._engine.connect() as connection:
             rows = drive_store.drives_of(connection, user)
-            claims = drive_store.claims_on_many(connection, [row["uuid"] for row in rows])
+            claims = drive_store.claims_on_many(connection, [row.uuid for row in rows])
         return [
-            drive_info(row, claims[row["uuid"]], self.files.is_available(row["uuid"]))
-            for row in rows
+            drive_info(row, claims[row.uuid], self.files.is_available(row.uuid)) for row in rows
         ]
 
     def _check_drive_limit(
@@ -285,7 +250,7 @@ class Drives:
                     user=user,
                     cipher=settings.cipher,
                     created_at=time.time(),  # sub-second: lists keep creation order
-                    **_settings_columns(settings),
+                    **drive_settings_columns(settings),
                     **wrapped,
                 )
             revert.success()
@@ -306,10 +271,10 @@ class Drives:
         # file follows is put right at the next start (`repair_files`).
         with self._engine.begin() as connection:
             row = self._owned(connection, user, uuid)
-            if row.get("imaging"):
+            if row.imaging:
                 raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
             self.operations.check(uuid, SET)
-            current = _settings_of(row)
+            current = row.settings
             settings = apply_drive_properties(
                 current, properties, creating=False, tiers=self.tiers.names
             )
@@ -321,13 +286,13 @@ class Drives:
                     )
                 else:
                     self.operations.check(uuid, SHRINK)
-            drive_store.update_drive(connection, uuid, **_settings_columns(settings))
+            drive_store.update_drive(connection, uuid, **drive_settings_columns(settings))
         if settings.size != current.size:
             await self._resize_file(row, current.size, settings.size)
         return self.info(user, uuid)
 
-    async def _resize_file(self, row: dict[str, Any], old_size: int, new_size: int) -> None:
-        uuid, master_key = row["uuid"], self._master_key(row)
+    async def _resize_file(self, row: DriveRecord, old_size: int, new_size: int) -> None:
+        uuid, master_key = row.uuid, self._master_key(row)
         files = self.files_of(row)
         kept = min(old_size, new_size)
         with self.operations.begin(uuid, RESIZE):
@@ -370,8 +335,7 @@ class Drives:
         if claims:
             holder = claims[0]
             raise BusyError(
-                f"Drive {uuid} is in use ({holder['kind']} {holder['holder']}) and cannot be"
-                f" {action} now"
+                f"Drive {uuid} is in use ({holder.kind} {holder.holder}) and cannot be {action} now"
             )
 
     def attachable(self, user: str, uuid: str) -> "AttachableDrive":
@@ -383,8 +347,8 @@ class Drives:
             uuid=uuid,
             path=self.files_of(row).path_of(uuid),
             passphrase=self.passphrase_of(row),
-            owned=row["user"] == user,
-            exclusive=row["claim_type"] != "shared",
+            owned=row.user == user,
+            exclusive=row.claim_type != "shared",
         )
 
     # -- data ----------------------------------------------------------------------------
@@ -393,7 +357,7 @@ class Drives:
         """Plan a read of `length` bytes (None: to the end) from `offset`, clamped to the end."""
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
-        size = row["size"]
+        size = row.size
         start = min(offset, size)
         count = size - start if length is None else min(length, size - start)
         reading = self.operations.begin(uuid, READ)
@@ -429,23 +393,21 @@ class Drives:
             claims = drive_store.claims_on(connection, uuid)
         self.operations.check(uuid, WRITE)
         for claim in claims:
-            if claim["kind"] != "guest" or row["claim_type"] != "shared":
+            if claim.kind != "guest" or row.claim_type != "shared":
                 raise BusyError(
-                    f"Drive {uuid} is in use ({claim['kind']} {claim['holder']}) and cannot be"
+                    f"Drive {uuid} is in use ({claim.kind} {claim.holder}) and cannot be"
                     " written now"
                 )
-        if offset > row["size"]:
-            raise FullError(
-                f"Offset {offset} is past the end of drive {uuid} ({row['size']} bytes)"
-            )
+        if offset > row.size:
+            raise FullError(f"Offset {offset} is past the end of drive {uuid} ({row.size} bytes)")
         files = self.files_of(row)
         opened = files.open(uuid, self._master_key(row))
         # Checked above, and nothing awaited since: this cannot be refused.
         on_close = functools.partial(self._end_write, self.operations.begin(uuid, WRITE))
         if staged:
             stage = WriteStage(opened.io, files.root, offset)
-            return StagedDriveWriter(uuid, opened, stage, row["size"] - offset, on_close)
-        return DriveWriter(uuid, opened, offset, row["size"], on_close)
+            return StagedDriveWriter(uuid, opened, stage, row.size - offset, on_close)
+        return DriveWriter(uuid, opened, offset, row.size, on_close)
 
     def _end_write(self, writing: Operation, nbytes: int | None) -> None:
         writing.end()

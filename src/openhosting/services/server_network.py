@@ -21,7 +21,6 @@ import functools
 import hashlib
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -34,6 +33,7 @@ from openhosting.network.pool import AddressPool
 from openhosting.reverter import Reverter
 from openhosting.services.resources import Resources, taken_addresses
 from openhosting.store import resources as resource_store
+from openhosting.store.records import NicRecord
 
 log = logging.getLogger("openhosting.network")
 
@@ -49,13 +49,13 @@ def default_mac(server: str, index: int) -> str:
     return "52:54:00:" + ":".join(f"{byte:02x}" for byte in digest[:3])
 
 
-def _plan_of(row: dict[str, Any]) -> NicPlan:
+def _plan_of(row: NicRecord) -> NicPlan:
     return NicPlan(
-        server=row["server"],
-        index=row["nic"],
-        mac=row["mac"],
-        vlan=None if row["network"] == PUBLIC else row["network"],
-        address=row["address"],
+        server=row.server,
+        index=row.nic,
+        mac=row.mac,
+        vlan=None if row.network == PUBLIC else row.network,
+        address=row.address,
     )
 
 
@@ -222,7 +222,7 @@ class ServerNetworks:
         """The address held for the server's VNC apart from its NICs, if any."""
         with self._engine.connect() as connection:
             rows = resource_store.nics_of(connection, server)
-        return next((row["address"] for row in rows if row["nic"] == VNC_ROW), None)
+        return next((row.address for row in rows if row.nic == VNC_ROW), None)
 
     def _plan(
         self, connection: Connection, server: str, nic: NicConfig, taken: set[str]
@@ -255,7 +255,7 @@ class ServerNetworks:
     def plans_of(self, server: str) -> list[NicPlan]:
         with self._engine.connect() as connection:
             rows = resource_store.nics_of(connection, server)
-        return [_plan_of(row) for row in rows if row["nic"] != VNC_ROW]
+        return [_plan_of(row) for row in rows if row.nic != VNC_ROW]
 
     async def block(self, server: str, config: ServerConfig) -> None:
         """A running server's `nic:N:block` changed: its NICs block what `config` says."""
@@ -320,14 +320,14 @@ class ServerNetworks:
         use."""
         with self._engine.begin() as connection:
             rows = resource_store.all_nics(connection)
-            for server in {row["server"] for row in rows} - set(running):
+            for server in {row.server for row in rows} - set(running):
                 resource_store.delete_nics(connection, server)
         plans = []
         for row in rows:
-            config = running.get(row["server"])
-            if config is not None and row["nic"] != VNC_ROW:
+            config = running.get(row.server)
+            if config is not None and row.nic != VNC_ROW:
                 blocks = {nic.index: nic.block for nic in config.nics}
-                plans.append(dataclasses.replace(_plan_of(row), block=blocks.get(row["nic"], ())))
+                plans.append(dataclasses.replace(_plan_of(row), block=blocks.get(row.nic, ())))
         await self.driver.reconcile(plans)
 
     async def keep_helpers_running_every(self, interval: float = HELPER_CHECK_SECONDS) -> None:
