@@ -72,7 +72,7 @@ async def test_the_page_loads_without_auth_and_without_using_the_token_up(
     assert headers["Referrer-Policy"] == "no-referrer"  # the token must not leak in a Referer
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
     assert "script-src 'self'" in headers["Content-Security-Policy"]
-    assert (row := token_row(platform, token)) is not None and row["used_at"] is None
+    assert (row := token_row(platform, token)) is not None and row.used_at is None
 
     for name, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
         response = await client.get(f"/console/{name}")
@@ -138,4 +138,4 @@ async def test_a_plain_get_of_the_websocket_says_why_a_token_is_refused(
         assert response.status == 401 and words in await response.text(), token
     response = await client.get(f"/console/websocket?token={good}")
     assert response.status == 400 and response.headers["X-Elastic-Error"] == "usage"
-    assert (row := token_row(platform, good)) is not None and row["used_at"] is None
+    assert (row := token_row(platform, good)) is not None and row.used_at is None

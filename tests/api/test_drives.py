@@ -484,6 +484,7 @@ async def test_gzip_bomb_stops_at_the_end(client: TestClient, auth: dict[str, st
 @pytest.mark.parametrize(
     "body",
     [b"definitely not gzip", gzip.compress(b"x" * 5000)[:-12], gzip.compress(b"ok") + b"junk"],
+    ids=["not-gzip", "truncated", "trailing-junk"],  # the same in every process (pytest-xdist)
 )
 async def test_corrupt_gzip_is_a_usage_error_and_not_acknowledged(
     client: TestClient, auth: dict[str, str], body: bytes

@@ -159,7 +159,9 @@ def test_gunzip_cuts_output_at_the_end_of_dst(drives: Drives) -> None:
 
 
 @pytest.mark.parametrize(
-    "stored", [b"this drive holds no gzip stream", b"", gzip_module.compress(os.urandom(MiB))[:-9]]
+    "stored",
+    [b"this drive holds no gzip stream", b"", gzip_module.compress(os.urandom(MiB))[:-9]],
+    ids=["not-gzip", "empty", "truncated"],  # the same in every process (pytest-xdist)
 )
 def test_gunzip_of_what_is_not_a_whole_gzip_stream_fails(drives: Drives, stored: bytes) -> None:
     src = drives.make("src", 2 * MiB, "plain")

@@ -137,7 +137,9 @@ def test_wrong_passphrase_raises_luks_error(container: tuple[Path, bytes]) -> No
         LuksVolume.open(path, PASSPHRASE[:-1])
 
 
-@pytest.mark.parametrize("content", [b"", bytes(4096), os.urandom(4096)])
+@pytest.mark.parametrize(
+    "content", [b"", bytes(4096), os.urandom(4096)], ids=["empty", "zeros", "random"]
+)
 def test_files_that_are_not_luks1_raise_luks_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "other"
     path.write_bytes(content)
