@@ -7,7 +7,9 @@
  *   write   writes, syncs, fallocate, truncate and creates fail with EIO
  *   all     as `write`, and reads and opens fail with EIO too
  * Metadata (stat, readdir, unlink, rename) always works, as on a disk whose data blocks
- * fail. Every open is direct_io so that no read is answered from the page cache.
+ * fail. Every open is direct_io so that no read is answered from the page cache, unless
+ * FAULTFS_PAGE_CACHE is set in the environment: then files go through the page cache, which
+ * shared mmap needs (SQLite's WAL index), at the price of reads that may not reach the disk.
  */
 #define FUSE_USE_VERSION 31
 #define _GNU_SOURCE
@@ -16,6 +18,7 @@
 #include <fcntl.h>
 #include <fuse.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,6 +29,7 @@ enum mode { MODE_OK, MODE_WRITE, MODE_ALL };
 
 static int backing_fd = -1;
 static const char *control_path;
+static int page_cache; /* FAULTFS_PAGE_CACHE: files through the page cache (shared mmap) */
 static volatile sig_atomic_t mode = MODE_OK;
 
 static const char *relative(const char *path) {
@@ -56,7 +60,8 @@ static int reads_fail(void) { return mode == MODE_ALL; }
 static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *config) {
     (void)conn;
     config->use_ino = 1;
-    config->direct_io = 1;
+    page_cache = getenv("FAULTFS_PAGE_CACHE") != NULL;
+    config->direct_io = !page_cache;
     config->entry_timeout = config->attr_timeout = config->negative_timeout = 0;
     return NULL;
 }
@@ -149,7 +154,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi) {
     if (fd < 0)
         return -errno;
     fi->fh = (uint64_t)fd;
-    fi->direct_io = 1;
+    fi->direct_io = !page_cache;
     return 0;
 }
 
@@ -160,7 +165,7 @@ static int fs_create(const char *path, mode_t m, struct fuse_file_info *fi) {
     if (fd < 0)
         return -errno;
     fi->fh = (uint64_t)fd;
-    fi->direct_io = 1;
+    fi->direct_io = !page_cache;
     return 0;
 }
 

@@ -46,7 +46,11 @@ def build(directory: Path) -> Path:
 class FaultFs:
     """`mount_point` shows `backing`; `set_mode` makes its I/O fail or heal at once."""
 
-    def __init__(self, binary: Path, backing: Path, mount_point: Path) -> None:
+    def __init__(
+        self, binary: Path, backing: Path, mount_point: Path, page_cache: bool = False
+    ) -> None:
+        """With `page_cache`, files go through the page cache (SQLite's WAL needs shared
+        mmap, which direct I/O forbids); reads may then be answered without the disk."""
         self.backing, self.mount_point = backing, mount_point
         self._control = backing.parent / f"{mount_point.name}.faultfs-mode"
         self._control.write_text("ok")
@@ -56,6 +60,7 @@ class FaultFs:
             self._process = subprocess.Popen(
                 [str(binary), str(backing), str(self._control), str(mount_point)],
                 stdout=log, stderr=log,
+                env={**os.environ, "FAULTFS_PAGE_CACHE": "1"} if page_cache else None,
             )  # fmt: skip
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while not self._mounted():

@@ -8,6 +8,7 @@ naming the error, not an internal error of the daemon's.
 """
 
 import errno
+import os
 import sqlite3
 
 from sqlalchemy.exc import DBAPIError
@@ -33,12 +34,21 @@ def is_storage_full(error: BaseException) -> bool:
 
 
 def storage_io_error(error: BaseException) -> OSError | None:
-    """The EIO (the disk's own failure) that `error` is or wraps, else None."""
+    """The EIO (the disk's own failure) that `error` is or wraps, else None. SQLite reports
+    it as SQLITE_IOERR ("disk I/O error", extended codes above the low byte), given here as
+    the EIO it stands for."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno == errno.EIO:
             return current
+        if isinstance(current, DBAPIError) and isinstance(current.orig, BaseException):
+            current = current.orig
+            continue
+        if isinstance(current, sqlite3.Error):
+            code = getattr(current, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
+                return OSError(errno.EIO, os.strerror(errno.EIO))
         current = current.__cause__ or current.__context__
     return None
