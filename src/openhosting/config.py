@@ -58,6 +58,8 @@ class ApiSettings:
     # Seconds a web console token (`POST /servers/S/console`) may wait to be used: its
     # WebSocket must open within this time, once.
     console_token_seconds: int = 60
+    # Seconds a dashboard sign-in lasts (its session cookie's expiry); then sign in again.
+    session_seconds: int = 8 * 3600
 
 
 @dataclass(frozen=True)

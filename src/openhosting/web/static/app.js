@@ -1,0 +1,171 @@
+// The Open Hosting dashboard: a small front end over the API itself. It signs in once for a
+// session cookie (HttpOnly: this script never sees it, nor keeps the key), then calls the
+// same commands as every client, in JSON, with the session's CSRF token on every change.
+"use strict";
+
+const state = { user: null, csrf: null };
+
+// -- talking to the daemon ---------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, kind, message) {
+    super(message);
+    this.status = status;
+    this.kind = kind;
+  }
+}
+
+// One API request; its JSON answer (null for 204). A failure throws ApiError carrying the
+// API's own words: its X-Elastic-Error type and one-line text.
+async function api(path, { method = "GET", body = undefined, headers = {} } = {}) {
+  const init = {
+    method,
+    credentials: "same-origin",
+    headers: { Accept: "application/json", "X-Requested-With": "openhosting-dashboard", ...headers },
+  };
+  if (method !== "GET" && method !== "HEAD") init.headers["X-CSRF-Token"] = state.csrf || "";
+  if (body !== undefined) {
+    if (body instanceof Blob || body instanceof ArrayBuffer || ArrayBuffer.isView(body)) {
+      init.body = body;
+    } else {
+      init.body = JSON.stringify(body);
+      init.headers["Content-Type"] = "application/json";
+    }
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (error) {
+    throw new ApiError(0, "network", `The platform could not be reached: ${error.message}`);
+  }
+  if (!response.ok) {
+    const text = (await response.text()).trim();
+    const kind = response.headers.get("X-Elastic-Error") || "error";
+    if (response.status === 401 && state.user && path !== "/dashboard/session") signedOut();
+    throw new ApiError(response.status, kind, text || `${response.status} ${response.statusText}`);
+  }
+  if (response.status === 204) return null;
+  const type = response.headers.get("Content-Type") || "";
+  return type.includes("json") ? response.json() : response.text();
+}
+
+// -- what the page shows -----------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+
+function showError(error) {
+  const box = $("error");
+  if (!error) {
+    box.hidden = true;
+    box.textContent = "";
+    return;
+  }
+  const kind = error.kind ? `${error.status || ""} ${error.kind}: `.trimStart() : "";
+  box.textContent = kind + (error.message || String(error));
+  box.hidden = false;
+}
+
+// Run an action of the user's, showing what went wrong instead of failing silently.
+async function attempt(action) {
+  showError(null);
+  try {
+    return await action();
+  } catch (error) {
+    showError(error);
+    return undefined;
+  }
+}
+
+// Make an element: el("td", {class: "x"}, "text", child, ...).
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === false || value === null || value === undefined) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+const sections = {};
+
+function showSection(name) {
+  for (const section of document.querySelectorAll("main > section")) {
+    section.hidden = section.id !== `${name}-section`;
+  }
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.getAttribute("href") === `#${name}`) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  const show = sections[name];
+  if (show) attempt(show);
+}
+
+function route() {
+  if (!state.user) {
+    showSection("sign-in");
+    $("sign-in-user").focus();
+    return;
+  }
+  const name = location.hash.slice(1) || "servers";
+  showSection(sections[name] ? name : "servers");
+}
+
+// -- signing in and out --------------------------------------------------------------------
+
+function signedIn(session) {
+  state.user = session.user;
+  state.csrf = session.csrf;
+  $("who-user").textContent = `Signed in as ${session.user}`;
+  $("who").hidden = false;
+  $("nav").hidden = false;
+  for (const start of signInHooks) start();
+  route();
+}
+
+function signedOut() {
+  state.user = null;
+  state.csrf = null;
+  $("who").hidden = true;
+  $("nav").hidden = true;
+  for (const stop of signOutHooks) stop();
+  route();
+}
+
+const signInHooks = [];
+const signOutHooks = [];
+
+$("sign-in").addEventListener("submit", (event) => {
+  event.preventDefault();
+  attempt(async () => {
+    const user = $("sign-in-user").value.trim();
+    const key = $("sign-in-key").value;
+    const session = await api("/dashboard/session", { method: "POST", body: { user, key } });
+    $("sign-in-key").value = ""; // the key is not kept: the session cookie stands for it
+    signedIn(session);
+  });
+});
+
+$("sign-out").addEventListener("click", () =>
+  attempt(async () => {
+    await api("/dashboard/session/end", { method: "POST" });
+    signedOut();
+  }),
+);
+
+window.addEventListener("hashchange", () => {
+  if (state.user) route();
+});
+
+async function resume() {
+  try {
+    signedIn(await api("/dashboard/session"));
+  } catch (error) {
+    signedOut();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", resume);
