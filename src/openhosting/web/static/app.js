@@ -76,6 +76,16 @@ async function attempt(action) {
   }
 }
 
+// Work the page does by itself (a live update): a failure is shown, nothing else is cleared.
+async function background(action) {
+  try {
+    return await action();
+  } catch (error) {
+    showError(error);
+    return undefined;
+  }
+}
+
 // Make an element: el("td", {class: "x"}, "text", child, ...).
 function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -169,3 +179,175 @@ async function resume() {
 }
 
 document.addEventListener("DOMContentLoaded", resume);
+
+// -- live changes: the platform's own event feed, for this session's user only ---------------
+
+const eventListeners = [];
+let feed = null;
+
+function onPlatformEvent(listener) {
+  eventListeners.push(listener);
+}
+
+signInHooks.push(() => {
+  if (feed) feed.close();
+  feed = new EventSource("/events"); // same origin: the session cookie goes with it
+  for (const type of ["server", "drive", "resource"]) {
+    feed.addEventListener(type, (message) => {
+      const data = JSON.parse(message.data);
+      for (const listener of eventListeners) listener(data);
+    });
+  }
+  feed.addEventListener("open", () => {
+    $("servers-live").textContent = "Live: changes appear without reloading.";
+  });
+  feed.addEventListener("error", () => {
+    $("servers-live").textContent = "Live updates interrupted; reconnecting…";
+  });
+});
+
+signOutHooks.push(() => {
+  if (feed) feed.close();
+  feed = null;
+});
+
+// -- servers -----------------------------------------------------------------------------
+
+function statusCell(status) {
+  return el("td", { class: `status status-${status}`, "data-status": status }, status);
+}
+
+function addresses(server) {
+  const found = [];
+  for (const nic of ["0", "1"]) {
+    const ip = server[`nic:${nic}:dhcp:ip`];
+    if (ip) found.push(`nic ${nic}: ${ip}`);
+    const vlan = server[`nic:${nic}:vlan`];
+    if (vlan) found.push(`nic ${nic}: VLAN ${vlan}`);
+  }
+  if (server["vnc:ip"] && server.status === "active") {
+    const port = server["vnc:port"] ? `:${server["vnc:port"]}` : "";
+    found.push(`VNC ${server["vnc:ip"]}${port}`);
+  }
+  return found.length ? found.join(", ") : "—";
+}
+
+function serverAction(server, label, command, { danger = false, confirmText = null } = {}) {
+  const name = server.name || server.server;
+  return el(
+    "button",
+    {
+      type: "button",
+      class: danger ? "danger" : null,
+      "data-action": command,
+      "aria-label": `${label} ${name}`,
+      onclick: () =>
+        attempt(async () => {
+          if (confirmText && !window.confirm(confirmText)) return;
+          await api(`/servers/${server.server}/${command}`, { method: "POST" });
+          await refreshServer(server.server);
+        }),
+    },
+    label,
+  );
+}
+
+function consoleButton(server) {
+  const name = server.name || server.server;
+  return el(
+    "button",
+    {
+      type: "button",
+      "data-action": "console",
+      "aria-label": `Console of ${name}`,
+      onclick: () =>
+        attempt(async () => {
+          const ticket = await api(`/servers/${server.server}/console`, { method: "POST" });
+          window.open(ticket.url, "_blank", "noopener");
+        }),
+    },
+    "Console",
+  );
+}
+
+function serverActions(server) {
+  const name = server.name || server.server;
+  const running = server.status === "active" || server.status === "paused";
+  const buttons = [];
+  if (!running || server.status === "paused") buttons.push(serverAction(server, "Start", "start"));
+  if (running) {
+    buttons.push(serverAction(server, "Shutdown", "shutdown"));
+    buttons.push(serverAction(server, "Stop", "stop"));
+    buttons.push(serverAction(server, "Reset", "reset"));
+    if (server["vnc:password"] && server.status === "active") buttons.push(consoleButton(server));
+  }
+  buttons.push(
+    serverAction(server, "Destroy", "destroy", {
+      danger: true,
+      confirmText: `Destroy server ${name}? Its drives are kept.`,
+    }),
+  );
+  return el("td", { class: "actions" }, buttons);
+}
+
+function serverRow(server) {
+  return el(
+    "tr",
+    { "data-server": server.server },
+    el("th", { scope: "row" }, server.name || server.server),
+    statusCell(server.status),
+    el("td", {}, String(server.cpu)),
+    el("td", {}, String(server.mem)),
+    el("td", { class: "addresses" }, addresses(server)),
+    serverActions(server),
+  );
+}
+
+function serversBody() {
+  return document.querySelector("#servers tbody");
+}
+
+function placeServer(server) {
+  const old = serversBody().querySelector(`tr[data-server="${server.server}"]`);
+  const row = serverRow(server);
+  if (old) old.replaceWith(row);
+  else serversBody().append(row);
+  $("servers-empty").hidden = true;
+}
+
+function removeServer(uuid) {
+  const row = serversBody().querySelector(`tr[data-server="${uuid}"]`);
+  if (row) row.remove();
+  $("servers-empty").hidden = serversBody().children.length > 0;
+}
+
+async function refreshServer(uuid) {
+  try {
+    placeServer(await api(`/servers/${uuid}/info`));
+  } catch (error) {
+    if (error.status === 404) removeServer(uuid);
+    else throw error;
+  }
+}
+
+async function showServers() {
+  const servers = await api("/servers/info");
+  servers.sort((a, b) => (a.name || "").localeCompare(b.name || ""));
+  serversBody().replaceChildren(...servers.map(serverRow));
+  $("servers-empty").hidden = servers.length > 0;
+}
+
+sections.servers = showServers;
+
+onPlatformEvent((event) => {
+  if (event.type !== "server" || !state.user) return;
+  if (event.change === "destroyed") {
+    removeServer(event.object);
+    return;
+  }
+  const row = serversBody().querySelector(`tr[data-server="${event.object}"]`);
+  if (event.change === "status" && row) {
+    row.querySelector(".status").replaceWith(statusCell(event.status)); // at once
+  }
+  background(() => refreshServer(event.object)); // then its addresses, buttons, …
+});
