@@ -351,3 +351,145 @@ onPlatformEvent((event) => {
   }
   background(() => refreshServer(event.object)); // then its addresses, buttons, …
 });
+
+// -- imaging: a copy into a drive, followed until it ends ------------------------------------
+
+function formatBytes(bytes) {
+  const units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let value = Number(bytes);
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} bytes` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+const imagingWatchers = new Map(); // drive UUID → its watcher's event handler
+
+onPlatformEvent((event) => {
+  if (event.type === "drive" && event.change === "imaging") {
+    const watcher = imagingWatchers.get(event.object);
+    if (watcher) watcher(event);
+  }
+});
+
+// Follow the imaging of `drive` (from its events, and its info every 2 s should an event be
+// missed) until it ends; `progress` is told "queued" or "NN%" on the way. Start it before
+// asking for the imaging, so that no event goes by unseen; `cancel` if the ask fails.
+function followImaging(drive, progress) {
+  let timer = null;
+  let settle = null;
+  const done = new Promise((resolve, reject) => {
+    settle = (error) => {
+      clearInterval(timer);
+      imagingWatchers.delete(drive);
+      if (error) reject(error);
+      else resolve();
+    };
+  });
+  const failed = (why) => new ApiError(500, "failed", `Imaging of drive ${drive} failed: ${why}`);
+  imagingWatchers.set(drive, (event) => {
+    if (event.imaging === "done") settle();
+    else if (event.imaging === "failed") settle(failed(event.error || "see the drive's info"));
+    else progress(event.imaging);
+  });
+  timer = setInterval(async () => {
+    try {
+      const info = await api(`/drives/${drive}/info`);
+      if (info.imaging) progress(info.imaging);
+      else if (info["imaging:error"]) settle(failed(info["imaging:error"]));
+      else settle();
+    } catch (error) {
+      settle(error);
+    }
+  }, 2000);
+  return { done, cancel: () => settle() };
+}
+
+function showProgress(bar, imaging) {
+  const percent = /^(\d+)%$/.exec(imaging || "");
+  if (percent) bar.value = Number(percent[1]);
+  else bar.removeAttribute("value"); // queued: an indeterminate bar
+  bar.setAttribute("aria-valuetext", imaging || "");
+}
+
+// -- a new server from a standard image --------------------------------------------------------
+
+async function showCreate() {
+  const images = await api("/drives/info/standard");
+  images.sort((a, b) => (a.name || "").localeCompare(b.name || ""));
+  $("create-image").replaceChildren(
+    ...images.map((image) =>
+      el(
+        "option",
+        {
+          value: image.drive,
+          "data-size": String(image.rawsize || image.size),
+          "data-gzip": image.format === "gzip" ? "1" : null,
+        },
+        `${image.name} (${formatBytes(image.rawsize || image.size)})`,
+      ),
+    ),
+  );
+  if (!images.length) throw new ApiError(0, "note", "This platform offers no standard images yet.");
+}
+
+sections.create = showCreate;
+
+$("create").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const submit = $("create").querySelector("button[type=submit]");
+  submit.disabled = true;
+  const step = (text) => {
+    $("create-step").textContent = text;
+  };
+  attempt(async () => {
+    const option = $("create-image").selectedOptions[0];
+    if (!option) throw new ApiError(0, "usage", "Choose an image");
+    const name = $("create-name").value.trim();
+    const size = $("create-size").value.trim() || option.dataset.size;
+    step("Making the drive…");
+    const drive = await api("/drives/create", {
+      method: "POST",
+      body: { name: `${name} disk`, size },
+    });
+    $("create-progress").hidden = false;
+    const bar = $("create-imaging");
+    showProgress(bar, "queued");
+    step(`Copying ${option.textContent} into drive ${drive.drive}…`);
+    const imaging = followImaging(drive.drive, (imagingState) => {
+      showProgress(bar, imagingState);
+      step(`Copying into drive ${drive.drive}: ${imagingState}`);
+    });
+    const conversion = option.dataset.gzip ? "/gunzip" : "";
+    try {
+      await api(`/drives/${drive.drive}/image/${option.value}${conversion}`, { method: "POST" });
+    } catch (error) {
+      imaging.cancel();
+      throw error;
+    }
+    await imaging.done;
+    showProgress(bar, "100%");
+    step("Making the server…");
+    const config = {
+      name,
+      cpu: $("create-cpu").value,
+      mem: $("create-mem").value,
+      persistent: $("create-persistent").checked ? "true" : "false",
+      "ide:0:0": drive.drive,
+      boot: "ide:0:0",
+      "nic:0:model": "virtio",
+      "nic:0:dhcp": "auto",
+    };
+    if ($("create-vnc").value) config["vnc:password"] = $("create-vnc").value;
+    const command = $("create-start").checked ? "/servers/create" : "/servers/create/stopped";
+    await api(command, { method: "POST", body: config });
+    step("");
+    $("create-progress").hidden = true;
+    $("create").reset();
+    location.hash = "#servers";
+  }).finally(() => {
+    submit.disabled = false;
+  });
+});
