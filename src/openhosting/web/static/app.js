@@ -493,3 +493,255 @@ $("create").addEventListener("submit", (event) => {
     submit.disabled = false;
   });
 });
+
+// -- drives ------------------------------------------------------------------------------
+
+function drivesBody() {
+  return document.querySelector("#drives tbody");
+}
+
+function claims(drive) {
+  if (!drive.claimed) return "—";
+  // USER:KIND:HOLDER:DEVICE entries: a server's device slot, or an imaging job.
+  return drive.claimed
+    .split(" ")
+    .map((entry) => {
+      const [, kind, holder, device] = entry.split(":");
+      return kind === "guest" ? `server ${holder} (${device})` : `${kind} (${device || holder})`;
+    })
+    .join(", ");
+}
+
+function imagingCell(drive) {
+  const cell = el("td", { class: "imaging" });
+  if (drive.imaging) {
+    const bar = el("progress", { max: "100", "aria-label": `Imaging of ${drive.name || drive.drive}` });
+    showProgress(bar, drive.imaging);
+    cell.append(bar, ` ${drive.imaging}`);
+  } else if (drive["imaging:error"]) {
+    cell.append(`failed: ${drive["imaging:error"]}`);
+  } else {
+    cell.append("—");
+  }
+  return cell;
+}
+
+function driveAction(drive, label, run, { danger = false } = {}) {
+  return el(
+    "button",
+    {
+      type: "button",
+      class: danger ? "danger" : null,
+      "data-action": label.toLowerCase(),
+      "aria-label": `${label} ${drive.name || drive.drive}`,
+      onclick: () => attempt(run),
+    },
+    label,
+  );
+}
+
+function driveRow(drive) {
+  const name = drive.name || drive.drive;
+  const path = `/drives/${drive.drive}`;
+  return el(
+    "tr",
+    { "data-drive": drive.drive },
+    el("th", { scope: "row" }, name),
+    el("td", { class: "size", "data-bytes": String(drive.size) }, formatBytes(drive.size)),
+    el("td", {}, drive.status || ""),
+    el("td", {}, claims(drive)),
+    imagingCell(drive),
+    el(
+      "td",
+      { class: "actions" },
+      driveAction(drive, "Resize", async () => {
+        const size = window.prompt(`New size of ${name} (bytes, or e.g. 10G)`, String(drive.size));
+        if (!size) return;
+        await api(`${path}/set`, { method: "POST", body: { size: size.trim() } });
+        await refreshDrive(drive.drive);
+      }),
+      el(
+        "a",
+        { href: `${path}/read`, download: `${name}.raw`, "data-action": "download" },
+        "Download",
+      ),
+      " ",
+      driveAction(
+        drive,
+        "Destroy",
+        async () => {
+          if (!window.confirm(`Destroy drive ${name}? Its data is lost.`)) return;
+          await api(`${path}/destroy`, { method: "POST" });
+          removeDrive(drive.drive);
+        },
+        { danger: true },
+      ),
+    ),
+  );
+}
+
+// A drive as a choice of the upload form's "Into".
+function uploadChoice(drive) {
+  const label = `${drive.name || drive.drive} (${formatBytes(drive.size)})`;
+  return el("option", { value: drive.drive }, label);
+}
+
+function placeDrive(drive) {
+  for (const [body, make, key] of [
+    [drivesBody(), driveRow, "data-drive"],
+    [$("upload-drive"), uploadChoice, "value"],
+  ]) {
+    const old = body.querySelector(`[${key}="${drive.drive}"]`);
+    if (old) old.replaceWith(make(drive));
+    else body.append(make(drive));
+  }
+  $("drives-empty").hidden = true;
+}
+
+function removeDrive(uuid) {
+  drivesBody().querySelector(`tr[data-drive="${uuid}"]`)?.remove();
+  $("upload-drive").querySelector(`option[value="${uuid}"]`)?.remove();
+  $("drives-empty").hidden = drivesBody().children.length > 0;
+}
+
+async function refreshDrive(uuid) {
+  try {
+    placeDrive(await api(`/drives/${uuid}/info`));
+  } catch (error) {
+    if (error.status === 404) removeDrive(uuid);
+    else throw error;
+  }
+}
+
+async function showDrives() {
+  const drives = await api("/drives/info");
+  drives.sort((a, b) => (a.name || "").localeCompare(b.name || ""));
+  drivesBody().replaceChildren(...drives.map(driveRow));
+  $("drives-empty").hidden = drives.length > 0;
+  const into = $("upload-drive");
+  const chosen = into.value;
+  into.replaceChildren(into.options[0], ...drives.map(uploadChoice));
+  into.value = chosen;
+}
+
+sections.drives = showDrives;
+
+onPlatformEvent((event) => {
+  if (event.type !== "drive" || !state.user || $("drives-section").hidden) return;
+  if (event.change === "destroyed") removeDrive(event.object);
+  else background(() => refreshDrive(event.object));
+});
+
+$("drive-create").addEventListener("submit", (event) => {
+  event.preventDefault();
+  attempt(async () => {
+    const body = { size: $("drive-size").value.trim() };
+    if ($("drive-name").value.trim()) body.name = $("drive-name").value.trim();
+    const drive = await api("/drives/create", { method: "POST", body });
+    placeDrive(drive);
+    $("drive-create").reset();
+  });
+});
+
+// -- upload: the upload tool's protocol, from the browser ------------------------------------
+// Chunks of 5 MiB, each gzipped by the browser (CompressionStream) and written at its offset
+// (POST /drives/D/write/OFFSET, Content-Encoding: gzip). A chunk that fails for want of a
+// connection (or 429/5xx) is sent again after a pause; when the pauses run out, "Resume"
+// goes on from the first chunk not acknowledged. Into an existing drive, a chunk whose SHA-256
+// the drive already has (GET /drives/D/hash/OFFSET/SIZE) is not sent again.
+
+const CHUNK_BYTES = 5 * 1024 * 1024;
+const RETRY_PAUSES_MS = [500, 1000, 2000, 4000, 8000];
+let upload = null; // {file, drive, next, skipKnown}: what Resume goes on with
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function gzipped(blob) {
+  return new Response(blob.stream().pipeThrough(new CompressionStream("gzip"))).blob();
+}
+
+async function sha256Hex(blob) {
+  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
+  return Array.from(new Uint8Array(digest), (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+function retryable(error) {
+  return error.status === 0 || error.status === 429 || error.status >= 500;
+}
+
+// Send one chunk, again after a pause while the connection is down; the last error if never.
+async function sendChunk(drive, offset, body) {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      await api(`/drives/${drive}/write/${offset}`, {
+        method: "POST",
+        body,
+        headers: { "Content-Type": "application/octet-stream", "Content-Encoding": "gzip" },
+      });
+      return;
+    } catch (error) {
+      if (!retryable(error) || attempt >= RETRY_PAUSES_MS.length) throw error;
+      $("upload-step").textContent = `Connection lost at ${formatBytes(offset)}; trying again…`;
+      await sleep(RETRY_PAUSES_MS[attempt]);
+    }
+  }
+}
+
+async function alreadyThere(drive, offset, chunk) {
+  if (!window.crypto || !crypto.subtle) return false; // not a secure context: send it all
+  const theirs = await api(`/drives/${drive}/hash/${offset}/${chunk.size}`);
+  return theirs.hash === (await sha256Hex(chunk));
+}
+
+async function runUpload() {
+  const { file, drive } = upload;
+  const bar = $("upload-bar");
+  $("upload-progress").hidden = false;
+  $("upload-resume").hidden = true;
+  while (upload.next < file.size) {
+    const offset = upload.next;
+    const chunk = file.slice(offset, Math.min(file.size, offset + CHUNK_BYTES));
+    if (!(upload.skipKnown && (await alreadyThere(drive, offset, chunk)))) {
+      await sendChunk(drive, offset, await gzipped(chunk));
+    }
+    upload.next = offset + chunk.size;
+    bar.value = Math.floor((100 * upload.next) / file.size);
+    $("upload-step").textContent = `${formatBytes(upload.next)} of ${formatBytes(file.size)}`;
+  }
+  bar.value = 100;
+  $("upload-step").textContent = `Uploaded ${file.name} into drive ${drive}.`;
+  upload = null;
+  await refreshDrive(drive);
+}
+
+function uploadFailed(error) {
+  $("upload-resume").hidden = false;
+  throw error;
+}
+
+$("upload").addEventListener("submit", (event) => {
+  event.preventDefault();
+  attempt(async () => {
+    const file = $("upload-file").files[0];
+    if (!file) throw new ApiError(0, "usage", "Choose a file");
+    let drive = $("upload-drive").value;
+    const skipKnown = Boolean(drive); // a new drive holds nothing yet
+    if (!drive) {
+      const made = await api("/drives/create", {
+        method: "POST",
+        body: { name: file.name, size: String(file.size) },
+      });
+      drive = made.drive;
+      placeDrive(made);
+    }
+    upload = { file, drive, next: 0, skipKnown };
+    $("upload-bar").value = 0;
+    await runUpload().catch(uploadFailed);
+  });
+});
+
+$("upload-resume").addEventListener("click", () =>
+  attempt(async () => {
+    if (upload) await runUpload().catch(uploadFailed);
+  }),
+);
