@@ -84,3 +84,9 @@ def record_usage(connection: Connection, **values: Any) -> None:
 def usage_of(connection: Connection, user: str, limit: int) -> list[dict[str, Any]]:
     query = select(usage).where(usage.c.user == user).order_by(usage.c.id.desc()).limit(limit)
     return [dict(row) for row in connection.execute(query).mappings()][::-1]
+
+
+def usage_since(connection: Connection, user: str, since: float) -> list[dict[str, Any]]:
+    """The user's usage records that end after `since`, oldest first."""
+    query = select(usage).where(usage.c.user == user, usage.c.end > since).order_by(usage.c.start)
+    return [dict(row) for row in connection.execute(query).mappings()]
