@@ -745,3 +745,154 @@ $("upload-resume").addEventListener("click", () =>
     if (upload) await runUpload().catch(uploadFailed);
   }),
 );
+
+// -- IPs and VLANs ---------------------------------------------------------------------------
+
+function resourceRow(resource) {
+  const name = resource.name || resource.resource;
+  const details =
+    resource.type === "ip"
+      ? `netmask ${resource.netmask || "—"}, gateway ${resource.gateway || "—"}, ` +
+        `nameserver ${resource.nameserver || "—"}`
+      : "";
+  return el(
+    "tr",
+    { "data-resource": resource.resource },
+    el("th", { scope: "row" }, name),
+    el("td", {}, resource.type),
+    el("td", {}, resource.resource),
+    el("td", {}, details),
+    el(
+      "td",
+      { class: "actions" },
+      el(
+        "button",
+        {
+          type: "button",
+          class: "danger",
+          "data-action": "destroy",
+          "aria-label": `Destroy ${resource.type} ${name}`,
+          onclick: () =>
+            attempt(async () => {
+              if (!window.confirm(`Give up ${resource.type} ${name}?`)) return;
+              await api(`/resources/${resource.type}/${resource.resource}/destroy`, {
+                method: "POST",
+              });
+              await showResources();
+            }),
+        },
+        "Destroy",
+      ),
+    ),
+  );
+}
+
+async function showResources() {
+  const resources = await api("/resources/info");
+  document.querySelector("#resources tbody").replaceChildren(...resources.map(resourceRow));
+  $("resources-empty").hidden = resources.length > 0;
+}
+
+sections.resources = showResources;
+
+$("resource-create").addEventListener("submit", (event) => {
+  event.preventDefault();
+  attempt(async () => {
+    const body = {};
+    if ($("resource-name").value.trim()) body.name = $("resource-name").value.trim();
+    await api(`/resources/${$("resource-type").value}/create`, { method: "POST", body });
+    $("resource-create").reset();
+    await showResources();
+  });
+});
+
+// -- the account: balance, limits, usage per day -----------------------------------------------
+
+const ACCOUNT_ROWS = [
+  ["Drive bytes", "drive:bytes", formatBytes],
+  ["Servers", "servers", String],
+  ["CPU of active servers (MHz)", "cpu", String],
+  ["Memory of active servers (MB)", "mem", String],
+  ["IP addresses", "ips", String],
+  ["VLANs", "vlans", String],
+];
+
+let usageDays = [];
+
+function usageValue(day, metric) {
+  return metric === "charge" ? Number(day.charge) : Number(day[metric]);
+}
+
+// A bar per day, drawn as SVG (no library): its figures are in the table below it too.
+function drawUsage() {
+  const metric = $("usage-metric").value;
+  const width = 720;
+  const height = 200;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height + 20}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-labelledby", "usage-title");
+  const top = Math.max(...usageDays.map((day) => usageValue(day, metric)), 0) || 1;
+  const step = width / Math.max(usageDays.length, 1);
+  usageDays.forEach((day, index) => {
+    const value = usageValue(day, metric);
+    const bar = document.createElementNS(ns, "rect");
+    const barHeight = Math.round((value / top) * height);
+    bar.setAttribute("x", String(index * step + 2));
+    bar.setAttribute("y", String(height - barHeight));
+    bar.setAttribute("width", String(Math.max(step - 4, 1)));
+    bar.setAttribute("height", String(barHeight));
+    bar.setAttribute("fill", "#0b4f9c");
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `${day.day}: ${metric === "drive:bytes" ? formatBytes(value) : value}`;
+    bar.append(title);
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", String(index * step + step / 2));
+    label.setAttribute("y", String(height + 15));
+    label.setAttribute("text-anchor", "middle");
+    label.setAttribute("font-size", "11");
+    label.textContent = day.day.slice(5);
+    svg.append(bar, label);
+  });
+  $("usage-chart").replaceChildren(svg);
+}
+
+async function showAccount() {
+  const [account, days] = await Promise.all([api("/account/info"), api("/account/usage?days=30")]);
+  const rows = [
+    el("tr", {}, el("th", { scope: "row" }, "Balance"), el("td", {}, account.balance), el("td")),
+  ];
+  for (const [label, key, format] of ACCOUNT_ROWS) {
+    const limit = account[`limit:${key}`];
+    rows.push(
+      el(
+        "tr",
+        { "data-key": key },
+        el("th", { scope: "row" }, label),
+        el("td", {}, format(account[`usage:${key}`] ?? 0)),
+        el("td", {}, limit === undefined ? "no limit" : format(limit)),
+      ),
+    );
+  }
+  document.querySelector("#account tbody").replaceChildren(...rows);
+  usageDays = days;
+  document.querySelector("#usage tbody").replaceChildren(
+    ...days.map((day) =>
+      el(
+        "tr",
+        {},
+        el("th", { scope: "row" }, day.day),
+        el("td", {}, day.charge),
+        el("td", {}, String(day.cpu)),
+        el("td", {}, String(day.mem)),
+        el("td", {}, formatBytes(day["drive:bytes"])),
+      ),
+    ),
+  );
+  $("usage-empty").hidden = days.length > 0;
+  drawUsage();
+}
+
+sections.account = showAccount;
+$("usage-metric").addEventListener("change", drawUsage);
