@@ -205,3 +205,21 @@ async def test_a_sessions_event_stream_carries_its_users_changes_only(
         assert first["object"] == mallorys != alices
     finally:
         stream.close()
+
+
+async def test_rotating_the_key_ends_the_users_sessions(
+    client: TestClient, platform: Platform, user: NewKey, other_user: NewKey
+) -> None:
+    session = await sign_in(client, user)
+    others = await sign_in(client, other_user)
+    platform.accounts.rotate_key(user.uuid)
+    assert (await client.get("/drives/list", headers=session.reads())).status == 401
+    assert (await client.get("/drives/list", headers=others.reads())).status == 200
+
+
+async def test_a_deleted_users_session_opens_nothing(
+    client: TestClient, platform: Platform, user: NewKey
+) -> None:
+    session = await sign_in(client, user)
+    platform.accounts.delete_user(user.uuid)
+    assert (await client.get("/drives/list", headers=session.reads())).status == 401
