@@ -84,12 +84,26 @@ def test_a_refused_action_shows_the_apis_error(browser: webdriver.Chrome, daemon
 def test_a_servers_status_changes_on_the_page_without_a_reload(
     browser: webdriver.Chrome, daemon: Daemon
 ) -> None:
-    server = stopped_server(daemon)
+    server = stopped_server(daemon, BARE_SERVER + b"\nvnc:password secret1")
     signed_in(browser, daemon.url, daemon)
     wait_for(browser, lambda b: server_status(b, server) == "stopped")
     browser.execute_script("window.notReloaded = true")
     server_row(browser, server).find_element(By.CSS_SELECTOR, "[data-action=start]").click()
     wait_for(browser, lambda b: server_status(b, server) == "active", BOOT_SECONDS)
+
+    # Its console opens in a new tab, at the url POST /servers/S/console answered.
+    dashboard = browser.current_window_handle
+    button = wait_for(
+        browser,
+        lambda b: server_row(b, server).find_elements(By.CSS_SELECTOR, "[data-action=console]"),
+    )
+    button[0].click()
+    wait_for(browser, lambda b: len(b.window_handles) == 2)
+    browser.switch_to.window(next(h for h in browser.window_handles if h != dashboard))
+    wait_for(browser, lambda b: b.current_url.startswith(f"{daemon.url}/console/?token="))
+    browser.close()
+    browser.switch_to.window(dashboard)
+
     # A change made elsewhere (another client of the API) shows too: the event feed.
     assert Api(daemon, daemon.url).call(f"/servers/{server}/stop", b"").status == 204
     wait_for(browser, lambda b: server_status(b, server) == "stopped")
