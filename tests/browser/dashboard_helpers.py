@@ -5,6 +5,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
@@ -21,7 +22,9 @@ def wait_for(
     timeout: float = WAIT_SECONDS,
 ) -> T:
     """What `condition(browser)` answers once it is true (TimeoutException after `timeout`)."""
-    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(condition)
+    # A live update replaces rows: an element found a moment ago may be gone; look again.
+    ignored = (StaleElementReferenceException, NoSuchElementException)
+    return WebDriverWait(browser, timeout, 0.1, ignored_exceptions=ignored).until(condition)
 
 
 def visible(browser: webdriver.Chrome, element_id: str) -> bool:
@@ -54,10 +57,25 @@ def server_row(browser: webdriver.Chrome, server: str) -> WebElement:
 
 
 def server_status(browser: webdriver.Chrome, server: str) -> str:
-    rows = browser.find_elements(By.CSS_SELECTOR, f'#servers tr[data-server="{server}"] .status')
-    return rows[0].text if rows else ""
+    """The status the page shows for `server` ("" while it shows none). Read in one script:
+    a live update replaces the row between a find and a read of an element."""
+    script = "const c = document.querySelector(arguments[0]); return c ? c.textContent : '';"
+    return str(browser.execute_script(script, f'#servers tr[data-server="{server}"] .status'))
 
 
 def error_text(browser: webdriver.Chrome) -> str:
     box = browser.find_element(By.ID, "error")
     return box.text if box.is_displayed() else ""
+
+
+def click(
+    browser: webdriver.Chrome, row: Callable[[webdriver.Chrome], WebElement], action: str
+) -> None:
+    """Click the `action` button of the row `row` finds, finding it again if a live update
+    replaced it meanwhile."""
+
+    def clicked(b: webdriver.Chrome) -> bool:
+        row(b).find_element(By.CSS_SELECTOR, f"[data-action={action}]").click()
+        return True
+
+    wait_for(browser, clicked)

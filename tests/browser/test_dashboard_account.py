@@ -10,7 +10,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from tests.browser.dashboard_helpers import error_text, signed_in, visible, wait_for
+from tests.browser.dashboard_helpers import click, error_text, signed_in, visible, wait_for
 from tests.daemon_process import BIN, Api, Daemon, running_daemon
 
 
@@ -46,7 +46,7 @@ def test_a_vlan_is_made_and_given_up_from_the_page(
     row = wait_for(browser, lambda b: b.find_elements(By.XPATH, row_xpath))[0]
     vlan = row.get_attribute("data-resource")
     assert Api(daemon, daemon.url).properties(f"/resources/vlan/{vlan}/info")["name"] == "office"
-    row.find_element(By.CSS_SELECTOR, "[data-action=destroy]").click()
+    click(browser, lambda b: b.find_element(By.XPATH, row_xpath), "destroy")
     wait_for(browser, lambda b: b.switch_to.alert).accept()
     wait_for(browser, lambda b: not b.find_elements(By.XPATH, row_xpath))
     assert error_text(browser) == ""

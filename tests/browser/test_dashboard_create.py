@@ -62,12 +62,15 @@ def test_a_server_is_made_from_a_standard_image_with_the_copys_progress_shown(
 
     wait_for(browser, progress_shown)
     wait_for(browser, lambda b: b.current_url.endswith("#servers"), 30)
-    row = wait_for(browser, lambda b: b.find_elements(By.XPATH, "//tr[th='web']"))[0]
-    assert row.find_element(By.CSS_SELECTOR, ".status").text == "stopped"
+    row = "//table[@id='servers']//tr[th='web']"
+    wait_for(browser, lambda b: b.find_element(By.XPATH, f"{row}/td[1]").text == "stopped")
+    server_id = wait_for(
+        browser, lambda b: b.find_element(By.XPATH, row).get_attribute("data-server")
+    )
     assert error_text(browser) == ""
 
     api = Api(daemon, daemon.url)
-    server = api.properties(f"/servers/{row.get_attribute('data-server')}/info")
+    server = api.properties(f"/servers/{server_id}/info")
     drive = server["ide:0:0"]
     assert server["boot"] == "ide:0:0" and server["persistent"] == "true"
     hashed = api.properties(f"/drives/{drive}/hash")

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
-from tests.browser.dashboard_helpers import error_text, signed_in, visible, wait_for
+from tests.browser.dashboard_helpers import click, error_text, signed_in, visible, wait_for
 from tests.daemon_process import Api, Daemon, running_daemon
 
 UPLOAD_BYTES = 20 * 1024 * 1024
@@ -32,8 +33,12 @@ def open_drives(browser: webdriver.Chrome, daemon: Daemon) -> None:
     wait_for(browser, lambda b: visible(b, "drives-section"))
 
 
-def drive_row(browser: webdriver.Chrome, name: str) -> list:  # type: ignore[type-arg]
-    return browser.find_elements(By.XPATH, f"//table[@id='drives']//tr[th='{name}']")
+def drive_xpath(name: str) -> str:
+    return f"//table[@id='drives']//tr[th='{name}']"
+
+
+def drive_row(browser: webdriver.Chrome, name: str) -> WebElement:
+    return browser.find_element(By.XPATH, drive_xpath(name))
 
 
 def test_a_drive_is_made_resized_and_destroyed_from_the_page(
@@ -43,25 +48,24 @@ def test_a_drive_is_made_resized_and_destroyed_from_the_page(
     browser.find_element(By.ID, "drive-name").send_keys("scratch")
     browser.find_element(By.ID, "drive-size").send_keys("1M")
     browser.find_element(By.CSS_SELECTOR, "#drive-create button[type=submit]").click()
-    row = wait_for(browser, lambda b: drive_row(b, "scratch"))[0]
-    assert row.find_element(By.CSS_SELECTOR, ".size").text == "1.0 MiB"
-    drive = row.get_attribute("data-drive")
-
-    row.find_element(By.CSS_SELECTOR, "[data-action=resize]").click()
+    wait_for(
+        browser,
+        lambda b: drive_row(b, "scratch").find_element(By.CSS_SELECTOR, ".size").text == "1.0 MiB",
+    )
+    drive = wait_for(browser, lambda b: drive_row(b, "scratch").get_attribute("data-drive"))
+    click(browser, lambda b: drive_row(b, "scratch"), "resize")
     prompt = wait_for(browser, lambda b: b.switch_to.alert)
     prompt.send_keys("3M")
     prompt.accept()
     wait_for(
         browser,
-        lambda b: (
-            drive_row(b, "scratch")[0].find_element(By.CSS_SELECTOR, ".size").text == "3.0 MiB"
-        ),
+        lambda b: drive_row(b, "scratch").find_element(By.CSS_SELECTOR, ".size").text == "3.0 MiB",
     )
     assert Api(daemon, daemon.url).properties(f"/drives/{drive}/info")["size"] == "3145728"
 
-    drive_row(browser, "scratch")[0].find_element(By.CSS_SELECTOR, "[data-action=destroy]").click()
+    click(browser, lambda b: drive_row(b, "scratch"), "destroy")
     wait_for(browser, lambda b: b.switch_to.alert).accept()
-    wait_for(browser, lambda b: not drive_row(b, "scratch"))
+    wait_for(browser, lambda b: not b.find_elements(By.XPATH, drive_xpath("scratch")))
     assert Api(daemon, daemon.url).call(f"/drives/{drive}/info").status == 404
     assert error_text(browser) == ""
 
@@ -90,8 +94,7 @@ def test_an_image_uploaded_through_a_dropped_connection_reads_back_byte_for_byte
     wait_for(browser, lambda b: "Uploaded" in b.find_element(By.ID, "upload-step").text, 60)
     assert error_text(browser) == ""
 
-    row = wait_for(browser, lambda b: drive_row(b, "image.raw"))[0]
-    drive = row.get_attribute("data-drive")
+    drive = wait_for(browser, lambda b: drive_row(b, "image.raw").get_attribute("data-drive"))
     api = Api(daemon, daemon.url)
     status, _, read_back = api.call(f"/drives/{drive}/read")
     assert status == 200 and read_back == data

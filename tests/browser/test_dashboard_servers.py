@@ -9,6 +9,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 
 from tests.browser.dashboard_helpers import (
+    click,
     error_text,
     server_row,
     server_status,
@@ -42,7 +43,9 @@ def test_a_user_signs_in_sees_their_servers_and_another_user_sees_none(
     server = stopped_server(daemon, b"name alpha\ncpu 1500\nmem 128\npersistent true")
     signed_in(browser, daemon.url, daemon)
     wait_for(browser, lambda b: server_status(b, server) == "stopped")
-    cells = [cell.text for cell in server_row(browser, server).find_elements(By.XPATH, "./*")]
+    cells = wait_for(
+        browser, lambda b: [c.text for c in server_row(b, server).find_elements(By.XPATH, "./*")]
+    )
     assert cells[:4] == ["alpha", "stopped", "1500", "128"]
     # The key was exchanged for a cookie the page's script cannot read, and not kept.
     assert browser.execute_script("return document.cookie") == ""
@@ -74,7 +77,7 @@ def test_a_refused_action_shows_the_apis_error(browser: webdriver.Chrome, daemon
     assert api.call(f"/drives/{drive}/destroy", b"").status == 204
     signed_in(browser, daemon.url, daemon)
     wait_for(browser, lambda b: server_status(b, server) == "stopped")
-    server_row(browser, server).find_element(By.CSS_SELECTOR, "[data-action=start]").click()
+    click(browser, lambda b: server_row(b, server), "start")
     wait_for(browser, lambda b: error_text(b) != "")
     assert error_text(browser).startswith("404 missing: ")
     assert "could not be found" in error_text(browser)
@@ -88,16 +91,12 @@ def test_a_servers_status_changes_on_the_page_without_a_reload(
     signed_in(browser, daemon.url, daemon)
     wait_for(browser, lambda b: server_status(b, server) == "stopped")
     browser.execute_script("window.notReloaded = true")
-    server_row(browser, server).find_element(By.CSS_SELECTOR, "[data-action=start]").click()
+    click(browser, lambda b: server_row(b, server), "start")
     wait_for(browser, lambda b: server_status(b, server) == "active", BOOT_SECONDS)
 
     # Its console opens in a new tab, at the url POST /servers/S/console answered.
     dashboard = browser.current_window_handle
-    button = wait_for(
-        browser,
-        lambda b: server_row(b, server).find_elements(By.CSS_SELECTOR, "[data-action=console]"),
-    )
-    button[0].click()
+    click(browser, lambda b: server_row(b, server), "console")
     wait_for(browser, lambda b: len(b.window_handles) == 2)
     browser.switch_to.window(next(h for h in browser.window_handles if h != dashboard))
     wait_for(browser, lambda b: b.current_url.startswith(f"{daemon.url}/console/?token="))
