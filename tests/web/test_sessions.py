@@ -223,3 +223,21 @@ async def test_a_deleted_users_session_opens_nothing(
     session = await sign_in(client, user)
     platform.accounts.delete_user(user.uuid)
     assert (await client.get("/drives/list", headers=session.reads())).status == 401
+
+
+async def test_a_malformed_sign_in_is_400_usage_never_500(client: TestClient, user: NewKey) -> None:
+    json_type = {"Content-Type": "application/json"}
+    for body in (
+        b"",
+        b"{",
+        b"[]",
+        b'{"user": 1, "key": 2}',
+        b'{"user": "' + user.uuid.encode() + b'"}',
+        b"\xff\xfe",
+        b"[" * 4000,
+        b'{"user": "' + b"x" * 100_000 + b'", "key": "k"}',
+    ):
+        response = await client.post("/dashboard/session", data=body, headers=json_type)
+        assert response.status == 400, body[:40]
+        assert response.headers["X-Elastic-Error"] == "usage"
+        assert SESSION_COOKIE not in response.cookies

@@ -8,6 +8,7 @@ with every change. The key is not kept anywhere. `GET /dashboard/session` answer
 for the cookie's session; `POST /dashboard/session/end` signs it out on the daemon's side.
 """
 
+import json
 import logging
 
 from aiohttp import web
@@ -20,18 +21,32 @@ from openhosting.services.web_sessions import WebSession
 
 log = logging.getLogger("openhosting.sessions")
 
+# A UUID and a key take under 200 bytes: a sign-in body is never large.
+SIGN_IN_MAX_BYTES = 4096
+
 
 def _answer(session: WebSession, status: int = 200) -> web.Response:
     body = {"user": session.user, "csrf": session.csrf, "expires": int(session.expires)}
     return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request's body, refused past SIGN_IN_MAX_BYTES (read no further)."""
+    pieces, size = [], 0
+    while piece := await request.content.readany():
+        size += len(piece)
+        if size > SIGN_IN_MAX_BYTES:
+            raise UsageError(f"Sign-in body too large: at most {SIGN_IN_MAX_BYTES} bytes")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
 async def _credentials(request: web.Request) -> tuple[str, str]:
     if request.content_type != "application/json":
         raise UsageError('Sign in with a JSON body: {"user": UUID, "key": SECRET}')
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(await _body(request))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise UsageError("Sign in with a JSON body: invalid JSON") from None
     if not isinstance(body, dict):
         raise UsageError("Sign in with a JSON object: user and key")
