@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from openhosting.api.sessions import SESSION_COOKIE
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
+from openhosting.store import audit as audit_store
 from openhosting.store.tables import web_sessions
 from tests.api.event_stream import EventReader
 from tests.web.session_helpers import SignedIn, sign_in
@@ -241,3 +242,20 @@ async def test_a_malformed_sign_in_is_400_usage_never_500(client: TestClient, us
         assert response.status == 400, body[:40]
         assert response.headers["X-Elastic-Error"] == "usage"
         assert SESSION_COOKIE not in response.cookies
+
+
+async def test_sign_in_sign_out_and_a_sessions_changes_are_in_the_audit_trail(
+    client: TestClient, platform: Platform, user: NewKey
+) -> None:
+    session = await sign_in(client, user)
+    created = await client.post("/drives/create", json={"size": "1M"}, headers=session.changes())
+    drive = (await created.json())["drive"]
+    await client.post("/dashboard/session/end", headers=session.changes())
+    with platform.engine.connect() as connection:
+        trail = audit_store.entries(connection, None, user.uuid, 10)
+    assert [(entry["path"], entry["status"]) for entry in trail] == [
+        ("/dashboard/session", 200),
+        ("/drives/create", 200),
+        ("/dashboard/session/end", 204),
+    ]
+    assert trail[1]["object"] == drive

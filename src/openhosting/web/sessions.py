@@ -73,6 +73,7 @@ async def session(request: web.Request) -> web.StreamResponse:
     request.app[RATE_LIMITER_KEY].take(user)
     token, opened = platform.web_sessions.open(user)
     log.info("event=signed_in user=%s remote=%s", user, request.remote or "-")
+    platform.audit.record(user, request.remote or "", "POST", request.path, 200, "")
     response = _answer(opened)
     response.set_cookie(
         SESSION_COOKIE,
@@ -91,8 +92,10 @@ async def end(request: web.Request) -> web.StreamResponse:
     if request.method != "POST":
         raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
     signed_in = await authenticate_session(request)  # with its CSRF token
-    platform_of(request).web_sessions.end(request.cookies[SESSION_COOKIE])
+    platform = platform_of(request)
+    platform.web_sessions.end(request.cookies[SESSION_COOKIE])
     log.info("event=signed_out user=%s", signed_in.user)
+    platform.audit.record(signed_in.user, request.remote or "", "POST", request.path, 204, "")
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
