@@ -15,8 +15,8 @@ from selenium.webdriver.support.ui import Select
 from tests.browser.dashboard_helpers import error_text, signed_in, visible, wait_for
 from tests.daemon_process import BIN, Api, Daemon, running_daemon
 
-IMAGE_BYTES = 6 * 1024 * 1024
-# Imaging slowed to this, so that its progress lasts long enough to be seen (about 3 s).
+IMAGE_BYTES = 4 * 1024 * 1024
+# Imaging slowed to this, so that its progress lasts long enough to be seen (about 2 s).
 IMAGING_RATE = 2 * 1024 * 1024
 
 
@@ -48,7 +48,7 @@ def test_a_server_is_made_from_a_standard_image_with_the_copys_progress_shown(
     wait_for(browser, lambda b: visible(b, "create-section"))
     wait_for(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#create-image option")))
     browser.find_element(By.ID, "create-name").send_keys("web")
-    Select(browser.find_element(By.ID, "create-image")).select_by_visible_text("Tiny (6.0 MiB)")
+    Select(browser.find_element(By.ID, "create-image")).select_by_visible_text("Tiny (4.0 MiB)")
     browser.find_element(By.ID, "create-start").click()  # made stopped
     browser.find_element(By.CSS_SELECTOR, "#create button[type=submit]").click()
 

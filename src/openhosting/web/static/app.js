@@ -110,6 +110,12 @@ function showSection(name) {
     if (link.getAttribute("href") === `#${name}`) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
+  // Keyboard and screen reader users land on the new section's heading.
+  const heading = document.querySelector(`#${name}-section h2`);
+  if (heading && name !== "sign-in") {
+    heading.setAttribute("tabindex", "-1");
+    heading.focus();
+  }
   const show = sections[name];
   if (show) attempt(show);
 }
