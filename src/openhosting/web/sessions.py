@@ -15,6 +15,7 @@ from aiohttp import web
 
 from openhosting.api.auth import RATE_LIMITER_KEY, authenticate_session, count_failed_login
 from openhosting.api.context import platform_of
+from openhosting.api.negotiation import read_body_capped
 from openhosting.api.sessions import SESSION_COOKIE, check_same_origin, secure_cookies
 from openhosting.errors import AuthError, MethodError, UsageError
 from openhosting.services.web_sessions import WebSession
@@ -30,22 +31,11 @@ def _answer(session: WebSession, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
 
-async def _body(request: web.Request) -> bytes:
-    """The request's body, refused past SIGN_IN_MAX_BYTES (read no further)."""
-    pieces, size = [], 0
-    while piece := await request.content.readany():
-        size += len(piece)
-        if size > SIGN_IN_MAX_BYTES:
-            raise UsageError(f"Sign-in body too large: at most {SIGN_IN_MAX_BYTES} bytes")
-        pieces.append(piece)
-    return b"".join(pieces)
-
-
 async def _credentials(request: web.Request) -> tuple[str, str]:
     if request.content_type != "application/json":
         raise UsageError('Sign in with a JSON body: {"user": UUID, "key": SECRET}')
     try:
-        body = json.loads(await _body(request))
+        body = json.loads(await read_body_capped(request, SIGN_IN_MAX_BYTES))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise UsageError("Sign in with a JSON body: invalid JSON") from None
     if not isinstance(body, dict):
