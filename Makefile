@@ -31,8 +31,8 @@ reliability: setup
 	$(BIN)/python -m bench.reliability $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench testbed
+	$(BIN)/ruff format --check src tests bench testbed
 	$(BIN)/mypy
 
 clean:

@@ -15,6 +15,7 @@ BENCHMARKS = {
     "drive-hash": "bench.drive_hash",
     "imaging": "bench.imaging",
     "boot": "bench.server_boot",
+    "console": "bench.console",
     "events": "bench.events",
     "suspend": "bench.suspend_resume",
     "scale": "bench.scale",

@@ -6,8 +6,6 @@ import statistics
 import subprocess
 import sys
 
-from tests.daemon_process import Api
-
 from bench.harness import (
     free_port,
     report,
@@ -17,6 +15,7 @@ from bench.harness import (
     work_directory,
     wrk_requests_per_second,
 )
+from testbed.daemon_process import Api
 
 SECONDS = 3
 ROUNDS = 3  # alternate ours and the anchor, and keep each one's median: load comes and goes

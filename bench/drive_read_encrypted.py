@@ -31,7 +31,7 @@ def _only_drive(daemon: Daemon) -> tuple[Path, LuksHeader]:
             (row,) = drive_store.drives_of(connection, daemon.user)
         passphrase = platform.drives.passphrase_of(row)
         assert passphrase is not None
-        path = platform.drives.files.path_of(row["uuid"])
+        path = platform.drives.files.path_of(row.uuid)
     finally:
         platform.close()
     return path, unlock_luks1(path, passphrase)

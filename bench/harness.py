@@ -1,6 +1,6 @@
 """What every benchmark shares: a real daemon on loopback with a user, wrk, and the report line.
 
-The daemon, its user and the process helpers come from tests/daemon_process.py, the one place
+The daemon, its user and the process helpers come from testbed/daemon_process.py, the one place
 that starts `openhostingd` for tests and benchmarks alike; they are named here again so that a
 benchmark imports all it needs from this module.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.daemon_process import (
+from testbed.daemon_process import (
     BIN,
     Daemon,
     free_port,

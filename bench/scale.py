@@ -21,10 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tests.daemon_process import Api
-
 from bench.harness import Daemon, report, running_daemon, work_directory
 from bench.reliability.load import percentile, rss_bytes
+from testbed.daemon_process import Api
 
 DRIVE_COUNTS = (100, 1000, 10000)
 SERVER_COUNTS = (10, 100, 1000)

@@ -3,7 +3,7 @@
 
 Both are timed from the start of the request (or of the process) to the first complete line
 of guest output in the serial log, polled every 10 ms. The guest is the tiny test guest
-(tests/guest/build_guest.py); the anchor opens the very drive file the server boots from.
+(testbed/build_guest.py); the anchor opens the very drive file the server boots from.
 The two alternate, `ROUNDS` times each, and the medians are compared. Under TCG a boot takes
 7-11 s, so a run takes about a minute.
 """
@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.guest.build_guest import build_tiny_guest
-
 from bench.drive_data import api_post, create_drive
 from bench.harness import Daemon, report, running_daemon, work_directory
 from openhosting.hypervisor import process
 from openhosting.hypervisor.argv import choose_accelerator
+from testbed.build_guest import build_tiny_guest
 
 ROUNDS = int(os.environ.get("OH_BENCH_ROUNDS", "3"))
 BOOT_TIMEOUT = 120  # TCG on a busy machine

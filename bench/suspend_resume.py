@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.guest.build_guest import READY_MARKER, build_tiny_guest
-
 from bench.drive_data import api_post, create_drive, make_data_file
 from bench.harness import Daemon, report, running_daemon, work_directory
 from openhosting.hypervisor import process
+from testbed.build_guest import READY_MARKER, build_tiny_guest
 
 ROUNDS = int(os.environ.get("OH_BENCH_ROUNDS", "3"))
 MEM_MB = 256

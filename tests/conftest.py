@@ -2,12 +2,9 @@
 an in-process API client."""
 
 import base64
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,12 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.config import Config, load_config
-from openhosting.hypervisor import process
-from openhosting.network import passt
-from openhosting.network.guest_fence import table_name
-from openhosting.network.passt_counters import PasstCounters
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
+from testbed.leftovers import kill_leftover_vms
 from tests.disk_tmp import disk_directory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,33 +79,6 @@ def platform(config: Config) -> Iterator[Platform]:
     kill_leftover_vms(config.run_path)
 
 
-def kill_leftover_vms(run_path: Path) -> None:
-    """Kill every VM and user-mode network helper a test left running under `run_path`,
-    take down its platform's guest fence, then remove the run files."""
-    for run_dir in run_path.glob("*") if run_path.exists() else []:
-        pid = process.adopt(run_dir, run_dir.name)
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-    passt_dir = run_path / "network" / "passt"
-    counting = PasstCounters(passt_dir)
-    for files in passt.running_files(passt_dir) if passt_dir.exists() else []:
-        if (pid := passt.adopt(files)) is not None:
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5  # its cgroup empties once it is gone
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        if counting.available:  # the NIC's counting table and cgroup
-            nic_table = ["nft", "delete", "table", "inet", counting.table_of(files)]
-            subprocess.run(nic_table, check=False, capture_output=True, timeout=10)
-            with contextlib.suppress(OSError):
-                counting.group_of(files).rmdir()
-                counting.group_of(files).parent.rmdir()  # unless other NICs' are in it
-    if os.geteuid() == 0:
-        table = ["nft", "delete", "table", "inet", table_name(passt_dir)]
-        subprocess.run(table, check=False, capture_output=True, timeout=10)
-    shutil.rmtree(run_path, ignore_errors=True)
-
-
 @pytest.fixture
 def user(platform: Platform) -> NewKey:
     return platform.accounts.create_user("alice")
@@ -151,12 +118,26 @@ def platform_nft_tables() -> set[tuple[str, str]]:
     return tables
 
 
-@pytest.fixture(autouse=True, scope="session")
-def no_nft_tables_left_behind() -> Iterator[None]:
+NFT_TABLES_BEFORE = pytest.StashKey[set[tuple[str, str]]]()
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
     """Daemons a test kills (SIGKILL, a crash on purpose) cannot take down their guest fence
-    or counting tables: whatever table of ours the session made is removed at its end."""
-    before = platform_nft_tables()
-    yield
+    or counting tables: whatever table of ours the run made is removed at its end. Only the
+    process that runs the whole session does it (with pytest-xdist, the controller, after
+    every worker is done), so no worker removes the tables of another's running daemon."""
+    if not _is_xdist_worker(session.config):
+        session.config.stash[NFT_TABLES_BEFORE] = platform_nft_tables()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(NFT_TABLES_BEFORE, None)
+    if before is None:
+        return
     for family, name in platform_nft_tables() - before:
         subprocess.run(
             ["nft", "delete", "table", family, name], capture_output=True, timeout=10, check=False

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.daemon_process import create_user, free_port, wait_listening
 from tests.conftest import REPO
-from tests.daemon_process import create_user, free_port, wait_listening
 
 ADMIN = REPO / ".venv" / "bin" / "openhosting-admin"
 

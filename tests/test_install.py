@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from openhosting.config import Config, load_config
+from testbed.daemon_process import free_port, stop_process, wait_listening
 from tests.conftest import REPO
-from tests.daemon_process import free_port, stop_process, wait_listening
 
 COMMANDS = ("openhostingd", "openhosting-admin", "openhosting", "openhosting-upload",
             "openhosting-download")  # fmt: skip

@@ -4,7 +4,7 @@ sizes and suffixes, bodies as text, JSON, gzip, broken gzip, huge or empty, head
 about the length, chunked bodies, `Expect`, odd content types, bad Basic auth) and sends each
 as raw bytes to a real daemon. Invariants: no 5xx; an answer (or a close) within the idle
 timeout; nothing of the other user changes; the daemon's RSS stays within a bound. The
-tables of tests/api/test_hostile_input.py (`make test`) seed the bodies and headers; an input
+tables of testbed/hostile_input.py (`make test` sends them) seed the bodies and headers; an input
 found failing here belongs there as a regression case."""
 
 import base64
@@ -20,13 +20,13 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from tests.api.test_hostile_input import HOSTILE_HEADERS, JSON_BODIES, TEXT_BODIES, fill
-from tests.daemon_process import BIN, Account, Api, DaemonProcess, create_user
 
 from bench.reliability import checkers
 from bench.reliability.load import rss_bytes
 from bench.reliability.table import CampaignResult
 from openhosting.api.routes import ROUTES
+from testbed.daemon_process import BIN, Account, Api, DaemonProcess, create_user
+from testbed.hostile_input import HOSTILE_HEADERS, JSON_BODIES, TEXT_BODIES, fill
 
 IDLE_TIMEOUT = 3  # the daemon's api.idle_timeout here: a stalled body is refused this fast
 ANSWER_MARGIN = 5.0  # beyond the idle timeout: an answer later than this is a hang
@@ -78,6 +78,10 @@ def requests(own: Objects, other: Objects, account: Account) -> st.SearchStrateg
         "conversion": st.sampled_from(["gzip", "gunzip", "zip", "", "gzip/gzip"]),
         "type": st.sampled_from(["ip", "vlan", "x", "IP"]),
         "resource": st.sampled_from([own.ip, other.ip, own.vlan, other.vlan, "1.2.3.4", "x"]),
+        # The console page's files: noVNC's modules and the page's own (no auth asked).
+        "path": st.sampled_from(["core/rfb.js", "vendor/pako/lib/zlib/inflate.js", "core/",
+                                 "core/../../../etc/passwd", "../vnc.html", "core/%2e%2e/x.js"]),
+        "asset": st.sampled_from(["console.js", "console.css", "index.html", "..", "x"]),
     })  # fmt: skip
     raw = st.binary(max_size=2048)
     bodies = st.one_of(

@@ -18,12 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.daemon_process import BIN, Account, Api, DaemonProcess, create_user
-
 from bench.reliability import checkers
 from bench.reliability.model import DriveModel, pattern
 from bench.reliability.table import CampaignResult
 from openhosting.wire.text import parse_properties
+from testbed.daemon_process import BIN, Account, Api, DaemonProcess, create_user
 
 DRIVE_SIZE = 256 * 1024
 WORKERS = 2

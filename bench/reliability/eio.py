@@ -10,13 +10,12 @@ work again, no claim or imaging mark is stranded and the database passes integri
 import random
 from pathlib import Path
 
-from tests.daemon_process import Api, DaemonProcess, create_user
-
 from bench.reliability import checkers, faultfs
 from bench.reliability.model import DriveModel, pattern
 from bench.reliability.storage import await_imaging_end
 from bench.reliability.table import CampaignResult
 from openhosting.wire.text import parse_properties
+from testbed.daemon_process import Api, DaemonProcess, create_user
 
 DRIVE_SIZE = 4 * 1024 * 1024
 CHUNK = 1024 * 1024

@@ -12,11 +12,10 @@ import time
 import uuid as uuid_module
 from pathlib import Path
 
-from tests.daemon_process import Account, Api, DaemonProcess, create_user
-
 from bench.reliability import checkers
 from bench.reliability.model import DriveModel, pattern
 from bench.reliability.table import CampaignResult
+from testbed.daemon_process import Account, Api, DaemonProcess, create_user
 
 DRIVE_SIZE = 64 * 1024
 # (command, body): every command that names a drive, then a server, then an IP resource.
@@ -26,7 +25,7 @@ DRIVE_ATTACKS = [
 ]  # fmt: skip
 SERVER_ATTACKS = [
     ("info", None), ("log", None), ("start", b""), ("stop", b""), ("shutdown", b""),
-    ("reset", b""), ("set", b"name stolen"), ("destroy", b""),
+    ("reset", b""), ("set", b"name stolen"), ("destroy", b""), ("console", b""),
 ]  # fmt: skip
 RESOURCE_ATTACKS = [("info", None), ("set", b"name stolen"), ("destroy", b"")]
 

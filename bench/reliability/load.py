@@ -12,10 +12,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.daemon_process import Api, DaemonProcess, create_user
-
 from bench.reliability import checkers
 from bench.reliability.table import CampaignResult
+from testbed.daemon_process import Api, DaemonProcess, create_user
 
 RSS_GROWTH_BOUND = 64 * 1024 * 1024
 FD_SETTLE_SECONDS = 10.0

@@ -12,12 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.daemon_process import Api, DaemonProcess, create_user
-
 from bench.reliability import checkers
 from bench.reliability.model import DriveModel, pattern
 from bench.reliability.table import CampaignResult
 from openhosting.wire.text import parse_properties
+from testbed.daemon_process import Api, DaemonProcess, create_user
 
 TMPFS_SIZE = 48 * 1024 * 1024
 DRIVE_SIZE = 8 * 1024 * 1024

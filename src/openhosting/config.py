@@ -58,6 +58,9 @@ class ApiSettings:
     # Seconds a web console token (`POST /servers/S/console`) may wait to be used: its
     # WebSocket must open within this time, once.
     console_token_seconds: int = 60
+    # Where noVNC's files are (Debian's `novnc` package): the console page loads its `core/`
+    # and `vendor/` JavaScript modules from here, served read-only under /console/novnc/.
+    console_novnc_dir: str = "/usr/share/novnc"
     # Seconds a dashboard sign-in lasts (its session cookie's expiry); then sign in again.
     session_seconds: int = 8 * 3600
 

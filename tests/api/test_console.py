@@ -13,6 +13,7 @@ from openhosting.services.accounts import NewKey
 from openhosting.services.consoles import token_hash
 from openhosting.services.platform import Platform
 from openhosting.store import console_tokens as token_store
+from openhosting.store.records import ConsoleTokenRecord
 from openhosting.wire.text import parse_properties
 from tests.conftest import basic_auth
 
@@ -56,7 +57,7 @@ def add_token(platform: Platform, server: str, user: str, expires: float, used: 
     return token
 
 
-def token_row(platform: Platform, token: str) -> dict[str, object] | None:
+def token_row(platform: Platform, token: str) -> ConsoleTokenRecord | None:
     with platform.engine.connect() as connection:
         return token_store.get_token(connection, token_hash(token))
 
@@ -85,7 +86,7 @@ async def test_a_used_or_expired_token_is_refused_and_a_stopped_servers_too(
     valid = add_token(platform, server, user.uuid, time.time() + 60, used=False)
     status, error, body = await refused(client, f"?token={valid}")
     assert (status, error) == (409, "busy") and b"not active" in body
-    assert (row := token_row(platform, valid)) is not None and row["used_at"] is not None
+    assert (row := token_row(platform, valid)) is not None and row.used_at is not None
 
 
 async def test_another_sites_origin_is_refused_403_and_does_not_use_the_token_up(
@@ -96,7 +97,7 @@ async def test_another_sites_origin_is_refused_403_and_does_not_use_the_token_up
     for origin in ("https://evil.example", "null", f"http://{client.host}:1"):
         status, error, _ = await refused(client, f"?token={token}", {"Origin": origin})
         assert (status, error) == (403, "auth"), origin
-    assert (row := token_row(platform, token)) is not None and row["used_at"] is None
+    assert (row := token_row(platform, token)) is not None and row.used_at is None
     # The daemon's own origin passes the check (and meets the stopped server).
     own = f"http://{client.host}:{client.port}"
     assert (await refused(client, f"?token={token}", {"Origin": own}))[0] == 409
@@ -109,7 +110,7 @@ async def test_a_plain_get_without_upgrade_does_not_use_the_token_up(
     token = add_token(platform, server, user.uuid, time.time() + 60, used=False)
     response = await client.get(f"/console/websocket?token={token}")
     assert response.status == 400 and response.headers["X-Elastic-Error"] == "usage"
-    assert (row := token_row(platform, token)) is not None and row["used_at"] is None
+    assert (row := token_row(platform, token)) is not None and row.used_at is None
 
 
 async def test_a_token_is_asked_with_basic_auth_only_for_the_owners_running_server(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.cli.admin import main
+from openhosting.admin.tool import main
 from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.wire.text import parse_properties

@@ -116,7 +116,7 @@ async def test_events_are_in_the_audit_trail(
     await client.post(f"/drives/{target}/image/{source}", headers=auth)
     await events.until(lambda data: data.get("imaging") == "done", 30)
     trail = platform.audit.history(object_id=target)
-    paths = [(entry["method"], entry["path"]) for entry in trail]
+    paths = [(entry.method, entry.path) for entry in trail]
     assert ("EVENT", f"/drives/{target}/imaging/queued") in paths
     assert ("EVENT", f"/drives/{target}/imaging/done") in paths
     assert ("POST", f"/drives/{target}/image/{source}") in paths

@@ -159,13 +159,13 @@ async def test_a_second_job_into_the_same_drive_waits_then_runs(
     dst = (await create_drive(client, auth, MiB))["drive"]
     await image(client, auth, dst, first)
     await image(client, auth, dst, second)
-    states = [job["state"] for job in reversed(platform.imaging.list_jobs())]
+    states = [job.state for job in reversed(platform.imaging.list_jobs())]
     assert states in ([QUEUED, QUEUED], [RUNNING, QUEUED])
     info = await drive_info(client, auth, dst)
     assert info["imaging"] == "queued" or is_progress(info["imaging"])
     assert info["claimed"].count(":imaging:") == 2
     await wait_imaged(client, auth, dst)
-    assert [job["state"] for job in platform.imaging.list_jobs()] == [DONE, DONE]
+    assert [job.state for job in platform.imaging.list_jobs()] == [DONE, DONE]
     assert (await content(client, auth, dst)).startswith(b"second" * 1000)
 
 
@@ -247,7 +247,7 @@ async def test_gunzip_of_a_drive_without_gzip_fails_cleanly_with_its_reason(
     assert "claimed" not in info
     assert "claimed" not in await drive_info(client, auth, src)
     [job] = platform.imaging.list_jobs()
-    assert job["state"] == FAILED and "gzip" in job["error"] and job["ended_at"]
+    assert job.state == FAILED and "gzip" in (job.error or "") and job.ended_at
     assert any("event=imaging_failed" in r.getMessage() for r in caplog.records)
     # The error stays until another job into the drive starts; a good one clears it.
     await write(client, auth, dst, 0, b"usable again")
@@ -324,12 +324,12 @@ async def test_a_job_interrupted_by_a_stop_starts_again_and_finishes(
     await wait_info(client, auth, dst, lambda info: is_progress(info.get("imaging")))
     await platform.imaging.stop()
     [job] = platform.imaging.list_jobs()
-    assert job["state"] == QUEUED
+    assert job.state == QUEUED
     assert (await drive_info(client, auth, dst))["imaging"] == "queued"
     await platform.imaging.start()
     await wait_imaged(client, auth, dst)
     assert (await content(client, auth, dst))[: len(data)] == data
-    assert platform.imaging.list_jobs()[0]["state"] == DONE
+    assert platform.imaging.list_jobs()[0].state == DONE
 
 
 async def test_the_api_answers_promptly_while_two_jobs_run(

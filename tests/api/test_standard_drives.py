@@ -128,7 +128,7 @@ async def test_removing_a_standard_drive_mid_job_fails_the_job_with_its_reason(
     info = await wait_imaged(client, auth, dst)
     assert "destroyed during imaging" in info["imaging:error"]
     assert "claimed" not in info
-    assert platform.imaging.list_jobs()[0]["state"] == "failed"
+    assert platform.imaging.list_jobs()[0].state == "failed"
 
 
 def test_adding_checks_the_image(platform: Platform, images: dict[str, Path]) -> None:

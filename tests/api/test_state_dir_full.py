@@ -83,7 +83,7 @@ async def test_a_full_state_directory_is_507_full_and_destroy_frees_it(
         "/drives/create", data="name again\nsize 1M\nencryption:cipher none", headers=auth
     )
     assert response.status == 200, await response.text()
-    recorded = [(entry["path"], entry["status"]) for entry in platform.audit.history()]
+    recorded = [(entry.path, entry.status) for entry in platform.audit.history()]
     assert (f"/drives/{drive}/destroy", 204) in recorded
 
 

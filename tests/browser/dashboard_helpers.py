@@ -10,7 +10,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.daemon_process import Account
+from testbed.daemon_process import Account
 
 WAIT_SECONDS = 15.0
 T = TypeVar("T")

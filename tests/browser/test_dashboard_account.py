@@ -10,8 +10,8 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
+from testbed.daemon_process import BIN, Api, Daemon, running_daemon
 from tests.browser.dashboard_helpers import click, error_text, signed_in, visible, wait_for
-from tests.daemon_process import BIN, Api, Daemon, running_daemon
 
 
 @pytest.fixture(scope="module")

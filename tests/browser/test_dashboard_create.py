@@ -12,8 +12,8 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
+from testbed.daemon_process import BIN, Api, Daemon, running_daemon
 from tests.browser.dashboard_helpers import error_text, signed_in, visible, wait_for
-from tests.daemon_process import BIN, Api, Daemon, running_daemon
 
 IMAGE_BYTES = 4 * 1024 * 1024
 # Imaging slowed to this, so that its progress lasts long enough to be seen (about 2 s).

@@ -12,8 +12,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
+from testbed.daemon_process import Api, Daemon, running_daemon
 from tests.browser.dashboard_helpers import click, error_text, signed_in, visible, wait_for
-from tests.daemon_process import Api, Daemon, running_daemon
 
 UPLOAD_BYTES = 20 * 1024 * 1024
 # The browser's upload slowed to this (Chromium's network emulation), so that the connection

@@ -8,6 +8,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
+from testbed.daemon_process import Api, Daemon, create_user, running_daemon
 from tests.browser.dashboard_helpers import (
     click,
     error_text,
@@ -19,7 +20,6 @@ from tests.browser.dashboard_helpers import (
     visible,
     wait_for,
 )
-from tests.daemon_process import Api, Daemon, create_user, running_daemon
 
 # A server that starts at once under TCG: no drive to boot (SeaBIOS waits), little memory.
 BARE_SERVER = b"name bare\ncpu 1000\nmem 64\npersistent true"
@@ -95,11 +95,18 @@ def test_a_servers_status_changes_on_the_page_without_a_reload(
     wait_for(browser, lambda b: server_status(b, server) == "active", BOOT_SECONDS)
 
     # Its console opens in a new tab, at the url POST /servers/S/console answered.
+    # (The console page takes the token out of its address bar: the url is noted as opened.)
     dashboard = browser.current_window_handle
+    browser.execute_script(
+        "const open = window.open; window.opened = [];"
+        "window.open = (...args) => { window.opened.push(args[0]); return open(...args); };"
+    )
     click(browser, lambda b: server_row(b, server), "console")
     wait_for(browser, lambda b: len(b.window_handles) == 2)
+    (opened,) = browser.execute_script("return window.opened")
+    assert opened.startswith(f"{daemon.url}/console/?token=")
     browser.switch_to.window(next(h for h in browser.window_handles if h != dashboard))
-    wait_for(browser, lambda b: b.current_url.startswith(f"{daemon.url}/console/?token="))
+    wait_for(browser, lambda b: b.current_url.startswith(f"{daemon.url}/console/"))
     browser.close()
     browser.switch_to.window(dashboard)
 

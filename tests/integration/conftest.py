@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from openhosting.services.platform import Platform
-from tests.guest.build_guest import build_tiny_guest
+from testbed.build_guest import build_tiny_guest
 
 _HERE = Path(__file__).resolve().parent
 
@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_guest_image() -> Path:
-    """The read-only cached tiny guest disk (see tests/guest/build_guest.py); copy it to use."""
+    """The read-only cached tiny guest disk (see testbed/build_guest.py); copy it to use."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("QEMU is not installed (Debian package qemu-system-x86)")
     return build_tiny_guest()

@@ -1,4 +1,4 @@
-"""A real `openhostingd` for the drive data-path tests (started by tests/daemon_process.py) in
+"""A real `openhostingd` for the drive data-path tests (started by testbed/daemon_process.py) in
 a temporary directory removed afterwards, with drive requests and its memory figures from /proc.
 """
 
@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests import daemon_process
-from tests.daemon_process import Answer, Api
+from testbed import daemon_process
+from testbed.daemon_process import Answer, Api
 
 REQUEST_TIMEOUT = 120
 

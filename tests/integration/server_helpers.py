@@ -7,9 +7,9 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
+from testbed.build_guest import BOOT_MARKER, READY_MARKER
+from testbed.serial_console import wait_for_log
 from tests.api.drive_helpers import create_drive
-from tests.guest.build_guest import BOOT_MARKER, READY_MARKER
-from tests.guest.serial_console import wait_for_log
 
 BOOT_TIMEOUT = 90  # TCG; two VMs on two cores take twice as long
 

@@ -1,9 +1,11 @@
 """The web console on real QEMU: a token from `POST /servers/S/console` opens a WebSocket that
-carries the server's RFB stream (VNC version, security types and VNC authentication through
-the daemon's bridge), once; the session ends when the server stops. The server has no drive:
-QEMU's VNC server runs without a guest, so nothing boots."""
+carries the server's RFB stream, once; the session ends when the server stops. The daemon
+logs in to QEMU's VNC itself (VNC authentication, or VeNCrypt X509 for `vnc:tls on`) and
+offers the browser RFB without authentication, so the password never reaches it. The servers
+have no drive: QEMU's VNC server runs without a guest, so nothing boots."""
 
 import asyncio
+import struct
 import time
 
 import aiohttp
@@ -15,7 +17,8 @@ from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from tests.conftest import basic_auth
 from tests.integration.server_helpers import create_server
-from tests.integration.test_vnc import VNC_AUTH, vnc_response
+
+NONE = 1
 
 TIMEOUT = 10
 PASSWORD = "secret1"
@@ -44,6 +47,25 @@ async def console_token(client: TestClient, auth: dict[str, str], server: str) -
 
 async def open_console(client: TestClient, token: str) -> aiohttp.ClientWebSocketResponse:
     return await client.ws_connect(f"/console/websocket?token={token}", protocols=("binary",))
+
+
+async def rfb_without_password(ws: aiohttp.ClientWebSocketResponse) -> tuple[int, int]:
+    """Speak RFB 3.8 as noVNC does through the console, which must offer security type None
+    alone (the daemon has logged in with the password), up to QEMU's ServerInit: the size of
+    the server's screen."""
+    rfb = WsReader(ws)
+    assert await rfb.read(12) == b"RFB 003.008\n"
+    await ws.send_bytes(b"RFB 003.008\n")
+    count = (await rfb.read(1))[0]
+    assert list(await rfb.read(count)) == [NONE]
+    await ws.send_bytes(bytes([NONE]))
+    assert await rfb.read(4) == b"\0\0\0\0"  # SecurityResult: OK, no password asked
+    await ws.send_bytes(b"\1")  # ClientInit (shared): QEMU answers it, so the login held
+    width, height = struct.unpack(">HH", await rfb.read(4))
+    await rfb.read(16)  # the pixel format
+    (name_length,) = struct.unpack(">I", await rfb.read(4))
+    await rfb.read(name_length)
+    return width, height
 
 
 async def handshake_status(client: TestClient, token: str) -> int:
@@ -80,14 +102,8 @@ async def test_a_console_token_opens_the_servers_vnc_once_and_its_stop_ends_the_
     ws = await open_console(client, token)
     try:
         assert ws.protocol == "binary"
-        rfb = WsReader(ws)
-        assert await rfb.read(12) == b"RFB 003.008\n"
-        await ws.send_bytes(b"RFB 003.008\n")
-        count = (await rfb.read(1))[0]
-        assert VNC_AUTH in await rfb.read(count)
-        await ws.send_bytes(bytes([VNC_AUTH]))
-        await ws.send_bytes(vnc_response(PASSWORD, await rfb.read(16)))
-        assert await rfb.read(4) == b"\0\0\0\0"  # VNC authentication passed
+        width, height = await rfb_without_password(ws)
+        assert width > 0 and height > 0
         assert platform.consoles.sessions_of(server) == 1
 
         # Used: refused, while the first session runs on.
@@ -110,3 +126,19 @@ async def test_a_console_token_opens_the_servers_vnc_once_and_its_stop_ends_the_
     assert platform.consoles.sessions_of(server) == 0
     # A token of a server that has stopped opens nothing.
     assert await handshake_status(client, later) == 409
+
+
+async def test_a_vnc_tls_servers_console_is_opened_by_the_daemon_through_vencrypt(
+    client: TestClient, auth: dict[str, str], platform: Platform, servers_cleanup: None
+) -> None:
+    """QEMU speaks only VeNCrypt X509 then (which noVNC in a browser cannot): the daemon
+    speaks it, trusting the platform's VNC CA, and the browser gets plain RFB."""
+    body = f"name t\ncpu 500\nmem 64\npersistent true\nvnc:password {PASSWORD}\nvnc:tls on"
+    server = (await create_server(client, auth, body))["server"]
+    ticket = await console_token(client, auth, server)
+    ws = await open_console(client, ticket["token"])
+    try:
+        width, height = await rfb_without_password(ws)
+        assert width > 0 and height > 0
+    finally:
+        await ws.close()

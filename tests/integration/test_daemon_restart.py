@@ -15,8 +15,8 @@ import pytest
 from openhosting.hypervisor import process
 from openhosting.network import passt
 from openhosting.network.passt import PasstFiles
-from tests.conftest import kill_leftover_vms
-from tests.daemon_process import Api, DaemonProcess, create_user
+from testbed.daemon_process import Api, DaemonProcess, create_user
+from testbed.leftovers import kill_leftover_vms
 
 TIMEOUT = 30
 

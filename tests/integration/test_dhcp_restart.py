@@ -14,8 +14,8 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
-from tests.guest.build_guest import LEASE_MARKER
-from tests.guest.serial_console import SerialConsole, wait_for_log
+from testbed.build_guest import LEASE_MARKER
+from testbed.serial_console import SerialConsole, wait_for_log
 from tests.integration.bridge_platform import (  # noqa: F401 (fixtures, by their names)
     bridge_config_fixture,
     bridge_platform_fixture,

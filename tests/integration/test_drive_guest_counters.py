@@ -8,8 +8,8 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
+from testbed.serial_console import SerialConsole
 from tests.api.drive_helpers import create_drive, drive_info
-from tests.guest.serial_console import SerialConsole
 from tests.integration.server_helpers import (
     create_server,
     server_info,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.daemon_process import Daemon, running_daemon
+from testbed.daemon_process import Daemon, running_daemon
 
 WORKERS = 8
 OPERATIONS = 400  # per worker

@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.daemon_process import Api, DaemonProcess, create_user
+from testbed.daemon_process import Api, DaemonProcess, create_user
 
 SIZE = 256 * 1024
 TIMEOUT = 30

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 
+from testbed.daemon_process import running_daemon
 from tests.api.event_stream import EventReader
 from tests.api.test_metrics import samples
-from tests.daemon_process import running_daemon
 from tests.integration.server_helpers import create_server
 
 BODY = "name watched\ncpu 1000\nmem 128\npersistent true\n"

@@ -21,8 +21,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
-from tests.guest.build_guest import LEASE_MARKER
-from tests.guest.serial_console import SerialConsole
+from testbed.build_guest import LEASE_MARKER
+from testbed.serial_console import SerialConsole
 from tests.integration.netns_helpers import network_namespace
 from tests.integration.server_helpers import (
     create_server,

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from openhosting.hypervisor import process
-from tests.conftest import kill_leftover_vms
-from tests.daemon_process import BIN, Api, DaemonProcess, create_user
-from tests.guest.build_guest import BOOT_MARKER, READY_MARKER
-from tests.guest.serial_console import SerialConsole, read_serial_log, wait_for_log
+from testbed.build_guest import BOOT_MARKER, READY_MARKER
+from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
+from testbed.leftovers import kill_leftover_vms
+from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
 
 TIMEOUT = 60
 # Typed as `$((6*7))`: only the guest's memory ever holds the expanded text.

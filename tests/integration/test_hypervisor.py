@@ -22,8 +22,8 @@ from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import Monitor
 from openhosting.hypervisor.serial_log import DEFAULT_LIMIT
 from openhosting.hypervisor.serial_relay import SerialRelay
-from tests.guest.build_guest import BOOT_MARKER, LEASE_MARKER, POWEROFF_MARKER, READY_MARKER
-from tests.guest.serial_console import SerialConsole, read_serial_log, wait_for_log
+from testbed.build_guest import BOOT_MARKER, LEASE_MARKER, POWEROFF_MARKER, READY_MARKER
+from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
 
 BOOT_TIMEOUT = 60.0
 LEASE_TIMEOUT = 30.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import BIN, Api, DaemonProcess, create_user
+from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
 
 MiB = 1024 * 1024
 # Slow enough that the job is surely under way when the daemon is killed.

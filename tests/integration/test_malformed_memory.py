@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.api.test_hostile_input import JSON_BODIES, TEXT_BODIES, concrete_paths
+from testbed.hostile_input import JSON_BODIES, TEXT_BODIES
+from tests.api.test_hostile_input import concrete_paths
 from tests.integration.drive_daemon import DriveDaemon, running_daemon
 
 # Two measured rounds of 5,000 ids are enough for the bound below (six rounds in all took

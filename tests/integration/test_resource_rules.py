@@ -8,8 +8,8 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
-from tests.guest.build_guest import LEASE_MARKER
-from tests.guest.serial_console import wait_for_log
+from testbed.build_guest import LEASE_MARKER
+from testbed.serial_console import wait_for_log
 from tests.integration.server_helpers import (
     BOOT_TIMEOUT,
     create_server,

@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.cli import admin
+from openhosting.admin import tool as admin
 from openhosting.hypervisor import process
 from openhosting.hypervisor.argv import DiskSpec, RunPaths, VmSpec
 from openhosting.hypervisor.serial_log import SerialLogLimit, log_files, read_log
 from openhosting.hypervisor.vm import SHUTDOWN, RunningVm
 from openhosting.services.platform import Platform
 from openhosting.services.server_logs import SECONDS_PER_DAY
-from tests.conftest import kill_leftover_vms
-from tests.daemon_process import Api, DaemonProcess, create_user
-from tests.guest.build_guest import READY_MARKER
-from tests.guest.serial_console import SerialConsole, wait_for_log
+from testbed.build_guest import READY_MARKER
+from testbed.daemon_process import Api, DaemonProcess, create_user
+from testbed.leftovers import kill_leftover_vms
+from testbed.serial_console import SerialConsole, wait_for_log
 from tests.integration.server_helpers import create_server, upload_guest, wait_ready
 
 BOOT_TIMEOUT = 60.0

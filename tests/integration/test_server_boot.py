@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
+from testbed.build_guest import PARTITION_START_SECTOR, SYSLINUX_CFG
+from testbed.serial_console import SerialConsole
 from tests.api.drive_helpers import create_drive, drive_info
-from tests.guest.build_guest import PARTITION_START_SECTOR, SYSLINUX_CFG
-from tests.guest.serial_console import SerialConsole
 from tests.integration.server_helpers import (
     create_server,
     server_info,

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient
 from openhosting.config import Config, load_config
 from openhosting.services.platform import Platform
 from openhosting.services.space_resume import free_bytes
+from testbed.serial_console import SerialConsole, wait_for_log
 from tests.api.drive_helpers import create_drive, read_bytes
 from tests.api.tmpfs_helpers import small_tmpfs
-from tests.guest.serial_console import SerialConsole, wait_for_log
 from tests.integration.server_helpers import (
     BOOT_TIMEOUT,
     create_server,

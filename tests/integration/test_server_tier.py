@@ -9,10 +9,10 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config
 from openhosting.services.platform import Platform
+from testbed.serial_console import SerialConsole
 from tests.api.drive_helpers import create_drive, read_bytes
 from tests.api.imaging_helpers import write
 from tests.conftest import config_with_tiers
-from tests.guest.serial_console import SerialConsole
 from tests.integration.server_helpers import create_server, wait_ready, wait_status
 
 MARKER = b"OH-TIER-MARKER"

@@ -10,9 +10,9 @@ from aiohttp.test_utils import TestClient
 from openhosting.hypervisor.cpu_quota import read_cpu_quota
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
+from testbed.build_guest import POWEROFF_MARKER
+from testbed.serial_console import SerialConsole, read_serial_log
 from tests.api.drive_helpers import drive_info
-from tests.guest.build_guest import POWEROFF_MARKER
-from tests.guest.serial_console import SerialConsole, read_serial_log
 from tests.integration.server_helpers import (
     create_server,
     serial_log,

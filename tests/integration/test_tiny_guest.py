@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.build_guest import DISK_BYTES, build_tiny_guest
+from testbed.build_guest import DISK_BYTES, build_tiny_guest
 
 TOOLS = ("busybox", "syslinux", "mkfs.vfat", "mcopy", "sfdisk", "cpio", "depmod", "modprobe")
 

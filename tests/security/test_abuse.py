@@ -34,8 +34,8 @@ from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import open_platform
 from openhosting.wire.text import parse_properties
+from testbed.daemon_process import DaemonProcess
 from tests.conftest import basic_auth
-from tests.daemon_process import DaemonProcess
 
 
 class FakeClock:

@@ -22,16 +22,16 @@ async def test_changes_are_recorded_with_their_results(
     await client.get(f"/drives/{drive}/destroy", headers=auth)  # 405: refused before running
     await client.post(f"/drives/{drive}/destroy", headers=auth)
     history = platform.audit.history(object_id=drive)
-    assert [(row["path"].rsplit("/", 1)[-1], row["status"], row["error"]) for row in history] == [
+    assert [(row.path.rsplit("/", 1)[-1], row.status, row.error) for row in history] == [
         ("create", 200, ""),
         ("set", 200, ""),
         ("set", 400, "usage"),
         ("write", 204, ""),
         ("destroy", 204, ""),
     ]
-    assert {row["user"] for row in history} == {user.uuid}
-    assert all(row["remote"] == "127.0.0.1" for row in history)
-    assert history[0]["at"] <= history[-1]["at"]
+    assert {row.user for row in history} == {user.uuid}
+    assert all(row.remote == "127.0.0.1" for row in history)
+    assert history[0].at <= history[-1].at
 
 
 async def test_secrets_in_bodies_are_never_recorded(
@@ -41,7 +41,7 @@ async def test_secrets_in_bodies_are_never_recorded(
     response = await client.post("/servers/create/stopped", data=body, headers=auth)
     assert response.status == 200
     rows = platform.audit.history()
-    assert len(rows) == 1 and all("Secr3t" not in str(value) for value in rows[0].values())
+    assert len(rows) == 1 and all("Secr3t" not in str(value) for value in rows[0].to_row().values())
 
 
 async def test_the_admin_tool_shows_an_objects_history(

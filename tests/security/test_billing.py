@@ -115,16 +115,16 @@ def test_metering_charges_what_was_held_at_the_configured_prices(billed: Platfor
         + Decimal(2) * Decimal(prices.mem_gb_hour)
     ) / 2
     [record] = billed.billing.usage_history(key.uuid)
-    assert record["charge"] == int(expected * MICROS)
-    assert (record["drive_bytes"], record["cpu_mhz"], record["mem_mb"]) == (2 * GIB, 3000, 2048)
+    assert record.charge == int(expected * MICROS)
+    assert (record.drive_bytes, record.cpu_mhz, record.mem_mb) == (2 * GIB, 3000, 2048)
     info = billed.billing.account_info(key.uuid)
-    assert Decimal(info["balance"]) == Decimal(10) - Decimal(record["charge"]) / MICROS
+    assert Decimal(info["balance"]) == Decimal(10) - Decimal(record.charge) / MICROS
     # Running out of balance never stops what runs: the server is still active.
     billed.billing.credit(key.uuid, -20 * MICROS)
     billed.billing.meter(now=start + 3600)
     with billed.engine.connect() as connection:
         row = server_store.get_server(connection, "00000000-0000-4000-8000-00000000000a")
-    assert row is not None and row["status"] == "active"
+    assert row is not None and row.status == "active"
     assert Decimal(billed.billing.account_info(key.uuid)["balance"]) < 0
 
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.daemon_process import DaemonProcess, create_user
+from testbed.daemon_process import DaemonProcess, create_user
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -70,6 +70,7 @@ async def test_a_stranger_can_neither_see_nor_touch_anything_of_another_user(
         path = path.replace(f"{{offset:{SIZE}}}", "0").replace(f"{{size:{SIZE}}}", "10")
         path = path.replace("{offset}", "0").replace("{size}", "10")  # /hash: any segment
         path = path.replace("{conversion}", "gzip")
+        path = path.replace("{path:.+}", "core/rfb.js").replace("{asset}", "console.js")
         for kind, resource in (("ip", ip), ("vlan", vlan)):
             attempt = path.replace("{type}", kind).replace("{resource}", resource)
             if "{" in attempt:

@@ -1,15 +1,16 @@
 """Metered usage per day: time-weighted averages and charges, split at midnight (UTC)."""
 
 from openhosting.services.usage_days import DAY_SECONDS, usage_per_day
+from openhosting.store.records import UsageRecord
 
 MIDNIGHT = 20_000 * DAY_SECONDS  # 2024-10-04 00:00 UTC
 
 
-def record(
-    start: float, end: float, cpu: int, charge: int, **others: int
-) -> dict[str, int | float]:
-    values = {"drive_bytes": 0, "mem_mb": 0, "ips": 0, "vlans": 0, **others}
-    return {"start": start, "end": end, "cpu_mhz": cpu, "charge": charge, **values}
+def record(start: float, end: float, cpu: int, charge: int, mem_mb: int = 0) -> UsageRecord:
+    return UsageRecord(
+        id=1, user="u", start=start, end=end, drive_bytes=0, cpu_mhz=cpu, mem_mb=mem_mb,
+        ips=0, vlans=0, charge=charge,
+    )  # fmt: skip
 
 
 def test_an_interval_across_midnight_is_split_in_proportion() -> None:

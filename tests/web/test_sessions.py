@@ -253,9 +253,9 @@ async def test_sign_in_sign_out_and_a_sessions_changes_are_in_the_audit_trail(
     await client.post("/dashboard/session/end", headers=session.changes())
     with platform.engine.connect() as connection:
         trail = audit_store.entries(connection, None, user.uuid, 10)
-    assert [(entry["path"], entry["status"]) for entry in trail] == [
+    assert [(entry.path, entry.status) for entry in trail] == [
         ("/dashboard/session", 200),
         ("/drives/create", 200),
         ("/dashboard/session/end", 204),
     ]
-    assert trail[1]["object"] == drive
+    assert trail[1].object == drive

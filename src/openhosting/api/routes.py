@@ -78,11 +78,13 @@ ROUTES: tuple[Route, ...] = (
     # Our extension: what the server printed on its serial port (the last of it).
     Route(f"/servers/{SERVER}/log", Kind.READ, "servers.log"),
     # Our extension: the web console. A token for one server's console, then the WebSocket
-    # that uses it (the token alone authenticates it) and the page that opens it (to come:
-    # until then 404).
+    # that uses it (the token alone authenticates it), the page that opens it, the page's
+    # script and style, and noVNC's modules (public files: no authentication).
     Route(f"/servers/{SERVER}/console", Kind.CHANGE, "servers.console"),
     Route("/console/websocket", Kind.READ, "console.websocket", basic_auth=False),
     Route("/console/", Kind.READ, "console.page", basic_auth=False),
+    Route("/console/novnc/{path:.+}", Kind.READ, "console.novnc", basic_auth=False),
+    Route("/console/{asset}", Kind.READ, "console.asset", basic_auth=False),
     # The caller's own account: balance, limits, usage (docs/api.md §7)
     Route("/account/info", Kind.READ, "account.info"),
     # Its metered usage per day (UTC), for the dashboard's chart (an extension)
@@ -106,5 +108,27 @@ async def unavailable(request: web.Request) -> HandlerResult:
     raise MissingError(f"Command {request.path} could not be found on this platform yet")
 
 
-# The URL patterns whose requests are not asked for Basic credentials.
-WITHOUT_BASIC_AUTH = frozenset(route.path for route in ROUTES if not route.basic_auth)
+def canonical_path(path: str) -> str:
+    """`path` as aiohttp names its resource (`resource.canonical`): each `{name:pattern}`
+    written `{name}` (patterns may hold braces of their own)."""
+    kept, depth, in_pattern = [], 0, False
+    for char in path:
+        if char == "{":
+            depth += 1
+            if depth > 1:
+                continue
+        elif char == "}":
+            depth -= 1
+            if depth > 0:
+                continue
+            in_pattern = False
+        elif char == ":" and depth == 1:
+            in_pattern = True
+        if not in_pattern:
+            kept.append(char)
+    return "".join(kept)
+
+
+# The URL patterns whose requests are not asked for Basic credentials, as a request's route
+# names them.
+WITHOUT_BASIC_AUTH = frozenset(canonical_path(r.path) for r in ROUTES if not r.basic_auth)

@@ -13,6 +13,7 @@ on its tap (see nic_firewall.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 from collections.abc import Collection, Sequence
@@ -28,6 +29,7 @@ from openhosting.network.links import IFNAMSIZ, Counters, Links, check_ifname
 from openhosting.network.nic_firewall import NicFirewall
 from openhosting.network.pool import AddressPool, PoolError
 from openhosting.network.vnc_overlay import VncOverlay
+from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.network")
 
@@ -139,21 +141,19 @@ class BridgeNetwork:
         async with self._lock:
             await self._ensure_public()
             backends: dict[int, Backend] = {}
-            done: list[NicPlan] = []
-            try:
+            async with Reverter() as revert:
                 for nic in nics:
                     if nic.vlan is not None:
                         await self._links.ensure_bridge(self.vlan_bridge(nic.vlan))
-                    done.append(nic)
+                    # Detaching undoes every step below, and an idle VLAN bridge made above.
+                    revert.add(functools.partial(self._detach, [nic]))
                     # The blocked ports first: the tap never carries a frame they refuse.
                     await self._firewall.block(self.tap_name(nic), nic.block)
                     await self._links.add_tap(self.tap_name(nic), self.bridge_of(nic))
                     if nic.address is not None:
                         await self._dhcp.add_entry(self.entry_name(nic), nic.mac, nic.address)
                     backends[nic.index] = TapNetdev(self.tap_name(nic))
-            except BaseException:
-                await self._detach(done)
-                raise
+                revert.success()
             return backends
 
     async def detach(self, nics: Sequence[NicPlan]) -> None:

@@ -9,11 +9,13 @@ operator sees in `ip link` which links are ours.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting.network.errors import NetworkError
+from openhosting.reverter import Reverter
 
 IP_BINARY = "ip"
 LINK_MARKER = "openhosting"
@@ -161,20 +163,21 @@ class Links:
         try:
             await self._ip("addr", "del", f"{address}/32", "dev", link)
         except NetworkError as error:
-            if not (_is_gone(error) or "Cannot assign" in str(error)):
+            # This kernel says "Address not found" for an address the link does not hold.
+            gone = ("Cannot assign", "Address not found")
+            if not (_is_gone(error) or any(words in str(error) for words in gone)):
                 raise
 
     async def add_tap(self, name: str, bridge: str) -> None:
         """A fresh tap `name` enslaved to `bridge` and up (a leftover one is replaced)."""
         check_ifname(name)
         await self.delete(name)
-        await self._ip("tuntap", "add", "dev", name, "mode", "tap")
-        try:
+        async with Reverter() as revert:
+            await self._ip("tuntap", "add", "dev", name, "mode", "tap")
+            revert.add(functools.partial(self.delete, name))
             await self._ip("link", "set", name, "alias", LINK_MARKER)
             await self._ip("link", "set", name, "master", bridge, "up")
-        except BaseException:
-            await self.delete(name)
-            raise
+            revert.success()
 
     async def delete(self, name: str) -> None:
         """Delete link `name`; nothing to do when it is gone."""

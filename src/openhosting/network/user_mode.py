@@ -18,12 +18,12 @@ account every new flow to the host's own addresses but DNS (see guest_fence.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
 import pwd
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from openhosting.network.links import Counters
 from openhosting.network.passt import GuestAddressing, PasstFiles
 from openhosting.network.passt_counters import PasstCounters
 from openhosting.network.pool import AddressPool
+from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.network")
 
@@ -136,10 +137,10 @@ class UserNetwork:
         await self.start()
         account = passt_account(self._run_as)
         backends: dict[int, Backend] = {}
-        async with AsyncExitStack() as undo:
+        async with Reverter() as revert:
             for nic in nics:
                 files = self._files(nic)
-                undo.push_async_callback(self._stop, files)
+                revert.add(functools.partial(self._stop, files))
                 cgroup_procs = self._counters.prepare(files)
                 await self._counters.watch(files)  # from passt's first packet on
                 await passt.start(
@@ -149,7 +150,7 @@ class UserNetwork:
                     cgroup_procs=cgroup_procs,
                 )
                 backends[nic.index] = StreamNetdev(files.socket)
-            undo.pop_all()
+            revert.success()
         return backends
 
     async def _stop(self, files: PasstFiles) -> None:

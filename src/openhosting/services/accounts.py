@@ -6,12 +6,10 @@ database alone lets nobody in.
 
 import functools
 import hmac
-import json
 import secrets
 import time
 import uuid as uuid_module
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -20,7 +18,7 @@ from openhosting.store import users as user_store
 from openhosting.store import web_sessions as web_session_store
 from openhosting.store.platform_key import derive_key, keyed_hash
 from openhosting.store.reader import Reader
-from openhosting.store.users import tier_limits_of
+from openhosting.store.records import UserRecord, encode_tier_limits
 
 UUID_LENGTH = 36
 MAX_VERIFIED = 4096
@@ -112,19 +110,16 @@ class Accounts:
             if not user_store.delete_user(connection, uuid):
                 raise MissingError(f"User {uuid} could not be found")
 
-    def get_user(self, uuid: str) -> dict[str, Any]:
+    def get_user(self, uuid: str) -> UserRecord:
         with self._engine.connect() as connection:
             user = user_store.get_user(connection, uuid)
         if user is None:
             raise MissingError(f"User {uuid} could not be found")
-        return {key: value for key, value in user.items() if key != "key_hash"}
+        return user
 
-    def list_users(self) -> list[dict[str, Any]]:
+    def list_users(self) -> list[UserRecord]:
         with self._engine.connect() as connection:
-            return [
-                {key: value for key, value in user.items() if key != "key_hash"}
-                for user in user_store.list_users(connection)
-            ]
+            return user_store.list_users(connection)
 
     def has_users(self) -> bool:
         with self._engine.connect() as connection:
@@ -141,11 +136,11 @@ class Accounts:
             user = user_store.get_user(connection, uuid)
             if user is None:
                 raise MissingError(f"User {uuid} could not be found")
-            limits = tier_limits_of(user)
+            limits = dict(user.max_drive_bytes_by_tier)
             if limit is None:
                 limits.pop(tier, None)
             else:
                 limits[tier] = limit
             user_store.update_user(
-                connection, uuid, max_drive_bytes_by_tier=json.dumps(limits, sort_keys=True)
+                connection, uuid, max_drive_bytes_by_tier=encode_tier_limits(limits)
             )

@@ -6,12 +6,12 @@ Only the command's path is kept, never its body: bodies carry VNC passwords and 
 import logging
 import re
 import time
-from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.store import audit as audit_store
+from openhosting.store.records import AuditRecord
 
 log = logging.getLogger("openhosting.audit")
 
@@ -62,6 +62,6 @@ class Audit:
 
     def history(
         self, object_id: str | None = None, user: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> list[AuditRecord]:
         with self._engine.connect() as connection:
             return audit_store.entries(connection, object_id, user, limit)

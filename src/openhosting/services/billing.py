@@ -21,7 +21,7 @@ from openhosting.services.usage_days import DAY_SECONDS, usage_per_day
 from openhosting.store import billing as billing_store
 from openhosting.store import drives as drive_store
 from openhosting.store.billing import Usage
-from openhosting.store.users import tier_limits_of
+from openhosting.store.records import UsageRecord, UserRecord
 
 log = logging.getLogger("openhosting.billing")
 
@@ -52,16 +52,16 @@ class Billing:
 
     # -- checks, called by the services that would take more ---------------------------
 
-    def _account(self, connection: Connection, user: str) -> dict[str, Any]:
+    def _account(self, connection: Connection, user: str) -> UserRecord:
         account = billing_store.account_of(connection, user)
         if account is None:
             raise MissingError(f"User {user} could not be found")
         return account
 
-    def _require_balance(self, account: dict[str, Any]) -> None:
-        if self._settings.enabled and account["balance"] <= 0:
+    def _require_balance(self, account: UserRecord) -> None:
+        if self._settings.enabled and account.balance <= 0:
             raise BillingError(
-                f"Balance exhausted ({format_micros(account['balance'])}): add credit first"
+                f"Balance exhausted ({format_micros(account.balance)}): add credit first"
             )
 
     def check_drive_bytes(
@@ -75,14 +75,14 @@ class Billing:
         """Taking `extra` drive bytes in `tier` (in place of drive `excluding`'s): within the
         account's limit on all its drives and within its limit on that tier, if any."""
         account = self._account(connection, user)
-        limit = account["max_drive_bytes"]
+        limit = account.max_drive_bytes
         if limit is not None:
             used = drive_store.total_size_of(connection, user, excluding)
             if used + extra > limit:
                 raise BillingError(
                     f"Drive bytes limit exceeded: {used} in use, {extra} asked, limit {limit}"
                 )
-        tier_limit = tier_limits_of(account).get(tier)
+        tier_limit = account.max_drive_bytes_by_tier.get(tier)
         if tier_limit is not None:
             used = drive_store.total_size_of(connection, user, excluding, tier=tier)
             if used + extra > tier_limit:
@@ -94,7 +94,7 @@ class Billing:
 
     def check_new_server(self, connection: Connection, user: str) -> None:
         account = self._account(connection, user)
-        limit = account["max_servers"]
+        limit = account.max_servers
         if limit is not None:
             servers = billing_store.current_usage(connection, user).servers
             if servers + 1 > limit:
@@ -107,8 +107,8 @@ class Billing:
         account = self._account(connection, user)
         usage = billing_store.current_usage(connection, user, excluding_server=server)
         for what, used, asked, limit in (
-            ("cpu", usage.cpu_mhz, cpu, account["max_cpu_mhz"]),
-            ("mem", usage.mem_mb, mem, account["max_mem_mb"]),
+            ("cpu", usage.cpu_mhz, cpu, account.max_cpu_mhz),
+            ("mem", usage.mem_mb, mem, account.max_mem_mb),
         ):
             if limit is not None and used + asked > limit:
                 unit = "MHz" if what == "cpu" else "MB"
@@ -146,16 +146,16 @@ class Billing:
         now = time.time() if now is None else now
         with self._engine.begin() as connection:
             for account in billing_store.all_accounts(connection):
-                start = account["metered_at"]
+                start = account.metered_at
                 if start is None or now <= start:
-                    billing_store.charge(connection, account["uuid"], 0, now)
+                    billing_store.charge(connection, account.uuid, 0, now)
                     continue
-                usage = billing_store.current_usage(connection, account["uuid"])
+                usage = billing_store.current_usage(connection, account.uuid)
                 amount = self.cost(usage, now - start)
-                billing_store.charge(connection, account["uuid"], amount, now)
+                billing_store.charge(connection, account.uuid, amount, now)
                 billing_store.record_usage(
                     connection,
-                    user=account["uuid"],
+                    user=account.uuid,
                     start=start,
                     end=now,
                     drive_bytes=usage.drive_bytes,
@@ -182,17 +182,13 @@ class Billing:
             usage = billing_store.current_usage(connection, user)
         info: dict[str, str | int] = {
             "user": user,
-            "name": account["name"],
-            "balance": format_micros(account["balance"]),
+            "name": account.name,
+            "balance": format_micros(account.balance),
         }
-        for key, column in (
-            ("drive:bytes", "max_drive_bytes"), ("servers", "max_servers"),
-            ("cpu", "max_cpu_mhz"), ("mem", "max_mem_mb"), ("ips", "max_ips"),
-            ("vlans", "max_vlans"),
-        ):  # fmt: skip
-            if account.get(column) is not None:
-                info[f"limit:{key}"] = account[column]
-        for tier, limit in sorted(tier_limits_of(account).items()):
+        for key, limit in account.limits().items():
+            if limit is not None:
+                info[f"limit:{key}"] = limit
+        for tier, limit in sorted(account.max_drive_bytes_by_tier.items()):
             info[f"limit:drive:bytes:{tier}"] = limit
             with self._engine.connect() as connection:
                 info[f"usage:drive:bytes:{tier}"] = drive_store.total_size_of(
@@ -216,6 +212,6 @@ class Billing:
             {**day, "charge": format_micros(day["charge"])} for day in usage_per_day(records, since)
         ]
 
-    def usage_history(self, user: str, limit: int = 100) -> list[dict[str, Any]]:
+    def usage_history(self, user: str, limit: int = 100) -> list[UsageRecord]:
         with self._engine.connect() as connection:
             return billing_store.usage_of(connection, user, limit)

@@ -3,32 +3,40 @@
 `issue` gives the owner of a running server with a VNC password a token: random (256 bits),
 single-use, short-lived, bound to that server and user, kept in the database only as its
 SHA-256 (so several daemons could share it). `open_session` uses the token up (atomically: of
-two uses, one wins) and connects to the server's VNC itself, on the host's side, so the VNC
-port need not be reachable by the browser. A session ends when either side closes or when its
-server stops: the platform's event feed says so, and `end_sessions` closes its VNC connection.
+two uses, one wins), connects to the server's VNC itself, on the host's side, so the VNC
+port need not be reachable by the browser, and logs in there with the server's VNC password
+(inside VeNCrypt X509 for `vnc:tls on`): the password never reaches the browser, which is
+offered RFB without authentication (hypervisor/rfb.py). A session ends when either side
+closes or when its server stops: the platform's event feed says so, and `end_sessions` closes
+its VNC connection.
 """
 
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from openhosting.errors import AuthError, BusyError, MissingError
+from openhosting.hypervisor import rfb
+from openhosting.hypervisor.vnc_tls import CA_CERT
 from openhosting.services.events import Event
 from openhosting.services.servers import Servers
 from openhosting.store import console_tokens as token_store
 from openhosting.store import servers as server_store
+from openhosting.store.records import ServerRecord
 
 log = logging.getLogger("openhosting.consoles")
 
-# What a VNC connection may take to open: loopback (or the host's bridge address), at once.
+# What a VNC connection may take to open and log in: loopback (or the host's bridge address),
+# at once; a TLS handshake under TCG load takes a little longer.
 VNC_CONNECT_SECONDS = 5.0
 # A server's status that means its VM is gone (see ServerLifecycle.vm_exited).
 ENDED_STATUSES = frozenset({"stopped", "dead", "dumped"})
@@ -45,6 +53,16 @@ class ConsoleGrant:
 
     server: str
     user: str
+
+
+@dataclass(frozen=True)
+class VncTarget:
+    """Where and how the daemon logs in to one server's VNC."""
+
+    host: str
+    port: int
+    password: str
+    tls: bool  # `vnc:tls on`: VeNCrypt X509 with the platform's VNC CA
 
 
 @dataclass(frozen=True)
@@ -94,10 +112,12 @@ class Consoles:
         engine: Engine,
         servers: Servers,
         token_seconds: int,
+        vnc_tls_dir: Path,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
         self._servers = servers
+        self._vnc_tls_dir = vnc_tls_dir
         self._token_seconds = token_seconds
         self._clock = clock
         self._sessions: dict[str, set[ConsoleSession]] = {}
@@ -108,9 +128,9 @@ class Consoles:
         """A token for the console of the user's running server `server`."""
         with self._engine.connect() as connection:
             row = server_store.get_server(connection, server)
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise MissingError(f"Server {server} could not be found")
-        self._vnc_endpoint(row)  # refuses a server with no console now
+        self._vnc_target(row)  # refuses a server with no console now
         token = secrets.token_urlsafe(32)
         now = self._clock()
         expires = now + self._token_seconds
@@ -120,16 +140,31 @@ class Consoles:
         log.info("event=console_token_issued user=%s server=%s", user, server)
         return ConsoleTicket(token=token, expires=int(expires))
 
-    def _vnc_endpoint(self, row: dict[str, object]) -> tuple[str, int]:
-        """Where the VNC of the server in `row` listens; BusyError if it has none now."""
-        uuid = str(row["uuid"])
+    def _vnc_target(self, row: ServerRecord) -> VncTarget:
+        """Where the VNC of the server in `row` listens and how to log in; BusyError if it
+        has none now."""
+        uuid = row.uuid
         if uuid not in self._servers.lifecycle.vms:
             raise BusyError(f"Server {uuid} is not active: its console opens once it runs")
-        config = json.loads(str(row["config"]))
-        display = row["vnc_display"]
-        if not config.get("vnc:password") or not isinstance(display, int):
+        display = row.vnc_display
+        password = row.config.vnc_password
+        if not password or display is None:
             raise BusyError(f"Server {uuid} has no VNC console: set vnc:password and restart it")
-        return self._servers.lifecycle.vnc_endpoint(display)
+        host, port = self._servers.lifecycle.vnc_endpoint(display)
+        return VncTarget(host, port, password, row.config.vnc_tls)
+
+    def check_token(self, token: str) -> None:
+        """ConsoleTokenError naming why `token` cannot be used, without using it up: what
+        the console page asks after its WebSocket was refused, to say why in words."""
+        if not token:
+            raise ConsoleTokenError("Console token required: ?token= from POST /servers/S/console")
+        with self._engine.connect() as connection:
+            row = token_store.get_token(connection, token_hash(token))
+        if row is None:
+            raise ConsoleTokenError("Unknown console token")
+        if row.used_at is not None or row.expires <= self._clock():
+            reason = "used" if row.used_at is not None else "expired"
+            raise ConsoleTokenError(f"Console token {reason}: ask POST /servers/S/console again")
 
     def use_token(self, token: str) -> ConsoleGrant:
         """Use `token` up: what it opens; ConsoleTokenError if it cannot be used."""
@@ -143,28 +178,24 @@ class Consoles:
         if row is None:
             raise ConsoleTokenError("Unknown console token")
         if not used:
-            reason = "used" if row["used_at"] is not None else "expired"
+            reason = "used" if row.used_at is not None else "expired"
             raise ConsoleTokenError(f"Console token {reason}: ask POST /servers/S/console again")
-        return ConsoleGrant(server=str(row["server"]), user=str(row["user"]))
+        return ConsoleGrant(server=row.server, user=row.user)
 
     # -- sessions ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def open_session(self, grant: ConsoleGrant) -> AsyncIterator[ConsoleSession]:
-        """Connect to the VNC of the server `grant` opens, for the caller's `with` block.
-        Refused (nothing connected) if the server is no longer its user's or not running
-        with a console."""
+        """Connect to the VNC of the server `grant` opens and log in there, for the caller's
+        `with` block; the session's stream is then at the RFB ClientInit. Refused (nothing
+        connected) if the server is no longer its user's or not running with a console."""
         server, user = grant.server, grant.user
         with self._engine.connect() as connection:
             row = server_store.get_server(connection, server)
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise MissingError(f"Server {server} could not be found")
-        host, port = self._vnc_endpoint(row)
-        try:
-            async with asyncio.timeout(VNC_CONNECT_SECONDS):
-                reader, writer = await asyncio.open_connection(host, port)
-        except (OSError, TimeoutError) as error:
-            raise BusyError(f"Server {server}'s console could not be reached: {error}") from None
+        target = self._vnc_target(row)
+        reader, writer = await self._log_in(server, target)
         session = ConsoleSession(server, user, reader, writer)
         self._sessions.setdefault(server, set()).add(session)
         log.info("event=console_opened user=%s server=%s", user, server)
@@ -179,6 +210,26 @@ class Consoles:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             log.info("event=console_closed user=%s server=%s", user, server)
+
+    async def _log_in(
+        self, server: str, target: VncTarget
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(VNC_CONNECT_SECONDS):
+                reader, writer = await asyncio.open_connection(target.host, target.port)
+                tls = self._tls_context() if target.tls else None
+                await rfb.log_in(reader, writer, target.password, tls, target.host)
+        except (OSError, TimeoutError, rfb.RfbError) as error:
+            if writer is not None:
+                writer.close()
+            reason = str(error) or type(error).__name__
+            raise BusyError(f"Server {server}'s console could not be reached: {reason}") from None
+        return reader, writer
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Trust in the platform's VNC CA alone, as QEMU's VeNCrypt X509 server shows it."""
+        return ssl.create_default_context(cafile=str(self._vnc_tls_dir / CA_CERT))
 
     def sessions_of(self, server: str) -> int:
         """How many console sessions of `server` are open."""

@@ -20,11 +20,11 @@ where it was (logged as missing from its tier) until the operator moves it.
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from openhosting.storage.drive_files import DriveFiles
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.write_stage import remove_staging_leftovers
+from openhosting.store.records import DriveRecord
 
 log = logging.getLogger("openhosting.drives")
 
@@ -33,8 +33,8 @@ ORPHAN_GRACE_SECONDS = 600
 
 def repair_drive_files(
     tiers: DriveTiers,
-    rows: list[dict[str, Any]],
-    master_key_of: Callable[[dict[str, Any]], bytes | None],
+    rows: list[DriveRecord],
+    master_key_of: Callable[[DriveRecord], bytes | None],
 ) -> tuple[int, int]:
     """Repair the files of the drives of `rows` (all of them): how many files were resized,
     and how many files without a row were removed."""
@@ -47,18 +47,18 @@ def repair_drive_files(
 
 def _fit_files_to_rows(
     tiers: DriveTiers,
-    rows: list[dict[str, Any]],
-    master_key_of: Callable[[dict[str, Any]], bytes | None],
+    rows: list[DriveRecord],
+    master_key_of: Callable[[DriveRecord], bytes | None],
 ) -> int:
     fixed = 0
     for row in rows:
-        uuid, size = row["uuid"], row["size"]
-        if row["tier"] not in tiers.names:
-            log.error("event=drive_tier_unknown drive=%s tier=%s", uuid, row["tier"])
+        uuid, size = row.uuid, row.size
+        if row.tier not in tiers.names:
+            log.error("event=drive_tier_unknown drive=%s tier=%s", uuid, row.tier)
             continue
-        files = tiers.of(row["tier"])
+        files = tiers.of(row.tier)
         try:
-            if files.holds_size(uuid, size, encrypted=row["wrapped_master_key"] is not None):
+            if files.holds_size(uuid, size, encrypted=row.wrapped_master_key is not None):
                 continue
             files.resize(uuid, size, master_key_of(row), kept=size)
         except OSError as error:
@@ -69,8 +69,8 @@ def _fit_files_to_rows(
     return fixed
 
 
-def _remove_orphan_files(files: DriveFiles, rows: list[dict[str, Any]]) -> int:
-    known = {row["uuid"] for row in rows}
+def _remove_orphan_files(files: DriveFiles, rows: list[DriveRecord]) -> int:
+    known = {row.uuid for row in rows}
     removed = 0
     for uuid in files.unchanged_since(time.time() - ORPHAN_GRACE_SECONDS):
         if uuid not in known:

@@ -10,22 +10,19 @@ import asyncio
 import base64
 import contextlib
 import functools
-import json
 import logging
 import secrets
 import time
 import uuid as uuid_module
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.errors import BusyError, FullError, MissingError, SystemError_
-from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings, apply_drive_properties
+from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drive_repair import repair_drive_files
 from openhosting.services.drive_transfers import (
@@ -34,6 +31,19 @@ from openhosting.services.drive_transfers import (
     StagedDriveWriter,
     storage_error,
 )
+from openhosting.services.operations import (
+    ATTACH,
+    DESTROY,
+    DRIVE_RULES,
+    IMAGE,
+    READ,
+    RESIZE,
+    SET,
+    SHRINK,
+    WRITE,
+    Operation,
+    Operations,
+)
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.write_stage import WriteStage
@@ -41,70 +51,43 @@ from openhosting.store import drives as drive_store
 from openhosting.store import space_reserve
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
+from openhosting.store.records import ClaimRecord, DriveRecord, drive_settings_columns
 from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.drives")
 
 
-def _settings_of(row: dict[str, Any]) -> DriveSettings:
-    return DriveSettings(
-        name=row["name"],
-        size=row["size"],
-        claim_type=row["claim_type"],
-        readers=tuple(row["readers"].split()),
-        tags=tuple(row["tags"].split()),
-        user_keys=json.loads(row["user_keys"]),
-        avoid=tuple(row["avoid"].split()),
-        cipher=row["cipher"],
-        tier=row["tier"],
-    )
-
-
-def _settings_columns(settings: DriveSettings) -> dict[str, Any]:
-    return {
-        "name": settings.name,
-        "size": settings.size,
-        "claim_type": settings.claim_type,
-        "readers": " ".join(settings.readers),
-        "tags": " ".join(settings.tags),
-        "user_keys": json.dumps(settings.user_keys, sort_keys=True),
-        "avoid": " ".join(settings.avoid),
-        "tier": settings.tier,
-    }
-
-
 def drive_info(
-    row: dict[str, Any], claims: list[dict[str, Any]], available: bool = True
+    drive: DriveRecord, claims: list[ClaimRecord], available: bool = True
 ) -> dict[str, Value]:
     """The info of a drive, keys in the order the real service shows them; `available`:
     whether its data can be reached now (`status active`, else `inactive`)."""
     info: dict[str, Value] = {
-        "drive": row["uuid"],
-        "name": row["name"],
-        "size": row["size"],
-        "user": row["user"],
+        "drive": drive.uuid,
+        "name": drive.name,
+        "size": drive.size,
+        "user": drive.user,
         "status": "active" if available else "inactive",
-        "claim:type": row["claim_type"],
+        "claim:type": drive.claim_type,
     }
     if claims:
         info["claimed"] = " ".join(
-            f"{claim['user']}:{claim['kind']}:{claim['holder']}:{claim['device']}"
-            for claim in claims
+            f"{claim.user}:{claim.kind}:{claim.holder}:{claim.device}" for claim in claims
         )
-    info["readers"] = row["readers"]
-    info["tags"] = row["tags"]
-    info.update(sorted(json.loads(row["user_keys"]).items()))
-    info["encryption:cipher"] = row["cipher"]
-    info["tier"] = row["tier"]
+    info["readers"] = " ".join(drive.readers)
+    info["tags"] = " ".join(drive.tags)
+    info.update(sorted(drive.user_keys.items()))
+    info["encryption:cipher"] = drive.cipher
+    info["tier"] = drive.tier
     # Kept on the row by services/imaging.py; absent (never "false") when nothing is pending.
-    if row.get("imaging"):
-        info["imaging"] = row["imaging"]
-    if row.get("imaging_error"):
-        info["imaging:error"] = row["imaging_error"]
-    info["read:bytes"] = row["read_bytes"]
-    info["read:requests"] = row["read_requests"]
-    info["write:bytes"] = row["write_bytes"]
-    info["write:requests"] = row["write_requests"]
+    if drive.imaging:
+        info["imaging"] = drive.imaging
+    if drive.imaging_error:
+        info["imaging:error"] = drive.imaging_error
+    info["read:bytes"] = drive.read_bytes
+    info["read:requests"] = drive.read_requests
+    info["write:bytes"] = drive.write_bytes
+    info["write:requests"] = drive.write_requests
     return info
 
 
@@ -141,76 +124,61 @@ class Drives:
         self.tiers = tiers
         self._secret_key = secret_key
         self._default_cipher = cipher
-        # Writes under way per drive: a drive being written cannot be destroyed or shrunk.
-        self._writes_in_flight: Counter[str] = Counter()
-        # Reads under way: a drive being read cannot be shrunk (the read promised its length).
-        self._reads_in_flight: Counter[str] = Counter()
-        # Drives whose file is being resized: their bytes may not be read, written or claimed.
-        self._resizing: set[str] = set()
+        # Reads, writes and resizes under way per drive, and what each refuses.
+        self.operations = Operations("Drive", DRIVE_RULES)
 
     @property
     def files(self) -> DriveFiles:
         """The default tier's (`disk`) drive files, where standard drives live too."""
         return self.tiers.of(self.tiers.default)
 
-    def files_of(self, row: dict[str, Any]) -> DriveFiles:
+    def files_of(self, row: DriveRecord) -> DriveFiles:
         """The drive files of the tier of the drive of `row`."""
         try:
-            return self.tiers.of(row["tier"])
+            return self.tiers.of(row.tier)
         except KeyError:
             # The configuration no longer names the tier: its file is nowhere we know.
             raise SystemError_(
-                f"Drive {row['uuid']} is in tier {row['tier']}, which this platform's"
+                f"Drive {row.uuid} is in tier {row.tier}, which this platform's"
                 " configuration no longer has"
             ) from None
 
     # -- lookups -------------------------------------------------------------------------
 
-    def _owned(self, connection: Connection, user: str, uuid: str) -> dict[str, Any]:
+    def _owned(self, connection: Connection, user: str, uuid: str) -> DriveRecord:
         row = drive_store.get_drive(connection, uuid)
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise _missing(uuid)
         return row
 
-    def _readable(self, connection: Connection, user: str, uuid: str) -> dict[str, Any]:
+    def _readable(self, connection: Connection, user: str, uuid: str) -> DriveRecord:
         return self._check_readable(drive_store.get_drive(connection, uuid), user, uuid)
 
-    def _check_readable(self, row: dict[str, Any] | None, user: str, uuid: str) -> dict[str, Any]:
+    def _check_readable(self, row: DriveRecord | None, user: str, uuid: str) -> DriveRecord:
         """`row` if `user` may read drive `uuid`; missing (as for no drive) otherwise."""
-        if row is None:
-            raise _missing(uuid)
-        readers = row["readers"].split()
-        if row["user"] != user and user not in readers and EVERYONE not in readers:
+        if row is None or not row.readable_by(user):
             raise _missing(uuid)
         return row
 
-    def _master_key(self, row: dict[str, Any]) -> bytes | None:
-        if row["wrapped_master_key"] is None:
+    def _master_key(self, row: DriveRecord) -> bytes | None:
+        if row.wrapped_master_key is None:
             return None
-        return unwrap_secret(self._secret_key, row["wrapped_master_key"], row["uuid"] + ":master")
+        return unwrap_secret(self._secret_key, row.wrapped_master_key, row.uuid + ":master")
 
-    def passphrase_of(self, row: dict[str, Any]) -> bytes | None:
+    def passphrase_of(self, row: DriveRecord) -> bytes | None:
         """The LUKS passphrase QEMU opens an encrypted drive with."""
-        if row["wrapped_passphrase"] is None:
+        if row.wrapped_passphrase is None:
             return None
-        return unwrap_secret(self._secret_key, row["wrapped_passphrase"], row["uuid"] + ":luks")
+        return unwrap_secret(self._secret_key, row.wrapped_passphrase, row.uuid + ":luks")
 
-    def open_io(self, row: dict[str, Any]) -> OpenDrive:
+    def open_io(self, row: DriveRecord) -> OpenDrive:
         """The drive of `row` opened for in-process I/O (decrypted when it is encrypted)."""
-        return self.files_of(row).open(row["uuid"], self._master_key(row))
+        return self.files_of(row).open(row.uuid, self._master_key(row))
 
     def changing(self, uuid: str) -> str | None:
         """What changes the drive's bytes right now outside any claim (`being written`,
         `being resized`), or None."""
-        if uuid in self._resizing:
-            return "being resized"
-        if self._writes_in_flight[uuid]:
-            return "being written"
-        return None
-
-    def _refuse_while_resizing(self, uuid: str, action: str) -> None:
-        if uuid in self._resizing:
-            raise BusyError(f"Drive {uuid} is being resized and cannot be {action} now")
+        return self.operations.conflict(uuid, IMAGE)
 
     # -- commands ------------------------------------------------------------------------
 
@@ -221,18 +189,16 @@ class Drives:
     def info(self, user: str, uuid: str) -> dict[str, Value]:
         # Through the Reader: the hottest command after the lists, and SQLAlchemy's execute
         # cost several times the two queries. Not cached: counters change with every write.
-        rows = self._reader.mappings(drive_store.DRIVE_BY_UUID, uuid=uuid)
-        row = self._check_readable(rows[0] if rows else None, user, uuid)
-        claims = self._reader.mappings(drive_store.CLAIMS_ON_DRIVE, drive=uuid)
+        row = self._check_readable(drive_store.read_drive(self._reader, uuid), user, uuid)
+        claims = drive_store.read_claims_on(self._reader, uuid)
         return drive_info(row, claims, self.files.is_available(uuid))
 
     def info_all(self, user: str) -> list[dict[str, Value]]:
         with self._engine.connect() as connection:
             rows = drive_store.drives_of(connection, user)
-            claims = drive_store.claims_on_many(connection, [row["uuid"] for row in rows])
+            claims = drive_store.claims_on_many(connection, [row.uuid for row in rows])
         return [
-            drive_info(row, claims[row["uuid"]], self.files.is_available(row["uuid"]))
-            for row in rows
+            drive_info(row, claims[row.uuid], self.files.is_available(row.uuid)) for row in rows
         ]
 
     def _check_drive_limit(
@@ -273,7 +239,8 @@ class Drives:
                 }
         except OSError as error:
             raise storage_error(error, "create the drive") from None
-        try:
+        with Reverter() as revert:
+            revert.add(functools.partial(files.destroy, uuid))
             with self._engine.begin() as connection:
                 # Checked again: another create may have finished while the file was made.
                 self._check_drive_limit(connection, user, settings.size, settings.tier)
@@ -283,12 +250,10 @@ class Drives:
                     user=user,
                     cipher=settings.cipher,
                     created_at=time.time(),  # sub-second: lists keep creation order
-                    **_settings_columns(settings),
+                    **drive_settings_columns(settings),
                     **wrapped,
                 )
-        except BaseException:
-            files.destroy(uuid)
-            raise
+            revert.success()
         log.info(
             "event=drive_created user=%s drive=%s size=%s cipher=%s tier=%s",
             user,
@@ -300,16 +265,16 @@ class Drives:
         return self.info(user, uuid)
 
     async def set(self, user: str, uuid: str, properties: dict[str, str]) -> dict[str, Value]:
-        # The checks, the new row and the `_resizing` mark come with no await between them:
+        # The checks, the new row and the resize in flight come with no await between them:
         # from then on whatever would touch the bytes (I/O, imaging, a server) is refused
         # until the file has its new size. The row is the truth; a daemon killed before the
         # file follows is put right at the next start (`repair_files`).
         with self._engine.begin() as connection:
             row = self._owned(connection, user, uuid)
-            if row.get("imaging"):
+            if row.imaging:
                 raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
-            self._refuse_while_resizing(uuid, "set")
-            current = _settings_of(row)
+            self.operations.check(uuid, SET)
+            current = row.settings
             settings = apply_drive_properties(
                 current, properties, creating=False, tiers=self.tiers.names
             )
@@ -319,31 +284,27 @@ class Drives:
                     self._check_drive_limit(
                         connection, user, settings.size, settings.tier, excluding=uuid
                     )
-                elif self._writes_in_flight[uuid] or self._reads_in_flight[uuid]:
-                    raise BusyError(
-                        f"Drive {uuid} is being read or written and cannot be shrunk now"
-                    )
-            drive_store.update_drive(connection, uuid, **_settings_columns(settings))
+                else:
+                    self.operations.check(uuid, SHRINK)
+            drive_store.update_drive(connection, uuid, **drive_settings_columns(settings))
         if settings.size != current.size:
             await self._resize_file(row, current.size, settings.size)
         return self.info(user, uuid)
 
-    async def _resize_file(self, row: dict[str, Any], old_size: int, new_size: int) -> None:
-        uuid, master_key = row["uuid"], self._master_key(row)
+    async def _resize_file(self, row: DriveRecord, old_size: int, new_size: int) -> None:
+        uuid, master_key = row.uuid, self._master_key(row)
         files = self.files_of(row)
         kept = min(old_size, new_size)
-        self._resizing.add(uuid)
-        try:
-            await asyncio.to_thread(files.resize, uuid, new_size, master_key, kept)
-        except OSError as error:
-            # Back to the old size (what was cut stays cut: it reads as zeros).
-            with self._engine.begin() as connection:
-                drive_store.update_drive(connection, uuid, size=old_size)
-            with contextlib.suppress(OSError):  # repair_files retries at the next start
-                await asyncio.to_thread(files.resize, uuid, old_size, master_key, kept)
-            raise storage_error(error, "resize the drive") from None
-        finally:
-            self._resizing.discard(uuid)
+        with self.operations.begin(uuid, RESIZE):
+            try:
+                await asyncio.to_thread(files.resize, uuid, new_size, master_key, kept)
+            except OSError as error:
+                # Back to the old size (what was cut stays cut: it reads as zeros).
+                with self._engine.begin() as connection:
+                    drive_store.update_drive(connection, uuid, size=old_size)
+                with contextlib.suppress(OSError):  # repair_files retries at the next start
+                    await asyncio.to_thread(files.resize, uuid, old_size, master_key, kept)
+                raise storage_error(error, "resize the drive") from None
 
     def repair_files(self) -> tuple[int, int]:
         """Put the drive files right after a daemon that stopped half-way (at start): how many
@@ -358,10 +319,8 @@ class Drives:
         def delete_row(connection: Connection) -> None:
             # Its tier's files first: a drive whose tier the configuration lost keeps its row.
             found.append(self.files_of(self._owned(connection, user, uuid)))
-            self._refuse_while_resizing(uuid, "destroyed")
             self._check_busy(connection, uuid, "destroyed")
-            if self._writes_in_flight[uuid]:
-                raise BusyError(f"Drive {uuid} is being written and cannot be destroyed now")
+            self.operations.check(uuid, DESTROY)
             drive_store.delete_drive(connection, uuid)
 
         # Destroying is how a user gets space back: it must work on a full disk, where even
@@ -376,21 +335,20 @@ class Drives:
         if claims:
             holder = claims[0]
             raise BusyError(
-                f"Drive {uuid} is in use ({holder['kind']} {holder['holder']}) and cannot be"
-                f" {action} now"
+                f"Drive {uuid} is in use ({holder.kind} {holder.holder}) and cannot be {action} now"
             )
 
     def attachable(self, user: str, uuid: str) -> "AttachableDrive":
         """What a server of `user` needs to attach drive `uuid` (their own, or readable)."""
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
-        self._refuse_while_resizing(uuid, "attached")
+        self.operations.check(uuid, ATTACH)
         return AttachableDrive(
             uuid=uuid,
             path=self.files_of(row).path_of(uuid),
             passphrase=self.passphrase_of(row),
-            owned=row["user"] == user,
-            exclusive=row["claim_type"] != "shared",
+            owned=row.user == user,
+            exclusive=row.claim_type != "shared",
         )
 
     # -- data ----------------------------------------------------------------------------
@@ -399,18 +357,15 @@ class Drives:
         """Plan a read of `length` bytes (None: to the end) from `offset`, clamped to the end."""
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
-        self._refuse_while_resizing(uuid, "read")
-        size = row["size"]
+        size = row.size
         start = min(offset, size)
         count = size - start if length is None else min(length, size - start)
-        opened = self.files_of(row).open(uuid, self._master_key(row))
-        self._reads_in_flight[uuid] += 1
-        return ReadPlan(uuid, opened, start, count, lambda: self._end_read(uuid))
-
-    def _end_read(self, uuid: str) -> None:
-        self._reads_in_flight[uuid] -= 1
-        if not self._reads_in_flight[uuid]:
-            del self._reads_in_flight[uuid]
+        reading = self.operations.begin(uuid, READ)
+        with Reverter() as revert:
+            revert.add(reading.end)
+            opened = self.files_of(row).open(uuid, self._master_key(row))
+            revert.success()
+        return ReadPlan(uuid, opened, start, count, reading.end)
 
     def record_read(self, uuid: str, nbytes: int) -> None:
         self._count_io(uuid, "read", nbytes)
@@ -436,29 +391,25 @@ class Drives:
         with self._engine.connect() as connection:
             row = self._owned(connection, user, uuid)
             claims = drive_store.claims_on(connection, uuid)
-        self._refuse_while_resizing(uuid, "written")
+        self.operations.check(uuid, WRITE)
         for claim in claims:
-            if claim["kind"] != "guest" or row["claim_type"] != "shared":
+            if claim.kind != "guest" or row.claim_type != "shared":
                 raise BusyError(
-                    f"Drive {uuid} is in use ({claim['kind']} {claim['holder']}) and cannot be"
+                    f"Drive {uuid} is in use ({claim.kind} {claim.holder}) and cannot be"
                     " written now"
                 )
-        if offset > row["size"]:
-            raise FullError(
-                f"Offset {offset} is past the end of drive {uuid} ({row['size']} bytes)"
-            )
+        if offset > row.size:
+            raise FullError(f"Offset {offset} is past the end of drive {uuid} ({row.size} bytes)")
         files = self.files_of(row)
         opened = files.open(uuid, self._master_key(row))
-        self._writes_in_flight[uuid] += 1
-        on_close = functools.partial(self._end_write, uuid)
+        # Checked above, and nothing awaited since: this cannot be refused.
+        on_close = functools.partial(self._end_write, self.operations.begin(uuid, WRITE))
         if staged:
             stage = WriteStage(opened.io, files.root, offset)
-            return StagedDriveWriter(uuid, opened, stage, row["size"] - offset, on_close)
-        return DriveWriter(uuid, opened, offset, row["size"], on_close)
+            return StagedDriveWriter(uuid, opened, stage, row.size - offset, on_close)
+        return DriveWriter(uuid, opened, offset, row.size, on_close)
 
-    def _end_write(self, uuid: str, nbytes: int | None) -> None:
-        self._writes_in_flight[uuid] -= 1
-        if not self._writes_in_flight[uuid]:
-            del self._writes_in_flight[uuid]
+    def _end_write(self, writing: Operation, nbytes: int | None) -> None:
+        writing.end()
         if nbytes is not None:
-            self._count_io(uuid, "write", nbytes)
+            self._count_io(writing.uuid, "write", nbytes)

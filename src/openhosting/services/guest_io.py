@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.hypervisor.monitor import BlockStats
 from openhosting.store import drives as drive_store
+from openhosting.store.records import ClaimRecord
 
 log = logging.getLogger("openhosting.drives")
 
@@ -37,8 +38,13 @@ def fold(mark: BlockStats, now: BlockStats) -> tuple[BlockStats, BlockStats]:
     return BlockStats(**delta), BlockStats(**new_mark)
 
 
-def _mark_of(claim: dict[str, int]) -> BlockStats:
-    return BlockStats(**{name: int(claim[f"guest_{name}"]) for name in drive_store.IO_COUNTERS})
+def _mark_of(claim: ClaimRecord) -> BlockStats:
+    return BlockStats(
+        claim.guest_read_bytes,
+        claim.guest_read_requests,
+        claim.guest_write_bytes,
+        claim.guest_write_requests,
+    )
 
 
 def fold_guest_io(engine: Engine, readings: dict[str, dict[str, BlockStats]]) -> None:
@@ -50,15 +56,15 @@ def fold_guest_io(engine: Engine, readings: dict[str, dict[str, BlockStats]]) ->
         with engine.begin() as connection:
             for server, by_slot in readings.items():
                 for claim in drive_store.guest_claims_of(connection, server):
-                    now = by_slot.get(claim["device"])
+                    now = by_slot.get(claim.device)
                     if now is None:
                         continue
                     delta, mark = fold(_mark_of(claim), now)
                     if delta != ZERO:
                         drive_store.add_guest_io(
                             connection,
-                            claim["id"],
-                            claim["drive"],
+                            claim.id,
+                            claim.drive,
                             dataclasses.asdict(delta),
                             dataclasses.asdict(mark),
                         )

@@ -34,7 +34,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
-from openhosting.model.common import EVERYONE
 from openhosting.services.drives import Drives
 from openhosting.services.events import EventBus
 from openhosting.storage.gzip_stream import GzipStreamError
@@ -42,6 +41,7 @@ from openhosting.storage.imaging import CONVERSIONS, PIPELINES, Endpoint, Imagin
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
 from openhosting.store.jobs import DESTINATION, DONE, FAILED, QUEUED, RUNNING, SOURCE
+from openhosting.store.records import ClaimRecord, DriveRecord, JobRecord
 from openhosting.store.tables import PLATFORM_USER
 
 log = logging.getLogger("openhosting.imaging")
@@ -98,10 +98,10 @@ class Imaging:
             raise UsageError(f"Drive {dst} cannot be imaged from itself")
         with self._engine.begin() as connection:
             dst_row = drive_store.get_drive(connection, dst)
-            if dst_row is None or dst_row["user"] != user:
+            if dst_row is None or dst_row.user != user:
                 raise MissingError(f"Drive {dst} could not be found")
             src_row = drive_store.get_drive(connection, src)
-            if src_row is None or not _readable_by(src_row, user):
+            if src_row is None or not src_row.readable_by(user):
                 raise MissingError(f"Drive {src} could not be found")
             self._check_destination(connection, dst)
             self._check_source(connection, src_row)
@@ -117,9 +117,9 @@ class Imaging:
             job_store.insert_job_claim(connection, job_id, dst, user, DESTINATION)
             # Standard drives need no freezing (nobody writes them), and a claim on one would
             # keep every user's servers from attaching it while anyone images from it.
-            if src_row["user"] != PLATFORM_USER:
+            if src_row.user != PLATFORM_USER:
                 job_store.insert_job_claim(connection, job_id, src, user, SOURCE)
-            if not dst_row["imaging"]:
+            if not dst_row.imaging:
                 drive_store.update_drive(connection, dst, imaging="queued")
             job = job_store.get_job(connection, job_id)
         assert job is not None
@@ -134,28 +134,28 @@ class Imaging:
 
     def _check_destination(self, connection: Connection, dst: str) -> None:
         for claim in drive_store.claims_on(connection, dst):
-            if claim["kind"] == job_store.CLAIM_KIND and claim["device"] == DESTINATION:
+            if claim.kind == job_store.CLAIM_KIND and claim.device == DESTINATION:
                 continue  # another job into DST: this one waits its turn
             raise BusyError(f"Drive {dst} is in use ({_claim_text(claim)}) and cannot be imaged")
         if changing := self._drives.changing(dst):
             raise BusyError(f"Drive {dst} is {changing} and cannot be imaged now")
 
-    def _check_source(self, connection: Connection, src_row: dict[str, Any]) -> None:
-        src = src_row["uuid"]
+    def _check_source(self, connection: Connection, src_row: DriveRecord) -> None:
+        src = src_row.uuid
         for claim in drive_store.claims_on(connection, src):
-            if claim["kind"] == job_store.CLAIM_KIND and claim["device"] == DESTINATION:
+            if claim.kind == job_store.CLAIM_KIND and claim.device == DESTINATION:
                 raise BusyError(f"Drive {src} is being imaged and cannot be a source now")
             # A running guest may change a user's drive under the copy; standard drives are
             # read-only to guests.
-            if claim["kind"] == "guest" and src_row["user"] != PLATFORM_USER:
+            if claim.kind == "guest" and src_row.user != PLATFORM_USER:
                 raise BusyError(
                     f"Drive {src} is in use ({_claim_text(claim)}) and cannot be a source now"
                 )
         if changing := self._drives.changing(src):
             raise BusyError(f"Drive {src} is {changing} and cannot be a source now")
 
-    def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Job rows, newest first (for the operator)."""
+    def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[JobRecord]:
+        """Jobs, newest first (for the operator)."""
         with self._engine.connect() as connection:
             return job_store.list_jobs(connection, state, limit)
 
@@ -185,15 +185,15 @@ class Imaging:
             pending = job_store.pending_jobs(connection)
             job_store.clear_imaging_status(connection)
             for job in pending:
-                if job["state"] == RUNNING:
+                if job.state == RUNNING:
                     job_store.update_job(
-                        connection, job["id"], state=QUEUED, started_at=None, bytes_done=0
+                        connection, job.id, state=QUEUED, started_at=None, bytes_done=0
                     )
                     log.warning(
                         "event=imaging_restarted job=%s drive=%s reason=interrupted",
-                        job["id"], job["dst"],
+                        job.id, job.dst,
                     )  # fmt: skip
-                drive_store.update_drive(connection, job["dst"], imaging="queued")
+                drive_store.update_drive(connection, job.dst, imaging="queued")
         if orphans:
             log.warning("event=imaging_claims_released count=%s reason=no_pending_job", orphans)
         self._prune_expired()
@@ -218,12 +218,12 @@ class Imaging:
         assert self._executor is not None
         self._executor.shutdown(wait=False)
 
-    def _spawn(self, job: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(job), name=f"imaging-{job['id']}")
-        self._tasks[job["id"]] = task
+    def _spawn(self, job: JobRecord) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(job), name=f"imaging-{job.id}")
+        self._tasks[job.id] = task
 
-    async def _run(self, job: dict[str, Any]) -> None:
-        dst = job["dst"]
+    async def _run(self, job: JobRecord) -> None:
+        dst = job.dst
         lock = self._dst_locks.setdefault(dst, asyncio.Lock())
         self._dst_jobs[dst] += 1
         try:
@@ -237,12 +237,12 @@ class Imaging:
             self._dst_jobs[dst] -= 1
             if not self._dst_jobs[dst]:
                 del self._dst_jobs[dst], self._dst_locks[dst]
-            self._tasks.pop(job["id"], None)
+            self._tasks.pop(job.id, None)
 
-    async def _execute(self, job: dict[str, Any]) -> None:
+    async def _execute(self, job: JobRecord) -> None:
         if not self._running:
             return
-        stop = self._stops[job["id"]] = threading.Event()
+        stop = self._stops[job.id] = threading.Event()
         started = time.monotonic()
         try:
             self._mark_running(job)
@@ -251,95 +251,93 @@ class Imaging:
         except ImagingStopped:
             self._requeue(job)
         except GzipStreamError as error:
-            self._end(job, f"source drive {job['src']} holds no whole gzip image: {error.message}")
+            self._end(job, f"source drive {job.src} holds no whole gzip image: {error.message}")
         except ApiError as error:
             self._end(job, error.message)
         except OSError as error:
             self._end(job, _describe(error))
         except Exception:
-            log.exception("event=imaging_internal_error job=%s", job["id"])
+            log.exception("event=imaging_internal_error job=%s", job.id)
             self._end(job, "internal error; the operator has the details")
         else:
             self._end(job, None, total)
             log.info(
                 "event=imaging_done job=%s drive=%s bytes=%s seconds=%.2f",
-                job["id"], job["dst"], total, time.monotonic() - started,
+                job.id, job.dst, total, time.monotonic() - started,
             )  # fmt: skip
         finally:
-            del self._stops[job["id"]]
+            del self._stops[job.id]
 
     # -- in a worker thread --------------------------------------------------------------
 
-    def _work(self, job: dict[str, Any], stop: threading.Event) -> int:
+    def _work(self, job: JobRecord, stop: threading.Event) -> int:
         """Move the bytes; returns the source bytes processed."""
         with self._engine.connect() as connection:
-            dst_row = drive_store.get_drive(connection, job["dst"])
-            src_row = drive_store.get_drive(connection, job["src"])
+            dst_row = drive_store.get_drive(connection, job.dst)
+            src_row = drive_store.get_drive(connection, job.src)
         if dst_row is None:
-            raise FailedError(f"drive {job['dst']} no longer exists")
+            raise FailedError(f"drive {job.dst} no longer exists")
         if src_row is None:
-            raise FailedError(f"source drive {job['src']} no longer exists")
+            raise FailedError(f"source drive {job.src} no longer exists")
         tracker = Tracker(functools.partial(self._report, job), stop=stop, max_rate=self._max_rate)
         with self._drives.open_io(src_row) as src_io, self._drives.open_io(dst_row) as dst_io:
-            PIPELINES[job["conversion"]](
-                Endpoint.of(src_io, src_row["size"]), Endpoint.of(dst_io, dst_row["size"]), tracker
+            PIPELINES[job.conversion](
+                Endpoint.of(src_io, src_row.size), Endpoint.of(dst_io, dst_row.size), tracker
             )
         self._check_source_remains(job)
         return tracker.total
 
-    def _report(self, job: dict[str, Any], done: int, total: int) -> None:
+    def _report(self, job: JobRecord, done: int, total: int) -> None:
         # Capped at 99: 100% would claim a job done before its bytes are durable.
         percent = min(99, done * 100 // total) if total else 0
         with self._engine.begin() as connection:
             self._check_source_remains(job, connection)
-            job_store.update_job(connection, job["id"], bytes_done=done, bytes_total=total)
-            drive_store.update_drive(connection, job["dst"], imaging=f"{percent}%")
+            job_store.update_job(connection, job.id, bytes_done=done, bytes_total=total)
+            drive_store.update_drive(connection, job.dst, imaging=f"{percent}%")
         self._publish(job, f"{percent}%")
 
-    def _publish(self, job: dict[str, Any], imaging: str, error: str | None = None) -> None:
+    def _publish(self, job: JobRecord, imaging: str, error: str | None = None) -> None:
         """Tell the event feed where the job is (`queued`, `NN%`, `done`, `failed`)."""
-        if self._published.get(job["id"]) == imaging:
+        if self._published.get(job.id) == imaging:
             return
         if imaging in ("done", "failed"):
-            self._published.pop(job["id"], None)
+            self._published.pop(job.id, None)
         else:
-            self._published[job["id"]] = imaging
+            self._published[job.id] = imaging
         self._events.publish(
-            job["user"], "drive", job["dst"], "imaging", imaging=imaging, job=job["id"],
-            source=job["src"], **({"error": error} if error is not None else {}),
+            job.user, "drive", job.dst, "imaging", imaging=imaging, job=job.id,
+            source=job.src, **({"error": error} if error is not None else {}),
         )  # fmt: skip
 
-    def _check_source_remains(
-        self, job: dict[str, Any], connection: Connection | None = None
-    ) -> None:
+    def _check_source_remains(self, job: JobRecord, connection: Connection | None = None) -> None:
         """A standard drive can be removed by the operator, and a user deleted, mid-job."""
         if connection is None:
             with self._engine.connect() as fresh:
-                row = drive_store.get_drive(fresh, job["src"])
+                row = drive_store.get_drive(fresh, job.src)
         else:
-            row = drive_store.get_drive(connection, job["src"])
+            row = drive_store.get_drive(connection, job.src)
         if row is None:
-            raise FailedError(f"source drive {job['src']} was destroyed during imaging")
+            raise FailedError(f"source drive {job.src} was destroyed during imaging")
 
     # -- job states ----------------------------------------------------------------------
 
-    def _mark_running(self, job: dict[str, Any]) -> None:
+    def _mark_running(self, job: JobRecord) -> None:
         with self._engine.begin() as connection:
             job_store.update_job(
-                connection, job["id"], state=RUNNING, started_at=time.time(), bytes_done=0
+                connection, job.id, state=RUNNING, started_at=time.time(), bytes_done=0
             )
-            drive_store.update_drive(connection, job["dst"], imaging="0%", imaging_error=None)
-        log.info("event=imaging_started job=%s drive=%s", job["id"], job["dst"])
+            drive_store.update_drive(connection, job.dst, imaging="0%", imaging_error=None)
+        log.info("event=imaging_started job=%s drive=%s", job.id, job.dst)
         self._publish(job, "0%")
 
-    def _requeue(self, job: dict[str, Any]) -> None:
+    def _requeue(self, job: JobRecord) -> None:
         with self._engine.begin() as connection:
-            job_store.update_job(connection, job["id"], state=QUEUED, started_at=None, bytes_done=0)
-            drive_store.update_drive(connection, job["dst"], imaging="queued")
-        log.info("event=imaging_interrupted job=%s drive=%s", job["id"], job["dst"])
+            job_store.update_job(connection, job.id, state=QUEUED, started_at=None, bytes_done=0)
+            drive_store.update_drive(connection, job.dst, imaging="queued")
+        log.info("event=imaging_interrupted job=%s drive=%s", job.id, job.dst)
         self._publish(job, "queued")
 
-    def _end(self, job: dict[str, Any], error: str | None, total: int | None = None) -> None:
+    def _end(self, job: JobRecord, error: str | None, total: int | None = None) -> None:
         """The job is over: record how, release its claims, show what DST waits for next."""
         values: dict[str, Any] = {"state": FAILED if error else DONE, "ended_at": time.time()}
         if error:
@@ -347,13 +345,13 @@ class Imaging:
         else:
             values.update(bytes_done=total, bytes_total=total)
         with self._engine.begin() as connection:
-            job_store.update_job(connection, job["id"], **values)
-            job_store.delete_job_claims(connection, job["id"])
-            waiting = job_store.pending_jobs_into(connection, job["dst"])
+            job_store.update_job(connection, job.id, **values)
+            job_store.delete_job_claims(connection, job.id)
+            waiting = job_store.pending_jobs_into(connection, job.dst)
             status = {"imaging": "queued" if waiting else None}
             if error:
                 status["imaging_error"] = error
-            drive_store.update_drive(connection, job["dst"], **status)
+            drive_store.update_drive(connection, job.dst, **status)
         self._prune_expired()
         if error:
             self._publish(job, "failed", error)
@@ -362,17 +360,12 @@ class Imaging:
         if error:
             log.warning(
                 "event=imaging_failed job=%s drive=%s source=%s error=%r",
-                job["id"], job["dst"], job["src"], error,
+                job.id, job.dst, job.src, error,
             )  # fmt: skip
 
 
-def _readable_by(row: dict[str, Any], user: str) -> bool:
-    readers = row["readers"].split()
-    return row["user"] == user or user in readers or EVERYONE in readers
-
-
-def _claim_text(claim: dict[str, Any]) -> str:
-    return f"{claim['kind']} {claim['holder']} {claim['device']}".strip()
+def _claim_text(claim: ClaimRecord) -> str:
+    return f"{claim.kind} {claim.holder} {claim.device}".strip()
 
 
 def _describe(error: OSError) -> str:

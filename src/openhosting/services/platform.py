@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from openhosting.config import Config
+from openhosting.hypervisor.vnc_tls import vnc_tls_dir
 from openhosting.network import open_network
 from openhosting.services.accounts import Accounts
 from openhosting.services.audit import Audit
@@ -73,7 +74,9 @@ def open_platform(config: Config) -> Platform:
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
     servers = Servers(engine, reader, drives, config, networks, billing, events)
-    consoles = Consoles(engine, servers, config.api.console_token_seconds)
+    consoles = Consoles(
+        engine, servers, config.api.console_token_seconds, vnc_tls_dir(config.state_path)
+    )
     events.add_listener(consoles.observe_event)  # a VM that ends closes its consoles
     return Platform(
         config=config,

@@ -2,7 +2,6 @@
 tier, imaging jobs by state, and what this host's capacity is and how much of it is used (each
 storage tier's file system apart)."""
 
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -47,10 +46,9 @@ def read_platform_state(
         statuses = counts.server_statuses(connection)
     by_status = dict.fromkeys(("active", "paused", "stopped", "dumped", "dead"), 0)
     cpu = mem = 0
-    for uuid, stored, config_json in statuses:
+    for uuid, stored, config in statuses:
         if uuid in live:
-            config = json.loads(config_json)
-            cpu, mem = cpu + int(config["cpu"]), mem + int(config["mem"])
+            cpu, mem = cpu + config.cpu, mem + config.mem
             status = live[uuid]
         else:
             status = stored if stored in ("dead", "dumped") else "stopped"

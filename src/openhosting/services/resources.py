@@ -7,11 +7,9 @@ the account (402 `billing`), exhaustion of the pool is 507 `full`, and a resourc
 server uses cannot be destroyed (409 `busy`).
 """
 
-import json
 import logging
 import time
 import uuid as uuid_module
-from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -28,21 +26,14 @@ from openhosting.services.billing import Billing
 from openhosting.store import resources as resource_store
 from openhosting.store import users as user_store
 from openhosting.store.reader import Reader
+from openhosting.store.records import ResourceRecord, resource_settings_columns
 from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.resources")
 
-LIMIT_COLUMNS = {"ip": "max_ips", "vlan": "max_vlans"}
-
 
 def _missing(kind: str, resource: str) -> MissingError:
     return MissingError(f"Resource {kind} {resource} could not be found")
-
-
-def _settings_of(row: dict[str, Any]) -> ResourceSettings:
-    return ResourceSettings(
-        name=row["name"], tags=tuple(row["tags"].split()), user_keys=json.loads(row["user_keys"])
-    )
 
 
 def taken_addresses(connection: Connection) -> set[str]:
@@ -63,29 +54,29 @@ class Resources:
         self._pool = pool
         self._billing = billing
 
-    def resource_info(self, row: dict[str, Any]) -> dict[str, Value]:
+    def resource_info(self, row: ResourceRecord) -> dict[str, Value]:
         """The info of a resource: identity, owner, for IPs how to configure the address."""
         info: dict[str, Value] = {
-            "resource": row["resource"],
-            "type": row["type"],
-            "name": row["name"],
-            "user": row["user"],
+            "resource": row.resource,
+            "type": row.type,
+            "name": row.name,
+            "user": row.user,
         }
-        if row["type"] == "ip":
+        if row.type == "ip":
             info["netmask"] = self._pool.netmask
             info["gateway"] = str(self._pool.gateway)
             info["nameserver"] = " ".join(str(ns) for ns in self._pool.nameservers)
-        info["tags"] = row["tags"]
-        info.update(sorted(json.loads(row["user_keys"]).items()))
+        info["tags"] = " ".join(row.tags)
+        info.update(sorted(row.user_keys.items()))
         return info
 
     # -- lookups -------------------------------------------------------------------------
 
-    def owned(self, connection: Connection, user: str, kind: str, resource: str) -> dict[str, Any]:
-        """The row of the user's resource; 404 for anyone else's or none."""
+    def owned(self, connection: Connection, user: str, kind: str, resource: str) -> ResourceRecord:
+        """The user's resource; 404 for anyone else's or none."""
         canonical = parse_resource_id(kind, resource)
         row = resource_store.get_resource(connection, kind, canonical) if canonical else None
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise _missing(kind, resource)
         return row
 
@@ -133,10 +124,8 @@ class Resources:
                     type=kind,
                     resource=resource,
                     user=user,
-                    name=settings.name,
-                    tags=" ".join(settings.tags),
-                    user_keys=json.dumps(settings.user_keys, sort_keys=True),
                     created_at=int(time.time()),
+                    **resource_settings_columns(settings),
                 )
                 row = resource_store.get_resource(connection, kind, resource)
         except IntegrityError:
@@ -148,7 +137,9 @@ class Resources:
 
     def _check_limit(self, connection: Connection, user: str, kind: str) -> None:
         account = user_store.get_user(connection, user)
-        limit = account.get(LIMIT_COLUMNS[kind]) if account is not None else None
+        limit = (
+            None if account is None else {"ip": account.max_ips, "vlan": account.max_vlans}[kind]
+        )
         if limit is None:
             return
         used = resource_store.count_resources(connection, user, kind)
@@ -179,18 +170,14 @@ class Resources:
         check_type(kind)
         with self._engine.begin() as connection:
             row = self.owned(connection, user, kind, resource)
-            settings, _ = apply_resource_properties(
-                kind, _settings_of(row), properties, creating=False
-            )
+            settings, _ = apply_resource_properties(kind, row.settings, properties, creating=False)
             resource_store.update_resource(
                 connection,
                 kind,
-                row["resource"],
-                name=settings.name,
-                tags=" ".join(settings.tags),
-                user_keys=json.dumps(settings.user_keys, sort_keys=True),
+                row.resource,
+                **resource_settings_columns(settings),
             )
-            updated = resource_store.get_resource(connection, kind, row["resource"])
+            updated = resource_store.get_resource(connection, kind, row.resource)
         assert updated is not None
         return self.resource_info(updated)
 
@@ -198,7 +185,7 @@ class Resources:
         check_type(kind)
         with self._engine.begin() as connection:
             row = self.owned(connection, user, kind, resource)
-            name = row["resource"]
+            name = row.resource
             if kind == "ip":
                 holders = [h] if (h := resource_store.holder_of_address(connection, name)) else []
             else:

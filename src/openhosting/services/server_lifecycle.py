@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import pwd
@@ -23,7 +22,6 @@ import shutil
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -51,6 +49,7 @@ from openhosting.services.server_network import ServerNetworks
 from openhosting.services.space_resume import SpaceResumer
 from openhosting.services.vm_specs import HostVmSettings, VmPlan, build_vm_spec
 from openhosting.store import servers as server_store
+from openhosting.store.records import ServerRecord
 
 log = logging.getLogger("openhosting.servers")
 
@@ -281,24 +280,22 @@ class ServerLifecycle:
         place_vm_threads(self.cgroup, vm.uuid, vm.pid, vcpu_tids, quota)
 
     async def live_figures(
-        self, row: dict[str, Any], config: ServerConfig, vm: RunningVm
+        self, row: ServerRecord, config: ServerConfig, vm: RunningVm
     ) -> LiveFigures:
         """What the running `vm` of the server in `row` tells for its info."""
         try:
             blockstats = await vm.blockstats()
         except HypervisorError:
             blockstats = {}  # the VM is going away; its counters with it
-        display = row["vnc_display"]
-        traffic = await self._networks.counters(row["uuid"])
+        display = row.vnc_display
+        traffic = await self._networks.counters(row.uuid)
         return LiveFigures(
-            started=int(row["started_at"] or vm.started),
-            nic0_address=self._networks.nic0_address(row["uuid"], config),
-            vnc_address=self._vnc_overlays.get(row["uuid"], self._vnc_listen())
+            started=int(row.started_at or vm.started),
+            nic0_address=self._networks.nic0_address(row.uuid, config),
+            vnc_address=self._vnc_overlays.get(row.uuid, self._vnc_listen())
             if display is not None
             else None,
-            vnc_port=(
-                VNC_BASE_PORT if row["uuid"] in self._vnc_overlays else VNC_BASE_PORT + display
-            )
+            vnc_port=(VNC_BASE_PORT if row.uuid in self._vnc_overlays else VNC_BASE_PORT + display)
             if display is not None
             else None,
             blockstats=blockstats,
@@ -367,7 +364,7 @@ class ServerLifecycle:
         with self._engine.begin() as connection:
             row = server_store.get_server(connection, uuid)
             server_store.remove_guest_claims(connection, uuid)
-            persistent = row is not None and json.loads(row["config"]).get("persistent") == "true"
+            persistent = row is not None and row.config.persistent
             if persistent:
                 server_store.update_server(connection, uuid, status="stopped")
             elif row is not None:
@@ -395,7 +392,7 @@ class ServerLifecycle:
         try:
             with self._engine.begin() as connection:
                 row = server_store.get_server(connection, uuid)
-                config = json.loads(row["config"]) if row is not None else {}
+                persistent = row is not None and row.config.persistent
                 if not dumped:
                     server_store.remove_guest_claims(connection, uuid)
                 if dumped and row is not None:
@@ -404,7 +401,7 @@ class ServerLifecycle:
                         connection, uuid, status=DUMPED, started_at=None, vnc_display=None
                     )
                     log.info("event=server_stopped server=%s status=%s", uuid, DUMPED)
-                elif row is not None and config.get("persistent") != "true":
+                elif row is not None and not persistent:
                     server_store.delete_server(connection, uuid)
                     log.info("event=server_destroyed server=%s reason=vm_%s", uuid, how)
                 elif row is not None:
@@ -416,13 +413,13 @@ class ServerLifecycle:
         finally:
             self.vms.pop(uuid, None)
         if dumped and row is not None:
-            self._events.publish(row["user"], "server", uuid, "status", status=DUMPED)
+            self._events.publish(row.user, "server", uuid, "status", status=DUMPED)
         elif row is not None:
-            self._publish_exit(row["user"], uuid, config, how)
+            self._publish_exit(row.user, uuid, row.config, how)
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(remove_cpu_group, self.cgroup, uuid)
-        if not dumped and row is not None and config.get("persistent") != "true":
+        if not dumped and row is not None and not persistent:
             self.remove_run_dir(uuid)
 
     def remove_run_dir(self, uuid: str) -> None:
@@ -434,12 +431,12 @@ class ServerLifecycle:
             log.warning("event=server_log_keep_failed server=%s error=%s", uuid, error)
         shutil.rmtree(run_dir, ignore_errors=True)
 
-    def _publish_exit(self, user: str, uuid: str, config: dict[str, str], how: str) -> None:
-        for attachment in ServerConfig.from_properties(config).drives:
+    def _publish_exit(self, user: str, uuid: str, config: ServerConfig, how: str) -> None:
+        for attachment in config.drives:
             self._events.publish(
                 user, "drive", attachment.drive, "released", server=uuid, device=attachment.slot
             )
-        if config.get("persistent") != "true":
+        if not config.persistent:
             self._events.publish(user, "server", uuid, "destroyed", reason=f"vm_{how}")
         else:
             status = "stopped" if how == SHUTDOWN else "dead"
@@ -454,7 +451,7 @@ class ServerLifecycle:
             rows = server_store.servers_with_status(connection, "active")
         adopted: dict[str, ServerConfig] = {}
         for row in rows:
-            uuid = row["uuid"]
+            uuid = row.uuid
             run_dir = self.run_dir(uuid)
             try:
                 vm = await RunningVm.adopt(
@@ -468,15 +465,15 @@ class ServerLifecycle:
                 if (pid := process.adopt(run_dir, uuid)) is not None:
                     await process.kill(pid, uuid, timeout=self._settings.stop_timeout)
             if vm is not None:
-                vm.started = float(row["started_at"] or 0)
+                vm.started = float(row.started_at or 0)
                 self.vms[uuid] = vm
-                vm.on_state = functools.partial(self._vm_state_changed, row["user"])
+                vm.on_state = functools.partial(self._vm_state_changed, row.user)
                 vm.before_end = self.fold_guest_io
                 # Its guest may have powered off while no daemon ran: QEMU paused it.
                 await vm.end_if_powered_off()
                 # It may have been paused meanwhile (a full disk, say): QEMU knows.
                 await vm.refresh_state()
-                config = ServerConfig.from_properties(json.loads(row["config"]))
+                config = row.config
                 adopted[uuid] = config
                 try:
                     # Placed again: threads may have been moved meanwhile, or placed by an
@@ -484,9 +481,9 @@ class ServerLifecycle:
                     await self._limit_cpu(vm, config.cpu)
                 except (HypervisorError, OSError, ValueError) as error:
                     log.warning("event=cpu_quota_failed server=%s error=%s", uuid, error)
-                if row["vnc_display"] is not None:
+                if row.vnc_display is not None:
                     with contextlib.suppress(FailedError, OSError):
-                        await self._open_vnc_overlay(uuid, config, row["vnc_display"])
+                        await self._open_vnc_overlay(uuid, config, row.vnc_display)
                 log.info("event=server_adopted server=%s pid=%s", uuid, vm.pid)
                 continue
             # QEMU removes its pidfile when it exits cleanly; one left behind means a crash.
@@ -504,7 +501,7 @@ class ServerLifecycle:
             rows = server_store.servers_with_status(connection, "active")
         unreachable: dict[str, str] = {}
         for row in rows:
-            uuid = row["uuid"]
+            uuid = row.uuid
             try:
                 vm = await RunningVm.adopt(
                     uuid, self.run_dir(uuid), self.vm_exited, timeout=3,
@@ -516,7 +513,7 @@ class ServerLifecycle:
             if vm is None:
                 unreachable[uuid] = "its VM does not run (the daemon reconciles it at start)"
                 continue
-            vm.started = float(row["started_at"] or 0)
+            vm.started = float(row.started_at or 0)
             self.vms[uuid] = vm
         return unreachable
 
@@ -534,7 +531,7 @@ class ServerLifecycle:
                 await process.kill(pid, run_dir.name, timeout=self._settings.stop_timeout)
         with self._engine.begin() as connection:
             # A dumped server has no VM and keeps its claims: its disks must not change.
-            dumped = {row["uuid"] for row in server_store.servers_with_status(connection, DUMPED)}
+            dumped = {row.uuid for row in server_store.servers_with_status(connection, DUMPED)}
             released = server_store.remove_guest_claims_except(connection, set(self.vms) | dumped)
         if released:
             log.warning("event=stale_guest_claims_released count=%s", released)

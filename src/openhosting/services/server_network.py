@@ -17,10 +17,10 @@ and sends its port 5900 to the server's VNC.
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -30,8 +30,10 @@ from openhosting.model.server import NicConfig, ServerConfig
 from openhosting.network.driver import NetworkDriver, NicPlan
 from openhosting.network.links import Counters
 from openhosting.network.pool import AddressPool
+from openhosting.reverter import Reverter
 from openhosting.services.resources import Resources, taken_addresses
 from openhosting.store import resources as resource_store
+from openhosting.store.records import NicRecord
 
 log = logging.getLogger("openhosting.network")
 
@@ -47,13 +49,13 @@ def default_mac(server: str, index: int) -> str:
     return "52:54:00:" + ":".join(f"{byte:02x}" for byte in digest[:3])
 
 
-def _plan_of(row: dict[str, Any]) -> NicPlan:
+def _plan_of(row: NicRecord) -> NicPlan:
     return NicPlan(
-        server=row["server"],
-        index=row["nic"],
-        mac=row["mac"],
-        vlan=None if row["network"] == PUBLIC else row["network"],
-        address=row["address"],
+        server=row.server,
+        index=row.nic,
+        mac=row.mac,
+        vlan=None if row.network == PUBLIC else row.network,
+        address=row.address,
     )
 
 
@@ -127,13 +129,11 @@ class ServerNetworks:
         """Hold the NICs' addresses and MACs and set up their links; the NICs for QEMU.
         409 `busy` if another active server holds the address or MAC, 507 `full` when the
         pool has no temporary address left. Undone by `release`."""
-        plans = self._hold(user, server, config)
-        try:
+        async with Reverter() as revert:
+            plans = self._hold(user, server, config)
+            revert.add(functools.partial(self._forget_nics, server))
             backends = await self.driver.attach(plans)
-        except BaseException:
-            with self._engine.begin() as connection:
-                resource_store.delete_nics(connection, server)
-            raise
+            revert.success()
         for plan in plans:
             if plan.address is not None:
                 log.info(
@@ -150,6 +150,10 @@ class ServerNetworks:
             )
             for nic in config.nics
         )
+
+    def _forget_nics(self, server: str) -> None:
+        with self._engine.begin() as connection:
+            resource_store.delete_nics(connection, server)
 
     def _hold(self, user: str, server: str, config: ServerConfig) -> list[NicPlan]:
         plans: list[NicPlan] = []
@@ -218,7 +222,7 @@ class ServerNetworks:
         """The address held for the server's VNC apart from its NICs, if any."""
         with self._engine.connect() as connection:
             rows = resource_store.nics_of(connection, server)
-        return next((row["address"] for row in rows if row["nic"] == VNC_ROW), None)
+        return next((row.address for row in rows if row.nic == VNC_ROW), None)
 
     def _plan(
         self, connection: Connection, server: str, nic: NicConfig, taken: set[str]
@@ -251,7 +255,7 @@ class ServerNetworks:
     def plans_of(self, server: str) -> list[NicPlan]:
         with self._engine.connect() as connection:
             rows = resource_store.nics_of(connection, server)
-        return [_plan_of(row) for row in rows if row["nic"] != VNC_ROW]
+        return [_plan_of(row) for row in rows if row.nic != VNC_ROW]
 
     async def block(self, server: str, config: ServerConfig) -> None:
         """A running server's `nic:N:block` changed: its NICs block what `config` says."""
@@ -270,8 +274,7 @@ class ServerNetworks:
         finally:
             # Addresses are released even if a link could not be removed: the next daemon
             # start (`recover`) removes what is left, and a leftover tap is replaced on use.
-            with self._engine.begin() as connection:
-                resource_store.delete_nics(connection, server)
+            self._forget_nics(server)
         log.info("event=network_released server=%s", server)
 
     # -- live figures --------------------------------------------------------------------
@@ -317,14 +320,14 @@ class ServerNetworks:
         use."""
         with self._engine.begin() as connection:
             rows = resource_store.all_nics(connection)
-            for server in {row["server"] for row in rows} - set(running):
+            for server in {row.server for row in rows} - set(running):
                 resource_store.delete_nics(connection, server)
         plans = []
         for row in rows:
-            config = running.get(row["server"])
-            if config is not None and row["nic"] != VNC_ROW:
+            config = running.get(row.server)
+            if config is not None and row.nic != VNC_ROW:
                 blocks = {nic.index: nic.block for nic in config.nics}
-                plans.append(dataclasses.replace(_plan_of(row), block=blocks.get(row["nic"], ())))
+                plans.append(dataclasses.replace(_plan_of(row), block=blocks.get(row.nic, ())))
         await self.driver.reconcile(plans)
 
     async def keep_helpers_running_every(self, interval: float = HELPER_CHECK_SECONDS) -> None:

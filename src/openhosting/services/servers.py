@@ -9,7 +9,6 @@ is `ServerLifecycle`'s.
 
 import asyncio
 import functools
-import json
 import logging
 import socket
 import time
@@ -17,7 +16,6 @@ import uuid as uuid_module
 from collections import defaultdict
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -41,6 +39,7 @@ from openhosting.store import drives as drive_store
 from openhosting.store import servers as server_store
 from openhosting.store import space_reserve
 from openhosting.store.reader import Reader
+from openhosting.store.records import ServerRecord, encode_server_config
 from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.servers")
@@ -53,13 +52,6 @@ def _missing(uuid: str) -> MissingError:
 def _delete_server(uuid: str, connection: Connection) -> None:
     server_store.remove_guest_claims(connection, uuid)
     server_store.delete_server(connection, uuid)
-
-
-# Parsing a stored configuration is most of an info's cost, and it changes only with a set:
-# infos parse each stored text once (ServerConfig is frozen; a text is ~1 KiB, 4 MiB at most).
-@functools.lru_cache(maxsize=4096)
-def _stored_config(text: str) -> ServerConfig:
-    return ServerConfig.from_properties(json.loads(text))
 
 
 class Servers:
@@ -93,13 +85,13 @@ class Servers:
 
     # -- lookups ---------------------------------------------------------------------
 
-    def _owned(self, connection: Connection, user: str, uuid: str) -> dict[str, Any]:
+    def _owned(self, connection: Connection, user: str, uuid: str) -> ServerRecord:
         row = server_store.get_server(connection, uuid)
-        if row is None or row["user"] != user:
+        if row is None or row.user != user:
             raise _missing(uuid)
         return row
 
-    def _get(self, user: str, uuid: str) -> dict[str, Any]:
+    def _get(self, user: str, uuid: str) -> ServerRecord:
         with self._engine.connect() as connection:
             return self._owned(connection, user, uuid)
 
@@ -109,11 +101,11 @@ class Servers:
         self._get(user, uuid)
         return self._locks[uuid]
 
-    def _status(self, row: dict[str, Any]) -> str:
-        vm = self._vms.get(row["uuid"])
+    def _status(self, row: ServerRecord) -> str:
+        vm = self._vms.get(row.uuid)
         if vm is not None:
             return "paused" if vm.pause is not None else "active"
-        return row["status"] if row["status"] in ("dead", DUMPED) else "stopped"
+        return row.status if row.status in ("dead", DUMPED) else "stopped"
 
     def run_dir(self, uuid: str) -> Path:
         """The run directory of the server's VM (pidfile, sockets, serial log, argv)."""
@@ -135,31 +127,29 @@ class Servers:
     # -- reading ---------------------------------------------------------------------
 
     def list_rows(self, user: str) -> list[dict[str, Value]]:
-        rows = self._reader.all_cached(server_store.SERVER_LIST_BY_USER, user=user)
-        result: list[dict[str, Value]] = []
-        for uuid, config_json in rows:
-            config = json.loads(config_json)
-            result.append({"server": uuid, "cpu": int(config["cpu"]), "mem": int(config["mem"])})
-        return result
+        return [
+            {"server": uuid, "cpu": cpu, "mem": mem}
+            for uuid, cpu, mem in server_store.read_server_sizes_of(self._reader, user)
+        ]
 
     # The infos read their rows through the Reader: SQLAlchemy's execute costs more than the
     # query and the answer together. Not cached: a row is read afresh for every info.
     async def info(self, user: str, uuid: str) -> dict[str, Value]:
-        rows = self._reader.mappings(server_store.SERVER_BY_UUID, uuid=uuid)
-        if not rows or rows[0]["user"] != user:
+        row = server_store.read_server(self._reader, uuid)
+        if row is None or row.user != user:
             raise _missing(uuid)
-        return await self._info_of(rows[0])
+        return await self._info_of(row)
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
-        rows = self._reader.mappings(server_store.SERVERS_BY_USER, user=user)
+        rows = server_store.read_servers_of(self._reader, user)
         return [await self._info_of(row) for row in rows]
 
-    async def _info_of(self, row: dict[str, Any]) -> dict[str, Value]:
-        config = _stored_config(row["config"])
-        vm = self._vms.get(row["uuid"])
+    async def _info_of(self, row: ServerRecord) -> dict[str, Value]:
+        config = row.config
+        vm = self._vms.get(row.uuid)
         status = self._status(row)  # before any await: the VM may end meanwhile
         live = await self.lifecycle.live_figures(row, config, vm) if vm is not None else None
-        return server_info(row["uuid"], row["user"], status, config, live)
+        return server_info(row.uuid, row.user, status, config, live)
 
     # -- configuration ---------------------------------------------------------------
 
@@ -193,7 +183,7 @@ class Servers:
                 connection,
                 uuid=uuid,
                 user=user,
-                config=json.dumps(config.canonical_properties(), sort_keys=True),
+                config=encode_server_config(config),
                 status="stopped",
                 created_at=time.time(),  # sub-second: lists keep creation order
             )
@@ -213,10 +203,10 @@ class Servers:
     ) -> dict[str, Value]:
         async with self._lock_of(user, uuid):
             row = self._get(user, uuid)
-            current = ServerConfig.from_properties(json.loads(row["config"]))
+            current = row.config
             merged = current.merge(properties)
             vm = self._vms.get(uuid)
-            if vm is None and row["status"] == DUMPED:
+            if vm is None and row.status == DUMPED:
                 # Its saved memory knows its devices: only what a running server may change.
                 if offline := current.offline_changes(properties):
                     raise BusyError(
@@ -236,7 +226,7 @@ class Servers:
                 server_store.update_server(
                     connection,
                     uuid,
-                    config=json.dumps(merged.canonical_properties(), sort_keys=True),
+                    config=encode_server_config(merged),
                 )
         return await self.info(user, uuid)
 
@@ -250,14 +240,14 @@ class Servers:
                     raise BusyError(f"Server {uuid} is already active")
                 await self._resume(uuid, vm)
                 return
-            config = ServerConfig.from_properties(json.loads(row["config"]))
+            config = row.config
             drives = self._check_config(user, config)
             for drive in drives:
                 if not file_is_available(drive.path):
                     raise BusyError(
                         f"Drive {drive.uuid} is inactive: its storage is unavailable now"
                     )
-            restore = row["status"] == DUMPED
+            restore = row.status == DUMPED
             async with AsyncExitStack() as undo:
                 display = self._claim(user, uuid, config, drives, held=restore)
                 # A dumped server's drives stay its own whether or not it comes back.
@@ -309,11 +299,9 @@ class Servers:
         existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
         by_drive = {drive.uuid: drive for drive in drives}
         for claim in existing:
-            drive = by_drive[claim["drive"]]
-            if claim["kind"] != "guest" or claim["exclusive"] or drive.exclusive:
-                raise BusyError(
-                    f"Drive {claim['drive']} is in use ({claim['kind']} {claim['holder']})"
-                )
+            drive = by_drive[claim.drive]
+            if claim.kind != "guest" or claim.exclusive or drive.exclusive:
+                raise BusyError(f"Drive {claim.drive} is in use ({claim.kind} {claim.holder})")
         server_store.add_guest_claims(
             connection,
             user,
@@ -346,7 +334,7 @@ class Servers:
             if vm is not None:
                 await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
                 await vm.stop(self._settings.stop_timeout)
-            elif row["status"] == DUMPED:
+            elif row.status == DUMPED:
                 # Power-off of a saved guest: its state is dropped, its drives released.
                 await asyncio.to_thread(self.lifecycle.discard_dump, uuid)
                 log.info("event=server_stopped user=%s server=%s status=stopped", user, uuid)
@@ -407,11 +395,11 @@ class Servers:
         outcome: dict[str, str] = {}
         for row in rows:
             try:
-                await self.start(row["user"], row["uuid"])
+                await self.start(row.user, row.uuid)
             except ApiError as error:
-                outcome[row["uuid"]] = error.message
+                outcome[row.uuid] = error.message
             else:
-                outcome[row["uuid"]] = "active"
+                outcome[row.uuid] = "active"
         return outcome
 
     # -- daemon start and stop -------------------------------------------------------

@@ -8,20 +8,22 @@ destroy it. Operators add and remove them with the admin tool; every user lists 
 and shows `format gzip` and its decompressed size as `rawsize`.
 """
 
+import functools
 import logging
 import time
 import uuid as uuid_module
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine
 
 from openhosting.errors import BusyError, FullError, MissingError, UsageError
 from openhosting.model.common import EVERYONE, parse_choice, parse_name
+from openhosting.reverter import Reverter
 from openhosting.storage.drive_files import DriveFiles, is_disk_full
 from openhosting.storage.gzip_stream import GzipStreamError, gzip_stream_size
 from openhosting.storage.sparse import copy_file_sparse
 from openhosting.store import drives as drive_store
+from openhosting.store.records import DriveRecord
 from openhosting.store.tables import PLATFORM_USER
 from openhosting.wire.payload import Value
 
@@ -30,20 +32,20 @@ log = logging.getLogger("openhosting.standard_drives")
 MEDIA = ("disk", "cdrom")
 
 
-def standard_info(row: dict[str, Any]) -> dict[str, Value]:
+def standard_info(row: DriveRecord) -> dict[str, Value]:
     """A standard drive as the library lists it."""
     info: dict[str, Value] = {
-        "drive": row["uuid"],
-        "name": row["name"],
-        "media": row["media"],
-        "size": row["size"],
-        "claim:type": row["claim_type"],
-        "readers": row["readers"],
+        "drive": row.uuid,
+        "name": row.name,
+        "media": row.media,
+        "size": row.size,
+        "claim:type": row.claim_type,
+        "readers": " ".join(row.readers),
     }
-    if row["format"]:
-        info["format"] = row["format"]
-    if row["rawsize"] is not None:
-        info["rawsize"] = row["rawsize"]
+    if row.format:
+        info["format"] = row.format
+    if row.rawsize is not None:
+        info["rawsize"] = row.rawsize
     return info
 
 
@@ -55,16 +57,16 @@ class StandardDrives:
         self._files = files
 
     def list_uuids(self) -> list[str]:
-        return [row["uuid"] for row in self._rows()]
+        return [row.uuid for row in self._rows()]
 
     def info_all(self) -> list[dict[str, Value]]:
         return [standard_info(row) for row in self._rows()]
 
-    def _rows(self) -> list[dict[str, Any]]:
+    def _rows(self) -> list[DriveRecord]:
         """Disks, then cdroms, each by name (as the original service listed them)."""
         with self._engine.connect() as connection:
             rows = drive_store.drives_of(connection, PLATFORM_USER)
-        return sorted(rows, key=lambda row: (row["media"] != "disk", row["name"], row["uuid"]))
+        return sorted(rows, key=lambda row: (row.media != "disk", row.name, row.uuid))
 
     def add(
         self, path: Path, name: str, media: str = "disk", gzip: bool = False
@@ -91,7 +93,8 @@ class StandardDrives:
             if is_disk_full(error):
                 raise FullError("Cannot add the drive: the platform's storage is full") from None
             raise UsageError(f"Cannot read {path}: {error.strerror or error}") from None
-        try:
+        with Reverter() as revert:
+            revert.add(functools.partial(self._files.destroy, uuid))
             if size == 0:
                 raise UsageError(f"{path} is empty")
             with self._engine.begin() as connection:
@@ -110,13 +113,11 @@ class StandardDrives:
                     created_at=time.time(),  # sub-second: lists keep creation order
                 )
                 row = drive_store.get_drive(connection, uuid)
-        except BaseException:
-            self._files.destroy(uuid)
-            raise
+            revert.success()
         assert row is not None
         log.info(
             "event=standard_drive_added drive=%s name=%r media=%s size=%s format=%s",
-            uuid, name, media, size, row["format"] or "raw",
+            uuid, name, media, size, row.format or "raw",
         )  # fmt: skip
         return standard_info(row)
 
@@ -125,12 +126,10 @@ class StandardDrives:
         attached to running servers cannot be removed."""
         with self._engine.begin() as connection:
             row = drive_store.get_drive(connection, uuid)
-            if row is None or row["user"] != PLATFORM_USER:
+            if row is None or row.user != PLATFORM_USER:
                 raise MissingError(f"Standard drive {uuid} could not be found")
             attached = [
-                claim
-                for claim in drive_store.claims_on(connection, uuid)
-                if claim["kind"] == "guest"
+                claim for claim in drive_store.claims_on(connection, uuid) if claim.kind == "guest"
             ]
             if attached:
                 raise BusyError(

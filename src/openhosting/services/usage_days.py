@@ -6,9 +6,11 @@ the charge is the sum of the charges, an interval across midnight split in propo
 """
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from openhosting.store.records import UsageRecord
 
 DAY_SECONDS = 86400
 QUANTITIES = {
@@ -36,22 +38,22 @@ def _pieces(start: float, end: float) -> Iterable[tuple[int, float]]:
         start = until
 
 
-def usage_per_day(records: Iterable[Mapping[str, Any]], since: float) -> list[dict[str, Any]]:
+def usage_per_day(records: Iterable[UsageRecord], since: float) -> list[dict[str, Any]]:
     """One entry per day with metered usage from `since` on, oldest first: `day`
     (YYYY-MM-DD), `seconds` metered, the averages of `drive:bytes`, `cpu`, `mem`, `ips`,
     `vlans`, and `charge` (millionths)."""
     days: dict[int, _Day] = {}
     for record in records:
-        start, end = max(float(record["start"]), since), float(record["end"])
-        length = float(record["end"]) - float(record["start"])
+        start, end = max(record.start, since), record.end
+        length = record.end - record.start
         if end <= start or length <= 0:
             continue
         for day, seconds in _pieces(start, end):
             entry = days.setdefault(day, _Day())
             entry.seconds += seconds
-            entry.charge += int(record["charge"]) * seconds / length
+            entry.charge += record.charge * seconds / length
             for key, column in QUANTITIES.items():
-                entry.integrals[key] += int(record[column]) * seconds
+                entry.integrals[key] += getattr(record, column) * seconds
     return [
         {
             "day": dt.datetime.fromtimestamp(day * DAY_SECONDS, dt.UTC).date().isoformat(),

@@ -11,6 +11,7 @@ nonce i, and the last one is marked in its associated data, so a reordered, cut-
 altered dump is refused rather than fed to QEMU.
 """
 
+import functools
 import os
 import secrets
 import struct
@@ -19,6 +20,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from openhosting.reverter import Reverter
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 
 MAGIC = b"OHDUMP1\n"
@@ -61,7 +63,8 @@ def write_dump(source_fd: int, path: Path, wrapping_key: bytes, uuid: str) -> in
     wrapped = wrap_secret(wrapping_key, key, uuid)
     total = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
+    with Reverter() as revert:
+        revert.add(functools.partial(path.unlink, missing_ok=True))
         with os.fdopen(fd, "wb") as file:
             file.write(MAGIC + _LENGTH.pack(len(wrapped)) + wrapped)
             index = 0
@@ -77,9 +80,7 @@ def write_dump(source_fd: int, path: Path, wrapping_key: bytes, uuid: str) -> in
                 pending, index = following, index + 1
             file.flush()
             os.fsync(file.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+        revert.success()
     return total
 
 

@@ -22,6 +22,7 @@ guest expects zeros. So the file stays sparse exactly where nothing was ever wri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from openhosting.errors import SystemError_
+from openhosting.reverter import Reverter
 from openhosting.storage.xts import SECTOR_SIZE, XtsCipher
 
 MAGIC = b"LUKS\xba\xbe"
@@ -168,16 +170,16 @@ def format_luks1(
     XtsCipher(slot_key).crypt_in_place(material, 0, encrypt=True)
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        _pwrite_all(fd, header.pack(), 0)
-        _pwrite_all(fd, material, slots[0].key_offset * SECTOR_SIZE)
-        os.ftruncate(fd, header.payload_offset + payload_size)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
+    with Reverter() as revert:
+        revert.add(functools.partial(os.unlink, path))
+        try:
+            _pwrite_all(fd, header.pack(), 0)
+            _pwrite_all(fd, material, slots[0].key_offset * SECTOR_SIZE)
+            os.ftruncate(fd, header.payload_offset + payload_size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        revert.success()
     return master_key
 
 
@@ -231,7 +233,8 @@ class LuksVolume:
         """
         self._owns_fd = not isinstance(file, int)
         self._fd = file if isinstance(file, int) else os.open(file, os.O_RDWR | os.O_CLOEXEC)
-        try:
+        with Reverter() as revert:
+            revert.add(self.close)
             if payload_offset is None:
                 payload_offset = LuksHeader.unpack(
                     os.pread(self._fd, HEADER_SIZE, 0)
@@ -239,9 +242,7 @@ class LuksVolume:
             if payload_offset <= 0 or payload_offset % SECTOR_SIZE:
                 raise ValueError(f"payload offset must be a positive multiple of {SECTOR_SIZE}")
             self._cipher = XtsCipher(master_key)
-        except BaseException:
-            self.close()
-            raise
+            revert.success()
         self._base = payload_offset
 
     @classmethod

@@ -6,13 +6,15 @@ filesystem can, and data is moved by the kernel with `copy_file_range` where it 
 10 GiB drive holding 100 MiB costs what copying 100 MiB costs.
 """
 
-import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from openhosting.reverter import Reverter
 
 # The FICLONE ioctl (linux/fs.h): make the destination share the source's blocks.
 FICLONE = 0x40049409
@@ -157,19 +159,18 @@ def copy_file_sparse(source: Path, target: Path) -> int:
     try:
         size = os.fstat(source_fd).st_size
         target_fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            if not clone_file(source_fd, target_fd):
-                os.ftruncate(target_fd, size)
-                for first, past_last in data_extents(source_fd, 0, size):
-                    done = copy_range(source_fd, target_fd, first, past_last, lambda _n: None)
-                    _copy_through_memory(source_fd, target_fd, done, past_last)
-            os.fsync(target_fd)
-        except BaseException:
-            os.close(target_fd)
-            with contextlib.suppress(FileNotFoundError):
-                target.unlink()
-            raise
-        os.close(target_fd)
+        with Reverter() as revert:
+            revert.add(functools.partial(target.unlink, missing_ok=True))
+            try:
+                if not clone_file(source_fd, target_fd):
+                    os.ftruncate(target_fd, size)
+                    for first, past_last in data_extents(source_fd, 0, size):
+                        done = copy_range(source_fd, target_fd, first, past_last, lambda _n: None)
+                        _copy_through_memory(source_fd, target_fd, done, past_last)
+                os.fsync(target_fd)
+            finally:
+                os.close(target_fd)
+            revert.success()
     finally:
         os.close(source_fd)
     return size

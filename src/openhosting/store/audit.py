@@ -4,6 +4,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
+from openhosting.store.records import AuditRecord
 from openhosting.store.tables import audit
 
 
@@ -13,11 +14,11 @@ def insert_entry(connection: Connection, **values: Any) -> None:
 
 def entries(
     connection: Connection, object_id: str | None, user: str | None, limit: int
-) -> list[dict[str, Any]]:
+) -> list[AuditRecord]:
     query = select(audit)
     if object_id is not None:
         query = query.where(audit.c.object == object_id)
     if user is not None:
         query = query.where(audit.c.user == user)
     query = query.order_by(audit.c.id.desc()).limit(limit)
-    return [dict(row) for row in connection.execute(query).mappings()][::-1]
+    return [AuditRecord.from_row(row) for row in connection.execute(query).mappings()][::-1]

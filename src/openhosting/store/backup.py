@@ -8,11 +8,13 @@ large and sparse, and belong to the operator's file-level backups (`cp --sparse=
 `rsync -S`, snapshots).
 """
 
+import functools
 import os
 import sqlite3
 from pathlib import Path
 
 from openhosting.errors import UsageError
+from openhosting.reverter import Reverter
 
 DATABASE_NAME = "openhosting.sqlite"
 KEY_NAME = "platform.key"
@@ -31,18 +33,18 @@ def back_up_state(database: Path, platform_key: Path, target: Path) -> tuple[Pat
     except OSError as error:
         raise UsageError(f"Cannot make {target}: {error.strerror or error}") from None
     database_copy, key_copy = target / DATABASE_NAME, target / KEY_NAME
-    try:
-        _copy_private(platform_key, key_copy)
-        _copy_database(database, database_copy)
-    except BaseException as error:
-        # No half backup left behind to be mistaken for a whole one.
-        for path in (database_copy, key_copy):
-            path.unlink(missing_ok=True)
+    # No half backup left behind to be mistaken for a whole one.
+    with Reverter() as revert:
         if made_target:
-            target.rmdir()
-        if isinstance(error, OSError | sqlite3.Error):
+            revert.add(target.rmdir)
+        for path in (key_copy, database_copy):
+            revert.add(functools.partial(path.unlink, missing_ok=True))
+        try:
+            _copy_private(platform_key, key_copy)
+            _copy_database(database, database_copy)
+        except (OSError, sqlite3.Error) as error:
             raise UsageError(f"Backup into {target} failed: {error}") from None
-        raise
+        revert.success()
     return database_copy, key_copy
 
 

@@ -1,12 +1,12 @@
 """Queries for billing: what each user uses now, balances, and the usage record."""
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from openhosting.store import drives as drive_store
+from openhosting.store.records import UsageRecord, UserRecord, decode_server_config
 from openhosting.store.tables import drives, resources, servers, usage, users
 
 
@@ -30,11 +30,11 @@ def current_usage(connection: Connection, user: str, excluding_server: str | Non
         select(servers.c.uuid, servers.c.status, servers.c.config).where(servers.c.user == user)
     ).all()
     cpu = mem = 0
-    for uuid, status, config in server_rows:
+    for uuid, status, text in server_rows:
         if status == "active" and uuid != excluding_server:
-            settings = json.loads(config)
-            cpu += int(settings["cpu"])
-            mem += int(settings["mem"])
+            config = decode_server_config(text)
+            cpu += config.cpu
+            mem += config.mem
     counts: dict[str, int] = dict(
         connection.execute(
             select(resources.c.type, func.count())
@@ -52,14 +52,16 @@ def current_usage(connection: Connection, user: str, excluding_server: str | Non
     )
 
 
-def account_of(connection: Connection, user: str) -> dict[str, Any] | None:
+def account_of(connection: Connection, user: str) -> UserRecord | None:
+    """The account of `user`, the platform user's too."""
     row = connection.execute(select(users).where(users.c.uuid == user)).mappings().first()
-    return dict(row) if row is not None else None
+    return UserRecord.from_row(row) if row is not None else None
 
 
-def all_accounts(connection: Connection) -> list[dict[str, Any]]:
-    query = select(users.c.uuid, users.c.metered_at).where(users.c.key_hash != "")
-    return [dict(row) for row in connection.execute(query).mappings()]
+def all_accounts(connection: Connection) -> list[UserRecord]:
+    """Every account a key opens (not the platform user's)."""
+    query = select(users).where(users.c.key_hash != "")
+    return [UserRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
 def charge(connection: Connection, user: str, amount: int, metered_at: float) -> None:
@@ -81,12 +83,13 @@ def record_usage(connection: Connection, **values: Any) -> None:
     connection.execute(insert(usage).values(**values))
 
 
-def usage_of(connection: Connection, user: str, limit: int) -> list[dict[str, Any]]:
+def usage_of(connection: Connection, user: str, limit: int) -> list[UsageRecord]:
+    """The last `limit` usage records of `user`, oldest first."""
     query = select(usage).where(usage.c.user == user).order_by(usage.c.id.desc()).limit(limit)
-    return [dict(row) for row in connection.execute(query).mappings()][::-1]
+    return [UsageRecord.from_row(row) for row in connection.execute(query).mappings()][::-1]
 
 
-def usage_since(connection: Connection, user: str, since: float) -> list[dict[str, Any]]:
+def usage_since(connection: Connection, user: str, since: float) -> list[UsageRecord]:
     """The user's usage records that end after `since`, oldest first."""
     query = select(usage).where(usage.c.user == user, usage.c.end > since).order_by(usage.c.start)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [UsageRecord.from_row(row) for row in connection.execute(query).mappings()]

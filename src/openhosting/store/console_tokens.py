@@ -1,9 +1,8 @@
 """Queries on web console tokens (the `console_tokens` table)."""
 
-from typing import Any
-
 from sqlalchemy import Connection, delete, insert, select, update
 
+from openhosting.store.records import ConsoleTokenRecord
 from openhosting.store.tables import console_tokens
 
 
@@ -32,11 +31,11 @@ def use_token(connection: Connection, token_hash: str, now: float) -> bool:
     return result.rowcount == 1
 
 
-def get_token(connection: Connection, token_hash: str) -> dict[str, Any] | None:
+def get_token(connection: Connection, token_hash: str) -> ConsoleTokenRecord | None:
     row = connection.execute(
         select(console_tokens).where(console_tokens.c.token_hash == token_hash)
     ).first()
-    return dict(row._mapping) if row is not None else None
+    return ConsoleTokenRecord.from_row(row._mapping) if row is not None else None
 
 
 def prune_expired(connection: Connection, now: float) -> int:

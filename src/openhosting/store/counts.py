@@ -2,7 +2,9 @@
 
 from sqlalchemy import Connection, func, select
 
+from openhosting.model.server import ServerConfig
 from openhosting.store.drives import SIZE_SUM
+from openhosting.store.records import decode_server_config
 from openhosting.store.tables import drives, jobs, servers
 
 
@@ -20,7 +22,10 @@ def jobs_by_state(connection: Connection) -> dict[str, int]:
     return {state: int(count) for state, count in connection.execute(query)}
 
 
-def server_statuses(connection: Connection) -> list[tuple[str, str, str]]:
-    """(uuid, stored status, configuration JSON) of every server."""
+def server_statuses(connection: Connection) -> list[tuple[str, str, ServerConfig]]:
+    """(uuid, stored status, configuration) of every server."""
     query = select(servers.c.uuid, servers.c.status, servers.c.config)
-    return [(uuid, status, config) for uuid, status, config in connection.execute(query)]
+    return [
+        (uuid, status, decode_server_config(text))
+        for uuid, status, text in connection.execute(query)
+    ]

@@ -4,6 +4,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Float, bindparam, cast, delete, func, insert, select, update
 
+from openhosting.store.reader import Reader
+from openhosting.store.records import ClaimRecord, DriveRecord
 from openhosting.store.tables import claims, drives
 
 
@@ -11,15 +13,27 @@ def insert_drive(connection: Connection, **values: Any) -> None:
     connection.execute(insert(drives).values(**values))
 
 
-def get_drive(connection: Connection, uuid: str) -> dict[str, Any] | None:
+def get_drive(connection: Connection, uuid: str) -> DriveRecord | None:
     row = connection.execute(select(drives).where(drives.c.uuid == uuid)).mappings().first()
-    return dict(row) if row is not None else None
+    return DriveRecord.from_row(row) if row is not None else None
 
 
 # For the Reader (store/reader.py): a drive's row by `uuid`, and the claims on `drive`
 # oldest first (get_drive and claims_on without SQLAlchemy's cost per execute).
 DRIVE_BY_UUID = select(drives).where(drives.c.uuid == bindparam("uuid"))
 CLAIMS_ON_DRIVE = select(claims).where(claims.c.drive == bindparam("drive")).order_by(claims.c.id)
+
+
+def read_drive(reader: Reader, uuid: str) -> DriveRecord | None:
+    """`get_drive` through the Reader."""
+    rows = reader.mappings(DRIVE_BY_UUID, uuid=uuid)
+    return DriveRecord.from_row(rows[0]) if rows else None
+
+
+def read_claims_on(reader: Reader, drive: str) -> list[ClaimRecord]:
+    """`claims_on` through the Reader."""
+    return [ClaimRecord.from_row(row) for row in reader.mappings(CLAIMS_ON_DRIVE, drive=drive)]
+
 
 # For the Reader (store/reader.py): the UUIDs of the drives of `user`, oldest first.
 DRIVE_UUIDS_BY_USER = (
@@ -29,15 +43,15 @@ DRIVE_UUIDS_BY_USER = (
 )
 
 
-def drives_of(connection: Connection, user: str) -> list[dict[str, Any]]:
+def drives_of(connection: Connection, user: str) -> list[DriveRecord]:
     query = select(drives).where(drives.c.user == user)
     rows = connection.execute(query.order_by(drives.c.created_at, drives.c.uuid)).mappings()
-    return [dict(row) for row in rows]
+    return [DriveRecord.from_row(row) for row in rows]
 
 
-def all_drives(connection: Connection) -> list[dict[str, Any]]:
-    """Every drive's row, of every user."""
-    return [dict(row) for row in connection.execute(select(drives)).mappings()]
+def all_drives(connection: Connection) -> list[DriveRecord]:
+    """Every drive, of every user."""
+    return [DriveRecord.from_row(row) for row in connection.execute(select(drives)).mappings()]
 
 
 # The sum of drives' sizes, as a double: a 64-bit integer sum would overflow (an error in
@@ -76,17 +90,17 @@ def delete_drive(connection: Connection, uuid: str) -> None:
     connection.execute(delete(drives).where(drives.c.uuid == uuid))
 
 
-def claims_on(connection: Connection, drive: str) -> list[dict[str, Any]]:
+def claims_on(connection: Connection, drive: str) -> list[ClaimRecord]:
     query = select(claims).where(claims.c.drive == drive).order_by(claims.c.id)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [ClaimRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
-def claims_on_many(connection: Connection, uuids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    result: dict[str, list[dict[str, Any]]] = {uuid: [] for uuid in uuids}
+def claims_on_many(connection: Connection, uuids: list[str]) -> dict[str, list[ClaimRecord]]:
+    result: dict[str, list[ClaimRecord]] = {uuid: [] for uuid in uuids}
     if uuids:
         query = select(claims).where(claims.c.drive.in_(uuids)).order_by(claims.c.id)
         for row in connection.execute(query).mappings():
-            result[row["drive"]].append(dict(row))
+            result[row["drive"]].append(ClaimRecord.from_row(row))
     return result
 
 
@@ -94,11 +108,12 @@ def claims_on_many(connection: Connection, uuids: list[str]) -> dict[str, list[d
 IO_COUNTERS = ("read_bytes", "read_requests", "write_bytes", "write_requests")
 
 
-def guest_claims_of(connection: Connection, server: str) -> list[dict[str, Any]]:
+def guest_claims_of(connection: Connection, server: str) -> list[ClaimRecord]:
     """The claims `server` holds on drives, with how much of its guest's I/O each has added
     to its drive (`guest_read_bytes`, ...)."""
     query = select(claims).where(claims.c.kind == "guest", claims.c.holder == server)
-    return [dict(row) for row in connection.execute(query.order_by(claims.c.id)).mappings()]
+    rows = connection.execute(query.order_by(claims.c.id)).mappings()
+    return [ClaimRecord.from_row(row) for row in rows]
 
 
 def add_guest_io(

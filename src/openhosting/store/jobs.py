@@ -4,6 +4,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
+from openhosting.store.records import JobRecord
 from openhosting.store.tables import claims, drives, jobs
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -21,37 +22,37 @@ def insert_job(connection: Connection, **values: Any) -> int:
     return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
-def get_job(connection: Connection, job_id: int) -> dict[str, Any] | None:
+def get_job(connection: Connection, job_id: int) -> JobRecord | None:
     row = connection.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
-    return dict(row) if row is not None else None
+    return JobRecord.from_row(row) if row is not None else None
 
 
 def update_job(connection: Connection, job_id: int, **values: Any) -> None:
     connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
 
 
-def pending_jobs(connection: Connection) -> list[dict[str, Any]]:
+def pending_jobs(connection: Connection) -> list[JobRecord]:
     """Every queued or running job, in the order they were asked for."""
     query = select(jobs).where(jobs.c.state.in_(PENDING)).order_by(jobs.c.id)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [JobRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
-def pending_jobs_into(connection: Connection, dst: str) -> list[dict[str, Any]]:
+def pending_jobs_into(connection: Connection, dst: str) -> list[JobRecord]:
     """The queued or running jobs into drive `dst`, in order."""
     query = select(jobs).where(jobs.c.dst == dst, jobs.c.state.in_(PENDING)).order_by(jobs.c.id)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [JobRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
 def list_jobs(
     connection: Connection, state: str | None = None, limit: int | None = None
-) -> list[dict[str, Any]]:
+) -> list[JobRecord]:
     """Jobs, newest first, optionally only those in `state`."""
     query = select(jobs).order_by(jobs.c.id.desc())
     if state is not None:
         query = query.where(jobs.c.state == state)
     if limit is not None:
         query = query.limit(limit)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [JobRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
 def delete_ended_jobs(connection: Connection, ended_before: float) -> int:

@@ -4,6 +4,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
+from openhosting.store.records import NicRecord, ResourceRecord
 from openhosting.store.tables import resources, server_nics
 
 # -- resources -----------------------------------------------------------------------------
@@ -13,20 +14,20 @@ def insert_resource(connection: Connection, **values: Any) -> None:
     connection.execute(insert(resources).values(**values))
 
 
-def get_resource(connection: Connection, kind: str, resource: str) -> dict[str, Any] | None:
+def get_resource(connection: Connection, kind: str, resource: str) -> ResourceRecord | None:
     query = select(resources).where(resources.c.type == kind, resources.c.resource == resource)
     row = connection.execute(query).mappings().first()
-    return dict(row) if row is not None else None
+    return ResourceRecord.from_row(row) if row is not None else None
 
 
 def resources_of(
     connection: Connection, user: str, kind: str | None = None
-) -> list[dict[str, Any]]:
+) -> list[ResourceRecord]:
     query = select(resources).where(resources.c.user == user)
     if kind is not None:
         query = query.where(resources.c.type == kind)
     query = query.order_by(resources.c.type, resources.c.created_at, resources.c.resource)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [ResourceRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
 # For the Reader (store/reader.py): `resources/list` rows of `user`, every type.
@@ -69,14 +70,14 @@ def insert_nic(connection: Connection, **values: Any) -> None:
     connection.execute(insert(server_nics).values(**values))
 
 
-def nics_of(connection: Connection, server: str) -> list[dict[str, Any]]:
+def nics_of(connection: Connection, server: str) -> list[NicRecord]:
     query = select(server_nics).where(server_nics.c.server == server).order_by(server_nics.c.nic)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [NicRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
-def all_nics(connection: Connection) -> list[dict[str, Any]]:
+def all_nics(connection: Connection) -> list[NicRecord]:
     query = select(server_nics).order_by(server_nics.c.server, server_nics.c.nic)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [NicRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
 def held_addresses(connection: Connection) -> set[str]:

@@ -4,6 +4,8 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from openhosting.store.reader import Reader
+from openhosting.store.records import ClaimRecord, ServerRecord, decode_server_config
 from openhosting.store.tables import claims, servers
 
 
@@ -11,20 +13,20 @@ def insert_server(connection: Connection, **values: Any) -> None:
     connection.execute(insert(servers).values(**values))
 
 
-def get_server(connection: Connection, uuid: str) -> dict[str, Any] | None:
+def get_server(connection: Connection, uuid: str) -> ServerRecord | None:
     row = connection.execute(select(servers).where(servers.c.uuid == uuid)).mappings().first()
-    return dict(row) if row is not None else None
+    return ServerRecord.from_row(row) if row is not None else None
 
 
-def servers_of(connection: Connection, user: str) -> list[dict[str, Any]]:
+def servers_of(connection: Connection, user: str) -> list[ServerRecord]:
     query = select(servers).where(servers.c.user == user)
     rows = connection.execute(query.order_by(servers.c.created_at, servers.c.uuid)).mappings()
-    return [dict(row) for row in rows]
+    return [ServerRecord.from_row(row) for row in rows]
 
 
-def servers_with_status(connection: Connection, status: str) -> list[dict[str, Any]]:
+def servers_with_status(connection: Connection, status: str) -> list[ServerRecord]:
     query = select(servers).where(servers.c.status == status).order_by(servers.c.uuid)
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [ServerRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
 # For the Reader (store/reader.py): `servers/list` rows of `user`.
@@ -43,6 +45,28 @@ SERVERS_BY_USER = (
     .where(servers.c.user == bindparam("user"))
     .order_by(servers.c.created_at, servers.c.uuid)
 )
+
+
+def read_server(reader: Reader, uuid: str) -> ServerRecord | None:
+    """`get_server` through the Reader."""
+    rows = reader.mappings(SERVER_BY_UUID, uuid=uuid)
+    return ServerRecord.from_row(rows[0]) if rows else None
+
+
+def read_servers_of(reader: Reader, user: str) -> list[ServerRecord]:
+    """`servers_of` through the Reader."""
+    return [ServerRecord.from_row(row) for row in reader.mappings(SERVERS_BY_USER, user=user)]
+
+
+def read_server_sizes_of(reader: Reader, user: str) -> list[tuple[str, int, int]]:
+    """(uuid, cpu, mem) of every server of `user`, oldest first, for `servers/list`: through
+    the Reader, answered from memory while nothing changed (`Reader.all_cached`)."""
+    rows = reader.all_cached(SERVER_LIST_BY_USER, user=user)
+    sizes = []
+    for uuid, text in rows:
+        config = decode_server_config(text)
+        sizes.append((uuid, config.cpu, config.mem))
+    return sizes
 
 
 def update_server(connection: Connection, uuid: str, **values: Any) -> None:
@@ -83,6 +107,6 @@ def remove_guest_claims_except(connection: Connection, active: set[str]) -> int:
     return int(connection.execute(query).rowcount)
 
 
-def claims_on_drives(connection: Connection, drives: list[str]) -> list[dict[str, Any]]:
+def claims_on_drives(connection: Connection, drives: list[str]) -> list[ClaimRecord]:
     query = select(claims).where(claims.c.drive.in_(drives))
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [ClaimRecord.from_row(row) for row in connection.execute(query).mappings()]

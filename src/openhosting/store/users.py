@@ -1,11 +1,10 @@
 """Queries on the users table."""
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from openhosting.store.records import UserRecord
 from openhosting.store.tables import PLATFORM_USER, users
 
 # Every user but the platform user that owns the standard drives.
@@ -20,16 +19,15 @@ def insert_user(connection: Connection, **values: Any) -> None:
 KEY_HASH_BY_UUID = select(users.c.key_hash).where(users.c.uuid == bindparam("uuid"))
 
 
-def get_user(connection: Connection, uuid: str) -> Mapping[str, Any] | None:
+def get_user(connection: Connection, uuid: str) -> UserRecord | None:
     query = select(users).where(users.c.uuid == uuid, _PEOPLE)
     row = connection.execute(query).mappings().first()
-    return dict(row) if row is not None else None
+    return UserRecord.from_row(row) if row is not None else None
 
 
-def list_users(connection: Connection) -> list[dict[str, Any]]:
+def list_users(connection: Connection) -> list[UserRecord]:
     query = select(users).where(_PEOPLE).order_by(users.c.created_at, users.c.uuid)
-    rows = connection.execute(query)
-    return [dict(row) for row in rows.mappings()]
+    return [UserRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
 def count_users(connection: Connection) -> int:
@@ -45,11 +43,3 @@ def update_user(connection: Connection, uuid: str, **values: Any) -> bool:
 
 def delete_user(connection: Connection, uuid: str) -> bool:
     return connection.execute(delete(users).where(users.c.uuid == uuid, _PEOPLE)).rowcount > 0
-
-
-def tier_limits_of(user: Mapping[str, Any]) -> dict[str, int]:
-    """The user's drive-bytes limits per storage tier (tier → bytes), from its row."""
-    return {
-        str(tier): int(limit)
-        for tier, limit in json.loads(user.get("max_drive_bytes_by_tier") or "{}").items()
-    }

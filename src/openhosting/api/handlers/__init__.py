@@ -3,6 +3,7 @@
 from openhosting.api.handlers import (
     account,
     console,
+    console_page,
     drive_images,
     drives,
     events,
@@ -41,6 +42,9 @@ HANDLERS: dict[str, Handler] = {
     "servers.log": servers.serial_log,
     "servers.console": console.issue,
     "console.websocket": console.websocket,
+    "console.page": console_page.page,
+    "console.asset": console_page.asset,
+    "console.novnc": console_page.novnc_file,
     "resources.list": resources.list_resources,
     "resources.info_all": resources.info_all,
     "resources.info": resources.info,

@@ -4,7 +4,9 @@
 
 The WebSocket is authenticated by its token alone (a browser cannot send Basic credentials
 on one); a token that does not work counts as a failed login of its address. Every refusal
-is an HTTP answer before any upgrade, so no RFB byte flows to a refused client.
+is an HTTP answer before any upgrade, so no RFB byte flows to a refused client. The daemon
+has logged in to the server's VNC before the upgrade; the browser is greeted with RFB
+without authentication (hypervisor/rfb.py), then the two streams are joined.
 """
 
 import asyncio
@@ -17,6 +19,7 @@ from openhosting.api.abuse import AuthLockedOutError
 from openhosting.api.auth import AUTH_THROTTLE_KEY
 from openhosting.api.context import platform_of, user_of
 from openhosting.errors import AuthError, MethodError, UsageError
+from openhosting.hypervisor import rfb
 from openhosting.services.consoles import ConsoleSession, ConsoleTokenError
 from openhosting.wire.payload import Properties
 
@@ -25,6 +28,8 @@ log = logging.getLogger("openhosting.consoles")
 SUBPROTOCOL = "binary"
 # A browser that vanished without closing is noticed within this (WebSocket ping/pong).
 HEARTBEAT_SECONDS = 30.0
+# What the browser may take for its side of the RFB greeting (noVNC answers at once).
+GREETING_SECONDS = 15.0
 
 
 class OriginError(AuthError):
@@ -98,18 +103,53 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         raise MethodError(f"{request.method} is not allowed on {request.path}: use GET")
     check_origin(request)
     ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), heartbeat=HEARTBEAT_SECONDS)
-    if not ws.can_prepare(request).ok:  # before the token: a plain GET must not use it up
-        raise UsageError("Expected a WebSocket upgrade (subprotocol binary)")
     consoles = platform_of(request).consoles
+    token = request.query.get("token", "")
     try:
-        grant = consoles.use_token(request.query.get("token", ""))
+        if not ws.can_prepare(request).ok:
+            # A plain GET never uses the token up: it says why the token would not work (the
+            # console page asks so after a refused WebSocket, whose refusal it cannot read).
+            consoles.check_token(token)
+            raise UsageError("Expected a WebSocket upgrade (subprotocol binary)")
+        grant = consoles.use_token(token)
     except ConsoleTokenError as error:
         await _token_failed(request, error)
         raise
     async with consoles.open_session(grant) as session:
         await ws.prepare(request)
+        browser = WebSocketStream(ws)
+        try:
+            async with asyncio.timeout(GREETING_SECONDS):
+                await rfb.greet_without_auth(browser.read_exactly, browser.write)
+        except (rfb.RfbError, TimeoutError, ConnectionError) as error:
+            log.info("event=console_greeting_failed server=%s error=%r", session.server, error)
+            await ws.close(code=WSCloseCode.PROTOCOL_ERROR, message=b"RFB greeting failed")
+            return ws
+        if browser.buffer:  # what the browser sent past its greeting (its ClientInit)
+            await session.write(browser.buffer)
         await _bridge(ws, session)
     return ws
+
+
+class WebSocketStream:
+    """Exact byte counts from a WebSocket whose binary messages may split RFB anywhere, for
+    the greeting; what is read past it stays in `buffer`."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+        self.buffer = b""
+
+    async def read_exactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            message = await self._ws.receive()
+            if message.type != WSMsgType.BINARY:
+                raise ConnectionError("The browser closed the console during its greeting")
+            self.buffer += message.data
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    async def write(self, data: bytes) -> None:
+        await self._ws.send_bytes(data)
 
 
 async def _bridge(ws: web.WebSocketResponse, session: ConsoleSession) -> None:

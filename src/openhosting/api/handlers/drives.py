@@ -13,6 +13,7 @@ from openhosting.api.responses import (
     zeros_as_gzip,
 )
 from openhosting.errors import FullError, UsageError
+from openhosting.reverter import Reverter
 from openhosting.services.drive_transfers import DriveWriter, ReadPlan
 from openhosting.storage.drive_hash import HASH_ALGORITHM
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
@@ -151,7 +152,8 @@ async def _write(request: web.Request, offset: int, declared: int, encoding: str
     writer = platform_of(request).drives.begin_write(
         user_of(request), _drive(request), offset, staged=decoder is not None
     )
-    try:
+    async with Reverter() as revert:
+        revert.add(writer.abort)
         if isinstance(writer, DriveWriter):
             if declared > writer.remaining:
                 raise FullError(
@@ -172,6 +174,4 @@ async def _write(request: web.Request, offset: int, declared: int, encoding: str
         if decoder is not None:
             decoder.finish()
         await writer.finish()
-    except BaseException:
-        await writer.abort()
-        raise
+        revert.success()

@@ -1,1 +1,0 @@
-"""Command-line tools: the operator's admin tool and the users' client tools."""

@@ -1,0 +1,41 @@
+"""Whatever a test or benchmark left running under its run directory, killed and removed."""
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from openhosting.hypervisor import process
+from openhosting.network import passt
+from openhosting.network.guest_fence import table_name
+from openhosting.network.passt_counters import PasstCounters
+
+
+def kill_leftover_vms(run_path: Path) -> None:
+    """Kill every VM and user-mode network helper a test left running under `run_path`,
+    take down its platform's guest fence, then remove the run files."""
+    for run_dir in run_path.glob("*") if run_path.exists() else []:
+        pid = process.adopt(run_dir, run_dir.name)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+    passt_dir = run_path / "network" / "passt"
+    counting = PasstCounters(passt_dir)
+    for files in passt.running_files(passt_dir) if passt_dir.exists() else []:
+        if (pid := passt.adopt(files)) is not None:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5  # its cgroup empties once it is gone
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if counting.available:  # the NIC's counting table and cgroup
+            nic_table = ["nft", "delete", "table", "inet", counting.table_of(files)]
+            subprocess.run(nic_table, check=False, capture_output=True, timeout=10)
+            with contextlib.suppress(OSError):
+                counting.group_of(files).rmdir()
+                counting.group_of(files).parent.rmdir()  # unless other NICs' are in it
+    if os.geteuid() == 0:
+        table = ["nft", "delete", "table", "inet", table_name(passt_dir)]
+        subprocess.run(table, check=False, capture_output=True, timeout=10)
+    shutil.rmtree(run_path, ignore_errors=True)
