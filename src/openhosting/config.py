@@ -61,6 +61,8 @@ class ApiSettings:
     # Where noVNC's files are (Debian's `novnc` package): the console page loads its `core/`
     # and `vendor/` JavaScript modules from here, served read-only under /console/novnc/.
     console_novnc_dir: str = "/usr/share/novnc"
+    # Seconds a dashboard sign-in lasts (its session cookie's expiry); then sign in again.
+    session_seconds: int = 8 * 3600
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from openhosting.api.routes import (
     Route,
     unavailable,
 )
+from openhosting.api.sessions import drop_basic_challenge
 from openhosting.errors import (
     ApiError,
     FailedError,
@@ -43,9 +44,14 @@ from openhosting.logs import REQUEST_ID
 from openhosting.services.audit import object_of
 from openhosting.services.platform import Platform
 from openhosting.store.errors import is_storage_full, storage_io_error
+from openhosting.web.routes import DASHBOARD_PATHS, add_dashboard
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 
 log = logging.getLogger("openhosting.api")
+
+# The URL patterns that do not ask for Basic credentials: the console's WebSocket (its token)
+# and the dashboard (its page is public; its session handlers check the key or the cookie).
+NO_BASIC_AUTH = WITHOUT_BASIC_AUTH | DASHBOARD_PATHS
 
 READ_METHODS = frozenset({"GET", "HEAD", "POST"})
 # The key holding a new object's id in what a create command answers.
@@ -99,7 +105,7 @@ async def _answer(
     request: web.Request, handler: Handler, metrics: PlatformMetrics
 ) -> web.StreamResponse:
     try:
-        if _route_label(request) not in WITHOUT_BASIC_AUTH:
+        if _route_label(request) not in NO_BASIC_AUTH:
             await authenticate_request(request)
         return await handler(request)  # type: ignore[return-value]
     except ApiError as error:
@@ -250,7 +256,7 @@ async def authenticate_then_continue(request: web.Request) -> web.StreamResponse
     """`Expect: 100-continue`: check the credentials before inviting the body, so a client
     with a wrong key does not upload gigabytes to hear 401."""
     try:
-        if _route_label(request) not in WITHOUT_BASIC_AUTH:
+        if _route_label(request) not in NO_BASIC_AUTH:
             await authenticate_request(request)
     except ApiError as error:
         if error.kind == "auth":
@@ -289,6 +295,7 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
     platform.events.add_listener(metrics.observe_event)
     app.on_startup.append(_bind_events)
     app.on_response_prepare.append(_add_request_id)
+    app.on_response_prepare.append(drop_basic_challenge)
     table = dict(handlers or {})
     for route in ROUTES:
         handler = table.get(route.command, unavailable)
@@ -298,4 +305,5 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
             _command_handler(route, handler),
             expect_handler=authenticate_then_continue,
         )
+    add_dashboard(app)
     return app

@@ -1,4 +1,5 @@
-"""HTTP Basic authentication of every request (docs/api.md §1)."""
+"""Authentication of every request: HTTP Basic (docs/api.md §1), or the dashboard's session
+cookie (api/sessions.py)."""
 
 import asyncio
 import base64
@@ -10,7 +11,9 @@ from aiohttp import web
 
 from openhosting.api.abuse import AuthLockedOutError, AuthThrottle, UserRateLimiter, user_tried
 from openhosting.api.context import USER_KEY, platform_of
+from openhosting.api.sessions import SESSION_COOKIE, check_csrf
 from openhosting.errors import AuthError
+from openhosting.services.web_sessions import SessionError, WebSession
 
 log = logging.getLogger("openhosting.auth")
 
@@ -56,6 +59,10 @@ async def authenticate_request(request: web.Request) -> None:
     if USER_KEY in request:
         return  # already authenticated by the `Expect: 100-continue` handler
     header = request.headers.get("Authorization")
+    if header is None and SESSION_COOKIE in request.cookies:
+        session = await authenticate_session(request)
+        request[USER_KEY] = session.user
+        return
     username = None
     try:
         username, password = parse_basic_credentials(header)
@@ -63,18 +70,41 @@ async def authenticate_request(request: web.Request) -> None:
     except AuthError:
         if not header:
             raise  # no guess at all: the challenge half of Basic authentication (RFC 7617)
-        remote = request.remote or "-"
-        # The raw path, still percent-encoded: a decoded %0A would let anyone write lines of
-        # their own into the log. The user only when it is a UUID, for the same reason.
-        where = f"remote={remote} user={user_tried(username) or '-'} path={request.raw_path}"
-        try:
-            delay = request.app[AUTH_THROTTLE_KEY].failed(remote, username)
-        except AuthLockedOutError:
-            log.info("event=auth_refused %s", where)
-            raise
-        log.info("event=auth_failed %s", where)
-        if delay:
-            await asyncio.sleep(delay)
+        await count_failed_login(request, username, "auth")
         raise
     request.app[RATE_LIMITER_KEY].take(user)
     request[USER_KEY] = user
+
+
+async def count_failed_login(request: web.Request, username: str | None, event: str) -> None:
+    """Count a failed login of the request's address (and of `username`, the user tried):
+    answered later the more they failed, then refused with Retry-After (AuthLockedOutError).
+    Basic authentication, dashboard sign-ins and dead session cookies share the counts."""
+    remote = request.remote or "-"
+    # The raw path, still percent-encoded: a decoded %0A would let anyone write lines of
+    # their own into the log. The user only when it is a UUID, for the same reason.
+    where = f"remote={remote} user={user_tried(username) or '-'} path={request.raw_path}"
+    try:
+        delay = request.app[AUTH_THROTTLE_KEY].failed(remote, username)
+    except AuthLockedOutError:
+        log.info("event=%s_refused %s", event, where)
+        raise
+    log.info("event=%s_failed %s", event, where)
+    if delay:
+        await asyncio.sleep(delay)
+
+
+async def authenticate_session(request: web.Request) -> WebSession:
+    """The live dashboard session of the request's cookie (AuthError if none; a cookie that
+    opens nothing counts as a failed login), with its CSRF token checked on any request that
+    may change something (403). The user's request rate applies as to Basic requests."""
+    token = request.cookies.get(SESSION_COOKIE, "")
+    try:
+        session = platform_of(request).web_sessions.check(token)
+    except SessionError:
+        if token:
+            await count_failed_login(request, None, "session")
+        raise
+    check_csrf(request, session)
+    request.app[RATE_LIMITER_KEY].take(session.user)
+    return session

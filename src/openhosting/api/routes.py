@@ -87,6 +87,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/console/{asset}", Kind.READ, "console.asset", basic_auth=False),
     # The caller's own account: balance, limits, usage (docs/api.md §7)
     Route("/account/info", Kind.READ, "account.info"),
+    # Its metered usage per day (UTC), for the dashboard's chart (an extension)
+    Route("/account/usage", Kind.READ, "account.usage"),
     # The caller's state changes as they happen (server-sent events; an extension)
     Route("/events", Kind.READ, "events.stream"),
     # Resources (docs/api.md §6)

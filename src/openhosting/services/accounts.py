@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from openhosting.errors import AuthError, MissingError
 from openhosting.store import users as user_store
+from openhosting.store import web_sessions as web_session_store
 from openhosting.store.platform_key import derive_key, keyed_hash
 from openhosting.store.reader import Reader
 from openhosting.store.records import UserRecord, encode_tier_limits
@@ -93,12 +94,15 @@ class Accounts:
             raise AuthError("Authentication failed: wrong user UUID or secret API key")
 
     def rotate_key(self, uuid: str) -> NewKey:
+        """A new key for the user; the old one, and every dashboard session signed in with
+        it, stop working (a key is rotated because it may have leaked)."""
         key = NewKey(uuid, new_secret())
         with self._engine.begin() as connection:
             if not user_store.update_user(
                 connection, uuid, key_hash=keyed_hash(self._hash_key, key.secret)
             ):
                 raise MissingError(f"User {uuid} could not be found")
+            web_session_store.delete_sessions_of(connection, uuid)
         return key
 
     def delete_user(self, uuid: str) -> None:

@@ -11,11 +11,13 @@ import asyncio
 import logging
 import time
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from openhosting.config import BillingSettings
 from openhosting.errors import BillingError, MissingError
+from openhosting.services.usage_days import DAY_SECONDS, usage_per_day
 from openhosting.store import billing as billing_store
 from openhosting.store import drives as drive_store
 from openhosting.store.billing import Usage
@@ -198,6 +200,17 @@ class Billing:
             "usage:vlans": usage.vlans,
         })  # fmt: skip
         return info
+
+    def usage_days(self, user: str, days: int, now: float | None = None) -> list[dict[str, Any]]:
+        """The account's metered usage per day (UTC) over the last `days` days, today
+        included: see services/usage_days.py. The charge is formatted like a balance."""
+        now = time.time() if now is None else now
+        since = (now // DAY_SECONDS - days + 1) * DAY_SECONDS
+        with self._engine.connect() as connection:
+            records = billing_store.usage_since(connection, user, since)
+        return [
+            {**day, "charge": format_micros(day["charge"])} for day in usage_per_day(records, since)
+        ]
 
     def usage_history(self, user: str, limit: int = 100) -> list[UsageRecord]:
         with self._engine.connect() as connection:

@@ -19,6 +19,7 @@ from openhosting.services.resources import Resources
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.servers import Servers
 from openhosting.services.standard_drives import StandardDrives
+from openhosting.services.web_sessions import WebSessions
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.store.database import open_engine
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
@@ -42,6 +43,7 @@ class Platform:
     billing: Billing
     events: EventBus
     consoles: Consoles
+    web_sessions: WebSessions
 
     def close(self) -> None:
         self.reader.close()
@@ -97,4 +99,5 @@ def open_platform(config: Config) -> Platform:
         billing=billing,
         events=events,
         consoles=consoles,
+        web_sessions=WebSessions(engine, config.api.session_seconds),
     )

@@ -87,3 +87,9 @@ def usage_of(connection: Connection, user: str, limit: int) -> list[UsageRecord]
     """The last `limit` usage records of `user`, oldest first."""
     query = select(usage).where(usage.c.user == user).order_by(usage.c.id.desc()).limit(limit)
     return [UsageRecord.from_row(row) for row in connection.execute(query).mappings()][::-1]
+
+
+def usage_since(connection: Connection, user: str, since: float) -> list[UsageRecord]:
+    """The user's usage records that end after `since`, oldest first."""
+    query = select(usage).where(usage.c.user == user, usage.c.end > since).order_by(usage.c.start)
+    return [UsageRecord.from_row(row) for row in connection.execute(query).mappings()]

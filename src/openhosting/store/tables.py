@@ -218,3 +218,16 @@ console_tokens = Table(
     Column("used_at", Float, nullable=True),
     Index("console_tokens_by_expiry", "expires"),
 )
+
+# Dashboard sessions (services/web_sessions.py): a browser signed in as `user` until
+# `expires`. Only the cookie's SHA-256 is kept, so whoever reads the database cannot sign in
+# with what it holds.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user", String(36), ForeignKey("users.uuid", ondelete="CASCADE"), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Index("web_sessions_by_expiry", "expires"),
+)

@@ -14,6 +14,7 @@ from openhosting.api.routes import Handler
 
 HANDLERS: dict[str, Handler] = {
     "account.info": account.info,
+    "account.usage": account.usage,
     "events.stream": events.stream,
     "drives.list": drives.list_drives,
     "drives.info_all": drives.info_all,

@@ -3,8 +3,24 @@
 from aiohttp import web
 
 from openhosting.api.context import platform_of, user_of
-from openhosting.wire.payload import Properties
+from openhosting.errors import UsageError
+from openhosting.wire.payload import Properties, PropertiesList
+
+MAX_DAYS = 366
+
+
+def _days(request: web.Request) -> int:
+    text = request.query.get("days", "30")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_DAYS:
+        raise UsageError(f"Invalid days {text[:20]!r}: a number of days from 1 to {MAX_DAYS}")
+    return int(text)
 
 
 async def info(request: web.Request) -> Properties:
     return Properties(platform_of(request).billing.account_info(user_of(request)))
+
+
+async def usage(request: web.Request) -> PropertiesList:
+    """The caller's metered usage per day (UTC), over the last `?days=N` days (30)."""
+    days = platform_of(request).billing.usage_days(user_of(request), _days(request))
+    return PropertiesList(days)

@@ -1,0 +1,91 @@
+"""Dashboard sessions: the one owner of what a signed-in browser holds.
+
+A browser signs in once with the user's UUID and secret key (checked by Accounts, as Basic
+authentication is) and gets a session token instead, kept in an HttpOnly cookie, so the key
+itself never stays in the browser. The token is random (256 bits) and expires; the database
+keeps only its SHA-256, so several daemons could share it. Each session also has a CSRF
+token, derived from the session token (so it is not stored), which the dashboard's page
+reads once and sends with every change; another site's page can neither read it nor guess it.
+"""
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from openhosting.errors import AuthError
+from openhosting.store import web_sessions as session_store
+
+log = logging.getLogger("openhosting.sessions")
+
+
+class SessionError(AuthError):
+    """The session cookie is unknown, expired or signed out: 401, counted as a failed login
+    of its address."""
+
+
+@dataclass(frozen=True)
+class WebSession:
+    """A signed-in browser: whose it is, until when, and the token its changes must carry."""
+
+    user: str
+    expires: float  # seconds since the epoch
+    csrf: str
+
+
+def session_hash(token: str) -> str:
+    """What the database keeps of a session token: its SHA-256, hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def csrf_token(token: str) -> str:
+    """The CSRF token of the session `token` (an HMAC of it: nothing more to store)."""
+    return hmac.new(token.encode(), b"openhosting-csrf", hashlib.sha256).hexdigest()
+
+
+class WebSessions:
+    """Open, check and end dashboard sessions."""
+
+    def __init__(
+        self, engine: Engine, session_seconds: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._engine = engine
+        self._seconds = session_seconds
+        self._clock = clock
+
+    def open(self, user: str) -> tuple[str, WebSession]:
+        """A new session for `user` (already authenticated): its token and what it holds."""
+        token = secrets.token_urlsafe(32)
+        now = self._clock()
+        expires = now + self._seconds
+        with self._engine.begin() as connection:
+            session_store.prune_expired(connection, now)
+            session_store.insert_session(connection, session_hash(token), user, now, expires)
+        log.info("event=session_opened user=%s", user)
+        return token, WebSession(user, expires, csrf_token(token))
+
+    def check(self, token: str) -> WebSession:
+        """The live session of `token`; SessionError if there is none."""
+        if not token:
+            raise SessionError("Not signed in: sign in with your user UUID and secret API key")
+        with self._engine.connect() as connection:
+            found = session_store.live_session(connection, session_hash(token), self._clock())
+        if found is None:
+            raise SessionError("Session expired or signed out: sign in again")
+        user, expires = found
+        return WebSession(user, expires, csrf_token(token))
+
+    def end(self, token: str) -> None:
+        """Sign the session `token` out, so that its cookie opens nothing any more."""
+        with self._engine.begin() as connection:
+            session_store.delete_session(connection, session_hash(token))
+
+    def end_all(self, user: str) -> int:
+        """Sign out every browser of `user`: how many sessions ended."""
+        with self._engine.begin() as connection:
+            return session_store.delete_sessions_of(connection, user)
