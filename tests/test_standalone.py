@@ -110,7 +110,7 @@ def test_the_tests_that_read_data_pass_from_a_copy_alone_in_an_empty_directory(
 ) -> None:
     copy = tmp_path / "repo"  # nothing beside it: no sibling folder, no sibling worktree
     ignore = shutil.ignore_patterns(*NOT_OURS, ".*")
-    for name in ("src", "tests"):
+    for name in ("src", "tests", "testbed", "bench"):
         shutil.copytree(REPO / name, copy / name, ignore=ignore)
     shutil.copy2(REPO / "pyproject.toml", copy)
     env = {**os.environ, "PYTHONPATH": str(copy / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
