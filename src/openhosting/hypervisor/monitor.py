@@ -29,8 +29,8 @@ from qemu.qmp import (
     Runstate,
 )
 
-from openhosting.hypervisor.argv import slot_for_device_id
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.spec import slot_for_device_id
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs every message it sends at DEBUG, VNC passwords included: never let it.

@@ -21,9 +21,9 @@ import contextlib
 import logging
 import os
 
-from openhosting.hypervisor.argv import RunPaths
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.serial_log import RotatingLog, SerialLogLimit
+from openhosting.hypervisor.spec import RunPaths
 
 log = logging.getLogger("openhosting.hypervisor")
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting.hypervisor import process
-from openhosting.hypervisor.argv import RunPaths, VmSpec
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import BlockStats, Monitor
 from openhosting.hypervisor.serial_log import DEFAULT_LIMIT, SerialLogLimit, remove_log
 from openhosting.hypervisor.serial_relay import SerialRelay
+from openhosting.hypervisor.spec import RunPaths, VmSpec
 
 log = logging.getLogger("openhosting.hypervisor")
 

@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from openhosting.config import Config
 from openhosting.errors import FailedError
 from openhosting.hypervisor import process
-from openhosting.hypervisor.argv import VNC_BASE_PORT, VmSpec, choose_accelerator
+from openhosting.hypervisor.argv import choose_accelerator
 from openhosting.hypervisor.cpu_quota import (
     find_cpu_cgroup,
     place_vm_threads,
@@ -38,6 +38,7 @@ from openhosting.hypervisor.cpu_quota import (
     remove_cpu_group,
 )
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.spec import VNC_BASE_PORT, VmSpec
 from openhosting.hypervisor.vm import NOSPACE, SHUTDOWN, Pause, RunningVm
 from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
 from openhosting.model.server import ServerConfig

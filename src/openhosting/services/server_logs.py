@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from openhosting.config import Config, ConfigError
-from openhosting.hypervisor.argv import RunPaths
 from openhosting.hypervisor.serial_log import SerialLogLimit, read_log
+from openhosting.hypervisor.spec import RunPaths
 
 log = logging.getLogger("openhosting.servers")
 

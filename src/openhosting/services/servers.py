@@ -23,8 +23,8 @@ from sqlalchemy import Connection, Engine
 
 from openhosting.config import Config
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
-from openhosting.hypervisor.argv import VNC_BASE_PORT
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.spec import VNC_BASE_PORT
 from openhosting.hypervisor.vm import RunningVm
 from openhosting.model.common import is_uuid
 from openhosting.model.server import ServerConfig

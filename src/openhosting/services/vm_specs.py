@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openhosting.hypervisor.argv import QEMU_BINARY, DiskSpec, NicSpec, VmSpec, VncSpec
+from openhosting.hypervisor.spec import QEMU_BINARY, DiskSpec, NicSpec, VmSpec, VncSpec
 from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
 
