@@ -32,6 +32,8 @@ __all__ = [
     "QEMU_BINARY",
     "VNC_BASE_PORT",
     "DiskSpec",
+    "DriveSecret",
+    "HostVmSettings",
     "Netdev",
     "NicSpec",
     "RunPaths",
@@ -204,3 +206,24 @@ class VmSpec:
     @property
     def paths(self) -> RunPaths:
         return RunPaths(self.run_dir)
+
+
+@dataclass(frozen=True)
+class HostVmSettings:
+    """What this host puts into every VM, whatever the server."""
+
+    accelerator: str  # `kvm` or `tcg`, already chosen
+    vnc_listen: str  # the address VNC servers listen on
+    vnc_tls_dir: Path  # the platform's VNC TLS credentials, for servers with `vnc:tls on`
+    qemu_binary: str = QEMU_BINARY
+    sandbox: bool = True
+    run_as: str | None = None  # the user QEMU drops to
+    netns: str | None = None  # the network namespace QEMU runs in
+
+
+@dataclass(frozen=True)
+class DriveSecret:
+    """The passphrase of an encrypted drive and the file QEMU reads it from."""
+
+    path: Path
+    passphrase: bytes = field(repr=False)  # never in logs or tracebacks

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import time
@@ -26,11 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting.hypervisor import process
+from openhosting.hypervisor.driver import (
+    CRASH,
+    ENDING_TIMEOUT,
+    IO_ERROR,
+    NOSPACE,
+    SHUTDOWN,
+    BlockStats,
+    StateStream,
+)
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.monitor import BlockStats, Monitor
+from openhosting.hypervisor.monitor import Monitor
 from openhosting.hypervisor.serial_log import DEFAULT_LIMIT, SerialLogLimit, remove_log
 from openhosting.hypervisor.serial_relay import SerialRelay
 from openhosting.hypervisor.spec import RunPaths, VmSpec
+from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.hypervisor")
 
@@ -38,15 +49,7 @@ ExitCallback = Callable[[str, str], Awaitable[None]]
 # Called when the guest has powered itself off, before its VM is ended (QEMU only pauses it:
 # `-action shutdown=pause`), e.g. to read its counters one last time.
 EndingCallback = Callable[[str], Awaitable[None]]
-# How long that may take before the VM is ended anyway.
-ENDING_TIMEOUT = 5.0
-# Moves a saved state through a pipe, in a worker thread: a sink reads its descriptor to
-# the end (and stores what it read), a source writes the saved state into its descriptor.
-StateStream = Callable[[int], object]
-SHUTDOWN, CRASH = "shutdown", "crash"
-# Why a VM is paused: the host's storage is full, another host I/O error, or else QEMU's own
-# run state (`paused` after a monitor's `stop`, `internal-error`, ...).
-NOSPACE, IO_ERROR = "nospace", "io-error"
+# (How long that may take before the VM is ended anyway: `ENDING_TIMEOUT`.)
 
 
 @dataclass(frozen=True)
@@ -118,23 +121,19 @@ class RunningVm:
             raise ValueError("a saved state goes with spec.incoming, and only with it")
         if saved_state is None:
             remove_log(spec.paths.serial_log, serial_limit.files)
-        pid = await process.spawn(spec, timeout=timeout)
-        monitor = Monitor(spec.paths.qmp_socket)
-        try:
+        async with Reverter() as revert:
+            pid = await process.spawn(spec, timeout=timeout)
+            revert.add(functools.partial(process.remove_run_files, spec.run_dir))
+            revert.add(functools.partial(process.kill, pid, spec.uuid))
             # The serial port first: the guest runs already and its output is lost until then.
             serial = await SerialRelay.attach(spec.paths, serial_limit, timeout=timeout)
-            try:
-                await monitor.connect(timeout=timeout)
-                if saved_state is not None:
-                    await _load_state(monitor, saved_state, timeout)
-            except BaseException:
-                await monitor.close()
-                await serial.close()
-                raise
-        except BaseException:
-            await process.kill(pid, spec.uuid)
-            process.remove_run_files(spec.run_dir)
-            raise
+            revert.add(serial.close)
+            monitor = Monitor(spec.paths.qmp_socket)
+            revert.add(monitor.close)
+            await monitor.connect(timeout=timeout)
+            if saved_state is not None:
+                await _load_state(monitor, saved_state, timeout)
+            revert.success()
         vm = cls(spec.uuid, spec.run_dir, pid, monitor, serial, time.time())
         vm._watch(on_exit)
         return vm
@@ -158,11 +157,10 @@ class RunningVm:
         paths = RunPaths(run_dir)
         monitor = Monitor(paths.qmp_socket)
         await monitor.connect(timeout=timeout)
-        try:
+        async with Reverter() as revert:
+            revert.add(monitor.close)
             serial = await SerialRelay.attach(paths, serial_limit, timeout=timeout)
-        except BaseException:
-            await monitor.close()
-            raise
+            revert.success()
         # The caller knows when it started.
         vm = cls(uuid, run_dir, pid, monitor, serial, started=0.0)
         vm._watch(on_exit)

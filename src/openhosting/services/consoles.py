@@ -123,7 +123,7 @@ class Consoles:
     def _vnc_endpoint(self, row: dict[str, object]) -> tuple[str, int]:
         """Where the VNC of the server in `row` listens; BusyError if it has none now."""
         uuid = str(row["uuid"])
-        if uuid not in self._servers.lifecycle.vms:
+        if uuid not in self._servers.lifecycle.active:
             raise BusyError(f"Server {uuid} is not active: its console opens once it runs")
         config = json.loads(str(row["config"]))
         display = row["vnc_display"]
