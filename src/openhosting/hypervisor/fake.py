@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import time
@@ -43,6 +44,7 @@ from openhosting.hypervisor.driver import (
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import DriveSecret, HostVmSettings, VmSpec
+from openhosting.reverter import Reverter
 
 QMP_TIMEOUT = 10.0  # as QEMU's monitor client waits
 
@@ -217,13 +219,11 @@ class FakeHypervisor:
 
     async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
         vm = await self._monitor(server)
-        was = (vm.state, vm.reason)
-        vm.state, vm.reason = PAUSED, "paused"
-        try:
+        async with Reverter() as revert:
+            revert.add(functools.partial(_set_state, vm, vm.state, vm.reason))  # runs on
+            vm.state, vm.reason = PAUSED, "paused"
             await _send(sink, json.dumps(vm.memory).encode(), timeout)
-        except BaseException:
-            vm.state, vm.reason = was
-            raise
+            revert.success()
 
     async def detach_all(self) -> None:
         for task in list(self._tasks):
@@ -301,6 +301,10 @@ class FakeHypervisor:
             await self._emit(VmEvent(server, EXITED, how=how))
         finally:
             self._held.discard(server)
+
+
+def _set_state(vm: FakeVm, state: str, reason: str | None) -> None:
+    vm.state, vm.reason = state, reason
 
 
 async def _send(sink: StateStream, data: bytes, timeout: float) -> None:

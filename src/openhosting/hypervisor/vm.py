@@ -287,28 +287,32 @@ class RunningVm:
         state is whole and the guest stays paused (the caller keeps the state, then `stop`s
         the VM); if it cannot be saved, the guest runs on and `HypervisorError` is raised."""
         read_end, write_end = _state_pipe()
-        try:
-            await self.monitor.pass_fd(_STATE_FD, write_end)
-        except BaseException:
-            os.close(read_end)
-            raise
-        finally:
-            os.close(write_end)  # QEMU holds its own copy now
+        with Reverter() as revert:
+            revert.add(functools.partial(os.close, read_end))
+            try:
+                await self.monitor.pass_fd(_STATE_FD, write_end)
+            finally:
+                os.close(write_end)  # QEMU holds its own copy now
+            revert.success()
         reading = asyncio.create_task(asyncio.to_thread(_drain, sink, read_end))
-        try:
-            await self.monitor.stop_vcpus()
-            await self.monitor.migrate(f"fd:{_STATE_FD}")
-            await self.monitor.wait_migration(timeout)
-            await asyncio.wait_for(asyncio.shield(reading), timeout)
-        except BaseException as error:
-            # QEMU closes its end when the migration ends, failed or not: the reader ends.
-            with contextlib.suppress(Exception):
+        async with Reverter() as revert:
+            # Undone in reverse: the reader ends first (QEMU closes its end when the
+            # migration ends, failed or not), then the guest runs on.
+            revert.add(self._run_on)
+            revert.add(functools.partial(_settle, reading, timeout))
+            try:
+                await self.monitor.stop_vcpus()
+                await self.monitor.migrate(f"fd:{_STATE_FD}")
+                await self.monitor.wait_migration(timeout)
                 await asyncio.wait_for(asyncio.shield(reading), timeout)
-            with contextlib.suppress(HypervisorError):
-                await self.monitor.cont()
-            if isinstance(error, OSError):
+            except OSError as error:
                 raise HypervisorError(f"cannot store the state of {self.uuid}: {error}") from error
-            raise
+            revert.success()
+
+    async def _run_on(self) -> None:
+        """Let the guest run again after its state could not be saved (if QEMU still can)."""
+        with contextlib.suppress(HypervisorError):
+            await self.monitor.cont()
 
     async def powerdown(self) -> None:
         await self.monitor.system_powerdown()
@@ -368,20 +372,22 @@ def _feed(source: StateStream, write_end: int) -> None:
 async def _load_state(monitor: Monitor, source: StateStream, timeout: float) -> None:
     """Feed a QEMU started with -incoming defer its saved state, then let the guest run."""
     read_end, write_end = _state_pipe()
-    try:
-        await monitor.pass_fd(_STATE_FD, read_end)
-    except BaseException:
-        os.close(write_end)
-        raise
-    finally:
-        os.close(read_end)
+    with Reverter() as revert:
+        revert.add(functools.partial(os.close, write_end))
+        try:
+            await monitor.pass_fd(_STATE_FD, read_end)
+        finally:
+            os.close(read_end)
+        revert.success()
     writing = asyncio.create_task(asyncio.to_thread(_feed, source, write_end))
-    migration: asyncio.Task[None] | None = None
-    try:
+    async with Reverter() as revert:
+        # The writer ends once QEMU (killed by the caller if need be) closes the pipe.
+        revert.add(functools.partial(writing.add_done_callback, _collect))
         await monitor.migrate_incoming(f"fd:{_STATE_FD}")
         # A source that fails ends the wait at once: QEMU 7.2 fed an empty or cut-off
         # stream may wait for more forever rather than fail.
         migration = asyncio.create_task(monitor.wait_migration(timeout))
+        revert.add(functools.partial(_cancel, migration))
         await asyncio.wait(
             {migration, writing}, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION
         )
@@ -389,15 +395,20 @@ async def _load_state(monitor: Monitor, source: StateStream, timeout: float) -> 
             raise HypervisorError(f"cannot feed the saved state: {feed_error}") from feed_error
         await asyncio.wait_for(asyncio.shield(migration), timeout)
         await asyncio.wait_for(asyncio.shield(writing), timeout)
-    except BaseException:
-        if migration is not None:
-            migration.cancel()
-            with contextlib.suppress(BaseException):
-                await migration
-        # The writer ends once QEMU (killed by the caller if need be) closes the pipe.
-        writing.add_done_callback(_collect)
-        raise
+        revert.success()
     await monitor.cont()
+
+
+async def _settle(task: asyncio.Task[object], timeout: float) -> None:
+    """Wait (bounded) for `task` to end, whatever its outcome."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 def _collect(task: asyncio.Task[object]) -> None:
