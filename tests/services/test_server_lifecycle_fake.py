@@ -2,14 +2,16 @@
 SQLite, real drive files, VMs in memory (fast). The same rules on QEMU are the integration
 tests' (test_servers_api.py, test_server_paused.py, test_daemon_restart.py)."""
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from openhosting.errors import BusyError, FailedError, MissingError
-from openhosting.hypervisor.driver import NOSPACE
+from openhosting.hypervisor.driver import CRASH, NOSPACE
 from openhosting.hypervisor.fake import FakeHypervisor
+from openhosting.hypervisor.spec import VmSpec
 from openhosting.services.platform import Platform
 from tests.services.fake_platform import fake_platform
 
@@ -101,3 +103,30 @@ async def test_a_start_the_hypervisor_fails_leaves_the_server_stopped_and_its_dr
     with pytest.raises(FailedError):
         await platform.servers.create(user, SERVER, start=True)
     assert [row["server"] for row in platform.servers.list_rows(user)] == [server]
+
+
+async def test_after_a_daemon_restart_running_vms_are_adopted_and_the_others_reconciled(
+    fake: tuple[Platform, FakeHypervisor, str],
+) -> None:
+    platform, hypervisor, user = fake
+    runs, crashes, stuck = [(await new_server(platform, user, persistent=True)) for _ in "abc"]
+    await platform.servers.close()  # the daemon stops; the VMs run on
+    assert hypervisor.held() == []
+    # While no daemon runs: one VM dies, one's monitor stops answering, and a VM no server
+    # owns is left by a start that was never answered.
+    del hypervisor.host.vms[crashes[0]]
+    hypervisor.host.ended[crashes[0]] = CRASH
+    hypervisor.host.vms[stuck[0]].stuck = True
+    orphan = str(uuid.uuid4())
+    await hypervisor.start(VmSpec(orphan, 1, 64, hypervisor.run_dir(orphan)))
+    await hypervisor.detach_all()
+
+    await platform.servers.recover()
+    assert await status(platform, user, runs[0]) == "active"
+    assert claimed_by(platform, user, runs[1]) is not None
+    assert await status(platform, user, crashes[0]) == "dead"
+    # One that cannot be controlled is stopped, not left running unseen.
+    assert await status(platform, user, stuck[0]) == "stopped"
+    for _, drive in (crashes, stuck):
+        assert claimed_by(platform, user, drive) is None
+    assert sorted(hypervisor.host.vms) == [runs[0]] == hypervisor.held()
