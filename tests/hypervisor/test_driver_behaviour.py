@@ -274,3 +274,49 @@ def test_specs_cross_the_interface_as_plain_data() -> None:
     )
     fields = dataclasses.asdict(spec)
     assert VmSpec(**{**fields, "disks": tuple(DiskSpec(**d) for d in fields["disks"])}) == spec
+
+
+async def test_a_saved_vm_stays_paused_and_a_start_from_its_state_runs_it_on(
+    harness: Harness,
+) -> None:
+    driver = harness.driver
+    spec = harness.spec()
+    await driver.start(spec)
+    saved = bytearray()
+
+    def sink(fd: int) -> None:
+        while chunk := os.read(fd, 1 << 16):
+            saved.extend(chunk)
+
+    def source(fd: int) -> None:
+        view = memoryview(bytes(saved))
+        while view:
+            view = view[os.write(fd, view) :]
+
+    await driver.save_state(spec.uuid, sink, timeout=EVENT_TIMEOUT)
+    status = driver.status(spec.uuid)
+    assert saved and status is not None and status.state == PAUSED
+    await driver.stop(spec.uuid)
+
+    restored = dataclasses.replace(spec, incoming=True)
+    status = await driver.start(restored, restore=source, timeout=EVENT_TIMEOUT)
+    assert status.state == RUNNING
+
+
+async def test_a_vm_whose_state_cannot_be_saved_runs_on(harness: Harness) -> None:
+    driver = harness.driver
+    spec = harness.spec()
+    await driver.start(spec)
+
+    def failing_sink(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(HypervisorError):
+        await driver.save_state(spec.uuid, failing_sink, timeout=EVENT_TIMEOUT)
+    for _ in range(int(EVENT_TIMEOUT / 0.05)):  # QEMU tells its resume by an event
+        status = driver.status(spec.uuid)
+        if status is not None and status.state == RUNNING:
+            break
+        await asyncio.sleep(0.05)
+    status = driver.status(spec.uuid)
+    assert status is not None and (status.state, status.reason) == (RUNNING, None)

@@ -222,7 +222,10 @@ class FakeHypervisor:
         async with Reverter() as revert:
             revert.add(functools.partial(_set_state, vm, vm.state, vm.reason))  # runs on
             vm.state, vm.reason = PAUSED, "paused"
-            await _send(sink, json.dumps(vm.memory).encode(), timeout)
+            try:
+                await _send(sink, json.dumps(vm.memory).encode(), timeout)
+            except OSError as error:
+                raise HypervisorError(f"cannot store the state of {server}: {error}") from error
             revert.success()
 
     async def detach_all(self) -> None:
