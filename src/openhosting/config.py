@@ -92,6 +92,8 @@ class StorageSettings:
 class HypervisorSettings:
     """QEMU."""
 
+    # `qemu`; or `fake`: VMs held in memory by the daemon, for fast tests only.
+    driver: str = "qemu"
     # `kvm`, `tcg`, or `auto`: KVM where the CPU and /dev/kvm allow it, else TCG.
     accelerator: str = "auto"
     # The QEMU program, a name looked up in PATH or a full path.

@@ -5,15 +5,14 @@ from typing import Any
 
 import pytest
 
-from openhosting.hypervisor.argv import (
+from openhosting.hypervisor.argv import build_qemu_argv, choose_accelerator
+from openhosting.hypervisor.spec import (
     DiskSpec,
     NicSpec,
     RunPaths,
     TapNetdev,
     VmSpec,
     VncSpec,
-    build_qemu_argv,
-    choose_accelerator,
     slot_for_device_id,
 )
 

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.hypervisor.argv import (
+from openhosting.hypervisor.argv import build_qemu_argv
+from openhosting.hypervisor.spec import (
     NicSpec,
     StreamNetdev,
     TapNetdev,
     UserNetdev,
     VmSpec,
-    build_qemu_argv,
 )
 
 UUID = "0f962616-2071-4173-be79-7dd084271edf"

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from openhosting.hypervisor.driver import BlockStats
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.monitor import BlockStats, Monitor, MonitorEvent
+from openhosting.hypervisor.monitor import Monitor, MonitorEvent
 
 GREETING: dict[str, object] = {
     "QMP": {

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from openhosting import pidwait
 from openhosting.hypervisor import process
-from openhosting.hypervisor.argv import RunPaths
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.spec import RunPaths
 
 SLEEPER = "import signal, sys, time\n{setup}\nprint('ready', flush=True)\ntime.sleep(60)\n"
 
@@ -113,7 +114,7 @@ async def test_kill_reports_a_process_that_survives_sigkill(
     async def never_exits(pidfd: int, pid: int, timeout: float) -> bool:
         return False
 
-    monkeypatch.setattr(process, "_wait_pidfd", never_exits)
+    monkeypatch.setattr(pidwait, "wait_pidfd", never_exits)
     with pytest.raises(HypervisorError, match="survived SIGKILL"):
         await process.kill(child.pid, server, timeout=0.1)
 
@@ -123,7 +124,7 @@ async def test_wait_exit_sees_the_exit_or_times_out(
     start: Start, monkeypatch: pytest.MonkeyPatch, pidfds: bool
 ) -> None:
     if not pidfds:
-        monkeypatch.setattr(process, "_open_pidfd", lambda pid: None)
+        monkeypatch.setattr(pidwait, "open_pidfd", lambda pid: None)
     server = str(uuid.uuid4())
     child = start(server)
     assert not await process.wait_exit(child.pid, timeout=0.2)

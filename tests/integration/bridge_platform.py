@@ -36,6 +36,7 @@ async def bridge_platform_fixture(platform: Platform) -> AsyncIterator[Platform]
     """The platform; afterwards every VM is killed and the daemon's shutdown path runs, which
     with no server left removes the DHCP server and the bridges."""
     yield platform
-    for vm in list(platform.servers.lifecycle.vms.values()):
-        await vm.kill()
+    driver = platform.servers.lifecycle.driver
+    for server in driver.held():
+        await driver.kill(server)
     await platform.servers.close()

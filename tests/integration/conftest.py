@@ -34,5 +34,6 @@ async def servers_cleanup(platform: Platform) -> AsyncIterator[None]:
     """Whatever a test leaves running is killed through the service, so no QEMU outlives
     the test and the service sees every exit."""
     yield
-    for vm in list(platform.servers.lifecycle.vms.values()):
-        await vm.kill()
+    driver = platform.servers.lifecycle.driver
+    for server in driver.held():
+        await driver.kill(server)

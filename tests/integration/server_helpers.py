@@ -5,6 +5,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 
+from openhosting.hypervisor.qemu_driver import QemuDriver
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from testbed.build_guest import BOOT_MARKER, READY_MARKER
@@ -38,6 +39,13 @@ async def server_info(client: TestClient, auth: dict[str, str], server: str) -> 
     response = await client.get(f"/servers/{server}/info", headers=auth)
     assert response.status == 200, await response.text()
     return parse_properties(await response.text())
+
+
+def qemu_driver(platform: Platform) -> QemuDriver:
+    """The platform's hypervisor driver, QEMU's: for what only a real VM shows."""
+    driver = platform.servers.lifecycle.driver
+    assert isinstance(driver, QemuDriver)
+    return driver
 
 
 def serial_log(platform: Platform, server: str) -> Path:

@@ -10,7 +10,7 @@ import pytest
 
 from openhosting.config import NetworkSettings
 from openhosting.hypervisor import process
-from openhosting.hypervisor.argv import TapNetdev
+from openhosting.hypervisor.spec import TapNetdev
 from openhosting.network.bridge_mode import BridgeNetwork
 from openhosting.network.driver import NicPlan
 from openhosting.network.pool import AddressPool

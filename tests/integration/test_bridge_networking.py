@@ -206,8 +206,8 @@ async def test_a_daemon_restart_keeps_what_running_servers_use_and_removes_the_r
     restarted = open_platform(config)
     try:
         await restarted.servers.recover()
-        assert keeps["server"] in restarted.servers.lifecycle.vms
-        assert ends["server"] not in restarted.servers.lifecycle.vms
+        assert keeps["server"] in restarted.servers.lifecycle.active
+        assert ends["server"] not in restarted.servers.lifecycle.active
         assert link_names(namespace) == {"lo", PUBLIC_BRIDGE, taps[keeps["server"]]}
         entries = restarted.servers.networks.driver.dhcp.entries()
         assert entries == {f"{keeps['server']}-0": (default_mac(keeps["server"], 0),
@@ -216,14 +216,14 @@ async def test_a_daemon_restart_keeps_what_running_servers_use_and_removes_the_r
         blocks = blocked_ports(namespace)
         assert chain_name(taps[keeps["server"]]) in blocks and "tcp dport 22 " in blocks
         assert chain_name(taps[ends["server"]]) not in blocks
-        vm = restarted.servers.lifecycle.vms[keeps["server"]]
-        await vm.stop()
+        await restarted.servers.lifecycle.driver.stop(keeps["server"])
         assert link_names(namespace) == {"lo", PUBLIC_BRIDGE}
         await restarted.servers.close()
         assert link_names(namespace) == {"lo"}
     finally:
-        for vm in list(restarted.servers.lifecycle.vms.values()):
-            await vm.kill()
+        driver = restarted.servers.lifecycle.driver
+        for server in driver.held():
+            await driver.kill(server)
         restarted.close()
 
 

@@ -90,7 +90,7 @@ async def test_drive_counters_grow_by_what_the_guest_moved_once_across_restarts(
     lifecycle = platform.servers.lifecycle
     await lifecycle.close()
     await lifecycle.recover()
-    assert server in lifecycle.vms
+    assert server in lifecycle.active
     await guest_runs(
         platform, server, "dd if=/dev/zero of=/dev/vda bs=64k count=8 seek=64 oflag=direct"
     )

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from openhosting.hypervisor import process
-from openhosting.hypervisor.argv import DiskSpec, NicSpec, VmSpec, VncSpec
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import Monitor
 from openhosting.hypervisor.serial_log import DEFAULT_LIMIT
 from openhosting.hypervisor.serial_relay import SerialRelay
+from openhosting.hypervisor.spec import DiskSpec, NicSpec, VmSpec, VncSpec
 from testbed.build_guest import BOOT_MARKER, LEASE_MARKER, POWEROFF_MARKER, READY_MARKER
 from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
 

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
-from tests.integration.server_helpers import create_server, upload_guest, wait_booted
+from tests.integration.server_helpers import create_server, qemu_driver, upload_guest, wait_booted
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ async def test_secrets_stay_out_of_command_lines_and_logs(
     )
     server = (await create_server(client, auth, body))["server"]
     await wait_booted(platform, server)
-    vm = platform.servers.lifecycle.vms[server]
+    vm = qemu_driver(platform).vm(server)
     cmdline = Path(f"/proc/{vm.pid}/cmdline").read_bytes()
     assert b"guest=" + server.encode() in cmdline  # the right process
     # Hardened: a seccomp sandbox, and no longer root once its files are open.

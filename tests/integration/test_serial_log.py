@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.admin import tool as admin
 from openhosting.hypervisor import process
-from openhosting.hypervisor.argv import DiskSpec, RunPaths, VmSpec
 from openhosting.hypervisor.serial_log import SerialLogLimit, log_files, read_log
+from openhosting.hypervisor.spec import DiskSpec, RunPaths, VmSpec
 from openhosting.hypervisor.vm import SHUTDOWN, RunningVm
 from openhosting.services.platform import Platform
 from openhosting.services.server_logs import SECONDS_PER_DAY

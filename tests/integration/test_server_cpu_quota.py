@@ -17,7 +17,7 @@ from openhosting.hypervisor.cpu_quota import (
     read_cpu_quota,
 )
 from openhosting.services.platform import Platform
-from tests.integration.server_helpers import create_server, upload_guest
+from tests.integration.server_helpers import create_server, qemu_driver, upload_guest
 
 PROMPT = 5.0  # seconds; generous: QMP answers in milliseconds when its thread may run
 
@@ -39,14 +39,14 @@ async def test_at_the_cpu_floor_only_the_vcpus_are_limited_and_the_server_obeys_
     servers_cleanup: None,
 ) -> None:  # fmt: skip
     lifecycle = platform.servers.lifecycle
-    layout = lifecycle.cgroup
+    layout = qemu_driver(platform).cgroup
     if layout is None:
         pytest.fail("this host has no cpu cgroup controller: cpu cannot be enforced")
     core_mhz = platform.config.hypervisor.core_mhz
     drive = await upload_guest(client, auth, tiny_guest_image)
     body = f"name floor\ncpu 2\nsmp 2\nmem 128\npersistent true\nide:0:0 {drive}\nboot ide:0:0\n"
     server = (await create_server(client, auth, body))["server"]
-    vm = lifecycle.vms[server]
+    vm = qemu_driver(platform).vm(server)
 
     # Every vCPU thread, and only they, carry the quota; QEMU's main thread stays free.
     vcpus = set(await vm.vcpu_threads())
@@ -89,7 +89,7 @@ async def test_at_the_cpu_floor_only_the_vcpus_are_limited_and_the_server_obeys_
     assert limited_threads(layout, server) == set()
     await lifecycle.close()
     await lifecycle.recover()
-    adopted = lifecycle.vms[server]
+    adopted = qemu_driver(platform).vm(server)
     assert adopted.pid == vm.pid
     assert limited_threads(layout, server) == vcpus
     assert read_cpu_quota(layout, server) == quota_us(FLOOR_MHZ + 100, core_mhz)
@@ -100,5 +100,5 @@ async def test_at_the_cpu_floor_only_the_vcpus_are_limited_and_the_server_obeys_
     destroyed = await client.post(f"/servers/{server}/destroy", headers=auth)
     assert destroyed.status == 204, await destroyed.text()
     assert time.monotonic() - started < PROMPT
-    assert server not in lifecycle.vms
+    assert server not in lifecycle.active
     assert not layout.group_of(server).exists()  # its groups went with it

@@ -14,14 +14,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config, load_config
+from openhosting.hypervisor.space_resume import free_bytes
 from openhosting.services.platform import Platform
-from openhosting.services.space_resume import free_bytes
 from testbed.serial_console import SerialConsole, wait_for_log
 from tests.api.drive_helpers import create_drive, read_bytes
 from tests.api.tmpfs_helpers import small_tmpfs
 from tests.integration.server_helpers import (
     BOOT_TIMEOUT,
     create_server,
+    qemu_driver,
     serial_log,
     server_info,
     upload_guest,
@@ -65,7 +66,7 @@ async def test_a_vm_stopped_by_qemu_is_paused_and_start_runs_it_again(
 ) -> None:
     created = await create_server(client, auth, "name p\ncpu 500\nmem 64\npersistent true")
     server = created["server"]
-    vm = platform.servers.lifecycle.vms[server]
+    vm = qemu_driver(platform).vm(server)
 
     await vm.monitor.execute("stop")  # as an operator's monitor would
     info = await wait_status(client, auth, server, "paused", timeout=10)

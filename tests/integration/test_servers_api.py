@@ -15,6 +15,7 @@ from testbed.serial_console import SerialConsole, read_serial_log
 from tests.api.drive_helpers import drive_info
 from tests.integration.server_helpers import (
     create_server,
+    qemu_driver,
     serial_log,
     server_info,
     upload_guest,
@@ -120,8 +121,8 @@ async def test_persistent_server_start_reset_shutdown_and_busy_drive(
     )
     assert changed.status == 200
     assert parse_properties(await changed.text())["name"] == "renamed"
-    if platform.servers.lifecycle.cgroup is not None:
-        assert read_cpu_quota(platform.servers.lifecycle.cgroup, server) == 25_000
+    if (cgroup := qemu_driver(platform).cgroup) is not None:
+        assert read_cpu_quota(cgroup, server) == 25_000
     refused = await client.post(f"/servers/{server}/set", data="mem 512", headers=auth)
     assert refused.status == 409
     # nic:0:block is live too (user mode: nothing inbound reaches the guest anyway).

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from openhosting.hypervisor.monitor import BlockStats
+from openhosting.hypervisor.driver import BlockStats
+from openhosting.hypervisor.spec import VmSpec
 from openhosting.services import server_lifecycle
 from openhosting.services.drives import drive_info
 from openhosting.services.guest_io import ZERO, fold, fold_guest_io
-from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
 from openhosting.store import servers as server_store
 from openhosting.store import users as user_store
 from openhosting.store.database import open_engine
+from tests.services.fake_platform import fake_platform
 
 USER = "11111111-1111-4111-8111-111111111111"
 DRIVE = "22222222-2222-4222-8222-222222222222"
@@ -133,44 +134,30 @@ def test_a_server_no_longer_holding_the_drive_adds_nothing(engine: Engine) -> No
 # -- from the running VMs --------------------------------------------------------------------
 
 
-class AnsweringVm:
-    def __init__(self, uuid: str, stats: dict[str, BlockStats]) -> None:
-        self.uuid, self._stats = uuid, stats
-
-    async def blockstats(self) -> dict[str, BlockStats]:
-        return self._stats
-
-
-class StuckVm(AnsweringVm):
-    async def blockstats(self) -> dict[str, BlockStats]:
-        await asyncio.sleep(3600)  # a monitor that never answers
-        raise AssertionError("unreachable")
-
-
 async def test_a_vm_whose_monitor_is_stuck_holds_no_fold_and_the_others_still_count(
-    platform: Platform, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(server_lifecycle, "GUEST_IO_QUERY_SECONDS", 0.2)
-    lifecycle = platform.servers.lifecycle
-    with platform.engine.begin() as connection:
-        user_store.insert_user(connection, uuid=USER, key_hash="0" * 64, created_at=0)
-        drive_store.insert_drive(
-            connection, uuid=DRIVE, user=USER, size=1 << 20, cipher="none", created_at=0
-        )
+    with fake_platform(tmp_path) as (platform, hypervisor):
+        lifecycle = platform.servers.lifecycle
+        with platform.engine.begin() as connection:
+            user_store.insert_user(connection, uuid=USER, key_hash="0" * 64, created_at=0)
+            drive_store.insert_drive(
+                connection, uuid=DRIVE, user=USER, size=1 << 20, cipher="none", created_at=0
+            )
+            for server in (SERVER, OTHER_SERVER):
+                server_store.insert_server(connection, uuid=server, user=USER, config="{}",
+                                           created_at=0)  # fmt: skip
+        start(platform.engine, SERVER, [(DRIVE, "ide:0:0")])
+        start(platform.engine, OTHER_SERVER, [(DRIVE, "ide:0:0")])
         for server in (SERVER, OTHER_SERVER):
-            server_store.insert_server(connection, uuid=server, user=USER, config="{}",
-                                       created_at=0)  # fmt: skip
-    start(platform.engine, SERVER, [(DRIVE, "ide:0:0")])
-    start(platform.engine, OTHER_SERVER, [(DRIVE, "ide:0:0")])
-    lifecycle.vms[SERVER] = StuckVm(SERVER, {})  # type: ignore[assignment]
-    lifecycle.vms[OTHER_SERVER] = AnsweringVm(  # type: ignore[assignment]
-        OTHER_SERVER, {"ide:0:0": BlockStats(512, 1, 0, 0)}
-    )
-    try:
+            await hypervisor.start(VmSpec(server, 1, 64, tmp_path / server))
+            lifecycle.active[server] = USER
+        hypervisor.qmp_timeout = 3600  # a monitor that never answers
+        hypervisor.stick(SERVER)
+        hypervisor.vm(OTHER_SERVER).blockstats = {"ide:0:0": BlockStats(512, 1, 0, 0)}
         began = time.monotonic()
         await asyncio.wait_for(lifecycle.fold_guest_io(), 5)
         await asyncio.wait_for(lifecycle.fold_guest_io(SERVER), 5)  # as a stop does first
         assert time.monotonic() - began < 2
-    finally:
-        lifecycle.vms.clear()
-    assert counters(platform.engine, DRIVE) == (512, 1, 0, 0)
+        assert counters(platform.engine, DRIVE) == (512, 1, 0, 0)

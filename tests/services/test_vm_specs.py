@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.hypervisor.argv import (
+from openhosting.hypervisor.argv import build_qemu_argv
+from openhosting.hypervisor.spec import (
     DiskSpec,
     NicSpec,
     TapNetdev,
     UserNetdev,
     VncSpec,
-    build_qemu_argv,
 )
 from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive

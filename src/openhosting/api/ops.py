@@ -26,10 +26,7 @@ async def metrics(request: web.Request) -> web.Response:
     state = await asyncio.to_thread(
         read_platform_state,
         platform.engine,
-        {
-            uuid: "paused" if vm.pause is not None else "active"
-            for uuid, vm in platform.servers.lifecycle.vms.items()
-        },
+        platform.servers.lifecycle.statuses(),
         platform.config.tier_paths,
         platform.config.hypervisor.core_mhz,
     )

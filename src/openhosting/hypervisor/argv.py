@@ -20,212 +20,22 @@ Conventions the rest of the driver relies on:
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from openhosting.hypervisor.spec import (
+    ACCELERATORS,
+    MAX_SOCKET_PATH,
+    NIC_DEVICES,
+    SLOT_PATTERN,
+    DiskSpec,
+    NicSpec,
+    RunPaths,
+    StreamNetdev,
+    TapNetdev,
+    VmSpec,
+    VncSpec,
+)
 from openhosting.model.server import slot_sort_key
-
-QEMU_BINARY = "qemu-system-x86_64"
-ACCELERATORS = ("kvm", "tcg")
-NIC_DEVICES = {"e1000": "e1000", "rtl8139": "rtl8139", "virtio": "virtio-net-pci"}
-# Unix socket paths are limited to 108 bytes including the terminating NUL (sun_path).
-MAX_SOCKET_PATH = 107
-
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_SLOT = re.compile(r"ide:([01]):([01])|scsi:0:([0-7])|block:([0-7])")
-_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
-_NETNS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """The files of one VM in its run directory."""
-
-    directory: Path
-
-    @property
-    def pidfile(self) -> Path:
-        return self.directory / "qemu.pid"
-
-    @property
-    def qmp_socket(self) -> Path:
-        return self.directory / "qmp.sock"
-
-    @property
-    def serial_socket(self) -> Path:
-        return self.directory / "serial.sock"
-
-    @property
-    def console_socket(self) -> Path:
-        """The daemon's socket lending the serial console to one client at a time."""
-        return self.directory / "console.sock"
-
-    @property
-    def serial_log(self) -> Path:
-        """The newest file of the serial log; older output in `serial.log.1`, …"""
-        return self.directory / "serial.log"
-
-    @property
-    def argv_file(self) -> Path:
-        """Where the spawner records the command line, for operators and diffs."""
-        return self.directory / "qemu.argv"
-
-
-@dataclass(frozen=True)
-class DiskSpec:
-    """A drive file attached in an API slot. `luks` drives need the file of their passphrase."""
-
-    slot: str
-    path: Path
-    media: str = "disk"  # "disk" | "cdrom"; a cdrom is attached read-only
-    format: str = "raw"  # "raw" | "luks"; always explicit, never probed
-    secret_file: Path | None = None
-    # `claim:type shared`: other VMs may have the drive open for writing too. QEMU's image
-    # locking refuses a second writer unless the device lets it share (share-rw).
-    shared: bool = False
-
-    def __post_init__(self) -> None:
-        if not _SLOT.fullmatch(self.slot):
-            raise ValueError(f"not a device slot: {self.slot!r}")
-        if self.media not in ("disk", "cdrom"):
-            raise ValueError(f"media must be disk or cdrom, not {self.media!r}")
-        if self.format not in ("raw", "luks"):
-            raise ValueError(f"format must be raw or luks, not {self.format!r}")
-        if (self.format == "luks") != (self.secret_file is not None):
-            raise ValueError("a secret file is needed for luks drives, and only for them")
-
-    @property
-    def device_id(self) -> str:
-        """The QEMU device id: the slot with dashes (`ide:0:1` -> `ide-0-1`)."""
-        return self.slot.replace(":", "-")
-
-    @property
-    def node_name(self) -> str:
-        """The block node the device is attached to (the format or luks layer)."""
-        return f"drive-{self.device_id}"
-
-    @property
-    def secret_id(self) -> str:
-        """The id of the `-object secret` holding this drive's passphrase."""
-        return f"secret-{self.device_id}"
-
-
-def slot_for_device_id(device_id: str) -> str | None:
-    """The slot whose `DiskSpec.device_id` is `device_id` (`ide-0-1` -> `ide:0:1`), if any."""
-    slot = device_id.replace("-", ":")
-    return slot if _SLOT.fullmatch(slot) else None
-
-
-@dataclass(frozen=True)
-class UserNetdev:
-    """QEMU user-mode networking: no host set-up; the guest gets 10.0.2.15 from QEMU, or
-    `dhcp_start` in network `net` (CIDR) behind `host` with name server `dns` when given."""
-
-    net: str | None = None
-    host: str | None = None
-    dhcp_start: str | None = None
-    dns: str | None = None
-
-
-@dataclass(frozen=True)
-class TapNetdev:
-    """An existing tap device (bridge mode); the network layer creates and enslaves it."""
-
-    ifname: str
-
-    def __post_init__(self) -> None:
-        if not _IFNAME.fullmatch(self.ifname):
-            raise ValueError(f"not an interface name: {self.ifname!r}")
-
-
-@dataclass(frozen=True)
-class StreamNetdev:
-    """A user-mode network helper (passt) listening on the unix socket `socket`: QEMU sends
-    the guest's frames there and the helper does the NAT and DHCP."""
-
-    socket: Path
-
-    def __post_init__(self) -> None:
-        if len(str(self.socket).encode()) > MAX_SOCKET_PATH:
-            raise ValueError(f"socket path too long for a unix socket: {self.socket}")
-
-
-Netdev = UserNetdev | TapNetdev | StreamNetdev
-
-
-@dataclass(frozen=True)
-class NicSpec:
-    """A network card: API NIC index, model (`e1000`, `rtl8139`, `virtio`) and MAC."""
-
-    index: int
-    model: str
-    mac: str
-    backend: Netdev = field(default_factory=UserNetdev)
-
-    def __post_init__(self) -> None:
-        if self.model not in NIC_DEVICES:
-            raise ValueError(f"unknown NIC model {self.model!r}")
-        if not _MAC.fullmatch(self.mac):
-            raise ValueError(f"not a lowercase MAC address: {self.mac!r}")
-
-
-# VNC display N listens on this port + N (QEMU's rule); bridge mode also shows a server's VNC
-# on its own address at this very port.
-VNC_BASE_PORT = 5900
-
-
-@dataclass(frozen=True)
-class VncSpec:
-    """A VNC server on `address`:5900+`display`; logins fail until a password is set by QMP."""
-
-    address: str
-    display: int
-    tls_dir: Path | None = None  # a directory with ca-cert.pem, server-cert.pem, server-key.pem
-
-
-@dataclass(frozen=True)
-class VmSpec:
-    """Everything QEMU needs to run one server. `boot` lists slots, first boots first."""
-
-    uuid: str
-    smp: int
-    mem_mb: int
-    run_dir: Path
-    accelerator: str = "tcg"
-    disks: tuple[DiskSpec, ...] = ()
-    boot: tuple[str, ...] = ()
-    nics: tuple[NicSpec, ...] = ()
-    vnc: VncSpec | None = None
-    qemu_binary: str = QEMU_BINARY
-    # The network namespace QEMU runs in (bridge mode with a namespace): its taps live there.
-    netns: str | None = None
-    # Hardening: a seccomp filter, and an unprivileged user QEMU switches to once it has
-    # opened its files (None: stay as started).
-    sandbox: bool = True
-    run_as: str | None = None
-    # Start paused, waiting for a saved state to be fed in (`migrate-incoming`), not booting.
-    incoming: bool = False
-
-    def __post_init__(self) -> None:
-        if not _UUID.fullmatch(self.uuid):
-            raise ValueError(f"not a lowercase UUID: {self.uuid!r}")
-        if self.accelerator not in ACCELERATORS:
-            raise ValueError(f"accelerator must be kvm or tcg, not {self.accelerator!r}")
-        slots = [disk.slot for disk in self.disks]
-        if len(set(slots)) != len(slots):
-            raise ValueError(f"a slot is used twice in {slots}")
-        if unknown := set(self.boot) - set(slots):
-            raise ValueError(f"boot names slots without a disk: {sorted(unknown)}")
-        if len({nic.index for nic in self.nics}) != len(self.nics):
-            raise ValueError("a NIC index is used twice")
-        if self.netns is not None and not _NETNS.fullmatch(self.netns):
-            raise ValueError(f"not a network namespace name: {self.netns!r}")
-
-    @property
-    def paths(self) -> RunPaths:
-        return RunPaths(self.run_dir)
 
 
 def build_qemu_argv(spec: VmSpec) -> list[str]:
@@ -353,7 +163,7 @@ def _disk_args(spec: VmSpec) -> list[str]:
 
 
 def _device_opts(disk: DiskSpec, bootindex: int | None) -> str:
-    match = _SLOT.fullmatch(disk.slot)
+    match = SLOT_PATTERN.fullmatch(disk.slot)
     assert match is not None  # checked by DiskSpec
     ide_bus, ide_unit, scsi_id, _block_index = match.groups()
     cdrom = disk.media == "cdrom"

@@ -29,8 +29,9 @@ from qemu.qmp import (
     Runstate,
 )
 
-from openhosting.hypervisor.argv import slot_for_device_id
+from openhosting.hypervisor.driver import BlockStats
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.spec import slot_for_device_id
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs every message it sends at DEBUG, VNC passwords included: never let it.
@@ -54,16 +55,6 @@ class MonitorEvent:
         """The `reason` of SHUTDOWN/RESET events (`guest-shutdown`, `host-qmp-quit`, ...)."""
         reason = self.data.get("reason")
         return reason if isinstance(reason, str) else None
-
-
-@dataclass(frozen=True)
-class BlockStats:
-    """Cumulative I/O of one drive since QEMU started."""
-
-    read_bytes: int
-    read_requests: int
-    write_bytes: int
-    write_requests: int
 
 
 class Monitor:

@@ -17,12 +17,15 @@ import shlex
 import signal
 from pathlib import Path
 
-from openhosting.hypervisor.argv import RunPaths, VmSpec, build_qemu_argv
+from openhosting import pidwait
+from openhosting.hypervisor.argv import build_qemu_argv
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.spec import RunPaths, VmSpec
 
 log = logging.getLogger(__name__)
 
-_POLL_INTERVAL = 0.05
+# Waiting for the end of a process, for whoever waits for a VM.
+wait_exit = pidwait.wait_exit
 
 
 async def spawn(spec: VmSpec, *, timeout: float = 30.0) -> int:
@@ -83,7 +86,7 @@ def adopt(run_dir: Path, server_uuid: str) -> int | None:
 
 def is_vm_process(pid: int, server_uuid: str) -> bool:
     """Whether `pid` is alive (not a zombie) and is the QEMU of the server (its `-name`)."""
-    if _exited(pid):
+    if pidwait.exited(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -94,24 +97,13 @@ def is_vm_process(pid: int, server_uuid: str) -> bool:
     return any(arg.startswith(marker) for arg in cmdline.split(b"\0"))
 
 
-async def wait_exit(pid: int, timeout: float) -> bool:
-    """Wait until `pid` has exited (or is a zombie); False if it still runs after `timeout`."""
-    pidfd = _open_pidfd(pid)
-    if pidfd is None:
-        return await _poll_exit(pid, timeout)
-    try:
-        return await _wait_pidfd(pidfd, pid, timeout)
-    finally:
-        os.close(pidfd)
-
-
 async def kill(pid: int, server_uuid: str, *, timeout: float = 10.0) -> None:
     """Stop the VM process: SIGTERM (QEMU exits cleanly), then SIGKILL after `timeout` s.
 
     Does nothing if `pid` is no longer the server's QEMU. Raises `HypervisorError` if the
     process survives SIGKILL for another `timeout` seconds.
     """
-    pidfd = _open_pidfd(pid)
+    pidfd = pidwait.open_pidfd(pid)
     try:
         # Checked after opening the pidfd: from here on it cannot be another process.
         if not is_vm_process(pid, server_uuid):
@@ -119,9 +111,9 @@ async def kill(pid: int, server_uuid: str, *, timeout: float = 10.0) -> None:
         for signum in (signal.SIGTERM, signal.SIGKILL):
             _send_signal(pidfd, pid, signum)
             exited = (
-                await _wait_pidfd(pidfd, pid, timeout)
+                await pidwait.wait_pidfd(pidfd, pid, timeout)
                 if pidfd is not None
-                else await _poll_exit(pid, timeout)
+                else await pidwait.poll_exit(pid, timeout)
             )
             if exited:
                 log.debug("qemu stopped server=%s pid=%d signal=%s", server_uuid, pid, signum.name)
@@ -139,63 +131,12 @@ def remove_run_files(run_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    except (AttributeError, OSError):
-        # No pidfds (old kernel): callers fall back to signalling by pid and polling /proc.
-        return None
-
-
 def _send_signal(pidfd: int | None, pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         if pidfd is not None:
             signal.pidfd_send_signal(pidfd, signum)
         else:
             os.kill(pid, signum)
-
-
-def _exited(pid: int) -> bool:
-    """Gone, or a zombie: a zombie has exited and only waits for its parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    # The state letter follows the parenthesised command name, which may contain spaces.
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
-async def _wait_pidfd(pidfd: int, pid: int, timeout: float) -> bool:
-    if _exited(pid):
-        return True
-    loop = asyncio.get_running_loop()
-    readable: asyncio.Future[None] = loop.create_future()
-
-    def on_readable() -> None:
-        if not readable.done():
-            readable.set_result(None)
-
-    # A pidfd becomes readable when the process exits, child of ours or not.
-    loop.add_reader(pidfd, on_readable)
-    try:
-        await asyncio.wait_for(readable, timeout)
-        return True
-    except TimeoutError:
-        return _exited(pid)
-    finally:
-        loop.remove_reader(pidfd)
-
-
-async def _poll_exit(pid: int, timeout: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not _exited(pid):
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(_POLL_INTERVAL)
-    return True
 
 
 async def _kill_half_started(paths: RunPaths, server_uuid: str) -> None:

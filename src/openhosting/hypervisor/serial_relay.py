@@ -21,9 +21,10 @@ import contextlib
 import logging
 import os
 
-from openhosting.hypervisor.argv import RunPaths
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.serial_log import RotatingLog, SerialLogLimit
+from openhosting.hypervisor.spec import RunPaths
+from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.hypervisor")
 
@@ -72,15 +73,14 @@ class SerialRelay:
                     ) from None
                 await asyncio.sleep(0.05)
         relay = cls(paths, reader, writer, RotatingLog(paths.serial_log, limit))
-        try:
+        async with Reverter() as revert:
+            revert.add(relay.close)
             paths.console_socket.unlink(missing_ok=True)
             relay._server = await asyncio.start_unix_server(
                 relay._serve_console, path=str(paths.console_socket)
             )
             os.chmod(paths.console_socket, 0o600)  # a console is root on the guest
-        except BaseException:
-            await relay.close()
-            raise
+            revert.success()
         relay._pump = asyncio.create_task(relay._copy_output())
         return relay
 

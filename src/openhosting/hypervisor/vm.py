@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import time
@@ -26,11 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting.hypervisor import process
-from openhosting.hypervisor.argv import RunPaths, VmSpec
+from openhosting.hypervisor.driver import (
+    CRASH,
+    ENDING_TIMEOUT,
+    IO_ERROR,
+    NOSPACE,
+    SHUTDOWN,
+    BlockStats,
+    StateStream,
+)
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.monitor import BlockStats, Monitor
+from openhosting.hypervisor.monitor import Monitor
 from openhosting.hypervisor.serial_log import DEFAULT_LIMIT, SerialLogLimit, remove_log
 from openhosting.hypervisor.serial_relay import SerialRelay
+from openhosting.hypervisor.spec import RunPaths, VmSpec
+from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.hypervisor")
 
@@ -38,15 +49,7 @@ ExitCallback = Callable[[str, str], Awaitable[None]]
 # Called when the guest has powered itself off, before its VM is ended (QEMU only pauses it:
 # `-action shutdown=pause`), e.g. to read its counters one last time.
 EndingCallback = Callable[[str], Awaitable[None]]
-# How long that may take before the VM is ended anyway.
-ENDING_TIMEOUT = 5.0
-# Moves a saved state through a pipe, in a worker thread: a sink reads its descriptor to
-# the end (and stores what it read), a source writes the saved state into its descriptor.
-StateStream = Callable[[int], object]
-SHUTDOWN, CRASH = "shutdown", "crash"
-# Why a VM is paused: the host's storage is full, another host I/O error, or else QEMU's own
-# run state (`paused` after a monitor's `stop`, `internal-error`, ...).
-NOSPACE, IO_ERROR = "nospace", "io-error"
+# (How long that may take before the VM is ended anyway: `ENDING_TIMEOUT`.)
 
 
 @dataclass(frozen=True)
@@ -118,23 +121,19 @@ class RunningVm:
             raise ValueError("a saved state goes with spec.incoming, and only with it")
         if saved_state is None:
             remove_log(spec.paths.serial_log, serial_limit.files)
-        pid = await process.spawn(spec, timeout=timeout)
-        monitor = Monitor(spec.paths.qmp_socket)
-        try:
+        async with Reverter() as revert:
+            pid = await process.spawn(spec, timeout=timeout)
+            revert.add(functools.partial(process.remove_run_files, spec.run_dir))
+            revert.add(functools.partial(process.kill, pid, spec.uuid))
             # The serial port first: the guest runs already and its output is lost until then.
             serial = await SerialRelay.attach(spec.paths, serial_limit, timeout=timeout)
-            try:
-                await monitor.connect(timeout=timeout)
-                if saved_state is not None:
-                    await _load_state(monitor, saved_state, timeout)
-            except BaseException:
-                await monitor.close()
-                await serial.close()
-                raise
-        except BaseException:
-            await process.kill(pid, spec.uuid)
-            process.remove_run_files(spec.run_dir)
-            raise
+            revert.add(serial.close)
+            monitor = Monitor(spec.paths.qmp_socket)
+            revert.add(monitor.close)
+            await monitor.connect(timeout=timeout)
+            if saved_state is not None:
+                await _load_state(monitor, saved_state, timeout)
+            revert.success()
         vm = cls(spec.uuid, spec.run_dir, pid, monitor, serial, time.time())
         vm._watch(on_exit)
         return vm
@@ -158,11 +157,10 @@ class RunningVm:
         paths = RunPaths(run_dir)
         monitor = Monitor(paths.qmp_socket)
         await monitor.connect(timeout=timeout)
-        try:
+        async with Reverter() as revert:
+            revert.add(monitor.close)
             serial = await SerialRelay.attach(paths, serial_limit, timeout=timeout)
-        except BaseException:
-            await monitor.close()
-            raise
+            revert.success()
         # The caller knows when it started.
         vm = cls(uuid, run_dir, pid, monitor, serial, started=0.0)
         vm._watch(on_exit)
@@ -289,28 +287,32 @@ class RunningVm:
         state is whole and the guest stays paused (the caller keeps the state, then `stop`s
         the VM); if it cannot be saved, the guest runs on and `HypervisorError` is raised."""
         read_end, write_end = _state_pipe()
-        try:
-            await self.monitor.pass_fd(_STATE_FD, write_end)
-        except BaseException:
-            os.close(read_end)
-            raise
-        finally:
-            os.close(write_end)  # QEMU holds its own copy now
+        with Reverter() as revert:
+            revert.add(functools.partial(os.close, read_end))
+            try:
+                await self.monitor.pass_fd(_STATE_FD, write_end)
+            finally:
+                os.close(write_end)  # QEMU holds its own copy now
+            revert.success()
         reading = asyncio.create_task(asyncio.to_thread(_drain, sink, read_end))
-        try:
-            await self.monitor.stop_vcpus()
-            await self.monitor.migrate(f"fd:{_STATE_FD}")
-            await self.monitor.wait_migration(timeout)
-            await asyncio.wait_for(asyncio.shield(reading), timeout)
-        except BaseException as error:
-            # QEMU closes its end when the migration ends, failed or not: the reader ends.
-            with contextlib.suppress(Exception):
+        async with Reverter() as revert:
+            # Undone in reverse: the reader ends first (QEMU closes its end when the
+            # migration ends, failed or not), then the guest runs on.
+            revert.add(self._run_on)
+            revert.add(functools.partial(_settle, reading, timeout))
+            try:
+                await self.monitor.stop_vcpus()
+                await self.monitor.migrate(f"fd:{_STATE_FD}")
+                await self.monitor.wait_migration(timeout)
                 await asyncio.wait_for(asyncio.shield(reading), timeout)
-            with contextlib.suppress(HypervisorError):
-                await self.monitor.cont()
-            if isinstance(error, OSError):
+            except OSError as error:
                 raise HypervisorError(f"cannot store the state of {self.uuid}: {error}") from error
-            raise
+            revert.success()
+
+    async def _run_on(self) -> None:
+        """Let the guest run again after its state could not be saved (if QEMU still can)."""
+        with contextlib.suppress(HypervisorError):
+            await self.monitor.cont()
 
     async def powerdown(self) -> None:
         await self.monitor.system_powerdown()
@@ -370,20 +372,22 @@ def _feed(source: StateStream, write_end: int) -> None:
 async def _load_state(monitor: Monitor, source: StateStream, timeout: float) -> None:
     """Feed a QEMU started with -incoming defer its saved state, then let the guest run."""
     read_end, write_end = _state_pipe()
-    try:
-        await monitor.pass_fd(_STATE_FD, read_end)
-    except BaseException:
-        os.close(write_end)
-        raise
-    finally:
-        os.close(read_end)
+    with Reverter() as revert:
+        revert.add(functools.partial(os.close, write_end))
+        try:
+            await monitor.pass_fd(_STATE_FD, read_end)
+        finally:
+            os.close(read_end)
+        revert.success()
     writing = asyncio.create_task(asyncio.to_thread(_feed, source, write_end))
-    migration: asyncio.Task[None] | None = None
-    try:
+    async with Reverter() as revert:
+        # The writer ends once QEMU (killed by the caller if need be) closes the pipe.
+        revert.add(functools.partial(writing.add_done_callback, _collect))
         await monitor.migrate_incoming(f"fd:{_STATE_FD}")
         # A source that fails ends the wait at once: QEMU 7.2 fed an empty or cut-off
         # stream may wait for more forever rather than fail.
         migration = asyncio.create_task(monitor.wait_migration(timeout))
+        revert.add(functools.partial(_cancel, migration))
         await asyncio.wait(
             {migration, writing}, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION
         )
@@ -391,15 +395,20 @@ async def _load_state(monitor: Monitor, source: StateStream, timeout: float) -> 
             raise HypervisorError(f"cannot feed the saved state: {feed_error}") from feed_error
         await asyncio.wait_for(asyncio.shield(migration), timeout)
         await asyncio.wait_for(asyncio.shield(writing), timeout)
-    except BaseException:
-        if migration is not None:
-            migration.cancel()
-            with contextlib.suppress(BaseException):
-                await migration
-        # The writer ends once QEMU (killed by the caller if need be) closes the pipe.
-        writing.add_done_callback(_collect)
-        raise
+        revert.success()
     await monitor.cont()
+
+
+async def _settle(task: asyncio.Task[object], timeout: float) -> None:
+    """Wait (bounded) for `task` to end, whatever its outcome."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 def _collect(task: asyncio.Task[object]) -> None:

@@ -21,11 +21,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from openhosting.config import NetworkSettings
-from openhosting.hypervisor.argv import TapNetdev
 from openhosting.network.bridge_fence import BridgeFence
 from openhosting.network.dnsmasq import DhcpServer, DhcpSpec
 from openhosting.network.driver import Backend, NicPlan
 from openhosting.network.links import IFNAMSIZ, Counters, Links, check_ifname
+from openhosting.network.netdevs import TapNetdev
 from openhosting.network.nic_firewall import NicFirewall
 from openhosting.network.pool import AddressPool, PoolError
 from openhosting.network.vnc_overlay import VncOverlay

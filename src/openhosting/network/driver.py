@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from openhosting.hypervisor.argv import Netdev
 from openhosting.model.port_block import BlockedPorts
 from openhosting.network.links import Counters
+from openhosting.network.netdevs import Netdev
 
 Backend = Netdev
 

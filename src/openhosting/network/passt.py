@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from openhosting.hypervisor.argv import MAX_SOCKET_PATH
-from openhosting.hypervisor.process import wait_exit
 from openhosting.network.errors import NetworkError
+from openhosting.network.netdevs import MAX_SOCKET_PATH
+from openhosting.pidwait import wait_exit
 
 log = logging.getLogger(__name__)
 

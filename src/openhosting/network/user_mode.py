@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from openhosting.hypervisor.argv import StreamNetdev
 from openhosting.network import passt
 from openhosting.network.driver import Backend, NicPlan
 from openhosting.network.errors import NetworkError
 from openhosting.network.guest_fence import GuestFence, table_name
 from openhosting.network.links import Counters
+from openhosting.network.netdevs import StreamNetdev
 from openhosting.network.passt import GuestAddressing, PasstFiles
 from openhosting.network.passt_counters import PasstCounters
 from openhosting.network.pool import AddressPool

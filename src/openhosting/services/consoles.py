@@ -144,7 +144,7 @@ class Consoles:
         """Where the VNC of the server in `row` listens and how to log in; BusyError if it
         has none now."""
         uuid = row.uuid
-        if uuid not in self._servers.lifecycle.vms:
+        if uuid not in self._servers.lifecycle.active:
             raise BusyError(f"Server {uuid} is not active: its console opens once it runs")
         display = row.vnc_display
         password = row.config.vnc_password

@@ -15,7 +15,7 @@ import logging
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from openhosting.hypervisor.monitor import BlockStats
+from openhosting.hypervisor.driver import BlockStats
 from openhosting.store import drives as drive_store
 from openhosting.store.records import ClaimRecord
 

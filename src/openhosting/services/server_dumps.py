@@ -5,7 +5,7 @@ key wrapped by the platform key (see storage/dump_file.py)."""
 import functools
 from pathlib import Path
 
-from openhosting.hypervisor.vm import StateStream
+from openhosting.hypervisor.driver import StateStream
 from openhosting.storage.dump_file import commit_dump, read_dump, write_dump
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
 

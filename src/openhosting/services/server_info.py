@@ -3,7 +3,7 @@ live figures (QMP counters, addresses, VNC)."""
 
 from dataclasses import dataclass, field
 
-from openhosting.hypervisor.monitor import BlockStats
+from openhosting.hypervisor.driver import BlockStats
 from openhosting.model.server import ServerConfig
 from openhosting.wire.payload import Value
 

@@ -14,9 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from openhosting.config import Config, ConfigError
-from openhosting.hypervisor.argv import RunPaths
-from openhosting.hypervisor.serial_log import SerialLogLimit, read_log
+from openhosting.config import Config
 
 log = logging.getLogger("openhosting.servers")
 
@@ -29,23 +27,17 @@ class ServerLogs:
 
     def __init__(self, config: Config) -> None:
         settings = config.hypervisor
-        try:
-            self.limit = SerialLogLimit(settings.serial_log_kib * 1024, settings.serial_log_files)
-        except ValueError:
-            raise ConfigError(
-                "hypervisor.serial_log_kib and hypervisor.serial_log_files must be at least 1"
-            ) from None
         self.directory = config.state_path / "logs" / "servers"
         self._retention = max(0, settings.serial_log_retention_days) * SECONDS_PER_DAY
 
     def kept_path(self, uuid: str) -> Path:
         return self.directory / f"{uuid}.log"
 
-    def keep(self, uuid: str, run_dir: Path) -> None:
-        """Keep the last of the log in `run_dir` of server `uuid`, which is being destroyed."""
+    def keep(self, uuid: str, content: bytes | None) -> None:
+        """Keep `content`, the last of the log of server `uuid`, which is being destroyed
+        (its run directory's log, as the hypervisor driver reads it within its bound)."""
         if not self._retention:
             return
-        content = read_log(RunPaths(run_dir).serial_log, self.limit.files, self.limit.total_bytes)
         if not content:
             return
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -58,12 +50,11 @@ class ServerLogs:
         partial.replace(target)
         log.info("event=server_log_kept server=%s bytes=%s", uuid, len(content))
 
-    def read(self, uuid: str, run_dir: Path) -> bytes | None:
-        """The serial log of server `uuid`: its live log if its run directory has one, else
-        its kept log; None if there is neither."""
-        paths = RunPaths(run_dir)
-        if paths.serial_log.exists():
-            return read_log(paths.serial_log, self.limit.files)
+    def read(self, uuid: str, live: bytes | None) -> bytes | None:
+        """The serial log of server `uuid`: its `live` log (its run directory's, from the
+        hypervisor driver) if it has one, else its kept log; None if there is neither."""
+        if live is not None:
+            return live
         try:
             return self.kept_path(uuid).read_bytes()
         except FileNotFoundError:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from sqlalchemy import Connection, Engine
 
 from openhosting.errors import BusyError, FullError, MissingError, UsageError
-from openhosting.hypervisor.argv import NicSpec
+from openhosting.hypervisor.spec import NicSpec
 from openhosting.model.server import NicConfig, ServerConfig
 from openhosting.network.driver import NetworkDriver, NicPlan
 from openhosting.network.links import Counters

@@ -10,23 +10,21 @@ is `ServerLifecycle`'s.
 import asyncio
 import functools
 import logging
-import socket
 import time
 import uuid as uuid_module
 from collections import defaultdict
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
 from openhosting.config import Config
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
-from openhosting.hypervisor.argv import VNC_BASE_PORT
+from openhosting.hypervisor.driver import HypervisorDriver
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.vm import RunningVm
 from openhosting.model.common import is_uuid
 from openhosting.model.server import ServerConfig
 from openhosting.network import open_network
+from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.events import EventBus
@@ -66,6 +64,7 @@ class Servers:
         networks: ServerNetworks | None = None,
         billing: Billing | None = None,
         events: EventBus | None = None,
+        driver: HypervisorDriver | None = None,
     ) -> None:
         self._billing = billing
         self._engine = engine
@@ -73,14 +72,15 @@ class Servers:
         self._drives = drives
         self._settings = config.hypervisor
         if networks is None:
-            pool, driver = open_network(
+            pool, network = open_network(
                 config.network, config.run_path / "network", config.hypervisor.run_as
             )
-            networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, driver)
+            networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, network)
         self.networks = networks  # the servers' NICs: addresses, DHCP, taps
-        self.lifecycle = ServerLifecycle(engine, config, networks, events)
+        self.lifecycle = ServerLifecycle(engine, config, networks, events, driver)
         # The lifecycle's own dict: who is active is read here, changed only there.
-        self._vms: dict[str, RunningVm] = self.lifecycle.vms
+        self._active: dict[str, str] = self.lifecycle.active
+        self._driver = self.lifecycle.driver
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     # -- lookups ---------------------------------------------------------------------
@@ -102,9 +102,9 @@ class Servers:
         return self._locks[uuid]
 
     def _status(self, row: ServerRecord) -> str:
-        vm = self._vms.get(row.uuid)
-        if vm is not None:
-            return "paused" if vm.pause is not None else "active"
+        """A server with a VM is as the hypervisor says (`active` or `paused`)."""
+        if (running := self.lifecycle.status(row.uuid)) is not None:
+            return running
         return row.status if row.status in ("dead", DUMPED) else "stopped"
 
     def run_dir(self, uuid: str) -> Path:
@@ -119,7 +119,7 @@ class Servers:
             self._get(user, uuid)
         elif not is_uuid(uuid):
             raise _missing(uuid)
-        content = self.lifecycle.logs.read(uuid, self.run_dir(uuid))
+        content = self.lifecycle.logs.read(uuid, self._driver.serial_log(uuid))
         if content is None:
             raise MissingError(f"Server {uuid} has no serial log")
         return content
@@ -146,9 +146,9 @@ class Servers:
 
     async def _info_of(self, row: ServerRecord) -> dict[str, Value]:
         config = row.config
-        vm = self._vms.get(row.uuid)
         status = self._status(row)  # before any await: the VM may end meanwhile
-        live = await self.lifecycle.live_figures(row, config, vm) if vm is not None else None
+        running = status in ("active", "paused")
+        live = await self.lifecycle.live_figures(row, config) if running else None
         return server_info(row.uuid, row.user, status, config, live)
 
     # -- configuration ---------------------------------------------------------------
@@ -189,14 +189,16 @@ class Servers:
             )
         log.info("event=server_created user=%s server=%s", user, uuid)
         if start:
-            try:
-                await self.start(user, uuid)
-            except BaseException:
+            with Reverter() as revert:
                 # A create that cannot start leaves nothing behind.
-                with self._engine.begin() as connection:
-                    server_store.delete_server(connection, uuid)
-                raise
+                revert.add(functools.partial(self._delete_new, uuid))
+                await self.start(user, uuid)
+                revert.success()
         return await self.info(user, uuid)
+
+    def _delete_new(self, uuid: str) -> None:
+        with self._engine.begin() as connection:
+            server_store.delete_server(connection, uuid)
 
     async def set_config(
         self, user: str, uuid: str, properties: dict[str, str]
@@ -205,15 +207,15 @@ class Servers:
             row = self._get(user, uuid)
             current = row.config
             merged = current.merge(properties)
-            vm = self._vms.get(uuid)
-            if vm is None and row.status == DUMPED:
+            running = uuid in self._active
+            if not running and row.status == DUMPED:
                 # Its saved memory knows its devices: only what a running server may change.
                 if offline := current.offline_changes(properties):
                     raise BusyError(
                         f"Server {uuid} is dumped: {', '.join(offline)} can only be changed"
                         " once it is stopped"
                     )
-            elif vm is None:
+            elif not running:
                 self._check_config(user, merged)
             else:
                 if offline := current.offline_changes(properties):
@@ -221,7 +223,7 @@ class Servers:
                         f"Server {uuid} is active: {', '.join(offline)} can only be changed"
                         " while it is stopped"
                     )
-                await self.lifecycle.reconfigure(vm, current, merged)
+                await self.lifecycle.reconfigure(uuid, current, merged)
             with self._engine.begin() as connection:
                 server_store.update_server(
                     connection,
@@ -235,10 +237,10 @@ class Servers:
     async def start(self, user: str, uuid: str) -> None:
         async with self._lock_of(user, uuid):
             row = self._get(user, uuid)
-            if (vm := self._vms.get(uuid)) is not None:
-                if vm.pause is None:
+            if (status := self.lifecycle.status(uuid)) is not None:
+                if status != "paused":
                     raise BusyError(f"Server {uuid} is already active")
-                await self._resume(uuid, vm)
+                await self._resume(uuid)
                 return
             config = row.config
             drives = self._check_config(user, config)
@@ -248,18 +250,18 @@ class Servers:
                         f"Drive {drive.uuid} is inactive: its storage is unavailable now"
                     )
             restore = row.status == DUMPED
-            async with AsyncExitStack() as undo:
+            async with Reverter() as revert:
                 display = self._claim(user, uuid, config, drives, held=restore)
                 # A dumped server's drives stay its own whether or not it comes back.
-                undo.callback(self._release, uuid, drives=not restore)
+                revert.add(functools.partial(self._release, uuid, drives=not restore))
                 await self.lifecycle.start_vm(user, uuid, config, drives, display, restore)
-                undo.pop_all()
+                revert.success()
 
-    async def _resume(self, uuid: str, vm: RunningVm) -> None:
+    async def _resume(self, uuid: str) -> None:
         """`start` on a paused server runs it again; a write that a full disk held is
         retried, and pauses it again while the disk stays full."""
         try:
-            await vm.resume()
+            await self._driver.resume(uuid)
         except HypervisorError as error:
             raise FailedError(f"Server {uuid} could not be resumed: {error}") from error
         log.info("event=server_resumed server=%s by=start", uuid)
@@ -284,7 +286,11 @@ class Servers:
                 drive_store.reset_guest_io_marks(connection, uuid)
             display = None
             if config.vnc_password:
-                display = self._free_vnc_display(server_store.used_vnc_displays(connection))
+                display = self.lifecycle.free_vnc_display(
+                    server_store.used_vnc_displays(connection)
+                )
+                if display is None:
+                    raise BusyError("No free VNC display on this host")
                 server_store.update_server(connection, uuid, vnc_display=display)
         return display
 
@@ -315,25 +321,12 @@ class Servers:
                 server_store.remove_guest_claims(connection, uuid)
             server_store.update_server(connection, uuid, vnc_display=None)
 
-    def _free_vnc_display(self, used: set[int]) -> int:
-        for display in range(0, 1000):
-            if display in used:
-                continue
-            with socket.socket() as probe:
-                try:
-                    probe.bind((self._settings.vnc_listen, VNC_BASE_PORT + display))
-                except OSError:
-                    continue
-            return display
-        raise BusyError("No free VNC display on this host")
-
     async def stop(self, user: str, uuid: str) -> None:
         async with self._lock_of(user, uuid):
             row = self._get(user, uuid)
-            vm = self._vms.get(uuid)
-            if vm is not None:
+            if uuid in self._active:
                 await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
-                await vm.stop(self._settings.stop_timeout)
+                await self._driver.stop(uuid, self._settings.stop_timeout)
             elif row.status == DUMPED:
                 # Power-off of a saved guest: its state is dropped, its drives released.
                 await asyncio.to_thread(self.lifecycle.discard_dump, uuid)
@@ -342,27 +335,24 @@ class Servers:
     async def shutdown(self, user: str, uuid: str) -> None:
         async with self._lock_of(user, uuid):
             self._get(user, uuid)
-            vm = self._vms.get(uuid)
-            if vm is not None:
+            if uuid in self._active:
                 # The guest powers off by itself: what it does from here to its end is lost.
                 await self.lifecycle.fold_guest_io(uuid)
-                await vm.powerdown()
+                await self._driver.powerdown(uuid)
 
     async def reset(self, user: str, uuid: str) -> None:
         async with self._lock_of(user, uuid):
             self._get(user, uuid)
-            vm = self._vms.get(uuid)
-            if vm is None:
+            if uuid not in self._active:
                 raise BusyError(f"Server {uuid} is not active and cannot be reset")
-            await vm.reset()
+            await self._driver.reset(uuid)
 
     async def destroy(self, user: str, uuid: str) -> None:
         async with self._lock_of(user, uuid):
             self._get(user, uuid)
-            vm = self._vms.get(uuid)
-            if vm is not None:
+            if uuid in self._active:
                 await self.lifecycle.fold_guest_io(uuid)
-                await vm.stop(self._settings.stop_timeout)
+                await self._driver.stop(uuid, self._settings.stop_timeout)
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self._locks.pop(uuid, None)
@@ -376,9 +366,9 @@ class Servers:
         """Dump every active server (host maintenance). Returns, per server, `dumped` or why
         it could not be (it then runs on)."""
         outcome: dict[str, str] = {}
-        for uuid in sorted(self._vms):
+        for uuid in sorted(self._active):
             async with self._locks[uuid]:
-                if uuid not in self._vms:
+                if uuid not in self._active:
                     continue  # ended meanwhile
                 try:
                     await self.lifecycle.dump_vm(uuid)

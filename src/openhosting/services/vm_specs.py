@@ -13,33 +13,19 @@ right after.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from openhosting.hypervisor.argv import QEMU_BINARY, DiskSpec, NicSpec, VmSpec, VncSpec
+from openhosting.hypervisor.spec import (
+    DiskSpec,
+    DriveSecret,
+    HostVmSettings,
+    NicSpec,
+    VmSpec,
+    VncSpec,
+)
 from openhosting.model.server import ServerConfig
 from openhosting.services.drives import AttachableDrive
-
-
-@dataclass(frozen=True)
-class HostVmSettings:
-    """What this host puts into every VM, whatever the server."""
-
-    accelerator: str  # `kvm` or `tcg`, already chosen
-    vnc_listen: str  # the address VNC servers listen on
-    vnc_tls_dir: Path  # the platform's VNC TLS credentials, for servers with `vnc:tls on`
-    qemu_binary: str = QEMU_BINARY
-    sandbox: bool = True
-    run_as: str | None = None  # the user QEMU drops to
-    netns: str | None = None  # the network namespace QEMU runs in
-
-
-@dataclass(frozen=True)
-class DriveSecret:
-    """The passphrase of an encrypted drive and the file QEMU reads it from."""
-
-    path: Path
-    passphrase: bytes = field(repr=False)  # never in logs or tracebacks
 
 
 @dataclass(frozen=True)

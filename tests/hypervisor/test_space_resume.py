@@ -5,8 +5,8 @@ here (its QMP answers scripted); the real QEMU case is tests/integration/test_se
 import asyncio
 from pathlib import Path
 
+from openhosting.hypervisor.space_resume import SpaceResumer, free_bytes
 from openhosting.hypervisor.vm import IO_ERROR, NOSPACE, Pause
-from openhosting.services.space_resume import SpaceResumer, free_bytes
 
 
 class PausedVm:

@@ -12,10 +12,11 @@ import logging
 import os
 from pathlib import Path
 
+from openhosting.hypervisor.driver import NOSPACE
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.vm import NOSPACE, RunningVm
+from openhosting.hypervisor.vm import RunningVm
 
-log = logging.getLogger("openhosting.servers")
+log = logging.getLogger("openhosting.hypervisor")
 
 CHECK_SECONDS = 2.0
 FREE_BYTES = 4 << 20  # room for more than one guest write before QEMU pauses again

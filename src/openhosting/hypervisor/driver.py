@@ -1,0 +1,211 @@
+"""The hypervisor driver: what the platform asks of a host's VMs (after OpenStack Nova's
+`virt/driver.py`).
+
+Plain data in and out: a VM is named by its server's uuid, described by a `VmSpec`
+(hypervisor/spec.py), and reported as `VmStatus` records and `VmEvent`s; no live object
+(process, monitor connection) crosses the interface, so it can become the boundary between a
+control plane and a host agent. Everything host-specific (run directories, the account QEMU
+drops to, secret files, cgroups, TLS files, QMP, free VNC ports) is the driver's.
+
+`qemu_driver.QemuDriver` runs real QEMU; `fake.FakeHypervisor` holds VMs in memory for fast
+tests. `tests/hypervisor/test_driver_behaviour.py` holds both to the same rules.
+
+Events, in the order a VM lives them, go to the one handler given to `listen`:
+
+- `PAUSED` (with the reason) and `RESUMED`: QEMU stopped or ran the vCPUs again;
+- `POWERED_OFF`: the guest powered itself off; the VM is ended once the handler returns (at
+  most `ENDING_TIMEOUT` s later): the last moment to read its counters;
+- `EXITED` (with `how`: `SHUTDOWN` or `CRASH`): the VM is gone, whatever ended it, once and
+  last. A start that fails sends nothing: it leaves no VM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from openhosting.config import Config, ConfigError
+from openhosting.hypervisor.spec import DriveSecret, HostVmSettings, VmSpec
+
+# How a VM ended: a SHUTDOWN event came first (guest power-off, quit, SIGTERM), or it did not.
+SHUTDOWN, CRASH = "shutdown", "crash"
+# Why a VM is paused: the host's storage is full, another host I/O error, or else QEMU's own
+# run state (`paused` after a monitor's `stop`, `internal-error`, ...).
+NOSPACE, IO_ERROR = "nospace", "io-error"
+# What a VM does, as `VmStatus.state`.
+RUNNING, PAUSED = "running", "paused"
+# The kinds of `VmEvent`.
+RESUMED, POWERED_OFF, EXITED = "resumed", "powered_off", "exited"
+# How long the handler of POWERED_OFF may take before the VM is ended anyway.
+ENDING_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """Cumulative I/O of one drive since its VM started."""
+
+    read_bytes: int
+    read_requests: int
+    write_bytes: int
+    write_requests: int
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    """A VM that exists: RUNNING, or PAUSED for `reason` (NOSPACE, IO_ERROR, QEMU's state)."""
+
+    server: str
+    state: str
+    reason: str | None = None
+    started: float = 0.0  # seconds since the epoch; 0 when not known (adopted, no record)
+
+
+@dataclass(frozen=True)
+class VmEvent:
+    """Something that happened to the VM of `server` (see the module's docstring)."""
+
+    server: str
+    kind: str  # PAUSED, RESUMED, POWERED_OFF or EXITED
+    reason: str | None = None  # PAUSED: why
+    how: str | None = None  # EXITED: SHUTDOWN or CRASH
+
+
+EventHandler = Callable[[VmEvent], Awaitable[None]]
+# Moves a saved state through a pipe, in a worker thread of the host: a sink reads its
+# descriptor to the end (and stores what it read), a source writes the state into it.
+StateStream = Callable[[int], object]
+
+
+class HypervisorDriver(Protocol):
+    """The VMs of one host. Methods naming a VM the driver does not hold raise
+    `HypervisorError`, as do those the hypervisor fails."""
+
+    def listen(self, handler: EventHandler) -> None:
+        """Send every `VmEvent` to `handler` from now on (one handler; awaited in turn)."""
+        ...
+
+    # -- the host --------------------------------------------------------------------
+
+    def host_settings(self, *, vnc_listen: str, netns: str | None) -> HostVmSettings:
+        """What this host puts into every VM's spec (accelerator, QEMU, hardening), with
+        where VNC listens and the network namespace, which the network layer decides."""
+        ...
+
+    def run_dir(self, server: str) -> Path:
+        """The directory the spec of `server` names for its VM's files."""
+        ...
+
+    def free_vnc_display(self, used: set[int], listen: str) -> int | None:
+        """A VNC display not in `used` whose port on `listen` is free; None if none is."""
+        ...
+
+    # -- life ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        spec: VmSpec,
+        *,
+        secrets: tuple[DriveSecret, ...] = (),
+        vnc_password: str | None = None,
+        vnc_names: tuple[str, ...] = (),
+        cpu_mhz: int | None = None,
+        restore: StateStream | None = None,
+        timeout: float = 30.0,
+    ) -> VmStatus:
+        """Start the VM of `spec` with its drives' passphrases, its VNC password (TLS
+        credentials naming `vnc_names` too when the spec asks for TLS) and CPU quota. With
+        `restore` (and `spec.incoming`) it runs on from a saved state instead of booting.
+        Whole or not at all: on failure nothing of it is left and the error is raised."""
+        ...
+
+    async def adopt(self, server: str, *, started: float, timeout: float = 10.0) -> VmStatus | None:
+        """Hold again the VM of `server` left running by a previous daemon; None if there is
+        none. `HypervisorError` if it runs but cannot be controlled (see `stop_unheld`)."""
+        ...
+
+    def how_ended(self, server: str) -> str:
+        """How the VM of `server`, not found by `adopt`, ended (SHUTDOWN or CRASH)."""
+        ...
+
+    async def unheld(self) -> list[str]:
+        """Servers whose VM runs on this host but is held by no one here."""
+        ...
+
+    async def stop_unheld(self, server: str, timeout: float = 10.0) -> None:
+        """Stop the VM of `server` that runs without being held (no event: none is held)."""
+        ...
+
+    async def stop(self, server: str, timeout: float = 10.0) -> None:
+        """Power off now (kill if need be); returns once EXITED has been handled."""
+        ...
+
+    async def kill(self, server: str, timeout: float = 10.0) -> None:
+        """End the VM with signals, for one whose monitor does not answer."""
+        ...
+
+    async def powerdown(self, server: str) -> None:
+        """Ask the guest to power off (ACPI); it may take its time, or refuse."""
+        ...
+
+    async def reset(self, server: str) -> None: ...
+
+    async def resume(self, server: str) -> None:
+        """Run a paused VM again (a write held by a full disk is retried)."""
+        ...
+
+    async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
+        """Pause the VM and stream its state into `sink`; it stays paused. If the state
+        cannot be saved, the VM runs on and `HypervisorError` is raised."""
+        ...
+
+    async def detach_all(self) -> None:
+        """Let go of every VM without stopping one (the daemon stops; they run on)."""
+        ...
+
+    def forget(self, server: str) -> None:
+        """The server is destroyed: remove what the host keeps of it (run files)."""
+        ...
+
+    # -- while it runs ---------------------------------------------------------------
+
+    def status(self, server: str) -> VmStatus | None:
+        """The VM of `server` as the hypervisor last said (run state read on each of its
+        stop and resume events); None if this driver holds none."""
+        ...
+
+    def held(self) -> list[str]:
+        """The servers whose VM this driver holds."""
+        ...
+
+    async def set_cpu(self, server: str, cpu_mhz: int) -> None:
+        """Hold the vCPUs of the VM to `cpu_mhz`."""
+        ...
+
+    async def set_vnc_password(self, server: str, password: str | None) -> None:
+        """Set the VNC password, or with None refuse every login from now on."""
+        ...
+
+    async def blockstats(self, server: str) -> Mapping[str, BlockStats]:
+        """Each drive's I/O since the VM started, by slot."""
+        ...
+
+    def serial_log(self, server: str) -> bytes | None:
+        """What the server's VM printed on its serial port, within the log's bound (its last
+        run's, once ended); None if there is none."""
+        ...
+
+
+def open_driver(config: Config) -> HypervisorDriver:
+    """The driver `hypervisor.driver` names: `qemu`, or `fake` (for tests)."""
+    # Imported here: the interface's users need neither implementation loaded.
+    if config.hypervisor.driver == "qemu":
+        from openhosting.hypervisor.qemu_driver import QemuDriver
+
+        return QemuDriver(config.hypervisor, config.run_path, config.state_path)
+    if config.hypervisor.driver == "fake":
+        from openhosting.hypervisor.fake import FakeHypervisor
+
+        return FakeHypervisor(config.run_path)
+    raise ConfigError(f"Invalid hypervisor.driver {config.hypervisor.driver!r}: use qemu or fake")

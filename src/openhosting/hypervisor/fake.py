@@ -1,0 +1,354 @@
+"""A hypervisor driver holding its VMs in memory, for fast tests (`hypervisor.driver = fake`).
+
+It keeps the rules of `HypervisorDriver` (driver.py) as QEMU does, which the behaviour suite
+(tests/hypervisor/test_driver_behaviour.py) checks on both, and nothing else: no process, no
+file, no guest. Deterministic: nothing happens unless asked, and what a VM does by itself is a
+fault a test injects:
+
+- `fail_next_start(message)`: the next start fails (after "spawning": nothing is left);
+- `crash(server)`: the VM vanishes without a SHUTDOWN (EXITED, CRASH);
+- `guest_power_off(server)`: the guest powers itself off (POWERED_OFF, then EXITED, SHUTDOWN);
+- `pause(server, reason)`: the hypervisor pauses the VM (a full disk: NOSPACE);
+- `stick(server)`: its monitor stops answering: commands time out after `qmp_timeout`.
+
+VMs live on a `FakeHost`, which outlives a driver: a new driver on the same host finds them
+(`adopt`), as a restarted daemon finds QEMU processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openhosting.hypervisor.driver import (
+    CRASH,
+    ENDING_TIMEOUT,
+    EXITED,
+    PAUSED,
+    POWERED_OFF,
+    RESUMED,
+    RUNNING,
+    SHUTDOWN,
+    BlockStats,
+    EventHandler,
+    StateStream,
+    VmEvent,
+    VmStatus,
+)
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.spec import DriveSecret, HostVmSettings, VmSpec
+from openhosting.reverter import Reverter
+
+QMP_TIMEOUT = 10.0  # as QEMU's monitor client waits
+
+
+@dataclass
+class FakeVm:
+    """One VM on the fake host: its spec and what a monitor would tell of it."""
+
+    spec: VmSpec
+    started: float
+    state: str = RUNNING
+    reason: str | None = None
+    cpu_mhz: int | None = None
+    vnc_password: str | None = None
+    blockstats: dict[str, BlockStats] = field(default_factory=dict)
+    stuck: bool = False
+    # Whatever was saved and restored with it: the proof a restore is the same VM.
+    memory: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FakeHost:
+    """What outlives a driver: the VMs that run, how ended ones ended, serial logs."""
+
+    vms: dict[str, FakeVm] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)
+    logs: dict[str, bytes] = field(default_factory=dict)
+
+
+class FakeHypervisor:
+    """In-memory VMs (implements `HypervisorDriver`)."""
+
+    def __init__(self, run_path: Path = Path("/nonexistent"), host: FakeHost | None = None):
+        self._run_path = run_path
+        self.host = host if host is not None else FakeHost()
+        self._held: set[str] = set()
+        self._handler: EventHandler | None = None
+        self._next_start_error: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.qmp_timeout = QMP_TIMEOUT
+
+    def listen(self, handler: EventHandler) -> None:
+        self._handler = handler
+
+    # -- faults ----------------------------------------------------------------------
+
+    def fail_next_start(self, message: str = "QEMU failed to start (simulated)") -> None:
+        self._next_start_error = message
+
+    async def crash(self, server: str) -> None:
+        """The VM vanishes (killed, died): EXITED with CRASH once handled."""
+        await self._exit(server, CRASH)
+
+    async def guest_power_off(self, server: str) -> None:
+        """The guest powers itself off: POWERED_OFF (the last look), then EXITED."""
+        await self._emit_bounded(VmEvent(server, POWERED_OFF))
+        await self._exit(server, SHUTDOWN)
+
+    async def pause(self, server: str, reason: str = "paused") -> None:
+        """The hypervisor pauses the VM (a full disk: NOSPACE)."""
+        vm = self._vm(server)
+        vm.state, vm.reason = PAUSED, reason
+        if server in self._held:
+            await self._emit(VmEvent(server, PAUSED, reason=reason))
+
+    def stick(self, server: str, stuck: bool = True) -> None:
+        """Its monitor stops (or starts again) answering."""
+        self._vm(server).stuck = stuck
+
+    def print_serial(self, server: str, text: bytes) -> None:
+        """What the guest prints on its serial port."""
+        self.host.logs[server] = self.host.logs.get(server, b"") + text
+
+    async def settle(self) -> None:
+        """Wait until what was asked of the VMs (a guest's power-off) is done."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- the host --------------------------------------------------------------------
+
+    def host_settings(self, *, vnc_listen: str, netns: str | None) -> HostVmSettings:
+        return HostVmSettings(
+            accelerator="tcg",
+            vnc_listen=vnc_listen,
+            vnc_tls_dir=self._run_path / "vnc-tls",
+            qemu_binary="fake-qemu",
+            run_as=None,
+            netns=netns,
+        )
+
+    def run_dir(self, server: str) -> Path:
+        return self._run_path / server
+
+    def free_vnc_display(self, used: set[int], listen: str) -> int | None:
+        return next((display for display in range(1000) if display not in used), None)
+
+    # -- life ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        spec: VmSpec,
+        *,
+        secrets: tuple[DriveSecret, ...] = (),
+        vnc_password: str | None = None,
+        vnc_names: tuple[str, ...] = (),
+        cpu_mhz: int | None = None,
+        restore: StateStream | None = None,
+        timeout: float = 30.0,
+    ) -> VmStatus:
+        if (restore is None) == spec.incoming:
+            raise ValueError("a saved state goes with spec.incoming, and only with it")
+        if spec.uuid in self.host.vms:
+            raise HypervisorError(f"VM {spec.uuid} runs already")
+        if self._next_start_error is not None:
+            message, self._next_start_error = self._next_start_error, None
+            raise HypervisorError(message)
+        vm = FakeVm(spec, time.time(), cpu_mhz=cpu_mhz, vnc_password=vnc_password)
+        vm.blockstats = {disk.slot: BlockStats(0, 0, 0, 0) for disk in spec.disks}
+        if restore is not None:
+            vm.memory = json.loads(await _receive(restore, timeout))
+        else:
+            self.host.logs.pop(spec.uuid, None)  # a booting VM's log starts empty
+        self.host.vms[spec.uuid] = vm
+        self.host.ended.pop(spec.uuid, None)
+        self._held.add(spec.uuid)
+        return self._status_of(vm)
+
+    async def adopt(self, server: str, *, started: float, timeout: float = 10.0) -> VmStatus | None:
+        vm = self.host.vms.get(server)
+        if vm is None:
+            return None
+        if vm.stuck:
+            raise HypervisorError(f"QMP of {server} did not answer in {timeout:g} s")
+        vm.started = started
+        self._held.add(server)
+        return self._status_of(vm)
+
+    def how_ended(self, server: str) -> str:
+        return self.host.ended.get(server, SHUTDOWN)
+
+    async def unheld(self) -> list[str]:
+        return sorted(set(self.host.vms) - self._held)
+
+    async def stop_unheld(self, server: str, timeout: float = 10.0) -> None:
+        if server not in self._held and self.host.vms.pop(server, None) is not None:
+            self.host.ended[server] = SHUTDOWN
+
+    async def stop(self, server: str, timeout: float = 10.0) -> None:
+        vm = self._vm(server)
+        # A monitor that does not answer `quit`: killed with signals after the wait.
+        await self._exit(server, CRASH if vm.stuck else SHUTDOWN)
+
+    async def kill(self, server: str, timeout: float = 10.0) -> None:
+        self._vm(server)
+        await self._exit(server, SHUTDOWN)  # SIGTERM: QEMU ends cleanly
+
+    async def powerdown(self, server: str) -> None:
+        await self._monitor(server)
+        # The guest takes its time: its power-off comes after the answer.
+        task = asyncio.create_task(self.guest_power_off(server))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reset(self, server: str) -> None:
+        await self._monitor(server)
+
+    async def resume(self, server: str) -> None:
+        vm = await self._monitor(server)
+        if vm.state == PAUSED:
+            vm.state, vm.reason = RUNNING, None
+            await self._emit(VmEvent(server, RESUMED))
+
+    async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
+        vm = await self._monitor(server)
+        async with Reverter() as revert:
+            revert.add(functools.partial(_set_state, vm, vm.state, vm.reason))  # runs on
+            vm.state, vm.reason = PAUSED, "paused"
+            try:
+                await _send(sink, json.dumps(vm.memory).encode(), timeout)
+            except OSError as error:
+                raise HypervisorError(f"cannot store the state of {server}: {error}") from error
+            revert.success()
+
+    async def detach_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._held.clear()
+
+    def forget(self, server: str) -> None:
+        self.host.logs.pop(server, None)
+
+    # -- while it runs ---------------------------------------------------------------
+
+    def status(self, server: str) -> VmStatus | None:
+        vm = self.host.vms.get(server)
+        return self._status_of(vm) if vm is not None and server in self._held else None
+
+    def held(self) -> list[str]:
+        return sorted(self._held)
+
+    async def set_cpu(self, server: str, cpu_mhz: int) -> None:
+        (await self._monitor(server)).cpu_mhz = cpu_mhz
+
+    async def set_vnc_password(self, server: str, password: str | None) -> None:
+        vm = await self._monitor(server)
+        if vm.spec.vnc is None:
+            raise HypervisorError(f"VM {server} has no VNC server")
+        vm.vnc_password = password
+
+    async def blockstats(self, server: str) -> Mapping[str, BlockStats]:
+        return dict((await self._monitor(server)).blockstats)
+
+    def serial_log(self, server: str) -> bytes | None:
+        return self.host.logs.get(server)
+
+    # -- inside ----------------------------------------------------------------------
+
+    def vm(self, server: str) -> FakeVm:
+        """The fake VM of `server`, for tests to look at and set counters on."""
+        return self._vm(server)
+
+    def _vm(self, server: str) -> FakeVm:
+        vm = self.host.vms.get(server)
+        if vm is None or server not in self._held:
+            raise HypervisorError(f"No VM of server {server} runs here")
+        return vm
+
+    async def _monitor(self, server: str) -> FakeVm:
+        vm = self._vm(server)
+        if vm.stuck:
+            await asyncio.sleep(self.qmp_timeout)
+            raise HypervisorError(f"QMP of {server} did not answer in {self.qmp_timeout:g} s")
+        return vm
+
+    @staticmethod
+    def _status_of(vm: FakeVm) -> VmStatus:
+        return VmStatus(vm.spec.uuid, vm.state, vm.reason, started=vm.started)
+
+    async def _emit(self, event: VmEvent) -> None:
+        if self._handler is not None:
+            await self._handler(event)
+
+    async def _emit_bounded(self, event: VmEvent) -> None:
+        try:
+            async with asyncio.timeout(ENDING_TIMEOUT):
+                await self._emit(event)
+        except Exception:  # never keeps a powered-off VM alive, as with QEMU
+            pass
+
+    async def _exit(self, server: str, how: str) -> None:
+        if self.host.vms.pop(server, None) is None:
+            return
+        self.host.ended[server] = how
+        if server not in self._held:
+            return  # nobody holds it: nobody is told
+        try:
+            await self._emit(VmEvent(server, EXITED, how=how))
+        finally:
+            self._held.discard(server)
+
+
+def _set_state(vm: FakeVm, state: str, reason: str | None) -> None:
+    vm.state, vm.reason = state, reason
+
+
+async def _send(sink: StateStream, data: bytes, timeout: float) -> None:
+    """Stream `data` into `sink` through a pipe, as QEMU streams a saved state."""
+    read_end, write_end = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(data)
+
+    def drain() -> None:
+        try:
+            sink(read_end)
+        finally:
+            os.close(read_end)
+
+    writing = asyncio.create_task(asyncio.to_thread(write))
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.to_thread(drain)
+    finally:
+        with contextlib.suppress(Exception):
+            await writing
+
+
+async def _receive(source: StateStream, timeout: float) -> bytes:
+    """What `source` streams, read through a pipe as a restoring QEMU reads it."""
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        try:
+            source(write_end)
+        finally:
+            os.close(write_end)
+
+    def read() -> bytes:
+        with os.fdopen(read_end, "rb") as pipe:
+            return pipe.read()
+
+    feeding = asyncio.create_task(asyncio.to_thread(feed))
+    async with asyncio.timeout(timeout):
+        data = await asyncio.to_thread(read)
+        await feeding
+    return data

@@ -1,0 +1,353 @@
+"""The hypervisor driver of real QEMU (see driver.py for the interface and its events).
+
+Each VM is a daemonized QEMU held as a `RunningVm` (vm.py) with its run directory under
+`run_path/<server uuid>`. Here, and nowhere above, live the host's parts of a VM: the run
+directory and its owner (QEMU drops to `hypervisor.run_as`), the secret files of encrypted
+drives (written just before QEMU starts, removed right after), the platform's VNC TLS
+credentials, the cgroup holding the vCPUs to their quota, the watch resuming VMs a full disk
+paused, and the probing of free VNC ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import pwd
+import shutil
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from openhosting.config import ConfigError, HypervisorSettings
+from openhosting.hypervisor import process
+from openhosting.hypervisor.argv import choose_accelerator
+from openhosting.hypervisor.cpu_quota import (
+    CgroupLayout,
+    find_cpu_cgroup,
+    place_vm_threads,
+    quota_us,
+    remove_cpu_group,
+)
+from openhosting.hypervisor.driver import (
+    CRASH,
+    EXITED,
+    NOSPACE,
+    PAUSED,
+    POWERED_OFF,
+    RESUMED,
+    RUNNING,
+    SHUTDOWN,
+    BlockStats,
+    EventHandler,
+    StateStream,
+    VmEvent,
+    VmStatus,
+)
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.serial_log import SerialLogLimit, read_log
+from openhosting.hypervisor.space_resume import SpaceResumer
+from openhosting.hypervisor.spec import (
+    VNC_BASE_PORT,
+    DriveSecret,
+    HostVmSettings,
+    RunPaths,
+    VmSpec,
+)
+from openhosting.hypervisor.vm import Pause, RunningVm
+from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
+from openhosting.reverter import Reverter
+
+log = logging.getLogger("openhosting.hypervisor")
+
+# VNC displays tried for a free port: 5900 … 6899.
+VNC_DISPLAYS = 1000
+
+
+def qemu_user(setting: str) -> pwd.struct_passwd | None:
+    """The account QEMU drops to (see HypervisorSettings.run_as), if any."""
+    if setting == "auto":
+        setting = "nobody" if os.geteuid() == 0 else ""
+    if not setting:
+        return None
+    try:
+        return pwd.getpwnam(setting)
+    except KeyError:
+        log.warning("event=qemu_user_missing user=%s", setting)
+        return None
+
+
+def serial_log_limit(settings: HypervisorSettings) -> SerialLogLimit:
+    """The bound of every VM's serial log, from the settings."""
+    try:
+        return SerialLogLimit(settings.serial_log_kib * 1024, settings.serial_log_files)
+    except ValueError:
+        raise ConfigError(
+            "hypervisor.serial_log_kib and hypervisor.serial_log_files must be at least 1"
+        ) from None
+
+
+def _write_secrets(secrets: tuple[DriveSecret, ...]) -> None:
+    for secret in secrets:
+        fd = os.open(secret.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(secret.passphrase)
+
+
+def _remove_secrets(spec: VmSpec) -> None:
+    for disk in spec.disks:
+        if disk.secret_file is not None:
+            disk.secret_file.unlink(missing_ok=True)
+
+
+class QemuDriver:
+    """The QEMU VMs of this host (implements `HypervisorDriver`)."""
+
+    def __init__(
+        self,
+        settings: HypervisorSettings,
+        run_path: Path,
+        state_path: Path,
+        *,
+        cgroup: CgroupLayout | None = None,
+    ) -> None:
+        self._settings = settings
+        self._run_path = run_path
+        self._tls_dir = vnc_tls_dir(state_path)
+        self.limit = serial_log_limit(settings)
+        self._accelerator = choose_accelerator(settings.accelerator)
+        # None: `cpu` cannot be enforced on this host.
+        self.cgroup = cgroup if cgroup is not None else find_cpu_cgroup()
+        self._run_as = qemu_user(settings.run_as)
+        self._vms: dict[str, RunningVm] = {}
+        self._handler: EventHandler | None = None
+        self._space_resumer = SpaceResumer()
+
+    def listen(self, handler: EventHandler) -> None:
+        self._handler = handler
+
+    # -- the host --------------------------------------------------------------------
+
+    def host_settings(self, *, vnc_listen: str, netns: str | None) -> HostVmSettings:
+        return HostVmSettings(
+            accelerator=self._accelerator,
+            vnc_listen=vnc_listen,
+            vnc_tls_dir=self._tls_dir,
+            qemu_binary=self._settings.qemu_binary,
+            sandbox=self._settings.sandbox,
+            run_as=self._run_as.pw_name if self._run_as else None,
+            netns=netns,
+        )
+
+    def run_dir(self, server: str) -> Path:
+        return self._run_path / server
+
+    def free_vnc_display(self, used: set[int], listen: str) -> int | None:
+        for display in range(VNC_DISPLAYS):
+            if display in used:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind((listen, VNC_BASE_PORT + display))
+                except OSError:
+                    continue
+            return display
+        return None
+
+    # -- life ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        spec: VmSpec,
+        *,
+        secrets: tuple[DriveSecret, ...] = (),
+        vnc_password: str | None = None,
+        vnc_names: tuple[str, ...] = (),
+        cpu_mhz: int | None = None,
+        restore: StateStream | None = None,
+        timeout: float = 30.0,
+    ) -> VmStatus:
+        if spec.uuid in self._vms:
+            raise HypervisorError(f"VM {spec.uuid} runs already")
+        async with Reverter() as revert:
+            self._make_run_dir(spec.run_dir)
+            if spec.vnc is not None and spec.vnc.tls_dir is not None:
+                # Made once per platform (slow: RSA keys), so in a worker thread.
+                names = [name for name in (spec.vnc.address, *vnc_names) if name]
+                await asyncio.to_thread(ensure_vnc_tls, spec.vnc.tls_dir, names)
+            # QEMU reads the LUKS passphrases at start-up; they need not outlive that.
+            revert.add(functools.partial(asyncio.to_thread, _remove_secrets, spec))
+            await asyncio.to_thread(_write_secrets, secrets)
+            vm = await RunningVm.start(
+                spec,
+                self._vm_exited,
+                timeout=timeout,
+                serial_limit=self.limit,
+                saved_state=restore,
+            )
+            # Until it is held, its exit is nobody's event: this start fails instead.
+            revert.add(functools.partial(vm.kill, self._settings.stop_timeout))
+            if vnc_password and spec.vnc is not None:
+                await vm.set_vnc_password(vnc_password)
+            if cpu_mhz is not None:
+                await self._limit_cpu(vm, cpu_mhz)
+            if vm.exited.is_set():
+                raise HypervisorError(f"VM {spec.uuid} ended while it started")
+            self._hold(vm)
+            revert.success()
+        await asyncio.to_thread(_remove_secrets, spec)
+        log.info("event=vm_started server=%s pid=%s", spec.uuid, vm.pid)
+        return self._status_of(vm)
+
+    def _make_run_dir(self, run_dir: Path) -> None:
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._run_as is not None:
+            # QEMU, once unprivileged, still removes its pidfile and sockets at exit: it
+            # owns its run directory and may pass through the one above.
+            os.chown(run_dir, self._run_as.pw_uid, self._run_as.pw_gid)
+            os.chmod(run_dir.parent, 0o711)
+
+    def _hold(self, vm: RunningVm) -> None:
+        self._vms[vm.uuid] = vm
+        vm.on_state = self._state_changed
+        vm.before_end = self._powered_off
+
+    async def adopt(self, server: str, *, started: float, timeout: float = 10.0) -> VmStatus | None:
+        vm = await RunningVm.adopt(
+            server, self.run_dir(server), self._vm_exited, timeout=timeout,
+            serial_limit=self.limit,
+        )  # fmt: skip
+        if vm is None:
+            return None
+        vm.started = started
+        self._hold(vm)
+        # Its guest may have powered off while no daemon ran: QEMU paused it.
+        await vm.end_if_powered_off()
+        # It may have been paused meanwhile (a full disk, say): QEMU knows.
+        await vm.refresh_state()
+        log.info("event=vm_adopted server=%s pid=%s", server, vm.pid)
+        return self._status_of(vm)
+
+    def how_ended(self, server: str) -> str:
+        # QEMU removes its pidfile when it exits cleanly; one left behind means a crash.
+        return CRASH if RunPaths(self.run_dir(server)).pidfile.exists() else SHUTDOWN
+
+    async def unheld(self) -> list[str]:
+        run_path = self._run_path
+        found = []
+        for run_dir in sorted(run_path.iterdir()) if run_path.is_dir() else []:
+            if run_dir.name in self._vms or not run_dir.is_dir():
+                continue
+            if process.adopt(run_dir, run_dir.name) is not None:
+                found.append(run_dir.name)
+        return found
+
+    async def stop_unheld(self, server: str, timeout: float = 10.0) -> None:
+        if (pid := process.adopt(self.run_dir(server), server)) is not None:
+            log.warning("event=vm_unheld_stopped server=%s pid=%s", server, pid)
+            await process.kill(pid, server, timeout=timeout)
+
+    async def stop(self, server: str, timeout: float = 10.0) -> None:
+        await self._held(server).stop(timeout)
+
+    async def kill(self, server: str, timeout: float = 10.0) -> None:
+        await self._held(server).kill(timeout)
+
+    async def powerdown(self, server: str) -> None:
+        await self._held(server).powerdown()
+
+    async def reset(self, server: str) -> None:
+        await self._held(server).reset()
+
+    async def resume(self, server: str) -> None:
+        await self._held(server).resume()
+
+    async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
+        await self._held(server).save_state(sink, timeout=timeout)
+
+    async def detach_all(self) -> None:
+        await self._space_resumer.close()
+        for vm in list(self._vms.values()):
+            await vm.detach()
+        self._vms.clear()
+
+    def forget(self, server: str) -> None:
+        shutil.rmtree(self.run_dir(server), ignore_errors=True)
+
+    # -- while it runs ---------------------------------------------------------------
+
+    def status(self, server: str) -> VmStatus | None:
+        vm = self._vms.get(server)
+        return self._status_of(vm) if vm is not None else None
+
+    def held(self) -> list[str]:
+        return list(self._vms)
+
+    async def set_cpu(self, server: str, cpu_mhz: int) -> None:
+        await self._limit_cpu(self._held(server), cpu_mhz)
+
+    async def set_vnc_password(self, server: str, password: str | None) -> None:
+        await self._held(server).set_vnc_password(password)
+
+    async def blockstats(self, server: str) -> Mapping[str, BlockStats]:
+        return await self._held(server).blockstats()
+
+    def serial_log(self, server: str) -> bytes | None:
+        path = RunPaths(self.run_dir(server)).serial_log
+        if not path.exists():
+            return None
+        return read_log(path, self.limit.files, self.limit.total_bytes)
+
+    def vm(self, server: str) -> RunningVm:
+        """The QEMU of `server` itself, for tests and tools of this host only."""
+        return self._held(server)
+
+    # -- inside ----------------------------------------------------------------------
+
+    def _held(self, server: str) -> RunningVm:
+        vm = self._vms.get(server)
+        if vm is None:
+            raise HypervisorError(f"No VM of server {server} runs here")
+        return vm
+
+    @staticmethod
+    def _status_of(vm: RunningVm) -> VmStatus:
+        if vm.pause is None:
+            return VmStatus(vm.uuid, RUNNING, started=vm.started)
+        return VmStatus(vm.uuid, PAUSED, vm.pause.reason, started=vm.started)
+
+    async def _limit_cpu(self, vm: RunningVm, cpu_mhz: int) -> None:
+        """Hold the vCPU threads of `vm` to `cpu_mhz` (see cpu_quota.py)."""
+        if self.cgroup is None:
+            return
+        vcpu_tids = await vm.vcpu_threads()
+        quota = quota_us(cpu_mhz, self._settings.core_mhz)
+        place_vm_threads(self.cgroup, vm.uuid, vm.pid, vcpu_tids, quota)
+
+    async def _emit(self, event: VmEvent) -> None:
+        if self._handler is not None:
+            await self._handler(event)
+
+    async def _state_changed(self, server: str, pause: Pause | None) -> None:
+        if pause is None:
+            await self._emit(VmEvent(server, RESUMED))
+            return
+        if pause.reason == NOSPACE and (vm := self._vms.get(server)) is not None:
+            self._space_resumer.watch(vm)
+        await self._emit(VmEvent(server, PAUSED, reason=pause.reason))
+
+    async def _powered_off(self, server: str) -> None:
+        await self._emit(VmEvent(server, POWERED_OFF))
+
+    async def _vm_exited(self, server: str, how: str) -> None:
+        await self._space_resumer.cancel(server)
+        try:
+            if server in self._vms:  # one a start gave up is nobody's event
+                await self._emit(VmEvent(server, EXITED, how=how))
+        finally:
+            self._vms.pop(server, None)
+            if self.cgroup is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(remove_cpu_group, self.cgroup, server)

@@ -1,0 +1,322 @@
+"""One behaviour suite for every hypervisor driver (after Nova's `test_virt_drivers.py`):
+the rules of `HypervisorDriver` (hypervisor/driver.py), run against the in-memory fake and,
+in the integration run, against real QEMU (TCG).
+
+The QEMU VMs are diskless (SeaBIOS looking for a boot device: they start in well under a
+second and answer their monitor) but for the guest's power-off, which needs a guest: the tiny
+guest, booted once. One VM at a time; each test ends whatever it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from openhosting.config import HypervisorSettings
+from openhosting.hypervisor import process
+from openhosting.hypervisor.driver import (
+    CRASH,
+    EXITED,
+    PAUSED,
+    POWERED_OFF,
+    RESUMED,
+    RUNNING,
+    SHUTDOWN,
+    HypervisorDriver,
+    VmEvent,
+)
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
+from openhosting.hypervisor.qemu_driver import QemuDriver
+from openhosting.hypervisor.spec import DiskSpec, VmSpec
+from testbed.build_guest import READY_MARKER, build_tiny_guest
+
+EVENT_TIMEOUT = 20.0
+BOOT_TIMEOUT = 60.0
+
+
+class Harness:
+    """A driver of one kind, the events it sent, and the faults of its kind."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.fake_host = FakeHost()
+        self.events: list[VmEvent] = []
+        self.drivers: list[HypervisorDriver] = []
+        self.driver = self.new_driver()
+
+    def new_driver(self) -> HypervisorDriver:
+        """A driver as a restarted daemon makes it: same host, nothing held."""
+        driver: HypervisorDriver
+        if self.kind == "fake":
+            driver = FakeHypervisor(self.workdir / "run", self.fake_host)
+        else:
+            settings = HypervisorSettings(accelerator="tcg", run_as="", stop_timeout=5)
+            driver = QemuDriver(settings, self.workdir / "run", self.workdir / "state")
+        driver.listen(self.record)
+        self.drivers.append(driver)
+        return driver
+
+    async def record(self, event: VmEvent) -> None:
+        self.events.append(event)
+
+    def spec(self, *disks: DiskSpec, boot: tuple[str, ...] = (), mem_mb: int = 64) -> VmSpec:
+        server = str(uuid.uuid4())
+        host = self.driver.host_settings(vnc_listen="127.0.0.1", netns=None)
+        return VmSpec(
+            uuid=server, smp=1, mem_mb=mem_mb, run_dir=self.driver.run_dir(server),
+            accelerator=host.accelerator, qemu_binary=host.qemu_binary, disks=disks, boot=boot,
+        )  # fmt: skip
+
+    def kinds(self, server: str) -> list[str]:
+        return [event.kind for event in self.events if event.server == server]
+
+    async def wait_for(self, server: str, kind: str) -> VmEvent:
+        for _ in range(int(EVENT_TIMEOUT / 0.05)):
+            for event in self.events:
+                if event.server == server and event.kind == kind:
+                    return event
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {kind} event for {server}: {self.events}")
+
+    async def crash(self, server: str) -> None:
+        """The VM vanishes without a word (killed from outside, died)."""
+        if isinstance(self.driver, FakeHypervisor):
+            await self.driver.crash(server)
+            return
+        pid = process.adopt(self.driver.run_dir(server), server)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+    async def pause(self, server: str) -> None:
+        """The hypervisor stops the vCPUs (as an operator's monitor or a full disk does)."""
+        if isinstance(self.driver, FakeHypervisor):
+            await self.driver.pause(server)
+            return
+        assert isinstance(self.driver, QemuDriver)
+        await self.driver.vm(server).monitor.execute("stop")
+
+    async def close(self) -> None:
+        for driver in self.drivers:
+            for server in driver.held():
+                await driver.kill(server)
+            for server in await driver.unheld():
+                await driver.stop_unheld(server)
+            await driver.detach_all()
+
+
+@pytest.fixture(
+    params=["fake", pytest.param("qemu", marks=pytest.mark.integration)],
+)
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    # Short and removed afterwards: unix socket paths must stay under 108 bytes.
+    with tempfile.TemporaryDirectory(prefix="oh-drv-") as name:
+        made = Harness(request.param, Path(name))
+        try:
+            yield made
+        finally:
+            await made.close()
+
+
+async def test_a_started_vm_runs_until_stopped_and_its_exit_is_the_last_event(
+    harness: Harness,
+) -> None:
+    driver = harness.driver
+    spec = harness.spec()
+    status = await driver.start(spec)
+    assert (status.server, status.state, status.reason) == (spec.uuid, RUNNING, None)
+    assert status.started > 0
+    assert driver.status(spec.uuid) == status
+    assert driver.held() == [spec.uuid]
+    assert await driver.unheld() == []
+    with pytest.raises(HypervisorError):
+        await driver.start(spec)  # one VM per server
+
+    await driver.stop(spec.uuid)
+    # Stopped once `stop` returns: its exit told, and nothing after it.
+    assert harness.kinds(spec.uuid) == [EXITED]
+    assert harness.events[-1].how == SHUTDOWN
+    assert driver.status(spec.uuid) is None and driver.held() == []
+    with pytest.raises(HypervisorError):
+        await driver.stop(spec.uuid)
+
+
+async def test_a_killed_vm_is_gone_and_told(harness: Harness) -> None:
+    spec = harness.spec()
+    await harness.driver.start(spec)
+    await harness.driver.kill(spec.uuid)
+    assert harness.kinds(spec.uuid) == [EXITED]
+    assert harness.driver.status(spec.uuid) is None
+
+
+async def test_a_crash_is_an_exit_event_saying_so(harness: Harness) -> None:
+    spec = harness.spec()
+    await harness.driver.start(spec)
+    await harness.crash(spec.uuid)
+    exited = await harness.wait_for(spec.uuid, EXITED)
+    assert exited.how == CRASH
+    assert harness.kinds(spec.uuid) == [EXITED]
+    assert harness.driver.status(spec.uuid) is None and harness.driver.held() == []
+
+
+async def test_a_start_that_fails_leaves_nothing_and_tells_nothing(harness: Harness) -> None:
+    driver = harness.driver
+    if isinstance(driver, FakeHypervisor):
+        driver.fail_next_start()
+        spec = harness.spec()
+    else:
+        # QEMU refuses a drive file that does not exist.
+        spec = harness.spec(DiskSpec("ide:0:0", harness.workdir / "missing.raw"))
+    with pytest.raises(HypervisorError):
+        await driver.start(spec)
+    await asyncio.sleep(0.1)  # an exit would be told by now
+    assert harness.events == []
+    assert driver.status(spec.uuid) is None and driver.held() == []
+    assert await driver.unheld() == []
+    # Nothing is in the way of the next start.
+    assert (await driver.start(harness.spec())).state == RUNNING
+
+
+async def test_a_vm_the_hypervisor_pauses_shows_paused_until_resumed(harness: Harness) -> None:
+    driver = harness.driver
+    spec = harness.spec()
+    await driver.start(spec)
+    await harness.pause(spec.uuid)
+    paused = await harness.wait_for(spec.uuid, PAUSED)
+    assert paused.reason == "paused"  # QEMU's run state after a monitor's `stop`
+    status = driver.status(spec.uuid)
+    assert status is not None and (status.state, status.reason) == (PAUSED, "paused")
+
+    await driver.resume(spec.uuid)
+    await harness.wait_for(spec.uuid, RESUMED)
+    status = driver.status(spec.uuid)
+    assert status is not None and (status.state, status.reason) == (RUNNING, None)
+    assert harness.kinds(spec.uuid) == [PAUSED, RESUMED]
+
+
+async def test_a_new_driver_adopts_the_vms_the_last_one_left_running(harness: Harness) -> None:
+    first = harness.driver
+    spec = harness.spec()
+    await first.start(spec)
+    await first.detach_all()  # the daemon stops; its VMs run on
+    assert first.held() == [] and first.status(spec.uuid) is None
+
+    restarted = harness.new_driver()
+    assert await restarted.unheld() == [spec.uuid]
+    status = await restarted.adopt(spec.uuid, started=1234.0)
+    assert status is not None and (status.state, status.started) == (RUNNING, 1234.0)
+    assert restarted.held() == [spec.uuid] and await restarted.unheld() == []
+    assert await restarted.adopt(str(uuid.uuid4()), started=0) is None
+
+    # Its exit is the new driver's to tell; a VM that is gone ended cleanly.
+    await restarted.stop(spec.uuid)
+    assert harness.kinds(spec.uuid) == [EXITED]
+    assert await harness.new_driver().adopt(spec.uuid, started=0) is None
+    assert restarted.how_ended(spec.uuid) == SHUTDOWN
+
+
+async def test_a_vm_nobody_holds_is_stopped_without_an_event(harness: Harness) -> None:
+    spec = harness.spec()
+    await harness.driver.start(spec)
+    await harness.driver.detach_all()
+    other = harness.new_driver()
+    await other.stop_unheld(spec.uuid)
+    assert await other.unheld() == [] and await other.adopt(spec.uuid, started=0) is None
+    assert harness.events == []
+
+
+async def test_a_guest_power_off_gives_a_last_look_then_ends_the_vm(harness: Harness) -> None:
+    driver = harness.driver
+    if isinstance(driver, FakeHypervisor):
+        spec = harness.spec()
+    else:
+        disk = harness.workdir / "guest.raw"
+        disk.write_bytes(build_tiny_guest().read_bytes())
+        spec = harness.spec(DiskSpec("ide:0:0", disk), boot=("ide:0:0",), mem_mb=128)
+    looked: list[list[str]] = []
+
+    async def last_look(event: VmEvent) -> None:
+        await harness.record(event)
+        if event.kind == POWERED_OFF:  # the VM is still there to be read
+            looked.append(sorted(await driver.blockstats(event.server)))
+
+    driver.listen(last_look)
+    await driver.start(spec)
+    if isinstance(driver, QemuDriver):
+        for _ in range(int(BOOT_TIMEOUT / 0.2)):
+            if READY_MARKER.encode() in (driver.serial_log(spec.uuid) or b""):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            log = (driver.serial_log(spec.uuid) or b"")[-800:]
+            raise AssertionError(f"the guest did not boot: {log!r}")
+    await driver.powerdown(spec.uuid)
+    exited = await harness.wait_for(spec.uuid, EXITED)
+    assert exited.how == SHUTDOWN
+    assert harness.kinds(spec.uuid) == [POWERED_OFF, EXITED]
+    assert looked == [[disk.slot for disk in spec.disks]]
+    assert driver.status(spec.uuid) is None
+
+
+def test_specs_cross_the_interface_as_plain_data() -> None:
+    """What goes in and out is plain data: a spec survives being taken apart and rebuilt."""
+    spec = VmSpec(
+        str(uuid.uuid4()), 1, 64, Path("/run/x"), disks=(DiskSpec("ide:0:0", Path("/d")),)
+    )
+    fields = dataclasses.asdict(spec)
+    assert VmSpec(**{**fields, "disks": tuple(DiskSpec(**d) for d in fields["disks"])}) == spec
+
+
+async def test_a_saved_vm_stays_paused_and_a_start_from_its_state_runs_it_on(
+    harness: Harness,
+) -> None:
+    driver = harness.driver
+    spec = harness.spec()
+    await driver.start(spec)
+    saved = bytearray()
+
+    def sink(fd: int) -> None:
+        while chunk := os.read(fd, 1 << 16):
+            saved.extend(chunk)
+
+    def source(fd: int) -> None:
+        view = memoryview(bytes(saved))
+        while view:
+            view = view[os.write(fd, view) :]
+
+    await driver.save_state(spec.uuid, sink, timeout=EVENT_TIMEOUT)
+    status = driver.status(spec.uuid)
+    assert saved and status is not None and status.state == PAUSED
+    await driver.stop(spec.uuid)
+
+    restored = dataclasses.replace(spec, incoming=True)
+    status = await driver.start(restored, restore=source, timeout=EVENT_TIMEOUT)
+    assert status.state == RUNNING
+
+
+async def test_a_vm_whose_state_cannot_be_saved_runs_on(harness: Harness) -> None:
+    driver = harness.driver
+    spec = harness.spec()
+    await driver.start(spec)
+
+    def failing_sink(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(HypervisorError):
+        await driver.save_state(spec.uuid, failing_sink, timeout=EVENT_TIMEOUT)
+    for _ in range(int(EVENT_TIMEOUT / 0.05)):  # QEMU tells its resume by an event
+        status = driver.status(spec.uuid)
+        if status is not None and status.state == RUNNING:
+            break
+        await asyncio.sleep(0.05)
+    status = driver.status(spec.uuid)
+    assert status is not None and (status.state, status.reason) == (RUNNING, None)

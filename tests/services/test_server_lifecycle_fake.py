@@ -1,0 +1,132 @@
+"""The servers' lifecycle rules as the services apply them, over the fake hypervisor: real
+SQLite, real drive files, VMs in memory (fast). The same rules on QEMU are the integration
+tests' (test_servers_api.py, test_server_paused.py, test_daemon_restart.py)."""
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openhosting.errors import BusyError, FailedError, MissingError
+from openhosting.hypervisor.driver import CRASH, NOSPACE
+from openhosting.hypervisor.fake import FakeHypervisor
+from openhosting.hypervisor.spec import VmSpec
+from openhosting.services.platform import Platform
+from tests.services.fake_platform import fake_platform
+
+SERVER = {"name": "s", "cpu": "500", "mem": "64"}
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[tuple[Platform, FakeHypervisor, str]]:
+    with fake_platform(tmp_path) as (platform, hypervisor):
+        yield platform, hypervisor, platform.accounts.create_user().uuid
+
+
+async def new_server(platform: Platform, user: str, persistent: bool) -> tuple[str, str]:
+    """A started server with a drive of its own: (server, drive)."""
+    drive = await platform.drives.create(user, {"name": "d", "size": str(1 << 20)})
+    properties = {**SERVER, "ide:0:0": str(drive["drive"])}
+    if persistent:
+        properties["persistent"] = "true"
+    info = await platform.servers.create(user, properties, start=True)
+    return str(info["server"]), str(drive["drive"])
+
+
+def claimed_by(platform: Platform, user: str, drive: str) -> object:
+    """Who holds the drive (`USER:guest:SERVER:SLOT`), None when it is free."""
+    return platform.drives.info(user, drive).get("claimed")
+
+
+async def status(platform: Platform, user: str, server: str) -> object:
+    return (await platform.servers.info(user, server))["status"]
+
+
+async def test_a_persistent_server_is_dead_after_a_crash_and_stopped_after_a_power_off(
+    fake: tuple[Platform, FakeHypervisor, str],
+) -> None:
+    platform, hypervisor, user = fake
+    server, drive = await new_server(platform, user, persistent=True)
+    assert await status(platform, user, server) == "active"
+    assert claimed_by(platform, user, drive) == f"{user}:guest:{server}:ide:0:0"
+
+    await hypervisor.crash(server)
+    assert await status(platform, user, server) == "dead"
+    assert claimed_by(platform, user, drive) is None  # released
+
+    await platform.servers.start(user, server)
+    await hypervisor.guest_power_off(server)
+    assert await status(platform, user, server) == "stopped"
+    assert claimed_by(platform, user, drive) is None
+
+
+async def test_a_server_that_is_not_persistent_is_gone_with_its_vm(
+    fake: tuple[Platform, FakeHypervisor, str],
+) -> None:
+    platform, hypervisor, user = fake
+    server, drive = await new_server(platform, user, persistent=False)
+    await platform.servers.shutdown(user, server)  # the guest powers off in its own time
+    await hypervisor.settle()
+    with pytest.raises(MissingError):
+        await platform.servers.info(user, server)
+    assert claimed_by(platform, user, drive) is None
+
+
+async def test_a_vm_the_hypervisor_paused_is_paused_and_a_start_resumes_it(
+    fake: tuple[Platform, FakeHypervisor, str],
+) -> None:
+    platform, hypervisor, user = fake
+    server, _ = await new_server(platform, user, persistent=True)
+    await hypervisor.pause(server, NOSPACE)
+    assert await status(platform, user, server) == "paused"
+    await platform.servers.start(user, server)
+    assert await status(platform, user, server) == "active"
+    with pytest.raises(BusyError):
+        await platform.servers.start(user, server)  # running: already active
+
+
+async def test_a_start_the_hypervisor_fails_leaves_the_server_stopped_and_its_drives_free(
+    fake: tuple[Platform, FakeHypervisor, str],
+) -> None:
+    platform, hypervisor, user = fake
+    server, drive = await new_server(platform, user, persistent=True)
+    await platform.servers.stop(user, server)
+    hypervisor.fail_next_start()
+    with pytest.raises(FailedError):
+        await platform.servers.start(user, server)
+    assert await status(platform, user, server) == "stopped"
+    assert claimed_by(platform, user, drive) is None
+    assert hypervisor.held() == []
+    # A create that cannot start leaves nothing behind.
+    hypervisor.fail_next_start()
+    with pytest.raises(FailedError):
+        await platform.servers.create(user, SERVER, start=True)
+    assert [row["server"] for row in platform.servers.list_rows(user)] == [server]
+
+
+async def test_after_a_daemon_restart_running_vms_are_adopted_and_the_others_reconciled(
+    fake: tuple[Platform, FakeHypervisor, str],
+) -> None:
+    platform, hypervisor, user = fake
+    runs, crashes, stuck = [(await new_server(platform, user, persistent=True)) for _ in "abc"]
+    await platform.servers.close()  # the daemon stops; the VMs run on
+    assert hypervisor.held() == []
+    # While no daemon runs: one VM dies, one's monitor stops answering, and a VM no server
+    # owns is left by a start that was never answered.
+    del hypervisor.host.vms[crashes[0]]
+    hypervisor.host.ended[crashes[0]] = CRASH
+    hypervisor.host.vms[stuck[0]].stuck = True
+    orphan = str(uuid.uuid4())
+    await hypervisor.start(VmSpec(orphan, 1, 64, hypervisor.run_dir(orphan)))
+    await hypervisor.detach_all()
+
+    await platform.servers.recover()
+    assert await status(platform, user, runs[0]) == "active"
+    assert claimed_by(platform, user, runs[1]) is not None
+    assert await status(platform, user, crashes[0]) == "dead"
+    # One that cannot be controlled is stopped, not left running unseen.
+    assert await status(platform, user, stuck[0]) == "stopped"
+    for _, drive in (crashes, stuck):
+        assert claimed_by(platform, user, drive) is None
+    assert sorted(hypervisor.host.vms) == [runs[0]] == hypervisor.held()
