@@ -18,8 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from openhosting.hypervisor.vnc_tls import vnc_tls_dir
 from openhosting.services.platform import Platform
+from openhosting.vnc.tls import vnc_tls_dir
 from openhosting.wire.text import parse_properties
 from tests.integration.server_helpers import create_server, server_info
 

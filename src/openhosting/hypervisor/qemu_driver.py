@@ -57,8 +57,8 @@ from openhosting.hypervisor.spec import (
     VmSpec,
 )
 from openhosting.hypervisor.vm import Pause, RunningVm
-from openhosting.hypervisor.vnc_tls import ensure_vnc_tls, vnc_tls_dir
 from openhosting.reverter import Reverter
+from openhosting.vnc.tls import ensure_vnc_tls, vnc_tls_dir
 
 log = logging.getLogger("openhosting.hypervisor")
 

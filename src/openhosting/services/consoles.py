@@ -6,7 +6,7 @@ SHA-256 (so several daemons could share it). `open_session` uses the token up (a
 two uses, one wins), connects to the server's VNC itself, on the host's side, so the VNC
 port need not be reachable by the browser, and logs in there with the server's VNC password
 (inside VeNCrypt X509 for `vnc:tls on`): the password never reaches the browser, which is
-offered RFB without authentication (hypervisor/rfb.py). A session ends when either side
+offered RFB without authentication (vnc/rfb.py). A session ends when either side
 closes or when its server stops: the platform's event feed says so, and `end_sessions` closes
 its VNC connection.
 """
@@ -25,13 +25,13 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from openhosting.errors import AuthError, BusyError, MissingError
-from openhosting.hypervisor import rfb
-from openhosting.hypervisor.vnc_tls import CA_CERT
 from openhosting.services.events import Event
 from openhosting.services.servers import Servers
 from openhosting.store import console_tokens as token_store
 from openhosting.store import servers as server_store
 from openhosting.store.records import ServerRecord
+from openhosting.vnc import rfb
+from openhosting.vnc.tls import CA_CERT
 
 log = logging.getLogger("openhosting.consoles")
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from openhosting.config import Config
-from openhosting.hypervisor.vnc_tls import vnc_tls_dir
 from openhosting.network import open_network
 from openhosting.services.accounts import Accounts
 from openhosting.services.audit import Audit
@@ -24,6 +23,7 @@ from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.store.database import open_engine
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
 from openhosting.store.reader import Reader
+from openhosting.vnc.tls import vnc_tls_dir
 
 
 @dataclass

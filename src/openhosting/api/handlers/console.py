@@ -6,7 +6,7 @@ The WebSocket is authenticated by its token alone (a browser cannot send Basic c
 on one); a token that does not work counts as a failed login of its address. Every refusal
 is an HTTP answer before any upgrade, so no RFB byte flows to a refused client. The daemon
 has logged in to the server's VNC before the upgrade; the browser is greeted with RFB
-without authentication (hypervisor/rfb.py), then the two streams are joined.
+without authentication (vnc/rfb.py), then the two streams are joined.
 """
 
 import asyncio
@@ -19,8 +19,8 @@ from openhosting.api.abuse import AuthLockedOutError
 from openhosting.api.auth import AUTH_THROTTLE_KEY
 from openhosting.api.context import platform_of, user_of
 from openhosting.errors import AuthError, MethodError, UsageError
-from openhosting.hypervisor import rfb
 from openhosting.services.consoles import ConsoleSession, ConsoleTokenError
+from openhosting.vnc import rfb
 from openhosting.wire.payload import Properties
 
 log = logging.getLogger("openhosting.consoles")

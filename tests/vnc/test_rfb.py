@@ -1,4 +1,4 @@
-"""The browser's side of the console's RFB greeting (hypervisor/rfb.py): the daemon offers
+"""The browser's side of the console's RFB greeting (vnc/rfb.py): the daemon offers
 security type None alone and passes clients of RFB 3.3, 3.7 and 3.8. The QEMU side (`log_in`)
 is tested against real QEMU in tests/integration/test_console.py."""
 
@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from openhosting.hypervisor.rfb import RfbError, greet_without_auth
+from openhosting.vnc.rfb import RfbError, greet_without_auth
 
 
 class Client:

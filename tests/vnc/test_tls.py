@@ -8,7 +8,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.vnc_tls import (
+from openhosting.vnc.tls import (
     CA_CERT,
     CA_KEY,
     SERVER_CERT,
