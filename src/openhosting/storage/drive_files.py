@@ -25,7 +25,7 @@ IO_CHUNK = 4 * 1024 * 1024
 class DriveIO(Protocol):
     """Random access to one drive's bytes."""
 
-    def read_at(self, offset: int, length: int) -> bytes: ...
+    def read_at(self, offset: int, length: int) -> bytes | bytearray: ...
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -97,7 +97,7 @@ class EncryptedDriveIO:
         payload) would be stored."""
         self._volume.encrypt_sectors(buffer, first_sector)
 
-    def read_at(self, offset: int, length: int) -> bytes:
+    def read_at(self, offset: int, length: int) -> bytes | bytearray:
         return self._volume.read_at(offset, length)
 
     def holds_no_data(self, offset: int, length: int) -> bool:

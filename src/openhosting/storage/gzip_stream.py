@@ -39,7 +39,7 @@ class GzipMembers:
         self.members = 0
         self.ended = False  # the stream is over; the rest of the input is padding
 
-    def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
         """Decompressed bytes of `data`; nothing once the stream has ended."""
         if self.ended:
             return

@@ -267,7 +267,7 @@ def _copy_pieces(src: Endpoint, out: _Writer, first: int, end: int, tracker: Tra
         tracker.advance(length)
 
 
-def _pieces(fd: int, src: Endpoint, length: int) -> Iterator[bytes | memoryview]:
+def _pieces(fd: int, src: Endpoint, length: int) -> Iterator[bytes | bytearray | memoryview]:
     """SRC's first `length` bytes in pieces of at most `CHUNK`; holes cost no reads."""
     zeros = memoryview(ZERO_CHUNK)
     position = 0
