@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from openhosting.storage.luks import LuksVolume, format_luks1, payload_offset
-from openhosting.storage.sparse import data_extents
+from openhosting.storage.sparse import data_extents, start_writeback
 from openhosting.storage.xts import SECTOR_SIZE
 
 # Large enough to amortise a system call and an AES pass; small enough to keep memory flat.
@@ -65,6 +65,11 @@ class PlainDriveIO:
         while view:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Have the kernel start writing `[offset, offset + length)` to disk now (a hint:
+        `sync` still waits for it)."""
+        start_writeback(self._fd, offset, length)
 
     def sync(self) -> None:
         os.fdatasync(self._fd)
@@ -120,6 +125,11 @@ class EncryptedDriveIO:
             return
         with self._edge_lock:
             self._volume.write_at(offset, data)
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Have the kernel start writing the sectors of payload `[offset, offset + length)`
+        to disk now (a hint: `sync` still waits for it)."""
+        start_writeback(self._fd, self._volume.payload_offset + offset, length + SECTOR_SIZE)
 
     def resize(self, size: int) -> None:
         """Resize the payload to hold `size` bytes; bytes past `size` in the last sector are
