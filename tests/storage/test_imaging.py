@@ -261,3 +261,33 @@ def test_a_destination_being_emptied_is_never_shorter_than_its_size(
     imaging.copy(src, dst, Tracker())
     assert all(length >= file_size for length in cuts), cuts
     assert content(dst) == content(src)
+
+
+class RecordingWriter:
+    """Stands in for the writer thread: keeps what a stream hands it."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[int, list[memoryview]]] = []
+
+    def write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
+        self.chunks.append((offset, pieces))
+
+
+def test_a_stream_hands_on_whole_chunks_made_of_what_came_in_uncopied() -> None:
+    writer = RecordingWriter()
+    size = 2 * CHUNK + 100
+    stream = imaging._Stream(writer, size, Tracker())  # type: ignore[arg-type]
+    came = [os.urandom(n) for n in (700_001, CHUNK, 3, CHUNK // 2, CHUNK)]
+    for data in came:
+        stream.write(data)
+    assert stream.full  # the last piece did not fit whole
+    stream.close()
+    offsets = [offset for offset, _ in writer.chunks]
+    assert offsets == [0, CHUNK, 2 * CHUNK]
+    lengths = [sum(len(piece) for piece in pieces) for _, pieces in writer.chunks]
+    assert lengths == [CHUNK, CHUNK, 100]
+    joined = b"".join(b"".join(pieces) for _, pieces in writer.chunks)
+    assert joined == b"".join(came)[:size]
+    # Views of the very bytes that came in: the inflating thread copies nothing.
+    for _, pieces in writer.chunks:
+        assert all(any(piece.obj is data for data in came) for piece in pieces)

@@ -13,6 +13,7 @@ ciphertext, because QEMU reads a never-written LUKS sector as garbage, not zeros
 holes of a copy's source stay holes, as they were never written there either.
 """
 
+import collections
 import contextlib
 import itertools
 import os
@@ -22,11 +23,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from isal import isal_zlib
 
 from openhosting.errors import FailedError
 from openhosting.storage.drive_files import EncryptedDriveIO, PlainDriveIO
-from openhosting.storage.gzip_stream import GZIP_WBITS, GzipMembers
+from openhosting.storage.gzip_stream import GZIP_WBITS, INFLATE_PIECE, GzipMembers
 from openhosting.storage.luks import payload_offset
 from openhosting.storage.sparse import (
     DirectCopy,
@@ -161,7 +163,7 @@ def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     GzipStreamError when SRC does not hold a whole gzip stream."""
     _empty(dst)
     tracker.begin(src.size)
-    members = GzipMembers(CHUNK)
+    members = GzipMembers(INFLATE_PIECE)
     with _seekable(src) as fd, _Writer(dst) as writer:
         out = _Stream(writer, dst.size, tracker)
         for piece in _pieces(fd, src, src.size):
@@ -201,9 +203,25 @@ class _Writer:
         if not (self._dst.plain and _is_zero(data)):
             self._pending = self._pool.submit(self._write, offset, data)
 
-    def _write(self, offset: int, data: bytes | bytearray) -> None:
+    def write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
+        """Write consecutive pieces from `offset`, joined (or not) in the writer's thread."""
+        self._wait()
+        self._pending = self._pool.submit(self._write_pieces, offset, pieces)
+
+    def _write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._dst.io.write_at(offset, memoryview(data))
         start_writeback(self._hint_fd, self._dst.base + offset, len(data))
+
+    def _write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
+        if not self._dst.plain:  # encrypted a whole chunk at a time
+            self._write(offset, b"".join(pieces))
+            return
+        position = offset
+        for piece in pieces:  # the plain file takes them as they are; zeros stay holes
+            if not _is_zero(piece):
+                self._dst.io.write_at(position, piece)
+            position += len(piece)
+        start_writeback(self._hint_fd, offset, position - offset)
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -225,36 +243,49 @@ class _Writer:
 
 
 class _Stream:
-    """A stream written into DST from offset 0 in `CHUNK` pieces, up to DST's size."""
+    """A stream written into DST from offset 0 in `CHUNK` pieces, up to DST's size.
+
+    What comes in is kept as it came (views, no copy) until a chunk's worth is there; the
+    writer's thread then writes the pieces as they are, or joins them to encrypt them, off
+    the thread that inflates or compresses."""
 
     def __init__(self, writer: _Writer, size: int, tracker: Tracker) -> None:
         self._writer, self._tracker = writer, tracker
         self._room = size
-        self._position = 0  # where the buffer's first byte goes
-        self._buffer = bytearray()
+        self._position = 0  # where the first held byte goes
+        self._held: collections.deque[memoryview] = collections.deque()
+        self._held_bytes = 0
         self.full = False
 
     def write(self, data: bytes) -> bool:
         """Take `data`; False once DST is full (the part that did not fit is dropped)."""
-        room = self._room - self._position - len(self._buffer)
-        if len(data) > room:
-            data, self.full = data[:room], True
-        self._buffer += data
-        while len(self._buffer) >= CHUNK:
+        room = self._room - self._position - self._held_bytes
+        view = memoryview(data)
+        if len(view) > room:
+            view, self.full = view[:room], True
+        if view:
+            self._held.append(view)
+            self._held_bytes += len(view)
+        while self._held_bytes >= CHUNK:
             self._flush(CHUNK)
         return not self.full
 
     def close(self) -> None:
-        if self._buffer:
-            self._flush(len(self._buffer))
+        if self._held_bytes:
+            self._flush(self._held_bytes)
 
     def _flush(self, length: int) -> None:
-        if length == len(self._buffer):
-            piece, self._buffer = self._buffer, bytearray()
-        else:
-            piece = self._buffer[:length]
-            del self._buffer[:length]  # cheap: a bytearray drops its head without moving
-        self._writer.write(self._position, piece)
+        pieces, taken = [], 0
+        while taken < length:
+            piece = self._held.popleft()
+            if taken + len(piece) > length:  # split: the rest stays for the next chunk
+                cut = length - taken
+                self._held.appendleft(piece[cut:])
+                piece = piece[:cut]
+            pieces.append(piece)
+            taken += len(piece)
+        self._held_bytes -= length
+        self._writer.write_pieces(self._position, pieces)
         self._position += length
         # A small input can inflate to a lot of output: let a stop request through here too.
         self._tracker.tick()
@@ -348,6 +379,8 @@ def _fileno(drive: Endpoint) -> int:
     return drive.io.fileno()
 
 
-def _is_zero(data: bytes | bytearray) -> bool:
+def _is_zero(data: bytes | bytearray | memoryview) -> bool:
     # bytes/bytearray equality is a memcmp; memoryview equality would go item by item.
+    if isinstance(data, memoryview):
+        return not np.frombuffer(data, dtype=np.uint8).any()
     return data == (ZERO_CHUNK if len(data) == CHUNK else bytes(len(data)))
