@@ -263,6 +263,28 @@ def test_a_destination_being_emptied_is_never_shorter_than_its_size(
     assert content(dst) == content(src)
 
 
+def test_gunzip_on_a_disk_goes_past_the_page_cache_and_keeps_every_byte(
+    disk_tmp_path: Path | None, tmp_path: Path
+) -> None:
+    made = Drives((disk_tmp_path or tmp_path) / "drives")
+    try:
+        original = os.urandom(5 * MiB) + bytes(CHUNK) + os.urandom(CHUNK + 3333)
+        stored = gzip_module.compress(original, compresslevel=1)
+        src = made.make("src", len(stored), "plain")
+        fill(src, {0: stored})
+        dst = made.make("dst", len(original) + 5000, "plain")
+        fill(dst, {2 * MiB: b"old" * 1000})
+        imaging.gunzip(src, dst, Tracker())
+        if disk_tmp_path is not None:
+            # Runs of data went with O_DIRECT; only their unaligned edges (a page each at
+            # most, three runs here) went through the page cache.
+            assert cached_bytes(dst.io.path) <= 6 * 4096
+        assert content(dst) == original + bytes(5000)
+        assert os.stat(dst.io.path).st_blocks * 512 < len(original) - CHUNK // 2  # zeros: holes
+    finally:
+        made.close()
+
+
 class RecordingWriter:
     """Stands in for the writer thread: keeps what a stream hands it."""
 
