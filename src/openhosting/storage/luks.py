@@ -310,7 +310,7 @@ class LuksVolume:
         self._cipher.crypt_in_place(buffer, first, encrypt=True)
         _pwrite_all(self._fd, buffer, self._base + first * SECTOR_SIZE)
 
-    def encrypt_sectors(self, buffer: bytearray, first_sector: int) -> None:
+    def encrypt_sectors(self, buffer: bytearray | memoryview, first_sector: int) -> None:
         """Encrypt whole payload sectors in place, as sectors `first_sector`.. are stored."""
         self._cipher.crypt_in_place(buffer, first_sector, encrypt=True)
 
