@@ -15,6 +15,8 @@ operations on scratch arrays made once per call, a cache-sized step of sectors a
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
@@ -47,7 +49,8 @@ def _sector_numbers(first_sector: int, count: int) -> np.ndarray:
 class XtsCipher:
     """AES-256-XTS with a 64-byte key (key1 = data key, key2 = tweak key), 512-byte units.
 
-    Thread-safe: every call creates its own OpenSSL contexts and scratch buffers.
+    Thread-safe: every call creates its own OpenSSL contexts; scratch buffers are the
+    calling thread's own.
     """
 
     def __init__(self, key: bytes) -> None:
@@ -94,7 +97,7 @@ class XtsCipher:
         if count == 0:
             return
         blocks = np.frombuffer(view, dtype=_U64).reshape(count, _BLOCKS_PER_SECTOR, 2)
-        work = _TweakWork(min(count, _CHUNK_SECTORS))
+        work = _thread_work() if count >= _CHUNK_SECTORS else _TweakWork(count)
         aes = self._data_cipher.encryptor() if encrypt else self._data_cipher.decryptor()
         tweak_aes = self._tweak_cipher.encryptor()
         for start in range(0, count, work.step):
@@ -118,10 +121,7 @@ class _TweakWork:
         self._table = np.empty((step, _BLOCKS_PER_SECTOR, 2), dtype=_U64)
         self._low, self._high = np.empty(shape, dtype=_U64), np.empty(shape, dtype=_U64)
         self._over, self._fold = np.empty(shape, dtype=_U64), np.empty(shape, dtype=_U64)
-        # Shift counts laid out like the operands: a shift between two arrays of one shape
-        # runs as one flat loop, three times faster than one broadcast across 31 columns.
-        self._shifts = np.ascontiguousarray(np.broadcast_to(_SHIFTS, shape))
-        self._back_shifts = np.ascontiguousarray(np.broadcast_to(_BACK_SHIFTS, shape))
+        self._shifts, self._back_shifts = _SHIFT_ROWS[:step], _BACK_SHIFT_ROWS[:step]
         # update_into() wants room for one extra block minus a byte.
         self.scratch = bytearray(step * SECTOR_SIZE + 15)
         self.scratch_blocks = np.frombuffer(
@@ -164,6 +164,26 @@ class _TweakWork:
         table[:, 1:, 0] = low
         table[:, 1:, 1] = high
         return table
+
+
+# Shift counts laid out like the operands: a shift between two arrays of one shape runs as
+# one flat loop, three times faster than one broadcast across 31 columns.
+_SHIFT_ROWS = np.ascontiguousarray(
+    np.broadcast_to(_SHIFTS, (_CHUNK_SECTORS, _BLOCKS_PER_SECTOR - 1))
+)
+_BACK_SHIFT_ROWS = np.ascontiguousarray(
+    np.broadcast_to(_BACK_SHIFTS, (_CHUNK_SECTORS, _BLOCKS_PER_SECTOR - 1))
+)
+_works = threading.local()
+
+
+def _thread_work() -> _TweakWork:
+    """This thread's scratch arrays for whole steps, kept: made afresh for every 4 MiB read,
+    their megabytes cost page faults and cold cache lines each time."""
+    work: _TweakWork | None = getattr(_works, "work", None)
+    if work is None:
+        work = _works.work = _TweakWork(_CHUNK_SECTORS)
+    return work
 
 
 def _sector_count(length: int) -> int:
