@@ -1,9 +1,10 @@
 """Imaging jobs against the commands an operator would use instead.
 
 - copy: `/drives/D/image/SRC` of a 10 GiB plain drive holding 100 MiB, against
-  `cp --sparse=always` of the same drive file. Goal: ≤ 1.5× its time.
+  `cp --sparse=always` of the same drive file. Goal: ≤ 1× its time.
 - gunzip: `/drives/D/image/STD/gunzip` of a 1 GiB gzip image stored as a standard drive,
-  against `gzip -dc` of the same file to the same disk. Goal: ≤ 1×.
+  against ISA-L's `igzip -dc` (the fastest inflater at hand) of the same file to the same
+  disk, goal ≤ 1×; `gzip -dc` beside it.
 
 An imaging job's time runs from the POST to the info without `imaging`, and includes the
 fdatasync that makes the result durable; the anchors leave their output in the page cache, so
@@ -96,7 +97,7 @@ def bench_copy(daemon: Daemon, work_dir: Path) -> float:
     )  # fmt: skip
     return report(
         "image copy, 10 GiB plain holding 100 MiB", best * 1000,
-        "cp --sparse=always", min(anchor) * 1000, "ms", "≤ 1.5",
+        "cp --sparse=always", min(anchor) * 1000, "ms", "≤ 1",
     )  # fmt: skip
 
 
@@ -125,28 +126,36 @@ def bench_gunzip(daemon: Daemon, work_dir: Path) -> float:
     make_gzip_image(image, size)
     standard = add_standard(daemon, image)
     target = work_dir / "gunzip.out"
-    ours, encrypted, anchor, anchor_synced = [], [], [], []
+    ours: list[float] = []
+    encrypted: list[float] = []
+    anchors: dict[str, tuple[list[float], list[float]]] = {"igzip": ([], []), "gzip": ([], [])}
     for _ in range(ROUNDS):
         for cipher, times in (("none", ours), ("aes-xts-plain", encrypted)):
             dst = create_drive(daemon, size, cipher)
             drop_dirty_pages()
             times.append(image_seconds(daemon, dst, standard, "gunzip"))
             destroy_drive(daemon, dst)
-        drop_dirty_pages()
-        plain, synced = command_seconds(f"gzip -dc {image} > {target}", target)
-        anchor.append(plain)
-        anchor_synced.append(synced)
-        target.unlink()
+        for tool, (plain_times, synced_times) in anchors.items():
+            drop_dirty_pages()
+            plain, synced = command_seconds(f"{tool} -dc {image} > {target}", target)
+            plain_times.append(plain)
+            synced_times.append(synced)
+            target.unlink()
+    igzip, igzip_synced = (min(times) for times in anchors["igzip"])
+    gzip = min(anchors["gzip"][0])
     report(
-        "image gunzip, 1 GiB image, encrypted drive", min(encrypted), "gzip -dc", min(anchor),
+        "image gunzip, 1 GiB image, encrypted drive", min(encrypted), "igzip -dc", igzip,
         "s", "info",
     )  # fmt: skip
     report(
         "image gunzip, 1 GiB image, plain drive, incl. sync", min(ours),
-        "gzip -dc + sync -d", min(anchor_synced), "s", "info",
+        "igzip -dc + sync -d", igzip_synced, "s", "info",
+    )  # fmt: skip
+    report(
+        "image gunzip, 1 GiB image, plain drive", min(ours), "gzip -dc", gzip, "s", "info",
     )  # fmt: skip
     ratio = report(
-        "image gunzip, 1 GiB image, plain drive", min(ours), "gzip -dc", min(anchor), "s", "≤ 1",
+        "image gunzip, 1 GiB image, plain drive", min(ours), "igzip -dc", igzip, "s", "≤ 1",
     )  # fmt: skip
     responsiveness(daemon, standard, size)
     return ratio

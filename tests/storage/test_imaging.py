@@ -16,6 +16,7 @@ from openhosting.storage import imaging
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.gzip_stream import GzipStreamError
 from openhosting.storage.imaging import CHUNK, Endpoint, ImagingStopped, Tracker
+from tests.disk_tmp import cached_bytes
 
 MiB = 1024 * 1024
 PASSPHRASE = b"imaging-test-passphrase"
@@ -122,6 +123,27 @@ def test_plain_copy_moves_only_data(drives: Drives) -> None:
     for offset, length in ((100 * MiB, 2 * MiB), (3000 * MiB, MiB), (0, MiB)):
         assert dst.io.read_at(offset, length) == src.io.read_at(offset, length)
     assert reports and reports[0][1] < 8 * MiB  # progress counts data bytes, not the size
+
+
+def test_plain_copy_on_a_disk_goes_past_the_page_cache_and_keeps_every_byte(
+    disk_tmp_path: Path | None, tmp_path: Path
+) -> None:
+    made = Drives((disk_tmp_path or tmp_path) / "drives")
+    try:
+        size = 64 * MiB + 777  # the last data block is cut by the end: written the usual way
+        src = made.make("src", size, "plain")
+        fill(src, {0: os.urandom(3 * MiB + 5), 20 * MiB: os.urandom(9 * MiB)})
+        fill(src, {size - 700: os.urandom(700)})
+        dst = made.make("dst", size, "plain")
+        fill(dst, {40 * MiB: b"old" * 1000})
+        imaging.copy(src, dst, Tracker())
+        if disk_tmp_path is not None:
+            # Written with O_DIRECT: straight to the disk, durable three times sooner there
+            # than through the page cache; only the cut last block went through it.
+            assert cached_bytes(dst.io.path) <= 2 * 4096
+        assert content(dst) == content(src)
+    finally:
+        made.close()
 
 
 @pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS)
@@ -241,3 +263,55 @@ def test_a_destination_being_emptied_is_never_shorter_than_its_size(
     imaging.copy(src, dst, Tracker())
     assert all(length >= file_size for length in cuts), cuts
     assert content(dst) == content(src)
+
+
+def test_gunzip_on_a_disk_goes_past_the_page_cache_and_keeps_every_byte(
+    disk_tmp_path: Path | None, tmp_path: Path
+) -> None:
+    made = Drives((disk_tmp_path or tmp_path) / "drives")
+    try:
+        original = os.urandom(5 * MiB) + bytes(CHUNK) + os.urandom(CHUNK + 3333)
+        stored = gzip_module.compress(original, compresslevel=1)
+        src = made.make("src", len(stored), "plain")
+        fill(src, {0: stored})
+        dst = made.make("dst", len(original) + 5000, "plain")
+        fill(dst, {2 * MiB: b"old" * 1000})
+        imaging.gunzip(src, dst, Tracker())
+        if disk_tmp_path is not None:
+            # Runs of data went with O_DIRECT; only their unaligned edges (a page each at
+            # most, three runs here) went through the page cache.
+            assert cached_bytes(dst.io.path) <= 6 * 4096
+        assert content(dst) == original + bytes(5000)
+        assert os.stat(dst.io.path).st_blocks * 512 < len(original) - CHUNK // 2  # zeros: holes
+    finally:
+        made.close()
+
+
+class RecordingWriter:
+    """Stands in for the writer thread: keeps what a stream hands it."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[int, list[memoryview]]] = []
+
+    def write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
+        self.chunks.append((offset, pieces))
+
+
+def test_a_stream_hands_on_whole_chunks_made_of_what_came_in_uncopied() -> None:
+    writer = RecordingWriter()
+    size = 2 * CHUNK + 100
+    stream = imaging._Stream(writer, size, Tracker())  # type: ignore[arg-type]
+    came = [os.urandom(n) for n in (700_001, CHUNK, 3, CHUNK // 2, CHUNK)]
+    for data in came:
+        stream.write(data)
+    assert stream.full  # the last piece did not fit whole
+    stream.close()
+    offsets = [offset for offset, _ in writer.chunks]
+    assert offsets == [0, CHUNK, 2 * CHUNK]
+    lengths = [sum(len(piece) for piece in pieces) for _, pieces in writer.chunks]
+    assert lengths == [CHUNK, CHUNK, 100]
+    joined = b"".join(b"".join(pieces) for _, pieces in writer.chunks)
+    assert joined == b"".join(came)[:size]
+    # Views of the very bytes that came in: the inflating thread copies nothing.
+    for _, pieces in writer.chunks:
+        assert all(any(piece.obj is data for data in came) for piece in pieces)

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from openhosting.storage.luks import (
     LuksError,
@@ -195,6 +196,66 @@ def test_random_reads_and_writes_match_a_byte_model(container: tuple[Path, bytes
                 assert volume.read_at(offset, length) == model[offset : offset + length]
     with LuksVolume.open(path, PASSPHRASE) as volume:
         assert volume.read_at(0, size) == model
+
+
+def reference_plaintext(path: Path, master_key: bytes) -> bytes:
+    """The whole payload decrypted by `cryptography`'s own XTS, one call per sector, with the
+    API's rule that an all-zero (never written) sector reads as zeros: an independent
+    reading to hold the bulk decryption against."""
+    start = payload_offset(path)
+    ciphertext = path.read_bytes()[start:]
+    key = algorithms.AES(master_key)
+    sectors = []
+    for number in range(len(ciphertext) // 512):
+        sector = ciphertext[number * 512 : (number + 1) * 512]
+        if sector == bytes(512):
+            sectors.append(sector)
+            continue
+        decryptor = Cipher(key, modes.XTS(number.to_bytes(16, "little"))).decryptor()
+        sectors.append(decryptor.update(sector) + decryptor.finalize())
+    return b"".join(sectors)
+
+
+def test_reads_equal_a_reference_decryption_at_odd_offsets_edges_and_the_end(
+    tmp_path: Path,
+) -> None:
+    # 3 MiB + 3 sectors: several of the cipher's inner steps (1,024 sectors), a last partial
+    # one, a hole and a sector whose ciphertext begins with 16 zero bytes (still data).
+    size = 3 * MiB + 3 * 512
+    path = tmp_path / "drive.luks"
+    master_key = format_luks1(path, PASSPHRASE, size)
+    rng = random.Random(20)
+    with LuksVolume(path, master_key) as volume:
+        volume.write_at(0, rng.randbytes(MiB + 7))
+        volume.write_at(MiB + 4096, rng.randbytes(size - MiB - 4096))
+        sector = 1500
+        base = volume.payload_offset + sector * 512
+    with path.open("r+b") as file:
+        file.seek(base)
+        file.write(bytes(16))
+    reference = reference_plaintext(path, master_key)
+    assert reference[MiB + 512 : MiB + 1024] == bytes(512)  # the hole reads as zeros
+    assert reference[sector * 512 : sector * 512 + 512] != bytes(512)
+    step = 1024 * 512
+    cases = [
+        (0, size),
+        (1, 1),
+        (511, 2),
+        (512, 512),
+        (513, 1021),
+        (step - 1, 3),
+        (step - 7, 2 * step + 13),
+        (sector * 512 - 5, 530),
+        (MiB - 3, 4096 + 9),
+        (size - 700, 700),
+        (size - 1, 1),
+        (size - 3 * step - 11, 5 * step),  # past the end: clamped
+        (rng.randrange(size), rng.randrange(1, 200_000)),
+    ]
+    with LuksVolume(path, master_key) as volume:
+        for offset, length in cases:
+            got = volume.read_at(offset, length)
+            assert got == reference[offset : offset + length], (offset, length)
 
 
 def test_reads_stop_at_the_end_and_writes_past_it_are_refused(

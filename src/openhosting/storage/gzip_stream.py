@@ -19,7 +19,10 @@ GZIP_WBITS = 31  # a gzip header and trailer around deflate data
 GZIP_MAGIC = b"\x1f\x8b"
 # Input is handed to the inflater in slices this big: a slice of zeros can inflate a
 # thousandfold, and each bounded-output call copies the unconsumed rest of its slice.
-INPUT_SLICE = 256 * 1024
+INPUT_SLICE = 128 * 1024
+# Output pieces that stay in the CPU cache while the inflater writes them and its caller
+# copies them on: twice the inflater's speed of 8 MiB pieces (bench imaging, 1 GiB image).
+INFLATE_PIECE = 512 * 1024
 # What the inflater raises on bad data (isal's stubs declare it as an instance, not a class).
 INFLATE_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]
 
@@ -39,7 +42,7 @@ class GzipMembers:
         self.members = 0
         self.ended = False  # the stream is over; the rest of the input is padding
 
-    def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
         """Decompressed bytes of `data`; nothing once the stream has ended."""
         if self.ended:
             return

@@ -13,8 +13,11 @@ ciphertext, because QEMU reads a never-written LUKS sector as garbage, not zeros
 holes of a copy's source stay holes, as they were never written there either.
 """
 
+import collections
 import contextlib
+import errno
 import itertools
+import mmap
 import os
 import threading
 import time
@@ -22,16 +25,20 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from isal import isal_zlib
 
 from openhosting.errors import FailedError
 from openhosting.storage.drive_files import EncryptedDriveIO, PlainDriveIO
-from openhosting.storage.gzip_stream import GZIP_WBITS, GzipMembers
+from openhosting.storage.gzip_stream import GZIP_WBITS, INFLATE_PIECE, GzipMembers
 from openhosting.storage.luks import payload_offset
 from openhosting.storage.sparse import (
+    DIRECT_ALIGNMENT,
+    DirectCopy,
     clone_file,
     copy_range,
     data_extents,
+    open_direct,
     punch_hole,
     start_writeback,
 )
@@ -122,13 +129,17 @@ def copy(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
         tracker.advance(length, paced=False)
         dst.io.sync()
         return
-    with _seekable(src) as fd, _Writer(dst) as out:
+    with _seekable(src) as fd, _Writer(dst) as out, _direct(src, dst) as direct:
         tracker.begin(sum(end - first for first, end in _extents(fd, src, length)))
         for first, end in _extents(fd, src, length):
             position = first
+            if direct is not None:
+                position = direct.copy_range(_fileno(src), first, end, tracker.advance)
             if src.plain and dst.plain:
-                position = copy_range(_fileno(src), _fileno(dst), first, end, tracker.advance)
+                position = copy_range(_fileno(src), _fileno(dst), position, end, tracker.advance)
             _copy_pieces(src, out, position, end, tracker)
+        if direct is not None:
+            direct.wait()
         out.finish()
 
 
@@ -155,7 +166,7 @@ def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     GzipStreamError when SRC does not hold a whole gzip stream."""
     _empty(dst)
     tracker.begin(src.size)
-    members = GzipMembers(CHUNK)
+    members = GzipMembers(INFLATE_PIECE)
     with _seekable(src) as fd, _Writer(dst) as writer:
         out = _Stream(writer, dst.size, tracker)
         for piece in _pieces(fd, src, src.size):
@@ -189,15 +200,75 @@ class _Writer:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="imaging-write")
         self._pending: Future[None] | None = None
         self._hint_fd = os.open(dst.io.path, os.O_RDONLY | os.O_CLOEXEC)
+        # A plain DST takes whole aligned runs with O_DIRECT, from page-aligned memory (see
+        # `sparse.DirectCopy`: three times the page cache's write-back on the disks here).
+        self._direct_fd = open_direct(dst.io.path) if dst.plain else None
+        self._aligned: mmap.mmap | None = None
 
     def write(self, offset: int, data: bytes | bytearray) -> None:
         self._wait()
         if not (self._dst.plain and _is_zero(data)):
             self._pending = self._pool.submit(self._write, offset, data)
 
-    def _write(self, offset: int, data: bytes | bytearray) -> None:
+    def write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
+        """Write consecutive pieces from `offset`, joined (or not) in the writer's thread."""
+        self._wait()
+        self._pending = self._pool.submit(self._write_pieces, offset, pieces)
+
+    def _write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._dst.io.write_at(offset, memoryview(data))
         start_writeback(self._hint_fd, self._dst.base + offset, len(data))
+
+    def _write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
+        if not self._dst.plain:  # encrypted a whole chunk at a time
+            self._write(offset, b"".join(pieces))
+            return
+        position, run = offset, []
+        for piece in [*pieces, None]:  # runs of data pieces are written; zeros stay holes
+            if piece is not None and not _is_zero(piece):
+                run.append(piece)
+            elif run:
+                length = sum(len(part) for part in run)
+                self._write_run(position - length, run, length)
+                run = []
+            position += 0 if piece is None else len(piece)
+        start_writeback(self._hint_fd, offset, position - offset)
+
+    def _write_run(self, offset: int, run: list[memoryview], length: int) -> None:
+        """Write a plain DST's run of pieces: the aligned middle with O_DIRECT where it can,
+        the unaligned edges through the page cache."""
+        head = -offset % DIRECT_ALIGNMENT
+        middle = max(0, length - head) // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT
+        if self._direct_fd is None or middle == 0:
+            for part in run:
+                self._dst.io.write_at(offset, part)
+                offset += len(part)
+            return
+        if self._aligned is None:
+            self._aligned = mmap.mmap(-1, CHUNK + DIRECT_ALIGNMENT)
+        # The run is laid in page-aligned memory at its offset's place within a page, so the
+        # aligned middle of the file is also aligned in memory, as O_DIRECT wants.
+        base = offset % DIRECT_ALIGNMENT
+        buffer = memoryview(self._aligned)
+        at = base
+        for part in run:
+            buffer[at : at + len(part)] = part
+            at += len(part)
+        start, stop = head, head + middle  # run-relative
+        try:
+            done = start
+            while done < stop:
+                done += os.pwrite(self._direct_fd, buffer[base + done : base + stop], offset + done)
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                raise
+            os.close(self._direct_fd)  # opened, yet refused: the page cache from now on
+            self._direct_fd = None
+            start = stop = 0
+        for first, past in ((0, start), (stop, length)):  # the edges (or all, if refused)
+            if past > first:
+                self._dst.io.write_at(offset + first, buffer[base + first : base + past])
+        buffer.release()
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -216,39 +287,54 @@ class _Writer:
         # After a failure too, the write in flight must end before DST's file is closed.
         self._pool.shutdown(wait=True)
         os.close(self._hint_fd)
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
 
 
 class _Stream:
-    """A stream written into DST from offset 0 in `CHUNK` pieces, up to DST's size."""
+    """A stream written into DST from offset 0 in `CHUNK` pieces, up to DST's size.
+
+    What comes in is kept as it came (views, no copy) until a chunk's worth is there; the
+    writer's thread then writes the pieces as they are, or joins them to encrypt them, off
+    the thread that inflates or compresses."""
 
     def __init__(self, writer: _Writer, size: int, tracker: Tracker) -> None:
         self._writer, self._tracker = writer, tracker
         self._room = size
-        self._position = 0  # where the buffer's first byte goes
-        self._buffer = bytearray()
+        self._position = 0  # where the first held byte goes
+        self._held: collections.deque[memoryview] = collections.deque()
+        self._held_bytes = 0
         self.full = False
 
     def write(self, data: bytes) -> bool:
         """Take `data`; False once DST is full (the part that did not fit is dropped)."""
-        room = self._room - self._position - len(self._buffer)
-        if len(data) > room:
-            data, self.full = data[:room], True
-        self._buffer += data
-        while len(self._buffer) >= CHUNK:
+        room = self._room - self._position - self._held_bytes
+        view = memoryview(data)
+        if len(view) > room:
+            view, self.full = view[:room], True
+        if view:
+            self._held.append(view)
+            self._held_bytes += len(view)
+        while self._held_bytes >= CHUNK:
             self._flush(CHUNK)
         return not self.full
 
     def close(self) -> None:
-        if self._buffer:
-            self._flush(len(self._buffer))
+        if self._held_bytes:
+            self._flush(self._held_bytes)
 
     def _flush(self, length: int) -> None:
-        if length == len(self._buffer):
-            piece, self._buffer = self._buffer, bytearray()
-        else:
-            piece = self._buffer[:length]
-            del self._buffer[:length]  # cheap: a bytearray drops its head without moving
-        self._writer.write(self._position, piece)
+        pieces, taken = [], 0
+        while taken < length:
+            piece = self._held.popleft()
+            if taken + len(piece) > length:  # split: the rest stays for the next chunk
+                cut = length - taken
+                self._held.appendleft(piece[cut:])
+                piece = piece[:cut]
+            pieces.append(piece)
+            taken += len(piece)
+        self._held_bytes -= length
+        self._writer.write_pieces(self._position, pieces)
         self._position += length
         # A small input can inflate to a lot of output: let a stop request through here too.
         self._tracker.tick()
@@ -267,7 +353,7 @@ def _copy_pieces(src: Endpoint, out: _Writer, first: int, end: int, tracker: Tra
         tracker.advance(length)
 
 
-def _pieces(fd: int, src: Endpoint, length: int) -> Iterator[bytes | memoryview]:
+def _pieces(fd: int, src: Endpoint, length: int) -> Iterator[bytes | bytearray | memoryview]:
     """SRC's first `length` bytes in pieces of at most `CHUNK`; holes cost no reads."""
     zeros = memoryview(ZERO_CHUNK)
     position = 0
@@ -292,6 +378,23 @@ def _seekable(drive: Endpoint) -> Iterator[int]:
     try:
         yield fd
     finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _direct(src: Endpoint, dst: Endpoint) -> Iterator[DirectCopy | None]:
+    """Direct (O_DIRECT) writes into a plain DST that a plain SRC is copied to, None
+    otherwise: the data goes straight to the disk, which on the disks measured here makes it
+    durable three times sooner than the page cache's write-back does."""
+    fd = open_direct(dst.io.path) if src.plain and dst.plain else None
+    if fd is None:
+        yield None
+        return
+    direct = DirectCopy(fd)
+    try:
+        yield direct
+    finally:
+        direct.close()
         os.close(fd)
 
 
@@ -325,6 +428,8 @@ def _fileno(drive: Endpoint) -> int:
     return drive.io.fileno()
 
 
-def _is_zero(data: bytes | bytearray) -> bool:
+def _is_zero(data: bytes | bytearray | memoryview) -> bool:
     # bytes/bytearray equality is a memcmp; memoryview equality would go item by item.
+    if isinstance(data, memoryview):
+        return not np.frombuffer(data, dtype=np.uint8).any()
     return data == (ZERO_CHUNK if len(data) == CHUNK else bytes(len(data)))

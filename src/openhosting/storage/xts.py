@@ -8,10 +8,14 @@ where ``iv`` is the sector number as a 64-bit little-endian integer padded to 16
 (dm-crypt's and QEMU's ``plain64``). A library call per sector costs more than the AES
 itself, so whole buffers are done at once: one ECB call with key2 gives T_0 of every sector,
 NumPy derives the 32 block tweaks of each sector, and one ECB call with key1 runs between two
-XORs. Sectors are processed in chunks that keep the temporaries in the CPU cache.
+XORs. AES is the cheap part (AES-NI, several GB/s); the tweak table costs most, so it is
+built straight in the data's own layout (no transposed copy) with flat, same-shape NumPy
+operations on scratch arrays made once per call, a cache-sized step of sectors at a time.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
@@ -22,13 +26,16 @@ KEY_SIZE = 64
 _BLOCKS_PER_SECTOR = SECTOR_SIZE // 16
 # The XTS byte order is little-endian; views of the data use it explicitly.
 _U64 = np.dtype("<u8")
-# Sectors per inner step: 512 KiB of data and tweaks stay in cache (measured best of 256..2048).
+# Sectors per inner step: 512 KiB of data with its tweaks and scratch stays in the caches
+# (measured on a 2-core EPYC: 512 sectors 1.8 GB/s, 1,024 1.95, 2,048 1.95, 4,096 0.3).
 _CHUNK_SECTORS = 1024
 _MAX_SECTOR = 2**64 - 1
 
-# x^128 = x^7 + x^2 + x + 1 in the XTS field, so bits shifted out past bit 127 fold back
-# shifted by 0, 1, 2 and 7.
-_ONE, _TWO, _SEVEN = np.uint64(1), np.uint64(2), np.uint64(7)
+# Block j > 0 of a sector has tweak T_0 * alpha^j: a j-bit left shift of the 128-bit T_0
+# whose top j bits fold back as h * (x^7 + x^2 + x + 1) (x^128 = x^7 + x^2 + x + 1).
+_SHIFTS = np.arange(1, _BLOCKS_PER_SECTOR, dtype=_U64)
+_BACK_SHIFTS = np.uint64(64) - _SHIFTS
+_ONE, _TWO, _FIVE = np.uint64(1), np.uint64(2), np.uint64(5)
 
 
 def _sector_numbers(first_sector: int, count: int) -> np.ndarray:
@@ -42,7 +49,8 @@ def _sector_numbers(first_sector: int, count: int) -> np.ndarray:
 class XtsCipher:
     """AES-256-XTS with a 64-byte key (key1 = data key, key2 = tweak key), 512-byte units.
 
-    Thread-safe: every call creates its own OpenSSL contexts and scratch buffers.
+    Thread-safe: every call creates its own OpenSSL contexts; scratch buffers are the
+    calling thread's own.
     """
 
     def __init__(self, key: bytes) -> None:
@@ -89,56 +97,93 @@ class XtsCipher:
         if count == 0:
             return
         blocks = np.frombuffer(view, dtype=_U64).reshape(count, _BLOCKS_PER_SECTOR, 2)
-        step = min(count, _CHUNK_SECTORS)
-        # update_into() wants room for one extra block minus a byte.
-        scratch = bytearray(step * SECTOR_SIZE + 15)
-        scratch_blocks = np.frombuffer(scratch, dtype=_U64, count=step * SECTOR_SIZE // 8)
+        work = _thread_work() if count >= _CHUNK_SECTORS else _TweakWork(count)
         aes = self._data_cipher.encryptor() if encrypt else self._data_cipher.decryptor()
         tweak_aes = self._tweak_cipher.encryptor()
-        for start in range(0, count, step):
-            stop = min(start + step, count)
-            tweaks = _block_tweaks(tweak_aes, numbers[start:stop])
+        for start in range(0, count, work.step):
+            stop = min(start + work.step, count)
+            tweaks = work.tweaks(tweak_aes, numbers[start:stop])
             chunk = blocks[start:stop]
             chunk ^= tweaks
-            aes.update_into(view[start * SECTOR_SIZE : stop * SECTOR_SIZE], scratch)
-            np.bitwise_xor(scratch_blocks[: chunk.size].reshape(chunk.shape), tweaks, out=chunk)
+            aes.update_into(view[start * SECTOR_SIZE : stop * SECTOR_SIZE], work.scratch)
+            np.bitwise_xor(work.scratch_blocks[: stop - start], tweaks, out=chunk)
         aes.finalize()
 
 
-def _block_tweaks(tweak_aes: CipherContext, sectors: np.ndarray) -> np.ndarray:
-    """The (n, 32, 2) table of block tweaks T_0 * alpha^j, j = 0..31, for n sectors.
+class _TweakWork:
+    """Scratch arrays for the tweaks of up to `step` sectors, made once per call: fresh
+    NumPy temporaries in every step would cost allocations and cold cache lines."""
 
-    A 128-bit tweak is a (low, high) pair of little-endian 64-bit halves, computed in two
-    (32, n) planes so that every NumPy operation runs over contiguous memory. Rows are filled
-    by doubling: rows [w, 2w) are rows [0, w) times alpha^w, a w-bit left shift across both
-    halves whose overflow h folds back as h * (x^7 + x^2 + x + 1). Five such steps replace 31
-    single multiplications by alpha.
-    """
-    count = len(sectors)
-    ivs = np.zeros((count, 2), dtype=_U64)
-    ivs[:, 0] = sectors
-    t0 = np.frombuffer(tweak_aes.update(ivs.tobytes()), dtype=_U64)
-    low = np.empty((_BLOCKS_PER_SECTOR, count), dtype=_U64)
-    high = np.empty((_BLOCKS_PER_SECTOR, count), dtype=_U64)
-    low[0], high[0] = t0[0::2], t0[1::2]
-    width = 1
-    while width < _BLOCKS_PER_SECTOR:
-        shift, back = np.uint64(width), np.uint64(64 - width)
-        src_low, src_high = low[:width], high[:width]
-        dst_low, dst_high = low[width : 2 * width], high[width : 2 * width]
-        overflow = src_high >> back
-        np.left_shift(src_high, shift, out=dst_high)
-        dst_high |= src_low >> back
-        np.left_shift(src_low, shift, out=dst_low)
-        dst_low ^= overflow
-        dst_low ^= overflow << _ONE
-        dst_low ^= overflow << _TWO
-        dst_low ^= overflow << _SEVEN
-        width *= 2
-    table = np.empty((count, _BLOCKS_PER_SECTOR, 2), dtype=_U64)
-    table[:, :, 0] = low.T
-    table[:, :, 1] = high.T
-    return table
+    def __init__(self, step: int) -> None:
+        self.step = step
+        shape = (step, _BLOCKS_PER_SECTOR - 1)
+        self._ivs = np.zeros((step, 2), dtype=_U64)
+        self._table = np.empty((step, _BLOCKS_PER_SECTOR, 2), dtype=_U64)
+        self._low, self._high = np.empty(shape, dtype=_U64), np.empty(shape, dtype=_U64)
+        self._over, self._fold = np.empty(shape, dtype=_U64), np.empty(shape, dtype=_U64)
+        self._shifts, self._back_shifts = _SHIFT_ROWS[:step], _BACK_SHIFT_ROWS[:step]
+        # update_into() wants room for one extra block minus a byte.
+        self.scratch = bytearray(step * SECTOR_SIZE + 15)
+        self.scratch_blocks = np.frombuffer(
+            self.scratch, dtype=_U64, count=step * SECTOR_SIZE // 8
+        ).reshape(step, _BLOCKS_PER_SECTOR, 2)
+
+    def tweaks(self, tweak_aes: CipherContext, sectors: np.ndarray) -> np.ndarray:
+        """The (n, 32, 2) table of block tweaks T_0 * alpha^j, j = 0..31, of n sectors.
+
+        A 128-bit tweak is a (low, high) pair of little-endian 64-bit halves. Blocks 1..31
+        of every sector are done at once: low and high shift left by j, the top j bits of
+        low move into high, and those of high fold back into low.
+        """
+        count = len(sectors)
+        ivs = self._ivs[:count]
+        ivs[:, 0] = sectors
+        t0 = np.frombuffer(tweak_aes.update(ivs.data.cast("B")), dtype=_U64)
+        t0 = t0.reshape(count, 2)
+        rows = (count, _BLOCKS_PER_SECTOR - 1)
+        low_0 = np.repeat(t0[:, 0], _BLOCKS_PER_SECTOR - 1).reshape(rows)
+        high_0 = np.repeat(t0[:, 1], _BLOCKS_PER_SECTOR - 1).reshape(rows)
+        shifts, back_shifts = self._shifts[:count], self._back_shifts[:count]
+        low, high = self._low[:count], self._high[:count]
+        over, fold = self._over[:count], self._fold[:count]
+        np.left_shift(low_0, shifts, out=low)
+        np.left_shift(high_0, shifts, out=high)
+        np.right_shift(low_0, back_shifts, out=over)
+        high |= over
+        np.right_shift(high_0, back_shifts, out=over)
+        # fold = over * (x^7 + x^2 + x + 1): over, shifted by 1, 2 and 7, XORed together.
+        np.left_shift(over, _ONE, out=fold)
+        fold ^= over
+        over <<= _TWO
+        fold ^= over
+        over <<= _FIVE
+        fold ^= over
+        low ^= fold
+        table = self._table[:count]
+        table[:, 0] = t0
+        table[:, 1:, 0] = low
+        table[:, 1:, 1] = high
+        return table
+
+
+# Shift counts laid out like the operands: a shift between two arrays of one shape runs as
+# one flat loop, three times faster than one broadcast across 31 columns.
+_SHIFT_ROWS = np.ascontiguousarray(
+    np.broadcast_to(_SHIFTS, (_CHUNK_SECTORS, _BLOCKS_PER_SECTOR - 1))
+)
+_BACK_SHIFT_ROWS = np.ascontiguousarray(
+    np.broadcast_to(_BACK_SHIFTS, (_CHUNK_SECTORS, _BLOCKS_PER_SECTOR - 1))
+)
+_works = threading.local()
+
+
+def _thread_work() -> _TweakWork:
+    """This thread's scratch arrays for whole steps, kept: made afresh for every 4 MiB read,
+    their megabytes cost page faults and cold cache lines each time."""
+    work: _TweakWork | None = getattr(_works, "work", None)
+    if work is None:
+        work = _works.work = _TweakWork(_CHUNK_SECTORS)
+    return work
 
 
 def _sector_count(length: int) -> int:

@@ -7,9 +7,12 @@ from openhosting.api.context import platform_of, transfer_limiter_of, user_of
 from openhosting.api.negotiation import read_body_chunk, read_properties
 from openhosting.api.responses import (
     MAX_ZEROS_AS_GZIP,
+    SEND_BUFFER,
+    SEND_SLICE,
     FileSliceResponse,
     accepts_gzip,
     corked,
+    widen_send_buffer,
     zeros_as_gzip,
 )
 from openhosting.errors import FullError, UsageError
@@ -121,9 +124,16 @@ async def _stream_decrypted(request: web.Request, plan: ReadPlan) -> web.StreamR
     response.content_length = plan.count
     await response.prepare(request)
     if request.method != "HEAD" and request.transport is not None:
-        with corked(request.transport.get_extra_info("socket")):
+        sock = request.transport.get_extra_info("socket")
+        if plan.count > SEND_BUFFER:
+            widen_send_buffer(sock)
+        with corked(sock):
             async for chunk in plan.chunks():
-                await response.write(chunk)
+                # In slices: what the socket does not take at once is copied into the
+                # transport's buffer, so a whole 4 MiB chunk would mostly be copied twice.
+                view = memoryview(chunk)
+                for start in range(0, len(view), SEND_SLICE):
+                    await response.write(view[start : start + SEND_SLICE])
     await response.write_eof()
     return response
 

@@ -1,0 +1,109 @@
+"""A read's pieces: several read (and decrypted) at once ahead of the one being sent, in
+order, and none left running once the read is over. A write's pieces: several encrypted and
+written at once, intact where they meet inside a sector, all durable before it ends."""
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from openhosting.services.drive_transfers import READ_AHEAD, WRITE_AHEAD, DriveWriter, ReadPlan
+from openhosting.storage.drive_files import IO_CHUNK, DriveFiles
+
+WAIT = 1.5  # less than one barrier's time-out
+
+
+class SlowCalls:
+    """Wraps a drive's `read_at` or `write_at`: counts the calls running at once and the
+    most seen; the first `together` calls wait for each other (a few seconds at most), so
+    that all the pieces a pipeline handles at once are seen running together."""
+
+    def __init__(
+        self,
+        call: Callable[[int, Any], Any],
+        together: int,
+        events: list[str] | None = None,
+    ) -> None:
+        self._call = call
+        self._lock = threading.Lock()
+        self._together_count = together
+        self.calls = self.running = self.most = 0
+        self._together = threading.Barrier(together)
+        self._events = events if events is not None else []
+
+    def __call__(self, offset: int, argument: Any) -> Any:
+        with self._lock:
+            self.calls += 1
+            first = self.calls <= self._together_count
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            if first:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    self._together.wait(timeout=2)
+            return self._call(offset, argument)
+        finally:
+            with self._lock:
+                self.running -= 1
+                self._events.append("call")
+
+
+async def test_pieces_ahead_are_read_at_once_and_come_in_order(tmp_path: Path) -> None:
+    files = DriveFiles(tmp_path)
+    drive = "0b0c0d0e-0000-4000-8000-000000000001"
+    size = (READ_AHEAD + 3) * IO_CHUNK + 1234
+    key = files.create_encrypted(drive, size, b"secret")
+    expected = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    with files.open(drive, key) as drive_io:
+        drive_io.write_at(0, expected)
+    opened = files.open(drive, key)
+    slow = SlowCalls(opened.io.read_at, READ_AHEAD + 1)
+    opened.io.read_at = slow
+    plan = ReadPlan(drive, opened, 5, size - 5)
+    started = time.monotonic()
+    try:
+        received = b"".join([bytes(chunk) async for chunk in plan.chunks()])
+    finally:
+        plan.close()
+    assert received == expected[5:]
+    # One piece read at a time (the old pipeline) would wait out every barrier instead.
+    assert slow.most == READ_AHEAD + 1
+    assert time.monotonic() - started < WAIT
+    assert slow.running == 0
+
+
+async def test_write_pieces_go_two_at_once_land_intact_and_are_synced_before_the_end(
+    tmp_path: Path,
+) -> None:
+    files = DriveFiles(tmp_path)
+    drive = "0b0c0d0e-0000-4000-8000-000000000002"
+    offset = 777  # inside a sector: pieces meet inside sectors, read-modify-written
+    size = offset + (WRITE_AHEAD + 2) * IO_CHUNK + IO_CHUNK // 2 + 333
+    key = files.create_encrypted(drive, size, b"secret")
+    data = random.Random(2).randbytes(size - offset)
+    opened = files.open(drive, key)
+    events: list[str] = []
+    slow = SlowCalls(opened.io.write_at, WRITE_AHEAD, events)
+    opened.io.write_at = slow
+    real_sync = opened.io.sync
+
+    def sync() -> None:
+        events.append("sync")
+        real_sync()
+
+    opened.io.sync = sync
+    closed: list[int | None] = []
+    writer = DriveWriter(drive, opened, offset, size, closed.append)
+    started = time.monotonic()
+    for at in range(0, len(data), 1 << 20):
+        await writer.write(data[at : at + (1 << 20)])
+    assert await writer.finish() == len(data)
+    assert time.monotonic() - started < WAIT * 2
+    assert slow.most == WRITE_AHEAD  # one piece at a time would wait out the barrier
+    assert events[-1] == "sync" and events.count("sync") == 1
+    assert closed == [len(data)]
+    with files.open(drive, key) as drive_io:
+        assert drive_io.read_at(0, size) == bytes(offset) + data
