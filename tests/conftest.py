@@ -18,6 +18,7 @@ from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 from testbed.leftovers import kill_leftover_vms
 from tests.disk_tmp import disk_directory
+from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 # Real bodies of the service this API comes from (see its README): golden inputs.
@@ -142,3 +143,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         subprocess.run(
             ["nft", "delete", "table", family, name], capture_output=True, timeout=10, check=False
         )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole session (tests/postgres.py), stopped at its end."""
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The store URL of a new database of this test's own, at the newest schema; dropped
+    afterwards."""
+    name = postgres_server.new_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)

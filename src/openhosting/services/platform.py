@@ -55,7 +55,7 @@ def open_platform(config: Config) -> Platform:
     # The state directory holds the platform key and every drive: nobody else may look in.
     config.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     platform_key = load_or_create_platform_key(config.platform_key_path)
-    engine = open_engine(config.database_path)
+    engine = open_engine(config.store_url)
     reader = Reader(engine)
     billing = Billing(engine, config.billing)
     drives = Drives(
