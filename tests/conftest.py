@@ -31,11 +31,22 @@ def basic_auth(key: NewKey, secret: str | None = None) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(token).decode()}
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return load_config(
-        env={}, overrides={"state_dir": str(tmp_path / "state"), "first_user": False}
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the database of the `config` fixture's platform: the state directory's SQLite"
+        " file, or a database of the test's own on a PostgreSQL the session starts",
     )
+
+
+@pytest.fixture
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    overrides: dict[str, object] = {"state_dir": str(tmp_path / "state"), "first_user": False}
+    if request.config.getoption("store") == "postgresql":
+        overrides["store"] = {"url": request.getfixturevalue("postgres_url")}
+    return load_config(env={}, overrides=overrides)
 
 
 def config_with_tiers(tmp_path: Path, *names: str) -> Config:
