@@ -37,6 +37,14 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store URL; None for another database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
+
+
 def create_store_engine(url: str) -> Engine:
     """An engine for `url` with its database's settings, not yet migrated."""
     parsed = make_url(url)
