@@ -54,11 +54,13 @@ def create_store_engine(url: str) -> Engine:
         engine = create_engine(parsed)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    # A dead connection (the server restarted) is found before a request uses it.
+    # A dead connection (the server restarted) is found before a request uses it. The
+    # overflow is for the event loop's own thread and the other threads of the daemon: the
+    # store's workers, all waiting on locks, must not leave them without a connection.
     return create_engine(
         parsed,
         pool_size=POOL_SIZE,
-        max_overflow=0,
+        max_overflow=POOL_SIZE,
         pool_pre_ping=True,
         connect_args={"connect_timeout": 10},
     )
