@@ -1,7 +1,11 @@
 """A real PostgreSQL 15 for the tests: `initdb` in a temporary directory, `postgres` on a free
 loopback port, stopped by its PID and its directory removed at the end.
 
-PostgreSQL refuses to run as root: then the server runs as `nobody` (setpriv). One server
+PostgreSQL refuses to run as root: then the server runs as Debian's `postgres` account
+(setpriv), never as `nobody`: the platform's guest fence rejects what `nobody` (QEMU's
+account) sends to local addresses as new connections, and while other tests' guests had a
+fence up the server's replies were seen stuck in TCP retransmission, its client waiting for
+ever. One server
 serves a whole test session; each test gets a database of its own, copied from a template
 that the store's migrations were applied to once (`CREATE DATABASE … TEMPLATE`, a file copy:
 far quicker than migrating every time). Only the standard library, the package and psycopg:
@@ -27,7 +31,7 @@ BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 TEMPLATE = "oh_migrated"
-RUN_AS = "nobody"
+RUN_AS = "postgres"  # made by Debian's postgresql-15 package
 
 
 def available() -> bool:
