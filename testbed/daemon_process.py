@@ -104,12 +104,15 @@ def create_user(
     *options: str,
     admin: Path = BIN / "openhosting-admin",
     timeout: float = 60,
+    env: Mapping[str, str] | None = None,
 ) -> Account:
     """`openhosting-admin --state-dir DIR user create [OPTIONS]`, which makes the state
-    directory if it is missing; whether or not a daemon runs on it."""
+    directory if it is missing; whether or not a daemon runs on it. `env` is added to this
+    process's environment (`OH_STORE_URL` for a daemon's database elsewhere)."""
     created = subprocess.run(
         [str(admin), "--state-dir", str(state_dir), "user", "create", *options],
         capture_output=True, text=True, timeout=timeout, check=True,
+        env={**os.environ, **(env or {})},
     ).stdout  # fmt: skip
     fields = dict(line.split(" ", 1) for line in created.splitlines() if " " in line)
     return Account(fields["user"], fields["secret"])
@@ -199,8 +202,9 @@ class Daemon(Account):
 @contextmanager
 def running_daemon(work_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Daemon]:
     """A daemon on a loopback port with a new state directory `work_dir/state`, one user, and
-    its log in `work_dir/daemon.log` (level warning); stopped afterwards."""
-    account = create_user(work_dir / "state")
+    its log in `work_dir/daemon.log` (level warning); stopped afterwards. `env` reaches both
+    the admin tool that makes the user and the daemon (`OH_STORE_URL`: their database)."""
+    account = create_user(work_dir / "state", env=env)
     process = DaemonProcess(work_dir / "state", work_dir / "daemon.log", env=env)
     try:
         yield Daemon(

@@ -18,6 +18,7 @@ from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 from testbed.leftovers import kill_leftover_vms
 from tests.disk_tmp import disk_directory
+from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 # Real bodies of the service this API comes from (see its README): golden inputs.
@@ -30,11 +31,22 @@ def basic_auth(key: NewKey, secret: str | None = None) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(token).decode()}
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return load_config(
-        env={}, overrides={"state_dir": str(tmp_path / "state"), "first_user": False}
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the database of the `config` fixture's platform: the state directory's SQLite"
+        " file, or a database of the test's own on a PostgreSQL the session starts",
     )
+
+
+@pytest.fixture
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    overrides: dict[str, object] = {"state_dir": str(tmp_path / "state"), "first_user": False}
+    if request.config.getoption("store") == "postgresql":
+        overrides["store"] = {"url": request.getfixturevalue("postgres_url")}
+    return load_config(env={}, overrides=overrides)
 
 
 def config_with_tiers(tmp_path: Path, *names: str) -> Config:
@@ -142,3 +154,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         subprocess.run(
             ["nft", "delete", "table", family, name], capture_output=True, timeout=10, check=False
         )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole session (tests/postgres.py), stopped at its end."""
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The store URL of a new database of this test's own, at the newest schema; dropped
+    afterwards."""
+    name = postgres_server.new_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)

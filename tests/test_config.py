@@ -81,3 +81,25 @@ def test_each_configured_tier_has_its_own_directory(tmp_path: Path) -> None:
 def test_invalid_tiers_are_refused_at_load(tiers: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_config(env={"OH_STORAGE_TIERS": tiers})
+
+
+def test_the_store_is_the_state_directorys_sqlite_file_unless_store_url_names_one(
+    tmp_path: Path,
+) -> None:
+    assert load_config(env={}).store_url == "sqlite:///state/openhosting.sqlite"
+    path = tmp_path / "oh.toml"
+    path.write_text('[store]\nurl = "postgresql+psycopg://oh@db.example/oh"\n')
+    assert load_config(path, env={}).store_url == "postgresql+psycopg://oh@db.example/oh"
+    url = "postgresql+psycopg://oh@10.0.0.5:5433/oh"
+    assert load_config(env={"OH_STORE_URL": url}).store_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://oh:secret@db/oh", "postgresql://oh@db/oh", "/var/lib/oh.sqlite"]
+)
+def test_a_store_url_of_a_database_the_store_does_not_run_on_is_refused_without_echoing_it(
+    url: str,
+) -> None:
+    with pytest.raises(ConfigError, match=r"store\.url") as refused:
+        load_config(env={"OH_STORE_URL": url})
+    assert "secret" not in str(refused.value)

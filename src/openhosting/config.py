@@ -171,6 +171,17 @@ class BillingSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """The database: the platform's state (users, drives, servers, jobs, ...)."""
+
+    # Empty: the SQLite file `<state_dir>/openhosting.sqlite` (one host, one process at a
+    # time writing: the embedded default). `postgresql+psycopg://USER@HOST:PORT/DATABASE`:
+    # PostgreSQL 15 (the cluster store). Keep a password out of this file: libpq reads
+    # PGPASSWORD or ~/.pgpass.
+    url: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one daemon."""
 
@@ -188,6 +199,7 @@ class Config:
     hypervisor: HypervisorSettings = field(default_factory=HypervisorSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     @property
     def state_path(self) -> Path:
@@ -206,7 +218,14 @@ class Config:
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file of the embedded default (used unless `store.url` names another)."""
         return self.state_path / "openhosting.sqlite"
+
+    @property
+    def store_url(self) -> str:
+        """The database's SQLAlchemy URL: `store.url`, else the SQLite file in the state
+        directory."""
+        return self.store.url or f"sqlite:///{self.database_path}"
 
     @property
     def run_path(self) -> Path:
@@ -320,4 +339,17 @@ def load_config(
             config = dataclasses.replace(config, **{key: value})
     # Checked now: a bad tier list stops the daemon at its start, not at a drive's creation.
     parse_tiers(config.storage.tiers, config.drive_path)
+    check_store_url(config.store.url)
     return config
+
+
+# The databases the store runs on, by the start of their SQLAlchemy URL.
+STORE_URL_PREFIXES = ("sqlite:///", "postgresql+psycopg://")
+
+
+def check_store_url(url: str) -> None:
+    """ConfigError unless `url` is empty or names a database the store runs on."""
+    if url and not url.startswith(STORE_URL_PREFIXES):
+        raise ConfigError(
+            "Invalid store.url: expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        )

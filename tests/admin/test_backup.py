@@ -99,3 +99,21 @@ def test_a_failed_backup_leaves_nothing_behind(
     code, _, err = admin(state, capsys, "backup", str(target))
     assert code == 1 and "No space left on device" in err
     assert not target.exists()
+
+
+def test_on_postgresql_the_backup_holds_the_key_and_names_where_the_database_is_backed_up(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    postgres_url: str,
+) -> None:
+    monkeypatch.setenv("OH_STORE_URL", postgres_url)
+    state = tmp_path / "state"
+    assert admin(state, capsys, "user", "create")[0] == 0
+    backup = tmp_path / "backup"
+    code, out, err = admin(state, capsys, "backup", str(backup))
+    assert code == 0, err
+    assert "database not included: it is PostgreSQL's (store.url)" in out
+    assert sorted(path.name for path in backup.iterdir()) == ["platform.key"]
+    assert (backup / "platform.key").read_bytes() == (state / "platform.key").read_bytes()
+    assert not (state / "openhosting.sqlite").exists()

@@ -31,3 +31,21 @@ def test_ip_and_vlan_limits_are_set_shown_and_lifted(
     assert "limit:ips" not in shown and shown["limit:vlans"] == "0"
     code, _, err = admin(state, capsys, "user", "set", uuid, "--max-vlans", "lots")
     assert code == 1 and "--max-vlans" in err
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_count_limit_beyond_what_every_database_holds_is_refused_clearly(
+    store: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if store == "postgresql":  # its integer column holds 32 bits: a bigger limit was a crash
+        monkeypatch.setenv("OH_STORE_URL", request.getfixturevalue("postgres_url"))
+    state = tmp_path / "state"
+    uuid = parse_properties(admin(state, capsys, "user", "create")[1])["user"]
+    code, _, err = admin(state, capsys, "user", "set", uuid, "--max-cpu", "2147483648")
+    assert code == 1 and "must be at most 2147483647" in err
+    code, out, _ = admin(state, capsys, "user", "set", uuid, "--max-cpu", "2147483647")
+    assert code == 0 and parse_properties(out)["limit:cpu"] == "2147483647"

@@ -4,18 +4,29 @@ query (`make bench ARGS=api`); and what they answer is still read afresh every t
 claim's showing is tested in test_drive_claims.py)."""
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import event
 
+from openhosting.config import Config, load_config
 from openhosting.model.server import ServerConfig
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive, drive_info
 from tests.conftest import basic_auth
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """SQLite's, whatever `--store` says: the Reader's shortcut past the engine is SQLite's
+    (on PostgreSQL it reads through the engine's pool, store/reader.py)."""
+    return load_config(
+        env={}, overrides={"state_dir": str(tmp_path / "state"), "first_user": False}
+    )
 
 
 @pytest.fixture

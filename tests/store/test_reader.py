@@ -1,18 +1,14 @@
 """The Reader's rows by column name are the engine's, read afresh on every call."""
 
-from pathlib import Path
+from sqlalchemy import Engine, bindparam, insert, select
 
-from sqlalchemy import bindparam, insert, select
-
-from openhosting.store.database import open_engine
 from openhosting.store.reader import Reader
 from openhosting.store.tables import users
 
 BY_UUID = select(users).where(users.c.uuid == bindparam("uuid"))
 
 
-def test_mappings_are_the_engines_rows_and_see_every_commit(tmp_path: Path) -> None:
-    engine = open_engine(tmp_path / "state.db")
+def test_mappings_are_the_engines_rows_and_see_every_commit(engine: Engine) -> None:
     reader = Reader(engine)
     try:
         assert reader.mappings(BY_UUID, uuid="u1") == []
@@ -26,4 +22,3 @@ def test_mappings_are_the_engines_rows_and_see_every_commit(tmp_path: Path) -> N
         assert reader.mappings(BY_UUID, uuid="u1")[0]["key_hash"] == "h2"
     finally:
         reader.close()
-        engine.dispose()

@@ -6,14 +6,23 @@ from pathlib import Path
 
 from openhosting.config import Config
 from openhosting.store.backup import back_up_state
+from openhosting.store.database import sqlite_file
 
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> str:
-    database, key = back_up_state(config.database_path, config.platform_key_path, args.target)
+    database, key = back_up_state(
+        sqlite_file(config.store_url), config.platform_key_path, args.target
+    )
     # Every tier's drive directory, each once (`ssd` shares `disk`'s unless configured).
     directories = " ".join(dict.fromkeys(str(path) for path in config.tier_paths.values()))
     return (
-        f"database {database}\nkey {key}\n"
+        (
+            f"database {database}\n"
+            if database is not None
+            else "database not included: it is PostgreSQL's (store.url), back it up there"
+            " (pg_dump, or base backups and WAL archiving)\n"
+        )
+        + f"key {key}\n"
         f"drives not included: copy {directories} with your file backups"
         " (e.g. rsync -S)\n"
     )

@@ -67,11 +67,18 @@ def cmd_user_delete(platform: Platform, args: argparse.Namespace) -> str:
     return ""
 
 
+# The largest count limit: what an integer column holds on every database the store runs on
+# (PostgreSQL's is 32 bits).
+MAX_COUNT = 2**31 - 1
+
+
 def _parse_count(text: str, option: str) -> int | None:
     if text == "none":
         return None
     if not text.isdigit():
         raise UsageError(f"--{option} must be a number or 'none', not {text!r}")
+    if int(text) > MAX_COUNT:
+        raise UsageError(f"--{option} must be at most {MAX_COUNT} (or 'none'), not {text}")
     return int(text)
 
 

@@ -237,9 +237,10 @@ async def _audited(request: web.Request, route: Route, handler: Handler) -> web.
         status, error = full.status, full.kind
         raise full from failure
     finally:
-        request.app[PLATFORM_KEY].audit.record(
-            user_of(request), request.remote or "", request.method, request.path, status, error,
-            created,
+        platform = request.app[PLATFORM_KEY]
+        await platform.store.run(
+            platform.audit.record, user_of(request), request.remote or "", request.method,
+            request.path, status, error, created,
         )  # fmt: skip
 
 

@@ -66,7 +66,8 @@ async def authenticate_request(request: web.Request) -> None:
     username = None
     try:
         username, password = parse_basic_credentials(header)
-        user = platform_of(request).accounts.authenticate(username.lower(), password)
+        platform = platform_of(request)
+        user = await platform.store.run(platform.accounts.authenticate, username.lower(), password)
     except AuthError:
         if not header:
             raise  # no guess at all: the challenge half of Basic authentication (RFC 7617)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from openhosting.errors import AuthError, MissingError
+from openhosting.model.common import parse_name
 from openhosting.store import users as user_store
 from openhosting.store import web_sessions as web_session_store
 from openhosting.store.platform_key import derive_key, keyed_hash
@@ -55,6 +56,7 @@ class Accounts:
         return keyed_hash(self._hash_key, secret)
 
     def create_user(self, name: str = "") -> NewKey:
+        name = parse_name(name)  # the column's length, which PostgreSQL enforces
         key = NewKey(str(uuid_module.uuid4()), new_secret())
         with self._engine.begin() as connection:
             user_store.insert_user(

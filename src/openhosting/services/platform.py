@@ -21,6 +21,7 @@ from openhosting.services.standard_drives import StandardDrives
 from openhosting.services.web_sessions import WebSessions
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.store.database import open_engine
+from openhosting.store.executor import StoreExecutor
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
 from openhosting.store.reader import Reader
 from openhosting.vnc.tls import vnc_tls_dir
@@ -44,8 +45,11 @@ class Platform:
     events: EventBus
     consoles: Consoles
     web_sessions: WebSessions
+    # Where the event loop's database work runs (worker threads unless SQLite).
+    store: StoreExecutor
 
     def close(self) -> None:
+        self.store.close()
         self.reader.close()
         self.engine.dispose()
 
@@ -55,7 +59,7 @@ def open_platform(config: Config) -> Platform:
     # The state directory holds the platform key and every drive: nobody else may look in.
     config.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     platform_key = load_or_create_platform_key(config.platform_key_path)
-    engine = open_engine(config.database_path)
+    engine = open_engine(config.store_url)
     reader = Reader(engine)
     billing = Billing(engine, config.billing)
     drives = Drives(
@@ -100,4 +104,5 @@ def open_platform(config: Config) -> Platform:
         events=events,
         consoles=consoles,
         web_sessions=WebSessions(engine, config.api.session_seconds),
+        store=StoreExecutor(engine),
     )

@@ -20,10 +20,13 @@ DATABASE_NAME = "openhosting.sqlite"
 KEY_NAME = "platform.key"
 
 
-def back_up_state(database: Path, platform_key: Path, target: Path) -> tuple[Path, Path]:
-    """Copy the database and the platform key into the new directory `target` (mode 0700,
-    files 0600); returns the two copies. `target` must not exist or be empty."""
-    if not database.is_file() or not platform_key.is_file():
+def back_up_state(
+    database: Path | None, platform_key: Path, target: Path
+) -> tuple[Path | None, Path]:
+    """Copy the SQLite database and the platform key into the new directory `target` (mode
+    0700, files 0600); returns the two copies. `target` must not exist or be empty. Without a
+    `database` (a PostgreSQL store, backed up by its own server) the key alone."""
+    if (database is not None and not database.is_file()) or not platform_key.is_file():
         raise UsageError(f"No platform state to back up: {database} or {platform_key} is missing")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} exists and is not an empty directory: choose a new one")
@@ -41,11 +44,12 @@ def back_up_state(database: Path, platform_key: Path, target: Path) -> tuple[Pat
             revert.add(functools.partial(path.unlink, missing_ok=True))
         try:
             _copy_private(platform_key, key_copy)
-            _copy_database(database, database_copy)
+            if database is not None:
+                _copy_database(database, database_copy)
         except (OSError, sqlite3.Error) as error:
             raise UsageError(f"Backup into {target} failed: {error}") from None
         revert.success()
-    return database_copy, key_copy
+    return (database_copy if database is not None else None), key_copy
 
 
 def _copy_database(database: Path, copy_path: Path) -> None:

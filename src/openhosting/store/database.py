@@ -1,17 +1,25 @@
-"""Opening the database: engine, SQLite settings, and migrations applied under a file lock."""
+"""Opening the database: the engine for a URL (SQLite file or PostgreSQL), each engine's own
+settings, and migrations applied by one starter at a time."""
 
+import contextlib
 import fcntl
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
 
 from openhosting.store import space_reserve
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# PostgreSQL: connections the daemon keeps open (and so the worker threads of store/executor.py).
+POOL_SIZE = 8
+# Any fixed number, the same in every process: the advisory lock migrating starters take.
+MIGRATION_LOCK_KEY = 0x6F68_6D69  # "ohmi"
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -25,25 +33,76 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def open_engine(path: Path) -> Engine:
-    """An engine on the SQLite file at `path`, migrated to the newest schema."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}")
-    event.listen(engine, "connect", _configure_sqlite)
-    migrate(engine, path.parent / (path.name + ".migrate.lock"))
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store URL; None for another database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for `url` with its database's settings, not yet migrated."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed)
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    # A dead connection (the server restarted) is found before a request uses it. The
+    # overflow is for the event loop's own thread and the other threads of the daemon: the
+    # store's workers, all waiting on locks, must not leave them without a connection.
+    return create_engine(
+        parsed,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_SIZE,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 10},
+    )
+
+
+def open_engine(target: Path | str) -> Engine:
+    """An engine on `target` migrated to the newest schema: a SQLAlchemy URL, or a Path to a
+    SQLite file."""
+    url = f"sqlite:///{target}" if isinstance(target, Path) else target
+    engine = create_store_engine(url)
+    migrate(engine)
     space_reserve.refill(engine)
     return engine
 
 
-def migrate(engine: Engine, lock_path: Path) -> None:
-    """Apply every pending migration; concurrent starters (daemon, admin tool) take turns."""
+def migrate(engine: Engine) -> None:
+    """Apply every pending migration; concurrent starters (daemons, admin tools) take turns."""
     # Alembic narrates every step at INFO; an operator only needs to hear of failures.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     alembic_config = AlembicConfig()
     alembic_config.set_main_option("script_location", str(MIGRATIONS))
-    with lock_path.open("a") as lock_file:
+    with _sqlite_file_lock(engine), engine.begin() as connection:
+        _take_migration_lock(connection)
+        alembic_config.attributes["connection"] = connection
+        # "heads": branches made side by side (one per feature) all apply.
+        command.upgrade(alembic_config, "heads")
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """For a SQLite file, a lock file beside it; nothing for other databases."""
+    database = engine.url.database
+    if not is_sqlite(engine) or not database or database == ":memory:":
+        yield
+        return
+    path = Path(database)
+    with path.with_name(path.name + ".migrate.lock").open("a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
-        with engine.begin() as connection:
-            alembic_config.attributes["connection"] = connection
-            # "heads": branches made side by side (one per feature) all apply.
-            command.upgrade(alembic_config, "heads")
+        yield
+
+
+def _take_migration_lock(connection: Connection) -> None:
+    # PostgreSQL: starters on other hosts share no file; the lock ends with the transaction.
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})

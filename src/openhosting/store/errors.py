@@ -2,9 +2,10 @@
 or failing.
 
 SQLite reports a full disk as SQLITE_FULL ("database or disk is full") wrapped in SQLAlchemy's
-exceptions; files report ENOSPC or EDQUOT. Both are the platform running out of space (507
-`full`), never a fault of ours (500). A file reporting EIO is a disk that fails: 500 `failed`
-naming the error, not an internal error of the daemon's.
+exceptions, PostgreSQL as SQLSTATE 53100 (disk_full); files report ENOSPC or EDQUOT. All are
+the platform running out of space (507 `full`), never a fault of ours (500). A file
+reporting EIO is a disk that fails: 500 `failed` naming the error, not an internal error of
+the daemon's.
 """
 
 import errno
@@ -12,6 +13,8 @@ import os
 import sqlite3
 
 from sqlalchemy.exc import DBAPIError
+
+POSTGRESQL_DISK_FULL = "53100"
 
 
 def is_storage_full(error: BaseException) -> bool:
@@ -23,6 +26,8 @@ def is_storage_full(error: BaseException) -> bool:
         if isinstance(current, DBAPIError) and isinstance(current.orig, BaseException):
             current = current.orig
             continue
+        if getattr(current, "sqlstate", None) == POSTGRESQL_DISK_FULL:
+            return True
         if isinstance(current, sqlite3.Error):
             # The primary code is the low byte (extended codes add detail above it).
             code = getattr(current, "sqlite_errorcode", None)

@@ -4,9 +4,14 @@ SQLAlchemy builds, compiles and wraps every `execute` in result machinery that c
 times the query itself for a one-row SQLite lookup. Here statements are still SQLAlchemy Core,
 defined once at module level and compiled once, but run on one held driver connection. Only
 the event loop's thread uses a Reader; everything that writes uses the engine as usual.
+
+On PostgreSQL the Reader is plain SQLAlchemy: each read checks a connection out of the pool
+(reads may come from the store's worker threads, store/executor.py), and nothing is cached in
+the process, since other processes write to the same database.
 """
 
 import asyncio
+import itertools
 from typing import Any
 
 from sqlalchemy import Engine, PoolProxiedConnection, Select
@@ -26,6 +31,8 @@ class Reader:
         self._cached: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         self._cached_version = -1
         self._version: int | None = None
+        self._local_file = engine.dialect.name == "sqlite"
+        self._versions = itertools.count()
 
     def _cursor(self) -> Any:
         if self._connection is None:
@@ -41,6 +48,9 @@ class Reader:
         return cached[1], cached[2]
 
     def all(self, statement: Executable, **params: Any) -> list[tuple[Any, ...]]:
+        if not self._local_file:
+            with self._engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(statement, params)]
         sql, names = self._compile(statement)
         cursor = self._cursor()
         try:
@@ -55,6 +65,8 @@ class Reader:
         for the hottest listings, one `PRAGMA data_version` instead of a query. For reads
         only: code that has just written must not expect to see it here in the same run of
         the event loop (see `data_version`)."""
+        if not self._local_file:
+            return self.all(statement, **params)
         version = self.data_version()
         if version != self._cached_version:
             self._cached.clear()
@@ -69,7 +81,7 @@ class Reader:
 
     def mappings(self, statement: Select[Any], **params: Any) -> list[dict[str, Any]]:
         """`all` with each row as a dict by column name, as `Result.mappings()` gives it.
-        Values are SQLite's own (a Boolean column reads 0 or 1)."""
+        Values are the driver's own (on SQLite a Boolean column reads 0 or 1)."""
         keys = self._keys.get(id(statement))
         if keys is None or keys[0] is not statement:
             keys = self._keys[id(statement)] = (statement, tuple(statement.selected_columns.keys()))
@@ -86,7 +98,12 @@ class Reader:
         Within one uninterrupted run of the event loop (a request's authentication and its
         listing, say) the number is asked once: a commit landing in those microseconds is
         indistinguishable from one landing just after the request.
+
+        On PostgreSQL a new number every time: what other nodes commit is not seen here, so
+        nothing read before may be trusted again.
         """
+        if not self._local_file:
+            return next(self._versions)
         if self._version is not None:
             return self._version
         cursor = self._cursor()

@@ -17,10 +17,12 @@ def _days(request: web.Request) -> int:
 
 
 async def info(request: web.Request) -> Properties:
-    return Properties(platform_of(request).billing.account_info(user_of(request)))
+    platform = platform_of(request)
+    return Properties(await platform.store.run(platform.billing.account_info, user_of(request)))
 
 
 async def usage(request: web.Request) -> PropertiesList:
     """The caller's metered usage per day (UTC), over the last `?days=N` days (30)."""
-    days = platform_of(request).billing.usage_days(user_of(request), _days(request))
+    platform = platform_of(request)
+    days = await platform.store.run(platform.billing.usage_days, user_of(request), _days(request))
     return PropertiesList(days)

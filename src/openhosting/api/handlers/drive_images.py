@@ -18,9 +18,11 @@ async def image(request: web.Request) -> None:
 
 
 async def list_standard(request: web.Request) -> ValueList:
-    uuids = platform_of(request).standard_drives.list_uuids()
+    platform = platform_of(request)
+    uuids = await platform.store.run(platform.standard_drives.list_uuids)
     return ValueList(("drive",), [{"drive": uuid} for uuid in uuids])
 
 
 async def info_standard(request: web.Request) -> PropertiesList:
-    return PropertiesList(platform_of(request).standard_drives.info_all())
+    platform = platform_of(request)
+    return PropertiesList(await platform.store.run(platform.standard_drives.info_all))

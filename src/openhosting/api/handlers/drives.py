@@ -28,16 +28,21 @@ def _drive(request: web.Request) -> str:
 
 
 async def list_drives(request: web.Request) -> ValueList:
-    uuids = platform_of(request).drives.list_uuids(user_of(request))
+    platform = platform_of(request)
+    uuids = await platform.store.run(platform.drives.list_uuids, user_of(request))
     return ValueList(("drive",), [{"drive": uuid} for uuid in uuids])
 
 
 async def info_all(request: web.Request) -> PropertiesList:
-    return PropertiesList(platform_of(request).drives.info_all(user_of(request)))
+    platform = platform_of(request)
+    return PropertiesList(await platform.store.run(platform.drives.info_all, user_of(request)))
 
 
 async def info(request: web.Request) -> Properties:
-    return Properties(platform_of(request).drives.info(user_of(request), _drive(request)))
+    platform = platform_of(request)
+    return Properties(
+        await platform.store.run(platform.drives.info, user_of(request), _drive(request))
+    )
 
 
 async def create(request: web.Request) -> Properties:

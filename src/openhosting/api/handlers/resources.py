@@ -21,18 +21,23 @@ async def _body(request: web.Request) -> dict[str, str]:
 
 
 async def list_resources(request: web.Request) -> ValueList:
-    rows = platform_of(request).resources.list_rows(user_of(request), _type(request))
+    platform = platform_of(request)
+    rows = await platform.store.run(platform.resources.list_rows, user_of(request), _type(request))
     return ValueList(("type", "resource"), rows)
 
 
 async def info_all(request: web.Request) -> PropertiesList:
-    resources = platform_of(request).resources
-    return PropertiesList(resources.info_all(user_of(request), _type(request)))
+    platform = platform_of(request)
+    rows = await platform.store.run(platform.resources.info_all, user_of(request), _type(request))
+    return PropertiesList(rows)
 
 
 async def info(request: web.Request) -> Properties:
     kind, resource = _path(request)
-    return Properties(platform_of(request).resources.info(user_of(request), kind, resource))
+    platform = platform_of(request)
+    return Properties(
+        await platform.store.run(platform.resources.info, user_of(request), kind, resource)
+    )
 
 
 async def create(request: web.Request) -> Properties:

@@ -18,7 +18,8 @@ async def _body(request: web.Request) -> dict[str, str]:
 
 
 async def list_servers(request: web.Request) -> ValueList:
-    rows = platform_of(request).servers.list_rows(user_of(request))
+    platform = platform_of(request)
+    rows = await platform.store.run(platform.servers.list_rows, user_of(request))
     return ValueList(("server", "cpu", "mem"), rows)
 
 
