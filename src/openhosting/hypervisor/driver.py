@@ -97,8 +97,9 @@ class HypervisorDriver(Protocol):
         """The directory the spec of `server` names for its VM's files."""
         ...
 
-    def free_vnc_display(self, used: set[int], listen: str) -> int | None:
-        """A VNC display not in `used` whose port on `listen` is free; None if none is."""
+    def vnc_port_free(self, address: str, port: int) -> bool:
+        """Whether TCP `address`:`port` is free on this host for a VM's VNC server (nothing
+        else listens there). Which display a server gets is the console service's choice."""
         ...
 
     # -- life ------------------------------------------------------------------------

@@ -67,11 +67,14 @@ class FakeVm:
 
 @dataclass
 class FakeHost:
-    """What outlives a driver: the VMs that run, how ended ones ended, serial logs."""
+    """What outlives a driver: the VMs that run, how ended ones ended, serial logs, the
+    ports taken by others."""
 
     vms: dict[str, FakeVm] = field(default_factory=dict)
     ended: dict[str, str] = field(default_factory=dict)
     logs: dict[str, bytes] = field(default_factory=dict)
+    # TCP (address, port) pairs something else on the host listens on (`vnc_port_free`).
+    ports_in_use: set[tuple[str, int]] = field(default_factory=set)
 
 
 class FakeHypervisor:
@@ -138,8 +141,8 @@ class FakeHypervisor:
     def run_dir(self, server: str) -> Path:
         return self._run_path / server
 
-    def free_vnc_display(self, used: set[int], listen: str) -> int | None:
-        return next((display for display in range(1000) if display not in used), None)
+    def vnc_port_free(self, address: str, port: int) -> bool:
+        return (address, port) not in self.host.ports_in_use
 
     # -- life ------------------------------------------------------------------------
 
