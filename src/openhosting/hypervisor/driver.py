@@ -90,7 +90,8 @@ class HypervisorDriver(Protocol):
 
     def host_settings(self, *, vnc_listen: str, netns: str | None) -> HostVmSettings:
         """What this host puts into every VM's spec (accelerator, QEMU, hardening), with
-        where VNC listens and the network namespace, which the network layer decides."""
+        where VNC listens (the console service's choice, services/vnc.py) and the network
+        namespace (the network layer's)."""
         ...
 
     def run_dir(self, server: str) -> Path:

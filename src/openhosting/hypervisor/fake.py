@@ -10,6 +10,7 @@ fault a test injects:
 - `guest_power_off(server)`: the guest powers itself off (POWERED_OFF, then EXITED, SHUTDOWN);
 - `pause(server, reason)`: the hypervisor pauses the VM (a full disk: NOSPACE);
 - `stick(server)`: its monitor stops answering: commands time out after `qmp_timeout`.
+- `host.ports_in_use`: ports something else on the host listens on (`vnc_port_free`).
 
 VMs live on a `FakeHost`, which outlives a driver: a new driver on the same host finds them
 (`adopt`), as a restarted daemon finds QEMU processes.
