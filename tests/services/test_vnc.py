@@ -2,6 +2,7 @@
 gives it back. Over the fake hypervisor (real SQLite, real services), and with the real
 host probe of QemuDriver for a port something else on the host listens on."""
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,13 @@ async def test_the_hosts_own_probe_skips_a_port_a_real_listener_holds(
         display = display_of(platform, server)
         assert display is not None and display != held
     assert port_is_free(LISTEN, vnc_port(held))  # the probe itself holds nothing
+
+
+async def test_servers_started_at_once_get_displays_of_their_own(
+    fake: tuple[Platform, FakeHypervisor, str],
+) -> None:
+    platform, _, user = fake
+    created = [await platform.servers.create(user, SERVER, start=False) for _ in range(3)]
+    servers = [str(info["server"]) for info in created]
+    await asyncio.gather(*(platform.servers.start(user, server) for server in servers))
+    assert {display_of(platform, server) for server in servers} == {0, 1, 2}
