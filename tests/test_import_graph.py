@@ -70,3 +70,28 @@ def test_the_services_use_only_the_hypervisors_interface() -> None:
         for module, names in imports_under("services").items()
     }
     assert {module: names for module, names in found.items() if names} == {}
+
+
+def integers_in(path: Path, value: int) -> list[int]:
+    """The lines of `path` whose code holds the integer `value` (not in strings or comments)."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Constant) and type(node.value) is int and node.value == value
+    ]
+
+
+def test_integers_in_reads_code_not_text(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text('"""port 5900"""\nA = 5900  # 5900\nB = "5900"\nC = 59000\n\nD = [1, 5900]\n')
+    assert integers_in(module, 5900) == [2, 6]
+
+
+def test_vncs_base_port_is_written_only_in_the_vnc_package() -> None:
+    """One owner of VNC's port numbers (vnc/ports.py): elsewhere they are computed from it."""
+    found = {
+        str(path.relative_to(PACKAGE.parent)): lines
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not path.is_relative_to(PACKAGE / "vnc") and (lines := integers_in(path, 5900))
+    }
+    assert found == {}

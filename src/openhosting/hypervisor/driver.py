@@ -90,15 +90,17 @@ class HypervisorDriver(Protocol):
 
     def host_settings(self, *, vnc_listen: str, netns: str | None) -> HostVmSettings:
         """What this host puts into every VM's spec (accelerator, QEMU, hardening), with
-        where VNC listens and the network namespace, which the network layer decides."""
+        where VNC listens (the console service's choice, services/vnc.py) and the network
+        namespace (the network layer's)."""
         ...
 
     def run_dir(self, server: str) -> Path:
         """The directory the spec of `server` names for its VM's files."""
         ...
 
-    def free_vnc_display(self, used: set[int], listen: str) -> int | None:
-        """A VNC display not in `used` whose port on `listen` is free; None if none is."""
+    def vnc_port_free(self, address: str, port: int) -> bool:
+        """Whether TCP `address`:`port` is free on this host for a VM's VNC server (nothing
+        else listens there). Which display a server gets is the console service's choice."""
         ...
 
     # -- life ------------------------------------------------------------------------

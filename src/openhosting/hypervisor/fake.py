@@ -10,6 +10,7 @@ fault a test injects:
 - `guest_power_off(server)`: the guest powers itself off (POWERED_OFF, then EXITED, SHUTDOWN);
 - `pause(server, reason)`: the hypervisor pauses the VM (a full disk: NOSPACE);
 - `stick(server)`: its monitor stops answering: commands time out after `qmp_timeout`.
+- `host.ports_in_use`: ports something else on the host listens on (`vnc_port_free`).
 
 VMs live on a `FakeHost`, which outlives a driver: a new driver on the same host finds them
 (`adopt`), as a restarted daemon finds QEMU processes.
@@ -67,11 +68,14 @@ class FakeVm:
 
 @dataclass
 class FakeHost:
-    """What outlives a driver: the VMs that run, how ended ones ended, serial logs."""
+    """What outlives a driver: the VMs that run, how ended ones ended, serial logs, the
+    ports taken by others."""
 
     vms: dict[str, FakeVm] = field(default_factory=dict)
     ended: dict[str, str] = field(default_factory=dict)
     logs: dict[str, bytes] = field(default_factory=dict)
+    # TCP (address, port) pairs something else on the host listens on (`vnc_port_free`).
+    ports_in_use: set[tuple[str, int]] = field(default_factory=set)
 
 
 class FakeHypervisor:
@@ -138,8 +142,8 @@ class FakeHypervisor:
     def run_dir(self, server: str) -> Path:
         return self._run_path / server
 
-    def free_vnc_display(self, used: set[int], listen: str) -> int | None:
-        return next((display for display in range(1000) if display not in used), None)
+    def vnc_port_free(self, address: str, port: int) -> bool:
+        return (address, port) not in self.host.ports_in_use
 
     # -- life ------------------------------------------------------------------------
 

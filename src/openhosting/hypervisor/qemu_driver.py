@@ -5,7 +5,7 @@ Each VM is a daemonized QEMU held as a `RunningVm` (vm.py) with its run director
 directory and its owner (QEMU drops to `hypervisor.run_as`), the secret files of encrypted
 drives (written just before QEMU starts, removed right after), the platform's VNC TLS
 credentials, the cgroup holding the vCPUs to their quota, the watch resuming VMs a full disk
-paused, and the probing of free VNC ports.
+paused, and the probing of ports (is a VNC port free on this host?).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.serial_log import SerialLogLimit, read_log
 from openhosting.hypervisor.space_resume import SpaceResumer
 from openhosting.hypervisor.spec import (
-    VNC_BASE_PORT,
     DriveSecret,
     HostVmSettings,
     RunPaths,
@@ -61,9 +60,6 @@ from openhosting.reverter import Reverter
 from openhosting.vnc.tls import ensure_vnc_tls, vnc_tls_dir
 
 log = logging.getLogger("openhosting.hypervisor")
-
-# VNC displays tried for a free port: 5900 … 6899.
-VNC_DISPLAYS = 1000
 
 
 def qemu_user(setting: str) -> pwd.struct_passwd | None:
@@ -87,6 +83,16 @@ def serial_log_limit(settings: HypervisorSettings) -> SerialLogLimit:
         raise ConfigError(
             "hypervisor.serial_log_kib and hypervisor.serial_log_files must be at least 1"
         ) from None
+
+
+def port_is_free(address: str, port: int) -> bool:
+    """Whether nothing on this host listens on TCP `address`:`port` (a bind succeeds)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def _write_secrets(secrets: tuple[DriveSecret, ...]) -> None:
@@ -144,17 +150,8 @@ class QemuDriver:
     def run_dir(self, server: str) -> Path:
         return self._run_path / server
 
-    def free_vnc_display(self, used: set[int], listen: str) -> int | None:
-        for display in range(VNC_DISPLAYS):
-            if display in used:
-                continue
-            with socket.socket() as probe:
-                try:
-                    probe.bind((listen, VNC_BASE_PORT + display))
-                except OSError:
-                    continue
-            return display
-        return None
+    def vnc_port_free(self, address: str, port: int) -> bool:
+        return port_is_free(address, port)
 
     # -- life ------------------------------------------------------------------------
 

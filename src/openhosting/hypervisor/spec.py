@@ -30,7 +30,6 @@ from openhosting.network.netdevs import (
 __all__ = [
     "MAX_SOCKET_PATH",
     "QEMU_BINARY",
-    "VNC_BASE_PORT",
     "DiskSpec",
     "DriveSecret",
     "HostVmSettings",
@@ -151,14 +150,10 @@ class NicSpec:
             raise ValueError(f"not a lowercase MAC address: {self.mac!r}")
 
 
-# VNC display N listens on this port + N (QEMU's rule); bridge mode also shows a server's VNC
-# on its own address at this very port.
-VNC_BASE_PORT = 5900
-
-
 @dataclass(frozen=True)
 class VncSpec:
-    """A VNC server on `address`:5900+`display`; logins fail until a password is set by QMP."""
+    """A VNC server on `address`, display `display` (port: vnc/ports.py); logins fail until a
+    password is set by QMP."""
 
     address: str
     display: int

@@ -16,14 +16,13 @@ import re
 
 from openhosting.network.errors import NetworkError
 from openhosting.network.links import netns_exec_argv, run_command
-from openhosting.network.vnc_overlay import VNC_PORT
+from openhosting.vnc.ports import VNC_BASE_PORT, VNC_DISPLAYS
 
 TABLE_PREFIX = "openhosting_fence_"
 NFT_BINARY = "nft"
 # The mark of packets that came from a guest's tap (bits of ours, kept apart from others').
 GUEST_MARK = 0x6F680000
 DHCP_SERVER_PORT = 67
-VNC_DISPLAYS = 1000  # the servers service picks displays 0..999
 
 
 def table_name(bridge: str) -> str:
@@ -35,7 +34,7 @@ def fence_ruleset(table: str, tap_prefix: str) -> str:
     """Both tables (pure): mark what comes from taps, refuse it the host but DHCP, VNC, ping.
 
     Loaded again it replaces the tables (each is deleted first in the same transaction)."""
-    last_vnc = VNC_PORT + VNC_DISPLAYS - 1
+    last_vnc = VNC_BASE_PORT + VNC_DISPLAYS - 1
     return f"""\
 table bridge {table}
 delete table bridge {table}
@@ -53,7 +52,7 @@ table inet {table} {{
     meta mark & {GUEST_MARK:#x} != {GUEST_MARK:#x} accept
     ct state established,related accept
     udp dport {DHCP_SERVER_PORT} accept
-    tcp dport {VNC_PORT}-{last_vnc} accept
+    tcp dport {VNC_BASE_PORT}-{last_vnc} accept
     icmp type echo-request accept
     meta l4proto ipv6-icmp accept
     reject

@@ -14,9 +14,9 @@ import re
 
 from openhosting.network.errors import NetworkError
 from openhosting.network.links import ip_argv, netns_exec_argv, run_command
+from openhosting.vnc.ports import VNC_BASE_PORT
 
 TABLE_PREFIX = "openhosting_vnc_"
-VNC_PORT = 5900
 NFT_BINARY = "nft"
 
 
@@ -33,14 +33,14 @@ table bridge {table} {{
   set guests {{ type ipv4_addr; }}
   chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
-    ip daddr @guests tcp dport {VNC_PORT} ether daddr set {bridge_mac} meta pkttype set host
+    ip daddr @guests tcp dport {VNC_BASE_PORT} ether daddr set {bridge_mac} meta pkttype set host
   }}
 }}
 table ip {table} {{
   map targets {{ type ipv4_addr : ipv4_addr . inet_service; }}
   chain prerouting {{
     type nat hook prerouting priority -100; policy accept;
-    tcp dport {VNC_PORT} dnat ip to ip daddr map @targets
+    tcp dport {VNC_BASE_PORT} dnat ip to ip daddr map @targets
   }}
 }}
 """

@@ -16,22 +16,20 @@ import contextlib
 import hashlib
 import logging
 import secrets
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import Engine
 
 from openhosting.errors import AuthError, BusyError, MissingError
 from openhosting.services.events import Event
 from openhosting.services.servers import Servers
+from openhosting.services.vnc import VncTarget
 from openhosting.store import console_tokens as token_store
 from openhosting.store import servers as server_store
 from openhosting.store.records import ServerRecord
 from openhosting.vnc import rfb
-from openhosting.vnc.tls import CA_CERT
 
 log = logging.getLogger("openhosting.consoles")
 
@@ -53,16 +51,6 @@ class ConsoleGrant:
 
     server: str
     user: str
-
-
-@dataclass(frozen=True)
-class VncTarget:
-    """Where and how the daemon logs in to one server's VNC."""
-
-    host: str
-    port: int
-    password: str
-    tls: bool  # `vnc:tls on`: VeNCrypt X509 with the platform's VNC CA
 
 
 @dataclass(frozen=True)
@@ -112,12 +100,11 @@ class Consoles:
         engine: Engine,
         servers: Servers,
         token_seconds: int,
-        vnc_tls_dir: Path,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
         self._servers = servers
-        self._vnc_tls_dir = vnc_tls_dir
+        self._vnc = servers.lifecycle.vnc  # where each server's VNC is, and how to log in
         self._token_seconds = token_seconds
         self._clock = clock
         self._sessions: dict[str, set[ConsoleSession]] = {}
@@ -146,12 +133,7 @@ class Consoles:
         uuid = row.uuid
         if uuid not in self._servers.lifecycle.active:
             raise BusyError(f"Server {uuid} is not active: its console opens once it runs")
-        display = row.vnc_display
-        password = row.config.vnc_password
-        if not password or display is None:
-            raise BusyError(f"Server {uuid} has no VNC console: set vnc:password and restart it")
-        host, port = self._servers.lifecycle.vnc_endpoint(display)
-        return VncTarget(host, port, password, row.config.vnc_tls)
+        return self._vnc.target(row)
 
     def check_token(self, token: str) -> None:
         """ConsoleTokenError naming why `token` cannot be used, without using it up: what
@@ -218,7 +200,7 @@ class Consoles:
         try:
             async with asyncio.timeout(VNC_CONNECT_SECONDS):
                 reader, writer = await asyncio.open_connection(target.host, target.port)
-                tls = self._tls_context() if target.tls else None
+                tls = self._vnc.tls_context() if target.tls else None
                 await rfb.log_in(reader, writer, target.password, tls, target.host)
         except (OSError, TimeoutError, rfb.RfbError) as error:
             if writer is not None:
@@ -226,10 +208,6 @@ class Consoles:
             reason = str(error) or type(error).__name__
             raise BusyError(f"Server {server}'s console could not be reached: {reason}") from None
         return reader, writer
-
-    def _tls_context(self) -> ssl.SSLContext:
-        """Trust in the platform's VNC CA alone, as QEMU's VeNCrypt X509 server shows it."""
-        return ssl.create_default_context(cafile=str(self._vnc_tls_dir / CA_CERT))
 
     def sessions_of(self, server: str) -> int:
         """How many console sessions of `server` are open."""

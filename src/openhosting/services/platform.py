@@ -24,7 +24,6 @@ from openhosting.store.database import open_engine
 from openhosting.store.executor import StoreExecutor
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
 from openhosting.store.reader import Reader
-from openhosting.vnc.tls import vnc_tls_dir
 
 
 @dataclass
@@ -78,9 +77,7 @@ def open_platform(config: Config) -> Platform:
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
     servers = Servers(engine, reader, drives, config, networks, billing, events)
-    consoles = Consoles(
-        engine, servers, config.api.console_token_seconds, vnc_tls_dir(config.state_path)
-    )
+    consoles = Consoles(engine, servers, config.api.console_token_seconds)
     events.add_listener(consoles.observe_event)  # a VM that ends closes its consoles
     return Platform(
         config=config,

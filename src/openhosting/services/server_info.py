@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from openhosting.hypervisor.driver import BlockStats
 from openhosting.model.server import ServerConfig
+from openhosting.vnc.ports import VNC_BASE_PORT
 from openhosting.wire.payload import Value
 
 # Keys whose values are numbers in JSON (docs/api.md §2).
@@ -58,7 +59,7 @@ def server_info(
     info["started"] = live.started
     if live.nic0_address and config.nics and config.nics[0].index == 0:
         info["nic:0:dhcp:ip"] = live.nic0_address
-    if live.vnc_port is not None and live.vnc_port != 5900:
+    if live.vnc_port is not None and live.vnc_port != VNC_BASE_PORT:
         info["vnc:port"] = live.vnc_port
     info["rx"], info["tx"] = live.rx, live.tx
     info["rx:packets"], info["tx:packets"] = live.rx_packets, live.tx_packets

@@ -35,7 +35,7 @@ from openhosting.hypervisor.driver import (
     open_driver,
 )
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.spec import VNC_BASE_PORT, HostVmSettings
+from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.model.server import ServerConfig
 from openhosting.reverter import Reverter
 from openhosting.services.drives import AttachableDrive
@@ -46,6 +46,7 @@ from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_logs import ServerLogs
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.vm_specs import build_vm_spec
+from openhosting.services.vnc import ServerVnc
 from openhosting.store import servers as server_store
 from openhosting.store.records import ServerRecord
 
@@ -84,8 +85,8 @@ class ServerLifecycle:
         # The owner of every active server (its VM held by the driver); only this class
         # adds and removes entries.
         self.active: dict[str, str] = {}
-        # Servers whose VNC is also on their own address (bridge mode): their address.
-        self._vnc_overlays: dict[str, str] = {}
+        # The servers' VNC: displays, addresses, overlays, credentials.
+        self.vnc = ServerVnc(config, networks, self.driver)
         self.dumps = ServerDumps.of_state(config.state_path, config.platform_key_path)
         # Servers whose VM is ending because its state was saved: `vm_exited` keeps them.
         self._dumping: set[str] = set()
@@ -106,22 +107,9 @@ class ServerLifecycle:
         """The status of every server with a VM (see `status`)."""
         return {uuid: status for uuid in list(self.active) if (status := self.status(uuid))}
 
-    def _vnc_listen(self) -> str:
-        """Where VNC listens: in bridge mode the host's address on the public bridge (QEMU
-        may run in a namespace, where the host's loopback is out of reach)."""
-        return self._networks.vnc_address or self._settings.vnc_listen
-
-    def vnc_endpoint(self, display: int) -> tuple[str, int]:
-        """Where the daemon itself reaches the VNC server of `display` (the web console)."""
-        return self._vnc_listen(), VNC_BASE_PORT + display
-
-    def free_vnc_display(self, used: set[int]) -> int | None:
-        """A display for a new VNC server: not in `used`, its port free on this host."""
-        return self.driver.free_vnc_display(used, self._settings.vnc_listen)
-
     def _host_settings(self) -> HostVmSettings:
         return self.driver.host_settings(
-            vnc_listen=self._vnc_listen(), netns=self._networks.namespace
+            vnc_listen=self.vnc.listen_address(), netns=self._networks.namespace
         )
 
     # -- start -----------------------------------------------------------------------
@@ -153,18 +141,13 @@ class ServerLifecycle:
                 nics=nics,
             )
             spec = dataclasses.replace(plan.spec, incoming=True) if restore else plan.spec
-            vnc_names: tuple[str, ...] = ()
-            if config.vnc_tls and display is not None:
-                name = self._networks.vnc_address_of(uuid) or self._networks.nic0_address(
-                    uuid, config
-                )
-                vnc_names = (name,) if name else ()
+            vnc = self.vnc.credentials(uuid, config, display)
             try:
                 vm = await self.driver.start(
                     spec,
                     secrets=plan.secrets,
-                    vnc_password=config.vnc_password if display is not None else None,
-                    vnc_names=vnc_names,
+                    vnc_password=vnc.password,
+                    vnc_names=vnc.names,
                     cpu_mhz=config.cpu,
                     restore=self.dumps.source(uuid) if restore else None,
                     timeout=STATE_TIMEOUT if restore else self._settings.start_timeout,
@@ -176,8 +159,8 @@ class ServerLifecycle:
             self.active[uuid] = user
             revert.add(lambda: self.driver.kill(uuid, self._settings.stop_timeout))
             if display is not None:
-                await self._open_vnc_overlay(uuid, config, display)
-                revert.add(lambda: self._close_vnc_overlay(uuid))
+                await self.vnc.open_overlay(uuid, config, display)
+                revert.add(lambda: self.vnc.close_overlay(uuid))
             started = int(time.time())
             with self._engine.begin() as connection:
                 server_store.update_server(connection, uuid, status="active", started_at=started)
@@ -219,17 +202,6 @@ class ServerLifecycle:
         """The hypervisor paused the VM of `uuid` (a full disk, say): tell its owner."""
         self._events.publish(user, "server", uuid, "status", status="paused", reason=reason)
 
-    async def _open_vnc_overlay(self, uuid: str, config: ServerConfig, display: int) -> None:
-        """In bridge mode, VNC is also reached on the server's own address, port 5900."""
-        guest = await self._networks.open_vnc(uuid, config, VNC_BASE_PORT + display)
-        if guest is not None:
-            self._vnc_overlays[uuid] = guest
-
-    async def _close_vnc_overlay(self, uuid: str) -> None:
-        address = self._vnc_overlays.pop(uuid, None)
-        if address is not None:
-            await self._networks.close_vnc(uuid, address)
-
     # -- while it runs ---------------------------------------------------------------
 
     async def reconfigure(self, uuid: str, current: ServerConfig, merged: ServerConfig) -> None:
@@ -240,8 +212,7 @@ class ServerLifecycle:
         if merged.cpu != current.cpu:
             await self.driver.set_cpu(uuid, merged.cpu)
         if merged.vnc_password != current.vnc_password:
-            with contextlib.suppress(HypervisorError):  # no VNC server: applies at next start
-                await self.driver.set_vnc_password(uuid, merged.vnc_password)
+            await self.vnc.set_password(uuid, merged.vnc_password)
 
     async def live_figures(self, row: ServerRecord, config: ServerConfig) -> LiveFigures:
         """What the running VM of the server in `row` tells for its info."""
@@ -251,17 +222,13 @@ class ServerLifecycle:
         except HypervisorError:
             blockstats = {}  # the VM is going away; its counters with it
         vm = self.driver.status(uuid)
-        display = row.vnc_display
         traffic = await self._networks.counters(uuid)
+        vnc_address, vnc_port = self.vnc.public_endpoint(uuid, row.vnc_display)
         return LiveFigures(
             started=int(row.started_at or (vm.started if vm is not None else 0)),
             nic0_address=self._networks.nic0_address(uuid, config),
-            vnc_address=self._vnc_overlays.get(uuid, self._vnc_listen())
-            if display is not None
-            else None,
-            vnc_port=(VNC_BASE_PORT if uuid in self._vnc_overlays else VNC_BASE_PORT + display)
-            if display is not None
-            else None,
+            vnc_address=vnc_address,
+            vnc_port=vnc_port,
             blockstats=blockstats,
             rx=traffic.rx_bytes,
             tx=traffic.tx_bytes,
@@ -340,7 +307,7 @@ class ServerLifecycle:
     async def vm_exited(self, uuid: str, how: str) -> None:
         """The VM of `uuid` is gone: release its drives and apply the persistence rules."""
         try:
-            await self._close_vnc_overlay(uuid)
+            await self.vnc.close_overlay(uuid)
         except (FailedError, OSError) as error:
             log.warning("event=vnc_overlay_close_failed server=%s error=%s", uuid, error)
         try:
@@ -358,18 +325,16 @@ class ServerLifecycle:
                     server_store.remove_guest_claims(connection, uuid)
                 if dumped and row is not None:
                     # Its drives stay claimed: what they hold belongs with the saved memory.
-                    server_store.update_server(
-                        connection, uuid, status=DUMPED, started_at=None, vnc_display=None
-                    )
+                    server_store.update_server(connection, uuid, status=DUMPED, started_at=None)
+                    self.vnc.release(connection, uuid)
                     log.info("event=server_stopped server=%s status=%s", uuid, DUMPED)
                 elif row is not None and not persistent:
                     server_store.delete_server(connection, uuid)
                     log.info("event=server_destroyed server=%s reason=vm_%s", uuid, how)
                 elif row is not None:
                     status = "stopped" if how == SHUTDOWN else "dead"
-                    server_store.update_server(
-                        connection, uuid, status=status, started_at=None, vnc_display=None
-                    )
+                    server_store.update_server(connection, uuid, status=status, started_at=None)
+                    self.vnc.release(connection, uuid)
                     log.info("event=server_stopped server=%s status=%s", uuid, status)
         finally:
             self.active.pop(uuid, None)
@@ -429,7 +394,7 @@ class ServerLifecycle:
                     log.warning("event=cpu_quota_failed server=%s error=%s", uuid, error)
                 if row.vnc_display is not None:
                     with contextlib.suppress(FailedError, OSError):
-                        await self._open_vnc_overlay(uuid, config, row.vnc_display)
+                        await self.vnc.open_overlay(uuid, config, row.vnc_display)
                 log.info("event=server_adopted server=%s", uuid)
                 continue
             if vm is None:

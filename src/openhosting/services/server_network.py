@@ -71,11 +71,6 @@ class ServerNetworks:
         self.driver = driver
 
     @property
-    def vnc_address(self) -> str | None:
-        """Where VNC servers listen in this network mode (None: the hypervisor's setting)."""
-        return self.driver.vnc_address
-
-    @property
     def namespace(self) -> str | None:
         return self.driver.namespace or None
 
@@ -286,24 +281,6 @@ class ServerNetworks:
             return None
         plan = next((plan for plan in self.plans_of(server) if plan.index == 0), None)
         return self.driver.guest_address(plan) if plan is not None else None
-
-    async def open_vnc(self, server: str, config: ServerConfig, port: int) -> str | None:
-        """Overlay the server's VNC on port 5900 of the address held for it, else of its nic:0
-        address, where the mode can; the address VNC is reached at then, or None (it stays
-        on `vnc_address`)."""
-        if (own := self.vnc_address_of(server)) is not None:
-            return own if await self.driver.open_vnc_address(own, port) else None
-        guest = self.nic0_address(server, config)
-        if guest is None or not await self.driver.open_vnc(guest, port):
-            return None
-        return guest
-
-    async def close_vnc(self, server: str, address: str) -> None:
-        """Undo `open_vnc`, which answered `address` (before `release`)."""
-        if address == self.vnc_address_of(server):
-            await self.driver.close_vnc_address(address)
-        else:
-            await self.driver.close_vnc(address)
 
     async def counters(self, server: str) -> Counters:
         return await self.driver.counters(self.plans_of(server))

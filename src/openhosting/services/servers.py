@@ -284,15 +284,7 @@ class Servers:
                 self._claim_drives(connection, user, uuid, config, drives)
             else:
                 drive_store.reset_guest_io_marks(connection, uuid)
-            display = None
-            if config.vnc_password:
-                display = self.lifecycle.free_vnc_display(
-                    server_store.used_vnc_displays(connection)
-                )
-                if display is None:
-                    raise BusyError("No free VNC display on this host")
-                server_store.update_server(connection, uuid, vnc_display=display)
-        return display
+            return self.lifecycle.vnc.claim(connection, uuid, config)
 
     def _claim_drives(
         self,
@@ -319,7 +311,7 @@ class Servers:
         with self._engine.begin() as connection:
             if drives:
                 server_store.remove_guest_claims(connection, uuid)
-            server_store.update_server(connection, uuid, vnc_display=None)
+            self.lifecycle.vnc.release(connection, uuid)
 
     async def stop(self, user: str, uuid: str) -> None:
         async with self._lock_of(user, uuid):
