@@ -13,6 +13,7 @@ from openhosting.services.billing import Billing
 from openhosting.services.consoles import Consoles
 from openhosting.services.drives import Drives
 from openhosting.services.events import EventBus, audit_sink
+from openhosting.services.hosts import Hosts
 from openhosting.services.imaging import Imaging
 from openhosting.services.resources import Resources
 from openhosting.services.server_network import ServerNetworks
@@ -44,6 +45,7 @@ class Platform:
     events: EventBus
     consoles: Consoles
     web_sessions: WebSessions
+    hosts: Hosts
 
     def close(self) -> None:
         self.reader.close()
@@ -58,6 +60,7 @@ def open_platform(config: Config) -> Platform:
     engine = open_engine(config.database_path)
     reader = Reader(engine)
     billing = Billing(engine, config.billing)
+    hosts = Hosts(engine, config)
     drives = Drives(
         engine,
         reader,
@@ -65,6 +68,7 @@ def open_platform(config: Config) -> Platform:
         derive_key(platform_key, "drive-secrets"),
         config.storage.default_cipher,
         billing,
+        hosts,
     )
     pool, network_driver = open_network(
         config.network, config.run_path / "network", config.hypervisor.run_as
@@ -100,4 +104,5 @@ def open_platform(config: Config) -> Platform:
         events=events,
         consoles=consoles,
         web_sessions=WebSessions(engine, config.api.session_seconds),
+        hosts=hosts,
     )
