@@ -77,3 +77,14 @@ async def test_server_info_shows_the_host_it_runs_on(
     assert info["host"] == "hv-one"
     response = await named_client.get(f"/servers/{info['server']}/info", headers=auth)
     assert parse_properties(await response.text())["host"] == "hv-one"
+
+
+def test_a_standard_drive_is_on_the_host_whose_files_hold_it(
+    named_platform: Platform, tmp_path: Path
+) -> None:
+    image = tmp_path / "image.raw"
+    image.write_bytes(b"\x01" * 4096)
+    added = named_platform.standard_drives.add(image, "Tiny", "disk")
+    with named_platform.engine.connect() as connection:
+        row = drive_store.get_drive(connection, str(added["drive"]))
+    assert row is not None and row.host == "hv-one"

@@ -97,7 +97,7 @@ def open_platform(config: Config) -> Platform:
             config.storage.job_retention_days,
             events,
         ),
-        standard_drives=StandardDrives(engine, drives.files),
+        standard_drives=StandardDrives(engine, drives.files, hosts.name),
         resources=resources,
         audit=audit,
         billing=billing,
