@@ -2,6 +2,7 @@
 state, from the real state directory."""
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from openhosting.services.hosts import measure_host
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
 from openhosting.store import servers as server_store
-from openhosting.store.records import HostRecord
 from openhosting.wire.text import parse_properties_list
 
 
@@ -31,7 +31,7 @@ async def _place_things(state: Path) -> None:
         await platform.servers.create(user, {"name": "off", "cpu": "900", "mem": "128"}, False)
         with platform.engine.begin() as connection:
             server_store.update_server(connection, str(on["server"]), status="active")
-            gone = HostRecord(**{**measure_host(config, 0.0).__dict__, "name": "hv-gone"})
+            gone = dataclasses.replace(measure_host(config, 0.0), name="hv-gone")
             host_store.register_host(connection, gone)
     finally:
         platform.close()

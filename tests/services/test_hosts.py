@@ -2,6 +2,7 @@
 (services/hosts.py), on a real SQLite file and the real /proc and file systems."""
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -11,7 +12,6 @@ from openhosting.config import Config, load_config
 from openhosting.services.hosts import Hosts, file_system_bytes, measure_host, memory_total_mb
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
-from openhosting.store.records import HostRecord
 
 MEMINFO = "MemTotal:        8040352 kB\nMemFree:          123456 kB\n"
 
@@ -70,7 +70,7 @@ def test_a_registered_host_shows_its_drives_and_active_servers_and_goes_offline_
         with platform.engine.begin() as connection:
             # Another host that last spoke a minute ago.
             stale = measure_host(config, 0.0)
-            stale = HostRecord(**{**stale.__dict__, "name": "hv-gone"})
+            stale = dataclasses.replace(stale, name="hv-gone")
             host_store.register_host(connection, stale)
             host_store.heartbeat(connection, "hv-gone", stale.heartbeat_at)
         views = {view.record.name: view for view in platform.hosts.overview()}

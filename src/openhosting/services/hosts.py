@@ -110,11 +110,16 @@ class Hosts:
             except Exception as error:  # a busy or failing database: try again next beat
                 log.warning("event=heartbeat_failed host=%s error=%s", self.name, error)
 
-    def _loads(self, connection: Connection, records: list[HostRecord]) -> list[HostLoad]:
+    def _loads(
+        self, connection: Connection, records: list[HostRecord], servers: bool = True
+    ) -> list[HostLoad]:
+        """The load of each host of `records`; without `servers`, their drives' only (a
+        drive's placement needs no cpu or mem, and decoding every server's configuration
+        would cost each drive create)."""
         drive_bytes = host_store.drive_bytes_by_host(connection)
         # Every VM runs on this daemon's host until agents run them elsewhere.
         used_mhz = used_mb = 0
-        for _uuid, status, server in counts.server_statuses(connection):
+        for _uuid, status, server in counts.server_statuses(connection) if servers else []:
             if status == "active":
                 used_mhz, used_mb = used_mhz + server.cpu, used_mb + server.mem
         loads = []
@@ -147,7 +152,7 @@ class Hosts:
         request = DriveRequest(
             size=size, tier=tier, avoid_hosts=host_store.hosts_of_drives(connection, list(avoid))
         )
-        return place_drive(request, self._loads(connection, [self.local]))
+        return place_drive(request, self._loads(connection, [self.local], servers=False))
 
     def overview(self) -> list[HostView]:
         """Every registered host with its capacity, use and state, by name."""
