@@ -1,6 +1,6 @@
 """Queries on the platform's hosts (the `hosts` table) and what their drives hold."""
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from openhosting.store.drives import SIZE_SUM
 from openhosting.store.records import HostRecord
@@ -52,7 +52,3 @@ def hosts_of_drives(connection: Connection, uuids: list[str]) -> dict[str, str]:
         return {}
     query = select(drives.c.uuid, drives.c.host).where(drives.c.uuid.in_(uuids))
     return {uuid: host for uuid, host in connection.execute(query)}
-
-
-def count_hosts(connection: Connection) -> int:
-    return int(connection.execute(select(func.count()).select_from(hosts)).scalar_one())
