@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -123,6 +124,21 @@ class HypervisorSettings:
 
 
 @dataclass(frozen=True)
+class HostSettings:
+    """This host, as the platform's hosts table knows it (`openhosting-admin host list`)."""
+
+    # The host's name among the platform's hosts; empty: the machine's hostname.
+    name: str = ""
+    # Memory kept back for the host itself (the daemon, the kernel, QEMU's own overhead), in
+    # MiB: the memory servers may use is the host's total less this.
+    memory_reserve_mb: int = 1024
+    # How often the daemon tells the hosts table that this host is alive, in seconds.
+    heartbeat_seconds: int = 5
+    # A host silent for longer than this, in seconds, is `offline`.
+    offline_seconds: int = 20
+
+
+@dataclass(frozen=True)
 class NetworkSettings:
     """Server networking."""
 
@@ -197,6 +213,7 @@ class Config:
     api: ApiSettings = field(default_factory=ApiSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     hypervisor: HypervisorSettings = field(default_factory=HypervisorSettings)
+    host: HostSettings = field(default_factory=HostSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -239,6 +256,11 @@ class Config:
             else Path(f"/tmp/openhosting-{os.geteuid()}")
         )
         return base / tag
+
+    @property
+    def host_name(self) -> str:
+        """This host's name among the platform's hosts (`host.name`, else the hostname)."""
+        return self.host.name or socket.gethostname()
 
     @property
     def platform_key_path(self) -> Path:

@@ -89,6 +89,8 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     # Drive files first: a resize the previous daemon did not finish is put right before any
     # server or job opens them.
     await asyncio.to_thread(platform.drives.repair_files)
+    await asyncio.to_thread(platform.hosts.register)
+    heartbeat = asyncio.create_task(platform.hosts.heartbeat_every())
     await platform.servers.recover()
     metering = asyncio.create_task(platform.billing.run()) if config.billing.enabled else None
     log_pruning = asyncio.create_task(platform.servers.lifecycle.logs.prune_hourly())
@@ -118,6 +120,8 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         log_pruning.cancel()
         guest_io.cancel()
         nic_helpers.cancel()
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)  # no beat after the stop
         await platform.servers.close()  # VMs keep running; the next daemon adopts them
         log.info("event=stopped")
 

@@ -228,7 +228,7 @@ async def test_info_has_every_key(client: TestClient, auth: dict[str, str], user
     info = await drive_info(client, auth, drive)
     expected = {
         "drive", "name", "size", "user", "status", "claim:type", "readers", "tags",
-        "encryption:cipher", "tier", "read:bytes", "read:requests", "write:bytes",
+        "encryption:cipher", "tier", "host", "read:bytes", "read:requests", "write:bytes",
         "write:requests",
     }  # fmt: skip
     assert set(info) == expected

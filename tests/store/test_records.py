@@ -67,6 +67,7 @@ ODD_DRIVE = DriveRecord(
     rawsize=(1 << 50),
     imaging="42%",
     imaging_error="source drive gone: «ошибка»",
+    host="hv-ü.example",
 )
 PLAIN_DRIVE = DriveRecord(uuid=DRIVE, user=USER, size=0, cipher="none", created_at=0.0)
 

@@ -1,4 +1,10 @@
-"""`openhosting-admin host suspend|resume`: host maintenance (a kernel update, a reboot).
+"""`openhosting-admin host list|suspend|resume`: the platform's hosts, and host maintenance
+(a kernel update, a reboot).
+
+`list` shows every registered host: its capacity (cores and their MHz, memory less the
+host's reserve, the size of each tier's file system), what is placed on it (the cpu and mem
+of its active servers, the sizes of its drives per tier) and its state (`offline` when its
+last heartbeat is older than `host.offline_seconds`).
 
 `suspend` saves every active server's memory and device state to an encrypted dump in the
 state directory and ends its VM: those servers are `dumped`, their drives still claimed.
@@ -18,7 +24,10 @@ from typing import Any
 from openhosting.config import Config
 from openhosting.daemon import parse_listen
 from openhosting.errors import FailedError
-from openhosting.services.platform import open_platform
+from openhosting.services.hosts import HostView
+from openhosting.services.platform import Platform, open_platform
+from openhosting.wire.payload import PropertiesList, Value
+from openhosting.wire.text import render_text
 
 # Saving or restoring every guest of a host takes a while: bounded, but generously.
 DAEMON_TIMEOUT = 3600.0
@@ -77,10 +86,38 @@ def cmd_host(config: Config, args: argparse.Namespace) -> str:
     return text
 
 
+def host_properties(view: HostView) -> dict[str, Value]:
+    """What `host list` shows of one host."""
+    load = view.load
+    properties: dict[str, Value] = {
+        "host": load.name,
+        "state": view.state,
+        "heartbeat:age": int(view.heartbeat_age),
+        "cpu:cores": load.cores,
+        "cpu:core_mhz": load.core_mhz,
+        "cpu": load.cores * load.core_mhz,
+        "cpu:used": load.used_mhz,
+        "mem": load.memory_mb,
+        "mem:used": load.used_memory_mb,
+    }
+    for tier in sorted(set(load.disk_bytes_by_tier) | set(load.used_bytes_by_tier)):
+        properties[f"disk:{tier}"] = load.disk_bytes_by_tier.get(tier, 0)
+        properties[f"disk:{tier}:used"] = load.used_bytes_by_tier.get(tier, 0)
+    return properties
+
+
+def cmd_host_list(platform: Platform, _args: argparse.Namespace) -> str:
+    views = platform.hosts.overview()
+    return render_text(PropertiesList([host_properties(view) for view in views]))
+
+
 def add_parsers(areas: Any) -> None:
     """Add the `host` area to the admin tool's parser."""
-    host = areas.add_parser("host", help="host maintenance")
+    host = areas.add_parser("host", help="the platform's hosts, host maintenance")
     commands = host.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "list", help="every host: capacity, use and state (last heartbeat's age)"
+    ).set_defaults(run=cmd_host_list)
     commands.add_parser(
         "suspend", help="save every active server's state to disk and end its VM (dumped)"
     ).set_defaults(run_on_state=cmd_host)

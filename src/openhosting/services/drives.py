@@ -31,6 +31,7 @@ from openhosting.services.drive_transfers import (
     StagedDriveWriter,
     storage_error,
 )
+from openhosting.services.hosts import Hosts
 from openhosting.services.operations import (
     ATTACH,
     DESTROY,
@@ -79,6 +80,8 @@ def drive_info(
     info.update(sorted(drive.user_keys.items()))
     info["encryption:cipher"] = drive.cipher
     info["tier"] = drive.tier
+    if drive.host:  # ours: the host whose storage holds it
+        info["host"] = drive.host
     # Kept on the row by services/imaging.py; absent (never "false") when nothing is pending.
     if drive.imaging:
         info["imaging"] = drive.imaging
@@ -117,8 +120,10 @@ class Drives:
         secret_key: bytes,
         cipher: str,
         billing: Billing,
+        hosts: Hosts,
     ) -> None:
         self._billing = billing
+        self._hosts = hosts
         self._engine = engine
         self._reader = reader
         self.tiers = tiers
@@ -126,6 +131,11 @@ class Drives:
         self._default_cipher = cipher
         # Reads, writes and resizes under way per drive, and what each refuses.
         self.operations = Operations("Drive", DRIVE_RULES)
+
+    @property
+    def local_host(self) -> str:
+        """The name of this daemon's host, where it makes drive files."""
+        return self._hosts.name
 
     @property
     def files(self) -> DriveFiles:
@@ -222,6 +232,7 @@ class Drives:
         uuid = str(uuid_module.uuid4())
         with self._engine.connect() as connection:
             self._check_drive_limit(connection, user, settings.size, settings.tier)
+            host = self._hosts.place_drive(connection, settings.size, settings.tier, settings.avoid)
         wrapped: dict[str, bytes | None] = {"wrapped_passphrase": None, "wrapped_master_key": None}
         try:
             if settings.cipher == "none":
@@ -250,17 +261,19 @@ class Drives:
                     user=user,
                     cipher=settings.cipher,
                     created_at=time.time(),  # sub-second: lists keep creation order
+                    host=host,
                     **drive_settings_columns(settings),
                     **wrapped,
                 )
             revert.success()
         log.info(
-            "event=drive_created user=%s drive=%s size=%s cipher=%s tier=%s",
+            "event=drive_created user=%s drive=%s size=%s cipher=%s tier=%s host=%s",
             user,
             uuid,
             settings.size,
             settings.cipher,
             settings.tier,
+            host,
         )
         return self.info(user, uuid)
 

@@ -13,6 +13,7 @@ from openhosting.services.billing import Billing
 from openhosting.services.consoles import Consoles
 from openhosting.services.drives import Drives
 from openhosting.services.events import EventBus, audit_sink
+from openhosting.services.hosts import Hosts
 from openhosting.services.imaging import Imaging
 from openhosting.services.resources import Resources
 from openhosting.services.server_network import ServerNetworks
@@ -46,6 +47,7 @@ class Platform:
     web_sessions: WebSessions
     # Where the event loop's database work runs (worker threads unless SQLite).
     store: StoreExecutor
+    hosts: Hosts
 
     def close(self) -> None:
         self.store.close()
@@ -61,6 +63,7 @@ def open_platform(config: Config) -> Platform:
     engine = open_engine(config.store_url)
     reader = Reader(engine)
     billing = Billing(engine, config.billing)
+    hosts = Hosts(engine, config)
     drives = Drives(
         engine,
         reader,
@@ -68,6 +71,7 @@ def open_platform(config: Config) -> Platform:
         derive_key(platform_key, "drive-secrets"),
         config.storage.default_cipher,
         billing,
+        hosts,
     )
     pool, network_driver = open_network(
         config.network, config.run_path / "network", config.hypervisor.run_as
@@ -94,7 +98,7 @@ def open_platform(config: Config) -> Platform:
             config.storage.job_retention_days,
             events,
         ),
-        standard_drives=StandardDrives(engine, drives.files),
+        standard_drives=StandardDrives(engine, drives.files, hosts.name),
         resources=resources,
         audit=audit,
         billing=billing,
@@ -102,4 +106,5 @@ def open_platform(config: Config) -> Platform:
         consoles=consoles,
         web_sessions=WebSessions(engine, config.api.session_seconds),
         store=StoreExecutor(engine),
+        hosts=hosts,
     )

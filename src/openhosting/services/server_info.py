@@ -35,9 +35,15 @@ def _number_or_text(key: str, value: str) -> Value:
 
 
 def server_info(
-    uuid: str, user: str, status: str, config: ServerConfig, live: LiveFigures | None
+    uuid: str,
+    user: str,
+    status: str,
+    config: ServerConfig,
+    live: LiveFigures | None,
+    host: str = "",
 ) -> dict[str, Value]:
-    """The keys of `info` in a stable order: identity, configuration, then live figures."""
+    """The keys of `info` in a stable order: identity, configuration, then live figures;
+    `host`: the host it runs (or would start) on."""
     info: dict[str, Value] = {"server": uuid}
     for key, value in config.to_properties().items():
         if key == "nic:0:dhcp" and live is not None and live.nic0_address:
@@ -54,6 +60,8 @@ def server_info(
         info["vnc:ip"] = info["vnc"] = live.vnc_address
     info["user"] = user
     info["status"] = status
+    if host:  # ours
+        info["host"] = host
     if live is None:
         return info
     info["started"] = live.started

@@ -149,7 +149,8 @@ class Servers:
         status = self._status(row)  # before any await: the VM may end meanwhile
         running = status in ("active", "paused")
         live = await self.lifecycle.live_figures(row, config) if running else None
-        return server_info(row.uuid, row.user, status, config, live)
+        # Every VM runs on this daemon's host until host agents run them elsewhere.
+        return server_info(row.uuid, row.user, status, config, live, self._drives.local_host)
 
     # -- configuration ---------------------------------------------------------------
 

@@ -52,9 +52,10 @@ def standard_info(row: DriveRecord) -> dict[str, Value]:
 class StandardDrives:
     """The standard drive library."""
 
-    def __init__(self, engine: Engine, files: DriveFiles) -> None:
+    def __init__(self, engine: Engine, files: DriveFiles, host: str = "") -> None:
         self._engine = engine
         self._files = files
+        self._host = host  # whose storage holds the files (empty: the first to register)
 
     def list_uuids(self) -> list[str]:
         return [row.uuid for row in self._rows()]
@@ -111,6 +112,7 @@ class StandardDrives:
                     format="gzip" if gzip else "",
                     rawsize=rawsize,
                     created_at=time.time(),  # sub-second: lists keep creation order
+                    host=self._host,
                 )
                 row = drive_store.get_drive(connection, uuid)
             revert.success()

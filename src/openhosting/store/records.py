@@ -89,6 +89,7 @@ class DriveRecord:
     rawsize: int | None = None
     imaging: str | None = None
     imaging_error: str | None = None
+    host: str = ""
 
     @classmethod
     def from_row(cls, row: Row) -> "DriveRecord":
@@ -116,6 +117,7 @@ class DriveRecord:
             rawsize=_int_or_none(row["rawsize"]),
             imaging=row["imaging"],
             imaging_error=row["imaging_error"],
+            host=row["host"],
         )
 
     def to_row(self) -> Columns:
@@ -137,6 +139,7 @@ class DriveRecord:
             "rawsize": self.rawsize,
             "imaging": self.imaging,
             "imaging_error": self.imaging_error,
+            "host": self.host,
         }
 
     @property
@@ -558,3 +561,49 @@ class ConsoleTokenRecord:
 
     def to_row(self) -> Columns:
         return dataclasses.asdict(self)
+
+
+# -- hosts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """A row of `hosts`: a hypervisor host, its capacity and its last heartbeat."""
+
+    name: str
+    state: str
+    cores: int
+    core_mhz: int
+    memory_mb: int
+    disk_bytes_by_tier: Mapping[str, int]
+    heartbeat_at: float
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: Row) -> "HostRecord":
+        disk = row["disk_bytes_by_tier"]
+        return cls(
+            name=row["name"],
+            state=row["state"],
+            cores=int(row["cores"]),
+            core_mhz=int(row["core_mhz"]),
+            memory_mb=int(row["memory_mb"]),
+            disk_bytes_by_tier={
+                tier: int(size) for tier, size in (json.loads(disk) if disk else {}).items()
+            },
+            heartbeat_at=float(row["heartbeat_at"]),
+            created_at=float(row["created_at"]),
+        )
+
+    def to_row(self) -> Columns:
+        """Every column of the host's row."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "cores": self.cores,
+            "core_mhz": self.core_mhz,
+            "memory_mb": self.memory_mb,
+            "disk_bytes_by_tier": json.dumps(dict(self.disk_bytes_by_tier), sort_keys=True),
+            "heartbeat_at": self.heartbeat_at,
+            "created_at": self.created_at,
+        }

@@ -73,7 +73,25 @@ drives = Table(
     # under way) and the reason the last imaging failed; kept by services/imaging.py.
     Column("imaging", String(16), nullable=True),
     Column("imaging_error", Text, nullable=True),
+    # The host whose storage holds the drive's file (`hosts.name`; empty: not yet placed,
+    # a drive from before hosts, given the local host's name when it registers).
+    Column("host", String(253), nullable=False, server_default=""),
     Index("drives_by_user", "user"),
+    Index("drives_by_host", "host", "tier"),
+)
+
+# The platform's hypervisor hosts, their capacity and when each last said it was alive.
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("name", String(253), primary_key=True),
+    Column("state", String(16), nullable=False, server_default="online"),
+    Column("cores", Integer, nullable=False),
+    Column("core_mhz", Integer, nullable=False),
+    Column("memory_mb", BigInteger, nullable=False),
+    Column("disk_bytes_by_tier", Text, nullable=False, server_default="{}"),  # JSON object
+    Column("heartbeat_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 # Who holds a drive: a server's device (`guest`) or an imaging job (`imaging`).

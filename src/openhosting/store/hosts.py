@@ -1,0 +1,54 @@
+"""Queries on the platform's hosts (the `hosts` table) and what their drives hold."""
+
+from sqlalchemy import Connection, insert, select, update
+
+from openhosting.store.drives import SIZE_SUM
+from openhosting.store.records import HostRecord
+from openhosting.store.tables import drives, hosts
+
+
+def register_host(connection: Connection, host: HostRecord) -> None:
+    """Record `host` with its capacity, as new or in place of what it said before (its
+    `created_at` kept), and give it the drives no host holds yet (those from before hosts)."""
+    columns = host.to_row()
+    # Select then write rather than an upsert: one statement for SQLite and PostgreSQL alike.
+    known = connection.execute(select(hosts.c.name).where(hosts.c.name == host.name)).first()
+    if known is None:
+        connection.execute(insert(hosts).values(**columns))
+    else:
+        del columns["created_at"]
+        connection.execute(update(hosts).where(hosts.c.name == host.name).values(**columns))
+    connection.execute(update(drives).where(drives.c.host == "").values(host=host.name))
+
+
+def heartbeat(connection: Connection, name: str, now: float) -> bool:
+    """Say that host `name` is alive at `now`: whether it is registered."""
+    result = connection.execute(
+        update(hosts).where(hosts.c.name == name).values(heartbeat_at=now, state="online")
+    )
+    return result.rowcount == 1
+
+
+def list_hosts(connection: Connection) -> list[HostRecord]:
+    """Every host, by name."""
+    rows = connection.execute(select(hosts).order_by(hosts.c.name)).mappings()
+    return [HostRecord.from_row(row) for row in rows]
+
+
+def get_host(connection: Connection, name: str) -> HostRecord | None:
+    row = connection.execute(select(hosts).where(hosts.c.name == name)).mappings().first()
+    return HostRecord.from_row(row) if row is not None else None
+
+
+def drive_bytes_by_host(connection: Connection) -> dict[tuple[str, str], int]:
+    """(host, tier) → the sizes of the drives there, in bytes (what they may grow to fill)."""
+    query = select(drives.c.host, drives.c.tier, SIZE_SUM).group_by(drives.c.host, drives.c.tier)
+    return {(host, tier): int(size) for host, tier, size in connection.execute(query)}
+
+
+def hosts_of_drives(connection: Connection, uuids: list[str]) -> dict[str, str]:
+    """drive uuid → its host, for those of `uuids` that exist."""
+    if not uuids:
+        return {}
+    query = select(drives.c.uuid, drives.c.host).where(drives.c.uuid.in_(uuids))
+    return {uuid: host for uuid, host in connection.execute(query)}

@@ -1,0 +1,113 @@
+"""This host's capacity, its registration and heartbeat, and every host's load
+(services/hosts.py), on a real SQLite file and the real /proc and file systems."""
+
+import asyncio
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from openhosting.config import Config, load_config
+from openhosting.services.hosts import Hosts, file_system_bytes, measure_host, memory_total_mb
+from openhosting.services.platform import open_platform
+from openhosting.store import hosts as host_store
+
+MEMINFO = "MemTotal:        8040352 kB\nMemFree:          123456 kB\n"
+
+
+def host_config(tmp_path: Path, **host: object) -> Config:
+    return load_config(
+        env={},
+        overrides={
+            "state_dir": str(tmp_path / "state"),
+            "first_user": False,
+            "hypervisor": {"core_mhz": 2345, "driver": "fake"},
+            "storage": {"tiers": f"ssd={tmp_path / 'ssd'}"},
+            "host": {"name": "hv-test", **host},
+        },
+    )
+
+
+def test_memory_is_meminfos_total_in_mib() -> None:
+    assert memory_total_mb(MEMINFO) == 8040352 // 1024
+    with pytest.raises(ValueError, match="MemTotal"):
+        memory_total_mb("MemFree: 1 kB\n")
+
+
+def test_a_host_measures_cores_mhz_memory_less_reserve_and_each_tiers_file_system(
+    tmp_path: Path,
+) -> None:
+    config = host_config(tmp_path, memory_reserve_mb=512)
+    measured = measure_host(config, 100.0)
+    with open("/proc/meminfo") as meminfo:
+        total = memory_total_mb(meminfo.read())
+    stats = os.statvfs(tmp_path)
+    assert measured.name == "hv-test"
+    assert measured.cores == os.cpu_count()
+    assert measured.core_mhz == 2345
+    assert measured.memory_mb == total - 512
+    # Neither tier directory exists yet: the file system they will be made on counts.
+    assert measured.disk_bytes_by_tier == {
+        "disk": stats.f_blocks * stats.f_frsize,
+        "ssd": stats.f_blocks * stats.f_frsize,
+    }
+    assert file_system_bytes(Path("/nonexistent/deeper")) == file_system_bytes(Path("/"))
+
+
+def test_the_host_name_defaults_to_the_hostname(tmp_path: Path) -> None:
+    config = load_config(env={}, overrides={"state_dir": str(tmp_path / "state")})
+    assert config.host_name == os.uname().nodename
+
+
+def test_a_registered_host_shows_its_drives_and_active_servers_and_goes_offline_when_silent(
+    tmp_path: Path,
+) -> None:
+    config = host_config(tmp_path, offline_seconds=20)
+    platform = open_platform(config)
+    try:
+        platform.hosts.register()
+        with platform.engine.begin() as connection:
+            # Another host that last spoke a minute ago.
+            stale = measure_host(config, 0.0)
+            stale = dataclasses.replace(stale, name="hv-gone")
+            host_store.register_host(connection, stale)
+            host_store.heartbeat(connection, "hv-gone", stale.heartbeat_at)
+        views = {view.record.name: view for view in platform.hosts.overview()}
+    finally:
+        platform.close()
+    assert views["hv-test"].state == "online" and views["hv-test"].heartbeat_age < 20
+    assert views["hv-gone"].state == "offline" and views["hv-gone"].heartbeat_age > 20
+
+
+async def test_the_heartbeat_renews_the_hosts_time_until_cancelled(tmp_path: Path) -> None:
+    config = host_config(tmp_path, heartbeat_seconds=1)
+    platform = open_platform(config)
+    try:
+        hosts: Hosts = platform.hosts
+        first = hosts.register().heartbeat_at
+        beating = asyncio.create_task(hosts.heartbeat_every())
+        try:
+            for _ in range(40):  # bounded: about 4 s
+                await asyncio.sleep(0.1)
+                with platform.engine.connect() as connection:
+                    record = host_store.get_host(connection, "hv-test")
+                if record is not None and record.heartbeat_at > first:
+                    break
+            assert record is not None and record.heartbeat_at > first
+        finally:
+            beating.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await beating
+    finally:
+        platform.close()
+
+
+def test_a_heartbeat_after_the_row_went_registers_the_host_again(tmp_path: Path) -> None:
+    platform = open_platform(host_config(tmp_path))
+    try:
+        platform.hosts.heartbeat()
+        with platform.engine.connect() as connection:
+            assert host_store.get_host(connection, "hv-test") is not None
+    finally:
+        platform.close()
