@@ -1,5 +1,5 @@
 """A tiny guest with a VNC console in a real daemon, and the console page in a real Chromium:
-what tests/browser/test_console_browser.py and `python -m bench console` share.
+what tests/browser/test_journey.py and `python -m bench console` share.
 
 The tiny guest (testbed/build_guest.py) keeps its shell on the serial port; its screen
 is the VGA text console, where no program reads the keyboard. `read_keyboard_to_serial`

@@ -1,6 +1,7 @@
 """Driving the dashboard in a real Chromium: signing in, finding a server's row, waiting for
 what the page shows (bounded waits)."""
 
+import subprocess
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -10,7 +11,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from testbed.daemon_process import Account
+from testbed.daemon_process import BIN, Account, Daemon
 
 WAIT_SECONDS = 15.0
 T = TypeVar("T")
@@ -79,3 +80,14 @@ def click(
         return True
 
     wait_for(browser, clicked)
+
+
+def add_standard_image(daemon: Daemon, name: str, data: bytes) -> None:
+    """Make a standard drive `name` holding `data` with the admin tool, as an operator does."""
+    image = daemon.state_dir.parent / f"{name}.img"
+    image.write_bytes(data)
+    subprocess.run(
+        [str(BIN / "openhosting-admin"), "--state-dir", str(daemon.state_dir),
+         "standard", "add", str(image), "--name", name],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip

@@ -1,12 +1,11 @@
-"""The web console in a real headless Chromium (Debian's), against a real daemon whose
-server boots the tiny guest under TCG: `POST /servers/S/console`, the page at its `url`
-draws the guest's screen with noVNC, keys typed there reach the guest, the session ends in
-words when the server stops, and a used token's page says so. One guest, about half a minute.
-Over HTTPS the page opens its WebSocket with wss (Chromium refuses ws from an HTTPS page);
-that server boots nothing, QEMU's VNC shows SeaBIOS finding no disk.
+"""The web console in a real headless Chromium (Debian's), against a real daemon: over
+HTTPS the page opens its WebSocket with wss (Chromium refuses ws from an HTTPS page) and draws
+the screen (that server boots nothing, QEMU's VNC shows SeaBIOS finding no disk); the page
+says in words when it has no token or noVNC is missing. The console of a booted guest opened
+from the dashboard, its screen, keys reaching the guest, its end when the server stops and a
+used token's page are the journey's (tests/browser/test_journey.py).
 """
 
-import os
 import shutil
 import ssl
 import tempfile
@@ -16,28 +15,20 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver import ActionChains, Keys
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from testbed.build_guest import build_tiny_guest
 from testbed.chromium import CHROMEDRIVER, chromium_options
 from testbed.console_guest import (
-    KEYS_PREFIX,
     VNC_PASSWORD,
-    read_keyboard_to_serial,
-    start_console_server,
     wait_for_screen,
-    wait_for_serial,
     wait_for_state,
 )
-from testbed.daemon_process import Api, Daemon, DaemonProcess, create_user, running_daemon
+from testbed.daemon_process import DaemonProcess, create_user, running_daemon
 from testbed.leftovers import kill_leftover_vms
 from tests.security.test_https import self_signed
 
 pytestmark = pytest.mark.integration
-
-MARKER = "ohkeys42"  # letters and digits: the same keys on every keyboard layout
 
 
 @pytest.fixture
@@ -53,43 +44,6 @@ def run_dir() -> Iterator[Path]:
     finally:
         kill_leftover_vms(path)
         shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, run_dir: Path) -> Iterator[tuple[Daemon, Path]]:
-    with running_daemon(tmp_path, env={"OH_HYPERVISOR_RUN_DIR": str(run_dir)}) as running:
-        yield running, run_dir
-
-
-def test_the_console_page_shows_the_guests_screen_takes_keys_and_says_when_it_ends(
-    daemon: tuple[Daemon, Path], browser: WebDriver, tmp_path: Path
-) -> None:
-    running, run_dir = daemon
-    api = Api(running, running.url)
-    server = start_console_server(api, build_tiny_guest())
-    read_keyboard_to_serial(run_dir / server)
-
-    ticket = api.properties(f"/servers/{server}/console", b"")
-    browser.get(ticket["url"])
-    assert "Connected" in wait_for_state(browser, "connected")
-    assert "token" not in browser.current_url  # kept out of the history
-    wait_for_screen(browser)
-
-    canvas = browser.find_element("css selector", "#screen canvas")
-    ActionChains(browser).click(canvas).send_keys(MARKER + Keys.ENTER).perform()
-    wait_for_serial(run_dir / server / "serial.log", KEYS_PREFIX + MARKER, timeout=30)
-    screenshot = tmp_path / "console.png"  # the typed line is on the screen too
-    assert browser.save_screenshot(str(screenshot))
-    if target := os.environ.get("OH_CONSOLE_SCREENSHOT"):  # docs/images/console.png
-        shutil.copyfile(screenshot, target)
-
-    status, _, answer = api.call(f"/servers/{server}/stop", b"")
-    assert status == 204, answer
-    assert "session ended" in wait_for_state(browser, "ended")
-
-    browser.get(ticket["url"])  # the same token, once more
-    words = wait_for_state(browser, "error")
-    assert "Console token used" in words, words
 
 
 def test_over_https_the_page_opens_its_websocket_with_wss(tmp_path: Path, run_dir: Path) -> None:

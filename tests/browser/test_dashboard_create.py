@@ -4,7 +4,6 @@ server. The server is made stopped (no QEMU here: its start is the servers page'
 
 import hashlib
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -12,8 +11,14 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from testbed.daemon_process import BIN, Api, Daemon, running_daemon
-from tests.browser.dashboard_helpers import error_text, signed_in, visible, wait_for
+from testbed.daemon_process import Api, Daemon, running_daemon
+from tests.browser.dashboard_helpers import (
+    add_standard_image,
+    error_text,
+    signed_in,
+    visible,
+    wait_for,
+)
 
 IMAGE_BYTES = 4 * 1024 * 1024
 # Imaging slowed to this, so that its progress lasts long enough to be seen (about 2 s).
@@ -26,16 +31,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     env = {"OH_STORAGE_IMAGING_MAX_RATE": str(IMAGING_RATE)}
     with running_daemon(work, env=env) as running:
         yield running
-
-
-def add_standard_image(daemon: Daemon, name: str, data: bytes) -> None:
-    image = daemon.state_dir.parent / f"{name}.img"
-    image.write_bytes(data)
-    subprocess.run(
-        [str(BIN / "openhosting-admin"), "--state-dir", str(daemon.state_dir),
-         "standard", "add", str(image), "--name", name],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
 
 
 def test_a_server_is_made_from_a_standard_image_with_the_copys_progress_shown(

@@ -95,6 +95,8 @@ def test_an_image_uploaded_through_a_dropped_connection_reads_back_byte_for_byte
     assert error_text(browser) == ""
 
     drive = wait_for(browser, lambda b: drive_row(b, "image.raw").get_attribute("data-drive"))
+    if target := os.environ.get("OH_DRIVES_SCREENSHOT"):  # docs/images/drives.png
+        assert browser.save_screenshot(target)
     api = Api(daemon, daemon.url)
     status, _, read_back = api.call(f"/drives/{drive}/read")
     assert status == 200 and read_back == data

@@ -1,6 +1,7 @@
 """The dashboard's servers page in a real Chromium against a real daemon: sign in, the list,
-errors in the API's words, one user's objects unseen by another, and (with a real QEMU under
-TCG) a server's status changing on the page without a reload."""
+errors in the API's words, one user's objects unseen by another. A server's status changing
+on the page without a reload, with a real QEMU under TCG, and its console opened from the
+page are the journey's (tests/browser/test_journey.py)."""
 
 from collections.abc import Iterator
 
@@ -21,9 +22,8 @@ from tests.browser.dashboard_helpers import (
     wait_for,
 )
 
-# A server that starts at once under TCG: no drive to boot (SeaBIOS waits), little memory.
+# A server that would start at once under TCG: no drive to boot (SeaBIOS waits), little memory.
 BARE_SERVER = b"name bare\ncpu 1000\nmem 64\npersistent true"
-BOOT_SECONDS = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -81,37 +81,3 @@ def test_a_refused_action_shows_the_apis_error(browser: webdriver.Chrome, daemon
     wait_for(browser, lambda b: error_text(b) != "")
     assert error_text(browser).startswith("404 missing: ")
     assert "could not be found" in error_text(browser)
-
-
-@pytest.mark.integration
-def test_a_servers_status_changes_on_the_page_without_a_reload(
-    browser: webdriver.Chrome, daemon: Daemon
-) -> None:
-    server = stopped_server(daemon, BARE_SERVER + b"\nvnc:password secret1")
-    signed_in(browser, daemon.url, daemon)
-    wait_for(browser, lambda b: server_status(b, server) == "stopped")
-    browser.execute_script("window.notReloaded = true")
-    click(browser, lambda b: server_row(b, server), "start")
-    wait_for(browser, lambda b: server_status(b, server) == "active", BOOT_SECONDS)
-
-    # Its console opens in a new tab, at the url POST /servers/S/console answered.
-    # (The console page takes the token out of its address bar: the url is noted as opened.)
-    dashboard = browser.current_window_handle
-    browser.execute_script(
-        "const open = window.open; window.opened = [];"
-        "window.open = (...args) => { window.opened.push(args[0]); return open(...args); };"
-    )
-    click(browser, lambda b: server_row(b, server), "console")
-    wait_for(browser, lambda b: len(b.window_handles) == 2)
-    (opened,) = browser.execute_script("return window.opened")
-    assert opened.startswith(f"{daemon.url}/console/?token=")
-    browser.switch_to.window(next(h for h in browser.window_handles if h != dashboard))
-    wait_for(browser, lambda b: b.current_url.startswith(f"{daemon.url}/console/"))
-    browser.close()
-    browser.switch_to.window(dashboard)
-
-    # A change made elsewhere (another client of the API) shows too: the event feed.
-    assert Api(daemon, daemon.url).call(f"/servers/{server}/stop", b"").status == 204
-    wait_for(browser, lambda b: server_status(b, server) == "stopped")
-    assert browser.execute_script("return window.notReloaded") is True
-    assert error_text(browser) == ""

@@ -10,7 +10,7 @@ import logging
 from aiohttp import web
 
 from openhosting.api.abuse import AuthLockedOutError, AuthThrottle, UserRateLimiter, user_tried
-from openhosting.api.context import USER_KEY, platform_of
+from openhosting.api.context import SESSION_KEY, USER_KEY, platform_of
 from openhosting.api.sessions import SESSION_COOKIE, check_csrf
 from openhosting.errors import AuthError
 from openhosting.services.web_sessions import SessionError, WebSession
@@ -62,6 +62,7 @@ async def authenticate_request(request: web.Request) -> None:
     if header is None and SESSION_COOKIE in request.cookies:
         session = await authenticate_session(request)
         request[USER_KEY] = session.user
+        request[SESSION_KEY] = session
         return
     username = None
     try:

@@ -8,9 +8,12 @@ from aiohttp import web
 from openhosting.api.abuse import TransferLimiter
 from openhosting.api.metrics import PlatformMetrics
 from openhosting.services.platform import Platform
+from openhosting.services.web_sessions import WebSession
 
 PLATFORM_KEY: web.AppKey[Platform] = web.AppKey("platform", Platform)
 USER_KEY: web.RequestKey[str] = web.RequestKey("user", str)
+# The dashboard session a request was authenticated by (none for Basic authentication).
+SESSION_KEY: web.RequestKey[WebSession] = web.RequestKey("session", WebSession)
 TRANSFER_LIMITER_KEY: web.AppKey[TransferLimiter] = web.AppKey("transfer_limiter", TransferLimiter)
 METRICS_KEY: web.AppKey[PlatformMetrics] = web.AppKey("metrics", PlatformMetrics)
 # Set once the daemon has adopted its VMs and listens: what `/ready` answers.
@@ -27,6 +30,11 @@ def user_of(request: web.Request) -> str:
     """The UUID of the authenticated caller."""
     user: str = request[USER_KEY]
     return user
+
+
+def session_of(request: web.Request) -> WebSession | None:
+    """The dashboard session that authenticated the request; None for Basic authentication."""
+    return request.get(SESSION_KEY)
 
 
 def transfer_limiter_of(request: web.Request) -> TransferLimiter:

@@ -2,18 +2,24 @@
 
 `issue` gives the owner of a running server with a VNC password a token: random (256 bits),
 single-use, short-lived, bound to that server and user, kept in the database only as its
-SHA-256 (so several daemons could share it). `open_session` uses the token up (atomically: of
-two uses, one wins), connects to the server's VNC itself, on the host's side, so the VNC
-port need not be reachable by the browser, and logs in there with the server's VNC password
-(inside VeNCrypt X509 for `vnc:tls on`): the password never reaches the browser, which is
-offered RFB without authentication (vnc/rfb.py). A session ends when either side
-closes or when its server stops: the platform's event feed says so, and `end_sessions` closes
-its VNC connection.
+SHA-256 (so several daemons could share it). A token asked for by a dashboard session is
+bound to that session too: only a WebSocket carrying the same session's cookie (which a
+browser sends on a same-origin WebSocket, never from another site) can use it, so a token
+copied out of that browser opens nothing elsewhere. A token asked with Basic authentication
+(an API client, which may hand the URL to any browser) stays a bearer token, single-use and
+short-lived, but a browser signed in to the dashboard as another user cannot use it.
+`use_token` uses the token up (atomically: of two uses, one wins); `open_session` connects
+to the server's VNC itself, on the host's side, so the VNC port need not be reachable by the
+browser, and logs in there with the server's VNC password (inside VeNCrypt X509 for
+`vnc:tls on`): the password never reaches the browser, which is offered RFB without
+authentication (vnc/rfb.py). A session ends when either side closes or when its server stops:
+the platform's event feed says so, and `end_sessions` closes its VNC connection.
 """
 
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -26,9 +32,10 @@ from openhosting.errors import AuthError, BusyError, MissingError
 from openhosting.services.events import Event
 from openhosting.services.servers import Servers
 from openhosting.services.vnc import VncTarget
+from openhosting.services.web_sessions import WebSession
 from openhosting.store import console_tokens as token_store
 from openhosting.store import servers as server_store
-from openhosting.store.records import ServerRecord
+from openhosting.store.records import ConsoleTokenRecord, ServerRecord
 from openhosting.vnc import rfb
 
 log = logging.getLogger("openhosting.consoles")
@@ -64,6 +71,22 @@ class ConsoleTicket:
 def token_hash(token: str) -> str:
     """What the database keeps of a token: its SHA-256, hex."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _check_holder(row: ConsoleTokenRecord, browser: WebSession | None) -> None:
+    """ConsoleTokenError unless `browser` (the live dashboard session a WebSocket carries,
+    if any) may use the token in `row`: the session it is bound to, or, for a bearer token,
+    any holder but a browser signed in as another user."""
+    if row.session_hash is not None:
+        if browser is None or not hmac.compare_digest(browser.id, row.session_hash):
+            raise ConsoleTokenError(
+                "Console token of another dashboard session: open the console from your own"
+                " dashboard (its token opens it in that browser only)"
+            )
+    elif browser is not None and browser.user != row.user:
+        raise ConsoleTokenError(
+            "Console token of another user: this browser is signed in as someone else"
+        )
 
 
 class ConsoleSession:
@@ -111,8 +134,9 @@ class Consoles:
 
     # -- tokens ------------------------------------------------------------------------
 
-    def issue(self, user: str, server: str) -> ConsoleTicket:
-        """A token for the console of the user's running server `server`."""
+    def issue(self, user: str, server: str, session: WebSession | None = None) -> ConsoleTicket:
+        """A token for the console of the user's running server `server`, bound to the
+        dashboard `session` that asks for it (None: asked with Basic authentication)."""
         with self._engine.connect() as connection:
             row = server_store.get_server(connection, server)
         if row is None or row.user != user:
@@ -123,8 +147,16 @@ class Consoles:
         expires = now + self._token_seconds
         with self._engine.begin() as connection:
             token_store.prune_expired(connection, now)
-            token_store.insert_token(connection, token_hash(token), server, user, expires)
-        log.info("event=console_token_issued user=%s server=%s", user, server)
+            token_store.insert_token(
+                connection,
+                token_hash(token),
+                server,
+                user,
+                expires,
+                session_hash=session.id if session is not None else None,
+            )
+        bound = "session" if session is not None else "bearer"
+        log.info("event=console_token_issued user=%s server=%s bound=%s", user, server, bound)
         return ConsoleTicket(token=token, expires=int(expires))
 
     def _vnc_target(self, row: ServerRecord) -> VncTarget:
@@ -135,26 +167,34 @@ class Consoles:
             raise BusyError(f"Server {uuid} is not active: its console opens once it runs")
         return self._vnc.target(row)
 
-    def check_token(self, token: str) -> None:
-        """ConsoleTokenError naming why `token` cannot be used, without using it up: what
-        the console page asks after its WebSocket was refused, to say why in words."""
+    def check_token(self, token: str, browser: WebSession | None = None) -> None:
+        """ConsoleTokenError naming why `token` cannot be used by `browser` (the dashboard
+        session its request carries, if any), without using it up: what the console page
+        asks after its WebSocket was refused, to say why in words."""
         if not token:
             raise ConsoleTokenError("Console token required: ?token= from POST /servers/S/console")
         with self._engine.connect() as connection:
             row = token_store.get_token(connection, token_hash(token))
         if row is None:
             raise ConsoleTokenError("Unknown console token")
+        _check_holder(row, browser)
         if row.used_at is not None or row.expires <= self._clock():
             reason = "used" if row.used_at is not None else "expired"
             raise ConsoleTokenError(f"Console token {reason}: ask POST /servers/S/console again")
 
-    def use_token(self, token: str) -> ConsoleGrant:
-        """Use `token` up: what it opens; ConsoleTokenError if it cannot be used."""
+    def use_token(self, token: str, browser: WebSession | None = None) -> ConsoleGrant:
+        """Use `token` up: what it opens; ConsoleTokenError if it cannot be used, or not by
+        `browser` (the dashboard session the WebSocket carries, if any): a token refused to
+        its holder is not used up, so a thief cannot spend its owner's token either."""
         if not token:
             raise ConsoleTokenError("Console token required: ?token= from POST /servers/S/console")
         hashed = token_hash(token)
         now = self._clock()
         with self._engine.begin() as connection:
+            found = token_store.get_token(connection, hashed)
+            if found is None:
+                raise ConsoleTokenError("Unknown console token")
+            _check_holder(found, browser)  # a token's binding never changes: read it first
             used = token_store.use_token(connection, hashed, now)
             row = token_store.get_token(connection, hashed)
         if row is None:

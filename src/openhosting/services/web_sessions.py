@@ -31,11 +31,13 @@ class SessionError(AuthError):
 
 @dataclass(frozen=True)
 class WebSession:
-    """A signed-in browser: whose it is, until when, and the token its changes must carry."""
+    """A signed-in browser: whose it is, until when, the token its changes must carry, and
+    its id (its cookie's SHA-256, as stored), what the console tokens it asks for are bound to."""
 
     user: str
     expires: float  # seconds since the epoch
     csrf: str
+    id: str
 
 
 def session_hash(token: str) -> str:
@@ -67,7 +69,7 @@ class WebSessions:
             session_store.prune_expired(connection, now)
             session_store.insert_session(connection, session_hash(token), user, now, expires)
         log.info("event=session_opened user=%s", user)
-        return token, WebSession(user, expires, csrf_token(token))
+        return token, WebSession(user, expires, csrf_token(token), session_hash(token))
 
     def check(self, token: str) -> WebSession:
         """The live session of `token`; SessionError if there is none."""
@@ -78,7 +80,7 @@ class WebSessions:
         if found is None:
             raise SessionError("Session expired or signed out: sign in again")
         user, expires = found
-        return WebSession(user, expires, csrf_token(token))
+        return WebSession(user, expires, csrf_token(token), session_hash(token))
 
     def end(self, token: str) -> None:
         """Sign the session `token` out, so that its cookie opens nothing any more."""

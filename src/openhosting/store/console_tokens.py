@@ -7,11 +7,20 @@ from openhosting.store.tables import console_tokens
 
 
 def insert_token(
-    connection: Connection, token_hash: str, server: str, user: str, expires: float
+    connection: Connection,
+    token_hash: str,
+    server: str,
+    user: str,
+    expires: float,
+    session_hash: str | None = None,
 ) -> None:
     connection.execute(
         insert(console_tokens).values(
-            token_hash=token_hash, server=server, user=user, expires=expires
+            token_hash=token_hash,
+            server=server,
+            user=user,
+            expires=expires,
+            session_hash=session_hash,
         )
     )
 

@@ -541,13 +541,15 @@ class AuditRecord:
 @dataclass(frozen=True)
 class ConsoleTokenRecord:
     """A row of `console_tokens`: a token (by its SHA-256 only) that opens the console of
-    one server for its user once, before `expires`; `used_at` once its WebSocket used it."""
+    one server for its user once, before `expires`; `used_at` once its WebSocket used it;
+    `session_hash`, the dashboard session it is bound to (None: a bearer token)."""
 
     token_hash: str
     server: str
     user: str
     expires: float
     used_at: float | None = None
+    session_hash: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> "ConsoleTokenRecord":
@@ -557,6 +559,7 @@ class ConsoleTokenRecord:
             user=row["user"],
             expires=float(row["expires"]),
             used_at=_float_or_none(row["used_at"]),
+            session_hash=row["session_hash"],
         )
 
     def to_row(self) -> Columns:

@@ -234,6 +234,9 @@ console_tokens = Table(
     Column("expires", Float, nullable=False),
     # When its WebSocket used it; a used token is kept (refused) until it expires.
     Column("used_at", Float, nullable=True),
+    # The dashboard session that asked for it (services/web_sessions.py's session id): only
+    # that session's cookie opens it. NULL: asked with Basic authentication, a bearer token.
+    Column("session_hash", String(64), nullable=True),
     Index("console_tokens_by_expiry", "expires"),
 )
 

@@ -25,12 +25,13 @@ function websocketUrl(token) {
 }
 
 // A refused WebSocket tells a page nothing of why. A plain GET of the same address asks the
-// daemon without using a token up: it answers why the token cannot be used.
+// daemon without using a token up: it answers why the token cannot be used. It carries the
+// dashboard's session cookie as the WebSocket did: a dashboard's token is bound to it.
 async function whyRefused(token) {
   const url = new URL("websocket", location.href);
   url.search = new URLSearchParams({ token }).toString();
   try {
-    const response = await fetch(url, { cache: "no-store", credentials: "omit" });
+    const response = await fetch(url, { cache: "no-store", credentials: "same-origin" });
     if (response.status === 400) {
       return `the daemon refused the connection (this page's origin or the network). ${AGAIN}`;
     }

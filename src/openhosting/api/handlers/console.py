@@ -2,8 +2,10 @@
 `GET /console/websocket?token=T` carries the server's RFB stream over a WebSocket (subprotocol
 `binary`, as noVNC speaks). Tokens, sessions and their ends are services/consoles.py's.
 
-The WebSocket is authenticated by its token alone (a browser cannot send Basic credentials
-on one); a token that does not work counts as a failed login of its address. Every refusal
+The WebSocket is authenticated by its token (a browser cannot send Basic credentials on
+one), and by the dashboard session cookie it carries when the token was asked for by a
+dashboard session (services/consoles.py says which tokens are bound to what); a token that
+does not work counts as a failed login of its address. Every refusal
 is an HTTP answer before any upgrade, so no RFB byte flows to a refused client. The daemon
 has logged in to the server's VNC before the upgrade; the browser is greeted with RFB
 without authentication (vnc/rfb.py), then the two streams are joined.
@@ -17,9 +19,11 @@ from yarl import URL
 
 from openhosting.api.abuse import AuthLockedOutError
 from openhosting.api.auth import AUTH_THROTTLE_KEY
-from openhosting.api.context import platform_of, user_of
+from openhosting.api.context import platform_of, session_of, user_of
+from openhosting.api.sessions import SESSION_COOKIE
 from openhosting.errors import AuthError, MethodError, UsageError
 from openhosting.services.consoles import ConsoleSession, ConsoleTokenError
+from openhosting.services.web_sessions import SessionError, WebSession
 from openhosting.vnc import rfb
 from openhosting.wire.payload import Properties
 
@@ -51,7 +55,8 @@ def _base_url(request: web.Request) -> str:
 
 
 async def issue(request: web.Request) -> Properties:
-    ticket = platform_of(request).consoles.issue(user_of(request), _server(request))
+    consoles = platform_of(request).consoles
+    ticket = consoles.issue(user_of(request), _server(request), session_of(request))
     url = URL(_base_url(request) + "console/").with_query(token=ticket.token)
     return Properties(
         {
@@ -85,6 +90,18 @@ def check_origin(request: web.Request) -> None:
         raise OriginError(f"Origin {origin[:100]!r} may not open a console here")
 
 
+def _browser_session(request: web.Request) -> WebSession | None:
+    """The live dashboard session whose cookie the WebSocket request carries, if any (a
+    cookie that opens nothing is no session: a token bound to one is then refused)."""
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    if not cookie:
+        return None
+    try:
+        return platform_of(request).web_sessions.check(cookie)
+    except SessionError:
+        return None
+
+
 async def _token_failed(request: web.Request, error: ConsoleTokenError) -> None:
     """Count a token that did not work as a failed login of its address, and slow the next."""
     remote = request.remote or "-"
@@ -105,13 +122,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), heartbeat=HEARTBEAT_SECONDS)
     consoles = platform_of(request).consoles
     token = request.query.get("token", "")
+    signed_in = _browser_session(request)
     try:
         if not ws.can_prepare(request).ok:
             # A plain GET never uses the token up: it says why the token would not work (the
             # console page asks so after a refused WebSocket, whose refusal it cannot read).
-            consoles.check_token(token)
+            consoles.check_token(token, signed_in)
             raise UsageError("Expected a WebSocket upgrade (subprotocol binary)")
-        grant = consoles.use_token(token)
+        grant = consoles.use_token(token, signed_in)
     except ConsoleTokenError as error:
         await _token_failed(request, error)
         raise
