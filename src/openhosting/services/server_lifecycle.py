@@ -9,8 +9,8 @@ VM ends for any reason, `vm_exited` applies the rules: a persistent server becom
 overlay are released. A VM that ends because its state was saved (`dump_vm`, for host
 maintenance) is the exception: its server, persistent or not, is `dumped` and keeps its drives
 claimed (their content must not change under the saved memory) until `start_vm` restores it.
-Callers (the server service) check ownership, claim the drives and hold the server's lock
-around these steps.
+Callers (the server service) check ownership, claim the drives and take the server's turn
+(`operations`, by `SERVER_RULES`) around these steps.
 """
 
 import asyncio
@@ -41,6 +41,7 @@ from openhosting.reverter import Reverter
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.events import EventBus
 from openhosting.services.guest_io import fold_guest_io
+from openhosting.services.operations import DUMPED_END, SERVER_RULES, Operations
 from openhosting.services.server_dumps import ServerDumps
 from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_logs import ServerLogs
@@ -87,8 +88,9 @@ class ServerLifecycle:
         # Servers whose VNC is also on their own address (bridge mode): their address.
         self._vnc_overlays: dict[str, str] = {}
         self.dumps = ServerDumps.of_state(config.state_path, config.platform_key_path)
-        # Servers whose VM is ending because its state was saved: `vm_exited` keeps them.
-        self._dumping: set[str] = set()
+        # What runs on each server: the server service's actions, and DUMPED_END while a VM
+        # ends because its state was saved (`vm_exited` then keeps the server `dumped`).
+        self.operations = Operations("Server", SERVER_RULES)
 
     def run_dir(self, uuid: str) -> Path:
         return self.driver.run_dir(uuid)
@@ -309,11 +311,8 @@ class ServerLifecycle:
                 await self.driver.resume(uuid)
             log.warning("event=server_dump_failed server=%s error=%s", uuid, error)
             raise FailedError(f"Server {uuid} could not be dumped: {error}") from error
-        self._dumping.add(uuid)
-        try:
+        with self.operations.begin(uuid, DUMPED_END):
             await self.driver.stop(uuid, self._settings.stop_timeout)
-        finally:
-            self._dumping.discard(uuid)
         log.info(
             "event=server_dumped server=%s seconds=%.3f bytes=%s",
             uuid, time.monotonic() - begun, self.dumps.path(uuid).stat().st_size,
@@ -349,7 +348,7 @@ class ServerLifecycle:
             log.warning("event=network_release_failed server=%s error=%s", uuid, error)
         # The database first, and no await until the VM has left `active`: whoever sees the
         # server no longer active must also see its drives released.
-        dumped = uuid in self._dumping
+        dumped = DUMPED_END in self.operations.in_flight(uuid)
         try:
             with self._engine.begin() as connection:
                 row = server_store.get_server(connection, uuid)
