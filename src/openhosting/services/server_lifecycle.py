@@ -32,6 +32,7 @@ from openhosting.hypervisor.driver import (
     SHUTDOWN,
     HypervisorDriver,
     VmEvent,
+    VmStatus,
     open_driver,
 )
 from openhosting.hypervisor.errors import HypervisorError
@@ -402,15 +403,11 @@ class ServerLifecycle:
 
     async def recover(self) -> None:
         """Re-adopt the VMs of active servers; reconcile those that ended meanwhile."""
-        await self._networks.start()
-        with self._engine.connect() as connection:
-            rows = server_store.servers_with_status(connection, "active")
         adopted: dict[str, ServerConfig] = {}
-        for row in rows:
+        for row in await self._servers_to_adopt():
             uuid = row.uuid
-            self.active[uuid] = row.user  # before: its events come as it is adopted
             try:
-                vm = await self.driver.adopt(uuid, started=float(row.started_at or 0))
+                vm = await self._adopt(row)
             except HypervisorError as error:
                 # A VM that runs but cannot be controlled cannot be left running unseen:
                 # stop it, and the server is dead (its owner can start it again).
@@ -440,15 +437,11 @@ class ServerLifecycle:
         """For the admin tool when no daemon answers: hold the VMs of active servers as
         `recover` does, but never stop one it cannot control (a daemon may hold it) and leave
         networking as it is but for starting it. Returns why each one not held is not."""
-        await self._networks.start()
-        with self._engine.connect() as connection:
-            rows = server_store.servers_with_status(connection, "active")
         unreachable: dict[str, str] = {}
-        for row in rows:
+        for row in await self._servers_to_adopt():
             uuid = row.uuid
-            self.active[uuid] = row.user
             try:
-                vm = await self.driver.adopt(uuid, started=float(row.started_at or 0), timeout=3)
+                vm = await self._adopt(row, timeout=3)
             except HypervisorError as error:
                 self.active.pop(uuid, None)
                 unreachable[uuid] = f"its VM cannot be controlled here ({error})"
@@ -457,6 +450,21 @@ class ServerLifecycle:
                 self.active.pop(uuid, None)
                 unreachable[uuid] = "its VM does not run (the daemon reconciles it at start)"
         return unreachable
+
+    async def _servers_to_adopt(self) -> list[ServerRecord]:
+        """Start networking; the servers the database says are active, whose VMs a previous
+        daemon left running (or that ended meanwhile)."""
+        await self._networks.start()
+        with self._engine.connect() as connection:
+            return server_store.servers_with_status(connection, "active")
+
+    async def _adopt(self, row: ServerRecord, timeout: float = 10.0) -> VmStatus | None:
+        """Hold the VM of the server of `row` again (see `HypervisorDriver.adopt`). The server
+        is in `active` first: its VM's events come as it is adopted."""
+        self.active[row.uuid] = row.user
+        return await self.driver.adopt(
+            row.uuid, started=float(row.started_at or 0), timeout=timeout
+        )
 
     async def _stop_unowned_vms(self) -> None:
         """A daemon killed between QEMU's start and the server's `active` (or its claims and
