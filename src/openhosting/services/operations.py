@@ -29,7 +29,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
 
 from openhosting.errors import BusyError
 
@@ -108,13 +107,8 @@ class Operation:
     def __enter__(self) -> Operation:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.end()  # cancelled or failed alike: nothing stays in flight
+    def __exit__(self, *how_it_ended: object) -> None:
+        self.end()  # ended, cancelled or failed alike: nothing stays in flight
 
 
 class Operations:
