@@ -24,11 +24,31 @@ def test_nothing_is_undone_after_success() -> None:
     assert done == []
 
 
-def test_leaving_without_success_undoes() -> None:
+def test_leaving_without_success_undoes_loudly(caplog: pytest.LogCaptureFixture) -> None:
     done: list[str] = []
     with Reverter() as revert:
         revert.add(lambda: done.append("undo"))
     assert done == ["undo"]
+    assert "event=reverter_left_open undos=1" in caplog.text
+
+
+async def test_leaving_an_async_reverter_without_success_undoes_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    done: list[str] = []
+
+    async def undo() -> None:
+        done.append("undo")
+
+    async with Reverter() as revert:
+        revert.add(undo)
+    assert done == ["undo"]
+    assert "event=reverter_left_open undos=1" in caplog.text
+    caplog.clear()
+    async with Reverter() as revert:  # after success() or with nothing to undo: quiet
+        revert.add(undo)
+        revert.success()
+    assert done == ["undo"] and "reverter_left_open" not in caplog.text
 
 
 def test_a_failing_undo_does_not_stop_the_others_nor_hide_the_error() -> None:

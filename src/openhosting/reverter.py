@@ -66,6 +66,14 @@ class Reverter:
             except Exception:
                 log.exception("event=undo_failed undo=%r", undo)
 
+    def _undoes_at_exit(self, failed: bool) -> bool:
+        """Whether leaving the block undoes: after an error, or when left without success()
+        nor an error, which is a bug in the caller (undone, loudly)."""
+        if not failed and self._undos:
+            log.error("event=reverter_left_open undos=%d", len(self._undos))
+            return True
+        return failed
+
     def __enter__(self) -> Reverter:
         return self
 
@@ -75,11 +83,7 @@ class Reverter:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if kind is not None:
-            self.fail()
-        elif self._undos:
-            # Leaving without success() or an error is a bug in the caller: undo, loudly.
-            log.error("event=reverter_left_open undos=%d", len(self._undos))
+        if self._undoes_at_exit(kind is not None):
             self.fail()
 
     async def __aenter__(self) -> Reverter:
@@ -91,8 +95,5 @@ class Reverter:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if kind is not None:
-            await self.fail_async()
-        elif self._undos:
-            log.error("event=reverter_left_open undos=%d", len(self._undos))
+        if self._undoes_at_exit(kind is not None):
             await self.fail_async()

@@ -7,6 +7,7 @@ import pytest
 from openhosting.network.errors import NetworkError
 from openhosting.network.links import (
     LINK_MARKER,
+    Counters,
     check_ifname,
     ip_argv,
     netns_exec_argv,
@@ -52,3 +53,10 @@ def test_unusable_interface_names_are_refused(name: str) -> None:
     with pytest.raises(NetworkError):
         check_ifname(name)
     assert check_ifname("a" * 15) == "a" * 15
+
+
+def test_counters_add_up_and_turn_round_at_the_other_end_of_a_link() -> None:
+    tap = Counters(rx_bytes=1, tx_bytes=20, rx_packets=300, tx_packets=4000)
+    assert tap.seen_from_the_other_end() == Counters(20, 1, 4000, 300)
+    assert tap + Counters(5, 6, 7, 8) == Counters(6, 26, 307, 4008)
+    assert Counters() + tap == tap

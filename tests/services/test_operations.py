@@ -1,6 +1,6 @@
-"""The operation registry and the drives' rules table: what may start while what runs, the
-409 each refusal gives, and that nothing stays in flight after an operation ends, fails or is
-cancelled."""
+"""The operation registry and its tables (drives', servers'): what may start while what runs,
+the 409 each refusal gives, what waits its turn, and that nothing stays in flight after an
+operation ends, fails or is cancelled."""
 
 import asyncio
 
@@ -11,12 +11,19 @@ from openhosting.services.operations import (
     ATTACH,
     DESTROY,
     DRIVE_RULES,
+    DUMP,
+    DUMPED_END,
     IMAGE,
     READ,
+    RESET,
     RESIZE,
+    SERVER_RULES,
     SET,
     SHRINK,
+    SHUTDOWN,
     SOURCE,
+    START,
+    STOP,
     WRITE,
     Operations,
 )
@@ -151,4 +158,83 @@ def test_only_actions_that_last_are_held_in_flight() -> None:
     registry = drives()
     with pytest.raises(ValueError, match="never in flight"):
         registry.begin(DRIVE, DESTROY)
+    assert len(registry) == 0
+
+
+# Servers: every lifecycle action runs alone on its server, in the order the actions came.
+SERVER = "5c1d3f0e-9a7b-4e2c-8d6f-1a2b3c4d5e6f"
+SERVER_ACTIONS = (START, STOP, SHUTDOWN, RESET, SET, DESTROY, DUMP)
+
+
+def servers() -> Operations:
+    return Operations("Server", SERVER_RULES)
+
+
+def test_the_server_rules_table() -> None:
+    assert {kind for kind, rule in SERVER_RULES.items() if rule.alone} == set(SERVER_ACTIONS)
+    assert all(not rule.refused_by for rule in SERVER_RULES.values())  # waited for, not 409
+    assert not SERVER_RULES[DUMPED_END].alone  # marks a dump's end, within the dump's turn
+
+
+@pytest.mark.parametrize("second", SERVER_ACTIONS)
+@pytest.mark.parametrize("first", SERVER_ACTIONS)
+async def test_a_server_action_waits_for_the_one_before_it(first: str, second: str) -> None:
+    registry = servers()
+    order: list[str] = []
+    finish = asyncio.Event()
+
+    async def run(kind: str, uuid: str = SERVER) -> None:
+        async with registry.turn(uuid, kind):
+            order.append(kind)
+            if kind == first and uuid == SERVER:
+                await finish.wait()
+
+    running = asyncio.create_task(run(first))
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(run(second))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert order == [first] and not waiting.done()
+    assert registry.in_flight(SERVER) == {first: 1} and registry.waiting(SERVER) == 1
+    await asyncio.wait_for(run(second, OTHER), 1)  # another server is never concerned
+    finish.set()
+    await asyncio.gather(running, waiting)
+    assert order == [first, second, second] and len(registry) == 0
+
+
+async def test_a_cancelled_turn_leaves_nothing_and_the_next_runs() -> None:
+    registry = servers()
+    started = asyncio.Event()
+
+    async def start_forever() -> None:
+        async with registry.turn(SERVER, START):
+            started.set()
+            await asyncio.sleep(60)
+
+    async def stop() -> None:
+        async with registry.turn(SERVER, STOP):
+            pass
+
+    starting = asyncio.create_task(start_forever())
+    await started.wait()
+    waiting, stopping = asyncio.create_task(stop()), asyncio.create_task(stop())
+    await asyncio.sleep(0)
+    assert registry.waiting(SERVER) == 2
+    waiting.cancel()  # a request whose client went away while it waited
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.wait_for(stopping, 1)
+    assert len(registry) == 0 and registry.waiting(SERVER) == 0
+
+
+async def test_only_actions_that_run_alone_take_a_turn() -> None:
+    with pytest.raises(ValueError, match="does not run alone"):
+        async with drives().turn(DRIVE, READ):
+            pass
+    registry = servers()
+    with registry.begin(SERVER, DUMPED_END):
+        assert registry.in_flight(SERVER) == {DUMPED_END: 1}
     assert len(registry) == 0

@@ -2,16 +2,19 @@
 SQLite, real drive files, VMs in memory (fast). The same rules on QEMU are the integration
 tests' (test_servers_api.py, test_server_paused.py, test_daemon_restart.py)."""
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from openhosting.errors import BusyError, FailedError, MissingError
-from openhosting.hypervisor.driver import CRASH, NOSPACE
+from openhosting.hypervisor.driver import CRASH, NOSPACE, VmStatus
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.hypervisor.spec import VmSpec
+from openhosting.services.operations import START
 from openhosting.services.platform import Platform
 from tests.services.fake_platform import fake_platform
 
@@ -130,3 +133,82 @@ async def test_after_a_daemon_restart_running_vms_are_adopted_and_the_others_rec
     for _, drive in (crashes, stuck):
         assert claimed_by(platform, user, drive) is None
     assert sorted(hypervisor.host.vms) == [runs[0]] == hypervisor.held()
+
+
+class SlowStart:
+    """The fake's starts wait at a gate (a slow QEMU), to act on a server meanwhile."""
+
+    def __init__(self, hypervisor: FakeHypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered, self.gate = asyncio.Event(), asyncio.Event()
+        start = hypervisor.start
+
+        async def slow_start(spec: VmSpec, **options: Any) -> VmStatus:
+            self.entered.set()
+            await self.gate.wait()
+            return await start(spec, **options)
+
+        monkeypatch.setattr(hypervisor, "start", slow_start)
+
+
+async def settle_loop() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_destroy_during_a_slow_start_waits_for_it_then_destroys_the_running_server(
+    fake: tuple[Platform, FakeHypervisor, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform, hypervisor, user = fake
+    servers = platform.servers
+    server, drive = await new_server(platform, user, persistent=True)
+    await servers.stop(user, server)
+    slow = SlowStart(hypervisor, monkeypatch)
+    starting = asyncio.create_task(servers.start(user, server))
+    await slow.entered.wait()
+    destroying = asyncio.create_task(servers.destroy(user, server))
+    starting_again = asyncio.create_task(servers.start(user, server))
+    await settle_loop()
+    # Ordered, not refused: both wait for the start, which has claimed the drive already.
+    assert not destroying.done() and not starting_again.done()
+    assert servers.operations.in_flight(server) == {START: 1}
+    assert servers.operations.waiting(server) == 2
+    assert claimed_by(platform, user, drive) == f"{user}:guest:{server}:ide:0:0"
+
+    slow.gate.set()
+    await asyncio.wait_for(starting, 5)
+    await asyncio.wait_for(destroying, 5)  # it found the server active: stopped, then gone
+    with pytest.raises(MissingError, match=f"^Server {server} could not be found$"):
+        await asyncio.wait_for(starting_again, 5)  # its turn came after the destroy
+    with pytest.raises(MissingError):
+        await servers.info(user, server)
+    assert hypervisor.held() == [] and server not in hypervisor.host.vms
+    assert claimed_by(platform, user, drive) is None
+    assert len(servers.operations) == 0
+
+
+async def test_a_cancelled_start_leaves_no_operation_vm_or_claim_behind(
+    fake: tuple[Platform, FakeHypervisor, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform, hypervisor, user = fake
+    servers = platform.servers
+    server, drive = await new_server(platform, user, persistent=True)
+    await servers.stop(user, server)
+    slow = SlowStart(hypervisor, monkeypatch)
+    starting = asyncio.create_task(servers.start(user, server))
+    await slow.entered.wait()
+    stopping = asyncio.create_task(servers.stop(user, server))
+    await settle_loop()
+    assert servers.operations.waiting(server) == 1
+
+    starting.cancel()  # the client went away, or the daemon stops
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await asyncio.wait_for(stopping, 5)  # its turn came at once
+    assert len(servers.operations) == 0
+    assert await status(platform, user, server) == "stopped"
+    assert claimed_by(platform, user, drive) is None
+    assert hypervisor.held() == []
+    slow.gate.set()
+    await servers.start(user, server)  # nothing left in the way
+    assert await status(platform, user, server) == "active"
+    assert len(servers.operations) == 0

@@ -12,9 +12,9 @@ SameSite=Strict as well, so a browser does not even send it from another site.
 import hmac
 
 from aiohttp import web
-from yarl import URL
 
 from openhosting.api.context import platform_of
+from openhosting.api.origins import foreign_origin
 from openhosting.errors import AuthError
 from openhosting.services.web_sessions import WebSession
 
@@ -29,26 +29,12 @@ class CrossSiteError(AuthError):
     status = 403
 
 
-def _origin_of(url: URL) -> tuple[str, str, int | None]:
-    return (url.scheme.lower(), (url.host or "").lower(), url.port)
-
-
 def check_same_origin(request: web.Request) -> None:
     """Refuse a request a browser says another site's page sent (`Sec-Fetch-Site`, `Origin`);
     a request without these headers (not a browser, or an old one) passes this check."""
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         raise CrossSiteError("Refused: this request came from another site's page")
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return
-    allowed = {_origin_of(URL(f"{request.scheme}://{request.host}"))}
-    if configured := platform_of(request).config.api.public_url:
-        allowed.add(_origin_of(URL(configured)))
-    try:
-        sent = _origin_of(URL(origin))
-    except ValueError:
-        sent = None
-    if sent not in allowed:
+    if (origin := foreign_origin(request)) is not None:
         raise CrossSiteError(f"Refused: Origin {origin[:100]!r} is not this platform's")
 
 

@@ -195,14 +195,7 @@ class BridgeNetwork:
             link = links.get(self.tap_name(nic))
             if link is None:
                 continue
-            tap = link.counters
-            # What the tap sends is what the guest receives, and the other way round.
-            total = Counters(
-                rx_bytes=total.rx_bytes + tap.tx_bytes,
-                tx_bytes=total.tx_bytes + tap.rx_bytes,
-                rx_packets=total.rx_packets + tap.tx_packets,
-                tx_packets=total.tx_packets + tap.rx_packets,
-            )
+            total += link.counters.seen_from_the_other_end()  # the guest's, not the tap's
         return total
 
     async def reconcile(self, active: Sequence[NicPlan]) -> None:

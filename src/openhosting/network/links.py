@@ -33,6 +33,25 @@ class Counters:
     rx_packets: int = 0
     tx_packets: int = 0
 
+    def __add__(self, other: Counters) -> Counters:
+        """The traffic of two links together (a server's NICs)."""
+        return Counters(
+            rx_bytes=self.rx_bytes + other.rx_bytes,
+            tx_bytes=self.tx_bytes + other.tx_bytes,
+            rx_packets=self.rx_packets + other.rx_packets,
+            tx_packets=self.tx_packets + other.tx_packets,
+        )
+
+    def seen_from_the_other_end(self) -> Counters:
+        """What one end of a link sends, the other receives (a tap's counters are the
+        host's side: the guest's are these)."""
+        return Counters(
+            rx_bytes=self.tx_bytes,
+            tx_bytes=self.rx_bytes,
+            rx_packets=self.tx_packets,
+            tx_packets=self.rx_packets,
+        )
+
 
 @dataclass(frozen=True)
 class Link:

@@ -167,13 +167,7 @@ class UserNetwork:
     async def counters(self, nics: Sequence[NicPlan]) -> Counters:
         total = Counters()
         for nic in nics:
-            nic_counters = await self._counters.counters(self._files(nic))
-            total = Counters(
-                rx_bytes=total.rx_bytes + nic_counters.rx_bytes,
-                tx_bytes=total.tx_bytes + nic_counters.tx_bytes,
-                rx_packets=total.rx_packets + nic_counters.rx_packets,
-                tx_packets=total.tx_packets + nic_counters.tx_packets,
-            )
+            total += await self._counters.counters(self._files(nic))
         return total
 
     async def keep_helpers_running(self) -> None:

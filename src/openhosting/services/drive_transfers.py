@@ -103,7 +103,25 @@ class ReadPlan:
         self.on_close()
 
 
-class DriveWriter:
+class _WriteRequest:
+    """What the writers of one write request share: the drive opened for it, closed once,
+    which tells `on_close` the bytes written (None when aborted)."""
+
+    def __init__(
+        self, uuid: str, opened: OpenDrive, on_close: Callable[[int | None], None]
+    ) -> None:
+        self._uuid, self._opened, self._on_close = uuid, opened, on_close
+        self._closed = False
+
+    def _close(self, counted: int | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._opened.io.close()
+        self._on_close(counted)  # the bytes written, None when aborted
+
+
+class DriveWriter(_WriteRequest):
     """One write request: bytes in order from `offset`, flushed in large pieces by worker
     threads (up to `WRITE_AHEAD` pieces at once, so that encrypting one overlaps the next)
     while the next piece arrives, acknowledged only after `finish` has made them durable.
@@ -118,13 +136,12 @@ class DriveWriter:
         size: int,
         on_close: Callable[[int | None], None],
     ) -> None:
-        self._uuid, self._opened, self._on_close = uuid, opened, on_close
+        super().__init__(uuid, opened, on_close)
         self._position = offset  # where the next flushed byte goes
         self._size = size
         self._buffer = bytearray()
         self._pending: collections.deque[asyncio.Future[None]] = collections.deque()
         self._written = 0
-        self._closed = False
 
     @property
     def remaining(self) -> int:
@@ -191,15 +208,8 @@ class DriveWriter:
                 await self._pending.popleft()
         self._close(None)
 
-    def _close(self, counted: int | None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._opened.io.close()
-        self._on_close(counted)  # the bytes written, None when aborted
 
-
-class StagedDriveWriter:
+class StagedDriveWriter(_WriteRequest):
     """One write whose bytes reach the drive only once all of them are known good (a gzip
     body, valid or not only at its end): staged as they come (`WriteStage`), applied and
     made durable by `finish`. Until then, and after `abort`, the drive is as it was."""
@@ -212,10 +222,10 @@ class StagedDriveWriter:
         room: int,
         on_close: Callable[[int | None], None],
     ) -> None:
-        self._uuid, self._opened, self._stage, self._on_close = uuid, opened, stage, on_close
+        super().__init__(uuid, opened, on_close)
+        self._stage = stage
         self._room = room  # bytes from the offset to the drive's end
         self._pending: asyncio.Future[None] | None = None
-        self._closed = False
 
     @property
     def remaining(self) -> int:
@@ -254,10 +264,3 @@ class StagedDriveWriter:
                 await self._pending
         await asyncio.to_thread(self._stage.discard)
         self._close(None)
-
-    def _close(self, counted: int | None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._opened.io.close()
-        self._on_close(counted)

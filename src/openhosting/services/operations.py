@@ -11,16 +11,24 @@ atomic.
     with drives_operations.begin(uuid, RESIZE):
         await resize_the_file()
 
+An action whose rule says `alone` is not refused but waits its turn: the actions that run
+alone on one object run one at a time, in the order they came (a server's stop that comes
+during its start runs once the start is over):
+
+    async with servers_operations.turn(uuid, STOP):
+        await stop_the_vm()
+
 An operation that outlives the call that began it (a read streamed by a response) is ended
 by its `end()`, which is idempotent.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
 
 from openhosting.errors import BusyError
 
@@ -32,12 +40,15 @@ class Rule:
     `refused_by`: the kinds in flight that refuse it, in the order they are asked about.
     `doing`: for an action that lasts, how its object is described meanwhile ("being read").
     `refusal`: what a refusal says the object is doing, when not the refusing kind's own
-    `doing` (a shrink names reads and writes together)."""
+    `doing` (a shrink names reads and writes together).
+    `alone`: it waits (`Operations.turn`) until no other action that runs alone runs on its
+    object, then runs in its turn."""
 
     verb: str
     refused_by: tuple[str, ...] = ()
     doing: str = ""
     refusal: str | None = None
+    alone: bool = False
 
 
 # Drives (see services/drives.py). Reads and writes run side by side; a resize refuses
@@ -58,7 +69,27 @@ DRIVE_RULES: Mapping[str, Rule] = {
     IMAGE: Rule("imaged", (RESIZE, WRITE)),
     SOURCE: Rule("a source", (RESIZE, WRITE)),
 }
-# Servers' lifecycle actions get a table of their own here when they use the registry.
+
+# Servers (see services/servers.py). Every lifecycle action runs alone on its server, in the
+# order the actions came: a destroy or stop that comes during a start waits for it (and then
+# finds the server active), two starts do not both claim the drives, a `set` never changes a
+# configuration a start is reading. A start of a dumped server restores it (START too); a dump
+# is the operator's host suspend. None of them is refused for what runs: reads (info, lists,
+# the console) take no turn. DUMPED_END is in flight while a VM whose state was saved ends, so
+# that its end keeps the server `dumped` (services/server_lifecycle.py). SET and DESTROY are
+# the drives' words too: a kind is a word of its own table.
+START, STOP, SHUTDOWN, RESET, DUMP = "start", "stop", "shutdown", "reset", "dump"
+DUMPED_END = "dumped-end"
+SERVER_RULES: Mapping[str, Rule] = {
+    START: Rule("started", doing="being started", alone=True),
+    STOP: Rule("stopped", doing="being stopped", alone=True),
+    SHUTDOWN: Rule("shut down", doing="being shut down", alone=True),
+    RESET: Rule("reset", doing="being reset", alone=True),
+    SET: Rule("set", doing="being set", alone=True),
+    DESTROY: Rule("destroyed", doing="being destroyed", alone=True),
+    DUMP: Rule("dumped", doing="being dumped", alone=True),
+    DUMPED_END: Rule("ended", doing="ending with its state saved"),
+}
 
 
 class Operation:
@@ -76,13 +107,8 @@ class Operation:
     def __enter__(self) -> Operation:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.end()  # cancelled or failed alike: nothing stays in flight
+    def __exit__(self, *how_it_ended: object) -> None:
+        self.end()  # ended, cancelled or failed alike: nothing stays in flight
 
 
 class Operations:
@@ -91,14 +117,22 @@ class Operations:
     def __init__(self, noun: str, rules: Mapping[str, Rule]) -> None:
         self._noun, self._rules = noun, rules
         self._in_flight: dict[str, Counter[str]] = {}
+        # Per object, the turn of its `alone` actions and how many run or wait for it; made
+        # for the first and dropped after the last, so that it never outgrows what runs.
+        self._turns: dict[str, _Turn] = {}
 
     def in_flight(self, uuid: str) -> dict[str, int]:
         """The kinds in flight on object `uuid` and how many of each."""
         return dict(self._in_flight.get(uuid, {}))
 
+    def waiting(self, uuid: str) -> int:
+        """How many actions wait for their turn on object `uuid`."""
+        turn = self._turns.get(uuid)
+        return turn.users - turn.lock.locked() if turn is not None else 0
+
     def __len__(self) -> int:
-        """How many objects have operations in flight."""
-        return len(self._in_flight)
+        """How many objects have operations in flight or waiting for their turn."""
+        return len(self._in_flight.keys() | self._turns.keys())
 
     def conflict(self, uuid: str, action: str) -> str | None:
         """What object `uuid` is doing that refuses `action` ("being resized"), or None."""
@@ -124,6 +158,24 @@ class Operations:
         self._in_flight.setdefault(uuid, Counter())[kind] += 1
         return Operation(self, uuid, kind)
 
+    @asynccontextmanager
+    async def turn(self, uuid: str, kind: str) -> AsyncIterator[Operation]:
+        """Wait until no other action that runs alone runs on object `uuid` (those that came
+        before run first), then begin `kind`, held until the block ends. A cancelled wait
+        leaves nothing behind."""
+        if not self._rules[kind].alone:
+            raise ValueError(f"{kind} does not run alone: begin it")
+        turn = self._turns.get(uuid) or self._turns.setdefault(uuid, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                with self.begin(uuid, kind) as operation:
+                    yield operation
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[uuid]
+
     def _end(self, uuid: str, kind: str) -> None:
         running = self._in_flight[uuid]
         running[kind] -= 1
@@ -131,3 +183,11 @@ class Operations:
             del running[kind]
         if not running:
             del self._in_flight[uuid]
+
+
+class _Turn:
+    """The turn of one object's `alone` actions: a FIFO lock, and how many hold or want it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0

@@ -9,8 +9,8 @@ VM ends for any reason, `vm_exited` applies the rules: a persistent server becom
 overlay are released. A VM that ends because its state was saved (`dump_vm`, for host
 maintenance) is the exception: its server, persistent or not, is `dumped` and keeps its drives
 claimed (their content must not change under the saved memory) until `start_vm` restores it.
-Callers (the server service) check ownership, claim the drives and hold the server's lock
-around these steps.
+Callers (the server service) check ownership, claim the drives and take the server's turn
+(`operations`, by `SERVER_RULES`) around these steps.
 """
 
 import asyncio
@@ -32,6 +32,7 @@ from openhosting.hypervisor.driver import (
     SHUTDOWN,
     HypervisorDriver,
     VmEvent,
+    VmStatus,
     open_driver,
 )
 from openhosting.hypervisor.errors import HypervisorError
@@ -41,6 +42,7 @@ from openhosting.reverter import Reverter
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.events import EventBus
 from openhosting.services.guest_io import fold_guest_io
+from openhosting.services.operations import DUMPED_END, SERVER_RULES, Operations
 from openhosting.services.server_dumps import ServerDumps
 from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_logs import ServerLogs
@@ -88,8 +90,9 @@ class ServerLifecycle:
         # The servers' VNC: displays, addresses, overlays, credentials.
         self.vnc = ServerVnc(config, networks, self.driver)
         self.dumps = ServerDumps.of_state(config.state_path, config.platform_key_path)
-        # Servers whose VM is ending because its state was saved: `vm_exited` keeps them.
-        self._dumping: set[str] = set()
+        # What runs on each server: the server service's actions, and DUMPED_END while a VM
+        # ends because its state was saved (`vm_exited` then keeps the server `dumped`).
+        self.operations = Operations("Server", SERVER_RULES)
 
     def run_dir(self, uuid: str) -> Path:
         return self.driver.run_dir(uuid)
@@ -276,11 +279,8 @@ class ServerLifecycle:
                 await self.driver.resume(uuid)
             log.warning("event=server_dump_failed server=%s error=%s", uuid, error)
             raise FailedError(f"Server {uuid} could not be dumped: {error}") from error
-        self._dumping.add(uuid)
-        try:
+        with self.operations.begin(uuid, DUMPED_END):
             await self.driver.stop(uuid, self._settings.stop_timeout)
-        finally:
-            self._dumping.discard(uuid)
         log.info(
             "event=server_dumped server=%s seconds=%.3f bytes=%s",
             uuid, time.monotonic() - begun, self.dumps.path(uuid).stat().st_size,
@@ -316,7 +316,7 @@ class ServerLifecycle:
             log.warning("event=network_release_failed server=%s error=%s", uuid, error)
         # The database first, and no await until the VM has left `active`: whoever sees the
         # server no longer active must also see its drives released.
-        dumped = uuid in self._dumping
+        dumped = DUMPED_END in self.operations.in_flight(uuid)
         try:
             with self._engine.begin() as connection:
                 row = server_store.get_server(connection, uuid)
@@ -368,15 +368,11 @@ class ServerLifecycle:
 
     async def recover(self) -> None:
         """Re-adopt the VMs of active servers; reconcile those that ended meanwhile."""
-        await self._networks.start()
-        with self._engine.connect() as connection:
-            rows = server_store.servers_with_status(connection, "active")
         adopted: dict[str, ServerConfig] = {}
-        for row in rows:
+        for row in await self._servers_to_adopt():
             uuid = row.uuid
-            self.active[uuid] = row.user  # before: its events come as it is adopted
             try:
-                vm = await self.driver.adopt(uuid, started=float(row.started_at or 0))
+                vm = await self._adopt(row)
             except HypervisorError as error:
                 # A VM that runs but cannot be controlled cannot be left running unseen:
                 # stop it, and the server is dead (its owner can start it again).
@@ -406,15 +402,11 @@ class ServerLifecycle:
         """For the admin tool when no daemon answers: hold the VMs of active servers as
         `recover` does, but never stop one it cannot control (a daemon may hold it) and leave
         networking as it is but for starting it. Returns why each one not held is not."""
-        await self._networks.start()
-        with self._engine.connect() as connection:
-            rows = server_store.servers_with_status(connection, "active")
         unreachable: dict[str, str] = {}
-        for row in rows:
+        for row in await self._servers_to_adopt():
             uuid = row.uuid
-            self.active[uuid] = row.user
             try:
-                vm = await self.driver.adopt(uuid, started=float(row.started_at or 0), timeout=3)
+                vm = await self._adopt(row, timeout=3)
             except HypervisorError as error:
                 self.active.pop(uuid, None)
                 unreachable[uuid] = f"its VM cannot be controlled here ({error})"
@@ -423,6 +415,21 @@ class ServerLifecycle:
                 self.active.pop(uuid, None)
                 unreachable[uuid] = "its VM does not run (the daemon reconciles it at start)"
         return unreachable
+
+    async def _servers_to_adopt(self) -> list[ServerRecord]:
+        """Start networking; the servers the database says are active, whose VMs a previous
+        daemon left running (or that ended meanwhile)."""
+        await self._networks.start()
+        with self._engine.connect() as connection:
+            return server_store.servers_with_status(connection, "active")
+
+    async def _adopt(self, row: ServerRecord, timeout: float = 10.0) -> VmStatus | None:
+        """Hold the VM of the server of `row` again (see `HypervisorDriver.adopt`). The server
+        is in `active` first: its VM's events come as it is adopted."""
+        self.active[row.uuid] = row.user
+        return await self.driver.adopt(
+            row.uuid, started=float(row.started_at or 0), timeout=timeout
+        )
 
     async def _stop_unowned_vms(self) -> None:
         """A daemon killed between QEMU's start and the server's `active` (or its claims and

@@ -1,10 +1,10 @@
 """Servers: the API's commands on them (docs/api.md §5), their configuration, ownership and claims.
 
 Each command checks that the server is the user's and that its configuration may be used (its
-drives the user's or readable cdroms, its NICs' resources the user's), then acts under the
-server's lock, which serialises lifecycle actions. Starting claims the drives and a VNC
-display here; the VM itself (start, live changes, exit rules, adoption after a daemon restart)
-is `ServerLifecycle`'s.
+drives the user's or readable cdroms, its NICs' resources the user's), then acts in its turn on
+the server (`SERVER_RULES` in services/operations.py: lifecycle actions run one at a time).
+Starting claims the drives and a VNC display here; the VM itself (start, live changes, exit
+rules, adoption after a daemon restart) is `ServerLifecycle`'s.
 """
 
 import asyncio
@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 import uuid as uuid_module
-from collections import defaultdict
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
@@ -28,6 +28,16 @@ from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.events import EventBus
+from openhosting.services.operations import (
+    DESTROY,
+    DUMP,
+    RESET,
+    SET,
+    SHUTDOWN,
+    START,
+    STOP,
+    Operation,
+)
 from openhosting.services.resources import Resources
 from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import DUMPED, ServerLifecycle
@@ -81,7 +91,8 @@ class Servers:
         # The lifecycle's own dict: who is active is read here, changed only there.
         self._active: dict[str, str] = self.lifecycle.active
         self._driver = self.lifecycle.driver
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # What runs on each server (the lifecycle's: the end of a dumped VM is one of them).
+        self.operations = self.lifecycle.operations
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -95,11 +106,11 @@ class Servers:
         with self._engine.connect() as connection:
             return self._owned(connection, user, uuid)
 
-    def _lock_of(self, user: str, uuid: str) -> asyncio.Lock:
-        """The operation lock of the user's server `uuid` (404 if it is not theirs). Made
-        only for real servers: a lock per id that anyone sends would grow without bound."""
+    def _turn(self, user: str, uuid: str, action: str) -> AbstractAsyncContextManager[Operation]:
+        """`action` on the user's server `uuid` in its turn (404 at once if it is not theirs:
+        only real servers get a turn, one per id that anyone sends would grow unbounded)."""
         self._get(user, uuid)
-        return self._locks[uuid]
+        return self.operations.turn(uuid, action)
 
     def _status(self, row: ServerRecord) -> str:
         """A server with a VM is as the hypervisor says (`active` or `paused`)."""
@@ -204,7 +215,7 @@ class Servers:
     async def set_config(
         self, user: str, uuid: str, properties: dict[str, str]
     ) -> dict[str, Value]:
-        async with self._lock_of(user, uuid):
+        async with self._turn(user, uuid, SET):
             row = self._get(user, uuid)
             current = row.config
             merged = current.merge(properties)
@@ -236,7 +247,7 @@ class Servers:
     # -- power -----------------------------------------------------------------------
 
     async def start(self, user: str, uuid: str) -> None:
-        async with self._lock_of(user, uuid):
+        async with self._turn(user, uuid, START):
             row = self._get(user, uuid)
             if (status := self.lifecycle.status(uuid)) is not None:
                 if status != "paused":
@@ -315,7 +326,7 @@ class Servers:
             self.lifecycle.vnc.release(connection, uuid)
 
     async def stop(self, user: str, uuid: str) -> None:
-        async with self._lock_of(user, uuid):
+        async with self._turn(user, uuid, STOP):
             row = self._get(user, uuid)
             if uuid in self._active:
                 await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
@@ -326,7 +337,7 @@ class Servers:
                 log.info("event=server_stopped user=%s server=%s status=stopped", user, uuid)
 
     async def shutdown(self, user: str, uuid: str) -> None:
-        async with self._lock_of(user, uuid):
+        async with self._turn(user, uuid, SHUTDOWN):
             self._get(user, uuid)
             if uuid in self._active:
                 # The guest powers off by itself: what it does from here to its end is lost.
@@ -334,21 +345,20 @@ class Servers:
                 await self._driver.powerdown(uuid)
 
     async def reset(self, user: str, uuid: str) -> None:
-        async with self._lock_of(user, uuid):
+        async with self._turn(user, uuid, RESET):
             self._get(user, uuid)
             if uuid not in self._active:
                 raise BusyError(f"Server {uuid} is not active and cannot be reset")
             await self._driver.reset(uuid)
 
     async def destroy(self, user: str, uuid: str) -> None:
-        async with self._lock_of(user, uuid):
+        async with self._turn(user, uuid, DESTROY):
             self._get(user, uuid)
             if uuid in self._active:
                 await self.lifecycle.fold_guest_io(uuid)
                 await self._driver.stop(uuid, self._settings.stop_timeout)
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
-        self._locks.pop(uuid, None)
         self.lifecycle.dumps.remove(uuid)
         self.lifecycle.remove_run_dir(uuid)
         log.info("event=server_destroyed user=%s server=%s", user, uuid)
@@ -360,7 +370,7 @@ class Servers:
         it could not be (it then runs on)."""
         outcome: dict[str, str] = {}
         for uuid in sorted(self._active):
-            async with self._locks[uuid]:
+            async with self.operations.turn(uuid, DUMP):
                 if uuid not in self._active:
                     continue  # ended meanwhile
                 try:

@@ -20,6 +20,7 @@ from yarl import URL
 from openhosting.api.abuse import AuthLockedOutError
 from openhosting.api.auth import AUTH_THROTTLE_KEY
 from openhosting.api.context import platform_of, session_of, user_of
+from openhosting.api.origins import foreign_origin
 from openhosting.api.sessions import SESSION_COOKIE
 from openhosting.errors import AuthError, MethodError, UsageError
 from openhosting.services.consoles import ConsoleSession, ConsoleTokenError
@@ -68,25 +69,11 @@ async def issue(request: web.Request) -> Properties:
     )
 
 
-def _origin_of(url: URL) -> tuple[str, str, int | None]:
-    return (url.scheme.lower(), (url.host or "").lower(), url.port)
-
-
 def check_origin(request: web.Request) -> None:
     """A browser names the page that opens a WebSocket in `Origin`: it must be the daemon's
     own (its public URL, or the host this request was sent to), or any page on the web could
     open a console with a token it got hold of. No `Origin`: not a browser, allowed."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return
-    allowed = {_origin_of(URL(f"{request.scheme}://{request.host}"))}
-    if configured := platform_of(request).config.api.public_url:
-        allowed.add(_origin_of(URL(configured)))
-    try:
-        sent = _origin_of(URL(origin))
-    except ValueError:
-        sent = None
-    if sent not in allowed:
+    if (origin := foreign_origin(request)) is not None:
         raise OriginError(f"Origin {origin[:100]!r} may not open a console here")
 
 

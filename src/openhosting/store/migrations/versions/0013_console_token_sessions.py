@@ -1,8 +1,8 @@
 """Console tokens asked for by a dashboard session are bound to it: the session's id (its
 cookie's SHA-256) beside the token; NULL for a token asked with Basic authentication.
 
-Revision ID: 0012_console_token_sessions
-Revises: 0011_web_sessions
+Revision ID: 0013_console_token_sessions
+Revises: 0012_hosts
 """
 
 import sqlalchemy as sa
