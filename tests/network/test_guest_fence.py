@@ -1,16 +1,21 @@
 """The guest fence applied by real `nft` in a network namespace each test creates and deletes:
 server starts that ask for it at once share a run, and none returns on a run that began
-before it asked (the fence may have been taken down meanwhile)."""
+before it asked (the fence may have been taken down meanwhile). A server without NICs does
+not ask for it (on the host's own nftables: nothing is made there)."""
 
 import asyncio
 import subprocess
+from pathlib import Path
 
-from openhosting.network.guest_fence import GuestFence
+from openhosting.network.guest_fence import GuestFence, table_name
+from openhosting.network.pool import AddressPool
+from openhosting.network.user_mode import UserNetwork
 from tests.integration.netns_helpers import network_namespace
 
 TABLE = "openhosting_guests_test"
 UID = 65534
 STARTS = 16
+POOL = AddressPool.parse("192.0.2.0/24", "192.0.2.1", "192.0.2.1", "192.0.2.10-192.0.2.20")
 
 
 class CountedFence(GuestFence):
@@ -88,3 +93,19 @@ def test_a_caller_that_gives_up_does_not_cancel_the_run_of_the_others() -> None:
         asyncio.run(scenario())
         assert fence.runs == 1
         assert f"meta skuid {UID}" in fence_rules(namespace)
+
+
+def test_a_server_without_nics_starts_without_touching_the_fence(tmp_path: Path) -> None:
+    network = UserNetwork(POOL, tmp_path / "network")
+    fence = f"table inet {table_name(tmp_path / 'network' / 'passt')}"
+
+    async def attach() -> dict[int, object]:
+        return dict(await network.attach([]))
+
+    try:
+        assert asyncio.run(attach()) == {}
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout  # fmt: skip
+        assert fence not in tables.splitlines()
+    finally:
+        asyncio.run(network.close(idle=True))
