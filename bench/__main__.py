@@ -19,6 +19,7 @@ BENCHMARKS = {
     "events": "bench.events",
     "suspend": "bench.suspend_resume",
     "scale": "bench.scale",
+    "vm-scale": "bench.vm_scale",
 }
 
 

@@ -321,7 +321,9 @@ class QemuDriver:
             return
         vcpu_tids = await vm.vcpu_threads()
         quota = quota_us(cpu_mhz, self._settings.core_mhz)
-        place_vm_threads(self.cgroup, vm.uuid, vm.pid, vcpu_tids, quota)
+        # In a worker thread: moving a process between cgroups waits for the kernel (an RCU
+        # grace period, ms to tens of ms on a busy host), which would hold every other start.
+        await asyncio.to_thread(place_vm_threads, self.cgroup, vm.uuid, vm.pid, vcpu_tids, quota)
 
     async def _emit(self, event: VmEvent) -> None:
         if self._handler is not None:

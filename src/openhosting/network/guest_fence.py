@@ -55,13 +55,31 @@ class GuestFence:
     def __init__(self, table: str, namespace: str = "") -> None:
         self._table, self._namespace = table, namespace
         self._lock = asyncio.Lock()
+        # The application of the fence that callers of `ensure` arriving now will share, by
+        # account: it has not begun yet (it waits for the lock).
+        self._next: dict[int, asyncio.Task[None]] = {}
 
     async def _nft(self, *args: str, stdin: str | None = None) -> str:
         return await run_command(netns_exec_argv(self._namespace, [NFT_BINARY, *args]), stdin=stdin)
 
     async def ensure(self, uid: int) -> None:
-        """Fence account `uid` off the host (idempotent)."""
+        """Fence account `uid` off the host (idempotent): returns once the fence was applied
+        by an `nft` run that began after this call did.
+
+        Every server start asks for it: callers arriving together share one run instead of
+        queueing one run each behind the lock (16 starts at once: 2 runs, not 16 in a row)."""
+        applying = self._next.get(uid)
+        if applying is None:
+            applying = asyncio.create_task(self._apply(uid))
+            self._next[uid] = applying
+        # Shielded: a caller that gives up must not cancel the run the others wait for.
+        await asyncio.shield(applying)
+
+    async def _apply(self, uid: int) -> None:
         async with self._lock:
+            # Begun: whoever asks from now on may have missed it, and gets the next run.
+            if self._next.get(uid) is asyncio.current_task():
+                del self._next[uid]
             await self._nft("-f", "-", stdin=fence_ruleset(self._table, uid))
 
     async def remove(self) -> None:

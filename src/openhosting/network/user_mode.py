@@ -134,6 +134,10 @@ class UserNetwork:
         await self._fence.ensure(account.pw_uid)
 
     async def attach(self, nics: Sequence[NicPlan]) -> dict[int, Backend]:
+        if not nics:
+            # No passt to fence: a server without NICs opens no flow for its guest. Its start
+            # then runs no `nft` (each run costs 30-400 ms here, and many starts at once).
+            return {}
         await self.start()
         account = passt_account(self._run_as)
         backends: dict[int, Backend] = {}

@@ -30,6 +30,7 @@ from openhosting.hypervisor.driver import (
     POWERED_OFF,
     RESUMED,
     SHUTDOWN,
+    BlockStats,
     HypervisorDriver,
     VmEvent,
     VmStatus,
@@ -243,17 +244,21 @@ class ServerLifecycle:
         """Add what the guest of `uuid` (or of every running VM) read and wrote since the
         last fold to its drives' I/O counters (see services/guest_io.py)."""
         servers = [uuid] if uuid in self.active else [] if uuid else list(self.active)
-        readings = {}
-        for server in servers:
-            try:
-                # Short: a stop or destroy waits for it, and a stuck monitor must not hold
-                # them (their own `quit` then times out and kills).
-                async with asyncio.timeout(GUEST_IO_QUERY_SECONDS):
-                    readings[server] = dict(await self.driver.blockstats(server))
-            except (HypervisorError, TimeoutError):
-                continue  # the VM is going away; the last fold holds what it did before
+        # Every monitor asked at once: stuck ones cost one wait in all, not one wait each.
+        answers = await asyncio.gather(*(self._guest_io_of(server) for server in servers))
+        readings = {server: stats for server, stats in answers if stats is not None}
         if readings:
             fold_guest_io(self._engine, readings)
+
+    async def _guest_io_of(self, server: str) -> tuple[str, dict[str, BlockStats] | None]:
+        """The I/O counters of the VM of `server`; None when its monitor does not answer."""
+        try:
+            # Short: a stop or destroy waits for it, and a stuck monitor must not hold them
+            # (their own `quit` then times out and kills).
+            async with asyncio.timeout(GUEST_IO_QUERY_SECONDS):
+                return server, dict(await self.driver.blockstats(server))
+        except (HypervisorError, TimeoutError):
+            return server, None  # the VM is going away; the last fold holds what it did before
 
     async def fold_guest_io_every(self, interval: float = GUEST_IO_FOLD_SECONDS) -> None:
         """Fold the running guests' I/O every `interval` seconds, until cancelled."""

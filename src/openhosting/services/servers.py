@@ -153,7 +153,9 @@ class Servers:
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
         rows = server_store.read_servers_of(self._reader, user)
-        return [await self._info_of(row) for row in rows]
+        # The running ones' monitors are asked at once: one slow to answer (a busy guest
+        # under TCG, a stuck QEMU) delays the list by its own wait, not by every other's.
+        return list(await asyncio.gather(*(self._info_of(row) for row in rows)))
 
     async def _info_of(self, row: ServerRecord) -> dict[str, Value]:
         config = row.config
