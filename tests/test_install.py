@@ -90,7 +90,10 @@ def test_the_configuration_lists_every_setting_and_puts_the_state_in_var_lib(
     assert installed == Config(state_dir="/var/lib/openhosting")
     assert tomllib.loads(text) == {
         "state_dir": "/var/lib/openhosting",
-        **{name: {} for name in ("api", "storage", "hypervisor", "network", "billing")},
+        **{
+            name: {}
+            for name in ("api", "storage", "hypervisor", "network", "billing", "store", "host")
+        },
     }
     assert '# listen = "127.0.0.1:8080"' in text  # defaults are shown, commented out
 
