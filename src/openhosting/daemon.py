@@ -17,6 +17,7 @@ from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.config import Config, ConfigError, load_config
 from openhosting.logs import FORMATS, configure_logging
+from openhosting.memory import limit_malloc_arenas
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openhostingd: {error}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    limit_malloc_arenas()
     try:
         platform = open_platform(config)
     except ConfigError as error:  # e.g. network settings only checked when opened
