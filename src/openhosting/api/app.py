@@ -20,7 +20,11 @@ from openhosting.api.context import (
     user_of,
 )
 from openhosting.api.metrics import UNMATCHED, PlatformMetrics
-from openhosting.api.negotiation import error_response, payload_response
+from openhosting.api.negotiation import (
+    error_response,
+    payload_response,
+    payload_response_off_loop,
+)
 from openhosting.api.routes import (
     ROUTES,
     WITHOUT_BASIC_AUTH,
@@ -42,6 +46,7 @@ from openhosting.errors import (
 )
 from openhosting.logs import REQUEST_ID
 from openhosting.services.audit import object_of
+from openhosting.services.off_loop import INLINE_ITEMS
 from openhosting.services.platform import Platform
 from openhosting.store.errors import is_storage_full, storage_io_error
 from openhosting.web.routes import DASHBOARD_PATHS, add_dashboard
@@ -202,7 +207,10 @@ def _command_handler(
             raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
         if route.kind is Kind.CHANGE:
             return await _audited(request, route, handler)
-        return _render(request, await handler(request))
+        result = await handler(request)
+        if isinstance(result, PropertiesList) and len(result.items) > INLINE_ITEMS:
+            return await payload_response_off_loop(request, result)
+        return _render(request, result)
 
     return serve
 

@@ -95,12 +95,18 @@ def claims_on(connection: Connection, drive: str) -> list[ClaimRecord]:
     return [ClaimRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
-def claims_on_many(connection: Connection, uuids: list[str]) -> dict[str, list[ClaimRecord]]:
-    result: dict[str, list[ClaimRecord]] = {uuid: [] for uuid in uuids}
-    if uuids:
-        query = select(claims).where(claims.c.drive.in_(uuids)).order_by(claims.c.id)
-        for row in connection.execute(query).mappings():
-            result[row["drive"]].append(ClaimRecord.from_row(row))
+def claims_on_drives_of(connection: Connection, user: str) -> dict[str, list[ClaimRecord]]:
+    """The claims on each drive of `user` that has any, oldest first: one query whatever
+    their number (an `IN` of thousands of UUIDs costs a bound parameter each)."""
+    query = (
+        select(claims)
+        .join(drives, drives.c.uuid == claims.c.drive)
+        .where(drives.c.user == user)
+        .order_by(claims.c.id)
+    )
+    result: dict[str, list[ClaimRecord]] = {}
+    for row in connection.execute(query).mappings():
+        result.setdefault(row["drive"], []).append(ClaimRecord.from_row(row))
     return result
 
 

@@ -33,7 +33,7 @@ async def list_drives(request: web.Request) -> ValueList:
 
 
 async def info_all(request: web.Request) -> PropertiesList:
-    return PropertiesList(platform_of(request).drives.info_all(user_of(request)))
+    return PropertiesList(await platform_of(request).drives.info_all(user_of(request)))
 
 
 async def info(request: web.Request) -> Properties:

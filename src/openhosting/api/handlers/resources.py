@@ -27,7 +27,7 @@ async def list_resources(request: web.Request) -> ValueList:
 
 async def info_all(request: web.Request) -> PropertiesList:
     resources = platform_of(request).resources
-    return PropertiesList(resources.info_all(user_of(request), _type(request)))
+    return PropertiesList(await resources.info_all(user_of(request), _type(request)))
 
 
 async def info(request: web.Request) -> Properties:
