@@ -53,7 +53,7 @@ from openhosting.store import space_reserve
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, DriveRecord, drive_settings_columns
-from openhosting.wire.payload import Value
+from openhosting.wire.payload import Value, ValueList
 
 log = logging.getLogger("openhosting.drives")
 
@@ -186,6 +186,14 @@ class Drives:
     def list_uuids(self, user: str) -> list[str]:
         rows = self._reader.all_cached(drive_store.DRIVE_UUIDS_BY_USER, user=user)
         return [row[0] for row in rows]
+
+    def listing(self, user: str) -> ValueList:
+        """`drives/list` of `user`: the same object while nothing has been committed, so
+        that its rendered bodies (kept on it) are made once, not per request."""
+        return self._reader.memo(
+            ("drives/list", user),
+            lambda: ValueList(("drive",), [{"drive": uuid} for uuid in self.list_uuids(user)]),
+        )
 
     def info(self, user: str, uuid: str) -> dict[str, Value]:
         # Through the Reader: the hottest command after the lists, and SQLAlchemy's execute

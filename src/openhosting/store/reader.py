@@ -7,12 +7,15 @@ the event loop's thread uses a Reader; everything that writes uses the engine as
 """
 
 import asyncio
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, PoolProxiedConnection, Select
 from sqlalchemy.sql import Executable
 
 MAX_CACHED = 4096
+
+T = TypeVar("T")
 
 
 class Reader:
@@ -23,7 +26,7 @@ class Reader:
         self._connection: PoolProxiedConnection | None = None
         self._compiled: dict[int, tuple[Executable, str, tuple[str, ...]]] = {}
         self._keys: dict[int, tuple[Select[Any], tuple[str, ...]]] = {}
-        self._cached: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        self._cached: dict[Hashable, Any] = {}
         self._cached_version = -1
         self._version: int | None = None
 
@@ -55,17 +58,23 @@ class Reader:
         for the hottest listings, one `PRAGMA data_version` instead of a query. For reads
         only: code that has just written must not expect to see it here in the same run of
         the event loop (see `data_version`)."""
+        key = (id(statement), *sorted(params.items()))
+        return list(self.memo(key, lambda: self.all(statement, **params)))
+
+    def memo(self, key: Hashable, build: Callable[[], T]) -> T:
+        """What `build` gives, kept under `key` while nothing has been committed since (as
+        `all_cached`): for what is made of cached reads only. The same object is given to
+        every caller meanwhile, who must not change it."""
         version = self.data_version()
         if version != self._cached_version:
             self._cached.clear()
             self._cached_version = version
-        key = (id(statement), *sorted(params.items()))
-        rows = self._cached.get(key)
-        if rows is None:
-            if len(self._cached) >= MAX_CACHED:
-                self._cached.clear()
-            rows = self._cached[key] = self.all(statement, **params)
-        return list(rows)
+        if key in self._cached:
+            return self._cached[key]
+        if len(self._cached) >= MAX_CACHED:
+            self._cached.clear()
+        made = self._cached[key] = build()
+        return made
 
     def mappings(self, statement: Select[Any], **params: Any) -> list[dict[str, Any]]:
         """`all` with each row as a dict by column name, as `Result.mappings()` gives it.

@@ -28,8 +28,7 @@ def _drive(request: web.Request) -> str:
 
 
 async def list_drives(request: web.Request) -> ValueList:
-    uuids = platform_of(request).drives.list_uuids(user_of(request))
-    return ValueList(("drive",), [{"drive": uuid} for uuid in uuids])
+    return platform_of(request).drives.listing(user_of(request))
 
 
 async def info_all(request: web.Request) -> PropertiesList:
