@@ -166,6 +166,13 @@ class Drives:
             return None
         return unwrap_secret(self._secret_key, row.wrapped_master_key, row.uuid + ":master")
 
+    def _is_available(self, row: DriveRecord) -> bool:
+        """Whether the drive's file opens, in its tier's directory (its `status`)."""
+        try:
+            return self.tiers.of(row.tier).is_available(row.uuid)
+        except KeyError:
+            return False  # a tier the configuration no longer has: its file is unreachable
+
     def passphrase_of(self, row: DriveRecord) -> bytes | None:
         """The LUKS passphrase QEMU opens an encrypted drive with."""
         if row.wrapped_passphrase is None:
@@ -200,7 +207,7 @@ class Drives:
         # cost several times the two queries. Not cached: counters change with every write.
         row = self._check_readable(drive_store.read_drive(self._reader, uuid), user, uuid)
         claims = drive_store.read_claims_on(self._reader, uuid)
-        return drive_info(row, claims, self.files.is_available(uuid))
+        return drive_info(row, claims, self._is_available(row))
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
         # The cached listing tells how many there are: thousands are built off the loop.
@@ -212,10 +219,7 @@ class Drives:
         with self._engine.connect() as connection:
             rows = drive_store.drives_of(connection, user)
             claims = drive_store.claims_on_drives_of(connection, user)
-        return [
-            drive_info(row, claims.get(row.uuid, []), self.files.is_available(row.uuid))
-            for row in rows
-        ]
+        return [drive_info(row, claims.get(row.uuid, []), self._is_available(row)) for row in rows]
 
     def _check_drive_limit(
         self,
