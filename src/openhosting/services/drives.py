@@ -31,7 +31,7 @@ from openhosting.services.drive_transfers import (
     StagedDriveWriter,
     storage_error,
 )
-from openhosting.services.off_loop import built_off_loop
+from openhosting.services.off_loop import INLINE_ITEMS
 from openhosting.services.operations import (
     ATTACH,
     DESTROY,
@@ -211,14 +211,21 @@ class Drives:
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
         # The cached listing tells how many there are: thousands are built off the loop.
-        count = len(self._reader.all_cached(drive_store.DRIVE_UUIDS_BY_USER, user=user))
-        return await built_off_loop(count, functools.partial(self._infos_of, user))
+        if len(self._reader.all_cached(drive_store.DRIVE_UUIDS_BY_USER, user=user)) <= INLINE_ITEMS:
+            return self._infos_of(self._reader, user)
+        return await asyncio.to_thread(self._infos_off_loop, user)
 
-    def _infos_of(self, user: str) -> list[dict[str, Value]]:
-        """The info of every drive of `user`; in a worker thread for many (engine only)."""
-        with self._engine.connect() as connection:
-            rows = drive_store.drives_of(connection, user)
-            claims = drive_store.claims_on_drives_of(connection, user)
+    def _infos_off_loop(self, user: str) -> list[dict[str, Value]]:
+        reader = Reader(self._engine)  # its own: the loop's Reader is the loop thread's alone
+        try:
+            return self._infos_of(reader, user)
+        finally:
+            reader.close()
+
+    def _infos_of(self, reader: Reader, user: str) -> list[dict[str, Value]]:
+        """The info of every drive of `user`."""
+        rows = drive_store.read_drives_of(reader, user)
+        claims = drive_store.read_claims_on_drives_of(reader, user)
         return [drive_info(row, claims.get(row.uuid, []), self._is_available(row)) for row in rows]
 
     def _check_drive_limit(
