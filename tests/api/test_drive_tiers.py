@@ -14,7 +14,7 @@ from openhosting.config import Config
 from openhosting.services.drive_repair import ORPHAN_GRACE_SECONDS
 from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
-from openhosting.wire.text import parse_properties
+from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
 from tests.api.imaging_helpers import image, wait_imaged, write
 from tests.conftest import basic_auth, config_with_tiers
@@ -44,6 +44,10 @@ async def test_a_drive_lives_in_its_tiers_directory(
     assert files_in(tmp_path / "archive") == [f"{archive}.img"]
     assert (await drive_info(client, auth, ssd))["tier"] == "ssd"
     assert (await drive_info(client, auth, disk))["tier"] == "disk"
+    # Active: its file is found in its tier's directory, for one info and for all.
+    assert (await drive_info(client, auth, archive))["status"] == "active"
+    listed = parse_properties_list(await (await client.get("/drives/info", headers=auth)).text())
+    assert [info["status"] for info in listed] == ["active"] * 3
 
     # Its bytes go to and come from its tier's file, gzip writes staged beside it.
     data = os.urandom(SIZE)

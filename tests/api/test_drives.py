@@ -562,6 +562,25 @@ async def test_listing_shows_every_change_at_once(
     assert listed() == [second]
 
 
+async def test_listing_answers_show_every_change_at_once_in_text_and_json(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    # Its rendered bodies are kept with the listing while nothing changes: check they go.
+    async def listed() -> tuple[str, list[dict[str, str]]]:
+        text = await (await client.get("/drives/list", headers=auth)).text()
+        as_json = await client.get("/drives/list", headers={**auth, "Accept": "application/json"})
+        assert as_json.headers["X-Elastic-Output"] == "list"
+        return text, await as_json.json()
+
+    assert await listed() == await listed() == ("", [])
+    first = (await create_drive(client, auth, 10))["drive"]
+    assert await listed() == await listed() == (f"{first}\n", [{"drive": first}])
+    second = (await create_drive(client, auth, 10))["drive"]
+    assert await listed() == (f"{first}\n{second}\n", [{"drive": first}, {"drive": second}])
+    await client.post(f"/drives/{first}/destroy", headers=auth)
+    assert await listed() == (f"{second}\n", [{"drive": second}])
+
+
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_never_written_ranges_go_as_gzip_to_clients_that_accept_it(
     client: TestClient, auth: dict[str, str], cipher: str

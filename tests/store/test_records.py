@@ -144,17 +144,18 @@ def test_claims_read_back_with_a_real_boolean_through_the_engine_and_the_reader(
     ]
     with engine.connect() as connection:
         assert drive_store.claims_on(connection, DRIVE) == expected
-        assert drive_store.claims_on_many(connection, [DRIVE, READER]) == {
-            DRIVE: expected,
-            READER: [],
-        }
         assert drive_store.guest_claims_of(connection, SERVER) == expected[:1]
     reader = Reader(engine)
     try:
         claims = drive_store.read_claims_on(reader, DRIVE)
+        # By the drives' owner: only drives with claims, and no other user's.
+        by_owner = drive_store.read_claims_on_drives_of(reader, ODD_DRIVE.user)
+        assert drive_store.read_claims_on_drives_of(reader, READER) == {}
+        assert drive_store.read_drives_of(reader, ODD_DRIVE.user) == [ODD_DRIVE]
     finally:
         reader.close()
     assert claims == expected
+    assert by_owner == {DRIVE: expected}
     assert claims[0].exclusive is True  # SQLite gives 1: the record says what it means
     assert ClaimRecord.from_row(expected[0].to_row()) == expected[0]
 

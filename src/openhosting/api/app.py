@@ -20,7 +20,11 @@ from openhosting.api.context import (
     user_of,
 )
 from openhosting.api.metrics import UNMATCHED, PlatformMetrics
-from openhosting.api.negotiation import error_response, payload_response
+from openhosting.api.negotiation import (
+    error_response,
+    payload_response,
+    payload_response_off_loop,
+)
 from openhosting.api.routes import (
     ROUTES,
     WITHOUT_BASIC_AUTH,
@@ -42,6 +46,7 @@ from openhosting.errors import (
 )
 from openhosting.logs import REQUEST_ID
 from openhosting.services.audit import object_of
+from openhosting.services.off_loop import INLINE_ITEMS
 from openhosting.services.platform import Platform
 from openhosting.store.errors import is_storage_full, storage_io_error
 from openhosting.web.routes import DASHBOARD_PATHS, add_dashboard
@@ -90,22 +95,21 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     request[REQUEST_ID_KEY] = request_id
     REQUEST_ID.set(request_id)
     metrics = request.app[METRICS_KEY]
+    route = _route_label(request)
     status: int | str = "aborted"  # the client went away before an answer
     try:
-        response = await _answer(request, handler, metrics)
+        response = await _answer(request, handler, metrics, route)
         status = response.status
         return response
     finally:
-        metrics.observe_request(
-            _route_label(request), request.method, status, time.perf_counter() - started
-        )
+        metrics.observe_request(route, request.method, status, time.perf_counter() - started)
 
 
 async def _answer(
-    request: web.Request, handler: Handler, metrics: PlatformMetrics
+    request: web.Request, handler: Handler, metrics: PlatformMetrics, route: str
 ) -> web.StreamResponse:
     try:
-        if _route_label(request) not in NO_BASIC_AUTH:
+        if route not in NO_BASIC_AUTH:
             await authenticate_request(request)
         return await handler(request)  # type: ignore[return-value]
     except ApiError as error:
@@ -169,11 +173,13 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED
 
 
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer carries its request's id, streamed ones included (set as headers go)."""
+async def _before_answer(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries its request's id, streamed ones included (set as headers go);
+    the dashboard's get no Basic challenge. (One hook: each costs a coroutine per answer.)"""
     request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
+    drop_basic_challenge(request, response)
 
 
 def full_error_of(error: BaseException) -> FullError | FailedError | None:
@@ -202,7 +208,10 @@ def _command_handler(
             raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
         if route.kind is Kind.CHANGE:
             return await _audited(request, route, handler)
-        return _render(request, await handler(request))
+        result = await handler(request)
+        if isinstance(result, PropertiesList) and len(result.items) > INLINE_ITEMS:
+            return await payload_response_off_loop(request, result)
+        return _render(request, result)
 
     return serve
 
@@ -295,8 +304,7 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
     app[READINESS_KEY] = asyncio.Event()
     platform.events.add_listener(metrics.observe_event)
     app.on_startup.append(_bind_events)
-    app.on_response_prepare.append(_add_request_id)
-    app.on_response_prepare.append(drop_basic_challenge)
+    app.on_response_prepare.append(_before_answer)
     table = dict(handlers or {})
     for route in ROUTES:
         handler = table.get(route.command, unavailable)

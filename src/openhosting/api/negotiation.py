@@ -9,7 +9,7 @@ from aiohttp.client_exceptions import ClientPayloadError
 from openhosting.api.context import PLATFORM_KEY
 from openhosting.errors import ApiError, UsageError
 from openhosting.wire.json_codec import parse_json_object, render_json
-from openhosting.wire.payload import OUTPUT_HEADER, Payload, output_kind
+from openhosting.wire.payload import OUTPUT_HEADER, Payload, ValueList, output_kind
 from openhosting.wire.text import parse_properties, render_text
 
 ERROR_HEADER = "X-Elastic-Error"
@@ -89,13 +89,35 @@ JSON_TYPE = "application/json; charset=utf-8"
 
 def payload_response(request: web.BaseRequest, payload: Payload) -> web.Response:
     """A 200 response carrying `payload` in the format the client asked for."""
-    if wants_json(request):
-        body, content_type = render_json(payload), JSON_TYPE
+    as_json = wants_json(request)
+    if isinstance(payload, ValueList):
+        body = payload.rendered.get(as_json)
+        if body is None:
+            body = payload.rendered[as_json] = _rendered(payload, as_json)
     else:
-        body, content_type = render_text(payload), TEXT_TYPE
+        body = _rendered(payload, as_json)
+    return _response(payload, body, as_json)
+
+
+async def payload_response_off_loop(request: web.BaseRequest, payload: Payload) -> web.Response:
+    """`payload_response`, rendered in a worker thread: for thousands of objects, whose text
+    would hold the event loop for tens of milliseconds."""
+    as_json = wants_json(request)
+    body = await asyncio.to_thread(_rendered, payload, as_json)
+    return _response(payload, body, as_json)
+
+
+def _rendered(payload: Payload, as_json: bool) -> bytes:
+    return (render_json(payload) if as_json else render_text(payload)).encode()
+
+
+def _response(payload: Payload, body: bytes, as_json: bool) -> web.Response:
     return web.Response(
-        body=body.encode(),
-        headers={OUTPUT_HEADER: output_kind(payload), "Content-Type": content_type},
+        body=body,
+        headers={
+            OUTPUT_HEADER: output_kind(payload),
+            "Content-Type": JSON_TYPE if as_json else TEXT_TYPE,
+        },
     )
 
 

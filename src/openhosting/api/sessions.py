@@ -56,8 +56,10 @@ def check_csrf(request: web.Request, session: WebSession) -> None:
         raise CrossSiteError(f"Refused: a change needs the session's {CSRF_HEADER} header")
 
 
-async def drop_basic_challenge(request: web.Request, response: web.StreamResponse) -> None:
+def drop_basic_challenge(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """The dashboard's requests get no `WWW-Authenticate: Basic`: a browser would answer it
     with its own password dialog instead of letting the page show the error."""
-    if SESSION_COOKIE in request.cookies or request.headers.get("X-Requested-With"):
+    if "WWW-Authenticate" in response.headers and (
+        SESSION_COOKIE in request.cookies or request.headers.get("X-Requested-With")
+    ):
         response.headers.popall("WWW-Authenticate", None)

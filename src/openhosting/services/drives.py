@@ -32,6 +32,7 @@ from openhosting.services.drive_transfers import (
     storage_error,
 )
 from openhosting.services.hosts import Hosts
+from openhosting.services.off_loop import INLINE_ITEMS
 from openhosting.services.operations import (
     ATTACH,
     DESTROY,
@@ -53,7 +54,7 @@ from openhosting.store import space_reserve
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, DriveRecord, drive_settings_columns
-from openhosting.wire.payload import Value
+from openhosting.wire.payload import Value, ValueList
 
 log = logging.getLogger("openhosting.drives")
 
@@ -175,6 +176,13 @@ class Drives:
             return None
         return unwrap_secret(self._secret_key, row.wrapped_master_key, row.uuid + ":master")
 
+    def _is_available(self, row: DriveRecord) -> bool:
+        """Whether the drive's file opens, in its tier's directory (its `status`)."""
+        try:
+            return self.tiers.of(row.tier).is_available(row.uuid)
+        except KeyError:
+            return False  # a tier the configuration no longer has: its file is unreachable
+
     def passphrase_of(self, row: DriveRecord) -> bytes | None:
         """The LUKS passphrase QEMU opens an encrypted drive with."""
         if row.wrapped_passphrase is None:
@@ -196,20 +204,39 @@ class Drives:
         rows = self._reader.all_cached(drive_store.DRIVE_UUIDS_BY_USER, user=user)
         return [row[0] for row in rows]
 
+    def listing(self, user: str) -> ValueList:
+        """`drives/list` of `user`: the same object while nothing has been committed, so
+        that its rendered bodies (kept on it) are made once, not per request."""
+        return self._reader.memo(
+            ("drives/list", user),
+            lambda: ValueList(("drive",), [{"drive": uuid} for uuid in self.list_uuids(user)]),
+        )
+
     def info(self, user: str, uuid: str) -> dict[str, Value]:
         # Through the Reader: the hottest command after the lists, and SQLAlchemy's execute
         # cost several times the two queries. Not cached: counters change with every write.
         row = self._check_readable(drive_store.read_drive(self._reader, uuid), user, uuid)
         claims = drive_store.read_claims_on(self._reader, uuid)
-        return drive_info(row, claims, self.files.is_available(uuid))
+        return drive_info(row, claims, self._is_available(row))
 
-    def info_all(self, user: str) -> list[dict[str, Value]]:
-        with self._engine.connect() as connection:
-            rows = drive_store.drives_of(connection, user)
-            claims = drive_store.claims_on_many(connection, [row.uuid for row in rows])
-        return [
-            drive_info(row, claims[row.uuid], self.files.is_available(row.uuid)) for row in rows
-        ]
+    async def info_all(self, user: str) -> list[dict[str, Value]]:
+        # The cached listing tells how many there are: thousands are built off the loop.
+        if len(self._reader.all_cached(drive_store.DRIVE_UUIDS_BY_USER, user=user)) <= INLINE_ITEMS:
+            return self._infos_of(self._reader, user)
+        return await asyncio.to_thread(self._infos_off_loop, user)
+
+    def _infos_off_loop(self, user: str) -> list[dict[str, Value]]:
+        reader = Reader(self._engine)  # its own: the loop's Reader is the loop thread's alone
+        try:
+            return self._infos_of(reader, user)
+        finally:
+            reader.close()
+
+    def _infos_of(self, reader: Reader, user: str) -> list[dict[str, Value]]:
+        """The info of every drive of `user`."""
+        rows = drive_store.read_drives_of(reader, user)
+        claims = drive_store.read_claims_on_drives_of(reader, user)
+        return [drive_info(row, claims.get(row.uuid, []), self._is_available(row)) for row in rows]
 
     def _check_drive_limit(
         self,

@@ -7,6 +7,7 @@ the account (402 `billing`), exhaustion of the pool is 507 `full`, and a resourc
 server uses cannot be destroyed (409 `busy`).
 """
 
+import functools
 import logging
 import time
 import uuid as uuid_module
@@ -23,6 +24,7 @@ from openhosting.model.resource import (
 )
 from openhosting.network.pool import AddressPool
 from openhosting.services.billing import Billing
+from openhosting.services.off_loop import built_off_loop
 from openhosting.store import resources as resource_store
 from openhosting.store import users as user_store
 from openhosting.store.reader import Reader
@@ -92,9 +94,14 @@ class Resources:
             if kind is None or row_kind == kind
         ]
 
-    def info_all(self, user: str, kind: str | None = None) -> list[dict[str, Value]]:
+    async def info_all(self, user: str, kind: str | None = None) -> list[dict[str, Value]]:
         if kind is not None:
             check_type(kind)
+        count = self._reader.scalar(resource_store.RESOURCE_COUNT_BY_USER, user=user, type=kind)
+        return await built_off_loop(count, functools.partial(self._infos_of, user, kind))
+
+    def _infos_of(self, user: str, kind: str | None) -> list[dict[str, Value]]:
+        """The info of every resource of `user` (of `kind`); in a worker thread for many."""
         with self._engine.connect() as connection:
             rows = resource_store.resources_of(connection, user, kind)
         return [self.resource_info(row) for row in rows]

@@ -28,6 +28,7 @@ from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.events import EventBus
+from openhosting.services.off_loop import INLINE_ITEMS
 from openhosting.services.operations import (
     DESTROY,
     DUMP,
@@ -55,6 +56,11 @@ log = logging.getLogger("openhosting.servers")
 
 def _missing(uuid: str) -> MissingError:
     return MissingError(f"Server {uuid} could not be found")
+
+
+def _status_without_vm(row: ServerRecord) -> str:
+    """The status of a server that has no VM: as its row says."""
+    return row.status if row.status in ("dead", DUMPED) else "stopped"
 
 
 def _delete_server(uuid: str, connection: Connection) -> None:
@@ -116,7 +122,7 @@ class Servers:
         """A server with a VM is as the hypervisor says (`active` or `paused`)."""
         if (running := self.lifecycle.status(row.uuid)) is not None:
             return running
-        return row.status if row.status in ("dead", DUMPED) else "stopped"
+        return _status_without_vm(row)
 
     def run_dir(self, uuid: str) -> Path:
         """The run directory of the server's VM (pidfile, sockets, serial log, argv)."""
@@ -152,10 +158,33 @@ class Servers:
         return await self._info_of(row)
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
-        rows = server_store.read_servers_of(self._reader, user)
-        # The running ones' monitors are asked at once: one slow to answer (a busy guest
-        # under TCG, a stuck QEMU) delays the list by its own wait, not by every other's.
-        return list(await asyncio.gather(*(self._info_of(row) for row in rows)))
+        count = self._reader.scalar(server_store.SERVER_COUNT_BY_USER, user=user)
+        if count <= INLINE_ITEMS:
+            rows = server_store.read_servers_of(self._reader, user)
+            # The running ones' monitors are asked at once: one slow to answer (a busy guest
+            # under TCG, a stuck QEMU) delays the list by its own wait, not by every other's.
+            return list(await asyncio.gather(*(self._info_of(row) for row in rows)))
+        # Thousands: the rows and the infos of servers without a VM are made in a worker
+        # thread; those with one (known here, on the loop) add their live figures after.
+        with_vm = set(self.lifecycle.active)
+        built = await asyncio.to_thread(self._infos_without_vm, user, with_vm)
+        live = iter(await asyncio.gather(*(self._info_of(row) for row, i in built if i is None)))
+        return [info if info is not None else next(live) for _, info in built]
+
+    def _infos_without_vm(
+        self, user: str, with_vm: set[str]
+    ) -> list[tuple[ServerRecord, dict[str, Value] | None]]:
+        """Every server of `user` with its info, or None for those in `with_vm` (engine
+        only: for a worker thread)."""
+        with self._engine.connect() as connection:
+            rows = server_store.servers_of(connection, user)
+        host = self._drives.local_host
+        return [
+            (row, None if row.uuid in with_vm else server_info(
+                row.uuid, row.user, _status_without_vm(row), row.config, None, host
+            ))
+            for row in rows
+        ]  # fmt: skip
 
     async def _info_of(self, row: ServerRecord) -> dict[str, Value]:
         config = row.config

@@ -43,6 +43,35 @@ DRIVE_UUIDS_BY_USER = (
 )
 
 
+# For a Reader (store/reader.py): every drive of `user`, oldest first, and the claims on them
+# (by a join on their owner: an `IN` of thousands of UUIDs costs a bound parameter each).
+DRIVES_BY_USER = (
+    select(drives)
+    .where(drives.c.user == bindparam("user"))
+    .order_by(drives.c.created_at, drives.c.uuid)
+)
+CLAIMS_ON_DRIVES_OF_USER = (
+    select(claims)
+    .join(drives, drives.c.uuid == claims.c.drive)
+    .where(drives.c.user == bindparam("user"))
+    .order_by(claims.c.id)
+)
+
+
+def read_drives_of(reader: Reader, user: str) -> list[DriveRecord]:
+    """`drives_of` through a Reader: without SQLAlchemy's cost per row (a third of an info
+    of thousands)."""
+    return [DriveRecord.from_row(row) for row in reader.mappings(DRIVES_BY_USER, user=user)]
+
+
+def read_claims_on_drives_of(reader: Reader, user: str) -> dict[str, list[ClaimRecord]]:
+    """The claims on each drive of `user` that has any, oldest first."""
+    result: dict[str, list[ClaimRecord]] = {}
+    for row in reader.mappings(CLAIMS_ON_DRIVES_OF_USER, user=user):
+        result.setdefault(row["drive"], []).append(ClaimRecord.from_row(row))
+    return result
+
+
 def drives_of(connection: Connection, user: str) -> list[DriveRecord]:
     query = select(drives).where(drives.c.user == user)
     rows = connection.execute(query.order_by(drives.c.created_at, drives.c.uuid)).mappings()
@@ -93,15 +122,6 @@ def delete_drive(connection: Connection, uuid: str) -> None:
 def claims_on(connection: Connection, drive: str) -> list[ClaimRecord]:
     query = select(claims).where(claims.c.drive == drive).order_by(claims.c.id)
     return [ClaimRecord.from_row(row) for row in connection.execute(query).mappings()]
-
-
-def claims_on_many(connection: Connection, uuids: list[str]) -> dict[str, list[ClaimRecord]]:
-    result: dict[str, list[ClaimRecord]] = {uuid: [] for uuid in uuids}
-    if uuids:
-        query = select(claims).where(claims.c.drive.in_(uuids)).order_by(claims.c.id)
-        for row in connection.execute(query).mappings():
-            result[row["drive"]].append(ClaimRecord.from_row(row))
-    return result
 
 
 # A drive's I/O counters, by their column names; a guest claim keeps the same with `guest_`.

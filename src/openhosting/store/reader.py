@@ -12,12 +12,15 @@ the process, since other processes write to the same database.
 
 import asyncio
 import itertools
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, PoolProxiedConnection, Select
 from sqlalchemy.sql import Executable
 
 MAX_CACHED = 4096
+
+T = TypeVar("T")
 
 
 class Reader:
@@ -28,16 +31,18 @@ class Reader:
         self._connection: PoolProxiedConnection | None = None
         self._compiled: dict[int, tuple[Executable, str, tuple[str, ...]]] = {}
         self._keys: dict[int, tuple[Select[Any], tuple[str, ...]]] = {}
-        self._cached: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        self._cached: dict[Hashable, Any] = {}
         self._cached_version = -1
         self._version: int | None = None
         self._local_file = engine.dialect.name == "sqlite"
         self._versions = itertools.count()
 
-    def _cursor(self) -> Any:
+    def _driver(self) -> Any:
+        """The driver's own connection (sqlite3's): its `execute` skips the pool's cursor
+        wrapper, a few µs of every read (and of every `data_version`, asked per request)."""
         if self._connection is None:
             self._connection = self._engine.raw_connection()
-        return self._connection.cursor()
+        return self._connection.driver_connection
 
     def _compile(self, statement: Executable) -> tuple[str, tuple[str, ...]]:
         cached = self._compiled.get(id(statement))
@@ -52,13 +57,10 @@ class Reader:
             with self._engine.connect() as connection:
                 return [tuple(row) for row in connection.execute(statement, params)]
         sql, names = self._compile(statement)
-        cursor = self._cursor()
-        try:
-            # The driver opens no transaction for a SELECT (pysqlite begins one only before a
-            # change), so every read sees every commit made before it.
-            return list(cursor.execute(sql, tuple(params[name] for name in names)).fetchall())
-        finally:
-            cursor.close()
+        # The driver opens no transaction for a SELECT (pysqlite begins one only before a
+        # change), so every read sees every commit made before it; fetchall ends the
+        # statement, and its cursor goes with the expression.
+        return list(self._driver().execute(sql, tuple(params[name] for name in names)).fetchall())
 
     def all_cached(self, statement: Executable, **params: Any) -> list[tuple[Any, ...]]:
         """`all`, answered from memory while nothing has been committed since it was read:
@@ -67,17 +69,26 @@ class Reader:
         the event loop (see `data_version`)."""
         if not self._local_file:
             return self.all(statement, **params)
+        key = (id(statement), *sorted(params.items()))
+        return list(self.memo(key, lambda: self.all(statement, **params)))
+
+    def memo(self, key: Hashable, build: Callable[[], T]) -> T:
+        """What `build` gives, kept under `key` while nothing has been committed since (as
+        `all_cached`): for what is made of cached reads only. The same object is given to
+        every caller meanwhile, who must not change it. On PostgreSQL nothing is kept (see
+        `data_version`): `build` runs every time."""
+        if not self._local_file:
+            return build()
         version = self.data_version()
         if version != self._cached_version:
             self._cached.clear()
             self._cached_version = version
-        key = (id(statement), *sorted(params.items()))
-        rows = self._cached.get(key)
-        if rows is None:
-            if len(self._cached) >= MAX_CACHED:
-                self._cached.clear()
-            rows = self._cached[key] = self.all(statement, **params)
-        return list(rows)
+        if key in self._cached:
+            return self._cached[key]
+        if len(self._cached) >= MAX_CACHED:
+            self._cached.clear()
+        made = self._cached[key] = build()
+        return made
 
     def mappings(self, statement: Select[Any], **params: Any) -> list[dict[str, Any]]:
         """`all` with each row as a dict by column name, as `Result.mappings()` gives it.
@@ -106,11 +117,7 @@ class Reader:
             return next(self._versions)
         if self._version is not None:
             return self._version
-        cursor = self._cursor()
-        try:
-            version = int(cursor.execute("PRAGMA data_version").fetchone()[0])
-        finally:
-            cursor.close()
+        version = int(self._driver().execute("PRAGMA data_version").fetchall()[0][0])
         try:
             asyncio.get_running_loop().call_soon(self._forget_version)
         except RuntimeError:

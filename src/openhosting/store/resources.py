@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 
 from openhosting.store.records import NicRecord, ResourceRecord
 from openhosting.store.tables import resources, server_nics
@@ -29,6 +29,14 @@ def resources_of(
     query = query.order_by(resources.c.type, resources.c.created_at, resources.c.resource)
     return [ResourceRecord.from_row(row) for row in connection.execute(query).mappings()]
 
+
+# For the Reader: how many resources `user` has (of `type`, or every type for NULL).
+RESOURCE_COUNT_BY_USER = (
+    select(func.count())
+    .select_from(resources)
+    .where(resources.c.user == bindparam("user"))
+    .where(or_(bindparam("type").is_(None), resources.c.type == bindparam("type")))
+)
 
 # For the Reader (store/reader.py): `resources/list` rows of `user`, every type.
 RESOURCE_LIST_BY_USER = (

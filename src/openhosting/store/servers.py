@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, ServerRecord, decode_server_config
@@ -67,6 +67,12 @@ def read_server_sizes_of(reader: Reader, user: str) -> list[tuple[str, int, int]
         config = decode_server_config(text)
         sizes.append((uuid, config.cpu, config.mem))
     return sizes
+
+
+# For the Reader: how many servers `user` has (whether their info is built off the loop).
+SERVER_COUNT_BY_USER = (
+    select(func.count()).select_from(servers).where(servers.c.user == bindparam("user"))
+)
 
 
 def update_server(connection: Connection, uuid: str, **values: Any) -> None:

@@ -1,7 +1,7 @@
 """The three shapes of data the API sends (docs/api.md §2), independent of text or JSON."""
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # A value on the wire: integers are JSON numbers, everything else a string.
 Value = str | int
@@ -31,6 +31,9 @@ class ValueList:
 
     keys: tuple[str, ...]
     rows: Sequence[Object]
+    # Its bodies once rendered, by whether JSON: a listing answered many times unchanged
+    # (services/drives.py keeps one while nothing is committed) is rendered once.
+    rendered: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 Payload = Properties | PropertiesList | ValueList

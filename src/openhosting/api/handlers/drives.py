@@ -29,13 +29,14 @@ def _drive(request: web.Request) -> str:
 
 async def list_drives(request: web.Request) -> ValueList:
     platform = platform_of(request)
-    uuids = await platform.store.run(platform.drives.list_uuids, user_of(request))
-    return ValueList(("drive",), [{"drive": uuid} for uuid in uuids])
+    # The listing is kept rendered until the next commit (drives.listing); through the
+    # store's executor, which runs it inline on SQLite and in a worker thread otherwise.
+    return await platform.store.run(platform.drives.listing, user_of(request))
 
 
 async def info_all(request: web.Request) -> PropertiesList:
-    platform = platform_of(request)
-    return PropertiesList(await platform.store.run(platform.drives.info_all, user_of(request)))
+    # Built in a worker thread above a few dozen drives (services/off_loop.py).
+    return PropertiesList(await platform_of(request).drives.info_all(user_of(request)))
 
 
 async def info(request: web.Request) -> Properties:

@@ -27,9 +27,8 @@ async def list_resources(request: web.Request) -> ValueList:
 
 
 async def info_all(request: web.Request) -> PropertiesList:
-    platform = platform_of(request)
-    rows = await platform.store.run(platform.resources.info_all, user_of(request), _type(request))
-    return PropertiesList(rows)
+    resources = platform_of(request).resources
+    return PropertiesList(await resources.info_all(user_of(request), _type(request)))
 
 
 async def info(request: web.Request) -> Properties:
