@@ -179,6 +179,20 @@ def check_daemon_resources(
     return problems
 
 
+def check_rss_levels(samples: list[int], tail_bound: int) -> list[str]:
+    """RSS sampled at even intervals levels off: from the middle sample to the last it grows
+    by at most `tail_bound` (a leak grows as fast late as early; warming caches do not).
+    Fewer than 4 samples say nothing."""
+    if len(samples) < 4:
+        return []
+    tail = samples[-1] - samples[len(samples) // 2]
+    if tail > tail_bound:
+        return [
+            f"RSS still grew {tail >> 20} MiB in the run's second half (bound {tail_bound >> 20})"
+        ]
+    return []
+
+
 def check_answer(what: str, status: int | None, seconds: float, limit: float) -> list[str]:
     """No 5xx, and an answer (or a close) within `limit` seconds."""
     if (status is not None and status >= 500) or seconds > limit:

@@ -20,6 +20,7 @@ from bench.reliability.checkers import (
     check_foreign_ids,
     check_integrity,
     check_presence,
+    check_rss_levels,
     qemu_processes,
 )
 from bench.reliability.model import DriveModel, pattern
@@ -209,6 +210,15 @@ def test_rss_past_its_bound_and_leaked_descriptors_are_caught() -> None:
     assert check_daemon_resources((100 << 20, 120 << 20), (20, 13), 64 << 20) == []
     assert check_daemon_resources((100 << 20, 200 << 20), (13, 13), 64 << 20)
     assert check_daemon_resources((100 << 20, 100 << 20), (13, 14), 64 << 20)
+
+
+def test_rss_that_keeps_growing_is_caught_and_rss_that_levels_off_is_not() -> None:
+    mib = 1 << 20
+    levelling = [m * mib for m in (103, 116, 125, 135, 143, 148, 150, 152, 153, 155)]
+    assert check_rss_levels(levelling, 24 * mib) == []
+    leaking = [(100 + 10 * n) * mib for n in range(10)]  # 10 MiB per sample, late as early
+    assert check_rss_levels(leaking, 24 * mib)
+    assert check_rss_levels(leaking[:3], 24 * mib) == []  # too short to tell
 
 
 def test_a_5xx_or_an_answer_past_the_idle_timeout_is_caught() -> None:
