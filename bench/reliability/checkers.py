@@ -193,6 +193,18 @@ def check_rss_levels(samples: list[int], tail_bound: int) -> list[str]:
     return []
 
 
+def is_write_past_end(answer: bytes) -> bool:
+    """Whether a raw HTTP answer is the contract's `507 full` for a write past a drive's end
+    (API.md: "writing past the drive's end → 507 `full`"): bad input, yet a 5xx by contract."""
+    head = answer.split(b"\r\n\r\n", 1)
+    return (
+        head[0].startswith(b"HTTP/1.1 507 ")
+        and b"\r\nX-Elastic-Error: full" in head[0]
+        and len(head) == 2
+        and b"past the end of drive" in head[1]
+    )
+
+
 def check_answer(what: str, status: int | None, seconds: float, limit: float) -> list[str]:
     """No 5xx, and an answer (or a close) within `limit` seconds."""
     if (status is not None and status >= 500) or seconds > limit:

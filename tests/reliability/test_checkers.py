@@ -21,6 +21,7 @@ from bench.reliability.checkers import (
     check_integrity,
     check_presence,
     check_rss_levels,
+    is_write_past_end,
     qemu_processes,
 )
 from bench.reliability.model import DriveModel, pattern
@@ -219,6 +220,17 @@ def test_rss_that_keeps_growing_is_caught_and_rss_that_levels_off_is_not() -> No
     leaking = [(100 + 10 * n) * mib for n in range(10)]  # 10 MiB per sample, late as early
     assert check_rss_levels(leaking, 24 * mib)
     assert check_rss_levels(leaking[:3], 24 * mib) == []  # too short to tell
+
+
+def test_only_the_contracts_507_for_a_write_past_the_end_is_told_apart() -> None:
+    past = (
+        b"HTTP/1.1 507 Insufficient Storage\r\nX-Elastic-Error: full\r\n\r\n"
+        b"Offset 2560622592 is past the end of drive d8 (1048576 bytes)\n"
+    )
+    assert is_write_past_end(past)
+    full_disk = past.split(b"\r\n\r\n")[0] + b"\r\n\r\nThe platform's storage is full\n"
+    assert not is_write_past_end(full_disk)
+    assert not is_write_past_end(past.replace(b"507 Insufficient Storage", b"500 Internal"))
 
 
 def test_a_5xx_or_an_answer_past_the_idle_timeout_is_caught() -> None:
