@@ -37,10 +37,16 @@ class Ledger:
     def doubt(self, uuid: str) -> None:
         self.in_doubt.add(uuid)
 
-    def settle(self, observed: Collection[str]) -> None:
-        """After a check: what was in doubt is now what the platform shows."""
+    def settle(self, observed: Collection[str], unanswered_creates: int = 0) -> None:
+        """After a check: what was in doubt is now what the platform shows, and objects that
+        creates which lost their answer explain are now known (else every later check would
+        count them as unexplained again)."""
         for uuid in list(self.in_doubt):
             (self.created if uuid in observed else self.destroyed)(uuid)
+        unknown = set(observed) - self.present - self.absent
+        if len(unknown) <= unanswered_creates:
+            for uuid in unknown:
+                self.created(uuid)
 
 
 def check_presence(
