@@ -201,7 +201,8 @@ def check_rss_levels(samples: list[int], tail_bound: int) -> list[str]:
 
 def is_write_past_end(answer: bytes) -> bool:
     """Whether a raw HTTP answer is the contract's `507 full` for a write past a drive's end
-    (API.md: "writing past the drive's end → 507 `full`"): bad input, yet a 5xx by contract."""
+    (docs/api.md: "a write that would pass the drive's end is `507 full`"): bad input, yet a
+    5xx by contract."""
     head = answer.split(b"\r\n\r\n", 1)
     return (
         head[0].startswith(b"HTTP/1.1 507 ")
