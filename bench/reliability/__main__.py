@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.harness import work_directory
 from bench.reliability.table import CampaignResult, render_table
 
-CAMPAIGNS = ("crash", "isolation", "load", "input", "storage", "eio")
+CAMPAIGNS = ("crash", "network", "isolation", "load", "input", "storage", "eio")
 
 
 def main() -> int:
@@ -23,6 +23,7 @@ def main() -> int:
                         help=f"one of: {', '.join(CAMPAIGNS)} (default: all)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=None, help="default: a random one")
     parser.add_argument("--crash-seconds", type=float, default=120)
+    parser.add_argument("--network-seconds", type=float, default=45)
     parser.add_argument("--isolation-seconds", type=float, default=60)
     parser.add_argument("--load-seconds", type=float, default=60)
     parser.add_argument("--load-clients", type=int, default=32)
@@ -43,6 +44,11 @@ def main() -> int:
         from bench.reliability import crash
 
         return crash.run(work_dir, seed, args.crash_seconds)
+
+    def network(work_dir: Path) -> CampaignResult:
+        from bench.reliability import network
+
+        return network.run(work_dir, seed, args.network_seconds)
 
     def isolation(work_dir: Path) -> CampaignResult:
         from bench.reliability import isolation
@@ -71,8 +77,8 @@ def main() -> int:
         return eio.run(work_dir, seed, args.eio_rounds)
 
     runners: dict[str, Callable[[Path], CampaignResult]] = {
-        "crash": crash, "isolation": isolation, "load": load, "input": bad_input,
-        "storage": storage, "eio": eio,
+        "crash": crash, "network": network, "isolation": isolation, "load": load,
+        "input": bad_input, "storage": storage, "eio": eio,
     }  # fmt: skip
     results = []
     for name in args.campaigns or CAMPAIGNS:

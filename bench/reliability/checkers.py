@@ -37,10 +37,16 @@ class Ledger:
     def doubt(self, uuid: str) -> None:
         self.in_doubt.add(uuid)
 
-    def settle(self, observed: Collection[str]) -> None:
-        """After a check: what was in doubt is now what the platform shows."""
+    def settle(self, observed: Collection[str], unanswered_creates: int = 0) -> None:
+        """After a check: what was in doubt is now what the platform shows, and objects that
+        creates which lost their answer explain are now known (else every later check would
+        count them as unexplained again)."""
         for uuid in list(self.in_doubt):
             (self.created if uuid in observed else self.destroyed)(uuid)
+        unknown = set(observed) - self.present - self.absent
+        if len(unknown) <= unanswered_creates:
+            for uuid in unknown:
+                self.created(uuid)
 
 
 def check_presence(
@@ -177,6 +183,33 @@ def check_daemon_resources(
     if fds[1] > fds[0]:
         problems.append(f"open fds {fds[0]} at the start, {fds[1]} at the end")
     return problems
+
+
+def check_rss_levels(samples: list[int], tail_bound: int) -> list[str]:
+    """RSS sampled at even intervals levels off: from the middle sample to the last it grows
+    by at most `tail_bound` (a leak grows as fast late as early; warming caches do not).
+    Fewer than 4 samples say nothing."""
+    if len(samples) < 4:
+        return []
+    tail = samples[-1] - samples[len(samples) // 2]
+    if tail > tail_bound:
+        return [
+            f"RSS still grew {tail >> 20} MiB in the run's second half (bound {tail_bound >> 20})"
+        ]
+    return []
+
+
+def is_write_past_end(answer: bytes) -> bool:
+    """Whether a raw HTTP answer is the contract's `507 full` for a write past a drive's end
+    (docs/api.md: "a write that would pass the drive's end is `507 full`"): bad input, yet a
+    5xx by contract."""
+    head = answer.split(b"\r\n\r\n", 1)
+    return (
+        head[0].startswith(b"HTTP/1.1 507 ")
+        and b"\r\nX-Elastic-Error: full" in head[0]
+        and len(head) == 2
+        and b"past the end of drive" in head[1]
+    )
 
 
 def check_answer(what: str, status: int | None, seconds: float, limit: float) -> list[str]:

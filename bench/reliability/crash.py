@@ -422,7 +422,7 @@ class CrashCampaign:
             problems += checkers.check_presence(
                 ledger, observed[kind], self.unanswered_creates[kind]
             )
-            ledger.settle(observed[kind])
+            ledger.settle(observed[kind], self.unanswered_creates[kind])
             self.unanswered_creates[kind] = 0
         known = {uuid for worker in self.workers for uuid in worker.drives}
         for uuid in sorted(observed["drive"] - known):  # a create whose answer was lost

@@ -41,6 +41,11 @@ def run(work_dir: Path, seed: int, rounds: int) -> CampaignResult:
             campaign = EioCampaign(api, faulty, random.Random(seed), result)
             for _ in range(rounds):
                 campaign.round()
+            # The state directory's and the running VM's rounds build on EioCampaign.
+            from bench.reliability import eio_state, eio_vm
+
+            eio_state.run_round(binary, work_dir, campaign.rng, result)
+            eio_vm.run_round(binary, work_dir, campaign.rng, result)
             result.violations += checkers.check_claims(
                 checkers.read_claim_state(state / "openhosting.sqlite")
             )

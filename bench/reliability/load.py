@@ -2,7 +2,8 @@
 T seconds sending every kind of command with realistic weights (mostly info and lists, some
 writes and lifecycle). Figures: throughput, p50/p99/p99.9 latency per command class, 5xx
 (must be 0), the daemon's RSS and open file descriptors at the start and the end (RSS may
-grow by at most RSS_GROWTH_BOUND; the descriptors must come back to where they were)."""
+grow by at most RSS_GROWTH_BOUND, and by at most RSS_TAIL_BOUND in the run's second half:
+it levels off; the descriptors must come back to where they were)."""
 
 import random
 import threading
@@ -18,6 +19,10 @@ from testbed.daemon_process import Api, DaemonProcess, create_user
 
 RSS_GROWTH_BOUND = 64 * 1024 * 1024
 FD_SETTLE_SECONDS = 10.0
+RSS_SAMPLE_SECONDS = 10.0
+# Measured over 180 s (docs/reliability.md): RSS grows fast at first, then levels off
+# (+40 MiB in the first half, +12 in the second); a leak would grow as fast late as early.
+RSS_TAIL_BOUND = 24 * 1024 * 1024
 DRIVE_SIZE = 1024 * 1024
 
 Request = tuple[str, str, bytes | None]  # (command class, path, body)
@@ -173,7 +178,15 @@ def run(
                 for kind, values in mine.items():
                     latencies[kind] += values
 
+        samples: list[int] = []  # the daemon's RSS every RSS_SAMPLE_SECONDS
+
+        def sample_rss() -> None:
+            while time.monotonic() < deadline:
+                samples.append(rss_bytes(daemon.pid))
+                time.sleep(min(RSS_SAMPLE_SECONDS, max(0.0, deadline - time.monotonic())))
+
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        threads.append(threading.Thread(target=sample_rss))
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -194,6 +207,11 @@ def run(
         result.notes.append(
             f"{clients} clients, {elapsed:.0f} s: {total / elapsed:.0f} requests/s;"
             f" RSS {rss_start >> 20} → {rss_end >> 20} MiB; fds {fds_start} → {fds_end}"
+        )
+        result.violations += checkers.check_rss_levels([*samples, rss_end], RSS_TAIL_BOUND)
+        result.notes.append(
+            f"RSS every {RSS_SAMPLE_SECONDS:.0f} s (MiB): "
+            + " ".join(str(v >> 20) for v in samples)
         )
         for kind in sorted(latencies):
             values = sorted(latencies[kind])

@@ -22,7 +22,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +102,7 @@ class RunningVm:
         self.pause: Pause | None = None  # as QEMU last said; a new VM runs
         self.on_state: StateCallback | None = None
         self._nospace = False  # the last I/O error that stopped the VM was ENOSPC
+        self.reported_io_errors = 0  # host I/O errors passed on to the guest as its disk's
 
     @classmethod
     async def start(
@@ -183,6 +184,8 @@ class RunningVm:
                     self.uuid, event.data.get("node-name"), event.data.get("operation"),
                     self._nospace,
                 )  # fmt: skip
+            elif event.name == "BLOCK_IO_ERROR":
+                self._reported_io_error(event.data)
             elif event.name in ("STOP", "RESUME"):
                 await self.refresh_state()
         # QEMU hung up: it is exiting. Wait for the process itself to be gone.
@@ -197,6 +200,20 @@ class RunningVm:
         self.exited.set()
         log.info("event=vm_exited server=%s how=%s", self.uuid, ending)
         await on_exit(self.uuid, ending)
+
+    def _reported_io_error(self, data: Mapping[str, object]) -> None:
+        """A host I/O error that QEMU passed on to the guest (`rerror=report`, or a write's
+        error other than ENOSPC): the VM runs on and the guest sees a failing disk, so the
+        operator must hear of the host's. A failing disk fails every request of a busy guest:
+        logged at the 1st, 2nd, 4th, 8th, ... error, with the count, not at each one."""
+        self.reported_io_errors += 1
+        count = self.reported_io_errors
+        if count & (count - 1) == 0:
+            log.warning(
+                "event=vm_io_error server=%s node=%s operation=%s action=%s count=%d",
+                self.uuid, data.get("node-name"), data.get("operation"), data.get("action"),
+                count,
+            )  # fmt: skip
 
     def _end_after_guest_shutdown(self) -> None:
         """The guest powered off and QEMU paused (`-action shutdown=pause`): let `before_end`
