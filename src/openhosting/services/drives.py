@@ -220,8 +220,13 @@ class Drives:
         return drive_info(row, claims, self._is_available(row))
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
-        # The cached listing tells how many there are: thousands are built off the loop.
-        if len(self._reader.all_cached(drive_store.DRIVE_UUIDS_BY_USER, user=user)) <= INLINE_ITEMS:
+        # The cached listing tells how many there are: thousands are built off the loop, and
+        # any number when the database is across the network (every read is I/O).
+        if (
+            self._reader.local
+            and len(self._reader.all_cached(drive_store.DRIVE_UUIDS_BY_USER, user=user))
+            <= INLINE_ITEMS
+        ):
             return self._infos_of(self._reader, user)
         return await asyncio.to_thread(self._infos_off_loop, user)
 

@@ -15,10 +15,11 @@ T = TypeVar("T")
 INLINE_ITEMS = 64
 
 
-async def built_off_loop(count: int, build: Callable[[], T]) -> T:
+async def built_off_loop(count: int | None, build: Callable[[], T]) -> T:
     """What `build` gives, made on the loop for `count` up to INLINE_ITEMS objects, in a worker
-    thread for more. `build` must touch nothing that only the loop's thread may use (the
+    thread for more, or always (`count` None: a database across the network, whose every
+    read is I/O). `build` must touch nothing that only the loop's thread may use (the
     Reader, the services' in-memory state): the engine, files and pure functions only."""
-    if count <= INLINE_ITEMS:
+    if count is not None and count <= INLINE_ITEMS:
         return build()
     return await asyncio.to_thread(build)

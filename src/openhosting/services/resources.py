@@ -97,7 +97,11 @@ class Resources:
     async def info_all(self, user: str, kind: str | None = None) -> list[dict[str, Value]]:
         if kind is not None:
             check_type(kind)
-        count = self._reader.scalar(resource_store.RESOURCE_COUNT_BY_USER, user=user, type=kind)
+        count = (
+            self._reader.scalar(resource_store.RESOURCE_COUNT_BY_USER, user=user, type=kind)
+            if self._reader.local
+            else None  # counting would be I/O on the loop already
+        )
         return await built_off_loop(count, functools.partial(self._infos_of, user, kind))
 
     def _infos_of(self, user: str, kind: str | None) -> list[dict[str, Value]]:

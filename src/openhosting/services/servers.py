@@ -158,14 +158,20 @@ class Servers:
         return await self._info_of(row)
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
-        count = self._reader.scalar(server_store.SERVER_COUNT_BY_USER, user=user)
-        if count <= INLINE_ITEMS:
+        # A database across the network: every read is I/O, so the rows are read in the
+        # worker thread whatever their number.
+        local = self._reader.local
+        if (
+            local
+            and self._reader.scalar(server_store.SERVER_COUNT_BY_USER, user=user) <= INLINE_ITEMS
+        ):
             rows = server_store.read_servers_of(self._reader, user)
             # The running ones' monitors are asked at once: one slow to answer (a busy guest
             # under TCG, a stuck QEMU) delays the list by its own wait, not by every other's.
             return list(await asyncio.gather(*(self._info_of(row) for row in rows)))
-        # Thousands: the rows and the infos of servers without a VM are made in a worker
-        # thread; those with one (known here, on the loop) add their live figures after.
+        # Thousands (or a remote database): the rows and the infos of servers without a VM
+        # are made in a worker thread; those with one (known here, on the loop) add their
+        # live figures after.
         with_vm = set(self.lifecycle.active)
         built = await asyncio.to_thread(self._infos_without_vm, user, with_vm)
         live = iter(await asyncio.gather(*(self._info_of(row) for row, i in built if i is None)))

@@ -37,6 +37,12 @@ class Reader:
         self._local_file = engine.dialect.name == "sqlite"
         self._versions = itertools.count()
 
+    @property
+    def local(self) -> bool:
+        """Whether the database is a local file (SQLite), read in microseconds on the event
+        loop; otherwise every read is network I/O, for worker threads only."""
+        return self._local_file
+
     def _driver(self) -> Any:
         """The driver's own connection (sqlite3's): its `execute` skips the pool's cursor
         wrapper, a few µs of every read (and of every `data_version`, asked per request)."""

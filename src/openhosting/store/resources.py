@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, String, bindparam, delete, func, insert, or_, select, update
 
 from openhosting.store.records import NicRecord, ResourceRecord
 from openhosting.store.tables import resources, server_nics
@@ -35,7 +35,7 @@ RESOURCE_COUNT_BY_USER = (
     select(func.count())
     .select_from(resources)
     .where(resources.c.user == bindparam("user"))
-    .where(or_(bindparam("type").is_(None), resources.c.type == bindparam("type")))
+    .where(or_(bindparam("type", type_=String).is_(None), resources.c.type == bindparam("type")))
 )
 
 # For the Reader (store/reader.py): `resources/list` rows of `user`, every type.
