@@ -20,11 +20,12 @@ run: setup
 	$(BIN)/openhostingd $(ARGS)
 
 # Two workers (pytest-xdist): much of the suite waits on QEMU, dnsmasq and the disk rather
-# than computing, so two processes finish well before one even on two cores.
+# than computing, so two processes finish well before one even on two cores. The tests marked
+# `integration` (guests, real daemons) all go to one worker, one after another (conftest.py).
 # TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -n $(TEST_WORKERS) $(ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 bench: setup
 	$(BIN)/python -m bench $(ARGS)

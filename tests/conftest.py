@@ -171,3 +171,13 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     name = postgres_server.new_database()
     yield postgres_server.url(name)
     postgres_server.drop_database(name)
+
+
+@pytest.hookimpl(trylast=True)  # after tests/integration/conftest.py marks its tests
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`), the tests that boot guests or drive real
+    daemons (marked `integration`) run one after another on one worker while the other
+    worker takes the rest: two TCG guests at once on two cores starve each other's timers."""
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            item.add_marker(pytest.mark.xdist_group("guests"))
