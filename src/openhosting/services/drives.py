@@ -231,7 +231,9 @@ class Drives:
         return await asyncio.to_thread(self._infos_off_loop, user)
 
     def _infos_off_loop(self, user: str) -> list[dict[str, Value]]:
-        reader = Reader(self._engine)  # its own: the loop's Reader is the loop thread's alone
+        # Its own, closed after: the loop's Reader is the loop thread's alone, and a pooled
+        # connection per worker thread would keep its file descriptors open.
+        reader = Reader(self._engine, pooled=False)
         try:
             return self._infos_of(reader, user)
         finally:

@@ -6,8 +6,11 @@ built. Small ones stay on the loop: a worker thread's hand-off costs more than t
 """
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TypeVar
+
+from sqlalchemy import Connection, Engine
 
 T = TypeVar("T")
 
@@ -23,3 +26,24 @@ async def built_off_loop(count: int | None, build: Callable[[], T]) -> T:
     if count is not None and count <= INLINE_ITEMS:
         return build()
     return await asyncio.to_thread(build)
+
+
+def in_worker_thread() -> bool:
+    """Whether this code runs outside the event loop's thread (no loop runs here)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def worker_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for building an answer. In a worker thread on SQLite it is closed at the
+    end instead of going back to the pool: the pool would otherwise keep one per thread that
+    ever built a big answer, three file descriptors each (database, WAL, index), and the
+    daemon's descriptors would grow with the load instead of staying level."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite" and in_worker_thread():
+            connection.detach()
+        yield connection

@@ -28,7 +28,7 @@ from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.events import EventBus
-from openhosting.services.off_loop import INLINE_ITEMS
+from openhosting.services.off_loop import INLINE_ITEMS, worker_connection
 from openhosting.services.operations import (
     DESTROY,
     DUMP,
@@ -182,7 +182,7 @@ class Servers:
     ) -> list[tuple[ServerRecord, dict[str, Value] | None]]:
         """Every server of `user` with its info, or None for those in `with_vm` (engine
         only: for a worker thread)."""
-        with self._engine.connect() as connection:
+        with worker_connection(self._engine) as connection:
             rows = server_store.servers_of(connection, user)
         host = self._drives.local_host
         return [

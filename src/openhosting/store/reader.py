@@ -26,9 +26,13 @@ T = TypeVar("T")
 class Reader:
     """One held connection running precompiled read statements."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, pooled: bool = True) -> None:
+        """`pooled` False: the connection is closed with the Reader rather than kept in the
+        engine's pool (a Reader made for one piece of work in a worker thread)."""
         self._engine = engine
+        self._pooled = pooled
         self._connection: PoolProxiedConnection | None = None
+        self._driver_connection: Any = None
         self._compiled: dict[int, tuple[Executable, str, tuple[str, ...]]] = {}
         self._keys: dict[int, tuple[Select[Any], tuple[str, ...]]] = {}
         self._cached: dict[Hashable, Any] = {}
@@ -48,7 +52,10 @@ class Reader:
         wrapper, a few µs of every read (and of every `data_version`, asked per request)."""
         if self._connection is None:
             self._connection = self._engine.raw_connection()
-        return self._connection.driver_connection
+            self._driver_connection = self._connection.driver_connection
+            if not self._pooled:
+                self._connection.detach()  # after: a detached one no longer names its driver's
+        return self._driver_connection
 
     def _compile(self, statement: Executable) -> tuple[str, tuple[str, ...]]:
         cached = self._compiled.get(id(statement))
