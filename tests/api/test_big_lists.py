@@ -128,6 +128,8 @@ async def test_a_small_request_is_not_held_behind_a_big_info(
     assert len(parse_properties_list(big_body.decode())) == count
     # Sent while the big one was under way: else the test would show nothing.
     assert big_sent < small_sent < big_answered
-    # Not a speed figure: held behind the big one, the small request would wait most of
-    # its time (the loop is busy building it), here it takes a fraction of it.
-    assert small_answered - small_sent < (big_answered - big_sent) / 2
+    # Not a speed figure: held behind the big one (the loop busy building it), the small
+    # request would be answered after it. (A ratio of their durations was too tight when
+    # the other test worker boots guests beside this one: the GIL is shared with the
+    # thread building the big answer.)
+    assert small_answered < big_answered
