@@ -140,6 +140,9 @@ def listen_on_a_free_vnc_port() -> tuple[socket.socket, int]:
     raise AssertionError("every VNC port of this host is taken")
 
 
+# It holds a real VNC port of the host: with the guests' tests (one after another, on one
+# xdist worker), or a QEMU started meanwhile could find that port taken.
+@pytest.mark.integration
 async def test_the_hosts_own_probe_skips_a_port_a_real_listener_holds(
     fake: tuple[Platform, FakeHypervisor, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
