@@ -15,19 +15,14 @@ from bench.reliability import faultfs
 
 from openhosting.config import Config, load_config
 from tests.api.drive_helpers import create_drive, read_bytes
+from tests.api.faultfs_helpers import mounted_faultfs
 
 KIB = 1024
 
 
 @pytest.fixture
 def faulty(tmp_path: Path) -> Iterator[faultfs.FaultFs]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a FUSE file system for the daemon needs root")
-    reason = faultfs.unavailable_reason()
-    assert reason is None, f"{reason} (scripts/install-system-packages installs it)"
-    binary = faultfs.build(tmp_path)
-    with faultfs.FaultFs(binary, tmp_path / "backing", tmp_path / "drives") as mounted:
-        yield mounted
+    yield from mounted_faultfs(tmp_path, "drives")
 
 
 @pytest.fixture

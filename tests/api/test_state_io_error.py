@@ -3,7 +3,6 @@
 the disk heals the platform works on with everything it acknowledged before. The failing disk
 is `faultfs` (a FUSE passthrough compiled for the test: this kernel has no device-mapper)."""
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,18 +13,12 @@ from bench.reliability import faultfs
 
 from openhosting.config import Config, load_config
 from tests.api.drive_helpers import create_drive
+from tests.api.faultfs_helpers import mounted_faultfs
 
 
 @pytest.fixture
 def faulty(tmp_path: Path) -> Iterator[faultfs.FaultFs]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a FUSE file system for the daemon needs root")
-    reason = faultfs.unavailable_reason()
-    assert reason is None, f"{reason} (scripts/install-system-packages installs it)"
-    binary = faultfs.build(tmp_path)
-    state = tmp_path / "state"
-    with faultfs.FaultFs(binary, tmp_path / "backing", state, page_cache=True) as mounted:
-        yield mounted
+    yield from mounted_faultfs(tmp_path, "state", page_cache=True)
 
 
 @pytest.fixture
