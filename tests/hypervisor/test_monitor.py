@@ -15,7 +15,7 @@ import pytest
 
 from openhosting.hypervisor.driver import BlockStats
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.monitor import Monitor, MonitorEvent
+from openhosting.hypervisor.monitor import GREETING_ATTEMPTS, Monitor, MonitorEvent
 
 GREETING: dict[str, object] = {
     "QMP": {
@@ -53,14 +53,22 @@ BLOCKSTATS = [
 class FakeQmp:
     """A QMP server on a unix socket answering from `replies` (command -> return value)."""
 
-    def __init__(self, replies: dict[str, object], *, greet: bool = True) -> None:
+    def __init__(
+        self, replies: dict[str, object], *, greet: bool = True, events_before_greeting: int = 0
+    ) -> None:
         self.replies = replies
         self.greet = greet
+        # How many of the first sessions get an event before the greeting (QEMU's race).
+        self.events_before_greeting = events_before_greeting
+        self.sessions = 0
         self.received: list[dict[str, object]] = []
         self.writer: asyncio.StreamWriter | None = None
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
+        self.sessions += 1
+        if self.sessions <= self.events_before_greeting:
+            self.event("RTC_CHANGE", offset=0)
         if self.greet:
             self.send(GREETING)
         async for message in self.messages(reader):
@@ -248,5 +256,37 @@ async def test_connecting_to_a_silent_server_gives_up_after_the_timeout(
     finally:
         if silent.writer is not None:
             silent.writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_event_before_the_greeting_is_survived_by_a_new_session(
+    socket_path: Path,
+) -> None:
+    early = FakeQmp({"query-status": {"status": "running"}}, events_before_greeting=1)
+    server = await asyncio.start_unix_server(early.serve, str(socket_path))
+    try:
+        monitor = Monitor(socket_path, command_timeout=0.5)
+        await monitor.connect(timeout=5)
+        assert early.sessions == 2
+        assert await monitor.execute("query-status") == {"status": "running"}
+        await monitor.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_server_that_never_greets_first_is_an_error_after_a_few_sessions(
+    socket_path: Path,
+) -> None:
+    never = FakeQmp({}, events_before_greeting=100)
+    server = await asyncio.start_unix_server(never.serve, str(socket_path))
+    try:
+        monitor = Monitor(socket_path)
+        with pytest.raises(HypervisorError, match="Did not understand Greeting"):
+            await monitor.connect(timeout=5)
+        assert never.sessions == GREETING_ATTEMPTS
+        await monitor.close()
+    finally:
         server.close()
         await server.wait_closed()
