@@ -17,8 +17,8 @@ from openhosting.config import Config, load_config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 from testbed.leftovers import kill_leftover_vms
+from testbed.postgres import PostgresServer
 from tests.disk_tmp import disk_directory
-from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 # Real bodies of the service this API comes from (see its README): golden inputs.
@@ -158,7 +158,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL for the whole session (tests/postgres.py), stopped at its end."""
+    """One real PostgreSQL for the whole session (testbed/postgres.py), stopped at its end."""
     server = PostgresServer()
     yield server
     server.stop()

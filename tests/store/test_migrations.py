@@ -12,7 +12,7 @@ from sqlalchemy import Engine, inspect
 
 from openhosting.store.database import MIGRATIONS, create_store_engine, migrate
 from openhosting.store.tables import metadata
-from tests.postgres import PostgresServer
+from testbed.postgres import PostgresServer
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
