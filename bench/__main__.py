@@ -20,6 +20,7 @@ BENCHMARKS = {
     "suspend": "bench.suspend_resume",
     "scale": "bench.scale",
     "vm-scale": "bench.vm_scale",
+    "capacity": "bench.capacity",
 }
 
 
