@@ -405,9 +405,11 @@ def measure_heartbeats(
         before = counters.snapshot()
         beater = threading.Thread(target=beat)
         beater.start()
-        time.sleep(HEARTBEAT_WINDOW)
-        stop.set()
-        beater.join()
+        try:
+            time.sleep(HEARTBEAT_WINDOW)
+        finally:  # an interrupted run must not leave the thread beating
+            stop.set()
+            beater.join()
         after = counters.snapshot()
     finally:
         fast.stop()
