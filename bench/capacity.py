@@ -320,22 +320,35 @@ def measure_metering(counters: Counters, engine: Engine) -> list[Unit]:
         server_count = len(connection.execute(select(servers.c.uuid)).all())
         accounts = len(billing_store.all_accounts(connection))
     billing.meter()  # the first round only marks where metering starts
-    total = Tally()
-    by_query: Mapping[str, Tally] = {}
+    rounds: dict[str, Tally] = {}
     for _ in range(REPEATS):
         time.sleep(0.01)  # each round meters a new span
-        tally, by_query = counters.measure(BENCH_ROLE, billing.meter)
-        total += tally
-    per_round = total.times(1 / REPEATS)
-    # Each account's servers are read once a round (their configurations give cpu and mem):
-    # the rows beyond one per server are the account's own.
-    per_account = replace(per_round, rows_read=per_round.rows_read - server_count).times(
-        1 / accounts
-    )
+        for query, tally in counters.measure(BENCH_ROLE, billing.meter)[1].items():
+            rounds[query] = rounds.get(query, Tally()) + tally
+    by_query = per_unit(rounds, REPEATS)
+    # A round's own: its transaction and its read of every account (whose rows count per
+    # account); each account's servers are read once a round (their configurations give cpu
+    # and mem), one row each.
+    own = [query for query in by_query if is_round_statement(query)]
+    per_round = replace(sum((by_query[query] for query in own), Tally()), rows_read=0)
+    everything = sum(by_query.values(), Tally())
+    per_account = (everything - per_round - Tally(rows_read=server_count)).times(1 / accounts)
     return [
-        Unit("metering: per account", "account", per_account, queries=per_unit(by_query, accounts)),
+        Unit("metering: per round", "round", per_round,
+             queries={query: by_query[query] for query in own}),
+        Unit("metering: per account", "account", per_account,
+             queries=per_unit({q: by_query[q] for q in by_query if q not in own}, accounts)),
         Unit("metering: per server", "server", Tally(rows_read=1)),
-    ]
+    ]  # fmt: skip
+
+
+def is_round_statement(query: str) -> bool:
+    """Whether a statement of metering is once per round: its transaction's, or the read of
+    every account (`all_accounts`)."""
+    words = " ".join(query.split())
+    return words in ("BEGIN", "COMMIT") or (
+        words.startswith("SELECT") and "FROM users WHERE users.key_hash" in words
+    )
 
 
 def image_once(
@@ -459,9 +472,9 @@ class Line:
 
 def model(costs: Mapping[str, Unit], s: Scenario) -> list[Line]:
     """Each activity of `s` per second times its measured cost per unit. `costs` by key:
-    heartbeat, fold_idle, fold_busy, metering_account, metering_server, servers_fixed,
-    servers_object, drives_fixed, drives_object, server_info, drive_info, imaging_fixed,
-    imaging_second.
+    heartbeat, fold_idle, fold_busy, metering_round, metering_account, metering_server,
+    servers_fixed, servers_object, drives_fixed, drives_object, server_info, drive_info,
+    imaging_fixed, imaging_second.
 
     A fold is one transaction per host (all its running VMs) and metering one per round (all
     accounts): their transactions are counted per round, not per VM or account as measured
@@ -492,7 +505,7 @@ def model(costs: Mapping[str, Unit], s: Scenario) -> list[Line]:
         Line("guest I/O folds (per host)", s.hosts / FOLD_SECONDS, one_transaction),
         Line("metering (per account)", accounts / METERING_SECONDS,
              replace(metering, transactions=0)),
-        Line("metering (rounds)", 1 / METERING_SECONDS, one_transaction),
+        Line("metering (rounds)", 1 / METERING_SECONDS, costs["metering_round"].tally),
         Line("dashboards: servers/info", dashboards / s.dashboard_poll_seconds, *servers_info),
         Line("dashboards: drives/info", dashboards / s.dashboard_poll_seconds, *drives_info),
         Line("API clients: servers/S/info", api_per_kind, costs["server_info"].tally,
@@ -647,6 +660,7 @@ def cost_keys(units: list[Unit]) -> dict[str, Unit]:
         "heartbeat": simulated_beat if simulated_beat.tally.writes else daemon_beat,
         "fold_idle": find("guest I/O fold, idle"),
         "fold_busy": find("guest I/O fold, busy"),
+        "metering_round": find("metering: per round"),
         "metering_account": find("metering: per account"),
         "metering_server": find("metering: per server"),
         "servers_fixed": find("/servers/info: fixed"),

@@ -48,7 +48,8 @@ COSTS = {
     "heartbeat": unit(Tally(transactions=1, writes=1, rows_written=1, wal_bytes=100)),
     "fold_idle": unit(Tally(transactions=0.1, reads=1, rows_read=1)),
     "fold_busy": unit(Tally(transactions=0.1, reads=1, writes=2, rows_read=1, rows_written=2)),
-    "metering_account": unit(Tally(transactions=0.5, reads=3, writes=2, rows_read=2)),
+    "metering_round": unit(Tally(transactions=1, reads=1)),
+    "metering_account": unit(Tally(reads=3, writes=2, rows_read=2)),
     "metering_server": unit(Tally(rows_read=1)),
     "servers_fixed": unit(Tally(transactions=2, reads=2, rows_read=1), 0.004),
     "servers_object": unit(Tally(transactions=1, reads=1, rows_read=1), 0.001),
@@ -82,7 +83,10 @@ def test_each_line_is_its_rate_times_its_measured_cost() -> None:
     # Metering: 10,000 accounts a minute, each reading its 10 servers' rows.
     metering = lines["metering (per account)"].load
     assert metering.rows_read == pytest.approx(10_000 / METERING_SECONDS * (2 + 10))
-    assert lines["metering (rounds)"].load.transactions == pytest.approx(1 / METERING_SECONDS)
+    assert metering.transactions == 0  # one per round
+    assert lines["metering (rounds)"].load == Tally(transactions=1, reads=1).times(
+        1 / METERING_SECONDS
+    )
 
 
 def test_an_info_poll_costs_its_fixed_part_and_its_part_per_object() -> None:
