@@ -11,7 +11,9 @@ servers and 300 drives, one 3 and 30. Its servers run on the fake hypervisor (VM
 daemon's memory): what a running VM costs the database (its row, its claims, the fold of its
 I/O counters, its share of metering) is the same whatever runs it; the hypervisor only hands
 over the counter values, and the fold is measured both with them still (an idle or paused
-guest, as the fake's are) and moving (every drive read and written since the last fold).
+guest, as the fake's are) and moving (every drive read and written since the last fold). The
+stand-in is checked once against the real thing: the daemon restarted on QEMU (TCG here) with
+one tiny guest, and its own fold of that guest counted (one QEMU at a time).
 
 What is measured, each as the statements (reads, writes), rows and WAL of one unit:
 - a host heartbeat: the daemon's own (`host.heartbeat_seconds` 1 for the window) and two
@@ -25,18 +27,22 @@ What is measured, each as the statements (reads, writes), rows and WAL of one un
   (the progress reports, every 0.5 s).
 Then the model: those costs times the counts of a 1,000-host, 100,000-server platform.
 
-Bounded: about a minute here; PostgreSQL and the daemon stopped by their PIDs, their
-directories removed.
+Bounded: one to two minutes here (half a minute of it waiting for the daemon's fold of the
+real guest); PostgreSQL, the daemon and QEMU stopped by their PIDs, their directories
+removed.
 """
 
 import http.client
 import math
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
+from pathlib import Path
 
 import psycopg
 from sqlalchemy import Engine, select
@@ -53,7 +59,9 @@ from openhosting.services.server_lifecycle import GUEST_IO_FOLD_SECONDS
 from openhosting.store import billing as billing_store
 from openhosting.store.database import POOL_SIZE, create_store_engine
 from openhosting.store.tables import claims, jobs, servers
+from testbed.build_guest import build_tiny_guest
 from testbed.daemon_process import DaemonProcess, create_user
+from testbed.leftovers import kill_leftover_vms
 from testbed.postgres import PostgresServer
 
 PG_SETTINGS = {
@@ -77,6 +85,8 @@ HEARTBEAT_WINDOW = 10.0
 SIMULATED_HOSTS = ("sim-1", "sim-2")
 IMAGE_RATE = 16 << 20  # bytes/s a job may copy: jobs of about 1 s and 4 s
 JOB_TIMEOUT = 60.0
+# The daemon folds 30 s after its start, then every 30 s.
+REAL_FOLD_TIMEOUT = 70.0
 
 # The daemon's intervals by default, in seconds.
 HEARTBEAT_SECONDS = float(HostSettings().heartbeat_seconds)
@@ -393,6 +403,49 @@ def measure_imaging(counters: Counters, daemon: Daemon, engine: Engine) -> list[
     ]
 
 
+def measure_real_guest(counters: Counters, daemon: Daemon, env: Mapping[str, str]) -> list[Unit]:
+    """The stand-in checked once: the daemon restarted on QEMU (TCG here) with one tiny
+    guest; the daemon's own fold of it, as it comes (30 s after the daemon's start), counted.
+    The server is stopped through the API (a stopping daemon leaves VMs running) and
+    whatever QEMU is left under its run directory killed by its PID."""
+    image = build_tiny_guest()
+    daemon.process.stop()
+    # Unix socket paths must stay short, and QEMU may run as another user.
+    run_dir = Path(tempfile.mkdtemp(prefix="ohc-", dir="/tmp"))
+    run_dir.chmod(0o755)
+    real_env = {**env, "OH_HYPERVISOR_DRIVER": "qemu", "OH_HYPERVISOR_RUN_DIR": str(run_dir)}
+    real = DaemonProcess(daemon.state_dir, daemon.log, port=daemon.port, env=real_env)
+    try:
+        drive = create_drive(daemon, image.stat().st_size, "none")
+        api_post(daemon, f"/drives/{drive}/write", image.read_bytes())
+        body = f"name real\ncpu 500\nmem 64\nide:0:0 {drive}\nboot ide:0:0\n".encode()
+        answer = api_post(daemon, "/servers/create", body)
+        server = answer.split("server ", 1)[1].split()[0] if "server " in answer else ""
+        try:
+            if "status active" not in answer:
+                raise RuntimeError(f"the real guest did not start:\n{answer}")
+            before = counters.snapshot()
+            deadline = time.monotonic() + REAL_FOLD_TIMEOUT
+            while (
+                not counters.background
+                & Counters.difference(before, counters.snapshot(), DAEMON_ROLE).keys()
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon did not fold in {REAL_FOLD_TIMEOUT} s")
+                time.sleep(0.2)
+            time.sleep(1.0)  # the rest of the fold's transaction
+            by_query = Counters.difference(before, counters.snapshot(), DAEMON_ROLE)
+        finally:
+            if server:
+                api_post(daemon, f"/servers/{server}/stop")
+    finally:
+        real.stop()
+        kill_leftover_vms(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return [Unit("guest I/O fold, a real QEMU guest (the daemon's)", "running VM",
+                 sum(by_query.values(), Tally()), queries=by_query)]  # fmt: skip
+
+
 def measure_heartbeats(
     counters: Counters, daemon: Daemon, env: Mapping[str, str], engine: Engine
 ) -> list[Unit]:
@@ -629,6 +682,7 @@ def run() -> float:
                 units += measure_one_object(counters, daemon, big_servers[0], one_drive)
                 units += measure_metering(counters, engine)
                 units += measure_imaging(counters, daemon, engine)
+                units += measure_real_guest(counters, daemon, env)
                 units += measure_heartbeats(counters, daemon, env, engine)
         finally:
             engine.dispose()
