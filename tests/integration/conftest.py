@@ -41,6 +41,17 @@ def run_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
+def daemon_env(run_dir: Path) -> dict[str, str]:
+    """The environment of a daemon a test starts: its VMs in `run_dir`, under TCG (the same
+    on every machine), and no first user (the test makes its own)."""
+    return {
+        "OH_FIRST_USER": "0",
+        "OH_HYPERVISOR_RUN_DIR": str(run_dir),
+        "OH_HYPERVISOR_ACCELERATOR": "tcg",
+    }
+
+
+@pytest.fixture
 def daemons(run_dir: Path) -> Iterator[list[DaemonProcess]]:
     """The daemons a test starts (it appends them): killed at its end, before their VMs."""
     started: list[DaemonProcess] = []

@@ -40,16 +40,16 @@ def wait_gone(pid: int, server: str) -> None:
 
 
 def test_vms_outlive_the_daemon_and_the_next_one_reconciles_what_happened_meanwhile(
-    tmp_path: Path, run_dir: Path, daemons: list[DaemonProcess], tiny_guest_image: Path
+    tmp_path: Path,
+    run_dir: Path,
+    daemons: list[DaemonProcess],
+    daemon_env: dict[str, str],
+    tiny_guest_image: Path,
 ) -> None:
     state = tmp_path / "state"
     log = state.parent / "daemon.log"
     api = ServerApi(create_user(state, timeout=TIMEOUT))
-    env = {
-        "OH_FIRST_USER": "0",
-        "OH_HYPERVISOR_RUN_DIR": str(run_dir),
-        "OH_HYPERVISOR_ACCELERATOR": "tcg",
-    }
+    env = daemon_env
 
     def start_daemon() -> None:
         # Each on a port of its own; the log at its default level: it is read for events.

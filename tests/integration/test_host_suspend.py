@@ -44,15 +44,15 @@ def admin(state: Path, env: dict[str, str], *words: str) -> subprocess.Completed
 
 
 def test_a_suspended_guest_runs_on_where_it_was_after_resume_and_a_daemon_restart(
-    tmp_path: Path, run_dir: Path, daemons: list[DaemonProcess], tiny_guest_image: Path
+    tmp_path: Path,
+    run_dir: Path,
+    daemons: list[DaemonProcess],
+    daemon_env: dict[str, str],
+    tiny_guest_image: Path,
 ) -> None:
     state = tmp_path / "state"
     api = Api(create_user(state, timeout=TIMEOUT), timeout=TIMEOUT)
-    env = {
-        "OH_FIRST_USER": "0",
-        "OH_HYPERVISOR_RUN_DIR": str(run_dir),
-        "OH_HYPERVISOR_ACCELERATOR": "tcg",
-    }
+    env = daemon_env
 
     def start_daemon() -> DaemonProcess:
         daemons.append(DaemonProcess(state, state.parent / "daemon.log", env=env))

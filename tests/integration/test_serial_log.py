@@ -176,13 +176,15 @@ async def test_a_flooding_guest_keeps_its_log_bounded_across_a_daemon_restart(
 
 
 async def test_a_real_daemon_killed_and_started_again_keeps_the_log_bounded(
-    tmp_path: Path, run_dir: Path, daemons: list[DaemonProcess], tiny_guest_image: Path
+    tmp_path: Path,
+    run_dir: Path,
+    daemons: list[DaemonProcess],
+    daemon_env: dict[str, str],
+    tiny_guest_image: Path,
 ) -> None:
     state = tmp_path / "state"
     env = {
-        "OH_FIRST_USER": "0",
-        "OH_HYPERVISOR_RUN_DIR": str(run_dir),
-        "OH_HYPERVISOR_ACCELERATOR": "tcg",
+        **daemon_env,
         "OH_HYPERVISOR_SERIAL_LOG_KIB": str(LIMIT.file_bytes // 1024),
         "OH_HYPERVISOR_SERIAL_LOG_FILES": str(LIMIT.files),
     }

@@ -16,12 +16,11 @@ TIMEOUT = 30
 
 
 def test_a_vm_whose_start_was_never_answered_is_stopped_and_its_claims_released(
-    tmp_path: Path, run_dir: Path
+    tmp_path: Path, run_dir: Path, daemon_env: dict[str, str]
 ) -> None:
     state = tmp_path / "state"
     api = Api(create_user(state, timeout=TIMEOUT))
-    env = {"OH_HYPERVISOR_RUN_DIR": str(run_dir), "OH_HYPERVISOR_ACCELERATOR": "tcg"}
-    daemon = DaemonProcess(state, tmp_path / "daemon.log", env=env)
+    daemon = DaemonProcess(state, tmp_path / "daemon.log", env=daemon_env)
     try:
         api.url = daemon.url
         drive = api.properties("/drives/create", b"size 1M\nencryption:cipher none")["drive"]
