@@ -5,7 +5,9 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from openhosting.hypervisor import process
@@ -39,3 +41,16 @@ def kill_leftover_vms(run_path: Path) -> None:
         table = ["nft", "delete", "table", "inet", table_name(passt_dir)]
         subprocess.run(table, check=False, capture_output=True, timeout=10)
     shutil.rmtree(run_path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def vm_run_directory(prefix: str) -> Iterator[Path]:
+    """A new run directory for VMs, short (under /tmp: unix socket paths must stay under 108
+    bytes) and open to QEMU whatever user it runs as (hypervisor.run_as); at the end whatever
+    ran under it is killed and it is removed (`kill_leftover_vms`)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        kill_leftover_vms(path)

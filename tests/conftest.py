@@ -5,14 +5,17 @@ import base64
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient
 
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
+from openhosting.api.routes import Handler
 from openhosting.config import Config, load_config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
@@ -41,39 +44,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def config_in(tmp_path: Path, **overrides: Any) -> Config:
+    """The tests' configuration: its state in `tmp_path`/state, no first user, no `OH_*`
+    variable read; `overrides` as `load_config` takes them (sections as mappings)."""
+    return load_config(
+        env={},
+        overrides={"state_dir": str(tmp_path / "state"), "first_user": False, **overrides},
+    )
+
+
 @pytest.fixture
 def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
-    overrides: dict[str, object] = {"state_dir": str(tmp_path / "state"), "first_user": False}
     if request.config.getoption("store") == "postgresql":
-        overrides["store"] = {"url": request.getfixturevalue("postgres_url")}
-    return load_config(env={}, overrides=overrides)
+        return config_in(tmp_path, store={"url": request.getfixturevalue("postgres_url")})
+    return config_in(tmp_path)
 
 
 def config_with_tiers(tmp_path: Path, *names: str) -> Config:
     """The tests' configuration with each tier of `names` in a directory of its own under
     `tmp_path` (`disk` stays in the state directory)."""
     tiers = " ".join(f"{name}={tmp_path / name}" for name in names)
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "storage": {"tiers": tiers},
-        },
-    )
+    return config_in(tmp_path, storage={"tiers": tiers})
 
 
 def config_with_pool(tmp_path: Path, pool_range: str = "192.0.2.10-192.0.2.20") -> Config:
     """The tests' configuration with a small IP pool, so that IP resources exist (in user
     mode, without a bridge) and exhausting the pool is quick."""
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "network": {"pool_range": pool_range},
-        },
-    )
+    return config_in(tmp_path, network={"pool_range": pool_range})
+
+
+async def serve_api(
+    aiohttp_client: AiohttpClient,
+    platform: Platform,
+    handlers: Mapping[str, Handler] = HANDLERS,
+    **options: Any,
+) -> TestClient:
+    """A client of `platform`'s API served in-process with the daemon's runner options (and
+    `options`, e.g. its request log)."""
+    server = TestServer(build_app(platform, handlers))
+    await server.start_server(**RUNNER_OPTIONS, **options)
+    return await aiohttp_client(server)
 
 
 @pytest.fixture
@@ -107,11 +117,10 @@ def auth(user: NewKey) -> dict[str, str]:
 
 
 @pytest.fixture
-async def client(aiohttp_client, platform: Platform) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
-    server = TestServer(build_app(platform, HANDLERS))
-    await server.start_server(**RUNNER_OPTIONS)
+async def client(aiohttp_client: AiohttpClient, platform: Platform) -> AsyncIterator[TestClient]:
+    served = await serve_api(aiohttp_client, platform)
     await platform.imaging.start()  # as the daemon does
-    yield await aiohttp_client(server)
+    yield served
     await platform.imaging.stop()
 
 

@@ -6,26 +6,22 @@ from pathlib import Path
 
 from sqlalchemy import insert, select
 
-from openhosting.config import load_config
 from openhosting.daemon import serve
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
 from openhosting.store.tables import drives
 from testbed.daemon_process import free_port
+from tests.conftest import config_in
 
 
 async def test_the_daemon_registers_its_host_and_heartbeats_until_it_stops(
     tmp_path: Path,
 ) -> None:
-    config = load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "api": {"listen": f"127.0.0.1:{free_port()}"},
-            "hypervisor": {"driver": "fake"},
-            "host": {"name": "hv-daemon", "heartbeat_seconds": 1},
-        },
+    config = config_in(
+        tmp_path,
+        api={"listen": f"127.0.0.1:{free_port()}"},
+        hypervisor={"driver": "fake"},
+        host={"name": "hv-daemon", "heartbeat_seconds": 1},
     )
     platform = open_platform(config)
     try:

@@ -49,3 +49,20 @@ class SystemError_(ApiError):
 
 class FullError(ApiError):
     kind, status = "full", 507
+
+
+# The class of each X-Elastic-Error kind, as a client reading an answer's header finds it.
+ERROR_TYPES: dict[str, type[ApiError]] = {
+    cls.kind: cls
+    for cls in (
+        UsageError,
+        AuthError,
+        BillingError,
+        MissingError,
+        MethodError,
+        BusyError,
+        FailedError,
+        SystemError_,
+        FullError,
+    )
+}

@@ -8,16 +8,14 @@ import stat
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from openhosting.admin.tool import main
-from openhosting.api.app import RUNNER_OPTIONS, build_app
-from openhosting.api.handlers import HANDLERS
 from openhosting.config import Config, load_config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 from tests.api.drive_helpers import create_drive, read_bytes
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, serve_api
 
 
 def admin(state: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -56,9 +54,7 @@ async def test_a_backup_taken_while_running_restores_keys_and_encrypted_drives(
     shutil.copytree(config.drive_path, restored_state / "drives")
     restored = open_platform(load_config(env={}, overrides={"state_dir": str(restored_state)}))
     try:
-        server = TestServer(build_app(restored, HANDLERS))
-        await server.start_server(**RUNNER_OPTIONS)
-        restored_client = await aiohttp_client(server)
+        restored_client = await serve_api(aiohttp_client, restored)
         # The same secret key still signs in, and the encrypted drive decrypts.
         assert await read_bytes(restored_client, basic_auth(user), f"/drives/{drive}/read") == data
     finally:

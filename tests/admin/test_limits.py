@@ -33,16 +33,11 @@ def test_ip_and_vlan_limits_are_set_shown_and_lifted(
     assert code == 1 and "--max-vlans" in err
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+@pytest.mark.usefixtures("on_both_stores")
 def test_a_count_limit_beyond_what_every_database_holds_is_refused_clearly(
-    store: str,
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if store == "postgresql":  # its integer column holds 32 bits: a bigger limit was a crash
-        monkeypatch.setenv("OH_STORE_URL", request.getfixturevalue("postgres_url"))
+    # PostgreSQL's integer column holds 32 bits: a bigger limit was a crash there.
     state = tmp_path / "state"
     uuid = parse_properties(admin(state, capsys, "user", "create")[1])["user"]
     code, _, err = admin(state, capsys, "user", "set", uuid, "--max-cpu", "2147483648")

@@ -8,16 +8,11 @@ from openhosting.admin.tool import main
 from openhosting.wire.text import parse_properties
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+@pytest.mark.usefixtures("on_both_stores")
 def test_a_user_name_longer_than_its_column_is_refused_clearly(
-    store: str,
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if store == "postgresql":  # it enforces the column's 256 characters: was a traceback
-        monkeypatch.setenv("OH_STORE_URL", request.getfixturevalue("postgres_url"))
+    # PostgreSQL enforces the column's 256 characters: it was a traceback there.
     state = ["--state-dir", str(tmp_path / "state")]
     assert main([*state, "user", "create", "--name", "x" * 257]) == 1
     assert "at most 256 characters" in capsys.readouterr().err

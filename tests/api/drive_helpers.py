@@ -27,3 +27,13 @@ async def read_bytes(client: TestClient, auth: dict[str, str], path: str) -> byt
     assert response.status == 200, await response.text()
     assert response.content_type == "application/octet-stream"
     return await response.read()
+
+
+async def drive_holding(
+    client: TestClient, auth: dict[str, str], data: bytes, cipher: str = "none"
+) -> str:
+    """A new drive of exactly `data`'s size holding it: its UUID."""
+    drive = (await create_drive(client, auth, len(data), cipher))["drive"]
+    response = await client.post(f"/drives/{drive}/write", data=data, headers=auth)
+    assert response.status == 204, await response.text()
+    return drive

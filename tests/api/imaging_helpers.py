@@ -7,8 +7,9 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from tests.api.drive_helpers import drive_info
+from tests.conftest import config_in
 
 MiB = 1024 * 1024
 
@@ -16,10 +17,7 @@ MiB = 1024 * 1024
 def imaging_config(tmp_path: Path, **storage: int) -> Config:
     """A test platform's configuration with imaging settings (e.g. a slow `imaging_max_rate`
     that keeps a job running long enough to watch)."""
-    return load_config(
-        env={},
-        overrides={"state_dir": str(tmp_path / "state"), "first_user": False, "storage": storage},
-    )
+    return config_in(tmp_path, storage=storage)
 
 
 async def write(

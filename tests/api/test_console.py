@@ -8,14 +8,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.api.access_log import loggable_path
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.services.consoles import token_hash
 from openhosting.services.platform import Platform
 from openhosting.store import console_tokens as token_store
 from openhosting.store.records import ConsoleTokenRecord
 from openhosting.wire.text import parse_properties
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, config_in
 
 # What a browser sends to open a WebSocket (the key is RFC 6455's example).
 UPGRADE = {
@@ -135,12 +135,7 @@ async def test_a_token_is_asked_with_basic_auth_only_for_the_owners_running_serv
 def config(tmp_path) -> Config:  # type: ignore[no-untyped-def]
     """This module's platform: a throttle that locks an address out after four failed logins
     (its maximum of 1 times the share of an address), so the throttle test is quick."""
-    overrides = {
-        "state_dir": str(tmp_path / "state"),
-        "first_user": False,
-        "api": {"auth_failures_free": 1, "auth_failures_max": 1},
-    }
-    return load_config(env={}, overrides=overrides)
+    return config_in(tmp_path, api={"auth_failures_free": 1, "auth_failures_max": 1})
 
 
 async def test_bad_tokens_count_as_failed_logins_of_their_address(client: TestClient) -> None:

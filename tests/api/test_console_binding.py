@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.services.consoles import token_hash
 from openhosting.services.platform import Platform
@@ -24,7 +24,7 @@ from openhosting.store import console_tokens as token_store
 from openhosting.store.records import ConsoleTokenRecord
 from openhosting.wire.text import parse_properties
 from tests.api.test_console import UPGRADE, refused
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, config_in
 from tests.web.session_helpers import SignedIn, sign_in
 
 # Not the VNC password of any other test's guest: a VNC found on the fake's port refuses it.
@@ -33,14 +33,7 @@ VNC_PASSWORD = "bound1"
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "hypervisor": {"driver": "fake"},
-        },
-    )
+    return config_in(tmp_path, hypervisor={"driver": "fake"})
 
 
 async def running_server(client: TestClient, user: NewKey) -> str:

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from tests.api.test_console import add_token, stopped_server, token_row
+from tests.conftest import config_in
 
 RFB_MODULE = b"export default class RFB {}\n"
 
@@ -36,12 +37,7 @@ def novnc_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def config(tmp_path: Path, novnc_dir: Path) -> Config:
-    overrides = {
-        "state_dir": str(tmp_path / "state"),
-        "first_user": False,
-        "api": {"console_novnc_dir": str(novnc_dir)},
-    }
-    return load_config(env={}, overrides=overrides)
+    return config_in(tmp_path, api={"console_novnc_dir": str(novnc_dir)})
 
 
 async def raw_get(client: TestClient, target: str) -> tuple[int, bytes]:

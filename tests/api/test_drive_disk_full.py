@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.platform import Platform
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
 from tests.api.tmpfs_helpers import small_tmpfs
+from tests.conftest import config_in
 
 MIB = 1 << 20
 TMPFS_SIZE = 24 * MIB
@@ -30,14 +31,7 @@ def small_drive_dir(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def config(tmp_path: Path, small_drive_dir: Path) -> Config:
     """The shared `config` fixture, with drives on the small tmpfs (the database is not)."""
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "storage": {"drive_dir": str(small_drive_dir)},
-        },
-    )
+    return config_in(tmp_path, storage={"drive_dir": str(small_drive_dir)})
 
 
 @pytest.mark.parametrize("cipher", ["none", "aes-xts-plain"])

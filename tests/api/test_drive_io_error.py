@@ -13,9 +13,10 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from bench.reliability import faultfs
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from tests.api.drive_helpers import create_drive, read_bytes
 from tests.api.faultfs_helpers import mounted_faultfs
+from tests.conftest import config_in
 
 KIB = 1024
 
@@ -28,14 +29,7 @@ def faulty(tmp_path: Path) -> Iterator[faultfs.FaultFs]:
 @pytest.fixture
 def config(tmp_path: Path, faulty: faultfs.FaultFs) -> Config:
     """The shared `config` fixture, with drives on the failing disk (the database is not)."""
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "storage": {"drive_dir": str(faulty.mount_point)},
-        },
-    )
+    return config_in(tmp_path, storage={"drive_dir": str(faulty.mount_point)})
 
 
 async def assert_failed_with_eio(response: ClientResponse) -> None:

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
-from tests.api.drive_helpers import create_drive, drive_info, read_bytes
+from tests.api.drive_helpers import create_drive, drive_holding, drive_info, read_bytes
 
 CIPHERS = ["none", "aes-xts-plain"]
 SIZE = 64 * 1024
@@ -46,10 +46,9 @@ class HeldResize:
 async def test_a_drive_being_resized_refuses_everything_that_touches_its_bytes(
     client: TestClient, auth: dict[str, str], platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    drive = (await create_drive(client, auth, SIZE))["drive"]
-    other = (await create_drive(client, auth, SIZE))["drive"]
     payload = os.urandom(SIZE)
-    await client.post(f"/drives/{drive}/write", data=payload, headers=auth)
+    drive = await drive_holding(client, auth, payload)
+    other = (await create_drive(client, auth, SIZE))["drive"]
     held = HeldResize(platform.drives.files.resize)
     monkeypatch.setattr(platform.drives.files, "resize", held)
 
@@ -88,9 +87,8 @@ async def test_a_resize_that_fails_leaves_the_old_size(
     monkeypatch: pytest.MonkeyPatch,
     cipher: str,
 ) -> None:
-    drive = (await create_drive(client, auth, SIZE, cipher))["drive"]
     payload = os.urandom(SIZE)
-    await client.post(f"/drives/{drive}/write", data=payload, headers=auth)
+    drive = await drive_holding(client, auth, payload, cipher)
     real, calls = platform.drives.files.resize, []
 
     def full_disk(uuid: str, size: int, master_key: bytes | None, kept: int) -> None:
@@ -111,9 +109,8 @@ async def test_a_resize_that_fails_leaves_the_old_size(
 async def test_growing_never_shows_bytes_a_shrink_meant_to_cut(
     client: TestClient, auth: dict[str, str], platform: Platform, cipher: str
 ) -> None:
-    drive = (await create_drive(client, auth, SIZE, cipher))["drive"]
     payload = os.urandom(SIZE)
-    await client.post(f"/drives/{drive}/write", data=payload, headers=auth)
+    drive = await drive_holding(client, auth, payload, cipher)
     with platform.engine.begin() as connection:  # a shrink whose file was never cut
         drive_store.update_drive(connection, drive, size=1000)
     response = await client.post(f"/drives/{drive}/set", data=f"size {SIZE}", headers=auth)

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.platform import Platform
 from openhosting.services.platform_state import read_platform_state
 from tests.api.drive_helpers import create_drive, read_bytes
 from tests.api.imaging_helpers import image, wait_imaged, write
 from tests.api.tmpfs_helpers import small_tmpfs
+from tests.conftest import config_in
 
 MIB = 1 << 20
 TMPFS_SIZE = 24 * MIB
@@ -30,14 +31,7 @@ def ssd_dir(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def config(tmp_path: Path, ssd_dir: Path) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "storage": {"tiers": f"ssd={ssd_dir}"},
-        },
-    )
+    return config_in(tmp_path, storage={"tiers": f"ssd={ssd_dir}"})
 
 
 async def test_a_full_tier_is_507_for_its_drives_while_the_others_go_on(

@@ -13,7 +13,7 @@ from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
 from openhosting.wire.text import parse_properties
-from tests.api.drive_helpers import create_drive, drive_info, read_bytes
+from tests.api.drive_helpers import create_drive, drive_holding, drive_info, read_bytes
 from tests.conftest import SAMPLES, basic_auth
 
 UUID_LEN = 36
@@ -300,9 +300,8 @@ async def test_a_terabyte_drive_is_instant_and_sparse(
 async def test_grow_keeps_data_and_shrink_cuts_it(
     client: TestClient, auth: dict[str, str], cipher: str
 ) -> None:
-    drive = (await create_drive(client, auth, 1000, cipher))["drive"]
     payload = os.urandom(1000)
-    await client.post(f"/drives/{drive}/write", data=payload, headers=auth)
+    drive = await drive_holding(client, auth, payload, cipher)
     grown = await client.post(f"/drives/{drive}/set", data="size 5000", headers=auth)
     assert parse_properties(await grown.text())["size"] == "5000"
     assert await read_bytes(client, auth, f"/drives/{drive}/read") == payload + bytes(4000)
@@ -432,9 +431,8 @@ async def test_a_reader_can_read_but_not_change(
 async def test_reads_are_clamped_to_the_end(
     client: TestClient, auth: dict[str, str], cipher: str
 ) -> None:
-    drive = (await create_drive(client, auth, 1001, cipher))["drive"]
     payload = os.urandom(1001)
-    await client.post(f"/drives/{drive}/write", data=payload, headers=auth)
+    drive = await drive_holding(client, auth, payload, cipher)
     assert await read_bytes(client, auth, f"/drives/{drive}/read/1000/50") == payload[1000:]
     assert await read_bytes(client, auth, f"/drives/{drive}/read/1001") == b""
     assert await read_bytes(client, auth, f"/drives/{drive}/read/5000/10") == b""

@@ -5,15 +5,15 @@ import json
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from openhosting import errors
-from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.negotiation import error_response
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive
+from tests.conftest import serve_api
 
 ALL_ERRORS = [
     (errors.UsageError, 400, "usage"),
@@ -35,9 +35,7 @@ async def test_every_error_type_has_its_status_header_and_one_text_line(
     async def failing(_request: web.Request) -> None:
         raise kind("Something\nwent wrong")
 
-    server = TestServer(build_app(platform, {**HANDLERS, "drives.list": failing}))
-    await server.start_server(**RUNNER_OPTIONS)
-    client = await aiohttp_client(server)
+    client = await serve_api(aiohttp_client, platform, {**HANDLERS, "drives.list": failing})
     response = await client.get("/drives/list", headers={**auth, "Accept": "application/json"})
     assert response.status == status
     assert response.headers["X-Elastic-Error"] == header
@@ -52,9 +50,7 @@ async def test_an_unexpected_fault_is_500_system_without_details(
     async def broken(_request: web.Request) -> None:
         raise RuntimeError("secret internals")
 
-    server = TestServer(build_app(platform, {**HANDLERS, "drives.list": broken}))
-    await server.start_server(**RUNNER_OPTIONS)
-    client = await aiohttp_client(server)
+    client = await serve_api(aiohttp_client, platform, {**HANDLERS, "drives.list": broken})
     response = await client.get("/drives/list", headers=auth)
     assert response.status == 500
     assert response.headers["X-Elastic-Error"] == "system"

@@ -8,21 +8,19 @@ hostile headers and malformed HTTP. Servers are only ever stopped here: no QEMU 
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from openhosting.api.access_log import RequestLogger
-from openhosting.api.app import RUNNER_OPTIONS, build_app
-from openhosting.api.handlers import HANDLERS
 from openhosting.api.routes import ROUTES, Kind
 from openhosting.config import Config
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from testbed.hostile_input import HOSTILE_HEADERS, JSON_BODIES, TEXT_BODIES, fill
-from tests.conftest import config_with_pool
+from tests.conftest import config_with_pool, serve_api
 
 # What each 4xx status must say in X-Elastic-Error (docs/api.md §3; 429 is our rate limit).
 KIND_OF_STATUS = {
@@ -293,11 +291,9 @@ async def test_nul_characters_are_refused_in_keys_and_values(
 
 
 @pytest.fixture
-async def logged_client(aiohttp_client, platform: Platform) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
+async def logged_client(aiohttp_client: AiohttpClient, platform: Platform) -> TestClient:
     """An in-process API with the daemon's request log."""
-    server = TestServer(build_app(platform, HANDLERS))
-    await server.start_server(access_log_class=RequestLogger, **RUNNER_OPTIONS)
-    yield await aiohttp_client(server)
+    return await serve_api(aiohttp_client, platform, access_log_class=RequestLogger)
 
 
 @pytest.mark.parametrize("authorized", [True, False])

@@ -11,22 +11,20 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import event
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.model.server import ServerConfig
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive, drive_info
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, config_in
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     """SQLite's, whatever `--store` says: the Reader's shortcut past the engine is SQLite's
     (on PostgreSQL it reads through the engine's pool, store/reader.py)."""
-    return load_config(
-        env={}, overrides={"state_dir": str(tmp_path / "state"), "first_user": False}
-    )
+    return config_in(tmp_path)
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.model.common import is_uuid
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties, parse_properties_list
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, config_in
 
 POOL = ("192.0.2.10", "192.0.2.11", "192.0.2.12")
 
@@ -22,15 +22,11 @@ POOL = ("192.0.2.10", "192.0.2.11", "192.0.2.12")
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     """A small pool, so that exhausting it is quick."""
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "network": {
-                "pool_range": f"{POOL[0]}-{POOL[-1]}",
-                "pool_nameservers": "192.0.2.1 198.51.100.53",
-            },
+    return config_in(
+        tmp_path,
+        network={
+            "pool_range": f"{POOL[0]}-{POOL[-1]}",
+            "pool_nameservers": "192.0.2.1 198.51.100.53",
         },
     )
 

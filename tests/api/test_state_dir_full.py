@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
 from tests.api.tmpfs_helpers import small_tmpfs
+from tests.conftest import config_in
 
 MIB = 1 << 20
 TMPFS_SIZE = 32 * MIB
@@ -23,7 +24,7 @@ DRIVE_SIZE = 64 * MIB  # larger than the tmpfs: sparse until written
 @pytest.fixture
 def config(tmp_path: Path) -> Iterator[Config]:
     with small_tmpfs(tmp_path / "state", TMPFS_SIZE) as state_dir:
-        yield load_config(env={}, overrides={"state_dir": str(state_dir), "first_user": False})
+        yield config_in(tmp_path, state_dir=str(state_dir))
 
 
 def free_bytes(path: Path) -> int:

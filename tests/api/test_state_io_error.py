@@ -11,9 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from bench.reliability import faultfs
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from tests.api.drive_helpers import create_drive
 from tests.api.faultfs_helpers import mounted_faultfs
+from tests.conftest import config_in
 
 
 @pytest.fixture
@@ -24,13 +25,10 @@ def faulty(tmp_path: Path) -> Iterator[faultfs.FaultFs]:
 @pytest.fixture
 def config(tmp_path: Path, faulty: faultfs.FaultFs) -> Config:
     """The shared `config` fixture, with the state (the database) on the failing disk."""
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(faulty.mount_point),
-            "first_user": False,
-            "storage": {"drive_dir": str(tmp_path / "drives")},
-        },
+    return config_in(
+        tmp_path,
+        state_dir=str(faulty.mount_point),
+        storage={"drive_dir": str(tmp_path / "drives")},
     )
 
 

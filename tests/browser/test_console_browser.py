@@ -8,7 +8,6 @@ used token's page are the journey's (tests/browser/test_journey.py).
 
 import shutil
 import ssl
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from testbed.console_guest import (
     wait_for_state,
 )
 from testbed.daemon_process import DaemonProcess, create_user, running_daemon
-from testbed.leftovers import kill_leftover_vms
+from testbed.leftovers import vm_run_directory
 from tests.security.test_https import self_signed
 
 pytestmark = pytest.mark.integration
@@ -37,13 +36,8 @@ def run_dir() -> Iterator[Path]:
     the test."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("QEMU is not installed (Debian package qemu-system-x86)")
-    path = Path(tempfile.mkdtemp(prefix="ohc-", dir="/tmp"))
-    path.chmod(0o755)  # QEMU may run as another user
-    try:
+    with vm_run_directory("ohc-") as path:
         yield path
-    finally:
-        kill_leftover_vms(path)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_over_https_the_page_opens_its_websocket_with_wss(tmp_path: Path, run_dir: Path) -> None:

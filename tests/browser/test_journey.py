@@ -14,7 +14,6 @@ user's browser).
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from testbed.console_guest import (
     wait_for_state,
 )
 from testbed.daemon_process import Api, Daemon, create_user, running_daemon
-from testbed.leftovers import kill_leftover_vms
+from testbed.leftovers import vm_run_directory
 from tests.browser.dashboard_helpers import (
     add_standard_image,
     click,
@@ -65,14 +64,11 @@ def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, Path]]:
     killed after the test."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("QEMU is not installed (Debian package qemu-system-x86)")
-    run_dir = Path(tempfile.mkdtemp(prefix="ohj-", dir="/tmp"))
-    run_dir.chmod(0o755)  # QEMU may run as another user
-    try:
-        with running_daemon(tmp_path, env={"OH_HYPERVISOR_RUN_DIR": str(run_dir)}) as running:
-            yield running, run_dir
-    finally:
-        kill_leftover_vms(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
+    with (
+        vm_run_directory("ohj-") as run_dir,
+        running_daemon(tmp_path, env={"OH_HYPERVISOR_RUN_DIR": str(run_dir)}) as running,
+    ):
+        yield running, run_dir
 
 
 def create_from_standard_image(browser: WebDriver, image: str) -> str:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.platform import Platform
+from tests.conftest import config_in
 from tests.integration.netns_helpers import network_namespace
 
 
@@ -20,14 +21,10 @@ def namespace_fixture() -> Iterator[str]:
 
 @pytest.fixture(name="config")
 def bridge_config_fixture(tmp_path: Path, namespace: str) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "hypervisor": {"accelerator": "tcg"},
-            "network": {"mode": "bridge", "namespace": namespace, "lease_seconds": 120},
-        },
+    return config_in(
+        tmp_path,
+        hypervisor={"accelerator": "tcg"},
+        network={"mode": "bridge", "namespace": namespace, "lease_seconds": 120},
     )
 
 

@@ -3,20 +3,15 @@ SIGTERM or killed with SIGKILL while servers run; the next daemon adopts the VMs
 run and reconciles those that ended while no daemon watched (docs/api.md §5's stop rules)."""
 
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from openhosting.hypervisor import process
 from openhosting.network import passt
 from openhosting.network.passt import PasstFiles
 from testbed.daemon_process import Api, DaemonProcess, create_user
-from testbed.leftovers import kill_leftover_vms
 
 TIMEOUT = 30
 
@@ -29,23 +24,6 @@ class ServerApi(Api):
 
     def wait_info(self, server: str, until: Callable[[dict[str, str]], bool]) -> dict[str, str]:
         return self.wait_properties(f"/servers/{server}/info", until, TIMEOUT)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Path, Path, list[DaemonProcess]]]:
-    """A state directory, a short run directory, and the daemons started on them; at the end
-    every daemon and every QEMU found through the run directory's pidfiles is killed."""
-    run_dir = Path(tempfile.mkdtemp(prefix="ohr-", dir="/tmp"))
-    # QEMU may run as another user (hypervisor.run_as): it must reach its own run directory.
-    run_dir.chmod(0o755)
-    daemons: list[DaemonProcess] = []
-    try:
-        yield tmp_path / "state", run_dir, daemons
-    finally:
-        for daemon in daemons:
-            daemon.end(signal.SIGKILL)
-        kill_leftover_vms(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def qemu_pid(run_dir: Path, server: str) -> int:
@@ -62,16 +40,16 @@ def wait_gone(pid: int, server: str) -> None:
 
 
 def test_vms_outlive_the_daemon_and_the_next_one_reconciles_what_happened_meanwhile(
-    world: tuple[Path, Path, list[DaemonProcess]], tiny_guest_image: Path
+    tmp_path: Path,
+    run_dir: Path,
+    daemons: list[DaemonProcess],
+    daemon_env: dict[str, str],
+    tiny_guest_image: Path,
 ) -> None:
-    state, run_dir, daemons = world
+    state = tmp_path / "state"
     log = state.parent / "daemon.log"
     api = ServerApi(create_user(state, timeout=TIMEOUT))
-    env = {
-        "OH_FIRST_USER": "0",
-        "OH_HYPERVISOR_RUN_DIR": str(run_dir),
-        "OH_HYPERVISOR_ACCELERATOR": "tcg",
-    }
+    env = daemon_env
 
     def start_daemon() -> None:
         # Each on a port of its own; the log at its default level: it is read for events.

@@ -6,40 +6,18 @@ its uptime goes on, it does not boot again. Without a daemon the tool does the s
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from openhosting.hypervisor import process
 from testbed.build_guest import BOOT_MARKER, READY_MARKER
 from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
-from testbed.leftovers import kill_leftover_vms
 from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
 
 TIMEOUT = 60
 # Typed as `$((6*7))`: only the guest's memory ever holds the expanded text.
 MARKER_TYPED, MARKER = "OH-IN-MEMORY-$((6*7))-X", "OH-IN-MEMORY-42-X"
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Path, Path, list[DaemonProcess]]]:
-    """A state directory, a short run directory, and the daemons started on them; at the end
-    every daemon and every QEMU found through the run directory's pidfiles is killed."""
-    run_dir = Path(tempfile.mkdtemp(prefix="ohr-", dir="/tmp"))
-    run_dir.chmod(0o755)  # QEMU may run as another user (hypervisor.run_as)
-    daemons: list[DaemonProcess] = []
-    try:
-        yield tmp_path / "state", run_dir, daemons
-    finally:
-        for daemon in daemons:
-            daemon.end(signal.SIGKILL)
-        kill_leftover_vms(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 async def _in_guest(console_socket: Path, *commands: str) -> list[str]:
@@ -66,15 +44,15 @@ def admin(state: Path, env: dict[str, str], *words: str) -> subprocess.Completed
 
 
 def test_a_suspended_guest_runs_on_where_it_was_after_resume_and_a_daemon_restart(
-    world: tuple[Path, Path, list[DaemonProcess]], tiny_guest_image: Path
+    tmp_path: Path,
+    run_dir: Path,
+    daemons: list[DaemonProcess],
+    daemon_env: dict[str, str],
+    tiny_guest_image: Path,
 ) -> None:
-    state, run_dir, daemons = world
+    state = tmp_path / "state"
     api = Api(create_user(state, timeout=TIMEOUT), timeout=TIMEOUT)
-    env = {
-        "OH_FIRST_USER": "0",
-        "OH_HYPERVISOR_RUN_DIR": str(run_dir),
-        "OH_HYPERVISOR_ACCELERATOR": "tcg",
-    }
+    env = daemon_env
 
     def start_daemon() -> DaemonProcess:
         daemons.append(DaemonProcess(state, state.parent / "daemon.log", env=env))

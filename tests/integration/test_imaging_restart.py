@@ -5,10 +5,8 @@ import os
 import signal
 import subprocess
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
 
@@ -40,14 +38,6 @@ def start_daemon(state: Path, log: Path) -> DaemonProcess:
 def well_under_way(info: dict[str, str]) -> bool:
     progress = info.get("imaging", "")
     return progress.endswith("%") and int(progress[:-1]) >= 10
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.end(signal.SIGKILL)
 
 
 def test_a_job_cut_by_sigkill_finishes_after_restart_and_leaves_no_imaging(

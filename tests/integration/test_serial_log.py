@@ -25,7 +25,6 @@ from openhosting.services.platform import Platform
 from openhosting.services.server_logs import SECONDS_PER_DAY
 from testbed.build_guest import READY_MARKER
 from testbed.daemon_process import Api, DaemonProcess, create_user
-from testbed.leftovers import kill_leftover_vms
 from testbed.serial_console import SerialConsole, wait_for_log
 from tests.integration.server_helpers import create_server, upload_guest, wait_ready
 
@@ -177,62 +176,55 @@ async def test_a_flooding_guest_keeps_its_log_bounded_across_a_daemon_restart(
 
 
 async def test_a_real_daemon_killed_and_started_again_keeps_the_log_bounded(
-    tmp_path: Path, tiny_guest_image: Path
+    tmp_path: Path,
+    run_dir: Path,
+    daemons: list[DaemonProcess],
+    daemon_env: dict[str, str],
+    tiny_guest_image: Path,
 ) -> None:
     state = tmp_path / "state"
-    run_root = Path(tempfile.mkdtemp(prefix="ohs-", dir="/tmp"))  # short: socket paths
-    run_root.chmod(0o755)  # QEMU may run as another user (hypervisor.run_as)
     env = {
-        "OH_FIRST_USER": "0",
-        "OH_HYPERVISOR_RUN_DIR": str(run_root),
-        "OH_HYPERVISOR_ACCELERATOR": "tcg",
+        **daemon_env,
         "OH_HYPERVISOR_SERIAL_LOG_KIB": str(LIMIT.file_bytes // 1024),
         "OH_HYPERVISOR_SERIAL_LOG_FILES": str(LIMIT.files),
     }
     api = Api(create_user(state, timeout=30))
-    daemons: list[DaemonProcess] = []
+    daemons.append(DaemonProcess(state, tmp_path / "daemon.log", env=env))
+    api.url = daemons[-1].url
+    image = tiny_guest_image.read_bytes()
+    drive = api.properties(
+        "/drives/create", f"size {len(image)}\nencryption:cipher none\n".encode()
+    )["drive"]
+    assert api.call(f"/drives/{drive}/write", image)[0] == 204
+    body = f"name flood\ncpu 2000\nmem 128\npersistent true\nide:0:0 {drive}\nboot ide:0:0"
+    server = api.properties("/servers/create", body.encode())["server"]
+    paths = RunPaths(run_dir / server)
+    await wait_for_log(paths.serial_log, READY_MARKER, timeout=BOOT_TIMEOUT)
+
+    console = await SerialConsole.open(paths.console_socket)
+    await console.send(flood(1024 * 1024, "OH-BEFORE-KILL"))
+    await console.close()
+    await wait_for_marker_within_bound(paths, "OH-BEFORE-KILL")
+
+    # The daemon dies without letting go; the next one adopts the VM and its serial port.
+    daemons[-1].end(signal.SIGKILL)
+    daemons.append(DaemonProcess(state, tmp_path / "daemon.log", env=env))
+    api.url = daemons[-1].url
+    status, _, answer = api.call(f"/servers/{server}/info")
+    assert status == 200 and b"status active" in answer
+    console = await SerialConsole.open(paths.console_socket)
     try:
-        daemons.append(DaemonProcess(state, tmp_path / "daemon.log", env=env))
-        api.url = daemons[-1].url
-        image = tiny_guest_image.read_bytes()
-        drive = api.properties(
-            "/drives/create", f"size {len(image)}\nencryption:cipher none\n".encode()
-        )["drive"]
-        assert api.call(f"/drives/{drive}/write", image)[0] == 204
-        body = f"name flood\ncpu 2000\nmem 128\npersistent true\nide:0:0 {drive}\nboot ide:0:0"
-        server = api.properties("/servers/create", body.encode())["server"]
-        paths = RunPaths(run_root / server)
-        await wait_for_log(paths.serial_log, READY_MARKER, timeout=BOOT_TIMEOUT)
-
-        console = await SerialConsole.open(paths.console_socket)
-        await console.send(flood(1024 * 1024, "OH-BEFORE-KILL"))
-        await console.close()
-        await wait_for_marker_within_bound(paths, "OH-BEFORE-KILL")
-
-        # The daemon dies without letting go; the next one adopts the VM and its serial port.
-        daemons[-1].end(signal.SIGKILL)
-        daemons.append(DaemonProcess(state, tmp_path / "daemon.log", env=env))
-        api.url = daemons[-1].url
-        status, _, answer = api.call(f"/servers/{server}/info")
-        assert status == 200 and b"status active" in answer
-        console = await SerialConsole.open(paths.console_socket)
-        try:
-            assert await console.run("echo adopted") == "adopted"
-            await console.send(flood(1024 * 1024, "OH-AFTER-START"))
-        finally:
-            await console.close()
-        kept = await wait_for_marker_within_bound(paths, "OH-AFTER-START")
-        assert b"OH-BEFORE-KILL" not in kept  # rotated away by the newer flood
-
-        status, headers, answer = api.call(f"/servers/{server}/log")
-        assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"
-        assert len(answer) <= LIMIT.total_bytes and b"\r\nOH-AFTER-START\r\n" in answer
-        assert api.call(f"/servers/{server}/stop", b" ")[0] == 204
+        assert await console.run("echo adopted") == "adopted"
+        await console.send(flood(1024 * 1024, "OH-AFTER-START"))
     finally:
-        for daemon in daemons:
-            daemon.end(signal.SIGKILL)
-        kill_leftover_vms(run_root)
-        shutil.rmtree(run_root, ignore_errors=True)
+        await console.close()
+    kept = await wait_for_marker_within_bound(paths, "OH-AFTER-START")
+    assert b"OH-BEFORE-KILL" not in kept  # rotated away by the newer flood
+
+    status, headers, answer = api.call(f"/servers/{server}/log")
+    assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"
+    assert len(answer) <= LIMIT.total_bytes and b"\r\nOH-AFTER-START\r\n" in answer
+    assert api.call(f"/servers/{server}/stop", b" ")[0] == 204
 
 
 async def test_a_destroyed_servers_log_is_kept_for_the_operator_then_pruned(

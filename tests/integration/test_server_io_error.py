@@ -13,10 +13,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from bench.reliability import faultfs
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.platform import Platform
 from testbed.serial_console import SerialConsole, wait_for_log
 from tests.api.drive_helpers import create_drive, read_bytes
+from tests.conftest import config_in
 from tests.integration.server_helpers import (
     create_server,
     serial_log,
@@ -49,14 +50,7 @@ def faulty(tmp_path: Path) -> Iterator[faultfs.FaultFs]:
 def config(tmp_path: Path, faulty: faultfs.FaultFs) -> Config:
     """The shared `config`, with a tier `failing` on the failing disk: the boot drive stays
     on a healthy one, as a guest's root would while its data disk fails."""
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "storage": {"tiers": f"failing={faulty.mount_point}"},
-        },
-    )
+    return config_in(tmp_path, storage={"tiers": f"failing={faulty.mount_point}"})
 
 
 async def test_eio_under_a_running_guest_is_the_guests_disk_error_and_healing_lets_it_write(

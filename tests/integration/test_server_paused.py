@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.hypervisor.space_resume import free_bytes
 from openhosting.services.platform import Platform
 from testbed.serial_console import SerialConsole, wait_for_log
 from tests.api.drive_helpers import create_drive, read_bytes
 from tests.api.tmpfs_helpers import small_tmpfs
+from tests.conftest import config_in
 from tests.integration.server_helpers import (
     BOOT_TIMEOUT,
     create_server,
@@ -41,12 +42,11 @@ PATTERN = b"OHDATA\n"
 @pytest.fixture
 def config(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Config]:
     """The shared `config`; for the full-disk test with drives on a small tmpfs."""
-    overrides: dict[str, object] = {"state_dir": str(tmp_path / "state"), "first_user": False}
     if "full" not in request.node.name:
-        yield load_config(env={}, overrides=overrides)
+        yield config_in(tmp_path)
         return
     with small_tmpfs(tmp_path / "small", TMPFS_SIZE) as drive_dir:
-        yield load_config(env={}, overrides={**overrides, "storage": {"drive_dir": str(drive_dir)}})
+        yield config_in(tmp_path, storage={"drive_dir": str(drive_dir)})
 
 
 def status_events(platform: Platform, user: str, server: str) -> list[tuple[object, object]]:

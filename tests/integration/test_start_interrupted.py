@@ -4,41 +4,23 @@ next daemon stops the VM that no active server owns and releases its claims, so 
 free and the server starts again (before: the VM ran on unseen, the drive stayed `claimed`
 and every later start was a 500 "already has a running VM")."""
 
-import shutil
 import signal
 import sqlite3
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from openhosting.hypervisor import process
 from testbed.daemon_process import Api, DaemonProcess, create_user
-from testbed.leftovers import kill_leftover_vms
 
 TIMEOUT = 30
 
 
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ohr-", dir="/tmp"))
-    path.chmod(0o755)  # QEMU may run as another user (hypervisor.run_as)
-    try:
-        yield path
-    finally:
-        kill_leftover_vms(path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def test_a_vm_whose_start_was_never_answered_is_stopped_and_its_claims_released(
-    tmp_path: Path, run_dir: Path
+    tmp_path: Path, run_dir: Path, daemon_env: dict[str, str]
 ) -> None:
     state = tmp_path / "state"
     api = Api(create_user(state, timeout=TIMEOUT))
-    env = {"OH_HYPERVISOR_RUN_DIR": str(run_dir), "OH_HYPERVISOR_ACCELERATOR": "tcg"}
-    daemon = DaemonProcess(state, tmp_path / "daemon.log", env=env)
+    daemon = DaemonProcess(state, tmp_path / "daemon.log", env=daemon_env)
     try:
         api.url = daemon.url
         drive = api.properties("/drives/create", b"size 1M\nencryption:cipher none")["drive"]

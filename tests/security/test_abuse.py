@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from openhosting.api.abuse import (
     AGGREGATE_SHARE,
@@ -27,15 +27,13 @@ from openhosting.api.abuse import (
     client_network,
     user_tried,
 )
-from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.context import TRANSFER_LIMITER_KEY
-from openhosting.api.handlers import HANDLERS
 from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import open_platform
 from openhosting.wire.text import parse_properties
 from testbed.daemon_process import DaemonProcess
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, serve_api
 
 
 class FakeClock:
@@ -193,9 +191,7 @@ async def strict_client(aiohttp_client, config: Config) -> AsyncIterator[tuple[T
     )
     platform = open_platform(dataclasses.replace(config, api=api))
     key = platform.accounts.create_user("alice")
-    server = TestServer(build_app(platform, HANDLERS))
-    await server.start_server(**RUNNER_OPTIONS)
-    yield await aiohttp_client(server), key
+    yield await serve_api(aiohttp_client, platform), key
     platform.close()
 
 
@@ -240,9 +236,7 @@ async def guarded_client(  # type: ignore[no-untyped-def]
     api = dataclasses.replace(config.api, auth_failures_free=1, auth_failures_max=2)
     platform = open_platform(dataclasses.replace(config, api=api))
     alice, mallory = platform.accounts.create_user("alice"), platform.accounts.create_user("m")
-    server = TestServer(build_app(platform, HANDLERS))
-    await server.start_server(**RUNNER_OPTIONS)
-    yield await aiohttp_client(server), alice, mallory
+    yield await serve_api(aiohttp_client, platform), alice, mallory
     platform.close()
 
 
@@ -442,9 +436,7 @@ async def capped_client(  # type: ignore[no-untyped-def]
     api = dataclasses.replace(config.api, max_transfers_per_user=2, max_transfers=3)
     platform = open_platform(dataclasses.replace(config, api=api))
     alice, bob = platform.accounts.create_user("alice"), platform.accounts.create_user("bob")
-    server = TestServer(build_app(platform, HANDLERS))
-    await server.start_server(**RUNNER_OPTIONS)
-    yield await aiohttp_client(server), alice, bob
+    yield await serve_api(aiohttp_client, platform), alice, bob
     platform.close()
 
 

@@ -5,21 +5,20 @@ import dataclasses
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
-from openhosting.api.app import RUNNER_OPTIONS, build_app
-from openhosting.api.handlers import HANDLERS
 from openhosting.config import Config
 from openhosting.services.accounts import NewKey
 from openhosting.services.billing import MICROS, to_micros
 from openhosting.services.platform import Platform, open_platform
 from openhosting.store import servers as server_store
 from openhosting.wire.text import parse_properties
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, serve_api
 from tests.test_daemon import ADMIN
 
 GIB = 1 << 30
@@ -34,10 +33,8 @@ def billed(config: Config) -> Iterator[Platform]:
 
 
 @pytest.fixture
-async def billed_client(aiohttp_client, billed: Platform) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
-    server = TestServer(build_app(billed, HANDLERS))
-    await server.start_server(**RUNNER_OPTIONS)
-    yield await aiohttp_client(server)
+async def billed_client(aiohttp_client: AiohttpClient, billed: Platform) -> TestClient:
+    return await serve_api(aiohttp_client, billed)
 
 
 async def expect_402(response, word: str) -> None:  # type: ignore[no-untyped-def]

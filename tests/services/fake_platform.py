@@ -7,23 +7,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from openhosting.config import load_config
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.services.platform import Platform, open_platform
+from tests.conftest import config_in
 
 
 @contextmanager
 def fake_platform(tmp_path: Path) -> Iterator[tuple[Platform, FakeHypervisor]]:
     """An open platform on `tmp_path` and its fake hypervisor."""
-    config = load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "hypervisor": {"driver": "fake"},
-        },
-    )
-    platform = open_platform(config)
+    platform = open_platform(config_in(tmp_path, hypervisor={"driver": "fake"}))
     try:
         driver = platform.servers.lifecycle.driver
         assert isinstance(driver, FakeHypervisor)

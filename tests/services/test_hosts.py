@@ -12,20 +12,17 @@ from openhosting.config import Config, load_config
 from openhosting.services.hosts import Hosts, file_system_bytes, measure_host, memory_total_mb
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
+from tests.conftest import config_in
 
 MEMINFO = "MemTotal:        8040352 kB\nMemFree:          123456 kB\n"
 
 
 def host_config(tmp_path: Path, **host: object) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "hypervisor": {"core_mhz": 2345, "driver": "fake"},
-            "storage": {"tiers": f"ssd={tmp_path / 'ssd'}"},
-            "host": {"name": "hv-test", **host},
-        },
+    return config_in(
+        tmp_path,
+        hypervisor={"core_mhz": 2345, "driver": "fake"},
+        storage={"tiers": f"ssd={tmp_path / 'ssd'}"},
+        host={"name": "hv-test", **host},
     )
 
 

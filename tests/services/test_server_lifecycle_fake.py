@@ -5,6 +5,7 @@ tests' (test_servers_api.py, test_server_paused.py, test_daemon_restart.py)."""
 import asyncio
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,19 +136,34 @@ async def test_after_a_daemon_restart_running_vms_are_adopted_and_the_others_rec
     assert sorted(hypervisor.host.vms) == [runs[0]] == hypervisor.held()
 
 
-class SlowStart:
-    """The fake's starts wait at a gate (a slow QEMU), to act on a server meanwhile."""
+@dataclass
+class StartUnderWay:
+    """A stopped persistent server's start, held in the fake's start (a slow QEMU) until
+    `gate` is set, to act on the server meanwhile."""
 
-    def __init__(self, hypervisor: FakeHypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.entered, self.gate = asyncio.Event(), asyncio.Event()
-        start = hypervisor.start
+    server: str
+    drive: str
+    task: asyncio.Task[None]
+    gate: asyncio.Event
 
-        async def slow_start(spec: VmSpec, **options: Any) -> VmStatus:
-            self.entered.set()
-            await self.gate.wait()
-            return await start(spec, **options)
 
-        monkeypatch.setattr(hypervisor, "start", slow_start)
+async def start_under_way(
+    platform: Platform, hypervisor: FakeHypervisor, user: str, monkeypatch: pytest.MonkeyPatch
+) -> StartUnderWay:
+    server, drive = await new_server(platform, user, persistent=True)
+    await platform.servers.stop(user, server)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    start = hypervisor.start
+
+    async def slow_start(spec: VmSpec, **options: Any) -> VmStatus:
+        entered.set()
+        await gate.wait()
+        return await start(spec, **options)
+
+    monkeypatch.setattr(hypervisor, "start", slow_start)
+    task = asyncio.create_task(platform.servers.start(user, server))
+    await entered.wait()
+    return StartUnderWay(server, drive, task, gate)
 
 
 async def settle_loop() -> None:
@@ -160,11 +176,8 @@ async def test_a_destroy_during_a_slow_start_waits_for_it_then_destroys_the_runn
 ) -> None:
     platform, hypervisor, user = fake
     servers = platform.servers
-    server, drive = await new_server(platform, user, persistent=True)
-    await servers.stop(user, server)
-    slow = SlowStart(hypervisor, monkeypatch)
-    starting = asyncio.create_task(servers.start(user, server))
-    await slow.entered.wait()
+    held = await start_under_way(platform, hypervisor, user, monkeypatch)
+    server, drive, starting = held.server, held.drive, held.task
     destroying = asyncio.create_task(servers.destroy(user, server))
     starting_again = asyncio.create_task(servers.start(user, server))
     await settle_loop()
@@ -174,7 +187,7 @@ async def test_a_destroy_during_a_slow_start_waits_for_it_then_destroys_the_runn
     assert servers.operations.waiting(server) == 2
     assert claimed_by(platform, user, drive) == f"{user}:guest:{server}:ide:0:0"
 
-    slow.gate.set()
+    held.gate.set()
     await asyncio.wait_for(starting, 5)
     await asyncio.wait_for(destroying, 5)  # it found the server active: stopped, then gone
     with pytest.raises(MissingError, match=f"^Server {server} could not be found$"):
@@ -191,11 +204,8 @@ async def test_a_cancelled_start_leaves_no_operation_vm_or_claim_behind(
 ) -> None:
     platform, hypervisor, user = fake
     servers = platform.servers
-    server, drive = await new_server(platform, user, persistent=True)
-    await servers.stop(user, server)
-    slow = SlowStart(hypervisor, monkeypatch)
-    starting = asyncio.create_task(servers.start(user, server))
-    await slow.entered.wait()
+    held = await start_under_way(platform, hypervisor, user, monkeypatch)
+    server, drive, starting = held.server, held.drive, held.task
     stopping = asyncio.create_task(servers.stop(user, server))
     await settle_loop()
     assert servers.operations.waiting(server) == 1
@@ -208,7 +218,7 @@ async def test_a_cancelled_start_leaves_no_operation_vm_or_claim_behind(
     assert await status(platform, user, server) == "stopped"
     assert claimed_by(platform, user, drive) is None
     assert hypervisor.held() == []
-    slow.gate.set()
+    held.gate.set()
     await servers.start(user, server)  # nothing left in the way
     assert await status(platform, user, server) == "active"
     assert len(servers.operations) == 0

@@ -8,9 +8,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.api.sessions import SESSION_COOKIE
-from openhosting.config import Config, load_config
+from openhosting.config import Config
 from openhosting.services.accounts import NewKey
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, config_in
 from tests.web.session_helpers import sign_in
 
 FREE, MAXIMUM = 1, 3
@@ -18,17 +18,13 @@ FREE, MAXIMUM = 1, 3
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "api": {
-                "auth_failures_free": FREE,
-                "auth_failures_max": MAXIMUM,
-                "user_requests_per_second": 1,
-                "public_url": "https://dashboard.example.net/",
-            },
+    return config_in(
+        tmp_path,
+        api={
+            "auth_failures_free": FREE,
+            "auth_failures_max": MAXIMUM,
+            "user_requests_per_second": 1,
+            "public_url": "https://dashboard.example.net/",
         },
     )
 

@@ -24,42 +24,26 @@ import stat
 import sys
 import threading
 
-from openhosting.client.chunks import (
-    Chunk,
-    Turns,
-    chunk_count,
-    is_zero,
-    zeros,
-)
+from openhosting.client.chunks import Chunk, Turns, is_zero, zeros
 from openhosting.client.http_client import ApiClient, api_path
-from openhosting.client.tool import (
-    client_from_environment,
-    interrupt_on_sigterm,
-    run_tool,
-    size_argument,
+from openhosting.client.tool import client_from_environment, size_argument
+from openhosting.client.transfer import (
+    ChunkSpan,
+    add_chunk_options,
+    drive_size,
+    exit_status,
+    run_transfer,
+    transfer_tool_main,
 )
-from openhosting.client.transfer import add_chunk_options, report_unfinished, run_transfer
 from openhosting.client.verify import (
     local_hash,
     until_verified,
 )
-from openhosting.errors import MissingError, UsageError
-from openhosting.wire.text import parse_properties
+from openhosting.errors import UsageError
 
 # What O_DIRECT needs of offsets, lengths and buffer addresses: the largest logical block size
 # in use (4 KiB disks), which also covers 512-byte ones.
 DIRECT_ALIGNMENT = 4096
-
-
-def drive_size(client: ApiClient, drive: str) -> int:
-    try:
-        answer = client.call("GET", api_path("drives", drive, "info"))
-    except MissingError:
-        raise MissingError(f"Drive {drive} not found") from None
-    size = parse_properties(answer.decode("utf-8", "replace")).get("size", "")
-    if not size.isdigit():
-        raise MissingError(f"Drive {drive} not found")
-    return int(size)
 
 
 def resume_offset(path: str, chunk_size: int) -> int:
@@ -238,23 +222,18 @@ def download(args: argparse.Namespace) -> int:
 def _download(
     args: argparse.Namespace, client: ApiClient, output: OutputFile, start: int, size: int
 ) -> int:
-    chunk_size = args.chunk
-    count = chunk_count(start, size, chunk_size)
+    span = ChunkSpan(start, size, args.chunk)
     result = run_transfer(
-        f"Downloading {count} chunks of {chunk_size} bytes starting at {start}: ",
-        start,
-        size,
-        chunk_size,
+        f"Downloading {span.count} chunks of {span.chunk_size} bytes starting at {start}: ",
+        span,
         functools.partial(read_chunk, client, args.drive, output, ChunkBuffers(), args.verify),
         client,
         args.parallel,
         before_finish=lambda: output.set_size(size),
     )
-    if result.ok:
-        return 0
     # Chunks are written in order: every one before the first unfinished one is in the file.
-    resume = start + result.first_unfinished * chunk_size
-    return report_unfinished(
+    resume = span.resume_offset(result)
+    return exit_status(
         result,
         f"Interrupted at offset {resume}",
         lambda chunk: f"Failed to read chunk at offset {chunk.offset}",
@@ -263,9 +242,7 @@ def _download(
 
 
 def main(argv: list[str] | None = None) -> int:
-    interrupt_on_sigterm()
-    args = build_parser().parse_args(argv)
-    return run_tool(lambda: download(args))
+    return transfer_tool_main(build_parser(), download, argv)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import quote, urlsplit
@@ -23,14 +24,10 @@ from urllib.parse import quote, urlsplit
 from isal import isal_zlib
 
 from openhosting.errors import (
+    ERROR_TYPES,
     ApiError,
     AuthError,
-    BillingError,
-    BusyError,
     FailedError,
-    FullError,
-    MethodError,
-    MissingError,
     SystemError_,
     UsageError,
 )
@@ -46,20 +43,6 @@ MAX_RETRY_AFTER = 30.0
 # zlib's window bits for the gzip format.
 _GZIP_WBITS = 31
 
-_ERROR_TYPES: dict[str, type[ApiError]] = {
-    cls.kind: cls
-    for cls in (
-        UsageError,
-        AuthError,
-        BillingError,
-        MissingError,
-        MethodError,
-        BusyError,
-        FailedError,
-        SystemError_,
-        FullError,
-    )
-}
 # Errors on a reused keep-alive connection that mean the server closed it while it was idle.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -134,7 +117,7 @@ def basic_authorization(user: str, secret: str) -> str:
 def error_from_response(status: int, reason: str, kind: str, text: str, url: str) -> ApiError:
     """The error an HTTP error response stands for: its `X-Elastic-Error` type's class."""
     text = text.strip() or f"HTTP {status} {reason}"
-    error_type = _ERROR_TYPES.get(kind.split(" ")[0].strip().lower()) if kind else None
+    error_type = ERROR_TYPES.get(kind.split(" ")[0].strip().lower()) if kind else None
     if error_type is None:
         if status == 401:
             error_type = AuthError
@@ -339,6 +322,16 @@ class ApiClient:
             self.endpoint.url,
         )
 
+    @contextmanager
+    def _reading_answer(self) -> Iterator[None]:
+        """Reading an answer's body: a connection that breaks meanwhile is dropped and becomes
+        a `ConnectionFailed` that says what to check."""
+        try:
+            yield
+        except (OSError, http.client.HTTPException) as error:
+            self._drop_connection()
+            raise self._connection_error(error) from None
+
     def _connection_error(self, error: BaseException) -> ConnectionFailed:
         url = self.endpoint.url
         if isinstance(error, ConnectionRefusedError):
@@ -378,30 +371,20 @@ class ApiClient:
     def stream(self, response: http.client.HTTPResponse, block: int) -> Iterator[bytes]:
         """The answer's body as it arrives, in pieces of at most `block` bytes."""
         while True:
-            try:
+            with self._reading_answer():
                 piece = response.read1(block)
-            except (OSError, http.client.HTTPException) as error:
-                self._drop_connection()
-                raise self._connection_error(error) from None
             if not piece:
                 return
             yield piece
 
     def read_all(self, response: http.client.HTTPResponse) -> bytes:
-        try:
+        with self._reading_answer():
             return response.read()
-        except (OSError, http.client.HTTPException) as error:
-            self._drop_connection()
-            raise self._connection_error(error) from None
 
     def read_gzip(self, response: http.client.HTTPResponse, length: int) -> bytes:
         """The `length` bytes a gzip-encoded answer holds (a small answer: a never-written
         range); any other length is an error."""
-        try:
-            packed = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            self._drop_connection()
-            raise self._connection_error(error) from None
+        packed = self.read_all(response)
         inflater = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
         try:
             # At most one byte more than expected: a longer answer is refused, not inflated.
@@ -421,15 +404,12 @@ class ApiClient:
     def read_into(self, response: http.client.HTTPResponse, buffer: memoryview) -> None:
         """Fill `buffer` exactly from the answer's body; a short body is an error."""
         filled = 0
-        try:
+        with self._reading_answer():
             while filled < len(buffer):
                 count = response.readinto(buffer[filled:])
                 if not count:
                     break
                 filled += count
-        except (OSError, http.client.HTTPException) as error:
-            self._drop_connection()
-            raise self._connection_error(error) from None
         if filled != len(buffer) or not response.isclosed():
             self._drop_connection()
             raise FailedError(

@@ -1,10 +1,11 @@
 """What the two chunked transfer tools (`openhosting-upload`, `openhosting-download`) share:
-their `-c CHUNK` and `-p N` options, a run of chunks shown by the dots or a progress bar, and
-how a failed chunk's error reads."""
+their entry point, their `-c CHUNK` and `-p N` options, the drive's size, a run of chunks shown
+by the dots or a progress bar, and how a run that did not finish is reported."""
 
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from openhosting.client.chunks import (
     DEFAULT_WORKERS,
@@ -15,18 +16,66 @@ from openhosting.client.chunks import (
     chunk_at,
     chunk_count,
 )
-from openhosting.client.http_client import ApiClient
+from openhosting.client.http_client import ApiClient, api_path
 from openhosting.client.progress import choose_progress
 from openhosting.client.tool import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    interrupt_on_sigterm,
     positive_int_argument,
     positive_size_argument,
+    run_tool,
 )
 from openhosting.client.verify import VERIFY_RETRIES
-from openhosting.errors import ApiError
+from openhosting.errors import ApiError, MissingError
+from openhosting.wire.text import parse_properties
 
 DEFAULT_CHUNK = 5242880
+
+
+def transfer_tool_main(
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace], int],
+    argv: list[str] | None,
+) -> int:
+    """A transfer tool's `main`: SIGTERM interrupts like Ctrl-C (so that the tool still says
+    how to resume), then `body` runs on the parsed `argv` with errors as messages."""
+    interrupt_on_sigterm()
+    args = parser.parse_args(argv)
+    return run_tool(lambda: body(args))
+
+
+def drive_size(client: ApiClient, drive: str) -> int:
+    """The `size` of `drive` from its info (MissingError naming it if there is none)."""
+    try:
+        answer = client.call("GET", api_path("drives", drive, "info"))
+    except MissingError:
+        raise MissingError(f"Drive {drive} not found") from None
+    size = parse_properties(answer.decode("utf-8", "replace")).get("size", "")
+    if not size.isdigit():
+        raise MissingError(f"Drive {drive} not found")
+    return int(size)
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """Bytes `start` to `end` of a drive, moved in chunks of `chunk_size`."""
+
+    start: int
+    end: int
+    chunk_size: int
+
+    @property
+    def count(self) -> int:
+        return chunk_count(self.start, self.end, self.chunk_size)
+
+    def chunk(self, index: int) -> Chunk:
+        return chunk_at(index, self.start, self.end, self.chunk_size)
+
+    def resume_offset(self, result: RunResult) -> int:
+        """Where a run over this span that did not finish resumes: every chunk before its
+        first unfinished one is done."""
+        return self.start + result.first_unfinished * self.chunk_size
 
 
 def add_chunk_options(parser: argparse.ArgumentParser, sent: str) -> None:
@@ -58,21 +107,19 @@ def add_chunk_options(parser: argparse.ArgumentParser, sent: str) -> None:
 
 def run_transfer(
     header: str,
-    start: int,
-    end: int,
-    chunk_size: int,
+    span: ChunkSpan,
     work: Callable[[Chunk, Turns], None],
     client: ApiClient,
     workers: int,
     before_finish: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Run `work` for each chunk of bytes `start` to `end` on `workers` threads (each with its
-    own connection of `client`), showing `header` then the dots or a bar; `before_finish` runs
-    once every chunk is done, before ` completed` is shown."""
-    progress = choose_progress(sys.stdout, header, end - start)
+    """Run `work` for each chunk of `span` on `workers` threads (each with its own connection
+    of `client`), showing `header` then the dots or a bar; `before_finish` runs once every
+    chunk is done, before ` completed` is shown."""
+    progress = choose_progress(sys.stdout, header, span.end - span.start)
     run = ChunkRun(
-        chunk_count(start, end, chunk_size),
-        lambda index: chunk_at(index, start, end, chunk_size),
+        span.count,
+        span.chunk,
         work,
         workers=workers,
         worker_done=client.close,
@@ -88,12 +135,14 @@ def run_transfer(
     return result
 
 
-def report_unfinished(
+def exit_status(
     result: RunResult, interrupted: str, failed: Callable[[Chunk], str], restart: str
 ) -> int:
-    """Say on standard error how a run that did not finish ended (`interrupted`, or `failed`
-    for the first failed chunk followed by its error) and `restart`, the command that resumes
-    it; returns the tool's exit status."""
+    """The tool's exit status after `result`: 0 when every chunk is done; else, first said on
+    standard error, how the run ended (`interrupted`, or `failed` for the first failed chunk
+    followed by its error) and `restart`, the command that resumes it."""
+    if result.ok:
+        return 0
     if result.interrupted:
         print(f"{interrupted}: aborting", file=sys.stderr)
     else:

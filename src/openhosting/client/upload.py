@@ -23,26 +23,22 @@ from collections.abc import Callable
 
 from isal import igzip
 
-from openhosting.client.chunks import (
-    Chunk,
-    Turns,
-    chunk_count,
-    is_zero,
-    zeros,
-)
+from openhosting.client.chunks import Chunk, Turns, is_zero, zeros
 from openhosting.client.http_client import ApiClient, api_path
-from openhosting.client.tool import (
-    client_from_environment,
-    interrupt_on_sigterm,
-    run_tool,
-    size_argument,
+from openhosting.client.tool import client_from_environment, size_argument
+from openhosting.client.transfer import (
+    ChunkSpan,
+    add_chunk_options,
+    drive_size,
+    exit_status,
+    run_transfer,
+    transfer_tool_main,
 )
-from openhosting.client.transfer import add_chunk_options, report_unfinished, run_transfer
 from openhosting.client.verify import (
     local_hash,
     until_verified,
 )
-from openhosting.errors import ApiError, FailedError, MissingError, UsageError
+from openhosting.errors import ApiError, FailedError, UsageError
 from openhosting.wire.text import parse_properties
 
 GZIP_LEVEL = 1  # ISA-L's fastest level: ~10x zlib's default, and the network is not the limit
@@ -152,13 +148,9 @@ def create_drive(client: ApiClient, args: argparse.Namespace, size: int) -> str:
 
 def check_drive(client: ApiClient, drive: str, size: int) -> None:
     """Check that `drive` exists and holds `size` bytes, before sending any."""
-    try:
-        answer = client.call("GET", api_path("drives", drive, "info"))
-    except MissingError:
-        raise MissingError(f"Drive {drive} not found") from None
-    drive_size = int(parse_properties(answer.decode("utf-8", "replace")).get("size", "0"))
-    if drive_size < size:
-        raise UsageError(f"Drive {drive} has {drive_size} bytes: too small for {size} bytes")
+    has = drive_size(client, drive)
+    if has < size:
+        raise UsageError(f"Drive {drive} has {has} bytes: too small for {size} bytes")
 
 
 def write_chunk(
@@ -283,32 +275,24 @@ def _upload(args: argparse.Namespace, source: FileSource | GunzipSource) -> int:
         print(f"Created drive {drive} of size {size}", flush=True)
     client.close()  # the workers open their own connections
 
-    chunk_size, start = args.chunk, args.offset
-    count = chunk_count(start, size, chunk_size)
+    span = ChunkSpan(args.offset, size, args.chunk)
     result = run_transfer(
-        f"Uploading {count} chunks of {chunk_size} bytes: ",
-        start,
-        size,
-        chunk_size,
+        f"Uploading {span.count} chunks of {span.chunk_size} bytes: ",
+        span,
         functools.partial(write_chunk, client, drive, source.read, not args.drive, args.verify),
         client,
         args.parallel,
     )
-    if result.ok:
-        return 0
-    resume = start + result.first_unfinished * chunk_size
-    return report_unfinished(
+    return exit_status(
         result,
-        f"Interrupted during chunk {result.first_unfinished + 1} of {count}",
-        lambda chunk: f"Failed to write chunk {chunk.index + 1} of {count}",
-        f"Restart with '-d {drive} -o {resume}' to resume the upload",
+        f"Interrupted during chunk {result.first_unfinished + 1} of {span.count}",
+        lambda chunk: f"Failed to write chunk {chunk.index + 1} of {span.count}",
+        f"Restart with '-d {drive} -o {span.resume_offset(result)}' to resume the upload",
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    interrupt_on_sigterm()
-    args = build_parser().parse_args(argv)
-    return run_tool(lambda: upload(args))
+    return transfer_tool_main(build_parser(), upload, argv)
 
 
 if __name__ == "__main__":

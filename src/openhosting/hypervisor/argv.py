@@ -92,28 +92,22 @@ def _opts(*pairs: tuple[str, object], head: str | None = None) -> str:
     return ",".join(items)
 
 
-def _plumbing_args(paths: RunPaths) -> list[str]:
+def _listening_socket(chardev_id: str, path: Path) -> list[str]:
+    """A chardev on a unix socket QEMU listens on, without waiting for its client."""
     return [
         "-chardev",
-        _opts(
-            ("id", "qmp"),
-            ("path", paths.qmp_socket),
-            ("server", "on"),
-            ("wait", "off"),
-            head="socket",
-        ),
+        _opts(("id", chardev_id), ("path", path), ("server", "on"), ("wait", "off"), head="socket"),
+    ]
+
+
+def _plumbing_args(paths: RunPaths) -> list[str]:
+    return [
+        *_listening_socket("qmp", paths.qmp_socket),
         "-mon",
         "chardev=qmp,mode=control",
         # The daemon is this socket's client and keeps the log; no `logfile=`: QEMU would
         # let a guest fill the disk with it. With no client connected, QEMU stores none.
-        "-chardev",
-        _opts(
-            ("id", "serial0"),
-            ("path", paths.serial_socket),
-            ("server", "on"),
-            ("wait", "off"),
-            head="socket",
-        ),
+        *_listening_socket("serial0", paths.serial_socket),
         "-serial",
         "chardev:serial0",
     ]

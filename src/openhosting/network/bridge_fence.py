@@ -14,12 +14,10 @@ public bridge, like the VNC overlay's; they outlive the daemon with the taps the
 import asyncio
 import re
 
-from openhosting.network.errors import NetworkError
-from openhosting.network.links import netns_exec_argv, run_command
+from openhosting.network.nft import delete_if_present, run_nft
 from openhosting.vnc.ports import VNC_BASE_PORT, VNC_DISPLAYS
 
 TABLE_PREFIX = "openhosting_fence_"
-NFT_BINARY = "nft"
 # The mark of packets that came from a guest's tap (bits of ours, kept apart from others').
 GUEST_MARK = 0x6F680000
 DHCP_SERVER_PORT = 67
@@ -71,7 +69,7 @@ class BridgeFence:
         self._lock = asyncio.Lock()
 
     async def _nft(self, *args: str, stdin: str | None = None) -> str:
-        return await run_command(netns_exec_argv(self._namespace, [NFT_BINARY, *args]), stdin=stdin)
+        return await run_nft(self._namespace, *args, stdin=stdin)
 
     async def ensure(self) -> None:
         """Put the tables in place (idempotent: reloading replaces them)."""
@@ -82,8 +80,4 @@ class BridgeFence:
         """Remove both tables (the daemon stops with no server running); idempotent."""
         async with self._lock:
             for family in ("bridge", "inet"):
-                try:
-                    await self._nft("delete", "table", family, self._table)
-                except NetworkError as error:
-                    if "No such file" not in str(error):
-                        raise
+                await delete_if_present(self._nft, "table", family, self._table)

@@ -18,11 +18,9 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-from openhosting.network.errors import NetworkError
-from openhosting.network.links import netns_exec_argv, run_command
+from openhosting.network.nft import delete_if_present, run_nft
 
 TABLE_PREFIX = "openhosting_guests_"
-NFT_BINARY = "nft"
 DNS_PORT = 53
 
 
@@ -60,7 +58,7 @@ class GuestFence:
         self._next: dict[int, asyncio.Task[None]] = {}
 
     async def _nft(self, *args: str, stdin: str | None = None) -> str:
-        return await run_command(netns_exec_argv(self._namespace, [NFT_BINARY, *args]), stdin=stdin)
+        return await run_nft(self._namespace, *args, stdin=stdin)
 
     async def ensure(self, uid: int) -> None:
         """Fence account `uid` off the host (idempotent): returns once the fence was applied
@@ -85,8 +83,4 @@ class GuestFence:
     async def remove(self) -> None:
         """Take the fence down (no guest runs any more); idempotent."""
         async with self._lock:
-            try:
-                await self._nft("delete", "table", "inet", self._table)
-            except NetworkError as error:
-                if "No such file" not in str(error):
-                    raise
+            await delete_if_present(self._nft, "table", "inet", self._table)

@@ -21,11 +21,9 @@ import re
 from collections.abc import Mapping
 
 from openhosting.model.port_block import BlockedPorts, port_intervals
-from openhosting.network.errors import NetworkError
-from openhosting.network.links import netns_exec_argv, run_command
+from openhosting.network.nft import delete_if_present, run_nft
 
 TABLE_PREFIX = "openhosting_block_"
-NFT_BINARY = "nft"
 
 
 def _identifier(name: str) -> str:
@@ -120,10 +118,12 @@ class NicFirewall:
         self._table = table_name(bridge)
         self._lock = asyncio.Lock()
 
+    async def _nft(self, *args: str, stdin: str | None = None) -> str:
+        return await run_nft(self._namespace, *args, stdin=stdin)
+
     async def _load(self, ruleset: str) -> None:
-        argv = netns_exec_argv(self._namespace, [NFT_BINARY, "-f", "-"])
         async with self._lock:
-            await run_command(argv, stdin=ruleset)
+            await self._nft("-f", "-", stdin=ruleset)
 
     async def block(self, tap: str, entries: tuple[BlockedPorts, ...]) -> None:
         """Make `entries` the blocked ports of `tap` (none: nothing blocked)."""
@@ -139,10 +139,5 @@ class NicFirewall:
 
     async def remove(self) -> None:
         """Remove the table (the daemon stops with no server running); idempotent."""
-        argv = netns_exec_argv(self._namespace, [NFT_BINARY, "delete", "table", "bridge"])
         async with self._lock:
-            try:
-                await run_command([*argv, self._table])
-            except NetworkError as error:
-                if "No such file" not in str(error):
-                    raise
+            await delete_if_present(self._nft, "table", "bridge", self._table)

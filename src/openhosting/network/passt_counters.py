@@ -17,6 +17,7 @@ ARP) is not counted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -24,7 +25,8 @@ import os
 from pathlib import Path
 
 from openhosting.network.errors import NetworkError
-from openhosting.network.links import Counters, run_command
+from openhosting.network.links import Counters
+from openhosting.network.nft import delete_if_present, run_nft
 from openhosting.network.passt import PasstFiles
 
 log = logging.getLogger("openhosting.network")
@@ -32,7 +34,8 @@ log = logging.getLogger("openhosting.network")
 CGROUP_MOUNT = Path("/sys/fs/cgroup")  # nftables names cgroup v2 paths from here
 GROUP_DIR = "openhosting-passt"
 TABLE_PREFIX = "openhosting_nic_"
-NFT_BINARY = "nft"
+# The NICs' counting tables are the host's (passt runs in the host's network).
+_host_nft = functools.partial(run_nft, "")
 
 
 def cgroup_v2_root(mount: Path = CGROUP_MOUNT) -> Path | None:
@@ -128,15 +131,13 @@ class PasstCounters:
         relative = group.relative_to(self._mount)
         level = len(group.relative_to(self._root or self._mount).parts)
         ruleset = counter_ruleset(self.table_of(files), str(relative), level)
-        await run_command([NFT_BINARY, "-f", "-"], stdin=ruleset)
+        await _host_nft("-f", "-", stdin=ruleset)
 
     async def counters(self, files: PasstFiles) -> Counters:
         if not self.available:
             return Counters()
         try:
-            text = await run_command(
-                [NFT_BINARY, "-j", "list", "table", "inet", self.table_of(files)]
-            )
+            text = await _host_nft("-j", "list", "table", "inet", self.table_of(files))
         except NetworkError:
             return Counters()  # not counted (yet): its passt is starting or gone
         return parse_counters(text)
@@ -145,11 +146,7 @@ class PasstCounters:
         """Remove the NIC's table and group (its passt has ended); idempotent."""
         if not self.available:
             return
-        try:
-            await run_command([NFT_BINARY, "delete", "table", "inet", self.table_of(files)])
-        except NetworkError as error:
-            if "No such file" not in str(error):
-                raise
+        await delete_if_present(_host_nft, "table", "inet", self.table_of(files))
         group = self.group_of(files)
         try:
             group.rmdir()

@@ -12,12 +12,11 @@ import asyncio
 import json
 import re
 
-from openhosting.network.errors import NetworkError
-from openhosting.network.links import ip_argv, netns_exec_argv, run_command
+from openhosting.network.links import ip_argv, run_command
+from openhosting.network.nft import delete_if_present, run_nft
 from openhosting.vnc.ports import VNC_BASE_PORT
 
 TABLE_PREFIX = "openhosting_vnc_"
-NFT_BINARY = "nft"
 
 
 def table_name(bridge: str) -> str:
@@ -55,7 +54,7 @@ class VncOverlay:
         self._lock = asyncio.Lock()
 
     async def _nft(self, *args: str, stdin: str | None = None) -> str:
-        return await run_command(netns_exec_argv(self._namespace, [NFT_BINARY, *args]), stdin=stdin)
+        return await run_nft(self._namespace, *args, stdin=stdin)
 
     async def ensure(self) -> None:
         """Create the tables once (they outlive the daemon, like the bridge)."""
@@ -81,17 +80,11 @@ class VncOverlay:
         """Stop sending `guest`:5900 anywhere; idempotent."""
         places = [("ip", "targets")] if only_target else [("ip", "targets"), ("bridge", "guests")]
         for family, name in places:
-            try:
-                await self._nft("delete", "element", family, self._table, name, f"{{ {guest} }}")
-            except NetworkError as error:
-                if "No such file" not in str(error):
-                    raise
+            await delete_if_present(
+                self._nft, "element", family, self._table, name, f"{{ {guest} }}"
+            )
 
     async def remove(self) -> None:
         """Remove both tables (the daemon stops with no server running)."""
         for family in ("bridge", "ip"):
-            try:
-                await self._nft("delete", "table", family, self._table)
-            except NetworkError as error:
-                if "No such file" not in str(error):
-                    raise
+            await delete_if_present(self._nft, "table", family, self._table)

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from openhosting.reverter import Reverter
 
@@ -62,30 +63,24 @@ def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
         position = past_last
 
 
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+def _libc_function(name: str, argtypes: list[Any]) -> Callable[[int, int, int, int], int] | None:
+    """The C library's function `name` of four arguments of `argtypes`, returning an int (-1
+    and errno on failure); None where the C library has no such function."""
     try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
     return function
 
 
-_sync_file_range = _libc_sync_file_range()
-
-
-def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    function.restype = ctypes.c_int
-    return function
-
-
-_fallocate = _libc_fallocate()
+_sync_file_range = _libc_function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+)
+_fallocate = _libc_function(
+    "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:
