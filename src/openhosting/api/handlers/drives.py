@@ -43,7 +43,7 @@ async def info_all(request: web.Request) -> PropertiesList:
 async def info(request: web.Request) -> Properties:
     platform = platform_of(request)
     return Properties(
-        await platform.store.run(platform.drives.info, user_of(request), _drive(request))
+        await platform.store.run(platform.drives.info_kept, user_of(request), _drive(request))
     )
 
 
