@@ -138,3 +138,26 @@ async def test_drive_info_reads_its_rows_again_only_after_a_commit(
     response = await client.post(f"/drives/{drive}/set", data="name renamed", headers=auth)
     assert parse_properties(await response.text())["name"] == "renamed"
     assert (await drive_info(client, auth, drive))["name"] == "renamed"
+
+
+async def test_server_list_info_reads_its_rows_again_only_after_a_commit(
+    client: TestClient, auth: dict[str, str], platform: Platform
+) -> None:
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    assert (await client.get("/servers/info", headers=auth)).status == 200  # read, then kept
+    statements: list[str] = []
+    platform.reader._driver().set_trace_callback(statements.append)
+    try:
+        for _ in range(3):
+            response = await client.get("/servers/info", headers=auth)
+            assert [item["server"] for item in parse_properties_list(await response.text())] == [
+                server
+            ]
+    finally:
+        platform.reader._driver().set_trace_callback(None)
+    assert statements and set(statements) == {"PRAGMA data_version"}
+    response = await client.post(f"/servers/{server}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    response = await client.get("/servers/info", headers=auth)
+    assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]
