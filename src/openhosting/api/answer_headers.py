@@ -13,9 +13,13 @@ from openhosting.api.context import REQUEST_ID_KEY
 from openhosting.api.sessions import drop_basic_challenge
 
 
-def stamp(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """Give `response` (not yet started) the headers every answer carries."""
-    request_id = request.get(REQUEST_ID_KEY)
+def stamp(
+    request: web.BaseRequest, response: web.StreamResponse, request_id: str | None = None
+) -> None:
+    """Give `response` (not yet started) the headers every answer carries (`request_id`:
+    the request's, when the caller has it at hand)."""
+    if request_id is None:
+        request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
     drop_basic_challenge(request, response)

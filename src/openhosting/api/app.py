@@ -92,6 +92,8 @@ def _route_handler(label: str, basic_auth: bool, serve: Serve, metrics: Platform
     every failure turned into the API's error form (nothing escapes as a bare 500), and
     its count and latency in the metrics under `label`, its URL pattern."""
 
+    observe = metrics.requests.observe
+
     async def answer(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         # An id to find the request's lines by, not a secret: the 64 bits of
@@ -108,11 +110,11 @@ def _route_handler(label: str, basic_auth: bool, serve: Serve, metrics: Platform
             except Exception as error:
                 response = _failure_answer(request, error, metrics)
             if not response.prepared:  # a stream its handler sent was stamped as it started
-                stamp(request, response)
+                stamp(request, response, request_id)
             status = response.status
             return response
         finally:
-            metrics.observe_request(label, request.method, status, time.perf_counter() - started)
+            observe(label, request.method, status, time.perf_counter() - started)
 
     return answer
 
