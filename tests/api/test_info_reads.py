@@ -1,7 +1,8 @@
 """The hot read commands (`drives/D/info`, `servers/info`, `servers/S/info`) answer through the
 Reader (store/reader.py), not SQLAlchemy's engine, whose execute cost several times their
-query (`make bench ARGS=api`); and what they answer is still read afresh every time (a
-claim's showing is tested in test_drive_claims.py)."""
+query (`make bench ARGS=api`); and what they answer still shows every change at once (a
+claim's showing is tested in test_drive_claims.py): `drives/D/info` keeps its rows only while
+nothing has been committed."""
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -110,3 +111,51 @@ async def test_server_infos_parse_an_unchanged_stored_configuration_no_more(
         response = await client.get(path, headers=auth)
         assert response.status == 200, await response.text()
     assert parsed == []  # parsed once already, when the create answered its info
+
+
+async def test_drive_info_reads_its_rows_again_only_after_a_commit(
+    client: TestClient, auth: dict[str, str], platform: Platform
+) -> None:
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    assert (await drive_info(client, auth, drive))["name"] == "test"
+    statements: list[str] = []
+    platform.reader._driver().set_trace_callback(statements.append)
+    try:
+        for _ in range(3):
+            assert (await drive_info(client, auth, drive))["status"] == "active"
+        # Its file is still looked at every time: gone, the drive is inactive at once.
+        path = platform.drives.tiers.of("disk").path_of(drive)
+        path.rename(path.with_suffix(".away"))
+        assert (await drive_info(client, auth, drive))["status"] == "inactive"
+        path.with_suffix(".away").rename(path)
+    finally:
+        platform.reader._driver().set_trace_callback(None)
+    # The key check and the info share one `PRAGMA data_version` per request (nothing else).
+    assert statements and set(statements) == {"PRAGMA data_version"}
+    # A change is a commit: the change's own answer and the next info show it.
+    response = await client.post(f"/drives/{drive}/set", data="name renamed", headers=auth)
+    assert parse_properties(await response.text())["name"] == "renamed"
+    assert (await drive_info(client, auth, drive))["name"] == "renamed"
+
+
+async def test_server_list_info_reads_its_rows_again_only_after_a_commit(
+    client: TestClient, auth: dict[str, str], platform: Platform
+) -> None:
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    assert (await client.get("/servers/info", headers=auth)).status == 200  # read, then kept
+    statements: list[str] = []
+    platform.reader._driver().set_trace_callback(statements.append)
+    try:
+        for _ in range(3):
+            response = await client.get("/servers/info", headers=auth)
+            assert [item["server"] for item in parse_properties_list(await response.text())] == [
+                server
+            ]
+    finally:
+        platform.reader._driver().set_trace_callback(None)
+    assert statements and set(statements) == {"PRAGMA data_version"}
+    response = await client.post(f"/servers/{server}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    response = await client.get("/servers/info", headers=auth)
+    assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]

@@ -1,4 +1,5 @@
-"""The aiohttp application: the middleware (auth, errors), the route table, method rules."""
+"""The aiohttp application: the route table, each route's handler composed with what every
+request gets (auth, errors, request id, metrics), method rules."""
 
 import asyncio
 import logging
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from openhosting.api.abuse import AuthThrottle, TransferLimiter, UserRateLimiter
 from openhosting.api.access_log import loggable_path
+from openhosting.api.answer_headers import stamp
 from openhosting.api.auth import AUTH_THROTTLE_KEY, RATE_LIMITER_KEY, authenticate_request
 from openhosting.api.context import (
     METRICS_KEY,
@@ -27,11 +29,11 @@ from openhosting.api.negotiation import (
 )
 from openhosting.api.routes import (
     ROUTES,
-    WITHOUT_BASIC_AUTH,
     Handler,
     HandlerResult,
     Kind,
     Route,
+    canonical_path,
     unavailable,
 )
 from openhosting.api.sessions import drop_basic_challenge
@@ -49,14 +51,10 @@ from openhosting.services.audit import object_of
 from openhosting.services.off_loop import INLINE_ITEMS
 from openhosting.services.platform import Platform
 from openhosting.store.errors import is_storage_full, storage_io_error
-from openhosting.web.routes import DASHBOARD_PATHS, add_dashboard
+from openhosting.web.routes import DASHBOARD_ROUTES
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 
 log = logging.getLogger("openhosting.api")
-
-# The URL patterns that do not ask for Basic credentials: the console's WebSocket (its token)
-# and the dashboard (its page is public; its session handlers check the key or the cookie).
-NO_BASIC_AUTH = WITHOUT_BASIC_AUTH | DASHBOARD_PATHS
 
 READ_METHODS = frozenset({"GET", "HEAD", "POST"})
 # The key holding a new object's id in what a create command answers.
@@ -82,59 +80,74 @@ COMMAND_EVENTS = {
 RUNNER_OPTIONS = {"auto_decompress": False}
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate every request, and turn every failure into the API's error form: nothing
-    escapes as a bare 500. Each request is given an id (in its log lines and its answer's
-    X-Request-Id) and counted in the metrics. (One middleware, not several: each costs a
-    few µs per request.)"""
-    started = time.perf_counter()
-    # An id to find the request's lines by, not a secret: the 64 bits of random.getrandbits
-    # are as unlikely to repeat as os.urandom's, without a system call per request.
-    request_id = f"{getrandbits(64):016x}"
-    request[REQUEST_ID_KEY] = request_id
-    REQUEST_ID.set(request_id)
-    metrics = request.app[METRICS_KEY]
-    route = _route_label(request)
-    status: int | str = "aborted"  # the client went away before an answer
-    try:
-        response = await _answer(request, handler, metrics, route)
-        status = response.status
-        return response
-    finally:
-        metrics.observe_request(route, request.method, status, time.perf_counter() - started)
+# What aiohttp calls for a request: one composed handler per route (below).
+Serve = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def _answer(
-    request: web.Request, handler: Handler, metrics: PlatformMetrics, route: str
+def _route_handler(label: str, basic_auth: bool, serve: Serve, metrics: PlatformMetrics) -> Serve:
+    """`serve` with what every request gets, composed once per route at start-up rather than
+    as middleware (aiohttp runs each middleware, and its own one that a middleware brings,
+    as more coroutine frames and awaits per request: several µs of a cheap request's ~60):
+    authentication (unless the route authenticates by other means), an id (in its log lines
+    and its answer's X-Request-Id), every failure turned into the API's error form (nothing
+    escapes as a bare 500), and its count and latency in the metrics under `label`, its URL
+    pattern."""
+
+    observe = metrics.requests.observe
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        # An id to find the request's lines by, not a secret: the 64 bits of
+        # random.getrandbits are as unlikely to repeat as os.urandom's, without a system call.
+        request_id = f"{getrandbits(64):016x}"
+        request[REQUEST_ID_KEY] = request_id
+        REQUEST_ID.set(request_id)
+        status: int | str = "aborted"  # the client went away before an answer
+        try:
+            try:
+                if basic_auth:
+                    await authenticate_request(request)
+                response = await serve(request)
+            except Exception as error:
+                response = _failure_answer(request, error, metrics)
+            if not response.prepared:  # a stream its handler sent was stamped as it started
+                stamp(request, response, request_id)
+            status = response.status
+            return response
+        finally:
+            observe(label, request.method, status, time.perf_counter() - started)
+
+    return answer
+
+
+def _failure_answer(
+    request: web.Request, error: Exception, metrics: PlatformMetrics
 ) -> web.StreamResponse:
-    try:
-        if route not in NO_BASIC_AUTH:
-            await authenticate_request(request)
-        return await handler(request)  # type: ignore[return-value]
-    except ApiError as error:
+    """The API's answer to a request whose handling raised `error` (called while handling
+    it: a fault of ours is logged with its traceback). Redirects are raised again."""
+    if isinstance(error, ApiError):
         if error.kind == "auth":
             metrics.auth_failures.inc()
         return error_response(error)
-    except web.HTTPNotFound:
+    if isinstance(error, web.HTTPNotFound):
         return error_response(MissingError(f"Command {request.path} could not be found"))
-    except web.HTTPMethodNotAllowed:
+    if isinstance(error, web.HTTPMethodNotAllowed):
         return error_response(MethodError(f"Method {request.method} not allowed here"))
-    except ConnectionError:
+    if isinstance(error, ConnectionError):
         if _client_went_away(request):
             return _client_gone(request)
         return _internal_error(request)
-    except web.HTTPException as error:
+    if isinstance(error, web.HTTPException):
         if error.status < 400:
-            raise
+            stamp(request, error)  # a redirect: aiohttp answers with the exception
+            raise error
         log.warning(
             "event=http_error status=%s path=%s", error.status, loggable_path(request.raw_path)
         )
         return error_response(SystemError_(error.reason))
-    except Exception as error:
-        if (full := full_error_of(error)) is not None:
-            return error_response(full)
-        return _internal_error(request)
+    if (full := full_error_of(error)) is not None:
+        return error_response(full)
+    return _internal_error(request)
 
 
 def _internal_error(request: web.Request) -> web.StreamResponse:
@@ -167,19 +180,9 @@ def _client_gone(request: web.Request) -> web.StreamResponse:
     return web.Response(status=CLIENT_GONE_STATUS)
 
 
-def _route_label(request: web.Request) -> str:
-    """The command's URL pattern (`/drives/{drive}/read`): few values, unlike paths."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else UNMATCHED
-
-
-async def _before_answer(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer carries its request's id, streamed ones included (set as headers go);
-    the dashboard's get no Basic challenge. (One hook: each costs a coroutine per answer.)"""
-    request_id = request.get(REQUEST_ID_KEY)
-    if request_id is not None:
-        response.headers["X-Request-Id"] = request_id
-    drop_basic_challenge(request, response)
+async def _no_command(request: web.Request) -> web.StreamResponse:
+    """What a path that is no command answers (after authentication, as any command)."""
+    raise MissingError(f"Command {request.path} could not be found")
 
 
 def full_error_of(error: BaseException) -> FullError | FailedError | None:
@@ -196,24 +199,26 @@ def full_error_of(error: BaseException) -> FullError | FailedError | None:
     return None
 
 
-def _command_handler(
-    route: Route, handler: Handler
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Wrap `handler` with the method rules of its command and render what it returns."""
+def _command_handler(route: Route, handler: Handler) -> Serve:
+    """`handler` with the method rules of its command, rendering what it returns."""
+    if route.kind is Kind.CHANGE:
 
-    async def serve(request: web.Request) -> web.StreamResponse:
-        if request.method not in READ_METHODS or (
-            route.kind is Kind.CHANGE and request.method != "POST"
-        ):
-            raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
-        if route.kind is Kind.CHANGE:
+        async def change(request: web.Request) -> web.StreamResponse:
+            if request.method != "POST":
+                raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
             return await _audited(request, route, handler)
+
+        return change
+
+    async def read(request: web.Request) -> web.StreamResponse:
+        if request.method not in READ_METHODS:
+            raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
         result = await handler(request)
         if isinstance(result, PropertiesList) and len(result.items) > INLINE_ITEMS:
             return await payload_response_off_loop(request, result)
         return _render(request, result)
 
-    return serve
+    return read
 
 
 def _render(request: web.Request, result: HandlerResult) -> web.StreamResponse:
@@ -264,14 +269,21 @@ def _publish(request: web.Request, route: Route, created: str | None) -> None:
 
 async def authenticate_then_continue(request: web.Request) -> web.StreamResponse | None:
     """`Expect: 100-continue`: check the credentials before inviting the body, so a client
-    with a wrong key does not upload gigabytes to hear 401."""
+    with a wrong key does not upload gigabytes to hear 401. (The expect handler of the
+    routes that ask for Basic credentials.)"""
     try:
-        if _route_label(request) not in NO_BASIC_AUTH:
-            await authenticate_request(request)
+        await authenticate_request(request)
     except ApiError as error:
         if error.kind == "auth":
             request.app[METRICS_KEY].auth_failures.inc()
-        return error_response(error)
+        refused = error_response(error)
+        drop_basic_challenge(request, refused)
+        return refused
+    return await continue_expected(request)
+
+
+async def continue_expected(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` on a route that authenticates by other means: invited at once."""
     expect = request.headers.get("Expect", "")
     if request.version >= (1, 1) and expect.lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -288,7 +300,6 @@ async def _bind_events(app: web.Application) -> None:
 def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None) -> web.Application:
     """The API application over `platform`; `handlers` maps command names to handlers."""
     app = web.Application(
-        middlewares=[api_middleware],
         # Key/value bodies are read with their own cap, drive writes are streamed: the
         # framework's whole-body limit must never apply.
         client_max_size=platform.config.api.max_body_bytes,
@@ -304,15 +315,23 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
     app[READINESS_KEY] = asyncio.Event()
     platform.events.add_listener(metrics.observe_event)
     app.on_startup.append(_bind_events)
-    app.on_response_prepare.append(_before_answer)
     table = dict(handlers or {})
     for route in ROUTES:
-        handler = table.get(route.command, unavailable)
+        serve = _command_handler(route, table.get(route.command, unavailable))
+        label = canonical_path(route.path)
         app.router.add_route(
             "*",
             route.path,
-            _command_handler(route, handler),
-            expect_handler=authenticate_then_continue,
+            _route_handler(label, route.basic_auth, serve, metrics),
+            expect_handler=authenticate_then_continue if route.basic_auth else continue_expected,
         )
-    add_dashboard(app)
+    # The dashboard asks for no Basic credentials: its page is public, its session handlers
+    # check the key or the cookie.
+    for path, page in DASHBOARD_ROUTES:
+        app.router.add_route("*", path, _route_handler(path, False, page, metrics))
+    # Last: any other path is no command, answered as one (401 without credentials, else
+    # 404 `missing`), counted under one label (paths are unbounded).
+    app.router.add_route(
+        "*", "/{path:(?s:.*)}", _route_handler(UNMATCHED, True, _no_command, metrics)
+    )
     return app

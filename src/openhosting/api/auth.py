@@ -7,10 +7,10 @@ import binascii
 import functools
 import logging
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from openhosting.api.abuse import AuthLockedOutError, AuthThrottle, UserRateLimiter, user_tried
-from openhosting.api.context import SESSION_KEY, USER_KEY, platform_of
+from openhosting.api.context import PLATFORM_KEY, SESSION_KEY, USER_KEY, platform_of
 from openhosting.api.sessions import SESSION_COOKIE, check_csrf
 from openhosting.errors import AuthError
 from openhosting.services.web_sessions import SessionError, WebSession
@@ -56,25 +56,28 @@ async def authenticate_request(request: web.Request) -> None:
     longer the more its address, its user or the pair of both have failed, and past a limit
     is refused with Retry-After. A user over their request rate is refused with 429.
     """
-    if USER_KEY in request:
+    headers = request.headers
+    # (The header first: looking for a key a request lacks costs an exception.)
+    if hdrs.EXPECT in headers and USER_KEY in request:
         return  # already authenticated by the `Expect: 100-continue` handler
-    header = request.headers.get("Authorization")
+    header = headers.get(hdrs.AUTHORIZATION)
     if header is None and SESSION_COOKIE in request.cookies:
         session = await authenticate_session(request)
         request[USER_KEY] = session.user
         request[SESSION_KEY] = session
         return
     username = None
+    app = request.app
     try:
         username, password = parse_basic_credentials(header)
-        platform = platform_of(request)
+        platform = app[PLATFORM_KEY]
         user = await platform.store.run(platform.accounts.authenticate, username.lower(), password)
     except AuthError:
         if not header:
             raise  # no guess at all: the challenge half of Basic authentication (RFC 7617)
         await count_failed_login(request, username, "auth")
         raise
-    request.app[RATE_LIMITER_KEY].take(user)
+    app[RATE_LIMITER_KEY].take(user)
     request[USER_KEY] = user
 
 

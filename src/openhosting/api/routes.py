@@ -127,8 +127,3 @@ def canonical_path(path: str) -> str:
         if not in_pattern:
             kept.append(char)
     return "".join(kept)
-
-
-# The URL patterns whose requests are not asked for Basic credentials, as a request's route
-# names them.
-WITHOUT_BASIC_AUTH = frozenset(canonical_path(r.path) for r in ROUTES if not r.basic_auth)

@@ -213,10 +213,26 @@ class Drives:
         )
 
     def info(self, user: str, uuid: str) -> dict[str, Value]:
+        """The drive's info, read afresh: what a command that has just written answers."""
         # Through the Reader: the hottest command after the lists, and SQLAlchemy's execute
-        # cost several times the two queries. Not cached: counters change with every write.
+        # cost several times the two queries.
         row = self._check_readable(drive_store.read_drive(self._reader, uuid), user, uuid)
         claims = drive_store.read_claims_on(self._reader, uuid)
+        return drive_info(row, claims, self._is_available(row))
+
+    def info_kept(self, user: str, uuid: str) -> dict[str, Value]:
+        """`drives/D/info`: `info` with the drive's row and claims kept while nothing has
+        been committed (every change of them is a commit, the I/O counters' too); whether
+        its file opens is looked at every time. Not for a command that has just written
+        (see Reader.memo)."""
+        row, claims = self._reader.memo(
+            ("drives/info", uuid),
+            lambda: (
+                drive_store.read_drive(self._reader, uuid),
+                drive_store.read_claims_on(self._reader, uuid),
+            ),
+        )
+        row = self._check_readable(row, user, uuid)
         return drive_info(row, claims, self._is_available(row))
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:

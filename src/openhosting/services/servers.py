@@ -150,7 +150,8 @@ class Servers:
         ]
 
     # The infos read their rows through the Reader: SQLAlchemy's execute costs more than the
-    # query and the answer together. Not cached: a row is read afresh for every info.
+    # query and the answer together. A server's info reads its row afresh (a change answers
+    # with it); the list's rows are kept until the next commit.
     async def info(self, user: str, uuid: str) -> dict[str, Value]:
         row = server_store.read_server(self._reader, uuid)
         if row is None or row.user != user:
@@ -160,21 +161,43 @@ class Servers:
     async def info_all(self, user: str) -> list[dict[str, Value]]:
         # A database across the network: every read is I/O, so the rows are read in the
         # worker thread whatever their number.
-        local = self._reader.local
+        reader = self._reader
         if (
-            local
-            and self._reader.scalar(server_store.SERVER_COUNT_BY_USER, user=user) <= INLINE_ITEMS
+            reader.local
+            and reader.all_cached(server_store.SERVER_COUNT_BY_USER, user=user)[0][0]
+            <= INLINE_ITEMS
         ):
-            rows = server_store.read_servers_of(self._reader, user)
-            # The running ones' monitors are asked at once: one slow to answer (a busy guest
-            # under TCG, a stuck QEMU) delays the list by its own wait, not by every other's.
-            return list(await asyncio.gather(*(self._info_of(row) for row in rows)))
+            # The rows are kept while nothing has been committed (every change of a server
+            # is a commit); whether each has a VM is asked every time.
+            rows = reader.memo(
+                ("servers/info", user), lambda: server_store.read_servers_of(reader, user)
+            )
+            return await self._with_live_figures([(row, self._info_at_once(row)) for row in rows])
         # Thousands (or a remote database): the rows and the infos of servers without a VM
         # are made in a worker thread; those with one (known here, on the loop) add their
         # live figures after.
         with_vm = set(self.lifecycle.active)
         built = await asyncio.to_thread(self._infos_without_vm, user, with_vm)
-        live = iter(await asyncio.gather(*(self._info_of(row) for row, i in built if i is None)))
+        return await self._with_live_figures(built)
+
+    def _info_at_once(self, row: ServerRecord) -> dict[str, Value] | None:
+        """The info of a server without live figures to ask its VM for; None for a running
+        one. (A task per stopped server cost more than its info.)"""
+        status = self._status(row)
+        if status in ("active", "paused"):
+            return None
+        return server_info(row.uuid, row.user, status, row.config, None, self._drives.local_host)
+
+    async def _with_live_figures(
+        self, built: list[tuple[ServerRecord, dict[str, Value] | None]]
+    ) -> list[dict[str, Value]]:
+        """The infos of `built`'s servers, in order, those still None made with their VMs'
+        live figures. Their monitors are asked at once: one slow to answer (a busy guest
+        under TCG, a stuck QEMU) delays the list by its own wait, not by every other's."""
+        waiting = [row for row, info in built if info is None]
+        live = iter(
+            await asyncio.gather(*(self._info_of(row) for row in waiting)) if waiting else ()
+        )
         return [info if info is not None else next(live) for _, info in built]
 
     def _infos_without_vm(

@@ -2,18 +2,17 @@
 None of these paths asks for Basic credentials: the page and its files are public, and the
 session handlers authenticate by the key or the cookie themselves."""
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from openhosting.web import pages, sessions
 
-DASHBOARD_PATHS = frozenset(
-    {"/", "/dashboard/session", "/dashboard/session/end", "/dashboard/{name}"}
+# Path → handler, every method (the handlers say which they take); the API's application
+# adds them with its own cross-cutting concerns (api/app.py).
+DASHBOARD_ROUTES: tuple[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
+    ("/", pages.root),
+    ("/dashboard/session", sessions.session),
+    ("/dashboard/session/end", sessions.end),
+    ("/dashboard/{name}", pages.static_file),
 )
-
-
-def add_dashboard(app: web.Application) -> None:
-    """Serve the dashboard from `app` (the API's application)."""
-    app.router.add_route("*", "/", pages.root)
-    app.router.add_route("*", "/dashboard/session", sessions.session)
-    app.router.add_route("*", "/dashboard/session/end", sessions.end)
-    app.router.add_route("*", "/dashboard/{name}", pages.static_file)

@@ -18,6 +18,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
 
 from openhosting.api.abuse import AuthLockedOutError
+from openhosting.api.answer_headers import prepare
 from openhosting.api.auth import AUTH_THROTTLE_KEY
 from openhosting.api.context import platform_of, session_of, user_of
 from openhosting.api.origins import foreign_origin
@@ -121,7 +122,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await _token_failed(request, error)
         raise
     async with consoles.open_session(grant) as session:
-        await ws.prepare(request)
+        await prepare(request, ws)
         browser = WebSocketStream(ws)
         try:
             async with asyncio.timeout(GREETING_SECONDS):

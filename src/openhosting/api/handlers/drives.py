@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from openhosting.api.answer_headers import prepare
 from openhosting.api.content_coding import GzipStreamDecoder
 from openhosting.api.context import platform_of, transfer_limiter_of, user_of
 from openhosting.api.negotiation import read_body_chunk, read_properties
@@ -42,7 +43,7 @@ async def info_all(request: web.Request) -> PropertiesList:
 async def info(request: web.Request) -> Properties:
     platform = platform_of(request)
     return Properties(
-        await platform.store.run(platform.drives.info, user_of(request), _drive(request))
+        await platform.store.run(platform.drives.info_kept, user_of(request), _drive(request))
     )
 
 
@@ -112,10 +113,10 @@ async def _read(request: web.Request, offset: int, length: int | None) -> web.St
             and plan.reads_only_zeros()
         ):
             response = zeros_as_gzip(plan.count)
-            await response.prepare(request)
+            await prepare(request, response)
         elif plan.plain_file is not None:
             response = FileSliceResponse(plan.plain_file.fileno(), plan.offset, plan.count)
-            await response.prepare(request)
+            await prepare(request, response)
         else:
             response = await _stream_decrypted(request, plan)
     finally:
@@ -128,7 +129,7 @@ async def _read(request: web.Request, offset: int, length: int | None) -> web.St
 async def _stream_decrypted(request: web.Request, plan: ReadPlan) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = plan.count
-    await response.prepare(request)
+    await prepare(request, response)
     if request.method != "HEAD" and request.transport is not None:
         sock = request.transport.get_extra_info("socket")
         if plan.count > SEND_BUFFER:

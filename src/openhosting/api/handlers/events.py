@@ -11,6 +11,7 @@ import json
 
 from aiohttp import web
 
+from openhosting.api.answer_headers import prepare
 from openhosting.api.context import platform_of, user_of
 from openhosting.errors import BusyError, UsageError
 from openhosting.services.events import Event, Overflowed
@@ -47,7 +48,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 "X-Accel-Buffering": "no",  # nginx in front must not hold events back
             }
         )
-        await response.prepare(request)
+        await prepare(request, response)
         await response.write(b": connected\n\n")
         while True:
             try:

@@ -1,0 +1,34 @@
+"""What every answer's headers carry, set as they go: its request's id (X-Request-Id), and no
+Basic challenge for the dashboard's requests.
+
+Answers a handler returns get them from the route's composed handler (api/app.py); answers a
+handler sends itself (streams, WebSockets) must be started with `prepare` below. (Not an
+`on_response_prepare` hook: aiohttp runs a hook as two more coroutines for every answer.)
+"""
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from openhosting.api.context import REQUEST_ID_KEY
+from openhosting.api.sessions import drop_basic_challenge
+
+
+def stamp(
+    request: web.BaseRequest, response: web.StreamResponse, request_id: str | None = None
+) -> None:
+    """Give `response` (not yet started) the headers every answer carries (`request_id`:
+    the request's, when the caller has it at hand)."""
+    if request_id is None:
+        request_id = request.get(REQUEST_ID_KEY)
+    if request_id is not None:
+        response.headers["X-Request-Id"] = request_id
+    drop_basic_challenge(request, response)
+
+
+async def prepare(
+    request: web.BaseRequest, response: web.StreamResponse
+) -> AbstractStreamWriter | None:
+    """Start `response`, a stream or WebSocket a handler sends itself: `response.prepare`
+    with the headers every answer carries."""
+    stamp(request, response)
+    return await response.prepare(request)
