@@ -50,7 +50,7 @@ from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.write_stage import WriteStage
 from openhosting.store import drives as drive_store
-from openhosting.store import space_reserve
+from openhosting.store import row_locks, space_reserve
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, DriveRecord, drive_settings_columns
@@ -317,6 +317,10 @@ class Drives:
         # until the file has its new size. The row is the truth; a daemon killed before the
         # file follows is put right at the next start (`repair_files`).
         with self._engine.begin() as connection:
+            # The user's row (a bigger size is checked against their limit), then the drive's:
+            # another node's claim or job on it waits for this change (store/row_locks.py).
+            row_locks.lock_user(connection, user)
+            row_locks.lock_drives(connection, [uuid])
             row = self._owned(connection, user, uuid)
             if row.imaging:
                 raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
@@ -365,6 +369,7 @@ class Drives:
 
         def delete_row(connection: Connection) -> None:
             # Its tier's files first: a drive whose tier the configuration lost keeps its row.
+            row_locks.lock_drives(connection, [uuid])  # no claim or job lands meanwhile
             found.append(self.files_of(self._owned(connection, user, uuid)))
             self._check_busy(connection, uuid, "destroyed")
             self.operations.check(uuid, DESTROY)

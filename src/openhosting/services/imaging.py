@@ -40,6 +40,7 @@ from openhosting.storage.gzip_stream import GzipStreamError
 from openhosting.storage.imaging import CONVERSIONS, PIPELINES, Endpoint, ImagingStopped, Tracker
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
+from openhosting.store import row_locks
 from openhosting.store.jobs import DESTINATION, DONE, FAILED, QUEUED, RUNNING, SOURCE
 from openhosting.store.records import ClaimRecord, DriveRecord, JobRecord
 from openhosting.store.tables import PLATFORM_USER
@@ -97,6 +98,8 @@ class Imaging:
         if dst == src:
             raise UsageError(f"Drive {dst} cannot be imaged from itself")
         with self._engine.begin() as connection:
+            # Both rows held: another node's claim, job or destroy on them waits for this one.
+            row_locks.lock_drives(connection, [dst, src])
             dst_row = drive_store.get_drive(connection, dst)
             if dst_row is None or dst_row.user != user:
                 raise MissingError(f"Drive {dst} could not be found")

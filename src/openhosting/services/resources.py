@@ -26,6 +26,7 @@ from openhosting.network.pool import AddressPool
 from openhosting.services.billing import Billing
 from openhosting.services.off_loop import built_off_loop, worker_connection
 from openhosting.store import resources as resource_store
+from openhosting.store import row_locks
 from openhosting.store import users as user_store
 from openhosting.store.reader import Reader
 from openhosting.store.records import ResourceRecord, resource_settings_columns
@@ -147,6 +148,8 @@ class Resources:
         return self.resource_info(row)
 
     def _check_limit(self, connection: Connection, user: str, kind: str) -> None:
+        # The user's row held: another node's create of this user waits for this count.
+        row_locks.lock_user(connection, user)
         account = user_store.get_user(connection, user)
         limit = (
             None if account is None else {"ip": account.max_ips, "vlan": account.max_vlans}[kind]

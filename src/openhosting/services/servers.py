@@ -45,8 +45,8 @@ from openhosting.services.server_lifecycle import DUMPED, ServerLifecycle
 from openhosting.services.server_network import ServerNetworks
 from openhosting.storage.drive_files import file_is_available
 from openhosting.store import drives as drive_store
+from openhosting.store import row_locks, space_reserve
 from openhosting.store import servers as server_store
-from openhosting.store import space_reserve
 from openhosting.store.reader import Reader
 from openhosting.store.records import ServerRecord, encode_server_config
 from openhosting.wire.payload import Value
@@ -343,6 +343,9 @@ class Servers:
         config: ServerConfig,
         drives: list[AttachableDrive],
     ) -> None:
+        # Their rows held: a claim, an imaging job or a destroy of one of them by another
+        # node waits for this transaction and then sees its claims.
+        row_locks.lock_drives(connection, [d.uuid for d in drives])
         existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
         by_drive = {drive.uuid: drive for drive in drives}
         for claim in existing:

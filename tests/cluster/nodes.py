@@ -1,0 +1,56 @@
+"""Two API daemons on one PostgreSQL, as the cluster tests drive them.
+
+Both daemons share the test's database and one state directory (the drive files and the
+platform key, as API nodes beside one storage would); they run no servers.
+"""
+
+import os
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from openhosting.reverter import Reverter
+from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
+
+T = TypeVar("T")
+
+
+class Cluster:
+    """Daemons `a` and `b` on one database, the user made for the test, and the admin tool."""
+
+    def __init__(self, work: Path, url: str) -> None:
+        self.work, self.env = work, {"OH_STORE_URL": url}
+        self.state = work / "state"
+        self.account = create_user(self.state, env=self.env)
+        with Reverter() as revert:
+            self.a = self._spawn("a")
+            revert.add(self.a.stop)
+            self.b = self._spawn("b")
+            revert.success()
+        self.api_a = Api(self.account, self.a.url)
+        self.api_b = Api(self.account, self.b.url)
+
+    def _spawn(self, name: str) -> DaemonProcess:
+        return DaemonProcess(self.state, self.work / f"{name}.log", env=self.env)
+
+    def admin(self, *args: str) -> str:
+        """`openhosting-admin ARGS` on the shared database; its standard output."""
+        return subprocess.run(
+            [str(BIN / "openhosting-admin"), "--state-dir", str(self.state), *args],
+            capture_output=True, text=True, timeout=60, check=True,
+            env={**os.environ, **self.env},
+        ).stdout  # fmt: skip
+
+    def stop(self) -> None:
+        """Both daemons stopped (those still running)."""
+        self.a.stop()
+        self.b.stop()
+
+
+def at_once(calls: list[Callable[[], T]]) -> list[T]:
+    """Run `calls` together, one thread each; their results in order."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
