@@ -62,6 +62,7 @@ def open_platform(config: Config) -> Platform:
     platform_key = load_or_create_platform_key(config.platform_key_path)
     engine = open_engine(config.store_url)
     reader = Reader(engine)
+    store = StoreExecutor(engine)
     billing = Billing(engine, config.billing)
     hosts = Hosts(engine, config)
     drives = Drives(
@@ -72,6 +73,7 @@ def open_platform(config: Config) -> Platform:
         config.storage.default_cipher,
         billing,
         hosts,
+        store,
     )
     pool, network_driver = open_network(
         config.network, config.run_path / "network", config.hypervisor.run_as
@@ -80,7 +82,7 @@ def open_platform(config: Config) -> Platform:
     networks = ServerNetworks(engine, resources, pool, network_driver)
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
-    servers = Servers(engine, reader, drives, config, networks, billing, events)
+    servers = Servers(engine, reader, drives, config, networks, billing, events, store=store)
     consoles = Consoles(engine, servers, config.api.console_token_seconds)
     events.add_listener(consoles.observe_event)  # a VM that ends closes its consoles
     return Platform(
@@ -105,6 +107,6 @@ def open_platform(config: Config) -> Platform:
         events=events,
         consoles=consoles,
         web_sessions=WebSessions(engine, config.api.session_seconds),
-        store=StoreExecutor(engine),
+        store=store,
         hosts=hosts,
     )

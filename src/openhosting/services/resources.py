@@ -34,6 +34,10 @@ from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.resources")
 
+# How many free addresses a create picking one for the caller tries (each taken at once by
+# another create) before it answers 409.
+ADDRESS_ATTEMPTS = 3
+
 
 def _missing(kind: str, resource: str) -> MissingError:
     return MissingError(f"Resource {kind} {resource} could not be found")
@@ -121,31 +125,46 @@ class Resources:
         settings, wanted = apply_resource_properties(
             kind, ResourceSettings(), properties, creating=True
         )
-        try:
-            with self._engine.begin() as connection:
-                self._check_limit(connection, user, kind)
-                if self._billing is not None:
-                    self._billing.check_new_resource(connection, user)  # the balance
-                resource = (
-                    self._choose_address(connection, wanted)
-                    if kind == "ip"
-                    else str(uuid_module.uuid4())
-                )
-                resource_store.insert_resource(
-                    connection,
-                    type=kind,
-                    resource=resource,
-                    user=user,
-                    created_at=int(time.time()),
-                    **resource_settings_columns(settings),
-                )
-                row = resource_store.get_resource(connection, kind, resource)
-        except IntegrityError:
-            # Only a concurrent writer (another process on the same file) gets here.
-            raise BusyError(f"Resource {kind} {wanted or ''} was just taken; try again") from None
-        assert row is not None
-        log.info("event=resource_created user=%s type=%s resource=%s", user, kind, resource)
+        # An address picked for the caller may be taken at once by another create (another
+        # node's, or a worker thread's of this one): the next free one is tried, a few times.
+        attempts = ADDRESS_ATTEMPTS if kind == "ip" and wanted is None else 1
+        for attempt in range(attempts):
+            try:
+                row = self._insert(user, kind, settings, wanted)
+                break
+            except IntegrityError:
+                if attempt + 1 == attempts:
+                    raise BusyError(
+                        f"Resource {kind} {wanted or ''} was just taken; try again"
+                    ) from None
+        log.info("event=resource_created user=%s type=%s resource=%s", user, kind, row.resource)
         return self.resource_info(row)
+
+    def _insert(
+        self, user: str, kind: str, settings: ResourceSettings, wanted: str | None
+    ) -> ResourceRecord:
+        """A new resource of `user`, within their limit: the address `wanted` or a free one
+        for an IP, a new UUID for a VLAN. IntegrityError if another took it meanwhile."""
+        with self._engine.begin() as connection:
+            self._check_limit(connection, user, kind)
+            if self._billing is not None:
+                self._billing.check_new_resource(connection, user)  # the balance
+            resource = (
+                self._choose_address(connection, wanted)
+                if kind == "ip"
+                else str(uuid_module.uuid4())
+            )
+            resource_store.insert_resource(
+                connection,
+                type=kind,
+                resource=resource,
+                user=user,
+                created_at=int(time.time()),
+                **resource_settings_columns(settings),
+            )
+            row = resource_store.get_resource(connection, kind, resource)
+        assert row is not None
+        return row
 
     def _check_limit(self, connection: Connection, user: str, kind: str) -> None:
         # The user's row held: another node's create of this user waits for this count.
