@@ -6,10 +6,12 @@ platform key, as API nodes beside one storage would); they run no servers.
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import psycopg
 
 from openhosting.reverter import Reverter
 from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
@@ -20,8 +22,9 @@ T = TypeVar("T")
 class Cluster:
     """Daemons `a` and `b` on one database, the user made for the test, and the admin tool."""
 
-    def __init__(self, work: Path, url: str) -> None:
-        self.work, self.env = work, {"OH_STORE_URL": url}
+    def __init__(self, work: Path, url: str, env: Mapping[str, str] | None = None) -> None:
+        self.url = url
+        self.work, self.env = work, {"OH_STORE_URL": url, **(env or {})}
         self.state = work / "state"
         self.account = create_user(self.state, env=self.env)
         with Reverter() as revert:
@@ -42,6 +45,11 @@ class Cluster:
             capture_output=True, text=True, timeout=60, check=True,
             env={**os.environ, **self.env},
         ).stdout  # fmt: skip
+
+    def query(self, statement: str, *params: object) -> list[tuple[Any, ...]]:
+        """The rows of `statement` on the shared database (what the test checks)."""
+        with psycopg.connect(self.url.replace("postgresql+psycopg", "postgresql")) as db:
+            return db.execute(statement, params).fetchall()  # type: ignore[arg-type]
 
     def stop(self) -> None:
         """Both daemons stopped (those still running)."""

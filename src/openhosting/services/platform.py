@@ -1,6 +1,8 @@
 """The platform: every service assembled from one configuration, for the daemon and the
 admin tool alike."""
 
+import os
+import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -99,6 +101,9 @@ def open_platform(config: Config) -> Platform:
             config.storage.imaging_max_rate,
             config.storage.job_retention_days,
             events,
+            store=store,
+            owner=f"{secrets.token_hex(4)}/{os.getpid()}/{hosts.name}"[:64],
+            lease_seconds=max(1, config.storage.imaging_lease_seconds),
         ),
         standard_drives=StandardDrives(engine, drives.files, hosts.name),
         resources=resources,
