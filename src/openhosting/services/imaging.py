@@ -51,7 +51,6 @@ from openhosting.store import notifications, row_locks
 from openhosting.store.database import is_sqlite
 from openhosting.store.executor import StoreExecutor
 from openhosting.store.jobs import DESTINATION, DONE, FAILED, QUEUED, RUNNING, SOURCE
-from openhosting.store.notifications import Listener
 from openhosting.store.records import ClaimRecord, DriveRecord, JobRecord
 from openhosting.store.tables import PLATFORM_USER
 
@@ -90,7 +89,7 @@ class Imaging:
         # Who this daemon is in a job's `owner`: unique among the daemons on the database.
         self._owner = owner or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._lease = lease_seconds
-        self._listener: Listener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._events = events if events is not None else EventBus()
         # The last percentage told to the event feed, per job: progress is published when it
         # moves, not at every report.
@@ -218,14 +217,7 @@ class Imaging:
         self._prune_expired()
         self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="imaging")
         self._running = True
-        loop = asyncio.get_running_loop()
-        if not is_sqlite(self._engine):
-
-            def wake(_channel: str, _payload: str) -> None:
-                loop.call_soon_threadsafe(self._wakeup.set)
-
-            self._listener = Listener(self._engine, [notifications.JOBS], wake)
-            self._listener.start()
+        loop = self._loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._claim_loop(), name="imaging-claims"),
             loop.create_task(self._renew_loop(), name="imaging-leases"),
@@ -255,9 +247,6 @@ class Imaging:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self._listener is not None:
-            await asyncio.to_thread(self._listener.stop)
-            self._listener = None
         for job_id, task in list(self._tasks.items()):
             if job_id in self._stops:
                 self._stops[job_id].set()
@@ -267,6 +256,12 @@ class Imaging:
             await asyncio.wait(list(self._tasks.values()), timeout=timeout)
         assert self._executor is not None
         self._executor.shutdown(wait=False)
+
+    def notified(self) -> None:
+        """Another node queued or let go of a job (`oh_jobs`): look for one to claim now.
+        Called from the listening thread."""
+        if self._loop is not None and self._running:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
 
     async def _claim_loop(self) -> None:
         """Claim jobs while slots are free: when woken (a job accepted or ended here, another

@@ -23,8 +23,10 @@ from openhosting.services.servers import Servers
 from openhosting.services.standard_drives import StandardDrives
 from openhosting.services.web_sessions import WebSessions
 from openhosting.storage.drive_tiers import DriveTiers
-from openhosting.store.database import open_engine
+from openhosting.store import notifications
+from openhosting.store.database import is_sqlite, open_engine
 from openhosting.store.executor import StoreExecutor
+from openhosting.store.notifications import ChangeFeed, Listener
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
 from openhosting.store.reader import Reader
 
@@ -50,6 +52,27 @@ class Platform:
     # Where the event loop's database work runs (worker threads unless SQLite).
     store: StoreExecutor
     hosts: Hosts
+    # What the caches know of other nodes' writes (PostgreSQL; heard through `listen`).
+    changes: ChangeFeed
+
+    def listen(self) -> Listener | None:
+        """On PostgreSQL, the daemon's one listening connection, started: other nodes'
+        writes reach the caches, their queued jobs the imaging service. None on SQLite."""
+        if is_sqlite(self.engine):
+            return None
+        imaging, changes = self.imaging, self.changes
+
+        def heard(channel: str, _payload: str) -> None:
+            if channel == notifications.JOBS:
+                imaging.notified()
+            else:
+                changes.changed()
+
+        listener = Listener(
+            self.engine, [notifications.JOBS, notifications.CHANGES], heard, changes.connected
+        )
+        listener.start()
+        return listener
 
     def close(self) -> None:
         self.store.close()
@@ -63,7 +86,10 @@ def open_platform(config: Config) -> Platform:
     config.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     platform_key = load_or_create_platform_key(config.platform_key_path)
     engine = open_engine(config.store_url)
-    reader = Reader(engine)
+    changes = ChangeFeed()
+    if not is_sqlite(engine):
+        changes.watch(engine)  # this process's commits; others' come through `listen`
+    reader = Reader(engine, changes=changes)
     store = StoreExecutor(engine)
     billing = Billing(engine, config.billing)
     hosts = Hosts(engine, config)
@@ -114,4 +140,5 @@ def open_platform(config: Config) -> Platform:
         web_sessions=WebSessions(engine, config.api.session_seconds),
         store=store,
         hosts=hosts,
+        changes=changes,
     )
