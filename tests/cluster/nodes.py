@@ -27,10 +27,15 @@ class Cluster:
         self.work, self.env = work, {"OH_STORE_URL": url, **(env or {})}
         self.state = work / "state"
         self.account = create_user(self.state, env=self.env)
+        # Started side by side (each start waits until it listens): the tests' time is
+        # mostly daemons starting.
+        with ThreadPoolExecutor(2) as pool:
+            starts = [pool.submit(self._spawn, name) for name in ("a", "b")]
         with Reverter() as revert:
-            self.a = self._spawn("a")
-            revert.add(self.a.stop)
-            self.b = self._spawn("b")
+            for start in starts:
+                if start.exception() is None:
+                    revert.add(start.result().stop)
+            self.a, self.b = (start.result() for start in starts)
             revert.success()
         self.api_a = Api(self.account, self.a.url)
         self.api_b = Api(self.account, self.b.url)
@@ -52,9 +57,8 @@ class Cluster:
             return db.execute(statement, params).fetchall()  # type: ignore[arg-type]
 
     def stop(self) -> None:
-        """Both daemons stopped (those still running)."""
-        self.a.stop()
-        self.b.stop()
+        """Both daemons stopped (those still running), side by side."""
+        at_once([self.a.stop, self.b.stop])
 
 
 def at_once(calls: list[Callable[[], T]]) -> list[T]:

@@ -13,7 +13,7 @@ import pytest
 from tests.cluster.nodes import Cluster
 
 LEASE = 2  # seconds (storage.imaging_lease_seconds)
-RATE = 512 << 10  # source bytes per second per job: a 2 MiB job takes about 4 s
+RATE = 512 << 10  # source bytes per second per job: a 1 MiB job takes about 2 s
 JOBS = 6
 
 
@@ -56,12 +56,12 @@ def test_jobs_run_once_and_a_killed_daemons_job_is_finished_by_the_other(
     rows = _wait_jobs_ended(cluster, JOBS, timeout=20)
     assert [(state, attempts) for _, state, attempts in rows] == [("done", 1)] * JOBS, rows
 
-    # A 2 MiB job: the daemon that claimed it is SIGKILLed mid-way; the other takes it over
+    # A 1 MiB job: the daemon that claimed it is SIGKILLed mid-way; the other takes it over
     # once its lease has run out and copies it whole.
-    big = _drive(cluster, "2M")
-    data = os.urandom(2 << 20)
+    big = _drive(cluster, "1M")
+    data = os.urandom(1 << 20)
     assert cluster.api_a.call(f"/drives/{big}/write/0", data).status == 204
-    dst = _drive(cluster, "2M")
+    dst = _drive(cluster, "1M")
     assert cluster.api_b.call(f"/drives/{dst}/image/{big}", b"").status == 204
     deadline = time.monotonic() + 10
     while not (owner := cluster.query("SELECT owner FROM jobs WHERE dst = %s", dst)[0][0]):
@@ -72,7 +72,7 @@ def test_jobs_run_once_and_a_killed_daemons_job_is_finished_by_the_other(
         (cluster.a, cluster.api_b) if pid == cluster.a.pid else (cluster.b, cluster.api_a)
     )
     assert pid == victim.pid
-    time.sleep(0.5)  # mid-job: it takes about 4 s
+    time.sleep(0.5)  # mid-job: it takes about 2 s
     victim.end(signal.SIGKILL)
     deadline = time.monotonic() + LEASE + 10
     while cluster.query("SELECT attempts FROM jobs WHERE dst = %s", dst)[0][0] < 2:
