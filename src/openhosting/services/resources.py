@@ -79,9 +79,14 @@ class Resources:
 
     # -- lookups -------------------------------------------------------------------------
 
-    def owned(self, connection: Connection, user: str, kind: str, resource: str) -> ResourceRecord:
-        """The user's resource; 404 for anyone else's or none."""
+    def owned(
+        self, connection: Connection, user: str, kind: str, resource: str, lock: bool = False
+    ) -> ResourceRecord:
+        """The user's resource; 404 for anyone else's or none. With `lock`, its row held
+        until the transaction ends (store/row_locks.py)."""
         canonical = parse_resource_id(kind, resource)
+        if canonical and lock:
+            row_locks.lock_resource(connection, kind, canonical)
         row = resource_store.get_resource(connection, kind, canonical) if canonical else None
         if row is None or row.user != user:
             raise _missing(kind, resource)
@@ -182,6 +187,7 @@ class Resources:
             )
 
     def _choose_address(self, connection: Connection, wanted: str | None) -> str:
+        row_locks.lock_address_pool(connection)  # another node's pick waits for this one
         taken = taken_addresses(connection)
         if wanted is not None:
             if wanted not in self._pool:
@@ -217,7 +223,9 @@ class Resources:
     def destroy(self, user: str, kind: str, resource: str) -> None:
         check_type(kind)
         with self._engine.begin() as connection:
-            row = self.owned(connection, user, kind, resource)
+            # Its row held: a server starting with it (another node's, or a worker thread's)
+            # waits, then finds it gone; or it holds it first and this destroy is busy.
+            row = self.owned(connection, user, kind, resource, lock=True)
             name = row.resource
             if kind == "ip":
                 holders = [h] if (h := resource_store.holder_of_address(connection, name)) else []

@@ -9,15 +9,18 @@ pass a check that only one of them should.
 On SQLite the lock clause is left out (SQLAlchemy renders nothing for it): there one process
 writes, and its event loop runs one read-check-write at a time.
 
-Order, so two transactions never wait on each other: a user's row before any of their drives'
-rows, drives' rows by UUID.
+Order, so two transactions never wait on each other: a user's row, then the address pool,
+then resources' rows, then drives' rows (by UUID).
 """
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 
-from openhosting.store.tables import drives, users
+from openhosting.store.tables import drives, resources, users
+
+# Any fixed number, the same in every process: the advisory lock of the address pool.
+ADDRESS_POOL_LOCK_KEY = 0x6F68_6970  # "ohip"
 
 
 def lock_user(connection: Connection, user: str) -> None:
@@ -32,3 +35,22 @@ def lock_drives(connection: Connection, uuids: Iterable[str]) -> None:
     if wanted:
         query = select(drives.c.uuid).where(drives.c.uuid.in_(wanted)).order_by(drives.c.uuid)
         connection.execute(query.with_for_update())
+
+
+def lock_resource(connection: Connection, kind: str, resource: str) -> None:
+    """Hold the row of resource `kind` `resource` (if it exists) until the transaction ends:
+    a destroy and a server's hold of it (an address, a VLAN) wait for each other."""
+    query = select(resources.c.resource).where(
+        resources.c.type == kind, resources.c.resource == resource
+    )
+    connection.execute(query.with_for_update())
+
+
+def lock_address_pool(connection: Connection) -> None:
+    """Hold the platform's address pool until the transaction ends (PostgreSQL): an address is
+    picked among those no IP resource and no server holds, two tables that no one row stands
+    for. Nothing on SQLite, whose writer is one event loop."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADDRESS_POOL_LOCK_KEY}
+        )

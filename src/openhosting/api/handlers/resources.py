@@ -63,4 +63,7 @@ async def set_resource(request: web.Request) -> Properties:
 
 async def destroy(request: web.Request) -> None:
     kind, resource = _path(request)
-    platform_of(request).resources.destroy(user_of(request), kind, resource)
+    platform = platform_of(request)
+    # Its holders checked and its row deleted in one transaction holding the row: in a worker
+    # thread on PostgreSQL, safe beside a server start (which holds the row too).
+    await platform.store.run(platform.resources.destroy, user_of(request), kind, resource)
