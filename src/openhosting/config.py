@@ -84,6 +84,10 @@ class StorageSettings:
     # Source bytes per second one imaging job may process, to spare running servers' disks;
     # 0 means no limit.
     imaging_max_rate: int = 0
+    # Seconds a daemon's claim on a running imaging job holds unless renewed: with several
+    # daemons on one database, a job whose daemon died is started again by another this long
+    # after its last renewal.
+    imaging_lease_seconds: int = 15
     # Days a finished imaging job's row is kept (for `openhosting-admin jobs list`); 0: for
     # ever.
     job_retention_days: int = 30

@@ -98,6 +98,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     guest_io = asyncio.create_task(platform.servers.lifecycle.fold_guest_io_every())
     nic_helpers = asyncio.create_task(platform.servers.networks.keep_helpers_running_every())
     await platform.imaging.start()  # jobs a previous daemon left unfinished start again
+    listener = platform.listen()  # PostgreSQL: other nodes' writes and queued jobs
     try:
         if config.api.metrics_listen:
             ops_host, ops_port = parse_listen(config.api.metrics_listen)
@@ -116,6 +117,8 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         await runner.cleanup()
         await ops_runner.cleanup()
         await platform.imaging.stop()  # interrupted jobs start again on the next start
+        if listener is not None:
+            await asyncio.to_thread(listener.stop)
         if metering is not None:
             metering.cancel()
         log_pruning.cancel()

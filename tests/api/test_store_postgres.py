@@ -96,3 +96,55 @@ async def test_a_read_waiting_on_a_locked_table_stalls_neither_health_nor_other_
         locker.close()
     response = await asyncio.wait_for(reading, 10)
     assert response.status == 200, await response.text()
+
+
+# A create whose limit check holds the user's row (store/row_locks.py), and its body.
+WRITES_OFF_THE_LOOP = [
+    ("/drives/create", "name a\nsize 1M\n"),
+    ("/servers/create/stopped", "name s\ncpu 500\nmem 64\n"),
+    ("/resources/ip/create", ""),
+    ("/resources/vlan/create", ""),
+    ("/resources/ip/ADDRESS/destroy", ""),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), WRITES_OFF_THE_LOOP)
+async def test_a_write_waiting_on_another_nodes_row_lock_stalls_nothing_else(  # type: ignore[no-untyped-def]
+    aiohttp_client, pg_platform: Platform, postgres_url: str, path: str, body: str
+) -> None:
+    app = build_app(pg_platform, HANDLERS)
+    server = TestServer(app)
+    await server.start_server(**RUNNER_OPTIONS)
+    api = await aiohttp_client(server)
+    ops = await aiohttp_client(TestServer(build_ops_app(app)))
+    user = pg_platform.accounts.create_user("alice")
+    auth = basic_auth(user)
+    # Another node's create for the same user holds the user's row; its server start holds
+    # the IP resource's row: this request waits for it.
+    lock = ("SELECT uuid FROM users WHERE uuid = %s FOR UPDATE", user.uuid)
+    if "ADDRESS" in path:
+        created = await api.post("/resources/ip/create", data="", headers=auth)
+        address = (await created.text()).split("resource ", 1)[1].split()[0]
+        path = path.replace("ADDRESS", address)
+        lock = ("SELECT resource FROM resources WHERE resource = %s FOR UPDATE", address)
+
+    locker = psycopg.connect(postgres_url.replace("postgresql+psycopg", "postgresql"))
+    locker.execute(lock[0], (lock[1],))  # type: ignore[arg-type]
+    safety = threading.Timer(LOCK_SAFETY_SECONDS, locker.rollback)
+    safety.start()
+    try:
+        writing = asyncio.create_task(api.post(path, data=body, headers=auth))
+        await asyncio.sleep(0.5)
+        assert not writing.done(), "the write did not wait for the row"
+        started = time.monotonic()
+        assert (await ops.get("/health")).status == 200
+        assert (await api.get("/drives/list", headers=auth)).status == 200
+        assert time.monotonic() - started < PROMPT_SECONDS
+        assert not writing.done(), "the lock was released before the other requests ran"
+    finally:
+        safety.cancel()
+        safety.join()
+        locker.rollback()
+        locker.close()
+    response = await asyncio.wait_for(writing, 10)
+    assert response.status in (200, 204), await response.text()

@@ -47,7 +47,9 @@ class Accounts:
         # Compared against when the user does not exist, so that an unknown user and a wrong
         # key take the same path and the same time.
         self._decoy_hash = keyed_hash(self._hash_key, new_secret())
-        self._verified: set[tuple[str, str]] = set()
+        # Pairs verified, by the data version they were verified at: only at that version
+        # are they trusted (on PostgreSQL they are verified in several threads at once).
+        self._verified: dict[tuple[str, str], int] = {}
         self._verified_version = -1
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Accounts per process, never freed
@@ -78,12 +80,12 @@ class Accounts:
         if version != self._verified_version:
             self._verified.clear()
             self._verified_version = version
-        if (uuid, secret) in self._verified:
+        if self._verified.get((uuid, secret)) == version:
             return uuid
         self._check_key(uuid, secret)
         if len(self._verified) >= MAX_VERIFIED:
             self._verified.clear()
-        self._verified.add((uuid, secret))
+        self._verified[(uuid, secret)] = version
         return uuid
 
     def _check_key(self, uuid: str, secret: str) -> None:

@@ -20,6 +20,7 @@ from openhosting.errors import BillingError, MissingError
 from openhosting.services.usage_days import DAY_SECONDS, usage_per_day
 from openhosting.store import billing as billing_store
 from openhosting.store import drives as drive_store
+from openhosting.store import row_locks
 from openhosting.store.billing import Usage
 from openhosting.store.records import UsageRecord, UserRecord
 
@@ -52,7 +53,11 @@ class Billing:
 
     # -- checks, called by the services that would take more ---------------------------
 
-    def _account(self, connection: Connection, user: str) -> UserRecord:
+    def _account(self, connection: Connection, user: str, lock: bool = False) -> UserRecord:
+        """The account of `user`; with `lock`, its row held until the transaction ends: a
+        check and the write it allows are then safe from another node's (store/row_locks.py)."""
+        if lock:
+            row_locks.lock_user(connection, user)
         account = billing_store.account_of(connection, user)
         if account is None:
             raise MissingError(f"User {user} could not be found")
@@ -74,7 +79,7 @@ class Billing:
     ) -> None:
         """Taking `extra` drive bytes in `tier` (in place of drive `excluding`'s): within the
         account's limit on all its drives and within its limit on that tier, if any."""
-        account = self._account(connection, user)
+        account = self._account(connection, user, lock=True)
         limit = account.max_drive_bytes
         if limit is not None:
             used = drive_store.total_size_of(connection, user, excluding)
@@ -93,7 +98,7 @@ class Billing:
         self._require_balance(account)
 
     def check_new_server(self, connection: Connection, user: str) -> None:
-        account = self._account(connection, user)
+        account = self._account(connection, user, lock=True)
         limit = account.max_servers
         if limit is not None:
             servers = billing_store.current_usage(connection, user).servers
@@ -104,7 +109,7 @@ class Billing:
     def check_server_start(
         self, connection: Connection, user: str, server: str, cpu: int, mem: int
     ) -> None:
-        account = self._account(connection, user)
+        account = self._account(connection, user, lock=True)
         usage = billing_store.current_usage(connection, user, excluding_server=server)
         for what, used, asked, limit in (
             ("cpu", usage.cpu_mhz, cpu, account.max_cpu_mhz),
@@ -119,7 +124,7 @@ class Billing:
         self._require_balance(account)
 
     def check_new_resource(self, connection: Connection, user: str) -> None:
-        self._require_balance(self._account(connection, user))
+        self._require_balance(self._account(connection, user, lock=True))
 
     # -- balances and metering ---------------------------------------------------------
 
@@ -145,7 +150,9 @@ class Billing:
         """Charge every account for what it held since it was last metered."""
         now = time.time() if now is None else now
         with self._engine.begin() as connection:
-            for account in billing_store.all_accounts(connection):
+            # Every API node meters: the rows held, a node that meters after another sees
+            # its `metered_at` and charges only what came since (never the same hour twice).
+            for account in billing_store.all_accounts(connection, lock=True):
                 start = account.metered_at
                 if start is None or now <= start:
                     billing_store.charge(connection, account.uuid, 0, now)

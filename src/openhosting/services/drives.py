@@ -50,7 +50,8 @@ from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.write_stage import WriteStage
 from openhosting.store import drives as drive_store
-from openhosting.store import space_reserve
+from openhosting.store import row_locks, space_reserve
+from openhosting.store.executor import StoreExecutor
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, DriveRecord, drive_settings_columns
@@ -122,8 +123,10 @@ class Drives:
         cipher: str,
         billing: Billing,
         hosts: Hosts,
+        store: StoreExecutor,
     ) -> None:
         self._billing = billing
+        self._store = store  # where the create's transactions run (off the loop on PostgreSQL)
         self._hosts = hosts
         self._engine = engine
         self._reader = reader
@@ -280,9 +283,7 @@ class Drives:
         )
         files = self.tiers.of(settings.tier)
         uuid = str(uuid_module.uuid4())
-        with self._engine.connect() as connection:
-            self._check_drive_limit(connection, user, settings.size, settings.tier)
-            host = self._hosts.place_drive(connection, settings.size, settings.tier, settings.avoid)
+        host = await self._store.run(self._place_new, user, settings)
         wrapped: dict[str, bytes | None] = {"wrapped_passphrase": None, "wrapped_master_key": None}
         try:
             if settings.cipher == "none":
@@ -300,21 +301,9 @@ class Drives:
                 }
         except OSError as error:
             raise storage_error(error, "create the drive") from None
-        with Reverter() as revert:
+        async with Reverter() as revert:
             revert.add(functools.partial(files.destroy, uuid))
-            with self._engine.begin() as connection:
-                # Checked again: another create may have finished while the file was made.
-                self._check_drive_limit(connection, user, settings.size, settings.tier)
-                drive_store.insert_drive(
-                    connection,
-                    uuid=uuid,
-                    user=user,
-                    cipher=settings.cipher,
-                    created_at=time.time(),  # sub-second: lists keep creation order
-                    host=host,
-                    **drive_settings_columns(settings),
-                    **wrapped,
-                )
+            await self._store.run(self._insert_new, user, uuid, settings, host, wrapped)
             revert.success()
         log.info(
             "event=drive_created user=%s drive=%s size=%s cipher=%s tier=%s host=%s",
@@ -325,7 +314,36 @@ class Drives:
             settings.tier,
             host,
         )
-        return self.info(user, uuid)
+        return await self._store.run(self.info, user, uuid)
+
+    def _place_new(self, user: str, settings: DriveSettings) -> str:
+        """The host for a new drive of `user` with `settings`, once its limit allows it."""
+        with self._engine.connect() as connection:
+            self._check_drive_limit(connection, user, settings.size, settings.tier)
+            return self._hosts.place_drive(connection, settings.size, settings.tier, settings.avoid)
+
+    def _insert_new(
+        self,
+        user: str,
+        uuid: str,
+        settings: DriveSettings,
+        host: str,
+        wrapped: dict[str, bytes | None],
+    ) -> None:
+        """The row of the new drive, its limit checked again in the same transaction (holding
+        the user's row): another create may have finished while the file was made."""
+        with self._engine.begin() as connection:
+            self._check_drive_limit(connection, user, settings.size, settings.tier)
+            drive_store.insert_drive(
+                connection,
+                uuid=uuid,
+                user=user,
+                cipher=settings.cipher,
+                created_at=time.time(),  # sub-second: lists keep creation order
+                host=host,
+                **drive_settings_columns(settings),
+                **wrapped,
+            )
 
     async def set(self, user: str, uuid: str, properties: dict[str, str]) -> dict[str, Value]:
         # The checks, the new row and the resize in flight come with no await between them:
@@ -333,6 +351,10 @@ class Drives:
         # until the file has its new size. The row is the truth; a daemon killed before the
         # file follows is put right at the next start (`repair_files`).
         with self._engine.begin() as connection:
+            # The user's row (a bigger size is checked against their limit), then the drive's:
+            # another node's claim or job on it waits for this change (store/row_locks.py).
+            row_locks.lock_user(connection, user)
+            row_locks.lock_drives(connection, [uuid])
             row = self._owned(connection, user, uuid)
             if row.imaging:
                 raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
@@ -381,6 +403,7 @@ class Drives:
 
         def delete_row(connection: Connection) -> None:
             # Its tier's files first: a drive whose tier the configuration lost keeps its row.
+            row_locks.lock_drives(connection, [uuid])  # no claim or job lands meanwhile
             found.append(self.files_of(self._owned(connection, user, uuid)))
             self._check_busy(connection, uuid, "destroyed")
             self.operations.check(uuid, DESTROY)

@@ -14,24 +14,31 @@ The rules:
 - At most `storage.imaging_concurrency` jobs run at once on the host; the others wait.
 - DST's info shows `imaging queued`, then `imaging NN%`; the key is absent when nothing is
   pending. After a failure it shows `imaging:error REASON` until another job into it starts.
-- Each job is a row (store/jobs.py). A daemon that stops or dies mid-job starts that job
-  again from the beginning on its next start; the claims stay in place meanwhile.
+- Each job is a row (store/jobs.py), run by the daemon that claims it (`FOR UPDATE SKIP
+  LOCKED`: several daemons may share one PostgreSQL) under a lease it renews. A job whose
+  daemon stopped is queued again; one whose daemon died is started again from the beginning,
+  by the next start on SQLite, by another daemon once the lease ran out on PostgreSQL. The
+  claims stay in place meanwhile (docs/cluster.md).
 
 The bytes are moved by storage/imaging.py in a thread pool of its own, so jobs never take
 the worker threads that serve reads and writes, and the event loop stays free.
 """
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
 from openhosting.services.drives import Drives
@@ -40,6 +47,9 @@ from openhosting.storage.gzip_stream import GzipStreamError
 from openhosting.storage.imaging import CONVERSIONS, PIPELINES, Endpoint, ImagingStopped, Tracker
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
+from openhosting.store import notifications, row_locks
+from openhosting.store.database import is_sqlite
+from openhosting.store.executor import StoreExecutor
 from openhosting.store.jobs import DESTINATION, DONE, FAILED, QUEUED, RUNNING, SOURCE
 from openhosting.store.records import ClaimRecord, DriveRecord, JobRecord
 from openhosting.store.tables import PLATFORM_USER
@@ -51,6 +61,11 @@ SECONDS_PER_DAY = 86400
 PRUNE_INTERVAL = 3600
 # How long a stopping daemon waits for running jobs to notice and let go of their drives.
 STOP_TIMEOUT = 30.0
+# How long a daemon's claim on a job holds unless renewed (it renews three times per lease):
+# a daemon that dies mid-job has its jobs taken over by another about this long after.
+LEASE_SECONDS = 15.0
+# The longest wait between two looks for jobs to claim (NOTIFY wakes the daemons sooner).
+POLL_SECONDS = 5.0
 
 
 class Imaging:
@@ -64,8 +79,17 @@ class Imaging:
         max_rate: int = 0,
         retention_days: int = 30,
         events: EventBus | None = None,
+        store: StoreExecutor | None = None,
+        owner: str = "",
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self._engine = engine
+        # Where the claims and leases are written (a worker thread on PostgreSQL).
+        self._store = store if store is not None else StoreExecutor(engine)
+        # Who this daemon is in a job's `owner`: unique among the daemons on the database.
+        self._owner = owner or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        self._lease = lease_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._events = events if events is not None else EventBus()
         # The last percentage told to the event feed, per job: progress is published when it
         # moves, not at every report.
@@ -77,13 +101,11 @@ class Imaging:
         self._retention = max(0, retention_days) * SECONDS_PER_DAY
         self._pruned_at = float("-inf")
         self._running = False
-        self._slots: asyncio.Semaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
-        # One lock per destination, so that jobs into one drive run one after another, in
-        # the order they were accepted (asyncio locks wake their waiters in order).
-        self._dst_locks: dict[str, asyncio.Lock] = {}
-        self._dst_jobs: Counter[str] = Counter()
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Set to look for jobs to claim now (one accepted, one ended, another node's NOTIFY).
+        self._wakeup = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []  # the claiming and the leases' renewal
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # the jobs this daemon runs
         self._stops: dict[int, threading.Event] = {}  # of the jobs whose bytes are moving
 
     # -- requests ------------------------------------------------------------------------
@@ -97,6 +119,8 @@ class Imaging:
         if dst == src:
             raise UsageError(f"Drive {dst} cannot be imaged from itself")
         with self._engine.begin() as connection:
+            # Both rows held: another node's claim, job or destroy on them waits for this one.
+            row_locks.lock_drives(connection, [dst, src])
             dst_row = drive_store.get_drive(connection, dst)
             if dst_row is None or dst_row.user != user:
                 raise MissingError(f"Drive {dst} could not be found")
@@ -121,6 +145,7 @@ class Imaging:
                 job_store.insert_job_claim(connection, job_id, src, user, SOURCE)
             if not dst_row.imaging:
                 drive_store.update_drive(connection, dst, imaging="queued")
+            notifications.notify(connection, notifications.JOBS)  # any node may run it
             job = job_store.get_job(connection, job_id)
         assert job is not None
         log.info(
@@ -128,8 +153,7 @@ class Imaging:
             job_id, user, dst, src, conversion or "none",
         )  # fmt: skip
         self._publish(job, "queued")
-        if self._running:
-            self._spawn(job)
+        self._wakeup.set()
         return job_id
 
     def _check_destination(self, connection: Connection, dst: str) -> None:
@@ -177,37 +201,52 @@ class Imaging:
     # -- the runner ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Run every pending job, those a previous daemon left unfinished first."""
+        """Run pending jobs, those a previous daemon left unfinished first, then whatever is
+        queued, by whichever daemon on the database claims it first."""
         if self._running:
             return
         with self._engine.begin() as connection:
             orphans = job_store.delete_orphan_job_claims(connection)
-            pending = job_store.pending_jobs(connection)
-            job_store.clear_imaging_status(connection)
-            for job in pending:
-                if job.state == RUNNING:
-                    job_store.update_job(
-                        connection, job.id, state=QUEUED, started_at=None, bytes_done=0
-                    )
-                    log.warning(
-                        "event=imaging_restarted job=%s drive=%s reason=interrupted",
-                        job.id, job.dst,
-                    )  # fmt: skip
-                drive_store.update_drive(connection, job.dst, imaging="queued")
+            if is_sqlite(self._engine):
+                # One process writes a SQLite file: a running job was its predecessor's, dead
+                # or stopped. With several daemons on PostgreSQL, another's lease says whether
+                # it still runs: the claiming takes it over once the lease has run out.
+                self._requeue_all(connection)
         if orphans:
             log.warning("event=imaging_claims_released count=%s reason=no_pending_job", orphans)
         self._prune_expired()
-        self._slots = asyncio.Semaphore(self._concurrency)
         self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="imaging")
         self._running = True
+        loop = self._loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._claim_loop(), name="imaging-claims"),
+            loop.create_task(self._renew_loop(), name="imaging-leases"),
+        ]
+
+    def _requeue_all(self, connection: Connection) -> None:
+        pending = job_store.pending_jobs(connection)
+        job_store.clear_imaging_status(connection)
         for job in pending:
-            self._spawn(job)
+            if job.state == RUNNING:
+                job_store.update_job(
+                    connection, job.id, state=QUEUED, started_at=None, bytes_done=0,
+                    owner=None, lease_until=None,
+                )  # fmt: skip
+                log.warning(
+                    "event=imaging_restarted job=%s drive=%s reason=interrupted",
+                    job.id, job.dst,
+                )  # fmt: skip
+            drive_store.update_drive(connection, job.dst, imaging="queued")
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop running jobs (they start again on the next start) and stop taking new ones."""
+        """Stop running jobs (queued again: another daemon, or the next start, runs them)
+        and stop taking new ones."""
         if not self._running:
             return
-        self._running = False  # accepted jobs now wait in the database for the next start
+        self._running = False  # accepted jobs now wait in the database
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for job_id, task in list(self._tasks.items()):
             if job_id in self._stops:
                 self._stops[job_id].set()
@@ -218,34 +257,82 @@ class Imaging:
         assert self._executor is not None
         self._executor.shutdown(wait=False)
 
+    def notified(self) -> None:
+        """Another node queued or let go of a job (`oh_jobs`): look for one to claim now.
+        Called from the listening thread."""
+        if self._loop is not None and self._running:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def _claim_loop(self) -> None:
+        """Claim jobs while slots are free: when woken (a job accepted or ended here, another
+        node's NOTIFY), and at least every poll interval (a lost notification, a lease run
+        out)."""
+        poll = min(POLL_SECONDS, self._lease / 2)
+        while True:
+            self._wakeup.clear()
+            free = self._concurrency - len(self._tasks)
+            if free > 0:
+                try:
+                    claimed = await self._store.run(self._claim, free)
+                except SQLAlchemyError as error:
+                    log.error("event=imaging_claim_failed error=%s", error)
+                    claimed = []
+                for job in claimed:
+                    self._spawn(job)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), poll)
+
+    def _claim(self, limit: int) -> list[JobRecord]:
+        now = time.time()
+        with self._engine.begin() as connection:
+            taken = job_store.claim_jobs(connection, self._owner, limit, now, self._lease)
+            for job, taken_over in taken:
+                if taken_over:
+                    log.warning(
+                        "event=imaging_restarted job=%s drive=%s reason=lease_expired owner=%s",
+                        job.id, job.dst, job.owner,
+                    )  # fmt: skip
+                drive_store.update_drive(connection, job.dst, imaging="0%", imaging_error=None)
+        for job, _ in taken:
+            log.info("event=imaging_started job=%s drive=%s", job.id, job.dst)
+            self._publish(job, "0%")
+        return [job for job, _ in taken]
+
+    async def _renew_loop(self) -> None:
+        """Renew the leases of the jobs this daemon runs, three times per lease."""
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            if not self._tasks:
+                continue
+            try:
+                await self._store.run(self._renew)
+            except SQLAlchemyError as error:
+                log.error("event=imaging_lease_renewal_failed error=%s", error)
+
+    def _renew(self) -> None:
+        with self._engine.begin() as connection:
+            job_store.renew_leases(connection, self._owner, time.time() + self._lease)
+
     def _spawn(self, job: JobRecord) -> None:
         task = asyncio.get_running_loop().create_task(self._run(job), name=f"imaging-{job.id}")
         self._tasks[job.id] = task
 
     async def _run(self, job: JobRecord) -> None:
-        dst = job.dst
-        lock = self._dst_locks.setdefault(dst, asyncio.Lock())
-        self._dst_jobs[dst] += 1
         try:
-            async with lock:
-                assert self._slots is not None
-                async with self._slots:
-                    await self._execute(job)
+            await self._execute(job)
         except asyncio.CancelledError:
-            pass  # the daemon is stopping: the job stays queued for the next start
+            self._requeue(job)  # the daemon is stopping before the bytes moved
         finally:
-            self._dst_jobs[dst] -= 1
-            if not self._dst_jobs[dst]:
-                del self._dst_jobs[dst], self._dst_locks[dst]
             self._tasks.pop(job.id, None)
+            self._wakeup.set()  # a slot is free, and the next job into its drive may run
 
     async def _execute(self, job: JobRecord) -> None:
         if not self._running:
+            self._requeue(job)  # claimed as the daemon began to stop: for another to run
             return
         stop = self._stops[job.id] = threading.Event()
         started = time.monotonic()
         try:
-            self._mark_running(job)
             loop = asyncio.get_running_loop()
             total = await loop.run_in_executor(self._executor, self._work, job, stop)
         except ImagingStopped:
@@ -292,7 +379,11 @@ class Imaging:
         percent = min(99, done * 100 // total) if total else 0
         with self._engine.begin() as connection:
             self._check_source_remains(job, connection)
-            job_store.update_job(connection, job.id, bytes_done=done, bytes_total=total)
+            if not job_store.update_owned_job(
+                connection, job.id, self._owner, bytes_done=done, bytes_total=total
+            ):
+                # Another daemon took the job over (this one's lease ran out): stop moving.
+                raise ImagingStopped("another daemon took the job over")
             drive_store.update_drive(connection, job.dst, imaging=f"{percent}%")
         self._publish(job, f"{percent}%")
 
@@ -321,19 +412,16 @@ class Imaging:
 
     # -- job states ----------------------------------------------------------------------
 
-    def _mark_running(self, job: JobRecord) -> None:
-        with self._engine.begin() as connection:
-            job_store.update_job(
-                connection, job.id, state=RUNNING, started_at=time.time(), bytes_done=0
-            )
-            drive_store.update_drive(connection, job.dst, imaging="0%", imaging_error=None)
-        log.info("event=imaging_started job=%s drive=%s", job.id, job.dst)
-        self._publish(job, "0%")
-
     def _requeue(self, job: JobRecord) -> None:
         with self._engine.begin() as connection:
-            job_store.update_job(connection, job.id, state=QUEUED, started_at=None, bytes_done=0)
+            if not job_store.update_owned_job(
+                connection, job.id, self._owner, state=QUEUED, started_at=None, bytes_done=0,
+                owner=None, lease_until=None,
+            ):  # fmt: skip
+                log.warning("event=imaging_lease_lost job=%s drive=%s", job.id, job.dst)
+                return
             drive_store.update_drive(connection, job.dst, imaging="queued")
+            notifications.notify(connection, notifications.JOBS)  # another node may take it
         log.info("event=imaging_interrupted job=%s drive=%s", job.id, job.dst)
         self._publish(job, "queued")
 
@@ -345,8 +433,12 @@ class Imaging:
         else:
             values.update(bytes_done=total, bytes_total=total)
         with self._engine.begin() as connection:
-            job_store.update_job(connection, job.id, **values)
+            if not job_store.update_owned_job(connection, job.id, self._owner, **values):
+                # Taken over by another daemon (this one's lease ran out): its end is theirs.
+                log.warning("event=imaging_lease_lost job=%s drive=%s", job.id, job.dst)
+                return
             job_store.delete_job_claims(connection, job.id)
+            notifications.notify(connection, notifications.JOBS)  # the next job into DST
             waiting = job_store.pending_jobs_into(connection, job.dst)
             status = {"imaging": "queued" if waiting else None}
             if error:

@@ -1,6 +1,8 @@
 """The platform: every service assembled from one configuration, for the daemon and the
 admin tool alike."""
 
+import os
+import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -21,8 +23,10 @@ from openhosting.services.servers import Servers
 from openhosting.services.standard_drives import StandardDrives
 from openhosting.services.web_sessions import WebSessions
 from openhosting.storage.drive_tiers import DriveTiers
-from openhosting.store.database import open_engine
+from openhosting.store import notifications
+from openhosting.store.database import is_sqlite, open_engine
 from openhosting.store.executor import StoreExecutor
+from openhosting.store.notifications import ChangeFeed, Listener
 from openhosting.store.platform_key import derive_key, load_or_create_platform_key
 from openhosting.store.reader import Reader
 
@@ -48,6 +52,27 @@ class Platform:
     # Where the event loop's database work runs (worker threads unless SQLite).
     store: StoreExecutor
     hosts: Hosts
+    # What the caches know of other nodes' writes (PostgreSQL; heard through `listen`).
+    changes: ChangeFeed
+
+    def listen(self) -> Listener | None:
+        """On PostgreSQL, the daemon's one listening connection, started: other nodes'
+        writes reach the caches, their queued jobs the imaging service. None on SQLite."""
+        if is_sqlite(self.engine):
+            return None
+        imaging, changes = self.imaging, self.changes
+
+        def heard(channel: str, _payload: str) -> None:
+            if channel == notifications.JOBS:
+                imaging.notified()
+            else:
+                changes.changed()
+
+        listener = Listener(
+            self.engine, [notifications.JOBS, notifications.CHANGES], heard, changes.connected
+        )
+        listener.start()
+        return listener
 
     def close(self) -> None:
         self.store.close()
@@ -61,7 +86,11 @@ def open_platform(config: Config) -> Platform:
     config.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     platform_key = load_or_create_platform_key(config.platform_key_path)
     engine = open_engine(config.store_url)
-    reader = Reader(engine)
+    changes = ChangeFeed()
+    if not is_sqlite(engine):
+        changes.watch(engine)  # this process's commits; others' come through `listen`
+    reader = Reader(engine, changes=changes)
+    store = StoreExecutor(engine)
     billing = Billing(engine, config.billing)
     hosts = Hosts(engine, config)
     drives = Drives(
@@ -72,6 +101,7 @@ def open_platform(config: Config) -> Platform:
         config.storage.default_cipher,
         billing,
         hosts,
+        store,
     )
     pool, network_driver = open_network(
         config.network, config.run_path / "network", config.hypervisor.run_as
@@ -80,7 +110,7 @@ def open_platform(config: Config) -> Platform:
     networks = ServerNetworks(engine, resources, pool, network_driver)
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
-    servers = Servers(engine, reader, drives, config, networks, billing, events)
+    servers = Servers(engine, reader, drives, config, networks, billing, events, store=store)
     consoles = Consoles(engine, servers, config.api.console_token_seconds)
     events.add_listener(consoles.observe_event)  # a VM that ends closes its consoles
     return Platform(
@@ -97,6 +127,9 @@ def open_platform(config: Config) -> Platform:
             config.storage.imaging_max_rate,
             config.storage.job_retention_days,
             events,
+            store=store,
+            owner=f"{secrets.token_hex(4)}/{os.getpid()}/{hosts.name}"[:64],
+            lease_seconds=max(1, config.storage.imaging_lease_seconds),
         ),
         standard_drives=StandardDrives(engine, drives.files, hosts.name),
         resources=resources,
@@ -105,6 +138,7 @@ def open_platform(config: Config) -> Platform:
         events=events,
         consoles=consoles,
         web_sessions=WebSessions(engine, config.api.session_seconds),
-        store=StoreExecutor(engine),
+        store=store,
         hosts=hosts,
+        changes=changes,
     )

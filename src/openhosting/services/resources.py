@@ -26,12 +26,17 @@ from openhosting.network.pool import AddressPool
 from openhosting.services.billing import Billing
 from openhosting.services.off_loop import built_off_loop, worker_connection
 from openhosting.store import resources as resource_store
+from openhosting.store import row_locks
 from openhosting.store import users as user_store
 from openhosting.store.reader import Reader
 from openhosting.store.records import ResourceRecord, resource_settings_columns
 from openhosting.wire.payload import Value
 
 log = logging.getLogger("openhosting.resources")
+
+# How many free addresses a create picking one for the caller tries (each taken at once by
+# another create) before it answers 409.
+ADDRESS_ATTEMPTS = 3
 
 
 def _missing(kind: str, resource: str) -> MissingError:
@@ -74,9 +79,14 @@ class Resources:
 
     # -- lookups -------------------------------------------------------------------------
 
-    def owned(self, connection: Connection, user: str, kind: str, resource: str) -> ResourceRecord:
-        """The user's resource; 404 for anyone else's or none."""
+    def owned(
+        self, connection: Connection, user: str, kind: str, resource: str, lock: bool = False
+    ) -> ResourceRecord:
+        """The user's resource; 404 for anyone else's or none. With `lock`, its row held
+        until the transaction ends (store/row_locks.py)."""
         canonical = parse_resource_id(kind, resource)
+        if canonical and lock:
+            row_locks.lock_resource(connection, kind, canonical)
         row = resource_store.get_resource(connection, kind, canonical) if canonical else None
         if row is None or row.user != user:
             raise _missing(kind, resource)
@@ -120,33 +130,50 @@ class Resources:
         settings, wanted = apply_resource_properties(
             kind, ResourceSettings(), properties, creating=True
         )
-        try:
-            with self._engine.begin() as connection:
-                self._check_limit(connection, user, kind)
-                if self._billing is not None:
-                    self._billing.check_new_resource(connection, user)  # the balance
-                resource = (
-                    self._choose_address(connection, wanted)
-                    if kind == "ip"
-                    else str(uuid_module.uuid4())
-                )
-                resource_store.insert_resource(
-                    connection,
-                    type=kind,
-                    resource=resource,
-                    user=user,
-                    created_at=int(time.time()),
-                    **resource_settings_columns(settings),
-                )
-                row = resource_store.get_resource(connection, kind, resource)
-        except IntegrityError:
-            # Only a concurrent writer (another process on the same file) gets here.
-            raise BusyError(f"Resource {kind} {wanted or ''} was just taken; try again") from None
-        assert row is not None
-        log.info("event=resource_created user=%s type=%s resource=%s", user, kind, resource)
+        # An address picked for the caller may be taken at once by another create (another
+        # node's, or a worker thread's of this one): the next free one is tried, a few times.
+        attempts = ADDRESS_ATTEMPTS if kind == "ip" and wanted is None else 1
+        for attempt in range(attempts):
+            try:
+                row = self._insert(user, kind, settings, wanted)
+                break
+            except IntegrityError:
+                if attempt + 1 == attempts:
+                    raise BusyError(
+                        f"Resource {kind} {wanted or ''} was just taken; try again"
+                    ) from None
+        log.info("event=resource_created user=%s type=%s resource=%s", user, kind, row.resource)
         return self.resource_info(row)
 
+    def _insert(
+        self, user: str, kind: str, settings: ResourceSettings, wanted: str | None
+    ) -> ResourceRecord:
+        """A new resource of `user`, within their limit: the address `wanted` or a free one
+        for an IP, a new UUID for a VLAN. IntegrityError if another took it meanwhile."""
+        with self._engine.begin() as connection:
+            self._check_limit(connection, user, kind)
+            if self._billing is not None:
+                self._billing.check_new_resource(connection, user)  # the balance
+            resource = (
+                self._choose_address(connection, wanted)
+                if kind == "ip"
+                else str(uuid_module.uuid4())
+            )
+            resource_store.insert_resource(
+                connection,
+                type=kind,
+                resource=resource,
+                user=user,
+                created_at=int(time.time()),
+                **resource_settings_columns(settings),
+            )
+            row = resource_store.get_resource(connection, kind, resource)
+        assert row is not None
+        return row
+
     def _check_limit(self, connection: Connection, user: str, kind: str) -> None:
+        # The user's row held: another node's create of this user waits for this count.
+        row_locks.lock_user(connection, user)
         account = user_store.get_user(connection, user)
         limit = (
             None if account is None else {"ip": account.max_ips, "vlan": account.max_vlans}[kind]
@@ -160,6 +187,7 @@ class Resources:
             )
 
     def _choose_address(self, connection: Connection, wanted: str | None) -> str:
+        row_locks.lock_address_pool(connection)  # another node's pick waits for this one
         taken = taken_addresses(connection)
         if wanted is not None:
             if wanted not in self._pool:
@@ -195,7 +223,9 @@ class Resources:
     def destroy(self, user: str, kind: str, resource: str) -> None:
         check_type(kind)
         with self._engine.begin() as connection:
-            row = self.owned(connection, user, kind, resource)
+            # Its row held: a server starting with it (another node's, or a worker thread's)
+            # waits, then finds it gone; or it holds it first and this destroy is busy.
+            row = self.owned(connection, user, kind, resource, lock=True)
             name = row.resource
             if kind == "ip":
                 holders = [h] if (h := resource_store.holder_of_address(connection, name)) else []

@@ -33,6 +33,7 @@ from openhosting.network.pool import AddressPool
 from openhosting.reverter import Reverter
 from openhosting.services.resources import Resources, taken_addresses
 from openhosting.store import resources as resource_store
+from openhosting.store import row_locks
 from openhosting.store.records import NicRecord
 
 log = logging.getLogger("openhosting.network")
@@ -96,7 +97,9 @@ class ServerNetworks:
                 " from /resources/ip/list"
             ) from None
 
-    def _check_nic(self, connection: Connection, user: str, nic: NicConfig) -> None:
+    def _check_nic(
+        self, connection: Connection, user: str, nic: NicConfig, lock: bool = False
+    ) -> None:
         if nic.vlan is not None:
             if self.driver.mode == "user":
                 raise UsageError(
@@ -104,14 +107,14 @@ class ServerNetworks:
                     " this platform runs user-mode networking"
                 )
             try:
-                self._resources.owned(connection, user, "vlan", nic.vlan)
+                self._resources.owned(connection, user, "vlan", nic.vlan, lock=lock)
             except MissingError:
                 raise MissingError(
                     f"nic:{nic.index}:vlan: VLAN {nic.vlan} could not be found"
                 ) from None
         if nic.dhcp is not None and nic.dhcp != "auto":
             try:
-                self._resources.owned(connection, user, "ip", nic.dhcp)
+                self._resources.owned(connection, user, "ip", nic.dhcp, lock=lock)
             except MissingError:
                 raise MissingError(
                     f"nic:{nic.index}:dhcp: IP {nic.dhcp} could not be found among your"
@@ -154,9 +157,12 @@ class ServerNetworks:
         plans: list[NicPlan] = []
         with self._engine.begin() as connection:
             resource_store.delete_nics(connection, server)  # a crashed start's leftovers
+            # The pool, then the rows of the resources it uses, held until the NICs are in:
+            # a destroy of one, or another node's pick of an address, waits for this start.
+            row_locks.lock_address_pool(connection)
             taken = taken_addresses(connection)
             for nic in config.nics:
-                self._check_nic(connection, user, nic)
+                self._check_nic(connection, user, nic, lock=True)
                 plan = self._plan(connection, server, nic, taken)
                 if plan.address is not None:
                     taken.add(plan.address)

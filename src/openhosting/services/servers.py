@@ -45,8 +45,9 @@ from openhosting.services.server_lifecycle import DUMPED, ServerLifecycle
 from openhosting.services.server_network import ServerNetworks
 from openhosting.storage.drive_files import file_is_available
 from openhosting.store import drives as drive_store
+from openhosting.store import row_locks, space_reserve
 from openhosting.store import servers as server_store
-from openhosting.store import space_reserve
+from openhosting.store.executor import StoreExecutor
 from openhosting.store.reader import Reader
 from openhosting.store.records import ServerRecord, encode_server_config
 from openhosting.wire.payload import Value
@@ -81,8 +82,11 @@ class Servers:
         billing: Billing | None = None,
         events: EventBus | None = None,
         driver: HypervisorDriver | None = None,
+        store: StoreExecutor | None = None,
     ) -> None:
         self._billing = billing
+        # Where the create's checks and insert run (off the loop on PostgreSQL).
+        self._store = store if store is not None else StoreExecutor(engine)
         self._engine = engine
         self._reader = reader
         self._drives = drives
@@ -246,19 +250,8 @@ class Servers:
 
     async def create(self, user: str, properties: dict[str, str], start: bool) -> dict[str, Value]:
         config = ServerConfig.from_properties(properties)
-        self._check_config(user, config)
         uuid = str(uuid_module.uuid4())
-        with self._engine.begin() as connection:
-            if self._billing is not None:
-                self._billing.check_new_server(connection, user)
-            server_store.insert_server(
-                connection,
-                uuid=uuid,
-                user=user,
-                config=encode_server_config(config),
-                status="stopped",
-                created_at=time.time(),  # sub-second: lists keep creation order
-            )
+        await self._store.run(self._insert_new, user, uuid, config)
         log.info("event=server_created user=%s server=%s", user, uuid)
         if start:
             with Reverter() as revert:
@@ -267,6 +260,21 @@ class Servers:
                 await self.start(user, uuid)
                 revert.success()
         return await self.info(user, uuid)
+
+    def _insert_new(self, user: str, uuid: str, config: ServerConfig) -> None:
+        """The row of a new stopped server, once its drives, resources and limit allow it."""
+        self._check_config(user, config)
+        with self._engine.begin() as connection:
+            if self._billing is not None:
+                self._billing.check_new_server(connection, user)  # holds the user's row
+            server_store.insert_server(
+                connection,
+                uuid=uuid,
+                user=user,
+                config=encode_server_config(config),
+                status="stopped",
+                created_at=time.time(),  # sub-second: lists keep creation order
+            )
 
     def _delete_new(self, uuid: str) -> None:
         with self._engine.begin() as connection:
@@ -366,6 +374,9 @@ class Servers:
         config: ServerConfig,
         drives: list[AttachableDrive],
     ) -> None:
+        # Their rows held: a claim, an imaging job or a destroy of one of them by another
+        # node waits for this transaction and then sees its claims.
+        row_locks.lock_drives(connection, [d.uuid for d in drives])
         existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
         by_drive = {drive.uuid: drive for drive in drives}
         for claim in existing:

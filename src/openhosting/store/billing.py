@@ -58,9 +58,12 @@ def account_of(connection: Connection, user: str) -> UserRecord | None:
     return UserRecord.from_row(row) if row is not None else None
 
 
-def all_accounts(connection: Connection) -> list[UserRecord]:
-    """Every account a key opens (not the platform user's)."""
-    query = select(users).where(users.c.key_hash != "")
+def all_accounts(connection: Connection, lock: bool = False) -> list[UserRecord]:
+    """Every account a key opens (not the platform user's); with `lock`, their rows held
+    until the transaction ends (in one order: store/row_locks.py)."""
+    query = select(users).where(users.c.key_hash != "").order_by(users.c.uuid)
+    if lock:
+        query = query.with_for_update()
     return [UserRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 

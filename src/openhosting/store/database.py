@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from openhosting.store import space_reserve
+from openhosting.store.notifications import send_changes
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # PostgreSQL: connections the daemon keeps open (and so the worker threads of store/executor.py).
@@ -57,13 +58,16 @@ def create_store_engine(url: str) -> Engine:
     # A dead connection (the server restarted) is found before a request uses it. The
     # overflow is for the event loop's own thread and the other threads of the daemon: the
     # store's workers, all waiting on locks, must not leave them without a connection.
-    return create_engine(
+    engine = create_engine(
         parsed,
         pool_size=POOL_SIZE,
         max_overflow=POOL_SIZE,
         pool_pre_ping=True,
         connect_args={"connect_timeout": 10},
     )
+    # Other nodes cache what they read until told of a write (docs/cluster.md, 'Caches').
+    send_changes(engine)
+    return engine
 
 
 def open_engine(target: Path | str) -> Engine:

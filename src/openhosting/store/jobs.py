@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, String, and_, cast, delete, exists, insert, or_, select, update
 
 from openhosting.store.records import JobRecord
 from openhosting.store.tables import claims, drives, jobs
@@ -29,6 +29,50 @@ def get_job(connection: Connection, job_id: int) -> JobRecord | None:
 
 def update_job(connection: Connection, job_id: int, **values: Any) -> None:
     connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+
+def update_owned_job(connection: Connection, job_id: int, by: str, **values: Any) -> bool:
+    """Change job `job_id` if daemon `by` still runs it; False when another took it over
+    (its lease ran out) or it is gone."""
+    query = update(jobs).where(jobs.c.id == job_id, jobs.c.owner == by).values(**values)
+    return connection.execute(query).rowcount > 0
+
+
+def claim_jobs(
+    connection: Connection, owner: str, limit: int, now: float, lease: float
+) -> list[tuple[JobRecord, bool]]:
+    """Take up to `limit` jobs to run for `owner`, in the order they were asked for: queued
+    ones, and running ones whose lease ran out (their daemon died); never one behind an
+    earlier pending job into the same drive. Rows another transaction is taking are skipped
+    (`FOR UPDATE SKIP LOCKED`), so daemons claiming at once never take the same job. Each
+    with whether it was running (taken over). The caller's transaction commits the claim."""
+    earlier = jobs.alias("earlier")
+    behind = exists().where(
+        earlier.c.dst == jobs.c.dst, earlier.c.id < jobs.c.id, earlier.c.state.in_(PENDING)
+    )
+    runnable = or_(jobs.c.state == QUEUED, and_(jobs.c.state == RUNNING, jobs.c.lease_until < now))
+    query = (
+        select(jobs)
+        .where(runnable, ~behind)
+        .order_by(jobs.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    taken = [JobRecord.from_row(row) for row in connection.execute(query).mappings()]
+    for job in taken:
+        update_job(
+            connection, job.id, state=RUNNING, owner=owner, lease_until=now + lease,
+            started_at=now, bytes_done=0, attempts=jobs.c.attempts + 1,
+        )  # fmt: skip
+    return [(job, job.state == RUNNING) for job in taken]
+
+
+def renew_leases(connection: Connection, owner: str, until: float) -> int:
+    """Extend the lease of every job `owner` runs; how many."""
+    query = (
+        update(jobs).where(jobs.c.owner == owner, jobs.c.state == RUNNING).values(lease_until=until)
+    )
+    return int(connection.execute(query).rowcount)
 
 
 def pending_jobs(connection: Connection) -> list[JobRecord]:
@@ -85,11 +129,10 @@ def delete_job_claims(connection: Connection, job_id: int) -> None:
 
 def delete_orphan_job_claims(connection: Connection) -> int:
     """Remove imaging claims whose job is not pending; returns how many there were."""
-    pending = select(jobs.c.id).where(jobs.c.state.in_(PENDING))
-    live_holders = [str(job_id) for job_id in connection.execute(pending).scalars()]
-    query = delete(claims).where(claims.c.kind == CLAIM_KIND)
-    if live_holders:
-        query = query.where(claims.c.holder.not_in(live_holders))
+    # One statement, so one snapshot: a job another node commits meanwhile commits its claims
+    # with it, and neither is seen (read first, then deleted, its claims would go).
+    pending = select(cast(jobs.c.id, String)).where(jobs.c.state.in_(PENDING))
+    query = delete(claims).where(claims.c.kind == CLAIM_KIND, claims.c.holder.not_in(pending))
     return int(connection.execute(query).rowcount)
 
 

@@ -6,17 +6,22 @@ defined once at module level and compiled once, but run on one held driver conne
 the event loop's thread uses a Reader; everything that writes uses the engine as usual.
 
 On PostgreSQL the Reader is plain SQLAlchemy: each read checks a connection out of the pool
-(reads may come from the store's worker threads, store/executor.py), and nothing is cached in
-the process, since other processes write to the same database.
+(reads may come from the store's worker threads, store/executor.py). Other processes write to
+the same database: what is cached is trusted only while the daemon's change feed
+(store/notifications.py) has heard of no write since, and nothing is cached while the feed
+hears nothing.
 """
 
 import asyncio
 import itertools
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, PoolProxiedConnection, Select
 from sqlalchemy.sql import Executable
+
+from openhosting.store.notifications import ChangeFeed
 
 MAX_CACHED = 4096
 
@@ -26,17 +31,25 @@ T = TypeVar("T")
 class Reader:
     """One held connection running precompiled read statements."""
 
-    def __init__(self, engine: Engine, pooled: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, pooled: bool = True, changes: ChangeFeed | None = None
+    ) -> None:
         """`pooled` False: the connection is closed with the Reader rather than kept in the
-        engine's pool (a Reader made for one piece of work in a worker thread)."""
+        engine's pool (a Reader made for one piece of work in a worker thread). `changes`:
+        on PostgreSQL, what tells of writes (without it nothing is cached)."""
+        self._changes = changes
         self._engine = engine
         self._pooled = pooled
         self._connection: PoolProxiedConnection | None = None
         self._driver_connection: Any = None
         self._compiled: dict[int, tuple[Executable, str, tuple[str, ...]]] = {}
         self._keys: dict[int, tuple[Select[Any], tuple[str, ...]]] = {}
-        self._cached: dict[Hashable, Any] = {}
+        # By key: the data version it was built at, and what was built. On PostgreSQL it is
+        # filled from several threads: an entry is used only at its own version, so one built
+        # before a change never passes for one built after.
+        self._cached: dict[Hashable, tuple[int, Any]] = {}
         self._cached_version = -1
+        self._cache_lock = threading.Lock()
         self._version: int | None = None
         self._local_file = engine.dialect.name == "sqlite"
         self._versions = itertools.count()
@@ -80,7 +93,7 @@ class Reader:
         for the hottest listings, one `PRAGMA data_version` instead of a query. For reads
         only: code that has just written must not expect to see it here in the same run of
         the event loop (see `data_version`)."""
-        if not self._local_file:
+        if not self.caches:
             return self.all(statement, **params)
         key = (id(statement), *sorted(params.items()))
         return list(self.memo(key, lambda: self.all(statement, **params)))
@@ -88,20 +101,32 @@ class Reader:
     def memo(self, key: Hashable, build: Callable[[], T]) -> T:
         """What `build` gives, kept under `key` while nothing has been committed since (as
         `all_cached`): for what is made of cached reads only. The same object is given to
-        every caller meanwhile, who must not change it. On PostgreSQL nothing is kept (see
-        `data_version`): `build` runs every time."""
-        if not self._local_file:
+        every caller meanwhile, who must not change it. On PostgreSQL without a live change
+        feed nothing is kept (see `data_version`): `build` runs every time."""
+        if not self.caches:
             return build()
         version = self.data_version()
-        if version != self._cached_version:
-            self._cached.clear()
-            self._cached_version = version
-        if key in self._cached:
-            return self._cached[key]
-        if len(self._cached) >= MAX_CACHED:
-            self._cached.clear()
-        made = self._cached[key] = build()
+        with self._cache_lock:
+            if version != self._cached_version:
+                self._cached.clear()
+                self._cached_version = version
+            entry = self._cached.get(key)
+        if entry is not None and entry[0] == version:
+            return entry[1]
+        made = build()
+        with self._cache_lock:
+            if len(self._cached) >= MAX_CACHED:
+                self._cached.clear()
+            self._cached[key] = (version, made)
         return made
+
+    @property
+    def caches(self) -> bool:
+        """Whether reads may be answered from memory now: on SQLite always; on PostgreSQL
+        while the change feed hears every write."""
+        return self._local_file or (
+            self._changes is not None and self._changes.version() is not None
+        )
 
     def mappings(self, statement: Select[Any], **params: Any) -> list[dict[str, Any]]:
         """`all` with each row as a dict by column name, as `Result.mappings()` gives it.
@@ -123,11 +148,12 @@ class Reader:
         listing, say) the number is asked once: a commit landing in those microseconds is
         indistinguishable from one landing just after the request.
 
-        On PostgreSQL a new number every time: what other nodes commit is not seen here, so
-        nothing read before may be trusted again.
+        On PostgreSQL the change feed's number (it moves with every write heard of); while
+        the feed hears nothing, a new number every time: nothing read before may be trusted.
         """
         if not self._local_file:
-            return next(self._versions)
+            heard = self._changes.version() if self._changes is not None else None
+            return heard if heard is not None else -1 - next(self._versions)
         if self._version is not None:
             return self._version
         version = int(self._driver().execute("PRAGMA data_version").fetchall()[0][0])

@@ -232,6 +232,9 @@ class JobRecord:
     error: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+    attempts: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> "JobRecord":
@@ -248,6 +251,9 @@ class JobRecord:
             error=row["error"],
             started_at=_float_or_none(row["started_at"]),
             ended_at=_float_or_none(row["ended_at"]),
+            owner=row["owner"],
+            lease_until=_float_or_none(row["lease_until"]),
+            attempts=int(row["attempts"]),
         )
 
     def to_row(self) -> Columns:

@@ -152,6 +152,11 @@ jobs = Table(
     Column("created_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
     Column("ended_at", Float, nullable=True),
+    # The daemon running it (services/imaging.py), and until when that holds unless renewed:
+    # a job whose lease ran out (its daemon died) is taken by another and started again.
+    Column("owner", String(64), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),  # starts so far
     Index("jobs_by_state", "state"),
     Index("jobs_by_dst", "dst"),
 )

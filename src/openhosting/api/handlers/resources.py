@@ -40,19 +40,30 @@ async def info(request: web.Request) -> Properties:
 
 
 async def create(request: web.Request) -> Properties:
-    resources = platform_of(request).resources
+    platform = platform_of(request)
     kind = request.match_info["type"].lower()
-    return Properties(resources.create(user_of(request), kind, await _body(request)))
+    properties = await _body(request)
+    # Through the store's executor (a worker thread on PostgreSQL): the limit's check and the
+    # insert are one transaction holding the user's row, safe beside another node's.
+    return Properties(
+        await platform.store.run(platform.resources.create, user_of(request), kind, properties)
+    )
 
 
 async def set_resource(request: web.Request) -> Properties:
     kind, resource = _path(request)
     properties = await _body(request)
+    platform = platform_of(request)
     return Properties(
-        platform_of(request).resources.set(user_of(request), kind, resource, properties)
+        await platform.store.run(
+            platform.resources.set, user_of(request), kind, resource, properties
+        )
     )
 
 
 async def destroy(request: web.Request) -> None:
     kind, resource = _path(request)
-    platform_of(request).resources.destroy(user_of(request), kind, resource)
+    platform = platform_of(request)
+    # Its holders checked and its row deleted in one transaction holding the row: in a worker
+    # thread on PostgreSQL, safe beside a server start (which holds the row too).
+    await platform.store.run(platform.resources.destroy, user_of(request), kind, resource)

@@ -1,0 +1,56 @@
+"""Row locks that make a read-check-write safe when several processes write at once.
+
+A check (a limit, the claims on a drive) and the write it allows are one transaction; taking
+the row that the check is about with `SELECT … FOR UPDATE` first makes every other such
+transaction on that row wait until this one commits, and then see what it wrote (PostgreSQL's
+READ COMMITTED reads each statement anew). Two API nodes on one PostgreSQL thus never both
+pass a check that only one of them should.
+
+On SQLite the lock clause is left out (SQLAlchemy renders nothing for it): there one process
+writes, and its event loop runs one read-check-write at a time.
+
+Order, so two transactions never wait on each other: a user's row, then the address pool,
+then resources' rows, then drives' rows (by UUID).
+"""
+
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, select, text
+
+from openhosting.store.tables import drives, resources, users
+
+# Any fixed number, the same in every process: the advisory lock of the address pool.
+ADDRESS_POOL_LOCK_KEY = 0x6F68_6970  # "ohip"
+
+
+def lock_user(connection: Connection, user: str) -> None:
+    """Hold the row of `user` until the transaction ends (limits, balance)."""
+    connection.execute(select(users.c.uuid).where(users.c.uuid == user).with_for_update())
+
+
+def lock_drives(connection: Connection, uuids: Iterable[str]) -> None:
+    """Hold the rows of the drives `uuids` (those that exist) until the transaction ends
+    (their claims, imaging jobs, destroy)."""
+    wanted = sorted(set(uuids))
+    if wanted:
+        query = select(drives.c.uuid).where(drives.c.uuid.in_(wanted)).order_by(drives.c.uuid)
+        connection.execute(query.with_for_update())
+
+
+def lock_resource(connection: Connection, kind: str, resource: str) -> None:
+    """Hold the row of resource `kind` `resource` (if it exists) until the transaction ends:
+    a destroy and a server's hold of it (an address, a VLAN) wait for each other."""
+    query = select(resources.c.resource).where(
+        resources.c.type == kind, resources.c.resource == resource
+    )
+    connection.execute(query.with_for_update())
+
+
+def lock_address_pool(connection: Connection) -> None:
+    """Hold the platform's address pool until the transaction ends (PostgreSQL): an address is
+    picked among those no IP resource and no server holds, two tables that no one row stands
+    for. Nothing on SQLite, whose writer is one event loop."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADDRESS_POOL_LOCK_KEY}
+        )
