@@ -31,6 +31,7 @@ from openhosting.hypervisor.driver import (
     RUNNING,
     SHUTDOWN,
     HypervisorDriver,
+    StartRequest,
     VmEvent,
 )
 from openhosting.hypervisor.errors import HypervisorError
@@ -132,14 +133,14 @@ async def test_a_started_vm_runs_until_stopped_and_its_exit_is_the_last_event(
 ) -> None:
     driver = harness.driver
     spec = harness.spec()
-    status = await driver.start(spec)
+    status = await driver.start(StartRequest(spec))
     assert (status.server, status.state, status.reason) == (spec.uuid, RUNNING, None)
     assert status.started > 0
     assert driver.status(spec.uuid) == status
     assert driver.held() == [spec.uuid]
     assert await driver.unheld() == []
     with pytest.raises(HypervisorError):
-        await driver.start(spec)  # one VM per server
+        await driver.start(StartRequest(spec))  # one VM per server
 
     await driver.stop(spec.uuid)
     # Stopped once `stop` returns: its exit told, and nothing after it.
@@ -152,7 +153,7 @@ async def test_a_started_vm_runs_until_stopped_and_its_exit_is_the_last_event(
 
 async def test_a_killed_vm_is_gone_and_told(harness: Harness) -> None:
     spec = harness.spec()
-    await harness.driver.start(spec)
+    await harness.driver.start(StartRequest(spec))
     await harness.driver.kill(spec.uuid)
     assert harness.kinds(spec.uuid) == [EXITED]
     assert harness.driver.status(spec.uuid) is None
@@ -160,7 +161,7 @@ async def test_a_killed_vm_is_gone_and_told(harness: Harness) -> None:
 
 async def test_a_crash_is_an_exit_event_saying_so(harness: Harness) -> None:
     spec = harness.spec()
-    await harness.driver.start(spec)
+    await harness.driver.start(StartRequest(spec))
     await harness.crash(spec.uuid)
     exited = await harness.wait_for(spec.uuid, EXITED)
     assert exited.how == CRASH
@@ -177,19 +178,19 @@ async def test_a_start_that_fails_leaves_nothing_and_tells_nothing(harness: Harn
         # QEMU refuses a drive file that does not exist.
         spec = harness.spec(DiskSpec("ide:0:0", harness.workdir / "missing.raw"))
     with pytest.raises(HypervisorError):
-        await driver.start(spec)
+        await driver.start(StartRequest(spec))
     await asyncio.sleep(0.1)  # an exit would be told by now
     assert harness.events == []
     assert driver.status(spec.uuid) is None and driver.held() == []
     assert await driver.unheld() == []
     # Nothing is in the way of the next start.
-    assert (await driver.start(harness.spec())).state == RUNNING
+    assert (await driver.start(StartRequest(harness.spec()))).state == RUNNING
 
 
 async def test_a_vm_the_hypervisor_pauses_shows_paused_until_resumed(harness: Harness) -> None:
     driver = harness.driver
     spec = harness.spec()
-    await driver.start(spec)
+    await driver.start(StartRequest(spec))
     await harness.pause(spec.uuid)
     paused = await harness.wait_for(spec.uuid, PAUSED)
     assert paused.reason == "paused"  # QEMU's run state after a monitor's `stop`
@@ -206,7 +207,7 @@ async def test_a_vm_the_hypervisor_pauses_shows_paused_until_resumed(harness: Ha
 async def test_a_new_driver_adopts_the_vms_the_last_one_left_running(harness: Harness) -> None:
     first = harness.driver
     spec = harness.spec()
-    await first.start(spec)
+    await first.start(StartRequest(spec))
     await first.detach_all()  # the daemon stops; its VMs run on
     assert first.held() == [] and first.status(spec.uuid) is None
 
@@ -226,7 +227,7 @@ async def test_a_new_driver_adopts_the_vms_the_last_one_left_running(harness: Ha
 
 async def test_a_vm_nobody_holds_is_stopped_without_an_event(harness: Harness) -> None:
     spec = harness.spec()
-    await harness.driver.start(spec)
+    await harness.driver.start(StartRequest(spec))
     await harness.driver.detach_all()
     other = harness.new_driver()
     await other.stop_unheld(spec.uuid)
@@ -250,7 +251,7 @@ async def test_a_guest_power_off_gives_a_last_look_then_ends_the_vm(harness: Har
             looked.append(sorted(await driver.blockstats(event.server)))
 
     driver.listen(last_look)
-    await driver.start(spec)
+    await driver.start(StartRequest(spec))
     if isinstance(driver, QemuDriver):
         for _ in range(int(BOOT_TIMEOUT / 0.2)):
             if READY_MARKER.encode() in (driver.serial_log(spec.uuid) or b""):
@@ -281,7 +282,7 @@ async def test_a_saved_vm_stays_paused_and_a_start_from_its_state_runs_it_on(
 ) -> None:
     driver = harness.driver
     spec = harness.spec()
-    await driver.start(spec)
+    await driver.start(StartRequest(spec))
     saved = bytearray()
 
     def sink(fd: int) -> None:
@@ -299,14 +300,14 @@ async def test_a_saved_vm_stays_paused_and_a_start_from_its_state_runs_it_on(
     await driver.stop(spec.uuid)
 
     restored = dataclasses.replace(spec, incoming=True)
-    status = await driver.start(restored, restore=source, timeout=EVENT_TIMEOUT)
+    status = await driver.start(StartRequest(restored, timeout=EVENT_TIMEOUT), restore=source)
     assert status.state == RUNNING
 
 
 async def test_a_vm_whose_state_cannot_be_saved_runs_on(harness: Harness) -> None:
     driver = harness.driver
     spec = harness.spec()
-    await driver.start(spec)
+    await driver.start(StartRequest(spec))
 
     def failing_sink(fd: int) -> None:
         raise OSError(28, "No space left on device")
