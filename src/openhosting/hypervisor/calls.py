@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openhosting.hypervisor.driver import BlockStats, StartRequest, VmEvent, VmStatus
+from openhosting.hypervisor.driver import BlockStats, StartRequest, VmStatus
 from openhosting.hypervisor.spec import HostVmSettings
 
 
@@ -133,7 +133,8 @@ CALLS: Mapping[str, Call] = {
     "blockstats": Call(ServerCall, dict[str, BlockStats]),
     "serial_log": Call(ServerCall, bytes | None),
 }
-EVENT = VmEvent
+# The close code of an event stream that another follower replaced: its follower stops.
+REPLACED = 4001
 
 
 def arguments(request: object) -> dict[str, Any]:
