@@ -61,6 +61,7 @@ CONNECT_TIMEOUT = 5.0
 # Seconds between attempts to follow the events again once the stream broke.
 RECONNECT_DELAY = 1.0
 CHUNK = 1 << 16
+TLS_CLOSE_GRACE = 0.25
 
 
 class RemoteHypervisorDriver:
@@ -88,6 +89,8 @@ class RemoteHypervisorDriver:
         self._ended: dict[str, str] = {}
         self._handler: EventHandler | None = None
         self._follower: asyncio.Task[None] | None = None
+        self._following = True
+        self._socket: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def connect(self) -> None:
@@ -116,6 +119,9 @@ class RemoteHypervisorDriver:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+            # The TLS close of the event stream's connection ends on the loop; one stopped
+            # at once would drop its socket unclosed (aiohttp's "graceful shutdown" advice).
+            await asyncio.sleep(TLS_CLOSE_GRACE)
 
     def listen(self, handler: EventHandler) -> None:
         self._handler = handler
@@ -226,11 +232,21 @@ class RemoteHypervisorDriver:
     # -- inside ----------------------------------------------------------------------
 
     async def _stop_following(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
+        """End the event stream with a WebSocket close (a cancelled stream would leave its
+        connection to the collector)."""
+        follower, self._follower = self._follower, None
+        if follower is None:
+            return
+        self._following = False
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                if self._socket is not None:
+                    await self._socket.close()
+                await follower
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
-            self._follower = None
+                await follower
 
     async def _changing(self, server: str, method: str, **fields: Any) -> None:
         try:
@@ -301,12 +317,13 @@ class RemoteHypervisorDriver:
     async def _follow(self, following: asyncio.Future[None]) -> None:
         """Follow the agent's events, again after a break, until closed."""
         assert self._session is not None
-        while True:
+        while self._following:
             try:
                 async with self._session.ws_connect(
                     f"{self._base}/events", ssl=self._context, server_hostname=self.host,
                     heartbeat=10.0,
                 ) as socket:  # fmt: skip
+                    self._socket = socket
                     async for message in socket:
                         if message.type != aiohttp.WSMsgType.TEXT:
                             continue
@@ -317,12 +334,15 @@ class RemoteHypervisorDriver:
                             continue
                         await self._receive(decode(VmEvent, data["event"]))
                         await socket.send_json({"ack": data["seq"]})
+                self._socket = None
                 if socket.close_code == REPLACED:
                     log.warning("event=remote_events_replaced host=%s", self.host)
                     return  # another control plane follows this host now
             except (aiohttp.ClientError, OSError, ssl.SSLError, CallError) as error:
+                self._socket = None
                 log.warning("event=remote_events_lost host=%s error=%s", self.host, error)
-            await asyncio.sleep(RECONNECT_DELAY)
+            if self._following:
+                await asyncio.sleep(RECONNECT_DELAY)
 
     async def _receive(self, event: VmEvent) -> None:
         status = self._status.get(event.server)
