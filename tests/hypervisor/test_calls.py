@@ -120,6 +120,9 @@ def test_answers_and_events_cross_whole(hint: Any, value: object) -> None:
         (CALLS["set_cpu"].request, {"server": SERVER, "cpu_mhz": 1.5}),
         (CALLS["stop"].request, {"timeout": 1}),  # the server is missing
         (bytes, "not base64!"),
+        (CALLS["forget"].request, {"server": "../../etc"}),  # a run directory it would remove
+        (CALLS["run_dir"].request, {"server": "/"}),
+        (CALLS["stop"].request, {"server": SERVER.upper()}),
         (list[str], "a"),
         (
             NicSpec,

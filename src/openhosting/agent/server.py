@@ -197,15 +197,20 @@ async def _save_state(
 async def _fault(request: web.Request) -> web.Response:
     fake: Any = request.app[DRIVER_KEY]
     name = request.match_info["name"]
-    body = await request.json()
-    if name == "crash":
-        await fake.crash(body["server"])
-    elif name == "pause":
-        await fake.pause(body["server"], body.get("reason", "paused"))
-    elif name == "fail_next_start":
-        fake.fail_next_start()
-    else:
-        return _error(404, f"no fault {name!r}")
+    try:
+        body = await request.json()
+        if name == "crash":
+            await fake.crash(str(body["server"]))
+        elif name == "pause":
+            await fake.pause(str(body["server"]), str(body.get("reason", "paused")))
+        elif name == "fail_next_start":
+            fake.fail_next_start()
+        else:
+            return _error(404, f"no fault {name!r}")
+    except HypervisorError as error:
+        return _error(409, str(error))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return _error(400, f"{name}: {error!r}")
     return web.json_response({"answer": None})
 
 

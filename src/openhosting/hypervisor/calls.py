@@ -21,6 +21,7 @@ import base64
 import binascii
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -36,6 +37,16 @@ class CallError(ValueError):
     """A call or an answer that is not what its record says."""
 
 
+# A server is named by its lowercase UUID: it becomes a directory name on the host (its run
+# directory, which `forget` removes), so nothing else may pass.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _check_server(server: str, *, blank: bool = False) -> None:
+    if not (_UUID.fullmatch(server) or (blank and server == "")):
+        raise CallError(f"not a server's UUID: {server[:80]!r}")
+
+
 @dataclass(frozen=True)
 class NoArguments:
     """`held`, `unheld`, `detach_all`: nothing to say."""
@@ -47,6 +58,9 @@ class ServerCall:
 
     server: str
 
+    def __post_init__(self) -> None:
+        _check_server(self.server)
+
 
 @dataclass(frozen=True)
 class TimedCall:
@@ -55,12 +69,18 @@ class TimedCall:
     server: str
     timeout: float = 10.0
 
+    def __post_init__(self) -> None:
+        _check_server(self.server)
+
 
 @dataclass(frozen=True)
 class AdoptCall:
     server: str
     started: float
     timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_server(self.server)
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,9 @@ class SaveStateCall:
 
     server: str
     timeout: float
+
+    def __post_init__(self) -> None:
+        _check_server(self.server)
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,9 @@ class HostSettingsCall:
 @dataclass(frozen=True)
 class RunDirCall:
     server: str
+
+    def __post_init__(self) -> None:
+        _check_server(self.server, blank=True)  # blank: the directory of every run directory
 
 
 @dataclass(frozen=True)
@@ -93,11 +119,17 @@ class SetCpuCall:
     server: str
     cpu_mhz: int
 
+    def __post_init__(self) -> None:
+        _check_server(self.server)
+
 
 @dataclass(frozen=True)
 class SetVncPasswordCall:
     server: str
     password: str | None = dataclasses.field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_server(self.server)
 
 
 @dataclass(frozen=True)
