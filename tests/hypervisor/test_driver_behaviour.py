@@ -1,6 +1,9 @@
 """One behaviour suite for every hypervisor driver (after Nova's `test_virt_drivers.py`):
 the rules of `HypervisorDriver` (hypervisor/driver.py), run against the in-memory fake and,
-in the integration run, against real QEMU (TCG).
+in the integration run, against real QEMU (TCG); and the same over the wire: a
+`RemoteHypervisorDriver` calling a real `openhosting-agent` on loopback (mutual TLS) that
+runs the fake (`remote-fake`) or, for the core lifecycle cases (`core_harness`), QEMU
+(`remote-qemu`, integration). One agent per kind and module; each test ends what it started.
 
 The QEMU VMs are diskless (SeaBIOS looking for a boot device: they start in well under a
 second and answer their monitor) but for the guest's power-off, which needs a guest: the tiny
@@ -10,16 +13,21 @@ guest, booted once. One VM at a time; each test ends whatever it started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
+import ssl
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from openhosting.agent.pki import control_context
 from openhosting.config import HypervisorSettings
 from openhosting.hypervisor import process
 from openhosting.hypervisor.driver import (
@@ -31,12 +39,15 @@ from openhosting.hypervisor.driver import (
     RUNNING,
     SHUTDOWN,
     HypervisorDriver,
+    StartRequest,
     VmEvent,
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
 from openhosting.hypervisor.qemu_driver import QemuDriver
+from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
 from openhosting.hypervisor.spec import DiskSpec, VmSpec
+from testbed.agent_process import agent_process, make_cluster
 from testbed.build_guest import READY_MARKER, build_tiny_guest
 
 EVENT_TIMEOUT = 20.0
@@ -46,22 +57,32 @@ BOOT_TIMEOUT = 60.0
 class Harness:
     """A driver of one kind, the events it sent, and the faults of its kind."""
 
-    def __init__(self, kind: str, workdir: Path) -> None:
+    def __init__(self, kind: str, workdir: Path, agent: Agent | None = None) -> None:
         self.kind = kind
         self.workdir = workdir
+        self.agent = agent
         self.fake_host = FakeHost()
         self.events: list[VmEvent] = []
         self.drivers: list[HypervisorDriver] = []
-        self.driver = self.new_driver()
+        self.driver: HypervisorDriver = FakeHypervisor()  # replaced by `open`
 
-    def new_driver(self) -> HypervisorDriver:
+    async def open(self) -> Harness:
+        self.driver = await self.new_driver()
+        return self
+
+    async def new_driver(self) -> HypervisorDriver:
         """A driver as a restarted daemon makes it: same host, nothing held."""
         driver: HypervisorDriver
         if self.kind == "fake":
             driver = FakeHypervisor(self.workdir / "run", self.fake_host)
-        else:
+        elif self.kind == "qemu":
             settings = HypervisorSettings(accelerator="tcg", run_as="", stop_timeout=5)
             driver = QemuDriver(settings, self.workdir / "run", self.workdir / "state")
+        else:
+            assert self.agent is not None
+            remote = RemoteHypervisorDriver("hv-a", self.agent.address, self.agent.context)
+            await remote.connect()
+            driver = remote
         driver.listen(self.record)
         self.drivers.append(driver)
         return driver
@@ -88,10 +109,23 @@ class Harness:
             await asyncio.sleep(0.05)
         raise AssertionError(f"no {kind} event for {server}: {self.events}")
 
+    async def failing_spec(self) -> VmSpec:
+        """The spec of a start that will fail."""
+        if isinstance(self.driver, FakeHypervisor):
+            self.driver.fail_next_start()
+        elif self.kind == "remote-fake":
+            await self._fault("fail_next_start")
+        else:  # QEMU refuses a drive file that does not exist.
+            return self.spec(DiskSpec("ide:0:0", self.workdir / "missing.raw"))
+        return self.spec()
+
     async def crash(self, server: str) -> None:
         """The VM vanishes without a word (killed from outside, died)."""
         if isinstance(self.driver, FakeHypervisor):
             await self.driver.crash(server)
+            return
+        if self.kind == "remote-fake":
+            await self._fault("crash", server=server)
             return
         pid = process.adopt(self.driver.run_dir(server), server)
         assert pid is not None
@@ -102,8 +136,23 @@ class Harness:
         if isinstance(self.driver, FakeHypervisor):
             await self.driver.pause(server)
             return
+        if self.kind == "remote-fake":
+            await self._fault("pause", server=server)
+            return
         assert isinstance(self.driver, QemuDriver)
         await self.driver.vm(server).monitor.execute("stop")
+
+    async def _fault(self, name: str, **body: str) -> None:
+        """Inject a fault into the fake behind the agent (its test-only route)."""
+        assert self.agent is not None
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"https://{self.agent.address}/faults/{name}", json=body,
+                ssl=self.agent.context, server_hostname="hv-a",
+            ) as response,
+        ):  # fmt: skip
+            assert response.status == 200, await response.text()
 
     async def close(self) -> None:
         for driver in self.drivers:
@@ -112,34 +161,89 @@ class Harness:
             for server in await driver.unheld():
                 await driver.stop_unheld(server)
             await driver.detach_all()
+            if isinstance(driver, RemoteHypervisorDriver):
+                await driver.close()
 
 
-@pytest.fixture(
-    params=["fake", pytest.param("qemu", marks=pytest.mark.integration)],
-)
-async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+@dataclass(frozen=True)
+class Agent:
+    """A real agent on loopback and the control plane's TLS to reach it."""
+
+    address: str
+    context: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def agents() -> Iterator[Callable[[str], Agent]]:
+    """The module's agents, one per driver kind, started on first use."""
+    started: dict[str, Agent] = {}
+    with contextlib.ExitStack() as stack:
+        # Short: the QEMU agent's unix socket paths must stay under 108 bytes.
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="oh-agt-")))
+        cluster = make_cluster(workdir)
+
+        def agent(driver: str) -> Agent:
+            if driver not in started:
+                process = stack.enter_context(
+                    agent_process(workdir / driver, cluster.host("hv-a"), driver=driver)
+                )
+                started[driver] = Agent(process.address, control_context(cluster.control))
+            return started[driver]
+
+        yield agent
+
+
+async def _harness(kind: str, agents: Callable[[str], Agent]) -> AsyncIterator[Harness]:
+    agent = agents(kind.removeprefix("remote-")) if kind.startswith("remote-") else None
     # Short and removed afterwards: unix socket paths must stay under 108 bytes.
     with tempfile.TemporaryDirectory(prefix="oh-drv-") as name:
-        made = Harness(request.param, Path(name))
+        made = Harness(kind, Path(name), agent)
         try:
-            yield made
+            yield await made.open()
         finally:
             await made.close()
 
 
+@pytest.fixture(
+    params=["fake", pytest.param("qemu", marks=pytest.mark.integration), "remote-fake"],
+)
+async def harness(
+    request: pytest.FixtureRequest, agents: Callable[[str], Agent]
+) -> AsyncIterator[Harness]:
+    async for made in _harness(request.param, agents):
+        yield made
+
+
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("qemu", marks=pytest.mark.integration),
+        "remote-fake",
+        pytest.param("remote-qemu", marks=pytest.mark.integration),
+    ],
+)
+async def core_harness(
+    request: pytest.FixtureRequest, agents: Callable[[str], Agent]
+) -> AsyncIterator[Harness]:
+    """The core lifecycle cases also run over the wire against QEMU."""
+    async for made in _harness(request.param, agents):
+        yield made
+
+
 async def test_a_started_vm_runs_until_stopped_and_its_exit_is_the_last_event(
-    harness: Harness,
+    core_harness: Harness,
 ) -> None:
+    harness = core_harness
     driver = harness.driver
     spec = harness.spec()
-    status = await driver.start(spec)
+    status = await driver.start(StartRequest(spec))
     assert (status.server, status.state, status.reason) == (spec.uuid, RUNNING, None)
     assert status.started > 0
     assert driver.status(spec.uuid) == status
     assert driver.held() == [spec.uuid]
     assert await driver.unheld() == []
     with pytest.raises(HypervisorError):
-        await driver.start(spec)  # one VM per server
+        await driver.start(StartRequest(spec))  # one VM per server
 
     await driver.stop(spec.uuid)
     # Stopped once `stop` returns: its exit told, and nothing after it.
@@ -150,17 +254,19 @@ async def test_a_started_vm_runs_until_stopped_and_its_exit_is_the_last_event(
         await driver.stop(spec.uuid)
 
 
-async def test_a_killed_vm_is_gone_and_told(harness: Harness) -> None:
+async def test_a_killed_vm_is_gone_and_told(core_harness: Harness) -> None:
+    harness = core_harness
     spec = harness.spec()
-    await harness.driver.start(spec)
+    await harness.driver.start(StartRequest(spec))
     await harness.driver.kill(spec.uuid)
     assert harness.kinds(spec.uuid) == [EXITED]
     assert harness.driver.status(spec.uuid) is None
 
 
-async def test_a_crash_is_an_exit_event_saying_so(harness: Harness) -> None:
+async def test_a_crash_is_an_exit_event_saying_so(core_harness: Harness) -> None:
+    harness = core_harness
     spec = harness.spec()
-    await harness.driver.start(spec)
+    await harness.driver.start(StartRequest(spec))
     await harness.crash(spec.uuid)
     exited = await harness.wait_for(spec.uuid, EXITED)
     assert exited.how == CRASH
@@ -168,28 +274,24 @@ async def test_a_crash_is_an_exit_event_saying_so(harness: Harness) -> None:
     assert harness.driver.status(spec.uuid) is None and harness.driver.held() == []
 
 
-async def test_a_start_that_fails_leaves_nothing_and_tells_nothing(harness: Harness) -> None:
+async def test_a_start_that_fails_leaves_nothing_and_tells_nothing(core_harness: Harness) -> None:
+    harness = core_harness
     driver = harness.driver
-    if isinstance(driver, FakeHypervisor):
-        driver.fail_next_start()
-        spec = harness.spec()
-    else:
-        # QEMU refuses a drive file that does not exist.
-        spec = harness.spec(DiskSpec("ide:0:0", harness.workdir / "missing.raw"))
+    spec = await harness.failing_spec()
     with pytest.raises(HypervisorError):
-        await driver.start(spec)
+        await driver.start(StartRequest(spec))
     await asyncio.sleep(0.1)  # an exit would be told by now
     assert harness.events == []
     assert driver.status(spec.uuid) is None and driver.held() == []
     assert await driver.unheld() == []
     # Nothing is in the way of the next start.
-    assert (await driver.start(harness.spec())).state == RUNNING
+    assert (await driver.start(StartRequest(harness.spec()))).state == RUNNING
 
 
 async def test_a_vm_the_hypervisor_pauses_shows_paused_until_resumed(harness: Harness) -> None:
     driver = harness.driver
     spec = harness.spec()
-    await driver.start(spec)
+    await driver.start(StartRequest(spec))
     await harness.pause(spec.uuid)
     paused = await harness.wait_for(spec.uuid, PAUSED)
     assert paused.reason == "paused"  # QEMU's run state after a monitor's `stop`
@@ -203,14 +305,15 @@ async def test_a_vm_the_hypervisor_pauses_shows_paused_until_resumed(harness: Ha
     assert harness.kinds(spec.uuid) == [PAUSED, RESUMED]
 
 
-async def test_a_new_driver_adopts_the_vms_the_last_one_left_running(harness: Harness) -> None:
+async def test_a_new_driver_adopts_the_vms_the_last_one_left_running(core_harness: Harness) -> None:
+    harness = core_harness
     first = harness.driver
     spec = harness.spec()
-    await first.start(spec)
+    await first.start(StartRequest(spec))
     await first.detach_all()  # the daemon stops; its VMs run on
     assert first.held() == [] and first.status(spec.uuid) is None
 
-    restarted = harness.new_driver()
+    restarted = await harness.new_driver()
     assert await restarted.unheld() == [spec.uuid]
     status = await restarted.adopt(spec.uuid, started=1234.0)
     assert status is not None and (status.state, status.started) == (RUNNING, 1234.0)
@@ -220,15 +323,16 @@ async def test_a_new_driver_adopts_the_vms_the_last_one_left_running(harness: Ha
     # Its exit is the new driver's to tell; a VM that is gone ended cleanly.
     await restarted.stop(spec.uuid)
     assert harness.kinds(spec.uuid) == [EXITED]
-    assert await harness.new_driver().adopt(spec.uuid, started=0) is None
+    assert await (await harness.new_driver()).adopt(spec.uuid, started=0) is None
     assert restarted.how_ended(spec.uuid) == SHUTDOWN
 
 
-async def test_a_vm_nobody_holds_is_stopped_without_an_event(harness: Harness) -> None:
+async def test_a_vm_nobody_holds_is_stopped_without_an_event(core_harness: Harness) -> None:
+    harness = core_harness
     spec = harness.spec()
-    await harness.driver.start(spec)
+    await harness.driver.start(StartRequest(spec))
     await harness.driver.detach_all()
-    other = harness.new_driver()
+    other = await harness.new_driver()
     await other.stop_unheld(spec.uuid)
     assert await other.unheld() == [] and await other.adopt(spec.uuid, started=0) is None
     assert harness.events == []
@@ -250,7 +354,7 @@ async def test_a_guest_power_off_gives_a_last_look_then_ends_the_vm(harness: Har
             looked.append(sorted(await driver.blockstats(event.server)))
 
     driver.listen(last_look)
-    await driver.start(spec)
+    await driver.start(StartRequest(spec))
     if isinstance(driver, QemuDriver):
         for _ in range(int(BOOT_TIMEOUT / 0.2)):
             if READY_MARKER.encode() in (driver.serial_log(spec.uuid) or b""):
@@ -281,7 +385,7 @@ async def test_a_saved_vm_stays_paused_and_a_start_from_its_state_runs_it_on(
 ) -> None:
     driver = harness.driver
     spec = harness.spec()
-    await driver.start(spec)
+    await driver.start(StartRequest(spec))
     saved = bytearray()
 
     def sink(fd: int) -> None:
@@ -299,14 +403,14 @@ async def test_a_saved_vm_stays_paused_and_a_start_from_its_state_runs_it_on(
     await driver.stop(spec.uuid)
 
     restored = dataclasses.replace(spec, incoming=True)
-    status = await driver.start(restored, restore=source, timeout=EVENT_TIMEOUT)
+    status = await driver.start(StartRequest(restored, timeout=EVENT_TIMEOUT), restore=source)
     assert status.state == RUNNING
 
 
 async def test_a_vm_whose_state_cannot_be_saved_runs_on(harness: Harness) -> None:
     driver = harness.driver
     spec = harness.spec()
-    await driver.start(spec)
+    await driver.start(StartRequest(spec))
 
     def failing_sink(fd: int) -> None:
         raise OSError(28, "No space left on device")

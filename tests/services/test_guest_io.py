@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from openhosting.hypervisor.driver import BlockStats
+from openhosting.hypervisor.driver import BlockStats, StartRequest
 from openhosting.hypervisor.spec import VmSpec
 from openhosting.services import server_lifecycle
 from openhosting.services.drives import drive_info
@@ -151,7 +151,7 @@ async def test_a_vm_whose_monitor_is_stuck_holds_no_fold_and_the_others_still_co
         start(platform.engine, SERVER, [(DRIVE, "ide:0:0")])
         start(platform.engine, OTHER_SERVER, [(DRIVE, "ide:0:0")])
         for server in (SERVER, OTHER_SERVER):
-            await hypervisor.start(VmSpec(server, 1, 64, tmp_path / server))
+            await hypervisor.start(StartRequest(VmSpec(server, 1, 64, tmp_path / server)))
             lifecycle.active[server] = USER
         hypervisor.qmp_timeout = 3600  # a monitor that never answers
         hypervisor.stick(SERVER)

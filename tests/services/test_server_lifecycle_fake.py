@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from openhosting.errors import BusyError, FailedError, MissingError
-from openhosting.hypervisor.driver import CRASH, NOSPACE, VmStatus
+from openhosting.hypervisor.driver import CRASH, NOSPACE, StartRequest, VmStatus
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.hypervisor.spec import VmSpec
 from openhosting.services.operations import START
@@ -122,7 +122,7 @@ async def test_after_a_daemon_restart_running_vms_are_adopted_and_the_others_rec
     hypervisor.host.ended[crashes[0]] = CRASH
     hypervisor.host.vms[stuck[0]].stuck = True
     orphan = str(uuid.uuid4())
-    await hypervisor.start(VmSpec(orphan, 1, 64, hypervisor.run_dir(orphan)))
+    await hypervisor.start(StartRequest(VmSpec(orphan, 1, 64, hypervisor.run_dir(orphan))))
     await hypervisor.detach_all()
 
     await platform.servers.recover()

@@ -1,4 +1,4 @@
-"""`openhosting-admin host list|suspend|resume`: the platform's hosts, and host maintenance
+"""`openhosting-admin host list|suspend|resume|add`: the platform's hosts, and host maintenance
 (a kernel update, a reboot).
 
 `list` shows every registered host: its capacity (cores and their MHz, memory less the
@@ -21,6 +21,7 @@ import asyncio
 import http.client
 from typing import Any
 
+from openhosting.admin import cluster as admin_cluster
 from openhosting.config import Config
 from openhosting.daemon import parse_listen
 from openhosting.errors import FailedError
@@ -124,3 +125,4 @@ def add_parsers(areas: Any) -> None:
     commands.add_parser("resume", help="restore every dumped server where it was").set_defaults(
         run_on_state=cmd_host
     )
+    admin_cluster.add_host_parser(commands)

@@ -13,6 +13,7 @@ from pathlib import Path
 from openhosting.admin import audit as admin_audit
 from openhosting.admin import backup as admin_backup
 from openhosting.admin import billing as admin_billing
+from openhosting.admin import cluster as admin_cluster
 from openhosting.admin import config as admin_config
 from openhosting.admin import host as admin_host
 from openhosting.admin import imaging as admin_imaging
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_init.add_parsers(areas)
     admin_servers.add_parsers(areas)
     admin_host.add_parsers(areas)
+    admin_cluster.add_parsers(areas)
     return parser
 
 

@@ -22,7 +22,7 @@ Events, in the order a VM lives them, go to the one handler given to `listen`:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -72,6 +72,18 @@ class VmEvent:
     how: str | None = None  # EXITED: SHUTDOWN or CRASH
 
 
+@dataclass(frozen=True)
+class StartRequest:
+    """What a VM is started with, besides a saved state to run on from (`start`)."""
+
+    spec: VmSpec
+    secrets: tuple[DriveSecret, ...] = ()
+    vnc_password: str | None = field(default=None, repr=False)
+    vnc_names: tuple[str, ...] = ()  # more names for the VNC TLS certificate
+    cpu_mhz: int | None = None  # the vCPUs' quota; None: not held
+    timeout: float = 30.0  # seconds until QEMU answers (or the saved state is in)
+
+
 EventHandler = Callable[[VmEvent], Awaitable[None]]
 # Moves a saved state through a pipe, in a worker thread of the host: a sink reads its
 # descriptor to the end (and stores what it read), a source writes the state into it.
@@ -105,18 +117,8 @@ class HypervisorDriver(Protocol):
 
     # -- life ------------------------------------------------------------------------
 
-    async def start(
-        self,
-        spec: VmSpec,
-        *,
-        secrets: tuple[DriveSecret, ...] = (),
-        vnc_password: str | None = None,
-        vnc_names: tuple[str, ...] = (),
-        cpu_mhz: int | None = None,
-        restore: StateStream | None = None,
-        timeout: float = 30.0,
-    ) -> VmStatus:
-        """Start the VM of `spec` with its drives' passphrases, its VNC password (TLS
+    async def start(self, request: StartRequest, restore: StateStream | None = None) -> VmStatus:
+        """Start the VM of `request.spec` with its drives' passphrases, its VNC password (TLS
         credentials naming `vnc_names` too when the spec asks for TLS) and CPU quota. With
         `restore` (and `spec.incoming`) it runs on from a saved state instead of booting.
         Whole or not at all: on failure nothing of it is left and the error is raised."""

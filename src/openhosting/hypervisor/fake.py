@@ -39,12 +39,13 @@ from openhosting.hypervisor.driver import (
     SHUTDOWN,
     BlockStats,
     EventHandler,
+    StartRequest,
     StateStream,
     VmEvent,
     VmStatus,
 )
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.spec import DriveSecret, HostVmSettings, VmSpec
+from openhosting.hypervisor.spec import HostVmSettings, VmSpec
 from openhosting.reverter import Reverter
 
 QMP_TIMEOUT = 10.0  # as QEMU's monitor client waits
@@ -147,17 +148,8 @@ class FakeHypervisor:
 
     # -- life ------------------------------------------------------------------------
 
-    async def start(
-        self,
-        spec: VmSpec,
-        *,
-        secrets: tuple[DriveSecret, ...] = (),
-        vnc_password: str | None = None,
-        vnc_names: tuple[str, ...] = (),
-        cpu_mhz: int | None = None,
-        restore: StateStream | None = None,
-        timeout: float = 30.0,
-    ) -> VmStatus:
+    async def start(self, request: StartRequest, restore: StateStream | None = None) -> VmStatus:
+        spec = request.spec
         if (restore is None) == spec.incoming:
             raise ValueError("a saved state goes with spec.incoming, and only with it")
         if spec.uuid in self.host.vms:
@@ -165,10 +157,10 @@ class FakeHypervisor:
         if self._next_start_error is not None:
             message, self._next_start_error = self._next_start_error, None
             raise HypervisorError(message)
-        vm = FakeVm(spec, time.time(), cpu_mhz=cpu_mhz, vnc_password=vnc_password)
+        vm = FakeVm(spec, time.time(), cpu_mhz=request.cpu_mhz, vnc_password=request.vnc_password)
         vm.blockstats = {disk.slot: BlockStats(0, 0, 0, 0) for disk in spec.disks}
         if restore is not None:
-            vm.memory = json.loads(await _receive(restore, timeout))
+            vm.memory = json.loads(await _receive(restore, request.timeout))
         else:
             self.host.logs.pop(spec.uuid, None)  # a booting VM's log starts empty
         self.host.vms[spec.uuid] = vm

@@ -42,6 +42,7 @@ from openhosting.hypervisor.driver import (
     SHUTDOWN,
     BlockStats,
     EventHandler,
+    StartRequest,
     StateStream,
     VmEvent,
     VmStatus,
@@ -155,41 +156,32 @@ class QemuDriver:
 
     # -- life ------------------------------------------------------------------------
 
-    async def start(
-        self,
-        spec: VmSpec,
-        *,
-        secrets: tuple[DriveSecret, ...] = (),
-        vnc_password: str | None = None,
-        vnc_names: tuple[str, ...] = (),
-        cpu_mhz: int | None = None,
-        restore: StateStream | None = None,
-        timeout: float = 30.0,
-    ) -> VmStatus:
+    async def start(self, request: StartRequest, restore: StateStream | None = None) -> VmStatus:
+        spec = request.spec
         if spec.uuid in self._vms:
             raise HypervisorError(f"VM {spec.uuid} runs already")
         async with Reverter() as revert:
             self._make_run_dir(spec.run_dir)
             if spec.vnc is not None and spec.vnc.tls_dir is not None:
                 # Made once per platform (slow: RSA keys), so in a worker thread.
-                names = [name for name in (spec.vnc.address, *vnc_names) if name]
+                names = [name for name in (spec.vnc.address, *request.vnc_names) if name]
                 await asyncio.to_thread(ensure_vnc_tls, spec.vnc.tls_dir, names)
             # QEMU reads the LUKS passphrases at start-up; they need not outlive that.
             revert.add(functools.partial(asyncio.to_thread, _remove_secrets, spec))
-            await asyncio.to_thread(_write_secrets, secrets)
+            await asyncio.to_thread(_write_secrets, request.secrets)
             vm = await RunningVm.start(
                 spec,
                 self._vm_exited,
-                timeout=timeout,
+                timeout=request.timeout,
                 serial_limit=self.limit,
                 saved_state=restore,
             )
             # Until it is held, its exit is nobody's event: this start fails instead.
             revert.add(functools.partial(vm.kill, self._settings.stop_timeout))
-            if vnc_password and spec.vnc is not None:
-                await vm.set_vnc_password(vnc_password)
-            if cpu_mhz is not None:
-                await self._limit_cpu(vm, cpu_mhz)
+            if request.vnc_password and spec.vnc is not None:
+                await vm.set_vnc_password(request.vnc_password)
+            if request.cpu_mhz is not None:
+                await self._limit_cpu(vm, request.cpu_mhz)
             if vm.exited.is_set():
                 raise HypervisorError(f"VM {spec.uuid} ended while it started")
             self._hold(vm)

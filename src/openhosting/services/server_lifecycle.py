@@ -32,6 +32,7 @@ from openhosting.hypervisor.driver import (
     SHUTDOWN,
     BlockStats,
     HypervisorDriver,
+    StartRequest,
     VmEvent,
     VmStatus,
     open_driver,
@@ -147,14 +148,16 @@ class ServerLifecycle:
             spec = dataclasses.replace(plan.spec, incoming=True) if restore else plan.spec
             vnc = self.vnc.credentials(uuid, config, display)
             try:
-                vm = await self.driver.start(
+                request = StartRequest(
                     spec,
                     secrets=plan.secrets,
                     vnc_password=vnc.password,
                     vnc_names=vnc.names,
                     cpu_mhz=config.cpu,
-                    restore=self.dumps.source(uuid) if restore else None,
                     timeout=STATE_TIMEOUT if restore else self._settings.start_timeout,
+                )
+                vm = await self.driver.start(
+                    request, restore=self.dumps.source(uuid) if restore else None
                 )
             except HypervisorError as error:
                 log.warning("event=server_start_failed server=%s error=%s", uuid, error)

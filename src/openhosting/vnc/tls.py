@@ -25,10 +25,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.pem_files import key_pem, key_usage, public_der, write_whole
 
 DIRECTORY_NAME = "vnc-tls"
 CA_CERT, CA_KEY = "ca-cert.pem", "ca-key.pem"
@@ -115,7 +115,7 @@ def _server_cert_fits(
         return False
     if cert.issuer != ca_cert.subject or cert.not_valid_after_utc - now < RENEW_BEFORE:
         return False
-    if _public_der(key.public_key()) != _public_der(cert.public_key()):
+    if public_der(key.public_key()) != public_der(cert.public_key()):
         return False  # a renewal was cut between writing the key and the certificate
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -145,12 +145,12 @@ def _create_ca(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(key_usage(cert_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(directory / CA_KEY, _key_pem(key), 0o600)
-    _write(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_whole(directory / CA_KEY, key_pem(key), 0o600)
+    write_whole(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert, key
 
 
@@ -183,7 +183,7 @@ def _issue_server_cert(
         .not_valid_after(min(now + SERVER_LIFETIME, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         # QEMU's own sanity check wants both usages on a server certificate.
-        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(
@@ -194,8 +194,8 @@ def _issue_server_cert(
     )
     # Each file is replaced whole; if we are cut between the two, the next use sees that the
     # key and certificate do not match and issues them again.
-    _write(directory / SERVER_KEY, _key_pem(key), 0o600)
-    _write(directory / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_whole(directory / SERVER_KEY, key_pem(key), 0o600)
+    write_whole(directory / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _address_name(address: str) -> x509.GeneralName:
@@ -203,49 +203,3 @@ def _address_name(address: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(address))
     except ValueError:
         return x509.DNSName(address)
-
-
-def _public_der(key: PublicKeyTypes) -> bytes:
-    return bytes(
-        key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=not cert_sign,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    # QEMU (GnuTLS) reads unencrypted PKCS#8; the file mode is the protection.
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write `path` whole or not at all, created with `mode` (never readable by others)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is cut by the umask, and a leftover keeps its own
-        with os.fdopen(fd, "wb", closefd=False) as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)

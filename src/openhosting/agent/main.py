@@ -1,0 +1,82 @@
+"""`openhosting-agent`: the host agent, serving this host's hypervisor driver to the control
+plane over mutual TLS (agent/server.py).
+
+It reads the platform's configuration as the daemon does (`--config`, `OH_*`): the driver
+(`hypervisor.driver`: `qemu`, or `fake` for tests), the run and state directories. Its TLS
+bundle (`openhosting-admin host add NAME --out DIR` on the control plane's host, copied here)
+is read from `--tls-dir`, by default `<state_dir>/agent-tls`.
+
+Once it listens it prints `listening HOST:PORT` (with `--listen HOST:0`, the port the kernel
+chose). On SIGTERM or SIGINT it lets go of its VMs without stopping them: they run on, for the
+next agent to adopt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from openhosting.agent.pki import ClusterTlsError, agent_context, host_bundle
+from openhosting.agent.server import make_app
+from openhosting.config import ConfigError, load_config
+from openhosting.daemon import parse_listen
+from openhosting.hypervisor.driver import HypervisorDriver, open_driver
+
+DEFAULT_LISTEN = "0.0.0.0:7430"
+TLS_DIRECTORY = "agent-tls"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openhosting-agent", description=__doc__)
+    parser.add_argument("--config", type=Path, help="the platform's TOML configuration file")
+    parser.add_argument("--state-dir", help="the platform's state directory on this host")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT to listen on")
+    parser.add_argument(
+        "--tls-dir", type=Path, help=f"the agent's bundle (default <state_dir>/{TLS_DIRECTORY})"
+    )
+    return parser
+
+
+async def serve(driver: HypervisorDriver, host: str, port: int, context: ssl.SSLContext) -> None:
+    """Serve `driver` until SIGTERM or SIGINT; then let go of the VMs (they run on)."""
+    runner = web.AppRunner(make_app(driver), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=context)
+    await site.start()
+    bound = runner.addresses[0]
+    print(f"listening {bound[0]}:{bound[1]}", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+        await driver.detach_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {"state_dir": args.state_dir} if args.state_dir else {}
+    try:
+        config = load_config(args.config, overrides=overrides)
+        host, port = parse_listen(args.listen)
+        tls_dir = args.tls_dir or config.state_path / TLS_DIRECTORY
+        context = agent_context(host_bundle(tls_dir))
+        driver = open_driver(config)
+    except (ConfigError, ClusterTlsError, ValueError) as error:
+        print(f"openhosting-agent: {error}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(driver, host, port, context))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The host agent's HTTPS API: this host's hypervisor driver, served to the control plane.
+
+Every request comes over mutual TLS (agent/pki.py): the TLS layer refuses a client without a
+certificate of the cluster CA, and `_control_only` refuses one whose role is not `control`
+(another host's agent) before anything is read or called. Then:
+
+- `POST /calls/{method}`: one driver call (hypervisor/calls.py); the body's first line is the
+  request record as JSON, the answer `{"answer": ...}`. A restoring `start` streams the saved
+  state after that line; `save_state` answers with the state as its body (cut short, with the
+  connection, if the driver fails once it has begun). A `HypervisorError` is 409 with
+  `{"error": message}`, a malformed call 400.
+- `GET /events`: a WebSocket carrying the driver's events, each `{"seq": n, "event": ...}`,
+  which the control plane acknowledges (`{"ack": n}`) once its handler has run: the driver
+  waits for that, so `stop` still returns once EXITED has been handled. One follower at a
+  time (a control plane that reconnects replaces its old stream); with none, events are
+  logged and dropped (a control plane that comes back adopts and reconciles).
+- `POST /faults/{name}`: only over the fake driver (tests): crash, pause, fail the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from openhosting.agent.pki import CONTROL, peer_role
+from openhosting.hypervisor.calls import CALLS, REPLACED, CallError, arguments, decode, encode
+from openhosting.hypervisor.driver import HypervisorDriver, StartRequest, VmEvent
+from openhosting.hypervisor.errors import HypervisorError
+
+log = logging.getLogger("openhosting.agent")
+
+# How long a driver's event waits for the control plane's handler (a stop waits as long).
+ACK_TIMEOUT = 30.0
+CHUNK = 1 << 16
+# The first line of a call's body: its request record.
+MAX_CALL_LINE = 1 << 20
+DRIVER_KEY = web.AppKey("driver", object)
+RELAY_KEY = web.AppKey("relay", object)
+
+
+class EventRelay:
+    """The driver's one event handler: passes each event to the control plane following
+    `/events` and waits for its acknowledgement."""
+
+    def __init__(self) -> None:
+        self._socket: web.WebSocketResponse | None = None
+        self._seq = 0
+        self._acks: dict[int, asyncio.Future[None]] = {}
+
+    async def handle(self, event: VmEvent) -> None:
+        socket = self._socket
+        if socket is None or socket.closed:
+            log.warning("event=agent_event_dropped server=%s kind=%s", event.server, event.kind)
+            return
+        self._seq += 1
+        seq = self._seq
+        acked = asyncio.get_running_loop().create_future()
+        self._acks[seq] = acked
+        try:
+            await socket.send_json({"seq": seq, "event": encode(event)})
+            async with asyncio.timeout(ACK_TIMEOUT):
+                await acked
+        except (TimeoutError, ConnectionError) as error:
+            log.warning(
+                "event=agent_event_unacknowledged server=%s kind=%s error=%r",
+                event.server, event.kind, error,
+            )  # fmt: skip
+        finally:
+            self._acks.pop(seq, None)
+
+    async def follow(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse(heartbeat=10.0)
+        await socket.prepare(request)
+        previous, self._socket = self._socket, socket
+        if previous is not None:
+            await previous.close(code=REPLACED, message=b"another control plane follows")
+        await socket.send_json({"hello": True})
+        async for message in socket:
+            if message.type != WSMsgType.TEXT:
+                continue
+            seq = json.loads(message.data).get("ack")
+            if (acked := self._acks.get(seq)) is not None and not acked.done():
+                acked.set_result(None)
+        if self._socket is socket:
+            self._socket = None
+        return socket
+
+
+def make_app(driver: HypervisorDriver) -> web.Application:
+    """The agent's application over `driver` (its TLS is the server's: agent/main.py)."""
+    app = web.Application(middlewares=[_control_only], client_max_size=MAX_CALL_LINE)
+    relay = EventRelay()
+    driver.listen(relay.handle)
+    app[DRIVER_KEY] = driver
+    app[RELAY_KEY] = relay
+    app.router.add_post("/calls/{method}", _call)
+    app.router.add_get("/events", relay.follow)
+    # Imported here: the agent's users need the fake only in tests.
+    from openhosting.hypervisor.fake import FakeHypervisor
+
+    if isinstance(driver, FakeHypervisor):
+        app.router.add_post("/faults/{name}", _fault)
+    return app
+
+
+@web.middleware
+async def _control_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    transport = request.transport
+    role, name = peer_role(transport.get_extra_info("peercert") if transport else None)
+    if role != CONTROL:
+        log.warning("event=agent_refused role=%s name=%s path=%s", role, name, request.path)
+        return _error(403, f"only the control plane may call a host agent, not {role} {name}")
+    return await handler(request)
+
+
+async def _call(request: web.Request) -> web.StreamResponse:
+    driver: Any = request.app[DRIVER_KEY]
+    method = request.match_info["method"]
+    if (call := CALLS.get(method)) is None:
+        return _error(404, f"no driver method {method!r}")
+    try:
+        line = await request.content.readline()
+        record = decode(call.request, json.loads(line))
+    except (CallError, ValueError) as error:
+        return _error(400, f"{method}: {error}")
+    try:
+        if method == "start":
+            return await _start(request, driver, record)
+        if method == "save_state":
+            return await _save_state(request, driver, record.server, record.timeout)
+        answer = getattr(driver, method)(**arguments(record))
+        if inspect.isawaitable(answer):
+            answer = await answer
+    except HypervisorError as error:
+        return _error(409, str(error))
+    except ValueError as error:  # a request the driver refuses as such
+        return _error(400, f"{method}: {error}")
+    return web.json_response({"answer": encode(answer)})
+
+
+async def _start(request: web.Request, driver: Any, record: StartRequest) -> web.Response:
+    restore = None
+    if request.query.get("restore") == "1":
+        loop = asyncio.get_running_loop()
+
+        def restore(fd: int) -> None:  # in the driver's worker thread
+            while chunk := asyncio.run_coroutine_threadsafe(
+                request.content.read(CHUNK), loop
+            ).result():
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+
+    status = await driver.start(record, restore=restore)
+    return web.json_response({"answer": encode(status)})
+
+
+async def _save_state(
+    request: web.Request, driver: Any, server: str, timeout: float
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    loop = asyncio.get_running_loop()
+
+    async def send(chunk: bytes) -> None:
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write(chunk)
+
+    def sink(fd: int) -> None:  # in the driver's worker thread
+        while chunk := os.read(fd, CHUNK):
+            asyncio.run_coroutine_threadsafe(send(chunk), loop).result()
+
+    try:
+        await driver.save_state(server, sink, timeout)
+    except HypervisorError:
+        if not response.prepared:
+            raise  # nothing sent yet: a 409 says why
+        # Begun: the state is cut short with the connection, which the caller sees.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    if not response.prepared:
+        await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+async def _fault(request: web.Request) -> web.Response:
+    fake: Any = request.app[DRIVER_KEY]
+    name = request.match_info["name"]
+    try:
+        body = await request.json()
+        if name == "crash":
+            await fake.crash(str(body["server"]))
+        elif name == "pause":
+            await fake.pause(str(body["server"]), str(body.get("reason", "paused")))
+        elif name == "fail_next_start":
+            fake.fail_next_start()
+        else:
+            return _error(404, f"no fault {name!r}")
+    except HypervisorError as error:
+        return _error(409, str(error))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return _error(400, f"{name}: {error!r}")
+    return web.json_response({"answer": None})
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

@@ -1,0 +1,421 @@
+"""The hypervisor driver of another host: each call made to that host's agent over mutual
+TLS (agent/server.py serves it; hypervisor/calls.py is the wire format).
+
+The control plane presents its `control` certificate; the agent's certificate must be the
+cluster CA's and carry the host's name as its DNS name (the TLS server name of every call):
+the agent of host B cannot answer for host A, and nothing, not even a drive's passphrase in a
+start, is sent before the handshake has proved it (agent/pki.py).
+
+Every call has a deadline (`CALL_TIMEOUT`, plus the call's own timeout for those that wait
+on QEMU); an agent that does not answer, or cannot be reached, is a `HypervisorError` naming
+the host. The driver's events come on the agent's `/events` WebSocket, each acknowledged once
+this side's handler has run (the agent's driver waits for that, as `stop` waits for EXITED).
+
+The interface's synchronous methods cannot wait for the network, so they answer from what
+this driver keeps: the host's settings and run directory (read at `connect`), the VMs' status
+(from the answers of start and adopt and from the events, refreshed after each call that
+changes a VM), how VMs ended (from EXITED and adopt). `forget` is sent in the background.
+Two are not served over the wire yet (see docs/cluster.md): `vnc_port_free` says yes (QEMU
+then refuses a taken port and the start fails whole) and `serial_log` says there is none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from openhosting.hypervisor.calls import CALLS, REPLACED, CallError, decode, encode
+from openhosting.hypervisor.driver import (
+    EXITED,
+    PAUSED,
+    RESUMED,
+    RUNNING,
+    SHUTDOWN,
+    BlockStats,
+    EventHandler,
+    StartRequest,
+    StateStream,
+    VmEvent,
+    VmStatus,
+)
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.spec import HostVmSettings
+from openhosting.reverter import Reverter
+
+log = logging.getLogger("openhosting.hypervisor.remote")
+
+# Seconds an agent has to answer a call, beyond the call's own timeout.
+CALL_TIMEOUT = 15.0
+# Seconds to open a connection (TCP and TLS) to an agent.
+CONNECT_TIMEOUT = 5.0
+# Seconds between attempts to follow the events again once the stream broke.
+RECONNECT_DELAY = 1.0
+CHUNK = 1 << 16
+TLS_CLOSE_GRACE = 0.25
+
+
+class RemoteHypervisorDriver:
+    """The VMs of host `host`, whose agent listens on `address` (HOST:PORT); implements
+    `HypervisorDriver` once `connect` has returned."""
+
+    def __init__(
+        self,
+        host: str,
+        address: str,
+        context: ssl.SSLContext,
+        *,
+        call_timeout: float = CALL_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self._base = f"https://{address}"
+        self._context = context
+        self._call_timeout = call_timeout
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._settings: HostVmSettings | None = None
+        self._run_path = Path("/nonexistent")
+        self._status: dict[str, VmStatus] = {}
+        self._ended: dict[str, str] = {}
+        self._handler: EventHandler | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._following = True
+        self._socket: aiohttp.ClientWebSocketResponse | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def connect(self) -> None:
+        """Read the host's settings and follow its events; `HypervisorError` if its agent
+        cannot be reached or is not host `host`'s."""
+        async with Reverter() as revert:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(sock_connect=self._connect_timeout)
+            )
+            revert.add(self.close)
+            self._settings = await self._call("host_settings", vnc_listen="", netns=None)
+            self._run_path = await self._call("run_dir", server="")
+            following = asyncio.get_running_loop().create_future()
+            self._follower = asyncio.create_task(self._follow(following))
+            try:
+                async with asyncio.timeout(self._call_timeout):
+                    await following
+            except TimeoutError:
+                raise self._unreachable("no event stream") from None
+            revert.success()
+
+    async def close(self) -> None:
+        """Stop following events and close the connections (the agent's VMs are untouched)."""
+        await self._stop_following()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            # The TLS close of the event stream's connection ends on the loop; one stopped
+            # at once would drop its socket unclosed (aiohttp's "graceful shutdown" advice).
+            await asyncio.sleep(TLS_CLOSE_GRACE)
+
+    def listen(self, handler: EventHandler) -> None:
+        self._handler = handler
+
+    # -- the host --------------------------------------------------------------------
+
+    def host_settings(self, *, vnc_listen: str, netns: str | None) -> HostVmSettings:
+        if self._settings is None:
+            raise HypervisorError(f"host {self.host}: not connected")
+        return dataclasses.replace(self._settings, vnc_listen=vnc_listen, netns=netns)
+
+    def run_dir(self, server: str) -> Path:
+        return self._run_path / server
+
+    def vnc_port_free(self, address: str, port: int) -> bool:
+        return True  # not asked over the wire yet: QEMU refuses a taken port at start
+
+    # -- life ------------------------------------------------------------------------
+
+    async def start(self, request: StartRequest, restore: StateStream | None = None) -> VmStatus:
+        if restore is None:
+            status: VmStatus = await self._call_record("start", request, extra=request.timeout)
+        else:
+            status = await self._call_record("start", request, extra=request.timeout, state=restore)
+        self._status[status.server] = status
+        self._ended.pop(status.server, None)
+        return status
+
+    async def adopt(self, server: str, *, started: float, timeout: float = 10.0) -> VmStatus | None:
+        status: VmStatus | None = await self._call(
+            "adopt", server=server, started=started, timeout=timeout
+        )
+        if status is None:
+            self._ended[server] = await self._call("how_ended", server=server)
+        else:
+            self._status[server] = status
+        return status
+
+    def how_ended(self, server: str) -> str:
+        return self._ended.get(server, SHUTDOWN)
+
+    async def unheld(self) -> list[str]:
+        servers: list[str] = await self._call("unheld")
+        return servers
+
+    async def stop_unheld(self, server: str, timeout: float = 10.0) -> None:
+        await self._call("stop_unheld", server=server, timeout=timeout)
+
+    async def stop(self, server: str, timeout: float = 10.0) -> None:
+        await self._changing(server, "stop", timeout=timeout)
+
+    async def kill(self, server: str, timeout: float = 10.0) -> None:
+        await self._changing(server, "kill", timeout=timeout)
+
+    async def powerdown(self, server: str) -> None:
+        await self._call("powerdown", server=server)
+
+    async def reset(self, server: str) -> None:
+        await self._call("reset", server=server)
+
+    async def resume(self, server: str) -> None:
+        await self._changing(server, "resume")
+
+    async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
+        record = CALLS["save_state"].request(server=server, timeout=timeout)
+        try:
+            await self._call_record("save_state", record, extra=timeout, sink=sink)
+        except HypervisorError:
+            # The agent may have sent the whole state that our side failed to store: the VM
+            # must run on all the same.
+            with contextlib.suppress(HypervisorError):
+                await self._call("resume", server=server)
+            raise
+        finally:
+            await self._refresh(server)
+
+    async def detach_all(self) -> None:
+        await self._call("detach_all")
+        self._status.clear()
+        await self._stop_following()  # holding nothing, it has no events to hear
+
+    def forget(self, server: str) -> None:
+        task = asyncio.create_task(self._forget(server))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- while it runs ---------------------------------------------------------------
+
+    def status(self, server: str) -> VmStatus | None:
+        return self._status.get(server)
+
+    def held(self) -> list[str]:
+        return list(self._status)
+
+    async def set_cpu(self, server: str, cpu_mhz: int) -> None:
+        await self._call("set_cpu", server=server, cpu_mhz=cpu_mhz)
+
+    async def set_vnc_password(self, server: str, password: str | None) -> None:
+        await self._call("set_vnc_password", server=server, password=password)
+
+    async def blockstats(self, server: str) -> Mapping[str, BlockStats]:
+        stats: Mapping[str, BlockStats] = await self._call("blockstats", server=server)
+        return stats
+
+    def serial_log(self, server: str) -> bytes | None:
+        return None  # not asked over the wire yet (the interface's method is synchronous)
+
+    # -- inside ----------------------------------------------------------------------
+
+    async def _stop_following(self) -> None:
+        """End the event stream with a WebSocket close (a cancelled stream would leave its
+        connection to the collector)."""
+        follower, self._follower = self._follower, None
+        if follower is None:
+            return
+        self._following = False
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                if self._socket is not None:
+                    await self._socket.close()
+                await follower
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+    async def _changing(self, server: str, method: str, **fields: Any) -> None:
+        try:
+            await self._call(method, server=server, **fields)
+        finally:
+            await self._refresh(server)
+
+    async def _refresh(self, server: str) -> None:
+        """Read the status of `server` again after a call that may have changed it."""
+        with contextlib.suppress(HypervisorError):
+            status: VmStatus | None = await self._call("status", server=server)
+            if status is None:
+                self._status.pop(server, None)
+            else:
+                self._status[server] = status
+
+    async def _forget(self, server: str) -> None:
+        try:
+            await self._call("forget", server=server)
+        except HypervisorError as error:
+            log.warning(
+                "event=remote_forget_failed host=%s server=%s error=%s", self.host, server, error
+            )
+
+    async def _call(self, method: str, **fields: Any) -> Any:
+        record = CALLS[method].request(**fields)
+        return await self._call_record(method, record, extra=float(fields.get("timeout", 0.0)))
+
+    async def _call_record(
+        self,
+        method: str,
+        record: object,
+        *,
+        extra: float = 0.0,
+        state: StateStream | None = None,
+        sink: StateStream | None = None,
+    ) -> Any:
+        if self._session is None:
+            raise HypervisorError(f"host {self.host}: not connected")
+        line = json.dumps(encode(record)).encode() + b"\n"
+        url = f"{self._base}/calls/{method}" + ("?restore=1" if state is not None else "")
+        body: Any = line if state is None else _stream_after(line, state)
+        try:
+            async with asyncio.timeout(self._call_timeout + extra):
+                async with self._session.post(
+                    url, data=body, ssl=self._context, server_hostname=self.host
+                ) as response:
+                    if response.status != 200:
+                        raise HypervisorError(await _error_of(self.host, method, response))
+                    if sink is not None:
+                        await _drain_into(response, sink)
+                        return None
+                    answer = (await response.json())["answer"]
+        except HypervisorError:
+            raise
+        except TimeoutError:
+            raise self._unreachable(f"{method} got no answer in time") from None
+        except (aiohttp.ClientError, OSError, ssl.SSLError) as error:
+            raise self._unreachable(f"{method}: {error}") from None
+        try:
+            return decode(CALLS[method].answer, answer)
+        except CallError as error:
+            raise HypervisorError(f"host {self.host}: a bad answer to {method}: {error}") from None
+
+    def _unreachable(self, what: str) -> HypervisorError:
+        return HypervisorError(f"host agent {self.host} at {self._base} unreachable: {what}")
+
+    async def _follow(self, following: asyncio.Future[None]) -> None:
+        """Follow the agent's events, again after a break, until closed."""
+        assert self._session is not None
+        while self._following:
+            try:
+                async with self._session.ws_connect(
+                    f"{self._base}/events", ssl=self._context, server_hostname=self.host,
+                    heartbeat=10.0,
+                ) as socket:  # fmt: skip
+                    self._socket = socket
+                    async for message in socket:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        data = json.loads(message.data)
+                        if data.get("hello"):
+                            if not following.done():
+                                following.set_result(None)
+                            continue
+                        await self._receive(decode(VmEvent, data["event"]))
+                        await socket.send_json({"ack": data["seq"]})
+                self._socket = None
+                if socket.close_code == REPLACED:
+                    log.warning("event=remote_events_replaced host=%s", self.host)
+                    return  # another control plane follows this host now
+            except (aiohttp.ClientError, OSError, ssl.SSLError, CallError) as error:
+                self._socket = None
+                log.warning("event=remote_events_lost host=%s error=%s", self.host, error)
+            if self._following:
+                await asyncio.sleep(RECONNECT_DELAY)
+
+    async def _receive(self, event: VmEvent) -> None:
+        status = self._status.get(event.server)
+        if event.kind == EXITED:
+            self._status.pop(event.server, None)
+            self._ended[event.server] = event.how or SHUTDOWN
+        elif status is not None and event.kind == PAUSED:
+            self._status[event.server] = dataclasses.replace(
+                status, state=PAUSED, reason=event.reason
+            )
+        elif status is not None and event.kind == RESUMED:
+            self._status[event.server] = dataclasses.replace(status, state=RUNNING, reason=None)
+        if self._handler is not None:
+            try:
+                await self._handler(event)
+            except Exception:
+                log.exception("event=remote_event_handler_failed host=%s", self.host)
+
+
+async def _error_of(host: str, method: str, response: aiohttp.ClientResponse) -> str:
+    try:
+        message = str((await response.json())["error"])
+    except (ValueError, KeyError, TypeError, aiohttp.ClientError):
+        message = f"HTTP {response.status}"
+    return f"host {host}: {method}: {message}"
+
+
+async def _stream_after(line: bytes, source: StateStream) -> Any:
+    """The call's line, then what `source` writes into a pipe (a saved state)."""
+    yield line
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        try:
+            source(write_end)
+        finally:
+            os.close(write_end)
+
+    feeding = asyncio.create_task(asyncio.to_thread(feed))
+    try:
+        while chunk := await asyncio.to_thread(os.read, read_end, CHUNK):
+            yield chunk
+        await feeding
+    finally:
+        os.close(read_end)
+        if not feeding.done():
+            feeding.cancel()
+
+
+async def _drain_into(response: aiohttp.ClientResponse, sink: StateStream) -> None:
+    """Give the body of `response` (a saved state) to `sink` through a pipe."""
+    read_end, write_end = os.pipe()
+
+    def drain() -> None:
+        try:
+            sink(read_end)
+        finally:
+            os.close(read_end)
+
+    draining = asyncio.create_task(asyncio.to_thread(drain))
+    stopped_reading = False
+    try:
+        async for chunk in response.content.iter_chunked(CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[await asyncio.to_thread(os.write, write_end, view) :]
+    except BrokenPipeError:
+        stopped_reading = True  # the sink's own error says why
+    finally:
+        os.close(write_end)
+    try:
+        await draining
+    except OSError as error:
+        raise HypervisorError(f"cannot store the saved state: {error}") from error
+    if stopped_reading:
+        raise HypervisorError("the saved state was not read to its end")

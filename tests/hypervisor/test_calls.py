@@ -1,0 +1,145 @@
+"""The driver's calls as plain data (hypervisor/calls.py): every method has its record, and
+every record and answer survives JSON whole; what is not a record is refused."""
+
+import inspect
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openhosting.hypervisor.calls import CALLS, CallError, arguments, decode, encode
+from openhosting.hypervisor.driver import (
+    BlockStats,
+    HypervisorDriver,
+    StartRequest,
+    VmEvent,
+    VmStatus,
+)
+from openhosting.hypervisor.spec import (
+    DiskSpec,
+    DriveSecret,
+    HostVmSettings,
+    NicSpec,
+    StreamNetdev,
+    TapNetdev,
+    UserNetdev,
+    VmSpec,
+    VncSpec,
+)
+
+SERVER = str(uuid.uuid4())
+
+
+def _through_json(hint: Any, value: object) -> Any:
+    return decode(hint, json.loads(json.dumps(encode(value))))
+
+
+def _full_request() -> StartRequest:
+    run = Path("/run/oh") / SERVER
+    spec = VmSpec(
+        SERVER, 2, 256, run,
+        disks=(
+            DiskSpec("ide:0:0", Path("/d/a.raw")),
+            DiskSpec("block:1", Path("/d/b"), format="luks", secret_file=run / "s", shared=True),
+            DiskSpec("ide:1:0", Path("/d/c.iso"), media="cdrom"),
+        ),
+        boot=("ide:1:0", "ide:0:0"),
+        nics=(
+            NicSpec(0, "virtio", "52:54:00:00:00:01"),
+            NicSpec(1, "e1000", "52:54:00:00:00:02", TapNetdev("tap-x")),
+            NicSpec(2, "rtl8139", "52:54:00:00:00:03", StreamNetdev(run / "passt.sock")),
+            NicSpec(3, "virtio", "52:54:00:00:00:04", UserNetdev(net="10.0.2.0/24")),
+        ),
+        vnc=VncSpec("127.0.0.1", 7, tls_dir=Path("/s/vnc-tls")),
+        netns="oh-ns", run_as="nobody", incoming=True,
+    )  # fmt: skip
+    return StartRequest(
+        spec,
+        secrets=(DriveSecret(run / "s", b"\x00hush\xff"),),
+        vnc_password="whisper",
+        vnc_names=("vnc.example",),
+        cpu_mhz=1500,
+        timeout=12.5,
+    )
+
+
+def test_every_driver_method_has_a_record_naming_its_parameters() -> None:
+    members = inspect.getmembers(HypervisorDriver, inspect.isfunction)
+    methods = {name for name, _ in members if not name.startswith("_")} - {"listen"}
+    assert set(CALLS) == methods
+    for name, call in CALLS.items():
+        if name == "start":
+            continue  # takes its record whole
+        parameters = set(inspect.signature(getattr(HypervisorDriver, name)).parameters)
+        fields = set(arguments(call.request(**_sample_fields(call.request))))
+        assert fields == parameters - {"self", "sink"}, name
+
+
+def _sample_fields(record: type) -> dict[str, object]:
+    samples: dict[str, object] = {"server": SERVER, "timeout": 1.0, "started": 1.0}
+    samples |= {"vnc_listen": "::", "netns": None, "address": "::1", "port": 5900}
+    samples |= {"cpu_mhz": 100, "password": None}
+    return {name: samples[name] for name in inspect.signature(record).parameters}
+
+
+def test_a_start_request_crosses_whole() -> None:
+    request = _full_request()
+    assert _through_json(StartRequest, request) == request
+    # The passphrase crosses (the agent writes it for QEMU) but is never shown.
+    assert "hush" not in repr(request) and "whisper" not in repr(request)
+
+
+@pytest.mark.parametrize(
+    ("hint", "value"),
+    [
+        (VmStatus | None, VmStatus(SERVER, "paused", "nospace", started=12.0)),
+        (VmStatus | None, None),
+        (dict[str, BlockStats], {"ide:0:0": BlockStats(1, 2, 3 << 40, 4)}),
+        (bytes | None, b"\x00\xffboot\n"),
+        (list[str], [SERVER]),
+        (HostVmSettings, HostVmSettings("tcg", "::", Path("/s/vnc-tls"), run_as="nobody")),
+        (VmEvent, VmEvent(SERVER, "exited", how="crash")),
+        (Path, Path("/run/x")),
+    ],
+)
+def test_answers_and_events_cross_whole(hint: Any, value: object) -> None:
+    assert _through_json(hint, value) == value
+
+
+@pytest.mark.parametrize(
+    ("hint", "data"),
+    [
+        (StartRequest, {"spec": {"uuid": "not-a-uuid", "smp": 1, "mem_mb": 64, "run_dir": "/r"}}),
+        (StartRequest, {"spec": None}),
+        (VmStatus, {"server": SERVER, "state": "running", "started": "soon"}),
+        (VmStatus, {"server": SERVER, "state": "running", "pid": 1}),  # no such field
+        (VmStatus, {"type": "VmEvent", "server": SERVER, "state": "running"}),
+        (CALLS["set_cpu"].request, {"server": SERVER, "cpu_mhz": True}),
+        (CALLS["set_cpu"].request, {"server": SERVER, "cpu_mhz": 1.5}),
+        (CALLS["stop"].request, {"timeout": 1}),  # the server is missing
+        (bytes, "not base64!"),
+        (CALLS["forget"].request, {"server": "../../etc"}),  # a run directory it would remove
+        (CALLS["run_dir"].request, {"server": "/"}),
+        (CALLS["stop"].request, {"server": SERVER.upper()}),
+        (list[str], "a"),
+        (
+            NicSpec,
+            {
+                "index": 0,
+                "model": "virtio",
+                "mac": "52:54:00:00:00:01",
+                "backend": {"type": "Socket"},
+            },
+        ),
+    ],
+)
+def test_what_is_not_a_record_is_refused(hint: Any, data: Any) -> None:
+    with pytest.raises(CallError):
+        decode(hint, data)
+
+
+def test_what_is_not_plain_data_is_not_encoded() -> None:
+    with pytest.raises(CallError):
+        encode(object())
