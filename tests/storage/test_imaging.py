@@ -394,6 +394,16 @@ def test_gunzip_on_a_disk_goes_past_the_page_cache_and_keeps_every_byte(
         made.close()
 
 
+@pytest.mark.parametrize("cls", [bytes, memoryview])
+def test_a_piece_is_zero_only_when_every_byte_is(cls: type) -> None:
+    size = 512 * 1024
+    assert imaging._is_zero(cls(bytes(size)))
+    for at in (0, 63, 64, size // 2, size - 1):  # in the head, past it, at the very end
+        piece = bytearray(size)
+        piece[at] = 1
+        assert not imaging._is_zero(cls(bytes(piece)))
+
+
 class RecordingWriter:
     """Stands in for the writer thread: keeps what a stream hands it."""
 
