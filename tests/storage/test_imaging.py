@@ -1,5 +1,6 @@
 """Imaging pipelines on real drive files, plain and encrypted on either side."""
 
+import errno
 import gzip as gzip_module
 import os
 import shutil
@@ -11,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from isal import isal_zlib
 
 from openhosting.storage import imaging
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
-from openhosting.storage.gzip_stream import GzipStreamError
+from openhosting.storage.gzip_stream import GzipMembers, GzipStreamError
 from openhosting.storage.imaging import CHUNK, Endpoint, ImagingStopped, Tracker
 from tests.disk_tmp import cached_bytes
 
@@ -193,6 +195,111 @@ def test_gunzip_of_what_is_not_a_whole_gzip_stream_fails(drives: Drives, stored:
         imaging.gunzip(src, dst, Tracker())
 
 
+def test_a_slow_write_does_not_hold_the_inflater_still(
+    drives: Drives, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one chunk is being written (a busy shared disk), the next ones are taken, up to
+    WRITES_QUEUED, and every byte still lands in its place."""
+    dst = drives.make("dst", (imaging.WRITES_QUEUED + 1) * CHUNK, "plain")
+    release = threading.Event()
+    write_pieces = imaging._Writer._write_pieces
+
+    def slow_first_write(writer: imaging._Writer, offset: int, pieces: list[memoryview]) -> None:
+        if offset == 0:
+            release.wait(30)
+        write_pieces(writer, offset, pieces)
+
+    monkeypatch.setattr(imaging._Writer, "_write_pieces", slow_first_write)
+    chunks = [os.urandom(CHUNK) for _ in range(imaging.WRITES_QUEUED)]
+    handed = threading.Event()
+    with imaging._Writer(dst) as writer:
+
+        def produce() -> None:
+            for index, chunk in enumerate(chunks):
+                writer.write_pieces(index * CHUNK, [memoryview(chunk)])
+            handed.set()
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            taken = handed.wait(10)
+        finally:
+            release.set()
+            producer.join(30)
+        writer.finish()
+    assert taken, "the writer took no further chunk while the first was being written"
+    assert content(dst) == b"".join(chunks) + bytes(CHUNK)
+
+
+def test_a_failed_write_fails_the_pipeline(drives: Drives, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = os.urandom(3 * CHUNK)
+    src = drives.make("src", 4 * CHUNK, "plain")
+    fill(src, {0: gzip_module.compress(raw, compresslevel=1)})
+    dst = drives.make("dst", len(raw), "plain")
+
+    def full_disk(_writer: imaging._Writer, _offset: int, _pieces: list[memoryview]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(imaging._Writer, "_write_pieces", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        imaging.gunzip(src, dst, Tracker())
+
+
+@pytest.mark.parametrize("conversion", ["gzip", "gunzip"])
+def test_the_next_source_piece_is_read_while_one_is_worked_on(
+    drives: Drives, monkeypatch: pytest.MonkeyPatch, conversion: str
+) -> None:
+    """Reading (and decrypting) SRC leaves the inflating or compressing thread: the next
+    piece is being read while the one before is worked on."""
+    raw = os.urandom(2 * CHUNK + MiB)
+    stored = gzip_module.compress(raw, compresslevel=1) if conversion == "gunzip" else raw
+    src = drives.make("src", len(stored), "encrypted")
+    fill(src, {0: stored})
+    dst = drives.make("dst", len(raw) + MiB, "plain")
+    reads: list[int] = []
+    second_read = threading.Event()
+    read_at = src.io.read_at
+
+    def recording_read(offset: int, length: int) -> bytes | bytearray:
+        reads.append(offset)
+        if len(reads) == 2:
+            second_read.set()
+        return read_at(offset, length)
+
+    monkeypatch.setattr(src.io, "read_at", recording_read)
+    overlapped: list[bool] = []
+    if conversion == "gunzip":
+        feed = GzipMembers.feed
+
+        def slow_feed(members: GzipMembers, data: bytes | memoryview) -> Iterator[bytes]:
+            if not overlapped:
+                overlapped.append(second_read.wait(10))
+            return feed(members, data)
+
+        monkeypatch.setattr(GzipMembers, "feed", slow_feed)
+        imaging.gunzip(src, dst, Tracker())
+        assert content(dst) == raw + bytes(MiB)
+    else:
+        compressobj = isal_zlib.compressobj
+
+        class SlowCompressor:
+            def __init__(self, *args: object) -> None:
+                self._compressor = compressobj(*args)
+
+            def compress(self, data: bytes) -> bytes:
+                if not overlapped:
+                    overlapped.append(second_read.wait(10))
+                return self._compressor.compress(data)
+
+            def flush(self) -> bytes:
+                return self._compressor.flush()
+
+        monkeypatch.setattr(isal_zlib, "compressobj", SlowCompressor)
+        imaging.gzip(src, dst, Tracker())
+        assert gunzip_stream(content(dst)) == raw
+    assert overlapped == [True], "the second piece was read only after the first was done"
+
+
 @pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-utils")
 def test_qemu_sees_the_decompressed_bytes_on_an_encrypted_dst_zeros_included(
     drives: Drives, tmp_path: Path
@@ -285,6 +392,16 @@ def test_gunzip_on_a_disk_goes_past_the_page_cache_and_keeps_every_byte(
         assert os.stat(dst.io.path).st_blocks * 512 < len(original) - CHUNK // 2  # zeros: holes
     finally:
         made.close()
+
+
+@pytest.mark.parametrize("cls", [bytes, memoryview])
+def test_a_piece_is_zero_only_when_every_byte_is(cls: type) -> None:
+    size = 512 * 1024
+    assert imaging._is_zero(cls(bytes(size)))
+    for at in (0, 63, 64, size // 2, size - 1):  # in the head, past it, at the very end
+        piece = bytearray(size)
+        piece[at] = 1
+        assert not imaging._is_zero(cls(bytes(piece)))
 
 
 class RecordingWriter:
