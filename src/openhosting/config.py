@@ -168,6 +168,19 @@ class NetworkSettings:
     dnsmasq_binary: str = "dnsmasq"
     # How long a DHCP lease lasts (seconds; dnsmasq's minimum is 120).
     lease_seconds: int = 3600
+    # Bridge mode, VLANs across hosts (docs/networking.md): this host's underlay address, the
+    # source of its VXLAN packets; empty: VLANs stay on this host (no VXLAN device).
+    vxlan_local: str = ""
+    # The UDP port of VXLAN between hosts (the underlay must carry it between hosts only).
+    vxlan_port: int = 4789
+    # The underlay link the VXLAN packets leave by (its MTU less 50 is the VLANs' MTU);
+    # empty: the route to each peer decides, and the VLANs' MTU is 1450.
+    vxlan_device: str = ""
+    # The other hosts' underlay addresses (space-separated): each VLAN's broadcasts, unknown
+    # destinations and multicast are copied to every one of them.
+    vxlan_peers: str = ""
+    # VXLAN devices are PREFIX + part of the VLAN UUID.
+    vxlan_prefix: str = "oh-x"
 
 
 @dataclass(frozen=True)

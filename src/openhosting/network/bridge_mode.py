@@ -2,8 +2,10 @@
 bridge per VLAN, one tap per NIC; all of it in a network namespace when one is configured.
 
 This kernel has no 802.1Q interfaces or VLAN-filtering bridges, so a VLAN is a bridge of its
-own on the host (across hosts it would become a VXLAN bridge). Taps are made before QEMU
-starts and removed after it ends; a VLAN bridge lives while a tap is on it. Every link made
+own on the host; with an underlay configured (`network.vxlan_*`) the bridge also holds the
+VLAN's VXLAN device, which carries it to the other hosts (see vxlan.py). Taps are made before
+QEMU starts and removed after it ends; a VLAN bridge, and its VXLAN device, live while a tap
+is on it. Every link made
 here is marked (see `links.LINK_MARKER`); the public bridge is left alone when an operator
 made it. One lock serialises every change, so a VLAN bridge is never removed while another
 server is being attached to it. The inbound ports a NIC blocks (`nic:N:block`) are dropped
@@ -24,11 +26,12 @@ from openhosting.config import NetworkSettings
 from openhosting.network.bridge_fence import BridgeFence
 from openhosting.network.dnsmasq import DhcpServer, DhcpSpec
 from openhosting.network.driver import Backend, NicPlan
-from openhosting.network.links import IFNAMSIZ, Counters, Links, check_ifname
+from openhosting.network.links import IFNAMSIZ, Counters, Link, Links, check_ifname
 from openhosting.network.netdevs import TapNetdev
 from openhosting.network.nic_firewall import NicFirewall
 from openhosting.network.pool import AddressPool, PoolError
 from openhosting.network.vnc_overlay import VncOverlay
+from openhosting.network.vxlan import VxlanSegments, parse_underlay, vni_of
 from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.network")
@@ -50,10 +53,23 @@ class BridgeNetwork:
         self._public = check_ifname(settings.public_bridge)
         self._vlan_prefix = settings.vlan_bridge_prefix
         self._tap_prefix = settings.tap_prefix
+        self._vxlan_prefix = settings.vxlan_prefix
         # At least 8 hex digits of a UUID in every name, so that names do not collide.
-        for prefix, room in ((self._vlan_prefix, IFNAMSIZ), (self._tap_prefix, IFNAMSIZ - 1)):
+        prefixes = (
+            (self._vlan_prefix, IFNAMSIZ),
+            (self._tap_prefix, IFNAMSIZ - 1),
+            (self._vxlan_prefix, IFNAMSIZ),
+        )
+        for prefix, room in prefixes:
             if len(prefix) > room - 8 or not prefix:
                 raise PoolError(f"link name prefix {prefix!r} is empty or too long")
+        # A link's kind is told by its name's prefix: no prefix may begin another.
+        for prefix, _ in prefixes:
+            for other, _ in prefixes:
+                if prefix is not other and other.startswith(prefix):
+                    raise PoolError(f"link name prefix {other!r} begins with {prefix!r}")
+        underlay = parse_underlay(settings)
+        self._vxlan = None if underlay is None else VxlanSegments(self._links, underlay)
         host = IPv4Address(settings.host_address or str(pool.gateway))
         if host not in pool.subnet or host in pool:
             raise PoolError(f"host address {host} must be in {pool.subnet}, outside the range")
@@ -83,6 +99,9 @@ class BridgeNetwork:
 
     def vlan_bridge(self, vlan: str) -> str:
         return self._vlan_prefix + _hex(vlan)[: IFNAMSIZ - len(self._vlan_prefix)]
+
+    def vxlan_device(self, vlan: str) -> str:
+        return self._vxlan_prefix + _hex(vlan)[: IFNAMSIZ - len(self._vxlan_prefix)]
 
     def tap_name(self, nic: NicPlan) -> str:
         room = IFNAMSIZ - len(self._tap_prefix) - 1
@@ -143,10 +162,11 @@ class BridgeNetwork:
             backends: dict[int, Backend] = {}
             async with Reverter() as revert:
                 for nic in nics:
-                    if nic.vlan is not None:
-                        await self._links.ensure_bridge(self.vlan_bridge(nic.vlan))
-                    # Detaching undoes every step below, and an idle VLAN bridge made above.
+                    # Detaching undoes every step below, and removes a VLAN bridge (with
+                    # its VXLAN device) left idle.
                     revert.add(functools.partial(self._detach, [nic]))
+                    if nic.vlan is not None:
+                        await self._ensure_vlan(nic.vlan)
                     # The blocked ports first: the tap never carries a frame they refuse.
                     await self._firewall.block(self.tap_name(nic), nic.block)
                     await self._links.add_tap(self.tap_name(nic), self.bridge_of(nic))
@@ -155,6 +175,12 @@ class BridgeNetwork:
                     backends[nic.index] = TapNetdev(self.tap_name(nic))
                 revert.success()
             return backends
+
+    async def _ensure_vlan(self, vlan: str) -> None:
+        bridge = self.vlan_bridge(vlan)
+        await self._links.ensure_bridge(bridge)
+        if self._vxlan is not None:
+            await self._vxlan.ensure(self.vxlan_device(vlan), vni_of(vlan), bridge)
 
     async def detach(self, nics: Sequence[NicPlan]) -> None:
         async with self._lock:
@@ -170,17 +196,32 @@ class BridgeNetwork:
             await self._remove_idle_vlan_bridges(vlans)
 
     async def _remove_idle_vlan_bridges(self, only: Collection[str] | None = None) -> None:
+        """Remove the VLAN bridges (of `only`, else all) that no tap or other link is on,
+        with their VXLAN devices, and any VXLAN device of ours left outside a bridge."""
         links = await self._links.all()
-        masters = {link.master for link in links.values()}
+        ports: dict[str, list[str]] = {}
+        for link in links.values():
+            if link.master is not None:
+                ports.setdefault(link.master, []).append(link.name)
         for link in links.values():
             if (
                 link.ours
                 and link.name.startswith(self._vlan_prefix)
                 and link.name != self._public
-                and link.name not in masters
+                and all(self._is_vxlan(links, port) for port in ports.get(link.name, ()))
                 and (only is None or link.name in only)
             ):
+                # The VXLAN device first: a bridge's deletion would only free its ports.
+                for port in ports.get(link.name, ()):
+                    await self._links.delete(port)
                 await self._links.delete(link.name)
+        for link in links.values():
+            if self._is_vxlan(links, link.name) and link.master is None:
+                await self._links.delete(link.name)
+
+    def _is_vxlan(self, links: dict[str, Link], name: str) -> bool:
+        link = links.get(name)
+        return link is not None and link.ours and name.startswith(self._vxlan_prefix)
 
     async def block(self, nic: NicPlan) -> None:
         async with self._lock:
@@ -211,6 +252,9 @@ class BridgeNetwork:
                 if name not in present:
                     assert nic.address is not None
                     await self._dhcp.add_entry(name, nic.mac, nic.address)
+            # The running servers' VLANs flood to the peers configured now.
+            for vlan in sorted({nic.vlan for nic in active if nic.vlan is not None}):
+                await self._ensure_vlan(vlan)
             taps = {self.tap_name(nic) for nic in active}
             await self._firewall.replace_all({self.tap_name(nic): nic.block for nic in active})
             for link in (await self._links.all()).values():

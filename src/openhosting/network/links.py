@@ -198,6 +198,40 @@ class Links:
             await self._ip("link", "set", name, "master", bridge, "up")
             revert.success()
 
+    async def add_vxlan(
+        self, name: str, vni: int, local: str, port: int, device: str = "", mtu: int = 0
+    ) -> None:
+        """A VXLAN device `name` for VNI `vni`, from `local` on UDP `port`, leaving by
+        `device` when given, `mtu` when not 0, learning no addresses (the flood list says
+        where frames go), marked ours and down."""
+        check_ifname(name)
+        argv = ["link", "add", name, *(("mtu", str(mtu)) if mtu else ()), "type", "vxlan"]
+        argv += ["id", str(vni), "local", local, "dstport", str(port), "nolearning"]
+        async with Reverter() as revert:
+            await self._ip(*argv, *(("dev", device) if device else ()))
+            revert.add(functools.partial(self.delete, name))
+            await self._ip("link", "set", name, "alias", LINK_MARKER)
+            revert.success()
+
+    async def vxlan_of(self, name: str) -> tuple[int, str, int] | None:
+        """The VNI, local address and UDP port of VXLAN device `name`; None when there is
+        no such link or it is not a VXLAN device."""
+        try:
+            found = json.loads(await self._ip("-d", "-j", "link", "show", "dev", name) or "[]")
+        except NetworkError as error:
+            if _is_gone(error):
+                return None
+            raise
+        info = found[0].get("linkinfo", {}) if found else {}
+        if info.get("info_kind") != "vxlan":
+            return None
+        data = info.get("info_data", {})
+        return int(data.get("id", -1)), str(data.get("local", "")), int(data.get("port", -1))
+
+    async def set_master(self, name: str, bridge: str) -> None:
+        """Link `name` a port of `bridge`, and up."""
+        await self._ip("link", "set", name, "master", bridge, "up")
+
     async def delete(self, name: str) -> None:
         """Delete link `name`; nothing to do when it is gone."""
         try:

@@ -1,0 +1,233 @@
+"""VLANs across hosts as VXLAN segments, on the real kernel: a "fabric" namespace with a
+bridge stands for the provider's underlay, two "host" namespaces are cabled to it by veth
+pairs and each runs the bridge-mode driver; a "guest" namespace per NIC is cabled into the
+VLAN bridge where a tap would be (a tap with no QEMU behind it carries nothing). Every
+namespace, and so every link, address and dnsmasq in them, is the test's and goes with it."""
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from openhosting.config import NetworkSettings
+from openhosting.network.bridge_mode import BridgeNetwork
+from openhosting.network.driver import NicPlan
+from openhosting.network.errors import NetworkError
+from openhosting.network.pool import AddressPool
+from openhosting.network.vxlan import vni_of
+from tests.integration.netns_helpers import link_names, network_namespace
+
+# The underlay: a benchmarking range, only ever inside the test's namespaces.
+UNDERLAY = ("198.18.0.1", "198.18.0.2")
+VLAN_1 = "3a9c6b52-1d7e-4f08-a2b3-c4d5e6f7a8b9"
+VLAN_2 = "5e1f0a7c-9b24-4d3e-8f61-0a2b3c4d5e6f"
+# Two VLANs whose UUIDs hash to one VNI (13683501), found by trying UUIDs.
+CLASH_A = "a0cb9e54-05e6-577d-92f8-7908c5d28a31"
+CLASH_B = "e0d24a38-2938-50e9-827c-a32273bfb513"
+
+
+def ip(namespace: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", namespace, *args], check=True, timeout=10)
+
+
+# An ICMP echo from Python (no ping binary on this machine): 3 requests half a second apart.
+_PING = """
+import socket, struct, sys, time
+address = sys.argv[1]
+def checksum(data):
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(0.5)
+for seq in range(3):
+    head = struct.pack("!BBHHH", 8, 0, 0, 0x6F68, seq) + b"vxlan-test"
+    s.sendto(head[:2] + struct.pack("!H", checksum(head)) + head[4:], (address, 0))
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        try:
+            data, (source, _) = s.recvfrom(2048)
+        except TimeoutError:
+            break
+        icmp = data[(data[0] & 15) * 4:]
+        if source == address and icmp[0] == 0 and icmp[4:6] == b"oh":
+            print("reply")
+            sys.exit(0)
+print("none")
+"""
+
+
+def pings(namespace: str, address: str) -> bool:
+    """Whether `address` answers one of 3 ICMP echoes from `namespace` (1.5 s at most)."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", _PING, address],
+        capture_output=True, text=True, timeout=15, check=True,
+    )  # fmt: skip
+    return done.stdout.strip() == "reply"
+
+
+@dataclass
+class Fabric:
+    """The namespaces of the test: `hosts[i]` has underlay address UNDERLAY[i] on `u0`."""
+
+    stack: ExitStack
+    fabric: str
+    hosts: tuple[str, str]
+
+    def guest(self, host: str, bridge: str, name: str, address: str) -> str:
+        """A guest namespace whose `eth0` (at `address`/24, MTU 1450) is a port of `bridge`
+        on `host` through the host's link `name`."""
+        guest = self.stack.enter_context(network_namespace())
+        ip(host, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", guest)
+        ip(host, "link", "set", name, "master", bridge, "up")
+        ip(guest, "link", "set", "eth0", "mtu", "1450", "up")
+        ip(guest, "addr", "add", f"{address}/24", "dev", "eth0")
+        return guest
+
+
+@pytest.fixture
+def fabric() -> Iterator[Fabric]:
+    with ExitStack() as stack:
+        fabric = stack.enter_context(network_namespace())
+        hosts = (
+            stack.enter_context(network_namespace()),
+            stack.enter_context(network_namespace()),
+        )
+        ip(fabric, "link", "add", "fab", "type", "bridge")
+        ip(fabric, "link", "set", "fab", "up")
+        for index, host in enumerate(hosts):
+            port = f"f{index}"
+            ip(fabric, "link", "add", port, "type", "veth", "peer", "name", "u0", "netns", host)
+            ip(fabric, "link", "set", port, "master", "fab", "up")
+            ip(host, "addr", "add", f"{UNDERLAY[index]}/24", "dev", "u0")
+            ip(host, "link", "set", "u0", "up")
+        yield Fabric(stack, fabric, hosts)
+
+
+def host_driver(fabric: Fabric, index: int, run_dir: Path) -> BridgeNetwork:
+    settings = NetworkSettings(
+        mode="bridge",
+        namespace=fabric.hosts[index],
+        lease_seconds=120,
+        vxlan_local=UNDERLAY[index],
+        vxlan_device="u0",
+        vxlan_peers=UNDERLAY[1 - index],
+    )
+    pool = AddressPool.parse(
+        settings.pool_subnet, settings.pool_gateway, settings.pool_nameservers, settings.pool_range
+    )
+    return BridgeNetwork(settings, pool, run_dir)
+
+
+@pytest.fixture
+async def drivers(fabric: Fabric, tmp_path: Path) -> AsyncIterator[tuple[BridgeNetwork, ...]]:
+    networks = tuple(host_driver(fabric, index, tmp_path / f"host{index}") for index in (0, 1))
+    yield networks
+    for network in networks:
+        await network.dhcp.stop()
+
+
+def nic(server: int, vlan: str) -> NicPlan:
+    mac = f"52:54:00:00:00:{server:02x}"
+    return NicPlan(f"{server:08x}-0000-4000-8000-000000000000", 0, mac, vlan=vlan)
+
+
+def flood_list(namespace: str, device: str) -> set[str]:
+    shown = subprocess.run(
+        ["bridge", "-n", namespace, "-j", "fdb", "show", "dev", device],
+        check=True, capture_output=True, text=True, timeout=10,
+    ).stdout  # fmt: skip
+    return {e["dst"] for e in json.loads(shown) if e["mac"] == "00:00:00:00:00:00"}
+
+
+async def test_guests_of_a_vlan_on_two_hosts_reach_each_other_and_no_other_vlan(
+    fabric: Fabric, drivers: tuple[BridgeNetwork, BridgeNetwork]
+) -> None:
+    one, two = drivers
+    host_1, host_2 = fabric.hosts
+    # Each VLAN has a server on each host: A and C on VLAN 1, B and D on VLAN 2.
+    nics_1 = [nic(1, VLAN_1), nic(2, VLAN_2)]
+    nics_2 = [nic(3, VLAN_1), nic(4, VLAN_2)]
+    await one.attach(nics_1)
+    await two.attach(nics_2)
+
+    device = one.vxlan_device(VLAN_1)
+    links = await one._links.all()
+    assert links[device].master == one.vlan_bridge(VLAN_1)
+    assert await one._links.vxlan_of(device) == (vni_of(VLAN_1), UNDERLAY[0], 4789)
+    assert vni_of(VLAN_1) != vni_of(VLAN_2)
+    assert flood_list(host_1, device) == {UNDERLAY[1]}  # head-end replication to the peer
+    assert "mtu 1450 " in subprocess.run(
+        ["ip", "-n", host_1, "link", "show", one.vlan_bridge(VLAN_1)],
+        check=True, capture_output=True, text=True, timeout=10,
+    ).stdout  # fmt: skip
+
+    a = fabric.guest(host_1, one.vlan_bridge(VLAN_1), "ga", "10.77.0.1")
+    b = fabric.guest(host_1, one.vlan_bridge(VLAN_2), "gb", "10.77.0.2")
+    c = fabric.guest(host_2, two.vlan_bridge(VLAN_1), "gc", "10.77.0.3")
+    d = fabric.guest(host_2, two.vlan_bridge(VLAN_2), "gd", "10.77.0.4")
+    assert pings(a, "10.77.0.3")  # VLAN 1 across the hosts
+    assert pings(d, "10.77.0.2")  # VLAN 2 across the hosts
+    # One subnet on both VLANs: only the VLAN (the VNI across hosts) keeps them apart.
+    assert not pings(a, "10.77.0.4")
+    assert not pings(c, "10.77.0.2")
+    assert not pings(b, "10.77.0.1")
+
+    # The guests' links go (as QEMU's taps would), then the servers stop.
+    for host, link in ((host_1, "ga"), (host_1, "gb"), (host_2, "gc"), (host_2, "gd")):
+        ip(host, "link", "delete", link)
+    await one.detach(nics_1[:1])
+    names = link_names(host_1)
+    assert one.vxlan_device(VLAN_1) not in names and one.vlan_bridge(VLAN_1) not in names
+    assert one.vxlan_device(VLAN_2) in names  # VLAN 2 still has a server here
+    await one.detach(nics_1[1:])
+    await two.detach(nics_2)
+    for network, host in ((one, host_1), (two, host_2)):
+        await network.close(idle=True)
+        assert link_names(host) == {"lo", "u0"}
+
+
+async def test_two_vlans_of_one_vni_on_a_host_are_refused_not_joined(
+    fabric: Fabric, drivers: tuple[BridgeNetwork, BridgeNetwork]
+) -> None:
+    one, _ = drivers
+    assert vni_of(CLASH_A) == vni_of(CLASH_B)
+    await one.attach([nic(1, CLASH_A)])
+    with pytest.raises(NetworkError, match="already another VLAN's"):
+        await one.attach([nic(2, CLASH_B)])
+    names = link_names(fabric.hosts[0])
+    assert one.vlan_bridge(CLASH_B) not in names and one.vxlan_device(CLASH_B) not in names
+    assert one.vxlan_device(CLASH_A) in names
+    await one.detach([nic(1, CLASH_A)])
+    await one.close(idle=True)
+    assert link_names(fabric.hosts[0]) == {"lo", "u0"}
+
+
+async def test_a_changed_peer_list_replaces_the_flood_list_at_reconcile(
+    fabric: Fabric, drivers: tuple[BridgeNetwork, BridgeNetwork], tmp_path: Path
+) -> None:
+    one, _ = drivers
+    await one.attach([nic(1, VLAN_1)])
+    # The daemon restarts with another peer list (a host left, another came).
+    settings = NetworkSettings(
+        mode="bridge",
+        namespace=fabric.hosts[0],
+        lease_seconds=120,
+        vxlan_local=UNDERLAY[0],
+        vxlan_device="u0",
+        vxlan_peers="198.18.0.7 198.18.0.8",
+    )
+    pool = AddressPool.parse(
+        settings.pool_subnet, settings.pool_gateway, settings.pool_nameservers, settings.pool_range
+    )
+    again = BridgeNetwork(settings, pool, tmp_path / "host0")
+    await again.reconcile([nic(1, VLAN_1)])
+    assert flood_list(fabric.hosts[0], again.vxlan_device(VLAN_1)) == {"198.18.0.7", "198.18.0.8"}
+    await again.detach([nic(1, VLAN_1)])
+    await again.close(idle=True)
+    assert link_names(fabric.hosts[0]) == {"lo", "u0"}
