@@ -2,7 +2,8 @@
 bridge stands for the provider's underlay, two "host" namespaces are cabled to it by veth
 pairs and each runs the bridge-mode driver; a "guest" namespace per NIC is cabled into the
 VLAN bridge where a tap would be (a tap with no QEMU behind it carries nothing). Every
-namespace, and so every link, address and dnsmasq in them, is the test's and goes with it."""
+namespace, and so every link, address and dnsmasq in them, is the test's and goes with it.
+The last test runs a real TCG guest through the platform on host 1."""
 
 import json
 import subprocess
@@ -13,14 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient
 
-from openhosting.config import NetworkSettings
+from openhosting.config import Config, NetworkSettings
 from openhosting.network.bridge_mode import BridgeNetwork
 from openhosting.network.driver import NicPlan
 from openhosting.network.errors import NetworkError
 from openhosting.network.pool import AddressPool
 from openhosting.network.vxlan import vni_of
+from openhosting.services.platform import Platform
+from openhosting.services.server_network import default_mac
+from openhosting.wire.text import parse_properties
+from tests.conftest import config_in
+from tests.integration.bridge_platform import bridge_platform_fixture  # noqa: F401 (a fixture)
 from tests.integration.netns_helpers import link_names, network_namespace
+from tests.integration.server_helpers import create_server, upload_guest, wait_ready, wait_status
+from tests.integration.test_bridge_networking import console_run, post
+from tests.integration.test_bridge_networking import pings as guest_pings
 
 # The underlay: a benchmarking range, only ever inside the test's namespaces.
 UNDERLAY = ("198.18.0.1", "198.18.0.2")
@@ -231,3 +241,57 @@ async def test_a_changed_peer_list_replaces_the_flood_list_at_reconcile(
     await again.detach([nic(1, VLAN_1)])
     await again.close(idle=True)
     assert link_names(fabric.hosts[0]) == {"lo", "u0"}
+
+
+@pytest.fixture(name="config")
+def host_1_config_fixture(tmp_path: Path, fabric: Fabric) -> Config:
+    """The platform of host 1, in bridge mode with VXLAN to host 2."""
+    return config_in(
+        tmp_path,
+        hypervisor={"accelerator": "tcg"},
+        network={
+            "mode": "bridge",
+            "namespace": fabric.hosts[0],
+            "lease_seconds": 120,
+            "vxlan_local": UNDERLAY[0],
+            "vxlan_device": "u0",
+            "vxlan_peers": UNDERLAY[1],
+        },
+    )
+
+
+async def test_a_qemu_guest_on_host_1_reaches_its_vlan_on_host_2(
+    client: TestClient, auth: dict[str, str], bridge_platform: Platform, fabric: Fabric,
+    tiny_guest_image: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    vlan = parse_properties(await post(client, auth, "/resources/vlan/create", "name v"))
+    uuid = vlan["resource"]
+    # Host 2 has a server on the VLAN: its bridge and VXLAN device, and a guest behind them.
+    two = host_driver(fabric, 1, tmp_path / "host1")
+    try:
+        await two.attach([nic(9, uuid)])
+        far = fabric.guest(fabric.hosts[1], two.vlan_bridge(uuid), "gfar", "10.77.0.3")
+
+        drive = await upload_guest(client, auth, tiny_guest_image)
+        body = (
+            f"name near\ncpu 1000\nmem 128\nide:0:0 {drive}\nboot ide:0:0\n"
+            f"nic:1:model rtl8139\nnic:1:vlan {uuid}\n"
+        )
+        server = (await create_server(client, auth, body))["server"]
+        await wait_ready(bridge_platform, server)
+        mac = default_mac(server, 1)
+        iface = f"$(grep -l {mac} /sys/class/net/*/address | cut -d/ -f5)"
+        await console_run(
+            bridge_platform, server, f"ifconfig {iface} 10.77.0.1 netmask 255.255.255.0 mtu 1450"
+        )
+        assert await guest_pings(bridge_platform, server, "10.77.0.3")
+        assert pings(far, "10.77.0.1")
+
+        await post(client, auth, f"/servers/{server}/destroy")
+        assert await wait_status(client, auth, server, "stopped") is None
+        names = link_names(fabric.hosts[0])
+        assert not {name for name in names if name.startswith(("oh-v", "oh-x", "oh-t"))}
+    finally:
+        ip(fabric.hosts[1], "link", "delete", "gfar")
+        await two.detach([nic(9, uuid)])
+        await two.close(idle=True)

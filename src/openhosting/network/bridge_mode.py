@@ -252,9 +252,10 @@ class BridgeNetwork:
                 if name not in present:
                     assert nic.address is not None
                     await self._dhcp.add_entry(name, nic.mac, nic.address)
-            # The running servers' VLANs flood to the peers configured now.
-            for vlan in sorted({nic.vlan for nic in active if nic.vlan is not None}):
-                await self._ensure_vlan(vlan)
+            if self._vxlan is not None:
+                # The running servers' VLANs flood to the peers configured now.
+                for vlan in sorted({nic.vlan for nic in active if nic.vlan is not None}):
+                    await self._ensure_vlan(vlan)
             taps = {self.tap_name(nic) for nic in active}
             await self._firewall.replace_all({self.tap_name(nic): nic.block for nic in active})
             for link in (await self._links.all()).values():
