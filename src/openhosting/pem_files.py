@@ -1,15 +1,76 @@
 """What every certificate maker of the platform shares (the VNC CA in vnc/tls.py, the
-cluster CA in agent/pki.py): PEM encodings, key usages, and writing a key file whole with its
-mode."""
+cluster CA in agent/pki.py): a self-signed CA, a certificate it issues, PEM encodings, key
+usages, and writing a key file whole with its mode."""
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+    PrivateKeyTypes,
+    PublicKeyTypes,
+)
+
+# Clocks of peers a little behind ours must not see a certificate from the future.
+BACKDATE = datetime.timedelta(hours=1)
+
+
+def self_signed_ca(
+    key: CertificateIssuerPrivateKeyTypes,
+    name: x509.Name,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta,
+) -> x509.Certificate:
+    """A CA's certificate for `key`, named and signed by itself, that signs end entities
+    only (no intermediate CAs below it)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def end_entity_builder(
+    ca: tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes],
+    key: CertificateIssuerPublicKeyTypes,
+    name: x509.Name,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta,
+) -> x509.CertificateBuilder:
+    """A TLS certificate for the public `key` issued by `ca`, to be completed with its
+    extended usages and names and signed with the CA's key. It ends no later than the CA's
+    (a client would refuse the chain after that anyway)."""
+    ca_cert, ca_key = ca
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca_cert.subject)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(min(now + lifetime, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # QEMU's own sanity check wants both usages on a server certificate.
+        .add_extension(key_usage(cert_sign=False), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
 
 
 def public_der(key: PublicKeyTypes) -> bytes:

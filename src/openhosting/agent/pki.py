@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from openhosting.pem_files import key_pem, key_usage, write_whole
+from openhosting.pem_files import end_entity_builder, key_pem, self_signed_ca, write_whole
 
 HOST, CONTROL = "host", "control"
 ROLES = (HOST, CONTROL)
@@ -46,8 +46,6 @@ CERT, KEY = "{role}-cert.pem", "{role}-key.pem"
 
 CA_LIFETIME = datetime.timedelta(days=3650)
 NODE_LIFETIME = datetime.timedelta(days=825)
-# Clocks of nodes a little behind ours must not see a certificate from the future.
-BACKDATE = datetime.timedelta(hours=1)
 ORGANIZATION = "openhosting cluster"
 
 # A host's name: a lowercase DNS name (it is the TLS server name the control plane asks for).
@@ -122,19 +120,7 @@ def init_cluster(state_path: Path) -> Bundle:
             x509.NameAttribute(NameOID.COMMON_NAME, "openhosting cluster CA"),
         ]
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_ca(key, name, now, CA_LIFETIME)
     _make_directory(directory)
     write_whole(ca_key_path, key_pem(key), 0o600, exclusive=True)
     write_whole(ca_cert_path, _pem(cert), 0o600, exclusive=True)
@@ -208,45 +194,26 @@ def _issue(
     role: str,
     name: str,
 ) -> None:
-    ca_cert, ca_key = ca
     now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
-                    x509.NameAttribute(NameOID.COMMON_NAME, name),
-                ]
-            )
-        )
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(min(now + NODE_LIFETIME, ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(cert_sign=False), critical=True)
+    name_attributes = [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+        x509.NameAttribute(NameOID.COMMON_NAME, name),
+    ]
+    builder = end_entity_builder(
+        ca, key.public_key(), x509.Name(name_attributes), now, NODE_LIFETIME
+    ).add_extension(
         # Both ends: agents will call the control plane too (heartbeats, next slices).
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        critical=False,
     )
     if role == HOST:
         # The server name the control plane checks: a host's certificate names that host.
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
         )
-    cert = builder.sign(ca_key, hashes.SHA256())
+    cert = builder.sign(ca[1], hashes.SHA256())
     write_whole(bundle.key, key_pem(key), 0o600, exclusive=True)
     write_whole(bundle.cert, _pem(cert), 0o600, exclusive=True)
 

@@ -21,6 +21,7 @@ Events, in the order a VM lives them, go to the one handler given to `listen`:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,16 @@ EventHandler = Callable[[VmEvent], Awaitable[None]]
 # Moves a saved state through a pipe, in a worker thread of the host: a sink reads its
 # descriptor to the end (and stores what it read), a source writes the state into it.
 StateStream = Callable[[int], object]
+
+
+def run_state_stream(stream: StateStream, fd: int) -> None:
+    """Run `stream` (a sink or a source) on its end of a pipe, in a worker thread, and close
+    that end after, even when it fails: the other end then sees the stream's end (or EPIPE)
+    instead of blocking on a pipe nobody serves."""
+    try:
+        stream(fd)
+    finally:
+        os.close(fd)
 
 
 class HypervisorDriver(Protocol):

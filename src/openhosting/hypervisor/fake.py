@@ -43,6 +43,7 @@ from openhosting.hypervisor.driver import (
     StateStream,
     VmEvent,
     VmStatus,
+    run_state_stream,
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import HostVmSettings, VmSpec
@@ -314,16 +315,10 @@ async def _send(sink: StateStream, data: bytes, timeout: float) -> None:
         with os.fdopen(write_end, "wb") as pipe:
             pipe.write(data)
 
-    def drain() -> None:
-        try:
-            sink(read_end)
-        finally:
-            os.close(read_end)
-
     writing = asyncio.create_task(asyncio.to_thread(write))
     try:
         async with asyncio.timeout(timeout):
-            await asyncio.to_thread(drain)
+            await asyncio.to_thread(run_state_stream, sink, read_end)
     finally:
         with contextlib.suppress(Exception):
             await writing
@@ -333,17 +328,11 @@ async def _receive(source: StateStream, timeout: float) -> bytes:
     """What `source` streams, read through a pipe as a restoring QEMU reads it."""
     read_end, write_end = os.pipe()
 
-    def feed() -> None:
-        try:
-            source(write_end)
-        finally:
-            os.close(write_end)
-
     def read() -> bytes:
         with os.fdopen(read_end, "rb") as pipe:
             return pipe.read()
 
-    feeding = asyncio.create_task(asyncio.to_thread(feed))
+    feeding = asyncio.create_task(asyncio.to_thread(run_state_stream, source, write_end))
     async with asyncio.timeout(timeout):
         data = await asyncio.to_thread(read)
         await feeding

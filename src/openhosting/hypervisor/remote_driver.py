@@ -47,6 +47,7 @@ from openhosting.hypervisor.driver import (
     StateStream,
     VmEvent,
     VmStatus,
+    run_state_stream,
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import HostVmSettings
@@ -374,14 +375,7 @@ async def _stream_after(line: bytes, source: StateStream) -> Any:
     """The call's line, then what `source` writes into a pipe (a saved state)."""
     yield line
     read_end, write_end = os.pipe()
-
-    def feed() -> None:
-        try:
-            source(write_end)
-        finally:
-            os.close(write_end)
-
-    feeding = asyncio.create_task(asyncio.to_thread(feed))
+    feeding = asyncio.create_task(asyncio.to_thread(run_state_stream, source, write_end))
     try:
         while chunk := await asyncio.to_thread(os.read, read_end, CHUNK):
             yield chunk
@@ -395,14 +389,7 @@ async def _stream_after(line: bytes, source: StateStream) -> Any:
 async def _drain_into(response: aiohttp.ClientResponse, sink: StateStream) -> None:
     """Give the body of `response` (a saved state) to `sink` through a pipe."""
     read_end, write_end = os.pipe()
-
-    def drain() -> None:
-        try:
-            sink(read_end)
-        finally:
-            os.close(read_end)
-
-    draining = asyncio.create_task(asyncio.to_thread(drain))
+    draining = asyncio.create_task(asyncio.to_thread(run_state_stream, sink, read_end))
     stopped_reading = False
     try:
         async for chunk in response.content.iter_chunked(CHUNK):

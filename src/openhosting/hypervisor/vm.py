@@ -35,6 +35,7 @@ from openhosting.hypervisor.driver import (
     SHUTDOWN,
     BlockStats,
     StateStream,
+    run_state_stream,
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import Monitor
@@ -311,7 +312,7 @@ class RunningVm:
             finally:
                 os.close(write_end)  # QEMU holds its own copy now
             revert.success()
-        reading = asyncio.create_task(asyncio.to_thread(_drain, sink, read_end))
+        reading = asyncio.create_task(asyncio.to_thread(run_state_stream, sink, read_end))
         async with Reverter() as revert:
             # Undone in reverse: the reader ends first (QEMU closes its end when the
             # migration ends, failed or not), then the guest runs on.
@@ -369,23 +370,6 @@ def _state_pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
-def _drain(sink: StateStream, read_end: int) -> None:
-    # The reading end is closed here, even when the sink fails: QEMU then gets EPIPE and
-    # fails the migration instead of blocking on a full pipe.
-    try:
-        sink(read_end)
-    finally:
-        os.close(read_end)
-
-
-def _feed(source: StateStream, write_end: int) -> None:
-    # Closed here too: QEMU sees the end of the stream (or a cut-off one, and fails).
-    try:
-        source(write_end)
-    finally:
-        os.close(write_end)
-
-
 async def _load_state(monitor: Monitor, source: StateStream, timeout: float) -> None:
     """Feed a QEMU started with -incoming defer its saved state, then let the guest run."""
     read_end, write_end = _state_pipe()
@@ -396,7 +380,7 @@ async def _load_state(monitor: Monitor, source: StateStream, timeout: float) -> 
         finally:
             os.close(read_end)
         revert.success()
-    writing = asyncio.create_task(asyncio.to_thread(_feed, source, write_end))
+    writing = asyncio.create_task(asyncio.to_thread(run_state_stream, source, write_end))
     async with Reverter() as revert:
         # The writer ends once QEMU (killed by the caller if need be) closes the pipe.
         revert.add(functools.partial(writing.add_done_callback, _collect))

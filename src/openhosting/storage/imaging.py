@@ -150,38 +150,22 @@ def copy(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
 
 def gzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     """DST receives a gzip stream of all of SRC's bytes."""
-    _empty(dst)
-    tracker.begin(src.size)
     compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
-    with (
-        _seekable(src) as fd,
-        _Writer(dst) as writer,
-        _ReadAhead(_pieces(fd, src, src.size)) as pieces,
-    ):
-        out = _Stream(writer, dst.size, tracker)
+    with _streaming(src, dst, tracker) as (pieces, out):
         for piece in pieces:
             if not out.write(compressor.compress(piece)):
                 break  # DST is full: the rest is cut
             tracker.advance(len(piece))
         else:
             out.write(compressor.flush())
-        out.close()
-        writer.finish()
 
 
 def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     """DST receives the decompressed gzip stream that SRC holds; padding after it is ignored.
 
     GzipStreamError when SRC does not hold a whole gzip stream."""
-    _empty(dst)
-    tracker.begin(src.size)
     members = GzipMembers(INFLATE_PIECE)
-    with (
-        _seekable(src) as fd,
-        _Writer(dst) as writer,
-        _ReadAhead(_pieces(fd, src, src.size)) as pieces,
-    ):
-        out = _Stream(writer, dst.size, tracker)
+    with _streaming(src, dst, tracker) as (pieces, out):
         for piece in pieces:
             for data in members.feed(piece):
                 if not out.write(data):
@@ -191,8 +175,6 @@ def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
             tracker.advance(len(piece))
         if not out.full:
             members.finish()
-        out.close()
-        writer.finish()
 
 
 PIPELINES: dict[str, Callable[[Endpoint, Endpoint, Tracker], None]] = {
@@ -380,6 +362,26 @@ class _Stream:
         self._position += length
         # A small input can inflate to a lot of output: let a stop request through here too.
         self._tracker.tick()
+
+
+@contextlib.contextmanager
+def _streaming(
+    src: Endpoint, dst: Endpoint, tracker: Tracker
+) -> Iterator[tuple[_ReadAhead, _Stream]]:
+    """SRC's pieces, read ahead, and DST (emptied first) as a stream: what gzip and gunzip
+    turn the one into the other with. The stream is closed and DST written out when the
+    block ends without an error."""
+    _empty(dst)
+    tracker.begin(src.size)
+    with (
+        _seekable(src) as fd,
+        _Writer(dst) as writer,
+        _ReadAhead(_pieces(fd, src, src.size)) as pieces,
+    ):
+        out = _Stream(writer, dst.size, tracker)
+        yield pieces, out
+        out.close()
+        writer.finish()
 
 
 def _copy_pieces(src: Endpoint, out: _Writer, first: int, end: int, tracker: Tracker) -> None:

@@ -28,7 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.pem_files import key_pem, key_usage, public_der, write_whole
+from openhosting.pem_files import (
+    end_entity_builder,
+    key_pem,
+    public_der,
+    self_signed_ca,
+    write_whole,
+)
 
 DIRECTORY_NAME = "vnc-tls"
 CA_CERT, CA_KEY = "ca-cert.pem", "ca-key.pem"
@@ -41,8 +47,6 @@ CA_LIFETIME = datetime.timedelta(days=3650)
 SERVER_LIFETIME = datetime.timedelta(days=730)
 # A server certificate this close to its end is replaced at the next VM start.
 RENEW_BEFORE = datetime.timedelta(days=30)
-# Clocks of clients a little behind ours must not see a certificate from the future.
-BACKDATE = datetime.timedelta(hours=1)
 
 _thread_lock = threading.Lock()
 
@@ -136,19 +140,7 @@ def _create_ca(
             x509.NameAttribute(NameOID.COMMON_NAME, f"openhosting VNC CA {socket.gethostname()}"),
         ]
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_ca(key, name, now, CA_LIFETIME)
     write_whole(directory / CA_KEY, key_pem(key), 0o600)
     write_whole(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert, key
@@ -160,37 +152,22 @@ def _issue_server_cert(
     addresses: list[str],
     now: datetime.datetime,
 ) -> None:
-    ca_cert, ca_key = ca
     key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     names = [_address_name(address) for address in addresses]
     hostname = x509.DNSName(socket.gethostname())
     if hostname not in names:
         names.append(hostname)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "openhosting"),
+            x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname()),
+        ]
+    )
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "openhosting"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname()),
-                ]
-            )
-        )
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(min(now + SERVER_LIFETIME, ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        # QEMU's own sanity check wants both usages on a server certificate.
-        .add_extension(key_usage(cert_sign=False), critical=True)
+        end_entity_builder(ca, key.public_key(), subject, now, SERVER_LIFETIME)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+        .sign(ca[1], hashes.SHA256())
     )
     # Each file is replaced whole; if we are cut between the two, the next use sees that the
     # key and certificate do not match and issues them again.
