@@ -1,0 +1,203 @@
+"""Live migration of a running VM to another QEMU, its local drives copied along (what libvirt
+does for `virsh migrate --live --copy-storage-all`).
+
+The sequence, each step bounded by a timeout and undone by a `Reverter` if a later one fails:
+
+1. Target (`serve_incoming`): a QEMU started with `-incoming defer -S` and its drives as empty
+   files of the source's sizes serves each drive's block node writable over NBD
+   (`nbd-server-start`, `block-export-add`), then waits for the state (`migrate-incoming`,
+   with `late-block-activate`: it takes its drives over only at `cont`).
+2. Source (`mirror_drives`): an NBD client node per drive (`blockdev-add`) and a
+   `blockdev-mirror` of the whole drive onto it, in `write-blocking` mode: once a job is
+   READY every guest write reaches the target before the guest is told it is done, so
+   stopping the guest leaves nothing behind.
+3. Source (`send_state`): `migrate` to the target; QEMU pauses the guest for the last round
+   and the source ends paused (`postmigrate`). Then each mirror job is cancelled, which for a
+   READY job is a completion without switching the source over to the copy.
+4. Target (`take_over`): the state is in; the NBD server stops and `cont` runs the guest.
+5. Source: ended (the caller's). Had step 4 failed, a `cont` on the source takes its drives
+   back and runs the guest on.
+
+Jobs and the migration are polled (`query-block-jobs`, `query-migrate`) rather than waited
+for as events: a held VM's events are its watcher's (vm.py).
+
+`live_migrate` runs the five steps through two `MigratingDriver`s, so the same order holds
+whether the drivers are local or, later, agents on two hosts. Streams are unix sockets here
+(both QEMUs on one machine); across hosts they become TCP with `tls-creds-x509` objects made
+from the cluster CA (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from openhosting.hypervisor.driver import (
+    IncomingInfo,
+    IncomingRequest,
+    MigratingDriver,
+    VmStatus,
+)
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.monitor import Monitor
+from openhosting.reverter import Reverter
+
+log = logging.getLogger("openhosting.hypervisor")
+
+POLL_SECONDS = 0.05
+# Block nodes and jobs of a migration on the source, named after the drive's node.
+_PREFIX = "migrate-"
+
+
+async def serve_incoming(
+    monitor: Monitor, nodes: Sequence[str], nbd_socket: Path, migration_socket: Path
+) -> None:
+    """Target: serve `nodes` writable over NBD on `nbd_socket` (export names = node names),
+    and wait for the VM's state on `migration_socket`."""
+    address = {"type": "unix", "data": {"path": str(nbd_socket)}}
+    await monitor.execute("nbd-server-start", {"addr": address})
+    for node in nodes:
+        await monitor.execute(
+            "block-export-add",
+            {"type": "nbd", "id": node, "node-name": node, "name": node, "writable": True},
+        )
+    await set_capability(monitor, "late-block-activate")
+    await monitor.migrate_incoming(f"unix:{migration_socket}")
+
+
+async def take_over(monitor: Monitor, timeout: float) -> None:
+    """Target: once the source is done, stop serving the drives and run the guest."""
+    await monitor.wait_migration(timeout)
+    # Disconnects the source's NBD clients and drops the exports' hold on the drives, so
+    # the devices can take them (their write lock) at `cont`.
+    await monitor.execute("nbd-server-stop")
+    await monitor.cont()
+
+
+async def set_capability(monitor: Monitor, capability: str) -> None:
+    await monitor.execute(
+        "migrate-set-capabilities", {"capabilities": [{"capability": capability, "state": True}]}
+    )
+
+
+async def mirror_drives(
+    monitor: Monitor, target: IncomingInfo, revert: Reverter, timeout: float
+) -> list[str]:
+    """Source: mirror each drive of `target.exports` onto its NBD export and wait until every
+    job is READY; return the jobs. Each step's undo goes to `revert`."""
+    jobs = []
+    for node, export in target.exports:
+        client = f"{_PREFIX}{node}"
+        await monitor.execute(
+            "blockdev-add",
+            {
+                "driver": "nbd",
+                "node-name": client,
+                "server": {"type": "unix", "path": target.nbd_socket},
+                "export": export,
+            },
+        )
+        revert.add(functools.partial(_quietly, monitor, "blockdev-del", {"node-name": client}))
+        await monitor.execute(
+            "blockdev-mirror",
+            {
+                "job-id": client,
+                "device": node,
+                "target": client,
+                "sync": "full",
+                "copy-mode": "write-blocking",
+            },
+        )
+        revert.add(functools.partial(cancel_jobs, monitor, [client], True, timeout))
+        jobs.append(client)
+    await _wait_ready(monitor, jobs, timeout)
+    return jobs
+
+
+async def send_state(
+    monitor: Monitor, target: IncomingInfo, jobs: list[str], revert: Reverter, timeout: float
+) -> None:
+    """Source: move the VM's state to the target, then complete the mirrors (the guest is
+    paused then: nothing more to copy)."""
+    revert.add(functools.partial(_quietly, monitor, "migrate_cancel", None))
+    await monitor.migrate(target.migration_uri)
+    await monitor.wait_migration(timeout)
+    await cancel_jobs(monitor, jobs, False, timeout)
+    for job in jobs:
+        await _quietly(monitor, "blockdev-del", {"node-name": job})
+
+
+async def cancel_jobs(monitor: Monitor, jobs: list[str], force: bool, timeout: float) -> None:
+    """End the mirror `jobs` and wait until they are gone. A READY job cancelled without
+    `force` first copies what is left: the copy is complete, the source stays the drive."""
+    for job in set(jobs) & set(await _jobs(monitor)):  # a failed job has ended itself
+        await monitor.execute("block-job-cancel", {"device": job, "force": force})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while set(jobs) & set(await _jobs(monitor)):
+        if loop.time() >= deadline:
+            raise HypervisorError(f"mirror jobs {jobs} not ended within {timeout:g} s")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def run_on(monitor: Monitor) -> None:
+    """Source: let the guest run again after a failed migration, if it is paused (a
+    completed migration left it paused; `cont` takes its drives back)."""
+    try:
+        if await monitor.query_status() != "running":
+            await monitor.cont()
+    except HypervisorError as error:
+        log.warning("event=migration_run_on_failed error=%s", error)
+
+
+async def live_migrate(
+    source: MigratingDriver, target: MigratingDriver, request: IncomingRequest, timeout: float
+) -> VmStatus:
+    """Move the running VM of `request.start.spec.uuid` from `source` to `target`. On
+    success it runs on the target and is gone from the source; on failure it runs on the
+    source as before and nothing of it is left on the target."""
+    server = request.start.spec.uuid
+    async with Reverter() as revert:
+        info = await target.prepare_incoming(request)
+        revert.add(functools.partial(target.abort_incoming, server))
+        await source.migrate_out(server, info, timeout)
+        revert.add(functools.partial(source.cancel_migrate_out, server))
+        status = await target.finish_incoming(server, timeout)
+        revert.success()
+    await source.end_migrated(server)
+    log.info("event=vm_migrated server=%s", server)
+    return status
+
+
+async def _wait_ready(monitor: Monitor, jobs: list[str], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        found = await _jobs(monitor)
+        if missing := [job for job in jobs if job not in found]:
+            # With auto-dismiss a failed job vanishes; its error went to the event stream.
+            raise HypervisorError(f"mirror jobs {missing} ended before they were ready")
+        if all(found[job] for job in jobs):
+            return
+        if loop.time() >= deadline:
+            raise HypervisorError(f"mirror jobs {jobs} not ready within {timeout:g} s")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _jobs(monitor: Monitor) -> dict[str, bool]:
+    """The block jobs under way, by id: whether each is READY."""
+    result = await monitor.execute("query-block-jobs")
+    if not isinstance(result, list):
+        raise HypervisorError(f"QMP query-block-jobs answered {result!r}")
+    return {str(job["device"]): bool(job.get("ready")) for job in result}
+
+
+async def _quietly(monitor: Monitor, command: str, arguments: dict[str, object] | None) -> None:
+    """An undo step QEMU may refuse because there is nothing left to undo."""
+    try:
+        await monitor.execute(command, arguments)
+    except HypervisorError as error:
+        log.debug("migration undo %s: %s", command, error)
