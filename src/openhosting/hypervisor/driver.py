@@ -102,6 +102,9 @@ class IncomingInfo:
     migration_uri: str  # e.g. `unix:/run/.../migrate.sock`
     nbd_socket: str  # the NBD server's unix socket
     exports: tuple[tuple[str, str], ...]  # (block node on the source, NBD export name)
+    # Set when the target takes both streams over TLS only: the name its certificate must
+    # bear (its host's name in the cluster CA's certificate).
+    tls_hostname: str | None = None
 
 
 EventHandler = Callable[[VmEvent], Awaitable[None]]

@@ -23,8 +23,11 @@ for as events: a held VM's events are its watcher's (vm.py).
 
 `live_migrate` runs the five steps through two `MigratingDriver`s, so the same order holds
 whether the drivers are local or, later, agents on two hosts. Streams are unix sockets here
-(both QEMUs on one machine); across hosts they become TCP with `tls-creds-x509` objects made
-from the cluster CA (docs/cluster.md).
+(both QEMUs on one machine); across hosts they become TCP (docs/cluster.md).
+
+With `MigrationTls` on both drivers, both streams (NBD and the state) are TLS with the
+cluster CA's certificates, each side checking the other's (`tls-creds-x509`, `verify-peer`),
+the source checking that the target's bears the target host's name.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting.hypervisor.driver import (
@@ -43,6 +48,7 @@ from openhosting.hypervisor.driver import (
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import Monitor
+from openhosting.pem_files import write_whole
 from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.hypervisor")
@@ -50,15 +56,66 @@ log = logging.getLogger("openhosting.hypervisor")
 POLL_SECONDS = 0.05
 # Block nodes and jobs of a migration on the source, named after the drive's node.
 _PREFIX = "migrate-"
+# The id of the `tls-creds-x509` object of a migration, on either side.
+_TLS_ID = "migrate-tls"
+
+
+@dataclass(frozen=True)
+class MigrationTls:
+    """This host's side of TLS on migration streams: `directory` holds its cluster
+    certificate and key under QEMU's names (`write_qemu_tls_dir`), `host` is the name in it."""
+
+    directory: Path
+    host: str
+
+
+def write_qemu_tls_dir(ca_cert: Path, cert: Path, key: Path, directory: Path) -> None:
+    """Lay a node's cluster bundle out as QEMU's `tls-creds-x509` reads a directory: one
+    certificate for both ends (the cluster's are good for server and client)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = {
+        "ca-cert.pem": ca_cert,
+        "server-cert.pem": cert,
+        "client-cert.pem": cert,
+        "server-key.pem": key,
+        "client-key.pem": key,
+    }
+    for name, source in files.items():
+        write_whole(directory / name, source.read_bytes(), 0o600)
+    os.chmod(directory, 0o700)
+
+
+async def _add_tls(monitor: Monitor, tls: MigrationTls, endpoint: str) -> None:
+    # Loaded when needed, not at start: QEMU reads the directory then, as the user it runs
+    # as (`hypervisor.run_as`), which must be able to read it.
+    await monitor.execute(
+        "object-add",
+        {
+            "qom-type": "tls-creds-x509",
+            "id": _TLS_ID,
+            "dir": str(tls.directory),
+            "endpoint": endpoint,
+            "verify-peer": True,
+        },
+    )
 
 
 async def serve_incoming(
-    monitor: Monitor, nodes: Sequence[str], nbd_socket: Path, migration_socket: Path
+    monitor: Monitor,
+    nodes: Sequence[str],
+    nbd_socket: Path,
+    migration_socket: Path,
+    tls: MigrationTls | None = None,
 ) -> None:
     """Target: serve `nodes` writable over NBD on `nbd_socket` (export names = node names),
-    and wait for the VM's state on `migration_socket`."""
+    and wait for the VM's state on `migration_socket`; both over TLS only with `tls`."""
     address = {"type": "unix", "data": {"path": str(nbd_socket)}}
-    await monitor.execute("nbd-server-start", {"addr": address})
+    server: dict[str, object] = {"addr": address}
+    if tls is not None:
+        await _add_tls(monitor, tls, "server")
+        server["tls-creds"] = _TLS_ID
+        await monitor.execute("migrate-set-parameters", {"tls-creds": _TLS_ID})
+    await monitor.execute("nbd-server-start", server)
     for node in nodes:
         await monitor.execute(
             "block-export-add",
@@ -84,10 +141,22 @@ async def set_capability(monitor: Monitor, capability: str) -> None:
 
 
 async def mirror_drives(
-    monitor: Monitor, target: IncomingInfo, revert: Reverter, timeout: float
+    monitor: Monitor,
+    target: IncomingInfo,
+    revert: Reverter,
+    timeout: float,
+    tls: MigrationTls | None = None,
 ) -> list[str]:
     """Source: mirror each drive of `target.exports` onto its NBD export and wait until every
-    job is READY; return the jobs. Each step's undo goes to `revert`."""
+    job is READY; return the jobs. Over TLS if the target asks for it (`tls` is then this
+    host's). Each step's undo goes to `revert`."""
+    tls_options: dict[str, object] = {}
+    if target.tls_hostname is not None:
+        if tls is None:
+            raise HypervisorError("the migration target takes TLS only; this host has none")
+        await _add_tls(monitor, tls, "client")
+        revert.add(functools.partial(_quietly, monitor, "object-del", {"id": _TLS_ID}))
+        tls_options = {"tls-creds": _TLS_ID, "tls-hostname": target.tls_hostname}
     jobs = []
     for node, export in target.exports:
         client = f"{_PREFIX}{node}"
@@ -98,6 +167,7 @@ async def mirror_drives(
                 "node-name": client,
                 "server": {"type": "unix", "path": target.nbd_socket},
                 "export": export,
+                **tls_options,
             },
         )
         revert.add(functools.partial(_quietly, monitor, "blockdev-del", {"node-name": client}))
@@ -123,6 +193,12 @@ async def send_state(
     """Source: move the VM's state to the target, then complete the mirrors (the guest is
     paused then: nothing more to copy)."""
     revert.add(functools.partial(_quietly, monitor, "migrate_cancel", None))
+    if target.tls_hostname is not None:
+        # Undone: a later save of the state (`fd:`, vm.py) must not try TLS.
+        parameters = {"tls-creds": _TLS_ID, "tls-hostname": target.tls_hostname}
+        await monitor.execute("migrate-set-parameters", parameters)
+        reset = {"tls-creds": "", "tls-hostname": ""}
+        revert.add(functools.partial(_quietly, monitor, "migrate-set-parameters", reset))
     await monitor.migrate(target.migration_uri)
     await monitor.wait_migration(timeout)
     await cancel_jobs(monitor, jobs, False, timeout)
@@ -195,7 +271,7 @@ async def _jobs(monitor: Monitor) -> dict[str, bool]:
     return {str(job["device"]): bool(job.get("ready")) for job in result}
 
 
-async def _quietly(monitor: Monitor, command: str, arguments: dict[str, object] | None) -> None:
+async def _quietly(monitor: Monitor, command: str, arguments: Mapping[str, object] | None) -> None:
     """An undo step QEMU may refuse because there is nothing left to undo."""
     try:
         await monitor.execute(command, arguments)

@@ -140,6 +140,7 @@ class QemuDriver:
         state_path: Path,
         *,
         cgroup: CgroupLayout | None = None,
+        migration_tls: migration.MigrationTls | None = None,
     ) -> None:
         self._settings = settings
         self._run_path = run_path
@@ -155,6 +156,8 @@ class QemuDriver:
         self._incoming: dict[str, _Incoming] = {}
         # Servers whose VM is migrating out: its pause at the end of it is no one's event.
         self._migrating: set[str] = set()
+        # None: migrations in and out of this host go without TLS.
+        self._migration_tls = migration_tls
 
     def listen(self, handler: EventHandler) -> None:
         self._handler = handler
@@ -318,7 +321,9 @@ class QemuDriver:
             )
             revert.add(functools.partial(vm.kill, self._settings.stop_timeout))
             nodes = [disk.node_name for disk in copied]
-            await migration.serve_incoming(vm.monitor, nodes, nbd_socket, migration_socket)
+            await migration.serve_incoming(
+                vm.monitor, nodes, nbd_socket, migration_socket, self._migration_tls
+            )
             self._incoming[spec.uuid] = _Incoming(
                 vm, request.start, tuple(disk.path for disk in copied)
             )
@@ -329,6 +334,7 @@ class QemuDriver:
             migration_uri=f"unix:{migration_socket}",
             nbd_socket=str(nbd_socket),
             exports=tuple((node, node) for node in nodes),
+            tls_hostname=self._migration_tls.host if self._migration_tls else None,
         )
 
     async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
@@ -337,7 +343,9 @@ class QemuDriver:
             self._migrating.add(server)
             revert.add(functools.partial(self._migrating.discard, server))
             revert.add(functools.partial(self._run_on, vm))
-            jobs = await migration.mirror_drives(vm.monitor, target, revert, timeout)
+            jobs = await migration.mirror_drives(
+                vm.monitor, target, revert, timeout, self._migration_tls
+            )
             await migration.send_state(vm.monitor, target, jobs, revert, timeout)
             revert.success()
         log.info("event=vm_migrated_out server=%s", server)
