@@ -1,6 +1,6 @@
 """Live migration between two QEMU drivers on this machine (two run directories standing for
-two hosts), real QEMU under TCG running the tiny guest: its drive is mirrored over NBD, its
-memory sent over a unix socket (hypervisor/migration.py).
+two hosts of one cluster CA), real QEMU under TCG running the tiny guest: its drive is
+mirrored over NBD, its memory sent over a unix socket, both over TLS (hypervisor/migration.py).
 
 One boot for both cases (a boot costs ~10 s here): a migration there, then one back that
 fails half-way because its target is killed. At most two QEMU at a time.
@@ -31,9 +31,10 @@ from openhosting.hypervisor.driver import (
     VmEvent,
 )
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.migration import live_migrate
+from openhosting.hypervisor.migration import MigrationTls, live_migrate, write_qemu_tls_dir
 from openhosting.hypervisor.qemu_driver import QemuDriver
 from openhosting.hypervisor.spec import DiskSpec, VmSpec
+from testbed.agent_process import make_cluster
 from testbed.build_guest import BOOT_MARKER, READY_MARKER
 from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
 
@@ -53,24 +54,29 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture
 async def hosts(workdir: Path) -> AsyncIterator[tuple[QemuDriver, QemuDriver, list[VmEvent]]]:
-    """Two drivers, `a` and `b`, and the events both sent; their VMs are killed at the end."""
+    """Two drivers, `a` and `b`, migrating over TLS with their cluster certificates, and the
+    events both sent; their VMs are killed at the end."""
     settings = HypervisorSettings(accelerator="tcg", run_as="", stop_timeout=5)
     events: list[VmEvent] = []
 
     async def record(event: VmEvent) -> None:
         events.append(event)
 
-    drivers = [QemuDriver(settings, workdir / name, workdir / f"state-{name}") for name in "ab"]
-    for driver in drivers:
+    cluster = make_cluster(workdir)
+    drivers = []
+    for name in "ab":
+        bundle, tls_dir = cluster.host(f"hv-{name}"), workdir / f"tls-{name}"
+        write_qemu_tls_dir(bundle.ca_cert, bundle.cert, bundle.key, tls_dir)
+        tls = MigrationTls(tls_dir, f"hv-{name}")
+        driver = QemuDriver(settings, workdir / name, workdir / f"state-{name}", migration_tls=tls)
         driver.listen(record)
+        drivers.append(driver)
     yield drivers[0], drivers[1], events
     for driver in drivers:
         for server in driver.held():
             await driver.kill(server)
-        for server in await driver.unheld():
+        for server in await driver.unheld():  # a target never finished, too
             await driver.stop_unheld(server)
-        for server in list(driver._incoming):
-            await driver.abort_incoming(server)
         await driver.detach_all()
 
 

@@ -56,8 +56,10 @@ log = logging.getLogger("openhosting.hypervisor")
 POLL_SECONDS = 0.05
 # Block nodes and jobs of a migration on the source, named after the drive's node.
 _PREFIX = "migrate-"
-# The id of the `tls-creds-x509` object of a migration, on either side.
-_TLS_ID = "migrate-tls"
+# The ids of the `tls-creds-x509` objects of a migration: its target's, its source's (a VM
+# that came in may later go out).
+_TLS_IN, _TLS_OUT = "migrate-tls-in", "migrate-tls-out"
+_NO_TLS = {"tls-creds": "", "tls-hostname": ""}
 
 
 @dataclass(frozen=True)
@@ -85,19 +87,21 @@ def write_qemu_tls_dir(ca_cert: Path, cert: Path, key: Path, directory: Path) ->
     os.chmod(directory, 0o700)
 
 
-async def _add_tls(monitor: Monitor, tls: MigrationTls, endpoint: str) -> None:
+async def _add_tls(monitor: Monitor, tls: MigrationTls, endpoint: str) -> str:
     # Loaded when needed, not at start: QEMU reads the directory then, as the user it runs
     # as (`hypervisor.run_as`), which must be able to read it.
+    object_id = _TLS_IN if endpoint == "server" else _TLS_OUT
     await monitor.execute(
         "object-add",
         {
             "qom-type": "tls-creds-x509",
-            "id": _TLS_ID,
+            "id": object_id,
             "dir": str(tls.directory),
             "endpoint": endpoint,
             "verify-peer": True,
         },
     )
+    return object_id
 
 
 async def serve_incoming(
@@ -112,9 +116,8 @@ async def serve_incoming(
     address = {"type": "unix", "data": {"path": str(nbd_socket)}}
     server: dict[str, object] = {"addr": address}
     if tls is not None:
-        await _add_tls(monitor, tls, "server")
-        server["tls-creds"] = _TLS_ID
-        await monitor.execute("migrate-set-parameters", {"tls-creds": _TLS_ID})
+        server["tls-creds"] = await _add_tls(monitor, tls, "server")
+        await monitor.execute("migrate-set-parameters", {"tls-creds": _TLS_IN})
     await monitor.execute("nbd-server-start", server)
     for node in nodes:
         await monitor.execute(
@@ -125,12 +128,16 @@ async def serve_incoming(
     await monitor.migrate_incoming(f"unix:{migration_socket}")
 
 
-async def take_over(monitor: Monitor, timeout: float) -> None:
+async def take_over(monitor: Monitor, timeout: float, tls: bool = False) -> None:
     """Target: once the source is done, stop serving the drives and run the guest."""
     await monitor.wait_migration(timeout)
     # Disconnects the source's NBD clients and drops the exports' hold on the drives, so
     # the devices can take them (their write lock) at `cont`.
     await monitor.execute("nbd-server-stop")
+    if tls:
+        # The VM may go out again, or save its state (`fd:`, without TLS): none of it stays.
+        await monitor.execute("migrate-set-parameters", _NO_TLS)
+        await monitor.execute("object-del", {"id": _TLS_IN})
     await monitor.cont()
 
 
@@ -155,8 +162,8 @@ async def mirror_drives(
         if tls is None:
             raise HypervisorError("the migration target takes TLS only; this host has none")
         await _add_tls(monitor, tls, "client")
-        revert.add(functools.partial(_quietly, monitor, "object-del", {"id": _TLS_ID}))
-        tls_options = {"tls-creds": _TLS_ID, "tls-hostname": target.tls_hostname}
+        revert.add(functools.partial(_quietly, monitor, "object-del", {"id": _TLS_OUT}))
+        tls_options = {"tls-creds": _TLS_OUT, "tls-hostname": target.tls_hostname}
     jobs = []
     for node, export in target.exports:
         client = f"{_PREFIX}{node}"
@@ -195,10 +202,9 @@ async def send_state(
     revert.add(functools.partial(_quietly, monitor, "migrate_cancel", None))
     if target.tls_hostname is not None:
         # Undone: a later save of the state (`fd:`, vm.py) must not try TLS.
-        parameters = {"tls-creds": _TLS_ID, "tls-hostname": target.tls_hostname}
+        parameters = {"tls-creds": _TLS_OUT, "tls-hostname": target.tls_hostname}
         await monitor.execute("migrate-set-parameters", parameters)
-        reset = {"tls-creds": "", "tls-hostname": ""}
-        revert.add(functools.partial(_quietly, monitor, "migrate-set-parameters", reset))
+        revert.add(functools.partial(_quietly, monitor, "migrate-set-parameters", _NO_TLS))
     await monitor.migrate(target.migration_uri)
     await monitor.wait_migration(timeout)
     await cancel_jobs(monitor, jobs, False, timeout)

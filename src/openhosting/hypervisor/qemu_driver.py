@@ -355,7 +355,7 @@ class QemuDriver:
         if incoming is None:
             raise HypervisorError(f"No VM of server {server} waits for a migration here")
         vm, request = incoming.vm, incoming.request
-        await migration.take_over(vm.monitor, timeout)
+        await migration.take_over(vm.monitor, timeout, tls=self._migration_tls is not None)
         if request.vnc_password and request.spec.vnc is not None:
             await vm.set_vnc_password(request.vnc_password)
         if request.cpu_mhz is not None:
