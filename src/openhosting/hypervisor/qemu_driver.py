@@ -288,6 +288,10 @@ class QemuDriver:
         for vm in list(self._vms.values()):
             await vm.detach()
         self._vms.clear()
+        # Targets of migrations under way too: the next daemon stops them (`unheld`).
+        for incoming in list(self._incoming.values()):
+            await incoming.vm.detach()
+        self._incoming.clear()
 
     def forget(self, server: str) -> None:
         shutil.rmtree(self.run_dir(server), ignore_errors=True)
