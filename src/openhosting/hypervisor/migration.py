@@ -36,7 +36,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,16 +91,7 @@ async def _add_tls(monitor: Monitor, tls: MigrationTls, endpoint: str) -> str:
     # Loaded when needed, not at start: QEMU reads the directory then, as the user it runs
     # as (`hypervisor.run_as`), which must be able to read it.
     object_id = _TLS_IN if endpoint == "server" else _TLS_OUT
-    await monitor.execute(
-        "object-add",
-        {
-            "qom-type": "tls-creds-x509",
-            "id": object_id,
-            "dir": str(tls.directory),
-            "endpoint": endpoint,
-            "verify-peer": True,
-        },
-    )
+    await monitor.add_tls_creds(object_id, tls.directory, endpoint)
     return object_id
 
 
@@ -113,18 +104,14 @@ async def serve_incoming(
 ) -> None:
     """Target: serve `nodes` writable over NBD on `nbd_socket` (export names = node names),
     and wait for the VM's state on `migration_socket`; both over TLS only with `tls`."""
-    address = {"type": "unix", "data": {"path": str(nbd_socket)}}
-    server: dict[str, object] = {"addr": address}
+    creds = None
     if tls is not None:
-        server["tls-creds"] = await _add_tls(monitor, tls, "server")
-        await monitor.execute("migrate-set-parameters", {"tls-creds": _TLS_IN})
-    await monitor.execute("nbd-server-start", server)
+        creds = await _add_tls(monitor, tls, "server")
+        await monitor.set_migration_parameters({"tls-creds": creds})
+    await monitor.start_nbd_server(nbd_socket, creds)
     for node in nodes:
-        await monitor.execute(
-            "block-export-add",
-            {"type": "nbd", "id": node, "node-name": node, "name": node, "writable": True},
-        )
-    await set_capability(monitor, "late-block-activate")
+        await monitor.export_writable(node)
+    await monitor.set_migration_capability("late-block-activate")
     await monitor.migrate_incoming(f"unix:{migration_socket}")
 
 
@@ -133,18 +120,12 @@ async def take_over(monitor: Monitor, timeout: float, tls: bool = False) -> None
     await monitor.wait_migration(timeout)
     # Disconnects the source's NBD clients and drops the exports' hold on the drives, so
     # the devices can take them (their write lock) at `cont`.
-    await monitor.execute("nbd-server-stop")
+    await monitor.stop_nbd_server()
     if tls:
         # The VM may go out again, or save its state (`fd:`, without TLS): none of it stays.
-        await monitor.execute("migrate-set-parameters", _NO_TLS)
-        await monitor.execute("object-del", {"id": _TLS_IN})
+        await monitor.set_migration_parameters(_NO_TLS)
+        await monitor.delete_object(_TLS_IN)
     await monitor.cont()
-
-
-async def set_capability(monitor: Monitor, capability: str) -> None:
-    await monitor.execute(
-        "migrate-set-capabilities", {"capabilities": [{"capability": capability, "state": True}]}
-    )
 
 
 async def mirror_drives(
@@ -157,37 +138,19 @@ async def mirror_drives(
     """Source: mirror each drive of `target.exports` onto its NBD export and wait until every
     job is READY; return the jobs. Over TLS if the target asks for it (`tls` is then this
     host's). Each step's undo goes to `revert`."""
-    tls_options: dict[str, object] = {}
+    tls_options: dict[str, str] = {}
     if target.tls_hostname is not None:
         if tls is None:
             raise HypervisorError("the migration target takes TLS only; this host has none")
         await _add_tls(monitor, tls, "client")
-        revert.add(functools.partial(_quietly, monitor, "object-del", {"id": _TLS_OUT}))
+        revert.add(functools.partial(_quietly, functools.partial(monitor.delete_object, _TLS_OUT)))
         tls_options = {"tls-creds": _TLS_OUT, "tls-hostname": target.tls_hostname}
     jobs = []
     for node, export in target.exports:
         client = f"{_PREFIX}{node}"
-        await monitor.execute(
-            "blockdev-add",
-            {
-                "driver": "nbd",
-                "node-name": client,
-                "server": {"type": "unix", "path": target.nbd_socket},
-                "export": export,
-                **tls_options,
-            },
-        )
-        revert.add(functools.partial(_quietly, monitor, "blockdev-del", {"node-name": client}))
-        await monitor.execute(
-            "blockdev-mirror",
-            {
-                "job-id": client,
-                "device": node,
-                "target": client,
-                "sync": "full",
-                "copy-mode": "write-blocking",
-            },
-        )
+        await monitor.add_nbd_node(client, target.nbd_socket, export, tls_options)
+        revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, client)))
+        await monitor.mirror(client, node, client)
         revert.add(functools.partial(cancel_jobs, monitor, [client], True, timeout))
         jobs.append(client)
     await _wait_ready(monitor, jobs, timeout)
@@ -199,27 +162,31 @@ async def send_state(
 ) -> None:
     """Source: move the VM's state to the target, then complete the mirrors (the guest is
     paused then: nothing more to copy)."""
-    revert.add(functools.partial(_quietly, monitor, "migrate_cancel", None))
+    revert.add(functools.partial(_quietly, monitor.cancel_migration))
     if target.tls_hostname is not None:
         # Undone: a later save of the state (`fd:`, vm.py) must not try TLS.
         parameters = {"tls-creds": _TLS_OUT, "tls-hostname": target.tls_hostname}
-        await monitor.execute("migrate-set-parameters", parameters)
-        revert.add(functools.partial(_quietly, monitor, "migrate-set-parameters", _NO_TLS))
+        await monitor.set_migration_parameters(parameters)
+        revert.add(
+            functools.partial(
+                _quietly, functools.partial(monitor.set_migration_parameters, _NO_TLS)
+            )
+        )
     await monitor.migrate(target.migration_uri)
     await monitor.wait_migration(timeout)
     await cancel_jobs(monitor, jobs, False, timeout)
     for job in jobs:
-        await _quietly(monitor, "blockdev-del", {"node-name": job})
+        await _quietly(functools.partial(monitor.delete_node, job))
 
 
 async def cancel_jobs(monitor: Monitor, jobs: list[str], force: bool, timeout: float) -> None:
     """End the mirror `jobs` and wait until they are gone. A READY job cancelled without
     `force` first copies what is left: the copy is complete, the source stays the drive."""
-    for job in set(jobs) & set(await _jobs(monitor)):  # a failed job has ended itself
-        await monitor.execute("block-job-cancel", {"device": job, "force": force})
+    for job in set(jobs) & set(await monitor.query_block_jobs()):  # a failed one ended itself
+        await monitor.cancel_block_job(job, force)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while set(jobs) & set(await _jobs(monitor)):
+    while set(jobs) & set(await monitor.query_block_jobs()):
         if loop.time() >= deadline:
             raise HypervisorError(f"mirror jobs {jobs} not ended within {timeout:g} s")
         await asyncio.sleep(POLL_SECONDS)
@@ -267,7 +234,7 @@ async def _wait_ready(monitor: Monitor, jobs: list[str], timeout: float) -> None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        found = await _jobs(monitor)
+        found = await monitor.query_block_jobs()
         if missing := [job for job in jobs if job not in found]:
             # With auto-dismiss a failed job vanishes; its error went to the event stream.
             raise HypervisorError(f"mirror jobs {missing} ended before they were ready")
@@ -278,17 +245,9 @@ async def _wait_ready(monitor: Monitor, jobs: list[str], timeout: float) -> None
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def _jobs(monitor: Monitor) -> dict[str, bool]:
-    """The block jobs under way, by id: whether each is READY."""
-    result = await monitor.execute("query-block-jobs")
-    if not isinstance(result, list):
-        raise HypervisorError(f"QMP query-block-jobs answered {result!r}")
-    return {str(job["device"]): bool(job.get("ready")) for job in result}
-
-
-async def _quietly(monitor: Monitor, command: str, arguments: Mapping[str, object] | None) -> None:
+async def _quietly(step: Callable[[], Awaitable[None]]) -> None:
     """An undo step QEMU may refuse because there is nothing left to undo."""
     try:
-        await monitor.execute(command, arguments)
+        await step()
     except HypervisorError as error:
-        log.debug("migration undo %s: %s", command, error)
+        log.debug("migration undo refused: %s", error)
