@@ -460,12 +460,13 @@ def _with_drive(harness: Harness) -> VmSpec:
     return harness.spec(DiskSpec("ide:0:0", drive))
 
 
-def _incoming_on(target: MigratingDriver, spec: VmSpec) -> IncomingRequest:
+def _incoming_on(target: MigratingDriver, spec: VmSpec, started: float = 0.0) -> IncomingRequest:
     """`spec` moved to `target`, its drive to `b.raw` beside the source's."""
     disks = tuple(dataclasses.replace(d, path=d.path.with_name("b.raw")) for d in spec.disks)
     moved = dataclasses.replace(spec, run_dir=target.run_dir(spec.uuid), disks=disks, incoming=True)
     sizes = tuple((disk.slot, DRIVE_BYTES) for disk in spec.disks)
-    return IncomingRequest(StartRequest(moved, timeout=EVENT_TIMEOUT), drive_bytes=sizes)
+    start = StartRequest(moved, timeout=EVENT_TIMEOUT)
+    return IncomingRequest(start, drive_bytes=sizes, started=started)
 
 
 async def _kill_incoming(target: MigratingDriver, server: str) -> None:
@@ -486,11 +487,12 @@ async def test_a_migrated_vm_runs_on_the_target_and_no_longer_on_the_source(
     assert isinstance(source, (FakeHypervisor, QemuDriver))
     target = harness.other_host()
     spec = _with_drive(harness)
-    await source.start(StartRequest(spec))
+    before = await source.start(StartRequest(spec))
+    request = _incoming_on(target, spec, started=before.started)
 
-    status = await live_migrate(source, target, _incoming_on(target, spec), EVENT_TIMEOUT)
+    status = await live_migrate(source, target, request, EVENT_TIMEOUT)
 
-    assert (status.server, status.state) == (spec.uuid, RUNNING)
+    assert (status.server, status.state, status.started) == (spec.uuid, RUNNING, before.started)
     assert target.held() == [spec.uuid] and target.status(spec.uuid) == status
     assert source.held() == [] and source.status(spec.uuid) is None
     assert await source.unheld() == []

@@ -91,6 +91,8 @@ class IncomingRequest:
 
     start: StartRequest
     drive_bytes: tuple[tuple[str, int], ...]  # (slot, size in bytes) of each disk to copy
+    # When the VM started on its first host (`VmStatus.started`): a move is no new start.
+    started: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,8 @@ class FakeHypervisor:
         if self._next_start_error is not None:
             message, self._next_start_error = self._next_start_error, None
             raise HypervisorError(message)
-        vm = FakeVm(spec, 0.0, PAUSED, "inmigrate", request.start.cpu_mhz)
+        vm = FakeVm(spec, request.started or time.time(), PAUSED, "inmigrate")
+        vm.cpu_mhz = request.start.cpu_mhz
         vm.vnc_password = request.start.vnc_password
         vm.blockstats = {disk.slot: BlockStats(0, 0, 0, 0) for disk in spec.disks}
         self.host.vms[spec.uuid] = vm
@@ -270,7 +271,6 @@ class FakeHypervisor:
         if host is None or incoming is None or host.vms.get(server) is not incoming:
             raise HypervisorError(f"cannot reach the migration target {target.migration_uri}")
         incoming.memory = dict(vm.memory)
-        incoming.started = vm.started
         host.logs[server] = self.host.logs.get(server, b"")
         vm.state, vm.reason = PAUSED, "postmigrate"  # no event: it moves, it did not pause
 

@@ -324,6 +324,7 @@ class QemuDriver:
                 spec, self._vm_exited, timeout=request.start.timeout, serial_limit=self.limit
             )
             revert.add(functools.partial(vm.kill, self._settings.stop_timeout))
+            vm.started = request.started or vm.started
             nodes = [disk.node_name for disk in copied]
             await migration.serve_incoming(
                 vm.monitor, nodes, nbd_socket, migration_socket, self._migration_tls
