@@ -268,12 +268,13 @@ def test_qemu_can_drop_to_an_unprivileged_user_and_go_without_the_sandbox() -> N
     assert "-sandbox" not in argv
 
 
-def test_a_restoring_vm_waits_for_its_saved_state_instead_of_booting() -> None:
+def test_a_restoring_vm_waits_paused_for_its_saved_state_instead_of_booting() -> None:
     spec = VmSpec(uuid=UUID, smp=1, mem_mb=64, run_dir=Path(RUN), incoming=True)
     argv = build_qemu_argv(spec)
-    assert argv[argv.index("-incoming") + 1] == "defer"
+    # Paused (-S) once the state is in: a migration's target runs only when told to `cont`.
+    assert argv[-6:] == ["-incoming", "defer", "-S", "-pidfile", f"{RUN}/qemu.pid", "-daemonize"]
     # Everything else is the argv the VM ran with: the saved devices must match it.
     without = build_qemu_argv(VmSpec(uuid=UUID, smp=1, mem_mb=64, run_dir=Path(RUN)))
     position = argv.index("-incoming")
-    assert argv[:position] + argv[position + 2 :] == without
+    assert argv[:position] + argv[position + 3 :] == without
     assert "-incoming" not in without

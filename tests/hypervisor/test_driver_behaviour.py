@@ -39,11 +39,14 @@ from openhosting.hypervisor.driver import (
     RUNNING,
     SHUTDOWN,
     HypervisorDriver,
+    IncomingRequest,
+    MigratingDriver,
     StartRequest,
     VmEvent,
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
+from openhosting.hypervisor.migration import live_migrate
 from openhosting.hypervisor.qemu_driver import QemuDriver
 from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
 from openhosting.hypervisor.spec import DiskSpec, VmSpec
@@ -83,6 +86,18 @@ class Harness:
             remote = RemoteHypervisorDriver("hv-a", self.agent.address, self.agent.context)
             await remote.connect()
             driver = remote
+        driver.listen(self.record)
+        self.drivers.append(driver)
+        return driver
+
+    def other_host(self) -> MigratingDriver:
+        """A driver of a second host (its own fake host, its own run directory)."""
+        driver: MigratingDriver
+        if self.kind == "fake":
+            driver = FakeHypervisor(self.workdir / "run-b", FakeHost())
+        else:
+            settings = HypervisorSettings(accelerator="tcg", run_as="", stop_timeout=5)
+            driver = QemuDriver(settings, self.workdir / "run-b", self.workdir / "state-b")
         driver.listen(self.record)
         self.drivers.append(driver)
         return driver
@@ -210,6 +225,15 @@ async def _harness(kind: str, agents: Callable[[str], Agent]) -> AsyncIterator[H
 async def harness(
     request: pytest.FixtureRequest, agents: Callable[[str], Agent]
 ) -> AsyncIterator[Harness]:
+    async for made in _harness(request.param, agents):
+        yield made
+
+
+@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.integration)])
+async def migration_harness(
+    request: pytest.FixtureRequest, agents: Callable[[str], Agent]
+) -> AsyncIterator[Harness]:
+    """The drivers that move VMs (`MigratingDriver`); the remote driver does not yet."""
     async for made in _harness(request.param, agents):
         yield made
 
@@ -424,3 +448,103 @@ async def test_a_vm_whose_state_cannot_be_saved_runs_on(harness: Harness) -> Non
         await asyncio.sleep(0.05)
     status = driver.status(spec.uuid)
     assert status is not None and (status.state, status.reason) == (RUNNING, None)
+
+
+DRIVE_BYTES = 1 << 20
+
+
+def _with_drive(harness: Harness) -> VmSpec:
+    """A VM with a small drive of known bytes (no guest: SeaBIOS finds nothing to boot)."""
+    drive = harness.workdir / "a.raw"
+    drive.write_bytes(bytes(range(256)) * (DRIVE_BYTES // 256))
+    return harness.spec(DiskSpec("ide:0:0", drive))
+
+
+def _incoming_on(target: MigratingDriver, spec: VmSpec, started: float = 0.0) -> IncomingRequest:
+    """`spec` moved to `target`, its drive to `b.raw` beside the source's."""
+    disks = tuple(dataclasses.replace(d, path=d.path.with_name("b.raw")) for d in spec.disks)
+    moved = dataclasses.replace(spec, run_dir=target.run_dir(spec.uuid), disks=disks, incoming=True)
+    sizes = tuple((disk.slot, DRIVE_BYTES) for disk in spec.disks)
+    start = StartRequest(moved, timeout=EVENT_TIMEOUT)
+    return IncomingRequest(start, drive_bytes=sizes, started=started)
+
+
+async def _kill_incoming(target: MigratingDriver, server: str) -> None:
+    """The target's VM dies before it runs."""
+    if isinstance(target, FakeHypervisor):
+        await target.crash(server)
+        return
+    pid = process.adopt(target.run_dir(server), server)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_migrated_vm_runs_on_the_target_and_no_longer_on_the_source(
+    migration_harness: Harness,
+) -> None:
+    harness = migration_harness
+    source = harness.driver
+    assert isinstance(source, (FakeHypervisor, QemuDriver))
+    target = harness.other_host()
+    spec = _with_drive(harness)
+    before = await source.start(StartRequest(spec))
+    request = _incoming_on(target, spec, started=before.started)
+
+    status = await live_migrate(source, target, request, EVENT_TIMEOUT)
+
+    assert (status.server, status.state, status.started) == (spec.uuid, RUNNING, before.started)
+    assert target.held() == [spec.uuid] and target.status(spec.uuid) == status
+    assert source.held() == [] and source.status(spec.uuid) is None
+    assert await source.unheld() == []
+    # It moved: it neither ended nor paused for whoever listens.
+    assert harness.kinds(spec.uuid) == []
+    if harness.kind == "qemu":  # its drive with it
+        await target.stop(spec.uuid)
+        assert (harness.workdir / "b.raw").read_bytes() == spec.disks[0].path.read_bytes()
+
+
+async def test_a_migration_whose_target_dies_leaves_the_vm_running_where_it_was(
+    migration_harness: Harness,
+) -> None:
+    harness = migration_harness
+    source = harness.driver
+    assert isinstance(source, (FakeHypervisor, QemuDriver))
+    target = harness.other_host()
+    spec = _with_drive(harness)
+    before = await source.start(StartRequest(spec))
+    info = await target.prepare_incoming(_incoming_on(target, spec))
+    await _kill_incoming(target, spec.uuid)
+
+    with pytest.raises(HypervisorError):
+        await source.migrate_out(spec.uuid, info, EVENT_TIMEOUT)
+    await target.abort_incoming(spec.uuid)
+
+    assert source.held() == [spec.uuid] and source.status(spec.uuid) == before
+    assert target.held() == [] and await target.unheld() == []
+    assert not (harness.workdir / "b.raw").exists()
+    assert harness.kinds(spec.uuid) == []
+
+
+async def test_a_vm_whose_target_dies_after_its_state_moved_runs_on_at_the_source(
+    migration_harness: Harness,
+) -> None:
+    harness = migration_harness
+    source = harness.driver
+    assert isinstance(source, (FakeHypervisor, QemuDriver))
+    target = harness.other_host()
+    spec = _with_drive(harness)
+    before = await source.start(StartRequest(spec))
+    info = await target.prepare_incoming(_incoming_on(target, spec))
+    await source.migrate_out(spec.uuid, info, EVENT_TIMEOUT)
+    await _kill_incoming(target, spec.uuid)
+
+    with pytest.raises(HypervisorError):
+        await target.finish_incoming(spec.uuid, EVENT_TIMEOUT)
+    await target.abort_incoming(spec.uuid)
+    await source.cancel_migrate_out(spec.uuid)
+
+    assert source.held() == [spec.uuid] and source.status(spec.uuid) == before
+    if harness.kind == "qemu":  # QEMU's own word: out of `postmigrate`, its drives back
+        assert await source.vm(spec.uuid).monitor.query_status() == "running"
+    assert target.held() == [] and not (harness.workdir / "b.raw").exists()
+    assert harness.kinds(spec.uuid) == []

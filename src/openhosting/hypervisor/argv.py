@@ -80,7 +80,10 @@ def build_qemu_argv(spec: VmSpec) -> list[str]:
     if spec.run_as:
         argv += ["-runas", spec.run_as]
     if spec.incoming:
-        argv += ["-incoming", "defer"]
+        # `-S` too: once the state is in, the guest stays paused until a `cont`, so a live
+        # migration's target takes its drives over (and locks them) only when the source
+        # has let go of them (`late-block-activate`, see migration.py).
+        argv += ["-incoming", "defer", "-S"]
     argv += ["-pidfile", str(paths.pidfile), "-daemonize"]
     return argv
 

@@ -85,6 +85,31 @@ class StartRequest:
     timeout: float = 30.0  # seconds until QEMU answers (or the saved state is in)
 
 
+@dataclass(frozen=True)
+class IncomingRequest:
+    """A VM to receive by live migration (`prepare_incoming`): `start.spec` (with `incoming`)
+    names its drives' files on the target host, made empty there, `drive_bytes` long each."""
+
+    start: StartRequest
+    drive_bytes: tuple[tuple[str, int], ...]  # (slot, size in bytes) of each disk to copy
+    # When the VM started on its first host (`VmStatus.started`): a move is no new start.
+    started: float = 0.0
+
+
+@dataclass(frozen=True)
+class IncomingInfo:
+    """Where a prepared target waits (`prepare_incoming`) for a source (`migrate_out`): the
+    address of its migration stream and of its NBD server, and the export of each drive."""
+
+    server: str
+    migration_uri: str  # e.g. `unix:/run/.../migrate.sock`
+    nbd_socket: str  # the NBD server's unix socket
+    exports: tuple[tuple[str, str], ...]  # (block node on the source, NBD export name)
+    # Set when the target takes both streams over TLS only: the name its certificate must
+    # bear (its host's name in the cluster CA's certificate).
+    tls_hostname: str | None = None
+
+
 EventHandler = Callable[[VmEvent], Awaitable[None]]
 # Moves a saved state through a pipe, in a worker thread of the host: a sink reads its
 # descriptor to the end (and stores what it read), a source writes the state into it.
@@ -209,6 +234,42 @@ class HypervisorDriver(Protocol):
     def serial_log(self, server: str) -> bytes | None:
         """What the server's VM printed on its serial port, within the log's bound (its last
         run's, once ended); None if there is none."""
+        ...
+
+
+class MigratingDriver(HypervisorDriver, Protocol):
+    """A driver that moves running VMs to another host's driver (see hypervisor/migration.py
+    for the sequence and `migration.live_migrate` for the order of these calls)."""
+
+    async def prepare_incoming(self, request: IncomingRequest) -> IncomingInfo:
+        """Make the drives' empty files, start the VM paused waiting for a migration, its
+        drives served writable over NBD. Whole or not at all. Not held (no event) until
+        `finish_incoming`."""
+        ...
+
+    async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
+        """Mirror every drive of `server` to `target`, then move its memory and devices there.
+        On return the VM here is paused, its drives' copies complete; it stays held but
+        sends no PAUSED event. On failure it runs on as before, and `HypervisorError`."""
+        ...
+
+    async def finish_incoming(self, server: str, timeout: float) -> VmStatus:
+        """Once the source's `migrate_out` returned: stop serving the drives and run the VM
+        here, held from now on."""
+        ...
+
+    async def abort_incoming(self, server: str) -> None:
+        """Kill a VM `prepare_incoming` made (held or not) and remove its drives' files."""
+        ...
+
+    async def cancel_migrate_out(self, server: str) -> None:
+        """After `migrate_out` returned but the target could not run the VM: run it here
+        again (it takes its drives back)."""
+        ...
+
+    async def end_migrated(self, server: str, timeout: float = 10.0) -> None:
+        """The VM runs on the target: end it here without an EXITED event (it did not end)
+        and remove its run files; its drives' files stay, the caller's to remove."""
         ...
 
 

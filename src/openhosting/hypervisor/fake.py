@@ -12,6 +12,10 @@ fault a test injects:
 - `stick(server)`: its monitor stops answering: commands time out after `qmp_timeout`.
 - `host.ports_in_use`: ports something else on the host listens on (`vnc_port_free`).
 
+A live migration (`prepare_incoming` ... `end_migrated`) moves a VM between the drivers of two
+fake hosts with its memory and serial log; a target that `crash`es before `migrate_out` makes
+it fail, and the VM runs on where it was.
+
 VMs live on a `FakeHost`, which outlives a driver: a new driver on the same host finds them
 (`adopt`), as a restarted daemon finds QEMU processes.
 """
@@ -39,6 +43,8 @@ from openhosting.hypervisor.driver import (
     SHUTDOWN,
     BlockStats,
     EventHandler,
+    IncomingInfo,
+    IncomingRequest,
     StartRequest,
     StateStream,
     VmEvent,
@@ -66,6 +72,11 @@ class FakeVm:
     stuck: bool = False
     # Whatever was saved and restored with it: the proof a restore is the same VM.
     memory: dict[str, str] = field(default_factory=dict)
+
+
+# The VMs waiting for a live migration, by their migration URI, with the host they wait on:
+# what the target's socket would be, reachable from any fake host of the process.
+_waiting: dict[str, tuple[FakeHost, FakeVm]] = {}
 
 
 @dataclass
@@ -231,6 +242,62 @@ class FakeHypervisor:
         self._held.clear()
 
     def forget(self, server: str) -> None:
+        self.host.logs.pop(server, None)
+
+    # -- live migration --------------------------------------------------------------
+
+    async def prepare_incoming(self, request: IncomingRequest) -> IncomingInfo:
+        spec = request.start.spec
+        if not spec.incoming:
+            raise HypervisorError("a VM to receive by migration needs spec.incoming")
+        if spec.uuid in self.host.vms:
+            raise HypervisorError(f"VM {spec.uuid} runs already")
+        if self._next_start_error is not None:
+            message, self._next_start_error = self._next_start_error, None
+            raise HypervisorError(message)
+        vm = FakeVm(spec, request.started or time.time(), PAUSED, "inmigrate")
+        vm.cpu_mhz = request.start.cpu_mhz
+        vm.vnc_password = request.start.vnc_password
+        vm.blockstats = {disk.slot: BlockStats(0, 0, 0, 0) for disk in spec.disks}
+        self.host.vms[spec.uuid] = vm
+        uri = f"fake:{id(self.host)}/{spec.uuid}"
+        _waiting[uri] = (self.host, vm)
+        copied = {slot for slot, _size in request.drive_bytes}
+        nodes = [f"drive-{disk.device_id}" for disk in spec.disks if disk.slot in copied]
+        return IncomingInfo(spec.uuid, uri, f"{uri}/nbd", tuple((n, n) for n in nodes))
+
+    async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
+        vm = await self._monitor(server)
+        host, incoming = _waiting.get(target.migration_uri, (None, None))
+        if host is None or incoming is None or host.vms.get(server) is not incoming:
+            raise HypervisorError(f"cannot reach the migration target {target.migration_uri}")
+        incoming.memory = dict(vm.memory)
+        host.logs[server] = self.host.logs.get(server, b"")
+        vm.state, vm.reason = PAUSED, "postmigrate"  # no event: it moves, it did not pause
+
+    async def finish_incoming(self, server: str, timeout: float) -> VmStatus:
+        vm = self.host.vms.get(server)
+        uri = f"fake:{id(self.host)}/{server}"
+        if vm is None or _waiting.get(uri, (None, None))[1] is not vm:
+            raise HypervisorError(f"No VM of server {server} waits for a migration here")
+        del _waiting[uri]
+        vm.state, vm.reason = RUNNING, None
+        self._held.add(server)
+        return self._status_of(vm)
+
+    async def abort_incoming(self, server: str) -> None:
+        entry = _waiting.pop(f"fake:{id(self.host)}/{server}", None)
+        if entry is not None and self.host.vms.get(server) is entry[1]:
+            del self.host.vms[server]
+            self.host.logs.pop(server, None)
+
+    async def cancel_migrate_out(self, server: str) -> None:
+        _set_state(self._vm(server), RUNNING, None)
+
+    async def end_migrated(self, server: str, timeout: float = 10.0) -> None:
+        self._vm(server)
+        self._held.discard(server)  # before it ends: no one is told, it did not end
+        del self.host.vms[server]
         self.host.logs.pop(server, None)
 
     # -- while it runs ---------------------------------------------------------------

@@ -235,6 +235,101 @@ class Monitor:
                 raise HypervisorError(f"migration not done within {timeout:g} s ({status})")
             await asyncio.sleep(0.05)
 
+    # -- live migration (the steps of migration.py) ------------------------------------
+
+    async def add_tls_creds(self, object_id: str, directory: Path, endpoint: str) -> None:
+        """Load the X.509 files of `directory` (QEMU's names: ca-cert.pem, server-cert.pem,
+        ...) as TLS credentials for `endpoint` (`server` or `client`), checking the peer's."""
+        await self.execute(
+            "object-add",
+            {
+                "qom-type": "tls-creds-x509",
+                "id": object_id,
+                "dir": str(directory),
+                "endpoint": endpoint,
+                "verify-peer": True,
+            },
+        )
+
+    async def delete_object(self, object_id: str) -> None:
+        await self.execute("object-del", {"id": object_id})
+
+    async def set_migration_parameters(self, parameters: Mapping[str, object]) -> None:
+        await self.execute("migrate-set-parameters", parameters)
+
+    async def set_migration_capability(self, capability: str, state: bool = True) -> None:
+        await self.execute(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": capability, "state": state}]},
+        )
+
+    async def cancel_migration(self) -> None:
+        await self.execute("migrate_cancel")
+
+    async def start_nbd_server(self, socket_path: Path, tls_creds: str | None = None) -> None:
+        """Serve NBD on the unix socket `socket_path` (TLS only with `tls_creds`)."""
+        arguments: dict[str, object] = {
+            "addr": {"type": "unix", "data": {"path": str(socket_path)}}
+        }
+        if tls_creds is not None:
+            arguments["tls-creds"] = tls_creds
+        await self.execute("nbd-server-start", arguments)
+
+    async def export_writable(self, node: str) -> None:
+        """Export block node `node` writable over the NBD server, named after it."""
+        await self.execute(
+            "block-export-add",
+            {"type": "nbd", "id": node, "node-name": node, "name": node, "writable": True},
+        )
+
+    async def stop_nbd_server(self) -> None:
+        """Stop serving NBD: its clients are cut, its exports let go of their nodes."""
+        await self.execute("nbd-server-stop")
+
+    async def add_nbd_node(
+        self, node: str, socket_path: str, export: str, tls: Mapping[str, str] | None = None
+    ) -> None:
+        """A block node `node` reading and writing `export` of the NBD server at the unix
+        socket `socket_path` (`tls`: its `tls-creds` and `tls-hostname`)."""
+        await self.execute(
+            "blockdev-add",
+            {
+                "driver": "nbd",
+                "node-name": node,
+                "server": {"type": "unix", "path": socket_path},
+                "export": export,
+                **(tls or {}),
+            },
+        )
+
+    async def delete_node(self, node: str) -> None:
+        await self.execute("blockdev-del", {"node-name": node})
+
+    async def mirror(self, job: str, source: str, target: str) -> None:
+        """Start job `job` copying all of node `source` to node `target`, then each write
+        to both before it completes (`write-blocking`), until cancelled."""
+        await self.execute(
+            "blockdev-mirror",
+            {
+                "job-id": job,
+                "device": source,
+                "target": target,
+                "sync": "full",
+                "copy-mode": "write-blocking",
+            },
+        )
+
+    async def cancel_block_job(self, job: str, force: bool = False) -> None:
+        """End `job`; a READY mirror without `force` copies what is left first."""
+        await self.execute("block-job-cancel", {"device": job, "force": force})
+
+    async def query_block_jobs(self) -> dict[str, bool]:
+        """The block jobs under way, by id: whether each is READY."""
+        result = await self.execute("query-block-jobs")
+        if not isinstance(result, list):
+            raise HypervisorError(f"QMP query-block-jobs answered {result!r}")
+        return {str(job["device"]): bool(job.get("ready")) for job in result}
+
     async def query_vcpu_threads(self) -> list[int]:
         """The host thread id of each vCPU, in vCPU order (`query-cpus-fast`)."""
         result = await self.execute("query-cpus-fast")

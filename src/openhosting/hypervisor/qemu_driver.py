@@ -19,10 +19,11 @@ import pwd
 import shutil
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting.config import ConfigError, HypervisorSettings
-from openhosting.hypervisor import process
+from openhosting.hypervisor import migration, process
 from openhosting.hypervisor.argv import choose_accelerator
 from openhosting.hypervisor.cpu_quota import (
     CgroupLayout,
@@ -42,6 +43,8 @@ from openhosting.hypervisor.driver import (
     SHUTDOWN,
     BlockStats,
     EventHandler,
+    IncomingInfo,
+    IncomingRequest,
     StartRequest,
     StateStream,
     VmEvent,
@@ -103,6 +106,24 @@ def _write_secrets(secrets: tuple[DriveSecret, ...]) -> None:
             file.write(secret.passphrase)
 
 
+def _make_empty(path: Path, size: int) -> None:
+    """A new drive file of `size` bytes, all holes: a migration's mirror fills it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    """A VM waiting for a live migration (`prepare_incoming`), not held yet."""
+
+    vm: RunningVm
+    request: StartRequest
+    files: tuple[Path, ...]  # the drives' files it made
+
+
 def _remove_secrets(spec: VmSpec) -> None:
     for disk in spec.disks:
         if disk.secret_file is not None:
@@ -119,6 +140,7 @@ class QemuDriver:
         state_path: Path,
         *,
         cgroup: CgroupLayout | None = None,
+        migration_tls: migration.MigrationTls | None = None,
     ) -> None:
         self._settings = settings
         self._run_path = run_path
@@ -131,6 +153,11 @@ class QemuDriver:
         self._vms: dict[str, RunningVm] = {}
         self._handler: EventHandler | None = None
         self._space_resumer = SpaceResumer()
+        self._incoming: dict[str, _Incoming] = {}
+        # Servers whose VM is migrating out: its pause at the end of it is no one's event.
+        self._migrating: set[str] = set()
+        # None: migrations in and out of this host go without TLS.
+        self._migration_tls = migration_tls
 
     def listen(self, handler: EventHandler) -> None:
         self._handler = handler
@@ -261,9 +288,117 @@ class QemuDriver:
         for vm in list(self._vms.values()):
             await vm.detach()
         self._vms.clear()
+        # Targets of migrations under way too: the next daemon stops them (`unheld`).
+        for incoming in list(self._incoming.values()):
+            await incoming.vm.detach()
+        self._incoming.clear()
 
     def forget(self, server: str) -> None:
         shutil.rmtree(self.run_dir(server), ignore_errors=True)
+
+    # -- live migration (see migration.py) --------------------------------------------
+
+    async def prepare_incoming(self, request: IncomingRequest) -> IncomingInfo:
+        spec = request.start.spec
+        if not spec.incoming:
+            raise HypervisorError("a VM to receive by migration needs spec.incoming")
+        if spec.uuid in self._vms or spec.uuid in self._incoming:
+            raise HypervisorError(f"VM {spec.uuid} runs already")
+        sizes = dict(request.drive_bytes)
+        copied = [disk for disk in spec.disks if disk.slot in sizes]
+        if any(disk.format != "raw" for disk in copied):
+            # The LUKS layer needs its header in the file at start; an empty file has none.
+            raise HypervisorError("only raw drives can be copied by a live migration yet")
+        paths = spec.paths
+        nbd_socket, migration_socket = paths.directory / "nbd.sock", paths.directory / "mig.sock"
+        async with Reverter() as revert:
+            self._make_run_dir(spec.run_dir)
+            revert.add(functools.partial(shutil.rmtree, spec.run_dir, ignore_errors=True))
+            for disk in copied:
+                await asyncio.to_thread(_make_empty, disk.path, sizes[disk.slot])
+                revert.add(functools.partial(disk.path.unlink, missing_ok=True))
+            if spec.vnc is not None and spec.vnc.tls_dir is not None:
+                names = [name for name in (spec.vnc.address, *request.start.vnc_names) if name]
+                await asyncio.to_thread(ensure_vnc_tls, spec.vnc.tls_dir, names)
+            vm = await RunningVm.start(
+                spec, self._vm_exited, timeout=request.start.timeout, serial_limit=self.limit
+            )
+            revert.add(functools.partial(vm.kill, self._settings.stop_timeout))
+            vm.started = request.started or vm.started
+            nodes = [disk.node_name for disk in copied]
+            await migration.serve_incoming(
+                vm.monitor, nodes, nbd_socket, migration_socket, self._migration_tls
+            )
+            self._incoming[spec.uuid] = _Incoming(
+                vm, request.start, tuple(disk.path for disk in copied)
+            )
+            revert.success()
+        log.info("event=vm_incoming server=%s pid=%s", spec.uuid, vm.pid)
+        return IncomingInfo(
+            server=spec.uuid,
+            migration_uri=f"unix:{migration_socket}",
+            nbd_socket=str(nbd_socket),
+            exports=tuple((node, node) for node in nodes),
+            tls_hostname=self._migration_tls.host if self._migration_tls else None,
+        )
+
+    async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
+        vm = self._held(server)
+        async with Reverter() as revert:
+            self._migrating.add(server)
+            revert.add(functools.partial(self._migrating.discard, server))
+            revert.add(functools.partial(self._run_on, vm))
+            jobs = await migration.mirror_drives(
+                vm.monitor, target, revert, timeout, self._migration_tls
+            )
+            await migration.send_state(vm.monitor, target, jobs, revert, timeout)
+            revert.success()
+        log.info("event=vm_migrated_out server=%s", server)
+
+    async def finish_incoming(self, server: str, timeout: float) -> VmStatus:
+        incoming = self._incoming.get(server)
+        if incoming is None:
+            raise HypervisorError(f"No VM of server {server} waits for a migration here")
+        vm, request = incoming.vm, incoming.request
+        await migration.take_over(vm.monitor, timeout, tls=self._migration_tls is not None)
+        if request.vnc_password and request.spec.vnc is not None:
+            await vm.set_vnc_password(request.vnc_password)
+        if request.cpu_mhz is not None:
+            await self._limit_cpu(vm, request.cpu_mhz)
+        await vm.refresh_state()
+        if vm.exited.is_set():
+            raise HypervisorError(f"VM {server} ended while it took over")
+        del self._incoming[server]
+        self._hold(vm)
+        return self._status_of(vm)
+
+    async def abort_incoming(self, server: str) -> None:
+        incoming = self._incoming.pop(server, None)
+        if incoming is None:
+            return
+        await incoming.vm.kill(self._settings.stop_timeout)
+        for path in incoming.files:
+            path.unlink(missing_ok=True)
+        self.forget(server)
+        log.warning("event=vm_incoming_aborted server=%s", server)
+
+    async def cancel_migrate_out(self, server: str) -> None:
+        await self._run_on(self._held(server))
+        self._migrating.discard(server)
+
+    async def end_migrated(self, server: str, timeout: float = 10.0) -> None:
+        vm = self._vms.pop(server, None)  # no longer held: its exit is no one's event
+        self._migrating.discard(server)
+        if vm is None:
+            raise HypervisorError(f"No VM of server {server} runs here")
+        await vm.stop(timeout)
+        self.forget(server)
+
+    async def _run_on(self, vm: RunningVm) -> None:
+        """The guest runs here again after a migration that did not happen; its state read
+        before its events count again (it was RUNNING for everyone meanwhile)."""
+        await migration.run_on(vm.monitor)
+        await vm.refresh_state()
 
     # -- while it runs ---------------------------------------------------------------
 
@@ -322,6 +457,8 @@ class QemuDriver:
             await self._handler(event)
 
     async def _state_changed(self, server: str, pause: Pause | None) -> None:
+        if server in self._migrating:
+            return
         if pause is None:
             await self._emit(VmEvent(server, RESUMED))
             return

@@ -118,10 +118,11 @@ class RunningVm:
         """Spawn the VM of `spec`, attach to its serial port and connect to its monitor;
         undone if any step fails. The serial log starts empty, except for a VM restored
         from `saved_state` (with `spec.incoming`), whose log goes on: it runs on from where
-        it was saved instead of booting."""
-        if (saved_state is None) == spec.incoming:
-            raise ValueError("a saved state goes with spec.incoming, and only with it")
-        if saved_state is None:
+        it was saved instead of booting. With `spec.incoming` and no saved state it waits,
+        paused, for a live migration (migration.py)."""
+        if saved_state is not None and not spec.incoming:
+            raise ValueError("a saved state goes with spec.incoming")
+        if not spec.incoming:
             remove_log(spec.paths.serial_log, serial_limit.files)
         async with Reverter() as revert:
             pid = await process.spawn(spec, timeout=timeout)

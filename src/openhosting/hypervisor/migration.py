@@ -1,0 +1,253 @@
+"""Live migration of a running VM to another QEMU, its local drives copied along (what libvirt
+does for `virsh migrate --live --copy-storage-all`).
+
+The sequence, each step bounded by a timeout and undone by a `Reverter` if a later one fails:
+
+1. Target (`serve_incoming`): a QEMU started with `-incoming defer -S` and its drives as empty
+   files of the source's sizes serves each drive's block node writable over NBD
+   (`nbd-server-start`, `block-export-add`), then waits for the state (`migrate-incoming`,
+   with `late-block-activate`: it takes its drives over only at `cont`).
+2. Source (`mirror_drives`): an NBD client node per drive (`blockdev-add`) and a
+   `blockdev-mirror` of the whole drive onto it, in `write-blocking` mode: once a job is
+   READY every guest write reaches the target before the guest is told it is done, so
+   stopping the guest leaves nothing behind.
+3. Source (`send_state`): `migrate` to the target; QEMU pauses the guest for the last round
+   and the source ends paused (`postmigrate`). Then each mirror job is cancelled, which for a
+   READY job is a completion without switching the source over to the copy.
+4. Target (`take_over`): the state is in; the NBD server stops and `cont` runs the guest.
+5. Source: ended (the caller's). Had step 4 failed, a `cont` on the source takes its drives
+   back and runs the guest on.
+
+Jobs and the migration are polled (`query-block-jobs`, `query-migrate`) rather than waited
+for as events: a held VM's events are its watcher's (vm.py).
+
+`live_migrate` runs the five steps through two `MigratingDriver`s, so the same order holds
+whether the drivers are local or, later, agents on two hosts. Streams are unix sockets here
+(both QEMUs on one machine); across hosts they become TCP (docs/cluster.md).
+
+With `MigrationTls` on both drivers, both streams (NBD and the state) are TLS with the
+cluster CA's certificates, each side checking the other's (`tls-creds-x509`, `verify-peer`),
+the source checking that the target's bears the target host's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from openhosting.hypervisor.driver import (
+    IncomingInfo,
+    IncomingRequest,
+    MigratingDriver,
+    VmStatus,
+)
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.monitor import Monitor
+from openhosting.pem_files import write_whole
+from openhosting.reverter import Reverter
+
+log = logging.getLogger("openhosting.hypervisor")
+
+POLL_SECONDS = 0.05
+# Block nodes and jobs of a migration on the source, named after the drive's node.
+_PREFIX = "migrate-"
+# The ids of the `tls-creds-x509` objects of a migration: its target's, its source's (a VM
+# that came in may later go out).
+_TLS_IN, _TLS_OUT = "migrate-tls-in", "migrate-tls-out"
+_NO_TLS = {"tls-creds": "", "tls-hostname": ""}
+
+
+@dataclass(frozen=True)
+class MigrationTls:
+    """This host's side of TLS on migration streams: `directory` holds its cluster
+    certificate and key under QEMU's names (`write_qemu_tls_dir`), `host` is the name in it."""
+
+    directory: Path
+    host: str
+
+
+def write_qemu_tls_dir(ca_cert: Path, cert: Path, key: Path, directory: Path) -> None:
+    """Lay a node's cluster bundle out as QEMU's `tls-creds-x509` reads a directory: one
+    certificate for both ends (the cluster's are good for server and client)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = {
+        "ca-cert.pem": ca_cert,
+        "server-cert.pem": cert,
+        "client-cert.pem": cert,
+        "server-key.pem": key,
+        "client-key.pem": key,
+    }
+    for name, source in files.items():
+        write_whole(directory / name, source.read_bytes(), 0o600)
+    os.chmod(directory, 0o700)
+
+
+async def _add_tls(monitor: Monitor, tls: MigrationTls, endpoint: str) -> str:
+    # Loaded when needed, not at start: QEMU reads the directory then, as the user it runs
+    # as (`hypervisor.run_as`), which must be able to read it.
+    object_id = _TLS_IN if endpoint == "server" else _TLS_OUT
+    await monitor.add_tls_creds(object_id, tls.directory, endpoint)
+    return object_id
+
+
+async def serve_incoming(
+    monitor: Monitor,
+    nodes: Sequence[str],
+    nbd_socket: Path,
+    migration_socket: Path,
+    tls: MigrationTls | None = None,
+) -> None:
+    """Target: serve `nodes` writable over NBD on `nbd_socket` (export names = node names),
+    and wait for the VM's state on `migration_socket`; both over TLS only with `tls`."""
+    creds = None
+    if tls is not None:
+        creds = await _add_tls(monitor, tls, "server")
+        await monitor.set_migration_parameters({"tls-creds": creds})
+    await monitor.start_nbd_server(nbd_socket, creds)
+    for node in nodes:
+        await monitor.export_writable(node)
+    await monitor.set_migration_capability("late-block-activate")
+    await monitor.migrate_incoming(f"unix:{migration_socket}")
+
+
+async def take_over(monitor: Monitor, timeout: float, tls: bool = False) -> None:
+    """Target: once the source is done, stop serving the drives and run the guest."""
+    await monitor.wait_migration(timeout)
+    # Disconnects the source's NBD clients and drops the exports' hold on the drives, so
+    # the devices can take them (their write lock) at `cont`.
+    await monitor.stop_nbd_server()
+    if tls:
+        # The VM may go out again, or save its state (`fd:`, without TLS): none of it stays.
+        await monitor.set_migration_parameters(_NO_TLS)
+        await monitor.delete_object(_TLS_IN)
+    await monitor.cont()
+
+
+async def mirror_drives(
+    monitor: Monitor,
+    target: IncomingInfo,
+    revert: Reverter,
+    timeout: float,
+    tls: MigrationTls | None = None,
+) -> list[str]:
+    """Source: mirror each drive of `target.exports` onto its NBD export and wait until every
+    job is READY; return the jobs. Over TLS if the target asks for it (`tls` is then this
+    host's). Each step's undo goes to `revert`."""
+    tls_options: dict[str, str] = {}
+    if target.tls_hostname is not None:
+        if tls is None:
+            raise HypervisorError("the migration target takes TLS only; this host has none")
+        await _add_tls(monitor, tls, "client")
+        revert.add(functools.partial(_quietly, functools.partial(monitor.delete_object, _TLS_OUT)))
+        tls_options = {"tls-creds": _TLS_OUT, "tls-hostname": target.tls_hostname}
+    jobs = []
+    for node, export in target.exports:
+        client = f"{_PREFIX}{node}"
+        await monitor.add_nbd_node(client, target.nbd_socket, export, tls_options)
+        revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, client)))
+        await monitor.mirror(client, node, client)
+        revert.add(functools.partial(cancel_jobs, monitor, [client], True, timeout))
+        jobs.append(client)
+    await _wait_ready(monitor, jobs, timeout)
+    return jobs
+
+
+async def send_state(
+    monitor: Monitor, target: IncomingInfo, jobs: list[str], revert: Reverter, timeout: float
+) -> None:
+    """Source: move the VM's state to the target, then complete the mirrors (the guest is
+    paused then: nothing more to copy)."""
+    revert.add(functools.partial(_quietly, monitor.cancel_migration))
+    if target.tls_hostname is not None:
+        # Undone: a later save of the state (`fd:`, vm.py) must not try TLS.
+        parameters = {"tls-creds": _TLS_OUT, "tls-hostname": target.tls_hostname}
+        await monitor.set_migration_parameters(parameters)
+        revert.add(
+            functools.partial(
+                _quietly, functools.partial(monitor.set_migration_parameters, _NO_TLS)
+            )
+        )
+    await monitor.migrate(target.migration_uri)
+    await monitor.wait_migration(timeout)
+    await cancel_jobs(monitor, jobs, False, timeout)
+    for job in jobs:
+        await _quietly(functools.partial(monitor.delete_node, job))
+
+
+async def cancel_jobs(monitor: Monitor, jobs: list[str], force: bool, timeout: float) -> None:
+    """End the mirror `jobs` and wait until they are gone. A READY job cancelled without
+    `force` first copies what is left: the copy is complete, the source stays the drive."""
+    for job in set(jobs) & set(await monitor.query_block_jobs()):  # a failed one ended itself
+        await monitor.cancel_block_job(job, force)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while set(jobs) & set(await monitor.query_block_jobs()):
+        if loop.time() >= deadline:
+            raise HypervisorError(f"mirror jobs {jobs} not ended within {timeout:g} s")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def run_on(monitor: Monitor) -> None:
+    """Source: let the guest run again after a failed migration, if it is paused (a
+    completed migration left it paused; `cont` takes its drives back)."""
+    try:
+        if await monitor.query_status() != "running":
+            await monitor.cont()
+    except HypervisorError as error:
+        log.warning("event=migration_run_on_failed error=%s", error)
+
+
+async def live_migrate(
+    source: MigratingDriver, target: MigratingDriver, request: IncomingRequest, timeout: float
+) -> VmStatus:
+    """Move the running VM of `request.start.spec.uuid` from `source` to `target`. On
+    success it runs on the target and is gone from the source; on failure it runs on the
+    source as before and nothing of it is left on the target."""
+    server = request.start.spec.uuid
+    abort = functools.partial(target.abort_incoming, server)
+    async with Reverter() as revert:
+        info = await target.prepare_incoming(request)
+        revert.add(abort)
+        await source.migrate_out(server, info, timeout)
+        revert.add(functools.partial(source.cancel_migrate_out, server))
+        # Again (it does nothing twice), so that it runs first: the target may have run the
+        # guest already; it ends before the source runs it again, never both at once.
+        revert.add(abort)
+        status = await target.finish_incoming(server, timeout)
+        revert.success()
+    try:
+        await source.end_migrated(server)
+    except HypervisorError as error:
+        # The guest runs on the target: the migration is done. A source QEMU left paused
+        # (its drives let go) is the host's leftover, found again as unheld.
+        log.error("event=vm_migrated_source_left server=%s error=%s", server, error)
+    log.info("event=vm_migrated server=%s", server)
+    return status
+
+
+async def _wait_ready(monitor: Monitor, jobs: list[str], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        found = await monitor.query_block_jobs()
+        if missing := [job for job in jobs if job not in found]:
+            # With auto-dismiss a failed job vanishes; its error went to the event stream.
+            raise HypervisorError(f"mirror jobs {missing} ended before they were ready")
+        if all(found[job] for job in jobs):
+            return
+        if loop.time() >= deadline:
+            raise HypervisorError(f"mirror jobs {jobs} not ready within {timeout:g} s")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _quietly(step: Callable[[], Awaitable[None]]) -> None:
+    """An undo step QEMU may refuse because there is nothing left to undo."""
+    try:
+        await step()
+    except HypervisorError as error:
+        log.debug("migration undo refused: %s", error)

@@ -1,0 +1,79 @@
+"""`live_migrate`'s order of the drivers' calls and its undo, on fake hosts (the QMP sequence
+itself is tested against QEMU: test_driver_behaviour.py, test_migration_tls.py and
+tests/integration/test_live_migration.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from pathlib import Path
+
+import pytest
+
+from openhosting.hypervisor.driver import RUNNING, IncomingRequest, StartRequest, VmStatus
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
+from openhosting.hypervisor.migration import live_migrate
+from openhosting.hypervisor.spec import VmSpec
+
+calls: list[str] = []
+
+
+class Source(FakeHypervisor):
+    async def cancel_migrate_out(self, server: str) -> None:
+        calls.append("source runs again")
+        await super().cancel_migrate_out(server)
+
+    async def end_migrated(self, server: str, timeout: float = 10.0) -> None:
+        await super().end_migrated(server, timeout)
+        raise HypervisorError("quit got no answer")
+
+
+class Target(FakeHypervisor):
+    fail_finish = False
+
+    async def finish_incoming(self, server: str, timeout: float) -> VmStatus:
+        if self.fail_finish:
+            raise HypervisorError("cont failed")
+        return await super().finish_incoming(server, timeout)
+
+    async def abort_incoming(self, server: str) -> None:
+        calls.append("target ends")
+        await super().abort_incoming(server)
+
+
+def spec_on(driver: FakeHypervisor) -> VmSpec:
+    server = str(uuid.uuid4())
+    return VmSpec(uuid=server, smp=1, mem_mb=64, run_dir=driver.run_dir(server))
+
+
+def moved(spec: VmSpec, target: FakeHypervisor) -> IncomingRequest:
+    incoming = dataclasses.replace(spec, run_dir=target.run_dir(spec.uuid), incoming=True)
+    return IncomingRequest(StartRequest(incoming), drive_bytes=())
+
+
+async def test_a_target_that_cannot_run_the_vm_ends_before_the_source_runs_it_again() -> None:
+    calls.clear()
+    source, target = Source(Path("/a"), FakeHost()), Target(Path("/b"), FakeHost())
+    target.fail_finish = True
+    spec = spec_on(source)
+    before = await source.start(StartRequest(spec))
+
+    with pytest.raises(HypervisorError, match="cont failed"):
+        await live_migrate(source, target, moved(spec, target), 5.0)
+
+    # Never both at once: the target's VM is gone first.
+    assert calls[:2] == ["target ends", "source runs again"]
+    assert source.status(spec.uuid) == before and target.held() == []
+    assert await target.unheld() == []
+
+
+async def test_a_source_that_does_not_end_cleanly_does_not_undo_a_done_migration() -> None:
+    source, target = Source(Path("/a"), FakeHost()), Target(Path("/b"), FakeHost())
+    spec = spec_on(source)
+    await source.start(StartRequest(spec))
+
+    status = await live_migrate(source, target, moved(spec, target), 5.0)
+
+    assert status.state == RUNNING and target.held() == [spec.uuid]
+    assert source.held() == []
