@@ -91,8 +91,14 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     # server or job opens them.
     await asyncio.to_thread(platform.drives.repair_files)
     await asyncio.to_thread(platform.hosts.register)
-    heartbeat = asyncio.create_task(platform.hosts.heartbeat_every())
-    await platform.servers.recover()
+    lifecycle = platform.servers.lifecycle
+    heartbeat = asyncio.create_task(platform.hosts.heartbeat_every(lifecycle.agents_up))
+    await platform.servers.recover()  # and connects to the hosts' agents
+    # The agents' hosts online at once (placement takes only those), then watched.
+    await asyncio.to_thread(platform.hosts.heartbeat, lifecycle.agents_up())
+    agents = asyncio.create_task(
+        lifecycle.watch_agents_every(max(1, config.host.heartbeat_seconds))
+    )
     metering = asyncio.create_task(platform.billing.run()) if config.billing.enabled else None
     log_pruning = asyncio.create_task(platform.servers.lifecycle.logs.prune_hourly())
     guest_io = asyncio.create_task(platform.servers.lifecycle.fold_guest_io_every())
@@ -125,7 +131,9 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         guest_io.cancel()
         nic_helpers.cancel()
         heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)  # no beat after the stop
+        agents.cancel()
+        # No beat or adoption after the stop.
+        await asyncio.gather(heartbeat, agents, return_exceptions=True)
         await platform.servers.close()  # VMs keep running; the next daemon adopts them
         log.info("event=stopped")
 
