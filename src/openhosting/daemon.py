@@ -16,6 +16,7 @@ from openhosting.api.context import READINESS_KEY
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.config import Config, ConfigError, load_config
+from openhosting.hypervisor.agent_connector import agent_connector
 from openhosting.logs import FORMATS, configure_logging
 from openhosting.memory import limit_malloc_arenas
 from openhosting.services.accounts import NewKey
@@ -92,6 +93,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     await asyncio.to_thread(platform.drives.repair_files)
     await asyncio.to_thread(platform.hosts.register)
     lifecycle = platform.servers.lifecycle
+    lifecycle.drivers.connector = agent_connector(config.state_path)  # hosts with agents
     heartbeat = asyncio.create_task(platform.hosts.heartbeat_every(lifecycle.agents_up))
     await platform.servers.recover()  # and connects to the hosts' agents
     # The agents' hosts online at once (placement takes only those), then watched.

@@ -12,17 +12,19 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import Engine
 
-from openhosting.agent.pki import ClusterTlsError, control_bundle, control_context
-from openhosting.config import Config
 from openhosting.errors import FullError
-from openhosting.hypervisor.driver import HypervisorDriver, VmEvent
+from openhosting.hypervisor.driver import EventHandler, HypervisorDriver, VmEvent
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
 from openhosting.store import hosts as host_store
 
 log = logging.getLogger("openhosting.hosts")
 
 HostEventHandler = Callable[[str, VmEvent], Awaitable[None]]
+# (host, agent's HOST:PORT, its events' handler) → its driver, connected, and how to close
+# the connection: hypervisor/agent_connector.py's, which the daemon gives (the services
+# hold only the driver interface).
+Closer = Callable[[], Awaitable[None]]
+AgentConnector = Callable[[str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer]]]
 
 
 class HostDrivers:
@@ -31,8 +33,12 @@ class HostDrivers:
     def __init__(self, local_name: str, local: HypervisorDriver) -> None:
         self.local_name = local_name
         self.local = local
-        self.remote: dict[str, RemoteHypervisorDriver] = {}
+        self.remote: dict[str, HypervisorDriver] = {}
+        self._closers: list[Closer] = []
         self._handler: HostEventHandler | None = None
+        # How to reach an agent; None (the admin tool, tests of one host): agents are left
+        # alone.
+        self.connector: AgentConnector | None = None
 
     def listen(self, handler: HostEventHandler) -> None:
         """Send every driver's events to `handler`, with the name of the event's host."""
@@ -63,7 +69,7 @@ class HostDrivers:
     def all(self) -> list[HypervisorDriver]:
         return [self.local, *self.remote.values()]
 
-    async def connect_agents(self, engine: Engine, config: Config) -> list[str]:
+    async def connect_agents(self, engine: Engine) -> list[str]:
         """Connect to the agent of every host whose row names one (not this host's); the names
         of those reached. One that cannot be reached is logged and left out."""
         with engine.connect() as connection:
@@ -72,23 +78,19 @@ class HostDrivers:
                 for r in host_store.list_hosts(connection)
                 if r.agent and r.name != self.local_name and r.name not in self.remote
             ]
-        if not records:
-            return []
-        try:
-            context = control_context(control_bundle(config.state_path))
-        except (ClusterTlsError, OSError) as error:
-            log.warning("event=host_agents_skipped reason=no_cluster_tls error=%s", error)
+        if not records or self.connector is None:
             return []
         reached = []
         for record in records:
-            driver = RemoteHypervisorDriver(record.name, record.agent, context)
-            driver.listen(self._tagged(record.name))
             try:
-                await driver.connect()
+                driver, closer = await self.connector(
+                    record.name, record.agent, self._tagged(record.name)
+                )
             except HypervisorError as error:
                 log.warning("event=host_agent_unreachable host=%s error=%s", record.name, error)
                 continue
             self.remote[record.name] = driver
+            self._closers.append(closer)
             reached.append(record.name)
             log.info("event=host_agent_connected host=%s agent=%s", record.name, record.agent)
         return reached
@@ -97,5 +99,7 @@ class HostDrivers:
         """Close the agents' connections (their VMs run on, for the next daemon)."""
         for driver in self.remote.values():
             await driver.detach_all()
-            await driver.close()
+        for closer in self._closers:
+            await closer()
         self.remote.clear()
+        self._closers.clear()

@@ -439,7 +439,7 @@ class ServerLifecycle:
         """Connect to the hosts' agents; re-adopt the VMs of active servers; reconcile those
         that ended meanwhile. A server whose host's agent cannot be reached is left as it is
         (`active`, its VM unknown) until the agent answers (`watch_agents`)."""
-        await self.drivers.connect_agents(self._engine, self._config)
+        await self.drivers.connect_agents(self._engine)
         adopted: dict[str, ServerConfig] = {}
         for row in await self._servers_to_adopt():
             uuid = row.uuid
@@ -485,7 +485,7 @@ class ServerLifecycle:
         calls fail, naming it); when it answers again, or is reached for the first time,
         the VMs of its active servers are adopted again (a restarted agent holds none) and
         those that ended meanwhile reconciled, as at a daemon's start."""
-        for host in await self.drivers.connect_agents(self._engine, self._config):
+        for host in await self.drivers.connect_agents(self._engine):
             await self._adopt_on(host, None)
         for host, driver in list(self.drivers.remote.items()):
             try:
