@@ -7,7 +7,8 @@ of its boot drive (the agent holding its VM says so, the other does not) and its
 `host`; a stop goes to that agent. An agent killed: its server's calls fail naming the host,
 its info still answers; the agent back on its port: the daemon adopts its servers' VMs again
 (the fake's VMs died with its process: the server is reconciled as stopped). A boot drive on
-a host with no agent connected is 507 naming the host.
+a host with no agent connected is 507 naming the host. Over a real QEMU agent (TCG), the VM
+outlives its agent's SIGKILL and the agent back is made to hold it again.
 """
 
 import asyncio
@@ -27,6 +28,7 @@ import pytest
 from openhosting.agent.pki import Bundle, add_host, control_bundle, control_context, init_cluster
 from testbed.agent_process import AgentProcess, agent_process
 from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
+from testbed.leftovers import vm_run_directory
 
 WAIT = 20.0  # seconds, at most, for the daemon to notice an agent gone or back
 
@@ -47,14 +49,26 @@ class Hosts:
         init_cluster(self.state)
         self.context = control_context(control_bundle(self.state))
         self.agents: dict[str, AgentProcess] = {}
+        self.run_dirs: dict[str, Path] = {}
 
-    def start_agent(self, name: str, listen: str = "127.0.0.1:0") -> AgentProcess:
+    def start_agent(
+        self, name: str, listen: str = "127.0.0.1:0", driver: str = "fake"
+    ) -> AgentProcess:
         bundle_dir = self.work / f"bundle-{name}"
         if not bundle_dir.exists():
             add_host(self.state, name, bundle_dir)
         bundle = Bundle.in_directory(bundle_dir, "host")
+        env = {}
+        if driver == "qemu":
+            # Short (QEMU's sockets), the same for a restarted agent; after the agent's stop
+            # (which lets its VMs run on) whatever QEMU it left is killed.
+            if name not in self.run_dirs:
+                self.run_dirs[name] = self.stack.enter_context(vm_run_directory("oh-hq-"))
+            env["OH_HYPERVISOR_RUN_DIR"] = str(self.run_dirs[name])
         agent = self.stack.enter_context(
-            agent_process(self.work / f"agent-{name}", bundle, listen=listen)
+            agent_process(
+                self.work / f"agent-{name}", bundle, listen=listen, driver=driver, env=env
+            )
         )
         self.agents[name] = agent
         return agent
@@ -159,3 +173,30 @@ def test_servers_run_on_the_agents_of_their_boot_drives_hosts(hosts: Hosts) -> N
     assert refused.status == 507, refused
     assert refused.headers.get("X-Elastic-Error") == "full", refused
     assert "hv-gone" in refused.body.decode(), refused
+
+
+def test_a_vm_outlives_its_agents_kill_and_is_adopted_when_the_agent_is_back(
+    hosts: Hosts,
+) -> None:
+    agent = hosts.start_agent("hv-q", driver="qemu")
+    hosts.admin("host", "set", "hv-q", "--agent", agent.address)
+    daemon = DaemonProcess(hosts.state, hosts.work / "daemon.log", env=hosts.env)
+    hosts.stack.callback(daemon.stop)
+    api, log = Api(hosts.account, daemon.url), hosts.work / "daemon.log"
+    drive = api.properties("/drives/create", b"name q\nsize 1M\n")["drive"]
+    body = f"name q\ncpu 500\nmem 64\npersistent true\nide:0:0 {drive}\nboot ide:0:0\n"
+    server = api.properties("/servers/create/stopped", body.encode())["server"]
+    started = api.call(f"/servers/{server}/start", b"")
+    assert started.status == 204, started
+    assert hosts.held("hv-q") == [server]
+    try:
+        os.kill(agent.pid, signal.SIGKILL)
+        wait_for(lambda: "event=host_agent_down host=hv-q" in log.read_text(), "agent down", log)
+        hosts.start_agent("hv-q", listen=agent.address, driver="qemu")
+        wait_for(lambda: hosts.held("hv-q") == [server], "the VM adopted again", log)
+        info = api.properties(f"/servers/{server}/info")
+        assert (info["status"], info["host"]) == ("active", "hv-q")
+    finally:
+        api.call(f"/servers/{server}/stop", b"")
+    assert hosts.held("hv-q") == []
+    assert api.properties(f"/servers/{server}/info")["status"] == "stopped"

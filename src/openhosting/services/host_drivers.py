@@ -97,8 +97,11 @@ class HostDrivers:
 
     async def close(self) -> None:
         """Close the agents' connections (their VMs run on, for the next daemon)."""
-        for driver in self.remote.values():
-            await driver.detach_all()
+        for host, driver in self.remote.items():
+            try:
+                await driver.detach_all()
+            except HypervisorError as error:  # an agent gone: nothing to let go of
+                log.warning("event=host_agent_detach_failed host=%s error=%s", host, error)
         for closer in self._closers:
             await closer()
         self.remote.clear()
