@@ -72,14 +72,14 @@ class HostDrivers:
     async def connect_agents(self, engine: Engine) -> list[str]:
         """Connect to the agent of every host whose row names one (not this host's); the names
         of those reached. One that cannot be reached is logged and left out."""
+        if self.connector is None:
+            return []
         with engine.connect() as connection:
             records = [
                 r
                 for r in host_store.list_hosts(connection)
                 if r.agent and r.name != self.local_name and r.name not in self.remote
             ]
-        if not records or self.connector is None:
-            return []
         reached = []
         for record in records:
             try:
