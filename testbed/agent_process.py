@@ -61,9 +61,11 @@ def agent_process(
     *,
     driver: str = "fake",
     env: Mapping[str, str] | None = None,
+    listen: str = "127.0.0.1:0",
 ) -> Iterator[AgentProcess]:
-    """An agent over `driver` with its state in `directory`, presenting `bundle`; stopped
-    by its PID (SIGTERM, then SIGKILL) when the block ends."""
+    """An agent over `driver` with its state in `directory`, presenting `bundle`, listening
+    on `listen` (a port the kernel chose unless given: the same one again for a restarted
+    agent); stopped by its PID (SIGTERM, then SIGKILL) when the block ends."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "agent.log"
     environment = {
@@ -78,7 +80,7 @@ def agent_process(
     command = [
         str(BIN / "openhosting-agent"),
         "--state-dir", str(directory / "state"),
-        "--listen", "127.0.0.1:0",
+        "--listen", listen,
         "--tls-dir", str(bundle.cert.parent),
     ]  # fmt: skip
     with open(log, "wb") as stderr:

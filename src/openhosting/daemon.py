@@ -16,6 +16,7 @@ from openhosting.api.context import READINESS_KEY
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.config import Config, ConfigError, load_config
+from openhosting.hypervisor.agent_connector import agent_connector
 from openhosting.logs import FORMATS, configure_logging
 from openhosting.memory import limit_malloc_arenas
 from openhosting.services.accounts import NewKey
@@ -91,8 +92,15 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     # server or job opens them.
     await asyncio.to_thread(platform.drives.repair_files)
     await asyncio.to_thread(platform.hosts.register)
-    heartbeat = asyncio.create_task(platform.hosts.heartbeat_every())
-    await platform.servers.recover()
+    lifecycle = platform.servers.lifecycle
+    lifecycle.drivers.connector = agent_connector(config.state_path)  # hosts with agents
+    heartbeat = asyncio.create_task(platform.hosts.heartbeat_every(lifecycle.agents_up))
+    await platform.servers.recover()  # and connects to the hosts' agents
+    # The agents' hosts online at once (placement takes only those), then watched.
+    await asyncio.to_thread(platform.hosts.heartbeat, lifecycle.agents_up())
+    agents = asyncio.create_task(
+        lifecycle.watch_agents_every(max(1, config.host.heartbeat_seconds))
+    )
     metering = asyncio.create_task(platform.billing.run()) if config.billing.enabled else None
     log_pruning = asyncio.create_task(platform.servers.lifecycle.logs.prune_hourly())
     guest_io = asyncio.create_task(platform.servers.lifecycle.fold_guest_io_every())
@@ -125,7 +133,9 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         guest_io.cancel()
         nic_helpers.cancel()
         heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)  # no beat after the stop
+        agents.cancel()
+        # No beat or adoption after the stop.
+        await asyncio.gather(heartbeat, agents, return_exceptions=True)
         await platform.servers.close()  # VMs keep running; the next daemon adopts them
         log.info("event=stopped")
 

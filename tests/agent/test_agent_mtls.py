@@ -4,9 +4,12 @@ nothing, and the control plane talks to a host's agent only if it proves to be t
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +180,33 @@ async def test_an_agent_that_cannot_be_reached_or_does_not_answer_is_a_clear_err
         finally:
             done.set()
             holding.join(10.0)
+
+
+async def test_an_agent_followed_by_the_control_plane_stops_at_once_on_sigterm(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Its runner waited for the follower's WebSocket until the agent was killed (15 s here),
+    its VMs never let go of."""
+    with agent_process(tmp_path / "hv-a", cluster.host("hv-a")) as agent:
+        driver = RemoteHypervisorDriver("hv-a", agent.address, control_context(cluster.control))
+        await driver.connect()
+        try:
+            begun = time.monotonic()
+            os.kill(agent.pid, signal.SIGTERM)
+            for _ in range(100):  # bounded: 10 s
+                if not _alive(agent.pid):
+                    break
+                await asyncio.sleep(0.1)
+            assert not _alive(agent.pid)
+            assert time.monotonic() - begun < 5
+        finally:
+            await driver.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process `pid` (a child of this one) still runs: a zombie does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -7,11 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from openhosting.config import Config, load_config
+from openhosting.errors import FullError, MissingError, UsageError
 from openhosting.services.hosts import Hosts, file_system_bytes, measure_host, memory_total_mb
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
+from openhosting.store.tables import drives, servers
 from tests.conftest import config_in
 
 MEMINFO = "MemTotal:        8040352 kB\nMemFree:          123456 kB\n"
@@ -106,5 +109,62 @@ def test_a_heartbeat_after_the_row_went_registers_the_host_again(tmp_path: Path)
         platform.hosts.heartbeat()
         with platform.engine.connect() as connection:
             assert host_store.get_host(connection, "hv-test") is not None
+    finally:
+        platform.close()
+
+
+def test_host_set_records_an_agent_and_registers_a_new_host_offline_until_reached(
+    tmp_path: Path,
+) -> None:
+    platform = open_platform(host_config(tmp_path))
+    try:
+        hosts = platform.hosts
+        hosts.register()
+        for bad in ("hv-x", "hv-x:", ":7430", "hv-x:99999", "hv-x:port"):
+            with pytest.raises(UsageError, match="HOST:PORT"):
+                hosts.set_agent("hv-a", bad)
+        with pytest.raises(UsageError, match="own host"):
+            hosts.set_agent("hv-test", "127.0.0.1:7430")
+        with pytest.raises(MissingError, match="hv-none"):
+            hosts.set_agent("hv-none", "")
+        record = hosts.set_agent("hv-a", "10.0.0.5:7430")
+        assert (record.agent, record.heartbeat_at) == ("10.0.0.5:7430", 0.0)
+        hosts.register()  # this host measured again: another host's agent stays
+        views = {view.record.name: view for view in hosts.overview()}
+        assert views["hv-a"].record.agent == "10.0.0.5:7430"
+        assert views["hv-a"].state == "offline"
+        assert hosts.set_agent("hv-a", "").agent == ""
+    finally:
+        platform.close()
+
+
+async def test_a_server_goes_to_its_boot_drives_host_only_when_this_node_has_its_driver(
+    tmp_path: Path,
+) -> None:
+    platform = open_platform(host_config(tmp_path))
+    try:
+        hosts = platform.hosts
+        hosts.register()
+        hosts.set_agent("hv-a", "127.0.0.1:7430")
+        hosts.heartbeat(["hv-a"])  # its agent reached: online
+        user = platform.accounts.create_user().uuid
+        drive = str((await platform.drives.create(user, {"name": "d", "size": "1M"}))["drive"])
+        with platform.engine.begin() as connection:
+            connection.execute(update(drives).where(drives.c.uuid == drive).values(host="hv-a"))
+        assert hosts.place_server(500, 64, drive, {"hv-test", "hv-a"}) == "hv-a"
+        with pytest.raises(FullError, match="hv-a"):
+            hosts.place_server(500, 64, drive, {"hv-test"})  # its agent not reached here
+        # An active server's use counts against the host that runs it (servers.host).
+        server = await platform.servers.create(
+            user, {"name": "s", "cpu": "500", "mem": "64"}, start=False
+        )
+        with platform.engine.begin() as connection:
+            connection.execute(
+                update(servers).where(servers.c.uuid == server["server"])
+                .values(status="active", host="hv-a")
+            )  # fmt: skip
+        views = {view.record.name: view.load for view in hosts.overview()}
+        assert (views["hv-a"].used_mhz, views["hv-a"].used_memory_mb) == (500, 64)
+        assert (views["hv-test"].used_mhz, views["hv-test"].used_memory_mb) == (0, 0)
     finally:
         platform.close()

@@ -1,10 +1,15 @@
-"""`openhosting-admin host list|suspend|resume|add`: the platform's hosts, and host maintenance
-(a kernel update, a reboot).
+"""`openhosting-admin host list|set|suspend|resume|add`: the platform's hosts, and host
+maintenance (a kernel update, a reboot).
 
 `list` shows every registered host: its capacity (cores and their MHz, memory less the
 host's reserve, the size of each tier's file system), what is placed on it (the cpu and mem
 of its active servers, the sizes of its drives per tier) and its state (`offline` when its
 last heartbeat is older than `host.offline_seconds`).
+
+`set NAME --agent HOST:PORT` records where host NAME's agent listens (an empty address: none);
+a daemon started afterwards connects to it and runs the VMs of servers placed there through
+it. A host not registered yet is registered with this host's measured capacity, offline until
+a daemon reaches its agent.
 
 `suspend` saves every active server's memory and device state to an encrypted dump in the
 state directory and ends its VM: those servers are `dumped`, their drives still claimed.
@@ -94,6 +99,7 @@ def host_properties(view: HostView) -> dict[str, Value]:
         "host": load.name,
         "state": view.state,
         "heartbeat:age": int(view.heartbeat_age),
+        "agent": view.record.agent,
         "cpu:cores": load.cores,
         "cpu:core_mhz": load.core_mhz,
         "cpu": load.cores * load.core_mhz,
@@ -112,6 +118,11 @@ def cmd_host_list(platform: Platform, _args: argparse.Namespace) -> str:
     return render_text(PropertiesList([host_properties(view) for view in views]))
 
 
+def cmd_host_set(platform: Platform, args: argparse.Namespace) -> str:
+    record = platform.hosts.set_agent(args.name, args.agent)
+    return render_text(PropertiesList([{"host": record.name, "agent": record.agent}]))
+
+
 def add_parsers(areas: Any) -> None:
     """Add the `host` area to the admin tool's parser."""
     host = areas.add_parser("host", help="the platform's hosts, host maintenance")
@@ -119,6 +130,12 @@ def add_parsers(areas: Any) -> None:
     commands.add_parser(
         "list", help="every host: capacity, use and state (last heartbeat's age)"
     ).set_defaults(run=cmd_host_list)
+    set_host = commands.add_parser("set", help="record the address of a host's agent")
+    set_host.add_argument("name", help="the host's name (as in its certificate)")
+    set_host.add_argument(
+        "--agent", required=True, help="HOST:PORT its openhosting-agent listens on ('' for none)"
+    )
+    set_host.set_defaults(run=cmd_host_set)
     commands.add_parser(
         "suspend", help="save every active server's state to disk and end its VM (dumped)"
     ).set_defaults(run_on_state=cmd_host)

@@ -27,7 +27,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from openhosting.agent.pki import CONTROL, peer_role
 from openhosting.hypervisor.calls import CALLS, REPLACED, CallError, arguments, decode, encode
@@ -75,6 +75,12 @@ class EventRelay:
         finally:
             self._acks.pop(seq, None)
 
+    async def close(self) -> None:
+        """The agent stops: end the follower's stream (the runner's clean-up would wait for
+        it until the agent is killed, its VMs never let go of)."""
+        if (socket := self._socket) is not None:
+            await socket.close(code=WSCloseCode.GOING_AWAY, message=b"the agent stops")
+
     async def follow(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse(heartbeat=10.0)
         await socket.prepare(request)
@@ -102,6 +108,7 @@ def make_app(driver: HypervisorDriver) -> web.Application:
     app[RELAY_KEY] = relay
     app.router.add_post("/calls/{method}", _call)
     app.router.add_get("/events", relay.follow)
+    app.on_shutdown.append(lambda _app: relay.close())
     # Imported here: the agent's users need the fake only in tests.
     from openhosting.hypervisor.fake import FakeHypervisor
 

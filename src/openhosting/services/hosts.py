@@ -2,22 +2,33 @@
 and every host's capacity and use for placement and the operator (`openhosting-admin host
 list`).
 
-Until host agents exist every VM and drive file is this daemon's host's: servers' use counts
-against it, and it is the one host a new drive can be placed on.
+A host with an agent (`hosts.agent`, `openhosting-admin host set NAME --agent HOST:PORT`)
+is heartbeaten by the daemon that reached its agent, and takes drives and servers while
+online; a server's use counts against the host that runs it (`servers.host`). The drives'
+bytes still live in the API daemon's drive directory (docs/cluster.md): a drive's host says
+which host's VMs it is meant for and what `avoid` keeps apart.
 """
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
 from openhosting.config import Config
-from openhosting.services.placement import DriveRequest, HostLoad, place_drive
-from openhosting.store import counts
+from openhosting.errors import FullError, MissingError, UsageError
+from openhosting.services.placement import (
+    DriveRequest,
+    HostLoad,
+    ServerRequest,
+    place_drive,
+    place_server,
+)
 from openhosting.store import hosts as host_store
 from openhosting.store.records import HostRecord
 
@@ -94,19 +105,25 @@ class Hosts:
         )
         return self.local
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, agents: Collection[str] = ()) -> None:
+        """Say that this host, and the hosts of `agents` (whose agents this daemon reached),
+        are alive."""
+        now = time.time()
         with self._engine.begin() as connection:
-            known = host_store.heartbeat(connection, self.name, time.time())
+            known = host_store.heartbeat(connection, self.name, now)
             if not known:  # the row went (an operator's mistake): put it back
                 host_store.register_host(connection, self.local)
+            for host in agents:
+                host_store.heartbeat(connection, host, now)
 
-    async def heartbeat_every(self) -> None:
-        """Heartbeat every `host.heartbeat_seconds` until cancelled."""
+    async def heartbeat_every(self, agents: Callable[[], Collection[str]] = tuple) -> None:
+        """Heartbeat every `host.heartbeat_seconds` until cancelled (with the hosts `agents`
+        names at each beat)."""
         interval = max(1, self._config.host.heartbeat_seconds)
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.to_thread(self.heartbeat)
+                await asyncio.to_thread(self.heartbeat, list(agents()))
             except Exception as error:  # a busy or failing database: try again next beat
                 log.warning("event=heartbeat_failed host=%s error=%s", self.name, error)
 
@@ -117,14 +134,10 @@ class Hosts:
         drive's placement needs no cpu or mem, and decoding every server's configuration
         would cost each drive create)."""
         drive_bytes = host_store.drive_bytes_by_host(connection)
-        # Every VM runs on this daemon's host until agents run them elsewhere.
-        used_mhz = used_mb = 0
-        for _uuid, status, server in counts.server_statuses(connection) if servers else []:
-            if status == "active":
-                used_mhz, used_mb = used_mhz + server.cpu, used_mb + server.mem
+        used = host_store.server_use_by_host(connection, self.name) if servers else {}
         loads = []
         for record in records:
-            local = record.name == self.name
+            used_mhz, used_mb = used.get(record.name, (0, 0))
             loads.append(
                 HostLoad(
                     name=record.name,
@@ -132,8 +145,8 @@ class Hosts:
                     core_mhz=record.core_mhz,
                     memory_mb=record.memory_mb,
                     disk_bytes_by_tier=record.disk_bytes_by_tier,
-                    used_mhz=used_mhz if local else 0,
-                    used_memory_mb=used_mb if local else 0,
+                    used_mhz=used_mhz,
+                    used_memory_mb=used_mb,
                     used_bytes_by_tier={
                         tier: size
                         for (host, tier), size in drive_bytes.items()
@@ -147,12 +160,65 @@ class Hosts:
         self, connection: Connection, size: int, tier: str, avoid: tuple[str, ...]
     ) -> str:
         """The host a new drive goes to (FullError when none has room)."""
-        # This daemon makes drive files on its own host only: the one candidate until host
-        # agents make them elsewhere.
         request = DriveRequest(
             size=size, tier=tier, avoid_hosts=host_store.hosts_of_drives(connection, list(avoid))
         )
-        return place_drive(request, self._loads(connection, [self.local], servers=False))
+        candidates = [self.local, *self._online_agent_hosts(connection)]
+        return place_drive(request, self._loads(connection, candidates, servers=False))
+
+    def _online_agent_hosts(self, connection: Connection) -> list[HostRecord]:
+        """The hosts other than this one with an agent and a recent heartbeat."""
+        limit = time.time() - self._config.host.offline_seconds
+        return [
+            record
+            for record in host_store.list_hosts(connection)
+            if record.agent and record.name != self.name and record.heartbeat_at >= limit
+        ]
+
+    def place_server(
+        self, cpu: int, mem: int, boot_drive: str | None, with_driver: Collection[str]
+    ) -> str:
+        """The host a starting server goes to: its boot drive's when that one has room,
+        among the hosts `with_driver` (those this daemon can run VMs on). FullError (507)
+        naming the host when the boot drive's host has no driver here, or when none has
+        room."""
+        with self._engine.connect() as connection:
+            boot_host = (
+                host_store.hosts_of_drives(connection, [boot_drive]).get(boot_drive)
+                if boot_drive
+                else None
+            )
+            if boot_host and boot_host not in with_driver:
+                raise FullError(
+                    f"Host {boot_host} holding boot drive {boot_drive} has no agent connected"
+                    " to this API node: the server cannot start there now"
+                )
+            records = [self.local] + [
+                r for r in self._online_agent_hosts(connection) if r.name in with_driver
+            ]
+            loads = self._loads(connection, records)
+        return place_server(ServerRequest(cpu=cpu, mem=mem, boot_host=boot_host), loads)
+
+    def set_agent(self, name: str, agent: str) -> HostRecord:
+        """Record HOST:PORT of host `name`'s agent (empty: none). A host not registered yet
+        is registered with this host's measured capacity (agents do not report their own
+        yet) and no heartbeat: offline until a daemon reaches its agent."""
+        address, _, port = agent.rpartition(":")
+        if agent and not (address and port.isdigit() and 0 < int(port) < 65536):
+            raise UsageError(f"Invalid agent address {agent!r}: expected HOST:PORT")
+        if name == self.name and agent:
+            raise UsageError(f"Host {name} is this daemon's own host: its VMs run in-process")
+        with self._engine.begin() as connection:
+            if not host_store.set_agent(connection, name, agent):
+                if not agent:
+                    raise MissingError(f"Host {name} is not registered")
+                record = dataclasses.replace(
+                    measure_host(self._config, 0.0), name=name, agent=agent
+                )
+                host_store.add_host(connection, record)
+            found = host_store.get_host(connection, name)
+        assert found is not None
+        return found
 
     def overview(self) -> list[HostView]:
         """Every registered host with its capacity, use and state, by name."""

@@ -110,7 +110,9 @@ def open_platform(config: Config) -> Platform:
     networks = ServerNetworks(engine, resources, pool, network_driver)
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
-    servers = Servers(engine, reader, drives, config, networks, billing, events, store=store)
+    servers = Servers(
+        engine, reader, drives, config, networks, billing, events, store=store, hosts=hosts
+    )
     consoles = Consoles(engine, servers, config.api.console_token_seconds)
     events.add_listener(consoles.observe_event)  # a VM that ends closes its consoles
     return Platform(

@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from openhosting.config import Config
-from openhosting.errors import FailedError
+from openhosting.errors import FailedError, FullError
 from openhosting.hypervisor.driver import (
     EXITED,
     PAUSED,
@@ -44,6 +44,8 @@ from openhosting.reverter import Reverter
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.events import EventBus
 from openhosting.services.guest_io import fold_guest_io
+from openhosting.services.host_drivers import HostDrivers
+from openhosting.services.hosts import Hosts
 from openhosting.services.operations import DUMPED_END, SERVER_RULES, Operations
 from openhosting.services.server_dumps import ServerDumps
 from openhosting.services.server_info import LiveFigures
@@ -77,6 +79,7 @@ class ServerLifecycle:
         networks: ServerNetworks,
         events: EventBus | None = None,
         driver: HypervisorDriver | None = None,
+        hosts: Hosts | None = None,
     ) -> None:
         self._engine = engine
         self._events = events if events is not None else EventBus()
@@ -84,8 +87,17 @@ class ServerLifecycle:
         self._settings = config.hypervisor
         self._networks = networks
         self.logs = ServerLogs(config)
+        # This host's driver; the VMs of hosts with agents go through `drivers` too.
         self.driver = driver if driver is not None else open_driver(config)
-        self.driver.listen(self._on_event)
+        self._hosts = hosts
+        self.drivers = HostDrivers(config.host_name, self.driver)
+        self.drivers.listen(self._on_host_event)
+        # The host of each server last started (or adopted) on a host with an agent: where
+        # its VM, run directory and serial log are. Others are this host's.
+        self.placed: dict[str, str] = {}
+        # The agent hosts a watch found unreachable: their servers are adopted again when
+        # their agent answers (`watch_agents`).
+        self._agents_down: set[str] = set()
         # The owner of every active server (its VM held by the driver); only this class
         # adds and removes entries.
         self.active: dict[str, str] = {}
@@ -96,14 +108,19 @@ class ServerLifecycle:
         # ends because its state was saved (`vm_exited` then keeps the server `dumped`).
         self.operations = Operations("Server", SERVER_RULES)
 
+    def driver_of(self, uuid: str) -> HypervisorDriver:
+        """The driver of the host that runs (or last ran) the VM of `uuid`; FullError naming
+        the host when its agent is not connected here."""
+        return self.drivers.of(self.placed.get(uuid, ""))
+
     def run_dir(self, uuid: str) -> Path:
-        return self.driver.run_dir(uuid)
+        return self.driver_of(uuid).run_dir(uuid)
 
     def status(self, uuid: str) -> str | None:
         """`active` or `paused` as the hypervisor says, for a server with a VM; else None."""
         if uuid not in self.active:
             return None
-        vm = self.driver.status(uuid)
+        vm = self.driver_of(uuid).status(uuid)
         if vm is None:
             return None
         return "paused" if vm.state == PAUSED else "active"
@@ -112,8 +129,8 @@ class ServerLifecycle:
         """The status of every server with a VM (see `status`)."""
         return {uuid: status for uuid in list(self.active) if (status := self.status(uuid))}
 
-    def _host_settings(self) -> HostVmSettings:
-        return self.driver.host_settings(
+    def _host_settings(self, driver: HypervisorDriver) -> HostVmSettings:
+        return driver.host_settings(
             vnc_listen=self.vnc.listen_address(), netns=self._networks.namespace
         )
 
@@ -133,6 +150,8 @@ class ServerLifecycle:
         With `restore`, the VM runs on from its dump instead of booting; the dump is removed
         once it runs."""
         begun = time.monotonic()
+        host = self._place(config)
+        driver = self.drivers.of(host)
         async with Reverter() as revert:
             nics = await self._networks.acquire(user, uuid, config)
             revert.add(lambda: self._networks.release(uuid))
@@ -140,13 +159,15 @@ class ServerLifecycle:
                 uuid,
                 config,
                 drives,
-                run_dir=self.driver.run_dir(uuid),
-                host=self._host_settings(),
+                run_dir=driver.run_dir(uuid),
+                host=self._host_settings(driver),
                 display=display,
                 nics=nics,
             )
             spec = dataclasses.replace(plan.spec, incoming=True) if restore else plan.spec
             vnc = self.vnc.credentials(uuid, config, display)
+            # Before the start: the VM's events are its host's from its first one.
+            self._place_on(uuid, host)
             try:
                 request = StartRequest(
                     spec,
@@ -156,7 +177,7 @@ class ServerLifecycle:
                     cpu_mhz=config.cpu,
                     timeout=STATE_TIMEOUT if restore else self._settings.start_timeout,
                 )
-                vm = await self.driver.start(
+                vm = await driver.start(
                     request, restore=self.dumps.source(uuid) if restore else None
                 )
             except HypervisorError as error:
@@ -164,19 +185,22 @@ class ServerLifecycle:
                 raise
             # Whatever fails from here on must not leave a VM running that nobody holds.
             self.active[uuid] = user
-            revert.add(lambda: self.driver.kill(uuid, self._settings.stop_timeout))
-            if display is not None:
+            revert.add(lambda: driver.kill(uuid, self._settings.stop_timeout))
+            # The VNC overlay is this host's network; a VM on an agent's host has its own.
+            if display is not None and not host:
                 await self.vnc.open_overlay(uuid, config, display)
                 revert.add(lambda: self.vnc.close_overlay(uuid))
             started = int(time.time())
             with self._engine.begin() as connection:
-                server_store.update_server(connection, uuid, status="active", started_at=started)
+                server_store.update_server(
+                    connection, uuid, status="active", started_at=started, host=host
+                )
             revert.success()
         if restore:
             await asyncio.to_thread(self.dumps.remove, uuid)  # used: the guest runs on
         log.info(
-            "event=server_started user=%s server=%s restored=%s",
-            user, uuid, str(restore).lower(),
+            "event=server_started user=%s server=%s restored=%s host=%s",
+            user, uuid, str(restore).lower(), host or self.drivers.local_name,
         )  # fmt: skip
         for attachment in config.drives:
             self._events.publish(
@@ -189,7 +213,35 @@ class ServerLifecycle:
         if vm.state == PAUSED and vm.reason is not None:  # paused before anyone listened
             self._publish_pause(user, uuid, vm.reason)
 
+    def _place(self, config: ServerConfig) -> str:
+        """The host a starting server goes to ("" for this one): placement's choice among
+        the hosts with a driver here, the boot drive's host first."""
+        if self._hosts is None or not self.drivers.remote:
+            return ""  # one host: nothing to choose
+        chosen = self._hosts.place_server(
+            config.cpu, config.mem, boot_drive(config), self.drivers.names()
+        )
+        return "" if chosen == self.drivers.local_name else chosen
+
+    def _place_on(self, uuid: str, host: str) -> None:
+        if host:
+            self.placed[uuid] = host
+        else:
+            self.placed.pop(uuid, None)
+
     # -- what the hypervisor tells -----------------------------------------------------
+
+    async def _on_host_event(self, host: str, event: VmEvent) -> None:
+        where = self.placed.get(event.server) or self.drivers.local_name
+        if where != host:
+            # A VM of this server on another host than its own (left by an older start):
+            # not the server's; the watch and the start-up adoption deal with such VMs.
+            log.warning(
+                "event=vm_event_ignored server=%s kind=%s host=%s server_host=%s",
+                event.server, event.kind, host, where,
+            )  # fmt: skip
+            return
+        await self._on_event(event)
 
     async def _on_event(self, event: VmEvent) -> None:
         if event.kind == EXITED:
@@ -217,18 +269,19 @@ class ServerLifecycle:
         if [nic.block for nic in merged.nics] != [nic.block for nic in current.nics]:
             await self._networks.block(uuid, merged)
         if merged.cpu != current.cpu:
-            await self.driver.set_cpu(uuid, merged.cpu)
+            await self.driver_of(uuid).set_cpu(uuid, merged.cpu)
         if merged.vnc_password != current.vnc_password:
             await self.vnc.set_password(uuid, merged.vnc_password)
 
     async def live_figures(self, row: ServerRecord, config: ServerConfig) -> LiveFigures:
         """What the running VM of the server in `row` tells for its info."""
         uuid = row.uuid
+        driver = self.driver_of(uuid)
         try:
-            blockstats = dict(await self.driver.blockstats(uuid))
+            blockstats = dict(await driver.blockstats(uuid))
         except HypervisorError:
-            blockstats = {}  # the VM is going away; its counters with it
-        vm = self.driver.status(uuid)
+            blockstats = {}  # the VM is going away (or its host's agent is); its counters too
+        vm = driver.status(uuid)
         traffic = await self._networks.counters(uuid)
         vnc_address, vnc_port = self.vnc.public_endpoint(uuid, row.vnc_display)
         return LiveFigures(
@@ -259,7 +312,7 @@ class ServerLifecycle:
             # Short: a stop or destroy waits for it, and a stuck monitor must not hold them
             # (their own `quit` then times out and kills).
             async with asyncio.timeout(GUEST_IO_QUERY_SECONDS):
-                return server, dict(await self.driver.blockstats(server))
+                return server, dict(await self.driver_of(server).blockstats(server))
         except (HypervisorError, TimeoutError):
             return server, None  # the VM is going away; the last fold holds what it did before
 
@@ -277,18 +330,19 @@ class ServerLifecycle:
         if uuid not in self.active:
             raise FailedError(f"Server {uuid} is not active")
         begun = time.monotonic()
+        driver = self.driver_of(uuid)
         await self.fold_guest_io(uuid)  # QEMU's counters end with it
         try:
-            await self.driver.save_state(uuid, self.dumps.sink(uuid), timeout=STATE_TIMEOUT)
+            await driver.save_state(uuid, self.dumps.sink(uuid), timeout=STATE_TIMEOUT)
             await asyncio.to_thread(self.dumps.commit, uuid)
         except (HypervisorError, OSError) as error:
             await asyncio.to_thread(self.dumps.remove, uuid)
             with contextlib.suppress(HypervisorError):  # runs on, as if never asked
-                await self.driver.resume(uuid)
+                await driver.resume(uuid)
             log.warning("event=server_dump_failed server=%s error=%s", uuid, error)
             raise FailedError(f"Server {uuid} could not be dumped: {error}") from error
         with self.operations.begin(uuid, DUMPED_END):
-            await self.driver.stop(uuid, self._settings.stop_timeout)
+            await driver.stop(uuid, self._settings.stop_timeout)
         log.info(
             "event=server_dumped server=%s seconds=%.3f bytes=%s",
             uuid, time.monotonic() - begun, self.dumps.path(uuid).stat().st_size,
@@ -356,10 +410,17 @@ class ServerLifecycle:
     def remove_run_dir(self, uuid: str) -> None:
         """The server is destroyed: keep the last of its serial log, remove the rest."""
         try:
-            self.logs.keep(uuid, self.driver.serial_log(uuid))
+            driver = self.driver_of(uuid)
+        except FullError as error:  # its host's agent is away: its run directory stays there
+            log.warning("event=server_run_dir_kept server=%s error=%s", uuid, error)
+            self.placed.pop(uuid, None)
+            return
+        try:
+            self.logs.keep(uuid, driver.serial_log(uuid))
         except OSError as error:
             log.warning("event=server_log_keep_failed server=%s error=%s", uuid, error)
-        self.driver.forget(uuid)
+        driver.forget(uuid)
+        self.placed.pop(uuid, None)
 
     def _publish_exit(self, user: str, uuid: str, config: ServerConfig, how: str) -> None:
         for attachment in config.drives:
@@ -375,10 +436,19 @@ class ServerLifecycle:
     # -- daemon start and stop -------------------------------------------------------
 
     async def recover(self) -> None:
-        """Re-adopt the VMs of active servers; reconcile those that ended meanwhile."""
+        """Connect to the hosts' agents; re-adopt the VMs of active servers; reconcile those
+        that ended meanwhile. A server whose host's agent cannot be reached is left as it is
+        (`active`, its VM unknown) until the agent answers (`watch_agents`)."""
+        await self.drivers.connect_agents(self._engine)
         adopted: dict[str, ServerConfig] = {}
         for row in await self._servers_to_adopt():
             uuid = row.uuid
+            self._place_on(uuid, "" if row.host == self.drivers.local_name else row.host)
+            try:
+                driver = self.driver_of(uuid)
+            except FullError as error:
+                log.warning("event=server_adopt_deferred server=%s error=%s", uuid, error)
+                continue
             try:
                 vm = await self._adopt(row)
             except HypervisorError as error:
@@ -386,25 +456,86 @@ class ServerLifecycle:
                 # stop it, and the server is dead (its owner can start it again).
                 log.warning("event=server_adopt_failed server=%s error=%s", uuid, error)
                 vm = None
-                await self.driver.stop_unheld(uuid, timeout=self._settings.stop_timeout)
+                await driver.stop_unheld(uuid, timeout=self._settings.stop_timeout)
             if vm is not None and uuid in self.active:
                 config = row.config
                 adopted[uuid] = config
                 try:
                     # Placed again: threads may have been moved meanwhile, or placed by an
                     # older daemon with the quota on the whole process.
-                    await self.driver.set_cpu(uuid, config.cpu)
+                    await driver.set_cpu(uuid, config.cpu)
                 except (HypervisorError, OSError, ValueError) as error:
                     log.warning("event=cpu_quota_failed server=%s error=%s", uuid, error)
-                if row.vnc_display is not None:
+                if row.vnc_display is not None and uuid not in self.placed:
                     with contextlib.suppress(FailedError, OSError):
                         await self.vnc.open_overlay(uuid, config, row.vnc_display)
                 log.info("event=server_adopted server=%s", uuid)
                 continue
             if vm is None:
-                await self.vm_exited(uuid, self.driver.how_ended(uuid))
+                await self.vm_exited(uuid, driver.how_ended(uuid))
         await self._stop_unowned_vms()
         await self._networks.recover({u: c for u, c in adopted.items() if u in self.active})
+
+    def agents_up(self) -> list[str]:
+        """The agent hosts connected here whose agent answered the last watch."""
+        return [host for host in self.drivers.remote if host not in self._agents_down]
+
+    async def watch_agents(self) -> None:
+        """One look at every agent host. One that does not answer is down (its servers'
+        calls fail, naming it); when it answers again, or is reached for the first time,
+        the VMs of its active servers are adopted again (a restarted agent holds none) and
+        those that ended meanwhile reconciled, as at a daemon's start."""
+        for host in await self.drivers.connect_agents(self._engine):
+            await self._adopt_on(host, None)
+        for host, driver in list(self.drivers.remote.items()):
+            try:
+                unheld = set(await driver.unheld())
+            except HypervisorError as error:
+                if host not in self._agents_down:
+                    log.warning("event=host_agent_down host=%s error=%s", host, error)
+                self._agents_down.add(host)
+                continue
+            if host in self._agents_down:
+                self._agents_down.discard(host)
+                log.info("event=host_agent_back host=%s", host)
+                await self._adopt_on(host, None)
+            elif unheld:  # restarted between two looks: its VMs run on, held by nobody
+                await self._adopt_on(host, unheld)
+
+    async def watch_agents_every(self, interval: float) -> None:
+        """`watch_agents` every `interval` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.watch_agents()
+            except Exception as error:  # a busy database: look again next time
+                log.warning("event=host_agent_watch_failed error=%s", error)
+
+    async def _adopt_on(self, host: str, only: set[str] | None) -> None:
+        """Adopt the VMs of the active servers of `host` (those in `only`, if given)."""
+        with self._engine.connect() as connection:
+            rows = [
+                row
+                for row in server_store.servers_with_status(connection, "active")
+                if row.host == host and (only is None or row.uuid in only)
+            ]
+        driver = self.drivers.of(host)
+        for row in rows:
+            uuid = row.uuid
+            if self.operations.in_flight(uuid):
+                continue  # a start, stop or destroy under way says what becomes of it
+            self._place_on(uuid, host)
+            try:
+                vm = await self._adopt(row)
+            except HypervisorError as error:
+                log.warning("event=server_adopt_failed server=%s error=%s", uuid, error)
+                vm = None
+                with contextlib.suppress(HypervisorError):
+                    await driver.stop_unheld(uuid, timeout=self._settings.stop_timeout)
+            if vm is None:
+                await self.vm_exited(uuid, driver.how_ended(uuid))
+            else:
+                log.info("event=server_adopted server=%s host=%s", uuid, host)
 
     async def adopt_for_maintenance(self) -> dict[str, str]:
         """For the admin tool when no daemon answers: hold the VMs of active servers as
@@ -435,7 +566,7 @@ class ServerLifecycle:
         """Hold the VM of the server of `row` again (see `HypervisorDriver.adopt`). The server
         is in `active` first: its VM's events come as it is adopted."""
         self.active[row.uuid] = row.user
-        return await self.driver.adopt(
+        return await self.driver_of(row.uuid).adopt(
             row.uuid, started=float(row.started_at or 0), timeout=timeout
         )
 
@@ -444,15 +575,19 @@ class ServerLifecycle:
         the start) leaves a VM, or claims, that no active server owns: the start was never
         answered, so the VM is stopped and the claims released (a start later is a 500 and
         the drives stay `claimed` otherwise)."""
-        for server in await self.driver.unheld():
-            log.warning("event=server_orphan_stopped server=%s", server)
-            await self.driver.stop_unheld(server, timeout=self._settings.stop_timeout)
+        for driver in self.drivers.all():
+            for server in await driver.unheld():
+                log.warning("event=server_orphan_stopped server=%s", server)
+                await driver.stop_unheld(server, timeout=self._settings.stop_timeout)
         with self._engine.begin() as connection:
             # A dumped server has no VM and keeps its claims: its disks must not change.
-            dumped = {row.uuid for row in server_store.servers_with_status(connection, DUMPED)}
-            released = server_store.remove_guest_claims_except(
-                connection, set(self.active) | dumped
-            )
+            # Nor does an active one whose host's agent is away (adopted when it is back).
+            kept = {
+                row.uuid
+                for status in (DUMPED, "active")
+                for row in server_store.servers_with_status(connection, status)
+            }
+            released = server_store.remove_guest_claims_except(connection, set(self.active) | kept)
         if released:
             log.warning("event=stale_guest_claims_released count=%s", released)
 
@@ -461,5 +596,14 @@ class ServerLifecycle:
         which folds their I/O from where this one left it."""
         await self.fold_guest_io()
         await self.driver.detach_all()
+        await self.drivers.close()
         self.active.clear()
         await self._networks.close()  # what running VMs use stays; with none, all goes
+
+
+def boot_drive(config: ServerConfig) -> str | None:
+    """The drive the server boots from: its first `boot` slot's, else its first drive."""
+    for slot in config.boot:
+        if (attachment := config.drive(slot)) is not None:
+            return attachment.drive
+    return config.drives[0].drive if config.drives else None

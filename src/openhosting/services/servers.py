@@ -28,6 +28,7 @@ from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.events import EventBus
+from openhosting.services.hosts import Hosts
 from openhosting.services.off_loop import INLINE_ITEMS, worker_connection
 from openhosting.services.operations import (
     DESTROY,
@@ -83,6 +84,7 @@ class Servers:
         events: EventBus | None = None,
         driver: HypervisorDriver | None = None,
         store: StoreExecutor | None = None,
+        hosts: Hosts | None = None,
     ) -> None:
         self._billing = billing
         # Where the create's checks and insert run (off the loop on PostgreSQL).
@@ -97,10 +99,9 @@ class Servers:
             )
             networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, network)
         self.networks = networks  # the servers' NICs: addresses, DHCP, taps
-        self.lifecycle = ServerLifecycle(engine, config, networks, events, driver)
+        self.lifecycle = ServerLifecycle(engine, config, networks, events, driver, hosts)
         # The lifecycle's own dict: who is active is read here, changed only there.
         self._active: dict[str, str] = self.lifecycle.active
-        self._driver = self.lifecycle.driver
         # What runs on each server (the lifecycle's: the end of a dumped VM is one of them).
         self.operations = self.lifecycle.operations
 
@@ -140,7 +141,7 @@ class Servers:
             self._get(user, uuid)
         elif not is_uuid(uuid):
             raise _missing(uuid)
-        content = self.lifecycle.logs.read(uuid, self._driver.serial_log(uuid))
+        content = self.lifecycle.logs.read(uuid, self.lifecycle.driver_of(uuid).serial_log(uuid))
         if content is None:
             raise MissingError(f"Server {uuid} has no serial log")
         return content
@@ -190,7 +191,7 @@ class Servers:
         status = self._status(row)
         if status in ("active", "paused"):
             return None
-        return server_info(row.uuid, row.user, status, row.config, None, self._drives.local_host)
+        return server_info(row.uuid, row.user, status, row.config, None, self._host_of(row))
 
     async def _with_live_figures(
         self, built: list[tuple[ServerRecord, dict[str, Value] | None]]
@@ -211,10 +212,9 @@ class Servers:
         only: for a worker thread)."""
         with worker_connection(self._engine) as connection:
             rows = server_store.servers_of(connection, user)
-        host = self._drives.local_host
         return [
             (row, None if row.uuid in with_vm else server_info(
-                row.uuid, row.user, _status_without_vm(row), row.config, None, host
+                row.uuid, row.user, _status_without_vm(row), row.config, None, self._host_of(row)
             ))
             for row in rows
         ]  # fmt: skip
@@ -224,8 +224,11 @@ class Servers:
         status = self._status(row)  # before any await: the VM may end meanwhile
         running = status in ("active", "paused")
         live = await self.lifecycle.live_figures(row, config) if running else None
-        # Every VM runs on this daemon's host until host agents run them elsewhere.
-        return server_info(row.uuid, row.user, status, config, live, self._drives.local_host)
+        return server_info(row.uuid, row.user, status, config, live, self._host_of(row))
+
+    def _host_of(self, row: ServerRecord) -> str:
+        """The host that runs (or last ran) the server's VM: its row's, else this one."""
+        return row.host or self._drives.local_host
 
     # -- configuration ---------------------------------------------------------------
 
@@ -341,7 +344,7 @@ class Servers:
         """`start` on a paused server runs it again; a write that a full disk held is
         retried, and pauses it again while the disk stays full."""
         try:
-            await self._driver.resume(uuid)
+            await self.lifecycle.driver_of(uuid).resume(uuid)
         except HypervisorError as error:
             raise FailedError(f"Server {uuid} could not be resumed: {error}") from error
         log.info("event=server_resumed server=%s by=start", uuid)
@@ -401,7 +404,7 @@ class Servers:
             row = self._get(user, uuid)
             if uuid in self._active:
                 await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
-                await self._driver.stop(uuid, self._settings.stop_timeout)
+                await self.lifecycle.driver_of(uuid).stop(uuid, self._settings.stop_timeout)
             elif row.status == DUMPED:
                 # Power-off of a saved guest: its state is dropped, its drives released.
                 await asyncio.to_thread(self.lifecycle.discard_dump, uuid)
@@ -413,21 +416,21 @@ class Servers:
             if uuid in self._active:
                 # The guest powers off by itself: what it does from here to its end is lost.
                 await self.lifecycle.fold_guest_io(uuid)
-                await self._driver.powerdown(uuid)
+                await self.lifecycle.driver_of(uuid).powerdown(uuid)
 
     async def reset(self, user: str, uuid: str) -> None:
         async with self._turn(user, uuid, RESET):
             self._get(user, uuid)
             if uuid not in self._active:
                 raise BusyError(f"Server {uuid} is not active and cannot be reset")
-            await self._driver.reset(uuid)
+            await self.lifecycle.driver_of(uuid).reset(uuid)
 
     async def destroy(self, user: str, uuid: str) -> None:
         async with self._turn(user, uuid, DESTROY):
             self._get(user, uuid)
             if uuid in self._active:
                 await self.lifecycle.fold_guest_io(uuid)
-                await self._driver.stop(uuid, self._settings.stop_timeout)
+                await self.lifecycle.driver_of(uuid).stop(uuid, self._settings.stop_timeout)
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self.lifecycle.dumps.remove(uuid)

@@ -3,8 +3,8 @@
 from sqlalchemy import Connection, insert, select, update
 
 from openhosting.store.drives import SIZE_SUM
-from openhosting.store.records import HostRecord
-from openhosting.store.tables import drives, hosts
+from openhosting.store.records import HostRecord, decode_server_config
+from openhosting.store.tables import drives, hosts, servers
 
 
 def register_host(connection: Connection, host: HostRecord) -> None:
@@ -17,8 +17,32 @@ def register_host(connection: Connection, host: HostRecord) -> None:
         connection.execute(insert(hosts).values(**columns))
     else:
         del columns["created_at"]
+        del columns["agent"]  # the operator's (`host set`), not the host's measure
         connection.execute(update(hosts).where(hosts.c.name == host.name).values(**columns))
     connection.execute(update(drives).where(drives.c.host == "").values(host=host.name))
+
+
+def add_host(connection: Connection, host: HostRecord) -> None:
+    """Record a new host (one with an agent: the drives from before hosts stay unplaced)."""
+    connection.execute(insert(hosts).values(**host.to_row()))
+
+
+def server_use_by_host(connection: Connection, local: str) -> dict[str, tuple[int, int]]:
+    """host → the cpu (MHz) and mem (MiB) of its active servers; a server recorded with no
+    host runs on `local` (the daemon's own, as before host agents)."""
+    query = select(servers.c.host, servers.c.config).where(servers.c.status == "active")
+    used: dict[str, tuple[int, int]] = {}
+    for host, text in connection.execute(query):
+        config = decode_server_config(text)
+        mhz, mb = used.get(host or local, (0, 0))
+        used[host or local] = (mhz + config.cpu, mb + config.mem)
+    return used
+
+
+def set_agent(connection: Connection, name: str, agent: str) -> bool:
+    """Record the address of host `name`'s agent (empty: none): whether the host exists."""
+    result = connection.execute(update(hosts).where(hosts.c.name == name).values(agent=agent))
+    return result.rowcount == 1
 
 
 def heartbeat(connection: Connection, name: str, now: float) -> bool:

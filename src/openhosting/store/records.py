@@ -372,6 +372,7 @@ class ServerRecord:
     status: str = "stopped"
     started_at: int | None = None
     vnc_display: int | None = None
+    host: str = ""  # whose driver runs its VM; empty: the daemon's own host
 
     @classmethod
     def from_row(cls, row: Row) -> "ServerRecord":
@@ -383,6 +384,7 @@ class ServerRecord:
             status=row["status"],
             started_at=_int_or_none(row["started_at"]),
             vnc_display=_int_or_none(row["vnc_display"]),
+            host=row["host"] or "",
         )
 
     def to_row(self) -> Columns:
@@ -394,6 +396,7 @@ class ServerRecord:
             "status": self.status,
             "started_at": self.started_at,
             "vnc_display": self.vnc_display,
+            "host": self.host,
         }
 
 
@@ -587,6 +590,7 @@ class HostRecord:
     disk_bytes_by_tier: Mapping[str, int]
     heartbeat_at: float
     created_at: float
+    agent: str = ""  # HOST:PORT of its agent; empty: none
 
     @classmethod
     def from_row(cls, row: Row) -> "HostRecord":
@@ -602,6 +606,7 @@ class HostRecord:
             },
             heartbeat_at=float(row["heartbeat_at"]),
             created_at=float(row["created_at"]),
+            agent=row["agent"] or "",
         )
 
     def to_row(self) -> Columns:
@@ -615,4 +620,5 @@ class HostRecord:
             "disk_bytes_by_tier": json.dumps(dict(self.disk_bytes_by_tier), sort_keys=True),
             "heartbeat_at": self.heartbeat_at,
             "created_at": self.created_at,
+            "agent": self.agent,
         }

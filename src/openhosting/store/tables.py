@@ -92,6 +92,9 @@ hosts = Table(
     Column("disk_bytes_by_tier", Text, nullable=False, server_default="{}"),  # JSON object
     Column("heartbeat_at", Float, nullable=False),
     Column("created_at", Float, nullable=False),
+    # HOST:PORT of the host's agent (openhosting-agent); empty: no agent, the daemon on the
+    # host runs its VMs itself.
+    Column("agent", String(300), nullable=False, server_default=""),
 )
 
 # Who holds a drive: a server's device (`guest`) or an imaging job (`imaging`).
@@ -128,6 +131,9 @@ servers = Table(
     Column("started_at", Integer, nullable=True),
     Column("vnc_display", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
+    # The host whose driver runs the server's VM (set at each start; empty: the daemon's own
+    # host, as for every server started before host agents).
+    Column("host", String(253), nullable=False, server_default=""),
     Index("servers_by_user", "user"),
 )
 

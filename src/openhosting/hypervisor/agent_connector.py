@@ -1,0 +1,41 @@
+"""Connecting the control plane to a host's agent: the cluster's control certificate (made by
+`openhosting-admin cluster init`) and a `RemoteHypervisorDriver` following the agent's
+events. Given to the services (services/host_drivers.py) by the daemon, so that they hold
+only the `HypervisorDriver` interface."""
+
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from openhosting.agent.pki import ClusterTlsError, control_bundle, control_context
+from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
+
+# (host, agent's HOST:PORT, the handler of its events) → its driver, connected, and how to
+# close the connection (the agent's VMs untouched).
+Closer = Callable[[], Awaitable[None]]
+AgentConnector = Callable[[str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer]]]
+
+
+def agent_connector(state_path: Path) -> AgentConnector:
+    """Connect to agents with the control certificate of the state directory `state_path`
+    (read at the first connection: a platform without agents needs no cluster CA)."""
+    contexts: list[ssl.SSLContext] = []
+
+    async def connect(
+        host: str, address: str, handler: EventHandler
+    ) -> tuple[HypervisorDriver, Closer]:
+        if not contexts:
+            try:
+                contexts.append(control_context(control_bundle(state_path)))
+            except (ClusterTlsError, OSError) as error:
+                raise HypervisorError(
+                    f"host agent {host}: no cluster certificate here ({error})"
+                ) from None
+        driver = RemoteHypervisorDriver(host, address, contexts[0])
+        driver.listen(handler)
+        await driver.connect()
+        return driver, driver.close
+
+    return connect

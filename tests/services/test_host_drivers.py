@@ -1,0 +1,95 @@
+"""Servers on the hosts of their boot drives, each host's VMs through its own driver
+(services/host_drivers.py): real SQLite and drive files, two fake hypervisors standing for
+this host's in-process driver and another host's agent (fast; the same over real agents and
+mutual TLS is tests/cluster/test_host_agents.py)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from openhosting.errors import FullError
+from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
+from openhosting.hypervisor.fake import FakeHypervisor
+from openhosting.services.host_drivers import Closer
+from openhosting.services.platform import Platform
+from openhosting.store import servers as server_store
+from openhosting.store.tables import drives
+from tests.services.fake_platform import fake_platform
+
+SERVER = {"name": "s", "cpu": "500", "mem": "64", "persistent": "true"}
+
+
+@pytest.fixture
+def two_hosts(tmp_path: Path) -> Iterator[tuple[Platform, FakeHypervisor, FakeHypervisor, str]]:
+    """A platform on host `hv-local`, with host `hv-a` whose agent is a fake of its own."""
+    with fake_platform(tmp_path) as (platform, local):
+        remote = FakeHypervisor(tmp_path / "hv-a-run")
+
+        async def connect(
+            host: str, _address: str, handler: EventHandler
+        ) -> tuple[HypervisorDriver, Closer]:
+            assert host == "hv-a"
+            remote.listen(handler)
+
+            async def close() -> None:
+                pass
+
+            return remote, close
+
+        platform.hosts.register()
+        platform.hosts.set_agent("hv-a", "127.0.0.1:7430")
+        platform.hosts.heartbeat(["hv-a"])
+        platform.servers.lifecycle.drivers.connector = connect
+        yield platform, local, remote, platform.accounts.create_user().uuid
+
+
+async def drive_on(platform: Platform, user: str, host: str) -> str:
+    drive = str((await platform.drives.create(user, {"name": "d", "size": "1M"}))["drive"])
+    with platform.engine.begin() as connection:
+        connection.execute(update(drives).where(drives.c.uuid == drive).values(host=host))
+    return drive
+
+
+async def test_a_server_runs_on_its_boot_drives_host_through_that_hosts_driver(
+    two_hosts: tuple[Platform, FakeHypervisor, FakeHypervisor, str],
+) -> None:
+    platform, local, remote, user = two_hosts
+    await platform.servers.recover()  # connects to the agents
+    remote_drive = await drive_on(platform, user, "hv-a")
+    local_drive = await drive_on(platform, user, platform.hosts.name)
+    there = await platform.servers.create(user, {**SERVER, "ide:0:0": remote_drive}, start=True)
+    here = await platform.servers.create(user, {**SERVER, "ide:0:0": local_drive}, start=True)
+    s_there, s_here = str(there["server"]), str(here["server"])
+    assert (remote.held(), local.held()) == ([s_there], [s_here])
+    assert (there["host"], here["host"]) == ("hv-a", platform.hosts.name)
+    with platform.engine.connect() as connection:
+        row = server_store.get_server(connection, s_there)
+    assert row is not None and row.host == "hv-a"
+
+    # The other host's events reach the lifecycle: a crash there makes the server dead.
+    await remote.crash(s_there)
+    assert (await platform.servers.info(user, s_there))["status"] == "dead"
+    # A start and a stop go to the host's own driver.
+    await platform.servers.start(user, s_there)
+    assert remote.held() == [s_there]
+    await platform.servers.stop(user, s_there)
+    assert remote.held() == [] and local.held() == [s_here]
+    await platform.servers.stop(user, s_here)
+    await platform.servers.close()
+
+
+async def test_a_boot_drive_on_a_host_with_no_driver_here_is_full_naming_the_host(
+    two_hosts: tuple[Platform, FakeHypervisor, FakeHypervisor, str],
+) -> None:
+    platform, local, remote, user = two_hosts
+    await platform.servers.recover()
+    drive = await drive_on(platform, user, "hv-gone")
+    server = await platform.servers.create(user, {**SERVER, "ide:0:0": drive}, start=False)
+    with pytest.raises(FullError, match="hv-gone"):
+        await platform.servers.start(user, str(server["server"]))
+    assert (remote.held(), local.held()) == ([], [])
+    # Nothing of the refused start is left: its drive is free.
+    assert "claimed" not in platform.drives.info(user, drive)
+    await platform.servers.close()
