@@ -6,11 +6,28 @@ A row deleted straight in the database, without a notification, shows whether a 
 answers from its cache: it keeps listing the drive while its cache holds."""
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from testbed.daemon_process import Account, Api
 from tests.cluster.nodes import Cluster
 
 SEEN_WITHIN = 3.0  # seconds: a notification on loopback takes milliseconds
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    """Daemons whose own periodic writes (the host's heartbeat: any commit drops every
+    cache) stay out of the test's way: the test tells when a cache must hold."""
+    made = Cluster(tmp_path, postgres_url, {
+        "OH_HOST_HEARTBEAT_SECONDS": "600", "OH_HOST_OFFLINE_SECONDS": "3600",
+    })  # fmt: skip
+    try:
+        yield made
+    finally:
+        made.stop()
 
 
 def _listed(api: Api) -> list[str]:
