@@ -28,7 +28,7 @@ from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.events import EventBus
-from openhosting.services.off_loop import INLINE_ITEMS, worker_connection
+from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
     DESTROY,
     DUMP,
@@ -173,7 +173,7 @@ class Servers:
         # are made in a worker thread; those with one (known here, on the loop) add their
         # live figures after.
         with_vm = set(self.lifecycle.active)
-        built = await asyncio.to_thread(self._infos_without_vm, user, with_vm)
+        built = await built_in_worker(functools.partial(self._infos_without_vm, user, with_vm))
         live = iter(await asyncio.gather(*(self._info_of(row) for row, i in built if i is None)))
         return [info if info is not None else next(live) for _, info in built]
 
@@ -182,7 +182,7 @@ class Servers:
     ) -> list[tuple[ServerRecord, dict[str, Value] | None]]:
         """Every server of `user` with its info, or None for those in `with_vm` (engine
         only: for a worker thread)."""
-        with worker_connection(self._engine) as connection:
+        with self._engine.connect() as connection:
             rows = server_store.servers_of(connection, user)
         host = self._drives.local_host
         return [
