@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from openhosting.wire.text import parse_properties
+from testbed.leftovers import kill_leftover_vms
 
 BIN = Path(sys.executable).parent
 LISTEN_TIMEOUT = 30.0
@@ -203,16 +205,29 @@ class Daemon(Account):
 def running_daemon(work_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Daemon]:
     """A daemon on a loopback port with a new state directory `work_dir/state`, one user, and
     its log in `work_dir/daemon.log` (level warning); stopped afterwards. `env` reaches both
-    the admin tool that makes the user and the daemon (`OH_STORE_URL`: their database)."""
-    account = create_user(work_dir / "state", env=env)
-    process = DaemonProcess(work_dir / "state", work_dir / "daemon.log", env=env)
+    the admin tool that makes the user and the daemon (`OH_STORE_URL`: their database).
+
+    Unless `env` or this process's environment names one (OH_HYPERVISOR_RUN_DIR), the daemon
+    gets a run directory of its own, whose VMs are killed and which is removed afterwards:
+    the default, under /run/openhosting, would outlive it."""
+    run_dir = None
+    if "OH_HYPERVISOR_RUN_DIR" not in {**os.environ, **(env or {})}:
+        run_dir = Path(tempfile.mkdtemp(prefix="ohd-", dir="/tmp"))  # short: unix sockets
+        run_dir.chmod(0o755)  # QEMU may run as another user
+        env = {**(env or {}), "OH_HYPERVISOR_RUN_DIR": str(run_dir)}
     try:
-        yield Daemon(
-            account.user, account.secret, process.url, process.port, process.state_dir,
-            process.log, process,
-        )  # fmt: skip
+        account = create_user(work_dir / "state", env=env)
+        process = DaemonProcess(work_dir / "state", work_dir / "daemon.log", env=env)
+        try:
+            yield Daemon(
+                account.user, account.secret, process.url, process.port, process.state_dir,
+                process.log, process,
+            )  # fmt: skip
+        finally:
+            process.stop()
     finally:
-        process.stop()
+        if run_dir is not None:
+            kill_leftover_vms(run_dir)
 
 
 class Answer(NamedTuple):

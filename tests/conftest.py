@@ -5,6 +5,7 @@ import base64
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 
+import openhosting.config
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.routes import Handler
-from openhosting.config import Config, load_config
+from openhosting.config import Config, default_run_base, load_config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 from testbed.leftovers import kill_leftover_vms
@@ -53,11 +55,40 @@ def config_in(tmp_path: Path, **overrides: Any) -> Config:
     )
 
 
+@pytest.fixture(autouse=True)
+def own_run_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A run directory of the test's own (VMs' pidfiles, sockets and serial logs, the network
+    helpers' files), its VMs and helpers killed and it removed at the test's end: a platform
+    without one makes a directory under /run/openhosting that nothing removes.
+
+    It is the `config` fixture's run directory, and OH_HYPERVISOR_RUN_DIR for what the test
+    starts as a process (daemons, the admin tool); a configuration the test makes itself
+    without a run directory gets one inside it (config.py's default_run_base). Short and
+    outside `tmp_path`: unix socket paths must stay under 108 bytes, and QEMU, running as
+    `nobody`, must reach it (pytest's temporary directories are the owner's alone)."""
+    directory = Path(tempfile.mkdtemp(prefix="ohr-", dir="/tmp"))
+    directory.chmod(0o755)
+    monkeypatch.setenv("OH_HYPERVISOR_RUN_DIR", str(directory))
+    monkeypatch.setattr(openhosting.config, "default_run_base", lambda: directory)
+    yield directory
+    if not directory.exists():
+        return  # the platform fixture's clean-up has removed it
+    if not any(directory.iterdir()):
+        directory.rmdir()  # most tests start nothing: no look for VMs or nft tables to pay
+        return
+    for run_path in directory.glob("*/network"):  # the default run directories inside
+        kill_leftover_vms(run_path.parent)
+    kill_leftover_vms(directory)
+
+
 @pytest.fixture
-def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+def config(request: pytest.FixtureRequest, tmp_path: Path, own_run_dir: Path) -> Config:
+    run_dir = {"run_dir": str(own_run_dir)}
     if request.config.getoption("store") == "postgresql":
-        return config_in(tmp_path, store={"url": request.getfixturevalue("postgres_url")})
-    return config_in(tmp_path)
+        return config_in(
+            tmp_path, hypervisor=run_dir, store={"url": request.getfixturevalue("postgres_url")}
+        )
+    return config_in(tmp_path, hypervisor=run_dir)
 
 
 def config_with_tiers(tmp_path: Path, *names: str) -> Config:
@@ -146,13 +177,37 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+RUN_ENTRIES_BEFORE = pytest.StashKey[set[str]]()
+
+
+def run_entries() -> set[str]:
+    base = default_run_base()
+    return set(os.listdir(base)) if base.is_dir() else set()
+
+
+def run_entries_made_under(root: Path, entries: set[str]) -> dict[str, Path]:
+    """Which of `entries` (default run directories) belong to a state directory under
+    `root`: each is named by a hash of its state directory's path, so every directory under
+    `root` is hashed the same way. By name, entries other pytest sessions on the machine
+    made meanwhile are told from this one's."""
+    made = {}
+    for parent, directories, _ in os.walk(root):
+        for name in directories:
+            state = Path(parent, name)
+            if (tag := Config(state_dir=str(state)).run_path.name) in entries:
+                made[tag] = state
+    return made
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Daemons a test kills (SIGKILL, a crash on purpose) cannot take down their guest fence
     or counting tables: whatever table of ours the run made is removed at its end. Only the
     process that runs the whole session does it (with pytest-xdist, the controller, after
-    every worker is done), so no worker removes the tables of another's running daemon."""
+    every worker is done), so no worker removes the tables of another's running daemon.
+    The same process notes the default run directories (/run/openhosting) there are."""
     if not _is_xdist_worker(session.config):
         session.config.stash[NFT_TABLES_BEFORE] = platform_nft_tables()
+        session.config.stash[RUN_ENTRIES_BEFORE] = run_entries()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -163,6 +218,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         subprocess.run(
             ["nft", "delete", "table", family, name], capture_output=True, timeout=10, check=False
         )
+    _fail_on_default_run_directories(session)
+
+
+def _fail_on_default_run_directories(session: pytest.Session) -> None:
+    """A test whose platform or daemon made a default run directory (no `own_run_dir`, no
+    OH_HYPERVISOR_RUN_DIR) fails the run: nothing would ever remove the directory. It is
+    removed here, with whatever it still runs."""
+    new = run_entries() - session.config.stash[RUN_ENTRIES_BEFORE]
+    basetemp = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    left = run_entries_made_under(basetemp, new) if new else {}
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write("\n")
+        reporter.write_sep("=", "default run directories left behind", red=True)
+    for tag, state in sorted(left.items()):
+        if reporter is not None:
+            reporter.write_line(
+                f"left behind: {default_run_base() / tag} (state directory {state}):"
+                " give the test's platform or daemon a run directory (tests/conftest.py)",
+                red=True,
+            )
+        kill_leftover_vms(default_run_base() / tag)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

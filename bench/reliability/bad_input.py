@@ -194,6 +194,7 @@ def run(work_dir: Path, seed_value: int, examples: int, seconds: float) -> Campa
         "OH_API_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
         "OH_API_AUTH_FAILURES_FREE": "1000000",
         "OH_API_AUTH_FAILURES_MAX": "1000000",
+        "OH_HYPERVISOR_RUN_DIR": str(work_dir / "run"),  # removed with the campaign's
     }
     daemon = DaemonProcess(state, work_dir / "daemon.log", env=env)
     result = CampaignResult("input")

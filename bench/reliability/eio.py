@@ -35,8 +35,11 @@ def run(work_dir: Path, seed: int, rounds: int) -> CampaignResult:
     with faultfs.FaultFs(binary, work_dir / "backing", work_dir / "drives") as faulty:
         try:
             api = Api(create_user(state))
-            drive_dir = {"OH_STORAGE_DRIVE_DIR": str(faulty.mount_point)}
-            daemon = DaemonProcess(state, work_dir / "daemon.log", env=drive_dir)
+            env = {
+                "OH_STORAGE_DRIVE_DIR": str(faulty.mount_point),
+                "OH_HYPERVISOR_RUN_DIR": str(work_dir / "run"),  # removed with the campaign's
+            }
+            daemon = DaemonProcess(state, work_dir / "daemon.log", env=env)
             api.url = daemon.url
             campaign = EioCampaign(api, faulty, random.Random(seed), result)
             for _ in range(rounds):

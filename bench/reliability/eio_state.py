@@ -31,7 +31,10 @@ def run_round(binary: Path, work_dir: Path, rng: random.Random, result: Campaign
         state = faulty.mount_point
         try:
             api = Api(create_user(state))
-            env = {"OH_STORAGE_DRIVE_DIR": str(drives)}
+            env = {
+                "OH_STORAGE_DRIVE_DIR": str(drives),
+                "OH_HYPERVISOR_RUN_DIR": str(work_dir / "run"),  # removed with the campaign's
+            }
             daemon = DaemonProcess(state, work_dir / "state-round.log", env=env)
             api.url = daemon.url
             campaign = StateDiskCampaign(api, faulty, rng, result)

@@ -168,7 +168,9 @@ def read_events(url: str, account: Account, stop: threading.Event, sink: bytearr
 def run(work_dir: Path, seed: int, seconds: float) -> CampaignResult:
     state = work_dir / "state"
     accounts = [create_user(state), create_user(state)]
-    daemon = DaemonProcess(state, work_dir / "daemon.log")
+    # Its run directory in the campaign's, removed with it (the default outlives the run).
+    run_dir = {"OH_HYPERVISOR_RUN_DIR": str(work_dir / "run")}
+    daemon = DaemonProcess(state, work_dir / "daemon.log", env=run_dir)
     result = CampaignResult("isolation")
     try:
         tenants = [Tenant(name, account, daemon.url, seed + index) for index, (name, account)

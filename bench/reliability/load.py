@@ -142,7 +142,9 @@ def run(
     state = work_dir / "state"
     account = create_user(state)
     # The load's own user is rate-limited by nothing but the platform itself.
-    daemon = DaemonProcess(state, work_dir / "daemon.log")
+    # Its run directory in the campaign's, removed with it (the default outlives the run).
+    run_dir = {"OH_HYPERVISOR_RUN_DIR": str(work_dir / "run")}
+    daemon = DaemonProcess(state, work_dir / "daemon.log", env=run_dir)
     result = CampaignResult("load")
     try:
         api = Api(account, daemon.url, timeout=60)

@@ -38,7 +38,8 @@ def run(work_dir: Path, seed: int, rounds: int) -> CampaignResult:
         state = work_dir / "state"
         api = Api(create_user(state))
         daemon = DaemonProcess(state, work_dir / "daemon.log",
-                               env={"OH_STORAGE_DRIVE_DIR": str(mount_point)})  # fmt: skip
+                               env={"OH_STORAGE_DRIVE_DIR": str(mount_point),
+                                    "OH_HYPERVISOR_RUN_DIR": str(work_dir / "run")})  # fmt: skip
         api.url = daemon.url
         campaign = StorageCampaign(api, random.Random(seed), result)
         for _ in range(rounds):

@@ -267,12 +267,7 @@ class Config:
             return Path(self.hypervisor.run_dir)
         # One short directory per state directory, so two platforms on a host never meet.
         tag = hashlib.sha256(str(self.state_path.resolve()).encode()).hexdigest()[:10]
-        base = (
-            Path("/run/openhosting")
-            if os.geteuid() == 0
-            else Path(f"/tmp/openhosting-{os.geteuid()}")
-        )
-        return base / tag
+        return default_run_base() / tag
 
     @property
     def host_name(self) -> str:
@@ -282,6 +277,13 @@ class Config:
     @property
     def platform_key_path(self) -> Path:
         return self.state_path / "platform.key"
+
+
+def default_run_base() -> Path:
+    """Where the run directories of platforms without `hypervisor.run_dir` are made."""
+    return (
+        Path("/run/openhosting") if os.geteuid() == 0 else Path(f"/tmp/openhosting-{os.geteuid()}")
+    )
 
 
 DEFAULT_TIER = "disk"

@@ -21,6 +21,7 @@ from openhosting.logs import FORMATS, configure_logging
 from openhosting.memory import limit_malloc_arenas
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
+from openhosting.store.database import open_pool
 
 log = logging.getLogger("openhosting.daemon")
 
@@ -88,6 +89,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    open_pool(platform.engine)  # its descriptors from the start, not with the first peak
     # Drive files first: a resize the previous daemon did not finish is put right before any
     # server or job opens them.
     await asyncio.to_thread(platform.drives.repair_files)

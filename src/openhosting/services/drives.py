@@ -32,7 +32,7 @@ from openhosting.services.drive_transfers import (
     storage_error,
 )
 from openhosting.services.hosts import Hosts
-from openhosting.services.off_loop import INLINE_ITEMS
+from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
     ATTACH,
     DESTROY,
@@ -247,12 +247,11 @@ class Drives:
             <= INLINE_ITEMS
         ):
             return self._infos_of(self._reader, user)
-        return await asyncio.to_thread(self._infos_off_loop, user)
+        return await built_in_worker(functools.partial(self._infos_off_loop, user))
 
     def _infos_off_loop(self, user: str) -> list[dict[str, Value]]:
-        # Its own, closed after: the loop's Reader is the loop thread's alone, and a pooled
-        # connection per worker thread would keep its file descriptors open.
-        reader = Reader(self._engine, pooled=False)
+        # Its own, given back to the pool after: the loop's Reader is the loop thread's alone.
+        reader = Reader(self._engine)
         try:
             return self._infos_of(reader, user)
         finally:

@@ -6,44 +6,32 @@ built. Small ones stay on the loop: a worker thread's hand-off costs more than t
 """
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
-
-from sqlalchemy import Connection, Engine
 
 T = TypeVar("T")
 
 # Above this many objects an answer is built (and rendered, api/app.py) in a worker thread.
 INLINE_ITEMS = 64
+# At most this many answers are built at once, each on one of the store's connections for the
+# time: a bound the SQLite pool is sized for (store/database.py, SQLITE_POOL_SIZE). Building
+# is mostly Python under the GIL: more threads than cores would not finish sooner.
+BUILDERS = 4
+_builders = ThreadPoolExecutor(BUILDERS, thread_name_prefix="build")
+
+
+async def built_in_worker(build: Callable[[], T]) -> T:
+    """What `build` gives, made in one of the BUILDERS threads. `build` must touch nothing
+    that only the loop's thread may use (the loop's Reader, the services' in-memory state):
+    the engine, a Reader of its own, files and pure functions only."""
+    return await asyncio.get_running_loop().run_in_executor(_builders, build)
 
 
 async def built_off_loop(count: int | None, build: Callable[[], T]) -> T:
     """What `build` gives, made on the loop for `count` up to INLINE_ITEMS objects, in a worker
     thread for more, or always (`count` None: a database across the network, whose every
-    read is I/O). `build` must touch nothing that only the loop's thread may use (the
-    Reader, the services' in-memory state): the engine, files and pure functions only."""
+    read is I/O)."""
     if count is not None and count <= INLINE_ITEMS:
         return build()
-    return await asyncio.to_thread(build)
-
-
-def in_worker_thread() -> bool:
-    """Whether this code runs outside the event loop's thread (no loop runs here)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def worker_connection(engine: Engine) -> Iterator[Connection]:
-    """A connection for building an answer. In a worker thread on SQLite it is closed at the
-    end instead of going back to the pool: the pool would otherwise keep one per thread that
-    ever built a big answer, three file descriptors each (database, WAL, index), and the
-    daemon's descriptors would grow with the load instead of staying level."""
-    with engine.connect() as connection:
-        if engine.dialect.name == "sqlite" and in_worker_thread():
-            connection.detach()
-        yield connection
+    return await built_in_worker(build)

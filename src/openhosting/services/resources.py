@@ -24,7 +24,7 @@ from openhosting.model.resource import (
 )
 from openhosting.network.pool import AddressPool
 from openhosting.services.billing import Billing
-from openhosting.services.off_loop import built_off_loop, worker_connection
+from openhosting.services.off_loop import built_off_loop
 from openhosting.store import resources as resource_store
 from openhosting.store import row_locks
 from openhosting.store import users as user_store
@@ -116,7 +116,7 @@ class Resources:
 
     def _infos_of(self, user: str, kind: str | None) -> list[dict[str, Value]]:
         """The info of every resource of `user` (of `kind`); in a worker thread for many."""
-        with worker_connection(self._engine) as connection:
+        with self._engine.connect() as connection:
             rows = resource_store.resources_of(connection, user, kind)
         return [self.resource_info(row) for row in rows]
 

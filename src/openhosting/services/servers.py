@@ -29,7 +29,7 @@ from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.events import EventBus
 from openhosting.services.hosts import Hosts
-from openhosting.services.off_loop import INLINE_ITEMS, worker_connection
+from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
     DESTROY,
     DUMP,
@@ -182,7 +182,7 @@ class Servers:
         # are made in a worker thread; those with one (known here, on the loop) add their
         # live figures after.
         with_vm = set(self.lifecycle.active)
-        built = await asyncio.to_thread(self._infos_without_vm, user, with_vm)
+        built = await built_in_worker(functools.partial(self._infos_without_vm, user, with_vm))
         return await self._with_live_figures(built)
 
     def _info_at_once(self, row: ServerRecord) -> dict[str, Value] | None:
@@ -210,7 +210,7 @@ class Servers:
     ) -> list[tuple[ServerRecord, dict[str, Value] | None]]:
         """Every server of `user` with its info, or None for those in `with_vm` (engine
         only: for a worker thread)."""
-        with worker_connection(self._engine) as connection:
+        with self._engine.connect() as connection:
             rows = server_store.servers_of(connection, user)
         return [
             (row, None if row.uuid in with_vm else server_info(

@@ -10,8 +10,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, PoolProxiedConnection, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
 
 from openhosting.store import space_reserve
 from openhosting.store.notifications import send_changes
@@ -19,6 +20,16 @@ from openhosting.store.notifications import send_changes
 MIGRATIONS = Path(__file__).parent / "migrations"
 # PostgreSQL: connections the daemon keeps open (and so the worker threads of store/executor.py).
 POOL_SIZE = 8
+# SQLite: the connections a serving daemon keeps, all opened at its start (open_pool) and none
+# closed until it stops. Closing would not give their files back: while another connection of
+# the process holds a lock on the database file (in WAL mode every open one does), SQLite's
+# unix VFS keeps a closed connection's descriptor open for a later one to reuse, so a pool
+# that grew and shrank with the load left the daemon with more descriptors after each peak.
+# Enough for everything that may use one at once: the loop's Reader, the loop (one, or two
+# nested), the host heartbeat, billing, the imaging jobs (storage.imaging_concurrency, 2 by
+# default) and the builders of big answers (services/off_loop.py, BUILDERS = 4). More at once
+# overflow into connections closed after use, which the load campaign would see.
+SQLITE_POOL_SIZE = 12
 # Any fixed number, the same in every process: the advisory lock migrating starters take.
 MIGRATION_LOCK_KEY = 0x6F68_6D69  # "ohmi"
 
@@ -52,7 +63,9 @@ def create_store_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed)
+        # Last in, first out: the few connections the load needs stay warm, and the others
+        # never fill a page cache of their own (up to 2 MiB each).
+        engine = create_engine(parsed, pool_size=SQLITE_POOL_SIZE, pool_use_lifo=True)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
     # A dead connection (the server restarted) is found before a request uses it. The
@@ -68,6 +81,21 @@ def create_store_engine(url: str) -> Engine:
     # Other nodes cache what they read until told of a write (docs/cluster.md, 'Caches').
     send_changes(engine)
     return engine
+
+
+def open_pool(engine: Engine) -> None:
+    """SQLite: open every connection of the pool now (see SQLITE_POOL_SIZE), so that the
+    daemon's descriptors are as many under load as when it began to serve. Nothing for other
+    databases: their connections are sockets, closed for good when the pool closes them."""
+    if not is_sqlite(engine) or not isinstance(engine.pool, QueuePool):
+        return  # an in-memory database has a single connection
+    held: list[PoolProxiedConnection] = []
+    try:
+        for _ in range(engine.pool.size() - engine.pool.checkedout()):
+            held.append(engine.raw_connection())
+    finally:
+        for connection in held:
+            connection.close()  # back to the pool, open
 
 
 def open_engine(target: Path | str) -> Engine:

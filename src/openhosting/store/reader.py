@@ -31,15 +31,10 @@ T = TypeVar("T")
 class Reader:
     """One held connection running precompiled read statements."""
 
-    def __init__(
-        self, engine: Engine, pooled: bool = True, changes: ChangeFeed | None = None
-    ) -> None:
-        """`pooled` False: the connection is closed with the Reader rather than kept in the
-        engine's pool (a Reader made for one piece of work in a worker thread). `changes`:
-        on PostgreSQL, what tells of writes (without it nothing is cached)."""
+    def __init__(self, engine: Engine, changes: ChangeFeed | None = None) -> None:
+        """`changes`: on PostgreSQL, what tells of writes (without it nothing is cached)."""
         self._changes = changes
         self._engine = engine
-        self._pooled = pooled
         self._connection: PoolProxiedConnection | None = None
         self._driver_connection: Any = None
         self._compiled: dict[int, tuple[Executable, str, tuple[str, ...]]] = {}
@@ -66,8 +61,6 @@ class Reader:
         if self._connection is None:
             self._connection = self._engine.raw_connection()
             self._driver_connection = self._connection.driver_connection
-            if not self._pooled:
-                self._connection.detach()  # after: a detached one no longer names its driver's
         return self._driver_connection
 
     def _compile(self, statement: Executable) -> tuple[str, tuple[str, ...]]:
