@@ -6,7 +6,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
-from openhosting.api.auth import AUTH_THROTTLE_KEY
+from openhosting.api.auth import AUTH_THROTTLE_KEY, VERIFIED_HEADERS_KEY
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store.tables import metadata
@@ -131,3 +131,52 @@ async def test_a_non_ascii_header_counts_as_a_failed_login(client: TestClient) -
     for _ in range(6):
         await assert_auth_refused(client, {"Authorization": "Basic \u00e4"})
     assert len(throttle.addresses) == 1
+
+
+async def test_a_key_in_use_is_refused_from_the_request_after_its_rotation(
+    client: TestClient, platform: Platform, user: NewKey
+) -> None:
+    for _ in range(2):  # the second answered from the verified headers
+        assert (await client.get("/drives/list", headers=basic_auth(user))).status == 200
+    new_key = platform.accounts.rotate_key(user.uuid)
+    await assert_auth_refused(client, basic_auth(user))
+    assert (await client.get("/drives/list", headers=basic_auth(new_key))).status == 200
+    platform.accounts.delete_user(user.uuid)
+    await assert_auth_refused(client, basic_auth(new_key))
+
+
+async def test_a_header_is_checked_against_the_keys_once_until_a_commit(
+    client: TestClient, platform: Platform, user: NewKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    authenticate = platform.accounts.authenticate
+
+    def counting(uuid: str, secret: str) -> str:
+        checked.append(uuid)
+        return authenticate(uuid, secret)
+
+    monkeypatch.setattr(platform.accounts, "authenticate", counting)
+    for _ in range(3):
+        assert (await client.get("/drives/list", headers=basic_auth(user))).status == 200
+    assert checked == [user.uuid]  # one check per request on the code before
+    # A wrong secret of the same user is another header: checked, refused and counted.
+    await assert_auth_refused(client, basic_auth(user, "not-the-secret"))
+    assert len(client.server.app[AUTH_THROTTLE_KEY].users) == 1
+    # Any commit (here a drive's) and the header is checked again.
+    response = await client.post("/drives/create", data="name d\nsize 1M", headers=basic_auth(user))
+    assert response.status == 200, await response.text()
+    checked.clear()
+    assert (await client.get("/drives/list", headers=basic_auth(user))).status == 200
+    assert checked == [user.uuid]
+
+
+async def test_verified_headers_keep_no_secret_in_the_clear(
+    client: TestClient, user: NewKey
+) -> None:
+    header = basic_auth(user)["Authorization"]
+    assert (await client.get("/drives/list", headers={"Authorization": header})).status == 200
+    verified = client.server.app[VERIFIED_HEADERS_KEY]
+    assert len(verified) == 1
+    kept = repr(vars(verified)).encode() + b"".join(verified._users)
+    for secret in (user.secret, header, header.split()[1]):
+        assert secret.encode() not in kept

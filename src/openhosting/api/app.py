@@ -12,7 +12,12 @@ from aiohttp import web
 from openhosting.api.abuse import AuthThrottle, TransferLimiter, UserRateLimiter
 from openhosting.api.access_log import loggable_path
 from openhosting.api.answer_headers import stamp
-from openhosting.api.auth import AUTH_THROTTLE_KEY, RATE_LIMITER_KEY, authenticate_request
+from openhosting.api.auth import (
+    AUTH_THROTTLE_KEY,
+    RATE_LIMITER_KEY,
+    VERIFIED_HEADERS_KEY,
+    authenticate_request,
+)
 from openhosting.api.context import (
     METRICS_KEY,
     PLATFORM_KEY,
@@ -37,6 +42,7 @@ from openhosting.api.routes import (
     unavailable,
 )
 from openhosting.api.sessions import drop_basic_challenge
+from openhosting.api.verified_headers import VerifiedHeaders
 from openhosting.errors import (
     ApiError,
     FailedError,
@@ -310,6 +316,7 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
         api.auth_failures_free, api.auth_failures_max, api.auth_failure_window
     )
     app[RATE_LIMITER_KEY] = UserRateLimiter(api.user_requests_per_second)
+    app[VERIFIED_HEADERS_KEY] = VerifiedHeaders(platform.reader)
     app[TRANSFER_LIMITER_KEY] = TransferLimiter(api.max_transfers_per_user, api.max_transfers)
     app[METRICS_KEY] = metrics = PlatformMetrics()
     app[READINESS_KEY] = asyncio.Event()

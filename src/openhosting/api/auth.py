@@ -4,7 +4,6 @@ cookie (api/sessions.py)."""
 import asyncio
 import base64
 import binascii
-import functools
 import logging
 
 from aiohttp import hdrs, web
@@ -12,6 +11,7 @@ from aiohttp import hdrs, web
 from openhosting.api.abuse import AuthLockedOutError, AuthThrottle, UserRateLimiter, user_tried
 from openhosting.api.context import PLATFORM_KEY, SESSION_KEY, USER_KEY, platform_of
 from openhosting.api.sessions import SESSION_COOKIE, check_csrf
+from openhosting.api.verified_headers import VerifiedHeaders
 from openhosting.errors import AuthError
 from openhosting.services.web_sessions import SessionError, WebSession
 
@@ -19,6 +19,7 @@ log = logging.getLogger("openhosting.auth")
 
 AUTH_THROTTLE_KEY: web.AppKey[AuthThrottle] = web.AppKey("auth_throttle", AuthThrottle)
 RATE_LIMITER_KEY: web.AppKey[UserRateLimiter] = web.AppKey("rate_limiter", UserRateLimiter)
+VERIFIED_HEADERS_KEY: web.AppKey[VerifiedHeaders] = web.AppKey("verified_headers", VerifiedHeaders)
 
 
 def parse_basic_credentials(header: str | None) -> tuple[str, str]:
@@ -28,11 +29,8 @@ def parse_basic_credentials(header: str | None) -> tuple[str, str]:
     return _parse_basic(header)
 
 
-# A client sends the same header on every request: decoding it again costs more than the rest
-# of the check (a cached key). Bounded: aiohttp caps a header at 8 KiB, so at most 2 MiB. Only
-# headers that parse are kept (lru_cache keeps no exception); a wrong key is still refused
-# by the key check, which this cache does not touch.
-@functools.lru_cache(maxsize=256)
+# Not cached: a header verified once is known by its digest (api/verified_headers.py), which
+# keeps no secret in the clear; this runs again only after a commit.
 def _parse_basic(header: str) -> tuple[str, str]:
     scheme, _, encoded = header.strip().partition(" ")
     if scheme.lower() != "basic" or not encoded.strip():
@@ -66,19 +64,32 @@ async def authenticate_request(request: web.Request) -> None:
         request[USER_KEY] = session.user
         request[SESSION_KEY] = session
         return
-    username = None
     app = request.app
+    verified = app[VERIFIED_HEADERS_KEY]
+    user = verified.user_of(header) if header is not None else None
+    if user is None:
+        user = await _check_basic(request, header, verified)
+    app[RATE_LIMITER_KEY].take(user)
+    request[USER_KEY] = user
+
+
+async def _check_basic(request: web.Request, header: str | None, verified: VerifiedHeaders) -> str:
+    """The user whose key `header` carries, checked against the database (remembered in
+    `verified` until the next commit); a failure counted as a failed login, AuthError."""
+    username = None
     try:
         username, password = parse_basic_credentials(header)
-        platform = app[PLATFORM_KEY]
+        platform = request.app[PLATFORM_KEY]
+        version = verified.version()
         user = await platform.store.run(platform.accounts.authenticate, username.lower(), password)
     except AuthError:
         if not header:
             raise  # no guess at all: the challenge half of Basic authentication (RFC 7617)
         await count_failed_login(request, username, "auth")
         raise
-    app[RATE_LIMITER_KEY].take(user)
-    request[USER_KEY] = user
+    if header:  # (always, once parsed)
+        verified.remember(header, user, version)
+    return user
 
 
 async def count_failed_login(request: web.Request, username: str | None, event: str) -> None:

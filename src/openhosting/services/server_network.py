@@ -16,11 +16,13 @@ and sends its port 5900 to the server's VNC.
 """
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from sqlalchemy import Connection, Engine
 
@@ -34,6 +36,7 @@ from openhosting.reverter import Reverter
 from openhosting.services.resources import Resources, taken_addresses
 from openhosting.store import resources as resource_store
 from openhosting.store import row_locks
+from openhosting.store.reader import Reader
 from openhosting.store.records import NicRecord
 
 log = logging.getLogger("openhosting.network")
@@ -48,6 +51,14 @@ def default_mac(server: str, index: int) -> str:
     """A MAC that stays the same for a server's NIC across starts (QEMU's 52:54:00 prefix)."""
     digest = hashlib.sha256(f"{server}:{index}".encode()).digest()
     return "52:54:00:" + ":".join(f"{byte:02x}" for byte in digest[:3])
+
+
+# The NIC plans of the running servers whose infos are being built (`read_ahead`), by server:
+# a `servers/info` reads them in one query rather than one per server. A context variable, so
+# only the tasks building those infos see them; everything else reads its own.
+_READ_AHEAD: contextvars.ContextVar[Mapping[str, list[NicPlan]] | None] = contextvars.ContextVar(
+    "nic_plans_read_ahead", default=None
+)
 
 
 def _plan_of(row: NicRecord) -> NicPlan:
@@ -254,9 +265,34 @@ class ServerNetworks:
         )  # fmt: skip
 
     def plans_of(self, server: str) -> list[NicPlan]:
+        ahead = _READ_AHEAD.get()
+        if ahead is not None and server in ahead:
+            return ahead[server]
         with self._engine.connect() as connection:
             rows = resource_store.nics_of(connection, server)
         return [_plan_of(row) for row in rows if row.nic != VNC_ROW]
+
+    @staticmethod
+    def read_plans_of_users_servers(
+        reader: Reader, user: str, servers: list[str]
+    ) -> dict[str, list[NicPlan]]:
+        """The NIC plans of each of `servers` (servers of `user`'s), in one query."""
+        plans: dict[str, list[NicPlan]] = {server: [] for server in servers}
+        for row in resource_store.read_nics_of_users_servers(reader, user):
+            if row.nic != VNC_ROW and row.server in plans:
+                plans[row.server].append(_plan_of(row))
+        return plans
+
+    @staticmethod
+    @contextlib.contextmanager
+    def read_ahead(plans: Mapping[str, list[NicPlan]]) -> Iterator[None]:
+        """Within: `plans_of` answers from `plans` for their servers (the infos' live figures
+        of one `servers/info`, read at once), in this context and tasks made in it."""
+        token = _READ_AHEAD.set(plans)
+        try:
+            yield
+        finally:
+            _READ_AHEAD.reset(token)
 
     async def block(self, server: str, config: ServerConfig) -> None:
         """A running server's `nic:N:block` changed: its NICs block what `config` says."""

@@ -177,13 +177,15 @@ class Servers:
             rows = reader.memo(
                 ("servers/info", user), lambda: server_store.read_servers_of(reader, user)
             )
-            return await self._with_live_figures([(row, self._info_at_once(row)) for row in rows])
+            return await self._with_live_figures(
+                user, [(row, self._info_at_once(row)) for row in rows]
+            )
         # Thousands (or a remote database): the rows and the infos of servers without a VM
         # are made in a worker thread; those with one (known here, on the loop) add their
         # live figures after.
         with_vm = set(self.lifecycle.active)
         built = await built_in_worker(functools.partial(self._infos_without_vm, user, with_vm))
-        return await self._with_live_figures(built)
+        return await self._with_live_figures(user, built)
 
     def _info_at_once(self, row: ServerRecord) -> dict[str, Value] | None:
         """The info of a server without live figures to ask its VM for; None for a running
@@ -194,15 +196,24 @@ class Servers:
         return server_info(row.uuid, row.user, status, row.config, None, self._host_of(row))
 
     async def _with_live_figures(
-        self, built: list[tuple[ServerRecord, dict[str, Value] | None]]
+        self, user: str, built: list[tuple[ServerRecord, dict[str, Value] | None]]
     ) -> list[dict[str, Value]]:
-        """The infos of `built`'s servers, in order, those still None made with their VMs'
-        live figures. Their monitors are asked at once: one slow to answer (a busy guest
-        under TCG, a stuck QEMU) delays the list by its own wait, not by every other's."""
+        """The infos of `built`'s servers (`user`'s), in order, those still None made with
+        their VMs' live figures. Their monitors are asked at once: one slow to answer (a busy
+        guest under TCG, a stuck QEMU) delays the list by its own wait, not by every other's."""
         waiting = [row for row, info in built if info is None]
-        live = iter(
-            await asyncio.gather(*(self._info_of(row) for row in waiting)) if waiting else ()
+        if not waiting:
+            return [info for _, info in built if info is not None]
+        # Their NICs in one query, not one per server (through the store's executor: on
+        # PostgreSQL a read is network I/O).
+        plans = await self._store.run(
+            self.networks.read_plans_of_users_servers,
+            self._reader,
+            user,
+            [row.uuid for row in waiting],
         )
+        with self.networks.read_ahead(plans):
+            live = iter(await asyncio.gather(*(self._info_of(row) for row in waiting)))
         return [info if info is not None else next(live) for _, info in built]
 
     def _infos_without_vm(

@@ -4,8 +4,9 @@ from typing import Any
 
 from sqlalchemy import Connection, String, bindparam, delete, func, insert, or_, select, update
 
+from openhosting.store.reader import Reader
 from openhosting.store.records import NicRecord, ResourceRecord
-from openhosting.store.tables import resources, server_nics
+from openhosting.store.tables import resources, server_nics, servers
 
 # -- resources -----------------------------------------------------------------------------
 
@@ -81,6 +82,22 @@ def insert_nic(connection: Connection, **values: Any) -> None:
 def nics_of(connection: Connection, server: str) -> list[NicRecord]:
     query = select(server_nics).where(server_nics.c.server == server).order_by(server_nics.c.nic)
     return [NicRecord.from_row(row) for row in connection.execute(query).mappings()]
+
+
+# For the Reader (store/reader.py): the NICs of every active server of `user`, by server, in
+# one query for a `servers/info` (not one per server). Through the servers' index by user and
+# the NICs' key (server, nic): `server_nics.user` has no index of its own.
+NICS_OF_USERS_SERVERS = (
+    select(server_nics)
+    .join(servers, servers.c.uuid == server_nics.c.server)
+    .where(servers.c.user == bindparam("user"))
+    .order_by(server_nics.c.server, server_nics.c.nic)
+)
+
+
+def read_nics_of_users_servers(reader: Reader, user: str) -> list[NicRecord]:
+    """The NICs of every active server of `user` (NICs_OF_USERS_SERVERS), through `reader`."""
+    return [NicRecord.from_row(row) for row in reader.mappings(NICS_OF_USERS_SERVERS, user=user)]
 
 
 def all_nics(connection: Connection) -> list[NicRecord]:
