@@ -39,10 +39,12 @@ from openhosting.hypervisor.driver import (
     RUNNING,
     SHUTDOWN,
     HypervisorDriver,
+    IncomingInfo,
     IncomingRequest,
     MigratingDriver,
     StartRequest,
     VmEvent,
+    VmStatus,
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
@@ -469,6 +471,20 @@ def _incoming_on(target: MigratingDriver, spec: VmSpec, started: float = 0.0) ->
     return IncomingRequest(start, drive_bytes=sizes, started=started)
 
 
+async def _running_with_a_target(
+    harness: Harness,
+) -> tuple[FakeHypervisor | QemuDriver, MigratingDriver, VmSpec, VmStatus, IncomingInfo]:
+    """A VM with a drive running on the harness's driver (the source), and a target host
+    prepared to receive it: (source, target, spec, the VM's status, the target's info)."""
+    source = harness.driver
+    assert isinstance(source, (FakeHypervisor, QemuDriver))
+    target = harness.other_host()
+    spec = _with_drive(harness)
+    before = await source.start(StartRequest(spec))
+    info = await target.prepare_incoming(_incoming_on(target, spec))
+    return source, target, spec, before, info
+
+
 async def _kill_incoming(target: MigratingDriver, server: str) -> None:
     """The target's VM dies before it runs."""
     if isinstance(target, FakeHypervisor):
@@ -507,12 +523,7 @@ async def test_a_migration_whose_target_dies_leaves_the_vm_running_where_it_was(
     migration_harness: Harness,
 ) -> None:
     harness = migration_harness
-    source = harness.driver
-    assert isinstance(source, (FakeHypervisor, QemuDriver))
-    target = harness.other_host()
-    spec = _with_drive(harness)
-    before = await source.start(StartRequest(spec))
-    info = await target.prepare_incoming(_incoming_on(target, spec))
+    source, target, spec, before, info = await _running_with_a_target(harness)
     await _kill_incoming(target, spec.uuid)
 
     with pytest.raises(HypervisorError):
@@ -529,12 +540,7 @@ async def test_a_vm_whose_target_dies_after_its_state_moved_runs_on_at_the_sourc
     migration_harness: Harness,
 ) -> None:
     harness = migration_harness
-    source = harness.driver
-    assert isinstance(source, (FakeHypervisor, QemuDriver))
-    target = harness.other_host()
-    spec = _with_drive(harness)
-    before = await source.start(StartRequest(spec))
-    info = await target.prepare_incoming(_incoming_on(target, spec))
+    source, target, spec, before, info = await _running_with_a_target(harness)
     await source.migrate_out(spec.uuid, info, EVENT_TIMEOUT)
     await _kill_incoming(target, spec.uuid)
 
