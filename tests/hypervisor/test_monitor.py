@@ -54,12 +54,19 @@ class FakeQmp:
     """A QMP server on a unix socket answering from `replies` (command -> return value)."""
 
     def __init__(
-        self, replies: dict[str, object], *, greet: bool = True, events_before_greeting: int = 0
+        self,
+        replies: dict[str, object],
+        *,
+        greet: bool = True,
+        events_before_greeting: int = 0,
+        events_before_capabilities: int = 0,
     ) -> None:
         self.replies = replies
         self.greet = greet
         # How many of the first sessions get an event before the greeting (QEMU's race).
         self.events_before_greeting = events_before_greeting
+        # ... and how many get one before the answer to qmp_capabilities.
+        self.events_before_capabilities = events_before_capabilities
         self.sessions = 0
         self.received: list[dict[str, object]] = []
         self.writer: asyncio.StreamWriter | None = None
@@ -74,6 +81,8 @@ class FakeQmp:
         async for message in self.messages(reader):
             self.received.append(message)
             command, exec_id = str(message["execute"]), message.get("id")
+            if command == "qmp_capabilities" and self.sessions <= self.events_before_capabilities:
+                self.event("RESET", guest=False, reason="host-qmp-system-reset")
             reply = {} if command == "qmp_capabilities" else self.replies.get(command, {})
             if reply is SILENT:
                 continue
@@ -286,6 +295,22 @@ async def test_a_server_that_never_greets_first_is_an_error_after_a_few_sessions
         with pytest.raises(HypervisorError, match="Did not understand Greeting"):
             await monitor.connect(timeout=5)
         assert never.sessions == GREETING_ATTEMPTS
+        await monitor.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_event_before_the_capabilities_answer_is_survived_by_a_new_session(
+    socket_path: Path,
+) -> None:
+    early = FakeQmp({"query-status": {"status": "running"}}, events_before_capabilities=1)
+    server = await asyncio.start_unix_server(early.serve, str(socket_path))
+    try:
+        monitor = Monitor(socket_path, command_timeout=0.5)
+        await monitor.connect(timeout=5)
+        assert early.sessions == 2
+        assert await monitor.execute("query-status") == {"status": "running"}
         await monitor.close()
     finally:
         server.close()

@@ -29,7 +29,7 @@ from qemu.qmp import (
     QMPError,
     Runstate,
 )
-from qemu.qmp.qmp_client import GreetingError
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from openhosting.hypervisor.driver import BlockStats
 from openhosting.hypervisor.errors import HypervisorError
@@ -93,12 +93,16 @@ class Monitor:
                     "(is another client connected?)"
                 ) from None
             except ConnectError as err:
-                # Right after start QEMU can send an event before its greeting (seen in CI
-                # as a start failing with a 500; other QMP clients met it too): an event
-                # raced the opening of the session. A new session begins with a greeting.
-                if not isinstance(err.exc, GreetingError) or attempt == GREETING_ATTEMPTS:
+                # QEMU can send an event where the session's opening expects its greeting
+                # or the answer to qmp_capabilities (seen in CI: a start after the VM began,
+                # an adoption after the previous client hung up; other QMP clients met it
+                # too). qemu.qmp gives up on the session; a new one opens cleanly.
+                opening = (GreetingError, NegotiationError)
+                if not isinstance(err.exc, opening) or attempt == GREETING_ATTEMPTS:
                     raise HypervisorError(f"cannot connect to QMP at {self._path}: {err}") from err
-                log.warning("qmp %s: no greeting first (%s); connecting again", self._path, err)
+                log.warning(
+                    "qmp %s: the session opened badly (%s); connecting again", self._path, err
+                )
                 self._qmp = QMPClient(self._path.parent.name)
             except QMPError as err:
                 raise HypervisorError(f"cannot connect to QMP at {self._path}: {err}") from err
