@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 
 from openhosting.config import Config, load_config
 from openhosting.errors import FullError, MissingError, UsageError
 from openhosting.services.hosts import Hosts, file_system_bytes, measure_host, memory_total_mb
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
+from openhosting.store.records import HostRecord
 from openhosting.store.tables import drives, servers
 from tests.conftest import config_in
 
@@ -107,6 +108,33 @@ def test_a_heartbeat_after_the_row_went_registers_the_host_again(tmp_path: Path)
     platform = open_platform(host_config(tmp_path))
     try:
         platform.hosts.heartbeat()
+        with platform.engine.connect() as connection:
+            assert host_store.get_host(connection, "hv-test") is not None
+    finally:
+        platform.close()
+
+
+def test_a_host_registered_by_another_daemon_at_the_same_moment_is_updated_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two API nodes of one host start at once: the other inserts the row between this one's
+    # look for it and its insert (seen with two daemons on one PostgreSQL).
+    platform = open_platform(host_config(tmp_path))
+    try:
+        register, raced = host_store.register_host, []
+
+        def racing(connection: Connection, host: HostRecord) -> None:
+            if not raced:
+                raced.append(host.name)
+                with platform.engine.begin() as other:
+                    register(other, host)
+                host_store.add_host(connection, host)  # what the look-then-insert meets
+                return
+            register(connection, host)
+
+        monkeypatch.setattr(host_store, "register_host", racing)
+        assert platform.hosts.register().name == "hv-test"
+        assert raced == ["hv-test"]
         with platform.engine.connect() as connection:
             assert host_store.get_host(connection, "hv-test") is not None
     finally:

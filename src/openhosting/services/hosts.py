@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from openhosting.config import Config
 from openhosting.errors import FullError, MissingError, UsageError
@@ -95,8 +96,14 @@ class Hosts:
         """Measure this host again and record it; drives from before hosts become its own."""
         now = time.time()
         self.local = measure_host(self._config, now)
-        with self._engine.begin() as connection:
-            host_store.register_host(connection, self.local)
+        try:
+            with self._engine.begin() as connection:
+                host_store.register_host(connection, self.local)
+        except IntegrityError:
+            # Another daemon of this host (API nodes side by side) inserted its row between
+            # our look and our insert: the row is there now, and is updated in place.
+            with self._engine.begin() as connection:
+                host_store.register_host(connection, self.local)
         log.info(
             "event=host_registered host=%s cores=%s memory_mb=%s",
             self.name,
