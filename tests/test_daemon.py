@@ -22,10 +22,14 @@ class Daemon:
         self.url = f"http://127.0.0.1:{port}"
         self.log = state_dir.parent / f"daemon-{port}.log"
         args = f"--state-dir {state_dir} --listen 127.0.0.1:{port}"
+        # The metrics listener on a free port too: its default (127.0.0.1:9180) may be taken
+        # by a daemon of a test running beside this one.
+        metrics = {"OH_API_METRICS_LISTEN": f"127.0.0.1:{free_port()}"}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 ["make", "--no-print-directory", "run", f"ARGS={args}"],
                 cwd=REPO,
+                env={**os.environ, **metrics},
                 stdout=subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,
