@@ -7,6 +7,7 @@ replies per command, events, and hanging up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -269,49 +270,38 @@ async def test_connecting_to_a_silent_server_gives_up_after_the_timeout(
         await server.wait_closed()
 
 
-async def test_an_event_before_the_greeting_is_survived_by_a_new_session(
-    socket_path: Path,
-) -> None:
-    early = FakeQmp({"query-status": {"status": "running"}}, events_before_greeting=1)
-    server = await asyncio.start_unix_server(early.serve, str(socket_path))
+@contextlib.asynccontextmanager
+async def serving(fake: FakeQmp, socket_path: Path) -> AsyncIterator[FakeQmp]:
+    """`fake` answering on `socket_path` for the block's length."""
+    server = await asyncio.start_unix_server(fake.serve, str(socket_path))
     try:
-        monitor = Monitor(socket_path, command_timeout=0.5)
-        await monitor.connect(timeout=5)
-        assert early.sessions == 2
-        assert await monitor.execute("query-status") == {"status": "running"}
-        await monitor.close()
+        yield fake
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "early", ["events_before_greeting", "events_before_capabilities"]
+)  # fmt: skip
+async def test_an_event_opening_a_session_is_survived_by_a_new_session(
+    socket_path: Path, early: str
+) -> None:
+    fake = FakeQmp({"query-status": {"status": "running"}}, **{early: 1})  # type: ignore[arg-type]
+    async with serving(fake, socket_path):
+        monitor = Monitor(socket_path, command_timeout=0.5)
+        await monitor.connect(timeout=5)
+        assert fake.sessions == 2
+        assert await monitor.execute("query-status") == {"status": "running"}
+        await monitor.close()
 
 
 async def test_a_server_that_never_greets_first_is_an_error_after_a_few_sessions(
     socket_path: Path,
 ) -> None:
-    never = FakeQmp({}, events_before_greeting=100)
-    server = await asyncio.start_unix_server(never.serve, str(socket_path))
-    try:
+    async with serving(FakeQmp({}, events_before_greeting=100), socket_path) as never:
         monitor = Monitor(socket_path)
         with pytest.raises(HypervisorError, match="Did not understand Greeting"):
             await monitor.connect(timeout=5)
         assert never.sessions == GREETING_ATTEMPTS
         await monitor.close()
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-async def test_an_event_before_the_capabilities_answer_is_survived_by_a_new_session(
-    socket_path: Path,
-) -> None:
-    early = FakeQmp({"query-status": {"status": "running"}}, events_before_capabilities=1)
-    server = await asyncio.start_unix_server(early.serve, str(socket_path))
-    try:
-        monitor = Monitor(socket_path, command_timeout=0.5)
-        await monitor.connect(timeout=5)
-        assert early.sessions == 2
-        assert await monitor.execute("query-status") == {"status": "running"}
-        await monitor.close()
-    finally:
-        server.close()
-        await server.wait_closed()
