@@ -13,8 +13,12 @@ from openhosting.hypervisor.calls import CALLS, CallError, arguments, decode, en
 from openhosting.hypervisor.driver import (
     BlockStats,
     HypervisorDriver,
+    PauseReason,
     StartRequest,
+    VmEnd,
     VmEvent,
+    VmEventKind,
+    VmState,
     VmStatus,
 )
 from openhosting.hypervisor.spec import (
@@ -94,18 +98,28 @@ def test_a_start_request_crosses_whole() -> None:
 @pytest.mark.parametrize(
     ("hint", "value"),
     [
-        (VmStatus | None, VmStatus(SERVER, "paused", "nospace", started=12.0)),
+        (VmStatus | None, VmStatus(SERVER, VmState.PAUSED, PauseReason.NOSPACE, started=12.0)),
         (VmStatus | None, None),
         (dict[str, BlockStats], {"ide:0:0": BlockStats(1, 2, 3 << 40, 4)}),
         (bytes | None, b"\x00\xffboot\n"),
         (list[str], [SERVER]),
         (HostVmSettings, HostVmSettings("tcg", "::", Path("/s/vnc-tls"), run_as="nobody")),
-        (VmEvent, VmEvent(SERVER, "exited", how="crash")),
+        (VmEvent, VmEvent(SERVER, VmEventKind.EXITED, how=VmEnd.CRASH)),
         (Path, Path("/run/x")),
     ],
 )
 def test_answers_and_events_cross_whole(hint: Any, value: object) -> None:
     assert _through_json(hint, value) == value
+
+
+def test_states_kinds_and_ends_come_back_as_their_enums() -> None:
+    event = _through_json(VmEvent, VmEvent(SERVER, VmEventKind.EXITED, how=VmEnd.CRASH))
+    assert type(event.kind) is VmEventKind and type(event.how) is VmEnd
+    status = _through_json(VmStatus, VmStatus(SERVER, VmState.RUNNING))
+    assert type(status.state) is VmState
+    assert type(_through_json(CALLS["how_ended"].answer, VmEnd.SHUTDOWN)) is VmEnd
+    # On the wire they are their plain values, as before they were enums.
+    assert encode(event)["kind"] == "exited" and json.dumps(encode(event)).count('"crash"') == 1
 
 
 @pytest.mark.parametrize(
@@ -116,6 +130,9 @@ def test_answers_and_events_cross_whole(hint: Any, value: object) -> None:
         (VmStatus, {"server": SERVER, "state": "running", "started": "soon"}),
         (VmStatus, {"server": SERVER, "state": "running", "pid": 1}),  # no such field
         (VmStatus, {"type": "VmEvent", "server": SERVER, "state": "running"}),
+        (VmStatus, {"server": SERVER, "state": "sleeping"}),  # no such state
+        (VmEvent, {"server": SERVER, "kind": "exited", "how": 1}),
+        (CALLS["how_ended"].answer, "vanished"),
         (CALLS["set_cpu"].request, {"server": SERVER, "cpu_mhz": True}),
         (CALLS["set_cpu"].request, {"server": SERVER, "cpu_mhz": 1.5}),
         (CALLS["stop"].request, {"timeout": 1}),  # the server is missing

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.hypervisor.driver import RUNNING, IncomingRequest, StartRequest, VmStatus
+from openhosting.hypervisor.driver import IncomingRequest, StartRequest, VmState, VmStatus
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
 from openhosting.hypervisor.migration import live_migrate
@@ -75,5 +75,5 @@ async def test_a_source_that_does_not_end_cleanly_does_not_undo_a_done_migration
 
     status = await live_migrate(source, target, moved(spec, target), 5.0)
 
-    assert status.state == RUNNING and target.held() == [spec.uuid]
+    assert status.state == VmState.RUNNING and target.held() == [spec.uuid]
     assert source.held() == []

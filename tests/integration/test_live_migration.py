@@ -24,12 +24,7 @@ import pytest
 from openhosting import pidwait
 from openhosting.config import HypervisorSettings
 from openhosting.hypervisor import process
-from openhosting.hypervisor.driver import (
-    RUNNING,
-    IncomingRequest,
-    StartRequest,
-    VmEvent,
-)
+from openhosting.hypervisor.driver import IncomingRequest, StartRequest, VmEvent, VmState
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.migration import MigrationTls, live_migrate, write_qemu_tls_dir
 from openhosting.hypervisor.qemu_driver import QemuDriver
@@ -147,7 +142,7 @@ async def test_a_running_guest_moves_with_its_drive_and_a_failed_move_leaves_it_
     drive_b = workdir / "b.raw"
     status = await live_migrate(a, b, incoming(spec, b, drive_b), MIGRATION_TIMEOUT)
 
-    assert (status.server, status.state) == (server, RUNNING)
+    assert (status.server, status.state) == (server, VmState.RUNNING)
     assert a.held() == [] and b.held() == [server]
     assert pidwait.exited(source_pid) and not a.run_dir(server).exists()
     log_b = b.run_dir(server) / "serial.log"

@@ -10,9 +10,9 @@ a stream of their own (`VmEvent` records).
 
 The encoding walks the records' type hints: dataclasses are JSON objects (with a `type`
 naming the class, which tells the members of a union apart: a NIC's network backend),
-tuples and lists arrays, paths strings, bytes base64. Decoding checks every value against
-its hint and the records' own checks (`VmSpec.__post_init__`, ...): anything else is a
-`CallError`.
+tuples and lists arrays, paths strings, bytes base64, `StrEnum`s their values (decoded back
+into members). Decoding checks every value against its hint and the records' own checks
+(`VmSpec.__post_init__`, ...): anything else is a `CallError`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import enum
 import functools
 import re
 import types
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openhosting.hypervisor.driver import BlockStats, StartRequest, VmStatus
+from openhosting.hypervisor.driver import BlockStats, StartRequest, VmEnd, VmStatus
 from openhosting.hypervisor.spec import HostVmSettings
 
 
@@ -147,7 +148,7 @@ CALLS: Mapping[str, Call] = {
     "vnc_port_free": Call(VncPortCall, bool),
     "start": Call(StartRequest, VmStatus),
     "adopt": Call(AdoptCall, VmStatus | None),
-    "how_ended": Call(ServerCall, str),
+    "how_ended": Call(ServerCall, VmEnd),
     "unheld": Call(NoArguments, list[str]),
     "stop_unheld": Call(TimedCall, None),
     "stop": Call(TimedCall, None),
@@ -234,6 +235,8 @@ def _decode(hint: Any, data: Any) -> Any:
         return _expect(_is_number(data) and not isinstance(data, float), hint, data, data)
     if hint in (str, bool):
         return _expect(type(data) is hint, hint, data, data)
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+        return hint(_expect(type(data) is str, hint, data, data))  # ValueError: not a member
     raise CallError(f"cannot decode {_name(hint)}")
 
 

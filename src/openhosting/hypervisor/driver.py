@@ -10,7 +10,7 @@ drops to, secret files, cgroups, TLS files, QMP, free VNC ports) is the driver's
 `qemu_driver.QemuDriver` runs real QEMU; `fake.FakeHypervisor` holds VMs in memory for fast
 tests. `tests/hypervisor/test_driver_behaviour.py` holds both to the same rules.
 
-Events, in the order a VM lives them, go to the one handler given to `listen`:
+Events (`VmEventKind`), in the order a VM lives them, go to the one handler given to `listen`:
 
 - `PAUSED` (with the reason) and `RESUMED`: QEMU stopped or ran the vCPUs again;
 - `POWERED_OFF`: the guest powered itself off; the VM is ended once the handler returns (at
@@ -24,21 +24,46 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from openhosting.config import Config, ConfigError
 from openhosting.hypervisor.spec import DriveSecret, HostVmSettings, VmSpec
 
-# How a VM ended: a SHUTDOWN event came first (guest power-off, quit, SIGTERM), or it did not.
-SHUTDOWN, CRASH = "shutdown", "crash"
-# Why a VM is paused: the host's storage is full, another host I/O error, or else QEMU's own
-# run state (`paused` after a monitor's `stop`, `internal-error`, ...).
-NOSPACE, IO_ERROR = "nospace", "io-error"
-# What a VM does, as `VmStatus.state`.
-RUNNING, PAUSED = "running", "paused"
-# The kinds of `VmEvent`.
-RESUMED, POWERED_OFF, EXITED = "resumed", "powered_off", "exited"
+
+class VmEnd(StrEnum):
+    """How a VM ended: a SHUTDOWN event came first (guest power-off, quit, SIGTERM), or not."""
+
+    SHUTDOWN = "shutdown"
+    CRASH = "crash"
+
+
+class PauseReason(StrEnum):
+    """Why a VM is paused, when the host knows: its storage is full, or another host I/O
+    error. Any other reason (`VmStatus.reason`, a PAUSED event's) is QEMU's own run state
+    (`paused` after a monitor's `stop`, `internal-error`, ...)."""
+
+    NOSPACE = "nospace"
+    IO_ERROR = "io-error"
+
+
+class VmState(StrEnum):
+    """What a VM does (`VmStatus.state`)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+
+
+class VmEventKind(StrEnum):
+    """The kinds of `VmEvent`."""
+
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    POWERED_OFF = "powered_off"
+    EXITED = "exited"
+
+
 # How long the handler of POWERED_OFF may take before the VM is ended anyway.
 ENDING_TIMEOUT = 5.0
 
@@ -55,10 +80,10 @@ class BlockStats:
 
 @dataclass(frozen=True)
 class VmStatus:
-    """A VM that exists: RUNNING, or PAUSED for `reason` (NOSPACE, IO_ERROR, QEMU's state)."""
+    """A VM that exists: RUNNING, or PAUSED for `reason` (a `PauseReason`, QEMU's state)."""
 
     server: str
-    state: str
+    state: VmState
     reason: str | None = None
     started: float = 0.0  # seconds since the epoch; 0 when not known (adopted, no record)
 
@@ -68,9 +93,9 @@ class VmEvent:
     """Something that happened to the VM of `server` (see the module's docstring)."""
 
     server: str
-    kind: str  # PAUSED, RESUMED, POWERED_OFF or EXITED
+    kind: VmEventKind
     reason: str | None = None  # PAUSED: why
-    how: str | None = None  # EXITED: SHUTDOWN or CRASH
+    how: VmEnd | None = None  # EXITED
 
 
 @dataclass(frozen=True)
@@ -165,7 +190,7 @@ class HypervisorDriver(Protocol):
         none. `HypervisorError` if it runs but cannot be controlled (see `stop_unheld`)."""
         ...
 
-    def how_ended(self, server: str) -> str:
+    def how_ended(self, server: str) -> VmEnd:
         """How the VM of `server`, not found by `adopt`, ended (SHUTDOWN or CRASH)."""
         ...
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting.config import ConfigError, HypervisorSettings
-from openhosting.hypervisor import migration, process
+from openhosting.hypervisor import driver, migration, process
 from openhosting.hypervisor.argv import choose_accelerator
 from openhosting.hypervisor.cpu_quota import (
     CgroupLayout,
@@ -31,24 +31,6 @@ from openhosting.hypervisor.cpu_quota import (
     place_vm_threads,
     quota_us,
     remove_cpu_group,
-)
-from openhosting.hypervisor.driver import (
-    CRASH,
-    EXITED,
-    NOSPACE,
-    PAUSED,
-    POWERED_OFF,
-    RESUMED,
-    RUNNING,
-    SHUTDOWN,
-    BlockStats,
-    EventHandler,
-    IncomingInfo,
-    IncomingRequest,
-    StartRequest,
-    StateStream,
-    VmEvent,
-    VmStatus,
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.serial_log import SerialLogLimit, read_log
@@ -120,7 +102,7 @@ class _Incoming:
     """A VM waiting for a live migration (`prepare_incoming`), not held yet."""
 
     vm: RunningVm
-    request: StartRequest
+    request: driver.StartRequest
     files: tuple[Path, ...]  # the drives' files it made
 
 
@@ -151,7 +133,7 @@ class QemuDriver:
         self.cgroup = cgroup if cgroup is not None else find_cpu_cgroup()
         self._run_as = qemu_user(settings.run_as)
         self._vms: dict[str, RunningVm] = {}
-        self._handler: EventHandler | None = None
+        self._handler: driver.EventHandler | None = None
         self._space_resumer = SpaceResumer()
         self._incoming: dict[str, _Incoming] = {}
         # Servers whose VM is migrating out: its pause at the end of it is no one's event.
@@ -159,7 +141,7 @@ class QemuDriver:
         # None: migrations in and out of this host go without TLS.
         self._migration_tls = migration_tls
 
-    def listen(self, handler: EventHandler) -> None:
+    def listen(self, handler: driver.EventHandler) -> None:
         self._handler = handler
 
     # -- the host --------------------------------------------------------------------
@@ -183,7 +165,9 @@ class QemuDriver:
 
     # -- life ------------------------------------------------------------------------
 
-    async def start(self, request: StartRequest, restore: StateStream | None = None) -> VmStatus:
+    async def start(
+        self, request: driver.StartRequest, restore: driver.StateStream | None = None
+    ) -> driver.VmStatus:
         spec = request.spec
         if spec.uuid in self._vms:
             raise HypervisorError(f"VM {spec.uuid} runs already")
@@ -230,7 +214,9 @@ class QemuDriver:
         vm.on_state = self._state_changed
         vm.before_end = self._powered_off
 
-    async def adopt(self, server: str, *, started: float, timeout: float = 10.0) -> VmStatus | None:
+    async def adopt(
+        self, server: str, *, started: float, timeout: float = 10.0
+    ) -> driver.VmStatus | None:
         vm = await RunningVm.adopt(
             server, self.run_dir(server), self._vm_exited, timeout=timeout,
             serial_limit=self.limit,
@@ -246,9 +232,13 @@ class QemuDriver:
         log.info("event=vm_adopted server=%s pid=%s", server, vm.pid)
         return self._status_of(vm)
 
-    def how_ended(self, server: str) -> str:
+    def how_ended(self, server: str) -> driver.VmEnd:
         # QEMU removes its pidfile when it exits cleanly; one left behind means a crash.
-        return CRASH if RunPaths(self.run_dir(server)).pidfile.exists() else SHUTDOWN
+        return (
+            driver.VmEnd.CRASH
+            if RunPaths(self.run_dir(server)).pidfile.exists()
+            else driver.VmEnd.SHUTDOWN
+        )
 
     async def unheld(self) -> list[str]:
         run_path = self._run_path
@@ -280,7 +270,7 @@ class QemuDriver:
     async def resume(self, server: str) -> None:
         await self._held(server).resume()
 
-    async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
+    async def save_state(self, server: str, sink: driver.StateStream, timeout: float) -> None:
         await self._held(server).save_state(sink, timeout=timeout)
 
     async def detach_all(self) -> None:
@@ -298,7 +288,7 @@ class QemuDriver:
 
     # -- live migration (see migration.py) --------------------------------------------
 
-    async def prepare_incoming(self, request: IncomingRequest) -> IncomingInfo:
+    async def prepare_incoming(self, request: driver.IncomingRequest) -> driver.IncomingInfo:
         spec = request.start.spec
         if not spec.incoming:
             raise HypervisorError("a VM to receive by migration needs spec.incoming")
@@ -334,7 +324,7 @@ class QemuDriver:
             )
             revert.success()
         log.info("event=vm_incoming server=%s pid=%s", spec.uuid, vm.pid)
-        return IncomingInfo(
+        return driver.IncomingInfo(
             server=spec.uuid,
             migration_uri=f"unix:{migration_socket}",
             nbd_socket=str(nbd_socket),
@@ -342,7 +332,7 @@ class QemuDriver:
             tls_hostname=self._migration_tls.host if self._migration_tls else None,
         )
 
-    async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
+    async def migrate_out(self, server: str, target: driver.IncomingInfo, timeout: float) -> None:
         vm = self._held(server)
         async with Reverter() as revert:
             self._migrating.add(server)
@@ -355,7 +345,7 @@ class QemuDriver:
             revert.success()
         log.info("event=vm_migrated_out server=%s", server)
 
-    async def finish_incoming(self, server: str, timeout: float) -> VmStatus:
+    async def finish_incoming(self, server: str, timeout: float) -> driver.VmStatus:
         incoming = self._incoming.get(server)
         if incoming is None:
             raise HypervisorError(f"No VM of server {server} waits for a migration here")
@@ -402,7 +392,7 @@ class QemuDriver:
 
     # -- while it runs ---------------------------------------------------------------
 
-    def status(self, server: str) -> VmStatus | None:
+    def status(self, server: str) -> driver.VmStatus | None:
         vm = self._vms.get(server)
         return self._status_of(vm) if vm is not None else None
 
@@ -415,7 +405,7 @@ class QemuDriver:
     async def set_vnc_password(self, server: str, password: str | None) -> None:
         await self._held(server).set_vnc_password(password)
 
-    async def blockstats(self, server: str) -> Mapping[str, BlockStats]:
+    async def blockstats(self, server: str) -> Mapping[str, driver.BlockStats]:
         return await self._held(server).blockstats()
 
     def serial_log(self, server: str) -> bytes | None:
@@ -437,10 +427,10 @@ class QemuDriver:
         return vm
 
     @staticmethod
-    def _status_of(vm: RunningVm) -> VmStatus:
+    def _status_of(vm: RunningVm) -> driver.VmStatus:
         if vm.pause is None:
-            return VmStatus(vm.uuid, RUNNING, started=vm.started)
-        return VmStatus(vm.uuid, PAUSED, vm.pause.reason, started=vm.started)
+            return driver.VmStatus(vm.uuid, driver.VmState.RUNNING, started=vm.started)
+        return driver.VmStatus(vm.uuid, driver.VmState.PAUSED, vm.pause.reason, started=vm.started)
 
     async def _limit_cpu(self, vm: RunningVm, cpu_mhz: int) -> None:
         """Hold the vCPU threads of `vm` to `cpu_mhz` (see cpu_quota.py)."""
@@ -452,7 +442,7 @@ class QemuDriver:
         # grace period, ms to tens of ms on a busy host), which would hold every other start.
         await asyncio.to_thread(place_vm_threads, self.cgroup, vm.uuid, vm.pid, vcpu_tids, quota)
 
-    async def _emit(self, event: VmEvent) -> None:
+    async def _emit(self, event: driver.VmEvent) -> None:
         if self._handler is not None:
             await self._handler(event)
 
@@ -460,20 +450,20 @@ class QemuDriver:
         if server in self._migrating:
             return
         if pause is None:
-            await self._emit(VmEvent(server, RESUMED))
+            await self._emit(driver.VmEvent(server, driver.VmEventKind.RESUMED))
             return
-        if pause.reason == NOSPACE and (vm := self._vms.get(server)) is not None:
+        if pause.reason == driver.PauseReason.NOSPACE and (vm := self._vms.get(server)) is not None:
             self._space_resumer.watch(vm)
-        await self._emit(VmEvent(server, PAUSED, reason=pause.reason))
+        await self._emit(driver.VmEvent(server, driver.VmEventKind.PAUSED, reason=pause.reason))
 
     async def _powered_off(self, server: str) -> None:
-        await self._emit(VmEvent(server, POWERED_OFF))
+        await self._emit(driver.VmEvent(server, driver.VmEventKind.POWERED_OFF))
 
-    async def _vm_exited(self, server: str, how: str) -> None:
+    async def _vm_exited(self, server: str, how: driver.VmEnd) -> None:
         await self._space_resumer.cancel(server)
         try:
             if server in self._vms:  # one a start gave up is nobody's event
-                await self._emit(VmEvent(server, EXITED, how=how))
+                await self._emit(driver.VmEvent(server, driver.VmEventKind.EXITED, how=how))
         finally:
             self._vms.pop(server, None)
             if self.cgroup is not None:

@@ -34,21 +34,8 @@ from typing import Any
 
 import aiohttp
 
+from openhosting.hypervisor import driver
 from openhosting.hypervisor.calls import CALLS, REPLACED, CallError, decode, encode
-from openhosting.hypervisor.driver import (
-    EXITED,
-    PAUSED,
-    RESUMED,
-    RUNNING,
-    SHUTDOWN,
-    BlockStats,
-    EventHandler,
-    StartRequest,
-    StateStream,
-    VmEvent,
-    VmStatus,
-    run_state_stream,
-)
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.reverter import Reverter
@@ -86,9 +73,9 @@ class RemoteHypervisorDriver:
         self._session: aiohttp.ClientSession | None = None
         self._settings: HostVmSettings | None = None
         self._run_path = Path("/nonexistent")
-        self._status: dict[str, VmStatus] = {}
-        self._ended: dict[str, str] = {}
-        self._handler: EventHandler | None = None
+        self._status: dict[str, driver.VmStatus] = {}
+        self._ended: dict[str, driver.VmEnd] = {}
+        self._handler: driver.EventHandler | None = None
         self._follower: asyncio.Task[None] | None = None
         self._following = True
         self._socket: aiohttp.ClientWebSocketResponse | None = None
@@ -124,7 +111,7 @@ class RemoteHypervisorDriver:
             # at once would drop its socket unclosed (aiohttp's "graceful shutdown" advice).
             await asyncio.sleep(TLS_CLOSE_GRACE)
 
-    def listen(self, handler: EventHandler) -> None:
+    def listen(self, handler: driver.EventHandler) -> None:
         self._handler = handler
 
     # -- the host --------------------------------------------------------------------
@@ -142,17 +129,23 @@ class RemoteHypervisorDriver:
 
     # -- life ------------------------------------------------------------------------
 
-    async def start(self, request: StartRequest, restore: StateStream | None = None) -> VmStatus:
+    async def start(
+        self, request: driver.StartRequest, restore: driver.StateStream | None = None
+    ) -> driver.VmStatus:
         if restore is None:
-            status: VmStatus = await self._call_record("start", request, extra=request.timeout)
+            status: driver.VmStatus = await self._call_record(
+                "start", request, extra=request.timeout
+            )
         else:
             status = await self._call_record("start", request, extra=request.timeout, state=restore)
         self._status[status.server] = status
         self._ended.pop(status.server, None)
         return status
 
-    async def adopt(self, server: str, *, started: float, timeout: float = 10.0) -> VmStatus | None:
-        status: VmStatus | None = await self._call(
+    async def adopt(
+        self, server: str, *, started: float, timeout: float = 10.0
+    ) -> driver.VmStatus | None:
+        status: driver.VmStatus | None = await self._call(
             "adopt", server=server, started=started, timeout=timeout
         )
         if status is None:
@@ -161,8 +154,8 @@ class RemoteHypervisorDriver:
             self._status[server] = status
         return status
 
-    def how_ended(self, server: str) -> str:
-        return self._ended.get(server, SHUTDOWN)
+    def how_ended(self, server: str) -> driver.VmEnd:
+        return self._ended.get(server, driver.VmEnd.SHUTDOWN)
 
     async def unheld(self) -> list[str]:
         servers: list[str] = await self._call("unheld")
@@ -186,7 +179,7 @@ class RemoteHypervisorDriver:
     async def resume(self, server: str) -> None:
         await self._changing(server, "resume")
 
-    async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
+    async def save_state(self, server: str, sink: driver.StateStream, timeout: float) -> None:
         record = CALLS["save_state"].request(server=server, timeout=timeout)
         try:
             await self._call_record("save_state", record, extra=timeout, sink=sink)
@@ -211,7 +204,7 @@ class RemoteHypervisorDriver:
 
     # -- while it runs ---------------------------------------------------------------
 
-    def status(self, server: str) -> VmStatus | None:
+    def status(self, server: str) -> driver.VmStatus | None:
         return self._status.get(server)
 
     def held(self) -> list[str]:
@@ -223,8 +216,8 @@ class RemoteHypervisorDriver:
     async def set_vnc_password(self, server: str, password: str | None) -> None:
         await self._call("set_vnc_password", server=server, password=password)
 
-    async def blockstats(self, server: str) -> Mapping[str, BlockStats]:
-        stats: Mapping[str, BlockStats] = await self._call("blockstats", server=server)
+    async def blockstats(self, server: str) -> Mapping[str, driver.BlockStats]:
+        stats: Mapping[str, driver.BlockStats] = await self._call("blockstats", server=server)
         return stats
 
     def serial_log(self, server: str) -> bytes | None:
@@ -258,7 +251,7 @@ class RemoteHypervisorDriver:
     async def _refresh(self, server: str) -> None:
         """Read the status of `server` again after a call that may have changed it."""
         with contextlib.suppress(HypervisorError):
-            status: VmStatus | None = await self._call("status", server=server)
+            status: driver.VmStatus | None = await self._call("status", server=server)
             if status is None:
                 self._status.pop(server, None)
             else:
@@ -282,8 +275,8 @@ class RemoteHypervisorDriver:
         record: object,
         *,
         extra: float = 0.0,
-        state: StateStream | None = None,
-        sink: StateStream | None = None,
+        state: driver.StateStream | None = None,
+        sink: driver.StateStream | None = None,
     ) -> Any:
         if self._session is None:
             raise HypervisorError(f"host {self.host}: not connected")
@@ -333,7 +326,7 @@ class RemoteHypervisorDriver:
                             if not following.done():
                                 following.set_result(None)
                             continue
-                        await self._receive(decode(VmEvent, data["event"]))
+                        await self._receive(decode(driver.VmEvent, data["event"]))
                         await socket.send_json({"ack": data["seq"]})
                 self._socket = None
                 if socket.close_code == REPLACED:
@@ -345,17 +338,19 @@ class RemoteHypervisorDriver:
             if self._following:
                 await asyncio.sleep(RECONNECT_DELAY)
 
-    async def _receive(self, event: VmEvent) -> None:
+    async def _receive(self, event: driver.VmEvent) -> None:
         status = self._status.get(event.server)
-        if event.kind == EXITED:
+        if event.kind == driver.VmEventKind.EXITED:
             self._status.pop(event.server, None)
-            self._ended[event.server] = event.how or SHUTDOWN
-        elif status is not None and event.kind == PAUSED:
+            self._ended[event.server] = event.how or driver.VmEnd.SHUTDOWN
+        elif status is not None and event.kind == driver.VmEventKind.PAUSED:
             self._status[event.server] = dataclasses.replace(
-                status, state=PAUSED, reason=event.reason
+                status, state=driver.VmState.PAUSED, reason=event.reason
             )
-        elif status is not None and event.kind == RESUMED:
-            self._status[event.server] = dataclasses.replace(status, state=RUNNING, reason=None)
+        elif status is not None and event.kind == driver.VmEventKind.RESUMED:
+            self._status[event.server] = dataclasses.replace(
+                status, state=driver.VmState.RUNNING, reason=None
+            )
         if self._handler is not None:
             try:
                 await self._handler(event)
@@ -371,11 +366,11 @@ async def _error_of(host: str, method: str, response: aiohttp.ClientResponse) ->
     return f"host {host}: {method}: {message}"
 
 
-async def _stream_after(line: bytes, source: StateStream) -> Any:
+async def _stream_after(line: bytes, source: driver.StateStream) -> Any:
     """The call's line, then what `source` writes into a pipe (a saved state)."""
     yield line
     read_end, write_end = os.pipe()
-    feeding = asyncio.create_task(asyncio.to_thread(run_state_stream, source, write_end))
+    feeding = asyncio.create_task(asyncio.to_thread(driver.run_state_stream, source, write_end))
     try:
         while chunk := await asyncio.to_thread(os.read, read_end, CHUNK):
             yield chunk
@@ -386,10 +381,10 @@ async def _stream_after(line: bytes, source: StateStream) -> Any:
             feeding.cancel()
 
 
-async def _drain_into(response: aiohttp.ClientResponse, sink: StateStream) -> None:
+async def _drain_into(response: aiohttp.ClientResponse, sink: driver.StateStream) -> None:
     """Give the body of `response` (a saved state) to `sink` through a pipe."""
     read_end, write_end = os.pipe()
-    draining = asyncio.create_task(asyncio.to_thread(run_state_stream, sink, read_end))
+    draining = asyncio.create_task(asyncio.to_thread(driver.run_state_stream, sink, read_end))
     stopped_reading = False
     try:
         async for chunk in response.content.iter_chunked(CHUNK):

@@ -25,15 +25,13 @@ from sqlalchemy import Engine
 from openhosting.config import Config
 from openhosting.errors import FailedError, FullError
 from openhosting.hypervisor.driver import (
-    EXITED,
-    PAUSED,
-    POWERED_OFF,
-    RESUMED,
-    SHUTDOWN,
     BlockStats,
     HypervisorDriver,
     StartRequest,
+    VmEnd,
     VmEvent,
+    VmEventKind,
+    VmState,
     VmStatus,
     open_driver,
 )
@@ -123,7 +121,7 @@ class ServerLifecycle:
         vm = self.driver_of(uuid).status(uuid)
         if vm is None:
             return None
-        return "paused" if vm.state == PAUSED else "active"
+        return "paused" if vm.state == VmState.PAUSED else "active"
 
     def statuses(self) -> dict[str, str]:
         """The status of every server with a VM (see `status`)."""
@@ -210,7 +208,7 @@ class ServerLifecycle:
             user, "server", uuid, "status", status="active", started=started,
             start_seconds=round(time.monotonic() - begun, 3),
         )  # fmt: skip
-        if vm.state == PAUSED and vm.reason is not None:  # paused before anyone listened
+        if vm.state == VmState.PAUSED and vm.reason is not None:  # paused before anyone listened
             self._publish_pause(user, uuid, vm.reason)
 
     def _place(self, config: ServerConfig) -> str:
@@ -244,15 +242,15 @@ class ServerLifecycle:
         await self._on_event(event)
 
     async def _on_event(self, event: VmEvent) -> None:
-        if event.kind == EXITED:
-            await self.vm_exited(event.server, event.how or SHUTDOWN)
-        elif event.kind == POWERED_OFF:
+        if event.kind == VmEventKind.EXITED:
+            await self.vm_exited(event.server, event.how or VmEnd.SHUTDOWN)
+        elif event.kind == VmEventKind.POWERED_OFF:
             await self.fold_guest_io(event.server)  # a guest's power-off: its last I/O counts
         elif (user := self.active.get(event.server)) is None:
             return  # a start or adoption under way tells its own status
-        elif event.kind == PAUSED:
-            self._publish_pause(user, event.server, event.reason or PAUSED)
-        elif event.kind == RESUMED:
+        elif event.kind == VmEventKind.PAUSED:
+            self._publish_pause(user, event.server, event.reason or VmState.PAUSED)
+        elif event.kind == VmEventKind.RESUMED:
             self._events.publish(
                 user, "server", event.server, "status", status="active", reason="resumed"
             )
@@ -366,7 +364,7 @@ class ServerLifecycle:
 
     # -- end -------------------------------------------------------------------------
 
-    async def vm_exited(self, uuid: str, how: str) -> None:
+    async def vm_exited(self, uuid: str, how: VmEnd) -> None:
         """The VM of `uuid` is gone: release its drives and apply the persistence rules."""
         try:
             await self.vnc.close_overlay(uuid)
@@ -394,7 +392,7 @@ class ServerLifecycle:
                     server_store.delete_server(connection, uuid)
                     log.info("event=server_destroyed server=%s reason=vm_%s", uuid, how)
                 elif row is not None:
-                    status = "stopped" if how == SHUTDOWN else "dead"
+                    status = "stopped" if how == VmEnd.SHUTDOWN else "dead"
                     server_store.update_server(connection, uuid, status=status, started_at=None)
                     self.vnc.release(connection, uuid)
                     log.info("event=server_stopped server=%s status=%s", uuid, status)
@@ -422,7 +420,7 @@ class ServerLifecycle:
         driver.forget(uuid)
         self.placed.pop(uuid, None)
 
-    def _publish_exit(self, user: str, uuid: str, config: ServerConfig, how: str) -> None:
+    def _publish_exit(self, user: str, uuid: str, config: ServerConfig, how: VmEnd) -> None:
         for attachment in config.drives:
             self._events.publish(
                 user, "drive", attachment.drive, "released", server=uuid, device=attachment.slot
@@ -430,7 +428,7 @@ class ServerLifecycle:
         if not config.persistent:
             self._events.publish(user, "server", uuid, "destroyed", reason=f"vm_{how}")
         else:
-            status = "stopped" if how == SHUTDOWN else "dead"
+            status = "stopped" if how == VmEnd.SHUTDOWN else "dead"
             self._events.publish(user, "server", uuid, "status", status=status, reason=how)
 
     # -- daemon start and stop -------------------------------------------------------
