@@ -55,7 +55,8 @@ class NoArguments:
 
 @dataclass(frozen=True)
 class ServerCall:
-    """`how_ended`, `powerdown`, `reset`, `resume`, `forget`, `status`, `serial_log`."""
+    """`how_ended`, `powerdown`, `reset`, `resume`, `forget`, `status`, `serial_log`; and the
+    first field of every call on one server (its check with it)."""
 
     server: str
 
@@ -64,35 +65,23 @@ class ServerCall:
 
 
 @dataclass(frozen=True)
-class TimedCall:
+class TimedCall(ServerCall):
     """`stop`, `kill`, `stop_unheld`: a server, and how long QEMU may take."""
 
-    server: str
     timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        _check_server(self.server)
 
 
 @dataclass(frozen=True)
-class AdoptCall:
-    server: str
+class AdoptCall(ServerCall):
     started: float
     timeout: float = 10.0
 
-    def __post_init__(self) -> None:
-        _check_server(self.server)
-
 
 @dataclass(frozen=True)
-class SaveStateCall:
+class SaveStateCall(ServerCall):
     """`save_state`: the state itself is the answer's body."""
 
-    server: str
     timeout: float
-
-    def __post_init__(self) -> None:
-        _check_server(self.server)
 
 
 @dataclass(frozen=True)
@@ -116,21 +105,13 @@ class VncPortCall:
 
 
 @dataclass(frozen=True)
-class SetCpuCall:
-    server: str
+class SetCpuCall(ServerCall):
     cpu_mhz: int
-
-    def __post_init__(self) -> None:
-        _check_server(self.server)
 
 
 @dataclass(frozen=True)
-class SetVncPasswordCall:
-    server: str
+class SetVncPasswordCall(ServerCall):
     password: str | None = dataclasses.field(repr=False)
-
-    def __post_init__(self) -> None:
-        _check_server(self.server)
 
 
 @dataclass(frozen=True)

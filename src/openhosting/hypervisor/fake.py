@@ -148,13 +148,7 @@ class FakeHypervisor:
         spec = request.spec
         if (restore is None) == spec.incoming:
             raise ValueError("a saved state goes with spec.incoming, and only with it")
-        if spec.uuid in self.host.vms:
-            raise HypervisorError(f"VM {spec.uuid} runs already")
-        if self._next_start_error is not None:
-            message, self._next_start_error = self._next_start_error, None
-            raise HypervisorError(message)
-        vm = FakeVm(spec, time.time(), cpu_mhz=request.cpu_mhz, vnc_password=request.vnc_password)
-        vm.blockstats = {disk.slot: driver.BlockStats(0, 0, 0, 0) for disk in spec.disks}
+        vm = self._new_vm(request, time.time())
         if restore is not None:
             vm.memory = json.loads(await _receive(restore, request.timeout))
         else:
@@ -236,15 +230,8 @@ class FakeHypervisor:
         spec = request.start.spec
         if not spec.incoming:
             raise HypervisorError("a VM to receive by migration needs spec.incoming")
-        if spec.uuid in self.host.vms:
-            raise HypervisorError(f"VM {spec.uuid} runs already")
-        if self._next_start_error is not None:
-            message, self._next_start_error = self._next_start_error, None
-            raise HypervisorError(message)
-        vm = FakeVm(spec, request.started or time.time(), driver.VmState.PAUSED, "inmigrate")
-        vm.cpu_mhz = request.start.cpu_mhz
-        vm.vnc_password = request.start.vnc_password
-        vm.blockstats = {disk.slot: driver.BlockStats(0, 0, 0, 0) for disk in spec.disks}
+        vm = self._new_vm(request.start, request.started or time.time())
+        vm.state, vm.reason = driver.VmState.PAUSED, "inmigrate"
         self.host.vms[spec.uuid] = vm
         uri = f"fake:{id(self.host)}/{spec.uuid}"
         _waiting[uri] = (self.host, vm)
@@ -335,6 +322,19 @@ class FakeHypervisor:
     @staticmethod
     def _status_of(vm: FakeVm) -> driver.VmStatus:
         return driver.VmStatus(vm.spec.uuid, vm.state, vm.reason, started=vm.started)
+
+    def _new_vm(self, request: driver.StartRequest, started: float) -> FakeVm:
+        """The VM `request` starts (not on the host yet), or why it cannot start: it runs
+        already, or a test made this start fail."""
+        spec = request.spec
+        if spec.uuid in self.host.vms:
+            raise HypervisorError(f"VM {spec.uuid} runs already")
+        if self._next_start_error is not None:
+            message, self._next_start_error = self._next_start_error, None
+            raise HypervisorError(message)
+        vm = FakeVm(spec, started, cpu_mhz=request.cpu_mhz, vnc_password=request.vnc_password)
+        vm.blockstats = {disk.slot: driver.BlockStats(0, 0, 0, 0) for disk in spec.disks}
+        return vm
 
     async def _emit(self, event: driver.VmEvent) -> None:
         if self._handler is not None:
