@@ -280,7 +280,6 @@ class ServerLifecycle:
         except HypervisorError:
             blockstats = {}  # the VM is going away (or its host's agent is); its counters too
         vm = driver.status(uuid)
-        traffic = await self._networks.counters(uuid)
         vnc_address, vnc_port = self.vnc.public_endpoint(uuid, row.vnc_display)
         return LiveFigures(
             started=int(row.started_at or (vm.started if vm is not None else 0)),
@@ -288,10 +287,7 @@ class ServerLifecycle:
             vnc_address=vnc_address,
             vnc_port=vnc_port,
             blockstats=blockstats,
-            rx=traffic.rx_bytes,
-            tx=traffic.tx_bytes,
-            rx_packets=traffic.rx_packets,
-            tx_packets=traffic.tx_packets,
+            traffic=await self._networks.counters(uuid),
         )
 
     async def fold_guest_io(self, uuid: str | None = None) -> None:
