@@ -2,8 +2,10 @@
 
 One frozen dataclass per kind of row the services read, each made from a row by column name
 (SQLAlchemy's `mappings()` or the Reader's, whose Booleans read 0 or 1) with `from_row`, and
-giving its columns back with `to_row`. Columns that hold an encoded value (space-separated
-lists, JSON objects) are decoded and encoded here and nowhere else.
+giving its columns back with `to_row`. `from_row` is one for all (`StoreRecord`): each field
+is decoded by its type, or by the decoder its field's metadata names (`DECODE`) where the type
+does not say how. Columns that hold an encoded value (space-separated lists, JSON objects)
+are decoded and encoded here and nowhere else.
 
 Here in `store/` rather than in `model/`: `model/` is what a user may choose, validated;
 a record is what a table holds (secrets, counters, imaging marks, ids), so it changes with
