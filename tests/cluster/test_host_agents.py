@@ -26,11 +26,13 @@ import psycopg
 import pytest
 
 from openhosting.agent.pki import Bundle, add_host, control_bundle, control_context, init_cluster
+from openhosting.wire.text import parse_properties
 from testbed.agent_process import AgentProcess, agent_process
 from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
 from testbed.leftovers import vm_run_directory
 
 WAIT = 20.0  # seconds, at most, for the daemon to notice an agent gone or back
+AGENT_MHZ = 1111  # the agents' hosts' core MHz, which only they know
 
 
 class Hosts:
@@ -58,7 +60,7 @@ class Hosts:
         if not bundle_dir.exists():
             add_host(self.state, name, bundle_dir)
         bundle = Bundle.in_directory(bundle_dir, "host")
-        env = {}
+        env = {"OH_HYPERVISOR_CORE_MHZ": str(AGENT_MHZ)}  # not the API node's: reported
         if driver == "qemu":
             # Short (QEMU's sockets), the same for a restarted agent; after the agent's stop
             # (which lets its VMs run on) whatever QEMU it left is killed.
@@ -79,6 +81,12 @@ class Hosts:
             capture_output=True, text=True, timeout=60, check=True,
             env={**os.environ, **self.env},
         ).stdout  # fmt: skip
+
+    def host_list(self) -> dict[str, dict[str, str]]:
+        """`openhosting-admin host list`: host → its properties."""
+        blocks = self.admin("host", "list").strip().split("\n\n")
+        listed = [parse_properties(block) for block in blocks]
+        return {properties["host"]: properties for properties in listed}
 
     def held(self, name: str) -> list[str]:
         """The VMs the agent of host `name` holds, asked of it directly (mutual TLS)."""
@@ -122,6 +130,12 @@ def test_servers_run_on_the_agents_of_their_boot_drives_hosts(hosts: Hosts) -> N
     daemon = DaemonProcess(hosts.state, hosts.work / "daemon.log", env=hosts.env)
     hosts.stack.callback(daemon.stop)
     api, log = Api(hosts.account, daemon.url), hosts.work / "daemon.log"
+
+    # Each agent described its own host (the API node's MHz is another), recorded on connect.
+    listed = hosts.host_list()
+    for name in ("hv-a", "hv-b"):
+        assert (listed[name]["state"], listed[name]["cpu:core_mhz"]) == ("online", "1111")
+    assert listed["zz-api"]["cpu:core_mhz"] != "1111"
 
     # Drives kept apart by avoid: on the two agents' hosts.
     d1 = api.properties("/drives/create", b"name one\nsize 1M\n")["drive"]

@@ -34,7 +34,16 @@ from typing import Any
 
 import aiohttp
 
-from openhosting.hypervisor.calls import CALLS, REPLACED, CallError, decode, encode
+from openhosting.host_capacity import HostCapacity
+from openhosting.hypervisor.calls import (
+    CALLS,
+    HOST_CALLS,
+    REPLACED,
+    Call,
+    CallError,
+    decode,
+    encode,
+)
 from openhosting.hypervisor.driver import (
     EXITED,
     PAUSED,
@@ -136,6 +145,12 @@ class RemoteHypervisorDriver:
 
     def run_dir(self, server: str) -> Path:
         return self._run_path / server
+
+    async def capacity(self) -> HostCapacity:
+        """What the host offers, as its agent measures it now (not a driver method: the
+        agent's own call, for the host's row)."""
+        capacity: HostCapacity = await self._call("capacity")
+        return capacity
 
     def vnc_port_free(self, address: str, port: int) -> bool:
         return True  # not asked over the wire yet: QEMU refuses a taken port at start
@@ -273,7 +288,7 @@ class RemoteHypervisorDriver:
             )
 
     async def _call(self, method: str, **fields: Any) -> Any:
-        record = CALLS[method].request(**fields)
+        record = _call_of(method).request(**fields)
         return await self._call_record(method, record, extra=float(fields.get("timeout", 0.0)))
 
     async def _call_record(
@@ -308,7 +323,7 @@ class RemoteHypervisorDriver:
         except (aiohttp.ClientError, OSError, ssl.SSLError) as error:
             raise self._unreachable(f"{method}: {error}") from None
         try:
-            return decode(CALLS[method].answer, answer)
+            return decode(_call_of(method).answer, answer)
         except CallError as error:
             raise HypervisorError(f"host {self.host}: a bad answer to {method}: {error}") from None
 
@@ -361,6 +376,10 @@ class RemoteHypervisorDriver:
                 await self._handler(event)
             except Exception:
                 log.exception("event=remote_event_handler_failed host=%s", self.host)
+
+
+def _call_of(method: str) -> Call:
+    return CALLS[method] if method in CALLS else HOST_CALLS[method]
 
 
 async def _error_of(host: str, method: str, response: aiohttp.ClientResponse) -> str:

@@ -319,7 +319,9 @@ class Drives:
         """The host for a new drive of `user` with `settings`, once its limit allows it."""
         with self._engine.connect() as connection:
             self._check_drive_limit(connection, user, settings.size, settings.tier)
-            return self._hosts.place_drive(connection, settings.size, settings.tier, settings.avoid)
+            return self._hosts.place_drive(
+                connection, user, settings.size, settings.tier, settings.avoid
+            )
 
     def _insert_new(
         self,

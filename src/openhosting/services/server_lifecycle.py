@@ -18,12 +18,14 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from openhosting.config import Config
 from openhosting.errors import FailedError, FullError
+from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import (
     EXITED,
     PAUSED,
@@ -439,7 +441,7 @@ class ServerLifecycle:
         """Connect to the hosts' agents; re-adopt the VMs of active servers; reconcile those
         that ended meanwhile. A server whose host's agent cannot be reached is left as it is
         (`active`, its VM unknown) until the agent answers (`watch_agents`)."""
-        await self.drivers.connect_agents(self._engine)
+        await self._record_hosts(await self.drivers.connect_agents(self._engine))
         adopted: dict[str, ServerConfig] = {}
         for row in await self._servers_to_adopt():
             uuid = row.uuid
@@ -480,12 +482,25 @@ class ServerLifecycle:
         """The agent hosts connected here whose agent answered the last watch."""
         return [host for host in self.drivers.remote if host not in self._agents_down]
 
+    async def agent_reports(self) -> Mapping[str, HostCapacity]:
+        """What the agents up report of their hosts now: host → capacity (a heartbeat's)."""
+        return await self.drivers.capacities(self.agents_up())
+
+    async def _record_hosts(self, hosts: list[str]) -> None:
+        """The hosts of agents just connected, online with what they report, at once: a
+        drive or server may be placed there without waiting for the next heartbeat."""
+        if self._hosts is not None and hosts:
+            reports = await self.drivers.capacities(hosts)
+            await asyncio.to_thread(self._hosts.heartbeat, reports)
+
     async def watch_agents(self) -> None:
         """One look at every agent host. One that does not answer is down (its servers'
         calls fail, naming it); when it answers again, or is reached for the first time,
         the VMs of its active servers are adopted again (a restarted agent holds none) and
         those that ended meanwhile reconciled, as at a daemon's start."""
-        for host in await self.drivers.connect_agents(self._engine):
+        reached = await self.drivers.connect_agents(self._engine)
+        await self._record_hosts(reached)
+        for host in reached:
             await self._adopt_on(host, None)
         for host, driver in list(self.drivers.remote.items()):
             try:
