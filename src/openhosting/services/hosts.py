@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from openhosting.config import Config
-from openhosting.errors import FullError, MissingError, UsageError
+from openhosting.errors import FullError, MissingError, UnavailableError, UsageError
 from openhosting.host_capacity import HostCapacity, measure_capacity
 from openhosting.services.placement import (
     DriveRequest,
@@ -81,6 +81,8 @@ class Hosts:
         self._config = config
         self.name = config.host_name
         self.local = measure_host(config, time.time())
+        # The hosts offline at the last look (`refresh_offline`, at each heartbeat).
+        self.offline: frozenset[str] = frozenset()
 
     def register(self) -> HostRecord:
         """Measure this host again and record it; drives from before hosts become its own."""
@@ -104,7 +106,8 @@ class Hosts:
 
     def heartbeat(self, agents: Mapping[str, HostCapacity] = EMPTY) -> None:
         """Say that this host, and the hosts of `agents` (whose agents this daemon reached
-        and which reported what their host offers), are alive."""
+        and which reported what their host offers), are alive; then look at which hosts are
+        offline now (every node's beats are in the rows)."""
         now = time.time()
         with self._engine.begin() as connection:
             known = host_store.heartbeat(connection, self.name, now)
@@ -112,6 +115,31 @@ class Hosts:
                 host_store.register_host(connection, self.local)
             for host, capacity in agents.items():
                 host_store.heartbeat(connection, host, now, capacity)
+        self.refresh_offline()
+
+    def refresh_offline(self) -> frozenset[str]:
+        """The hosts whose heartbeat is older than `host.offline_seconds`, read again (this
+        one never: it answers for itself). Kept in `offline` until the next look, for the
+        infos, which must not read the hosts for each object."""
+        limit = time.time() - self._config.host.offline_seconds
+        with self._engine.connect() as connection:
+            records = host_store.list_hosts(connection)
+        self.offline = frozenset(
+            r.name for r in records if r.heartbeat_at < limit and r.name != self.name
+        )
+        return self.offline
+
+    def check_online(self, host: str, what: str) -> None:
+        """UnavailableError (503 `failed`) naming `host` when it is offline (as last looked
+        at): `what` cannot be done before it is back."""
+        if host in self.offline:
+            raise self._offline_error(host, what)
+
+    def _offline_error(self, host: str, what: str) -> UnavailableError:
+        return UnavailableError(
+            f"Host {host} is offline (no heartbeat for over"
+            f" {self._config.host.offline_seconds} s): {what} must wait until it is back"
+        )
 
     async def heartbeat_every(self, agents: AgentReports = no_agents) -> None:
         """Heartbeat every `host.heartbeat_seconds` until cancelled, with what `agents`
@@ -187,14 +215,17 @@ class Hosts:
                 if boot_drive
                 else None
             )
+            online = self._online_agent_hosts(connection)
+            if boot_host and boot_host != self.name and boot_host not in {r.name for r in online}:
+                found = host_store.get_host(connection, boot_host)
+                if found is not None and found.agent:  # registered, and silent
+                    raise self._offline_error(boot_host, f"a server booting from {boot_drive}")
             if boot_host and boot_host not in with_driver:
                 raise FullError(
                     f"Host {boot_host} holding boot drive {boot_drive} has no agent connected"
                     " to this API node: the server cannot start there now"
                 )
-            records = [self.local] + [
-                r for r in self._online_agent_hosts(connection) if r.name in with_driver
-            ]
+            records = [self.local] + [r for r in online if r.name in with_driver]
             loads = self._loads(connection, records)
         return place_server(ServerRequest(cpu=cpu, mem=mem, boot_host=boot_host), loads)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from openhosting.config import Config
-from openhosting.errors import FailedError, FullError
+from openhosting.errors import FailedError, FullError, UnavailableError
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import (
     EXITED,
@@ -114,6 +114,30 @@ class ServerLifecycle:
         """The driver of the host that runs (or last ran) the VM of `uuid`; FullError naming
         the host when its agent is not connected here."""
         return self.drivers.of(self.placed.get(uuid, ""))
+
+    def host_offline(self, host: str) -> bool:
+        """Whether `host` was offline at the last look (its heartbeat older than
+        `host.offline_seconds`, whichever node beat for it): what info says."""
+        return self._hosts is not None and host in self._hosts.offline
+
+    def host_down(self, host: str) -> bool:
+        """Whether `host` (another host's name) is offline, or its agent did not answer this
+        node's last look: its servers' commands wait until it is back."""
+        if not host or host == self.drivers.local_name:
+            return False
+        return host in self._agents_down or self.host_offline(host)
+
+    def command_driver(self, uuid: str, what: str) -> HypervisorDriver:
+        """The driver for `what`, a command on the VM of `uuid`: UnavailableError (503
+        `failed`) naming the host when it is down (the command would fail or wait for the
+        agent's time-outs), FullError when its agent is not connected here."""
+        host = self.placed.get(uuid, "")
+        if self.host_down(host):
+            raise UnavailableError(
+                f"Host {host} is offline or its agent does not answer: {what} must wait"
+                " until it is back (the server's info shows what was last known)"
+            )
+        return self.drivers.of(host)
 
     def run_dir(self, uuid: str) -> Path:
         return self.driver_of(uuid).run_dir(uuid)
@@ -279,10 +303,11 @@ class ServerLifecycle:
         """What the running VM of the server in `row` tells for its info."""
         uuid = row.uuid
         driver = self.driver_of(uuid)
-        try:
-            blockstats = dict(await driver.blockstats(uuid))
-        except HypervisorError:
-            blockstats = {}  # the VM is going away (or its host's agent is); its counters too
+        blockstats: dict[str, BlockStats] = {}
+        if not self.host_down(self.placed.get(uuid, "")):  # not asked: no time-out's wait
+            # The VM going away (or its host's agent) takes its counters with it.
+            with contextlib.suppress(HypervisorError):
+                blockstats = dict(await driver.blockstats(uuid))
         vm = driver.status(uuid)
         traffic = await self._networks.counters(uuid)
         vnc_address, vnc_port = self.vnc.public_endpoint(uuid, row.vnc_display)
