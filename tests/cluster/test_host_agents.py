@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -26,9 +25,9 @@ import psycopg
 import pytest
 
 from openhosting.agent.pki import Bundle, add_host, control_bundle, control_context, init_cluster
-from openhosting.wire.text import parse_properties
 from testbed.agent_process import AgentProcess, agent_process
-from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
+from testbed.cluster import host_list, run_admin
+from testbed.daemon_process import Api, DaemonProcess, create_user
 from testbed.leftovers import vm_run_directory
 
 WAIT = 20.0  # seconds, at most, for the daemon to notice an agent gone or back
@@ -79,17 +78,10 @@ class Hosts:
         return agent
 
     def admin(self, *args: str) -> str:
-        return subprocess.run(
-            [str(BIN / "openhosting-admin"), "--state-dir", str(self.state), *args],
-            capture_output=True, text=True, timeout=60, check=True,
-            env={**os.environ, **self.env},
-        ).stdout  # fmt: skip
+        return run_admin(self.state, self.env, *args)
 
     def host_list(self) -> dict[str, dict[str, str]]:
-        """`openhosting-admin host list`: host → its properties."""
-        blocks = self.admin("host", "list").strip().split("\n\n")
-        listed = [parse_properties(block) for block in blocks]
-        return {properties["host"]: properties for properties in listed}
+        return host_list(self.state, self.env)
 
     def held(self, name: str) -> list[str]:
         """The VMs the agent of host `name` holds, asked of it directly (mutual TLS)."""
