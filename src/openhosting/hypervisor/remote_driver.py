@@ -335,9 +335,13 @@ class RemoteHypervisorDriver:
         assert self._session is not None
         while self._following:
             try:
+                # No autoclose: aiohttp's own answer to the agent's close frame, failing on a
+                # connection the agent has already dropped, overwrote the agent's close code
+                # with 1006, and a replaced follower came back and replaced the other in turn
+                # (two API nodes took an agent's events from each other every second).
                 async with self._session.ws_connect(
                     f"{self._base}/events", ssl=self._context, server_hostname=self.host,
-                    heartbeat=10.0,
+                    heartbeat=10.0, autoclose=False,
                 ) as socket:  # fmt: skip
                     self._socket = socket
                     async for message in socket:
@@ -350,8 +354,9 @@ class RemoteHypervisorDriver:
                             continue
                         await self._receive(decode(VmEvent, data["event"]))
                         await socket.send_json({"ack": data["seq"]})
+                    replaced = socket.close_code == REPLACED  # the agent's, before our close
                 self._socket = None
-                if socket.close_code == REPLACED:
+                if replaced:
                     log.warning("event=remote_events_replaced host=%s", self.host)
                     return  # another control plane follows this host now
             except (aiohttp.ClientError, OSError, ssl.SSLError, CallError) as error:
