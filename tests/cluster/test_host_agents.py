@@ -221,8 +221,10 @@ def test_a_vm_outlives_its_agents_kill_and_is_adopted_when_the_agent_is_back(
         wait_for(lambda: "event=host_agent_down host=hv-q" in log.read_text(), "agent down", log)
         hosts.start_agent("hv-q", listen=agent.address, driver="qemu")
         wait_for(lambda: hosts.held("hv-q") == [server], "the VM adopted again", log)
+        wait_for(lambda: hosts.host_list()["hv-q"]["state"] == "online", "hv-q online", log)
         info = api.properties(f"/servers/{server}/info")
         assert (info["status"], info["host"]) == ("active", "hv-q")
+        assert "host:state" not in info
     finally:
         api.call(f"/servers/{server}/stop", b"")
     assert hosts.held("hv-q") == []
