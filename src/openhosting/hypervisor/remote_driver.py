@@ -58,7 +58,7 @@ from openhosting.hypervisor.driver import (
     VmStatus,
     run_state_stream,
 )
-from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.reverter import Reverter
 
@@ -328,7 +328,7 @@ class RemoteHypervisorDriver:
             raise HypervisorError(f"host {self.host}: a bad answer to {method}: {error}") from None
 
     def _unreachable(self, what: str) -> HypervisorError:
-        return HypervisorError(f"host agent {self.host} at {self._base} unreachable: {what}")
+        return HostUnreachableError(f"host agent {self.host} at {self._base} unreachable: {what}")
 
     async def _follow(self, following: asyncio.Future[None]) -> None:
         """Follow the agent's events, again after a break, until closed."""
