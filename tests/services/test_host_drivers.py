@@ -15,6 +15,7 @@ from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.services.host_drivers import Closer, Measure
 from openhosting.services.platform import Platform
+from openhosting.store import hosts as host_store
 from openhosting.store import servers as server_store
 from openhosting.store.tables import drives, hosts
 from tests.services.fake_platform import fake_platform
@@ -119,6 +120,11 @@ async def test_a_host_gone_offline_shows_in_info_refuses_its_commands_and_takes_
     with platform.engine.begin() as connection:
         connection.execute(update(hosts).where(hosts.c.name == "hv-a").values(heartbeat_at=0.0))
     assert platform.hosts.refresh_offline() == {"hv-a"}
+    platform.hosts.heartbeat()  # this host's beat marks the silent one in its row
+    with platform.engine.connect() as connection:
+        row = host_store.get_host(connection, "hv-a")
+    assert row is not None and row.state == "offline"
+    assert platform.hosts.offline == {"hv-a"}
     info = await servers.info(user, running)
     assert (info["status"], info["host"], info["host:state"]) == ("active", "hv-a", "offline")
     listed = {str(i["server"]): i for i in await servers.info_all(user)}
@@ -143,6 +149,10 @@ async def test_a_host_gone_offline_shows_in_info_refuses_its_commands_and_takes_
 
     # Back: its agent's next report makes it online; its server answers commands again.
     platform.hosts.heartbeat({"hv-a": REMOTE_CAPACITY})
+    assert platform.hosts.offline == frozenset()
+    with platform.engine.connect() as connection:
+        row = host_store.get_host(connection, "hv-a")
+    assert row is not None and (row.state, row.cores) == ("online", REMOTE_CAPACITY.cores)
     assert "host:state" not in await servers.info(user, running)
     made = await platform.drives.create(user, {"name": "x", "size": "1M", "avoid": here})
     assert made["host"] == "hv-a"

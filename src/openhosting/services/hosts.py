@@ -106,8 +106,9 @@ class Hosts:
 
     def heartbeat(self, agents: Mapping[str, HostCapacity] = EMPTY) -> None:
         """Say that this host, and the hosts of `agents` (whose agents this daemon reached
-        and which reported what their host offers), are alive; then look at which hosts are
-        offline now (every node's beats are in the rows)."""
+        and which reported what their host offers), are alive; mark the hosts silent for
+        longer than `host.offline_seconds` offline (`hosts.state`), and keep their names in
+        `offline` (every node's beats are in the rows). One transaction."""
         now = time.time()
         with self._engine.begin() as connection:
             known = host_store.heartbeat(connection, self.name, now)
@@ -115,25 +116,24 @@ class Hosts:
                 host_store.register_host(connection, self.local)
             for host, capacity in agents.items():
                 host_store.heartbeat(connection, host, now, capacity)
-        self.refresh_offline()
+            limit = now - self._config.host.offline_seconds
+            host_store.mark_offline(connection, limit)
+            self._keep_offline(host_store.list_hosts(connection), limit)
 
     def refresh_offline(self) -> frozenset[str]:
-        """The hosts whose heartbeat is older than `host.offline_seconds`, read again (this
-        one never: it answers for itself). Kept in `offline` until the next look, for the
-        infos, which must not read the hosts for each object."""
+        """The hosts whose heartbeat is older than `host.offline_seconds`, read again."""
         limit = time.time() - self._config.host.offline_seconds
         with self._engine.connect() as connection:
-            records = host_store.list_hosts(connection)
+            self._keep_offline(host_store.list_hosts(connection), limit)
+        return self.offline
+
+    def _keep_offline(self, records: list[HostRecord], limit: float) -> None:
+        """Keep the names of the hosts of `records` silent since before `limit` (never this
+        one: it answers for itself) until the next look, for the infos, which must not read
+        the hosts for each object."""
         self.offline = frozenset(
             r.name for r in records if r.heartbeat_at < limit and r.name != self.name
         )
-        return self.offline
-
-    def check_online(self, host: str, what: str) -> None:
-        """UnavailableError (503 `failed`) naming `host` when it is offline (as last looked
-        at): `what` cannot be done before it is back."""
-        if host in self.offline:
-            raise self._offline_error(host, what)
 
     def _offline_error(self, host: str, what: str) -> UnavailableError:
         return UnavailableError(

@@ -65,6 +65,17 @@ def heartbeat(
     return result.rowcount == 1
 
 
+def mark_offline(connection: Connection, limit: float) -> int:
+    """Hosts whose last heartbeat is older than `limit` are `offline` (their next heartbeat
+    puts them `online` again): how many were marked now."""
+    result = connection.execute(
+        update(hosts)
+        .where(hosts.c.heartbeat_at < limit, hosts.c.state != "offline")
+        .values(state="offline")
+    )
+    return result.rowcount
+
+
 def list_hosts(connection: Connection) -> list[HostRecord]:
     """Every host, by name."""
     rows = connection.execute(select(hosts).order_by(hosts.c.name)).mappings()
