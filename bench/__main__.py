@@ -21,6 +21,7 @@ BENCHMARKS = {
     "scale": "bench.scale",
     "vm-scale": "bench.vm_scale",
     "capacity": "bench.capacity",
+    "cluster": "bench.cluster",
 }
 
 

@@ -152,8 +152,11 @@ async def test_an_agent_that_cannot_be_reached_or_does_not_answer_is_a_clear_err
         driver = RemoteHypervisorDriver(
             "hv-a", f"127.0.0.1:{port}", control_context(cluster.control)
         )
-        with pytest.raises(HypervisorError, match=f"hv-a at https://127.0.0.1:{port} unreachable"):
+        with pytest.raises(
+            HypervisorError, match=f"hv-a at https://127.0.0.1:{port} unreachable"
+        ) as refused:
             await driver.connect()
+        assert (refused.value.status, refused.value.kind) == (503, "failed")
 
     # An agent that takes the connection (TLS and all) and never answers.
     done = threading.Event()
@@ -175,8 +178,11 @@ async def test_an_agent_that_cannot_be_reached_or_does_not_answer_is_a_clear_err
             call_timeout=1.0,
         )  # fmt: skip
         try:
-            with pytest.raises(HypervisorError, match="unreachable: host_settings got no answer"):
+            with pytest.raises(
+                HypervisorError, match="unreachable: host_settings got no answer"
+            ) as refused:
                 await driver.connect()
+            assert refused.value.status == 503
         finally:
             done.set()
             holding.join(10.0)

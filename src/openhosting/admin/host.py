@@ -8,8 +8,8 @@ last heartbeat is older than `host.offline_seconds`).
 
 `set NAME --agent HOST:PORT` records where host NAME's agent listens (an empty address: none);
 a daemon started afterwards connects to it and runs the VMs of servers placed there through
-it. A host not registered yet is registered with this host's measured capacity, offline until
-a daemon reaches its agent.
+it. A host not registered yet is registered with no capacity, offline until a daemon reaches
+its agent, which then reports what its host offers at each heartbeat.
 
 `suspend` saves every active server's memory and device state to an encrypted dump in the
 state directory and ends its VM: those servers are `dumped`, their drives still claimed.

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -26,6 +28,7 @@ from openhosting.agent.pki import ClusterTlsError, agent_context, host_bundle
 from openhosting.agent.server import make_app
 from openhosting.config import ConfigError, load_config
 from openhosting.daemon import parse_listen
+from openhosting.host_capacity import HostCapacity, measure_capacity
 from openhosting.hypervisor.driver import HypervisorDriver, open_driver
 
 DEFAULT_LISTEN = "0.0.0.0:7430"
@@ -43,9 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(driver: HypervisorDriver, host: str, port: int, context: ssl.SSLContext) -> None:
-    """Serve `driver` until SIGTERM or SIGINT; then let go of the VMs (they run on)."""
-    runner = web.AppRunner(make_app(driver), handle_signals=False)
+async def serve(
+    driver: HypervisorDriver,
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    capacity: Callable[[], HostCapacity] | None = None,
+) -> None:
+    """Serve `driver` (and `capacity`, the host's measure) until SIGTERM or SIGINT; then let
+    go of the VMs (they run on)."""
+    runner = web.AppRunner(make_app(driver, capacity), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=context)
     await site.start()
@@ -74,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ClusterTlsError, ValueError) as error:
         print(f"openhosting-agent: {error}", file=sys.stderr)
         return 2
-    asyncio.run(serve(driver, host, port, context))
+    asyncio.run(serve(driver, host, port, context, functools.partial(measure_capacity, config)))
     return 0
 
 

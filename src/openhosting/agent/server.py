@@ -9,6 +9,8 @@ certificate of the cluster CA, and `_control_only` refuses one whose role is not
   state after that line; `save_state` answers with the state as its body (cut short, with the
   connection, if the driver fails once it has begun). A `HypervisorError` is 409 with
   `{"error": message}`, a malformed call 400.
+- `POST /calls/capacity`: the agent's own call (`HOST_CALLS`), what this host offers
+  (`HostCapacity`: cores, MHz, memory, disk per tier), measured here at each call.
 - `GET /events`: a WebSocket carrying the driver's events, each `{"seq": n, "event": ...}`,
   which the control plane acknowledges (`{"ack": n}`) once its handler has run: the driver
   waits for that, so `stop` still returns once EXITED has been handled. One follower at a
@@ -30,7 +32,16 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from openhosting.agent.pki import CONTROL, peer_role
-from openhosting.hypervisor.calls import CALLS, REPLACED, CallError, arguments, decode, encode
+from openhosting.host_capacity import HostCapacity
+from openhosting.hypervisor.calls import (
+    CALLS,
+    HOST_CALLS,
+    REPLACED,
+    CallError,
+    arguments,
+    decode,
+    encode,
+)
 from openhosting.hypervisor.driver import HypervisorDriver, StartRequest, VmEvent
 from openhosting.hypervisor.errors import HypervisorError
 
@@ -43,6 +54,7 @@ CHUNK = 1 << 16
 MAX_CALL_LINE = 1 << 20
 DRIVER_KEY = web.AppKey("driver", object)
 RELAY_KEY = web.AppKey("relay", object)
+CAPACITY_KEY = web.AppKey("capacity", object)
 
 
 class EventRelay:
@@ -99,12 +111,16 @@ class EventRelay:
         return socket
 
 
-def make_app(driver: HypervisorDriver) -> web.Application:
-    """The agent's application over `driver` (its TLS is the server's: agent/main.py)."""
+def make_app(
+    driver: HypervisorDriver, capacity: Callable[[], HostCapacity] | None = None
+) -> web.Application:
+    """The agent's application over `driver` (its TLS is the server's: agent/main.py);
+    `capacity` measures the host (none: the `capacity` call is refused)."""
     app = web.Application(middlewares=[_control_only], client_max_size=MAX_CALL_LINE)
     relay = EventRelay()
     driver.listen(relay.handle)
     app[DRIVER_KEY] = driver
+    app[CAPACITY_KEY] = capacity
     app[RELAY_KEY] = relay
     app.router.add_post("/calls/{method}", _call)
     app.router.add_get("/events", relay.follow)
@@ -132,6 +148,8 @@ async def _control_only(
 async def _call(request: web.Request) -> web.StreamResponse:
     driver: Any = request.app[DRIVER_KEY]
     method = request.match_info["method"]
+    if method in HOST_CALLS:
+        return await _host_call(request, method)
     if (call := CALLS.get(method)) is None:
         return _error(404, f"no driver method {method!r}")
     try:
@@ -151,6 +169,22 @@ async def _call(request: web.Request) -> web.StreamResponse:
         return _error(409, str(error))
     except ValueError as error:  # a request the driver refuses as such
         return _error(400, f"{method}: {error}")
+    return web.json_response({"answer": encode(answer)})
+
+
+async def _host_call(request: web.Request, method: str) -> web.Response:
+    """One of the agent's own calls (`HOST_CALLS`): about the host, not a VM."""
+    try:
+        decode(HOST_CALLS[method].request, json.loads(await request.content.readline()))
+    except (CallError, ValueError) as error:
+        return _error(400, f"{method}: {error}")
+    measure: Any = request.app[CAPACITY_KEY]
+    if measure is None:
+        return _error(404, f"{method}: not served by this agent")
+    try:
+        answer = await asyncio.to_thread(measure)  # /proc and statvfs: file system reads
+    except (OSError, ValueError) as error:
+        return _error(409, f"{method}: cannot measure the host: {error}")
     return web.json_response({"answer": encode(answer)})
 
 

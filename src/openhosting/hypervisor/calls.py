@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import BlockStats, StartRequest, VmEnd, VmStatus
 from openhosting.hypervisor.spec import HostVmSettings
 
@@ -50,7 +51,7 @@ def _check_server(server: str, *, blank: bool = False) -> None:
 
 @dataclass(frozen=True)
 class NoArguments:
-    """`held`, `unheld`, `detach_all`: nothing to say."""
+    """`held`, `unheld`, `detach_all`, `capacity`: nothing to say."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,11 @@ CALLS: Mapping[str, Call] = {
     "set_vnc_password": Call(SetVncPasswordCall, None),
     "blockstats": Call(ServerCall, dict[str, BlockStats]),
     "serial_log": Call(ServerCall, bytes | None),
+}
+# The agent's own calls, about its host rather than its driver's VMs: what the host offers,
+# measured there (the control plane records it in the host's row at each heartbeat).
+HOST_CALLS: Mapping[str, Call] = {
+    "capacity": Call(NoArguments, HostCapacity),
 }
 # The close code of an event stream that another follower replaced: its follower stops.
 REPLACED = 4001

@@ -34,9 +34,18 @@ from typing import Any
 
 import aiohttp
 
+from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor import driver
-from openhosting.hypervisor.calls import CALLS, REPLACED, CallError, decode, encode
-from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.calls import (
+    CALLS,
+    HOST_CALLS,
+    REPLACED,
+    Call,
+    CallError,
+    decode,
+    encode,
+)
+from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.reverter import Reverter
 
@@ -123,6 +132,12 @@ class RemoteHypervisorDriver:
 
     def run_dir(self, server: str) -> Path:
         return self._run_path / server
+
+    async def capacity(self) -> HostCapacity:
+        """What the host offers, as its agent measures it now (not a driver method: the
+        agent's own call, for the host's row)."""
+        capacity: HostCapacity = await self._call("capacity")
+        return capacity
 
     def vnc_port_free(self, address: str, port: int) -> bool:
         return True  # not asked over the wire yet: QEMU refuses a taken port at start
@@ -266,7 +281,7 @@ class RemoteHypervisorDriver:
             )
 
     async def _call(self, method: str, **fields: Any) -> Any:
-        record = CALLS[method].request(**fields)
+        record = _call_of(method).request(**fields)
         return await self._call_record(method, record, extra=float(fields.get("timeout", 0.0)))
 
     async def _call_record(
@@ -301,21 +316,25 @@ class RemoteHypervisorDriver:
         except (aiohttp.ClientError, OSError, ssl.SSLError) as error:
             raise self._unreachable(f"{method}: {error}") from None
         try:
-            return decode(CALLS[method].answer, answer)
+            return decode(_call_of(method).answer, answer)
         except CallError as error:
             raise HypervisorError(f"host {self.host}: a bad answer to {method}: {error}") from None
 
     def _unreachable(self, what: str) -> HypervisorError:
-        return HypervisorError(f"host agent {self.host} at {self._base} unreachable: {what}")
+        return HostUnreachableError(f"host agent {self.host} at {self._base} unreachable: {what}")
 
     async def _follow(self, following: asyncio.Future[None]) -> None:
         """Follow the agent's events, again after a break, until closed."""
         assert self._session is not None
         while self._following:
             try:
+                # No autoclose: aiohttp's own answer to the agent's close frame, failing on a
+                # connection the agent has already dropped, overwrote the agent's close code
+                # with 1006, and a replaced follower came back and replaced the other in turn
+                # (two API nodes took an agent's events from each other every second).
                 async with self._session.ws_connect(
                     f"{self._base}/events", ssl=self._context, server_hostname=self.host,
-                    heartbeat=10.0,
+                    heartbeat=10.0, autoclose=False,
                 ) as socket:  # fmt: skip
                     self._socket = socket
                     async for message in socket:
@@ -328,8 +347,9 @@ class RemoteHypervisorDriver:
                             continue
                         await self._receive(decode(driver.VmEvent, data["event"]))
                         await socket.send_json({"ack": data["seq"]})
+                    replaced = socket.close_code == REPLACED  # the agent's, before our close
                 self._socket = None
-                if socket.close_code == REPLACED:
+                if replaced:
                     log.warning("event=remote_events_replaced host=%s", self.host)
                     return  # another control plane follows this host now
             except (aiohttp.ClientError, OSError, ssl.SSLError, CallError) as error:
@@ -356,6 +376,10 @@ class RemoteHypervisorDriver:
                 await self._handler(event)
             except Exception:
                 log.exception("event=remote_event_handler_failed host=%s", self.host)
+
+
+def _call_of(method: str) -> Call:
+    return CALLS[method] if method in CALLS else HOST_CALLS[method]
 
 
 async def _error_of(host: str, method: str, response: aiohttp.ClientResponse) -> str:

@@ -39,9 +39,11 @@ def server_info(
     config: ServerConfig,
     live: LiveFigures | None,
     host: str = "",
+    host_offline: bool = False,
 ) -> dict[str, Value]:
     """The keys of `info` in a stable order: identity, configuration, then live figures;
-    `host`: the host it runs (or would start) on."""
+    `host`: the host it runs (or would start) on, `host_offline` when that one is (the
+    status is then the last known)."""
     info: dict[str, Value] = {"server": uuid}
     for key, value in config.to_properties().items():
         if key == "nic:0:dhcp" and live is not None and live.nic0_address:
@@ -60,6 +62,8 @@ def server_info(
     info["status"] = status
     if host:  # ours
         info["host"] = host
+        if host_offline:
+            info["host:state"] = "offline"
     if live is None:
         return info
     info["started"] = live.started

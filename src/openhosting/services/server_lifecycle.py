@@ -18,12 +18,14 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from openhosting.config import Config
-from openhosting.errors import FailedError, FullError
+from openhosting.errors import FailedError, FullError, UnavailableError
+from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import (
     BlockStats,
     HypervisorDriver,
@@ -110,6 +112,30 @@ class ServerLifecycle:
         """The driver of the host that runs (or last ran) the VM of `uuid`; FullError naming
         the host when its agent is not connected here."""
         return self.drivers.of(self.placed.get(uuid, ""))
+
+    def host_offline(self, host: str) -> bool:
+        """Whether `host` was offline at the last look (its heartbeat older than
+        `host.offline_seconds`, whichever node beat for it): what info says."""
+        return self._hosts is not None and host in self._hosts.offline
+
+    def host_down(self, host: str) -> bool:
+        """Whether `host` (another host's name) is offline, or its agent did not answer this
+        node's last look: its servers' commands wait until it is back."""
+        if not host or host == self.drivers.local_name:
+            return False
+        return host in self._agents_down or self.host_offline(host)
+
+    def command_driver(self, uuid: str, what: str) -> HypervisorDriver:
+        """The driver for `what`, a command on the VM of `uuid`: UnavailableError (503
+        `failed`) naming the host when it is down (the command would fail or wait for the
+        agent's time-outs), FullError when its agent is not connected here."""
+        host = self.placed.get(uuid, "")
+        if self.host_down(host):
+            raise UnavailableError(
+                f"Host {host} is offline or its agent does not answer: {what} must wait"
+                " until it is back (the server's info shows what was last known)"
+            )
+        return self.drivers.of(host)
 
     def run_dir(self, uuid: str) -> Path:
         return self.driver_of(uuid).run_dir(uuid)
@@ -275,10 +301,11 @@ class ServerLifecycle:
         """What the running VM of the server in `row` tells for its info."""
         uuid = row.uuid
         driver = self.driver_of(uuid)
-        try:
-            blockstats = dict(await driver.blockstats(uuid))
-        except HypervisorError:
-            blockstats = {}  # the VM is going away (or its host's agent is); its counters too
+        blockstats: dict[str, BlockStats] = {}
+        if not self.host_down(self.placed.get(uuid, "")):  # not asked: no time-out's wait
+            # The VM going away (or its host's agent) takes its counters with it.
+            with contextlib.suppress(HypervisorError):
+                blockstats = dict(await driver.blockstats(uuid))
         vm = driver.status(uuid)
         vnc_address, vnc_port = self.vnc.public_endpoint(uuid, row.vnc_display)
         return LiveFigures(
@@ -433,7 +460,7 @@ class ServerLifecycle:
         """Connect to the hosts' agents; re-adopt the VMs of active servers; reconcile those
         that ended meanwhile. A server whose host's agent cannot be reached is left as it is
         (`active`, its VM unknown) until the agent answers (`watch_agents`)."""
-        await self.drivers.connect_agents(self._engine)
+        await self._record_hosts(await self.drivers.connect_agents(self._engine))
         adopted: dict[str, ServerConfig] = {}
         for row in await self._servers_to_adopt():
             uuid = row.uuid
@@ -474,12 +501,25 @@ class ServerLifecycle:
         """The agent hosts connected here whose agent answered the last watch."""
         return [host for host in self.drivers.remote if host not in self._agents_down]
 
+    async def agent_reports(self) -> Mapping[str, HostCapacity]:
+        """What the agents up report of their hosts now: host → capacity (a heartbeat's)."""
+        return await self.drivers.capacities(self.agents_up())
+
+    async def _record_hosts(self, hosts: list[str]) -> None:
+        """The hosts of agents just connected, online with what they report, at once: a
+        drive or server may be placed there without waiting for the next heartbeat."""
+        if self._hosts is not None and hosts:
+            reports = await self.drivers.capacities(hosts)
+            await asyncio.to_thread(self._hosts.heartbeat, reports)
+
     async def watch_agents(self) -> None:
         """One look at every agent host. One that does not answer is down (its servers'
         calls fail, naming it); when it answers again, or is reached for the first time,
         the VMs of its active servers are adopted again (a restarted agent holds none) and
         those that ended meanwhile reconciled, as at a daemon's start."""
-        for host in await self.drivers.connect_agents(self._engine):
+        reached = await self.drivers.connect_agents(self._engine)
+        await self._record_hosts(reached)
+        for host in reached:
             await self._adopt_on(host, None)
         for host, driver in list(self.drivers.remote.items()):
             try:

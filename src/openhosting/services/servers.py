@@ -193,7 +193,7 @@ class Servers:
         status = self._status(row)
         if status in ("active", "paused"):
             return None
-        return server_info(row.uuid, row.user, status, row.config, None, self._host_of(row))
+        return server_info(row.uuid, row.user, status, row.config, None, *self._host_of(row))
 
     async def _with_live_figures(
         self, user: str, built: list[tuple[ServerRecord, dict[str, Value] | None]]
@@ -225,7 +225,7 @@ class Servers:
             rows = server_store.servers_of(connection, user)
         return [
             (row, None if row.uuid in with_vm else server_info(
-                row.uuid, row.user, _status_without_vm(row), row.config, None, self._host_of(row)
+                row.uuid, row.user, _status_without_vm(row), row.config, None, *self._host_of(row)
             ))
             for row in rows
         ]  # fmt: skip
@@ -235,11 +235,12 @@ class Servers:
         status = self._status(row)  # before any await: the VM may end meanwhile
         running = status in ("active", "paused")
         live = await self.lifecycle.live_figures(row, config) if running else None
-        return server_info(row.uuid, row.user, status, config, live, self._host_of(row))
+        return server_info(row.uuid, row.user, status, config, live, *self._host_of(row))
 
-    def _host_of(self, row: ServerRecord) -> str:
-        """The host that runs (or last ran) the server's VM: its row's, else this one."""
-        return row.host or self._drives.local_host
+    def _host_of(self, row: ServerRecord) -> tuple[str, bool]:
+        """The host that runs (or last ran) the server's VM (its row's, else this one), and
+        whether it is offline."""
+        return row.host or self._drives.local_host, self.lifecycle.host_offline(row.host)
 
     # -- configuration ---------------------------------------------------------------
 
@@ -414,8 +415,9 @@ class Servers:
         async with self._turn(user, uuid, STOP):
             row = self._get(user, uuid)
             if uuid in self._active:
+                driver = self.lifecycle.command_driver(uuid, f"a stop of server {uuid}")
                 await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
-                await self.lifecycle.driver_of(uuid).stop(uuid, self._settings.stop_timeout)
+                await driver.stop(uuid, self._settings.stop_timeout)
             elif row.status == DUMPED:
                 # Power-off of a saved guest: its state is dropped, its drives released.
                 await asyncio.to_thread(self.lifecycle.discard_dump, uuid)
@@ -425,23 +427,25 @@ class Servers:
         async with self._turn(user, uuid, SHUTDOWN):
             self._get(user, uuid)
             if uuid in self._active:
+                driver = self.lifecycle.command_driver(uuid, f"a shutdown of server {uuid}")
                 # The guest powers off by itself: what it does from here to its end is lost.
                 await self.lifecycle.fold_guest_io(uuid)
-                await self.lifecycle.driver_of(uuid).powerdown(uuid)
+                await driver.powerdown(uuid)
 
     async def reset(self, user: str, uuid: str) -> None:
         async with self._turn(user, uuid, RESET):
             self._get(user, uuid)
             if uuid not in self._active:
                 raise BusyError(f"Server {uuid} is not active and cannot be reset")
-            await self.lifecycle.driver_of(uuid).reset(uuid)
+            await self.lifecycle.command_driver(uuid, f"a reset of server {uuid}").reset(uuid)
 
     async def destroy(self, user: str, uuid: str) -> None:
         async with self._turn(user, uuid, DESTROY):
             self._get(user, uuid)
             if uuid in self._active:
+                driver = self.lifecycle.command_driver(uuid, f"a destroy of server {uuid}")
                 await self.lifecycle.fold_guest_io(uuid)
-                await self.lifecycle.driver_of(uuid).stop(uuid, self._settings.stop_timeout)
+                await driver.stop(uuid, self._settings.stop_timeout)
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self.lifecycle.dumps.remove(uuid)
