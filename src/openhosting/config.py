@@ -177,7 +177,8 @@ class NetworkSettings:
     # empty: the route to each peer decides, and the VLANs' MTU is 1450.
     vxlan_device: str = ""
     # The other hosts' underlay addresses (space-separated): each VLAN's broadcasts, unknown
-    # destinations and multicast are copied to every one of them.
+    # destinations and multicast are copied to every one of them. Used while the hosts table
+    # knows no other online host's address (`host set --vxlan-local`), which it then replaces.
     vxlan_peers: str = ""
     # VXLAN devices are PREFIX + part of the VLAN UUID.
     vxlan_prefix: str = "oh-x"

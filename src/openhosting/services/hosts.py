@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
@@ -31,6 +32,7 @@ from openhosting.services.placement import (
     place_server,
 )
 from openhosting.store import hosts as host_store
+from openhosting.store import vnis as vni_store
 from openhosting.store.records import HostRecord
 
 log = logging.getLogger("openhosting.hosts")
@@ -70,6 +72,7 @@ def measure_host(config: Config, now: float) -> HostRecord:
         },
         heartbeat_at=now,
         created_at=now,
+        vxlan_local=config.network.vxlan_local,
     )
 
 
@@ -220,12 +223,37 @@ class Hosts:
                 if not agent:
                     raise MissingError(f"Host {name} is not registered")
                 record = dataclasses.replace(
-                    measure_host(self._config, 0.0), name=name, agent=agent
+                    measure_host(self._config, 0.0), name=name, agent=agent, vxlan_local=""
                 )
                 host_store.add_host(connection, record)
             found = host_store.get_host(connection, name)
         assert found is not None
         return found
+
+    def set_vxlan_local(self, name: str, address: str) -> HostRecord:
+        """Record host `name`'s VXLAN underlay address (empty: none): the other hosts flood
+        its VLANs' frames to it while it is online. The host must be registered."""
+        if address:
+            try:
+                parsed = IPv4Address(address)
+            except ValueError:
+                raise UsageError(f"Invalid underlay address {address!r}: expected IPv4") from None
+            if parsed.is_multicast or parsed.is_unspecified or parsed.is_loopback:
+                raise UsageError(f"Underlay address {address} is not a host's unicast address")
+            address = str(parsed)
+        with self._engine.begin() as connection:
+            if not vni_store.set_vxlan_local(connection, name, address):
+                raise MissingError(f"Host {name} is not registered")
+            found = host_store.get_host(connection, name)
+        assert found is not None
+        return found
+
+    def vxlan_peers(self) -> list[str]:
+        """The underlay addresses of the other online hosts (the hosts table's), by address:
+        where this host floods its VLANs' frames."""
+        since = time.time() - self._config.host.offline_seconds
+        with self._engine.connect() as connection:
+            return vni_store.vxlan_peers(connection, self.name, since)
 
     def overview(self) -> list[HostView]:
         """Every registered host with its capacity, use and state, by name."""

@@ -591,6 +591,7 @@ class HostRecord:
     heartbeat_at: float
     created_at: float
     agent: str = ""  # HOST:PORT of its agent; empty: none
+    vxlan_local: str = ""  # its VXLAN underlay address; empty: none known
 
     @classmethod
     def from_row(cls, row: Row) -> "HostRecord":
@@ -607,6 +608,7 @@ class HostRecord:
             heartbeat_at=float(row["heartbeat_at"]),
             created_at=float(row["created_at"]),
             agent=row["agent"] or "",
+            vxlan_local=row["vxlan_local"] or "",
         )
 
     def to_row(self) -> Columns:
@@ -621,4 +623,5 @@ class HostRecord:
             "heartbeat_at": self.heartbeat_at,
             "created_at": self.created_at,
             "agent": self.agent,
+            "vxlan_local": self.vxlan_local,
         }
