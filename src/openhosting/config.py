@@ -125,6 +125,12 @@ class HypervisorSettings:
     # Days the last of a destroyed server's serial log is kept in `<state_dir>/logs/servers`;
     # 0: not kept.
     serial_log_retention_days: int = 7
+    # This host's address on the cluster network, where VMs moving in by live migration
+    # take their drives (NBD) and their state over TCP; empty: unix sockets, for migrations
+    # between drivers of one machine only.
+    migration_address: str = ""
+    # The TCP ports (FIRST-LAST) those streams listen on, two per VM moving in at once.
+    migration_ports: str = "49152-49215"
 
 
 @dataclass(frozen=True)

@@ -260,11 +260,13 @@ class FakeHypervisor:
         vm.vnc_password = request.start.vnc_password
         vm.blockstats = {disk.slot: BlockStats(0, 0, 0, 0) for disk in spec.disks}
         self.host.vms[spec.uuid] = vm
-        uri = f"fake:{id(self.host)}/{spec.uuid}"
+        uri = f"unix:/fake-migration/{id(self.host)}/{spec.uuid}"
         _waiting[uri] = (self.host, vm)
         copied = {slot for slot, _size in request.drive_bytes}
         nodes = [f"drive-{disk.device_id}" for disk in spec.disks if disk.slot in copied]
-        return IncomingInfo(spec.uuid, uri, f"{uri}/nbd", tuple((n, n) for n in nodes))
+        paths = tuple((disk.slot, str(disk.path)) for disk in spec.disks if disk.slot in copied)
+        exports = tuple((n, n) for n in nodes)
+        return IncomingInfo(spec.uuid, uri, f"{uri}.nbd", exports, drive_paths=paths)
 
     async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
         vm = await self._monitor(server)
@@ -277,7 +279,7 @@ class FakeHypervisor:
 
     async def finish_incoming(self, server: str, timeout: float) -> VmStatus:
         vm = self.host.vms.get(server)
-        uri = f"fake:{id(self.host)}/{server}"
+        uri = f"unix:/fake-migration/{id(self.host)}/{server}"
         if vm is None or _waiting.get(uri, (None, None))[1] is not vm:
             raise HypervisorError(f"No VM of server {server} waits for a migration here")
         del _waiting[uri]
@@ -286,7 +288,7 @@ class FakeHypervisor:
         return self._status_of(vm)
 
     async def abort_incoming(self, server: str) -> None:
-        entry = _waiting.pop(f"fake:{id(self.host)}/{server}", None)
+        entry = _waiting.pop(f"unix:/fake-migration/{id(self.host)}/{server}", None)
         if entry is not None and self.host.vms.get(server) is entry[1]:
             del self.host.vms[server]
             self.host.logs.pop(server, None)

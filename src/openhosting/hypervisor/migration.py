@@ -22,8 +22,9 @@ Jobs and the migration are polled (`query-block-jobs`, `query-migrate`) rather t
 for as events: a held VM's events are its watcher's (vm.py).
 
 `live_migrate` runs the five steps through two `MigratingDriver`s, so the same order holds
-whether the drivers are local or, later, agents on two hosts. Streams are unix sockets here
-(both QEMUs on one machine); across hosts they become TCP (docs/cluster.md).
+whether the drivers are local or agents on two hosts (remote_driver.py). Streams are unix
+sockets between drivers of one machine, TCP on the target host's `hypervisor.
+migration_address` across hosts (docs/cluster.md).
 
 With `MigrationTls` on both drivers, both streams (NBD and the state) are TLS with the
 cluster CA's certificates, each side checking the other's (`tls-creds-x509`, `verify-peer`),
@@ -98,21 +99,22 @@ async def _add_tls(monitor: Monitor, tls: MigrationTls, endpoint: str) -> str:
 async def serve_incoming(
     monitor: Monitor,
     nodes: Sequence[str],
-    nbd_socket: Path,
-    migration_socket: Path,
+    nbd_address: str,
+    migration_uri: str,
     tls: MigrationTls | None = None,
 ) -> None:
-    """Target: serve `nodes` writable over NBD on `nbd_socket` (export names = node names),
-    and wait for the VM's state on `migration_socket`; both over TLS only with `tls`."""
+    """Target: serve `nodes` writable over NBD on `nbd_address` (export names = node names),
+    and wait for the VM's state on `migration_uri` (each `unix:PATH` or `tcp:HOST:PORT`);
+    both over TLS only with `tls`."""
     creds = None
     if tls is not None:
         creds = await _add_tls(monitor, tls, "server")
         await monitor.set_migration_parameters({"tls-creds": creds})
-    await monitor.start_nbd_server(nbd_socket, creds)
+    await monitor.start_nbd_server(nbd_address, creds)
     for node in nodes:
         await monitor.export_writable(node)
     await monitor.set_migration_capability("late-block-activate")
-    await monitor.migrate_incoming(f"unix:{migration_socket}")
+    await monitor.migrate_incoming(migration_uri)
 
 
 async def take_over(monitor: Monitor, timeout: float, tls: bool = False) -> None:
@@ -148,7 +150,7 @@ async def mirror_drives(
     jobs = []
     for node, export in target.exports:
         client = f"{_PREFIX}{node}"
-        await monitor.add_nbd_node(client, target.nbd_socket, export, tls_options)
+        await monitor.add_nbd_node(client, target.nbd_address, export, tls_options)
         revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, client)))
         await monitor.mirror(client, node, client)
         revert.add(functools.partial(cancel_jobs, monitor, [client], True, timeout))
