@@ -1,4 +1,4 @@
-"""`openhosting-admin host list|set|suspend|resume|add`: the platform's hosts, and host
+"""`openhosting-admin host list|set|drain|suspend|resume|add`: the platform's hosts, and host
 maintenance (a kernel update, a reboot).
 
 `list` shows every registered host: its capacity (cores and their MHz, memory less the
@@ -11,6 +11,12 @@ a daemon started afterwards connects to it and runs the VMs of servers placed th
 it. A host not registered yet is registered with this host's measured capacity, offline until
 a daemon reaches its agent. `set NAME --vxlan-local ADDR` records the host's VXLAN underlay
 address: every other host floods its VLANs' frames to it while it is online.
+
+`drain NAME` moves every running server of host NAME to other hosts with room, by live
+migration, one at a time (docs/cluster.md, 'host drain'): each line of the output is a server
+and `moved HOST`, or why it did not move (it runs on where it was); exit 1 if any did not.
+The running daemon does it (it holds the agents' connections), asked on its operator
+listener as for `suspend`.
 
 `suspend` saves every active server's memory and device state to an encrypted dump in the
 state directory and ends its VM: those servers are `dumped`, their drives still claimed.
@@ -93,6 +99,20 @@ def cmd_host(config: Config, args: argparse.Namespace) -> str:
     return text
 
 
+def cmd_host_drain(config: Config, args: argparse.Namespace) -> str:
+    outcome = ask_daemon(config, f"drain/{args.name}")
+    if outcome is None:
+        raise FailedError(
+            "host drain: no openhostingd answers on api.metrics_listen; the running daemon"
+            " moves the servers (it holds the agents' connections)"
+        )
+    text = "".join(f"{uuid} {result}\n" for uuid, result in outcome.items())
+    failed = [uuid for uuid, result in outcome.items() if not result.startswith("moved ")]
+    if failed:
+        raise FailedError(f"{text}host drain: {len(failed)} server(s) not moved, running on")
+    return text
+
+
 def host_properties(view: HostView) -> dict[str, Value]:
     """What `host list` shows of one host."""
     load = view.load
@@ -162,4 +182,9 @@ def add_parsers(areas: Any) -> None:
     commands.add_parser("resume", help="restore every dumped server where it was").set_defaults(
         run_on_state=cmd_host
     )
+    drain = commands.add_parser(
+        "drain", help="move every running server of a host to other hosts (live migration)"
+    )
+    drain.add_argument("name", help="the host to empty")
+    drain.set_defaults(run_on_state=cmd_host_drain)
     admin_cluster.add_host_parser(commands)

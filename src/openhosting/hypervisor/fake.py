@@ -27,6 +27,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class FakeVm:
     stuck: bool = False
     # Whatever was saved and restored with it: the proof a restore is the same VM.
     memory: dict[str, str] = field(default_factory=dict)
+    # Moving in: the slots of the drives a migration copies into its files.
+    copied: frozenset[str] = frozenset()
 
 
 # The VMs waiting for a live migration, by their migration URI, with the host they wait on:
@@ -259,10 +262,11 @@ class FakeHypervisor:
         vm.cpu_mhz = request.start.cpu_mhz
         vm.vnc_password = request.start.vnc_password
         vm.blockstats = {disk.slot: BlockStats(0, 0, 0, 0) for disk in spec.disks}
+        copied = {slot for slot, _size in request.drive_bytes}
+        vm.copied = frozenset(copied)
         self.host.vms[spec.uuid] = vm
         uri = f"unix:/fake-migration/{id(self.host)}/{spec.uuid}"
         _waiting[uri] = (self.host, vm)
-        copied = {slot for slot, _size in request.drive_bytes}
         nodes = [f"drive-{disk.device_id}" for disk in spec.disks if disk.slot in copied]
         paths = tuple((disk.slot, str(disk.path)) for disk in spec.disks if disk.slot in copied)
         exports = tuple((n, n) for n in nodes)
@@ -274,6 +278,12 @@ class FakeHypervisor:
         if host is None or incoming is None or host.vms.get(server) is not incoming:
             raise HypervisorError(f"cannot reach the migration target {target.migration_uri}")
         incoming.memory = dict(vm.memory)
+        # The drives' bytes, as a mirror copies them (those whose file exists here).
+        sources = {disk.slot: disk.path for disk in vm.spec.disks}
+        for disk in incoming.spec.disks:
+            source = sources.get(disk.slot)
+            if disk.slot in incoming.copied and source is not None and source.exists():
+                await asyncio.to_thread(shutil.copyfile, source, disk.path)
         host.logs[server] = self.host.logs.get(server, b"")
         vm.state, vm.reason = PAUSED, "postmigrate"  # no event: it moves, it did not pause
 
@@ -289,9 +299,14 @@ class FakeHypervisor:
 
     async def abort_incoming(self, server: str) -> None:
         entry = _waiting.pop(f"unix:/fake-migration/{id(self.host)}/{server}", None)
-        if entry is not None and self.host.vms.get(server) is entry[1]:
+        if entry is None:
+            return
+        if self.host.vms.get(server) is entry[1]:
             del self.host.vms[server]
             self.host.logs.pop(server, None)
+        for disk in entry[1].spec.disks:  # the copies it got (dead or not), as QEMU's
+            if disk.slot in entry[1].copied:
+                disk.path.unlink(missing_ok=True)
 
     async def cancel_migrate_out(self, server: str) -> None:
         _set_state(self._vm(server), RUNNING, None)

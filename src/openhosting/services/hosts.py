@@ -29,6 +29,7 @@ from openhosting.services.placement import (
     HostLoad,
     ServerRequest,
     place_drive,
+    place_moved_server,
     place_server,
 )
 from openhosting.store import hosts as host_store
@@ -208,6 +209,25 @@ class Hosts:
             ]
             loads = self._loads(connection, records)
         return place_server(ServerRequest(cpu=cpu, mem=mem, boot_host=boot_host), loads)
+
+    def place_moved_server(
+        self, cpu: int, mem: int, source: str, with_driver: Collection[str]
+    ) -> str:
+        """The host a running server of `source` moves to (a drain): one of the online hosts
+        `with_driver` other than `source`, with room for it (FullError when none has)."""
+        with self._engine.connect() as connection:
+            records = [
+                r
+                for r in [self.local, *self._online_agent_hosts(connection)]
+                if r.name in with_driver and r.name != source
+            ]
+            loads = self._loads(connection, records)
+        return place_moved_server(ServerRequest(cpu=cpu, mem=mem, boot_host=None), loads)
+
+    def known(self, name: str) -> bool:
+        """Whether host `name` is registered."""
+        with self._engine.connect() as connection:
+            return host_store.get_host(connection, name) is not None
 
     def set_agent(self, name: str, agent: str) -> HostRecord:
         """Record HOST:PORT of host `name`'s agent (empty: none). A host not registered yet
