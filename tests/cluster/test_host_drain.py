@@ -3,12 +3,14 @@ real `openhosting-agent` processes over QEMU (TCG) on loopback, taking migration
 127.0.0.1. The tiny guest, booted on hv-a through the API, writes a marker on its drive and
 counts on its serial line; drained, hv-a holds no VM, hv-b runs the same boot on (its counter
 goes on, no new boot line), the server's info names hv-b with `started` unchanged, its
-drive's host is hv-b, and once stopped (through hv-b) the drive holds the guest's marker.
+drive's host is hv-b. Drained back with hv-a's incoming QEMU killed half-way, the server is
+reported and runs on at hv-b. Once stopped (through hv-b) the drive holds the guest's marker.
 """
 
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from openhosting.hypervisor import process
 from testbed.build_guest import BOOT_MARKER, READY_MARKER, build_tiny_guest
 from testbed.daemon_process import BIN, Api, DaemonProcess
 from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
@@ -48,6 +51,18 @@ def wait_for_tick_after(log: Path, last: int, timeout: float = 20.0) -> int:
             return found[-1]
         time.sleep(0.2)
     raise AssertionError(f"no {TICK} past {last} in {log}:\n{read_serial_log(log)}")
+
+
+def kill_once_written(landing: Path, run_dir: Path, server: str) -> None:
+    """Kill the QEMU taking `server` in under `run_dir` once the mirror has written to its
+    drive's landing file (bounded)."""
+    for _ in range(4000):
+        if landing.exists() and landing.stat().st_blocks > 0:
+            break
+        time.sleep(0.005)
+    pid = process.adopt(run_dir / server, server)
+    assert pid is not None, "no QEMU takes the server in"
+    os.kill(pid, signal.SIGKILL)
 
 
 async def write_and_count(console_socket: Path) -> None:
@@ -92,12 +107,15 @@ def test_a_drain_moves_the_running_guest_to_the_other_host_without_a_reboot(
         asyncio.run(write_and_count(run_a / "console.sock"))
         last = wait_for_tick_after(run_a / "serial.log", 2)
 
+        admin_env = {
+            **os.environ,
+            **hosts.env,
+            "OH_API_METRICS_LISTEN": f"127.0.0.1:{daemon.metrics_port}",
+        }
         drained = subprocess.run(
             [str(BIN / "openhosting-admin"), "--state-dir", str(hosts.state),
              "host", "drain", "hv-a"],
-            capture_output=True, text=True, timeout=180,
-            env={**os.environ, **hosts.env,
-                 "OH_API_METRICS_LISTEN": f"127.0.0.1:{daemon.metrics_port}"},
+            capture_output=True, text=True, timeout=180, env=admin_env,
         )  # fmt: skip
         assert drained.returncode == 0, (drained.stdout, drained.stderr, log.read_text()[-3000:])
         assert drained.stdout == f"{server} moved hv-b\n"
@@ -109,6 +127,25 @@ def test_a_drain_moves_the_running_guest_to_the_other_host_without_a_reboot(
         assert (after["status"], after["host"]) == ("active", "hv-b")
         assert after["started"] == before["started"]
         assert api.properties(f"/drives/{drive}/info")["host"] == "hv-b"
+
+        # Drained back, with hv-a's QEMU killed once the mirror writes to it: the server
+        # is reported and runs on at hv-b, where it was; nothing of it is left on hv-a.
+        (drive_file,) = hosts.state.rglob(f"{drive}.img")
+        landing = drive_file.with_name(f"{drive_file.name}.moving-to-hv-a")
+        with subprocess.Popen(
+            [str(BIN / "openhosting-admin"), "--state-dir", str(hosts.state),
+             "host", "drain", "hv-b"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=admin_env,
+        ) as back:  # fmt: skip
+            kill_once_written(landing, hosts.run_dirs["hv-a"], server)
+            out, err = back.communicate(timeout=180)
+        # Why, on the server's line (the tool's error output, as for `host suspend`).
+        assert back.returncode == 1 and f"{server} host hv-" in err, (out, err)
+        assert "1 server(s) not moved, running on" in err
+        wait_for_tick_after(run_b / "serial.log", ticks(read_serial_log(run_b / "serial.log"))[-1])
+        assert hosts.held("hv-a") == [] and hosts.held("hv-b") == [server]
+        assert not landing.exists() and not run_a.exists()
+        assert api.properties(f"/servers/{server}/info")["host"] == "hv-b"
     finally:
         stopped = api.call(f"/servers/{server}/stop", b"")
     assert stopped.status == 204, stopped

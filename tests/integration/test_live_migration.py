@@ -233,31 +233,23 @@ async def kill_once_written(target: HypervisorDriver, server: str, drive: Path) 
     os.kill(pid, signal.SIGKILL)
 
 
-async def test_a_guest_moves_between_two_agents_over_tcp_and_tls_and_a_killed_target_leaves_it(
-    tiny_guest_image: Path,
+async def test_a_vm_moves_between_two_agents_over_tcp_and_tls_and_a_killed_target_leaves_it(
     workdir: Path,
     agents: tuple[RemoteHypervisorDriver, RemoteHypervisorDriver, list[VmEvent]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """No guest to boot (SeaBIOS finds nothing on the drive): the guest's side of a move
+    through the agents, its counter going on, is tests/cluster/test_host_drain.py's."""
     a, b, events = agents
     drive_a = workdir / "a.raw"
-    shutil.copyfile(tiny_guest_image, drive_a)
+    drive_a.write_bytes(bytes(range(256)) * (1 << 12))  # 1 MiB of known bytes
     server = str(uuid.uuid4())
     spec = VmSpec(
-        uuid=server, smp=1, mem_mb=128, run_dir=a.run_dir(server), accelerator="tcg",
+        uuid=server, smp=1, mem_mb=64, run_dir=a.run_dir(server), accelerator="tcg",
         disks=(DiskSpec("ide:0:0", drive_a),), boot=("ide:0:0",),
     )  # fmt: skip
-    await a.start(StartRequest(spec))
+    before = await a.start(StartRequest(spec))
     source_pid = process.adopt(a.run_dir(server), server)
-    await wait_for_log(spec.paths.serial_log, READY_MARKER, timeout=BOOT_TIMEOUT)
-    console = await SerialConsole.open(spec.paths.console_socket)
-    try:
-        await console.send(
-            f'(i=0; while true; do echo "{TICK} $i" > /dev/ttyS0; i=$((i+1)); sleep 0.2; done) &'
-        )
-    finally:
-        await console.close()
-    before = await wait_for_tick_after(spec.paths.serial_log, 2)
 
     answers: list[IncomingInfo] = []
     prepare = b.prepare_incoming
@@ -268,7 +260,8 @@ async def test_a_guest_moves_between_two_agents_over_tcp_and_tls_and_a_killed_ta
 
     monkeypatch.setattr(b, "prepare_incoming", prepare_and_keep)
     drive_b = workdir / "b.raw"
-    status = await live_migrate(a, b, incoming(spec, b, drive_b), MIGRATION_TIMEOUT)
+    request = dataclasses.replace(incoming(spec, b, drive_b), started=before.started)
+    status = await live_migrate(a, b, request, MIGRATION_TIMEOUT)
 
     # Both streams went over TCP to hv-b's address, over TLS naming hv-b.
     (info,) = answers
@@ -276,25 +269,21 @@ async def test_a_guest_moves_between_two_agents_over_tcp_and_tls_and_a_killed_ta
     assert info.nbd_address.startswith("tcp:127.0.0.1:")
     assert info.tls_hostname == "hv-b"
     assert info.drive_paths == (("ide:0:0", str(drive_b)),)
-    assert (status.server, status.state) == (server, RUNNING)
+    assert (status.server, status.state, status.started) == (server, RUNNING, before.started)
     assert a.held() == [] and b.held() == [server]
     assert source_pid is not None and pidwait.exited(source_pid)
     assert not a.run_dir(server).exists()
-    log_b = b.run_dir(server) / "serial.log"
-    await wait_for_tick_after(log_b, before)
-    assert BOOT_MARKER not in read_serial_log(log_b)  # the same boot, running on
+    assert drive_b.read_bytes() == drive_a.read_bytes()
     assert events == []
 
-    # Back to hv-a, whose QEMU is killed once the mirror writes to it: hv-b runs on.
+    # Back to hv-a, whose QEMU is killed once the mirror writes to it: hv-b runs it on.
     drive_back = workdir / "back.raw"
     migrating = asyncio.create_task(
         live_migrate(b, a, incoming(spec, a, drive_back), MIGRATION_TIMEOUT)
     )
     await kill_once_written(a, server, drive_back)
-    with pytest.raises(HypervisorError, match="hv-b: migrate_out"):
+    with pytest.raises(HypervisorError):
         await migrating
-    last = ticks(read_serial_log(log_b))[-1]
-    await wait_for_tick_after(log_b, last)
     assert b.held() == [server] and b.status(server) == status
     assert not drive_back.exists() and not a.run_dir(server).exists()
     assert await a.unheld() == [] and a.held() == []
