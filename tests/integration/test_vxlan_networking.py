@@ -272,8 +272,8 @@ async def test_vlans_of_one_hash_carry_their_database_vnis_to_the_peers_of_the_h
     # The configured peer lists are wrong on purpose: the hosts table's are the ones used.
     one = host_driver(fabric, 0, tmp_path / "host0", peers="198.18.0.7")
     two = host_driver(fabric, 1, tmp_path / "host1", peers="198.18.0.7")
-    one.set_vxlan_peers(peers[0])
-    two.set_vxlan_peers(peers[1])
+    await one.set_vxlan_peers(peers[0])
+    await two.set_vxlan_peers(peers[1])
     host_1, host_2 = fabric.hosts
     nics_1 = [nic(1, CLASH_A, vnis[CLASH_A]), nic(2, CLASH_B, vnis[CLASH_B])]
     nics_2 = [nic(3, CLASH_B, vnis[CLASH_B])]
@@ -292,9 +292,12 @@ async def test_vlans_of_one_hash_carry_their_database_vnis_to_the_peers_of_the_h
         assert pings(c, "10.77.0.2")  # CLASH_B across the hosts, by its database VNI
         assert not pings(a, "10.77.0.3")  # CLASH_A's hash is CLASH_B's, its VNI is not
 
-        # No host in the table: the configured peers again.
-        one.set_vxlan_peers([])
-        await one.reconcile(nics_1)
+        # A third host online: the running VLANs flood to it at once, no start needed.
+        await one.set_vxlan_peers([UNDERLAY[1], "198.18.0.3"])
+        for vlan in (CLASH_A, CLASH_B):
+            assert flood_list(host_1, one.vxlan_device(vlan)) == {UNDERLAY[1], "198.18.0.3"}
+        # No other host in the table: the configured peers again.
+        await one.set_vxlan_peers([])
         assert flood_list(host_1, one.vxlan_device(CLASH_A)) == {"198.18.0.7"}
     finally:
         for host, link in ((host_1, "ga"), (host_1, "gb"), (host_2, "gc")):

@@ -39,7 +39,7 @@ class RecordingNetwork:
         self.reconciled: list[NicPlan] = []
         self.peers: list[list[str]] = []
 
-    def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
         self.peers.append(list(peers))
 
     async def attach(self, nics: Sequence[NicPlan]) -> dict[int, Backend]:
@@ -107,6 +107,10 @@ async def test_a_vlans_nics_carry_its_database_vni_to_the_peers_of_the_hosts_tab
         await networks.recover({server: config_of})
         assert [(nic.vlan, nic.vni) for nic in driver.reconciled] == [(vlan, vni)]
         assert driver.peers[-1] == ["198.18.0.2"]
+        # A host that comes online is a peer at the next look, running servers or not.
+        register(platform.engine, "hv-4", "198.18.0.4", time.time())
+        await networks.refresh_vxlan_peers()
+        assert driver.peers[-1] == ["198.18.0.2", "198.18.0.4"]
         await networks.release(server)
 
         # The VNI is kept for the VLAN's life: the row carries it until its destroy.

@@ -184,9 +184,18 @@ class BridgeNetwork:
                 self.vxlan_device(vlan), vni_of(vlan) if vni is None else vni, bridge
             )
 
-    def set_vxlan_peers(self, peers: Sequence[str]) -> None:
-        if self._vxlan is not None:
-            self._vxlan.set_peers(peers)
+    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+        if self._vxlan is None or not self._vxlan.set_peers(peers):
+            return
+        # Changed: the VLANs running here flood to the new peers at once (a host that came
+        # online hears their broadcasts before any server here starts again).
+        async with self._lock:
+            if not self._links.namespace_exists():
+                return
+            links = await self._links.all()
+            for name in sorted(links):
+                if self._is_vxlan(links, name):
+                    await self._vxlan.flood(name)
 
     async def detach(self, nics: Sequence[NicPlan]) -> None:
         async with self._lock:

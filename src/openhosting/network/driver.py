@@ -81,9 +81,10 @@ class NetworkDriver(Protocol):
         meanwhile, idle VLAN bridges)."""
         ...
 
-    def set_vxlan_peers(self, peers: Sequence[str]) -> None:
-        """The other hosts' underlay addresses to carry VLANs to from the next attach or
-        reconcile on (empty: the configured ones); nothing where VLANs do not cross hosts."""
+    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+        """The other hosts' underlay addresses to carry VLANs to (empty: the configured
+        ones), at once for the VLANs running here when they changed; nothing where VLANs do
+        not cross hosts."""
         ...
 
     async def keep_helpers_running(self) -> None:

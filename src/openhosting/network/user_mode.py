@@ -174,7 +174,7 @@ class UserNetwork:
             total += await self._counters.counters(self._files(nic))
         return total
 
-    def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
         pass  # no VLANs in user mode
 
     async def keep_helpers_running(self) -> None:

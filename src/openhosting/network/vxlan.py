@@ -101,10 +101,11 @@ class VxlanSegments:
         self.underlay = underlay
         self.peers: tuple[IPv4Address, ...] = underlay.peers
 
-    def set_peers(self, peers: Sequence[str]) -> None:
-        """Flood to `peers` from the next `ensure` on (the hosts table's other online hosts);
-        none: to `network.vxlan_peers` (a host alone in the table, or a platform without
-        one). This host's own address and what is no host's unicast address are left out."""
+    def set_peers(self, peers: Sequence[str]) -> bool:
+        """Flood to `peers` from the next `ensure` or `flood` on (the hosts table's other
+        online hosts); none: to `network.vxlan_peers` (a host alone in the table, or a
+        platform without one). This host's own address and what is no host's unicast
+        address are left out. Whether the peers changed."""
         chosen: list[IPv4Address] = []
         for text in peers:
             try:
@@ -114,7 +115,8 @@ class VxlanSegments:
                 continue
             if address != self.underlay.local and address not in chosen:
                 chosen.append(address)
-        self.peers = tuple(chosen) if chosen else self.underlay.peers
+        before, self.peers = self.peers, tuple(chosen) if chosen else self.underlay.peers
+        return set(before) != set(self.peers)
 
     async def ensure(self, name: str, vni: int, bridge: str) -> None:
         """Device `name` carries VNI `vni` as a port of `bridge`, up, flooding to every peer:
@@ -142,11 +144,12 @@ class VxlanSegments:
                         ) from None
                     raise
                 revert.add(functools.partial(self._links.delete, name))
-            await self._flood_to_peers(name)
+            await self.flood(name)
             await self._links.set_master(name, bridge)
             revert.success()
 
-    async def _flood_to_peers(self, name: str) -> None:
+    async def flood(self, name: str) -> None:
+        """Device `name`'s flood list is exactly the peers known now."""
         namespace = self._links.namespace
         shown = await run_command(bridge_argv(namespace, "-j", "fdb", "show", "dev", name))
         present = {

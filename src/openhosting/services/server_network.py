@@ -150,7 +150,7 @@ class ServerNetworks:
             plans = self._hold(user, server, config)
             revert.add(functools.partial(self._forget_nics, server))
             if any(plan.vlan is not None for plan in plans):
-                self.driver.set_vxlan_peers(self._vxlan_peers())
+                await self.driver.set_vxlan_peers(self._vxlan_peers())
             backends = await self.driver.attach(plans)
             revert.success()
         for plan in plans:
@@ -364,18 +364,29 @@ class ServerNetworks:
                 vni = vnis.get(plan.vlan) if plan.vlan is not None else None
                 plans.append(dataclasses.replace(plan, block=blocks.get(row.nic, ()), vni=vni))
         if any(plan.vlan is not None for plan in plans):
-            self.driver.set_vxlan_peers(self._vxlan_peers())
+            await self.driver.set_vxlan_peers(self._vxlan_peers())
         await self.driver.reconcile(plans)
+
+    async def refresh_vxlan_peers(self) -> None:
+        """The VLANs running here flood to the other hosts online now (a host that came or
+        went since their servers started)."""
+        if self.driver.mode == "bridge":
+            await self.driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers))
 
     async def keep_helpers_running_every(self, interval: float = HELPER_CHECK_SECONDS) -> None:
         """Every `interval` seconds, start again a NIC helper that died (bridge mode's
-        dnsmasq), until cancelled; a failed attempt is logged and tried again next time."""
+        dnsmasq) and follow the VXLAN peers, until cancelled; a failed attempt is logged and
+        tried again next time."""
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.driver.keep_helpers_running()
             except Exception:  # a broken restart must not end the watch (nor the daemon)
                 log.exception("event=nic_helper_restart_failed")
+            try:
+                await self.refresh_vxlan_peers()
+            except Exception:  # a busy database or a failed command: next time
+                log.exception("event=vxlan_peers_refresh_failed")
 
     async def close(self) -> None:
         with self._engine.connect() as connection:
