@@ -94,3 +94,9 @@ def test_the_migration_ports_are_a_range_of_tcp_ports(ports: str, expected: rang
 def test_a_range_that_is_no_tcp_ports_stops_the_driver(ports: str) -> None:
     with pytest.raises(ConfigError, match="migration_ports"):
         migration_ports(HypervisorSettings(migration_ports=ports))
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1,x=y", "::1", "a b", "exec:true"])
+def test_a_migration_address_that_is_no_host_stops_the_driver(address: str) -> None:
+    with pytest.raises(ConfigError, match="migration_address"):
+        migration_ports(HypervisorSettings(migration_address=address))

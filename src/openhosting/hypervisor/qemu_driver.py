@@ -50,6 +50,7 @@ from openhosting.hypervisor.driver import (
     StateStream,
     VmEvent,
     VmStatus,
+    check_stream_address,
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.serial_log import SerialLogLimit, read_log
@@ -92,7 +93,15 @@ def serial_log_limit(settings: HypervisorSettings) -> SerialLogLimit:
 
 def migration_ports(settings: HypervisorSettings) -> range:
     """The ports of `hypervisor.migration_ports` (FIRST-LAST); ConfigError if it is not a
-    range of TCP ports."""
+    range of TCP ports, or `hypervisor.migration_address` no host name or IPv4 address."""
+    if settings.migration_address:
+        try:
+            check_stream_address(f"tcp:{settings.migration_address}:1")
+        except ValueError:
+            raise ConfigError(
+                f"hypervisor.migration_address {settings.migration_address!r}: expected a host"
+                " name or IPv4 address"
+            ) from None
     first, _, last = settings.migration_ports.partition("-")
     try:
         ports = range(int(first), int(last or first) + 1)
