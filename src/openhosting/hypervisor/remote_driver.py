@@ -240,7 +240,7 @@ class RemoteHypervisorDriver:
         info: IncomingInfo = await self._call_record(
             "prepare_incoming", request, extra=request.start.timeout
         )
-        return info
+        return checked_incoming(self.host, request.start.spec.uuid, info)
 
     async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
         await self._call("migrate_out", server=server, target=target, timeout=timeout)
@@ -395,6 +395,18 @@ class RemoteHypervisorDriver:
                 await self._handler(event)
             except Exception:
                 log.exception("event=remote_event_handler_failed host=%s", self.host)
+
+
+def checked_incoming(host: str, server: str, info: IncomingInfo) -> IncomingInfo:
+    """`info` as host `host` answered a `prepare_incoming` of `server`, if it is for that
+    server and, with TLS, names that host: a source checks the target's certificate against
+    `tls_hostname`, which must be the host this side reached, not one the answer picked."""
+    if info.server != server or info.tls_hostname not in (None, host):
+        raise HypervisorError(
+            f"host {host}: prepare_incoming answered for {info.server} as"
+            f" {info.tls_hostname!r}, not for {server} as {host!r}"
+        )
+    return info
 
 
 async def _error_of(host: str, method: str, response: aiohttp.ClientResponse) -> str:
