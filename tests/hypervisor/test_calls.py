@@ -9,10 +9,21 @@ from typing import Any
 
 import pytest
 
-from openhosting.hypervisor.calls import CALLS, CallError, arguments, decode, encode
+from openhosting.hypervisor.calls import (
+    CALLS,
+    MIGRATING,
+    WHOLE_RECORD,
+    CallError,
+    arguments,
+    decode,
+    encode,
+)
 from openhosting.hypervisor.driver import (
     BlockStats,
     HypervisorDriver,
+    IncomingInfo,
+    IncomingRequest,
+    MigratingDriver,
     PauseReason,
     StartRequest,
     VmEnd,
@@ -70,13 +81,16 @@ def _full_request() -> StartRequest:
 
 
 def test_every_driver_method_has_a_record_naming_its_parameters() -> None:
-    members = inspect.getmembers(HypervisorDriver, inspect.isfunction)
+    members = inspect.getmembers(MigratingDriver, inspect.isfunction)
     methods = {name for name, _ in members if not name.startswith("_")} - {"listen"}
     assert set(CALLS) == methods
+    assert set(CALLS) - MIGRATING == {
+        name for name, _ in inspect.getmembers(HypervisorDriver, inspect.isfunction)
+    } - {"listen"} - {name for name, _ in members if name.startswith("_")}
     for name, call in CALLS.items():
-        if name == "start":
+        if name in WHOLE_RECORD:
             continue  # takes its record whole
-        parameters = set(inspect.signature(getattr(HypervisorDriver, name)).parameters)
+        parameters = set(inspect.signature(getattr(MigratingDriver, name)).parameters)
         fields = set(arguments(call.request(**_sample_fields(call.request))))
         assert fields == parameters - {"self", "sink"}, name
 
@@ -84,8 +98,48 @@ def test_every_driver_method_has_a_record_naming_its_parameters() -> None:
 def _sample_fields(record: type) -> dict[str, object]:
     samples: dict[str, object] = {"server": SERVER, "timeout": 1.0, "started": 1.0}
     samples |= {"vnc_listen": "::", "netns": None, "address": "::1", "port": 5900}
-    samples |= {"cpu_mhz": 100, "password": None}
+    samples |= {"cpu_mhz": 100, "password": None, "target": _incoming_info()}
     return {name: samples[name] for name in inspect.signature(record).parameters}
+
+
+def _incoming_info(uri: str = "tcp:10.20.0.12:49152") -> IncomingInfo:
+    return IncomingInfo(
+        SERVER, uri, "tcp:10.20.0.12:49153", (("drive-ide0-0-0", "drive-ide0-0-0"),),
+        tls_hostname="hv-b", drive_paths=(("ide:0:0", "/d/a.raw"),),
+    )  # fmt: skip
+
+
+def test_a_migrations_calls_cross_whole() -> None:
+    request = IncomingRequest(_full_request(), (("ide:0:0", 25 << 20),), started=12.5)
+    assert _through_json(IncomingRequest, request) == request
+    assert _through_json(IncomingInfo, _incoming_info()) == _incoming_info()
+    call = CALLS["migrate_out"].request(server=SERVER, target=_incoming_info(), timeout=30.0)
+    assert _through_json(CALLS["migrate_out"].request, call) == call
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "exec:touch /tmp/pwned",  # QEMU would run it on the source host
+        "fd:3",
+        "tcp:10.0.0.1",
+        "unix:relative.sock",
+        "tcp:10.0.0.1:1,x=y",
+        "rdma:10.0.0.1:4444",
+    ],
+)
+def test_a_migration_target_is_a_unix_or_tcp_address_and_nothing_else(uri: str) -> None:
+    data = encode(_incoming_info())
+    with pytest.raises(CallError, match="stream address"):
+        decode(IncomingInfo, {**data, "migration_uri": uri})
+    with pytest.raises(CallError, match="stream address"):
+        decode(IncomingInfo, {**data, "nbd_address": uri})
+
+
+def test_a_migrate_out_names_the_server_its_target_waits_for() -> None:
+    data = encode(CALLS["migrate_out"].request(SERVER, _incoming_info(), 1.0))
+    with pytest.raises(CallError, match="waits for"):
+        decode(CALLS["migrate_out"].request, {**data, "server": str(uuid.uuid4())})
 
 
 def test_a_start_request_crosses_whole() -> None:

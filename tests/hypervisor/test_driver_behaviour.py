@@ -231,7 +231,8 @@ async def harness(
 async def migration_harness(
     request: pytest.FixtureRequest, agents: Callable[[str], Agent]
 ) -> AsyncIterator[Harness]:
-    """The drivers that move VMs (`MigratingDriver`); the remote driver does not yet."""
+    """The drivers that move VMs (`MigratingDriver`) within one process; the remote driver
+    moves them between two agents in tests/integration/test_live_migration.py."""
     async for made in _harness(request.param, agents):
         yield made
 

@@ -10,47 +10,21 @@ import pytest
 from sqlalchemy import update
 
 from openhosting.errors import FullError, UnavailableError
-from openhosting.host_capacity import HostCapacity
-from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
 from openhosting.hypervisor.fake import FakeHypervisor
-from openhosting.services.host_drivers import Closer, Measure
 from openhosting.services.platform import Platform
 from openhosting.store import hosts as host_store
 from openhosting.store import servers as server_store
 from openhosting.store.tables import drives, hosts
-from tests.services.fake_platform import fake_platform
+from tests.services.fake_platform import REMOTE_CAPACITY, platform_with_agent_host
 
 SERVER = {"name": "s", "cpu": "500", "mem": "64", "persistent": "true"}
-REMOTE_CAPACITY = HostCapacity(
-    cores=4, core_mhz=2000, memory_mb=4096, disk_bytes_by_tier={"disk": 1 << 40, "ssd": 1 << 40}
-)
 
 
 @pytest.fixture
 def two_hosts(tmp_path: Path) -> Iterator[tuple[Platform, FakeHypervisor, FakeHypervisor, str]]:
-    """A platform on host `hv-local`, with host `hv-a` whose agent is a fake of its own."""
-    with fake_platform(tmp_path) as (platform, local):
-        remote = FakeHypervisor(tmp_path / "hv-a-run")
-
-        async def connect(
-            host: str, _address: str, handler: EventHandler
-        ) -> tuple[HypervisorDriver, Closer, Measure]:
-            assert host == "hv-a"
-            remote.listen(handler)
-
-            async def close() -> None:
-                pass
-
-            async def measure() -> HostCapacity:
-                return REMOTE_CAPACITY
-
-            return remote, close, measure
-
-        platform.hosts.register()
-        platform.hosts.set_agent("hv-a", "127.0.0.1:7430")
-        platform.hosts.heartbeat({"hv-a": REMOTE_CAPACITY})
-        platform.servers.lifecycle.drivers.connector = connect
-        yield platform, local, remote, platform.accounts.create_user().uuid
+    """A platform on its own host, with host `hv-a` whose agent is a fake of its own."""
+    with platform_with_agent_host(tmp_path) as hosts_and_user:
+        yield hosts_and_user
 
 
 async def drive_on(platform: Platform, user: str, host: str) -> str:

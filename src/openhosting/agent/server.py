@@ -4,8 +4,9 @@ Every request comes over mutual TLS (agent/pki.py): the TLS layer refuses a clie
 certificate of the cluster CA, and `_control_only` refuses one whose role is not `control`
 (another host's agent) before anything is read or called. Then:
 
-- `POST /calls/{method}`: one driver call (hypervisor/calls.py); the body's first line is the
-  request record as JSON, the answer `{"answer": ...}`. A restoring `start` streams the saved
+- `POST /calls/{method}`: one driver call (hypervisor/calls.py), those of a live migration
+  (`MigratingDriver`) included; the body's first line is the request record as JSON, the
+  answer `{"answer": ...}`. A restoring `start` streams the saved
   state after that line; `save_state` answers with the state as its body (cut short, with the
   connection, if the driver fails once it has begun). A `HypervisorError` is 409 with
   `{"error": message}`, a malformed call 400.
@@ -36,7 +37,9 @@ from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.calls import (
     CALLS,
     HOST_CALLS,
+    MIGRATING,
     REPLACED,
+    WHOLE_RECORD,
     CallError,
     arguments,
     decode,
@@ -157,12 +160,17 @@ async def _call(request: web.Request) -> web.StreamResponse:
         record = decode(call.request, json.loads(line))
     except (CallError, ValueError) as error:
         return _error(400, f"{method}: {error}")
+    if method in MIGRATING and not hasattr(driver, method):
+        return _error(409, f"{method}: this host's driver cannot move VMs")
     try:
         if method == "start":
             return await _start(request, driver, record)
         if method == "save_state":
             return await _save_state(request, driver, record.server, record.timeout)
-        answer = getattr(driver, method)(**arguments(record))
+        if method in WHOLE_RECORD:
+            answer = getattr(driver, method)(record)
+        else:
+            answer = getattr(driver, method)(**arguments(record))
         if inspect.isawaitable(answer):
             answer = await answer
     except HypervisorError as error:

@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from openhosting.host_capacity import HostCapacity
-from openhosting.hypervisor.driver import BlockStats, StartRequest, VmEnd, VmStatus
+from openhosting.hypervisor.driver import (
+    BlockStats,
+    IncomingInfo,
+    IncomingRequest,
+    StartRequest,
+    VmEnd,
+    VmStatus,
+)
 from openhosting.hypervisor.spec import HostVmSettings
 
 
@@ -116,6 +123,20 @@ class SetVncPasswordCall(ServerCall):
 
 
 @dataclass(frozen=True)
+class MigrateOutCall:
+    """`migrate_out`: the VM of `server` to the target that `prepare_incoming` answered."""
+
+    server: str
+    target: IncomingInfo
+    timeout: float
+
+    def __post_init__(self) -> None:
+        _check_server(self.server)
+        if self.target.server != self.server:
+            raise CallError(f"the target waits for {self.target.server}, not {self.server}")
+
+
+@dataclass(frozen=True)
 class Call:
     """A method's request record and the type of its answer."""
 
@@ -123,7 +144,8 @@ class Call:
     answer: Any
 
 
-# Every method of `HypervisorDriver` but `listen` (events are a stream: `VmEvent`).
+# Every method of `HypervisorDriver` but `listen` (events are a stream: `VmEvent`), and of
+# `MigratingDriver`.
 CALLS: Mapping[str, Call] = {
     "host_settings": Call(HostSettingsCall, HostVmSettings),
     "run_dir": Call(RunDirCall, Path),
@@ -147,12 +169,33 @@ CALLS: Mapping[str, Call] = {
     "set_vnc_password": Call(SetVncPasswordCall, None),
     "blockstats": Call(ServerCall, dict[str, BlockStats]),
     "serial_log": Call(ServerCall, bytes | None),
+    # `MigratingDriver`'s (hypervisor/migration.py): a live migration between two agents.
+    "prepare_incoming": Call(IncomingRequest, IncomingInfo),
+    "migrate_out": Call(MigrateOutCall, None),
+    "finish_incoming": Call(TimedCall, VmStatus),
+    "abort_incoming": Call(ServerCall, None),
+    "cancel_migrate_out": Call(ServerCall, None),
+    "end_migrated": Call(TimedCall, None),
 }
 # The agent's own calls, about its host rather than its driver's VMs: what the host offers,
 # measured there (the control plane records it in the host's row at each heartbeat).
 HOST_CALLS: Mapping[str, Call] = {
     "capacity": Call(NoArguments, HostCapacity),
 }
+
+# The methods whose request record is their one argument, passed whole.
+WHOLE_RECORD = frozenset({"start", "prepare_incoming"})
+# The methods only a `MigratingDriver` has.
+MIGRATING = frozenset(
+    {
+        "prepare_incoming",
+        "migrate_out",
+        "finish_incoming",
+        "abort_incoming",
+        "cancel_migrate_out",
+        "end_migrated",
+    }
+)
 # The close code of an event stream that another follower replaced: its follower stops.
 REPLACED = 4001
 
@@ -199,9 +242,13 @@ def _decode(hint: Any, data: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         return _decode_union(typing.get_args(hint), data)
     if origin in (tuple, list):
-        item = typing.get_args(hint)[0]
+        items = typing.get_args(hint)
         _expect(isinstance(data, list), hint, data)
-        return origin(_decode(item, each) for each in data)
+        if origin is tuple and items[-1:] != (Ellipsis,) and len(items) != 1:
+            # A fixed tuple (`tuple[str, int]`): one hint per place.
+            _expect(len(data) == len(items), hint, data)
+            return tuple(_decode(item, each) for item, each in zip(items, data, strict=True))
+        return origin(_decode(items[0], each) for each in data)
     if origin is dict:
         value_hint = typing.get_args(hint)[1]
         _expect(isinstance(data, dict), hint, data)

@@ -22,14 +22,18 @@ Events (`VmEventKind`), in the order a VM lives them, go to the one handler give
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from openhosting.config import Config, ConfigError
 from openhosting.hypervisor.spec import DriveSecret, HostVmSettings, VmSpec
+
+if TYPE_CHECKING:
+    from openhosting.hypervisor.migration import MigrationTls
 
 
 class VmEnd(StrEnum):
@@ -121,18 +125,37 @@ class IncomingRequest:
     started: float = 0.0
 
 
+# A migration stream's address: a unix socket (`unix:/PATH`) or TCP (`tcp:HOST:PORT`), and
+# nothing else QEMU would take (`exec:` runs a command).
+_STREAM_ADDRESS = re.compile(r"unix:/[^,\s]+|tcp:[A-Za-z0-9.\-]+:[0-9]{1,5}")
+
+
+def check_stream_address(address: str) -> str:
+    """`address` if it is a `unix:/PATH` or `tcp:HOST:PORT` stream address, else ValueError."""
+    if not _STREAM_ADDRESS.fullmatch(address):
+        raise ValueError(f"not a unix: or tcp: stream address: {address[:120]!r}")
+    return address
+
+
 @dataclass(frozen=True)
 class IncomingInfo:
     """Where a prepared target waits (`prepare_incoming`) for a source (`migrate_out`): the
     address of its migration stream and of its NBD server, and the export of each drive."""
 
     server: str
-    migration_uri: str  # e.g. `unix:/run/.../migrate.sock`
-    nbd_socket: str  # the NBD server's unix socket
+    migration_uri: str  # `unix:/run/.../mig.sock` or `tcp:HOST:PORT`
+    nbd_address: str  # the NBD server's, in the same form
     exports: tuple[tuple[str, str], ...]  # (block node on the source, NBD export name)
     # Set when the target takes both streams over TLS only: the name its certificate must
     # bear (its host's name in the cluster CA's certificate).
     tls_hostname: str | None = None
+    # Where each copied drive's file is on the target (slot, path): the server's drives live
+    # there from the move on.
+    drive_paths: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_stream_address(self.migration_uri)
+        check_stream_address(self.nbd_address)
 
 
 EventHandler = Callable[[VmEvent], Awaitable[None]]
@@ -298,13 +321,16 @@ class MigratingDriver(HypervisorDriver, Protocol):
         ...
 
 
-def open_driver(config: Config) -> HypervisorDriver:
-    """The driver `hypervisor.driver` names: `qemu`, or `fake` (for tests)."""
+def open_driver(config: Config, migration_tls: MigrationTls | None = None) -> HypervisorDriver:
+    """The driver `hypervisor.driver` names: `qemu` (its live migrations over TLS with
+    `migration_tls`), or `fake` (for tests)."""
     # Imported here: the interface's users need neither implementation loaded.
     if config.hypervisor.driver == "qemu":
         from openhosting.hypervisor.qemu_driver import QemuDriver
 
-        return QemuDriver(config.hypervisor, config.run_path, config.state_path)
+        return QemuDriver(
+            config.hypervisor, config.run_path, config.state_path, migration_tls=migration_tls
+        )
     if config.hypervisor.driver == "fake":
         from openhosting.hypervisor.fake import FakeHypervisor
 

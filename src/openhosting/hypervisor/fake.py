@@ -27,6 +27,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class FakeVm:
     stuck: bool = False
     # Whatever was saved and restored with it: the proof a restore is the same VM.
     memory: dict[str, str] = field(default_factory=dict)
+    # Moving in: the slots of the drives a migration copies into its files.
+    copied: frozenset[str] = frozenset()
 
 
 # The VMs waiting for a live migration, by their migration URI, with the host they wait on:
@@ -232,12 +235,15 @@ class FakeHypervisor:
             raise HypervisorError("a VM to receive by migration needs spec.incoming")
         vm = self._new_vm(request.start, request.started or time.time())
         vm.state, vm.reason = driver.VmState.PAUSED, "inmigrate"
-        self.host.vms[spec.uuid] = vm
-        uri = f"fake:{id(self.host)}/{spec.uuid}"
-        _waiting[uri] = (self.host, vm)
         copied = {slot for slot, _size in request.drive_bytes}
+        vm.copied = frozenset(copied)
+        self.host.vms[spec.uuid] = vm
+        uri = f"unix:/fake-migration/{id(self.host)}/{spec.uuid}"
+        _waiting[uri] = (self.host, vm)
         nodes = [f"drive-{disk.device_id}" for disk in spec.disks if disk.slot in copied]
-        return driver.IncomingInfo(spec.uuid, uri, f"{uri}/nbd", tuple((n, n) for n in nodes))
+        paths = tuple((disk.slot, str(disk.path)) for disk in spec.disks if disk.slot in copied)
+        exports = tuple((n, n) for n in nodes)
+        return driver.IncomingInfo(spec.uuid, uri, f"{uri}.nbd", exports, drive_paths=paths)
 
     async def migrate_out(self, server: str, target: driver.IncomingInfo, timeout: float) -> None:
         vm = await self._monitor(server)
@@ -245,6 +251,12 @@ class FakeHypervisor:
         if host is None or incoming is None or host.vms.get(server) is not incoming:
             raise HypervisorError(f"cannot reach the migration target {target.migration_uri}")
         incoming.memory = dict(vm.memory)
+        # The drives' bytes, as a mirror copies them (those whose file exists here).
+        sources = {disk.slot: disk.path for disk in vm.spec.disks}
+        for disk in incoming.spec.disks:
+            source = sources.get(disk.slot)
+            if disk.slot in incoming.copied and source is not None and source.exists():
+                await asyncio.to_thread(shutil.copyfile, source, disk.path)
         host.logs[server] = self.host.logs.get(server, b"")
         vm.state, vm.reason = (
             driver.VmState.PAUSED,
@@ -253,7 +265,7 @@ class FakeHypervisor:
 
     async def finish_incoming(self, server: str, timeout: float) -> driver.VmStatus:
         vm = self.host.vms.get(server)
-        uri = f"fake:{id(self.host)}/{server}"
+        uri = f"unix:/fake-migration/{id(self.host)}/{server}"
         if vm is None or _waiting.get(uri, (None, None))[1] is not vm:
             raise HypervisorError(f"No VM of server {server} waits for a migration here")
         del _waiting[uri]
@@ -262,10 +274,15 @@ class FakeHypervisor:
         return self._status_of(vm)
 
     async def abort_incoming(self, server: str) -> None:
-        entry = _waiting.pop(f"fake:{id(self.host)}/{server}", None)
-        if entry is not None and self.host.vms.get(server) is entry[1]:
+        entry = _waiting.pop(f"unix:/fake-migration/{id(self.host)}/{server}", None)
+        if entry is None:
+            return
+        if self.host.vms.get(server) is entry[1]:
             del self.host.vms[server]
             self.host.logs.pop(server, None)
+        for disk in entry[1].spec.disks:  # the copies it got (dead or not), as QEMU's
+            if disk.slot in entry[1].copied:
+                disk.path.unlink(missing_ok=True)
 
     async def cancel_migrate_out(self, server: str) -> None:
         _set_state(self._vm(server), driver.VmState.RUNNING, None)

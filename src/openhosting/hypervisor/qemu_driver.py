@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import pwd
@@ -71,6 +72,30 @@ def serial_log_limit(settings: HypervisorSettings) -> SerialLogLimit:
         ) from None
 
 
+def migration_ports(settings: HypervisorSettings) -> range:
+    """The ports of `hypervisor.migration_ports` (FIRST-LAST); ConfigError if it is not a
+    range of TCP ports, or `hypervisor.migration_address` no host name or IPv4 address."""
+    if settings.migration_address:
+        try:
+            driver.check_stream_address(f"tcp:{settings.migration_address}:1")
+        except ValueError:
+            raise ConfigError(
+                f"hypervisor.migration_address {settings.migration_address!r}: expected a host"
+                " name or IPv4 address"
+            ) from None
+    first, _, last = settings.migration_ports.partition("-")
+    try:
+        ports = range(int(first), int(last or first) + 1)
+    except ValueError:
+        ports = range(0)
+    if not ports or ports.start < 1 or ports.stop > 1 << 16:
+        raise ConfigError(
+            f"hypervisor.migration_ports {settings.migration_ports!r}: expected FIRST-LAST,"
+            " TCP ports"
+        )
+    return ports
+
+
 def port_is_free(address: str, port: int) -> bool:
     """Whether nothing on this host listens on TCP `address`:`port` (a bind succeeds)."""
     with socket.socket() as probe:
@@ -104,6 +129,7 @@ class _Incoming:
     vm: RunningVm
     request: driver.StartRequest
     files: tuple[Path, ...]  # the drives' files it made
+    ports: tuple[int, ...] = ()  # the TCP ports its streams listen on
 
 
 def _remove_secrets(spec: VmSpec) -> None:
@@ -140,6 +166,8 @@ class QemuDriver:
         self._migrating: set[str] = set()
         # None: migrations in and out of this host go without TLS.
         self._migration_tls = migration_tls
+        self._migration_ports = migration_ports(settings)
+        self._ports_taken: set[int] = set()  # by VMs waiting for a migration here
 
     def listen(self, handler: driver.EventHandler) -> None:
         self._handler = handler
@@ -299,9 +327,10 @@ class QemuDriver:
         if any(disk.format != "raw" for disk in copied):
             # The LUKS layer needs its header in the file at start; an empty file has none.
             raise HypervisorError("only raw drives can be copied by a live migration yet")
-        paths = spec.paths
-        nbd_socket, migration_socket = paths.directory / "nbd.sock", paths.directory / "mig.sock"
         async with Reverter() as revert:
+            nbd_address, migration_uri, ports = self._incoming_addresses(spec)
+            self._ports_taken.update(ports)
+            revert.add(functools.partial(self._ports_taken.difference_update, ports))
             self._make_run_dir(spec.run_dir)
             revert.add(functools.partial(shutil.rmtree, spec.run_dir, ignore_errors=True))
             for disk in copied:
@@ -317,20 +346,41 @@ class QemuDriver:
             vm.started = request.started or vm.started
             nodes = [disk.node_name for disk in copied]
             await migration.serve_incoming(
-                vm.monitor, nodes, nbd_socket, migration_socket, self._migration_tls
+                vm.monitor, nodes, nbd_address, migration_uri, self._migration_tls
             )
             self._incoming[spec.uuid] = _Incoming(
-                vm, request.start, tuple(disk.path for disk in copied)
+                vm, request.start, tuple(disk.path for disk in copied), ports
             )
             revert.success()
-        log.info("event=vm_incoming server=%s pid=%s", spec.uuid, vm.pid)
+        log.info("event=vm_incoming server=%s pid=%s address=%s", spec.uuid, vm.pid, migration_uri)
         return driver.IncomingInfo(
             server=spec.uuid,
-            migration_uri=f"unix:{migration_socket}",
-            nbd_socket=str(nbd_socket),
+            migration_uri=migration_uri,
+            nbd_address=nbd_address,
             exports=tuple((node, node) for node in nodes),
             tls_hostname=self._migration_tls.host if self._migration_tls else None,
+            drive_paths=tuple((disk.slot, str(disk.path)) for disk in copied),
         )
+
+    def _incoming_addresses(self, spec: VmSpec) -> tuple[str, str, tuple[int, ...]]:
+        """Where a VM moving in takes its drives (NBD) and its state: unix sockets in its run
+        directory, or two free ports of `hypervisor.migration_ports` on
+        `hypervisor.migration_address` (those ports, kept apart until it is in)."""
+        host = self._settings.migration_address
+        if not host:
+            directory = spec.paths.directory
+            return f"unix:{directory / 'nbd.sock'}", f"unix:{directory / 'mig.sock'}", ()
+        free = (
+            port
+            for port in self._migration_ports
+            if port not in self._ports_taken and port_is_free(host, port)
+        )
+        ports = tuple(itertools.islice(free, 2))
+        if len(ports) < 2:
+            raise HypervisorError(
+                f"no two free ports in hypervisor.migration_ports {self._settings.migration_ports}"
+            )
+        return f"tcp:{host}:{ports[0]}", f"tcp:{host}:{ports[1]}", ports
 
     async def migrate_out(self, server: str, target: driver.IncomingInfo, timeout: float) -> None:
         vm = self._held(server)
@@ -359,6 +409,7 @@ class QemuDriver:
         if vm.exited.is_set():
             raise HypervisorError(f"VM {server} ended while it took over")
         del self._incoming[server]
+        self._ports_taken.difference_update(incoming.ports)
         self._hold(vm)
         return self._status_of(vm)
 
@@ -366,6 +417,7 @@ class QemuDriver:
         incoming = self._incoming.pop(server, None)
         if incoming is None:
             return
+        self._ports_taken.difference_update(incoming.ports)
         await incoming.vm.kill(self._settings.stop_timeout)
         for path in incoming.files:
             path.unlink(missing_ok=True)

@@ -1,5 +1,7 @@
 """The hypervisor driver of another host: each call made to that host's agent over mutual
-TLS (agent/server.py serves it; hypervisor/calls.py is the wire format).
+TLS (agent/server.py serves it; hypervisor/calls.py is the wire format). It moves VMs too
+(`MigratingDriver`): the streams of a live migration go between the two hosts' QEMUs, over
+TCP and TLS with the cluster's certificates, not through this side.
 
 The control plane presents its `control` certificate; the agent's certificate must be the
 cluster CA's and carry the host's name as its DNS name (the TLS server name of every call):
@@ -238,6 +240,38 @@ class RemoteHypervisorDriver:
     def serial_log(self, server: str) -> bytes | None:
         return None  # not asked over the wire yet (the interface's method is synchronous)
 
+    # -- live migration (`MigratingDriver`; hypervisor/migration.py) -----------------
+
+    async def prepare_incoming(self, request: driver.IncomingRequest) -> driver.IncomingInfo:
+        info: driver.IncomingInfo = await self._call_record(
+            "prepare_incoming", request, extra=request.start.timeout
+        )
+        return checked_incoming(self.host, request.start.spec.uuid, info)
+
+    async def migrate_out(self, server: str, target: driver.IncomingInfo, timeout: float) -> None:
+        await self._call("migrate_out", server=server, target=target, timeout=timeout)
+
+    async def finish_incoming(self, server: str, timeout: float) -> driver.VmStatus:
+        status: driver.VmStatus = await self._call(
+            "finish_incoming", server=server, timeout=timeout
+        )
+        self._status[server] = status  # held here from now on
+        self._ended.pop(server, None)
+        return status
+
+    async def abort_incoming(self, server: str) -> None:
+        await self._call("abort_incoming", server=server)
+        self._status.pop(server, None)
+
+    async def cancel_migrate_out(self, server: str) -> None:
+        await self._changing(server, "cancel_migrate_out")
+
+    async def end_migrated(self, server: str, timeout: float = 10.0) -> None:
+        try:
+            await self._call("end_migrated", server=server, timeout=timeout)
+        finally:
+            self._status.pop(server, None)  # it runs elsewhere: not held here, not ended
+
     # -- inside ----------------------------------------------------------------------
 
     async def _stop_following(self) -> None:
@@ -380,6 +414,18 @@ class RemoteHypervisorDriver:
 
 def _call_of(method: str) -> Call:
     return CALLS[method] if method in CALLS else HOST_CALLS[method]
+
+
+def checked_incoming(host: str, server: str, info: driver.IncomingInfo) -> driver.IncomingInfo:
+    """`info` as host `host` answered a `prepare_incoming` of `server`, if it is for that
+    server and, with TLS, names that host: a source checks the target's certificate against
+    `tls_hostname`, which must be the host this side reached, not one the answer picked."""
+    if info.server != server or info.tls_hostname not in (None, host):
+        raise HypervisorError(
+            f"host {host}: prepare_incoming answered for {info.server} as"
+            f" {info.tls_hostname!r}, not for {server} as {host!r}"
+        )
+    return info
 
 
 async def _error_of(host: str, method: str, response: aiohttp.ClientResponse) -> str:

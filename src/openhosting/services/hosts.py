@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from types import MappingProxyType
 
 from sqlalchemy import Connection, Engine
@@ -28,9 +29,11 @@ from openhosting.services.placement import (
     HostLoad,
     ServerRequest,
     place_drive,
+    place_moved_server,
     place_server,
 )
 from openhosting.store import hosts as host_store
+from openhosting.store import vnis as vni_store
 from openhosting.store.records import HostRecord
 
 log = logging.getLogger("openhosting.hosts")
@@ -46,7 +49,8 @@ async def no_agents() -> Mapping[str, HostCapacity]:
 
 def measure_host(config: Config, now: float) -> HostRecord:
     """This host as the configuration and the kernel describe it."""
-    return host_record(config.host_name, measure_capacity(config), now)
+    record = host_record(config.host_name, measure_capacity(config), now)
+    return dataclasses.replace(record, vxlan_local=config.network.vxlan_local)
 
 
 def host_record(name: str, capacity: HostCapacity, now: float) -> HostRecord:
@@ -229,6 +233,25 @@ class Hosts:
             loads = self._loads(connection, records)
         return place_server(ServerRequest(cpu=cpu, mem=mem, boot_host=boot_host), loads)
 
+    def place_moved_server(
+        self, cpu: int, mem: int, source: str, with_driver: Collection[str]
+    ) -> str:
+        """The host a running server of `source` moves to (a drain): one of the online hosts
+        `with_driver` other than `source`, with room for it (FullError when none has)."""
+        with self._engine.connect() as connection:
+            records = [
+                r
+                for r in [self.local, *self._online_agent_hosts(connection)]
+                if r.name in with_driver and r.name != source
+            ]
+            loads = self._loads(connection, records)
+        return place_moved_server(ServerRequest(cpu=cpu, mem=mem, boot_host=None), loads)
+
+    def known(self, name: str) -> bool:
+        """Whether host `name` is registered."""
+        with self._engine.connect() as connection:
+            return host_store.get_host(connection, name) is not None
+
     def set_agent(self, name: str, agent: str) -> HostRecord:
         """Record HOST:PORT of host `name`'s agent (empty: none). A host not registered yet
         is registered with nothing to offer and no heartbeat: offline until a daemon reaches
@@ -248,6 +271,31 @@ class Hosts:
             found = host_store.get_host(connection, name)
         assert found is not None
         return found
+
+    def set_vxlan_local(self, name: str, address: str) -> HostRecord:
+        """Record host `name`'s VXLAN underlay address (empty: none): the other hosts flood
+        its VLANs' frames to it while it is online. The host must be registered."""
+        if address:
+            try:
+                parsed = IPv4Address(address)
+            except ValueError:
+                raise UsageError(f"Invalid underlay address {address!r}: expected IPv4") from None
+            if parsed.is_multicast or parsed.is_unspecified or parsed.is_loopback:
+                raise UsageError(f"Underlay address {address} is not a host's unicast address")
+            address = str(parsed)
+        with self._engine.begin() as connection:
+            if not vni_store.set_vxlan_local(connection, name, address):
+                raise MissingError(f"Host {name} is not registered")
+            found = host_store.get_host(connection, name)
+        assert found is not None
+        return found
+
+    def vxlan_peers(self) -> list[str]:
+        """The underlay addresses of the other online hosts (the hosts table's), by address:
+        where this host floods its VLANs' frames."""
+        since = time.time() - self._config.host.offline_seconds
+        with self._engine.connect() as connection:
+            return vni_store.vxlan_peers(connection, self.name, since)
 
     def overview(self) -> list[HostView]:
         """Every registered host with its capacity, use and state, by name."""

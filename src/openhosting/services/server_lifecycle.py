@@ -153,7 +153,8 @@ class ServerLifecycle:
         """The status of every server with a VM (see `status`)."""
         return {uuid: status for uuid in list(self.active) if (status := self.status(uuid))}
 
-    def _host_settings(self, driver: HypervisorDriver) -> HostVmSettings:
+    def host_settings(self, driver: HypervisorDriver) -> HostVmSettings:
+        """What the host of `driver` gives every VM (its VNC address, the network namespace)."""
         return driver.host_settings(
             vnc_listen=self.vnc.listen_address(), netns=self._networks.namespace
         )
@@ -184,7 +185,7 @@ class ServerLifecycle:
                 config,
                 drives,
                 run_dir=driver.run_dir(uuid),
-                host=self._host_settings(driver),
+                host=self.host_settings(driver),
                 display=display,
                 nics=nics,
             )

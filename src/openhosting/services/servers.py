@@ -43,6 +43,7 @@ from openhosting.services.operations import (
 from openhosting.services.resources import Resources
 from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import DUMPED, ServerLifecycle
+from openhosting.services.server_moves import ServerMoves
 from openhosting.services.server_network import ServerNetworks
 from openhosting.storage.drive_files import file_is_available
 from openhosting.store import drives as drive_store
@@ -104,6 +105,9 @@ class Servers:
         self._active: dict[str, str] = self.lifecycle.active
         # What runs on each server (the lifecycle's: the end of a dumped VM is one of them).
         self.operations = self.lifecycle.operations
+        self.moves = ServerMoves(
+            engine, self.lifecycle, drives, hosts, float(config.hypervisor.start_timeout)
+        )
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -469,6 +473,10 @@ class Servers:
                 else:
                     outcome[uuid] = DUMPED
         return outcome
+
+    async def drain(self, host: str) -> dict[str, str]:
+        """Move every active server of `host` to other hosts (services/server_moves.py)."""
+        return await self.moves.drain(host)
 
     async def resume_all(self) -> dict[str, str]:
         """Restore every dumped server. Returns, per server, `active` or why it is not."""

@@ -21,6 +21,8 @@ def register_host(connection: Connection, host: HostRecord) -> None:
     else:
         del columns["created_at"]
         del columns["agent"]  # the operator's (`host set`), not the host's measure
+        if not host.vxlan_local:
+            del columns["vxlan_local"]  # unset here: the operator's `host set` keeps
         connection.execute(update(hosts).where(hosts.c.name == host.name).values(**columns))
     connection.execute(update(drives).where(drives.c.host == "").values(host=host.name))
 

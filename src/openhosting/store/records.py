@@ -498,6 +498,8 @@ class HostRecord(StoreRecord):
     created_at: float
     # HOST:PORT of its agent; empty: none.
     agent: str = field(default="", metadata={DECODE: _or_empty})
+    # Its VXLAN underlay address; empty: none known.
+    vxlan_local: str = field(default="", metadata={DECODE: _or_empty})
 
     def to_row(self) -> Columns:
         """Every column of the host's row."""
@@ -511,4 +513,5 @@ class HostRecord(StoreRecord):
             "heartbeat_at": self.heartbeat_at,
             "created_at": self.created_at,
             "agent": self.agent,
+            "vxlan_local": self.vxlan_local,
         }
