@@ -18,6 +18,7 @@ from openhosting.storage import imaging
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.gzip_stream import GzipMembers, GzipStreamError
 from openhosting.storage.imaging import CHUNK, Endpoint, ImagingStopped, Tracker
+from openhosting.storage.sparse import data_extents
 from tests.disk_tmp import cached_bytes
 
 MiB = 1024 * 1024
@@ -432,3 +433,35 @@ def test_a_stream_hands_on_whole_chunks_made_of_what_came_in_uncopied() -> None:
     # Views of the very bytes that came in: the inflating thread copies nothing.
     for _, pieces in writer.chunks:
         assert all(any(piece.obj is data for data in came) for piece in pieces)
+
+
+def test_a_plain_copy_where_direct_writes_are_refused_moves_its_data_in_the_kernel(
+    drives: Drives, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that refuses O_DIRECT: the data extents go by copy_file_range (no byte
+    through our memory), the holes stay holes, and DST is SRC's bytes."""
+    size = 48 * MiB + 5
+    src = drives.make("src", size, "plain")
+    fill(src, {3 * MiB: os.urandom(5 * MiB + 3), 40 * MiB: os.urandom(4096), size - 5: b"last!"})
+    dst = drives.make("dst", size, "plain")
+    fill(dst, {20 * MiB: b"old" * 1000})
+    moved: list[int] = []
+    real_copy_file_range = os.copy_file_range
+
+    def copy_file_range(source: int, target: int, count: int, *offsets: int) -> int:
+        done = real_copy_file_range(source, target, count, *offsets)
+        moved.append(done)
+        return done
+
+    def through_memory(_src: Endpoint, _out: object, first: int, end: int, *_: object) -> None:
+        assert first == end, "a data extent was copied through memory"
+
+    monkeypatch.setattr(imaging, "open_direct", lambda _path: None)
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(imaging, "_copy_pieces", through_memory)
+    imaging.copy(src, dst, Tracker())
+    monkeypatch.undo()
+    assert content(dst) == content(src)
+    with open(src.io.path, "rb") as file:  # whole blocks of data, holes left out
+        assert sum(moved) == sum(end - first for first, end in data_extents(file.fileno(), 0, size))
+    assert os.stat(dst.io.path).st_blocks * 512 < 12 * MiB

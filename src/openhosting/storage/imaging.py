@@ -139,7 +139,7 @@ def copy(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
         for first, end in _extents(fd, src, length):
             position = first
             if direct is not None:
-                position = direct.copy_range(_fileno(src), first, end, tracker.advance)
+                position = direct.copy_range(first, end, tracker.advance)
             if src.plain and dst.plain:
                 position = copy_range(_fileno(src), _fileno(dst), position, end, tracker.advance)
             _copy_pieces(src, out, position, end, tracker)
@@ -428,13 +428,13 @@ def _seekable(drive: Endpoint) -> Iterator[int]:
 @contextlib.contextmanager
 def _direct(src: Endpoint, dst: Endpoint) -> Iterator[DirectCopy | None]:
     """Direct (O_DIRECT) writes into a plain DST that a plain SRC is copied to, None
-    otherwise: the data goes straight to the disk, which on the disks measured here makes it
-    durable three times sooner than the page cache's write-back does."""
+    otherwise: the data goes from SRC's page cache straight to the disk, which on the disks
+    measured here makes it durable several times sooner than the page cache's write-back."""
     fd = open_direct(dst.io.path) if src.plain and dst.plain else None
     if fd is None:
         yield None
         return
-    direct = DirectCopy(fd)
+    direct = DirectCopy(fd, _fileno(src))
     try:
         yield direct
     finally:
