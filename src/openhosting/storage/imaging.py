@@ -2,8 +2,8 @@
 
 Knows nothing of users, jobs or the database: a pipeline takes two open drives (`Endpoint`)
 and a `Tracker` that hears of progress, paces the work and says when to stop. Pipelines are
-blocking and run in a worker thread; the expensive parts (copy_file_range, ISA-L, AES) release
-the GIL.
+blocking and run in a worker thread; the expensive parts (direct writes, copy_file_range,
+ISA-L, AES) release the GIL, and gunzip's inflating runs in a child igzip (`igzip_child`).
 
 Every pipeline first empties the destination (its bytes become holes, which read as zeros),
 then writes what the conversion produces from offset 0, cut at the destination's size. On a
