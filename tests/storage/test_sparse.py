@@ -180,3 +180,35 @@ def test_a_source_cut_short_under_a_direct_copy_fails_it_with_an_error_not_a_sig
         direct.close()
         os.close(direct_fd)
         os.close(source_fd)
+
+
+def file_pages_mapped() -> int:
+    """Bytes of files mapped into this process's memory (its RSS's file part)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("RssFile:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_direct_copy_lets_go_of_each_written_piece_of_its_map(
+    disk_tmp_path: Path | None, tmp_path: Path
+) -> None:
+    """The writes map the source's pages into this process: each piece is let go of once
+    written, so a copy of any size adds a few pieces to the RSS, not its whole size."""
+    directory = disk_tmp_path or tmp_path
+    source, target = directory / "source", directory / "target"
+    sparse_file(source, 64 * MiB, {0: os.urandom(48 * MiB)})
+    sparse_file(target, 64 * MiB, {})
+    source_fd = os.open(source, os.O_RDONLY)
+    direct_fd = open_direct(target)
+    assert direct_fd is not None
+    direct = DirectCopy(direct_fd, source_fd)
+    try:
+        before = file_pages_mapped()
+        assert direct.copy_range(0, 48 * MiB, lambda _n: None) == 48 * MiB
+        direct.wait()
+        assert file_pages_mapped() - before < 3 * DIRECT_PIECE  # the map is still open
+    finally:
+        direct.close()
+        os.close(direct_fd)
+        os.close(source_fd)
+    assert target.read_bytes()[: 48 * MiB] == source.read_bytes()[: 48 * MiB]

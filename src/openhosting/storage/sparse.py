@@ -187,11 +187,11 @@ class DirectCopy:
         self._map: mmap.mmap | None = None  # the source, mapped at the first range
         self._view: memoryview | None = None
         self._pool = ThreadPoolExecutor(DIRECT_WRITERS, thread_name_prefix="direct-copy")
-        # Writes under way, oldest first: each with its piece of the map and the callback
-        # that hears of it once written.
-        self._pending: collections.deque[tuple[Future[None], memoryview, Callable[[int], None]]] = (
-            collections.deque()
-        )
+        # Writes under way, oldest first: each with its piece of the map, where it starts,
+        # and the callback that hears of it once written.
+        self._pending: collections.deque[
+            tuple[Future[None], memoryview, int, Callable[[int], None]]
+        ] = collections.deque()
         self._proven = self._refused = False
 
     def copy_range(self, first: int, past_last: int, advance: Callable[[int], None]) -> int:
@@ -214,7 +214,7 @@ class DirectCopy:
                 while len(self._pending) >= DIRECT_WRITERS:
                     self._collect()
                 future = self._pool.submit(_pwrite_all, self._fd, piece, position)
-                self._pending.append((future, piece, advance))
+                self._pending.append((future, piece, position, advance))
             elif not self._first_write(piece, position, advance):
                 return first
             position += length
@@ -236,6 +236,7 @@ class DirectCopy:
         finally:
             piece.release()
         self._proven = True
+        self._unmap(position, length)
         advance(length)
         return True
 
@@ -253,13 +254,21 @@ class DirectCopy:
 
     def _collect(self) -> None:
         """Wait for the oldest write (its error is raised here) and report it."""
-        future, piece, advance = self._pending.popleft()
+        future, piece, position, advance = self._pending.popleft()
         length = len(piece)
         try:
             future.result()
         finally:
             piece.release()
+        self._unmap(position, length)
         advance(length)
+
+    def _unmap(self, position: int, length: int) -> None:
+        """Let go of a written piece's pages: the write mapped them into this process, and
+        held until the end they would count in its RSS (the whole copy's size) and be
+        harder for the kernel to reclaim. They stay in the page cache."""
+        assert self._map is not None
+        self._map.madvise(mmap.MADV_DONTNEED, position, length)
 
     def wait(self) -> None:
         """Wait for every write under way (the first error is raised here)."""
@@ -269,7 +278,7 @@ class DirectCopy:
     def close(self) -> None:
         """Let the writes under way end (their pieces must not be unmapped under them), then
         let go of the map and the threads."""
-        for future, piece, _ in self._pending:
+        for future, piece, _, _ in self._pending:
             with contextlib.suppress(OSError):  # only after a failure: that one is raised
                 future.result()
             piece.release()
