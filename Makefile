@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run cluster test bench reliability lint clean install uninstall
+.PHONY: setup run cluster test test-postgresql bench reliability lint clean install uninstall
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ cluster: setup
 TEST_WORKERS ?= 2
 test: lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
+
+# The API tests once more with the platform's database on a PostgreSQL the tests start
+# (docs/cluster.md, 'Testing on PostgreSQL'); CI runs it after `make test`.
+test-postgresql: setup
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup tests/api --store postgresql $(ARGS)
 
 bench: setup
 	$(BIN)/python -m bench $(ARGS)

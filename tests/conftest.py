@@ -1,6 +1,7 @@
 """Fixtures shared by every test: a platform on a temporary state directory, its users, and
 an in-process API client."""
 
+import asyncio
 import base64
 import os
 import shutil
@@ -150,9 +151,19 @@ def auth(user: NewKey) -> dict[str, str]:
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient, platform: Platform) -> AsyncIterator[TestClient]:
     served = await serve_api(aiohttp_client, platform)
-    await platform.imaging.start()  # as the daemon does
+    # As the daemon does: on PostgreSQL, the listening connection its caches trust (before
+    # it is up nothing is cached: a test of the caches would see none).
+    listener = platform.listen()
+    if listener is not None:
+        for _ in range(100):  # at most 10 s
+            if platform.changes.version() is not None:
+                break
+            await asyncio.sleep(0.1)
+    await platform.imaging.start()
     yield served
     await platform.imaging.stop()
+    if listener is not None:
+        listener.stop()
 
 
 def platform_nft_tables() -> set[tuple[str, str]]:
