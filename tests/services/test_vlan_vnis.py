@@ -128,7 +128,7 @@ async def test_a_vlans_nics_carry_its_database_vni_to_the_peers_of_the_hosts_tab
 
 @pytest.mark.parametrize(
     ("address", "message"),
-    [("hv", "expected IPv4"), ("127.0.0.1", "unicast"), ("239.0.0.1", "unicast")],
+    [("hv", "not an IPv4 address"), ("127.0.0.1", "unicast"), ("239.0.0.1", "unicast")],
 )
 def test_a_bad_underlay_address_is_refused(tmp_path: Path, address: str, message: str) -> None:
     platform = open_platform(config_in(tmp_path, hypervisor={"driver": "fake"}))

@@ -1,5 +1,6 @@
 """A child igzip inflating a gzip stream: its output, its faults, and its end in every case."""
 
+import contextlib
 import errno
 import gzip
 import os
@@ -60,7 +61,7 @@ def test_a_stream_of_members_is_inflated_up_to_the_padding(igzip: str) -> None:
     stream = b"".join(gzip.compress(part, compresslevel=1) for part in parts)
     # Zeros, then what would be another member: the stream ended at the zeros.
     stored = stream + bytes(5000) + gzip.compress(b"not part of it") + bytes(MiB)
-    with IgzipInflater(igzip, feeding(stored), nothing) as child:
+    with contextlib.closing(IgzipInflater(igzip, feeding(stored), nothing)) as child:
         assert read_all(child) == b"".join(parts)
         child.finish()
         pid = child.pid
@@ -80,7 +81,7 @@ def test_a_stream_of_members_is_inflated_up_to_the_padding(igzip: str) -> None:
 def test_what_is_not_a_whole_gzip_stream_is_a_gzip_stream_error(
     igzip: str, stored: bytes, message: str
 ) -> None:
-    with IgzipInflater(igzip, feeding(stored), nothing) as child:
+    with contextlib.closing(IgzipInflater(igzip, feeding(stored), nothing)) as child:
         read_all(child)
         with pytest.raises(GzipStreamError, match=message):
             child.finish()
@@ -95,7 +96,7 @@ def test_an_error_reading_src_is_the_error_raised_not_the_cut_stream(igzip: str)
         yield os.write(stdin, stream[:MiB])
         raise OSError(errno.EIO, "Input/output error")
 
-    with IgzipInflater(igzip, failing_feed, nothing) as child:
+    with contextlib.closing(IgzipInflater(igzip, failing_feed, nothing)) as child:
         read_all(child)
         with pytest.raises(OSError) as raised:
             child.finish()
@@ -122,7 +123,10 @@ def test_a_stop_while_the_child_says_nothing_ends_it_and_its_feeder(tmp_path: Pa
             raise Stopped
 
     started = time.monotonic()
-    with pytest.raises(Stopped), IgzipInflater(str(hung), endless_feed, waiting) as child:
+    with (
+        pytest.raises(Stopped),
+        contextlib.closing(IgzipInflater(str(hung), endless_feed, waiting)) as child,
+    ):
         pid = child.pid
         assert fed.wait(10)
         threading.Timer(0.2, stop.set).start()

@@ -59,14 +59,23 @@ class Underlay:
     peers: tuple[IPv4Address, ...]
 
 
-def _unicast(setting: str, text: str) -> IPv4Address:
+def underlay_address(text: str) -> IPv4Address:
+    """`text` as a host's underlay address, or ValueError saying why it cannot be one (not
+    IPv4, or not a host's unicast address)."""
     try:
         address = IPv4Address(text)
     except ValueError:
-        raise UnderlayError(f"network.{setting}: {text!r} is not an IPv4 address") from None
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
     if address.is_multicast or address.is_unspecified or address.is_loopback:
-        raise UnderlayError(f"network.{setting}: {address} is not a host's unicast address")
+        raise ValueError(f"{address} is not a host's unicast address")
     return address
+
+
+def _unicast(setting: str, text: str) -> IPv4Address:
+    try:
+        return underlay_address(text)
+    except ValueError as error:
+        raise UnderlayError(f"network.{setting}: {error}") from None
 
 
 def parse_underlay(settings: NetworkSettings) -> Underlay | None:

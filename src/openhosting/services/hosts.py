@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from types import MappingProxyType
 
 from sqlalchemy import Connection, Engine
@@ -24,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from openhosting.config import Config
 from openhosting.errors import FullError, MissingError, UnavailableError, UsageError
 from openhosting.host_capacity import HostCapacity, measure_capacity
+from openhosting.network.vxlan import underlay_address
 from openhosting.services.placement import (
     DriveRequest,
     HostLoad,
@@ -277,12 +277,9 @@ class Hosts:
         its VLANs' frames to it while it is online. The host must be registered."""
         if address:
             try:
-                parsed = IPv4Address(address)
-            except ValueError:
-                raise UsageError(f"Invalid underlay address {address!r}: expected IPv4") from None
-            if parsed.is_multicast or parsed.is_unspecified or parsed.is_loopback:
-                raise UsageError(f"Underlay address {address} is not a host's unicast address")
-            address = str(parsed)
+                address = str(underlay_address(address))
+            except ValueError as error:
+                raise UsageError(f"Invalid underlay address: {error}") from None
         with self._engine.begin() as connection:
             if not vni_store.set_vxlan_local(connection, name, address):
                 raise MissingError(f"Host {name} is not registered")

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from types import TracebackType
 
 from openhosting.errors import FailedError
 from openhosting.reverter import Reverter
@@ -54,7 +53,7 @@ def igzip_program() -> str | None:
 class IgzipInflater:
     """A running `igzip -d -c`: `feed(stdin_fd)` writes SRC's bytes into the child from a
     thread of its own, yielding each count written (`fed` sums them); `fill` reads what the
-    child inflates. Used as a context manager: leaving it kills the child if it still runs.
+    child inflates. `close` (with `contextlib.closing`) kills the child if it still runs.
 
     `waiting()` is called every `POLL_SECONDS` while no output comes; it may raise (a stop
     request) to end the wait."""
@@ -158,17 +157,6 @@ class IgzipInflater:
             os.close(self._stdout)
             # The feeder's writes fail with EPIPE now; it closes its own end as it ends.
             self._feeder.join(EXIT_SECONDS)
-
-    def __enter__(self) -> "IgzipInflater":
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _widen(fd: int) -> None:

@@ -182,7 +182,9 @@ def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     with (
         _seekable(src) as fd,
         _Writer(dst) as writer,
-        IgzipInflater(program, functools.partial(_feed, fd, src), tracker.tick) as child,
+        contextlib.closing(
+            IgzipInflater(program, functools.partial(_feed, fd, src), tracker.tick)
+        ) as child,
     ):
         position = fed = 0
         while position < dst.size:
