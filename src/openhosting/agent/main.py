@@ -6,6 +6,9 @@ It reads the platform's configuration as the daemon does (`--config`, `OH_*`): t
 bundle (`openhosting-admin host add NAME --out DIR` on the control plane's host, copied here)
 is read from `--tls-dir`, by default `<state_dir>/agent-tls`.
 
+It also serves the bytes of the drives placed on this host, kept in its own drive directories
+(`storage.tiers`, by default `<state_dir>/drives`).
+
 Once it listens it prints `listening HOST:PORT` (with `--listen HOST:0`, the port the kernel
 chose). On SIGTERM or SIGINT it lets go of its VMs without stopping them: they run on, for the
 next agent to adopt.
@@ -27,6 +30,8 @@ from openhosting.agent.server import make_app
 from openhosting.config import ConfigError, load_config
 from openhosting.daemon import parse_listen
 from openhosting.hypervisor.driver import HypervisorDriver, open_driver
+from openhosting.storage.drive_tiers import DriveTiers
+from openhosting.storage.local_storage import LocalDriveStorage
 
 DEFAULT_LISTEN = "0.0.0.0:7430"
 TLS_DIRECTORY = "agent-tls"
@@ -43,9 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(driver: HypervisorDriver, host: str, port: int, context: ssl.SSLContext) -> None:
-    """Serve `driver` until SIGTERM or SIGINT; then let go of the VMs (they run on)."""
-    runner = web.AppRunner(make_app(driver), handle_signals=False)
+async def serve(
+    driver: HypervisorDriver,
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    storage: LocalDriveStorage | None = None,
+) -> None:
+    """Serve `driver` (and `storage`, this host's drives) until SIGTERM or SIGINT; then let
+    go of the VMs (they run on)."""
+    runner = web.AppRunner(make_app(driver, storage), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=context)
     await site.start()
@@ -71,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         tls_dir = args.tls_dir or config.state_path / TLS_DIRECTORY
         context = agent_context(host_bundle(tls_dir))
         driver = open_driver(config)
-    except (ConfigError, ClusterTlsError, ValueError) as error:
+        # The drives placed on this host live in its own tier directories.
+        storage = LocalDriveStorage(DriveTiers(config.tier_paths))
+    except (ConfigError, ClusterTlsError, ValueError, OSError) as error:
         print(f"openhosting-agent: {error}", file=sys.stderr)
         return 2
-    asyncio.run(serve(driver, host, port, context))
+    asyncio.run(serve(driver, host, port, context, storage))
     return 0
 
 
