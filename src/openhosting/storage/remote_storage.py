@@ -38,6 +38,8 @@ CALL_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 5.0
 # Seconds a stream may go without a byte moving before it is given up.
 STALL_TIMEOUT = 60.0
+# Bytes per second a hash on the agent is given at the least (a slow disk's).
+HASH_RATE = 20e6
 # Pieces of a write queued for the agent (each as the API request's body gave it).
 WRITE_QUEUE = 4
 # Seconds for the TLS close of a session's connections (as the remote driver's).
@@ -150,8 +152,12 @@ class RemoteDriveStorage:
         self, drive: str, tier: str, master_key: bytes | None, offset: int, count: int
     ) -> str:
         fields = dict(drive=drive, tier=tier, master_key=master_key, offset=offset, count=count)
-        # Hashing reads the whole range on the agent: as long as a read, with no byte sent.
-        response = await self.post("hash", encode_call(**fields), self._stream_timeout())
+        # Hashing reads the whole range on the agent before a byte of answer: its deadline
+        # grows with the range, at HASH_RATE at worst.
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=CONNECT_TIMEOUT, total=self._stall_timeout + count / HASH_RATE
+        )
+        response = await self.post("hash", encode_call(**fields), timeout)
         try:
             return str((await response.json())["answer"])
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
