@@ -1,7 +1,7 @@
 """RemoteDriveStorage's streaming, with the agent's side replaced by a reader of the request
 body that the test paces (the real agent is tests/agent/test_agent_storage.py): a write holds
-at most its queue of pieces whatever the agent's speed, an agent's refusal mid-write ends the
-write at once, and an abort cuts the body."""
+at most its queue of pieces (and the one it gathers) whatever the agent's speed, an agent's
+refusal mid-write ends the write at once, and an abort cuts the body."""
 
 import asyncio
 import ssl
@@ -13,7 +13,7 @@ import pytest
 
 from openhosting.errors import FullError
 from openhosting.storage import remote_storage
-from openhosting.storage.remote_storage import WRITE_QUEUE, RemoteDriveStorage
+from openhosting.storage.remote_storage import SEND_PIECE, WRITE_QUEUE, RemoteDriveStorage
 
 PIECE = b"x" * 65536
 
@@ -74,8 +74,8 @@ async def test_a_write_holds_at_most_its_queue_of_pieces_while_the_agent_is_slow
     )
     feeding = asyncio.ensure_future(_feed(writer, 100))
     await settle()
-    # The agent reads nothing: the API side holds its queue and the piece being handed over,
-    # and waits (it would wait reading its own client).
+    # The agent reads nothing: the API side holds its queue, the piece being handed over and
+    # the one it gathers, and waits (it would wait reading its own client).
     assert not feeding.done()
     assert writer._queue.qsize() == WRITE_QUEUE
     agent.flowing.set()
@@ -103,7 +103,7 @@ async def test_an_agents_refusal_mid_write_ends_it_and_an_abort_cuts_the_body(
     writer = storage_with(other, monkeypatch).open_write(
         "d", "disk", None, 0, 1 << 30, True, ends.append
     )
-    await writer.write(PIECE)
+    await writer.write(bytes(SEND_PIECE))  # a whole piece: sent
     await settle()
     await writer.abort()
     assert other.cut and ends == [None, None]

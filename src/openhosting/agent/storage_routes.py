@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from openhosting.api.responses import widen_send_buffer
 from openhosting.errors import ApiError, MissingError, UsageError
 from openhosting.reverter import Reverter
 from openhosting.storage.local_storage import LocalDriveStorage
@@ -35,6 +36,8 @@ from openhosting.storage.storage_calls import StorageCall
 log = logging.getLogger("openhosting.agent")
 
 STORAGE_KEY = web.AppKey("storage", LocalDriveStorage)
+# What a read's stream may hold in the transport before it waits for the socket.
+STREAM_BUFFER = 4 << 20
 # The first line of a storage call's body.
 MAX_CALL_LINE = 1 << 16
 
@@ -148,6 +151,7 @@ async def _read(
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = call.count
         await response.prepare(request)
+        _widen(request)
         async for chunk in plan.chunks():
             await response.write(chunk)
         await response.write_eof()
@@ -171,6 +175,16 @@ async def _write(
         written = await writer.finish()
         revert.success()
     return _answer(written)
+
+
+def _widen(request: web.Request) -> None:
+    """Larger socket and transport buffers for a large stream: each wake-up of the loop (and
+    of the control plane's) moves more, and a loaded host's scheduling delays count less."""
+    transport = request.transport
+    if transport is None:
+        return
+    transport.set_write_buffer_limits(high=STREAM_BUFFER)
+    widen_send_buffer(transport.get_extra_info("socket"))
 
 
 def _nothing(_written: int | None) -> None:

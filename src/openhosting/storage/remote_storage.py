@@ -1,10 +1,11 @@
 """`DriveStorage` of another host: each call made to that host's agent over mutual TLS
 (agent/storage_routes.py serves it), the bytes streamed both ways.
 
-Memory stays flat whatever the size: a write's pieces go out through a queue of
-`WRITE_QUEUE` pieces (the client's request body reads from it; a slow agent makes `write`
-wait, and so the API request's reading of its client); a read's answer is passed on as it
-arrives (aiohttp's stream pauses the agent's socket beyond its buffer).
+Memory stays flat whatever the size: a write's bytes are gathered into pieces of
+`SEND_PIECE` that go out through a queue of `WRITE_QUEUE` (the client's request body reads
+from it; a slow agent makes `write` wait, and so the API request's reading of its client); a
+read's answer is passed on as it arrives (aiohttp's stream pauses the agent's socket beyond
+its buffer of `READ_BUFFER`).
 
 Deadlines: a plain call has `CALL_TIMEOUT`; a stream may last as long as its bytes take, but
 no `STALL_TIMEOUT` without a byte moving. An agent that cannot be reached or does not answer
@@ -40,8 +41,13 @@ CONNECT_TIMEOUT = 5.0
 STALL_TIMEOUT = 60.0
 # Bytes per second a hash on the agent is given at the least (a slow disk's).
 HASH_RATE = 20e6
-# Pieces of a write queued for the agent (each as the API request's body gave it).
-WRITE_QUEUE = 4
+# A write's bytes go to the agent in pieces of this size (the API request's body comes in
+# pieces of tens of KiB: each sent alone would cost a chunk header, a TLS flush and an await),
+# at most WRITE_QUEUE of them queued beside the one being gathered.
+SEND_PIECE = 1 << 20
+WRITE_QUEUE = 2
+# The read side's buffer of an agent's answer: larger pieces to send on, fewer awaits.
+READ_BUFFER = 1 << 20
 # Seconds for the TLS close of a session's connections (as the remote driver's).
 TLS_CLOSE_GRACE = 0.25
 
@@ -70,7 +76,8 @@ class RemoteDriveStorage:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT)
+                timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT),
+                read_bufsize=READ_BUFFER,
             )
         return self._session
 
@@ -275,7 +282,8 @@ class RemoteWrite:
         self._staged = staged
         self._on_close = on_close
         self._position = int(call["offset"])  # where the next byte goes
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(WRITE_QUEUE)
+        self._gathered = bytearray()  # the next piece to queue
+        self._queue: asyncio.Queue[bytes | bytearray | None] = asyncio.Queue(WRITE_QUEUE)
         self._sending: asyncio.Task[int] | None = None
         self._closed = False
 
@@ -294,8 +302,15 @@ class RemoteWrite:
                 " bytes): nothing was written beyond the end"
             )
         self._position += len(data)
+        self._gathered += data
+        if len(self._gathered) >= SEND_PIECE:
+            piece, self._gathered = self._gathered, bytearray()
+            await self._queue_piece(piece)
+
+    async def _queue_piece(self, piece: bytes | bytearray | None) -> None:
+        """Queue `piece` (None: the body's end), unless the agent has answered meanwhile."""
         sending = self._start()
-        put = asyncio.ensure_future(self._queue.put(data))
+        put = asyncio.ensure_future(self._queue.put(piece))
         # The agent may refuse while the queue is full: whichever ends first.
         await asyncio.wait([put, sending], return_when=asyncio.FIRST_COMPLETED)
         if not put.done():
@@ -307,7 +322,7 @@ class RemoteWrite:
             self._sending = asyncio.create_task(self._send())
         return self._sending
 
-    async def _body(self) -> AsyncIterator[bytes]:
+    async def _body(self) -> AsyncIterator[bytes | bytearray]:
         yield encode_call(**self._call, staged=self._staged)
         while (piece := await self._queue.get()) is not None:
             yield piece
@@ -329,12 +344,13 @@ class RemoteWrite:
 
     async def finish(self) -> int:
         """The end of the body sent; the agent's count once it made the bytes durable."""
-        sending = self._start()
-        put = asyncio.ensure_future(self._queue.put(None))
-        await asyncio.wait([put, sending], return_when=asyncio.FIRST_COMPLETED)
         async with Reverter() as revert:
             revert.add(self.abort)
-            written = await self._ended(sending)
+            if self._gathered:
+                piece, self._gathered = self._gathered, bytearray()
+                await self._queue_piece(piece)
+            await self._queue_piece(None)
+            written = await self._ended(self._start())
             revert.success()
         self._close(written)
         return written
