@@ -1,7 +1,8 @@
 """Drive bytes on the agents: an API daemon on PostgreSQL and a real `openhosting-agent` (over
 the fake driver, mutual TLS on loopback) registered for host `hv-a`. A drive placed on hv-a is
 made in the agent's own drive directory, never the daemon's; the API's write (raw and gzip),
-read, hash, resize and destroy work on it as on a local drive, plain and encrypted; a server
+read, hash, resize and destroy work on it as on a local drive, plain and encrypted, streamed
+through the daemon without holding the bytes (its peak memory barely moves); a server
 on hv-a starts with it; a second drive on another host, or imaging across, is refused with a
 message; the agent gone, its drive's read fails naming the host and its status is inactive.
 """
@@ -26,6 +27,19 @@ MIB = 1 << 20
 def hosts(tmp_path: Path, postgres_url: str) -> Iterator[Hosts]:
     with ExitStack() as stack:
         yield Hosts(tmp_path, postgres_url, stack)
+
+
+def reset_peak_memory(pid: int) -> None:
+    """Start the process's peak resident memory again from what it holds now."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def peak_memory(pid: int) -> int:
+    """The process's peak resident memory since the last reset (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
 
 
 def drive_file(hosts: Hosts, host: str, drive: str) -> Path:
@@ -71,6 +85,23 @@ def test_drives_on_an_agents_host_keep_their_bytes_there_and_the_api_moves_them(
         assert api.call(f"/drives/{drive}/read/0/{MIB}").body == data  # kept over the resize
         assert api.call(f"/drives/{drive}/destroy", b"").status == 204
         assert not path.exists()
+
+    # Streamed, not held: 96 MiB written and read through the daemon raise its peak memory
+    # by far less (a body buffered whole would add all of it).
+    big = api.properties("/drives/create", b"name big\nsize 96M\nencryption:cipher none\n")
+    piece = os.urandom(MIB)
+    reset_peak_memory(daemon.pid)
+    before = peak_memory(daemon.pid)
+    written = api.call(
+        f"/drives/{big['drive']}/write",
+        (piece for _ in range(96)),
+        {"Content-Length": str(96 * MIB)},
+    )
+    assert written.status == 204, written
+    whole = api.call(f"/drives/{big['drive']}/read").body
+    assert len(whole) == 96 * MIB and whole[-MIB:] == piece
+    assert peak_memory(daemon.pid) - before < 40 * MIB
+    assert api.call(f"/drives/{big['drive']}/destroy", b"").status == 204
 
     # A server on hv-a starts with its drive there; a second drive of another host is refused.
     here = api.properties("/drives/create", b"name a\nsize 1M\nencryption:cipher none\n")["drive"]
