@@ -4,7 +4,8 @@ made in the agent's own drive directory, never the daemon's; the API's write (ra
 read, hash, resize and destroy work on it as on a local drive, plain and encrypted, streamed
 through the daemon without holding the bytes (its peak memory barely moves); a server
 on hv-a starts with it; a second drive on another host, or imaging across, is refused with a
-message; the agent gone, its drive's read fails naming the host and its status is inactive.
+message; the agent gone, its drive's read fails naming the host and its status is inactive,
+until the agent is back.
 """
 
 import gzip
@@ -131,3 +132,9 @@ def test_drives_on_an_agents_host_keep_their_bytes_there_and_the_api_moves_them(
     assert (failed.status, failed.headers.get("X-Elastic-Error")) == (500, "failed"), failed
     assert "hv-a" in failed.body.decode()
     assert api.properties(f"/drives/{here}/info")["status"] == "inactive"
+
+    # Back on its port: the drive's bytes are there again, and so is its status.
+    hosts.start_agent("hv-a", listen=agent.address)
+    again = api.call(f"/drives/{here}/read/0/100")
+    assert (again.status, again.body) == (200, bytes(100)), again
+    assert api.properties(f"/drives/{here}/info")["status"] == "active"
