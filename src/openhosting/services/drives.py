@@ -396,9 +396,9 @@ class Drives:
         """Put the drive files right after a daemon that stopped half-way (at start): how many
         were resized to their row's size, and how many files without a row were removed."""
         with self._engine.connect() as connection:
-            # Only this host's files: an agent's are its own (and others' look orphaned here).
-            rows = [row for row in drive_store.all_drives(connection) if self.is_here(row)]
-        return repair_drive_files(self.tiers, rows, self._master_key)
+            rows = drive_store.all_drives(connection)
+        # Every row keeps its file from removal; only this host's drives are resized here.
+        return repair_drive_files(self.tiers, rows, self._master_key, self.is_here)
 
     async def destroy(self, user: str, uuid: str) -> None:
         found: list[DriveRecord] = []
