@@ -3,6 +3,7 @@ one starts (`Drives.repair_files`): files resized to what their rows say, files 
 removed once they have been left alone a while."""
 
 import os
+import ssl
 import time
 import uuid
 
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.services.drive_repair import ORPHAN_GRACE_SECONDS
 from openhosting.services.platform import Platform
+from openhosting.storage.remote_storage import RemoteDriveStorage
 from openhosting.store import drives as drive_store
 from tests.api.drive_helpers import create_drive, read_bytes
 
@@ -64,7 +66,11 @@ async def test_a_drive_of_an_agents_host_is_neither_resized_nor_removed_here(
 ) -> None:
     """Its bytes are its agent's; a file of it here (from before drives were streamed to the
     agents) is not an orphan, and its size is not this host's to fix."""
-    platform.drives.storages.connector = lambda host, address: platform.drives.local_storage
+    platform.hosts.set_agent("hv-a", "127.0.0.1:7430")
+    agents = platform.drives.storages
+    agents.connector = lambda host, address: RemoteDriveStorage(
+        host, address, ssl.create_default_context()
+    )
     drive = (await create_drive(client, auth, SIZE, "none"))["drive"]
     with platform.engine.begin() as connection:
         drive_store.update_drive(connection, drive, host="hv-a", size=2 * SIZE)

@@ -187,8 +187,6 @@ class Drives:
     def _is_available(self, row: DriveRecord) -> bool:
         """Whether the drive's bytes can be reached (its `status`): here, whether its file
         opens in its tier's directory."""
-        if self.storages.is_local(row.host):  # the hot path of every info: no lookup
-            return self.local_storage.is_available(row.uuid, row.tier)
         return self.storages.of(row.host).is_available(row.uuid, row.tier)
 
     def passphrase_of(self, row: DriveRecord) -> bytes | None:
@@ -448,7 +446,7 @@ class Drives:
             passphrase=self.passphrase_of(row),
             owned=row.user == user,
             exclusive=row.claim_type != "shared",
-            host=(row.host or self.local_host) if self.storages.connector is not None else "",
+            host=self.storages.holder(row.host) if self.storages.connector is not None else "",
             tier=row.tier,
             available=storage.is_available(uuid, row.tier),
         )
