@@ -21,6 +21,7 @@ full, 400 usage, 404 missing...), which the control plane raises again as the sa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,8 @@ log = logging.getLogger("openhosting.agent")
 STORAGE_KEY = web.AppKey("storage", LocalDriveStorage)
 # What a read's stream may hold in the transport before it waits for the socket.
 STREAM_BUFFER = 4 << 20
+# Seconds a write's body may go without a byte before the write is given up.
+STALL_TIMEOUT = 60.0
 # The first line of a storage call's body.
 MAX_CALL_LINE = 1 << 16
 
@@ -168,9 +171,17 @@ async def _write(
         call.drive, call.tier, call.master_key, call.offset, call.size, call.staged, _nothing
     )
     async with Reverter() as revert:
-        # A body cut short raises here (its chunked encoding never ended): nothing applied.
+        # A body cut short raises here (its chunked encoding never ended): nothing applied;
+        # so does one that stalls (a control plane cut off by the network sends no FIN).
         revert.add(writer.abort)
-        async for piece in request.content.iter_any():
+        while True:
+            try:
+                async with asyncio.timeout(STALL_TIMEOUT):
+                    piece = await request.content.readany()
+            except TimeoutError:
+                raise UsageError(f"write body stalled for {STALL_TIMEOUT:g} s") from None
+            if not piece:
+                break
             await writer.write(piece)
         written = await writer.finish()
         revert.success()
