@@ -223,6 +223,7 @@ class RemoteRead:
         self.offset, self.count = offset, count
         self._on_close = on_close
         self._response: aiohttp.ClientResponse | None = None
+        self._complete = False  # every byte received: the connection may serve again
         self._closed = False
 
     async def begin(self) -> None:
@@ -248,6 +249,7 @@ class RemoteRead:
             raise self._storage.unreachable(error) from None
         if received != self.count:
             raise self._storage.unreachable(f"{received} of {self.count} bytes")
+        self._complete = True
 
     async def sha256(self) -> str:
         return await self._storage.hash(
@@ -262,7 +264,10 @@ class RemoteRead:
             return
         self._closed = True
         if self._response is not None:
-            self._response.close()  # a read cut short drops its connection
+            if self._complete:
+                self._response.release()
+            else:
+                self._response.close()  # a read cut short drops its connection
         self._on_close()
 
 
