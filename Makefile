@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench reliability lint clean install uninstall
+.PHONY: setup run cluster test bench reliability lint clean install uninstall
 
 setup: $(STAMP)
 
@@ -18,6 +18,12 @@ $(STAMP): requirements.lock pyproject.toml scripts/install-system-packages
 
 run: setup
 	$(BIN)/openhostingd $(ARGS)
+
+# A cluster on this machine (root: network namespaces): PostgreSQL, three host agents each in
+# a namespace cabled to a fabric bridge, one API daemon on loopback; Ctrl-C removes it all.
+# ARGS='--driver fake' runs the agents over the fake hypervisor (docs/cluster.md).
+cluster: setup
+	./scripts/cluster $(ARGS)
 
 # Two workers (pytest-xdist): much of the suite waits on QEMU, dnsmasq and the disk rather
 # than computing, so two processes finish well before one even on two cores. The tests marked

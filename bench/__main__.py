@@ -22,6 +22,7 @@ BENCHMARKS = {
     "scale": "bench.scale",
     "vm-scale": "bench.vm_scale",
     "capacity": "bench.capacity",
+    "cluster": "bench.cluster",
 }
 
 

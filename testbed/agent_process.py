@@ -62,10 +62,13 @@ def agent_process(
     driver: str = "fake",
     env: Mapping[str, str] | None = None,
     listen: str = "127.0.0.1:0",
+    netns: str | None = None,
 ) -> Iterator[AgentProcess]:
     """An agent over `driver` with its state in `directory`, presenting `bundle`, listening
     on `listen` (a port the kernel chose unless given: the same one again for a restarted
-    agent); stopped by its PID (SIGTERM, then SIGKILL) when the block ends."""
+    agent), in network namespace `netns` if given (`ip netns exec`, which becomes the agent:
+    the PID is the agent's); stopped by its PID (SIGTERM, then SIGKILL) when the block
+    ends."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "agent.log"
     environment = {
@@ -78,6 +81,7 @@ def agent_process(
         **(env or {}),
     }
     command = [
+        *(["ip", "netns", "exec", netns] if netns else []),
         str(BIN / "openhosting-agent"),
         "--state-dir", str(directory / "state"),
         "--listen", listen,

@@ -12,6 +12,7 @@ SERVICES_MAY_USE = {
     "openhosting.hypervisor.driver",
     "openhosting.hypervisor.spec",
     "openhosting.hypervisor.errors",
+    "openhosting.hypervisor.moves",  # a migration's calls over the interface, no QEMU part
 }
 
 

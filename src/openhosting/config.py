@@ -125,6 +125,12 @@ class HypervisorSettings:
     # Days the last of a destroyed server's serial log is kept in `<state_dir>/logs/servers`;
     # 0: not kept.
     serial_log_retention_days: int = 7
+    # This host's address on the cluster network, where VMs moving in by live migration
+    # take their drives (NBD) and their state over TCP; empty: unix sockets, for migrations
+    # between drivers of one machine only.
+    migration_address: str = ""
+    # The TCP ports (FIRST-LAST) those streams listen on, two per VM moving in at once.
+    migration_ports: str = "49152-49215"
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,8 @@ class NetworkSettings:
     # empty: the route to each peer decides, and the VLANs' MTU is 1450.
     vxlan_device: str = ""
     # The other hosts' underlay addresses (space-separated): each VLAN's broadcasts, unknown
-    # destinations and multicast are copied to every one of them.
+    # destinations and multicast are copied to every one of them. Used while the hosts table
+    # knows no other online host's address (`host set --vxlan-local`), which it then replaces.
     vxlan_peers: str = ""
     # VXLAN devices are PREFIX + part of the VLAN UUID.
     vxlan_prefix: str = "oh-x"

@@ -97,10 +97,10 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     lifecycle = platform.servers.lifecycle
     lifecycle.drivers.connector = agent_connector(config.state_path)  # hosts with agents
     platform.drives.storages.connector = storage_connector(config.state_path)  # their drives
-    heartbeat = asyncio.create_task(platform.hosts.heartbeat_every(lifecycle.agents_up))
-    await platform.servers.recover()  # and connects to the hosts' agents
-    # The agents' hosts online at once (placement takes only those), then watched.
-    await asyncio.to_thread(platform.hosts.heartbeat, lifecycle.agents_up())
+    heartbeat = asyncio.create_task(platform.hosts.heartbeat_every(lifecycle.agent_reports))
+    # Connects to the hosts' agents, whose hosts are online at once with what they report
+    # (placement takes only those), then watched.
+    await platform.servers.recover()
     agents = asyncio.create_task(
         lifecycle.watch_agents_every(max(1, config.host.heartbeat_seconds))
     )

@@ -43,6 +43,13 @@ class FailedError(ApiError):
     kind, status = "failed", 500
 
 
+class UnavailableError(FailedError):
+    """`failed`, as 503: what the command needs is away for now (a host gone offline), not
+    broken; the same command may succeed once it is back."""
+
+    status = 503
+
+
 class SystemError_(ApiError):
     kind, status = "system", 500
 

@@ -18,7 +18,7 @@ import pytest
 
 from openhosting.agent.pki import Bundle, agent_context, control_context
 from openhosting.hypervisor.calls import encode
-from openhosting.hypervisor.driver import EXITED, RUNNING, StartRequest, VmEvent
+from openhosting.hypervisor.driver import StartRequest, VmEvent, VmEventKind, VmState
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
 from openhosting.hypervisor.spec import VmSpec
@@ -95,10 +95,10 @@ async def test_the_control_plane_drives_the_agent_and_hears_its_events(
         spec = VmSpec(str(uuid.uuid4()), 1, 64, driver.run_dir("x").parent / "x")
         spec = VmSpec(spec.uuid, 1, 64, driver.run_dir(spec.uuid))
         status = await driver.start(StartRequest(spec))
-        assert (status.server, status.state) == (spec.uuid, RUNNING)
+        assert (status.server, status.state) == (spec.uuid, VmState.RUNNING)
         assert driver.held() == [spec.uuid]
         await driver.stop(spec.uuid)
-        assert [(event.server, event.kind) for event in events] == [(spec.uuid, EXITED)]
+        assert [(event.server, event.kind) for event in events] == [(spec.uuid, VmEventKind.EXITED)]
         assert driver.held() == []
     finally:
         await driver.close()
@@ -152,8 +152,11 @@ async def test_an_agent_that_cannot_be_reached_or_does_not_answer_is_a_clear_err
         driver = RemoteHypervisorDriver(
             "hv-a", f"127.0.0.1:{port}", control_context(cluster.control)
         )
-        with pytest.raises(HypervisorError, match=f"hv-a at https://127.0.0.1:{port} unreachable"):
+        with pytest.raises(
+            HypervisorError, match=f"hv-a at https://127.0.0.1:{port} unreachable"
+        ) as refused:
             await driver.connect()
+        assert (refused.value.status, refused.value.kind) == (503, "failed")
 
     # An agent that takes the connection (TLS and all) and never answers.
     done = threading.Event()
@@ -175,8 +178,11 @@ async def test_an_agent_that_cannot_be_reached_or_does_not_answer_is_a_clear_err
             call_timeout=1.0,
         )  # fmt: skip
         try:
-            with pytest.raises(HypervisorError, match="unreachable: host_settings got no answer"):
+            with pytest.raises(
+                HypervisorError, match="unreachable: host_settings got no answer"
+            ) as refused:
                 await driver.connect()
+            assert refused.value.status == 503
         finally:
             done.set()
             holding.join(10.0)

@@ -18,7 +18,7 @@ import pytest
 
 from openhosting.agent.pki import Bundle, control_context
 from openhosting.agent.server import own_drive_paths
-from openhosting.errors import FailedError, FullError, MissingError
+from openhosting.errors import FailedError, FullError, MissingError, UnavailableError
 from openhosting.hypervisor.driver import StartRequest
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import DiskSpec, VmSpec
@@ -161,7 +161,7 @@ def test_refusals_come_back_as_the_api_errors_and_a_cut_staged_write_changes_not
             with pytest.raises(MissingError):
                 await read(storage, str(uuid.uuid4()), 0, 10)
             gone = RemoteDriveStorage("hv-a", "127.0.0.1:1", control_context(cluster.control))
-            with pytest.raises(FailedError, match="hv-a"):
+            with pytest.raises(UnavailableError, match="hv-a"):
                 await gone.create(str(uuid.uuid4()), "disk", MIB, None)
             assert not gone.is_available(drive, "disk")
             await gone.close()

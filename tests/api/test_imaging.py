@@ -2,6 +2,7 @@
 claims, the busy rules, failures, and who may image from what (docs/api.md §4)."""
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -255,6 +256,31 @@ async def test_gunzip_of_a_drive_without_gzip_fails_cleanly_with_its_reason(
     after = await wait_imaged(client, auth, dst)
     assert "imaging:error" not in after
     assert (await content(client, auth, dst)).startswith(b"not gzip at all")
+
+
+async def test_gunzip_of_a_damaged_stream_fails_with_its_reason_and_leaves_no_inflater(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    stream = bytearray(gzip.compress(os.urandom(3 * MiB), compresslevel=1))
+    stream[MiB : MiB + 64] = bytes(64)  # the middle of the deflate data
+    src = await drive_with(client, auth, 4 * MiB, {0: bytes(stream)}, "aes-xts-plain")
+    dst = (await create_drive(client, auth, 3 * MiB, "none"))["drive"]
+    await image(client, auth, dst, src, "gunzip")
+    info = await wait_imaged(client, auth, dst)
+    assert "damaged gzip stream" in info["imaging:error"], info
+    assert "claimed" not in info
+    assert not igzip_children()
+
+
+def igzip_children() -> list[str]:
+    """The igzip processes this process (the daemon under test) started that still run."""
+    found = []
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            with contextlib.suppress(FileNotFoundError):  # another child that just ended
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "igzip":
+                    found.append(pid)
+    return found
 
 
 async def test_an_unknown_conversion_is_missing_and_get_is_not_allowed(

@@ -4,19 +4,16 @@ Both daemons share the test's database and one state directory (the drive files 
 platform key, as API nodes beside one storage would); they run no servers.
 """
 
-import os
-import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
 from openhosting.reverter import Reverter
-from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
-
-T = TypeVar("T")
+from testbed.cluster import at_once, run_admin
+from testbed.daemon_process import Api, DaemonProcess, create_user
 
 
 class Cluster:
@@ -45,11 +42,7 @@ class Cluster:
 
     def admin(self, *args: str) -> str:
         """`openhosting-admin ARGS` on the shared database; its standard output."""
-        return subprocess.run(
-            [str(BIN / "openhosting-admin"), "--state-dir", str(self.state), *args],
-            capture_output=True, text=True, timeout=60, check=True,
-            env={**os.environ, **self.env},
-        ).stdout  # fmt: skip
+        return run_admin(self.state, self.env, *args)
 
     def query(self, statement: str, *params: object) -> list[tuple[Any, ...]]:
         """The rows of `statement` on the shared database (what the test checks)."""
@@ -59,10 +52,3 @@ class Cluster:
     def stop(self) -> None:
         """Both daemons stopped (those still running), side by side."""
         at_once([self.a.stop, self.b.stop])
-
-
-def at_once(calls: list[Callable[[], T]]) -> list[T]:
-    """Run `calls` together, one thread each; their results in order."""
-    with ThreadPoolExecutor(len(calls)) as pool:
-        futures = [pool.submit(call) for call in calls]
-        return [future.result() for future in futures]

@@ -129,7 +129,7 @@ def test_drives_on_an_agents_host_keep_their_bytes_there_and_the_api_moves_them(
     # The agent gone: a read fails naming the host, and the drive shows inactive.
     os.kill(agent.pid, signal.SIGKILL)
     failed = api.call(f"/drives/{here}/read/0/100")
-    assert (failed.status, failed.headers.get("X-Elastic-Error")) == (500, "failed"), failed
+    assert (failed.status, failed.headers.get("X-Elastic-Error")) == (503, "failed"), failed
     assert "hv-a" in failed.body.decode()
     assert api.properties(f"/drives/{here}/info")["status"] == "inactive"
 

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -27,10 +26,14 @@ import pytest
 
 from openhosting.agent.pki import Bundle, add_host, control_bundle, control_context, init_cluster
 from testbed.agent_process import AgentProcess, agent_process
-from testbed.daemon_process import BIN, Api, DaemonProcess, create_user
+from testbed.cluster import host_list, run_admin
+from testbed.daemon_process import Api, DaemonProcess, create_user
 from testbed.leftovers import vm_run_directory
 
 WAIT = 20.0  # seconds, at most, for the daemon to notice an agent gone or back
+HEARTBEAT_SECONDS = 1
+OFFLINE_SECONDS = 3  # short, for the test: a busy machine's beats still come in time
+AGENT_MHZ = 1111  # the agents' hosts' core MHz, which only they know
 
 
 class Hosts:
@@ -43,7 +46,8 @@ class Hosts:
             "OH_STORE_URL": url,
             "OH_HOST_NAME": "zz-api",  # after the agents' hosts: ties go to them
             "OH_HYPERVISOR_DRIVER": "fake",
-            "OH_HOST_HEARTBEAT_SECONDS": "1",
+            "OH_HOST_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
+            "OH_HOST_OFFLINE_SECONDS": str(OFFLINE_SECONDS),
         }
         self.account = create_user(self.state, env=self.env)
         init_cluster(self.state)
@@ -58,7 +62,7 @@ class Hosts:
         if not bundle_dir.exists():
             add_host(self.state, name, bundle_dir)
         bundle = Bundle.in_directory(bundle_dir, "host")
-        env = {}
+        env = {"OH_HYPERVISOR_CORE_MHZ": str(AGENT_MHZ)}  # not the API node's: reported
         if driver == "qemu":
             # Short (QEMU's sockets), the same for a restarted agent; after the agent's stop
             # (which lets its VMs run on) whatever QEMU it left is killed.
@@ -74,11 +78,10 @@ class Hosts:
         return agent
 
     def admin(self, *args: str) -> str:
-        return subprocess.run(
-            [str(BIN / "openhosting-admin"), "--state-dir", str(self.state), *args],
-            capture_output=True, text=True, timeout=60, check=True,
-            env={**os.environ, **self.env},
-        ).stdout  # fmt: skip
+        return run_admin(self.state, self.env, *args)
+
+    def host_list(self) -> dict[str, dict[str, str]]:
+        return host_list(self.state, self.env)
 
     def held(self, name: str) -> list[str]:
         """The VMs the agent of host `name` holds, asked of it directly (mutual TLS)."""
@@ -123,6 +126,12 @@ def test_servers_run_on_the_agents_of_their_boot_drives_hosts(hosts: Hosts) -> N
     hosts.stack.callback(daemon.stop)
     api, log = Api(hosts.account, daemon.url), hosts.work / "daemon.log"
 
+    # Each agent described its own host (the API node's MHz is another), recorded on connect.
+    listed = hosts.host_list()
+    for name in ("hv-a", "hv-b"):
+        assert (listed[name]["state"], listed[name]["cpu:core_mhz"]) == ("online", "1111")
+    assert listed["zz-api"]["cpu:core_mhz"] != "1111"
+
     # Drives kept apart by avoid: on the two agents' hosts.
     d1 = api.properties("/drives/create", b"name one\nsize 1M\n")["drive"]
     d2 = api.properties("/drives/create", f"name two\nsize 1M\navoid {d1}\n".encode())["drive"]
@@ -149,23 +158,41 @@ def test_servers_run_on_the_agents_of_their_boot_drives_hosts(hosts: Hosts) -> N
     assert hosts.held("hv-b") == [s2]
     assert api.properties(f"/servers/{s1}/info")["status"] == "stopped"
 
-    # hv-b's agent killed: the calls to its server fail naming the host; its info answers.
+    # hv-b's agent killed: offline once silent for host.offline_seconds; its server's info
+    # says so with its last known status, its commands are 503 failed naming the host, and
+    # the drives' placement leaves the host out.
     address = hosts.agents["hv-b"].address
     os.kill(hosts.agents["hv-b"].pid, signal.SIGKILL)
-    stopped = api.call(f"/servers/{s2}/stop", b"")
-    assert stopped.headers.get("X-Elastic-Error") == "failed", stopped
-    assert "host agent hv-b" in stopped.body.decode(), stopped
-    assert api.properties(f"/servers/{s2}/info")["host"] == "hv-b"
-    wait_for(lambda: "event=host_agent_down host=hv-b" in log.read_text(), "agent down", log)
+    killed = time.monotonic()
+    wait_for(
+        lambda: api.properties(f"/servers/{s2}/info").get("host:state") == "offline",
+        "the server's host offline",
+        log,
+    )
+    assert time.monotonic() - killed < OFFLINE_SECONDS + 2 * HEARTBEAT_SECONDS + 2
+    info = api.properties(f"/servers/{s2}/info")
+    assert (info["status"], info["host"]) == ("active", "hv-b")
+    assert api.properties(f"/drives/{d2}/info")["host:state"] == "offline"
+    assert hosts.host_list()["hv-b"]["state"] == "offline"
+    for command in ("stop", "reset"):
+        refused = api.call(f"/servers/{s2}/{command}", b"")
+        assert refused.status == 503, refused
+        assert refused.headers.get("X-Elastic-Error") == "failed", refused
+        assert "Host hv-b is offline" in refused.body.decode(), refused
+    apart = api.properties("/drives/create", f"name x\nsize 1M\navoid {d1}\n".encode())
+    assert apart["host"] != "hv-b"
 
-    # Back on its port: the daemon adopts its servers' VMs again. The fake's VM died with
-    # the agent's process: the server is reconciled as after a daemon restart.
+    # Back on its port: online again, and the daemon adopts its servers' VMs again. The
+    # fake's VM died with the agent's process: the server is reconciled as after a daemon
+    # restart.
     hosts.start_agent("hv-b", listen=address)
     wait_for(
         lambda: api.properties(f"/servers/{s2}/info")["status"] == "stopped",
         "the server of the restarted agent reconciled",
         log,
     )
+    wait_for(lambda: hosts.host_list()["hv-b"]["state"] == "online", "hv-b online", log)
+    assert "host:state" not in api.properties(f"/servers/{s2}/info")
 
     # A boot drive on a host no agent of which is connected here: 507 naming it.
     hosts.query("UPDATE drives SET host = 'hv-gone' WHERE uuid = %s", d1)
@@ -194,8 +221,10 @@ def test_a_vm_outlives_its_agents_kill_and_is_adopted_when_the_agent_is_back(
         wait_for(lambda: "event=host_agent_down host=hv-q" in log.read_text(), "agent down", log)
         hosts.start_agent("hv-q", listen=agent.address, driver="qemu")
         wait_for(lambda: hosts.held("hv-q") == [server], "the VM adopted again", log)
+        wait_for(lambda: hosts.host_list()["hv-q"]["state"] == "online", "hv-q online", log)
         info = api.properties(f"/servers/{server}/info")
         assert (info["status"], info["host"]) == ("active", "hv-q")
+        assert "host:state" not in info
     finally:
         api.call(f"/servers/{server}/stop", b"")
     assert hosts.held("hv-q") == []

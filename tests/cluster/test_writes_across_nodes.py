@@ -4,8 +4,9 @@ claims on one drive exactly one wins, the other a clear 4xx (the drive's row hel
 FOR UPDATE`, store/row_locks.py. One pair of daemons serves both checks (their start is most
 of the time)."""
 
+from testbed.cluster import at_once
 from testbed.daemon_process import Answer
-from tests.cluster.nodes import Cluster, at_once
+from tests.cluster.nodes import Cluster
 
 ATTEMPTS = 16  # creates per kind, half through each daemon
 ROUNDS = 4  # of each claims race

@@ -9,12 +9,27 @@ from typing import Any
 
 import pytest
 
-from openhosting.hypervisor.calls import CALLS, CallError, arguments, decode, encode
+from openhosting.hypervisor.calls import (
+    CALLS,
+    MIGRATING,
+    WHOLE_RECORD,
+    CallError,
+    arguments,
+    decode,
+    encode,
+)
 from openhosting.hypervisor.driver import (
     BlockStats,
     HypervisorDriver,
+    IncomingInfo,
+    IncomingRequest,
+    MigratingDriver,
+    PauseReason,
     StartRequest,
+    VmEnd,
     VmEvent,
+    VmEventKind,
+    VmState,
     VmStatus,
 )
 from openhosting.hypervisor.spec import (
@@ -66,13 +81,16 @@ def _full_request() -> StartRequest:
 
 
 def test_every_driver_method_has_a_record_naming_its_parameters() -> None:
-    members = inspect.getmembers(HypervisorDriver, inspect.isfunction)
+    members = inspect.getmembers(MigratingDriver, inspect.isfunction)
     methods = {name for name, _ in members if not name.startswith("_")} - {"listen"}
     assert set(CALLS) == methods
+    assert set(CALLS) - MIGRATING == {
+        name for name, _ in inspect.getmembers(HypervisorDriver, inspect.isfunction)
+    } - {"listen"} - {name for name, _ in members if name.startswith("_")}
     for name, call in CALLS.items():
-        if name == "start":
+        if name in WHOLE_RECORD:
             continue  # takes its record whole
-        parameters = set(inspect.signature(getattr(HypervisorDriver, name)).parameters)
+        parameters = set(inspect.signature(getattr(MigratingDriver, name)).parameters)
         fields = set(arguments(call.request(**_sample_fields(call.request))))
         assert fields == parameters - {"self", "sink"}, name
 
@@ -80,8 +98,48 @@ def test_every_driver_method_has_a_record_naming_its_parameters() -> None:
 def _sample_fields(record: type) -> dict[str, object]:
     samples: dict[str, object] = {"server": SERVER, "timeout": 1.0, "started": 1.0}
     samples |= {"vnc_listen": "::", "netns": None, "address": "::1", "port": 5900}
-    samples |= {"cpu_mhz": 100, "password": None}
+    samples |= {"cpu_mhz": 100, "password": None, "target": _incoming_info()}
     return {name: samples[name] for name in inspect.signature(record).parameters}
+
+
+def _incoming_info(uri: str = "tcp:10.20.0.12:49152") -> IncomingInfo:
+    return IncomingInfo(
+        SERVER, uri, "tcp:10.20.0.12:49153", (("drive-ide0-0-0", "drive-ide0-0-0"),),
+        tls_hostname="hv-b", drive_paths=(("ide:0:0", "/d/a.raw"),),
+    )  # fmt: skip
+
+
+def test_a_migrations_calls_cross_whole() -> None:
+    request = IncomingRequest(_full_request(), (("ide:0:0", 25 << 20),), started=12.5)
+    assert _through_json(IncomingRequest, request) == request
+    assert _through_json(IncomingInfo, _incoming_info()) == _incoming_info()
+    call = CALLS["migrate_out"].request(server=SERVER, target=_incoming_info(), timeout=30.0)
+    assert _through_json(CALLS["migrate_out"].request, call) == call
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "exec:touch /tmp/pwned",  # QEMU would run it on the source host
+        "fd:3",
+        "tcp:10.0.0.1",
+        "unix:relative.sock",
+        "tcp:10.0.0.1:1,x=y",
+        "rdma:10.0.0.1:4444",
+    ],
+)
+def test_a_migration_target_is_a_unix_or_tcp_address_and_nothing_else(uri: str) -> None:
+    data = encode(_incoming_info())
+    with pytest.raises(CallError, match="stream address"):
+        decode(IncomingInfo, {**data, "migration_uri": uri})
+    with pytest.raises(CallError, match="stream address"):
+        decode(IncomingInfo, {**data, "nbd_address": uri})
+
+
+def test_a_migrate_out_names_the_server_its_target_waits_for() -> None:
+    data = encode(CALLS["migrate_out"].request(SERVER, _incoming_info(), 1.0))
+    with pytest.raises(CallError, match="waits for"):
+        decode(CALLS["migrate_out"].request, {**data, "server": str(uuid.uuid4())})
 
 
 def test_a_start_request_crosses_whole() -> None:
@@ -94,18 +152,28 @@ def test_a_start_request_crosses_whole() -> None:
 @pytest.mark.parametrize(
     ("hint", "value"),
     [
-        (VmStatus | None, VmStatus(SERVER, "paused", "nospace", started=12.0)),
+        (VmStatus | None, VmStatus(SERVER, VmState.PAUSED, PauseReason.NOSPACE, started=12.0)),
         (VmStatus | None, None),
         (dict[str, BlockStats], {"ide:0:0": BlockStats(1, 2, 3 << 40, 4)}),
         (bytes | None, b"\x00\xffboot\n"),
         (list[str], [SERVER]),
         (HostVmSettings, HostVmSettings("tcg", "::", Path("/s/vnc-tls"), run_as="nobody")),
-        (VmEvent, VmEvent(SERVER, "exited", how="crash")),
+        (VmEvent, VmEvent(SERVER, VmEventKind.EXITED, how=VmEnd.CRASH)),
         (Path, Path("/run/x")),
     ],
 )
 def test_answers_and_events_cross_whole(hint: Any, value: object) -> None:
     assert _through_json(hint, value) == value
+
+
+def test_states_kinds_and_ends_come_back_as_their_enums() -> None:
+    event = _through_json(VmEvent, VmEvent(SERVER, VmEventKind.EXITED, how=VmEnd.CRASH))
+    assert type(event.kind) is VmEventKind and type(event.how) is VmEnd
+    status = _through_json(VmStatus, VmStatus(SERVER, VmState.RUNNING))
+    assert type(status.state) is VmState
+    assert type(_through_json(CALLS["how_ended"].answer, VmEnd.SHUTDOWN)) is VmEnd
+    # On the wire they are their plain values, as before they were enums.
+    assert encode(event)["kind"] == "exited" and json.dumps(encode(event)).count('"crash"') == 1
 
 
 @pytest.mark.parametrize(
@@ -116,6 +184,9 @@ def test_answers_and_events_cross_whole(hint: Any, value: object) -> None:
         (VmStatus, {"server": SERVER, "state": "running", "started": "soon"}),
         (VmStatus, {"server": SERVER, "state": "running", "pid": 1}),  # no such field
         (VmStatus, {"type": "VmEvent", "server": SERVER, "state": "running"}),
+        (VmStatus, {"server": SERVER, "state": "sleeping"}),  # no such state
+        (VmEvent, {"server": SERVER, "kind": "exited", "how": 1}),
+        (CALLS["how_ended"].answer, "vanished"),
         (CALLS["set_cpu"].request, {"server": SERVER, "cpu_mhz": True}),
         (CALLS["set_cpu"].request, {"server": SERVER, "cpu_mhz": 1.5}),
         (CALLS["stop"].request, {"timeout": 1}),  # the server is missing

@@ -31,19 +31,15 @@ from openhosting.agent.pki import control_context
 from openhosting.config import HypervisorSettings
 from openhosting.hypervisor import process
 from openhosting.hypervisor.driver import (
-    CRASH,
-    EXITED,
-    PAUSED,
-    POWERED_OFF,
-    RESUMED,
-    RUNNING,
-    SHUTDOWN,
     HypervisorDriver,
     IncomingInfo,
     IncomingRequest,
     MigratingDriver,
     StartRequest,
+    VmEnd,
     VmEvent,
+    VmEventKind,
+    VmState,
     VmStatus,
 )
 from openhosting.hypervisor.errors import HypervisorError
@@ -115,10 +111,10 @@ class Harness:
             accelerator=host.accelerator, qemu_binary=host.qemu_binary, disks=disks, boot=boot,
         )  # fmt: skip
 
-    def kinds(self, server: str) -> list[str]:
+    def kinds(self, server: str) -> list[VmEventKind]:
         return [event.kind for event in self.events if event.server == server]
 
-    async def wait_for(self, server: str, kind: str) -> VmEvent:
+    async def wait_for(self, server: str, kind: VmEventKind) -> VmEvent:
         for _ in range(int(EVENT_TIMEOUT / 0.05)):
             for event in self.events:
                 if event.server == server and event.kind == kind:
@@ -235,7 +231,8 @@ async def harness(
 async def migration_harness(
     request: pytest.FixtureRequest, agents: Callable[[str], Agent]
 ) -> AsyncIterator[Harness]:
-    """The drivers that move VMs (`MigratingDriver`); the remote driver does not yet."""
+    """The drivers that move VMs (`MigratingDriver`) within one process; the remote driver
+    moves them between two agents in tests/integration/test_live_migration.py."""
     async for made in _harness(request.param, agents):
         yield made
 
@@ -263,7 +260,7 @@ async def test_a_started_vm_runs_until_stopped_and_its_exit_is_the_last_event(
     driver = harness.driver
     spec = harness.spec()
     status = await driver.start(StartRequest(spec))
-    assert (status.server, status.state, status.reason) == (spec.uuid, RUNNING, None)
+    assert (status.server, status.state, status.reason) == (spec.uuid, VmState.RUNNING, None)
     assert status.started > 0
     assert driver.status(spec.uuid) == status
     assert driver.held() == [spec.uuid]
@@ -273,8 +270,8 @@ async def test_a_started_vm_runs_until_stopped_and_its_exit_is_the_last_event(
 
     await driver.stop(spec.uuid)
     # Stopped once `stop` returns: its exit told, and nothing after it.
-    assert harness.kinds(spec.uuid) == [EXITED]
-    assert harness.events[-1].how == SHUTDOWN
+    assert harness.kinds(spec.uuid) == [VmEventKind.EXITED]
+    assert harness.events[-1].how == VmEnd.SHUTDOWN
     assert driver.status(spec.uuid) is None and driver.held() == []
     with pytest.raises(HypervisorError):
         await driver.stop(spec.uuid)
@@ -285,7 +282,7 @@ async def test_a_killed_vm_is_gone_and_told(core_harness: Harness) -> None:
     spec = harness.spec()
     await harness.driver.start(StartRequest(spec))
     await harness.driver.kill(spec.uuid)
-    assert harness.kinds(spec.uuid) == [EXITED]
+    assert harness.kinds(spec.uuid) == [VmEventKind.EXITED]
     assert harness.driver.status(spec.uuid) is None
 
 
@@ -294,9 +291,9 @@ async def test_a_crash_is_an_exit_event_saying_so(core_harness: Harness) -> None
     spec = harness.spec()
     await harness.driver.start(StartRequest(spec))
     await harness.crash(spec.uuid)
-    exited = await harness.wait_for(spec.uuid, EXITED)
-    assert exited.how == CRASH
-    assert harness.kinds(spec.uuid) == [EXITED]
+    exited = await harness.wait_for(spec.uuid, VmEventKind.EXITED)
+    assert exited.how == VmEnd.CRASH
+    assert harness.kinds(spec.uuid) == [VmEventKind.EXITED]
     assert harness.driver.status(spec.uuid) is None and harness.driver.held() == []
 
 
@@ -311,7 +308,7 @@ async def test_a_start_that_fails_leaves_nothing_and_tells_nothing(core_harness:
     assert driver.status(spec.uuid) is None and driver.held() == []
     assert await driver.unheld() == []
     # Nothing is in the way of the next start.
-    assert (await driver.start(StartRequest(harness.spec()))).state == RUNNING
+    assert (await driver.start(StartRequest(harness.spec()))).state == VmState.RUNNING
 
 
 async def test_a_vm_the_hypervisor_pauses_shows_paused_until_resumed(harness: Harness) -> None:
@@ -319,16 +316,16 @@ async def test_a_vm_the_hypervisor_pauses_shows_paused_until_resumed(harness: Ha
     spec = harness.spec()
     await driver.start(StartRequest(spec))
     await harness.pause(spec.uuid)
-    paused = await harness.wait_for(spec.uuid, PAUSED)
+    paused = await harness.wait_for(spec.uuid, VmEventKind.PAUSED)
     assert paused.reason == "paused"  # QEMU's run state after a monitor's `stop`
     status = driver.status(spec.uuid)
-    assert status is not None and (status.state, status.reason) == (PAUSED, "paused")
+    assert status is not None and (status.state, status.reason) == (VmState.PAUSED, "paused")
 
     await driver.resume(spec.uuid)
-    await harness.wait_for(spec.uuid, RESUMED)
+    await harness.wait_for(spec.uuid, VmEventKind.RESUMED)
     status = driver.status(spec.uuid)
-    assert status is not None and (status.state, status.reason) == (RUNNING, None)
-    assert harness.kinds(spec.uuid) == [PAUSED, RESUMED]
+    assert status is not None and (status.state, status.reason) == (VmState.RUNNING, None)
+    assert harness.kinds(spec.uuid) == [VmEventKind.PAUSED, VmEventKind.RESUMED]
 
 
 async def test_a_new_driver_adopts_the_vms_the_last_one_left_running(core_harness: Harness) -> None:
@@ -342,15 +339,15 @@ async def test_a_new_driver_adopts_the_vms_the_last_one_left_running(core_harnes
     restarted = await harness.new_driver()
     assert await restarted.unheld() == [spec.uuid]
     status = await restarted.adopt(spec.uuid, started=1234.0)
-    assert status is not None and (status.state, status.started) == (RUNNING, 1234.0)
+    assert status is not None and (status.state, status.started) == (VmState.RUNNING, 1234.0)
     assert restarted.held() == [spec.uuid] and await restarted.unheld() == []
     assert await restarted.adopt(str(uuid.uuid4()), started=0) is None
 
     # Its exit is the new driver's to tell; a VM that is gone ended cleanly.
     await restarted.stop(spec.uuid)
-    assert harness.kinds(spec.uuid) == [EXITED]
+    assert harness.kinds(spec.uuid) == [VmEventKind.EXITED]
     assert await (await harness.new_driver()).adopt(spec.uuid, started=0) is None
-    assert restarted.how_ended(spec.uuid) == SHUTDOWN
+    assert restarted.how_ended(spec.uuid) == VmEnd.SHUTDOWN
 
 
 async def test_a_vm_nobody_holds_is_stopped_without_an_event(core_harness: Harness) -> None:
@@ -376,7 +373,7 @@ async def test_a_guest_power_off_gives_a_last_look_then_ends_the_vm(harness: Har
 
     async def last_look(event: VmEvent) -> None:
         await harness.record(event)
-        if event.kind == POWERED_OFF:  # the VM is still there to be read
+        if event.kind == VmEventKind.POWERED_OFF:  # the VM is still there to be read
             looked.append(sorted(await driver.blockstats(event.server)))
 
     driver.listen(last_look)
@@ -390,9 +387,9 @@ async def test_a_guest_power_off_gives_a_last_look_then_ends_the_vm(harness: Har
             log = (driver.serial_log(spec.uuid) or b"")[-800:]
             raise AssertionError(f"the guest did not boot: {log!r}")
     await driver.powerdown(spec.uuid)
-    exited = await harness.wait_for(spec.uuid, EXITED)
-    assert exited.how == SHUTDOWN
-    assert harness.kinds(spec.uuid) == [POWERED_OFF, EXITED]
+    exited = await harness.wait_for(spec.uuid, VmEventKind.EXITED)
+    assert exited.how == VmEnd.SHUTDOWN
+    assert harness.kinds(spec.uuid) == [VmEventKind.POWERED_OFF, VmEventKind.EXITED]
     assert looked == [[disk.slot for disk in spec.disks]]
     assert driver.status(spec.uuid) is None
 
@@ -425,12 +422,12 @@ async def test_a_saved_vm_stays_paused_and_a_start_from_its_state_runs_it_on(
 
     await driver.save_state(spec.uuid, sink, timeout=EVENT_TIMEOUT)
     status = driver.status(spec.uuid)
-    assert saved and status is not None and status.state == PAUSED
+    assert saved and status is not None and status.state == VmState.PAUSED
     await driver.stop(spec.uuid)
 
     restored = dataclasses.replace(spec, incoming=True)
     status = await driver.start(StartRequest(restored, timeout=EVENT_TIMEOUT), restore=source)
-    assert status.state == RUNNING
+    assert status.state == VmState.RUNNING
 
 
 async def test_a_vm_whose_state_cannot_be_saved_runs_on(harness: Harness) -> None:
@@ -445,11 +442,11 @@ async def test_a_vm_whose_state_cannot_be_saved_runs_on(harness: Harness) -> Non
         await driver.save_state(spec.uuid, failing_sink, timeout=EVENT_TIMEOUT)
     for _ in range(int(EVENT_TIMEOUT / 0.05)):  # QEMU tells its resume by an event
         status = driver.status(spec.uuid)
-        if status is not None and status.state == RUNNING:
+        if status is not None and status.state == VmState.RUNNING:
             break
         await asyncio.sleep(0.05)
     status = driver.status(spec.uuid)
-    assert status is not None and (status.state, status.reason) == (RUNNING, None)
+    assert status is not None and (status.state, status.reason) == (VmState.RUNNING, None)
 
 
 DRIVE_BYTES = 1 << 20
@@ -508,7 +505,11 @@ async def test_a_migrated_vm_runs_on_the_target_and_no_longer_on_the_source(
 
     status = await live_migrate(source, target, request, EVENT_TIMEOUT)
 
-    assert (status.server, status.state, status.started) == (spec.uuid, RUNNING, before.started)
+    assert (status.server, status.state, status.started) == (
+        spec.uuid,
+        VmState.RUNNING,
+        before.started,
+    )
     assert target.held() == [spec.uuid] and target.status(spec.uuid) == status
     assert source.held() == [] and source.status(spec.uuid) is None
     assert await source.unheld() == []

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.hypervisor.driver import RUNNING, IncomingRequest, StartRequest, VmStatus
+from openhosting.config import ConfigError, HypervisorSettings
+from openhosting.hypervisor.driver import IncomingRequest, StartRequest, VmState, VmStatus
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
 from openhosting.hypervisor.migration import live_migrate
+from openhosting.hypervisor.qemu_driver import migration_ports
 from openhosting.hypervisor.spec import VmSpec
 
 calls: list[str] = []
@@ -75,5 +77,26 @@ async def test_a_source_that_does_not_end_cleanly_does_not_undo_a_done_migration
 
     status = await live_migrate(source, target, moved(spec, target), 5.0)
 
-    assert status.state == RUNNING and target.held() == [spec.uuid]
+    assert status.state == VmState.RUNNING and target.held() == [spec.uuid]
     assert source.held() == []
+
+
+@pytest.mark.parametrize(
+    ("ports", "expected"),
+    [("49152-49215", range(49152, 49216)), ("7000", range(7000, 7001)), ("1-65535", None)],
+)
+def test_the_migration_ports_are_a_range_of_tcp_ports(ports: str, expected: range | None) -> None:
+    settings = HypervisorSettings(migration_ports=ports)
+    assert migration_ports(settings) == (expected or range(1, 65536))
+
+
+@pytest.mark.parametrize("ports", ["", "0-10", "5-4", "60000-70000", "a-b", "1-2-3"])
+def test_a_range_that_is_no_tcp_ports_stops_the_driver(ports: str) -> None:
+    with pytest.raises(ConfigError, match="migration_ports"):
+        migration_ports(HypervisorSettings(migration_ports=ports))
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1,x=y", "::1", "a b", "exec:true"])
+def test_a_migration_address_that_is_no_host_stops_the_driver(address: str) -> None:
+    with pytest.raises(ConfigError, match="migration_address"):
+        migration_ports(HypervisorSettings(migration_address=address))

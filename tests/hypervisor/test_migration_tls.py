@@ -17,7 +17,7 @@ import pytest
 
 from openhosting.agent.pki import Bundle
 from openhosting.config import HypervisorSettings
-from openhosting.hypervisor.driver import RUNNING, IncomingRequest, StartRequest, VmEvent
+from openhosting.hypervisor.driver import IncomingRequest, StartRequest, VmEvent, VmState
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.migration import MigrationTls, live_migrate, write_qemu_tls_dir
 from openhosting.hypervisor.qemu_driver import QemuDriver
@@ -110,7 +110,7 @@ async def test_a_vm_moves_over_tls_between_hosts_of_one_cluster(
 
     status = await live_migrate(a, b, request, TIMEOUT)
 
-    assert (status.state, a.held(), b.held()) == (RUNNING, [], [spec.uuid])
+    assert (status.state, a.held(), b.held()) == (VmState.RUNNING, [], [spec.uuid])
     assert hosts.events == []
     # Nothing of the migration's TLS stays: a later save of its state (`fd:`) goes without.
     parameters = await b.vm(spec.uuid).monitor.execute("query-migrate-parameters")
@@ -119,7 +119,7 @@ async def test_a_vm_moves_over_tls_between_hosts_of_one_cluster(
     # And it can go on to another host (its target's TLS object gone, the source's free).
     back = moved_to(a, request.start.spec, "c.raw")
     status = await live_migrate(b, a, back, TIMEOUT)
-    assert (status.state, a.held(), b.held()) == (RUNNING, [spec.uuid], [])
+    assert (status.state, a.held(), b.held()) == (VmState.RUNNING, [spec.uuid], [])
     assert hosts.events == []
     await a.stop(spec.uuid)
     assert back.start.spec.disks[0].path.read_bytes() == spec.disks[0].path.read_bytes()

@@ -5,14 +5,15 @@ here (its QMP answers scripted); the real QEMU case is tests/integration/test_se
 import asyncio
 from pathlib import Path
 
+from openhosting.hypervisor.driver import PauseReason
 from openhosting.hypervisor.space_resume import SpaceResumer, free_bytes
-from openhosting.hypervisor.vm import IO_ERROR, NOSPACE, Pause
+from openhosting.hypervisor.vm import Pause
 
 
 class PausedVm:
     """What the resumer uses of a RunningVm."""
 
-    def __init__(self, files: list[Path], reason: str = NOSPACE) -> None:
+    def __init__(self, files: list[Path], reason: str = PauseReason.NOSPACE) -> None:
         self.uuid = str(files[0])
         self.pause: Pause | None = Pause(reason)
         self.exited = asyncio.Event()
@@ -48,7 +49,7 @@ async def test_a_vm_resumes_once_its_file_systems_have_room(tmp_path: Path) -> N
 
 async def test_a_vm_paused_for_another_reason_or_gone_is_left_alone(tmp_path: Path) -> None:
     resumer = SpaceResumer(interval=0.01, free=1)
-    other = PausedVm([tmp_path / "a.img"], reason=IO_ERROR)
+    other = PausedVm([tmp_path / "a.img"], reason=PauseReason.IO_ERROR)
     gone = PausedVm([tmp_path / "b.img"])
     gone.exited.set()
     for vm in (other, gone):

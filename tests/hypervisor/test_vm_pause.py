@@ -2,7 +2,8 @@
 
 import pytest
 
-from openhosting.hypervisor.vm import IO_ERROR, NOSPACE, Pause, pause_of
+from openhosting.hypervisor.driver import PauseReason
+from openhosting.hypervisor.vm import Pause, pause_of
 
 
 @pytest.mark.parametrize("status", ["running", "shutdown"])
@@ -11,8 +12,8 @@ def test_a_running_or_leaving_vm_is_not_paused(status: str) -> None:
 
 
 def test_an_io_error_stop_says_whether_the_host_disk_was_full() -> None:
-    assert pause_of("io-error", nospace=True) == Pause(NOSPACE)
-    assert pause_of("io-error", nospace=False) == Pause(IO_ERROR)
+    assert pause_of("io-error", nospace=True) == Pause(PauseReason.NOSPACE)
+    assert pause_of("io-error", nospace=False) == Pause(PauseReason.IO_ERROR)
 
 
 @pytest.mark.parametrize("status", ["paused", "internal-error", "guest-panicked", "suspended"])

@@ -18,9 +18,10 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.admin import tool as admin
 from openhosting.hypervisor import process
+from openhosting.hypervisor.driver import VmEnd
 from openhosting.hypervisor.serial_log import SerialLogLimit, log_files, read_log
 from openhosting.hypervisor.spec import DiskSpec, RunPaths, VmSpec
-from openhosting.hypervisor.vm import SHUTDOWN, RunningVm
+from openhosting.hypervisor.vm import RunningVm
 from openhosting.services.platform import Platform
 from openhosting.services.server_logs import SECONDS_PER_DAY
 from testbed.build_guest import READY_MARKER
@@ -112,9 +113,9 @@ async def test_a_flooding_guest_keeps_its_log_bounded_across_a_daemon_restart(
         boot=("ide:0:0",),
     )
     paths = spec.paths
-    exits: list[str] = []
+    exits: list[VmEnd] = []
 
-    async def on_exit(_uuid: str, how: str) -> None:
+    async def on_exit(_uuid: str, how: VmEnd) -> None:
         exits.append(how)
 
     held.specs.append(spec)
@@ -169,7 +170,7 @@ async def test_a_flooding_guest_keeps_its_log_bounded_across_a_daemon_restart(
     assert b"\r\nOH-FLOOD-TWO\r\n" in kept[-100:]
 
     await adopted.stop()
-    assert exits == [SHUTDOWN]
+    assert exits == [VmEnd.SHUTDOWN]
     # The log outlives the VM (its reason to exist); the sockets go.
     assert b"OH-FLOOD-TWO" in read_log(paths.serial_log, LIMIT.files)
     assert not paths.console_socket.exists() and not paths.serial_socket.exists()

@@ -8,6 +8,7 @@ The last test runs a real TCG guest through the platform on host 1."""
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlalchemy import Engine, insert
 
 from openhosting.config import Config, NetworkSettings
 from openhosting.network.bridge_mode import BridgeNetwork
@@ -24,6 +26,11 @@ from openhosting.network.pool import AddressPool
 from openhosting.network.vxlan import vni_of
 from openhosting.services.platform import Platform
 from openhosting.services.server_network import default_mac
+from openhosting.store import hosts as host_store
+from openhosting.store import vnis as vni_store
+from openhosting.store.database import open_engine
+from openhosting.store.records import HostRecord
+from openhosting.store.tables import resources, users
 from openhosting.wire.text import parse_properties
 from tests.conftest import config_in
 from tests.integration.bridge_platform import bridge_platform_fixture  # noqa: F401 (a fixture)
@@ -39,6 +46,7 @@ VLAN_2 = "5e1f0a7c-9b24-4d3e-8f61-0a2b3c4d5e6f"
 # Two VLANs whose UUIDs hash to one VNI (13683501), found by trying UUIDs.
 CLASH_A = "a0cb9e54-05e6-577d-92f8-7908c5d28a31"
 CLASH_B = "e0d24a38-2938-50e9-827c-a32273bfb513"
+USER = "11111111-1111-4111-8111-111111111111"
 
 
 def ip(namespace: str, *args: str) -> None:
@@ -119,14 +127,16 @@ def fabric() -> Iterator[Fabric]:
         yield Fabric(stack, fabric, hosts)
 
 
-def host_driver(fabric: Fabric, index: int, run_dir: Path) -> BridgeNetwork:
+def host_driver(
+    fabric: Fabric, index: int, run_dir: Path, peers: str | None = None
+) -> BridgeNetwork:
     settings = NetworkSettings(
         mode="bridge",
         namespace=fabric.hosts[index],
         lease_seconds=120,
         vxlan_local=UNDERLAY[index],
         vxlan_device="u0",
-        vxlan_peers=UNDERLAY[1 - index],
+        vxlan_peers=UNDERLAY[1 - index] if peers is None else peers,
     )
     pool = AddressPool.parse(
         settings.pool_subnet, settings.pool_gateway, settings.pool_nameservers, settings.pool_range
@@ -142,9 +152,9 @@ async def drivers(fabric: Fabric, tmp_path: Path) -> AsyncIterator[tuple[BridgeN
         await network.dhcp.stop()
 
 
-def nic(server: int, vlan: str) -> NicPlan:
+def nic(server: int, vlan: str, vni: int | None = None) -> NicPlan:
     mac = f"52:54:00:00:00:{server:02x}"
-    return NicPlan(f"{server:08x}-0000-4000-8000-000000000000", 0, mac, vlan=vlan)
+    return NicPlan(f"{server:08x}-0000-4000-8000-000000000000", 0, mac, vlan=vlan, vni=vni)
 
 
 def flood_list(namespace: str, device: str) -> set[str]:
@@ -216,6 +226,87 @@ async def test_two_vlans_of_one_vni_on_a_host_are_refused_not_joined(
     await one.detach([nic(1, CLASH_A)])
     await one.close(idle=True)
     assert link_names(fabric.hosts[0]) == {"lo", "u0"}
+
+
+def database_of_two_hosts(path: Path) -> Engine:
+    """A store where CLASH_A and CLASH_B are VLANs (with the VNIs the database gave them),
+    host 1 and 2 are online with their underlay addresses, and a third host is offline."""
+    engine = open_engine(path)
+    now = time.time()
+    with engine.begin() as connection:
+        connection.execute(insert(users).values(uuid=USER, key_hash="0" * 64, created_at=0))
+        for vlan in (CLASH_A, CLASH_B):
+            vni = vni_store.allocate_vni(connection, vni_of(vlan))
+            connection.execute(
+                insert(resources).values(
+                    type="vlan", resource=vlan, user=USER, created_at=0, vni=vni
+                )
+            )
+        for name, address, at in (
+            ("hv-1", UNDERLAY[0], now),
+            ("hv-2", UNDERLAY[1], now),
+            ("hv-3", "198.18.0.3", now - 3600),  # offline: no peer of anyone's
+        ):
+            host_store.register_host(connection, host_record(name, address, at))
+    return engine
+
+
+def host_record(name: str, vxlan_local: str, at: float) -> HostRecord:
+    return HostRecord(
+        name=name, state="online", cores=2, core_mhz=2000, memory_mb=1024,
+        disk_bytes_by_tier={}, heartbeat_at=at, created_at=at, vxlan_local=vxlan_local,
+    )  # fmt: skip
+
+
+async def test_vlans_of_one_hash_carry_their_database_vnis_to_the_peers_of_the_hosts_table(
+    fabric: Fabric, tmp_path: Path
+) -> None:
+    engine = database_of_two_hosts(tmp_path / "state.sqlite")
+    since = time.time() - 20
+    with engine.connect() as connection:
+        vnis = vni_store.vnis_of(connection, [CLASH_A, CLASH_B])
+        peers = [vni_store.vxlan_peers(connection, name, since) for name in ("hv-1", "hv-2")]
+    engine.dispose()
+    assert vnis[CLASH_A] != vnis[CLASH_B] and vni_of(CLASH_A) == vni_of(CLASH_B)
+    assert peers == [[UNDERLAY[1]], [UNDERLAY[0]]]
+    # The configured peer lists are wrong on purpose: the hosts table's are the ones used.
+    one = host_driver(fabric, 0, tmp_path / "host0", peers="198.18.0.7")
+    two = host_driver(fabric, 1, tmp_path / "host1", peers="198.18.0.7")
+    await one.set_vxlan_peers(peers[0])
+    await two.set_vxlan_peers(peers[1])
+    host_1, host_2 = fabric.hosts
+    nics_1 = [nic(1, CLASH_A, vnis[CLASH_A]), nic(2, CLASH_B, vnis[CLASH_B])]
+    nics_2 = [nic(3, CLASH_B, vnis[CLASH_B])]
+    try:
+        await one.attach(nics_1)  # both on one host: refused when VNIs were hashes
+        await two.attach(nics_2)
+        for vlan in (CLASH_A, CLASH_B):
+            device = one.vxlan_device(vlan)
+            assert await one._links.vxlan_of(device) == (vnis[vlan], UNDERLAY[0], 4789)
+            assert flood_list(host_1, device) == {UNDERLAY[1]}
+        assert flood_list(host_2, two.vxlan_device(CLASH_B)) == {UNDERLAY[0]}
+
+        a = fabric.guest(host_1, one.vlan_bridge(CLASH_A), "ga", "10.77.0.1")
+        fabric.guest(host_1, one.vlan_bridge(CLASH_B), "gb", "10.77.0.2")
+        c = fabric.guest(host_2, two.vlan_bridge(CLASH_B), "gc", "10.77.0.3")
+        assert pings(c, "10.77.0.2")  # CLASH_B across the hosts, by its database VNI
+        assert not pings(a, "10.77.0.3")  # CLASH_A's hash is CLASH_B's, its VNI is not
+
+        # A third host online: the running VLANs flood to it at once, no start needed.
+        await one.set_vxlan_peers([UNDERLAY[1], "198.18.0.3"])
+        for vlan in (CLASH_A, CLASH_B):
+            assert flood_list(host_1, one.vxlan_device(vlan)) == {UNDERLAY[1], "198.18.0.3"}
+        # No other host in the table: the configured peers again.
+        await one.set_vxlan_peers([])
+        assert flood_list(host_1, one.vxlan_device(CLASH_A)) == {"198.18.0.7"}
+    finally:
+        for host, link in ((host_1, "ga"), (host_1, "gb"), (host_2, "gc")):
+            subprocess.run(["ip", "-n", host, "link", "delete", link], timeout=10, check=False)
+        await one.detach(nics_1)
+        await two.detach(nics_2)
+        for network in (one, two):
+            await network.close(idle=True)
+    assert link_names(host_1) == link_names(host_2) == {"lo", "u0"}
 
 
 async def test_a_changed_peer_list_replaces_the_flood_list_at_reconcile(

@@ -9,40 +9,22 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from openhosting.errors import FullError
-from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
+from openhosting.errors import FullError, UnavailableError
 from openhosting.hypervisor.fake import FakeHypervisor
-from openhosting.services.host_drivers import Closer
 from openhosting.services.platform import Platform
+from openhosting.store import hosts as host_store
 from openhosting.store import servers as server_store
-from openhosting.store.tables import drives
-from tests.services.fake_platform import fake_platform
+from openhosting.store.tables import drives, hosts
+from tests.services.fake_platform import REMOTE_CAPACITY, platform_with_agent_host
 
 SERVER = {"name": "s", "cpu": "500", "mem": "64", "persistent": "true"}
 
 
 @pytest.fixture
 def two_hosts(tmp_path: Path) -> Iterator[tuple[Platform, FakeHypervisor, FakeHypervisor, str]]:
-    """A platform on host `hv-local`, with host `hv-a` whose agent is a fake of its own."""
-    with fake_platform(tmp_path) as (platform, local):
-        remote = FakeHypervisor(tmp_path / "hv-a-run")
-
-        async def connect(
-            host: str, _address: str, handler: EventHandler
-        ) -> tuple[HypervisorDriver, Closer]:
-            assert host == "hv-a"
-            remote.listen(handler)
-
-            async def close() -> None:
-                pass
-
-            return remote, close
-
-        platform.hosts.register()
-        platform.hosts.set_agent("hv-a", "127.0.0.1:7430")
-        platform.hosts.heartbeat(["hv-a"])
-        platform.servers.lifecycle.drivers.connector = connect
-        yield platform, local, remote, platform.accounts.create_user().uuid
+    """A platform on its own host, with host `hv-a` whose agent is a fake of its own."""
+    with platform_with_agent_host(tmp_path) as hosts_and_user:
+        yield hosts_and_user
 
 
 async def drive_on(platform: Platform, user: str, host: str) -> str:
@@ -93,3 +75,61 @@ async def test_a_boot_drive_on_a_host_with_no_driver_here_is_full_naming_the_hos
     # Nothing of the refused start is left: its drive is free.
     assert "claimed" not in platform.drives.info(user, drive)
     await platform.servers.close()
+
+
+async def test_a_host_gone_offline_shows_in_info_refuses_its_commands_and_takes_nothing(
+    two_hosts: tuple[Platform, FakeHypervisor, FakeHypervisor, str],
+) -> None:
+    platform, _local, remote, user = two_hosts
+    servers = platform.servers
+    await servers.recover()
+    drive = await drive_on(platform, user, "hv-a")
+    running = str((await servers.create(user, {**SERVER, "ide:0:0": drive}, start=True))["server"])
+    other = await drive_on(platform, user, "hv-a")
+    stopped = str((await servers.create(user, {**SERVER, "ide:0:0": other}, start=False))["server"])
+    here = await drive_on(platform, user, platform.hosts.name)
+    assert "host:state" not in await servers.info(user, running)
+
+    # hv-a silent for longer than host.offline_seconds, as the next look finds it.
+    with platform.engine.begin() as connection:
+        connection.execute(update(hosts).where(hosts.c.name == "hv-a").values(heartbeat_at=0.0))
+    assert platform.hosts.refresh_offline() == {"hv-a"}
+    platform.hosts.heartbeat()  # this host's beat marks the silent one in its row
+    with platform.engine.connect() as connection:
+        row = host_store.get_host(connection, "hv-a")
+    assert row is not None and row.state == "offline"
+    assert platform.hosts.offline == {"hv-a"}
+    info = await servers.info(user, running)
+    assert (info["status"], info["host"], info["host:state"]) == ("active", "hv-a", "offline")
+    listed = {str(i["server"]): i for i in await servers.info_all(user)}
+    assert listed[running]["host:state"] == "offline"
+    assert listed[stopped]["status"] == "stopped"
+    drive_info = platform.drives.info(user, drive)
+    assert (drive_info["host"], drive_info["host:state"]) == ("hv-a", "offline")
+    assert "host:state" not in platform.drives.info(user, here)
+
+    # Its servers' commands: 503 failed naming the host, nothing done.
+    for command in (servers.stop, servers.shutdown, servers.reset, servers.destroy):
+        with pytest.raises(UnavailableError, match="Host hv-a is offline") as refused:
+            await command(user, running)
+        assert (refused.value.status, refused.value.kind) == (503, "failed")
+    with pytest.raises(UnavailableError, match="Host hv-a is offline"):
+        await servers.start(user, stopped)  # its boot drive is there
+    assert remote.held() == [running]
+    # Placement never picks it: this host is the only one left (which then takes every
+    # drive, `avoid` only recorded, as on a platform of one host).
+    kept_off = await platform.drives.create(user, {"name": "x", "size": "1M", "avoid": here})
+    assert kept_off["host"] == platform.hosts.name
+
+    # Back: its agent's next report makes it online; its server answers commands again.
+    platform.hosts.heartbeat({"hv-a": REMOTE_CAPACITY})
+    assert platform.hosts.offline == frozenset()
+    with platform.engine.connect() as connection:
+        row = host_store.get_host(connection, "hv-a")
+    assert row is not None and (row.state, row.cores) == ("online", REMOTE_CAPACITY.cores)
+    assert "host:state" not in await servers.info(user, running)
+    made = await platform.drives.create(user, {"name": "x", "size": "1M", "avoid": here})
+    assert made["host"] == "hv-a"
+    await servers.stop(user, running)
+    assert remote.held() == []
+    await servers.close()

@@ -11,11 +11,13 @@ from sqlalchemy import Connection, update
 
 from openhosting.config import Config, load_config
 from openhosting.errors import FullError, MissingError, UsageError
-from openhosting.services.hosts import Hosts, file_system_bytes, measure_host, memory_total_mb
+from openhosting.host_capacity import file_system_bytes, measure_capacity, memory_total_mb
+from openhosting.services.hosts import Hosts, measure_host
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
 from openhosting.store.records import HostRecord
 from openhosting.store.tables import drives, servers
+from openhosting.store.tables import hosts as host_table
 from tests.conftest import config_in
 
 MEMINFO = "MemTotal:        8040352 kB\nMemFree:          123456 kB\n"
@@ -174,7 +176,7 @@ async def test_a_server_goes_to_its_boot_drives_host_only_when_this_node_has_its
         hosts = platform.hosts
         hosts.register()
         hosts.set_agent("hv-a", "127.0.0.1:7430")
-        hosts.heartbeat(["hv-a"])  # its agent reached: online
+        hosts.heartbeat({"hv-a": measure_capacity(platform.config)})  # its agent reached: online
         user = platform.accounts.create_user().uuid
         drive = str((await platform.drives.create(user, {"name": "d", "size": "1M"}))["drive"])
         with platform.engine.begin() as connection:
@@ -194,5 +196,32 @@ async def test_a_server_goes_to_its_boot_drives_host_only_when_this_node_has_its
         views = {view.record.name: view.load for view in hosts.overview()}
         assert (views["hv-a"].used_mhz, views["hv-a"].used_memory_mb) == (500, 64)
         assert (views["hv-test"].used_mhz, views["hv-test"].used_memory_mb) == (0, 0)
+    finally:
+        platform.close()
+
+
+async def test_avoid_counts_only_the_callers_own_drives(tmp_path: Path) -> None:
+    """Another user's drive in `avoid` is ignored like a word that names no drive: a 507
+    naming it (or a placement kept away from its host) would tell where it lives."""
+    platform = open_platform(host_config(tmp_path))
+    try:
+        hosts = platform.hosts
+        hosts.register()
+        hosts.set_agent("hv-a", "127.0.0.1:7430")
+        hosts.heartbeat({"hv-a": measure_capacity(platform.config)})
+        with platform.engine.begin() as connection:  # hv-a online, but with no room at all
+            connection.execute(
+                update(host_table).where(host_table.c.name == "hv-a")
+                .values(disk_bytes_by_tier='{"disk": 0, "ssd": 0}')
+            )  # fmt: skip
+        owner = platform.accounts.create_user().uuid
+        other = platform.accounts.create_user().uuid
+        mine = str((await platform.drives.create(owner, {"name": "d", "size": "1M"}))["drive"])
+        # The owner's own drive keeps the new one off its host: no host is left.
+        with pytest.raises(FullError, match=mine):
+            await platform.drives.create(owner, {"name": "e", "size": "1M", "avoid": mine})
+        # Another user naming it learns nothing: the drive is made, where there is room.
+        made = await platform.drives.create(other, {"name": "e", "size": "1M", "avoid": mine})
+        assert made["host"] == "hv-test"
     finally:
         platform.close()

@@ -14,6 +14,7 @@ from openhosting.services.operations import (
     DUMP,
     DUMPED_END,
     IMAGE,
+    MOVE,
     READ,
     RESET,
     RESIZE,
@@ -163,7 +164,7 @@ def test_only_actions_that_last_are_held_in_flight() -> None:
 
 # Servers: every lifecycle action runs alone on its server, in the order the actions came.
 SERVER = "5c1d3f0e-9a7b-4e2c-8d6f-1a2b3c4d5e6f"
-SERVER_ACTIONS = (START, STOP, SHUTDOWN, RESET, SET, DESTROY, DUMP)
+SERVER_ACTIONS = (START, STOP, SHUTDOWN, RESET, SET, DESTROY, DUMP, MOVE)
 
 
 def servers() -> Operations:

@@ -1,6 +1,7 @@
-"""The info of a server: where its VNC listens is shown whenever it has VNC."""
+"""The info of a server: where its VNC listens is shown whenever it has VNC; its NICs' traffic."""
 
 from openhosting.model.server import ServerConfig
+from openhosting.network.links import Counters
 from openhosting.services.server_info import LiveFigures, server_info
 
 SERVER = "11111111-1111-4111-8111-111111111111"
@@ -34,3 +35,11 @@ def test_no_vnc_no_vnc_keys() -> None:
     assert "vnc:ip" not in info and "vnc" not in info
     stopped = server_info(SERVER, USER, "stopped", config(**{"vnc:password": "pw"}), None)
     assert "vnc:ip" not in stopped
+
+
+def test_the_traffic_of_its_nics_is_rx_and_tx_in_bytes_and_packets() -> None:
+    figures = LiveFigures(1, None, None, None, traffic=Counters(100, 2000, 3, 40))
+    info = server_info(SERVER, USER, "active", config(), figures)
+    assert [info[key] for key in ("rx", "tx", "rx:packets", "tx:packets")] == [100, 2000, 3, 40]
+    idle = server_info(SERVER, USER, "active", config(), live(None, None))
+    assert [idle[key] for key in ("rx", "tx", "rx:packets", "tx:packets")] == [0, 0, 0, 0]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from openhosting.errors import BusyError, FailedError, MissingError
-from openhosting.hypervisor.driver import CRASH, NOSPACE, StartRequest, VmStatus
+from openhosting.hypervisor.driver import PauseReason, StartRequest, VmEnd, VmStatus
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.hypervisor.spec import VmSpec
 from openhosting.services.operations import START
@@ -82,7 +82,7 @@ async def test_a_vm_the_hypervisor_paused_is_paused_and_a_start_resumes_it(
 ) -> None:
     platform, hypervisor, user = fake
     server, _ = await new_server(platform, user, persistent=True)
-    await hypervisor.pause(server, NOSPACE)
+    await hypervisor.pause(server, PauseReason.NOSPACE)
     assert await status(platform, user, server) == "paused"
     await platform.servers.start(user, server)
     assert await status(platform, user, server) == "active"
@@ -119,7 +119,7 @@ async def test_after_a_daemon_restart_running_vms_are_adopted_and_the_others_rec
     # While no daemon runs: one VM dies, one's monitor stops answering, and a VM no server
     # owns is left by a start that was never answered.
     del hypervisor.host.vms[crashes[0]]
-    hypervisor.host.ended[crashes[0]] = CRASH
+    hypervisor.host.ended[crashes[0]] = VmEnd.CRASH
     hypervisor.host.vms[stuck[0]].stuck = True
     orphan = str(uuid.uuid4())
     await hypervisor.start(StartRequest(VmSpec(orphan, 1, 64, hypervisor.run_dir(orphan))))

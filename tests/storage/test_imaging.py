@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from isal import isal_zlib
 
-from openhosting.storage import imaging
+from openhosting.storage import igzip_child, imaging
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.gzip_stream import GzipMembers, GzipStreamError
 from openhosting.storage.imaging import CHUNK, Endpoint, ImagingStopped, Tracker
+from openhosting.storage.sparse import data_extents
 from tests.disk_tmp import cached_bytes
 
 MiB = 1024 * 1024
@@ -64,6 +65,16 @@ def drives(tmp_path: Path) -> Iterator[Drives]:
     made = Drives(tmp_path / "drives")
     yield made
     made.close()
+
+
+@pytest.fixture(params=["igzip", "in-process"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Gunzip by a child igzip, or by ISA-L in the process where igzip is not installed."""
+    if request.param == "igzip":
+        assert igzip_child.igzip_program() is not None, "igzip is not installed (Debian: isal)"
+    else:
+        monkeypatch.setattr(imaging, "igzip_program", lambda: None)
+    return str(request.param)
 
 
 def fill(drive: Endpoint, pieces: dict[int, bytes]) -> None:
@@ -149,7 +160,9 @@ def test_plain_copy_on_a_disk_goes_past_the_page_cache_and_keeps_every_byte(
 
 
 @pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS)
-def test_gunzip_of_gzip_is_the_original(drives: Drives, src_kind: str, dst_kind: str) -> None:
+def test_gunzip_of_gzip_is_the_original(
+    drives: Drives, inflater: str, src_kind: str, dst_kind: str
+) -> None:
     src = drives.make("src", ODD_SIZE, src_kind)
     fill(src, scattered(ODD_SIZE))
     packed = drives.make("packed", ODD_SIZE, dst_kind)
@@ -161,7 +174,7 @@ def test_gunzip_of_gzip_is_the_original(drives: Drives, src_kind: str, dst_kind:
     assert content(unpacked) == content(src)
 
 
-def test_gunzip_ignores_padding_and_reads_every_member(drives: Drives) -> None:
+def test_gunzip_ignores_padding_and_reads_every_member(drives: Drives, inflater: str) -> None:
     parts = [os.urandom(300_000), bytes(CHUNK + 3), b"tail"]
     stream = b"".join(gzip_module.compress(part, compresslevel=1) for part in parts)
     src = drives.make("src", len(stream) + 5 * MiB, "plain")
@@ -172,7 +185,7 @@ def test_gunzip_ignores_padding_and_reads_every_member(drives: Drives) -> None:
     assert content(dst) == raw + bytes(2 * CHUNK - len(raw))
 
 
-def test_gunzip_cuts_output_at_the_end_of_dst(drives: Drives) -> None:
+def test_gunzip_cuts_output_at_the_end_of_dst(drives: Drives, inflater: str) -> None:
     raw = os.urandom(3 * MiB)
     stream = gzip_module.compress(raw)
     src = drives.make("src", len(stream), "plain")
@@ -187,7 +200,9 @@ def test_gunzip_cuts_output_at_the_end_of_dst(drives: Drives) -> None:
     [b"this drive holds no gzip stream", b"", gzip_module.compress(os.urandom(MiB))[:-9]],
     ids=["not-gzip", "empty", "truncated"],  # the same in every process (pytest-xdist)
 )
-def test_gunzip_of_what_is_not_a_whole_gzip_stream_fails(drives: Drives, stored: bytes) -> None:
+def test_gunzip_of_what_is_not_a_whole_gzip_stream_fails(
+    drives: Drives, inflater: str, stored: bytes
+) -> None:
     src = drives.make("src", 2 * MiB, "plain")
     fill(src, {0: stored})
     dst = drives.make("dst", 4 * MiB, "plain")
@@ -231,7 +246,9 @@ def test_a_slow_write_does_not_hold_the_inflater_still(
     assert content(dst) == b"".join(chunks) + bytes(CHUNK)
 
 
-def test_a_failed_write_fails_the_pipeline(drives: Drives, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_fails_the_pipeline(
+    drives: Drives, monkeypatch: pytest.MonkeyPatch, inflater: str
+) -> None:
     raw = os.urandom(3 * CHUNK)
     src = drives.make("src", 4 * CHUNK, "plain")
     fill(src, {0: gzip_module.compress(raw, compresslevel=1)})
@@ -241,6 +258,7 @@ def test_a_failed_write_fails_the_pipeline(drives: Drives, monkeypatch: pytest.M
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(imaging._Writer, "_write_pieces", full_disk)
+    monkeypatch.setattr(imaging._Writer, "_write_aligned", full_disk)
     with pytest.raises(OSError, match="No space"):
         imaging.gunzip(src, dst, Tracker())
 
@@ -268,7 +286,8 @@ def test_the_next_source_piece_is_read_while_one_is_worked_on(
 
     monkeypatch.setattr(src.io, "read_at", recording_read)
     overlapped: list[bool] = []
-    if conversion == "gunzip":
+    if conversion == "gunzip":  # in-process: a child igzip reads ahead by being one
+        monkeypatch.setattr(imaging, "igzip_program", lambda: None)
         feed = GzipMembers.feed
 
         def slow_feed(members: GzipMembers, data: bytes | memoryview) -> Iterator[bytes]:
@@ -432,3 +451,97 @@ def test_a_stream_hands_on_whole_chunks_made_of_what_came_in_uncopied() -> None:
     # Views of the very bytes that came in: the inflating thread copies nothing.
     for _, pieces in writer.chunks:
         assert all(any(piece.obj is data for data in came) for piece in pieces)
+
+
+def test_a_plain_copy_where_direct_writes_are_refused_moves_its_data_in_the_kernel(
+    drives: Drives, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that refuses O_DIRECT: the data extents go by copy_file_range (no byte
+    through our memory), the holes stay holes, and DST is SRC's bytes."""
+    size = 48 * MiB + 5
+    src = drives.make("src", size, "plain")
+    fill(src, {3 * MiB: os.urandom(5 * MiB + 3), 40 * MiB: os.urandom(4096), size - 5: b"last!"})
+    dst = drives.make("dst", size, "plain")
+    fill(dst, {20 * MiB: b"old" * 1000})
+    moved: list[int] = []
+    real_copy_file_range = os.copy_file_range
+
+    def copy_file_range(source: int, target: int, count: int, *offsets: int) -> int:
+        done = real_copy_file_range(source, target, count, *offsets)
+        moved.append(done)
+        return done
+
+    def through_memory(_src: Endpoint, _out: object, first: int, end: int, *_: object) -> None:
+        assert first == end, "a data extent was copied through memory"
+
+    monkeypatch.setattr(imaging, "open_direct", lambda _path: None)
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(imaging, "_copy_pieces", through_memory)
+    imaging.copy(src, dst, Tracker())
+    monkeypatch.undo()
+    assert content(dst) == content(src)
+    with open(src.io.path, "rb") as file:  # whole blocks of data, holes left out
+        assert sum(moved) == sum(end - first for first, end in data_extents(file.fileno(), 0, size))
+    assert os.stat(dst.io.path).st_blocks * 512 < 12 * MiB
+
+
+def igzip_children() -> list[int]:
+    """The igzip processes this process started that still exist (zombies included)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        head, _, rest = text.rpartition(")")  # "PID (NAME) STATE PPID ..."
+        if head.partition("(")[2] == "igzip" and int(rest.split()[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_gunzip_inflates_in_a_child_igzip_while_this_process_writes(drives: Drives) -> None:
+    """The inflating leaves the daemon's process for a child igzip: the two cores share the
+    work (inflating there, writing here), and igzip's loop costs less CPU than ours."""
+    raw = os.urandom(2 * CHUNK)
+    src = drives.make("src", 4 * CHUNK, "plain")
+    fill(src, {0: gzip_module.compress(raw, compresslevel=1)})
+    dst = drives.make("dst", len(raw), "plain")
+    seen: list[list[int]] = []
+    tracker = Tracker(lambda _done, _total: seen.append(igzip_children()), interval=0)
+    imaging.gunzip(src, dst, tracker)
+    assert any(seen), "no igzip child while the job ran"
+    assert content(dst) == raw
+    assert not igzip_children()
+
+
+@pytest.mark.parametrize("fault", ["stopped", "damaged", "write-failed"])
+def test_a_gunzip_that_ends_early_leaves_no_igzip_running(
+    drives: Drives, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    raw = os.urandom(3 * CHUNK)
+    stored = bytearray(gzip_module.compress(raw, compresslevel=1))
+    if fault == "damaged":
+        stored[len(stored) // 2 : len(stored) // 2 + 64] = bytes(64)
+    src = drives.make("src", len(stored) + MiB, "plain")
+    fill(src, {0: bytes(stored)})
+    dst = drives.make("dst", len(raw), "plain")
+    stop = threading.Event()
+    expected: type[Exception] = GzipStreamError
+    if fault == "stopped":
+        expected = ImagingStopped
+    elif fault == "write-failed":
+        expected = OSError
+
+        def full_disk(_writer: imaging._Writer, _offset: int, _chunk: memoryview) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(imaging._Writer, "_write_aligned", full_disk)
+
+    def report(done: int, _total: int) -> None:
+        if done and fault == "stopped":
+            stop.set()
+
+    with pytest.raises(expected):
+        imaging.gunzip(src, dst, Tracker(report, stop=stop, interval=0))
+    assert not igzip_children()
+    assert not [thread for thread in threading.enumerate() if thread.name == "igzip-feed"]

@@ -1,9 +1,21 @@
 """Sparse files: finding their data and copying only that."""
 
+import errno
 import os
+import threading
 from pathlib import Path
 
-from openhosting.storage.sparse import copy_file_sparse, copy_range, data_extents, punch_hole
+import pytest
+
+from openhosting.storage.sparse import (
+    DIRECT_PIECE,
+    DirectCopy,
+    copy_file_sparse,
+    copy_range,
+    data_extents,
+    open_direct,
+    punch_hole,
+)
 
 MiB = 1024 * 1024
 
@@ -69,3 +81,134 @@ def test_a_punched_hole_reads_as_zeros_frees_its_blocks_and_keeps_the_size(
     data = path.read_bytes()
     assert len(data) == 3 * MiB and data[MiB : 2 * MiB] == bytes(MiB)
     assert path.stat().st_blocks * 512 <= 2 * MiB + 8192
+
+
+def direct_copy(source: Path, target: Path, extents: list[tuple[int, int]]) -> list[int]:
+    """Copy `extents` of `source` into `target` as an imaging copy does: the aligned part of
+    each with DirectCopy, the rest with copy_range; returns what `advance` heard."""
+    seen: list[int] = []
+    source_fd = os.open(source, os.O_RDONLY)
+    target_fd = os.open(target, os.O_RDWR)
+    direct_fd = open_direct(target)
+    assert direct_fd is not None
+    direct = DirectCopy(direct_fd, source_fd)
+    try:
+        for first, end in extents:
+            done = direct.copy_range(first, end, seen.append)
+            done = copy_range(source_fd, target_fd, done, end, seen.append)
+            assert done == end  # copy_file_range works between two files of one file system
+        direct.wait()
+        os.fdatasync(target_fd)
+    finally:
+        direct.close()
+        for fd in (direct_fd, target_fd, source_fd):
+            os.close(fd)
+    return seen
+
+
+def test_a_direct_copy_writes_a_sparse_source_from_its_own_pages_two_pieces_at_once(
+    disk_tmp_path: Path | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the data extents move, to their offsets, holes kept; the source's bytes go from
+    its map to the disk (never read into a buffer of ours), and the pooled writes run two at
+    a time (one at a time before: 100 MiB durable in ~105 ms instead of ~65)."""
+    directory = disk_tmp_path or tmp_path
+    source, target = directory / "source", directory / "target"
+    size = 96 * MiB + 1000
+    pieces = {
+        0: os.urandom(9 * MiB + 100),  # several pieces, an unaligned end
+        40 * MiB: os.urandom(4096),
+        64 * MiB + 4096: os.urandom(DIRECT_PIECE * 2 + 8192),
+        size - 1500: os.urandom(1500),  # an unaligned start: copied the other way
+    }
+    sparse_file(source, size, pieces)
+    sparse_file(target, size, {30 * MiB: b"old bytes"})
+    with target.open("r+b") as file:  # as an imaging job empties DST first
+        assert punch_hole(file.fileno(), 0, size)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        extents = list(data_extents(fd, 0, size))
+    finally:
+        os.close(fd)
+    assert len(extents) >= 4  # the holes are there to be skipped
+    both_writing = threading.Barrier(2, timeout=10)
+    pooled = 0
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: memoryview, offset: int) -> int:
+        nonlocal pooled
+        if threading.current_thread().name.startswith("direct-copy") and pooled < 2:
+            pooled += 1
+            both_writing.wait()  # broken (raised) unless a second write is under way meanwhile
+        return real_pwrite(fd, data, offset)
+
+    def no_reads(*_args: object) -> None:
+        raise AssertionError("the source was read into a buffer")
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "preadv", no_reads)
+    monkeypatch.setattr(os, "pread", no_reads)
+    seen = direct_copy(source, target, extents)
+    monkeypatch.undo()
+    assert target.read_bytes() == source.read_bytes()
+    assert sum(seen) == sum(end - first for first, end in extents)
+    assert target.stat().st_blocks * 512 < 20 * MiB  # the holes stayed holes
+    assert pooled == 2
+
+
+def test_a_source_cut_short_under_a_direct_copy_fails_it_with_an_error_not_a_signal(
+    disk_tmp_path: Path | None, tmp_path: Path
+) -> None:
+    """The source is mapped: a page gone from under the map is EFAULT to the kernel's write
+    (a job's error), never the SIGBUS that touching it in this process would be."""
+    directory = disk_tmp_path or tmp_path
+    source, target = directory / "source", directory / "target"
+    sparse_file(source, 8 * MiB, {0: os.urandom(8 * MiB)})
+    sparse_file(target, 8 * MiB, {})
+    source_fd = os.open(source, os.O_RDWR)
+    direct_fd = open_direct(target)
+    assert direct_fd is not None
+    direct = DirectCopy(direct_fd, source_fd)
+    try:
+        assert direct.copy_range(0, DIRECT_PIECE, lambda _n: None) == DIRECT_PIECE  # mapped
+        os.ftruncate(source_fd, 0)
+        with pytest.raises(OSError) as raised:
+            direct.copy_range(DIRECT_PIECE, 8 * MiB, lambda _n: None)
+            direct.wait()
+        assert raised.value.errno == errno.EFAULT
+    finally:
+        direct.close()
+        os.close(direct_fd)
+        os.close(source_fd)
+
+
+def file_pages_mapped() -> int:
+    """Bytes of files mapped into this process's memory (its RSS's file part)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("RssFile:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_direct_copy_lets_go_of_each_written_piece_of_its_map(
+    disk_tmp_path: Path | None, tmp_path: Path
+) -> None:
+    """The writes map the source's pages into this process: each piece is let go of once
+    written, so a copy of any size adds a few pieces to the RSS, not its whole size."""
+    directory = disk_tmp_path or tmp_path
+    source, target = directory / "source", directory / "target"
+    sparse_file(source, 64 * MiB, {0: os.urandom(48 * MiB)})
+    sparse_file(target, 64 * MiB, {})
+    source_fd = os.open(source, os.O_RDONLY)
+    direct_fd = open_direct(target)
+    assert direct_fd is not None
+    direct = DirectCopy(direct_fd, source_fd)
+    try:
+        before = file_pages_mapped()
+        assert direct.copy_range(0, 48 * MiB, lambda _n: None) == 48 * MiB
+        direct.wait()
+        assert file_pages_mapped() - before < 3 * DIRECT_PIECE  # the map is still open
+    finally:
+        direct.close()
+        os.close(direct_fd)
+        os.close(source_fd)
+    assert target.read_bytes()[: 48 * MiB] == source.read_bytes()[: 48 * MiB]

@@ -1,6 +1,7 @@
 """The same migrations make the same schema, tables.py's, on SQLite and on PostgreSQL, and
 undo it all the way down."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
 from openhosting.store.database import MIGRATIONS, create_store_engine, migrate
@@ -52,3 +54,23 @@ def test_migrations_go_down_to_nothing_and_up_again(empty_engine: Engine) -> Non
     assert set(inspect(empty_engine).get_table_names()) <= {"alembic_version"}
     migrate(empty_engine)
     assert _differences(empty_engine) == []
+
+
+def test_a_new_migration_has_the_short_header(tmp_path: Path) -> None:
+    # A copy of the migrations folder: `alembic revision` writes into it.
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(migrations))
+    heads = ScriptDirectory.from_config(config).get_heads()
+
+    command.revision(config, "Widgets: what they are.", rev_id="0099_widgets")
+
+    written = next((migrations / "versions").glob("0099_widgets*.py")).read_text()
+    assert written.startswith('"""Widgets: what they are."""\n')
+    for default in ("branch_labels", "depends_on", "Revision ID", "Revises"):
+        assert default not in written
+    script = ScriptDirectory.from_config(config).get_revision("0099_widgets")
+    assert script is not None
+    assert script.down_revision == (heads[0] if len(heads) == 1 else tuple(heads))
+    assert script.branch_labels == set() and script.dependencies is None

@@ -3,6 +3,7 @@ and through the Reader, with odd values (unicode, huge sizes, None, bytes)."""
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from openhosting.store.records import (
     NicRecord,
     ResourceRecord,
     ServerRecord,
+    StoreRecord,
     UsageRecord,
     UserRecord,
     decode_server_config,
@@ -391,3 +393,23 @@ def test_a_console_token_reads_back_unused_then_used(engine: Engine) -> None:
         used = token_store.get_token(connection, token.token_hash)
     assert used == ConsoleTokenRecord("f" * 64, SERVER, USER, 1e12, used_at=5.5)
     assert ConsoleTokenRecord.from_row(used.to_row()) == used
+
+
+@dataclass(frozen=True)
+class OddRecord(StoreRecord):
+    name: str
+    at: float
+    flag: bool
+    when: int | None
+    shape: complex  # nothing here decodes a complex column
+
+
+def test_a_record_decodes_its_columns_by_field_type_and_refuses_a_type_it_cannot() -> None:
+    claim = ClaimRecord.from_row(
+        {"id": "7", "drive": "d", "user": "u", "kind": "guest", "holder": "s", "device": "ide:0:0"}
+        | {"exclusive": 1, "guest_read_bytes": 2, "guest_read_requests": 3}
+        | {"guest_write_bytes": 4, "guest_write_requests": 5}
+    )
+    assert (claim.id, claim.exclusive) == (7, True)
+    with pytest.raises(TypeError, match=r"OddRecord\.shape: no decoder"):
+        OddRecord.from_row({"name": "x", "at": 1, "flag": 1, "when": None, "shape": 1j})

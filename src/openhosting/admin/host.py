@@ -1,4 +1,4 @@
-"""`openhosting-admin host list|set|suspend|resume|add`: the platform's hosts, and host
+"""`openhosting-admin host list|set|drain|suspend|resume|add`: the platform's hosts, and host
 maintenance (a kernel update, a reboot).
 
 `list` shows every registered host: its capacity (cores and their MHz, memory less the
@@ -8,8 +8,16 @@ last heartbeat is older than `host.offline_seconds`).
 
 `set NAME --agent HOST:PORT` records where host NAME's agent listens (an empty address: none);
 a daemon started afterwards connects to it and runs the VMs of servers placed there through
-it. A host not registered yet is registered with this host's measured capacity, offline until
-a daemon reaches its agent.
+it. A host not registered yet is registered with no capacity, offline until a daemon reaches
+its agent, which then reports what its host offers at each heartbeat. `set NAME --vxlan-local
+ADDR` records the host's VXLAN underlay address: every other host floods its VLANs' frames to
+it while it is online.
+
+`drain NAME` moves every running server of host NAME to other hosts with room, by live
+migration, one at a time (docs/cluster.md, 'host drain'): each line of the output is a server
+and `moved HOST`, or why it did not move (it runs on where it was); exit 1 if any did not.
+The running daemon does it (it holds the agents' connections), asked on its operator
+listener as for `suspend`.
 
 `suspend` saves every active server's memory and device state to an encrypted dump in the
 state directory and ends its VM: those servers are `dumped`, their drives still claimed.
@@ -29,7 +37,7 @@ from typing import Any
 from openhosting.admin import cluster as admin_cluster
 from openhosting.config import Config
 from openhosting.daemon import parse_listen
-from openhosting.errors import FailedError
+from openhosting.errors import FailedError, UsageError
 from openhosting.services.hosts import HostView
 from openhosting.services.platform import Platform, open_platform
 from openhosting.wire.payload import PropertiesList, Value
@@ -92,6 +100,20 @@ def cmd_host(config: Config, args: argparse.Namespace) -> str:
     return text
 
 
+def cmd_host_drain(config: Config, args: argparse.Namespace) -> str:
+    outcome = ask_daemon(config, f"drain/{args.name}")
+    if outcome is None:
+        raise FailedError(
+            "host drain: no openhostingd answers on api.metrics_listen; the running daemon"
+            " moves the servers (it holds the agents' connections)"
+        )
+    text = "".join(f"{uuid} {result}\n" for uuid, result in outcome.items())
+    failed = [uuid for uuid, result in outcome.items() if not result.startswith("moved ")]
+    if failed:
+        raise FailedError(f"{text}host drain: {len(failed)} server(s) not moved, running on")
+    return text
+
+
 def host_properties(view: HostView) -> dict[str, Value]:
     """What `host list` shows of one host."""
     load = view.load
@@ -100,6 +122,7 @@ def host_properties(view: HostView) -> dict[str, Value]:
         "state": view.state,
         "heartbeat:age": int(view.heartbeat_age),
         "agent": view.record.agent,
+        "vxlan_local": view.record.vxlan_local,
         "cpu:cores": load.cores,
         "cpu:core_mhz": load.core_mhz,
         "cpu": load.cores * load.core_mhz,
@@ -119,8 +142,20 @@ def cmd_host_list(platform: Platform, _args: argparse.Namespace) -> str:
 
 
 def cmd_host_set(platform: Platform, args: argparse.Namespace) -> str:
-    record = platform.hosts.set_agent(args.name, args.agent)
-    return render_text(PropertiesList([{"host": record.name, "agent": record.agent}]))
+    if args.agent is None and args.vxlan_local is None:
+        raise UsageError("host set: give --agent, --vxlan-local or both")
+    record = None
+    if args.agent is not None:
+        record = platform.hosts.set_agent(args.name, args.agent)
+    if args.vxlan_local is not None:
+        record = platform.hosts.set_vxlan_local(args.name, args.vxlan_local)
+    assert record is not None
+    shown: dict[str, Value] = {
+        "host": record.name,
+        "agent": record.agent,
+        "vxlan_local": record.vxlan_local,
+    }
+    return render_text(PropertiesList([shown]))
 
 
 def add_parsers(areas: Any) -> None:
@@ -130,10 +165,16 @@ def add_parsers(areas: Any) -> None:
     commands.add_parser(
         "list", help="every host: capacity, use and state (last heartbeat's age)"
     ).set_defaults(run=cmd_host_list)
-    set_host = commands.add_parser("set", help="record the address of a host's agent")
+    set_host = commands.add_parser(
+        "set", help="record the address of a host's agent, or its VXLAN underlay address"
+    )
     set_host.add_argument("name", help="the host's name (as in its certificate)")
     set_host.add_argument(
-        "--agent", required=True, help="HOST:PORT its openhosting-agent listens on ('' for none)"
+        "--agent", help="HOST:PORT its openhosting-agent listens on ('' for none)"
+    )
+    set_host.add_argument(
+        "--vxlan-local",
+        help="its VXLAN underlay address, where the other hosts send its VLANs ('' for none)",
     )
     set_host.set_defaults(run=cmd_host_set)
     commands.add_parser(
@@ -142,4 +183,9 @@ def add_parsers(areas: Any) -> None:
     commands.add_parser("resume", help="restore every dumped server where it was").set_defaults(
         run_on_state=cmd_host
     )
+    drain = commands.add_parser(
+        "drain", help="move every running server of a host to other hosts (live migration)"
+    )
+    drain.add_argument("name", help="the host to empty")
+    drain.set_defaults(run_on_state=cmd_host_drain)
     admin_cluster.add_host_parser(commands)

@@ -6,6 +6,9 @@ It reads the platform's configuration as the daemon does (`--config`, `OH_*`): t
 bundle (`openhosting-admin host add NAME --out DIR` on the control plane's host, copied here)
 is read from `--tls-dir`, by default `<state_dir>/agent-tls`.
 
+Live migrations in and out of this host (QEMU) go over TLS with the same bundle, checked
+against the cluster CA and, for a target, its host name; they listen on
+`hypervisor.migration_address` (docs/cluster.md).
 It also serves the bytes of the drives placed on this host, kept in its own drive directories
 (`storage.tiers`, by default `<state_dir>/drives`).
 
@@ -18,23 +21,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
+from cryptography import x509
 
-from openhosting.agent.pki import ClusterTlsError, agent_context, host_bundle
+from openhosting.agent.pki import Bundle, ClusterTlsError, agent_context, host_bundle, role_of
 from openhosting.agent.server import make_app
 from openhosting.config import ConfigError, load_config
 from openhosting.daemon import parse_listen
+from openhosting.host_capacity import HostCapacity, measure_capacity
 from openhosting.hypervisor.driver import HypervisorDriver, open_driver
+from openhosting.hypervisor.migration import MigrationTls, write_qemu_tls_dir
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
 
 DEFAULT_LISTEN = "0.0.0.0:7430"
 TLS_DIRECTORY = "agent-tls"
+MIGRATION_TLS_DIRECTORY = "migration-tls"
+
+
+def migration_tls(bundle: Bundle, state_path: Path) -> MigrationTls:
+    """TLS for the live migrations in and out of this host: its bundle laid out as QEMU
+    reads it (`<state_dir>/migration-tls`), and its name as the certificate gives it (what
+    a source checks of this host as a target)."""
+    _role, name = role_of(x509.load_pem_x509_certificate(bundle.cert.read_bytes()))
+    if not name:
+        raise ClusterTlsError(f"{bundle.cert} names no host")
+    directory = state_path / MIGRATION_TLS_DIRECTORY
+    state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_qemu_tls_dir(bundle.ca_cert, bundle.cert, bundle.key, directory)
+    return MigrationTls(directory, name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,11 +75,12 @@ async def serve(
     host: str,
     port: int,
     context: ssl.SSLContext,
+    capacity: Callable[[], HostCapacity] | None = None,
     storage: LocalDriveStorage | None = None,
 ) -> None:
-    """Serve `driver` (and `storage`, this host's drives) until SIGTERM or SIGINT; then let
-    go of the VMs (they run on)."""
-    runner = web.AppRunner(make_app(driver, storage), handle_signals=False)
+    """Serve `driver` (with `capacity`, the host's measure, and `storage`, this host's
+    drives) until SIGTERM or SIGINT; then let go of the VMs (they run on)."""
+    runner = web.AppRunner(make_app(driver, capacity, storage), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=context)
     await site.start()
@@ -81,14 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, overrides=overrides)
         host, port = parse_listen(args.listen)
         tls_dir = args.tls_dir or config.state_path / TLS_DIRECTORY
-        context = agent_context(host_bundle(tls_dir))
-        driver = open_driver(config)
+        bundle = host_bundle(tls_dir)
+        context = agent_context(bundle)
+        driver = open_driver(config, migration_tls(bundle, config.state_path))
         # The drives placed on this host live in its own tier directories.
         storage = LocalDriveStorage(DriveTiers(config.tier_paths))
     except (ConfigError, ClusterTlsError, ValueError, OSError) as error:
         print(f"openhosting-agent: {error}", file=sys.stderr)
         return 2
-    asyncio.run(serve(driver, host, port, context, storage))
+    capacity = functools.partial(measure_capacity, config)
+    asyncio.run(serve(driver, host, port, context, capacity, storage))
     return 0
 
 

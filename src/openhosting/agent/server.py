@@ -4,11 +4,14 @@ Every request comes over mutual TLS (agent/pki.py): the TLS layer refuses a clie
 certificate of the cluster CA, and `_control_only` refuses one whose role is not `control`
 (another host's agent) before anything is read or called. Then:
 
-- `POST /calls/{method}`: one driver call (hypervisor/calls.py); the body's first line is the
-  request record as JSON, the answer `{"answer": ...}`. A restoring `start` streams the saved
+- `POST /calls/{method}`: one driver call (hypervisor/calls.py), those of a live migration
+  (`MigratingDriver`) included; the body's first line is the request record as JSON, the
+  answer `{"answer": ...}`. A restoring `start` streams the saved
   state after that line; `save_state` answers with the state as its body (cut short, with the
   connection, if the driver fails once it has begun). A `HypervisorError` is 409 with
   `{"error": message}`, a malformed call 400.
+- `POST /calls/capacity`: the agent's own call (`HOST_CALLS`), what this host offers
+  (`HostCapacity`: cores, MHz, memory, disk per tier), measured here at each call.
 - `GET /events`: a WebSocket carrying the driver's events, each `{"seq": n, "event": ...}`,
   which the control plane acknowledges (`{"ack": n}`) once its handler has run: the driver
   waits for that, so `stop` still returns once EXITED has been handled. One follower at a
@@ -34,7 +37,18 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from openhosting.agent.pki import CONTROL, peer_role
 from openhosting.agent.storage_routes import STORAGE_KEY, add_storage_routes
 from openhosting.errors import ApiError
-from openhosting.hypervisor.calls import CALLS, REPLACED, CallError, arguments, decode, encode
+from openhosting.host_capacity import HostCapacity
+from openhosting.hypervisor.calls import (
+    CALLS,
+    HOST_CALLS,
+    MIGRATING,
+    REPLACED,
+    WHOLE_RECORD,
+    CallError,
+    arguments,
+    decode,
+    encode,
+)
 from openhosting.hypervisor.driver import HypervisorDriver, StartRequest, VmEvent
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.storage.local_storage import LocalDriveStorage
@@ -48,6 +62,7 @@ CHUNK = 1 << 16
 MAX_CALL_LINE = 1 << 20
 DRIVER_KEY = web.AppKey("driver", object)
 RELAY_KEY = web.AppKey("relay", object)
+CAPACITY_KEY = web.AppKey("capacity", object)
 
 
 class EventRelay:
@@ -104,15 +119,21 @@ class EventRelay:
         return socket
 
 
-def make_app(driver: HypervisorDriver, storage: LocalDriveStorage | None = None) -> web.Application:
-    """The agent's application over `driver`, and over `storage` (this host's drives) when
-    given (its TLS is the server's: agent/main.py)."""
+def make_app(
+    driver: HypervisorDriver,
+    capacity: Callable[[], HostCapacity] | None = None,
+    storage: LocalDriveStorage | None = None,
+) -> web.Application:
+    """The agent's application over `driver` (its TLS is the server's: agent/main.py);
+    `capacity` measures the host (none: the `capacity` call is refused); `storage` serves
+    this host's drives (none: no storage routes)."""
     app = web.Application(middlewares=[_control_only], client_max_size=MAX_CALL_LINE)
     if storage is not None:
         add_storage_routes(app, storage)
     relay = EventRelay()
     driver.listen(relay.handle)
     app[DRIVER_KEY] = driver
+    app[CAPACITY_KEY] = capacity
     app[RELAY_KEY] = relay
     app.router.add_post("/calls/{method}", _call)
     app.router.add_get("/events", relay.follow)
@@ -140,6 +161,8 @@ async def _control_only(
 async def _call(request: web.Request) -> web.StreamResponse:
     driver: Any = request.app[DRIVER_KEY]
     method = request.match_info["method"]
+    if method in HOST_CALLS:
+        return await _host_call(request, method)
     if (call := CALLS.get(method)) is None:
         return _error(404, f"no driver method {method!r}")
     try:
@@ -147,6 +170,8 @@ async def _call(request: web.Request) -> web.StreamResponse:
         record = decode(call.request, json.loads(line))
     except (CallError, ValueError) as error:
         return _error(400, f"{method}: {error}")
+    if method in MIGRATING and not hasattr(driver, method):
+        return _error(409, f"{method}: this host's driver cannot move VMs")
     try:
         if method == "start":
             storage = request.app.get(STORAGE_KEY)
@@ -155,7 +180,10 @@ async def _call(request: web.Request) -> web.StreamResponse:
             return await _start(request, driver, record)
         if method == "save_state":
             return await _save_state(request, driver, record.server, record.timeout)
-        answer = getattr(driver, method)(**arguments(record))
+        if method in WHOLE_RECORD:
+            answer = getattr(driver, method)(record)
+        else:
+            answer = getattr(driver, method)(**arguments(record))
         if inspect.isawaitable(answer):
             answer = await answer
     except HypervisorError as error:
@@ -180,6 +208,22 @@ def own_drive_paths(storage: LocalDriveStorage, record: StartRequest) -> StartRe
     except ApiError as error:  # a tier this host's configuration does not have
         raise HypervisorError(error.message) from None
     return dataclasses.replace(record, spec=dataclasses.replace(record.spec, disks=disks))
+
+
+async def _host_call(request: web.Request, method: str) -> web.Response:
+    """One of the agent's own calls (`HOST_CALLS`): about the host, not a VM."""
+    try:
+        decode(HOST_CALLS[method].request, json.loads(await request.content.readline()))
+    except (CallError, ValueError) as error:
+        return _error(400, f"{method}: {error}")
+    measure: Any = request.app[CAPACITY_KEY]
+    if measure is None:
+        return _error(404, f"{method}: not served by this agent")
+    try:
+        answer = await asyncio.to_thread(measure)  # /proc and statvfs: file system reads
+    except (OSError, ValueError) as error:
+        return _error(409, f"{method}: cannot measure the host: {error}")
+    return web.json_response({"answer": encode(answer)})
 
 
 async def _start(request: web.Request, driver: Any, record: StartRequest) -> web.Response:

@@ -4,7 +4,9 @@ database). No authentication: it is meant for the provider's monitoring network 
 listens on loopback by default (`api.metrics_listen`).
 
 `POST /host/suspend` and `/host/resume` are how `openhosting-admin host …` has the running
-daemon dump and restore every server (the daemon holds each VM's only QMP connection). They
+daemon dump and restore every server (the daemon holds each VM's only QMP connection), and
+`POST /host/drain/NAME` move every server of host NAME to other hosts (it holds the agents'
+connections). They
 change state, so they answer only callers on this host's loopback, wherever it listens."""
 
 import asyncio
@@ -15,6 +17,7 @@ from sqlalchemy import text
 
 from openhosting.api.context import METRICS_KEY, PLATFORM_KEY, READINESS_KEY, TRANSFER_LIMITER_KEY
 from openhosting.api.metrics import CONTENT_TYPE
+from openhosting.errors import MissingError
 from openhosting.services.platform_state import read_platform_state
 
 API_APP_KEY: web.AppKey[web.Application] = web.AppKey("api_app", web.Application)
@@ -68,6 +71,17 @@ async def host_resume(request: web.Request) -> web.Response:
     return web.Response(text=_outcome_text(outcome))
 
 
+async def host_drain(request: web.Request) -> web.Response:
+    _local_only(request)
+    try:
+        outcome = await request.app[API_APP_KEY][PLATFORM_KEY].servers.drain(
+            request.match_info["name"]
+        )
+    except MissingError as error:
+        return web.Response(status=404, text=f"{error.message}\n")
+    return web.Response(text=_outcome_text(outcome))
+
+
 def _local_only(request: web.Request) -> None:
     try:
         local = ipaddress.ip_address(request.remote or "").is_loopback
@@ -91,4 +105,5 @@ def build_ops_app(api: web.Application) -> web.Application:
     app.router.add_get("/ready", ready)
     app.router.add_post("/host/suspend", host_suspend)
     app.router.add_post("/host/resume", host_resume)
+    app.router.add_post("/host/drain/{name}", host_drain)
     return app

@@ -10,16 +10,20 @@ from pathlib import Path
 
 from openhosting.agent.pki import ClusterTlsError, control_bundle, control_context
 from openhosting.errors import SystemError_
+from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
 from openhosting.storage.drive_storage import DriveStorage
 from openhosting.storage.remote_storage import RemoteDriveStorage
 
-# (host, agent's HOST:PORT, the handler of its events) → its driver, connected, and how to
-# close the connection (the agent's VMs untouched).
+# (host, agent's HOST:PORT, the handler of its events) → its driver, connected, how to close
+# the connection (the agent's VMs untouched), and how to ask the agent what its host offers.
 Closer = Callable[[], Awaitable[None]]
-AgentConnector = Callable[[str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer]]]
+Measure = Callable[[], Awaitable[HostCapacity]]
+AgentConnector = Callable[
+    [str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer, Measure]]
+]
 
 
 def agent_connector(state_path: Path) -> AgentConnector:
@@ -29,7 +33,7 @@ def agent_connector(state_path: Path) -> AgentConnector:
 
     async def connect(
         host: str, address: str, handler: EventHandler
-    ) -> tuple[HypervisorDriver, Closer]:
+    ) -> tuple[HypervisorDriver, Closer, Measure]:
         if not contexts:
             try:
                 contexts.append(control_context(control_bundle(state_path)))
@@ -40,7 +44,7 @@ def agent_connector(state_path: Path) -> AgentConnector:
         driver = RemoteHypervisorDriver(host, address, contexts[0])
         driver.listen(handler)
         await driver.connect()
-        return driver, driver.close
+        return driver, driver.close, driver.capacity
 
     return connect
 

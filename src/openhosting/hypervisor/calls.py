@@ -10,9 +10,9 @@ a stream of their own (`VmEvent` records).
 
 The encoding walks the records' type hints: dataclasses are JSON objects (with a `type`
 naming the class, which tells the members of a union apart: a NIC's network backend),
-tuples and lists arrays, paths strings, bytes base64. Decoding checks every value against
-its hint and the records' own checks (`VmSpec.__post_init__`, ...): anything else is a
-`CallError`.
+tuples and lists arrays, paths strings, bytes base64, `StrEnum`s their values (decoded back
+into members). Decoding checks every value against its hint and the records' own checks
+(`VmSpec.__post_init__`, ...): anything else is a `CallError`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import enum
 import functools
 import re
 import types
@@ -29,7 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openhosting.hypervisor.driver import BlockStats, StartRequest, VmStatus
+from openhosting.host_capacity import HostCapacity
+from openhosting.hypervisor.driver import (
+    BlockStats,
+    IncomingInfo,
+    IncomingRequest,
+    StartRequest,
+    VmEnd,
+    VmStatus,
+)
 from openhosting.hypervisor.spec import HostVmSettings
 
 
@@ -49,12 +58,13 @@ def _check_server(server: str, *, blank: bool = False) -> None:
 
 @dataclass(frozen=True)
 class NoArguments:
-    """`held`, `unheld`, `detach_all`: nothing to say."""
+    """`held`, `unheld`, `detach_all`, `capacity`: nothing to say."""
 
 
 @dataclass(frozen=True)
 class ServerCall:
-    """`how_ended`, `powerdown`, `reset`, `resume`, `forget`, `status`, `serial_log`."""
+    """`how_ended`, `powerdown`, `reset`, `resume`, `forget`, `status`, `serial_log`; and the
+    first field of every call on one server (its check with it)."""
 
     server: str
 
@@ -63,35 +73,23 @@ class ServerCall:
 
 
 @dataclass(frozen=True)
-class TimedCall:
+class TimedCall(ServerCall):
     """`stop`, `kill`, `stop_unheld`: a server, and how long QEMU may take."""
 
-    server: str
     timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        _check_server(self.server)
 
 
 @dataclass(frozen=True)
-class AdoptCall:
-    server: str
+class AdoptCall(ServerCall):
     started: float
     timeout: float = 10.0
 
-    def __post_init__(self) -> None:
-        _check_server(self.server)
-
 
 @dataclass(frozen=True)
-class SaveStateCall:
+class SaveStateCall(ServerCall):
     """`save_state`: the state itself is the answer's body."""
 
-    server: str
     timeout: float
-
-    def __post_init__(self) -> None:
-        _check_server(self.server)
 
 
 @dataclass(frozen=True)
@@ -115,21 +113,27 @@ class VncPortCall:
 
 
 @dataclass(frozen=True)
-class SetCpuCall:
-    server: str
+class SetCpuCall(ServerCall):
     cpu_mhz: int
-
-    def __post_init__(self) -> None:
-        _check_server(self.server)
 
 
 @dataclass(frozen=True)
-class SetVncPasswordCall:
-    server: str
+class SetVncPasswordCall(ServerCall):
     password: str | None = dataclasses.field(repr=False)
+
+
+@dataclass(frozen=True)
+class MigrateOutCall:
+    """`migrate_out`: the VM of `server` to the target that `prepare_incoming` answered."""
+
+    server: str
+    target: IncomingInfo
+    timeout: float
 
     def __post_init__(self) -> None:
         _check_server(self.server)
+        if self.target.server != self.server:
+            raise CallError(f"the target waits for {self.target.server}, not {self.server}")
 
 
 @dataclass(frozen=True)
@@ -140,14 +144,15 @@ class Call:
     answer: Any
 
 
-# Every method of `HypervisorDriver` but `listen` (events are a stream: `VmEvent`).
+# Every method of `HypervisorDriver` but `listen` (events are a stream: `VmEvent`), and of
+# `MigratingDriver`.
 CALLS: Mapping[str, Call] = {
     "host_settings": Call(HostSettingsCall, HostVmSettings),
     "run_dir": Call(RunDirCall, Path),
     "vnc_port_free": Call(VncPortCall, bool),
     "start": Call(StartRequest, VmStatus),
     "adopt": Call(AdoptCall, VmStatus | None),
-    "how_ended": Call(ServerCall, str),
+    "how_ended": Call(ServerCall, VmEnd),
     "unheld": Call(NoArguments, list[str]),
     "stop_unheld": Call(TimedCall, None),
     "stop": Call(TimedCall, None),
@@ -164,7 +169,33 @@ CALLS: Mapping[str, Call] = {
     "set_vnc_password": Call(SetVncPasswordCall, None),
     "blockstats": Call(ServerCall, dict[str, BlockStats]),
     "serial_log": Call(ServerCall, bytes | None),
+    # `MigratingDriver`'s (hypervisor/migration.py): a live migration between two agents.
+    "prepare_incoming": Call(IncomingRequest, IncomingInfo),
+    "migrate_out": Call(MigrateOutCall, None),
+    "finish_incoming": Call(TimedCall, VmStatus),
+    "abort_incoming": Call(ServerCall, None),
+    "cancel_migrate_out": Call(ServerCall, None),
+    "end_migrated": Call(TimedCall, None),
 }
+# The agent's own calls, about its host rather than its driver's VMs: what the host offers,
+# measured there (the control plane records it in the host's row at each heartbeat).
+HOST_CALLS: Mapping[str, Call] = {
+    "capacity": Call(NoArguments, HostCapacity),
+}
+
+# The methods whose request record is their one argument, passed whole.
+WHOLE_RECORD = frozenset({"start", "prepare_incoming"})
+# The methods only a `MigratingDriver` has.
+MIGRATING = frozenset(
+    {
+        "prepare_incoming",
+        "migrate_out",
+        "finish_incoming",
+        "abort_incoming",
+        "cancel_migrate_out",
+        "end_migrated",
+    }
+)
 # The close code of an event stream that another follower replaced: its follower stops.
 REPLACED = 4001
 
@@ -211,9 +242,13 @@ def _decode(hint: Any, data: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         return _decode_union(typing.get_args(hint), data)
     if origin in (tuple, list):
-        item = typing.get_args(hint)[0]
+        items = typing.get_args(hint)
         _expect(isinstance(data, list), hint, data)
-        return origin(_decode(item, each) for each in data)
+        if origin is tuple and items[-1:] != (Ellipsis,) and len(items) != 1:
+            # A fixed tuple (`tuple[str, int]`): one hint per place.
+            _expect(len(data) == len(items), hint, data)
+            return tuple(_decode(item, each) for item, each in zip(items, data, strict=True))
+        return origin(_decode(items[0], each) for each in data)
     if origin is dict:
         value_hint = typing.get_args(hint)[1]
         _expect(isinstance(data, dict), hint, data)
@@ -234,6 +269,8 @@ def _decode(hint: Any, data: Any) -> Any:
         return _expect(_is_number(data) and not isinstance(data, float), hint, data, data)
     if hint in (str, bool):
         return _expect(type(data) is hint, hint, data, data)
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+        return hint(_expect(type(data) is str, hint, data, data))  # ValueError: not a member
     raise CallError(f"cannot decode {_name(hint)}")
 
 

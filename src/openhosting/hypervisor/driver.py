@@ -10,7 +10,7 @@ drops to, secret files, cgroups, TLS files, QMP, free VNC ports) is the driver's
 `qemu_driver.QemuDriver` runs real QEMU; `fake.FakeHypervisor` holds VMs in memory for fast
 tests. `tests/hypervisor/test_driver_behaviour.py` holds both to the same rules.
 
-Events, in the order a VM lives them, go to the one handler given to `listen`:
+Events (`VmEventKind`), in the order a VM lives them, go to the one handler given to `listen`:
 
 - `PAUSED` (with the reason) and `RESUMED`: QEMU stopped or ran the vCPUs again;
 - `POWERED_OFF`: the guest powered itself off; the VM is ended once the handler returns (at
@@ -22,23 +22,52 @@ Events, in the order a VM lives them, go to the one handler given to `listen`:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from openhosting.config import Config, ConfigError
 from openhosting.hypervisor.spec import DriveSecret, HostVmSettings, VmSpec
 
-# How a VM ended: a SHUTDOWN event came first (guest power-off, quit, SIGTERM), or it did not.
-SHUTDOWN, CRASH = "shutdown", "crash"
-# Why a VM is paused: the host's storage is full, another host I/O error, or else QEMU's own
-# run state (`paused` after a monitor's `stop`, `internal-error`, ...).
-NOSPACE, IO_ERROR = "nospace", "io-error"
-# What a VM does, as `VmStatus.state`.
-RUNNING, PAUSED = "running", "paused"
-# The kinds of `VmEvent`.
-RESUMED, POWERED_OFF, EXITED = "resumed", "powered_off", "exited"
+if TYPE_CHECKING:
+    from openhosting.hypervisor.migration import MigrationTls
+
+
+class VmEnd(StrEnum):
+    """How a VM ended: a SHUTDOWN event came first (guest power-off, quit, SIGTERM), or not."""
+
+    SHUTDOWN = "shutdown"
+    CRASH = "crash"
+
+
+class PauseReason(StrEnum):
+    """Why a VM is paused, when the host knows: its storage is full, or another host I/O
+    error. Any other reason (`VmStatus.reason`, a PAUSED event's) is QEMU's own run state
+    (`paused` after a monitor's `stop`, `internal-error`, ...)."""
+
+    NOSPACE = "nospace"
+    IO_ERROR = "io-error"
+
+
+class VmState(StrEnum):
+    """What a VM does (`VmStatus.state`)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+
+
+class VmEventKind(StrEnum):
+    """The kinds of `VmEvent`."""
+
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    POWERED_OFF = "powered_off"
+    EXITED = "exited"
+
+
 # How long the handler of POWERED_OFF may take before the VM is ended anyway.
 ENDING_TIMEOUT = 5.0
 
@@ -55,10 +84,10 @@ class BlockStats:
 
 @dataclass(frozen=True)
 class VmStatus:
-    """A VM that exists: RUNNING, or PAUSED for `reason` (NOSPACE, IO_ERROR, QEMU's state)."""
+    """A VM that exists: RUNNING, or PAUSED for `reason` (a `PauseReason`, QEMU's state)."""
 
     server: str
-    state: str
+    state: VmState
     reason: str | None = None
     started: float = 0.0  # seconds since the epoch; 0 when not known (adopted, no record)
 
@@ -68,9 +97,9 @@ class VmEvent:
     """Something that happened to the VM of `server` (see the module's docstring)."""
 
     server: str
-    kind: str  # PAUSED, RESUMED, POWERED_OFF or EXITED
+    kind: VmEventKind
     reason: str | None = None  # PAUSED: why
-    how: str | None = None  # EXITED: SHUTDOWN or CRASH
+    how: VmEnd | None = None  # EXITED
 
 
 @dataclass(frozen=True)
@@ -96,18 +125,37 @@ class IncomingRequest:
     started: float = 0.0
 
 
+# A migration stream's address: a unix socket (`unix:/PATH`) or TCP (`tcp:HOST:PORT`), and
+# nothing else QEMU would take (`exec:` runs a command).
+_STREAM_ADDRESS = re.compile(r"unix:/[^,\s]+|tcp:[A-Za-z0-9.\-]+:[0-9]{1,5}")
+
+
+def check_stream_address(address: str) -> str:
+    """`address` if it is a `unix:/PATH` or `tcp:HOST:PORT` stream address, else ValueError."""
+    if not _STREAM_ADDRESS.fullmatch(address):
+        raise ValueError(f"not a unix: or tcp: stream address: {address[:120]!r}")
+    return address
+
+
 @dataclass(frozen=True)
 class IncomingInfo:
     """Where a prepared target waits (`prepare_incoming`) for a source (`migrate_out`): the
     address of its migration stream and of its NBD server, and the export of each drive."""
 
     server: str
-    migration_uri: str  # e.g. `unix:/run/.../migrate.sock`
-    nbd_socket: str  # the NBD server's unix socket
+    migration_uri: str  # `unix:/run/.../mig.sock` or `tcp:HOST:PORT`
+    nbd_address: str  # the NBD server's, in the same form
     exports: tuple[tuple[str, str], ...]  # (block node on the source, NBD export name)
     # Set when the target takes both streams over TLS only: the name its certificate must
     # bear (its host's name in the cluster CA's certificate).
     tls_hostname: str | None = None
+    # Where each copied drive's file is on the target (slot, path): the server's drives live
+    # there from the move on.
+    drive_paths: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_stream_address(self.migration_uri)
+        check_stream_address(self.nbd_address)
 
 
 EventHandler = Callable[[VmEvent], Awaitable[None]]
@@ -165,7 +213,7 @@ class HypervisorDriver(Protocol):
         none. `HypervisorError` if it runs but cannot be controlled (see `stop_unheld`)."""
         ...
 
-    def how_ended(self, server: str) -> str:
+    def how_ended(self, server: str) -> VmEnd:
         """How the VM of `server`, not found by `adopt`, ended (SHUTDOWN or CRASH)."""
         ...
 
@@ -273,13 +321,16 @@ class MigratingDriver(HypervisorDriver, Protocol):
         ...
 
 
-def open_driver(config: Config) -> HypervisorDriver:
-    """The driver `hypervisor.driver` names: `qemu`, or `fake` (for tests)."""
+def open_driver(config: Config, migration_tls: MigrationTls | None = None) -> HypervisorDriver:
+    """The driver `hypervisor.driver` names: `qemu` (its live migrations over TLS with
+    `migration_tls`), or `fake` (for tests)."""
     # Imported here: the interface's users need neither implementation loaded.
     if config.hypervisor.driver == "qemu":
         from openhosting.hypervisor.qemu_driver import QemuDriver
 
-        return QemuDriver(config.hypervisor, config.run_path, config.state_path)
+        return QemuDriver(
+            config.hypervisor, config.run_path, config.state_path, migration_tls=migration_tls
+        )
     if config.hypervisor.driver == "fake":
         from openhosting.hypervisor.fake import FakeHypervisor
 

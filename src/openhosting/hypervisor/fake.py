@@ -27,30 +27,13 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openhosting.hypervisor.driver import (
-    CRASH,
-    ENDING_TIMEOUT,
-    EXITED,
-    PAUSED,
-    POWERED_OFF,
-    RESUMED,
-    RUNNING,
-    SHUTDOWN,
-    BlockStats,
-    EventHandler,
-    IncomingInfo,
-    IncomingRequest,
-    StartRequest,
-    StateStream,
-    VmEvent,
-    VmStatus,
-    run_state_stream,
-)
+from openhosting.hypervisor import driver
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import HostVmSettings, VmSpec
 from openhosting.reverter import Reverter
@@ -64,14 +47,16 @@ class FakeVm:
 
     spec: VmSpec
     started: float
-    state: str = RUNNING
+    state: driver.VmState = driver.VmState.RUNNING
     reason: str | None = None
     cpu_mhz: int | None = None
     vnc_password: str | None = None
-    blockstats: dict[str, BlockStats] = field(default_factory=dict)
+    blockstats: dict[str, driver.BlockStats] = field(default_factory=dict)
     stuck: bool = False
     # Whatever was saved and restored with it: the proof a restore is the same VM.
     memory: dict[str, str] = field(default_factory=dict)
+    # Moving in: the slots of the drives a migration copies into its files.
+    copied: frozenset[str] = frozenset()
 
 
 # The VMs waiting for a live migration, by their migration URI, with the host they wait on:
@@ -85,7 +70,7 @@ class FakeHost:
     ports taken by others."""
 
     vms: dict[str, FakeVm] = field(default_factory=dict)
-    ended: dict[str, str] = field(default_factory=dict)
+    ended: dict[str, driver.VmEnd] = field(default_factory=dict)
     logs: dict[str, bytes] = field(default_factory=dict)
     # TCP (address, port) pairs something else on the host listens on (`vnc_port_free`).
     ports_in_use: set[tuple[str, int]] = field(default_factory=set)
@@ -98,12 +83,12 @@ class FakeHypervisor:
         self._run_path = run_path
         self.host = host if host is not None else FakeHost()
         self._held: set[str] = set()
-        self._handler: EventHandler | None = None
+        self._handler: driver.EventHandler | None = None
         self._next_start_error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.qmp_timeout = QMP_TIMEOUT
 
-    def listen(self, handler: EventHandler) -> None:
+    def listen(self, handler: driver.EventHandler) -> None:
         self._handler = handler
 
     # -- faults ----------------------------------------------------------------------
@@ -113,19 +98,19 @@ class FakeHypervisor:
 
     async def crash(self, server: str) -> None:
         """The VM vanishes (killed, died): EXITED with CRASH once handled."""
-        await self._exit(server, CRASH)
+        await self._exit(server, driver.VmEnd.CRASH)
 
     async def guest_power_off(self, server: str) -> None:
         """The guest powers itself off: POWERED_OFF (the last look), then EXITED."""
-        await self._emit_bounded(VmEvent(server, POWERED_OFF))
-        await self._exit(server, SHUTDOWN)
+        await self._emit_bounded(driver.VmEvent(server, driver.VmEventKind.POWERED_OFF))
+        await self._exit(server, driver.VmEnd.SHUTDOWN)
 
     async def pause(self, server: str, reason: str = "paused") -> None:
         """The hypervisor pauses the VM (a full disk: NOSPACE)."""
         vm = self._vm(server)
-        vm.state, vm.reason = PAUSED, reason
+        vm.state, vm.reason = driver.VmState.PAUSED, reason
         if server in self._held:
-            await self._emit(VmEvent(server, PAUSED, reason=reason))
+            await self._emit(driver.VmEvent(server, driver.VmEventKind.PAUSED, reason=reason))
 
     def stick(self, server: str, stuck: bool = True) -> None:
         """Its monitor stops (or starts again) answering."""
@@ -160,17 +145,13 @@ class FakeHypervisor:
 
     # -- life ------------------------------------------------------------------------
 
-    async def start(self, request: StartRequest, restore: StateStream | None = None) -> VmStatus:
+    async def start(
+        self, request: driver.StartRequest, restore: driver.StateStream | None = None
+    ) -> driver.VmStatus:
         spec = request.spec
         if (restore is None) == spec.incoming:
             raise ValueError("a saved state goes with spec.incoming, and only with it")
-        if spec.uuid in self.host.vms:
-            raise HypervisorError(f"VM {spec.uuid} runs already")
-        if self._next_start_error is not None:
-            message, self._next_start_error = self._next_start_error, None
-            raise HypervisorError(message)
-        vm = FakeVm(spec, time.time(), cpu_mhz=request.cpu_mhz, vnc_password=request.vnc_password)
-        vm.blockstats = {disk.slot: BlockStats(0, 0, 0, 0) for disk in spec.disks}
+        vm = self._new_vm(request, time.time())
         if restore is not None:
             vm.memory = json.loads(await _receive(restore, request.timeout))
         else:
@@ -180,7 +161,9 @@ class FakeHypervisor:
         self._held.add(spec.uuid)
         return self._status_of(vm)
 
-    async def adopt(self, server: str, *, started: float, timeout: float = 10.0) -> VmStatus | None:
+    async def adopt(
+        self, server: str, *, started: float, timeout: float = 10.0
+    ) -> driver.VmStatus | None:
         vm = self.host.vms.get(server)
         if vm is None:
             return None
@@ -190,24 +173,24 @@ class FakeHypervisor:
         self._held.add(server)
         return self._status_of(vm)
 
-    def how_ended(self, server: str) -> str:
-        return self.host.ended.get(server, SHUTDOWN)
+    def how_ended(self, server: str) -> driver.VmEnd:
+        return self.host.ended.get(server, driver.VmEnd.SHUTDOWN)
 
     async def unheld(self) -> list[str]:
         return sorted(set(self.host.vms) - self._held)
 
     async def stop_unheld(self, server: str, timeout: float = 10.0) -> None:
         if server not in self._held and self.host.vms.pop(server, None) is not None:
-            self.host.ended[server] = SHUTDOWN
+            self.host.ended[server] = driver.VmEnd.SHUTDOWN
 
     async def stop(self, server: str, timeout: float = 10.0) -> None:
         vm = self._vm(server)
         # A monitor that does not answer `quit`: killed with signals after the wait.
-        await self._exit(server, CRASH if vm.stuck else SHUTDOWN)
+        await self._exit(server, driver.VmEnd.CRASH if vm.stuck else driver.VmEnd.SHUTDOWN)
 
     async def kill(self, server: str, timeout: float = 10.0) -> None:
         self._vm(server)
-        await self._exit(server, SHUTDOWN)  # SIGTERM: QEMU ends cleanly
+        await self._exit(server, driver.VmEnd.SHUTDOWN)  # SIGTERM: QEMU ends cleanly
 
     async def powerdown(self, server: str) -> None:
         await self._monitor(server)
@@ -221,15 +204,15 @@ class FakeHypervisor:
 
     async def resume(self, server: str) -> None:
         vm = await self._monitor(server)
-        if vm.state == PAUSED:
-            vm.state, vm.reason = RUNNING, None
-            await self._emit(VmEvent(server, RESUMED))
+        if vm.state == driver.VmState.PAUSED:
+            vm.state, vm.reason = driver.VmState.RUNNING, None
+            await self._emit(driver.VmEvent(server, driver.VmEventKind.RESUMED))
 
-    async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
+    async def save_state(self, server: str, sink: driver.StateStream, timeout: float) -> None:
         vm = await self._monitor(server)
         async with Reverter() as revert:
             revert.add(functools.partial(_set_state, vm, vm.state, vm.reason))  # runs on
-            vm.state, vm.reason = PAUSED, "paused"
+            vm.state, vm.reason = driver.VmState.PAUSED, "paused"
             try:
                 await _send(sink, json.dumps(vm.memory).encode(), timeout)
             except OSError as error:
@@ -246,53 +229,63 @@ class FakeHypervisor:
 
     # -- live migration --------------------------------------------------------------
 
-    async def prepare_incoming(self, request: IncomingRequest) -> IncomingInfo:
+    async def prepare_incoming(self, request: driver.IncomingRequest) -> driver.IncomingInfo:
         spec = request.start.spec
         if not spec.incoming:
             raise HypervisorError("a VM to receive by migration needs spec.incoming")
-        if spec.uuid in self.host.vms:
-            raise HypervisorError(f"VM {spec.uuid} runs already")
-        if self._next_start_error is not None:
-            message, self._next_start_error = self._next_start_error, None
-            raise HypervisorError(message)
-        vm = FakeVm(spec, request.started or time.time(), PAUSED, "inmigrate")
-        vm.cpu_mhz = request.start.cpu_mhz
-        vm.vnc_password = request.start.vnc_password
-        vm.blockstats = {disk.slot: BlockStats(0, 0, 0, 0) for disk in spec.disks}
-        self.host.vms[spec.uuid] = vm
-        uri = f"fake:{id(self.host)}/{spec.uuid}"
-        _waiting[uri] = (self.host, vm)
+        vm = self._new_vm(request.start, request.started or time.time())
+        vm.state, vm.reason = driver.VmState.PAUSED, "inmigrate"
         copied = {slot for slot, _size in request.drive_bytes}
+        vm.copied = frozenset(copied)
+        self.host.vms[spec.uuid] = vm
+        uri = f"unix:/fake-migration/{id(self.host)}/{spec.uuid}"
+        _waiting[uri] = (self.host, vm)
         nodes = [f"drive-{disk.device_id}" for disk in spec.disks if disk.slot in copied]
-        return IncomingInfo(spec.uuid, uri, f"{uri}/nbd", tuple((n, n) for n in nodes))
+        paths = tuple((disk.slot, str(disk.path)) for disk in spec.disks if disk.slot in copied)
+        exports = tuple((n, n) for n in nodes)
+        return driver.IncomingInfo(spec.uuid, uri, f"{uri}.nbd", exports, drive_paths=paths)
 
-    async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
+    async def migrate_out(self, server: str, target: driver.IncomingInfo, timeout: float) -> None:
         vm = await self._monitor(server)
         host, incoming = _waiting.get(target.migration_uri, (None, None))
         if host is None or incoming is None or host.vms.get(server) is not incoming:
             raise HypervisorError(f"cannot reach the migration target {target.migration_uri}")
         incoming.memory = dict(vm.memory)
+        # The drives' bytes, as a mirror copies them (those whose file exists here).
+        sources = {disk.slot: disk.path for disk in vm.spec.disks}
+        for disk in incoming.spec.disks:
+            source = sources.get(disk.slot)
+            if disk.slot in incoming.copied and source is not None and source.exists():
+                await asyncio.to_thread(shutil.copyfile, source, disk.path)
         host.logs[server] = self.host.logs.get(server, b"")
-        vm.state, vm.reason = PAUSED, "postmigrate"  # no event: it moves, it did not pause
+        vm.state, vm.reason = (
+            driver.VmState.PAUSED,
+            "postmigrate",
+        )  # no event: it moves, it did not pause
 
-    async def finish_incoming(self, server: str, timeout: float) -> VmStatus:
+    async def finish_incoming(self, server: str, timeout: float) -> driver.VmStatus:
         vm = self.host.vms.get(server)
-        uri = f"fake:{id(self.host)}/{server}"
+        uri = f"unix:/fake-migration/{id(self.host)}/{server}"
         if vm is None or _waiting.get(uri, (None, None))[1] is not vm:
             raise HypervisorError(f"No VM of server {server} waits for a migration here")
         del _waiting[uri]
-        vm.state, vm.reason = RUNNING, None
+        vm.state, vm.reason = driver.VmState.RUNNING, None
         self._held.add(server)
         return self._status_of(vm)
 
     async def abort_incoming(self, server: str) -> None:
-        entry = _waiting.pop(f"fake:{id(self.host)}/{server}", None)
-        if entry is not None and self.host.vms.get(server) is entry[1]:
+        entry = _waiting.pop(f"unix:/fake-migration/{id(self.host)}/{server}", None)
+        if entry is None:
+            return
+        if self.host.vms.get(server) is entry[1]:
             del self.host.vms[server]
             self.host.logs.pop(server, None)
+        for disk in entry[1].spec.disks:  # the copies it got (dead or not), as QEMU's
+            if disk.slot in entry[1].copied:
+                disk.path.unlink(missing_ok=True)
 
     async def cancel_migrate_out(self, server: str) -> None:
-        _set_state(self._vm(server), RUNNING, None)
+        _set_state(self._vm(server), driver.VmState.RUNNING, None)
 
     async def end_migrated(self, server: str, timeout: float = 10.0) -> None:
         self._vm(server)
@@ -302,7 +295,7 @@ class FakeHypervisor:
 
     # -- while it runs ---------------------------------------------------------------
 
-    def status(self, server: str) -> VmStatus | None:
+    def status(self, server: str) -> driver.VmStatus | None:
         vm = self.host.vms.get(server)
         return self._status_of(vm) if vm is not None and server in self._held else None
 
@@ -318,7 +311,7 @@ class FakeHypervisor:
             raise HypervisorError(f"VM {server} has no VNC server")
         vm.vnc_password = password
 
-    async def blockstats(self, server: str) -> Mapping[str, BlockStats]:
+    async def blockstats(self, server: str) -> Mapping[str, driver.BlockStats]:
         return dict((await self._monitor(server)).blockstats)
 
     def serial_log(self, server: str) -> bytes | None:
@@ -344,37 +337,50 @@ class FakeHypervisor:
         return vm
 
     @staticmethod
-    def _status_of(vm: FakeVm) -> VmStatus:
-        return VmStatus(vm.spec.uuid, vm.state, vm.reason, started=vm.started)
+    def _status_of(vm: FakeVm) -> driver.VmStatus:
+        return driver.VmStatus(vm.spec.uuid, vm.state, vm.reason, started=vm.started)
 
-    async def _emit(self, event: VmEvent) -> None:
+    def _new_vm(self, request: driver.StartRequest, started: float) -> FakeVm:
+        """The VM `request` starts (not on the host yet), or why it cannot start: it runs
+        already, or a test made this start fail."""
+        spec = request.spec
+        if spec.uuid in self.host.vms:
+            raise HypervisorError(f"VM {spec.uuid} runs already")
+        if self._next_start_error is not None:
+            message, self._next_start_error = self._next_start_error, None
+            raise HypervisorError(message)
+        vm = FakeVm(spec, started, cpu_mhz=request.cpu_mhz, vnc_password=request.vnc_password)
+        vm.blockstats = {disk.slot: driver.BlockStats(0, 0, 0, 0) for disk in spec.disks}
+        return vm
+
+    async def _emit(self, event: driver.VmEvent) -> None:
         if self._handler is not None:
             await self._handler(event)
 
-    async def _emit_bounded(self, event: VmEvent) -> None:
+    async def _emit_bounded(self, event: driver.VmEvent) -> None:
         try:
-            async with asyncio.timeout(ENDING_TIMEOUT):
+            async with asyncio.timeout(driver.ENDING_TIMEOUT):
                 await self._emit(event)
         except Exception:  # never keeps a powered-off VM alive, as with QEMU
             pass
 
-    async def _exit(self, server: str, how: str) -> None:
+    async def _exit(self, server: str, how: driver.VmEnd) -> None:
         if self.host.vms.pop(server, None) is None:
             return
         self.host.ended[server] = how
         if server not in self._held:
             return  # nobody holds it: nobody is told
         try:
-            await self._emit(VmEvent(server, EXITED, how=how))
+            await self._emit(driver.VmEvent(server, driver.VmEventKind.EXITED, how=how))
         finally:
             self._held.discard(server)
 
 
-def _set_state(vm: FakeVm, state: str, reason: str | None) -> None:
+def _set_state(vm: FakeVm, state: driver.VmState, reason: str | None) -> None:
     vm.state, vm.reason = state, reason
 
 
-async def _send(sink: StateStream, data: bytes, timeout: float) -> None:
+async def _send(sink: driver.StateStream, data: bytes, timeout: float) -> None:
     """Stream `data` into `sink` through a pipe, as QEMU streams a saved state."""
     read_end, write_end = os.pipe()
 
@@ -385,13 +391,13 @@ async def _send(sink: StateStream, data: bytes, timeout: float) -> None:
     writing = asyncio.create_task(asyncio.to_thread(write))
     try:
         async with asyncio.timeout(timeout):
-            await asyncio.to_thread(run_state_stream, sink, read_end)
+            await asyncio.to_thread(driver.run_state_stream, sink, read_end)
     finally:
         with contextlib.suppress(Exception):
             await writing
 
 
-async def _receive(source: StateStream, timeout: float) -> bytes:
+async def _receive(source: driver.StateStream, timeout: float) -> bytes:
     """What `source` streams, read through a pipe as a restoring QEMU reads it."""
     read_end, write_end = os.pipe()
 
@@ -399,7 +405,7 @@ async def _receive(source: StateStream, timeout: float) -> bytes:
         with os.fdopen(read_end, "rb") as pipe:
             return pipe.read()
 
-    feeding = asyncio.create_task(asyncio.to_thread(run_state_stream, source, write_end))
+    feeding = asyncio.create_task(asyncio.to_thread(driver.run_state_stream, source, write_end))
     async with asyncio.timeout(timeout):
         data = await asyncio.to_thread(read)
         await feeding

@@ -21,9 +21,11 @@ The sequence, each step bounded by a timeout and undone by a `Reverter` if a lat
 Jobs and the migration are polled (`query-block-jobs`, `query-migrate`) rather than waited
 for as events: a held VM's events are its watcher's (vm.py).
 
-`live_migrate` runs the five steps through two `MigratingDriver`s, so the same order holds
-whether the drivers are local or, later, agents on two hosts. Streams are unix sockets here
-(both QEMUs on one machine); across hosts they become TCP (docs/cluster.md).
+`live_migrate` (moves.py, re-exported here) runs the five steps through two
+`MigratingDriver`s, so the same order holds whether the drivers are local or agents on two
+hosts (remote_driver.py). Streams are unix
+sockets between drivers of one machine, TCP on the target host's `hypervisor.
+migration_address` across hosts (docs/cluster.md).
 
 With `MigrationTls` on both drivers, both streams (NBD and the state) are TLS with the
 cluster CA's certificates, each side checking the other's (`tls-creds-x509`, `verify-peer`),
@@ -40,14 +42,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from openhosting.hypervisor.driver import (
-    IncomingInfo,
-    IncomingRequest,
-    MigratingDriver,
-    VmStatus,
-)
+from openhosting.hypervisor.driver import IncomingInfo
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import Monitor
+from openhosting.hypervisor.moves import live_migrate as live_migrate
 from openhosting.pem_files import write_whole
 from openhosting.reverter import Reverter
 
@@ -98,21 +96,22 @@ async def _add_tls(monitor: Monitor, tls: MigrationTls, endpoint: str) -> str:
 async def serve_incoming(
     monitor: Monitor,
     nodes: Sequence[str],
-    nbd_socket: Path,
-    migration_socket: Path,
+    nbd_address: str,
+    migration_uri: str,
     tls: MigrationTls | None = None,
 ) -> None:
-    """Target: serve `nodes` writable over NBD on `nbd_socket` (export names = node names),
-    and wait for the VM's state on `migration_socket`; both over TLS only with `tls`."""
+    """Target: serve `nodes` writable over NBD on `nbd_address` (export names = node names),
+    and wait for the VM's state on `migration_uri` (each `unix:PATH` or `tcp:HOST:PORT`);
+    both over TLS only with `tls`."""
     creds = None
     if tls is not None:
         creds = await _add_tls(monitor, tls, "server")
         await monitor.set_migration_parameters({"tls-creds": creds})
-    await monitor.start_nbd_server(nbd_socket, creds)
+    await monitor.start_nbd_server(nbd_address, creds)
     for node in nodes:
         await monitor.export_writable(node)
     await monitor.set_migration_capability("late-block-activate")
-    await monitor.migrate_incoming(f"unix:{migration_socket}")
+    await monitor.migrate_incoming(migration_uri)
 
 
 async def take_over(monitor: Monitor, timeout: float, tls: bool = False) -> None:
@@ -148,7 +147,7 @@ async def mirror_drives(
     jobs = []
     for node, export in target.exports:
         client = f"{_PREFIX}{node}"
-        await monitor.add_nbd_node(client, target.nbd_socket, export, tls_options)
+        await monitor.add_nbd_node(client, target.nbd_address, export, tls_options)
         revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, client)))
         await monitor.mirror(client, node, client)
         revert.add(functools.partial(cancel_jobs, monitor, [client], True, timeout))
@@ -200,34 +199,6 @@ async def run_on(monitor: Monitor) -> None:
             await monitor.cont()
     except HypervisorError as error:
         log.warning("event=migration_run_on_failed error=%s", error)
-
-
-async def live_migrate(
-    source: MigratingDriver, target: MigratingDriver, request: IncomingRequest, timeout: float
-) -> VmStatus:
-    """Move the running VM of `request.start.spec.uuid` from `source` to `target`. On
-    success it runs on the target and is gone from the source; on failure it runs on the
-    source as before and nothing of it is left on the target."""
-    server = request.start.spec.uuid
-    abort = functools.partial(target.abort_incoming, server)
-    async with Reverter() as revert:
-        info = await target.prepare_incoming(request)
-        revert.add(abort)
-        await source.migrate_out(server, info, timeout)
-        revert.add(functools.partial(source.cancel_migrate_out, server))
-        # Again (it does nothing twice), so that it runs first: the target may have run the
-        # guest already; it ends before the source runs it again, never both at once.
-        revert.add(abort)
-        status = await target.finish_incoming(server, timeout)
-        revert.success()
-    try:
-        await source.end_migrated(server)
-    except HypervisorError as error:
-        # The guest runs on the target: the migration is done. A source QEMU left paused
-        # (its drives let go) is the host's leftover, found again as unheld.
-        log.error("event=vm_migrated_source_left server=%s error=%s", server, error)
-    log.info("event=vm_migrated server=%s", server)
-    return status
 
 
 async def _wait_ready(monitor: Monitor, jobs: list[str], timeout: float) -> None:

@@ -270,11 +270,11 @@ class Monitor:
     async def cancel_migration(self) -> None:
         await self.execute("migrate_cancel")
 
-    async def start_nbd_server(self, socket_path: Path, tls_creds: str | None = None) -> None:
-        """Serve NBD on the unix socket `socket_path` (TLS only with `tls_creds`)."""
-        arguments: dict[str, object] = {
-            "addr": {"type": "unix", "data": {"path": str(socket_path)}}
-        }
+    async def start_nbd_server(self, address: str, tls_creds: str | None = None) -> None:
+        """Serve NBD on `address` (`unix:PATH` or `tcp:HOST:PORT`; TLS only with
+        `tls_creds`)."""
+        kind, data = _socket_address(address)
+        arguments: dict[str, object] = {"addr": {"type": kind, "data": data}}
         if tls_creds is not None:
             arguments["tls-creds"] = tls_creds
         await self.execute("nbd-server-start", arguments)
@@ -291,16 +291,17 @@ class Monitor:
         await self.execute("nbd-server-stop")
 
     async def add_nbd_node(
-        self, node: str, socket_path: str, export: str, tls: Mapping[str, str] | None = None
+        self, node: str, address: str, export: str, tls: Mapping[str, str] | None = None
     ) -> None:
-        """A block node `node` reading and writing `export` of the NBD server at the unix
-        socket `socket_path` (`tls`: its `tls-creds` and `tls-hostname`)."""
+        """A block node `node` reading and writing `export` of the NBD server at `address`
+        (`unix:PATH` or `tcp:HOST:PORT`; `tls`: its `tls-creds` and `tls-hostname`)."""
+        kind, data = _socket_address(address)
         await self.execute(
             "blockdev-add",
             {
                 "driver": "nbd",
                 "node-name": node,
-                "server": {"type": "unix", "path": socket_path},
+                "server": {"type": kind, **data},
                 "export": export,
                 **(tls or {}),
             },
@@ -443,3 +444,14 @@ def _slot_of_blockstats(entry: Mapping[str, object]) -> str | None:
         node = str(entry.get("node-name") or "")
         slot = slot_for_device_id(node.removeprefix("drive-")) if node else None
     return slot
+
+
+def _socket_address(address: str) -> tuple[str, dict[str, str]]:
+    """QMP's SocketAddress (its type, its fields) of `unix:PATH` or `tcp:HOST:PORT`."""
+    kind, _, rest = address.partition(":")
+    if kind == "unix" and rest:
+        return "unix", {"path": rest}
+    host, _, port = rest.rpartition(":")
+    if kind == "tcp" and host and port.isdigit():
+        return "inet", {"host": host, "port": port}
+    raise HypervisorError(f"not a unix: or tcp: address: {address!r}")

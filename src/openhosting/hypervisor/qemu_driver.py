@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import pwd
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting.config import ConfigError, HypervisorSettings
-from openhosting.hypervisor import migration, process
+from openhosting.hypervisor import driver, migration, process
 from openhosting.hypervisor.argv import choose_accelerator
 from openhosting.hypervisor.cpu_quota import (
     CgroupLayout,
@@ -31,24 +32,6 @@ from openhosting.hypervisor.cpu_quota import (
     place_vm_threads,
     quota_us,
     remove_cpu_group,
-)
-from openhosting.hypervisor.driver import (
-    CRASH,
-    EXITED,
-    NOSPACE,
-    PAUSED,
-    POWERED_OFF,
-    RESUMED,
-    RUNNING,
-    SHUTDOWN,
-    BlockStats,
-    EventHandler,
-    IncomingInfo,
-    IncomingRequest,
-    StartRequest,
-    StateStream,
-    VmEvent,
-    VmStatus,
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.serial_log import SerialLogLimit, read_log
@@ -89,6 +72,30 @@ def serial_log_limit(settings: HypervisorSettings) -> SerialLogLimit:
         ) from None
 
 
+def migration_ports(settings: HypervisorSettings) -> range:
+    """The ports of `hypervisor.migration_ports` (FIRST-LAST); ConfigError if it is not a
+    range of TCP ports, or `hypervisor.migration_address` no host name or IPv4 address."""
+    if settings.migration_address:
+        try:
+            driver.check_stream_address(f"tcp:{settings.migration_address}:1")
+        except ValueError:
+            raise ConfigError(
+                f"hypervisor.migration_address {settings.migration_address!r}: expected a host"
+                " name or IPv4 address"
+            ) from None
+    first, _, last = settings.migration_ports.partition("-")
+    try:
+        ports = range(int(first), int(last or first) + 1)
+    except ValueError:
+        ports = range(0)
+    if not ports or ports.start < 1 or ports.stop > 1 << 16:
+        raise ConfigError(
+            f"hypervisor.migration_ports {settings.migration_ports!r}: expected FIRST-LAST,"
+            " TCP ports"
+        )
+    return ports
+
+
 def port_is_free(address: str, port: int) -> bool:
     """Whether nothing on this host listens on TCP `address`:`port` (a bind succeeds)."""
     with socket.socket() as probe:
@@ -120,8 +127,9 @@ class _Incoming:
     """A VM waiting for a live migration (`prepare_incoming`), not held yet."""
 
     vm: RunningVm
-    request: StartRequest
+    request: driver.StartRequest
     files: tuple[Path, ...]  # the drives' files it made
+    ports: tuple[int, ...] = ()  # the TCP ports its streams listen on
 
 
 def _remove_secrets(spec: VmSpec) -> None:
@@ -151,15 +159,17 @@ class QemuDriver:
         self.cgroup = cgroup if cgroup is not None else find_cpu_cgroup()
         self._run_as = qemu_user(settings.run_as)
         self._vms: dict[str, RunningVm] = {}
-        self._handler: EventHandler | None = None
+        self._handler: driver.EventHandler | None = None
         self._space_resumer = SpaceResumer()
         self._incoming: dict[str, _Incoming] = {}
         # Servers whose VM is migrating out: its pause at the end of it is no one's event.
         self._migrating: set[str] = set()
         # None: migrations in and out of this host go without TLS.
         self._migration_tls = migration_tls
+        self._migration_ports = migration_ports(settings)
+        self._ports_taken: set[int] = set()  # by VMs waiting for a migration here
 
-    def listen(self, handler: EventHandler) -> None:
+    def listen(self, handler: driver.EventHandler) -> None:
         self._handler = handler
 
     # -- the host --------------------------------------------------------------------
@@ -183,7 +193,9 @@ class QemuDriver:
 
     # -- life ------------------------------------------------------------------------
 
-    async def start(self, request: StartRequest, restore: StateStream | None = None) -> VmStatus:
+    async def start(
+        self, request: driver.StartRequest, restore: driver.StateStream | None = None
+    ) -> driver.VmStatus:
         spec = request.spec
         if spec.uuid in self._vms:
             raise HypervisorError(f"VM {spec.uuid} runs already")
@@ -230,7 +242,9 @@ class QemuDriver:
         vm.on_state = self._state_changed
         vm.before_end = self._powered_off
 
-    async def adopt(self, server: str, *, started: float, timeout: float = 10.0) -> VmStatus | None:
+    async def adopt(
+        self, server: str, *, started: float, timeout: float = 10.0
+    ) -> driver.VmStatus | None:
         vm = await RunningVm.adopt(
             server, self.run_dir(server), self._vm_exited, timeout=timeout,
             serial_limit=self.limit,
@@ -246,9 +260,13 @@ class QemuDriver:
         log.info("event=vm_adopted server=%s pid=%s", server, vm.pid)
         return self._status_of(vm)
 
-    def how_ended(self, server: str) -> str:
+    def how_ended(self, server: str) -> driver.VmEnd:
         # QEMU removes its pidfile when it exits cleanly; one left behind means a crash.
-        return CRASH if RunPaths(self.run_dir(server)).pidfile.exists() else SHUTDOWN
+        return (
+            driver.VmEnd.CRASH
+            if RunPaths(self.run_dir(server)).pidfile.exists()
+            else driver.VmEnd.SHUTDOWN
+        )
 
     async def unheld(self) -> list[str]:
         run_path = self._run_path
@@ -280,7 +298,7 @@ class QemuDriver:
     async def resume(self, server: str) -> None:
         await self._held(server).resume()
 
-    async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
+    async def save_state(self, server: str, sink: driver.StateStream, timeout: float) -> None:
         await self._held(server).save_state(sink, timeout=timeout)
 
     async def detach_all(self) -> None:
@@ -298,7 +316,7 @@ class QemuDriver:
 
     # -- live migration (see migration.py) --------------------------------------------
 
-    async def prepare_incoming(self, request: IncomingRequest) -> IncomingInfo:
+    async def prepare_incoming(self, request: driver.IncomingRequest) -> driver.IncomingInfo:
         spec = request.start.spec
         if not spec.incoming:
             raise HypervisorError("a VM to receive by migration needs spec.incoming")
@@ -309,9 +327,10 @@ class QemuDriver:
         if any(disk.format != "raw" for disk in copied):
             # The LUKS layer needs its header in the file at start; an empty file has none.
             raise HypervisorError("only raw drives can be copied by a live migration yet")
-        paths = spec.paths
-        nbd_socket, migration_socket = paths.directory / "nbd.sock", paths.directory / "mig.sock"
         async with Reverter() as revert:
+            nbd_address, migration_uri, ports = self._incoming_addresses(spec)
+            self._ports_taken.update(ports)
+            revert.add(functools.partial(self._ports_taken.difference_update, ports))
             self._make_run_dir(spec.run_dir)
             revert.add(functools.partial(shutil.rmtree, spec.run_dir, ignore_errors=True))
             for disk in copied:
@@ -327,22 +346,43 @@ class QemuDriver:
             vm.started = request.started or vm.started
             nodes = [disk.node_name for disk in copied]
             await migration.serve_incoming(
-                vm.monitor, nodes, nbd_socket, migration_socket, self._migration_tls
+                vm.monitor, nodes, nbd_address, migration_uri, self._migration_tls
             )
             self._incoming[spec.uuid] = _Incoming(
-                vm, request.start, tuple(disk.path for disk in copied)
+                vm, request.start, tuple(disk.path for disk in copied), ports
             )
             revert.success()
-        log.info("event=vm_incoming server=%s pid=%s", spec.uuid, vm.pid)
-        return IncomingInfo(
+        log.info("event=vm_incoming server=%s pid=%s address=%s", spec.uuid, vm.pid, migration_uri)
+        return driver.IncomingInfo(
             server=spec.uuid,
-            migration_uri=f"unix:{migration_socket}",
-            nbd_socket=str(nbd_socket),
+            migration_uri=migration_uri,
+            nbd_address=nbd_address,
             exports=tuple((node, node) for node in nodes),
             tls_hostname=self._migration_tls.host if self._migration_tls else None,
+            drive_paths=tuple((disk.slot, str(disk.path)) for disk in copied),
         )
 
-    async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
+    def _incoming_addresses(self, spec: VmSpec) -> tuple[str, str, tuple[int, ...]]:
+        """Where a VM moving in takes its drives (NBD) and its state: unix sockets in its run
+        directory, or two free ports of `hypervisor.migration_ports` on
+        `hypervisor.migration_address` (those ports, kept apart until it is in)."""
+        host = self._settings.migration_address
+        if not host:
+            directory = spec.paths.directory
+            return f"unix:{directory / 'nbd.sock'}", f"unix:{directory / 'mig.sock'}", ()
+        free = (
+            port
+            for port in self._migration_ports
+            if port not in self._ports_taken and port_is_free(host, port)
+        )
+        ports = tuple(itertools.islice(free, 2))
+        if len(ports) < 2:
+            raise HypervisorError(
+                f"no two free ports in hypervisor.migration_ports {self._settings.migration_ports}"
+            )
+        return f"tcp:{host}:{ports[0]}", f"tcp:{host}:{ports[1]}", ports
+
+    async def migrate_out(self, server: str, target: driver.IncomingInfo, timeout: float) -> None:
         vm = self._held(server)
         async with Reverter() as revert:
             self._migrating.add(server)
@@ -355,7 +395,7 @@ class QemuDriver:
             revert.success()
         log.info("event=vm_migrated_out server=%s", server)
 
-    async def finish_incoming(self, server: str, timeout: float) -> VmStatus:
+    async def finish_incoming(self, server: str, timeout: float) -> driver.VmStatus:
         incoming = self._incoming.get(server)
         if incoming is None:
             raise HypervisorError(f"No VM of server {server} waits for a migration here")
@@ -369,6 +409,7 @@ class QemuDriver:
         if vm.exited.is_set():
             raise HypervisorError(f"VM {server} ended while it took over")
         del self._incoming[server]
+        self._ports_taken.difference_update(incoming.ports)
         self._hold(vm)
         return self._status_of(vm)
 
@@ -376,6 +417,7 @@ class QemuDriver:
         incoming = self._incoming.pop(server, None)
         if incoming is None:
             return
+        self._ports_taken.difference_update(incoming.ports)
         await incoming.vm.kill(self._settings.stop_timeout)
         for path in incoming.files:
             path.unlink(missing_ok=True)
@@ -402,7 +444,7 @@ class QemuDriver:
 
     # -- while it runs ---------------------------------------------------------------
 
-    def status(self, server: str) -> VmStatus | None:
+    def status(self, server: str) -> driver.VmStatus | None:
         vm = self._vms.get(server)
         return self._status_of(vm) if vm is not None else None
 
@@ -415,7 +457,7 @@ class QemuDriver:
     async def set_vnc_password(self, server: str, password: str | None) -> None:
         await self._held(server).set_vnc_password(password)
 
-    async def blockstats(self, server: str) -> Mapping[str, BlockStats]:
+    async def blockstats(self, server: str) -> Mapping[str, driver.BlockStats]:
         return await self._held(server).blockstats()
 
     def serial_log(self, server: str) -> bytes | None:
@@ -437,10 +479,10 @@ class QemuDriver:
         return vm
 
     @staticmethod
-    def _status_of(vm: RunningVm) -> VmStatus:
+    def _status_of(vm: RunningVm) -> driver.VmStatus:
         if vm.pause is None:
-            return VmStatus(vm.uuid, RUNNING, started=vm.started)
-        return VmStatus(vm.uuid, PAUSED, vm.pause.reason, started=vm.started)
+            return driver.VmStatus(vm.uuid, driver.VmState.RUNNING, started=vm.started)
+        return driver.VmStatus(vm.uuid, driver.VmState.PAUSED, vm.pause.reason, started=vm.started)
 
     async def _limit_cpu(self, vm: RunningVm, cpu_mhz: int) -> None:
         """Hold the vCPU threads of `vm` to `cpu_mhz` (see cpu_quota.py)."""
@@ -452,7 +494,7 @@ class QemuDriver:
         # grace period, ms to tens of ms on a busy host), which would hold every other start.
         await asyncio.to_thread(place_vm_threads, self.cgroup, vm.uuid, vm.pid, vcpu_tids, quota)
 
-    async def _emit(self, event: VmEvent) -> None:
+    async def _emit(self, event: driver.VmEvent) -> None:
         if self._handler is not None:
             await self._handler(event)
 
@@ -460,20 +502,20 @@ class QemuDriver:
         if server in self._migrating:
             return
         if pause is None:
-            await self._emit(VmEvent(server, RESUMED))
+            await self._emit(driver.VmEvent(server, driver.VmEventKind.RESUMED))
             return
-        if pause.reason == NOSPACE and (vm := self._vms.get(server)) is not None:
+        if pause.reason == driver.PauseReason.NOSPACE and (vm := self._vms.get(server)) is not None:
             self._space_resumer.watch(vm)
-        await self._emit(VmEvent(server, PAUSED, reason=pause.reason))
+        await self._emit(driver.VmEvent(server, driver.VmEventKind.PAUSED, reason=pause.reason))
 
     async def _powered_off(self, server: str) -> None:
-        await self._emit(VmEvent(server, POWERED_OFF))
+        await self._emit(driver.VmEvent(server, driver.VmEventKind.POWERED_OFF))
 
-    async def _vm_exited(self, server: str, how: str) -> None:
+    async def _vm_exited(self, server: str, how: driver.VmEnd) -> None:
         await self._space_resumer.cancel(server)
         try:
             if server in self._vms:  # one a start gave up is nobody's event
-                await self._emit(VmEvent(server, EXITED, how=how))
+                await self._emit(driver.VmEvent(server, driver.VmEventKind.EXITED, how=how))
         finally:
             self._vms.pop(server, None)
             if self.cgroup is not None:

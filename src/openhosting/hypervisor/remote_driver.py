@@ -1,5 +1,7 @@
 """The hypervisor driver of another host: each call made to that host's agent over mutual
-TLS (agent/server.py serves it; hypervisor/calls.py is the wire format).
+TLS (agent/server.py serves it; hypervisor/calls.py is the wire format). It moves VMs too
+(`MigratingDriver`): the streams of a live migration go between the two hosts' QEMUs, over
+TCP and TLS with the cluster's certificates, not through this side.
 
 The control plane presents its `control` certificate; the agent's certificate must be the
 cluster CA's and carry the host's name as its DNS name (the TLS server name of every call):
@@ -34,22 +36,18 @@ from typing import Any
 
 import aiohttp
 
-from openhosting.hypervisor.calls import CALLS, REPLACED, CallError, decode, encode
-from openhosting.hypervisor.driver import (
-    EXITED,
-    PAUSED,
-    RESUMED,
-    RUNNING,
-    SHUTDOWN,
-    BlockStats,
-    EventHandler,
-    StartRequest,
-    StateStream,
-    VmEvent,
-    VmStatus,
-    run_state_stream,
+from openhosting.host_capacity import HostCapacity
+from openhosting.hypervisor import driver
+from openhosting.hypervisor.calls import (
+    CALLS,
+    HOST_CALLS,
+    REPLACED,
+    Call,
+    CallError,
+    decode,
+    encode,
 )
-from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.reverter import Reverter
 
@@ -86,9 +84,9 @@ class RemoteHypervisorDriver:
         self._session: aiohttp.ClientSession | None = None
         self._settings: HostVmSettings | None = None
         self._run_path = Path("/nonexistent")
-        self._status: dict[str, VmStatus] = {}
-        self._ended: dict[str, str] = {}
-        self._handler: EventHandler | None = None
+        self._status: dict[str, driver.VmStatus] = {}
+        self._ended: dict[str, driver.VmEnd] = {}
+        self._handler: driver.EventHandler | None = None
         self._follower: asyncio.Task[None] | None = None
         self._following = True
         self._socket: aiohttp.ClientWebSocketResponse | None = None
@@ -124,7 +122,7 @@ class RemoteHypervisorDriver:
             # at once would drop its socket unclosed (aiohttp's "graceful shutdown" advice).
             await asyncio.sleep(TLS_CLOSE_GRACE)
 
-    def listen(self, handler: EventHandler) -> None:
+    def listen(self, handler: driver.EventHandler) -> None:
         self._handler = handler
 
     # -- the host --------------------------------------------------------------------
@@ -137,22 +135,34 @@ class RemoteHypervisorDriver:
     def run_dir(self, server: str) -> Path:
         return self._run_path / server
 
+    async def capacity(self) -> HostCapacity:
+        """What the host offers, as its agent measures it now (not a driver method: the
+        agent's own call, for the host's row)."""
+        capacity: HostCapacity = await self._call("capacity")
+        return capacity
+
     def vnc_port_free(self, address: str, port: int) -> bool:
         return True  # not asked over the wire yet: QEMU refuses a taken port at start
 
     # -- life ------------------------------------------------------------------------
 
-    async def start(self, request: StartRequest, restore: StateStream | None = None) -> VmStatus:
+    async def start(
+        self, request: driver.StartRequest, restore: driver.StateStream | None = None
+    ) -> driver.VmStatus:
         if restore is None:
-            status: VmStatus = await self._call_record("start", request, extra=request.timeout)
+            status: driver.VmStatus = await self._call_record(
+                "start", request, extra=request.timeout
+            )
         else:
             status = await self._call_record("start", request, extra=request.timeout, state=restore)
         self._status[status.server] = status
         self._ended.pop(status.server, None)
         return status
 
-    async def adopt(self, server: str, *, started: float, timeout: float = 10.0) -> VmStatus | None:
-        status: VmStatus | None = await self._call(
+    async def adopt(
+        self, server: str, *, started: float, timeout: float = 10.0
+    ) -> driver.VmStatus | None:
+        status: driver.VmStatus | None = await self._call(
             "adopt", server=server, started=started, timeout=timeout
         )
         if status is None:
@@ -161,8 +171,8 @@ class RemoteHypervisorDriver:
             self._status[server] = status
         return status
 
-    def how_ended(self, server: str) -> str:
-        return self._ended.get(server, SHUTDOWN)
+    def how_ended(self, server: str) -> driver.VmEnd:
+        return self._ended.get(server, driver.VmEnd.SHUTDOWN)
 
     async def unheld(self) -> list[str]:
         servers: list[str] = await self._call("unheld")
@@ -186,7 +196,7 @@ class RemoteHypervisorDriver:
     async def resume(self, server: str) -> None:
         await self._changing(server, "resume")
 
-    async def save_state(self, server: str, sink: StateStream, timeout: float) -> None:
+    async def save_state(self, server: str, sink: driver.StateStream, timeout: float) -> None:
         record = CALLS["save_state"].request(server=server, timeout=timeout)
         try:
             await self._call_record("save_state", record, extra=timeout, sink=sink)
@@ -211,7 +221,7 @@ class RemoteHypervisorDriver:
 
     # -- while it runs ---------------------------------------------------------------
 
-    def status(self, server: str) -> VmStatus | None:
+    def status(self, server: str) -> driver.VmStatus | None:
         return self._status.get(server)
 
     def held(self) -> list[str]:
@@ -223,12 +233,44 @@ class RemoteHypervisorDriver:
     async def set_vnc_password(self, server: str, password: str | None) -> None:
         await self._call("set_vnc_password", server=server, password=password)
 
-    async def blockstats(self, server: str) -> Mapping[str, BlockStats]:
-        stats: Mapping[str, BlockStats] = await self._call("blockstats", server=server)
+    async def blockstats(self, server: str) -> Mapping[str, driver.BlockStats]:
+        stats: Mapping[str, driver.BlockStats] = await self._call("blockstats", server=server)
         return stats
 
     def serial_log(self, server: str) -> bytes | None:
         return None  # not asked over the wire yet (the interface's method is synchronous)
+
+    # -- live migration (`MigratingDriver`; hypervisor/migration.py) -----------------
+
+    async def prepare_incoming(self, request: driver.IncomingRequest) -> driver.IncomingInfo:
+        info: driver.IncomingInfo = await self._call_record(
+            "prepare_incoming", request, extra=request.start.timeout
+        )
+        return checked_incoming(self.host, request.start.spec.uuid, info)
+
+    async def migrate_out(self, server: str, target: driver.IncomingInfo, timeout: float) -> None:
+        await self._call("migrate_out", server=server, target=target, timeout=timeout)
+
+    async def finish_incoming(self, server: str, timeout: float) -> driver.VmStatus:
+        status: driver.VmStatus = await self._call(
+            "finish_incoming", server=server, timeout=timeout
+        )
+        self._status[server] = status  # held here from now on
+        self._ended.pop(server, None)
+        return status
+
+    async def abort_incoming(self, server: str) -> None:
+        await self._call("abort_incoming", server=server)
+        self._status.pop(server, None)
+
+    async def cancel_migrate_out(self, server: str) -> None:
+        await self._changing(server, "cancel_migrate_out")
+
+    async def end_migrated(self, server: str, timeout: float = 10.0) -> None:
+        try:
+            await self._call("end_migrated", server=server, timeout=timeout)
+        finally:
+            self._status.pop(server, None)  # it runs elsewhere: not held here, not ended
 
     # -- inside ----------------------------------------------------------------------
 
@@ -258,7 +300,7 @@ class RemoteHypervisorDriver:
     async def _refresh(self, server: str) -> None:
         """Read the status of `server` again after a call that may have changed it."""
         with contextlib.suppress(HypervisorError):
-            status: VmStatus | None = await self._call("status", server=server)
+            status: driver.VmStatus | None = await self._call("status", server=server)
             if status is None:
                 self._status.pop(server, None)
             else:
@@ -273,7 +315,7 @@ class RemoteHypervisorDriver:
             )
 
     async def _call(self, method: str, **fields: Any) -> Any:
-        record = CALLS[method].request(**fields)
+        record = _call_of(method).request(**fields)
         return await self._call_record(method, record, extra=float(fields.get("timeout", 0.0)))
 
     async def _call_record(
@@ -282,8 +324,8 @@ class RemoteHypervisorDriver:
         record: object,
         *,
         extra: float = 0.0,
-        state: StateStream | None = None,
-        sink: StateStream | None = None,
+        state: driver.StateStream | None = None,
+        sink: driver.StateStream | None = None,
     ) -> Any:
         if self._session is None:
             raise HypervisorError(f"host {self.host}: not connected")
@@ -308,21 +350,25 @@ class RemoteHypervisorDriver:
         except (aiohttp.ClientError, OSError, ssl.SSLError) as error:
             raise self._unreachable(f"{method}: {error}") from None
         try:
-            return decode(CALLS[method].answer, answer)
+            return decode(_call_of(method).answer, answer)
         except CallError as error:
             raise HypervisorError(f"host {self.host}: a bad answer to {method}: {error}") from None
 
     def _unreachable(self, what: str) -> HypervisorError:
-        return HypervisorError(f"host agent {self.host} at {self._base} unreachable: {what}")
+        return HostUnreachableError(f"host agent {self.host} at {self._base} unreachable: {what}")
 
     async def _follow(self, following: asyncio.Future[None]) -> None:
         """Follow the agent's events, again after a break, until closed."""
         assert self._session is not None
         while self._following:
             try:
+                # No autoclose: aiohttp's own answer to the agent's close frame, failing on a
+                # connection the agent has already dropped, overwrote the agent's close code
+                # with 1006, and a replaced follower came back and replaced the other in turn
+                # (two API nodes took an agent's events from each other every second).
                 async with self._session.ws_connect(
                     f"{self._base}/events", ssl=self._context, server_hostname=self.host,
-                    heartbeat=10.0,
+                    heartbeat=10.0, autoclose=False,
                 ) as socket:  # fmt: skip
                     self._socket = socket
                     async for message in socket:
@@ -333,10 +379,11 @@ class RemoteHypervisorDriver:
                             if not following.done():
                                 following.set_result(None)
                             continue
-                        await self._receive(decode(VmEvent, data["event"]))
+                        await self._receive(decode(driver.VmEvent, data["event"]))
                         await socket.send_json({"ack": data["seq"]})
+                    replaced = socket.close_code == REPLACED  # the agent's, before our close
                 self._socket = None
-                if socket.close_code == REPLACED:
+                if replaced:
                     log.warning("event=remote_events_replaced host=%s", self.host)
                     return  # another control plane follows this host now
             except (aiohttp.ClientError, OSError, ssl.SSLError, CallError) as error:
@@ -345,22 +392,40 @@ class RemoteHypervisorDriver:
             if self._following:
                 await asyncio.sleep(RECONNECT_DELAY)
 
-    async def _receive(self, event: VmEvent) -> None:
+    async def _receive(self, event: driver.VmEvent) -> None:
         status = self._status.get(event.server)
-        if event.kind == EXITED:
+        if event.kind == driver.VmEventKind.EXITED:
             self._status.pop(event.server, None)
-            self._ended[event.server] = event.how or SHUTDOWN
-        elif status is not None and event.kind == PAUSED:
+            self._ended[event.server] = event.how or driver.VmEnd.SHUTDOWN
+        elif status is not None and event.kind == driver.VmEventKind.PAUSED:
             self._status[event.server] = dataclasses.replace(
-                status, state=PAUSED, reason=event.reason
+                status, state=driver.VmState.PAUSED, reason=event.reason
             )
-        elif status is not None and event.kind == RESUMED:
-            self._status[event.server] = dataclasses.replace(status, state=RUNNING, reason=None)
+        elif status is not None and event.kind == driver.VmEventKind.RESUMED:
+            self._status[event.server] = dataclasses.replace(
+                status, state=driver.VmState.RUNNING, reason=None
+            )
         if self._handler is not None:
             try:
                 await self._handler(event)
             except Exception:
                 log.exception("event=remote_event_handler_failed host=%s", self.host)
+
+
+def _call_of(method: str) -> Call:
+    return CALLS[method] if method in CALLS else HOST_CALLS[method]
+
+
+def checked_incoming(host: str, server: str, info: driver.IncomingInfo) -> driver.IncomingInfo:
+    """`info` as host `host` answered a `prepare_incoming` of `server`, if it is for that
+    server and, with TLS, names that host: a source checks the target's certificate against
+    `tls_hostname`, which must be the host this side reached, not one the answer picked."""
+    if info.server != server or info.tls_hostname not in (None, host):
+        raise HypervisorError(
+            f"host {host}: prepare_incoming answered for {info.server} as"
+            f" {info.tls_hostname!r}, not for {server} as {host!r}"
+        )
+    return info
 
 
 async def _error_of(host: str, method: str, response: aiohttp.ClientResponse) -> str:
@@ -371,11 +436,11 @@ async def _error_of(host: str, method: str, response: aiohttp.ClientResponse) ->
     return f"host {host}: {method}: {message}"
 
 
-async def _stream_after(line: bytes, source: StateStream) -> Any:
+async def _stream_after(line: bytes, source: driver.StateStream) -> Any:
     """The call's line, then what `source` writes into a pipe (a saved state)."""
     yield line
     read_end, write_end = os.pipe()
-    feeding = asyncio.create_task(asyncio.to_thread(run_state_stream, source, write_end))
+    feeding = asyncio.create_task(asyncio.to_thread(driver.run_state_stream, source, write_end))
     try:
         while chunk := await asyncio.to_thread(os.read, read_end, CHUNK):
             yield chunk
@@ -386,10 +451,10 @@ async def _stream_after(line: bytes, source: StateStream) -> Any:
             feeding.cancel()
 
 
-async def _drain_into(response: aiohttp.ClientResponse, sink: StateStream) -> None:
+async def _drain_into(response: aiohttp.ClientResponse, sink: driver.StateStream) -> None:
     """Give the body of `response` (a saved state) to `sink` through a pipe."""
     read_end, write_end = os.pipe()
-    draining = asyncio.create_task(asyncio.to_thread(run_state_stream, sink, read_end))
+    draining = asyncio.create_task(asyncio.to_thread(driver.run_state_stream, sink, read_end))
     stopped_reading = False
     try:
         async for chunk in response.content.iter_chunked(CHUNK):

@@ -12,7 +12,9 @@ import logging
 import os
 from pathlib import Path
 
-from openhosting.hypervisor.driver import NOSPACE
+from openhosting.hypervisor.driver import (
+    PauseReason,
+)
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.vm import RunningVm
 
@@ -50,7 +52,11 @@ class SpaceResumer:
             del self._watches[uuid]
 
     async def _resume_when_room(self, vm: RunningVm) -> None:
-        while vm.pause is not None and vm.pause.reason == NOSPACE and not vm.exited.is_set():
+        while (
+            vm.pause is not None
+            and vm.pause.reason == PauseReason.NOSPACE
+            and not vm.exited.is_set()
+        ):
             await asyncio.sleep(self._interval)
             try:
                 files = await vm.monitor.query_writable_files()

@@ -28,13 +28,11 @@ from pathlib import Path
 
 from openhosting.hypervisor import process
 from openhosting.hypervisor.driver import (
-    CRASH,
     ENDING_TIMEOUT,
-    IO_ERROR,
-    NOSPACE,
-    SHUTDOWN,
     BlockStats,
+    PauseReason,
     StateStream,
+    VmEnd,
     run_state_stream,
 )
 from openhosting.hypervisor.errors import HypervisorError
@@ -46,7 +44,7 @@ from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.hypervisor")
 
-ExitCallback = Callable[[str, str], Awaitable[None]]
+ExitCallback = Callable[[str, VmEnd], Awaitable[None]]
 # Called when the guest has powered itself off, before its VM is ended (QEMU only pauses it:
 # `-action shutdown=pause`), e.g. to read its counters one last time.
 EndingCallback = Callable[[str], Awaitable[None]]
@@ -69,7 +67,7 @@ def pause_of(status: str, nospace: bool) -> Pause | None:
     if status in ("running", "shutdown"):
         return None
     if status == "io-error":
-        return Pause(NOSPACE if nospace else IO_ERROR)
+        return Pause(PauseReason.NOSPACE if nospace else PauseReason.IO_ERROR)
     return Pause(status)
 
 
@@ -95,7 +93,7 @@ class RunningVm:
         self.monitor = monitor
         self.serial = serial
         self.started = started
-        self._ending: str | None = None  # set by a SHUTDOWN event
+        self._ending: VmEnd | None = None  # set by a SHUTDOWN event
         self.before_end: EndingCallback | None = None
         self._ender: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -175,7 +173,7 @@ class RunningVm:
     async def _watch_until_exit(self, on_exit: ExitCallback) -> None:
         async for event in self.monitor.events():
             if event.name == "SHUTDOWN":
-                self._ending = SHUTDOWN
+                self._ending = VmEnd.SHUTDOWN
                 log.info("event=vm_shutdown server=%s reason=%s", self.uuid, event.reason)
                 if event.data.get("guest"):
                     self._end_after_guest_shutdown()
@@ -195,7 +193,7 @@ class RunningVm:
             if self.monitor.connected:
                 break  # cannot happen while QEMU runs; never spin
             log.warning("event=vm_exit_slow server=%s pid=%s", self.uuid, self.pid)
-        ending = self._ending or CRASH
+        ending = self._ending or VmEnd.CRASH
         await self.monitor.close()  # collects the connection's end, so nothing dangles
         await self.serial.close()  # the log files stay, for whoever wants to know why
         process.remove_run_files(self.run_dir)
@@ -244,7 +242,7 @@ class RunningVm:
         except HypervisorError:
             return
         if status == "shutdown":
-            self._ending = SHUTDOWN
+            self._ending = VmEnd.SHUTDOWN
             self._end_after_guest_shutdown()
 
     async def stop(self, timeout: float = 10) -> None:

@@ -166,7 +166,7 @@ class BridgeNetwork:
                     # its VXLAN device) left idle.
                     revert.add(functools.partial(self._detach, [nic]))
                     if nic.vlan is not None:
-                        await self._ensure_vlan(nic.vlan)
+                        await self._ensure_vlan(nic.vlan, nic.vni)
                     # The blocked ports first: the tap never carries a frame they refuse.
                     await self._firewall.block(self.tap_name(nic), nic.block)
                     await self._links.add_tap(self.tap_name(nic), self.bridge_of(nic))
@@ -176,11 +176,26 @@ class BridgeNetwork:
                 revert.success()
             return backends
 
-    async def _ensure_vlan(self, vlan: str) -> None:
+    async def _ensure_vlan(self, vlan: str, vni: int | None) -> None:
         bridge = self.vlan_bridge(vlan)
         await self._links.ensure_bridge(bridge)
         if self._vxlan is not None:
-            await self._vxlan.ensure(self.vxlan_device(vlan), vni_of(vlan), bridge)
+            await self._vxlan.ensure(
+                self.vxlan_device(vlan), vni_of(vlan) if vni is None else vni, bridge
+            )
+
+    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+        if self._vxlan is None or not self._vxlan.set_peers(peers):
+            return
+        # Changed: the VLANs running here flood to the new peers at once (a host that came
+        # online hears their broadcasts before any server here starts again).
+        async with self._lock:
+            if not self._links.namespace_exists():
+                return
+            links = await self._links.all()
+            for name in sorted(links):
+                if self._is_vxlan(links, name):
+                    await self._vxlan.flood(name)
 
     async def detach(self, nics: Sequence[NicPlan]) -> None:
         async with self._lock:
@@ -254,8 +269,9 @@ class BridgeNetwork:
                     await self._dhcp.add_entry(name, nic.mac, nic.address)
             if self._vxlan is not None:
                 # The running servers' VLANs flood to the peers configured now.
-                for vlan in sorted({nic.vlan for nic in active if nic.vlan is not None}):
-                    await self._ensure_vlan(vlan)
+                vnis = {nic.vlan: nic.vni for nic in active if nic.vlan is not None}
+                for vlan in sorted(vnis):
+                    await self._ensure_vlan(vlan, vnis[vlan])
             taps = {self.tap_name(nic) for nic in active}
             await self._firewall.replace_all({self.tap_name(nic): nic.block for nic in active})
             for link in (await self._links.all()).values():

@@ -34,6 +34,8 @@ class NicPlan:
     address: str | None = None
     block: tuple[BlockedPorts, ...] = ()
     dhcp: bool = True
+    # The VLAN's VXLAN network identifier (the database's); None: the hash of its UUID.
+    vni: int | None = None
 
 
 class NetworkDriver(Protocol):
@@ -77,6 +79,12 @@ class NetworkDriver(Protocol):
         """After a daemon restart: keep what `active` NICs use (their blocked ports as they
         say), remove every other thing of ours (taps and entries of servers that ended
         meanwhile, idle VLAN bridges)."""
+        ...
+
+    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+        """The other hosts' underlay addresses to carry VLANs to (empty: the configured
+        ones), at once for the VLANs running here when they changed; nothing where VLANs do
+        not cross hosts."""
         ...
 
     async def keep_helpers_running(self) -> None:

@@ -174,6 +174,9 @@ class UserNetwork:
             total += await self._counters.counters(self._files(nic))
         return total
 
+    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+        pass  # no VLANs in user mode
+
     async def keep_helpers_running(self) -> None:
         """Nothing to watch: a NIC's passt is its own server's, and goes with it."""
 

@@ -1,12 +1,13 @@
 """VLANs across hosts: each VLAN is one VXLAN segment, a kernel `vxlan` device in the VLAN's
 bridge on every host that has a server on it.
 
-A VLAN's VNI comes from its UUID (`vni_of`), so every host finds the same one without asking
-anyone; docs/networking.md tells what a collision of two VLANs' VNIs does and why the
-cluster's database is where VNIs belong next. The device learns no addresses: frames for a
+A VLAN's VNI is the database's (`resources.vni`, store/vnis.py: unique, kept for the VLAN's
+life), given to the driver in the NIC's plan; the hash of its UUID (`vni_of`) is its first
+choice there, and what a plan without one uses. The device learns no addresses: frames for a
 destination it does not know (and broadcasts, multicast) are copied to every peer host
-(head-end replication by all-zeros forwarding entries), and the bridge on the other host
-delivers them. The guest never sees the underlay: only the VLAN's frames, 50 bytes smaller.
+(head-end replication by all-zeros forwarding entries; the peers are the hosts table's other
+online hosts, or `network.vxlan_peers`), and the bridge on the other host delivers them.
+The guest never sees the underlay: only the VLAN's frames, 50 bytes smaller.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -31,6 +34,8 @@ DEFAULT_MTU = 1500 - OVERHEAD
 # The forwarding entry of frames no other entry places: broadcasts, multicast, unknown MACs.
 FLOOD_MAC = "00:00:00:00:00:00"
 BRIDGE_BINARY = "bridge"
+
+log = logging.getLogger("openhosting.network")
 
 
 def vni_of(vlan: str) -> int:
@@ -94,11 +99,29 @@ class VxlanSegments:
     def __init__(self, links: Links, underlay: Underlay) -> None:
         self._links = links
         self.underlay = underlay
+        self.peers: tuple[IPv4Address, ...] = underlay.peers
+
+    def set_peers(self, peers: Sequence[str]) -> bool:
+        """Flood to `peers` from the next `ensure` or `flood` on (the hosts table's other
+        online hosts); none: to `network.vxlan_peers` (a host alone in the table, or a
+        platform without one). This host's own address and what is no host's unicast
+        address are left out. Whether the peers changed."""
+        chosen: list[IPv4Address] = []
+        for text in peers:
+            try:
+                address = _unicast("vxlan_peers", text)
+            except UnderlayError as error:
+                log.warning("event=vxlan_peer_ignored error=%s", error)
+                continue
+            if address != self.underlay.local and address not in chosen:
+                chosen.append(address)
+        before, self.peers = self.peers, tuple(chosen) if chosen else self.underlay.peers
+        return set(before) != set(self.peers)
 
     async def ensure(self, name: str, vni: int, bridge: str) -> None:
         """Device `name` carries VNI `vni` as a port of `bridge`, up, flooding to every peer:
         made if missing, replaced if it carries another VNI or underlay address (the settings
-        changed), its flood list set to exactly the peers configured now."""
+        changed), its flood list set to exactly the peers known now (`peers`)."""
         underlay = self.underlay
         wanted = (vni, str(underlay.local), underlay.port)
         present = await self._links.vxlan_of(name)
@@ -121,11 +144,12 @@ class VxlanSegments:
                         ) from None
                     raise
                 revert.add(functools.partial(self._links.delete, name))
-            await self._flood_to_peers(name)
+            await self.flood(name)
             await self._links.set_master(name, bridge)
             revert.success()
 
-    async def _flood_to_peers(self, name: str) -> None:
+    async def flood(self, name: str) -> None:
+        """Device `name`'s flood list is exactly the peers known now."""
         namespace = self._links.namespace
         shown = await run_command(bridge_argv(namespace, "-j", "fdb", "show", "dev", name))
         present = {
@@ -133,7 +157,7 @@ class VxlanSegments:
             for entry in json.loads(shown or "[]")
             if entry.get("mac") == FLOOD_MAC and "dst" in entry
         }
-        wanted = {str(peer) for peer in self.underlay.peers}
+        wanted = {str(peer) for peer in self.peers}
         for peer in sorted(wanted - present):
             await run_command(
                 bridge_argv(namespace, "fdb", "append", FLOOD_MAC, "dev", name, "dst", peer)

@@ -165,12 +165,8 @@ class Billing:
                     user=account.uuid,
                     start=start,
                     end=now,
-                    drive_bytes=usage.drive_bytes,
-                    cpu_mhz=usage.cpu_mhz,
-                    mem_mb=usage.mem_mb,
-                    ips=usage.ips,
-                    vlans=usage.vlans,
                     charge=amount,
+                    **billing_store.usage_columns(usage),
                 )
 
     async def run(self) -> None:

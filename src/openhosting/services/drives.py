@@ -57,10 +57,14 @@ log = logging.getLogger("openhosting.drives")
 
 
 def drive_info(
-    drive: DriveRecord, claims: list[ClaimRecord], available: bool = True
+    drive: DriveRecord,
+    claims: list[ClaimRecord],
+    available: bool = True,
+    offline: frozenset[str] = frozenset(),
 ) -> dict[str, Value]:
     """The info of a drive, keys in the order the real service shows them; `available`:
-    whether its data can be reached now (`status active`, else `inactive`)."""
+    whether its data can be reached now (`status active`, else `inactive`); `offline`: the
+    hosts offline now (a drive on one says `host:state offline`)."""
     info: dict[str, Value] = {
         "drive": drive.uuid,
         "name": drive.name,
@@ -80,6 +84,8 @@ def drive_info(
     info["tier"] = drive.tier
     if drive.host:  # ours: the host whose storage holds it
         info["host"] = drive.host
+        if drive.host in offline:
+            info["host:state"] = "offline"
     # Kept on the row by services/imaging.py; absent (never "false") when nothing is pending.
     if drive.imaging:
         info["imaging"] = drive.imaging
@@ -227,7 +233,7 @@ class Drives:
         # cost several times the two queries.
         row = self._check_readable(drive_store.read_drive(self._reader, uuid), user, uuid)
         claims = drive_store.read_claims_on(self._reader, uuid)
-        return drive_info(row, claims, self._is_available(row))
+        return drive_info(row, claims, self._is_available(row), self._hosts.offline)
 
     def info_kept(self, user: str, uuid: str) -> dict[str, Value]:
         """`drives/D/info`: `info` with the drive's row and claims kept while nothing has
@@ -242,7 +248,7 @@ class Drives:
             ),
         )
         row = self._check_readable(row, user, uuid)
-        return drive_info(row, claims, self._is_available(row))
+        return drive_info(row, claims, self._is_available(row), self._hosts.offline)
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
         # The cached listing tells how many there are: thousands are built off the loop, and
@@ -267,7 +273,11 @@ class Drives:
         """The info of every drive of `user`."""
         rows = drive_store.read_drives_of(reader, user)
         claims = drive_store.read_claims_on_drives_of(reader, user)
-        return [drive_info(row, claims.get(row.uuid, []), self._is_available(row)) for row in rows]
+        offline = self._hosts.offline
+        return [
+            drive_info(row, claims.get(row.uuid, []), self._is_available(row), offline)
+            for row in rows
+        ]
 
     def _check_drive_limit(
         self,
@@ -318,7 +328,9 @@ class Drives:
         """The host for a new drive of `user` with `settings`, once its limit allows it."""
         with self._engine.connect() as connection:
             self._check_drive_limit(connection, user, settings.size, settings.tier)
-            return self._hosts.place_drive(connection, settings.size, settings.tier, settings.avoid)
+            return self._hosts.place_drive(
+                connection, user, settings.size, settings.tier, settings.avoid
+            )
 
     def _insert_new(
         self,

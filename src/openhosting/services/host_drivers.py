@@ -7,12 +7,14 @@ agent cannot be reached at `connect_agents` has no driver here: a server placed 
 start (placement leaves the host out) and its calls say which host is missing.
 """
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from sqlalchemy import Engine
 
 from openhosting.errors import FullError
+from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import EventHandler, HypervisorDriver, VmEvent
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.store import hosts as host_store
@@ -20,11 +22,14 @@ from openhosting.store import hosts as host_store
 log = logging.getLogger("openhosting.hosts")
 
 HostEventHandler = Callable[[str, VmEvent], Awaitable[None]]
-# (host, agent's HOST:PORT, its events' handler) → its driver, connected, and how to close
-# the connection: hypervisor/agent_connector.py's, which the daemon gives (the services
-# hold only the driver interface).
+# (host, agent's HOST:PORT, its events' handler) → its driver, connected, how to close the
+# connection, and how to ask the agent what its host offers: hypervisor/agent_connector.py's,
+# which the daemon gives (the services hold only the driver interface).
 Closer = Callable[[], Awaitable[None]]
-AgentConnector = Callable[[str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer]]]
+Measure = Callable[[], Awaitable[HostCapacity]]
+AgentConnector = Callable[
+    [str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer, Measure]]
+]
 
 
 class HostDrivers:
@@ -35,6 +40,7 @@ class HostDrivers:
         self.local = local
         self.remote: dict[str, HypervisorDriver] = {}
         self._closers: list[Closer] = []
+        self._measures: dict[str, Measure] = {}
         self._handler: HostEventHandler | None = None
         # How to reach an agent; None (the admin tool, tests of one host): agents are left
         # alone.
@@ -83,7 +89,7 @@ class HostDrivers:
         reached = []
         for record in records:
             try:
-                driver, closer = await self.connector(
+                driver, closer, measure = await self.connector(
                     record.name, record.agent, self._tagged(record.name)
                 )
             except HypervisorError as error:
@@ -91,9 +97,27 @@ class HostDrivers:
                 continue
             self.remote[record.name] = driver
             self._closers.append(closer)
+            self._measures[record.name] = measure
             reached.append(record.name)
             log.info("event=host_agent_connected host=%s agent=%s", record.name, record.agent)
         return reached
+
+    async def capacities(self, hosts: Collection[str]) -> dict[str, HostCapacity]:
+        """What each host of `hosts` offers, as its agent measures it now (asked at once);
+        a host whose agent does not answer is left out: it is not heartbeaten."""
+
+        async def ask(host: str) -> tuple[str, HostCapacity | None]:
+            measure = self._measures.get(host)
+            if measure is None:
+                return host, None
+            try:
+                return host, await measure()
+            except HypervisorError as error:
+                log.info("event=host_capacity_unanswered host=%s error=%s", host, error)
+                return host, None
+
+        answers = await asyncio.gather(*(ask(host) for host in hosts))
+        return {host: capacity for host, capacity in answers if capacity is not None}
 
     async def close(self) -> None:
         """Close the agents' connections (their VMs run on, for the next daemon)."""
@@ -106,3 +130,4 @@ class HostDrivers:
             await closer()
         self.remote.clear()
         self._closers.clear()
+        self._measures.clear()

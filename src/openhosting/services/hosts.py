@@ -12,62 +12,56 @@ which host's VMs it is meant for and what `avoid` keeps apart.
 import asyncio
 import dataclasses
 import logging
-import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from ipaddress import IPv4Address
+from types import MappingProxyType
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from openhosting.config import Config
-from openhosting.errors import FullError, MissingError, UsageError
+from openhosting.errors import FullError, MissingError, UnavailableError, UsageError
+from openhosting.host_capacity import HostCapacity, measure_capacity
 from openhosting.services.placement import (
     DriveRequest,
     HostLoad,
     ServerRequest,
     place_drive,
+    place_moved_server,
     place_server,
 )
 from openhosting.store import hosts as host_store
+from openhosting.store import vnis as vni_store
 from openhosting.store.records import HostRecord
 
 log = logging.getLogger("openhosting.hosts")
 
-
-def memory_total_mb(meminfo: str) -> int:
-    """MemTotal of a /proc/meminfo text, in MiB."""
-    for line in meminfo.splitlines():
-        key, _, value = line.partition(":")
-        if key == "MemTotal":
-            return int(value.split()[0]) // 1024  # kB
-    raise ValueError("/proc/meminfo has no MemTotal")
+EMPTY: Mapping[str, HostCapacity] = MappingProxyType({})
+# What the agents of the hosts reached report at a heartbeat: host → its capacity.
+AgentReports = Callable[[], Awaitable[Mapping[str, HostCapacity]]]
 
 
-def file_system_bytes(directory: Path) -> int:
-    """The size of the file system holding `directory` (or the nearest parent that exists:
-    a tier's directory is made with its first drive)."""
-    for candidate in (directory.absolute(), *directory.absolute().parents):
-        if candidate.exists():
-            stats = os.statvfs(candidate)
-            return stats.f_blocks * stats.f_frsize
-    return 0
+async def no_agents() -> Mapping[str, HostCapacity]:
+    return EMPTY
 
 
 def measure_host(config: Config, now: float) -> HostRecord:
     """This host as the configuration and the kernel describe it."""
-    with open("/proc/meminfo") as meminfo:
-        memory = memory_total_mb(meminfo.read())
+    record = host_record(config.host_name, measure_capacity(config), now)
+    return dataclasses.replace(record, vxlan_local=config.network.vxlan_local)
+
+
+def host_record(name: str, capacity: HostCapacity, now: float) -> HostRecord:
+    """The row of host `name`, online at `now` with `capacity`."""
     return HostRecord(
-        name=config.host_name,
+        name=name,
         state="online",
-        cores=os.cpu_count() or 1,
-        core_mhz=config.hypervisor.core_mhz,
-        memory_mb=max(0, memory - config.host.memory_reserve_mb),
-        disk_bytes_by_tier={
-            tier: file_system_bytes(directory) for tier, directory in config.tier_paths.items()
-        },
+        cores=capacity.cores,
+        core_mhz=capacity.core_mhz,
+        memory_mb=capacity.memory_mb,
+        disk_bytes_by_tier=capacity.disk_bytes_by_tier,
         heartbeat_at=now,
         created_at=now,
     )
@@ -91,6 +85,8 @@ class Hosts:
         self._config = config
         self.name = config.host_name
         self.local = measure_host(config, time.time())
+        # The hosts offline at the last look (`refresh_offline`, at each heartbeat).
+        self.offline: frozenset[str] = frozenset()
 
     def register(self) -> HostRecord:
         """Measure this host again and record it; drives from before hosts become its own."""
@@ -112,25 +108,51 @@ class Hosts:
         )
         return self.local
 
-    def heartbeat(self, agents: Collection[str] = ()) -> None:
-        """Say that this host, and the hosts of `agents` (whose agents this daemon reached),
-        are alive."""
+    def heartbeat(self, agents: Mapping[str, HostCapacity] = EMPTY) -> None:
+        """Say that this host, and the hosts of `agents` (whose agents this daemon reached
+        and which reported what their host offers), are alive; mark the hosts silent for
+        longer than `host.offline_seconds` offline (`hosts.state`), and keep their names in
+        `offline` (every node's beats are in the rows). One transaction."""
         now = time.time()
         with self._engine.begin() as connection:
             known = host_store.heartbeat(connection, self.name, now)
             if not known:  # the row went (an operator's mistake): put it back
                 host_store.register_host(connection, self.local)
-            for host in agents:
-                host_store.heartbeat(connection, host, now)
+            for host, capacity in agents.items():
+                host_store.heartbeat(connection, host, now, capacity)
+            limit = now - self._config.host.offline_seconds
+            host_store.mark_offline(connection, limit)
+            self._keep_offline(host_store.list_hosts(connection), limit)
 
-    async def heartbeat_every(self, agents: Callable[[], Collection[str]] = tuple) -> None:
-        """Heartbeat every `host.heartbeat_seconds` until cancelled (with the hosts `agents`
-        names at each beat)."""
+    def refresh_offline(self) -> frozenset[str]:
+        """The hosts whose heartbeat is older than `host.offline_seconds`, read again."""
+        limit = time.time() - self._config.host.offline_seconds
+        with self._engine.connect() as connection:
+            self._keep_offline(host_store.list_hosts(connection), limit)
+        return self.offline
+
+    def _keep_offline(self, records: list[HostRecord], limit: float) -> None:
+        """Keep the names of the hosts of `records` silent since before `limit` (never this
+        one: it answers for itself) until the next look, for the infos, which must not read
+        the hosts for each object."""
+        self.offline = frozenset(
+            r.name for r in records if r.heartbeat_at < limit and r.name != self.name
+        )
+
+    def _offline_error(self, host: str, what: str) -> UnavailableError:
+        return UnavailableError(
+            f"Host {host} is offline (no heartbeat for over"
+            f" {self._config.host.offline_seconds} s): {what} must wait until it is back"
+        )
+
+    async def heartbeat_every(self, agents: AgentReports = no_agents) -> None:
+        """Heartbeat every `host.heartbeat_seconds` until cancelled, with what `agents`
+        reports at each beat (the agents' hosts that answered, and their capacity)."""
         interval = max(1, self._config.host.heartbeat_seconds)
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.to_thread(self.heartbeat, list(agents()))
+                await asyncio.to_thread(self.heartbeat, await agents())
             except Exception as error:  # a busy or failing database: try again next beat
                 log.warning("event=heartbeat_failed host=%s error=%s", self.name, error)
 
@@ -164,12 +186,14 @@ class Hosts:
         return loads
 
     def place_drive(
-        self, connection: Connection, size: int, tier: str, avoid: tuple[str, ...]
+        self, connection: Connection, user: str, size: int, tier: str, avoid: tuple[str, ...]
     ) -> str:
-        """The host a new drive goes to (FullError when none has room)."""
-        request = DriveRequest(
-            size=size, tier=tier, avoid_hosts=host_store.hosts_of_drives(connection, list(avoid))
-        )
+        """The host a new drive of `user` goes to (FullError when none has room). Only the
+        user's own drives in `avoid` count: another user's are ignored like words that name
+        no drive, so that `avoid` (and a 507 naming the drives) cannot tell where others'
+        drives live."""
+        avoid_hosts = host_store.hosts_of_drives(connection, list(avoid), user=user)
+        request = DriveRequest(size=size, tier=tier, avoid_hosts=avoid_hosts)
         candidates = [self.local, *self._online_agent_hosts(connection)]
         return place_drive(request, self._loads(connection, candidates, servers=False))
 
@@ -195,21 +219,43 @@ class Hosts:
                 if boot_drive
                 else None
             )
+            online = self._online_agent_hosts(connection)
+            if boot_host and boot_host != self.name and boot_host not in {r.name for r in online}:
+                found = host_store.get_host(connection, boot_host)
+                if found is not None and found.agent:  # registered, and silent
+                    raise self._offline_error(boot_host, f"a server booting from {boot_drive}")
             if boot_host and boot_host not in with_driver:
                 raise FullError(
                     f"Host {boot_host} holding boot drive {boot_drive} has no agent connected"
                     " to this API node: the server cannot start there now"
                 )
-            records = [self.local] + [
-                r for r in self._online_agent_hosts(connection) if r.name in with_driver
-            ]
+            records = [self.local] + [r for r in online if r.name in with_driver]
             loads = self._loads(connection, records)
         return place_server(ServerRequest(cpu=cpu, mem=mem, boot_host=boot_host), loads)
 
+    def place_moved_server(
+        self, cpu: int, mem: int, source: str, with_driver: Collection[str]
+    ) -> str:
+        """The host a running server of `source` moves to (a drain): one of the online hosts
+        `with_driver` other than `source`, with room for it (FullError when none has)."""
+        with self._engine.connect() as connection:
+            records = [
+                r
+                for r in [self.local, *self._online_agent_hosts(connection)]
+                if r.name in with_driver and r.name != source
+            ]
+            loads = self._loads(connection, records)
+        return place_moved_server(ServerRequest(cpu=cpu, mem=mem, boot_host=None), loads)
+
+    def known(self, name: str) -> bool:
+        """Whether host `name` is registered."""
+        with self._engine.connect() as connection:
+            return host_store.get_host(connection, name) is not None
+
     def set_agent(self, name: str, agent: str) -> HostRecord:
         """Record HOST:PORT of host `name`'s agent (empty: none). A host not registered yet
-        is registered with this host's measured capacity (agents do not report their own
-        yet) and no heartbeat: offline until a daemon reaches its agent."""
+        is registered with nothing to offer and no heartbeat: offline until a daemon reaches
+        its agent, which then reports the host's capacity at each heartbeat."""
         address, _, port = agent.rpartition(":")
         if agent and not (address and port.isdigit() and 0 < int(port) < 65536):
             raise UsageError(f"Invalid agent address {agent!r}: expected HOST:PORT")
@@ -219,13 +265,37 @@ class Hosts:
             if not host_store.set_agent(connection, name, agent):
                 if not agent:
                     raise MissingError(f"Host {name} is not registered")
-                record = dataclasses.replace(
-                    measure_host(self._config, 0.0), name=name, agent=agent
-                )
+                unknown = HostCapacity(cores=0, core_mhz=0, memory_mb=0, disk_bytes_by_tier={})
+                record = dataclasses.replace(host_record(name, unknown, 0.0), agent=agent)
                 host_store.add_host(connection, record)
             found = host_store.get_host(connection, name)
         assert found is not None
         return found
+
+    def set_vxlan_local(self, name: str, address: str) -> HostRecord:
+        """Record host `name`'s VXLAN underlay address (empty: none): the other hosts flood
+        its VLANs' frames to it while it is online. The host must be registered."""
+        if address:
+            try:
+                parsed = IPv4Address(address)
+            except ValueError:
+                raise UsageError(f"Invalid underlay address {address!r}: expected IPv4") from None
+            if parsed.is_multicast or parsed.is_unspecified or parsed.is_loopback:
+                raise UsageError(f"Underlay address {address} is not a host's unicast address")
+            address = str(parsed)
+        with self._engine.begin() as connection:
+            if not vni_store.set_vxlan_local(connection, name, address):
+                raise MissingError(f"Host {name} is not registered")
+            found = host_store.get_host(connection, name)
+        assert found is not None
+        return found
+
+    def vxlan_peers(self) -> list[str]:
+        """The underlay addresses of the other online hosts (the hosts table's), by address:
+        where this host floods its VLANs' frames."""
+        since = time.time() - self._config.host.offline_seconds
+        with self._engine.connect() as connection:
+            return vni_store.vxlan_peers(connection, self.name, since)
 
     def overview(self) -> list[HostView]:
         """Every registered host with its capacity, use and state, by name."""

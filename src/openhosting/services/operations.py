@@ -79,6 +79,7 @@ DRIVE_RULES: Mapping[str, Rule] = {
 # that its end keeps the server `dumped` (services/server_lifecycle.py). SET and DESTROY are
 # the drives' words too: a kind is a word of its own table.
 START, STOP, SHUTDOWN, RESET, DUMP = "start", "stop", "shutdown", "reset", "dump"
+MOVE = "move"  # a live migration to another host (a host drain: services/server_moves.py)
 DUMPED_END = "dumped-end"
 SERVER_RULES: Mapping[str, Rule] = {
     START: Rule("started", doing="being started", alone=True),
@@ -88,6 +89,7 @@ SERVER_RULES: Mapping[str, Rule] = {
     SET: Rule("set", doing="being set", alone=True),
     DESTROY: Rule("destroyed", doing="being destroyed", alone=True),
     DUMP: Rule("dumped", doing="being dumped", alone=True),
+    MOVE: Rule("moved", doing="being moved to another host", alone=True),
     DUMPED_END: Rule("ended", doing="ending with its state saved"),
 }
 

@@ -126,3 +126,22 @@ def place_server(request: ServerRequest, hosts: Collection[HostLoad]) -> str:
         raise FullError(f"No host has {request.cpu} MHz of cpu and {request.mem} MiB of mem free")
     best = min(fitting, key=lambda host: (-host.free_memory_mb, -host.free_mhz, host.name))
     return best.name
+
+
+def place_moved_server(request: ServerRequest, hosts: Collection[HostLoad]) -> str:
+    """The host a running server moves to (a host drain) among `hosts` (its own left out),
+    or FullError: one with room for its cpu and mem, even when it is the only one (a move
+    to a full host would overcommit it), the one with the most memory free."""
+    fitting = [
+        host
+        for host in hosts
+        if host.free_mhz >= request.cpu and host.free_memory_mb >= request.mem
+    ]
+    if not fitting:
+        others = ", ".join(sorted(host.name for host in hosts)) or "none"
+        raise FullError(
+            f"No other host has {request.cpu} MHz of cpu and {request.mem} MiB of mem free"
+            f" (hosts with a driver here: {others})"
+        )
+    best = min(fitting, key=lambda host: (-host.free_memory_mb, -host.free_mhz, host.name))
+    return best.name

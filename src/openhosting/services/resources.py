@@ -23,11 +23,13 @@ from openhosting.model.resource import (
     parse_resource_id,
 )
 from openhosting.network.pool import AddressPool
+from openhosting.network.vxlan import vni_of
 from openhosting.services.billing import Billing
 from openhosting.services.off_loop import built_off_loop
 from openhosting.store import resources as resource_store
 from openhosting.store import row_locks
 from openhosting.store import users as user_store
+from openhosting.store import vnis as vni_store
 from openhosting.store.reader import Reader
 from openhosting.store.records import ResourceRecord, resource_settings_columns
 from openhosting.wire.payload import Value
@@ -159,12 +161,15 @@ class Resources:
                 if kind == "ip"
                 else str(uuid_module.uuid4())
             )
+            # A VLAN's VNI, the same on every host for its life: its hash when free.
+            vni = vni_store.allocate_vni(connection, vni_of(resource)) if kind == "vlan" else None
             resource_store.insert_resource(
                 connection,
                 type=kind,
                 resource=resource,
                 user=user,
                 created_at=int(time.time()),
+                vni=vni,
                 **resource_settings_columns(settings),
             )
             row = resource_store.get_resource(connection, kind, resource)

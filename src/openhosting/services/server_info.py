@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from openhosting.hypervisor.driver import BlockStats
 from openhosting.model.server import ServerConfig
+from openhosting.network.links import Counters
 from openhosting.vnc.ports import VNC_BASE_PORT
 from openhosting.wire.payload import Value
 
@@ -22,10 +23,7 @@ class LiveFigures:
     vnc_address: str | None
     vnc_port: int | None
     blockstats: dict[str, BlockStats] = field(default_factory=dict)
-    rx: int = 0
-    tx: int = 0
-    rx_packets: int = 0
-    tx_packets: int = 0
+    traffic: Counters = field(default_factory=Counters)  # of all its NICs
 
 
 def _number_or_text(key: str, value: str) -> Value:
@@ -41,9 +39,11 @@ def server_info(
     config: ServerConfig,
     live: LiveFigures | None,
     host: str = "",
+    host_offline: bool = False,
 ) -> dict[str, Value]:
     """The keys of `info` in a stable order: identity, configuration, then live figures;
-    `host`: the host it runs (or would start) on."""
+    `host`: the host it runs (or would start) on, `host_offline` when that one is (the
+    status is then the last known)."""
     info: dict[str, Value] = {"server": uuid}
     for key, value in config.to_properties().items():
         if key == "nic:0:dhcp" and live is not None and live.nic0_address:
@@ -62,6 +62,8 @@ def server_info(
     info["status"] = status
     if host:  # ours
         info["host"] = host
+        if host_offline:
+            info["host:state"] = "offline"
     if live is None:
         return info
     info["started"] = live.started
@@ -69,8 +71,8 @@ def server_info(
         info["nic:0:dhcp:ip"] = live.nic0_address
     if live.vnc_port is not None and live.vnc_port != VNC_BASE_PORT:
         info["vnc:port"] = live.vnc_port
-    info["rx"], info["tx"] = live.rx, live.tx
-    info["rx:packets"], info["tx:packets"] = live.rx_packets, live.tx_packets
+    info["rx"], info["tx"] = live.traffic.rx_bytes, live.traffic.tx_bytes
+    info["rx:packets"], info["tx:packets"] = live.traffic.rx_packets, live.traffic.tx_packets
     for attachment in config.drives:
         stats = live.blockstats.get(attachment.slot, BlockStats(0, 0, 0, 0))
         info[f"{attachment.slot}:read:bytes"] = stats.read_bytes

@@ -18,23 +18,22 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from openhosting.config import Config
-from openhosting.errors import BusyError, FailedError, FullError
+from openhosting.errors import BusyError, FailedError, FullError, UnavailableError
+from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import (
-    EXITED,
-    PAUSED,
-    POWERED_OFF,
-    RESUMED,
-    SHUTDOWN,
     BlockStats,
     HypervisorDriver,
     StartRequest,
+    VmEnd,
     VmEvent,
+    VmEventKind,
+    VmState,
     VmStatus,
     open_driver,
 )
@@ -114,6 +113,30 @@ class ServerLifecycle:
         the host when its agent is not connected here."""
         return self.drivers.of(self.placed.get(uuid, ""))
 
+    def host_offline(self, host: str) -> bool:
+        """Whether `host` was offline at the last look (its heartbeat older than
+        `host.offline_seconds`, whichever node beat for it): what info says."""
+        return self._hosts is not None and host in self._hosts.offline
+
+    def host_down(self, host: str) -> bool:
+        """Whether `host` (another host's name) is offline, or its agent did not answer this
+        node's last look: its servers' commands wait until it is back."""
+        if not host or host == self.drivers.local_name:
+            return False
+        return host in self._agents_down or self.host_offline(host)
+
+    def command_driver(self, uuid: str, what: str) -> HypervisorDriver:
+        """The driver for `what`, a command on the VM of `uuid`: UnavailableError (503
+        `failed`) naming the host when it is down (the command would fail or wait for the
+        agent's time-outs), FullError when its agent is not connected here."""
+        host = self.placed.get(uuid, "")
+        if self.host_down(host):
+            raise UnavailableError(
+                f"Host {host} is offline or its agent does not answer: {what} must wait"
+                " until it is back (the server's info shows what was last known)"
+            )
+        return self.drivers.of(host)
+
     def run_dir(self, uuid: str) -> Path:
         return self.driver_of(uuid).run_dir(uuid)
 
@@ -124,13 +147,14 @@ class ServerLifecycle:
         vm = self.driver_of(uuid).status(uuid)
         if vm is None:
             return None
-        return "paused" if vm.state == PAUSED else "active"
+        return "paused" if vm.state == VmState.PAUSED else "active"
 
     def statuses(self) -> dict[str, str]:
         """The status of every server with a VM (see `status`)."""
         return {uuid: status for uuid in list(self.active) if (status := self.status(uuid))}
 
-    def _host_settings(self, driver: HypervisorDriver) -> HostVmSettings:
+    def host_settings(self, driver: HypervisorDriver) -> HostVmSettings:
+        """What the host of `driver` gives every VM (its VNC address, the network namespace)."""
         return driver.host_settings(
             vnc_listen=self.vnc.listen_address(), netns=self._networks.namespace
         )
@@ -162,7 +186,7 @@ class ServerLifecycle:
                 config,
                 drives,
                 run_dir=driver.run_dir(uuid),
-                host=self._host_settings(driver),
+                host=self.host_settings(driver),
                 display=display,
                 nics=nics,
             )
@@ -212,7 +236,7 @@ class ServerLifecycle:
             user, "server", uuid, "status", status="active", started=started,
             start_seconds=round(time.monotonic() - begun, 3),
         )  # fmt: skip
-        if vm.state == PAUSED and vm.reason is not None:  # paused before anyone listened
+        if vm.state == VmState.PAUSED and vm.reason is not None:  # paused before anyone listened
             self._publish_pause(user, uuid, vm.reason)
 
     def _place(self, config: ServerConfig) -> str:
@@ -258,15 +282,15 @@ class ServerLifecycle:
         await self._on_event(event)
 
     async def _on_event(self, event: VmEvent) -> None:
-        if event.kind == EXITED:
-            await self.vm_exited(event.server, event.how or SHUTDOWN)
-        elif event.kind == POWERED_OFF:
+        if event.kind == VmEventKind.EXITED:
+            await self.vm_exited(event.server, event.how or VmEnd.SHUTDOWN)
+        elif event.kind == VmEventKind.POWERED_OFF:
             await self.fold_guest_io(event.server)  # a guest's power-off: its last I/O counts
         elif (user := self.active.get(event.server)) is None:
             return  # a start or adoption under way tells its own status
-        elif event.kind == PAUSED:
-            self._publish_pause(user, event.server, event.reason or PAUSED)
-        elif event.kind == RESUMED:
+        elif event.kind == VmEventKind.PAUSED:
+            self._publish_pause(user, event.server, event.reason or VmState.PAUSED)
+        elif event.kind == VmEventKind.RESUMED:
             self._events.publish(
                 user, "server", event.server, "status", status="active", reason="resumed"
             )
@@ -291,12 +315,12 @@ class ServerLifecycle:
         """What the running VM of the server in `row` tells for its info."""
         uuid = row.uuid
         driver = self.driver_of(uuid)
-        try:
-            blockstats = dict(await driver.blockstats(uuid))
-        except HypervisorError:
-            blockstats = {}  # the VM is going away (or its host's agent is); its counters too
+        blockstats: dict[str, BlockStats] = {}
+        if not self.host_down(self.placed.get(uuid, "")):  # not asked: no time-out's wait
+            # The VM going away (or its host's agent) takes its counters with it.
+            with contextlib.suppress(HypervisorError):
+                blockstats = dict(await driver.blockstats(uuid))
         vm = driver.status(uuid)
-        traffic = await self._networks.counters(uuid)
         vnc_address, vnc_port = self.vnc.public_endpoint(uuid, row.vnc_display)
         return LiveFigures(
             started=int(row.started_at or (vm.started if vm is not None else 0)),
@@ -304,10 +328,7 @@ class ServerLifecycle:
             vnc_address=vnc_address,
             vnc_port=vnc_port,
             blockstats=blockstats,
-            rx=traffic.rx_bytes,
-            tx=traffic.tx_bytes,
-            rx_packets=traffic.rx_packets,
-            tx_packets=traffic.tx_packets,
+            traffic=await self._networks.counters(uuid),
         )
 
     async def fold_guest_io(self, uuid: str | None = None) -> None:
@@ -380,7 +401,7 @@ class ServerLifecycle:
 
     # -- end -------------------------------------------------------------------------
 
-    async def vm_exited(self, uuid: str, how: str) -> None:
+    async def vm_exited(self, uuid: str, how: VmEnd) -> None:
         """The VM of `uuid` is gone: release its drives and apply the persistence rules."""
         try:
             await self.vnc.close_overlay(uuid)
@@ -408,7 +429,7 @@ class ServerLifecycle:
                     server_store.delete_server(connection, uuid)
                     log.info("event=server_destroyed server=%s reason=vm_%s", uuid, how)
                 elif row is not None:
-                    status = "stopped" if how == SHUTDOWN else "dead"
+                    status = "stopped" if how == VmEnd.SHUTDOWN else "dead"
                     server_store.update_server(connection, uuid, status=status, started_at=None)
                     self.vnc.release(connection, uuid)
                     log.info("event=server_stopped server=%s status=%s", uuid, status)
@@ -436,7 +457,7 @@ class ServerLifecycle:
         driver.forget(uuid)
         self.placed.pop(uuid, None)
 
-    def _publish_exit(self, user: str, uuid: str, config: ServerConfig, how: str) -> None:
+    def _publish_exit(self, user: str, uuid: str, config: ServerConfig, how: VmEnd) -> None:
         for attachment in config.drives:
             self._events.publish(
                 user, "drive", attachment.drive, "released", server=uuid, device=attachment.slot
@@ -444,7 +465,7 @@ class ServerLifecycle:
         if not config.persistent:
             self._events.publish(user, "server", uuid, "destroyed", reason=f"vm_{how}")
         else:
-            status = "stopped" if how == SHUTDOWN else "dead"
+            status = "stopped" if how == VmEnd.SHUTDOWN else "dead"
             self._events.publish(user, "server", uuid, "status", status=status, reason=how)
 
     # -- daemon start and stop -------------------------------------------------------
@@ -453,7 +474,7 @@ class ServerLifecycle:
         """Connect to the hosts' agents; re-adopt the VMs of active servers; reconcile those
         that ended meanwhile. A server whose host's agent cannot be reached is left as it is
         (`active`, its VM unknown) until the agent answers (`watch_agents`)."""
-        await self.drivers.connect_agents(self._engine)
+        await self._record_hosts(await self.drivers.connect_agents(self._engine))
         adopted: dict[str, ServerConfig] = {}
         for row in await self._servers_to_adopt():
             uuid = row.uuid
@@ -494,12 +515,25 @@ class ServerLifecycle:
         """The agent hosts connected here whose agent answered the last watch."""
         return [host for host in self.drivers.remote if host not in self._agents_down]
 
+    async def agent_reports(self) -> Mapping[str, HostCapacity]:
+        """What the agents up report of their hosts now: host → capacity (a heartbeat's)."""
+        return await self.drivers.capacities(self.agents_up())
+
+    async def _record_hosts(self, hosts: list[str]) -> None:
+        """The hosts of agents just connected, online with what they report, at once: a
+        drive or server may be placed there without waiting for the next heartbeat."""
+        if self._hosts is not None and hosts:
+            reports = await self.drivers.capacities(hosts)
+            await asyncio.to_thread(self._hosts.heartbeat, reports)
+
     async def watch_agents(self) -> None:
         """One look at every agent host. One that does not answer is down (its servers'
         calls fail, naming it); when it answers again, or is reached for the first time,
         the VMs of its active servers are adopted again (a restarted agent holds none) and
         those that ended meanwhile reconciled, as at a daemon's start."""
-        for host in await self.drivers.connect_agents(self._engine):
+        reached = await self.drivers.connect_agents(self._engine)
+        await self._record_hosts(reached)
+        for host in reached:
             await self._adopt_on(host, None)
         for host, driver in list(self.drivers.remote.items()):
             try:

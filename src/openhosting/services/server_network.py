@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine
 
@@ -36,6 +36,7 @@ from openhosting.reverter import Reverter
 from openhosting.services.resources import Resources, taken_addresses
 from openhosting.store import resources as resource_store
 from openhosting.store import row_locks
+from openhosting.store import vnis as vni_store
 from openhosting.store.reader import Reader
 from openhosting.store.records import NicRecord
 
@@ -75,12 +76,19 @@ class ServerNetworks:
     """The NICs of servers, over one network driver."""
 
     def __init__(
-        self, engine: Engine, resources: Resources, pool: AddressPool, driver: NetworkDriver
+        self,
+        engine: Engine,
+        resources: Resources,
+        pool: AddressPool,
+        driver: NetworkDriver,
+        vxlan_peers: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self._engine = engine
         self._resources = resources
         self._pool = pool
         self.driver = driver
+        # The other online hosts' underlay addresses (the hosts table's), read at each attach.
+        self._vxlan_peers = vxlan_peers
 
     @property
     def namespace(self) -> str | None:
@@ -141,6 +149,8 @@ class ServerNetworks:
         async with Reverter() as revert:
             plans = self._hold(user, server, config)
             revert.add(functools.partial(self._forget_nics, server))
+            if any(plan.vlan is not None for plan in plans):
+                await self.driver.set_vxlan_peers(self._vxlan_peers())
             backends = await self.driver.attach(plans)
             revert.success()
         for plan in plans:
@@ -172,9 +182,12 @@ class ServerNetworks:
             # a destroy of one, or another node's pick of an address, waits for this start.
             row_locks.lock_address_pool(connection)
             taken = taken_addresses(connection)
+            vnis = vni_store.vnis_of(connection, [n.vlan for n in config.nics if n.vlan])
             for nic in config.nics:
                 self._check_nic(connection, user, nic, lock=True)
                 plan = self._plan(connection, server, nic, taken)
+                if plan.vlan is not None:
+                    plan = dataclasses.replace(plan, vni=vnis.get(plan.vlan))
                 if plan.address is not None:
                     taken.add(plan.address)
                 resource_store.insert_nic(
@@ -341,23 +354,39 @@ class ServerNetworks:
             rows = resource_store.all_nics(connection)
             for server in {row.server for row in rows} - set(running):
                 resource_store.delete_nics(connection, server)
+            vnis = vni_store.vnis_of(connection, {row.network for row in rows})
         plans = []
         for row in rows:
             config = running.get(row.server)
             if config is not None and row.nic != VNC_ROW:
                 blocks = {nic.index: nic.block for nic in config.nics}
-                plans.append(dataclasses.replace(_plan_of(row), block=blocks.get(row.nic, ())))
+                plan = _plan_of(row)
+                vni = vnis.get(plan.vlan) if plan.vlan is not None else None
+                plans.append(dataclasses.replace(plan, block=blocks.get(row.nic, ()), vni=vni))
+        if any(plan.vlan is not None for plan in plans):
+            await self.driver.set_vxlan_peers(self._vxlan_peers())
         await self.driver.reconcile(plans)
+
+    async def refresh_vxlan_peers(self) -> None:
+        """The VLANs running here flood to the other hosts online now (a host that came or
+        went since their servers started)."""
+        if self.driver.mode == "bridge":
+            await self.driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers))
 
     async def keep_helpers_running_every(self, interval: float = HELPER_CHECK_SECONDS) -> None:
         """Every `interval` seconds, start again a NIC helper that died (bridge mode's
-        dnsmasq), until cancelled; a failed attempt is logged and tried again next time."""
+        dnsmasq) and follow the VXLAN peers, until cancelled; a failed attempt is logged and
+        tried again next time."""
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.driver.keep_helpers_running()
             except Exception:  # a broken restart must not end the watch (nor the daemon)
                 log.exception("event=nic_helper_restart_failed")
+            try:
+                await self.refresh_vxlan_peers()
+            except Exception:  # a busy database or a failed command: next time
+                log.exception("event=vxlan_peers_refresh_failed")
 
     async def close(self) -> None:
         with self._engine.connect() as connection:

@@ -43,6 +43,7 @@ from openhosting.services.operations import (
 from openhosting.services.resources import Resources
 from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import DUMPED, ServerLifecycle
+from openhosting.services.server_moves import ServerMoves
 from openhosting.services.server_network import ServerNetworks
 from openhosting.store import drives as drive_store
 from openhosting.store import row_locks, space_reserve
@@ -103,6 +104,9 @@ class Servers:
         self._active: dict[str, str] = self.lifecycle.active
         # What runs on each server (the lifecycle's: the end of a dumped VM is one of them).
         self.operations = self.lifecycle.operations
+        self.moves = ServerMoves(
+            engine, self.lifecycle, drives, hosts, float(config.hypervisor.start_timeout)
+        )
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -192,7 +196,7 @@ class Servers:
         status = self._status(row)
         if status in ("active", "paused"):
             return None
-        return server_info(row.uuid, row.user, status, row.config, None, self._host_of(row))
+        return server_info(row.uuid, row.user, status, row.config, None, *self._host_of(row))
 
     async def _with_live_figures(
         self, user: str, built: list[tuple[ServerRecord, dict[str, Value] | None]]
@@ -224,7 +228,7 @@ class Servers:
             rows = server_store.servers_of(connection, user)
         return [
             (row, None if row.uuid in with_vm else server_info(
-                row.uuid, row.user, _status_without_vm(row), row.config, None, self._host_of(row)
+                row.uuid, row.user, _status_without_vm(row), row.config, None, *self._host_of(row)
             ))
             for row in rows
         ]  # fmt: skip
@@ -234,11 +238,12 @@ class Servers:
         status = self._status(row)  # before any await: the VM may end meanwhile
         running = status in ("active", "paused")
         live = await self.lifecycle.live_figures(row, config) if running else None
-        return server_info(row.uuid, row.user, status, config, live, self._host_of(row))
+        return server_info(row.uuid, row.user, status, config, live, *self._host_of(row))
 
-    def _host_of(self, row: ServerRecord) -> str:
-        """The host that runs (or last ran) the server's VM: its row's, else this one."""
-        return row.host or self._drives.local_host
+    def _host_of(self, row: ServerRecord) -> tuple[str, bool]:
+        """The host that runs (or last ran) the server's VM (its row's, else this one), and
+        whether it is offline."""
+        return row.host or self._drives.local_host, self.lifecycle.host_offline(row.host)
 
     # -- configuration ---------------------------------------------------------------
 
@@ -413,8 +418,9 @@ class Servers:
         async with self._turn(user, uuid, STOP):
             row = self._get(user, uuid)
             if uuid in self._active:
+                driver = self.lifecycle.command_driver(uuid, f"a stop of server {uuid}")
                 await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
-                await self.lifecycle.driver_of(uuid).stop(uuid, self._settings.stop_timeout)
+                await driver.stop(uuid, self._settings.stop_timeout)
             elif row.status == DUMPED:
                 # Power-off of a saved guest: its state is dropped, its drives released.
                 await asyncio.to_thread(self.lifecycle.discard_dump, uuid)
@@ -424,23 +430,25 @@ class Servers:
         async with self._turn(user, uuid, SHUTDOWN):
             self._get(user, uuid)
             if uuid in self._active:
+                driver = self.lifecycle.command_driver(uuid, f"a shutdown of server {uuid}")
                 # The guest powers off by itself: what it does from here to its end is lost.
                 await self.lifecycle.fold_guest_io(uuid)
-                await self.lifecycle.driver_of(uuid).powerdown(uuid)
+                await driver.powerdown(uuid)
 
     async def reset(self, user: str, uuid: str) -> None:
         async with self._turn(user, uuid, RESET):
             self._get(user, uuid)
             if uuid not in self._active:
                 raise BusyError(f"Server {uuid} is not active and cannot be reset")
-            await self.lifecycle.driver_of(uuid).reset(uuid)
+            await self.lifecycle.command_driver(uuid, f"a reset of server {uuid}").reset(uuid)
 
     async def destroy(self, user: str, uuid: str) -> None:
         async with self._turn(user, uuid, DESTROY):
             self._get(user, uuid)
             if uuid in self._active:
+                driver = self.lifecycle.command_driver(uuid, f"a destroy of server {uuid}")
                 await self.lifecycle.fold_guest_io(uuid)
-                await self.lifecycle.driver_of(uuid).stop(uuid, self._settings.stop_timeout)
+                await driver.stop(uuid, self._settings.stop_timeout)
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self.lifecycle.dumps.remove(uuid)
@@ -464,6 +472,10 @@ class Servers:
                 else:
                     outcome[uuid] = DUMPED
         return outcome
+
+    async def drain(self, host: str) -> dict[str, str]:
+        """Move every active server of `host` to other hosts (services/server_moves.py)."""
+        return await self.moves.drain(host)
 
     async def resume_all(self) -> dict[str, str]:
         """Restore every dumped server. Returns, per server, `active` or why it is not."""

@@ -2,8 +2,8 @@
 
 Knows nothing of users, jobs or the database: a pipeline takes two open drives (`Endpoint`)
 and a `Tracker` that hears of progress, paces the work and says when to stop. Pipelines are
-blocking and run in a worker thread; the expensive parts (copy_file_range, ISA-L, AES) release
-the GIL.
+blocking and run in a worker thread; the expensive parts (direct writes, copy_file_range,
+ISA-L, AES) release the GIL, and gunzip's inflating runs in a child igzip (`igzip_child`).
 
 Every pipeline first empties the destination (its bytes become holes, which read as zeros),
 then writes what the conversion produces from offset 0, cut at the destination's size. On a
@@ -16,6 +16,7 @@ holes of a copy's source stay holes, as they were never written there either.
 import collections
 import contextlib
 import errno
+import functools
 import itertools
 import mmap
 import os
@@ -32,6 +33,7 @@ from isal import isal_zlib
 from openhosting.errors import FailedError
 from openhosting.storage.drive_files import EncryptedDriveIO, PlainDriveIO
 from openhosting.storage.gzip_stream import GZIP_WBITS, INFLATE_PIECE, GzipMembers
+from openhosting.storage.igzip_child import PIPE_SIZE, IgzipInflater, igzip_program
 from openhosting.storage.luks import payload_offset
 from openhosting.storage.sparse import (
     DIRECT_ALIGNMENT,
@@ -54,6 +56,8 @@ GZIP_LEVEL = 1
 # bounded: this many chunks, plus one being filled.
 WRITES_QUEUED = 3
 CONVERSIONS = ("", "gzip", "gunzip")
+# SRC's bytes are spliced into a child inflater this much at a time (its pipe's size).
+FEED_PIECE = PIPE_SIZE
 
 
 class ImagingStopped(FailedError):
@@ -139,7 +143,7 @@ def copy(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
         for first, end in _extents(fd, src, length):
             position = first
             if direct is not None:
-                position = direct.copy_range(_fileno(src), first, end, tracker.advance)
+                position = direct.copy_range(first, end, tracker.advance)
             if src.plain and dst.plain:
                 position = copy_range(_fileno(src), _fileno(dst), position, end, tracker.advance)
             _copy_pieces(src, out, position, end, tracker)
@@ -163,7 +167,43 @@ def gzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
 def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     """DST receives the decompressed gzip stream that SRC holds; padding after it is ignored.
 
-    GzipStreamError when SRC does not hold a whole gzip stream."""
+    GzipStreamError when SRC does not hold a whole gzip stream. The inflating is done by a
+    child igzip (see `igzip_child`) while this thread takes its output into page-aligned
+    chunks that the writer's thread writes as they are; where igzip is not installed, by
+    ISA-L in this process."""
+    program = igzip_program()
+    if program is None:
+        _gunzip_in_process(src, dst, tracker)
+        return
+    _empty(dst)
+    tracker.begin(src.size)
+    # One chunk more than the writer holds: the one being filled is never one being written.
+    ring = itertools.cycle([mmap.mmap(-1, CHUNK) for _ in range(WRITES_QUEUED + 1)])
+    with (
+        _seekable(src) as fd,
+        _Writer(dst) as writer,
+        IgzipInflater(program, functools.partial(_feed, fd, src), tracker.tick) as child,
+    ):
+        position = fed = 0
+        while position < dst.size:
+            chunk = memoryview(next(ring))[: min(CHUNK, dst.size - position)]
+            length = child.fill(chunk)
+            if length:
+                writer.write_aligned(position, chunk[:length])
+            position += length
+            tracker.advance(child.fed - fed)
+            fed = child.fed
+            if length < len(chunk):
+                child.finish()  # the stream ended before DST did: it must be whole
+                break
+        else:  # DST is full: the rest of the stream is cut, unchecked, if there is any
+            if child.fill(memoryview(bytearray(1))) == 0:
+                child.finish()
+        writer.finish()
+
+
+def _gunzip_in_process(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
+    """`gunzip` by ISA-L in this process, for hosts without igzip."""
     members = GzipMembers(INFLATE_PIECE)
     with _streaming(src, dst, tracker) as (pieces, out):
         for piece in pieces:
@@ -205,6 +245,12 @@ class _Writer:
         if not (self._dst.plain and _is_zero(data)):
             self._queue(self._write, offset, data)
 
+    def write_aligned(self, offset: int, chunk: memoryview) -> None:
+        """Write a chunk that sits in page-aligned memory to a `CHUNK`-aligned offset, from
+        where it is: it must stay as it is until the write is done (`WRITES_QUEUED` chunks
+        later at most, or at `finish`)."""
+        self._queue(self._write_aligned, offset, chunk)
+
     def write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
         """Write consecutive pieces from `offset`, joined (or not) in the writer's thread."""
         self._queue(self._write_pieces, offset, pieces)
@@ -235,6 +281,48 @@ class _Writer:
             position += 0 if piece is None else len(piece)
         start_writeback(self._hint_fd, offset, position - offset)
 
+    def _write_aligned(self, offset: int, chunk: memoryview) -> None:
+        if not self._dst.plain:  # encrypted into memory of the drive's own, then written
+            self._write(offset, chunk)
+            return
+        # Runs of data pieces are written with O_DIRECT from the chunk itself (their offsets
+        # are aligned in the file and in memory alike); zero pieces stay holes.
+        run_start = None
+        for at in [*range(0, len(chunk), INFLATE_PIECE), len(chunk)]:
+            zero = at < len(chunk) and _is_zero(chunk[at : at + INFLATE_PIECE])
+            if at < len(chunk) and not zero:
+                run_start = at if run_start is None else run_start
+            elif run_start is not None:
+                self._write_in_place(offset + run_start, chunk[run_start:at])
+                run_start = None
+        start_writeback(self._hint_fd, offset, len(chunk))
+
+    def _write_in_place(self, offset: int, run: memoryview) -> None:
+        """Write a plain DST's run that sits in page-aligned memory at an aligned offset: its
+        whole pages with O_DIRECT, a cut last page through the page cache."""
+        middle = len(run) - len(run) % DIRECT_ALIGNMENT
+        if not (middle and self._write_direct(offset, run[:middle])):
+            middle = 0
+        if middle < len(run):
+            self._dst.io.write_at(offset + middle, run[middle:])
+
+    def _write_direct(self, offset: int, data: memoryview) -> bool:
+        """Write aligned `data` with O_DIRECT; False where refused (the caller writes it
+        through the page cache, as every later write will be)."""
+        if self._direct_fd is None:
+            return False
+        try:
+            done = 0
+            while done < len(data):
+                done += os.pwrite(self._direct_fd, data[done:], offset + done)
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                raise
+            os.close(self._direct_fd)  # opened, yet refused: the page cache from now on
+            self._direct_fd = None
+            return False
+        return True
+
     def _write_run(self, offset: int, run: list[memoryview], length: int) -> None:
         """Write a plain DST's run of pieces: the aligned middle with O_DIRECT where it can,
         the unaligned edges through the page cache."""
@@ -256,15 +344,7 @@ class _Writer:
             buffer[at : at + len(part)] = part
             at += len(part)
         start, stop = head, head + middle  # run-relative
-        try:
-            done = start
-            while done < stop:
-                done += os.pwrite(self._direct_fd, buffer[base + done : base + stop], offset + done)
-        except OSError as error:
-            if error.errno != errno.EINVAL:
-                raise
-            os.close(self._direct_fd)  # opened, yet refused: the page cache from now on
-            self._direct_fd = None
+        if not self._write_direct(offset + start, buffer[base + start : base + stop]):
             start = stop = 0
         for first, past in ((0, start), (stop, length)):  # the edges (or all, if refused)
             if past > first:
@@ -397,6 +477,26 @@ def _copy_pieces(src: Endpoint, out: _Writer, first: int, end: int, tracker: Tra
         tracker.advance(length)
 
 
+def _feed(fd: int, src: Endpoint, stdin: int) -> Iterator[int]:
+    """SRC's bytes into a child's stdin; yields each count written. A plain SRC's go by
+    splice, from its page cache into the pipe, not through this process's memory."""
+    if not src.plain:
+        for piece in _pieces(fd, src, src.size):
+            view = memoryview(piece)
+            while view:
+                written = os.write(stdin, view)
+                view = view[written:]
+                yield written
+        return
+    position = 0
+    while position < src.size:
+        count = os.splice(fd, stdin, min(FEED_PIECE, src.size - position), offset_src=position)
+        if count == 0:
+            return  # the file ends short of the drive's size: the child sees its input end
+        position += count
+        yield count
+
+
 def _pieces(fd: int, src: Endpoint, length: int) -> Iterator[bytes | bytearray | memoryview]:
     """SRC's first `length` bytes in pieces of at most `CHUNK`; holes cost no reads."""
     zeros = memoryview(ZERO_CHUNK)
@@ -428,13 +528,13 @@ def _seekable(drive: Endpoint) -> Iterator[int]:
 @contextlib.contextmanager
 def _direct(src: Endpoint, dst: Endpoint) -> Iterator[DirectCopy | None]:
     """Direct (O_DIRECT) writes into a plain DST that a plain SRC is copied to, None
-    otherwise: the data goes straight to the disk, which on the disks measured here makes it
-    durable three times sooner than the page cache's write-back does."""
+    otherwise: the data goes from SRC's page cache straight to the disk, which on the disks
+    measured here makes it durable several times sooner than the page cache's write-back."""
     fd = open_direct(dst.io.path) if src.plain and dst.plain else None
     if fd is None:
         yield None
         return
-    direct = DirectCopy(fd)
+    direct = DirectCopy(fd, _fileno(src))
     try:
         yield direct
     finally:

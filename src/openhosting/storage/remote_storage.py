@@ -9,9 +9,9 @@ its buffer of `READ_BUFFER`).
 
 Deadlines: a plain call has `CALL_TIMEOUT`; a stream may last as long as its bytes take, but
 no `STALL_TIMEOUT` without a byte moving. An agent that cannot be reached or does not answer
-is a `FailedError` naming the host; the agent's own refusals come back as the same API error
-(507 full, 400 usage...). `is_available` cannot wait for the network: it says whether the
-last call to the agent got an answer.
+is a 503 `failed` (`UnavailableError`) naming the host; the agent's own refusals come back
+as the same API error (507 full, 400 usage...). `is_available` cannot wait for the network:
+it says whether the last call to the agent got an answer.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from openhosting.errors import ERROR_TYPES, ApiError, FailedError, FullError
+from openhosting.errors import ERROR_TYPES, ApiError, FailedError, FullError, UnavailableError
 from openhosting.reverter import Reverter
 from openhosting.storage.drive_files import PlainDriveIO
 from openhosting.storage.drive_storage import ReadClosed, WriteClosed
@@ -81,9 +81,12 @@ class RemoteDriveStorage:
             )
         return self._session
 
-    def unreachable(self, error: object) -> FailedError:
+    def unreachable(self, error: object) -> UnavailableError:
+        """503 `failed`, as for a server on a host gone away: it may work once it is back."""
         self.reachable = False
-        return FailedError(f"Host {self.host}'s agent at {self.address} did not answer: {error}")
+        return UnavailableError(
+            f"Host {self.host}'s agent at {self.address} did not answer: {error}"
+        )
 
     async def post(
         self, action: str, body: Any, timeout: aiohttp.ClientTimeout

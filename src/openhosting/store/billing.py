@@ -1,5 +1,6 @@
 """Queries for billing: what each user uses now, balances, and the usage record."""
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,12 @@ def credit(connection: Connection, user: str, amount: int) -> bool:
 
 def record_usage(connection: Connection, **values: Any) -> None:
     connection.execute(insert(usage).values(**values))
+
+
+def usage_columns(held: Usage) -> dict[str, int]:
+    """The figures of `held` that a usage row records: all it has a column for (the count of
+    servers is not billed)."""
+    return {name: value for name, value in dataclasses.asdict(held).items() if name in usage.c}
 
 
 def usage_of(connection: Connection, user: str, limit: int) -> list[UsageRecord]:

@@ -1,7 +1,10 @@
 """Queries on the platform's hosts (the `hosts` table) and what their drives hold."""
 
+import json
+
 from sqlalchemy import Connection, insert, select, update
 
+from openhosting.host_capacity import HostCapacity
 from openhosting.store.drives import SIZE_SUM
 from openhosting.store.records import HostRecord, decode_server_config
 from openhosting.store.tables import drives, hosts, servers
@@ -18,6 +21,8 @@ def register_host(connection: Connection, host: HostRecord) -> None:
     else:
         del columns["created_at"]
         del columns["agent"]  # the operator's (`host set`), not the host's measure
+        if not host.vxlan_local:
+            del columns["vxlan_local"]  # unset here: the operator's `host set` keeps
         connection.execute(update(hosts).where(hosts.c.name == host.name).values(**columns))
     connection.execute(update(drives).where(drives.c.host == "").values(host=host.name))
 
@@ -45,12 +50,32 @@ def set_agent(connection: Connection, name: str, agent: str) -> bool:
     return result.rowcount == 1
 
 
-def heartbeat(connection: Connection, name: str, now: float) -> bool:
-    """Say that host `name` is alive at `now`: whether it is registered."""
-    result = connection.execute(
-        update(hosts).where(hosts.c.name == name).values(heartbeat_at=now, state="online")
-    )
+def heartbeat(
+    connection: Connection, name: str, now: float, capacity: HostCapacity | None = None
+) -> bool:
+    """Say that host `name` is alive at `now` (offering `capacity`, as its agent measured
+    it, if given): whether it is registered."""
+    values: dict[str, object] = {"heartbeat_at": now, "state": "online"}
+    if capacity is not None:
+        values.update(
+            cores=capacity.cores,
+            core_mhz=capacity.core_mhz,
+            memory_mb=capacity.memory_mb,
+            disk_bytes_by_tier=json.dumps(capacity.disk_bytes_by_tier, sort_keys=True),
+        )
+    result = connection.execute(update(hosts).where(hosts.c.name == name).values(**values))
     return result.rowcount == 1
+
+
+def mark_offline(connection: Connection, limit: float) -> int:
+    """Hosts whose last heartbeat is older than `limit` are `offline` (their next heartbeat
+    puts them `online` again): how many were marked now."""
+    result = connection.execute(
+        update(hosts)
+        .where(hosts.c.heartbeat_at < limit, hosts.c.state != "offline")
+        .values(state="offline")
+    )
+    return result.rowcount
 
 
 def list_hosts(connection: Connection) -> list[HostRecord]:
@@ -70,9 +95,14 @@ def drive_bytes_by_host(connection: Connection) -> dict[tuple[str, str], int]:
     return {(host, tier): int(size) for host, tier, size in connection.execute(query)}
 
 
-def hosts_of_drives(connection: Connection, uuids: list[str]) -> dict[str, str]:
-    """drive uuid → its host, for those of `uuids` that exist."""
+def hosts_of_drives(
+    connection: Connection, uuids: list[str], user: str | None = None
+) -> dict[str, str]:
+    """drive uuid → its host, for those of `uuids` that exist (and are `user`'s, if given:
+    where another user's drives live is not theirs to learn)."""
     if not uuids:
         return {}
     query = select(drives.c.uuid, drives.c.host).where(drives.c.uuid.in_(uuids))
+    if user is not None:
+        query = query.where(drives.c.user == user)
     return {uuid: host for uuid, host in connection.execute(query)}

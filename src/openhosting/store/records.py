@@ -2,8 +2,10 @@
 
 One frozen dataclass per kind of row the services read, each made from a row by column name
 (SQLAlchemy's `mappings()` or the Reader's, whose Booleans read 0 or 1) with `from_row`, and
-giving its columns back with `to_row`. Columns that hold an encoded value (space-separated
-lists, JSON objects) are decoded and encoded here and nowhere else.
+giving its columns back with `to_row`. `from_row` is one for all (`StoreRecord`): each field
+is decoded by its type, or by the decoder its field's metadata names (`DECODE`) where the type
+does not say how. Columns that hold an encoded value (space-separated lists, JSON objects)
+are decoded and encoded here and nowhere else.
 
 Here in `store/` rather than in `model/`: `model/` is what a user may choose, validated;
 a record is what a table holds (secrets, counters, imaging marks, ids), so it changes with
@@ -13,9 +15,9 @@ the tables and their migrations.
 import dataclasses
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings
@@ -59,11 +61,70 @@ def _bytes_or_none(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
 
 
+def _or_empty(value: str | None) -> str:
+    """A text column added to rows that were there before (its NULLs read as blank)."""
+    return value or ""
+
+
+# How a column becomes its field, by the field's type: numbers as Python's own (a driver may
+# give a Decimal or an int for a float), the Reader's 0 and 1 as Booleans, BLOBs as bytes.
+# Text is taken as stored (None: no call, the cost of a drive list is its rows).
+_DECODE_BY_TYPE: Mapping[Any, Callable[[Any], Any] | None] = {
+    str: None,
+    str | None: None,
+    int: int,
+    int | None: _int_or_none,
+    float: float,
+    float | None: _float_or_none,
+    bool: bool,
+    bytes | None: _bytes_or_none,
+    tuple[str, ...]: _words,
+}
+# The key of a field's metadata that names its decoder, where its type does not say it (JSON
+# columns, the server's configuration).
+DECODE = "decode"
+
+
+Decoders = tuple[tuple[str, Callable[[Any], Any] | None], ...]
+_decoders_of: dict[type, Decoders] = {}
+
+
+def _decoders(record: type) -> Decoders:
+    """Each field of `record` (a dataclass) with how its column is decoded."""
+    decoders = _decoders_of.get(record)
+    if decoders is None:
+        decoders = _decoders_of[record] = tuple(
+            (column.name, _decoder(record, column)) for column in dataclasses.fields(record)
+        )
+    return decoders
+
+
+def _decoder(record: type, column: dataclasses.Field[Any]) -> Callable[[Any], Any] | None:
+    if DECODE in column.metadata:
+        decode: Callable[[Any], Any] = column.metadata[DECODE]
+        return decode
+    if column.type not in _DECODE_BY_TYPE:
+        raise TypeError(f"{record.__name__}.{column.name}: no decoder for {column.type}")
+    return _DECODE_BY_TYPE[column.type]
+
+
+class StoreRecord:
+    """A record made from a row by its fields' names (the base of every record here)."""
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        """The record of `row`: each field from the column of its name, decoded."""
+        # By position, in the fields' order (the dataclass's __init__ order): no keyword dict.
+        return cls(
+            *[row[name] if decode is None else decode(row[name]) for name, decode in _decoders(cls)]
+        )
+
+
 # -- drives and claims ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class DriveRecord:
+class DriveRecord(StoreRecord):
     """A row of `drives`: a user's drive, or a standard drive (owned by the platform user)."""
 
     uuid: str
@@ -75,7 +136,7 @@ class DriveRecord:
     claim_type: str = "exclusive"
     readers: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
-    user_keys: Mapping[str, str] = field(default_factory=dict)
+    user_keys: Mapping[str, str] = field(default_factory=dict, metadata={DECODE: _user_keys})
     avoid: tuple[str, ...] = ()
     tier: str = "disk"
     wrapped_passphrase: bytes | None = None
@@ -90,35 +151,6 @@ class DriveRecord:
     imaging: str | None = None
     imaging_error: str | None = None
     host: str = ""
-
-    @classmethod
-    def from_row(cls, row: Row) -> "DriveRecord":
-        return cls(
-            uuid=row["uuid"],
-            user=row["user"],
-            size=int(row["size"]),
-            cipher=row["cipher"],
-            created_at=float(row["created_at"]),
-            name=row["name"],
-            claim_type=row["claim_type"],
-            readers=_words(row["readers"]),
-            tags=_words(row["tags"]),
-            user_keys=_user_keys(row["user_keys"]),
-            avoid=_words(row["avoid"]),
-            tier=row["tier"],
-            wrapped_passphrase=_bytes_or_none(row["wrapped_passphrase"]),
-            wrapped_master_key=_bytes_or_none(row["wrapped_master_key"]),
-            read_bytes=int(row["read_bytes"]),
-            read_requests=int(row["read_requests"]),
-            write_bytes=int(row["write_bytes"]),
-            write_requests=int(row["write_requests"]),
-            media=row["media"],
-            format=row["format"],
-            rawsize=_int_or_none(row["rawsize"]),
-            imaging=row["imaging"],
-            imaging_error=row["imaging_error"],
-            host=row["host"],
-        )
 
     def to_row(self) -> Columns:
         """Every column of the drive's row."""
@@ -177,7 +209,7 @@ def drive_settings_columns(settings: DriveSettings) -> Columns:
 
 
 @dataclass(frozen=True)
-class ClaimRecord:
+class ClaimRecord(StoreRecord):
     """A row of `claims`: a server's device (`guest`) or an imaging job (`imaging`) holding a
     drive; a guest claim also keeps how much of its guest's I/O is in the drive's counters."""
 
@@ -193,22 +225,6 @@ class ClaimRecord:
     guest_write_bytes: int = 0
     guest_write_requests: int = 0
 
-    @classmethod
-    def from_row(cls, row: Row) -> "ClaimRecord":
-        return cls(
-            id=int(row["id"]),
-            drive=row["drive"],
-            user=row["user"],
-            kind=row["kind"],
-            holder=row["holder"],
-            device=row["device"],
-            exclusive=bool(row["exclusive"]),
-            guest_read_bytes=int(row["guest_read_bytes"]),
-            guest_read_requests=int(row["guest_read_requests"]),
-            guest_write_bytes=int(row["guest_write_bytes"]),
-            guest_write_requests=int(row["guest_write_requests"]),
-        )
-
     def to_row(self) -> Columns:
         return dataclasses.asdict(self)
 
@@ -217,7 +233,7 @@ class ClaimRecord:
 
 
 @dataclass(frozen=True)
-class JobRecord:
+class JobRecord(StoreRecord):
     """A row of `jobs`: one imaging request, from its acceptance to its end."""
 
     id: int
@@ -236,26 +252,6 @@ class JobRecord:
     lease_until: float | None = None
     attempts: int = 0
 
-    @classmethod
-    def from_row(cls, row: Row) -> "JobRecord":
-        return cls(
-            id=int(row["id"]),
-            user=row["user"],
-            dst=row["dst"],
-            src=row["src"],
-            state=row["state"],
-            created_at=float(row["created_at"]),
-            conversion=row["conversion"],
-            bytes_done=int(row["bytes_done"]),
-            bytes_total=int(row["bytes_total"]),
-            error=row["error"],
-            started_at=_float_or_none(row["started_at"]),
-            ended_at=_float_or_none(row["ended_at"]),
-            owner=row["owner"],
-            lease_until=_float_or_none(row["lease_until"]),
-            attempts=int(row["attempts"]),
-        )
-
     def to_row(self) -> Columns:
         return dataclasses.asdict(self)
 
@@ -264,7 +260,7 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
-class ResourceRecord:
+class ResourceRecord(StoreRecord):
     """A row of `resources`: an IP address of the pool (`resource` the address) or a VLAN
     (`resource` its UUID) that a user owns."""
 
@@ -274,19 +270,7 @@ class ResourceRecord:
     created_at: int
     name: str = ""
     tags: tuple[str, ...] = ()
-    user_keys: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_row(cls, row: Row) -> "ResourceRecord":
-        return cls(
-            type=row["type"],
-            resource=row["resource"],
-            user=row["user"],
-            created_at=int(row["created_at"]),
-            name=row["name"],
-            tags=_words(row["tags"]),
-            user_keys=_user_keys(row["user_keys"]),
-        )
+    user_keys: Mapping[str, str] = field(default_factory=dict, metadata={DECODE: _user_keys})
 
     def to_row(self) -> Columns:
         return {
@@ -313,7 +297,7 @@ def resource_settings_columns(settings: ResourceSettings) -> Columns:
 
 
 @dataclass(frozen=True)
-class NicRecord:
+class NicRecord(StoreRecord):
     """A row of `server_nics`: what one NIC of an active server holds (its MAC on its
     network, and the pool address it is offered, if any), from the server's start to its stop.
     `nic` is the NIC's index, or services/server_network.py's row for a VNC address."""
@@ -325,18 +309,6 @@ class NicRecord:
     mac: str
     address: str | None = None
     temporary: bool = False
-
-    @classmethod
-    def from_row(cls, row: Row) -> "NicRecord":
-        return cls(
-            server=row["server"],
-            nic=int(row["nic"]),
-            user=row["user"],
-            network=row["network"],
-            mac=row["mac"],
-            address=row["address"],
-            temporary=bool(row["temporary"]),
-        )
 
     def to_row(self) -> Columns:
         return dataclasses.asdict(self)
@@ -361,31 +333,19 @@ def decode_server_config(text: str) -> ServerConfig:
 
 
 @dataclass(frozen=True)
-class ServerRecord:
+class ServerRecord(StoreRecord):
     """A row of `servers`: a server's configuration and what it should be (`active`,
     `stopped`, `dead`, `dumped`); whether its VM really runs is the hypervisor's to say."""
 
     uuid: str
     user: str
-    config: ServerConfig
+    config: ServerConfig = field(metadata={DECODE: decode_server_config})
     created_at: float
     status: str = "stopped"
     started_at: int | None = None
     vnc_display: int | None = None
-    host: str = ""  # whose driver runs its VM; empty: the daemon's own host
-
-    @classmethod
-    def from_row(cls, row: Row) -> "ServerRecord":
-        return cls(
-            uuid=row["uuid"],
-            user=row["user"],
-            config=decode_server_config(row["config"]),
-            created_at=float(row["created_at"]),
-            status=row["status"],
-            started_at=_int_or_none(row["started_at"]),
-            vnc_display=_int_or_none(row["vnc_display"]),
-            host=row["host"] or "",
-        )
+    # Whose driver runs its VM; empty: the daemon's own host.
+    host: str = field(default="", metadata={DECODE: _or_empty})
 
     def to_row(self) -> Columns:
         return {
@@ -408,12 +368,13 @@ def encode_tier_limits(limits: Mapping[str, int]) -> str:
     return json.dumps(dict(limits), sort_keys=True)
 
 
-def _tier_limits(text: str | None) -> dict[str, int]:
+def _ints_by_tier(text: str | None) -> dict[str, int]:
+    """A JSON object tier → int (`max_drive_bytes_by_tier`, a host's `disk_bytes_by_tier`)."""
     return {str(tier): int(limit) for tier, limit in json.loads(text or "{}").items()}
 
 
 @dataclass(frozen=True)
-class UserRecord:
+class UserRecord(StoreRecord):
     """A row of `users` (an account: its limits, None for none, and its balance), but for
     its key hash: only authentication reads that (`users.KEY_HASH_BY_UUID`), so no record
     carries it elsewhere."""
@@ -422,7 +383,9 @@ class UserRecord:
     created_at: int
     name: str = ""
     max_drive_bytes: int | None = None
-    max_drive_bytes_by_tier: Mapping[str, int] = field(default_factory=dict)
+    max_drive_bytes_by_tier: Mapping[str, int] = field(
+        default_factory=dict, metadata={DECODE: _ints_by_tier}
+    )
     max_ips: int | None = None
     max_vlans: int | None = None
     max_servers: int | None = None
@@ -430,23 +393,6 @@ class UserRecord:
     max_mem_mb: int | None = None
     balance: int = 0  # millionths of the platform's currency
     metered_at: float | None = None
-
-    @classmethod
-    def from_row(cls, row: Row) -> "UserRecord":
-        return cls(
-            uuid=row["uuid"],
-            created_at=int(row["created_at"]),
-            name=row["name"],
-            max_drive_bytes=_int_or_none(row["max_drive_bytes"]),
-            max_drive_bytes_by_tier=_tier_limits(row["max_drive_bytes_by_tier"]),
-            max_ips=_int_or_none(row["max_ips"]),
-            max_vlans=_int_or_none(row["max_vlans"]),
-            max_servers=_int_or_none(row["max_servers"]),
-            max_cpu_mhz=_int_or_none(row["max_cpu_mhz"]),
-            max_mem_mb=_int_or_none(row["max_mem_mb"]),
-            balance=int(row["balance"]),
-            metered_at=_float_or_none(row["metered_at"]),
-        )
 
     def to_row(self) -> Columns:
         """Every column but `key_hash`."""
@@ -479,7 +425,7 @@ class UserRecord:
 
 
 @dataclass(frozen=True)
-class UsageRecord:
+class UsageRecord(StoreRecord):
     """A row of `usage`: what one user held over one metering interval, and its charge."""
 
     id: int
@@ -493,27 +439,12 @@ class UsageRecord:
     vlans: int
     charge: int  # millionths
 
-    @classmethod
-    def from_row(cls, row: Row) -> "UsageRecord":
-        return cls(
-            id=int(row["id"]),
-            user=row["user"],
-            start=float(row["start"]),
-            end=float(row["end"]),
-            drive_bytes=int(row["drive_bytes"]),
-            cpu_mhz=int(row["cpu_mhz"]),
-            mem_mb=int(row["mem_mb"]),
-            ips=int(row["ips"]),
-            vlans=int(row["vlans"]),
-            charge=int(row["charge"]),
-        )
-
     def to_row(self) -> Columns:
         return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
-class AuditRecord:
+class AuditRecord(StoreRecord):
     """A row of `audit`: one state-changing command, who asked it and how it ended."""
 
     id: int
@@ -526,20 +457,6 @@ class AuditRecord:
     object: str | None = None
     error: str = ""
 
-    @classmethod
-    def from_row(cls, row: Row) -> "AuditRecord":
-        return cls(
-            id=int(row["id"]),
-            at=float(row["at"]),
-            user=row["user"],
-            method=row["method"],
-            path=row["path"],
-            status=int(row["status"]),
-            remote=row["remote"],
-            object=row["object"],
-            error=row["error"],
-        )
-
     def to_row(self) -> Columns:
         return dataclasses.asdict(self)
 
@@ -548,7 +465,7 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
-class ConsoleTokenRecord:
+class ConsoleTokenRecord(StoreRecord):
     """A row of `console_tokens`: a token (by its SHA-256 only) that opens the console of
     one server for its user once, before `expires`; `used_at` once its WebSocket used it;
     `session_hash`, the dashboard session it is bound to (None: a bearer token)."""
@@ -560,17 +477,6 @@ class ConsoleTokenRecord:
     used_at: float | None = None
     session_hash: str | None = None
 
-    @classmethod
-    def from_row(cls, row: Row) -> "ConsoleTokenRecord":
-        return cls(
-            token_hash=row["token_hash"],
-            server=row["server"],
-            user=row["user"],
-            expires=float(row["expires"]),
-            used_at=_float_or_none(row["used_at"]),
-            session_hash=row["session_hash"],
-        )
-
     def to_row(self) -> Columns:
         return dataclasses.asdict(self)
 
@@ -579,7 +485,7 @@ class ConsoleTokenRecord:
 
 
 @dataclass(frozen=True)
-class HostRecord:
+class HostRecord(StoreRecord):
     """A row of `hosts`: a hypervisor host, its capacity and its last heartbeat."""
 
     name: str
@@ -587,27 +493,13 @@ class HostRecord:
     cores: int
     core_mhz: int
     memory_mb: int
-    disk_bytes_by_tier: Mapping[str, int]
+    disk_bytes_by_tier: Mapping[str, int] = field(metadata={DECODE: _ints_by_tier})
     heartbeat_at: float
     created_at: float
-    agent: str = ""  # HOST:PORT of its agent; empty: none
-
-    @classmethod
-    def from_row(cls, row: Row) -> "HostRecord":
-        disk = row["disk_bytes_by_tier"]
-        return cls(
-            name=row["name"],
-            state=row["state"],
-            cores=int(row["cores"]),
-            core_mhz=int(row["core_mhz"]),
-            memory_mb=int(row["memory_mb"]),
-            disk_bytes_by_tier={
-                tier: int(size) for tier, size in (json.loads(disk) if disk else {}).items()
-            },
-            heartbeat_at=float(row["heartbeat_at"]),
-            created_at=float(row["created_at"]),
-            agent=row["agent"] or "",
-        )
+    # HOST:PORT of its agent; empty: none.
+    agent: str = field(default="", metadata={DECODE: _or_empty})
+    # Its VXLAN underlay address; empty: none known.
+    vxlan_local: str = field(default="", metadata={DECODE: _or_empty})
 
     def to_row(self) -> Columns:
         """Every column of the host's row."""
@@ -621,4 +513,5 @@ class HostRecord:
             "heartbeat_at": self.heartbeat_at,
             "created_at": self.created_at,
             "agent": self.agent,
+            "vxlan_local": self.vxlan_local,
         }

@@ -10,7 +10,7 @@ On SQLite the lock clause is left out (SQLAlchemy renders nothing for it): there
 writes, and its event loop runs one read-check-write at a time.
 
 Order, so two transactions never wait on each other: a user's row, then the address pool,
-then resources' rows, then drives' rows (by UUID).
+then the VNI space, then resources' rows, then drives' rows (by UUID).
 """
 
 from collections.abc import Iterable
@@ -21,6 +21,8 @@ from openhosting.store.tables import drives, resources, users
 
 # Any fixed number, the same in every process: the advisory lock of the address pool.
 ADDRESS_POOL_LOCK_KEY = 0x6F68_6970  # "ohip"
+# The advisory lock of the VLANs' VXLAN identifiers (store/vnis.py).
+VNI_SPACE_LOCK_KEY = 0x6F68_766E  # "ohvn"
 
 
 def lock_user(connection: Connection, user: str) -> None:
@@ -54,3 +56,11 @@ def lock_address_pool(connection: Connection) -> None:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADDRESS_POOL_LOCK_KEY}
         )
+
+
+def lock_vni_space(connection: Connection) -> None:
+    """Hold the VLANs' VNIs until the transaction ends (PostgreSQL): a new VLAN's VNI is
+    picked among those no VLAN holds, and no one row stands for the free ones. Nothing on
+    SQLite, whose writer is one event loop."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": VNI_SPACE_LOCK_KEY})

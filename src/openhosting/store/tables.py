@@ -95,6 +95,9 @@ hosts = Table(
     # HOST:PORT of the host's agent (openhosting-agent); empty: no agent, the daemon on the
     # host runs its VMs itself.
     Column("agent", String(300), nullable=False, server_default=""),
+    # The host's VXLAN underlay address (`host set --vxlan-local`, or its daemon's
+    # `network.vxlan_local`); empty: none known. Every other online host floods VLANs to it.
+    Column("vxlan_local", String(45), nullable=False, server_default=""),
 )
 
 # Who holds a drive: a server's device (`guest`) or an imaging job (`imaging`).
@@ -179,7 +182,11 @@ resources = Table(
     Column("tags", Text, nullable=False, server_default=""),
     Column("user_keys", Text, nullable=False, server_default="{}"),  # JSON object
     Column("created_at", Integer, nullable=False),
+    # A VLAN's VXLAN network identifier (store/vnis.py), the same on every host for its life;
+    # NULL for an IP.
+    Column("vni", Integer, nullable=True),
     Index("resources_by_user", "user"),
+    UniqueConstraint("vni", name="resources_vni"),
 )
 
 # The NICs of active servers and what they hold (services/server_network.py): a row from start

@@ -1,16 +1,10 @@
-"""Users and their secret API keys.
-
-Revision ID: 0001
-Revises:
-"""
+"""Users and their secret API keys."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,17 +1,11 @@
 """Imaging jobs and standard drives: the `jobs` table, imaging status and standard-drive
-columns on `drives`, and the platform user that owns the standard drives.
-
-Revision ID: 0003
-Revises: 0002
-"""
+columns on `drives`, and the platform user that owns the standard drives."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 # Written out rather than imported: a migration must not change when the code does.
 PLATFORM_USER = "00000000-0000-0000-0000-000000000000"

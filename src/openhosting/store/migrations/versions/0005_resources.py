@@ -1,17 +1,11 @@
 """Resources and networking: the `resources` table (IPs and VLANs), the NICs active servers
-hold (`server_nics`), and the IP and VLAN limits of users.
-
-Revision ID: 0005
-Revises: 0004
-"""
+hold (`server_nics`), and the IP and VLAN limits of users."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

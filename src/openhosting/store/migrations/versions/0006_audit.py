@@ -1,16 +1,10 @@
-"""The audit trail of state-changing commands.
-
-Revision ID: 0006
-Revises: 0005
-"""
+"""The audit trail of state-changing commands."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,16 +1,10 @@
-"""Billing: subscription limits on servers, balances, and metered usage.
-
-Revision ID: 0007
-Revises: 0006
-"""
+"""Billing: subscription limits on servers, balances, and metered usage."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
 down_revision = "0006"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,9 +1,5 @@
 """Guest I/O folded into drive counters: how much of its QEMU's counters each guest claim has
-already added to its drive.
-
-Revision ID: 0008_guest_io
-Revises: 0007
-"""
+already added to its drive."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -11,8 +7,6 @@ from alembic import op
 # A name of its own rather than a bare number: other branches may add their own 0008.
 revision = "0008_guest_io"
 down_revision = "0007"
-branch_labels = None
-depends_on = None
 
 COLUMNS = ("guest_read_bytes", "guest_read_requests", "guest_write_bytes", "guest_write_requests")
 

@@ -1,16 +1,10 @@
-"""Per-tier drive-bytes limits: a JSON object of tier → bytes on each user (`{}`: none).
-
-Revision ID: 0009_tier_limits
-Revises: 0008_guest_io
-"""
+"""Per-tier drive-bytes limits: a JSON object of tier → bytes on each user (`{}`: none)."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_tier_limits"
 down_revision = "0008_guest_io"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

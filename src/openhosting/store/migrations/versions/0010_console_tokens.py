@@ -1,8 +1,4 @@
-"""Web console tokens: single-use, short-lived, stored as their SHA-256 only.
-
-Revision ID: 0010_console_tokens
-Revises: 0009_tier_limits
-"""
+"""Web console tokens: single-use, short-lived, stored as their SHA-256 only."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -11,8 +7,6 @@ from alembic import op
 # the store upgrades to every head.
 revision = "0010_console_tokens"
 down_revision = "0009_tier_limits"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

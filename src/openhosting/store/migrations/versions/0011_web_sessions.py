@@ -1,16 +1,10 @@
-"""Dashboard sessions: a signed-in browser, stored as its cookie's SHA-256 only.
-
-Revision ID: 0011_web_sessions
-Revises: 0010_console_tokens
-"""
+"""Dashboard sessions: a signed-in browser, stored as its cookie's SHA-256 only."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011_web_sessions"
 down_revision = "0010_console_tokens"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

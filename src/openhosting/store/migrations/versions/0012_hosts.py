@@ -1,19 +1,13 @@
 """Hosts with their capacity and heartbeat, and the host each drive lives on.
 
 Existing drives get an empty `host`: the daemon's first registration of its host gives them
-its name (the migration cannot know the configured name).
-
-Revision ID: 0012_hosts
-Revises: 0011_web_sessions
-"""
+its name (the migration cannot know the configured name)."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0012_hosts"
 down_revision = "0011_web_sessions"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,17 +1,11 @@
 """Console tokens asked for by a dashboard session are bound to it: the session's id (its
-cookie's SHA-256) beside the token; NULL for a token asked with Basic authentication.
-
-Revision ID: 0013_console_token_sessions
-Revises: 0012_hosts
-"""
+cookie's SHA-256) beside the token; NULL for a token asked with Basic authentication."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_console_token_sessions"
 down_revision = "0012_hosts"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

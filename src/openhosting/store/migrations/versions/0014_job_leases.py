@@ -1,18 +1,12 @@
 """Imaging jobs are claimed by one daemon of several on one database: who runs a job
 (`owner`), until when its claim holds unless renewed (`lease_until`), and how many times it
-was started (`attempts`).
-
-Revision ID: 0014_job_leases
-Revises: 0013_console_token_sessions
-"""
+was started (`attempts`)."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0014_job_leases"
 down_revision = "0013_console_token_sessions"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

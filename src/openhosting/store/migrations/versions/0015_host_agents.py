@@ -1,18 +1,12 @@
 """Host agents: the address of each host's agent (`hosts.agent`, HOST:PORT; empty: none,
 the host's VMs are run by the daemon on it), and the host whose driver runs a server's VM
-(`servers.host`; empty: the daemon's own host, as every server before agents).
-
-Revision ID: 0015_host_agents
-Revises: 0014_job_leases
-"""
+(`servers.host`; empty: the daemon's own host, as every server before agents)."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0015_host_agents"
 down_revision = "0014_job_leases"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

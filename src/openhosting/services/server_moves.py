@@ -1,0 +1,244 @@
+"""Servers moved between hosts while they run: `openhosting-admin host drain HOST` empties a
+host for maintenance by live migration (hypervisor/moves.py), one server at a time.
+
+Each active server of the host goes, in its turn (no start, stop or set of it meanwhile),
+to the host placement picks among the other online hosts with a driver here and room for
+its cpu and mem. Its drives are mirrored to the target and its memory follows; the guest
+runs on without a reboot and `started` is unchanged. Only once the move succeeded are
+`servers.host` and where its drives live updated (`settle_moved_drives`); a server that
+cannot move (no room anywhere, a driver that cannot migrate, an encrypted or shared drive,
+NICs, a failure half-way) is reported and left running where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import typing
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from openhosting.errors import ApiError, FailedError, MissingError
+from openhosting.hypervisor.driver import (
+    HypervisorDriver,
+    IncomingRequest,
+    MigratingDriver,
+    StartRequest,
+)
+from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.moves import MovedVm, move_vm
+from openhosting.model.server import ServerConfig
+from openhosting.services.drives import AttachableDrive, Drives
+from openhosting.services.hosts import Hosts
+from openhosting.services.operations import MOVE
+from openhosting.services.server_lifecycle import ServerLifecycle
+from openhosting.services.vm_specs import build_vm_spec
+from openhosting.store import drives as drive_store
+from openhosting.store import servers as server_store
+
+log = logging.getLogger("openhosting.servers")
+
+# A move's bound: mirroring each drive, then the memory's last round (generous for TCG).
+MOVE_TIMEOUT = 600.0
+MOVED = "moved"
+MIGRATING_METHODS = (
+    "prepare_incoming", "migrate_out", "finish_incoming", "abort_incoming",
+    "cancel_migrate_out", "end_migrated",
+)  # fmt: skip
+
+
+def landing_path(drive: AttachableDrive, target_host: str) -> Path:
+    """Where the target makes the file of `drive` that the migration fills. The drives'
+    bytes still live in the API daemon's drive directory (docs/cluster.md), beside the
+    source's file; the storage seam changes this to the target host's own."""
+    return drive.path.with_name(f"{drive.path.name}.moving-to-{target_host}")
+
+
+def settle_moved_drives(
+    engine: Engine,
+    moved: MovedVm,
+    drives: list[AttachableDrive],
+    slots: dict[str, str],
+    target_host: str,
+) -> None:
+    """The drives of a server that moved live where the target's answer says it put them
+    (`moved.target.drive_paths`, by slot): here, the landed file takes the drive's own name
+    (the source's QEMU has ended, and the target's keeps its open file across the rename),
+    and the drive's row names its new host. The one step the storage seam changes."""
+    by_uuid = {drive.uuid: drive for drive in drives}
+    for slot, landed in moved.target.drive_paths:
+        drive = by_uuid[slots[slot]]
+        os.replace(landed, drive.path)
+        with engine.begin() as connection:
+            drive_store.update_drive(connection, drive.uuid, host=target_host)
+
+
+class ServerMoves:
+    """Live moves of active servers between the hosts this daemon has a driver for."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        lifecycle: ServerLifecycle,
+        drives: Drives,
+        hosts: Hosts | None,
+        start_timeout: float,
+        timeout: float = MOVE_TIMEOUT,
+    ) -> None:
+        self._engine = engine
+        self._lifecycle = lifecycle
+        self._drives = drives
+        self._hosts = hosts
+        self._start_timeout = start_timeout  # the target's QEMU, until it waits for the state
+        self._timeout = timeout
+
+    def host_of(self, uuid: str) -> str:
+        """The host whose driver runs the VM of active server `uuid`."""
+        return self._lifecycle.placed.get(uuid) or self._lifecycle.drivers.local_name
+
+    async def drain(self, host: str) -> dict[str, str]:
+        """Move every active server of `host` to other hosts, one at a time. Per server:
+        `moved TARGET`, or why it did not move (it runs on where it was). MissingError if
+        no such host is registered."""
+        if self._hosts is None or not self._hosts.known(host):
+            raise MissingError(f"Host {host} is not registered")
+        outcome: dict[str, str] = {}
+        for uuid in sorted(u for u in self._lifecycle.active if self.host_of(u) == host):
+            async with self._lifecycle.operations.turn(uuid, MOVE):
+                if uuid not in self._lifecycle.active or self.host_of(uuid) != host:
+                    continue  # ended, or moved, meanwhile
+                try:
+                    target = await self.move(uuid)
+                except (ApiError, HypervisorError) as error:
+                    message = error.message if isinstance(error, ApiError) else str(error)
+                    log.warning(
+                        "event=server_not_moved server=%s host=%s error=%s", uuid, host, message
+                    )
+                    outcome[uuid] = message
+                else:
+                    outcome[uuid] = f"{MOVED} {target}"
+        moved = sum(text.startswith(MOVED) for text in outcome.values())
+        log.info("event=host_drained host=%s servers=%s moved=%s", host, len(outcome), moved)
+        return outcome
+
+    async def move(self, uuid: str) -> str:
+        """Move the running VM of active server `uuid` to another host (its turn held by the
+        caller); the target host's name. On failure it runs where it was, nothing changed."""
+        assert self._hosts is not None
+        with self._engine.connect() as connection:
+            row = server_store.get_server(connection, uuid)
+        if row is None:
+            raise MissingError(f"Server {uuid} could not be found")
+        config = row.config
+        source_host = self.host_of(uuid)
+        source = _migrating(self._lifecycle.drivers.of(row.host), source_host)
+        status = source.status(uuid)
+        if status is None:
+            raise FailedError(f"Server {uuid} has no VM held on host {source_host}")
+        if config.nics:
+            # Its NICs are links of the daemon's host (docs/cluster.md): a second QEMU
+            # cannot open the same tap or passt socket.
+            raise FailedError(f"Server {uuid} has NICs, which cannot move between hosts yet")
+        drives = [self._drives.attachable(row.user, a.drive) for a in config.drives]
+        copied = {a.slot: a.drive for a in config.drives if a.media != "cdrom"}
+        for drive in drives:
+            if drive.uuid in copied.values() and (drive.passphrase or not drive.exclusive):
+                raise FailedError(
+                    f"Drive {drive.uuid} of server {uuid} is encrypted or shared: such drives"
+                    " cannot be copied by a live migration yet"
+                )
+        target_host = self._hosts.place_moved_server(
+            config.cpu, config.mem, source_host, self._lifecycle.drivers.names()
+        )
+        target_key = "" if target_host == self._lifecycle.drivers.local_name else target_host
+        target = _migrating(self._lifecycle.drivers.of(target_key), target_host)
+        request = await self._incoming(
+            uuid, config, row.vnc_display, drives, copied, target, target_host, status.started
+        )
+        await self._lifecycle.fold_guest_io(uuid)  # what the source QEMU counted, kept
+        moved = await move_vm(source, target, request, self._timeout)
+        # Done: the VM runs on the target. From here on only the records follow it.
+        self._lifecycle.placed.pop(uuid, None)
+        if target_key:
+            self._lifecycle.placed[uuid] = target_key
+        with self._engine.begin() as connection:
+            server_store.update_server(connection, uuid, host=target_key)
+            drive_store.reset_guest_io_marks(connection, uuid)  # the target counts from 0
+        try:
+            await asyncio.to_thread(
+                settle_moved_drives, self._engine, moved, drives, copied, target_host
+            )
+        except OSError as error:
+            raise FailedError(
+                f"Server {uuid} moved to {target_host}, but its drives' files could not be"
+                f" settled there: {error}"
+            ) from error
+        await self._move_vnc_overlay(uuid, config, row.vnc_display, source_host, target_key)
+        log.info("event=server_moved server=%s from=%s to=%s", uuid, source_host, target_host)
+        return target_host
+
+    async def _incoming(
+        self,
+        uuid: str,
+        config: ServerConfig,
+        display: int | None,
+        drives: list[AttachableDrive],
+        copied: dict[str, str],
+        target: HypervisorDriver,
+        target_host: str,
+        started: float,
+    ) -> IncomingRequest:
+        """The request that prepares the target: the server's VM as the target runs it,
+        the drives of `copied` (slot → drive: all but CD-ROMs, which stay where they are)
+        copied into landing files."""
+        by_uuid = {drive.uuid: drive for drive in drives}
+        landed = [
+            dataclasses.replace(drive, path=landing_path(drive, target_host))
+            if drive.uuid in copied.values()
+            else drive
+            for drive in drives
+        ]
+        plan = build_vm_spec(
+            uuid,
+            config,
+            landed,
+            run_dir=target.run_dir(uuid),
+            host=self._lifecycle.host_settings(target),
+            display=display,
+        )
+        sizes = {
+            slot: await asyncio.to_thread(os.path.getsize, by_uuid[drive].path)
+            for slot, drive in copied.items()
+        }
+        vnc = self._lifecycle.vnc.credentials(uuid, config, display)
+        start = StartRequest(
+            dataclasses.replace(plan.spec, incoming=True),
+            secrets=plan.secrets,
+            vnc_password=vnc.password,
+            vnc_names=vnc.names,
+            cpu_mhz=config.cpu,
+            timeout=self._start_timeout,
+        )
+        return IncomingRequest(start, tuple(sizes.items()), started=started)
+
+    async def _move_vnc_overlay(
+        self, uuid: str, config: ServerConfig, display: int | None, source: str, target: str
+    ) -> None:
+        """The VNC overlay is this host's network: a VM that left it loses it, one that came
+        to it gets it (a VM on an agent's host has its own)."""
+        if display is None:
+            return
+        if source == self._lifecycle.drivers.local_name and target:
+            await self._lifecycle.vnc.close_overlay(uuid)
+        elif not target:
+            await self._lifecycle.vnc.open_overlay(uuid, config, display)
+
+
+def _migrating(driver: HypervisorDriver, host: str) -> MigratingDriver:
+    """`driver` as one that moves VMs; FailedError naming `host` when it cannot."""
+    if not all(hasattr(driver, name) for name in MIGRATING_METHODS):
+        raise FailedError(f"Host {host}'s hypervisor driver cannot move VMs")
+    return typing.cast(MigratingDriver, driver)
