@@ -180,6 +180,9 @@ async def _call(request: web.Request) -> web.StreamResponse:
             return await _start(request, driver, record)
         if method == "save_state":
             return await _save_state(request, driver, record.server, record.timeout)
+        if method == "prepare_incoming" and (storage := request.app.get(STORAGE_KEY)):
+            # The copies are made as this host's own files of the drives.
+            record = dataclasses.replace(record, start=own_drive_paths(storage, record.start))
         if method in WHOLE_RECORD:
             answer = getattr(driver, method)(record)
         else:
