@@ -13,6 +13,7 @@ BENCHMARKS = {
     "drive-read": "bench.drive_read",
     "drive-read-encrypted": "bench.drive_read_encrypted",
     "drive-hash": "bench.drive_hash",
+    "cluster-drive-io": "bench.cluster_drive_io",
     "imaging": "bench.imaging",
     "boot": "bench.server_boot",
     "console": "bench.console",

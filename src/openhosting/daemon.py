@@ -16,7 +16,7 @@ from openhosting.api.context import READINESS_KEY
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.config import Config, ConfigError, load_config
-from openhosting.hypervisor.agent_connector import agent_connector
+from openhosting.hypervisor.agent_connector import agent_connector, storage_connector
 from openhosting.logs import FORMATS, configure_logging
 from openhosting.memory import limit_malloc_arenas
 from openhosting.services.accounts import NewKey
@@ -96,6 +96,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     await asyncio.to_thread(platform.hosts.register)
     lifecycle = platform.servers.lifecycle
     lifecycle.drivers.connector = agent_connector(config.state_path)  # hosts with agents
+    platform.drives.storages.connector = storage_connector(config.state_path)  # their drives
     heartbeat = asyncio.create_task(platform.hosts.heartbeat_every(lifecycle.agent_reports))
     # Connects to the hosts' agents, whose hosts are online at once with what they report
     # (placement takes only those), then watched.
@@ -139,6 +140,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         # No beat or adoption after the stop.
         await asyncio.gather(heartbeat, agents, return_exceptions=True)
         await platform.servers.close()  # VMs keep running; the next daemon adopts them
+        await platform.drives.storages.close()
         log.info("event=stopped")
 
 

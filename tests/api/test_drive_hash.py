@@ -12,10 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.api.context import TRANSFER_LIMITER_KEY
-from openhosting.services import drive_transfers
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
-from openhosting.storage import drive_hash
+from openhosting.storage import drive_hash, drive_transfers
 from openhosting.storage.drive_hash import HASH_PIECE, HashStopped
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes

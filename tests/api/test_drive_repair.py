@@ -3,6 +3,7 @@ one starts (`Drives.repair_files`): files resized to what their rows say, files 
 removed once they have been left alone a while."""
 
 import os
+import ssl
 import time
 import uuid
 
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.services.drive_repair import ORPHAN_GRACE_SECONDS
 from openhosting.services.platform import Platform
+from openhosting.storage.remote_storage import RemoteDriveStorage
 from openhosting.store import drives as drive_store
 from tests.api.drive_helpers import create_drive, read_bytes
 
@@ -57,3 +59,23 @@ async def test_files_without_a_row_are_removed_once_left_alone_a_while(
     assert new_orphan.exists()  # its row may be about to come (`standard add`)
     assert not_a_drive.exists()  # not a drive file: not ours to remove
     assert await read_bytes(client, auth, f"/drives/{kept}/read") == bytes(SIZE)
+
+
+async def test_a_drive_of_an_agents_host_is_neither_resized_nor_removed_here(
+    client: TestClient, auth: dict[str, str], platform: Platform
+) -> None:
+    """Its bytes are its agent's; a file of it here (from before drives were streamed to the
+    agents) is not an orphan, and its size is not this host's to fix."""
+    platform.hosts.set_agent("hv-a", "127.0.0.1:7430")
+    agents = platform.drives.storages
+    agents.connector = lambda host, address: RemoteDriveStorage(
+        host, address, ssl.create_default_context()
+    )
+    drive = (await create_drive(client, auth, SIZE, "none"))["drive"]
+    with platform.engine.begin() as connection:
+        drive_store.update_drive(connection, drive, host="hv-a", size=2 * SIZE)
+    path = platform.drives.files.path_of(drive)
+    long_ago = time.time() - ORPHAN_GRACE_SECONDS - 60
+    os.utime(path, (long_ago, long_ago))
+    assert platform.drives.repair_files() == (0, 0)
+    assert path.stat().st_size == SIZE

@@ -3,8 +3,9 @@ real `openhosting-agent` processes over QEMU (TCG) on loopback, taking migration
 127.0.0.1. The tiny guest, booted on hv-a through the API, writes a marker on its drive and
 counts on its serial line; drained, hv-a holds no VM, hv-b runs the same boot on (its counter
 goes on, no new boot line), the server's info names hv-b with `started` unchanged, its
-drive's host is hv-b. Drained back with hv-a's incoming QEMU killed half-way, the server is
-reported and runs on at hv-b. Once stopped (through hv-b) the drive holds the guest's marker.
+drive's host is hv-b and its file hv-b's agent's own (hv-a's removed). Drained back with
+hv-a's incoming QEMU killed half-way, the server is reported and runs on at hv-b. Once
+stopped (through hv-b) the drive holds the guest's marker.
 """
 
 import asyncio
@@ -96,7 +97,10 @@ def test_a_drain_moves_the_running_guest_to_the_other_host_without_a_reboot(
     drive = api.properties(
         "/drives/create", f"name guest\nsize {len(image)}\nencryption:cipher none\n".encode()
     )["drive"]
-    hosts.query("UPDATE drives SET host = 'hv-a' WHERE uuid = %s", drive)
+    # Placed on hv-a (hosts of equal room: the first by name), in its agent's directory.
+    assert api.properties(f"/drives/{drive}/info")["host"] == "hv-a"
+    file_on = {name: hosts.work / f"agent-{name}" / "state" / "drives" / f"{drive}.img"
+               for name in ("hv-a", "hv-b")}  # fmt: skip
     assert api.call(f"/drives/{drive}/write", image).status == 204
     body = f"name g\ncpu 1000\nmem 128\npersistent true\nide:0:0 {drive}\nboot ide:0:0\n"
     server = api.properties("/servers/create/stopped", body.encode())["server"]
@@ -130,11 +134,12 @@ def test_a_drain_moves_the_running_guest_to_the_other_host_without_a_reboot(
         assert (after["status"], after["host"]) == ("active", "hv-b")
         assert after["started"] == before["started"]
         assert api.properties(f"/drives/{drive}/info")["host"] == "hv-b"
+        # The drive's file is hv-b's own now; hv-a's is gone.
+        assert file_on["hv-b"].is_file() and not file_on["hv-a"].exists()
 
         # Drained back, with hv-a's QEMU killed once the mirror writes to it: the server
         # is reported and runs on at hv-b, where it was; nothing of it is left on hv-a.
-        (drive_file,) = hosts.state.rglob(f"{drive}.img")
-        landing = drive_file.with_name(f"{drive_file.name}.moving-to-hv-a")
+        landing = file_on["hv-a"]
         with subprocess.Popen(
             [str(BIN / "openhosting-admin"), "--state-dir", str(hosts.state),
              "host", "drain", "hv-b"],
@@ -153,8 +158,7 @@ def test_a_drain_moves_the_running_guest_to_the_other_host_without_a_reboot(
         stopped = api.call(f"/servers/{server}/stop", b"")
     assert stopped.status == 204, stopped
     assert hosts.held("hv-b") == []
-    (drive_file,) = hosts.state.rglob(f"{drive}.img")
-    assert [p.name for p in drive_file.parent.iterdir() if "moving" in p.name] == []
-    with drive_file.open("rb") as file:
+    assert not file_on["hv-a"].exists()
+    with file_on["hv-b"].open("rb") as file:
         file.seek(DATA_SECTOR * 512)
         assert file.read(len(DATA)).decode() == DATA

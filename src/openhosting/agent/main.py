@@ -9,6 +9,8 @@ is read from `--tls-dir`, by default `<state_dir>/agent-tls`.
 Live migrations in and out of this host (QEMU) go over TLS with the same bundle, checked
 against the cluster CA and, for a target, its host name; they listen on
 `hypervisor.migration_address` (docs/cluster.md).
+It also serves the bytes of the drives placed on this host, kept in its own drive directories
+(`storage.tiers`, by default `<state_dir>/drives`).
 
 Once it listens it prints `listening HOST:PORT` (with `--listen HOST:0`, the port the kernel
 chose). On SIGTERM or SIGINT it lets go of its VMs without stopping them: they run on, for the
@@ -36,6 +38,8 @@ from openhosting.daemon import parse_listen
 from openhosting.host_capacity import HostCapacity, measure_capacity
 from openhosting.hypervisor.driver import HypervisorDriver, open_driver
 from openhosting.hypervisor.migration import MigrationTls, write_qemu_tls_dir
+from openhosting.storage.drive_tiers import DriveTiers
+from openhosting.storage.local_storage import LocalDriveStorage
 
 DEFAULT_LISTEN = "0.0.0.0:7430"
 TLS_DIRECTORY = "agent-tls"
@@ -72,10 +76,11 @@ async def serve(
     port: int,
     context: ssl.SSLContext,
     capacity: Callable[[], HostCapacity] | None = None,
+    storage: LocalDriveStorage | None = None,
 ) -> None:
-    """Serve `driver` (and `capacity`, the host's measure) until SIGTERM or SIGINT; then let
-    go of the VMs (they run on)."""
-    runner = web.AppRunner(make_app(driver, capacity), handle_signals=False)
+    """Serve `driver` (with `capacity`, the host's measure, and `storage`, this host's
+    drives) until SIGTERM or SIGINT; then let go of the VMs (they run on)."""
+    runner = web.AppRunner(make_app(driver, capacity, storage), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=context)
     await site.start()
@@ -102,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         bundle = host_bundle(tls_dir)
         context = agent_context(bundle)
         driver = open_driver(config, migration_tls(bundle, config.state_path))
+        # The drives placed on this host live in its own tier directories.
+        storage = LocalDriveStorage(DriveTiers(config.tier_paths))
     except (ConfigError, ClusterTlsError, ValueError, OSError) as error:
         print(f"openhosting-agent: {error}", file=sys.stderr)
         return 2
-    asyncio.run(serve(driver, host, port, context, functools.partial(measure_capacity, config)))
+    capacity = functools.partial(measure_capacity, config)
+    asyncio.run(serve(driver, host, port, context, capacity, storage))
     return 0
 
 

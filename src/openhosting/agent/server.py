@@ -18,11 +18,13 @@ certificate of the cluster CA, and `_control_only` refuses one whose role is not
   time (a control plane that reconnects replaces its old stream); with none, events are
   logged and dropped (a control plane that comes back adopts and reconciles).
 - `POST /faults/{name}`: only over the fake driver (tests): crash, pause, fail the next start.
+- `POST /storage/{action}`: the bytes of the drives this host holds (agent/storage_routes.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import logging
@@ -33,6 +35,8 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from openhosting.agent.pki import CONTROL, peer_role
+from openhosting.agent.storage_routes import STORAGE_KEY, add_storage_routes
+from openhosting.errors import ApiError
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.calls import (
     CALLS,
@@ -47,6 +51,7 @@ from openhosting.hypervisor.calls import (
 )
 from openhosting.hypervisor.driver import HypervisorDriver, StartRequest, VmEvent
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.storage.local_storage import LocalDriveStorage
 
 log = logging.getLogger("openhosting.agent")
 
@@ -115,11 +120,16 @@ class EventRelay:
 
 
 def make_app(
-    driver: HypervisorDriver, capacity: Callable[[], HostCapacity] | None = None
+    driver: HypervisorDriver,
+    capacity: Callable[[], HostCapacity] | None = None,
+    storage: LocalDriveStorage | None = None,
 ) -> web.Application:
     """The agent's application over `driver` (its TLS is the server's: agent/main.py);
-    `capacity` measures the host (none: the `capacity` call is refused)."""
+    `capacity` measures the host (none: the `capacity` call is refused); `storage` serves
+    this host's drives (none: no storage routes)."""
     app = web.Application(middlewares=[_control_only], client_max_size=MAX_CALL_LINE)
+    if storage is not None:
+        add_storage_routes(app, storage)
     relay = EventRelay()
     driver.listen(relay.handle)
     app[DRIVER_KEY] = driver
@@ -164,9 +174,15 @@ async def _call(request: web.Request) -> web.StreamResponse:
         return _error(409, f"{method}: this host's driver cannot move VMs")
     try:
         if method == "start":
+            storage = request.app.get(STORAGE_KEY)
+            if storage is not None:
+                record = own_drive_paths(storage, record)
             return await _start(request, driver, record)
         if method == "save_state":
             return await _save_state(request, driver, record.server, record.timeout)
+        if method == "prepare_incoming" and (storage := request.app.get(STORAGE_KEY)):
+            # The copies are made as this host's own files of the drives.
+            record = dataclasses.replace(record, start=own_drive_paths(storage, record.start))
         if method in WHOLE_RECORD:
             answer = getattr(driver, method)(record)
         else:
@@ -178,6 +194,23 @@ async def _call(request: web.Request) -> web.StreamResponse:
     except ValueError as error:  # a request the driver refuses as such
         return _error(400, f"{method}: {error}")
     return web.json_response({"answer": encode(answer)})
+
+
+def own_drive_paths(storage: LocalDriveStorage, record: StartRequest) -> StartRequest:
+    """`record` with each disk this host holds (named by UUID and tier) at its path in this
+    host's drive directory, whatever path the control plane named it by."""
+    if not any(disk.drive for disk in record.spec.disks):
+        return record
+    try:
+        disks = tuple(
+            dataclasses.replace(disk, path=storage.disk_path(disk.drive, disk.tier))
+            if disk.drive
+            else disk
+            for disk in record.spec.disks
+        )
+    except ApiError as error:  # a tier this host's configuration does not have
+        raise HypervisorError(error.message) from None
+    return dataclasses.replace(record, spec=dataclasses.replace(record.spec, disks=disks))
 
 
 async def _host_call(request: web.Request, method: str) -> web.Response:

@@ -1,17 +1,21 @@
 """Connecting the control plane to a host's agent: the cluster's control certificate (made by
 `openhosting-admin cluster init`) and a `RemoteHypervisorDriver` following the agent's
-events. Given to the services (services/host_drivers.py) by the daemon, so that they hold
-only the `HypervisorDriver` interface."""
+events, and a `RemoteDriveStorage` streaming the bytes of the drives it holds. Given to the
+services (services/host_drivers.py, services/host_storages.py) by the daemon, so that they
+hold only the `HypervisorDriver` and `DriveStorage` interfaces."""
 
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from openhosting.agent.pki import ClusterTlsError, control_bundle, control_context
+from openhosting.errors import SystemError_
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
+from openhosting.storage.drive_storage import DriveStorage
+from openhosting.storage.remote_storage import RemoteDriveStorage
 
 # (host, agent's HOST:PORT, the handler of its events) → its driver, connected, how to close
 # the connection (the agent's VMs untouched), and how to ask the agent what its host offers.
@@ -41,5 +45,23 @@ def agent_connector(state_path: Path) -> AgentConnector:
         driver.listen(handler)
         await driver.connect()
         return driver, driver.close, driver.capacity
+
+    return connect
+
+
+def storage_connector(state_path: Path) -> Callable[[str, str], DriveStorage]:
+    """The storage of a host's drives through its agent (storage/remote_storage.py), with the
+    control certificate of `state_path` read at the first use."""
+    contexts: list[ssl.SSLContext] = []
+
+    def connect(host: str, address: str) -> DriveStorage:
+        if not contexts:
+            try:
+                contexts.append(control_context(control_bundle(state_path)))
+            except (ClusterTlsError, OSError) as error:
+                raise SystemError_(
+                    f"Host {host}'s drives: no cluster certificate here ({error})"
+                ) from None
+        return RemoteDriveStorage(host, address, contexts[0])
 
     return connect

@@ -51,6 +51,7 @@ NIC_DEVICES = {"e1000": "e1000", "rtl8139": "rtl8139", "virtio": "virtio-net-pci
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # An API device slot: `ide:B:U`, `scsi:0:I` or `block:I`.
 SLOT_PATTERN = re.compile(r"ide:([01]):([01])|scsi:0:([0-7])|block:([0-7])")
+_TIER = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _NETNS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -101,8 +102,17 @@ class DiskSpec:
     # `claim:type shared`: other VMs may have the drive open for writing too. QEMU's image
     # locking refuses a second writer unless the device lets it share (share-rw).
     shared: bool = False
+    # The drive's UUID and tier when a host agent holds its bytes: that agent opens its own
+    # file of them in place of `path` (the control plane's name for it).
+    drive: str = ""
+    tier: str = ""
 
     def __post_init__(self) -> None:
+        # They become a file name on the agent: nothing but a UUID and a tier's name.
+        if self.drive and not _UUID.fullmatch(self.drive):
+            raise ValueError(f"not a drive's UUID: {self.drive[:80]!r}")
+        if self.tier and not _TIER.fullmatch(self.tier):
+            raise ValueError(f"not a tier's name: {self.tier[:80]!r}")
         if not SLOT_PATTERN.fullmatch(self.slot):
             raise ValueError(f"not a device slot: {self.slot!r}")
         if self.media not in ("disk", "cdrom"):

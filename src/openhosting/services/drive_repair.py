@@ -14,7 +14,9 @@ half-way: the rows are the truth, the files follow them.
 
 Every tier's directory is scanned. A file is an orphan only when no row at all names its
 drive: a drive whose tier moved to another directory in the configuration keeps its file
-where it was (logged as missing from its tier) until the operator moves it.
+where it was (logged as missing from its tier) until the operator moves it, and so does a
+drive of another host's agent (its bytes are there; a file of it here, from before drives
+were streamed to agents, is left for the operator). Only this host's drives are resized.
 """
 
 import logging
@@ -35,13 +37,14 @@ def repair_drive_files(
     tiers: DriveTiers,
     rows: list[DriveRecord],
     master_key_of: Callable[[DriveRecord], bytes | None],
+    is_here: Callable[[DriveRecord], bool] = lambda _row: True,
 ) -> tuple[int, int]:
-    """Repair the files of the drives of `rows` (all of them): how many files were resized,
-    and how many files without a row were removed."""
+    """Repair the files of the drives of `rows` (all of them, `is_here` telling this host's):
+    how many files were resized, and how many files without a row were removed."""
     staged = sum(remove_staging_leftovers(files.root) for files in tiers.directories())
     if staged:
         log.warning("event=drive_staging_files_removed count=%s", staged)
-    resized = _fit_files_to_rows(tiers, rows, master_key_of)
+    resized = _fit_files_to_rows(tiers, [row for row in rows if is_here(row)], master_key_of)
     return resized, sum(_remove_orphan_files(files, rows) for files in tiers.directories())
 
 

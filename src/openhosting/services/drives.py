@@ -1,12 +1,12 @@
 """Drives: ownership and readers, limits, claims and busy rules, and who may move bytes
-between the API and the drive files (docs/api.md §4; the moving itself is drive_transfers.py).
+between the API and the drive's bytes (docs/api.md §4). The bytes are the storage's of the
+host holding the drive (services/host_storages.py: this host's files, or its agent's).
 
 A user sees and changes only their own drives; a drive whose `readers` name the user (or
 everyone) can also be read by them, but not written, set or destroyed. Blocking file work runs
 in worker threads so the event loop stays responsive.
 """
 
-import asyncio
 import base64
 import contextlib
 import functools
@@ -20,17 +20,12 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from openhosting.errors import BusyError, FullError, MissingError, SystemError_
+from openhosting.errors import ApiError, BusyError, FullError, MissingError
 from openhosting.model.drive import DriveSettings, apply_drive_properties
 from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drive_repair import repair_drive_files
-from openhosting.services.drive_transfers import (
-    DriveWriter,
-    ReadPlan,
-    StagedDriveWriter,
-    storage_error,
-)
+from openhosting.services.host_storages import HostStorages
 from openhosting.services.hosts import Hosts
 from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
@@ -47,8 +42,9 @@ from openhosting.services.operations import (
     Operations,
 )
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
+from openhosting.storage.drive_storage import DriveRead, DriveStorage, DriveWrite
 from openhosting.storage.drive_tiers import DriveTiers
-from openhosting.storage.write_stage import WriteStage
+from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.store import drives as drive_store
 from openhosting.store import row_locks, space_reserve
 from openhosting.store.executor import StoreExecutor
@@ -108,13 +104,18 @@ def _missing(uuid: str) -> MissingError:
 
 @dataclass(frozen=True)
 class AttachableDrive:
-    """A drive as a server attaches it: its file, and the LUKS passphrase if encrypted."""
+    """A drive as a server attaches it: its file as its host names it, and the LUKS
+    passphrase if encrypted. `host`: the host holding its bytes, whose agent finds its file
+    by UUID and `tier`; empty when every host here reaches this host's files (no agents)."""
 
     uuid: str
     path: Path
     passphrase: bytes | None
     owned: bool
     exclusive: bool
+    host: str = ""
+    tier: str = ""
+    available: bool = True  # whether its bytes can be reached now
 
 
 class Drives:
@@ -137,6 +138,9 @@ class Drives:
         self._engine = engine
         self._reader = reader
         self.tiers = tiers
+        self.local_storage = LocalDriveStorage(tiers)
+        # The storage of each host's drives; the daemon gives it agents' (its connector).
+        self.storages = HostStorages(hosts.name, self.local_storage, engine)
         self._secret_key = secret_key
         self._default_cipher = cipher
         # Reads, writes and resizes under way per drive, and what each refuses.
@@ -153,15 +157,16 @@ class Drives:
         return self.tiers.of(self.tiers.default)
 
     def files_of(self, row: DriveRecord) -> DriveFiles:
-        """The drive files of the tier of the drive of `row`."""
-        try:
-            return self.tiers.of(row.tier)
-        except KeyError:
-            # The configuration no longer names the tier: its file is nowhere we know.
-            raise SystemError_(
-                f"Drive {row.uuid} is in tier {row.tier}, which this platform's"
-                " configuration no longer has"
-            ) from None
+        """The drive files of the tier of the drive of `row` (on this host)."""
+        return self.local_storage.files_of(row.uuid, row.tier)
+
+    def storage_of(self, row: DriveRecord) -> DriveStorage:
+        """The storage of the host holding the drive of `row`."""
+        return self.storages.of(row.host)
+
+    def is_here(self, row: DriveRecord) -> bool:
+        """Whether the drive's bytes are this host's files (not another host's agent's)."""
+        return self.storages.is_local(row.host)
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -186,11 +191,9 @@ class Drives:
         return unwrap_secret(self._secret_key, row.wrapped_master_key, row.uuid + ":master")
 
     def _is_available(self, row: DriveRecord) -> bool:
-        """Whether the drive's file opens, in its tier's directory (its `status`)."""
-        try:
-            return self.tiers.of(row.tier).is_available(row.uuid)
-        except KeyError:
-            return False  # a tier the configuration no longer has: its file is unreachable
+        """Whether the drive's bytes can be reached (its `status`): here, whether its file
+        opens in its tier's directory."""
+        return self.storages.of(row.host).is_available(row.uuid, row.tier)
 
     def passphrase_of(self, row: DriveRecord) -> bytes | None:
         """The LUKS passphrase QEMU opens an encrypted drive with."""
@@ -199,7 +202,10 @@ class Drives:
         return unwrap_secret(self._secret_key, row.wrapped_passphrase, row.uuid + ":luks")
 
     def open_io(self, row: DriveRecord) -> OpenDrive:
-        """The drive of `row` opened for in-process I/O (decrypted when it is encrypted)."""
+        """The drive of `row` opened for in-process I/O (decrypted when it is encrypted); a
+        drive of this host only (imaging refuses the others first)."""
+        if not self.is_here(row):
+            raise BusyError(f"Drive {row.uuid} is on host {row.host}, not on this API node's")
         return self.files_of(row).open(row.uuid, self._master_key(row))
 
     def changing(self, uuid: str) -> str | None:
@@ -290,28 +296,21 @@ class Drives:
         settings = apply_drive_properties(
             defaults, properties, creating=True, tiers=self.tiers.names
         )
-        files = self.tiers.of(settings.tier)
         uuid = str(uuid_module.uuid4())
         host = await self._store.run(self._place_new, user, settings)
+        storage = self.storages.of(host)
         wrapped: dict[str, bytes | None] = {"wrapped_passphrase": None, "wrapped_master_key": None}
-        try:
-            if settings.cipher == "none":
-                await asyncio.to_thread(files.create_plain, uuid, settings.size)
-            else:
-                passphrase = base64.urlsafe_b64encode(secrets.token_bytes(32))
-                master_key = await asyncio.to_thread(
-                    files.create_encrypted, uuid, settings.size, passphrase
-                )
-                wrapped = {
-                    "wrapped_passphrase": wrap_secret(self._secret_key, passphrase, uuid + ":luks"),
-                    "wrapped_master_key": wrap_secret(
-                        self._secret_key, master_key, uuid + ":master"
-                    ),
-                }
-        except OSError as error:
-            raise storage_error(error, "create the drive") from None
+        passphrase = None
+        if settings.cipher != "none":
+            passphrase = base64.urlsafe_b64encode(secrets.token_bytes(32))
+        master_key = await storage.create(uuid, settings.tier, settings.size, passphrase)
+        if passphrase is not None and master_key is not None:
+            wrapped = {
+                "wrapped_passphrase": wrap_secret(self._secret_key, passphrase, uuid + ":luks"),
+                "wrapped_master_key": wrap_secret(self._secret_key, master_key, uuid + ":master"),
+            }
         async with Reverter() as revert:
-            revert.add(functools.partial(files.destroy, uuid))
+            revert.add(functools.partial(storage.destroy, uuid, settings.tier))
             await self._store.run(self._insert_new, user, uuid, settings, host, wrapped)
             revert.success()
         log.info(
@@ -389,41 +388,53 @@ class Drives:
 
     async def _resize_file(self, row: DriveRecord, old_size: int, new_size: int) -> None:
         uuid, master_key = row.uuid, self._master_key(row)
-        files = self.files_of(row)
+        storage = self.storage_of(row)
         kept = min(old_size, new_size)
         with self.operations.begin(uuid, RESIZE):
             try:
-                await asyncio.to_thread(files.resize, uuid, new_size, master_key, kept)
-            except OSError as error:
+                await storage.resize(uuid, row.tier, new_size, master_key, kept)
+            except (OSError, ApiError):
                 # Back to the old size (what was cut stays cut: it reads as zeros).
                 with self._engine.begin() as connection:
                     drive_store.update_drive(connection, uuid, size=old_size)
-                with contextlib.suppress(OSError):  # repair_files retries at the next start
-                    await asyncio.to_thread(files.resize, uuid, old_size, master_key, kept)
-                raise storage_error(error, "resize the drive") from None
+                # repair_files retries a local one at the next start
+                with contextlib.suppress(OSError, ApiError):
+                    await storage.resize(uuid, row.tier, old_size, master_key, kept)
+                raise
 
     def repair_files(self) -> tuple[int, int]:
         """Put the drive files right after a daemon that stopped half-way (at start): how many
         were resized to their row's size, and how many files without a row were removed."""
         with self._engine.connect() as connection:
             rows = drive_store.all_drives(connection)
-        return repair_drive_files(self.tiers, rows, self._master_key)
+        # Every row keeps its file from removal; only this host's drives are resized here.
+        return repair_drive_files(self.tiers, rows, self._master_key, self.is_here)
 
-    def destroy(self, user: str, uuid: str) -> None:
-        found: list[DriveFiles] = []
+    async def destroy(self, user: str, uuid: str) -> None:
+        found: list[DriveRecord] = []
 
         def delete_row(connection: Connection) -> None:
-            # Its tier's files first: a drive whose tier the configuration lost keeps its row.
             row_locks.lock_drives(connection, [uuid])  # no claim or job lands meanwhile
-            found.append(self.files_of(self._owned(connection, user, uuid)))
+            row = self._owned(connection, user, uuid)
+            if self.is_here(row):
+                # Its tier's files first: a drive whose tier the configuration lost keeps
+                # its row.
+                self.files_of(row)
             self._check_busy(connection, uuid, "destroyed")
             self.operations.check(uuid, DESTROY)
             drive_store.delete_drive(connection, uuid)
+            found.append(row)
 
         # Destroying is how a user gets space back: it must work on a full disk, where even
         # the row's delete needs room in the WAL (the space reserve gives it).
         space_reserve.begin_freeing(self._engine, delete_row)
-        found[-1].destroy(uuid)
+        row = found[-1]
+        try:
+            await self.storage_of(row).destroy(uuid, row.tier)
+        except ApiError as error:
+            # The drive is gone for its user (its row is); its bytes stay on a host whose
+            # agent did not answer, for the operator (docs/cluster.md).
+            log.error("event=drive_bytes_left drive=%s host=%s error=%s", uuid, row.host, error)
         space_reserve.refill(self._engine)
         log.info("event=drive_destroyed user=%s drive=%s", user, uuid)
 
@@ -440,29 +451,30 @@ class Drives:
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
         self.operations.check(uuid, ATTACH)
+        storage = self.storage_of(row)
         return AttachableDrive(
             uuid=uuid,
-            path=self.files_of(row).path_of(uuid),
+            path=storage.disk_path(uuid, row.tier),
             passphrase=self.passphrase_of(row),
             owned=row.user == user,
             exclusive=row.claim_type != "shared",
+            host=self.storages.holder(row.host) if self.storages.connector is not None else "",
+            tier=row.tier,
+            available=storage.is_available(uuid, row.tier),
         )
 
     # -- data ----------------------------------------------------------------------------
 
-    def open_read(self, user: str, uuid: str, offset: int, length: int | None) -> ReadPlan:
+    def open_read(self, user: str, uuid: str, offset: int, length: int | None) -> DriveRead:
         """Plan a read of `length` bytes (None: to the end) from `offset`, clamped to the end."""
         with self._engine.connect() as connection:
             row = self._readable(connection, user, uuid)
         size = row.size
         start = min(offset, size)
         count = size - start if length is None else min(length, size - start)
+        storage = self.storage_of(row)
         reading = self.operations.begin(uuid, READ)
-        with Reverter() as revert:
-            revert.add(reading.end)
-            opened = self.files_of(row).open(uuid, self._master_key(row))
-            revert.success()
-        return ReadPlan(uuid, opened, start, count, reading.end)
+        return storage.open_read(uuid, row.tier, self._master_key(row), start, count, reading.end)
 
     def record_read(self, uuid: str, nbytes: int) -> None:
         self._count_io(uuid, "read", nbytes)
@@ -480,9 +492,7 @@ class Drives:
                 uuid, direction, nbytes, error,
             )  # fmt: skip
 
-    def begin_write(
-        self, user: str, uuid: str, offset: int, staged: bool = False
-    ) -> DriveWriter | StagedDriveWriter:
+    def begin_write(self, user: str, uuid: str, offset: int, staged: bool = False) -> DriveWrite:
         """A writer of the drive's bytes from `offset`: straight to the drive as they come, or
         `staged` (kept aside until the request's end proves them good, then applied whole)."""
         with self._engine.connect() as connection:
@@ -497,14 +507,12 @@ class Drives:
                 )
         if offset > row.size:
             raise FullError(f"Offset {offset} is past the end of drive {uuid} ({row.size} bytes)")
-        files = self.files_of(row)
-        opened = files.open(uuid, self._master_key(row))
+        storage = self.storage_of(row)
         # Checked above, and nothing awaited since: this cannot be refused.
         on_close = functools.partial(self._end_write, self.operations.begin(uuid, WRITE))
-        if staged:
-            stage = WriteStage(opened.io, files.root, offset)
-            return StagedDriveWriter(uuid, opened, stage, row.size - offset, on_close)
-        return DriveWriter(uuid, opened, offset, row.size, on_close)
+        return storage.open_write(
+            uuid, row.tier, self._master_key(row), offset, row.size, staged, on_close
+        )
 
     def _end_write(self, writing: Operation, nbytes: int | None) -> None:
         writing.end()

@@ -127,6 +127,13 @@ class Imaging:
             src_row = drive_store.get_drive(connection, src)
             if src_row is None or not src_row.readable_by(user):
                 raise MissingError(f"Drive {src} could not be found")
+            for row in (dst_row, src_row):
+                # Imaging copies in this process between files of this host.
+                if not self._drives.is_here(row):
+                    raise BusyError(
+                        f"Drive {row.uuid} is on host {row.host}, whose agent holds its bytes:"
+                        " imaging to or from a drive on an agent's host is not done yet"
+                    )
             self._check_destination(connection, dst)
             self._check_source(connection, src_row)
             job_id = job_store.insert_job(

@@ -18,13 +18,13 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from openhosting.config import Config
-from openhosting.errors import FailedError, FullError, UnavailableError
+from openhosting.errors import BusyError, FailedError, FullError, UnavailableError
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import (
     BlockStats,
@@ -176,6 +176,7 @@ class ServerLifecycle:
         once it runs."""
         begun = time.monotonic()
         host = self._place(config)
+        self._check_drives_on(host, drives)
         driver = self.drivers.of(host)
         async with Reverter() as revert:
             nics = await self._networks.acquire(user, uuid, config)
@@ -247,6 +248,18 @@ class ServerLifecycle:
             config.cpu, config.mem, boot_drive(config), self.drivers.names()
         )
         return "" if chosen == self.drivers.local_name else chosen
+
+    def _check_drives_on(self, host: str, drives: Sequence[AttachableDrive]) -> None:
+        """Every drive's bytes must be on the host the server runs on: a drive of another
+        host is not attached over the network yet (NBD, docs/cluster.md). 409 naming both."""
+        running_on = host or self.drivers.local_name
+        for drive in drives:
+            if drive.host and drive.host != running_on:
+                raise BusyError(
+                    f"Drive {drive.uuid} is on host {drive.host} and the server would run on"
+                    f" host {running_on}: drives on another host than their server's cannot"
+                    " be attached yet"
+                )
 
     def _place_on(self, uuid: str, host: str) -> None:
         if host:

@@ -51,9 +51,9 @@ MIGRATING_METHODS = (
 
 
 def landing_path(drive: AttachableDrive, target_host: str) -> Path:
-    """Where the target makes the file of `drive` that the migration fills. The drives'
-    bytes still live in the API daemon's drive directory (docs/cluster.md), beside the
-    source's file; the storage seam changes this to the target host's own."""
+    """Where the target makes the file of `drive` that the migration fills, when every
+    host's drives are this host's files (no agents hold drives: `drive.host` empty): beside
+    the source's file, under another name."""
     return drive.path.with_name(f"{drive.path.name}.moving-to-{target_host}")
 
 
@@ -168,9 +168,12 @@ class ServerMoves:
             server_store.update_server(connection, uuid, host=target_key)
             drive_store.reset_guest_io_marks(connection, uuid)  # the target counts from 0
         try:
-            await asyncio.to_thread(
-                settle_moved_drives, self._engine, moved, drives, copied, target_host
-            )
+            if any(drive.host for drive in drives):  # the drives are their hosts' own
+                await self._settle_on_hosts(moved, drives, copied, target_host)
+            else:
+                await asyncio.to_thread(
+                    settle_moved_drives, self._engine, moved, drives, copied, target_host
+                )
         except OSError as error:
             raise FailedError(
                 f"Server {uuid} moved to {target_host}, but its drives' files could not be"
@@ -179,6 +182,49 @@ class ServerMoves:
         await self._move_vnc_overlay(uuid, config, row.vnc_display, source_host, target_key)
         log.info("event=server_moved server=%s from=%s to=%s", uuid, source_host, target_host)
         return target_host
+
+    async def _settle_on_hosts(
+        self,
+        moved: MovedVm,
+        drives: list[AttachableDrive],
+        slots: dict[str, str],
+        target_host: str,
+    ) -> None:
+        """The drives of a server that moved are the files the target made in its own drive
+        directory: each row names the target, and the source's file is removed (its QEMU
+        has ended). A source that cannot remove it leaves it, logged (the row is the truth)."""
+        by_uuid = {drive.uuid: drive for drive in drives}
+        for slot, _landed in moved.target.drive_paths:
+            drive = by_uuid[slots[slot]]
+            with self._engine.begin() as connection:
+                drive_store.update_drive(connection, drive.uuid, host=target_host)
+            try:
+                await self._drives.storages.of(drive.host).destroy(drive.uuid, drive.tier)
+            except ApiError as error:
+                log.error(
+                    "event=drive_bytes_left drive=%s host=%s error=%s",
+                    drive.uuid, drive.host, error.message,
+                )  # fmt: skip
+
+    def _landed(self, drive: AttachableDrive, target_host: str) -> AttachableDrive:
+        """`drive` as the target opens the copy it makes: beside the source's file when all
+        drives are this host's files; else the target's own file of it (an agent finds it by
+        the drive's UUID and tier, this host in its own directory)."""
+        if not drive.host:
+            return dataclasses.replace(drive, path=landing_path(drive, target_host))
+        path = self._drives.storages.of(target_host).disk_path(drive.uuid, drive.tier)
+        return dataclasses.replace(drive, path=path, host=target_host)
+
+    async def _drive_bytes(self, drive: AttachableDrive) -> int:
+        """The size of the copy of a (raw) drive: its file's, or where its host holds it
+        elsewhere, its row's (a raw drive's file is exactly its size)."""
+        if not drive.host or self._drives.storages.is_local(drive.host):
+            return await asyncio.to_thread(os.path.getsize, drive.path)
+        with self._engine.connect() as connection:
+            row = drive_store.get_drive(connection, drive.uuid)
+        if row is None:
+            raise MissingError(f"Drive {drive.uuid} could not be found")
+        return row.size
 
     async def _incoming(
         self,
@@ -196,9 +242,7 @@ class ServerMoves:
         copied into landing files."""
         by_uuid = {drive.uuid: drive for drive in drives}
         landed = [
-            dataclasses.replace(drive, path=landing_path(drive, target_host))
-            if drive.uuid in copied.values()
-            else drive
+            self._landed(drive, target_host) if drive.uuid in copied.values() else drive
             for drive in drives
         ]
         plan = build_vm_spec(
@@ -209,10 +253,7 @@ class ServerMoves:
             host=self._lifecycle.host_settings(target),
             display=display,
         )
-        sizes = {
-            slot: await asyncio.to_thread(os.path.getsize, by_uuid[drive].path)
-            for slot, drive in copied.items()
-        }
+        sizes = {slot: await self._drive_bytes(by_uuid[drive]) for slot, drive in copied.items()}
         vnc = self._lifecycle.vnc.credentials(uuid, config, display)
         start = StartRequest(
             dataclasses.replace(plan.spec, incoming=True),

@@ -45,7 +45,6 @@ from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import DUMPED, ServerLifecycle
 from openhosting.services.server_moves import ServerMoves
 from openhosting.services.server_network import ServerNetworks
-from openhosting.storage.drive_files import file_is_available
 from openhosting.store import drives as drive_store
 from openhosting.store import row_locks, space_reserve
 from openhosting.store import servers as server_store
@@ -344,7 +343,7 @@ class Servers:
             config = row.config
             drives = self._check_config(user, config)
             for drive in drives:
-                if not file_is_available(drive.path):
+                if not drive.available:
                     raise BusyError(
                         f"Drive {drive.uuid} is inactive: its storage is unavailable now"
                     )

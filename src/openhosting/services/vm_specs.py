@@ -77,6 +77,9 @@ def build_vm_spec(
                 format="luks" if secret_file is not None else "raw",
                 secret_file=secret_file,
                 shared=not drive.exclusive,
+                # Named for the agent of the host holding it, which finds its own file.
+                drive=drive.uuid if drive.host else "",
+                tier=drive.tier if drive.host else "",
             )
         )
     vnc = None

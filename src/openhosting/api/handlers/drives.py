@@ -18,8 +18,8 @@ from openhosting.api.responses import (
 )
 from openhosting.errors import FullError, UsageError
 from openhosting.reverter import Reverter
-from openhosting.services.drive_transfers import DriveWriter, ReadPlan
 from openhosting.storage.drive_hash import HASH_ALGORITHM
+from openhosting.storage.drive_storage import DriveRead
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 from openhosting.wire.sizes import parse_size
 
@@ -65,7 +65,7 @@ async def set_drive(request: web.Request) -> Properties:
 
 
 async def destroy(request: web.Request) -> None:
-    platform_of(request).drives.destroy(user_of(request), _drive(request))
+    await platform_of(request).drives.destroy(user_of(request), _drive(request))
 
 
 def _range(request: web.Request) -> tuple[int, int | None]:
@@ -92,7 +92,7 @@ async def hash_range(request: web.Request) -> Properties:
             user_of(request), _drive(request), offset, length
         )
         try:
-            digest = await plan.sha256()
+            digest = await plan.sha256()  # no `begin`: a remote drive is hashed where it is
         finally:
             plan.close()
     return Properties(
@@ -111,6 +111,7 @@ async def _read(request: web.Request, offset: int, length: int | None) -> web.St
     plan = drives.open_read(user_of(request), _drive(request), offset, length)
     response: web.StreamResponse
     try:
+        await plan.begin()  # refused (its host unreachable, say) before anything is answered
         if (
             request.method != "HEAD"
             and plan.count <= MAX_ZEROS_AS_GZIP
@@ -131,7 +132,7 @@ async def _read(request: web.Request, offset: int, length: int | None) -> web.St
     return response
 
 
-async def _stream_decrypted(request: web.Request, plan: ReadPlan) -> web.StreamResponse:
+async def _stream_decrypted(request: web.Request, plan: DriveRead) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = plan.count
     await prepare(request, response)
@@ -176,7 +177,7 @@ async def _write(request: web.Request, offset: int, declared: int, encoding: str
     )
     async with Reverter() as revert:
         revert.add(writer.abort)
-        if isinstance(writer, DriveWriter):
+        if decoder is None:  # a raw body: straight to the drive
             if declared > writer.remaining:
                 raise FullError(
                     f"Write of {declared} bytes at offset {offset} would pass the drive's end:"

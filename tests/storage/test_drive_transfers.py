@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openhosting.services.drive_transfers import READ_AHEAD, WRITE_AHEAD, DriveWriter, ReadPlan
 from openhosting.storage.drive_files import IO_CHUNK, DriveFiles
+from openhosting.storage.drive_transfers import READ_AHEAD, WRITE_AHEAD, DriveWriter, ReadPlan
 
 WAIT = 1.5  # less than one barrier's time-out
 

@@ -1,8 +1,8 @@
-"""Moving a drive's bytes for one API request: a read sent from the drive file (sendfile, or
+"""Moving a drive's bytes for one request: a read sent from the drive file (sendfile, or
 decrypted a piece ahead in a worker thread), or hashed instead of sent; a raw write flushed
 in large pieces while the next arrives, acknowledged once durable; a staged write (a gzip
-body) kept aside until its end proves it good, then applied whole. `Drives` checks who may do
-it and counts it."""
+body) kept aside until its end proves it good, then applied whole. These are the local
+storage's (storage/local_storage.py); `Drives` (services) checks who may do it and counts it."""
 
 import asyncio
 import collections
@@ -48,6 +48,9 @@ class ReadPlan:
     offset: int
     count: int
     on_close: Callable[[], None] = lambda: None
+
+    async def begin(self) -> None:
+        """Nothing to wait for: the file is open (a remote read opens its stream here)."""
 
     @property
     def plain_file(self) -> PlainDriveIO | None:
@@ -230,6 +233,9 @@ class StagedDriveWriter(_WriteRequest):
     @property
     def remaining(self) -> int:
         return self._room - self._stage.length
+
+    async def reserve(self, length: int) -> None:
+        """Nothing now: `finish` gives the range its blocks before applying a byte."""
 
     async def write(self, data: bytes) -> None:
         if len(data) > self.remaining:

@@ -1,0 +1,206 @@
+"""The host agent's drive routes: the bytes of the drives this host holds, served to the control
+plane (storage/remote_storage.py calls them) over the agent's mutual TLS, control role only
+(agent/server.py's middleware runs before these).
+
+Every request's body starts with one line of JSON (`StorageCall`, storage/storage_calls.py:
+the drive's UUID and tier, and what the call needs); `write` streams the drive's bytes after
+it, `read` answers with them. Keys travel base64 in that line, as a start's passphrases do in
+its record.
+
+- `POST /storage/create` → `{"answer": master key (base64) or null}`
+- `POST /storage/resize`, `/storage/destroy`, `/storage/allocate` → `{"answer": null}`
+- `POST /storage/available` → `{"answer": true|false}`
+- `POST /storage/hash` → `{"answer": hex SHA-256 of the range}`
+- `POST /storage/read` → the range's bytes (Content-Length: its count)
+- `POST /storage/write` → `{"answer": bytes written}`, once durable; a body cut short (the
+  control plane gave up) is aborted: a staged write leaves the drive as it was.
+
+A refusal is `{"error": message, "kind": X-Elastic-Error kind}` with the kind's status (507
+full, 400 usage, 404 missing...), which the control plane raises again as the same error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from openhosting.api.responses import widen_send_buffer
+from openhosting.errors import ApiError, MissingError, UsageError
+from openhosting.reverter import Reverter
+from openhosting.storage.local_storage import LocalDriveStorage
+from openhosting.storage.storage_calls import StorageCall
+
+log = logging.getLogger("openhosting.agent")
+
+STORAGE_KEY = web.AppKey("storage", LocalDriveStorage)
+# What a read's stream may hold in the transport before it waits for the socket.
+STREAM_BUFFER = 4 << 20
+# Seconds a write's body may go without a byte before the write is given up.
+STALL_TIMEOUT = 60.0
+# The first line of a storage call's body.
+MAX_CALL_LINE = 1 << 16
+
+
+def add_storage_routes(app: web.Application, storage: LocalDriveStorage) -> None:
+    app[STORAGE_KEY] = storage
+    for action, handler in (
+        ("create", _create),
+        ("resize", _resize),
+        ("destroy", _destroy),
+        ("allocate", _allocate),
+        ("available", _available),
+        ("hash", _hash),
+        ("read", _read),
+        ("write", _write),
+    ):
+        app.router.add_post(f"/storage/{action}", _refusals(handler))
+
+
+Handler = Callable[[web.Request, LocalDriveStorage, StorageCall], Awaitable[web.StreamResponse]]
+
+
+def _refusals(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The call decoded from its first line, and an API error answered with its kind."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            line = await request.content.readline()
+            if len(line) > MAX_CALL_LINE:
+                raise UsageError("storage call line too long")
+            call = StorageCall.decode(line)
+            return await handler(request, request.app[STORAGE_KEY], call)
+        except ApiError as error:
+            return web.json_response(
+                {"error": error.message, "kind": error.kind}, status=error.status
+            )
+
+    return handle
+
+
+def _answer(value: object) -> web.Response:
+    return web.json_response({"answer": value})
+
+
+async def _create(
+    _request: web.Request, storage: LocalDriveStorage, call: StorageCall
+) -> web.Response:
+    key = await storage.create(call.drive, call.tier, call.size, call.passphrase)
+    log.info("event=agent_drive_created drive=%s tier=%s size=%s", call.drive, call.tier, call.size)
+    return _answer(None if key is None else base64.b64encode(key).decode())
+
+
+async def _resize(
+    _request: web.Request, storage: LocalDriveStorage, call: StorageCall
+) -> web.Response:
+    _check_exists(storage, call)
+    await storage.resize(call.drive, call.tier, call.size, call.master_key, call.kept)
+    return _answer(None)
+
+
+async def _destroy(
+    _request: web.Request, storage: LocalDriveStorage, call: StorageCall
+) -> web.Response:
+    await storage.destroy(call.drive, call.tier)
+    log.info("event=agent_drive_destroyed drive=%s tier=%s", call.drive, call.tier)
+    return _answer(None)
+
+
+async def _available(
+    _request: web.Request, storage: LocalDriveStorage, call: StorageCall
+) -> web.Response:
+    return _answer(storage.is_available(call.drive, call.tier))
+
+
+def _check_exists(storage: LocalDriveStorage, call: StorageCall) -> None:
+    if not storage.is_available(call.drive, call.tier):
+        raise MissingError(f"Drive {call.drive} has no file on this host")
+
+
+async def _allocate(
+    _request: web.Request, storage: LocalDriveStorage, call: StorageCall
+) -> web.Response:
+    """Give a raw write's range its blocks before its bytes come (`DriveWrite.reserve`)."""
+    _check_exists(storage, call)
+    writer = storage.open_write(
+        call.drive, call.tier, call.master_key, call.offset, call.size, False, _nothing
+    )
+    async with Reverter() as revert:
+        revert.add(writer.abort)
+        await writer.reserve(call.count)
+    return _answer(None)
+
+
+async def _hash(
+    _request: web.Request, storage: LocalDriveStorage, call: StorageCall
+) -> web.Response:
+    _check_exists(storage, call)
+    plan = storage.open_read(call.drive, call.tier, call.master_key, call.offset, call.count, _none)
+    try:
+        return _answer(await plan.sha256())
+    finally:
+        plan.close()
+
+
+async def _read(
+    request: web.Request, storage: LocalDriveStorage, call: StorageCall
+) -> web.StreamResponse:
+    _check_exists(storage, call)
+    plan = storage.open_read(call.drive, call.tier, call.master_key, call.offset, call.count, _none)
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = call.count
+        await response.prepare(request)
+        _widen(request)
+        async for chunk in plan.chunks():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        plan.close()
+
+
+async def _write(
+    request: web.Request, storage: LocalDriveStorage, call: StorageCall
+) -> web.Response:
+    _check_exists(storage, call)
+    writer = storage.open_write(
+        call.drive, call.tier, call.master_key, call.offset, call.size, call.staged, _nothing
+    )
+    async with Reverter() as revert:
+        # A body cut short raises here (its chunked encoding never ended): nothing applied;
+        # so does one that stalls (a control plane cut off by the network sends no FIN).
+        revert.add(writer.abort)
+        while True:
+            try:
+                async with asyncio.timeout(STALL_TIMEOUT):
+                    piece = await request.content.readany()
+            except TimeoutError:
+                raise UsageError(f"write body stalled for {STALL_TIMEOUT:g} s") from None
+            if not piece:
+                break
+            await writer.write(piece)
+        written = await writer.finish()
+        revert.success()
+    return _answer(written)
+
+
+def _widen(request: web.Request) -> None:
+    """Larger socket and transport buffers for a large stream: each wake-up of the loop (and
+    of the control plane's) moves more, and a loaded host's scheduling delays count less."""
+    transport = request.transport
+    if transport is None:
+        return
+    transport.set_write_buffer_limits(high=STREAM_BUFFER)
+    widen_send_buffer(transport.get_extra_info("socket"))
+
+
+def _nothing(_written: int | None) -> None:
+    """The agent counts nothing: the control plane keeps the drive's counters."""
+
+
+def _none() -> None:
+    """A read's end: nothing to count here either."""

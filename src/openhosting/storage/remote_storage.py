@@ -1,0 +1,379 @@
+"""`DriveStorage` of another host: each call made to that host's agent over mutual TLS
+(agent/storage_routes.py serves it), the bytes streamed both ways.
+
+Memory stays flat whatever the size: a write's bytes are gathered into pieces of
+`SEND_PIECE` that go out through a queue of `WRITE_QUEUE` (the client's request body reads
+from it; a slow agent makes `write` wait, and so the API request's reading of its client); a
+read's answer is passed on as it arrives (aiohttp's stream pauses the agent's socket beyond
+its buffer of `READ_BUFFER`).
+
+Deadlines: a plain call has `CALL_TIMEOUT`; a stream may last as long as its bytes take, but
+no `STALL_TIMEOUT` without a byte moving. An agent that cannot be reached or does not answer
+is a 503 `failed` (`UnavailableError`) naming the host; the agent's own refusals come back
+as the same API error (507 full, 400 usage...). `is_available` cannot wait for the network:
+it says whether the last call to the agent got an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from openhosting.errors import ERROR_TYPES, ApiError, FailedError, FullError, UnavailableError
+from openhosting.reverter import Reverter
+from openhosting.storage.drive_files import PlainDriveIO
+from openhosting.storage.drive_storage import ReadClosed, WriteClosed
+from openhosting.storage.storage_calls import encode_call
+
+log = logging.getLogger("openhosting.storage.remote")
+
+CALL_TIMEOUT = 15.0
+CONNECT_TIMEOUT = 5.0
+# Seconds a stream may go without a byte moving before it is given up.
+STALL_TIMEOUT = 60.0
+# Bytes per second a hash on the agent is given at the least (a slow disk's).
+HASH_RATE = 20e6
+# A write's bytes go to the agent in pieces of this size (the API request's body comes in
+# pieces of tens of KiB: each sent alone would cost a chunk header, a TLS flush and an await),
+# at most WRITE_QUEUE of them queued beside the one being gathered.
+SEND_PIECE = 1 << 20
+WRITE_QUEUE = 2
+# The read side's buffer of an agent's answer: larger pieces to send on, fewer awaits.
+READ_BUFFER = 1 << 20
+# Seconds for the TLS close of a session's connections (as the remote driver's).
+TLS_CLOSE_GRACE = 0.25
+
+
+class RemoteDriveStorage:
+    """The drives of host `host`, whose agent listens on `address` (HOST:PORT)."""
+
+    def __init__(
+        self,
+        host: str,
+        address: str,
+        context: ssl.SSLContext,
+        *,
+        call_timeout: float = CALL_TIMEOUT,
+        stall_timeout: float = STALL_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.address = address
+        self._base = f"https://{address}/storage"
+        self._context = context
+        self._call_timeout = call_timeout
+        self._stall_timeout = stall_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self.reachable = True  # the last call's outcome (`is_available`)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT),
+                read_bufsize=READ_BUFFER,
+            )
+        return self._session
+
+    def unreachable(self, error: object) -> UnavailableError:
+        """503 `failed`, as for a server on a host gone away: it may work once it is back."""
+        self.reachable = False
+        return UnavailableError(
+            f"Host {self.host}'s agent at {self.address} did not answer: {error}"
+        )
+
+    async def post(
+        self, action: str, body: Any, timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """Send one call; the response once its status is known (refusals raised)."""
+        try:
+            response = await self._client().post(
+                f"{self._base}/{action}",
+                data=body,
+                ssl=self._context,
+                server_hostname=self.host,
+                timeout=timeout,
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise self.unreachable(error) from None
+        self.reachable = True
+        if response.status != 200:
+            try:
+                refusal = await response.json()
+            except (aiohttp.ClientError, ValueError, TimeoutError):
+                refusal = {}
+            finally:
+                response.release()
+            kind = ERROR_TYPES.get(str(refusal.get("kind")), FailedError)
+            message = refusal.get("error") or f"status {response.status}"
+            raise kind(f"{message} (host {self.host})")
+        return response
+
+    async def _call(self, action: str, **fields: Any) -> Any:
+        timeout = aiohttp.ClientTimeout(total=self._call_timeout)
+        response = await self.post(action, encode_call(**fields), timeout)
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                return (await response.json())["answer"]
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+            raise self.unreachable(error) from None
+        finally:
+            response.release()
+
+    def _stream_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            sock_connect=CONNECT_TIMEOUT, sock_read=self._stall_timeout, total=None
+        )
+
+    # -- DriveStorage ------------------------------------------------------------------
+
+    def is_available(self, drive: str, tier: str) -> bool:
+        return self.reachable
+
+    def disk_path(self, drive: str, tier: str) -> Path:
+        # The agent resolves the drive by UUID and tier in its own directory (DiskSpec.drive);
+        # this path only says where, for logs.
+        return Path(f"/{self.host}/{tier}/{drive}.img")
+
+    async def create(
+        self, drive: str, tier: str, size: int, passphrase: bytes | None
+    ) -> bytes | None:
+        # A LUKS format takes its key derivation's time (about a second).
+        key = await self._call("create", drive=drive, tier=tier, size=size, passphrase=passphrase)
+        return None if key is None else base64.b64decode(key)
+
+    async def resize(
+        self, drive: str, tier: str, size: int, master_key: bytes | None, kept: int
+    ) -> None:
+        await self._call(
+            "resize", drive=drive, tier=tier, size=size, kept=kept, master_key=master_key
+        )
+
+    async def destroy(self, drive: str, tier: str) -> None:
+        await self._call("destroy", drive=drive, tier=tier)
+
+    async def hash(
+        self, drive: str, tier: str, master_key: bytes | None, offset: int, count: int
+    ) -> str:
+        fields = dict(drive=drive, tier=tier, master_key=master_key, offset=offset, count=count)
+        # Hashing reads the whole range on the agent before a byte of answer: its deadline
+        # grows with the range, at HASH_RATE at worst.
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=CONNECT_TIMEOUT, total=self._stall_timeout + count / HASH_RATE
+        )
+        response = await self.post("hash", encode_call(**fields), timeout)
+        try:
+            return str((await response.json())["answer"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+            raise self.unreachable(error) from None
+        finally:
+            response.release()
+
+    def open_read(
+        self,
+        drive: str,
+        tier: str,
+        master_key: bytes | None,
+        offset: int,
+        count: int,
+        on_close: ReadClosed,
+    ) -> RemoteRead:
+        return RemoteRead(self, drive, tier, master_key, offset, count, on_close)
+
+    def open_write(
+        self,
+        drive: str,
+        tier: str,
+        master_key: bytes | None,
+        offset: int,
+        size: int,
+        staged: bool,
+        on_close: WriteClosed,
+    ) -> RemoteWrite:
+        call = dict(drive=drive, tier=tier, master_key=master_key, offset=offset, size=size)
+        return RemoteWrite(self, call, staged, on_close)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            await asyncio.sleep(TLS_CLOSE_GRACE)
+
+
+class RemoteRead:
+    """A range of a drive on another host, streamed from its agent as it is sent on."""
+
+    plain_file: PlainDriveIO | None = None  # never this host's file: no sendfile
+
+    def __init__(
+        self,
+        storage: RemoteDriveStorage,
+        drive: str,
+        tier: str,
+        master_key: bytes | None,
+        offset: int,
+        count: int,
+        on_close: ReadClosed,
+    ) -> None:
+        self._storage = storage
+        self.drive, self._tier, self._master_key = drive, tier, master_key
+        self.offset, self.count = offset, count
+        self._on_close = on_close
+        self._response: aiohttp.ClientResponse | None = None
+        self._complete = False  # every byte received: the connection may serve again
+        self._closed = False
+
+    async def begin(self) -> None:
+        """Ask the agent for the bytes: its refusal (the file gone) comes from here."""
+        fields = dict(
+            drive=self.drive, tier=self._tier, master_key=self._master_key,
+            offset=self.offset, count=self.count,
+        )  # fmt: skip
+        self._response = await self._storage.post(
+            "read", encode_call(**fields), self._storage._stream_timeout()
+        )
+
+    async def chunks(self) -> AsyncIterator[bytes | bytearray]:
+        if self._response is None:
+            await self.begin()
+        assert self._response is not None
+        received = 0
+        try:
+            async for chunk in self._response.content.iter_any():
+                received += len(chunk)
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise self._storage.unreachable(error) from None
+        if received != self.count:
+            raise self._storage.unreachable(f"{received} of {self.count} bytes")
+        self._complete = True
+
+    async def sha256(self) -> str:
+        return await self._storage.hash(
+            self.drive, self._tier, self._master_key, self.offset, self.count
+        )
+
+    def reads_only_zeros(self) -> bool:
+        return False  # not known without asking: the bytes are sent
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._response is not None:
+            if self._complete:
+                self._response.release()
+            else:
+                self._response.close()  # a read cut short drops its connection
+        self._on_close()
+
+
+class RemoteWrite:
+    """One write to a drive on another host: its bytes go to the agent as they come, through
+    a short queue; acknowledged once the agent answers that they are durable."""
+
+    def __init__(
+        self,
+        storage: RemoteDriveStorage,
+        call: dict[str, Any],
+        staged: bool,
+        on_close: WriteClosed,
+    ) -> None:
+        self._storage = storage
+        self._call = call
+        self._staged = staged
+        self._on_close = on_close
+        self._position = int(call["offset"])  # where the next byte goes
+        self._gathered = bytearray()  # the next piece to queue
+        self._queue: asyncio.Queue[bytes | bytearray | None] = asyncio.Queue(WRITE_QUEUE)
+        self._sending: asyncio.Task[int] | None = None
+        self._closed = False
+
+    @property
+    def remaining(self) -> int:
+        return int(self._call["size"]) - self._position
+
+    async def reserve(self, length: int) -> None:
+        """The range's blocks given on the agent before any byte goes (507 then)."""
+        await self._storage._call("allocate", **self._call, count=length)
+
+    async def write(self, data: bytes) -> None:
+        if len(data) > self.remaining:
+            raise FullError(
+                f"Write past the end of drive {self._call['drive']} ({self._call['size']}"
+                " bytes): nothing was written beyond the end"
+            )
+        self._position += len(data)
+        self._gathered += data
+        if len(self._gathered) >= SEND_PIECE:
+            piece, self._gathered = self._gathered, bytearray()
+            await self._queue_piece(piece)
+
+    async def _queue_piece(self, piece: bytes | bytearray | None) -> None:
+        """Queue `piece` (None: the body's end), unless the agent has answered meanwhile."""
+        sending = self._start()
+        put = asyncio.ensure_future(self._queue.put(piece))
+        # The agent may refuse while the queue is full: whichever ends first.
+        await asyncio.wait([put, sending], return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            await self._ended(sending)
+
+    def _start(self) -> asyncio.Task[int]:
+        if self._sending is None:
+            self._sending = asyncio.create_task(self._send())
+        return self._sending
+
+    async def _body(self) -> AsyncIterator[bytes | bytearray]:
+        yield encode_call(**self._call, staged=self._staged)
+        while (piece := await self._queue.get()) is not None:
+            yield piece
+
+    async def _send(self) -> int:
+        response = await self._storage.post("write", self._body(), self._storage._stream_timeout())
+        try:
+            return int((await response.json())["answer"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+            raise self._storage.unreachable(error) from None
+        finally:
+            response.release()
+
+    async def _ended(self, sending: asyncio.Task[int]) -> int:
+        try:
+            return await sending
+        except (aiohttp.ClientError, OSError) as error:
+            raise self._storage.unreachable(error) from None
+
+    async def finish(self) -> int:
+        """The end of the body sent; the agent's count once it made the bytes durable."""
+        async with Reverter() as revert:
+            revert.add(self.abort)
+            if self._gathered:
+                piece, self._gathered = self._gathered, bytearray()
+                await self._queue_piece(piece)
+            await self._queue_piece(None)
+            written = await self._ended(self._start())
+            revert.success()
+        self._close(written)
+        return written
+
+    async def abort(self) -> None:
+        """Give up: the request to the agent is cut, its body unfinished (the agent aborts
+        the write: a staged one changes nothing)."""
+        if self._sending is not None and not self._sending.done():
+            self._sending.cancel()
+        if self._sending is not None:
+            with contextlib.suppress(asyncio.CancelledError, ApiError, aiohttp.ClientError):
+                await self._sending
+        self._close(None)
+
+    def _close(self, written: int | None) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close(written)

@@ -1,0 +1,76 @@
+"""A storage call's first line, as the control plane sends it (storage/remote_storage.py) and
+a host agent reads it (agent/storage_routes.py): one JSON object naming the drive by UUID and
+tier, with what the call needs (sizes, offsets, keys as base64)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from openhosting.errors import UsageError
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_TIER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+@dataclass(frozen=True)
+class StorageCall:
+    """One storage call's first line, checked: a drive is named by its lowercase UUID (it
+    becomes a file name here) and its tier by a plain word."""
+
+    drive: str
+    tier: str
+    size: int = 0
+    kept: int = 0
+    offset: int = 0
+    count: int = 0
+    staged: bool = False
+    passphrase: bytes | None = None
+    master_key: bytes | None = None
+
+    @classmethod
+    def decode(cls, line: bytes) -> StorageCall:
+        try:
+            fields = json.loads(line)
+            if not isinstance(fields, dict):
+                raise ValueError("not an object")
+            call = cls(
+                drive=str(fields["drive"]),
+                tier=str(fields["tier"]),
+                size=_count(fields, "size"),
+                kept=_count(fields, "kept"),
+                offset=_count(fields, "offset"),
+                count=_count(fields, "count"),
+                staged=fields.get("staged") is True,
+                passphrase=_key(fields, "passphrase"),
+                master_key=_key(fields, "master_key"),
+            )
+        except (KeyError, ValueError, TypeError, binascii.Error) as error:
+            raise UsageError(f"malformed storage call: {error!r}") from None
+        if not _UUID.fullmatch(call.drive) or not _TIER.fullmatch(call.tier):
+            raise UsageError("malformed storage call: not a drive's UUID and tier")
+        return call
+
+
+def encode_call(**fields: Any) -> bytes:
+    """A storage call's first line (the control plane's side): keys as base64."""
+    for name in ("passphrase", "master_key"):
+        if isinstance(fields.get(name), bytes):
+            fields[name] = base64.b64encode(fields[name]).decode()
+    return json.dumps(fields).encode() + b"\n"
+
+
+def _count(fields: dict[str, Any], name: str) -> int:
+    value = fields.get(name, 0)
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{name} must be a count")
+    return value
+
+
+def _key(fields: dict[str, Any], name: str) -> bytes | None:
+    value = fields.get(name)
+    return None if value is None else base64.b64decode(str(value), validate=True)
