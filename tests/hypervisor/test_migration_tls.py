@@ -40,8 +40,9 @@ def workdir() -> Iterator[Path]:
 class Hosts:
     """Drivers standing for hosts, each with its own run directory and TLS."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, run_as: str = "") -> None:
         self.workdir = workdir
+        self.run_as = run_as
         self.drivers: list[QemuDriver] = []
         self.events: list[VmEvent] = []
 
@@ -49,7 +50,7 @@ class Hosts:
         """The driver of host `name` presenting `bundle`, saying it is `claims` (its name)."""
         tls_dir = self.workdir / f"tls-{name}"
         write_qemu_tls_dir(bundle.ca_cert, bundle.cert, bundle.key, tls_dir)
-        settings = HypervisorSettings(accelerator="tcg", run_as="", stop_timeout=5)
+        settings = HypervisorSettings(accelerator="tcg", run_as=self.run_as, stop_timeout=5)
         driver = QemuDriver(
             settings,
             self.workdir / f"run-{name}",
@@ -154,3 +155,27 @@ async def test_a_target_the_source_cannot_trust_gets_nothing_and_the_vm_runs_on(
     assert b.held() == [] and await b.unheld() == []
     assert not (workdir / "b.raw").exists()
     assert hosts.events == []
+
+
+async def test_a_vm_moves_over_tls_when_qemu_runs_as_nobody(workdir: Path) -> None:
+    """QEMU loads the migration TLS files after it dropped to `hypervisor.run_as`, which
+    cannot read the host's key (root's, 0600): it gets a copy of its own for the load,
+    which is gone once loaded."""
+    workdir.chmod(0o711)  # QEMU as nobody reaches its run directory below
+    hosts = Hosts(workdir, run_as="nobody")
+    try:
+        cluster = make_cluster(workdir)
+        a, b = hosts.host("hv-a", cluster.host("hv-a")), hosts.host("hv-b", cluster.host("hv-b"))
+        spec = dataclasses.replace(vm_on(a, workdir), run_as="nobody")
+        await a.start(StartRequest(spec))
+        request = moved_to(b, spec)
+
+        status = await live_migrate(a, b, request, TIMEOUT)
+
+        assert (status.state, a.held(), b.held()) == (VmState.RUNNING, [], [spec.uuid])
+        assert hosts.events == []
+        assert [path.name for path in b.run_dir(spec.uuid).iterdir() if "tls" in path.name] == []
+        await b.stop(spec.uuid)
+        assert request.start.spec.disks[0].path.read_bytes() == spec.disks[0].path.read_bytes()
+    finally:
+        await hosts.close()

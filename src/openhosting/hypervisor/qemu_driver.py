@@ -346,7 +346,7 @@ class QemuDriver:
             vm.started = request.started or vm.started
             nodes = [disk.node_name for disk in copied]
             await migration.serve_incoming(
-                vm.monitor, nodes, nbd_address, migration_uri, self._migration_tls
+                vm.monitor, nodes, nbd_address, migration_uri, self._tls_load(spec.run_dir)
             )
             self._incoming[spec.uuid] = _Incoming(
                 vm, request.start, tuple(disk.path for disk in copied), ports
@@ -389,11 +389,18 @@ class QemuDriver:
             revert.add(functools.partial(self._migrating.discard, server))
             revert.add(functools.partial(self._run_on, vm))
             jobs = await migration.mirror_drives(
-                vm.monitor, target, revert, timeout, self._migration_tls
+                vm.monitor, target, revert, timeout, self._tls_load(self.run_dir(server))
             )
             await migration.send_state(vm.monitor, target, jobs, revert, timeout)
             revert.success()
         log.info("event=vm_migrated_out server=%s", server)
+
+    def _tls_load(self, run_dir: Path) -> migration.TlsLoad | None:
+        """How the QEMU of `run_dir` loads this host's migration TLS, if there is one."""
+        if self._migration_tls is None:
+            return None
+        owner = (self._run_as.pw_uid, self._run_as.pw_gid) if self._run_as else None
+        return migration.TlsLoad(self._migration_tls, run_dir, owner)
 
     async def finish_incoming(self, server: str, timeout: float) -> driver.VmStatus:
         incoming = self._incoming.get(server)
