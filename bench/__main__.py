@@ -22,6 +22,7 @@ BENCHMARKS = {
     "vm-scale": "bench.vm_scale",
     "capacity": "bench.capacity",
     "cluster": "bench.cluster",
+    "migration": "bench.migration",
 }
 
 
