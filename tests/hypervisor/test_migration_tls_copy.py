@@ -4,6 +4,7 @@ or chowned through what QEMU could plant in its run directory. Real files; root 
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from pathlib import Path
@@ -11,10 +12,22 @@ from pathlib import Path
 import pytest
 
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.migration import MigrationTls, TlsLoad, qemu_copy
+from openhosting.hypervisor.migration import (
+    DH_PARAMS,
+    FFDHE2048_PEM,
+    MigrationTls,
+    TlsLoad,
+    qemu_copy,
+)
 
 NOBODY = (65534, 65534)
-FILES = ["ca-cert.pem", "client-cert.pem", "client-key.pem", "server-cert.pem", "server-key.pem"]
+HOST_FILES = [
+    "ca-cert.pem",
+    "client-cert.pem",
+    "client-key.pem",
+    "server-cert.pem",
+    "server-key.pem",
+]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another account needs root")
 
@@ -22,7 +35,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another acco
 def host_tls(tmp_path: Path) -> MigrationTls:
     directory = tmp_path / "migration-tls-of-host"
     directory.mkdir(mode=0o700)
-    for name in FILES:
+    for name in HOST_FILES:
         (directory / name).write_text(f"{name} of the host")
         (directory / name).chmod(0o600)
     return MigrationTls(directory, "hv-a")
@@ -35,7 +48,7 @@ def test_the_copy_is_the_vms_account_s_alone_and_gone_afterwards(tmp_path: Path)
 
     with qemu_copy(load) as copy:
         assert copy.parent == run_dir
-        assert sorted(path.name for path in copy.iterdir()) == FILES
+        assert sorted(path.name for path in copy.iterdir()) == sorted([*HOST_FILES, DH_PARAMS])
         for path in (copy, *copy.iterdir()):
             info = path.lstat()
             assert (info.st_uid, info.st_gid) == NOBODY
@@ -74,3 +87,32 @@ def test_a_run_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
     ):
         pass
     assert list(real.iterdir()) == []
+
+
+def test_a_target_s_qemu_gets_rfc_7919_s_ffdhe2048_rather_than_making_a_group(
+    tmp_path: Path,
+) -> None:
+    """Without `dh-params.pem` QEMU makes 2048-bit DH parameters at each server load (most
+    of a second of CPU at each migration's target); the group given is the RFC's."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with qemu_copy(TlsLoad(host_tls(tmp_path), run_dir, NOBODY)) as copy:
+        assert (copy / DH_PARAMS).read_bytes() == FFDHE2048_PEM
+
+    body = b"".join(FFDHE2048_PEM.splitlines()[1:-1])
+    der = base64.b64decode(body)
+    # PKCS #3 DHParameter: SEQUENCE { INTEGER p (256 bytes after a 0), INTEGER g }
+    assert der[:9] == bytes.fromhex("308201080282010100") and der[265:] == bytes.fromhex("020102")
+    assert int.from_bytes(der[9:265]) == rfc_7919_ffdhe2048_prime()
+
+
+def rfc_7919_ffdhe2048_prime() -> int:
+    """p = 2^2048 - 2^1984 + (floor(2^1918 * e) + 560316) * 2^64 - 1 (RFC 7919, A.1)."""
+    guard = 64  # bits below the floor, for the series' rounding
+    # e = sum of 1/k!, in fixed point: each term the one before divided by k.
+    total, term, k = 0, 1 << (1918 + guard), 0
+    while term:
+        total += term
+        k += 1
+        term //= k
+    return 2**2048 - 2**1984 + ((total >> guard) + 560316) * 2**64 - 1
