@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,9 +41,10 @@ def workdir() -> Iterator[Path]:
 class Hosts:
     """Drivers standing for hosts, each with its own run directory and TLS."""
 
-    def __init__(self, workdir: Path, run_as: str = "") -> None:
+    def __init__(self, workdir: Path, **settings: Any) -> None:
         self.workdir = workdir
-        self.run_as = run_as
+        base = HypervisorSettings(accelerator="tcg", run_as="", stop_timeout=5)
+        self.settings = dataclasses.replace(base, **settings)
         self.drivers: list[QemuDriver] = []
         self.events: list[VmEvent] = []
 
@@ -50,9 +52,8 @@ class Hosts:
         """The driver of host `name` presenting `bundle`, saying it is `claims` (its name)."""
         tls_dir = self.workdir / f"tls-{name}"
         write_qemu_tls_dir(bundle.ca_cert, bundle.cert, bundle.key, tls_dir)
-        settings = HypervisorSettings(accelerator="tcg", run_as=self.run_as, stop_timeout=5)
         driver = QemuDriver(
-            settings,
+            self.settings,
             self.workdir / f"run-{name}",
             self.workdir / f"state-{name}",
             migration_tls=MigrationTls(tls_dir, claims or name),
@@ -160,9 +161,9 @@ async def test_a_target_the_source_cannot_trust_gets_nothing_and_the_vm_runs_on(
 async def test_a_vm_moves_over_tls_when_qemu_runs_as_nobody(workdir: Path) -> None:
     """QEMU loads the migration TLS files after it dropped to `hypervisor.run_as`, which
     cannot read the host's key (root's, 0600): it gets a copy of its own for the load,
-    which is gone once loaded."""
+    which is gone once loaded. With a bandwidth limit, which QEMU takes."""
     workdir.chmod(0o711)  # QEMU as nobody reaches its run directory below
-    hosts = Hosts(workdir, run_as="nobody")
+    hosts = Hosts(workdir, run_as="nobody", migration_max_bandwidth=512)
     try:
         cluster = make_cluster(workdir)
         a, b = hosts.host("hv-a", cluster.host("hv-a")), hosts.host("hv-b", cluster.host("hv-b"))

@@ -229,10 +229,13 @@ async def mirror_drives(
     revert: Reverter,
     timeout: float,
     tls: TlsLoad | None = None,
+    max_bandwidth: int = 0,
 ) -> list[str]:
     """Source: mirror each drive of `target.exports` onto its NBD export and wait until every
     job is READY; return the jobs. Over TLS if the target asks for it (`tls` is then this
-    host's). Each step's undo goes to `revert`."""
+    host's); each job at most `max_bandwidth` bytes/s (0: no limit; one drive's copy follows
+    another's, so the drives together stay under it but for guest writes). Each step's undo
+    goes to `revert`."""
     tls_options: dict[str, str] = {}
     if target.tls_hostname is not None:
         if tls is None:
@@ -245,7 +248,7 @@ async def mirror_drives(
         client = f"{_PREFIX}{node}"
         await monitor.add_nbd_node(client, target.nbd_address, export, tls_options)
         revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, client)))
-        await monitor.mirror(client, node, client)
+        await monitor.mirror(client, node, client, max_bandwidth)
         revert.add(functools.partial(cancel_jobs, monitor, [client], True, timeout))
         jobs.append(client)
     await _wait_ready(monitor, jobs, timeout)
@@ -253,10 +256,15 @@ async def mirror_drives(
 
 
 async def send_state(
-    monitor: Monitor, target: IncomingInfo, jobs: list[str], revert: Reverter, timeout: float
+    monitor: Monitor,
+    target: IncomingInfo,
+    jobs: list[str],
+    revert: Reverter,
+    timeout: float,
+    max_bandwidth: int = 0,
 ) -> None:
-    """Source: move the VM's state to the target, then complete the mirrors (the guest is
-    paused then: nothing more to copy)."""
+    """Source: move the VM's state to the target (at most `max_bandwidth` bytes/s; 0: no
+    limit), then complete the mirrors (the guest is paused then: nothing more to copy)."""
     revert.add(functools.partial(_quietly, monitor.cancel_migration))
     if target.tls_hostname is not None:
         # Undone: a later save of the state (`fd:`, vm.py) must not try TLS.
@@ -267,7 +275,7 @@ async def send_state(
                 _quietly, functools.partial(monitor.set_migration_parameters, _NO_TLS)
             )
         )
-    await monitor.migrate(target.migration_uri)
+    await monitor.migrate(target.migration_uri, max_bandwidth)
     await monitor.wait_migration(timeout)
     await cancel_jobs(monitor, jobs, False, timeout)
     for job in jobs:

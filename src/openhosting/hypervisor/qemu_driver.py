@@ -96,6 +96,17 @@ def migration_ports(settings: HypervisorSettings) -> range:
     return ports
 
 
+def migration_bandwidth(settings: HypervisorSettings) -> int:
+    """Bytes/s of `hypervisor.migration_max_bandwidth` (MiB/s; 0: no limit); ConfigError if
+    it is negative."""
+    if settings.migration_max_bandwidth < 0:
+        raise ConfigError(
+            f"hypervisor.migration_max_bandwidth {settings.migration_max_bandwidth}: expected"
+            " MiB/s, or 0 for no limit"
+        )
+    return settings.migration_max_bandwidth << 20
+
+
 def port_is_free(address: str, port: int) -> bool:
     """Whether nothing on this host listens on TCP `address`:`port` (a bind succeeds)."""
     with socket.socket() as probe:
@@ -167,6 +178,7 @@ class QemuDriver:
         # None: migrations in and out of this host go without TLS.
         self._migration_tls = migration_tls
         self._migration_ports = migration_ports(settings)
+        self._migration_bandwidth = migration_bandwidth(settings)
         self._ports_taken: set[int] = set()  # by VMs waiting for a migration here
 
     def listen(self, handler: driver.EventHandler) -> None:
@@ -388,10 +400,9 @@ class QemuDriver:
             self._migrating.add(server)
             revert.add(functools.partial(self._migrating.discard, server))
             revert.add(functools.partial(self._run_on, vm))
-            jobs = await migration.mirror_drives(
-                vm.monitor, target, revert, timeout, self._tls_load(self.run_dir(server))
-            )
-            await migration.send_state(vm.monitor, target, jobs, revert, timeout)
+            tls, limit = self._tls_load(self.run_dir(server)), self._migration_bandwidth
+            jobs = await migration.mirror_drives(vm.monitor, target, revert, timeout, tls, limit)
+            await migration.send_state(vm.monitor, target, jobs, revert, timeout, limit)
             revert.success()
         log.info("event=vm_migrated_out server=%s", server)
 
