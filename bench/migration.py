@@ -96,6 +96,7 @@ def moved(spec: VmSpec, target: QemuDriver, drive: Path) -> IncomingRequest:
 class Figures:
     moves: list[float]  # seconds of each move
     downtimes: list[float]  # QEMU's downtime of each, ms
+    states: list[tuple[float, int]]  # QEMU's time of each state's stream (ms) and its bytes
     copies: list[float]  # seconds of each `cp`
     synced: list[float]  # seconds of each `cp` + `sync`
 
@@ -130,7 +131,7 @@ async def measure(work: Path, hosts: Path) -> Figures:
     await source.start(StartRequest(spec, timeout=MOVE_TIMEOUT))
     try:
         await wait_for_log(spec.paths.serial_log, READY_MARKER, timeout=BOOT_TIMEOUT)
-        figures = Figures([], [], [], [])
+        figures = Figures([], [], [], [], [])
         for number in range(1, ROUNDS + 1):
             figures.copies.append(cp_seconds(drive, work / "copy.raw", sync=False))
             figures.synced.append(cp_seconds(drive, work / "copy.raw", sync=True))
@@ -143,6 +144,10 @@ async def measure(work: Path, hosts: Path) -> Figures:
             spec, drive, source, target = request.start.spec, next_drive, target, source
         await source.stop(server)
         figures.downtimes = [float(str(report["downtime"])) for report in reports]
+        for report in reports:
+            ram = report["ram"]
+            assert isinstance(ram, dict)
+            figures.states.append((float(str(report["total-time"])), int(ram["transferred"])))
         return figures
     finally:
         for driver in drivers:
@@ -175,7 +180,8 @@ def run() -> float:
     print(
         f"live migration of {MEM_MB} MiB + a {DRIVE_BYTES >> 20} MiB drive over TLS:"
         f" {', '.join(f'{t:.2f}' for t in figures.moves)} s, downtime"
-        f" {', '.join(f'{d:.0f}' for d in figures.downtimes)} ms;"
+        f" {', '.join(f'{d:.0f}' for d in figures.downtimes)} ms; of which the state"
+        f" {', '.join(f'{t / 1000:.2f} s ({b / 1e6:.0f} MB)' for t, b in figures.states)};"
         f" cp {', '.join(f'{t:.2f}' for t in figures.copies)} s;"
         f" cp + sync {', '.join(f'{t:.2f}' for t in figures.synced)} s",
         flush=True,
