@@ -123,7 +123,8 @@ def qemu_copy(load: TlsLoad) -> Iterator[Path]:
 
     The run directory is QEMU's: it could put a symlink or its own directory where the copy
     goes. So every step goes through descriptors and never follows a link (no file of the
-    host is written or chowned through one), and a name already there is refused."""
+    host is written or chowned through one); what is there first is removed (a link, not its
+    target), and a name that appears meanwhile is refused (HypervisorError)."""
     try:
         parent = os.open(load.run_dir, _DIRECTORY_FLAGS)
     except OSError as error:
