@@ -23,6 +23,7 @@ BENCHMARKS = {
     "vm-scale": "bench.vm_scale",
     "capacity": "bench.capacity",
     "cluster": "bench.cluster",
+    "migration": "bench.migration",
 }
 
 

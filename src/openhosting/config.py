@@ -131,6 +131,9 @@ class HypervisorSettings:
     migration_address: str = ""
     # The TCP ports (FIRST-LAST) those streams listen on, two per VM moving in at once.
     migration_ports: str = "49152-49215"
+    # MiB/s a live migration out of this host may send, its drives' copy and its memory
+    # alike (one after the other); 0: as fast as it goes.
+    migration_max_bandwidth: int = 0
 
 
 @dataclass(frozen=True)

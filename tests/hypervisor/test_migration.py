@@ -15,7 +15,12 @@ from openhosting.hypervisor.driver import IncomingRequest, StartRequest, VmState
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
 from openhosting.hypervisor.migration import live_migrate
-from openhosting.hypervisor.qemu_driver import migration_ports
+from openhosting.hypervisor.monitor import (
+    UNLIMITED_BANDWIDTH,
+    bandwidth_parameters,
+    mirror_arguments,
+)
+from openhosting.hypervisor.qemu_driver import migration_bandwidth, migration_ports
 from openhosting.hypervisor.spec import VmSpec
 
 calls: list[str] = []
@@ -100,3 +105,28 @@ def test_a_range_that_is_no_tcp_ports_stops_the_driver(ports: str) -> None:
 def test_a_migration_address_that_is_no_host_stops_the_driver(address: str) -> None:
     with pytest.raises(ConfigError, match="migration_address"):
         migration_ports(HypervisorSettings(migration_address=address))
+
+
+def test_the_migration_bandwidth_limit_is_mib_per_second_and_0_none() -> None:
+    assert migration_bandwidth(HypervisorSettings()) == 0
+    assert migration_bandwidth(HypervisorSettings(migration_max_bandwidth=100)) == 100 << 20
+    with pytest.raises(ConfigError, match="migration_max_bandwidth"):
+        migration_bandwidth(HypervisorSettings(migration_max_bandwidth=-1))
+
+
+def test_the_limit_goes_to_the_state_s_stream_and_the_drives_copy() -> None:
+    # QEMU's own default (128 MiB/s) is never left in place: no limit is no limit.
+    assert bandwidth_parameters(0) == {"max-bandwidth": UNLIMITED_BANDWIDTH}
+    assert bandwidth_parameters(100 << 20) == {"max-bandwidth": 100 << 20}
+    unlimited = mirror_arguments("migrate-d0", "d0", "migrate-d0")
+    assert unlimited == {
+        "job-id": "migrate-d0",
+        "device": "d0",
+        "target": "migrate-d0",
+        "sync": "full",
+        "copy-mode": "write-blocking",
+    }
+    assert mirror_arguments("migrate-d0", "d0", "migrate-d0", 100 << 20) == {
+        **unlimited,
+        "speed": 100 << 20,
+    }

@@ -8,10 +8,12 @@ Real QEMU under TCG; VMs without a guest (SeaBIOS finds nothing to boot) and a 1
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,8 +42,10 @@ def workdir() -> Iterator[Path]:
 class Hosts:
     """Drivers standing for hosts, each with its own run directory and TLS."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, **settings: Any) -> None:
         self.workdir = workdir
+        base = HypervisorSettings(accelerator="tcg", run_as="", stop_timeout=5)
+        self.settings = dataclasses.replace(base, **settings)
         self.drivers: list[QemuDriver] = []
         self.events: list[VmEvent] = []
 
@@ -49,9 +53,8 @@ class Hosts:
         """The driver of host `name` presenting `bundle`, saying it is `claims` (its name)."""
         tls_dir = self.workdir / f"tls-{name}"
         write_qemu_tls_dir(bundle.ca_cert, bundle.cert, bundle.key, tls_dir)
-        settings = HypervisorSettings(accelerator="tcg", run_as="", stop_timeout=5)
         driver = QemuDriver(
-            settings,
+            self.settings,
             self.workdir / f"run-{name}",
             self.workdir / f"state-{name}",
             migration_tls=MigrationTls(tls_dir, claims or name),
@@ -154,3 +157,29 @@ async def test_a_target_the_source_cannot_trust_gets_nothing_and_the_vm_runs_on(
     assert b.held() == [] and await b.unheld() == []
     assert not (workdir / "b.raw").exists()
     assert hosts.events == []
+
+
+async def test_a_vm_moves_over_tls_when_qemu_runs_as_nobody(workdir: Path) -> None:
+    """QEMU loads the migration TLS files after it dropped to `hypervisor.run_as`, which
+    cannot read the host's key (root's, 0600): it gets a copy of its own for the load,
+    which is gone once loaded. With a bandwidth limit, which QEMU takes."""
+    if os.geteuid() != 0:
+        pytest.skip("QEMU drops to another account only when started as root")
+    workdir.chmod(0o711)  # QEMU as nobody reaches its run directory below
+    hosts = Hosts(workdir, run_as="nobody", migration_max_bandwidth=512)
+    try:
+        cluster = make_cluster(workdir)
+        a, b = hosts.host("hv-a", cluster.host("hv-a")), hosts.host("hv-b", cluster.host("hv-b"))
+        spec = dataclasses.replace(vm_on(a, workdir), run_as="nobody")
+        await a.start(StartRequest(spec))
+        request = moved_to(b, spec)
+
+        status = await live_migrate(a, b, request, TIMEOUT)
+
+        assert (status.state, a.held(), b.held()) == (VmState.RUNNING, [], [spec.uuid])
+        assert hosts.events == []
+        assert [path.name for path in b.run_dir(spec.uuid).iterdir() if "tls" in path.name] == []
+        await b.stop(spec.uuid)
+        assert request.start.spec.disks[0].path.read_bytes() == spec.disks[0].path.read_bytes()
+    finally:
+        await hosts.close()

@@ -29,16 +29,20 @@ migration_address` across hosts (docs/cluster.md).
 
 With `MigrationTls` on both drivers, both streams (NBD and the state) are TLS with the
 cluster CA's certificates, each side checking the other's (`tls-creds-x509`, `verify-peer`),
-the source checking that the target's bears the target host's name.
+the source checking that the target's bears the target host's name. QEMU loads them while it
+runs, as `hypervisor.run_as`, which cannot read the host's files (root's, 0600): each load
+reads a copy in the VM's run directory owned by that account, removed once QEMU has the
+credentials in memory (`TlsLoad`), as the passphrases of encrypted drives are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +62,30 @@ _PREFIX = "migrate-"
 # that came in may later go out).
 _TLS_IN, _TLS_OUT = "migrate-tls-in", "migrate-tls-out"
 _NO_TLS = {"tls-creds": "", "tls-hostname": ""}
+# The files of a `tls-creds-x509` directory, both ends (write_qemu_tls_dir).
+_TLS_FILES = (
+    "ca-cert.pem",
+    "server-cert.pem",
+    "client-cert.pem",
+    "server-key.pem",
+    "client-key.pem",
+)
+# The copy QEMU loads them from, in the VM's run directory (TlsLoad).
+_TLS_COPY = "migration-tls"
+# The finite-field Diffie-Hellman group of a TLS server (QEMU's `dh-params.pem`): RFC 7919's
+# ffdhe2048, a known safe group. Without the file QEMU makes new 2048-bit parameters at each
+# server load, 0.5-0.8 s of CPU here at every migration's target before it can listen.
+DH_PARAMS = "dh-params.pem"
+FFDHE2048_PEM = b"""\
+-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
 
 
 @dataclass(frozen=True)
@@ -69,27 +97,96 @@ class MigrationTls:
     host: str
 
 
+@dataclass(frozen=True)
+class TlsLoad:
+    """How one VM's QEMU loads this host's `tls`: from a copy in its `run_dir` owned by
+    `owner` (uid, gid: the account it runs as; None: it runs as the daemon)."""
+
+    tls: MigrationTls
+    run_dir: Path
+    owner: tuple[int, int] | None = None
+
+
 def write_qemu_tls_dir(ca_cert: Path, cert: Path, key: Path, directory: Path) -> None:
     """Lay a node's cluster bundle out as QEMU's `tls-creds-x509` reads a directory: one
     certificate for both ends (the cluster's are good for server and client)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files = {
-        "ca-cert.pem": ca_cert,
-        "server-cert.pem": cert,
-        "client-cert.pem": cert,
-        "server-key.pem": key,
-        "client-key.pem": key,
-    }
-    for name, source in files.items():
+    sources = (ca_cert, cert, cert, key, key)
+    for name, source in zip(_TLS_FILES, sources, strict=True):
         write_whole(directory / name, source.read_bytes(), 0o600)
     os.chmod(directory, 0o700)
 
 
-async def _add_tls(monitor: Monitor, tls: MigrationTls, endpoint: str) -> str:
-    # Loaded when needed, not at start: QEMU reads the directory then, as the user it runs
-    # as (`hypervisor.run_as`), which must be able to read it.
+@contextlib.contextmanager
+def qemu_copy(load: TlsLoad) -> Iterator[Path]:
+    """A copy of `load.tls`'s files that QEMU's account reads, there while the block runs.
+
+    The run directory is QEMU's: it could put a symlink or its own directory where the copy
+    goes. So every step goes through descriptors and never follows a link (no file of the
+    host is written or chowned through one); what is there first is removed (a link, not its
+    target), and a name that appears meanwhile is refused (HypervisorError)."""
+    try:
+        parent = os.open(load.run_dir, _DIRECTORY_FLAGS)
+    except OSError as error:
+        raise HypervisorError(f"cannot copy the migration TLS files: {error}") from error
+    try:
+        try:
+            _remove_copy(parent)  # a load cut short by a crash
+            _write_copy(parent, load)
+        except OSError as error:
+            raise HypervisorError(f"cannot copy the migration TLS files: {error}") from error
+        yield load.run_dir / _TLS_COPY
+    finally:
+        try:
+            _remove_copy(parent)
+        except OSError as error:
+            log.warning("event=migration_tls_copy_left path=%s error=%s", load.run_dir, error)
+        os.close(parent)
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_copy(parent: int, load: TlsLoad) -> None:
+    os.mkdir(_TLS_COPY, 0o700, dir_fd=parent)
+    directory = os.open(_TLS_COPY, _DIRECTORY_FLAGS, dir_fd=parent)
+    try:
+        files = {name: (load.tls.directory / name).read_bytes() for name in _TLS_FILES}
+        for name, data in {**files, DH_PARAMS: FFDHE2048_PEM}.items():
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(name, flags, 0o600, dir_fd=directory), "wb") as file:
+                if load.owner is not None:
+                    os.fchown(file.fileno(), *load.owner)
+                file.write(data)
+        if load.owner is not None:
+            os.fchown(directory, *load.owner)
+    finally:
+        os.close(directory)
+
+
+def _remove_copy(parent: int) -> None:
+    """Remove the copy under the run directory `parent` (a descriptor), if there is one."""
+    try:
+        directory = os.open(_TLS_COPY, _DIRECTORY_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        return
+    except OSError:  # not a directory: whatever it is goes, a link without its target
+        os.unlink(_TLS_COPY, dir_fd=parent)
+        return
+    try:
+        for name in os.listdir(directory):
+            os.unlink(name, dir_fd=directory)
+    finally:
+        os.close(directory)
+    os.rmdir(_TLS_COPY, dir_fd=parent)
+
+
+async def _add_tls(monitor: Monitor, load: TlsLoad, endpoint: str) -> str:
+    # Loaded when needed, not at start: the object reads its files once, as it is made,
+    # as the account QEMU runs as by then; the copy goes once it has them.
     object_id = _TLS_IN if endpoint == "server" else _TLS_OUT
-    await monitor.add_tls_creds(object_id, tls.directory, endpoint)
+    with qemu_copy(load) as directory:
+        await monitor.add_tls_creds(object_id, directory, endpoint)
     return object_id
 
 
@@ -98,7 +195,7 @@ async def serve_incoming(
     nodes: Sequence[str],
     nbd_address: str,
     migration_uri: str,
-    tls: MigrationTls | None = None,
+    tls: TlsLoad | None = None,
 ) -> None:
     """Target: serve `nodes` writable over NBD on `nbd_address` (export names = node names),
     and wait for the VM's state on `migration_uri` (each `unix:PATH` or `tcp:HOST:PORT`);
@@ -132,11 +229,14 @@ async def mirror_drives(
     target: IncomingInfo,
     revert: Reverter,
     timeout: float,
-    tls: MigrationTls | None = None,
+    tls: TlsLoad | None = None,
+    max_bandwidth: int = 0,
 ) -> list[str]:
     """Source: mirror each drive of `target.exports` onto its NBD export and wait until every
     job is READY; return the jobs. Over TLS if the target asks for it (`tls` is then this
-    host's). Each step's undo goes to `revert`."""
+    host's); each job at most `max_bandwidth` bytes/s (0: no limit; one drive's copy follows
+    another's, so the drives together stay under it but for guest writes). Each step's undo
+    goes to `revert`."""
     tls_options: dict[str, str] = {}
     if target.tls_hostname is not None:
         if tls is None:
@@ -149,7 +249,7 @@ async def mirror_drives(
         client = f"{_PREFIX}{node}"
         await monitor.add_nbd_node(client, target.nbd_address, export, tls_options)
         revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, client)))
-        await monitor.mirror(client, node, client)
+        await monitor.mirror(client, node, client, max_bandwidth)
         revert.add(functools.partial(cancel_jobs, monitor, [client], True, timeout))
         jobs.append(client)
     await _wait_ready(monitor, jobs, timeout)
@@ -157,10 +257,15 @@ async def mirror_drives(
 
 
 async def send_state(
-    monitor: Monitor, target: IncomingInfo, jobs: list[str], revert: Reverter, timeout: float
+    monitor: Monitor,
+    target: IncomingInfo,
+    jobs: list[str],
+    revert: Reverter,
+    timeout: float,
+    max_bandwidth: int = 0,
 ) -> None:
-    """Source: move the VM's state to the target, then complete the mirrors (the guest is
-    paused then: nothing more to copy)."""
+    """Source: move the VM's state to the target (at most `max_bandwidth` bytes/s; 0: no
+    limit), then complete the mirrors (the guest is paused then: nothing more to copy)."""
     revert.add(functools.partial(_quietly, monitor.cancel_migration))
     if target.tls_hostname is not None:
         # Undone: a later save of the state (`fd:`, vm.py) must not try TLS.
@@ -171,7 +276,7 @@ async def send_state(
                 _quietly, functools.partial(monitor.set_migration_parameters, _NO_TLS)
             )
         )
-    await monitor.migrate(target.migration_uri)
+    await monitor.migrate(target.migration_uri, max_bandwidth)
     await monitor.wait_migration(timeout)
     await cancel_jobs(monitor, jobs, False, timeout)
     for job in jobs:

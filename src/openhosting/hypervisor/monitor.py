@@ -45,6 +45,29 @@ UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s: far beyond any disk, within QEMU's bou
 _PERIPHERAL = "/machine/peripheral/"
 
 
+def bandwidth_parameters(max_bandwidth: int) -> dict[str, object]:
+    """`migrate-set-parameters`' arguments for a migration of at most `max_bandwidth`
+    bytes/s; 0: none but QEMU's bound."""
+    # Not QEMU's default limit (128 MiB/s): a saved state goes to a local file, paused, and
+    # a live migration's limit is the operator's (`hypervisor.migration_max_bandwidth`).
+    return {"max-bandwidth": max_bandwidth or UNLIMITED_BANDWIDTH}
+
+
+def mirror_arguments(job: str, source: str, target: str, speed: int = 0) -> dict[str, object]:
+    """`blockdev-mirror`'s arguments: all of `source` onto `target`, guest writes to both
+    once ready (`write-blocking`), at most `speed` bytes/s in the background copy (0: none)."""
+    arguments: dict[str, object] = {
+        "job-id": job,
+        "device": source,
+        "target": target,
+        "sync": "full",
+        "copy-mode": "write-blocking",
+    }
+    if speed:
+        arguments["speed"] = speed
+    return arguments
+
+
 @dataclass(frozen=True)
 class MonitorEvent:
     """A QMP event, e.g. `SHUTDOWN` with data `{"guest": True, "reason": "guest-shutdown"}`."""
@@ -208,12 +231,10 @@ class Monitor:
             raise HypervisorError(f"cannot pass a descriptor to QMP: {err}") from err
         await self.execute("getfd", {"fdname": name})
 
-    async def migrate(self, uri: str) -> None:
-        """Start sending the VM's state to `uri` (e.g. `fd:NAME`) as fast as it can be read;
-        see `wait_migration`."""
-        # QEMU's default limit (128 MiB/s) is for a guest running on while it moves across a
-        # network; this one is paused and its state goes to a local file.
-        await self.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
+    async def migrate(self, uri: str, max_bandwidth: int = 0) -> None:
+        """Start sending the VM's state to `uri` (e.g. `fd:NAME`) at most `max_bandwidth`
+        bytes/s, or as fast as it can be read (0); see `wait_migration`."""
+        await self.execute("migrate-set-parameters", bandwidth_parameters(max_bandwidth))
         await self.execute("migrate", {"uri": uri})
 
     async def migrate_incoming(self, uri: str) -> None:
@@ -310,19 +331,11 @@ class Monitor:
     async def delete_node(self, node: str) -> None:
         await self.execute("blockdev-del", {"node-name": node})
 
-    async def mirror(self, job: str, source: str, target: str) -> None:
-        """Start job `job` copying all of node `source` to node `target`, then each write
-        to both before it completes (`write-blocking`), until cancelled."""
-        await self.execute(
-            "blockdev-mirror",
-            {
-                "job-id": job,
-                "device": source,
-                "target": target,
-                "sync": "full",
-                "copy-mode": "write-blocking",
-            },
-        )
+    async def mirror(self, job: str, source: str, target: str, speed: int = 0) -> None:
+        """Start job `job` copying all of node `source` to node `target` (at most `speed`
+        bytes/s; 0: no limit), then each write to both before it completes
+        (`write-blocking`), until cancelled."""
+        await self.execute("blockdev-mirror", mirror_arguments(job, source, target, speed))
 
     async def cancel_block_job(self, job: str, force: bool = False) -> None:
         """End `job`; a READY mirror without `force` copies what is left first."""

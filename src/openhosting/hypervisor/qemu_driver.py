@@ -96,6 +96,17 @@ def migration_ports(settings: HypervisorSettings) -> range:
     return ports
 
 
+def migration_bandwidth(settings: HypervisorSettings) -> int:
+    """Bytes/s of `hypervisor.migration_max_bandwidth` (MiB/s; 0: no limit); ConfigError if
+    it is negative."""
+    if settings.migration_max_bandwidth < 0:
+        raise ConfigError(
+            f"hypervisor.migration_max_bandwidth {settings.migration_max_bandwidth}: expected"
+            " MiB/s, or 0 for no limit"
+        )
+    return settings.migration_max_bandwidth << 20
+
+
 def port_is_free(address: str, port: int) -> bool:
     """Whether nothing on this host listens on TCP `address`:`port` (a bind succeeds)."""
     with socket.socket() as probe:
@@ -167,6 +178,7 @@ class QemuDriver:
         # None: migrations in and out of this host go without TLS.
         self._migration_tls = migration_tls
         self._migration_ports = migration_ports(settings)
+        self._migration_bandwidth = migration_bandwidth(settings)
         self._ports_taken: set[int] = set()  # by VMs waiting for a migration here
 
     def listen(self, handler: driver.EventHandler) -> None:
@@ -346,7 +358,7 @@ class QemuDriver:
             vm.started = request.started or vm.started
             nodes = [disk.node_name for disk in copied]
             await migration.serve_incoming(
-                vm.monitor, nodes, nbd_address, migration_uri, self._migration_tls
+                vm.monitor, nodes, nbd_address, migration_uri, self._tls_load(spec.run_dir)
             )
             self._incoming[spec.uuid] = _Incoming(
                 vm, request.start, tuple(disk.path for disk in copied), ports
@@ -388,12 +400,18 @@ class QemuDriver:
             self._migrating.add(server)
             revert.add(functools.partial(self._migrating.discard, server))
             revert.add(functools.partial(self._run_on, vm))
-            jobs = await migration.mirror_drives(
-                vm.monitor, target, revert, timeout, self._migration_tls
-            )
-            await migration.send_state(vm.monitor, target, jobs, revert, timeout)
+            tls, limit = self._tls_load(self.run_dir(server)), self._migration_bandwidth
+            jobs = await migration.mirror_drives(vm.monitor, target, revert, timeout, tls, limit)
+            await migration.send_state(vm.monitor, target, jobs, revert, timeout, limit)
             revert.success()
         log.info("event=vm_migrated_out server=%s", server)
+
+    def _tls_load(self, run_dir: Path) -> migration.TlsLoad | None:
+        """How the QEMU of `run_dir` loads this host's migration TLS, if there is one."""
+        if self._migration_tls is None:
+            return None
+        owner = (self._run_as.pw_uid, self._run_as.pw_gid) if self._run_as else None
+        return migration.TlsLoad(self._migration_tls, run_dir, owner)
 
     async def finish_incoming(self, server: str, timeout: float) -> driver.VmStatus:
         incoming = self._incoming.get(server)
