@@ -14,8 +14,11 @@ from sqlalchemy import event
 
 from openhosting.config import Config
 from openhosting.model.server import ServerConfig
+from openhosting.services import servers as servers_module
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
+from openhosting.store import servers as server_store
+from openhosting.wire.payload import Value
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive, drive_info
 from tests.conftest import basic_auth, config_in
@@ -165,3 +168,41 @@ async def test_server_list_info_reads_its_rows_again_only_after_a_commit(
         assert any(statement.startswith("SELECT") for statement in statements)
     finally:
         platform.reader._driver().set_trace_callback(None)
+
+
+async def test_stopped_servers_infos_are_made_again_only_after_a_commit(
+    client: TestClient,
+    auth: dict[str, str],
+    user: NewKey,
+    platform: Platform,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`servers/info` keeps a stopped server's info with its row (made on every request
+    before); a change, a commit, shows in the next one, also when the commit lands between
+    the read of the rows and the making of their infos."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    made: list[str] = []
+    make = servers_module.server_info
+
+    def counting(uuid: str, *args: Any, **kwargs: Any) -> dict[str, Value]:
+        made.append(uuid)
+        return make(uuid, *args, **kwargs)
+
+    monkeypatch.setattr(servers_module, "server_info", counting)
+    for _ in range(3):
+        response = await client.get("/servers/info", headers=auth)
+        assert [item["name"] for item in parse_properties_list(await response.text())] == ["s"]
+    assert made == [server]
+    # A row read before a commit, its info asked after it: made from that row, never
+    # answered with the info kept for the row read before.
+    servers = platform.servers
+    (stale,) = server_store.read_servers_of(platform.reader, user.uuid)
+    response = await client.post(f"/servers/{server}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    from_stale = servers._info_at_once(stale)  # kept now, at the version after the commit
+    (fresh,) = server_store.read_servers_of(platform.reader, user.uuid)
+    assert from_stale is not None and from_stale["name"] == "s"
+    assert servers._info_at_once(fresh) == {**from_stale, "name": "renamed"}
+    response = await client.get("/servers/info", headers=auth)
+    assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]

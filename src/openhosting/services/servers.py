@@ -193,7 +193,17 @@ class Servers:
         status = self._status(row)
         if status in ("active", "paused"):
             return None
-        return server_info(row.uuid, row.user, status, row.config, None, self._host_of(row))
+        host = self._host_of(row)
+        # Made of the row alone: kept while nothing is committed, as the rows are (the
+        # configuration's properties cost more than the rest of a listing). Only for this
+        # very row object: one read again after a commit is never answered by an older info.
+        made_from, info = self._reader.memo(
+            ("servers/info/stopped", row.uuid, status, host),
+            lambda: (row, server_info(row.uuid, row.user, status, row.config, None, host)),
+        )
+        if made_from is not row:
+            return server_info(row.uuid, row.user, status, row.config, None, host)
+        return info
 
     async def _with_live_figures(
         self, user: str, built: list[tuple[ServerRecord, dict[str, Value] | None]]
