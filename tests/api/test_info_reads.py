@@ -12,13 +12,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import event
 
+from openhosting.api import negotiation
 from openhosting.config import Config
 from openhosting.model.server import ServerConfig
 from openhosting.services import servers as servers_module
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store import servers as server_store
-from openhosting.wire.payload import Value
+from openhosting.wire.payload import Payload, Value
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive, drive_info
 from tests.conftest import basic_auth, config_in
@@ -206,3 +207,51 @@ async def test_stopped_servers_infos_are_made_again_only_after_a_commit(
     assert servers._info_at_once(fresh) == {**from_stale, "name": "renamed"}
     response = await client.get("/servers/info", headers=auth)
     assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]
+
+
+async def test_drive_info_is_rendered_again_only_after_a_commit_or_a_file_change(
+    client: TestClient,
+    auth: dict[str, str],
+    user: NewKey,
+    platform: Platform,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`drives/D/info` keeps its payload, rendered once, while nothing is committed and its
+    file's availability is the same (rendered on every request before); a change shows at
+    once, also when the commit lands between the read of the row and the making of the
+    payload."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    rendered: list[bytes] = []
+    render = negotiation._rendered
+
+    def counting(payload: Payload, as_json: bool) -> bytes:
+        rendered.append(body := render(payload, as_json))
+        return body
+
+    monkeypatch.setattr(negotiation, "_rendered", counting)
+    for _ in range(3):
+        assert (await drive_info(client, auth, drive))["status"] == "active"
+    assert len(rendered) == 1
+    path = platform.drives.tiers.of("disk").path_of(drive)
+    path.rename(path.with_suffix(".away"))
+    assert (await drive_info(client, auth, drive))["status"] == "inactive"
+    path.with_suffix(".away").rename(path)
+    assert (await drive_info(client, auth, drive))["status"] == "active"
+    assert len(rendered) == 2  # the inactive one; the active one was kept
+    drives = platform.drives
+    reader = drives._reader
+    read_before = reader.memo(("drives/info", drive), lambda: pytest.fail("not kept"))
+    response = await client.post(f"/drives/{drive}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    # The row read before the commit, made into a payload after it (kept now)...
+    memo = reader.memo
+
+    def row_read_before(key: Any, build: Any) -> Any:
+        return read_before if key == ("drives/info", drive) else memo(key, build)
+
+    monkeypatch.setattr(reader, "memo", row_read_before)
+    assert drives.info_payload(user.uuid, drive).values["name"] == "test"
+    monkeypatch.setattr(reader, "memo", memo)
+    # ... is not what a reader of the row after the commit gets.
+    assert drives.info_payload(user.uuid, drive).values["name"] == "renamed"
+    assert (await drive_info(client, auth, drive))["name"] == "renamed"

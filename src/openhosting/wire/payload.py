@@ -13,6 +13,9 @@ class Properties:
     """One object: `KEY VALUE` lines, or a JSON object."""
 
     values: Object
+    # Its bodies once rendered, by whether JSON (as ValueList's): a drive's info answered
+    # many times unchanged (services/drives.py keeps one) is rendered once.
+    rendered: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
