@@ -255,3 +255,30 @@ async def test_drive_info_is_rendered_again_only_after_a_commit_or_a_file_change
     # ... is not what a reader of the row after the commit gets.
     assert drives.info_payload(user.uuid, drive).values["name"] == "renamed"
     assert (await drive_info(client, auth, drive))["name"] == "renamed"
+
+
+async def test_stopped_servers_infos_are_rendered_once_until_a_change(
+    client: TestClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`servers/info` of servers without a VM answers one kept payload, rendered once per
+    format (on every request before), until a change."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    rendered: list[bytes] = []
+    render = negotiation._rendered
+
+    def counting(payload: Payload, as_json: bool) -> bytes:
+        rendered.append(body := render(payload, as_json))
+        return body
+
+    monkeypatch.setattr(negotiation, "_rendered", counting)
+    for accept in ("text/plain", "application/json") * 3:
+        response = await client.get("/servers/info", headers={**auth, "Accept": accept})
+        assert response.status == 200 and server in await response.text()
+    assert len(rendered) == 2
+    response = await client.post(f"/servers/{server}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    rendered.clear()
+    response = await client.get("/servers/info", headers=auth)
+    assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]
+    assert len(rendered) == 1
