@@ -12,10 +12,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import event
 
+from openhosting.api import negotiation
 from openhosting.config import Config
 from openhosting.model.server import ServerConfig
+from openhosting.services import servers as servers_module
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
+from openhosting.store import servers as server_store
+from openhosting.wire.payload import Payload, Value
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive, drive_info
 from tests.conftest import basic_auth, config_in
@@ -128,14 +132,17 @@ async def test_drive_info_reads_its_rows_again_only_after_a_commit(
         path.rename(path.with_suffix(".away"))
         assert (await drive_info(client, auth, drive))["status"] == "inactive"
         path.with_suffix(".away").rename(path)
+        # The key check and the info run no statement at all: the data version is read
+        # from the WAL-index header (store/wal_index.py).
+        assert statements == []
+        # A change is a commit: the change's own answer and the next info show it, read
+        # afresh (as the trace sees).
+        response = await client.post(f"/drives/{drive}/set", data="name renamed", headers=auth)
+        assert parse_properties(await response.text())["name"] == "renamed"
+        assert (await drive_info(client, auth, drive))["name"] == "renamed"
+        assert any(statement.startswith("SELECT") for statement in statements)
     finally:
         platform.reader._driver().set_trace_callback(None)
-    # The key check and the info share one `PRAGMA data_version` per request (nothing else).
-    assert statements and set(statements) == {"PRAGMA data_version"}
-    # A change is a commit: the change's own answer and the next info show it.
-    response = await client.post(f"/drives/{drive}/set", data="name renamed", headers=auth)
-    assert parse_properties(await response.text())["name"] == "renamed"
-    assert (await drive_info(client, auth, drive))["name"] == "renamed"
 
 
 async def test_server_list_info_reads_its_rows_again_only_after_a_commit(
@@ -152,10 +159,126 @@ async def test_server_list_info_reads_its_rows_again_only_after_a_commit(
             assert [item["server"] for item in parse_properties_list(await response.text())] == [
                 server
             ]
+        assert statements == []  # as the drive's info
+        response = await client.post(f"/servers/{server}/set", data="name renamed", headers=auth)
+        assert response.status == 200, await response.text()
+        response = await client.get("/servers/info", headers=auth)
+        assert [item["name"] for item in parse_properties_list(await response.text())] == [
+            "renamed"
+        ]
+        assert any(statement.startswith("SELECT") for statement in statements)
     finally:
         platform.reader._driver().set_trace_callback(None)
-    assert statements and set(statements) == {"PRAGMA data_version"}
+
+
+async def test_stopped_servers_infos_are_made_again_only_after_a_commit(
+    client: TestClient,
+    auth: dict[str, str],
+    user: NewKey,
+    platform: Platform,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`servers/info` keeps a stopped server's info with its row (made on every request
+    before); a change, a commit, shows in the next one, also when the commit lands between
+    the read of the rows and the making of their infos."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    made: list[str] = []
+    make = servers_module.server_info
+
+    def counting(uuid: str, *args: Any, **kwargs: Any) -> dict[str, Value]:
+        made.append(uuid)
+        return make(uuid, *args, **kwargs)
+
+    monkeypatch.setattr(servers_module, "server_info", counting)
+    for _ in range(3):
+        response = await client.get("/servers/info", headers=auth)
+        assert [item["name"] for item in parse_properties_list(await response.text())] == ["s"]
+    assert made == [server]
+    # A row read before a commit, its info asked after it: made from that row, never
+    # answered with the info kept for the row read before.
+    servers = platform.servers
+    (stale,) = server_store.read_servers_of(platform.reader, user.uuid)
     response = await client.post(f"/servers/{server}/set", data="name renamed", headers=auth)
     assert response.status == 200, await response.text()
+    from_stale = servers._info_at_once(stale)  # kept now, at the version after the commit
+    (fresh,) = server_store.read_servers_of(platform.reader, user.uuid)
+    assert from_stale is not None and from_stale["name"] == "s"
+    assert servers._info_at_once(fresh) == {**from_stale, "name": "renamed"}
     response = await client.get("/servers/info", headers=auth)
     assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]
+
+
+async def test_drive_info_is_rendered_again_only_after_a_commit_or_a_file_change(
+    client: TestClient,
+    auth: dict[str, str],
+    user: NewKey,
+    platform: Platform,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`drives/D/info` keeps its payload, rendered once, while nothing is committed and its
+    file's availability is the same (rendered on every request before); a change shows at
+    once, also when the commit lands between the read of the row and the making of the
+    payload."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    rendered: list[bytes] = []
+    render = negotiation._rendered
+
+    def counting(payload: Payload, as_json: bool) -> bytes:
+        rendered.append(body := render(payload, as_json))
+        return body
+
+    monkeypatch.setattr(negotiation, "_rendered", counting)
+    for _ in range(3):
+        assert (await drive_info(client, auth, drive))["status"] == "active"
+    assert len(rendered) == 1
+    path = platform.drives.tiers.of("disk").path_of(drive)
+    path.rename(path.with_suffix(".away"))
+    assert (await drive_info(client, auth, drive))["status"] == "inactive"
+    path.with_suffix(".away").rename(path)
+    assert (await drive_info(client, auth, drive))["status"] == "active"
+    assert len(rendered) == 2  # the inactive one; the active one was kept
+    drives = platform.drives
+    reader = drives._reader
+    read_before = reader.memo(("drives/info", drive), lambda: pytest.fail("not kept"))
+    response = await client.post(f"/drives/{drive}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    # The row read before the commit, made into a payload after it (kept now)...
+    memo = reader.memo
+
+    def row_read_before(key: Any, build: Any) -> Any:
+        return read_before if key == ("drives/info", drive) else memo(key, build)
+
+    monkeypatch.setattr(reader, "memo", row_read_before)
+    assert drives.info_payload(user.uuid, drive).values["name"] == "test"
+    monkeypatch.setattr(reader, "memo", memo)
+    # ... is not what a reader of the row after the commit gets.
+    assert drives.info_payload(user.uuid, drive).values["name"] == "renamed"
+    assert (await drive_info(client, auth, drive))["name"] == "renamed"
+
+
+async def test_stopped_servers_infos_are_rendered_once_until_a_change(
+    client: TestClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`servers/info` of servers without a VM answers one kept payload, rendered once per
+    format (on every request before), until a change."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    rendered: list[bytes] = []
+    render = negotiation._rendered
+
+    def counting(payload: Payload, as_json: bool) -> bytes:
+        rendered.append(body := render(payload, as_json))
+        return body
+
+    monkeypatch.setattr(negotiation, "_rendered", counting)
+    for accept in ("text/plain", "application/json") * 3:
+        response = await client.get("/servers/info", headers={**auth, "Accept": accept})
+        assert response.status == 200 and server in await response.text()
+    assert len(rendered) == 2
+    response = await client.post(f"/servers/{server}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    rendered.clear()
+    response = await client.get("/servers/info", headers=auth)
+    assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]
+    assert len(rendered) == 1

@@ -137,3 +137,25 @@ def test_request_latencies_fall_in_the_buckets_at_most_their_bound() -> None:
     assert found[
         ("openhosting_http_request_duration_seconds_sum", (("route", "/drives/list"),))
     ] == pytest.approx(31.3026)
+
+
+def test_a_routes_own_counts_taken_at_start_up_are_what_a_scrape_shows() -> None:
+    """Each route's handler holds its counts from start-up (no lookup by route per request):
+    what it counts is scraped under its route, and a route not asked yet shows nothing."""
+    metrics = PlatformMetrics()
+    listing = metrics.requests.of_route("/drives/list")
+    assert metrics.requests.of_route("/drives/list") is listing
+    metrics.requests.of_route("/servers/list")  # taken, never asked
+    listing.observe("GET", 200, 0.002)
+    metrics.observe_request("/drives/list", "GET", 200, 0.002)
+    found = samples(generate_latest(metrics.registry).decode())
+    assert (
+        found[
+            (
+                "openhosting_http_requests_total",
+                (("method", "GET"), ("route", "/drives/list"), ("status", "200")),
+            )
+        ]
+        == 2
+    )
+    assert not any(("route", "/servers/list") in labels for _, labels in found)

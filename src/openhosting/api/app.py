@@ -99,13 +99,14 @@ def _route_handler(label: str, basic_auth: bool, serve: Serve, metrics: Platform
     escapes as a bare 500), and its count and latency in the metrics under `label`, its URL
     pattern."""
 
-    observe = metrics.requests.observe
+    observe = metrics.requests.of_route(label).observe
 
     async def answer(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         # An id to find the request's lines by, not a secret: the 64 bits of
         # random.getrandbits are as unlikely to repeat as os.urandom's, without a system call.
-        request_id = f"{getrandbits(64):016x}"
+        # (16 hex digits, as f"{:016x}" writes them, in half its time.)
+        request_id = getrandbits(64).to_bytes(8).hex()
         request[REQUEST_ID_KEY] = request_id
         REQUEST_ID.set(request_id)
         status: int | str = "aborted"  # the client went away before an answer
@@ -121,7 +122,7 @@ def _route_handler(label: str, basic_auth: bool, serve: Serve, metrics: Platform
             status = response.status
             return response
         finally:
-            observe(label, request.method, status, time.perf_counter() - started)
+            observe(request.method, status, time.perf_counter() - started)
 
     return answer
 

@@ -9,7 +9,7 @@ from aiohttp.client_exceptions import ClientPayloadError
 from openhosting.api.context import PLATFORM_KEY
 from openhosting.errors import ApiError, UsageError
 from openhosting.wire.json_codec import parse_json_object, render_json
-from openhosting.wire.payload import OUTPUT_HEADER, Payload, ValueList, output_kind
+from openhosting.wire.payload import OUTPUT_HEADER, Payload, output_kind
 from openhosting.wire.text import parse_properties, render_text
 
 ERROR_HEADER = "X-Elastic-Error"
@@ -90,12 +90,11 @@ JSON_TYPE = "application/json; charset=utf-8"
 def payload_response(request: web.BaseRequest, payload: Payload) -> web.Response:
     """A 200 response carrying `payload` in the format the client asked for."""
     as_json = wants_json(request)
-    if isinstance(payload, ValueList):
-        body = payload.rendered.get(as_json)
-        if body is None:
-            body = payload.rendered[as_json] = _rendered(payload, as_json)
-    else:
-        body = _rendered(payload, as_json)
+    # Kept on the payload: one answered again unchanged (a listing, an info kept while
+    # nothing is committed) is rendered once.
+    body = payload.rendered.get(as_json)
+    if body is None:
+        body = payload.rendered[as_json] = _rendered(payload, as_json)
     return _response(payload, body, as_json)
 
 

@@ -28,16 +28,18 @@ class VerifiedHeaders:
 
     def __init__(self, reader: Reader) -> None:
         self._reader = reader
-        self._key = os.urandom(32)
+        # Keyed once: a copy of this hash starts where the key left it, without hashing the
+        # key's block again for every request (a third of the digest's cost).
+        self._keyed = hashlib.blake2b(digest_size=DIGEST_BYTES, key=os.urandom(32))
         self._users: dict[bytes, str] = {}
         self._version: int | None = None
 
     def _digest(self, header: str) -> bytes:
         # Any header's text, undecodable bytes included (aiohttp gives them as surrogates):
         # a malformed one must reach the key check's 401, not fail here.
-        return hashlib.blake2b(
-            header.encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES, key=self._key
-        ).digest()
+        digest = self._keyed.copy()
+        digest.update(header.encode("utf-8", "surrogatepass"))
+        return digest.digest()
 
     def version(self) -> int | None:
         """The database's version to remember a check made now under (read before the

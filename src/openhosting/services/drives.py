@@ -51,7 +51,7 @@ from openhosting.store.executor import StoreExecutor
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, DriveRecord, drive_settings_columns
-from openhosting.wire.payload import Value, ValueList
+from openhosting.wire.payload import Properties, Value, ValueList
 
 log = logging.getLogger("openhosting.drives")
 
@@ -235,11 +235,14 @@ class Drives:
         claims = drive_store.read_claims_on(self._reader, uuid)
         return drive_info(row, claims, self._is_available(row), self._hosts.offline)
 
-    def info_kept(self, user: str, uuid: str) -> dict[str, Value]:
+    def info_payload(self, user: str, uuid: str) -> Properties:
         """`drives/D/info`: `info` with the drive's row and claims kept while nothing has
         been committed (every change of them is a commit, the I/O counters' too); whether
         its file opens is looked at every time. Not for a command that has just written
-        (see Reader.memo)."""
+        (see Reader.memo). The same payload object while nothing is committed and the
+        file's availability is unchanged, so that its rendered bodies (kept on it) are made
+        once; only for the very row read: one read again after a commit never gets a
+        payload made from an older one."""
         row, claims = self._reader.memo(
             ("drives/info", uuid),
             lambda: (
@@ -248,7 +251,14 @@ class Drives:
             ),
         )
         row = self._check_readable(row, user, uuid)
-        return drive_info(row, claims, self._is_available(row), self._hosts.offline)
+        available, offline = self._is_available(row), self._hosts.offline
+        made_from, payload = self._reader.memo(
+            ("drives/info/payload", uuid, available, offline),
+            lambda: (row, Properties(drive_info(row, claims, available, offline))),
+        )
+        if made_from is not row:
+            return Properties(drive_info(row, claims, available, offline))
+        return payload
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
         # The cached listing tells how many there are: thousands are built off the loop, and

@@ -10,6 +10,7 @@ rules, adoption after a daemon restart) is `ServerLifecycle`'s.
 import asyncio
 import functools
 import logging
+import operator
 import time
 import uuid as uuid_module
 from contextlib import AbstractAsyncContextManager
@@ -51,7 +52,7 @@ from openhosting.store import servers as server_store
 from openhosting.store.executor import StoreExecutor
 from openhosting.store.reader import Reader
 from openhosting.store.records import ServerRecord, encode_server_config
-from openhosting.wire.payload import Value
+from openhosting.wire.payload import PropertiesList, Value
 
 log = logging.getLogger("openhosting.servers")
 
@@ -190,13 +191,35 @@ class Servers:
         built = await built_in_worker(functools.partial(self._infos_without_vm, user, with_vm))
         return await self._with_live_figures(user, built)
 
+    async def info_payload(self, user: str) -> PropertiesList:
+        """`servers/info`: `info_all` as the answer's payload, the same object while its
+        infos are the very ones kept (servers without a VM, nothing committed), so that its
+        rendered bodies (kept on it) are made once."""
+        infos = await self.info_all(user)
+        kept, payload = self._reader.memo(
+            ("servers/info/payload", user), lambda: (infos, PropertiesList(infos))
+        )
+        if len(kept) != len(infos) or not all(map(operator.is_, kept, infos)):
+            return PropertiesList(infos)
+        return payload
+
     def _info_at_once(self, row: ServerRecord) -> dict[str, Value] | None:
         """The info of a server without live figures to ask its VM for; None for a running
         one. (A task per stopped server cost more than its info.)"""
         status = self._status(row)
         if status in ("active", "paused"):
             return None
-        return server_info(row.uuid, row.user, status, row.config, None, *self._host_of(row))
+        host = self._host_of(row)
+        # Made of the row alone: kept while nothing is committed, as the rows are (the
+        # configuration's properties cost more than the rest of a listing). Only for this
+        # very row object: one read again after a commit is never answered by an older info.
+        made_from, info = self._reader.memo(
+            ("servers/info/stopped", row.uuid, status, host),
+            lambda: (row, server_info(row.uuid, row.user, status, row.config, None, *host)),
+        )
+        if made_from is not row:
+            return server_info(row.uuid, row.user, status, row.config, None, *host)
+        return info
 
     async def _with_live_figures(
         self, user: str, built: list[tuple[ServerRecord, dict[str, Value] | None]]

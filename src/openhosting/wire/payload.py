@@ -13,6 +13,9 @@ class Properties:
     """One object: `KEY VALUE` lines, or a JSON object."""
 
     values: Object
+    # Its bodies once rendered, by whether JSON (as ValueList's): a drive's info answered
+    # many times unchanged (services/drives.py keeps one) is rendered once.
+    rendered: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,9 @@ class PropertiesList:
     """Several objects: blank-line separated `KEY VALUE` blocks, or a JSON array of objects."""
 
     items: Sequence[Object]
+    # Its bodies once rendered, by whether JSON (as ValueList's): the infos of servers that
+    # have not changed (services/servers.py keeps them) are rendered once.
+    rendered: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

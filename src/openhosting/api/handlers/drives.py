@@ -46,10 +46,10 @@ async def info_all(request: web.Request) -> PropertiesList:
 async def info(request: web.Request) -> Properties:
     platform = platform_of(request)
     if platform.store.off_loop:  # as list_drives
-        return Properties(
-            await platform.store.run(platform.drives.info_kept, user_of(request), _drive(request))
+        return await platform.store.run(
+            platform.drives.info_payload, user_of(request), _drive(request)
         )
-    return Properties(platform.drives.info_kept(user_of(request), _drive(request)))
+    return platform.drives.info_payload(user_of(request), _drive(request))
 
 
 async def create(request: web.Request) -> Properties:

@@ -24,7 +24,7 @@ async def list_servers(request: web.Request) -> ValueList:
 
 
 async def info_all(request: web.Request) -> PropertiesList:
-    return PropertiesList(await platform_of(request).servers.info_all(user_of(request)))
+    return await platform_of(request).servers.info_payload(user_of(request))
 
 
 async def info(request: web.Request) -> Properties:
