@@ -32,6 +32,7 @@ from openhosting.services.drive_transfers import (
     storage_error,
 )
 from openhosting.services.hosts import Hosts
+from openhosting.services.node_operations import NodeOperations
 from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
     ATTACH,
@@ -130,6 +131,7 @@ class Drives:
         billing: Billing,
         hosts: Hosts,
         store: StoreExecutor,
+        nodes: NodeOperations | None = None,
     ) -> None:
         self._billing = billing
         self._store = store  # where the create's transactions run (off the loop on PostgreSQL)
@@ -139,8 +141,9 @@ class Drives:
         self.tiers = tiers
         self._secret_key = secret_key
         self._default_cipher = cipher
-        # Reads, writes and resizes under way per drive, and what each refuses.
-        self.operations = Operations("Drive", DRIVE_RULES)
+        # Reads, writes and resizes under way per drive, and what each refuses (with `nodes`,
+        # on PostgreSQL, those of the other API nodes too).
+        self.operations = Operations("Drive", DRIVE_RULES, nodes)
 
     @property
     def local_host(self) -> str:

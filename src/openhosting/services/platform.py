@@ -17,6 +17,7 @@ from openhosting.services.drives import Drives
 from openhosting.services.events import EventBus, audit_sink
 from openhosting.services.hosts import Hosts
 from openhosting.services.imaging import Imaging
+from openhosting.services.node_operations import NodeOperations
 from openhosting.services.resources import Resources
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.servers import Servers
@@ -54,6 +55,9 @@ class Platform:
     hosts: Hosts
     # What the caches know of other nodes' writes (PostgreSQL; heard through `listen`).
     changes: ChangeFeed
+    # With several API nodes (PostgreSQL): the operations under way they share. None on
+    # SQLite.
+    node_operations: NodeOperations | None = None
 
     def listen(self) -> Listener | None:
         """On PostgreSQL, the daemon's one listening connection, started: other nodes'
@@ -75,6 +79,8 @@ class Platform:
         return listener
 
     def close(self) -> None:
+        if self.node_operations is not None:
+            self.node_operations.close()
         self.store.close()
         self.reader.close()
         self.engine.dispose()
@@ -87,8 +93,12 @@ def open_platform(config: Config) -> Platform:
     platform_key = load_or_create_platform_key(config.platform_key_path)
     engine = open_engine(config.store_url)
     changes = ChangeFeed()
+    # This daemon among the API nodes: its jobs', operations' and events' owner.
+    node = f"{secrets.token_hex(4)}/{os.getpid()}/{config.host_name}"[:64]
+    node_operations = None
     if not is_sqlite(engine):
         changes.watch(engine)  # this process's commits; others' come through `listen`
+        node_operations = NodeOperations(engine, node, max(1, config.host.operation_lease_seconds))
     reader = Reader(engine, changes=changes)
     store = StoreExecutor(engine)
     billing = Billing(engine, config.billing)
@@ -102,6 +112,7 @@ def open_platform(config: Config) -> Platform:
         billing,
         hosts,
         store,
+        node_operations,
     )
     pool, network_driver = open_network(
         config.network, config.run_path / "network", config.hypervisor.run_as
@@ -111,8 +122,9 @@ def open_platform(config: Config) -> Platform:
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
     servers = Servers(
-        engine, reader, drives, config, networks, billing, events, store=store, hosts=hosts
-    )
+        engine, reader, drives, config, networks, billing, events, store=store, hosts=hosts,
+        nodes=node_operations,
+    )  # fmt: skip
     consoles = Consoles(engine, servers, config.api.console_token_seconds)
     events.add_listener(consoles.observe_event)  # a VM that ends closes its consoles
     return Platform(
@@ -130,7 +142,7 @@ def open_platform(config: Config) -> Platform:
             config.storage.job_retention_days,
             events,
             store=store,
-            owner=f"{secrets.token_hex(4)}/{os.getpid()}/{hosts.name}"[:64],
+            owner=node,
             lease_seconds=max(1, config.storage.imaging_lease_seconds),
         ),
         standard_drives=StandardDrives(engine, drives.files, hosts.name),
@@ -143,4 +155,5 @@ def open_platform(config: Config) -> Platform:
         store=store,
         hosts=hosts,
         changes=changes,
+        node_operations=node_operations,
     )
