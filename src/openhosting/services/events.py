@@ -9,6 +9,10 @@ Publishing never fails and never blocks its caller: it may come from a worker th
 imaging job reports progress there), and a subscriber that does not keep up loses its
 subscription (it is told so and reconnects with `Last-Event-ID`), never slows the platform.
 Memory is bounded: a fixed ring of recent events for resuming, a bounded queue per subscriber.
+
+With several API nodes (services/event_relay.py) each published event also goes to
+`send_to_nodes`, and the other nodes' events come in through `relay`: delivered here like
+our own (with an id of this feed), but neither audited again nor sent back.
 """
 
 from __future__ import annotations
@@ -118,6 +122,8 @@ class EventBus:
         self._listeners: list[Callable[[Event], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # Where this node's events go to reach the other API nodes (PostgreSQL), if any.
+        self.send_to_nodes: Callable[[Event], None] | None = None
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -129,15 +135,23 @@ class EventBus:
         """The change a user's command made: its audit row is the command's own."""
         self._publish(Event(0, 0, user, type_, object_, change), audit=False)
 
-    def _publish(self, draft: Event, audit: bool) -> None:
+    def relay(self, event: Event) -> None:
+        """An event another API node published (its time kept). Safe from any thread."""
+        self._publish(event, audit=False, relayed=True)
+
+    def _publish(self, draft: Event, audit: bool, relayed: bool = False) -> None:
         with self._lock:
-            event = dataclasses.replace(draft, id=next(self._ids), at=time.time())
+            at = draft.at if relayed else time.time()
+            event = dataclasses.replace(draft, id=next(self._ids), at=at)
             self._recent.append(event)
         if audit and self._audit is not None:
             try:
                 self._audit(event)
             except Exception:  # the trail must never change what happens
                 log.exception("event=audit_failed event_id=%s", event.id)
+        send = self.send_to_nodes
+        if send is not None and not relayed:
+            send(event)
         loop = self._loop
         if loop is None or loop.is_closed():
             return

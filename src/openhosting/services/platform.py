@@ -14,6 +14,7 @@ from openhosting.services.audit import Audit
 from openhosting.services.billing import Billing
 from openhosting.services.consoles import Consoles
 from openhosting.services.drives import Drives
+from openhosting.services.event_relay import EventRelay
 from openhosting.services.events import EventBus, audit_sink
 from openhosting.services.hosts import Hosts
 from openhosting.services.imaging import Imaging
@@ -55,30 +56,36 @@ class Platform:
     hosts: Hosts
     # What the caches know of other nodes' writes (PostgreSQL; heard through `listen`).
     changes: ChangeFeed
-    # With several API nodes (PostgreSQL): the operations under way they share. None on
-    # SQLite.
+    # With several API nodes (PostgreSQL): the operations under way they share, and the
+    # event feed they tell each other. None on SQLite.
     node_operations: NodeOperations | None = None
+    event_relay: EventRelay | None = None
 
     def listen(self) -> Listener | None:
         """On PostgreSQL, the daemon's one listening connection, started: other nodes'
         writes reach the caches, their queued jobs the imaging service. None on SQLite."""
         if is_sqlite(self.engine):
             return None
-        imaging, changes = self.imaging, self.changes
+        imaging, changes, relay = self.imaging, self.changes, self.event_relay
+        channels = [notifications.JOBS, notifications.CHANGES]
+        if relay is not None:
+            channels.append(relay.channel)
 
-        def heard(channel: str, _payload: str) -> None:
+        def heard(channel: str, payload: str) -> None:
             if channel == notifications.JOBS:
                 imaging.notified()
-            else:
+            elif channel == notifications.CHANGES:
                 changes.changed()
+            elif relay is not None:
+                relay.heard(payload)
 
-        listener = Listener(
-            self.engine, [notifications.JOBS, notifications.CHANGES], heard, changes.connected
-        )
+        listener = Listener(self.engine, channels, heard, changes.connected)
         listener.start()
         return listener
 
     def close(self) -> None:
+        if self.event_relay is not None:
+            self.event_relay.close()
         if self.node_operations is not None:
             self.node_operations.close()
         self.store.close()
@@ -121,6 +128,10 @@ def open_platform(config: Config) -> Platform:
     networks = ServerNetworks(engine, resources, pool, network_driver, hosts.vxlan_peers)
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
+    relay = None
+    if not is_sqlite(engine):
+        relay = EventRelay(engine, node, events)
+        events.send_to_nodes = relay.send
     servers = Servers(
         engine, reader, drives, config, networks, billing, events, store=store, hosts=hosts,
         nodes=node_operations,
@@ -156,4 +167,5 @@ def open_platform(config: Config) -> Platform:
         hosts=hosts,
         changes=changes,
         node_operations=node_operations,
+        event_relay=relay,
     )
