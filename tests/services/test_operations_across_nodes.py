@@ -4,6 +4,7 @@ gives, take turns on a server, and a node that stops renewing frees its objects 
 lease has run out."""
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ from openhosting.services.operations import (
     Operations,
 )
 from openhosting.store.database import create_store_engine
+from openhosting.store.notifications import CHANGES, Listener
 from tests.services.test_operations import REFUSED
 
 DRIVE = "0f962616-2071-4173-be79-7dd084271edf"
@@ -139,3 +141,32 @@ async def test_a_turn_waited_for_too_long_is_busy(
                 pass
     async with b.turn(SERVER, STOP):  # free again
         pass
+
+
+def test_operation_rows_tell_no_cache_of_a_change(
+    engine: Engine, nodes: tuple[NodeOperations, NodeOperations]
+) -> None:
+    # The other nodes' caches (oh_changes) hold no operation: entering and leaving one, and
+    # renewing it, must not make them read everything again at each drive write.
+    heard: list[str] = []
+    connected = threading.Event()
+    listener = Listener(
+        engine, [CHANGES], lambda _c, payload: heard.append(payload),
+        lambda up: connected.set() if up else None,
+    )  # fmt: skip
+    listener.start()
+    try:
+        assert connected.wait(10)
+        a = Operations("Drive", DRIVE_RULES, nodes[0])
+        with a.begin(DRIVE, WRITE):
+            time.sleep(LEASE)  # renewed meanwhile
+        with engine.begin() as connection:  # a real write: heard (the mark of the end)
+            connection.exec_driver_sql("CREATE TEMP TABLE t (x int)")
+            connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+        deadline = time.monotonic() + 5
+        while not heard:
+            assert time.monotonic() < deadline, "the write's oh_changes never came"
+            time.sleep(0.05)
+        assert len(heard) == 1, heard  # the write's only
+    finally:
+        listener.stop()
