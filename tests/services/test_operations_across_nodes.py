@@ -17,6 +17,7 @@ from openhosting.services.node_operations import NodeOperations
 from openhosting.services.operations import (
     DESTROY,
     DRIVE_RULES,
+    RESIZE,
     SERVER_RULES,
     SHRINK,
     START,
@@ -170,3 +171,34 @@ def test_operation_rows_tell_no_cache_of_a_change(
         assert len(heard) == 1, heard  # the write's only
     finally:
         listener.stop()
+
+
+def test_an_action_checked_in_a_transaction_holds_the_object_until_it_commits(
+    engine: Engine, nodes: tuple[NodeOperations, NodeOperations]
+) -> None:
+    # A destroy through B checks, then deletes in one transaction: a write through A that
+    # begins meanwhile waits for its commit (and then finds the drive gone), never slips in
+    # between the check and the delete.
+    a, b = Operations("Drive", DRIVE_RULES, nodes[0]), Operations("Drive", DRIVE_RULES, nodes[1])
+    begun = threading.Event()
+
+    def write_through_a() -> None:
+        a.begin(DRIVE, WRITE).end()
+        begun.set()
+
+    with engine.begin() as connection:
+        b.check(DRIVE, DESTROY, connection)
+        writer = threading.Thread(target=write_through_a)
+        writer.start()
+        assert not begun.wait(0.5)  # held by the destroy's transaction
+    assert begun.wait(5)
+    writer.join(5)
+
+    # A resize begun in B's transaction (a shrink's) counts for A once it commits.
+    with engine.begin() as connection:
+        b.check(DRIVE, SHRINK, connection)
+        resizing = b.begin(DRIVE, RESIZE, connection)
+    with pytest.raises(BusyError, match="being resized and cannot be written"):
+        a.begin(DRIVE, WRITE)
+    resizing.end()
+    a.begin(DRIVE, WRITE).end()

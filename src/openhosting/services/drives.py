@@ -363,38 +363,48 @@ class Drives:
         # The checks, the new row and the resize in flight come with no await between them:
         # from then on whatever would touch the bytes (I/O, imaging, a server) is refused
         # until the file has its new size. The row is the truth; a daemon killed before the
-        # file follows is put right at the next start (`repair_files`).
-        with self._engine.begin() as connection:
-            # The user's row (a bigger size is checked against their limit), then the drive's:
-            # another node's claim or job on it waits for this change (store/row_locks.py).
-            row_locks.lock_user(connection, user)
-            row_locks.lock_drives(connection, [uuid])
-            row = self._owned(connection, user, uuid)
-            if row.imaging:
-                raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
-            self.operations.check(uuid, SET)
-            current = row.settings
-            settings = apply_drive_properties(
-                current, properties, creating=False, tiers=self.tiers.names
-            )
-            if settings.size != current.size:
-                self._check_busy(connection, uuid, "resized")
-                if settings.size > current.size:
-                    self._check_drive_limit(
-                        connection, user, settings.size, settings.tier, excluding=uuid
-                    )
-                else:
-                    self.operations.check(uuid, SHRINK)
-            drive_store.update_drive(connection, uuid, **drive_settings_columns(settings))
-        if settings.size != current.size:
-            await self._resize_file(row, current.size, settings.size)
+        # file follows is put right at the next start (`repair_files`). With other API nodes,
+        # the checks and the resize's row are in the transaction, which holds the drive's
+        # operations until it commits: no other node begins a write in between.
+        resizing: Operation | None = None
+        with Reverter() as revert:
+            with self._engine.begin() as connection:
+                # The user's row (a bigger size is checked against their limit), then the drive's:
+                # another node's claim or job on it waits for this change (store/row_locks.py).
+                row_locks.lock_user(connection, user)
+                row_locks.lock_drives(connection, [uuid])
+                row = self._owned(connection, user, uuid)
+                if row.imaging:
+                    raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
+                self.operations.check(uuid, SET, connection)
+                current = row.settings
+                settings = apply_drive_properties(
+                    current, properties, creating=False, tiers=self.tiers.names
+                )
+                if settings.size != current.size:
+                    self._check_busy(connection, uuid, "resized")
+                    if settings.size > current.size:
+                        self._check_drive_limit(
+                            connection, user, settings.size, settings.tier, excluding=uuid
+                        )
+                    else:
+                        self.operations.check(uuid, SHRINK, connection)
+                drive_store.update_drive(connection, uuid, **drive_settings_columns(settings))
+                if settings.size != current.size:
+                    resizing = self.operations.begin(uuid, RESIZE, connection)
+                    revert.add(resizing.end)  # the transaction failed: nothing is resized
+            revert.success()  # committed
+        if resizing is not None:
+            await self._resize_file(row, current.size, settings.size, resizing)
         return self.info(user, uuid)
 
-    async def _resize_file(self, row: DriveRecord, old_size: int, new_size: int) -> None:
+    async def _resize_file(
+        self, row: DriveRecord, old_size: int, new_size: int, resizing: Operation
+    ) -> None:
         uuid, master_key = row.uuid, self._master_key(row)
         files = self.files_of(row)
         kept = min(old_size, new_size)
-        with self.operations.begin(uuid, RESIZE):
+        with resizing:
             try:
                 await asyncio.to_thread(files.resize, uuid, new_size, master_key, kept)
             except OSError as error:
@@ -420,7 +430,8 @@ class Drives:
             row_locks.lock_drives(connection, [uuid])  # no claim or job lands meanwhile
             found.append(self.files_of(self._owned(connection, user, uuid)))
             self._check_busy(connection, uuid, "destroyed")
-            self.operations.check(uuid, DESTROY)
+            # Held until the delete commits: no other node begins I/O on it meanwhile.
+            self.operations.check(uuid, DESTROY, connection)
             drive_store.delete_drive(connection, uuid)
 
         # Destroying is how a user gets space back: it must work on a full disk, where even
@@ -463,9 +474,18 @@ class Drives:
         reading = self.operations.begin(uuid, READ)
         with Reverter() as revert:
             revert.add(reading.end)
+            self._still_there(user, uuid)
             opened = self.files_of(row).open(uuid, self._master_key(row))
             revert.success()
         return ReadPlan(uuid, opened, start, count, reading.end)
+
+    def _still_there(self, user: str, uuid: str) -> None:
+        """With other API nodes: the drive was not destroyed through another while its
+        operation began (a destroy holds the drive's operations until it commits, so one
+        begun after it finds the row gone). Nothing to look at within one node."""
+        if self.operations.across_nodes:
+            with self._engine.connect() as connection:
+                self._readable(connection, user, uuid)
 
     def record_read(self, uuid: str, nbytes: int) -> None:
         self._count_io(uuid, "read", nbytes)
@@ -501,9 +521,15 @@ class Drives:
         if offset > row.size:
             raise FullError(f"Offset {offset} is past the end of drive {uuid} ({row.size} bytes)")
         files = self.files_of(row)
-        opened = files.open(uuid, self._master_key(row))
-        # Checked above, and nothing awaited since: this cannot be refused.
-        on_close = functools.partial(self._end_write, self.operations.begin(uuid, WRITE))
+        # Checked above, and nothing awaited since: within one node this cannot be refused
+        # (another node may have begun a resize meanwhile).
+        writing = self.operations.begin(uuid, WRITE)
+        with Reverter() as revert:
+            revert.add(writing.end)
+            self._still_there(user, uuid)
+            opened = files.open(uuid, self._master_key(row))
+            revert.success()
+        on_close = functools.partial(self._end_write, writing)
         if staged:
             stage = WriteStage(opened.io, files.root, offset)
             return StagedDriveWriter(uuid, opened, stage, row.size - offset, on_close)

@@ -11,13 +11,14 @@ are dropped by whichever node renews next.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.store import notifications
@@ -36,23 +37,37 @@ class NodeOperations:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
-    def others(self, uuid: str) -> Counter[str]:
-        """The kinds of the other nodes' live operations on object `uuid`."""
+    def others(self, uuid: str, within: Connection | None = None) -> Counter[str]:
+        """The kinds of the other nodes' live operations on object `uuid`. `within` a
+        transaction, the object is held until it ends: no other node begins an operation on
+        it meanwhile (an action checked, then done in that transaction, as a destroy)."""
+        if within is not None:
+            operation_rows.lock_object(within, uuid)
+            return operation_rows.others_in_flight(within, uuid, self.owner, time.time())
         with self._engine.connect() as connection:
             return operation_rows.others_in_flight(connection, uuid, self.owner, time.time())
 
-    def enter(self, uuid: str, kind: str, check: Callable[[Counter[str]], None]) -> int:
+    def enter(
+        self,
+        uuid: str,
+        kind: str,
+        check: Callable[[Counter[str]], None],
+        within: Connection | None = None,
+    ) -> int:
         """Run `check` on the other nodes' operations on `uuid` (it raises to refuse), then
         hold `kind` there for this node: the row's id. Both in one transaction holding the
-        object, so another node entering at once sees this one's row."""
-        with self._engine.begin() as connection:
+        object (the caller's, `within`, if given: the row counts once it commits), so another
+        node entering at once sees this one's row."""
+        with contextlib.ExitStack() as stack:
+            connection = within or stack.enter_context(self._engine.begin())
             operation_rows.lock_object(connection, uuid)
             now = time.time()
             check(operation_rows.others_in_flight(connection, uuid, self.owner, now))
             ticket = operation_rows.enter(
                 connection, uuid, kind, self.owner, now + self.lease_seconds
             )
-            notifications.unheard(connection)
+            if within is None:
+                notifications.unheard(connection)
         with self._lock:
             self._live.add(ticket)
             if self._renewer is None:

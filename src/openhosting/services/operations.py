@@ -38,6 +38,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import NoReturn
 
+from sqlalchemy import Connection
+
 from openhosting.errors import BusyError
 from openhosting.services.node_operations import NodeOperations
 
@@ -156,13 +158,19 @@ class Operations:
         """How many objects have operations in flight or waiting for their turn."""
         return len(self._in_flight.keys() | self._turns.keys())
 
-    def conflict(self, uuid: str, action: str) -> str | None:
+    @property
+    def across_nodes(self) -> bool:
+        """Whether other API nodes' operations count (PostgreSQL)."""
+        return self._nodes is not None
+
+    def conflict(self, uuid: str, action: str, within: Connection | None = None) -> str | None:
         """What object `uuid` is doing, here or through another node, that refuses `action`
-        ("being resized"), or None."""
+        ("being resized"), or None. `within` the transaction that then does the action, no
+        other node begins an operation on the object until it ends."""
         if doing := self._conflict_in(self._in_flight.get(uuid), action):
             return doing
-        if self._nodes is not None and self._rules[action].refused_by:
-            return self._conflict_in(self._nodes.others(uuid), action)
+        if self._nodes is not None and (self._rules[action].refused_by or within is not None):
+            return self._conflict_in(self._nodes.others(uuid, within), action)
         return None
 
     def _conflict_in(self, running: Counter[str] | None, action: str) -> str | None:
@@ -173,17 +181,19 @@ class Operations:
                     return rule.refusal or self._rules[kind].doing
         return None
 
-    def check(self, uuid: str, action: str) -> None:
-        """409 busy if `action` may not start on object `uuid` now."""
-        if doing := self.conflict(uuid, action):
+    def check(self, uuid: str, action: str, within: Connection | None = None) -> None:
+        """409 busy if `action` may not start on object `uuid` now (`within`: see
+        `conflict`)."""
+        if doing := self.conflict(uuid, action, within):
             self._refuse(uuid, action, doing)
 
     def _refuse(self, uuid: str, action: str, doing: str) -> NoReturn:
         verb = self._rules[action].verb
         raise BusyError(f"{self._noun} {uuid} is {doing} and cannot be {verb} now")
 
-    def begin(self, uuid: str, kind: str) -> Operation:
-        """Check `kind`, then hold it in flight on object `uuid` until the operation ends."""
+    def begin(self, uuid: str, kind: str, within: Connection | None = None) -> Operation:
+        """Check `kind`, then hold it in flight on object `uuid` until the operation ends.
+        `within` a transaction, the other nodes see it once that commits."""
         if not self._rules[kind].doing:
             raise ValueError(f"{kind} is an action only checked, never in flight")
         if doing := self._conflict_in(self._in_flight.get(uuid), kind):
@@ -192,7 +202,7 @@ class Operations:
         if self._nodes is not None:
             ticket = self._nodes.enter(uuid, kind, lambda others: self._check_others(
                 uuid, kind, others
-            ))  # fmt: skip
+            ), within)  # fmt: skip
         self._in_flight.setdefault(uuid, Counter())[kind] += 1
         return Operation(self, uuid, kind, ticket)
 
