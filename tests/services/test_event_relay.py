@@ -78,6 +78,10 @@ async def test_an_event_of_one_node_reaches_the_other_once(engine: Engine) -> No
         a.bus.bind()
         b.bus.bind()
         on_a, on_b = a.bus.subscribe(USER), b.bus.subscribe(USER)
+        counted: list[str] = []  # a node's metrics: its own events only
+        acting: list[str] = []  # a node's consoles: every node's
+        b.bus.add_listener(lambda event: counted.append(event.change))
+        b.bus.add_listener(lambda event: acting.append(event.change), relayed=True)
         a.bus.publish(USER, "imaging", DRIVE, "imaging", imaging="50%", job=7)
         b.bus.publish(USER, "drive", DRIVE, "changed")
         # Each node: its own event at once, the other's through PostgreSQL; each once.
@@ -93,6 +97,8 @@ async def test_an_event_of_one_node_reaches_the_other_once(engine: Engine) -> No
         await asyncio.sleep(0)  # what the listener handed to the loop is delivered
         assert [e.change for e in on_a.pending()] == ["status"]  # nothing came twice
         assert on_b.pending() == []
+        assert counted == ["changed"]
+        assert sorted(acting) == ["changed", "imaging", "status"]
         # Audited where made only.
         assert [e.change for e in a.audited] == ["imaging", "status"]
         assert [e.change for e in b.audited] == ["changed"]

@@ -119,7 +119,8 @@ class EventBus:
         self._lock = threading.Lock()  # ids and the ring, from any thread
         self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._subscriptions: dict[str, list[Subscription]] = {}
-        self._listeners: list[Callable[[Event], None]] = []
+        # Each listener, and whether it hears the other nodes' events too.
+        self._listeners: list[tuple[Callable[[Event], None], bool]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         # Where this node's events go to reach the other API nodes (PostgreSQL), if any.
@@ -160,12 +161,14 @@ class EventBus:
         except RuntimeError:
             running = None
         if running is loop:
-            self._deliver(event)
+            self._deliver(event, relayed)
         else:
-            loop.call_soon_threadsafe(self._deliver, event)
+            loop.call_soon_threadsafe(self._deliver, event, relayed)
 
-    def _deliver(self, event: Event) -> None:
-        for listener in self._listeners:
+    def _deliver(self, event: Event, relayed: bool = False) -> None:
+        for listener, hears_relayed in self._listeners:
+            if relayed and not hears_relayed:
+                continue
             try:
                 listener(event)
             except Exception:
@@ -179,9 +182,11 @@ class EventBus:
         """Deliver on the running loop from now on (the daemon calls this once it runs)."""
         self._loop = asyncio.get_running_loop()
 
-    def add_listener(self, listener: Callable[[Event], None]) -> None:
-        """Call `listener` on the loop with every event of every user (e.g. metrics)."""
-        self._listeners.append(listener)
+    def add_listener(self, listener: Callable[[Event], None], relayed: bool = False) -> None:
+        """Call `listener` on the loop with every event of every user made on this node
+        (metrics: each node counts its own), and with `relayed` those of the other API nodes
+        too (what acts on this node's state for any node's change: consoles)."""
+        self._listeners.append((listener, relayed))
 
     def subscribe(self, user: str, after: int | None = None) -> Subscription:
         """A subscription to `user`'s events; with `after`, first those after that id that are

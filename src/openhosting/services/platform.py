@@ -137,7 +137,8 @@ def open_platform(config: Config) -> Platform:
         nodes=node_operations,
     )  # fmt: skip
     consoles = Consoles(engine, servers, config.api.console_token_seconds)
-    events.add_listener(consoles.observe_event)  # a VM that ends closes its consoles
+    # A VM that ends closes its consoles, wherever they were opened.
+    events.add_listener(consoles.observe_event, relayed=True)
     return Platform(
         config=config,
         engine=engine,
