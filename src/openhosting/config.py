@@ -149,6 +149,10 @@ class HostSettings:
     heartbeat_seconds: int = 5
     # A host silent for longer than this, in seconds, is `offline`.
     offline_seconds: int = 20
+    # With several API nodes on PostgreSQL: how long a node's operation under way (a drive
+    # write, a server's start) keeps its object from the others' conflicting ones unless the
+    # node renews it (every third of it); a node killed frees its objects after this.
+    operation_lease_seconds: int = 10
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from openhosting.services.billing import Billing
 from openhosting.services.drive_repair import repair_drive_files
 from openhosting.services.host_storages import HostStorages
 from openhosting.services.hosts import Hosts
+from openhosting.services.node_operations import NodeOperations
 from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
     ATTACH,
@@ -131,6 +132,7 @@ class Drives:
         billing: Billing,
         hosts: Hosts,
         store: StoreExecutor,
+        nodes: NodeOperations | None = None,
     ) -> None:
         self._billing = billing
         self._store = store  # where the create's transactions run (off the loop on PostgreSQL)
@@ -143,8 +145,9 @@ class Drives:
         self.storages = HostStorages(hosts.name, self.local_storage, engine)
         self._secret_key = secret_key
         self._default_cipher = cipher
-        # Reads, writes and resizes under way per drive, and what each refuses.
-        self.operations = Operations("Drive", DRIVE_RULES)
+        # Reads, writes and resizes under way per drive, and what each refuses (with `nodes`,
+        # on PostgreSQL, those of the other API nodes too).
+        self.operations = Operations("Drive", DRIVE_RULES, nodes)
 
     @property
     def local_host(self) -> str:
@@ -369,38 +372,48 @@ class Drives:
         # The checks, the new row and the resize in flight come with no await between them:
         # from then on whatever would touch the bytes (I/O, imaging, a server) is refused
         # until the file has its new size. The row is the truth; a daemon killed before the
-        # file follows is put right at the next start (`repair_files`).
-        with self._engine.begin() as connection:
-            # The user's row (a bigger size is checked against their limit), then the drive's:
-            # another node's claim or job on it waits for this change (store/row_locks.py).
-            row_locks.lock_user(connection, user)
-            row_locks.lock_drives(connection, [uuid])
-            row = self._owned(connection, user, uuid)
-            if row.imaging:
-                raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
-            self.operations.check(uuid, SET)
-            current = row.settings
-            settings = apply_drive_properties(
-                current, properties, creating=False, tiers=self.tiers.names
-            )
-            if settings.size != current.size:
-                self._check_busy(connection, uuid, "resized")
-                if settings.size > current.size:
-                    self._check_drive_limit(
-                        connection, user, settings.size, settings.tier, excluding=uuid
-                    )
-                else:
-                    self.operations.check(uuid, SHRINK)
-            drive_store.update_drive(connection, uuid, **drive_settings_columns(settings))
-        if settings.size != current.size:
-            await self._resize_file(row, current.size, settings.size)
+        # file follows is put right at the next start (`repair_files`). With other API nodes,
+        # the checks and the resize's row are in the transaction, which holds the drive's
+        # operations until it commits: no other node begins a write in between.
+        resizing: Operation | None = None
+        with Reverter() as revert:
+            with self._engine.begin() as connection:
+                # The user's row (a bigger size is checked against their limit), then the drive's:
+                # another node's claim or job on it waits for this change (store/row_locks.py).
+                row_locks.lock_user(connection, user)
+                row_locks.lock_drives(connection, [uuid])
+                row = self._owned(connection, user, uuid)
+                if row.imaging:
+                    raise BusyError(f"Drive {uuid} is being imaged and cannot be set now")
+                self.operations.check(uuid, SET, connection)
+                current = row.settings
+                settings = apply_drive_properties(
+                    current, properties, creating=False, tiers=self.tiers.names
+                )
+                if settings.size != current.size:
+                    self._check_busy(connection, uuid, "resized")
+                    if settings.size > current.size:
+                        self._check_drive_limit(
+                            connection, user, settings.size, settings.tier, excluding=uuid
+                        )
+                    else:
+                        self.operations.check(uuid, SHRINK, connection)
+                drive_store.update_drive(connection, uuid, **drive_settings_columns(settings))
+                if settings.size != current.size:
+                    resizing = self.operations.begin(uuid, RESIZE, connection)
+                    revert.add(resizing.end)  # the transaction failed: nothing is resized
+            revert.success()  # committed
+        if resizing is not None:
+            await self._resize_file(row, current.size, settings.size, resizing)
         return self.info(user, uuid)
 
-    async def _resize_file(self, row: DriveRecord, old_size: int, new_size: int) -> None:
+    async def _resize_file(
+        self, row: DriveRecord, old_size: int, new_size: int, resizing: Operation
+    ) -> None:
         uuid, master_key = row.uuid, self._master_key(row)
         storage = self.storage_of(row)
         kept = min(old_size, new_size)
-        with self.operations.begin(uuid, RESIZE):
+        with resizing:
             try:
                 await storage.resize(uuid, row.tier, new_size, master_key, kept)
             except (OSError, ApiError):
@@ -431,7 +444,8 @@ class Drives:
                 # its row.
                 self.files_of(row)
             self._check_busy(connection, uuid, "destroyed")
-            self.operations.check(uuid, DESTROY)
+            # Held until the delete commits: no other node begins I/O on it meanwhile.
+            self.operations.check(uuid, DESTROY, connection)
             drive_store.delete_drive(connection, uuid)
             found.append(row)
 
@@ -484,7 +498,19 @@ class Drives:
         count = size - start if length is None else min(length, size - start)
         storage = self.storage_of(row)
         reading = self.operations.begin(uuid, READ)
+        with Reverter() as revert:
+            revert.add(reading.end)
+            self._still_there(user, uuid)  # not destroyed through another node meanwhile
+            revert.success()
         return storage.open_read(uuid, row.tier, self._master_key(row), start, count, reading.end)
+
+    def _still_there(self, user: str, uuid: str) -> None:
+        """With other API nodes: the drive was not destroyed through another while its
+        operation began (a destroy holds the drive's operations until it commits, so one
+        begun after it finds the row gone). Nothing to look at within one node."""
+        if self.operations.across_nodes:
+            with self._engine.connect() as connection:
+                self._readable(connection, user, uuid)
 
     def record_read(self, uuid: str, nbytes: int) -> None:
         self._count_io(uuid, "read", nbytes)
@@ -518,8 +544,14 @@ class Drives:
         if offset > row.size:
             raise FullError(f"Offset {offset} is past the end of drive {uuid} ({row.size} bytes)")
         storage = self.storage_of(row)
-        # Checked above, and nothing awaited since: this cannot be refused.
-        on_close = functools.partial(self._end_write, self.operations.begin(uuid, WRITE))
+        # Checked above, and nothing awaited since: within one node this cannot be refused
+        # (another node may have begun a resize meanwhile).
+        writing = self.operations.begin(uuid, WRITE)
+        with Reverter() as revert:
+            revert.add(writing.end)
+            self._still_there(user, uuid)
+            revert.success()
+        on_close = functools.partial(self._end_write, writing)
         return storage.open_write(
             uuid, row.tier, self._master_key(row), offset, row.size, staged, on_close
         )

@@ -9,6 +9,10 @@ Publishing never fails and never blocks its caller: it may come from a worker th
 imaging job reports progress there), and a subscriber that does not keep up loses its
 subscription (it is told so and reconnects with `Last-Event-ID`), never slows the platform.
 Memory is bounded: a fixed ring of recent events for resuming, a bounded queue per subscriber.
+
+With several API nodes (services/event_relay.py) each published event also goes to
+`send_to_nodes`, and the other nodes' events come in through `relay`: delivered here like
+our own (with an id of this feed), but neither audited again nor sent back.
 """
 
 from __future__ import annotations
@@ -115,9 +119,12 @@ class EventBus:
         self._lock = threading.Lock()  # ids and the ring, from any thread
         self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._subscriptions: dict[str, list[Subscription]] = {}
-        self._listeners: list[Callable[[Event], None]] = []
+        # Each listener, and whether it hears the other nodes' events too.
+        self._listeners: list[tuple[Callable[[Event], None], bool]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # Where this node's events go to reach the other API nodes (PostgreSQL), if any.
+        self.send_to_nodes: Callable[[Event], None] | None = None
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -129,15 +136,23 @@ class EventBus:
         """The change a user's command made: its audit row is the command's own."""
         self._publish(Event(0, 0, user, type_, object_, change), audit=False)
 
-    def _publish(self, draft: Event, audit: bool) -> None:
+    def relay(self, event: Event) -> None:
+        """An event another API node published (its time kept). Safe from any thread."""
+        self._publish(event, audit=False, relayed=True)
+
+    def _publish(self, draft: Event, audit: bool, relayed: bool = False) -> None:
         with self._lock:
-            event = dataclasses.replace(draft, id=next(self._ids), at=time.time())
+            at = draft.at if relayed else time.time()
+            event = dataclasses.replace(draft, id=next(self._ids), at=at)
             self._recent.append(event)
         if audit and self._audit is not None:
             try:
                 self._audit(event)
             except Exception:  # the trail must never change what happens
                 log.exception("event=audit_failed event_id=%s", event.id)
+        send = self.send_to_nodes
+        if send is not None and not relayed:
+            send(event)
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -146,12 +161,14 @@ class EventBus:
         except RuntimeError:
             running = None
         if running is loop:
-            self._deliver(event)
+            self._deliver(event, relayed)
         else:
-            loop.call_soon_threadsafe(self._deliver, event)
+            loop.call_soon_threadsafe(self._deliver, event, relayed)
 
-    def _deliver(self, event: Event) -> None:
-        for listener in self._listeners:
+    def _deliver(self, event: Event, relayed: bool = False) -> None:
+        for listener, hears_relayed in self._listeners:
+            if relayed and not hears_relayed:
+                continue
             try:
                 listener(event)
             except Exception:
@@ -165,9 +182,11 @@ class EventBus:
         """Deliver on the running loop from now on (the daemon calls this once it runs)."""
         self._loop = asyncio.get_running_loop()
 
-    def add_listener(self, listener: Callable[[Event], None]) -> None:
-        """Call `listener` on the loop with every event of every user (e.g. metrics)."""
-        self._listeners.append(listener)
+    def add_listener(self, listener: Callable[[Event], None], relayed: bool = False) -> None:
+        """Call `listener` on the loop with every event of every user made on this node
+        (metrics: each node counts its own), and with `relayed` those of the other API nodes
+        too (what acts on this node's state for any node's change: consoles)."""
+        self._listeners.append((listener, relayed))
 
     def subscribe(self, user: str, after: int | None = None) -> Subscription:
         """A subscription to `user`'s events; with `after`, first those after that id that are

@@ -20,17 +20,33 @@ during its start runs once the start is over):
 
 An operation that outlives the call that began it (a read streamed by a response) is ended
 by its `end()`, which is idempotent.
+
+With several API nodes on one PostgreSQL (`nodes`: services/node_operations.py) the checks
+also count the other nodes' operations, and what lasts is entered in the database as well,
+so the same refusals hold across nodes. An `alone` action waits while another node runs
+one on its object (looking again every TURN_POLL_SECONDS, at most TURN_WAIT_SECONDS): the
+turn is kept across nodes, its order only within each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import NoReturn
+
+from sqlalchemy import Connection
 
 from openhosting.errors import BusyError
+from openhosting.services.node_operations import NodeOperations
+
+# How often an `alone` action looks whether another node's turn on its object is over, and
+# for how long at most before it is refused (409 busy).
+TURN_POLL_SECONDS = 0.1
+TURN_WAIT_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -97,14 +113,17 @@ SERVER_RULES: Mapping[str, Rule] = {
 class Operation:
     """One operation in flight; a context manager, or ended by `end()` (idempotent)."""
 
-    def __init__(self, registry: Operations, uuid: str, kind: str) -> None:
+    def __init__(
+        self, registry: Operations, uuid: str, kind: str, ticket: int | None = None
+    ) -> None:
         self._registry, self.uuid, self.kind = registry, uuid, kind
+        self._ticket = ticket  # its row among the nodes' operations (PostgreSQL), if any
         self._ended = False
 
     def end(self) -> None:
         if not self._ended:
             self._ended = True
-            self._registry._end(self.uuid, self.kind)
+            self._registry._end(self.uuid, self.kind, self._ticket)
 
     def __enter__(self) -> Operation:
         return self
@@ -116,8 +135,11 @@ class Operation:
 class Operations:
     """The operations in flight on the objects of one kind (`noun`: "Drive"), by `rules`."""
 
-    def __init__(self, noun: str, rules: Mapping[str, Rule]) -> None:
+    def __init__(
+        self, noun: str, rules: Mapping[str, Rule], nodes: NodeOperations | None = None
+    ) -> None:
         self._noun, self._rules = noun, rules
+        self._nodes = nodes  # the other API nodes' operations (PostgreSQL); None: only ours
         self._in_flight: dict[str, Counter[str]] = {}
         # Per object, the turn of its `alone` actions and how many run or wait for it; made
         # for the first and dropped after the last, so that it never outgrows what runs.
@@ -136,29 +158,60 @@ class Operations:
         """How many objects have operations in flight or waiting for their turn."""
         return len(self._in_flight.keys() | self._turns.keys())
 
-    def conflict(self, uuid: str, action: str) -> str | None:
-        """What object `uuid` is doing that refuses `action` ("being resized"), or None."""
+    @property
+    def across_nodes(self) -> bool:
+        """Whether other API nodes' operations count (PostgreSQL)."""
+        return self._nodes is not None
+
+    def conflict(self, uuid: str, action: str, within: Connection | None = None) -> str | None:
+        """What object `uuid` is doing, here or through another node, that refuses `action`
+        ("being resized"), or None. `within` the transaction that then does the action, no
+        other node begins an operation on the object until it ends."""
+        if doing := self._conflict_in(self._in_flight.get(uuid), action):
+            return doing
+        if self._nodes is not None and (self._rules[action].refused_by or within is not None):
+            return self._conflict_in(self._nodes.others(uuid, within), action)
+        return None
+
+    def _conflict_in(self, running: Counter[str] | None, action: str) -> str | None:
         rule = self._rules[action]
-        running = self._in_flight.get(uuid)
         if running:
             for kind in rule.refused_by:
                 if running[kind]:
                     return rule.refusal or self._rules[kind].doing
         return None
 
-    def check(self, uuid: str, action: str) -> None:
-        """409 busy if `action` may not start on object `uuid` now."""
-        if doing := self.conflict(uuid, action):
-            verb = self._rules[action].verb
-            raise BusyError(f"{self._noun} {uuid} is {doing} and cannot be {verb} now")
+    def check(self, uuid: str, action: str, within: Connection | None = None) -> None:
+        """409 busy if `action` may not start on object `uuid` now (`within`: see
+        `conflict`)."""
+        if doing := self.conflict(uuid, action, within):
+            self._refuse(uuid, action, doing)
 
-    def begin(self, uuid: str, kind: str) -> Operation:
-        """Check `kind`, then hold it in flight on object `uuid` until the operation ends."""
+    def _refuse(self, uuid: str, action: str, doing: str) -> NoReturn:
+        verb = self._rules[action].verb
+        raise BusyError(f"{self._noun} {uuid} is {doing} and cannot be {verb} now")
+
+    def begin(self, uuid: str, kind: str, within: Connection | None = None) -> Operation:
+        """Check `kind`, then hold it in flight on object `uuid` until the operation ends.
+        `within` a transaction, the other nodes see it once that commits."""
         if not self._rules[kind].doing:
             raise ValueError(f"{kind} is an action only checked, never in flight")
-        self.check(uuid, kind)
+        if doing := self._conflict_in(self._in_flight.get(uuid), kind):
+            self._refuse(uuid, kind, doing)
+        ticket = None
+        if self._nodes is not None:
+            ticket = self._nodes.enter(uuid, kind, lambda others: self._check_others(
+                uuid, kind, others
+            ), within)  # fmt: skip
         self._in_flight.setdefault(uuid, Counter())[kind] += 1
-        return Operation(self, uuid, kind)
+        return Operation(self, uuid, kind, ticket)
+
+    def _check_others(self, uuid: str, kind: str, others: Counter[str]) -> None:
+        """Refuse `kind` for what the other nodes run on `uuid` (in their transaction)."""
+        if doing := self._conflict_in(others, kind):
+            self._refuse(uuid, kind, doing)
+        if self._rules[kind].alone and any(self._rules[other].alone for other in others):
+            raise _OtherNodesTurn()
 
     @asynccontextmanager
     async def turn(self, uuid: str, kind: str) -> AsyncIterator[Operation]:
@@ -171,20 +224,37 @@ class Operations:
         turn.users += 1
         try:
             async with turn.lock:
-                with self.begin(uuid, kind) as operation:
+                with await self._begin_in_turn(uuid, kind) as operation:
                     yield operation
         finally:
             turn.users -= 1
             if not turn.users:
                 del self._turns[uuid]
 
-    def _end(self, uuid: str, kind: str) -> None:
+    async def _begin_in_turn(self, uuid: str, kind: str) -> Operation:
+        """Begin `kind` once no other node runs an `alone` action on `uuid` either."""
+        deadline = time.monotonic() + TURN_WAIT_SECONDS
+        while True:
+            try:
+                return self.begin(uuid, kind)
+            except _OtherNodesTurn:
+                if time.monotonic() >= deadline:
+                    self._refuse(uuid, kind, "busy through another API node")
+                await asyncio.sleep(TURN_POLL_SECONDS)
+
+    def _end(self, uuid: str, kind: str, ticket: int | None) -> None:
+        if ticket is not None and self._nodes is not None:
+            self._nodes.leave(ticket)
         running = self._in_flight[uuid]
         running[kind] -= 1
         if running[kind] <= 0:
             del running[kind]
         if not running:
             del self._in_flight[uuid]
+
+
+class _OtherNodesTurn(Exception):
+    """Another node runs an `alone` action on the object: wait, do not refuse."""
 
 
 class _Turn:

@@ -14,9 +14,11 @@ from openhosting.services.audit import Audit
 from openhosting.services.billing import Billing
 from openhosting.services.consoles import Consoles
 from openhosting.services.drives import Drives
+from openhosting.services.event_relay import EventRelay
 from openhosting.services.events import EventBus, audit_sink
 from openhosting.services.hosts import Hosts
 from openhosting.services.imaging import Imaging
+from openhosting.services.node_operations import NodeOperations
 from openhosting.services.resources import Resources
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.servers import Servers
@@ -54,27 +56,38 @@ class Platform:
     hosts: Hosts
     # What the caches know of other nodes' writes (PostgreSQL; heard through `listen`).
     changes: ChangeFeed
+    # With several API nodes (PostgreSQL): the operations under way they share, and the
+    # event feed they tell each other. None on SQLite.
+    node_operations: NodeOperations | None = None
+    event_relay: EventRelay | None = None
 
     def listen(self) -> Listener | None:
         """On PostgreSQL, the daemon's one listening connection, started: other nodes'
         writes reach the caches, their queued jobs the imaging service. None on SQLite."""
         if is_sqlite(self.engine):
             return None
-        imaging, changes = self.imaging, self.changes
+        imaging, changes, relay = self.imaging, self.changes, self.event_relay
+        channels = [notifications.JOBS, notifications.CHANGES]
+        if relay is not None:
+            channels.append(relay.channel)
 
-        def heard(channel: str, _payload: str) -> None:
+        def heard(channel: str, payload: str) -> None:
             if channel == notifications.JOBS:
                 imaging.notified()
-            else:
+            elif channel == notifications.CHANGES:
                 changes.changed()
+            elif relay is not None:
+                relay.heard(payload)
 
-        listener = Listener(
-            self.engine, [notifications.JOBS, notifications.CHANGES], heard, changes.connected
-        )
+        listener = Listener(self.engine, channels, heard, changes.connected)
         listener.start()
         return listener
 
     def close(self) -> None:
+        if self.event_relay is not None:
+            self.event_relay.close()
+        if self.node_operations is not None:
+            self.node_operations.close()
         self.store.close()
         self.reader.close()
         self.engine.dispose()
@@ -87,8 +100,12 @@ def open_platform(config: Config) -> Platform:
     platform_key = load_or_create_platform_key(config.platform_key_path)
     engine = open_engine(config.store_url)
     changes = ChangeFeed()
+    # This daemon among the API nodes: its jobs', operations' and events' owner.
+    node = f"{secrets.token_hex(4)}/{os.getpid()}/{config.host_name}"[:64]
+    node_operations = None
     if not is_sqlite(engine):
         changes.watch(engine)  # this process's commits; others' come through `listen`
+        node_operations = NodeOperations(engine, node, max(1, config.host.operation_lease_seconds))
     reader = Reader(engine, changes=changes)
     store = StoreExecutor(engine)
     billing = Billing(engine, config.billing)
@@ -102,6 +119,7 @@ def open_platform(config: Config) -> Platform:
         billing,
         hosts,
         store,
+        node_operations,
     )
     pool, network_driver = open_network(
         config.network, config.run_path / "network", config.hypervisor.run_as
@@ -110,11 +128,17 @@ def open_platform(config: Config) -> Platform:
     networks = ServerNetworks(engine, resources, pool, network_driver, hosts.vxlan_peers)
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
+    relay = None
+    if not is_sqlite(engine):
+        relay = EventRelay(engine, node, events)
+        events.send_to_nodes = relay.send
     servers = Servers(
-        engine, reader, drives, config, networks, billing, events, store=store, hosts=hosts
-    )
+        engine, reader, drives, config, networks, billing, events, store=store, hosts=hosts,
+        nodes=node_operations,
+    )  # fmt: skip
     consoles = Consoles(engine, servers, config.api.console_token_seconds)
-    events.add_listener(consoles.observe_event)  # a VM that ends closes its consoles
+    # A VM that ends closes its consoles, wherever they were opened.
+    events.add_listener(consoles.observe_event, relayed=True)
     return Platform(
         config=config,
         engine=engine,
@@ -130,7 +154,7 @@ def open_platform(config: Config) -> Platform:
             config.storage.job_retention_days,
             events,
             store=store,
-            owner=f"{secrets.token_hex(4)}/{os.getpid()}/{hosts.name}"[:64],
+            owner=node,
             lease_seconds=max(1, config.storage.imaging_lease_seconds),
         ),
         standard_drives=StandardDrives(engine, drives.files, hosts.name),
@@ -143,4 +167,6 @@ def open_platform(config: Config) -> Platform:
         store=store,
         hosts=hosts,
         changes=changes,
+        node_operations=node_operations,
+        event_relay=relay,
     )

@@ -46,6 +46,7 @@ from openhosting.services.events import EventBus
 from openhosting.services.guest_io import fold_guest_io
 from openhosting.services.host_drivers import HostDrivers
 from openhosting.services.hosts import Hosts
+from openhosting.services.node_operations import NodeOperations
 from openhosting.services.operations import DUMPED_END, SERVER_RULES, Operations
 from openhosting.services.server_dumps import ServerDumps
 from openhosting.services.server_info import LiveFigures
@@ -80,6 +81,7 @@ class ServerLifecycle:
         events: EventBus | None = None,
         driver: HypervisorDriver | None = None,
         hosts: Hosts | None = None,
+        nodes: NodeOperations | None = None,
     ) -> None:
         self._engine = engine
         self._events = events if events is not None else EventBus()
@@ -106,7 +108,8 @@ class ServerLifecycle:
         self.dumps = ServerDumps.of_state(config.state_path, config.platform_key_path)
         # What runs on each server: the server service's actions, and DUMPED_END while a VM
         # ends because its state was saved (`vm_exited` then keeps the server `dumped`).
-        self.operations = Operations("Server", SERVER_RULES)
+        # With `nodes` (PostgreSQL), the other API nodes' count too.
+        self.operations = Operations("Server", SERVER_RULES, nodes)
 
     def driver_of(self, uuid: str) -> HypervisorDriver:
         """The driver of the host that runs (or last ran) the VM of `uuid`; FullError naming

@@ -30,6 +30,7 @@ from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.events import EventBus
 from openhosting.services.hosts import Hosts
+from openhosting.services.node_operations import NodeOperations
 from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
     DESTROY,
@@ -86,6 +87,7 @@ class Servers:
         driver: HypervisorDriver | None = None,
         store: StoreExecutor | None = None,
         hosts: Hosts | None = None,
+        nodes: NodeOperations | None = None,
     ) -> None:
         self._billing = billing
         # Where the create's checks and insert run (off the loop on PostgreSQL).
@@ -100,7 +102,7 @@ class Servers:
             )
             networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, network)
         self.networks = networks  # the servers' NICs: addresses, DHCP, taps
-        self.lifecycle = ServerLifecycle(engine, config, networks, events, driver, hosts)
+        self.lifecycle = ServerLifecycle(engine, config, networks, events, driver, hosts, nodes)
         # The lifecycle's own dict: who is active is read here, changed only there.
         self._active: dict[str, str] = self.lifecycle.active
         # What runs on each server (the lifecycle's: the end of a dumped VM is one of them).

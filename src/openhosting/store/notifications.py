@@ -60,6 +60,12 @@ def _forget_write(conn: Connection) -> None:
     conn.info.pop("oh_wrote", None)
 
 
+def unheard(connection: Connection) -> None:
+    """The writes of `connection`'s transaction so far need tell no cache (no cached read
+    covers their table: the operations under way): its commit sends no `oh_changes`."""
+    _forget_write(connection)
+
+
 def send_changes(engine: Engine) -> None:
     """Every transaction of `engine` (PostgreSQL) that wrote sends `oh_changes` as it
     commits."""

@@ -270,3 +270,18 @@ web_sessions = Table(
     Column("expires", Float, nullable=False),
     Index("web_sessions_by_expiry", "expires"),
 )
+
+# Operations under way on PostgreSQL (services/node_operations.py): a drive being written,
+# read or resized, a server's turn, held by the API node (`owner`) doing it, so that the
+# other nodes' checks see it. `lease_until` is renewed while it runs: a row whose lease has
+# passed (its node died) counts for nothing. SQLite keeps them in the process's memory only.
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("object", String(36), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("lease_until", Float, nullable=False),
+    Index("operations_by_object", "object"),
+)
