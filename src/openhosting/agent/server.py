@@ -12,6 +12,10 @@ certificate of the cluster CA, and `_control_only` refuses one whose role is not
   `{"error": message}`, a malformed call 400.
 - `POST /calls/capacity`: the agent's own call (`HOST_CALLS`), what this host offers
   (`HostCapacity`: cores, MHz, memory, disk per tier), measured here at each call.
+- `POST /network/{method}`: one call of this host's network driver (hypervisor/network_calls.py):
+  the NICs of the servers whose VMs run here (taps on this host's bridges, its DHCP server,
+  blocked ports, the VNC overlay). The driver is started at the first call that needs it, so
+  an agent whose host runs no NIC changes nothing of its network. A `NetworkError` is 409.
 - `GET /events`: a WebSocket carrying the driver's events, each `{"seq": n, "event": ...}`,
   which the control plane acknowledges (`{"ack": n}`) once its handler has run: the driver
   waits for that, so `stop` still returns once EXITED has been handled. One follower at a
@@ -47,6 +51,9 @@ from openhosting.hypervisor.calls import (
 )
 from openhosting.hypervisor.driver import HypervisorDriver, StartRequest, VmEvent
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.network_calls import NETWORK_CALLS, NetworkFacts
+from openhosting.network.driver import NetworkDriver, NicPlan
+from openhosting.network.errors import NetworkError
 
 log = logging.getLogger("openhosting.agent")
 
@@ -58,6 +65,9 @@ MAX_CALL_LINE = 1 << 20
 DRIVER_KEY = web.AppKey("driver", object)
 RELAY_KEY = web.AppKey("relay", object)
 CAPACITY_KEY = web.AppKey("capacity", object)
+NETWORK_KEY = web.AppKey("network", object)
+# The network calls that need the driver started first (the others read or undo).
+NEEDS_START = frozenset({"attach", "reconcile", "set_vxlan_peers", "open_vnc", "open_vnc_address"})
 
 
 class EventRelay:
@@ -114,18 +124,43 @@ class EventRelay:
         return socket
 
 
+class AgentNetwork:
+    """This host's network driver, started at the first call that needs it."""
+
+    def __init__(self, driver: NetworkDriver) -> None:
+        self.driver = driver
+        self.started = False
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._starting:
+            if not self.started:
+                await self.driver.start()
+                self.started = True
+
+    async def close(self, idle: bool) -> None:
+        """The agent stops: as the daemon's network at its stop (`NetworkDriver.close`)."""
+        if self.started:
+            await self.driver.close(idle)
+
+
 def make_app(
-    driver: HypervisorDriver, capacity: Callable[[], HostCapacity] | None = None
+    driver: HypervisorDriver,
+    capacity: Callable[[], HostCapacity] | None = None,
+    network: AgentNetwork | None = None,
 ) -> web.Application:
     """The agent's application over `driver` (its TLS is the server's: agent/main.py);
-    `capacity` measures the host (none: the `capacity` call is refused)."""
+    `capacity` measures the host (none: the `capacity` call is refused), `network` is its
+    network driver (none: the network calls are refused)."""
     app = web.Application(middlewares=[_control_only], client_max_size=MAX_CALL_LINE)
     relay = EventRelay()
     driver.listen(relay.handle)
     app[DRIVER_KEY] = driver
     app[CAPACITY_KEY] = capacity
     app[RELAY_KEY] = relay
+    app[NETWORK_KEY] = network
     app.router.add_post("/calls/{method}", _call)
+    app.router.add_post("/network/{method}", _network_call)
     app.router.add_get("/events", relay.follow)
     app.on_shutdown.append(lambda _app: relay.close())
     # Imported here: the agent's users need the fake only in tests.
@@ -194,6 +229,49 @@ async def _host_call(request: web.Request, method: str) -> web.Response:
     except (OSError, ValueError) as error:
         return _error(409, f"{method}: cannot measure the host: {error}")
     return web.json_response({"answer": encode(answer)})
+
+
+async def _network_call(request: web.Request) -> web.Response:
+    """One call of this host's network driver (`NETWORK_CALLS`)."""
+    network: AgentNetwork | None = request.app[NETWORK_KEY]  # type: ignore[assignment]
+    method = request.match_info["method"]
+    if (call := NETWORK_CALLS.get(method)) is None:
+        return _error(404, f"no network method {method!r}")
+    if network is None:
+        return _error(404, f"{method}: this agent serves no network")
+    try:
+        record = decode(call.request, json.loads(await request.content.readline()))
+    except (CallError, ValueError) as error:
+        return _error(400, f"{method}: {error}")
+    driver = network.driver
+    answer: Any = None
+    try:
+        if method == "settings":
+            answer = _facts(driver)
+        elif method == "start":
+            await network.start()
+        else:
+            if method in NEEDS_START:
+                await network.start()
+            answer = await getattr(driver, method)(**arguments(record))
+            if method == "attach":
+                answer = tuple(sorted(answer.items()))
+    except NetworkError as error:
+        return _error(409, f"{method}: {error}")
+    except (ValueError, OSError) as error:  # a request the driver refuses, a failed command
+        return _error(409, f"{method}: {error}")
+    return web.json_response({"answer": encode(answer)})
+
+
+def _facts(driver: NetworkDriver) -> NetworkFacts:
+    probe = NicPlan(server="", index=0, mac="")
+    return NetworkFacts(
+        mode=driver.mode,
+        namespace=driver.namespace,
+        pool_for_auto=driver.pool_for_auto,
+        vnc_address=driver.vnc_address,
+        default_guest_address=driver.guest_address(probe),
+    )
 
 
 async def _start(request: web.Request, driver: Any, record: StartRequest) -> web.Response:

@@ -1,6 +1,7 @@
 """Connecting the control plane to a host's agent: the cluster's control certificate (made by
 `openhosting-admin cluster init`) and a `RemoteHypervisorDriver` following the agent's
-events. Given to the services (services/host_drivers.py) by the daemon, so that they hold
+events, and a `RemoteNetworkDriver` over the same connection for the NICs of its VMs. Given
+to the services (services/host_drivers.py) by the daemon, so that they hold
 only the `HypervisorDriver` interface."""
 
 import ssl
@@ -12,13 +13,17 @@ from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
+from openhosting.hypervisor.remote_network import RemoteNetworkDriver
+from openhosting.network.driver import NetworkDriver
+from openhosting.reverter import Reverter
 
 # (host, agent's HOST:PORT, the handler of its events) → its driver, connected, how to close
-# the connection (the agent's VMs untouched), and how to ask the agent what its host offers.
+# the connection (the agent's VMs untouched), how to ask the agent what its host offers, and
+# its host's network driver.
 Closer = Callable[[], Awaitable[None]]
 Measure = Callable[[], Awaitable[HostCapacity]]
 AgentConnector = Callable[
-    [str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer, Measure]]
+    [str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer, Measure, NetworkDriver]]
 ]
 
 
@@ -29,7 +34,7 @@ def agent_connector(state_path: Path) -> AgentConnector:
 
     async def connect(
         host: str, address: str, handler: EventHandler
-    ) -> tuple[HypervisorDriver, Closer, Measure]:
+    ) -> tuple[HypervisorDriver, Closer, Measure, NetworkDriver]:
         if not contexts:
             try:
                 contexts.append(control_context(control_bundle(state_path)))
@@ -39,7 +44,12 @@ def agent_connector(state_path: Path) -> AgentConnector:
                 ) from None
         driver = RemoteHypervisorDriver(host, address, contexts[0])
         driver.listen(handler)
-        await driver.connect()
-        return driver, driver.close, driver.capacity
+        async with Reverter() as revert:
+            await driver.connect()
+            revert.add(driver.close)
+            network = RemoteNetworkDriver(host, driver.network_call)
+            await network.connect()
+            revert.success()
+        return driver, driver.close, driver.capacity, network
 
     return connect

@@ -48,6 +48,7 @@ from openhosting.hypervisor.calls import (
     encode,
 )
 from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
+from openhosting.hypervisor.network_calls import NETWORK_CALLS
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.reverter import Reverter
 
@@ -240,6 +241,13 @@ class RemoteHypervisorDriver:
     def serial_log(self, server: str) -> bytes | None:
         return None  # not asked over the wire yet (the interface's method is synchronous)
 
+    async def network_call(self, method: str, record: object) -> Any:
+        """One call of the host's network driver (`NETWORK_CALLS`: hypervisor/network_calls.py),
+        over this driver's connection; its answer decoded."""
+        return await self._call_record(
+            method, record, path="network", answer_type=NETWORK_CALLS[method].answer
+        )
+
     # -- live migration (`MigratingDriver`; hypervisor/migration.py) -----------------
 
     async def prepare_incoming(self, request: driver.IncomingRequest) -> driver.IncomingInfo:
@@ -326,11 +334,13 @@ class RemoteHypervisorDriver:
         extra: float = 0.0,
         state: driver.StateStream | None = None,
         sink: driver.StateStream | None = None,
+        path: str = "calls",
+        answer_type: Any = None,
     ) -> Any:
         if self._session is None:
             raise HypervisorError(f"host {self.host}: not connected")
         line = json.dumps(encode(record)).encode() + b"\n"
-        url = f"{self._base}/calls/{method}" + ("?restore=1" if state is not None else "")
+        url = f"{self._base}/{path}/{method}" + ("?restore=1" if state is not None else "")
         body: Any = line if state is None else _stream_after(line, state)
         try:
             async with asyncio.timeout(self._call_timeout + extra):
@@ -350,7 +360,7 @@ class RemoteHypervisorDriver:
         except (aiohttp.ClientError, OSError, ssl.SSLError) as error:
             raise self._unreachable(f"{method}: {error}") from None
         try:
-            return decode(_call_of(method).answer, answer)
+            return decode(_call_of(method).answer if path == "calls" else answer_type, answer)
         except CallError as error:
             raise HypervisorError(f"host {self.host}: a bad answer to {method}: {error}") from None
 

@@ -40,6 +40,7 @@ from openhosting.hypervisor.driver import (
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.model.server import ServerConfig
+from openhosting.network.links import Counters
 from openhosting.reverter import Reverter
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.events import EventBus
@@ -93,8 +94,10 @@ class ServerLifecycle:
         self.drivers = HostDrivers(config.host_name, self.driver)
         self.drivers.listen(self._on_host_event)
         # The host of each server last started (or adopted) on a host with an agent: where
-        # its VM, run directory and serial log are. Others are this host's.
+        # its VM, run directory, serial log and NICs are. Others are this host's.
         self.placed: dict[str, str] = {}
+        networks.remote = self.drivers.networks
+        networks.host_of = lambda uuid: self.placed.get(uuid, "")
         # The agent hosts a watch found unreachable: their servers are adopted again when
         # their agent answers (`watch_agents`).
         self._agents_down: set[str] = set()
@@ -153,10 +156,12 @@ class ServerLifecycle:
         """The status of every server with a VM (see `status`)."""
         return {uuid: status for uuid in list(self.active) if (status := self.status(uuid))}
 
-    def host_settings(self, driver: HypervisorDriver) -> HostVmSettings:
-        """What the host of `driver` gives every VM (its VNC address, the network namespace)."""
-        return driver.host_settings(
-            vnc_listen=self.vnc.listen_address(), netns=self._networks.namespace
+    def host_settings(self, host: str) -> HostVmSettings:
+        """What `host` ("": this one) gives every VM (its VNC address, the network
+        namespace of its network driver)."""
+        host = "" if host == self.drivers.local_name else host
+        return self.drivers.of(host).host_settings(
+            vnc_listen=self.vnc.listen_address(host), netns=self._networks.namespace_on(host)
         )
 
     # -- start -----------------------------------------------------------------------
@@ -178,21 +183,21 @@ class ServerLifecycle:
         host = self._place(config)
         driver = self.drivers.of(host)
         async with Reverter() as revert:
-            nics = await self._networks.acquire(user, uuid, config)
+            # Placed first: the NICs are made on the host, and released there.
+            self._place_on(uuid, host)
+            nics = await self._networks.acquire(user, uuid, config, host)
             revert.add(lambda: self._networks.release(uuid))
             plan = build_vm_spec(
                 uuid,
                 config,
                 drives,
                 run_dir=driver.run_dir(uuid),
-                host=self.host_settings(driver),
+                host=self.host_settings(host),
                 display=display,
                 nics=nics,
             )
             spec = dataclasses.replace(plan.spec, incoming=True) if restore else plan.spec
             vnc = self.vnc.credentials(uuid, config, display)
-            # Before the start: the VM's events are its host's from its first one.
-            self._place_on(uuid, host)
             try:
                 request = StartRequest(
                     spec,
@@ -211,8 +216,8 @@ class ServerLifecycle:
             # Whatever fails from here on must not leave a VM running that nobody holds.
             self.active[uuid] = user
             revert.add(lambda: driver.kill(uuid, self._settings.stop_timeout))
-            # The VNC overlay is this host's network; a VM on an agent's host has its own.
-            if display is not None and not host:
+            # The VNC overlay is made by the network of the VM's host (an agent's too).
+            if display is not None:
                 await self.vnc.open_overlay(uuid, config, display)
                 revert.add(lambda: self.vnc.close_overlay(uuid))
             started = int(time.time())
@@ -303,7 +308,8 @@ class ServerLifecycle:
         uuid = row.uuid
         driver = self.driver_of(uuid)
         blockstats: dict[str, BlockStats] = {}
-        if not self.host_down(self.placed.get(uuid, "")):  # not asked: no time-out's wait
+        down = self.host_down(self.placed.get(uuid, ""))
+        if not down:  # not asked: no time-out's wait
             # The VM going away (or its host's agent) takes its counters with it.
             with contextlib.suppress(HypervisorError):
                 blockstats = dict(await driver.blockstats(uuid))
@@ -315,7 +321,7 @@ class ServerLifecycle:
             vnc_address=vnc_address,
             vnc_port=vnc_port,
             blockstats=blockstats,
-            traffic=await self._networks.counters(uuid),
+            traffic=await self._networks.counters(uuid) if not down else Counters(),
         )
 
     async def fold_guest_io(self, uuid: str | None = None) -> None:
@@ -488,7 +494,7 @@ class ServerLifecycle:
                     await driver.set_cpu(uuid, config.cpu)
                 except (HypervisorError, OSError, ValueError) as error:
                     log.warning("event=cpu_quota_failed server=%s error=%s", uuid, error)
-                if row.vnc_display is not None and uuid not in self.placed:
+                if row.vnc_display is not None:
                     with contextlib.suppress(FailedError, OSError):
                         await self.vnc.open_overlay(uuid, config, row.vnc_display)
                 log.info("event=server_adopted server=%s", uuid)

@@ -206,7 +206,7 @@ class ServerMoves:
             config,
             landed,
             run_dir=target.run_dir(uuid),
-            host=self._lifecycle.host_settings(target),
+            host=self._lifecycle.host_settings(target_host),
             display=display,
         )
         sizes = {

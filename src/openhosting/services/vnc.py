@@ -90,13 +90,15 @@ class ServerVnc:
 
     # -- where it is reached ---------------------------------------------------------
 
-    def listen_address(self) -> str:
-        """Where VNC servers listen: the network mode's address, else the hypervisor's."""
-        return self._networks.driver.vnc_address or self._settings.vnc_listen
+    def listen_address(self, host: str = "") -> str:
+        """Where VNC servers listen on `host` ("": this one): its network mode's address,
+        else the hypervisor's."""
+        return self._networks.driver_on(host).vnc_address or self._settings.vnc_listen
 
-    def endpoint(self, display: int) -> tuple[str, int]:
-        """Where the daemon itself reaches the VNC server of `display` (the web console)."""
-        return self.listen_address(), vnc_port(display)
+    def endpoint(self, display: int, host: str = "") -> tuple[str, int]:
+        """Where the daemon itself reaches the VNC server of `display` on `host` (the web
+        console)."""
+        return self.listen_address(host), vnc_port(display)
 
     def public_endpoint(self, server: str, display: int | None) -> tuple[str | None, int | None]:
         """Where the user reaches the VNC of `server` (its info's `vnc:ip` and port): its
@@ -105,13 +107,14 @@ class ServerVnc:
             return None, None
         if (overlay := self._overlays.get(server)) is not None:
             return overlay, VNC_BASE_PORT
-        return self.endpoint(display)
+        return self.endpoint(display, self._networks.host_of(server))
 
     async def open_overlay(self, server: str, config: ServerConfig, display: int) -> None:
         """In bridge mode, VNC is also reached on the server's own address, port 5900: the
-        address held for its VNC, else its nic:0 address, where the mode can."""
+        address held for its VNC, else its nic:0 address, where the mode can; made by the
+        network of the host where its VM runs."""
         port = vnc_port(display)
-        network = self._networks.driver
+        network = self._networks.driver_of(server)
         if (own := self._networks.vnc_address_of(server)) is not None:
             if await network.open_vnc_address(own, port):
                 self._overlays[server] = own
@@ -125,10 +128,11 @@ class ServerVnc:
         address = self._overlays.pop(server, None)
         if address is None:
             return
+        network = self._networks.driver_of(server)
         if address == self._networks.vnc_address_of(server):
-            await self._networks.driver.close_vnc_address(address)
+            await network.close_vnc_address(address)
         else:
-            await self._networks.driver.close_vnc(address)
+            await network.close_vnc(address)
 
     # -- credentials -----------------------------------------------------------------
 
@@ -166,5 +170,5 @@ class ServerVnc:
             raise BusyError(
                 f"Server {row.uuid} has no VNC console: set vnc:password and restart it"
             )
-        host, port = self.endpoint(display)
+        host, port = self.endpoint(display, self._networks.host_of(row.uuid))
         return VncTarget(host, port, password, row.config.vnc_tls)

@@ -1,0 +1,103 @@
+"""The NICs of a server whose VM runs on an agent's host are made by that host's network
+driver (services/server_network.py over HostDrivers.networks): fast, with a fake agent whose
+network records what it is asked; the same over a real agent and a real bridge in a namespace
+is tests/agent/test_agent_network.py."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from openhosting.hypervisor.fake import FakeHypervisor
+from openhosting.hypervisor.spec import TapNetdev
+from openhosting.model.port_block import BlockedPorts
+from openhosting.services.platform import Platform
+from openhosting.store import resources as resource_store
+from openhosting.store.tables import drives
+from tests.services.fake_platform import RecordingNetwork, platform_with_agent_host
+
+SERVER = {
+    "name": "s", "cpu": "500", "mem": "64", "persistent": "true",
+    "nic:0:model": "virtio", "nic:0:dhcp": "auto", "nic:0:block": "tcp/25",
+    "vnc:password": "secret",
+}  # fmt: skip
+
+Hosts = tuple[Platform, FakeHypervisor, FakeHypervisor, RecordingNetwork, str]
+
+
+@pytest.fixture
+def two_hosts(tmp_path: Path) -> Iterator[Hosts]:
+    network = RecordingNetwork(namespace="oh-hv-a", vnc_address="198.51.100.7")
+    with platform_with_agent_host(tmp_path, network=network) as (platform, local, remote, user):
+        yield platform, local, remote, network, user
+
+
+async def server_on_agent_host(platform: Platform, user: str, **extra: str) -> str:
+    drive = str((await platform.drives.create(user, {"name": "d", "size": "1M"}))["drive"])
+    with platform.engine.begin() as connection:
+        connection.execute(update(drives).where(drives.c.uuid == drive).values(host="hv-a"))
+    created = await platform.servers.create(user, {**SERVER, "ide:0:0": drive, **extra}, start=True)
+    return str(created["server"])
+
+
+async def test_a_server_on_an_agent_host_gets_its_nics_made_there(two_hosts: Hosts) -> None:
+    platform, local, remote, network, user = two_hosts
+    await platform.servers.recover()  # connects to the agents
+    server = await server_on_agent_host(platform, user)
+
+    # Made there, with the pool's address, the MAC and the blocked ports; nothing here.
+    [nic] = network.of(server)
+    info = await platform.servers.info(user, server)
+    assert nic.address is not None and info["nic:0:dhcp:ip"] == nic.address
+    assert nic.mac.startswith("52:54:00:")
+    assert nic.block == (BlockedPorts("tcp", 25, 25),)
+    assert network.calls[:2] == ["start", "attach"]
+    vm = remote.host.vms[server]
+    assert [n.backend for n in vm.spec.nics] == [TapNetdev(f"tap-{server[:4]}-0")]
+    assert vm.spec.netns == "oh-hv-a"  # QEMU runs in that host's namespace
+    assert local.held() == []
+    # Its traffic is counted there, and its VNC is reached on its own address there.
+    assert info["rx"] == 7
+    assert network.overlays == {nic.address: 5900}
+    assert info["vnc:ip"] == nic.address
+
+    # nic:0:block changes there at once.
+    await platform.servers.set_config(user, server, {"nic:0:block": "udp/53"})
+    [nic] = network.of(server)
+    assert nic.block == (BlockedPorts("udp", 53, 53),)
+
+    # The stop removes them there and lets go of the address.
+    await platform.servers.stop(user, server)
+    assert network.of(server) == [] and network.overlays == {}
+    assert "nic:0:dhcp:ip" not in await platform.servers.info(user, server)
+    await platform.servers.close()
+
+
+async def test_a_failed_attach_on_the_agent_host_starts_nothing_and_holds_no_address(
+    two_hosts: Hosts,
+) -> None:
+    platform, _local, remote, network, user = two_hosts
+    await platform.servers.recover()
+    network.fail_attach = True
+    with pytest.raises(OSError, match="tap"):
+        await server_on_agent_host(platform, user)
+    assert remote.held() == [] and network.nics == {}
+    with platform.engine.connect() as connection:
+        assert resource_store.all_nics(connection) == []
+    await platform.servers.close()
+
+
+async def test_the_agent_hosts_nics_are_reconciled_there_after_a_daemon_restart(
+    two_hosts: Hosts,
+) -> None:
+    platform, _local, _remote, network, user = two_hosts
+    await platform.servers.recover()
+    server = await server_on_agent_host(platform, user)
+    [nic] = network.of(server)
+    network.nics.clear()
+    network.calls.clear()
+    await platform.servers.recover()  # what a restarted daemon does once it adopted
+    assert "reconcile" in network.calls and network.of(server) == [nic]
+    await platform.servers.stop(user, server)
+    await platform.servers.close()
