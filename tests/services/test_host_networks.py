@@ -1,8 +1,9 @@
 """The NICs of a server whose VM runs on an agent's host are made by that host's network
-driver (services/server_network.py over HostDrivers.networks): fast, with a fake agent whose
-network records what it is asked; the same over a real agent and a real bridge in a namespace
+driver (services/server_network.py over HostDrivers.networks), and its serial log and VNC
+display are that host's: fast, with a fake agent whose network records what it is asked; the same over a real agent and a real bridge in a namespace
 is tests/agent/test_agent_network.py."""
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,5 +100,25 @@ async def test_the_agent_hosts_nics_are_reconciled_there_after_a_daemon_restart(
     network.calls.clear()
     await platform.servers.recover()  # what a restarted daemon does once it adopted
     assert "reconcile" in network.calls and network.of(server) == [nic]
+    await platform.servers.stop(user, server)
+    await platform.servers.close()
+
+
+async def test_the_vnc_display_is_free_on_the_vms_host_and_its_log_is_read_there(
+    two_hosts: Hosts,
+) -> None:
+    platform, local, remote, network, user = two_hosts
+    await platform.servers.recover()
+    listen = platform.config.hypervisor.vnc_listen
+    remote.host.ports_in_use.add((listen, 5900))  # display 0 taken there, not here
+    server = await server_on_agent_host(platform, user)
+    info = await platform.servers.info(user, server)
+    # Display 1: its overlay on the guest's address leads to port 5901 there.
+    assert network.overlays == {info["nic:0:dhcp:ip"]: 5901}
+    remote.print_serial(server, b"hello from hv-a\n")
+    assert await asyncio.to_thread(platform.servers.serial_log, server, user) == (
+        b"hello from hv-a\n"
+    )
+    assert local.held() == []
     await platform.servers.stop(user, server)
     await platform.servers.close()

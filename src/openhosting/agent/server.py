@@ -21,7 +21,8 @@ certificate of the cluster CA, and `_control_only` refuses one whose role is not
   waits for that, so `stop` still returns once EXITED has been handled. One follower at a
   time (a control plane that reconnects replaces its old stream); with none, events are
   logged and dropped (a control plane that comes back adopts and reconciles).
-- `POST /faults/{name}`: only over the fake driver (tests): crash, pause, fail the next start.
+- `POST /faults/{name}`: only over the fake driver (tests): crash, pause, fail the next start,
+  print on a VM's serial port, take a port (as another program would).
 """
 
 from __future__ import annotations
@@ -332,6 +333,10 @@ async def _fault(request: web.Request) -> web.Response:
             await fake.pause(str(body["server"]), str(body.get("reason", "paused")))
         elif name == "fail_next_start":
             fake.fail_next_start()
+        elif name == "print_serial":
+            fake.print_serial(str(body["server"]), str(body["text"]).encode())
+        elif name == "take_port":
+            fake.host.ports_in_use.add((str(body["address"]), int(body["port"])))
         else:
             return _error(404, f"no fault {name!r}")
     except HypervisorError as error:

@@ -106,6 +106,7 @@ class ServerLifecycle:
         self.active: dict[str, str] = {}
         # The servers' VNC: displays, addresses, overlays, credentials.
         self.vnc = ServerVnc(config, networks, self.driver)
+        self.vnc.driver_on = self.drivers.of  # its display's port is probed on its host
         self.dumps = ServerDumps.of_state(config.state_path, config.platform_key_path)
         # What runs on each server: the server service's actions, and DUMPED_END while a VM
         # ends because its state was saved (`vm_exited` then keeps the server `dumped`).
@@ -174,13 +175,14 @@ class ServerLifecycle:
         drives: list[AttachableDrive],
         display: int | None,
         restore: bool = False,
+        host: str | None = None,
     ) -> None:
         """Start the VM of `uuid`, whose drives are claimed and VNC `display` picked; the
         server is `active` once this returns. Every step is undone if a later one fails.
         With `restore`, the VM runs on from its dump instead of booting; the dump is removed
-        once it runs."""
+        once it runs. `host`: where `place` put it (None: placed here)."""
         begun = time.monotonic()
-        host = self._place(config)
+        host = self.place(config) if host is None else host
         driver = self.drivers.of(host)
         async with Reverter() as revert:
             # Placed first: the NICs are made on the host, and released there.
@@ -243,7 +245,7 @@ class ServerLifecycle:
         if vm.state == VmState.PAUSED and vm.reason is not None:  # paused before anyone listened
             self._publish_pause(user, uuid, vm.reason)
 
-    def _place(self, config: ServerConfig) -> str:
+    def place(self, config: ServerConfig) -> str:
         """The host a starting server goes to ("" for this one): placement's choice among
         the hosts with a driver here, the boot drive's host first."""
         if self._hosts is None or not self.drivers.remote:
@@ -376,9 +378,10 @@ class ServerLifecycle:
             uuid, time.monotonic() - begun, self.dumps.path(uuid).stat().st_size,
         )  # fmt: skip
 
-    def discard_dump(self, uuid: str) -> None:
+    def discard_dump(self, uuid: str) -> bool:
         """The dumped server is stopped instead of restored: its saved state and claims go,
-        and the stop rules apply (a non-persistent server is destroyed)."""
+        and the stop rules apply (a non-persistent server is destroyed: True, and its run
+        directory is the caller's to remove with `remove_run_dir`)."""
         self.dumps.remove(uuid)
         with self._engine.begin() as connection:
             row = server_store.get_server(connection, uuid)
@@ -390,7 +393,8 @@ class ServerLifecycle:
                 server_store.delete_server(connection, uuid)
         if row is not None and not persistent:
             log.info("event=server_destroyed server=%s reason=dump_discarded", uuid)
-            self.remove_run_dir(uuid)
+            return True
+        return False
 
     # -- end -------------------------------------------------------------------------
 
@@ -433,9 +437,9 @@ class ServerLifecycle:
         elif row is not None:
             self._publish_exit(row.user, uuid, row.config, how)
         if not dumped and row is not None and not persistent:
-            self.remove_run_dir(uuid)
+            await self.remove_run_dir(uuid)
 
-    def remove_run_dir(self, uuid: str) -> None:
+    async def remove_run_dir(self, uuid: str) -> None:
         """The server is destroyed: keep the last of its serial log, remove the rest."""
         try:
             driver = self.driver_of(uuid)
@@ -444,8 +448,10 @@ class ServerLifecycle:
             self.placed.pop(uuid, None)
             return
         try:
-            self.logs.keep(uuid, driver.serial_log(uuid))
-        except OSError as error:
+            # From a worker thread: an agent's host is asked for it over the wire.
+            content = await asyncio.to_thread(driver.serial_log, uuid)
+            await asyncio.to_thread(self.logs.keep, uuid, content)
+        except (OSError, HypervisorError) as error:
             log.warning("event=server_log_keep_failed server=%s error=%s", uuid, error)
         driver.forget(uuid)
         self.placed.pop(uuid, None)

@@ -18,6 +18,7 @@ numbers are vnc/ports.py's.
 
 import contextlib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -61,15 +62,21 @@ class ServerVnc:
         self._tls_dir = vnc_tls_dir(config.state_path)
         self._networks = networks
         self._driver = driver
+        # The driver of a host by name ("": this one): the lifecycle's `HostDrivers.of`.
+        self.driver_on: Callable[[str], HypervisorDriver] = lambda _host: driver
         # Servers whose VNC is also on their own address (bridge mode): that address.
         self._overlays: dict[str, str] = {}
 
     # -- displays --------------------------------------------------------------------
 
-    def claim(self, connection: Connection, server: str, config: ServerConfig) -> int | None:
-        """Pick the display of the starting `server` and keep it in its row, in the caller's
-        transaction (so two starts never pick the same one); None if it has no VNC server (no
-        password). 409 busy if every display is taken."""
+    def claim(
+        self, connection: Connection, server: str, config: ServerConfig, host: str = ""
+    ) -> int | None:
+        """Pick the display of `server`, starting on `host` ("": this one), and keep it in
+        its row, in the caller's transaction (so two starts never pick the same one); None if
+        it has no VNC server (no password). 409 busy if every display is taken. The port is
+        probed by the host's driver: from a worker thread, as an agent's is asked over the
+        wire."""
         if not config.vnc_password:
             return None
         used = server_store.used_vnc_displays(connection)
@@ -78,7 +85,8 @@ class ServerVnc:
                 continue
             # Probed where VNC listens in user mode, as before the move (bridge mode's
             # address is the host's own too).
-            if not self._driver.vnc_port_free(self._settings.vnc_listen, vnc_port(display)):
+            probe = self.driver_on(host)
+            if not probe.vnc_port_free(self._settings.vnc_listen, vnc_port(display)):
                 continue
             server_store.update_server(connection, server, vnc_display=display)
             return display
@@ -153,7 +161,7 @@ class ServerVnc:
     async def set_password(self, server: str, password: str | None) -> None:
         """`set vnc:password` on a running server: its VNC server takes it at once."""
         with contextlib.suppress(HypervisorError):  # no VNC server: applies at next start
-            await self._driver.set_vnc_password(server, password)
+            await self.driver_on(self._networks.host_of(server)).set_vnc_password(server, password)
 
     def tls_context(self) -> ssl.SSLContext:
         """Trust in the platform's VNC CA alone, as QEMU's VeNCrypt X509 server shows it."""
