@@ -1,7 +1,8 @@
 """The NICs of a server whose VM runs on an agent's host are made by that host's network
 driver (services/server_network.py over HostDrivers.networks), and its serial log and VNC
-display are that host's: fast, with a fake agent whose network records what it is asked; the same over a real agent and a real bridge in a namespace
-is tests/agent/test_agent_network.py."""
+display are that host's; a drain moves its NICs with it. Fast, with a fake agent whose
+network records what it is asked; the same over a real agent and a real bridge in a
+namespace is tests/agent/test_agent_network.py."""
 
 import asyncio
 from collections.abc import Iterator
@@ -35,7 +36,8 @@ def two_hosts(tmp_path: Path) -> Iterator[Hosts]:
 
 
 async def server_on_agent_host(platform: Platform, user: str, **extra: str) -> str:
-    drive = str((await platform.drives.create(user, {"name": "d", "size": "1M"}))["drive"])
+    properties = {"name": "d", "size": "1M", "encryption:cipher": "none"}
+    drive = str((await platform.drives.create(user, properties))["drive"])
     with platform.engine.begin() as connection:
         connection.execute(update(drives).where(drives.c.uuid == drive).values(host="hv-a"))
     created = await platform.servers.create(user, {**SERVER, "ide:0:0": drive, **extra}, start=True)
@@ -120,5 +122,60 @@ async def test_the_vnc_display_is_free_on_the_vms_host_and_its_log_is_read_there
         b"hello from hv-a\n"
     )
     assert local.held() == []
+    await platform.servers.stop(user, server)
+    await platform.servers.close()
+
+
+async def test_a_drain_moves_a_servers_nics_to_the_target_host_and_off_the_source(
+    two_hosts: Hosts,
+) -> None:
+    platform, local, remote, network, user = two_hosts
+    here_network = RecordingNetwork()
+    platform.servers.networks.driver = here_network  # this host's, recording too
+    await platform.servers.recover()
+    server = await server_on_agent_host(platform, user)
+    [before] = network.of(server)
+    started = (await platform.servers.info(user, server))["started"]
+
+    outcome = await platform.servers.drain("hv-a")
+
+    assert outcome[server] == f"moved {platform.hosts.name}", outcome
+    assert local.held() == [server] and remote.held() == []
+    # The same NIC on the target (its MAC, address and blocked ports), none left on the source.
+    assert here_network.of(server) == [before] and network.of(server) == []
+    vm = local.host.vms[server]
+    assert [(n.mac, n.backend) for n in vm.spec.nics] == [
+        (before.mac, TapNetdev(f"tap-{server[:4]}-0"))
+    ]
+    info = await platform.servers.info(user, server)
+    assert (info["nic:0:dhcp:ip"], info["started"], info["host"]) == (
+        before.address, started, platform.hosts.name,
+    )  # fmt: skip
+    # Its VNC overlay left with it.
+    assert network.overlays == {} and here_network.overlays == {before.address: 5900}
+    # The next stop lets go of it here.
+    await platform.servers.stop(user, server)
+    assert here_network.of(server) == []
+    await platform.servers.close()
+
+
+async def test_a_move_that_fails_leaves_the_nics_on_the_source_and_none_on_the_target(
+    two_hosts: Hosts,
+) -> None:
+    platform, local, remote, network, user = two_hosts
+    here_network = RecordingNetwork()
+    platform.servers.networks.driver = here_network
+    await platform.servers.recover()
+    server = await server_on_agent_host(platform, user)
+    [before] = network.of(server)
+    local.fail_next_start()  # the target cannot start the VM that waits for the state
+
+    outcome = await platform.servers.drain("hv-a")
+
+    assert "fail" in outcome[server].lower(), outcome
+    assert remote.held() == [server] and local.held() == []
+    assert network.of(server) == [before] and here_network.of(server) == []
+    assert here_network.calls.count("attach") == 1  # made for the move, then removed
+    assert network.overlays == {before.address: 5900} and here_network.overlays == {}
     await platform.servers.stop(user, server)
     await platform.servers.close()

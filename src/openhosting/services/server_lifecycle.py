@@ -87,6 +87,7 @@ class ServerLifecycle:
         self._config = config
         self._settings = config.hypervisor
         self._networks = networks
+        self.networks = networks  # the servers' NICs, on the host of each VM
         self.logs = ServerLogs(config)
         # This host's driver; the VMs of hosts with agents go through `drivers` too.
         self.driver = driver if driver is not None else open_driver(config)

@@ -35,7 +35,7 @@ from openhosting.errors import BusyError, FullError, MissingError, UnavailableEr
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import NicSpec
 from openhosting.model.server import NicConfig, ServerConfig
-from openhosting.network.driver import NetworkDriver, NicPlan
+from openhosting.network.driver import Backend, NetworkDriver, NicPlan
 from openhosting.network.errors import NetworkError
 from openhosting.network.links import Counters
 from openhosting.network.pool import AddressPool
@@ -67,6 +67,27 @@ def default_mac(server: str, index: int) -> str:
 _READ_AHEAD: contextvars.ContextVar[Mapping[str, list[NicPlan]] | None] = contextvars.ContextVar(
     "nic_plans_read_ahead", default=None
 )
+
+
+def _nic_specs(
+    config: ServerConfig, plans: Sequence[NicPlan], backends: Mapping[int, Backend]
+) -> tuple[NicSpec, ...]:
+    """The NICs of `config` for QEMU, with the MACs of `plans` and their `backends`."""
+    by_index = {plan.index: plan for plan in plans}
+    return tuple(
+        NicSpec(
+            index=nic.index,
+            model=nic.model,
+            mac=by_index[nic.index].mac,
+            backend=backends[nic.index],
+        )
+        for nic in config.nics
+    )
+
+
+def _dhcp_of(config: ServerConfig, index: int) -> bool:
+    """Whether `nic:INDEX:dhcp` asks for an address (user mode offers its own then)."""
+    return any(nic.index == index and nic.dhcp is not None for nic in config.nics)
 
 
 def _plan_of(row: NicRecord) -> NicPlan:
@@ -190,16 +211,40 @@ class ServerNetworks:
                     "event=address_held server=%s nic=%s address=%s mac=%s",
                     server, plan.index, plan.address, plan.mac,
                 )  # fmt: skip
-        by_index = {plan.index: plan for plan in plans}
-        return tuple(
-            NicSpec(
-                index=nic.index,
-                model=nic.model,
-                mac=by_index[nic.index].mac,
-                backend=backends[nic.index],
+        return _nic_specs(config, plans, backends)
+
+    # -- a live move between hosts -------------------------------------------------------
+
+    async def attach_on(self, server: str, config: ServerConfig, host: str) -> tuple[NicSpec, ...]:
+        """The running server's NICs made on `host` too ("": this one), the target of its
+        live move: the same MACs, addresses and blocked ports as its rows and `config` say
+        (nothing changes in the database: the address stays held by the server); the NICs
+        for the target's QEMU. Undone by `detach_on`."""
+        with self._engine.connect() as connection:
+            vnis = vni_store.vnis_of(connection, [n.vlan for n in config.nics if n.vlan])
+        blocks = {nic.index: nic.block for nic in config.nics}
+        plans = [
+            dataclasses.replace(
+                plan,
+                block=blocks.get(plan.index, ()),
+                vni=vnis.get(plan.vlan) if plan.vlan is not None else None,
+                dhcp=_dhcp_of(config, plan.index),
             )
-            for nic in config.nics
-        )
+            for plan in self.plans_of(server)
+        ]
+        driver = self.driver_on(host)
+        if host:
+            await driver.start()
+        if any(plan.vlan is not None for plan in plans):
+            await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+        backends = await driver.attach(plans)
+        log.info("event=nics_attached_for_move server=%s host=%s", server, host or "here")
+        return _nic_specs(config, plans, backends)
+
+    async def detach_on(self, server: str, host: str) -> None:
+        """Remove the server's NICs from `host` ("": this one): the host its VM left, or
+        the target of a move that failed. Its addresses stay held (its rows are kept)."""
+        await self.driver_on(host).detach(self.plans_of(server))
 
     def _forget_nics(self, server: str) -> None:
         with self._engine.begin() as connection:
