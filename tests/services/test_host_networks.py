@@ -5,12 +5,13 @@ network records what it is asked; the same over a real agent and a real bridge i
 namespace is tests/agent/test_agent_network.py."""
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
+from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.hypervisor.spec import TapNetdev
 from openhosting.model.port_block import BlockedPorts
@@ -179,3 +180,23 @@ async def test_a_move_that_fails_leaves_the_nics_on_the_source_and_none_on_the_t
     assert network.overlays == {before.address: 5900} and here_network.overlays == {}
     await platform.servers.stop(user, server)
     await platform.servers.close()
+
+
+class PeerlessNetwork(RecordingNetwork):
+    """An agent host's network whose agent fails to answer."""
+
+    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+        raise HypervisorError("host agent hv-a unreachable")
+
+
+async def test_a_host_that_fails_the_watch_does_not_keep_the_others_from_it(
+    tmp_path: Path,
+) -> None:
+    with platform_with_agent_host(tmp_path, network=PeerlessNetwork()) as (platform, *_):
+        here_network = RecordingNetwork()
+        platform.servers.networks.driver = here_network
+        await platform.servers.recover()
+        before = list(here_network.calls)
+        await platform.servers.networks.refresh_vxlan_peers()  # hv-a's failure is logged
+        assert here_network.calls == [*before, "set_vxlan_peers"]
+        await platform.servers.close()

@@ -67,8 +67,10 @@ DRIVER_KEY = web.AppKey("driver", object)
 RELAY_KEY = web.AppKey("relay", object)
 CAPACITY_KEY = web.AppKey("capacity", object)
 NETWORK_KEY = web.AppKey("network", object)
-# The network calls that need the driver started first (the others read or undo).
-NEEDS_START = frozenset({"attach", "reconcile", "set_vxlan_peers", "open_vnc", "open_vnc_address"})
+# The network calls that need the driver started first. The others read, undo, or change
+# only what runs (the VXLAN peers, the DHCP server's watch): the control plane makes them
+# every few seconds on every host, which must not set up a network where no NIC is.
+NEEDS_START = frozenset({"attach", "reconcile", "open_vnc", "open_vnc_address"})
 
 
 class EventRelay:

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine
 
@@ -473,9 +473,28 @@ class ServerNetworks:
     async def refresh_vxlan_peers(self) -> None:
         """The VLANs running on each host flood to the other hosts online now (a host that
         came or went since their servers started)."""
-        for host, driver in self._drivers().items():
+
+        async def refresh(host: str, driver: NetworkDriver) -> None:
             if driver.mode == "bridge":
                 await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+
+        await self._on_every_host("vxlan_peers_refresh_failed", refresh)
+
+    async def _on_every_host(
+        self, failed: str, step: Callable[[str, NetworkDriver], Awaitable[None]]
+    ) -> None:
+        """`step` on every host's network at once (an agent that does not answer costs one
+        wait, not one per host); a host's failure is logged as `failed`, and the local
+        host's raised once all are done."""
+        drivers = self._drivers()
+        results = await asyncio.gather(
+            *(step(host, driver) for host, driver in drivers.items()), return_exceptions=True
+        )
+        for host, result in zip(drivers, results, strict=True):
+            if isinstance(result, BaseException):
+                if not host:
+                    raise result
+                log.warning("event=%s host=%s error=%s", failed, host, result)
 
     async def keep_helpers_running_every(self, interval: float = HELPER_CHECK_SECONDS) -> None:
         """Every `interval` seconds, start again a NIC helper that died (bridge mode's
@@ -483,11 +502,12 @@ class ServerNetworks:
         tried again next time."""
         while True:
             await asyncio.sleep(interval)
-            for host, driver in self._drivers().items():
-                try:
-                    await driver.keep_helpers_running()
-                except Exception:  # a broken restart must not end the watch (nor the daemon)
-                    log.exception("event=nic_helper_restart_failed host=%s", host)
+            try:
+                await self._on_every_host(
+                    "nic_helper_restart_failed", lambda _host, d: d.keep_helpers_running()
+                )
+            except Exception:  # a broken restart must not end the watch (nor the daemon)
+                log.exception("event=nic_helper_restart_failed")
             try:
                 await self.refresh_vxlan_peers()
             except Exception:  # a busy database or a failed command: next time
