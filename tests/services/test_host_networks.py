@@ -200,3 +200,18 @@ async def test_a_host_that_fails_the_watch_does_not_keep_the_others_from_it(
         await platform.servers.networks.refresh_vxlan_peers()  # hv-a's failure is logged
         assert here_network.calls == [*before, "set_vxlan_peers"]
         await platform.servers.close()
+
+
+async def test_an_agent_back_has_its_hosts_nics_reconciled_there(two_hosts: Hosts) -> None:
+    platform, _local, remote, network, user = two_hosts
+    await platform.servers.recover()
+    server = await server_on_agent_host(platform, user)
+    [nic] = network.of(server)
+    # The agent restarts: its network knows nothing, its VMs run on, held by nobody.
+    network.nics.clear()
+    await remote.detach_all()
+    await platform.servers.lifecycle.watch_agents()
+    assert remote.held() == [server]
+    assert network.of(server) == [nic]  # kept there, its blocked ports in force again
+    await platform.servers.stop(user, server)
+    await platform.servers.close()

@@ -584,6 +584,21 @@ class ServerLifecycle:
                 await self.vm_exited(uuid, driver.how_ended(uuid))
             else:
                 log.info("event=server_adopted server=%s host=%s", uuid, host)
+        await self._recover_network_of(host)
+
+    async def _recover_network_of(self, host: str) -> None:
+        """The network of `host`, whose VMs were just adopted again, keeps what its running
+        servers use (a restarted agent's network knows nothing yet) and removes the rest."""
+        with self._engine.connect() as connection:
+            running = {
+                row.uuid: row.config
+                for row in server_store.servers_with_status(connection, "active")
+                if row.host == host and row.uuid in self.active
+            }
+        try:
+            await self._networks.recover_on(host, running)
+        except (FailedError, OSError) as error:  # its agent gone again: at its next return
+            log.warning("event=network_reconcile_failed host=%s error=%s", host, error)
 
     async def adopt_for_maintenance(self) -> dict[str, str]:
         """For the admin tool when no daemon answers: hold the VMs of active servers as

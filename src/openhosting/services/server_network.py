@@ -85,6 +85,20 @@ def _nic_specs(
     )
 
 
+def _running_plans(
+    rows: Sequence[NicRecord], running: Mapping[str, ServerConfig], vnis: Mapping[str, int]
+) -> Iterator[NicPlan]:
+    """The NIC plans of the servers of `running` among `rows`, with their blocked ports
+    and VNIs."""
+    for row in rows:
+        config = running.get(row.server)
+        if config is not None and row.nic != VNC_ROW:
+            blocks = {nic.index: nic.block for nic in config.nics}
+            plan = _plan_of(row)
+            vni = vnis.get(plan.vlan) if plan.vlan is not None else None
+            yield dataclasses.replace(plan, block=blocks.get(row.nic, ()), vni=vni)
+
+
 def _dhcp_of(config: ServerConfig, index: int) -> bool:
     """Whether `nic:INDEX:dhcp` asks for an address (user mode offers its own then)."""
     return any(nic.index == index and nic.dhcp is not None for nic in config.nics)
@@ -442,14 +456,8 @@ class ServerNetworks:
                 resource_store.delete_nics(connection, server)
             vnis = vni_store.vnis_of(connection, {row.network for row in rows})
         plans: dict[str, list[NicPlan]] = {"": []}  # by host
-        for row in rows:
-            config = running.get(row.server)
-            if config is not None and row.nic != VNC_ROW:
-                blocks = {nic.index: nic.block for nic in config.nics}
-                plan = _plan_of(row)
-                vni = vnis.get(plan.vlan) if plan.vlan is not None else None
-                plan = dataclasses.replace(plan, block=blocks.get(row.nic, ()), vni=vni)
-                plans.setdefault(self.host_of(row.server), []).append(plan)
+        for plan in _running_plans(rows, running, vnis):
+            plans.setdefault(self.host_of(plan.server), []).append(plan)
         for host, kept in plans.items():
             try:
                 await self._reconcile_on(host, kept)
@@ -459,7 +467,20 @@ class ServerNetworks:
                 # That host's agent is away: its NICs are reconciled when it is back.
                 log.warning("event=network_reconcile_failed host=%s error=%s", host, error)
 
+    async def recover_on(self, host: str, running: Mapping[str, ServerConfig]) -> None:
+        """An agent's host whose VMs were adopted again (its agent back, or restarted): its
+        network keeps exactly what `running`, its servers that run, use (their blocked
+        ports as their configurations say) and removes the rest."""
+        with self._engine.connect() as connection:
+            rows = resource_store.all_nics(connection)
+            vnis = vni_store.vnis_of(connection, {row.network for row in rows})
+        await self._reconcile_on(host, list(_running_plans(rows, running, vnis)))
+
     async def _reconcile_on(self, host: str, plans: Sequence[NicPlan]) -> None:
+        if host and not plans:
+            # Nothing runs there with a NIC: its network is left unset-up (what servers that
+            # ended meanwhile held, their release detached there).
+            return
         driver = self.driver_on(host)
         if host:
             await driver.start()
