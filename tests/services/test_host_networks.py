@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.hypervisor.spec import TapNetdev
 from openhosting.model.port_block import BlockedPorts
+from openhosting.network.driver import NicPlan
+from openhosting.network.links import Counters
 from openhosting.services.platform import Platform
 from openhosting.store import resources as resource_store
 from openhosting.store.tables import drives
@@ -215,3 +217,23 @@ async def test_an_agent_back_has_its_hosts_nics_reconciled_there(two_hosts: Host
     assert network.of(server) == [nic]  # kept there, its blocked ports in force again
     await platform.servers.stop(user, server)
     await platform.servers.close()
+
+
+class SilentCountersNetwork(RecordingNetwork):
+    """An agent host's network whose agent has just died (before any watch saw it)."""
+
+    async def counters(self, nics: Sequence[NicPlan]) -> Counters:
+        raise HostUnreachableError("host agent hv-a unreachable: counters")
+
+
+async def test_info_of_a_server_whose_agent_just_died_shows_no_traffic_rather_than_failing(
+    tmp_path: Path,
+) -> None:
+    network = SilentCountersNetwork()
+    with platform_with_agent_host(tmp_path, network=network) as (platform, _l, _r, user):
+        await platform.servers.recover()
+        server = await server_on_agent_host(platform, user)
+        info = await platform.servers.info(user, server)
+        assert (info["status"], info["rx"], info["tx"]) == ("active", 0, 0)
+        await platform.servers.stop(user, server)
+        await platform.servers.close()

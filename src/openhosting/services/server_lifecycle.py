@@ -324,8 +324,16 @@ class ServerLifecycle:
             vnc_address=vnc_address,
             vnc_port=vnc_port,
             blockstats=blockstats,
-            traffic=await self._networks.counters(uuid) if not down else Counters(),
+            traffic=await self._traffic(uuid) if not down else Counters(),
         )
+
+    async def _traffic(self, uuid: str) -> Counters:
+        """The traffic of the NICs of `uuid`, counted on its host; none when that host's
+        agent does not answer (as its drive counters: info shows what it can)."""
+        try:
+            return await self._networks.counters(uuid)
+        except (HypervisorError, UnavailableError):
+            return Counters()
 
     async def fold_guest_io(self, uuid: str | None = None) -> None:
         """Add what the guest of `uuid` (or of every running VM) read and wrote since the
