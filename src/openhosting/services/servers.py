@@ -100,6 +100,9 @@ class Servers:
             )
             networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, network)
         self.networks = networks  # the servers' NICs: addresses, DHCP, taps
+        # One claim at a time in this process: a claim runs in a worker thread (its VNC probe
+        # may ask an agent), where two would read the same free display before either wrote.
+        self._claiming = asyncio.Lock()
         self.lifecycle = ServerLifecycle(engine, config, networks, events, driver, hosts)
         # The lifecycle's own dict: who is active is read here, changed only there.
         self._active: dict[str, str] = self.lifecycle.active
@@ -354,9 +357,10 @@ class Servers:
             async with Reverter() as revert:
                 # In a worker thread: the display's port is probed on the VM's host, which
                 # may be an agent's, asked over the wire.
-                display = await asyncio.to_thread(
-                    self._claim, user, uuid, config, drives, restore, host
-                )
+                async with self._claiming:
+                    display = await asyncio.to_thread(
+                        self._claim, user, uuid, config, drives, restore, host
+                    )
                 # A dumped server's drives stay its own whether or not it comes back.
                 revert.add(functools.partial(self._release, uuid, drives=not restore))
                 await self.lifecycle.start_vm(
