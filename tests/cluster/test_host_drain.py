@@ -1,8 +1,9 @@
 """`openhosting-admin host drain HOST` on the real parts: an API daemon on PostgreSQL and two
 real `openhosting-agent` processes over QEMU (TCG) on loopback, taking migrations on
 127.0.0.1. The tiny guest, booted on hv-a through the API, writes a marker on its drive and
-counts on its serial line; drained, hv-a holds no VM, hv-b runs the same boot on (its counter
-goes on, no new boot line), the server's info names hv-b with `started` unchanged, its
+counts on its serial line, with a NIC (user mode: its passt on its host); drained, hv-a
+holds no VM, hv-b runs the same boot on (its counter goes on, no new boot line, its NIC made
+there with the same address), the server's info names hv-b with `started` unchanged, its
 drive's host is hv-b and its file hv-b's agent's own (hv-a's removed). Drained back with
 hv-a's incoming QEMU killed half-way, the server is reported and runs on at hv-b. Once
 stopped (through hv-b) the drive holds the guest's marker.
@@ -103,6 +104,7 @@ def test_a_drain_moves_the_running_guest_to_the_other_host_without_a_reboot(
                for name in ("hv-a", "hv-b")}  # fmt: skip
     assert api.call(f"/drives/{drive}/write", image).status == 204
     body = f"name g\ncpu 1000\nmem 128\npersistent true\nide:0:0 {drive}\nboot ide:0:0\n"
+    body += "nic:0:model virtio\nnic:0:dhcp auto\n"  # made on hv-a, then on hv-b
     server = api.properties("/servers/create/stopped", body.encode())["server"]
     started = api.call(f"/servers/{server}/start", b"")
     assert started.status == 204, started
@@ -133,6 +135,7 @@ def test_a_drain_moves_the_running_guest_to_the_other_host_without_a_reboot(
         after = api.properties(f"/servers/{server}/info")
         assert (after["status"], after["host"]) == ("active", "hv-b")
         assert after["started"] == before["started"]
+        assert after["nic:0:dhcp:ip"] == before["nic:0:dhcp:ip"]  # its NIC moved with it
         assert api.properties(f"/drives/{drive}/info")["host"] == "hv-b"
         # The drive's file is hv-b's own now; hv-a's is gone.
         assert file_on["hv-b"].is_file() and not file_on["hv-a"].exists()

@@ -155,7 +155,21 @@ class Harness:
         assert isinstance(self.driver, QemuDriver)
         await self.driver.vm(server).monitor.execute("stop")
 
-    async def _fault(self, name: str, **body: str) -> None:
+    async def print_serial(self, server: str, text: str) -> None:
+        """What the guest prints on its serial port (the fakes')."""
+        if isinstance(self.driver, FakeHypervisor):
+            self.driver.print_serial(server, text.encode())
+        else:
+            await self._fault("print_serial", server=server, text=text)
+
+    async def take_port(self, address: str, port: int) -> None:
+        """Something else on the VM's host listens on `address`:`port` (the fakes')."""
+        if isinstance(self.driver, FakeHypervisor):
+            self.driver.host.ports_in_use.add((address, port))
+        else:
+            await self._fault("take_port", address=address, port=port)
+
+    async def _fault(self, name: str, **body: str | int) -> None:
         """Inject a fault into the fake behind the agent (its test-only route)."""
         assert self.agent is not None
         async with (
@@ -392,6 +406,33 @@ async def test_a_guest_power_off_gives_a_last_look_then_ends_the_vm(harness: Har
     assert harness.kinds(spec.uuid) == [VmEventKind.POWERED_OFF, VmEventKind.EXITED]
     assert looked == [[disk.slot for disk in spec.disks]]
     assert driver.status(spec.uuid) is None
+
+
+@pytest.fixture(params=["fake", "remote-fake"])
+async def fake_harness(
+    request: pytest.FixtureRequest, agents: Callable[[str], Agent]
+) -> AsyncIterator[Harness]:
+    """The fake in-process and behind a real agent: faults injected into either."""
+    async for made in _harness(request.param, agents):
+        yield made
+
+
+async def test_a_vms_serial_log_and_vnc_ports_are_its_hosts_even_over_the_wire(
+    fake_harness: Harness,
+) -> None:
+    driver = fake_harness.driver
+    spec = fake_harness.spec()
+    await driver.start(StartRequest(spec))
+    await fake_harness.print_serial(spec.uuid, "booted\n")
+    await fake_harness.take_port("127.0.0.1", 5907)
+    # From a worker thread, as the services ask (an agent is asked over the wire).
+    assert await asyncio.to_thread(driver.serial_log, spec.uuid) == b"booted\n"
+    assert not await asyncio.to_thread(driver.vnc_port_free, "127.0.0.1", 5907)
+    assert await asyncio.to_thread(driver.vnc_port_free, "127.0.0.1", 5908)
+    if fake_harness.kind == "remote-fake":  # on the event loop it would stall the loop
+        with pytest.raises(HypervisorError, match="worker thread"):
+            driver.serial_log(spec.uuid)
+    await driver.stop(spec.uuid)
 
 
 def test_specs_cross_the_interface_as_plain_data() -> None:

@@ -6,6 +6,10 @@ It reads the platform's configuration as the daemon does (`--config`, `OH_*`): t
 bundle (`openhosting-admin host add NAME --out DIR` on the control plane's host, copied here)
 is read from `--tls-dir`, by default `<state_dir>/agent-tls`.
 
+It runs its host's network driver from the same configuration's `[network]`, as the daemon
+does (user or bridge mode: this host's bridges, taps and DHCP server for the NICs of the VMs
+that run here), started at the control plane's first NIC call.
+
 Live migrations in and out of this host (QEMU) go over TLS with the same bundle, checked
 against the cluster CA and, for a target, its host name; they listen on
 `hypervisor.migration_address` (docs/cluster.md).
@@ -32,12 +36,13 @@ from aiohttp import web
 from cryptography import x509
 
 from openhosting.agent.pki import Bundle, ClusterTlsError, agent_context, host_bundle, role_of
-from openhosting.agent.server import make_app
+from openhosting.agent.server import AgentNetwork, make_app
 from openhosting.config import ConfigError, load_config
 from openhosting.daemon import parse_listen
 from openhosting.host_capacity import HostCapacity, measure_capacity
 from openhosting.hypervisor.driver import HypervisorDriver, open_driver
 from openhosting.hypervisor.migration import MigrationTls, write_qemu_tls_dir
+from openhosting.network import open_network
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
 
@@ -77,10 +82,12 @@ async def serve(
     context: ssl.SSLContext,
     capacity: Callable[[], HostCapacity] | None = None,
     storage: LocalDriveStorage | None = None,
+    network: AgentNetwork | None = None,
 ) -> None:
-    """Serve `driver` (with `capacity`, the host's measure, and `storage`, this host's
-    drives) until SIGTERM or SIGINT; then let go of the VMs (they run on)."""
-    runner = web.AppRunner(make_app(driver, capacity, storage), handle_signals=False)
+    """Serve `driver` (with `capacity`, the host's measure, `storage`, this host's drives,
+    and `network`, its network driver) until SIGTERM or SIGINT; then let go of the VMs
+    (they run on, and so do their NICs)."""
+    runner = web.AppRunner(make_app(driver, capacity, storage, network), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=context)
     await site.start()
@@ -94,7 +101,10 @@ async def serve(
         await stopping.wait()
     finally:
         await runner.cleanup()
+        idle = not driver.held()
         await driver.detach_all()
+        if network is not None:
+            await network.close(idle)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,11 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         driver = open_driver(config, migration_tls(bundle, config.state_path))
         # The drives placed on this host live in its own tier directories.
         storage = LocalDriveStorage(DriveTiers(config.tier_paths))
+        _pool, network = open_network(
+            config.network, config.run_path / "network", config.hypervisor.run_as
+        )
     except (ConfigError, ClusterTlsError, ValueError, OSError) as error:
         print(f"openhosting-agent: {error}", file=sys.stderr)
         return 2
-    capacity = functools.partial(measure_capacity, config)
-    asyncio.run(serve(driver, host, port, context, capacity, storage))
+    measure = functools.partial(measure_capacity, config)
+    asyncio.run(serve(driver, host, port, context, measure, storage, AgentNetwork(network)))
     return 0
 
 

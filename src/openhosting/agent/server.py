@@ -12,12 +12,17 @@ certificate of the cluster CA, and `_control_only` refuses one whose role is not
   `{"error": message}`, a malformed call 400.
 - `POST /calls/capacity`: the agent's own call (`HOST_CALLS`), what this host offers
   (`HostCapacity`: cores, MHz, memory, disk per tier), measured here at each call.
+- `POST /network/{method}`: one call of this host's network driver (hypervisor/network_calls.py):
+  the NICs of the servers whose VMs run here (taps on this host's bridges, its DHCP server,
+  blocked ports, the VNC overlay). The driver is started at the first call that needs it, so
+  an agent whose host runs no NIC changes nothing of its network. A `NetworkError` is 409.
 - `GET /events`: a WebSocket carrying the driver's events, each `{"seq": n, "event": ...}`,
   which the control plane acknowledges (`{"ack": n}`) once its handler has run: the driver
   waits for that, so `stop` still returns once EXITED has been handled. One follower at a
   time (a control plane that reconnects replaces its old stream); with none, events are
   logged and dropped (a control plane that comes back adopts and reconciles).
-- `POST /faults/{name}`: only over the fake driver (tests): crash, pause, fail the next start.
+- `POST /faults/{name}`: only over the fake driver (tests): crash, pause, fail the next start,
+  print on a VM's serial port, take a port (as another program would).
 - `POST /storage/{action}`: the bytes of the drives this host holds (agent/storage_routes.py).
 """
 
@@ -51,6 +56,9 @@ from openhosting.hypervisor.calls import (
 )
 from openhosting.hypervisor.driver import HypervisorDriver, StartRequest, VmEvent
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.network_calls import NETWORK_CALLS, NetworkFacts
+from openhosting.network.driver import NetworkDriver, NicPlan
+from openhosting.network.errors import NetworkError
 from openhosting.storage.local_storage import LocalDriveStorage
 
 log = logging.getLogger("openhosting.agent")
@@ -63,6 +71,11 @@ MAX_CALL_LINE = 1 << 20
 DRIVER_KEY = web.AppKey("driver", object)
 RELAY_KEY = web.AppKey("relay", object)
 CAPACITY_KEY = web.AppKey("capacity", object)
+NETWORK_KEY = web.AppKey("network", object)
+# The network calls that need the driver started first. The others read, undo, or change
+# only what runs (the VXLAN peers, the DHCP server's watch): the control plane makes them
+# every few seconds on every host, which must not set up a network where no NIC is.
+NEEDS_START = frozenset({"attach", "reconcile", "open_vnc", "open_vnc_address"})
 
 
 class EventRelay:
@@ -119,14 +132,36 @@ class EventRelay:
         return socket
 
 
+class AgentNetwork:
+    """This host's network driver, started at the first call that needs it."""
+
+    def __init__(self, driver: NetworkDriver) -> None:
+        self.driver = driver
+        self.started = False
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._starting:
+            if not self.started:
+                await self.driver.start()
+                self.started = True
+
+    async def close(self, idle: bool) -> None:
+        """The agent stops: as the daemon's network at its stop (`NetworkDriver.close`)."""
+        if self.started:
+            await self.driver.close(idle)
+
+
 def make_app(
     driver: HypervisorDriver,
     capacity: Callable[[], HostCapacity] | None = None,
     storage: LocalDriveStorage | None = None,
+    network: AgentNetwork | None = None,
 ) -> web.Application:
     """The agent's application over `driver` (its TLS is the server's: agent/main.py);
     `capacity` measures the host (none: the `capacity` call is refused); `storage` serves
-    this host's drives (none: no storage routes)."""
+    this host's drives (none: no storage routes); `network` is its network driver (none:
+    the network calls are refused)."""
     app = web.Application(middlewares=[_control_only], client_max_size=MAX_CALL_LINE)
     if storage is not None:
         add_storage_routes(app, storage)
@@ -135,7 +170,9 @@ def make_app(
     app[DRIVER_KEY] = driver
     app[CAPACITY_KEY] = capacity
     app[RELAY_KEY] = relay
+    app[NETWORK_KEY] = network
     app.router.add_post("/calls/{method}", _call)
+    app.router.add_post("/network/{method}", _network_call)
     app.router.add_get("/events", relay.follow)
     app.on_shutdown.append(lambda _app: relay.close())
     # Imported here: the agent's users need the fake only in tests.
@@ -229,6 +266,49 @@ async def _host_call(request: web.Request, method: str) -> web.Response:
     return web.json_response({"answer": encode(answer)})
 
 
+async def _network_call(request: web.Request) -> web.Response:
+    """One call of this host's network driver (`NETWORK_CALLS`)."""
+    network: AgentNetwork | None = request.app[NETWORK_KEY]  # type: ignore[assignment]
+    method = request.match_info["method"]
+    if (call := NETWORK_CALLS.get(method)) is None:
+        return _error(404, f"no network method {method!r}")
+    if network is None:
+        return _error(404, f"{method}: this agent serves no network")
+    try:
+        record = decode(call.request, json.loads(await request.content.readline()))
+    except (CallError, ValueError) as error:
+        return _error(400, f"{method}: {error}")
+    driver = network.driver
+    answer: Any = None
+    try:
+        if method == "settings":
+            answer = _facts(driver)
+        elif method == "start":
+            await network.start()
+        else:
+            if method in NEEDS_START:
+                await network.start()
+            answer = await getattr(driver, method)(**arguments(record))
+            if method == "attach":
+                answer = tuple(sorted(answer.items()))
+    except NetworkError as error:
+        return _error(409, f"{method}: {error}")
+    except (ValueError, OSError) as error:  # a request the driver refuses, a failed command
+        return _error(409, f"{method}: {error}")
+    return web.json_response({"answer": encode(answer)})
+
+
+def _facts(driver: NetworkDriver) -> NetworkFacts:
+    probe = NicPlan(server="", index=0, mac="")
+    return NetworkFacts(
+        mode=driver.mode,
+        namespace=driver.namespace,
+        pool_for_auto=driver.pool_for_auto,
+        vnc_address=driver.vnc_address,
+        default_guest_address=driver.guest_address(probe),
+    )
+
+
 async def _start(request: web.Request, driver: Any, record: StartRequest) -> web.Response:
     restore = None
     if request.query.get("restore") == "1":
@@ -287,6 +367,10 @@ async def _fault(request: web.Request) -> web.Response:
             await fake.pause(str(body["server"]), str(body.get("reason", "paused")))
         elif name == "fail_next_start":
             fake.fail_next_start()
+        elif name == "print_serial":
+            fake.print_serial(str(body["server"]), str(body["text"]).encode())
+        elif name == "take_port":
+            fake.host.ports_in_use.add((str(body["address"]), int(body["port"])))
         else:
             return _error(404, f"no fault {name!r}")
     except HypervisorError as error:

@@ -1,8 +1,9 @@
 """Connecting the control plane to a host's agent: the cluster's control certificate (made by
 `openhosting-admin cluster init`) and a `RemoteHypervisorDriver` following the agent's
-events, and a `RemoteDriveStorage` streaming the bytes of the drives it holds. Given to the
-services (services/host_drivers.py, services/host_storages.py) by the daemon, so that they
-hold only the `HypervisorDriver` and `DriveStorage` interfaces."""
+events, a `RemoteNetworkDriver` over the same connection for the NICs of its VMs, and a
+`RemoteDriveStorage` streaming the bytes of the drives it holds. Given to the services
+(services/host_drivers.py, services/host_storages.py) by the daemon, so that they hold only
+the `HypervisorDriver`, `NetworkDriver` and `DriveStorage` interfaces."""
 
 import ssl
 from collections.abc import Awaitable, Callable
@@ -14,15 +15,19 @@ from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
+from openhosting.hypervisor.remote_network import RemoteNetworkDriver
+from openhosting.network.driver import NetworkDriver
+from openhosting.reverter import Reverter
 from openhosting.storage.drive_storage import DriveStorage
 from openhosting.storage.remote_storage import RemoteDriveStorage
 
 # (host, agent's HOST:PORT, the handler of its events) → its driver, connected, how to close
-# the connection (the agent's VMs untouched), and how to ask the agent what its host offers.
+# the connection (the agent's VMs untouched), how to ask the agent what its host offers, and
+# its host's network driver.
 Closer = Callable[[], Awaitable[None]]
 Measure = Callable[[], Awaitable[HostCapacity]]
 AgentConnector = Callable[
-    [str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer, Measure]]
+    [str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer, Measure, NetworkDriver]]
 ]
 
 
@@ -33,7 +38,7 @@ def agent_connector(state_path: Path) -> AgentConnector:
 
     async def connect(
         host: str, address: str, handler: EventHandler
-    ) -> tuple[HypervisorDriver, Closer, Measure]:
+    ) -> tuple[HypervisorDriver, Closer, Measure, NetworkDriver]:
         if not contexts:
             try:
                 contexts.append(control_context(control_bundle(state_path)))
@@ -43,8 +48,13 @@ def agent_connector(state_path: Path) -> AgentConnector:
                 ) from None
         driver = RemoteHypervisorDriver(host, address, contexts[0])
         driver.listen(handler)
-        await driver.connect()
-        return driver, driver.close, driver.capacity
+        async with Reverter() as revert:
+            await driver.connect()
+            revert.add(driver.close)
+            network = RemoteNetworkDriver(host, driver.network_call)
+            await network.connect()
+            revert.success()
+        return driver, driver.close, driver.capacity, network
 
     return connect
 

@@ -51,7 +51,7 @@ class CallError(ValueError):
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _check_server(server: str, *, blank: bool = False) -> None:
+def check_server(server: str, *, blank: bool = False) -> None:
     if not (_UUID.fullmatch(server) or (blank and server == "")):
         raise CallError(f"not a server's UUID: {server[:80]!r}")
 
@@ -69,7 +69,7 @@ class ServerCall:
     server: str
 
     def __post_init__(self) -> None:
-        _check_server(self.server)
+        check_server(self.server)
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class RunDirCall:
     server: str
 
     def __post_init__(self) -> None:
-        _check_server(self.server, blank=True)  # blank: the directory of every run directory
+        check_server(self.server, blank=True)  # blank: the directory of every run directory
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class MigrateOutCall:
     timeout: float
 
     def __post_init__(self) -> None:
-        _check_server(self.server)
+        check_server(self.server)
         if self.target.server != self.server:
             raise CallError(f"the target waits for {self.target.server}, not {self.server}")
 

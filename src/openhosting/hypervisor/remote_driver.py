@@ -17,8 +17,9 @@ The interface's synchronous methods cannot wait for the network, so they answer 
 this driver keeps: the host's settings and run directory (read at `connect`), the VMs' status
 (from the answers of start and adopt and from the events, refreshed after each call that
 changes a VM), how VMs ended (from EXITED and adopt). `forget` is sent in the background.
-Two are not served over the wire yet (see docs/cluster.md): `vnc_port_free` says yes (QEMU
-then refuses a taken port and the start fails whole) and `serial_log` says there is none.
+Two must ask the host itself, `vnc_port_free` and `serial_log`: they wait for the agent's
+answer, so they are called from a worker thread (the services do), never on the event loop
+(a `HypervisorError` says so rather than stalling the loop).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from openhosting.hypervisor.calls import (
     encode,
 )
 from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
+from openhosting.hypervisor.network_calls import NETWORK_CALLS
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.reverter import Reverter
 
@@ -91,10 +93,12 @@ class RemoteHypervisorDriver:
         self._following = True
         self._socket: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def connect(self) -> None:
         """Read the host's settings and follow its events; `HypervisorError` if its agent
         cannot be reached or is not host `host`'s."""
+        self._loop = asyncio.get_running_loop()
         async with Reverter() as revert:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(sock_connect=self._connect_timeout)
@@ -142,7 +146,8 @@ class RemoteHypervisorDriver:
         return capacity
 
     def vnc_port_free(self, address: str, port: int) -> bool:
-        return True  # not asked over the wire yet: QEMU refuses a taken port at start
+        free: bool = self._call_from_thread("vnc_port_free", address=address, port=port)
+        return free
 
     # -- life ------------------------------------------------------------------------
 
@@ -238,7 +243,15 @@ class RemoteHypervisorDriver:
         return stats
 
     def serial_log(self, server: str) -> bytes | None:
-        return None  # not asked over the wire yet (the interface's method is synchronous)
+        log_bytes: bytes | None = self._call_from_thread("serial_log", server=server)
+        return log_bytes
+
+    async def network_call(self, method: str, record: object) -> Any:
+        """One call of the host's network driver (`NETWORK_CALLS`: hypervisor/network_calls.py),
+        over this driver's connection; its answer decoded."""
+        return await self._call_record(
+            method, record, path="network", answer_type=NETWORK_CALLS[method].answer
+        )
 
     # -- live migration (`MigratingDriver`; hypervisor/migration.py) -----------------
 
@@ -314,6 +327,28 @@ class RemoteHypervisorDriver:
                 "event=remote_forget_failed host=%s server=%s error=%s", self.host, server, error
             )
 
+    def _call_from_thread(self, method: str, **fields: Any) -> Any:
+        """A call made from a worker thread (an interface method that must answer at once),
+        on this driver's event loop; its answer once there."""
+        loop = self._loop
+        if loop is None:
+            raise HypervisorError(f"host {self.host}: not connected")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise HypervisorError(
+                f"host {self.host}: {method} waits for the agent: call it from a worker thread"
+            )
+        future = asyncio.run_coroutine_threadsafe(self._call(method, **fields), loop)
+        try:
+            # _call has its own deadline; this one only guards against a loop gone.
+            return future.result(self._call_timeout + CONNECT_TIMEOUT)
+        except TimeoutError:
+            future.cancel()
+            raise self._unreachable(f"{method} got no answer in time") from None
+
     async def _call(self, method: str, **fields: Any) -> Any:
         record = _call_of(method).request(**fields)
         return await self._call_record(method, record, extra=float(fields.get("timeout", 0.0)))
@@ -326,11 +361,13 @@ class RemoteHypervisorDriver:
         extra: float = 0.0,
         state: driver.StateStream | None = None,
         sink: driver.StateStream | None = None,
+        path: str = "calls",
+        answer_type: Any = None,
     ) -> Any:
         if self._session is None:
             raise HypervisorError(f"host {self.host}: not connected")
         line = json.dumps(encode(record)).encode() + b"\n"
-        url = f"{self._base}/calls/{method}" + ("?restore=1" if state is not None else "")
+        url = f"{self._base}/{path}/{method}" + ("?restore=1" if state is not None else "")
         body: Any = line if state is None else _stream_after(line, state)
         try:
             async with asyncio.timeout(self._call_timeout + extra):
@@ -350,7 +387,7 @@ class RemoteHypervisorDriver:
         except (aiohttp.ClientError, OSError, ssl.SSLError) as error:
             raise self._unreachable(f"{method}: {error}") from None
         try:
-            return decode(_call_of(method).answer, answer)
+            return decode(_call_of(method).answer if path == "calls" else answer_type, answer)
         except CallError as error:
             raise HypervisorError(f"host {self.host}: a bad answer to {method}: {error}") from None
 

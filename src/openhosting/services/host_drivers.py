@@ -17,18 +17,20 @@ from openhosting.errors import FullError
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import EventHandler, HypervisorDriver, VmEvent
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.network.driver import NetworkDriver
 from openhosting.store import hosts as host_store
 
 log = logging.getLogger("openhosting.hosts")
 
 HostEventHandler = Callable[[str, VmEvent], Awaitable[None]]
 # (host, agent's HOST:PORT, its events' handler) → its driver, connected, how to close the
-# connection, and how to ask the agent what its host offers: hypervisor/agent_connector.py's,
-# which the daemon gives (the services hold only the driver interface).
+# connection, how to ask the agent what its host offers, and its host's network driver:
+# hypervisor/agent_connector.py's, which the daemon gives (the services hold only the
+# driver interface).
 Closer = Callable[[], Awaitable[None]]
 Measure = Callable[[], Awaitable[HostCapacity]]
 AgentConnector = Callable[
-    [str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer, Measure]]
+    [str, str, EventHandler], Awaitable[tuple[HypervisorDriver, Closer, Measure, NetworkDriver]]
 ]
 
 
@@ -39,6 +41,8 @@ class HostDrivers:
         self.local_name = local_name
         self.local = local
         self.remote: dict[str, HypervisorDriver] = {}
+        # The network driver of each host in `remote`: the NICs of its VMs are made there.
+        self.networks: dict[str, NetworkDriver] = {}
         self._closers: list[Closer] = []
         self._measures: dict[str, Measure] = {}
         self._handler: HostEventHandler | None = None
@@ -89,13 +93,14 @@ class HostDrivers:
         reached = []
         for record in records:
             try:
-                driver, closer, measure = await self.connector(
+                driver, closer, measure, network = await self.connector(
                     record.name, record.agent, self._tagged(record.name)
                 )
             except HypervisorError as error:
                 log.warning("event=host_agent_unreachable host=%s error=%s", record.name, error)
                 continue
             self.remote[record.name] = driver
+            self.networks[record.name] = network
             self._closers.append(closer)
             self._measures[record.name] = measure
             reached.append(record.name)
@@ -129,5 +134,6 @@ class HostDrivers:
         for closer in self._closers:
             await closer()
         self.remote.clear()
+        self.networks.clear()
         self._closers.clear()
         self._measures.clear()

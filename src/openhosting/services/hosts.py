@@ -287,12 +287,12 @@ class Hosts:
         assert found is not None
         return found
 
-    def vxlan_peers(self) -> list[str]:
-        """The underlay addresses of the other online hosts (the hosts table's), by address:
-        where this host floods its VLANs' frames."""
+    def vxlan_peers(self, host: str = "") -> list[str]:
+        """The underlay addresses of the online hosts other than `host` ("": this one) (the
+        hosts table's), by address: where `host` floods its VLANs' frames."""
         since = time.time() - self._config.host.offline_seconds
         with self._engine.connect() as connection:
-            return vni_store.vxlan_peers(connection, self.name, since)
+            return vni_store.vxlan_peers(connection, host or self.name, since)
 
     def overview(self) -> list[HostView]:
         """Every registered host with its capacity, use and state, by name."""

@@ -40,6 +40,7 @@ from openhosting.hypervisor.driver import (
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.model.server import ServerConfig
+from openhosting.network.links import Counters
 from openhosting.reverter import Reverter
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.events import EventBus
@@ -88,6 +89,7 @@ class ServerLifecycle:
         self._config = config
         self._settings = config.hypervisor
         self._networks = networks
+        self.networks = networks  # the servers' NICs, on the host of each VM
         self.logs = ServerLogs(config)
         # This host's driver; the VMs of hosts with agents go through `drivers` too.
         self.driver = driver if driver is not None else open_driver(config)
@@ -95,8 +97,10 @@ class ServerLifecycle:
         self.drivers = HostDrivers(config.host_name, self.driver)
         self.drivers.listen(self._on_host_event)
         # The host of each server last started (or adopted) on a host with an agent: where
-        # its VM, run directory and serial log are. Others are this host's.
+        # its VM, run directory, serial log and NICs are. Others are this host's.
         self.placed: dict[str, str] = {}
+        networks.remote = self.drivers.networks
+        networks.host_of = lambda uuid: self.placed.get(uuid, "")
         # The agent hosts a watch found unreachable: their servers are adopted again when
         # their agent answers (`watch_agents`).
         self._agents_down: set[str] = set()
@@ -105,6 +109,7 @@ class ServerLifecycle:
         self.active: dict[str, str] = {}
         # The servers' VNC: displays, addresses, overlays, credentials.
         self.vnc = ServerVnc(config, networks, self.driver)
+        self.vnc.driver_on = self.drivers.of  # its display's port is probed on its host
         self.dumps = ServerDumps.of_state(config.state_path, config.platform_key_path)
         # What runs on each server: the server service's actions, and DUMPED_END while a VM
         # ends because its state was saved (`vm_exited` then keeps the server `dumped`).
@@ -156,10 +161,12 @@ class ServerLifecycle:
         """The status of every server with a VM (see `status`)."""
         return {uuid: status for uuid in list(self.active) if (status := self.status(uuid))}
 
-    def host_settings(self, driver: HypervisorDriver) -> HostVmSettings:
-        """What the host of `driver` gives every VM (its VNC address, the network namespace)."""
-        return driver.host_settings(
-            vnc_listen=self.vnc.listen_address(), netns=self._networks.namespace
+    def host_settings(self, host: str) -> HostVmSettings:
+        """What `host` ("": this one) gives every VM (its VNC address, the network
+        namespace of its network driver)."""
+        host = "" if host == self.drivers.local_name else host
+        return self.drivers.of(host).host_settings(
+            vnc_listen=self.vnc.listen_address(host), netns=self._networks.namespace_on(host)
         )
 
     # -- start -----------------------------------------------------------------------
@@ -172,31 +179,32 @@ class ServerLifecycle:
         drives: list[AttachableDrive],
         display: int | None,
         restore: bool = False,
+        host: str | None = None,
     ) -> None:
         """Start the VM of `uuid`, whose drives are claimed and VNC `display` picked; the
         server is `active` once this returns. Every step is undone if a later one fails.
         With `restore`, the VM runs on from its dump instead of booting; the dump is removed
-        once it runs."""
+        once it runs. `host`: where `place` put it (None: placed here)."""
         begun = time.monotonic()
-        host = self._place(config)
+        host = self.place(config) if host is None else host
         self._check_drives_on(host, drives)
         driver = self.drivers.of(host)
         async with Reverter() as revert:
-            nics = await self._networks.acquire(user, uuid, config)
+            # Placed first: the NICs are made on the host, and released there.
+            self._place_on(uuid, host)
+            nics = await self._networks.acquire(user, uuid, config, host)
             revert.add(lambda: self._networks.release(uuid))
             plan = build_vm_spec(
                 uuid,
                 config,
                 drives,
                 run_dir=driver.run_dir(uuid),
-                host=self.host_settings(driver),
+                host=self.host_settings(host),
                 display=display,
                 nics=nics,
             )
             spec = dataclasses.replace(plan.spec, incoming=True) if restore else plan.spec
             vnc = self.vnc.credentials(uuid, config, display)
-            # Before the start: the VM's events are its host's from its first one.
-            self._place_on(uuid, host)
             try:
                 request = StartRequest(
                     spec,
@@ -215,8 +223,8 @@ class ServerLifecycle:
             # Whatever fails from here on must not leave a VM running that nobody holds.
             self.active[uuid] = user
             revert.add(lambda: driver.kill(uuid, self._settings.stop_timeout))
-            # The VNC overlay is this host's network; a VM on an agent's host has its own.
-            if display is not None and not host:
+            # The VNC overlay is made by the network of the VM's host (an agent's too).
+            if display is not None:
                 await self.vnc.open_overlay(uuid, config, display)
                 revert.add(lambda: self.vnc.close_overlay(uuid))
             started = int(time.time())
@@ -242,7 +250,7 @@ class ServerLifecycle:
         if vm.state == VmState.PAUSED and vm.reason is not None:  # paused before anyone listened
             self._publish_pause(user, uuid, vm.reason)
 
-    def _place(self, config: ServerConfig) -> str:
+    def place(self, config: ServerConfig) -> str:
         """The host a starting server goes to ("" for this one): placement's choice among
         the hosts with a driver here, the boot drive's host first."""
         if self._hosts is None or not self.drivers.remote:
@@ -319,7 +327,8 @@ class ServerLifecycle:
         uuid = row.uuid
         driver = self.driver_of(uuid)
         blockstats: dict[str, BlockStats] = {}
-        if not self.host_down(self.placed.get(uuid, "")):  # not asked: no time-out's wait
+        down = self.host_down(self.placed.get(uuid, ""))
+        if not down:  # not asked: no time-out's wait
             # The VM going away (or its host's agent) takes its counters with it.
             with contextlib.suppress(HypervisorError):
                 blockstats = dict(await driver.blockstats(uuid))
@@ -331,8 +340,16 @@ class ServerLifecycle:
             vnc_address=vnc_address,
             vnc_port=vnc_port,
             blockstats=blockstats,
-            traffic=await self._networks.counters(uuid),
+            traffic=await self._traffic(uuid) if not down else Counters(),
         )
+
+    async def _traffic(self, uuid: str) -> Counters:
+        """The traffic of the NICs of `uuid`, counted on its host; none when that host's
+        agent does not answer (as its drive counters: info shows what it can)."""
+        try:
+            return await self._networks.counters(uuid)
+        except (HypervisorError, UnavailableError):
+            return Counters()
 
     async def fold_guest_io(self, uuid: str | None = None) -> None:
         """Add what the guest of `uuid` (or of every running VM) read and wrote since the
@@ -386,9 +403,10 @@ class ServerLifecycle:
             uuid, time.monotonic() - begun, self.dumps.path(uuid).stat().st_size,
         )  # fmt: skip
 
-    def discard_dump(self, uuid: str) -> None:
+    def discard_dump(self, uuid: str) -> bool:
         """The dumped server is stopped instead of restored: its saved state and claims go,
-        and the stop rules apply (a non-persistent server is destroyed)."""
+        and the stop rules apply (a non-persistent server is destroyed: True, and its run
+        directory is the caller's to remove with `remove_run_dir`)."""
         self.dumps.remove(uuid)
         with self._engine.begin() as connection:
             row = server_store.get_server(connection, uuid)
@@ -400,7 +418,8 @@ class ServerLifecycle:
                 server_store.delete_server(connection, uuid)
         if row is not None and not persistent:
             log.info("event=server_destroyed server=%s reason=dump_discarded", uuid)
-            self.remove_run_dir(uuid)
+            return True
+        return False
 
     # -- end -------------------------------------------------------------------------
 
@@ -443,9 +462,9 @@ class ServerLifecycle:
         elif row is not None:
             self._publish_exit(row.user, uuid, row.config, how)
         if not dumped and row is not None and not persistent:
-            self.remove_run_dir(uuid)
+            await self.remove_run_dir(uuid)
 
-    def remove_run_dir(self, uuid: str) -> None:
+    async def remove_run_dir(self, uuid: str) -> None:
         """The server is destroyed: keep the last of its serial log, remove the rest."""
         try:
             driver = self.driver_of(uuid)
@@ -454,8 +473,10 @@ class ServerLifecycle:
             self.placed.pop(uuid, None)
             return
         try:
-            self.logs.keep(uuid, driver.serial_log(uuid))
-        except OSError as error:
+            # From a worker thread: an agent's host is asked for it over the wire.
+            content = await asyncio.to_thread(driver.serial_log, uuid)
+            await asyncio.to_thread(self.logs.keep, uuid, content)
+        except (OSError, HypervisorError) as error:
             log.warning("event=server_log_keep_failed server=%s error=%s", uuid, error)
         driver.forget(uuid)
         self.placed.pop(uuid, None)
@@ -504,7 +525,7 @@ class ServerLifecycle:
                     await driver.set_cpu(uuid, config.cpu)
                 except (HypervisorError, OSError, ValueError) as error:
                     log.warning("event=cpu_quota_failed server=%s error=%s", uuid, error)
-                if row.vnc_display is not None and uuid not in self.placed:
+                if row.vnc_display is not None:
                     with contextlib.suppress(FailedError, OSError):
                         await self.vnc.open_overlay(uuid, config, row.vnc_display)
                 log.info("event=server_adopted server=%s", uuid)
@@ -587,6 +608,21 @@ class ServerLifecycle:
                 await self.vm_exited(uuid, driver.how_ended(uuid))
             else:
                 log.info("event=server_adopted server=%s host=%s", uuid, host)
+        await self._recover_network_of(host)
+
+    async def _recover_network_of(self, host: str) -> None:
+        """The network of `host`, whose VMs were just adopted again, keeps what its running
+        servers use (a restarted agent's network knows nothing yet) and removes the rest."""
+        with self._engine.connect() as connection:
+            running = {
+                row.uuid: row.config
+                for row in server_store.servers_with_status(connection, "active")
+                if row.host == host and row.uuid in self.active
+            }
+        try:
+            await self._networks.recover_on(host, running)
+        except (FailedError, OSError) as error:  # its agent gone again: at its next return
+            log.warning("event=network_reconcile_failed host=%s error=%s", host, error)
 
     async def adopt_for_maintenance(self) -> dict[str, str]:
         """For the admin tool when no daemon answers: hold the VMs of active servers as

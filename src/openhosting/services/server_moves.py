@@ -4,16 +4,20 @@ host for maintenance by live migration (hypervisor/moves.py), one server at a ti
 Each active server of the host goes, in its turn (no start, stop or set of it meanwhile),
 to the host placement picks among the other online hosts with a driver here and room for
 its cpu and mem. Its drives are mirrored to the target and its memory follows; the guest
-runs on without a reboot and `started` is unchanged. Only once the move succeeded are
-`servers.host` and where its drives live updated (`settle_moved_drives`); a server that
-cannot move (no room anywhere, a driver that cannot migrate, an encrypted or shared drive,
-NICs, a failure half-way) is reported and left running where it was.
+runs on without a reboot and `started` is unchanged. Its NICs are made on the target before
+the target's QEMU waits for the state (the same MACs, addresses and blocked ports: its
+`server_nics` rows do not change) and removed from the source once it moved; a move that
+fails removes them from the target. Only once the move succeeded are `servers.host` and
+where its drives live updated (`settle_moved_drives`); a server that cannot move (no room
+anywhere, a driver that cannot migrate, an encrypted or shared drive, a failure half-way) is
+reported and left running where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import typing
@@ -30,7 +34,9 @@ from openhosting.hypervisor.driver import (
 )
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.moves import MovedVm, move_vm
+from openhosting.hypervisor.spec import NicSpec
 from openhosting.model.server import ServerConfig
+from openhosting.reverter import Reverter
 from openhosting.services.drives import AttachableDrive, Drives
 from openhosting.services.hosts import Hosts
 from openhosting.services.operations import MOVE
@@ -138,10 +144,6 @@ class ServerMoves:
         status = source.status(uuid)
         if status is None:
             raise FailedError(f"Server {uuid} has no VM held on host {source_host}")
-        if config.nics:
-            # Its NICs are links of the daemon's host (docs/cluster.md): a second QEMU
-            # cannot open the same tap or passt socket.
-            raise FailedError(f"Server {uuid} has NICs, which cannot move between hosts yet")
         drives = [self._drives.attachable(row.user, a.drive) for a in config.drives]
         copied = {a.slot: a.drive for a in config.drives if a.media != "cdrom"}
         for drive in drives:
@@ -154,13 +156,22 @@ class ServerMoves:
             config.cpu, config.mem, source_host, self._lifecycle.drivers.names()
         )
         target_key = "" if target_host == self._lifecycle.drivers.local_name else target_host
+        source_key = "" if source_host == self._lifecycle.drivers.local_name else source_host
         target = _migrating(self._lifecycle.drivers.of(target_key), target_host)
-        request = await self._incoming(
-            uuid, config, row.vnc_display, drives, copied, target, target_host, status.started
-        )
-        await self._lifecycle.fold_guest_io(uuid)  # what the source QEMU counted, kept
-        moved = await move_vm(source, target, request, self._timeout)
+        networks = self._lifecycle.networks
+        async with Reverter() as revert:
+            # The target's QEMU opens its NICs' links as it starts to wait for the state.
+            nics = await networks.attach_on(uuid, config, target_key) if config.nics else ()
+            revert.add(functools.partial(networks.detach_on, uuid, target_key))
+            request = await self._incoming(
+                uuid, config, row.vnc_display, drives, copied, target, target_host,
+                status.started, nics,
+            )  # fmt: skip
+            await self._lifecycle.fold_guest_io(uuid)  # what the source QEMU counted, kept
+            moved = await move_vm(source, target, request, self._timeout)
+            revert.success()
         # Done: the VM runs on the target. From here on only the records follow it.
+        await self._close_vnc_overlay(uuid, row.vnc_display)  # the source host's
         self._lifecycle.placed.pop(uuid, None)
         if target_key:
             self._lifecycle.placed[uuid] = target_key
@@ -179,7 +190,7 @@ class ServerMoves:
                 f"Server {uuid} moved to {target_host}, but its drives' files could not be"
                 f" settled there: {error}"
             ) from error
-        await self._move_vnc_overlay(uuid, config, row.vnc_display, source_host, target_key)
+        await self._leave_source_network(uuid, config, row.vnc_display, source_key)
         log.info("event=server_moved server=%s from=%s to=%s", uuid, source_host, target_host)
         return target_host
 
@@ -236,6 +247,7 @@ class ServerMoves:
         target: HypervisorDriver,
         target_host: str,
         started: float,
+        nics: tuple[NicSpec, ...] = (),
     ) -> IncomingRequest:
         """The request that prepares the target: the server's VM as the target runs it,
         the drives of `copied` (slot → drive: all but CD-ROMs, which stay where they are)
@@ -250,8 +262,9 @@ class ServerMoves:
             config,
             landed,
             run_dir=target.run_dir(uuid),
-            host=self._lifecycle.host_settings(target),
+            host=self._lifecycle.host_settings(target_host),
             display=display,
+            nics=nics,
         )
         sizes = {slot: await self._drive_bytes(by_uuid[drive]) for slot, drive in copied.items()}
         vnc = self._lifecycle.vnc.credentials(uuid, config, display)
@@ -265,17 +278,35 @@ class ServerMoves:
         )
         return IncomingRequest(start, tuple(sizes.items()), started=started)
 
-    async def _move_vnc_overlay(
-        self, uuid: str, config: ServerConfig, display: int | None, source: str, target: str
-    ) -> None:
-        """The VNC overlay is this host's network: a VM that left it loses it, one that came
-        to it gets it (a VM on an agent's host has its own)."""
+    async def _close_vnc_overlay(self, uuid: str, display: int | None) -> None:
+        """The VNC overlay is the network's of the VM's host: the source's goes first."""
         if display is None:
             return
-        if source == self._lifecycle.drivers.local_name and target:
+        try:
             await self._lifecycle.vnc.close_overlay(uuid)
-        elif not target:
-            await self._lifecycle.vnc.open_overlay(uuid, config, display)
+        except (FailedError, OSError) as error:  # the guest runs on: its VNC follows below
+            log.warning("event=vnc_overlay_close_failed server=%s error=%s", uuid, error)
+
+    async def _leave_source_network(
+        self, uuid: str, config: ServerConfig, display: int | None, source: str
+    ) -> None:
+        """The VM runs on its new host: its NICs leave the source host (their addresses stay
+        the server's) and its VNC overlay is made on the new one. A failure here is logged:
+        the guest runs on, and the source's leftover links go at its network's next
+        reconcile."""
+        if config.nics:
+            try:
+                await self._lifecycle.networks.detach_on(uuid, source)
+            except (FailedError, OSError) as error:
+                log.warning(
+                    "event=moved_nics_left server=%s host=%s error=%s",
+                    uuid, source or "here", error,
+                )  # fmt: skip
+        if display is not None:
+            try:
+                await self._lifecycle.vnc.open_overlay(uuid, config, display)
+            except (FailedError, OSError) as error:
+                log.warning("event=vnc_overlay_open_failed server=%s error=%s", uuid, error)
 
 
 def _migrating(driver: HypervisorDriver, host: str) -> MigratingDriver:

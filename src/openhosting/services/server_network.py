@@ -13,6 +13,11 @@ addresses that is not its nic:0's, or `vnc:ip auto` with no `nic:0:dhcp` (a temp
 the pool). That address is held in a row of its own (`nic` VNC_ROW, network `vnc`), so it is
 busy, released and kept across restarts like a NIC's; the host takes it on the public bridge
 and sends its port 5900 to the server's VNC.
+
+A server whose VM runs on an agent's host has its NICs made there, by that host's network
+driver (`remote`, by host: the agent's, over the wire): its taps on that host's bridges, its
+DHCP from that host's dnsmasq, its blocked ports there. Its addresses come from the same pool
+and rows as everyone's.
 """
 
 import asyncio
@@ -22,14 +27,16 @@ import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine
 
-from openhosting.errors import BusyError, FullError, MissingError, UsageError
+from openhosting.errors import BusyError, FullError, MissingError, UnavailableError, UsageError
+from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import NicSpec
 from openhosting.model.server import NicConfig, ServerConfig
-from openhosting.network.driver import NetworkDriver, NicPlan
+from openhosting.network.driver import Backend, NetworkDriver, NicPlan
+from openhosting.network.errors import NetworkError
 from openhosting.network.links import Counters
 from openhosting.network.pool import AddressPool
 from openhosting.reverter import Reverter
@@ -62,6 +69,41 @@ _READ_AHEAD: contextvars.ContextVar[Mapping[str, list[NicPlan]] | None] = contex
 )
 
 
+def _nic_specs(
+    config: ServerConfig, plans: Sequence[NicPlan], backends: Mapping[int, Backend]
+) -> tuple[NicSpec, ...]:
+    """The NICs of `config` for QEMU, with the MACs of `plans` and their `backends`."""
+    by_index = {plan.index: plan for plan in plans}
+    return tuple(
+        NicSpec(
+            index=nic.index,
+            model=nic.model,
+            mac=by_index[nic.index].mac,
+            backend=backends[nic.index],
+        )
+        for nic in config.nics
+    )
+
+
+def _running_plans(
+    rows: Sequence[NicRecord], running: Mapping[str, ServerConfig], vnis: Mapping[str, int]
+) -> Iterator[NicPlan]:
+    """The NIC plans of the servers of `running` among `rows`, with their blocked ports
+    and VNIs."""
+    for row in rows:
+        config = running.get(row.server)
+        if config is not None and row.nic != VNC_ROW:
+            blocks = {nic.index: nic.block for nic in config.nics}
+            plan = _plan_of(row)
+            vni = vnis.get(plan.vlan) if plan.vlan is not None else None
+            yield dataclasses.replace(plan, block=blocks.get(row.nic, ()), vni=vni)
+
+
+def _dhcp_of(config: ServerConfig, index: int) -> bool:
+    """Whether `nic:INDEX:dhcp` asks for an address (user mode offers its own then)."""
+    return any(nic.index == index and nic.dhcp is not None for nic in config.nics)
+
+
 def _plan_of(row: NicRecord) -> NicPlan:
     return NicPlan(
         server=row.server,
@@ -81,18 +123,37 @@ class ServerNetworks:
         resources: Resources,
         pool: AddressPool,
         driver: NetworkDriver,
-        vxlan_peers: Callable[[], Sequence[str]] = tuple,
+        vxlan_peers: Callable[[str], Sequence[str]] = lambda _host: (),
     ) -> None:
         self._engine = engine
         self._resources = resources
         self._pool = pool
         self.driver = driver
-        # The other online hosts' underlay addresses (the hosts table's), read at each attach.
+        # The underlay addresses of the online hosts other than the one named ("": this
+        # one), from the hosts table, read at each attach.
         self._vxlan_peers = vxlan_peers
+        # The network driver of each agent host connected here (the lifecycle's
+        # `HostDrivers.networks`), and the host of a server's VM ("": this one).
+        self.remote: Mapping[str, NetworkDriver] = {}
+        self.host_of: Callable[[str], str] = lambda _server: ""
 
-    @property
-    def namespace(self) -> str | None:
-        return self.driver.namespace or None
+    def driver_on(self, host: str) -> NetworkDriver:
+        """The network driver of `host` ("": this one); UnavailableError (503) naming the
+        host when its agent is not connected here."""
+        if not host:
+            return self.driver
+        driver = self.remote.get(host)
+        if driver is None:
+            raise UnavailableError(f"Host {host} has no agent connected to this API node")
+        return driver
+
+    def driver_of(self, server: str) -> NetworkDriver:
+        """The network driver of the host where the VM of `server` runs."""
+        return self.driver_on(self.host_of(server))
+
+    def namespace_on(self, host: str) -> str | None:
+        """The network namespace QEMU runs in on `host` ("": this one)."""
+        return self.driver_on(host).namespace or None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -142,16 +203,21 @@ class ServerNetworks:
 
     # -- start and stop ------------------------------------------------------------------
 
-    async def acquire(self, user: str, server: str, config: ServerConfig) -> tuple[NicSpec, ...]:
-        """Hold the NICs' addresses and MACs and set up their links; the NICs for QEMU.
-        409 `busy` if another active server holds the address or MAC, 507 `full` when the
-        pool has no temporary address left. Undone by `release`."""
+    async def acquire(
+        self, user: str, server: str, config: ServerConfig, host: str = ""
+    ) -> tuple[NicSpec, ...]:
+        """Hold the NICs' addresses and MACs and set up their links on `host` ("": this
+        one); the NICs for QEMU. 409 `busy` if another active server holds the address or
+        MAC, 507 `full` when the pool has no temporary address left. Undone by `release`."""
+        driver = self.driver_on(host)
         async with Reverter() as revert:
-            plans = self._hold(user, server, config)
+            plans = self._hold(user, server, config, driver.pool_for_auto)
             revert.add(functools.partial(self._forget_nics, server))
+            if host:
+                await driver.start()  # an agent's network starts with its first NIC
             if any(plan.vlan is not None for plan in plans):
-                await self.driver.set_vxlan_peers(self._vxlan_peers())
-            backends = await self.driver.attach(plans)
+                await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+            backends = await driver.attach(plans)
             revert.success()
         for plan in plans:
             if plan.address is not None:
@@ -159,22 +225,48 @@ class ServerNetworks:
                     "event=address_held server=%s nic=%s address=%s mac=%s",
                     server, plan.index, plan.address, plan.mac,
                 )  # fmt: skip
-        by_index = {plan.index: plan for plan in plans}
-        return tuple(
-            NicSpec(
-                index=nic.index,
-                model=nic.model,
-                mac=by_index[nic.index].mac,
-                backend=backends[nic.index],
+        return _nic_specs(config, plans, backends)
+
+    # -- a live move between hosts -------------------------------------------------------
+
+    async def attach_on(self, server: str, config: ServerConfig, host: str) -> tuple[NicSpec, ...]:
+        """The running server's NICs made on `host` too ("": this one), the target of its
+        live move: the same MACs, addresses and blocked ports as its rows and `config` say
+        (nothing changes in the database: the address stays held by the server); the NICs
+        for the target's QEMU. Undone by `detach_on`."""
+        with self._engine.connect() as connection:
+            vnis = vni_store.vnis_of(connection, [n.vlan for n in config.nics if n.vlan])
+        blocks = {nic.index: nic.block for nic in config.nics}
+        plans = [
+            dataclasses.replace(
+                plan,
+                block=blocks.get(plan.index, ()),
+                vni=vnis.get(plan.vlan) if plan.vlan is not None else None,
+                dhcp=_dhcp_of(config, plan.index),
             )
-            for nic in config.nics
-        )
+            for plan in self.plans_of(server)
+        ]
+        driver = self.driver_on(host)
+        if host:
+            await driver.start()
+        if any(plan.vlan is not None for plan in plans):
+            await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+        backends = await driver.attach(plans)
+        log.info("event=nics_attached_for_move server=%s host=%s", server, host or "here")
+        return _nic_specs(config, plans, backends)
+
+    async def detach_on(self, server: str, host: str) -> None:
+        """Remove the server's NICs from `host` ("": this one): the host its VM left, or
+        the target of a move that failed. Its addresses stay held (its rows are kept)."""
+        await self.driver_on(host).detach(self.plans_of(server))
 
     def _forget_nics(self, server: str) -> None:
         with self._engine.begin() as connection:
             resource_store.delete_nics(connection, server)
 
-    def _hold(self, user: str, server: str, config: ServerConfig) -> list[NicPlan]:
+    def _hold(
+        self, user: str, server: str, config: ServerConfig, pool_for_auto: bool
+    ) -> list[NicPlan]:
         plans: list[NicPlan] = []
         with self._engine.begin() as connection:
             resource_store.delete_nics(connection, server)  # a crashed start's leftovers
@@ -185,7 +277,7 @@ class ServerNetworks:
             vnis = vni_store.vnis_of(connection, [n.vlan for n in config.nics if n.vlan])
             for nic in config.nics:
                 self._check_nic(connection, user, nic, lock=True)
-                plan = self._plan(connection, server, nic, taken)
+                plan = self._plan(connection, server, nic, taken, pool_for_auto)
                 if plan.vlan is not None:
                     plan = dataclasses.replace(plan, vni=vnis.get(plan.vlan))
                 if plan.address is not None:
@@ -201,7 +293,8 @@ class ServerNetworks:
                     temporary=nic.dhcp == "auto" and plan.address is not None,
                 )
                 plans.append(plan)
-            self._hold_vnc_address(connection, user, server, config, plans, taken)
+            if pool_for_auto:  # else user mode: VNC needs no address of its own
+                self._hold_vnc_address(connection, user, server, config, plans, taken)
         return plans
 
     def _hold_vnc_address(
@@ -214,8 +307,8 @@ class ServerNetworks:
         taken: set[str],
     ) -> None:
         """Hold the address VNC needs apart from nic:0's, if any (see the module's doc)."""
-        if not self.driver.pool_for_auto or not config.vnc_password or config.vnc_ip is None:
-            return  # user mode, or no VNC server
+        if not config.vnc_password or config.vnc_ip is None:
+            return  # no VNC server
         nic0 = next((plan.address for plan in plans if plan.index == 0), None)
         if config.vnc_ip == "auto":
             if nic0 is not None:
@@ -250,7 +343,12 @@ class ServerNetworks:
         return next((row.address for row in rows if row.nic == VNC_ROW), None)
 
     def _plan(
-        self, connection: Connection, server: str, nic: NicConfig, taken: set[str]
+        self,
+        connection: Connection,
+        server: str,
+        nic: NicConfig,
+        taken: set[str],
+        pool_for_auto: bool,
     ) -> NicPlan:
         mac = nic.mac or default_mac(server, nic.index)
         network = nic.vlan or PUBLIC
@@ -261,7 +359,7 @@ class ServerNetworks:
                 f"nic:{nic.index}:mac {mac} is in use on {where} by active server {holder}"
             )
         address = None
-        if nic.dhcp == "auto" and self.driver.pool_for_auto:
+        if nic.dhcp == "auto" and pool_for_auto:
             address = self._pool.choose_free(taken)
             if address is None:
                 raise FullError("No free IP address is left in this platform's pool")
@@ -311,7 +409,9 @@ class ServerNetworks:
         """A running server's `nic:N:block` changed: its NICs block what `config` says."""
         blocks = {nic.index: nic.block for nic in config.nics}
         for plan in self.plans_of(server):
-            await self.driver.block(dataclasses.replace(plan, block=blocks.get(plan.index, ())))
+            await self.driver_of(server).block(
+                dataclasses.replace(plan, block=blocks.get(plan.index, ()))
+            )
         log.info("event=ports_blocked server=%s", server)
 
     async def release(self, server: str) -> None:
@@ -320,7 +420,7 @@ class ServerNetworks:
         if not plans and self.vnc_address_of(server) is None:
             return
         try:
-            await self.driver.detach(plans)
+            await self.driver_of(server).detach(plans)
         finally:
             # Addresses are released even if a link could not be removed: the next daemon
             # start (`recover`) removes what is left, and a leftover tap is replaced on use.
@@ -335,10 +435,10 @@ class ServerNetworks:
         if nic0 is None or nic0.dhcp is None:
             return None
         plan = next((plan for plan in self.plans_of(server) if plan.index == 0), None)
-        return self.driver.guest_address(plan) if plan is not None else None
+        return self.driver_of(server).guest_address(plan) if plan is not None else None
 
     async def counters(self, server: str) -> Counters:
-        return await self.driver.counters(self.plans_of(server))
+        return await self.driver_of(server).counters(self.plans_of(server))
 
     # -- daemon start and stop -----------------------------------------------------------
 
@@ -355,23 +455,67 @@ class ServerNetworks:
             for server in {row.server for row in rows} - set(running):
                 resource_store.delete_nics(connection, server)
             vnis = vni_store.vnis_of(connection, {row.network for row in rows})
-        plans = []
-        for row in rows:
-            config = running.get(row.server)
-            if config is not None and row.nic != VNC_ROW:
-                blocks = {nic.index: nic.block for nic in config.nics}
-                plan = _plan_of(row)
-                vni = vnis.get(plan.vlan) if plan.vlan is not None else None
-                plans.append(dataclasses.replace(plan, block=blocks.get(row.nic, ()), vni=vni))
+        plans: dict[str, list[NicPlan]] = {"": []}  # by host
+        for plan in _running_plans(rows, running, vnis):
+            plans.setdefault(self.host_of(plan.server), []).append(plan)
+        for host, kept in plans.items():
+            try:
+                await self._reconcile_on(host, kept)
+            except (HypervisorError, NetworkError, UnavailableError) as error:
+                if not host:
+                    raise
+                # That host's agent is away: its NICs are reconciled when it is back.
+                log.warning("event=network_reconcile_failed host=%s error=%s", host, error)
+
+    async def recover_on(self, host: str, running: Mapping[str, ServerConfig]) -> None:
+        """An agent's host whose VMs were adopted again (its agent back, or restarted): its
+        network keeps exactly what `running`, its servers that run, use (their blocked
+        ports as their configurations say) and removes the rest."""
+        with self._engine.connect() as connection:
+            rows = resource_store.all_nics(connection)
+            vnis = vni_store.vnis_of(connection, {row.network for row in rows})
+        await self._reconcile_on(host, list(_running_plans(rows, running, vnis)))
+
+    async def _reconcile_on(self, host: str, plans: Sequence[NicPlan]) -> None:
+        if host and not plans:
+            # Nothing runs there with a NIC: its network is left unset-up (what servers that
+            # ended meanwhile held, their release detached there).
+            return
+        driver = self.driver_on(host)
+        if host:
+            await driver.start()
         if any(plan.vlan is not None for plan in plans):
-            await self.driver.set_vxlan_peers(self._vxlan_peers())
-        await self.driver.reconcile(plans)
+            await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+        await driver.reconcile(plans)
+
+    def _drivers(self) -> dict[str, NetworkDriver]:
+        return {"": self.driver, **self.remote}
 
     async def refresh_vxlan_peers(self) -> None:
-        """The VLANs running here flood to the other hosts online now (a host that came or
-        went since their servers started)."""
-        if self.driver.mode == "bridge":
-            await self.driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers))
+        """The VLANs running on each host flood to the other hosts online now (a host that
+        came or went since their servers started)."""
+
+        async def refresh(host: str, driver: NetworkDriver) -> None:
+            if driver.mode == "bridge":
+                await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+
+        await self._on_every_host("vxlan_peers_refresh_failed", refresh)
+
+    async def _on_every_host(
+        self, failed: str, step: Callable[[str, NetworkDriver], Awaitable[None]]
+    ) -> None:
+        """`step` on every host's network at once (an agent that does not answer costs one
+        wait, not one per host); a host's failure is logged as `failed`, and the local
+        host's raised once all are done."""
+        drivers = self._drivers()
+        results = await asyncio.gather(
+            *(step(host, driver) for host, driver in drivers.items()), return_exceptions=True
+        )
+        for host, result in zip(drivers, results, strict=True):
+            if isinstance(result, BaseException):
+                if not host:
+                    raise result
+                log.warning("event=%s host=%s error=%s", failed, host, result)
 
     async def keep_helpers_running_every(self, interval: float = HELPER_CHECK_SECONDS) -> None:
         """Every `interval` seconds, start again a NIC helper that died (bridge mode's
@@ -380,7 +524,9 @@ class ServerNetworks:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.driver.keep_helpers_running()
+                await self._on_every_host(
+                    "nic_helper_restart_failed", lambda _host, d: d.keep_helpers_running()
+                )
             except Exception:  # a broken restart must not end the watch (nor the daemon)
                 log.exception("event=nic_helper_restart_failed")
             try:
@@ -389,6 +535,7 @@ class ServerNetworks:
                 log.exception("event=vxlan_peers_refresh_failed")
 
     async def close(self) -> None:
+        """This host's network stops (the agents' stay with their hosts' VMs)."""
         with self._engine.connect() as connection:
-            idle = not resource_store.all_nics(connection)
-        await self.driver.close(idle)
+            rows = resource_store.all_nics(connection)
+        await self.driver.close(idle=not any(not self.host_of(row.server) for row in rows))

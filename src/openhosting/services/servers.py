@@ -102,6 +102,9 @@ class Servers:
             )
             networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, network)
         self.networks = networks  # the servers' NICs: addresses, DHCP, taps
+        # One claim at a time in this process: a claim runs in a worker thread (its VNC probe
+        # may ask an agent), where two would read the same free display before either wrote.
+        self._claiming = asyncio.Lock()
         self.lifecycle = ServerLifecycle(engine, config, networks, events, driver, hosts, nodes)
         # The lifecycle's own dict: who is active is read here, changed only there.
         self._active: dict[str, str] = self.lifecycle.active
@@ -142,7 +145,8 @@ class Servers:
     def serial_log(self, uuid: str, user: str | None = None) -> bytes:
         """What the server printed on its serial port (the last of it, within the log's
         bound). For its owner `user` only while the server exists; for the operator (no
-        user) also what is kept of a destroyed server."""
+        user) also what is kept of a destroyed server. From a worker thread: the log of a VM
+        on an agent's host is asked of its agent."""
         if user is not None:
             self._get(user, uuid)
         elif not is_uuid(uuid):
@@ -373,11 +377,19 @@ class Servers:
                         f"Drive {drive.uuid} is inactive: its storage is unavailable now"
                     )
             restore = row.status == DUMPED
+            host = self.lifecycle.place(config)
             async with Reverter() as revert:
-                display = self._claim(user, uuid, config, drives, held=restore)
+                # In a worker thread: the display's port is probed on the VM's host, which
+                # may be an agent's, asked over the wire.
+                async with self._claiming:
+                    display = await asyncio.to_thread(
+                        self._claim, user, uuid, config, drives, restore, host
+                    )
                 # A dumped server's drives stay its own whether or not it comes back.
                 revert.add(functools.partial(self._release, uuid, drives=not restore))
-                await self.lifecycle.start_vm(user, uuid, config, drives, display, restore)
+                await self.lifecycle.start_vm(
+                    user, uuid, config, drives, display, restore, host=host
+                )
                 revert.success()
 
     async def _resume(self, uuid: str) -> None:
@@ -396,10 +408,11 @@ class Servers:
         config: ServerConfig,
         drives: list[AttachableDrive],
         held: bool = False,
+        host: str = "",
     ) -> int | None:
         """Claim the drives (409 if another server or an imaging job holds one) and pick a
-        VNC display, in one transaction. With `held`, the server holds its claims already
-        (it is dumped): only the display is picked."""
+        VNC display free on `host`, in one transaction. With `held`, the server holds its
+        claims already (it is dumped): only the display is picked."""
         with self._engine.begin() as connection:
             if self._billing is not None:
                 self._billing.check_server_start(connection, user, uuid, config.cpu, config.mem)
@@ -407,7 +420,7 @@ class Servers:
                 self._claim_drives(connection, user, uuid, config, drives)
             else:
                 drive_store.reset_guest_io_marks(connection, uuid)
-            return self.lifecycle.vnc.claim(connection, uuid, config)
+            return self.lifecycle.vnc.claim(connection, uuid, config, host)
 
     def _claim_drives(
         self,
@@ -448,7 +461,8 @@ class Servers:
                 await driver.stop(uuid, self._settings.stop_timeout)
             elif row.status == DUMPED:
                 # Power-off of a saved guest: its state is dropped, its drives released.
-                await asyncio.to_thread(self.lifecycle.discard_dump, uuid)
+                if await asyncio.to_thread(self.lifecycle.discard_dump, uuid):
+                    await self.lifecycle.remove_run_dir(uuid)
                 log.info("event=server_stopped user=%s server=%s status=stopped", user, uuid)
 
     async def shutdown(self, user: str, uuid: str) -> None:
@@ -477,7 +491,7 @@ class Servers:
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self.lifecycle.dumps.remove(uuid)
-        self.lifecycle.remove_run_dir(uuid)
+        await self.lifecycle.remove_run_dir(uuid)
         log.info("event=server_destroyed user=%s server=%s", user, uuid)
 
     # -- host maintenance ------------------------------------------------------------

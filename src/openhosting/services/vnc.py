@@ -18,6 +18,7 @@ numbers are vnc/ports.py's.
 
 import contextlib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -61,15 +62,21 @@ class ServerVnc:
         self._tls_dir = vnc_tls_dir(config.state_path)
         self._networks = networks
         self._driver = driver
+        # The driver of a host by name ("": this one): the lifecycle's `HostDrivers.of`.
+        self.driver_on: Callable[[str], HypervisorDriver] = lambda _host: driver
         # Servers whose VNC is also on their own address (bridge mode): that address.
         self._overlays: dict[str, str] = {}
 
     # -- displays --------------------------------------------------------------------
 
-    def claim(self, connection: Connection, server: str, config: ServerConfig) -> int | None:
-        """Pick the display of the starting `server` and keep it in its row, in the caller's
-        transaction (so two starts never pick the same one); None if it has no VNC server (no
-        password). 409 busy if every display is taken."""
+    def claim(
+        self, connection: Connection, server: str, config: ServerConfig, host: str = ""
+    ) -> int | None:
+        """Pick the display of `server`, starting on `host` ("": this one), and keep it in
+        its row, in the caller's transaction (so two starts never pick the same one); None if
+        it has no VNC server (no password). 409 busy if every display is taken. The port is
+        probed by the host's driver: from a worker thread, as an agent's is asked over the
+        wire."""
         if not config.vnc_password:
             return None
         used = server_store.used_vnc_displays(connection)
@@ -78,7 +85,8 @@ class ServerVnc:
                 continue
             # Probed where VNC listens in user mode, as before the move (bridge mode's
             # address is the host's own too).
-            if not self._driver.vnc_port_free(self._settings.vnc_listen, vnc_port(display)):
+            probe = self.driver_on(host)
+            if not probe.vnc_port_free(self._settings.vnc_listen, vnc_port(display)):
                 continue
             server_store.update_server(connection, server, vnc_display=display)
             return display
@@ -90,13 +98,15 @@ class ServerVnc:
 
     # -- where it is reached ---------------------------------------------------------
 
-    def listen_address(self) -> str:
-        """Where VNC servers listen: the network mode's address, else the hypervisor's."""
-        return self._networks.driver.vnc_address or self._settings.vnc_listen
+    def listen_address(self, host: str = "") -> str:
+        """Where VNC servers listen on `host` ("": this one): its network mode's address,
+        else the hypervisor's."""
+        return self._networks.driver_on(host).vnc_address or self._settings.vnc_listen
 
-    def endpoint(self, display: int) -> tuple[str, int]:
-        """Where the daemon itself reaches the VNC server of `display` (the web console)."""
-        return self.listen_address(), vnc_port(display)
+    def endpoint(self, display: int, host: str = "") -> tuple[str, int]:
+        """Where the daemon itself reaches the VNC server of `display` on `host` (the web
+        console)."""
+        return self.listen_address(host), vnc_port(display)
 
     def public_endpoint(self, server: str, display: int | None) -> tuple[str | None, int | None]:
         """Where the user reaches the VNC of `server` (its info's `vnc:ip` and port): its
@@ -105,13 +115,14 @@ class ServerVnc:
             return None, None
         if (overlay := self._overlays.get(server)) is not None:
             return overlay, VNC_BASE_PORT
-        return self.endpoint(display)
+        return self.endpoint(display, self._networks.host_of(server))
 
     async def open_overlay(self, server: str, config: ServerConfig, display: int) -> None:
         """In bridge mode, VNC is also reached on the server's own address, port 5900: the
-        address held for its VNC, else its nic:0 address, where the mode can."""
+        address held for its VNC, else its nic:0 address, where the mode can; made by the
+        network of the host where its VM runs."""
         port = vnc_port(display)
-        network = self._networks.driver
+        network = self._networks.driver_of(server)
         if (own := self._networks.vnc_address_of(server)) is not None:
             if await network.open_vnc_address(own, port):
                 self._overlays[server] = own
@@ -125,10 +136,11 @@ class ServerVnc:
         address = self._overlays.pop(server, None)
         if address is None:
             return
+        network = self._networks.driver_of(server)
         if address == self._networks.vnc_address_of(server):
-            await self._networks.driver.close_vnc_address(address)
+            await network.close_vnc_address(address)
         else:
-            await self._networks.driver.close_vnc(address)
+            await network.close_vnc(address)
 
     # -- credentials -----------------------------------------------------------------
 
@@ -149,7 +161,7 @@ class ServerVnc:
     async def set_password(self, server: str, password: str | None) -> None:
         """`set vnc:password` on a running server: its VNC server takes it at once."""
         with contextlib.suppress(HypervisorError):  # no VNC server: applies at next start
-            await self._driver.set_vnc_password(server, password)
+            await self.driver_on(self._networks.host_of(server)).set_vnc_password(server, password)
 
     def tls_context(self) -> ssl.SSLContext:
         """Trust in the platform's VNC CA alone, as QEMU's VeNCrypt X509 server shows it."""
@@ -166,5 +178,5 @@ class ServerVnc:
             raise BusyError(
                 f"Server {row.uuid} has no VNC console: set vnc:password and restart it"
             )
-        host, port = self.endpoint(display)
+        host, port = self.endpoint(display, self._networks.host_of(row.uuid))
         return VncTarget(host, port, password, row.config.vnc_tls)

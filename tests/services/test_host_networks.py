@@ -1,0 +1,239 @@
+"""The NICs of a server whose VM runs on an agent's host are made by that host's network
+driver (services/server_network.py over HostDrivers.networks), and its serial log and VNC
+display are that host's; a drain moves its NICs with it. Fast, with a fake agent whose
+network records what it is asked; the same over a real agent and a real bridge in a
+namespace is tests/agent/test_agent_network.py."""
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
+from openhosting.hypervisor.fake import FakeHypervisor
+from openhosting.hypervisor.spec import TapNetdev
+from openhosting.model.port_block import BlockedPorts
+from openhosting.network.driver import NicPlan
+from openhosting.network.links import Counters
+from openhosting.services.platform import Platform
+from openhosting.store import resources as resource_store
+from openhosting.store.tables import drives
+from tests.services.fake_platform import RecordingNetwork, platform_with_agent_host
+
+SERVER = {
+    "name": "s", "cpu": "500", "mem": "64", "persistent": "true",
+    "nic:0:model": "virtio", "nic:0:dhcp": "auto", "nic:0:block": "tcp/25",
+    "vnc:password": "secret",
+}  # fmt: skip
+
+Hosts = tuple[Platform, FakeHypervisor, FakeHypervisor, RecordingNetwork, str]
+
+
+@pytest.fixture
+def two_hosts(tmp_path: Path) -> Iterator[Hosts]:
+    network = RecordingNetwork(namespace="oh-hv-a", vnc_address="198.51.100.7")
+    with platform_with_agent_host(tmp_path, network=network) as (platform, local, remote, user):
+        yield platform, local, remote, network, user
+
+
+async def server_on_agent_host(platform: Platform, user: str, **extra: str) -> str:
+    properties = {"name": "d", "size": "1M", "encryption:cipher": "none"}
+    drive = str((await platform.drives.create(user, properties))["drive"])
+    with platform.engine.begin() as connection:
+        connection.execute(update(drives).where(drives.c.uuid == drive).values(host="hv-a"))
+    created = await platform.servers.create(user, {**SERVER, "ide:0:0": drive, **extra}, start=True)
+    return str(created["server"])
+
+
+async def test_a_server_on_an_agent_host_gets_its_nics_made_there(two_hosts: Hosts) -> None:
+    platform, local, remote, network, user = two_hosts
+    await platform.servers.recover()  # connects to the agents
+    server = await server_on_agent_host(platform, user)
+
+    # Made there, with the pool's address, the MAC and the blocked ports; nothing here.
+    [nic] = network.of(server)
+    info = await platform.servers.info(user, server)
+    assert nic.address is not None and info["nic:0:dhcp:ip"] == nic.address
+    assert nic.mac.startswith("52:54:00:")
+    assert nic.block == (BlockedPorts("tcp", 25, 25),)
+    assert network.calls[:2] == ["start", "attach"]
+    vm = remote.host.vms[server]
+    assert [n.backend for n in vm.spec.nics] == [TapNetdev(f"tap-{server[:4]}-0")]
+    assert vm.spec.netns == "oh-hv-a"  # QEMU runs in that host's namespace
+    assert local.held() == []
+    # Its traffic is counted there, and its VNC is reached on its own address there.
+    assert info["rx"] == 7
+    assert network.overlays == {nic.address: 5900}
+    assert info["vnc:ip"] == nic.address
+
+    # nic:0:block changes there at once.
+    await platform.servers.set_config(user, server, {"nic:0:block": "udp/53"})
+    [nic] = network.of(server)
+    assert nic.block == (BlockedPorts("udp", 53, 53),)
+
+    # The stop removes them there and lets go of the address.
+    await platform.servers.stop(user, server)
+    assert network.of(server) == [] and network.overlays == {}
+    assert "nic:0:dhcp:ip" not in await platform.servers.info(user, server)
+    await platform.servers.close()
+
+
+async def test_a_failed_attach_on_the_agent_host_starts_nothing_and_holds_no_address(
+    two_hosts: Hosts,
+) -> None:
+    platform, _local, remote, network, user = two_hosts
+    await platform.servers.recover()
+    network.fail_attach = True
+    with pytest.raises(OSError, match="tap"):
+        await server_on_agent_host(platform, user)
+    assert remote.held() == [] and network.nics == {}
+    with platform.engine.connect() as connection:
+        assert resource_store.all_nics(connection) == []
+    await platform.servers.close()
+
+
+async def test_the_agent_hosts_nics_are_reconciled_there_after_a_daemon_restart(
+    two_hosts: Hosts,
+) -> None:
+    platform, _local, _remote, network, user = two_hosts
+    await platform.servers.recover()
+    server = await server_on_agent_host(platform, user)
+    [nic] = network.of(server)
+    network.nics.clear()
+    network.calls.clear()
+    await platform.servers.recover()  # what a restarted daemon does once it adopted
+    assert "reconcile" in network.calls and network.of(server) == [nic]
+    await platform.servers.stop(user, server)
+    await platform.servers.close()
+
+
+async def test_the_vnc_display_is_free_on_the_vms_host_and_its_log_is_read_there(
+    two_hosts: Hosts,
+) -> None:
+    platform, local, remote, network, user = two_hosts
+    await platform.servers.recover()
+    listen = platform.config.hypervisor.vnc_listen
+    remote.host.ports_in_use.add((listen, 5900))  # display 0 taken there, not here
+    server = await server_on_agent_host(platform, user)
+    info = await platform.servers.info(user, server)
+    # Display 1: its overlay on the guest's address leads to port 5901 there.
+    assert network.overlays == {info["nic:0:dhcp:ip"]: 5901}
+    remote.print_serial(server, b"hello from hv-a\n")
+    assert await asyncio.to_thread(platform.servers.serial_log, server, user) == (
+        b"hello from hv-a\n"
+    )
+    assert local.held() == []
+    await platform.servers.stop(user, server)
+    await platform.servers.close()
+
+
+async def test_a_drain_moves_a_servers_nics_to_the_target_host_and_off_the_source(
+    two_hosts: Hosts,
+) -> None:
+    platform, local, remote, network, user = two_hosts
+    here_network = RecordingNetwork()
+    platform.servers.networks.driver = here_network  # this host's, recording too
+    await platform.servers.recover()
+    server = await server_on_agent_host(platform, user)
+    [before] = network.of(server)
+    started = (await platform.servers.info(user, server))["started"]
+
+    outcome = await platform.servers.drain("hv-a")
+
+    assert outcome[server] == f"moved {platform.hosts.name}", outcome
+    assert local.held() == [server] and remote.held() == []
+    # The same NIC on the target (its MAC, address and blocked ports), none left on the source.
+    assert here_network.of(server) == [before] and network.of(server) == []
+    vm = local.host.vms[server]
+    assert [(n.mac, n.backend) for n in vm.spec.nics] == [
+        (before.mac, TapNetdev(f"tap-{server[:4]}-0"))
+    ]
+    info = await platform.servers.info(user, server)
+    assert (info["nic:0:dhcp:ip"], info["started"], info["host"]) == (
+        before.address, started, platform.hosts.name,
+    )  # fmt: skip
+    # Its VNC overlay left with it.
+    assert network.overlays == {} and here_network.overlays == {before.address: 5900}
+    # The next stop lets go of it here.
+    await platform.servers.stop(user, server)
+    assert here_network.of(server) == []
+    await platform.servers.close()
+
+
+async def test_a_move_that_fails_leaves_the_nics_on_the_source_and_none_on_the_target(
+    two_hosts: Hosts,
+) -> None:
+    platform, local, remote, network, user = two_hosts
+    here_network = RecordingNetwork()
+    platform.servers.networks.driver = here_network
+    await platform.servers.recover()
+    server = await server_on_agent_host(platform, user)
+    [before] = network.of(server)
+    local.fail_next_start()  # the target cannot start the VM that waits for the state
+
+    outcome = await platform.servers.drain("hv-a")
+
+    assert "fail" in outcome[server].lower(), outcome
+    assert remote.held() == [server] and local.held() == []
+    assert network.of(server) == [before] and here_network.of(server) == []
+    assert here_network.calls.count("attach") == 1  # made for the move, then removed
+    assert network.overlays == {before.address: 5900} and here_network.overlays == {}
+    await platform.servers.stop(user, server)
+    await platform.servers.close()
+
+
+class PeerlessNetwork(RecordingNetwork):
+    """An agent host's network whose agent fails to answer."""
+
+    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+        raise HypervisorError("host agent hv-a unreachable")
+
+
+async def test_a_host_that_fails_the_watch_does_not_keep_the_others_from_it(
+    tmp_path: Path,
+) -> None:
+    with platform_with_agent_host(tmp_path, network=PeerlessNetwork()) as (platform, *_):
+        here_network = RecordingNetwork()
+        platform.servers.networks.driver = here_network
+        await platform.servers.recover()
+        before = list(here_network.calls)
+        await platform.servers.networks.refresh_vxlan_peers()  # hv-a's failure is logged
+        assert here_network.calls == [*before, "set_vxlan_peers"]
+        await platform.servers.close()
+
+
+async def test_an_agent_back_has_its_hosts_nics_reconciled_there(two_hosts: Hosts) -> None:
+    platform, _local, remote, network, user = two_hosts
+    await platform.servers.recover()
+    server = await server_on_agent_host(platform, user)
+    [nic] = network.of(server)
+    # The agent restarts: its network knows nothing, its VMs run on, held by nobody.
+    network.nics.clear()
+    await remote.detach_all()
+    await platform.servers.lifecycle.watch_agents()
+    assert remote.held() == [server]
+    assert network.of(server) == [nic]  # kept there, its blocked ports in force again
+    await platform.servers.stop(user, server)
+    await platform.servers.close()
+
+
+class SilentCountersNetwork(RecordingNetwork):
+    """An agent host's network whose agent has just died (before any watch saw it)."""
+
+    async def counters(self, nics: Sequence[NicPlan]) -> Counters:
+        raise HostUnreachableError("host agent hv-a unreachable: counters")
+
+
+async def test_info_of_a_server_whose_agent_just_died_shows_no_traffic_rather_than_failing(
+    tmp_path: Path,
+) -> None:
+    network = SilentCountersNetwork()
+    with platform_with_agent_host(tmp_path, network=network) as (platform, _l, _r, user):
+        await platform.servers.recover()
+        server = await server_on_agent_host(platform, user)
+        info = await platform.servers.info(user, server)
+        assert (info["status"], info["rx"], info["tx"]) == ("active", 0, 0)
+        await platform.servers.stop(user, server)
+        await platform.servers.close()
