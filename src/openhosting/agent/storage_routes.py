@@ -10,6 +10,11 @@ its record.
 - `POST /storage/create` → `{"answer": master key (base64) or null}`
 - `POST /storage/resize`, `/storage/destroy`, `/storage/allocate` → `{"answer": null}`
 - `POST /storage/available` → `{"answer": true|false}`
+- `POST /storage/files` (first line `{"after": UUID or "", "limit": N}`, no drive) → `{"answer":
+  [[UUID, tier, size, seconds since modified], ...]}`: one page of this host's drive files in
+  UUID order (services/drive_orphans.py pages through them)
+- `POST /storage/remove_orphan` (with `age`) → `{"answer": true|false}`: the file removed only
+  if unmodified for `age` seconds, as this host's clock tells
 - `POST /storage/hash` → `{"answer": hex SHA-256 of the range}`
 - `POST /storage/read` → the range's bytes (Content-Length: its count)
 - `POST /storage/write` → `{"answer": bytes written}`, once durable; a body cut short (the
@@ -32,7 +37,7 @@ from openhosting.api.responses import widen_send_buffer
 from openhosting.errors import ApiError, MissingError, UsageError
 from openhosting.reverter import Reverter
 from openhosting.storage.local_storage import LocalDriveStorage
-from openhosting.storage.storage_calls import StorageCall
+from openhosting.storage.storage_calls import FilesCall, StorageCall
 
 log = logging.getLogger("openhosting.agent")
 
@@ -58,6 +63,8 @@ def add_storage_routes(app: web.Application, storage: LocalDriveStorage) -> None
         ("write", _write),
     ):
         app.router.add_post(f"/storage/{action}", _refusals(handler))
+    app.router.add_post("/storage/remove_orphan", _refusals(_remove_orphan))
+    app.router.add_post("/storage/files", _files)
 
 
 Handler = Callable[[web.Request, LocalDriveStorage, StorageCall], Awaitable[web.StreamResponse]]
@@ -107,6 +114,28 @@ async def _destroy(
     await storage.destroy(call.drive, call.tier)
     log.info("event=agent_drive_destroyed drive=%s tier=%s", call.drive, call.tier)
     return _answer(None)
+
+
+async def _remove_orphan(
+    _request: web.Request, storage: LocalDriveStorage, call: StorageCall
+) -> web.Response:
+    removed = await storage.remove_orphan(call.drive, call.tier, call.age)
+    if removed:
+        log.warning("event=agent_drive_orphan_removed drive=%s tier=%s", call.drive, call.tier)
+    return _answer(removed)
+
+
+async def _files(request: web.Request) -> web.Response:
+    """One page of this host's drive files (no drive named: not a `StorageCall`)."""
+    try:
+        line = await request.content.readline()
+        if len(line) > MAX_CALL_LINE:
+            raise UsageError("storage call line too long")
+        call = FilesCall.decode(line)
+    except ApiError as error:
+        return web.json_response({"error": error.message, "kind": error.kind}, status=error.status)
+    files = await request.app[STORAGE_KEY].list_files(call.after, call.limit)
+    return _answer([[file.drive, file.tier, file.size, file.age] for file in files])
 
 
 async def _available(

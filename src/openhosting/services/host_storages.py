@@ -20,6 +20,8 @@ from sqlalchemy import Engine
 
 from openhosting.errors import FullError
 from openhosting.storage.drive_storage import (
+    FILES_PAGE,
+    DriveFile,
     DriveRead,
     DriveStorage,
     DriveWrite,
@@ -138,6 +140,12 @@ class _Unreachable:
         on_close: WriteClosed,
     ) -> DriveWrite:
         on_close(None)
+        raise self._refused()
+
+    async def list_files(self, after: str, limit: int = FILES_PAGE) -> list[DriveFile]:
+        raise self._refused()
+
+    async def remove_orphan(self, drive: str, tier: str, age: float) -> bool:
         raise self._refused()
 
     async def close(self) -> None:

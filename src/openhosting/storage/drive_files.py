@@ -7,11 +7,14 @@ drive's bytes.
 
 import contextlib
 import errno
+import heapq
 import mmap
 import os
 import stat
 import threading
+import time
 import uuid as uuid_module
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -294,6 +297,35 @@ class DriveFiles:
                 if _is_uuid(path.stem) and path.stat().st_mtime < moment:
                     found.append(path.stem)
         return found
+
+    def listing(self, after: str, limit: int) -> list[tuple[str, int, float]]:
+        """The first `limit` drive files whose UUID sorts after `after`, in UUID order: (UUID,
+        size, seconds since last modified). The directory is streamed: a page holds `limit`
+        entries at most, however many files there are."""
+        now = time.time()
+
+        def entries() -> Iterator[tuple[str, int, float]]:
+            with os.scandir(self.root) as scan:
+                for entry in scan:
+                    uuid, dot, suffix = entry.name.partition(".")
+                    if dot and suffix == "img" and uuid > after and _is_uuid(uuid):
+                        with contextlib.suppress(FileNotFoundError):
+                            found = entry.stat(follow_symlinks=False)
+                            yield uuid, found.st_size, now - found.st_mtime
+
+        return heapq.nsmallest(limit, entries())
+
+    def destroy_if_unchanged(self, uuid: str, age: float) -> bool:
+        """Remove the drive's file if it was not modified in the last `age` seconds (looked
+        at again here: a file being made or written right now is kept). Whether it was."""
+        path = self.path_of(uuid)
+        try:
+            if time.time() - path.stat().st_mtime < age:
+                return False
+        except FileNotFoundError:
+            return False
+        self.destroy(uuid)
+        return True
 
     def holds_size(self, uuid: str, size: int, encrypted: bool) -> bool:
         """Whether the drive's file is exactly what a drive of `size` bytes takes (checked

@@ -11,6 +11,7 @@ bytes move in pieces, never the whole range in memory.
 """
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +21,21 @@ from openhosting.storage.drive_files import PlainDriveIO
 # aborted), a read with nothing.
 WriteClosed = Callable[[int | None], None]
 ReadClosed = Callable[[], None]
+
+
+# How many drive files one page of a host's listing holds at most (`DriveStorage.list_files`).
+FILES_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class DriveFile:
+    """A drive file a host holds: its drive's UUID, its tier, its size in bytes, and the
+    seconds since it was last modified (by the host's own clock)."""
+
+    drive: str
+    tier: str
+    size: int
+    age: float
 
 
 class DriveRead(Protocol):
@@ -118,6 +134,15 @@ class DriveStorage(Protocol):
     ) -> DriveWrite:
         """A write from `offset` of a drive of `size` bytes: straight to the drive, or
         `staged` (applied whole once all of it has come, as for a gzip body)."""
+
+    async def list_files(self, after: str, limit: int = FILES_PAGE) -> list[DriveFile]:
+        """The host's drive files whose UUID sorts after `after` ("" for the first page), in
+        UUID order, `limit` at most: page on with the last one's UUID until a page is
+        short."""
+
+    async def remove_orphan(self, drive: str, tier: str, age: float) -> bool:
+        """Remove the drive's file only if it was not modified in the last `age` seconds (a
+        drive being made now keeps it); whether it was removed."""
 
     async def close(self) -> None:
         """Let go of connections (nothing of the drives changes)."""

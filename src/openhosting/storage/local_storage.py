@@ -4,12 +4,13 @@ drives it holds (agent/storage_routes.py)."""
 
 import asyncio
 import functools
+import heapq
 from pathlib import Path
 
 from openhosting.errors import SystemError_
 from openhosting.reverter import Reverter
 from openhosting.storage.drive_files import DriveFiles
-from openhosting.storage.drive_storage import ReadClosed, WriteClosed
+from openhosting.storage.drive_storage import FILES_PAGE, DriveFile, ReadClosed, WriteClosed
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.drive_transfers import (
     DriveWriter,
@@ -105,6 +106,24 @@ class LocalDriveStorage:
             stage = WriteStage(opened.io, files.root, offset)
             return StagedDriveWriter(drive, opened, stage, size - offset, on_close)
         return DriveWriter(drive, opened, offset, size, on_close)
+
+    async def list_files(self, after: str, limit: int = FILES_PAGE) -> list[DriveFile]:
+        return await asyncio.to_thread(self._list_files, after, limit)
+
+    def _list_files(self, after: str, limit: int) -> list[DriveFile]:
+        # Tiers sharing a directory list its files once, under the first tier's name.
+        tier_of: dict[Path, str] = {}
+        for name in self.tiers.names:
+            tier_of.setdefault(self.tiers.of(name).root, name)
+        pages = [
+            DriveFile(uuid, tier_of[files.root], size, age)
+            for files in self.tiers.directories()
+            for uuid, size, age in files.listing(after, limit)
+        ]
+        return heapq.nsmallest(limit, pages, key=lambda file: file.drive)
+
+    async def remove_orphan(self, drive: str, tier: str, age: float) -> bool:
+        return self.files_of(drive, tier).destroy_if_unchanged(drive, age)
 
     async def close(self) -> None:
         """Nothing held between requests."""

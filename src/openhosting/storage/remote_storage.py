@@ -30,7 +30,7 @@ import aiohttp
 from openhosting.errors import ERROR_TYPES, ApiError, FailedError, FullError, UnavailableError
 from openhosting.reverter import Reverter
 from openhosting.storage.drive_files import PlainDriveIO
-from openhosting.storage.drive_storage import ReadClosed, WriteClosed
+from openhosting.storage.drive_storage import FILES_PAGE, DriveFile, ReadClosed, WriteClosed
 from openhosting.storage.storage_calls import encode_call
 
 log = logging.getLogger("openhosting.storage.remote")
@@ -174,6 +174,19 @@ class RemoteDriveStorage:
             raise self.unreachable(error) from None
         finally:
             response.release()
+
+    async def list_files(self, after: str, limit: int = FILES_PAGE) -> list[DriveFile]:
+        answer = await self._call("files", after=after, limit=limit)
+        try:
+            return [
+                DriveFile(str(drive), str(tier), int(size), float(age))
+                for drive, tier, size, age in answer
+            ]
+        except (TypeError, ValueError) as error:
+            raise self.unreachable(f"a listing not understood: {error}") from None
+
+    async def remove_orphan(self, drive: str, tier: str, age: float) -> bool:
+        return bool(await self._call("remove_orphan", drive=drive, tier=tier, age=int(age)))
 
     def open_read(
         self,

@@ -15,6 +15,8 @@ from openhosting.errors import UsageError
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TIER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# The most drive files one listing call may ask for (its answer is one JSON body).
+MAX_FILES_PAGE = 10_000
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class StorageCall:
     offset: int = 0
     count: int = 0
     staged: bool = False
+    age: int = 0  # seconds a file must have gone unmodified to be removed as an orphan
     passphrase: bytes | None = None
     master_key: bytes | None = None
 
@@ -46,6 +49,7 @@ class StorageCall:
                 offset=_count(fields, "offset"),
                 count=_count(fields, "count"),
                 staged=fields.get("staged") is True,
+                age=_count(fields, "age"),
                 passphrase=_key(fields, "passphrase"),
                 master_key=_key(fields, "master_key"),
             )
@@ -53,6 +57,30 @@ class StorageCall:
             raise UsageError(f"malformed storage call: {error!r}") from None
         if not _UUID.fullmatch(call.drive) or not _TIER.fullmatch(call.tier):
             raise UsageError("malformed storage call: not a drive's UUID and tier")
+        return call
+
+
+@dataclass(frozen=True)
+class FilesCall:
+    """A listing call's first line: the page of drive files after UUID `after` ("" for the
+    first), `limit` of them at most."""
+
+    after: str
+    limit: int
+
+    @classmethod
+    def decode(cls, line: bytes) -> FilesCall:
+        try:
+            fields = json.loads(line)
+            if not isinstance(fields, dict):
+                raise ValueError("not an object")
+            call = cls(after=str(fields.get("after", "")), limit=_count(fields, "limit"))
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"malformed listing call: {error!r}") from None
+        if call.after and not _UUID.fullmatch(call.after):
+            raise UsageError("malformed listing call: after is not a drive's UUID")
+        if not 1 <= call.limit <= MAX_FILES_PAGE:
+            raise UsageError(f"malformed listing call: limit must be 1 to {MAX_FILES_PAGE}")
         return call
 
 
