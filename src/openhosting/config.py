@@ -88,6 +88,12 @@ class StorageSettings:
     # daemons on one database, a job whose daemon died is started again by another this long
     # after its last renewal.
     imaging_lease_seconds: int = 15
+    # How often, in seconds, each agent host's drive files are compared with the drive rows
+    # (also whenever its agent is connected again): files no row names there go.
+    orphan_check_seconds: int = 3600
+    # A drive file no row names is removed only once unmodified this many seconds: a create
+    # writes its file before its row, maybe through another API node right now.
+    orphan_grace_seconds: int = 600
     # Days a finished imaging job's row is kept (for `openhosting-admin jobs list`); 0: for
     # ever.
     job_retention_days: int = 30

@@ -20,6 +20,7 @@ from openhosting.hypervisor.agent_connector import agent_connector, storage_conn
 from openhosting.logs import FORMATS, configure_logging
 from openhosting.memory import limit_malloc_arenas
 from openhosting.services.accounts import NewKey
+from openhosting.services.drive_orphans import DriveOrphans
 from openhosting.services.platform import Platform, open_platform
 from openhosting.store.database import open_pool
 
@@ -98,6 +99,16 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     lifecycle.drivers.connector = agent_connector(config.state_path)  # hosts with agents
     platform.drives.storages.connector = storage_connector(config.state_path)  # their drives
     heartbeat = asyncio.create_task(platform.hosts.heartbeat_every(lifecycle.agent_reports))
+    orphans = DriveOrphans(
+        platform.engine,
+        platform.drives.storages,
+        lifecycle.operations,
+        grace=config.storage.orphan_grace_seconds,
+        interval=max(1, config.storage.orphan_check_seconds),
+        hosts_up=lifecycle.agents_up,
+    )
+    lifecycle.agent_listeners.append(orphans.wake)  # an agent (re)connected: its files
+    orphan_files = asyncio.create_task(orphans.run())
     # Connects to the hosts' agents, whose hosts are online at once with what they report
     # (placement takes only those), then watched.
     await platform.servers.recover()
@@ -137,8 +148,9 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         nic_helpers.cancel()
         heartbeat.cancel()
         agents.cancel()
-        # No beat or adoption after the stop.
-        await asyncio.gather(heartbeat, agents, return_exceptions=True)
+        orphan_files.cancel()
+        # No beat, adoption or removal after the stop.
+        await asyncio.gather(heartbeat, agents, orphan_files, return_exceptions=True)
         await platform.servers.close()  # VMs keep running; the next daemon adopts them
         await platform.drives.storages.close()
         log.info("event=stopped")

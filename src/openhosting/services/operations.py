@@ -149,6 +149,13 @@ class Operations:
         """The kinds in flight on object `uuid` and how many of each."""
         return dict(self._in_flight.get(uuid, {}))
 
+    def anywhere(self, uuid: str) -> Counter[str]:
+        """The kinds in flight on object `uuid` here and through the other API nodes."""
+        running = Counter(self._in_flight.get(uuid, {}))
+        if self._nodes is not None:
+            running += self._nodes.others(uuid)
+        return running
+
     def waiting(self, uuid: str) -> int:
         """How many actions wait for their turn on object `uuid`."""
         turn = self._turns.get(uuid)

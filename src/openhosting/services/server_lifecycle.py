@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -104,6 +104,9 @@ class ServerLifecycle:
         # The agent hosts a watch found unreachable: their servers are adopted again when
         # their agent answers (`watch_agents`).
         self._agents_down: set[str] = set()
+        # Told the name of each agent host just connected, or back after a watch found it
+        # down (its drive files are reconciled then: services/drive_orphans.py).
+        self.agent_listeners: list[Callable[[str], None]] = []
         # The owner of every active server (its VM held by the driver); only this class
         # adds and removes entries.
         self.active: dict[str, str] = {}
@@ -498,7 +501,10 @@ class ServerLifecycle:
         """Connect to the hosts' agents; re-adopt the VMs of active servers; reconcile those
         that ended meanwhile. A server whose host's agent cannot be reached is left as it is
         (`active`, its VM unknown) until the agent answers (`watch_agents`)."""
-        await self._record_hosts(await self.drivers.connect_agents(self._engine))
+        reached = await self.drivers.connect_agents(self._engine)
+        await self._record_hosts(reached)
+        for host in reached:
+            self._tell_agent_back(host)
         adopted: dict[str, ServerConfig] = {}
         for row in await self._servers_to_adopt():
             uuid = row.uuid
@@ -559,6 +565,7 @@ class ServerLifecycle:
         await self._record_hosts(reached)
         for host in reached:
             await self._adopt_on(host, None)
+            self._tell_agent_back(host)
         for host, driver in list(self.drivers.remote.items()):
             try:
                 unheld = set(await driver.unheld())
@@ -571,8 +578,14 @@ class ServerLifecycle:
                 self._agents_down.discard(host)
                 log.info("event=host_agent_back host=%s", host)
                 await self._adopt_on(host, None)
+                self._tell_agent_back(host)
             elif unheld:  # restarted between two looks: its VMs run on, held by nobody
                 await self._adopt_on(host, unheld)
+                self._tell_agent_back(host)
+
+    def _tell_agent_back(self, host: str) -> None:
+        for listener in self.agent_listeners:
+            listener(host)
 
     async def watch_agents_every(self, interval: float) -> None:
         """`watch_agents` every `interval` seconds, until cancelled."""

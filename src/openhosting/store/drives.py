@@ -1,5 +1,6 @@
 """Queries on the drives and claims tables."""
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import Connection, Float, bindparam, cast, delete, func, insert, select, update
@@ -117,6 +118,21 @@ def add_io_counters(connection: Connection, uuid: str, direction: str, nbytes: i
 
 def delete_drive(connection: Connection, uuid: str) -> None:
     connection.execute(delete(drives).where(drives.c.uuid == uuid))
+
+
+def hosts_of_drives(connection: Connection, uuids: Collection[str]) -> dict[str, str]:
+    """The host of each drive of `uuids` that has a row."""
+    query = select(drives.c.uuid, drives.c.host).where(drives.c.uuid.in_(list(uuids)))
+    return {uuid: host for uuid, host in connection.execute(query)}
+
+
+def claim_holders(connection: Connection, uuids: Collection[str]) -> dict[str, list[str]]:
+    """Who holds a claim on each drive of `uuids` (a server's UUID for a server's drive)."""
+    query = select(claims.c.drive, claims.c.holder).where(claims.c.drive.in_(list(uuids)))
+    holders: dict[str, list[str]] = {}
+    for drive, holder in connection.execute(query):
+        holders.setdefault(drive, []).append(holder)
+    return holders
 
 
 def claims_on(connection: Connection, drive: str) -> list[ClaimRecord]:
