@@ -99,7 +99,7 @@ class DriveOrphans:
             return []
         uuids = [file.drive for file in files]
         with self._engine.connect() as connection:
-            hosts = drive_store.hosts_of_drives(connection, uuids)
+            hosts = drive_store.drive_hosts(connection, uuids)
             holders = drive_store.claim_holders(connection, uuids)
         elsewhere = [uuid for uuid, named in hosts.items() if named != host]
         moving = {
@@ -110,7 +110,7 @@ class DriveOrphans:
         with self._engine.connect() as connection:
             # Read again after the look at the moves: a move that ended in between has
             # written its rows.
-            again = drive_store.hosts_of_drives(connection, uuids)
+            again = drive_store.drive_hosts(connection, uuids)
         # No row (None), or a row of another host, in both reads: nothing here needs it.
         return [
             file

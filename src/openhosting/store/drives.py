@@ -120,7 +120,7 @@ def delete_drive(connection: Connection, uuid: str) -> None:
     connection.execute(delete(drives).where(drives.c.uuid == uuid))
 
 
-def hosts_of_drives(connection: Connection, uuids: Collection[str]) -> dict[str, str]:
+def drive_hosts(connection: Connection, uuids: Collection[str]) -> dict[str, str]:
     """The host of each drive of `uuids` that has a row."""
     query = select(drives.c.uuid, drives.c.host).where(drives.c.uuid.in_(list(uuids)))
     return {uuid: host for uuid, host in connection.execute(query)}
