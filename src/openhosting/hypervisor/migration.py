@@ -50,6 +50,7 @@ from openhosting.hypervisor.driver import IncomingInfo
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import Monitor
 from openhosting.hypervisor.moves import live_migrate as live_migrate
+from openhosting.hypervisor.run_files import DIRECTORY_FLAGS, write_new_file
 from openhosting.pem_files import write_whole
 from openhosting.reverter import Reverter
 
@@ -126,7 +127,7 @@ def qemu_copy(load: TlsLoad) -> Iterator[Path]:
     host is written or chowned through one); what is there first is removed (a link, not its
     target), and a name that appears meanwhile is refused (HypervisorError)."""
     try:
-        parent = os.open(load.run_dir, _DIRECTORY_FLAGS)
+        parent = os.open(load.run_dir, DIRECTORY_FLAGS)
     except OSError as error:
         raise HypervisorError(f"cannot copy the migration TLS files: {error}") from error
     try:
@@ -144,20 +145,13 @@ def qemu_copy(load: TlsLoad) -> Iterator[Path]:
         os.close(parent)
 
 
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _write_copy(parent: int, load: TlsLoad) -> None:
     os.mkdir(_TLS_COPY, 0o700, dir_fd=parent)
-    directory = os.open(_TLS_COPY, _DIRECTORY_FLAGS, dir_fd=parent)
+    directory = os.open(_TLS_COPY, DIRECTORY_FLAGS, dir_fd=parent)
     try:
         files = {name: (load.tls.directory / name).read_bytes() for name in _TLS_FILES}
         for name, data in {**files, DH_PARAMS: FFDHE2048_PEM}.items():
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            with os.fdopen(os.open(name, flags, 0o600, dir_fd=directory), "wb") as file:
-                if load.owner is not None:
-                    os.fchown(file.fileno(), *load.owner)
-                file.write(data)
+            write_new_file(directory, name, data, load.owner)
         if load.owner is not None:
             os.fchown(directory, *load.owner)
     finally:
@@ -167,7 +161,7 @@ def _write_copy(parent: int, load: TlsLoad) -> None:
 def _remove_copy(parent: int) -> None:
     """Remove the copy under the run directory `parent` (a descriptor), if there is one."""
     try:
-        directory = os.open(_TLS_COPY, _DIRECTORY_FLAGS, dir_fd=parent)
+        directory = os.open(_TLS_COPY, DIRECTORY_FLAGS, dir_fd=parent)
     except FileNotFoundError:
         return
     except OSError:  # not a directory: whatever it is goes, a link without its target

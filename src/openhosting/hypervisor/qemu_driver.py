@@ -34,6 +34,7 @@ from openhosting.hypervisor.cpu_quota import (
     remove_cpu_group,
 )
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.run_files import DIRECTORY_FLAGS, write_new_file
 from openhosting.hypervisor.serial_log import SerialLogLimit, read_log
 from openhosting.hypervisor.space_resume import SpaceResumer
 from openhosting.hypervisor.spec import (
@@ -118,10 +119,13 @@ def port_is_free(address: str, port: int) -> bool:
 
 
 def _write_secrets(secrets: tuple[DriveSecret, ...]) -> None:
+    # In the run directory, which QEMU's account owns: never written through a link.
     for secret in secrets:
-        fd = os.open(secret.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(secret.passphrase)
+        directory = os.open(secret.path.parent, DIRECTORY_FLAGS)
+        try:
+            write_new_file(directory, secret.path.name, secret.passphrase)
+        finally:
+            os.close(directory)
 
 
 def _make_empty(path: Path, size: int) -> None:
