@@ -47,7 +47,7 @@ from openhosting.services.operations import MOVE
 from openhosting.services.server_lifecycle import ServerLifecycle
 from openhosting.services.vm_specs import build_vm_spec
 from openhosting.storage.drive_storage import DriveStorage
-from openhosting.storage.luks import HEADER_SIZE, LuksError, LuksHeader, read_luks1_header
+from openhosting.storage.luks import HEADER_SIZE, LuksError, LuksHeader
 from openhosting.store import drives as drive_store
 from openhosting.store import servers as server_store
 
@@ -237,18 +237,9 @@ class ServerMoves:
                 )
 
     async def _luks_header(self, drive: AttachableDrive) -> tuple[bytes, int]:
-        """The leading bytes of encrypted `drive`'s file up to its payload (its LUKS header
-        and key material, trailing zeros cut: the target's new file is zeros there) and
-        that payload's offset, read as stored (not decrypted) where its host holds it."""
-        if not drive.host or self._drives.storages.is_local(drive.host):
-            return await asyncio.to_thread(_read_luks_header, drive.path)
+        """`stored_luks_header` of encrypted `drive`, from the host that holds it."""
         storage = self._drives.storages.of(drive.host)
-        head = await _read_stored(storage, drive, 0, HEADER_SIZE)
-        try:
-            offset = LuksHeader.unpack(head).payload_offset
-        except LuksError as error:
-            raise FailedError(f"Drive {drive.uuid} cannot be moved: {error}") from error
-        return (await _read_stored(storage, drive, 0, offset)).rstrip(b"\0"), offset
+        return await stored_luks_header(storage, drive.uuid, drive.tier)
 
     def _landed(self, drive: AttachableDrive, target_host: str) -> AttachableDrive:
         """`drive` as the target opens the copy it makes: beside the source's file when all
@@ -356,29 +347,29 @@ class ServerMoves:
                 log.warning("event=vnc_overlay_open_failed server=%s error=%s", uuid, error)
 
 
-def _read_luks_header(path: Path) -> tuple[bytes, int]:
-    """`_luks_header` of a file of this host."""
+async def stored_luks_header(storage: DriveStorage, drive: str, tier: str) -> tuple[bytes, int]:
+    """The leading bytes of encrypted `drive`'s file up to its payload, as `storage` holds
+    them (no key: the LUKS header and key material, not decrypted), trailing zeros cut (the
+    target's new file is zeros there); and the payload's offset. FailedError if it is no
+    LUKS1 container."""
+    head = await _read_stored(storage, drive, tier, HEADER_SIZE)
     try:
-        offset = read_luks1_header(path).payload_offset
-        with path.open("rb") as file:
-            return file.read(offset).rstrip(b"\0"), offset
-    except (LuksError, OSError) as error:
-        raise FailedError(f"The LUKS header of {path.name} cannot be read: {error}") from error
+        offset = LuksHeader.unpack(head).payload_offset
+    except LuksError as error:
+        raise FailedError(f"Drive {drive} cannot be moved: {error}") from error
+    return (await _read_stored(storage, drive, tier, offset)).rstrip(b"\0"), offset
 
 
-async def _read_stored(
-    storage: DriveStorage, drive: AttachableDrive, offset: int, count: int
-) -> bytes:
-    """`count` bytes of `drive` from `offset` as its host stores them (no master key: a
-    LUKS drive's header and ciphertext)."""
-    read = storage.open_read(drive.uuid, drive.tier, None, offset, count, lambda: None)
+async def _read_stored(storage: DriveStorage, drive: str, tier: str, count: int) -> bytes:
+    """The first `count` bytes of `drive` as `storage` stores them."""
+    read = storage.open_read(drive, tier, None, 0, count, lambda: None)
     try:
         await read.begin()
         data = b"".join([bytes(chunk) async for chunk in read.chunks()])
     finally:
         read.close()
     if len(data) != count:
-        raise FailedError(f"Drive {drive.uuid}: {len(data)} of {count} header bytes read")
+        raise FailedError(f"Drive {drive}: {len(data)} of its {count} header bytes read")
     return data
 
 
