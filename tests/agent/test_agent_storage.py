@@ -22,8 +22,10 @@ from openhosting.errors import FailedError, FullError, MissingError, Unavailable
 from openhosting.hypervisor.driver import StartRequest
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import DiskSpec, VmSpec
+from openhosting.services.server_moves import stored_luks_header
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
+from openhosting.storage.luks import payload_offset
 from openhosting.storage.remote_storage import RemoteDriveStorage
 from testbed.agent_process import AgentProcess, Cluster, agent_process, make_cluster
 
@@ -124,6 +126,30 @@ def test_the_agent_keeps_its_drives_in_its_own_directory_and_streams_their_bytes
             await storage.destroy(plain, "disk")
             await storage.destroy(secret, "disk")
             assert not path.exists() and list(path.parent.glob("*.img")) == []
+        finally:
+            await storage.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_moves_header_of_an_encrypted_drive_is_read_from_its_agent_as_stored(
+    agent_a: AgentProcess, cluster: Cluster, agent_dir: Path
+) -> None:
+    # What a live migration's target writes before its QEMU opens the container: the
+    # agent's file's own leading bytes, not decrypted; a plain drive has none to give.
+    async def scenario() -> None:
+        storage = storage_of(agent_a, cluster)
+        try:
+            secret, plain = str(uuid.uuid4()), str(uuid.uuid4())
+            assert await storage.create(secret, "disk", MIB, b"a passphrase") is not None
+            await storage.create(plain, "disk", MIB, None)
+            header, offset = await stored_luks_header(storage, secret, "disk")
+            stored = (agent_dir / "state" / "drives" / f"{secret}.img").read_bytes()
+            assert offset == payload_offset(agent_dir / "state" / "drives" / f"{secret}.img")
+            assert stored[:offset] == header.ljust(offset, b"\0")
+            assert header.startswith(b"LUKS\xba\xbe") and len(header) > 4096  # key material
+            with pytest.raises(FailedError, match="not a LUKS container"):
+                await stored_luks_header(storage, plain, "disk")
         finally:
             await storage.close()
 

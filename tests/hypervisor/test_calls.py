@@ -110,7 +110,11 @@ def _incoming_info(uri: str = "tcp:10.20.0.12:49152") -> IncomingInfo:
 
 
 def test_a_migrations_calls_cross_whole() -> None:
-    request = IncomingRequest(_full_request(), (("ide:0:0", 25 << 20),), started=12.5)
+    # An encrypted drive's header goes with it (bytes, base64 in the line).
+    headers = (("block:1", b"LUKS\xba\xbe\x00\x01" + bytes(range(256))),)
+    request = IncomingRequest(
+        _full_request(), (("ide:0:0", 25 << 20),), started=12.5, drive_headers=headers
+    )
     assert _through_json(IncomingRequest, request) == request
     assert _through_json(IncomingInfo, _incoming_info()) == _incoming_info()
     call = CALLS["migrate_out"].request(server=SERVER, target=_incoming_info(), timeout=30.0)

@@ -47,7 +47,7 @@ from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
 from openhosting.hypervisor.migration import live_migrate
 from openhosting.hypervisor.qemu_driver import QemuDriver
 from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
-from openhosting.hypervisor.spec import DiskSpec, VmSpec
+from openhosting.hypervisor.spec import DiskSpec, DriveSecret, VmSpec
 from testbed.agent_process import agent_process, make_cluster
 from testbed.build_guest import READY_MARKER, build_tiny_guest
 
@@ -248,6 +248,13 @@ async def migration_harness(
     """The drivers that move VMs (`MigratingDriver`) within one process; the remote driver
     moves them between two agents in tests/integration/test_live_migration.py."""
     async for made in _harness(request.param, agents):
+        yield made
+
+
+@pytest.fixture
+async def remote_fake_harness(agents: Callable[[str], Agent]) -> AsyncIterator[Harness]:
+    """The remote driver of an agent running the fake: what crosses the agent's wire."""
+    async for made in _harness("remote-fake", agents):
         yield made
 
 
@@ -531,6 +538,31 @@ async def _kill_incoming(target: MigratingDriver, server: str) -> None:
     pid = process.adopt(target.run_dir(server), server)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
+
+
+async def test_an_encrypted_drives_header_and_passphrase_reach_a_target_agent(
+    remote_fake_harness: Harness,
+) -> None:
+    # A LUKS1 header with one key slot's material is ~260 kB, ~350 kB as base64 in the
+    # call's first line; the fake behind the agent refuses an encrypted drive without it.
+    harness = remote_fake_harness
+    target = harness.driver
+    assert isinstance(target, RemoteHypervisorDriver)
+    spec = harness.spec()
+    secret = DriveSecret(spec.run_dir / "secret-ide-0-0", b"p" * 44)
+    disk = DiskSpec("ide:0:0", Path("/d/b.img"), format="luks", secret_file=secret.path)
+    spec = dataclasses.replace(spec, disks=(disk,), incoming=True)
+    header = b"LUKS\xba\xbe" + os.urandom(260_000)
+    request = IncomingRequest(
+        StartRequest(spec, secrets=(secret,), timeout=EVENT_TIMEOUT),
+        drive_bytes=(("ide:0:0", 4 << 20),),
+        drive_headers=(("ide:0:0", header),),
+    )
+
+    info = await target.prepare_incoming(request)
+
+    assert info.server == spec.uuid and dict(info.drive_paths) == {"ide:0:0": "/d/b.img"}
+    await target.abort_incoming(spec.uuid)
 
 
 async def test_a_migrated_vm_runs_on_the_target_and_no_longer_on_the_source(

@@ -13,6 +13,8 @@ from sqlalchemy import update
 from openhosting.errors import MissingError
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.services.platform import Platform
+from openhosting.storage.luks import payload_offset
+from openhosting.store import drives as drive_store
 from openhosting.store import servers as server_store
 from openhosting.store.tables import drives, hosts
 from tests.services.fake_platform import platform_with_agent_host
@@ -61,7 +63,6 @@ async def test_a_drain_moves_each_server_that_fits_and_leaves_the_other_running(
     here = platform.hosts.name
     small, small_drive = await running_server(platform, user, 64)
     big, _ = await running_server(platform, user, 128)
-    locked, _ = await running_server(platform, user, 16, cipher="aes-xts-plain")
     started = {server: row_of(platform, server).started_at for server in (small, big)}
     with platform.engine.begin() as connection:  # hv-a has room for the small one only
         connection.execute(update(hosts).where(hosts.c.name == "hv-a").values(memory_mb=100))
@@ -70,8 +71,7 @@ async def test_a_drain_moves_each_server_that_fits_and_leaves_the_other_running(
 
     assert outcome[small] == "moved hv-a"
     assert "No other host has 500 MHz of cpu and 128 MiB of mem free" in outcome[big]
-    assert "is encrypted or shared" in outcome[locked]
-    assert remote.held() == [small] and sorted(local.held()) == sorted([big, locked])
+    assert remote.held() == [small] and local.held() == [big]
     info = await platform.servers.info(user, small)
     assert (info["status"], info["host"]) == ("active", "hv-a")
     assert row_of(platform, small).started_at == started[small]  # a move is not a start
@@ -86,7 +86,68 @@ async def test_a_drain_moves_each_server_that_fits_and_leaves_the_other_running(
     await platform.servers.stop(user, small)
     assert remote.held() == []
     await platform.servers.stop(user, big)
-    await platform.servers.stop(user, locked)
+    await platform.servers.close()
+
+
+async def test_an_encrypted_drive_moves_as_stored_with_its_passphrase_and_header(
+    two_hosts: tuple[Platform, FakeHypervisor, FakeHypervisor, str],
+) -> None:
+    platform, local, remote, user = two_hosts
+    await platform.servers.recover()
+    server, drive_file = await running_server(platform, user, 16, cipher="aes-xts-plain")
+    stored = drive_file.read_bytes()  # the LUKS header and the ciphertext
+    drive = str((await platform.servers.info(user, server))["ide:0:0"])
+    with platform.engine.connect() as connection:
+        row = drive_store.get_drive(connection, drive)
+    assert row is not None
+    passphrase = platform.drives.passphrase_of(row)
+    assert passphrase is not None
+
+    outcome = await platform.servers.drain(platform.hosts.name)
+
+    assert outcome[server] == "moved hv-a"
+    assert remote.held() == [server] and local.held() == []
+    assert platform.drives.info(user, drive)["host"] == "hv-a"
+    (request,) = remote.incoming_requests
+    # The target opens the same container: the passphrase as for a start, the header as
+    # stored up to the payload (its key material included), the whole file's size.
+    assert [secret.passphrase for secret in request.start.secrets] == [passphrase]
+    (disk,) = request.start.spec.disks
+    assert disk.format == "luks" and disk.secret_file is not None
+    header = dict(request.drive_headers)["ide:0:0"]
+    payload = payload_offset(drive_file)
+    assert header == stored[:payload].rstrip(b"\0") and header.startswith(b"LUKS\xba\xbe")
+    assert dict(request.drive_bytes)["ide:0:0"] == len(stored)
+    assert drive_file.read_bytes() == stored  # the copy is the drive, still encrypted
+    await platform.servers.stop(user, server)
+    await platform.servers.close()
+
+
+async def test_a_shared_drive_another_server_writes_is_not_moved(
+    two_hosts: tuple[Platform, FakeHypervisor, FakeHypervisor, str],
+) -> None:
+    platform, local, remote, user = two_hosts
+    await platform.servers.recover()
+    properties = {"name": "d", "size": "1M", "claim:type": "shared"}
+    drive = str((await platform.drives.create(user, properties))["drive"])
+    with platform.engine.begin() as connection:  # on this host, whatever placement chose
+        connection.execute(
+            update(drives).where(drives.c.uuid == drive).values(host=platform.hosts.name)
+        )
+    servers = []
+    for name in ("one", "two"):
+        config = {"name": name, "cpu": "500", "mem": "16", "ide:0:0": drive}
+        servers.append(str((await platform.servers.create(user, config, start=True))["server"]))
+
+    outcome = await platform.servers.drain(platform.hosts.name)
+
+    first, second = servers
+    assert f"is shared with server {second}, which writes it too" in outcome[first]
+    assert f"is shared with server {first}, which writes it too" in outcome[second]
+    assert remote.incoming_requests == [] and sorted(local.held()) == sorted(servers)
+    for server in servers:
+        assert (await platform.servers.info(user, server))["host"] == platform.hosts.name
+        await platform.servers.stop(user, server)
     await platform.servers.close()
 
 

@@ -135,7 +135,7 @@ def _disk_args(spec: VmSpec) -> list[str]:
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
     for disk in disks:
         read_only = "on" if disk.media == "cdrom" else "off"
-        file_node = f"file-{disk.device_id}"
+        file_node = disk.file_node
         argv += [
             "-blockdev",
             _opts(

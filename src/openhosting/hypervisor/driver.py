@@ -123,6 +123,10 @@ class IncomingRequest:
     drive_bytes: tuple[tuple[str, int], ...]  # (slot, size in bytes) of each disk to copy
     # When the VM started on its first host (`VmStatus.started`): a move is no new start.
     started: float = 0.0
+    # (slot, bytes) of each encrypted (`luks`) disk to copy: its file's leading bytes up to
+    # its payload (the LUKS header and key material, trailing zeros cut), written into the
+    # new file before QEMU opens the container there with the drive's passphrase.
+    drive_headers: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
 
 # A migration stream's address: a unix socket (`unix:/PATH`) or TCP (`tcp:HOST:PORT`), and

@@ -87,6 +87,8 @@ class FakeHypervisor:
         self._next_start_error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.qmp_timeout = QMP_TIMEOUT
+        # Each VM asked to move in (`prepare_incoming`), as asked: its secrets and headers.
+        self.incoming_requests: list[driver.IncomingRequest] = []
 
     def listen(self, handler: driver.EventHandler) -> None:
         self._handler = handler
@@ -233,9 +235,13 @@ class FakeHypervisor:
         spec = request.start.spec
         if not spec.incoming:
             raise HypervisorError("a VM to receive by migration needs spec.incoming")
+        copied = {slot for slot, _size in request.drive_bytes}
+        headers = dict(request.drive_headers)
+        if any(d.format == "luks" and d.slot in copied - headers.keys() for d in spec.disks):
+            raise HypervisorError("an encrypted drive is copied only with its LUKS header")
+        self.incoming_requests.append(request)
         vm = self._new_vm(request.start, request.started or time.time())
         vm.state, vm.reason = driver.VmState.PAUSED, "inmigrate"
-        copied = {slot for slot, _size in request.drive_bytes}
         vm.copied = frozenset(copied)
         self.host.vms[spec.uuid] = vm
         uri = f"unix:/fake-migration/{id(self.host)}/{spec.uuid}"

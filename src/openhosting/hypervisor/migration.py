@@ -10,7 +10,10 @@ The sequence, each step bounded by a timeout and undone by a `Reverter` if a lat
 2. Source (`mirror_drives`): an NBD client node per drive (`blockdev-add`) and a
    `blockdev-mirror` of the whole drive onto it, in `write-blocking` mode: once a job is
    READY every guest write reaches the target before the guest is told it is done, so
-   stopping the guest leaves nothing behind.
+   stopping the guest leaves nothing behind. An encrypted drive lands as it is stored: the
+   target made its file with the LUKS header first, opened it as a start does (passphrase
+   file written, then removed) and exports its `file` node; the source mirrors its luks
+   node into a luks node over that export, so the same key writes the same ciphertext.
 3. Source (`send_state`): `migrate` to the target; QEMU pauses the guest for the last round
    and the source ends paused (`postmigrate`). Then each mirror job is cancelled, which for a
    READY job is a completion without switching the source over to the copy.
@@ -51,6 +54,7 @@ from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.monitor import Monitor
 from openhosting.hypervisor.moves import live_migrate as live_migrate
 from openhosting.hypervisor.run_files import DIRECTORY_FLAGS, write_new_file
+from openhosting.hypervisor.spec import secret_id_of
 from openhosting.pem_files import write_whole
 from openhosting.reverter import Reverter
 
@@ -59,6 +63,8 @@ log = logging.getLogger("openhosting.hypervisor")
 POLL_SECONDS = 0.05
 # Block nodes and jobs of a migration on the source, named after the drive's node.
 _PREFIX = "migrate-"
+# An encrypted drive's mirror target: a luks node over its NBD client node.
+_LUKS_PREFIX = "migrate-luks-"
 # The ids of the `tls-creds-x509` objects of a migration: its target's, its source's (a VM
 # that came in may later go out).
 _TLS_IN, _TLS_OUT = "migrate-tls-in", "migrate-tls-out"
@@ -238,14 +244,25 @@ async def mirror_drives(
         await _add_tls(monitor, tls, "client")
         revert.add(functools.partial(_quietly, functools.partial(monitor.delete_object, _TLS_OUT)))
         tls_options = {"tls-creds": _TLS_OUT, "tls-hostname": target.tls_hostname}
+    drivers = await monitor.query_node_drivers()
     jobs = []
     for node, export in target.exports:
         client = f"{_PREFIX}{node}"
         await monitor.add_nbd_node(client, target.nbd_address, export, tls_options)
         revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, client)))
-        await monitor.mirror(client, node, client, max_bandwidth)
-        revert.add(functools.partial(cancel_jobs, monitor, [client], True, timeout))
-        jobs.append(client)
+        job = client
+        if drivers.get(node) == "luks":
+            # QEMU mirrors root nodes only ("Need a root block node"), so not the file node
+            # under the luks one: the plaintext is mirrored into a luks node over the target's
+            # file, opened from the header already there with this drive's own secret. Same
+            # master key, same payload offset, and XTS with plain64 IVs has one ciphertext
+            # per sector: the bytes that land are the source's, encrypted as they were.
+            job = f"{_LUKS_PREFIX}{node}"
+            await monitor.add_luks_node(job, client, secret_id_of(node))
+            revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, job)))
+        await monitor.mirror(job, node, job, max_bandwidth)
+        revert.add(functools.partial(cancel_jobs, monitor, [job], True, timeout))
+        jobs.append(job)
     await _wait_ready(monitor, jobs, timeout)
     return jobs
 
@@ -274,7 +291,16 @@ async def send_state(
     await monitor.wait_migration(timeout)
     await cancel_jobs(monitor, jobs, False, timeout)
     for job in jobs:
-        await _quietly(functools.partial(monitor.delete_node, job))
+        for node in _job_nodes(job):
+            await _quietly(functools.partial(monitor.delete_node, node))
+
+
+def _job_nodes(job: str) -> list[str]:
+    """The nodes a mirror job of `mirror_drives` wrote through, top first: its target, and
+    for an encrypted drive the NBD client under that luks node."""
+    if job.startswith(_LUKS_PREFIX):
+        return [job, _PREFIX + job.removeprefix(_LUKS_PREFIX)]
+    return [job]
 
 
 async def cancel_jobs(monitor: Monitor, jobs: list[str], force: bool, timeout: float) -> None:

@@ -202,6 +202,22 @@ class Monitor:
             }
         )
 
+    async def query_node_drivers(self) -> dict[str, str]:
+        """The block driver of each named node (`query-named-block-nodes`): `file`,
+        `raw`, `luks`, `nbd`..."""
+        result = await self.execute("query-named-block-nodes", {"flat": True})
+        if not isinstance(result, list):
+            raise HypervisorError(f"QMP query-named-block-nodes answered {result!r}")
+        return {str(node["node-name"]): str(node["drv"]) for node in result}
+
+    async def add_luks_node(self, node: str, file: str, secret: str) -> None:
+        """A `luks` block node `node` over node `file`, its key from secret object `secret`
+        (opened now: the LUKS header must already be in `file`)."""
+        await self.execute(
+            "blockdev-add",
+            {"driver": "luks", "node-name": node, "file": file, "key-secret": secret},
+        )
+
     async def system_powerdown(self) -> None:
         """Press the ACPI power button; the guest decides whether and when to power off."""
         await self.execute("system_powerdown")

@@ -128,13 +128,20 @@ def _write_secrets(secrets: tuple[DriveSecret, ...]) -> None:
             os.close(directory)
 
 
-def _make_empty(path: Path, size: int) -> None:
-    """A new drive file of `size` bytes, all holes: a migration's mirror fills it."""
+def _make_empty(path: Path, size: int, header: bytes = b"") -> None:
+    """A new drive file of `size` bytes, all holes but `header` at its start (an encrypted
+    drive's LUKS header, for QEMU to open it): a migration's mirror fills the rest."""
+    if len(header) > size:
+        raise HypervisorError(f"a drive header of {len(header)} bytes for a file of {size}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.ftruncate(fd, size)
-    finally:
-        os.close(fd)
+    with Reverter() as revert:
+        revert.add(functools.partial(path.unlink, missing_ok=True))  # made here: not left
+        try:
+            os.ftruncate(fd, size)
+            os.pwrite(fd, header, 0)
+        finally:
+            os.close(fd)
+        revert.success()
 
 
 @dataclass(frozen=True)
@@ -338,11 +345,11 @@ class QemuDriver:
             raise HypervisorError("a VM to receive by migration needs spec.incoming")
         if spec.uuid in self._vms or spec.uuid in self._incoming:
             raise HypervisorError(f"VM {spec.uuid} runs already")
-        sizes = dict(request.drive_bytes)
+        sizes, headers = dict(request.drive_bytes), dict(request.drive_headers)
         copied = [disk for disk in spec.disks if disk.slot in sizes]
-        if any(disk.format != "raw" for disk in copied):
-            # The LUKS layer needs its header in the file at start; an empty file has none.
-            raise HypervisorError("only raw drives can be copied by a live migration yet")
+        if any(disk.format == "luks" and disk.slot not in headers for disk in copied):
+            # QEMU opens the LUKS layer at start, from the header in the file.
+            raise HypervisorError("an encrypted drive is copied only with its LUKS header")
         async with Reverter() as revert:
             nbd_address, migration_uri, ports = self._incoming_addresses(spec)
             self._ports_taken.update(ports)
@@ -350,17 +357,23 @@ class QemuDriver:
             self._make_run_dir(spec.run_dir)
             revert.add(functools.partial(shutil.rmtree, spec.run_dir, ignore_errors=True))
             for disk in copied:
-                await asyncio.to_thread(_make_empty, disk.path, sizes[disk.slot])
+                header = headers.get(disk.slot, b"") if disk.format == "luks" else b""
+                await asyncio.to_thread(_make_empty, disk.path, sizes[disk.slot], header)
                 revert.add(functools.partial(disk.path.unlink, missing_ok=True))
             if spec.vnc is not None and spec.vnc.tls_dir is not None:
                 names = [name for name in (spec.vnc.address, *request.start.vnc_names) if name]
                 await asyncio.to_thread(ensure_vnc_tls, spec.vnc.tls_dir, names)
+            # As at a start: QEMU reads the passphrases of encrypted drives as it starts.
+            revert.add(functools.partial(asyncio.to_thread, _remove_secrets, spec))
+            await asyncio.to_thread(_write_secrets, request.start.secrets)
             vm = await RunningVm.start(
                 spec, self._vm_exited, timeout=request.start.timeout, serial_limit=self.limit
             )
             revert.add(functools.partial(vm.kill, self._settings.stop_timeout))
+            await asyncio.to_thread(_remove_secrets, spec)
             vm.started = request.started or vm.started
-            nodes = [disk.node_name for disk in copied]
+            # An encrypted drive's copy lands on its file node: the ciphertext as it is.
+            nodes = [disk.file_node if disk.format == "luks" else disk.node_name for disk in copied]
             await migration.serve_incoming(
                 vm.monitor, nodes, nbd_address, migration_uri, self._tls_load(spec.run_dir)
             )
@@ -373,7 +386,8 @@ class QemuDriver:
             server=spec.uuid,
             migration_uri=migration_uri,
             nbd_address=nbd_address,
-            exports=tuple((node, node) for node in nodes),
+            # (the source's node, the export): the source mirrors its device node.
+            exports=tuple((disk.node_name, node) for disk, node in zip(copied, nodes, strict=True)),
             tls_hostname=self._migration_tls.host if self._migration_tls else None,
             drive_paths=tuple((disk.slot, str(disk.path)) for disk in copied),
         )

@@ -90,6 +90,12 @@ class RunPaths:
         return self.directory / "qemu.argv"
 
 
+def secret_id_of(node: str) -> str:
+    """The id of the `-object secret` of the drive whose device node is `node`
+    (`drive-ide-0-0` -> `secret-ide-0-0`): what a running QEMU's luks node was opened with."""
+    return f"secret-{node.removeprefix('drive-')}"
+
+
 @dataclass(frozen=True)
 class DiskSpec:
     """A drive file attached in an API slot. `luks` drives need the file of their passphrase."""
@@ -133,9 +139,15 @@ class DiskSpec:
         return f"drive-{self.device_id}"
 
     @property
+    def file_node(self) -> str:
+        """The `file` (protocol) node under `node_name`: the bytes as stored, a LUKS
+        drive's header and ciphertext."""
+        return f"file-{self.device_id}"
+
+    @property
     def secret_id(self) -> str:
         """The id of the `-object secret` holding this drive's passphrase."""
-        return f"secret-{self.device_id}"
+        return secret_id_of(self.node_name)
 
 
 def slot_for_device_id(device_id: str) -> str | None:

@@ -9,8 +9,12 @@ the target's QEMU waits for the state (the same MACs, addresses and blocked port
 `server_nics` rows do not change) and removed from the source once it moved; a move that
 fails removes them from the target. Only once the move succeeded are `servers.host` and
 where its drives live updated (`settle_moved_drives`); a server that cannot move (no room
-anywhere, a driver that cannot migrate, an encrypted or shared drive, a failure half-way) is
-reported and left running where it was.
+anywhere, a driver that cannot migrate, a shared drive another server writes too, a failure
+half-way) is reported and left running where it was.
+
+An encrypted drive moves as it is stored: its LUKS header (read as stored, not decrypted)
+and its passphrase go to the target, whose QEMU opens the same container over the new file
+before the ciphertext is mirrored into it (hypervisor/migration.py).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from openhosting.services.hosts import Hosts
 from openhosting.services.operations import MOVE
 from openhosting.services.server_lifecycle import ServerLifecycle
 from openhosting.services.vm_specs import build_vm_spec
+from openhosting.storage.drive_storage import DriveStorage
+from openhosting.storage.luks import HEADER_SIZE, LuksError, LuksHeader
 from openhosting.store import drives as drive_store
 from openhosting.store import servers as server_store
 
@@ -146,12 +152,7 @@ class ServerMoves:
             raise FailedError(f"Server {uuid} has no VM held on host {source_host}")
         drives = [self._drives.attachable(row.user, a.drive) for a in config.drives]
         copied = {a.slot: a.drive for a in config.drives if a.media != "cdrom"}
-        for drive in drives:
-            if drive.uuid in copied.values() and (drive.passphrase or not drive.exclusive):
-                raise FailedError(
-                    f"Drive {drive.uuid} of server {uuid} is encrypted or shared: such drives"
-                    " cannot be copied by a live migration yet"
-                )
+        await asyncio.to_thread(self._check_unshared, uuid, drives, copied)
         target_host = self._hosts.place_moved_server(
             config.cpu, config.mem, source_host, self._lifecycle.drivers.names()
         )
@@ -217,6 +218,29 @@ class ServerMoves:
                     drive.uuid, drive.host, error.message,
                 )  # fmt: skip
 
+    def _check_unshared(
+        self, uuid: str, drives: list[AttachableDrive], copied: dict[str, str]
+    ) -> None:
+        """FailedError for a shared drive of `copied` that another server holds too: its
+        copy would miss that server's writes, and the two would part ways."""
+        for drive in drives:
+            if drive.exclusive or drive.uuid not in copied.values():
+                continue
+            with self._engine.connect() as connection:
+                claims = drive_store.claims_on(connection, drive.uuid)
+            others = sorted({c.holder for c in claims if c.kind == "guest" and c.holder != uuid})
+            if others:
+                raise FailedError(
+                    f"Drive {drive.uuid} of server {uuid} is shared with server"
+                    f" {', '.join(others)}, which writes it too: a live migration cannot copy"
+                    " a drive another server writes meanwhile"
+                )
+
+    async def _luks_header(self, drive: AttachableDrive) -> tuple[bytes, int]:
+        """`stored_luks_header` of encrypted `drive`, from the host that holds it."""
+        storage = self._drives.storages.of(drive.host)
+        return await stored_luks_header(storage, drive.uuid, drive.tier)
+
     def _landed(self, drive: AttachableDrive, target_host: str) -> AttachableDrive:
         """`drive` as the target opens the copy it makes: beside the source's file when all
         drives are this host's files; else the target's own file of it (an agent finds it by
@@ -226,16 +250,17 @@ class ServerMoves:
         path = self._drives.storages.of(target_host).disk_path(drive.uuid, drive.tier)
         return dataclasses.replace(drive, path=path, host=target_host)
 
-    async def _drive_bytes(self, drive: AttachableDrive) -> int:
-        """The size of the copy of a (raw) drive: its file's, or where its host holds it
-        elsewhere, its row's (a raw drive's file is exactly its size)."""
+    async def _drive_bytes(self, drive: AttachableDrive, payload_offset: int = 0) -> int:
+        """The size of the copy of a drive: its file's, or where its host holds it
+        elsewhere, its row's (a raw drive's file is exactly its size, an encrypted one's
+        its payload's offset more)."""
         if not drive.host or self._drives.storages.is_local(drive.host):
             return await asyncio.to_thread(os.path.getsize, drive.path)
         with self._engine.connect() as connection:
             row = drive_store.get_drive(connection, drive.uuid)
         if row is None:
             raise MissingError(f"Drive {drive.uuid} could not be found")
-        return row.size
+        return row.size + payload_offset
 
     async def _incoming(
         self,
@@ -266,7 +291,15 @@ class ServerMoves:
             display=display,
             nics=nics,
         )
-        sizes = {slot: await self._drive_bytes(by_uuid[drive]) for slot, drive in copied.items()}
+        headers: dict[str, tuple[bytes, int]] = {
+            slot: await self._luks_header(by_uuid[drive])
+            for slot, drive in copied.items()
+            if by_uuid[drive].passphrase is not None
+        }
+        sizes = {
+            slot: await self._drive_bytes(by_uuid[drive], headers.get(slot, (b"", 0))[1])
+            for slot, drive in copied.items()
+        }
         vnc = self._lifecycle.vnc.credentials(uuid, config, display)
         start = StartRequest(
             dataclasses.replace(plan.spec, incoming=True),
@@ -276,7 +309,12 @@ class ServerMoves:
             cpu_mhz=config.cpu,
             timeout=self._start_timeout,
         )
-        return IncomingRequest(start, tuple(sizes.items()), started=started)
+        # The passphrases go as a start's do (`plan.secrets`): the target's QEMU opens the
+        # same LUKS header with them, over the ciphertext the source mirrors to it.
+        drive_headers = tuple((slot, header) for slot, (header, _offset) in headers.items())
+        return IncomingRequest(
+            start, tuple(sizes.items()), started=started, drive_headers=drive_headers
+        )
 
     async def _close_vnc_overlay(self, uuid: str, display: int | None) -> None:
         """The VNC overlay is the network's of the VM's host: the source's goes first."""
@@ -307,6 +345,32 @@ class ServerMoves:
                 await self._lifecycle.vnc.open_overlay(uuid, config, display)
             except (FailedError, OSError) as error:
                 log.warning("event=vnc_overlay_open_failed server=%s error=%s", uuid, error)
+
+
+async def stored_luks_header(storage: DriveStorage, drive: str, tier: str) -> tuple[bytes, int]:
+    """The leading bytes of encrypted `drive`'s file up to its payload, as `storage` holds
+    them (no key: the LUKS header and key material, not decrypted), trailing zeros cut (the
+    target's new file is zeros there); and the payload's offset. FailedError if it is no
+    LUKS1 container."""
+    head = await _read_stored(storage, drive, tier, HEADER_SIZE)
+    try:
+        offset = LuksHeader.unpack(head).payload_offset
+    except LuksError as error:
+        raise FailedError(f"Drive {drive} cannot be moved: {error}") from error
+    return (await _read_stored(storage, drive, tier, offset)).rstrip(b"\0"), offset
+
+
+async def _read_stored(storage: DriveStorage, drive: str, tier: str, count: int) -> bytes:
+    """The first `count` bytes of `drive` as `storage` stores them."""
+    read = storage.open_read(drive, tier, None, 0, count, lambda: None)
+    try:
+        await read.begin()
+        data = b"".join([bytes(chunk) async for chunk in read.chunks()])
+    finally:
+        read.close()
+    if len(data) != count:
+        raise FailedError(f"Drive {drive}: {len(data)} of its {count} header bytes read")
+    return data
 
 
 def _migrating(driver: HypervisorDriver, host: str) -> MigratingDriver:
