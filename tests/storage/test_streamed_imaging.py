@@ -13,9 +13,10 @@ from typing import TypeVar
 
 import pytest
 
+from openhosting.storage import imaging
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.gzip_stream import GzipStreamError
-from openhosting.storage.imaging import ImagingStopped, Tracker
+from openhosting.storage.imaging import Endpoint, ImagingStopped, Tracker
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.storage.streamed_imaging import ZERO_RUN, StreamEnd, stream_image
 
@@ -139,3 +140,28 @@ async def test_a_stop_request_ends_the_job_half_way(storage: Storage) -> None:
     with pytest.raises(ImagingStopped):
         await stream_image("", src, dst, tracker, offload)
     assert 0 < tracker.done < size
+
+
+async def test_dst_is_emptied_by_the_callers_empty_when_given(storage: Storage) -> None:
+    """A DST of this host is emptied by punching holes (its file keeps its size for a read
+    under way), not by the storage's resize, which cuts the file to nothing first."""
+    src = await storage.make("11111111-1111-4111-8111-111111111111", 2 * MiB, "plain")
+    dst = await storage.make("22222222-2222-4222-8222-222222222222", 2 * MiB, "plain")
+    await storage.write(src, 0, os.urandom(MiB))
+    await storage.write(dst, MiB, os.urandom(MiB))
+
+    async def no_resize(*_args: object) -> None:
+        raise AssertionError("DST resized")
+
+    path = storage.storage.disk_path(dst.drive, "disk")
+    punched: list[int] = []
+
+    def punch() -> None:
+        with storage.storage.files_of(dst.drive, "disk").open(dst.drive, None) as drive_io:
+            imaging.empty(Endpoint.of(drive_io, dst.size))
+        punched.append(os.stat(path).st_size)
+
+    storage.storage.resize = no_resize  # type: ignore[method-assign]
+    await stream_image("", src, dst, Tracker(), offload, lambda: offload(punch))
+    assert punched == [2 * MiB]
+    assert (await storage.read(dst))[MiB:] == bytes(MiB)

@@ -48,7 +48,14 @@ from openhosting.errors import ApiError, BusyError, FailedError, MissingError, U
 from openhosting.services.drives import Drives
 from openhosting.services.events import EventBus
 from openhosting.storage.gzip_stream import GzipStreamError
-from openhosting.storage.imaging import CONVERSIONS, PIPELINES, Endpoint, ImagingStopped, Tracker
+from openhosting.storage.imaging import (
+    CONVERSIONS,
+    PIPELINES,
+    Endpoint,
+    ImagingStopped,
+    Tracker,
+)
+from openhosting.storage.imaging import empty as empty_drive
 from openhosting.storage.streamed_imaging import StreamEnd, stream_image
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
@@ -391,9 +398,17 @@ class Imaging:
             )
             for row in (src_row, dst_row)
         )
-        await stream_image(job.conversion, src, dst, tracker, offload)
+        empty = None
+        if self._drives.is_here(dst_row):
+            # Holes punched, the file's size kept: a read of DST under way is not cut short.
+            empty = functools.partial(offload, functools.partial(self._empty_here, dst_row))
+        await stream_image(job.conversion, src, dst, tracker, offload, empty)
         await self._store.run(self._check_source_remains, job)
         return tracker.total
+
+    def _empty_here(self, row: DriveRecord) -> None:
+        with self._drives.open_io(row) as drive_io:
+            empty_drive(Endpoint.of(drive_io, row.size))
 
     def _rows_of(self, job: JobRecord) -> tuple[DriveRecord, DriveRecord]:
         """The job's source and destination rows, both still there."""

@@ -64,14 +64,25 @@ class StreamEnd:
 
 
 async def stream_image(
-    conversion: str, src: StreamEnd, dst: StreamEnd, tracker: Tracker, offload: Offload
+    conversion: str,
+    src: StreamEnd,
+    dst: StreamEnd,
+    tracker: Tracker,
+    offload: Offload,
+    empty: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Fill DST from SRC by `conversion` ("", "gzip", "gunzip"); DST is durable on return.
 
+    `empty` makes every byte of DST a hole; by default a resize of DST's storage that keeps
+    none of its bytes (a LUKS header stays). A DST of this host is better emptied by punching
+    holes (storage/imaging.py's `empty`), which keeps its file's size for a read under way.
+
     GzipStreamError when a gunzip's SRC holds no whole gzip stream, ImagingStopped when the
     tracker is told to stop; the storages' errors (503 failed, 507 full) as they come."""
-    # Every byte a hole: only the first 0 bytes keep their data (a LUKS header stays).
-    await dst.storage.resize(dst.drive, dst.tier, dst.size, dst.master_key, 0)
+    if empty is None:
+        await dst.storage.resize(dst.drive, dst.tier, dst.size, dst.master_key, 0)
+    else:
+        await empty()
     await offload(functools.partial(tracker.begin, src.size))
     read = src.storage.open_read(src.drive, src.tier, src.master_key, 0, src.size, _nothing)
     sink = _Sink(dst)
