@@ -188,6 +188,11 @@ class Drives:
             raise _missing(uuid)
         return row
 
+    def master_key_of(self, row: DriveRecord) -> bytes | None:
+        """The drive's LUKS master key, unwrapped (None for a plain drive): what its
+        storage reads and writes it with (an imaging job's, beside the requests')."""
+        return self._master_key(row)
+
     def _master_key(self, row: DriveRecord) -> bytes | None:
         if row.wrapped_master_key is None:
             return None

@@ -21,7 +21,10 @@ The rules:
   claims stay in place meanwhile (docs/cluster.md).
 
 The bytes are moved by storage/imaging.py in a thread pool of its own, so jobs never take
-the worker threads that serve reads and writes, and the event loop stays free.
+the worker threads that serve reads and writes, and the event loop stays free. A job with a
+drive on an agent's host (either side) goes through the drives' storages instead
+(storage/streamed_imaging.py): SRC streamed from its host, converted here in the same pool,
+written to DST's host.
 """
 
 import asyncio
@@ -34,8 +37,9 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -44,7 +48,15 @@ from openhosting.errors import ApiError, BusyError, FailedError, MissingError, U
 from openhosting.services.drives import Drives
 from openhosting.services.events import EventBus
 from openhosting.storage.gzip_stream import GzipStreamError
-from openhosting.storage.imaging import CONVERSIONS, PIPELINES, Endpoint, ImagingStopped, Tracker
+from openhosting.storage.imaging import (
+    CONVERSIONS,
+    PIPELINES,
+    Endpoint,
+    ImagingStopped,
+    Tracker,
+)
+from openhosting.storage.imaging import empty as empty_drive
+from openhosting.storage.streamed_imaging import StreamEnd, stream_image
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
 from openhosting.store import notifications, row_locks
@@ -66,6 +78,8 @@ STOP_TIMEOUT = 30.0
 LEASE_SECONDS = 15.0
 # The longest wait between two looks for jobs to claim (NOTIFY wakes the daemons sooner).
 POLL_SECONDS = 5.0
+
+T = TypeVar("T")
 
 
 class Imaging:
@@ -127,13 +141,6 @@ class Imaging:
             src_row = drive_store.get_drive(connection, src)
             if src_row is None or not src_row.readable_by(user):
                 raise MissingError(f"Drive {src} could not be found")
-            for row in (dst_row, src_row):
-                # Imaging copies in this process between files of this host.
-                if not self._drives.is_here(row):
-                    raise BusyError(
-                        f"Drive {row.uuid} is on host {row.host}, whose agent holds its bytes:"
-                        " imaging to or from a drive on an agent's host is not done yet"
-                    )
             self._check_destination(connection, dst)
             self._check_source(connection, src_row)
             job_id = job_store.insert_job(
@@ -341,7 +348,12 @@ class Imaging:
         started = time.monotonic()
         try:
             loop = asyncio.get_running_loop()
-            total = await loop.run_in_executor(self._executor, self._work, job, stop)
+            rows = await self._store.run(self._rows_of, job)
+            if all(self._drives.is_here(row) for row in rows):
+                # Both drives are this host's files: the local pipelines, in this process.
+                total = await loop.run_in_executor(self._executor, self._work, job, stop, *rows)
+            else:
+                total = await self._stream(job, stop, *rows)
         except ImagingStopped:
             self._requeue(job)
         except GzipStreamError as error:
@@ -364,8 +376,42 @@ class Imaging:
 
     # -- in a worker thread --------------------------------------------------------------
 
-    def _work(self, job: JobRecord, stop: threading.Event) -> int:
-        """Move the bytes; returns the source bytes processed."""
+    async def _stream(
+        self, job: JobRecord, stop: threading.Event, src_row: DriveRecord, dst_row: DriveRecord
+    ) -> int:
+        """Move the bytes through the drives' storages (one of them, or both, on an agent's
+        host): SRC read as a stream, converted here, written to DST's host; returns the source
+        bytes processed."""
+        tracker = Tracker(functools.partial(self._report, job), stop=stop, max_rate=self._max_rate)
+        loop = asyncio.get_running_loop()
+
+        def offload(work: Callable[[], T], /) -> Awaitable[T]:
+            return loop.run_in_executor(self._executor, work)
+
+        src, dst = (
+            StreamEnd(
+                self._drives.storage_of(row),
+                row.uuid,
+                row.tier,
+                self._drives.master_key_of(row),
+                row.size,
+            )
+            for row in (src_row, dst_row)
+        )
+        empty = None
+        if self._drives.is_here(dst_row):
+            # Holes punched, the file's size kept: a read of DST under way is not cut short.
+            empty = functools.partial(offload, functools.partial(self._empty_here, dst_row))
+        await stream_image(job.conversion, src, dst, tracker, offload, empty)
+        await self._store.run(self._check_source_remains, job)
+        return tracker.total
+
+    def _empty_here(self, row: DriveRecord) -> None:
+        with self._drives.open_io(row) as drive_io:
+            empty_drive(Endpoint.of(drive_io, row.size))
+
+    def _rows_of(self, job: JobRecord) -> tuple[DriveRecord, DriveRecord]:
+        """The job's source and destination rows, both still there."""
         with self._engine.connect() as connection:
             dst_row = drive_store.get_drive(connection, job.dst)
             src_row = drive_store.get_drive(connection, job.src)
@@ -373,6 +419,12 @@ class Imaging:
             raise FailedError(f"drive {job.dst} no longer exists")
         if src_row is None:
             raise FailedError(f"source drive {job.src} no longer exists")
+        return src_row, dst_row
+
+    def _work(
+        self, job: JobRecord, stop: threading.Event, src_row: DriveRecord, dst_row: DriveRecord
+    ) -> int:
+        """Move the bytes between this host's files; returns the source bytes processed."""
         tracker = Tracker(functools.partial(self._report, job), stop=stop, max_rate=self._max_rate)
         with self._drives.open_io(src_row) as src_io, self._drives.open_io(dst_row) as dst_io:
             PIPELINES[job.conversion](

@@ -132,7 +132,7 @@ class Tracker:
 def copy(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     """DST receives SRC's bytes, only SRC's data regions moving (cloned where possible)."""
     length = min(src.size, dst.size)
-    _empty(dst)
+    empty(dst)
     if src.plain and dst.plain and _clone(src, dst):
         tracker.begin(length)
         tracker.advance(length, paced=False)
@@ -175,7 +175,7 @@ def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     if program is None:
         _gunzip_in_process(src, dst, tracker)
         return
-    _empty(dst)
+    empty(dst)
     tracker.begin(src.size)
     # One chunk more than the writer holds: the one being filled is never one being written.
     ring = itertools.cycle([mmap.mmap(-1, CHUNK) for _ in range(WRITES_QUEUED + 1)])
@@ -453,7 +453,7 @@ def _streaming(
     """SRC's pieces, read ahead, and DST (emptied first) as a stream: what gzip and gunzip
     turn the one into the other with. The stream is closed and DST written out when the
     block ends without an error."""
-    _empty(dst)
+    empty(dst)
     tracker.begin(src.size)
     with (
         _seekable(src) as fd,
@@ -544,7 +544,7 @@ def _direct(src: Endpoint, dst: Endpoint) -> Iterator[DirectCopy | None]:
         os.close(fd)
 
 
-def _empty(dst: Endpoint) -> None:
+def empty(dst: Endpoint) -> None:
     """Make every byte of DST a hole (reading as zeros), keeping its size and LUKS header.
 
     DST may be read meanwhile (reads are not refused during imaging): punching a hole keeps
