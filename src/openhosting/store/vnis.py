@@ -103,14 +103,15 @@ def flood_lists(
     servers of `making`, whose NICs are being made on `local` now (a start or a move, before
     their row names the host)."""
     vlans = select(server_nics.c.network).where(server_nics.c.network.not_in(NOT_VLANS))
-    on_local = vlans.join(servers, servers.c.uuid == server_nics.c.server).where(
-        _host_of(servers, here) == local
-    )
+    # Plain comparisons of the column (not `_host_of`): an index on servers.host can serve.
+    named_local = servers.c.host.in_((local, "")) if local == here else servers.c.host == local
+    on_local = vlans.join(servers, servers.c.uuid == server_nics.c.server).where(named_local)
+    # A common table expression: the host's VLANs are found once, used twice.
     if making:
         being_made = vlans.where(server_nics.c.server.in_(sorted(making)))
-        mine = union(on_local, being_made).subquery("mine")
+        mine = union(on_local, being_made).cte("mine")
     else:
-        mine = on_local.distinct().subquery("mine")
+        mine = on_local.distinct().cte("mine")
     their_nics, their_servers = server_nics.alias("their_nics"), servers.alias("their_servers")
     theirs = (
         select(their_nics.c.network, hosts.c.vxlan_local)
