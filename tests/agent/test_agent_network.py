@@ -113,7 +113,11 @@ async def _start_block_and_stop(platform: Platform, namespace: str, run: Path) -
             + SERVER_UUID.encode()
             + b'", "index": 0, "mac": "52:54:00:00:00:01; drop"}]}\n',
         ),
-        ("set_vxlan_peers", b'{"peers": ["10.0.0.1 dev lo"]}\n'),
+        (
+            "set_vxlan_peers",
+            b'{"peers": {"' + SERVER_UUID.encode() + b'": ["10.0.0.1 dev lo"]}}\n',
+        ),
+        ("set_vxlan_peers", b'{"peers": {"oh-v; rm": ["10.0.0.1"]}}\n'),
         ("open_vnc", b'{"guest": "not an address", "port": 5900}\n'),
         ("detach", b"not json\n"),
     ],

@@ -1,7 +1,8 @@
 """VLANs across hosts as VXLAN segments, on the real kernel: a "fabric" namespace with a
-bridge stands for the provider's underlay, two "host" namespaces are cabled to it by veth
-pairs and each runs the bridge-mode driver; a "guest" namespace per NIC is cabled into the
-VLAN bridge where a tap would be (a tap with no QEMU behind it carries nothing). Every
+bridge stands for the provider's underlay, three "host" namespaces are cabled to it by veth
+pairs and the first two run the bridge-mode driver (the third only listens, to count what
+reaches it); a "guest" namespace per NIC is cabled into the VLAN bridge where a tap would be
+(a tap with no QEMU behind it carries nothing). Every
 namespace, and so every link, address and dnsmasq in them, is the test's and goes with it.
 The last test runs a real TCG guest through the platform on host 1."""
 
@@ -9,14 +10,14 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert
 
 from openhosting.config import Config, NetworkSettings
 from openhosting.network.bridge_mode import BridgeNetwork
@@ -30,7 +31,7 @@ from openhosting.store import hosts as host_store
 from openhosting.store import vnis as vni_store
 from openhosting.store.database import open_engine
 from openhosting.store.records import HostRecord
-from openhosting.store.tables import resources, users
+from openhosting.store.tables import resources, server_nics, servers, users
 from openhosting.wire.text import parse_properties
 from tests.conftest import config_in
 from tests.integration.bridge_platform import bridge_platform_fixture  # noqa: F401 (a fixture)
@@ -40,7 +41,7 @@ from tests.integration.test_bridge_networking import console_run, post
 from tests.integration.test_bridge_networking import pings as guest_pings
 
 # The underlay: a benchmarking range, only ever inside the test's namespaces.
-UNDERLAY = ("198.18.0.1", "198.18.0.2")
+UNDERLAY = ("198.18.0.1", "198.18.0.2", "198.18.0.3")
 VLAN_1 = "3a9c6b52-1d7e-4f08-a2b3-c4d5e6f7a8b9"
 VLAN_2 = "5e1f0a7c-9b24-4d3e-8f61-0a2b3c4d5e6f"
 # Two VLANs whose UUIDs hash to one VNI (13683501), found by trying UUIDs.
@@ -95,7 +96,7 @@ class Fabric:
 
     stack: ExitStack
     fabric: str
-    hosts: tuple[str, str]
+    hosts: tuple[str, ...]
 
     def guest(self, host: str, bridge: str, name: str, address: str) -> str:
         """A guest namespace whose `eth0` (at `address`/24, MTU 1450) is a port of `bridge`
@@ -112,10 +113,7 @@ class Fabric:
 def fabric() -> Iterator[Fabric]:
     with ExitStack() as stack:
         fabric = stack.enter_context(network_namespace())
-        hosts = (
-            stack.enter_context(network_namespace()),
-            stack.enter_context(network_namespace()),
-        )
+        hosts = tuple(stack.enter_context(network_namespace()) for _ in UNDERLAY)
         ip(fabric, "link", "add", "fab", "type", "bridge")
         ip(fabric, "link", "set", "fab", "up")
         for index, host in enumerate(hosts):
@@ -165,11 +163,28 @@ def flood_list(namespace: str, device: str) -> set[str]:
     return {e["dst"] for e in json.loads(shown) if e["mac"] == "00:00:00:00:00:00"}
 
 
+def listener(namespace: str, name: str, vni: int) -> None:
+    """A VXLAN device of VNI `vni` in `namespace` (at UNDERLAY[2]) in no bridge: it only
+    counts the frames of that VNI that other hosts send to this one."""
+    ip(namespace, "link", "add", name, "type", "vxlan", "id", str(vni), "local", UNDERLAY[2],
+       "dstport", "4789", "nolearning", "dev", "u0")  # fmt: skip
+    ip(namespace, "link", "set", name, "up")
+
+
+def received(namespace: str, name: str) -> int:
+    """The packets device `name` in `namespace` received."""
+    shown = subprocess.run(
+        ["ip", "-n", namespace, "-j", "-s", "link", "show", "dev", name],
+        check=True, capture_output=True, text=True, timeout=10,
+    ).stdout  # fmt: skip
+    return int(json.loads(shown)[0]["stats64"]["rx"]["packets"])
+
+
 async def test_guests_of_a_vlan_on_two_hosts_reach_each_other_and_no_other_vlan(
     fabric: Fabric, drivers: tuple[BridgeNetwork, BridgeNetwork]
 ) -> None:
     one, two = drivers
-    host_1, host_2 = fabric.hosts
+    host_1, host_2, _ = fabric.hosts
     # Each VLAN has a server on each host: A and C on VLAN 1, B and D on VLAN 2.
     nics_1 = [nic(1, VLAN_1), nic(2, VLAN_2)]
     nics_2 = [nic(3, VLAN_1), nic(4, VLAN_2)]
@@ -228,9 +243,11 @@ async def test_two_vlans_of_one_vni_on_a_host_are_refused_not_joined(
     assert link_names(fabric.hosts[0]) == {"lo", "u0"}
 
 
-def database_of_two_hosts(path: Path) -> Engine:
-    """A store where CLASH_A and CLASH_B are VLANs (with the VNIs the database gave them),
-    host 1 and 2 are online with their underlay addresses, and a third host is offline."""
+def database_of_three_hosts(path: Path) -> Engine:
+    """A store where CLASH_A and CLASH_B are VLANs (with the VNIs the database gave them) and
+    hosts 1 to 3 are online with their underlay addresses, a fourth offline. Host 1 runs a
+    server on each VLAN, host 2 one on CLASH_B, host 3 one on CLASH_A, the offline host one on
+    CLASH_B."""
     engine = open_engine(path)
     now = time.time()
     with engine.begin() as connection:
@@ -245,10 +262,38 @@ def database_of_two_hosts(path: Path) -> Engine:
         for name, address, at in (
             ("hv-1", UNDERLAY[0], now),
             ("hv-2", UNDERLAY[1], now),
-            ("hv-3", "198.18.0.3", now - 3600),  # offline: no peer of anyone's
+            ("hv-3", UNDERLAY[2], now),
+            ("hv-4", "198.18.0.4", now - 3600),  # offline: in nobody's flood list
         ):
             host_store.register_host(connection, host_record(name, address, at))
+        for server, host, vlans in (
+            (1, "hv-1", (CLASH_A, CLASH_B)),
+            (3, "hv-2", (CLASH_B,)),
+            (5, "hv-3", (CLASH_A,)),
+            (6, "hv-4", (CLASH_B,)),
+        ):
+            server_row(connection, server, host, vlans)
     return engine
+
+
+def server_row(connection: Connection, server: int, host: str, vlans: Sequence[str]) -> None:
+    """An active server's row on `host`, with a NIC on each of `vlans` (held: `server_nics`)."""
+    uuid = nic(server, vlans[0]).server
+    connection.execute(
+        insert(servers).values(
+            uuid=uuid, user=USER, config="{}", status="active", created_at=0, host=host
+        )
+    )
+    for index, vlan in enumerate(vlans):
+        mac = f"52:54:00:00:{server:02x}:{index:02x}"
+        values = {"server": uuid, "nic": index, "user": USER, "network": vlan, "mac": mac}
+        connection.execute(insert(server_nics).values(**values))
+
+
+def lists_of(engine: Engine, *names: str) -> list[dict[str, list[str]]]:
+    since = time.time() - 20
+    with engine.connect() as connection:
+        return [vni_store.flood_lists(connection, name, "hv-1", since) for name in names]
 
 
 def host_record(name: str, vxlan_local: str, at: float) -> HostRecord:
@@ -258,23 +303,27 @@ def host_record(name: str, vxlan_local: str, at: float) -> HostRecord:
     )  # fmt: skip
 
 
-async def test_vlans_of_one_hash_carry_their_database_vnis_to_the_peers_of_the_hosts_table(
+async def test_each_vlan_floods_only_to_the_hosts_running_its_servers_by_its_database_vni(
     fabric: Fabric, tmp_path: Path
 ) -> None:
-    engine = database_of_two_hosts(tmp_path / "state.sqlite")
-    since = time.time() - 20
+    engine = database_of_three_hosts(tmp_path / "state.sqlite")
     with engine.connect() as connection:
         vnis = vni_store.vnis_of(connection, [CLASH_A, CLASH_B])
-        peers = [vni_store.vxlan_peers(connection, name, since) for name in ("hv-1", "hv-2")]
-    engine.dispose()
+    lists = lists_of(engine, "hv-1", "hv-2")
     assert vnis[CLASH_A] != vnis[CLASH_B] and vni_of(CLASH_A) == vni_of(CLASH_B)
-    assert peers == [[UNDERLAY[1]], [UNDERLAY[0]]]
-    # The configured peer lists are wrong on purpose: the hosts table's are the ones used.
+    assert lists == [
+        {CLASH_A: [UNDERLAY[2]], CLASH_B: [UNDERLAY[1]]},
+        {CLASH_B: [UNDERLAY[0]]},
+    ]
+    # The configured peer lists are wrong on purpose: the database's are the ones used.
     one = host_driver(fabric, 0, tmp_path / "host0", peers="198.18.0.7")
     two = host_driver(fabric, 1, tmp_path / "host1", peers="198.18.0.7")
-    await one.set_vxlan_peers(peers[0])
-    await two.set_vxlan_peers(peers[1])
-    host_1, host_2 = fabric.hosts
+    await one.set_vxlan_peers(lists[0])
+    await two.set_vxlan_peers(lists[1])
+    host_1, host_2, host_3 = fabric.hosts
+    # Host 3 runs no server of CLASH_B: it counts what reaches it of either VLAN.
+    listener(host_3, "xa", vnis[CLASH_A])
+    listener(host_3, "xb", vnis[CLASH_B])
     nics_1 = [nic(1, CLASH_A, vnis[CLASH_A]), nic(2, CLASH_B, vnis[CLASH_B])]
     nics_2 = [nic(3, CLASH_B, vnis[CLASH_B])]
     try:
@@ -283,7 +332,8 @@ async def test_vlans_of_one_hash_carry_their_database_vnis_to_the_peers_of_the_h
         for vlan in (CLASH_A, CLASH_B):
             device = one.vxlan_device(vlan)
             assert await one._links.vxlan_of(device) == (vnis[vlan], UNDERLAY[0], 4789)
-            assert flood_list(host_1, device) == {UNDERLAY[1]}
+        assert flood_list(host_1, one.vxlan_device(CLASH_A)) == {UNDERLAY[2]}
+        assert flood_list(host_1, one.vxlan_device(CLASH_B)) == {UNDERLAY[1]}
         assert flood_list(host_2, two.vxlan_device(CLASH_B)) == {UNDERLAY[0]}
 
         a = fabric.guest(host_1, one.vlan_bridge(CLASH_A), "ga", "10.77.0.1")
@@ -291,15 +341,27 @@ async def test_vlans_of_one_hash_carry_their_database_vnis_to_the_peers_of_the_h
         c = fabric.guest(host_2, two.vlan_bridge(CLASH_B), "gc", "10.77.0.3")
         assert pings(c, "10.77.0.2")  # CLASH_B across the hosts, by its database VNI
         assert not pings(a, "10.77.0.3")  # CLASH_A's hash is CLASH_B's, its VNI is not
+        # CLASH_A's broadcasts (a's ARP) reached host 3, which runs one of its servers;
+        # none of CLASH_B's did (c's ARP, b's answers to a MAC its device does not know).
+        assert received(host_3, "xa") > 0
+        assert received(host_3, "xb") == 0
 
-        # A third host online: the running VLANs flood to it at once, no start needed.
-        await one.set_vxlan_peers([UNDERLAY[1], "198.18.0.3"])
-        for vlan in (CLASH_A, CLASH_B):
-            assert flood_list(host_1, one.vxlan_device(vlan)) == {UNDERLAY[1], "198.18.0.3"}
+        # CLASH_B's first server on host 3: at the next refresh its hosts flood to host 3.
+        with engine.begin() as connection:
+            server_row(connection, 7, "hv-3", (CLASH_B,))
+        lists = lists_of(engine, "hv-1", "hv-2")
+        assert lists[1] == {CLASH_B: [UNDERLAY[0], UNDERLAY[2]]}
+        await one.set_vxlan_peers(lists[0])
+        await two.set_vxlan_peers(lists[1])
+        assert flood_list(host_1, one.vxlan_device(CLASH_A)) == {UNDERLAY[2]}
+        assert flood_list(host_1, one.vxlan_device(CLASH_B)) == {UNDERLAY[1], UNDERLAY[2]}
+        assert pings(c, "10.77.0.2")
+        assert received(host_3, "xb") > 0
         # No other host in the table: the configured peers again.
-        await one.set_vxlan_peers([])
+        await one.set_vxlan_peers(None)
         assert flood_list(host_1, one.vxlan_device(CLASH_A)) == {"198.18.0.7"}
     finally:
+        engine.dispose()
         for host, link in ((host_1, "ga"), (host_1, "gb"), (host_2, "gc")):
             subprocess.run(["ip", "-n", host, "link", "delete", link], timeout=10, check=False)
         await one.detach(nics_1)

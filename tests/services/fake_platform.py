@@ -3,7 +3,7 @@ files, real services, VMs in memory. For fast service-level tests of the VM life
 QEMU side of the same rules is tests/hypervisor/test_driver_behaviour.py and the integration
 tests."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +44,7 @@ class RecordingNetwork:
         self.overlays: dict[str, int] = {}
         self.calls: list[str] = []
         self.fail_attach = False
+        self.flood_lists: list[dict[str, list[str]] | None] = []  # each set_vxlan_peers's
 
     def guest_address(self, nic: NicPlan) -> str | None:
         return nic.address
@@ -74,8 +75,10 @@ class RecordingNetwork:
         self.calls.append("reconcile")
         self.nics = {(nic.server, nic.index): nic for nic in active}
 
-    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+    async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
         self.calls.append("set_vxlan_peers")
+        lists = None if peers is None else {vlan: list(each) for vlan, each in peers.items()}
+        self.flood_lists.append(lists)
 
     async def keep_helpers_running(self) -> None:
         self.calls.append("keep_helpers_running")

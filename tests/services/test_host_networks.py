@@ -5,11 +5,12 @@ network records what it is asked; the same over a real agent and a real bridge i
 namespace is tests/agent/test_agent_network.py."""
 
 import asyncio
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
 from openhosting.hypervisor.fake import FakeHypervisor
@@ -18,8 +19,10 @@ from openhosting.model.port_block import BlockedPorts
 from openhosting.network.driver import NicPlan
 from openhosting.network.links import Counters
 from openhosting.services.platform import Platform
+from openhosting.store import hosts as host_store
 from openhosting.store import resources as resource_store
-from openhosting.store.tables import drives
+from openhosting.store.records import HostRecord
+from openhosting.store.tables import drives, servers
 from tests.services.fake_platform import RecordingNetwork, platform_with_agent_host
 
 SERVER = {
@@ -28,6 +31,7 @@ SERVER = {
     "vnc:password": "secret",
 }  # fmt: skip
 
+OTHER = "5e000000-0000-4000-8000-0000000000b1"  # a server on hv-b, its rows only
 Hosts = tuple[Platform, FakeHypervisor, FakeHypervisor, RecordingNetwork, str]
 
 
@@ -187,7 +191,7 @@ async def test_a_move_that_fails_leaves_the_nics_on_the_source_and_none_on_the_t
 class PeerlessNetwork(RecordingNetwork):
     """An agent host's network whose agent fails to answer."""
 
-    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+    async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
         raise HypervisorError("host agent hv-a unreachable")
 
 
@@ -237,3 +241,75 @@ async def test_info_of_a_server_whose_agent_just_died_shows_no_traffic_rather_th
         assert (info["status"], info["rx"], info["tx"]) == ("active", 0, 0)
         await platform.servers.stop(user, server)
         await platform.servers.close()
+
+
+async def test_each_hosts_vlans_flood_only_to_the_hosts_running_their_servers(
+    two_hosts: Hosts,
+) -> None:
+    platform, _local, _remote, network, user = two_hosts
+    here_network = RecordingNetwork()
+    platform.servers.networks.driver = here_network
+    platform.hosts.register()
+    platform.hosts.set_vxlan_local(platform.hosts.name, "198.18.0.1")
+    platform.hosts.set_vxlan_local("hv-a", "198.18.0.2")
+    # hv-b: online with an underlay address, but runs no server of the VLAN.
+    now = time.time()
+    record = HostRecord(
+        name="hv-b", state="online", cores=2, core_mhz=2000, memory_mb=1024,
+        disk_bytes_by_tier={}, heartbeat_at=now, created_at=now, vxlan_local="198.18.0.3",
+    )  # fmt: skip
+    with platform.engine.begin() as connection:
+        host_store.register_host(connection, record)
+    await platform.servers.recover()
+    vlan = str(platform.resources.create(user, "vlan", {})["resource"])
+    on_vlan = {"nic:1:model": "e1000", "nic:1:vlan": vlan}
+
+    # The VLAN's first server, on hv-a: its bridge there floods nowhere yet.
+    there = await server_on_agent_host(platform, user, **on_vlan)
+    assert [nic.vlan for nic in network.of(there)] == [None, vlan]
+    assert network.flood_lists[-1] == {vlan: []}
+    await platform.servers.networks.refresh_vxlan_peers()
+    assert here_network.flood_lists[-1] == {}  # this host runs none of its servers
+
+    # Its second, on this host: floods to hv-a at once, as its NICs are made.
+    created = await platform.servers.create(user, {**SERVER, **on_vlan}, start=True)
+    here = str(created["server"])
+    assert (await platform.servers.info(user, here))["host"] == platform.hosts.name
+    assert here_network.flood_lists[-1] == {vlan: ["198.18.0.2"]}
+    # hv-a floods to this host from the next refresh on; hv-b is in nobody's list.
+    await platform.servers.networks.refresh_vxlan_peers()
+    assert network.flood_lists[-1] == {vlan: ["198.18.0.1"]}
+    assert here_network.flood_lists[-1] == {vlan: ["198.18.0.2"]}
+
+    # This host's server stops: hv-a floods to nobody again.
+    await platform.servers.stop(user, here)
+    await platform.servers.networks.refresh_vxlan_peers()
+    assert network.flood_lists[-1] == {vlan: []}
+
+    # hv-b runs one of the VLAN's servers (its row only) and hv-a's moves here: the lists
+    # follow the move at once, not at the next refresh.
+    with platform.engine.begin() as connection:
+        connection.execute(
+            insert(servers).values(
+                uuid=OTHER,
+                user=user,
+                status="active",
+                created_at=0,
+                host="hv-b",
+                config='{"name": "w", "cpu": "500", "mem": "64"}',
+            )
+        )
+        resource_store.insert_nic(
+            connection, server=OTHER, nic=1, user=user, network=vlan,
+            mac="52:54:00:00:0b:01", address=None, temporary=False,
+        )  # fmt: skip
+    await platform.servers.networks.refresh_vxlan_peers()
+    assert network.flood_lists[-1] == {vlan: ["198.18.0.3"]}
+    outcome = await platform.servers.drain("hv-a")
+    assert outcome[there] == f"moved {platform.hosts.name}", outcome
+    assert here_network.flood_lists[-1] == {vlan: ["198.18.0.3"]}
+    assert network.flood_lists[-1] == {}  # hv-a runs none of them now
+    await platform.servers.stop(user, there)
+    with platform.engine.begin() as connection:
+        resource_store.delete_nics(connection, OTHER)
+    await platform.servers.close()

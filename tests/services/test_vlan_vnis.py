@@ -1,10 +1,11 @@
 """VLANs across hosts from the database, as the services use it (real SQLite, real
 services): a VLAN created gets its VNI in its row, a server's NICs on it reach the network
-driver with that VNI and the hosts table's peers, and an operator records a host's underlay
-address. The kernel's side: tests/integration/test_vxlan_networking.py."""
+driver with that VNI and the flood list of the hosts running the VLAN's servers, and an
+operator records a host's underlay address. The kernel's side:
+tests/integration/test_vxlan_networking.py."""
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,10 @@ from openhosting.services.platform import open_platform
 from openhosting.services.server_network import ServerNetworks
 from openhosting.store import hosts as host_store
 from openhosting.store import resources as resource_store
+from openhosting.store import servers as server_store
 from openhosting.store import vnis as vni_store
 from openhosting.store.records import HostRecord
-from openhosting.store.tables import hosts, resources
+from openhosting.store.tables import hosts, resources, servers
 from tests.conftest import config_in
 
 
@@ -37,10 +39,10 @@ class RecordingNetwork:
     def __init__(self) -> None:
         self.attached: list[NicPlan] = []
         self.reconciled: list[NicPlan] = []
-        self.peers: list[list[str]] = []
+        self.peers: list[dict[str, list[str]] | None] = []
 
-    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
-        self.peers.append(list(peers))
+    async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
+        self.peers.append(None if peers is None else {v: list(p) for v, p in peers.items()})
 
     async def attach(self, nics: Sequence[NicPlan]) -> dict[int, Backend]:
         self.attached.extend(nics)
@@ -95,23 +97,45 @@ async def test_a_vlans_nics_carry_its_database_vni_to_the_peers_of_the_hosts_tab
         networks = ServerNetworks(
             platform.engine, platform.resources, platform.servers.networks._pool,
             driver,  # type: ignore[arg-type]
-            platform.hosts.vxlan_peers,
+            platform.hosts.flood_lists,
         )  # fmt: skip
         server = "0d6f4a2e-0000-4000-8000-00000000000a"
         config_of = ServerConfig.from_properties(
             {"name": "s", "cpu": "1000", "mem": "128", "nic:1:model": "e1000", "nic:1:vlan": vlan}
         )
+        with platform.engine.begin() as connection:  # it ran on hv-2 before
+            server_store.insert_server(
+                connection, uuid=server, user=user, config="{}", created_at=0, host="hv-2"
+            )
         await networks.acquire(user, server, config_of)
         assert [(nic.vlan, nic.vni) for nic in driver.attached] == [(vlan, vni)]
-        assert driver.peers == [["198.18.0.2"]]
+        # hv-2 is online but runs none of the VLAN's servers (this one's row names it until
+        # its start is done): no frame of the VLAN goes there.
+        assert driver.peers == [{vlan: []}]
+        with platform.engine.begin() as connection:  # the start done: the row names its host
+            connection.execute(update(servers).values(host="hv-1", status="active"))
         await networks.recover({server: config_of})
         assert [(nic.vlan, nic.vni) for nic in driver.reconciled] == [(vlan, vni)]
-        assert driver.peers[-1] == ["198.18.0.2"]
-        # A host that comes online is a peer at the next look, running servers or not.
+        assert driver.peers[-1] == {vlan: []}
+        # A server of the VLAN on a host online: that host is in its flood list at the next
+        # look; one on a host offline is not.
         register(platform.engine, "hv-4", "198.18.0.4", time.time())
+        with platform.engine.begin() as connection:
+            for number, on in ((1, "hv-4"), (2, "hv-3")):
+                other = f"0d6f4a2e-0000-4000-8000-00000000010{number}"
+                server_store.insert_server(
+                    connection, uuid=other, user=user, config="{}", status="active",
+                    created_at=0, host=on,
+                )  # fmt: skip
+                resource_store.insert_nic(
+                    connection, server=other, nic=1, user=user, network=vlan,
+                    mac=f"52:54:00:00:01:0{number}", address=None, temporary=False,
+                )  # fmt: skip
         await networks.refresh_vxlan_peers()
-        assert driver.peers[-1] == ["198.18.0.2", "198.18.0.4"]
+        assert driver.peers[-1] == {vlan: ["198.18.0.4"]}
         await networks.release(server)
+        for number in (1, 2):
+            await networks.release(f"0d6f4a2e-0000-4000-8000-00000000010{number}")
 
         # The VNI is kept for the VLAN's life: the row carries it until its destroy.
         with platform.engine.begin() as connection:

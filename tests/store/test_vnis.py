@@ -1,7 +1,8 @@
 """VLANs' VNIs and the hosts' underlay addresses in the database (store/vnis.py, migration
 0016), on both engines: a VNI is its VLAN's hash when free, the next free value else, unique,
 kept for the VLAN's life; two API nodes creating VLANs at once on PostgreSQL never take one
-VNI twice; the VXLAN peers of a host are the other online hosts' addresses."""
+VNI twice; the VXLAN peers of a host are the other online hosts' addresses, and each of its
+VLANs floods only to the online hosts that run one of that VLAN's servers."""
 
 import threading
 import time
@@ -16,6 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from openhosting.network.vxlan import vni_of
 from openhosting.store import hosts as host_store
+from openhosting.store import resources as resource_store
+from openhosting.store import servers as server_store
 from openhosting.store import vnis as vni_store
 from openhosting.store.database import MIGRATIONS, open_engine
 from openhosting.store.records import HostRecord
@@ -138,6 +141,106 @@ def test_the_peers_are_the_other_online_hosts_underlay_addresses(engine: Engine)
         assert vni_store.vxlan_peers(connection, "hv-a", now - 20) == ["198.18.0.2", "198.18.0.3"]
         assert vni_store.vxlan_peers(connection, "hv-b", now - 20) == ["198.18.0.1", "198.18.0.3"]
         assert host_store.get_host(connection, "hv-b").vxlan_local == "198.18.0.2"  # type: ignore[union-attr]
+
+
+VLAN_X = "0e1f0000-0000-4000-8000-00000000000a"
+VLAN_Y = "0e1f0000-0000-4000-8000-00000000000b"
+VLAN_Z = "0e1f0000-0000-4000-8000-00000000000c"
+
+
+def add_server(connection: Connection, number: int, host_name: str, *vlans: str) -> str:
+    """A server on `host_name` holding a public NIC and one NIC on each of `vlans`."""
+    uuid = f"5e000000-0000-4000-8000-{number:012d}"
+    server_store.insert_server(
+        connection, uuid=uuid, user=USER, config="{}", status="active", created_at=0,
+        host=host_name,
+    )  # fmt: skip
+    for index, network in enumerate(("public", *vlans)):
+        resource_store.insert_nic(
+            connection, server=uuid, nic=index, user=USER, network=network,
+            mac=f"52:54:00:00:{number:02x}:{index:02x}", address=None, temporary=False,
+        )  # fmt: skip
+    return uuid
+
+
+def test_each_vlan_floods_only_to_the_online_hosts_running_one_of_its_servers(
+    engine: Engine,
+) -> None:
+    now = time.time()
+    add_user(engine)
+    with engine.begin() as connection:
+        for name, address in (("hv-a", "198.18.0.1"), ("hv-b", "198.18.0.2"), ("hv-c", "")):
+            host_store.register_host(connection, host(name, now, address))
+        host_store.register_host(connection, host("hv-d", now, "198.18.0.4"))
+        host_store.register_host(connection, host("hv-gone", now - 100, "198.18.0.9"))
+        add_server(connection, 1, "", VLAN_X, VLAN_Y)  # "": the API node's own host, hv-a
+        add_server(connection, 2, "hv-b", VLAN_X)
+        add_server(connection, 3, "hv-b", VLAN_X)  # one entry per host, not per server
+        add_server(connection, 4, "hv-c", VLAN_X)  # no underlay address: no peer
+        add_server(connection, 5, "hv-gone", VLAN_Y)  # offline: no peer
+        add_server(connection, 6, "hv-d", VLAN_Z)  # hv-d runs none of hv-a's VLANs
+        starting = add_server(connection, 7, "hv-b", VLAN_Z)  # its row still names hv-b
+    since = now - 20
+    with engine.connect() as connection:
+        lists = vni_store.flood_lists(connection, "hv-a", "hv-a", since)
+        # Every VLAN of the host is named, one with no other host's server too.
+        assert lists == {VLAN_X: ["198.18.0.2"], VLAN_Y: []}
+        assert vni_store.flood_lists(connection, "hv-b", "hv-a", since) == {
+            VLAN_X: ["198.18.0.1"],
+            VLAN_Z: ["198.18.0.4"],
+        }
+        assert vni_store.flood_lists(connection, "hv-d", "hv-a", since) == {VLAN_Z: ["198.18.0.2"]}
+        # A server whose NICs hv-a is making now (its row still names the host it ran on
+        # before): its VLAN is hv-a's too, flooding to the hosts running its other servers.
+        assert vni_store.flood_lists(connection, "hv-a", "hv-a", since, {starting}) == {
+            VLAN_X: ["198.18.0.2"],
+            VLAN_Y: [],
+            VLAN_Z: ["198.18.0.4"],
+        }
+        assert vni_store.flood_lists(connection, "hv-gone", "hv-a", since) == {
+            VLAN_Y: ["198.18.0.1"]
+        }
+        assert vni_store.any_peer(connection, "hv-a", since)
+    with engine.begin() as connection:
+        resource_store.delete_nics(connection, "5e000000-0000-4000-8000-000000000002")
+        resource_store.delete_nics(connection, "5e000000-0000-4000-8000-000000000003")
+    with engine.connect() as connection:
+        # hv-b's servers of VLAN X stopped: hv-a no longer floods X's frames to it.
+        assert vni_store.flood_lists(connection, "hv-a", "hv-a", since) == {
+            VLAN_X: [],
+            VLAN_Y: [],
+        }
+        assert not vni_store.any_peer(connection, "hv-a", now + 1)
+
+
+def test_the_flood_lists_of_a_host_are_one_query(engine: Engine) -> None:
+    now = time.time()
+    add_user(engine)
+    with engine.begin() as connection:
+        for number, name in enumerate(("hv-a", "hv-b", "hv-c"), start=1):
+            host_store.register_host(connection, host(name, now, f"198.18.0.{number}"))
+        vlans = [f"0e1f0000-0000-4000-8000-{n:012d}" for n in range(20)]
+        add_server(connection, 1, "hv-a", *vlans[:10])
+        add_server(connection, 2, "hv-a", *vlans[10:])
+        add_server(connection, 3, "hv-b", *vlans[::2])
+        add_server(connection, 4, "hv-c", *vlans[::3])
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        with engine.connect() as connection:
+            lists = vni_store.flood_lists(connection, "hv-a", "hv-a", now - 20)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) == 1
+    assert len(lists) == 20
+    assert lists[vlans[0]] == ["198.18.0.2", "198.18.0.3"]
+    assert lists[vlans[1]] == []
+    assert lists[vlans[2]] == ["198.18.0.2"]
+    assert lists[vlans[3]] == ["198.18.0.3"]
 
 
 def test_the_migration_gives_existing_vlans_their_hash_or_the_next_free_vni(

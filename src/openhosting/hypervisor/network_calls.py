@@ -86,11 +86,15 @@ class NicCall:
 
 @dataclass(frozen=True)
 class PeersCall:
-    peers: tuple[str, ...]
+    """`set_vxlan_peers`: each VLAN's flood list by VLAN UUID, or None (the configured)."""
+
+    peers: dict[str, tuple[str, ...]] | None
 
     def __post_init__(self) -> None:
-        for peer in self.peers:
-            _check_address(peer)
+        for vlan, peers in (self.peers or {}).items():
+            check_server(vlan)  # a VLAN is named by its UUID
+            for peer in peers:
+                _check_address(peer)
 
 
 @dataclass(frozen=True)

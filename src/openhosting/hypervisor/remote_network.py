@@ -12,7 +12,7 @@ keeps them for the running VMs.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from openhosting.hypervisor.calls import NoArguments
@@ -80,8 +80,9 @@ class RemoteNetworkDriver:
     async def reconcile(self, active: Sequence[NicPlan]) -> None:
         await self._call("reconcile", ReconcileCall(tuple(active)))
 
-    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
-        await self._call("set_vxlan_peers", PeersCall(tuple(peers)))
+    async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
+        lists = None if peers is None else {vlan: tuple(each) for vlan, each in peers.items()}
+        await self._call("set_vxlan_peers", PeersCall(lists))
 
     async def keep_helpers_running(self) -> None:
         await self._call("keep_helpers_running", NoArguments())

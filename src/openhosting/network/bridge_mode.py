@@ -18,7 +18,7 @@ import asyncio
 import functools
 import logging
 import shutil
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -184,17 +184,23 @@ class BridgeNetwork:
                 self.vxlan_device(vlan), vni_of(vlan) if vni is None else vni, bridge
             )
 
-    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
-        if self._vxlan is None or not self._vxlan.set_peers(peers):
+    async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
+        if self._vxlan is None:
             return
-        # Changed: the VLANs running here flood to the new peers at once (a host that came
-        # online hears their broadcasts before any server here starts again).
+        lists = None
+        if peers is not None:
+            lists = {self.vxlan_device(vlan): each for vlan, each in peers.items()}
         async with self._lock:
+            changed = self._vxlan.set_peers(lists)
+            if changed is not None and not changed:
+                return
             if not self._links.namespace_exists():
                 return
+            # The VLANs running here whose list changed flood to it at once (a host that got
+            # a VLAN's first server hears its broadcasts before any server here restarts).
             links = await self._links.all()
             for name in sorted(links):
-                if self._is_vxlan(links, name):
+                if self._is_vxlan(links, name) and (changed is None or name in changed):
                     await self._vxlan.flood(name)
 
     async def detach(self, nics: Sequence[NicPlan]) -> None:
@@ -228,11 +234,16 @@ class BridgeNetwork:
             ):
                 # The VXLAN device first: a bridge's deletion would only free its ports.
                 for port in ports.get(link.name, ()):
-                    await self._links.delete(port)
+                    await self._delete_vxlan(port)
                 await self._links.delete(link.name)
         for link in links.values():
             if self._is_vxlan(links, link.name) and link.master is None:
-                await self._links.delete(link.name)
+                await self._delete_vxlan(link.name)
+
+    async def _delete_vxlan(self, name: str) -> None:
+        await self._links.delete(name)
+        if self._vxlan is not None:
+            self._vxlan.forget(name)
 
     def _is_vxlan(self, links: dict[str, Link], name: str) -> bool:
         link = links.get(name)

@@ -9,7 +9,7 @@ with an address to offer); who owns it and why is the service's business. The tw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,10 +81,12 @@ class NetworkDriver(Protocol):
         meanwhile, idle VLAN bridges)."""
         ...
 
-    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
-        """The other hosts' underlay addresses to carry VLANs to (empty: the configured
-        ones), at once for the VLANs running here when they changed; nothing where VLANs do
-        not cross hosts."""
+    async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
+        """Each VLAN's flood list: VLAN UUID → the other hosts' underlay addresses its
+        broadcast and unknown frames go to (the hosts running one of its servers; empty:
+        none), at once for the VLANs running here whose list changed. A VLAN not named keeps
+        its list; None: every VLAN floods to the configured `network.vxlan_peers`. Nothing
+        where VLANs do not cross hosts."""
         ...
 
     async def keep_helpers_running(self) -> None:

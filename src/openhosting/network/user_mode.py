@@ -23,7 +23,7 @@ import itertools
 import logging
 import os
 import pwd
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -174,7 +174,7 @@ class UserNetwork:
             total += await self._counters.counters(self._files(nic))
         return total
 
-    async def set_vxlan_peers(self, peers: Sequence[str]) -> None:
+    async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
         pass  # no VLANs in user mode
 
     async def keep_helpers_running(self) -> None:

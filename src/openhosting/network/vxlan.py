@@ -4,9 +4,10 @@ bridge on every host that has a server on it.
 A VLAN's VNI is the database's (`resources.vni`, store/vnis.py: unique, kept for the VLAN's
 life), given to the driver in the NIC's plan; the hash of its UUID (`vni_of`) is its first
 choice there, and what a plan without one uses. The device learns no addresses: frames for a
-destination it does not know (and broadcasts, multicast) are copied to every peer host
-(head-end replication by all-zeros forwarding entries; the peers are the hosts table's other
-online hosts, or `network.vxlan_peers`), and the bridge on the other host delivers them.
+destination it does not know (and broadcasts, multicast) are copied to each host of the
+VLAN's flood list (head-end replication by all-zeros forwarding entries; the list is the other
+online hosts that run a server of that VLAN, from the database, or `network.vxlan_peers` while
+the hosts table knows no other host), and the bridge on the other host delivers them.
 The guest never sees the underlay: only the VLAN's frames, 50 bytes smaller.
 """
 
@@ -17,7 +18,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -108,15 +109,43 @@ class VxlanSegments:
     def __init__(self, links: Links, underlay: Underlay) -> None:
         self._links = links
         self.underlay = underlay
-        self.peers: tuple[IPv4Address, ...] = underlay.peers
+        # Until the hosts table tells the flood lists, every device floods to the
+        # configured peers (`network.vxlan_peers`).
+        self._configured = True
+        self._lists: dict[str, tuple[IPv4Address, ...]] = {}  # by device name
 
-    def set_peers(self, peers: Sequence[str]) -> bool:
-        """Flood to `peers` from the next `ensure` or `flood` on (the hosts table's other
-        online hosts); none: to `network.vxlan_peers` (a host alone in the table, or a
-        platform without one). This host's own address and what is no host's unicast
-        address are left out. Whether the peers changed."""
+    def peers_of(self, name: str) -> tuple[IPv4Address, ...]:
+        """Where device `name` floods: its VLAN's flood list (none known: nowhere), or the
+        configured peers."""
+        return self.underlay.peers if self._configured else self._lists.get(name, ())
+
+    def set_peers(self, lists: Mapping[str, Sequence[str]] | None) -> Collection[str] | None:
+        """Flood from the next `ensure` or `flood` on: each device named in `lists` (by
+        device name) to its addresses (the other online hosts running a server of its VLAN);
+        a device not named keeps its list; `lists` None: every device to
+        `network.vxlan_peers` (the hosts table knows no other host). This host's own address
+        and what is no host's unicast address are left out. The devices whose list changed;
+        None: every device's may have."""
+        if lists is None:
+            changed = not self._configured
+            self._configured, self._lists = True, {}
+            return None if changed else ()
+        was_configured, self._configured = self._configured, False
+        changed_names: set[str] = set()
+        for name, texts in lists.items():
+            chosen = self._chosen(texts)
+            if set(chosen) != set(self._lists.get(name, ())):
+                changed_names.add(name)
+            self._lists[name] = chosen
+        return None if was_configured else changed_names
+
+    def forget(self, name: str) -> None:
+        """Device `name` is gone: its list with it (its VLAN's next device gets a fresh one)."""
+        self._lists.pop(name, None)
+
+    def _chosen(self, texts: Sequence[str]) -> tuple[IPv4Address, ...]:
         chosen: list[IPv4Address] = []
-        for text in peers:
+        for text in texts:
             try:
                 address = _unicast("vxlan_peers", text)
             except UnderlayError as error:
@@ -124,13 +153,12 @@ class VxlanSegments:
                 continue
             if address != self.underlay.local and address not in chosen:
                 chosen.append(address)
-        before, self.peers = self.peers, tuple(chosen) if chosen else self.underlay.peers
-        return set(before) != set(self.peers)
+        return tuple(chosen)
 
     async def ensure(self, name: str, vni: int, bridge: str) -> None:
-        """Device `name` carries VNI `vni` as a port of `bridge`, up, flooding to every peer:
-        made if missing, replaced if it carries another VNI or underlay address (the settings
-        changed), its flood list set to exactly the peers known now (`peers`)."""
+        """Device `name` carries VNI `vni` as a port of `bridge`, up, flooding to its VLAN's
+        hosts: made if missing, replaced if it carries another VNI or underlay address (the
+        settings changed), its flood list set to exactly the one known now (`peers_of`)."""
         underlay = self.underlay
         wanted = (vni, str(underlay.local), underlay.port)
         present = await self._links.vxlan_of(name)
@@ -158,7 +186,7 @@ class VxlanSegments:
             revert.success()
 
     async def flood(self, name: str) -> None:
-        """Device `name`'s flood list is exactly the peers known now."""
+        """Device `name`'s flood list is exactly the one known now (`peers_of`)."""
         namespace = self._links.namespace
         shown = await run_command(bridge_argv(namespace, "-j", "fdb", "show", "dev", name))
         present = {
@@ -166,7 +194,7 @@ class VxlanSegments:
             for entry in json.loads(shown or "[]")
             if entry.get("mac") == FLOOD_MAC and "dst" in entry
         }
-        wanted = {str(peer) for peer in self.peers}
+        wanted = {str(peer) for peer in self.peers_of(name)}
         for peer in sorted(wanted - present):
             await run_command(
                 bridge_argv(namespace, "fdb", "append", FLOOD_MAC, "dev", name, "dst", peer)

@@ -289,10 +289,26 @@ class Hosts:
 
     def vxlan_peers(self, host: str = "") -> list[str]:
         """The underlay addresses of the online hosts other than `host` ("": this one) (the
-        hosts table's), by address: where `host` floods its VLANs' frames."""
+        hosts table's), by address."""
         since = time.time() - self._config.host.offline_seconds
         with self._engine.connect() as connection:
             return vni_store.vxlan_peers(connection, host or self.name, since)
+
+    def flood_lists(
+        self, host: str = "", making: Collection[str] = ()
+    ) -> dict[str, list[str]] | None:
+        """Where `host` ("": this one) floods each of its VLANs' frames: VLAN → the underlay
+        addresses of the other online hosts running one of its servers (store/vnis.py's
+        `flood_lists`; `making`: the servers whose NICs are being made there now). None
+        while the table knows no other online host's address: the VLANs flood to
+        `network.vxlan_peers` then."""
+        since = time.time() - self._config.host.offline_seconds
+        local = host or self.name
+        with self._engine.connect() as connection:
+            lists = vni_store.flood_lists(connection, local, self.name, since, making)
+            if any(lists.values()) or vni_store.any_peer(connection, local, since):
+                return lists
+        return None
 
     def overview(self) -> list[HostView]:
         """Every registered host with its capacity, use and state, by name."""

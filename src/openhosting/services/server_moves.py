@@ -192,6 +192,7 @@ class ServerMoves:
                 f" settled there: {error}"
             ) from error
         await self._leave_source_network(uuid, config, row.vnc_display, source_key)
+        await networks.follow_move(uuid, config)
         log.info("event=server_moved server=%s from=%s to=%s", uuid, source_host, target_host)
         return target_host
 

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine
 
@@ -53,6 +53,11 @@ PUBLIC = "public"  # the `network` of NICs on the public bridge
 # How often a dead NIC helper is looked for: well within a lease's renewal time.
 HELPER_CHECK_SECONDS = 5.0
 VNC_NETWORK, VNC_ROW = "vnc", -1  # the row of an address VNC holds apart from the NICs
+
+
+# Where a host ("": this one) floods each of its VLANs' frames, given the servers whose NICs
+# are being made there: VLAN → underlay addresses, or None for the configured peers.
+FloodLists = Callable[[str, Collection[str]], Mapping[str, Sequence[str]] | None]
 
 
 def default_mac(server: str, index: int) -> str:
@@ -123,15 +128,15 @@ class ServerNetworks:
         resources: Resources,
         pool: AddressPool,
         driver: NetworkDriver,
-        vxlan_peers: Callable[[str], Sequence[str]] = lambda _host: (),
+        flood_lists: FloodLists = lambda _host, _making: None,
     ) -> None:
         self._engine = engine
         self._resources = resources
         self._pool = pool
         self.driver = driver
-        # The underlay addresses of the online hosts other than the one named ("": this
-        # one), from the hosts table, read at each attach.
-        self._vxlan_peers = vxlan_peers
+        # Where the host named ("": this one) floods each of its VLANs' frames, from the
+        # database (services/hosts.py's `flood_lists`), read at each attach and refresh.
+        self._flood_lists = flood_lists
         # The network driver of each agent host connected here (the lifecycle's
         # `HostDrivers.networks`), and the host of a server's VM ("": this one).
         self.remote: Mapping[str, NetworkDriver] = {}
@@ -216,7 +221,7 @@ class ServerNetworks:
             if host:
                 await driver.start()  # an agent's network starts with its first NIC
             if any(plan.vlan is not None for plan in plans):
-                await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+                await self._follow_flood_lists(host, driver, making=(server,))
             backends = await driver.attach(plans)
             revert.success()
         for plan in plans:
@@ -250,7 +255,7 @@ class ServerNetworks:
         if host:
             await driver.start()
         if any(plan.vlan is not None for plan in plans):
-            await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+            await self._follow_flood_lists(host, driver, making=(server,))
         backends = await driver.attach(plans)
         log.info("event=nics_attached_for_move server=%s host=%s", server, host or "here")
         return _nic_specs(config, plans, backends)
@@ -485,21 +490,41 @@ class ServerNetworks:
         if host:
             await driver.start()
         if any(plan.vlan is not None for plan in plans):
-            await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+            await self._follow_flood_lists(host, driver)
         await driver.reconcile(plans)
 
     def _drivers(self) -> dict[str, NetworkDriver]:
         return {"": self.driver, **self.remote}
 
+    async def _follow_flood_lists(
+        self, host: str, driver: NetworkDriver, making: Collection[str] = ()
+    ) -> None:
+        """`host`'s VLANs flood to the hosts running their servers now (`making`: servers
+        whose NICs are being made there, whose row may not name the host yet)."""
+        lists = await asyncio.to_thread(self._flood_lists, host, making)
+        await driver.set_vxlan_peers(lists)
+
     async def refresh_vxlan_peers(self) -> None:
-        """The VLANs running on each host flood to the other hosts online now (a host that
-        came or went since their servers started)."""
+        """The VLANs running on each host flood to the hosts that run one of their servers
+        now (a server of the VLAN started or stopped elsewhere, a host came or went)."""
 
         async def refresh(host: str, driver: NetworkDriver) -> None:
             if driver.mode == "bridge":
-                await driver.set_vxlan_peers(await asyncio.to_thread(self._vxlan_peers, host))
+                await self._follow_flood_lists(host, driver)
 
         await self._on_every_host("vxlan_peers_refresh_failed", refresh)
+
+    async def follow_move(self, server: str, config: ServerConfig) -> None:
+        """`server` now runs on the host its row names, after a live move: when it has a
+        VLAN NIC, every host's flood lists follow at once, not at the next refresh (until
+        then its VLAN's other hosts would flood the guest's frames to the host it left, and
+        the running guest would miss them). A failure is logged: the next refresh retries."""
+        if not any(nic.vlan is not None for nic in config.nics):
+            return
+        try:
+            await self.refresh_vxlan_peers()
+        except Exception:  # the move is done; the 5-second watch sets the lists again
+            log.exception("event=vxlan_peers_refresh_failed server=%s", server)
 
     async def _on_every_host(
         self, failed: str, step: Callable[[str, NetworkDriver], Awaitable[None]]

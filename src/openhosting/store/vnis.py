@@ -1,5 +1,6 @@
-"""VLANs' VXLAN network identifiers (`resources.vni`) and the hosts' underlay addresses
-(`hosts.vxlan_local`): what every host reads to carry a VLAN across hosts.
+"""VLANs' VXLAN network identifiers (`resources.vni`), the hosts' underlay addresses
+(`hosts.vxlan_local`) and each VLAN's flood list (the hosts that run one of its servers): what
+every host reads to carry a VLAN across hosts.
 
 A VNI is taken in the transaction that creates the VLAN and kept for the VLAN's life (its
 row's), so every host uses the same one and no two VLANs ever share one. The caller's first
@@ -7,12 +8,12 @@ choice (the services give the hash of the VLAN's UUID, `network.vxlan.vni_of`, w
 used before the database held VNIs) is taken when free, else the next free value.
 """
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, FromClause, func, select, union
 
 from openhosting.store import row_locks
-from openhosting.store.tables import hosts, resources
+from openhosting.store.tables import hosts, resources, server_nics, servers
 
 VNI_COUNT = 1 << 24  # VXLAN's 24-bit identifier; 0 is never used
 
@@ -76,3 +77,79 @@ def vxlan_peers(connection: Connection, local: str, since: float) -> list[str]:
         hosts.c.state == "online",
     )
     return sorted(set(connection.execute(query).scalars()))
+
+
+# The `network` of server_nics rows that are no VLAN (services/server_network.py's).
+NOT_VLANS = ("public", "vnc")
+
+
+def _host_of(server_rows: FromClause, here: str) -> ColumnElement[str]:
+    """The host of a server's row: `servers.host`, whose empty value (the servers of before
+    host agents, and those an API node runs itself) is the host named `here`."""
+    return func.coalesce(func.nullif(server_rows.c.host, ""), here)
+
+
+def flood_lists(
+    connection: Connection,
+    local: str,
+    here: str,
+    since: float,
+    making: Collection[str] = (),
+) -> dict[str, list[str]]:
+    """Host `local`'s VLANs → the underlay addresses of the other online hosts (heartbeat at
+    `since` or later) that run a server with a NIC on that VLAN, by address (empty: none),
+    in one query whatever the number of VLANs. A host's VLANs are those of the NICs held
+    (`server_nics`) by servers whose `servers.host` is `local` (empty: `here`), and by the
+    servers of `making`, whose NICs are being made on `local` now (a start or a move, before
+    their row names the host)."""
+    vlans = select(server_nics.c.network).where(server_nics.c.network.not_in(NOT_VLANS))
+    # Plain comparisons of the column (not `_host_of`): an index on servers.host can serve.
+    named_local = servers.c.host.in_((local, "")) if local == here else servers.c.host == local
+    on_local = vlans.join(servers, servers.c.uuid == server_nics.c.server).where(named_local)
+    # A common table expression: the host's VLANs are found once, used twice.
+    if making:
+        being_made = vlans.where(server_nics.c.server.in_(sorted(making)))
+        mine = union(on_local, being_made).cte("mine")
+    else:
+        mine = on_local.distinct().cte("mine")
+    their_nics, their_servers = server_nics.alias("their_nics"), servers.alias("their_servers")
+    theirs = (
+        select(their_nics.c.network, hosts.c.vxlan_local)
+        .select_from(
+            their_nics.join(their_servers, their_servers.c.uuid == their_nics.c.server).join(
+                hosts, hosts.c.name == _host_of(their_servers, here)
+            )
+        )
+        .where(
+            their_nics.c.network.in_(select(mine.c.network)),
+            # Those being made here are here, whatever their row says yet.
+            their_nics.c.server.not_in(sorted(making)),
+            hosts.c.name != local,
+            hosts.c.vxlan_local != "",
+            hosts.c.heartbeat_at >= since,
+            hosts.c.state == "online",
+        )
+        .distinct()
+        .subquery("theirs")
+    )
+    query = select(mine.c.network, theirs.c.vxlan_local).select_from(
+        mine.outerjoin(theirs, theirs.c.network == mine.c.network)
+    )
+    lists: dict[str, set[str]] = {}
+    for vlan, address in connection.execute(query):
+        peers = lists.setdefault(vlan, set())
+        if address is not None:
+            peers.add(address)
+    return {vlan: sorted(peers) for vlan, peers in sorted(lists.items())}
+
+
+def any_peer(connection: Connection, local: str, since: float) -> bool:
+    """Whether the table knows the underlay address of an online host other than `local`
+    (else the hosts flood to `network.vxlan_peers`, the configured fallback)."""
+    query = select(hosts.c.name).where(
+        hosts.c.name != local,
+        hosts.c.vxlan_local != "",
+        hosts.c.heartbeat_at >= since,
+        hosts.c.state == "online",
+    )
+    return connection.execute(query.limit(1)).first() is not None
