@@ -138,6 +138,7 @@ servers = Table(
     # host, as for every server started before host agents).
     Column("host", String(253), nullable=False, server_default=""),
     Index("servers_by_user", "user"),
+    Index("servers_by_host", "host"),
 )
 
 # The owner of the standard drives (the public image library): a row in `users` that no key
