@@ -8,6 +8,7 @@ local drive, for writes and for reads."""
 import os
 import subprocess
 from contextlib import ExitStack
+from pathlib import Path
 
 from bench.drive_data import (
     ROUNDS,
@@ -49,6 +50,12 @@ def host_of(daemon: Daemon, drive: str) -> str:
     return ""
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of process `pid` so far, all its threads (/proc/PID/stat)."""
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_of_each(daemon: Daemon, size: int) -> dict[str, str]:
     """A drive on the agent's host and one on the API node's, by `avoid`: host → drive."""
     first = create_drive(daemon, size, "none")
@@ -86,6 +93,8 @@ def run() -> float:
         headers = {"Authorization": daemon.auth_header}
         writes: dict[str, list[float]] = {AGENT_HOST: [], "zz-api": []}
         reads: dict[str, list[float]] = {AGENT_HOST: [], "zz-api": []}
+        # CPU seconds of the agent and of the API node over the remote reads (warm ones only).
+        read_cpu = {"agent": 0.0, "API node": 0.0}
         for _ in range(ROUNDS):
             # Fresh drives each round: both writes allocate their blocks.
             drives = one_of_each(daemon, size)
@@ -97,7 +106,11 @@ def run() -> float:
             for host, drive in drives.items():
                 url = f"{daemon.url}/drives/{drive}/read"
                 curl_download(url, size, headers)  # warms the page cache
+                before = cpu_seconds(agent.pid), cpu_seconds(process.pid)
                 reads[host].append(curl_download(url, size, headers))
+                if host == AGENT_HOST:
+                    read_cpu["agent"] += cpu_seconds(agent.pid) - before[0]
+                    read_cpu["API node"] += cpu_seconds(process.pid) - before[1]
             for drive in drives.values():
                 destroy_drive(daemon, drive)
     report(
@@ -105,6 +118,12 @@ def run() -> float:
         throughput(size, min(writes[AGENT_HOST])),
         "the API node's own drive", throughput(size, min(writes["zz-api"])), "MB/s", "≥ 0.8",
     )  # fmt: skip
+    gigabytes = ROUNDS * size / (1 << 30)
+    print(
+        "CPU per GiB read from the agent's host: "
+        + ", ".join(f"{name} {seconds / gigabytes:.2f} s" for name, seconds in read_cpu.items()),
+        flush=True,
+    )
     return report(
         f"drive read from an agent's host, plain, {size >> 20} MiB (curl)",
         throughput(size, min(reads[AGENT_HOST])),

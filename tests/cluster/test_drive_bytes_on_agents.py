@@ -10,8 +10,10 @@ host and its status is inactive, until the agent is back.
 
 import gzip
 import hashlib
+import http.client
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,6 +24,9 @@ from testbed.daemon_process import Api, DaemonProcess
 from tests.cluster.test_host_agents import Hosts
 
 MIB = 1 << 20
+# Seconds a client waits without reading: ample for the agent's 96 MiB to reach the daemon
+# (a few hundred MB/s on loopback) were nothing holding them back.
+STALL_SECONDS = 2.0
 
 
 @pytest.fixture
@@ -102,6 +107,19 @@ def test_drives_on_an_agents_host_keep_their_bytes_there_and_the_api_moves_them(
     whole = api.call(f"/drives/{big['drive']}/read").body
     assert len(whole) == 96 * MIB and whole[-MIB:] == piece
     assert peak_memory(daemon.pid) - before < 40 * MIB
+    # A client that stops reading: the daemon stops reading the agent (its stream paused), it
+    # does not gather the agent's bytes meanwhile.
+    reset_peak_memory(daemon.pid)
+    before = peak_memory(daemon.pid)
+    stalled = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    try:
+        stalled.request("GET", f"/drives/{big['drive']}/read", headers=hosts.account.headers)
+        answer = stalled.getresponse()
+        assert answer.status == 200 and len(answer.read(MIB)) == MIB
+        time.sleep(STALL_SECONDS)
+        assert peak_memory(daemon.pid) - before < 40 * MIB
+    finally:
+        stalled.close()
     assert api.call(f"/drives/{big['drive']}/destroy", b"").status == 204
 
     # A server on hv-a starts with its drive there; a second drive of another host is refused.
