@@ -23,6 +23,7 @@ from openhosting.hypervisor.driver import StartRequest
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import DiskSpec, VmSpec
 from openhosting.services.server_moves import stored_luks_header
+from openhosting.storage.drive_storage import DriveBytes
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.storage.luks import payload_offset
@@ -70,7 +71,7 @@ class Noted:
 async def write(storage: RemoteDriveStorage, drive: str, data: bytes, *, key: bytes | None = None,
                 offset: int = 0, size: int = MIB, staged: bool = False) -> int:  # fmt: skip
     noted = Noted()
-    writer = storage.open_write(drive, "disk", key, offset, size, staged, noted.wrote)
+    writer = storage.open_write(DriveBytes(drive, "disk", key), offset, size, staged, noted.wrote)
     if not staged:
         await writer.reserve(len(data))
     for start in range(0, len(data), 100_000):
@@ -83,7 +84,7 @@ async def write(storage: RemoteDriveStorage, drive: str, data: bytes, *, key: by
 async def read(storage: RemoteDriveStorage, drive: str, offset: int, count: int,
                key: bytes | None = None) -> bytes:  # fmt: skip
     noted = Noted()
-    plan = storage.open_read(drive, "disk", key, offset, count, noted.read)
+    plan = storage.open_read(DriveBytes(drive, "disk", key), offset, count, noted.read)
     try:
         await plan.begin()
         return b"".join([bytes(chunk) async for chunk in plan.chunks()])
@@ -109,7 +110,9 @@ def test_the_agent_keeps_its_drives_in_its_own_directory_and_streams_their_bytes
             for drive, drive_key in ((plain, None), (secret, key)):
                 assert await write(storage, drive, data, key=drive_key, offset=1000) == len(data)
                 assert await read(storage, drive, 1000, len(data), drive_key) == data
-                plan = storage.open_read(drive, "disk", drive_key, 1000, len(data), lambda: None)
+                plan = storage.open_read(
+                    DriveBytes(drive, "disk", drive_key), 1000, len(data), lambda: None
+                )
                 assert await plan.sha256() == hashlib.sha256(data).hexdigest()
                 plan.close()
             assert path.read_bytes()[1000 : 1000 + len(data)] == data  # the agent's own file
@@ -172,7 +175,7 @@ def test_refusals_come_back_as_the_api_errors_and_a_cut_staged_write_changes_not
                 await write(storage, drive, bytes(2000), offset=MIB - 1000)
             # A staged write given up half-way (its client went away): the drive unchanged.
             noted = Noted()
-            writer = storage.open_write(drive, "disk", None, 0, MIB, True, noted.wrote)
+            writer = storage.open_write(DriveBytes(drive, "disk"), 0, MIB, True, noted.wrote)
             await writer.write(gzip.compress(bytes(1)) * 1000)
             await writer.abort()
             assert noted.ends == [None]

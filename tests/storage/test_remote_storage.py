@@ -13,6 +13,7 @@ import pytest
 
 from openhosting.errors import FullError
 from openhosting.storage import remote_storage
+from openhosting.storage.drive_storage import DriveBytes
 from openhosting.storage.remote_storage import SEND_PIECE, WRITE_QUEUE, RemoteDriveStorage
 
 PIECE = b"x" * 65536
@@ -70,7 +71,7 @@ async def test_a_write_holds_at_most_its_queue_of_pieces_while_the_agent_is_slow
 ) -> None:
     agent, ends = PacedAgent(), []
     writer = storage_with(agent, monkeypatch).open_write(
-        "d", "disk", None, 0, 1 << 30, False, ends.append
+        DriveBytes("d", "disk"), 0, 1 << 30, False, ends.append
     )
     feeding = asyncio.ensure_future(_feed(writer, 100))
     await settle()
@@ -89,7 +90,7 @@ async def test_an_agents_refusal_mid_write_ends_it_and_an_abort_cuts_the_body(
 ) -> None:
     agent, ends = PacedAgent(), []
     storage = storage_with(agent, monkeypatch)
-    writer = storage.open_write("d", "disk", None, 0, 1 << 30, False, ends.append)
+    writer = storage.open_write(DriveBytes("d", "disk"), 0, 1 << 30, False, ends.append)
     feeding = asyncio.ensure_future(_feed(writer, 100))
     await settle()
     agent.refuse = True
@@ -101,7 +102,7 @@ async def test_an_agents_refusal_mid_write_ends_it_and_an_abort_cuts_the_body(
 
     other = PacedAgent()
     writer = storage_with(other, monkeypatch).open_write(
-        "d", "disk", None, 0, 1 << 30, True, ends.append
+        DriveBytes("d", "disk"), 0, 1 << 30, True, ends.append
     )
     await writer.write(bytes(SEND_PIECE))  # a whole piece: sent
     await settle()

@@ -14,6 +14,7 @@ from typing import TypeVar
 import pytest
 
 from openhosting.storage import imaging
+from openhosting.storage.drive_storage import DriveBytes
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.gzip_stream import GzipStreamError
 from openhosting.storage.imaging import Endpoint, ImagingStopped, Tracker
@@ -44,13 +45,15 @@ class Storage:
 
     async def write(self, end: StreamEnd, offset: int, data: bytes) -> None:
         write = self.storage.open_write(
-            end.drive, "disk", end.master_key, offset, end.size, False, lambda _: None
+            DriveBytes(end.drive, "disk", end.master_key), offset, end.size, False, lambda _: None
         )
         await write.write(data)
         await write.finish()
 
     async def read(self, end: StreamEnd) -> bytes:
-        read = self.storage.open_read(end.drive, "disk", end.master_key, 0, end.size, lambda: None)
+        read = self.storage.open_read(
+            DriveBytes(end.drive, "disk", end.master_key), 0, end.size, lambda: None
+        )
         try:
             return b"".join([bytes(chunk) async for chunk in read.chunks()])
         finally:

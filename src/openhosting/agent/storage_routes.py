@@ -36,6 +36,7 @@ from aiohttp import web
 from openhosting.api.responses import widen_send_buffer
 from openhosting.errors import ApiError, MissingError, UsageError
 from openhosting.reverter import Reverter
+from openhosting.storage.drive_storage import DriveBytes
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.storage.storage_calls import FilesCall, StorageCall
 
@@ -154,9 +155,7 @@ async def _allocate(
 ) -> web.Response:
     """Give a raw write's range its blocks before its bytes come (`DriveWrite.reserve`)."""
     _check_exists(storage, call)
-    writer = storage.open_write(
-        call.drive, call.tier, call.master_key, call.offset, call.size, False, _nothing
-    )
+    writer = storage.open_write(_bytes_of(call), call.offset, call.size, False, _nothing)
     async with Reverter() as revert:
         revert.add(writer.abort)
         await writer.reserve(call.count)
@@ -167,7 +166,7 @@ async def _hash(
     _request: web.Request, storage: LocalDriveStorage, call: StorageCall
 ) -> web.Response:
     _check_exists(storage, call)
-    plan = storage.open_read(call.drive, call.tier, call.master_key, call.offset, call.count, _none)
+    plan = storage.open_read(_bytes_of(call), call.offset, call.count, _none)
     try:
         return _answer(await plan.sha256())
     finally:
@@ -178,7 +177,7 @@ async def _read(
     request: web.Request, storage: LocalDriveStorage, call: StorageCall
 ) -> web.StreamResponse:
     _check_exists(storage, call)
-    plan = storage.open_read(call.drive, call.tier, call.master_key, call.offset, call.count, _none)
+    plan = storage.open_read(_bytes_of(call), call.offset, call.count, _none)
     try:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = call.count
@@ -196,9 +195,7 @@ async def _write(
     request: web.Request, storage: LocalDriveStorage, call: StorageCall
 ) -> web.Response:
     _check_exists(storage, call)
-    writer = storage.open_write(
-        call.drive, call.tier, call.master_key, call.offset, call.size, call.staged, _nothing
-    )
+    writer = storage.open_write(_bytes_of(call), call.offset, call.size, call.staged, _nothing)
     async with Reverter() as revert:
         # A body cut short raises here (its chunked encoding never ended): nothing applied;
         # so does one that stalls (a control plane cut off by the network sends no FIN).
@@ -233,3 +230,7 @@ def _nothing(_written: int | None) -> None:
 
 def _none() -> None:
     """A read's end: nothing to count here either."""
+
+
+def _bytes_of(call: StorageCall) -> DriveBytes:
+    return DriveBytes(call.drive, call.tier, call.master_key)

@@ -43,7 +43,7 @@ from openhosting.services.operations import (
     Operations,
 )
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
-from openhosting.storage.drive_storage import DriveRead, DriveStorage, DriveWrite
+from openhosting.storage.drive_storage import DriveBytes, DriveRead, DriveStorage, DriveWrite
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.store import drives as drive_store
@@ -507,7 +507,8 @@ class Drives:
             revert.add(reading.end)
             self._still_there(user, uuid)  # not destroyed through another node meanwhile
             revert.success()
-        return storage.open_read(uuid, row.tier, self._master_key(row), start, count, reading.end)
+        bytes_of = DriveBytes(uuid, row.tier, self._master_key(row))
+        return storage.open_read(bytes_of, start, count, reading.end)
 
     def _still_there(self, user: str, uuid: str) -> None:
         """With other API nodes: the drive was not destroyed through another while its
@@ -557,9 +558,8 @@ class Drives:
             self._still_there(user, uuid)
             revert.success()
         on_close = functools.partial(self._end_write, writing)
-        return storage.open_write(
-            uuid, row.tier, self._master_key(row), offset, row.size, staged, on_close
-        )
+        bytes_of = DriveBytes(uuid, row.tier, self._master_key(row))
+        return storage.open_write(bytes_of, offset, row.size, staged, on_close)
 
     def _end_write(self, writing: Operation, nbytes: int | None) -> None:
         writing.end()

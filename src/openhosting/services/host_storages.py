@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from openhosting.errors import FullError
 from openhosting.storage.drive_storage import (
     FILES_PAGE,
+    DriveBytes,
     DriveFile,
     DriveRead,
     DriveStorage,
@@ -118,26 +119,13 @@ class _Unreachable:
         raise self._refused()
 
     def open_read(
-        self,
-        drive: str,
-        tier: str,
-        master_key: bytes | None,
-        offset: int,
-        count: int,
-        on_close: ReadClosed,
+        self, drive_bytes: DriveBytes, offset: int, count: int, on_close: ReadClosed
     ) -> DriveRead:
         on_close()
         raise self._refused()
 
     def open_write(
-        self,
-        drive: str,
-        tier: str,
-        master_key: bytes | None,
-        offset: int,
-        size: int,
-        staged: bool,
-        on_close: WriteClosed,
+        self, drive_bytes: DriveBytes, offset: int, size: int, staged: bool, on_close: WriteClosed
     ) -> DriveWrite:
         on_close(None)
         raise self._refused()

@@ -46,7 +46,7 @@ from openhosting.services.hosts import Hosts
 from openhosting.services.operations import MOVE
 from openhosting.services.server_lifecycle import ServerLifecycle
 from openhosting.services.vm_specs import build_vm_spec
-from openhosting.storage.drive_storage import DriveStorage
+from openhosting.storage.drive_storage import DriveBytes, DriveStorage
 from openhosting.storage.luks import HEADER_SIZE, LuksError, LuksHeader
 from openhosting.store import drives as drive_store
 from openhosting.store import servers as server_store
@@ -363,7 +363,7 @@ async def stored_luks_header(storage: DriveStorage, drive: str, tier: str) -> tu
 
 async def _read_stored(storage: DriveStorage, drive: str, tier: str, count: int) -> bytes:
     """The first `count` bytes of `drive` as `storage` stores them."""
-    read = storage.open_read(drive, tier, None, 0, count, lambda: None)
+    read = storage.open_read(DriveBytes(drive, tier), 0, count, lambda: None)
     try:
         await read.begin()
         data = b"".join([bytes(chunk) async for chunk in read.chunks()])

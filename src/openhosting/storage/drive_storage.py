@@ -11,7 +11,7 @@ bytes move in pieces, never the whole range in memory.
 """
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +25,16 @@ ReadClosed = Callable[[], None]
 
 # How many drive files one page of a host's listing holds at most (`DriveStorage.list_files`).
 FILES_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class DriveBytes:
+    """A drive's bytes as a read or a write names them: the drive, its tier, and the key that
+    opens them (None: a plain drive)."""
+
+    drive: str
+    tier: str
+    master_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -113,24 +123,11 @@ class DriveStorage(Protocol):
         """Remove the drive's bytes (a drive already gone is no error)."""
 
     def open_read(
-        self,
-        drive: str,
-        tier: str,
-        master_key: bytes | None,
-        offset: int,
-        count: int,
-        on_close: ReadClosed,
+        self, drive_bytes: DriveBytes, offset: int, count: int, on_close: ReadClosed
     ) -> DriveRead: ...
 
     def open_write(
-        self,
-        drive: str,
-        tier: str,
-        master_key: bytes | None,
-        offset: int,
-        size: int,
-        staged: bool,
-        on_close: WriteClosed,
+        self, drive_bytes: DriveBytes, offset: int, size: int, staged: bool, on_close: WriteClosed
     ) -> DriveWrite:
         """A write from `offset` of a drive of `size` bytes: straight to the drive, or
         `staged` (applied whole once all of it has come, as for a gzip body)."""

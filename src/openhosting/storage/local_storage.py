@@ -10,7 +10,13 @@ from pathlib import Path
 from openhosting.errors import SystemError_
 from openhosting.reverter import Reverter
 from openhosting.storage.drive_files import DriveFiles
-from openhosting.storage.drive_storage import FILES_PAGE, DriveFile, ReadClosed, WriteClosed
+from openhosting.storage.drive_storage import (
+    FILES_PAGE,
+    DriveBytes,
+    DriveFile,
+    ReadClosed,
+    WriteClosed,
+)
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.drive_transfers import (
     DriveWriter,
@@ -73,34 +79,22 @@ class LocalDriveStorage:
         self.files_of(drive, tier).destroy(drive)
 
     def open_read(
-        self,
-        drive: str,
-        tier: str,
-        master_key: bytes | None,
-        offset: int,
-        count: int,
-        on_close: ReadClosed,
+        self, drive_bytes: DriveBytes, offset: int, count: int, on_close: ReadClosed
     ) -> ReadPlan:
         with Reverter() as revert:
             revert.add(on_close)
-            opened = self.files_of(drive, tier).open(drive, master_key)
+            drive = drive_bytes.drive
+            opened = self.files_of(drive, drive_bytes.tier).open(drive, drive_bytes.master_key)
             revert.success()
         return ReadPlan(drive, opened, offset, count, on_close)
 
     def open_write(
-        self,
-        drive: str,
-        tier: str,
-        master_key: bytes | None,
-        offset: int,
-        size: int,
-        staged: bool,
-        on_close: WriteClosed,
+        self, drive_bytes: DriveBytes, offset: int, size: int, staged: bool, on_close: WriteClosed
     ) -> DriveWriter | StagedDriveWriter:
-        files = self.files_of(drive, tier)
+        drive, files = drive_bytes.drive, self.files_of(drive_bytes.drive, drive_bytes.tier)
         with Reverter() as revert:
             revert.add(functools.partial(on_close, None))
-            opened = files.open(drive, master_key)
+            opened = files.open(drive, drive_bytes.master_key)
             revert.success()
         if staged:
             stage = WriteStage(opened.io, files.root, offset)

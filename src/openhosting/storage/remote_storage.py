@@ -30,7 +30,13 @@ import aiohttp
 from openhosting.errors import ERROR_TYPES, ApiError, FailedError, FullError, UnavailableError
 from openhosting.reverter import Reverter
 from openhosting.storage.drive_files import PlainDriveIO
-from openhosting.storage.drive_storage import FILES_PAGE, DriveFile, ReadClosed, WriteClosed
+from openhosting.storage.drive_storage import (
+    FILES_PAGE,
+    DriveBytes,
+    DriveFile,
+    ReadClosed,
+    WriteClosed,
+)
 from openhosting.storage.storage_calls import encode_call
 
 log = logging.getLogger("openhosting.storage.remote")
@@ -189,27 +195,14 @@ class RemoteDriveStorage:
         return bool(await self._call("remove_orphan", drive=drive, tier=tier, age=int(age)))
 
     def open_read(
-        self,
-        drive: str,
-        tier: str,
-        master_key: bytes | None,
-        offset: int,
-        count: int,
-        on_close: ReadClosed,
+        self, drive_bytes: DriveBytes, offset: int, count: int, on_close: ReadClosed
     ) -> RemoteRead:
-        return RemoteRead(self, drive, tier, master_key, offset, count, on_close)
+        return RemoteRead(self, drive_bytes, offset, count, on_close)
 
     def open_write(
-        self,
-        drive: str,
-        tier: str,
-        master_key: bytes | None,
-        offset: int,
-        size: int,
-        staged: bool,
-        on_close: WriteClosed,
+        self, drive_bytes: DriveBytes, offset: int, size: int, staged: bool, on_close: WriteClosed
     ) -> RemoteWrite:
-        call = dict(drive=drive, tier=tier, master_key=master_key, offset=offset, size=size)
+        call = dict(**_named(drive_bytes), offset=offset, size=size)
         return RemoteWrite(self, call, staged, on_close)
 
     async def close(self) -> None:
@@ -227,15 +220,13 @@ class RemoteRead:
     def __init__(
         self,
         storage: RemoteDriveStorage,
-        drive: str,
-        tier: str,
-        master_key: bytes | None,
+        drive_bytes: DriveBytes,
         offset: int,
         count: int,
         on_close: ReadClosed,
     ) -> None:
         self._storage = storage
-        self.drive, self._tier, self._master_key = drive, tier, master_key
+        self.drive, self._drive_bytes = drive_bytes.drive, drive_bytes
         self.offset, self.count = offset, count
         self._on_close = on_close
         self._response: aiohttp.ClientResponse | None = None
@@ -244,10 +235,7 @@ class RemoteRead:
 
     async def begin(self) -> None:
         """Ask the agent for the bytes: its refusal (the file gone) comes from here."""
-        fields = dict(
-            drive=self.drive, tier=self._tier, master_key=self._master_key,
-            offset=self.offset, count=self.count,
-        )  # fmt: skip
+        fields = dict(**_named(self._drive_bytes), offset=self.offset, count=self.count)
         self._response = await self._storage.post(
             "read", encode_call(**fields), self._storage._stream_timeout()
         )
@@ -268,8 +256,9 @@ class RemoteRead:
         self._complete = True
 
     async def sha256(self) -> str:
+        named = self._drive_bytes
         return await self._storage.hash(
-            self.drive, self._tier, self._master_key, self.offset, self.count
+            named.drive, named.tier, named.master_key, self.offset, self.count
         )
 
     def reads_only_zeros(self) -> bool:
@@ -390,3 +379,12 @@ class RemoteWrite:
         if not self._closed:
             self._closed = True
             self._on_close(written)
+
+
+def _named(drive_bytes: DriveBytes) -> dict[str, str | bytes | None]:
+    """The fields of a storage call that name a drive's bytes."""
+    return {
+        "drive": drive_bytes.drive,
+        "tier": drive_bytes.tier,
+        "master_key": drive_bytes.master_key,
+    }

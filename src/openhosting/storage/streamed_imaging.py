@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 from isal import isal_zlib
 
 from openhosting.reverter import Reverter
-from openhosting.storage.drive_storage import DriveStorage, DriveWrite
+from openhosting.storage.drive_storage import DriveBytes, DriveStorage, DriveWrite
 from openhosting.storage.gzip_stream import GZIP_WBITS, INFLATE_PIECE, GzipMembers
 from openhosting.storage.imaging import GZIP_LEVEL, Tracker
 
@@ -84,7 +84,9 @@ async def stream_image(
     else:
         await empty()
     await offload(functools.partial(tracker.begin, src.size))
-    read = src.storage.open_read(src.drive, src.tier, src.master_key, 0, src.size, _nothing)
+    read = src.storage.open_read(
+        DriveBytes(src.drive, src.tier, src.master_key), 0, src.size, _nothing
+    )
     sink = _Sink(dst)
     try:
         await read.begin()
@@ -241,9 +243,10 @@ class _Sink:
             # A new write begins after the zeros held back: they stay holes.
             self._position += self._zeros
             self._zeros = 0
-            self._write = self._dst.storage.open_write(
-                self._dst.drive, self._dst.tier, self._dst.master_key, self._position,
-                self._dst.size, False, _written,
+            dst = self._dst
+            self._write = dst.storage.open_write(
+                DriveBytes(dst.drive, dst.tier, dst.master_key),
+                self._position, dst.size, False, _written,
             )  # fmt: skip
         while self._zeros:  # a short zero run inside data: sent as it is
             count = min(self._zeros, ZERO_PIECE)
