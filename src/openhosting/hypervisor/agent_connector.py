@@ -34,19 +34,17 @@ AgentConnector = Callable[
 def agent_connector(state_path: Path) -> AgentConnector:
     """Connect to agents with the control certificate of the state directory `state_path`
     (read at the first connection: a platform without agents needs no cluster CA)."""
-    contexts: list[ssl.SSLContext] = []
+    context = _ControlContext(state_path)
 
     async def connect(
         host: str, address: str, handler: EventHandler
     ) -> tuple[HypervisorDriver, Closer, Measure, NetworkDriver]:
-        if not contexts:
-            try:
-                contexts.append(control_context(control_bundle(state_path)))
-            except (ClusterTlsError, OSError) as error:
-                raise HypervisorError(
-                    f"host agent {host}: no cluster certificate here ({error})"
-                ) from None
-        driver = RemoteHypervisorDriver(host, address, contexts[0])
+        try:
+            tls = context.get()
+        except (ClusterTlsError, OSError) as error:
+            message = f"host agent {host}: no cluster certificate here ({error})"
+            raise HypervisorError(message) from None
+        driver = RemoteHypervisorDriver(host, address, tls)
         driver.listen(handler)
         async with Reverter() as revert:
             await driver.connect()
@@ -62,16 +60,29 @@ def agent_connector(state_path: Path) -> AgentConnector:
 def storage_connector(state_path: Path) -> Callable[[str, str], DriveStorage]:
     """The storage of a host's drives through its agent (storage/remote_storage.py), with the
     control certificate of `state_path` read at the first use."""
-    contexts: list[ssl.SSLContext] = []
+    context = _ControlContext(state_path)
 
     def connect(host: str, address: str) -> DriveStorage:
-        if not contexts:
-            try:
-                contexts.append(control_context(control_bundle(state_path)))
-            except (ClusterTlsError, OSError) as error:
-                raise SystemError_(
-                    f"Host {host}'s drives: no cluster certificate here ({error})"
-                ) from None
-        return RemoteDriveStorage(host, address, contexts[0])
+        try:
+            tls = context.get()
+        except (ClusterTlsError, OSError) as error:
+            message = f"Host {host}'s drives: no cluster certificate here ({error})"
+            raise SystemError_(message) from None
+        return RemoteDriveStorage(host, address, tls)
 
     return connect
+
+
+class _ControlContext:
+    """The TLS context of the control certificate of a state directory, read at its first
+    use (a platform without agents needs no cluster CA) and kept."""
+
+    def __init__(self, state_path: Path) -> None:
+        self._state_path = state_path
+        self._context: ssl.SSLContext | None = None
+
+    def get(self) -> ssl.SSLContext:
+        """The context; ClusterTlsError or OSError while the certificate cannot be read."""
+        if self._context is None:
+            self._context = control_context(control_bundle(self._state_path))
+        return self._context
