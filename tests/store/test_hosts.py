@@ -5,14 +5,13 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, insert, select
 
 from openhosting.store import hosts as host_store
-from openhosting.store.database import MIGRATIONS, open_engine
+from openhosting.store.database import open_engine
 from openhosting.store.records import HostRecord
 from openhosting.store.tables import drives, users
+from tests.store.old_schema import upgrade_with_user
 
 USER = "11111111-1111-4111-8111-111111111111"
 
@@ -101,15 +100,8 @@ def test_drive_bytes_are_summed_per_host_and_tier(tmp_path: Path) -> None:
 def test_drives_from_before_hosts_become_the_first_registering_hosts(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     engine = create_engine(f"sqlite:///{path}")
-    alembic = AlembicConfig()
-    alembic.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
-        alembic.attributes["connection"] = connection
-        command.upgrade(alembic, "0011_web_sessions")
-        connection.execute(
-            sa.text("INSERT INTO users (uuid, key_hash, created_at) VALUES (:u, :h, 0)"),
-            {"u": USER, "h": "0" * 64},
-        )
+        upgrade_with_user(connection, "0011_web_sessions", USER)
         connection.execute(
             sa.text(
                 "INSERT INTO drives (uuid, user, size, cipher, created_at)"

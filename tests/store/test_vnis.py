@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, create_engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -20,9 +18,10 @@ from openhosting.store import hosts as host_store
 from openhosting.store import resources as resource_store
 from openhosting.store import servers as server_store
 from openhosting.store import vnis as vni_store
-from openhosting.store.database import MIGRATIONS, open_engine
+from openhosting.store.database import open_engine
 from openhosting.store.records import HostRecord
 from openhosting.store.tables import resources, users
+from tests.store.old_schema import upgrade_with_user
 
 USER = "11111111-1111-4111-8111-111111111111"
 # Two VLANs whose UUIDs hash to one VNI (13683501), found by trying UUIDs.
@@ -248,15 +247,8 @@ def test_the_migration_gives_existing_vlans_their_hash_or_the_next_free_vni(
 ) -> None:
     path = tmp_path / "state.sqlite"
     engine = create_engine(f"sqlite:///{path}")
-    alembic = AlembicConfig()
-    alembic.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
-        alembic.attributes["connection"] = connection
-        command.upgrade(alembic, "0015_host_agents")
-        connection.execute(
-            sa.text("INSERT INTO users (uuid, key_hash, created_at) VALUES (:u, :h, 0)"),
-            {"u": USER, "h": "0" * 64},
-        )
+        upgrade_with_user(connection, "0015_host_agents", USER)
         for kind, name in (("vlan", CLASH_B), ("vlan", CLASH_A), ("ip", "192.0.2.9")):
             connection.execute(
                 sa.text(
