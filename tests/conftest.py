@@ -22,6 +22,7 @@ from openhosting.api.routes import Handler
 from openhosting.config import Config, default_run_base, load_config
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
+from openhosting.store.database import is_sqlite
 from testbed.leftovers import kill_leftover_vms
 from testbed.postgres import PostgresServer
 from tests.disk_tmp import disk_directory
@@ -116,6 +117,23 @@ async def serve_api(
     server = TestServer(build_app(platform, handlers))
     await server.start_server(**RUNNER_OPTIONS, **options)
     return await aiohttp_client(server)
+
+
+async def changes_heard(platform: Platform, quiet_seconds: float = 0.3) -> None:
+    """On PostgreSQL, until the echoes of the commits made so far have come back on the
+    change feed (its number still for `quiet_seconds`, 10 s at most): a test that counts
+    what a cache saves must not see a late echo of its fixtures' writes empty it."""
+    if is_sqlite(platform.engine):
+        return
+    deadline = asyncio.get_running_loop().time() + 10
+    last = platform.changes.version()
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(quiet_seconds)
+        now = platform.changes.version()
+        if now is not None and now == last:
+            return
+        last = now
+    raise AssertionError("the change feed never went quiet")
 
 
 @pytest.fixture

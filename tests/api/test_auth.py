@@ -10,7 +10,7 @@ from openhosting.api.auth import AUTH_THROTTLE_KEY, VERIFIED_HEADERS_KEY
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store.tables import metadata
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, changes_heard
 
 
 async def assert_auth_refused(client: TestClient, headers: dict[str, str]) -> str:
@@ -156,6 +156,7 @@ async def test_a_header_is_checked_against_the_keys_once_until_a_commit(
         return authenticate(uuid, secret)
 
     monkeypatch.setattr(platform.accounts, "authenticate", counting)
+    await changes_heard(platform)  # PostgreSQL: the user's creation heard back, not later
     for _ in range(3):
         assert (await client.get("/drives/list", headers=basic_auth(user))).status == 200
     assert checked == [user.uuid]  # one check per request on the code before
