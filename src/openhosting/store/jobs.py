@@ -81,6 +81,12 @@ def pending_jobs(connection: Connection) -> list[JobRecord]:
     return [JobRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
+def any_queued(connection: Connection) -> bool:
+    """Whether a job waits to be claimed (by any daemon on the database)."""
+    query = select(jobs.c.id).where(jobs.c.state == QUEUED).limit(1)
+    return connection.execute(query).first() is not None
+
+
 def pending_jobs_into(connection: Connection, dst: str) -> list[JobRecord]:
     """The queued or running jobs into drive `dst`, in order."""
     query = select(jobs).where(jobs.c.dst == dst, jobs.c.state.in_(PENDING)).order_by(jobs.c.id)
