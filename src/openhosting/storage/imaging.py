@@ -579,6 +579,13 @@ def _is_zero(data: bytes | bytearray | memoryview) -> bool:
     if isinstance(data, memoryview):
         values = np.frombuffer(data, dtype=np.uint8)
         # A piece of data rarely starts with 64 zero bytes: its head settles it without a scan
-        # of the whole (a twelfth of the cost of 512 KiB pieces; ~60 ms of CPU per GiB).
-        return not values[:64].any() and not values.any()
+        # of the whole (a twelfth of the cost of 512 KiB pieces; ~60 ms of CPU per GiB). The
+        # scan ORs 8-byte words: 35-55 GB/s where any() of the bytes does 4 (a gunzip's zero
+        # runs, a quarter of bench's image, cost 60 ms of CPU per GiB that way).
+        whole = len(values) // 8 * 8
+        return (
+            not values[:64].any()
+            and not np.bitwise_or.reduce(values[:whole].view(np.uint64))
+            and not values[whole:].any()
+        )
     return data == (ZERO_CHUNK if len(data) == CHUNK else bytes(len(data)))
