@@ -426,13 +426,8 @@ class Imaging:
             self._requeue(job)
             return True
         if isinstance(outcome, Exception):
-            return self._end(job, _reason(job, outcome))
-        waiting = self._end(job, None, outcome)
-        log.info(
-            "event=imaging_done job=%s drive=%s bytes=%s seconds=%.2f",
-            job.id, job.dst, outcome, time.monotonic() - started,
-        )  # fmt: skip
-        return waiting
+            return self._end(job, started, _reason(job, outcome))
+        return self._end(job, started, None, outcome)
 
     async def _stream(
         self, job: JobRecord, stop: threading.Event, src_row: DriveRecord, dst_row: DriveRecord
@@ -537,7 +532,9 @@ class Imaging:
         log.info("event=imaging_interrupted job=%s drive=%s", job.id, job.dst)
         self._publish(job, "queued")
 
-    def _end(self, job: JobRecord, error: str | None, total: int | None = None) -> bool:
+    def _end(
+        self, job: JobRecord, started: float, error: str | None, total: int | None = None
+    ) -> bool:
         """The job is over: record how, release its claims, show what DST waits for next.
         Returns whether a job waits to be claimed."""
         values: dict[str, Any] = {"state": FAILED if error else DONE, "ended_at": time.time()}
@@ -550,6 +547,18 @@ class Imaging:
                 # Taken over by another daemon (this one's lease ran out): its end is theirs.
                 log.warning("event=imaging_lease_lost job=%s drive=%s", job.id, job.dst)
                 return True
+            # Logged before the commit: whoever sees the row's end (this runs in the imaging
+            # thread, not on the event loop) finds it in the log already.
+            if error:
+                log.warning(
+                    "event=imaging_failed job=%s drive=%s source=%s error=%r",
+                    job.id, job.dst, job.src, error,
+                )  # fmt: skip
+            else:
+                log.info(
+                    "event=imaging_done job=%s drive=%s bytes=%s seconds=%.2f",
+                    job.id, job.dst, total, time.monotonic() - started,
+                )  # fmt: skip
             job_store.delete_job_claims(connection, job.id)
             notifications.notify(connection, notifications.JOBS)  # the next job into DST
             waiting = job_store.pending_jobs_into(connection, job.dst)
@@ -563,11 +572,6 @@ class Imaging:
             self._publish(job, "failed", error)
         else:
             self._publish(job, "done")
-        if error:
-            log.warning(
-                "event=imaging_failed job=%s drive=%s source=%s error=%r",
-                job.id, job.dst, job.src, error,
-            )  # fmt: skip
         return queued
 
 
