@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from qemu.qmp import (
     ConnectError,
+    EventListener,
     ExecInterruptedError,
     ExecuteError,
     Message,
@@ -81,6 +82,43 @@ class MonitorEvent:
         """The `reason` of SHUTDOWN/RESET events (`guest-shutdown`, `host-qmp-quit`, ...)."""
         reason = self.data.get("reason")
         return reason if isinstance(reason, str) else None
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A block job under way (`query-block-jobs`): whether it is READY, and how far it is
+    (`offset` of `length` bytes; the length grows with the guest's writes meanwhile)."""
+
+    ready: bool
+    offset: int
+    length: int
+
+
+class EventStream:
+    """Events of one `Monitor.listen`, a copy of each apart from the VM's watcher's."""
+
+    def __init__(self, listener: EventListener, closed: asyncio.Event) -> None:
+        self._listener = listener
+        self._closed = closed
+
+    async def next(self, timeout: float) -> MonitorEvent | None:
+        """The next event, or None if none came within `timeout` s; `HypervisorError` once
+        QEMU closed the connection and every event was read."""
+        if not self._listener.empty():
+            return _event(await self._listener.get())
+        if self._closed.is_set():
+            raise HypervisorError("QMP connection closed")
+        getter = asyncio.ensure_future(self._listener.get())
+        closed = asyncio.ensure_future(self._closed.wait())
+        await asyncio.wait({getter, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (getter, closed):
+            waiter.cancel()
+        # Checked after cancelling: an event that arrived meanwhile is not dropped.
+        if getter.done() and not getter.cancelled():
+            return _event(getter.result())
+        if closed.done() and not closed.cancelled():
+            raise HypervisorError("QMP connection closed")
+        return None
 
 
 class Monitor:
@@ -364,6 +402,36 @@ class Monitor:
             raise HypervisorError(f"QMP query-block-jobs answered {result!r}")
         return {str(job["device"]): bool(job.get("ready")) for job in result}
 
+    async def query_job_progress(self) -> dict[str, JobProgress]:
+        """The block jobs under way, by id: whether each is READY, and how far it is."""
+        result = await self.execute("query-block-jobs")
+        if not isinstance(result, list):
+            raise HypervisorError(f"QMP query-block-jobs answered {result!r}")
+        return {
+            str(job["device"]): JobProgress(
+                bool(job.get("ready")), int(job.get("offset", 0)), int(job.get("len", 0))
+            )
+            for job in result
+        }
+
+    async def query_migration(self) -> dict[str, object]:
+        """`query-migrate`'s answer: the migration's `status`, its `ram` counters..."""
+        result = await self.execute("query-migrate")
+        if not isinstance(result, dict):
+            raise HypervisorError(f"QMP query-migrate answered {result!r}")
+        return result
+
+    async def query_migration_parameters(self) -> dict[str, object]:
+        """`query-migrate-parameters`' answer: `max-bandwidth`, `downtime-limit`..."""
+        result = await self.execute("query-migrate-parameters")
+        if not isinstance(result, dict):
+            raise HypervisorError(f"QMP query-migrate-parameters answered {result!r}")
+        return result
+
+    async def migrate_continue(self, state: str) -> None:
+        """Let a migration paused in `state` (`pre-switchover`) go on."""
+        await self.execute("migrate-continue", {"state": state})
+
     async def query_vcpu_threads(self) -> list[int]:
         """The host thread id of each vCPU, in vCPU order (`query-cpus-fast`)."""
         result = await self.execute("query-cpus-fast")
@@ -422,6 +490,18 @@ class Monitor:
         except TimeoutError:
             raise HypervisorError(f"no QMP {name} event within {timeout:g} s") from None
         raise HypervisorError(f"QMP connection closed before a {name} event")
+
+    @contextlib.contextmanager
+    def listen(self, *names: str) -> Iterator[EventStream]:
+        """The events called `names` from now on, while the block runs. A copy of each:
+        the VM's watcher (vm.py) still gets its own, so a step waits for QEMU's word
+        rather than asking again and again."""
+        listener = EventListener(names)
+        self._qmp.register_listener(listener)
+        try:
+            yield EventStream(listener, self._closed)
+        finally:
+            self._qmp.remove_listener(listener)
 
     async def _next_event(self, timeout: float | None) -> MonitorEvent | None:
         listener = self._qmp.events
