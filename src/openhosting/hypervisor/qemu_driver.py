@@ -419,8 +419,7 @@ class QemuDriver:
             revert.add(functools.partial(self._migrating.discard, server))
             revert.add(functools.partial(self._run_on, vm))
             tls, limit = self._tls_load(self.run_dir(server)), self._migration_bandwidth
-            jobs = await migration.mirror_drives(vm.monitor, target, revert, timeout, tls, limit)
-            await migration.send_state(vm.monitor, target, jobs, revert, timeout, limit)
+            await migration.migrate_out(vm.monitor, target, revert, timeout, tls, limit)
             revert.success()
         log.info("event=vm_migrated_out server=%s", server)
 
