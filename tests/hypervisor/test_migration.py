@@ -14,7 +14,7 @@ from openhosting.config import ConfigError, HypervisorSettings
 from openhosting.hypervisor.driver import IncomingRequest, StartRequest, VmState, VmStatus
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHost, FakeHypervisor
-from openhosting.hypervisor.migration import OVERLAP_SECONDS, live_migrate, state_is_due
+from openhosting.hypervisor.migration import live_migrate
 from openhosting.hypervisor.monitor import (
     UNLIMITED_BANDWIDTH,
     bandwidth_parameters,
@@ -130,12 +130,3 @@ def test_the_limit_goes_to_the_state_s_stream_and_the_drives_copy() -> None:
         **unlimited,
         "speed": 100 << 20,
     }
-
-
-def test_the_state_is_due_once_the_mirrors_are_ready_in_the_overlap_at_their_pace() -> None:
-    # 100 MB copied in 1 s: 100 MB/s.
-    assert state_is_due(int(100e6 * OVERLAP_SECONDS), 100_000_000, 1.0)
-    assert not state_is_due(int(100e6 * OVERLAP_SECONDS * 1.5), 100_000_000, 1.0)
-    # Nothing copied yet: no pace to tell, not due; nothing left: due.
-    assert not state_is_due(1, 0, 0.5) and not state_is_due(1, 0, 0.0)
-    assert state_is_due(0, 0, 0.0)

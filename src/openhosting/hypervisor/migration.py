@@ -14,13 +14,12 @@ The sequence, each step bounded by a timeout and undone by a `Reverter` if a lat
    target made its file with the LUKS header first, opened it as a start does (passphrase
    file written, then removed) and exports its `file` node; the source mirrors its luks
    node into a luks node over that export, so the same key writes the same ciphertext.
-3. Source (`send_state`): `migrate` to the target once the mirrors are READY in about
-   `OVERLAP_SECONDS` (at the pace they copied so far), so the state's stream and the end of
-   the drives' copy overlap. With `pause-before-switchover` QEMU pauses the guest for the
-   state's last round and waits: the mirrors are READY (else the daemon waits for them, the
-   guest paused), and each is cancelled, which for a READY job is a completion without
-   switching the source over to the copy; then `migrate-continue` sends the devices' state
-   and the source ends paused (`postmigrate`).
+3. Source (`send_state`): once every job is READY, `migrate` to the target. With
+   `pause-before-switchover` QEMU pauses the guest for the state's last round and waits:
+   each mirror job is cancelled, which for a READY job is a completion without switching
+   the source over to the copy; then `migrate-continue` sends the devices' state and the
+   source ends paused (`postmigrate`). Why the state does not go beside the mirrors:
+   `send_state`.
 4. Target (`take_over`): the state is in; the NBD server stops and `cont` runs the guest.
 5. Source: ended (the caller's). Had step 4 failed, a `cont` on the source takes its drives
    back and runs the guest on.
@@ -28,10 +27,7 @@ The sequence, each step bounded by a timeout and undone by a `Reverter` if a lat
 The daemon waits for QEMU's events (BLOCK_JOB_READY, BLOCK_JOB_COMPLETED, MIGRATION with
 the `events` capability), each a copy of its own (`Monitor.listen`: the held VM's watcher,
 vm.py, gets them too), and looks at the state of what it waits for once a second all the
-same. Only until the state is due does it look at the mirrors' progress, every
-`DUE_LOOK_SECONDS`.
-
-Where a move's time goes, and why the state does not go with the whole copy: docs/cluster.md.
+same. Where a move's time goes: docs/cluster.md.
 
 `live_migrate` (moves.py, re-exported here) runs the five steps through two
 `MigratingDriver`s, so the same order holds whether the drivers are local or agents on two
@@ -72,11 +68,6 @@ log = logging.getLogger("openhosting.hypervisor")
 # The daemon waits for QEMU's events (`Monitor.listen`), and looks at the state of what it
 # waits for this often all the same, should an event be missed.
 LOOK_SECONDS = 1.0
-# The state's stream starts when the mirrors are READY in about this many seconds
-# (state_is_due): it overlaps their end, and may add as much to the guest's downtime.
-OVERLAP_SECONDS = 0.15
-# How often the mirrors' progress is looked at until then (`query-block-jobs`).
-DUE_LOOK_SECONDS = 0.05
 # A mirror job's undo: cancelled at once (`force`), so its end is quick.
 UNDO_SECONDS = 30.0
 _SOURCE_CAPABILITIES = ("pause-before-switchover", "events")
@@ -314,13 +305,19 @@ async def send_state(
     max_bandwidth: int = 0,
 ) -> None:
     """Source: send the VM's state to the target (at most `max_bandwidth` bytes/s; 0: no
-    limit) during the last `OVERLAP_SECONDS` of the mirror `jobs`' copy of the drives;
-    `events` are theirs and the migration's.
+    limit) once the mirror `jobs` are READY; `events` are theirs and the migration's.
+
+    Not before: the state's last round, which pauses the guest, comes when QEMU finds little
+    left to send, and an idle guest's memory goes faster than any guess of it (a zero page
+    costs a few bytes on the wire, whatever the bandwidth set). Sent beside the mirrors'
+    rest, it also slows that rest down (the target's QEMU takes both in its one main
+    thread): begun 0.15 s before they were due READY, it once paused the guest 1.6 s.
 
     The state's stream pauses before its switch-over (`pause-before-switchover`): with the
     guest paused, the mirrors are completed (every write of a READY job reached the target
     before the guest saw it done: nothing is left to copy), then the devices' state goes,
-    and the source ends paused (`postmigrate`)."""
+    and the source ends paused (`postmigrate`): the target never holds a state newer than
+    its drives."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     revert.add(functools.partial(_quietly, monitor.cancel_migration))
@@ -335,8 +332,8 @@ async def send_state(
         await monitor.set_migration_parameters(parameters)
         undo = functools.partial(monitor.set_migration_parameters, _NO_TLS)
         revert.add(functools.partial(_quietly, undo))
-    mirrors = _Mirrors(monitor, events, jobs, loop.time(), deadline)
-    await mirrors.until_due()
+    mirrors = _Mirrors(monitor, events, jobs, deadline)
+    await mirrors.until_ready()
     await monitor.migrate(target.migration_uri, max_bandwidth)
     await mirrors.until_switchover()
     # The guest is paused: the mirrors end with their last writes on the target.
@@ -349,46 +346,34 @@ async def send_state(
 
 
 class _Mirrors:
-    """The mirror jobs of one migration as their QMP events tell it, and when its state is
-    due: its last round pauses the guest, which then waits for the jobs still copying,
-    so the state starts only once they are READY or nearly (`state_is_due`)."""
+    """The mirror jobs of one migration, and the migration, as their QMP events tell it."""
 
     def __init__(
-        self,
-        monitor: Monitor,
-        events: EventStream,
-        jobs: list[str],
-        started: float,
-        deadline: float,
+        self, monitor: Monitor, events: EventStream, jobs: list[str], deadline: float
     ) -> None:
         self._monitor = monitor
         self._events = events
         self._jobs = set(jobs)
-        self._started = started
         self._deadline = deadline
         self._ready: set[str] = set()
         self._paused = False  # the migration waits before its switch-over
 
-    async def until_due(self) -> None:
-        """Wait until the state is due: every job READY, or READY in about
-        `OVERLAP_SECONDS` at the pace they copied so far."""
+    async def until_ready(self) -> None:
+        """Wait until every job is READY."""
         while self._ready < self._jobs:
-            if await self._next(DUE_LOOK_SECONDS):
+            if await self._next(LOOK_SECONDS):
                 continue
-            progress = await self._monitor.query_job_progress()
-            if missing := sorted(self._jobs - set(progress)):
+            # Looked at all the same, should an event have been missed.
+            found = await self._monitor.query_block_jobs()
+            if missing := sorted(self._jobs - set(found)):
                 # With auto-dismiss a failed job vanishes; its error is in its event.
                 raise HypervisorError(f"mirror jobs {missing} ended before they were ready")
-            mine = [progress[job] for job in self._jobs - self._ready]
-            copied = sum(job.offset for job in mine)
-            left = sum(job.length - job.offset for job in mine)
-            elapsed = asyncio.get_running_loop().time() - self._started
-            if state_is_due(left, copied, elapsed):
-                return
+            self._ready |= {job for job in self._jobs if found[job]}
 
     async def until_switchover(self) -> None:
-        """Wait until every job is READY and the migration paused before its switch-over."""
-        while not (self._paused and self._ready >= self._jobs):
+        """Wait until the migration paused before its switch-over (a job that fails
+        meanwhile ends the wait with its error)."""
+        while not self._paused:
             if not await self._next(LOOK_SECONDS):
                 # Looked at all the same, should its event have been missed.
                 self._paused = await _migration_status(self._monitor) == "pre-switchover"
@@ -408,29 +393,12 @@ class _Mirrors:
         elif event.name in _JOB_ENDS and job in self._jobs:
             # A mirror ends by itself only when it fails (auto-dismissed once it has).
             error = event.data.get("error", "no reason given")
-            raise HypervisorError(f"mirror job {job} ended before it was ready: {error}")
+            raise HypervisorError(f"mirror job {job} ended before its completion: {error}")
         elif event.name == "MIGRATION" and event.data.get("status") in _MIGRATION_ENDS:
             await _migration_status(self._monitor)  # raises, with QEMU's reason
         elif event.name == "MIGRATION" and event.data.get("status") == "pre-switchover":
             self._paused = True
-            if self._ready < self._jobs:
-                # The state was quicker than the mirrors' rest: the guest stays paused
-                # until they are READY, and the downtime grows by that wait.
-                missing = sorted(self._jobs - self._ready)
-                log.warning("event=migration_waits_for_mirrors jobs=%s", missing)
         return True
-
-
-def state_is_due(left: int, copied: int, elapsed: float) -> bool:
-    """Whether a migration's state is due while its mirrors have `left` bytes to copy,
-    `copied` copied in `elapsed` s: they are READY in `OVERLAP_SECONDS` at that pace.
-
-    Not earlier: the state's last round pauses the guest until the mirrors are READY, and
-    an idle guest's state may take less time than any guess of it (its zero pages cost
-    nearly nothing), so the downtime may grow by up to that much."""
-    if left <= 0:
-        return True
-    return copied > 0 and elapsed > 0 and left / (copied / elapsed) <= OVERLAP_SECONDS
 
 
 async def wait_migrated(monitor: Monitor, events: EventStream, timeout: float) -> None:

@@ -84,16 +84,6 @@ class MonitorEvent:
         return reason if isinstance(reason, str) else None
 
 
-@dataclass(frozen=True)
-class JobProgress:
-    """A block job under way (`query-block-jobs`): whether it is READY, and how far it is
-    (`offset` of `length` bytes; the length grows with the guest's writes meanwhile)."""
-
-    ready: bool
-    offset: int
-    length: int
-
-
 class EventStream:
     """Events of one `Monitor.listen`, a copy of each apart from the VM's watcher's."""
 
@@ -401,18 +391,6 @@ class Monitor:
         if not isinstance(result, list):
             raise HypervisorError(f"QMP query-block-jobs answered {result!r}")
         return {str(job["device"]): bool(job.get("ready")) for job in result}
-
-    async def query_job_progress(self) -> dict[str, JobProgress]:
-        """The block jobs under way, by id: whether each is READY, and how far it is."""
-        result = await self.execute("query-block-jobs")
-        if not isinstance(result, list):
-            raise HypervisorError(f"QMP query-block-jobs answered {result!r}")
-        return {
-            str(job["device"]): JobProgress(
-                bool(job.get("ready")), int(job.get("offset", 0)), int(job.get("len", 0))
-            )
-            for job in result
-        }
 
     async def query_migration(self) -> dict[str, object]:
         """`query-migrate`'s answer: the migration's `status`, its `ram` counters..."""

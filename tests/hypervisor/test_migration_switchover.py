@@ -1,12 +1,10 @@
-"""The state of a migrating VM goes while its drive's mirror ends, not after it: the source
-starts the state's stream once the mirror is READY in about `OVERLAP_SECONDS`, and the
-stream pauses before its switch-over (`pause-before-switchover`) so the mirror completes
-with the guest paused; the daemon follows both by QMP events. A move that fails half-way
+"""A migrating VM's state goes once its drive's mirror is READY and pauses before its
+switch-over (`pause-before-switchover`): the mirror is completed with the guest paused, then
+the devices' state goes; the daemon follows both by QMP events. A move that fails half-way
 leaves the source running, with nothing of the switch-over's pause left for a later save.
 
 Real QEMU under TCG over TLS (tests/hypervisor/test_migration_tls.py's hosts): a VM without
-a guest and a drive of data whose mirror is held at 8 MiB/s (`migration_max_bandwidth`), so
-that the state is due before it is READY.
+a guest and an 8 MiB drive of data.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.hypervisor import migration, process
+from openhosting.hypervisor import process
 from openhosting.hypervisor.driver import IncomingRequest, StartRequest, VmState
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.migration import live_migrate
@@ -35,7 +33,6 @@ from tests.hypervisor.test_migration_tls import TIMEOUT, Hosts
 pytestmark = pytest.mark.integration
 
 DRIVE_BYTES = 8 << 20
-MIB_PER_SECOND = 8  # the mirror's pace: about a second for the drive
 
 
 @pytest.fixture
@@ -64,10 +61,10 @@ def moved_to(target: QemuDriver, spec: VmSpec) -> IncomingRequest:
 
 
 async def events_until(monitor: Monitor, done: asyncio.Future[object]) -> list[str]:
-    """The source's MIGRATION statuses and READY mirrors, in order, until `done` (or QEMU
+    """The source's MIGRATION statuses and mirror events, in order, until `done` (or QEMU
     hangs up: the source ends once the VM moved)."""
     seen: list[str] = []
-    with monitor.listen("MIGRATION", "BLOCK_JOB_READY") as events:
+    with monitor.listen("MIGRATION", "BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED") as events:
         for _ in range(int(TIMEOUT / 0.05)):  # bounded
             try:
                 event = await events.next(0.05)
@@ -80,13 +77,10 @@ async def events_until(monitor: Monitor, done: asyncio.Future[object]) -> list[s
     return seen
 
 
-async def test_the_state_goes_while_the_mirror_ends_and_the_mirror_completes_paused(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
+async def test_the_state_goes_once_the_mirror_is_ready_and_the_mirror_completes_paused(
+    workdir: Path,
 ) -> None:
-    # Due half a second before the mirror is READY: a loaded machine's late look still
-    # comes before it.
-    monkeypatch.setattr(migration, "OVERLAP_SECONDS", 0.5)
-    hosts = Hosts(workdir, migration_max_bandwidth=MIB_PER_SECOND)
+    hosts = Hosts(workdir)
     try:
         cluster = make_cluster(workdir)
         a, b = hosts.host("hv-a", cluster.host("hv-a")), hosts.host("hv-b", cluster.host("hv-b"))
@@ -98,10 +92,12 @@ async def test_the_state_goes_while_the_mirror_ends_and_the_mirror_completes_pau
         seen = await events_until(a.vm(spec.uuid).monitor, move)
         status = await move
 
-        # The state's stream began before the mirror was READY, paused before its
-        # switch-over, and completed once the mirror had.
-        assert seen.index("setup") < seen.index("BLOCK_JOB_READY") < seen.index("pre-switchover")
-        assert seen[-1] == "completed"
+        # The state's stream began once the mirror was READY, paused before its switch-over,
+        # and the devices' state went once the mirror had completed, the guest paused.
+        assert seen == [
+            "BLOCK_JOB_READY", "setup", "active", "pre-switchover", "BLOCK_JOB_COMPLETED",
+            "device", "completed",
+        ]  # fmt: skip
         assert (status.state, a.held(), b.held()) == (VmState.RUNNING, [], [spec.uuid])
         assert hosts.events == []
         await b.stop(spec.uuid)
@@ -113,7 +109,7 @@ async def test_the_state_goes_while_the_mirror_ends_and_the_mirror_completes_pau
 async def test_a_target_killed_during_the_state_leaves_the_source_running_as_before(
     workdir: Path,
 ) -> None:
-    hosts = Hosts(workdir, migration_max_bandwidth=MIB_PER_SECOND)
+    hosts = Hosts(workdir)
     try:
         cluster = make_cluster(workdir)
         a, b = hosts.host("hv-a", cluster.host("hv-a")), hosts.host("hv-b", cluster.host("hv-b"))
