@@ -2,6 +2,7 @@
 switch-over (`pause-before-switchover`): the mirror is completed with the guest paused, then
 the devices' state goes; the daemon follows both by QMP events. A move that fails half-way
 leaves the source running, with nothing of the switch-over's pause left for a later save.
+A plain drive's zeros cross as zero requests and land as holes.
 
 Real QEMU under TCG over TLS (tests/hypervisor/test_migration_tls.py's hosts): a VM without
 a guest and an 8 MiB drive of data.
@@ -136,5 +137,29 @@ async def test_a_target_killed_during_the_state_leaves_the_source_running_as_bef
         assert "pause-before-switchover" not in on
         assert b.held() == [] and await b.unheld() == []
         assert not (workdir / "b.raw").exists()
+    finally:
+        await hosts.close()
+
+
+async def test_a_drive_s_zeros_cross_as_zero_requests_and_land_as_holes(workdir: Path) -> None:
+    hosts = Hosts(workdir)
+    try:
+        cluster = make_cluster(workdir)
+        a, b = hosts.host("hv-a", cluster.host("hv-a")), hosts.host("hv-b", cluster.host("hv-b"))
+        spec = vm_with_data(a, workdir)
+        data = spec.disks[0].path.read_bytes()
+        # Zeros written (allocated in the source's file), between two MiB of data.
+        zeros = bytes(DRIVE_BYTES - (2 << 20))
+        spec.disks[0].path.write_bytes(data[: 1 << 20] + zeros + data[: 1 << 20])
+        await a.start(StartRequest(spec))
+        request = moved_to(b, spec)
+
+        await live_migrate(a, b, request, TIMEOUT)
+        await b.stop(spec.uuid)
+
+        landed = request.start.spec.disks[0].path
+        assert landed.read_bytes() == spec.disks[0].path.read_bytes()
+        # The two MiB of data take room; the zeros do not (st_blocks: 512-byte units).
+        assert landed.stat().st_blocks * 512 <= 3 << 20 < spec.disks[0].path.stat().st_blocks * 512
     finally:
         await hosts.close()

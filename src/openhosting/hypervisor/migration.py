@@ -261,10 +261,13 @@ async def mirror_drives(
     jobs = []
     for node, export in target.exports:
         client = f"{_PREFIX}{node}"
-        await monitor.add_nbd_node(client, target.nbd_address, export, tls_options)
+        # A plain drive's zeros cross as zero requests and land as holes, as they do in the
+        # source's file (discard=unmap); an encrypted drive's ciphertext is never zeros.
+        plain = drivers.get(node) != "luks"
+        await monitor.add_nbd_node(client, target.nbd_address, export, tls_options, plain)
         revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, client)))
         job = client
-        if drivers.get(node) == "luks":
+        if not plain:
             # QEMU mirrors root nodes only ("Need a root block node"), so not the file node
             # under the luks one: the plaintext is mirrored into a luks node over the target's
             # file, opened from the header already there with this drive's own secret. Same

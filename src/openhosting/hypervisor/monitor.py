@@ -356,11 +356,21 @@ class Monitor:
         await self.execute("nbd-server-stop")
 
     async def add_nbd_node(
-        self, node: str, address: str, export: str, tls: Mapping[str, str] | None = None
+        self,
+        node: str,
+        address: str,
+        export: str,
+        tls: Mapping[str, str] | None = None,
+        zeroes_as_holes: bool = False,
     ) -> None:
         """A block node `node` reading and writing `export` of the NBD server at `address`
-        (`unix:PATH` or `tcp:HOST:PORT`; `tls`: its `tls-creds` and `tls-hostname`)."""
+        (`unix:PATH` or `tcp:HOST:PORT`; `tls`: its `tls-creds` and `tls-hostname`). With
+        `zeroes_as_holes`, a write of zeros goes as a zero request that may punch a hole
+        (`detect-zeroes: unmap`): a few bytes on the wire instead of the zeros."""
         kind, data = _socket_address(address)
+        zeroes: dict[str, object] = (
+            {"detect-zeroes": "unmap", "discard": "unmap"} if zeroes_as_holes else {}
+        )
         await self.execute(
             "blockdev-add",
             {
@@ -369,6 +379,7 @@ class Monitor:
                 "server": {"type": kind, **data},
                 "export": export,
                 **(tls or {}),
+                **zeroes,
             },
         )
 
