@@ -30,6 +30,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -62,25 +63,28 @@ def add_storage_routes(app: web.Application, storage: LocalDriveStorage) -> None
         ("hash", _hash),
         ("read", _read),
         ("write", _write),
+        ("remove_orphan", _remove_orphan),
     ):
-        app.router.add_post(f"/storage/{action}", _refusals(handler))
-    app.router.add_post("/storage/remove_orphan", _refusals(_remove_orphan))
-    app.router.add_post("/storage/files", _files)
+        app.router.add_post(f"/storage/{action}", _answering(StorageCall.decode, handler))
+    app.router.add_post("/storage/files", _answering(FilesCall.decode, _files))
 
 
-Handler = Callable[[web.Request, LocalDriveStorage, StorageCall], Awaitable[web.StreamResponse]]
+CallT = TypeVar("CallT", StorageCall, FilesCall)
+Handler = Callable[[web.Request, LocalDriveStorage, CallT], Awaitable[web.StreamResponse]]
 
 
-def _refusals(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The call decoded from its first line, and an API error answered with its kind."""
+def _answering(
+    decode: Callable[[bytes], CallT], handler: Handler[CallT]
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The call decoded from its first line by `decode`, and an API error answered with its
+    kind."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             line = await request.content.readline()
             if len(line) > MAX_CALL_LINE:
                 raise UsageError("storage call line too long")
-            call = StorageCall.decode(line)
-            return await handler(request, request.app[STORAGE_KEY], call)
+            return await handler(request, request.app[STORAGE_KEY], decode(line))
         except ApiError as error:
             return web.json_response(
                 {"error": error.message, "kind": error.kind}, status=error.status
@@ -126,16 +130,11 @@ async def _remove_orphan(
     return _answer(removed)
 
 
-async def _files(request: web.Request) -> web.Response:
+async def _files(
+    _request: web.Request, storage: LocalDriveStorage, call: FilesCall
+) -> web.Response:
     """One page of this host's drive files (no drive named: not a `StorageCall`)."""
-    try:
-        line = await request.content.readline()
-        if len(line) > MAX_CALL_LINE:
-            raise UsageError("storage call line too long")
-        call = FilesCall.decode(line)
-    except ApiError as error:
-        return web.json_response({"error": error.message, "kind": error.kind}, status=error.status)
-    files = await request.app[STORAGE_KEY].list_files(call.after, call.limit)
+    files = await storage.list_files(call.after, call.limit)
     return _answer([[file.drive, file.tier, file.size, file.age] for file in files])
 
 
