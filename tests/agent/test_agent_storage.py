@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from openhosting.agent.host_connection import HostConnection
 from openhosting.agent.pki import Bundle, control_context
 from openhosting.agent.server import own_drive_paths
 from openhosting.errors import FailedError, FullError, MissingError, UnavailableError
@@ -52,7 +53,9 @@ def agent_a(cluster: Cluster, agent_dir: Path) -> Iterator[AgentProcess]:
 def storage_of(
     agent: AgentProcess, cluster: Cluster, bundle: Bundle | None = None
 ) -> RemoteDriveStorage:
-    return RemoteDriveStorage("hv-a", agent.address, control_context(bundle or cluster.control))
+    return RemoteDriveStorage(
+        HostConnection("hv-a", agent.address, control_context(bundle or cluster.control))
+    )
 
 
 class Noted:
@@ -189,7 +192,9 @@ def test_refusals_come_back_as_the_api_errors_and_a_cut_staged_write_changes_not
             # A drive the agent does not have is missing; an unreachable agent fails.
             with pytest.raises(MissingError):
                 await read(storage, str(uuid.uuid4()), 0, 10)
-            gone = RemoteDriveStorage("hv-a", "127.0.0.1:1", control_context(cluster.control))
+            gone = RemoteDriveStorage(
+                HostConnection("hv-a", "127.0.0.1:1", control_context(cluster.control))
+            )
             with pytest.raises(UnavailableError, match="hv-a"):
                 await gone.create(str(uuid.uuid4()), "disk", MIB, None)
             assert not gone.is_available(drive, "disk")

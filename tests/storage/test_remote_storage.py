@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from openhosting.agent.host_connection import HostConnection
 from openhosting.errors import FullError
 from openhosting.storage import remote_storage
 from openhosting.storage.drive_storage import DriveBytes
@@ -56,7 +57,9 @@ class PacedAgent:
 
 
 def storage_with(agent: PacedAgent, monkeypatch: pytest.MonkeyPatch) -> RemoteDriveStorage:
-    storage = RemoteDriveStorage("hv-a", "127.0.0.1:1", ssl.create_default_context())
+    storage = RemoteDriveStorage(
+        HostConnection("hv-a", "127.0.0.1:1", ssl.create_default_context())
+    )
     monkeypatch.setattr(storage, "post", agent.post)
     return storage
 

@@ -5,7 +5,7 @@ Memory stays flat whatever the size: a write's bytes are gathered into pieces of
 `SEND_PIECE` that go out through a queue of `WRITE_QUEUE` (the client's request body reads
 from it; a slow agent makes `write` wait, and so the API request's reading of its client); a
 read's answer is passed on as it arrives (aiohttp's stream pauses the agent's socket beyond
-its buffer of `READ_BUFFER`).
+its buffer of `READ_BUFFER`, agent/host_connection.py).
 
 Deadlines: a plain call has `CALL_TIMEOUT`; a stream may last as long as its bytes take, but
 no `STALL_TIMEOUT` without a byte moving. An agent that cannot be reached or does not answer
@@ -20,13 +20,13 @@ import asyncio
 import base64
 import contextlib
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from openhosting.agent.host_connection import HostConnection
 from openhosting.errors import ERROR_TYPES, ApiError, FailedError, FullError, UnavailableError
 from openhosting.reverter import Reverter
 from openhosting.storage.drive_files import PlainDriveIO
@@ -41,8 +41,6 @@ from openhosting.storage.storage_calls import encode_call
 
 log = logging.getLogger("openhosting.storage.remote")
 
-CALL_TIMEOUT = 15.0
-CONNECT_TIMEOUT = 5.0
 # Seconds a stream may go without a byte moving before it is given up.
 STALL_TIMEOUT = 60.0
 # Bytes per second a hash on the agent is given at the least (a slow disk's).
@@ -52,46 +50,22 @@ HASH_RATE = 20e6
 # at most WRITE_QUEUE of them queued beside the one being gathered.
 SEND_PIECE = 1 << 20
 WRITE_QUEUE = 2
-# The read side's buffer of an agent's answer: larger pieces to send on, fewer awaits.
-READ_BUFFER = 1 << 20
-# Seconds for the TLS close of a session's connections (as the remote driver's).
-TLS_CLOSE_GRACE = 0.25
 
 
 class RemoteDriveStorage:
-    """The drives of host `host`, whose agent listens on `address` (HOST:PORT)."""
+    """The drives of the host whose agent `agent` calls."""
 
-    def __init__(
-        self,
-        host: str,
-        address: str,
-        context: ssl.SSLContext,
-        *,
-        call_timeout: float = CALL_TIMEOUT,
-        stall_timeout: float = STALL_TIMEOUT,
-    ) -> None:
-        self.host = host
-        self.address = address
-        self._base = f"https://{address}/storage"
-        self._context = context
-        self._call_timeout = call_timeout
+    def __init__(self, agent: HostConnection, *, stall_timeout: float = STALL_TIMEOUT) -> None:
+        self.agent = agent
+        self.host = agent.host
         self._stall_timeout = stall_timeout
-        self._session: aiohttp.ClientSession | None = None
         self.reachable = True  # the last call's outcome (`is_available`)
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT),
-                read_bufsize=READ_BUFFER,
-            )
-        return self._session
 
     def unreachable(self, error: object) -> UnavailableError:
         """503 `failed`, as for a server on a host gone away: it may work once it is back."""
         self.reachable = False
         return UnavailableError(
-            f"Host {self.host}'s agent at {self.address} did not answer: {error}"
+            f"Host {self.host}'s agent at {self.agent.address} did not answer: {error}"
         )
 
     async def post(
@@ -99,10 +73,10 @@ class RemoteDriveStorage:
     ) -> aiohttp.ClientResponse:
         """Send one call; the response once its status is known (refusals raised)."""
         try:
-            response = await self._client().post(
-                f"{self._base}/{action}",
+            response = await self.agent.session().post(
+                f"{self.agent.base_url}/storage/{action}",
                 data=body,
-                ssl=self._context,
+                ssl=self.agent.context,
                 server_hostname=self.host,
                 timeout=timeout,
             )
@@ -122,10 +96,10 @@ class RemoteDriveStorage:
         return response
 
     async def _call(self, action: str, **fields: Any) -> Any:
-        timeout = aiohttp.ClientTimeout(total=self._call_timeout)
+        timeout = aiohttp.ClientTimeout(total=self.agent.call_timeout)
         response = await self.post(action, encode_call(**fields), timeout)
         try:
-            async with asyncio.timeout(self._call_timeout):
+            async with asyncio.timeout(self.agent.call_timeout):
                 return (await response.json())["answer"]
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
             raise self.unreachable(error) from None
@@ -134,7 +108,7 @@ class RemoteDriveStorage:
 
     def _stream_timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(
-            sock_connect=CONNECT_TIMEOUT, sock_read=self._stall_timeout, total=None
+            sock_connect=self.agent.connect_timeout, sock_read=self._stall_timeout, total=None
         )
 
     # -- DriveStorage ------------------------------------------------------------------
@@ -171,7 +145,8 @@ class RemoteDriveStorage:
         # Hashing reads the whole range on the agent before a byte of answer: its deadline
         # grows with the range, at HASH_RATE at worst.
         timeout = aiohttp.ClientTimeout(
-            sock_connect=CONNECT_TIMEOUT, total=self._stall_timeout + count / HASH_RATE
+            sock_connect=self.agent.connect_timeout,
+            total=self._stall_timeout + count / HASH_RATE,
         )
         response = await self.post("hash", encode_call(**fields), timeout)
         try:
@@ -206,10 +181,7 @@ class RemoteDriveStorage:
         return RemoteWrite(self, call, staged, on_close)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            await asyncio.sleep(TLS_CLOSE_GRACE)
+        await self.agent.close()
 
 
 class RemoteRead:
