@@ -14,7 +14,8 @@ Live migrations in and out of this host (QEMU) go over TLS with the same bundle,
 against the cluster CA and, for a target, its host name; they listen on
 `hypervisor.migration_address` (docs/cluster.md).
 It also serves the bytes of the drives placed on this host, kept in its own drive directories
-(`storage.tiers`, by default `<state_dir>/drives`).
+(`storage.tiers`, by default `<state_dir>/drives`); their reads and writes come on connections
+of their own to the same port, each served by a thread (agent/drive_streams.py).
 
 Once it listens it prints `listening HOST:PORT` (with `--listen HOST:0`, the port the kernel
 chose). On SIGTERM or SIGINT it lets go of its VMs without stopping them: they run on, for the
@@ -35,6 +36,7 @@ from pathlib import Path
 from aiohttp import web
 from cryptography import x509
 
+from openhosting.agent.drive_streams import AgentListener, DriveStreams
 from openhosting.agent.pki import Bundle, ClusterTlsError, agent_context, host_bundle, role_of
 from openhosting.agent.server import AgentNetwork, make_app
 from openhosting.config import ConfigError, load_config
@@ -89,9 +91,10 @@ async def serve(
     (they run on, and so do their NICs)."""
     runner = web.AppRunner(make_app(driver, capacity, storage, network), handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=context)
-    await site.start()
-    bound = runner.addresses[0]
+    assert runner.server is not None  # made by `setup`
+    streams = None if storage is None else DriveStreams(storage, context)
+    listener = AgentListener(runner.server, context, streams)
+    bound = await listener.start(host, port)
     print(f"listening {bound[0]}:{bound[1]}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,6 +103,7 @@ async def serve(
     try:
         await stopping.wait()
     finally:
+        await listener.close()
         await runner.cleanup()
         idle = not driver.held()
         await driver.detach_all()
