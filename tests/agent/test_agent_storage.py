@@ -120,6 +120,7 @@ def test_the_agent_keeps_its_drives_in_its_own_directory_and_streams_their_bytes
                 assert await plan.sha256() == hashlib.sha256(data).hexdigest()
                 plan.close()
             assert path.read_bytes()[1000 : 1000 + len(data)] == data  # the agent's own file
+            assert "reverter_left_open" not in agent_a.log.read_text()  # allocate closes
             # The encrypted one's file holds no plaintext.
             assert data[:4096] not in (path.parent / f"{secret}.img").read_bytes()
 

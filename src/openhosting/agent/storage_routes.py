@@ -33,7 +33,6 @@ from typing import TypeVar
 from aiohttp import web
 
 from openhosting.errors import ApiError, MissingError, UsageError
-from openhosting.reverter import Reverter
 from openhosting.storage.drive_storage import DriveBytes
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.storage.storage_calls import FilesCall, StorageCall
@@ -146,9 +145,12 @@ async def _allocate(
     """Give a raw write's range its blocks before its bytes come (`DriveWrite.reserve`)."""
     _check_exists(storage, call)
     writer = storage.open_write(_bytes_of(call), call.offset, call.size, False, _nothing)
-    async with Reverter() as revert:
-        revert.add(writer.abort)
+    try:
         await writer.reserve(call.count)
+    finally:
+        # Not an undo: the blocks stay given; the writer only served to give them, and a
+        # Reverter never told success() logged each allocation as left open.
+        await writer.abort()
     return _answer(None)
 
 
