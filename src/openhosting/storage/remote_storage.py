@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +41,6 @@ from openhosting.storage.drive_storage import (
 from openhosting.storage.storage_calls import encode_call
 from openhosting.storage.stream_wire import STALL_TIMEOUT
 
-log = logging.getLogger("openhosting.storage.remote")
 T = TypeVar("T")
 
 # Bytes per second a hash on the agent is given at the least (a slow disk's).
