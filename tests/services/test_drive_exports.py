@@ -9,6 +9,7 @@ naming it, with nothing left anywhere. Exports no running VM uses are ended when
 found (a daemon's start). A drain refuses to leave such a drive behind, and does not move a
 server using one."""
 
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.hypervisor.spec import NbdSource
 from openhosting.network.driver import NetworkDriver
 from openhosting.services.platform import Platform
+from openhosting.storage.drive_storage import DriveStorage
 from openhosting.store.tables import drives
 from tests.services.fake_platform import REMOTE_CAPACITY, RecordingNetwork, fake_platform
 
@@ -93,7 +95,11 @@ def two_agents(tmp_path: Path) -> Iterator[Hosts]:
         platform.hosts.heartbeat(dict.fromkeys(agents, REMOTE_CAPACITY))
         platform.servers.lifecycle.drivers.connector = connect  # type: ignore[assignment]
         storages = platform.drives.storages
-        storages.connector = lambda _host, _agent: AgentFiles(storages.local)  # type: ignore[assignment,return-value]
+
+        def agent_files(_host: str, _agent: str) -> DriveStorage:
+            return typing.cast(DriveStorage, AgentFiles(storages.local))
+
+        storages.connector = agent_files
         yield platform, agents["hv-a"], agents["hv-b"], platform.accounts.create_user().uuid
 
 
