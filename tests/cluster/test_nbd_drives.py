@@ -6,12 +6,15 @@ The boot drive (the tiny guest) is on hv-a; the second drive, encrypted, kept ap
 `avoid`, is on hv-b and holds a marker written through the API. The server starts on hv-a
 (its boot drive's host); hv-b serves the second drive over NBD (one qemu-storage-daemon,
 its file as stored: the marker is not in it in clear), and the guest reads the marker from
-its second disk and writes a line of its own there, which the API reads back once the server
-stopped; then no qemu-storage-daemon is left on hv-b. With hv-b's agent killed, a start is
+its second disk and writes a line of its own there. hv-b's agent SIGKILLed and started again,
+the export serves on (the guest reads its line again) and the new agent lists it. The API
+reads the guest's line back once the server stopped; then no qemu-storage-daemon is left on
+hv-b. With hv-b's agent killed, a start is
 `503 failed` naming hv-b and leaves nothing on hv-a.
 """
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -19,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from openhosting.hypervisor.nbd_exports import EXPORTS_DIRECTORY, PIDFILE, export_pid
@@ -63,6 +67,37 @@ async def read_then_write(console_socket: Path) -> str:
         return seen
     finally:
         await console.close()
+
+
+async def read_again(console_socket: Path) -> str:
+    """The guest's own line, read again from its disk past its page cache."""
+    console = await SerialConsole.open(console_socket)
+    try:
+        disk = await console.run(
+            'for d in /sys/block/sd*; do [ "$(cat $d/size)" = 2048 ] && echo ${d##*/}; done'
+        )
+        await console.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+        return await console.run(
+            f"dd if=/dev/{disk} bs=512 skip={GUEST_SECTOR} count=1 2>/dev/null"
+            f" | head -c {len(FROM_GUEST)}"
+        )
+    finally:
+        await console.close()
+
+
+def exports_asked(hosts: Hosts, name: str) -> list[str]:
+    """The servers host `name`'s agent says it exports drives to (mutual TLS)."""
+
+    async def ask() -> list[str]:
+        async with aiohttp.ClientSession() as session, session.post(
+            f"https://{hosts.agents[name].address}/calls/exports",
+            data=b"{}\n", ssl=hosts.context, server_hostname=name,
+        ) as response:  # fmt: skip
+            assert response.status == 200, await response.text()
+            answer: list[str] = json.loads(await response.read())["answer"]
+            return answer
+
+    return asyncio.run(ask())
 
 
 def exports_on(run_dir: Path) -> list[Path]:
@@ -110,6 +145,14 @@ def test_a_server_boots_on_its_boot_drives_host_and_reads_its_drive_of_another_h
         asyncio.run(wait_for_log(run_a / server / "serial.log", READY_MARKER, timeout=BOOT_TIMEOUT))
         seen = asyncio.run(read_then_write(run_a / server / "console.sock"))
         assert seen == MARKER
+
+        # hv-b's agent SIGKILLed and started again: the export served on meanwhile (its
+        # daemon is not the agent's child), and the new agent finds it by its pidfile.
+        hv_b = hosts.agents["hv-b"]
+        os.kill(hv_b.pid, signal.SIGKILL)
+        hosts.start_agent("hv-b", listen=hv_b.address, driver="qemu")
+        assert exports_asked(hosts, "hv-b") == [server]
+        assert asyncio.run(read_again(run_a / server / "console.sock")) == FROM_GUEST
     finally:
         stopped = api.call(f"/servers/{server}/stop", b"")
     assert stopped.status == 204, stopped
