@@ -36,6 +36,7 @@ from openhosting.hypervisor.spec import (
     NbdSource,
     VmSpec,
     check_drive_name,
+    check_uuid,
 )
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class ExportRequest:
 
     def __post_init__(self) -> None:
         check_drive_name(self.drive, self.tier)
-        check_drive_name(self.server, "server")  # a UUID too: a directory name there
+        check_uuid(self.server, "a server's")  # a directory name there too
 
 
 # A migration stream's address: a unix socket (`unix:/PATH`) or TCP (`tcp:HOST:PORT`), and

@@ -100,11 +100,17 @@ def secret_id_of(node: str) -> str:
     return f"secret-{node.removeprefix('drive-')}"
 
 
+def check_uuid(text: str, what: str) -> None:
+    """ValueError unless `text` is a lowercase UUID (`what`'s: a drive's, a server's)."""
+    if not _UUID.fullmatch(text):
+        raise ValueError(f"not {what} UUID: {text[:80]!r}")
+
+
 def check_drive_name(drive: str, tier: str, *, blank: bool = False) -> None:
     """ValueError unless `drive` is a UUID and `tier` a tier's name (or, with `blank`, empty):
     they become a file name on the host holding the drive."""
-    if (drive or not blank) and not _UUID.fullmatch(drive):
-        raise ValueError(f"not a drive's UUID: {drive[:80]!r}")
+    if drive or not blank:
+        check_uuid(drive, "a drive's")
     if (tier or not blank) and not _TIER.fullmatch(tier):
         raise ValueError(f"not a tier's name: {tier[:80]!r}")
 
