@@ -148,6 +148,14 @@ class ServerLifecycle:
             )
         return self.drivers.of(host)
 
+    async def stop_vm(self, uuid: str, what: str) -> None:
+        """End the VM of `uuid` for `what` (a stop or a destroy, as `command_driver` names
+        it): QEMU quits, killed after the stop timeout; its guest's I/O is counted first,
+        since QEMU's counters end with it."""
+        driver = self.command_driver(uuid, what)
+        await self.fold_guest_io(uuid)
+        await driver.stop(uuid, self._settings.stop_timeout)
+
     def run_dir(self, uuid: str) -> Path:
         return self.driver_of(uuid).run_dir(uuid)
 

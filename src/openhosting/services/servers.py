@@ -456,9 +456,7 @@ class Servers:
         async with self._turn(user, uuid, STOP):
             row = self._get(user, uuid)
             if uuid in self._active:
-                driver = self.lifecycle.command_driver(uuid, f"a stop of server {uuid}")
-                await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
-                await driver.stop(uuid, self._settings.stop_timeout)
+                await self.lifecycle.stop_vm(uuid, f"a stop of server {uuid}")
             elif row.status == DUMPED:
                 # Power-off of a saved guest: its state is dropped, its drives released.
                 if await asyncio.to_thread(self.lifecycle.discard_dump, uuid):
@@ -485,9 +483,7 @@ class Servers:
         async with self._turn(user, uuid, DESTROY):
             self._get(user, uuid)
             if uuid in self._active:
-                driver = self.lifecycle.command_driver(uuid, f"a destroy of server {uuid}")
-                await self.lifecycle.fold_guest_io(uuid)
-                await driver.stop(uuid, self._settings.stop_timeout)
+                await self.lifecycle.stop_vm(uuid, f"a destroy of server {uuid}")
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self.lifecycle.dumps.remove(uuid)
