@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Self
 
+from openhosting.host_capacity import HostCapacity
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings
 from openhosting.model.resource import ResourceSettings
@@ -465,3 +466,10 @@ class HostRecord(StoreRecord):
     agent: str = field(default="", metadata={DECODE: _or_empty})
     # Its VXLAN underlay address; empty: none known.
     vxlan_local: str = field(default="", metadata={DECODE: _or_empty})
+
+    @property
+    def capacity(self) -> HostCapacity:
+        """What the host offers, as it last measured it."""
+        return HostCapacity(
+            self.cores, self.core_mhz, self.memory_mb, dict(self.disk_bytes_by_tier)
+        )
