@@ -80,7 +80,6 @@ class ServerLifecycle:
         config: Config,
         networks: ServerNetworks,
         events: EventBus | None = None,
-        driver: HypervisorDriver | None = None,
         hosts: Hosts | None = None,
         nodes: NodeOperations | None = None,
     ) -> None:
@@ -92,7 +91,7 @@ class ServerLifecycle:
         self.networks = networks  # the servers' NICs, on the host of each VM
         self.logs = ServerLogs(config)
         # This host's driver; the VMs of hosts with agents go through `drivers` too.
-        self.driver = driver if driver is not None else open_driver(config)
+        self.driver = open_driver(config)
         self._hosts = hosts
         self.drivers = HostDrivers(config.host_name, self.driver)
         self.drivers.listen(self._on_host_event)
