@@ -82,7 +82,6 @@ class ServerLifecycle:
         config: Config,
         networks: ServerNetworks,
         events: EventBus | None = None,
-        driver: HypervisorDriver | None = None,
         hosts: Hosts | None = None,
         nodes: NodeOperations | None = None,
     ) -> None:
@@ -94,7 +93,7 @@ class ServerLifecycle:
         self.networks = networks  # the servers' NICs, on the host of each VM
         self.logs = ServerLogs(config)
         # This host's driver; the VMs of hosts with agents go through `drivers` too.
-        self.driver = driver if driver is not None else open_driver(config)
+        self.driver = open_driver(config)
         self._hosts = hosts
         self.drivers = HostDrivers(config.host_name, self.driver)
         self.drivers.listen(self._on_host_event)
@@ -151,6 +150,14 @@ class ServerLifecycle:
                 " until it is back (the server's info shows what was last known)"
             )
         return self.drivers.of(host)
+
+    async def stop_vm(self, uuid: str, what: str) -> None:
+        """End the VM of `uuid` for `what` (a stop or a destroy, as `command_driver` names
+        it): QEMU quits, killed after the stop timeout; its guest's I/O is counted first,
+        since QEMU's counters end with it."""
+        driver = self.command_driver(uuid, what)
+        await self.fold_guest_io(uuid)
+        await driver.stop(uuid, self._settings.stop_timeout)
 
     def run_dir(self, uuid: str) -> Path:
         return self.driver_of(uuid).run_dir(uuid)
