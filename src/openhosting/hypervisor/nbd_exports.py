@@ -31,7 +31,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from openhosting import pidwait
 from openhosting.hypervisor.driver import ExportRequest
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.migration import DH_PARAMS, FFDHE2048_PEM, MigrationTls
+from openhosting.hypervisor.qemu_driver import port_is_free
 from openhosting.hypervisor.spec import NbdSource
 from openhosting.pem_files import write_whole
 
@@ -168,15 +168,6 @@ async def kill_export(pidfile: Path, timeout: float = STOP_TIMEOUT) -> None:
             os.close(pidfd)
 
 
-def _port_is_free(address: str, port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 class DriveExports:
     """The NBD exports of this host's drives (an agent's), under `run_path`/nbd-exports.
 
@@ -272,7 +263,7 @@ class DriveExports:
             write_whole(dh_params, FFDHE2048_PEM, 0o600)
 
     def _free_ports(self) -> list[int]:
-        free = (port for port in self._ports if _port_is_free(self._address, port))
+        free = (port for port in self._ports if port_is_free(self._address, port))
         return list(itertools.islice(free, BIND_ATTEMPTS))
 
     async def _spawn(self, export: QsdExport) -> None:
