@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openhosting import pidwait
+from openhosting.hypervisor.argv import qemu_opts, tls_creds_object
 from openhosting.hypervisor.driver import ExportRequest
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.migration import DH_PARAMS, FFDHE2048_PEM, MigrationTls
@@ -70,30 +71,17 @@ class QsdExport:
     binary: str = QSD_BINARY
 
 
-def _opts(*pairs: tuple[str, object], head: str | None = None) -> str:
-    """A QEMU option string; commas inside values are doubled, QEMU's escape."""
-    items = [head] if head else []
-    items += [f"{key}={str(value).replace(',', ',,')}" for key, value in pairs]
-    return ",".join(items)
-
-
 def build_qsd_argv(export: QsdExport) -> list[str]:
     """The command line of `export`'s qemu-storage-daemon, daemonized. Same export, same list."""
     on_off = "off" if export.read_only else "on"
     return [
         export.binary,
         "--object",
-        _opts(
-            ("id", "tls"),
-            ("dir", export.tls_dir),
-            ("endpoint", "server"),
-            ("verify-peer", "on"),
-            head="tls-creds-x509",
-        ),
+        tls_creds_object("tls", export.tls_dir, "server", verify_peer=True),
         "--object",
-        _opts(("id", "authz"), ("identity", export.client_dn), head="authz-simple"),
+        qemu_opts(("id", "authz"), ("identity", export.client_dn), head="authz-simple"),
         "--blockdev",
-        _opts(
+        qemu_opts(
             ("driver", "file"),
             ("node-name", "file"),
             ("filename", export.path),
@@ -101,7 +89,7 @@ def build_qsd_argv(export: QsdExport) -> list[str]:
             ("discard", "unmap"),
         ),
         "--nbd-server",
-        _opts(
+        qemu_opts(
             ("addr.type", "inet"),
             ("addr.host", export.source.host),
             ("addr.port", export.source.port),
@@ -110,7 +98,7 @@ def build_qsd_argv(export: QsdExport) -> list[str]:
             ("max-connections", 1),
         ),
         "--export",
-        _opts(
+        qemu_opts(
             ("id", "export"),
             ("node-name", "file"),
             ("name", export.source.export),
