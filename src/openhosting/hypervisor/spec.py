@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from openhosting.named_files import NamedFile
+
 # The network backends of NICs are the network layer's (which knows nothing of QEMU).
 from openhosting.network.netdevs import (
     MAX_SOCKET_PATH,
@@ -66,32 +68,15 @@ class RunPaths:
 
     directory: Path
 
-    @property
-    def pidfile(self) -> Path:
-        return self.directory / "qemu.pid"
-
-    @property
-    def qmp_socket(self) -> Path:
-        return self.directory / "qmp.sock"
-
-    @property
-    def serial_socket(self) -> Path:
-        return self.directory / "serial.sock"
-
-    @property
-    def console_socket(self) -> Path:
-        """The daemon's socket lending the serial console to one client at a time."""
-        return self.directory / "console.sock"
-
-    @property
-    def serial_log(self) -> Path:
-        """The newest file of the serial log; older output in `serial.log.1`, …"""
-        return self.directory / "serial.log"
-
-    @property
-    def argv_file(self) -> Path:
-        """Where the spawner records the command line, for operators and diffs."""
-        return self.directory / "qemu.argv"
+    pidfile = NamedFile("qemu.pid")
+    qmp_socket = NamedFile("qmp.sock")
+    serial_socket = NamedFile("serial.sock")
+    # The daemon's socket lending the serial console to one client at a time.
+    console_socket = NamedFile("console.sock")
+    # The newest file of the serial log; older output in `serial.log.1`, …
+    serial_log = NamedFile("serial.log")
+    # Where the spawner records the command line, for operators and diffs.
+    argv_file = NamedFile("qemu.argv")
 
 
 def secret_id_of(node: str) -> str:

@@ -20,6 +20,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from openhosting.named_files import NamedFile
 from openhosting.network.errors import NetworkError
 from openhosting.network.links import netns_exec_argv, run_command
 from openhosting.network.pool import AddressPool
@@ -43,21 +44,10 @@ class DhcpSpec:
     namespace: str = ""
     binary: str = DNSMASQ_BINARY
 
-    @property
-    def pidfile(self) -> Path:
-        return self.directory / "dnsmasq.pid"
-
-    @property
-    def hosts_dir(self) -> Path:
-        return self.directory / "hosts"
-
-    @property
-    def lease_file(self) -> Path:
-        return self.directory / "leases"
-
-    @property
-    def log_file(self) -> Path:
-        return self.directory / "dnsmasq.log"
+    pidfile = NamedFile("dnsmasq.pid")
+    hosts_dir = NamedFile("hosts")  # one entry file per NIC (`--dhcp-hostsdir`)
+    lease_file = NamedFile("leases")
+    log_file = NamedFile("dnsmasq.log")
 
 
 def build_dnsmasq_argv(spec: DhcpSpec) -> list[str]:
