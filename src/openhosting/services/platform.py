@@ -136,7 +136,7 @@ def open_platform(config: Config) -> Platform:
     lifecycle = ServerLifecycle(
         engine, config, networks, events, hosts=hosts, nodes=node_operations
     )
-    servers = Servers(engine, reader, drives, config, lifecycle, billing, store, hosts)
+    servers = Servers(engine, reader, drives, lifecycle, billing, store)
     consoles = Consoles(engine, servers, config.api.console_token_seconds)
     # A VM that ends closes its consoles, wherever they were opened.
     events.add_listener(consoles.observe_event, relayed=True)

@@ -87,14 +87,14 @@ class ServerLifecycle:
     ) -> None:
         self._engine = engine
         self._events = events if events is not None else EventBus()
-        self._config = config
+        self.config = config
         self._settings = config.hypervisor
         self._networks = networks
         self.networks = networks  # the servers' NICs, on the host of each VM
         self.logs = ServerLogs(config)
         # This host's driver; the VMs of hosts with agents go through `drivers` too.
         self.driver = open_driver(config)
-        self._hosts = hosts
+        self.hosts = hosts  # the hosts table: where servers are placed, agents' heartbeats
         self.drivers = HostDrivers(config.host_name, self.driver)
         self.drivers.listen(self._on_host_event)
         # The host of each server last started (or adopted) on a host with an agent: where
@@ -130,7 +130,7 @@ class ServerLifecycle:
     def host_offline(self, host: str) -> bool:
         """Whether `host` was offline at the last look (its heartbeat older than
         `host.offline_seconds`, whichever node beat for it): what info says."""
-        return self._hosts is not None and host in self._hosts.offline
+        return self.hosts is not None and host in self.hosts.offline
 
     def host_down(self, host: str) -> bool:
         """Whether `host` (another host's name) is offline, or its agent did not answer this
@@ -273,9 +273,9 @@ class ServerLifecycle:
     def place(self, config: ServerConfig) -> str:
         """The host a starting server goes to ("" for this one): placement's choice among
         the hosts with a driver here, the boot drive's host first."""
-        if self._hosts is None or not self.drivers.remote:
+        if self.hosts is None or not self.drivers.remote:
             return ""  # one host: nothing to choose
-        chosen = self._hosts.place_server(
+        chosen = self.hosts.place_server(
             config.cpu, config.mem, boot_drive(config), self.drivers.names()
         )
         return "" if chosen == self.drivers.local_name else chosen
@@ -568,9 +568,9 @@ class ServerLifecycle:
     async def _record_hosts(self, hosts: list[str]) -> None:
         """The hosts of agents just connected, online with what they report, at once: a
         drive or server may be placed there without waiting for the next heartbeat."""
-        if self._hosts is not None and hosts:
+        if self.hosts is not None and hosts:
             reports = await self.drivers.capacities(hosts)
-            await asyncio.to_thread(self._hosts.heartbeat, reports)
+            await asyncio.to_thread(self.hosts.heartbeat, reports)
 
     async def watch_agents(self) -> None:
         """One look at every agent host. One that does not answer is down (its servers'

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from openhosting.config import Config
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.model.common import is_uuid
@@ -26,7 +25,6 @@ from openhosting.model.server import ServerConfig
 from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
-from openhosting.services.hosts import Hosts
 from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
     DESTROY,
@@ -74,11 +72,9 @@ class Servers:
         engine: Engine,
         reader: Reader,
         drives: Drives,
-        config: Config,
         lifecycle: ServerLifecycle,
         billing: Billing | None = None,
         store: StoreExecutor | None = None,
-        hosts: Hosts | None = None,
     ) -> None:
         self._billing = billing
         # Where the create's checks and insert run (off the loop on PostgreSQL).
@@ -96,7 +92,11 @@ class Servers:
         # What runs on each server (the lifecycle's: the end of a dumped VM is one of them).
         self.operations = self.lifecycle.operations
         self.moves = ServerMoves(
-            engine, self.lifecycle, drives, hosts, float(config.hypervisor.start_timeout)
+            engine,
+            lifecycle,
+            drives,
+            lifecycle.hosts,
+            float(lifecycle.config.hypervisor.start_timeout),
         )
 
     # -- lookups ---------------------------------------------------------------------
