@@ -186,7 +186,9 @@ class ServerNetworks:
         self, connection: Connection, user: str, nic: NicConfig, lock: bool = False
     ) -> None:
         if nic.vlan is not None:
-            if self.driver.mode == "user":
+            # Where the server will run is not known yet: a VLAN is refused only where no
+            # host (this one, or an agent's connected here) runs bridge networking.
+            if all(driver.mode == "user" for driver in self._drivers().values()):
                 raise UsageError(
                     f"nic:{nic.index}:vlan: VLANs need bridge networking (network.mode bridge);"
                     " this platform runs user-mode networking"
@@ -215,6 +217,12 @@ class ServerNetworks:
         one); the NICs for QEMU. 409 `busy` if another active server holds the address or
         MAC, 507 `full` when the pool has no temporary address left. Undone by `release`."""
         driver = self.driver_on(host)
+        vlan = next((nic for nic in config.nics if nic.vlan is not None), None)
+        if vlan is not None and driver.mode == "user":
+            raise UsageError(
+                f"nic:{vlan.index}:vlan: VLANs need bridge networking (network.mode bridge);"
+                f" {f'host {host}' if host else 'this host'} runs user-mode networking"
+            )
         async with Reverter() as revert:
             plans = self._hold(user, server, config, driver.pool_for_auto)
             revert.add(functools.partial(self._forget_nics, server))
