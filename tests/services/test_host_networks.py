@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import insert, update
 
 from openhosting.errors import UsageError
+from openhosting.hypervisor.driver import IncomingInfo, IncomingRequest
 from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.hypervisor.spec import TapNetdev
@@ -355,3 +356,36 @@ async def test_a_vlan_is_refused_where_no_host_runs_bridge_networking(tmp_path: 
             on_vlan = {"nic:1:model": "e1000", "nic:1:vlan": vlan}
             await platform.servers.create(user, {**SERVER, **on_vlan}, False)
         await platform.servers.close()
+
+
+async def test_the_agents_watch_during_a_move_leaves_the_nics_made_on_its_target(
+    two_hosts: Hosts,
+) -> None:
+    """The watch of the agents runs every few seconds, and a live move takes longer: the
+    target's VM, waiting for its state, is no VM of a restarted agent. Once reconciled as
+    one, hv-a's network (running another server) dropped the moved server's new NICs, and
+    the guest, moved and running, was cut off its network."""
+    platform, _local, remote, network, user = two_hosts
+    platform.servers.networks.driver = RecordingNetwork()
+    await platform.servers.recover()
+    staying = await server_on_agent_host(platform, user)
+    created = await platform.servers.create(user, dict(SERVER), start=True)
+    moving = str(created["server"])
+    assert (await platform.servers.info(user, moving))["host"] == platform.hosts.name
+
+    prepare = remote.prepare_incoming
+
+    async def prepare_then_watch(request: IncomingRequest) -> IncomingInfo:
+        info = await prepare(request)
+        await platform.servers.lifecycle.watch_agents()  # meanwhile, its 5-second look
+        return info
+
+    remote.prepare_incoming = prepare_then_watch  # type: ignore[method-assign]
+    outcome = await platform.servers.drain(platform.hosts.name)
+
+    assert outcome[moving] == "moved hv-a", outcome
+    assert [nic.server for nic in network.of(moving)] == [moving]
+    assert [nic.server for nic in network.of(staying)] == [staying]
+    for server in (moving, staying):
+        await platform.servers.stop(user, server)
+    await platform.servers.close()
