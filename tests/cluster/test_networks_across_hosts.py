@@ -16,6 +16,7 @@ fabric (a machine on the provider's public network):
 """
 
 import asyncio
+import json
 import re
 import shutil
 import subprocess
@@ -60,6 +61,20 @@ def console_run(socket: Path, command: str) -> str:
 def guest_pings(socket: Path, address: str) -> bool:
     output = console_run(socket, f"ping -c 2 -W 2 {address}")
     return bool(re.search(r"[1-9]\d* packets received", output))
+
+
+def vxlan_entries(hosts: BridgeHosts, host: str) -> dict[str, dict[str, str]]:
+    """The forwarding entries of single MACs on `host`'s VXLAN devices: device → MAC → the
+    host's address it is sent to."""
+    shown = subprocess.run(
+        ["bridge", "-n", hosts.topology.namespace(host), "-j", "fdb", "show"],
+        check=True, capture_output=True, text=True, timeout=10,
+    ).stdout  # fmt: skip
+    entries: dict[str, dict[str, str]] = {}
+    for entry in json.loads(shown):
+        if "dst" in entry and entry["mac"] != "00:00:00:00:00:00":
+            entries.setdefault(entry["ifname"], {})[entry["mac"]] = entry["dst"]
+    return entries
 
 
 def lease_of(log: Path, mac: str) -> str:
@@ -132,6 +147,11 @@ def test_guests_on_two_bridge_mode_hosts_share_vlans_public_addresses_vnc_and_a_
         assert guest_pings(console("g2"), VLAN_ADDRESSES["g1"])
         assert not guest_pings(console("g3"), VLAN_ADDRESSES["g1"])  # across the hosts
         assert not guest_pings(console("g3"), VLAN_ADDRESSES["g2"])  # on its own host
+        # hv1 sends G2's VLAN frames to hv2 alone: a forwarding entry of its MAC.
+        device = "oh-x" + vlans[0].replace("-", "")[:11]
+        assert vxlan_entries(hosts, "hv1")[device].get(default_mac(servers["g2"], 1)) == (
+            hosts.topology.address("hv2")
+        )
 
         # (c) VNC on vnc:ip, on either host.
         for name in ("g1", "g2"):
