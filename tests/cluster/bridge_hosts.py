@@ -58,11 +58,12 @@ class BridgeHosts:
         }
         self.account = create_user(self.state, env=self.env)
         init_cluster(self.state)
-        with Reverter() as revert:
-            cable(self.topology, revert)
-            self._public_l2()
-            stack.callback(revert.fail)
-            revert.success()
+        # The namespaces' undos (cable's, the root's veth among them) run when the stack
+        # closes, whether the start got that far or failed half-way.
+        undo = Reverter()
+        stack.callback(undo.fail)
+        cable(self.topology, undo)
+        self._public_l2()
         self.run_dirs: dict[str, Path] = {}
         self.agents: dict[str, AgentProcess] = {}
         for host in self.topology.names:

@@ -28,6 +28,7 @@ import pytest
 
 from openhosting.services.server_network import default_mac
 from testbed.build_guest import BOOT_MARKER, LEASE_MARKER, READY_MARKER, build_tiny_guest
+from testbed.cluster import namespaces
 from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
 from tests.cluster.bridge_hosts import BridgeHosts, drain_argv
 from tests.integration.netns_helpers import answer_from, link_names
@@ -44,7 +45,12 @@ def hosts(tmp_path: Path, postgres_url: str) -> Iterator[BridgeHosts]:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("QEMU is not installed (Debian package qemu-system-x86)")
     with ExitStack() as stack:
-        yield BridgeHosts(tmp_path, postgres_url, stack)
+        made = BridgeHosts(tmp_path, postgres_url, stack)
+        yield made
+    # Nothing of the hosts is left: their namespaces went with them.
+    topology = made.topology
+    left = namespaces() & {topology.fabric, *map(topology.namespace, topology.names)}
+    assert left == set(), left
 
 
 def console_run(socket: Path, command: str) -> str:
