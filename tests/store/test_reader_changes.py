@@ -54,3 +54,21 @@ def test_an_entry_built_before_a_write_is_not_taken_for_one_built_after(engine: 
 
     assert reader.memo("k", stale) == "stale"  # its caller gets it: it asked before the write
     assert reader.memo("k", lambda: "fresh") == "fresh"
+
+
+def test_kept_gives_what_memo_holds_only_while_no_write_was_heard_and_never_builds(
+    engine: Engine,
+) -> None:
+    feed = ChangeFeed()
+    reader = Reader(engine, changes=feed)
+    reader.memo("k", lambda: "unkept")
+    assert reader.kept("k") is None  # not listening: nothing was kept
+    feed.connected(True)
+    assert reader.kept("k") is None  # nothing built yet
+    assert reader.memo("k", lambda: "built") == "built"
+    assert reader.kept("k") == "built"
+    feed.changed()  # a write heard of
+    assert reader.kept("k") is None
+    assert reader.memo("k", lambda: "again") == "again"
+    feed.connected(False)  # the listening connection is lost
+    assert reader.kept("k") is None

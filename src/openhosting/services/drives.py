@@ -235,6 +235,11 @@ class Drives:
             lambda: ValueList(("drive",), [{"drive": uuid} for uuid in self.list_uuids(user)]),
         )
 
+    def kept_listing(self, user: str) -> ValueList | None:
+        """`listing` if it is kept and still true, without reading the database; else None."""
+        kept: ValueList | None = self._reader.kept(("drives/list", user))
+        return kept
+
     def info(self, user: str, uuid: str) -> dict[str, Value]:
         """The drive's info, read afresh: what a command that has just written answers."""
         # Through the Reader: the hottest command after the lists, and SQLAlchemy's execute
