@@ -155,13 +155,23 @@ async def test_a_write_waiting_on_another_nodes_row_lock_stalls_nothing_else(  #
     assert response.status in (200, 204), await response.text()
 
 
-async def test_a_kept_drive_listing_is_answered_without_sql_or_a_worker_thread(  # type: ignore[no-untyped-def]
-    aiohttp_client, pg_platform: Platform, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+# A read kept on PostgreSQL, and what it answers once the drive is another user's.
+KEPT_READS = [("/drives/list", 200), ("/drives/DRIVE/info", 404)]
+
+
+@pytest.mark.parametrize(("path", "status_once_given_away"), KEPT_READS)
+async def test_a_kept_drive_read_is_answered_without_sql_or_a_worker_thread(  # type: ignore[no-untyped-def]
+    aiohttp_client,
+    pg_platform: Platform,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    status_once_given_away: int,
 ) -> None:
-    """A listing kept since the last write heard of is answered on the event loop: no
-    statement, no hand-over to the store's worker threads (which cost more than the whole
-    cached answer, `make bench ARGS=cluster`); a write through another node is listed by the
-    first request after its notification is heard."""
+    """A drive listing or info kept since the last write heard of is answered on the event
+    loop: no statement, no hand-over to the store's worker threads (which cost more than the
+    whole cached answer, `make bench ARGS=cluster`); a write through another node is seen by
+    the first request after its notification is heard."""
     api = await serve_api(aiohttp_client, pg_platform)
     listener = pg_platform.listen()
     assert listener is not None
@@ -170,12 +180,19 @@ async def test_a_kept_drive_listing_is_answered_without_sql_or_a_worker_thread( 
             if pg_platform.changes.version() is not None:
                 break
             await asyncio.sleep(0.1)
-        alice = pg_platform.accounts.create_user("alice")
-        auth = basic_auth(alice)
+        auth = basic_auth(pg_platform.accounts.create_user("alice"))
+        bob = pg_platform.accounts.create_user("bob")
         created = await api.post("/drives/create", data="name a\nsize 1M\n", headers=auth)
-        first = parse_properties(await created.text())["drive"]
+        drive = parse_properties(await created.text())["drive"]
+        path = path.replace("DRIVE", drive)
+
+        async def read() -> tuple[int, str]:
+            response = await api.get(path, headers=auth)
+            return response.status, await response.text()
+
         await changes_heard(pg_platform)
-        assert (await (await api.get("/drives/list", headers=auth)).text()).split() == [first]
+        status, text = await read()  # read and kept
+        assert status == 200 and drive in text, text
 
         statements: list[str] = []
         handed_over: list[str] = []
@@ -192,24 +209,19 @@ async def test_a_kept_drive_listing_is_answered_without_sql_or_a_worker_thread( 
         event.listen(pg_platform.engine, "before_cursor_execute", record)
         try:
             for _ in range(3):
-                response = await api.get("/drives/list", headers=auth)
-                assert (await response.text()).split() == [first]
+                assert await read() == (status, text)
         finally:
             event.remove(pg_platform.engine, "before_cursor_execute", record)
         assert (statements, handed_over) == ([], [])
 
         # Another node gives the drive to bob (its own engine, as another daemon's): once
-        # its notification is heard, the next listing reads the database again.
-        bob = pg_platform.accounts.create_user("bob")
-        await changes_heard(pg_platform)
+        # its notification is heard, the next request reads the database again.
         heard = pg_platform.changes.version()
-        assert (await (await api.get("/drives/list", headers=auth)).text()).split() == [first]
-        assert pg_platform.drives.kept_listing(alice.uuid) is not None  # kept at `heard`
         other = open_engine(postgres_url)
         try:
             with other.begin() as connection:
                 connection.execute(
-                    update(drives).where(drives.c.uuid == first).values(user=bob.uuid)
+                    update(drives).where(drives.c.uuid == drive).values(user=bob.uuid)
                 )
         finally:
             other.dispose()
@@ -217,6 +229,7 @@ async def test_a_kept_drive_listing_is_answered_without_sql_or_a_worker_thread( 
             if pg_platform.changes.version() != heard:
                 break
             await asyncio.sleep(0.1)
-        assert (await (await api.get("/drives/list", headers=auth)).text()).split() == []
+        status, text = await read()
+        assert status == status_once_given_away and (status != 200 or text == ""), text
     finally:
         listener.stop()

@@ -49,11 +49,13 @@ async def info_all(request: web.Request) -> PropertiesList:
 
 async def info(request: web.Request) -> Properties:
     platform = platform_of(request)
+    user, drive = user_of(request), _drive(request)
     if platform.store.off_loop:  # as list_drives
-        return await platform.store.run(
-            platform.drives.info_payload, user_of(request), _drive(request)
-        )
-    return platform.drives.info_payload(user_of(request), _drive(request))
+        kept = platform.drives.kept_info_payload(user, drive)
+        if kept is not None:
+            return kept
+        return await platform.store.run(platform.drives.info_payload, user, drive)
+    return platform.drives.info_payload(user, drive)
 
 
 async def create(request: web.Request) -> Properties:
