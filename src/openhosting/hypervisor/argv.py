@@ -15,6 +15,10 @@ Conventions the rest of the driver relies on:
 - Device ids come from slots (`ide:0:1` -> `ide-0-1`, block node `drive-ide-0-1`), so
   `monitor.query_blockstats` can map QEMU's answers back to slots.
 - Secrets for encrypted drives are passed as files (`-object secret,file=`), never inline.
+- A drive another host serves (`DiskSpec.nbd`) is an `nbd` protocol node under the same
+  format or luks layer and device as a file's: over TLS only (the host's cluster
+  certificate as client, the exporting host's name checked in the server's), so an
+  encrypted drive's LUKS layer is opened here and only ciphertext crosses the network.
 """
 
 from __future__ import annotations
@@ -131,21 +135,16 @@ def _disk_args(spec: VmSpec) -> list[str]:
                     head="secret",
                 ),
             ]
+    if any(disk.nbd for disk in disks):
+        if spec.nbd_tls_dir is None:
+            raise ValueError("a disk over NBD needs this host's TLS credentials (nbd_tls_dir)")
+        argv += ["-object", nbd_tls_object(spec.nbd_tls_dir)]
     if any(disk.slot.startswith("scsi:") for disk in disks):
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
     for disk in disks:
         read_only = "on" if disk.media == "cdrom" else "off"
         file_node = disk.file_node
-        argv += [
-            "-blockdev",
-            _opts(
-                ("driver", "file"),
-                ("node-name", file_node),
-                ("filename", disk.path),
-                ("read-only", read_only),
-                ("discard", "unmap"),
-            ),
-        ]
+        argv += ["-blockdev", _protocol_node(disk, read_only)]
         format_layer: list[tuple[str, object]] = [
             ("driver", disk.format),
             ("node-name", disk.node_name),
@@ -157,6 +156,47 @@ def _disk_args(spec: VmSpec) -> list[str]:
         argv += ["-blockdev", _opts(*format_layer)]
         argv += ["-device", _device_opts(disk, bootindex.get(disk.slot))]
     return argv
+
+
+# The id of the `tls-creds-x509` object of a VM's disks over NBD.
+NBD_TLS_ID = "nbd-tls"
+
+
+def nbd_tls_object(directory: Path) -> str:
+    """The client credentials of a VM's disks over NBD: its host's cluster certificate, the
+    server's checked against the cluster CA (`verify-peer`)."""
+    return _opts(
+        ("id", NBD_TLS_ID),
+        ("dir", directory),
+        ("endpoint", "client"),
+        ("verify-peer", "on"),
+        head="tls-creds-x509",
+    )
+
+
+def _protocol_node(disk: DiskSpec, read_only: str) -> str:
+    """The node holding the drive's bytes as stored: its file here, or another host's NBD
+    export of it (`tls-hostname`: the certificate must name the exporting host)."""
+    if disk.nbd is None:
+        return _opts(
+            ("driver", "file"),
+            ("node-name", disk.file_node),
+            ("filename", disk.path),
+            ("read-only", read_only),
+            ("discard", "unmap"),
+        )
+    return _opts(
+        ("driver", "nbd"),
+        ("node-name", disk.file_node),
+        ("server.type", "inet"),
+        ("server.host", disk.nbd.host),
+        ("server.port", disk.nbd.port),
+        ("export", disk.nbd.export),
+        ("tls-creds", NBD_TLS_ID),
+        ("tls-hostname", disk.nbd.tls_hostname),
+        ("read-only", read_only),
+        ("discard", "unmap"),
+    )
 
 
 def _device_opts(disk: DiskSpec, bootindex: int | None) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "DiskSpec",
     "DriveSecret",
     "HostVmSettings",
+    "NbdSource",
     "Netdev",
     "NicSpec",
     "RunPaths",
@@ -54,6 +55,9 @@ SLOT_PATTERN = re.compile(r"ide:([01]):([01])|scsi:0:([0-7])|block:([0-7])")
 _TIER = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _NETNS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+# A host's name (lowercase DNS name, agent/pki.py) or an IPv4 address: where an NBD export
+# listens, and the name its certificate must bear.
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,42 @@ def secret_id_of(node: str) -> str:
     return f"secret-{node.removeprefix('drive-')}"
 
 
+def check_uuid(text: str, what: str) -> None:
+    """ValueError unless `text` is a lowercase UUID (`what`'s: a drive's, a server's)."""
+    if not _UUID.fullmatch(text):
+        raise ValueError(f"not {what} UUID: {text[:80]!r}")
+
+
+def check_drive_name(drive: str, tier: str, *, blank: bool = False) -> None:
+    """ValueError unless `drive` is a UUID and `tier` a tier's name (or, with `blank`, empty):
+    they become a file name on the host holding the drive."""
+    if drive or not blank:
+        check_uuid(drive, "a drive's")
+    if (tier or not blank) and not _TIER.fullmatch(tier):
+        raise ValueError(f"not a tier's name: {tier[:80]!r}")
+
+
+@dataclass(frozen=True)
+class NbdSource:
+    """A drive whose bytes another host serves over NBD (hypervisor/nbd_exports.py): its
+    export's address (`host`:`port`, that host's cluster address), its name, and the host
+    name its TLS certificate must bear."""
+
+    host: str
+    port: int
+    export: str  # the drive's UUID
+    tls_hostname: str
+
+    def __post_init__(self) -> None:
+        for name in (self.host, self.tls_hostname):
+            if not _HOST_NAME.fullmatch(name):
+                raise ValueError(f"not a host name or IPv4 address: {name[:80]!r}")
+        if not 0 < self.port < 1 << 16:
+            raise ValueError(f"not a TCP port: {self.port}")
+        if not _UUID.fullmatch(self.export):
+            raise ValueError(f"not a drive's UUID: {self.export[:80]!r}")
+
+
 @dataclass(frozen=True)
 class DiskSpec:
     """A drive file attached in an API slot. `luks` drives need the file of their passphrase."""
@@ -112,13 +152,14 @@ class DiskSpec:
     # file of them in place of `path` (the control plane's name for it).
     drive: str = ""
     tier: str = ""
+    # Another host's export of the drive (a drive of another host than the VM's): QEMU
+    # reads and writes it over NBD with TLS instead of opening `path`.
+    nbd: NbdSource | None = None
 
     def __post_init__(self) -> None:
-        # They become a file name on the agent: nothing but a UUID and a tier's name.
-        if self.drive and not _UUID.fullmatch(self.drive):
-            raise ValueError(f"not a drive's UUID: {self.drive[:80]!r}")
-        if self.tier and not _TIER.fullmatch(self.tier):
-            raise ValueError(f"not a tier's name: {self.tier[:80]!r}")
+        if self.nbd is not None and self.drive:
+            raise ValueError("a drive over NBD is no file of this host's agent")
+        check_drive_name(self.drive, self.tier, blank=True)
         if not SLOT_PATTERN.fullmatch(self.slot):
             raise ValueError(f"not a device slot: {self.slot!r}")
         if self.media not in ("disk", "cdrom"):
@@ -204,6 +245,9 @@ class VmSpec:
     run_as: str | None = None
     # Start paused, waiting for a saved state to be fed in (`migrate-incoming`), not booting.
     incoming: bool = False
+    # The host's cluster certificate under QEMU's names (migration.write_qemu_tls_dir): the
+    # client credentials of its disks over NBD. Set by the host's driver, which knows it.
+    nbd_tls_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not _UUID.fullmatch(self.uuid):
@@ -219,6 +263,8 @@ class VmSpec:
             raise ValueError("a NIC index is used twice")
         if self.netns is not None and not _NETNS.fullmatch(self.netns):
             raise ValueError(f"not a network namespace name: {self.netns!r}")
+        if self.nbd_tls_dir is not None and not any(disk.nbd for disk in self.disks):
+            raise ValueError("NBD TLS credentials without a disk over NBD")
 
     @property
     def paths(self) -> RunPaths:

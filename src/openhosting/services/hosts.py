@@ -170,10 +170,7 @@ class Hosts:
             loads.append(
                 HostLoad(
                     name=record.name,
-                    cores=record.cores,
-                    core_mhz=record.core_mhz,
-                    memory_mb=record.memory_mb,
-                    disk_bytes_by_tier=record.disk_bytes_by_tier,
+                    capacity=record.capacity,
                     used_mhz=used_mhz,
                     used_memory_mb=used_mb,
                     used_bytes_by_tier={
