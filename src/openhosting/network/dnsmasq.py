@@ -68,7 +68,13 @@ def build_dnsmasq_argv(spec: DhcpSpec) -> list[str]:
         # Only hosts with an entry get an address: `nic:0:dhcp` unset means none offered.
         f"--dhcp-range={pool.subnet.network_address},static,{pool.netmask},{spec.lease_seconds}",
         f"--dhcp-hostsdir={spec.hosts_dir}",
-        "--dhcp-authoritative",  # the only DHCP server on this bridge: answer at once
+        # Authoritative for its own guests (a lease it lost is answered at once, not left
+        # to time out) and deaf to everyone else's: the public bridge is the provider's L2,
+        # where every host's dnsmasq hears every guest, and an authoritative one NAKs a
+        # request naming another server ("wrong server-ID"), which a guest may hear before
+        # its own host's ACK.
+        "--dhcp-authoritative",
+        "--dhcp-ignore=tag:!known",
         f"--dhcp-option=option:router,{pool.gateway}",
     ]
     if pool.nameservers:

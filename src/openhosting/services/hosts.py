@@ -307,6 +307,16 @@ class Hosts:
                 return lists
         return None
 
+    def remote_macs(
+        self, host: str = "", making: Collection[str] = ()
+    ) -> dict[str, dict[str, str]]:
+        """Where `host` ("": this one) sends each remote guest's frames: VLAN → {MAC of a
+        NIC on it of a server on another online host: that host's underlay address}
+        (store/vnis.py's `remote_macs`)."""
+        since = time.time() - self._config.host.offline_seconds
+        with self._engine.connect() as connection:
+            return vni_store.remote_macs(connection, host or self.name, self.name, since, making)
+
     def overview(self) -> list[HostView]:
         """Every registered host with its capacity, use and state, by name."""
         now = time.time()

@@ -126,7 +126,9 @@ def open_platform(config: Config) -> Platform:
         config.network, config.run_path / "network", config.hypervisor.run_as
     )
     resources = Resources(engine, reader, pool, billing)
-    networks = ServerNetworks(engine, resources, pool, network_driver, hosts.flood_lists)
+    networks = ServerNetworks(
+        engine, resources, pool, network_driver, hosts.flood_lists, hosts.remote_macs
+    )
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
     relay = None

@@ -590,6 +590,10 @@ class ServerLifecycle:
                     log.warning("event=host_agent_down host=%s error=%s", host, error)
                 self._agents_down.add(host)
                 continue
+            # A move's target VM waits unheld for its state until the move ends: that is
+            # the move's, not an agent restarted (whose network reconcile would remove the
+            # NICs made there for the VM on its way in).
+            unheld = {uuid for uuid in unheld if not self.operations.anywhere(uuid)}
             if host in self._agents_down:
                 self._agents_down.discard(host)
                 log.info("event=host_agent_back host=%s", host)
