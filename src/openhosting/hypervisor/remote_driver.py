@@ -42,6 +42,7 @@ from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor import driver
 from openhosting.hypervisor.calls import (
     CALLS,
+    EXPORT_CALLS,
     HOST_CALLS,
     REPLACED,
     Call,
@@ -51,7 +52,7 @@ from openhosting.hypervisor.calls import (
 )
 from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
 from openhosting.hypervisor.network_calls import NETWORK_CALLS
-from openhosting.hypervisor.spec import HostVmSettings
+from openhosting.hypervisor.spec import HostVmSettings, NbdSource
 from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.hypervisor.remote")
@@ -241,6 +242,19 @@ class RemoteHypervisorDriver:
         return await self._call_record(
             method, record, path="network", answer_type=NETWORK_CALLS[method].answer
         )
+
+    # -- drives served to other hosts (`ExportingDriver`; hypervisor/nbd_exports.py) ---
+
+    async def export_drive(self, request: driver.ExportRequest) -> NbdSource:
+        source: NbdSource = await self._call_record("export_drive", request)
+        return source
+
+    async def end_exports(self, server: str) -> None:
+        await self._call("end_exports", server=server)
+
+    async def exports(self) -> list[str]:
+        servers: list[str] = await self._call("exports")
+        return servers
 
     # -- live migration (`MigratingDriver`; hypervisor/migration.py) -----------------
 
@@ -439,7 +453,7 @@ class RemoteHypervisorDriver:
 
 
 def _call_of(method: str) -> Call:
-    return CALLS[method] if method in CALLS else HOST_CALLS[method]
+    return CALLS.get(method) or EXPORT_CALLS.get(method) or HOST_CALLS[method]
 
 
 def checked_incoming(host: str, server: str, info: driver.IncomingInfo) -> driver.IncomingInfo:
