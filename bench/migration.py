@@ -13,6 +13,11 @@ Two figures:
 
 Copies and moves alternate, and medians are compared. Needs root (QEMU drops to `nobody`).
 About a minute: one boot under TCG, then the moves.
+
+Printed beside them, where a move's time goes: the median seconds from a move's start to
+each of its steps (the target's QEMU waiting, the state's stream starting, the mirror READY,
+the guest paused for the last round, the state in, the guest running on the target, the
+source ended), from the daemon's clock and the source QEMU's events.
 """
 
 import asyncio
@@ -31,7 +36,7 @@ from bench.drive_data import BLOCK, data_blocks
 from bench.harness import report, work_directory
 from openhosting.config import HypervisorSettings
 from openhosting.hypervisor import process
-from openhosting.hypervisor.driver import IncomingInfo, IncomingRequest, StartRequest
+from openhosting.hypervisor.driver import IncomingInfo, IncomingRequest, StartRequest, VmStatus
 from openhosting.hypervisor.migration import MigrationTls, live_migrate, write_qemu_tls_dir
 from openhosting.hypervisor.qemu_driver import QemuDriver
 from openhosting.hypervisor.spec import DiskSpec, VmSpec
@@ -47,17 +52,48 @@ BOOT_TIMEOUT = 120.0  # TCG on a busy machine
 MOVE_TIMEOUT = 120.0
 
 
+# The source QEMU's events of a move, by the step each marks.
+STEP_OF_EVENT = {
+    ("MIGRATION", "setup"): "state starts",
+    ("BLOCK_JOB_READY", None): "mirror READY",
+    ("MIGRATION", "pre-switchover"): "guest paused",
+    ("MIGRATION", "completed"): "state in",
+}
+STEPS = (
+    "target waits", "state starts", "mirror READY", "guest paused", "state in",
+    "runs on target", "source ended",
+)  # fmt: skip
+
+
 class MeasuredDriver(QemuDriver):
     """A QEMU driver that keeps what the source QEMU reports of each migration it sent
-    (read before the source ends: the target's QEMU reports no downtime)."""
+    (read before the source ends: the target's QEMU reports no downtime), and when each
+    step of it came (`steps`: the epoch time of each, the current move's last)."""
 
     reports: list[dict[str, object]]
+    steps: list[dict[str, float]]
+
+    async def prepare_incoming(self, request: IncomingRequest) -> IncomingInfo:
+        info = await super().prepare_incoming(request)
+        self.steps[-1]["target waits"] = time.time()
+        return info
 
     async def migrate_out(self, server: str, target: IncomingInfo, timeout: float) -> None:
-        await super().migrate_out(server, target, timeout)
-        answer = await self.vm(server).monitor.execute("query-migrate")
+        monitor = self.vm(server).monitor
+        with monitor.listen(*{name for name, _status in STEP_OF_EVENT}) as events:
+            await super().migrate_out(server, target, timeout)
+            while (event := await events.next(0)) is not None:
+                status = event.data.get("status") if event.name == "MIGRATION" else None
+                if step := STEP_OF_EVENT.get((event.name, status)):
+                    self.steps[-1].setdefault(step, event.timestamp)
+        answer = await monitor.execute("query-migrate")
         assert isinstance(answer, dict)
         self.reports.append(answer)
+
+    async def finish_incoming(self, server: str, timeout: float) -> VmStatus:
+        status = await super().finish_incoming(server, timeout)
+        self.steps[-1]["runs on target"] = time.time()
+        return status
 
 
 def make_drive(path: Path, image: Path) -> None:
@@ -99,6 +135,7 @@ class Figures:
     states: list[tuple[float, int]]  # QEMU's time of each state's stream (ms) and its bytes
     copies: list[float]  # seconds of each `cp`
     synced: list[float]  # seconds of each `cp` + `sync`
+    steps: list[dict[str, float]]  # of each move, seconds from its start to each step
 
 
 async def measure(work: Path, hosts: Path) -> Figures:
@@ -107,6 +144,7 @@ async def measure(work: Path, hosts: Path) -> Figures:
     settings = HypervisorSettings(accelerator="tcg", stop_timeout=5)
     drivers = []
     reports: list[dict[str, object]] = []  # both drivers', in the order of the moves
+    steps: list[dict[str, float]] = []  # both drivers', in the order of the moves
     for name in "ab":
         tls_dir = hosts / f"tls-{name}"
         bundle = cluster.host(f"hv-{name}")
@@ -118,6 +156,7 @@ async def measure(work: Path, hosts: Path) -> Figures:
             migration_tls=MigrationTls(tls_dir, f"hv-{name}"),
         )
         driver.reports = reports
+        driver.steps = steps
         drivers.append(driver)
     source, target = drivers
     drive = work / "drive-0.raw"
@@ -131,15 +170,18 @@ async def measure(work: Path, hosts: Path) -> Figures:
     await source.start(StartRequest(spec, timeout=MOVE_TIMEOUT))
     try:
         await wait_for_log(spec.paths.serial_log, READY_MARKER, timeout=BOOT_TIMEOUT)
-        figures = Figures([], [], [], [], [])
+        figures = Figures([], [], [], [], [], [])
         for number in range(1, ROUNDS + 1):
             figures.copies.append(cp_seconds(drive, work / "copy.raw", sync=False))
             figures.synced.append(cp_seconds(drive, work / "copy.raw", sync=True))
             next_drive = work / f"drive-{number}.raw"
             request = moved(spec, target, next_drive)
-            started = time.perf_counter()
+            steps.append({})
+            started, wall = time.perf_counter(), time.time()
             await live_migrate(source, target, request, MOVE_TIMEOUT)
             figures.moves.append(time.perf_counter() - started)
+            steps[-1]["source ended"] = time.time()
+            figures.steps.append({step: at - wall for step, at in steps[-1].items()})
             drive.unlink()
             spec, drive, source, target = request.start.spec, next_drive, target, source
         await source.stop(server)
@@ -184,6 +226,15 @@ def run() -> float:
         f" {', '.join(f'{t / 1000:.2f} s ({b / 1e6:.0f} MB)' for t, b in figures.states)};"
         f" cp {', '.join(f'{t:.2f}' for t in figures.copies)} s;"
         f" cp + sync {', '.join(f'{t:.2f}' for t in figures.synced)} s",
+        flush=True,
+    )
+    print(
+        "where a move's time goes (median s from its start): "
+        + ", ".join(
+            f"{step} {statistics.median(move[step] for move in figures.steps):.2f}"
+            for step in STEPS
+            if all(step in move for move in figures.steps)
+        ),
         flush=True,
     )
     downtime = statistics.median(figures.downtimes)

@@ -220,7 +220,12 @@ class LocalCluster:
                     self.work / host, bundles[host], driver=self.driver,
                     listen=f"{topology.address(host)}:{AGENT_PORT}",
                     netns=topology.namespace(host),
-                    env={"OH_HYPERVISOR_RUN_DIR": str(runs[host]), **extra_env},
+                    env={
+                        "OH_HYPERVISOR_RUN_DIR": str(runs[host]),
+                        # Where its migrations and its drives' NBD exports listen.
+                        "OH_HYPERVISOR_MIGRATION_ADDRESS": topology.address(host),
+                        **extra_env,
+                    },
                 ),
                 undo,
             )

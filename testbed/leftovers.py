@@ -11,17 +11,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from openhosting.hypervisor import process
+from openhosting.hypervisor.nbd_exports import EXPORTS_DIRECTORY, PIDFILE, export_pid
 from openhosting.network import passt
 from openhosting.network.guest_fence import table_name
 from openhosting.network.passt_counters import PasstCounters
 
 
 def kill_leftover_vms(run_path: Path) -> None:
-    """Kill every VM and user-mode network helper a test left running under `run_path`,
+    """Kill every VM, NBD export and user-mode network helper a test left running under `run_path`,
     take down its platform's guest fence, then remove the run files."""
     for run_dir in run_path.glob("*") if run_path.exists() else []:
         pid = process.adopt(run_dir, run_dir.name)
         if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+    # The NBD exports of an agent's drives (one qemu-storage-daemon each).
+    for pidfile in (run_path / EXPORTS_DIRECTORY).glob(f"*/*/{PIDFILE}"):
+        if (pid := export_pid(pidfile)) is not None:
             os.kill(pid, signal.SIGKILL)
     passt_dir = run_path / "network" / "passt"
     counting = PasstCounters(passt_dir)

@@ -132,10 +132,12 @@ class HypervisorSettings:
     # 0: not kept.
     serial_log_retention_days: int = 7
     # This host's address on the cluster network, where VMs moving in by live migration
-    # take their drives (NBD) and their state over TCP; empty: unix sockets, for migrations
-    # between drivers of one machine only.
+    # take their drives (NBD) and their state over TCP, and where an agent serves its drives
+    # to the VMs of other hosts (NBD); empty: unix sockets, for migrations between drivers
+    # of one machine only, and no drive served to another host.
     migration_address: str = ""
-    # The TCP ports (FIRST-LAST) those streams listen on, two per VM moving in at once.
+    # The TCP ports (FIRST-LAST) those streams listen on, two per VM moving in at once and
+    # one per drive served to another host's VM.
     migration_ports: str = "49152-49215"
     # MiB/s a live migration out of this host may send, its drives' copy and its memory
     # alike (one after the other); 0: as fast as it goes.

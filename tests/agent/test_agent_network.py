@@ -118,6 +118,18 @@ async def _start_block_and_stop(platform: Platform, namespace: str, run: Path) -
             b'{"peers": {"' + SERVER_UUID.encode() + b'": ["10.0.0.1 dev lo"]}}\n',
         ),
         ("set_vxlan_peers", b'{"peers": {"oh-v; rm": ["10.0.0.1"]}}\n'),
+        (
+            "set_vxlan_macs",
+            b'{"macs": {"'
+            + SERVER_UUID.encode()
+            + b'": {"52:54:00:00:00:01 dev lo": "10.0.0.1"}}}\n',
+        ),
+        (
+            "set_vxlan_macs",
+            b'{"macs": {"'
+            + SERVER_UUID.encode()
+            + b'": {"52:54:00:00:00:01": "10.0.0.1 self"}}}\n',
+        ),
         ("open_vnc", b'{"guest": "not an address", "port": 5900}\n'),
         ("detach", b"not json\n"),
     ],

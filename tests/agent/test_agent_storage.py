@@ -2,8 +2,9 @@
 mutual TLS to a real `openhosting-agent` on loopback: the files are the agent's, in its own
 drive directory; writes (raw and staged), reads, hashes, resizes and destroys move the bytes
 there and back; refusals come back as the API's errors; a write given up half-way changes
-nothing of a staged write's drive; another host's certificate gets nothing. A start names its
-drives, which the agent opens in its own directory."""
+nothing of a staged write's drive; another host's certificate gets nothing, through the calls
+or the byte streams, and a stream to an agent that is not the host's goes no further than its
+handshake. A start names its drives, which the agent opens in its own directory."""
 
 import asyncio
 import dataclasses
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from openhosting.agent.host_connection import HostConnection
 from openhosting.agent.pki import Bundle, control_context
 from openhosting.agent.server import own_drive_paths
 from openhosting.errors import FailedError, FullError, MissingError, UnavailableError
@@ -52,7 +54,9 @@ def agent_a(cluster: Cluster, agent_dir: Path) -> Iterator[AgentProcess]:
 def storage_of(
     agent: AgentProcess, cluster: Cluster, bundle: Bundle | None = None
 ) -> RemoteDriveStorage:
-    return RemoteDriveStorage("hv-a", agent.address, control_context(bundle or cluster.control))
+    return RemoteDriveStorage(
+        HostConnection("hv-a", agent.address, control_context(bundle or cluster.control))
+    )
 
 
 class Noted:
@@ -116,6 +120,7 @@ def test_the_agent_keeps_its_drives_in_its_own_directory_and_streams_their_bytes
                 assert await plan.sha256() == hashlib.sha256(data).hexdigest()
                 plan.close()
             assert path.read_bytes()[1000 : 1000 + len(data)] == data  # the agent's own file
+            assert "reverter_left_open" not in agent_a.log.read_text()  # allocate closes
             # The encrypted one's file holds no plaintext.
             assert data[:4096] not in (path.parent / f"{secret}.img").read_bytes()
 
@@ -189,7 +194,9 @@ def test_refusals_come_back_as_the_api_errors_and_a_cut_staged_write_changes_not
             # A drive the agent does not have is missing; an unreachable agent fails.
             with pytest.raises(MissingError):
                 await read(storage, str(uuid.uuid4()), 0, 10)
-            gone = RemoteDriveStorage("hv-a", "127.0.0.1:1", control_context(cluster.control))
+            gone = RemoteDriveStorage(
+                HostConnection("hv-a", "127.0.0.1:1", control_context(cluster.control))
+            )
             with pytest.raises(UnavailableError, match="hv-a"):
                 await gone.create(str(uuid.uuid4()), "disk", MIB, None)
             assert not gone.is_available(drive, "disk")
@@ -206,13 +213,49 @@ def test_another_hosts_certificate_gets_nothing_of_the_drives(
 ) -> None:
     async def scenario() -> None:
         impostor = storage_of(agent_a, cluster, cluster.host("hv-b"))
+        storage = storage_of(agent_a, cluster)
         try:
             drive = str(uuid.uuid4())
             with pytest.raises(FailedError, match="control plane"):
                 await impostor.create(drive, "disk", MIB, None)
             assert not (agent_dir / "state" / "drives" / f"{drive}.img").exists()
+            # Nor through the byte streams: a read answers nothing, a write changes nothing.
+            data, noted = os.urandom(MIB), Noted()
+            await storage.create(drive, "disk", 4 * MIB, None)
+            assert await write(storage, drive, data) == MIB
+            with pytest.raises(FailedError, match="control plane"):
+                await read(impostor, drive, 0, MIB)
+            writer = impostor.open_write(DriveBytes(drive, "disk"), 0, 4 * MIB, False, noted.wrote)
+            with pytest.raises(FailedError, match="control plane"):
+                for _ in range(4):
+                    await writer.write(bytes(MIB))
+                await writer.finish()
+            await writer.abort()
+            assert noted.ends == [None] and await read(storage, drive, 0, MIB) == data
+            await storage.destroy(drive, "disk")
         finally:
             await impostor.close()
+            await storage.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_to_another_hosts_agent_is_refused_before_the_call_goes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A storage of hv-a pointed at hv-b's agent: its certificate does not name hv-a, so
+    the stream ends at the handshake (503), the call (its key) never sent."""
+
+    async def scenario() -> None:
+        with agent_process(tmp_path / "b", cluster.host("hv-b")) as agent_b:
+            misled = storage_of(agent_b, cluster)
+            plan = misled.open_read(
+                DriveBytes(str(uuid.uuid4()), "disk", b"k" * 64), 0, MIB, Noted().read
+            )
+            with pytest.raises(UnavailableError, match=r"hv-a.*certificate"):
+                await plan.begin()
+            plan.close()
+            await misled.close()
 
     asyncio.run(scenario())
 

@@ -51,7 +51,9 @@ def add_token(platform: Platform, server: str, user: str, expires: float, used: 
     """A token of the user's for `server`, stored as the service stores one."""
     token = f"test-token-{expires}-{used}"
     with platform.engine.begin() as connection:
-        token_store.insert_token(connection, token_hash(token), server, user, expires)
+        token_store.insert_token(
+            connection, ConsoleTokenRecord(token_hash(token), server, user, expires)
+        )
         if used:
             assert token_store.use_token(connection, token_hash(token), time.time())
     return token

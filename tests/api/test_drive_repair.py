@@ -10,6 +10,7 @@ import uuid
 import pytest
 from aiohttp.test_utils import TestClient
 
+from openhosting.agent.host_connection import HostConnection
 from openhosting.services.drive_repair import ORPHAN_GRACE_SECONDS
 from openhosting.services.platform import Platform
 from openhosting.storage.remote_storage import RemoteDriveStorage
@@ -69,7 +70,7 @@ async def test_a_drive_of_an_agents_host_is_neither_resized_nor_removed_here(
     platform.hosts.set_agent("hv-a", "127.0.0.1:7430")
     agents = platform.drives.storages
     agents.connector = lambda host, address: RemoteDriveStorage(
-        host, address, ssl.create_default_context()
+        HostConnection(host, address, ssl.create_default_context())
     )
     drive = (await create_drive(client, auth, SIZE, "none"))["drive"]
     with platform.engine.begin() as connection:

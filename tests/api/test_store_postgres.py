@@ -6,17 +6,22 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from aiohttp.test_utils import TestServer
+from sqlalchemy import event, update
 
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.config import load_config
 from openhosting.services.platform import Platform, open_platform
-from tests.conftest import basic_auth, kill_leftover_vms
+from openhosting.store.database import open_engine
+from openhosting.store.tables import drives
+from openhosting.wire.text import parse_properties
+from tests.conftest import basic_auth, changes_heard, kill_leftover_vms, serve_api
 
 # Long enough that a blocked event loop shows; the safety release ends a test of code that
 # blocks (the old code) instead of hanging it.
@@ -148,3 +153,83 @@ async def test_a_write_waiting_on_another_nodes_row_lock_stalls_nothing_else(  #
         locker.close()
     response = await asyncio.wait_for(writing, 10)
     assert response.status in (200, 204), await response.text()
+
+
+# A read kept on PostgreSQL, and what it answers once the drive is another user's.
+KEPT_READS = [("/drives/list", 200), ("/drives/DRIVE/info", 404)]
+
+
+@pytest.mark.parametrize(("path", "status_once_given_away"), KEPT_READS)
+async def test_a_kept_drive_read_is_answered_without_sql_or_a_worker_thread(  # type: ignore[no-untyped-def]
+    aiohttp_client,
+    pg_platform: Platform,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    status_once_given_away: int,
+) -> None:
+    """A drive listing or info kept since the last write heard of is answered on the event
+    loop: no statement, no hand-over to the store's worker threads (which cost more than the
+    whole cached answer, `make bench ARGS=cluster`); a write through another node is seen by
+    the first request after its notification is heard."""
+    api = await serve_api(aiohttp_client, pg_platform)
+    listener = pg_platform.listen()
+    assert listener is not None
+    try:
+        for _ in range(100):  # at most 10 s
+            if pg_platform.changes.version() is not None:
+                break
+            await asyncio.sleep(0.1)
+        auth = basic_auth(pg_platform.accounts.create_user("alice"))
+        bob = pg_platform.accounts.create_user("bob")
+        created = await api.post("/drives/create", data="name a\nsize 1M\n", headers=auth)
+        drive = parse_properties(await created.text())["drive"]
+        path = path.replace("DRIVE", drive)
+
+        async def read() -> tuple[int, str]:
+            response = await api.get(path, headers=auth)
+            return response.status, await response.text()
+
+        await changes_heard(pg_platform)
+        status, text = await read()  # read and kept
+        assert status == 200 and drive in text, text
+
+        statements: list[str] = []
+        handed_over: list[str] = []
+        run = pg_platform.store.run
+
+        async def counted(work, *args, **kwargs):  # type: ignore[no-untyped-def]
+            handed_over.append(getattr(work, "__name__", repr(work)))
+            return await run(work, *args, **kwargs)
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            statements.append(statement)
+
+        monkeypatch.setattr(pg_platform.store, "run", counted)
+        event.listen(pg_platform.engine, "before_cursor_execute", record)
+        try:
+            for _ in range(3):
+                assert await read() == (status, text)
+        finally:
+            event.remove(pg_platform.engine, "before_cursor_execute", record)
+        assert (statements, handed_over) == ([], [])
+
+        # Another node gives the drive to bob (its own engine, as another daemon's): once
+        # its notification is heard, the next request reads the database again.
+        heard = pg_platform.changes.version()
+        other = open_engine(postgres_url)
+        try:
+            with other.begin() as connection:
+                connection.execute(
+                    update(drives).where(drives.c.uuid == drive).values(user=bob.uuid)
+                )
+        finally:
+            other.dispose()
+        for _ in range(100):  # at most 10 s
+            if pg_platform.changes.version() != heard:
+                break
+            await asyncio.sleep(0.1)
+        status, text = await read()
+        assert status == status_once_given_away and (status != 200 or text == ""), text
+    finally:
+        listener.stop()

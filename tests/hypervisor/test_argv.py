@@ -8,6 +8,7 @@ import pytest
 from openhosting.hypervisor.argv import build_qemu_argv, choose_accelerator
 from openhosting.hypervisor.spec import (
     DiskSpec,
+    NbdSource,
     NicSpec,
     RunPaths,
     TapNetdev,
@@ -278,3 +279,57 @@ def test_a_restoring_vm_waits_paused_for_its_saved_state_instead_of_booting() ->
     position = argv.index("-incoming")
     assert argv[:position] + argv[position + 3 :] == without
     assert "-incoming" not in without
+
+
+def test_a_drive_another_host_serves_is_an_nbd_node_over_tls_under_the_same_layers() -> None:
+    source = NbdSource("10.0.0.12", 49160, "4af85ed3-0caa-4736-8a26-a33d7de0a122", "hv-b")
+    secret = RUN / "secret-ide-0-1"
+    disks = (
+        DiskSpec("ide:0:0", D / "a.img"),
+        DiskSpec("ide:0:1", D / "b.img", format="luks", secret_file=secret, nbd=source),
+    )
+    argv = build_qemu_argv(spec(disks=disks, nbd_tls_dir=Path("/var/lib/oh/migration-tls")))
+    lines = as_lines(argv).splitlines()
+    assert (
+        "-object tls-creds-x509,id=nbd-tls,dir=/var/lib/oh/migration-tls,endpoint=client,"
+        "verify-peer=on"
+    ) in lines
+    assert (
+        "-blockdev driver=nbd,node-name=file-ide-0-1,server.type=inet,server.host=10.0.0.12,"
+        "server.port=49160,export=4af85ed3-0caa-4736-8a26-a33d7de0a122,tls-creds=nbd-tls,"
+        "tls-hostname=hv-b,read-only=off,discard=unmap"
+    ) in lines
+    # Opened here with its passphrase: the other host serves ciphertext only.
+    assert (
+        "-blockdev driver=luks,node-name=drive-ide-0-1,file=file-ide-0-1,read-only=off,"
+        "key-secret=secret-ide-0-1"
+    ) in lines
+    assert "-device ide-hd,bus=ide.0,unit=1,drive=drive-ide-0-1,id=ide-0-1,werror=enospc," \
+        "rerror=report" in lines  # fmt: skip
+    assert f"filename={D / 'b.img'}" not in " ".join(argv)
+
+
+def test_a_drive_over_nbd_is_never_opened_without_tls() -> None:
+    source = NbdSource("10.0.0.12", 49160, "4af85ed3-0caa-4736-8a26-a33d7de0a122", "hv-b")
+    with pytest.raises(ValueError, match="TLS"):
+        build_qemu_argv(spec(disks=(DiskSpec("ide:0:0", D / "b.img", nbd=source),)))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"host": "10.0.0.12,id=x"},  # no option of QEMU's may be slipped in
+        {"tls_hostname": "hv-b,tls-creds="},
+        {"port": 0},
+        {"export": "../../etc/passwd"},
+    ],
+)
+def test_an_nbd_source_is_a_host_a_port_and_a_drives_uuid(fields: dict[str, Any]) -> None:
+    good: dict[str, Any] = {
+        "host": "10.0.0.12",
+        "port": 49160,
+        "export": "4af85ed3-0caa-4736-8a26-a33d7de0a122",
+        "tls_hostname": "hv-b",
+    }
+    with pytest.raises(ValueError):
+        NbdSource(**{**good, **fields})

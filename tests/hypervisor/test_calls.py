@@ -11,6 +11,7 @@ import pytest
 
 from openhosting.hypervisor.calls import (
     CALLS,
+    EXPORT_CALLS,
     MIGRATING,
     WHOLE_RECORD,
     CallError,
@@ -20,6 +21,8 @@ from openhosting.hypervisor.calls import (
 )
 from openhosting.hypervisor.driver import (
     BlockStats,
+    ExportingDriver,
+    ExportRequest,
     HypervisorDriver,
     IncomingInfo,
     IncomingRequest,
@@ -36,6 +39,7 @@ from openhosting.hypervisor.spec import (
     DiskSpec,
     DriveSecret,
     HostVmSettings,
+    NbdSource,
     NicSpec,
     StreamNetdev,
     TapNetdev,
@@ -218,3 +222,20 @@ def test_what_is_not_a_record_is_refused(hint: Any, data: Any) -> None:
 def test_what_is_not_plain_data_is_not_encoded() -> None:
     with pytest.raises(CallError):
         encode(object())
+
+
+def test_the_export_calls_are_the_exporting_drivers_methods_and_cross_whole() -> None:
+    own = set(dir(ExportingDriver)) - set(dir(HypervisorDriver))
+    assert set(EXPORT_CALLS) == {name for name in own if not name.startswith("_")}
+    drive = str(uuid.uuid4())
+    request = ExportRequest(SERVER, drive, "ssd", "hv-a", read_only=True)
+    assert _through_json(EXPORT_CALLS["export_drive"].request, request) == request
+    source = NbdSource("10.0.0.12", 49160, drive, "hv-b")
+    assert _through_json(EXPORT_CALLS["export_drive"].answer, source) == source
+    # A disk over NBD crosses in a start as its source, checked again when decoded.
+    disk = DiskSpec("ide:0:1", Path("/d/b"), nbd=source)
+    spec = VmSpec(SERVER, 1, 64, Path("/run/oh") / SERVER, disks=(disk,))
+    assert _through_json(StartRequest, StartRequest(spec)).spec.disks == (disk,)
+    bad = encode(request) | {"drive": "../../etc/shadow"}
+    with pytest.raises(CallError):
+        decode(ExportRequest, bad)

@@ -3,6 +3,9 @@ creates: what attach makes, what detach, reconcile and close leave behind (nothi
 
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -143,3 +146,94 @@ async def test_a_killed_dnsmasq_is_started_again_while_servers_hold_entries_only
     assert await process.wait_exit(restarted, timeout=10)
     await driver.keep_helpers_running()
     assert driver.dhcp.pid() is None
+
+
+# A DHCP client's one request from inside a namespace (no DHCP client binary here): a
+# broadcast DISCOVER or REQUEST for a MAC, naming the server and address it asks; prints
+# the types of the answers to it within a second (2 OFFER, 5 ACK, 6 NAK), space-separated.
+_DHCP_CLIENT = """
+import socket, struct, sys, time
+kind, mac, server, address = int(sys.argv[1]), bytes.fromhex(sys.argv[2].replace(":", "")), \\
+    socket.inet_aton(sys.argv[3]), socket.inet_aton(sys.argv[4])
+xid = 0x6F680001
+head = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0x8000, bytes(4),
+                   bytes(4), bytes(4), bytes(4), mac, b"", b"")
+options = bytes([53, 1, kind, 50, 4]) + address
+if kind == 3:
+    options += bytes([54, 4]) + server
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.bind(("0.0.0.0", 68))
+s.sendto(head + b"\\x63\\x82\\x53\\x63" + options + b"\\xff", ("255.255.255.255", 67))
+s.settimeout(0.2)
+answers, deadline = [], time.monotonic() + 1.0
+while time.monotonic() < deadline:
+    try:
+        data = s.recv(2048)
+    except TimeoutError:
+        continue
+    if struct.unpack("!I", data[4:8])[0] != xid:
+        continue
+    at = 240
+    while at < len(data) and data[at] != 255:
+        if data[at] == 53:
+            answers.append(str(data[at + 2]))
+        at += 2 + data[at + 1] if data[at] else 1
+print(" ".join(answers))
+"""
+DISCOVER, REQUEST = 1, 3
+
+
+def dhcp_answers(client: str, kind: int, mac: str, server: str, address: str) -> list[str]:
+    done = subprocess.run(
+        ["ip", "netns", "exec", client, sys.executable, "-c", _DHCP_CLIENT,
+         str(kind), mac, server, address],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    return done.stdout.split()
+
+
+@pytest.fixture
+async def readable_driver(namespace: str) -> AsyncIterator[BridgeNetwork]:
+    """The driver, its files where dnsmasq (which drops to `nobody`) reads its entries:
+    not under pytest's own directory, which only root may enter."""
+    with tempfile.TemporaryDirectory(prefix="oh-dhcp-", dir="/tmp") as run:
+        os.chmod(run, 0o755)
+        settings = NetworkSettings(mode="bridge", namespace=namespace, lease_seconds=120)
+        pool = AddressPool.parse(
+            settings.pool_subnet, settings.pool_gateway, settings.pool_nameservers,
+            settings.pool_range,
+        )  # fmt: skip
+        network = BridgeNetwork(settings, pool, Path(run) / "network")
+        yield network
+        await network.dhcp.stop()
+
+
+async def test_dnsmasq_answers_its_own_guests_only_not_nak_another_hosts(
+    readable_driver: BridgeNetwork, namespace: str
+) -> None:
+    """The public bridge is the provider's L2: every host's dnsmasq hears every guest's
+    broadcasts. This host's answers its own guests, and stays silent to a guest selecting
+    another host's offer (an authoritative dnsmasq NAKed it, "wrong server-ID", and the
+    guest, hearing that before its host's ACK, started over: cluster DHCP failed at random)."""
+    driver = readable_driver
+    await driver.start()
+    await driver.attach([NicPlan(SERVER_A, 0, MAC_A, address="192.0.2.10")])
+    with network_namespace() as client:
+        for command in (
+            ["link", "add", "ohdhcp0", "netns", namespace, "type", "veth",
+             "peer", "name", "eth0", "netns", client],
+            ["-n", namespace, "link", "set", "ohdhcp0", "master", "oh-public", "up"],
+            ["-n", client, "addr", "add", "192.0.2.252/24", "dev", "eth0"],
+            ["-n", client, "link", "set", "eth0", "up"],
+        ):  # fmt: skip
+            subprocess.run(["ip", *command], check=True, timeout=10)
+        # Its own guest: offered and acknowledged (this host is the gateway, 192.0.2.1).
+        assert dhcp_answers(client, DISCOVER, MAC_A, "0.0.0.0", "192.0.2.10") == ["2"]
+        assert dhcp_answers(client, REQUEST, MAC_A, "192.0.2.1", "192.0.2.10") == ["5"]
+        # Another host's guest, taking that host's offer (server 192.0.2.2): no answer.
+        assert dhcp_answers(client, DISCOVER, MAC_B, "0.0.0.0", "192.0.2.11") == []
+        assert dhcp_answers(client, REQUEST, MAC_B, "192.0.2.2", "192.0.2.11") == []
+    await driver.detach([NicPlan(SERVER_A, 0, MAC_A, address="192.0.2.10")])

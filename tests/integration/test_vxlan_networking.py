@@ -371,6 +371,93 @@ async def test_each_vlan_floods_only_to_the_hosts_running_its_servers_by_its_dat
     assert link_names(host_1) == link_names(host_2) == {"lo", "u0"}
 
 
+def unicast_entries(namespace: str, device: str) -> dict[str, str]:
+    """The forwarding entries of single MACs on `device`: MAC → the host it is sent to."""
+    shown = subprocess.run(
+        ["bridge", "-n", namespace, "-j", "fdb", "show", "dev", device],
+        check=True, capture_output=True, text=True, timeout=10,
+    ).stdout  # fmt: skip
+    return {
+        e["mac"]: e["dst"]
+        for e in json.loads(shown)
+        if "dst" in e and e["mac"] != "00:00:00:00:00:00"
+    }
+
+
+def no_ipv6(namespace: str, *links: str) -> None:
+    """No IPv6 on `links` in `namespace`: their router solicitations and reports are
+    multicast, flooded whatever the entries, and would blur a count of unicast frames."""
+    for link in links:
+        subprocess.run(
+            ["ip", "netns", "exec", namespace, "sysctl", "-qw",
+             f"net.ipv6.conf.{link}.disable_ipv6=1"],
+            check=True, timeout=10,
+        )  # fmt: skip
+
+
+def quiet_guest(namespace: str, mac: str) -> None:
+    """The guest's MAC set to `mac`, and no IPv6."""
+    no_ipv6(namespace, "eth0")
+    ip(namespace, "link", "set", "eth0", "address", mac)
+
+
+async def test_a_remote_guests_mac_is_sent_to_its_host_alone_not_flooded(
+    fabric: Fabric, drivers: tuple[BridgeNetwork, BridgeNetwork]
+) -> None:
+    one, two = drivers
+    host_1, host_2, host_3 = fabric.hosts
+    vni = vni_of(VLAN_1)
+    # Host 3 is in VLAN 1's flood lists (as if it ran one of its servers): it counts what
+    # reaches it of the VLAN.
+    listener(host_3, "x1", vni)
+    for host in (host_1, host_2):  # the VLAN bridges and VXLAN devices made from now on
+        no_ipv6(host, "all", "default")
+    await one.set_vxlan_peers({VLAN_1: [UNDERLAY[1], UNDERLAY[2]]})
+    await two.set_vxlan_peers({VLAN_1: [UNDERLAY[0], UNDERLAY[2]]})
+    await one.attach([nic(1, VLAN_1)])
+    await two.attach([nic(3, VLAN_1)])
+    try:
+        a = fabric.guest(host_1, one.vlan_bridge(VLAN_1), "ga", "10.77.0.1")
+        c = fabric.guest(host_2, two.vlan_bridge(VLAN_1), "gc", "10.77.0.3")
+        mac_a, mac_c = "52:54:00:0a:00:01", "52:54:00:0a:00:03"
+        quiet_guest(a, mac_a)
+        quiet_guest(c, mac_c)
+        # Each host sends the other's guest's MAC to that host alone (this host's own
+        # address and a malformed MAC left out).
+        await one.set_vxlan_macs({VLAN_1: {mac_c: UNDERLAY[1], "52:54:00:0a:00:09": UNDERLAY[0],
+                                           "not a mac": UNDERLAY[1]}})  # fmt: skip
+        await two.set_vxlan_macs({VLAN_1: {mac_a.upper(): UNDERLAY[0]}})
+        assert unicast_entries(host_1, one.vxlan_device(VLAN_1)) == {mac_c: UNDERLAY[1]}
+        assert unicast_entries(host_2, two.vxlan_device(VLAN_1)) == {mac_a: UNDERLAY[0]}
+
+        assert pings(a, "10.77.0.3")  # the ARP floods (host 3 gets it), then unicast
+        flooded = received(host_3, "x1")
+        assert flooded > 0
+        assert pings(a, "10.77.0.3") and pings(c, "10.77.0.1")
+        assert received(host_3, "x1") == flooded  # the echoes went to their host alone
+
+        # The entries go (a guest stopped or moved away): unicast floods to the list again.
+        await one.set_vxlan_macs({VLAN_1: {}})
+        await two.set_vxlan_macs({VLAN_1: {}})
+        assert unicast_entries(host_1, one.vxlan_device(VLAN_1)) == {}
+        assert pings(a, "10.77.0.3")
+        assert received(host_3, "x1") > flooded
+        # The device goes with its VLAN's last server here, its entries with it; told
+        # before the next one is made (as a start tells them), it is made with them.
+        ip(host_1, "link", "delete", "ga")
+        await one.detach([nic(1, VLAN_1)])
+        await one.set_vxlan_macs({VLAN_1: {mac_c: UNDERLAY[1]}})
+        await one.attach([nic(1, VLAN_1)])
+        assert unicast_entries(host_1, one.vxlan_device(VLAN_1)) == {mac_c: UNDERLAY[1]}
+    finally:
+        for host, link in ((host_1, "ga"), (host_2, "gc")):
+            subprocess.run(["ip", "-n", host, "link", "delete", link], timeout=10, check=False)
+        await one.detach([nic(1, VLAN_1)])
+        await two.detach([nic(3, VLAN_1)])
+        for network in (one, two):
+            await network.close(idle=True)
+
+
 async def test_a_changed_peer_list_replaces_the_flood_list_at_reconcile(
     fabric: Fabric, drivers: tuple[BridgeNetwork, BridgeNetwork], tmp_path: Path
 ) -> None:

@@ -45,6 +45,7 @@ class RecordingNetwork:
         self.calls: list[str] = []
         self.fail_attach = False
         self.flood_lists: list[dict[str, list[str]] | None] = []  # each set_vxlan_peers's
+        self.macs: list[dict[str, dict[str, str]]] = []  # each set_vxlan_macs's
 
     def guest_address(self, nic: NicPlan) -> str | None:
         return nic.address
@@ -79,6 +80,10 @@ class RecordingNetwork:
         self.calls.append("set_vxlan_peers")
         lists = None if peers is None else {vlan: list(each) for vlan, each in peers.items()}
         self.flood_lists.append(lists)
+
+    async def set_vxlan_macs(self, macs: Mapping[str, Mapping[str, str]]) -> None:
+        self.calls.append("set_vxlan_macs")
+        self.macs.append({vlan: dict(each) for vlan, each in macs.items()})
 
     async def keep_helpers_running(self) -> None:
         self.calls.append("keep_helpers_running")

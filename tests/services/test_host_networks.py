@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, update
 
+from openhosting.errors import UsageError
+from openhosting.hypervisor.driver import IncomingInfo, IncomingRequest
 from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.hypervisor.spec import TapNetdev
@@ -312,4 +314,78 @@ async def test_each_hosts_vlans_flood_only_to_the_hosts_running_their_servers(
     await platform.servers.stop(user, there)
     with platform.engine.begin() as connection:
         resource_store.delete_nics(connection, OTHER)
+    await platform.servers.close()
+
+
+async def test_a_vlan_is_taken_where_an_agents_host_runs_bridge_networking(
+    two_hosts: Hosts,
+) -> None:
+    """The API node's own network is user mode (the fake platform's); hv-a's agent runs
+    bridge mode. A VLAN NIC is accepted (where the server will run is not known at create)
+    and made on hv-a; started on this host, whose mode has no VLANs, it is refused there."""
+    platform, _local, _remote, network, user = two_hosts
+    assert platform.servers.networks.driver.mode == "user"
+    await platform.servers.recover()  # connects to the agents
+    vlan = str(platform.resources.create(user, "vlan", {})["resource"])
+    on_vlan = {"nic:1:model": "e1000", "nic:1:vlan": vlan}
+
+    there = await server_on_agent_host(platform, user, **on_vlan)
+    assert [nic.vlan for nic in network.of(there)] == [None, vlan]
+
+    properties = {"name": "d", "size": "1M", "encryption:cipher": "none"}
+    drive = str((await platform.drives.create(user, properties))["drive"])
+    with platform.engine.begin() as connection:
+        values = {"host": platform.hosts.name}
+        connection.execute(update(drives).where(drives.c.uuid == drive).values(**values))
+    created = await platform.servers.create(user, {**SERVER, **on_vlan, "ide:0:0": drive}, False)
+    here = str(created["server"])
+    with pytest.raises(UsageError, match="this host runs user-mode networking"):
+        await platform.servers.start(user, here)
+    assert (await platform.servers.info(user, here))["status"] == "stopped"
+    await platform.servers.stop(user, there)
+    await platform.servers.close()
+
+
+async def test_a_vlan_is_refused_where_no_host_runs_bridge_networking(tmp_path: Path) -> None:
+    user_mode = RecordingNetwork()
+    user_mode.mode = "user"
+    with platform_with_agent_host(tmp_path, network=user_mode) as (platform, _, _, user):
+        await platform.servers.recover()
+        vlan = str(platform.resources.create(user, "vlan", {})["resource"])
+        with pytest.raises(UsageError, match="VLANs need bridge networking"):
+            on_vlan = {"nic:1:model": "e1000", "nic:1:vlan": vlan}
+            await platform.servers.create(user, {**SERVER, **on_vlan}, False)
+        await platform.servers.close()
+
+
+async def test_the_agents_watch_during_a_move_leaves_the_nics_made_on_its_target(
+    two_hosts: Hosts,
+) -> None:
+    """The watch of the agents runs every few seconds, and a live move takes longer: the
+    target's VM, waiting for its state, is no VM of a restarted agent. Once reconciled as
+    one, hv-a's network (running another server) dropped the moved server's new NICs, and
+    the guest, moved and running, was cut off its network."""
+    platform, _local, remote, network, user = two_hosts
+    platform.servers.networks.driver = RecordingNetwork()
+    await platform.servers.recover()
+    staying = await server_on_agent_host(platform, user)
+    created = await platform.servers.create(user, dict(SERVER), start=True)
+    moving = str(created["server"])
+    assert (await platform.servers.info(user, moving))["host"] == platform.hosts.name
+
+    prepare = remote.prepare_incoming
+
+    async def prepare_then_watch(request: IncomingRequest) -> IncomingInfo:
+        info = await prepare(request)
+        await platform.servers.lifecycle.watch_agents()  # meanwhile, its 5-second look
+        return info
+
+    remote.prepare_incoming = prepare_then_watch  # type: ignore[method-assign]
+    outcome = await platform.servers.drain(platform.hosts.name)
+
+    assert outcome[moving] == "moved hv-a", outcome
+    assert [nic.server for nic in network.of(moving)] == [moving]
+    assert [nic.server for nic in network.of(staying)] == [staying]
+    for server in (moving, staying):
+        await platform.servers.stop(user, server)
     await platform.servers.close()

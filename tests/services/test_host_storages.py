@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from openhosting.agent.host_connection import HostConnection
 from openhosting.errors import FullError
 from openhosting.services.platform import open_platform
 from openhosting.storage.drive_storage import DriveStorage
@@ -31,7 +32,7 @@ def test_only_a_host_with_an_agent_has_its_drives_elsewhere(tmp_path: Path) -> N
 
         def connect(host: str, address: str) -> DriveStorage:
             made.append(f"{host} {address}")
-            return RemoteDriveStorage(host, address, ssl.create_default_context())
+            return RemoteDriveStorage(HostConnection(host, address, ssl.create_default_context()))
 
         storages.connector = connect
         remote = storages.of("hv-a")

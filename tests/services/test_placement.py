@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openhosting.errors import FullError
+from openhosting.host_capacity import HostCapacity
 from openhosting.services.placement import (
     GIB,
     DriveRequest,
@@ -29,10 +30,12 @@ def host(
 ) -> HostLoad:
     return HostLoad(
         name=name,
-        cores=cores,
-        core_mhz=2000,
-        memory_mb=memory_mb,
-        disk_bytes_by_tier={tier: disk_gib * GIB},
+        capacity=HostCapacity(
+            cores=cores,
+            core_mhz=2000,
+            memory_mb=memory_mb,
+            disk_bytes_by_tier={tier: disk_gib * GIB},
+        ),
         used_mhz=used_mhz,
         used_memory_mb=used_mb,
         used_bytes_by_tier={tier: used_gib * GIB},
@@ -144,10 +147,13 @@ hosts_strategy = st.lists(
     st.builds(
         HostLoad,
         name=st.sampled_from([f"h{i}" for i in range(8)]),
-        cores=st.integers(1, 64),
-        core_mhz=st.integers(500, 4000),
-        memory_mb=st.integers(0, 1 << 20),
-        disk_bytes_by_tier=st.dictionaries(st.sampled_from(TIERS), st.integers(0, 1 << 44)),
+        capacity=st.builds(
+            HostCapacity,
+            cores=st.integers(1, 64),
+            core_mhz=st.integers(500, 4000),
+            memory_mb=st.integers(0, 1 << 20),
+            disk_bytes_by_tier=st.dictionaries(st.sampled_from(TIERS), st.integers(0, 1 << 44)),
+        ),
         used_mhz=st.integers(0, 1 << 18),
         used_memory_mb=st.integers(0, 1 << 20),
         used_bytes_by_tier=st.dictionaries(st.sampled_from(TIERS), st.integers(0, 1 << 44)),

@@ -40,9 +40,13 @@ class RecordingNetwork:
         self.attached: list[NicPlan] = []
         self.reconciled: list[NicPlan] = []
         self.peers: list[dict[str, list[str]] | None] = []
+        self.macs: list[dict[str, dict[str, str]]] = []
 
     async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
         self.peers.append(None if peers is None else {v: list(p) for v, p in peers.items()})
+
+    async def set_vxlan_macs(self, macs: Mapping[str, Mapping[str, str]]) -> None:
+        self.macs.append({vlan: dict(each) for vlan, each in macs.items()})
 
     async def attach(self, nics: Sequence[NicPlan]) -> dict[int, Backend]:
         self.attached.extend(nics)
@@ -97,7 +101,7 @@ async def test_a_vlans_nics_carry_its_database_vni_to_the_peers_of_the_hosts_tab
         networks = ServerNetworks(
             platform.engine, platform.resources, platform.servers.networks._pool,
             driver,  # type: ignore[arg-type]
-            platform.hosts.flood_lists,
+            platform.hosts.flood_lists, platform.hosts.remote_macs,
         )  # fmt: skip
         server = "0d6f4a2e-0000-4000-8000-00000000000a"
         config_of = ServerConfig.from_properties(
@@ -133,6 +137,8 @@ async def test_a_vlans_nics_carry_its_database_vni_to_the_peers_of_the_hosts_tab
                 )  # fmt: skip
         await networks.refresh_vxlan_peers()
         assert driver.peers[-1] == {vlan: ["198.18.0.4"]}
+        # And that guest's MAC goes to its host alone (the offline host's guest has none).
+        assert driver.macs[-1] == {vlan: {"52:54:00:00:01:01": "198.18.0.4"}}
         await networks.release(server)
         for number in (1, 2):
             await networks.release(f"0d6f4a2e-0000-4000-8000-00000000010{number}")

@@ -7,6 +7,7 @@ import pytest
 from openhosting.hypervisor.argv import build_qemu_argv
 from openhosting.hypervisor.spec import (
     DiskSpec,
+    NbdSource,
     NicSpec,
     TapNetdev,
     UserNetdev,
@@ -214,3 +215,17 @@ def test_the_same_inputs_give_the_same_spec() -> None:
 def test_an_attachment_without_its_drive_is_refused() -> None:
     with pytest.raises(ValueError, match=f"ide:0:0: drive {ROOT}"):
         build(config(**{"ide:0:0": ROOT}), [plain(DATA)])
+
+
+def test_a_drive_another_host_serves_is_opened_over_nbd_and_named_for_no_agent() -> None:
+    server = config(**{"ide:0:0": ROOT, "ide:0:1": DATA})
+    here = AttachableDrive(ROOT, DRIVES / ROOT, None, owned=True, exclusive=True, host="hv-a")
+    there = AttachableDrive(DATA, DRIVES / DATA, PASSPHRASE, True, True, host="hv-b", tier="ssd")
+    source = NbdSource("10.0.0.12", 49160, DATA, "hv-b")
+    plan = build_vm_spec(SERVER, server, [here, there], run_dir=RUN, host=HOST, nbd={DATA: source})
+    root, data = plan.spec.disks
+    assert (root.nbd, root.drive) == (None, ROOT)  # the agent of hv-a opens its own file
+    assert (data.nbd, data.drive, data.tier) == (source, "", "")
+    assert data.format == "luks" and plan.secrets == (
+        DriveSecret(RUN / "secret-ide-0-1", PASSPHRASE),
+    )

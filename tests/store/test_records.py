@@ -383,7 +383,7 @@ def test_usage_and_audit_records_read_back_as_written_oldest_first(engine: Engin
 def test_a_console_token_reads_back_unused_then_used(engine: Engine) -> None:
     token = ConsoleTokenRecord("f" * 64, SERVER, USER, expires=1e12)
     with engine.begin() as connection:
-        token_store.insert_token(connection, token.token_hash, SERVER, USER, token.expires)
+        token_store.insert_token(connection, token)
     with engine.connect() as connection:
         assert token_store.get_token(connection, token.token_hash) == token
         assert token_store.get_token(connection, "0" * 64) is None

@@ -212,6 +212,50 @@ def test_each_vlan_floods_only_to_the_online_hosts_running_one_of_its_servers(
         assert not vni_store.any_peer(connection, "hv-a", now + 1)
 
 
+def test_each_vlans_guests_on_other_online_hosts_are_sent_to_their_host(engine: Engine) -> None:
+    """The MACs behind each VLAN of a host: those of its NICs held by servers on the other
+    online hosts with an underlay address, each with that host's address; in one query."""
+    now = time.time()
+    add_user(engine)
+    with engine.begin() as connection:
+        for name, address in (("hv-a", "198.18.0.1"), ("hv-b", "198.18.0.2"), ("hv-c", "")):
+            host_store.register_host(connection, host(name, now, address))
+        host_store.register_host(connection, host("hv-gone", now - 100, "198.18.0.9"))
+        add_server(connection, 1, "", VLAN_X, VLAN_Y)  # "": the API node's own host, hv-a
+        add_server(connection, 2, "hv-b", VLAN_X, VLAN_Z)
+        add_server(connection, 3, "hv-b", VLAN_X)
+        add_server(connection, 4, "hv-c", VLAN_X)  # no underlay address: not reached
+        add_server(connection, 5, "hv-gone", VLAN_Y)  # offline: not reached
+        moving = add_server(connection, 6, "hv-b", VLAN_Y)  # on its way to hv-a
+    since = now - 20
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        with engine.connect() as connection:
+            macs = vni_store.remote_macs(connection, "hv-a", "hv-a", since)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) == 1
+    # NIC 1 of server 2 is on VLAN X, its NIC 2 on Z (none of hv-a's VLANs).
+    assert macs == {
+        VLAN_X: {"52:54:00:00:02:01": "198.18.0.2", "52:54:00:00:03:01": "198.18.0.2"},
+        VLAN_Y: {"52:54:00:00:06:01": "198.18.0.2"},
+    }
+    with engine.connect() as connection:
+        # Its NICs being made on hv-a: here, whatever its row says yet.
+        assert vni_store.remote_macs(connection, "hv-a", "hv-a", since, {moving})[VLAN_Y] == {}
+        # From hv-b: hv-a's guests (the API node's own host's row says "").
+        assert vni_store.remote_macs(connection, "hv-b", "hv-a", since) == {
+            VLAN_X: {"52:54:00:00:01:01": "198.18.0.1"},
+            VLAN_Y: {"52:54:00:00:01:02": "198.18.0.1"},
+            VLAN_Z: {},
+        }
+
+
 def test_the_flood_lists_of_a_host_are_one_query(engine: Engine) -> None:
     now = time.time()
     add_user(engine)

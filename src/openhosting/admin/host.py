@@ -117,21 +117,22 @@ def cmd_host_drain(config: Config, args: argparse.Namespace) -> str:
 def host_properties(view: HostView) -> dict[str, Value]:
     """What `host list` shows of one host."""
     load = view.load
+    capacity = load.capacity
     properties: dict[str, Value] = {
         "host": load.name,
         "state": view.state,
         "heartbeat:age": int(view.heartbeat_age),
         "agent": view.record.agent,
         "vxlan_local": view.record.vxlan_local,
-        "cpu:cores": load.cores,
-        "cpu:core_mhz": load.core_mhz,
-        "cpu": load.cores * load.core_mhz,
+        "cpu:cores": capacity.cores,
+        "cpu:core_mhz": capacity.core_mhz,
+        "cpu": capacity.cores * capacity.core_mhz,
         "cpu:used": load.used_mhz,
-        "mem": load.memory_mb,
+        "mem": capacity.memory_mb,
         "mem:used": load.used_memory_mb,
     }
-    for tier in sorted(set(load.disk_bytes_by_tier) | set(load.used_bytes_by_tier)):
-        properties[f"disk:{tier}"] = load.disk_bytes_by_tier.get(tier, 0)
+    for tier in sorted(set(capacity.disk_bytes_by_tier) | set(load.used_bytes_by_tier)):
+        properties[f"disk:{tier}"] = capacity.disk_bytes_by_tier.get(tier, 0)
         properties[f"disk:{tier}:used"] = load.used_bytes_by_tier.get(tier, 0)
     return properties
 

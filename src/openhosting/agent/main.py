@@ -12,9 +12,12 @@ that run here), started at the control plane's first NIC call.
 
 Live migrations in and out of this host (QEMU) go over TLS with the same bundle, checked
 against the cluster CA and, for a target, its host name; they listen on
-`hypervisor.migration_address` (docs/cluster.md).
+`hypervisor.migration_address` (docs/cluster.md). So do the NBD exports of this host's drives
+to the VMs of other hosts (one qemu-storage-daemon each, hypervisor/nbd_exports.py): only the
+certificate of the host running the server may connect to one.
 It also serves the bytes of the drives placed on this host, kept in its own drive directories
-(`storage.tiers`, by default `<state_dir>/drives`).
+(`storage.tiers`, by default `<state_dir>/drives`); their reads and writes come on connections
+of their own to the same port, each served by a thread (agent/drive_streams.py).
 
 Once it listens it prints `listening HOST:PORT` (with `--listen HOST:0`, the port the kernel
 chose). On SIGTERM or SIGINT it lets go of its VMs without stopping them: they run on, for the
@@ -35,13 +38,23 @@ from pathlib import Path
 from aiohttp import web
 from cryptography import x509
 
-from openhosting.agent.pki import Bundle, ClusterTlsError, agent_context, host_bundle, role_of
+from openhosting.agent.drive_streams import AgentListener, DriveStreams
+from openhosting.agent.pki import (
+    Bundle,
+    ClusterTlsError,
+    agent_context,
+    host_bundle,
+    host_distinguished_name,
+    role_of,
+)
 from openhosting.agent.server import AgentNetwork, make_app
 from openhosting.config import ConfigError, load_config
 from openhosting.daemon import parse_listen
 from openhosting.host_capacity import HostCapacity, measure_capacity
 from openhosting.hypervisor.driver import HypervisorDriver, open_driver
 from openhosting.hypervisor.migration import MigrationTls, write_qemu_tls_dir
+from openhosting.hypervisor.nbd_exports import DriveExports
+from openhosting.hypervisor.qemu_driver import migration_ports
 from openhosting.network import open_network
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
@@ -64,6 +77,14 @@ def migration_tls(bundle: Bundle, state_path: Path) -> MigrationTls:
     return MigrationTls(directory, name)
 
 
+def client_dn(host: str) -> str:
+    """The subject of host `host`'s certificate, the one client an export takes."""
+    try:
+        return host_distinguished_name(host)
+    except ClusterTlsError as error:
+        raise ValueError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openhosting-agent", description=__doc__)
     parser.add_argument("--config", type=Path, help="the platform's TOML configuration file")
@@ -83,15 +104,18 @@ async def serve(
     capacity: Callable[[], HostCapacity] | None = None,
     storage: LocalDriveStorage | None = None,
     network: AgentNetwork | None = None,
+    exports: DriveExports | None = None,
 ) -> None:
     """Serve `driver` (with `capacity`, the host's measure, `storage`, this host's drives,
-    and `network`, its network driver) until SIGTERM or SIGINT; then let go of the VMs
-    (they run on, and so do their NICs)."""
-    runner = web.AppRunner(make_app(driver, capacity, storage, network), handle_signals=False)
+    `network`, its network driver, and `exports`, its drives' NBD exports) until SIGTERM or
+    SIGINT; then let go of the VMs (they run on, and so do their NICs and exports)."""
+    app = make_app(driver, capacity, storage, network, exports)
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=context)
-    await site.start()
-    bound = runner.addresses[0]
+    assert runner.server is not None  # made by `setup`
+    streams = None if storage is None else DriveStreams(storage, context)
+    listener = AgentListener(runner.server, context, streams)
+    bound = await listener.start(host, port)
     print(f"listening {bound[0]}:{bound[1]}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,6 +124,7 @@ async def serve(
     try:
         await stopping.wait()
     finally:
+        await listener.close()
         await runner.cleanup()
         idle = not driver.held()
         await driver.detach_all()
@@ -116,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         tls_dir = args.tls_dir or config.state_path / TLS_DIRECTORY
         bundle = host_bundle(tls_dir)
         context = agent_context(bundle)
-        driver = open_driver(config, migration_tls(bundle, config.state_path))
+        tls = migration_tls(bundle, config.state_path)
+        driver = open_driver(config, tls)
+        exports = DriveExports(
+            config.run_path,
+            tls,
+            config.hypervisor.migration_address,
+            migration_ports(config.hypervisor),
+            client_dn,
+        )
         # The drives placed on this host live in its own tier directories.
         storage = LocalDriveStorage(DriveTiers(config.tier_paths))
         _pool, network = open_network(
@@ -126,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openhosting-agent: {error}", file=sys.stderr)
         return 2
     measure = functools.partial(measure_capacity, config)
-    asyncio.run(serve(driver, host, port, context, measure, storage, AgentNetwork(network)))
+    network_driver = AgentNetwork(network)
+    asyncio.run(serve(driver, host, port, context, measure, storage, network_driver, exports))
     return 0
 
 

@@ -151,6 +151,13 @@ def role_of(cert: x509.Certificate) -> tuple[str | None, str | None]:
     return (role if role in ROLES else None), (str(names[0].value) if names else None)
 
 
+def host_distinguished_name(name: str) -> str:
+    """The subject of host `name`'s certificate as QEMU's TLS layer prints a peer's (GnuTLS:
+    the attributes in the certificate's order, `O=…,OU=host,CN=NAME`): what QEMU's
+    `authz-simple` compares a client with (hypervisor/nbd_exports.py)."""
+    return f"O={ORGANIZATION},OU={HOST},CN={check_host_name(name)}"
+
+
 def peer_role(peercert: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     """The role and name of a TLS peer, from `SSLSocket.getpeercert()` (verified by then)."""
     role = name = None

@@ -24,6 +24,8 @@ certificate of the cluster CA, and `_control_only` refuses one whose role is not
 - `POST /faults/{name}`: only over the fake driver (tests): crash, pause, fail the next start,
   print on a VM's serial port, take a port (as another program would).
 - `POST /storage/{action}`: the bytes of the drives this host holds (agent/storage_routes.py).
+- `POST /calls/export_drive`, `end_exports`, `exports`: this host's drives served over NBD
+  to the VMs of other hosts (agent/export_calls.py).
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from openhosting.agent.export_calls import EXPORTS_KEY, export_call
 from openhosting.agent.pki import CONTROL, peer_role
 from openhosting.agent.storage_routes import STORAGE_KEY, add_storage_routes
 from openhosting.errors import ApiError
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.calls import (
     CALLS,
+    EXPORT_CALLS,
     HOST_CALLS,
     MIGRATING,
     REPLACED,
@@ -56,6 +60,7 @@ from openhosting.hypervisor.calls import (
 )
 from openhosting.hypervisor.driver import HypervisorDriver, StartRequest, VmEvent
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.nbd_exports import DriveExports
 from openhosting.hypervisor.network_calls import NETWORK_CALLS, NetworkFacts
 from openhosting.network.driver import NetworkDriver, NicPlan
 from openhosting.network.errors import NetworkError
@@ -157,14 +162,18 @@ def make_app(
     capacity: Callable[[], HostCapacity] | None = None,
     storage: LocalDriveStorage | None = None,
     network: AgentNetwork | None = None,
+    exports: DriveExports | None = None,
 ) -> web.Application:
     """The agent's application over `driver` (its TLS is the server's: agent/main.py);
     `capacity` measures the host (none: the `capacity` call is refused); `storage` serves
     this host's drives (none: no storage routes); `network` is its network driver (none:
-    the network calls are refused)."""
+    the network calls are refused); `exports` serves `storage`'s drives to other hosts over
+    NBD (none: the export calls are refused)."""
     app = web.Application(middlewares=[_control_only], client_max_size=MAX_CALL_LINE)
     if storage is not None:
         add_storage_routes(app, storage)
+    if exports is not None:
+        app[EXPORTS_KEY] = exports
     relay = EventRelay()
     driver.listen(relay.handle)
     app[DRIVER_KEY] = driver
@@ -200,6 +209,8 @@ async def _call(request: web.Request) -> web.StreamResponse:
     method = request.match_info["method"]
     if method in HOST_CALLS:
         return await _host_call(request, method)
+    if method in EXPORT_CALLS:
+        return await export_call(request, method)
     if (call := CALLS.get(method)) is None:
         return _error(404, f"no driver method {method!r}")
     try:

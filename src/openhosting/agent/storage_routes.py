@@ -2,10 +2,9 @@
 plane (storage/remote_storage.py calls them) over the agent's mutual TLS, control role only
 (agent/server.py's middleware runs before these).
 
-Every request's body starts with one line of JSON (`StorageCall`, storage/storage_calls.py:
-the drive's UUID and tier, and what the call needs); `write` streams the drive's bytes after
-it, `read` answers with them. Keys travel base64 in that line, as a start's passphrases do in
-its record.
+Every request's body is one line of JSON (`StorageCall`, storage/storage_calls.py: the
+drive's UUID and tier, and what the call needs). Keys travel base64 in that line, as a start's
+passphrases do in its record.
 
 - `POST /storage/create` → `{"answer": master key (base64) or null}`
 - `POST /storage/resize`, `/storage/destroy`, `/storage/allocate` → `{"answer": null}`
@@ -16,9 +15,9 @@ its record.
 - `POST /storage/remove_orphan` (with `age`) → `{"answer": true|false}`: the file removed only
   if unmodified for `age` seconds, as this host's clock tells
 - `POST /storage/hash` → `{"answer": hex SHA-256 of the range}`
-- `POST /storage/read` → the range's bytes (Content-Length: its count)
-- `POST /storage/write` → `{"answer": bytes written}`, once durable; a body cut short (the
-  control plane gave up) is aborted: a staged write leaves the drive as it was.
+
+A read's and a write's bytes do not go through these routes but on a connection of their own
+(storage/stream_wire.py, served by agent/drive_streams.py).
 
 A refusal is `{"error": message, "kind": X-Elastic-Error kind}` with the kind's status (507
 full, 400 usage, 404 missing...), which the control plane raises again as the same error.
@@ -26,16 +25,14 @@ full, 400 usage, 404 missing...), which the control plane raises again as the sa
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
-from openhosting.api.responses import widen_send_buffer
 from openhosting.errors import ApiError, MissingError, UsageError
-from openhosting.reverter import Reverter
 from openhosting.storage.drive_storage import DriveBytes
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.storage.storage_calls import FilesCall, StorageCall
@@ -43,10 +40,6 @@ from openhosting.storage.storage_calls import FilesCall, StorageCall
 log = logging.getLogger("openhosting.agent")
 
 STORAGE_KEY = web.AppKey("storage", LocalDriveStorage)
-# What a read's stream may hold in the transport before it waits for the socket.
-STREAM_BUFFER = 4 << 20
-# Seconds a write's body may go without a byte before the write is given up.
-STALL_TIMEOUT = 60.0
 # The first line of a storage call's body.
 MAX_CALL_LINE = 1 << 16
 
@@ -60,27 +53,28 @@ def add_storage_routes(app: web.Application, storage: LocalDriveStorage) -> None
         ("allocate", _allocate),
         ("available", _available),
         ("hash", _hash),
-        ("read", _read),
-        ("write", _write),
+        ("remove_orphan", _remove_orphan),
     ):
-        app.router.add_post(f"/storage/{action}", _refusals(handler))
-    app.router.add_post("/storage/remove_orphan", _refusals(_remove_orphan))
-    app.router.add_post("/storage/files", _files)
+        app.router.add_post(f"/storage/{action}", _answering(StorageCall.decode, handler))
+    app.router.add_post("/storage/files", _answering(FilesCall.decode, _files))
 
 
-Handler = Callable[[web.Request, LocalDriveStorage, StorageCall], Awaitable[web.StreamResponse]]
+CallT = TypeVar("CallT", StorageCall, FilesCall)
+Handler = Callable[[web.Request, LocalDriveStorage, CallT], Awaitable[web.StreamResponse]]
 
 
-def _refusals(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The call decoded from its first line, and an API error answered with its kind."""
+def _answering(
+    decode: Callable[[bytes], CallT], handler: Handler[CallT]
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The call decoded from its first line by `decode`, and an API error answered with its
+    kind."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             line = await request.content.readline()
             if len(line) > MAX_CALL_LINE:
                 raise UsageError("storage call line too long")
-            call = StorageCall.decode(line)
-            return await handler(request, request.app[STORAGE_KEY], call)
+            return await handler(request, request.app[STORAGE_KEY], decode(line))
         except ApiError as error:
             return web.json_response(
                 {"error": error.message, "kind": error.kind}, status=error.status
@@ -126,16 +120,11 @@ async def _remove_orphan(
     return _answer(removed)
 
 
-async def _files(request: web.Request) -> web.Response:
+async def _files(
+    _request: web.Request, storage: LocalDriveStorage, call: FilesCall
+) -> web.Response:
     """One page of this host's drive files (no drive named: not a `StorageCall`)."""
-    try:
-        line = await request.content.readline()
-        if len(line) > MAX_CALL_LINE:
-            raise UsageError("storage call line too long")
-        call = FilesCall.decode(line)
-    except ApiError as error:
-        return web.json_response({"error": error.message, "kind": error.kind}, status=error.status)
-    files = await request.app[STORAGE_KEY].list_files(call.after, call.limit)
+    files = await storage.list_files(call.after, call.limit)
     return _answer([[file.drive, file.tier, file.size, file.age] for file in files])
 
 
@@ -156,9 +145,12 @@ async def _allocate(
     """Give a raw write's range its blocks before its bytes come (`DriveWrite.reserve`)."""
     _check_exists(storage, call)
     writer = storage.open_write(_bytes_of(call), call.offset, call.size, False, _nothing)
-    async with Reverter() as revert:
-        revert.add(writer.abort)
+    try:
         await writer.reserve(call.count)
+    finally:
+        # Not an undo: the blocks stay given; the writer only served to give them, and a
+        # Reverter never told success() logged each allocation as left open.
+        await writer.abort()
     return _answer(None)
 
 
@@ -171,57 +163,6 @@ async def _hash(
         return _answer(await plan.sha256())
     finally:
         plan.close()
-
-
-async def _read(
-    request: web.Request, storage: LocalDriveStorage, call: StorageCall
-) -> web.StreamResponse:
-    _check_exists(storage, call)
-    plan = storage.open_read(_bytes_of(call), call.offset, call.count, _none)
-    try:
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        response.content_length = call.count
-        await response.prepare(request)
-        _widen(request)
-        async for chunk in plan.chunks():
-            await response.write(chunk)
-        await response.write_eof()
-        return response
-    finally:
-        plan.close()
-
-
-async def _write(
-    request: web.Request, storage: LocalDriveStorage, call: StorageCall
-) -> web.Response:
-    _check_exists(storage, call)
-    writer = storage.open_write(_bytes_of(call), call.offset, call.size, call.staged, _nothing)
-    async with Reverter() as revert:
-        # A body cut short raises here (its chunked encoding never ended): nothing applied;
-        # so does one that stalls (a control plane cut off by the network sends no FIN).
-        revert.add(writer.abort)
-        while True:
-            try:
-                async with asyncio.timeout(STALL_TIMEOUT):
-                    piece = await request.content.readany()
-            except TimeoutError:
-                raise UsageError(f"write body stalled for {STALL_TIMEOUT:g} s") from None
-            if not piece:
-                break
-            await writer.write(piece)
-        written = await writer.finish()
-        revert.success()
-    return _answer(written)
-
-
-def _widen(request: web.Request) -> None:
-    """Larger socket and transport buffers for a large stream: each wake-up of the loop (and
-    of the control plane's) moves more, and a loaded host's scheduling delays count less."""
-    transport = request.transport
-    if transport is None:
-        return
-    transport.set_write_buffer_limits(high=STREAM_BUFFER)
-    widen_send_buffer(transport.get_extra_info("socket"))
 
 
 def _nothing(_written: int | None) -> None:

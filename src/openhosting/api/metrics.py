@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -27,6 +28,64 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 VM_START_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
 UNMATCHED = "unmatched"  # the route label of a path that is no command (404)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class StateGauge(NamedTuple):
+    """A gauge of the platform's state, by one label: its figures are read when scraped."""
+
+    name: str
+    help: str
+    label: str
+    figures: Callable[[PlatformState], Mapping[str, int]]
+
+
+STATE_GAUGES = (
+    StateGauge(
+        "openhosting_servers",
+        "Servers, by status.",
+        "status",
+        lambda state: state.servers_by_status,
+    ),
+    StateGauge(
+        "openhosting_drives", "Drives, by tier.", "tier", lambda state: state.drives_by_tier
+    ),
+    StateGauge(
+        "openhosting_drive_bytes",
+        "Drives' provisioned sizes in bytes, by tier.",
+        "tier",
+        lambda state: state.drive_bytes_by_tier,
+    ),
+    StateGauge(
+        "openhosting_imaging_jobs",
+        "Imaging jobs, by state.",
+        "state",
+        lambda state: state.jobs_by_state,
+    ),
+    StateGauge(
+        "openhosting_host_capacity_used",
+        "What this host's active servers and drives use: cpu_mhz, mem_mb, disk_bytes.",
+        "resource",
+        lambda state: state.capacity_used,
+    ),
+    StateGauge(
+        "openhosting_host_capacity",
+        "What this host has: cpu_mhz (cores × core_mhz), mem_mb, disk_bytes.",
+        "resource",
+        lambda state: state.capacity_total,
+    ),
+    StateGauge(
+        "openhosting_tier_bytes_used",
+        "Bytes used on each storage tier's file system.",
+        "tier",
+        lambda state: state.tier_bytes_used,
+    ),
+    StateGauge(
+        "openhosting_tier_bytes",
+        "Size in bytes of each storage tier's file system.",
+        "tier",
+        lambda state: state.tier_bytes_total,
+    ),
+)
 
 
 class RouteCounts:
@@ -123,43 +182,11 @@ class PlatformMetrics:
             "Drive reads and writes under way.",
             registry=registry,
         )
-        self.servers = Gauge(
-            "openhosting_servers", "Servers, by status.", ["status"], registry=registry
-        )
-        self.drives = Gauge("openhosting_drives", "Drives, by tier.", ["tier"], registry=registry)
-        self.drive_bytes = Gauge(
-            "openhosting_drive_bytes",
-            "Drives' provisioned sizes in bytes, by tier.",
-            ["tier"],
-            registry=registry,
-        )
-        self.jobs = Gauge(
-            "openhosting_imaging_jobs", "Imaging jobs, by state.", ["state"], registry=registry
-        )
-        self.capacity_used = Gauge(
-            "openhosting_host_capacity_used",
-            "What this host's active servers and drives use: cpu_mhz, mem_mb, disk_bytes.",
-            ["resource"],
-            registry=registry,
-        )
-        self.capacity_total = Gauge(
-            "openhosting_host_capacity",
-            "What this host has: cpu_mhz (cores × core_mhz), mem_mb, disk_bytes.",
-            ["resource"],
-            registry=registry,
-        )
-        self.tier_used = Gauge(
-            "openhosting_tier_bytes_used",
-            "Bytes used on each storage tier's file system.",
-            ["tier"],
-            registry=registry,
-        )
-        self.tier_total = Gauge(
-            "openhosting_tier_bytes",
-            "Size in bytes of each storage tier's file system.",
-            ["tier"],
-            registry=registry,
-        )
+        # The state's gauges, each set from its figures at every scrape.
+        self.state_gauges = [
+            (Gauge(gauge.name, gauge.help, [gauge.label], registry=registry), gauge.figures)
+            for gauge in STATE_GAUGES
+        ]
 
     def observe_request(self, route: str, method: str, status: int | str, seconds: float) -> None:
         self.requests.observe(route, method, status, seconds)
@@ -175,17 +202,8 @@ class PlatformMetrics:
         """The exposition text, with the state gauges set from `state`."""
         self.transfers.set(transfers)
         self.event_streams.set(event_streams)
-        for gauge, values in (
-            (self.servers, state.servers_by_status),
-            (self.drives, state.drives_by_tier),
-            (self.drive_bytes, state.drive_bytes_by_tier),
-            (self.jobs, state.jobs_by_state),
-            (self.capacity_used, state.capacity_used),
-            (self.capacity_total, state.capacity_total),
-            (self.tier_used, state.tier_bytes_used),
-            (self.tier_total, state.tier_bytes_total),
-        ):
+        for gauge, figures in self.state_gauges:
             gauge.clear()  # a status nobody has any more must not keep its last count
-            for label, value in values.items():
+            for label, value in figures(state).items():
                 gauge.labels(label).set(value)
         return generate_latest(self.registry)

@@ -29,10 +29,10 @@ from openhosting.client.http_client import ApiClient, api_path
 from openhosting.client.tool import client_from_environment, size_argument
 from openhosting.client.transfer import (
     ChunkSpan,
-    add_chunk_options,
     drive_size,
     exit_status,
     run_transfer,
+    transfer_parser,
     transfer_tool_main,
 )
 from openhosting.client.verify import (
@@ -181,13 +181,12 @@ def fetch_chunk(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="openhosting-download",
-        description="Download a drive to a file (or a block device) in chunks.",
-        epilog="Environment: OHURI (the API endpoint), OHAUTH (<user uuid>:<secret API key>).",
+    parser = transfer_parser(
+        "openhosting-download",
+        "Download a drive to a file (or a block device) in chunks.",
+        "fetched",
     )
     add = parser.add_argument
-    add_chunk_options(parser, "fetched")
     add(
         "-o",
         dest="offset",

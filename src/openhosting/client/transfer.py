@@ -1,6 +1,7 @@
 """What the two chunked transfer tools (`openhosting-upload`, `openhosting-download`) share:
-their entry point, their `-c CHUNK` and `-p N` options, the drive's size, a run of chunks shown
-by the dots or a progress bar, and how a run that did not finish is reported."""
+their entry point, their parser with its `-c CHUNK`, `-p N` and `--verify` options, the
+drive's size, a run of chunks shown by the dots or a progress bar, and how a run that did not
+finish is reported."""
 
 import argparse
 import sys
@@ -78,9 +79,14 @@ class ChunkSpan:
         return self.start + result.first_unfinished * self.chunk_size
 
 
-def add_chunk_options(parser: argparse.ArgumentParser, sent: str) -> None:
-    """`-c CHUNK`, `-p N` and `--verify`; `sent` says what happens to chunks (`sent`,
-    `fetched`)."""
+def transfer_parser(prog: str, description: str, sent: str) -> argparse.ArgumentParser:
+    """A transfer tool's parser, with what both take: `-c CHUNK`, `-p N` and `--verify`;
+    `sent` says what happens to chunks (`sent`, `fetched`)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Environment: OHURI (the API endpoint), OHAUTH (<user uuid>:<secret API key>).",
+    )
     parser.add_argument(
         "-c",
         dest="chunk",
@@ -103,6 +109,7 @@ def add_chunk_options(parser: argparse.ArgumentParser, sent: str) -> None:
         help=f"compare each chunk's SHA-256 with the drive's; a chunk that differs is {sent}"
         f" again (up to {VERIFY_RETRIES} times)",
     )
+    return parser
 
 
 def run_transfer(

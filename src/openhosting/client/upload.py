@@ -28,10 +28,10 @@ from openhosting.client.http_client import ApiClient, api_path
 from openhosting.client.tool import client_from_environment, size_argument
 from openhosting.client.transfer import (
     ChunkSpan,
-    add_chunk_options,
     drive_size,
     exit_status,
     run_transfer,
+    transfer_parser,
     transfer_tool_main,
 )
 from openhosting.client.verify import (
@@ -195,13 +195,10 @@ def send_chunk(client: ApiClient, drive: str, chunk: Chunk, body: bytes) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="openhosting-upload",
-        description="Upload a drive image (or a block device) in gzipped chunks.",
-        epilog="Environment: OHURI (the API endpoint), OHAUTH (<user uuid>:<secret API key>).",
+    parser = transfer_parser(
+        "openhosting-upload", "Upload a drive image (or a block device) in gzipped chunks.", "sent"
     )
     add = parser.add_argument
-    add_chunk_options(parser, "sent")
     add(
         "-d",
         dest="drive",

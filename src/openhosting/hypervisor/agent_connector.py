@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from openhosting.agent.host_connection import HostConnection
 from openhosting.agent.pki import ClusterTlsError, control_bundle, control_context
 from openhosting.errors import SystemError_
 from openhosting.host_capacity import HostCapacity
@@ -68,7 +69,7 @@ def storage_connector(state_path: Path) -> Callable[[str, str], DriveStorage]:
         except (ClusterTlsError, OSError) as error:
             message = f"Host {host}'s drives: no cluster certificate here ({error})"
             raise SystemError_(message) from None
-        return RemoteDriveStorage(host, address, tls)
+        return RemoteDriveStorage(HostConnection(host, address, tls))
 
     return connect
 

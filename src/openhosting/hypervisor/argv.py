@@ -15,6 +15,10 @@ Conventions the rest of the driver relies on:
 - Device ids come from slots (`ide:0:1` -> `ide-0-1`, block node `drive-ide-0-1`), so
   `monitor.query_blockstats` can map QEMU's answers back to slots.
 - Secrets for encrypted drives are passed as files (`-object secret,file=`), never inline.
+- A drive another host serves (`DiskSpec.nbd`) is an `nbd` protocol node under the same
+  format or luks layer and device as a file's: over TLS only (the host's cluster
+  certificate as client, the exporting host's name checked in the server's), so an
+  encrypted drive's LUKS layer is opened here and only ciphertext crosses the network.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def build_qemu_argv(spec: VmSpec) -> list[str]:
     return argv
 
 
-def _opts(*pairs: tuple[str, object], head: str | None = None) -> str:
+def qemu_opts(*pairs: tuple[str, object], head: str | None = None) -> str:
     """A QEMU option string; commas inside values are doubled, QEMU's escape."""
     items = [head] if head else []
     items += [f"{key}={str(value).replace(',', ',,')}" for key, value in pairs]
@@ -99,7 +103,9 @@ def _listening_socket(chardev_id: str, path: Path) -> list[str]:
     """A chardev on a unix socket QEMU listens on, without waiting for its client."""
     return [
         "-chardev",
-        _opts(("id", chardev_id), ("path", path), ("server", "on"), ("wait", "off"), head="socket"),
+        qemu_opts(
+            ("id", chardev_id), ("path", path), ("server", "on"), ("wait", "off"), head="socket"
+        ),
     ]
 
 
@@ -124,28 +130,23 @@ def _disk_args(spec: VmSpec) -> list[str]:
         if disk.format == "luks":
             argv += [
                 "-object",
-                _opts(
+                qemu_opts(
                     ("id", disk.secret_id),
                     ("file", disk.secret_file),
                     ("format", "raw"),
                     head="secret",
                 ),
             ]
+    if any(disk.nbd for disk in disks):
+        if spec.nbd_tls_dir is None:
+            raise ValueError("a disk over NBD needs this host's TLS credentials (nbd_tls_dir)")
+        argv += ["-object", nbd_tls_object(spec.nbd_tls_dir)]
     if any(disk.slot.startswith("scsi:") for disk in disks):
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
     for disk in disks:
         read_only = "on" if disk.media == "cdrom" else "off"
         file_node = disk.file_node
-        argv += [
-            "-blockdev",
-            _opts(
-                ("driver", "file"),
-                ("node-name", file_node),
-                ("filename", disk.path),
-                ("read-only", read_only),
-                ("discard", "unmap"),
-            ),
-        ]
+        argv += ["-blockdev", _protocol_node(disk, read_only)]
         format_layer: list[tuple[str, object]] = [
             ("driver", disk.format),
             ("node-name", disk.node_name),
@@ -154,9 +155,57 @@ def _disk_args(spec: VmSpec) -> list[str]:
         ]
         if disk.format == "luks":
             format_layer.append(("key-secret", disk.secret_id))
-        argv += ["-blockdev", _opts(*format_layer)]
+        argv += ["-blockdev", qemu_opts(*format_layer)]
         argv += ["-device", _device_opts(disk, bootindex.get(disk.slot))]
     return argv
+
+
+def tls_creds_object(object_id: str, directory: Path, endpoint: str, *, verify_peer: bool) -> str:
+    """A `tls-creds-x509` object reading its certificates from `directory`, for the
+    `endpoint` (`server` or `client`) of a TLS connection; `verify_peer`: the other end's
+    certificate is checked against the CA of `directory`."""
+    return qemu_opts(
+        ("id", object_id),
+        ("dir", directory),
+        ("endpoint", endpoint),
+        ("verify-peer", "on" if verify_peer else "off"),
+        head="tls-creds-x509",
+    )
+
+
+# The id of the `tls-creds-x509` object of a VM's disks over NBD.
+NBD_TLS_ID = "nbd-tls"
+
+
+def nbd_tls_object(directory: Path) -> str:
+    """The client credentials of a VM's disks over NBD: its host's cluster certificate, the
+    server's checked against the cluster CA (`verify-peer`)."""
+    return tls_creds_object(NBD_TLS_ID, directory, "client", verify_peer=True)
+
+
+def _protocol_node(disk: DiskSpec, read_only: str) -> str:
+    """The node holding the drive's bytes as stored: its file here, or another host's NBD
+    export of it (`tls-hostname`: the certificate must name the exporting host)."""
+    if disk.nbd is None:
+        return qemu_opts(
+            ("driver", "file"),
+            ("node-name", disk.file_node),
+            ("filename", disk.path),
+            ("read-only", read_only),
+            ("discard", "unmap"),
+        )
+    return qemu_opts(
+        ("driver", "nbd"),
+        ("node-name", disk.file_node),
+        ("server.type", "inet"),
+        ("server.host", disk.nbd.host),
+        ("server.port", disk.nbd.port),
+        ("export", disk.nbd.export),
+        ("tls-creds", NBD_TLS_ID),
+        ("tls-hostname", disk.nbd.tls_hostname),
+        ("read-only", read_only),
+        ("discard", "unmap"),
+    )
 
 
 def _device_opts(disk: DiskSpec, bootindex: int | None) -> str:
@@ -185,14 +234,14 @@ def _device_opts(disk: DiskSpec, bootindex: int | None) -> str:
         pairs.append(("share-rw", "on"))
     if bootindex is not None:
         pairs.append(("bootindex", bootindex))
-    return _opts(*pairs, head=head)
+    return qemu_opts(*pairs, head=head)
 
 
 def _nic_args(nic: NicSpec) -> list[str]:
     netdev_id = f"net{nic.index}"
     if isinstance(nic.backend, TapNetdev):
         # QEMU must not run ifup scripts: the network layer owns the tap.
-        netdev = _opts(
+        netdev = qemu_opts(
             ("id", netdev_id),
             ("ifname", nic.backend.ifname),
             ("script", "no"),
@@ -201,7 +250,7 @@ def _nic_args(nic: NicSpec) -> list[str]:
         )
     elif isinstance(nic.backend, StreamNetdev):
         # The helper made the socket before QEMU starts; QEMU connects as the client.
-        netdev = _opts(
+        netdev = qemu_opts(
             ("id", netdev_id),
             ("server", "off"),
             ("addr.type", "unix"),
@@ -220,8 +269,8 @@ def _nic_args(nic: NicSpec) -> list[str]:
             )
             if value is not None
         ]
-        netdev = _opts(("id", netdev_id), *addressing, head="user")
-    device = _opts(
+        netdev = qemu_opts(("id", netdev_id), *addressing, head="user")
+    device = qemu_opts(
         ("netdev", netdev_id),
         ("mac", nic.mac),
         ("id", f"nic-{nic.index}"),
@@ -235,20 +284,11 @@ def _vnc_args(vnc: VncSpec) -> list[str]:
     argv: list[str] = []
     options: list[tuple[str, object]] = [("password", "on")]
     if vnc.tls_dir is not None:
-        argv += [
-            "-object",
-            _opts(
-                ("id", "vnc-tls"),
-                ("dir", vnc.tls_dir),
-                ("endpoint", "server"),
-                ("verify-peer", "off"),
-                head="tls-creds-x509",
-            ),
-        ]
+        argv += ["-object", tls_creds_object("vnc-tls", vnc.tls_dir, "server", verify_peer=False)]
         options.append(("tls-creds", "vnc-tls"))
     # An absolute pointer (USB tablet) keeps the VNC mouse in step with the guest's.
     argv += ["-device", "piix3-usb-uhci,id=usb", "-device", "usb-tablet,bus=usb.0"]
-    argv += ["-vnc", _opts(*options, head=f"{host}:{vnc.display}")]
+    argv += ["-vnc", qemu_opts(*options, head=f"{host}:{vnc.display}")]
     return argv
 
 

@@ -33,13 +33,14 @@ from typing import Any
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import (
     BlockStats,
+    ExportRequest,
     IncomingInfo,
     IncomingRequest,
     StartRequest,
     VmEnd,
     VmStatus,
 )
-from openhosting.hypervisor.spec import HostVmSettings
+from openhosting.hypervisor.spec import HostVmSettings, NbdSource
 
 
 class CallError(ValueError):
@@ -181,6 +182,14 @@ CALLS: Mapping[str, Call] = {
 # measured there (the control plane records it in the host's row at each heartbeat).
 HOST_CALLS: Mapping[str, Call] = {
     "capacity": Call(NoArguments, HostCapacity),
+}
+# The agent's exports of its drives to VMs of other hosts (`ExportingDriver`; served by the
+# agent beside its driver: hypervisor/nbd_exports.py). `export_drive`'s record is passed
+# whole, with the drive's file as this host finds it.
+EXPORT_CALLS: Mapping[str, Call] = {
+    "export_drive": Call(ExportRequest, NbdSource),
+    "end_exports": Call(ServerCall, None),
+    "exports": Call(NoArguments, list[str]),
 }
 
 # The methods whose request record is their one argument, passed whole.

@@ -27,10 +27,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from openhosting.config import Config, ConfigError
-from openhosting.hypervisor.spec import DriveSecret, HostVmSettings, VmSpec
+from openhosting.hypervisor.spec import (
+    DriveSecret,
+    HostVmSettings,
+    NbdSource,
+    VmSpec,
+    check_drive_name,
+    check_uuid,
+)
 
 if TYPE_CHECKING:
     from openhosting.hypervisor.migration import MigrationTls
@@ -127,6 +134,23 @@ class IncomingRequest:
     # its payload (the LUKS header and key material, trailing zeros cut), written into the
     # new file before QEMU opens the container there with the drive's passphrase.
     drive_headers: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """A drive of this host served over NBD to the VM of `server` on host `client`
+    (`ExportingDriver.export_drive`): named by UUID and tier, as a start names a drive its
+    agent holds (the agent finds its own file; no path crosses the wire)."""
+
+    server: str
+    drive: str
+    tier: str
+    client: str  # the host running the server: only its certificate may connect
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        check_drive_name(self.drive, self.tier)
+        check_uuid(self.server, "a server's")  # a directory name there too
 
 
 # A migration stream's address: a unix socket (`unix:/PATH`) or TCP (`tcp:HOST:PORT`), and
@@ -322,6 +346,25 @@ class MigratingDriver(HypervisorDriver, Protocol):
     async def end_migrated(self, server: str, timeout: float = 10.0) -> None:
         """The VM runs on the target: end it here without an EXITED event (it did not end)
         and remove its run files; its drives' files stay, the caller's to remove."""
+        ...
+
+
+@runtime_checkable
+class ExportingDriver(HypervisorDriver, Protocol):
+    """A host's driver that also serves its drives to VMs of other hosts over NBD (an
+    agent's: hypervisor/nbd_exports.py runs the exports, one qemu-storage-daemon each)."""
+
+    async def export_drive(self, request: ExportRequest) -> NbdSource:
+        """Serve the drive over NBD with TLS to `request.client`'s certificate only, for as
+        long as the server's VM runs; where its QEMU connects. Whole or not at all."""
+        ...
+
+    async def end_exports(self, server: str) -> None:
+        """End every export of this host for `server` (its VM ended or did not start)."""
+        ...
+
+    async def exports(self) -> list[str]:
+        """The servers this host exports drives to (running exports, whoever made them)."""
         ...
 
 

@@ -14,15 +14,20 @@ The sequence, each step bounded by a timeout and undone by a `Reverter` if a lat
    target made its file with the LUKS header first, opened it as a start does (passphrase
    file written, then removed) and exports its `file` node; the source mirrors its luks
    node into a luks node over that export, so the same key writes the same ciphertext.
-3. Source (`send_state`): `migrate` to the target; QEMU pauses the guest for the last round
-   and the source ends paused (`postmigrate`). Then each mirror job is cancelled, which for a
-   READY job is a completion without switching the source over to the copy.
+3. Source (`send_state`): once every job is READY, `migrate` to the target. With
+   `pause-before-switchover` QEMU pauses the guest for the state's last round and waits:
+   each mirror job is cancelled, which for a READY job is a completion without switching
+   the source over to the copy; then `migrate-continue` sends the devices' state and the
+   source ends paused (`postmigrate`). Why the state does not go beside the mirrors:
+   `send_state`.
 4. Target (`take_over`): the state is in; the NBD server stops and `cont` runs the guest.
 5. Source: ended (the caller's). Had step 4 failed, a `cont` on the source takes its drives
    back and runs the guest on.
 
-Jobs and the migration are polled (`query-block-jobs`, `query-migrate`) rather than waited
-for as events: a held VM's events are its watcher's (vm.py).
+The daemon waits for QEMU's events (BLOCK_JOB_READY, BLOCK_JOB_COMPLETED, MIGRATION with
+the `events` capability), each a copy of its own (`Monitor.listen`: the held VM's watcher,
+vm.py, gets them too), and looks at the state of what it waits for once a second all the
+same. Where a move's time goes: docs/cluster.md.
 
 `live_migrate` (moves.py, re-exported here) runs the five steps through two
 `MigratingDriver`s, so the same order holds whether the drivers are local or agents on two
@@ -51,7 +56,7 @@ from pathlib import Path
 
 from openhosting.hypervisor.driver import IncomingInfo
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.monitor import Monitor
+from openhosting.hypervisor.monitor import EventStream, Monitor
 from openhosting.hypervisor.moves import live_migrate as live_migrate
 from openhosting.hypervisor.run_files import DIRECTORY_FLAGS, write_new_file
 from openhosting.hypervisor.spec import secret_id_of
@@ -60,7 +65,15 @@ from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.hypervisor")
 
-POLL_SECONDS = 0.05
+# The daemon waits for QEMU's events (`Monitor.listen`), and looks at the state of what it
+# waits for this often all the same, should an event be missed.
+LOOK_SECONDS = 1.0
+# A mirror job's undo: cancelled at once (`force`), so its end is quick.
+UNDO_SECONDS = 30.0
+_SOURCE_CAPABILITIES = ("pause-before-switchover", "events")
+_JOB_ENDS = ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+_MIGRATION_ENDS = ("failed", "cancelled")  # but "completed"
+_SOURCE_EVENTS = ("BLOCK_JOB_READY", *_JOB_ENDS, "MIGRATION")
 # Block nodes and jobs of a migration on the source, named after the drive's node.
 _PREFIX = "migrate-"
 # An encrypted drive's mirror target: a luks node over its NBD client node.
@@ -208,12 +221,14 @@ async def serve_incoming(
     for node in nodes:
         await monitor.export_writable(node)
     await monitor.set_migration_capability("late-block-activate")
+    await monitor.set_migration_capability("events")  # take_over waits for them
     await monitor.migrate_incoming(migration_uri)
 
 
 async def take_over(monitor: Monitor, timeout: float, tls: bool = False) -> None:
     """Target: once the source is done, stop serving the drives and run the guest."""
-    await monitor.wait_migration(timeout)
+    with monitor.listen("MIGRATION") as events:
+        await wait_migrated(monitor, events, timeout)
     # Disconnects the source's NBD clients and drops the exports' hold on the drives, so
     # the devices can take them (their write lock) at `cont`.
     await monitor.stop_nbd_server()
@@ -228,15 +243,13 @@ async def mirror_drives(
     monitor: Monitor,
     target: IncomingInfo,
     revert: Reverter,
-    timeout: float,
     tls: TlsLoad | None = None,
     max_bandwidth: int = 0,
 ) -> list[str]:
-    """Source: mirror each drive of `target.exports` onto its NBD export and wait until every
-    job is READY; return the jobs. Over TLS if the target asks for it (`tls` is then this
-    host's); each job at most `max_bandwidth` bytes/s (0: no limit; one drive's copy follows
-    another's, so the drives together stay under it but for guest writes). Each step's undo
-    goes to `revert`."""
+    """Source: start mirroring each drive of `target.exports` onto its NBD export; return the
+    jobs (READY later: `send_state` waits for them). Over TLS if the target asks for it
+    (`tls` is then this host's); each job at most `max_bandwidth` bytes/s (0: no limit).
+    Each step's undo goes to `revert`."""
     tls_options: dict[str, str] = {}
     if target.tls_hostname is not None:
         if tls is None:
@@ -248,10 +261,13 @@ async def mirror_drives(
     jobs = []
     for node, export in target.exports:
         client = f"{_PREFIX}{node}"
-        await monitor.add_nbd_node(client, target.nbd_address, export, tls_options)
+        # A plain drive's zeros cross as zero requests and land as holes, as they do in the
+        # source's file (discard=unmap); an encrypted drive's ciphertext is never zeros.
+        plain = drivers.get(node) != "luks"
+        await monitor.add_nbd_node(client, target.nbd_address, export, tls_options, plain)
         revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, client)))
         job = client
-        if drivers.get(node) == "luks":
+        if not plain:
             # QEMU mirrors root nodes only ("Need a root block node"), so not the file node
             # under the luks one: the plaintext is mirrored into a luks node over the target's
             # file, opened from the header already there with this drive's own secret. Same
@@ -261,38 +277,152 @@ async def mirror_drives(
             await monitor.add_luks_node(job, client, secret_id_of(node))
             revert.add(functools.partial(_quietly, functools.partial(monitor.delete_node, job)))
         await monitor.mirror(job, node, job, max_bandwidth)
-        revert.add(functools.partial(cancel_jobs, monitor, [job], True, timeout))
+        revert.add(functools.partial(cancel_jobs, monitor, [job], True, UNDO_SECONDS))
         jobs.append(job)
-    await _wait_ready(monitor, jobs, timeout)
     return jobs
+
+
+async def migrate_out(
+    monitor: Monitor,
+    target: IncomingInfo,
+    revert: Reverter,
+    timeout: float,
+    tls: TlsLoad | None = None,
+    max_bandwidth: int = 0,
+) -> None:
+    """Source: the drives' mirrors and the state's stream at once (`mirror_drives`, then
+    `send_state`), within `timeout` s; each step's undo goes to `revert`."""
+    # Listened to before the first job starts: none of their events is missed.
+    with monitor.listen(*_SOURCE_EVENTS) as events:
+        jobs = await mirror_drives(monitor, target, revert, tls, max_bandwidth)
+        await send_state(monitor, events, target, jobs, revert, timeout, max_bandwidth)
 
 
 async def send_state(
     monitor: Monitor,
+    events: EventStream,
     target: IncomingInfo,
     jobs: list[str],
     revert: Reverter,
     timeout: float,
     max_bandwidth: int = 0,
 ) -> None:
-    """Source: move the VM's state to the target (at most `max_bandwidth` bytes/s; 0: no
-    limit), then complete the mirrors (the guest is paused then: nothing more to copy)."""
+    """Source: send the VM's state to the target (at most `max_bandwidth` bytes/s; 0: no
+    limit) once the mirror `jobs` are READY; `events` are theirs and the migration's.
+
+    Not before: the state's last round, which pauses the guest, comes when QEMU finds little
+    left to send, and an idle guest's memory goes faster than any guess of it (a zero page
+    costs a few bytes on the wire, whatever the bandwidth set). Sent beside the mirrors'
+    rest, it also slows that rest down (the target's QEMU takes both in its one main
+    thread): begun 0.15 s before they were due READY, it once paused the guest 1.6 s.
+
+    The state's stream pauses before its switch-over (`pause-before-switchover`): with the
+    guest paused, the mirrors are completed (every write of a READY job reached the target
+    before the guest saw it done: nothing is left to copy), then the devices' state goes,
+    and the source ends paused (`postmigrate`): the target never holds a state newer than
+    its drives."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     revert.add(functools.partial(_quietly, monitor.cancel_migration))
+    # Undone: the source may run on, and a later save of its state (`fd:`, vm.py) must
+    # neither pause before its end nor try TLS.
+    for capability in _SOURCE_CAPABILITIES:
+        await monitor.set_migration_capability(capability)
+        undo = functools.partial(monitor.set_migration_capability, capability, False)
+        revert.add(functools.partial(_quietly, undo))
     if target.tls_hostname is not None:
-        # Undone: a later save of the state (`fd:`, vm.py) must not try TLS.
         parameters = {"tls-creds": _TLS_OUT, "tls-hostname": target.tls_hostname}
         await monitor.set_migration_parameters(parameters)
-        revert.add(
-            functools.partial(
-                _quietly, functools.partial(monitor.set_migration_parameters, _NO_TLS)
-            )
-        )
+        undo = functools.partial(monitor.set_migration_parameters, _NO_TLS)
+        revert.add(functools.partial(_quietly, undo))
+    mirrors = _Mirrors(monitor, events, jobs, deadline)
+    await mirrors.until_ready()
     await monitor.migrate(target.migration_uri, max_bandwidth)
-    await monitor.wait_migration(timeout)
-    await cancel_jobs(monitor, jobs, False, timeout)
+    await mirrors.until_switchover()
+    # The guest is paused: the mirrors end with their last writes on the target.
+    await cancel_jobs(monitor, jobs, False, max(0.0, deadline - loop.time()))
+    await monitor.migrate_continue("pre-switchover")
+    await wait_migrated(monitor, events, max(0.0, deadline - loop.time()))
     for job in jobs:
         for node in _job_nodes(job):
             await _quietly(functools.partial(monitor.delete_node, node))
+
+
+class _Mirrors:
+    """The mirror jobs of one migration, and the migration, as their QMP events tell it."""
+
+    def __init__(
+        self, monitor: Monitor, events: EventStream, jobs: list[str], deadline: float
+    ) -> None:
+        self._monitor = monitor
+        self._events = events
+        self._jobs = set(jobs)
+        self._deadline = deadline
+        self._ready: set[str] = set()
+        self._paused = False  # the migration waits before its switch-over
+
+    async def until_ready(self) -> None:
+        """Wait until every job is READY."""
+        while self._ready < self._jobs:
+            if await self._next(LOOK_SECONDS):
+                continue
+            # Looked at all the same, should an event have been missed.
+            found = await self._monitor.query_block_jobs()
+            if missing := sorted(self._jobs - set(found)):
+                # With auto-dismiss a failed job vanishes; its error is in its event.
+                raise HypervisorError(f"mirror jobs {missing} ended before they were ready")
+            self._ready |= {job for job in self._jobs if found[job]}
+
+    async def until_switchover(self) -> None:
+        """Wait until the migration paused before its switch-over (a job that fails
+        meanwhile ends the wait with its error)."""
+        while not self._paused:
+            if not await self._next(LOOK_SECONDS):
+                # Looked at all the same, should its event have been missed.
+                self._paused = await _migration_status(self._monitor) == "pre-switchover"
+
+    async def _next(self, timeout: float) -> bool:
+        """Take the next event within `timeout` s, if one comes (whether it did)."""
+        left = self._deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            waiting = "mirror jobs" if self._ready < self._jobs else "the migration"
+            raise HypervisorError(f"{waiting} not ready within the move's bound")
+        event = await self._events.next(min(left, timeout))
+        if event is None:
+            return False
+        job = str(event.data.get("device", ""))
+        if event.name == "BLOCK_JOB_READY" and job in self._jobs:
+            self._ready.add(job)
+        elif event.name in _JOB_ENDS and job in self._jobs:
+            # A mirror ends by itself only when it fails (auto-dismissed once it has).
+            error = event.data.get("error", "no reason given")
+            raise HypervisorError(f"mirror job {job} ended before its completion: {error}")
+        elif event.name == "MIGRATION" and event.data.get("status") in _MIGRATION_ENDS:
+            await _migration_status(self._monitor)  # raises, with QEMU's reason
+        elif event.name == "MIGRATION" and event.data.get("status") == "pre-switchover":
+            self._paused = True
+        return True
+
+
+async def wait_migrated(monitor: Monitor, events: EventStream, timeout: float) -> None:
+    """Wait until the migration under way completed, woken by its MIGRATION events (the
+    `events` capability) and looking at its status every `LOOK_SECONDS` all the same;
+    `HypervisorError` if it failed or is not done within `timeout` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (status := await _migration_status(monitor)) != "completed":
+        if (left := deadline - loop.time()) <= 0:
+            raise HypervisorError(f"migration not done within {timeout:g} s ({status})")
+        await events.next(min(left, LOOK_SECONDS))
+
+
+async def _migration_status(monitor: Monitor) -> str:
+    """The migration's status; `HypervisorError` with QEMU's reason once it failed."""
+    result = await monitor.query_migration()
+    status = str(result.get("status"))
+    if status in _MIGRATION_ENDS:
+        raise HypervisorError(f"migration {status}: {result.get('error-desc', 'no reason given')}")
+    return status
 
 
 def _job_nodes(job: str) -> list[str]:
@@ -306,14 +436,15 @@ def _job_nodes(job: str) -> list[str]:
 async def cancel_jobs(monitor: Monitor, jobs: list[str], force: bool, timeout: float) -> None:
     """End the mirror `jobs` and wait until they are gone. A READY job cancelled without
     `force` first copies what is left: the copy is complete, the source stays the drive."""
-    for job in set(jobs) & set(await monitor.query_block_jobs()):  # a failed one ended itself
-        await monitor.cancel_block_job(job, force)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while set(jobs) & set(await monitor.query_block_jobs()):
-        if loop.time() >= deadline:
-            raise HypervisorError(f"mirror jobs {jobs} not ended within {timeout:g} s")
-        await asyncio.sleep(POLL_SECONDS)
+    with monitor.listen(*_JOB_ENDS) as events:
+        for job in set(jobs) & set(await monitor.query_block_jobs()):  # a failed one ended
+            await monitor.cancel_block_job(job, force)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while set(jobs) & set(await monitor.query_block_jobs()):
+            if (left := deadline - loop.time()) <= 0:
+                raise HypervisorError(f"mirror jobs {jobs} not ended within {timeout:g} s")
+            await events.next(min(left, LOOK_SECONDS))  # woken as one ends
 
 
 async def run_on(monitor: Monitor) -> None:
@@ -324,21 +455,6 @@ async def run_on(monitor: Monitor) -> None:
             await monitor.cont()
     except HypervisorError as error:
         log.warning("event=migration_run_on_failed error=%s", error)
-
-
-async def _wait_ready(monitor: Monitor, jobs: list[str], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        found = await monitor.query_block_jobs()
-        if missing := [job for job in jobs if job not in found]:
-            # With auto-dismiss a failed job vanishes; its error went to the event stream.
-            raise HypervisorError(f"mirror jobs {missing} ended before they were ready")
-        if all(found[job] for job in jobs):
-            return
-        if loop.time() >= deadline:
-            raise HypervisorError(f"mirror jobs {jobs} not ready within {timeout:g} s")
-        await asyncio.sleep(POLL_SECONDS)
 
 
 async def _quietly(step: Callable[[], Awaitable[None]]) -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from qemu.qmp import (
     ConnectError,
+    EventListener,
     ExecInterruptedError,
     ExecuteError,
     Message,
@@ -81,6 +82,33 @@ class MonitorEvent:
         """The `reason` of SHUTDOWN/RESET events (`guest-shutdown`, `host-qmp-quit`, ...)."""
         reason = self.data.get("reason")
         return reason if isinstance(reason, str) else None
+
+
+class EventStream:
+    """Events of one `Monitor.listen`, a copy of each apart from the VM's watcher's."""
+
+    def __init__(self, listener: EventListener, closed: asyncio.Event) -> None:
+        self._listener = listener
+        self._closed = closed
+
+    async def next(self, timeout: float) -> MonitorEvent | None:
+        """The next event, or None if none came within `timeout` s; `HypervisorError` once
+        QEMU closed the connection and every event was read."""
+        if not self._listener.empty():
+            return _event(await self._listener.get())
+        if self._closed.is_set():
+            raise HypervisorError("QMP connection closed")
+        getter = asyncio.ensure_future(self._listener.get())
+        closed = asyncio.ensure_future(self._closed.wait())
+        await asyncio.wait({getter, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (getter, closed):
+            waiter.cancel()
+        # Checked after cancelling: an event that arrived meanwhile is not dropped.
+        if getter.done() and not getter.cancelled():
+            return _event(getter.result())
+        if closed.done() and not closed.cancelled():
+            raise HypervisorError("QMP connection closed")
+        return None
 
 
 class Monitor:
@@ -328,11 +356,21 @@ class Monitor:
         await self.execute("nbd-server-stop")
 
     async def add_nbd_node(
-        self, node: str, address: str, export: str, tls: Mapping[str, str] | None = None
+        self,
+        node: str,
+        address: str,
+        export: str,
+        tls: Mapping[str, str] | None = None,
+        zeroes_as_holes: bool = False,
     ) -> None:
         """A block node `node` reading and writing `export` of the NBD server at `address`
-        (`unix:PATH` or `tcp:HOST:PORT`; `tls`: its `tls-creds` and `tls-hostname`)."""
+        (`unix:PATH` or `tcp:HOST:PORT`; `tls`: its `tls-creds` and `tls-hostname`). With
+        `zeroes_as_holes`, a write of zeros goes as a zero request that may punch a hole
+        (`detect-zeroes: unmap`): a few bytes on the wire instead of the zeros."""
         kind, data = _socket_address(address)
+        zeroes: dict[str, object] = (
+            {"detect-zeroes": "unmap", "discard": "unmap"} if zeroes_as_holes else {}
+        )
         await self.execute(
             "blockdev-add",
             {
@@ -341,6 +379,7 @@ class Monitor:
                 "server": {"type": kind, **data},
                 "export": export,
                 **(tls or {}),
+                **zeroes,
             },
         )
 
@@ -363,6 +402,24 @@ class Monitor:
         if not isinstance(result, list):
             raise HypervisorError(f"QMP query-block-jobs answered {result!r}")
         return {str(job["device"]): bool(job.get("ready")) for job in result}
+
+    async def query_migration(self) -> dict[str, object]:
+        """`query-migrate`'s answer: the migration's `status`, its `ram` counters..."""
+        result = await self.execute("query-migrate")
+        if not isinstance(result, dict):
+            raise HypervisorError(f"QMP query-migrate answered {result!r}")
+        return result
+
+    async def query_migration_parameters(self) -> dict[str, object]:
+        """`query-migrate-parameters`' answer: `max-bandwidth`, `downtime-limit`..."""
+        result = await self.execute("query-migrate-parameters")
+        if not isinstance(result, dict):
+            raise HypervisorError(f"QMP query-migrate-parameters answered {result!r}")
+        return result
+
+    async def migrate_continue(self, state: str) -> None:
+        """Let a migration paused in `state` (`pre-switchover`) go on."""
+        await self.execute("migrate-continue", {"state": state})
 
     async def query_vcpu_threads(self) -> list[int]:
         """The host thread id of each vCPU, in vCPU order (`query-cpus-fast`)."""
@@ -422,6 +479,18 @@ class Monitor:
         except TimeoutError:
             raise HypervisorError(f"no QMP {name} event within {timeout:g} s") from None
         raise HypervisorError(f"QMP connection closed before a {name} event")
+
+    @contextlib.contextmanager
+    def listen(self, *names: str) -> Iterator[EventStream]:
+        """The events called `names` from now on, while the block runs. A copy of each:
+        the VM's watcher (vm.py) still gets its own, so a step waits for QEMU's word
+        rather than asking again and again."""
+        listener = EventListener(names)
+        self._qmp.register_listener(listener)
+        try:
+            yield EventStream(listener, self._closed)
+        finally:
+            self._qmp.remove_listener(listener)
 
     async def _next_event(self, timeout: float | None) -> MonitorEvent | None:
         listener = self._qmp.events

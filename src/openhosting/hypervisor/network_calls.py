@@ -85,6 +85,21 @@ class NicCall:
 
 
 @dataclass(frozen=True)
+class MacsCall:
+    """`set_vxlan_macs`: each VLAN's guests on other hosts by VLAN UUID, MAC → address."""
+
+    macs: dict[str, dict[str, str]]
+
+    def __post_init__(self) -> None:
+        for vlan, entries in self.macs.items():
+            check_server(vlan)  # a VLAN is named by its UUID
+            for mac, address in entries.items():
+                if not _MAC.fullmatch(mac):
+                    raise CallError(f"not a MAC: {mac[:80]!r}")
+                _check_address(address)
+
+
+@dataclass(frozen=True)
 class PeersCall:
     """`set_vxlan_peers`: each VLAN's flood list by VLAN UUID, or None (the configured)."""
 
@@ -143,6 +158,7 @@ NETWORK_CALLS: Mapping[str, Call] = {
     "counters": Call(NicsCall, Counters),
     "reconcile": Call(ReconcileCall, None),
     "set_vxlan_peers": Call(PeersCall, None),
+    "set_vxlan_macs": Call(MacsCall, None),
     "keep_helpers_running": Call(NoArguments, None),
     "open_vnc": Call(GuestVncCall, bool),
     "close_vnc": Call(GuestCall, None),

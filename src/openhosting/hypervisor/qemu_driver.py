@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -219,6 +220,7 @@ class QemuDriver:
     async def start(
         self, request: driver.StartRequest, restore: driver.StateStream | None = None
     ) -> driver.VmStatus:
+        request = self._with_nbd_tls(request)
         spec = request.spec
         if spec.uuid in self._vms:
             raise HypervisorError(f"VM {spec.uuid} runs already")
@@ -251,6 +253,21 @@ class QemuDriver:
         await asyncio.to_thread(_remove_secrets, spec)
         log.info("event=vm_started server=%s pid=%s", spec.uuid, vm.pid)
         return self._status_of(vm)
+
+    def _with_nbd_tls(self, request: driver.StartRequest) -> driver.StartRequest:
+        """`request` with this host's cluster certificate as the client credentials of its
+        disks over NBD (another host's exports), if it has any. QEMU loads them as it starts,
+        before it drops to `hypervisor.run_as`, so the host's own directory serves."""
+        spec = request.spec
+        if not any(disk.nbd for disk in spec.disks):
+            return request
+        if self._migration_tls is None:
+            raise HypervisorError(
+                "this host has no cluster certificate: drives of other hosts cannot be"
+                " attached over NBD"
+            )
+        spec = dataclasses.replace(spec, nbd_tls_dir=self._migration_tls.directory)
+        return dataclasses.replace(request, spec=spec)
 
     def _make_run_dir(self, run_dir: Path) -> None:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -419,8 +436,7 @@ class QemuDriver:
             revert.add(functools.partial(self._migrating.discard, server))
             revert.add(functools.partial(self._run_on, vm))
             tls, limit = self._tls_load(self.run_dir(server)), self._migration_bandwidth
-            jobs = await migration.mirror_drives(vm.monitor, target, revert, timeout, tls, limit)
-            await migration.send_state(vm.monitor, target, jobs, revert, timeout, limit)
+            await migration.migrate_out(vm.monitor, target, revert, timeout, tls, limit)
             revert.success()
         log.info("event=vm_migrated_out server=%s", server)
 

@@ -37,10 +37,12 @@ from typing import Any
 
 import aiohttp
 
+from openhosting.agent.host_connection import CALL_TIMEOUT, CONNECT_TIMEOUT, HostConnection
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor import driver
 from openhosting.hypervisor.calls import (
     CALLS,
+    EXPORT_CALLS,
     HOST_CALLS,
     REPLACED,
     Call,
@@ -50,19 +52,14 @@ from openhosting.hypervisor.calls import (
 )
 from openhosting.hypervisor.errors import HostUnreachableError, HypervisorError
 from openhosting.hypervisor.network_calls import NETWORK_CALLS
-from openhosting.hypervisor.spec import HostVmSettings
+from openhosting.hypervisor.spec import HostVmSettings, NbdSource
 from openhosting.reverter import Reverter
 
 log = logging.getLogger("openhosting.hypervisor.remote")
 
-# Seconds an agent has to answer a call, beyond the call's own timeout.
-CALL_TIMEOUT = 15.0
-# Seconds to open a connection (TCP and TLS) to an agent.
-CONNECT_TIMEOUT = 5.0
 # Seconds between attempts to follow the events again once the stream broke.
 RECONNECT_DELAY = 1.0
 CHUNK = 1 << 16
-TLS_CLOSE_GRACE = 0.25
 
 
 class RemoteHypervisorDriver:
@@ -78,11 +75,10 @@ class RemoteHypervisorDriver:
         call_timeout: float = CALL_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
-        self.host = host
-        self._base = f"https://{address}"
-        self._context = context
-        self._call_timeout = call_timeout
-        self._connect_timeout = connect_timeout
+        agent = HostConnection(host, address, context, call_timeout, connect_timeout)
+        self._agent = agent
+        self.host, self._base, self._context = agent.host, agent.base_url, agent.context
+        self._call_timeout, self._connect_timeout = agent.call_timeout, agent.connect_timeout
         self._session: aiohttp.ClientSession | None = None
         self._settings: HostVmSettings | None = None
         self._run_path = Path("/nonexistent")
@@ -100,9 +96,7 @@ class RemoteHypervisorDriver:
         cannot be reached or is not host `host`'s."""
         self._loop = asyncio.get_running_loop()
         async with Reverter() as revert:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(sock_connect=self._connect_timeout)
-            )
+            self._session = self._agent.session()
             revert.add(self.close)
             self._settings = await self._call("host_settings", vnc_listen="", netns=None)
             self._run_path = await self._call("run_dir", server="")
@@ -120,11 +114,7 @@ class RemoteHypervisorDriver:
         await self._stop_following()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            # The TLS close of the event stream's connection ends on the loop; one stopped
-            # at once would drop its socket unclosed (aiohttp's "graceful shutdown" advice).
-            await asyncio.sleep(TLS_CLOSE_GRACE)
+        await self._agent.close()
 
     def listen(self, handler: driver.EventHandler) -> None:
         self._handler = handler
@@ -252,6 +242,19 @@ class RemoteHypervisorDriver:
         return await self._call_record(
             method, record, path="network", answer_type=NETWORK_CALLS[method].answer
         )
+
+    # -- drives served to other hosts (`ExportingDriver`; hypervisor/nbd_exports.py) ---
+
+    async def export_drive(self, request: driver.ExportRequest) -> NbdSource:
+        source: NbdSource = await self._call_record("export_drive", request)
+        return source
+
+    async def end_exports(self, server: str) -> None:
+        await self._call("end_exports", server=server)
+
+    async def exports(self) -> list[str]:
+        servers: list[str] = await self._call("exports")
+        return servers
 
     # -- live migration (`MigratingDriver`; hypervisor/migration.py) -----------------
 
@@ -450,7 +453,7 @@ class RemoteHypervisorDriver:
 
 
 def _call_of(method: str) -> Call:
-    return CALLS[method] if method in CALLS else HOST_CALLS[method]
+    return CALLS.get(method) or EXPORT_CALLS.get(method) or HOST_CALLS[method]
 
 
 def checked_incoming(host: str, server: str, info: driver.IncomingInfo) -> driver.IncomingInfo:

@@ -21,6 +21,7 @@ from openhosting.hypervisor.network_calls import (
     AddressVncCall,
     GuestCall,
     GuestVncCall,
+    MacsCall,
     NetworkFacts,
     NicCall,
     NicsCall,
@@ -83,6 +84,10 @@ class RemoteNetworkDriver:
     async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
         lists = None if peers is None else {vlan: tuple(each) for vlan, each in peers.items()}
         await self._call("set_vxlan_peers", PeersCall(lists))
+
+    async def set_vxlan_macs(self, macs: Mapping[str, Mapping[str, str]]) -> None:
+        entries = {vlan: dict(each) for vlan, each in macs.items()}
+        await self._call("set_vxlan_macs", MacsCall(entries))
 
     async def keep_helpers_running(self) -> None:
         await self._call("keep_helpers_running", NoArguments())

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from openhosting.named_files import NamedFile
+
 # The network backends of NICs are the network layer's (which knows nothing of QEMU).
 from openhosting.network.netdevs import (
     MAX_SOCKET_PATH,
@@ -33,6 +35,7 @@ __all__ = [
     "DiskSpec",
     "DriveSecret",
     "HostVmSettings",
+    "NbdSource",
     "Netdev",
     "NicSpec",
     "RunPaths",
@@ -54,6 +57,9 @@ SLOT_PATTERN = re.compile(r"ide:([01]):([01])|scsi:0:([0-7])|block:([0-7])")
 _TIER = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _NETNS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+# A host's name (lowercase DNS name, agent/pki.py) or an IPv4 address: where an NBD export
+# listens, and the name its certificate must bear.
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -62,38 +68,57 @@ class RunPaths:
 
     directory: Path
 
-    @property
-    def pidfile(self) -> Path:
-        return self.directory / "qemu.pid"
-
-    @property
-    def qmp_socket(self) -> Path:
-        return self.directory / "qmp.sock"
-
-    @property
-    def serial_socket(self) -> Path:
-        return self.directory / "serial.sock"
-
-    @property
-    def console_socket(self) -> Path:
-        """The daemon's socket lending the serial console to one client at a time."""
-        return self.directory / "console.sock"
-
-    @property
-    def serial_log(self) -> Path:
-        """The newest file of the serial log; older output in `serial.log.1`, …"""
-        return self.directory / "serial.log"
-
-    @property
-    def argv_file(self) -> Path:
-        """Where the spawner records the command line, for operators and diffs."""
-        return self.directory / "qemu.argv"
+    pidfile = NamedFile("qemu.pid")
+    qmp_socket = NamedFile("qmp.sock")
+    serial_socket = NamedFile("serial.sock")
+    # The daemon's socket lending the serial console to one client at a time.
+    console_socket = NamedFile("console.sock")
+    # The newest file of the serial log; older output in `serial.log.1`, …
+    serial_log = NamedFile("serial.log")
+    # Where the spawner records the command line, for operators and diffs.
+    argv_file = NamedFile("qemu.argv")
 
 
 def secret_id_of(node: str) -> str:
     """The id of the `-object secret` of the drive whose device node is `node`
     (`drive-ide-0-0` -> `secret-ide-0-0`): what a running QEMU's luks node was opened with."""
     return f"secret-{node.removeprefix('drive-')}"
+
+
+def check_uuid(text: str, what: str) -> None:
+    """ValueError unless `text` is a lowercase UUID (`what`'s: a drive's, a server's)."""
+    if not _UUID.fullmatch(text):
+        raise ValueError(f"not {what} UUID: {text[:80]!r}")
+
+
+def check_drive_name(drive: str, tier: str, *, blank: bool = False) -> None:
+    """ValueError unless `drive` is a UUID and `tier` a tier's name (or, with `blank`, empty):
+    they become a file name on the host holding the drive."""
+    if drive or not blank:
+        check_uuid(drive, "a drive's")
+    if (tier or not blank) and not _TIER.fullmatch(tier):
+        raise ValueError(f"not a tier's name: {tier[:80]!r}")
+
+
+@dataclass(frozen=True)
+class NbdSource:
+    """A drive whose bytes another host serves over NBD (hypervisor/nbd_exports.py): its
+    export's address (`host`:`port`, that host's cluster address), its name, and the host
+    name its TLS certificate must bear."""
+
+    host: str
+    port: int
+    export: str  # the drive's UUID
+    tls_hostname: str
+
+    def __post_init__(self) -> None:
+        for name in (self.host, self.tls_hostname):
+            if not _HOST_NAME.fullmatch(name):
+                raise ValueError(f"not a host name or IPv4 address: {name[:80]!r}")
+        if not 0 < self.port < 1 << 16:
+            raise ValueError(f"not a TCP port: {self.port}")
+        if not _UUID.fullmatch(self.export):
+            raise ValueError(f"not a drive's UUID: {self.export[:80]!r}")
 
 
 @dataclass(frozen=True)
@@ -112,13 +137,14 @@ class DiskSpec:
     # file of them in place of `path` (the control plane's name for it).
     drive: str = ""
     tier: str = ""
+    # Another host's export of the drive (a drive of another host than the VM's): QEMU
+    # reads and writes it over NBD with TLS instead of opening `path`.
+    nbd: NbdSource | None = None
 
     def __post_init__(self) -> None:
-        # They become a file name on the agent: nothing but a UUID and a tier's name.
-        if self.drive and not _UUID.fullmatch(self.drive):
-            raise ValueError(f"not a drive's UUID: {self.drive[:80]!r}")
-        if self.tier and not _TIER.fullmatch(self.tier):
-            raise ValueError(f"not a tier's name: {self.tier[:80]!r}")
+        if self.nbd is not None and self.drive:
+            raise ValueError("a drive over NBD is no file of this host's agent")
+        check_drive_name(self.drive, self.tier, blank=True)
         if not SLOT_PATTERN.fullmatch(self.slot):
             raise ValueError(f"not a device slot: {self.slot!r}")
         if self.media not in ("disk", "cdrom"):
@@ -204,6 +230,9 @@ class VmSpec:
     run_as: str | None = None
     # Start paused, waiting for a saved state to be fed in (`migrate-incoming`), not booting.
     incoming: bool = False
+    # The host's cluster certificate under QEMU's names (migration.write_qemu_tls_dir): the
+    # client credentials of its disks over NBD. Set by the host's driver, which knows it.
+    nbd_tls_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not _UUID.fullmatch(self.uuid):
@@ -219,6 +248,8 @@ class VmSpec:
             raise ValueError("a NIC index is used twice")
         if self.netns is not None and not _NETNS.fullmatch(self.netns):
             raise ValueError(f"not a network namespace name: {self.netns!r}")
+        if self.nbd_tls_dir is not None and not any(disk.nbd for disk in self.disks):
+            raise ValueError("NBD TLS credentials without a disk over NBD")
 
     @property
     def paths(self) -> RunPaths:

@@ -203,6 +203,19 @@ class BridgeNetwork:
                 if self._is_vxlan(links, name) and (changed is None or name in changed):
                     await self._vxlan.flood(name)
 
+    async def set_vxlan_macs(self, macs: Mapping[str, Mapping[str, str]]) -> None:
+        if self._vxlan is None:
+            return
+        devices = {self.vxlan_device(vlan): each for vlan, each in macs.items()}
+        async with self._lock:
+            changed = self._vxlan.set_macs(devices)
+            if not changed or not self._links.namespace_exists():
+                return
+            links = await self._links.all()
+            for name in sorted(changed):
+                if self._is_vxlan(links, name):
+                    await self._vxlan.flood(name)
+
     async def detach(self, nics: Sequence[NicPlan]) -> None:
         async with self._lock:
             await self._detach(nics)

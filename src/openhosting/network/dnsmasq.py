@@ -20,6 +20,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from openhosting.named_files import NamedFile
 from openhosting.network.errors import NetworkError
 from openhosting.network.links import netns_exec_argv, run_command
 from openhosting.network.pool import AddressPool
@@ -43,21 +44,10 @@ class DhcpSpec:
     namespace: str = ""
     binary: str = DNSMASQ_BINARY
 
-    @property
-    def pidfile(self) -> Path:
-        return self.directory / "dnsmasq.pid"
-
-    @property
-    def hosts_dir(self) -> Path:
-        return self.directory / "hosts"
-
-    @property
-    def lease_file(self) -> Path:
-        return self.directory / "leases"
-
-    @property
-    def log_file(self) -> Path:
-        return self.directory / "dnsmasq.log"
+    pidfile = NamedFile("dnsmasq.pid")
+    hosts_dir = NamedFile("hosts")  # one entry file per NIC (`--dhcp-hostsdir`)
+    lease_file = NamedFile("leases")
+    log_file = NamedFile("dnsmasq.log")
 
 
 def build_dnsmasq_argv(spec: DhcpSpec) -> list[str]:
@@ -78,7 +68,13 @@ def build_dnsmasq_argv(spec: DhcpSpec) -> list[str]:
         # Only hosts with an entry get an address: `nic:0:dhcp` unset means none offered.
         f"--dhcp-range={pool.subnet.network_address},static,{pool.netmask},{spec.lease_seconds}",
         f"--dhcp-hostsdir={spec.hosts_dir}",
-        "--dhcp-authoritative",  # the only DHCP server on this bridge: answer at once
+        # Authoritative for its own guests (a lease it lost is answered at once, not left
+        # to time out) and deaf to everyone else's: the public bridge is the provider's L2,
+        # where every host's dnsmasq hears every guest, and an authoritative one NAKs a
+        # request naming another server ("wrong server-ID"), which a guest may hear before
+        # its own host's ACK.
+        "--dhcp-authoritative",
+        "--dhcp-ignore=tag:!known",
         f"--dhcp-option=option:router,{pool.gateway}",
     ]
     if pool.nameservers:

@@ -89,6 +89,13 @@ class NetworkDriver(Protocol):
         where VLANs do not cross hosts."""
         ...
 
+    async def set_vxlan_macs(self, macs: Mapping[str, Mapping[str, str]]) -> None:
+        """Each VLAN's guests on other hosts: VLAN UUID → {MAC: the underlay address of its
+        host}, so that a frame for one of them goes to its host alone, not to the VLAN's
+        whole flood list; at once for the VLANs running here whose entries changed. A VLAN
+        not named keeps its entries. Nothing where VLANs do not cross hosts."""
+        ...
+
     async def keep_helpers_running(self) -> None:
         """Start again a helper process of running servers' NICs that died (bridge mode:
         the DHCP server, which a running guest needs to renew its lease); idempotent."""

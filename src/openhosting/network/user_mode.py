@@ -177,6 +177,9 @@ class UserNetwork:
     async def set_vxlan_peers(self, peers: Mapping[str, Sequence[str]] | None) -> None:
         pass  # no VLANs in user mode
 
+    async def set_vxlan_macs(self, macs: Mapping[str, Mapping[str, str]]) -> None:
+        pass  # no VLANs in user mode
+
     async def keep_helpers_running(self) -> None:
         """Nothing to watch: a NIC's passt is its own server's, and goes with it."""
 

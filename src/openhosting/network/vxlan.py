@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ OVERHEAD = 50
 DEFAULT_MTU = 1500 - OVERHEAD
 # The forwarding entry of frames no other entry places: broadcasts, multicast, unknown MACs.
 FLOOD_MAC = "00:00:00:00:00:00"
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 BRIDGE_BINARY = "bridge"
 
 log = logging.getLogger("openhosting.network")
@@ -113,6 +115,8 @@ class VxlanSegments:
         # configured peers (`network.vxlan_peers`).
         self._configured = True
         self._lists: dict[str, tuple[IPv4Address, ...]] = {}  # by device name
+        # The MACs of the VLAN's guests on other hosts → their host, by device name.
+        self._macs: dict[str, dict[str, IPv4Address]] = {}
 
     def peers_of(self, name: str) -> tuple[IPv4Address, ...]:
         """Where device `name` floods: its VLAN's flood list (none known: nowhere), or the
@@ -139,9 +143,33 @@ class VxlanSegments:
             self._lists[name] = chosen
         return None if was_configured else changed_names
 
+    def set_macs(self, macs: Mapping[str, Mapping[str, str]]) -> set[str]:
+        """Unicast from the next `ensure` or `flood` on: each device named in `macs` (by
+        device name) sends a frame for one of those MACs (its VLAN's guests on other hosts)
+        to that MAC's host alone, not to its whole flood list; a device not named keeps its
+        entries. Malformed MACs, this host's own address and what is no host's unicast
+        address are left out. The devices whose entries changed."""
+        changed: set[str] = set()
+        for name, entries in macs.items():
+            chosen: dict[str, IPv4Address] = {}
+            for mac, text in entries.items():
+                try:
+                    address = _unicast("vxlan_peers", text)
+                except UnderlayError as error:
+                    log.warning("event=vxlan_mac_ignored mac=%s error=%s", mac, error)
+                    continue
+                if _MAC.fullmatch(mac.lower()) and address != self.underlay.local:
+                    chosen[mac.lower()] = address
+            if chosen != self._macs.get(name, {}):
+                changed.add(name)
+            self._macs[name] = chosen
+        return changed
+
     def forget(self, name: str) -> None:
-        """Device `name` is gone: its list with it (its VLAN's next device gets a fresh one)."""
+        """Device `name` is gone: its list and entries with it (its VLAN's next device gets
+        fresh ones)."""
         self._lists.pop(name, None)
+        self._macs.pop(name, None)
 
     def _chosen(self, texts: Sequence[str]) -> tuple[IPv4Address, ...]:
         chosen: list[IPv4Address] = []
@@ -186,14 +214,14 @@ class VxlanSegments:
             revert.success()
 
     async def flood(self, name: str) -> None:
-        """Device `name`'s flood list is exactly the one known now (`peers_of`)."""
+        """Device `name`'s flood list is exactly the one known now (`peers_of`), and its
+        entries of remote guests' MACs exactly those of `set_macs`."""
         namespace = self._links.namespace
         shown = await run_command(bridge_argv(namespace, "-j", "fdb", "show", "dev", name))
-        present = {
-            entry["dst"]
-            for entry in json.loads(shown or "[]")
-            if entry.get("mac") == FLOOD_MAC and "dst" in entry
-        }
+        # The device's own entries have a destination; the bridge's (learned) have none.
+        entries = [e for e in json.loads(shown or "[]") if "dst" in e and "mac" in e]
+        present = {entry["dst"] for entry in entries if entry["mac"] == FLOOD_MAC}
+        await self._unicast_entries(name, {e["mac"]: e["dst"] for e in entries})
         wanted = {str(peer) for peer in self.peers_of(name)}
         for peer in sorted(wanted - present):
             await run_command(
@@ -203,3 +231,17 @@ class VxlanSegments:
             await run_command(
                 bridge_argv(namespace, "fdb", "del", FLOOD_MAC, "dev", name, "dst", gone)
             )
+
+    async def _unicast_entries(self, name: str, present: Mapping[str, str]) -> None:
+        """Device `name`'s entries of single MACs (`present`, MAC → destination, the flood
+        entry among them) made exactly those of `set_macs`."""
+        namespace = self._links.namespace
+        wanted = {mac: str(address) for mac, address in self._macs.get(name, {}).items()}
+        for mac, dst in sorted(wanted.items()):
+            if present.get(mac) != dst:
+                await run_command(bridge_argv(namespace, "fdb", "replace", mac, "dev", name,
+                                              "dst", dst))  # fmt: skip
+        for mac, dst in sorted(present.items()):
+            if mac != FLOOD_MAC and mac not in wanted:
+                await run_command(bridge_argv(namespace, "fdb", "del", mac, "dev", name,
+                                              "dst", dst))  # fmt: skip

@@ -149,11 +149,13 @@ class Consoles:
             token_store.prune_expired(connection, now)
             token_store.insert_token(
                 connection,
-                token_hash(token),
-                server,
-                user,
-                expires,
-                session_hash=session.id if session is not None else None,
+                ConsoleTokenRecord(
+                    token_hash=token_hash(token),
+                    server=server,
+                    user=user,
+                    expires=expires,
+                    session_hash=session.id if session is not None else None,
+                ),
             )
         bound = "session" if session is not None else "bearer"
         log.info("event=console_token_issued user=%s server=%s bound=%s", user, server, bound)

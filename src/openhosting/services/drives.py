@@ -235,6 +235,11 @@ class Drives:
             lambda: ValueList(("drive",), [{"drive": uuid} for uuid in self.list_uuids(user)]),
         )
 
+    def kept_listing(self, user: str) -> ValueList | None:
+        """`listing` if it is kept and still true, without reading the database; else None."""
+        kept: ValueList | None = self._reader.kept(("drives/list", user))
+        return kept
+
     def info(self, user: str, uuid: str) -> dict[str, Value]:
         """The drive's info, read afresh: what a command that has just written answers."""
         # Through the Reader: the hottest command after the lists, and SQLAlchemy's execute
@@ -251,13 +256,25 @@ class Drives:
         file's availability is unchanged, so that its rendered bodies (kept on it) are made
         once; only for the very row read: one read again after a commit never gets a
         payload made from an older one."""
-        row, claims = self._reader.memo(
+        rows = self._reader.memo(
             ("drives/info", uuid),
             lambda: (
                 drive_store.read_drive(self._reader, uuid),
                 drive_store.read_claims_on(self._reader, uuid),
             ),
         )
+        return self._payload_of(user, uuid, rows)
+
+    def kept_info_payload(self, user: str, uuid: str) -> Properties | None:
+        """`info_payload` if the drive's rows are kept and still true, without reading the
+        database; else None."""
+        rows = self._reader.kept(("drives/info", uuid))
+        return None if rows is None else self._payload_of(user, uuid, rows)
+
+    def _payload_of(
+        self, user: str, uuid: str, rows: tuple[DriveRecord | None, list[ClaimRecord]]
+    ) -> Properties:
+        row, claims = rows
         row = self._check_readable(row, user, uuid)
         available, offline = self._is_available(row), self._hosts.offline
         made_from, payload = self._reader.memo(

@@ -170,10 +170,7 @@ class Hosts:
             loads.append(
                 HostLoad(
                     name=record.name,
-                    cores=record.cores,
-                    core_mhz=record.core_mhz,
-                    memory_mb=record.memory_mb,
-                    disk_bytes_by_tier=record.disk_bytes_by_tier,
+                    capacity=record.capacity,
                     used_mhz=used_mhz,
                     used_memory_mb=used_mb,
                     used_bytes_by_tier={
@@ -309,6 +306,16 @@ class Hosts:
             if any(lists.values()) or vni_store.any_peer(connection, local, since):
                 return lists
         return None
+
+    def remote_macs(
+        self, host: str = "", making: Collection[str] = ()
+    ) -> dict[str, dict[str, str]]:
+        """Where `host` ("": this one) sends each remote guest's frames: VLAN → {MAC of a
+        NIC on it of a server on another online host: that host's underlay address}
+        (store/vnis.py's `remote_macs`)."""
+        since = time.time() - self._config.host.offline_seconds
+        with self._engine.connect() as connection:
+            return vni_store.remote_macs(connection, host or self.name, self.name, since, making)
 
     def overview(self) -> list[HostView]:
         """Every registered host with its capacity, use and state, by name."""

@@ -21,6 +21,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from openhosting.errors import FullError
+from openhosting.host_capacity import HostCapacity
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -31,25 +32,22 @@ class HostLoad:
     """A host's capacity and what is placed on it."""
 
     name: str
-    cores: int
-    core_mhz: int
-    memory_mb: int
-    disk_bytes_by_tier: Mapping[str, int]
+    capacity: HostCapacity
     used_mhz: int = 0
     used_memory_mb: int = 0
     used_bytes_by_tier: Mapping[str, int] = field(default_factory=dict)
 
     def free_bytes(self, tier: str) -> int:
         """Bytes not yet promised to drives in `tier` (negative when overcommitted)."""
-        return self.disk_bytes_by_tier.get(tier, 0) - self.used_bytes_by_tier.get(tier, 0)
+        return self.capacity.disk_bytes_by_tier.get(tier, 0) - self.used_bytes_by_tier.get(tier, 0)
 
     @property
     def free_mhz(self) -> int:
-        return self.cores * self.core_mhz - self.used_mhz
+        return self.capacity.cores * self.capacity.core_mhz - self.used_mhz
 
     @property
     def free_memory_mb(self) -> int:
-        return self.memory_mb - self.used_memory_mb
+        return self.capacity.memory_mb - self.used_memory_mb
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from openhosting.services.hosts import Hosts
 from openhosting.services.imaging import Imaging
 from openhosting.services.node_operations import NodeOperations
 from openhosting.services.resources import Resources
+from openhosting.services.server_lifecycle import ServerLifecycle
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.servers import Servers
 from openhosting.services.standard_drives import StandardDrives
@@ -125,17 +126,19 @@ def open_platform(config: Config) -> Platform:
         config.network, config.run_path / "network", config.hypervisor.run_as
     )
     resources = Resources(engine, reader, pool, billing)
-    networks = ServerNetworks(engine, resources, pool, network_driver, hosts.flood_lists)
+    networks = ServerNetworks(
+        engine, resources, pool, network_driver, hosts.flood_lists, hosts.remote_macs
+    )
     audit = Audit(engine)
     events = EventBus(audit=audit_sink(audit.record))
     relay = None
     if not is_sqlite(engine):
         relay = EventRelay(engine, node, events)
         events.send_to_nodes = relay.send
-    servers = Servers(
-        engine, reader, drives, config, networks, billing, events, store=store, hosts=hosts,
-        nodes=node_operations,
-    )  # fmt: skip
+    lifecycle = ServerLifecycle(
+        engine, config, networks, events, hosts=hosts, nodes=node_operations
+    )
+    servers = Servers(engine, reader, drives, lifecycle, billing, store)
     consoles = Consoles(engine, servers, config.api.console_token_seconds)
     # A VM that ends closes its consoles, wherever they were opened.
     events.add_listener(consoles.observe_event, relayed=True)

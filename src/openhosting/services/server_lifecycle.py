@@ -18,13 +18,13 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from openhosting.config import Config
-from openhosting.errors import BusyError, FailedError, FullError, UnavailableError
+from openhosting.errors import FailedError, FullError, UnavailableError
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import (
     BlockStats,
@@ -42,6 +42,7 @@ from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.model.server import ServerConfig
 from openhosting.network.links import Counters
 from openhosting.reverter import Reverter
+from openhosting.services.drive_exports import DriveExports
 from openhosting.services.drives import AttachableDrive
 from openhosting.services.events import EventBus
 from openhosting.services.guest_io import fold_guest_io
@@ -55,6 +56,7 @@ from openhosting.services.server_logs import ServerLogs
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.vm_specs import build_vm_spec
 from openhosting.services.vnc import ServerVnc
+from openhosting.store import drives as drive_store
 from openhosting.store import servers as server_store
 from openhosting.store.records import ServerRecord
 
@@ -80,20 +82,19 @@ class ServerLifecycle:
         config: Config,
         networks: ServerNetworks,
         events: EventBus | None = None,
-        driver: HypervisorDriver | None = None,
         hosts: Hosts | None = None,
         nodes: NodeOperations | None = None,
     ) -> None:
         self._engine = engine
         self._events = events if events is not None else EventBus()
-        self._config = config
+        self.config = config
         self._settings = config.hypervisor
         self._networks = networks
         self.networks = networks  # the servers' NICs, on the host of each VM
         self.logs = ServerLogs(config)
         # This host's driver; the VMs of hosts with agents go through `drivers` too.
-        self.driver = driver if driver is not None else open_driver(config)
-        self._hosts = hosts
+        self.driver = open_driver(config)
+        self.hosts = hosts  # the hosts table: where servers are placed, agents' heartbeats
         self.drivers = HostDrivers(config.host_name, self.driver)
         self.drivers.listen(self._on_host_event)
         # The host of each server last started (or adopted) on a host with an agent: where
@@ -118,6 +119,8 @@ class ServerLifecycle:
         # ends because its state was saved (`vm_exited` then keeps the server `dumped`).
         # With `nodes` (PostgreSQL), the other API nodes' count too.
         self.operations = Operations("Server", SERVER_RULES, nodes)
+        # The drives of servers running on another host than theirs, served over NBD.
+        self.exports = DriveExports(self.drivers, self.host_down)
 
     def driver_of(self, uuid: str) -> HypervisorDriver:
         """The driver of the host that runs (or last ran) the VM of `uuid`; FullError naming
@@ -127,7 +130,7 @@ class ServerLifecycle:
     def host_offline(self, host: str) -> bool:
         """Whether `host` was offline at the last look (its heartbeat older than
         `host.offline_seconds`, whichever node beat for it): what info says."""
-        return self._hosts is not None and host in self._hosts.offline
+        return self.hosts is not None and host in self.hosts.offline
 
     def host_down(self, host: str) -> bool:
         """Whether `host` (another host's name) is offline, or its agent did not answer this
@@ -147,6 +150,14 @@ class ServerLifecycle:
                 " until it is back (the server's info shows what was last known)"
             )
         return self.drivers.of(host)
+
+    async def stop_vm(self, uuid: str, what: str) -> None:
+        """End the VM of `uuid` for `what` (a stop or a destroy, as `command_driver` names
+        it): QEMU quits, killed after the stop timeout; its guest's I/O is counted first,
+        since QEMU's counters end with it."""
+        driver = self.command_driver(uuid, what)
+        await self.fold_guest_io(uuid)
+        await driver.stop(uuid, self._settings.stop_timeout)
 
     def run_dir(self, uuid: str) -> Path:
         return self.driver_of(uuid).run_dir(uuid)
@@ -190,11 +201,16 @@ class ServerLifecycle:
         once it runs. `host`: where `place` put it (None: placed here)."""
         begun = time.monotonic()
         host = self.place(config) if host is None else host
-        self._check_drives_on(host, drives)
+        running_on = host or self.drivers.local_name
+        elsewhere = self.exports.elsewhere(uuid, running_on, drives)
         driver = self.drivers.of(host)
         async with Reverter() as revert:
             # Placed first: the NICs are made on the host, and released there.
             self._place_on(uuid, host)
+            # The drives of other hosts served to this one first: its QEMU opens them.
+            cdroms = {a.drive for a in config.drives if a.media == "cdrom"}
+            exported = [(drive, drive.uuid in cdroms) for drive in elsewhere]
+            sources = await self.exports.open(uuid, running_on, exported, revert)
             nics = await self._networks.acquire(user, uuid, config, host)
             revert.add(lambda: self._networks.release(uuid))
             plan = build_vm_spec(
@@ -205,6 +221,7 @@ class ServerLifecycle:
                 host=self.host_settings(host),
                 display=display,
                 nics=nics,
+                nbd=sources,
             )
             spec = dataclasses.replace(plan.spec, incoming=True) if restore else plan.spec
             vnc = self.vnc.credentials(uuid, config, display)
@@ -256,24 +273,12 @@ class ServerLifecycle:
     def place(self, config: ServerConfig) -> str:
         """The host a starting server goes to ("" for this one): placement's choice among
         the hosts with a driver here, the boot drive's host first."""
-        if self._hosts is None or not self.drivers.remote:
+        if self.hosts is None or not self.drivers.remote:
             return ""  # one host: nothing to choose
-        chosen = self._hosts.place_server(
+        chosen = self.hosts.place_server(
             config.cpu, config.mem, boot_drive(config), self.drivers.names()
         )
         return "" if chosen == self.drivers.local_name else chosen
-
-    def _check_drives_on(self, host: str, drives: Sequence[AttachableDrive]) -> None:
-        """Every drive's bytes must be on the host the server runs on: a drive of another
-        host is not attached over the network yet (NBD, docs/cluster.md). 409 naming both."""
-        running_on = host or self.drivers.local_name
-        for drive in drives:
-            if drive.host and drive.host != running_on:
-                raise BusyError(
-                    f"Drive {drive.uuid} is on host {drive.host} and the server would run on"
-                    f" host {running_on}: drives on another host than their server's cannot"
-                    " be attached yet"
-                )
 
     def _place_on(self, uuid: str, host: str) -> None:
         if host:
@@ -439,10 +444,16 @@ class ServerLifecycle:
         # The database first, and no await until the VM has left `active`: whoever sees the
         # server no longer active must also see its drives released.
         dumped = DUMPED_END in self.operations.in_flight(uuid)
+        running_on = self.placed.get(uuid) or self.drivers.local_name
+        exported_from: set[str] = set()
         try:
             with self._engine.begin() as connection:
                 row = server_store.get_server(connection, uuid)
                 persistent = row is not None and row.config.persistent
+                if row is not None:
+                    drives = [attachment.drive for attachment in row.config.drives]
+                    hosts = drive_store.drive_hosts(connection, drives).values()
+                    exported_from = {host for host in hosts if host != running_on}
                 if not dumped:
                     server_store.remove_guest_claims(connection, uuid)
                 if dumped and row is not None:
@@ -460,6 +471,9 @@ class ServerLifecycle:
                     log.info("event=server_stopped server=%s status=%s", uuid, status)
         finally:
             self.active.pop(uuid, None)
+        # Its drives of other hosts are served no longer (a dumped server's too: its
+        # restore exports them again).
+        await self.exports.close(uuid, exported_from)
         if dumped and row is not None:
             self._events.publish(row.user, "server", uuid, "status", status=DUMPED)
         elif row is not None:
@@ -540,6 +554,8 @@ class ServerLifecycle:
                 await self.vm_exited(uuid, driver.how_ended(uuid))
         await self._stop_unowned_vms()
         await self._networks.recover({u: c for u, c in adopted.items() if u in self.active})
+        for host in reached:  # once the VMs are adopted: whose exports still serve a VM
+            await self._reconcile_exports(host)
 
     def agents_up(self) -> list[str]:
         """The agent hosts connected here whose agent answered the last watch."""
@@ -552,9 +568,9 @@ class ServerLifecycle:
     async def _record_hosts(self, hosts: list[str]) -> None:
         """The hosts of agents just connected, online with what they report, at once: a
         drive or server may be placed there without waiting for the next heartbeat."""
-        if self._hosts is not None and hosts:
+        if self.hosts is not None and hosts:
             reports = await self.drivers.capacities(hosts)
-            await asyncio.to_thread(self._hosts.heartbeat, reports)
+            await asyncio.to_thread(self.hosts.heartbeat, reports)
 
     async def watch_agents(self) -> None:
         """One look at every agent host. One that does not answer is down (its servers'
@@ -565,7 +581,7 @@ class ServerLifecycle:
         await self._record_hosts(reached)
         for host in reached:
             await self._adopt_on(host, None)
-            self._tell_agent_back(host)
+            await self._agent_back(host)
         for host, driver in list(self.drivers.remote.items()):
             try:
                 unheld = set(await driver.unheld())
@@ -574,14 +590,35 @@ class ServerLifecycle:
                     log.warning("event=host_agent_down host=%s error=%s", host, error)
                 self._agents_down.add(host)
                 continue
+            # A move's target VM waits unheld for its state until the move ends: that is
+            # the move's, not an agent restarted (whose network reconcile would remove the
+            # NICs made there for the VM on its way in).
+            unheld = {uuid for uuid in unheld if not self.operations.anywhere(uuid)}
             if host in self._agents_down:
                 self._agents_down.discard(host)
                 log.info("event=host_agent_back host=%s", host)
                 await self._adopt_on(host, None)
-                self._tell_agent_back(host)
+                await self._agent_back(host)
             elif unheld:  # restarted between two looks: its VMs run on, held by nobody
                 await self._adopt_on(host, unheld)
                 self._tell_agent_back(host)
+
+    async def _agent_back(self, host: str) -> None:
+        """`host`'s agent is back, its VMs adopted again: its listeners told, its exports
+        of drives to servers whose VMs do not run ended."""
+        self._tell_agent_back(host)
+        await self._reconcile_exports(host)
+
+    async def _reconcile_exports(self, host: str) -> None:
+        with self._engine.connect() as connection:
+            # Active in the database: held here, or on a host whose agent is away.
+            active = {row.uuid for row in server_store.servers_with_status(connection, "active")}
+        await self.exports.reconcile(
+            host,
+            keep=lambda server: (
+                server in active or server in self.active or bool(self.operations.in_flight(server))
+            ),
+        )
 
     def _tell_agent_back(self, host: str) -> None:
         for listener in self.agent_listeners:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from openhosting.errors import ApiError, FailedError, MissingError
+from openhosting.errors import ApiError, BusyError, FailedError, MissingError
 from openhosting.hypervisor.driver import (
     HypervisorDriver,
     IncomingRequest,
@@ -117,6 +117,13 @@ class ServerMoves:
         no such host is registered."""
         if self._hosts is None or not self._hosts.known(host):
             raise MissingError(f"Host {host} is not registered")
+        if served := await asyncio.to_thread(self._served_elsewhere, host):
+            # A drain moves servers, not drives: these would stay, and the host with them.
+            listed = ", ".join(f"drive {drive} to server {server}" for server, drive in served)
+            raise BusyError(
+                f"Host {host} serves drives over NBD to servers running on other hosts"
+                f" ({listed}): stop those servers first, a drain does not move their drives"
+            )
         outcome: dict[str, str] = {}
         for uuid in sorted(u for u in self._lifecycle.active if self.host_of(u) == host):
             async with self._lifecycle.operations.turn(uuid, MOVE):
@@ -151,6 +158,13 @@ class ServerMoves:
         if status is None:
             raise FailedError(f"Server {uuid} has no VM held on host {source_host}")
         drives = [self._drives.attachable(row.user, a.drive) for a in config.drives]
+        for drive in drives:
+            if drive.host and drive.host != source_host:
+                raise FailedError(
+                    f"Server {uuid} uses drive {drive.uuid} of host {drive.host} over NBD:"
+                    " a server with drives on other hosts is not moved (stop it, and start"
+                    " it again where it should run)"
+                )
         copied = {a.slot: a.drive for a in config.drives if a.media != "cdrom"}
         await asyncio.to_thread(self._check_unshared, uuid, drives, copied)
         target_host = self._hosts.place_moved_server(
@@ -218,6 +232,25 @@ class ServerMoves:
                     "event=drive_bytes_left drive=%s host=%s error=%s",
                     drive.uuid, drive.host, error.message,
                 )  # fmt: skip
+
+    def _served_elsewhere(self, host: str) -> list[tuple[str, str]]:
+        """(server, drive) of each drive of `host` attached over NBD to an active server
+        running on another host."""
+        local = self._lifecycle.drivers.local_name
+        with self._engine.connect() as connection:
+            rows = [
+                row
+                for row in server_store.servers_with_status(connection, "active")
+                if (row.host or local) != host
+            ]
+            wanted = {attachment.drive for row in rows for attachment in row.config.drives}
+            hosts = drive_store.drive_hosts(connection, wanted)
+        return sorted(
+            (row.uuid, attachment.drive)
+            for row in rows
+            for attachment in row.config.drives
+            if hosts.get(attachment.drive) == host
+        )
 
     def _check_unshared(
         self, uuid: str, drives: list[AttachableDrive], copied: dict[str, str]

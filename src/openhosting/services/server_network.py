@@ -58,6 +58,8 @@ VNC_NETWORK, VNC_ROW = "vnc", -1  # the row of an address VNC holds apart from t
 # Where a host ("": this one) floods each of its VLANs' frames, given the servers whose NICs
 # are being made there: VLAN → underlay addresses, or None for the configured peers.
 FloodLists = Callable[[str, Collection[str]], Mapping[str, Sequence[str]] | None]
+# The same host's VLANs' guests on other hosts: VLAN → {MAC: the underlay address of its host}.
+RemoteMacs = Callable[[str, Collection[str]], Mapping[str, Mapping[str, str]]]
 
 
 def default_mac(server: str, index: int) -> str:
@@ -129,6 +131,7 @@ class ServerNetworks:
         pool: AddressPool,
         driver: NetworkDriver,
         flood_lists: FloodLists = lambda _host, _making: None,
+        remote_macs: RemoteMacs = lambda _host, _making: {},
     ) -> None:
         self._engine = engine
         self._resources = resources
@@ -137,6 +140,8 @@ class ServerNetworks:
         # Where the host named ("": this one) floods each of its VLANs' frames, from the
         # database (services/hosts.py's `flood_lists`), read at each attach and refresh.
         self._flood_lists = flood_lists
+        # And where it sends the frames of each guest of those VLANs on another host.
+        self._remote_macs = remote_macs
         # The network driver of each agent host connected here (the lifecycle's
         # `HostDrivers.networks`), and the host of a server's VM ("": this one).
         self.remote: Mapping[str, NetworkDriver] = {}
@@ -186,7 +191,9 @@ class ServerNetworks:
         self, connection: Connection, user: str, nic: NicConfig, lock: bool = False
     ) -> None:
         if nic.vlan is not None:
-            if self.driver.mode == "user":
+            # Where the server will run is not known yet: a VLAN is refused only where no
+            # host (this one, or an agent's connected here) runs bridge networking.
+            if all(driver.mode == "user" for driver in self._drivers().values()):
                 raise UsageError(
                     f"nic:{nic.index}:vlan: VLANs need bridge networking (network.mode bridge);"
                     " this platform runs user-mode networking"
@@ -215,6 +222,12 @@ class ServerNetworks:
         one); the NICs for QEMU. 409 `busy` if another active server holds the address or
         MAC, 507 `full` when the pool has no temporary address left. Undone by `release`."""
         driver = self.driver_on(host)
+        vlan = next((nic for nic in config.nics if nic.vlan is not None), None)
+        if vlan is not None and driver.mode == "user":
+            raise UsageError(
+                f"nic:{vlan.index}:vlan: VLANs need bridge networking (network.mode bridge);"
+                f" {f'host {host}' if host else 'this host'} runs user-mode networking"
+            )
         async with Reverter() as revert:
             plans = self._hold(user, server, config, driver.pool_for_auto)
             revert.add(functools.partial(self._forget_nics, server))
@@ -503,6 +516,9 @@ class ServerNetworks:
         whose NICs are being made there, whose row may not name the host yet)."""
         lists = await asyncio.to_thread(self._flood_lists, host, making)
         await driver.set_vxlan_peers(lists)
+        if lists is not None:  # from the database: each remote guest's frames to its host
+            macs = await asyncio.to_thread(self._remote_macs, host, making)
+            await driver.set_vxlan_macs(macs)
 
     async def refresh_vxlan_peers(self) -> None:
         """The VLANs running on each host flood to the hosts that run one of their servers

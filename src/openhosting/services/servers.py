@@ -18,19 +18,13 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from openhosting.config import Config
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
-from openhosting.hypervisor.driver import HypervisorDriver
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.model.common import is_uuid
 from openhosting.model.server import ServerConfig
-from openhosting.network import open_network
 from openhosting.reverter import Reverter
 from openhosting.services.billing import Billing
 from openhosting.services.drives import AttachableDrive, Drives
-from openhosting.services.events import EventBus
-from openhosting.services.hosts import Hosts
-from openhosting.services.node_operations import NodeOperations
 from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
     DESTROY,
@@ -42,11 +36,9 @@ from openhosting.services.operations import (
     STOP,
     Operation,
 )
-from openhosting.services.resources import Resources
 from openhosting.services.server_info import server_info
 from openhosting.services.server_lifecycle import DUMPED, ServerLifecycle
 from openhosting.services.server_moves import ServerMoves
-from openhosting.services.server_network import ServerNetworks
 from openhosting.store import drives as drive_store
 from openhosting.store import row_locks, space_reserve
 from openhosting.store import servers as server_store
@@ -80,14 +72,9 @@ class Servers:
         engine: Engine,
         reader: Reader,
         drives: Drives,
-        config: Config,
-        networks: ServerNetworks | None = None,
+        lifecycle: ServerLifecycle,
         billing: Billing | None = None,
-        events: EventBus | None = None,
-        driver: HypervisorDriver | None = None,
         store: StoreExecutor | None = None,
-        hosts: Hosts | None = None,
-        nodes: NodeOperations | None = None,
     ) -> None:
         self._billing = billing
         # Where the create's checks and insert run (off the loop on PostgreSQL).
@@ -95,23 +82,21 @@ class Servers:
         self._engine = engine
         self._reader = reader
         self._drives = drives
-        self._settings = config.hypervisor
-        if networks is None:
-            pool, network = open_network(
-                config.network, config.run_path / "network", config.hypervisor.run_as
-            )
-            networks = ServerNetworks(engine, Resources(engine, reader, pool), pool, network)
-        self.networks = networks  # the servers' NICs: addresses, DHCP, taps
+        self.networks = lifecycle.networks  # the servers' NICs: addresses, DHCP, taps
         # One claim at a time in this process: a claim runs in a worker thread (its VNC probe
         # may ask an agent), where two would read the same free display before either wrote.
         self._claiming = asyncio.Lock()
-        self.lifecycle = ServerLifecycle(engine, config, networks, events, driver, hosts, nodes)
+        self.lifecycle = lifecycle
         # The lifecycle's own dict: who is active is read here, changed only there.
         self._active: dict[str, str] = self.lifecycle.active
         # What runs on each server (the lifecycle's: the end of a dumped VM is one of them).
         self.operations = self.lifecycle.operations
         self.moves = ServerMoves(
-            engine, self.lifecycle, drives, hosts, float(config.hypervisor.start_timeout)
+            engine,
+            lifecycle,
+            drives,
+            lifecycle.hosts,
+            float(lifecycle.config.hypervisor.start_timeout),
         )
 
     # -- lookups ---------------------------------------------------------------------
@@ -456,9 +441,7 @@ class Servers:
         async with self._turn(user, uuid, STOP):
             row = self._get(user, uuid)
             if uuid in self._active:
-                driver = self.lifecycle.command_driver(uuid, f"a stop of server {uuid}")
-                await self.lifecycle.fold_guest_io(uuid)  # QEMU's counters end with it
-                await driver.stop(uuid, self._settings.stop_timeout)
+                await self.lifecycle.stop_vm(uuid, f"a stop of server {uuid}")
             elif row.status == DUMPED:
                 # Power-off of a saved guest: its state is dropped, its drives released.
                 if await asyncio.to_thread(self.lifecycle.discard_dump, uuid):
@@ -485,9 +468,7 @@ class Servers:
         async with self._turn(user, uuid, DESTROY):
             self._get(user, uuid)
             if uuid in self._active:
-                driver = self.lifecycle.command_driver(uuid, f"a destroy of server {uuid}")
-                await self.lifecycle.fold_guest_io(uuid)
-                await driver.stop(uuid, self._settings.stop_timeout)
+                await self.lifecycle.stop_vm(uuid, f"a destroy of server {uuid}")
             # Destroying must work on a full disk too (the space reserve gives the WAL room).
             space_reserve.begin_freeing(self._engine, functools.partial(_delete_server, uuid))
         self.lifecycle.dumps.remove(uuid)

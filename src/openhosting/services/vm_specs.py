@@ -12,7 +12,7 @@ carries the passphrases beside it, for the caller to write just before QEMU star
 right after.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from openhosting.hypervisor.spec import (
     DiskSpec,
     DriveSecret,
     HostVmSettings,
+    NbdSource,
     NicSpec,
     VmSpec,
     VncSpec,
@@ -50,9 +51,11 @@ def build_vm_spec(
     host: HostVmSettings,
     display: int | None = None,
     nics: tuple[NicSpec, ...] = (),
+    nbd: Mapping[str, NbdSource] | None = None,
 ) -> VmPlan:
     """The VM of server `uuid` with `config`, its attached `drives` (one per attachment, in
-    any order), the NICs it acquired and its VNC `display` (None: no VNC server).
+    any order), the NICs it acquired and its VNC `display` (None: no VNC server). `nbd`:
+    where another host serves each drive (by UUID) that is not on the VM's host.
 
     Raises `ValueError` if an attachment has no drive among `drives`, or if the result is not
     a valid `VmSpec` (see there).
@@ -68,6 +71,10 @@ def build_vm_spec(
         if drive.passphrase is not None:
             secret_file = secret_path(run_dir, attachment.slot)
             secrets.append(DriveSecret(secret_file, drive.passphrase))
+        source = (nbd or {}).get(drive.uuid)
+        # Named for the agent of the host holding it, which finds its own file; a drive
+        # another host serves is opened over NBD instead, with the same layers on top.
+        named = bool(drive.host) and source is None
         disks.append(
             DiskSpec(
                 slot=attachment.slot,
@@ -77,9 +84,9 @@ def build_vm_spec(
                 format="luks" if secret_file is not None else "raw",
                 secret_file=secret_file,
                 shared=not drive.exclusive,
-                # Named for the agent of the host holding it, which finds its own file.
-                drive=drive.uuid if drive.host else "",
-                tier=drive.tier if drive.host else "",
+                drive=drive.uuid if named else "",
+                tier=drive.tier if named else "",
+                nbd=source,
             )
         )
     vnc = None

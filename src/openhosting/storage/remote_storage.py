@@ -1,17 +1,18 @@
 """`DriveStorage` of another host: each call made to that host's agent over mutual TLS
-(agent/storage_routes.py serves it), the bytes streamed both ways.
+(agent/storage_routes.py serves it), the bytes of reads and writes streamed both ways on a
+connection of their own (storage/agent_streams.py, agent/drive_streams.py).
 
 Memory stays flat whatever the size: a write's bytes are gathered into pieces of
-`SEND_PIECE` that go out through a queue of `WRITE_QUEUE` (the client's request body reads
-from it; a slow agent makes `write` wait, and so the API request's reading of its client); a
-read's answer is passed on as it arrives (aiohttp's stream pauses the agent's socket beyond
-its buffer of `READ_BUFFER`).
+`SEND_PIECE` handed to the stream's thread, at most a few ahead of its socket (a slow agent
+makes `write` wait, and so the API request's reading of its client); a read's pieces are
+filled at most a few ahead of its reader (a client that stops reading stops the agent's
+socket).
 
-Deadlines: a plain call has `CALL_TIMEOUT`; a stream may last as long as its bytes take, but
-no `STALL_TIMEOUT` without a byte moving. An agent that cannot be reached or does not answer
-is a 503 `failed` (`UnavailableError`) naming the host; the agent's own refusals come back
-as the same API error (507 full, 400 usage...). `is_available` cannot wait for the network:
-it says whether the last call to the agent got an answer.
+Deadlines: a plain call has the connection's call timeout; a stream may last as long as its
+bytes take, but no `STALL_TIMEOUT` without a byte moving. An agent that cannot be reached or
+does not answer is a 503 `failed` (`UnavailableError`) naming the host; the agent's own
+refusals come back as the same API error (507 full, 400 usage...). `is_available` cannot wait
+for the network: it says whether the last call to the agent got an answer.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import logging
-import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
+from openhosting.agent.host_connection import HostConnection
 from openhosting.errors import ERROR_TYPES, ApiError, FailedError, FullError, UnavailableError
 from openhosting.reverter import Reverter
+from openhosting.storage.agent_streams import ReadStream, WriteStream
 from openhosting.storage.drive_files import PlainDriveIO
 from openhosting.storage.drive_storage import (
     FILES_PAGE,
@@ -38,71 +39,50 @@ from openhosting.storage.drive_storage import (
     WriteClosed,
 )
 from openhosting.storage.storage_calls import encode_call
+from openhosting.storage.stream_wire import STALL_TIMEOUT
 
-log = logging.getLogger("openhosting.storage.remote")
+T = TypeVar("T")
 
-CALL_TIMEOUT = 15.0
-CONNECT_TIMEOUT = 5.0
-# Seconds a stream may go without a byte moving before it is given up.
-STALL_TIMEOUT = 60.0
 # Bytes per second a hash on the agent is given at the least (a slow disk's).
 HASH_RATE = 20e6
 # A write's bytes go to the agent in pieces of this size (the API request's body comes in
-# pieces of tens of KiB: each sent alone would cost a chunk header, a TLS flush and an await),
-# at most WRITE_QUEUE of them queued beside the one being gathered.
+# pieces of tens of KiB: each handed over alone would cost a wake-up of the stream's thread).
 SEND_PIECE = 1 << 20
-WRITE_QUEUE = 2
-# The read side's buffer of an agent's answer: larger pieces to send on, fewer awaits.
-READ_BUFFER = 1 << 20
-# Seconds for the TLS close of a session's connections (as the remote driver's).
-TLS_CLOSE_GRACE = 0.25
 
 
 class RemoteDriveStorage:
-    """The drives of host `host`, whose agent listens on `address` (HOST:PORT)."""
+    """The drives of the host whose agent `agent` calls."""
 
-    def __init__(
-        self,
-        host: str,
-        address: str,
-        context: ssl.SSLContext,
-        *,
-        call_timeout: float = CALL_TIMEOUT,
-        stall_timeout: float = STALL_TIMEOUT,
-    ) -> None:
-        self.host = host
-        self.address = address
-        self._base = f"https://{address}/storage"
-        self._context = context
-        self._call_timeout = call_timeout
+    def __init__(self, agent: HostConnection, *, stall_timeout: float = STALL_TIMEOUT) -> None:
+        self.agent = agent
+        self.host = agent.host
         self._stall_timeout = stall_timeout
-        self._session: aiohttp.ClientSession | None = None
         self.reachable = True  # the last call's outcome (`is_available`)
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT),
-                read_bufsize=READ_BUFFER,
-            )
-        return self._session
 
     def unreachable(self, error: object) -> UnavailableError:
         """503 `failed`, as for a server on a host gone away: it may work once it is back."""
         self.reachable = False
         return UnavailableError(
-            f"Host {self.host}'s agent at {self.address} did not answer: {error}"
+            f"Host {self.host}'s agent at {self.agent.address} did not answer: {error}"
         )
+
+    def failure(self, error: BaseException) -> ApiError:
+        """What a stream's failure is to the API: the agent's refusal as it was, anything
+        else (the network's, an answer not understood) a 503."""
+        if isinstance(error, ApiError):
+            self.reachable = True
+            return error
+        return self.unreachable(error)
 
     async def post(
         self, action: str, body: Any, timeout: aiohttp.ClientTimeout
     ) -> aiohttp.ClientResponse:
         """Send one call; the response once its status is known (refusals raised)."""
         try:
-            response = await self._client().post(
-                f"{self._base}/{action}",
+            response = await self.agent.session().post(
+                f"{self.agent.base_url}/storage/{action}",
                 data=body,
-                ssl=self._context,
+                ssl=self.agent.context,
                 server_hostname=self.host,
                 timeout=timeout,
             )
@@ -122,20 +102,15 @@ class RemoteDriveStorage:
         return response
 
     async def _call(self, action: str, **fields: Any) -> Any:
-        timeout = aiohttp.ClientTimeout(total=self._call_timeout)
+        timeout = aiohttp.ClientTimeout(total=self.agent.call_timeout)
         response = await self.post(action, encode_call(**fields), timeout)
         try:
-            async with asyncio.timeout(self._call_timeout):
+            async with asyncio.timeout(self.agent.call_timeout):
                 return (await response.json())["answer"]
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
             raise self.unreachable(error) from None
         finally:
             response.release()
-
-    def _stream_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            sock_connect=CONNECT_TIMEOUT, sock_read=self._stall_timeout, total=None
-        )
 
     # -- DriveStorage ------------------------------------------------------------------
 
@@ -171,7 +146,8 @@ class RemoteDriveStorage:
         # Hashing reads the whole range on the agent before a byte of answer: its deadline
         # grows with the range, at HASH_RATE at worst.
         timeout = aiohttp.ClientTimeout(
-            sock_connect=CONNECT_TIMEOUT, total=self._stall_timeout + count / HASH_RATE
+            sock_connect=self.agent.connect_timeout,
+            total=self._stall_timeout + count / HASH_RATE,
         )
         response = await self.post("hash", encode_call(**fields), timeout)
         try:
@@ -206,10 +182,13 @@ class RemoteDriveStorage:
         return RemoteWrite(self, call, staged, on_close)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            await asyncio.sleep(TLS_CLOSE_GRACE)
+        await self.agent.close()
+
+    def read_stream(self, call: dict[str, Any], count: int) -> ReadStream:
+        return ReadStream(self.agent, call, count, self._stall_timeout)
+
+    def write_stream(self, call: dict[str, Any]) -> WriteStream:
+        return WriteStream(self.agent, call, self._stall_timeout)
 
 
 class RemoteRead:
@@ -229,31 +208,28 @@ class RemoteRead:
         self.drive, self._drive_bytes = drive_bytes.drive, drive_bytes
         self.offset, self.count = offset, count
         self._on_close = on_close
-        self._response: aiohttp.ClientResponse | None = None
-        self._complete = False  # every byte received: the connection may serve again
+        self._stream: ReadStream | None = None
         self._closed = False
 
     async def begin(self) -> None:
         """Ask the agent for the bytes: its refusal (the file gone) comes from here."""
         fields = dict(**_named(self._drive_bytes), offset=self.offset, count=self.count)
-        self._response = await self._storage.post(
-            "read", encode_call(**fields), self._storage._stream_timeout()
-        )
+        self._stream = self._storage.read_stream(fields, self.count)
+        try:
+            await self._stream.begin()
+        except Exception as error:  # the stream's thread's, raised here
+            raise self._storage.failure(error) from None
+        self._storage.reachable = True
 
     async def chunks(self) -> AsyncIterator[bytes | bytearray]:
-        if self._response is None:
+        if self._stream is None:
             await self.begin()
-        assert self._response is not None
-        received = 0
+        assert self._stream is not None
         try:
-            async for chunk in self._response.content.iter_any():
-                received += len(chunk)
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise self._storage.unreachable(error) from None
-        if received != self.count:
-            raise self._storage.unreachable(f"{received} of {self.count} bytes")
-        self._complete = True
+            async for piece in self._stream.pieces():
+                yield piece
+        except Exception as error:  # the stream's thread's, raised here
+            raise self._storage.failure(error) from None
 
     async def sha256(self) -> str:
         named = self._drive_bytes
@@ -268,17 +244,15 @@ class RemoteRead:
         if self._closed:
             return
         self._closed = True
-        if self._response is not None:
-            if self._complete:
-                self._response.release()
-            else:
-                self._response.close()  # a read cut short drops its connection
+        if self._stream is not None:
+            self._stream.close()  # a read cut short drops its connection
         self._on_close()
 
 
 class RemoteWrite:
-    """One write to a drive on another host: its bytes go to the agent as they come, through
-    a short queue; acknowledged once the agent answers that they are durable."""
+    """One write to a drive on another host: its bytes go to the agent as they come, a few
+    pieces ahead of its socket at most; acknowledged once the agent answers that they are
+    durable."""
 
     def __init__(
         self,
@@ -292,9 +266,8 @@ class RemoteWrite:
         self._staged = staged
         self._on_close = on_close
         self._position = int(call["offset"])  # where the next byte goes
-        self._gathered = bytearray()  # the next piece to queue
-        self._queue: asyncio.Queue[bytes | bytearray | None] = asyncio.Queue(WRITE_QUEUE)
-        self._sending: asyncio.Task[int] | None = None
+        self._gathered = bytearray()  # the next piece to hand over
+        self._stream: WriteStream | None = None
         self._closed = False
 
     @property
@@ -315,64 +288,41 @@ class RemoteWrite:
         self._gathered += data
         if len(self._gathered) >= SEND_PIECE:
             piece, self._gathered = self._gathered, bytearray()
-            await self._queue_piece(piece)
+            await self._failing(self._started().put(piece))
 
-    async def _queue_piece(self, piece: bytes | bytearray | None) -> None:
-        """Queue `piece` (None: the body's end), unless the agent has answered meanwhile."""
-        sending = self._start()
-        put = asyncio.ensure_future(self._queue.put(piece))
-        # The agent may refuse while the queue is full: whichever ends first.
-        await asyncio.wait([put, sending], return_when=asyncio.FIRST_COMPLETED)
-        if not put.done():
-            put.cancel()
-            await self._ended(sending)
+    def _started(self) -> WriteStream:
+        if self._stream is None:
+            self._stream = self._storage.write_stream({**self._call, "staged": self._staged})
+            self._stream.start(f"drive-write-{self._storage.host}")
+        return self._stream
 
-    def _start(self) -> asyncio.Task[int]:
-        if self._sending is None:
-            self._sending = asyncio.create_task(self._send())
-        return self._sending
-
-    async def _body(self) -> AsyncIterator[bytes | bytearray]:
-        yield encode_call(**self._call, staged=self._staged)
-        while (piece := await self._queue.get()) is not None:
-            yield piece
-
-    async def _send(self) -> int:
-        response = await self._storage.post("write", self._body(), self._storage._stream_timeout())
+    async def _failing(self, step: Awaitable[T]) -> T:
         try:
-            return int((await response.json())["answer"])
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
-            raise self._storage.unreachable(error) from None
-        finally:
-            response.release()
-
-    async def _ended(self, sending: asyncio.Task[int]) -> int:
-        try:
-            return await sending
-        except (aiohttp.ClientError, OSError) as error:
-            raise self._storage.unreachable(error) from None
+            return await step
+        except Exception as error:  # the stream's thread's, raised here
+            raise self._storage.failure(error) from None
 
     async def finish(self) -> int:
-        """The end of the body sent; the agent's count once it made the bytes durable."""
+        """The end of the bytes sent; the agent's count once it made them durable."""
         async with Reverter() as revert:
             revert.add(self.abort)
+            stream = self._started()
             if self._gathered:
                 piece, self._gathered = self._gathered, bytearray()
-                await self._queue_piece(piece)
-            await self._queue_piece(None)
-            written = await self._ended(self._start())
+                await self._failing(stream.put(piece))
+            written = await self._failing(stream.end())
             revert.success()
+        self._storage.reachable = True
         self._close(written)
         return written
 
     async def abort(self) -> None:
-        """Give up: the request to the agent is cut, its body unfinished (the agent aborts
-        the write: a staged one changes nothing)."""
-        if self._sending is not None and not self._sending.done():
-            self._sending.cancel()
-        if self._sending is not None:
-            with contextlib.suppress(asyncio.CancelledError, ApiError, aiohttp.ClientError):
-                await self._sending
+        """Give up: the connection to the agent is cut before the end of the bytes (the
+        agent aborts the write: a staged one changes nothing)."""
+        if self._stream is not None:
+            self._stream.give_up()
+            with contextlib.suppress(Exception):  # given up: its outcome is no news
+                await self._stream.outcome
         self._close(None)
 
     def _close(self, written: int | None) -> None:

@@ -6,23 +6,8 @@ from openhosting.store.records import ConsoleTokenRecord
 from openhosting.store.tables import console_tokens
 
 
-def insert_token(
-    connection: Connection,
-    token_hash: str,
-    server: str,
-    user: str,
-    expires: float,
-    session_hash: str | None = None,
-) -> None:
-    connection.execute(
-        insert(console_tokens).values(
-            token_hash=token_hash,
-            server=server,
-            user=user,
-            expires=expires,
-            session_hash=session_hash,
-        )
-    )
+def insert_token(connection: Connection, token: ConsoleTokenRecord) -> None:
+    connection.execute(insert(console_tokens).values(**token.to_row()))
 
 
 def use_token(connection: Connection, token_hash: str, now: float) -> bool:

@@ -42,6 +42,8 @@ def notify(connection: Connection, channel: str, payload: str = "") -> None:
 
 
 _WRITES = ("INSERT", "UPDATE", "DELETE")
+# On a pooled connection's info: it committed since it was checked out (ChangeFeed.watch).
+_COMMITTED = "oh_committed"
 
 
 def _mark_write(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -102,8 +104,20 @@ class ChangeFeed:
 
     def watch(self, engine: Engine) -> None:
         """This process's own commits on `engine` move the number at once (not only when
-        their notification comes back)."""
-        event.listen(engine, "commit", self.changed)
+        their notification comes back): as they begin, and again once their connection is
+        given back to the pool, committed. SQLAlchemy's commit hook runs before the commit
+        lands: a read by another thread in between sees the rows before it at the new
+        number, and would be answered after the commit until the notification came back."""
+        event.listen(engine, "commit", self._committing)
+        event.listen(engine, "checkin", self._checked_in)
+
+    def _committing(self, connection: Connection) -> None:
+        connection.info[_COMMITTED] = True
+        self.changed()
+
+    def _checked_in(self, _dbapi_connection: Any, record: Any) -> None:
+        if record.info.pop(_COMMITTED, False):
+            self.changed()
 
 
 class Listener:

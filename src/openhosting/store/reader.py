@@ -121,6 +121,18 @@ class Reader:
             self._cached[key] = (version, made)
         return made
 
+    def kept(self, key: Hashable) -> Any | None:
+        """What `memo` keeps under `key` if it is still true (nothing committed since it was
+        built), else None; never builds. On PostgreSQL the event loop answers from memory
+        with it and sends only a miss to a worker thread: handing a read to a thread and
+        back costs several times the whole of a cached answer."""
+        if not self.caches:
+            return None
+        version = self.data_version()
+        with self._cache_lock:
+            entry = self._cached.get(key)
+        return entry[1] if entry is not None and entry[0] == version else None
+
     @property
     def caches(self) -> bool:
         """Whether reads may be answered from memory now: on SQLite always; on PostgreSQL

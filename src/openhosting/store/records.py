@@ -2,10 +2,10 @@
 
 One frozen dataclass per kind of row the services read, each made from a row by column name
 (SQLAlchemy's `mappings()` or the Reader's, whose Booleans read 0 or 1) with `from_row`, and
-giving its columns back with `to_row`. `from_row` is one for all (`StoreRecord`): each field
-is decoded by its type, or by the decoder its field's metadata names (`DECODE`) where the type
-does not say how. Columns that hold an encoded value (space-separated lists, JSON objects)
-are decoded and encoded here and nowhere else.
+giving its columns back with `to_row`. Both are one for all (`StoreRecord`): each field is
+decoded and encoded by its type, or by the decoder and encoder its field's metadata names
+(`DECODE`, `ENCODE`) where the type does not say how. Columns that hold an encoded value
+(space-separated lists, JSON objects) are decoded and encoded here and nowhere else.
 
 Here in `store/` rather than in `model/`: `model/` is what a user may choose, validated;
 a record is what a table holds (secrets, counters, imaging marks, ids), so it changes with
@@ -17,8 +17,9 @@ import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
+from openhosting.host_capacity import HostCapacity
 from openhosting.model.common import EVERYONE
 from openhosting.model.drive import DriveSettings
 from openhosting.model.resource import ResourceSettings
@@ -80,23 +81,39 @@ _DECODE_BY_TYPE: Mapping[Any, Callable[[Any], Any] | None] = {
     bytes | None: _bytes_or_none,
     tuple[str, ...]: _words,
 }
-# The key of a field's metadata that names its decoder, where its type does not say it (JSON
-# columns, the server's configuration).
+# How a field becomes its column, by the field's type where it is not stored as it is.
+_ENCODE_BY_TYPE: Mapping[Any, Callable[[Any], Any]] = {
+    tuple[str, ...]: " ".join,
+}
+# The keys of a field's metadata that name its decoder and its encoder, where its type does
+# not say them (JSON columns, the server's configuration).
 DECODE = "decode"
+ENCODE = "encode"
 
 
-Decoders = tuple[tuple[str, Callable[[Any], Any] | None], ...]
-_decoders_of: dict[type, Decoders] = {}
+# Each field's name with how its column is decoded, or how it is encoded (None: as it is).
+FieldCodecs = tuple[tuple[str, Callable[[Any], Any] | None], ...]
 
 
-def _decoders(record: type) -> Decoders:
-    """Each field of `record` (a dataclass) with how its column is decoded."""
-    decoders = _decoders_of.get(record)
-    if decoders is None:
-        decoders = _decoders_of[record] = tuple(
-            (column.name, _decoder(record, column)) for column in dataclasses.fields(record)
+class _Codecs(NamedTuple):
+    decoders: FieldCodecs
+    encoders: FieldCodecs
+
+
+_codecs_of: dict[type, _Codecs] = {}
+
+
+def _codecs(record: type) -> _Codecs:
+    """How each field of `record` (a dataclass) is decoded, and how it is encoded: worked out
+    once per record type (a drive list decodes thousands of rows)."""
+    codecs = _codecs_of.get(record)
+    if codecs is None:
+        fields = dataclasses.fields(record)
+        codecs = _codecs_of[record] = _Codecs(
+            decoders=tuple((column.name, _decoder(record, column)) for column in fields),
+            encoders=tuple((column.name, _encoder(column)) for column in fields),
         )
-    return decoders
+    return codecs
 
 
 def _decoder(record: type, column: dataclasses.Field[Any]) -> Callable[[Any], Any] | None:
@@ -108,16 +125,35 @@ def _decoder(record: type, column: dataclasses.Field[Any]) -> Callable[[Any], An
     return _DECODE_BY_TYPE[column.type]
 
 
+def _encoder(column: dataclasses.Field[Any]) -> Callable[[Any], Any] | None:
+    encode: Callable[[Any], Any] | None = column.metadata.get(
+        ENCODE, _ENCODE_BY_TYPE.get(column.type)
+    )
+    return encode
+
+
 class StoreRecord:
-    """A record made from a row by its fields' names (the base of every record here)."""
+    """A record made from a row by its fields' names, and giving its row back (the base of
+    every record here)."""
 
     @classmethod
     def from_row(cls, row: Row) -> Self:
         """The record of `row`: each field from the column of its name, decoded."""
         # By position, in the fields' order (the dataclass's __init__ order): no keyword dict.
         return cls(
-            *[row[name] if decode is None else decode(row[name]) for name, decode in _decoders(cls)]
+            *[
+                row[name] if decode is None else decode(row[name])
+                for name, decode in _codecs(cls).decoders
+            ]
         )
+
+    def to_row(self) -> Columns:
+        """Every column the record holds, by name, encoded (what `from_row` reads back)."""
+        columns: Columns = {}
+        for name, encode in _codecs(type(self)).encoders:
+            value = getattr(self, name)
+            columns[name] = value if encode is None else encode(value)
+        return columns
 
 
 # -- drives and claims ---------------------------------------------------------------------
@@ -136,7 +172,9 @@ class DriveRecord(StoreRecord):
     claim_type: str = "exclusive"
     readers: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
-    user_keys: Mapping[str, str] = field(default_factory=dict, metadata={DECODE: _user_keys})
+    user_keys: Mapping[str, str] = field(
+        default_factory=dict, metadata={DECODE: _user_keys, ENCODE: encode_user_keys}
+    )
     avoid: tuple[str, ...] = ()
     tier: str = "disk"
     wrapped_passphrase: bytes | None = None
@@ -151,28 +189,6 @@ class DriveRecord(StoreRecord):
     imaging: str | None = None
     imaging_error: str | None = None
     host: str = ""
-
-    def to_row(self) -> Columns:
-        """Every column of the drive's row."""
-        return {
-            "uuid": self.uuid,
-            "user": self.user,
-            "cipher": self.cipher,
-            "created_at": self.created_at,
-            **drive_settings_columns(self.settings),
-            "wrapped_passphrase": self.wrapped_passphrase,
-            "wrapped_master_key": self.wrapped_master_key,
-            "read_bytes": self.read_bytes,
-            "read_requests": self.read_requests,
-            "write_bytes": self.write_bytes,
-            "write_requests": self.write_requests,
-            "media": self.media,
-            "format": self.format,
-            "rawsize": self.rawsize,
-            "imaging": self.imaging,
-            "imaging_error": self.imaging_error,
-            "host": self.host,
-        }
 
     @property
     def settings(self) -> DriveSettings:
@@ -225,9 +241,6 @@ class ClaimRecord(StoreRecord):
     guest_write_bytes: int = 0
     guest_write_requests: int = 0
 
-    def to_row(self) -> Columns:
-        return dataclasses.asdict(self)
-
 
 # -- imaging jobs --------------------------------------------------------------------------
 
@@ -252,9 +265,6 @@ class JobRecord(StoreRecord):
     lease_until: float | None = None
     attempts: int = 0
 
-    def to_row(self) -> Columns:
-        return dataclasses.asdict(self)
-
 
 # -- resources and the NICs of active servers ----------------------------------------------
 
@@ -270,16 +280,9 @@ class ResourceRecord(StoreRecord):
     created_at: int
     name: str = ""
     tags: tuple[str, ...] = ()
-    user_keys: Mapping[str, str] = field(default_factory=dict, metadata={DECODE: _user_keys})
-
-    def to_row(self) -> Columns:
-        return {
-            "type": self.type,
-            "resource": self.resource,
-            "user": self.user,
-            "created_at": self.created_at,
-            **resource_settings_columns(self.settings),
-        }
+    user_keys: Mapping[str, str] = field(
+        default_factory=dict, metadata={DECODE: _user_keys, ENCODE: encode_user_keys}
+    )
 
     @property
     def settings(self) -> ResourceSettings:
@@ -310,9 +313,6 @@ class NicRecord(StoreRecord):
     address: str | None = None
     temporary: bool = False
 
-    def to_row(self) -> Columns:
-        return dataclasses.asdict(self)
-
 
 # -- servers -------------------------------------------------------------------------------
 
@@ -339,25 +339,15 @@ class ServerRecord(StoreRecord):
 
     uuid: str
     user: str
-    config: ServerConfig = field(metadata={DECODE: decode_server_config})
+    config: ServerConfig = field(
+        metadata={DECODE: decode_server_config, ENCODE: encode_server_config}
+    )
     created_at: float
     status: str = "stopped"
     started_at: int | None = None
     vnc_display: int | None = None
     # Whose driver runs its VM; empty: the daemon's own host.
     host: str = field(default="", metadata={DECODE: _or_empty})
-
-    def to_row(self) -> Columns:
-        return {
-            "uuid": self.uuid,
-            "user": self.user,
-            "config": encode_server_config(self.config),
-            "created_at": self.created_at,
-            "status": self.status,
-            "started_at": self.started_at,
-            "vnc_display": self.vnc_display,
-            "host": self.host,
-        }
 
 
 # -- users, their usage and the audit trail ------------------------------------------------
@@ -384,7 +374,7 @@ class UserRecord(StoreRecord):
     name: str = ""
     max_drive_bytes: int | None = None
     max_drive_bytes_by_tier: Mapping[str, int] = field(
-        default_factory=dict, metadata={DECODE: _ints_by_tier}
+        default_factory=dict, metadata={DECODE: _ints_by_tier, ENCODE: encode_tier_limits}
     )
     max_ips: int | None = None
     max_vlans: int | None = None
@@ -393,23 +383,6 @@ class UserRecord(StoreRecord):
     max_mem_mb: int | None = None
     balance: int = 0  # millionths of the platform's currency
     metered_at: float | None = None
-
-    def to_row(self) -> Columns:
-        """Every column but `key_hash`."""
-        return {
-            "uuid": self.uuid,
-            "created_at": self.created_at,
-            "name": self.name,
-            "max_drive_bytes": self.max_drive_bytes,
-            "max_drive_bytes_by_tier": encode_tier_limits(self.max_drive_bytes_by_tier),
-            "max_ips": self.max_ips,
-            "max_vlans": self.max_vlans,
-            "max_servers": self.max_servers,
-            "max_cpu_mhz": self.max_cpu_mhz,
-            "max_mem_mb": self.max_mem_mb,
-            "balance": self.balance,
-            "metered_at": self.metered_at,
-        }
 
     def limits(self) -> dict[str, int | None]:
         """The account's limits by the name its info gives them (`drive:bytes`, `servers`,
@@ -439,9 +412,6 @@ class UsageRecord(StoreRecord):
     vlans: int
     charge: int  # millionths
 
-    def to_row(self) -> Columns:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class AuditRecord(StoreRecord):
@@ -456,9 +426,6 @@ class AuditRecord(StoreRecord):
     remote: str = ""
     object: str | None = None
     error: str = ""
-
-    def to_row(self) -> Columns:
-        return dataclasses.asdict(self)
 
 
 # -- web console tokens --------------------------------------------------------------------
@@ -477,9 +444,6 @@ class ConsoleTokenRecord(StoreRecord):
     used_at: float | None = None
     session_hash: str | None = None
 
-    def to_row(self) -> Columns:
-        return dataclasses.asdict(self)
-
 
 # -- hosts ---------------------------------------------------------------------------------
 
@@ -493,7 +457,9 @@ class HostRecord(StoreRecord):
     cores: int
     core_mhz: int
     memory_mb: int
-    disk_bytes_by_tier: Mapping[str, int] = field(metadata={DECODE: _ints_by_tier})
+    disk_bytes_by_tier: Mapping[str, int] = field(
+        metadata={DECODE: _ints_by_tier, ENCODE: encode_tier_limits}
+    )
     heartbeat_at: float
     created_at: float
     # HOST:PORT of its agent; empty: none.
@@ -501,17 +467,9 @@ class HostRecord(StoreRecord):
     # Its VXLAN underlay address; empty: none known.
     vxlan_local: str = field(default="", metadata={DECODE: _or_empty})
 
-    def to_row(self) -> Columns:
-        """Every column of the host's row."""
-        return {
-            "name": self.name,
-            "state": self.state,
-            "cores": self.cores,
-            "core_mhz": self.core_mhz,
-            "memory_mb": self.memory_mb,
-            "disk_bytes_by_tier": json.dumps(dict(self.disk_bytes_by_tier), sort_keys=True),
-            "heartbeat_at": self.heartbeat_at,
-            "created_at": self.created_at,
-            "agent": self.agent,
-            "vxlan_local": self.vxlan_local,
-        }
+    @property
+    def capacity(self) -> HostCapacity:
+        """What the host offers, as it last measured it."""
+        return HostCapacity(
+            self.cores, self.core_mhz, self.memory_mb, dict(self.disk_bytes_by_tier)
+        )

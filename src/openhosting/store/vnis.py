@@ -9,8 +9,9 @@ used before the database held VNIs) is taken when free, else the next free value
 """
 
 from collections.abc import Collection, Iterable
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, FromClause, func, select, union
+from sqlalchemy import CTE, ColumnElement, Connection, FromClause, Select, func, select, union
 
 from openhosting.store import row_locks
 from openhosting.store.tables import hosts, resources, server_nics, servers
@@ -89,32 +90,27 @@ def _host_of(server_rows: FromClause, here: str) -> ColumnElement[str]:
     return func.coalesce(func.nullif(server_rows.c.host, ""), here)
 
 
-def flood_lists(
-    connection: Connection,
-    local: str,
-    here: str,
-    since: float,
-    making: Collection[str] = (),
-) -> dict[str, list[str]]:
-    """Host `local`'s VLANs → the underlay addresses of the other online hosts (heartbeat at
-    `since` or later) that run a server with a NIC on that VLAN, by address (empty: none),
-    in one query whatever the number of VLANs. A host's VLANs are those of the NICs held
-    (`server_nics`) by servers whose `servers.host` is `local` (empty: `here`), and by the
-    servers of `making`, whose NICs are being made on `local` now (a start or a move, before
-    their row names the host)."""
+def _vlans_of(local: str, here: str, making: Collection[str]) -> CTE:
+    """Host `local`'s VLANs (see `flood_lists`), as a common table expression: found once,
+    used twice."""
     vlans = select(server_nics.c.network).where(server_nics.c.network.not_in(NOT_VLANS))
     # Plain comparisons of the column (not `_host_of`): an index on servers.host can serve.
     named_local = servers.c.host.in_((local, "")) if local == here else servers.c.host == local
     on_local = vlans.join(servers, servers.c.uuid == server_nics.c.server).where(named_local)
-    # A common table expression: the host's VLANs are found once, used twice.
     if making:
         being_made = vlans.where(server_nics.c.server.in_(sorted(making)))
-        mine = union(on_local, being_made).cte("mine")
-    else:
-        mine = on_local.distinct().cte("mine")
+        return union(on_local, being_made).cte("mine")
+    return on_local.distinct().cte("mine")
+
+
+def _their_nics(
+    mine: CTE, local: str, here: str, since: float, making: Collection[str], *columns: Any
+) -> Select[Any]:
+    """The NICs on `mine`'s VLANs of the servers on the other online hosts with an underlay
+    address: their VLAN, their host's address and `columns`."""
     their_nics, their_servers = server_nics.alias("their_nics"), servers.alias("their_servers")
-    theirs = (
-        select(their_nics.c.network, hosts.c.vxlan_local)
+    return (
+        select(their_nics.c.network, hosts.c.vxlan_local, *(their_nics.c[c] for c in columns))
         .select_from(
             their_nics.join(their_servers, their_servers.c.uuid == their_nics.c.server).join(
                 hosts, hosts.c.name == _host_of(their_servers, here)
@@ -129,9 +125,24 @@ def flood_lists(
             hosts.c.heartbeat_at >= since,
             hosts.c.state == "online",
         )
-        .distinct()
-        .subquery("theirs")
     )
+
+
+def flood_lists(
+    connection: Connection,
+    local: str,
+    here: str,
+    since: float,
+    making: Collection[str] = (),
+) -> dict[str, list[str]]:
+    """Host `local`'s VLANs → the underlay addresses of the other online hosts (heartbeat at
+    `since` or later) that run a server with a NIC on that VLAN, by address (empty: none),
+    in one query whatever the number of VLANs. A host's VLANs are those of the NICs held
+    (`server_nics`) by servers whose `servers.host` is `local` (empty: `here`), and by the
+    servers of `making`, whose NICs are being made on `local` now (a start or a move, before
+    their row names the host)."""
+    mine = _vlans_of(local, here, making)
+    theirs = _their_nics(mine, local, here, since, making).distinct().subquery("theirs")
     query = select(mine.c.network, theirs.c.vxlan_local).select_from(
         mine.outerjoin(theirs, theirs.c.network == mine.c.network)
     )
@@ -153,3 +164,27 @@ def any_peer(connection: Connection, local: str, since: float) -> bool:
         hosts.c.state == "online",
     )
     return connection.execute(query.limit(1)).first() is not None
+
+
+def remote_macs(
+    connection: Connection,
+    local: str,
+    here: str,
+    since: float,
+    making: Collection[str] = (),
+) -> dict[str, dict[str, str]]:
+    """Host `local`'s VLANs (as `flood_lists` finds them) → the MACs of their NICs held by
+    servers on the other online hosts with an underlay address → that host's address (a VLAN
+    with none: an empty mapping), in one query: where `local` sends a frame for each of them
+    alone, not to the whole flood list."""
+    mine = _vlans_of(local, here, making)
+    theirs = _their_nics(mine, local, here, since, making, "mac").subquery("theirs")
+    query = select(mine.c.network, theirs.c.mac, theirs.c.vxlan_local).select_from(
+        mine.outerjoin(theirs, theirs.c.network == mine.c.network)
+    )
+    macs: dict[str, dict[str, str]] = {}
+    for vlan, mac, address in connection.execute(query):
+        entries = macs.setdefault(vlan, {})
+        if mac is not None:
+            entries[mac] = address
+    return {vlan: dict(sorted(entries.items())) for vlan, entries in sorted(macs.items())}

@@ -32,10 +32,14 @@ async def list_drives(request: web.Request) -> ValueList:
     platform = platform_of(request)
     # The listing is kept rendered until the next commit (drives.listing). On SQLite it is
     # called here, not through the store's executor: a coroutine more costs a µs or two of
-    # a request of about twenty; elsewhere it is read in a worker thread.
+    # a request of about twenty. Elsewhere a kept listing is answered here too (a worker
+    # thread's round trip cost more than the rest of the request) and only a listing to
+    # read is read in a worker thread.
+    user = user_of(request)
     if platform.store.off_loop:
-        return await platform.store.run(platform.drives.listing, user_of(request))
-    return platform.drives.listing(user_of(request))
+        kept = platform.drives.kept_listing(user)
+        return kept if kept is not None else await platform.store.run(platform.drives.listing, user)
+    return platform.drives.listing(user)
 
 
 async def info_all(request: web.Request) -> PropertiesList:
@@ -45,11 +49,13 @@ async def info_all(request: web.Request) -> PropertiesList:
 
 async def info(request: web.Request) -> Properties:
     platform = platform_of(request)
+    user, drive = user_of(request), _drive(request)
     if platform.store.off_loop:  # as list_drives
-        return await platform.store.run(
-            platform.drives.info_payload, user_of(request), _drive(request)
-        )
-    return platform.drives.info_payload(user_of(request), _drive(request))
+        kept = platform.drives.kept_info_payload(user, drive)
+        if kept is not None:
+            return kept
+        return await platform.store.run(platform.drives.info_payload, user, drive)
+    return platform.drives.info_payload(user, drive)
 
 
 async def create(request: web.Request) -> Properties:

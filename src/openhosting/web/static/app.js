@@ -49,6 +49,24 @@ async function api(path, { method = "GET", body = undefined, headers = {} } = {}
   return type.includes("json") ? response.json() : response.text();
 }
 
+// The info of one object at `path` shown again with `place`, or its row taken away with
+// `remove` when the object is gone (404).
+async function refreshInfo(path, place, remove) {
+  try {
+    place(await api(path));
+  } catch (error) {
+    if (error.status === 404) remove();
+    else throw error;
+  }
+}
+
+// The infos of a list (`/servers/info`, `/drives/info`, …), sorted by name.
+async function infosByName(path) {
+  const infos = await api(path);
+  infos.sort((a, b) => (a.name || "").localeCompare(b.name || ""));
+  return infos;
+}
+
 // -- what the page shows -----------------------------------------------------------------
 
 const $ = (id) => document.getElementById(id);
@@ -98,6 +116,18 @@ function el(tag, attributes = {}, ...children) {
     if (child !== null && child !== undefined) node.append(child);
   }
   return node;
+}
+
+// A table's body shows `rows`; its empty notice (`empty`, an element's id) shows when none.
+function showRows(body, rows, empty) {
+  body.replaceChildren(...rows);
+  $(empty).hidden = rows.length > 0;
+}
+
+// The row `selector` leaves a table's body; the empty notice shows if it was the last.
+function removeRow(body, selector, empty) {
+  body.querySelector(selector)?.remove();
+  $(empty).hidden = body.children.length > 0;
 }
 
 const sections = {};
@@ -322,25 +352,16 @@ function placeServer(server) {
 }
 
 function removeServer(uuid) {
-  const row = serversBody().querySelector(`tr[data-server="${uuid}"]`);
-  if (row) row.remove();
-  $("servers-empty").hidden = serversBody().children.length > 0;
+  removeRow(serversBody(), `tr[data-server="${uuid}"]`, "servers-empty");
 }
 
-async function refreshServer(uuid) {
-  try {
-    placeServer(await api(`/servers/${uuid}/info`));
-  } catch (error) {
-    if (error.status === 404) removeServer(uuid);
-    else throw error;
-  }
+function refreshServer(uuid) {
+  return refreshInfo(`/servers/${uuid}/info`, placeServer, () => removeServer(uuid));
 }
 
 async function showServers() {
-  const servers = await api("/servers/info");
-  servers.sort((a, b) => (a.name || "").localeCompare(b.name || ""));
-  serversBody().replaceChildren(...servers.map(serverRow));
-  $("servers-empty").hidden = servers.length > 0;
+  const servers = await infosByName("/servers/info");
+  showRows(serversBody(), servers.map(serverRow), "servers-empty");
 }
 
 sections.servers = showServers;
@@ -423,8 +444,7 @@ function showProgress(bar, imaging) {
 // -- a new server from a standard image --------------------------------------------------------
 
 async function showCreate() {
-  const images = await api("/drives/info/standard");
-  images.sort((a, b) => (a.name || "").localeCompare(b.name || ""));
+  const images = await infosByName("/drives/info/standard");
   $("create-image").replaceChildren(
     ...images.map((image) =>
       el(
@@ -605,25 +625,17 @@ function placeDrive(drive) {
 }
 
 function removeDrive(uuid) {
-  drivesBody().querySelector(`tr[data-drive="${uuid}"]`)?.remove();
+  removeRow(drivesBody(), `tr[data-drive="${uuid}"]`, "drives-empty");
   $("upload-drive").querySelector(`option[value="${uuid}"]`)?.remove();
-  $("drives-empty").hidden = drivesBody().children.length > 0;
 }
 
-async function refreshDrive(uuid) {
-  try {
-    placeDrive(await api(`/drives/${uuid}/info`));
-  } catch (error) {
-    if (error.status === 404) removeDrive(uuid);
-    else throw error;
-  }
+function refreshDrive(uuid) {
+  return refreshInfo(`/drives/${uuid}/info`, placeDrive, () => removeDrive(uuid));
 }
 
 async function showDrives() {
-  const drives = await api("/drives/info");
-  drives.sort((a, b) => (a.name || "").localeCompare(b.name || ""));
-  drivesBody().replaceChildren(...drives.map(driveRow));
-  $("drives-empty").hidden = drives.length > 0;
+  const drives = await infosByName("/drives/info");
+  showRows(drivesBody(), drives.map(driveRow), "drives-empty");
   const into = $("upload-drive");
   const chosen = into.value;
   into.replaceChildren(into.options[0], ...drives.map(uploadChoice));
@@ -795,8 +807,7 @@ function resourceRow(resource) {
 
 async function showResources() {
   const resources = await api("/resources/info");
-  document.querySelector("#resources tbody").replaceChildren(...resources.map(resourceRow));
-  $("resources-empty").hidden = resources.length > 0;
+  showRows(document.querySelector("#resources tbody"), resources.map(resourceRow), "resources-empty");
 }
 
 sections.resources = showResources;

@@ -1,0 +1,292 @@
+"""The agent's port, and its end of the drive byte streams (storage/stream_wire.py).
+
+`AgentListener` accepts the agent's connections itself: one that opens with the stream
+preface is a drive byte stream, served by a thread of its own with a blocking TLS socket
+(`DriveStreams`); any other goes to the agent's HTTP application with the same TLS context,
+as a plain listening site would hand it. Both have the same mutual TLS, and a stream, like
+every HTTP call (agent/server.py), is served to the control certificate only.
+
+A stream's thread reads a plain drive's file itself (`os.preadv` into one buffer, sent whole:
+OpenSSL encrypts it in C with the GIL released); an encrypted drive's decrypted pieces and a
+write's pieces go through the drive storage on the event loop, as the HTTP routes use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
+
+from openhosting.agent.pki import CONTROL, peer_role
+from openhosting.errors import ApiError, FailedError, MissingError, UsageError
+from openhosting.storage.drive_storage import DriveBytes
+from openhosting.storage.drive_transfers import ReadPlan
+from openhosting.storage.local_storage import LocalDriveStorage
+from openhosting.storage.storage_calls import StorageCall
+from openhosting.storage.stream_wire import (
+    MAX_FRAME,
+    STALL_TIMEOUT,
+    STREAM_PREFACE,
+    StreamClosed,
+    TlsStream,
+    receive_exactly,
+    receive_frame_length,
+    receive_message,
+    send_message,
+    send_refusal,
+    widen_socket_buffers,
+)
+
+log = logging.getLogger("openhosting.agent")
+
+T = TypeVar("T")
+
+# Seconds a new connection has to send its first byte, and to finish its TLS handshake.
+HANDSHAKE_TIMEOUT = 10.0
+# A plain read's pieces: read from the file into one buffer, sent whole.
+READ_PIECE = 4 << 20
+# Streams served at once, the others' connections closed (each API node has at most
+# `max_transfers`, 64 by default, under way).
+MAX_STREAMS = 256
+
+
+class AgentListener:
+    """Accepts the agent's connections on `host`:`port`: drive byte streams to `streams`
+    (none: refused), the others to `http`, an asyncio protocol factory (aiohttp's server)."""
+
+    def __init__(
+        self,
+        http: Callable[[], asyncio.Protocol],
+        context: ssl.SSLContext,
+        streams: DriveStreams | None,
+    ) -> None:
+        self._http, self._context, self._streams = http, context, streams
+        self._socket: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen; the address bound (HOST, PORT)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.create_server((host, port), family=family, backlog=128)
+        self._socket.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept(self._socket))
+        bound = self._socket.getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def close(self) -> None:
+        """Stop accepting (the connections under way go on until they end or are closed)."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        if self._socket is not None:
+            self._socket.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._streams is not None:
+            self._streams.close()
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, _peer = await loop.sock_accept(listening)
+            except OSError as error:  # out of descriptors, say: the next may do
+                log.warning("event=agent_accept_failed error=%s", error)
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.create_task(self._dispatch(connection))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, connection: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await _readable(loop, connection)
+            first = connection.recv(1, socket.MSG_PEEK)
+            if first == STREAM_PREFACE[:1] and self._streams is not None:
+                self._streams.serve(connection)
+                return
+            await loop.connect_accepted_socket(
+                self._http, connection, ssl=self._context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
+        except (OSError, TimeoutError) as error:  # a client gone, silent, or not ours
+            log.debug("event=agent_connection_dropped error=%s", error)
+            connection.close()
+
+
+def _readable(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> asyncio.Future[None]:
+    readable: asyncio.Future[None] = loop.create_future()
+    fd = connection.fileno()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, ready)
+    readable.add_done_callback(lambda _future: loop.remove_reader(fd))
+    return readable
+
+
+class DriveStreams:
+    """The drive byte streams of `storage`, each on a thread of its own, over the agent's
+    TLS `context`."""
+
+    def __init__(self, storage: LocalDriveStorage, context: ssl.SSLContext) -> None:
+        self._storage, self._context = storage, context
+        self._loop = asyncio.get_running_loop()
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def serve(self, connection: socket.socket) -> None:
+        """Serve `connection` in a thread of its own, unless `MAX_STREAMS` are under way (a
+        thread is taken before the handshake: who may not connect must not take them all)."""
+        with self._lock:
+            if len(self._open) >= MAX_STREAMS:
+                log.warning("event=agent_stream_refused reason=too_many streams=%d", MAX_STREAMS)
+                connection.close()
+                return
+            self._open.add(connection)
+        threading.Thread(
+            target=self._run, args=(connection,), name="drive-stream", daemon=True
+        ).start()
+
+    def close(self) -> None:
+        """End the streams under way (their connections shut: each thread ends)."""
+        with self._lock:
+            for connection in self._open:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def _run(self, connection: socket.socket) -> None:
+        try:
+            connection.setblocking(True)
+            connection.settimeout(HANDSHAKE_TIMEOUT)
+            widen_socket_buffers(connection)
+            preface = bytearray(len(STREAM_PREFACE))
+            receive_exactly(connection, memoryview(preface))
+            if preface != STREAM_PREFACE:
+                return
+            stream = TlsStream(connection, self._context, server_side=True)
+            connection.settimeout(STALL_TIMEOUT)
+            self._serve(stream)
+        except (OSError, ValueError) as error:  # the control plane gone, or a broken stream
+            log.info("event=agent_stream_ended error=%s", error)
+        finally:
+            with self._lock:
+                self._open.discard(connection)
+            connection.close()
+
+    def _serve(self, stream: TlsStream) -> None:
+        role, name = peer_role(stream.getpeercert())
+        try:
+            if role != CONTROL:
+                log.warning("event=agent_refused role=%s name=%s path=stream", role, name)
+                raise FailedError(
+                    f"only the control plane may call a host agent, not {role} {name}"
+                )
+            message = receive_message(stream)
+            call = StorageCall.decode(message)  # checked: an object naming a drive
+            action = json.loads(message).get("action")
+            if not self._storage.is_available(call.drive, call.tier):
+                raise MissingError(f"Drive {call.drive} has no file on this host")
+            drive_bytes = DriveBytes(call.drive, call.tier, call.master_key)
+            if action == "read":
+                self._read(stream, drive_bytes, call)
+            elif action == "write":
+                self._write(stream, drive_bytes, call)
+            else:
+                raise UsageError(f"no stream action {action!r}")
+        except ApiError as error:
+            send_refusal(stream, error)
+            _drain(stream)
+
+    def _read(self, stream: TlsStream, drive_bytes: DriveBytes, call: StorageCall) -> None:
+        plan = self._storage.open_read(drive_bytes, call.offset, call.count, _nothing)
+        try:
+            send_message(stream, {"answer": call.count})
+            if plan.plain_file is not None:
+                _send_file(stream, plan.plain_file.fileno(), call.offset, call.count)
+            else:
+                self._send_decrypted(stream, plan)
+        finally:
+            plan.close()
+
+    def _send_decrypted(self, stream: TlsStream, plan: ReadPlan) -> None:
+        pieces = plan.chunks()
+        try:
+            while (piece := self._on_loop(_next(pieces))) is not None:
+                stream.sendall(piece)
+        finally:
+            self._on_loop(_close(pieces))
+
+    def _write(self, stream: TlsStream, drive_bytes: DriveBytes, call: StorageCall) -> None:
+        writer = self._storage.open_write(
+            drive_bytes, call.offset, call.size, call.staged, lambda _written: None
+        )
+        frame = bytearray()  # as long as the longest frame yet (the control plane's piece)
+        try:
+            while length := receive_frame_length(stream):
+                if length > MAX_FRAME:
+                    raise UsageError(f"a frame of {length} bytes")
+                if length > len(frame):
+                    frame = bytearray(length)
+                view = memoryview(frame)[:length]
+                receive_exactly(stream, view)
+                self._on_loop(writer.write(view))  # type: ignore[arg-type]  # copied there
+            written = self._on_loop(writer.finish())
+        except BaseException:
+            # Cut short (no end frame), refused or failed: nothing applied of a staged write.
+            self._on_loop(writer.abort())
+            raise
+        send_message(stream, {"answer": written})
+
+    def _on_loop(self, step: Coroutine[Any, Any, T]) -> T:
+        """Run `step` on the event loop (where the storage's pieces are handled), waiting."""
+        return asyncio.run_coroutine_threadsafe(step, self._loop).result(STALL_TIMEOUT)
+
+
+def _send_file(stream: TlsStream, fd: int, offset: int, count: int) -> None:
+    buffer = bytearray(min(READ_PIECE, count))
+    end = offset + count
+    while offset < end:
+        view = memoryview(buffer)[: min(len(buffer), end - offset)]
+        got = os.preadv(fd, [view], offset)
+        if not got:
+            raise StreamClosed(f"the drive's file ends {end - offset} bytes short")
+        stream.sendall(view[:got])
+        offset += got
+
+
+async def _next(pieces: AsyncIterator[bytes | bytearray]) -> bytes | bytearray | None:
+    return await anext(pieces, None)
+
+
+async def _close(pieces: AsyncIterator[bytes | bytearray]) -> None:
+    """The read's pieces given up: its worker threads waited for (`ReadPlan.chunks`)."""
+    if isinstance(pieces, AsyncGenerator):
+        await pieces.aclose()
+
+
+def _drain(stream: TlsStream) -> None:
+    """Read and drop what the control plane still sends, until it closes: a socket closed
+    with bytes unread would reset the connection, and the refusal sent with it."""
+    scratch = memoryview(bytearray(1 << 16))
+    deadline = time.monotonic() + STALL_TIMEOUT
+    with contextlib.suppress(OSError, ValueError):
+        while stream.recv_into(scratch) and time.monotonic() < deadline:
+            pass
+
+
+def _nothing() -> None:
+    """A read's end: the agent counts nothing (the control plane keeps the counters)."""
