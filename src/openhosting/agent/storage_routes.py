@@ -15,6 +15,11 @@ passphrases do in its record.
 - `POST /storage/remove_orphan` (with `age`) → `{"answer": true|false}`: the file removed only
   if unmodified for `age` seconds, as this host's clock tells
 - `POST /storage/hash` → `{"answer": hex SHA-256 of the range}`
+- `POST /storage/image` (first line an `ImageCall`: two drives of this host, a conversion) →
+  an imaging job run here (storage/host_imaging.py), answered as it runs with one JSON line
+  of progress every `PROGRESS_SECONDS` (`image_line`), then its end or why it failed. The
+  job lives as long as its call: once the control plane's connection goes, it is stopped and
+  waited for before the call ends.
 
 A read's and a write's bytes do not go through these routes but on a connection of their own
 (storage/stream_wire.py, served by agent/drive_streams.py).
@@ -25,23 +30,36 @@ full, 400 usage, 404 missing...), which the control plane raises again as the sa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import socket
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from aiohttp import web
 
 from openhosting.errors import ApiError, MissingError, UsageError
 from openhosting.storage.drive_storage import DriveBytes
+from openhosting.storage.gzip_stream import GzipStreamError
+from openhosting.storage.host_imaging import HostImaging
 from openhosting.storage.local_storage import LocalDriveStorage
-from openhosting.storage.storage_calls import FilesCall, StorageCall
+from openhosting.storage.storage_calls import FilesCall, ImageCall, StorageCall, image_line
 
 log = logging.getLogger("openhosting.agent")
 
 STORAGE_KEY = web.AppKey("storage", LocalDriveStorage)
 # The first line of a storage call's body.
 MAX_CALL_LINE = 1 << 16
+# Seconds between two lines of a running imaging job's answer: its progress, and the sign
+# that the agent is there (to the control plane) and the control plane is (a line written to
+# a connection that went fails, and the job stops).
+PROGRESS_SECONDS = 0.5
+# Seconds an imaging job's lines may go unacknowledged (the control plane's host gone silent,
+# no connection end ever coming) before the connection fails and the job stops, rather than
+# after TCP's retries (about 15 minutes).
+SILENCE_SECONDS = 30
 
 
 def add_storage_routes(app: web.Application, storage: LocalDriveStorage) -> None:
@@ -57,9 +75,10 @@ def add_storage_routes(app: web.Application, storage: LocalDriveStorage) -> None
     ):
         app.router.add_post(f"/storage/{action}", _answering(StorageCall.decode, handler))
     app.router.add_post("/storage/files", _answering(FilesCall.decode, _files))
+    app.router.add_post("/storage/image", _answering(ImageCall.decode, _image))
 
 
-CallT = TypeVar("CallT", StorageCall, FilesCall)
+CallT = TypeVar("CallT", StorageCall, FilesCall, ImageCall)
 Handler = Callable[[web.Request, LocalDriveStorage, CallT], Awaitable[web.StreamResponse]]
 
 
@@ -163,6 +182,72 @@ async def _hash(
         return _answer(await plan.sha256())
     finally:
         plan.close()
+
+
+async def _image(
+    request: web.Request, storage: LocalDriveStorage, call: ImageCall
+) -> web.StreamResponse:
+    """Run an imaging job between two drives of this host, answering its progress as it goes,
+    then its end; stopped (and waited for) once the control plane's connection goes."""
+    job = HostImaging(storage, call)
+    job.check()  # refused with its status before anything begins
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    _bound_silence(request)
+    log.info(
+        "event=agent_imaging_started drive=%s source=%s conversion=%s",
+        call.drive, call.source, call.conversion or "none",
+    )  # fmt: skip
+    pool = ThreadPoolExecutor(1, thread_name_prefix="agent-imaging")
+    running = asyncio.get_running_loop().run_in_executor(pool, job.run)
+    pool.shutdown(wait=False)  # its one thread ends with the job
+    gone: ConnectionError | None = None
+    try:
+        await response.write(await _follow(job, running, response))
+        await response.write_eof()
+    except ConnectionError as error:  # the control plane went: nobody follows the job
+        gone = error
+    finally:
+        job.stop()  # ended already, or ends at its next tick: no work outlives the call
+        await asyncio.gather(running, return_exceptions=True)
+    if gone is not None:
+        log.warning(
+            "event=agent_imaging_stopped drive=%s source=%s reason=control_plane_gone error=%s",
+            call.drive, call.source, gone,
+        )  # fmt: skip
+    return response
+
+
+async def _follow(
+    job: HostImaging, running: asyncio.Future[int], response: web.StreamResponse
+) -> bytes:
+    """Write the job's progress every `PROGRESS_SECONDS` until it ends; its last line."""
+    while not running.done():
+        await asyncio.wait([running], timeout=PROGRESS_SECONDS)
+        if not running.done():
+            await response.write(image_line(done=job.done, total=job.total))
+    call = job.call
+    try:
+        total = running.result()
+    except GzipStreamError as error:
+        return image_line(error=error.message, kind=error.kind, gzip=True)
+    except ApiError as error:
+        return image_line(error=error.message, kind=error.kind)
+    except OSError as error:
+        return image_line(error=f"storage error: {error.strerror or error}", kind="failed")
+    log.info(
+        "event=agent_imaging_done drive=%s source=%s conversion=%s bytes=%s",
+        call.drive, call.source, call.conversion or "none", total,
+    )  # fmt: skip
+    return image_line(end=total)
+
+
+def _bound_silence(request: web.Request) -> None:
+    """Unacknowledged bytes fail the connection after `SILENCE_SECONDS` (TCP_USER_TIMEOUT)."""
+    transport = request.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, SILENCE_SECONDS * 1000)
 
 
 def _nothing(_written: int | None) -> None:

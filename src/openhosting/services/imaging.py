@@ -24,9 +24,10 @@ On SQLite the request that queues a job also claims it, and a job between this h
 runs whole in a thread pool of its own: its bytes moved by storage/imaging.py, then its end
 recorded and published from there: no turn of the event loop stands before or after the
 bytes, jobs never take the worker threads that serve reads and writes, and the event loop
-stays free. A job with a drive on an agent's host (either side) goes through the drives'
-storages instead (storage/streamed_imaging.py): SRC streamed from its host, converted here in
-the same pool, written to DST's host.
+stays free. A job between two drives of one agent's host is run by that agent on its own
+files (storage/agent_imaging.py), its progress and end recorded here. Any other job with a
+drive on an agent's host goes through the drives' storages (storage/streamed_imaging.py): SRC
+streamed from its host, converted here in the same pool, written to DST's host.
 """
 
 import asyncio
@@ -49,6 +50,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
 from openhosting.services.drives import Drives
 from openhosting.services.events import EventBus
+from openhosting.storage.agent_imaging import image_on_agent
 from openhosting.storage.gzip_stream import GzipStreamError
 from openhosting.storage.imaging import (
     CONVERSIONS,
@@ -58,6 +60,8 @@ from openhosting.storage.imaging import (
     Tracker,
 )
 from openhosting.storage.imaging import empty as empty_drive
+from openhosting.storage.remote_storage import RemoteDriveStorage
+from openhosting.storage.storage_calls import ImageCall
 from openhosting.storage.streamed_imaging import StreamEnd, stream_image
 from openhosting.store import drives as drive_store
 from openhosting.store import jobs as job_store
@@ -432,15 +436,22 @@ class Imaging:
     async def _stream(
         self, job: JobRecord, stop: threading.Event, src_row: DriveRecord, dst_row: DriveRecord
     ) -> int:
-        """Move the bytes through the drives' storages (one of them, or both, on an agent's
-        host): SRC read as a stream, converted here, written to DST's host; returns the source
-        bytes processed."""
+        """Move the bytes of a job with a drive on an agent's host: both on one agent's host,
+        that agent runs the job; otherwise through the drives' storages, SRC read as a stream,
+        converted here, written to DST's host. Returns the source bytes processed."""
         tracker = Tracker(functools.partial(self._report, job), stop=stop, max_rate=self._max_rate)
         loop = asyncio.get_running_loop()
 
         def offload(work: Callable[[], T], /) -> Awaitable[T]:
             return loop.run_in_executor(self._executor, work)
 
+        storage = self._drives.storage_of(dst_row)
+        if isinstance(storage, RemoteDriveStorage) and storage is self._drives.storage_of(src_row):
+            # Streamed, the bytes would go to this node and back to the same host.
+            call = self._image_call(job, src_row, dst_row)
+            total = await image_on_agent(storage, call, tracker, offload)
+            await self._store.run(self._check_source_remains, job)
+            return total
         src, dst = (
             StreamEnd(
                 self._drives.storage_of(row),
@@ -458,6 +469,16 @@ class Imaging:
         await stream_image(job.conversion, src, dst, tracker, offload, empty)
         await self._store.run(self._check_source_remains, job)
         return tracker.total
+
+    def _image_call(self, job: JobRecord, src_row: DriveRecord, dst_row: DriveRecord) -> ImageCall:
+        """The job as its drives' agent runs it: the two drives by UUID, tier, size and key."""
+        return ImageCall(
+            drive=dst_row.uuid, tier=dst_row.tier, size=dst_row.size,
+            source=src_row.uuid, source_tier=src_row.tier, source_size=src_row.size,
+            conversion=job.conversion, max_rate=max(0, self._max_rate),
+            master_key=self._drives.master_key_of(dst_row),
+            source_key=self._drives.master_key_of(src_row),
+        )  # fmt: skip
 
     def _empty_here(self, row: DriveRecord) -> None:
         with self._drives.open_io(row) as drive_io:

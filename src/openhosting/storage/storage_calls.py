@@ -1,6 +1,7 @@
 """A storage call's first line, as the control plane sends it (storage/remote_storage.py) and
 a host agent reads it (agent/storage_routes.py): one JSON object naming the drive by UUID and
-tier, with what the call needs (sizes, offsets, keys as base64)."""
+tier, with what the call needs (sizes, offsets, keys as base64). An imaging job run by an
+agent (`ImageCall`) names two drives, and is answered with lines of its own (`image_line`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from openhosting.errors import UsageError
+from openhosting.storage.imaging import CONVERSIONS
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TIER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -84,9 +86,68 @@ class FilesCall:
         return call
 
 
+@dataclass(frozen=True)
+class ImageCall:
+    """An imaging job between two drives of one host, as the control plane asks that host's
+    agent to run it: drive `drive` (DST) filled from drive `source` by `conversion` (copy "",
+    "gzip" or "gunzip"), each named by its UUID and tier (they become file names there) with
+    its size and master key (None: plain), at most `max_rate` source bytes per second (0: no
+    limit). No path crosses the wire."""
+
+    drive: str
+    tier: str
+    size: int
+    source: str
+    source_tier: str
+    source_size: int
+    conversion: str = ""
+    max_rate: int = 0
+    master_key: bytes | None = field(default=None, repr=False)
+    source_key: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def decode(cls, line: bytes) -> ImageCall:
+        try:
+            fields = json.loads(line)
+            if not isinstance(fields, dict):
+                raise ValueError("not an object")
+            call = cls(
+                drive=str(fields["drive"]),
+                tier=str(fields["tier"]),
+                size=_count(fields, "size"),
+                source=str(fields["source"]),
+                source_tier=str(fields["source_tier"]),
+                source_size=_count(fields, "source_size"),
+                conversion=str(fields.get("conversion", "")),
+                max_rate=_count(fields, "max_rate"),
+                master_key=_key(fields, "master_key"),
+                source_key=_key(fields, "source_key"),
+            )
+        except (KeyError, ValueError, TypeError, binascii.Error) as error:
+            raise UsageError(f"malformed imaging call: {error!r}") from None
+        drives, tiers = (call.drive, call.source), (call.tier, call.source_tier)
+        if not all(map(_UUID.fullmatch, drives)) or not all(map(_TIER.fullmatch, tiers)):
+            raise UsageError("malformed imaging call: not drives' UUIDs and tiers")
+        if call.conversion not in CONVERSIONS:
+            raise UsageError(f"malformed imaging call: no conversion {call.conversion!r}")
+        if call.drive == call.source:
+            raise UsageError("malformed imaging call: a drive cannot be imaged from itself")
+        return call
+
+    def encode(self) -> bytes:
+        return encode_call(**asdict(self))
+
+
+def image_line(**fields: Any) -> bytes:
+    """One line of an imaging call's answer: `{"done": N, "total": T}` while the job runs (SRC's
+    bytes done, of `total`), `{"end": T}` once DST is durable, or `{"error": message, "kind":
+    X-Elastic-Error kind}` (with `"gzip": true` when SRC held no whole gzip stream)."""
+    return json.dumps(fields).encode() + b"\n"
+
+
 def encode_call(**fields: Any) -> bytes:
     """A storage call's first line (the control plane's side): keys as base64."""
-    for name in ("passphrase", "master_key"):
+    for name in ("passphrase", "master_key", "source_key"):
         if isinstance(fields.get(name), bytes):
             fields[name] = base64.b64encode(fields[name]).decode()
     return json.dumps(fields).encode() + b"\n"
