@@ -5,17 +5,30 @@ here, a gzip of hv-a's drive into a drive here and its gunzip into another drive
 read back byte for byte through the API, the long zero run of a plain drive on hv-a left as a
 hole in the agent's file. A job stopped with its daemon half-way is queued again, and the next
 daemon does it whole. The agent gone mid-job: the job fails naming the host.
+
+Between two drives of one agent's host (hv1, in a network namespace of its own cabled to the
+root's by one veth), the agent runs the job: copy, gzip and gunzip give exact bytes while
+less than `CROSSED` goes over the veth (streamed, SRC alone would be 12 MiB); the progress
+is recorded as it runs; the agent killed mid-job fails it naming hv1, and once back a later
+job works; the API node killed mid-job, the agent stops its job, and the job is done again
+once its lease ran out.
 """
 
 import hashlib
 import os
 import signal
+import time
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from openhosting.agent.pki import Bundle, add_host
+from openhosting.reverter import Reverter
+from testbed.agent_process import AgentProcess, agent_process
+from testbed.cluster import AGENT_PORT, Topology, cable
 from testbed.daemon_process import Api, DaemonProcess
 from tests.cluster.test_drive_bytes_on_agents import drive_file
 from tests.cluster.test_host_agents import Hosts
@@ -26,6 +39,10 @@ BIG = 96 * MIB
 # Source bytes per second one job may process: a job of SIZE takes 0.4 s, one of BIG 3 s, long
 # enough to be stopped half-way.
 RATE = 32 * MIB
+# Bytes between the API node and an agent imaging between its own drives, at most, per job:
+# the call, its progress lines, the heartbeats meanwhile.
+CROSSED = MIB
+LEASE = 2  # seconds: a job of a killed API node is taken over soon after
 
 
 @pytest.fixture
@@ -124,3 +141,107 @@ def test_imaging_to_from_and_between_drives_on_an_agents_host(hosts: Hosts) -> N
     os.kill(agent.pid, signal.SIGKILL)
     info = api.wait_properties(f"/drives/{big_remote}/info", lambda info: "imaging" not in info)
     assert "hv-a" in info["imaging:error"], info
+
+
+def veth_bytes(name: str) -> int:
+    """The bytes a veth of the root namespace sent and received."""
+    statistics = Path("/sys/class/net") / name / "statistics"
+    return sum(int((statistics / counter).read_text()) for counter in ("rx_bytes", "tx_bytes"))
+
+
+def wait_for_line(log: Path, text: str) -> None:
+    deadline = time.monotonic() + 10
+    while text not in log.read_text():  # bounded
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+def test_an_agent_images_between_its_own_drives_without_the_bytes_crossing(hosts: Hosts) -> None:
+    tag = os.getpid() % 100
+    topology = Topology(prefix=f"ohim{tag}-", subnet=f"10.245.{tag}", hosts=1)
+    undo = Reverter()
+    hosts.stack.callback(undo.fail)  # the namespaces go last, after the processes in them
+    cable(topology, undo)
+    address = f"{topology.address('hv1')}:{AGENT_PORT}"
+    add_host(hosts.state, "hv1", hosts.work / "bundle-hv1")
+    bundle = Bundle.in_directory(hosts.work / "bundle-hv1", "host")
+
+    def start_agent() -> AgentProcess:
+        return hosts.stack.enter_context(
+            agent_process(hosts.work / "agent-hv1", bundle, listen=address,
+                          netns=topology.namespace("hv1"))
+        )  # fmt: skip
+
+    agent = start_agent()
+    hosts.admin("host", "set", "hv1", "--agent", address)
+    env = {
+        **hosts.env,
+        "OH_STORAGE_IMAGING_MAX_RATE": str(RATE),
+        "OH_STORAGE_IMAGING_LEASE_SECONDS": str(LEASE),
+    }
+    daemon = DaemonProcess(hosts.state, hosts.work / "daemon.log", env=env)
+    hosts.stack.callback(daemon.stop)
+    api = Api(hosts.account, daemon.url)
+
+    deadline = time.monotonic() + 20
+    while hosts.host_list().get("hv1", {}).get("state") != "online":  # bounded
+        assert time.monotonic() < deadline, hosts.host_list()
+        time.sleep(0.2)
+    # A drive of the API node's own host, which the others avoid: they all go to hv1.
+    pin = create(api, "pin", size=MIB)
+    if api.properties(f"/drives/{pin}/info")["host"] == "hv1":
+        pin = create(api, "pin-here", size=MIB, avoid=pin)
+    assert api.properties(f"/drives/{pin}/info")["host"] == "zz-api"
+    src, copied, packed, unpacked = (create(api, name, avoid=pin) for name in "scpu")
+    secret = create(api, "secret", "aes-xts-plain", avoid=pin)
+    for drive in (src, copied, packed, unpacked, secret):
+        assert api.properties(f"/drives/{drive}/info")["host"] == "hv1"
+    head, tail = os.urandom(MIB), os.urandom(MIB)
+    digest = hashlib.sha256(head + bytes(SIZE - 2 * MIB) + tail).hexdigest()
+    assert api.call(f"/drives/{src}/write", head).status == 204
+    assert api.call(f"/drives/{src}/write/{SIZE - MIB}", tail).status == 204
+    assert api.call(f"/drives/{copied}/write/{4 * MIB}", os.urandom(MIB)).status == 204
+
+    def image_there(dst: str, source: str, conversion: str = "") -> None:
+        before = veth_bytes(topology.fabric)
+        assert "imaging:error" not in image(api, dst, source, conversion)
+        crossed = veth_bytes(topology.fabric) - before
+        assert crossed < CROSSED, f"{crossed} bytes crossed for {conversion or 'copy'}"
+
+    image_there(copied, src)
+    image_there(secret, src)  # encrypted there with its key
+    image_there(packed, src, "gzip")
+    image_there(unpacked, packed, "gunzip")
+    for drive in (copied, secret, unpacked):
+        assert api.properties(f"/drives/{drive}/hash")["hash"] == digest  # hashed there
+    # Emptied first, the long zero run a hole (the local pipelines, there).
+    for drive in (copied, unpacked):
+        assert allocated(hosts.work / "agent-hv1" / "state" / "drives" / f"{drive}.img") < 4 * MIB
+
+    # The agent killed mid-job (its progress recorded meanwhile): failed, naming the host.
+    big = create(api, "big", size=BIG, avoid=pin)
+    assert api.call(f"/drives/{big}/write", head).status == 204
+    assert api.call(f"/drives/{packed}/image/{big}/gzip", b"").status == 204
+    api.wait_properties(f"/drives/{packed}/info", moving)
+    os.kill(agent.pid, signal.SIGKILL)
+    info = api.wait_properties(f"/drives/{packed}/info", lambda info: "imaging" not in info)
+    assert "hv1" in info["imaging:error"], info
+    # Back: a later job works.
+    agent = start_agent()
+    api.wait_properties(f"/drives/{copied}/info", lambda info: "host:state" not in info)
+    image_there(copied, unpacked)
+    assert api.properties(f"/drives/{copied}/hash")["hash"] == digest
+
+    # The API node killed mid-job: the agent stops its job; the job is taken over once its
+    # lease ran out, and done again whole.
+    assert api.call(f"/drives/{packed}/image/{big}/gzip", b"").status == 204
+    api.wait_properties(f"/drives/{packed}/info", moving)
+    daemon.end(signal.SIGKILL)
+    wait_for_line(agent.log, f"event=agent_imaging_stopped drive={packed}")
+    daemon.start()
+    info = api.wait_properties(f"/drives/{packed}/info", lambda info: "imaging" not in info)
+    assert "imaging:error" not in info, info
+    assert "reason=lease_expired" in daemon.log.read_text()
+    packed_bytes = api.call(f"/drives/{packed}/read").body
+    whole = zlib.decompressobj(31).decompress(packed_bytes)
+    assert hashlib.sha256(whole).digest() == hashlib.sha256(head + bytes(BIG - MIB)).digest()
