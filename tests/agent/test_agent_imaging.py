@@ -9,6 +9,7 @@ certificate 403."""
 import asyncio
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ import aiohttp
 import pytest
 
 from openhosting.agent.pki import Bundle, control_context
+from openhosting.errors import FailedError
 from openhosting.storage.agent_imaging import image_on_agent
 from openhosting.storage.gzip_stream import GzipStreamError
 from openhosting.storage.imaging import ImagingStopped, Tracker
@@ -153,6 +155,43 @@ def test_an_agent_images_between_its_own_drives_and_stops_with_its_caller(
             await storage.close()
 
     asyncio.run(scenario())
+
+
+def test_an_agent_stopping_ends_its_jobs_at_once_each_failing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        with agent_process(tmp_path / "hv-a", cluster.host("hv-a")) as agent:
+            storage = storage_of(agent, cluster)
+            try:
+                src, packed = str(uuid.uuid4()), str(uuid.uuid4())
+                await storage.create(src, "disk", 8 * MIB, None)
+                await storage.create(packed, "disk", 8 * MIB, None)
+                tracker = Tracker(lambda done, _: done and os.kill(agent.pid, signal.SIGTERM))
+                call = ImageCall(packed, "disk", 8 * MIB, src, "disk", 8 * MIB, "gzip", 2 * MIB)
+                started = time.monotonic()
+                with pytest.raises(FailedError, match=r"agent stopped during the job \(host hv-a"):
+                    await image_on_agent(storage, call, tracker, offload)
+                assert time.monotonic() - started < 3  # the whole job would take 4 s
+            finally:
+                await storage.close()
+            # Not the 60 s aiohttp gives the requests under way.
+            assert await asyncio.to_thread(exits_within, agent.pid, 5)
+
+    asyncio.run(scenario())
+
+
+def exits_within(pid: int, seconds: float) -> bool:
+    """Whether process `pid` (a child of this one: a zombie once it exited) ends in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # bounded
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_image_call_round_trips_its_keys(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ passphrases do in its record.
   an imaging job run here (storage/host_imaging.py), answered as it runs with one JSON line
   of progress every `PROGRESS_SECONDS` (`image_line`), then its end or why it failed. The
   job lives as long as its call: once the control plane's connection goes, it is stopped and
-  waited for before the call ends.
+  waited for before the call ends; the agent stopping stops it too (its end: a failure).
 
 A read's and a write's bytes do not go through these routes but on a connection of their own
 (storage/stream_wire.py, served by agent/drive_streams.py).
@@ -44,12 +44,16 @@ from openhosting.errors import ApiError, MissingError, UsageError
 from openhosting.storage.drive_storage import DriveBytes
 from openhosting.storage.gzip_stream import GzipStreamError
 from openhosting.storage.host_imaging import HostImaging
+from openhosting.storage.imaging import ImagingStopped
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.storage.storage_calls import FilesCall, ImageCall, StorageCall, image_line
 
 log = logging.getLogger("openhosting.agent")
 
 STORAGE_KEY = web.AppKey("storage", LocalDriveStorage)
+# The imaging jobs under way, stopped when the agent stops (not waited for 60 s, aiohttp's
+# grace for the requests under way).
+IMAGING_KEY = web.AppKey("imaging", set[HostImaging])
 # The first line of a storage call's body.
 MAX_CALL_LINE = 1 << 16
 # Seconds between two lines of a running imaging job's answer: its progress, and the sign
@@ -76,6 +80,8 @@ def add_storage_routes(app: web.Application, storage: LocalDriveStorage) -> None
         app.router.add_post(f"/storage/{action}", _answering(StorageCall.decode, handler))
     app.router.add_post("/storage/files", _answering(FilesCall.decode, _files))
     app.router.add_post("/storage/image", _answering(ImageCall.decode, _image))
+    app[IMAGING_KEY] = set()
+    app.on_shutdown.append(_stop_jobs)
 
 
 CallT = TypeVar("CallT", StorageCall, FilesCall, ImageCall)
@@ -201,6 +207,8 @@ async def _image(
     pool = ThreadPoolExecutor(1, thread_name_prefix="agent-imaging")
     running = asyncio.get_running_loop().run_in_executor(pool, job.run)
     pool.shutdown(wait=False)  # its one thread ends with the job
+    jobs = request.app[IMAGING_KEY]
+    jobs.add(job)
     gone: ConnectionError | None = None
     try:
         await response.write(await _follow(job, running, response))
@@ -210,6 +218,7 @@ async def _image(
     finally:
         job.stop()  # ended already, or ends at its next tick: no work outlives the call
         await asyncio.gather(running, return_exceptions=True)
+        jobs.discard(job)
     if gone is not None:
         log.warning(
             "event=agent_imaging_stopped drive=%s source=%s reason=control_plane_gone error=%s",
@@ -229,6 +238,8 @@ async def _follow(
     call = job.call
     try:
         total = running.result()
+    except ImagingStopped:  # while the control plane follows it: by `_stop_jobs`
+        return image_line(error="the host's agent stopped during the job", kind="failed")
     except GzipStreamError as error:
         return image_line(error=error.message, kind=error.kind, gzip=True)
     except ApiError as error:
@@ -240,6 +251,12 @@ async def _follow(
         call.drive, call.source, call.conversion or "none", total,
     )  # fmt: skip
     return image_line(end=total)
+
+
+async def _stop_jobs(app: web.Application) -> None:
+    """The agent stops: its imaging jobs end at their next tick, each call with its failure."""
+    for job in app[IMAGING_KEY]:
+        job.stop()
 
 
 def _bound_silence(request: web.Request) -> None:
