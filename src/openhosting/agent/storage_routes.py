@@ -246,6 +246,9 @@ async def _follow(
         return image_line(error=error.message, kind=error.kind)
     except OSError as error:
         return image_line(error=f"storage error: {error.strerror or error}", kind="failed")
+    except Exception:  # a fault of ours: said as such, not as the agent gone
+        log.exception("event=agent_imaging_internal_error drive=%s", call.drive)
+        return image_line(error="internal error; the host agent's log has it", kind="system")
     log.info(
         "event=agent_imaging_done drive=%s source=%s conversion=%s bytes=%s",
         call.drive, call.source, call.conversion or "none", total,
