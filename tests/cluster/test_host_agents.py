@@ -83,19 +83,37 @@ class Hosts:
     def host_list(self) -> dict[str, dict[str, str]]:
         return host_list(self.state, self.env)
 
-    def held(self, name: str) -> list[str]:
-        """The VMs the agent of host `name` holds, asked of it directly (mutual TLS)."""
+    def ask_agent(self, name: str, call: str) -> list[str]:
+        """The answer of the agent of host `name` to `call` (one with no arguments, such as
+        `held`), asked of it directly (mutual TLS)."""
 
         async def ask() -> list[str]:
             async with aiohttp.ClientSession() as session, session.post(
-                f"https://{self.agents[name].address}/calls/held",
+                f"https://{self.agents[name].address}/calls/{call}",
                 data=b"{}\n", ssl=self.context, server_hostname=name,
             ) as response:  # fmt: skip
                 assert response.status == 200, await response.text()
                 answer: list[str] = json.loads(await response.read())["answer"]
-                return sorted(answer)
+                return answer
 
         return asyncio.run(ask())
+
+    def held(self, name: str) -> list[str]:
+        """The VMs the agent of host `name` holds."""
+        return sorted(self.ask_agent(name, "held"))
+
+    def api_over_qemu_agents(self, *names: str) -> tuple[DaemonProcess, Api, Path]:
+        """QEMU agents for the hosts `names`, and an API daemon whose own host takes no
+        server (fake VMs, more MHz than the agents report: it would win every placement):
+        that daemon, a client of it, and its log."""
+        for name in names:
+            agent = self.start_agent(name, driver="qemu")
+            self.admin("host", "set", name, "--agent", agent.address)
+        no_room = {**self.env, "OH_HOST_MEMORY_RESERVE_MB": str(1 << 30)}
+        log = self.work / "daemon.log"
+        daemon = DaemonProcess(self.state, log, env=no_room)
+        self.stack.callback(daemon.stop)
+        return daemon, Api(self.account, daemon.url, timeout=60), log
 
     def query(self, statement: str, *params: object) -> None:
         with psycopg.connect(self.url.replace("postgresql+psycopg", "postgresql")) as db:

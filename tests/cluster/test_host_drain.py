@@ -23,7 +23,7 @@ import pytest
 
 from openhosting.hypervisor import process
 from testbed.build_guest import BOOT_MARKER, READY_MARKER, build_tiny_guest
-from testbed.daemon_process import BIN, Api, DaemonProcess
+from testbed.daemon_process import BIN
 from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
 from tests.cluster.test_host_agents import Hosts
 
@@ -84,15 +84,8 @@ async def write_and_count(console_socket: Path) -> None:
 def test_a_drain_moves_the_running_guest_to_the_other_host_without_a_reboot(
     hosts: Hosts,
 ) -> None:
-    for name in ("hv-a", "hv-b"):
-        agent = hosts.start_agent(name, driver="qemu")
-        hosts.admin("host", "set", name, "--agent", agent.address)
-    # The API node's own host (fake VMs, more MHz than the agents report) takes no server:
-    # the drain's only target is hv-b.
-    no_room = {**hosts.env, "OH_HOST_MEMORY_RESERVE_MB": str(1 << 30)}
-    daemon = DaemonProcess(hosts.state, hosts.work / "daemon.log", env=no_room)
-    hosts.stack.callback(daemon.stop)
-    api, log = Api(hosts.account, daemon.url, timeout=60), hosts.work / "daemon.log"
+    # The API node's own host takes no server: the drain's only target is hv-b.
+    daemon, api, log = hosts.api_over_qemu_agents("hv-a", "hv-b")
 
     image = build_tiny_guest().read_bytes()
     drive = api.properties(

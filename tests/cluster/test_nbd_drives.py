@@ -14,7 +14,6 @@ hv-b. With hv-b's agent killed, a start is
 """
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -22,12 +21,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from openhosting.hypervisor.nbd_exports import EXPORTS_DIRECTORY, PIDFILE, export_pid
 from testbed.build_guest import READY_MARKER, build_tiny_guest
-from testbed.daemon_process import Api, DaemonProcess
 from testbed.serial_console import SerialConsole, wait_for_log
 from tests.cluster.test_host_agents import Hosts, wait_for
 
@@ -39,9 +36,8 @@ GUEST_SECTOR = 8  # where the guest writes its line on the second disk
 
 @pytest.fixture
 def hosts(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hosts]:
-    for binary in ("qemu-system-x86_64", "qemu-storage-daemon"):
-        if shutil.which(binary) is None:
-            pytest.skip(f"{binary} is not installed (Debian package qemu-system-x86)")
+    for binary in ("qemu-system-x86_64", "qemu-storage-daemon"):  # no skip: a platform part
+        assert shutil.which(binary), f"{binary} is not installed (scripts/install-system-packages)"
     # The agents serve their drives on their hosts' cluster address, here loopback.
     monkeypatch.setenv("OH_HYPERVISOR_MIGRATION_ADDRESS", "127.0.0.1")
     with ExitStack() as stack:
@@ -86,18 +82,8 @@ async def read_again(console_socket: Path) -> str:
 
 
 def exports_asked(hosts: Hosts, name: str) -> list[str]:
-    """The servers host `name`'s agent says it exports drives to (mutual TLS)."""
-
-    async def ask() -> list[str]:
-        async with aiohttp.ClientSession() as session, session.post(
-            f"https://{hosts.agents[name].address}/calls/exports",
-            data=b"{}\n", ssl=hosts.context, server_hostname=name,
-        ) as response:  # fmt: skip
-            assert response.status == 200, await response.text()
-            answer: list[str] = json.loads(await response.read())["answer"]
-            return answer
-
-    return asyncio.run(ask())
+    """The servers host `name`'s agent says it exports drives to."""
+    return hosts.ask_agent(name, "exports")
 
 
 def exports_on(run_dir: Path) -> list[Path]:
@@ -109,14 +95,8 @@ def exports_on(run_dir: Path) -> list[Path]:
 def test_a_server_boots_on_its_boot_drives_host_and_reads_its_drive_of_another_host(
     hosts: Hosts,
 ) -> None:
-    for name in ("hv-a", "hv-b"):
-        agent = hosts.start_agent(name, driver="qemu")
-        hosts.admin("host", "set", name, "--agent", agent.address)
     # The API node's own host takes no server: the boot drive's host, hv-a, runs it.
-    no_room = {**hosts.env, "OH_HOST_MEMORY_RESERVE_MB": str(1 << 30)}
-    daemon = DaemonProcess(hosts.state, hosts.work / "daemon.log", env=no_room)
-    hosts.stack.callback(daemon.stop)
-    api, log = Api(hosts.account, daemon.url, timeout=60), hosts.work / "daemon.log"
+    _daemon, api, log = hosts.api_over_qemu_agents("hv-a", "hv-b")
 
     image = build_tiny_guest().read_bytes()
     boot = api.properties(
