@@ -32,7 +32,8 @@ from tests.agent.test_agent_storage import read, storage_of, write
 
 MIB = 1 << 20
 T = TypeVar("T")
-SAME = str(uuid.uuid4())
+# Fixed: it is part of a test id, which must be the same in every xdist worker.
+SAME = "7d0c4a4e-5b1f-4c55-9e2a-3f1b8d6c0a11"
 
 
 @pytest.fixture(scope="module")
