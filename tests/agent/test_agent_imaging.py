@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,24 +27,13 @@ from openhosting.storage.agent_imaging import image_on_agent
 from openhosting.storage.gzip_stream import GzipStreamError
 from openhosting.storage.imaging import ImagingStopped, Tracker
 from openhosting.storage.storage_calls import ImageCall
-from testbed.agent_process import AgentProcess, Cluster, agent_process, make_cluster
+from testbed.agent_process import AgentProcess, Cluster, agent_process
 from tests.agent.test_agent_storage import read, storage_of, write
 
 MIB = 1 << 20
 T = TypeVar("T")
 # Fixed: it is part of a test id, which must be the same in every xdist worker.
 SAME = "7d0c4a4e-5b1f-4c55-9e2a-3f1b8d6c0a11"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
-    return make_cluster(tmp_path_factory.mktemp("cluster"))
-
-
-@pytest.fixture(scope="module")
-def agent_a(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    with agent_process(tmp_path_factory.mktemp("hv-a"), cluster.host("hv-a")) as agent:
-        yield agent
 
 
 def offload(work: Callable[[], T], /) -> Awaitable[T]:

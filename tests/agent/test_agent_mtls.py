@@ -11,7 +11,6 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,6 @@ from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
 from openhosting.hypervisor.spec import VmSpec
 from testbed.agent_process import AgentProcess, Cluster, agent_process, make_cluster
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
-    return make_cluster(tmp_path_factory.mktemp("cluster"))
-
-
-@pytest.fixture(scope="module")
-def agent_a(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    with agent_process(tmp_path_factory.mktemp("hv-a"), cluster.host("hv-a")) as agent:
-        yield agent
 
 
 def _start_line() -> bytes:

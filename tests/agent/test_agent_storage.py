@@ -30,14 +30,9 @@ from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.storage.luks import payload_offset
 from openhosting.storage.remote_storage import RemoteDriveStorage
-from testbed.agent_process import AgentProcess, Cluster, agent_process, make_cluster
+from testbed.agent_process import AgentProcess, Cluster, agent_process
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
-    return make_cluster(tmp_path_factory.mktemp("cluster"))
 
 
 @pytest.fixture(scope="module")

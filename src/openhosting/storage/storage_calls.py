@@ -6,9 +6,10 @@ agent (`ImageCall`) names two drives, and is answered with lines of its own (`im
 from __future__ import annotations
 
 import base64
-import binascii
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,10 +40,8 @@ class StorageCall:
 
     @classmethod
     def decode(cls, line: bytes) -> StorageCall:
-        try:
-            fields = json.loads(line)
-            if not isinstance(fields, dict):
-                raise ValueError("not an object")
+        with _malformed("storage call"):
+            fields = _object(line)
             call = cls(
                 drive=str(fields["drive"]),
                 tier=str(fields["tier"]),
@@ -55,8 +54,6 @@ class StorageCall:
                 passphrase=_key(fields, "passphrase"),
                 master_key=_key(fields, "master_key"),
             )
-        except (KeyError, ValueError, TypeError, binascii.Error) as error:
-            raise UsageError(f"malformed storage call: {error!r}") from None
         if not _UUID.fullmatch(call.drive) or not _TIER.fullmatch(call.tier):
             raise UsageError("malformed storage call: not a drive's UUID and tier")
         return call
@@ -72,13 +69,9 @@ class FilesCall:
 
     @classmethod
     def decode(cls, line: bytes) -> FilesCall:
-        try:
-            fields = json.loads(line)
-            if not isinstance(fields, dict):
-                raise ValueError("not an object")
+        with _malformed("listing call"):
+            fields = _object(line)
             call = cls(after=str(fields.get("after", "")), limit=_count(fields, "limit"))
-        except (ValueError, TypeError) as error:
-            raise UsageError(f"malformed listing call: {error!r}") from None
         if call.after and not _UUID.fullmatch(call.after):
             raise UsageError("malformed listing call: after is not a drive's UUID")
         if not 1 <= call.limit <= MAX_FILES_PAGE:
@@ -107,10 +100,8 @@ class ImageCall:
 
     @classmethod
     def decode(cls, line: bytes) -> ImageCall:
-        try:
-            fields = json.loads(line)
-            if not isinstance(fields, dict):
-                raise ValueError("not an object")
+        with _malformed("imaging call"):
+            fields = _object(line)
             call = cls(
                 drive=str(fields["drive"]),
                 tier=str(fields["tier"]),
@@ -123,8 +114,6 @@ class ImageCall:
                 master_key=_key(fields, "master_key"),
                 source_key=_key(fields, "source_key"),
             )
-        except (KeyError, ValueError, TypeError, binascii.Error) as error:
-            raise UsageError(f"malformed imaging call: {error!r}") from None
         drives, tiers = (call.drive, call.source), (call.tier, call.source_tier)
         if not all(map(_UUID.fullmatch, drives)) or not all(map(_TIER.fullmatch, tiers)):
             raise UsageError("malformed imaging call: not drives' UUIDs and tiers")
@@ -163,3 +152,20 @@ def _count(fields: dict[str, Any], name: str) -> int:
 def _key(fields: dict[str, Any], name: str) -> bytes | None:
     value = fields.get(name)
     return None if value is None else base64.b64decode(str(value), validate=True)
+
+
+@contextlib.contextmanager
+def _malformed(what: str) -> Iterator[None]:
+    """A call's line that is not JSON, not an object, lacks a key or holds a wrong type or
+    bad base64 (binascii.Error is a ValueError): a UsageError naming the call."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError) as error:
+        raise UsageError(f"malformed {what}: {error!r}") from None
+
+
+def _object(line: bytes) -> dict[str, Any]:
+    fields = json.loads(line)
+    if not isinstance(fields, dict):
+        raise ValueError("not an object")
+    return fields
