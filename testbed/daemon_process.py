@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,11 +34,25 @@ STOP_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
 
 
+# Ports this process has handed out: the kernel may pick a port again as soon as its probe
+# is closed, so two daemons started side by side were once given the same one (one's API
+# port, the other's metrics port): the second failed to bind while the first answered.
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 at this moment (the kernel's pick)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port free on 127.0.0.1 at this moment (the kernel's pick), never one this
+    process has handed out before."""
+    with _HANDED_OUT_LOCK:
+        for _ in range(100):  # bounded: the kernel's picks wander over thousands of ports
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise AssertionError("no loopback port left that this process has not handed out")
 
 
 def wait_listening(
@@ -60,6 +75,29 @@ def wait_listening(
         except OSError:
             time.sleep(interval)
     raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on 127.0.0.1:`port` (its inode in
+    /proc/net/tcp among the process's descriptors): an answer on a port proves nothing
+    about whose it is."""
+    wanted = f"0100007F:{port:04X}"
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{descriptor}") in inodes:
+                return True
+        except FileNotFoundError:
+            continue  # closed meanwhile
+    return False
 
 
 def stop_process(
@@ -160,6 +198,12 @@ class DaemonProcess:
             )  # fmt: skip
         try:
             wait_listening(self.port, process, log=self.log)
+            # What answered may be another process that took the port first: then this
+            # daemon fails to bind and exits (wait_listening's error, with its log).
+            deadline = time.monotonic() + LISTEN_TIMEOUT
+            while not listens_on(process.pid, self.port) and time.monotonic() < deadline:
+                wait_listening(self.port, process, log=self.log)
+                time.sleep(POLL_INTERVAL)
         except BaseException:
             stop_process(process)
             raise
