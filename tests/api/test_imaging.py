@@ -441,13 +441,13 @@ async def test_the_end_of_a_job_with_none_queued_claims_nothing(
     on the event loop ahead of the event feed's `done` (0.4 ms after the end before, 1.4-3.9
     ms with it, on a busy machine)."""
     claims: list[int] = []
-    claim = platform.imaging._claim
+    claim = platform.imaging._claim_in
 
-    def counted(limit: int) -> object:
+    def counted(connection: object, limit: int) -> object:
         claims.append(limit)
-        return claim(limit)
+        return claim(connection, limit)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(platform.imaging, "_claim", counted)
+    monkeypatch.setattr(platform.imaging, "_claim_in", counted)
     src = await drive_with(client, auth, 2 * MiB, {0: os.urandom(MiB)}, "none")
     dst = (await create_drive(client, auth, 2 * MiB))["drive"]
     await image(client, auth, dst, src)

@@ -132,6 +132,19 @@ class EventBus:
         """Tell the platform that `object_` of `user` changed. Safe from any thread."""
         self._publish(Event(0, 0, user, type_, object_, change, fields), audit=True)
 
+    @property
+    def audited(self) -> bool:
+        """Whether published events are written to the audit trail."""
+        return self._audit is not None
+
+    def publish_recorded(
+        self, user: str, type_: str, object_: str, change: str, **fields: Value
+    ) -> None:
+        """Like `publish`, for a change whose audit row its caller wrote itself, in the
+        transaction that made the change (`audit_path`): the event is delivered at once,
+        without a transaction of its own before it."""
+        self._publish(Event(0, 0, user, type_, object_, change, fields), audit=False)
+
     def publish_command(self, user: str, type_: str, object_: str, change: str) -> None:
         """The change a user's command made: its audit row is the command's own."""
         self._publish(Event(0, 0, user, type_, object_, change), audit=False)
@@ -231,10 +244,14 @@ def audit_sink(record: Callable[..., Any]) -> Callable[[Event], None]:
     """Write events to the audit trail through `Audit.record`."""
 
     def write(event: Event) -> None:
-        detail = event.fields.get("status") or event.fields.get("imaging") or ""
-        path = f"/{event.type}s/{event.object}/{event.change}"
-        if detail:
-            path += f"/{detail}"
+        path = audit_path(event.type, event.object, event.change, event.fields)
         record(event.user, "", "EVENT", path, 200, "", event.object)
 
     return write
+
+
+def audit_path(type_: str, object_: str, change: str, fields: dict[str, Value]) -> str:
+    """The path of an event's audit row (method `EVENT`): `/drives/D/imaging/done`."""
+    detail = fields.get("status") or fields.get("imaging") or ""
+    path = f"/{type_}s/{object_}/{change}"
+    return f"{path}/{detail}" if detail else path
