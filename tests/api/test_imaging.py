@@ -8,15 +8,18 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 import zlib
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config
 from openhosting.services.accounts import NewKey
+from openhosting.services.events import Event
 from openhosting.services.platform import Platform
 from openhosting.store.jobs import DONE, FAILED, QUEUED, RUNNING
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes
@@ -432,6 +435,46 @@ async def test_a_jobs_bytes_move_while_another_writer_holds_the_database(
         holder.close()
     await wait_imaged(client, auth, dst)
     assert job_state(platform, job_id) == DONE
+
+
+async def test_a_jobs_bookkeeping_is_one_transaction_before_its_bytes_and_one_after(
+    client: TestClient, auth: dict[str, str], user: NewKey, platform: Platform
+) -> None:
+    """The request that queues a job commits once: the job, its claim and the audit rows
+    of its `queued` and `0%` events; the job's thread commits once more, its end with its
+    `done` event's row, before the event is delivered. Before, the claim and each event's
+    audit row were transactions of their own (four commits in the request before the first
+    byte moved, two in the job's thread before the feed's `done`: each a few ms of a 100 MiB
+    copy's ~70). The trail keeps every row."""
+    src = await drive_with(client, auth, 2 * MiB, {0: os.urandom(MiB)}, "none")
+    dst = (await create_drive(client, auth, 2 * MiB))["drive"]
+    commits: list[tuple[str, float]] = []  # the committing thread's name, when
+    delivered: list[float] = []
+
+    def committed(_connection: object) -> None:
+        commits.append((threading.current_thread().name, time.monotonic()))
+
+    def heard(event: Event) -> None:
+        if event.object == dst and event.fields.get("imaging") == "done":
+            delivered.append(time.monotonic())
+
+    platform.events.add_listener(heard)
+    sqlalchemy.event.listen(platform.engine, "commit", committed)
+    try:
+        platform.imaging.submit(user.uuid, dst, src)
+        in_request = [at for thread, at in commits if thread == threading.current_thread().name]
+        await wait_imaged(client, auth, dst)
+        deadline = time.monotonic() + 5
+        while not delivered:  # the listener hears it on the loop, a turn after the end
+            assert time.monotonic() < deadline, "no done event"
+            await asyncio.sleep(0.01)
+    finally:
+        sqlalchemy.event.remove(platform.engine, "commit", committed)
+    in_job = [at for thread, at in commits if thread.startswith("imaging") and at < delivered[0]]
+    assert len(in_request) == 1
+    assert len(in_job) == 1
+    paths = [entry.path for entry in platform.audit.history(dst) if entry.method == "EVENT"]
+    assert paths == [f"/drives/{dst}/imaging/{step}" for step in ("queued", "0%", "done")]
 
 
 async def test_the_end_of_a_job_with_none_queued_claims_nothing(
