@@ -486,9 +486,9 @@ async def test_the_end_of_a_job_with_none_queued_claims_nothing(
     claims: list[int] = []
     claim = platform.imaging._claim_in
 
-    def counted(connection: object, limit: int) -> object:
+    def counted(connection: object, limit: int, read: object = None) -> object:
         claims.append(limit)
-        return claim(connection, limit)  # type: ignore[arg-type]
+        return claim(connection, limit, read)  # type: ignore[arg-type]
 
     monkeypatch.setattr(platform.imaging, "_claim_in", counted)
     src = await drive_with(client, auth, 2 * MiB, {0: os.urandom(MiB)}, "none")

@@ -174,7 +174,7 @@ class Imaging:
             job = job_store.get_job(connection, job_id)
             assert job is not None
             self._record_event(connection, job, "queued")
-            claimed = self._claim_at_once(connection)
+            claimed = self._claim_at_once(connection, {job_id: (src_row, dst_row)})
         log.info(
             "event=imaging_accepted job=%s user=%s drive=%s source=%s conversion=%s",
             job_id, user, dst, src, conversion or "none",
@@ -287,7 +287,7 @@ class Imaging:
         if self._loop is not None and self._running:
             self._loop.call_soon_threadsafe(self._wakeup.set)
 
-    def _claim_at_once(self, connection: Connection) -> list[_Claimed]:
+    def _claim_at_once(self, connection: Connection, read: dict[int, _Rows]) -> list[_Claimed]:
         """A job is being queued here: claim now, in the transaction that queues it, where
         the database is a local file (SQLite: a claim costs what the request's own queries
         cost), so its bytes start moving as soon as it commits, while the 204 is still being
@@ -296,10 +296,11 @@ class Imaging:
         and with no transaction of its own (its commit and the `0%` event's audit row were
         2-10 ms more before the first byte). Jobs queued before it are claimed first, as the
         claim loop would. A remote database's claim may wait on other nodes' locks: there,
-        and when no slot is free, the claim loop does it."""
+        and when no slot is free, the claim loop does it. `read`: rows this transaction read
+        already, by job."""
         free = self._concurrency - len(self._tasks)
         if self._running and not self._store.off_loop and free > 0:
-            return self._claim_in(connection, free)
+            return self._claim_in(connection, free, read)
         self._wakeup.set()
         return []
 
@@ -326,17 +327,20 @@ class Imaging:
         with self._engine.begin() as connection:
             return self._claim_in(connection, limit)
 
-    def _claim_in(self, connection: Connection, limit: int) -> list[_Claimed]:
+    def _claim_in(
+        self, connection: Connection, limit: int, read: dict[int, _Rows] | None = None
+    ) -> list[_Claimed]:
         """Claim up to `limit` jobs in the caller's transaction, each with its source's and
-        destination's rows as they are now (None: gone); their `0%` events' audit rows are
-        written there too (`_start` publishes them once it commits)."""
+        destination's rows as they are now (None: gone; `read`: those this transaction read
+        already, by job); their `0%` events' audit rows are written there too (`_start`
+        publishes them once it commits)."""
         claimed = []
         now = time.time()
         for job, taken_over in job_store.claim_jobs(
             connection, self._owner, limit, now, self._lease
         ):
             drive_store.update_drive(connection, job.dst, imaging="0%", imaging_error=None)
-            rows = (
+            rows = (read or {}).get(job.id) or (
                 drive_store.get_drive(connection, job.src),
                 drive_store.get_drive(connection, job.dst),
             )
