@@ -43,7 +43,13 @@ from openhosting.services.operations import (
     Operations,
 )
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
-from openhosting.storage.drive_storage import DriveBytes, DriveRead, DriveStorage, DriveWrite
+from openhosting.storage.drive_storage import (
+    BodyDecoder,
+    DriveBytes,
+    DriveRead,
+    DriveStorage,
+    DriveWrite,
+)
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.store import drives as drive_store
@@ -551,9 +557,12 @@ class Drives:
                 uuid, direction, nbytes, error,
             )  # fmt: skip
 
-    def begin_write(self, user: str, uuid: str, offset: int, staged: bool = False) -> DriveWrite:
+    def begin_write(
+        self, user: str, uuid: str, offset: int, decoder: BodyDecoder | None = None
+    ) -> DriveWrite:
         """A writer of the drive's bytes from `offset`: straight to the drive as they come, or
-        `staged` (kept aside until the request's end proves them good, then applied whole)."""
+        written an encoded body that `decoder` decodes (a gzip body), staged: kept aside
+        until the body's end proves it good, then applied whole."""
         with self._engine.connect() as connection:
             row = self._owned(connection, user, uuid)
             claims = drive_store.claims_on(connection, uuid)
@@ -576,7 +585,9 @@ class Drives:
             revert.success()
         on_close = functools.partial(self._end_write, writing)
         bytes_of = DriveBytes(uuid, row.tier, self._master_key(row))
-        return storage.open_write(bytes_of, offset, row.size, staged, on_close)
+        return storage.open_write(
+            bytes_of, offset, row.size, decoder is not None, on_close, decoder
+        )
 
     def _end_write(self, writing: Operation, nbytes: int | None) -> None:
         writing.end()

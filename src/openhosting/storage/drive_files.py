@@ -29,6 +29,8 @@ from openhosting.storage.xts import SECTOR_SIZE
 
 # Large enough to amortise a system call and an AES pass; small enough to keep memory flat.
 IO_CHUNK = 4 * 1024 * 1024
+# The most pieces one gathered write takes (the kernel's UIO_MAXIOV).
+IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
 class DriveIO(Protocol):
@@ -41,6 +43,21 @@ class DriveIO(Protocol):
     def sync(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def pwritev_all(fd: int, pieces: list[bytes | bytearray], offset: int) -> None:
+    """Write `pieces` one after another from `offset` of `fd`, gathered: no copy."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    while views:
+        written = os.pwritev(fd, views[:IOV_MAX], offset)
+        if written == 0:
+            raise OSError(errno.EIO, "the file took none of a write")
+        offset += written
+        while written:  # drop the pieces that went, keep the rest of one written in part
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0], written = views[0][written:], 0
 
 
 class PlainDriveIO:
@@ -74,6 +91,10 @@ class PlainDriveIO:
         while view:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
+
+    def write_pieces(self, offset: int, pieces: list[bytes | bytearray]) -> None:
+        """Write `pieces` one after another from `offset`, gathered (no copy into one)."""
+        pwritev_all(self._fd, pieces, offset)
 
     def start_writeback(self, offset: int, length: int) -> None:
         """Have the kernel start writing `[offset, offset + length)` to disk now (a hint:

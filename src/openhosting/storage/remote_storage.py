@@ -33,6 +33,7 @@ from openhosting.storage.agent_streams import ReadStream, WriteStream
 from openhosting.storage.drive_files import PlainDriveIO
 from openhosting.storage.drive_storage import (
     FILES_PAGE,
+    BodyDecoder,
     DriveBytes,
     DriveFile,
     ReadClosed,
@@ -176,10 +177,16 @@ class RemoteDriveStorage:
         return RemoteRead(self, drive_bytes, offset, count, on_close)
 
     def open_write(
-        self, drive_bytes: DriveBytes, offset: int, size: int, staged: bool, on_close: WriteClosed
+        self,
+        drive_bytes: DriveBytes,
+        offset: int,
+        size: int,
+        staged: bool,
+        on_close: WriteClosed,
+        decoder: BodyDecoder | None = None,
     ) -> RemoteWrite:
         call = dict(**_named(drive_bytes), offset=offset, size=size)
-        return RemoteWrite(self, call, staged, on_close)
+        return RemoteWrite(self, call, staged, on_close, decoder)
 
     async def close(self) -> None:
         await self.agent.close()
@@ -252,7 +259,8 @@ class RemoteRead:
 class RemoteWrite:
     """One write to a drive on another host: its bytes go to the agent as they come, a few
     pieces ahead of its socket at most; acknowledged once the agent answers that they are
-    durable."""
+    durable. A body that comes encoded is decoded here, by `decoder`, and its bytes sent
+    staged."""
 
     def __init__(
         self,
@@ -260,11 +268,13 @@ class RemoteWrite:
         call: dict[str, Any],
         staged: bool,
         on_close: WriteClosed,
+        decoder: BodyDecoder | None = None,
     ) -> None:
         self._storage = storage
         self._call = call
         self._staged = staged
         self._on_close = on_close
+        self._decoder = decoder
         self._position = int(call["offset"])  # where the next byte goes
         self._gathered = bytearray()  # the next piece to hand over
         self._stream: WriteStream | None = None
@@ -279,6 +289,13 @@ class RemoteWrite:
         await self._storage._call("allocate", **self._call, count=length)
 
     async def write(self, data: bytes) -> None:
+        if self._decoder is None:
+            await self._send(data)
+            return
+        for piece in self._decoder.feed(data):
+            await self._send(piece)
+
+    async def _send(self, data: bytes) -> None:
         if len(data) > self.remaining:
             raise FullError(
                 f"Write past the end of drive {self._call['drive']} ({self._call['size']}"
@@ -304,6 +321,8 @@ class RemoteWrite:
 
     async def finish(self) -> int:
         """The end of the bytes sent; the agent's count once it made them durable."""
+        if self._decoder is not None:
+            self._decoder.finish()  # a body cut short or damaged: nothing sent is applied
         async with Reverter() as revert:
             revert.add(self.abort)
             stream = self._started()

@@ -179,7 +179,7 @@ async def _write(request: web.Request, offset: int, declared: int, encoding: str
     # after which only its client can fail it, by going away.
     decoder = GzipStreamDecoder() if encoding != "identity" else None
     writer = platform_of(request).drives.begin_write(
-        user_of(request), _drive(request), offset, staged=decoder is not None
+        user_of(request), _drive(request), offset, decoder
     )
     async with Reverter() as revert:
         revert.add(writer.abort)
@@ -193,14 +193,8 @@ async def _write(request: web.Request, offset: int, declared: int, encoding: str
         received = 0
         while chunk := await read_body_chunk(request):
             received += len(chunk)
-            if decoder is None:
-                await writer.write(chunk)
-            else:
-                for piece in decoder.feed(chunk):
-                    await writer.write(piece)
+            await writer.write(chunk)  # a gzip body as it came: the writer inflates it
         if received != declared:
             raise UsageError(f"Request body incomplete: {received} of {declared} bytes")
-        if decoder is not None:
-            decoder.finish()
         await writer.finish()
         revert.success()
