@@ -1,6 +1,7 @@
 """WriteStage on real drive files: nothing reaches the drive before `apply`, the staging file
 leaves no name behind, and what is applied is exactly what was staged."""
 
+import itertools
 import os
 import random
 from pathlib import Path
@@ -111,3 +112,36 @@ def test_a_body_staged_in_tiny_pieces_is_held_in_few_buffers(tmp_path: Path) -> 
         assert len(stage._pieces) == 3  # the tiny ones together, the big one as it came
         stage.apply()
         assert drive_io.read_at(0, len(data) + len(big) + 1) == data + big + b"x"
+
+
+def test_applying_starts_each_megabytes_write_back_before_the_sync(tmp_path: Path) -> None:
+    """The disk works on the first pieces while the next are written, as a raw write does:
+    the fdatasync before the answer finds less left to do."""
+    files = DriveFiles(tmp_path / "drives")
+    files.create_plain(UUID, SIZE)
+    data = os.urandom(3 * write_stage.WRITEBACK_PIECE + 1000)
+    events: list[tuple[str, int, int]] = []
+    with files.open(UUID, None) as drive_io:
+        real_start, real_sync = drive_io.start_writeback, drive_io.sync
+
+        def recorded_start(offset: int, length: int) -> None:
+            events.append(("writeback", offset, length))
+            real_start(offset, length)
+
+        def recorded_sync() -> None:
+            events.append(("sync", 0, 0))
+            real_sync()
+
+        drive_io.start_writeback = recorded_start  # type: ignore[method-assign]
+        drive_io.sync = recorded_sync  # type: ignore[method-assign]
+        stage = WriteStage(drive_io, files.root, 4096)
+        for at in range(0, len(data), 300_000):
+            stage.append(data[at : at + 300_000])
+        stage.apply()
+        assert drive_io.read_at(4096, len(data)) == data
+    assert events[-1] == ("sync", 0, 0)
+    started = events[:-1]
+    # Whole groups of a megabyte or more, one after another; the rest goes with the sync.
+    assert len(started) == 2
+    assert started[0][1] == 4096 and all(length >= 1 << 20 for _, _, length in started)
+    assert all(a[1] + a[2] == b[1] for a, b in itertools.pairwise(started))
