@@ -116,6 +116,12 @@ class EncryptedDriveIO:
     def read_at(self, offset: int, length: int) -> bytes | bytearray:
         return self._volume.read_at(offset, length)
 
+    def read_sectors_into(self, first_sector: int, view: memoryview) -> None:
+        """Fill `view` (whole sectors) with the payload's sectors from `first_sector`,
+        decrypted in place: a read through a few buffers of its own (never-written sectors
+        are zeros)."""
+        self._volume.read_sectors_into(first_sector, view)
+
     def holds_no_data(self, offset: int, length: int) -> bool:
         """Whether `[offset, offset + length)` of the payload was never written."""
         base = self._volume.payload_offset
