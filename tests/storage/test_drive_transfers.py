@@ -143,6 +143,16 @@ async def test_lent_pieces_are_the_drives_bytes_for_any_range_holes_and_all(
         assert received == expected[offset : offset + count], (offset, count)
 
 
+async def test_lent_pieces_of_an_empty_range_are_none(tmp_path: Path) -> None:
+    files, drive, key, _ = _drive_with_data_and_holes(tmp_path)
+    for offset in (0, 4096, 1000):  # on a sector's start or not
+        plan = ReadPlan(drive, files.open(drive, key), offset, 0)
+        try:
+            assert [bytes(piece) async for piece in plan.lent_pieces()] == []
+        finally:
+            plan.close()
+
+
 async def test_lent_pieces_reuse_a_few_buffers_each_lent_until_the_piece_after_next(
     tmp_path: Path,
 ) -> None:

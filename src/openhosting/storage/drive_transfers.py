@@ -97,6 +97,8 @@ class ReadPlan:
         drive_io = self.opened.io
         if not isinstance(drive_io, EncryptedDriveIO):
             raise TypeError("lent_pieces reads encrypted drives; a plain one is sent by sendfile")
+        if self.count <= 0:
+            return  # at or past the drive's end: nothing to read, no buffer to make
         end = self.offset + self.count
         first = self.offset - self.offset % SECTOR_SIZE  # where the first piece's sector starts
         span = min(IO_CHUNK, _whole_sectors(end) - first)
