@@ -200,6 +200,10 @@ async def _send_lent_pieces(
             async with contextlib.aclosing(plan.lent_pieces()) as pieces:
                 through_transport = True
                 async for piece in pieces:
+                    if transport.is_closing():
+                        # Closed by us (a shutdown, say) or by the client between pieces:
+                        # the duplicate would keep its connection open.
+                        raise ConnectionResetError("Connection lost")
                     sent = 0 if through_transport else await _to_its_end(send_some, own, piece)
                     request.writer.output_size += sent  # the access log's size counts them
                     if sent < len(piece):
