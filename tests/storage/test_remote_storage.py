@@ -327,3 +327,19 @@ async def test_an_agent_gone_mid_send_on_is_a_503_naming_the_host_and_a_cut_answ
     read.close()
     assert await until_still(lambda: client.received) == 8 * MIB
     assert client.mismatch is None and not storage.is_available(DRIVE, "disk")
+
+
+async def test_a_send_on_cancelled_returns_once_the_thread_let_go_of_the_client(
+    agent: PacedAgent, storage: RemoteDriveStorage, client: Client
+) -> None:
+    read = storage.open_read(DriveBytes(DRIVE, "disk"), 0, 512 * MIB, lambda: None)
+    sending = asyncio.ensure_future(read.send_to(client.socket))
+    await until_still(lambda: agent.sent)  # the client reads nothing: the thread waits
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(sending, 10)
+    # The caller may close the client's socket now: the thread sends on it no more.
+    stream = read._stream
+    assert stream is not None and stream._client is None
+    read.close()
+    assert await until_still(lambda: len(stream_threads())) == 0

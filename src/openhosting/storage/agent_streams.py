@@ -142,9 +142,17 @@ class ReadStream(_StreamThread):
     async def send_to(self, client: socket.socket) -> None:
         """Send the bytes to `client` (a connected socket the caller owns and no one else
         sends on meanwhile) from the thread, as they come; done once all are sent.
-        `ClientGone` if `client` fails or takes nothing for the stall timeout."""
+        `ClientGone` if `client` fails or takes nothing for the stall timeout. Cancelled, it
+        returns once the thread is done with `client` (its sockets shut: at once), so the
+        caller may close it."""
         self._sink.put(client)
-        await self._sent_on
+        try:
+            await asyncio.shield(self._sent_on)
+        except asyncio.CancelledError:
+            self.cut()
+            with contextlib.suppress(Exception):  # cut: its failure is no news
+                await self._sent_on
+            raise
 
     def close(self) -> None:
         self.cut()
