@@ -208,12 +208,6 @@ class _Writer:
         if not (self._dst.plain and _is_zero(data)):
             self._queue(self._write, offset, data)
 
-    def write_aligned(self, offset: int, chunk: memoryview) -> None:
-        """Write a chunk that sits in page-aligned memory to a `CHUNK`-aligned offset, from
-        where it is: it must stay as it is until the write is done (`WRITES_QUEUED` chunks
-        later at most, or at `finish`)."""
-        self._queue(self._write_aligned, offset, chunk)
-
     def write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
         """Write consecutive pieces from `offset`, joined (or not) in the writer's thread."""
         self._queue(self._write_pieces, offset, pieces)
@@ -243,31 +237,6 @@ class _Writer:
                 run = []
             position += 0 if piece is None else len(piece)
         start_writeback(self._hint_fd, offset, position - offset)
-
-    def _write_aligned(self, offset: int, chunk: memoryview) -> None:
-        if not self._dst.plain:  # encrypted into memory of the drive's own, then written
-            self._write(offset, chunk)
-            return
-        # Runs of data pieces are written with O_DIRECT from the chunk itself (their offsets
-        # are aligned in the file and in memory alike); zero pieces stay holes.
-        run_start = None
-        for at in [*range(0, len(chunk), INFLATE_PIECE), len(chunk)]:
-            zero = at < len(chunk) and _is_zero(chunk[at : at + INFLATE_PIECE])
-            if at < len(chunk) and not zero:
-                run_start = at if run_start is None else run_start
-            elif run_start is not None:
-                self._write_in_place(offset + run_start, chunk[run_start:at])
-                run_start = None
-        start_writeback(self._hint_fd, offset, len(chunk))
-
-    def _write_in_place(self, offset: int, run: memoryview) -> None:
-        """Write a plain DST's run that sits in page-aligned memory at an aligned offset: its
-        whole pages with O_DIRECT, a cut last page through the page cache."""
-        middle = len(run) - len(run) % DIRECT_ALIGNMENT
-        if not (middle and self._write_direct(offset, run[:middle])):
-            middle = 0
-        if middle < len(run):
-            self._dst.io.write_at(offset + middle, run[middle:])
 
     def _write_direct(self, offset: int, data: memoryview) -> bool:
         """Write aligned `data` with O_DIRECT; False where refused (the caller writes it
