@@ -90,6 +90,7 @@ class Platform:
         if self.node_operations is not None:
             self.node_operations.close()
         self.store.close()
+        self.drives.tiers.close()
         self.reader.close()
         self.engine.dispose()
 

@@ -38,5 +38,10 @@ class DriveTiers:
         """Each distinct drive directory once."""
         return list(self._directories)
 
+    def close(self) -> None:
+        """Stop watching the directories (storage/directory_watch.py)."""
+        for files in self._directories:
+            files.close()
+
     def directory_of(self, tier: str) -> Path:
         return self._tiers[tier].root
