@@ -18,6 +18,7 @@ from openhosting.model.server import ServerConfig
 from openhosting.services import servers as servers_module
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
+from openhosting.storage import drive_files
 from openhosting.store import servers as server_store
 from openhosting.wire.payload import Payload, Value
 from openhosting.wire.text import parse_properties, parse_properties_list
@@ -282,3 +283,28 @@ async def test_stopped_servers_infos_are_rendered_once_until_a_change(
     response = await client.get("/servers/info", headers=auth)
     assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]
     assert len(rendered) == 1
+
+
+async def test_drive_info_looks_at_its_file_once_while_its_directory_hears_nothing(
+    client: TestClient, auth: dict[str, str], platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept `drives/D/info` opens its file no more (an open, fstat and close per request
+    before, a third of its cost): its availability is kept while the directory's watch hears
+    nothing (storage/drive_files.py); the file moved away shows at once, as before."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    looks: list[str] = []
+    look = drive_files.file_is_available
+
+    def counted(path: str | Path) -> bool:
+        looks.append(str(path))
+        return look(path)
+
+    monkeypatch.setattr(drive_files, "file_is_available", counted)
+    for _ in range(4):
+        assert (await drive_info(client, auth, drive))["status"] == "active"
+    assert len(looks) <= 1
+    path = platform.drives.tiers.of("disk").path_of(drive)
+    path.rename(path.with_suffix(".away"))
+    assert (await drive_info(client, auth, drive))["status"] == "inactive"
+    path.with_suffix(".away").rename(path)
+    assert (await drive_info(client, auth, drive))["status"] == "active"
