@@ -2,6 +2,7 @@
 direct or not, reads back as written."""
 
 import asyncio
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -125,3 +126,28 @@ async def test_a_lost_watch_is_replaced_and_nothing_it_kept_is_trusted(
         assert not files.is_available(DRIVE)
     finally:
         files.close()
+
+
+def inotify_descriptors() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+    return count
+
+
+async def test_a_watch_started_ahead_is_the_one_descriptor_its_looks_use(tmp_path: Path) -> None:
+    """The daemon starts its drive directories' watches before serving: no descriptor is
+    opened by the first info under load, and closing leaves none."""
+    files = DriveFiles(tmp_path / "drives")
+    files.create_plain(DRIVE, MiB)
+    before = inotify_descriptors()
+    files.watch()
+    try:
+        assert inotify_descriptors() == before + 1
+        assert files.is_available(DRIVE) and files.is_available(DRIVE)
+        files.watch()
+        assert inotify_descriptors() == before + 1
+    finally:
+        files.close()
+    assert inotify_descriptors() == before

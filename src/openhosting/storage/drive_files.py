@@ -309,6 +309,13 @@ class DriveFiles:
             log.warning("event=directory_watch_failed directory=%s error=%r", self.root, error)
         return self._watch
 
+    def watch(self) -> None:
+        """Start the directory's watch now, from the running event loop, rather than at the
+        first look: its descriptor is then held from the start (a daemon's count of open
+        descriptors does not grow by it under load)."""
+        if not self._watch_tried:
+            self._start_watch()
+
     def close(self) -> None:
         """Stop watching the directory (its files stay as they are)."""
         if self._watch is not None:
