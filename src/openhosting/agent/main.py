@@ -19,6 +19,9 @@ It also serves the bytes of the drives placed on this host, kept in its own driv
 (`storage.tiers`, by default `<state_dir>/drives`); their reads and writes come on connections
 of their own to the same port, each served by a thread (agent/drive_streams.py).
 
+It logs as the daemon does (`log_level`, `log_format`: one `key=value` line or JSON object per
+event on standard error, src/openhosting/logs.py), beginning with `event=agent_started`.
+
 Once it listens it prints `listening HOST:PORT` (with `--listen HOST:0`, the port the kernel
 chose). On SIGTERM or SIGINT it lets go of its VMs without stopping them: they run on, for the
 next agent to adopt.
@@ -29,6 +32,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import logging
+import os
 import signal
 import ssl
 import sys
@@ -55,12 +60,14 @@ from openhosting.hypervisor.driver import HypervisorDriver, open_driver
 from openhosting.hypervisor.migration import MigrationTls, write_qemu_tls_dir
 from openhosting.hypervisor.nbd_exports import DriveExports
 from openhosting.hypervisor.qemu_driver import migration_ports
+from openhosting.logs import FORMATS, configure_logging
 from openhosting.network import open_network
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
 
 DEFAULT_LISTEN = "0.0.0.0:7430"
 TLS_DIRECTORY = "agent-tls"
+log = logging.getLogger("openhosting.agent")
 MIGRATION_TLS_DIRECTORY = "migration-tls"
 
 
@@ -105,10 +112,12 @@ async def serve(
     storage: LocalDriveStorage | None = None,
     network: AgentNetwork | None = None,
     exports: DriveExports | None = None,
+    name: str = "",
 ) -> None:
     """Serve `driver` (with `capacity`, the host's measure, `storage`, this host's drives,
     `network`, its network driver, and `exports`, its drives' NBD exports) until SIGTERM or
-    SIGINT; then let go of the VMs (they run on, and so do their NICs and exports)."""
+    SIGINT; then let go of the VMs (they run on, and so do their NICs and exports). `name`:
+    this host's, as its certificate gives it (for the log)."""
     app = make_app(driver, capacity, storage, network, exports)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -116,11 +125,15 @@ async def serve(
     streams = None if storage is None else DriveStreams(storage, context)
     listener = AgentListener(runner.server, context, streams)
     bound = await listener.start(host, port)
-    print(f"listening {bound[0]}:{bound[1]}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    # Logged before the `listening` line: whoever waits for that line finds this one.
+    log.info(
+        "event=agent_started host=%s listen=%s:%s pid=%s", name, bound[0], bound[1], os.getpid()
+    )
+    print(f"listening {bound[0]}:{bound[1]}", flush=True)
     try:
         await stopping.wait()
     finally:
@@ -138,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides=overrides)
         host, port = parse_listen(args.listen)
+        if config.log_format not in FORMATS:
+            raise ConfigError(f"Invalid log_format {config.log_format!r}: text or json")
+        # Before the driver and the network are opened: what they log is kept too.
+        configure_logging(config.log_level, config.log_format)
         tls_dir = args.tls_dir or config.state_path / TLS_DIRECTORY
         bundle = host_bundle(tls_dir)
         context = agent_context(bundle)
@@ -160,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     measure = functools.partial(measure_capacity, config)
     network_driver = AgentNetwork(network)
-    asyncio.run(serve(driver, host, port, context, measure, storage, network_driver, exports))
+    asyncio.run(
+        serve(driver, host, port, context, measure, storage, network_driver, exports, tls.host)
+    )
     return 0
 
 
