@@ -17,7 +17,9 @@ to the VMs of other hosts (one qemu-storage-daemon each, hypervisor/nbd_exports.
 certificate of the host running the server may connect to one.
 It also serves the bytes of the drives placed on this host, kept in its own drive directories
 (`storage.tiers`, by default `<state_dir>/drives`); their reads and writes come on connections
-of their own to the same port, each served by a thread (agent/drive_streams.py).
+of their own to the same port, each served by a thread (agent/drive_streams.py). Copies of
+standard drives for this host's VMs are kept apart, in `<state_dir>/image-cache`
+(agent/image_cache.py).
 
 It logs as the daemon does (`log_level`, `log_format`: one `key=value` line or JSON object per
 event on standard error, src/openhosting/logs.py), beginning with `event=agent_started`.
@@ -44,6 +46,7 @@ from aiohttp import web
 from cryptography import x509
 
 from openhosting.agent.drive_streams import AgentListener, DriveStreams
+from openhosting.agent.image_cache import CACHE_DIRECTORY, ImageCache
 from openhosting.agent.pki import (
     Bundle,
     ClusterTlsError,
@@ -113,16 +116,19 @@ async def serve(
     network: AgentNetwork | None = None,
     exports: DriveExports | None = None,
     name: str = "",
+    cache: ImageCache | None = None,
 ) -> None:
     """Serve `driver` (with `capacity`, the host's measure, `storage`, this host's drives,
     `network`, its network driver, and `exports`, its drives' NBD exports) until SIGTERM or
     SIGINT; then let go of the VMs (they run on, and so do their NICs and exports). `name`:
-    this host's, as its certificate gives it (for the log)."""
-    app = make_app(driver, capacity, storage, network, exports)
-    runner = web.AppRunner(app, handle_signals=False)
+    this host's, as its certificate gives it (for the log); `cache`, its copies of standard
+    drives."""
+    app = make_app(driver, capacity, storage, network, exports, cache)
+    # No line per call (aiohttp's access log): the agent logs its events.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     assert runner.server is not None  # made by `setup`
-    streams = None if storage is None else DriveStreams(storage, context)
+    streams = None if storage is None else DriveStreams(storage, context, cache)
     listener = AgentListener(runner.server, context, streams)
     bound = await listener.start(host, port)
     stopping = asyncio.Event()
@@ -169,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         # The drives placed on this host live in its own tier directories.
         storage = LocalDriveStorage(DriveTiers(config.tier_paths))
+        # Copies of standard drives, apart from the drive tiers (no drive call reaches them).
+        cache = ImageCache(config.state_path / CACHE_DIRECTORY)
+        cache.clear_partial()  # no fill runs before this agent serves
         _pool, network = open_network(
             config.network, config.run_path / "network", config.hypervisor.run_as
         )
@@ -178,7 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     measure = functools.partial(measure_capacity, config)
     network_driver = AgentNetwork(network)
     asyncio.run(
-        serve(driver, host, port, context, measure, storage, network_driver, exports, tls.host)
+        serve(
+            driver,
+            host,
+            port,
+            context,
+            measure,
+            storage,
+            network_driver,
+            exports,
+            tls.host,
+            cache,
+        )
     )
     return 0
 

@@ -21,6 +21,9 @@ What is never removed:
 A file whose row names another host and no move is under way is a move's leftover (a source
 that could not remove its file: `drive_bytes_left` too): it goes.
 
+The same look removes the host's copies of standard drives that are gone or of an older
+generation (services/standard_copies.py), once its drive files are done.
+
 The agent lists its files a page at a time (`DriveStorage.list_files`, in UUID order), and
 each page is looked up in the database by its UUIDs: memory stays one page, whatever the
 number of files.
@@ -35,6 +38,7 @@ from sqlalchemy import Engine
 
 from openhosting.services.host_storages import HostStorages
 from openhosting.services.operations import MOVE, Operations
+from openhosting.services.standard_copies import StandardCopies
 from openhosting.storage.drive_storage import FILES_PAGE, DriveFile
 from openhosting.store import drives as drive_store
 
@@ -54,6 +58,7 @@ class DriveOrphans:
         interval: float,
         hosts_up: Callable[[], list[str]],
         page: int = FILES_PAGE,
+        copies: StandardCopies | None = None,
     ) -> None:
         self._engine = engine
         self._storages = storages
@@ -62,6 +67,7 @@ class DriveOrphans:
         self.interval = interval
         self._hosts_up = hosts_up  # the agents' hosts reachable now, for the periodic look
         self._page = page
+        self._copies = copies  # the standard drives' copies in the hosts' image caches
         self._due: set[str] = set()  # hosts to look at next
         self._woken = asyncio.Event()
 
@@ -91,6 +97,8 @@ class DriveOrphans:
                 break
             after = files[-1].drive
         log.info("event=drive_files_reconciled host=%s removed=%s", host, removed)
+        if self._copies is not None:
+            await self._copies.reconcile(host)
         return removed
 
     def _orphans(self, host: str, files: list[DriveFile]) -> list[DriveFile]:

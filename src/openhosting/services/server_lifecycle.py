@@ -54,6 +54,7 @@ from openhosting.services.server_dumps import ServerDumps
 from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_logs import ServerLogs
 from openhosting.services.server_network import ServerNetworks
+from openhosting.services.standard_copies import StandardCopies
 from openhosting.services.vm_specs import build_vm_spec
 from openhosting.services.vnc import ServerVnc
 from openhosting.store import drives as drive_store
@@ -121,6 +122,9 @@ class ServerLifecycle:
         self.operations = Operations("Server", SERVER_RULES, nodes)
         # The drives of servers running on another host than theirs, served over NBD.
         self.exports = DriveExports(self.drivers, self.host_down)
+        # The standard drives' copies in the agents' image caches (set by the platform, which
+        # has the drives' storages; none: a standard drive is another host's drive).
+        self.copies: StandardCopies | None = None
 
     def driver_of(self, uuid: str) -> HypervisorDriver:
         """The driver of the host that runs (or last ran) the VM of `uuid`; FullError naming
@@ -202,11 +206,18 @@ class ServerLifecycle:
         begun = time.monotonic()
         host = self.place(config) if host is None else host
         running_on = host or self.drivers.local_name
-        elsewhere = self.exports.elsewhere(uuid, running_on, drives)
+        # Standard drives of other hosts come from the image cache of the VM's host; the
+        # other drives of other hosts are served over NBD.
+        copied = self.copies.to_copy(running_on, drives) if self.copies is not None else []
+        served = [drive for drive in drives if drive.uuid not in {d.uuid for d in copied}]
+        elsewhere = self.exports.elsewhere(uuid, running_on, served)
         driver = self.drivers.of(host)
         async with Reverter() as revert:
             # Placed first: the NICs are made on the host, and released there.
             self._place_on(uuid, host)
+            for drive in copied:  # kept if the start fails: the next one uses them
+                assert self.copies is not None
+                await self.copies.provide(uuid, running_on, drive)
             # The drives of other hosts served to this one first: its QEMU opens them.
             cdroms = {a.drive for a in config.drives if a.media == "cdrom"}
             exported = [(drive, drive.uuid in cdroms) for drive in elsewhere]
@@ -222,6 +233,7 @@ class ServerLifecycle:
                 display=display,
                 nics=nics,
                 nbd=sources,
+                cached={drive.uuid: drive.generation for drive in copied},
             )
             spec = dataclasses.replace(plan.spec, incoming=True) if restore else plan.spec
             vnc = self.vnc.credentials(uuid, config, display)
