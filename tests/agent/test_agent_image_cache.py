@@ -7,6 +7,7 @@ tiers. The control plane's side of it is tests/services/test_standard_copies.py.
 
 import asyncio
 import os
+import socket
 import stat
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,7 @@ from openhosting.agent.host_connection import HostConnection
 from openhosting.agent.image_cache import CACHE_DIRECTORY, ImageCache
 from openhosting.agent.pki import Bundle, control_context
 from openhosting.agent.server import cached_copy_paths
-from openhosting.errors import FailedError, UsageError
+from openhosting.errors import FailedError, UnavailableError, UsageError
 from openhosting.hypervisor.driver import StartRequest
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import DiskSpec, VmSpec
@@ -210,5 +211,23 @@ def test_a_malformed_cache_call_is_refused(agent_a: AgentProcess, cluster: Clust
                 await cache.fill("../x", GENERATION, 3, pieces_of(b"abc"))
         finally:
             await cache.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_agent_that_does_not_answer_is_a_503_naming_its_host(cluster: Cluster) -> None:
+    async def scenario() -> None:
+        with socket.socket() as taken:  # a port nobody listens on
+            taken.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{taken.getsockname()[1]}"
+            context = control_context(cluster.control)
+            cache = RemoteImageCache(RemoteDriveStorage(HostConnection("hv-a", address, context)))
+            try:
+                with pytest.raises(UnavailableError, match="hv-a"):
+                    await cache.lookup(str(uuid.uuid4()), GENERATION)
+                with pytest.raises(UnavailableError, match="hv-a"):
+                    await cache.fill(str(uuid.uuid4()), GENERATION, 3 * MIB, pieces_of(image()))
+            finally:
+                await cache.close()
 
     asyncio.run(scenario())

@@ -98,14 +98,15 @@ class StandardCopies:
         try:
             async with self._filling.setdefault(key, asyncio.Lock()):
                 await self._provide(cache, server, drive)
-        except ApiError as error:
+        except (ApiError, OSError) as error:  # OSError: the standard drive's own file
+            reason = error.message if isinstance(error, ApiError) else str(error)
             log.warning(
                 "event=standard_copy_failed host=%s drive=%s server=%s error=%s",
-                host, drive.uuid, server, error,
+                host, drive.uuid, server, reason,
             )  # fmt: skip
             raise UnavailableError(
                 f"Host {host} cannot hold a copy of standard drive {drive.uuid}, which"
-                f" server {server} attaches: {error.message}"
+                f" server {server} attaches: {reason}"
             ) from None
 
     async def _provide(self, cache: HostImageCache, server: str, drive: AttachableDrive) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import aiohttp
 
@@ -20,6 +21,7 @@ from openhosting.storage.remote_storage import SEND_PIECE, RemoteDriveStorage
 from openhosting.storage.storage_calls import CachedCopy, encode_call
 
 CACHE_FILL = "cache_fill"
+T = TypeVar("T")
 
 
 class RemoteImageCache:
@@ -82,13 +84,21 @@ class RemoteImageCache:
         async with Reverter() as revert:
             revert.add(give_up)
             gathered = bytearray()
-            async for piece in pieces:
+            async for piece in pieces:  # the source's errors raised as they are
                 gathered += piece
                 if len(gathered) >= SEND_PIECE:
-                    await stream.put(gathered)
+                    await self._failing(stream.put(gathered))
                     gathered = bytearray()
             if gathered:
-                await stream.put(gathered)
-            written = await stream.end()
+                await self._failing(stream.put(gathered))
+            written = await self._failing(stream.end())
             revert.success()
         return written
+
+    async def _failing(self, step: Awaitable[T]) -> T:
+        """The stream's failure as the API's: the agent's refusal as it was, anything else
+        (the network's) a 503 naming the host."""
+        try:
+            return await step
+        except Exception as error:  # the stream's thread's, raised here
+            raise self._storage.failure(error) from None
