@@ -218,3 +218,25 @@ async def test_the_look_at_a_hosts_files_removes_copies_of_standard_drives_gone_
     platform.standard_drives.remove(standard)
     await orphans.reconcile("hv-a")
     assert cache.cache.copies() == []
+
+
+async def test_a_server_moved_to_an_agents_host_opens_its_copy_there(agent_host: Setup) -> None:
+    platform, remote, cache, user, standard = agent_host
+    local = platform.servers.lifecycle.driver
+    assert isinstance(local, FakeHypervisor)
+    await platform.servers.recover()
+    here = platform.hosts.name
+    boot = await drive_on(platform, user, here)
+    server = await server_with(platform, user, boot, standard)
+    await platform.servers.start(user, server)
+    assert local.held() == [server] and cache.fills == 0  # this host: the file itself
+
+    assert (await platform.servers.drain(here))[server] == "moved hv-a"
+    (cdrom,) = [disk for disk in remote.host.vms[server].spec.disks if disk.slot == "ide:0:1"]
+    assert (cdrom.drive, cdrom.cache) == (standard, generation_of(platform, standard))
+    assert cache.fills == 1 and cache.cache.has(standard, cdrom.cache)
+
+    assert (await platform.servers.drain("hv-a"))[server] == f"moved {here}"
+    (cdrom,) = [disk for disk in local.host.vms[server].spec.disks if disk.slot == "ide:0:1"]
+    assert cdrom.cache == "" and cdrom.path == platform.drives.attachable(user, standard).path
+    await platform.servers.stop(user, server)

@@ -239,8 +239,11 @@ async def _call(request: web.Request) -> web.StreamResponse:
         if method == "save_state":
             return await _save_state(request, driver, record.server, record.timeout)
         if method == "prepare_incoming" and (storage := request.app.get(STORAGE_KEY)):
-            # The copies are made as this host's own files of the drives.
-            record = dataclasses.replace(record, start=own_drive_paths(storage, record.start))
+            # The copies are made as this host's own files of the drives; a standard drive's
+            # cdrom is its copy in this host's image cache.
+            start = own_drive_paths(storage, record.start)
+            start = cached_copy_paths(request.app.get(CACHE_KEY), start)
+            record = dataclasses.replace(record, start=start)
         if method in WHOLE_RECORD:
             answer = getattr(driver, method)(record)
         else:
