@@ -13,10 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.hypervisor.driver import IncomingInfo, IncomingRequest
+from openhosting.hypervisor.driver import (
+    IncomingInfo,
+    IncomingRequest,
+    StartRequest,
+    StateStream,
+    VmStatus,
+)
 from openhosting.hypervisor.errors import HostUnreachableError
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.services.platform import Platform
+from openhosting.store import drives as drive_store
+from openhosting.store import resources as resource_store
 from tests.services.fake_platform import RecordingNetwork, platform_with_agent_host
 from tests.services.test_host_networks import SERVER, Hosts, server_on_agent_host
 
@@ -164,4 +172,40 @@ async def test_an_api_node_starting_during_a_move_leaves_both_ends_to_the_move(
     assert {nic.server for nic in target_network.nics.values()} == {moving, staying}
     for server in (moving, staying):
         await platform.servers.stop(user, server)
+    await platform.servers.close()
+
+
+async def test_an_api_node_starting_during_a_start_leaves_its_claims_nics_and_vm(
+    two_hosts: Hosts,
+) -> None:
+    """The same rule for any operation: a node that starts while a server starts (its
+    drive claimed, its NICs made, its QEMU starting, the server not yet `active`) released
+    the drive's claim and the NICs' rows as a dead start's leftovers and reconciled the
+    network without them, under the start that went on."""
+    platform, local, _remote, _network, user = two_hosts
+    here_network = RecordingNetwork()
+    platform.servers.networks.driver = here_network
+    await platform.servers.recover()
+    drive = str((await platform.drives.create(user, {"name": "d", "size": "1M"}))["drive"])
+    with platform.engine.begin() as connection:
+        drive_store.update_drive(connection, drive, host=platform.hosts.name)
+    start = local.start
+
+    async def node_starts_first(
+        request: StartRequest, restore: StateStream | None = None
+    ) -> VmStatus:
+        await platform.servers.recover()
+        return await start(request, restore)
+
+    local.start = node_starts_first  # type: ignore[method-assign]
+    created = await platform.servers.create(user, {**SERVER, "ide:0:0": drive}, start=True)
+    server = str(created["server"])
+
+    info = await platform.servers.info(user, server)
+    assert (info["status"], info["host"]) == ("active", platform.hosts.name)
+    with platform.engine.connect() as connection:
+        assert [c.holder for c in drive_store.claims_on(connection, drive)] == [server]
+        assert [row.server for row in resource_store.nics_of(connection, server)] == [server]
+    assert [nic.server for nic in here_network.of(server)] == [server]
+    await platform.servers.stop(user, server)
     await platform.servers.close()

@@ -588,7 +588,9 @@ class ServerLifecycle:
         """One look at every agent host. One that does not answer is down (its servers'
         calls fail, naming it); when it answers again, or is reached for the first time,
         the VMs of its active servers are adopted again (a restarted agent holds none) and
-        those that ended meanwhile reconciled, as at a daemon's start."""
+        those that ended meanwhile reconciled, as at a daemon's start. Whatever an
+        operation under way has in hand is left to it (`Operations.under_way`); a host's
+        network reconcile that waited for one is done at the first look after it."""
         reached = await self.drivers.connect_agents(self._engine)
         await self._record_hosts(reached)
         for host in reached:
@@ -609,10 +611,11 @@ class ServerLifecycle:
                     log.warning("event=host_agent_down host=%s error=%s", host, error)
                 self._agents_down.add(host)
                 continue
-            # A move's target VM waits unheld for its state until the move ends: that is
-            # the move's, not an agent restarted (whose network reconcile would remove the
-            # NICs made there for the VM on its way in).
-            unheld -= self.operations.under_way()
+            if unheld:  # asked only then: the other nodes' operations are a query
+                # A move's target VM waits unheld for its state until the move ends: that
+                # is the move's, not an agent restarted (whose network reconcile would
+                # remove the NICs made there for the VM on its way in).
+                unheld -= self.operations.under_way()
             if host in self._agents_down:
                 self._agents_down.discard(host)
                 log.info("event=host_agent_back host=%s", host)
@@ -689,7 +692,7 @@ class ServerLifecycle:
             }
         try:
             done = await self._networks.recover_on(host, running, self.operations.under_way())
-        except (FailedError, OSError) as error:  # its agent gone again: at its next return
+        except (FailedError, HypervisorError, OSError) as error:  # its agent gone again
             log.warning("event=network_reconcile_failed host=%s error=%s", host, error)
             return
         if done:
@@ -738,7 +741,8 @@ class ServerLifecycle:
         """A daemon killed between QEMU's start and the server's `active` (or its claims and
         the start) leaves a VM, or claims, that no active server owns: the start was never
         answered, so the VM is stopped and the claims released (a start later is a 500 and
-        the drives stay `claimed` otherwise)."""
+        the drives stay `claimed` otherwise). Not those of a server that an operation under
+        way has in hand (another node's start, a move's target waiting for its state)."""
         under_way = self.operations.under_way()
         for driver in self.drivers.all():
             for server in await driver.unheld():
@@ -748,12 +752,13 @@ class ServerLifecycle:
                 await driver.stop_unheld(server, timeout=self._settings.stop_timeout)
         with self._engine.begin() as connection:
             # A dumped server has no VM and keeps its claims: its disks must not change.
-            # Nor does an active one whose host's agent is away (adopted when it is back).
+            # Nor does an active one whose host's agent is away (adopted when it is back),
+            # nor one that another node's start has claimed them for.
             kept = {
                 row.uuid
                 for status in (DUMPED, "active")
                 for row in server_store.servers_with_status(connection, status)
-            }
+            } | under_way
             released = server_store.remove_guest_claims_except(connection, set(self.active) | kept)
         if released:
             log.warning("event=stale_guest_claims_released count=%s", released)
