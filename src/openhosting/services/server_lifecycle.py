@@ -517,7 +517,9 @@ class ServerLifecycle:
     async def recover(self) -> None:
         """Connect to the hosts' agents; re-adopt the VMs of active servers; reconcile those
         that ended meanwhile. A server whose host's agent cannot be reached is left as it is
-        (`active`, its VM unknown) until the agent answers (`watch_agents`)."""
+        (`active`, its VM unknown) until the agent answers (`watch_agents`); one that an
+        operation under way has in hand (another node's move or start) is left to it, and
+        the network reconciles it holds up are done by the watch (`_recover_network_of`)."""
         reached = await self.drivers.connect_agents(self._engine)
         await self._record_hosts(reached)
         for host in reached:
