@@ -106,6 +106,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         grace=config.storage.orphan_grace_seconds,
         interval=max(1, config.storage.orphan_check_seconds),
         hosts_up=lifecycle.agents_up,
+        copies=lifecycle.copies,
     )
     lifecycle.agent_listeners.append(orphans.wake)  # an agent (re)connected: its files
     orphan_files = asyncio.create_task(orphans.run())

@@ -42,6 +42,7 @@ from openhosting.services.operations import (
     Operation,
     Operations,
 )
+from openhosting.services.standard_drives import standard_generation
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.drive_storage import DriveBytes, DriveRead, DriveStorage, DriveWrite
 from openhosting.storage.drive_tiers import DriveTiers
@@ -52,6 +53,7 @@ from openhosting.store.executor import StoreExecutor
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, DriveRecord, drive_settings_columns
+from openhosting.store.tables import PLATFORM_USER
 from openhosting.wire.payload import Properties, Value, ValueList
 
 log = logging.getLogger("openhosting.drives")
@@ -117,6 +119,10 @@ class AttachableDrive:
     host: str = ""
     tier: str = ""
     available: bool = True  # whether its bytes can be reached now
+    # A standard drive's generation (services/standard_drives.py), which names its copies in
+    # the agents' image caches, and its size; "" for any other drive.
+    generation: str = ""
+    size: int = 0
 
 
 # The payloads one drive's kept rows keep, by availability and offline hosts.
@@ -518,6 +524,8 @@ class Drives:
             host=self.storages.holder(row.host) if self.storages.connector is not None else "",
             tier=row.tier,
             available=storage.is_available(uuid, row.tier),
+            generation=standard_generation(row) if row.user == PLATFORM_USER else "",
+            size=row.size,
         )
 
     # -- data ----------------------------------------------------------------------------
