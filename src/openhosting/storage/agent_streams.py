@@ -227,10 +227,17 @@ class ReadStream(_StreamThread):
 
 class WriteStream(_StreamThread):
     """A write's bytes sent to the agent as they are handed over; `outcome` is the agent's
-    count of bytes written once durable, or its refusal, whichever comes first."""
+    count of bytes written once durable, or its refusal, whichever comes first. `action`:
+    what the agent does with the bytes (`cache_fill`: a copy in its image cache)."""
 
-    def __init__(self, agent: HostConnection, call: dict[str, Any], stall_timeout: float) -> None:
-        super().__init__(agent, {**call, "action": "write"}, stall_timeout)
+    def __init__(
+        self,
+        agent: HostConnection,
+        call: dict[str, Any],
+        stall_timeout: float,
+        action: str = "write",
+    ) -> None:
+        super().__init__(agent, {**call, "action": action}, stall_timeout)
         self._pieces: queue.SimpleQueue[bytearray | type[_End] | type[_Cut]] = queue.SimpleQueue()
         self._room = asyncio.Semaphore(WRITE_PIECES)
         self.outcome: asyncio.Future[int] = self._loop.create_future()

@@ -78,12 +78,13 @@ class RemoteDriveStorage:
         return self.unreachable(error)
 
     async def post(
-        self, action: str, body: Any, timeout: aiohttp.ClientTimeout
+        self, action: str, body: Any, timeout: aiohttp.ClientTimeout, area: str = "storage"
     ) -> aiohttp.ClientResponse:
-        """Send one call; the response once its status is known (refusals raised)."""
+        """Send one call (to `/AREA/ACTION`); the response once its status is known
+        (refusals raised)."""
         try:
             response = await self.agent.session().post(
-                f"{self.agent.base_url}/storage/{action}",
+                f"{self.agent.base_url}/{area}/{action}",
                 data=body,
                 ssl=self.agent.context,
                 server_hostname=self.host,
@@ -190,8 +191,8 @@ class RemoteDriveStorage:
     def read_stream(self, call: dict[str, Any], count: int) -> ReadStream:
         return ReadStream(self.agent, call, count, self._stall_timeout)
 
-    def write_stream(self, call: dict[str, Any]) -> WriteStream:
-        return WriteStream(self.agent, call, self._stall_timeout)
+    def write_stream(self, call: dict[str, Any], action: str = "write") -> WriteStream:
+        return WriteStream(self.agent, call, self._stall_timeout, action)
 
 
 class RemoteRead:
