@@ -24,11 +24,13 @@ from openhosting.api.responses import (
     widen_send_buffer,
     zeros_as_gzip,
 )
+from openhosting.api.socket_takeover import taken_over
 from openhosting.errors import FullError, UsageError
 from openhosting.reverter import Reverter
 from openhosting.storage.drive_hash import HASH_ALGORITHM
 from openhosting.storage.drive_storage import DriveRead
 from openhosting.storage.drive_transfers import ReadPlan
+from openhosting.storage.remote_storage import RemoteRead
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 from openhosting.wire.sizes import parse_size
 
@@ -138,6 +140,8 @@ async def _read(request: web.Request, offset: int, length: int | None) -> web.St
         elif plan.plain_file is not None:
             response = FileSliceResponse(plan.plain_file.fileno(), plan.offset, plan.count)
             await prepare(request, response)
+        elif isinstance(plan, RemoteRead):
+            response = await _send_remote(request, plan)
         else:
             response = await _stream_decrypted(request, plan)
     finally:
@@ -226,6 +230,20 @@ async def _to_its_end(
         with contextlib.suppress(Exception):  # the request is gone: nobody reads the outcome
             await work
         raise
+
+
+async def _send_remote(request: web.Request, plan: RemoteRead) -> web.StreamResponse:
+    """A drive of an agent's host: its stream's thread sends the bytes to the client's
+    socket itself, as they come from the agent (docs/cluster.md, 'Drive bytes on the
+    agents')."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = plan.count
+    writer = await prepare(request, response)
+    if request.method != "HEAD" and plan.count and writer is not None:
+        async with taken_over(request, writer, plan.count) as client:
+            await plan.send_to(client)
+    await response.write_eof()
+    return response
 
 
 async def write(request: web.Request) -> None:
