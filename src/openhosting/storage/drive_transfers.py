@@ -7,13 +7,15 @@ storage's (storage/local_storage.py); `Drives` (services) checks who may do it a
 import asyncio
 import collections
 import contextlib
+import mmap
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from openhosting.errors import FullError, UsageError
 from openhosting.storage.drive_files import (
     IO_CHUNK,
+    EncryptedDriveIO,
     OpenDrive,
     PlainDriveIO,
     is_disk_full,
@@ -22,6 +24,7 @@ from openhosting.storage.drive_files import (
 from openhosting.storage.drive_hash import hash_range
 from openhosting.storage.drive_storage import BodyDecoder
 from openhosting.storage.write_stage import WriteStage
+from openhosting.storage.xts import SECTOR_SIZE
 
 # Pieces read and decrypted ahead of the one being sent, each in a worker thread: two keep
 # both cores of a small host busy (bench drive-read-encrypted).
@@ -85,6 +88,47 @@ class ReadPlan:
                 with contextlib.suppress(Exception):
                     await future  # its thread holds the file: let it finish before close
 
+    async def lent_pieces(self) -> AsyncGenerator[memoryview, None]:
+        """The bytes of an encrypted drive, in order, as `chunks` gives them, but each piece
+        read and decrypted in place (by a worker thread, `READ_AHEAD` pieces ahead) in one
+        of a few buffers of this read's own, and only lent: its buffer is read into again
+        once the piece after the next is asked for, so the caller must have sent it (no
+        reference kept, in a transport's buffer either) before asking for the next. No
+        buffer made, zeroed and faulted in per piece: `chunks` made one of 4 MiB each.
+
+        Pieces start on sector boundaries after the first, so that each is one in-place
+        pass over whole sectors."""
+        drive_io = self.opened.io
+        if not isinstance(drive_io, EncryptedDriveIO):
+            raise TypeError("lent_pieces reads encrypted drives; a plain one is sent by sendfile")
+        if self.count <= 0:
+            return  # at or past the drive's end: nothing to read, no buffer to make
+        end = self.offset + self.count
+        first = self.offset - self.offset % SECTOR_SIZE  # where the first piece's sector starts
+        span = min(IO_CHUNK, _whole_sectors(end) - first)
+        # One piece lent, up to READ_AHEAD + 1 being read: each its own buffer. Anonymous
+        # maps are page-aligned and unmapped once the last view of them is gone.
+        ring = [mmap.mmap(-1, span) for _ in range(min(READ_AHEAD + 2, -(-(end - first) // span)))]
+        pending: collections.deque[asyncio.Future[memoryview]] = collections.deque()
+        at, made = first, 0
+        try:
+            while at < end or pending:
+                while at < end and len(pending) <= READ_AHEAD:
+                    sectors = min(IO_CHUNK, _whole_sectors(end) - at)
+                    buffer = memoryview(ring[made % len(ring)])[:sectors]
+                    piece = buffer[max(self.offset, at) - at : min(at + IO_CHUNK, end) - at]
+                    pending.append(
+                        asyncio.ensure_future(
+                            asyncio.to_thread(_read_piece, drive_io, at, buffer, piece)
+                        )
+                    )
+                    at, made = at + sectors, made + 1
+                yield await pending.popleft()
+        finally:
+            for future in pending:
+                with contextlib.suppress(Exception):
+                    await future  # its thread holds the file and a buffer: let it finish
+
     async def sha256(self) -> str:
         """The hex SHA-256 of the range, hashed in a worker thread. A cancelled caller (its
         client went away) stops the thread at its next piece and waits for it, so that
@@ -108,6 +152,19 @@ class ReadPlan:
     def close(self) -> None:
         self.opened.io.close()
         self.on_close()
+
+
+def _whole_sectors(size: int) -> int:
+    return -(-size // SECTOR_SIZE) * SECTOR_SIZE
+
+
+def _read_piece(
+    drive_io: EncryptedDriveIO, at: int, buffer: memoryview, piece: memoryview
+) -> memoryview:
+    """Decrypt the sectors from payload byte `at` into `buffer`; `piece` is the part of it
+    that was asked for."""
+    drive_io.read_sectors_into(at // SECTOR_SIZE, buffer)
+    return piece
 
 
 class _WriteRequest:

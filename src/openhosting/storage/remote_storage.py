@@ -1,6 +1,8 @@
 """`DriveStorage` of another host: each call made to that host's agent over mutual TLS
 (agent/storage_routes.py serves it), the bytes of reads and writes streamed both ways on a
-connection of their own (storage/agent_streams.py, agent/drive_streams.py).
+connection of their own (storage/agent_streams.py, agent/drive_streams.py); the bytes of a
+read answered to the API's client are sent on to its socket by the stream's thread itself
+(`RemoteRead.send_to`).
 
 Memory stays flat whatever the size: a write's bytes are gathered into pieces of
 `SEND_PIECE` handed to the stream's thread, at most a few ahead of its socket (a slow agent
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +32,7 @@ import aiohttp
 from openhosting.agent.host_connection import HostConnection
 from openhosting.errors import ERROR_TYPES, ApiError, FailedError, FullError, UnavailableError
 from openhosting.reverter import Reverter
-from openhosting.storage.agent_streams import ReadStream, WriteStream
+from openhosting.storage.agent_streams import ClientGone, ReadStream, WriteStream
 from openhosting.storage.drive_files import PlainDriveIO
 from openhosting.storage.drive_storage import (
     FILES_PAGE,
@@ -76,12 +79,13 @@ class RemoteDriveStorage:
         return self.unreachable(error)
 
     async def post(
-        self, action: str, body: Any, timeout: aiohttp.ClientTimeout
+        self, action: str, body: Any, timeout: aiohttp.ClientTimeout, area: str = "storage"
     ) -> aiohttp.ClientResponse:
-        """Send one call; the response once its status is known (refusals raised)."""
+        """Send one call (to `/AREA/ACTION`); the response once its status is known
+        (refusals raised)."""
         try:
             response = await self.agent.session().post(
-                f"{self.agent.base_url}/storage/{action}",
+                f"{self.agent.base_url}/{area}/{action}",
                 data=body,
                 ssl=self.agent.context,
                 server_hostname=self.host,
@@ -194,8 +198,8 @@ class RemoteDriveStorage:
     def read_stream(self, call: dict[str, Any], count: int) -> ReadStream:
         return ReadStream(self.agent, call, count, self._stall_timeout)
 
-    def write_stream(self, call: dict[str, Any]) -> WriteStream:
-        return WriteStream(self.agent, call, self._stall_timeout)
+    def write_stream(self, call: dict[str, Any], action: str = "write") -> WriteStream:
+        return WriteStream(self.agent, call, self._stall_timeout, action)
 
 
 class RemoteRead:
@@ -235,6 +239,20 @@ class RemoteRead:
         try:
             async for piece in self._stream.pieces():
                 yield piece
+        except Exception as error:  # the stream's thread's, raised here
+            raise self._storage.failure(error) from None
+
+    async def send_to(self, client: socket.socket) -> None:
+        """Send the bytes to `client` from the stream's thread (`ReadStream.send_to`): the
+        API's answer to a remote read, its headers already sent. `ClientGone` if the client
+        goes; the agent's failure as `chunks` raises it."""
+        if self._stream is None:
+            await self.begin()
+        assert self._stream is not None
+        try:
+            await self._stream.send_to(client)
+        except ClientGone:
+            raise
         except Exception as error:  # the stream's thread's, raised here
             raise self._storage.failure(error) from None
 
