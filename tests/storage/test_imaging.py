@@ -480,9 +480,11 @@ def test_a_plain_copy_where_direct_writes_are_refused_moves_its_data_in_the_kern
     assert os.stat(dst.io.path).st_blocks * 512 < 12 * MiB
 
 
-def children() -> list[int]:
-    """The processes this process started that still exist (zombies included)."""
-    found = []
+def children() -> set[int]:
+    """The processes this process started that still exist (zombies included). In a whole
+    run a test worker also holds what earlier tests' fixtures started (a PostgreSQL, say):
+    callers compare with what was there before."""
+    found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
@@ -490,7 +492,7 @@ def children() -> list[int]:
             continue  # ended meanwhile
         rest = text.rpartition(")")[2]  # "PID (NAME) STATE PPID ..."
         if int(rest.split()[1]) == os.getpid():
-            found.append(int(stat.parent.name))
+            found.add(int(stat.parent.name))
     return found
 
 
@@ -511,11 +513,12 @@ def test_gunzip_inflates_in_this_process_with_no_child_or_pipe(drives: Drives) -
     src = drives.make("src", 4 * CHUNK, "plain")
     fill(src, {0: gzip_module.compress(raw, compresslevel=1)})
     dst = drives.make("dst", len(raw), "plain")
-    seen: list[tuple[list[int], list[str]]] = []
+    seen: list[tuple[set[int], list[str]]] = []
+    before = children()
 
     def report(done: int, _total: int) -> None:
         if done:  # the first report, before any byte moved, comes before the threads
-            seen.append((children(), pipeline_threads()))
+            seen.append((children() - before, pipeline_threads()))
 
     imaging.gunzip(src, dst, Tracker(report, interval=0))
     assert seen, "no report while the job ran"
@@ -552,7 +555,8 @@ def test_a_gunzip_that_ends_early_leaves_no_thread_running(
         if done and fault == "stopped":
             stop.set()
 
+    before = children()
     with pytest.raises(expected):
         imaging.gunzip(src, dst, Tracker(report, stop=stop, interval=0))
     assert not pipeline_threads()
-    assert not children()
+    assert not children() - before

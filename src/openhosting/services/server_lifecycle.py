@@ -27,6 +27,7 @@ from openhosting.config import Config
 from openhosting.errors import FailedError, FullError, UnavailableError
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import (
+    ENDING_TIMEOUT,
     BlockStats,
     HypervisorDriver,
     StartRequest,
@@ -68,6 +69,10 @@ log = logging.getLogger("openhosting.servers")
 # destroy or daemon stop folds first.
 GUEST_IO_FOLD_SECONDS = 30.0
 GUEST_IO_QUERY_SECONDS = 2.0
+# A guest that powered itself off is held (paused) by its driver until the handler returns or
+# ENDING_TIMEOUT passes: its last counters may take longer to ask for than a running one's
+# (a busy host answered after the 2 s above, and the I/O since the last fold was lost).
+POWERED_OFF_QUERY_SECONDS = ENDING_TIMEOUT - 1.0
 
 # Saving or restoring a guest's memory: a few seconds per GiB on a disk, generous for slow ones.
 STATE_TIMEOUT = 300.0
@@ -319,7 +324,8 @@ class ServerLifecycle:
         if event.kind == VmEventKind.EXITED:
             await self.vm_exited(event.server, event.how or VmEnd.SHUTDOWN)
         elif event.kind == VmEventKind.POWERED_OFF:
-            await self.fold_guest_io(event.server)  # a guest's power-off: its last I/O counts
+            # A guest's power-off: its last I/O counts.
+            await self.fold_guest_io(event.server, POWERED_OFF_QUERY_SECONDS)
         elif (user := self.active.get(event.server)) is None:
             return  # a start or adoption under way tells its own status
         elif event.kind == VmEventKind.PAUSED:
@@ -374,22 +380,26 @@ class ServerLifecycle:
         except (HypervisorError, UnavailableError):
             return Counters()
 
-    async def fold_guest_io(self, uuid: str | None = None) -> None:
+    async def fold_guest_io(self, uuid: str | None = None, limit: float | None = None) -> None:
         """Add what the guest of `uuid` (or of every running VM) read and wrote since the
-        last fold to its drives' I/O counters (see services/guest_io.py)."""
+        last fold to its drives' I/O counters (see services/guest_io.py); a monitor that does
+        not answer within `limit` seconds (GUEST_IO_QUERY_SECONDS by default) is left out."""
+        limit = GUEST_IO_QUERY_SECONDS if limit is None else limit
         servers = [uuid] if uuid in self.active else [] if uuid else list(self.active)
         # Every monitor asked at once: stuck ones cost one wait in all, not one wait each.
-        answers = await asyncio.gather(*(self._guest_io_of(server) for server in servers))
+        answers = await asyncio.gather(*(self._guest_io_of(s, limit) for s in servers))
         readings = {server: stats for server, stats in answers if stats is not None}
         if readings:
             fold_guest_io(self._engine, readings)
 
-    async def _guest_io_of(self, server: str) -> tuple[str, dict[str, BlockStats] | None]:
+    async def _guest_io_of(
+        self, server: str, limit: float
+    ) -> tuple[str, dict[str, BlockStats] | None]:
         """The I/O counters of the VM of `server`; None when its monitor does not answer."""
         try:
             # Short: a stop or destroy waits for it, and a stuck monitor must not hold them
             # (their own `quit` then times out and kills).
-            async with asyncio.timeout(GUEST_IO_QUERY_SECONDS):
+            async with asyncio.timeout(limit):
                 return server, dict(await self.driver_of(server).blockstats(server))
         except (HypervisorError, TimeoutError):
             return server, None  # the VM is going away; the last fold holds what it did before
