@@ -76,7 +76,7 @@ def image_seconds(daemon: Daemon, dst: str, src: str, conversion: str = "") -> f
 
 
 def cpu_with_children(pid: int) -> float:
-    """CPU seconds of `pid` and of the children it has waited for (a gunzip's igzip)."""
+    """CPU seconds of `pid` and of the children it has waited for (a job may start some)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
@@ -154,9 +154,9 @@ def bench_gunzip(daemon: Daemon, work_dir: Path) -> float:
     target = work_dir / "gunzip.out"
     ours: list[float] = []
     encrypted: list[float] = []
-    # CPU seconds: the daemon's (every thread, and its igzip child) for a plain job, igzip's
-    # for its run. On the shared 2-core machine the wall times swing with the others' load;
-    # CPU time does not.
+    # CPU seconds: the daemon's (every thread, and any child it waited for) for a plain job,
+    # igzip's for its run. On the shared 2-core machine the wall times swing with the others'
+    # load; CPU time does not.
     ours_cpu: list[float] = []
     igzip_cpu: list[float] = []
     anchors: dict[str, tuple[list[float], list[float]]] = {"igzip": ([], []), "gzip": ([], [])}
@@ -181,7 +181,7 @@ def bench_gunzip(daemon: Daemon, work_dir: Path) -> float:
     igzip, igzip_synced = (min(times) for times in anchors["igzip"])
     gzip = min(anchors["gzip"][0])
     report(
-        "image gunzip CPU, 1 GiB image, plain drive (the daemon's and its igzip's)", min(ours_cpu),
+        "image gunzip CPU, 1 GiB image, plain drive (the daemon's)", min(ours_cpu),
         "igzip -dc's CPU", min(igzip_cpu), "s", "info",
     )  # fmt: skip
     report(

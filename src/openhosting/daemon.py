@@ -106,6 +106,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
         grace=config.storage.orphan_grace_seconds,
         interval=max(1, config.storage.orphan_check_seconds),
         hosts_up=lifecycle.agents_up,
+        copies=lifecycle.copies,
     )
     lifecycle.agent_listeners.append(orphans.wake)  # an agent (re)connected: its files
     orphan_files = asyncio.create_task(orphans.run())
@@ -121,6 +122,7 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     nic_helpers = asyncio.create_task(platform.servers.networks.keep_helpers_running_every())
     await platform.imaging.start()  # jobs a previous daemon left unfinished start again
     listener = platform.listen()  # PostgreSQL: other nodes' writes and queued jobs
+    platform.drives.tiers.watch()  # drives' availability kept between changes of their files
     try:
         if config.api.metrics_listen:
             ops_host, ops_port = parse_listen(config.api.metrics_listen)

@@ -441,6 +441,19 @@ async def test_reads_are_clamped_to_the_end(
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
+async def test_a_read_at_the_end_of_whole_sectors_is_empty_and_no_error(
+    client: TestClient, auth: dict[str, str], cipher: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload = os.urandom(2048)
+    drive = await drive_holding(client, auth, payload, cipher)
+    for path in (f"/drives/{drive}/read/2048", f"/drives/{drive}/read/4096/512"):
+        assert await read_bytes(client, auth, path) == b""
+    assert await read_bytes(client, auth, f"/drives/{drive}/read/2000/48") == payload[2000:]
+    # An empty read is no fault: an internal error once cut the connection's next answer.
+    assert not [record for record in caplog.records if "internal_error" in record.getMessage()]
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
 async def test_odd_offsets_and_lengths_write_exactly(
     client: TestClient, auth: dict[str, str], cipher: str
 ) -> None:

@@ -2,7 +2,6 @@
 claims, the busy rules, failures, and who may image from what (docs/api.md §4)."""
 
 import asyncio
-import contextlib
 import gzip
 import json
 import logging
@@ -273,18 +272,11 @@ async def test_gunzip_of_a_damaged_stream_fails_with_its_reason_and_leaves_no_in
     info = await wait_imaged(client, auth, dst)
     assert "damaged gzip stream" in info["imaging:error"], info
     assert "claimed" not in info
-    assert not igzip_children()
-
-
-def igzip_children() -> list[str]:
-    """The igzip processes this process (the daemon under test) started that still run."""
-    found = []
-    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        for pid in children.read_text().split():
-            with contextlib.suppress(FileNotFoundError):  # another child that just ended
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "igzip":
-                    found.append(pid)
-    return found
+    assert not [
+        thread.name
+        for thread in threading.enumerate()
+        if thread.name.startswith(("imaging-read", "imaging-write"))
+    ]
 
 
 async def test_an_unknown_conversion_is_missing_and_get_is_not_allowed(

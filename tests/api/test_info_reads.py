@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from openhosting.api import negotiation
 from openhosting.config import Config
@@ -18,7 +18,11 @@ from openhosting.model.server import ServerConfig
 from openhosting.services import servers as servers_module
 from openhosting.services.accounts import NewKey
 from openhosting.services.platform import Platform
+from openhosting.storage import drive_files
 from openhosting.store import servers as server_store
+from openhosting.store.database import open_engine
+from openhosting.store.tables import drives as drives_table
+from openhosting.store.tables import servers as servers_table
 from openhosting.wire.payload import Payload, Value
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive, drive_info
@@ -282,3 +286,87 @@ async def test_stopped_servers_infos_are_rendered_once_until_a_change(
     response = await client.get("/servers/info", headers=auth)
     assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]
     assert len(rendered) == 1
+
+
+async def test_drive_info_looks_at_its_file_once_while_its_directory_hears_nothing(
+    client: TestClient, auth: dict[str, str], platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept `drives/D/info` opens its file no more (an open, fstat and close per request
+    before, a third of its cost): its availability is kept while the directory's watch hears
+    nothing (storage/drive_files.py); the file moved away shows at once, as before."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    looks: list[str] = []
+    look = drive_files.file_is_available
+
+    def counted(path: str | Path) -> bool:
+        looks.append(str(path))
+        return look(path)
+
+    monkeypatch.setattr(drive_files, "file_is_available", counted)
+    for _ in range(4):
+        assert (await drive_info(client, auth, drive))["status"] == "active"
+    assert len(looks) <= 1
+    path = platform.drives.tiers.of("disk").path_of(drive)
+    path.rename(path.with_suffix(".away"))
+    assert (await drive_info(client, auth, drive))["status"] == "inactive"
+    path.with_suffix(".away").rename(path)
+    assert (await drive_info(client, auth, drive))["status"] == "active"
+
+
+async def test_stopped_servers_info_asks_no_servers_status_while_nothing_changes(
+    client: TestClient, auth: dict[str, str], platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`servers/info` of servers without a VM is one kept answer: no server's status is
+    asked of the lifecycle per request (each one's was, each time), until a change."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    asked: list[str] = []
+    status = platform.servers.lifecycle.status
+
+    def counted(uuid: str) -> str | None:
+        asked.append(uuid)
+        return status(uuid)
+
+    monkeypatch.setattr(platform.servers.lifecycle, "status", counted)
+    answers = set()
+    for _ in range(4):
+        response = await client.get("/servers/info", headers=auth)
+        answers.add(await response.text())
+    assert len(asked) <= 1 and len(answers) == 1
+    response = await client.post(f"/servers/{server}/set", data="name renamed", headers=auth)
+    assert response.status == 200, await response.text()
+    response = await client.get("/servers/info", headers=auth)
+    assert [item["name"] for item in parse_properties_list(await response.text())] == ["renamed"]
+
+
+async def test_infos_show_a_commit_made_through_another_engine_at_once(
+    client: TestClient, auth: dict[str, str], platform: Platform, config: Config, other_user: NewKey
+) -> None:
+    """What the infos keep goes with any commit to the database, not only this process's: a
+    drive and a server given to another user by another engine (the admin tool's, say) are
+    missing from the next infos."""
+    drive = (await create_drive(client, auth, "1M"))["drive"]
+    server = await _server(client, auth, drive)
+    for _ in range(2):  # read, then answered as kept
+        assert (await drive_info(client, auth, drive))["drive"] == drive
+        response = await client.get("/servers/info", headers=auth)
+        assert server in await response.text()
+    other = open_engine(config.store_url)
+    try:
+        with other.begin() as connection:
+            connection.execute(
+                update(drives_table)
+                .where(drives_table.c.uuid == drive)
+                .values(user=other_user.uuid)
+            )
+            connection.execute(
+                update(servers_table)
+                .where(servers_table.c.uuid == server)
+                .values(user=other_user.uuid)
+            )
+    finally:
+        other.dispose()
+    response = await client.get(f"/drives/{drive}/info", headers=auth)
+    assert (response.status, response.headers["X-Elastic-Error"]) == (404, "missing")
+    response = await client.get("/servers/info", headers=auth)
+    assert (response.status, await response.text()) == (200, "")

@@ -19,7 +19,7 @@ from openhosting.api.ops import build_ops_app
 from openhosting.config import load_config
 from openhosting.services.platform import Platform, open_platform
 from openhosting.store.database import open_engine
-from openhosting.store.tables import drives
+from openhosting.store.tables import drives, servers
 from openhosting.wire.text import parse_properties
 from tests.conftest import basic_auth, changes_heard, kill_leftover_vms, serve_api
 
@@ -155,8 +155,9 @@ async def test_a_write_waiting_on_another_nodes_row_lock_stalls_nothing_else(  #
     assert response.status in (200, 204), await response.text()
 
 
-# A read kept on PostgreSQL, and what it answers once the drive is another user's.
-KEPT_READS = [("/drives/list", 200), ("/drives/DRIVE/info", 404)]
+# A read kept on PostgreSQL, and what it answers once the drive (and the server) is another
+# user's.
+KEPT_READS = [("/drives/list", 200), ("/drives/DRIVE/info", 404), ("/servers/info", 200)]
 
 
 @pytest.mark.parametrize(("path", "status_once_given_away"), KEPT_READS)
@@ -168,10 +169,11 @@ async def test_a_kept_drive_read_is_answered_without_sql_or_a_worker_thread(  # 
     path: str,
     status_once_given_away: int,
 ) -> None:
-    """A drive listing or info kept since the last write heard of is answered on the event
-    loop: no statement, no hand-over to the store's worker threads (which cost more than the
-    whole cached answer, `make bench ARGS=cluster`); a write through another node is seen by
-    the first request after its notification is heard."""
+    """A drive listing or info, or the info of servers without a VM, kept since the last
+    write heard of is answered on the event loop: no statement, no hand-over to the store's
+    worker threads (which cost more than the whole cached answer, `make bench
+    ARGS=cluster`); a write through another node is seen by the first request after its
+    notification is heard."""
     api = await serve_api(aiohttp_client, pg_platform)
     listener = pg_platform.listen()
     assert listener is not None
@@ -184,6 +186,9 @@ async def test_a_kept_drive_read_is_answered_without_sql_or_a_worker_thread(  # 
         bob = pg_platform.accounts.create_user("bob")
         created = await api.post("/drives/create", data="name a\nsize 1M\n", headers=auth)
         drive = parse_properties(await created.text())["drive"]
+        body = f"name s\ncpu 500\nmem 64\nide:0:0 {drive}"
+        created = await api.post("/servers/create/stopped", data=body, headers=auth)
+        server = parse_properties(await created.text())["server"]
         path = path.replace("DRIVE", drive)
 
         async def read() -> tuple[int, str]:
@@ -192,7 +197,7 @@ async def test_a_kept_drive_read_is_answered_without_sql_or_a_worker_thread(  # 
 
         await changes_heard(pg_platform)
         status, text = await read()  # read and kept
-        assert status == 200 and drive in text, text
+        assert status == 200 and (drive in text or server in text), text
 
         statements: list[str] = []
         handed_over: list[str] = []
@@ -222,6 +227,9 @@ async def test_a_kept_drive_read_is_answered_without_sql_or_a_worker_thread(  # 
             with other.begin() as connection:
                 connection.execute(
                     update(drives).where(drives.c.uuid == drive).values(user=bob.uuid)
+                )
+                connection.execute(
+                    update(servers).where(servers.c.uuid == server).values(user=bob.uuid)
                 )
         finally:
             other.dispose()

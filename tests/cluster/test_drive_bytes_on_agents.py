@@ -5,7 +5,7 @@ read, hash, resize and destroy work on it as on a local drive, plain and encrypt
 through the daemon without holding the bytes (its peak memory barely moves); a server
 on hv-a starts with it; a second drive on another host is refused with a message (imaging
 across hosts: test_imaging_on_agents.py); the agent gone, its drive's read fails naming the
-host and its status is inactive, until the agent is back.
+host (a read under way is cut short) and its status is inactive, until the agent is back.
 """
 
 import gzip
@@ -120,12 +120,13 @@ def test_drives_on_an_agents_host_keep_their_bytes_there_and_the_api_moves_them(
         assert peak_memory(daemon.pid) - before < 40 * MIB
     finally:
         stalled.close()
-    assert api.call(f"/drives/{big['drive']}/destroy", b"").status == 204
 
     # A server on hv-a starts with its drive there; a second drive of another host is refused.
-    here = api.properties("/drives/create", b"name a\nsize 1M\nencryption:cipher none\n")["drive"]
-    there = api.properties(
-        "/drives/create", f"name b\nsize 1M\nencryption:cipher none\navoid {here}\n".encode()
+    # (The big drive, kept for the agent's death below, leaves hv-a the less room: the
+    # first drive goes to zz-api, the second kept apart from it.)
+    there = api.properties("/drives/create", b"name b\nsize 1M\nencryption:cipher none\n")["drive"]
+    here = api.properties(
+        "/drives/create", f"name a\nsize 1M\nencryption:cipher none\navoid {there}\n".encode()
     )["drive"]
     assert api.properties(f"/drives/{here}/info")["host"] == "hv-a"
     assert api.properties(f"/drives/{there}/info")["host"] == "zz-api"
@@ -139,8 +140,19 @@ def test_drives_on_an_agents_host_keep_their_bytes_there_and_the_api_moves_them(
     assert (refused.status, refused.headers.get("X-Elastic-Error")) == (409, "busy"), refused
     assert "zz-api" in refused.body.decode() and "hv-a" in refused.body.decode()
 
-    # The agent gone: a read fails naming the host, and the drive shows inactive.
-    os.kill(agent.pid, signal.SIGKILL)
+    # The agent gone mid-read: the client's answer is cut short (its connection closed, not
+    # left waiting for the bytes), then a read fails naming the host, and the drive shows
+    # inactive.
+    cut = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    try:
+        cut.request("GET", f"/drives/{big['drive']}/read", headers=hosts.account.headers)
+        answer = cut.getresponse()
+        assert answer.status == 200 and len(answer.read(MIB)) == MIB
+        os.kill(agent.pid, signal.SIGKILL)
+        with pytest.raises(http.client.IncompleteRead):
+            answer.read()
+    finally:
+        cut.close()
     failed = api.call(f"/drives/{here}/read/0/100")
     assert (failed.status, failed.headers.get("X-Elastic-Error")) == (503, "failed"), failed
     assert "hv-a" in failed.body.decode()
@@ -151,3 +163,4 @@ def test_drives_on_an_agents_host_keep_their_bytes_there_and_the_api_moves_them(
     again = api.call(f"/drives/{here}/read/0/100")
     assert (again.status, again.body) == (200, bytes(100)), again
     assert api.properties(f"/drives/{here}/info")["status"] == "active"
+    assert api.call(f"/drives/{big['drive']}/destroy", b"").status == 204

@@ -1,6 +1,7 @@
 """The drive data path of a real `openhostingd`: gigabytes stream through in flat memory, and a
 write whose client goes away half-way is neither acknowledged nor counted (docs/api.md §4)."""
 
+import hashlib
 import socket
 import subprocess
 import time
@@ -161,3 +162,68 @@ def test_a_write_that_stalls_half_way_is_refused_after_the_idle_timeout() -> Non
         assert 1.5 < waited < 20
         info = daemon.info(drive)
         assert (info["write:requests"], info["write:bytes"]) == ("0", "0")
+
+
+def _answer_head(sock: socket.socket) -> tuple[int, bytes]:
+    """Read an answer's head from `sock`: its Content-Length and the body bytes that came
+    with it."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        piece = sock.recv(65536)
+        assert piece, head[:200]
+        head += piece
+    head, _, body = head.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    (length,) = [
+        int(line.split(b":")[1]) for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    ]  # fmt: skip
+    return length, body
+
+
+def _read_body(sock: socket.socket, length: int, body: bytes) -> bytes:
+    """The rest of a body of `length` bytes of which `body` came already, as its SHA-256."""
+    digest, received = hashlib.sha256(body), len(body)
+    while received < length:
+        piece = sock.recv(min(65536, length - received))
+        assert piece, f"cut after {received} of {length} bytes"
+        digest.update(piece)
+        received += len(piece)
+    return digest.digest()
+
+
+def test_an_encrypted_read_to_a_stalled_then_slow_client_holds_little_memory_and_is_exact(
+    daemon: DriveDaemon,
+) -> None:
+    size = 96 * MIB
+    drive = daemon.create_drive(size, "aes-xts-plain")
+    pattern = Pattern(seed=3)
+    status, _, answer = daemon.request(
+        f"/drives/{drive}/write", pattern.blocks(size), {"Content-Length": str(size)}
+    )
+    assert status == 204, answer
+    expected = hashlib.sha256()
+    for block in pattern.blocks(size):
+        expected.update(block)
+
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as sock:
+        # A small receive buffer: the daemon's sends are often partial, its drains many.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        request = (
+            f"GET /drives/{drive}/read HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {daemon.auth_header}\r\n\r\n"
+        ).encode()
+        before = daemon.memory_kb("VmRSS")
+        sock.sendall(request)
+        length, body = _answer_head(sock)
+        time.sleep(2)  # the client stops reading: the daemon must not read the drive on
+        stalled = daemon.memory_kb("VmRSS") - before
+        assert (length, _read_body(sock, length, body)) == (size, expected.digest())
+        # The connection serves its next request as usual.
+        sock.sendall(request.replace(b"/read ", b"/read/1000/24 "))
+        length, body = _answer_head(sock)
+        assert _read_body(sock, length, body) == hashlib.sha256(pattern.at(1000, 24)).digest()
+
+    # A few pieces ahead and the socket's buffers, never the 96 MiB of the drive.
+    assert stalled < 40_000, f"{stalled} kB more while the client read nothing"
+    assert "internal_error" not in daemon.log.read_text()

@@ -1,12 +1,10 @@
 """A daemon killed (SIGKILL) in the middle of an imaging job: the next daemon finishes the
 job, and no drive is left showing `imaging`."""
 
-import contextlib
 import gzip
 import os
 import signal
 import subprocess
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -45,33 +43,10 @@ def well_under_way(info: dict[str, str]) -> bool:
     return progress.endswith("%") and int(progress[:-1]) >= 10
 
 
-def igzip_children(pid: int) -> list[int]:
-    """The igzip processes that `pid` started and that still run."""
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in children.read_text().split():
-            with contextlib.suppress(FileNotFoundError):  # another child that just ended
-                if Path(f"/proc/{child}/comm").read_text().strip() == "igzip":
-                    found.append(int(child))
-    return found
-
-
-def is_gone(pid: int, timeout: float = 10) -> bool:
-    """Whether process `pid` ends within `timeout` seconds (an orphan is reaped by init)."""
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.mark.parametrize("conversion", ["gzip", "gunzip"])
 def test_a_job_cut_by_sigkill_finishes_after_restart_and_leaves_no_imaging(
     tmp_path: Path, daemons: list[DaemonProcess], conversion: str
 ) -> None:
-    """A gunzip's child igzip does not outlive the daemon killed under it: the pipes it
-    reads and writes lose their other end (EOF, EPIPE)."""
     state, log = tmp_path / "state", tmp_path / "daemon.log"
     api = DriveApi(create_user(state, timeout=TIMEOUT))
     daemons.append(start_daemon(state, log))
@@ -91,10 +66,7 @@ def test_a_job_cut_by_sigkill_finishes_after_restart_and_leaves_no_imaging(
     assert status == 204, body
     api.wait_info(dst, well_under_way)
 
-    inflaters = igzip_children(daemons[-1].pid)
-    assert bool(inflaters) == (conversion == "gunzip")
     daemons[-1].end(signal.SIGKILL)
-    assert all(is_gone(pid) for pid in inflaters)
     daemons.append(start_daemon(state, log))
     api.url = daemons[-1].url
     done = api.wait_info(dst, lambda info: "imaging" not in info)
@@ -105,7 +77,6 @@ def test_a_job_cut_by_sigkill_finishes_after_restart_and_leaves_no_imaging(
         assert zlib.decompressobj(wbits=31).decompress(written) == data + bytes(1234)
     else:
         assert written == data + bytes(dst_size - len(data))
-    assert not igzip_children(daemons[-1].pid)
     text = log.read_text()
     assert "event=imaging_restarted" in text and "event=imaging_done" in text
     jobs = subprocess.run(

@@ -10,6 +10,7 @@ found (a daemon's start). A drain refuses to leave such a drive behind, and does
 server using one."""
 
 import typing
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.hypervisor.spec import NbdSource
 from openhosting.network.driver import NetworkDriver
+from openhosting.services.operations import START
 from openhosting.services.platform import Platform
 from openhosting.storage.drive_storage import DriveStorage
 from openhosting.store.tables import drives
@@ -191,6 +193,35 @@ async def test_exports_no_running_vm_uses_are_ended_when_the_agent_is_found(
     await platform.servers.lifecycle.watch_agents()  # nothing stale: the running one stays
     assert hv_b.exported == {server: {data}}
     await platform.servers.stop(user, server)
+    await platform.servers.close()
+
+
+class OtherNodeStarting:
+    """The other API nodes' operations as the database tells them: one starts `server`."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+
+    def others(self, uuid: str, within: object = None) -> Counter[str]:
+        return Counter({START: 1} if uuid == self.server else {})
+
+    def objects_of_others(self) -> set[str]:
+        return {self.server}
+
+
+async def test_an_export_another_nodes_start_made_stays_when_this_node_finds_the_agent(
+    two_agents: Hosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another API node has exported the drive for a start it is making (the server not
+    active yet): this node's start, finding hv-b's agent, took the export for a dead
+    start's and ended it, under the other node's VM opening it."""
+    platform, _hv_a, hv_b, user = two_agents
+    server, data = await two_host_server(platform, user)
+    hv_b.exported = {server: {data}}
+    operations = platform.servers.lifecycle.operations
+    monkeypatch.setattr(operations, "_nodes", OtherNodeStarting(server))
+    await platform.servers.recover()
+    assert hv_b.exported == {server: {data}}
     await platform.servers.close()
 
 

@@ -181,3 +181,48 @@ async def test_a_drive_destroyed_while_its_agent_was_down_goes_when_it_is_back(
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_moves_target_file_stays_when_its_agent_is_found_back_mid_move(
+    agent_host: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server moves from this host to hv-a; its drive has been mirrored into hv-a's own
+    file, whose row names this host until the move ends, when hv-a's agent is found back
+    and its files looked at: the file is the move's and stays."""
+    platform, remote, files, user = agent_host
+    lifecycle = platform.servers.lifecycle
+    local = lifecycle.driver
+    assert isinstance(local, FakeHypervisor)
+    orphans = orphans_of(platform)
+    await platform.servers.recover()
+    on_agent = await drive_on_agent(platform, user)
+    drive = str((await platform.drives.create(user, {**DRIVE, "avoid": on_agent}))["drive"])
+    assert platform.drives.info(user, drive)["host"] == platform.hosts.name
+    created = await platform.servers.create(user, {**SERVER, "ide:0:0": drive}, start=True)
+    server = str(created["server"])
+    landed = file_of(files, drive)
+    removed_meanwhile: list[int] = []
+    migrate_out = local.migrate_out
+
+    async def mirrored_then_agent_back(*args: object, **kwargs: object) -> None:
+        await migrate_out(*args, **kwargs)  # type: ignore[arg-type]
+        age(landed)  # a long mirror: the file's age is no shield
+
+        async def down() -> list[str]:
+            raise HypervisorError("host agent hv-a: connection refused")
+
+        monkeypatch.setattr(remote, "unheld", down)
+        await lifecycle.watch_agents()
+        monkeypatch.undo()
+        await lifecycle.watch_agents()  # back: its files are looked at
+        removed_meanwhile.append(await orphans.reconcile("hv-a"))
+
+    monkeypatch.setattr(local, "migrate_out", mirrored_then_agent_back)
+    outcome = await platform.servers.drain(platform.hosts.name)
+    monkeypatch.undo()
+
+    assert outcome == {server: "moved hv-a"}
+    assert removed_meanwhile == [0] and landed.exists()
+    assert platform.drives.info(user, drive)["host"] == "hv-a"
+    assert await orphans.reconcile("hv-a") == 0 and landed.exists()  # the drive's own now
+    await platform.servers.stop(user, server)

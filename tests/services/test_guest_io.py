@@ -2,6 +2,7 @@
 the fold on a real SQLite database (each byte counted once, whatever folds repeat)."""
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,3 +162,36 @@ async def test_a_vm_whose_monitor_is_stuck_holds_no_fold_and_the_others_still_co
         await asyncio.wait_for(lifecycle.fold_guest_io(SERVER), 5)  # as a stop does first
         assert time.monotonic() - began < 2
         assert counters(platform.engine, DRIVE) == (512, 1, 0, 0)
+
+
+async def test_a_guest_that_powered_off_is_asked_for_its_last_counters_longer_than_a_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guest that powered itself off is held by its driver while the handler runs: its
+    last counters are waited for longer than a periodic fold's (on a busy host QEMU answered
+    after that fold's limit, and the I/O since the last fold was lost)."""
+    monkeypatch.setattr(server_lifecycle, "GUEST_IO_QUERY_SECONDS", 0.1)
+    with fake_platform(tmp_path) as (platform, hypervisor):
+        lifecycle = platform.servers.lifecycle
+        with platform.engine.begin() as connection:
+            user_store.insert_user(connection, uuid=USER, key_hash="0" * 64, created_at=0)
+            drive_store.insert_drive(
+                connection, uuid=DRIVE, user=USER, size=1 << 20, cipher="none", created_at=0
+            )
+            server_store.insert_server(
+                connection, uuid=SERVER, user=USER, created_at=0,
+                config=json.dumps({"name": "w", "cpu": "500", "mem": "64", "ide:0:0": DRIVE}),
+            )  # fmt: skip
+        start(platform.engine, SERVER, [(DRIVE, "ide:0:0")])
+        await hypervisor.start(StartRequest(VmSpec(SERVER, 1, 64, tmp_path / SERVER)))
+        lifecycle.active[SERVER] = USER
+        hypervisor.vm(SERVER).blockstats = {"ide:0:0": BlockStats(512, 1, 2048, 2)}
+        answer = hypervisor.blockstats
+
+        async def slow_answer(server: str) -> dict[str, BlockStats]:
+            await asyncio.sleep(0.5)  # longer than a fold waits, shorter than ENDING_TIMEOUT
+            return dict(await answer(server))
+
+        monkeypatch.setattr(hypervisor, "blockstats", slow_answer)
+        await asyncio.wait_for(hypervisor.guest_power_off(SERVER), 10)
+        assert counters(platform.engine, DRIVE) == (512, 1, 2048, 2)

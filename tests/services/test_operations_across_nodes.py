@@ -17,6 +17,7 @@ from openhosting.services.node_operations import NodeOperations
 from openhosting.services.operations import (
     DESTROY,
     DRIVE_RULES,
+    MOVE,
     RESIZE,
     SERVER_RULES,
     SHRINK,
@@ -31,6 +32,7 @@ from tests.services.test_operations import REFUSED
 
 DRIVE = "0f962616-2071-4173-be79-7dd084271edf"
 SERVER = "8d2b1c3e-5f40-4a61-9b7c-2e3d4f5a6b7c"
+OTHER_SERVER = "8d2b1c3e-5f40-4a61-9b7c-2e3d4f5a6b7d"
 LEASE = 1.0  # seconds
 
 
@@ -82,6 +84,21 @@ def test_what_one_node_runs_is_its_row_until_it_ends(
             a.check(DRIVE, SHRINK)
     assert _rows(engine) == 0
     b.check(DRIVE, DESTROY)
+
+
+async def test_what_is_under_way_counts_the_other_nodes_objects_while_they_run(
+    nodes: tuple[NodeOperations, NodeOperations],
+) -> None:
+    """The reconciles' rule (a server in an operation's hand is left alone) holds for an
+    operation of another API node: a node starting while another moves a server must not
+    take the move's VMs for orphans."""
+    a = Operations("Server", SERVER_RULES, nodes[0])
+    b = Operations("Server", SERVER_RULES, nodes[1])
+    assert a.under_way() == set() == b.under_way()
+    async with b.turn(SERVER, START), a.turn(OTHER_SERVER, MOVE):
+        assert a.under_way() == {SERVER, OTHER_SERVER}  # the other node's, and its own
+        assert b.under_way() == {SERVER, OTHER_SERVER}
+    assert a.under_way() == set() == b.under_way()
 
 
 def test_a_node_that_stops_renewing_frees_its_objects_after_its_lease(

@@ -74,6 +74,29 @@ def test_what_is_not_a_whole_gzip_stream_is_refused(data: bytes, message: str) -
         inflate(data)
 
 
+@pytest.mark.parametrize("field", ["crc", "length"])
+def test_a_member_whose_trailer_does_not_match_its_data_is_refused(field: str) -> None:
+    """Each member's CRC-32 and length (its last 8 bytes) are checked, the first member's of
+    several too."""
+    stream = bytearray(gzip.compress(os.urandom(100_000)))
+    stream[-8 if field == "crc" else -4] ^= 1
+    with pytest.raises(GzipStreamError, match="damaged gzip stream"):
+        inflate(bytes(stream) + gzip.compress(b"next member"))
+
+
+@pytest.mark.parametrize("step", [1, 1000, None])
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_output_that_fills_its_last_piece_exactly_ends_the_stream(
+    step: int | None, pieces: int
+) -> None:
+    """A member whose output ends exactly at a piece's end, with nothing after it in the
+    input, is whole: the inflater has no output left for more input to bring out."""
+    content = os.urandom(pieces * PIECE // 2) + bytes(pieces * PIECE - pieces * PIECE // 2)
+    stream = gzip.compress(content, compresslevel=1)
+    splits = list(range(0, len(stream), step)) if step else []
+    assert inflate(stream, splits) == content
+
+
 def test_stream_size_of_a_file_counts_decompressed_bytes(tmp_path: Path) -> None:
     path = tmp_path / "image.gz"
     content = os.urandom(1 << 20) + bytes(3 << 20) + b"end"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from isal import isal_zlib
 
-from openhosting.storage import igzip_child, imaging
+from openhosting.storage import imaging
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
 from openhosting.storage.gzip_stream import GzipMembers, GzipStreamError
 from openhosting.storage.imaging import CHUNK, Endpoint, ImagingStopped, Tracker
@@ -65,16 +65,6 @@ def drives(tmp_path: Path) -> Iterator[Drives]:
     made = Drives(tmp_path / "drives")
     yield made
     made.close()
-
-
-@pytest.fixture(params=["igzip", "in-process"])
-def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Gunzip by a child igzip, or by ISA-L in the process where igzip is not installed."""
-    if request.param == "igzip":
-        assert igzip_child.igzip_program() is not None, "igzip is not installed (Debian: isal)"
-    else:
-        monkeypatch.setattr(imaging, "igzip_program", lambda: None)
-    return str(request.param)
 
 
 def fill(drive: Endpoint, pieces: dict[int, bytes]) -> None:
@@ -160,9 +150,7 @@ def test_plain_copy_on_a_disk_goes_past_the_page_cache_and_keeps_every_byte(
 
 
 @pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS)
-def test_gunzip_of_gzip_is_the_original(
-    drives: Drives, inflater: str, src_kind: str, dst_kind: str
-) -> None:
+def test_gunzip_of_gzip_is_the_original(drives: Drives, src_kind: str, dst_kind: str) -> None:
     src = drives.make("src", ODD_SIZE, src_kind)
     fill(src, scattered(ODD_SIZE))
     packed = drives.make("packed", ODD_SIZE, dst_kind)
@@ -174,7 +162,7 @@ def test_gunzip_of_gzip_is_the_original(
     assert content(unpacked) == content(src)
 
 
-def test_gunzip_ignores_padding_and_reads_every_member(drives: Drives, inflater: str) -> None:
+def test_gunzip_ignores_padding_and_reads_every_member(drives: Drives) -> None:
     parts = [os.urandom(300_000), bytes(CHUNK + 3), b"tail"]
     stream = b"".join(gzip_module.compress(part, compresslevel=1) for part in parts)
     src = drives.make("src", len(stream) + 5 * MiB, "plain")
@@ -185,7 +173,7 @@ def test_gunzip_ignores_padding_and_reads_every_member(drives: Drives, inflater:
     assert content(dst) == raw + bytes(2 * CHUNK - len(raw))
 
 
-def test_gunzip_cuts_output_at_the_end_of_dst(drives: Drives, inflater: str) -> None:
+def test_gunzip_cuts_output_at_the_end_of_dst(drives: Drives) -> None:
     raw = os.urandom(3 * MiB)
     stream = gzip_module.compress(raw)
     src = drives.make("src", len(stream), "plain")
@@ -200,9 +188,7 @@ def test_gunzip_cuts_output_at_the_end_of_dst(drives: Drives, inflater: str) -> 
     [b"this drive holds no gzip stream", b"", gzip_module.compress(os.urandom(MiB))[:-9]],
     ids=["not-gzip", "empty", "truncated"],  # the same in every process (pytest-xdist)
 )
-def test_gunzip_of_what_is_not_a_whole_gzip_stream_fails(
-    drives: Drives, inflater: str, stored: bytes
-) -> None:
+def test_gunzip_of_what_is_not_a_whole_gzip_stream_fails(drives: Drives, stored: bytes) -> None:
     src = drives.make("src", 2 * MiB, "plain")
     fill(src, {0: stored})
     dst = drives.make("dst", 4 * MiB, "plain")
@@ -246,9 +232,7 @@ def test_a_slow_write_does_not_hold_the_inflater_still(
     assert content(dst) == b"".join(chunks) + bytes(CHUNK)
 
 
-def test_a_failed_write_fails_the_pipeline(
-    drives: Drives, monkeypatch: pytest.MonkeyPatch, inflater: str
-) -> None:
+def test_a_failed_write_fails_the_pipeline(drives: Drives, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = os.urandom(3 * CHUNK)
     src = drives.make("src", 4 * CHUNK, "plain")
     fill(src, {0: gzip_module.compress(raw, compresslevel=1)})
@@ -258,7 +242,6 @@ def test_a_failed_write_fails_the_pipeline(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(imaging._Writer, "_write_pieces", full_disk)
-    monkeypatch.setattr(imaging._Writer, "_write_aligned", full_disk)
     with pytest.raises(OSError, match="No space"):
         imaging.gunzip(src, dst, Tracker())
 
@@ -286,8 +269,7 @@ def test_the_next_source_piece_is_read_while_one_is_worked_on(
 
     monkeypatch.setattr(src.io, "read_at", recording_read)
     overlapped: list[bool] = []
-    if conversion == "gunzip":  # in-process: a child igzip reads ahead by being one
-        monkeypatch.setattr(imaging, "igzip_program", lambda: None)
+    if conversion == "gunzip":
         feed = GzipMembers.feed
 
         def slow_feed(members: GzipMembers, data: bytes | memoryview) -> Iterator[bytes]:
@@ -498,37 +480,56 @@ def test_a_plain_copy_where_direct_writes_are_refused_moves_its_data_in_the_kern
     assert os.stat(dst.io.path).st_blocks * 512 < 12 * MiB
 
 
-def igzip_children() -> list[int]:
-    """The igzip processes this process started that still exist (zombies included)."""
-    found = []
+def children() -> set[int]:
+    """The processes this process started that still exist (zombies included). In a whole
+    run a test worker also holds what earlier tests' fixtures started (a PostgreSQL, say):
+    callers compare with what was there before."""
+    found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue  # ended meanwhile
-        head, _, rest = text.rpartition(")")  # "PID (NAME) STATE PPID ..."
-        if head.partition("(")[2] == "igzip" and int(rest.split()[1]) == os.getpid():
-            found.append(int(stat.parent.name))
+        rest = text.rpartition(")")[2]  # "PID (NAME) STATE PPID ..."
+        if int(rest.split()[1]) == os.getpid():
+            found.add(int(stat.parent.name))
     return found
 
 
-def test_gunzip_inflates_in_a_child_igzip_while_this_process_writes(drives: Drives) -> None:
-    """The inflating leaves the daemon's process for a child igzip: the two cores share the
-    work (inflating there, writing here), and igzip's loop costs less CPU than ours."""
+def pipeline_threads() -> list[str]:
+    """The threads a pipeline starts (SRC's reader, DST's writer) that still run."""
+    return [
+        thread.name
+        for thread in threading.enumerate()
+        if thread.name.startswith(("imaging-read", "imaging-write"))
+    ]
+
+
+def test_gunzip_inflates_in_this_process_with_no_child_or_pipe(drives: Drives) -> None:
+    """ISA-L inflates in the pipeline's own thread (it lets go of the GIL meanwhile) while
+    its threads read SRC and write DST: no child inflater whose output would be copied out
+    of a pipe."""
     raw = os.urandom(2 * CHUNK)
     src = drives.make("src", 4 * CHUNK, "plain")
     fill(src, {0: gzip_module.compress(raw, compresslevel=1)})
     dst = drives.make("dst", len(raw), "plain")
-    seen: list[list[int]] = []
-    tracker = Tracker(lambda _done, _total: seen.append(igzip_children()), interval=0)
-    imaging.gunzip(src, dst, tracker)
-    assert any(seen), "no igzip child while the job ran"
+    seen: list[tuple[set[int], list[str]]] = []
+    before = children()
+
+    def report(done: int, _total: int) -> None:
+        if done:  # the first report, before any byte moved, comes before the threads
+            seen.append((children() - before, pipeline_threads()))
+
+    imaging.gunzip(src, dst, Tracker(report, interval=0))
+    assert seen, "no report while the job ran"
+    assert not any(started for started, _ in seen), "a child process ran during the job"
+    assert all(threads for _, threads in seen), "no reader or writer thread during the job"
     assert content(dst) == raw
-    assert not igzip_children()
+    assert not pipeline_threads()
 
 
 @pytest.mark.parametrize("fault", ["stopped", "damaged", "write-failed"])
-def test_a_gunzip_that_ends_early_leaves_no_igzip_running(
+def test_a_gunzip_that_ends_early_leaves_no_thread_running(
     drives: Drives, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
     raw = os.urandom(3 * CHUNK)
@@ -545,16 +546,17 @@ def test_a_gunzip_that_ends_early_leaves_no_igzip_running(
     elif fault == "write-failed":
         expected = OSError
 
-        def full_disk(_writer: imaging._Writer, _offset: int, _chunk: memoryview) -> None:
+        def full_disk(_writer: imaging._Writer, _offset: int, _pieces: list[memoryview]) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(imaging._Writer, "_write_aligned", full_disk)
+        monkeypatch.setattr(imaging._Writer, "_write_pieces", full_disk)
 
     def report(done: int, _total: int) -> None:
         if done and fault == "stopped":
             stop.set()
 
+    before = children()
     with pytest.raises(expected):
         imaging.gunzip(src, dst, Tracker(report, stop=stop, interval=0))
-    assert not igzip_children()
-    assert not [thread for thread in threading.enumerate() if thread.name == "igzip-feed"]
+    assert not pipeline_threads()
+    assert not children() - before

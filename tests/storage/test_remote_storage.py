@@ -218,3 +218,128 @@ async def test_an_agent_gone_mid_read_is_a_503_naming_the_host(
 async def _feed(writer: RemoteWrite, total: int) -> None:
     for _ in range(total // MIB):
         await writer.write(bytes(MIB))
+
+
+class Client:
+    """The API's client end of a read sent on by the stream's thread: a TCP connection on
+    loopback whose server end (`socket`, non-blocking as the event loop holds it) is sent
+    to, and whose client end a thread reads while `reading` is set (closing after
+    `close_after` bytes)."""
+
+    def __init__(self) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            self._far = socket.create_connection(listener.getsockname())
+            self.socket, _peer = listener.accept()
+        self.socket.setblocking(False)
+        self.reading = threading.Event()
+        self.close_after: int | None = None
+        self.received = 0
+        self.mismatch: int | None = None  # the offset of the first byte not the pattern's
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        buffer = bytearray(MIB)
+        with self._far:
+            while self.reading.wait(10):
+                if self.close_after is not None and self.received >= self.close_after:
+                    return
+                got = self._far.recv_into(buffer)
+                if not got:
+                    return
+                if self.mismatch is None and bytes(buffer[:got]) != pattern(self.received, got):
+                    self.mismatch = self.received
+                self.received += got
+
+    def close(self) -> None:
+        self.socket.close()  # the reader's end of the stream
+        self.reading.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    far = Client()
+    yield far
+    far.close()
+
+
+def stream_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "drive-read-hv-a"]
+
+
+async def test_a_read_sent_on_to_a_client_by_the_stream_thread_is_exact(
+    agent: PacedAgent, storage: RemoteDriveStorage, client: Client
+) -> None:
+    count, ends = 24 * MIB + 4321, []
+    read = storage.open_read(DriveBytes(DRIVE, "disk"), 0, count, lambda: ends.append(1))
+    assert isinstance(read, RemoteRead)
+    client.reading.set()
+    await asyncio.wait_for(read.send_to(client.socket), 30)
+    read.close()
+    await until_still(lambda: client.received)
+    assert client.received == count == agent.sent and client.mismatch is None
+    assert ends == [1]
+
+
+async def test_a_client_that_stops_reading_stops_the_stream_thread_and_the_agent(
+    agent: PacedAgent, storage: RemoteDriveStorage, client: Client
+) -> None:
+    count = 96 * MIB
+    read = storage.open_read(DriveBytes(DRIVE, "disk"), 0, count, lambda: None)
+    sending = asyncio.ensure_future(read.send_to(client.socket))
+    sent = await until_still(lambda: agent.sent)
+    # The thread holds its one buffer while the client's socket is full; the agent's
+    # socket fills in turn and the agent waits: no more than the sockets' buffers between.
+    assert not sending.done()
+    assert sent <= agent_streams.SEND_ON_PIECE + 24 * MIB
+    client.reading.set()
+    await asyncio.wait_for(sending, 30)
+    read.close()
+    await until_still(lambda: client.received)
+    assert client.received == count == agent.sent and client.mismatch is None
+
+
+async def test_a_client_gone_mid_read_ends_the_thread_and_the_agents_stream(
+    agent: PacedAgent, storage: RemoteDriveStorage, client: Client
+) -> None:
+    read = storage.open_read(DriveBytes(DRIVE, "disk"), 0, 512 * MIB, lambda: None)
+    client.close_after = 4 * MIB
+    client.reading.set()
+    with pytest.raises(agent_streams.ClientGone):
+        await asyncio.wait_for(read.send_to(client.socket), 30)
+    read.close()
+    agent.join()  # the agent's send failed: its stream ended
+    assert agent.sent < 512 * MIB
+    assert await until_still(lambda: len(stream_threads())) == 0
+    # The client's going says nothing of the agent's host.
+    assert storage.is_available(DRIVE, "disk")
+
+
+async def test_an_agent_gone_mid_send_on_is_a_503_naming_the_host_and_a_cut_answer(
+    agent: PacedAgent, storage: RemoteDriveStorage, client: Client
+) -> None:
+    agent.die_after = 8 * MIB
+    read = storage.open_read(DriveBytes(DRIVE, "disk"), 0, 64 * MIB, lambda: None)
+    client.reading.set()
+    with pytest.raises(UnavailableError, match="hv-a"):
+        await asyncio.wait_for(read.send_to(client.socket), 30)
+    read.close()
+    assert await until_still(lambda: client.received) == 8 * MIB
+    assert client.mismatch is None and not storage.is_available(DRIVE, "disk")
+
+
+async def test_a_send_on_cancelled_returns_once_the_thread_let_go_of_the_client(
+    agent: PacedAgent, storage: RemoteDriveStorage, client: Client
+) -> None:
+    read = storage.open_read(DriveBytes(DRIVE, "disk"), 0, 512 * MIB, lambda: None)
+    sending = asyncio.ensure_future(read.send_to(client.socket))
+    await until_still(lambda: agent.sent)  # the client reads nothing: the thread waits
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(sending, 10)
+    # The caller may close the client's socket now: the thread sends on it no more.
+    stream = read._stream
+    assert stream is not None and stream._client is None
+    read.close()
+    assert await until_still(lambda: len(stream_threads())) == 0

@@ -1,12 +1,14 @@
 """WriteStage on real drive files: nothing reaches the drive before `apply`, the staging file
 leaves no name behind, and what is applied is exactly what was staged."""
 
+import itertools
 import os
+import random
 from pathlib import Path
 
 import pytest
 
-from openhosting.storage import write_stage
+from openhosting.storage import drive_files, write_stage
 from openhosting.storage.drive_files import DriveFiles
 from openhosting.storage.write_stage import MEMORY_BOUND, WriteStage
 
@@ -60,3 +62,86 @@ def test_where_nameless_files_cannot_be_made_the_named_one_is_unlinked_at_once(
         assert os.listdir(tmp_path) == []
     finally:
         os.close(fd)
+
+
+def test_a_gathered_write_lands_whole_when_the_kernel_takes_it_in_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More pieces than one pwritev takes (IOV_MAX), each write cut short by the kernel:
+    every byte lands once, in order."""
+    real_pwritev = os.pwritev
+    calls: list[int] = []
+
+    def short_pwritev(fd: int, buffers: list[memoryview], offset: int) -> int:
+        assert len(buffers) <= drive_files.IOV_MAX
+        calls.append(len(buffers))
+        taken, left = [], 5000  # at most this much a call, cutting a piece in two
+        for buffer in buffers:
+            taken.append(buffer[:left])
+            left -= len(taken[-1])
+            if not left:
+                break
+        return real_pwritev(fd, taken, offset)
+
+    monkeypatch.setattr(drive_files.os, "pwritev", short_pwritev)
+    pieces = [os.urandom(random.randrange(1, 300)) for _ in range(drive_files.IOV_MAX + 500)]
+    pieces.insert(7, b"")
+    path = tmp_path / "target"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        drive_files.pwritev_all(fd, pieces, 10)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(10) + b"".join(pieces)
+    assert len(calls) > 1
+
+
+def test_a_body_staged_in_tiny_pieces_is_held_in_few_buffers(tmp_path: Path) -> None:
+    """A body that trickles in (a byte or two per piece) is copied together: held as a
+    million objects, its memory would be fifty times its size."""
+    files = DriveFiles(tmp_path / "drives")
+    files.create_plain(UUID, SIZE)
+    data = os.urandom(300_000)
+    with files.open(UUID, None) as drive_io:
+        stage = WriteStage(drive_io, files.root, 0)
+        for at in range(0, len(data), 3):
+            stage.append(data[at : at + 3])
+        big = os.urandom(write_stage.SMALL_PIECE)
+        stage.append(big)
+        stage.append(b"x")
+        assert len(stage._pieces) == 3  # the tiny ones together, the big one as it came
+        stage.apply()
+        assert drive_io.read_at(0, len(data) + len(big) + 1) == data + big + b"x"
+
+
+def test_applying_starts_each_megabytes_write_back_before_the_sync(tmp_path: Path) -> None:
+    """The disk works on the first pieces while the next are written, as a raw write does:
+    the fdatasync before the answer finds less left to do."""
+    files = DriveFiles(tmp_path / "drives")
+    files.create_plain(UUID, SIZE)
+    data = os.urandom(3 * write_stage.WRITEBACK_PIECE + 1000)
+    events: list[tuple[str, int, int]] = []
+    with files.open(UUID, None) as drive_io:
+        real_start, real_sync = drive_io.start_writeback, drive_io.sync
+
+        def recorded_start(offset: int, length: int) -> None:
+            events.append(("writeback", offset, length))
+            real_start(offset, length)
+
+        def recorded_sync() -> None:
+            events.append(("sync", 0, 0))
+            real_sync()
+
+        drive_io.start_writeback = recorded_start  # type: ignore[method-assign]
+        drive_io.sync = recorded_sync  # type: ignore[method-assign]
+        stage = WriteStage(drive_io, files.root, 4096)
+        for at in range(0, len(data), 300_000):
+            stage.append(data[at : at + 300_000])
+        stage.apply()
+        assert drive_io.read_at(4096, len(data)) == data
+    assert events[-1] == ("sync", 0, 0)
+    started = events[:-1]
+    # Whole groups of a megabyte or more, one after another; the rest goes with the sync.
+    assert len(started) == 2
+    assert started[0][1] == 4096 and all(length >= 1 << 20 for _, _, length in started)
+    assert all(a[1] + a[2] == b[1] for a, b in itertools.pairwise(started))

@@ -9,6 +9,9 @@ every HTTP call (agent/server.py), is served to the control certificate only.
 A stream's thread reads a plain drive's file itself (`os.preadv` into one buffer, sent whole:
 OpenSSL encrypts it in C with the GIL released); an encrypted drive's decrypted pieces and a
 write's pieces go through the drive storage on the event loop, as the HTTP routes use it.
+A `cache_fill` stream writes a copy of a standard drive into this host's image cache
+(agent/image_cache.py) from its thread: its bytes come as a write's do, and are answered the
+same way once the copy is in place.
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
+from openhosting.agent.image_cache import ImageCache
 from openhosting.agent.pki import CONTROL, peer_role
 from openhosting.errors import ApiError, FailedError, MissingError, UsageError
 from openhosting.storage.drive_storage import DriveBytes
 from openhosting.storage.drive_transfers import ReadPlan
 from openhosting.storage.local_storage import LocalDriveStorage
-from openhosting.storage.storage_calls import StorageCall
+from openhosting.storage.storage_calls import CacheCall, StorageCall
 from openhosting.storage.stream_wire import (
     MAX_FRAME,
     STALL_TIMEOUT,
@@ -53,6 +57,8 @@ T = TypeVar("T")
 HANDSHAKE_TIMEOUT = 10.0
 # A plain read's pieces: read from the file into one buffer, sent whole.
 READ_PIECE = 4 << 20
+# The action of a stream filling a copy in the image cache.
+CACHE_FILL = "cache_fill"
 # Streams served at once, the others' connections closed (each API node has at most
 # `max_transfers`, 64 by default, under way).
 MAX_STREAMS = 256
@@ -140,10 +146,13 @@ def _readable(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> asy
 
 class DriveStreams:
     """The drive byte streams of `storage`, each on a thread of its own, over the agent's
-    TLS `context`."""
+    TLS `context`; the fills of `cache`, this host's image cache (none: refused)."""
 
-    def __init__(self, storage: LocalDriveStorage, context: ssl.SSLContext) -> None:
+    def __init__(
+        self, storage: LocalDriveStorage, context: ssl.SSLContext, cache: ImageCache | None = None
+    ) -> None:
         self._storage, self._context = storage, context
+        self._cache = cache
         self._loop = asyncio.get_running_loop()
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -196,6 +205,9 @@ class DriveStreams:
                     f"only the control plane may call a host agent, not {role} {name}"
                 )
             message = receive_message(stream)
+            if _action_of(message) == CACHE_FILL:
+                self._fill_cache(stream, CacheCall.decode(message))
+                return
             call = StorageCall.decode(message)  # checked: an object naming a drive
             action = json.loads(message).get("action")
             if not self._storage.is_available(call.drive, call.tier):
@@ -251,9 +263,43 @@ class DriveStreams:
             raise
         send_message(stream, {"answer": written})
 
+    def _fill_cache(self, stream: TlsStream, call: CacheCall) -> None:
+        if self._cache is None:
+            raise UsageError("this agent keeps no image cache")
+        written = self._cache.fill(call.drive, call.generation, call.size, _frames(stream))
+        log.info(
+            "event=agent_standard_cached drive=%s generation=%s size=%s",
+            call.drive, call.generation, written,
+        )  # fmt: skip
+        send_message(stream, {"answer": written})
+
     def _on_loop(self, step: Coroutine[Any, Any, T]) -> T:
         """Run `step` on the event loop (where the storage's pieces are handled), waiting."""
         return asyncio.run_coroutine_threadsafe(step, self._loop).result(STALL_TIMEOUT)
+
+
+def _action_of(message: bytes) -> object:
+    """The `action` of a stream's call, if its line is a JSON object (else None: the call's
+    own decoding says what is wrong with it)."""
+    try:
+        fields = json.loads(message)
+    except ValueError:
+        return None
+    return fields.get("action") if isinstance(fields, dict) else None
+
+
+def _frames(stream: TlsStream) -> Iterator[memoryview]:
+    """A write's frames as they come, until its empty end frame; each view is valid until
+    the next is asked for."""
+    frame = bytearray()  # as long as the longest frame yet
+    while length := receive_frame_length(stream):
+        if length > MAX_FRAME:
+            raise UsageError(f"a frame of {length} bytes")
+        if length > len(frame):
+            frame = bytearray(length)
+        view = memoryview(frame)[:length]
+        receive_exactly(stream, view)
+        yield view
 
 
 def _send_file(stream: TlsStream, fd: int, offset: int, count: int) -> None:

@@ -17,7 +17,12 @@ to the VMs of other hosts (one qemu-storage-daemon each, hypervisor/nbd_exports.
 certificate of the host running the server may connect to one.
 It also serves the bytes of the drives placed on this host, kept in its own drive directories
 (`storage.tiers`, by default `<state_dir>/drives`); their reads and writes come on connections
-of their own to the same port, each served by a thread (agent/drive_streams.py).
+of their own to the same port, each served by a thread (agent/drive_streams.py). Copies of
+standard drives for this host's VMs are kept apart, in `<state_dir>/image-cache`
+(agent/image_cache.py).
+
+It logs as the daemon does (`log_level`, `log_format`: one `key=value` line or JSON object per
+event on standard error, src/openhosting/logs.py), beginning with `event=agent_started`.
 
 Once it listens it prints `listening HOST:PORT` (with `--listen HOST:0`, the port the kernel
 chose). On SIGTERM or SIGINT it lets go of its VMs without stopping them: they run on, for the
@@ -29,6 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import logging
+import os
 import signal
 import ssl
 import sys
@@ -39,6 +46,7 @@ from aiohttp import web
 from cryptography import x509
 
 from openhosting.agent.drive_streams import AgentListener, DriveStreams
+from openhosting.agent.image_cache import CACHE_DIRECTORY, ImageCache
 from openhosting.agent.pki import (
     Bundle,
     ClusterTlsError,
@@ -55,12 +63,14 @@ from openhosting.hypervisor.driver import HypervisorDriver, open_driver
 from openhosting.hypervisor.migration import MigrationTls, write_qemu_tls_dir
 from openhosting.hypervisor.nbd_exports import DriveExports
 from openhosting.hypervisor.qemu_driver import migration_ports
+from openhosting.logs import FORMATS, configure_logging
 from openhosting.network import open_network
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
 
 DEFAULT_LISTEN = "0.0.0.0:7430"
 TLS_DIRECTORY = "agent-tls"
+log = logging.getLogger("openhosting.agent")
 MIGRATION_TLS_DIRECTORY = "migration-tls"
 
 
@@ -105,22 +115,31 @@ async def serve(
     storage: LocalDriveStorage | None = None,
     network: AgentNetwork | None = None,
     exports: DriveExports | None = None,
+    name: str = "",
+    cache: ImageCache | None = None,
 ) -> None:
     """Serve `driver` (with `capacity`, the host's measure, `storage`, this host's drives,
     `network`, its network driver, and `exports`, its drives' NBD exports) until SIGTERM or
-    SIGINT; then let go of the VMs (they run on, and so do their NICs and exports)."""
-    app = make_app(driver, capacity, storage, network, exports)
-    runner = web.AppRunner(app, handle_signals=False)
+    SIGINT; then let go of the VMs (they run on, and so do their NICs and exports). `name`:
+    this host's, as its certificate gives it (for the log); `cache`, its copies of standard
+    drives."""
+    app = make_app(driver, capacity, storage, network, exports, cache)
+    # No line per call (aiohttp's access log): the agent logs its events.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     assert runner.server is not None  # made by `setup`
-    streams = None if storage is None else DriveStreams(storage, context)
+    streams = None if storage is None else DriveStreams(storage, context, cache)
     listener = AgentListener(runner.server, context, streams)
     bound = await listener.start(host, port)
-    print(f"listening {bound[0]}:{bound[1]}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    # Logged before the `listening` line: whoever waits for that line finds this one.
+    log.info(
+        "event=agent_started host=%s listen=%s:%s pid=%s", name, bound[0], bound[1], os.getpid()
+    )
+    print(f"listening {bound[0]}:{bound[1]}", flush=True)
     try:
         await stopping.wait()
     finally:
@@ -138,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides=overrides)
         host, port = parse_listen(args.listen)
+        if config.log_format not in FORMATS:
+            raise ConfigError(f"Invalid log_format {config.log_format!r}: text or json")
+        # Before the driver and the network are opened: what they log is kept too.
+        configure_logging(config.log_level, config.log_format)
         tls_dir = args.tls_dir or config.state_path / TLS_DIRECTORY
         bundle = host_bundle(tls_dir)
         context = agent_context(bundle)
@@ -152,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         # The drives placed on this host live in its own tier directories.
         storage = LocalDriveStorage(DriveTiers(config.tier_paths))
+        # Copies of standard drives, apart from the drive tiers (no drive call reaches them).
+        cache = ImageCache(config.state_path / CACHE_DIRECTORY)
+        cache.clear_partial()  # no fill runs before this agent serves
         _pool, network = open_network(
             config.network, config.run_path / "network", config.hypervisor.run_as
         )
@@ -160,7 +186,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     measure = functools.partial(measure_capacity, config)
     network_driver = AgentNetwork(network)
-    asyncio.run(serve(driver, host, port, context, measure, storage, network_driver, exports))
+    asyncio.run(
+        serve(
+            driver,
+            host,
+            port,
+            context,
+            measure,
+            storage,
+            network_driver,
+            exports,
+            tls.host,
+            cache,
+        )
+    )
     return 0
 
 

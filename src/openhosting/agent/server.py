@@ -26,6 +26,9 @@ certificate of the cluster CA, and `_control_only` refuses one whose role is not
 - `POST /storage/{action}`: the bytes of the drives this host holds (agent/storage_routes.py).
 - `POST /calls/export_drive`, `end_exports`, `exports`: this host's drives served over NBD
   to the VMs of other hosts (agent/export_calls.py).
+- `POST /cache/{action}`: this host's copies of standard drives (agent/cache_routes.py); a
+  start's cdrom named by a standard drive's UUID and generation (`DiskSpec.cache`) opens
+  the copy.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from openhosting.agent.cache_routes import CACHE_KEY, add_cache_routes
 from openhosting.agent.export_calls import EXPORTS_KEY, export_call
+from openhosting.agent.image_cache import ImageCache
 from openhosting.agent.pki import CONTROL, peer_role
 from openhosting.agent.storage_routes import STORAGE_KEY, add_storage_routes
 from openhosting.errors import ApiError
@@ -163,17 +168,21 @@ def make_app(
     storage: LocalDriveStorage | None = None,
     network: AgentNetwork | None = None,
     exports: DriveExports | None = None,
+    cache: ImageCache | None = None,
 ) -> web.Application:
     """The agent's application over `driver` (its TLS is the server's: agent/main.py);
     `capacity` measures the host (none: the `capacity` call is refused); `storage` serves
     this host's drives (none: no storage routes); `network` is its network driver (none:
     the network calls are refused); `exports` serves `storage`'s drives to other hosts over
-    NBD (none: the export calls are refused)."""
+    NBD (none: the export calls are refused); `cache` holds its copies of standard drives
+    (none: the cache calls are not served, a start naming a copy is refused)."""
     app = web.Application(middlewares=[_control_only], client_max_size=MAX_CALL_LINE)
     if storage is not None:
         add_storage_routes(app, storage)
     if exports is not None:
         app[EXPORTS_KEY] = exports
+    if cache is not None:
+        add_cache_routes(app, cache)
     relay = EventRelay()
     driver.listen(relay.handle)
     app[DRIVER_KEY] = driver
@@ -225,12 +234,16 @@ async def _call(request: web.Request) -> web.StreamResponse:
             storage = request.app.get(STORAGE_KEY)
             if storage is not None:
                 record = own_drive_paths(storage, record)
+            record = cached_copy_paths(request.app.get(CACHE_KEY), record)
             return await _start(request, driver, record)
         if method == "save_state":
             return await _save_state(request, driver, record.server, record.timeout)
         if method == "prepare_incoming" and (storage := request.app.get(STORAGE_KEY)):
-            # The copies are made as this host's own files of the drives.
-            record = dataclasses.replace(record, start=own_drive_paths(storage, record.start))
+            # The copies are made as this host's own files of the drives; a standard drive's
+            # cdrom is its copy in this host's image cache.
+            start = own_drive_paths(storage, record.start)
+            start = cached_copy_paths(request.app.get(CACHE_KEY), start)
+            record = dataclasses.replace(record, start=start)
         if method in WHOLE_RECORD:
             answer = getattr(driver, method)(record)
         else:
@@ -247,18 +260,39 @@ async def _call(request: web.Request) -> web.StreamResponse:
 def own_drive_paths(storage: LocalDriveStorage, record: StartRequest) -> StartRequest:
     """`record` with each disk this host holds (named by UUID and tier) at its path in this
     host's drive directory, whatever path the control plane named it by."""
-    if not any(disk.drive for disk in record.spec.disks):
+    if not any(disk.drive and not disk.cache for disk in record.spec.disks):
         return record
     try:
         disks = tuple(
             dataclasses.replace(disk, path=storage.disk_path(disk.drive, disk.tier))
-            if disk.drive
+            if disk.drive and not disk.cache
             else disk
             for disk in record.spec.disks
         )
     except ApiError as error:  # a tier this host's configuration does not have
         raise HypervisorError(error.message) from None
     return dataclasses.replace(record, spec=dataclasses.replace(record.spec, disks=disks))
+
+
+def cached_copy_paths(cache: ImageCache | None, record: StartRequest) -> StartRequest:
+    """`record` with each cdrom naming a standard drive's copy (`DiskSpec.cache`) at that
+    copy's path in this host's image cache; HypervisorError when the copy is not here (the
+    control plane fills it before the start)."""
+    if not any(disk.cache for disk in record.spec.disks):
+        return record
+    if cache is None:
+        raise HypervisorError("this agent keeps no image cache")
+    disks = []
+    for disk in record.spec.disks:
+        if disk.cache:
+            path = cache.path_of(disk.drive, disk.cache)
+            if not path.is_file():
+                raise HypervisorError(
+                    f"no copy of standard drive {disk.drive} (generation {disk.cache}) here"
+                )
+            disk = dataclasses.replace(disk, path=path)
+        disks.append(disk)
+    return dataclasses.replace(record, spec=dataclasses.replace(record.spec, disks=tuple(disks)))
 
 
 async def _host_call(request: web.Request, method: str) -> web.Response:

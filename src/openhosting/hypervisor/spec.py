@@ -55,6 +55,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 # An API device slot: `ide:B:U`, `scsi:0:I` or `block:I`.
 SLOT_PATTERN = re.compile(r"ide:([01]):([01])|scsi:0:([0-7])|block:([0-7])")
 _TIER = re.compile(r"[a-z][a-z0-9_-]{0,15}")
+_GENERATION = re.compile(r"[0-9a-f]{1,32}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _NETNS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 # A host's name (lowercase DNS name, agent/pki.py) or an IPv4 address: where an NBD export
@@ -140,11 +141,19 @@ class DiskSpec:
     # Another host's export of the drive (a drive of another host than the VM's): QEMU
     # reads and writes it over NBD with TLS instead of opening `path`.
     nbd: NbdSource | None = None
+    # The generation of standard drive `drive` (no tier) whose copy in the image cache of
+    # the agent's host the VM opens read-only, in place of `path` (agent/image_cache.py).
+    cache: str = ""
 
     def __post_init__(self) -> None:
         if self.nbd is not None and self.drive:
             raise ValueError("a drive over NBD is no file of this host's agent")
         check_drive_name(self.drive, self.tier, blank=True)
+        if self.cache:
+            if not _GENERATION.fullmatch(self.cache) or not self.drive or self.tier:
+                raise ValueError(f"not a cached standard drive: {self.cache[:80]!r}")
+            if self.media != "cdrom":
+                raise ValueError("a cached standard drive is attached as a cdrom")
         if not SLOT_PATTERN.fullmatch(self.slot):
             raise ValueError(f"not a device slot: {self.slot!r}")
         if self.media not in ("disk", "cdrom"):

@@ -15,11 +15,15 @@ What is never removed:
   meanwhile stays.
 - A file whose row names another host while one of the drive's servers is being moved (a
   host drain): the target's copy has a row naming the source until the move ends, the
-  source's file one naming the target until it is removed. Any `move` in flight, through
-  any API node, on a server holding a claim on the drive keeps the file; the rows are read
-  again after that look, so a move that ended in between is seen by its rows.
-A file whose row names another host and no move is under way is a move's leftover (a source
-that could not remove its file: `drive_bytes_left` too): it goes.
+  source's file one naming the target until it is removed. Any operation under way, through
+  any API node, on a server holding a claim on the drive keeps the file (the one rule of
+  the reconciles: `Operations.under_way`); the rows are read again after that look, so a
+  move that ended in between is seen by its rows.
+A file whose row names another host and no operation is under way on its servers is a
+move's leftover (a source that could not remove its file: `drive_bytes_left` too): it goes.
+
+The same look removes the host's copies of standard drives that are gone or of an older
+generation (services/standard_copies.py), once its drive files are done.
 
 The agent lists its files a page at a time (`DriveStorage.list_files`, in UUID order), and
 each page is looked up in the database by its UUIDs: memory stays one page, whatever the
@@ -34,7 +38,8 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 
 from openhosting.services.host_storages import HostStorages
-from openhosting.services.operations import MOVE, Operations
+from openhosting.services.operations import Operations
+from openhosting.services.standard_copies import StandardCopies
 from openhosting.storage.drive_storage import FILES_PAGE, DriveFile
 from openhosting.store import drives as drive_store
 
@@ -54,14 +59,16 @@ class DriveOrphans:
         interval: float,
         hosts_up: Callable[[], list[str]],
         page: int = FILES_PAGE,
+        copies: StandardCopies | None = None,
     ) -> None:
         self._engine = engine
         self._storages = storages
-        self._servers = servers  # the servers' operations: whose drives are moving
+        self._servers = servers  # the servers' operations: whose drives may be moving
         self.grace = grace
         self.interval = interval
         self._hosts_up = hosts_up  # the agents' hosts reachable now, for the periodic look
         self._page = page
+        self._copies = copies  # the standard drives' copies in the hosts' image caches
         self._due: set[str] = set()  # hosts to look at next
         self._woken = asyncio.Event()
 
@@ -91,6 +98,8 @@ class DriveOrphans:
                 break
             after = files[-1].drive
         log.info("event=drive_files_reconciled host=%s removed=%s", host, removed)
+        if self._copies is not None:
+            await self._copies.reconcile(host)
         return removed
 
     def _orphans(self, host: str, files: list[DriveFile]) -> list[DriveFile]:
@@ -102,10 +111,11 @@ class DriveOrphans:
             hosts = drive_store.drive_hosts(connection, uuids)
             holders = drive_store.claim_holders(connection, uuids)
         elsewhere = [uuid for uuid, named in hosts.items() if named != host]
+        under_way = self._servers.under_way() if elsewhere else set()
         moving = {
             uuid
             for uuid in elsewhere
-            if any(self._servers.anywhere(server)[MOVE] for server in holders.get(uuid, ()))
+            if any(server in under_way for server in holders.get(uuid, ()))
         }
         with self._engine.connect() as connection:
             # Read again after the look at the moves: a move that ended in between has

@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 import uuid as uuid_module
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
@@ -42,8 +42,15 @@ from openhosting.services.operations import (
     Operation,
     Operations,
 )
+from openhosting.services.standard_drives import standard_generation
 from openhosting.storage.drive_files import DriveFiles, OpenDrive
-from openhosting.storage.drive_storage import DriveBytes, DriveRead, DriveStorage, DriveWrite
+from openhosting.storage.drive_storage import (
+    BodyDecoder,
+    DriveBytes,
+    DriveRead,
+    DriveStorage,
+    DriveWrite,
+)
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage
 from openhosting.store import drives as drive_store
@@ -52,6 +59,7 @@ from openhosting.store.executor import StoreExecutor
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, DriveRecord, drive_settings_columns
+from openhosting.store.tables import PLATFORM_USER
 from openhosting.wire.payload import Properties, Value, ValueList
 
 log = logging.getLogger("openhosting.drives")
@@ -117,6 +125,24 @@ class AttachableDrive:
     host: str = ""
     tier: str = ""
     available: bool = True  # whether its bytes can be reached now
+    # A standard drive's generation (services/standard_drives.py), which names its copies in
+    # the agents' image caches, and its size; "" for any other drive.
+    generation: str = ""
+    size: int = 0
+
+
+# The payloads one drive's kept rows keep, by availability and offline hosts.
+MAX_PAYLOADS_KEPT = 4
+
+
+@dataclass
+class _KeptInfo:
+    """A drive's rows as `drives/D/info` keeps them, with the payloads made of them (by
+    whether its file opens and which hosts are offline: all else in them is the rows')."""
+
+    row: DriveRecord | None
+    claims: list[ClaimRecord]
+    payloads: dict[tuple[bool, frozenset[str]], Properties] = field(default_factory=dict)
 
 
 class Drives:
@@ -251,38 +277,35 @@ class Drives:
     def info_payload(self, user: str, uuid: str) -> Properties:
         """`drives/D/info`: `info` with the drive's row and claims kept while nothing has
         been committed (every change of them is a commit, the I/O counters' too); whether
-        its file opens is looked at every time. Not for a command that has just written
+        its file opens is asked each time (kept by the storage while its directory's watch
+        hears nothing, storage/drive_files.py). Not for a command that has just written
         (see Reader.memo). The same payload object while nothing is committed and the
-        file's availability is unchanged, so that its rendered bodies (kept on it) are made
-        once; only for the very row read: one read again after a commit never gets a
-        payload made from an older one."""
-        rows = self._reader.memo(
+        file's availability and the offline hosts are unchanged, so that its rendered
+        bodies (kept on it) are made once; only for the very rows read: ones read again
+        after a commit never get a payload made from older ones."""
+        kept = self._reader.memo(
             ("drives/info", uuid),
-            lambda: (
+            lambda: _KeptInfo(
                 drive_store.read_drive(self._reader, uuid),
                 drive_store.read_claims_on(self._reader, uuid),
             ),
         )
-        return self._payload_of(user, uuid, rows)
+        return self._payload_of(user, uuid, kept)
 
     def kept_info_payload(self, user: str, uuid: str) -> Properties | None:
         """`info_payload` if the drive's rows are kept and still true, without reading the
         database; else None."""
-        rows = self._reader.kept(("drives/info", uuid))
-        return None if rows is None else self._payload_of(user, uuid, rows)
+        kept: _KeptInfo | None = self._reader.kept(("drives/info", uuid))
+        return None if kept is None else self._payload_of(user, uuid, kept)
 
-    def _payload_of(
-        self, user: str, uuid: str, rows: tuple[DriveRecord | None, list[ClaimRecord]]
-    ) -> Properties:
-        row, claims = rows
-        row = self._check_readable(row, user, uuid)
-        available, offline = self._is_available(row), self._hosts.offline
-        made_from, payload = self._reader.memo(
-            ("drives/info/payload", uuid, available, offline),
-            lambda: (row, Properties(drive_info(row, claims, available, offline))),
-        )
-        if made_from is not row:
-            return Properties(drive_info(row, claims, available, offline))
+    def _payload_of(self, user: str, uuid: str, kept: "_KeptInfo") -> Properties:
+        row = self._check_readable(kept.row, user, uuid)
+        state = (self._is_available(row), self._hosts.offline)
+        payload = kept.payloads.get(state)
+        if payload is None:
+            if len(kept.payloads) >= MAX_PAYLOADS_KEPT:  # each heartbeat's offline hosts
+                kept.payloads.clear()
+            payload = kept.payloads[state] = Properties(drive_info(row, kept.claims, *state))
         return payload
 
     async def info_all(self, user: str) -> list[dict[str, Value]]:
@@ -507,6 +530,8 @@ class Drives:
             host=self.storages.holder(row.host) if self.storages.connector is not None else "",
             tier=row.tier,
             available=storage.is_available(uuid, row.tier),
+            generation=standard_generation(row) if row.user == PLATFORM_USER else "",
+            size=row.size,
         )
 
     # -- data ----------------------------------------------------------------------------
@@ -551,9 +576,12 @@ class Drives:
                 uuid, direction, nbytes, error,
             )  # fmt: skip
 
-    def begin_write(self, user: str, uuid: str, offset: int, staged: bool = False) -> DriveWrite:
+    def begin_write(
+        self, user: str, uuid: str, offset: int, decoder: BodyDecoder | None = None
+    ) -> DriveWrite:
         """A writer of the drive's bytes from `offset`: straight to the drive as they come, or
-        `staged` (kept aside until the request's end proves them good, then applied whole)."""
+        written an encoded body that `decoder` decodes (a gzip body), staged: kept aside
+        until the body's end proves it good, then applied whole."""
         with self._engine.connect() as connection:
             row = self._owned(connection, user, uuid)
             claims = drive_store.claims_on(connection, uuid)
@@ -576,7 +604,9 @@ class Drives:
             revert.success()
         on_close = functools.partial(self._end_write, writing)
         bytes_of = DriveBytes(uuid, row.tier, self._master_key(row))
-        return storage.open_write(bytes_of, offset, row.size, staged, on_close)
+        return storage.open_write(
+            bytes_of, offset, row.size, decoder is not None, on_close, decoder
+        )
 
     def _end_write(self, writing: Operation, nbytes: int | None) -> None:
         writing.end()

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from openhosting.errors import FullError
 from openhosting.storage.drive_storage import (
     FILES_PAGE,
+    BodyDecoder,
     DriveBytes,
     DriveFile,
     DriveRead,
@@ -125,7 +126,13 @@ class _Unreachable:
         raise self._refused()
 
     def open_write(
-        self, drive_bytes: DriveBytes, offset: int, size: int, staged: bool, on_close: WriteClosed
+        self,
+        drive_bytes: DriveBytes,
+        offset: int,
+        size: int,
+        staged: bool,
+        on_close: WriteClosed,
+        decoder: BodyDecoder | None = None,
     ) -> DriveWrite:
         on_close(None)
         raise self._refused()

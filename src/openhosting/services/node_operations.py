@@ -47,6 +47,11 @@ class NodeOperations:
         with self._engine.connect() as connection:
             return operation_rows.others_in_flight(connection, uuid, self.owner, time.time())
 
+    def objects_of_others(self) -> set[str]:
+        """The objects with a live operation of another node (one query)."""
+        with self._engine.connect() as connection:
+            return operation_rows.objects_of_others(connection, self.owner, time.time())
+
     def enter(
         self,
         uuid: str,

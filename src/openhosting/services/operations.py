@@ -156,6 +156,21 @@ class Operations:
             running += self._nodes.others(uuid)
         return running
 
+    def under_way(self) -> set[str]:
+        """The objects with an operation in flight, here or through another API node.
+
+        The one rule of the reconciles of what a host holds (its VMs, NICs, NBD exports and
+        drive files; services/server_lifecycle.py, services/drive_orphans.py): what they
+        find of such an object is left alone, however it looks. An operation makes things
+        before the rows that name them (a move's VM waiting for its state on the target,
+        its NICs there, its drive files being mirrored; a start's export and NICs) and
+        removes its own on failure; a reconcile that skipped them comes again at the next
+        look, once the operation is over."""
+        objects = set(self._in_flight)
+        if self._nodes is not None:
+            objects |= self._nodes.objects_of_others()
+        return objects
+
     def waiting(self, uuid: str) -> int:
         """How many actions wait for their turn on object `uuid`."""
         turn = self._turns.get(uuid)

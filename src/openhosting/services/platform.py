@@ -23,6 +23,7 @@ from openhosting.services.resources import Resources
 from openhosting.services.server_lifecycle import ServerLifecycle
 from openhosting.services.server_network import ServerNetworks
 from openhosting.services.servers import Servers
+from openhosting.services.standard_copies import StandardCopies, remote_cache_of
 from openhosting.services.standard_drives import StandardDrives
 from openhosting.services.web_sessions import WebSessions
 from openhosting.storage.drive_tiers import DriveTiers
@@ -90,6 +91,7 @@ class Platform:
         if self.node_operations is not None:
             self.node_operations.close()
         self.store.close()
+        self.drives.tiers.close()
         self.reader.close()
         self.engine.dispose()
 
@@ -138,6 +140,8 @@ def open_platform(config: Config) -> Platform:
     lifecycle = ServerLifecycle(
         engine, config, networks, events, hosts=hosts, nodes=node_operations
     )
+    # Standard drives for servers on agents' hosts: copies in those hosts' image caches.
+    lifecycle.copies = StandardCopies(engine, drives.storages, remote_cache_of(drives.storages))
     servers = Servers(engine, reader, drives, lifecycle, billing, store)
     consoles = Consoles(engine, servers, config.api.console_token_seconds)
     # A VM that ends closes its consoles, wherever they were opened.

@@ -27,6 +27,7 @@ from openhosting.config import Config
 from openhosting.errors import FailedError, FullError, UnavailableError
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import (
+    ENDING_TIMEOUT,
     BlockStats,
     HypervisorDriver,
     StartRequest,
@@ -54,6 +55,7 @@ from openhosting.services.server_dumps import ServerDumps
 from openhosting.services.server_info import LiveFigures
 from openhosting.services.server_logs import ServerLogs
 from openhosting.services.server_network import ServerNetworks
+from openhosting.services.standard_copies import StandardCopies
 from openhosting.services.vm_specs import build_vm_spec
 from openhosting.services.vnc import ServerVnc
 from openhosting.store import drives as drive_store
@@ -67,6 +69,10 @@ log = logging.getLogger("openhosting.servers")
 # destroy or daemon stop folds first.
 GUEST_IO_FOLD_SECONDS = 30.0
 GUEST_IO_QUERY_SECONDS = 2.0
+# A guest that powered itself off is held (paused) by its driver until the handler returns or
+# ENDING_TIMEOUT passes: its last counters may take longer to ask for than a running one's
+# (a busy host answered after the 2 s above, and the I/O since the last fold was lost).
+POWERED_OFF_QUERY_SECONDS = ENDING_TIMEOUT - 1.0
 
 # Saving or restoring a guest's memory: a few seconds per GiB on a disk, generous for slow ones.
 STATE_TIMEOUT = 300.0
@@ -105,6 +111,9 @@ class ServerLifecycle:
         # The agent hosts a watch found unreachable: their servers are adopted again when
         # their agent answers (`watch_agents`).
         self._agents_down: set[str] = set()
+        # The hosts ("": this one) whose network reconcile was left for the next look of
+        # the watch: an operation had a server in hand whose NICs may be there.
+        self._networks_due: set[str] = set()
         # Told the name of each agent host just connected, or back after a watch found it
         # down (its drive files are reconciled then: services/drive_orphans.py).
         self.agent_listeners: list[Callable[[str], None]] = []
@@ -121,6 +130,9 @@ class ServerLifecycle:
         self.operations = Operations("Server", SERVER_RULES, nodes)
         # The drives of servers running on another host than theirs, served over NBD.
         self.exports = DriveExports(self.drivers, self.host_down)
+        # The standard drives' copies in the agents' image caches (set by the platform, which
+        # has the drives' storages; none: a standard drive is another host's drive).
+        self.copies: StandardCopies | None = None
 
     def driver_of(self, uuid: str) -> HypervisorDriver:
         """The driver of the host that runs (or last ran) the VM of `uuid`; FullError naming
@@ -202,11 +214,18 @@ class ServerLifecycle:
         begun = time.monotonic()
         host = self.place(config) if host is None else host
         running_on = host or self.drivers.local_name
-        elsewhere = self.exports.elsewhere(uuid, running_on, drives)
+        # Standard drives of other hosts come from the image cache of the VM's host; the
+        # other drives of other hosts are served over NBD.
+        copied = self.copies.to_copy(running_on, drives) if self.copies is not None else []
+        served = [drive for drive in drives if drive.uuid not in {d.uuid for d in copied}]
+        elsewhere = self.exports.elsewhere(uuid, running_on, served)
         driver = self.drivers.of(host)
         async with Reverter() as revert:
             # Placed first: the NICs are made on the host, and released there.
             self._place_on(uuid, host)
+            for drive in copied:  # kept if the start fails: the next one uses them
+                assert self.copies is not None
+                await self.copies.provide(uuid, running_on, drive)
             # The drives of other hosts served to this one first: its QEMU opens them.
             cdroms = {a.drive for a in config.drives if a.media == "cdrom"}
             exported = [(drive, drive.uuid in cdroms) for drive in elsewhere]
@@ -222,6 +241,7 @@ class ServerLifecycle:
                 display=display,
                 nics=nics,
                 nbd=sources,
+                cached={drive.uuid: drive.generation for drive in copied},
             )
             spec = dataclasses.replace(plan.spec, incoming=True) if restore else plan.spec
             vnc = self.vnc.credentials(uuid, config, display)
@@ -304,7 +324,8 @@ class ServerLifecycle:
         if event.kind == VmEventKind.EXITED:
             await self.vm_exited(event.server, event.how or VmEnd.SHUTDOWN)
         elif event.kind == VmEventKind.POWERED_OFF:
-            await self.fold_guest_io(event.server)  # a guest's power-off: its last I/O counts
+            # A guest's power-off: its last I/O counts.
+            await self.fold_guest_io(event.server, POWERED_OFF_QUERY_SECONDS)
         elif (user := self.active.get(event.server)) is None:
             return  # a start or adoption under way tells its own status
         elif event.kind == VmEventKind.PAUSED:
@@ -359,22 +380,26 @@ class ServerLifecycle:
         except (HypervisorError, UnavailableError):
             return Counters()
 
-    async def fold_guest_io(self, uuid: str | None = None) -> None:
+    async def fold_guest_io(self, uuid: str | None = None, limit: float | None = None) -> None:
         """Add what the guest of `uuid` (or of every running VM) read and wrote since the
-        last fold to its drives' I/O counters (see services/guest_io.py)."""
+        last fold to its drives' I/O counters (see services/guest_io.py); a monitor that does
+        not answer within `limit` seconds (GUEST_IO_QUERY_SECONDS by default) is left out."""
+        limit = GUEST_IO_QUERY_SECONDS if limit is None else limit
         servers = [uuid] if uuid in self.active else [] if uuid else list(self.active)
         # Every monitor asked at once: stuck ones cost one wait in all, not one wait each.
-        answers = await asyncio.gather(*(self._guest_io_of(server) for server in servers))
+        answers = await asyncio.gather(*(self._guest_io_of(s, limit) for s in servers))
         readings = {server: stats for server, stats in answers if stats is not None}
         if readings:
             fold_guest_io(self._engine, readings)
 
-    async def _guest_io_of(self, server: str) -> tuple[str, dict[str, BlockStats] | None]:
+    async def _guest_io_of(
+        self, server: str, limit: float
+    ) -> tuple[str, dict[str, BlockStats] | None]:
         """The I/O counters of the VM of `server`; None when its monitor does not answer."""
         try:
             # Short: a stop or destroy waits for it, and a stuck monitor must not hold them
             # (their own `quit` then times out and kills).
-            async with asyncio.timeout(GUEST_IO_QUERY_SECONDS):
+            async with asyncio.timeout(limit):
                 return server, dict(await self.driver_of(server).blockstats(server))
         except (HypervisorError, TimeoutError):
             return server, None  # the VM is going away; the last fold holds what it did before
@@ -514,15 +539,23 @@ class ServerLifecycle:
     async def recover(self) -> None:
         """Connect to the hosts' agents; re-adopt the VMs of active servers; reconcile those
         that ended meanwhile. A server whose host's agent cannot be reached is left as it is
-        (`active`, its VM unknown) until the agent answers (`watch_agents`)."""
+        (`active`, its VM unknown) until the agent answers (`watch_agents`); one that an
+        operation under way has in hand (another node's move or start) is left to it, and
+        the network reconciles it holds up are done by the watch (`_recover_network_of`)."""
         reached = await self.drivers.connect_agents(self._engine)
         await self._record_hosts(reached)
         for host in reached:
             self._tell_agent_back(host)
         adopted: dict[str, ServerConfig] = {}
+        under_way = self.operations.under_way()
         for row in await self._servers_to_adopt():
             uuid = row.uuid
-            self._place_on(uuid, "" if row.host == self.drivers.local_name else row.host)
+            if uuid in under_way:
+                # Another API node moves, stops or starts it (or this one, as a test does):
+                # its VM is that operation's, on its source or on its target.
+                log.info("event=server_adopt_left server=%s reason=operation_under_way", uuid)
+                continue
+            self._place_on(uuid, self._host_key(row.host))
             try:
                 driver = self.driver_of(uuid)
             except FullError as error:
@@ -553,7 +586,10 @@ class ServerLifecycle:
             if vm is None:
                 await self.vm_exited(uuid, driver.how_ended(uuid))
         await self._stop_unowned_vms()
-        await self._networks.recover({u: c for u, c in adopted.items() if u in self.active})
+        running = {u: c for u, c in adopted.items() if u in self.active}
+        self._networks_due.update(
+            await self._networks.recover(running, self.operations.under_way())
+        )
         for host in reached:  # once the VMs are adopted: whose exports still serve a VM
             await self._reconcile_exports(host)
 
@@ -576,12 +612,21 @@ class ServerLifecycle:
         """One look at every agent host. One that does not answer is down (its servers'
         calls fail, naming it); when it answers again, or is reached for the first time,
         the VMs of its active servers are adopted again (a restarted agent holds none) and
-        those that ended meanwhile reconciled, as at a daemon's start."""
+        those that ended meanwhile reconciled, as at a daemon's start. Whatever an
+        operation under way has in hand is left to it (`Operations.under_way`); a host's
+        network reconcile that waited for one is done at the first look after it."""
         reached = await self.drivers.connect_agents(self._engine)
         await self._record_hosts(reached)
         for host in reached:
             await self._adopt_on(host, None)
             await self._agent_back(host)
+        await self._look_at_agents()
+        for host in sorted(self._networks_due - self._agents_down):
+            await self._recover_network_of(host)  # left at a previous look: once more
+
+    async def _look_at_agents(self) -> None:
+        """Ask each connected agent which VMs run unheld on its host: none answering, it
+        is down; answering again, its VMs are adopted again and its host reconciled."""
         for host, driver in list(self.drivers.remote.items()):
             try:
                 unheld = set(await driver.unheld())
@@ -590,10 +635,11 @@ class ServerLifecycle:
                     log.warning("event=host_agent_down host=%s error=%s", host, error)
                 self._agents_down.add(host)
                 continue
-            # A move's target VM waits unheld for its state until the move ends: that is
-            # the move's, not an agent restarted (whose network reconcile would remove the
-            # NICs made there for the VM on its way in).
-            unheld = {uuid for uuid in unheld if not self.operations.anywhere(uuid)}
+            if unheld:  # asked only then: the other nodes' operations are a query
+                # A move's target VM waits unheld for its state until the move ends: that
+                # is the move's, not an agent restarted (whose network reconcile would
+                # remove the NICs made there for the VM on its way in).
+                unheld -= self.operations.under_way()
             if host in self._agents_down:
                 self._agents_down.discard(host)
                 log.info("event=host_agent_back host=%s", host)
@@ -613,12 +659,8 @@ class ServerLifecycle:
         with self._engine.connect() as connection:
             # Active in the database: held here, or on a host whose agent is away.
             active = {row.uuid for row in server_store.servers_with_status(connection, "active")}
-        await self.exports.reconcile(
-            host,
-            keep=lambda server: (
-                server in active or server in self.active or bool(self.operations.in_flight(server))
-            ),
-        )
+        kept = active | set(self.active) | self.operations.under_way()
+        await self.exports.reconcile(host, keep=kept.__contains__)
 
     def _tell_agent_back(self, host: str) -> None:
         for listener in self.agent_listeners:
@@ -642,10 +684,11 @@ class ServerLifecycle:
                 if row.host == host and (only is None or row.uuid in only)
             ]
         driver = self.drivers.of(host)
+        under_way = self.operations.under_way()
         for row in rows:
             uuid = row.uuid
-            if self.operations.in_flight(uuid):
-                continue  # a start, stop or destroy under way says what becomes of it
+            if uuid in under_way:
+                continue  # a start, stop, destroy or move under way says what becomes of it
             self._place_on(uuid, host)
             try:
                 vm = await self._adopt(row)
@@ -661,18 +704,29 @@ class ServerLifecycle:
         await self._recover_network_of(host)
 
     async def _recover_network_of(self, host: str) -> None:
-        """The network of `host`, whose VMs were just adopted again, keeps what its running
-        servers use (a restarted agent's network knows nothing yet) and removes the rest."""
+        """The network of `host` ("": this one), whose VMs were just adopted again, keeps
+        what its running servers use (a restarted agent's network knows nothing yet) and
+        removes the rest; left for the watch's next look while an operation has in hand a
+        server whose NICs may be there (`Operations.under_way`)."""
         with self._engine.connect() as connection:
             running = {
                 row.uuid: row.config
                 for row in server_store.servers_with_status(connection, "active")
-                if row.host == host and row.uuid in self.active
+                if self._host_key(row.host) == host and row.uuid in self.active
             }
         try:
-            await self._networks.recover_on(host, running)
-        except (FailedError, OSError) as error:  # its agent gone again: at its next return
+            done = await self._networks.recover_on(host, running, self.operations.under_way())
+        except (FailedError, HypervisorError, OSError) as error:  # its agent gone again
             log.warning("event=network_reconcile_failed host=%s error=%s", host, error)
+            return
+        if done:
+            self._networks_due.discard(host)
+        else:
+            self._networks_due.add(host)
+
+    def _host_key(self, host: str) -> str:
+        """`host` as `placed` and the drivers name it: "" for this one."""
+        return "" if host == self.drivers.local_name else host
 
     async def adopt_for_maintenance(self) -> dict[str, str]:
         """For the admin tool when no daemon answers: hold the VMs of active servers as
@@ -711,19 +765,24 @@ class ServerLifecycle:
         """A daemon killed between QEMU's start and the server's `active` (or its claims and
         the start) leaves a VM, or claims, that no active server owns: the start was never
         answered, so the VM is stopped and the claims released (a start later is a 500 and
-        the drives stay `claimed` otherwise)."""
+        the drives stay `claimed` otherwise). Not those of a server that an operation under
+        way has in hand (another node's start, a move's target waiting for its state)."""
+        under_way = self.operations.under_way()
         for driver in self.drivers.all():
             for server in await driver.unheld():
+                if server in under_way:
+                    continue  # a move's target waiting for its state, a start's VM
                 log.warning("event=server_orphan_stopped server=%s", server)
                 await driver.stop_unheld(server, timeout=self._settings.stop_timeout)
         with self._engine.begin() as connection:
             # A dumped server has no VM and keeps its claims: its disks must not change.
-            # Nor does an active one whose host's agent is away (adopted when it is back).
+            # Nor does an active one whose host's agent is away (adopted when it is back),
+            # nor one that another node's start has claimed them for.
             kept = {
                 row.uuid
                 for status in (DUMPED, "active")
                 for row in server_store.servers_with_status(connection, status)
-            }
+            } | under_way
             released = server_store.remove_guest_claims_except(connection, set(self.active) | kept)
         if released:
             log.warning("event=stale_guest_claims_released count=%s", released)

@@ -159,6 +159,8 @@ class ServerMoves:
             raise FailedError(f"Server {uuid} has no VM held on host {source_host}")
         drives = [self._drives.attachable(row.user, a.drive) for a in config.drives]
         for drive in drives:
+            if drive.generation:
+                continue  # a standard drive: the target's own file, or a copy there (below)
             if drive.host and drive.host != source_host:
                 raise FailedError(
                     f"Server {uuid} uses drive {drive.uuid} of host {drive.host} over NBD:"
@@ -316,6 +318,13 @@ class ServerMoves:
             self._landed(drive, target_host) if drive.uuid in copied.values() else drive
             for drive in drives
         ]
+        # A standard drive of another host than the target: a copy in the target's image
+        # cache, as a start there would open (services/standard_copies.py).
+        copies = self._lifecycle.copies
+        cached = copies.to_copy(target_host, drives) if copies is not None else []
+        for drive in cached:
+            assert copies is not None
+            await copies.provide(uuid, target_host, drive)
         plan = build_vm_spec(
             uuid,
             config,
@@ -324,6 +333,7 @@ class ServerMoves:
             host=self._lifecycle.host_settings(target_host),
             display=display,
             nics=nics,
+            cached={drive.uuid: drive.generation for drive in cached},
         )
         headers: dict[str, tuple[bytes, int]] = {
             slot: await self._luks_header(by_uuid[drive])

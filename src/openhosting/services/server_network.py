@@ -464,18 +464,27 @@ class ServerNetworks:
         """Set up what every server needs (in bridge mode: the public bridge and dnsmasq)."""
         await self.driver.start()
 
-    async def recover(self, running: Mapping[str, ServerConfig]) -> None:
+    async def recover(
+        self, running: Mapping[str, ServerConfig], under_way: Collection[str] = ()
+    ) -> list[str]:
         """After the VMs were adopted: forget the NICs of servers that no longer run, and
         have the driver keep exactly what the running ones (with these configurations)
-        use."""
+        use. A server of `under_way` (an operation has it in hand: `Operations.under_way`)
+        that does not run here keeps its rows, and while one holds NICs no host's links are
+        reconciled (its NICs may be on any of them, made ahead of its row): the hosts left
+        for later (`recover_on`) are returned."""
         with self._engine.begin() as connection:
             rows = resource_store.all_nics(connection)
-            for server in {row.server for row in rows} - set(running):
+            waiting = self._in_hand(rows, running, under_way)
+            for server in {row.server for row in rows} - set(running) - waiting:
                 resource_store.delete_nics(connection, server)
             vnis = vni_store.vnis_of(connection, {row.network for row in rows})
         plans: dict[str, list[NicPlan]] = {"": []}  # by host
         for plan in _running_plans(rows, running, vnis):
             plans.setdefault(self.host_of(plan.server), []).append(plan)
+        if waiting:
+            self._log_deferred(sorted(plans), waiting)
+            return sorted(plans)
         for host, kept in plans.items():
             try:
                 await self._reconcile_on(host, kept)
@@ -484,15 +493,38 @@ class ServerNetworks:
                     raise
                 # That host's agent is away: its NICs are reconciled when it is back.
                 log.warning("event=network_reconcile_failed host=%s error=%s", host, error)
+        return []
 
-    async def recover_on(self, host: str, running: Mapping[str, ServerConfig]) -> None:
-        """An agent's host whose VMs were adopted again (its agent back, or restarted): its
-        network keeps exactly what `running`, its servers that run, use (their blocked
-        ports as their configurations say) and removes the rest."""
+    async def recover_on(
+        self, host: str, running: Mapping[str, ServerConfig], under_way: Collection[str] = ()
+    ) -> bool:
+        """A host ("": this one) whose VMs were adopted again (its agent back, or
+        restarted): its network keeps exactly what `running`, its servers that run, use
+        (their blocked ports as their configurations say) and removes the rest. False,
+        nothing done, while a server of `under_way` that does not run there holds NICs
+        (a move's on its way in: see `recover`): the caller looks again later."""
         with self._engine.connect() as connection:
             rows = resource_store.all_nics(connection)
             vnis = vni_store.vnis_of(connection, {row.network for row in rows})
+        if waiting := self._in_hand(rows, running, under_way):
+            self._log_deferred([host], waiting)
+            return False
         await self._reconcile_on(host, list(_running_plans(rows, running, vnis)))
+        return True
+
+    @staticmethod
+    def _in_hand(
+        rows: Sequence[NicRecord], running: Mapping[str, ServerConfig], under_way: Collection[str]
+    ) -> set[str]:
+        """The servers of `under_way` with NIC rows among `rows` that are not `running`."""
+        return {row.server for row in rows if row.server in under_way} - set(running)
+
+    @staticmethod
+    def _log_deferred(hosts: Sequence[str], servers: Collection[str]) -> None:
+        log.info(
+            "event=network_reconcile_deferred hosts=%s servers=%s",
+            ",".join(host or "here" for host in hosts), ",".join(sorted(servers)),
+        )  # fmt: skip
 
     async def _reconcile_on(self, host: str, plans: Sequence[NicPlan]) -> None:
         if host and not plans:

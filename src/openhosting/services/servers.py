@@ -10,10 +10,10 @@ rules, adoption after a daemon restart) is `ServerLifecycle`'s.
 import asyncio
 import functools
 import logging
-import operator
 import time
 import uuid as uuid_module
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
@@ -62,6 +62,16 @@ def _status_without_vm(row: ServerRecord) -> str:
 def _delete_server(uuid: str, connection: Connection) -> None:
     server_store.remove_guest_claims(connection, uuid)
     server_store.delete_server(connection, uuid)
+
+
+@dataclass(frozen=True)
+class _KeptAnswer:
+    """`servers/info` of one user whose servers have no VM: the payload, their ids, and the
+    hosts offline when it was made."""
+
+    payload: PropertiesList
+    servers: frozenset[str]
+    offline: frozenset[str]
 
 
 class Servers:
@@ -182,17 +192,64 @@ class Servers:
         built = await built_in_worker(functools.partial(self._infos_without_vm, user, with_vm))
         return await self._with_live_figures(user, built)
 
+    def kept_info_payload(self, user: str) -> PropertiesList | None:
+        """`servers/info` of `user` if its answer is kept and still true, without reading the
+        database nor making a coroutine; else None. An answer is kept only while none of its
+        servers has a VM (a running one's figures are asked of QEMU at each info): until the
+        next commit, a VM started among them, or a change of the offline hosts."""
+        kept: _KeptAnswer | None = self._reader.kept(("servers/info/answer", user))
+        if (
+            kept is None
+            or kept.offline != self._offline_hosts()
+            or not self._active.keys().isdisjoint(kept.servers)
+        ):
+            return None
+        return kept.payload
+
     async def info_payload(self, user: str) -> PropertiesList:
-        """`servers/info`: `info_all` as the answer's payload, the same object while its
-        infos are the very ones kept (servers without a VM, nothing committed), so that its
-        rendered bodies (kept on it) are made once."""
-        infos = await self.info_all(user)
-        kept, payload = self._reader.memo(
-            ("servers/info/payload", user), lambda: (infos, PropertiesList(infos))
-        )
-        if len(kept) != len(infos) or not all(map(operator.is_, kept, infos)):
-            return PropertiesList(infos)
-        return payload
+        """`servers/info`: `info_all` as the answer's payload, the same object while it is
+        kept (`kept_info_payload`), so that its rendered bodies (kept on it) are made once."""
+        kept = self.kept_info_payload(user)
+        if kept is not None:
+            return kept
+        if user in self._active.values():  # live figures to ask for: nothing to keep
+            return PropertiesList(await self.info_all(user))
+        reader = self._reader
+        answer: _KeptAnswer | None
+        if reader.local:
+            if reader.all_cached(server_store.SERVER_COUNT_BY_USER, user=user)[0][0] > INLINE_ITEMS:
+                return PropertiesList(await self.info_all(user))
+            answer = self._kept_answer(user, set(self._active))
+        else:  # every read is network I/O: in a worker thread (whose reads the Reader keeps)
+            with_vm = set(self._active)
+            answer = await built_in_worker(functools.partial(self._kept_answer, user, with_vm))
+        if answer is None or not self._active.keys().isdisjoint(answer.servers):
+            return PropertiesList(await self.info_all(user))
+        return answer.payload
+
+    def _kept_answer(self, user: str, with_vm: set[str]) -> "_KeptAnswer | None":
+        """The answer of `servers/info` made once while nothing is committed, or None when
+        one of `user`'s servers is in `with_vm` (its figures are live)."""
+
+        def make() -> _KeptAnswer | None:
+            offline = self._offline_hosts()  # before: a change during the make voids it
+            rows = server_store.read_servers_of(self._reader, user)
+            if any(row.uuid in with_vm for row in rows):
+                return None
+            infos = [
+                server_info(
+                    row.uuid, row.user, _status_without_vm(row), row.config, None,
+                    *self._host_of(row),
+                )
+                for row in rows
+            ]  # fmt: skip
+            return _KeptAnswer(PropertiesList(infos), frozenset(row.uuid for row in rows), offline)
+
+        return self._reader.memo(("servers/info/answer", user), make)
+
+    def _offline_hosts(self) -> frozenset[str]:
+        hosts = self.lifecycle.hosts
+        return hosts.offline if hosts is not None else frozenset()
 
     def _info_at_once(self, row: ServerRecord) -> dict[str, Value] | None:
         """The info of a server without live figures to ask its VM for; None for a running

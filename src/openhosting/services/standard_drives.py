@@ -6,6 +6,12 @@ destroy it. Operators add and remove them with the admin tool; every user lists 
 (`/drives/list/standard`, `/drives/info/standard`), images from them (gzip images with
 `/drives/D/image/STD/gunzip`) and attaches the cdrom ones. A gzip image is stored as it is
 and shows `format gzip` and its decompressed size as `rawsize`.
+
+A standard drive's bytes are written once, by `add`, before its row exists, and never again:
+a new image is a new drive (`add`, then `remove` of the old one). Its generation
+(`standard_generation`, the row's creation time in microseconds) names those bytes in the
+hosts' image caches (docs/cluster.md, 'Standard drives on the agents' hosts'): anything that
+ever rewrites a standard drive's bytes in place must give its row a new `created_at`.
 """
 
 import functools
@@ -30,6 +36,12 @@ from openhosting.wire.payload import Value
 log = logging.getLogger("openhosting.standard_drives")
 
 MEDIA = ("disk", "cdrom")
+
+
+def standard_generation(row: DriveRecord) -> str:
+    """The generation of standard drive `row`'s bytes: a hex word that changes whenever they
+    do (the row's creation time, in microseconds)."""
+    return f"{round(row.created_at * 1_000_000):x}"
 
 
 def standard_info(row: DriveRecord) -> dict[str, Value]:

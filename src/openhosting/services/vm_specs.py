@@ -52,10 +52,12 @@ def build_vm_spec(
     display: int | None = None,
     nics: tuple[NicSpec, ...] = (),
     nbd: Mapping[str, NbdSource] | None = None,
+    cached: Mapping[str, str] | None = None,
 ) -> VmPlan:
     """The VM of server `uuid` with `config`, its attached `drives` (one per attachment, in
     any order), the NICs it acquired and its VNC `display` (None: no VNC server). `nbd`:
-    where another host serves each drive (by UUID) that is not on the VM's host.
+    where another host serves each drive (by UUID) that is not on the VM's host. `cached`:
+    the generation of each standard drive (by UUID) the VM opens from its host's image cache.
 
     Raises `ValueError` if an attachment has no drive among `drives`, or if the result is not
     a valid `VmSpec` (see there).
@@ -72,9 +74,11 @@ def build_vm_spec(
             secret_file = secret_path(run_dir, attachment.slot)
             secrets.append(DriveSecret(secret_file, drive.passphrase))
         source = (nbd or {}).get(drive.uuid)
+        generation = (cached or {}).get(drive.uuid, "")
         # Named for the agent of the host holding it, which finds its own file; a drive
-        # another host serves is opened over NBD instead, with the same layers on top.
-        named = bool(drive.host) and source is None
+        # another host serves is opened over NBD instead, with the same layers on top; a
+        # standard drive of another host, from the copy in the VM's host's image cache.
+        named = bool(drive.host) and source is None and not generation
         disks.append(
             DiskSpec(
                 slot=attachment.slot,
@@ -84,9 +88,10 @@ def build_vm_spec(
                 format="luks" if secret_file is not None else "raw",
                 secret_file=secret_file,
                 shared=not drive.exclusive,
-                drive=drive.uuid if named else "",
+                drive=drive.uuid if named or generation else "",
                 tier=drive.tier if named else "",
                 nbd=source,
+                cache=generation,
             )
         )
     vnc = None

@@ -2,11 +2,17 @@
 write on a connection of its own to a host's agent, driven by a thread of its own with a
 blocking TLS socket, which hands whole pieces to and from the event loop.
 
+A read's bytes go on one of two ways: handed to the event loop a piece at a time
+(`ReadStream.pieces`), or sent by the thread itself to the socket of the client they are for
+(`ReadStream.send_to`: each piece decrypted into one buffer and sent from it, with no turn
+of the event loop and no piece made per MiB; the API's plain HTTP answer to a remote read).
+
 Memory stays flat whatever the size: a read's thread fills at most `READ_PIECES` pieces of
-`READ_PIECE` bytes ahead of the reader (a client that stops reading stops the thread, and so
-the agent's socket), a write's thread is handed at most `WRITE_PIECES` pieces ahead of the
-socket. A failure in the thread comes back to the event loop as the error it was; the caller
-turns the network's into its 503 (`RemoteDriveStorage.unreachable`).
+`READ_PIECE` bytes ahead of the reader, or holds its one buffer while a client's socket takes
+no more (a client that stops reading stops the thread, and so the agent's socket); a write's
+thread is handed at most `WRITE_PIECES` pieces ahead of the socket. A failure in the thread
+comes back to the event loop as the error it was; the caller turns the network's into its 503
+(`RemoteDriveStorage.unreachable`), the client's socket's into `ClientGone`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,13 @@ from openhosting.storage.stream_wire import (
 READ_PIECE = 1 << 20
 READ_PIECES = 2
 WRITE_PIECES = 2
+# What a read sent on to a client's socket is received into and sent from at a time.
+SEND_ON_PIECE = 1 << 20
+
+
+class ClientGone(ConnectionResetError):
+    """The client a read's bytes were sent on to went away (or stalled): not the agent's
+    doing."""
 
 
 class _End:
@@ -94,7 +107,8 @@ class _StreamThread:
 
 
 class ReadStream(_StreamThread):
-    """`count` bytes read from the agent, whole pieces at a time."""
+    """`count` bytes read from the agent, whole pieces at a time to the event loop
+    (`pieces`) or sent on to a client's socket by the thread (`send_to`)."""
 
     def __init__(
         self, agent: HostConnection, call: dict[str, Any], count: int, stall_timeout: float
@@ -104,6 +118,10 @@ class ReadStream(_StreamThread):
         self._items: asyncio.Queue[Item] = asyncio.Queue()
         self._room = threading.Semaphore(READ_PIECES)  # the pieces it may fill ahead
         self._answered: asyncio.Future[None] = self._loop.create_future()
+        # Where the bytes go once answered: the event loop's pieces (None) or a socket.
+        self._sink: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self._client: socket.socket | None = None  # the socket sent to, while it is
+        self._sent_on: asyncio.Future[None] = self._loop.create_future()
 
     async def begin(self) -> None:
         """Connect and ask; the agent's refusal (or none at all) is raised from here."""
@@ -111,6 +129,7 @@ class ReadStream(_StreamThread):
         await self._answered
 
     async def pieces(self) -> AsyncIterator[bytearray]:
+        self._sink.put(None)
         while True:
             item = await self._items.get()
             if item is None:
@@ -120,40 +139,105 @@ class ReadStream(_StreamThread):
             self._room.release()
             yield item
 
+    async def send_to(self, client: socket.socket) -> None:
+        """Send the bytes to `client` (a connected socket the caller owns and no one else
+        sends on meanwhile) from the thread, as they come; done once all are sent.
+        `ClientGone` if `client` fails or takes nothing for the stall timeout. Cancelled, it
+        returns once the thread is done with `client` (its sockets shut: at once), so the
+        caller may close it."""
+        self._sink.put(client)
+        try:
+            await asyncio.shield(self._sent_on)
+        except asyncio.CancelledError:
+            self.cut()
+            with contextlib.suppress(Exception):  # cut: its failure is no news
+                await self._sent_on
+            raise
+
     def close(self) -> None:
         self.cut()
         self._room.release()  # a thread waiting for room goes on to find its socket shut
+        self._sink.put(None)  # and one waiting to be told where the bytes go
+
+    def cut(self) -> None:
+        with self._lock:
+            if self._client is not None:  # a cut mid-send: the client's answer is cut too
+                with contextlib.suppress(OSError):
+                    self._client.shutdown(socket.SHUT_RDWR)
+        super().cut()
 
     def _run(self) -> None:
+        client: socket.socket | None = None
         try:
             stream = self._connect()
             count = int(receive_answer(stream, self._agent.host))
             if count != self._count:
                 raise ValueError(f"{count} bytes offered for {self._count}")
             self._hand(_settle, self._answered, None)
-            left = count
-            while left:
-                self._room.acquire()
-                if self._cut:
-                    return
-                piece = bytearray(min(READ_PIECE, left))
-                receive_exactly(stream, memoryview(piece))
-                left -= len(piece)
-                self._hand(self._items.put_nowait, piece)
-            self._hand(self._items.put_nowait, None)
+            client = self._sink.get()
+            if self._cut:
+                raise ConnectionAbortedError("read given up")
+            if client is None:
+                self._fill(stream, count)
+            else:
+                self._send_on(stream, client, count)
+                self._hand(_settle, self._sent_on, None)
         except Exception as error:  # passed on to the reader, which raises it
             self._hand(_settle, self._answered, error)
-            self._hand(self._items.put_nowait, error)
+            if client is None:
+                self._hand(self._items.put_nowait, error)
+            else:
+                self._hand(_settle, self._sent_on, error)
         finally:
             self._disconnect()
+
+    def _fill(self, stream: TlsStream, left: int) -> None:
+        while left:
+            self._room.acquire()
+            if self._cut:
+                return
+            piece = bytearray(min(READ_PIECE, left))
+            receive_exactly(stream, memoryview(piece))
+            left -= len(piece)
+            self._hand(self._items.put_nowait, piece)
+        self._hand(self._items.put_nowait, None)
+
+    def _send_on(self, stream: TlsStream, client: socket.socket, left: int) -> None:
+        # A blocking send with a deadline, on a socket the event loop may hold in
+        # non-blocking mode: a timeout keeps it so (Python polls before each send).
+        client.settimeout(self._stall_timeout)
+        with self._lock:
+            if self._cut:
+                raise ConnectionAbortedError("read given up")
+            self._client = client
+        try:
+            buffer = memoryview(bytearray(min(SEND_ON_PIECE, left)))
+            while left:
+                view = buffer[: min(len(buffer), left)]
+                receive_exactly(stream, view)
+                try:
+                    client.sendall(view)
+                except OSError as error:
+                    raise ClientGone(f"the client went away: {error}") from None
+                left -= len(view)
+        finally:
+            with self._lock:
+                self._client = None
 
 
 class WriteStream(_StreamThread):
     """A write's bytes sent to the agent as they are handed over; `outcome` is the agent's
-    count of bytes written once durable, or its refusal, whichever comes first."""
+    count of bytes written once durable, or its refusal, whichever comes first. `action`:
+    what the agent does with the bytes (`cache_fill`: a copy in its image cache)."""
 
-    def __init__(self, agent: HostConnection, call: dict[str, Any], stall_timeout: float) -> None:
-        super().__init__(agent, {**call, "action": "write"}, stall_timeout)
+    def __init__(
+        self,
+        agent: HostConnection,
+        call: dict[str, Any],
+        stall_timeout: float,
+        action: str = "write",
+    ) -> None:
+        super().__init__(agent, {**call, "action": action}, stall_timeout)
         self._pieces: queue.SimpleQueue[bytearray | type[_End] | type[_Cut]] = queue.SimpleQueue()
         self._room = asyncio.Semaphore(WRITE_PIECES)
         self.outcome: asyncio.Future[int] = self._loop.create_future()

@@ -5,9 +5,11 @@ and reads as zero. Encrypted drives are LUKS1 containers (see `luks.py`) whose p
 drive's bytes.
 """
 
+import asyncio
 import contextlib
 import errno
 import heapq
+import logging
 import mmap
 import os
 import stat
@@ -16,8 +18,10 @@ import time
 import uuid as uuid_module
 from collections.abc import Iterator
 from pathlib import Path
+from time import monotonic
 from typing import Protocol
 
+from openhosting.storage.directory_watch import DirectoryWatch
 from openhosting.storage.luks import LuksVolume, format_luks1, payload_offset
 from openhosting.storage.sparse import (
     DIRECT_ALIGNMENT,
@@ -29,6 +33,15 @@ from openhosting.storage.xts import SECTOR_SIZE
 
 # Large enough to amortise a system call and an AES pass; small enough to keep memory flat.
 IO_CHUNK = 4 * 1024 * 1024
+# The most pieces one gathered write takes (the kernel's UIO_MAXIOV).
+IOV_MAX = os.sysconf("SC_IOV_MAX")
+# How long a drive's availability seen on the event loop is kept at most when its directory's
+# watch hears nothing: what no watch tells (a file system failing under an unchanged file,
+# another mounted over the directory) shows within it.
+AVAILABILITY_SECONDS = 1.0
+MAX_SEEN = 65536  # drives whose availability is kept; past it all are looked at again
+
+log = logging.getLogger("openhosting.storage")
 
 
 class DriveIO(Protocol):
@@ -41,6 +54,21 @@ class DriveIO(Protocol):
     def sync(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def pwritev_all(fd: int, pieces: list[bytes | bytearray], offset: int) -> None:
+    """Write `pieces` one after another from `offset` of `fd`, gathered: no copy."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    while views:
+        written = os.pwritev(fd, views[:IOV_MAX], offset)
+        if written == 0:
+            raise OSError(errno.EIO, "the file took none of a write")
+        offset += written
+        while written:  # drop the pieces that went, keep the rest of one written in part
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0], written = views[0][written:], 0
 
 
 class PlainDriveIO:
@@ -74,6 +102,10 @@ class PlainDriveIO:
         while view:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
+
+    def write_pieces(self, offset: int, pieces: list[bytes | bytearray]) -> None:
+        """Write `pieces` one after another from `offset`, gathered (no copy into one)."""
+        pwritev_all(self._fd, pieces, offset)
 
     def start_writeback(self, offset: int, length: int) -> None:
         """Have the kernel start writing `[offset, offset + length)` to disk now (a hint:
@@ -115,6 +147,12 @@ class EncryptedDriveIO:
 
     def read_at(self, offset: int, length: int) -> bytes | bytearray:
         return self._volume.read_at(offset, length)
+
+    def read_sectors_into(self, first_sector: int, view: memoryview) -> None:
+        """Fill `view` (whole sectors) with the payload's sectors from `first_sector`,
+        decrypted in place: a read through a few buffers of its own (never-written sectors
+        are zeros)."""
+        self._volume.read_sectors_into(first_sector, view)
 
     def holds_no_data(self, offset: int, length: int) -> bool:
         """Whether `[offset, offset + length)` of the payload was never written."""
@@ -246,15 +284,70 @@ class DriveFiles:
         self._root_text = str(root)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._edge_locks: dict[str, threading.Lock] = {}
+        # Availability kept by drive while the directory's watch hears nothing (an info's
+        # open, fstat and close cost a third of a cached drives/D/info): the watch's count
+        # when looked at, until when it may be kept, and what was seen.
+        self._watch: DirectoryWatch | None = None
+        self._watch_tried = False
+        self._seen: dict[str, tuple[int, float, bool]] = {}
 
     def path_of(self, uuid: str) -> Path:
         return self.root / f"{uuid}.img"
 
     def is_available(self, uuid: str) -> bool:
-        """Whether the drive's data can be reached now (its status `active`)."""
+        """Whether the drive's data can be reached now (its status `active`). On the event
+        loop what was seen is kept while nothing happens to the directory's entries (its
+        watch, storage/directory_watch.py), for AVAILABILITY_SECONDS at most: a file system
+        failing under an unchanged file tells no watch."""
+        watch = self._watch if self._watch_tried else self._start_watch()
+        # (`watch.live` spelt out: a property's call is a tenth of a kept info's cost.)
+        if watch is None or watch.lost or asyncio._get_running_loop() is not watch.loop:
+            if watch is not None and (watch.lost or watch.loop.is_closed()):
+                watch.close()
+                self._watch_tried = False  # a new watch at the next look from a loop
+            return self._look(uuid)
+        heard, now = watch.heard, monotonic()
+        seen = self._seen.get(uuid)
+        if seen is not None and seen[0] == heard and now < seen[1]:
+            return seen[2]
+        if len(self._seen) >= MAX_SEEN:
+            self._seen.clear()
+        available = self._look(uuid)  # `heard` read before: an event meanwhile voids it
+        self._seen[uuid] = (heard, now + AVAILABILITY_SECONDS, available)
+        return available
+
+    def _look(self, uuid: str) -> bool:
         # The path as text: a Path made per drive is a third of this check's cost, and an
         # info of thousands makes one per drive.
         return file_is_available(f"{self._root_text}/{uuid}.img")
+
+    def _start_watch(self) -> DirectoryWatch | None:
+        """The directory's watch, started on the first look from an event loop, and again
+        after one was lost (None elsewhere, or when inotify refuses: every look is then made
+        afresh)."""
+        if asyncio._get_running_loop() is None:
+            return None
+        self._watch_tried = True
+        self._watch = None
+        self._seen.clear()  # counted by another watch
+        try:
+            self._watch = DirectoryWatch(self.root)
+        except OSError as error:
+            log.warning("event=directory_watch_failed directory=%s error=%r", self.root, error)
+        return self._watch
+
+    def watch(self) -> None:
+        """Start the directory's watch now, from the running event loop, rather than at the
+        first look: its descriptor is then held from the start (a daemon's count of open
+        descriptors does not grow by it under load)."""
+        if not self._watch_tried:
+            self._start_watch()
+
+    def close(self) -> None:
+        """Stop watching the directory (its files stay as they are)."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def create_plain(self, uuid: str, size: int) -> None:
         fd = os.open(self.path_of(uuid), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

@@ -10,7 +10,7 @@ A read or a write of one request is an object of its own (`DriveRead`, `DriveWri
 bytes move in pieces, never the whole range in memory.
 """
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +75,16 @@ class DriveRead(Protocol):
     def close(self) -> None: ...
 
 
+class BodyDecoder(Protocol):
+    """The decoding of a write's body that comes encoded (a gzip body): fed the bytes as
+    they came, it gives the drive's bytes in bounded pieces; a body that proves bad raises
+    the API's error (`UsageError`), in `feed` or at its end, in `finish`."""
+
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+
+    def finish(self) -> None: ...
+
+
 class DriveWrite(Protocol):
     """One write of bytes in order from an offset, acknowledged only once durable."""
 
@@ -127,10 +137,17 @@ class DriveStorage(Protocol):
     ) -> DriveRead: ...
 
     def open_write(
-        self, drive_bytes: DriveBytes, offset: int, size: int, staged: bool, on_close: WriteClosed
+        self,
+        drive_bytes: DriveBytes,
+        offset: int,
+        size: int,
+        staged: bool,
+        on_close: WriteClosed,
+        decoder: BodyDecoder | None = None,
     ) -> DriveWrite:
         """A write from `offset` of a drive of `size` bytes: straight to the drive, or
-        `staged` (applied whole once all of it has come, as for a gzip body)."""
+        `staged` (applied whole once all of it has come, as for a gzip body). A staged write
+        given a `decoder` is written the body as it came and decodes it itself."""
 
     async def list_files(self, after: str, limit: int = FILES_PAGE) -> list[DriveFile]:
         """The host's drive files whose UUID sorts after `after` ("" for the first page), in

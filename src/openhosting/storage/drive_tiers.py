@@ -38,5 +38,16 @@ class DriveTiers:
         """Each distinct drive directory once."""
         return list(self._directories)
 
+    def watch(self) -> None:
+        """Watch each directory from now on (storage/directory_watch.py), on the running
+        event loop."""
+        for files in self._directories:
+            files.watch()
+
+    def close(self) -> None:
+        """Stop watching the directories (storage/directory_watch.py)."""
+        for files in self._directories:
+            files.close()
+
     def directory_of(self, tier: str) -> Path:
         return self._tiers[tier].root

@@ -7,26 +7,33 @@ storage's (storage/local_storage.py); `Drives` (services) checks who may do it a
 import asyncio
 import collections
 import contextlib
+import mmap
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from openhosting.errors import FullError, UsageError
 from openhosting.storage.drive_files import (
     IO_CHUNK,
+    EncryptedDriveIO,
     OpenDrive,
     PlainDriveIO,
     is_disk_full,
     is_too_large,
 )
 from openhosting.storage.drive_hash import hash_range
+from openhosting.storage.drive_storage import BodyDecoder
 from openhosting.storage.write_stage import WriteStage
+from openhosting.storage.xts import SECTOR_SIZE
 
 # Pieces read and decrypted ahead of the one being sent, each in a worker thread: two keep
 # both cores of a small host busy (bench drive-read-encrypted).
 READ_AHEAD = 2
 # Pieces of a raw write being encrypted and written at once, each in a worker thread.
 WRITE_AHEAD = 2
+# Bytes of a staged write's body queued for its thread at most before the request waits for
+# it (a 5 MiB gzip chunk of the upload tool is about 3 MiB: never waits).
+QUEUED_BOUND = 4 * 1024 * 1024
 
 
 def storage_error(error: OSError, action: str) -> Exception:
@@ -81,6 +88,47 @@ class ReadPlan:
                 with contextlib.suppress(Exception):
                     await future  # its thread holds the file: let it finish before close
 
+    async def lent_pieces(self) -> AsyncGenerator[memoryview, None]:
+        """The bytes of an encrypted drive, in order, as `chunks` gives them, but each piece
+        read and decrypted in place (by a worker thread, `READ_AHEAD` pieces ahead) in one
+        of a few buffers of this read's own, and only lent: its buffer is read into again
+        once the piece after the next is asked for, so the caller must have sent it (no
+        reference kept, in a transport's buffer either) before asking for the next. No
+        buffer made, zeroed and faulted in per piece: `chunks` made one of 4 MiB each.
+
+        Pieces start on sector boundaries after the first, so that each is one in-place
+        pass over whole sectors."""
+        drive_io = self.opened.io
+        if not isinstance(drive_io, EncryptedDriveIO):
+            raise TypeError("lent_pieces reads encrypted drives; a plain one is sent by sendfile")
+        if self.count <= 0:
+            return  # at or past the drive's end: nothing to read, no buffer to make
+        end = self.offset + self.count
+        first = self.offset - self.offset % SECTOR_SIZE  # where the first piece's sector starts
+        span = min(IO_CHUNK, _whole_sectors(end) - first)
+        # One piece lent, up to READ_AHEAD + 1 being read: each its own buffer. Anonymous
+        # maps are page-aligned and unmapped once the last view of them is gone.
+        ring = [mmap.mmap(-1, span) for _ in range(min(READ_AHEAD + 2, -(-(end - first) // span)))]
+        pending: collections.deque[asyncio.Future[memoryview]] = collections.deque()
+        at, made = first, 0
+        try:
+            while at < end or pending:
+                while at < end and len(pending) <= READ_AHEAD:
+                    sectors = min(IO_CHUNK, _whole_sectors(end) - at)
+                    buffer = memoryview(ring[made % len(ring)])[:sectors]
+                    piece = buffer[max(self.offset, at) - at : min(at + IO_CHUNK, end) - at]
+                    pending.append(
+                        asyncio.ensure_future(
+                            asyncio.to_thread(_read_piece, drive_io, at, buffer, piece)
+                        )
+                    )
+                    at, made = at + sectors, made + 1
+                yield await pending.popleft()
+        finally:
+            for future in pending:
+                with contextlib.suppress(Exception):
+                    await future  # its thread holds the file and a buffer: let it finish
+
     async def sha256(self) -> str:
         """The hex SHA-256 of the range, hashed in a worker thread. A cancelled caller (its
         client went away) stops the thread at its next piece and waits for it, so that
@@ -104,6 +152,19 @@ class ReadPlan:
     def close(self) -> None:
         self.opened.io.close()
         self.on_close()
+
+
+def _whole_sectors(size: int) -> int:
+    return -(-size // SECTOR_SIZE) * SECTOR_SIZE
+
+
+def _read_piece(
+    drive_io: EncryptedDriveIO, at: int, buffer: memoryview, piece: memoryview
+) -> memoryview:
+    """Decrypt the sectors from payload byte `at` into `buffer`; `piece` is the part of it
+    that was asked for."""
+    drive_io.read_sectors_into(at // SECTOR_SIZE, buffer)
+    return piece
 
 
 class _WriteRequest:
@@ -215,7 +276,14 @@ class DriveWriter(_WriteRequest):
 class StagedDriveWriter(_WriteRequest):
     """One write whose bytes reach the drive only once all of them are known good (a gzip
     body, valid or not only at its end): staged as they come (`WriteStage`), applied and
-    made durable by `finish`. Until then, and after `abort`, the drive is as it was."""
+    made durable by `finish`. Until then, and after `abort`, the drive is as it was.
+
+    Everything done to the bytes (decoding the body with `decoder`, staging, applying and
+    syncing) happens in a worker thread, in order; the event loop only queues the pieces as
+    they arrive. So a gzip body is inflated while the rest of it arrives, not between its
+    pieces on the loop, and one job of the thread handles every piece queued while it runs:
+    a body that arrives faster than it inflates (any, over a fast link) costs one thread hop,
+    applied and synced by the same job right after its end is checked."""
 
     def __init__(
         self,
@@ -224,11 +292,19 @@ class StagedDriveWriter(_WriteRequest):
         stage: WriteStage,
         room: int,
         on_close: Callable[[int | None], None],
+        decoder: BodyDecoder | None = None,
     ) -> None:
         super().__init__(uuid, opened, on_close)
         self._stage = stage
         self._room = room  # bytes from the offset to the drive's end
-        self._pending: asyncio.Future[None] | None = None
+        self._decoder = decoder
+        self._lock = threading.Lock()  # the queue and `_working`, shared with the thread
+        self._queue: collections.deque[bytes | None] = collections.deque()  # None: the end
+        self._queued = 0  # bytes in the queue
+        self._working = False  # a job of the thread is handling the queue
+        self._job: asyncio.Future[None] | None = None  # the last job started
+        self._failure: Exception | None = None  # what refused the write (set by the thread)
+        self._stopped = False  # aborted: the thread drops what is queued
 
     @property
     def remaining(self) -> int:
@@ -238,35 +314,86 @@ class StagedDriveWriter(_WriteRequest):
         """Nothing now: `finish` gives the range its blocks before applying a byte."""
 
     async def write(self, data: bytes) -> None:
-        if len(data) > self.remaining:
-            raise FullError(
-                f"Write past the end of drive {self._uuid} ({self._room} bytes from the"
-                " offset): nothing was written"
-            )
-        self._stage.append(data)
-        if self._stage.wants_spill():
-            await self._in_thread(self._stage.spill)
-
-    async def _in_thread(self, work: Callable[[], None]) -> None:
-        # Shielded and kept: a cancelled request must not close the staging file under a
-        # thread that still uses it (`abort` waits for it).
-        self._pending = asyncio.ensure_future(asyncio.to_thread(work))
-        try:
-            await asyncio.shield(self._pending)
-        except OSError as error:
-            raise storage_error(error, "write to the drive") from None
+        self._raise_failure()
+        # Queued as it is: the caller's buffer may be reused (the agent's frames are).
+        queued = self._enqueue(data if type(data) is bytes else bytes(data))
+        if queued > QUEUED_BOUND:  # the client is ahead of the thread: memory stays flat
+            await self._settled()
+            self._raise_failure()
 
     async def finish(self) -> int:
         """Apply the staged bytes, make them durable, count them; returns how many."""
-        await self._in_thread(self._stage.apply)
+        self._raise_failure()
+        self._enqueue(None)
+        await self._settled()
+        self._raise_failure()
         written = self._stage.length
         self._close(written)
         return written
 
     async def abort(self) -> None:
         """Give up: the staged bytes are dropped, the drive was never touched."""
-        if self._pending is not None:
-            with contextlib.suppress(Exception):  # the write is being refused anyway
-                await self._pending
+        self._stopped = True
+        await self._settled()  # a piece in the thread's hands cannot be taken back
         await asyncio.to_thread(self._stage.discard)
         self._close(None)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _enqueue(self, piece: bytes | None) -> int:
+        """Queue `piece` for the thread, starting a job unless one is running; returns the
+        bytes queued."""
+        with self._lock:
+            self._queue.append(piece)
+            self._queued += len(piece) if piece is not None else 0
+            queued, start = self._queued, not self._working
+            self._working = True
+        if start:
+            self._job = asyncio.get_running_loop().run_in_executor(None, self._work)
+        return queued
+
+    async def _settled(self) -> None:
+        """Until the thread has handled everything queued (nothing is queued meanwhile: the
+        caller waits here). Shielded: a cancelled request must not close the staging file
+        under a thread that still uses it (`abort` waits again)."""
+        if self._job is not None:
+            await asyncio.shield(self._job)
+
+    def _work(self) -> None:
+        """A job of the thread: the queued pieces in order, until none is left."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._working = False
+                    return
+                piece = self._queue.popleft()
+                self._queued -= len(piece) if piece is not None else 0
+            if self._failure is not None or self._stopped:
+                continue  # refused or given up: the rest is dropped
+            try:
+                if piece is None:
+                    self._end()
+                else:
+                    self._stage_piece(piece)
+            except OSError as error:
+                self._failure = storage_error(error, "write to the drive")
+            except Exception as error:  # raised on the event loop, by the request
+                self._failure = error
+
+    def _stage_piece(self, piece: bytes) -> None:
+        for data in self._decoder.feed(piece) if self._decoder is not None else (piece,):
+            if len(data) > self.remaining:
+                raise FullError(
+                    f"Write past the end of drive {self._uuid} ({self._room} bytes from the"
+                    " offset): nothing was written"
+                )
+            self._stage.append(data)
+            if self._stage.wants_spill():
+                self._stage.spill()
+
+    def _end(self) -> None:
+        if self._decoder is not None:
+            self._decoder.finish()  # a body cut short or damaged is refused here
+        self._stage.apply()

@@ -3,7 +3,8 @@
 Knows nothing of users, jobs or the database: a pipeline takes two open drives (`Endpoint`)
 and a `Tracker` that hears of progress, paces the work and says when to stop. Pipelines are
 blocking and run in a worker thread; the expensive parts (direct writes, copy_file_range,
-ISA-L, AES) release the GIL, and gunzip's inflating runs in a child igzip (`igzip_child`).
+ISA-L, AES) release the GIL, so a gzip's or gunzip's reading, converting and writing run on
+both cores at once, each in a thread of its own.
 
 Every pipeline first empties the destination (its bytes become holes, which read as zeros),
 then writes what the conversion produces from offset 0, cut at the destination's size. On a
@@ -16,7 +17,6 @@ holes of a copy's source stay holes, as they were never written there either.
 import collections
 import contextlib
 import errno
-import functools
 import itertools
 import mmap
 import os
@@ -33,7 +33,6 @@ from isal import isal_zlib
 from openhosting.errors import FailedError
 from openhosting.storage.drive_files import EncryptedDriveIO, PlainDriveIO
 from openhosting.storage.gzip_stream import GZIP_WBITS, INFLATE_PIECE, GzipMembers
-from openhosting.storage.igzip_child import PIPE_SIZE, IgzipInflater, igzip_program
 from openhosting.storage.luks import payload_offset
 from openhosting.storage.sparse import (
     DIRECT_ALIGNMENT,
@@ -56,8 +55,6 @@ GZIP_LEVEL = 1
 # bounded: this many chunks, plus one being filled.
 WRITES_QUEUED = 3
 CONVERSIONS = ("", "gzip", "gunzip")
-# SRC's bytes are spliced into a child inflater this much at a time (its pipe's size).
-FEED_PIECE = PIPE_SIZE
 
 
 class ImagingStopped(FailedError):
@@ -167,45 +164,9 @@ def gzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
 def gunzip(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     """DST receives the decompressed gzip stream that SRC holds; padding after it is ignored.
 
-    GzipStreamError when SRC does not hold a whole gzip stream. The inflating is done by a
-    child igzip (see `igzip_child`) while this thread takes its output into page-aligned
-    chunks that the writer's thread writes as they are; where igzip is not installed, by
-    ISA-L in this process."""
-    program = igzip_program()
-    if program is None:
-        _gunzip_in_process(src, dst, tracker)
-        return
-    empty(dst)
-    tracker.begin(src.size)
-    # One chunk more than the writer holds: the one being filled is never one being written.
-    ring = itertools.cycle([mmap.mmap(-1, CHUNK) for _ in range(WRITES_QUEUED + 1)])
-    with (
-        _seekable(src) as fd,
-        _Writer(dst) as writer,
-        contextlib.closing(
-            IgzipInflater(program, functools.partial(_feed, fd, src), tracker.tick)
-        ) as child,
-    ):
-        position = fed = 0
-        while position < dst.size:
-            chunk = memoryview(next(ring))[: min(CHUNK, dst.size - position)]
-            length = child.fill(chunk)
-            if length:
-                writer.write_aligned(position, chunk[:length])
-            position += length
-            tracker.advance(child.fed - fed)
-            fed = child.fed
-            if length < len(chunk):
-                child.finish()  # the stream ended before DST did: it must be whole
-                break
-        else:  # DST is full: the rest of the stream is cut, unchecked, if there is any
-            if child.fill(memoryview(bytearray(1))) == 0:
-                child.finish()
-        writer.finish()
-
-
-def _gunzip_in_process(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
-    """`gunzip` by ISA-L in this process, for hosts without igzip."""
+    GzipStreamError when SRC does not hold a whole gzip stream. ISA-L inflates in this thread
+    (it lets go of the GIL while it works) while a thread of its own reads SRC ahead and the
+    writer's thread writes what came out: no process or pipe between them."""
     members = GzipMembers(INFLATE_PIECE)
     with _streaming(src, dst, tracker) as (pieces, out):
         for piece in pieces:
@@ -247,12 +208,6 @@ class _Writer:
         if not (self._dst.plain and _is_zero(data)):
             self._queue(self._write, offset, data)
 
-    def write_aligned(self, offset: int, chunk: memoryview) -> None:
-        """Write a chunk that sits in page-aligned memory to a `CHUNK`-aligned offset, from
-        where it is: it must stay as it is until the write is done (`WRITES_QUEUED` chunks
-        later at most, or at `finish`)."""
-        self._queue(self._write_aligned, offset, chunk)
-
     def write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
         """Write consecutive pieces from `offset`, joined (or not) in the writer's thread."""
         self._queue(self._write_pieces, offset, pieces)
@@ -282,31 +237,6 @@ class _Writer:
                 run = []
             position += 0 if piece is None else len(piece)
         start_writeback(self._hint_fd, offset, position - offset)
-
-    def _write_aligned(self, offset: int, chunk: memoryview) -> None:
-        if not self._dst.plain:  # encrypted into memory of the drive's own, then written
-            self._write(offset, chunk)
-            return
-        # Runs of data pieces are written with O_DIRECT from the chunk itself (their offsets
-        # are aligned in the file and in memory alike); zero pieces stay holes.
-        run_start = None
-        for at in [*range(0, len(chunk), INFLATE_PIECE), len(chunk)]:
-            zero = at < len(chunk) and _is_zero(chunk[at : at + INFLATE_PIECE])
-            if at < len(chunk) and not zero:
-                run_start = at if run_start is None else run_start
-            elif run_start is not None:
-                self._write_in_place(offset + run_start, chunk[run_start:at])
-                run_start = None
-        start_writeback(self._hint_fd, offset, len(chunk))
-
-    def _write_in_place(self, offset: int, run: memoryview) -> None:
-        """Write a plain DST's run that sits in page-aligned memory at an aligned offset: its
-        whole pages with O_DIRECT, a cut last page through the page cache."""
-        middle = len(run) - len(run) % DIRECT_ALIGNMENT
-        if not (middle and self._write_direct(offset, run[:middle])):
-            middle = 0
-        if middle < len(run):
-            self._dst.io.write_at(offset + middle, run[middle:])
 
     def _write_direct(self, offset: int, data: memoryview) -> bool:
         """Write aligned `data` with O_DIRECT; False where refused (the caller writes it
@@ -477,26 +407,6 @@ def _copy_pieces(src: Endpoint, out: _Writer, first: int, end: int, tracker: Tra
         out.write(position, data)
         position += length
         tracker.advance(length)
-
-
-def _feed(fd: int, src: Endpoint, stdin: int) -> Iterator[int]:
-    """SRC's bytes into a child's stdin; yields each count written. A plain SRC's go by
-    splice, from its page cache into the pipe, not through this process's memory."""
-    if not src.plain:
-        for piece in _pieces(fd, src, src.size):
-            view = memoryview(piece)
-            while view:
-                written = os.write(stdin, view)
-                view = view[written:]
-                yield written
-        return
-    position = 0
-    while position < src.size:
-        count = os.splice(fd, stdin, min(FEED_PIECE, src.size - position), offset_src=position)
-        if count == 0:
-            return  # the file ends short of the drive's size: the child sees its input end
-        position += count
-        yield count
 
 
 def _pieces(fd: int, src: Endpoint, length: int) -> Iterator[bytes | bytearray | memoryview]:

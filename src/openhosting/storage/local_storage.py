@@ -12,6 +12,7 @@ from openhosting.reverter import Reverter
 from openhosting.storage.drive_files import DriveFiles
 from openhosting.storage.drive_storage import (
     FILES_PAGE,
+    BodyDecoder,
     DriveBytes,
     DriveFile,
     ReadClosed,
@@ -89,7 +90,13 @@ class LocalDriveStorage:
         return ReadPlan(drive, opened, offset, count, on_close)
 
     def open_write(
-        self, drive_bytes: DriveBytes, offset: int, size: int, staged: bool, on_close: WriteClosed
+        self,
+        drive_bytes: DriveBytes,
+        offset: int,
+        size: int,
+        staged: bool,
+        on_close: WriteClosed,
+        decoder: BodyDecoder | None = None,
     ) -> DriveWriter | StagedDriveWriter:
         drive, files = drive_bytes.drive, self.files_of(drive_bytes.drive, drive_bytes.tier)
         with Reverter() as revert:
@@ -98,7 +105,7 @@ class LocalDriveStorage:
             revert.success()
         if staged:
             stage = WriteStage(opened.io, files.root, offset)
-            return StagedDriveWriter(drive, opened, stage, size - offset, on_close)
+            return StagedDriveWriter(drive, opened, stage, size - offset, on_close, decoder)
         return DriveWriter(drive, opened, offset, size, on_close)
 
     async def list_files(self, after: str, limit: int = FILES_PAGE) -> list[DriveFile]:

@@ -336,33 +336,48 @@ class LuksVolume:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def read_sectors_into(self, first: int, view: memoryview) -> bool:
+        """Fill `view` (whole sectors, writable) with the plaintext of the sectors from
+        `first`, decrypted in place: no buffer of its own, so a caller can read a drive
+        through the same few buffers. Sectors never written (and any past the file's end)
+        are zeros. Whether any sector held data."""
+        count = _sector_count_of(len(view))
+        done, position = 0, self._base + first * SECTOR_SIZE
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], position + done)
+            if got == 0:
+                view[done:] = bytes(len(view) - done)  # past the end of the file: zeros
+                break
+            done += got
+        sectors = np.frombuffer(view, dtype=np.uint64).reshape(count, SECTOR_SIZE // 8)
+        written = _written_sectors(sectors)
+        if written.all():
+            self._cipher.crypt_in_place(view, first, encrypt=False)
+        elif not written.any():
+            return False  # all zeros already: nothing was ever written there
+        else:
+            # Decrypt only the written sectors, gathered into one buffer for one bulk pass;
+            # the others' zero ciphertext stays as their zero plaintext.
+            index = np.flatnonzero(written)
+            picked = sectors[index]
+            numbers = index.astype(np.uint64) + np.uint64(first)
+            self._cipher.crypt_in_place(picked.data, numbers, encrypt=False)
+            sectors[index] = picked
+        return True
+
     def _read_sectors(self, first: int, count: int) -> bytearray | None:
         """Plaintext of ``count`` sectors, or None if none was ever written.
 
         A sector whose ciphertext is all zeros (a hole, or never written) reads as zeros.
         """
         buffer = bytearray(count * SECTOR_SIZE)
-        view = memoryview(buffer)
-        done, position = 0, self._base + first * SECTOR_SIZE
-        while done < len(buffer):
-            got = os.preadv(self._fd, [view[done:]], position + done)
-            if got == 0:
-                break  # past the end of the file: leave zeros
-            done += got
-        sectors = np.frombuffer(buffer, dtype=np.uint64).reshape(count, SECTOR_SIZE // 8)
-        written = _written_sectors(sectors)
-        if written.all():
-            self._cipher.crypt_in_place(buffer, first, encrypt=False)
-        elif not written.any():
-            return None
-        else:
-            # Decrypt only the written sectors, gathered into one buffer for one bulk pass.
-            index = np.flatnonzero(written)
-            picked = sectors[index]
-            numbers = index.astype(np.uint64) + np.uint64(first)
-            self._cipher.crypt_in_place(picked.data, numbers, encrypt=False)
-            sectors[index] = picked
-        return buffer
+        return buffer if self.read_sectors_into(first, memoryview(buffer)) else None
+
+
+def _sector_count_of(length: int) -> int:
+    if length % SECTOR_SIZE:
+        raise ValueError(f"need whole {SECTOR_SIZE}-byte sectors, got {length} bytes")
+    return length // SECTOR_SIZE
 
 
 def _written_sectors(sectors: np.ndarray) -> np.ndarray:
@@ -371,8 +386,10 @@ def _written_sectors(sectors: np.ndarray) -> np.ndarray:
     Only the first 16 bytes of each sector are looked at first: ciphertext starts with 16
     zero bytes with probability 2^-128, so the whole sector is checked only where they are
     zero (a hole, in practice), and the answer is exact at a thirty-second of the reads.
+    The two words are ORed rather than reduced with any(axis=1): NumPy's reduction over
+    rows of two cost ten times as much (3% of an encrypted read's CPU).
     """
-    written: np.ndarray = np.asarray(sectors[:, :2].any(axis=1))
+    written: np.ndarray = np.bitwise_or(sectors[:, 0], sectors[:, 1]).astype(bool)
     doubtful = np.flatnonzero(~written)
     if len(doubtful):
         written[doubtful] = sectors[doubtful].any(axis=1)

@@ -1,6 +1,8 @@
 """`DriveStorage` of another host: each call made to that host's agent over mutual TLS
 (agent/storage_routes.py serves it), the bytes of reads and writes streamed both ways on a
-connection of their own (storage/agent_streams.py, agent/drive_streams.py).
+connection of their own (storage/agent_streams.py, agent/drive_streams.py); the bytes of a
+read answered to the API's client are sent on to its socket by the stream's thread itself
+(`RemoteRead.send_to`).
 
 Memory stays flat whatever the size: a write's bytes are gathered into pieces of
 `SEND_PIECE` handed to the stream's thread, at most a few ahead of its socket (a slow agent
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,10 +32,11 @@ import aiohttp
 from openhosting.agent.host_connection import HostConnection
 from openhosting.errors import ERROR_TYPES, ApiError, FailedError, FullError, UnavailableError
 from openhosting.reverter import Reverter
-from openhosting.storage.agent_streams import ReadStream, WriteStream
+from openhosting.storage.agent_streams import ClientGone, ReadStream, WriteStream
 from openhosting.storage.drive_files import PlainDriveIO
 from openhosting.storage.drive_storage import (
     FILES_PAGE,
+    BodyDecoder,
     DriveBytes,
     DriveFile,
     ReadClosed,
@@ -75,12 +79,13 @@ class RemoteDriveStorage:
         return self.unreachable(error)
 
     async def post(
-        self, action: str, body: Any, timeout: aiohttp.ClientTimeout
+        self, action: str, body: Any, timeout: aiohttp.ClientTimeout, area: str = "storage"
     ) -> aiohttp.ClientResponse:
-        """Send one call; the response once its status is known (refusals raised)."""
+        """Send one call (to `/AREA/ACTION`); the response once its status is known
+        (refusals raised)."""
         try:
             response = await self.agent.session().post(
-                f"{self.agent.base_url}/storage/{action}",
+                f"{self.agent.base_url}/{area}/{action}",
                 data=body,
                 ssl=self.agent.context,
                 server_hostname=self.host,
@@ -176,10 +181,16 @@ class RemoteDriveStorage:
         return RemoteRead(self, drive_bytes, offset, count, on_close)
 
     def open_write(
-        self, drive_bytes: DriveBytes, offset: int, size: int, staged: bool, on_close: WriteClosed
+        self,
+        drive_bytes: DriveBytes,
+        offset: int,
+        size: int,
+        staged: bool,
+        on_close: WriteClosed,
+        decoder: BodyDecoder | None = None,
     ) -> RemoteWrite:
         call = dict(**_named(drive_bytes), offset=offset, size=size)
-        return RemoteWrite(self, call, staged, on_close)
+        return RemoteWrite(self, call, staged, on_close, decoder)
 
     async def close(self) -> None:
         await self.agent.close()
@@ -187,8 +198,8 @@ class RemoteDriveStorage:
     def read_stream(self, call: dict[str, Any], count: int) -> ReadStream:
         return ReadStream(self.agent, call, count, self._stall_timeout)
 
-    def write_stream(self, call: dict[str, Any]) -> WriteStream:
-        return WriteStream(self.agent, call, self._stall_timeout)
+    def write_stream(self, call: dict[str, Any], action: str = "write") -> WriteStream:
+        return WriteStream(self.agent, call, self._stall_timeout, action)
 
 
 class RemoteRead:
@@ -231,6 +242,20 @@ class RemoteRead:
         except Exception as error:  # the stream's thread's, raised here
             raise self._storage.failure(error) from None
 
+    async def send_to(self, client: socket.socket) -> None:
+        """Send the bytes to `client` from the stream's thread (`ReadStream.send_to`): the
+        API's answer to a remote read, its headers already sent. `ClientGone` if the client
+        goes; the agent's failure as `chunks` raises it."""
+        if self._stream is None:
+            await self.begin()
+        assert self._stream is not None
+        try:
+            await self._stream.send_to(client)
+        except ClientGone:
+            raise
+        except Exception as error:  # the stream's thread's, raised here
+            raise self._storage.failure(error) from None
+
     async def sha256(self) -> str:
         named = self._drive_bytes
         return await self._storage.hash(
@@ -252,7 +277,8 @@ class RemoteRead:
 class RemoteWrite:
     """One write to a drive on another host: its bytes go to the agent as they come, a few
     pieces ahead of its socket at most; acknowledged once the agent answers that they are
-    durable."""
+    durable. A body that comes encoded is decoded here, by `decoder`, and its bytes sent
+    staged."""
 
     def __init__(
         self,
@@ -260,11 +286,13 @@ class RemoteWrite:
         call: dict[str, Any],
         staged: bool,
         on_close: WriteClosed,
+        decoder: BodyDecoder | None = None,
     ) -> None:
         self._storage = storage
         self._call = call
         self._staged = staged
         self._on_close = on_close
+        self._decoder = decoder
         self._position = int(call["offset"])  # where the next byte goes
         self._gathered = bytearray()  # the next piece to hand over
         self._stream: WriteStream | None = None
@@ -279,6 +307,13 @@ class RemoteWrite:
         await self._storage._call("allocate", **self._call, count=length)
 
     async def write(self, data: bytes) -> None:
+        if self._decoder is None:
+            await self._send(data)
+            return
+        for piece in self._decoder.feed(data):
+            await self._send(piece)
+
+    async def _send(self, data: bytes) -> None:
         if len(data) > self.remaining:
             raise FullError(
                 f"Write past the end of drive {self._call['drive']} ({self._call['size']}"
@@ -304,6 +339,8 @@ class RemoteWrite:
 
     async def finish(self) -> int:
         """The end of the bytes sent; the agent's count once it made them durable."""
+        if self._decoder is not None:
+            self._decoder.finish()  # a body cut short or damaged: nothing sent is applied
         async with Reverter() as revert:
             revert.add(self.abort)
             stream = self._started()

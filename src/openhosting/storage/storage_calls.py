@@ -18,6 +18,7 @@ from openhosting.storage.imaging import CONVERSIONS
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TIER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_GENERATION = re.compile(r"[0-9a-f]{1,32}")
 # The most drive files one listing call may ask for (its answer is one JSON body).
 MAX_FILES_PAGE = 10_000
 
@@ -57,6 +58,40 @@ class StorageCall:
         if not _UUID.fullmatch(call.drive) or not _TIER.fullmatch(call.tier):
             raise UsageError("malformed storage call: not a drive's UUID and tier")
         return call
+
+
+@dataclass(frozen=True)
+class CacheCall:
+    """A call about one copy in a host's image cache (agent/image_cache.py): standard drive
+    `drive` (its UUID) at `generation` (a hex word that changes whenever its bytes do), and
+    for a fill its `size` in bytes."""
+
+    drive: str
+    generation: str
+    size: int = 0
+
+    @classmethod
+    def decode(cls, line: bytes) -> CacheCall:
+        with _malformed("cache call"):
+            fields = _object(line)
+            call = cls(
+                drive=str(fields["drive"]),
+                generation=str(fields["generation"]),
+                size=_count(fields, "size"),
+            )
+        if not _UUID.fullmatch(call.drive) or not _GENERATION.fullmatch(call.generation):
+            raise UsageError("malformed cache call: not a drive's UUID and generation")
+        return call
+
+
+@dataclass(frozen=True)
+class CachedCopy:
+    """One copy in a host's image cache: standard drive `drive` at `generation`, `size`
+    bytes (an item of the agent's `/cache/list` answer)."""
+
+    drive: str
+    generation: str
+    size: int
 
 
 @dataclass(frozen=True)

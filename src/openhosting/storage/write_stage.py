@@ -19,13 +19,21 @@ import os
 import secrets
 from pathlib import Path
 
-from openhosting.storage.drive_files import IO_CHUNK, EncryptedDriveIO, PlainDriveIO
+from openhosting.storage.drive_files import IO_CHUNK, EncryptedDriveIO, PlainDriveIO, pwritev_all
 from openhosting.storage.xts import SECTOR_SIZE
 
 # In memory up to this much per write (the upload tool's chunks are 5 MiB, so those never
 # touch a staging file); memory for staging is bounded by this times the transfers at once.
 MEMORY_BOUND = 16 * 1024 * 1024
 STAGING_SUFFIX = ".staging"
+# A plain drive is written this much at a time, each group's write-back to disk started at
+# once: the disk works on it while the next is copied, and the fdatasync after finds less
+# left (a 5 MiB gzip chunk's write and sync took 3-5 ms instead of 7-18 in alternated trials
+# on the loaded machine).
+WRITEBACK_PIECE = 1024 * 1024
+# Appended pieces smaller than this are copied into one buffer; larger ones are kept as they
+# came.
+SMALL_PIECE = 64 * 1024
 
 
 def open_staging_file(directory: Path) -> int:
@@ -51,8 +59,7 @@ def remove_staging_leftovers(directory: Path) -> int:
 
 class WriteStage:
     """The bytes of one write from `offset` of an open drive, appended in order, applied to
-    the drive only by `apply`. `append` runs on the event loop (it only copies into memory);
-    `spill`, `apply` and `discard` do I/O and run in a worker thread."""
+    the drive only by `apply`. Used from one thread at a time (a write's worker thread)."""
 
     def __init__(
         self, drive_io: PlainDriveIO | EncryptedDriveIO, directory: Path, offset: int
@@ -60,7 +67,10 @@ class WriteStage:
         self._io, self._directory, self._offset = drive_io, directory, offset
         self._encrypted = isinstance(drive_io, EncryptedDriveIO)
         self.length = 0  # bytes staged in all
-        self._buffer = bytearray()  # staged bytes not yet in the staging file
+        # Staged bytes not yet in the staging file, as they were appended: kept, not copied
+        # into one buffer (that copy took ~0.7 ms of a 5 MiB gzip chunk's ~22).
+        self._pieces: list[bytes | bytearray] = []
+        self._held = 0  # their length
         self._fd: int | None = None
         self._head = b""  # encrypted: the bytes before the first sector boundary
         self._in_file = 0  # bytes in the staging file, from drive offset `_file_start`
@@ -69,31 +79,53 @@ class WriteStage:
     def _file_start(self) -> int:
         return self._offset + len(self._head)
 
-    def append(self, data: bytes | bytearray) -> None:
-        self._buffer += data
+    def append(self, data: bytes) -> None:
+        """Stage `data`, kept as it is (nobody may change it afterwards) unless it is small:
+        a body that trickles in tiny pieces is copied together, not held as millions of
+        objects."""
+        if len(data) >= SMALL_PIECE:
+            self._pieces.append(data)
+        elif self._pieces and isinstance(self._pieces[-1], bytearray):
+            self._pieces[-1] += data  # a buffer of ours
+        else:
+            self._pieces.append(bytearray(data))
+        self._held += len(data)
         self.length += len(data)
 
     def wants_spill(self) -> bool:
         """Whether the memory held is enough to move to the staging file now."""
-        return len(self._buffer) >= (MEMORY_BOUND if self._fd is None else IO_CHUNK)
+        return self._held >= (MEMORY_BOUND if self._fd is None else IO_CHUNK)
+
+    def _take_all(self) -> bytearray:
+        """The held bytes in one buffer of their own (encryption works in place)."""
+        buffer = bytearray().join(self._pieces)
+        self._pieces, self._held = [], 0
+        return buffer
+
+    def _hold(self, rest: bytearray) -> None:
+        self._pieces, self._held = ([rest], len(rest)) if rest else ([], 0)
 
     def spill(self) -> None:
-        """Move the buffered bytes to the staging file (an encrypted drive's as whole
-        sectors of ciphertext: a partial last sector stays buffered)."""
+        """Move the held bytes to the staging file (an encrypted drive's as whole sectors
+        of ciphertext: a partial last sector stays held)."""
         if self._fd is None:
             self._fd = open_staging_file(self._directory)
             if self._encrypted:
-                head = min((-self._offset) % SECTOR_SIZE, len(self._buffer))
-                self._head, self._buffer = bytes(self._buffer[:head]), self._buffer[head:]
-        count = len(self._buffer)
-        if self._encrypted:
-            count -= count % SECTOR_SIZE
-        if not count:
-            return
-        piece, self._buffer = self._buffer[:count], self._buffer[count:]
-        if isinstance(self._io, EncryptedDriveIO):
+                buffer = self._take_all()
+                head = min((-self._offset) % SECTOR_SIZE, len(buffer))
+                self._head = bytes(buffer[:head])
+                self._hold(buffer[head:])
+        if not isinstance(self._io, EncryptedDriveIO):
+            count = self._held
+            pwritev_all(self._fd, self._pieces, self._in_file)
+            self._pieces, self._held = [], 0
+        else:
+            buffer = self._take_all()
+            count = len(buffer) - len(buffer) % SECTOR_SIZE
+            piece = buffer[:count]
+            self._hold(buffer[count:])
             self._io.encrypt_sectors(piece, (self._file_start + self._in_file) // SECTOR_SIZE)
-        _pwrite_all(self._fd, piece, self._in_file)
+            _pwrite_all(self._fd, piece, self._in_file)
         self._in_file += count
 
     def apply(self) -> None:
@@ -101,21 +133,37 @@ class WriteStage:
         blocks first: a full disk refuses the write before it changes a byte."""
         self._io.allocate(self._offset, self.length)
         if self._fd is None:
-            self._io.write_at(self._offset, self._buffer)
+            self._write_held(self._offset)
         else:
             self.spill()
             _copy_range(self._fd, self._io.fileno(), self._io.payload_offset + self._file_start,
                         self._in_file)  # fmt: skip
             if self._head:
                 self._io.write_at(self._offset, self._head)
-            if self._buffer:
-                self._io.write_at(self._file_start + self._in_file, self._buffer)
+            self._write_held(self._file_start + self._in_file)
         self._io.sync()
         self.discard()
 
+    def _write_held(self, offset: int) -> None:
+        if not isinstance(self._io, PlainDriveIO):
+            if self._held:
+                self._io.write_at(offset, self._take_all())
+            return
+        group: list[bytes | bytearray] = []
+        grouped = 0
+        for piece in self._pieces:
+            group.append(piece)
+            grouped += len(piece)
+            if grouped >= WRITEBACK_PIECE:
+                self._io.write_pieces(offset, group)
+                self._io.start_writeback(offset, grouped)
+                offset += grouped
+                group, grouped = [], 0
+        self._io.write_pieces(offset, group)
+
     def discard(self) -> None:
         """Drop whatever is staged (the staging file vanishes with its descriptor)."""
-        self._buffer = bytearray()
+        self._pieces, self._held = [], 0
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -35,6 +35,16 @@ def others_in_flight(connection: Connection, uuid: str, owner: str, now: float) 
     return Counter(kind for (kind,) in connection.execute(query))
 
 
+def objects_of_others(connection: Connection, owner: str, now: float) -> set[str]:
+    """The objects with a live operation of a node other than `owner`."""
+    query = (
+        select(operations.c.object)
+        .distinct()
+        .where(operations.c.owner != owner, operations.c.lease_until >= now)
+    )
+    return {uuid for (uuid,) in connection.execute(query)}
+
+
 def enter(connection: Connection, uuid: str, kind: str, owner: str, until: float) -> int:
     """Record that `owner` runs `kind` on `uuid` until `until` unless renewed: its id."""
     values = {"object": uuid, "kind": kind, "owner": owner, "lease_until": until}

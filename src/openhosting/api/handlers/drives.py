@@ -1,6 +1,13 @@
 """Handlers of the drive commands (docs/api.md §4)."""
 
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from openhosting.api.answer_headers import prepare
 from openhosting.api.content_coding import GzipStreamDecoder
@@ -13,13 +20,17 @@ from openhosting.api.responses import (
     FileSliceResponse,
     accepts_gzip,
     corked,
+    send_some,
     widen_send_buffer,
     zeros_as_gzip,
 )
+from openhosting.api.socket_takeover import taken_over
 from openhosting.errors import FullError, UsageError
 from openhosting.reverter import Reverter
 from openhosting.storage.drive_hash import HASH_ALGORITHM
 from openhosting.storage.drive_storage import DriveRead
+from openhosting.storage.drive_transfers import ReadPlan
+from openhosting.storage.remote_storage import RemoteRead
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 from openhosting.wire.sizes import parse_size
 
@@ -129,6 +140,8 @@ async def _read(request: web.Request, offset: int, length: int | None) -> web.St
         elif plan.plain_file is not None:
             response = FileSliceResponse(plan.plain_file.fileno(), plan.offset, plan.count)
             await prepare(request, response)
+        elif isinstance(plan, RemoteRead):
+            response = await _send_remote(request, plan)
         else:
             response = await _stream_decrypted(request, plan)
     finally:
@@ -141,18 +154,94 @@ async def _read(request: web.Request, offset: int, length: int | None) -> web.St
 async def _stream_decrypted(request: web.Request, plan: DriveRead) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = plan.count
-    await prepare(request, response)
-    if request.method != "HEAD" and request.transport is not None:
-        sock = request.transport.get_extra_info("socket")
+    writer = await prepare(request, response)
+    transport = request.transport
+    if request.method != "HEAD" and transport is not None and writer is not None:
+        sock = transport.get_extra_info("socket")
         if plan.count > SEND_BUFFER:
             widen_send_buffer(sock)
         with corked(sock):
-            async for chunk in plan.chunks():
-                # In slices: what the socket does not take at once is copied into the
-                # transport's buffer, so a whole 4 MiB chunk would mostly be copied twice.
-                view = memoryview(chunk)
-                for start in range(0, len(view), SEND_SLICE):
-                    await response.write(view[start : start + SEND_SLICE])
+            if isinstance(plan, ReadPlan):  # this host's encrypted drive
+                await _send_lent_pieces(request, response, writer, plan)
+            else:
+                async for chunk in plan.chunks():
+                    await _send_in_slices(response, chunk)
+    await response.write_eof()
+    return response
+
+
+async def _send_in_slices(
+    response: web.StreamResponse, chunk: bytes | bytearray | memoryview
+) -> None:
+    # In slices: what the socket does not take at once is copied into the transport's
+    # buffer, so a whole 4 MiB chunk would mostly be copied twice.
+    view = memoryview(chunk)
+    for start in range(0, len(view), SEND_SLICE):
+        await response.write(view[start : start + SEND_SLICE])
+
+
+async def _send_lent_pieces(
+    request: web.Request,
+    response: web.StreamResponse,
+    writer: AbstractStreamWriter,
+    plan: ReadPlan,
+) -> None:
+    """Send a local encrypted read from the few buffers it decrypts into. The first piece
+    goes through the response (it carries the head); after it, as asyncio's sendfile takes
+    the socket over once the transport is empty, a worker thread sends each piece on a
+    duplicate of the socket, handing what the client does not take in time back to the
+    transport. Each piece is out of the transport (none of it queued there, by reference
+    or not) before the next is asked for, which reuses buffers: with a zero high-water
+    mark, `drain` waits for that."""
+    transport = request.transport
+    assert isinstance(transport, asyncio.WriteTransport)
+    transport.set_write_buffer_limits(high=0)
+    try:
+        sock = transport.get_extra_info("socket")
+        with socket.socket(fileno=os.dup(sock.fileno())) as own:
+            # Closed at the end, not left to the garbage collector: its reads end before
+            # the drive's file is closed.
+            async with contextlib.aclosing(plan.lent_pieces()) as pieces:
+                through_transport = True
+                async for piece in pieces:
+                    if transport.is_closing():
+                        # Closed by us (a shutdown, say) or by the client between pieces:
+                        # the duplicate would keep its connection open.
+                        raise ConnectionResetError("Connection lost")
+                    sent = 0 if through_transport else await _to_its_end(send_some, own, piece)
+                    request.writer.output_size += sent  # the access log's size counts them
+                    if sent < len(piece):
+                        await _send_in_slices(response, piece[sent:])
+                        await writer.drain()
+                    through_transport = False
+    finally:
+        transport.set_write_buffer_limits()  # the defaults, for the connection's next answer
+
+
+async def _to_its_end(
+    call: Callable[[socket.socket, memoryview], int], sock: socket.socket, data: memoryview
+) -> int:
+    """`call` in a worker thread, waited for to its end even when the request is cancelled
+    (its client gone): the socket it uses is closed only after it."""
+    work = asyncio.ensure_future(asyncio.to_thread(call, sock, data))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # the request is gone: nobody reads the outcome
+            await work
+        raise
+
+
+async def _send_remote(request: web.Request, plan: RemoteRead) -> web.StreamResponse:
+    """A drive of an agent's host: its stream's thread sends the bytes to the client's
+    socket itself, as they come from the agent (docs/cluster.md, 'Drive bytes on the
+    agents')."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = plan.count
+    writer = await prepare(request, response)
+    if request.method != "HEAD" and plan.count and writer is not None:
+        async with taken_over(request, writer, plan.count) as client:
+            await plan.send_to(client)
     await response.write_eof()
     return response
 
@@ -179,7 +268,7 @@ async def _write(request: web.Request, offset: int, declared: int, encoding: str
     # after which only its client can fail it, by going away.
     decoder = GzipStreamDecoder() if encoding != "identity" else None
     writer = platform_of(request).drives.begin_write(
-        user_of(request), _drive(request), offset, staged=decoder is not None
+        user_of(request), _drive(request), offset, decoder
     )
     async with Reverter() as revert:
         revert.add(writer.abort)
@@ -193,14 +282,8 @@ async def _write(request: web.Request, offset: int, declared: int, encoding: str
         received = 0
         while chunk := await read_body_chunk(request):
             received += len(chunk)
-            if decoder is None:
-                await writer.write(chunk)
-            else:
-                for piece in decoder.feed(chunk):
-                    await writer.write(piece)
+            await writer.write(chunk)  # a gzip body as it came: the writer inflates it
         if received != declared:
             raise UsageError(f"Request body incomplete: {received} of {declared} bytes")
-        if decoder is not None:
-            decoder.finish()
         await writer.finish()
         revert.success()

@@ -24,7 +24,10 @@ async def list_servers(request: web.Request) -> ValueList:
 
 
 async def info_all(request: web.Request) -> PropertiesList:
-    return await platform_of(request).servers.info_payload(user_of(request))
+    # A kept answer without a coroutine more: a µs or two of a request of about twenty.
+    servers, user = platform_of(request).servers, user_of(request)
+    kept = servers.kept_info_payload(user)
+    return kept if kept is not None else await servers.info_payload(user)
 
 
 async def info(request: web.Request) -> Properties:
