@@ -246,15 +246,8 @@ class DriveStreams:
         writer = self._storage.open_write(
             drive_bytes, call.offset, call.size, call.staged, lambda _written: None
         )
-        frame = bytearray()  # as long as the longest frame yet (the control plane's piece)
         try:
-            while length := receive_frame_length(stream):
-                if length > MAX_FRAME:
-                    raise UsageError(f"a frame of {length} bytes")
-                if length > len(frame):
-                    frame = bytearray(length)
-                view = memoryview(frame)[:length]
-                receive_exactly(stream, view)
+            for view in _frames(stream):
                 self._on_loop(writer.write(view))  # type: ignore[arg-type]  # copied there
             written = self._on_loop(writer.finish())
         except BaseException:
