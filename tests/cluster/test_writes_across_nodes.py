@@ -4,12 +4,33 @@ claims on one drive exactly one wins, the other a clear 4xx (the drive's row hel
 FOR UPDATE`, store/row_locks.py. One pair of daemons serves both checks (their start is most
 of the time)."""
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
 from testbed.cluster import at_once
 from testbed.daemon_process import Answer
 from tests.cluster.nodes import Cluster
 
 ATTEMPTS = 16  # creates per kind, half through each daemon
 ROUNDS = 4  # of each claims race
+# Each race's drives hold DATA bytes, copied at RATE bytes/s: a job holds its claims for
+# about a second, so the two requests of a race meet it running (a job over an empty drive
+# ends in a few ms, and on a loaded machine the second request could come after its end,
+# both then rightly accepted).
+DATA = 64 * 1024
+RATE = 64 * 1024
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    made = Cluster(tmp_path, postgres_url, {"OH_STORAGE_IMAGING_MAX_RATE": str(RATE)})
+    try:
+        yield made
+    finally:
+        made.stop()
 
 
 def test_limits_and_claims_hold_through_two_daemons_at_once(cluster: Cluster) -> None:
@@ -44,7 +65,10 @@ def _limits_hold(cluster: Cluster) -> None:
 
 
 def _new_drive(cluster: Cluster) -> str:
-    return cluster.api_a.properties("/drives/create", b"name d\nsize 64k\n")["drive"]
+    """A drive of DATA bytes of data."""
+    drive = cluster.api_a.properties("/drives/create", f"name d\nsize {DATA}\n".encode())["drive"]
+    assert cluster.api_a.call(f"/drives/{drive}/write", os.urandom(DATA)).status == 204
+    return str(drive)
 
 
 def _race(cluster: Cluster, through_a: str, through_b: str) -> tuple[Answer, Answer]:
