@@ -8,17 +8,21 @@ platform's CA. The servers here have no drives: VNC needs no guest, so nothing b
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 import stat
 import struct
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
+from openhosting.hypervisor.qemu_driver import QemuDriver
 from openhosting.services.platform import Platform
+from openhosting.vnc.ports import VNC_BASE_PORT
 from openhosting.vnc.tls import vnc_tls_dir
 from openhosting.wire.text import parse_properties
 from tests.integration.server_helpers import create_server, server_info
@@ -200,3 +204,37 @@ async def test_vnc_tls_offers_only_vencrypt_with_a_platform_ca_made_once(
         assert await client_view.security_types() == [VENCRYPT]
     finally:
         await client_view.close()
+
+
+async def test_a_display_taken_between_its_probe_and_qemus_bind_is_given_up_for_another(
+    client: TestClient,
+    auth: dict[str, str],
+    platform: Platform,
+    servers_cleanup: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another process of the host binds the display's port after the daemon probed it free
+    and before QEMU binds it (two daemons on one host, say): the start claims another
+    display and starts QEMU again, instead of failing 500."""
+    probes: list[int] = []
+    real_probe = QemuDriver.vnc_port_free
+
+    def first_probe_lies(driver: QemuDriver, address: str, port: int) -> bool:
+        probes.append(port)
+        return len(probes) == 1 or real_probe(driver, address, port)
+
+    monkeypatch.setattr(QemuDriver, "vnc_port_free", first_probe_lies)
+    with socket.socket() as holder:
+        held = False
+        with contextlib.suppress(OSError):  # held already (another test's QEMU): as good
+            holder.bind(("127.0.0.1", VNC_BASE_PORT))
+            holder.listen()
+            held = True
+        body = "name v\ncpu 500\nmem 64\npersistent true\nvnc:password pw"
+        info = await create_server(client, auth, body)
+        assert info["status"] == "active"
+        assert probes[0] == VNC_BASE_PORT  # display 0, taken, was tried first
+        if held:  # QEMU could not bind it: a second claim, another display
+            assert int(info.get("vnc:port", VNC_BASE_PORT)) != VNC_BASE_PORT
+            assert "event=server_start_retried" in caplog.text

@@ -49,6 +49,10 @@ from openhosting.wire.payload import PropertiesList, Value
 
 log = logging.getLogger("openhosting.servers")
 
+# QEMU's words when its VNC server cannot bind the port of the display it was given.
+VNC_PORT_TAKEN = "Failed to find an available port"
+VNC_PORT_ATTEMPTS = 3
+
 
 def _missing(uuid: str) -> MissingError:
     return MissingError(f"Server {uuid} could not be found")
@@ -420,19 +424,41 @@ class Servers:
                     )
             restore = row.status == DUMPED
             host = self.lifecycle.place(config)
-            async with Reverter() as revert:
-                # In a worker thread: the display's port is probed on the VM's host, which
-                # may be an agent's, asked over the wire.
-                async with self._claiming:
-                    display = await asyncio.to_thread(
-                        self._claim, user, uuid, config, drives, restore, host
-                    )
-                # A dumped server's drives stay its own whether or not it comes back.
-                revert.add(functools.partial(self._release, uuid, drives=not restore))
-                await self.lifecycle.start_vm(
-                    user, uuid, config, drives, display, restore, host=host
+            for attempt in range(1, VNC_PORT_ATTEMPTS + 1):
+                try:
+                    await self._start_once(user, uuid, config, drives, restore, host)
+                    return
+                except HypervisorError as error:
+                    # The display's port was free when probed and taken before QEMU bound
+                    # it (another process of the host): undone, so the next claim probes
+                    # it taken and picks another display.
+                    if VNC_PORT_TAKEN not in str(error) or attempt == VNC_PORT_ATTEMPTS:
+                        raise
+                    log.warning(
+                        "event=server_start_retried server=%s reason=vnc_port_taken attempt=%s",
+                        uuid, attempt,
+                    )  # fmt: skip
+
+    async def _start_once(
+        self,
+        user: str,
+        uuid: str,
+        config: ServerConfig,
+        drives: list[AttachableDrive],
+        restore: bool,
+        host: str,
+    ) -> None:
+        async with Reverter() as revert:
+            # In a worker thread: the display's port is probed on the VM's host, which may be
+            # an agent's, asked over the wire.
+            async with self._claiming:
+                display = await asyncio.to_thread(
+                    self._claim, user, uuid, config, drives, restore, host
                 )
-                revert.success()
+            # A dumped server's drives stay its own whether or not it comes back.
+            revert.add(functools.partial(self._release, uuid, drives=not restore))
+            await self.lifecycle.start_vm(user, uuid, config, drives, display, restore, host=host)
+            revert.success()
 
     async def _resume(self, uuid: str) -> None:
         """`start` on a paused server runs it again; a write that a full disk held is
