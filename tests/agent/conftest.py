@@ -1,7 +1,8 @@
 """What the agent tests share: one cluster CA with its bundles per module, and an agent of
-host hv-a serving it (a module may make its own `agent_a` instead)."""
+host hv-a serving it from `agent_dir` (a module may make its own `agent_a` instead)."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def agent_a(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    with agent_process(tmp_path_factory.mktemp("hv-a"), cluster.host("hv-a")) as agent:
+def agent_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of `agent_a`'s state and drives."""
+    return tmp_path_factory.mktemp("hv-a")
+
+
+@pytest.fixture(scope="module")
+def agent_a(cluster: Cluster, agent_dir: Path) -> Iterator[AgentProcess]:
+    with agent_process(agent_dir, cluster.host("hv-a")) as agent:
         yield agent

@@ -26,21 +26,10 @@ from openhosting.hypervisor.spec import DiskSpec, VmSpec
 from openhosting.storage.remote_image_cache import RemoteImageCache
 from openhosting.storage.remote_storage import RemoteDriveStorage
 from openhosting.storage.storage_calls import CachedCopy
-from testbed.agent_process import AgentProcess, Cluster, agent_process
+from testbed.agent_process import AgentProcess, Cluster
 
 MIB = 1 << 20
 GENERATION = "661791be1788d"
-
-
-@pytest.fixture(scope="module")
-def agent_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("hv-a")
-
-
-@pytest.fixture(scope="module")
-def agent_a(cluster: Cluster, agent_dir: Path) -> Iterator[AgentProcess]:
-    with agent_process(agent_dir, cluster.host("hv-a")) as agent:
-        yield agent
 
 
 def cache_of(

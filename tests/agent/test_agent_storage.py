@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,17 +32,6 @@ from openhosting.storage.remote_storage import RemoteDriveStorage
 from testbed.agent_process import AgentProcess, Cluster, agent_process
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def agent_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("hv-a")
-
-
-@pytest.fixture(scope="module")
-def agent_a(cluster: Cluster, agent_dir: Path) -> Iterator[AgentProcess]:
-    with agent_process(agent_dir, cluster.host("hv-a")) as agent:
-        yield agent
 
 
 def storage_of(
