@@ -2,14 +2,17 @@
 
 import errno
 import gzip as gzip_module
+import mmap
 import os
 import shutil
 import subprocess
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from isal import isal_zlib
@@ -203,21 +206,23 @@ def test_a_slow_write_does_not_hold_the_inflater_still(
     WRITES_QUEUED, and every byte still lands in its place."""
     dst = drives.make("dst", (imaging.WRITES_QUEUED + 1) * CHUNK, "plain")
     release = threading.Event()
-    write_pieces = imaging._Writer._write_pieces
+    write_chunk = imaging._Writer._write_chunk
 
-    def slow_first_write(writer: imaging._Writer, offset: int, pieces: list[memoryview]) -> None:
+    def slow_first_write(writer: imaging._Writer, offset: int, filled: tuple[Any, int]) -> None:
         if offset == 0:
             release.wait(30)
-        write_pieces(writer, offset, pieces)
+        write_chunk(writer, offset, filled)
 
-    monkeypatch.setattr(imaging._Writer, "_write_pieces", slow_first_write)
+    monkeypatch.setattr(imaging._Writer, "_write_chunk", slow_first_write)
     chunks = [os.urandom(CHUNK) for _ in range(imaging.WRITES_QUEUED)]
     handed = threading.Event()
     with imaging._Writer(dst) as writer:
 
         def produce() -> None:
             for index, chunk in enumerate(chunks):
-                writer.write_pieces(index * CHUNK, [memoryview(chunk)])
+                buffer = writer.chunk_buffer()
+                buffer[:] = chunk
+                writer.write_chunk(index * CHUNK, buffer, CHUNK)
             handed.set()
 
         producer = threading.Thread(target=produce)
@@ -238,10 +243,10 @@ def test_a_failed_write_fails_the_pipeline(drives: Drives, monkeypatch: pytest.M
     fill(src, {0: gzip_module.compress(raw, compresslevel=1)})
     dst = drives.make("dst", len(raw), "plain")
 
-    def full_disk(_writer: imaging._Writer, _offset: int, _pieces: list[memoryview]) -> None:
+    def full_disk(_writer: imaging._Writer, _offset: int, _filled: tuple[Any, int]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(imaging._Writer, "_write_pieces", full_disk)
+    monkeypatch.setattr(imaging._Writer, "_write_chunk", full_disk)
     with pytest.raises(OSError, match="No space"):
         imaging.gunzip(src, dst, Tracker())
 
@@ -419,33 +424,75 @@ def test_a_view_of_any_length_and_start_is_zero_only_when_every_byte_is() -> Non
 
 
 class RecordingWriter:
-    """Stands in for the writer thread: keeps what a stream hands it."""
+    """Stands in for the writer thread: hands out staging buffers from a pool of two and
+    keeps what a stream hands back in them."""
 
     def __init__(self) -> None:
-        self.chunks: list[tuple[int, list[memoryview]]] = []
+        self.chunks: list[tuple[int, bytes]] = []
+        self.buffers = [mmap.mmap(-1, CHUNK) for _ in range(2)]
+        self.handed: list[int] = []
 
-    def write_pieces(self, offset: int, pieces: list[memoryview]) -> None:
-        self.chunks.append((offset, pieces))
+    def chunk_buffer(self) -> mmap.mmap:
+        return self.buffers[len(self.chunks) % 2]
+
+    def write_chunk(self, offset: int, buffer: mmap.mmap, length: int) -> None:
+        self.handed.append(self.buffers.index(buffer))
+        self.chunks.append((offset, bytes(buffer[:length])))
 
 
-def test_a_stream_hands_on_whole_chunks_made_of_what_came_in_uncopied() -> None:
+def test_a_stream_hands_on_whole_chunks_in_the_writers_staging_buffers() -> None:
     writer = RecordingWriter()
     size = 2 * CHUNK + 100
-    stream = imaging._Stream(writer, size, Tracker())  # type: ignore[arg-type]
     came = [os.urandom(n) for n in (700_001, CHUNK, 3, CHUNK // 2, CHUNK)]
-    for data in came:
-        stream.write(data)
-    assert stream.full  # the last piece did not fit whole
-    stream.close()
-    offsets = [offset for offset, _ in writer.chunks]
-    assert offsets == [0, CHUNK, 2 * CHUNK]
-    lengths = [sum(len(piece) for piece in pieces) for _, pieces in writer.chunks]
-    assert lengths == [CHUNK, CHUNK, 100]
-    joined = b"".join(b"".join(pieces) for _, pieces in writer.chunks)
-    assert joined == b"".join(came)[:size]
-    # Views of the very bytes that came in: the inflating thread copies nothing.
-    for _, pieces in writer.chunks:
-        assert all(any(piece.obj is data for data in came) for piece in pieces)
+    with imaging._Stream(writer, size, Tracker()) as stream:  # type: ignore[arg-type]
+        for data in came:
+            stream.write(data)
+        assert stream.full  # the last piece did not fit whole
+        stream.close()
+    assert [offset for offset, _ in writer.chunks] == [0, CHUNK, 2 * CHUNK]
+    assert [len(chunk) for _, chunk in writer.chunks] == [CHUNK, CHUNK, 100]
+    assert b"".join(chunk for _, chunk in writer.chunks) == b"".join(came)[:size]
+    assert writer.handed == [0, 1, 0]  # the writer's own buffers, reused
+
+
+class Piece(bytearray):
+    """A piece of output that can be watched for being let go of."""
+
+
+def test_a_stream_lets_go_of_a_piece_once_copied_not_once_its_chunk_is_whole() -> None:
+    """Pieces held until their chunk was whole (32 MiB of them in flight) made the allocator
+    give their memory back and fault it in again for the next ones: a gunzip took ~33,000
+    page faults per GiB, a sixth of the inflater's time."""
+    writer = RecordingWriter()
+    with imaging._Stream(writer, 2 * CHUNK, Tracker()) as stream:  # type: ignore[arg-type]
+        piece = Piece(os.urandom(MiB))
+        expected = bytes(piece)
+        watched = weakref.ref(piece)
+        stream.write(piece)
+        del piece
+        deadline = time.monotonic() + 10
+        while watched() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watched() is None, "the stream still holds a piece it has copied"
+        assert writer.chunks == []  # its chunk is not whole yet
+        stream.close()
+    assert writer.chunks == [(0, expected)]
+
+
+def test_a_staging_error_is_raised_in_the_streams_thread_and_its_thread_ends() -> None:
+    class FailingWriter(RecordingWriter):
+        def chunk_buffer(self) -> mmap.mmap:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    failing = FailingWriter()
+    with (
+        pytest.raises(OSError, match="No space"),
+        imaging._Stream(failing, 64 * CHUNK, Tracker()) as stream,  # type: ignore[arg-type]
+    ):
+        for _ in range(64):  # more pieces than the staging queue holds: no deadlock
+            stream.write(bytes(MiB))
+        stream.close()
+    assert not pipeline_threads()
 
 
 def test_a_plain_copy_where_direct_writes_are_refused_moves_its_data_in_the_kernel(
@@ -497,11 +544,11 @@ def children() -> set[int]:
 
 
 def pipeline_threads() -> list[str]:
-    """The threads a pipeline starts (SRC's reader, DST's writer) that still run."""
+    """The threads a pipeline starts (SRC's reader, DST's stager and writer) that still run."""
     return [
         thread.name
         for thread in threading.enumerate()
-        if thread.name.startswith(("imaging-read", "imaging-write"))
+        if thread.name.startswith(("imaging-read", "imaging-write", "imaging-stage"))
     ]
 
 
@@ -546,10 +593,10 @@ def test_a_gunzip_that_ends_early_leaves_no_thread_running(
     elif fault == "write-failed":
         expected = OSError
 
-        def full_disk(_writer: imaging._Writer, _offset: int, _pieces: list[memoryview]) -> None:
+        def full_disk(_writer: imaging._Writer, _offset: int, _filled: tuple[Any, int]) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(imaging._Writer, "_write_pieces", full_disk)
+        monkeypatch.setattr(imaging._Writer, "_write_chunk", full_disk)
 
     def report(done: int, _total: int) -> None:
         if done and fault == "stopped":
