@@ -17,6 +17,7 @@ from openhosting.api.auth import (
     RATE_LIMITER_KEY,
     VERIFIED_HEADERS_KEY,
     authenticate_request,
+    known_basic_user,
 )
 from openhosting.api.context import (
     METRICS_KEY,
@@ -90,7 +91,14 @@ RUNNER_OPTIONS = {"auto_decompress": False}
 Serve = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _route_handler(label: str, basic_auth: bool, serve: Serve, metrics: PlatformMetrics) -> Serve:
+def _route_handler(
+    label: str,
+    basic_auth: bool,
+    serve: Serve,
+    metrics: PlatformMetrics,
+    verified: VerifiedHeaders,
+    limiter: UserRateLimiter,
+) -> Serve:
     """`serve` with what every request gets, composed once per route at start-up rather than
     as middleware (aiohttp runs each middleware, and its own one that a middleware brings,
     as more coroutine frames and awaits per request: several µs of a cheap request's ~60):
@@ -112,7 +120,8 @@ def _route_handler(label: str, basic_auth: bool, serve: Serve, metrics: Platform
         status: int | str = "aborted"  # the client went away before an answer
         try:
             try:
-                if basic_auth:
+                # A header verified before is known without a coroutine (most requests).
+                if basic_auth and not known_basic_user(request, verified, limiter):
                     await authenticate_request(request)
                 response = await serve(request)
             except Exception as error:
@@ -316,8 +325,8 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
     app[AUTH_THROTTLE_KEY] = AuthThrottle(
         api.auth_failures_free, api.auth_failures_max, api.auth_failure_window
     )
-    app[RATE_LIMITER_KEY] = UserRateLimiter(api.user_requests_per_second)
-    app[VERIFIED_HEADERS_KEY] = VerifiedHeaders(platform.reader)
+    app[RATE_LIMITER_KEY] = limiter = UserRateLimiter(api.user_requests_per_second)
+    app[VERIFIED_HEADERS_KEY] = verified = VerifiedHeaders(platform.reader)
     app[TRANSFER_LIMITER_KEY] = TransferLimiter(api.max_transfers_per_user, api.max_transfers)
     app[METRICS_KEY] = metrics = PlatformMetrics()
     app[READINESS_KEY] = asyncio.Event()
@@ -330,16 +339,20 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
         app.router.add_route(
             "*",
             route.path,
-            _route_handler(label, route.basic_auth, serve, metrics),
+            _route_handler(label, route.basic_auth, serve, metrics, verified, limiter),
             expect_handler=authenticate_then_continue if route.basic_auth else continue_expected,
         )
     # The dashboard asks for no Basic credentials: its page is public, its session handlers
     # check the key or the cookie.
     for path, page in DASHBOARD_ROUTES:
-        app.router.add_route("*", path, _route_handler(path, False, page, metrics))
+        app.router.add_route(
+            "*", path, _route_handler(path, False, page, metrics, verified, limiter)
+        )
     # Last: any other path is no command, answered as one (401 without credentials, else
     # 404 `missing`), counted under one label (paths are unbounded).
     app.router.add_route(
-        "*", "/{path:(?s:.*)}", _route_handler(UNMATCHED, True, _no_command, metrics)
+        "*",
+        "/{path:(?s:.*)}",
+        _route_handler(UNMATCHED, True, _no_command, metrics, verified, limiter),
     )
     return app
