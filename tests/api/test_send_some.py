@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from openhosting.api.responses import send_some
+from openhosting.api.socket_takeover import send_some
 
 MIB = 1 << 20
 

@@ -48,23 +48,15 @@ def widen_send_buffer(sock: socket.socket | None) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
-# How long a worker thread sending a body waits for the socket to take more before it hands
-# the rest back to the event loop: a client reading slowly, or not at all, holds no thread.
-SEND_PATIENCE = 0.05
-
-
-def send_some(sock: socket.socket, data: memoryview, patience: float = SEND_PATIENCE) -> int:
-    """Send `data` on `sock` from a worker thread (the GIL released while the kernel
-    copies, no turn of the event loop per slice) until all of it is sent or the socket has
-    taken nothing for `patience` seconds; returns the bytes sent. `sock` is a duplicate of
-    a non-blocking socket the event loop owns, which stays non-blocking: the timeout is
-    kept by polling. A ConnectionError when the client is gone."""
-    sock.settimeout(patience)
-    sent = 0
-    with contextlib.suppress(TimeoutError):
-        while sent < len(data):
-            sent += sock.send(data[sent:])
-    return sent
+async def write_in_slices(
+    response: web.StreamResponse, data: bytes | bytearray | memoryview
+) -> None:
+    """Write `data` through `response` in slices: what the socket does not take at once is
+    copied into the transport's buffer, so a whole 4 MiB chunk would mostly be copied
+    twice."""
+    view = memoryview(data)
+    for start in range(0, len(view), SEND_SLICE):
+        await response.write(view[start : start + SEND_SLICE])
 
 
 def accepts_gzip(request: web.BaseRequest) -> bool:

@@ -1,10 +1,6 @@
 """Handlers of the drive commands (docs/api.md §4)."""
 
-import asyncio
 import contextlib
-import os
-import socket
-from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -16,15 +12,14 @@ from openhosting.api.negotiation import read_body_chunk, read_properties
 from openhosting.api.responses import (
     MAX_ZEROS_AS_GZIP,
     SEND_BUFFER,
-    SEND_SLICE,
     FileSliceResponse,
     accepts_gzip,
     corked,
-    send_some,
     widen_send_buffer,
+    write_in_slices,
     zeros_as_gzip,
 )
-from openhosting.api.socket_takeover import taken_over
+from openhosting.api.socket_takeover import hand_back, sent_from_thread, taken_over
 from openhosting.errors import FullError, UsageError
 from openhosting.reverter import Reverter
 from openhosting.storage.drive_hash import HASH_ALGORITHM
@@ -155,29 +150,19 @@ async def _stream_decrypted(request: web.Request, plan: DriveRead) -> web.Stream
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = plan.count
     writer = await prepare(request, response)
-    transport = request.transport
-    if request.method != "HEAD" and transport is not None and writer is not None:
-        sock = transport.get_extra_info("socket")
-        if plan.count > SEND_BUFFER:
-            widen_send_buffer(sock)
-        with corked(sock):
-            if isinstance(plan, ReadPlan):  # this host's encrypted drive
-                await _send_lent_pieces(request, response, writer, plan)
-            else:
+    if request.method != "HEAD" and plan.count and writer is not None:
+        if isinstance(plan, ReadPlan):  # this host's encrypted drive
+            await _send_lent_pieces(request, response, writer, plan)
+        else:
+            transport = request.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if plan.count > SEND_BUFFER:
+                widen_send_buffer(sock)
+            with corked(sock):
                 async for chunk in plan.chunks():
-                    await _send_in_slices(response, chunk)
+                    await write_in_slices(response, chunk)
     await response.write_eof()
     return response
-
-
-async def _send_in_slices(
-    response: web.StreamResponse, chunk: bytes | bytearray | memoryview
-) -> None:
-    # In slices: what the socket does not take at once is copied into the transport's
-    # buffer, so a whole 4 MiB chunk would mostly be copied twice.
-    view = memoryview(chunk)
-    for start in range(0, len(view), SEND_SLICE):
-        await response.write(view[start : start + SEND_SLICE])
 
 
 async def _send_lent_pieces(
@@ -187,49 +172,27 @@ async def _send_lent_pieces(
     plan: ReadPlan,
 ) -> None:
     """Send a local encrypted read from the few buffers it decrypts into. The first piece
-    goes through the response (it carries the head); after it, as asyncio's sendfile takes
-    the socket over once the transport is empty, a worker thread sends each piece on a
-    duplicate of the socket, handing what the client does not take in time back to the
-    transport. Each piece is out of the transport (none of it queued there, by reference
-    or not) before the next is asked for, which reuses buffers: with a zero high-water
-    mark, `drain` waits for that."""
-    transport = request.transport
-    assert isinstance(transport, asyncio.WriteTransport)
-    transport.set_write_buffer_limits(high=0)
-    try:
-        sock = transport.get_extra_info("socket")
-        with socket.socket(fileno=os.dup(sock.fileno())) as own:
-            # Closed at the end, not left to the garbage collector: its reads end before
-            # the drive's file is closed.
-            async with contextlib.aclosing(plan.lent_pieces()) as pieces:
-                through_transport = True
-                async for piece in pieces:
-                    if transport.is_closing():
-                        # Closed by us (a shutdown, say) or by the client between pieces:
-                        # the duplicate would keep its connection open.
-                        raise ConnectionResetError("Connection lost")
-                    sent = 0 if through_transport else await _to_its_end(send_some, own, piece)
-                    request.writer.output_size += sent  # the access log's size counts them
-                    if sent < len(piece):
-                        await _send_in_slices(response, piece[sent:])
-                        await writer.drain()
-                    through_transport = False
-    finally:
-        transport.set_write_buffer_limits()  # the defaults, for the connection's next answer
-
-
-async def _to_its_end(
-    call: Callable[[socket.socket, memoryview], int], sock: socket.socket, data: memoryview
-) -> int:
-    """`call` in a worker thread, waited for to its end even when the request is cancelled
-    (its client gone): the socket it uses is closed only after it."""
-    work = asyncio.ensure_future(asyncio.to_thread(call, sock, data))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):  # the request is gone: nobody reads the outcome
-            await work
-        raise
+    goes through the response; after it, with the socket taken over as asyncio's sendfile
+    takes it, a worker thread sends each piece on it, handing what the client does not take
+    in time back to the transport. Each piece is out of the transport (none of it queued
+    there, by reference or not) before the next is asked for, which reuses buffers."""
+    # Closed at the end, not left to the garbage collector: its reads end before the
+    # drive's file is closed.
+    async with (
+        taken_over(request, writer, plan.count) as client,
+        contextlib.aclosing(plan.lent_pieces()) as pieces,
+    ):
+        through_transport = True
+        async for piece in pieces:
+            if request.transport is None or request.transport.is_closing():
+                # Closed by us (a shutdown, say) or by the client between pieces: the
+                # duplicate would keep its connection open.
+                raise ConnectionResetError("Connection lost")
+            sent = 0 if through_transport else await sent_from_thread(client, piece)
+            request.writer.output_size += sent  # the access log's size counts them
+            if sent < len(piece):
+                await hand_back(response, writer, piece[sent:])
+            through_transport = False
 
 
 async def _send_remote(request: web.Request, plan: RemoteRead) -> web.StreamResponse:
