@@ -52,10 +52,10 @@ from bench.harness import Daemon, running_daemon, work_directory
 from bench.vm_scale import cpu_seconds
 from openhosting.config import BillingSettings, HostSettings, load_config
 from openhosting.hypervisor.driver import BlockStats
-from openhosting.services.billing import Billing
-from openhosting.services.guest_io import fold_guest_io
-from openhosting.services.hosts import Hosts
-from openhosting.services.server_lifecycle import GUEST_IO_FOLD_SECONDS
+from openhosting.services.accounts.billing import Billing
+from openhosting.services.cluster.hosts import Hosts
+from openhosting.services.drives.guest_io import fold_guest_io
+from openhosting.services.servers.server_lifecycle import GUEST_IO_FOLD_SECONDS
 from openhosting.store import billing as billing_store
 from openhosting.store.database import POOL_SIZE, create_store_engine
 from openhosting.store.tables import claims, jobs, servers

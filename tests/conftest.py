@@ -20,7 +20,7 @@ from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.routes import Handler
 from openhosting.config import Config, default_run_base, load_config
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 from openhosting.store.database import is_sqlite
 from testbed.leftovers import kill_leftover_vms

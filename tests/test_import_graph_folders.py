@@ -166,3 +166,34 @@ def test_bench_reaches_testbed_and_never_tests() -> None:
     # testbed itself stands on the package alone.
     shared = reached(python_files(REPO / "testbed"))
     assert ours(shared, "tests") | ours(shared, "bench") == set()
+
+
+# The services' folders, one per kind of object, each above the ones it may import: accounts
+# and the cluster's hosts know no drive or server, drives know no server, and only the
+# modules shared at services/'s top (the platform, which assembles them all, events,
+# operations, …) stand beside or above them.
+SERVICE_FOLDERS_MAY_IMPORT = {
+    "accounts": set(),
+    "cluster": set(),
+    "drives": {"accounts", "cluster"},
+    "servers": {"accounts", "cluster", "drives"},
+}
+
+
+def test_the_services_folders_keep_their_layers() -> None:
+    services = PACKAGE / "services"
+    assert {
+        path.name for path in services.iterdir() if path.is_dir() and path.name[0] != "_"
+    } == set(SERVICE_FOLDERS_MAY_IMPORT)
+    crossings = {}
+    for folder, allowed in SERVICE_FOLDERS_MAY_IMPORT.items():
+        for path in python_files(services / folder):
+            used = {
+                name.split(".")[2]
+                for name in imported_names(path)
+                if name.startswith("openhosting.services.") and len(name.split(".")) > 3
+            }
+            wrong = used & set(SERVICE_FOLDERS_MAY_IMPORT) - allowed - {folder}
+            if wrong:
+                crossings[module_name(path)] = sorted(wrong)
+    assert crossings == {}

@@ -19,8 +19,8 @@ from openhosting.config import Config, ConfigError, load_config
 from openhosting.hypervisor.agent_connector import agent_connector, storage_connector
 from openhosting.logs import FORMATS, configure_logging
 from openhosting.memory import limit_malloc_arenas
-from openhosting.services.accounts import NewKey
-from openhosting.services.drive_orphans import DriveOrphans
+from openhosting.services.accounts.accounts import NewKey
+from openhosting.services.drives.drive_orphans import DriveOrphans
 from openhosting.services.platform import Platform, open_platform
 from openhosting.store.database import open_pool
 

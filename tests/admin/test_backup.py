@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.admin.tool import main
 from openhosting.config import Config, load_config
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
 from tests.api.drive_helpers import create_drive, read_bytes
 from tests.conftest import basic_auth, serve_api

@@ -10,7 +10,7 @@ import pytest
 
 from openhosting.admin.tool import main
 from openhosting.config import load_config
-from openhosting.services.hosts import measure_host
+from openhosting.services.cluster.hosts import measure_host
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
 from openhosting.store import servers as server_store

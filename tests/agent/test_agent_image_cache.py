@@ -3,7 +3,7 @@ a real `openhosting-agent` on loopback over mutual TLS (storage/remote_image_cac
 puts a whole, read-only copy in place (its zero runs holes) or leaves nothing (cut half-way,
 the wrong size, a file error); the copy is found, listed and removed; another host's
 certificate gets nothing; a start's cdrom naming a copy opens the copy, apart from the drive
-tiers. The control plane's side of it is tests/services/test_standard_copies.py."""
+tiers. The control plane's side of it is tests/services/drives/test_standard_copies.py."""
 
 import asyncio
 import os

@@ -15,7 +15,7 @@ from sqlalchemy import update
 from openhosting.agent.pki import control_context
 from openhosting.hypervisor.agent_connector import agent_connector
 from openhosting.services.platform import Platform
-from openhosting.services.server_network import default_mac
+from openhosting.services.servers.server_network import default_mac
 from openhosting.store.tables import drives
 from testbed.agent_process import agent_process, make_cluster
 from tests.integration.netns_helpers import link_names, network_namespace, processes_in

@@ -1,6 +1,6 @@
 """A real `openhosting-agent` (fake hypervisor) whose drive files the control plane reconciles
-with its rows (services/drive_orphans.py) over mutual TLS: an old file no row names is removed
-there, a fresh one (a create under way) and a drive's own are kept; a drive destroyed while
+with its rows (services/drives/drive_orphans.py) over mutual TLS: an old file no row names is
+removed there, a fresh one (a create under way) and a drive's own are kept; a drive destroyed while
 the agent was down keeps its file until the agent is back on its port, then it goes."""
 
 import asyncio
@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from openhosting.hypervisor.agent_connector import agent_connector, storage_connector
-from openhosting.services.drive_orphans import DriveOrphans
+from openhosting.services.drives.drive_orphans import DriveOrphans
 from openhosting.services.platform import Platform, open_platform
 from openhosting.storage.drive_storage import DriveFile
 from testbed.agent_process import agent_process, make_cluster

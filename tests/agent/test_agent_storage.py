@@ -23,7 +23,7 @@ from openhosting.errors import FailedError, FullError, MissingError, Unavailable
 from openhosting.hypervisor.driver import StartRequest
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.spec import DiskSpec, VmSpec
-from openhosting.services.server_moves import stored_luks_header
+from openhosting.services.servers.server_moves import stored_luks_header
 from openhosting.storage.drive_storage import DriveBytes
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.storage.local_storage import LocalDriveStorage

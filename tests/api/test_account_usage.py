@@ -4,9 +4,9 @@ import time
 
 from aiohttp.test_utils import TestClient
 
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
+from openhosting.services.accounts.usage_days import DAY_SECONDS
 from openhosting.services.platform import Platform
-from openhosting.services.usage_days import DAY_SECONDS
 from openhosting.store import billing as billing_store
 from tests.conftest import basic_auth
 

@@ -7,7 +7,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from openhosting.api.auth import AUTH_THROTTLE_KEY, VERIFIED_HEADERS_KEY
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store.tables import metadata
 from tests.conftest import basic_auth, changes_heard

@@ -20,7 +20,7 @@ from sqlalchemy import insert
 from openhosting.model.drive import DriveSettings
 from openhosting.model.resource import ResourceSettings
 from openhosting.model.server import ServerConfig
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store.records import (
     drive_settings_columns,

@@ -9,9 +9,9 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.api.access_log import loggable_path
 from openhosting.config import Config
-from openhosting.services.accounts import NewKey
-from openhosting.services.consoles import token_hash
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
+from openhosting.services.servers.consoles import token_hash
 from openhosting.store import console_tokens as token_store
 from openhosting.store.records import ConsoleTokenRecord
 from openhosting.wire.text import parse_properties

@@ -16,10 +16,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config
-from openhosting.services.accounts import NewKey
-from openhosting.services.consoles import token_hash
+from openhosting.services.accounts.accounts import NewKey
+from openhosting.services.accounts.web_sessions import session_hash
 from openhosting.services.platform import Platform
-from openhosting.services.web_sessions import session_hash
+from openhosting.services.servers.consoles import token_hash
 from openhosting.store import console_tokens as token_store
 from openhosting.store.records import ConsoleTokenRecord
 from openhosting.wire.text import parse_properties

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from tests.api.test_console import add_token, stopped_server, token_row
 from tests.conftest import config_in

@@ -9,7 +9,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from sqlalchemy import delete, insert
 
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store.tables import claims
 from tests.api.drive_helpers import create_drive, drive_info, read_bytes

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.api.context import TRANSFER_LIMITER_KEY
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.storage import drive_hash, drive_transfers
 from openhosting.storage.drive_hash import HASH_PIECE, HashStopped

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.agent.host_connection import HostConnection
-from openhosting.services.drive_repair import ORPHAN_GRACE_SECONDS
+from openhosting.services.drives.drive_repair import ORPHAN_GRACE_SECONDS
 from openhosting.services.platform import Platform
 from openhosting.storage.remote_storage import RemoteDriveStorage
 from openhosting.store import drives as drive_store

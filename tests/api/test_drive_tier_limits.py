@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.admin.tool import main
 from openhosting.config import Config
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive
 from tests.conftest import config_with_tiers

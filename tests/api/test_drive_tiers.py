@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config
-from openhosting.services.drive_repair import ORPHAN_GRACE_SECONDS
+from openhosting.services.drives.drive_repair import ORPHAN_GRACE_SECONDS
 from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
 from openhosting.wire.text import parse_properties, parse_properties_list

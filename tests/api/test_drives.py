@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.model.drive import MAX_ENCRYPTED_SIZE
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
 from openhosting.wire.text import parse_properties

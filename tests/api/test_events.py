@@ -4,7 +4,7 @@ import asyncio
 
 from aiohttp.test_utils import TestClient
 
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.events import QUEUE_LENGTH, EventBus, Overflowed
 from openhosting.services.platform import Platform
 from tests.api.drive_helpers import create_drive

@@ -17,7 +17,7 @@ import sqlalchemy
 from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.events import Event
 from openhosting.services.platform import Platform
 from openhosting.store.jobs import DONE, FAILED, QUEUED, RUNNING

@@ -15,9 +15,9 @@ from sqlalchemy import event, update
 from openhosting.api import negotiation
 from openhosting.config import Config
 from openhosting.model.server import ServerConfig
-from openhosting.services import servers as servers_module
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
+from openhosting.services.servers import servers as servers_module
 from openhosting.storage import drive_files
 from openhosting.store import servers as server_store
 from openhosting.store.database import open_engine

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config
 from openhosting.model.common import is_uuid
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.conftest import basic_auth, config_in

@@ -7,7 +7,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.wire.text import parse_properties
 from tests.conftest import basic_auth, config_with_pool
 

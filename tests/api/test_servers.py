@@ -6,7 +6,7 @@ import json
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive
 from tests.conftest import SAMPLES, basic_auth

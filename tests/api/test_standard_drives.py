@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from openhosting.config import Config
 from openhosting.errors import MissingError, UsageError
 from openhosting.model.common import EVERYONE
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store.tables import PLATFORM_USER
 from openhosting.wire.text import parse_properties_list

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.services.server_network import default_mac
+from openhosting.services.servers.server_network import default_mac
 from testbed.build_guest import BOOT_MARKER, LEASE_MARKER, READY_MARKER, build_tiny_guest
 from testbed.cluster import namespaces
 from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log

@@ -25,7 +25,7 @@ from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.migration import live_migrate
 from openhosting.hypervisor.qemu_driver import QemuDriver
 from openhosting.hypervisor.spec import DiskSpec, DriveSecret, VmSpec
-from openhosting.services.vm_specs import secret_path
+from openhosting.services.servers.vm_specs import secret_path
 from openhosting.storage.luks import LuksVolume, format_luks1, payload_offset
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from openhosting.network import nic_firewall
 from openhosting.network.driver import NicPlan
 from openhosting.network.nic_firewall import chain_name
 from openhosting.services.platform import Platform, open_platform
-from openhosting.services.server_network import default_mac
+from openhosting.services.servers.server_network import default_mac
 from openhosting.wire.text import parse_properties
 from testbed.build_guest import LEASE_MARKER
 from testbed.serial_console import SerialConsole, wait_for_log

@@ -11,9 +11,9 @@ import time
 import aiohttp
 from aiohttp.test_utils import TestClient
 
-from openhosting.services.accounts import NewKey
-from openhosting.services.consoles import token_hash
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
+from openhosting.services.servers.consoles import token_hash
 from openhosting.wire.text import parse_properties
 from tests.conftest import basic_auth
 from tests.integration.server_helpers import create_server

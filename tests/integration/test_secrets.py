@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store import drives as drive_store
 from tests.integration.server_helpers import create_server, qemu_driver, upload_guest, wait_booted

@@ -23,7 +23,7 @@ from openhosting.hypervisor.serial_log import SerialLogLimit, log_files, read_lo
 from openhosting.hypervisor.spec import DiskSpec, RunPaths, VmSpec
 from openhosting.hypervisor.vm import RunningVm
 from openhosting.services.platform import Platform
-from openhosting.services.server_logs import SECONDS_PER_DAY
+from openhosting.services.servers.server_logs import SECONDS_PER_DAY
 from testbed.build_guest import READY_MARKER
 from testbed.daemon_process import Api, DaemonProcess, create_user
 from testbed.serial_console import SerialConsole, wait_for_log

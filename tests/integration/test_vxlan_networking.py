@@ -26,7 +26,7 @@ from openhosting.network.errors import NetworkError
 from openhosting.network.pool import AddressPool
 from openhosting.network.vxlan import vni_of
 from openhosting.services.platform import Platform
-from openhosting.services.server_network import default_mac
+from openhosting.services.servers.server_network import default_mac
 from openhosting.store import hosts as host_store
 from openhosting.store import vnis as vni_store
 from openhosting.store.database import open_engine

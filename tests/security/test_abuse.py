@@ -29,7 +29,7 @@ from openhosting.api.abuse import (
 )
 from openhosting.api.context import TRANSFER_LIMITER_KEY
 from openhosting.config import Config
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import open_platform
 from openhosting.wire.text import parse_properties
 from testbed.daemon_process import DaemonProcess

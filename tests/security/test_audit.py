@@ -5,7 +5,7 @@ import subprocess
 
 from aiohttp.test_utils import TestClient
 
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from tests.api.drive_helpers import create_drive
 from tests.test_daemon import ADMIN

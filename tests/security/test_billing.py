@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from openhosting.config import Config
-from openhosting.services.accounts import NewKey
-from openhosting.services.billing import MICROS, to_micros
+from openhosting.services.accounts.accounts import NewKey
+from openhosting.services.accounts.billing import MICROS, to_micros
 from openhosting.services.platform import Platform, open_platform
 from openhosting.store import servers as server_store
 from openhosting.wire.text import parse_properties

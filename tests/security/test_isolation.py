@@ -9,7 +9,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from openhosting.api.routes import DRIVE, ROUTES, SERVER, SIZE, SOURCE, Kind
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.wire.text import parse_properties
 from tests.api.drive_helpers import create_drive
 from tests.conftest import basic_auth

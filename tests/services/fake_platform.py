@@ -13,7 +13,7 @@ from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.network.driver import Backend, NetworkDriver, NicPlan
 from openhosting.network.links import Counters
 from openhosting.network.netdevs import TapNetdev
-from openhosting.services.host_drivers import Closer, Measure
+from openhosting.services.cluster.host_drivers import Closer, Measure
 from openhosting.services.platform import Platform, open_platform
 from tests.conftest import config_in
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from openhosting.config import BillingSettings
-from openhosting.services.billing import Billing, to_micros
+from openhosting.services.accounts.billing import Billing, to_micros
 from openhosting.store import billing as billing_store
 from openhosting.store import users as user_store
 from openhosting.store.database import open_engine

@@ -41,7 +41,7 @@ def _store_names_used(tree: ast.Module) -> Iterator[tuple[str, str]]:
 def store_functions_used_by_services() -> dict[str, Any]:
     """Every store function some service calls, by its dotted name."""
     found: dict[str, Any] = {}
-    for path in sorted(SERVICES.glob("*.py")):
+    for path in sorted(SERVICES.rglob("*.py")):
         for module_name, name in _store_names_used(ast.parse(path.read_text())):
             value = getattr(importlib.import_module(module_name), name)
             if inspect.isfunction(value):
@@ -91,8 +91,8 @@ def test_no_store_function_used_by_services_returns_a_row_dict() -> None:
 def test_services_do_not_read_the_readers_rows_by_column_name() -> None:
     readers_rows = Reader.mappings.__name__
     users = [
-        f"{path.name}:{node.lineno}"
-        for path in sorted(SERVICES.glob("*.py"))
+        f"{path.relative_to(SERVICES)}:{node.lineno}"
+        for path in sorted(SERVICES.rglob("*.py"))
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Attribute) and node.attr == readers_rows
     ]

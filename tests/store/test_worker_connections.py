@@ -43,7 +43,7 @@ def test_reads_from_threads_beside_the_held_reader_open_no_descriptor(tmp_path: 
         before = open_fds()
 
         def read() -> None:
-            reader = Reader(engine)  # a builder's own (services/drives.py)
+            reader = Reader(engine)  # a builder's own (services/drives/drives.py)
             try:
                 drive_store.read_drives_of(reader, "someone")
             finally:

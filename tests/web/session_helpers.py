@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from aiohttp.test_utils import TestClient
 
 from openhosting.api.sessions import CSRF_HEADER, SESSION_COOKIE
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 
 
 @dataclass(frozen=True)

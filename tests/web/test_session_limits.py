@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.api.sessions import SESSION_COOKIE
 from openhosting.config import Config
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from tests.conftest import basic_auth, config_in
 from tests.web.session_helpers import sign_in
 

@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select, update
 
 from openhosting.api.sessions import SESSION_COOKIE
-from openhosting.services.accounts import NewKey
+from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store import audit as audit_store
 from openhosting.store.tables import web_sessions

@@ -6,7 +6,7 @@ from decimal import InvalidOperation
 from typing import Any
 
 from openhosting.errors import UsageError
-from openhosting.services.billing import format_micros, to_micros
+from openhosting.services.accounts.billing import format_micros, to_micros
 from openhosting.services.platform import Platform
 from openhosting.store.records import UsageRecord
 from openhosting.wire.payload import Properties, PropertiesList

@@ -38,7 +38,7 @@ from openhosting.admin import cluster as admin_cluster
 from openhosting.config import Config
 from openhosting.daemon import parse_listen
 from openhosting.errors import FailedError, UsageError
-from openhosting.services.hosts import HostView
+from openhosting.services.cluster.hosts import HostView
 from openhosting.services.platform import Platform, open_platform
 from openhosting.wire.payload import PropertiesList, Value
 from openhosting.wire.text import render_text

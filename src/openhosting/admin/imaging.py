@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from openhosting.errors import UsageError
-from openhosting.services.imaging import SECONDS_PER_DAY
+from openhosting.services.drives.imaging import SECONDS_PER_DAY
 from openhosting.services.platform import Platform
 from openhosting.store.jobs import STATES
 from openhosting.store.records import JobRecord

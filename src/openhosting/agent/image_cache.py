@@ -2,7 +2,7 @@
 attach one as a cdrom (docs/cluster.md, 'Standard drives on the agents' hosts').
 
 A copy is a file `<state_dir>/image-cache/<drive>-<generation>.img`: the standard drive's UUID
-and its generation (which changes whenever its bytes do, services/standard_drives.py), so a
+and its generation (which changes whenever its bytes do, services/drives/standard_drives.py), so a
 copy of older bytes never passes for the new ones. The directory is apart from the drive tiers:
 no drive call (named by a user's drive UUID and a tier) reaches it, only the control plane's
 cache calls (agent/cache_routes.py) and its fills (agent/drive_streams.py).

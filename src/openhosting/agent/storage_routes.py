@@ -11,7 +11,7 @@ passphrases do in its record.
 - `POST /storage/available` → `{"answer": true|false}`
 - `POST /storage/files` (first line `{"after": UUID or "", "limit": N}`, no drive) → `{"answer":
   [[UUID, tier, size, seconds since modified], ...]}`: one page of this host's drive files in
-  UUID order (services/drive_orphans.py pages through them)
+  UUID order (services/drives/drive_orphans.py pages through them)
 - `POST /storage/remove_orphan` (with `age`) → `{"answer": true|false}`: the file removed only
   if unmodified for `age` seconds, as this host's clock tells
 - `POST /storage/hash` → `{"answer": hex SHA-256 of the range}`

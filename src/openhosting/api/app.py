@@ -54,7 +54,7 @@ from openhosting.errors import (
     UsageError,
 )
 from openhosting.logs import REQUEST_ID
-from openhosting.services.audit import object_of
+from openhosting.services.accounts.audit import object_of
 from openhosting.services.off_loop import INLINE_ITEMS
 from openhosting.services.platform import Platform
 from openhosting.store.errors import is_storage_full, storage_io_error

@@ -13,7 +13,7 @@ from openhosting.api.context import PLATFORM_KEY, SESSION_KEY, USER_KEY, platfor
 from openhosting.api.sessions import SESSION_COOKIE, check_csrf
 from openhosting.api.verified_headers import VerifiedHeaders
 from openhosting.errors import AuthError
-from openhosting.services.web_sessions import SessionError, WebSession
+from openhosting.services.accounts.web_sessions import SessionError, WebSession
 
 log = logging.getLogger("openhosting.auth")
 

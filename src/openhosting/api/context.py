@@ -7,8 +7,8 @@ from aiohttp import web
 
 from openhosting.api.abuse import TransferLimiter
 from openhosting.api.metrics import PlatformMetrics
+from openhosting.services.accounts.web_sessions import WebSession
 from openhosting.services.platform import Platform
-from openhosting.services.web_sessions import WebSession
 
 PLATFORM_KEY: web.AppKey[Platform] = web.AppKey("platform", Platform)
 USER_KEY: web.RequestKey[str] = web.RequestKey("user", str)

@@ -2,7 +2,7 @@
 another site's pages from acting with it (CSRF).
 
 A request without Basic credentials but with the session cookie is the dashboard's: it is
-authenticated by the cookie (services/web_sessions.py), and any request that may change
+authenticated by the cookie (services/accounts/web_sessions.py), and any request that may change
 something (every method but GET and HEAD) must also come from the daemon's own page: its
 `X-CSRF-Token` header must be the session's CSRF token, and its `Origin` and
 `Sec-Fetch-Site`, when the browser sends them, must be the daemon's own. The cookie is
@@ -16,7 +16,7 @@ from aiohttp import web
 from openhosting.api.context import platform_of
 from openhosting.api.origins import foreign_origin
 from openhosting.errors import AuthError
-from openhosting.services.web_sessions import WebSession
+from openhosting.services.accounts.web_sessions import WebSession
 
 SESSION_COOKIE = "openhosting_session"
 CSRF_HEADER = "X-CSRF-Token"

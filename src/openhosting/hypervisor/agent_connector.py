@@ -2,8 +2,8 @@
 `openhosting-admin cluster init`) and a `RemoteHypervisorDriver` following the agent's
 events, a `RemoteNetworkDriver` over the same connection for the NICs of its VMs, and a
 `RemoteDriveStorage` streaming the bytes of the drives it holds. Given to the services
-(services/host_drivers.py, services/host_storages.py) by the daemon, so that they hold only
-the `HypervisorDriver`, `NetworkDriver` and `DriveStorage` interfaces."""
+(services/cluster/host_drivers.py, services/cluster/host_storages.py) by the daemon, so that they
+hold only the `HypervisorDriver`, `NetworkDriver` and `DriveStorage` interfaces."""
 
 import ssl
 from collections.abc import Awaitable, Callable

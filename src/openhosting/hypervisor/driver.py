@@ -214,7 +214,7 @@ class HypervisorDriver(Protocol):
 
     def host_settings(self, *, vnc_listen: str, netns: str | None) -> HostVmSettings:
         """What this host puts into every VM's spec (accelerator, QEMU, hardening), with
-        where VNC listens (the console service's choice, services/vnc.py) and the network
+        where VNC listens (the console service's choice, services/servers/vnc.py) and the network
         namespace (the network layer's)."""
         ...
 

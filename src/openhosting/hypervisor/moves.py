@@ -1,7 +1,7 @@
 """The order of a live migration's calls over two `MigratingDriver`s, and its undo: what
 moves a running VM between any two drivers, in-process or agents of two hosts. Only the
 driver interface: the QMP steps behind each call are hypervisor/migration.py's, so the
-services may use this (services/server_moves.py) without reaching QEMU's parts.
+services may use this (services/servers/server_moves.py) without reaching QEMU's parts.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (`/network/{method}`, hypervisor/network_calls.py) over the connection of its
 `RemoteHypervisorDriver`, so the NICs of a VM that runs there are made there: its taps on that
 host's bridges, its DHCP from that host's dnsmasq, its blocked ports in that host's nftables.
-The addresses still come from the one pool in the database (services/server_network.py picks
+The addresses still come from the one pool in the database (services/servers/server_network.py picks
 them; the agent's driver only serves them).
 
 What the interface asks synchronously (`guest_address`, the attributes) is answered from the

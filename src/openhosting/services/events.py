@@ -10,7 +10,7 @@ imaging job reports progress there), and a subscriber that does not keep up lose
 subscription (it is told so and reconnects with `Last-Event-ID`), never slows the platform.
 Memory is bounded: a fixed ring of recent events for resuming, a bounded queue per subscriber.
 
-With several API nodes (services/event_relay.py) each published event also goes to
+With several API nodes (services/cluster/event_relay.py) each published event also goes to
 `send_to_nodes`, and the other nodes' events come in through `relay`: delivered here like
 our own (with an id of this feed), but neither audited again nor sent back.
 """

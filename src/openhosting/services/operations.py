@@ -21,7 +21,7 @@ during its start runs once the start is over):
 An operation that outlives the call that began it (a read streamed by a response) is ended
 by its `end()`, which is idempotent.
 
-With several API nodes on one PostgreSQL (`nodes`: services/node_operations.py) the checks
+With several API nodes on one PostgreSQL (`nodes`: services/cluster/node_operations.py) the checks
 also count the other nodes' operations, and what lasts is entered in the database as well,
 so the same refusals hold across nodes. An `alone` action waits while another node runs
 one on its object (looking again every TURN_POLL_SECONDS, at most TURN_WAIT_SECONDS): the
@@ -41,7 +41,7 @@ from typing import NoReturn
 from sqlalchemy import Connection
 
 from openhosting.errors import BusyError
-from openhosting.services.node_operations import NodeOperations
+from openhosting.services.cluster.node_operations import NodeOperations
 
 # How often an `alone` action looks whether another node's turn on its object is over, and
 # for how long at most before it is refused (409 busy).
@@ -67,7 +67,7 @@ class Rule:
     alone: bool = False
 
 
-# Drives (see services/drives.py). Reads and writes run side by side; a resize refuses
+# Drives (see services/drives/drives.py). Reads and writes run side by side; a resize refuses
 # everything that touches the bytes; a shrink waits for reads (they promised a length) and
 # writes, a destroy or imaging for writes; a grow waits for neither.
 READ, WRITE, RESIZE = "read", "write", "resize"  # operations that last
@@ -86,16 +86,16 @@ DRIVE_RULES: Mapping[str, Rule] = {
     SOURCE: Rule("a source", (RESIZE, WRITE)),
 }
 
-# Servers (see services/servers.py). Every lifecycle action runs alone on its server, in the
+# Servers (see services/servers/servers.py). Every lifecycle action runs alone on its server, in the
 # order the actions came: a destroy or stop that comes during a start waits for it (and then
 # finds the server active), two starts do not both claim the drives, a `set` never changes a
 # configuration a start is reading. A start of a dumped server restores it (START too); a dump
 # is the operator's host suspend. None of them is refused for what runs: reads (info, lists,
 # the console) take no turn. DUMPED_END is in flight while a VM whose state was saved ends, so
-# that its end keeps the server `dumped` (services/server_lifecycle.py). SET and DESTROY are
+# that its end keeps the server `dumped` (services/servers/server_lifecycle.py). SET and DESTROY are
 # the drives' words too: a kind is a word of its own table.
 START, STOP, SHUTDOWN, RESET, DUMP = "start", "stop", "shutdown", "reset", "dump"
-MOVE = "move"  # a live migration to another host (a host drain: services/server_moves.py)
+MOVE = "move"  # a live migration to another host (a host drain: services/servers/server_moves.py)
 DUMPED_END = "dumped-end"
 SERVER_RULES: Mapping[str, Rule] = {
     START: Rule("started", doing="being started", alone=True),
@@ -160,8 +160,8 @@ class Operations:
         """The objects with an operation in flight, here or through another API node.
 
         The one rule of the reconciles of what a host holds (its VMs, NICs, NBD exports and
-        drive files; services/server_lifecycle.py, services/drive_orphans.py): what they
-        find of such an object is left alone, however it looks. An operation makes things
+        drive files; services/servers/server_lifecycle.py, services/drives/drive_orphans.py): what
+        they find of such an object is left alone, however it looks. An operation makes things
         before the rows that name them (a move's VM waiting for its state on the target,
         its NICs there, its drive files being mirrored; a start's export and NICs) and
         removes its own on failure; a reconcile that skipped them comes again at the next

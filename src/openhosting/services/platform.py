@@ -9,23 +9,23 @@ from sqlalchemy import Engine
 
 from openhosting.config import Config
 from openhosting.network import open_network
-from openhosting.services.accounts import Accounts
-from openhosting.services.audit import Audit
-from openhosting.services.billing import Billing
-from openhosting.services.consoles import Consoles
-from openhosting.services.drives import Drives
-from openhosting.services.event_relay import EventRelay
+from openhosting.services.accounts.accounts import Accounts
+from openhosting.services.accounts.audit import Audit
+from openhosting.services.accounts.billing import Billing
+from openhosting.services.accounts.web_sessions import WebSessions
+from openhosting.services.cluster.event_relay import EventRelay
+from openhosting.services.cluster.hosts import Hosts
+from openhosting.services.cluster.node_operations import NodeOperations
+from openhosting.services.drives.drives import Drives
+from openhosting.services.drives.imaging import Imaging
+from openhosting.services.drives.standard_copies import StandardCopies, remote_cache_of
+from openhosting.services.drives.standard_drives import StandardDrives
 from openhosting.services.events import EventBus, audit_sink
-from openhosting.services.hosts import Hosts
-from openhosting.services.imaging import Imaging
-from openhosting.services.node_operations import NodeOperations
 from openhosting.services.resources import Resources
-from openhosting.services.server_lifecycle import ServerLifecycle
-from openhosting.services.server_network import ServerNetworks
-from openhosting.services.servers import Servers
-from openhosting.services.standard_copies import StandardCopies, remote_cache_of
-from openhosting.services.standard_drives import StandardDrives
-from openhosting.services.web_sessions import WebSessions
+from openhosting.services.servers.consoles import Consoles
+from openhosting.services.servers.server_lifecycle import ServerLifecycle
+from openhosting.services.servers.server_network import ServerNetworks
+from openhosting.services.servers.servers import Servers
 from openhosting.storage.drive_tiers import DriveTiers
 from openhosting.store import notifications
 from openhosting.store.database import is_sqlite, open_engine

@@ -24,7 +24,7 @@ from openhosting.model.resource import (
 )
 from openhosting.network.pool import AddressPool
 from openhosting.network.vxlan import vni_of
-from openhosting.services.billing import Billing
+from openhosting.services.accounts.billing import Billing
 from openhosting.services.off_loop import built_off_loop
 from openhosting.store import resources as resource_store
 from openhosting.store import row_locks

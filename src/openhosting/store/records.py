@@ -303,7 +303,7 @@ def resource_settings_columns(settings: ResourceSettings) -> Columns:
 class NicRecord(StoreRecord):
     """A row of `server_nics`: what one NIC of an active server holds (its MAC on its
     network, and the pool address it is offered, if any), from the server's start to its stop.
-    `nic` is the NIC's index, or services/server_network.py's row for a VNC address."""
+    `nic` is the NIC's index, or services/servers/server_network.py's row for a VNC address."""
 
     server: str
     nic: int

@@ -70,7 +70,7 @@ drives = Table(
     Column("format", String(16), nullable=False, server_default=""),
     Column("rawsize", BigInteger, nullable=True),
     # What drive info shows of imaging into this drive (`queued`, `42%`, NULL when none is
-    # under way) and the reason the last imaging failed; kept by services/imaging.py.
+    # under way) and the reason the last imaging failed; kept by services/drives/imaging.py.
     Column("imaging", String(16), nullable=True),
     Column("imaging_error", Text, nullable=True),
     # The host whose storage holds the drive's file (`hosts.name`; empty: not yet placed,
@@ -112,7 +112,7 @@ claims = Table(
     Column("device", String(32), nullable=False, server_default=""),
     Column("exclusive", Boolean, nullable=False),
     # For a `guest` claim: how much of what the server's QEMU counted for this drive since it
-    # started is already in the drive's I/O counters (services/guest_io.py). A claim is made
+    # started is already in the drive's I/O counters (services/drives/guest_io.py). A claim is made
     # at each VM start, when QEMU's counters are 0, and outlives a daemon restart with its VM.
     Column("guest_read_bytes", BigInteger, nullable=False, server_default="0"),
     Column("guest_read_requests", BigInteger, nullable=False, server_default="0"),
@@ -145,7 +145,7 @@ servers = Table(
 # opens and that user listings leave out.
 PLATFORM_USER = "00000000-0000-0000-0000-000000000000"
 
-# Imaging jobs (services/imaging.py): one row per `/drives/D/image/SRC[/conversion]` request.
+# Imaging jobs (services/drives/imaging.py): one row per `/drives/D/image/SRC[/conversion]` request.
 # `dst` and `src` are plain UUIDs, not foreign keys: the history outlives the drives.
 jobs = Table(
     "jobs",
@@ -162,7 +162,7 @@ jobs = Table(
     Column("created_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
     Column("ended_at", Float, nullable=True),
-    # The daemon running it (services/imaging.py), and until when that holds unless renewed:
+    # The daemon running it (services/drives/imaging.py), and until when that holds unless renewed:
     # a job whose lease ran out (its daemon died) is taken by another and started again.
     Column("owner", String(64), nullable=True),
     Column("lease_until", Float, nullable=True),
@@ -190,8 +190,8 @@ resources = Table(
     UniqueConstraint("vni", name="resources_vni"),
 )
 
-# The NICs of active servers and what they hold (services/server_network.py): a row from start
-# to stop. `network` is `public` or a VLAN UUID; `address` the pool address the NIC is offered
+# The NICs of active servers and what they hold (services/servers/server_network.py): a row from
+# start to stop. `network` is `public` or a VLAN UUID; `address` the pool address the NIC is offered
 # (an IP resource, or a temporary one for `nic:0:dhcp auto`), unique while held.
 server_nics = Table(
     "server_nics",
@@ -241,7 +241,7 @@ usage = Table(
     Index("usage_by_user", "user", "end"),
 )
 
-# Web console tokens (services/consoles.py): each lets one WebSocket open the VNC console of
+# Web console tokens (services/servers/consoles.py): each lets one WebSocket open the VNC console of
 # one server for its user, once, before `expires`. Only the token's SHA-256 is kept, so
 # whoever reads the database cannot open a console with what it holds.
 console_tokens = Table(
@@ -253,13 +253,13 @@ console_tokens = Table(
     Column("expires", Float, nullable=False),
     # When its WebSocket used it; a used token is kept (refused) until it expires.
     Column("used_at", Float, nullable=True),
-    # The dashboard session that asked for it (services/web_sessions.py's session id): only
+    # The dashboard session that asked for it (services/accounts/web_sessions.py's session id): only
     # that session's cookie opens it. NULL: asked with Basic authentication, a bearer token.
     Column("session_hash", String(64), nullable=True),
     Index("console_tokens_by_expiry", "expires"),
 )
 
-# Dashboard sessions (services/web_sessions.py): a browser signed in as `user` until
+# Dashboard sessions (services/accounts/web_sessions.py): a browser signed in as `user` until
 # `expires`. Only the cookie's SHA-256 is kept, so whoever reads the database cannot sign in
 # with what it holds.
 web_sessions = Table(
@@ -272,7 +272,7 @@ web_sessions = Table(
     Index("web_sessions_by_expiry", "expires"),
 )
 
-# Operations under way on PostgreSQL (services/node_operations.py): a drive being written,
+# Operations under way on PostgreSQL (services/cluster/node_operations.py): a drive being written,
 # read or resized, a server's turn, held by the API node (`owner`) doing it, so that the
 # other nodes' checks see it. `lease_until` is renewed while it runs: a row whose lease has
 # passed (its node died) counts for nothing. SQLite keeps them in the process's memory only.

@@ -80,7 +80,7 @@ def vxlan_peers(connection: Connection, local: str, since: float) -> list[str]:
     return sorted(set(connection.execute(query).scalars()))
 
 
-# The `network` of server_nics rows that are no VLAN (services/server_network.py's).
+# The `network` of server_nics rows that are no VLAN (services/servers/server_network.py's).
 NOT_VLANS = ("public", "vnc")
 
 

@@ -18,7 +18,7 @@ from openhosting.api.context import platform_of
 from openhosting.api.negotiation import read_body_capped
 from openhosting.api.sessions import SESSION_COOKIE, check_same_origin, secure_cookies
 from openhosting.errors import AuthError, MethodError, UsageError
-from openhosting.services.web_sessions import WebSession
+from openhosting.services.accounts.web_sessions import WebSession
 
 log = logging.getLogger("openhosting.sessions")
 

@@ -14,7 +14,7 @@ class Properties:
 
     values: Object
     # Its bodies once rendered, by whether JSON (as ValueList's): a drive's info answered
-    # many times unchanged (services/drives.py keeps one) is rendered once.
+    # many times unchanged (services/drives/drives.py keeps one) is rendered once.
     rendered: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -24,7 +24,7 @@ class PropertiesList:
 
     items: Sequence[Object]
     # Its bodies once rendered, by whether JSON (as ValueList's): the infos of servers that
-    # have not changed (services/servers.py keeps them) are rendered once.
+    # have not changed (services/servers/servers.py keeps them) are rendered once.
     rendered: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -38,7 +38,7 @@ class ValueList:
     keys: tuple[str, ...]
     rows: Sequence[Object]
     # Its bodies once rendered, by whether JSON: a listing answered many times unchanged
-    # (services/drives.py keeps one while nothing is committed) is rendered once.
+    # (services/drives/drives.py keeps one while nothing is committed) is rendered once.
     rendered: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 

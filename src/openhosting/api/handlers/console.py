@@ -1,10 +1,10 @@
 """The web console's HTTP side: `POST /servers/S/console` hands out a token, and
 `GET /console/websocket?token=T` carries the server's RFB stream over a WebSocket (subprotocol
-`binary`, as noVNC speaks). Tokens, sessions and their ends are services/consoles.py's.
+`binary`, as noVNC speaks). Tokens, sessions and their ends are services/servers/consoles.py's.
 
 The WebSocket is authenticated by its token (a browser cannot send Basic credentials on
 one), and by the dashboard session cookie it carries when the token was asked for by a
-dashboard session (services/consoles.py says which tokens are bound to what); a token that
+dashboard session (services/servers/consoles.py says which tokens are bound to what); a token that
 does not work counts as a failed login of its address. Every refusal
 is an HTTP answer before any upgrade, so no RFB byte flows to a refused client. The daemon
 has logged in to the server's VNC before the upgrade; the browser is greeted with RFB
@@ -24,8 +24,8 @@ from openhosting.api.context import platform_of, session_of, user_of
 from openhosting.api.origins import foreign_origin
 from openhosting.api.sessions import SESSION_COOKIE
 from openhosting.errors import AuthError, MethodError, UsageError
-from openhosting.services.consoles import ConsoleSession, ConsoleTokenError
-from openhosting.services.web_sessions import SessionError, WebSession
+from openhosting.services.accounts.web_sessions import SessionError, WebSession
+from openhosting.services.servers.consoles import ConsoleSession, ConsoleTokenError
 from openhosting.vnc import rfb
 from openhosting.wire.payload import Properties
 

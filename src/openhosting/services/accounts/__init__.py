@@ -1,0 +1,1 @@
+"""Accounts: users and keys, billing and usage, dashboard sessions, the audit trail."""

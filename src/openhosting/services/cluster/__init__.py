@@ -1,0 +1,2 @@
+"""Hosts of the cluster: their registry, drivers and storages, placement, the nodes' shared
+operations and events."""

@@ -1,0 +1,1 @@
+"""Drives: their rows and rules, their files' upkeep, imaging jobs, standard drives."""

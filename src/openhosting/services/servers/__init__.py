@@ -1,0 +1,1 @@
+"""Servers: their commands, VMs, moves, network side, consoles and VNC."""
