@@ -171,28 +171,26 @@ async def _send_lent_pieces(
     writer: AbstractStreamWriter,
     plan: ReadPlan,
 ) -> None:
-    """Send a local encrypted read from the few buffers it decrypts into. The first piece
-    goes through the response; after it, with the socket taken over as asyncio's sendfile
-    takes it, a worker thread sends each piece on it, handing what the client does not take
-    in time back to the transport. Each piece is out of the transport (none of it queued
-    there, by reference or not) before the next is asked for, which reuses buffers."""
+    """Send a local encrypted read from the few buffers it decrypts into: with the socket
+    taken over (the head already sent), a worker thread sends each piece on it, handing what
+    the client does not take in time back to the transport. Each piece is out of the
+    transport (none of it queued there, by reference or not) before the next is asked for,
+    which reuses buffers."""
     # Closed at the end, not left to the garbage collector: its reads end before the
     # drive's file is closed.
     async with (
         taken_over(request, writer, plan.count) as client,
         contextlib.aclosing(plan.lent_pieces()) as pieces,
     ):
-        through_transport = True
         async for piece in pieces:
             if request.transport is None or request.transport.is_closing():
                 # Closed by us (a shutdown, say) or by the client between pieces: the
                 # duplicate would keep its connection open.
                 raise ConnectionResetError("Connection lost")
-            sent = 0 if through_transport else await sent_from_thread(client, piece)
+            sent = await sent_from_thread(client, piece)
             request.writer.output_size += sent  # the access log's size counts them
             if sent < len(piece):
                 await hand_back(response, writer, piece[sent:])
-            through_transport = False
 
 
 async def _send_remote(request: web.Request, plan: RemoteRead) -> web.StreamResponse:
