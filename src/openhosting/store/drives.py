@@ -9,20 +9,26 @@ from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, DriveRecord
 from openhosting.store.tables import claims, drives
 
+# A drive's row by `uuid`, and the claims on `drive` oldest first: built once, for get_drive
+# and claims_on and for the Reader (store/reader.py). SQLAlchemy builds and keys a statement
+# made per call anew each time (~55 µs a statement on this machine, ~13 µs for one built
+# once): the statements most commands run are built once, their values bound at each
+# execute; bound names start with `b_` where a column's own name is reserved for the values
+# a row gets.
+DRIVE_BY_UUID = select(drives).where(drives.c.uuid == bindparam("uuid"))
+CLAIMS_ON_DRIVE = select(claims).where(claims.c.drive == bindparam("drive")).order_by(claims.c.id)
+_INSERT_DRIVE = insert(drives)
+_UPDATE_DRIVE = update(drives).where(drives.c.uuid == bindparam("b_uuid"))
+_DELETE_DRIVE = delete(drives).where(drives.c.uuid == bindparam("b_uuid"))
+
 
 def insert_drive(connection: Connection, **values: Any) -> None:
-    connection.execute(insert(drives).values(**values))
+    connection.execute(_INSERT_DRIVE, values)
 
 
 def get_drive(connection: Connection, uuid: str) -> DriveRecord | None:
-    row = connection.execute(select(drives).where(drives.c.uuid == uuid)).mappings().first()
+    row = connection.execute(DRIVE_BY_UUID, {"uuid": uuid}).mappings().first()
     return DriveRecord.from_row(row) if row is not None else None
-
-
-# For the Reader (store/reader.py): a drive's row by `uuid`, and the claims on `drive`
-# oldest first (get_drive and claims_on without SQLAlchemy's cost per execute).
-DRIVE_BY_UUID = select(drives).where(drives.c.uuid == bindparam("uuid"))
-CLAIMS_ON_DRIVE = select(claims).where(claims.c.drive == bindparam("drive")).order_by(claims.c.id)
 
 
 def read_drive(reader: Reader, uuid: str) -> DriveRecord | None:
@@ -102,7 +108,7 @@ def total_size_of(
 
 
 def update_drive(connection: Connection, uuid: str, **values: Any) -> None:
-    connection.execute(update(drives).where(drives.c.uuid == uuid).values(**values))
+    connection.execute(_UPDATE_DRIVE, {"b_uuid": uuid, **values})
 
 
 def add_io_counters(connection: Connection, uuid: str, direction: str, nbytes: int) -> None:
@@ -117,7 +123,7 @@ def add_io_counters(connection: Connection, uuid: str, direction: str, nbytes: i
 
 
 def delete_drive(connection: Connection, uuid: str) -> None:
-    connection.execute(delete(drives).where(drives.c.uuid == uuid))
+    connection.execute(_DELETE_DRIVE, {"b_uuid": uuid})
 
 
 def drive_hosts(connection: Connection, uuids: Collection[str]) -> dict[str, str]:
@@ -136,8 +142,8 @@ def claim_holders(connection: Connection, uuids: Collection[str]) -> dict[str, l
 
 
 def claims_on(connection: Connection, drive: str) -> list[ClaimRecord]:
-    query = select(claims).where(claims.c.drive == drive).order_by(claims.c.id)
-    return [ClaimRecord.from_row(row) for row in connection.execute(query).mappings()]
+    rows = connection.execute(CLAIMS_ON_DRIVE, {"drive": drive}).mappings()
+    return [ClaimRecord.from_row(row) for row in rows]
 
 
 # A drive's I/O counters, by their column names; a guest claim keeps the same with `guest_`.

@@ -15,7 +15,7 @@ then the VNI space, then resources' rows, then drives' rows (by UUID).
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, bindparam, select, text
 
 from openhosting.store.tables import drives, resources, users
 
@@ -30,13 +30,21 @@ def lock_user(connection: Connection, user: str) -> None:
     connection.execute(select(users.c.uuid).where(users.c.uuid == user).with_for_update())
 
 
+# Built once (see store/drives.py for the cost of a statement built per call).
+_LOCK_DRIVES = (
+    select(drives.c.uuid)
+    .where(drives.c.uuid.in_(bindparam("b_uuids", expanding=True)))
+    .order_by(drives.c.uuid)
+    .with_for_update()
+)
+
+
 def lock_drives(connection: Connection, uuids: Iterable[str]) -> None:
     """Hold the rows of the drives `uuids` (those that exist) until the transaction ends
     (their claims, imaging jobs, destroy)."""
     wanted = sorted(set(uuids))
     if wanted:
-        query = select(drives.c.uuid).where(drives.c.uuid.in_(wanted)).order_by(drives.c.uuid)
-        connection.execute(query.with_for_update())
+        connection.execute(_LOCK_DRIVES, {"b_uuids": wanted})
 
 
 def lock_resource(connection: Connection, kind: str, resource: str) -> None:
