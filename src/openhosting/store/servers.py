@@ -8,13 +8,25 @@ from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, ServerRecord, decode_server_config
 from openhosting.store.tables import claims, servers
 
+# Built once, their values bound at each execute, as a server's create, start and stop run
+# them (see store/drives.py for the cost of a statement built per call); `b_` names where a
+# column's own name is reserved for the values a row gets.
+_INSERT_SERVER = insert(servers)
+_UPDATE_SERVER = update(servers).where(servers.c.uuid == bindparam("b_uuid"))
+_DELETE_SERVER = delete(servers).where(servers.c.uuid == bindparam("b_uuid"))
+_INSERT_CLAIM = insert(claims)
+_DELETE_GUEST_CLAIMS = delete(claims).where(
+    claims.c.kind == "guest", claims.c.holder == bindparam("b_holder")
+)
+_CLAIMS_ON_DRIVES = select(claims).where(claims.c.drive.in_(bindparam("b_drives", expanding=True)))
+
 
 def insert_server(connection: Connection, **values: Any) -> None:
-    connection.execute(insert(servers).values(**values))
+    connection.execute(_INSERT_SERVER, values)
 
 
 def get_server(connection: Connection, uuid: str) -> ServerRecord | None:
-    row = connection.execute(select(servers).where(servers.c.uuid == uuid)).mappings().first()
+    row = connection.execute(SERVER_BY_UUID, {"uuid": uuid}).mappings().first()
     return ServerRecord.from_row(row) if row is not None else None
 
 
@@ -76,11 +88,11 @@ SERVER_COUNT_BY_USER = (
 
 
 def update_server(connection: Connection, uuid: str, **values: Any) -> None:
-    connection.execute(update(servers).where(servers.c.uuid == uuid).values(**values))
+    connection.execute(_UPDATE_SERVER, {"b_uuid": uuid, **values})
 
 
 def delete_server(connection: Connection, uuid: str) -> None:
-    connection.execute(delete(servers).where(servers.c.uuid == uuid))
+    connection.execute(_DELETE_SERVER, {"b_uuid": uuid})
 
 
 def used_vnc_displays(connection: Connection) -> set[int]:
@@ -93,16 +105,14 @@ def add_guest_claims(
 ) -> None:
     """Claim each (drive, device, exclusive) for `server`."""
     for drive, device, exclusive in devices:
-        connection.execute(
-            insert(claims).values(
-                drive=drive, user=user, kind="guest", holder=server, device=device,
-                exclusive=exclusive,
-            )
-        )  # fmt: skip
+        connection.execute(_INSERT_CLAIM, {
+            "drive": drive, "user": user, "kind": "guest", "holder": server, "device": device,
+            "exclusive": exclusive,
+        })  # fmt: skip
 
 
 def remove_guest_claims(connection: Connection, server: str) -> None:
-    connection.execute(delete(claims).where(claims.c.kind == "guest", claims.c.holder == server))
+    connection.execute(_DELETE_GUEST_CLAIMS, {"b_holder": server})
 
 
 def remove_guest_claims_except(connection: Connection, active: set[str]) -> int:
@@ -114,5 +124,5 @@ def remove_guest_claims_except(connection: Connection, active: set[str]) -> int:
 
 
 def claims_on_drives(connection: Connection, drives: list[str]) -> list[ClaimRecord]:
-    query = select(claims).where(claims.c.drive.in_(drives))
-    return [ClaimRecord.from_row(row) for row in connection.execute(query).mappings()]
+    rows = connection.execute(_CLAIMS_ON_DRIVES, {"b_drives": list(drives)}).mappings()
+    return [ClaimRecord.from_row(row) for row in rows]
