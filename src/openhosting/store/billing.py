@@ -4,7 +4,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from openhosting.store import drives as drive_store
 from openhosting.store.records import UsageRecord, UserRecord, decode_server_config
@@ -53,9 +53,14 @@ def current_usage(connection: Connection, user: str, excluding_server: str | Non
     )
 
 
+# Built once, its value bound at each execute: every change a user asks for checks their
+# account (see store/drives.py for the cost of a statement built per call).
+_ACCOUNT_BY_UUID = select(users).where(users.c.uuid == bindparam("b_uuid"))
+
+
 def account_of(connection: Connection, user: str) -> UserRecord | None:
     """The account of `user`, the platform user's too."""
-    row = connection.execute(select(users).where(users.c.uuid == user)).mappings().first()
+    row = connection.execute(_ACCOUNT_BY_UUID, {"b_uuid": user}).mappings().first()
     return UserRecord.from_row(row) if row is not None else None
 
 

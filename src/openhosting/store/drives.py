@@ -111,15 +111,25 @@ def update_drive(connection: Connection, uuid: str, **values: Any) -> None:
     connection.execute(_UPDATE_DRIVE, {"b_uuid": uuid, **values})
 
 
-def add_io_counters(connection: Connection, uuid: str, direction: str, nbytes: int) -> None:
-    """Add one request of `nbytes` to the `read` or `write` counters of a drive."""
+def _add_io(direction: str) -> Any:
     byte_column = drives.c[f"{direction}_bytes"]
     request_column = drives.c[f"{direction}_requests"]
-    connection.execute(
+    return (
         update(drives)
-        .where(drives.c.uuid == uuid)
-        .values({byte_column: byte_column + nbytes, request_column: request_column + 1})
+        .where(drives.c.uuid == bindparam("b_uuid"))
+        .values(
+            {byte_column: byte_column + bindparam("b_bytes"), request_column: request_column + 1}
+        )
     )
+
+
+# Every drive read and write counts itself: built once per direction.
+_ADD_IO = {direction: _add_io(direction) for direction in ("read", "write")}
+
+
+def add_io_counters(connection: Connection, uuid: str, direction: str, nbytes: int) -> None:
+    """Add one request of `nbytes` to the `read` or `write` counters of a drive."""
+    connection.execute(_ADD_IO[direction], {"b_uuid": uuid, "b_bytes": nbytes})
 
 
 def delete_drive(connection: Connection, uuid: str) -> None:

@@ -78,9 +78,17 @@ def mark_offline(connection: Connection, limit: float) -> int:
     return result.rowcount
 
 
+# Built once: a new drive's or server's placement reads both (see store/drives.py for the
+# cost of a statement built per call).
+_HOSTS_BY_NAME = select(hosts).order_by(hosts.c.name)
+_DRIVE_BYTES_BY_HOST = select(drives.c.host, drives.c.tier, SIZE_SUM).group_by(
+    drives.c.host, drives.c.tier
+)
+
+
 def list_hosts(connection: Connection) -> list[HostRecord]:
     """Every host, by name."""
-    rows = connection.execute(select(hosts).order_by(hosts.c.name)).mappings()
+    rows = connection.execute(_HOSTS_BY_NAME).mappings()
     return [HostRecord.from_row(row) for row in rows]
 
 
@@ -91,8 +99,9 @@ def get_host(connection: Connection, name: str) -> HostRecord | None:
 
 def drive_bytes_by_host(connection: Connection) -> dict[tuple[str, str], int]:
     """(host, tier) → the sizes of the drives there, in bytes (what they may grow to fill)."""
-    query = select(drives.c.host, drives.c.tier, SIZE_SUM).group_by(drives.c.host, drives.c.tier)
-    return {(host, tier): int(size) for host, tier, size in connection.execute(query)}
+    return {
+        (host, tier): int(size) for host, tier, size in connection.execute(_DRIVE_BYTES_BY_HOST)
+    }
 
 
 def hosts_of_drives(

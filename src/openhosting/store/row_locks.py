@@ -25,12 +25,16 @@ ADDRESS_POOL_LOCK_KEY = 0x6F68_6970  # "ohip"
 VNI_SPACE_LOCK_KEY = 0x6F68_766E  # "ohvn"
 
 
+# Built once, their values bound at each execute (see store/drives.py for the cost of a
+# statement built per call): every change a user asks for takes their row.
+_LOCK_USER = select(users.c.uuid).where(users.c.uuid == bindparam("b_uuid")).with_for_update()
+
+
 def lock_user(connection: Connection, user: str) -> None:
     """Hold the row of `user` until the transaction ends (limits, balance)."""
-    connection.execute(select(users.c.uuid).where(users.c.uuid == user).with_for_update())
+    connection.execute(_LOCK_USER, {"b_uuid": user})
 
 
-# Built once (see store/drives.py for the cost of a statement built per call).
 _LOCK_DRIVES = (
     select(drives.c.uuid)
     .where(drives.c.uuid.in_(bindparam("b_uuids", expanding=True)))
