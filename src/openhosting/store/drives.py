@@ -20,6 +20,9 @@ CLAIMS_ON_DRIVE = select(claims).where(claims.c.drive == bindparam("drive")).ord
 _INSERT_DRIVE = insert(drives)
 _UPDATE_DRIVE = update(drives).where(drives.c.uuid == bindparam("b_uuid"))
 _DELETE_DRIVE = delete(drives).where(drives.c.uuid == bindparam("b_uuid"))
+_DRIVE_HOSTS = select(drives.c.uuid, drives.c.host).where(
+    drives.c.uuid.in_(bindparam("b_uuids", expanding=True))
+)
 
 
 def insert_drive(connection: Connection, **values: Any) -> None:
@@ -138,8 +141,8 @@ def delete_drive(connection: Connection, uuid: str) -> None:
 
 def drive_hosts(connection: Connection, uuids: Collection[str]) -> dict[str, str]:
     """The host of each drive of `uuids` that has a row."""
-    query = select(drives.c.uuid, drives.c.host).where(drives.c.uuid.in_(list(uuids)))
-    return {uuid: host for uuid, host in connection.execute(query)}
+    rows = connection.execute(_DRIVE_HOSTS, {"b_uuids": list(uuids)})
+    return {uuid: host for uuid, host in rows}
 
 
 def claim_holders(connection: Connection, uuids: Collection[str]) -> dict[str, list[str]]:

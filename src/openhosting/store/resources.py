@@ -11,13 +11,22 @@ from openhosting.store.tables import resources, server_nics, servers
 # -- resources -----------------------------------------------------------------------------
 
 
+# Built once, their values bound at each execute (see store/drives.py for the cost of a
+# statement built per call).
+_INSERT_RESOURCE = insert(resources)
+_RESOURCE_BY_NAME = select(resources).where(
+    resources.c.type == bindparam("b_type"), resources.c.resource == bindparam("b_resource")
+)
+_RESOURCE_NAMES = select(resources.c.resource).where(resources.c.type == bindparam("b_type"))
+
+
 def insert_resource(connection: Connection, **values: Any) -> None:
-    connection.execute(insert(resources).values(**values))
+    connection.execute(_INSERT_RESOURCE, values)
 
 
 def get_resource(connection: Connection, kind: str, resource: str) -> ResourceRecord | None:
-    query = select(resources).where(resources.c.type == kind, resources.c.resource == resource)
-    row = connection.execute(query).mappings().first()
+    parameters = {"b_type": kind, "b_resource": resource}
+    row = connection.execute(_RESOURCE_BY_NAME, parameters).mappings().first()
     return ResourceRecord.from_row(row) if row is not None else None
 
 
@@ -54,8 +63,7 @@ def count_resources(connection: Connection, user: str, kind: str) -> int:
 
 def resource_names(connection: Connection, kind: str) -> set[str]:
     """Every resource of `kind`, whoever owns it."""
-    query = select(resources.c.resource).where(resources.c.type == kind)
-    return set(connection.execute(query).scalars())
+    return set(connection.execute(_RESOURCE_NAMES, {"b_type": kind}).scalars())
 
 
 def update_resource(connection: Connection, kind: str, resource: str, **values: Any) -> None:
@@ -75,13 +83,25 @@ def delete_resource(connection: Connection, kind: str, resource: str) -> None:
 # -- NICs of active servers ----------------------------------------------------------------
 
 
+# Built once, their values bound at each execute: a server's start and stop run them (see
+# store/drives.py for the cost of a statement built per call).
+_INSERT_NIC = insert(server_nics)
+_NICS_OF_SERVER = (
+    select(server_nics)
+    .where(server_nics.c.server == bindparam("b_server"))
+    .order_by(server_nics.c.nic)
+)
+_HELD_ADDRESSES = select(server_nics.c.address).where(server_nics.c.address.is_not(None))
+_DELETE_NICS = delete(server_nics).where(server_nics.c.server == bindparam("b_server"))
+
+
 def insert_nic(connection: Connection, **values: Any) -> None:
-    connection.execute(insert(server_nics).values(**values))
+    connection.execute(_INSERT_NIC, values)
 
 
 def nics_of(connection: Connection, server: str) -> list[NicRecord]:
-    query = select(server_nics).where(server_nics.c.server == server).order_by(server_nics.c.nic)
-    return [NicRecord.from_row(row) for row in connection.execute(query).mappings()]
+    rows = connection.execute(_NICS_OF_SERVER, {"b_server": server}).mappings()
+    return [NicRecord.from_row(row) for row in rows]
 
 
 # For the Reader (store/reader.py): the NICs of every active server of `user`, by server, in
@@ -106,8 +126,7 @@ def all_nics(connection: Connection) -> list[NicRecord]:
 
 
 def held_addresses(connection: Connection) -> set[str]:
-    query = select(server_nics.c.address).where(server_nics.c.address.is_not(None))
-    return set(connection.execute(query).scalars())
+    return set(connection.execute(_HELD_ADDRESSES).scalars())
 
 
 def holder_of_address(connection: Connection, address: str) -> str | None:
@@ -128,4 +147,4 @@ def users_of_network(connection: Connection, network: str) -> list[str]:
 
 
 def delete_nics(connection: Connection, server: str) -> None:
-    connection.execute(delete(server_nics).where(server_nics.c.server == server))
+    connection.execute(_DELETE_NICS, {"b_server": server})
