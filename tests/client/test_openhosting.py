@@ -79,6 +79,42 @@ def test_an_http_error_prints_its_text_on_stderr_and_exits_non_zero(api: ApiDaem
     assert done.stderr.decode().strip() == "Command /drives/nosuch/info could not be found"
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"), [("missing", " not found"), ("dir", ": Is a directory")]
+)
+def test_a_body_file_that_cannot_be_read_is_named_without_a_traceback(
+    api: ApiDaemon, tmp_path: Path, name: str, reason: str
+) -> None:
+    drive = api.create_drive(1000, cipher="none")
+    api.check("openhosting", "-c", "drives", drive, "write", input=b"kept")
+    (tmp_path / "dir").mkdir()
+    path = tmp_path / name
+    done = api.run("openhosting", "-f", path, "drives", drive, "write")
+    assert done.returncode == 1
+    assert done.stderr.decode() == f"{path}{reason}\n"  # one line, no traceback
+    assert done.stdout == b""
+    assert api.run("openhosting", "drives", drive, "read", "0", "4").stdout == b"kept"
+
+
+@pytest.mark.parametrize("option", ["-h", "--help"])
+def test_help_prints_every_option_on_stdout_and_succeeds(api: ApiDaemon, option: str) -> None:
+    done = api.run("openhosting", option, env={**api.env(), "OHURI": "", "OHAUTH": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b""
+    usage = done.stdout.decode()
+    assert usage.startswith("Usage: openhosting ")
+    for documented in ("-c ", "-f FILENAME", "-j ", "-v ", "OHURI", "OHAUTH"):
+        assert documented in usage
+
+
+def test_an_unknown_option_prints_the_usage_on_stderr_and_exits_2(api: ApiDaemon) -> None:
+    done = api.run("openhosting", "--nosuch", "drives", "list")
+    assert done.returncode == 2
+    assert done.stdout == b""
+    assert "option --nosuch not recognized" in done.stderr.decode()
+    assert "Usage: openhosting " in done.stderr.decode()
+
+
 def test_too_large_a_write_fails_with_the_servers_reason(api: ApiDaemon) -> None:
     drive = api.create_drive(10)
     done = api.run("openhosting", "-c", "drives", drive, "write", input=b"x" * 11)
