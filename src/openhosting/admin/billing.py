@@ -2,10 +2,8 @@
 
 import argparse
 import time
-from decimal import InvalidOperation
 from typing import Any
 
-from openhosting.errors import UsageError
 from openhosting.services.accounts.billing import format_micros, to_micros
 from openhosting.services.platform import Platform
 from openhosting.store.records import UsageRecord
@@ -18,11 +16,7 @@ def cmd_show(platform: Platform, args: argparse.Namespace) -> str:
 
 
 def cmd_credit(platform: Platform, args: argparse.Namespace) -> str:
-    try:
-        amount = to_micros(args.amount)
-    except InvalidOperation:
-        raise UsageError(f"Invalid amount {args.amount!r}: expected a number like 10.50") from None
-    platform.billing.credit(args.uuid, amount)
+    platform.billing.credit(args.uuid, to_micros(args.amount))
     return render_text(Properties(platform.billing.account_info(args.uuid)))
 
 
