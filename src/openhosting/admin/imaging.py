@@ -84,7 +84,7 @@ def add_parsers(areas: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
         action="store_true",
         help="FILE is a gzip image: stored as it is, users image it with /gunzip",
     )
-    add.set_defaults(run=cmd_standard_add)
+    add.set_defaults(run=cmd_standard_add, makes_platform=True)
     commands.add_parser("list", help="list standard drives").set_defaults(run=cmd_standard_list)
     remove = commands.add_parser("remove", help="remove a standard drive")
     remove.add_argument("uuid", type=str.lower)
