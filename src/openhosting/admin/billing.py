@@ -4,6 +4,7 @@ import argparse
 import time
 from typing import Any
 
+from openhosting.admin.arguments import limit_argument
 from openhosting.services.accounts.billing import format_micros, to_micros
 from openhosting.services.platform import Platform
 from openhosting.store.records import UsageRecord
@@ -49,5 +50,7 @@ def add_parsers(areas: Any) -> None:
     credit.set_defaults(run=cmd_credit)
     usage = commands.add_parser("usage", help="metered usage and its charges, newest last")
     usage.add_argument("uuid", type=str.lower)
-    usage.add_argument("--limit", type=int, default=100)
+    usage.add_argument(
+        "--limit", type=limit_argument, default=100, help="the newest N days metered (100)"
+    )
     usage.set_defaults(run=cmd_usage)

@@ -19,6 +19,7 @@ from openhosting.admin import host as admin_host
 from openhosting.admin import imaging as admin_imaging
 from openhosting.admin import init as admin_init
 from openhosting.admin import servers as admin_servers
+from openhosting.admin.arguments import MAX_COUNT
 from openhosting.config import SYSTEM_CONFIG_PATH, Config, ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
@@ -66,11 +67,6 @@ def cmd_user_rotate_key(platform: Platform, args: argparse.Namespace) -> str:
 def cmd_user_delete(platform: Platform, args: argparse.Namespace) -> str:
     platform.accounts.delete_user(args.uuid)
     return ""
-
-
-# The largest count limit: what an integer column holds on every database the store runs on
-# (PostgreSQL's is 32 bits).
-MAX_COUNT = 2**31 - 1
 
 
 def _parse_count(text: str, option: str) -> int | None:
