@@ -51,6 +51,24 @@ def test_a_larger_existing_file_is_overwritten_and_cut_to_the_drives_size(
     assert target.read_bytes() == data
 
 
+def test_without_o_a_file_larger_than_the_drive_is_named_and_left_as_it_was(
+    api: ApiDaemon, tmp_path: Path
+) -> None:
+    drive = drive_holding(api, os.urandom(2 * CHUNK), "none")
+    target = tmp_path / "image"
+    target.write_bytes(b"\xff" * (5 * CHUNK))
+    done = api.run("openhosting-download", "-c", str(CHUNK), drive, target)
+    assert done.returncode == 1 and done.stdout == b""
+    # It said "Offset 327680 is past the end", an offset the user never gave.
+    assert done.stderr.decode() == (
+        f"{target} is larger than drive {drive} ({2 * CHUNK} bytes), so it is no download of"
+        " it to resume: -o 0 downloads the drive over it\n"
+    )
+    assert target.read_bytes() == b"\xff" * (5 * CHUNK)
+    done = api.run("openhosting-download", "-o", str(3 * CHUNK), drive, target)
+    assert done.stderr.decode().startswith(f"Offset {3 * CHUNK} is past the end of drive")
+
+
 def test_without_o_it_resumes_from_the_files_size_rounded_down_to_a_chunk(
     api: ApiDaemon, tmp_path: Path
 ) -> None:

@@ -206,6 +206,12 @@ def download(args: argparse.Namespace) -> int:
     client = client_from_environment()
     size = drive_size(client, args.drive)
     client.close()  # the workers open their own connections
+    if start > size and args.offset is None:
+        # No -o given: the offset is the file's own size, which the user never typed.
+        raise UsageError(
+            f"{args.file} is larger than drive {args.drive} ({size} bytes), so it is no"
+            " download of it to resume: -o 0 downloads the drive over it"
+        )
     if start > size:
         raise UsageError(f"Offset {start} is past the end of drive {args.drive} ({size} bytes)")
     try:
