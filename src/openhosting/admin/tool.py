@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, text in (
         ("show", cmd_user_show, "show a user"),
         ("rotate-key", cmd_user_rotate_key, "replace a user's secret key and print it once"),
-        ("delete", cmd_user_delete, "delete a user"),
+        ("delete", cmd_user_delete, "delete a user who owns no drive, server or resource"),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("uuid", type=str.lower)
