@@ -158,6 +158,31 @@ def test_a_refused_connection_and_a_malformed_ohuri_are_explained(api: ApiDaemon
     assert "Please set OHURI" in unset.stderr.decode()
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "1e309"])
+@pytest.mark.parametrize("tool", ["openhosting", "openhosting-upload", "openhosting-download"])
+def test_a_bad_oh_timeout_is_named_in_one_line(
+    api: ApiDaemon, tmp_path: Path, tool: str, value: str
+) -> None:
+    # Each was a traceback (ValueError, OverflowError), or for 0 "Operation now in progress".
+    image = tmp_path / "image"
+    image.write_bytes(b"x" * 100)
+    args = {
+        "openhosting": ["drives", "list"],
+        "openhosting-upload": [image],
+        "openhosting-download": ["00000000-0000-4000-8000-000000000000", image],
+    }[tool]
+    done = api.run(tool, *args, env=api.env(OH_TIMEOUT=value))
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == (
+        f"Invalid OH_TIMEOUT {value!r}: expected seconds above 0, at most 86400 (default 300)\n"
+    )
+
+
+def test_a_fractional_oh_timeout_works(api: ApiDaemon) -> None:
+    done = api.run("openhosting", "drives", "list", env=api.env(OH_TIMEOUT="2.5"))
+    assert done.returncode == 0, done.stderr
+
+
 class _NotTheApi(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.send_response(404)
