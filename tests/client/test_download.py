@@ -69,6 +69,25 @@ def test_without_o_a_file_larger_than_the_drive_is_named_and_left_as_it_was(
     assert done.stderr.decode().startswith(f"Offset {3 * CHUNK} is past the end of drive")
 
 
+@pytest.mark.parametrize("target", ["/dev/stdout", "fifo"])
+def test_a_pipe_as_file_is_refused_before_any_chunk(
+    api: ApiDaemon, tmp_path: Path, target: str
+) -> None:
+    # `openhosting-download D /dev/stdout | sha256sum`: "Failed to read chunk at offset 0",
+    # an OSError "Illegal seek", and "Restart with '-o 0'", which failed the same way.
+    drive = drive_holding(api, os.urandom(CHUNK), "none")
+    path = Path(target) if target.startswith("/") else tmp_path / target
+    if target == "fifo":
+        os.mkfifo(path)
+    done = api.run("openhosting-download", drive, path)  # its stdout is a pipe
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == (
+        f"{path} cannot be written at offsets (a pipe or a terminal): give a file or a block"
+        " device\n"
+    )
+    assert api.info(drive)["read:requests"] == "0"
+
+
 def test_without_o_it_resumes_from_the_files_size_rounded_down_to_a_chunk(
     api: ApiDaemon, tmp_path: Path
 ) -> None:

@@ -70,6 +70,18 @@ class OutputFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            # Chunks land at their offsets: a pipe or a terminal takes no pwrite (ESPIPE),
+            # which surfaced as a failed first chunk and a resume that fails the same way.
+            os.lseek(self._fd, 0, os.SEEK_CUR)
+        except OSError as error:
+            os.close(self._fd)
+            if error.errno != errno.ESPIPE:
+                raise
+            raise UsageError(
+                f"{path} cannot be written at offsets (a pipe or a terminal): give a file or"
+                " a block device"
+            ) from None
         mode = os.fstat(self._fd).st_mode
         self.regular = stat.S_ISREG(mode)
         self._direct_fd = _open_direct(path) if self.regular or stat.S_ISBLK(mode) else None
