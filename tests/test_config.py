@@ -1,10 +1,14 @@
 """Configuration: defaults, a TOML file, OH_* overrides, and refusals."""
 
+import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from openhosting.config import ConfigError, load_config
+from testbed.daemon_process import BIN
 
 
 def test_defaults_work_out_of_the_box() -> None:
@@ -47,6 +51,33 @@ def test_invalid_settings_are_refused(tmp_path: Path, text: str, env: dict[str, 
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(path, env=env)
+
+
+@pytest.mark.parametrize(
+    ("text", "env"), [("", {"OH_STATE_DIR": ""}), ('state_dir = " "\n', {})], ids=["env", "file"]
+)
+def test_an_empty_state_dir_is_refused_not_the_working_directory(
+    tmp_path: Path, text: str, env: dict[str, str]
+) -> None:
+    # `OH_STATE_DIR=` made the platform (database, key, drives/) in the working directory.
+    path = tmp_path / "oh.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="state_dir is empty"):
+        load_config(path, env=env)
+
+
+def test_openhostingd_with_an_empty_state_dir_makes_nothing_where_it_runs(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # had it started, it would stop at once, not serve
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run(
+            [str(BIN / "openhostingd"), "--listen", f"127.0.0.1:{taken.getsockname()[1]}"],
+            env={**os.environ, "OH_STATE_DIR": "", "OH_API_METRICS_LISTEN": ""}, cwd=tmp_path,
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == "openhostingd: state_dir is empty: name the platform's state directory\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tiers_default_to_disk_in_the_drive_directory_and_ssd_beside_it(tmp_path: Path) -> None:

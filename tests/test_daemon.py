@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +93,49 @@ def test_readme_start_prints_exports_and_serves_a_user_made_with_the_admin_tool(
         assert "X-Elastic-Error: missing" in again.stdout
     finally:
         assert "export" not in daemon.stop()
+
+
+def _openhostingd(state_dir: Path, listen: str, metrics: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "openhostingd"), "--state-dir", str(state_dir),
+         "--listen", listen],
+        env={**os.environ, "OH_API_METRICS_LISTEN": metrics},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("taken", ["api", "metrics"])
+def test_a_start_on_a_taken_port_prints_no_exports_and_makes_no_user(
+    state_dir: Path, taken: str
+) -> None:
+    # Another platform on the machine holds the port: the newcomer's `make run` printed a
+    # first user's export lines naming that other API, then failed; started again on a free
+    # port, it printed none (the user existed), so only the wrong lines were ever shown.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held = f"127.0.0.1:{holder.getsockname()[1]}"
+    listen, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    try:
+        failed = _openhostingd(state_dir, held if taken == "api" else listen,
+                               held if taken == "metrics" else metrics)  # fmt: skip
+        out, err = failed.communicate(timeout=60)
+    finally:
+        holder.close()
+    assert failed.returncode == 1
+    assert "export" not in out
+    setting = "OH_API_LISTEN" if taken == "api" else "OH_API_METRICS_LISTEN"
+    assert f"cannot listen on {held}" in err and setting in err
+    users = subprocess.run(
+        [ADMIN, "--state-dir", state_dir, "user", "list"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert users.stdout == ""
+
+    daemon = _openhostingd(state_dir, listen, metrics)
+    try:
+        wait_listening(int(listen.rsplit(":", 1)[1]), daemon, timeout=60, interval=0.1)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        out, _ = daemon.communicate(timeout=30)
+    assert f"export OHURI=http://{listen}/\nexport OHAUTH=" in out

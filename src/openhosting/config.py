@@ -400,6 +400,10 @@ def load_config(
             )
         else:
             config = dataclasses.replace(config, **{key: value})
+    if not config.state_dir.strip():
+        # An empty path is the working directory: the database, key and drives would be
+        # made among whatever files are there (an `OH_STATE_DIR=` left empty).
+        raise ConfigError("state_dir is empty: name the platform's state directory")
     # Checked now: a bad tier list stops the daemon at its start, not at a drive's creation.
     parse_tiers(config.storage.tiers, config.drive_path)
     check_store_url(config.store.url)

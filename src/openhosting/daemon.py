@@ -6,6 +6,7 @@ import logging
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -65,8 +66,23 @@ def announce_first_user(platform: Platform) -> None:
     print(first_user_message(platform.config, key), flush=True)
 
 
-async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
-    """Serve the API until SIGTERM or SIGINT."""
+async def _listen(site: web.TCPSite, address: str, setting: str) -> None:
+    """Start `site`; a bind that fails names the setting that chose its address."""
+    try:
+        await site.start()
+    except OSError as error:
+        raise OSError(
+            error.errno, f"cannot listen on {address} ({setting}): {error.strerror or error}"
+        ) from error
+
+
+async def serve(
+    platform: Platform,
+    ready: asyncio.Event | None = None,
+    listening: Callable[[], None] | None = None,
+) -> None:
+    """Serve the API until SIGTERM or SIGINT; `listening` is called once both listeners are
+    bound, before any request is served."""
     config = platform.config
     host, port = parse_listen(config.api.listen)
     app = build_app(platform, HANDLERS)
@@ -126,10 +142,16 @@ async def serve(platform: Platform, ready: asyncio.Event | None = None) -> None:
     try:
         if config.api.metrics_listen:
             ops_host, ops_port = parse_listen(config.api.metrics_listen)
-            await web.TCPSite(ops_runner, ops_host, ops_port, reuse_address=True).start()
+            await _listen(
+                web.TCPSite(ops_runner, ops_host, ops_port, reuse_address=True),
+                config.api.metrics_listen,
+                "api.metrics_listen, OH_API_METRICS_LISTEN; empty turns it off",
+            )
             log.info("event=metrics_listening address=%s", config.api.metrics_listen)
-        await site.start()
+        await _listen(site, config.api.listen, "api.listen, OH_API_LISTEN or --listen")
         log.info("event=listening url=%s state_dir=%s", public_url(config), config.state_dir)
+        if listening is not None:
+            listening()
         app[READINESS_KEY].set()
         if ready is not None:
             ready.set()
@@ -187,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openhostingd: {error}", file=sys.stderr)
         return 2
     try:
-        announce_first_user(platform)
-        asyncio.run(serve(platform))
+        # The first user and its export lines only once the API listens: a daemon that
+        # cannot bind (the port taken) would print lines naming someone else's API, and its
+        # next start, the user made, would print none. A few milliseconds on the loop, once,
+        # before it serves anything.
+        asyncio.run(serve(platform, listening=lambda: announce_first_user(platform)))
     except OSError as error:
         log.error("event=start_failed error=%s", error)
         return 1

@@ -65,7 +65,7 @@ def test_a_used_directory_or_a_missing_state_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state = tmp_path / "state"
-    admin(state, capsys, "user", "list")  # makes the platform's state
+    admin(state, capsys, "init")  # makes the platform's state
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("mine")
@@ -84,7 +84,7 @@ def test_a_failed_backup_leaves_nothing_behind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = tmp_path / "state"
-    admin(state, capsys, "user", "list")
+    admin(state, capsys, "init")
 
     def broken_copy(database: Path, copy_path: Path) -> None:
         copy_path.write_bytes(b"half")

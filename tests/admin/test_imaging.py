@@ -58,6 +58,20 @@ def test_standard_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert PLATFORM_USER not in out
 
 
+def test_standard_add_of_a_missing_path_or_a_directory_says_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    assert admin(state, capsys, "init")[0] == 0
+    missing = tmp_path / "debian.img.gz"
+    code, out, err = admin(state, capsys, "standard", "add", str(missing), "--name", "x")
+    assert (code, out) == (1, "")
+    assert err == f"openhosting-admin: Cannot read {missing}: no such file\n"  # was "not a file"
+    code, out, err = admin(state, capsys, "standard", "add", str(tmp_path), "--name", "x")
+    assert err == f"openhosting-admin: Cannot read {tmp_path}: not a regular file\n"
+    assert admin(state, capsys, "standard", "list")[1] == ""
+
+
 def test_jobs_list_shows_state_progress_and_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -113,3 +113,53 @@ def test_bad_network_settings_are_a_clear_error_not_a_traceback(
     code, _, err = run(capsys, "--config", str(path), "init")
     assert code == 2
     assert "network.mode" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["user", "list"],
+        ["user", "show", "3f1c0000-0000-4000-8000-000000000000"],
+        ["user", "set", "3f1c0000-0000-4000-8000-000000000000", "--max-servers", "1"],
+        ["account", "credit", "3f1c0000-0000-4000-8000-000000000000", "5"],
+        ["standard", "list"],
+        ["jobs", "list"],
+        ["audit", "--object", "3f1c0000-0000-4000-8000-000000000000"],
+    ],
+)
+def test_a_command_where_there_is_no_platform_makes_none_and_names_where_it_looked(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    # A newcomer's two slips: a mistyped --state-dir, and the default `state` from the wrong
+    # working directory. Either made an empty platform there and answered from it (an empty
+    # `user list`, status 0).
+    monkeypatch.setattr(admin, "SYSTEM_CONFIG_PATH", tmp_path / "missing.toml")
+    mistyped = tmp_path / "stat"
+    code, out, err = run(capsys, "--state-dir", str(mistyped), *command)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"openhosting-admin: no platform in {mistyped}: openhosting.sqlite")
+    assert "--state-dir" in err and "openhosting-admin init" in err
+    assert not mistyped.exists()
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *command)
+    assert (code, out) == (2, "")
+    assert f"no platform in {tmp_path / 'state'}:" in err
+    assert not (tmp_path / "state").exists()
+
+
+def test_user_create_where_there_is_no_platform_makes_one_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # How a platform's state may be made before the daemon's first start (the tests' own
+    # daemons too); said on standard error, in case the path was a slip.
+    monkeypatch.setattr(admin, "SYSTEM_CONFIG_PATH", tmp_path / "missing.toml")
+    state = tmp_path / "state"
+    code, out, err = run(capsys, "--state-dir", str(state), "user", "create", "--name", "a")
+    assert code == 0 and "secret " in out
+    assert err == f"openhosting-admin: made a new platform in {state}\n"
+    assert (state / "openhosting.sqlite").is_file()
+    code, out, err = run(capsys, "--state-dir", str(state), "user", "list")
+    assert (code, err) == (0, "") and out.endswith(" a\n")

@@ -5,12 +5,13 @@ test_server_moves.py (fakes) and tests/cluster/test_host_drain.py (agents over Q
 
 import asyncio
 from unittest import mock
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
-from openhosting.api.ops import build_ops_app, host_drain
+from openhosting.api.ops import STATE_DIR_HEADER, build_ops_app, host_drain
 from openhosting.services.platform import Platform
 
 
@@ -37,3 +38,34 @@ async def test_a_drain_is_refused_to_callers_from_elsewhere(client: TestClient) 
     )
     with pytest.raises(web.HTTPForbidden):
         await asyncio.wait_for(host_drain(request), 5)
+
+
+@pytest.mark.parametrize("path", ["/host/suspend", "/host/resume", "/host/drain/hv-a"])
+async def test_a_caller_meaning_another_platform_is_refused_before_anything_is_done(
+    client: TestClient,
+    platform: Platform,
+    aiohttp_client,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    done: list[str] = []
+
+    async def record(*args: object) -> dict[str, str]:
+        done.append(path)
+        return {}
+
+    for name in ("suspend_all", "resume_all", "drain"):
+        monkeypatch.setattr(platform.servers, name, record)
+    ops = await aiohttp_client(TestServer(build_ops_app(client.server.app)))
+    elsewhere = quote("/srv/other platform/state")
+    refused = await ops.post(path, headers={STATE_DIR_HEADER: elsewhere})
+    assert refused.status == 409
+    assert await refused.text() == (
+        f"this openhostingd serves the platform in {platform.config.state_path.resolve()},"
+        " not the one in /srv/other platform/state\n"
+    )
+    assert done == []
+    ours = quote(str(platform.config.state_path.resolve()))
+    assert (await ops.post(path, headers={STATE_DIR_HEADER: ours})).status == 200
+    assert (await ops.post(path)).status == 200  # a tool that does not say: taken at its word
+    assert done == [path, path]

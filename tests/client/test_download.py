@@ -51,6 +51,43 @@ def test_a_larger_existing_file_is_overwritten_and_cut_to_the_drives_size(
     assert target.read_bytes() == data
 
 
+def test_without_o_a_file_larger_than_the_drive_is_named_and_left_as_it_was(
+    api: ApiDaemon, tmp_path: Path
+) -> None:
+    drive = drive_holding(api, os.urandom(2 * CHUNK), "none")
+    target = tmp_path / "image"
+    target.write_bytes(b"\xff" * (5 * CHUNK))
+    done = api.run("openhosting-download", "-c", str(CHUNK), drive, target)
+    assert done.returncode == 1 and done.stdout == b""
+    # It said "Offset 327680 is past the end", an offset the user never gave.
+    assert done.stderr.decode() == (
+        f"{target} is larger than drive {drive} ({2 * CHUNK} bytes), so it is no download of"
+        " it to resume: -o 0 downloads the drive over it\n"
+    )
+    assert target.read_bytes() == b"\xff" * (5 * CHUNK)
+    done = api.run("openhosting-download", "-o", str(3 * CHUNK), drive, target)
+    assert done.stderr.decode().startswith(f"Offset {3 * CHUNK} is past the end of drive")
+
+
+@pytest.mark.parametrize("target", ["/dev/stdout", "fifo"])
+def test_a_pipe_as_file_is_refused_before_any_chunk(
+    api: ApiDaemon, tmp_path: Path, target: str
+) -> None:
+    # `openhosting-download D /dev/stdout | sha256sum`: "Failed to read chunk at offset 0",
+    # an OSError "Illegal seek", and "Restart with '-o 0'", which failed the same way.
+    drive = drive_holding(api, os.urandom(CHUNK), "none")
+    path = Path(target) if target.startswith("/") else tmp_path / target
+    if target == "fifo":
+        os.mkfifo(path)
+    done = api.run("openhosting-download", drive, path)  # its stdout is a pipe
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == (
+        f"{path} cannot be written at offsets (a pipe or a terminal): give a file or a block"
+        " device\n"
+    )
+    assert api.info(drive)["read:requests"] == "0"
+
+
 def test_without_o_it_resumes_from_the_files_size_rounded_down_to_a_chunk(
     api: ApiDaemon, tmp_path: Path
 ) -> None:

@@ -79,6 +79,42 @@ def test_an_http_error_prints_its_text_on_stderr_and_exits_non_zero(api: ApiDaem
     assert done.stderr.decode().strip() == "Command /drives/nosuch/info could not be found"
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"), [("missing", " not found"), ("dir", ": Is a directory")]
+)
+def test_a_body_file_that_cannot_be_read_is_named_without_a_traceback(
+    api: ApiDaemon, tmp_path: Path, name: str, reason: str
+) -> None:
+    drive = api.create_drive(1000, cipher="none")
+    api.check("openhosting", "-c", "drives", drive, "write", input=b"kept")
+    (tmp_path / "dir").mkdir()
+    path = tmp_path / name
+    done = api.run("openhosting", "-f", path, "drives", drive, "write")
+    assert done.returncode == 1
+    assert done.stderr.decode() == f"{path}{reason}\n"  # one line, no traceback
+    assert done.stdout == b""
+    assert api.run("openhosting", "drives", drive, "read", "0", "4").stdout == b"kept"
+
+
+@pytest.mark.parametrize("option", ["-h", "--help"])
+def test_help_prints_every_option_on_stdout_and_succeeds(api: ApiDaemon, option: str) -> None:
+    done = api.run("openhosting", option, env={**api.env(), "OHURI": "", "OHAUTH": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b""
+    usage = done.stdout.decode()
+    assert usage.startswith("Usage: openhosting ")
+    for documented in ("-c ", "-f FILENAME", "-j ", "-v ", "OHURI", "OHAUTH"):
+        assert documented in usage
+
+
+def test_an_unknown_option_prints_the_usage_on_stderr_and_exits_2(api: ApiDaemon) -> None:
+    done = api.run("openhosting", "--nosuch", "drives", "list")
+    assert done.returncode == 2
+    assert done.stdout == b""
+    assert "option --nosuch not recognized" in done.stderr.decode()
+    assert "Usage: openhosting " in done.stderr.decode()
+
+
 def test_too_large_a_write_fails_with_the_servers_reason(api: ApiDaemon) -> None:
     drive = api.create_drive(10)
     done = api.run("openhosting", "-c", "drives", drive, "write", input=b"x" * 11)
@@ -120,6 +156,31 @@ def test_a_refused_connection_and_a_malformed_ohuri_are_explained(api: ApiDaemon
     assert "Invalid OHURI" in malformed.stderr.decode()
     unset = api.run("openhosting", "drives", "list", env={**api.env(), "OHURI": ""})
     assert "Please set OHURI" in unset.stderr.decode()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "1e309"])
+@pytest.mark.parametrize("tool", ["openhosting", "openhosting-upload", "openhosting-download"])
+def test_a_bad_oh_timeout_is_named_in_one_line(
+    api: ApiDaemon, tmp_path: Path, tool: str, value: str
+) -> None:
+    # Each was a traceback (ValueError, OverflowError), or for 0 "Operation now in progress".
+    image = tmp_path / "image"
+    image.write_bytes(b"x" * 100)
+    args = {
+        "openhosting": ["drives", "list"],
+        "openhosting-upload": [image],
+        "openhosting-download": ["00000000-0000-4000-8000-000000000000", image],
+    }[tool]
+    done = api.run(tool, *args, env=api.env(OH_TIMEOUT=value))
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == (
+        f"Invalid OH_TIMEOUT {value!r}: expected seconds above 0, at most 86400 (default 300)\n"
+    )
+
+
+def test_a_fractional_oh_timeout_works(api: ApiDaemon) -> None:
+    done = api.run("openhosting", "drives", "list", env=api.env(OH_TIMEOUT="2.5"))
+    assert done.returncode == 0, done.stderr
 
 
 class _NotTheApi(http.server.BaseHTTPRequestHandler):

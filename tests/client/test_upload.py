@@ -153,6 +153,21 @@ def test_an_existing_drive_too_small_is_refused_before_sending(
     assert api.info(drive)["write:requests"] == "0"
 
 
+def test_an_offset_without_a_drive_is_refused_before_creating_one(
+    api: ApiDaemon, tmp_path: Path
+) -> None:
+    # It made a new drive and sent only the image's end: its first 5 MiB read as zeros, and
+    # the tool said "completed" with status 0.
+    image = make_image(tmp_path / "image", os.urandom(3 * CHUNK))
+    before = api.check("openhosting", "drives", "list")
+    done = api.run("openhosting-upload", "-c", str(CHUNK), "-o", str(CHUNK), image)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == (
+        "-o resumes an upload into the drive it was writing: name that drive with -d\n"
+    )
+    assert api.check("openhosting", "drives", "list") == before
+
+
 def test_a_missing_file_or_drive_is_explained(api: ApiDaemon, tmp_path: Path) -> None:
     missing_file = api.run("openhosting-upload", tmp_path / "nothing.raw")
     assert missing_file.returncode != 0 and b"No such file" in missing_file.stderr

@@ -107,9 +107,11 @@ def test_a_suspended_guest_runs_on_where_it_was_after_resume_and_a_daemon_restar
     assert after > before
     assert read_serial_log(serial_log).count(BOOT_MARKER) == 1
 
-    # Without a daemon the tool holds the VM itself; `start` restores it too.
+    # Without a daemon the tool holds the VM itself; `start` restores it too. The tool is
+    # told the stopped daemon's operator address: the default one (127.0.0.1:9180) may be
+    # another platform's on this machine (a `make run`), whose daemon refuses (409).
     daemon.end(signal.SIGTERM)
-    suspended = admin(state, env, "suspend")
+    suspended = admin(state, admin_env, "suspend")
     assert suspended.returncode == 0, suspended.stderr
     assert suspended.stdout == f"{server} dumped\n"
     assert dump.exists()

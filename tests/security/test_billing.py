@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from openhosting.config import Config
+from openhosting.errors import UsageError
 from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.accounts.billing import MICROS, to_micros
 from openhosting.services.platform import Platform, open_platform
@@ -129,6 +130,36 @@ def asyncio_run_create(platform: Platform, user: str) -> None:
     import asyncio
 
     asyncio.run(platform.drives.create(user, {"size": "2G", "encryption:cipher": "none"}))
+
+
+@pytest.mark.parametrize("amount", ["nan", "inf", "1e30", "0.0000001"])
+def test_admin_tool_refuses_an_amount_no_balance_holds_in_one_line(
+    billed: Platform, amount: str
+) -> None:
+    key = billed.accounts.create_user("cli")
+    billed.billing.credit(key.uuid, to_micros("7"))
+    refused = subprocess.run(
+        [ADMIN, "--state-dir", billed.config.state_dir, "account", "credit", key.uuid, amount],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"openhosting-admin: Invalid amount {amount!r}: ")
+    assert refused.stderr.count("\n") == 1  # one line, no traceback
+    assert billed.billing.account_info(key.uuid)["balance"] == "7.000000"
+
+
+def test_a_credit_taking_the_balance_past_its_largest_is_refused_and_changes_nothing(
+    billed: Platform,
+) -> None:
+    key = billed.accounts.create_user("rich")
+    billed.billing.credit(key.uuid, to_micros("600000000000"))
+    with pytest.raises(UsageError, match=r"at most 1000000000000\.000000 either way"):
+        billed.billing.credit(key.uuid, to_micros("600000000000"))
+    assert billed.billing.account_info(key.uuid)["balance"] == "600000000000.000000"
+    billed.billing.credit(key.uuid, to_micros("-1000000000000"))  # taking: the same bound
+    with pytest.raises(UsageError, match=r"to -1400000000000\.000000"):
+        billed.billing.credit(key.uuid, to_micros("-1000000000000"))
+    assert billed.billing.account_info(key.uuid)["balance"] == "-400000000000.000000"
 
 
 def test_admin_tool_credits_and_shows_usage(billed: Platform) -> None:

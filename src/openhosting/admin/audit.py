@@ -4,6 +4,7 @@ import argparse
 import time
 from typing import Any
 
+from openhosting.admin.arguments import limit_argument
 from openhosting.services.platform import Platform
 from openhosting.store.records import AuditRecord
 from openhosting.wire.payload import PropertiesList
@@ -30,5 +31,5 @@ def add_parsers(areas: Any) -> None:
     audit = areas.add_parser("audit", help="who changed what, and when")
     audit.add_argument("--object", type=str.lower, help="a drive, server or resource id")
     audit.add_argument("--user", type=str.lower, help="a user's UUID")
-    audit.add_argument("--limit", type=int, default=100, help="the newest N entries")
+    audit.add_argument("--limit", type=limit_argument, default=100, help="the newest N entries")
     audit.set_defaults(run=cmd_audit)

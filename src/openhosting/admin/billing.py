@@ -2,10 +2,9 @@
 
 import argparse
 import time
-from decimal import InvalidOperation
 from typing import Any
 
-from openhosting.errors import UsageError
+from openhosting.admin.arguments import limit_argument
 from openhosting.services.accounts.billing import format_micros, to_micros
 from openhosting.services.platform import Platform
 from openhosting.store.records import UsageRecord
@@ -18,11 +17,7 @@ def cmd_show(platform: Platform, args: argparse.Namespace) -> str:
 
 
 def cmd_credit(platform: Platform, args: argparse.Namespace) -> str:
-    try:
-        amount = to_micros(args.amount)
-    except InvalidOperation:
-        raise UsageError(f"Invalid amount {args.amount!r}: expected a number like 10.50") from None
-    platform.billing.credit(args.uuid, amount)
+    platform.billing.credit(args.uuid, to_micros(args.amount))
     return render_text(Properties(platform.billing.account_info(args.uuid)))
 
 
@@ -55,5 +50,7 @@ def add_parsers(areas: Any) -> None:
     credit.set_defaults(run=cmd_credit)
     usage = commands.add_parser("usage", help="metered usage and its charges, newest last")
     usage.add_argument("uuid", type=str.lower)
-    usage.add_argument("--limit", type=int, default=100)
+    usage.add_argument(
+        "--limit", type=limit_argument, default=100, help="the newest N days metered (100)"
+    )
     usage.set_defaults(run=cmd_usage)

@@ -25,16 +25,19 @@ state directory and ends its VM: those servers are `dumped`, their drives still 
 
 The daemon holds each VM's one QMP connection and would apply the stop rules to a VM that
 ends under it, so when it runs it does the work itself: the tool asks it on its operator
-listener (`api.metrics_listen`, loopback callers only). When nothing answers there, the
-tool holds the VMs itself for the time of the command, as the daemon would.
+listener (`api.metrics_listen`, loopback callers only), naming the state directory it means:
+a daemon of another platform there refuses. When nothing answers there, the tool holds the
+VMs itself for the time of the command, as the daemon would.
 """
 
 import argparse
 import asyncio
 import http.client
+import urllib.parse
 from typing import Any
 
 from openhosting.admin import cluster as admin_cluster
+from openhosting.api.ops import STATE_DIR_HEADER
 from openhosting.config import Config
 from openhosting.daemon import parse_listen
 from openhosting.errors import FailedError, UsageError
@@ -55,8 +58,11 @@ def ask_daemon(config: Config, action: str) -> dict[str, str] | None:
     host, port = parse_listen(config.api.metrics_listen)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     connection = http.client.HTTPConnection(host, port, timeout=DAEMON_TIMEOUT)
+    # Whoever listens there may be another platform's daemon (two on one host, one of them
+    # told another metrics address): it refuses what is not meant for it.
+    meant = urllib.parse.quote(str(config.state_path.resolve()))
     try:
-        connection.request("POST", f"/host/{action}")
+        connection.request("POST", f"/host/{action}", headers={STATE_DIR_HEADER: meant})
         response = connection.getresponse()
         body = response.read().decode()
     except ConnectionRefusedError:
@@ -65,6 +71,12 @@ def ask_daemon(config: Config, action: str) -> dict[str, str] | None:
         raise FailedError(f"openhostingd at {host}:{port} did not answer: {error}") from None
     finally:
         connection.close()
+    if response.status == 409:
+        raise FailedError(
+            f"The openhostingd on {config.api.metrics_listen} (api.metrics_listen) is another"
+            f" platform's: {body.strip()}. Name this platform's metrics address: the --config"
+            " its daemon reads, or OH_API_METRICS_LISTEN as its daemon was given it"
+        )
     if response.status != 200:
         raise FailedError(f"openhostingd refused host {action}: {body.strip()}")
     outcome: dict[str, str] = {}

@@ -6,6 +6,7 @@ import math
 import time
 from pathlib import Path
 
+from openhosting.admin.arguments import limit_argument
 from openhosting.errors import UsageError
 from openhosting.services.drives.imaging import SECONDS_PER_DAY
 from openhosting.services.platform import Platform
@@ -58,8 +59,6 @@ def job_properties(job: JobRecord) -> dict[str, Value]:
 
 
 def cmd_jobs_list(platform: Platform, args: argparse.Namespace) -> str:
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
     jobs = platform.imaging.list_jobs(args.state, args.limit)
     return render_text(PropertiesList([job_properties(job) for job in jobs]))
 
@@ -84,7 +83,7 @@ def add_parsers(areas: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
         action="store_true",
         help="FILE is a gzip image: stored as it is, users image it with /gunzip",
     )
-    add.set_defaults(run=cmd_standard_add)
+    add.set_defaults(run=cmd_standard_add, makes_platform=True)
     commands.add_parser("list", help="list standard drives").set_defaults(run=cmd_standard_list)
     remove = commands.add_parser("remove", help="remove a standard drive")
     remove.add_argument("uuid", type=str.lower)
@@ -94,7 +93,9 @@ def add_parsers(areas: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     job_commands = jobs.add_subparsers(dest="command", required=True)
     listing = job_commands.add_parser("list", help="list imaging jobs, newest first")
     listing.add_argument("--state", choices=STATES, help="only jobs in this state")
-    listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    listing.add_argument(
+        "--limit", type=limit_argument, default=100, help="at most this many (100)"
+    )
     listing.set_defaults(run=cmd_jobs_list)
     prune = job_commands.add_parser("prune", help="delete the rows of jobs that ended long ago")
     prune.add_argument(

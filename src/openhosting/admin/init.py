@@ -34,4 +34,4 @@ def add_parsers(areas: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     init.add_argument(
         "--another", action="store_true", help="create a user even if the platform has some"
     )
-    init.set_defaults(run=cmd_init)
+    init.set_defaults(run=cmd_init, makes_platform=True)

@@ -19,6 +19,7 @@ from openhosting.admin import host as admin_host
 from openhosting.admin import imaging as admin_imaging
 from openhosting.admin import init as admin_init
 from openhosting.admin import servers as admin_servers
+from openhosting.admin.arguments import MAX_COUNT
 from openhosting.config import SYSTEM_CONFIG_PATH, Config, ConfigError, load_config
 from openhosting.errors import ApiError, UsageError
 from openhosting.services.platform import Platform, open_platform
@@ -68,11 +69,6 @@ def cmd_user_delete(platform: Platform, args: argparse.Namespace) -> str:
     return ""
 
 
-# The largest count limit: what an integer column holds on every database the store runs on
-# (PostgreSQL's is 32 bits).
-MAX_COUNT = 2**31 - 1
-
-
 def _parse_count(text: str, option: str) -> int | None:
     if text == "none":
         return None
@@ -120,12 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = user.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="create a user and print its secret key once")
     create.add_argument("--name", default="")
-    create.set_defaults(run=cmd_user_create)
+    create.set_defaults(run=cmd_user_create, makes_platform=True)
     commands.add_parser("list", help="list users").set_defaults(run=cmd_user_list)
     for name, run, text in (
         ("show", cmd_user_show, "show a user"),
         ("rotate-key", cmd_user_rotate_key, "replace a user's secret key and print it once"),
-        ("delete", cmd_user_delete, "delete a user"),
+        ("delete", cmd_user_delete, "delete a user who owns no drive, server or resource"),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("uuid", type=str.lower)
@@ -191,10 +187,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def missing_database(config: Config) -> Path | None:
+    """The SQLite file `config` names if it does not exist (no platform there yet), else None
+    (it exists, or the store is a PostgreSQL database, which the daemon's migrations make)."""
+    if config.store.url and not config.store.url.startswith("sqlite:///"):
+        return None
+    path = Path(config.store_url.removeprefix("sqlite:///"))
+    return None if path.exists() else path.absolute()
+
+
 def _run(config: Config, args: argparse.Namespace) -> str:
-    """Run the command: on the state directory as it is, or on the platform opened over it."""
+    """Run the command: on the state directory as it is, or on the platform opened over it.
+
+    Only the commands that make a platform's first things (`init`, `user create`, `standard
+    add`) open a state directory without a database, which makes it: any other would make an
+    empty platform wherever it ran (a mistyped `--state-dir`, the wrong working directory for
+    the default `state`) and answer from that, an empty `user list` with status 0.
+    """
     if (run_on_state := getattr(args, "run_on_state", None)) is not None:
         return str(run_on_state(config, args))
+    if (database := missing_database(config)) is not None:
+        if not getattr(args, "makes_platform", False):
+            raise ConfigError(
+                f"no platform in {database.parent}: {database.name} does not exist. Name the"
+                " daemon's state directory (--state-dir) or configuration (--config), or make"
+                " a platform there with `openhosting-admin init`"
+            )
+        if args.area != "init":  # making it is init's job; here it may be a mistyped path
+            print(f"openhosting-admin: made a new platform in {database.parent}", file=sys.stderr)
     platform = open_platform(config)
     try:
         run: Callable[[Platform, argparse.Namespace], str] = args.run

@@ -11,6 +11,7 @@ change state, so they answer only callers on this host's loopback, wherever it l
 
 import asyncio
 import ipaddress
+import urllib.parse
 
 from aiohttp import web
 from sqlalchemy import text
@@ -21,6 +22,10 @@ from openhosting.errors import MissingError
 from openhosting.services.platform_state import read_platform_state
 
 API_APP_KEY: web.AppKey[web.Application] = web.AppKey("api_app", web.Application)
+# The state directory (absolute, percent-encoded) of the platform the admin tool means: the
+# daemon of another platform of the host, on the metrics address the tool was given, refuses
+# with 409 rather than dump, restore or move servers that are not the ones meant.
+STATE_DIR_HEADER = "X-Openhosting-State-Dir"
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -61,18 +66,21 @@ def _ping(api: web.Application) -> None:
 
 async def host_suspend(request: web.Request) -> web.Response:
     _local_only(request)
+    _this_platform(request)
     outcome = await request.app[API_APP_KEY][PLATFORM_KEY].servers.suspend_all()
     return web.Response(text=_outcome_text(outcome))
 
 
 async def host_resume(request: web.Request) -> web.Response:
     _local_only(request)
+    _this_platform(request)
     outcome = await request.app[API_APP_KEY][PLATFORM_KEY].servers.resume_all()
     return web.Response(text=_outcome_text(outcome))
 
 
 async def host_drain(request: web.Request) -> web.Response:
     _local_only(request)
+    _this_platform(request)
     try:
         outcome = await request.app[API_APP_KEY][PLATFORM_KEY].servers.drain(
             request.match_info["name"]
@@ -80,6 +88,20 @@ async def host_drain(request: web.Request) -> web.Response:
     except MissingError as error:
         return web.Response(status=404, text=f"{error.message}\n")
     return web.Response(text=_outcome_text(outcome))
+
+
+def _this_platform(request: web.Request) -> None:
+    """409 unless the caller means this daemon's platform (a caller that does not say, as the
+    tool before the header, is taken at its word)."""
+    meant = request.headers.get(STATE_DIR_HEADER)
+    if meant is None:
+        return
+    ours = request.app[API_APP_KEY][PLATFORM_KEY].config.state_path.resolve()
+    if urllib.parse.unquote(meant) != str(ours):
+        raise web.HTTPConflict(
+            text=f"this openhostingd serves the platform in {ours}, not the one in"
+            f" {urllib.parse.unquote(meant)}\n"
+        )
 
 
 def _local_only(request: web.Request) -> None:

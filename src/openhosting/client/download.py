@@ -70,6 +70,18 @@ class OutputFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            # Chunks land at their offsets: a pipe or a terminal takes no pwrite (ESPIPE),
+            # which surfaced as a failed first chunk and a resume that fails the same way.
+            os.lseek(self._fd, 0, os.SEEK_CUR)
+        except OSError as error:
+            os.close(self._fd)
+            if error.errno != errno.ESPIPE:
+                raise
+            raise UsageError(
+                f"{path} cannot be written at offsets (a pipe or a terminal): give a file or"
+                " a block device"
+            ) from None
         mode = os.fstat(self._fd).st_mode
         self.regular = stat.S_ISREG(mode)
         self._direct_fd = _open_direct(path) if self.regular or stat.S_ISBLK(mode) else None
@@ -206,6 +218,12 @@ def download(args: argparse.Namespace) -> int:
     client = client_from_environment()
     size = drive_size(client, args.drive)
     client.close()  # the workers open their own connections
+    if start > size and args.offset is None:
+        # No -o given: the offset is the file's own size, which the user never typed.
+        raise UsageError(
+            f"{args.file} is larger than drive {args.drive} ({size} bytes), so it is no"
+            " download of it to resume: -o 0 downloads the drive over it"
+        )
     if start > size:
         raise UsageError(f"Offset {start} is past the end of drive {args.drive} ({size} bytes)")
     try:

@@ -10,7 +10,6 @@ says what to check.
 
 import base64
 import http.client
-import os
 import socket
 import ssl
 import threading
@@ -34,7 +33,8 @@ from openhosting.errors import (
 
 # Seconds any one socket operation (connect, send, a wait for the answer) may take. A drive
 # write is answered only once its bytes are durable, which can take a while on a busy disk.
-DEFAULT_TIMEOUT = float(os.environ.get("OH_TIMEOUT", "300"))
+# `OH_TIMEOUT` sets it (tool.py).
+DEFAULT_TIMEOUT = 300.0
 # Bytes sent per system call when a body streams from a file.
 SEND_BLOCK = 1024 * 1024
 # How often a request refused with 429 is sent again, and the longest Retry-After honoured.

@@ -5,7 +5,8 @@ The arguments joined with `/` are the path under `OHURI` (`openhosting drives li
 standard input as the body and `-f FILE` a file, streamed (a pipe is spooled to a temporary
 file first, since drive writes need the length up front); `-j` asks for and sends JSON; `-v`
 shows the request and response headers on standard error. The answer's body is printed as it
-arrives; an HTTP error prints its text on standard error and exits with status 1.
+arrives; an HTTP error prints its text on standard error and exits with status 1. `-h` or
+`--help` prints the usage on standard output.
 """
 
 import contextlib
@@ -61,15 +62,33 @@ def _usage(message: str = "") -> int:
     return EXIT_USAGE
 
 
+def _open_body_file(path: str) -> BinaryIO | None:
+    """The file `-f` names, opened; None (the reason said on standard error) if it cannot be.
+
+    The original tool said `FILE not found`; a directory or an unreadable file gets its own
+    reason rather than a traceback.
+    """
+    try:
+        return open(path, "rb")  # closed by the caller
+    except FileNotFoundError:
+        print(f"{path} not found", file=sys.stderr)
+    except OSError as error:
+        print(f"{path}: {error.strerror}", file=sys.stderr)
+    return None
+
+
 def _trace(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
 def call(argv: list[str]) -> int:
     try:
-        options, args = getopt.getopt(argv, "cf:jvh")
+        options, args = getopt.getopt(argv, "cf:jvh", ["help"])
     except getopt.GetoptError as error:
         return _usage(str(error))
+    if any(option in ("-h", "--help") for option, _ in options):
+        sys.stdout.write(USAGE)  # asked for: not an error
+        return 0
     body_path: str | None = None
     use_stdin = as_json = verbose = False
     for option, value in options:
@@ -81,27 +100,22 @@ def call(argv: list[str]) -> int:
             as_json = True
         elif option == "-v":
             verbose = True
-        else:
-            return _usage()
     if not args:
         return _usage()
     if use_stdin and body_path is not None:
         return _usage("-c and -f cannot be used together")
-    if body_path is not None and not os.path.exists(body_path):
-        print(f"{body_path} not found", file=sys.stderr)
-        return EXIT_FAILED
-    client = client_from_environment(trace=_trace if verbose else None)
-    headers = {"Accept": "application/json"} if as_json else {}
     with contextlib.ExitStack() as cleanup:
+        source: BinaryIO | None = sys.stdin.buffer if use_stdin else None
+        if body_path is not None:
+            if (source := _open_body_file(body_path)) is None:
+                return EXIT_FAILED
+            cleanup.enter_context(source)
+        client = client_from_environment(trace=_trace if verbose else None)
         cleanup.callback(client.close)
+        headers = {"Accept": "application/json"} if as_json else {}
         body: BinaryIO | None = None
         length = 0
-        if use_stdin or body_path is not None:
-            source = (
-                sys.stdin.buffer
-                if use_stdin
-                else cleanup.enter_context(open(body_path or "", "rb"))
-            )
+        if source is not None:
             body, length = open_body(source)
             if body is not source:
                 cleanup.enter_context(body)

@@ -8,12 +8,19 @@ not set, so existing scripts keep working.
 
 import argparse
 import getpass
+import math
 import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
 
-from openhosting.client.http_client import ApiClient, Trace, basic_authorization, parse_endpoint
+from openhosting.client.http_client import (
+    DEFAULT_TIMEOUT,
+    ApiClient,
+    Trace,
+    basic_authorization,
+    parse_endpoint,
+)
 from openhosting.errors import ApiError, UsageError
 from openhosting.wire.sizes import parse_size
 
@@ -52,9 +59,36 @@ def client_from_environment(
     user, _, secret = auth.partition(":")
     if not user:
         raise UsageError("Invalid OHAUTH: expected <user uuid>:<secret API key>")
+    timeout = timeout_from(env)
     if not secret:
         secret = ask(user)
-    return ApiClient(endpoint, basic_authorization(user, secret), trace=trace)
+    return ApiClient(endpoint, basic_authorization(user, secret), timeout=timeout, trace=trace)
+
+
+# The longest `OH_TIMEOUT`: longer than any wait needs, and a socket's timeout must fit the
+# system's time limits (1e309 seconds was an OverflowError from deep in the socket module).
+MAX_TIMEOUT = 86400.0
+
+
+def timeout_from(env: Mapping[str, str]) -> float:
+    """The seconds `OH_TIMEOUT` gives each network wait (`DEFAULT_TIMEOUT` when unset).
+
+    0 would make the sockets non-blocking ("Operation now in progress"), a negative or
+    non-number value a traceback: each is a usage error naming the variable.
+    """
+    text = env.get("OH_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # NaN too
+        raise UsageError(
+            f"Invalid OH_TIMEOUT {text!r}: expected seconds above 0, at most {MAX_TIMEOUT:.0f}"
+            f" (default {DEFAULT_TIMEOUT:.0f})"
+        )
+    return seconds
 
 
 def size_argument(text: str) -> int:

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=size_argument,
         default=0,
         metavar="OFFSET",
-        help="byte offset from which to resume the upload (default: 0)",
+        help="byte offset from which to resume the upload into the drive of -d (default: 0)",
     )
     add(
         "-s",
@@ -249,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def upload(args: argparse.Namespace) -> int:
+    if args.offset and not args.drive:
+        # A new drive reads as zeros: resuming into one would leave the image's start out.
+        raise UsageError(
+            "-o resumes an upload into the drive it was writing: name that drive with -d"
+        )
     source = GunzipSource(args.file, args.offset) if args.gunzip else FileSource(args.file)
     try:
         return _upload(args, source)

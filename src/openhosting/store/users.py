@@ -2,10 +2,10 @@
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, update
 
 from openhosting.store.records import UserRecord
-from openhosting.store.tables import PLATFORM_USER, users
+from openhosting.store.tables import PLATFORM_USER, drives, resources, servers, users
 
 # Every user but the platform user that owns the standard drives.
 _PEOPLE = users.c.uuid != PLATFORM_USER
@@ -41,5 +41,24 @@ def update_user(connection: Connection, uuid: str, **values: Any) -> bool:
     return result.rowcount > 0
 
 
+# What a user owns that deleting the user's row would take with it (the tables' ON DELETE
+# CASCADE): rows whose files, VMs and addresses would stay behind with no row to name them.
+_OWNED = {"drives": drives, "servers": servers, "resources": resources}
+
+
 def delete_user(connection: Connection, uuid: str) -> bool:
-    return connection.execute(delete(users).where(users.c.uuid == uuid, _PEOPLE)).rowcount > 0
+    """Delete user `uuid` if it owns no drive, server or resource (in the same statement, so
+    nothing made meanwhile is taken by the cascade); False if it does, or there is none."""
+    owns_nothing = [~exists().where(table.c.user == uuid) for table in _OWNED.values()]
+    query = delete(users).where(users.c.uuid == uuid, _PEOPLE, *owns_nothing)
+    return connection.execute(query).rowcount > 0
+
+
+def owned_objects(connection: Connection, uuid: str) -> dict[str, int]:
+    """How many drives, servers and resources user `uuid` owns, each by its table's name."""
+    return {
+        name: connection.execute(
+            select(func.count()).select_from(table).where(table.c.user == uuid)
+        ).scalar_one()
+        for name, table in _OWNED.items()
+    }

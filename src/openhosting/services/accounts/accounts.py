@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from openhosting.errors import AuthError, MissingError
+from openhosting.errors import AuthError, BusyError, MissingError
 from openhosting.model.common import parse_name
 from openhosting.store import users as user_store
 from openhosting.store import web_sessions as web_session_store
@@ -110,9 +110,22 @@ class Accounts:
         return key
 
     def delete_user(self, uuid: str) -> None:
+        """Delete a user who owns nothing any more; `BusyError` naming what it still owns.
+
+        The database's cascade would take a user's drives, servers and resources with its
+        row, leaving their files, running VMs and addresses with no row to name them: the
+        operator destroys those first (or the user does), then deletes the user.
+        """
         with self._engine.begin() as connection:
-            if not user_store.delete_user(connection, uuid):
+            if user_store.delete_user(connection, uuid):
+                return
+            if user_store.get_user(connection, uuid) is None:
                 raise MissingError(f"User {uuid} could not be found")
+            owned = user_store.owned_objects(connection, uuid)
+        what = ", ".join(
+            f"{count} {name if count != 1 else name[:-1]}" for name, count in owned.items() if count
+        )
+        raise BusyError(f"User {uuid} still owns {what}: destroy them first")
 
     def get_user(self, uuid: str) -> UserRecord:
         with self._engine.connect() as connection:

@@ -10,13 +10,13 @@ billing: the operator and the customer settle that.
 import asyncio
 import logging
 import time
-from decimal import Decimal
+from decimal import Decimal, DecimalException
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from openhosting.config import BillingSettings
-from openhosting.errors import BillingError, MissingError
+from openhosting.errors import BillingError, MissingError, UsageError
 from openhosting.services.accounts.usage_days import DAY_SECONDS, usage_per_day
 from openhosting.store import billing as billing_store
 from openhosting.store import drives as drive_store
@@ -30,9 +30,29 @@ MICROS = 1_000_000  # balances are kept in millionths of the currency
 GB = 1 << 30
 
 
+# The largest balance either way, and so the largest credit: a trillion of the currency, far
+# inside the 64-bit column (9.2e18 millionths), so a balance plus any credit is still a number
+# the store holds (past it SQLite refused the write with a traceback, PostgreSQL's bigint too).
+MAX_BALANCE_MICROS = 10**18
+
+
 def to_micros(amount: str) -> int:
-    """`"12.5"` (currency) → 12500000 millionths."""
-    return int(Decimal(amount) * MICROS)
+    """`"12.5"` (currency) → 12500000 millionths; `UsageError` for anything that is not an
+    amount a balance can hold (not a number, NaN, infinite, finer than a millionth, or beyond
+    `MAX_BALANCE_MICROS`)."""
+    try:
+        micros = Decimal(amount) * MICROS
+    except (DecimalException, ValueError):
+        micros = Decimal("NaN")
+    if not micros.is_finite():
+        raise UsageError(f"Invalid amount {amount!r}: expected a number like 10.50")
+    if micros != micros.to_integral_value():
+        raise UsageError(f"Invalid amount {amount!r}: at most 6 decimal places (a millionth)")
+    if abs(micros) > MAX_BALANCE_MICROS:
+        raise UsageError(
+            f"Invalid amount {amount!r}: at most {format_micros(MAX_BALANCE_MICROS)} either way"
+        )
+    return int(micros)
 
 
 def format_micros(micros: int) -> str:
@@ -129,7 +149,16 @@ class Billing:
     # -- balances and metering ---------------------------------------------------------
 
     def credit(self, user: str, amount_micros: int) -> None:
+        """Add `amount_micros` (negative: take) to the balance of `user`; `UsageError`, and
+        nothing changed, when the balance would pass `MAX_BALANCE_MICROS` either way."""
         with self._engine.begin() as connection:
+            balance = self._account(connection, user, lock=True).balance + amount_micros
+            if abs(balance) > MAX_BALANCE_MICROS:
+                raise UsageError(
+                    f"A credit of {format_micros(amount_micros)} would take the balance of"
+                    f" user {user} to {format_micros(balance)}: at most"
+                    f" {format_micros(MAX_BALANCE_MICROS)} either way"
+                )
             if not billing_store.credit(connection, user, amount_micros):
                 raise MissingError(f"User {user} could not be found")
         log.info("event=credit user=%s amount=%s", user, format_micros(amount_micros))

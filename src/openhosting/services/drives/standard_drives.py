@@ -92,8 +92,10 @@ class StandardDrives:
         media = parse_choice(media, "media", MEDIA)
         if gzip and media == "cdrom":
             raise UsageError("A cdrom image is attached as it is: it cannot be a gzip image")
+        if not path.exists():
+            raise UsageError(f"Cannot read {path}: no such file")
         if not path.is_file():
-            raise UsageError(f"Cannot read {path}: not a file")
+            raise UsageError(f"Cannot read {path}: not a regular file")
         rawsize = None
         uuid = str(uuid_module.uuid4())
         try:
