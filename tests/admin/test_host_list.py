@@ -4,6 +4,7 @@ state, from the real state directory."""
 import asyncio
 import dataclasses
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,10 @@ async def _place_things(state: Path) -> None:
         await platform.servers.create(user, {"name": "off", "cpu": "900", "mem": "128"}, False)
         with platform.engine.begin() as connection:
             server_store.update_server(connection, str(on["server"]), status="active")
-            gone = dataclasses.replace(measure_host(config, 0.0), name="hv-gone")
+            gone = dataclasses.replace(measure_host(config, time.time() - 100), name="hv-gone")
             host_store.register_host(connection, gone)
+            never = dataclasses.replace(measure_host(config, 0.0), name="hv-never")
+            host_store.register_host(connection, never)
     finally:
         platform.close()
 
@@ -50,7 +53,7 @@ def test_host_list_shows_capacity_use_and_a_silent_host_offline(
     assert main(["--state-dir", str(state), "host", "list"]) == 0
     hosts = {item["host"]: item for item in parse_properties_list(capsys.readouterr().out)}
 
-    assert sorted(hosts) == ["hv-gone", "hv-here"]
+    assert sorted(hosts) == ["hv-gone", "hv-here", "hv-never"]
     here = hosts["hv-here"]
     cores = os.cpu_count() or 1
     assert here["state"] == "online" and int(here["heartbeat:age"]) < 20
@@ -64,5 +67,7 @@ def test_host_list_shows_capacity_use_and_a_silent_host_offline(
         total_kb = int(meminfo.readline().split()[1])
     assert int(here["mem"]) == total_kb // 1024 - 256
     gone = hosts["hv-gone"]
-    assert gone["state"] == "offline" and int(gone["heartbeat:age"]) > 20
+    assert gone["state"] == "offline" and 100 <= int(gone["heartbeat:age"]) < 200
+    # Recorded but never heard from: no age since 1970.
+    assert (hosts["hv-never"]["state"], hosts["hv-never"]["heartbeat:age"]) == ("offline", "never")
     assert (gone["cpu:used"], gone["disk:disk:used"]) == ("0", "0")

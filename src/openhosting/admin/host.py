@@ -133,7 +133,9 @@ def host_properties(view: HostView) -> dict[str, Value]:
     properties: dict[str, Value] = {
         "host": load.name,
         "state": view.state,
-        "heartbeat:age": int(view.heartbeat_age),
+        # A host recorded (`host set`) whose agent never answered has had no heartbeat: its
+        # age would be the seconds since 1970.
+        "heartbeat:age": int(view.heartbeat_age) if view.record.heartbeat_at > 0 else "never",
         "agent": view.record.agent,
         "vxlan_local": view.record.vxlan_local,
         "cpu:cores": capacity.cores,
