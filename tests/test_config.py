@@ -54,6 +54,29 @@ def test_invalid_settings_are_refused(tmp_path: Path, text: str, env: dict[str, 
 
 
 @pytest.mark.parametrize(
+    ("text", "env", "named"),
+    [
+        ("[api]\nlisten = 5\n", {}, "Invalid value for api.listen: 5"),
+        ("[api]\nnosuch = 1\n", {}, "Unknown setting api.nosuch"),
+        ("[storage]\nimaging_concurrency = 'x'\n", {}, "storage.imaging_concurrency"),
+        ("nosuch = 1\n", {}, "Unknown setting nosuch"),
+        ("api = 3\n", {}, "Setting api must be a table"),
+        ("", {"OH_API_MAX_BODY_BYTES": "lots"}, "Invalid value for OH_API_MAX_BODY_BYTES"),
+    ],
+)
+def test_a_refused_setting_is_named_as_it_is_written(
+    tmp_path: Path, text: str, env: dict[str, str], named: str
+) -> None:
+    """A file's setting by its section and key (`api.listen`), a variable by its name: as
+    the operator wrote them (the file's used to read `api_listen`)."""
+    path = tmp_path / "oh.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env=env)
+    assert named in str(refused.value)
+
+
+@pytest.mark.parametrize(
     ("text", "env"), [("", {"OH_STATE_DIR": ""}), ('state_dir = " "\n', {})], ids=["env", "file"]
 )
 def test_an_empty_state_dir_is_refused_not_the_working_directory(

@@ -354,25 +354,32 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
     raise ConfigError(f"Invalid value for {name}: {value!r} (expected {kind.__name__})")
 
 
-def _build(cls: Any, table: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> Any:
+def _build(
+    cls: Any, table: Mapping[str, Any], env: Mapping[str, str], prefix: str, section: str = ""
+) -> Any:
+    """`cls` from the file's `table` and the environment: `prefix` begins the names of its
+    variables (`api_` for OH_API_…), `section` those of its file settings (`api.`), as an
+    error names them."""
     values: dict[str, Any] = {}
     known = {f.name for f in dataclasses.fields(cls)}
     for key in table:
         if key not in known:
-            raise ConfigError(f"Unknown setting {prefix.lower()}{key}")
+            raise ConfigError(f"Unknown setting {section}{key}")
     for item in dataclasses.fields(cls):
         kind = item.type
         env_name = f"OH_{prefix}{item.name}".upper()
         if dataclasses.is_dataclass(kind):
-            section = table.get(item.name, {})
-            if not isinstance(section, Mapping):
-                raise ConfigError(f"Setting {item.name} must be a table")
-            values[item.name] = _build(kind, section, env, f"{prefix}{item.name}_")
+            sub_table = table.get(item.name, {})
+            if not isinstance(sub_table, Mapping):
+                raise ConfigError(f"Setting {section}{item.name} must be a table")
+            values[item.name] = _build(
+                kind, sub_table, env, f"{prefix}{item.name}_", f"{section}{item.name}."
+            )
             continue
         if env_name in env:
             values[item.name] = _convert(env_name, kind, env[env_name])
         elif item.name in table:
-            values[item.name] = _convert(f"{prefix.lower()}{item.name}", kind, table[item.name])
+            values[item.name] = _convert(f"{section}{item.name}", kind, table[item.name])
     return cls(**values)
 
 
