@@ -168,6 +168,19 @@ def test_an_offset_without_a_drive_is_refused_before_creating_one(
     assert api.check("openhosting", "drives", "list") == before
 
 
+@pytest.mark.parametrize("option", [["-e", "none"], ["-t", "ssd"]], ids=["cipher", "tier"])
+def test_a_new_drive_option_of_ours_with_an_existing_drive_is_refused(
+    api: ApiDaemon, tmp_path: Path, option: list[str]
+) -> None:
+    # It wrote into the drive of -d in that drive's own cipher and tier, saying nothing.
+    drive = api.create_drive(CHUNK)
+    image = make_image(tmp_path / "image", os.urandom(CHUNK))
+    done = api.run("openhosting-upload", "-d", drive, *option, image)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == "-e and -t choose a new drive's cipher and tier: not with -d\n"
+    assert api.info(drive)["write:requests"] == "0"
+
+
 def test_a_missing_file_or_drive_is_explained(api: ApiDaemon, tmp_path: Path) -> None:
     missing_file = api.run("openhosting-upload", tmp_path / "nothing.raw")
     assert missing_file.returncode != 0 and b"No such file" in missing_file.stderr

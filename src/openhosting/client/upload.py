@@ -254,6 +254,10 @@ def upload(args: argparse.Namespace) -> int:
         raise UsageError(
             "-o resumes an upload into the drive it was writing: name that drive with -d"
         )
+    if args.drive and (args.cipher is not None or args.tier is not None):
+        # Ours, not the original tool's: said with -d, the drive of -d would be written as it
+        # is, in its own cipher and tier. (-n and -s are ignored there, as the original did.)
+        raise UsageError("-e and -t choose a new drive's cipher and tier: not with -d")
     source = GunzipSource(args.file, args.offset) if args.gunzip else FileSource(args.file)
     try:
         return _upload(args, source)
