@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from openhosting.storage import sparse
+from openhosting.storage import file_writes, sparse
 from openhosting.storage.sparse import (
     DIRECT_ALIGNMENT,
     DIRECT_PIECE,
@@ -216,6 +216,44 @@ def test_a_source_cut_short_under_a_direct_copy_fails_it_with_an_error_not_a_sig
         assert raised.value.errno == errno.EFAULT
     finally:
         direct.close()
+        os.close(direct_fd)
+        os.close(source_fd)
+
+
+def test_a_direct_copy_refused_after_a_short_write_fails_with_that_error(
+    disk_tmp_path: Path | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills mid-piece takes part of a write, then refuses the rest (ENOSPC):
+    the copy fails with ENOSPC and closes. (The rest of the piece, a slice of the source's
+    map, stayed alive in the error's traceback: closing the map raised BufferError, and the
+    job failed as an internal error instead of "the platform's storage is full".)"""
+    directory = disk_tmp_path or tmp_path
+    source, target = directory / "source", directory / "target"
+    sparse_file(source, 8 * MiB, {0: os.urandom(8 * MiB)})
+    sparse_file(target, 8 * MiB, {})
+    real_pwrite = os.pwrite
+    taken: list[int] = []  # where the short write went
+
+    def short_then_full(fd: int, data: memoryview, position: int) -> int:
+        if position < DIRECT_PIECE:  # the first piece: written whole
+            return real_pwrite(fd, data, position)
+        if not taken:  # the next: half of it, then the disk is full
+            taken.append(position)
+            return real_pwrite(fd, data[: len(data) // 2], position)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(file_writes.os, "pwrite", short_then_full)
+    source_fd = os.open(source, os.O_RDONLY)
+    direct_fd = open_direct(target)
+    assert direct_fd is not None
+    direct = DirectCopy(direct_fd, source_fd)
+    try:
+        with pytest.raises(OSError) as raised:
+            direct.copy_range(0, 8 * MiB, lambda _n: None)
+            direct.wait()
+        assert raised.value.errno == errno.ENOSPC and taken
+    finally:
+        direct.close()  # raised BufferError before
         os.close(direct_fd)
         os.close(source_fd)
 

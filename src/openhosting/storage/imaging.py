@@ -509,8 +509,12 @@ def _direct(src: Endpoint, dst: Endpoint) -> Iterator[DirectCopy | None]:
     try:
         yield direct
     finally:
-        direct.close()
-        os.close(fd)
+        try:
+            direct.close()
+        finally:
+            # Whatever the close raises: an open descriptor would keep a destroyed DST's
+            # blocks allocated (a full disk stayed full after the destroy meant to free it).
+            os.close(fd)
 
 
 def empty(dst: Endpoint) -> None:

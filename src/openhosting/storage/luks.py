@@ -35,6 +35,7 @@ import numpy as np
 
 from openhosting.errors import SystemError_
 from openhosting.reverter import Reverter
+from openhosting.storage.file_writes import pwrite_all
 from openhosting.storage.xts import SECTOR_SIZE, XtsCipher
 
 MAGIC = b"LUKS\xba\xbe"
@@ -173,8 +174,8 @@ def format_luks1(
     with Reverter() as revert:
         revert.add(functools.partial(os.unlink, path))
         try:
-            _pwrite_all(fd, header.pack(), 0)
-            _pwrite_all(fd, material, slots[0].key_offset * SECTOR_SIZE)
+            pwrite_all(fd, header.pack(), 0)
+            pwrite_all(fd, material, slots[0].key_offset * SECTOR_SIZE)
             os.ftruncate(fd, header.payload_offset + payload_size)
             os.fsync(fd)
         finally:
@@ -309,7 +310,7 @@ class LuksVolume:
                     buffer[at : at + SECTOR_SIZE] = plain
             buffer[start : start + len(view)] = view
         self._cipher.crypt_in_place(buffer, first, encrypt=True)
-        _pwrite_all(self._fd, buffer, self._base + first * SECTOR_SIZE)
+        pwrite_all(self._fd, buffer, self._base + first * SECTOR_SIZE)
 
     def encrypt_sectors(self, buffer: bytearray | memoryview, first_sector: int) -> None:
         """Encrypt whole payload sectors in place, as sectors `first_sector`.. are stored."""
@@ -476,13 +477,6 @@ def _check_passphrase(passphrase: bytes) -> None:
 def _check_size(payload_size: int) -> None:
     if payload_size < 0 or payload_size % SECTOR_SIZE:
         raise ValueError(f"payload size must be a non-negative multiple of {SECTOR_SIZE}")
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray, position: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, position)
-        view, position = view[written:], position + written
 
 
 def _text(raw: bytes) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from openhosting.reverter import Reverter
+from openhosting.storage.file_writes import pwrite_all
 
 # The FICLONE ioctl (linux/fs.h): make the destination share the source's blocks.
 FICLONE = 0x40049409
@@ -226,7 +227,7 @@ class DirectCopy:
             piece = source[position : position + length]
             while len(self._pending) >= DIRECT_WRITERS:
                 self._collect()
-            future = self._pool.submit(_pwrite_all, self._fd, piece, position)
+            future = self._pool.submit(pwrite_all, self._fd, piece, position)
             self._pending.append((future, piece, position, advance))
             position += length
         return stop
@@ -238,7 +239,7 @@ class DirectCopy:
         the other way", not as a failure of some later piece. False if refused."""
         length = len(piece)
         try:
-            _pwrite_all(self._fd, piece, position)
+            pwrite_all(self._fd, piece, position)
         except OSError as error:
             if error.errno != errno.EINVAL:
                 raise
@@ -300,12 +301,6 @@ class DirectCopy:
             self._view.release()
         if self._map is not None:
             self._map.close()
-
-
-def _pwrite_all(fd: int, view: memoryview, position: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, position)
-        view, position = view[written:], position + written
 
 
 def copy_file_sparse(source: Path, target: Path) -> int:

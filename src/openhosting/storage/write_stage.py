@@ -20,6 +20,7 @@ import secrets
 from pathlib import Path
 
 from openhosting.storage.drive_files import IO_CHUNK, EncryptedDriveIO, PlainDriveIO, pwritev_all
+from openhosting.storage.file_writes import pwrite_all
 from openhosting.storage.xts import SECTOR_SIZE
 
 # In memory up to this much per write (the upload tool's chunks are 5 MiB, so those never
@@ -125,7 +126,7 @@ class WriteStage:
             piece = buffer[:count]
             self._hold(buffer[count:])
             self._io.encrypt_sectors(piece, (self._file_start + self._in_file) // SECTOR_SIZE)
-            _pwrite_all(self._fd, piece, self._in_file)
+            pwrite_all(self._fd, piece, self._in_file)
         self._in_file += count
 
     def apply(self) -> None:
@@ -169,13 +170,6 @@ class WriteStage:
             self._fd = None
 
 
-def _pwrite_all(fd: int, data: bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
 def _copy_range(source: int, target: int, target_offset: int, count: int) -> None:
     """Copy `count` bytes from the start of `source` to `target_offset` of `target`, in the
     kernel where it can (copy_file_range), through memory where it cannot."""
@@ -195,5 +189,5 @@ def _copy_range(source: int, target: int, target_offset: int, count: int) -> Non
         data = bytearray(os.pread(source, min(IO_CHUNK, count - copied), copied))
         if not data:
             raise OSError(errno.EIO, "the staging file ended early")
-        _pwrite_all(target, data, target_offset + copied)
+        pwrite_all(target, data, target_offset + copied)
         copied += len(data)
