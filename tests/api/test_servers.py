@@ -46,6 +46,11 @@ async def stopped_server(client: TestClient, auth: dict[str, str], body: str = B
         (BASE + "nic:0:model e1000\nnic:0:block icmp/8", "nic:0:block: 'icmp/8'"),
         (BASE + "nic:0:model e1000\nnic:0:block 90-80", "nic:0:block: '90-80'"),
         (BASE + "nic:1:block tcp/22", "nic:1:block"),
+        ("name " + "n" * 257 + "\ncpu 1000\nmem 256", "name"),
+        (BASE + "tags " + "t" * 4097, "tags"),
+        (BASE + "user:" + "k" * 124 + " v", "user:kkk"),
+        (BASE + "user:note " + "v" * 4097, "user:note"),
+        (BASE + "".join(f"user:k{index} v\n" for index in range(65)), "user:* keys"),
     ],
 )
 async def test_invalid_configuration_is_a_usage_error_naming_the_key(
@@ -182,6 +187,30 @@ async def test_set_on_a_stopped_server_changes_any_key_and_unsets_with_empty(
         ]
         == "512"
     )
+
+
+async def test_sets_cannot_pile_up_user_keys_without_end(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    # Each set merges its user keys into the server's: unbounded, 20 sets of 60 KiB made a
+    # row (and every info of it) of 1.2 MB.
+    server = await stopped_server(client, auth)
+    for batch in range(2):
+        body = "".join(f"user:k{batch}_{index} {'v' * 900}\n" for index in range(32))
+        response = await client.post(f"/servers/{server}/set", data=body, headers=auth)
+        assert response.status == 200, await response.text()
+    response = await client.post(f"/servers/{server}/set", data="user:one more", headers=auth)
+    assert (response.status, response.headers["X-Elastic-Error"]) == (400, "usage")
+    assert "at most 64" in await response.text()
+    info = parse_properties(
+        await (await client.get(f"/servers/{server}/info", headers=auth)).text()
+    )
+    assert len([key for key in info if key.startswith("user:")]) == 64
+    assert "user:one" not in info
+    response = await client.post(
+        f"/servers/{server}/set", data="user:k0_0\nuser:one more", headers=auth
+    )
+    assert response.status == 200, await response.text()  # one gone, one in: still 64
 
 
 async def test_case_25_destroy_then_info_is_missing(
