@@ -2,11 +2,14 @@
 (docs/api.md §5). Booting servers is tested in tests/integration/."""
 
 import json
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.services.accounts.accounts import NewKey
+from openhosting.services.platform import Platform
+from openhosting.store import servers as server_store
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive
 from tests.conftest import SAMPLES, basic_auth
@@ -211,6 +214,36 @@ async def test_sets_cannot_pile_up_user_keys_without_end(
         f"/servers/{server}/set", data="user:k0_0\nuser:one more", headers=auth
     )
     assert response.status == 200, await response.text()  # one gone, one in: still 64
+
+
+async def test_a_drive_destroyed_while_its_server_starts_makes_the_start_missing(
+    client: TestClient,
+    auth: dict[str, str],
+    user: NewKey,
+    platform: Platform,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A start checks its drives, then claims them: a destroy of one that came in between
+    # (a client's two requests at once) left a claim on nothing, and QEMU failed on the
+    # missing file: 500 failed, the destroy 204.
+    drive = (await create_drive(client, auth, 1000))["drive"]
+    server = await stopped_server(client, auth, BASE + f"ide:0:0 {drive}\nboot ide:0:0")
+    start_once = platform.servers._start_once
+
+    async def destroyed_first(*args: Any, **kwargs: Any) -> None:
+        await platform.drives.destroy(user.uuid, drive)
+        await start_once(*args, **kwargs)
+
+    monkeypatch.setattr(platform.servers, "_start_once", destroyed_first)
+    response = await client.post(f"/servers/{server}/start", headers=auth)
+    assert (response.status, response.headers["X-Elastic-Error"]) == (404, "missing")
+    assert f"ide:0:0: drive {drive} could not be found" in await response.text()
+    info = parse_properties(
+        await (await client.get(f"/servers/{server}/info", headers=auth)).text()
+    )
+    assert info["status"] == "stopped"
+    with platform.engine.connect() as connection:
+        assert server_store.claims_on_drives(connection, [drive]) == []
 
 
 async def test_case_25_destroy_then_info_is_missing(

@@ -30,13 +30,14 @@ def lock_user(connection: Connection, user: str) -> None:
     connection.execute(select(users.c.uuid).where(users.c.uuid == user).with_for_update())
 
 
-def lock_drives(connection: Connection, uuids: Iterable[str]) -> None:
+def lock_drives(connection: Connection, uuids: Iterable[str]) -> set[str]:
     """Hold the rows of the drives `uuids` (those that exist) until the transaction ends
-    (their claims, imaging jobs, destroy)."""
+    (their claims, imaging jobs, destroy); the uuids of those that exist."""
     wanted = sorted(set(uuids))
-    if wanted:
-        query = select(drives.c.uuid).where(drives.c.uuid.in_(wanted)).order_by(drives.c.uuid)
-        connection.execute(query.with_for_update())
+    if not wanted:
+        return set()
+    query = select(drives.c.uuid).where(drives.c.uuid.in_(wanted)).order_by(drives.c.uuid)
+    return {str(row.uuid) for row in connection.execute(query.with_for_update())}
 
 
 def lock_resource(connection: Connection, kind: str, resource: str) -> None:

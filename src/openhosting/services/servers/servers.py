@@ -501,7 +501,14 @@ class Servers:
     ) -> None:
         # Their rows held: a claim, an imaging job or a destroy of one of them by another
         # node waits for this transaction and then sees its claims.
-        row_locks.lock_drives(connection, [d.uuid for d in drives])
+        present = row_locks.lock_drives(connection, [d.uuid for d in drives])
+        for attachment in config.drives:
+            # Destroyed since the start checked it (another request's destroy came in
+            # between): a claim on it would start QEMU on a file that is gone (500).
+            if attachment.drive not in present:
+                raise MissingError(
+                    f"{attachment.slot}: drive {attachment.drive} could not be found"
+                )
         existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
         by_drive = {drive.uuid: drive for drive in drives}
         for claim in existing:
