@@ -49,6 +49,11 @@ async def stopped_server(client: TestClient, auth: dict[str, str], body: str = B
         (BASE + "nic:0:model e1000\nnic:0:block icmp/8", "nic:0:block: 'icmp/8'"),
         (BASE + "nic:0:model e1000\nnic:0:block 90-80", "nic:0:block: '90-80'"),
         (BASE + "nic:1:block tcp/22", "nic:1:block"),
+        (
+            BASE + "nic:0:model e1000\nnic:0:mac 52:54:00:12:34:56\n"
+            "nic:1:model virtio\nnic:1:mac 52:54:00:12:34:56",
+            "nic:1:mac 52:54:00:12:34:56 is nic:0:mac too",
+        ),
         ("name " + "n" * 257 + "\ncpu 1000\nmem 256", "name"),
         (BASE + "tags " + "t" * 4097, "tags"),
         (BASE + "user:" + "k" * 124 + " v", "user:kkk"),
