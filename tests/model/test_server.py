@@ -412,3 +412,17 @@ def test_a_configuration_stored_past_the_text_bounds_still_loads_and_takes_other
         config.merge({"user:new": "v"})
     with pytest.raises(UsageError, match="name"):
         config.merge({"name": "m" * 257})
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("password", "vnc:password"), ("vnc:password", "password"), ("vnc", "vnc:ip")],
+)
+def test_an_alias_and_its_key_with_different_values_are_named_as_given(
+    first: str, second: str
+) -> None:
+    # Alias first, the message named the canonical key twice: "vnc:password and vnc:password".
+    props = {"name": "s", "cpu": "1000", "mem": "256", first: "auto", second: "abc"}
+    with pytest.raises(UsageError) as refused:
+        ServerConfig.from_properties(props)
+    assert str(refused.value).startswith(f"{first} and {second} are both given")

@@ -246,13 +246,15 @@ def _is_known(key: str) -> bool:
 def _resolve_aliases(props: Mapping[str, str]) -> dict[str, str]:
     """Rename `vnc`/`password` to their canonical keys and reject unknown keys."""
     resolved: dict[str, str] = {}
+    given: dict[str, str] = {}  # the key each canonical one was first given as
     for key, value in props.items():
         canonical = ALIASES.get(key, key)
         if not _is_known(canonical):
             raise UsageError(f"unknown server configuration key {key!r}")
         if canonical in resolved and resolved[canonical].strip() != value.strip():
-            raise UsageError(f"{key} and {canonical} are both given, with different values")
+            raise UsageError(f"{given[canonical]} and {key} are both given, with different values")
         resolved[canonical] = value
+        given.setdefault(canonical, key)
     return resolved
 
 
