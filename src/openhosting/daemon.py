@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from openhosting.api.access_log import RequestLogger
+from openhosting.api.access_log import SERVER_LOG, RequestLogger
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.context import READINESS_KEY
 from openhosting.api.handlers import HANDLERS
@@ -100,7 +100,9 @@ async def serve(
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.api.tls_cert, config.api.tls_key or None)
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
-    ops_runner = web.AppRunner(build_ops_app(app), handle_signals=False, access_log=None)
+    ops_runner = web.AppRunner(
+        build_ops_app(app), handle_signals=False, access_log=None, logger=SERVER_LOG
+    )
     await ops_runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,41 @@ async def test_a_client_that_leaves_mid_hash_stops_the_hash_before_its_file_is_c
     # The drive is no longer being read: it may be shrunk.
     response = await client.post(f"/drives/{drive}/set", data="size 1M", headers=auth)
     assert response.status == 200, await response.text()
+
+
+async def test_hashes_of_large_drives_do_not_hold_the_threads_of_other_commands(
+    client: TestClient, auth: dict[str, str], other_user: NewKey
+) -> None:
+    # The loop's default executor has cpu count + 4 threads; one user's hashes of large
+    # drives, each within the transfer limits, held them all, and every drive create of
+    # any user (its file is made in one) waited behind them for hours. Two threads here.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+    drive = (await create_drive(client, auth, "64G"))["drive"]
+    limiter = client.server.app[TRANSFER_LIMITER_KEY]  # type: ignore[union-attr]
+    hashes = [
+        asyncio.ensure_future(client.get(f"/drives/{drive}/hash", headers=auth)) for _ in range(3)
+    ]
+    try:
+        for _ in range(200):
+            if limiter.under_way == len(hashes):
+                break
+            await asyncio.sleep(0.01)
+        assert limiter.under_way == len(hashes)
+        other = basic_auth(other_user)
+        created = await asyncio.wait_for(
+            client.post("/drives/create", data="size 1M", headers=other), timeout=10
+        )
+        assert created.status == 200, await created.text()
+        assert limiter.under_way == len(hashes)  # the hashes still run
+    finally:
+        for request in hashes:
+            request.cancel()
+        await asyncio.gather(*hashes, return_exceptions=True)
+        for _ in range(500):  # each thread stops at its next piece
+            if not limiter.under_way:
+                break
+            await asyncio.sleep(0.01)
+    assert limiter.under_way == 0
 
 
 async def test_every_user_may_hash_a_standard_drive(

@@ -211,6 +211,29 @@ async def test_case_29_newlines_in_user_keys_are_escaped(
     assert (await drive_info(client, auth, drive))["user:note"] == "a\nb"
 
 
+@pytest.mark.parametrize(
+    "key", ["user:x\ndrive 00000000-0000-4000-8000-000000000000", "user:a b", "user:a\rb"]
+)
+async def test_a_user_key_that_would_forge_text_lines_is_refused(
+    client: TestClient, auth: dict[str, str], key: str
+) -> None:
+    # Only JSON can carry such a key; its text answer would have had a second `drive` line.
+    json_auth = {**auth, "Content-Type": "application/json"}
+    response = await client.post(
+        "/drives/create", data=json.dumps({"size": "1k", key: "v"}), headers=json_auth
+    )
+    assert (response.status, response.headers["X-Elastic-Error"]) == (400, "usage")
+    assert await (await client.get("/drives/list", headers=auth)).text() == ""
+    drive = (await create_drive(client, auth, 100))["drive"]
+    response = await client.post(
+        f"/drives/{drive}/set", data=json.dumps({key: "v"}), headers=json_auth
+    )
+    assert (response.status, response.headers["X-Elastic-Error"]) == (400, "usage")
+    text = await (await client.get(f"/drives/{drive}/info", headers=auth)).text()
+    assert [line for line in text.splitlines() if line.startswith("drive ")] == [f"drive {drive}"]
+    assert not [line for line in text.splitlines() if line.startswith("user:")]
+
+
 async def test_case_36_info_full_has_the_same_keys(
     client: TestClient, auth: dict[str, str]
 ) -> None:

@@ -101,6 +101,29 @@ async def test_info_of_all_of_one_type_and_of_one(client: TestClient, auth: dict
     assert ip["user:role"] == "web"
 
 
+@pytest.mark.parametrize("kind", ["ip", "vlan"])
+async def test_a_user_key_with_a_newline_is_refused(
+    client: TestClient, auth: dict[str, str], kind: str
+) -> None:
+    # Written unescaped in the text answer, it would have forged a `resource` line.
+    forged = {"name": "r", "user:x\nresource 198.51.100.7\nuser:y": "v"}
+    json_auth = {**auth, "Content-Type": "application/json"}
+    response = await client.post(
+        f"/resources/{kind}/create", data=json.dumps(forged), headers=json_auth
+    )
+    assert await status_and_error(response) == (400, "usage")
+    resource = (await create(client, auth, kind))["resource"]
+    path = f"/resources/{kind}/{resource}/set"
+    response = await client.post(path, data=json.dumps(forged), headers=json_auth)
+    assert await status_and_error(response) == (400, "usage")
+    listed = await (await client.get("/resources/list", headers=auth)).text()
+    assert listed == f"{kind} {resource}\n"
+    info = await (await client.get(f"/resources/{kind}/{resource}/info", headers=auth)).text()
+    assert [line for line in info.splitlines() if line.startswith("resource ")] == [
+        f"resource {resource}"
+    ]
+
+
 async def test_set_changes_name_tags_and_user_keys_only(
     client: TestClient, auth: dict[str, str]
 ) -> None:

@@ -2,11 +2,14 @@
 (docs/api.md §5). Booting servers is tested in tests/integration/."""
 
 import json
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.services.accounts.accounts import NewKey
+from openhosting.services.platform import Platform
+from openhosting.store import servers as server_store
 from openhosting.wire.text import parse_properties, parse_properties_list
 from tests.api.drive_helpers import create_drive
 from tests.conftest import SAMPLES, basic_auth
@@ -46,6 +49,16 @@ async def stopped_server(client: TestClient, auth: dict[str, str], body: str = B
         (BASE + "nic:0:model e1000\nnic:0:block icmp/8", "nic:0:block: 'icmp/8'"),
         (BASE + "nic:0:model e1000\nnic:0:block 90-80", "nic:0:block: '90-80'"),
         (BASE + "nic:1:block tcp/22", "nic:1:block"),
+        (
+            BASE + "nic:0:model e1000\nnic:0:mac 52:54:00:12:34:56\n"
+            "nic:1:model virtio\nnic:1:mac 52:54:00:12:34:56",
+            "nic:1:mac 52:54:00:12:34:56 is nic:0:mac too",
+        ),
+        ("name " + "n" * 257 + "\ncpu 1000\nmem 256", "name"),
+        (BASE + "tags " + "t" * 4097, "tags"),
+        (BASE + "user:" + "k" * 124 + " v", "user:kkk"),
+        (BASE + "user:note " + "v" * 4097, "user:note"),
+        (BASE + "".join(f"user:k{index} v\n" for index in range(65)), "user:* keys"),
     ],
 )
 async def test_invalid_configuration_is_a_usage_error_naming_the_key(
@@ -182,6 +195,60 @@ async def test_set_on_a_stopped_server_changes_any_key_and_unsets_with_empty(
         ]
         == "512"
     )
+
+
+async def test_sets_cannot_pile_up_user_keys_without_end(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    # Each set merges its user keys into the server's: unbounded, 20 sets of 60 KiB made a
+    # row (and every info of it) of 1.2 MB.
+    server = await stopped_server(client, auth)
+    for batch in range(2):
+        body = "".join(f"user:k{batch}_{index} {'v' * 900}\n" for index in range(32))
+        response = await client.post(f"/servers/{server}/set", data=body, headers=auth)
+        assert response.status == 200, await response.text()
+    response = await client.post(f"/servers/{server}/set", data="user:one more", headers=auth)
+    assert (response.status, response.headers["X-Elastic-Error"]) == (400, "usage")
+    assert "at most 64" in await response.text()
+    info = parse_properties(
+        await (await client.get(f"/servers/{server}/info", headers=auth)).text()
+    )
+    assert len([key for key in info if key.startswith("user:")]) == 64
+    assert "user:one" not in info
+    response = await client.post(
+        f"/servers/{server}/set", data="user:k0_0\nuser:one more", headers=auth
+    )
+    assert response.status == 200, await response.text()  # one gone, one in: still 64
+
+
+async def test_a_drive_destroyed_while_its_server_starts_makes_the_start_missing(
+    client: TestClient,
+    auth: dict[str, str],
+    user: NewKey,
+    platform: Platform,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A start checks its drives, then claims them: a destroy of one that came in between
+    # (a client's two requests at once) left a claim on nothing, and QEMU failed on the
+    # missing file: 500 failed, the destroy 204.
+    drive = (await create_drive(client, auth, 1000))["drive"]
+    server = await stopped_server(client, auth, BASE + f"ide:0:0 {drive}\nboot ide:0:0")
+    start_once = platform.servers._start_once
+
+    async def destroyed_first(*args: Any, **kwargs: Any) -> None:
+        await platform.drives.destroy(user.uuid, drive)
+        await start_once(*args, **kwargs)
+
+    monkeypatch.setattr(platform.servers, "_start_once", destroyed_first)
+    response = await client.post(f"/servers/{server}/start", headers=auth)
+    assert (response.status, response.headers["X-Elastic-Error"]) == (404, "missing")
+    assert f"ide:0:0: drive {drive} could not be found" in await response.text()
+    info = parse_properties(
+        await (await client.get(f"/servers/{server}/info", headers=auth)).text()
+    )
+    assert info["status"] == "stopped"
+    with platform.engine.connect() as connection:
+        assert server_store.claims_on_drives(connection, [drive]) == []
 
 
 async def test_case_25_destroy_then_info_is_missing(

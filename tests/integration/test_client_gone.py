@@ -66,3 +66,28 @@ def test_a_client_leaving_mid_read_is_logged_as_gone_not_as_an_error(
     reads = [line for line in lines if "event=request" in line and "/read" in line]
     assert reads and all("status=499" in line for line in reads), reads
     assert daemon.info(drive)["drive"] == drive  # and the daemon still answers
+
+
+def test_a_client_leaving_mid_hash_stops_the_hash(daemon: DriveDaemon) -> None:
+    # The daemon's server does not cancel a handler whose client leaves (the test server of
+    # tests/api does), and a hash sends nothing before its end: an abandoned hash of 1 TiB of
+    # zeros went on for some 20 minutes, holding a transfer and the drive against a shrink.
+    drive = daemon.create_drive(1 << 40, "none")
+    start = daemon.log.stat().st_size
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as sock:
+        sock.sendall(
+            f"GET /drives/{drive}/hash HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {daemon.auth_header}\r\n\r\n".encode()
+        )
+        deadline = time.monotonic() + 10
+        while daemon.request(f"/drives/{drive}/set", b"size 1M").status != 409:
+            assert time.monotonic() < deadline, "the hash never started"
+            time.sleep(0.05)
+    deadline = time.monotonic() + 10  # polled every 0.5 s; its thread stops at its next piece
+    while (answer := daemon.request(f"/drives/{drive}/set", b"size 1M")).status == 409:
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.1)
+    assert answer.status == 200, answer
+    lines = wait_for_log_lines(daemon, start, "event=client_gone", timeout=5)
+    assert [line for line in lines if "event=client_gone" in line and "/hash" in line], lines
+    assert not [line for line in lines if "internal_error" in line or " ERROR " in line], lines

@@ -222,3 +222,29 @@ async def test_a_start_failing_after_qemu_started_leaves_no_vm_behind(
         or b"guest=" not in Path(f"/proc/{vm.pid}/cmdline").read_bytes()
     )
     assert (await server_info(client, auth, server))["status"] == "stopped"
+
+
+def host_memory_mb() -> int:
+    """What the kernel could lend one process at most: RAM and swap (MemTotal + SwapTotal)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return (int(fields["MemTotal"].split()[0]) + int(fields["SwapTotal"].split()[0])) // 1024
+
+
+async def test_a_server_with_more_memory_than_the_host_has_is_507_full_not_a_failure(
+    client: TestClient, auth: dict[str, str], servers_cleanup: None
+) -> None:
+    # With one host nothing refuses a mem the host cannot hold before QEMU does ("cannot set
+    # up guest memory 'pc.ram': Cannot allocate memory"), which was a 500 `failed`.
+    mem = 262144  # the largest mem a server may have (docs/api.md §5)
+    if host_memory_mb() * 2 >= mem:
+        pytest.skip(f"this host's {host_memory_mb()} MB would lend QEMU {mem} MB")
+    body = f"name big\ncpu 1000\nmem {mem}\npersistent true"
+    server = (await create_server(client, auth, body, stopped=True))["server"]
+    response = await client.post(f"/servers/{server}/start", headers=auth)
+    assert (response.status, response.headers["X-Elastic-Error"]) == (507, "full")
+    assert f"{mem} MB of memory" in await response.text()
+    assert (await server_info(client, auth, server))["status"] == "stopped"
+    # A create that starts it leaves nothing behind either.
+    created = await client.post("/servers/create", data=body, headers=auth)
+    assert (created.status, created.headers["X-Elastic-Error"]) == (507, "full")
+    assert len((await (await client.get("/servers/list", headers=auth)).text()).splitlines()) == 1

@@ -399,3 +399,30 @@ def test_nic_block_changes_live_and_goes_with_its_nic() -> None:
     assert changed.canonical_properties()["nic:0:block"] == "udp/53"
     assert "nic:0:block" not in config.merge({"nic:0:block": ""}).canonical_properties()
     assert config.merge({"nic:0:model": ""}).nics == ()
+
+
+def test_a_configuration_stored_past_the_text_bounds_still_loads_and_takes_other_changes() -> None:
+    # Stored before servers had drives' bounds on name and user keys.
+    stored = {"name": "n" * 300, "cpu": "1000", "mem": "256"}
+    stored |= {f"user:k{index}": "v" for index in range(100)}
+    config = ServerConfig.from_properties(stored)
+    assert config.merge({"mem": "512"}).mem == 512
+    assert len(config.merge({"user:k0": ""}).user) == 99
+    with pytest.raises(UsageError, match="user:\\* keys"):
+        config.merge({"user:new": "v"})
+    with pytest.raises(UsageError, match="name"):
+        config.merge({"name": "m" * 257})
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("password", "vnc:password"), ("vnc:password", "password"), ("vnc", "vnc:ip")],
+)
+def test_an_alias_and_its_key_with_different_values_are_named_as_given(
+    first: str, second: str
+) -> None:
+    # Alias first, the message named the canonical key twice: "vnc:password and vnc:password".
+    props = {"name": "s", "cpu": "1000", "mem": "256", first: "auto", second: "abc"}
+    with pytest.raises(UsageError) as refused:
+        ServerConfig.from_properties(props)
+    assert str(refused.value).startswith(f"{first} and {second} are both given")

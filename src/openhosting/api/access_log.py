@@ -1,9 +1,11 @@
-"""The access log: one line per request, with its id, caller, answer and duration."""
+"""The access log: one line per request, with its id, caller, answer and duration; and the
+logger of aiohttp's server, whose lines on requests its HTTP parser refused are one line too."""
 
 import logging
 import re
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 from openhosting.api.context import REQUEST_ID_KEY, USER_KEY
@@ -39,3 +41,27 @@ class RequestLogger(AbstractAccessLogger):
             response.body_length,
             time * 1000,
         )
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp's server logs each request its HTTP parser refuses (a bad request line, header
+    or framing, answered 400 before any handler runs) as an ERROR with a traceback: any client,
+    without credentials, could fill the operator's log with them. Such a record becomes one
+    INFO line, `event=malformed_request`, with the parser's complaint (quoted: it holds the
+    client's bytes); the 400 itself is in the access log. Other records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
+            complaint = (error.message or type(error).__name__).strip().split("\n", 1)[0]
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "event=malformed_request remote=%s status=%s error=%r"
+            record.args = (remote, error.code, complaint[:200])
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# What aiohttp's server logs with (AppRunner's `logger`, in place of its `aiohttp.server`).
+SERVER_LOG = logging.getLogger("openhosting.http")
+SERVER_LOG.addFilter(MalformedRequestFilter())

@@ -6,11 +6,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from random import getrandbits
+from typing import Any
 
 from aiohttp import web
 
 from openhosting.api.abuse import AuthThrottle, TransferLimiter, UserRateLimiter
-from openhosting.api.access_log import loggable_path
+from openhosting.api.access_log import SERVER_LOG, loggable_path
 from openhosting.api.answer_headers import stamp
 from openhosting.api.auth import (
     AUTH_THROTTLE_KEY,
@@ -83,8 +84,9 @@ COMMAND_EVENTS = {
 }
 
 # Options of the server that runs the app (aiohttp's AppRunner). Drive writes decode
-# `Content-Encoding: gzip` themselves, in bounded pieces and with a faster library.
-RUNNER_OPTIONS = {"auto_decompress": False}
+# `Content-Encoding: gzip` themselves, in bounded pieces and with a faster library. Requests
+# that aiohttp's HTTP parser refuses are logged as one line, not an error with a traceback.
+RUNNER_OPTIONS: dict[str, Any] = {"auto_decompress": False, "logger": SERVER_LOG}
 
 
 # What aiohttp calls for a request: one composed handler per route (below).

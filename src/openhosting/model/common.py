@@ -51,6 +51,11 @@ def check_user_key(key: str, value: str) -> None:
     """A `user:*` key must name something and hold a bounded value."""
     if key == "user:" or len(key) > 128:
         raise UsageError(f"Invalid key {key!r}: user-defined keys are user:NAME")
+    # A key is written unescaped before its value's space: a space, a newline or another
+    # control character in it (possible in JSON only) would forge lines of the text answer,
+    # such as a second `drive` line. Servers' user keys refuse the same.
+    if not key.isprintable() or any(char.isspace() for char in key):
+        raise UsageError(f"Invalid key {key!r}: a user:NAME has no spaces or control characters")
     if len(value) > MAX_VALUE:
         raise UsageError(f"Invalid {key}: at most {MAX_VALUE} characters")
 
@@ -59,7 +64,8 @@ def merge_user_keys(current: dict[str, str], updates: dict[str, str]) -> dict[st
     """`user:*` keys after a set: new values replace old ones, an empty value removes a key."""
     merged = dict(current)
     for key, value in updates.items():
-        check_user_key(key, value)
+        if value or key not in merged:
+            check_user_key(key, value)  # a key stored before its name was checked may go
         if value:
             merged[key] = value
         else:

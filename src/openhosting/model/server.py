@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from openhosting.errors import UsageError
+from openhosting.model.common import MAX_USER_KEYS, check_user_key, parse_name, parse_tags
 from openhosting.model.port_block import BlockedPorts, format_block_list, parse_block_list
 
 CPU_MHZ_RANGE = (1, 64000)  # the low end is 1: libcloud sets `cpu 2` (compat case 19)
@@ -141,7 +142,9 @@ class ServerConfig:
                 dependants.extend(_NIC_KEYS[int(key.split(":")[1])])
             for gone in dependants:
                 props.pop(gone, None)
-        return ServerConfig.from_properties(props)
+        merged = ServerConfig.from_properties(props)
+        check_sent_text(changes, merged, len(self.user))
+        return merged
 
     def offline_changes(self, changes: Mapping[str, str]) -> list[str]:
         """The keys of a `set` that would change something a running server cannot change."""
@@ -202,6 +205,25 @@ class ServerConfig:
         return info
 
 
+def check_sent_text(
+    sent: Mapping[str, str], config: ServerConfig, user_keys_before: int = 0
+) -> None:
+    """The bounds of drives and resources on free text (docs/api.md §2), for what a `create`
+    or `set` sent: `name`, `tags`, each `user:*` key, and no more user keys than
+    MAX_USER_KEYS (or than the server had). What was stored before these bounds still loads
+    (`from_properties` does not check them) and takes other changes. Without them each
+    `set` could add 64 KiB of user keys to one server's row, without end."""
+    for key, value in sent.items():
+        if key == "name":
+            parse_name(value)
+        elif key == "tags":
+            parse_tags(value)
+        elif key.startswith("user:") and value.strip():
+            check_user_key(key, value)
+    if len(config.user) > max(MAX_USER_KEYS, user_keys_before):
+        raise UsageError(f"Too many user:* keys: at most {MAX_USER_KEYS}")
+
+
 def is_slot(key: str) -> bool:
     """Whether `key` names a drive slot (`ide:B:U`, `scsi:0:U`, `block:N`)."""
     return _SLOT.fullmatch(key) is not None
@@ -224,13 +246,15 @@ def _is_known(key: str) -> bool:
 def _resolve_aliases(props: Mapping[str, str]) -> dict[str, str]:
     """Rename `vnc`/`password` to their canonical keys and reject unknown keys."""
     resolved: dict[str, str] = {}
+    given: dict[str, str] = {}  # the key each canonical one was first given as
     for key, value in props.items():
         canonical = ALIASES.get(key, key)
         if not _is_known(canonical):
             raise UsageError(f"unknown server configuration key {key!r}")
         if canonical in resolved and resolved[canonical].strip() != value.strip():
-            raise UsageError(f"{key} and {canonical} are both given, with different values")
+            raise UsageError(f"{given[canonical]} and {key} are both given, with different values")
         resolved[canonical] = value
+        given.setdefault(canonical, key)
     return resolved
 
 

@@ -23,6 +23,7 @@ from openhosting.storage.drive_files import (
 )
 from openhosting.storage.drive_hash import hash_range
 from openhosting.storage.drive_storage import BodyDecoder
+from openhosting.storage.transfer_threads import in_transfer_thread
 from openhosting.storage.write_stage import WriteStage
 from openhosting.storage.xts import SECTOR_SIZE
 
@@ -134,9 +135,7 @@ class ReadPlan:
         client went away) stops the thread at its next piece and waits for it, so that
         `close` never closes the file under it."""
         stop = threading.Event()
-        work = asyncio.ensure_future(
-            asyncio.to_thread(hash_range, self.opened.io, self.offset, self.count, stop)
-        )
+        work = in_transfer_thread(hash_range, self.opened.io, self.offset, self.count, stop)
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -351,7 +350,7 @@ class StagedDriveWriter(_WriteRequest):
             queued, start = self._queued, not self._working
             self._working = True
         if start:
-            self._job = asyncio.get_running_loop().run_in_executor(None, self._work)
+            self._job = in_transfer_thread(self._work)
         return queued
 
     async def _settled(self) -> None:

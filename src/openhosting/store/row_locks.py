@@ -43,12 +43,13 @@ _LOCK_DRIVES = (
 )
 
 
-def lock_drives(connection: Connection, uuids: Iterable[str]) -> None:
+def lock_drives(connection: Connection, uuids: Iterable[str]) -> set[str]:
     """Hold the rows of the drives `uuids` (those that exist) until the transaction ends
-    (their claims, imaging jobs, destroy)."""
+    (their claims, imaging jobs, destroy); the uuids of those that exist."""
     wanted = sorted(set(uuids))
-    if wanted:
-        connection.execute(_LOCK_DRIVES, {"b_uuids": wanted})
+    if not wanted:
+        return set()
+    return {str(row.uuid) for row in connection.execute(_LOCK_DRIVES, {"b_uuids": wanted})}
 
 
 def lock_resource(connection: Connection, kind: str, resource: str) -> None:

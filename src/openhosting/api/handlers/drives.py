@@ -1,6 +1,9 @@
 """Handlers of the drive commands (docs/api.md §4)."""
 
+import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -28,6 +31,8 @@ from openhosting.storage.drive_transfers import ReadPlan
 from openhosting.storage.remote_storage import RemoteRead
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 from openhosting.wire.sizes import parse_size
+
+T = TypeVar("T")
 
 
 def _drive(request: web.Request) -> str:
@@ -104,7 +109,8 @@ async def hash_range(request: web.Request) -> Properties:
             user_of(request), _drive(request), offset, length
         )
         try:
-            digest = await plan.sha256()  # no `begin`: a remote drive is hashed where it is
+            # No `begin`: a remote drive is hashed where it is.
+            digest = await _while_client_stays(request, plan.sha256())
         finally:
             plan.close()
     return Properties(
@@ -116,6 +122,32 @@ async def hash_range(request: web.Request) -> Properties:
             "hash": digest,
         }
     )
+
+
+# How often a long answer that sends nothing meanwhile (a hash) looks whether its client is
+# still there.
+CLIENT_POLL_SECONDS = 0.5
+
+
+async def _while_client_stays(request: web.Request, work: Coroutine[Any, Any, T]) -> T:
+    """What `work` returns; cancelled (ConnectionResetError) once the client has gone away.
+    The daemon's server does not cancel a handler whose client leaves (aiohttp's
+    `handler_cancellation` is off; its test server turns it on), and a hash sends nothing
+    until its end to find out by: an abandoned hash of a large drive went on for hours,
+    holding a transfer and keeping the drive from being shrunk."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_POLL_SECONDS)
+            if done:
+                return task.result()
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("the client went away before the answer")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # its thread stops at its next piece: the drive stays open till then
 
 
 async def _read(request: web.Request, offset: int, length: int | None) -> web.StreamResponse:

@@ -76,6 +76,9 @@ POWERED_OFF_QUERY_SECONDS = ENDING_TIMEOUT - 1.0
 
 # Saving or restoring a guest's memory: a few seconds per GiB on a disk, generous for slow ones.
 STATE_TIMEOUT = 300.0
+# What QEMU says when the host refuses the guest's memory (`mem` beyond what the kernel will
+# lend: with one host nothing is refused before, its memory being overcommitted as drives are).
+GUEST_MEMORY_REFUSED = "cannot set up guest memory"
 DUMPED = "dumped"
 
 
@@ -259,6 +262,13 @@ class ServerLifecycle:
                 )
             except HypervisorError as error:
                 log.warning("event=server_start_failed server=%s error=%s", uuid, error)
+                if GUEST_MEMORY_REFUSED in str(error):
+                    # The host cannot give the guest its memory (more than the host has, with
+                    # what runs there): what the platform lacks, as a full disk is, not a fault.
+                    raise FullError(
+                        f"Host {host or self.drivers.local_name} has not {config.mem} MB of"
+                        f" memory for server {uuid}: {error}"
+                    ) from error
                 raise
             # Whatever fails from here on must not leave a VM running that nobody holds.
             self.active[uuid] = user

@@ -169,7 +169,18 @@ class ServerNetworks:
 
     def check(self, user: str, config: ServerConfig) -> None:
         """Refuse a configuration whose NICs name resources the user does not own (404), or
-        a VLAN where the mode has none (400)."""
+        a VLAN where the mode has none (400), or two NICs on one network with one MAC (400:
+        the start found the server's own other NIC holding it, and answered 409 naming the
+        server as another, active one)."""
+        seen: dict[tuple[str, str], int] = {}
+        for nic in config.nics:
+            if nic.mac is not None:
+                if (other := seen.get((nic.vlan or PUBLIC, nic.mac))) is not None:
+                    raise UsageError(
+                        f"nic:{nic.index}:mac {nic.mac} is nic:{other}:mac too, on the same"
+                        " network: give each NIC a MAC of its own"
+                    )
+                seen[(nic.vlan or PUBLIC, nic.mac)] = nic.index
         with self._engine.connect() as connection:
             for nic in config.nics:
                 self._check_nic(connection, user, nic)

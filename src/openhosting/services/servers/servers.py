@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
 from openhosting.hypervisor.errors import HypervisorError
 from openhosting.model.common import is_uuid
-from openhosting.model.server import ServerConfig
+from openhosting.model.server import ServerConfig, check_sent_text
 from openhosting.reverter import Reverter
 from openhosting.services.accounts.billing import Billing
 from openhosting.services.drives.drives import AttachableDrive, Drives
@@ -343,6 +343,7 @@ class Servers:
 
     async def create(self, user: str, properties: dict[str, str], start: bool) -> dict[str, Value]:
         config = ServerConfig.from_properties(properties)
+        check_sent_text(properties, config)
         uuid = str(uuid_module.uuid4())
         await self._store.run(self._insert_new, user, uuid, config)
         log.info("event=server_created user=%s server=%s", user, uuid)
@@ -500,7 +501,14 @@ class Servers:
     ) -> None:
         # Their rows held: a claim, an imaging job or a destroy of one of them by another
         # node waits for this transaction and then sees its claims.
-        row_locks.lock_drives(connection, [d.uuid for d in drives])
+        present = row_locks.lock_drives(connection, [d.uuid for d in drives])
+        for attachment in config.drives:
+            # Destroyed since the start checked it (another request's destroy came in
+            # between): a claim on it would start QEMU on a file that is gone (500).
+            if attachment.drive not in present:
+                raise MissingError(
+                    f"{attachment.slot}: drive {attachment.drive} could not be found"
+                )
         existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
         by_drive = {drive.uuid: drive for drive in drives}
         for claim in existing:
