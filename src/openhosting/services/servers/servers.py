@@ -501,6 +501,14 @@ class Servers:
         # Their rows held: a claim, an imaging job or a destroy of one of them by another
         # node waits for this transaction and then sees its claims.
         row_locks.lock_drives(connection, [d.uuid for d in drives])
+        # Checked again under the locks: a destroy that committed since `_check_config`
+        # leaves a drive no claim may name (its foreign key would fail as a 500).
+        found = drive_store.drive_hosts(connection, [d.uuid for d in drives])
+        for attachment in config.drives:
+            if attachment.drive not in found:
+                raise MissingError(
+                    f"{attachment.slot}: drive {attachment.drive} could not be found"
+                )
         existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
         by_drive = {drive.uuid: drive for drive in drives}
         for claim in existing:
