@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
 from openhosting.errors import ApiError, BusyError, FailedError, MissingError, UsageError
 from openhosting.hypervisor.errors import HypervisorError
@@ -520,27 +519,24 @@ class Servers:
         row_locks.lock_drives(connection, [d.uuid for d in drives])
         # Checked again under the locks: a destroy that committed since `_check_config`
         # leaves a drive no claim may name (its foreign key would fail as a 500).
-        _check_drives_exist(connection, config)
+        found = drive_store.drive_hosts(connection, [d.uuid for d in drives])
+        for attachment in config.drives:
+            if attachment.drive not in found:
+                raise MissingError(
+                    f"{attachment.slot}: drive {attachment.drive} could not be found"
+                )
         existing = server_store.claims_on_drives(connection, [d.uuid for d in drives])
         by_drive = {drive.uuid: drive for drive in drives}
         for claim in existing:
             drive = by_drive[claim.drive]
             if claim.kind != "guest" or claim.exclusive or drive.exclusive:
                 raise BusyError(f"Drive {claim.drive} is in use ({claim.kind} {claim.holder})")
-        try:
-            server_store.add_guest_claims(
-                connection,
-                user,
-                uuid,
-                [(a.drive, a.slot, by_drive[a.drive].exclusive) for a in config.drives],
-            )
-        except IntegrityError:
-            # SQLite takes no row locks and runs reads outside the write's transaction: a
-            # destroy in another thread may commit between the check above and this insert,
-            # whose foreign key then fails. The drive is gone: said as at the check.
-            with self._engine.connect() as fresh:
-                _check_drives_exist(fresh, config)
-            raise
+        server_store.add_guest_claims(
+            connection,
+            user,
+            uuid,
+            [(a.drive, a.slot, by_drive[a.drive].exclusive) for a in config.drives],
+        )
 
     def _release(self, uuid: str, drives: bool = True) -> None:
         with self._engine.begin() as connection:
@@ -635,11 +631,3 @@ class Servers:
     async def close(self) -> None:
         """Let go of every VM without stopping it: they keep running for the next daemon."""
         await self.lifecycle.close()
-
-
-def _check_drives_exist(connection: Connection, config: ServerConfig) -> None:
-    """404 naming the first slot whose drive has no row (any more)."""
-    found = drive_store.drive_hosts(connection, [a.drive for a in config.drives])
-    for attachment in config.drives:
-        if attachment.drive not in found:
-            raise MissingError(f"{attachment.slot}: drive {attachment.drive} could not be found")
