@@ -88,8 +88,9 @@ class StorageSettings:
     # daemons on one database, a job whose daemon died is started again by another this long
     # after its last renewal.
     imaging_lease_seconds: int = 15
-    # How often, in seconds, each agent host's drive files are compared with the drive rows
-    # (also whenever its agent is connected again): files no row names there go.
+    # How often, in seconds, each agent host's drive files, and this host's, are compared
+    # with the drive rows (an agent's also whenever it is connected again): files no row
+    # names there go.
     orphan_check_seconds: int = 3600
     # A drive file no row names is removed only once unmodified this many seconds: a create
     # writes its file before its row, maybe through another API node right now.

@@ -111,7 +111,7 @@ async def serve(
     open_pool(platform.engine)  # its descriptors from the start, not with the first peak
     # Drive files first: a resize the previous daemon did not finish is put right before any
     # server or job opens them.
-    await asyncio.to_thread(platform.drives.repair_files)
+    await asyncio.to_thread(platform.drives.repair_files, config.storage.orphan_grace_seconds)
     await asyncio.to_thread(platform.hosts.register)
     lifecycle = platform.servers.lifecycle
     lifecycle.drivers.connector = agent_connector(config.state_path)  # hosts with agents

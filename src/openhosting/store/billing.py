@@ -1,6 +1,7 @@
 """Queries for billing: what each user uses now, balances, and the usage record."""
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,12 +37,19 @@ _RESOURCE_COUNTS_OF_USER = (
 )
 
 
-def current_usage(connection: Connection, user: str, excluding_server: str | None = None) -> Usage:
+def current_usage(
+    connection: Connection,
+    user: str,
+    excluding_server: str | None = None,
+    starting: Collection[str] = (),
+) -> Usage:
+    """What `user` holds now. The cpu and mem are those of the active servers and of those
+    of `starting` (their drives claimed, their VM not yet running, so not yet `active`)."""
     drive_bytes = connection.execute(_DRIVE_BYTES_OF_USER, {"b_user": user}).scalar_one()
     server_rows = connection.execute(_SERVERS_OF_USER, {"b_user": user}).all()
     cpu = mem = 0
     for uuid, status, text in server_rows:
-        if status == "active" and uuid != excluding_server:
+        if (status == "active" or uuid in starting) and uuid != excluding_server:
             config = decode_server_config(text)
             cpu += config.cpu
             mem += config.mem

@@ -7,7 +7,13 @@ READ COMMITTED reads each statement anew). Two API nodes on one PostgreSQL thus 
 pass a check that only one of them should.
 
 On SQLite the lock clause is left out (SQLAlchemy renders nothing for it): there one process
-writes, and its event loop runs one read-check-write at a time.
+writes, but not only from its event loop: a server's claims, an imaging job's submit and a
+drive's destroy run in worker threads, on connections of their own. SQLite has no row
+locks, and Python's driver begins a transaction only at its first write, so the reads of a
+check run outside it: two threads both read "no claim" and both insert one (a server ran
+on the drive an imaging job was writing). `lock_drives` therefore takes the database's
+write lock there, with a write that changes nothing: from it to the commit no other
+connection writes, and what the transaction reads is what it commits on.
 
 Order, so two transactions never wait on each other: a user's row, then the address pool,
 then the VNI space, then resources' rows, then drives' rows (by UUID).
@@ -15,7 +21,7 @@ then the VNI space, then resources' rows, then drives' rows (by UUID).
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import Connection, bindparam, false, select, text, update
 
 from openhosting.store.tables import drives, resources, users
 
@@ -43,12 +49,20 @@ _LOCK_DRIVES = (
 )
 
 
+# SQLite: a write matching no row still takes the database's write lock (and begins the
+# driver's transaction).
+_SQLITE_WRITE_LOCK = update(drives).where(false()).values(uuid=drives.c.uuid)
+
+
 def lock_drives(connection: Connection, uuids: Iterable[str]) -> set[str]:
     """Hold the rows of the drives `uuids` (those that exist) until the transaction ends
-    (their claims, imaging jobs, destroy); the uuids of those that exist."""
+    (their claims, imaging jobs, destroy), on SQLite every writer; the uuids of those that
+    exist."""
     wanted = sorted(set(uuids))
     if not wanted:
         return set()
+    if connection.dialect.name == "sqlite":
+        connection.execute(_SQLITE_WRITE_LOCK)
     return {str(row.uuid) for row in connection.execute(_LOCK_DRIVES, {"b_uuids": wanted})}
 
 

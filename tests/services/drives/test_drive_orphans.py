@@ -84,7 +84,7 @@ async def drive_on_agent(platform: Platform, user: str) -> str:
     return str(second["drive"])
 
 
-def file_of(files: AgentFiles, drive: str) -> Path:
+def file_of(files: LocalDriveStorage, drive: str) -> Path:
     return files.tiers.of("disk").path_of(drive)
 
 
@@ -94,7 +94,7 @@ def age(path: Path, seconds: float = GRACE + 60) -> None:
     os.utime(path, (then, then))
 
 
-async def orphan(files: AgentFiles, *, old: bool = True) -> Path:
+async def orphan(files: LocalDriveStorage, *, old: bool = True) -> Path:
     drive = str(uuid.uuid4())
     await files.create(drive, "disk", 1 << 20, None)
     path = file_of(files, drive)
@@ -226,3 +226,27 @@ async def test_a_moves_target_file_stays_when_its_agent_is_found_back_mid_move(
     assert platform.drives.info(user, drive)["host"] == "hv-a"
     assert await orphans.reconcile("hv-a") == 0 and landed.exists()  # the drive's own now
     await platform.servers.stop(user, server)
+
+
+async def test_this_hosts_files_go_only_when_old_and_no_row_at_all_names_them(
+    agent_host: Setup,
+) -> None:
+    """The periodic look at this host's own directory: the rule of the start's repair (a
+    file of a drive whose row names another host is the operator's, not an orphan)."""
+    platform, _remote, _files, user = agent_host
+    local = platform.drives.storages.local
+    assert isinstance(local, LocalDriveStorage)
+    mine = await platform.drives.create(user, DRIVE)
+    if mine["host"] == "hv-a":
+        mine = await platform.drives.create(user, {**DRIVE, "avoid": str(mine["drive"])})
+    agents = await drive_on_agent(platform, user)
+    old, fresh = await orphan(local), await orphan(local, old=False)
+    await local.create(agents, "disk", 1 << 20, None)  # from before drives were streamed
+    for drive in (str(mine["drive"]), agents):
+        age(local.tiers.of("disk").path_of(drive))
+
+    assert await orphans_of(platform).reconcile(platform.drives.storages.local_name) == 1
+    assert not old.exists()
+    assert fresh.exists()
+    assert local.tiers.of("disk").path_of(str(mine["drive"])).exists()
+    assert local.tiers.of("disk").path_of(agents).exists()

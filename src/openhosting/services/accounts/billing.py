@@ -10,6 +10,7 @@ billing: the operator and the customer settle that.
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from decimal import Decimal, DecimalException
 from typing import Any
 
@@ -127,10 +128,20 @@ class Billing:
         self._require_balance(account)
 
     def check_server_start(
-        self, connection: Connection, user: str, server: str, cpu: int, mem: int
+        self,
+        connection: Connection,
+        user: str,
+        server: str,
+        cpu: int,
+        mem: int,
+        starting: Collection[str] = (),
     ) -> None:
+        """402 unless the account's cpu and mem limits hold `server` besides its active
+        servers and those of `starting` (passed their check, their VMs not yet running)."""
         account = self._account(connection, user, lock=True)
-        usage = billing_store.current_usage(connection, user, excluding_server=server)
+        usage = billing_store.current_usage(
+            connection, user, excluding_server=server, starting=starting
+        )
         for what, used, asked, limit in (
             ("cpu", usage.cpu_mhz, cpu, account.max_cpu_mhz),
             ("mem", usage.mem_mb, mem, account.max_mem_mb),

@@ -1,6 +1,9 @@
 """Drive files on an agent's host that no drive row names there, removed: when this API node
 (re)connects to the host's agent, and every `interval` seconds after (docs/cluster.md, 'Drive
-bytes on the agents').
+bytes on the agents'). This host's own drive directory is looked at every `interval` seconds
+too, its files removed only when no row at all names them (the rule of `repair_drive_files`
+at start): a daemon killed between a destroy's row and its file, and started again at once,
+kept that file at start as younger than the grace.
 
 Why such files exist: a destroy deletes its row first, then asks the host's agent to remove
 the file; an agent that does not answer keeps it (`event=drive_bytes_left`). The rows are the
@@ -31,6 +34,7 @@ number of files.
 """
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -47,7 +51,8 @@ log = logging.getLogger("openhosting.drives")
 
 
 class DriveOrphans:
-    """Removes the drive files of agents' hosts that no drive row names there."""
+    """Removes the drive files of agents' hosts, and of this one, that no drive row names
+    there."""
 
     def __init__(
         self,
@@ -81,13 +86,13 @@ class DriveOrphans:
         """Remove the orphan files of agent host `host`: how many were removed. Errors of the
         agent (unreachable: 503) or of the database are raised."""
         storage = self._storages.of(host)
-        if storage is self._storages.local:
-            return 0  # no agent: this host's files are `repair_files`' at start
+        local = storage is self._storages.local
         removed, after = 0, ""
         while True:
             files = await storage.list_files(after, self._page)
             old = [file for file in files if file.age >= self.grace]
-            for file in await asyncio.to_thread(self._orphans, host, old):
+            find = self._local_orphans if local else functools.partial(self._orphans, host)
+            for file in await asyncio.to_thread(find, old):
                 if await storage.remove_orphan(file.drive, file.tier, self.grace):
                     removed += 1
                     log.warning(
@@ -98,7 +103,7 @@ class DriveOrphans:
                 break
             after = files[-1].drive
         log.info("event=drive_files_reconciled host=%s removed=%s", host, removed)
-        if self._copies is not None:
+        if self._copies is not None and not local:
             await self._copies.reconcile(host)
         return removed
 
@@ -130,6 +135,15 @@ class DriveOrphans:
             and again.get(file.drive) != host
         ]
 
+    def _local_orphans(self, files: list[DriveFile]) -> list[DriveFile]:
+        """Those of `files` (this host's own) that no drive row names at all: a row naming
+        another host keeps its file here, as at start (`repair_drive_files`)."""
+        if not files:
+            return []
+        with self._engine.connect() as connection:
+            named = drive_store.drive_hosts(connection, [file.drive for file in files])
+        return [file for file in files if file.drive not in named]
+
     async def run(self) -> None:
         """Look at each host woken (`wake`), and at every agent host up every `interval`
         seconds, until cancelled. A look that fails is logged and made again at the next
@@ -143,7 +157,10 @@ class DriveOrphans:
                 pass
             self._woken.clear()
             if time.monotonic() >= next_round:
-                self._due.update(self._hosts_up())
+                # This host's own files too: a daemon killed between a destroy's row and its
+                # file (or a create's file and its row) left one that the start kept, being
+                # younger than the grace then.
+                self._due.update([self._storages.local_name, *self._hosts_up()])
                 next_round = time.monotonic() + self.interval
             while self._due:
                 host = min(self._due)

@@ -6,8 +6,10 @@ half-way: the rows are the truth, the files follow them.
   cut, a grow reads as zeros).
 - A create writes its file before its row, a destroy removes its row before its file: a
   daemon killed between leaves a file no row names, which nobody can reach. It is removed,
-  unless it changed in the last ORPHAN_GRACE_SECONDS (`openhosting-admin standard add` also
-  writes its file before its row, and may be doing so right now).
+  unless it changed in the last `grace` seconds (`storage.orphan_grace_seconds`, 600 by
+  default: `openhosting-admin standard add` also writes its file before its row, and may be
+  doing so right now). One younger than that is left to the daemon's periodic look
+  (services/drives/drive_orphans.py).
 - A gzip write stages its bytes in a nameless file; where the file system cannot make one,
   a named `*.staging` file is unlinked at once, and a daemon killed in between leaves it:
   it is removed (no write is under way at start).
@@ -30,7 +32,7 @@ from openhosting.store.records import DriveRecord
 
 log = logging.getLogger("openhosting.drives")
 
-ORPHAN_GRACE_SECONDS = 600
+ORPHAN_GRACE_SECONDS = 600  # the default of `storage.orphan_grace_seconds`
 
 
 def repair_drive_files(
@@ -38,6 +40,7 @@ def repair_drive_files(
     rows: list[DriveRecord],
     master_key_of: Callable[[DriveRecord], bytes | None],
     is_here: Callable[[DriveRecord], bool] = lambda _row: True,
+    grace: float = ORPHAN_GRACE_SECONDS,
 ) -> tuple[int, int]:
     """Repair the files of the drives of `rows` (all of them, `is_here` telling this host's):
     how many files were resized, and how many files without a row were removed."""
@@ -45,7 +48,7 @@ def repair_drive_files(
     if staged:
         log.warning("event=drive_staging_files_removed count=%s", staged)
     resized = _fit_files_to_rows(tiers, [row for row in rows if is_here(row)], master_key_of)
-    return resized, sum(_remove_orphan_files(files, rows) for files in tiers.directories())
+    return resized, sum(_remove_orphan_files(files, rows, grace) for files in tiers.directories())
 
 
 def _fit_files_to_rows(
@@ -72,10 +75,10 @@ def _fit_files_to_rows(
     return fixed
 
 
-def _remove_orphan_files(files: DriveFiles, rows: list[DriveRecord]) -> int:
+def _remove_orphan_files(files: DriveFiles, rows: list[DriveRecord], grace: float) -> int:
     known = {row.uuid for row in rows}
     removed = 0
-    for uuid in files.unchanged_since(time.time() - ORPHAN_GRACE_SECONDS):
+    for uuid in files.unchanged_since(time.time() - grace):
         if uuid not in known:
             files.destroy(uuid)
             log.warning("event=drive_file_orphan_removed drive=%s", uuid)

@@ -27,7 +27,7 @@ from openhosting.services.accounts.billing import Billing
 from openhosting.services.cluster.host_storages import HostStorages
 from openhosting.services.cluster.hosts import Hosts
 from openhosting.services.cluster.node_operations import NodeOperations
-from openhosting.services.drives.drive_repair import repair_drive_files
+from openhosting.services.drives.drive_repair import ORPHAN_GRACE_SECONDS, repair_drive_files
 from openhosting.services.drives.standard_drives import standard_generation
 from openhosting.services.off_loop import INLINE_ITEMS, built_in_worker
 from openhosting.services.operations import (
@@ -470,13 +470,14 @@ class Drives:
                     await storage.resize(uuid, row.tier, old_size, master_key, kept)
                 raise
 
-    def repair_files(self) -> tuple[int, int]:
+    def repair_files(self, grace: float = ORPHAN_GRACE_SECONDS) -> tuple[int, int]:
         """Put the drive files right after a daemon that stopped half-way (at start): how many
-        were resized to their row's size, and how many files without a row were removed."""
+        were resized to their row's size, and how many files without a row, unchanged for
+        `grace` seconds, were removed."""
         with self._engine.connect() as connection:
             rows = drive_store.all_drives(connection)
         # Every row keeps its file from removal; only this host's drives are resized here.
-        return repair_drive_files(self.tiers, rows, self._master_key, self.is_here)
+        return repair_drive_files(self.tiers, rows, self._master_key, self.is_here, grace)
 
     async def destroy(self, user: str, uuid: str) -> None:
         found: list[DriveRecord] = []

@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 import uuid as uuid_module
+from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,9 @@ class Servers:
         # One claim at a time in this process: a claim runs in a worker thread (its VNC probe
         # may ask an agent), where two would read the same free display before either wrote.
         self._claiming = asyncio.Lock()
+        # The servers whose claims were made and whose VMs are not yet `active` (changed on
+        # the event loop, under `_claiming` for an addition).
+        self._starting: set[str] = set()
         self.lifecycle = lifecycle
         # The lifecycle's own dict: who is active is read here, changed only there.
         self._active: dict[str, str] = self.lifecycle.active
@@ -454,12 +458,20 @@ class Servers:
             # an agent's, asked over the wire.
             async with self._claiming:
                 display = await asyncio.to_thread(
-                    self._claim, user, uuid, config, drives, restore, host
+                    self._claim, user, uuid, config, drives, restore, host, set(self._starting)
                 )
-            # A dumped server's drives stay its own whether or not it comes back.
-            revert.add(functools.partial(self._release, uuid, drives=not restore))
-            await self.lifecycle.start_vm(user, uuid, config, drives, display, restore, host=host)
-            revert.success()
+                # Its cpu and mem count against the account from here, not from when its VM
+                # runs: the starts claiming meanwhile would each pass the limit.
+                self._starting.add(uuid)
+            try:
+                # A dumped server's drives stay its own whether or not it comes back.
+                revert.add(functools.partial(self._release, uuid, drives=not restore))
+                await self.lifecycle.start_vm(
+                    user, uuid, config, drives, display, restore, host=host
+                )
+                revert.success()
+            finally:
+                self._starting.discard(uuid)  # `active` now (counted as such), or not started
 
     async def _resume(self, uuid: str) -> None:
         """`start` on a paused server runs it again; a write that a full disk held is
@@ -478,13 +490,17 @@ class Servers:
         drives: list[AttachableDrive],
         held: bool = False,
         host: str = "",
+        starting: Collection[str] = (),
     ) -> int | None:
         """Claim the drives (409 if another server or an imaging job holds one) and pick a
         VNC display free on `host`, in one transaction. With `held`, the server holds its
-        claims already (it is dumped): only the display is picked."""
+        claims already (it is dumped): only the display is picked. `starting`: the servers
+        whose claims passed and whose VMs are not yet active (their cpu and mem count)."""
         with self._engine.begin() as connection:
             if self._billing is not None:
-                self._billing.check_server_start(connection, user, uuid, config.cpu, config.mem)
+                self._billing.check_server_start(
+                    connection, user, uuid, config.cpu, config.mem, starting
+                )
             if not held:
                 self._claim_drives(connection, user, uuid, config, drives)
             else:
@@ -503,8 +519,8 @@ class Servers:
         # node waits for this transaction and then sees its claims.
         present = row_locks.lock_drives(connection, [d.uuid for d in drives])
         for attachment in config.drives:
-            # Destroyed since the start checked it (another request's destroy came in
-            # between): a claim on it would start QEMU on a file that is gone (500).
+            # Checked again under the locks: a destroy that committed since `_check_config`
+            # leaves a drive no claim may name (its foreign key would fail as a 500).
             if attachment.drive not in present:
                 raise MissingError(
                     f"{attachment.slot}: drive {attachment.drive} could not be found"
