@@ -130,13 +130,13 @@ async def test_an_encrypted_drives_staging_file_holds_no_plaintext(
     from openhosting.storage import write_stage
 
     written: list[bytes] = []
-    real_pwrite_all = write_stage._pwrite_all
+    real_pwrite_all = write_stage.pwrite_all
 
     def recording(fd: int, data: bytearray, offset: int) -> None:
         written.append(bytes(data))
         real_pwrite_all(fd, data, offset)
 
-    monkeypatch.setattr(write_stage, "_pwrite_all", recording)
+    monkeypatch.setattr(write_stage, "pwrite_all", recording)
     size = MEMORY_BOUND + MIB
     drive = (await create_drive(client, auth, size, "aes-xts-plain"))["drive"]
     data = pattern(0x5B, size)
