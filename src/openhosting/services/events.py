@@ -89,7 +89,10 @@ class Subscription:
 
     async def next_event(self, timeout: float) -> Event | None:
         """The next event; None when the feed has closed. TimeoutError after `timeout` s."""
-        event = await asyncio.wait_for(self._queue.get(), timeout)
+        # asyncio.timeout, not wait_for: before Python 3.12, wait_for swallowed a cancellation
+        # (the stream's end) that came with an event, and the stream went on.
+        async with asyncio.timeout(timeout):
+            event = await self._queue.get()
         if event is END and self.overflowed:
             raise Overflowed(f"more than {QUEUE_LENGTH} events pending")
         return event

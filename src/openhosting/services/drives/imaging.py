@@ -309,7 +309,7 @@ class Imaging:
         node's NOTIFY), and at least every poll interval (a lost notification, a lease run
         out)."""
         poll = min(POLL_SECONDS, self._lease / 2)
-        while True:
+        while self._running:
             self._wakeup.clear()
             free = self._concurrency - len(self._tasks)
             if free > 0:
@@ -319,8 +319,12 @@ class Imaging:
                     log.error("event=imaging_claim_failed error=%s", error)
                     claimed = []
                 self._start(claimed)
+            # asyncio.timeout, not wait_for: before Python 3.12, wait_for swallowed the stop's
+            # cancellation when the wake-up came in the same turn of the event loop, and the
+            # stop waited for this loop for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), poll)
+                async with asyncio.timeout(poll):
+                    await self._wakeup.wait()
 
     def _claim(self, limit: int) -> list[_Claimed]:
         """Claim up to `limit` jobs in a transaction of their own (`_claim_in`)."""
