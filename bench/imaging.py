@@ -41,6 +41,8 @@ from bench.drive_data import (
     drop_dirty_pages,
 )
 from bench.harness import BIN, Daemon, report, running_daemon, work_directory
+from openhosting.storage.file_writes import pwrite_all
+from openhosting.storage.sparse import data_extents
 
 GIB = 1024 * MIB
 TIMEOUT = 600
@@ -121,8 +123,8 @@ def direct_floor_seconds(source: Path, target: Path) -> float:
             os.ftruncate(target_fd, size)
             view = memoryview(mapped)
             writes = [
-                writers.submit(_write_all, target_fd, view[start : start + length], start)
-                for first, past_last in _data_extents(source_fd, size)
+                writers.submit(pwrite_all, target_fd, view[start : start + length], start)
+                for first, past_last in data_extents(source_fd, 0, size)
                 for start in range(first, past_last, FLOOR_PIECE)
                 for length in (min(FLOOR_PIECE, past_last - start),)
             ]
@@ -135,25 +137,6 @@ def direct_floor_seconds(source: Path, target: Path) -> float:
     finally:
         os.close(target_fd)
         os.close(source_fd)
-
-
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """The data extents of file `fd`, as [first, past_last) pairs."""
-    extents, position = [], 0
-    while position < size:
-        try:
-            first = os.lseek(fd, position, os.SEEK_DATA)
-        except OSError:  # ENXIO: nothing but a hole after `position`
-            break
-        position = os.lseek(fd, first, os.SEEK_HOLE)
-        extents.append((first, position))
-    return extents
-
-
-def _write_all(fd: int, view: memoryview, position: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, position)
-        view, position = view[written:], position + written
 
 
 def bench_copy(daemon: Daemon, work_dir: Path) -> float:

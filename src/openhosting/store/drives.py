@@ -3,7 +3,18 @@
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Connection, Float, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    Update,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from openhosting.store.reader import Reader
 from openhosting.store.records import ClaimRecord, DriveRecord
@@ -114,7 +125,7 @@ def update_drive(connection: Connection, uuid: str, **values: Any) -> None:
     connection.execute(_UPDATE_DRIVE, {"b_uuid": uuid, **values})
 
 
-def _add_io(direction: str) -> Any:
+def _add_io(direction: str) -> Update:
     byte_column = drives.c[f"{direction}_bytes"]
     request_column = drives.c[f"{direction}_requests"]
     return (
