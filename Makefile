@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml scripts/install-system-packages
+$(STAMP): requirements.lock pyproject.toml setup.py src/openhosting/storage/_xts_tweaks.c \
+		scripts/install-system-packages
 	./scripts/install-system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --require-hashes -r requirements.lock

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from openhosting.storage import xts
+from openhosting.storage import _xts_tweaks, xts
 from openhosting.storage.xts import SECTOR_SIZE, XtsCipher
 
 # IEEE P1619/D16 (IEEE 1619-2007) Annex B, vectors 10-14: XTS-AES-256 over one 512-byte
@@ -244,3 +244,48 @@ def test_keys_must_be_64_bytes(length: int) -> None:
 def test_keys_with_equal_halves_are_refused() -> None:
     with pytest.raises(ValueError, match="differ"):
         XtsCipher(bytes(32) * 2)
+
+
+def test_the_compiled_tweak_pass_gives_the_tweaks_of_ieee_1619() -> None:
+    """T_1 = T_0 * alpha and on: a carry out of the top bit comes back as 0x87, at every
+    block of a sector and in every lane the pass interleaves (sectors 0-4: four at once and
+    one alone)."""
+    top_bit_set = bytes(15) + b"\x80"  # T_0 = x^127: T_1 = x^128 = x^7 + x^2 + x + 1
+    first = top_bit_set + bytes(range(16)) + os.urandom(16 * 3)
+    data = bytearray(5 * SECTOR_SIZE)
+    table = bytearray(5 * SECTOR_SIZE)
+    _xts_tweaks.xor_tweaks(data, first, table)
+    assert data == table  # zeros XORed with the tweaks are the tweaks
+    for sector in range(5):
+        tweak = int.from_bytes(first[16 * sector : 16 * sector + 16], "little")
+        for block in range(SECTOR_SIZE // 16):
+            at = sector * SECTOR_SIZE + 16 * block
+            assert int.from_bytes(table[at : at + 16], "little") == tweak, (sector, block)
+            tweak <<= 1
+            if tweak >> 128:
+                tweak = (tweak ^ (1 << 128)) ^ 0x87
+    assert table[SECTOR_SIZE : SECTOR_SIZE + 16] == bytes(range(16))
+    assert table[16:32] == (0x87).to_bytes(16, "little")
+
+
+@pytest.mark.parametrize(
+    ("data", "first", "table", "error"),
+    [
+        (bytearray(500), bytes(16), bytearray(512), "whole 512-byte sectors"),
+        (bytearray(1024), bytes(16), bytearray(1024), "16 bytes of first tweak per sector"),
+        (bytearray(1024), bytes(32), bytearray(512), "shorter than the data"),
+    ],
+)
+def test_the_compiled_tweak_pass_refuses_buffers_of_the_wrong_size(
+    data: bytearray, first: bytes, table: bytearray, error: str
+) -> None:
+    # A C loop over lengths it does not check would write past a buffer's end.
+    before = bytes(data)
+    with pytest.raises(ValueError, match=error):
+        _xts_tweaks.xor_tweaks(data, first, table)
+    assert data == before
+
+
+def test_the_compiled_tweak_pass_refuses_read_only_data() -> None:
+    with pytest.raises(TypeError):
+        _xts_tweaks.xor_tweaks(bytes(512), bytes(16), bytearray(512))

@@ -1,0 +1,13 @@
+"""The one compiled module: everything else is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "openhosting.storage._xts_tweaks",
+            ["src/openhosting/storage/_xts_tweaks.c"],
+            extra_compile_args=["-O3"],
+        )
+    ]
+)
