@@ -400,29 +400,6 @@ def test_gunzip_on_a_disk_goes_past_the_page_cache_and_keeps_every_byte(
         made.close()
 
 
-@pytest.mark.parametrize("cls", [bytes, memoryview])
-def test_a_piece_is_zero_only_when_every_byte_is(cls: type) -> None:
-    size = 512 * 1024
-    assert imaging._is_zero(cls(bytes(size)))
-    for at in (0, 63, 64, size // 2, size - 1):  # in the head, past it, at the very end
-        piece = bytearray(size)
-        piece[at] = 1
-        assert not imaging._is_zero(cls(bytes(piece)))
-
-
-def test_a_view_of_any_length_and_start_is_zero_only_when_every_byte_is() -> None:
-    """The scan of a view ORs 8-byte words: the bytes past the last whole word, and a view
-    that starts off a word's boundary in its buffer, are looked at too."""
-    for size in (1, 7, 8, 70, 4099, 512 * 1024 + 5):
-        for start in (0, 3):
-            buffer = bytearray(start + size)
-            assert imaging._is_zero(memoryview(buffer)[start:])
-            for at in {0, size // 2, size - (size % 8 or 1), size - 1}:
-                buffer[start + at] = 1
-                assert not imaging._is_zero(memoryview(buffer)[start:]), (size, start, at)
-                buffer[start + at] = 0
-
-
 class RecordingWriter:
     """Stands in for the writer thread: hands out staging buffers from a pool of two and
     keeps what a stream hands back in them."""

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import random
 import threading
 from pathlib import Path
 
@@ -288,3 +289,64 @@ def test_a_direct_copy_lets_go_of_each_written_piece_of_its_map(
         os.close(direct_fd)
         os.close(source_fd)
     assert target.read_bytes()[: 48 * MiB] == source.read_bytes()[: 48 * MiB]
+
+
+@pytest.mark.parametrize("cls", [bytes, memoryview])
+def test_a_piece_is_zero_only_when_every_byte_is(cls: type) -> None:
+    size = 512 * 1024
+    assert sparse.is_zero(cls(bytes(size)))
+    for at in (0, 63, 64, size // 2, size - 1):  # in the head, past it, at the very end
+        piece = bytearray(size)
+        piece[at] = 1
+        assert not sparse.is_zero(cls(bytes(piece)))
+
+
+def test_a_view_of_any_length_and_start_is_zero_only_when_every_byte_is() -> None:
+    """The scan of a view ORs 8-byte words: the bytes past the last whole word, and a view
+    that starts off a word's boundary in its buffer, are looked at too."""
+    for size in (1, 7, 8, 70, 4099, 512 * 1024 + 5):
+        for start in (0, 3):
+            buffer = bytearray(start + size)
+            assert sparse.is_zero(memoryview(buffer)[start:])
+            for at in {0, size // 2, size - (size % 8 or 1), size - 1}:
+                buffer[start + at] = 1
+                assert not sparse.is_zero(memoryview(buffer)[start:]), (size, start, at)
+                buffer[start + at] = 0
+
+
+def test_zero_runs_are_whole_aligned_blocks_and_the_rest_is_every_byte_as_given() -> None:
+    """Pieces of every length, at every offset, with a stray byte here and there: laid end
+    to end, the runs cover them in order; a zero run holds only zeros and is whole blocks of
+    the file, cut only at the ends of the write; a block cut by two pieces is zeros only
+    when both parts are."""
+    block = sparse.ZERO_BLOCK
+    chosen = random.Random(19)
+    lengths = [0, 1, 100, block - 3, block, 2 * block + 7, 5 * block]
+    for _ in range(2000):
+        position = chosen.randrange(4 * block)
+        pieces = []
+        for _ in range(chosen.randrange(6)):
+            piece = bytearray(chosen.choice(lengths))
+            for _ in range(chosen.randrange(3) if piece else 0):
+                piece[chosen.randrange(len(piece))] = chosen.randrange(1, 256)
+            pieces.append(bytes(piece))
+        whole = b"".join(pieces)
+        end = position + len(whole)
+        done = position
+        for at, length, views in sparse.split_zeros(pieces, position):
+            assert at == done
+            part = whole[at - position : at - position + length]
+            if views:
+                assert b"".join(views) == part
+            else:
+                assert part == bytes(length)
+                assert at % block == 0 or at == position
+                assert (at + length) % block == 0 or at + length == end
+            done += length
+        assert done == end
+        # Every block that is all zeros in the write is in a zero run.
+        data = list(sparse.data_runs(pieces, position))
+        for first in range(position - position % block, end, block):
+            lo, hi = max(first, position), min(first + block, end)
+            if whole[lo - position : hi - position] == bytes(hi - lo):
+                assert not any(a < hi and lo < b for a, b in data), (position, first)

@@ -119,7 +119,7 @@ def test_applying_starts_each_megabytes_write_back_before_the_sync(tmp_path: Pat
     the fdatasync before the answer finds less left to do."""
     files = DriveFiles(tmp_path / "drives")
     files.create_plain(UUID, SIZE)
-    data = os.urandom(3 * write_stage.WRITEBACK_PIECE + 1000)
+    data = os.urandom(3 * drive_files.WRITEBACK_PIECE + 1000)
     events: list[tuple[str, int, int]] = []
     with files.open(UUID, None) as drive_io:
         real_start, real_sync = drive_io.start_writeback, drive_io.sync
@@ -145,3 +145,106 @@ def test_applying_starts_each_megabytes_write_back_before_the_sync(tmp_path: Pat
     assert len(started) == 2
     assert started[0][1] == 4096 and all(length >= 1 << 20 for _, _, length in started)
     assert all(a[1] + a[2] == b[1] for a, b in itertools.pairwise(started))
+
+
+MIB = 1 << 20
+ZERO_RUN = 48 * MIB
+ZERO_BLOCK = 64 * 1024  # sparse.ZERO_BLOCK: zeros stay holes in blocks of this
+
+
+def blocks_of(path: Path) -> int:
+    """Bytes of disk the file takes."""
+    return os.stat(path).st_blocks * 512
+
+
+def staged_with_zeros(stage: WriteStage, data: bytes) -> int:
+    """Stage `data` and return the staging file's disk use just before `apply`."""
+    stage_all(stage, data, piece=512 * 1024 + 3)  # pieces cut across blocks, as a body's are
+    assert stage._fd is not None  # a staging file was made
+    return os.fstat(stage._fd).st_blocks * 512
+
+
+@pytest.mark.parametrize("over", ["holes", "old data"])
+def test_a_staged_run_of_zeros_takes_no_disk_in_the_staging_file_nor_in_a_plain_drive(
+    tmp_path: Path, over: str
+) -> None:
+    """Tens of megabytes of zeros between two pieces of data, at an odd offset: the staging
+    file holds the data only, and the drive gets no block for the zeros (over old data, the
+    zeros free its blocks, as writing zeros would make them zeros); it reads back exactly."""
+    files = DriveFiles(tmp_path / "drives")
+    size = ZERO_RUN + 8 * MIB
+    files.create_plain(UUID, size)
+    path = files.path_of(UUID)
+    old = os.urandom(size) if over == "old data" else bytes(size)
+    if over == "old data":
+        path.write_bytes(old)
+    offset = MIB + 777
+    data = os.urandom(MIB) + bytes(ZERO_RUN) + os.urandom(MIB + 5)
+    before = blocks_of(path)
+    with files.open(UUID, None) as drive_io:
+        stage = WriteStage(drive_io, files.root, offset)
+        staged = staged_with_zeros(stage, data)
+        stage.apply()
+        assert drive_io.read_at(0, size) == old[:offset] + data + old[offset + len(data) :]
+    assert staged <= 2 * MIB + 4 * ZERO_BLOCK  # the data only
+    slack = 2 * ZERO_BLOCK  # the zero run's first and last blocks hold data
+    if over == "holes":
+        assert blocks_of(path) <= before + 2 * MIB + slack
+    else:
+        assert blocks_of(path) <= before - ZERO_RUN + slack
+    assert os.listdir(files.root) == [f"{UUID}.img"]
+
+
+def test_an_encrypted_drives_staged_zeros_take_no_staging_disk_and_are_real_ciphertext(
+    tmp_path: Path,
+) -> None:
+    """On an encrypted drive zeros are written as ciphertext (a hole of the container is no
+    zeros to QEMU), but their staging still takes no disk."""
+    files = DriveFiles(tmp_path / "drives")
+    size = ZERO_RUN + 8 * MIB
+    key = files.create_encrypted(UUID, size, b"passphrase")
+    offset = MIB + 777
+    data = os.urandom(MIB) + bytes(ZERO_RUN) + os.urandom(MIB + 5)
+    with files.open(UUID, key) as drive_io:
+        drive_io.write_at(0, b"\xa5" * size)
+        stage = WriteStage(drive_io, files.root, offset)
+        staged = staged_with_zeros(stage, data)
+        stage.apply()
+        expected = b"\xa5" * offset + data + b"\xa5" * (size - offset - len(data))
+        assert drive_io.read_at(0, size) == expected
+        base = drive_io.payload_offset
+    assert staged <= 2 * MIB + 4 * ZERO_BLOCK
+    with open(files.path_of(UUID), "rb") as container:  # the zeros' sectors, as stored
+        container.seek(base + offset + 2 * MIB)
+        stored = container.read(ZERO_RUN - 2 * MIB)
+    assert all(stored[at : at + 512] != bytes(512) for at in range(0, len(stored), 512))
+
+
+def test_where_holes_are_not_told_nothing_is_left_out_of_the_staging_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system whose SEEK_DATA sees every byte as data: zeros are staged as they
+    are, so an encrypted drive still gets their ciphertext, never zero sectors."""
+    real_lseek = os.lseek
+
+    def no_holes(fd: int, position: int, how: int) -> int:
+        if how == os.SEEK_DATA:
+            return position
+        if how == os.SEEK_HOLE:
+            return os.fstat(fd).st_size
+        return real_lseek(fd, position, how)
+
+    monkeypatch.setattr(write_stage.os, "lseek", no_holes)
+    files = DriveFiles(tmp_path / "drives")
+    key = files.create_encrypted(UUID, SIZE, b"passphrase")
+    data = os.urandom(MIB) + bytes(MEMORY_BOUND) + os.urandom(MIB)
+    with files.open(UUID, key) as drive_io:
+        drive_io.write_at(0, b"\xa5" * SIZE)
+        stage = WriteStage(drive_io, files.root, 0)
+        stage_all(stage, data)
+        stage.apply()
+        assert drive_io.read_at(0, len(data)) == data
+        base = drive_io.payload_offset
+    with open(files.path_of(UUID), "rb") as container:
+        container.seek(base + 2 * MIB)
+        assert container.read(512) != bytes(512)

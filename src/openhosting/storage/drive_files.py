@@ -16,23 +16,33 @@ import stat
 import threading
 import time
 import uuid as uuid_module
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from time import monotonic
 from typing import Protocol
 
 from openhosting.storage.directory_watch import DirectoryWatch
+from openhosting.storage.file_writes import pwrite_all
 from openhosting.storage.luks import LuksVolume, format_luks1, payload_offset
 from openhosting.storage.sparse import (
     DIRECT_ALIGNMENT,
     data_extents,
     open_direct,
+    punch_hole,
+    split_zeros,
     start_writeback,
 )
 from openhosting.storage.xts import SECTOR_SIZE
 
 # Large enough to amortise a system call and an AES pass; small enough to keep memory flat.
 IO_CHUNK = 4 * 1024 * 1024
+# A plain drive is written this much at a time, each group's write-back to disk started at
+# once: the disk works on it while the next is copied, and the fdatasync after finds less
+# left (a 5 MiB gzip chunk's write and sync took 3-5 ms instead of 7-18 in alternated trials
+# on the loaded machine).
+WRITEBACK_PIECE = 1024 * 1024
+# Zeros written where the file system cannot punch holes.
+_ZEROS = bytes(IO_CHUNK)
 # The most pieces one gathered write takes (the kernel's UIO_MAXIOV).
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 # How long a drive's availability seen on the event loop is kept at most when its directory's
@@ -56,7 +66,7 @@ class DriveIO(Protocol):
     def close(self) -> None: ...
 
 
-def pwritev_all(fd: int, pieces: list[bytes | bytearray], offset: int) -> None:
+def pwritev_all(fd: int, pieces: Sequence[bytes | bytearray | memoryview], offset: int) -> None:
     """Write `pieces` one after another from `offset` of `fd`, gathered: no copy."""
     views = [memoryview(piece) for piece in pieces if piece]
     while views:
@@ -103,9 +113,37 @@ class PlainDriveIO:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
 
-    def write_pieces(self, offset: int, pieces: list[bytes | bytearray]) -> None:
-        """Write `pieces` one after another from `offset`, gathered (no copy into one)."""
-        pwritev_all(self._fd, pieces, offset)
+    def write_keeping_holes(
+        self, offset: int, pieces: Sequence[bytes | bytearray | memoryview]
+    ) -> None:
+        """Write `pieces` one after another from `offset`, their all-zero blocks as holes
+        (`write_zeros`): a drive the platform keeps sparse takes no disk for zeros a tenant
+        writes, however many. The data goes in gathered writes of `WRITEBACK_PIECE` or more,
+        each one's write-back started at once."""
+        self.write_runs(split_zeros(pieces, offset))
+
+    def write_runs(self, runs: Iterable[tuple[int, int, list[memoryview]]]) -> None:
+        """Write `runs` of `sparse.split_zeros`, as `write_keeping_holes` does."""
+        for at, length, views in runs:
+            if not views:
+                self.write_zeros(at, length)
+                continue
+            start, first = at, 0  # the group views[first:index], written from `start`
+            for index, view in enumerate(views, 1):
+                at += len(view)
+                if at - start >= WRITEBACK_PIECE or index == len(views):
+                    pwritev_all(self._fd, views[first:index], start)
+                    if at - start >= WRITEBACK_PIECE:
+                        self.start_writeback(start, at - start)
+                    start, first = at, index
+
+    def write_zeros(self, offset: int, length: int) -> None:
+        """Make `[offset, offset + length)` read as zeros as a hole: what was there is freed,
+        nothing new is taken (written as zeros where the file system cannot punch holes)."""
+        if length <= 0 or punch_hole(self._fd, offset, length):
+            return
+        for at in range(offset, offset + length, IO_CHUNK):
+            pwrite_all(self._fd, memoryview(_ZEROS)[: min(IO_CHUNK, offset + length - at)], at)
 
     def start_writeback(self, offset: int, length: int) -> None:
         """Have the kernel start writing `[offset, offset + length)` to disk now (a hint:

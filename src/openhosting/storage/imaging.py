@@ -28,7 +28,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from isal import isal_zlib
 
 from openhosting.errors import FailedError
@@ -41,6 +40,8 @@ from openhosting.storage.sparse import (
     clone_file,
     copy_range,
     data_extents,
+    data_runs,
+    is_zero,
     open_direct,
     punch_hole,
     start_writeback,
@@ -57,8 +58,6 @@ GZIP_LEVEL = 1
 WRITES_QUEUED = 3
 # Pieces of a stream waiting for its staging thread: enough to ride over a slow moment of it.
 PIECES_QUEUED = 4
-# A stream's zeros stay holes on a plain DST in blocks this big (aligned in the file).
-ZERO_BLOCK = 64 * 1024
 CONVERSIONS = ("", "gzip", "gunzip")
 
 
@@ -218,7 +217,7 @@ class _Writer:
         self._free_buffers: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
 
     def write(self, offset: int, data: bytes | bytearray) -> None:
-        if not (self._dst.plain and _is_zero(data)):
+        if not (self._dst.plain and is_zero(data)):
             self._queue(self._write, offset, data)
 
     def chunk_buffer(self) -> mmap.mmap:
@@ -260,8 +259,8 @@ class _Writer:
             if not self._dst.plain:  # encrypted whole, into the volume's own buffer
                 self._write(offset, chunk)
                 return
-            for first, past in _data_runs(chunk):  # zeros stay holes
-                self._write_plain(offset + first, chunk[first:past])
+            for first, past in data_runs([chunk], offset):  # zeros stay holes
+                self._write_plain(first, chunk[first - offset : past - offset])
             start_writeback(self._hint_fd, offset, length)
         finally:
             self._free_buffers.put(buffer)
@@ -545,33 +544,3 @@ def _clone(src: Endpoint, dst: Endpoint) -> bool:
 def _fileno(drive: Endpoint) -> int:
     assert isinstance(drive.io, PlainDriveIO)
     return drive.io.fileno()
-
-
-def _data_runs(data: memoryview) -> Iterator[tuple[int, int]]:
-    """The `(first, past)` ranges of `data` (page-aligned memory) holding something other
-    than zeros, in whole `ZERO_BLOCK`s: one vectorised pass ORs each block's 8-byte words."""
-    whole = len(data) // ZERO_BLOCK
-    words = np.frombuffer(data, dtype=np.uint64, count=whole * ZERO_BLOCK // 8)
-    blocks = np.bitwise_or.reduce(words.reshape(whole, ZERO_BLOCK // 8), axis=1) != 0
-    if len(data) % ZERO_BLOCK:  # the stream's last, short block
-        blocks = np.append(blocks, not _is_zero(data[whole * ZERO_BLOCK :]))
-    edges = np.flatnonzero(np.diff(blocks, prepend=False, append=False))
-    for first, past in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-        yield first * ZERO_BLOCK, min(past * ZERO_BLOCK, len(data))
-
-
-def _is_zero(data: bytes | bytearray | memoryview) -> bool:
-    # bytes/bytearray equality is a memcmp; memoryview equality would go item by item.
-    if isinstance(data, memoryview):
-        values = np.frombuffer(data, dtype=np.uint8)
-        # A piece of data rarely starts with 64 zero bytes: its head settles it without a scan
-        # of the whole (a twelfth of the cost of 512 KiB pieces; ~60 ms of CPU per GiB). The
-        # scan ORs 8-byte words: 35-55 GB/s where any() of the bytes does 4 (a gunzip's zero
-        # runs, a quarter of bench's image, cost 60 ms of CPU per GiB that way).
-        whole = len(values) // 8 * 8
-        return (
-            not values[:64].any()
-            and not np.bitwise_or.reduce(values[:whole].view(np.uint64))
-            and not values[whole:].any()
-        )
-    return data == (ZERO_CHUNK if len(data) == CHUNK else bytes(len(data)))

@@ -15,12 +15,15 @@ import ctypes
 import errno
 import fcntl
 import functools
+import itertools
 import mmap
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from openhosting.reverter import Reverter
 from openhosting.storage.file_writes import pwrite_all
@@ -44,6 +47,9 @@ SYNC_FILE_RANGE_WRITE = 2
 # fallocate(2) modes (linux/falloc.h): free a range's blocks, keeping the file's size.
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+# Zeros written to a plain file stay holes in blocks this big, aligned in the file (a multiple
+# of every file system's block, so a block skipped is a hole there too).
+ZERO_BLOCK = 64 * 1024
 # Errors that mean "this filesystem or kernel cannot do that", never "the data is bad".
 _UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS})
 # The file systems (st_dev) that took a direct copy's first page: later copies onto them go
@@ -71,6 +77,97 @@ def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
         past_last = min(os.lseek(fd, first, os.SEEK_HOLE), end)
         yield first, past_last
         position = past_last
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """Whether every byte of `data` is zero."""
+    values = np.frombuffer(data, dtype=np.uint8)
+    # A piece of data rarely starts with 64 zero bytes: its head settles it without a scan
+    # of the whole (a twelfth of the cost of 512 KiB pieces; ~60 ms of CPU per GiB). The
+    # scan ORs 8-byte words: 35-55 GB/s where any() of the bytes does 4 (a gunzip's zero
+    # runs, a quarter of bench's image, cost 60 ms of CPU per GiB that way).
+    whole = len(values) // 8 * 8
+    return (
+        not values[:64].any()
+        and not np.bitwise_or.reduce(values[:whole].view(np.uint64))
+        and not values[whole:].any()
+    )
+
+
+def _has_data(part: memoryview) -> bool:
+    # Data rarely starts or ends with a zero byte: those settle most parts without a scan.
+    return bool(part[0] or part[-1]) or not is_zero(part)
+
+
+def data_runs(
+    pieces: Sequence[bytes | bytearray | memoryview], position: int
+) -> Iterator[tuple[int, int]]:
+    """The `(first, past_last)` file ranges holding data when `pieces` are written one after
+    another from `position`: whole `ZERO_BLOCK`s of the file (cut at the pieces' ends) with
+    a byte other than zero, a block cut by two pieces looked at in both. The rest is zeros,
+    which a file keeps as holes. A vectorised pass per piece: 5 MiB of data in 21 pieces
+    at odd offsets (a gzip chunk's, as inflated) take ~0.1 ms."""
+    end = position + sum(len(piece) for piece in pieces)
+    if end == position:
+        return
+    first_block = position // ZERO_BLOCK
+    has_data = np.zeros(-(-end // ZERO_BLOCK) - first_block, bool)
+    at = position
+    for piece in pieces:
+        length = len(piece)
+        view = memoryview(piece)
+        index = at // ZERO_BLOCK - first_block
+        head = min(-at % ZERO_BLOCK, length)
+        whole = (length - head) // ZERO_BLOCK
+        tail = head + whole * ZERO_BLOCK
+        if head:  # the end of a block the piece before may have begun
+            has_data[index] |= _has_data(view[:head])
+            index += 1
+        if whole:
+            words = np.frombuffer(view, np.uint64, whole * ZERO_BLOCK // 8, head)
+            words = words.reshape(whole, ZERO_BLOCK // 8)
+            # A block of data rarely starts with a zero word: the first words settle most
+            # blocks of data (6 us for 5 MiB, against 100 for the OR of all their words).
+            blocks = words[:, 0] != 0
+            if not blocks.all():
+                blocks = np.bitwise_or.reduce(words, axis=1) != 0
+            has_data[index : index + whole] |= blocks
+            index += whole
+        if tail < length:  # the start of a block the next piece may end
+            has_data[index] |= _has_data(view[tail:])
+        at += length
+    edges = np.flatnonzero(np.diff(has_data, prepend=False, append=False))
+    for first, past in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+        block = first_block * ZERO_BLOCK
+        yield max(block + first * ZERO_BLOCK, position), min(block + past * ZERO_BLOCK, end)
+
+
+def split_zeros(
+    pieces: Sequence[bytes | bytearray | memoryview], position: int
+) -> Iterator[tuple[int, int, list[memoryview]]]:
+    """`pieces`, written one after another from `position`, as runs in order: `(at, length,
+    views)`, `views` the pieces' parts that make a run of data (see `data_runs`), empty
+    for a run of zeros."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    index, start = 0, position  # views[index] is written from `start`
+    done = position
+    end = position + sum(len(view) for view in views)
+    for first, past in itertools.chain(data_runs(views, position), [(end, end)]):
+        if first > done:
+            yield done, first - done, []
+        run: list[memoryview] = []
+        while index < len(views) and start < past:
+            view = views[index]
+            if start + len(view) <= first:  # all of it before the run (zeros)
+                index, start = index + 1, start + len(view)
+                continue
+            run.append(view[max(first - start, 0) : past - start])
+            if start + len(view) > past:
+                break  # the rest of this piece starts the next run
+            index, start = index + 1, start + len(view)
+        if run:
+            yield first, past - first, run
+        done = past
 
 
 def _libc_function(name: str, argtypes: list[Any]) -> Callable[[int, int, int, int], int] | None:
