@@ -64,6 +64,9 @@ class ApiSettings:
     console_novnc_dir: str = "/usr/share/novnc"
     # Seconds a dashboard sign-in lasts (its session cookie's expiry); then sign in again.
     session_seconds: int = 8 * 3600
+    # Live dashboard sessions one user may hold: a sign-in past it ends their oldest ones
+    # (a client signing in in a loop would otherwise add a row each time, kept for hours).
+    max_sessions_per_user: int = 20
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,18 @@ async def test_usage_per_day_of_the_caller_only(
 
 
 async def test_a_bad_number_of_days_is_400_usage(client: TestClient, user: NewKey) -> None:
-    for days in ("0", "367", "x", "-1"):
+    for days in ("0", "367", "x", "-1", ""):
         response = await client.get(f"/account/usage?days={days}", headers=basic_auth(user))
         assert response.status == 400, days
         assert response.headers["X-Elastic-Error"] == "usage"
+
+
+async def test_days_given_twice_is_400_usage_naming_it(client: TestClient, user: NewKey) -> None:
+    """`?days=1&days=2` took one of the two silently (200); which one was meant is unknown."""
+    for query in ("days=1&days=2", "days=7&days=7", "days=1&x=1&days=1"):
+        response = await client.get(f"/account/usage?{query}", headers=basic_auth(user))
+        assert response.status == 400, query
+        assert response.headers["X-Elastic-Error"] == "usage"
+        assert "days" in await response.text()
+    once = await client.get("/account/usage?days=1&other=1&other=2", headers=basic_auth(user))
+    assert once.status == 200  # a parameter the command does not read is not looked at

@@ -71,6 +71,8 @@ async def test_no_token_or_an_unknown_one_is_refused_401_without_basic_auth_aske
     assert (status, error) == (401, "auth") and b"Console token required" in body
     status, error, body = await refused(client, "?token=nosuchtoken")
     assert (status, error) == (401, "auth") and b"Unknown console token" in body
+    status, error, body = await refused(client, "?token=nosuchtoken&token=another")
+    assert (status, error) == (400, "usage") and b"token" in body
 
 
 async def test_a_used_or_expired_token_is_refused_and_a_stopped_servers_too(

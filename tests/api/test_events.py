@@ -91,6 +91,10 @@ async def test_bad_resume_points_are_usage_errors(client: TestClient, auth: dict
     for bad in ("abc", "-1", "9" * 40):
         response = await client.get("/events", params={"after": bad}, headers=auth)
         assert response.status == 400 and response.headers["X-Elastic-Error"] == "usage"
+    # Given twice, one of the two was taken silently: the stream began at one of them.
+    response = await client.get("/events?after=1&after=2", headers=auth)
+    assert response.status == 400 and response.headers["X-Elastic-Error"] == "usage"
+    assert "after" in await response.text()
 
 
 async def test_the_stream_needs_credentials(client: TestClient) -> None:

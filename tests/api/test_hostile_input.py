@@ -287,6 +287,40 @@ async def test_hostile_bytes_in_well_framed_requests_are_a_clear_4xx(
     assert_no_internal_error(internal_errors)
 
 
+def head_headers(head: bytes) -> dict[str, str]:
+    return dict(
+        line.decode("latin-1").split(": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        # aiohttp reads CONNECT's target as host:port even when it looks like a path.
+        (b"CONNECT example.com:443 HTTP/1.1", 405),
+        (b"CONNECT /drives/list HTTP/1.1", 405),
+        (b"CONNECT /nothing HTTP/1.1", 405),
+        (b"OPTIONS * HTTP/1.1", 405),
+        (b"TRACE /drives/list HTTP/1.1", 405),
+        (b"PROPFIND /drives/list HTTP/1.1", 405),
+        (b"PROPFIND /nothing HTTP/1.1", 404),
+    ],
+)
+async def test_unusual_methods_and_targets_answer_with_the_error_header(
+    client: TestClient, auth: dict[str, str], request_line: bytes, status: int
+) -> None:
+    """Every answer carries X-Elastic-Error: a target that is no path (CONNECT's, OPTIONS *)
+    got aiohttp's bare 404 without it. Credentials are asked for first, as for any path."""
+    auth_line = f"Authorization: {auth['Authorization']}\r\n".encode()
+    for credentials, expected in [(auth_line, status), (b"", 401)]:
+        request = request_line + b"\r\nHost: example.com\r\n" + credentials + b"\r\n"
+        got, head = await raw_exchange(client, request)
+        headers = head_headers(head)
+        assert got == expected, (request, head)
+        assert headers.get("X-Elastic-Error") == KIND_OF_STATUS[expected], (request, head)
+        assert "X-Request-Id" in headers, head
+
+
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [

@@ -189,6 +189,36 @@ async def test_beyond_the_concurrency_limit_a_job_shows_queued_then_runs(
     assert await content(client, auth, two) == await content(client, auth, src)
 
 
+@pytest.mark.parametrize("storage", [{**SLOW, "imaging_concurrency": 2}])
+async def test_another_users_small_copy_goes_before_the_rest_of_one_users_queue(
+    client: TestClient, auth: dict[str, str], other_user: NewKey, platform: Platform
+) -> None:
+    """Fair across users (store/jobs.py `claim_jobs`): once one of A's two running copies
+    ends, B's waiting copy takes its slot, before A's older queued ones. On the code before,
+    the slots went in the order asked for: B's copy waited behind A's whole queue."""
+    other = basic_auth(other_user)
+    small = await drive_with(client, other, 64 * 1024, {0: os.urandom(64 * 1024)}, "none")
+    small_dst = (await create_drive(client, other, 64 * 1024))["drive"]
+    # Dense, so that each of A's copies takes about a second at the slowed rate.
+    big = await drive_with(client, auth, 2 * MiB, {0: os.urandom(2 * MiB)}, "none")
+    dsts = [(await create_drive(client, auth, 2 * MiB))["drive"] for _ in range(4)]
+    for dst in dsts:
+        await image(client, auth, dst, big)
+    await image(client, other, small_dst, small)
+    jobs = {job.dst: job for job in platform.imaging.list_jobs()}
+    assert [jobs[dst].state for dst in dsts[2:]] == [QUEUED, QUEUED]  # A's queue waits
+    await wait_imaged(client, other, small_dst)
+    for dst in dsts:
+        await wait_imaged(client, auth, dst)
+    jobs = {job.dst: job for job in platform.imaging.list_jobs()}
+    assert all(job.state == DONE for job in jobs.values())
+    ended, last_started = jobs[small_dst].ended_at, jobs[dsts[-1]].started_at
+    assert ended is not None and last_started is not None and ended <= last_started, {
+        dst: (job.user, job.started_at, job.ended_at) for dst, job in jobs.items()
+    }
+    assert await content(client, other, small_dst) == await content(client, other, small)
+
+
 # -- busy rules --------------------------------------------------------------------------
 
 

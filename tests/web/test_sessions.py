@@ -259,3 +259,20 @@ async def test_sign_in_sign_out_and_a_sessions_changes_are_in_the_audit_trail(
         ("/dashboard/session/end", 204),
     ]
     assert trail[1].object == drive
+
+
+async def test_past_the_cap_a_sign_in_ends_the_users_oldest_sessions_only(
+    client: TestClient, platform: Platform, user: NewKey, other_user: NewKey
+) -> None:
+    """Sign-ins were unlimited: each a row kept for hours (~400 a second from one client).
+    Past `api.max_sessions_per_user` (20) the oldest end; another user's are left alone."""
+    cap = platform.config.api.max_sessions_per_user
+    assert cap == 20
+    others = await sign_in(client, other_user)
+    sessions = [await sign_in(client, user) for _ in range(cap + 3)]
+    assert len(stored_hashes(platform)) == cap + 1
+    for ended in sessions[:3]:
+        refused = await client.get("/dashboard/session", headers=ended.reads())
+        assert refused.status == 401 and refused.headers["X-Elastic-Error"] == "auth"
+    for live in [sessions[3], sessions[-1], others]:
+        assert (await client.get("/dashboard/session", headers=live.reads())).status == 200

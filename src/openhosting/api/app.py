@@ -4,11 +4,12 @@ request gets (auth, errors, request id, metrics), method rules."""
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from random import getrandbits
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from openhosting.api.abuse import AuthThrottle, TransferLimiter, UserRateLimiter
 from openhosting.api.access_log import SERVER_LOG, loggable_path
@@ -199,8 +200,35 @@ def _client_gone(request: web.Request) -> web.StreamResponse:
 
 
 async def _no_command(request: web.Request) -> web.StreamResponse:
-    """What a path that is no command answers (after authentication, as any command)."""
+    """What a path that is no command answers (after authentication, as any command); and a
+    target that is no path (`_route_targets_without_a_path`: CONNECT's, OPTIONS's `*`, the
+    only ones aiohttp's parser lets through): 405 `method`, as such a method on a command's
+    own path."""
+    if not request.path.startswith("/"):
+        raise MethodError(
+            f"{request.method} is not allowed: the API's commands are paths, asked for with "
+            "GET or POST"
+        )
     raise MissingError(f"Command {request.path} could not be found")
+
+
+def _route_targets_without_a_path(router: web.UrlDispatcher, route: web.AbstractRoute) -> None:
+    """Give `route` (the catch-all's) the requests whose target is no path: CONNECT's
+    `host:port` (aiohttp reads CONNECT's target so even when it is `/drives/list`) and
+    OPTIONS's `*`. aiohttp's router looks no route up for them and answered a bare 404,
+    without X-Elastic-Error. The router's own `resolve` is replaced by a plain function that
+    hands back its coroutine: every other request awaits no more frames than before."""
+    resolve = router.resolve
+
+    async def no_path(request: web.Request) -> UrlMappingMatchInfo:
+        return UrlMappingMatchInfo({}, route)
+
+    def resolve_any_target(request: web.Request) -> Coroutine[Any, Any, UrlMappingMatchInfo]:
+        if request.rel_url.path_safe.startswith("/"):
+            return resolve(request)
+        return no_path(request)
+
+    router.resolve = resolve_any_target  # type: ignore[method-assign]
 
 
 def full_error_of(error: BaseException) -> FullError | FailedError | None:
@@ -351,10 +379,12 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
             "*", path, _route_handler(path, False, page, metrics, verified, limiter)
         )
     # Last: any other path is no command, answered as one (401 without credentials, else
-    # 404 `missing`), counted under one label (paths are unbounded).
-    app.router.add_route(
+    # 404 `missing`), counted under one label (paths are unbounded); so is a target that is
+    # no path.
+    catch_all = app.router.add_route(
         "*",
         "/{path:(?s:.*)}",
         _route_handler(UNMATCHED, True, _no_command, metrics, verified, limiter),
     )
+    _route_targets_without_a_path(app.router, catch_all)
     return app

@@ -170,7 +170,9 @@ def open_platform(config: Config) -> Platform:
         billing=billing,
         events=events,
         consoles=consoles,
-        web_sessions=WebSessions(engine, config.api.session_seconds),
+        web_sessions=WebSessions(
+            engine, config.api.session_seconds, max_per_user=config.api.max_sessions_per_user
+        ),
         store=store,
         hosts=hosts,
         changes=changes,

@@ -35,6 +35,20 @@ def delete_session(connection: Connection, token_hash: str) -> bool:
     )
 
 
+def delete_oldest_sessions_of(connection: Connection, user: str, keep: str, live: int) -> int:
+    """Forget the sessions of `user` but `keep` and their `live - 1` newest others, so that
+    `live` are left; how many went."""
+    others = web_sessions.c.user == user, web_sessions.c.token_hash != keep
+    beyond = (
+        select(web_sessions.c.token_hash)
+        .where(*others)
+        .order_by(web_sessions.c.created.desc(), web_sessions.c.token_hash)
+        .offset(live - 1)
+    )
+    query = delete(web_sessions).where(*others, web_sessions.c.token_hash.in_(beyond))
+    return int(connection.execute(query).rowcount)
+
+
 def delete_sessions_of(connection: Connection, user: str) -> int:
     """Forget every session of `user`: how many went."""
     return connection.execute(delete(web_sessions).where(web_sessions.c.user == user)).rowcount

@@ -3,6 +3,7 @@
 from aiohttp import web
 
 from openhosting.api.context import platform_of, user_of
+from openhosting.api.query import query_parameter
 from openhosting.errors import UsageError
 from openhosting.wire.payload import Properties, PropertiesList
 
@@ -10,7 +11,9 @@ MAX_DAYS = 366
 
 
 def _days(request: web.Request) -> int:
-    text = request.query.get("days", "30")
+    text = query_parameter(request, "days")
+    if text is None:
+        return 30
     if not text.isdigit() or not 1 <= int(text) <= MAX_DAYS:
         raise UsageError(f"Invalid days {text[:20]!r}: a number of days from 1 to {MAX_DAYS}")
     return int(text)

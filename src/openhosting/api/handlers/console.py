@@ -22,6 +22,7 @@ from openhosting.api.answer_headers import prepare
 from openhosting.api.auth import AUTH_THROTTLE_KEY
 from openhosting.api.context import platform_of, session_of, user_of
 from openhosting.api.origins import foreign_origin
+from openhosting.api.query import query_parameter
 from openhosting.api.sessions import SESSION_COOKIE
 from openhosting.errors import AuthError, MethodError, UsageError
 from openhosting.services.accounts.web_sessions import SessionError, WebSession
@@ -109,7 +110,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     check_origin(request)
     ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), heartbeat=HEARTBEAT_SECONDS)
     consoles = platform_of(request).consoles
-    token = request.query.get("token", "")
+    token = query_parameter(request, "token") or ""
     signed_in = _browser_session(request)
     try:
         if not ws.can_prepare(request).ok:

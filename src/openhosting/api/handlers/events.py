@@ -13,6 +13,7 @@ from aiohttp import web
 
 from openhosting.api.answer_headers import prepare
 from openhosting.api.context import platform_of, user_of
+from openhosting.api.query import query_parameter
 from openhosting.errors import BusyError, UsageError
 from openhosting.services.events import Event, Overflowed
 
@@ -20,7 +21,7 @@ KEEPALIVE_SECONDS = 15.0
 
 
 def _resume_point(request: web.Request) -> int | None:
-    text = request.headers.get("Last-Event-ID") or request.query.get("after")
+    text = request.headers.get("Last-Event-ID") or query_parameter(request, "after")
     if text is None:
         return None
     if not text.isdigit() or len(text) > 18:

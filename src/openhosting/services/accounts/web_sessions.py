@@ -54,21 +54,34 @@ class WebSessions:
     """Open, check and end dashboard sessions."""
 
     def __init__(
-        self, engine: Engine, session_seconds: int, clock: Callable[[], float] = time.time
+        self,
+        engine: Engine,
+        session_seconds: int,
+        clock: Callable[[], float] = time.time,
+        max_per_user: int = 20,
     ) -> None:
         self._engine = engine
         self._seconds = session_seconds
         self._clock = clock
+        self._max_per_user = max(1, max_per_user)
 
     def open(self, user: str) -> tuple[str, WebSession]:
-        """A new session for `user` (already authenticated): its token and what it holds."""
+        """A new session for `user` (already authenticated): its token and what it holds.
+        Past the user's `max_per_user` live sessions, their oldest end (signed out)."""
         token = secrets.token_urlsafe(32)
         now = self._clock()
         expires = now + self._seconds
         with self._engine.begin() as connection:
             session_store.prune_expired(connection, now)
             session_store.insert_session(connection, session_hash(token), user, now, expires)
+            ended = session_store.delete_oldest_sessions_of(
+                connection, user, session_hash(token), self._max_per_user
+            )
         log.info("event=session_opened user=%s", user)
+        if ended:
+            log.info(
+                "event=sessions_ended user=%s count=%s reason=max_sessions_per_user", user, ended
+            )
         return token, WebSession(user, expires, csrf_token(token), session_hash(token))
 
     def check(self, token: str) -> WebSession:

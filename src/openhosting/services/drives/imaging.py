@@ -11,7 +11,9 @@ The rules:
   mid-job fails the job with that reason.
 - A second job into the same DST waits behind the first; a drive that is the destination of
   a pending job cannot be a source (its content is in flux), and vice versa (409 busy).
-- At most `storage.imaging_concurrency` jobs run at once on the host; the others wait.
+- At most `storage.imaging_concurrency` jobs run at once on the host; the others wait. A
+  free slot goes to the oldest waiting job of the user with the fewest jobs running
+  (store/jobs.py `claim_jobs`), so one user's queue does not hold back everyone else's.
 - DST's info shows `imaging queued`, then `imaging NN%`; the key is absent when nothing is
   pending. After a failure it shows `imaging:error REASON` until another job into it starts.
 - Each job is a row (store/jobs.py), run by the daemon that claims it (`FOR UPDATE SKIP
