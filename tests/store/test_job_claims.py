@@ -6,11 +6,13 @@ PostgreSQL never take the same job."""
 
 import threading
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
 
 from openhosting.store import jobs as job_store
+from openhosting.store.database import open_engine
 from openhosting.store.jobs import DONE, QUEUED, RUNNING
 
 NOW = 1_000_000.0
@@ -102,9 +104,17 @@ def test_a_job_whose_lease_ran_out_is_claimed_again_and_not_counted_as_running(
     assert job is not None and (job.state, job.owner, job.attempts) == (RUNNING, "daemon-2", 2)
 
 
-def test_daemons_claiming_at_once_never_take_one_job_twice(engine: Engine) -> None:
-    if engine.dialect.name == "sqlite":
-        pytest.skip("one daemon per SQLite file; it claims in one writer's transactions")
+@pytest.fixture
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    """PostgreSQL only: one daemon per SQLite file, which claims in one writer's
+    transactions; several daemons share a PostgreSQL."""
+    opened = open_engine(postgres_url)
+    yield opened
+    opened.dispose()
+
+
+def test_daemons_claiming_at_once_never_take_one_job_twice(postgres_engine: Engine) -> None:
+    engine = postgres_engine
     queued = {queue(engine, user) for user in (A, B, C) for _ in range(10)}
     taken: dict[str, list[int]] = {}
     start = threading.Barrier(4)
