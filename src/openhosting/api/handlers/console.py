@@ -8,11 +8,15 @@ dashboard session (services/servers/consoles.py says which tokens are bound to w
 does not work counts as a failed login of its address. Every refusal
 is an HTTP answer before any upgrade, so no RFB byte flows to a refused client. The daemon
 has logged in to the server's VNC before the upgrade; the browser is greeted with RFB
-without authentication (vnc/rfb.py), then the two streams are joined.
+without authentication (vnc/rfb.py), then the two streams are joined. A console opened with a
+dashboard session's token lasts no longer than that session (signed out, expired, ended by a
+key rotation): the session is looked up again as the console runs.
 """
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
@@ -37,6 +41,9 @@ SUBPROTOCOL = "binary"
 HEARTBEAT_SECONDS = 30.0
 # What the browser may take for its side of the RFB greeting (noVNC answers at once).
 GREETING_SECONDS = 15.0
+# A console of a dashboard session ends within this once the session has ended: how often
+# the session is looked up again (one indexed read).
+SESSION_CHECK_SECONDS = 5.0
 
 
 class OriginError(AuthError):
@@ -134,8 +141,17 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             return ws
         if browser.buffer:  # what the browser sent past its greeting (its ClientInit)
             await session.write(browser.buffer)
-        await _bridge(ws, session)
+        await _bridge(ws, session, _session_end(request, grant.session))
     return ws
+
+
+async def _session_end(request: web.Request, session_id: str | None) -> str:
+    """Return once the dashboard session `session_id` has ended (never for None: a bearer
+    token's console is not a session's)."""
+    web_sessions = platform_of(request).web_sessions
+    while session_id is None or web_sessions.live(session_id):
+        await asyncio.sleep(SESSION_CHECK_SECONDS)
+    return session_id
 
 
 class WebSocketStream:
@@ -159,17 +175,25 @@ class WebSocketStream:
         await self._ws.send_bytes(data)
 
 
-async def _bridge(ws: web.WebSocketResponse, session: ConsoleSession) -> None:
-    """Carry bytes both ways until either side closes or the session is ended."""
+async def _bridge(
+    ws: web.WebSocketResponse, session: ConsoleSession, signed_out: Coroutine[Any, Any, str]
+) -> None:
+    """Carry bytes both ways until either side closes, the session is ended, or
+    `signed_out` returns (the dashboard session the console belongs to has ended)."""
     to_vnc = asyncio.create_task(_browser_to_vnc(ws, session))
     to_browser = asyncio.create_task(_vnc_to_browser(ws, session))
+    watch = asyncio.create_task(signed_out)
+    tasks = (to_vnc, to_browser, watch)
     try:
-        done, _ = await asyncio.wait((to_vnc, to_browser), return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (to_vnc, to_browser):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(to_vnc, to_browser, return_exceptions=True)
-    if to_browser in done:  # VNC ended first: the server stopped (or its VNC went)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if watch in done and watch.exception() is None:
+        log.info("event=console_session_ended server=%s reason=signed_out", session.server)
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"The dashboard session ended")
+    elif to_browser in done:  # VNC ended first: the server stopped (or its VNC went)
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"The server's console ended")
     else:
         await ws.close()
