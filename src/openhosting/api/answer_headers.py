@@ -1,5 +1,5 @@
-"""What every answer's headers carry, set as they go: its request's id (X-Request-Id), and no
-Basic challenge for the dashboard's requests.
+"""What every answer's headers carry, set as they go: its request's id (X-Request-Id),
+`X-Content-Type-Options: nosniff`, and no Basic challenge for the dashboard's requests.
 
 Answers a handler returns get them from the route's composed handler (api/app.py); answers a
 handler sends itself (streams, WebSockets) must be started with `prepare` below. (Not an
@@ -22,6 +22,10 @@ def stamp(
         request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
+    # Every answer is read as the type it says: a drive's bytes, an echoed path or a user's
+    # names are never taken by a browser for a page or a script of the daemon's origin (which
+    # the dashboard's `script-src 'self'` would run).
+    response.headers["X-Content-Type-Options"] = "nosniff"
     drop_basic_challenge(request, response)
 
 
