@@ -2,7 +2,8 @@
 of it (docs/security.md, "The dashboard's page"): names set through the API to markup and
 script are shown as text on every page and never run; an answer of the daemon's own origin
 holding a user's bytes is never run as a script (the page's CSP allows 'self'). Each payload
-sets `window.PWNED`: the test asserts it never did."""
+sets `window.PWNED`: the test asserts it never did. What the page read stays in no cache
+the next user of the browser could read after the sign-out."""
 
 from collections.abc import Iterator
 
@@ -11,7 +12,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 
 from testbed.daemon_process import Api, Daemon, running_daemon
-from tests.browser.dashboard_helpers import signed_in, visible, wait_for
+from tests.browser.dashboard_helpers import sign_out, signed_in, visible, wait_for
 
 PAYLOADS = (
     "<img src=x onerror=\"window.PWNED='img'\">",
@@ -89,3 +90,24 @@ def test_a_drives_bytes_are_never_run_as_a_script_of_the_dashboard(
     )
     assert loaded == "refused"
     assert pwned(browser) is None
+
+
+def test_what_the_page_read_is_not_in_the_browsers_cache_after_the_sign_out(
+    browser: webdriver.Chrome, daemon: Daemon
+) -> None:
+    """Chromium kept the dashboard's reads in its cache (on disk in the profile): after the
+    sign-out, the servers' list with their VNC passwords was read back from it, with no
+    request to the daemon."""
+    api = Api(daemon, daemon.url)
+    api.properties("/servers/create/stopped", b"name cached\ncpu 500\nmem 64\nvnc:password s3cr3t")
+    signed_in(browser, daemon.url, daemon)
+    wait_for(browser, lambda b: "cached" in b.find_element(By.ID, "servers").text)
+    sign_out(browser)
+    from_cache = browser.execute_async_script(
+        """const done = arguments[0];
+        fetch("/servers/info", {cache: "only-if-cached", mode: "same-origin",
+                                headers: {Accept: "application/json"}})
+          .then(async (r) => done(`${r.status} ${await r.text()}`), (e) => done(`none: ${e}`));"""
+    )
+    assert from_cache.startswith("none:"), from_cache
+    assert "s3cr3t" not in from_cache
