@@ -238,6 +238,24 @@ async def test_a_sessions_event_stream_ends_when_the_session_does(
             stream.close()
 
 
+async def test_a_stream_opened_with_a_key_ends_when_the_key_is_rotated(
+    client: TestClient, platform: Platform, user: NewKey, other_user: NewKey
+) -> None:
+    rotated = await client.get("/events", headers=basic_auth(user))
+    other = await client.get("/events", headers=basic_auth(other_user))
+    try:
+        assert (rotated.status, other.status) == (200, 200)
+        platform.accounts.rotate_key(user.uuid)
+        for key in (user, other_user):
+            platform.events.publish(key.uuid, "drive", key.uuid, "changed")
+        assert await EventReader(rotated).next() is None
+        _, _, data = await EventReader(other).next()  # another user's key is unchanged
+        assert data["change"] == "changed"
+    finally:
+        rotated.close()
+        other.close()
+
+
 async def test_an_idle_sessions_event_stream_ends_at_its_keep_alive_once_signed_out(
     client: TestClient, user: NewKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
