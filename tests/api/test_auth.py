@@ -182,3 +182,35 @@ async def test_verified_headers_keep_no_secret_in_the_clear(
     kept = repr(vars(verified)).encode() + b"".join(verified._users)
     for secret in (user.secret, header, header.split()[1]):
         assert secret.encode() not in kept
+
+
+async def test_a_change_with_basic_credentials_from_another_sites_page_is_refused(
+    client: TestClient, user: NewKey
+) -> None:
+    """A browser keeps the Basic credentials it once typed for the daemon and sends them by
+    itself with another site's form posts (tests/browser/test_basic_csrf.py): such a change
+    is 403 auth and does nothing, as with the dashboard's cookie. API clients, which send
+    neither header, and the daemon's own origin are not refused."""
+    auth = basic_auth(user)
+    for forged in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},  # a sibling host of the same site
+    ):
+        response = await client.post(
+            "/drives/create", data="name forged\nsize 1M", headers={**auth, **forged}
+        )
+        assert response.status == 403, forged
+        assert response.headers["X-Elastic-Error"] == "auth"
+    listed = await client.get("/drives/list", headers=auth)
+    assert await listed.text() == ""
+    own = {"Origin": str(client.make_url("")).rstrip("/"), "Sec-Fetch-Site": "same-origin"}
+    for headers in ({}, own):
+        response = await client.post(
+            "/drives/create", data="name kept\nsize 1M", headers={**auth, **headers}
+        )
+        assert response.status == 200, await response.text()
+    # Reads are not changes: a page of another site may not read their answers anyway.
+    read = await client.get("/drives/list", headers={**auth, "Sec-Fetch-Site": "cross-site"})
+    assert read.status == 200

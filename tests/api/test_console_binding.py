@@ -9,12 +9,17 @@ The servers run on the fake hypervisor: what is checked here ends before VNC is 
 Nothing listens for the daemon on the fake's VNC ports (or another test's QEMU does, with
 another password), so a token that passes these checks meets 409 busy, used up."""
 
+import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientWebSocketResponse as ClientWS
+from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient
 
+from openhosting.api.handlers import console as console_handler
 from openhosting.config import Config
 from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.accounts.web_sessions import session_hash
@@ -134,3 +139,81 @@ async def test_another_sites_page_cannot_ask_for_a_token_with_the_victims_sessio
     status, _, _ = await refused(client, f"?token={token}", headers)
     assert status == 403 and token_row(platform, token).used_at is None
     assert time.time() < token_row(platform, token).expires
+
+
+@pytest.fixture
+def vnc_stand_in(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The server's VNC, as the bridge sees it once logged in: a loopback peer that sends
+    nothing of its own (the fake hypervisor has no VNC)."""
+    peers: list[asyncio.StreamWriter] = []
+
+    async def logged_in(
+        server: str, target: object
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peers.append(writer)
+
+        listener = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        opened = await asyncio.open_connection("127.0.0.1", port)
+        listener.close()
+        return opened
+
+    monkeypatch.setattr(platform.consoles, "_log_in", logged_in)
+    monkeypatch.setattr(console_handler, "ACCESS_CHECK_SECONDS", 0.1, raising=False)
+    yield
+    for peer in peers:
+        peer.close()
+
+
+async def open_console(client: TestClient, token: str, headers: dict[str, str]) -> ClientWS:
+    """The page's WebSocket, through the RFB greeting (no authentication, as noVNC)."""
+    ws = await client.ws_connect(
+        f"/console/websocket?token={token}", protocols=("binary",), headers=headers
+    )
+    assert (await ws.receive_bytes(timeout=5)).startswith(b"RFB 003.008")
+    await ws.send_bytes(b"RFB 003.008\n")
+    assert await ws.receive_bytes(timeout=5) == b"\x01\x01"  # one type: none
+    await ws.send_bytes(b"\x01")
+    assert await ws.receive_bytes(timeout=5) == b"\x00\x00\x00\x00"  # passed
+    await ws.send_bytes(b"\x01")  # ClientInit
+    return ws
+
+
+async def test_a_console_ends_when_its_session_does_or_the_key_is_rotated(
+    client: TestClient, platform: Platform, user: NewKey, vnc_stand_in: None
+) -> None:
+    """A console outlived what opened it: signed out, or the key rotated because it (or the
+    session) was stolen, the open console still typed into the server; and a token asked
+    with the old key still opened one after the rotation."""
+    server = await running_server(client, user)
+    signed_out, rotated = await sign_in(client, user), await sign_in(client, user)
+    consoles = []
+    for session in (signed_out, rotated):
+        token = await dashboard_token(client, session, server)
+        consoles.append(await open_console(client, token, session.reads()))
+
+    async def bearer_token() -> str:
+        response = await client.post(f"/servers/{server}/console", headers=basic_auth(user))
+        assert response.status == 200, await response.text()
+        return parse_properties(await response.text())["token"]
+
+    bearer = await open_console(client, await bearer_token(), {})
+    unused = await bearer_token()
+    try:
+        assert (await client.post("/dashboard/session/end", headers=signed_out.changes())).ok
+        closed = await consoles[0].receive(timeout=5)
+        assert closed.type is WSMsgType.CLOSE, closed
+        assert closed.data == WSCloseCode.POLICY_VIOLATION
+        assert closed.extra.startswith("Signed out")
+        assert not consoles[1].closed and not bearer.closed
+
+        platform.accounts.rotate_key(user.uuid)
+        for ws in (consoles[1], bearer):
+            closed = await ws.receive(timeout=5)
+            assert (closed.type, closed.data) == (WSMsgType.CLOSE, WSCloseCode.POLICY_VIOLATION)
+        status, error, _ = await refused(client, f"?token={unused}")
+        assert (status, error) == (401, "auth")
+    finally:
+        for ws in (*consoles, bearer):
+            await ws.close()

@@ -4,15 +4,18 @@ session stored hashed, CSRF, and one user's session against another's objects.""
 import hashlib
 import time
 
+import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select, update
 
+from openhosting.api.handlers import events as events_handler
 from openhosting.api.sessions import SESSION_COOKIE
 from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform
 from openhosting.store import audit as audit_store
 from openhosting.store.tables import web_sessions
 from tests.api.event_stream import EventReader
+from tests.conftest import basic_auth
 from tests.web.session_helpers import SignedIn, sign_in
 
 
@@ -204,6 +207,66 @@ async def test_a_sessions_event_stream_carries_its_users_changes_only(
         mallorys = (await own.json())["drive"]
         _, first, _ = await events.until(lambda data: data["type"] == "drive")
         assert first["object"] == mallorys != alices
+    finally:
+        stream.close()
+
+
+async def test_a_sessions_event_stream_ends_when_the_session_does(
+    client: TestClient, platform: Platform, user: NewKey
+) -> None:
+    """A stream opened with the cookie outlived the session: after sign-out, or the key
+    rotated because the cookie was stolen, it still carried every change of the user's."""
+    signed_out = await sign_in(client, user)
+    rotated = await sign_in(client, user)
+    streams = [await client.get("/events", headers=s.reads()) for s in (signed_out, rotated)]
+    try:
+        assert [stream.status for stream in streams] == [200, 200]
+        readers = [EventReader(stream) for stream in streams]
+        ended = await client.post("/dashboard/session/end", headers=signed_out.changes())
+        assert ended.status == 204
+        made = await client.post("/drives/create", data="size 1M", headers=basic_auth(user))
+        assert made.status == 200
+        assert await readers[0].next() is None  # ended, the drive's event not sent
+        _, _, data = await readers[1].next()  # the other session's stream goes on
+        assert (data["type"], data["change"]) == ("drive", "created")
+
+        platform.accounts.rotate_key(user.uuid)
+        platform.events.publish(user.uuid, "drive", data["object"], "changed")
+        assert await readers[1].next() is None
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+async def test_a_stream_opened_with_a_key_ends_when_the_key_is_rotated(
+    client: TestClient, platform: Platform, user: NewKey, other_user: NewKey
+) -> None:
+    rotated = await client.get("/events", headers=basic_auth(user))
+    other = await client.get("/events", headers=basic_auth(other_user))
+    try:
+        assert (rotated.status, other.status) == (200, 200)
+        platform.accounts.rotate_key(user.uuid)
+        for key in (user, other_user):
+            platform.events.publish(key.uuid, "drive", key.uuid, "changed")
+        assert await EventReader(rotated).next() is None
+        _, _, data = await EventReader(other).next()  # another user's key is unchanged
+        assert data["change"] == "changed"
+    finally:
+        rotated.close()
+        other.close()
+
+
+async def test_an_idle_sessions_event_stream_ends_at_its_keep_alive_once_signed_out(
+    client: TestClient, user: NewKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events_handler, "KEEPALIVE_SECONDS", 0.2)
+    session = await sign_in(client, user)
+    stream = await client.get("/events", headers=session.reads())
+    try:
+        assert stream.status == 200
+        ended = await client.post("/dashboard/session/end", headers=session.changes())
+        assert ended.status == 204
+        assert await EventReader(stream).next(timeout=5.0) is None
     finally:
         stream.close()
 

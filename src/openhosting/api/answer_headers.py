@@ -1,5 +1,6 @@
-"""What every answer's headers carry, set as they go: its request's id (X-Request-Id), and no
-Basic challenge for the dashboard's requests.
+"""What every answer's headers carry, set as they go: its request's id (X-Request-Id),
+`X-Content-Type-Options: nosniff`, `Cache-Control: no-store` unless the handler chose its
+own, and no Basic challenge for the dashboard's requests.
 
 Answers a handler returns get them from the route's composed handler (api/app.py); answers a
 handler sends itself (streams, WebSockets) must be started with `prepare` below. (Not an
@@ -22,6 +23,15 @@ def stamp(
         request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
+    # Every answer is read as the type it says: a drive's bytes, an echoed path or a user's
+    # names are never taken by a browser for a page or a script of the daemon's origin (which
+    # the dashboard's `script-src 'self'` would run).
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # A user's objects (servers' VNC passwords among them) stay in no browser's cache: the
+    # dashboard's reads were kept on disk, and readable from the cache after the sign-out.
+    # Public files (the pages, noVNC) say how they may be kept.
+    if "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store"
     drop_basic_challenge(request, response)
 
 

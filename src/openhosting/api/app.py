@@ -44,7 +44,7 @@ from openhosting.api.routes import (
     canonical_path,
     unavailable,
 )
-from openhosting.api.sessions import drop_basic_challenge
+from openhosting.api.sessions import check_same_origin, drop_basic_challenge
 from openhosting.api.verified_headers import VerifiedHeaders
 from openhosting.errors import (
     ApiError,
@@ -252,6 +252,10 @@ def _command_handler(route: Route, handler: Handler) -> Serve:
         async def change(request: web.Request) -> web.StreamResponse:
             if request.method != "POST":
                 raise MethodError(f"{request.method} is not allowed on {request.path}: use POST")
+            # Basic credentials too: a browser that once answered the daemon's Basic challenge
+            # sends them by itself with another site's form posts. API clients send neither
+            # Origin nor Sec-Fetch-Site, and the daemon grants no CORS to any page.
+            check_same_origin(request)
             return await _audited(request, route, handler)
 
         return change

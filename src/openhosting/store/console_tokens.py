@@ -37,3 +37,8 @@ def prune_expired(connection: Connection, now: float) -> int:
     return connection.execute(
         delete(console_tokens).where(console_tokens.c.expires <= now)
     ).rowcount
+
+
+def delete_tokens_of(connection: Connection, user: str) -> int:
+    """Forget every token of `user` (their key was rotated); how many went."""
+    return connection.execute(delete(console_tokens).where(console_tokens.c.user == user)).rowcount

@@ -8,11 +8,15 @@ dashboard session (services/servers/consoles.py says which tokens are bound to w
 does not work counts as a failed login of its address. Every refusal
 is an HTTP answer before any upgrade, so no RFB byte flows to a refused client. The daemon
 has logged in to the server's VNC before the upgrade; the browser is greeted with RFB
-without authentication (vnc/rfb.py), then the two streams are joined.
+without authentication (vnc/rfb.py), then the two streams are joined. A console lasts no
+longer than what let it open (api/lasting_access.py): its user's key (rotated: it ends), and
+the dashboard session its token was bound to (signed out or expired: it ends).
 """
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
@@ -21,6 +25,7 @@ from openhosting.api.abuse import AuthLockedOutError
 from openhosting.api.answer_headers import prepare
 from openhosting.api.auth import AUTH_THROTTLE_KEY
 from openhosting.api.context import platform_of, session_of, user_of
+from openhosting.api.lasting_access import Access, access_now, still_holds
 from openhosting.api.origins import foreign_origin
 from openhosting.api.query import query_parameter
 from openhosting.api.sessions import SESSION_COOKIE
@@ -37,6 +42,9 @@ SUBPROTOCOL = "binary"
 HEARTBEAT_SECONDS = 30.0
 # What the browser may take for its side of the RFB greeting (noVNC answers at once).
 GREETING_SECONDS = 15.0
+# A console ends within this once its user's key is rotated or its dashboard session has
+# ended: how often they are looked up again (one or two indexed reads).
+ACCESS_CHECK_SECONDS = 5.0
 
 
 class OriginError(AuthError):
@@ -122,6 +130,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except ConsoleTokenError as error:
         await _token_failed(request, error)
         raise
+    access = access_now(platform_of(request), grant.user, grant.session)
     async with consoles.open_session(grant) as session:
         await prepare(request, ws)
         browser = WebSocketStream(ws)
@@ -134,8 +143,15 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             return ws
         if browser.buffer:  # what the browser sent past its greeting (its ClientInit)
             await session.write(browser.buffer)
-        await _bridge(ws, session)
+        await _bridge(ws, session, _access_ends(request, access))
     return ws
+
+
+async def _access_ends(request: web.Request, access: Access) -> None:
+    """Return once `access` no longer holds (the key rotated, the session ended)."""
+    platform = platform_of(request)
+    while still_holds(platform, access):
+        await asyncio.sleep(ACCESS_CHECK_SECONDS)
 
 
 class WebSocketStream:
@@ -159,17 +175,28 @@ class WebSocketStream:
         await self._ws.send_bytes(data)
 
 
-async def _bridge(ws: web.WebSocketResponse, session: ConsoleSession) -> None:
-    """Carry bytes both ways until either side closes or the session is ended."""
+async def _bridge(
+    ws: web.WebSocketResponse, session: ConsoleSession, shut_out: Coroutine[Any, Any, None]
+) -> None:
+    """Carry bytes both ways until either side closes, the session is ended, or `shut_out`
+    returns (the access that opened the console no longer holds)."""
     to_vnc = asyncio.create_task(_browser_to_vnc(ws, session))
     to_browser = asyncio.create_task(_vnc_to_browser(ws, session))
+    watch = asyncio.create_task(shut_out)
+    tasks = (to_vnc, to_browser, watch)
     try:
-        done, _ = await asyncio.wait((to_vnc, to_browser), return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (to_vnc, to_browser):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(to_vnc, to_browser, return_exceptions=True)
-    if to_browser in done:  # VNC ended first: the server stopped (or its VNC went)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if watch in done and watch.exception() is None:
+        log.info("event=console_shut_out server=%s user=%s", session.server, session.user)
+        await ws.close(
+            code=WSCloseCode.POLICY_VIOLATION,
+            message=b"Signed out: the dashboard session ended or the key was rotated",
+        )
+    elif to_browser in done:  # VNC ended first: the server stopped (or its VNC went)
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"The server's console ended")
     else:
         await ws.close()

@@ -5,6 +5,10 @@ Each event is one `id:`/`event:`/`data:` block; `data` is a JSON object (`id`, `
 `Last-Event-ID` (browsers' EventSource does) or `?after=ID` first gets the events it missed,
 as far as the daemon still remembers them. A comment line every few seconds keeps proxies
 from closing an idle stream and lets the daemon notice a client that has gone.
+
+A stream lasts only as long as what opened it (api/lasting_access.py): once the user's key is
+rotated, or the dashboard session whose cookie opened it is signed out or expired, it ends (at
+the next event, before sending it, or the next keep-alive), as a new request would be refused.
 """
 
 import json
@@ -12,7 +16,8 @@ import json
 from aiohttp import web
 
 from openhosting.api.answer_headers import prepare
-from openhosting.api.context import platform_of, user_of
+from openhosting.api.context import platform_of, session_of, user_of
+from openhosting.api.lasting_access import access_now, still_holds
 from openhosting.api.query import query_parameter
 from openhosting.errors import BusyError, UsageError
 from openhosting.services.events import Event, Overflowed
@@ -36,7 +41,10 @@ def _block(event: Event) -> bytes:
 
 async def stream(request: web.Request) -> web.StreamResponse:
     after = _resume_point(request)
-    events = platform_of(request).events
+    platform = platform_of(request)
+    events = platform.events
+    session = session_of(request)
+    access = access_now(platform, user_of(request), session.id if session else None)
     try:
         subscription = events.subscribe(user_of(request), after)
     except OverflowError as error:
@@ -55,12 +63,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
             try:
                 event = await subscription.next_event(KEEPALIVE_SECONDS)
             except TimeoutError:
+                if not still_holds(platform, access):
+                    break
                 await response.write(b": keep-alive\n\n")
                 continue
             except Overflowed:
                 await response.write(b"event: overflow\ndata: {}\n\n")
                 break
-            if event is None:  # the daemon is stopping
+            if event is None or not still_holds(platform, access):  # stopping; shut out
                 break
             # Whatever else is waiting goes in the same write: a busy feed costs one write
             # per wake-up, not per event.

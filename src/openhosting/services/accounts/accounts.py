@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from openhosting.errors import AuthError, BusyError, MissingError
 from openhosting.model.common import parse_name
+from openhosting.store import console_tokens as console_token_store
 from openhosting.store import users as user_store
 from openhosting.store import web_sessions as web_session_store
 from openhosting.store.platform_key import derive_key, keyed_hash
@@ -97,9 +98,17 @@ class Accounts:
         if stored is None or not matches:
             raise AuthError("Authentication failed: wrong user UUID or secret API key")
 
+    def key_version(self, uuid: str) -> str | None:
+        """What changes whenever the user's key is rotated (its stored hash); None once the
+        user is gone. What an event stream or a console opened with the key checks as it
+        runs."""
+        version: str | None = self._reader.scalar(user_store.KEY_HASH_BY_UUID, uuid=uuid)
+        return version
+
     def rotate_key(self, uuid: str) -> NewKey:
-        """A new key for the user; the old one, and every dashboard session signed in with
-        it, stop working (a key is rotated because it may have leaked)."""
+        """A new key for the user; the old one, every dashboard session signed in with it,
+        and every console token asked with it, stop working (a key is rotated because it may
+        have leaked)."""
         key = NewKey(uuid, new_secret())
         with self._engine.begin() as connection:
             if not user_store.update_user(
@@ -107,6 +116,7 @@ class Accounts:
             ):
                 raise MissingError(f"User {uuid} could not be found")
             web_session_store.delete_sessions_of(connection, uuid)
+            console_token_store.delete_tokens_of(connection, uuid)
         return key
 
     def delete_user(self, uuid: str) -> None:

@@ -95,6 +95,14 @@ class WebSessions:
         user, expires = found
         return WebSession(user, expires, csrf_token(token), session_hash(token))
 
+    def live(self, session_id: str) -> bool:
+        """Whether the session `session_id` (a WebSession's id) is still live: not signed out,
+        expired, or ended by its user's key rotation or deletion. What a stream opened with
+        the session's cookie asks as it goes: the cookie was checked only when it opened."""
+        with self._engine.connect() as connection:
+            found = session_store.live_session(connection, session_id, self._clock())
+        return found is not None
+
     def end(self, token: str) -> None:
         """Sign the session `token` out, so that its cookie opens nothing any more."""
         with self._engine.begin() as connection:

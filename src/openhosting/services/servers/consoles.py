@@ -54,10 +54,13 @@ class ConsoleTokenError(AuthError):
 
 @dataclass(frozen=True)
 class ConsoleGrant:
-    """What a used token opens: the console of `server`, for `user`."""
+    """What a used token opens: the console of `server`, for `user`; `session`, the id of
+    the dashboard session the token was bound to (None: a bearer token), which the console
+    lasts no longer than."""
 
     server: str
     user: str
+    session: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ class Consoles:
         if not used:
             reason = "used" if row.used_at is not None else "expired"
             raise ConsoleTokenError(f"Console token {reason}: ask POST /servers/S/console again")
-        return ConsoleGrant(server=row.server, user=row.user)
+        return ConsoleGrant(server=row.server, user=row.user, session=row.session_hash)
 
     # -- sessions ----------------------------------------------------------------------
 
