@@ -90,10 +90,23 @@ def main() -> int:
             except Exception as error:  # a campaign that breaks is a finding, not the end
                 result = CampaignResult(name, violations=[f"the campaign failed: {error!r}"])
                 traceback.print_exc()
+                print_log_tails(work_dir)
         result.notes.append(f"{time.monotonic() - started:.0f} s")
         results.append(result)
     print(render_table(results), flush=True)
     return 1 if any(result.violations for result in results) else 0
+
+
+# Lines of each daemon log a failed campaign leaves, printed before its directory goes: the
+# daemon's side of the failure (a refused connection says only that it was not listening).
+LOG_TAIL_LINES = 40
+
+
+def print_log_tails(work_dir: Path) -> None:
+    for log in sorted(work_dir.rglob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        print(f"--- the last {len(lines)} lines of {log.relative_to(work_dir)}:", flush=True)
+        print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":
