@@ -394,16 +394,21 @@ async def test_the_api_answers_promptly_while_two_jobs_run(
     targets = [(await create_drive(client, auth, 32 * MiB))["drive"] for _ in range(2)]
     for src, dst in zip(sources, targets, strict=True):
         await image(client, auth, dst, src, "gzip")
-    slowest, answered = 0.0, 0
-    while "imaging" in (await drive_info(client, auth, targets[0])) and answered < 2000:
+    took: list[float] = []
+    while "imaging" in (await drive_info(client, auth, targets[0])) and len(took) < 2000:
         started = time.monotonic()
         response = await client.get("/drives/list", headers=auth)
         assert response.status == 200
-        slowest = max(slowest, time.monotonic() - started)
-        answered += 1
+        took.append(time.monotonic() - started)
     await wait_imaged(client, auth, targets[1])
-    assert answered > 0
-    assert slowest < 0.5, f"a listing took {slowest:.3f} s while two jobs ran"
+    assert took
+    # A job's work on the event loop would hold every listing behind it; one listing slowed
+    # by the machine (two test workers and a guest on two cores) is not that: it once took
+    # 0.53 s in a full run, 9-42 ms alone. So most listings must be quick, none very slow.
+    took.sort()
+    most = took[int(len(took) * 0.95)]
+    assert most < 0.25, f"a twentieth of the listings took over {most:.3f} s while two jobs ran"
+    assert took[-1] < 2, f"a listing took {took[-1]:.3f} s while two jobs ran"
 
 
 # -- no turn of the event loop around a job's bytes ---------------------------------------
