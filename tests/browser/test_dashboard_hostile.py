@@ -111,3 +111,15 @@ def test_what_the_page_read_is_not_in_the_browsers_cache_after_the_sign_out(
     )
     assert from_cache.startswith("none:"), from_cache
     assert "s3cr3t" not in from_cache
+
+
+@pytest.mark.parametrize("name", ["constructor", "__proto__", "toString"])
+def test_an_address_naming_a_property_of_every_object_shows_the_servers(
+    browser: webdriver.Chrome, daemon: Daemon, name: str
+) -> None:
+    """`#constructor` matched a key every object inherits and showed no section at all."""
+    signed_in(browser, daemon.url, daemon)
+    browser.get(f"{daemon.url}/#{name}")
+    browser.refresh()
+    wait_for(browser, lambda b: visible(b, "servers-section"))
+    sign_out(browser)

@@ -130,7 +130,8 @@ function removeRow(body, selector, empty) {
   $(empty).hidden = body.children.length > 0;
 }
 
-const sections = {};
+// No prototype: `#constructor` or `#__proto__` in the address must not name a section.
+const sections = Object.create(null);
 
 function showSection(name) {
   for (const section of document.querySelectorAll("main > section")) {
