@@ -281,6 +281,37 @@ async def test_rotating_the_key_ends_the_users_sessions(
     assert (await client.get("/drives/list", headers=others.reads())).status == 200
 
 
+@pytest.mark.parametrize("ended_by", ["rotation", "expiry", "sign-out elsewhere"])
+async def test_a_cookie_that_opens_nothing_is_deleted_with_its_401(
+    client: TestClient, platform: Platform, user: NewKey, ended_by: str
+) -> None:
+    """Kept, a dead cookie came with every later page load, each counted as a failed login
+    of the address (throttling the user's own sign-in with the right key)."""
+    session = await sign_in(client, user)
+    if ended_by == "rotation":
+        platform.accounts.rotate_key(user.uuid)
+    elif ended_by == "expiry":
+        with platform.engine.begin() as connection:
+            connection.execute(update(web_sessions).values(expires=time.time() - 1))
+    else:
+        await client.post("/dashboard/session/end", headers=session.changes())
+        client.session.cookie_jar.clear()
+    refused = await client.get("/drives/list", headers=session.reads())
+    assert refused.status == 401
+    assert f'{SESSION_COOKIE}=""' in refused.headers["Set-Cookie"]
+    assert "Max-Age=0" in refused.headers["Set-Cookie"]
+
+
+async def test_a_live_cookie_beside_wrong_basic_credentials_is_kept(
+    client: TestClient, user: NewKey
+) -> None:
+    session = await sign_in(client, user)
+    wrong = await client.get("/drives/list", headers={**session.reads(), **basic_auth(user, "x")})
+    assert wrong.status == 401  # the Basic credentials failed, not the cookie
+    assert "Set-Cookie" not in wrong.headers
+    assert (await client.get("/drives/list", headers=session.reads())).status == 200
+
+
 async def test_a_deleted_users_session_opens_nothing(
     client: TestClient, platform: Platform, user: NewKey
 ) -> None:

@@ -11,7 +11,7 @@ SameSite=Strict as well, so a browser does not even send it from another site.
 
 import hmac
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from openhosting.api.context import platform_of
 from openhosting.api.origins import foreign_origin
@@ -58,8 +58,15 @@ def check_csrf(request: web.Request, session: WebSession) -> None:
 
 def drop_basic_challenge(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """The dashboard's requests get no `WWW-Authenticate: Basic`: a browser would answer it
-    with its own password dialog instead of letting the page show the error."""
-    if "WWW-Authenticate" in response.headers and (
-        SESSION_COOKIE in request.cookies or request.headers.get("X-Requested-With")
-    ):
+    with its own password dialog instead of letting the page show the error. A session
+    cookie that opened nothing (signed out elsewhere, expired, its key rotated) is deleted
+    with the 401 that refuses it: kept, the browser sent it with every later load, each
+    counted as a failed login of its address, which throttled the user's own sign-in."""
+    if "WWW-Authenticate" not in response.headers:
+        return
+    if SESSION_COOKIE in request.cookies:
+        response.headers.popall("WWW-Authenticate", None)
+        if hdrs.AUTHORIZATION not in request.headers:  # the cookie was what failed
+            response.del_cookie(SESSION_COOKIE, path="/")
+    elif request.headers.get("X-Requested-With"):
         response.headers.popall("WWW-Authenticate", None)
