@@ -80,6 +80,8 @@ async def test_a_dashboard_token_opens_only_with_the_cookie_of_the_session_that_
     # The page's plain GET says why in words, without using the token up either.
     said = await client.get(f"/console/websocket?token={token}", headers=thief.reads())
     assert said.status == 401 and "another dashboard session" in await said.text()
+    # The token failed, not the live cookie beside it: kept (the dashboard stays signed in).
+    assert "Set-Cookie" not in said.headers
     assert token_row(platform, token).used_at is None
 
     # A signed-out session's cookie opens nothing any more.

@@ -9,7 +9,13 @@ import logging
 from aiohttp import hdrs, web
 
 from openhosting.api.abuse import AuthLockedOutError, AuthThrottle, UserRateLimiter, user_tried
-from openhosting.api.context import PLATFORM_KEY, SESSION_KEY, USER_KEY, platform_of
+from openhosting.api.context import (
+    DEAD_SESSION_KEY,
+    PLATFORM_KEY,
+    SESSION_KEY,
+    USER_KEY,
+    platform_of,
+)
 from openhosting.api.sessions import SESSION_COOKIE, check_csrf
 from openhosting.api.verified_headers import VerifiedHeaders
 from openhosting.errors import AuthError
@@ -137,6 +143,7 @@ async def authenticate_session(request: web.Request) -> WebSession:
         session = platform_of(request).web_sessions.check(token)
     except SessionError:
         if token:
+            request[DEAD_SESSION_KEY] = True  # its 401 deletes the cookie (api/sessions.py)
             await count_failed_login(request, None, "session")
         raise
     check_csrf(request, session)

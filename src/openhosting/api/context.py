@@ -14,6 +14,8 @@ PLATFORM_KEY: web.AppKey[Platform] = web.AppKey("platform", Platform)
 USER_KEY: web.RequestKey[str] = web.RequestKey("user", str)
 # The dashboard session a request was authenticated by (none for Basic authentication).
 SESSION_KEY: web.RequestKey[WebSession] = web.RequestKey("session", WebSession)
+# Set when the request's session cookie opened no session (its answer deletes the cookie).
+DEAD_SESSION_KEY: web.RequestKey[bool] = web.RequestKey("dead_session", bool)
 TRANSFER_LIMITER_KEY: web.AppKey[TransferLimiter] = web.AppKey("transfer_limiter", TransferLimiter)
 METRICS_KEY: web.AppKey[PlatformMetrics] = web.AppKey("metrics", PlatformMetrics)
 # Set once the daemon has adopted its VMs and listens: what `/ready` answers.

@@ -11,9 +11,9 @@ SameSite=Strict as well, so a browser does not even send it from another site.
 
 import hmac
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
-from openhosting.api.context import platform_of
+from openhosting.api.context import DEAD_SESSION_KEY, platform_of
 from openhosting.api.origins import foreign_origin
 from openhosting.errors import AuthError
 from openhosting.services.accounts.web_sessions import WebSession
@@ -64,9 +64,7 @@ def drop_basic_challenge(request: web.BaseRequest, response: web.StreamResponse)
     counted as a failed login of its address, which throttled the user's own sign-in."""
     if "WWW-Authenticate" not in response.headers:
         return
-    if SESSION_COOKIE in request.cookies:
+    if SESSION_COOKIE in request.cookies or request.headers.get("X-Requested-With"):
         response.headers.popall("WWW-Authenticate", None)
-        if hdrs.AUTHORIZATION not in request.headers:  # the cookie was what failed
+        if request.get(DEAD_SESSION_KEY):  # the cookie was what failed, not a token or a key
             response.del_cookie(SESSION_COOKIE, path="/")
-    elif request.headers.get("X-Requested-With"):
-        response.headers.popall("WWW-Authenticate", None)
