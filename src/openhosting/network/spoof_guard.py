@@ -2,14 +2,15 @@
 
 The public bridge carries every tenant's guests on one L2 segment. Without a rule a guest
 could send frames from another guest's MAC (the bridge would then deliver that guest's frames
-to it), answer ARP for another guest's address (its traffic diverted, a man in the middle) or
-send IP from an address that is not its own. Each frame that comes in through the tap of a
-public NIC is looked at in the `bridge` family's prerouting hook, before the bridge learns its
-source: its Ethernet source and an ARP's sender hardware address must be the NIC's MAC; a NIC
-with an address (`nic:0:dhcp`) may claim only that address in ARP and send IPv4 only from it,
-and from 0.0.0.0 only to the DHCP server's port (a client asking for its lease). A NIC without
-an address keeps the MAC rules (docs/networking.md: the guest may set its own address).
-VLAN NICs are left alone: a VLAN is one user's own network.
+to it), speak DHCP in another guest's name, answer ARP for another guest's address (its
+traffic diverted, a man in the middle) or send IP from an address that is not its own. Each
+frame that comes in through the tap of a public NIC is looked at in the `bridge` family's
+prerouting hook, before the bridge learns its source: its Ethernet source, an ARP's sender
+hardware address and a DHCP message's client hardware address (chaddr) must be the NIC's
+MAC; a NIC with an address (`nic:0:dhcp`) may claim only that address in ARP and send IPv4
+only from it, and from 0.0.0.0 only to the DHCP server's port (a client asking for its
+lease). A NIC without an address keeps the MAC rules (docs/networking.md: the guest may set
+its own address). VLAN NICs are left alone: a VLAN is one user's own network.
 
 One table per platform, one chain per guarded tap, found through a verdict map of taps (the
 layout of nic_firewall.py); it outlives the daemon with the taps it guards. Each change is
@@ -51,7 +52,15 @@ def chain_name(tap: str) -> str:
 def guard_rules(identity: GuestIdentity) -> list[str]:
     """The rules of one tap's chain (pure): what drops a frame not sent as `identity`."""
     mac = identity.mac.lower()
-    rules = [f"ether saddr != {mac} drop", f"arp saddr ether != {mac} drop"]
+    rules = [
+        f"ether saddr != {mac} drop",
+        f"arp saddr ether != {mac} drop",
+        # A DHCP message names its client by the BOOTP chaddr (bytes 28-33 of the message,
+        # after the 8 bytes of UDP header), which dnsmasq believes: another guest's there, a
+        # DHCPDECLINE disabled that guest's address for 10 minutes, a DHCPRELEASE ended its
+        # lease.
+        f"udp dport {DHCP_SERVER_PORT} @th,288,48 != 0x{mac.replace(':', '')} drop",
+    ]
     if identity.address is not None:
         address = identity.address
         # 0.0.0.0: an ARP probe (RFC 5227) before the address is used, and DHCP's requests.
