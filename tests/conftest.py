@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from pytest_aiohttp import AiohttpClient
 
 import openhosting.config
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.routes import Handler
+from openhosting.api.runner import ApiRunner
 from openhosting.config import Config, default_run_base, load_config
 from openhosting.services.accounts.accounts import NewKey
 from openhosting.services.platform import Platform, open_platform
@@ -106,6 +108,13 @@ def config_with_pool(tmp_path: Path, pool_range: str = "192.0.2.10-192.0.2.20") 
     return config_in(tmp_path, network={"pool_range": pool_range})
 
 
+class ApiTestServer(TestServer):
+    """aiohttp's test server running the app as the daemon does, with api/runner.py's runner."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ApiRunner(self.app, **kwargs)
+
+
 async def serve_api(
     aiohttp_client: AiohttpClient,
     platform: Platform,
@@ -114,7 +123,7 @@ async def serve_api(
 ) -> TestClient:
     """A client of `platform`'s API served in-process with the daemon's runner options (and
     `options`, e.g. its request log)."""
-    server = TestServer(build_app(platform, handlers))
+    server = ApiTestServer(build_app(platform, handlers))
     await server.start_server(**RUNNER_OPTIONS, **options)
     return await aiohttp_client(server)
 

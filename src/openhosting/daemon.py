@@ -16,6 +16,7 @@ from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.context import READINESS_KEY
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
+from openhosting.api.runner import ApiRunner
 from openhosting.config import Config, ConfigError, load_config
 from openhosting.hypervisor.agent_connector import agent_connector, storage_connector
 from openhosting.logs import FORMATS, configure_logging
@@ -86,7 +87,7 @@ async def serve(
     config = platform.config
     host, port = parse_listen(config.api.listen)
     app = build_app(platform, HANDLERS)
-    runner = web.AppRunner(
+    runner = ApiRunner(
         app,
         access_log_class=RequestLogger,
         handle_signals=False,

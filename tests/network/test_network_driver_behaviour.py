@@ -29,7 +29,7 @@ import pytest
 from openhosting.config import NetworkSettings
 from openhosting.hypervisor.argv import StreamNetdev, TapNetdev
 from openhosting.model.port_block import parse_block_list
-from openhosting.network import nic_firewall, passt, vnc_overlay
+from openhosting.network import nic_firewall, passt, spoof_guard, vnc_overlay
 from openhosting.network.bridge_mode import BridgeNetwork
 from openhosting.network.driver import NetworkDriver, NicPlan
 from openhosting.network.errors import NetworkError
@@ -171,6 +171,7 @@ class BridgeMode(Mode):
         self.bridge = BridgeNetwork(settings, POOL, run / "network")
         self.driver = self.bridge
         self.block_table = nic_firewall.table_name(settings.public_bridge)
+        self.guard_table = spoof_guard.table_name(settings.public_bridge)
         self.vnc_table = vnc_overlay.table_name(settings.public_bridge)
         self.public = settings.public_bridge
         # An operator's link (a veth, not a bridge) holding the name of a VLAN's bridge.
@@ -189,6 +190,7 @@ class BridgeMode(Mode):
         found = set()
         links = link_names(self.namespace)
         rules = nft(self.namespace, "list", "table", "bridge", self.block_table)
+        guards = nft(self.namespace, "list", "table", "bridge", self.guard_table)
         entries = self.bridge.dhcp.entries()
         for nic in nics:
             tap = self.bridge.tap_name(nic)
@@ -196,6 +198,8 @@ class BridgeMode(Mode):
                 found.add(f"tap {tap}")
             if nic_firewall.chain_name(tap) in rules:
                 found.add(f"chain {tap}")
+            if spoof_guard.chain_name(tap) in guards:
+                found.add(f"guard {tap}")
             if self.bridge.entry_name(nic) in entries:
                 found.add(f"dhcp entry {self.bridge.entry_name(nic)}")
         return found
@@ -344,6 +348,8 @@ async def test_reconcile_keeps_running_servers_nics_and_an_idle_close_leaves_not
     assert await mode.plumbing(OTHERS) == set()
     kept = await mode.plumbing(NICS)
     assert kept and mode.offered(NICS[0]) == HELD
+    if isinstance(mode, BridgeMode):  # the public NICs' spoof guard, rebuilt
+        assert {f"guard {mode.bridge.tap_name(nic)}" for nic in NICS} <= kept
 
     await mode.driver.close(idle=False)  # a server runs: everything stays
     assert await mode.plumbing(NICS) == kept

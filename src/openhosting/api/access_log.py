@@ -43,6 +43,13 @@ class RequestLogger(AbstractAccessLogger):
         )
 
 
+def parser_complaint(error: HttpProcessingError) -> str:
+    """The first line of what aiohttp's HTTP parser said of a request it refused, at most 200
+    characters (its next lines quote the client's bytes)."""
+    complaint = (error.message or type(error).__name__).strip().split("\n", 1)[0]
+    return complaint[:200]
+
+
 class MalformedRequestFilter(logging.Filter):
     """aiohttp's server logs each request its HTTP parser refuses (a bad request line, header
     or framing, answered 400 before any handler runs) as an ERROR with a traceback: any client,
@@ -54,10 +61,9 @@ class MalformedRequestFilter(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, HttpProcessingError):
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
-            complaint = (error.message or type(error).__name__).strip().split("\n", 1)[0]
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg = "event=malformed_request remote=%s status=%s error=%r"
-            record.args = (remote, error.code, complaint[:200])
+            record.args = (remote, error.code, parser_complaint(error))
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -9,7 +9,8 @@ is on it. Every link made
 here is marked (see `links.LINK_MARKER`); the public bridge is left alone when an operator
 made it. One lock serialises every change, so a VLAN bridge is never removed while another
 server is being attached to it. The inbound ports a NIC blocks (`nic:N:block`) are dropped
-on its tap (see nic_firewall.py).
+on its tap (see nic_firewall.py); what a public NIC's guest sends from another MAC or address
+is dropped as it comes in (see spoof_guard.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from openhosting.network.links import IFNAMSIZ, Counters, Link, Links, check_ifn
 from openhosting.network.netdevs import TapNetdev
 from openhosting.network.nic_firewall import NicFirewall
 from openhosting.network.pool import AddressPool, PoolError
+from openhosting.network.spoof_guard import GuestIdentity, SpoofGuard
 from openhosting.network.vnc_overlay import VncOverlay
 from openhosting.network.vxlan import VxlanSegments, parse_underlay, vni_of
 from openhosting.reverter import Reverter
@@ -39,6 +41,11 @@ log = logging.getLogger("openhosting.network")
 
 def _hex(uuid: str) -> str:
     return uuid.replace("-", "")
+
+
+def identity_of(nic: NicPlan) -> GuestIdentity:
+    """What the guest may send as on a public NIC (spoof_guard.py)."""
+    return GuestIdentity(nic.mac, nic.address)
 
 
 class BridgeNetwork:
@@ -90,6 +97,7 @@ class BridgeNetwork:
         self._vnc = VncOverlay(settings.namespace, self._public)
         self._fence = BridgeFence(settings.namespace, self._public, self._tap_prefix)
         self._firewall = NicFirewall(settings.namespace, self._public)
+        self._guard = SpoofGuard(settings.namespace, self._public)
 
     @property
     def dhcp(self) -> DhcpServer:
@@ -167,8 +175,11 @@ class BridgeNetwork:
                     revert.add(functools.partial(self._detach, [nic]))
                     if nic.vlan is not None:
                         await self._ensure_vlan(nic.vlan, nic.vni)
-                    # The blocked ports first: the tap never carries a frame they refuse.
+                    # The blocked ports and the guard first: the tap never carries a frame
+                    # they refuse.
                     await self._firewall.block(self.tap_name(nic), nic.block)
+                    if nic.vlan is None:
+                        await self._guard.guard(self.tap_name(nic), identity_of(nic))
                     await self._links.add_tap(self.tap_name(nic), self.bridge_of(nic))
                     if nic.address is not None:
                         await self._dhcp.add_entry(self.entry_name(nic), nic.mac, nic.address)
@@ -225,6 +236,7 @@ class BridgeNetwork:
             self._dhcp.remove_entry(self.entry_name(nic))
             await self._links.delete(self.tap_name(nic))
             await self._firewall.unblock(self.tap_name(nic))
+            await self._guard.unguard(self.tap_name(nic))
         vlans = {self.vlan_bridge(nic.vlan) for nic in nics if nic.vlan is not None}
         if vlans:
             await self._remove_idle_vlan_bridges(vlans)
@@ -298,6 +310,9 @@ class BridgeNetwork:
                     await self._ensure_vlan(vlan, vnis[vlan])
             taps = {self.tap_name(nic) for nic in active}
             await self._firewall.replace_all({self.tap_name(nic): nic.block for nic in active})
+            await self._guard.replace_all(
+                {self.tap_name(nic): identity_of(nic) for nic in active if nic.vlan is None}
+            )
             for link in (await self._links.all()).values():
                 if self._is_our_tap(link.name, link.ours) and link.name not in taps:
                     await self._links.delete(link.name)
@@ -325,6 +340,7 @@ class BridgeNetwork:
             await self._vnc.remove()
             await self._fence.remove()
             await self._firewall.remove()
+            await self._guard.remove()
             await self._remove_our_links()
             shutil.rmtree(self._dhcp.spec.directory, ignore_errors=True)
 

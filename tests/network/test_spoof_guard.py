@@ -1,0 +1,179 @@
+"""The bridge-mode spoof guard: its nftables text (pure), and its rules loaded by the real
+`nft` in a namespace this test creates. A real guest tries to spoof in
+tests/integration/test_guest_spoofing.py."""
+
+import asyncio
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from openhosting.config import NetworkSettings
+from openhosting.network.bridge_mode import BridgeNetwork
+from openhosting.network.driver import NicPlan
+from openhosting.network.pool import AddressPool
+from openhosting.network.spoof_guard import (
+    GuestIdentity,
+    SpoofGuard,
+    chain_name,
+    full_ruleset,
+    guard_rules,
+    table_name,
+)
+from tests.integration.netns_helpers import network_namespace
+
+MAC, ADDRESS = "52:54:00:0A:0B:0C", "192.0.2.12"
+SETTINGS = NetworkSettings()
+POOL = AddressPool.parse(
+    SETTINGS.pool_subnet, SETTINGS.pool_gateway, SETTINGS.pool_nameservers, SETTINGS.pool_range
+)
+HOST = str(POOL.gateway)  # the host's address on the bridge, dnsmasq's server id
+SERVER, OTHER = "0f962616-2071-4173-be79-7dd084271edf", "8d2b1c3e-5f40-4a61-9b7c-2e3d4f5a6b7c"
+VICTIM_MAC = "52:54:00:00:00:0c"
+
+
+def test_a_nic_with_an_address_sends_only_from_its_mac_and_address() -> None:
+    assert guard_rules(GuestIdentity(MAC, ADDRESS)) == [
+        "ether saddr != 52:54:00:0a:0b:0c drop",
+        "arp saddr ether != 52:54:00:0a:0b:0c drop",
+        "udp dport 67 @th,288,48 != 0x5254000a0b0c drop",  # DHCP's chaddr: itself
+        "arp saddr ip != { 0.0.0.0, 192.0.2.12 } drop",  # an ARP probe, or its address
+        "ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept",  # asking DHCP for its lease
+        "ip saddr != 192.0.2.12 drop",
+    ]
+
+
+def test_a_nic_without_an_address_is_held_to_its_mac() -> None:
+    assert guard_rules(GuestIdentity(MAC, None)) == [
+        "ether saddr != 52:54:00:0a:0b:0c drop",
+        "arp saddr ether != 52:54:00:0a:0b:0c drop",
+        "udp dport 67 @th,288,48 != 0x5254000a0b0c drop",
+    ]
+
+
+def test_each_public_bridge_has_its_own_table_and_the_whole_table_is_replaced() -> None:
+    assert table_name("oh-public") == "openhosting_guard_oh_public"
+    text = full_ruleset("t", {"oh-tb": GuestIdentity(MAC, None), "oh-ta": GuestIdentity(MAC, None)})
+    assert text.startswith("table bridge t\ndelete table bridge t\n")
+    assert text.index('"oh-ta"') < text.index('"oh-tb"')  # sorted: the same text each time
+
+
+def listing(namespace: str) -> str:
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, "nft", "list", "ruleset", "bridge"],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
+async def test_taps_are_guarded_forgotten_and_replaced_one_transaction_each() -> None:
+    with network_namespace() as namespace:
+        guard = SpoofGuard(namespace, "oh-public")
+        await guard.guard("oh-ta0", GuestIdentity(MAC, ADDRESS))
+        await guard.guard("oh-tb0", GuestIdentity("52:54:00:00:00:0b", None))
+        rules = listing(namespace)
+        assert "hook prerouting priority dstnat" in rules  # -300: before the bridge learns
+        assert chain_name("oh-ta0") in rules and chain_name("oh-tb0") in rules
+        assert "ip saddr != 192.0.2.12 drop" in rules
+        await guard.guard("oh-ta0", GuestIdentity(MAC, "192.0.2.13"))  # its chain replaced
+        rules = listing(namespace)
+        assert "192.0.2.13" in rules and "192.0.2.12" not in rules
+        await guard.unguard("oh-tb0")
+        await guard.unguard("oh-tb0")  # again: harmless
+        assert chain_name("oh-tb0") not in listing(namespace)
+        # After a restart: exactly the running servers' taps.
+        await guard.replace_all({"oh-tc0": GuestIdentity(MAC, None)})
+        rules = listing(namespace)
+        assert chain_name("oh-tc0") in rules and chain_name("oh-ta0") not in rules
+        await guard.remove()
+        await guard.remove()
+        assert "openhosting_guard" not in listing(namespace)
+
+
+# Writes one Ethernet frame into a tap, as the guest's QEMU would (run inside its namespace).
+TAP_WRITER = """\
+import fcntl, os, struct, sys, time
+TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", sys.argv[1].encode(), IFF_TAP | IFF_NO_PI))
+time.sleep(1)  # the tap has a carrier once opened: its bridge port forwards from then
+for _ in range(3):
+    os.write(fd, bytes.fromhex(sys.argv[2]))
+    time.sleep(0.2)
+"""
+
+
+def checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+
+
+def dhcp_decline_frame(source_mac: str, client_mac: str, address: str, server: str) -> bytes:
+    """A broadcast DHCPDECLINE of `address` in the name of `client_mac` (its chaddr), sent
+    from `source_mac` and 0.0.0.0."""
+    client = bytes.fromhex(client_mac.replace(":", ""))
+    bootp = struct.pack("!4BI2H4I", 1, 1, 6, 0, 0x0C0FFEE, 0, 0, 0, 0, 0, 0)
+    bootp += client + bytes(10 + 64 + 128) + bytes.fromhex("63825363")
+    bootp += bytes([53, 1, 4, 50, 4, *map(int, address.split("."))])
+    bootp += bytes([54, 4, *map(int, server.split(".")), 255])
+    udp = struct.pack("!4H", 68, 67, 8 + len(bootp), 0) + bootp  # checksum 0: none (IPv4)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     bytes(4), bytes([255] * 4))  # fmt: skip
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    ether = bytes([255] * 6) + bytes.fromhex(source_mac.replace(":", "")) + b"\x08\x00"
+    return ether + ip + udp
+
+
+def lease_of(namespace: str, link: str) -> str:
+    """What busybox's DHCP client gets on `link` (its last line)."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, "busybox", "udhcpc", "-i", link, "-n", "-q",
+         "-t", "3", "-T", "2", "-s", "/bin/true"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return (done.stdout + done.stderr).strip().splitlines()[-1]
+
+
+async def test_a_guest_cannot_decline_another_guests_address_to_dnsmasq() -> None:
+    """A DHCPDECLINE carrying another guest's MAC made dnsmasq refuse that guest its address
+    for 10 minutes ("not using configured address ... because it was previously declined"):
+    its next DHCP (a reboot, an expired lease) got none. Real dnsmasq, bridge and taps of the
+    bridge driver; the victim is a machine cabled to the bridge, the attacker writes into its
+    own guest's tap."""
+    with ExitStack() as cleanup:
+        namespace = cleanup.enter_context(network_namespace())
+        victim = cleanup.enter_context(network_namespace())
+        # dnsmasq runs as nobody: its directory must be reachable (pytest's tmp_path is not).
+        run = Path(tempfile.mkdtemp(prefix="ohn-", dir="/tmp"))
+        run.chmod(0o755)
+        cleanup.callback(shutil.rmtree, run, ignore_errors=True)
+        settings = NetworkSettings(mode="bridge", namespace=namespace, lease_seconds=120)
+        bridge = BridgeNetwork(settings, POOL, run / "network")
+        try:
+            attacker = NicPlan(SERVER, 0, "52:54:00:00:00:0b", address="192.0.2.11")
+            held = NicPlan(OTHER, 0, VICTIM_MAC, address="192.0.2.12")  # the victim's entry
+            await bridge.attach([attacker, held])
+            cable = ["ip", "link", "add", "v0", "netns", victim, "address", VICTIM_MAC,
+                     "type", "veth", "peer", "name", "ohvictim", "netns", namespace]  # fmt: skip
+            subprocess.run(cable, check=True, timeout=10)
+            subprocess.run(["ip", "-n", namespace, "link", "set", "ohvictim", "master",
+                            settings.public_bridge, "up"], check=True, timeout=10)  # fmt: skip
+            subprocess.run(["ip", "-n", victim, "link", "set", "v0", "up"], check=True, timeout=10)
+            assert "lease of 192.0.2.12 obtained" in lease_of(victim, "v0")
+
+            frame = dhcp_decline_frame(attacker.mac, VICTIM_MAC, "192.0.2.12", HOST)
+            subprocess.run(
+                ["ip", "netns", "exec", namespace, sys.executable, "-c", TAP_WRITER,
+                 bridge.tap_name(attacker), frame.hex()],
+                check=True, timeout=10,
+            )  # fmt: skip
+            await asyncio.sleep(0.5)
+            assert "lease of 192.0.2.12 obtained" in lease_of(victim, "v0")
+        finally:
+            await bridge.detach([attacker, held])
+            await bridge.close(idle=True)
+            await bridge.dhcp.stop()
