@@ -114,11 +114,45 @@ def migrate(engine: Engine) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     alembic_config = AlembicConfig()
     alembic_config.set_main_option("script_location", str(MIGRATIONS))
-    with _sqlite_file_lock(engine), engine.begin() as connection:
+    with (
+        _sqlite_file_lock(engine),
+        engine.connect() as connection,
+        _ddl_in_transaction(connection),
+        connection.begin(),
+    ):
+        _begin_sqlite_transaction(connection)
         _take_migration_lock(connection)
         alembic_config.attributes["connection"] = connection
         # "heads": branches made side by side (one per feature) all apply.
         command.upgrade(alembic_config, "heads")
+
+
+@contextlib.contextmanager
+def _ddl_in_transaction(connection: Connection) -> Iterator[None]:
+    """SQLite: the migrations' DDL inside their transaction, committed with the new version
+    or not at all. Python's sqlite3 driver begins a transaction only before an INSERT, UPDATE
+    or DELETE, so an ALTER TABLE or CREATE TABLE ran on its own and was committed at once: a
+    daemon killed in a migration left its first statements done and the version before, and
+    every later start failed on them (`duplicate column name`). With the driver's implicit
+    transactions off, _begin_sqlite_transaction begins one that holds every statement."""
+    if not is_sqlite(connection.engine):
+        yield
+        return
+    driver_connection = connection.connection.driver_connection
+    assert driver_connection is not None
+    previous = driver_connection.isolation_level
+    driver_connection.isolation_level = None
+    try:
+        yield
+    finally:
+        driver_connection.isolation_level = previous
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    # IMMEDIATE: the write lock from the start, so another process's write cannot come
+    # between the version read and the migration (busy_timeout waits for it instead).
+    if is_sqlite(connection.engine):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextlib.contextmanager
