@@ -14,7 +14,9 @@ from sqlalchemy import Connection, Engine, PoolProxiedConnection, create_engine,
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
+from openhosting.errors import FullError
 from openhosting.store import space_reserve
+from openhosting.store.errors import is_storage_full
 from openhosting.store.notifications import send_changes
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -103,9 +105,32 @@ def open_engine(target: Path | str) -> Engine:
     SQLite file."""
     url = f"sqlite:///{target}" if isinstance(target, Path) else target
     engine = create_store_engine(url)
-    migrate(engine)
+    try:
+        migrate(engine)
+    except Exception as error:
+        # A full disk: SQLite cannot even open the database (its -shm), and the daemon would
+        # not start to serve the destroys that free space. The reserve is for that.
+        if not is_storage_full(error):
+            raise
+        engine.dispose()
+        if not space_reserve.release(engine):
+            raise _state_full(engine) from None
+        try:
+            migrate(engine)
+        except Exception as again:
+            if not is_storage_full(again):
+                raise
+            engine.dispose()
+            raise _state_full(engine) from None
     space_reserve.refill(engine)
     return engine
+
+
+def _state_full(engine: Engine) -> FullError:
+    return FullError(
+        f"The file system of {Path(engine.url.database or '').parent} is full: the database"
+        " cannot be opened. Free space there (or grow it) and start again"
+    )
 
 
 def migrate(engine: Engine) -> None:
