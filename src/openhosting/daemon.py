@@ -13,7 +13,7 @@ from aiohttp import web
 
 from openhosting.api.access_log import SERVER_LOG, RequestLogger
 from openhosting.api.app import RUNNER_OPTIONS, build_app
-from openhosting.api.context import READINESS_KEY
+from openhosting.api.context import BODY_READERS_KEY, READINESS_KEY
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.config import Config, ConfigError, load_config
@@ -163,6 +163,7 @@ async def serve(
     finally:
         app[READINESS_KEY].clear()
         platform.events.close()  # event streams end, so the runner need not wait for them
+        app[BODY_READERS_KEY].stop()  # bodies not yet whole: the runner drops the rest
         await runner.cleanup()
         await ops_runner.cleanup()
         await platform.imaging.stop()  # interrupted jobs start again on the next start
