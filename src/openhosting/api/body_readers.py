@@ -17,8 +17,11 @@ from openhosting.errors import UnavailableError
 STOPPING_MESSAGE = "The daemon is stopping: the request body was not taken, send it again"
 
 
-class DaemonStopping(Exception):
-    """Set on a body's stream at the stop: its next read raises it."""
+class DaemonStopping(TimeoutError):
+    """Set on a body's stream at the stop: its next read raises it. A TimeoutError (the body
+    will not come in time), as aiohttp's lingering read of a body left unread after the
+    answer takes it: it closes the connection, where any other error was logged as an
+    unhandled exception with its traceback."""
 
 
 class BodyReaders:

@@ -54,12 +54,12 @@ async def read_body_chunk(request: web.Request, timeout: float | None = None) ->
         # which is paid thousands of times per gigabyte a drive write streams.
         async with asyncio.timeout(timeout):
             return await request.content.readany()
+    except DaemonStopping:  # a TimeoutError too: first
+        raise UnavailableError(STOPPING_MESSAGE) from None
     except TimeoutError:
         raise UsageError(f"Request body stalled for {timeout:g} s") from None
     except (ClientPayloadError, ConnectionResetError, asyncio.IncompleteReadError):
         raise UsageError("Request body incomplete: the client went away") from None
-    except DaemonStopping:
-        raise UnavailableError(STOPPING_MESSAGE) from None
 
 
 async def read_properties(request: web.Request, cap: int) -> dict[str, str]:
