@@ -17,7 +17,7 @@ from openhosting.api.context import BODY_READERS_KEY, READINESS_KEY
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.config import Config, ConfigError, load_config
-from openhosting.errors import FullError
+from openhosting.errors import ApiError
 from openhosting.hypervisor.agent_connector import agent_connector, storage_connector
 from openhosting.logs import FORMATS, configure_logging
 from openhosting.memory import limit_malloc_arenas
@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:  # e.g. network settings only checked when opened
         print(f"openhostingd: {error}", file=sys.stderr)
         return 2
-    except FullError as error:  # the state's file system full, even after its reserve
-        log.error("event=start_failed reason=full error=%r", error.message)
+    except ApiError as error:  # the state's disk full, a database of a newer version
+        log.error("event=start_failed reason=%s error=%r", error.kind, error.message)
         print(f"openhostingd: {error.message}", file=sys.stderr)
         return 1
     try:

@@ -10,11 +10,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, PoolProxiedConnection, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
-from openhosting.errors import FullError
+from openhosting.errors import FailedError, FullError
 from openhosting.store import space_reserve
 from openhosting.store.errors import is_storage_full
 from openhosting.store.notifications import send_changes
@@ -147,9 +149,29 @@ def migrate(engine: Engine) -> None:
     ):
         _begin_sqlite_transaction(connection)
         _take_migration_lock(connection)
+        _refuse_a_newer_schema(connection)
         alembic_config.attributes["connection"] = connection
         # "heads": branches made side by side (one per feature) all apply.
         command.upgrade(alembic_config, "heads")
+
+
+def _refuse_a_newer_schema(connection: Connection) -> None:
+    """FailedError if the database is at a revision this version does not know: made by a
+    newer version (the code rolled back after an upgrade), which Alembic met with a traceback.
+    Nothing is changed."""
+    known = {revision.revision for revision in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    unknown = sorted(set(MigrationContext.configure(connection).get_current_heads()) - known)
+    if unknown:
+        newest = ", ".join(ScriptDirectory(str(MIGRATIONS)).get_heads())
+        raise FailedError(
+            f"The database {_describe(connection.engine)} was migrated by a newer version of"
+            f" Open Hosting (schema {', '.join(unknown)}; this version knows up to {newest}):"
+            " install that version again, or restore the backup taken before the upgrade"
+        )
+
+
+def _describe(engine: Engine) -> str:
+    return str(engine.url.database) if is_sqlite(engine) else engine.url.render_as_string()
 
 
 @contextlib.contextmanager
