@@ -371,6 +371,11 @@ def _build(
     for key in table:
         if key not in known:
             raise ConfigError(f"Unknown setting {section}{key}")
+    if prefix:  # a section's: OH_API_LISTNE is a typo of one of its settings, not silence
+        variables = {f"OH_{prefix}{name}".upper() for name in known}
+        for name in env:
+            if name.startswith(f"OH_{prefix}".upper()) and name not in variables:
+                raise ConfigError(f"Unknown setting {name}: no such {section.rstrip('.')} setting")
     for item in dataclasses.fields(cls):
         kind = item.type
         env_name = f"OH_{prefix}{item.name}".upper()
