@@ -77,6 +77,14 @@ async def _listen(site: web.TCPSite, address: str, setting: str) -> None:
         ) from error
 
 
+# How long a stop lets the requests under way finish (a drive read to a slow client, say),
+# after which they are cut: the client sees its body end short of its Content-Length. aiohttp's
+# default, 60 s, is the unit's TimeoutStopSec: a stop held by one slow download was SIGKILLed
+# before its clean-up (the imaging jobs' and VMs' hand-over), and a restart kept the API down
+# that long. aiohttp waits up to this twice: for the handlers, then for their cancellation.
+STOP_DRAIN_SECONDS = 10.0
+
+
 async def serve(
     platform: Platform,
     ready: asyncio.Event | None = None,
@@ -93,6 +101,7 @@ async def serve(
         handle_signals=False,
         # Also closes a connection that never completes its first request (slow loris).
         keepalive_timeout=config.api.idle_timeout,
+        shutdown_timeout=STOP_DRAIN_SECONDS,
         **RUNNER_OPTIONS,
     )
     await runner.setup()
