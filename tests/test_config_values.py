@@ -100,3 +100,35 @@ def test_openhostingd_names_the_setting_and_exits_2_without_a_traceback(
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
     assert (done.returncode, done.stderr) == (2, stderr)
+
+
+@pytest.mark.parametrize(
+    ("text", "stderr"),
+    [
+        (
+            '[api]\nlisten = "127.0.0.1:99999"\n',
+            "openhostingd: Invalid listen address '127.0.0.1:99999': expected HOST:PORT, PORT at"
+            " most 65535\n",
+        ),
+        (
+            '[api]\nlisten = "127.0.0.1:1"\ntls_cert = "/nonexistent/cert.pem"\n',
+            "openhostingd: Cannot load api.tls_cert '/nonexistent/cert.pem' (api.tls_key ''):"
+            " No such file or directory\n",
+        ),
+    ],
+)
+def test_openhostingd_names_a_listen_port_or_certificate_it_cannot_use(
+    tmp_path: Path, text: str, stderr: str
+) -> None:
+    """A port past 65535 reached bind() (OverflowError, a traceback); a missing certificate
+    stopped the daemon after its platform opened, saying only 'No such file or directory'.
+    Both are refused before anything is made."""
+    path = tmp_path / "oh.toml"
+    path.write_text(f'state_dir = "{tmp_path / "state"}"\nfirst_user = false\n{text}')
+    done = subprocess.run(
+        [str(BIN / "openhostingd"), "--config", str(path)],
+        env={**os.environ, "OH_API_METRICS_LISTEN": ""},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (2, stderr)
+    assert not (tmp_path / "state").exists()

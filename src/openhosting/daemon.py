@@ -27,13 +27,34 @@ from openhosting.services.platform import Platform, open_platform
 from openhosting.store.database import open_pool
 
 log = logging.getLogger("openhosting.daemon")
+MAX_PORT = 65535
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"Invalid listen address {listen!r}: expected HOST:PORT")
+    # A port past 65535 reached bind() and stopped the daemon with a traceback.
+    if not host or not port.isdigit() or int(port) > MAX_PORT:
+        raise ConfigError(
+            f"Invalid listen address {listen!r}: expected HOST:PORT, PORT at most {MAX_PORT}"
+        )
     return host.strip("[]"), int(port)
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The API's TLS context from api.tls_cert and api.tls_key (None without a certificate);
+    ConfigError naming them if they cannot be loaded (a missing file said only 'No such file
+    or directory', after the platform had opened)."""
+    if not config.api.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.api.tls_cert, config.api.tls_key or None)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(
+            f"Cannot load api.tls_cert {config.api.tls_cert!r} (api.tls_key"
+            f" {config.api.tls_key!r}): {getattr(error, 'strerror', None) or error}"
+        ) from None
+    return context
 
 
 def public_url(config: Config) -> str:
@@ -105,11 +126,7 @@ async def serve(
         **RUNNER_OPTIONS,
     )
     await runner.setup()
-    ssl_context = None
-    if config.api.tls_cert:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.api.tls_cert, config.api.tls_key or None)
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+    site = web.TCPSite(runner, host, port, ssl_context=tls_context(config), reuse_address=True)
     ops_runner = web.AppRunner(
         build_ops_app(app), handle_signals=False, access_log=None, logger=SERVER_LOG
     )
@@ -211,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             parse_listen(config.api.metrics_listen)
         if config.log_format not in FORMATS:
             raise ConfigError(f"Invalid log_format {config.log_format!r}: text or json")
+        tls_context(config)  # checked before the platform opens
     except ConfigError as error:
         print(f"openhostingd: {error}", file=sys.stderr)
         return 2
