@@ -62,6 +62,9 @@ def test_invalid_settings_are_refused(tmp_path: Path, text: str, env: dict[str, 
         ("nosuch = 1\n", {}, "Unknown setting nosuch"),
         ("api = 3\n", {}, "Setting api must be a table"),
         ("", {"OH_API_MAX_BODY_BYTES": "lots"}, "Invalid value for OH_API_MAX_BODY_BYTES"),
+        # A variable of a section's that no setting has: a typo, taken silently before.
+        ("", {"OH_API_LISTNE": "0.0.0.0:80"}, "Unknown setting OH_API_LISTNE: no such api"),
+        ("", {"OH_HYPERVISOR_DRIVE": "fake"}, "Unknown setting OH_HYPERVISOR_DRIVE"),
     ],
 )
 def test_a_refused_setting_is_named_as_it_is_written(

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openhosting.config_values import value_problems
+
 # Where an installed platform keeps its configuration (scripts/install writes it).
 SYSTEM_CONFIG_PATH = Path("/etc/openhosting/openhosting.toml")
 
@@ -369,6 +371,11 @@ def _build(
     for key in table:
         if key not in known:
             raise ConfigError(f"Unknown setting {section}{key}")
+    if prefix:  # a section's: OH_API_LISTNE is a typo of one of its settings, not silence
+        variables = {f"OH_{prefix}{name}".upper() for name in known}
+        for name in env:
+            if name.startswith(f"OH_{prefix}".upper()) and name not in variables:
+                raise ConfigError(f"Unknown setting {name}: no such {section.rstrip('.')} setting")
     for item in dataclasses.fields(cls):
         kind = item.type
         env_name = f"OH_{prefix}{item.name}".upper()
@@ -415,10 +422,25 @@ def load_config(
         # An empty path is the working directory: the database, key and drives would be
         # made among whatever files are there (an `OH_STATE_DIR=` left empty).
         raise ConfigError("state_dir is empty: name the platform's state directory")
+    for problem in value_problems(flat_settings(config)):
+        raise ConfigError(problem)
     # Checked now: a bad tier list stops the daemon at its start, not at a drive's creation.
     parse_tiers(config.storage.tiers, config.drive_path)
     check_store_url(config.store.url)
     return config
+
+
+def flat_settings(config: Config) -> dict[str, Any]:
+    """Every setting of `config` by the name the file gives it (`log_level`, `api.listen`)."""
+    settings: dict[str, Any] = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            for setting in dataclasses.fields(value):
+                settings[f"{item.name}.{setting.name}"] = getattr(value, setting.name)
+        else:
+            settings[item.name] = value
+    return settings
 
 
 # The databases the store runs on, by the start of their SQLAlchemy URL.

@@ -13,11 +13,12 @@ from aiohttp import web
 
 from openhosting.api.access_log import SERVER_LOG, RequestLogger
 from openhosting.api.app import RUNNER_OPTIONS, build_app
-from openhosting.api.context import READINESS_KEY
+from openhosting.api.context import BODY_READERS_KEY, READINESS_KEY
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
 from openhosting.api.runner import ApiRunner
 from openhosting.config import Config, ConfigError, load_config
+from openhosting.errors import ApiError
 from openhosting.hypervisor.agent_connector import agent_connector, storage_connector
 from openhosting.logs import FORMATS, configure_logging
 from openhosting.memory import limit_malloc_arenas
@@ -27,13 +28,34 @@ from openhosting.services.platform import Platform, open_platform
 from openhosting.store.database import open_pool
 
 log = logging.getLogger("openhosting.daemon")
+MAX_PORT = 65535
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"Invalid listen address {listen!r}: expected HOST:PORT")
+    # A port past 65535 reached bind() and stopped the daemon with a traceback.
+    if not host or not port.isdigit() or int(port) > MAX_PORT:
+        raise ConfigError(
+            f"Invalid listen address {listen!r}: expected HOST:PORT, PORT at most {MAX_PORT}"
+        )
     return host.strip("[]"), int(port)
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The API's TLS context from api.tls_cert and api.tls_key (None without a certificate);
+    ConfigError naming them if they cannot be loaded (a missing file said only 'No such file
+    or directory', after the platform had opened)."""
+    if not config.api.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.api.tls_cert, config.api.tls_key or None)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(
+            f"Cannot load api.tls_cert {config.api.tls_cert!r} (api.tls_key"
+            f" {config.api.tls_key!r}): {getattr(error, 'strerror', None) or error}"
+        ) from None
+    return context
 
 
 def public_url(config: Config) -> str:
@@ -77,6 +99,14 @@ async def _listen(site: web.TCPSite, address: str, setting: str) -> None:
         ) from error
 
 
+# How long a stop lets the requests under way finish (a drive read to a slow client, say),
+# after which they are cut: the client sees its body end short of its Content-Length. aiohttp's
+# default, 60 s, is the unit's TimeoutStopSec: a stop held by one slow download was SIGKILLed
+# before its clean-up (the imaging jobs' and VMs' hand-over), and a restart kept the API down
+# that long. aiohttp waits up to this twice: for the handlers, then for their cancellation.
+STOP_DRAIN_SECONDS = 10.0
+
+
 async def serve(
     platform: Platform,
     ready: asyncio.Event | None = None,
@@ -93,14 +123,11 @@ async def serve(
         handle_signals=False,
         # Also closes a connection that never completes its first request (slow loris).
         keepalive_timeout=config.api.idle_timeout,
+        shutdown_timeout=STOP_DRAIN_SECONDS,
         **RUNNER_OPTIONS,
     )
     await runner.setup()
-    ssl_context = None
-    if config.api.tls_cert:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.api.tls_cert, config.api.tls_key or None)
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+    site = web.TCPSite(runner, host, port, ssl_context=tls_context(config), reuse_address=True)
     ops_runner = web.AppRunner(
         build_ops_app(app), handle_signals=False, access_log=None, logger=SERVER_LOG
     )
@@ -163,6 +190,7 @@ async def serve(
     finally:
         app[READINESS_KEY].clear()
         platform.events.close()  # event streams end, so the runner need not wait for them
+        app[BODY_READERS_KEY].stop()  # bodies not yet whole: the runner drops the rest
         await runner.cleanup()
         await ops_runner.cleanup()
         await platform.imaging.stop()  # interrupted jobs start again on the next start
@@ -201,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             parse_listen(config.api.metrics_listen)
         if config.log_format not in FORMATS:
             raise ConfigError(f"Invalid log_format {config.log_format!r}: text or json")
+        tls_context(config)  # checked before the platform opens
     except ConfigError as error:
         print(f"openhostingd: {error}", file=sys.stderr)
         return 2
@@ -211,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:  # e.g. network settings only checked when opened
         print(f"openhostingd: {error}", file=sys.stderr)
         return 2
+    except ApiError as error:  # the state's disk full, a database of a newer version
+        log.error("event=start_failed reason=%s error=%r", error.kind, error.message)
+        print(f"openhostingd: {error.message}", file=sys.stderr)
+        return 1
     try:
         # The first user and its export lines only once the API listens: a daemon that
         # cannot bind (the port taken) would print lines naming someone else's API, and its

@@ -259,6 +259,46 @@ def test_a_direct_copy_refused_after_a_short_write_fails_with_that_error(
         os.close(source_fd)
 
 
+def test_a_direct_copy_stopped_by_its_caller_closes_its_map(
+    disk_tmp_path: Path | None, tmp_path: Path
+) -> None:
+    """Imaging's `advance` raises when the job is stopped (the daemon stopping): the copy
+    stops with that error and closes. (A slice of the map made before the writes under way
+    were collected stayed alive in the traceback: closing the map raised BufferError, and a
+    job a daemon's stop interrupted failed as an internal error instead of starting again at
+    the next start.)"""
+    directory = disk_tmp_path or tmp_path
+    source, target = directory / "source", directory / "target"
+    sparse_file(source, 8 * DIRECT_PIECE, {0: os.urandom(8 * DIRECT_PIECE)})
+    sparse_file(target, 8 * DIRECT_PIECE, {})
+
+    class Stopped(Exception):
+        pass
+
+    heard: list[int] = []
+
+    def advance(length: int) -> None:
+        heard.append(length)
+        if sum(heard) >= 2 * DIRECT_PIECE:
+            raise Stopped
+
+    source_fd = os.open(source, os.O_RDONLY)
+    direct_fd = open_direct(target)
+    assert direct_fd is not None
+    direct = DirectCopy(direct_fd, source_fd)
+    try:
+        # Closed while the stop propagates, as imaging's `with` closes it.
+        with pytest.raises(Stopped):
+            try:
+                direct.copy_range(0, 8 * DIRECT_PIECE, advance)
+                direct.wait()
+            finally:
+                direct.close()  # raised BufferError before
+    finally:
+        os.close(direct_fd)
+        os.close(source_fd)
+
+
 def file_pages_mapped() -> int:
     """Bytes of files mapped into this process's memory (its RSS's file part)."""
     with open("/proc/self/status") as status:

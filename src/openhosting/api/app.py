@@ -21,7 +21,9 @@ from openhosting.api.auth import (
     authenticate_request,
     known_basic_user,
 )
+from openhosting.api.body_readers import BodyReaders
 from openhosting.api.context import (
+    BODY_READERS_KEY,
     METRICS_KEY,
     PLATFORM_KEY,
     READINESS_KEY,
@@ -364,6 +366,7 @@ def build_app(platform: Platform, handlers: Mapping[str, Handler] | None = None)
     app[TRANSFER_LIMITER_KEY] = TransferLimiter(api.max_transfers_per_user, api.max_transfers)
     app[METRICS_KEY] = metrics = PlatformMetrics()
     app[READINESS_KEY] = asyncio.Event()
+    app[BODY_READERS_KEY] = BodyReaders()
     platform.events.add_listener(metrics.observe_event)
     app.on_startup.append(_bind_events)
     table = dict(handlers or {})

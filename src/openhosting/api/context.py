@@ -6,6 +6,7 @@ import asyncio
 from aiohttp import web
 
 from openhosting.api.abuse import TransferLimiter
+from openhosting.api.body_readers import BodyReaders
 from openhosting.api.metrics import PlatformMetrics
 from openhosting.services.accounts.web_sessions import WebSession
 from openhosting.services.platform import Platform
@@ -20,6 +21,8 @@ TRANSFER_LIMITER_KEY: web.AppKey[TransferLimiter] = web.AppKey("transfer_limiter
 METRICS_KEY: web.AppKey[PlatformMetrics] = web.AppKey("metrics", PlatformMetrics)
 # Set once the daemon has adopted its VMs and listens: what `/ready` answers.
 READINESS_KEY: web.AppKey[asyncio.Event] = web.AppKey("readiness", asyncio.Event)
+# The request bodies being read, ended at the daemon's stop.
+BODY_READERS_KEY: web.AppKey[BodyReaders] = web.AppKey("body_readers", BodyReaders)
 # A request's id: in its log lines and its answer's X-Request-Id header.
 REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("request_id", str)
 

@@ -6,8 +6,9 @@ import asyncio
 from aiohttp import web
 from aiohttp.client_exceptions import ClientPayloadError
 
-from openhosting.api.context import PLATFORM_KEY
-from openhosting.errors import ApiError, UsageError
+from openhosting.api.body_readers import STOPPING_MESSAGE, DaemonStopping
+from openhosting.api.context import BODY_READERS_KEY, PLATFORM_KEY
+from openhosting.errors import ApiError, UnavailableError, UsageError
 from openhosting.wire.json_codec import parse_json_object, render_json
 from openhosting.wire.payload import OUTPUT_HEADER, Payload, output_kind
 from openhosting.wire.text import parse_properties, render_text
@@ -47,11 +48,14 @@ async def read_body_chunk(request: web.Request, timeout: float | None = None) ->
     timeout, or whose client goes away, is a usage error: it is never acknowledged."""
     if timeout is None:
         timeout = request.app[PLATFORM_KEY].config.api.idle_timeout
+    request.app[BODY_READERS_KEY].reading(request)
     try:
         # asyncio.timeout, not wait_for: wait_for wraps every call in a task (~16 µs here),
         # which is paid thousands of times per gigabyte a drive write streams.
         async with asyncio.timeout(timeout):
             return await request.content.readany()
+    except DaemonStopping:  # a TimeoutError too: first
+        raise UnavailableError(STOPPING_MESSAGE) from None
     except TimeoutError:
         raise UsageError(f"Request body stalled for {timeout:g} s") from None
     except (ClientPayloadError, ConnectionResetError, asyncio.IncompleteReadError):

@@ -320,10 +320,13 @@ class DirectCopy:
                     return first
                 position += length
                 continue
-            length = min(DIRECT_PIECE, stop - position)
-            piece = source[position : position + length]
+            # Room first, then the slice: an error or a stop heard while collecting (the
+            # caller's `advance` raising) would leave a slice of the map that no list holds
+            # alive in the traceback, and close() would fail to close the map (BufferError).
             while len(self._pending) >= DIRECT_WRITERS:
                 self._collect()
+            length = min(DIRECT_PIECE, stop - position)
+            piece = source[position : position + length]
             future = self._pool.submit(pwrite_all, self._fd, piece, position)
             self._pending.append((future, piece, position, advance))
             position += length

@@ -10,11 +10,15 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, PoolProxiedConnection, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
+from openhosting.errors import FailedError, FullError
 from openhosting.store import space_reserve
+from openhosting.store.errors import is_storage_full
 from openhosting.store.notifications import send_changes
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -103,9 +107,32 @@ def open_engine(target: Path | str) -> Engine:
     SQLite file."""
     url = f"sqlite:///{target}" if isinstance(target, Path) else target
     engine = create_store_engine(url)
-    migrate(engine)
+    try:
+        migrate(engine)
+    except Exception as error:
+        # A full disk: SQLite cannot even open the database (its -shm), and the daemon would
+        # not start to serve the destroys that free space. The reserve is for that.
+        if not is_storage_full(error):
+            raise
+        engine.dispose()
+        if not space_reserve.release(engine):
+            raise _state_full(engine) from None
+        try:
+            migrate(engine)
+        except Exception as again:
+            if not is_storage_full(again):
+                raise
+            engine.dispose()
+            raise _state_full(engine) from None
     space_reserve.refill(engine)
     return engine
+
+
+def _state_full(engine: Engine) -> FullError:
+    return FullError(
+        f"The file system of {Path(engine.url.database or '').parent} is full: the database"
+        " cannot be opened. Free space there (or grow it) and start again"
+    )
 
 
 def migrate(engine: Engine) -> None:
@@ -114,11 +141,65 @@ def migrate(engine: Engine) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     alembic_config = AlembicConfig()
     alembic_config.set_main_option("script_location", str(MIGRATIONS))
-    with _sqlite_file_lock(engine), engine.begin() as connection:
+    with (
+        _sqlite_file_lock(engine),
+        engine.connect() as connection,
+        _ddl_in_transaction(connection),
+        connection.begin(),
+    ):
+        _begin_sqlite_transaction(connection)
         _take_migration_lock(connection)
+        _refuse_a_newer_schema(connection)
         alembic_config.attributes["connection"] = connection
         # "heads": branches made side by side (one per feature) all apply.
         command.upgrade(alembic_config, "heads")
+
+
+def _refuse_a_newer_schema(connection: Connection) -> None:
+    """FailedError if the database is at a revision this version does not know: made by a
+    newer version (the code rolled back after an upgrade), which Alembic met with a traceback.
+    Nothing is changed."""
+    known = {revision.revision for revision in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    unknown = sorted(set(MigrationContext.configure(connection).get_current_heads()) - known)
+    if unknown:
+        newest = ", ".join(ScriptDirectory(str(MIGRATIONS)).get_heads())
+        raise FailedError(
+            f"The database {_describe(connection.engine)} was migrated by a newer version of"
+            f" Open Hosting (schema {', '.join(unknown)}; this version knows up to {newest}):"
+            " install that version again, or restore the backup taken before the upgrade"
+        )
+
+
+def _describe(engine: Engine) -> str:
+    return str(engine.url.database) if is_sqlite(engine) else engine.url.render_as_string()
+
+
+@contextlib.contextmanager
+def _ddl_in_transaction(connection: Connection) -> Iterator[None]:
+    """SQLite: the migrations' DDL inside their transaction, committed with the new version
+    or not at all. Python's sqlite3 driver begins a transaction only before an INSERT, UPDATE
+    or DELETE, so an ALTER TABLE or CREATE TABLE ran on its own and was committed at once: a
+    daemon killed in a migration left its first statements done and the version before, and
+    every later start failed on them (`duplicate column name`). With the driver's implicit
+    transactions off, _begin_sqlite_transaction begins one that holds every statement."""
+    if not is_sqlite(connection.engine):
+        yield
+        return
+    driver_connection = connection.connection.driver_connection
+    assert driver_connection is not None
+    previous = driver_connection.isolation_level
+    driver_connection.isolation_level = None
+    try:
+        yield
+    finally:
+        driver_connection.isolation_level = previous
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    # IMMEDIATE: the write lock from the start, so another process's write cannot come
+    # between the version read and the migration (busy_timeout waits for it instead).
+    if is_sqlite(connection.engine):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextlib.contextmanager

@@ -15,6 +15,9 @@ import sqlite3
 from sqlalchemy.exc import DBAPIError
 
 POSTGRESQL_DISK_FULL = "53100"
+# SQLite's error when it cannot grow the WAL index (`-shm`) of a database it opens: on a full
+# disk, the first connection to a database no process has open fails with it.
+SQLITE_IOERR_SHMSIZE = sqlite3.SQLITE_IOERR | (19 << 8)
 
 
 def is_storage_full(error: BaseException) -> bool:
@@ -31,7 +34,9 @@ def is_storage_full(error: BaseException) -> bool:
         if isinstance(current, sqlite3.Error):
             # The primary code is the low byte (extended codes add detail above it).
             code = getattr(current, "sqlite_errorcode", None)
-            return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+            return code is not None and (
+                code & 0xFF == sqlite3.SQLITE_FULL or code == SQLITE_IOERR_SHMSIZE
+            )
         if isinstance(current, OSError):
             return current.errno in (errno.ENOSPC, errno.EDQUOT)
         current = current.__cause__ or current.__context__

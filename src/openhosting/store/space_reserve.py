@@ -52,7 +52,8 @@ def refill(engine: Engine) -> bool:
     return True
 
 
-def _release(engine: Engine) -> bool:
+def release(engine: Engine) -> bool:
+    """Give up the reserve (when the disk is full); whether there was one."""
     path = reserve_path(engine)
     if path is None:
         return False
@@ -72,7 +73,7 @@ def begin_freeing(engine: Engine, work: Callable[[Connection], T]) -> T:
         with engine.begin() as connection:
             return work(connection)
     except Exception as error:
-        if not is_storage_full(error) or not _release(engine):
+        if not is_storage_full(error) or not release(engine):
             raise
     with engine.begin() as connection:
         return work(connection)
