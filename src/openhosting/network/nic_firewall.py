@@ -12,31 +12,23 @@ dropped, so a guest's own connections out from a port in a blocked range still g
 answers; UDP has no such marker, and every datagram to a blocked UDP port is dropped.
 
 One table per platform (named after its public bridge: it also covers the taps on VLAN
-bridges), one chain per tap; the tables and chains outlive the daemon with the taps they
-guard. Each change is one `nft -f` transaction.
+bridges), one chain per tap (tap_chains.py); the tables and chains outlive the daemon with
+the taps they guard. Each change is one `nft -f` transaction.
 """
 
-import asyncio
-import re
 from collections.abc import Mapping
 
 from openhosting.model.port_block import BlockedPorts, port_intervals
-from openhosting.network.nft import delete_if_present, run_nft
+from openhosting.network import tap_chains
+from openhosting.network.tap_chains import TapChains, identifier
+from openhosting.network.tap_chains import chain_name as chain_name
 
 TABLE_PREFIX = "openhosting_block_"
 
 
-def _identifier(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
 def table_name(bridge: str) -> str:
     """The table of the platform whose public bridge is `bridge` (nft names allow no `-`)."""
-    return TABLE_PREFIX + _identifier(bridge)
-
-
-def chain_name(tap: str) -> str:
-    return "tap_" + _identifier(tap)
+    return TABLE_PREFIX + identifier(bridge)
 
 
 def _set_text(intervals: list[tuple[int, int]]) -> str:
@@ -67,77 +59,42 @@ add rule bridge {table} output oifname vmap @taps
 """
 
 
-def _remove_tap(table: str, tap: str) -> str:
-    # Made first so that deleting never fails on what is not there (one transaction).
-    chain = chain_name(tap)
-    return f"""\
-add chain bridge {table} {chain}
-add element bridge {table} taps {{ "{tap}" : jump {chain} }}
-delete element bridge {table} taps {{ "{tap}" }}
-delete chain bridge {table} {chain}
-"""
-
-
-def _set_tap(table: str, tap: str, entries: tuple[BlockedPorts, ...]) -> str:
-    rules = tap_rules(entries)
-    if not rules:
-        return _remove_tap(table, tap)
-    chain = chain_name(tap)
-    lines = [f"add chain bridge {table} {chain}", f"flush chain bridge {table} {chain}"]
-    lines += [f"add rule bridge {table} {chain} {rule}" for rule in rules]
-    lines.append(f'add element bridge {table} taps {{ "{tap}" : jump {chain} }}')
-    return "\n".join(lines) + "\n"
-
-
 def tap_ruleset(table: str, tap: str, entries: tuple[BlockedPorts, ...]) -> str:
     """One transaction (pure) making `tap`'s blocked ports `entries` (none: its chain goes);
     the table and its hooks are made first if missing, other taps' chains are kept."""
-    return f"add table bridge {table}\n" + _hooks(table) + _set_tap(table, tap, entries)
+    return tap_chains.tap_ruleset(table, _hooks(table), tap, tap_rules(entries))
 
 
 def full_ruleset(table: str, taps: Mapping[str, tuple[BlockedPorts, ...]]) -> str:
     """One transaction (pure) replacing the whole table: exactly `taps` blocked."""
-    text = f"table bridge {table}\ndelete table bridge {table}\nadd table bridge {table}\n"
-    text += _hooks(table)
-    for tap in sorted(taps):
-        if tap_rules(taps[tap]):
-            text += _set_tap(table, tap, taps[tap])
-    return text
+    rules = {tap: tap_rules(entries) for tap, entries in taps.items()}
+    return tap_chains.full_ruleset(table, _hooks(table), rules)
 
 
 def remove_tap_ruleset(table: str, tap: str) -> str:
     """One transaction (pure) removing `tap`'s chain; idempotent."""
-    return f"add table bridge {table}\n" + _hooks(table) + _remove_tap(table, tap)
+    return tap_chains.remove_tap_ruleset(table, _hooks(table), tap)
 
 
 class NicFirewall:
     """The blocked ports of the taps of one platform, in one namespace."""
 
     def __init__(self, namespace: str, bridge: str) -> None:
-        self._namespace = namespace
-        self._table = table_name(bridge)
-        self._lock = asyncio.Lock()
-
-    async def _nft(self, *args: str, stdin: str | None = None) -> str:
-        return await run_nft(self._namespace, *args, stdin=stdin)
-
-    async def _load(self, ruleset: str) -> None:
-        async with self._lock:
-            await self._nft("-f", "-", stdin=ruleset)
+        table = table_name(bridge)
+        self._chains = TapChains(namespace, table, _hooks(table))
 
     async def block(self, tap: str, entries: tuple[BlockedPorts, ...]) -> None:
         """Make `entries` the blocked ports of `tap` (none: nothing blocked)."""
-        await self._load(tap_ruleset(self._table, tap, entries))
+        await self._chains.set(tap, tap_rules(entries))
 
     async def unblock(self, tap: str) -> None:
         """Forget `tap` (it is gone); idempotent."""
-        await self._load(remove_tap_ruleset(self._table, tap))
+        await self._chains.unset(tap)
 
     async def replace_all(self, taps: Mapping[str, tuple[BlockedPorts, ...]]) -> None:
         """Exactly `taps` blocked: after a daemon restart, what running servers ask."""
-        await self._load(full_ruleset(self._table, taps))
+        await self._chains.replace_all({tap: tap_rules(e) for tap, e in taps.items()})
 
     async def remove(self) -> None:
         """Remove the table (the daemon stops with no server running); idempotent."""
-        async with self._lock:
-            await delete_if_present(self._nft, "table", "bridge", self._table)
+        await self._chains.remove()

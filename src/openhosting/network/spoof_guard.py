@@ -12,17 +12,17 @@ only from it, and from 0.0.0.0 only to the DHCP server's port (a client asking f
 lease). A NIC without an address keeps the MAC rules (docs/networking.md: the guest may set
 its own address). VLAN NICs are left alone: a VLAN is one user's own network.
 
-One table per platform, one chain per guarded tap, found through a verdict map of taps (the
-layout of nic_firewall.py); it outlives the daemon with the taps it guards. Each change is
-one `nft -f` transaction.
+One table per platform, one chain per guarded tap, found through a verdict map of taps
+(tap_chains.py, as nic_firewall.py's); it outlives the daemon with the taps it guards. Each
+change is one `nft -f` transaction.
 """
 
-import asyncio
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from openhosting.network.nft import delete_if_present, run_nft
+from openhosting.network import tap_chains
+from openhosting.network.tap_chains import TapChains, identifier
+from openhosting.network.tap_chains import chain_name as chain_name
 
 TABLE_PREFIX = "openhosting_guard_"
 DHCP_CLIENT_PORT, DHCP_SERVER_PORT = 68, 67
@@ -36,17 +36,9 @@ class GuestIdentity:
     address: str | None
 
 
-def _identifier(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
 def table_name(bridge: str) -> str:
     """The table of the platform whose public bridge is `bridge` (nft names allow no `-`)."""
-    return TABLE_PREFIX + _identifier(bridge)
-
-
-def chain_name(tap: str) -> str:
-    return "tap_" + _identifier(tap)
+    return TABLE_PREFIX + identifier(bridge)
 
 
 def guard_rules(identity: GuestIdentity) -> list[str]:
@@ -83,73 +75,42 @@ add rule bridge {table} prerouting iifname vmap @taps
 """
 
 
-def _remove_tap(table: str, tap: str) -> str:
-    # Made first so that deleting never fails on what is not there (one transaction).
-    chain = chain_name(tap)
-    return f"""\
-add chain bridge {table} {chain}
-add element bridge {table} taps {{ "{tap}" : jump {chain} }}
-delete element bridge {table} taps {{ "{tap}" }}
-delete chain bridge {table} {chain}
-"""
-
-
-def _set_tap(table: str, tap: str, identity: GuestIdentity) -> str:
-    chain = chain_name(tap)
-    lines = [f"add chain bridge {table} {chain}", f"flush chain bridge {table} {chain}"]
-    lines += [f"add rule bridge {table} {chain} {rule}" for rule in guard_rules(identity)]
-    lines.append(f'add element bridge {table} taps {{ "{tap}" : jump {chain} }}')
-    return "\n".join(lines) + "\n"
-
-
 def tap_ruleset(table: str, tap: str, identity: GuestIdentity) -> str:
     """One transaction (pure) guarding `tap` as `identity`; the table and its hook are made
     first if missing, other taps' chains are kept."""
-    return f"add table bridge {table}\n" + _hooks(table) + _set_tap(table, tap, identity)
+    return tap_chains.tap_ruleset(table, _hooks(table), tap, guard_rules(identity))
 
 
 def full_ruleset(table: str, taps: Mapping[str, GuestIdentity]) -> str:
     """One transaction (pure) replacing the whole table: exactly `taps` guarded."""
-    text = f"table bridge {table}\ndelete table bridge {table}\nadd table bridge {table}\n"
-    text += _hooks(table)
-    for tap in sorted(taps):
-        text += _set_tap(table, tap, taps[tap])
-    return text
+    rules = {tap: guard_rules(identity) for tap, identity in taps.items()}
+    return tap_chains.full_ruleset(table, _hooks(table), rules)
 
 
 def remove_tap_ruleset(table: str, tap: str) -> str:
     """One transaction (pure) removing `tap`'s chain; idempotent."""
-    return f"add table bridge {table}\n" + _hooks(table) + _remove_tap(table, tap)
+    return tap_chains.remove_tap_ruleset(table, _hooks(table), tap)
 
 
 class SpoofGuard:
     """The guarded taps of one platform, in one namespace."""
 
     def __init__(self, namespace: str, bridge: str) -> None:
-        self._namespace = namespace
-        self._table = table_name(bridge)
-        self._lock = asyncio.Lock()
-
-    async def _nft(self, *args: str, stdin: str | None = None) -> str:
-        return await run_nft(self._namespace, *args, stdin=stdin)
-
-    async def _load(self, ruleset: str) -> None:
-        async with self._lock:
-            await self._nft("-f", "-", stdin=ruleset)
+        table = table_name(bridge)
+        self._chains = TapChains(namespace, table, _hooks(table))
 
     async def guard(self, tap: str, identity: GuestIdentity) -> None:
         """Let `tap` carry only frames sent as `identity`."""
-        await self._load(tap_ruleset(self._table, tap, identity))
+        await self._chains.set(tap, guard_rules(identity))
 
     async def unguard(self, tap: str) -> None:
         """Forget `tap` (it is gone); idempotent."""
-        await self._load(remove_tap_ruleset(self._table, tap))
+        await self._chains.unset(tap)
 
     async def replace_all(self, taps: Mapping[str, GuestIdentity]) -> None:
         """Exactly `taps` guarded: after a daemon restart, the running servers' NICs."""
-        await self._load(full_ruleset(self._table, taps))
+        await self._chains.replace_all({tap: guard_rules(i) for tap, i in taps.items()})
 
     async def remove(self) -> None:
         """Remove the table (the daemon stops with no server running); idempotent."""
-        async with self._lock:
-            await delete_if_present(self._nft, "table", "bridge", self._table)
+        await self._chains.remove()
