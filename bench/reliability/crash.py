@@ -409,7 +409,18 @@ class CrashCampaign:
 
     def check(self) -> None:
         """With the workers paused: every invariant against the acknowledged history, then
-        what was in doubt is settled by what the platform shows."""
+        what was in doubt is settled by what the platform shows. A daemon that stops
+        answering meanwhile fails the campaign, saying whether its process is gone."""
+        try:
+            self._check()
+        except ConnectionError as error:
+            code = self.daemon.process.poll()
+            how = "still runs" if code is None else f"exited with status {code}"
+            raise RuntimeError(
+                f"the daemon stopped answering during a check ({error!r}); its process {how}"
+            ) from error
+
+    def _check(self) -> None:
         problems: list[str] = []
         if self.api.call("/drives/list").status != 200:
             problems.append("the current key does not open the account after restart")
