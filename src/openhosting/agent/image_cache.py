@@ -26,8 +26,10 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from openhosting.directory_sync import sync_directory
 from openhosting.errors import FailedError, FullError, UsageError
 from openhosting.reverter import Reverter
+from openhosting.storage.file_writes import pwrite_all
 from openhosting.storage.storage_calls import CachedCopy
 
 log = logging.getLogger("openhosting.agent")
@@ -127,7 +129,7 @@ class ImageCache:
                         raise UsageError(f"more than the {size} bytes announced")
                     if piece.nbytes and bytes(piece).count(0) != piece.nbytes:
                         with _file_errors(drive):
-                            _write_at(fd, piece, written)
+                            pwrite_all(fd, piece, written)
                     written += len(piece)
                 if written != size:
                     raise UsageError(f"{written} bytes of the {size} announced")
@@ -141,7 +143,7 @@ class ImageCache:
                 os.rename(temporary, final)
             revert.success()
         with _file_errors(drive):
-            _sync_directory(self.directory)
+            sync_directory(self.directory)
         return written
 
 
@@ -156,17 +158,3 @@ def _file_errors(drive: str) -> Iterator[None]:
         raise FailedError(
             f"Cannot write a copy of standard drive {drive}: {error.strerror or error}"
         ) from None
-
-
-def _write_at(fd: int, piece: memoryview, offset: int) -> None:
-    while piece:
-        done = os.pwrite(fd, piece, offset)
-        piece, offset = piece[done:], offset + done
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

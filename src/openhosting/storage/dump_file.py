@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from openhosting.directory_sync import sync_directory
 from openhosting.reverter import Reverter
 from openhosting.store.platform_key import unwrap_secret, wrap_secret
 
@@ -87,7 +88,7 @@ def write_dump(source_fd: int, path: Path, wrapping_key: bytes, uuid: str) -> in
 def commit_dump(written: Path, final: Path) -> None:
     """Put the dump `written` in place as `final`, durably (it must survive a power cut)."""
     os.replace(written, final)
-    _sync_directory(final.parent)
+    sync_directory(final.parent)
 
 
 def read_dump(path: Path, sink_fd: int, wrapping_key: bytes, uuid: str) -> int:
@@ -135,11 +136,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,6 +18,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from openhosting.directory_sync import sync_directory
 from openhosting.errors import UsageError
 from openhosting.reverter import Reverter
 
@@ -122,9 +123,9 @@ def restore_state(backup: Path, database: Path | None, platform_key: Path) -> li
                     database.with_name(database.name + suffix).unlink(missing_ok=True)
             for _, target, temporary in staged:
                 os.replace(temporary, target)
-            _fsync_directory(platform_key.parent)
+            sync_directory(platform_key.parent)
             if database is not None and database.parent != platform_key.parent:
-                _fsync_directory(database.parent)
+                sync_directory(database.parent)
         except OSError as error:
             raise UsageError(f"Restore from {backup} failed: {error}") from None
         revert.success()
@@ -156,11 +157,3 @@ def _database_in_use(database: Path) -> bool:
             return True
         fcntl.lockf(file, fcntl.LOCK_UN, _SQLITE_SHARED_SIZE, _SQLITE_SHARED_FIRST)
     return False
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

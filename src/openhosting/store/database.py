@@ -107,23 +107,19 @@ def open_engine(target: Path | str) -> Engine:
     SQLite file."""
     url = f"sqlite:///{target}" if isinstance(target, Path) else target
     engine = create_store_engine(url)
-    try:
-        migrate(engine)
-    except Exception as error:
-        # A full disk: SQLite cannot even open the database (its -shm), and the daemon would
-        # not start to serve the destroys that free space. The reserve is for that.
-        if not is_storage_full(error):
-            raise
-        engine.dispose()
-        if not space_reserve.release(engine):
-            raise _state_full(engine) from None
+    # A full disk: SQLite cannot even open the database (its -shm), and the daemon would not
+    # start to serve the destroys that free space. The reserve is for that: given up once,
+    # then one more try.
+    for last_try in (False, True):
         try:
             migrate(engine)
-        except Exception as again:
-            if not is_storage_full(again):
+            break
+        except Exception as error:
+            if not is_storage_full(error):
                 raise
             engine.dispose()
-            raise _state_full(engine) from None
+            if last_try or not space_reserve.release(engine):
+                raise _state_full(engine) from None
     space_reserve.refill(engine)
     return engine
 
@@ -159,10 +155,11 @@ def _refuse_a_newer_schema(connection: Connection) -> None:
     """FailedError if the database is at a revision this version does not know: made by a
     newer version (the code rolled back after an upgrade), which Alembic met with a traceback.
     Nothing is changed."""
-    known = {revision.revision for revision in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    scripts = ScriptDirectory(str(MIGRATIONS))
+    known = {revision.revision for revision in scripts.walk_revisions()}
     unknown = sorted(set(MigrationContext.configure(connection).get_current_heads()) - known)
     if unknown:
-        newest = ", ".join(ScriptDirectory(str(MIGRATIONS)).get_heads())
+        newest = ", ".join(scripts.get_heads())
         raise FailedError(
             f"The database {_describe(connection.engine)} was migrated by a newer version of"
             f" Open Hosting (schema {', '.join(unknown)}; this version knows up to {newest}):"
