@@ -1,0 +1,165 @@
+"""The client tools facing a server that misbehaves on purpose (a test server of their own on
+127.0.0.1): redirects, endless answers and drive infos with impossible sizes end in one clear
+message and a failure, never a success, a traceback or memory without bound."""
+
+import http.server
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from tests.client.conftest import BIN, TOOL_TIMEOUT
+
+DRIVE = "00000000-0000-4000-8000-000000000000"
+CHUNK = 65536
+
+# What the server does for a request: given the handler, it sends the whole answer.
+Answer = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+def send(
+    handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes, **headers: str
+) -> None:
+    handler.send_response(status)
+    for key, value in headers.items():
+        handler.send_header(key.replace("_", "-"), value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def drive_info(size: str) -> Answer:
+    return lambda handler: send(handler, 200, f"drive {DRIVE}\nsize {size}\n".encode())
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """Answers each request with the first of `answers` whose key (METHOD and a piece of the
+    path) matches; every request seen is kept in `seen` (both set by `hostile_server`)."""
+
+    protocol_version = "HTTP/1.1"
+    answers: ClassVar[dict[str, Answer]]
+    seen: ClassVar[list[str]]
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        request = f"{self.command} {self.path}"
+        type(self).seen.append(request)
+        for key, answer in self.answers.items():
+            method, _, piece = key.partition(" ")
+            if self.command == method and piece in self.path:
+                answer(self)
+                return
+        send(self, 404, b"Not found\n", X_Elastic_Error="missing")
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Hostile:
+    """A server of `hostile_server`: its port and the requests it saw."""
+
+    port: int
+    seen: list[str]
+
+    def run(
+        self, tool: str, *args: str | Path, timeout: float = TOOL_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a client tool against this server, as a user with OHURI naming it."""
+        env = {
+            **os.environ,
+            "OHURI": f"http://127.0.0.1:{self.port}/",
+            "OHAUTH": "u:s3cret",
+            "OH_TIMEOUT": "10",
+        }
+        return subprocess.run(
+            [str(BIN / tool), *map(str, args)],
+            capture_output=True, text=True, env=env, timeout=timeout, check=False,
+        )  # fmt: skip
+
+
+@contextmanager
+def hostile_server(answers: dict[str, Answer]) -> Iterator[Hostile]:
+    """A server on a free loopback port answering as `answers` says."""
+    handler = type("Handler", (_Hostile,), {"answers": answers, "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Hostile(server.server_address[1], handler.seen)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_redirected_chunk_write_fails_the_upload_and_is_not_followed(tmp_path: Path) -> None:
+    # The elsewhere server must never be asked: a followed redirect could take the credentials
+    # there. Before: the 301 counted as written, and the upload said "completed", status 0.
+    with hostile_server({"GET /info": drive_info(str(2 * CHUNK))}) as elsewhere:
+        with hostile_server({
+            "GET /info": drive_info(str(2 * CHUNK)),
+            "POST /write/": lambda handler: send(
+                handler, 301, b"", Location=f"http://127.0.0.1:{elsewhere.port}/drives/{DRIVE}/write/0"
+            ),
+        }) as server:  # fmt: skip
+            image = tmp_path / "image"
+            image.write_bytes(os.urandom(2 * CHUNK))
+            done = server.run("openhosting-upload", "-d", DRIVE, "-c", str(CHUNK), "-p", "1", image)
+        assert elsewhere.seen == []
+    assert done.returncode == 1, done
+    assert done.stdout.endswith("E\n") and "completed" not in done.stdout
+    assert (
+        "HTTP 301" in done.stderr
+        and f"redirects to 'http://127.0.0.1:{elsewhere.port}/" in done.stderr
+    )
+    assert f"Restart with '-d {DRIVE} -o 0' to resume the upload" in done.stderr
+
+
+def test_a_redirect_is_a_failure_of_the_generic_tool() -> None:
+    # Before: the empty body of the 302 printed, status 0, as if the call had worked.
+    with hostile_server(
+        {"POST /drives/": lambda h: send(h, 302, b"", Location="file:///etc/passwd")}
+    ) as server:
+        done = server.run("openhosting", "drives", DRIVE, "destroy")
+    assert done.returncode == 1
+    assert "HTTP 302" in done.stderr and "'file:///etc/passwd'" in done.stderr
+
+
+def endless(handler: http.server.BaseHTTPRequestHandler) -> None:
+    """A chunked answer that never ends (until the client goes, or a minute has passed)."""
+    handler.send_response(200)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    piece = b"size 1\n" * 10000
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+    except OSError:
+        pass  # the client stopped reading: as it should
+    handler.close_connection = True
+
+
+@pytest.mark.parametrize("tool", ["openhosting-download", "openhosting-upload"])
+def test_an_endless_drive_info_is_refused_not_read_into_memory(tool: str, tmp_path: Path) -> None:
+    # Before: the tool read it into memory (~75 MB a second) until the minute was over.
+    image = tmp_path / "image"
+    image.write_bytes(b"x" * 1000)
+    args = [DRIVE, image] if tool == "openhosting-download" else ["-d", DRIVE, image]
+    with hostile_server({"GET /info": endless}) as server:
+        started = time.monotonic()
+        done = server.run(tool, *args, timeout=30)
+    assert done.returncode == 1, done
+    assert "is longer than 1048576 bytes: not an answer of the API" in done.stderr
+    assert time.monotonic() - started < 20
