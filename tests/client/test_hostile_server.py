@@ -163,3 +163,15 @@ def test_an_endless_drive_info_is_refused_not_read_into_memory(tool: str, tmp_pa
     assert done.returncode == 1, done
     assert "is longer than 1048576 bytes: not an answer of the API" in done.stderr
     assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("size", ["²", "-5", "12abc", "99999999999999999999999999"])
+def test_a_drive_info_with_an_impossible_size_is_named(size: str, tmp_path: Path) -> None:
+    # Before: '²' (a digit to str.isdigit) was a ValueError traceback, '-5' and '12abc' a
+    # "not found" of a drive the server had just described.
+    with hostile_server({"GET /info": drive_info(size)}) as server:
+        done = server.run("openhosting-download", DRIVE, tmp_path / "out")
+    assert done.returncode == 1, done
+    assert done.stderr == f"The info of drive {DRIVE} has no valid size: {size!r}\n"
+    assert [request for request in server.seen if "/read/" in request] == []
+    assert not (tmp_path / "out").exists()

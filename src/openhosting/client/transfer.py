@@ -28,7 +28,8 @@ from openhosting.client.tool import (
     run_tool,
 )
 from openhosting.client.verify import VERIFY_RETRIES
-from openhosting.errors import ApiError, MissingError
+from openhosting.errors import ApiError, FailedError, MissingError
+from openhosting.wire.sizes import MAX_SIZE
 from openhosting.wire.text import parse_properties
 
 DEFAULT_CHUNK = 5242880
@@ -52,9 +53,12 @@ def drive_size(client: ApiClient, drive: str) -> int:
         answer = client.call("GET", api_path("drives", drive, "info"))
     except MissingError:
         raise MissingError(f"Drive {drive} not found") from None
-    size = parse_properties(answer.decode("utf-8", "replace")).get("size", "")
-    if not size.isdigit():
+    size = parse_properties(answer.decode("utf-8", "replace")).get("size")
+    if size is None:
         raise MissingError(f"Drive {drive} not found")
+    # str.isdigit() also takes '²' (which int() refuses) and other scripts' digits.
+    if not (size.isascii() and size.isdigit()) or int(size) > MAX_SIZE:
+        raise FailedError(f"The info of drive {drive} has no valid size: {size[:40]!r}")
     return int(size)
 
 
