@@ -142,6 +142,22 @@ def test_name_shared_and_tier_options_shape_the_new_drive(api: ApiDaemon, tmp_pa
     assert info["tier"] == "ssd" and info["encryption:cipher"] == "none"
 
 
+@pytest.mark.parametrize("option", ["file", "-n"])
+def test_a_newline_in_the_name_stays_in_the_name_and_adds_no_key(
+    api: ApiDaemon, tmp_path: Path, option: str
+) -> None:
+    # Before: the name went into the body as it was, so a file called (or -n given)
+    # "disk\nencryption:cipher none" made an unencrypted drive, its name "disk".
+    name = "disk\nencryption:cipher none"
+    image = make_image(tmp_path / (name if option == "file" else "image"), os.urandom(1000))
+    args = ["-n", name] if option == "-n" else []
+    done = api.run("openhosting-upload", *args, image)
+    assert done.returncode == 0, done.stderr
+    info = api.info(created_drive(done.stdout.decode()))
+    assert info["encryption:cipher"] == "aes-xts-plain"  # the platform's default
+    assert info["name"] == "disk\\nencryption:cipher none"  # the text codec's escape
+
+
 def test_an_existing_drive_too_small_is_refused_before_sending(
     api: ApiDaemon, tmp_path: Path
 ) -> None:

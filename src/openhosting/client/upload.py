@@ -39,7 +39,7 @@ from openhosting.client.verify import (
     until_verified,
 )
 from openhosting.errors import ApiError, FailedError, UsageError
-from openhosting.wire.text import parse_properties
+from openhosting.wire.text import parse_properties, render_object
 
 GZIP_LEVEL = 1  # ISA-L's fastest level: ~10x zlib's default, and the network is not the limit
 READ_BLOCK = 4 * 1024 * 1024
@@ -122,20 +122,22 @@ class GunzipSource:
 
 
 def create_drive(client: ApiClient, args: argparse.Namespace, size: int) -> str:
-    lines = [
-        f"name {args.name or os.path.basename(args.file)}",
-        f"size {size}",
-        f"claim:type {'shared' if args.shared else 'exclusive'}",
-    ]
+    properties = {
+        "name": args.name or os.path.basename(args.file),
+        "size": str(size),
+        "claim:type": "shared" if args.shared else "exclusive",
+    }
     if args.tier:
-        lines.append(f"tier {args.tier}")
+        properties["tier"] = args.tier
     if args.cipher:
-        lines.append(f"encryption:cipher {args.cipher}")
+        properties["encryption:cipher"] = args.cipher
     try:
         answer = client.call(
             "POST",
             "drives/create",
-            ("\n".join(lines) + "\n").encode(),
+            # Rendered by the codec, whose escapes keep a newline in a value (a file's name
+            # may hold one) from becoming a key line of its own, e.g. `encryption:cipher none`.
+            render_object(properties).encode(),
             headers={"Content-Type": "text/plain"},
         )
     except ApiError as error:
