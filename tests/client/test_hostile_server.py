@@ -175,3 +175,59 @@ def test_a_drive_info_with_an_impossible_size_is_named(size: str, tmp_path: Path
     assert done.stderr == f"The info of drive {DRIVE} has no valid size: {size!r}\n"
     assert [request for request in server.seen if "/read/" in request] == []
     assert not (tmp_path / "out").exists()
+
+
+def first_chunk_only(data: bytes) -> Answer:
+    """Reads: the first chunk's bytes, and a 500 `failed` for any other offset."""
+
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        offset = int(handler.path.split("/read/")[1].split("/")[0])
+        if offset == 0:
+            send(handler, 200, data[:CHUNK])
+        else:
+            send(handler, 500, b"Disk on fire\n", X_Elastic_Error="failed")
+
+    return answer
+
+
+def test_a_download_over_an_old_file_that_stops_early_keeps_only_what_it_fetched(
+    tmp_path: Path,
+) -> None:
+    # Before: the old file kept its 4 chunks, so the next run without -o (which resumes from
+    # the file's size) said "completed" over 3 chunks of the old bytes.
+    data = os.urandom(4 * CHUNK)
+    target = tmp_path / "image"
+    target.write_bytes(b"\xff" * (4 * CHUNK))  # an older download of the drive
+    answers = {"GET /info": drive_info(str(len(data))), "GET /read/": first_chunk_only(data)}
+    with hostile_server(answers) as server:
+        done = server.run(
+            "openhosting-download", "-c", str(CHUNK), "-p", "1", "-o", "0", DRIVE, target
+        )
+        assert done.returncode == 1
+        assert done.stderr.endswith(
+            f"Disk on fire\nRestart with '-o {CHUNK}' to resume the download\n"
+        )
+        assert target.read_bytes() == data[:CHUNK]
+        again = server.run("openhosting-download", "-c", str(CHUNK), "-p", "1", DRIVE, target)
+    assert again.returncode == 1 and "completed" not in again.stdout
+    assert again.stdout.startswith(f"Downloading 3 chunks of {CHUNK} bytes starting at {CHUNK}: ")
+
+
+def test_an_offset_past_the_end_of_the_file_is_refused(tmp_path: Path) -> None:
+    # Before: the chunks were written from -o on and the bytes before it were a hole, read
+    # back as zeros the drive never held.
+    data = os.urandom(4 * CHUNK)
+    target = tmp_path / "image"
+    target.write_bytes(data[:CHUNK])
+    answers = {"GET /info": drive_info(str(len(data))), "GET /read/": first_chunk_only(data)}
+    with hostile_server(answers) as server:
+        done = server.run(
+            "openhosting-download", "-c", str(CHUNK), "-o", str(2 * CHUNK), DRIVE, target
+        )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (
+        f"{target} holds {CHUNK} bytes: -o {2 * CHUNK} would leave the bytes before it missing"
+        " (without -o the download resumes from the file's size)\n"
+    )
+    assert [request for request in server.seen if "/read/" in request] == []
+    assert target.read_bytes() == data[:CHUNK]

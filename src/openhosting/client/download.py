@@ -11,7 +11,10 @@ the file never has a gap before its end and resuming from its size stays right e
 `kill -9`; aligned chunks are written with O_DIRECT (see `OutputFile`); chunks of zeros past
 the file's end become holes (a sparse file); on a terminal a progress bar replaces the dots;
 `--verify` checks each chunk's SHA-256 against the drive's and fetches one that differs again.
-A regular output file ends with exactly the drive's size.
+A regular output file ends with exactly the drive's size. Into a regular file, `-o` may not
+be past the file's end (the bytes between would be a hole, zeros the drive never held), and
+what the file holds past `-o` is cut before the first chunk, so that the file never claims
+more than the run wrote.
 """
 
 import argparse
@@ -46,15 +49,20 @@ from openhosting.errors import UsageError
 DIRECT_ALIGNMENT = 4096
 
 
-def resume_offset(path: str, chunk_size: int) -> int:
-    """Where a download into `path` resumes: its size rounded down to a whole chunk."""
+def regular_size(path: str) -> int | None:
+    """The size of the regular file `path` (0 while there is none); None for anything else
+    (a block device)."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
         return 0
-    if not stat.S_ISREG(info.st_mode):
-        return 0
-    return info.st_size - info.st_size % chunk_size
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def resume_offset(path: str, chunk_size: int) -> int:
+    """Where a download into `path` resumes: its size rounded down to a whole chunk."""
+    size = regular_size(path) or 0
+    return size - size % chunk_size
 
 
 class OutputFile:
@@ -116,6 +124,11 @@ class OutputFile:
         if self._direct_fd is not None:
             os.close(self._direct_fd)
             self._direct_fd = None
+
+    def cut_to(self, size: int) -> None:
+        """Make a regular file at most `size` bytes long (a block device keeps its size)."""
+        if self.regular and os.fstat(self._fd).st_size > size:
+            os.ftruncate(self._fd, size)
 
     def set_size(self, size: int) -> None:
         """Make a regular file exactly `size` bytes long (a block device keeps its size)."""
@@ -226,11 +239,21 @@ def download(args: argparse.Namespace) -> int:
         )
     if start > size:
         raise UsageError(f"Offset {start} is past the end of drive {args.drive} ({size} bytes)")
+    held = regular_size(args.file)
+    if held is not None and start > held:
+        # The bytes between would read as zeros: a file that claims more than it holds.
+        raise UsageError(
+            f"{args.file} holds {held} bytes: -o {start} would leave the bytes before it"
+            " missing (without -o the download resumes from the file's size)"
+        )
     try:
         output = OutputFile(args.file)
     except OSError as error:
         raise UsageError(f"Failed to open {args.file}: {error.strerror}") from None
     try:
+        # What the file holds past `start` is about to be replaced: kept until then, it would
+        # make a run that stops early look done to the next one, which resumes from the size.
+        output.cut_to(start)
         return _download(args, client, output, start, size)
     finally:
         output.close()
