@@ -76,9 +76,17 @@ class FileSource:
 def gunzipped_size(path: str) -> int:
     """The size of what the gzip file at `path` holds, by decompressing it once."""
     try:
+        mode = os.stat(path).st_mode
         os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     except OSError as error:
         raise UsageError(f"{path}: {error.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        # A pipe (`-z <(…)`) would be read to its end here, then found empty for the upload,
+        # after the drive was made: a failure that resuming repeats.
+        raise UsageError(
+            f"{path}: not a regular file or a block device (-z reads it twice: once for the"
+            " drive's size, then to upload it)"
+        )
     total = 0
     buffer = bytearray(READ_BLOCK)
     try:
