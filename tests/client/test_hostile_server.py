@@ -231,3 +231,18 @@ def test_an_offset_past_the_end_of_the_file_is_refused(tmp_path: Path) -> None:
     )
     assert [request for request in server.seen if "/read/" in request] == []
     assert target.read_bytes() == data[:CHUNK]
+
+
+def test_control_characters_from_the_server_reach_the_terminal_escaped() -> None:
+    # Before: written as they came, so an error text or a header could retitle the terminal
+    # (OSC 0), clear it and print a fake prompt in its place.
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        send(handler, 500, b"\x1b]0;owned\x07\x1b[2Jnothing wrong\n", X_Elastic_Error="failed",
+             X_Note="\x1b[31mred")  # fmt: skip
+
+    with hostile_server({"POST /drives/": answer}) as server:
+        done = server.run("openhosting", "-v", "drives", "list")
+    assert done.returncode == 1
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr
+    assert "< X-Note: \\x1b[31mred\n" in done.stderr
+    assert done.stderr.endswith("\\x1b]0;owned\\x07\\x1b[2Jnothing wrong\n")

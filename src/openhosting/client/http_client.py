@@ -117,11 +117,23 @@ def basic_authorization(user: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
 
 
+def terminal_safe(text: str) -> str:
+    """`text` from the server as it may be shown on a terminal: control characters (an escape
+    sequence could retitle, clear or rewrite the user's screen) written as `\\xNN`; line
+    breaks and tabs kept."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char in "\n\t" else ascii(char)[1:-1] for char in text
+    )
+
+
 def error_from_response(
     status: int, reason: str, kind: str, text: str, url: str, *, location: str = ""
 ) -> ApiError:
     """The error an HTTP error response (any status but 2xx) stands for: its `X-Elastic-Error`
     type's class; `location` is a redirect's target, named but never followed."""
+    text, reason = terminal_safe(text), terminal_safe(reason)
     text = text.strip() or f"HTTP {status} {reason}"
     error_type = ERROR_TYPES.get(kind.split(" ")[0].strip().lower()) if kind else None
     if error_type is None:
@@ -297,9 +309,9 @@ class ApiClient:
             response = connection.getresponse()
         if self._trace is not None:
             version = "HTTP/1.1" if response.version == 11 else "HTTP/1.0"
-            self._trace(f"< {version} {response.status} {response.reason}")
+            self._trace(terminal_safe(f"< {version} {response.status} {response.reason}"))
             for key, value in response.getheaders():
-                self._trace(f"< {key}: {value}")
+                self._trace(terminal_safe(f"< {key}: {value}"))
         return response
 
     @staticmethod
