@@ -125,6 +125,10 @@ class OutputFile:
             os.close(self._direct_fd)
             self._direct_fd = None
 
+    def device_size(self) -> int | None:
+        """The size of a block device (None for a regular file, which grows)."""
+        return None if self.regular else os.lseek(self._fd, 0, os.SEEK_END)
+
     def cut_to(self, size: int) -> None:
         """Make a regular file at most `size` bytes long (a block device keeps its size)."""
         if self.regular and os.fstat(self._fd).st_size > size:
@@ -251,6 +255,12 @@ def download(args: argparse.Namespace) -> int:
     except OSError as error:
         raise UsageError(f"Failed to open {args.file}: {error.strerror}") from None
     try:
+        room = output.device_size()
+        if room is not None and room < size:
+            # Its end would fail the chunk there with ENOSPC, and every resume the same way.
+            raise UsageError(
+                f"{args.file} holds {room} bytes: too small for drive {args.drive} ({size} bytes)"
+            )
         # What the file holds past `start` is about to be replaced: kept until then, it would
         # make a run that stops early look done to the next one, which resumes from the size.
         output.cut_to(start)
