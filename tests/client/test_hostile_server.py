@@ -246,3 +246,55 @@ def test_control_characters_from_the_server_reach_the_terminal_escaped() -> None
     assert "\x1b" not in done.stderr and "\x07" not in done.stderr
     assert "< X-Note: \\x1b[31mred\n" in done.stderr
     assert done.stderr.endswith("\\x1b]0;owned\\x07\\x1b[2Jnothing wrong\n")
+
+
+def whole_drive(data: bytes) -> Answer:
+    """Reads: the bytes of `data` asked for."""
+
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        offset, length = map(int, handler.path.split("/read/")[1].split("/")[:2])
+        send(handler, 200, data[offset : offset + length])
+
+    return answer
+
+
+@contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted on `path` (made), unmounted at the end; skips without mount."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], timeout=30, check=True)
+
+
+def test_a_full_disk_fails_the_download_saying_so_and_it_resumes_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    # Before: "OSError: [Errno 28] No space left on device", a Python exception's name for
+    # the write of the file, which the tool did not name.
+    data = os.urandom(4 * CHUNK)
+    answers = {"GET /info": drive_info(str(len(data))), "GET /read/": whole_drive(data)}
+    with hostile_server(answers) as server, small_tmpfs(tmp_path / "disk", "150k") as disk:
+        target = disk / "image"
+        done = server.run("openhosting-download", "-c", str(CHUNK), "-p", "1", DRIVE, target)
+        assert done.returncode == 1 and done.stdout.endswith("E\n")
+        assert done.stderr == (
+            f"Failed to read chunk at offset {2 * CHUNK}: aborting\n"
+            f"Cannot write {target} at offset {2 * CHUNK}: No space left on device\n"
+            f"Restart with '-o {2 * CHUNK}' to resume the download\n"
+        )
+        assert target.read_bytes()[: 2 * CHUNK] == data[: 2 * CHUNK]
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], timeout=30, check=True)
+        again = server.run("openhosting-download", "-c", str(CHUNK), DRIVE, target)
+        assert again.returncode == 0, again
+        assert again.stdout.startswith(
+            f"Downloading 2 chunks of {CHUNK} bytes starting at {2 * CHUNK}"
+        )
+        assert target.read_bytes() == data

@@ -42,7 +42,7 @@ from openhosting.client.verify import (
     local_hash,
     until_verified,
 )
-from openhosting.errors import UsageError
+from openhosting.errors import FailedError, UsageError
 
 # What O_DIRECT needs of offsets, lengths and buffer addresses: the largest logical block size
 # in use (4 KiB disks), which also covers 512-byte ones.
@@ -192,7 +192,13 @@ def read_chunk(
         until_verified(client, drive, chunk, local_hash(data), fetch_again, "fetching it again")
     zero = is_zero(data)
     with turns.turn(chunk.index):
-        output.write(chunk.offset, data, zero)
+        try:
+            output.write(chunk.offset, data, zero)
+        except OSError as error:
+            # Said as what it is: the tool's header says the chunk failed, not where.
+            raise FailedError(
+                f"Cannot write {output.path} at offset {chunk.offset}: {error.strerror or error}"
+            ) from None
 
 
 def fetch_chunk(
