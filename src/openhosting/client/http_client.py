@@ -80,17 +80,27 @@ class Endpoint:
         return self.base_path + path.lstrip("/")
 
 
+def _without_userinfo(uri: str) -> str:
+    """`uri` as an error message may show it: what precedes its last "@" (a user and
+    password, however malformed the rest) replaced by "…"."""
+    if "@" not in uri:
+        return uri
+    scheme, separator, _ = uri.partition("://")
+    return f"{scheme + separator if separator else ''}…@{uri.rpartition('@')[2]}"
+
+
 def parse_endpoint(uri: str) -> Endpoint:
     """The endpoint `uri` names (`http://HOST[:PORT][/PATH][/]`; the trailing slash is optional)."""
     parts = urlsplit(uri.strip())
+    shown = repr(_without_userinfo(uri.strip()))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
-            f"Invalid OHURI {uri!r}: expected the API endpoint URI, e.g. http://127.0.0.1:8080/"
+            f"Invalid OHURI {shown}: expected the API endpoint URI, e.g. http://127.0.0.1:8080/"
         )
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise UsageError(f"Invalid OHURI {uri!r}: the port is not a number") from None
+        raise UsageError(f"Invalid OHURI {shown}: the port is not a number") from None
     base = parts.path if parts.path.endswith("/") else parts.path + "/"
     return Endpoint(parts.scheme, parts.hostname, port, base)
 
