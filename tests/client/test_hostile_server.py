@@ -298,3 +298,37 @@ def test_a_full_disk_fails_the_download_saying_so_and_it_resumes_once_there_is_r
             f"Downloading 2 chunks of {CHUNK} bytes starting at {2 * CHUNK}"
         )
         assert target.read_bytes() == data
+
+
+def chunked_reads(data: bytes, extra: bytes = b"") -> Answer:
+    """Reads: the bytes asked for (and `extra` after them) with Transfer-Encoding chunked,
+    as a reverse proxy may send them, in two pieces."""
+
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        offset, length = map(int, handler.path.split("/read/")[1].split("/")[:2])
+        body = data[offset : offset + length] + extra
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        for piece in (body[: len(body) // 2], body[len(body) // 2 :]):
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        handler.wfile.write(b"0\r\n\r\n")
+
+    return answer
+
+
+def test_chunks_sent_with_chunked_encoding_are_taken_when_whole(tmp_path: Path) -> None:
+    # Before: every chunk failed, "had 65536 bytes or more, 65536 expected": a chunked body is
+    # not seen to end until read past its last byte.
+    data = os.urandom(3 * CHUNK)
+    target = tmp_path / "image"
+    answers = {"GET /info": drive_info(str(len(data))), "GET /read/": chunked_reads(data)}
+    with hostile_server(answers) as server:
+        done = server.run("openhosting-download", "-c", str(CHUNK), DRIVE, target)
+    assert done.returncode == 0, done
+    assert target.read_bytes() == data
+    answers["GET /read/"] = chunked_reads(data, extra=b"!")
+    with hostile_server(answers) as server:
+        done = server.run("openhosting-download", "-c", str(CHUNK), "-o", "0", DRIVE, target)
+    assert done.returncode == 1
+    assert f"had {CHUNK} bytes or more, {CHUNK} expected" in done.stderr

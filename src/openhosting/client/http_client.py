@@ -460,7 +460,10 @@ class ApiClient:
                 if not count:
                     break
                 filled += count
-        if filled != len(buffer) or not response.isclosed():
+            # A body without a Content-Length (chunked, as a proxy may send it, or ended by
+            # closing) is not seen to end until read past its last byte: one more is asked.
+            longer = filled == len(buffer) and not response.isclosed() and response.read(1)
+        if filled != len(buffer) or longer:
             self._drop_connection()
             raise FailedError(
                 f"The answer from {self.endpoint.url} had {filled} bytes"
