@@ -332,3 +332,22 @@ def test_chunks_sent_with_chunked_encoding_are_taken_when_whole(tmp_path: Path) 
         done = server.run("openhosting-download", "-c", str(CHUNK), "-o", "0", DRIVE, target)
     assert done.returncode == 1
     assert f"had {CHUNK} bytes or more, {CHUNK} expected" in done.stderr
+
+
+@pytest.mark.parametrize("drive", ["\x1b]0;owned\x07", "../../servers/x", ""])
+def test_a_created_drive_that_is_no_uuid_is_refused_before_any_chunk(
+    drive: str, tmp_path: Path
+) -> None:
+    # Before: printed as it came ("Created drive \x1b]0;owned\x07", a terminal escape) and put
+    # in each chunk's path (POST /drives/../../servers/x/write/0).
+    image = tmp_path / "image"
+    image.write_bytes(os.urandom(1000))
+
+    def created(handler: http.server.BaseHTTPRequestHandler) -> None:
+        send(handler, 200, f"drive {drive}\nsize 1000\n".encode())
+
+    with hostile_server({"POST /drives/create": created}) as server:
+        done = server.run("openhosting-upload", image)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == "Failed to create drive of size 1000: the answer names no drive\n"
+    assert server.seen == ["POST /drives/create"]

@@ -17,6 +17,7 @@ drive's (`/drives/D/hash/OFFSET/SIZE`) and sends a chunk that differs again (see
 import argparse
 import functools
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from openhosting.client.verify import (
 from openhosting.errors import ApiError, FailedError, UsageError
 from openhosting.wire.text import parse_properties, render_object
 
+# A drive's UUID as the API writes it (lowercase).
+_DRIVE_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 GZIP_LEVEL = 1  # ISA-L's fastest level: ~10x zlib's default, and the network is not the limit
 READ_BLOCK = 4 * 1024 * 1024
 
@@ -151,8 +154,10 @@ def create_drive(client: ApiClient, args: argparse.Namespace, size: int) -> str:
     except ApiError as error:
         raise type(error)(f"Failed to create drive of size {size}: {error.message}") from None
     drive = parse_properties(answer.decode("utf-8", "replace")).get("drive", "")
-    if not drive:
-        raise FailedError(f"Failed to create drive of size {size}")
+    if not _DRIVE_UUID.fullmatch(drive):
+        # It is printed and put in every chunk's path: anything but a UUID (an escape
+        # sequence for the terminal, a "../") is the server's mistake, not ours to pass on.
+        raise FailedError(f"Failed to create drive of size {size}: the answer names no drive")
     return drive
 
 
