@@ -4,6 +4,7 @@ message and a failure, never a success, a traceback or memory without bound."""
 
 import http.server
 import os
+import ssl
 import subprocess
 import threading
 import time
@@ -70,16 +71,18 @@ class Hostile:
 
     port: int
     seen: list[str]
+    scheme: str = "http"
 
     def run(
-        self, tool: str, *args: str | Path, timeout: float = TOOL_TIMEOUT
+        self, tool: str, *args: str | Path, timeout: float = TOOL_TIMEOUT, **env_extra: str
     ) -> subprocess.CompletedProcess[str]:
         """Run a client tool against this server, as a user with OHURI naming it."""
         env = {
             **os.environ,
-            "OHURI": f"http://127.0.0.1:{self.port}/",
+            "OHURI": f"{self.scheme}://127.0.0.1:{self.port}/",
             "OHAUTH": "u:s3cret",
             "OH_TIMEOUT": "10",
+            **env_extra,
         }
         return subprocess.run(
             [str(BIN / tool), *map(str, args)],
@@ -88,15 +91,22 @@ class Hostile:
 
 
 @contextmanager
-def hostile_server(answers: dict[str, Answer]) -> Iterator[Hostile]:
-    """A server on a free loopback port answering as `answers` says."""
+def hostile_server(
+    answers: dict[str, Answer], tls: ssl.SSLContext | None = None
+) -> Iterator[Hostile]:
+    """A server on a free loopback port answering as `answers` says (over `tls` if given)."""
     handler = type("Handler", (_Hostile,), {"answers": answers, "seen": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    if tls is not None:
+        # Each connection's handshake in its own thread (at the first read), not in accept.
+        server.socket = tls.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Hostile(server.server_address[1], handler.seen)
+        yield Hostile(server.server_address[1], handler.seen, "http" if tls is None else "https")
     finally:
         server.shutdown()
         server.server_close()
@@ -351,3 +361,41 @@ def test_a_created_drive_that_is_no_uuid_is_refused_before_any_chunk(
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == "Failed to create drive of size 1000: the answer names no drive\n"
     assert server.seen == ["POST /drives/create"]
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that signs itself, and its key (made with openssl)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_https_with_an_untrusted_certificate_fails_closed_and_says_how_to_trust_one(
+    self_signed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # Before: "TLS with URL failed: CERTIFICATE_VERIFY_FAILED", no reason, no way shown.
+    cert, key = self_signed
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    data = os.urandom(CHUNK)
+    answers = {"GET /info": drive_info(str(len(data))), "GET /read/": whole_drive(data)}
+    with hostile_server(answers, tls=context) as server:
+        done = server.run("openhosting-download", DRIVE, tmp_path / "image")
+        assert server.seen == []  # no request, no Authorization: the handshake failed first
+        trusted = server.run(
+            "openhosting-download", DRIVE, tmp_path / "image", SSL_CERT_FILE=str(cert)
+        )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (
+        f"TLS with https://127.0.0.1:{server.port}/ failed: its certificate is not trusted"
+        " (self-signed certificate); nothing was sent. A CA of your own is trusted with"
+        " SSL_CERT_FILE=<its PEM file>\n"
+    )
+    assert trusted.returncode == 0, trusted
+    assert (tmp_path / "image").read_bytes() == data

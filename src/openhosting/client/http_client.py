@@ -385,6 +385,13 @@ class ApiClient:
             )
         if isinstance(error, TimeoutError):
             return ConnectionFailed(f"No answer from {url} within {self._timeout:g} s")
+        if isinstance(error, ssl.SSLCertVerificationError):
+            # Failed closed, before the request (and its Authorization) went out.
+            return ConnectionFailed(
+                f"TLS with {url} failed: its certificate is not trusted"
+                f" ({error.verify_message}); nothing was sent. A CA of your own is trusted"
+                " with SSL_CERT_FILE=<its PEM file>"
+            )
         if isinstance(error, ssl.SSLError):
             return ConnectionFailed(f"TLS with {url} failed: {error.reason or error}")
         if isinstance(error, ConnectionResetError | BrokenPipeError):
