@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import pytest
 
+from tests.api.tmpfs_helpers import small_tmpfs
 from tests.client.conftest import BIN, TOOL_TIMEOUT
 
 DRIVE = "00000000-0000-4000-8000-000000000000"
@@ -268,22 +269,6 @@ def whole_drive(data: bytes) -> Answer:
     return answer
 
 
-@contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted on `path` (made), unmounted at the end; skips without mount."""
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], timeout=30, check=True)
-
-
 def test_a_full_disk_fails_the_download_saying_so_and_it_resumes_once_there_is_room(
     tmp_path: Path,
 ) -> None:
@@ -291,7 +276,7 @@ def test_a_full_disk_fails_the_download_saying_so_and_it_resumes_once_there_is_r
     # the write of the file, which the tool did not name.
     data = os.urandom(4 * CHUNK)
     answers = {"GET /info": drive_info(str(len(data))), "GET /read/": whole_drive(data)}
-    with hostile_server(answers) as server, small_tmpfs(tmp_path / "disk", "150k") as disk:
+    with hostile_server(answers) as server, small_tmpfs(tmp_path / "disk", 150 * 1024) as disk:
         target = disk / "image"
         done = server.run("openhosting-download", "-c", str(CHUNK), "-p", "1", DRIVE, target)
         assert done.returncode == 1 and done.stdout.endswith("E\n")
