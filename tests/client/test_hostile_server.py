@@ -384,3 +384,19 @@ def test_https_with_an_untrusted_certificate_fails_closed_and_says_how_to_trust_
     )
     assert trusted.returncode == 0, trusted
     assert (tmp_path / "image").read_bytes() == data
+
+
+@pytest.mark.parametrize("encoding", ["deflate", "br"])
+def test_a_chunk_in_an_encoding_not_asked_for_is_refused(encoding: str, tmp_path: Path) -> None:
+    # Before: its bytes (of the right length) were written as the drive's, and "completed".
+    data = os.urandom(CHUNK)
+
+    def encoded(handler: http.server.BaseHTTPRequestHandler) -> None:
+        send(handler, 200, data, Content_Encoding=encoding)
+
+    answers = {"GET /info": drive_info(str(len(data))), "GET /read/": encoded}
+    with hostile_server(answers) as server:
+        done = server.run("openhosting-download", DRIVE, tmp_path / "image")
+    assert done.returncode == 1 and "completed" not in done.stdout
+    assert f"is encoded as '{encoding}', which was not asked for\n" in done.stderr
+    assert "Restart with '-o 0' to resume the download" in done.stderr

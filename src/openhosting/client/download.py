@@ -208,8 +208,17 @@ def fetch_chunk(
     path = api_path("drives", drive, "read", str(chunk.offset), str(chunk.length))
     # The daemon answers a never-written chunk with a few bytes of gzip instead of 5 MiB.
     response = client.request("GET", path, headers={"Accept-Encoding": "gzip"})
-    if response.getheader("Content-Encoding", "").lower() == "gzip":
+    encoding = response.getheader("Content-Encoding", "").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
         return client.read_gzip(response, chunk.length)
+    if encoding not in ("", "identity"):
+        # Taken as the drive's bytes, an encoding not asked for (deflate, br) would be written
+        # to the file as they came, the run "completed".
+        client.close()
+        raise FailedError(
+            f"The answer from {client.endpoint.url} is encoded as {encoding[:40]!r}, which was"
+            " not asked for"
+        )
     data = buffers.get(chunk.length)
     client.read_into(response, memoryview(data))
     return data
