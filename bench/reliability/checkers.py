@@ -2,12 +2,17 @@
 observed, so that a unit test can feed it a tampered history or state and see it object.
 Each returns the violations it found, in words (empty: the invariant holds)."""
 
+import signal
 import sqlite3
+import subprocess
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 PENDING_JOB_STATES = ("queued", "running")
+# How long a daemon that stopped answering is given to be seen gone: a killed process closes
+# its sockets (connections are refused) before its parent can reap it.
+EXIT_WAIT = 5.0
 
 
 @dataclass
@@ -217,3 +222,15 @@ def check_answer(what: str, status: int | None, seconds: float, limit: float) ->
     if (status is not None and status >= 500) or seconds > limit:
         return [f"{status} after {seconds:.1f} s: {what}"]
     return []
+
+
+def process_fate(process: "subprocess.Popen[bytes]", wait: float = EXIT_WAIT) -> str:
+    """What became of a process that stopped answering, in words: the signal that killed it,
+    its exit status, or that it still runs after `wait` seconds."""
+    try:
+        code = process.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        return f"still runs after {wait:g} s"
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"

@@ -281,8 +281,7 @@ class CrashCampaign:
             while time.monotonic() < deadline:
                 self.running.set()
                 time.sleep(self.rng.uniform(0.3, 2.5))
-                self.inject_fault()
-                self.check()
+                self.fault_and_check()
             self.pause_workers()
         finally:
             self.stopping = True
@@ -293,6 +292,19 @@ class CrashCampaign:
         self.violations += checkers.check_integrity(self.state_dir / "openhosting.sqlite")
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.fault_kinds.items()))
         return CampaignResult("crash", self.operations, self.faults, self.violations, [kinds])
+
+    def fault_and_check(self) -> None:
+        """One fault, then the check. A daemon that stops answering meanwhile (a restart
+        does not count: the workers are paused) fails the campaign, saying what became of
+        its process."""
+        try:
+            self.inject_fault()
+            self.check()
+        except ConnectionError as error:
+            fate = checkers.process_fate(self.daemon.process)
+            raise RuntimeError(
+                f"the daemon stopped answering ({error!r}); its process {fate}"
+            ) from error
 
     def inject_fault(self) -> None:
         """SIGKILL the daemon mid-work (mostly), or the VM's QEMU, or rotate the key."""
@@ -409,18 +421,7 @@ class CrashCampaign:
 
     def check(self) -> None:
         """With the workers paused: every invariant against the acknowledged history, then
-        what was in doubt is settled by what the platform shows. A daemon that stops
-        answering meanwhile fails the campaign, saying whether its process is gone."""
-        try:
-            self._check()
-        except ConnectionError as error:
-            code = self.daemon.process.poll()
-            how = "still runs" if code is None else f"exited with status {code}"
-            raise RuntimeError(
-                f"the daemon stopped answering during a check ({error!r}); its process {how}"
-            ) from error
-
-    def _check(self) -> None:
+        what was in doubt is settled by what the platform shows."""
         problems: list[str] = []
         if self.api.call("/drives/list").status != 200:
             problems.append("the current key does not open the account after restart")

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import ssl
@@ -212,6 +213,9 @@ async def serve(
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A fatal signal (SIGBUS, SIGSEGV, ...) ends the process before any logging runs: the
+    # stack of each thread goes to standard error (the log, the journal) instead of nothing.
+    faulthandler.enable(all_threads=True)
     parser = argparse.ArgumentParser(prog="openhostingd", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("--state-dir", help="directory holding the platform's state")

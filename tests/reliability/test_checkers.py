@@ -22,6 +22,7 @@ from bench.reliability.checkers import (
     check_presence,
     check_rss_levels,
     is_write_past_end,
+    process_fate,
     qemu_processes,
 )
 from bench.reliability.model import DriveModel, pattern
@@ -252,3 +253,22 @@ def test_a_5xx_or_an_answer_past_the_idle_timeout_is_caught() -> None:
     assert check_answer("x", None, 3.2, 8) == []  # closed at the idle timeout
     assert check_answer("x", 500, 0.1, 8)
     assert check_answer("x", None, float("inf"), 8)
+
+
+def test_process_fate_names_the_signal_of_a_process_that_is_dying() -> None:
+    """A daemon killed by a signal refuses connections (its sockets are closed) a moment
+    before it can be reaped: asked then, it is dying, not alive (the campaign said "its
+    process still runs" of a daemon that died of SIGBUS)."""
+    dying = subprocess.Popen(
+        [sys.executable, "-c", "import os, signal, time; time.sleep(0.5);"
+         " os.kill(os.getpid(), signal.SIGBUS)"],
+    )  # fmt: skip
+    assert process_fate(dying) == "was killed by SIGBUS"
+    exiting = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    assert process_fate(exiting) == "exited with status 3"
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert process_fate(running, wait=0.2) == "still runs after 0.2 s"
+    finally:
+        running.kill()
+        running.wait()

@@ -16,14 +16,12 @@ import asyncio
 import itertools
 import threading
 from collections.abc import Callable, Hashable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, PoolProxiedConnection, Select
 from sqlalchemy.sql import Executable
 
 from openhosting.store.notifications import ChangeFeed
-from openhosting.store.wal_index import WalIndex
 
 MAX_CACHED = 4096
 
@@ -50,12 +48,6 @@ class Reader:
         self._version: int | None = None
         self._local_file = engine.dialect.name == "sqlite"
         self._versions = itertools.count()
-        # SQLite in WAL mode: commits are told by the WAL-index header (store/wal_index.py),
-        # opened with the connection; each new header seen is one more version.
-        self._wal_index: WalIndex | None = None
-        self._wal_index_tried = False
-        self._wal_header: bytes | None = None
-        self._wal_headers_seen = 0
 
     @property
     def local(self) -> bool:
@@ -157,11 +149,16 @@ class Reader:
         """A number that changes whenever another connection commits to the database: what
         was read before is still true while it stays the same.
 
-        On SQLite in WAL mode (the daemon's), read from the WAL-index header in shared
-        memory every time it is asked: no statement, no system call. Otherwise `PRAGMA
-        data_version`, asked once within one uninterrupted run of the event loop (a
-        request's authentication and its listing, say): a commit landing in those
-        microseconds is indistinguishable from one landing just after the request.
+        On SQLite `PRAGMA data_version`, asked once within one uninterrupted run of the event
+        loop (a request's authentication and its listing, say): a commit landing in those
+        microseconds is indistinguishable from one landing just after the request. Not read
+        from the WAL-index header in the -shm file's shared memory, which would save the
+        statement: mapping it takes a descriptor of that file, and closing one (Python's mmap
+        closes the duplicate it keeps) drops every POSIX lock of this process on the file,
+        SQLite's "dead man switch" among them; the next process to open the database then
+        truncates the -shm file and builds it again under this one's connections, which died
+        of SIGBUS touching their mapped pages (the crash campaign's daemon, when its checker
+        read the database).
 
         On PostgreSQL the change feed's number (it moves with every write heard of); while
         the feed hears nothing, a new number every time: nothing read before may be trusted.
@@ -169,18 +166,6 @@ class Reader:
         if not self._local_file:
             heard = self._changes.version() if self._changes is not None else None
             return heard if heard is not None else -1 - next(self._versions)
-        wal_index = self._wal_index if self._wal_index_tried else self._open_wal_index()
-        if wal_index is not None:
-            header = wal_index.header()
-            if header is None:  # a commit is being written: nothing read before is trusted
-                self._wal_header = None
-                return -1 - next(self._versions)
-            if header != self._wal_header:
-                # Counted before the header is kept: whoever sees the new header as known
-                # also sees the new number.
-                self._wal_headers_seen += 1
-                self._wal_header = header
-            return self._wal_headers_seen
         if self._version is not None:
             return self._version
         version = int(self._driver().execute("PRAGMA data_version").fetchall()[0][0])
@@ -191,33 +176,10 @@ class Reader:
         self._version = version
         return version
 
-    def _open_wal_index(self) -> WalIndex | None:
-        """The WAL-index header of the database, once this Reader's connection has it open
-        in WAL mode (which keeps the mapping safe, store/wal_index.py); None when the
-        database is not a plain file in WAL mode."""
-        self._wal_index_tried = True
-        database = self._engine.url.database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        driver = self._driver()
-        if driver.execute("PRAGMA journal_mode").fetchall()[0][0] != "wal":
-            return None
-        driver.execute("PRAGMA data_version").fetchall()  # a read: the -shm file is open
-        try:
-            self._wal_index = WalIndex(Path(database))
-        except OSError:
-            return None
-        return self._wal_index
-
     def _forget_version(self) -> None:
         self._version = None
 
     def close(self) -> None:
-        if self._wal_index is not None:  # before the connection that keeps it safe
-            self._wal_index.close()
-            self._wal_index = None
-        self._wal_index_tried = False
-        self._wal_header = None
         if self._connection is not None:
             self._connection.close()
             self._connection = None
