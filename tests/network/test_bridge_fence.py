@@ -23,7 +23,9 @@ def test_frames_from_taps_are_marked_and_get_only_dhcp_vnc_and_ping_of_the_host(
         "udp dport 67 accept",  # DHCP
         "tcp dport 5900-6899 accept",  # every VNC display
         "icmp type echo-request accept",
-        "meta l4proto ipv6-icmp accept",  # neighbour discovery
+        # Ping and neighbour discovery; no router advertisement nor redirect (the host took
+        # a default route from a guest's).
+        "icmpv6 type { echo-request, nd-neighbor-solicit, nd-neighbor-advert } accept",
         "reject",
     ]
     # Loaded again, it replaces both tables.

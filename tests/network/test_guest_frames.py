@@ -109,6 +109,18 @@ async def test_a_router_advertisement_from_a_public_guest_routes_neither_peers_n
             assert ROGUE_PREFIX not in the_lab.ip(namespace, "-6", "addr")
 
 
+async def test_a_router_advertisement_from_a_vlan_guest_routes_its_vlan_but_not_the_host() -> None:
+    """A VLAN is its user's own network, where a server of theirs may be the router; the
+    host's bridge for it is the platform's and takes no route from a guest."""
+    async with lab() as the_lab:
+        advert = f.router_advert(VLAN_MAC, VLAN_LINK_LOCAL, ROGUE_PREFIX)
+        f.write_frames(the_lab.namespace, the_lab.vlan_tap, [advert])
+        await asyncio.sleep(1)
+        assert VLAN_LINK_LOCAL in default_routes(the_lab, the_lab.vlan_peer)
+        assert default_routes(the_lab, the_lab.namespace) == ""
+        assert ROGUE_PREFIX not in the_lab.ip(the_lab.namespace, "-6", "addr")
+
+
 async def test_a_guest_cannot_claim_a_peers_ipv6_address_to_the_host() -> None:
     async with lab() as the_lab:
         peer_link_local = "fe80::5054:ff:fe00:fe"

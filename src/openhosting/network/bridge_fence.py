@@ -6,9 +6,13 @@ rule every host service listening on all addresses (or on the host's bridge addr
 open to it, past whatever guards the uplink. Frames that come in through one of our taps are
 marked in the `bridge` family (where the port is known); the `inet` input hook, which sees
 only what is addressed to the host itself (routed traffic takes the forward hook), then lets
-marked packets through only to DHCP, the VNC ports and ping. Outside clients (through the
-uplink) and the host's own traffic carry no mark and are left alone. One pair of tables per
-public bridge, like the VNC overlay's; they outlive the daemon with the taps they guard.
+marked packets through only to DHCP, the VNC ports and ping, and of the rest of ICMPv6 only
+neighbour discovery's solicitations and advertisements: a router advertisement from a guest
+gave the host a default route through that guest (and an address in its prefix), on the
+public bridge and on a VLAN's, whose guests the spoof guard leaves alone. Outside clients
+(through the uplink) and the host's own traffic carry no mark and are left alone. One pair
+of tables per public bridge, like the VNC overlay's; they outlive the daemon with the taps
+they guard.
 """
 
 import asyncio
@@ -52,7 +56,7 @@ table inet {table} {{
     udp dport {DHCP_SERVER_PORT} accept
     tcp dport {VNC_BASE_PORT}-{last_vnc} accept
     icmp type echo-request accept
-    meta l4proto ipv6-icmp accept
+    icmpv6 type {{ echo-request, nd-neighbor-solicit, nd-neighbor-advert }} accept
     reject
   }}
 }}
