@@ -1,11 +1,27 @@
 """A hostile guest's frames, written byte by byte, and the two ends that move them: a writer
 into a guest's tap (as its QEMU would write) and a listener on a link that says which of them
-arrived. Run inside network namespaces the tests create; nothing leaves them."""
+arrived; and the bridge driver whose taps they are written into, with machines cabled to its
+bridges. Run inside network namespaces the tests create; nothing leaves them."""
 
 import ipaddress
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from openhosting.config import NetworkSettings
+from openhosting.network.bridge_mode import BridgeNetwork
+from openhosting.network.driver import NicPlan
+from openhosting.network.pool import AddressPool
+
+SETTINGS = NetworkSettings()
+POOL = AddressPool.parse(
+    SETTINGS.pool_subnet, SETTINGS.pool_gateway, SETTINGS.pool_nameservers, SETTINGS.pool_range
+)
 
 # Writes frames (hex) into a tap, as the guest's QEMU would, each 3 times.
 TAP_WRITER = """\
@@ -192,3 +208,38 @@ def frames_arriving(
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
+
+
+@asynccontextmanager
+async def bridge_driver(namespace: str, nics: Sequence[NicPlan]) -> AsyncIterator[BridgeNetwork]:
+    """The bridge driver in `namespace` (its public bridge, dnsmasq, taps) with `nics`
+    attached; all of it gone after."""
+    # dnsmasq runs as nobody: its directory must be reachable (pytest's tmp_path is not).
+    run = Path(tempfile.mkdtemp(prefix="ohn-", dir="/tmp"))
+    try:
+        run.chmod(0o755)
+        settings = NetworkSettings(mode="bridge", namespace=namespace, lease_seconds=120)
+        bridge = BridgeNetwork(settings, POOL, run / "network")
+        try:
+            await bridge.attach(nics)
+            yield bridge
+        finally:
+            await bridge.detach(nics)
+            await bridge.close(idle=True)
+            await bridge.dhcp.stop()
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def cable(namespace: str, bridge: str, inside: str, link: str, mac: str) -> None:
+    """A machine on `bridge` (in `namespace`): a veth whose end `link` (with `mac`) is in
+    namespace `inside`, up; its bridge's end is `link` with its last character made 1."""
+    end = link[:-1] + "1"
+    subprocess.run(
+        ["ip", "link", "add", link, "netns", inside, "address", mac, "type", "veth",
+         "peer", "name", end, "netns", namespace],
+        check=True, timeout=10,
+    )  # fmt: skip
+    subprocess.run(["ip", "-n", namespace, "link", "set", end, "master", bridge, "up"],
+                   check=True, timeout=10)  # fmt: skip
+    subprocess.run(["ip", "-n", inside, "link", "set", link, "up"], check=True, timeout=10)

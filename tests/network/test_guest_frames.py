@@ -5,25 +5,15 @@ machine), a peer on the guest's VLAN and the host's own stack, all in namespaces
 creates."""
 
 import asyncio
-import shutil
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-from openhosting.config import NetworkSettings
-from openhosting.network.bridge_mode import BridgeNetwork
 from openhosting.network.driver import NicPlan
-from openhosting.network.pool import AddressPool
 from tests.integration.netns_helpers import network_namespace
 from tests.network import guest_frames as f
 
-SETTINGS = NetworkSettings()
-POOL = AddressPool.parse(
-    SETTINGS.pool_subnet, SETTINGS.pool_gateway, SETTINGS.pool_nameservers, SETTINGS.pool_range
-)
 SERVER = "0f962616-2071-4173-be79-7dd084271edf"
 VLAN = "5b0e2f4c-8a61-4d3e-9f27-1c4b6d8e0a35"
 MAC, ADDRESS = "52:54:00:00:00:0b", "192.0.2.11"
@@ -49,48 +39,25 @@ class Lab:
         return done.stdout
 
 
-def cable(namespace: str, inside: str, name: str, bridge: str, mac: str) -> None:
-    """A veth from `bridge` (in `namespace`) to link `name` in namespace `inside`."""
-    subprocess.run(
-        ["ip", "link", "add", name, "netns", inside, "address", mac, "type", "veth",
-         "peer", "name", name[:-1] + "1", "netns", namespace],
-        check=True, timeout=10,
-    )  # fmt: skip
-    subprocess.run(["ip", "-n", namespace, "link", "set", name[:-1] + "1", "master", bridge, "up"],
-                   check=True, timeout=10)  # fmt: skip
-    subprocess.run(["ip", "-n", inside, "link", "set", name, "up"], check=True, timeout=10)
-
-
 @asynccontextmanager
 async def lab() -> AsyncIterator[Lab]:
     with ExitStack() as cleanup:
         namespace = cleanup.enter_context(network_namespace())
         peer = cleanup.enter_context(network_namespace())
         vlan_peer = cleanup.enter_context(network_namespace())
-        # dnsmasq runs as nobody: its directory must be reachable (pytest's tmp_path is not).
-        run = Path(tempfile.mkdtemp(prefix="ohn-", dir="/tmp"))
-        run.chmod(0o755)
-        cleanup.callback(shutil.rmtree, run, ignore_errors=True)
-        settings = NetworkSettings(mode="bridge", namespace=namespace, lease_seconds=120)
-        bridge = BridgeNetwork(settings, POOL, run / "network")
         nics = [
             NicPlan(SERVER, 0, MAC, address=ADDRESS),
             NicPlan(SERVER, 1, VLAN_MAC, vlan=VLAN),
         ]
-        try:
-            await bridge.attach(nics)
+        async with f.bridge_driver(namespace, nics) as bridge:
             the_lab = Lab(
                 namespace, peer, vlan_peer, bridge.tap_name(nics[0]), bridge.tap_name(nics[1]),
                 bridge.vlan_bridge(VLAN),
             )  # fmt: skip
-            cable(namespace, peer, "ohpeer0", settings.public_bridge, "52:54:00:00:00:fe")
-            cable(namespace, vlan_peer, "ohvpeer0", the_lab.vlan_bridge, "52:54:00:00:01:fe")
+            f.cable(namespace, f.SETTINGS.public_bridge, peer, "ohpeer0", "52:54:00:00:00:fe")
+            f.cable(namespace, the_lab.vlan_bridge, vlan_peer, "ohvpeer0", "52:54:00:00:01:fe")
             await asyncio.sleep(2.5)  # past duplicate address detection of the links' fe80::
             yield the_lab
-        finally:
-            await bridge.detach(nics)
-            await bridge.close(idle=True)
-            await bridge.dhcp.stop()
 
 
 def default_routes(lab: Lab, namespace: str) -> str:

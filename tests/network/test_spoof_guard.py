@@ -3,17 +3,10 @@
 tests/integration/test_guest_spoofing.py."""
 
 import asyncio
-import shutil
 import struct
 import subprocess
-import tempfile
-from contextlib import ExitStack
-from pathlib import Path
 
-from openhosting.config import NetworkSettings
-from openhosting.network.bridge_mode import BridgeNetwork
 from openhosting.network.driver import NicPlan
-from openhosting.network.pool import AddressPool
 from openhosting.network.spoof_guard import (
     GuestIdentity,
     SpoofGuard,
@@ -27,11 +20,7 @@ from tests.integration.netns_helpers import network_namespace
 from tests.network import guest_frames as frames
 
 MAC, ADDRESS = "52:54:00:0A:0B:0C", "192.0.2.12"
-SETTINGS = NetworkSettings()
-POOL = AddressPool.parse(
-    SETTINGS.pool_subnet, SETTINGS.pool_gateway, SETTINGS.pool_nameservers, SETTINGS.pool_range
-)
-HOST = str(POOL.gateway)  # the host's address on the bridge, dnsmasq's server id
+HOST = str(frames.POOL.gateway)  # the host's address on the bridge, dnsmasq's server id
 SERVER, OTHER = "0f962616-2071-4173-be79-7dd084271edf", "8d2b1c3e-5f40-4a61-9b7c-2e3d4f5a6b7c"
 VICTIM_MAC = "52:54:00:00:00:0c"
 
@@ -140,32 +129,14 @@ async def test_a_guest_cannot_decline_another_guests_address_to_dnsmasq() -> Non
     its next DHCP (a reboot, an expired lease) got none. Real dnsmasq, bridge and taps of the
     bridge driver; the victim is a machine cabled to the bridge, the attacker writes into its
     own guest's tap."""
-    with ExitStack() as cleanup:
-        namespace = cleanup.enter_context(network_namespace())
-        victim = cleanup.enter_context(network_namespace())
-        # dnsmasq runs as nobody: its directory must be reachable (pytest's tmp_path is not).
-        run = Path(tempfile.mkdtemp(prefix="ohn-", dir="/tmp"))
-        run.chmod(0o755)
-        cleanup.callback(shutil.rmtree, run, ignore_errors=True)
-        settings = NetworkSettings(mode="bridge", namespace=namespace, lease_seconds=120)
-        bridge = BridgeNetwork(settings, POOL, run / "network")
-        try:
-            attacker = NicPlan(SERVER, 0, "52:54:00:00:00:0b", address="192.0.2.11")
-            held = NicPlan(OTHER, 0, VICTIM_MAC, address="192.0.2.12")  # the victim's entry
-            await bridge.attach([attacker, held])
-            cable = ["ip", "link", "add", "v0", "netns", victim, "address", VICTIM_MAC,
-                     "type", "veth", "peer", "name", "ohvictim", "netns", namespace]  # fmt: skip
-            subprocess.run(cable, check=True, timeout=10)
-            subprocess.run(["ip", "-n", namespace, "link", "set", "ohvictim", "master",
-                            settings.public_bridge, "up"], check=True, timeout=10)  # fmt: skip
-            subprocess.run(["ip", "-n", victim, "link", "set", "v0", "up"], check=True, timeout=10)
+    attacker = NicPlan(SERVER, 0, "52:54:00:00:00:0b", address="192.0.2.11")
+    held = NicPlan(OTHER, 0, VICTIM_MAC, address="192.0.2.12")  # the victim's entry
+    with network_namespace() as namespace, network_namespace() as victim:
+        async with frames.bridge_driver(namespace, [attacker, held]) as bridge:
+            frames.cable(namespace, frames.SETTINGS.public_bridge, victim, "v0", VICTIM_MAC)
             assert "lease of 192.0.2.12 obtained" in lease_of(victim, "v0")
 
             frame = dhcp_decline_frame(attacker.mac, VICTIM_MAC, "192.0.2.12", HOST)
             frames.write_frames(namespace, bridge.tap_name(attacker), [frame])
             await asyncio.sleep(0.5)
             assert "lease of 192.0.2.12 obtained" in lease_of(victim, "v0")
-        finally:
-            await bridge.detach([attacker, held])
-            await bridge.close(idle=True)
-            await bridge.dhcp.stop()
