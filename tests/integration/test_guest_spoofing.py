@@ -17,6 +17,7 @@ from tests.integration.bridge_platform import (  # noqa: F401 (fixtures, by thei
     bridge_platform_fixture,
     namespace_fixture,
 )
+from tests.integration.netns_helpers import neighbour
 from tests.integration.server_helpers import create_server, upload_guest, wait_ready
 from tests.integration.test_bridge_networking import (
     console_run,
@@ -53,15 +54,6 @@ def mac_of(namespace: str, link: str) -> str:
         capture_output=True, text=True, timeout=10, check=True,
     )  # fmt: skip
     return done.stdout.split()[2]
-
-
-def neighbour(namespace: str, address: str) -> str:
-    """The host's neighbour entry for `address` on the public bridge, as `ip neigh` shows it."""
-    done = subprocess.run(
-        ["ip", "-n", namespace, "neigh", "show", address],
-        capture_output=True, text=True, timeout=10, check=True,
-    )  # fmt: skip
-    return done.stdout
 
 
 async def test_a_guest_cannot_send_as_another_address_or_mac_nor_claim_one_in_arp(

@@ -157,6 +157,14 @@ def dhcp_offer(mac: str, source: str, offered: str, marker: bytes = b"") -> byte
     return ethernet("ff:ff:ff:ff:ff:ff", mac, 0x0800, packet)
 
 
+def arp_announcement(mac: str, claimed: str) -> bytes:
+    """A broadcast ARP reply: `claimed` is at `mac` (a gratuitous ARP)."""
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + mac_bytes(mac)
+    body += ipaddress.IPv4Address(claimed).packed + mac_bytes("ff:ff:ff:ff:ff:ff")
+    body += ipaddress.IPv4Address(claimed).packed
+    return ethernet("ff:ff:ff:ff:ff:ff", mac, 0x0806, body)
+
+
 def tagged(tpid: int, vlan: int, inner: bytes) -> bytes:
     """`inner` (an Ethernet frame) with an 802.1Q (0x8100) or 802.1ad (0x88a8) tag."""
     return inner[:12] + struct.pack("!HH", tpid, vlan) + inner[12:]

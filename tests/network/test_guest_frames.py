@@ -11,7 +11,7 @@ from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from openhosting.network.driver import NicPlan
-from tests.integration.netns_helpers import network_namespace
+from tests.integration.netns_helpers import neighbour, network_namespace
 from tests.network import guest_frames as f
 
 SERVER = "0f962616-2071-4173-be79-7dd084271edf"
@@ -97,7 +97,7 @@ async def test_a_guest_cannot_claim_a_peers_ipv6_address_to_the_host() -> None:
         await asyncio.sleep(1.5)  # past the neighbour table's locktime (1 s)
         claim = f.neighbour_advert(MAC, peer_link_local, peer_link_local)
         f.write_frames(the_lab.namespace, the_lab.public_tap, [claim])
-        entry = the_lab.ip(the_lab.namespace, "-6", "neigh", "show", peer_link_local)
+        entry = neighbour(the_lab.namespace, peer_link_local)
         assert MAC not in entry and "52:54:00:00:00:fe" in entry, entry
 
 

@@ -16,7 +16,7 @@ from openhosting.network.spoof_guard import (
     link_local,
     table_name,
 )
-from tests.integration.netns_helpers import network_namespace
+from tests.integration.netns_helpers import neighbour, network_namespace
 from tests.network import guest_frames as frames
 
 MAC, ADDRESS = "52:54:00:0A:0B:0C", "192.0.2.12"
@@ -58,8 +58,13 @@ def test_a_nic_with_an_address_sends_only_from_its_mac_and_address() -> None:
     ]
 
 
-def test_a_nic_without_an_address_is_held_to_its_mac() -> None:
-    assert guard_rules(GuestIdentity(MAC, None)) == MAC_RULES
+def test_a_nic_without_an_address_claims_and_sends_from_none() -> None:
+    assert guard_rules(GuestIdentity(MAC, None)) == [
+        *MAC_RULES,
+        "arp saddr ip != 0.0.0.0 drop",  # an ARP probe only
+        "ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept",
+        "ip saddr != 0.0.0.0 drop",
+    ]
 
 
 def test_each_public_bridge_has_its_own_table_and_the_whole_table_is_replaced() -> None:
@@ -140,3 +145,23 @@ async def test_a_guest_cannot_decline_another_guests_address_to_dnsmasq() -> Non
             frames.write_frames(namespace, bridge.tap_name(attacker), [frame])
             await asyncio.sleep(0.5)
             assert "lease of 192.0.2.12 obtained" in lease_of(victim, "v0")
+
+
+async def test_a_nic_without_an_address_claims_none_of_the_public_networks() -> None:
+    """Without `nic:0:dhcp` a guest has no address on the public bridge: any it took would
+    be another machine's (a guest's, the gateway's, the host's) or one the pool hands out
+    next. Its gratuitous ARP for a peer's address moved the host's entry for the peer to the
+    guest's MAC, and so the host's traffic to it."""
+    guest = NicPlan(SERVER, 0, "52:54:00:00:00:0b", address=None, dhcp=False)
+    with network_namespace() as namespace, network_namespace() as peer:
+        async with frames.bridge_driver(namespace, [guest]) as bridge:
+            frames.cable(namespace, frames.SETTINGS.public_bridge, peer, "v0", VICTIM_MAC)
+            subprocess.run(["ip", "-n", peer, "addr", "add", "192.0.2.250/24", "dev", "v0"],
+                           check=True, timeout=10)  # fmt: skip
+            ping = ["busybox", "ping", "-c", "1", "-W", "2", "192.0.2.250"]
+            subprocess.run(["ip", "netns", "exec", namespace, *ping], check=True, timeout=10,
+                           capture_output=True)  # fmt: skip
+            await asyncio.sleep(1.5)  # past the neighbour table's locktime (1 s)
+            claim = frames.arp_announcement(guest.mac, "192.0.2.250")
+            frames.write_frames(namespace, bridge.tap_name(guest), [claim])
+            assert VICTIM_MAC in neighbour(namespace, "192.0.2.250")

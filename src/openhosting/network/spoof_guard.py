@@ -9,8 +9,8 @@ prerouting hook, before the bridge learns its source: its Ethernet source, an AR
 hardware address and a DHCP message's client hardware address (chaddr) must be the NIC's
 MAC; a NIC with an address (`nic:0:dhcp`) may claim only that address in ARP and send IPv4
 only from it, and from 0.0.0.0 only to the DHCP server's port (a client asking for its
-lease). A NIC without an address keeps the MAC rules (docs/networking.md: the guest may set
-its own address).
+lease). A NIC without an address has no IPv4 address there: it may claim none in ARP (but
+0.0.0.0, a probe) and send IPv4 from none.
 
 Beyond IPv4: only IPv4, ARP and IPv6 frames pass (a VLAN tag would reach the provider's
 VLANs through the uplink's trunk, a BPDU its spanning tree). The platform hands out no IPv6
@@ -87,14 +87,15 @@ def guard_rules(identity: GuestIdentity) -> list[str]:
         f"icmpv6 type nd-neighbor-advert @th,64,128 != {own_bits} drop",
         f"ip6 saddr :: icmpv6 type nd-neighbor-solicit @th,64,128 != {own_bits} drop",
     ]
-    if identity.address is not None:
-        address = identity.address
-        # 0.0.0.0: an ARP probe (RFC 5227) before the address is used, and DHCP's requests.
-        rules += [
-            f"arp saddr ip != {{ 0.0.0.0, {address} }} drop",
-            f"ip saddr 0.0.0.0 udp sport {DHCP_CLIENT_PORT} udp dport {DHCP_SERVER_PORT} accept",
-            f"ip saddr != {address} drop",
-        ]
+    # 0.0.0.0: an ARP probe (RFC 5227) before the address is used, and DHCP's requests.
+    # Without an address of its own a NIC has none on the public network: any it took would be
+    # another machine's (a guest's, the gateway's) or one the pool hands out next.
+    claimable = "0.0.0.0" if identity.address is None else f"{{ 0.0.0.0, {identity.address} }}"
+    rules += [
+        f"arp saddr ip != {claimable} drop",
+        f"ip saddr 0.0.0.0 udp sport {DHCP_CLIENT_PORT} udp dport {DHCP_SERVER_PORT} accept",
+        f"ip saddr != {identity.address or '0.0.0.0'} drop",
+    ]
     return rules
 
 
