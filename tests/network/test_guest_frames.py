@@ -20,6 +20,7 @@ MAC, ADDRESS = "52:54:00:00:00:0b", "192.0.2.11"
 LINK_LOCAL = "fe80::5054:ff:fe00:b"  # MAC's own (EUI-64)
 VLAN_MAC = "52:54:00:00:01:0b"
 VLAN_LINK_LOCAL = "fe80::5054:ff:fe00:10b"
+VLAN_PEER_MAC = "52:54:00:00:01:fe"
 ROGUE_PREFIX = "2001:db8:bad::"
 
 
@@ -55,7 +56,7 @@ async def lab() -> AsyncIterator[Lab]:
                 bridge.vlan_bridge(VLAN),
             )  # fmt: skip
             f.cable(namespace, f.SETTINGS.public_bridge, peer, "ohpeer0", "52:54:00:00:00:fe")
-            f.cable(namespace, the_lab.vlan_bridge, vlan_peer, "ohvpeer0", "52:54:00:00:01:fe")
+            f.cable(namespace, the_lab.vlan_bridge, vlan_peer, "ohvpeer0", VLAN_PEER_MAC)
             await asyncio.sleep(2.5)  # past duplicate address detection of the links' fe80::
             yield the_lab
 
@@ -131,3 +132,37 @@ async def test_what_reaches_peers_and_the_host_from_a_public_guest() -> None:
             frames,
         )
         assert seen == {"peer": {"own", "dad"}, "host": {"own", "dad"}}
+
+
+async def test_the_host_routes_nothing_that_comes_from_a_vlan() -> None:
+    """A VLAN is private, and its guests unguarded: where the host forwards (it routes for
+    the pool; here without reverse path filtering), a VLAN guest's packets to its bridge's
+    MAC were routed to the public network, from any source address (another of the pool's
+    here), IPv4 and IPv6 alike."""
+    async with lab() as the_lab:
+        host = the_lab.namespace
+        subprocess.run(
+            ["ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+             "net.ipv4.conf.all.rp_filter=0", f"net.ipv4.conf.{the_lab.vlan_bridge}.rp_filter=0",
+             "net.ipv6.conf.all.forwarding=1"],
+            check=True, timeout=10,
+        )  # fmt: skip
+        the_lab.ip(the_lab.peer, "addr", "add", "192.0.2.250/24", "dev", "ohpeer0")
+        the_lab.ip(the_lab.peer, "addr", "add", "2001:db8:1::250/64", "dev", "ohpeer0", "nodad")
+        the_lab.ip(host, "addr", "add", "2001:db8:1::1/64", "dev", "oh-public", "nodad")
+        bridge_mac = the_lab.ip(host, "-br", "link", "show", the_lab.vlan_bridge).split()[2]
+        forged = [("192.0.2.77", "192.0.2.250"), ("2001:db8:1::77", "2001:db8:1::250")]
+        frames = {
+            "ipv4": f.ethernet(bridge_mac, VLAN_MAC, 0x0800,
+                               f.ipv4(*forged[0], 17, f.udp(9, 9, b"ipv4"))),
+            "ipv6": f.ethernet(bridge_mac, VLAN_MAC, 0x86DD,
+                               f.ipv6(*forged[1], 17, f.udp(9, 9, b"ipv6"))),
+            # To the VLAN's other server: bridged, as ever (br_netfilter shows it to the
+            # forward hook too).
+            "within": f.ethernet(VLAN_PEER_MAC, VLAN_MAC, 0x0800,
+                                 f.ipv4("10.99.0.1", "10.99.0.2", 17, f.udp(9, 9, b"within"))),
+        }  # fmt: skip
+        f.write_frames(host, the_lab.vlan_tap, list(frames.values()))  # the host finds the peer
+        listeners = {"peer": (the_lab.peer, "ohpeer0"), "vlan": (the_lab.vlan_peer, "ohvpeer0")}
+        seen = f.frames_arriving((host, the_lab.vlan_tap), listeners, frames)
+        assert seen == {"peer": set(), "vlan": {"within"}}
