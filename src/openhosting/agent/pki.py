@@ -90,9 +90,14 @@ def host_bundle(directory: Path) -> Bundle:
     return Bundle.in_directory(directory, HOST)
 
 
+def is_dns_name(name: str) -> bool:
+    """Whether `name` is a lowercase DNS name (what TLS can ask for as a server name)."""
+    return 0 < len(name) <= MAX_NAME and _NAME.fullmatch(name) is not None
+
+
 def check_host_name(name: str) -> str:
     """`name` if it can name a host in the cluster, else `ClusterTlsError` saying why."""
-    if not name or len(name) > MAX_NAME or not _NAME.fullmatch(name):
+    if not is_dns_name(name):
         raise ClusterTlsError(
             f"Invalid host name {name[:80]!r}: use a lowercase DNS name (letters, digits,"
             f" hyphens and dots, at most {MAX_NAME} characters)"

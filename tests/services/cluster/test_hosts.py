@@ -168,6 +168,29 @@ def test_host_set_records_an_agent_and_registers_a_new_host_offline_until_reache
         platform.close()
 
 
+def test_host_set_refuses_a_name_no_certificate_can_carry_or_an_agent_no_call_can_reach(
+    tmp_path: Path,
+) -> None:
+    # A host's name is the TLS server name every call to its agent asks for (`host add`
+    # issues certificates to lowercase DNS names only): a row under another name was an agent
+    # no daemon could ever reach, and "x..y" or "" made every daemon fail at its start.
+    platform = open_platform(host_config(tmp_path))
+    try:
+        hosts = platform.hosts
+        hosts.register()
+        for name in ("", "Bad Name", "x..y", "HV-A", "control", "h" * 254):
+            with pytest.raises(UsageError, match="Invalid host name"):
+                hosts.set_agent(name, "10.0.0.5:7430")
+        for agent in ("bad host:7430", "a" * 300 + ":7430", "[::1:7430", "10.0.0.5:07430x"):
+            with pytest.raises(UsageError, match="Invalid agent address"):
+                hosts.set_agent("hv-a", agent)
+        assert {view.record.name for view in hosts.overview()} == {"hv-test"}
+        for agent in ("[fd00::5]:7430", "agent-1.example:7430", "10.0.0.5:7430"):
+            assert hosts.set_agent("hv-a", agent).agent == agent
+    finally:
+        platform.close()
+
+
 async def test_a_server_goes_to_its_boot_drives_host_only_when_this_node_has_its_driver(
     tmp_path: Path,
 ) -> None:
