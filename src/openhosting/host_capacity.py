@@ -13,6 +13,12 @@ from pathlib import Path
 
 from openhosting.config import Config
 
+# The largest figure each column of the hosts table holds on both engines (PostgreSQL's
+# INTEGER is 32 bits): an agent's report beyond it would fail the heartbeat's one transaction,
+# which beats every host a node reached, so it is refused as it is decoded.
+MAX_INTEGER = 2**31 - 1
+MAX_BIG_INTEGER = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class HostCapacity:
@@ -25,6 +31,8 @@ class HostCapacity:
         figures = [self.cores, self.core_mhz, self.memory_mb, *self.disk_bytes_by_tier.values()]
         if any(figure < 0 for figure in figures):
             raise ValueError(f"a negative capacity: {self}")
+        if max(self.cores, self.core_mhz) > MAX_INTEGER or max(figures) > MAX_BIG_INTEGER:
+            raise ValueError(f"more than a host's row holds: {self}"[:300])
 
 
 def memory_total_mb(meminfo: str) -> int:

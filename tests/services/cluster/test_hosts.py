@@ -11,7 +11,13 @@ from sqlalchemy import Connection, update
 
 from openhosting.config import Config, load_config
 from openhosting.errors import FullError, MissingError, UsageError
-from openhosting.host_capacity import file_system_bytes, measure_capacity, memory_total_mb
+from openhosting.host_capacity import (
+    HostCapacity,
+    file_system_bytes,
+    measure_capacity,
+    memory_total_mb,
+)
+from openhosting.hypervisor.calls import CallError, decode
 from openhosting.services.cluster.hosts import Hosts, measure_host
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
@@ -112,6 +118,45 @@ def test_a_heartbeat_after_the_row_went_registers_the_host_again(tmp_path: Path)
         platform.hosts.heartbeat()
         with platform.engine.connect() as connection:
             assert host_store.get_host(connection, "hv-test") is not None
+    finally:
+        platform.close()
+
+
+def test_an_agent_reporting_more_than_a_hosts_row_holds_beats_no_host_offline(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # One transaction beats every host a node reached: a figure PostgreSQL's INTEGER cannot
+    # hold (an agent misconfigured, or lying) failed it whole, at every beat, and every host
+    # went offline: no placement anywhere, every server's action 503.
+    platform = open_platform(
+        config_in(
+            tmp_path,
+            hypervisor={"core_mhz": 2345, "driver": "fake"},
+            host={"name": "hv-test"},
+            store={"url": postgres_url},
+        )
+    )
+    try:
+        hosts = platform.hosts
+        hosts.register()
+        hosts.set_agent("hv-a", "10.0.0.5:7430")
+        hosts.set_agent("hv-b", "10.0.0.6:7430")
+        # hv-a's answer to the capacity call, as the remote driver decodes it: refused (the
+        # driver's call fails, and the node beats the hosts that answered: hv-b).
+        for lying in (
+            {"cores": 2**31, "core_mhz": 1000, "memory_mb": 1024, "disk_bytes_by_tier": {}},
+            {"cores": 4, "core_mhz": 2**31, "memory_mb": 1024, "disk_bytes_by_tier": {}},
+            {"cores": 4, "core_mhz": 1000, "memory_mb": 2**63, "disk_bytes_by_tier": {}},
+            {"cores": 4, "core_mhz": 1000, "memory_mb": 1, "disk_bytes_by_tier": {"d": 2**63}},
+        ):
+            with pytest.raises(CallError, match="more than"):
+                decode(HostCapacity, lying)
+        sound = HostCapacity(cores=4, core_mhz=1000, memory_mb=1024, disk_bytes_by_tier={})
+        hosts.heartbeat({"hv-b": sound})
+        assert {v.record.name for v in hosts.overview() if v.state == "online"} == {
+            "hv-test",
+            "hv-b",
+        }
     finally:
         platform.close()
 
