@@ -104,3 +104,19 @@ def test_host_add_needs_the_ca_and_never_overwrites_a_bundle(
     assert main(["--state-dir", str(state), "host", "add", "hv-b", "--out", str(out)]) == 1
     assert "overwrite" in capsys.readouterr().err
     assert host_bundle(out).key.read_bytes() == key
+
+
+def test_host_add_refuses_an_out_that_is_no_directory_it_can_make_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    assert main(["--state-dir", str(state), "cluster", "init"]) == 0
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    monkeypatch.chdir(tmp_path)  # an empty --out wrote the host's key where the tool ran
+    for out in (a_file, a_file / "sub", ""):
+        capsys.readouterr()
+        # Before: a traceback (FileExistsError, NotADirectoryError), or the bundle in ".".
+        assert main(["--state-dir", str(state), "host", "add", "hv-a", "--out", str(out)]) == 1
+        assert capsys.readouterr().err.startswith("openhosting-admin: Cannot write the bundle")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "state"]

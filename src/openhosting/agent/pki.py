@@ -142,9 +142,12 @@ def add_host(state_path: Path, name: str, out: Path) -> Bundle:
     bundle = host_bundle(out)
     if existing := [path for path in (bundle.ca_cert, bundle.cert, bundle.key) if path.exists()]:
         raise ClusterTlsError(f"Refusing to overwrite {existing[0]}")
-    _make_directory(out)
-    write_whole(bundle.ca_cert, _pem(ca[0]), 0o600, exclusive=True)
-    _issue(bundle, ca, HOST, name)
+    try:
+        _make_directory(out)
+        write_whole(bundle.ca_cert, _pem(ca[0]), 0o600, exclusive=True)
+        _issue(bundle, ca, HOST, name)
+    except OSError as error:  # `out` a file, under one, read-only: the operator's to fix
+        raise ClusterTlsError(f"Cannot write the bundle to {out}: {error}") from None
     return bundle
 
 
