@@ -22,6 +22,8 @@ from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
 from openhosting.hypervisor.spec import HostVmSettings
 from testbed.agent_process import Cluster, make_cluster
 
+# A call's method → its answer: a value (sent as `{"answer": value}`), bytes (sent as the
+# body), or (status, bytes).
 Answer = Callable[[str], object]
 SERVER = str(uuid.uuid4())
 
@@ -30,18 +32,21 @@ def _settings() -> object:
     return encode(HostVmSettings(accelerator="tcg", vnc_listen="", vnc_tls_dir=Path("/none")))
 
 
-async def _hostile_agent(
+async def hostile_agent(
     cluster: Cluster, answer: Answer, events: list[list[str]]
 ) -> AsyncIterator[str]:
-    """Host hv-a's agent answering each call `{"answer": answer(method)}` (or the body
-    itself when it is bytes), and on its n-th event stream sending the texts of `events[n]`
+    """Host hv-a's agent answering each call (`/calls/`, `/storage/`, `/cache/`) as
+    `answer(method)` says, and on its n-th event stream sending the texts of `events[n]`
     after its hello; yields its address."""
     streams = iter(events)
 
     async def call(request: web.Request) -> web.StreamResponse:
         body = answer(request.match_info["method"])
+        status = 200
+        if isinstance(body, tuple):
+            status, body = body
         if isinstance(body, bytes):
-            return web.Response(body=body, content_type="application/json")
+            return web.Response(status=status, body=body, content_type="application/json")
         return web.json_response({"answer": body})
 
     async def follow(request: web.Request) -> web.WebSocketResponse:
@@ -55,7 +60,8 @@ async def _hostile_agent(
         return ws
 
     app = web.Application()
-    app.router.add_post("/calls/{method}", call)
+    for area in ("calls", "storage", "cache"):
+        app.router.add_post(f"/{area}/{{method}}", call)
     app.router.add_get("/events", follow)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -84,7 +90,7 @@ async def test_a_call_answered_without_an_answer_is_a_hypervisor_error_naming_th
     def answer(method: str) -> object:
         return body if method == "host_settings" else None
 
-    async for address in _hostile_agent(cluster, answer, []):
+    async for address in hostile_agent(cluster, answer, []):
         driver = _driver(cluster, address)
         # Before, a KeyError or TypeError escaped the driver: at a daemon's start, through
         # every host's connection, it stopped the daemon.
@@ -104,7 +110,7 @@ async def test_a_malformed_event_breaks_the_stream_which_is_followed_again(
     events: list[list[str]] = [["not json"], ["[1]"], ['{"seq": 1}'], [good]]
     heard: list[VmEvent] = []
 
-    async for address in _hostile_agent(cluster, answer, events):
+    async for address in hostile_agent(cluster, answer, events):
         driver = _driver(cluster, address)
         driver.listen(lambda event: asyncio.sleep(0, heard.append(event)))  # type: ignore[func-returns-value]
         await driver.connect()
