@@ -2,32 +2,11 @@
 API answers `503 failed` saying so, never the `500 system` of a fault of ours, and serves
 again once the database is back. Real PostgreSQL, the daemon's application in-process."""
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import psycopg
-import pytest
 
-from openhosting.config import load_config
-from openhosting.services.platform import Platform, open_platform
+from openhosting.services.platform import Platform
 from testbed.postgres import PostgresServer
-from tests.conftest import basic_auth, kill_leftover_vms, serve_api
-
-
-@pytest.fixture
-def pg_platform(tmp_path: Path, postgres_url: str) -> Iterator[Platform]:
-    config = load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "store": {"url": postgres_url},
-        },
-    )
-    opened = open_platform(config)
-    yield opened
-    opened.close()
-    kill_leftover_vms(config.run_path)
+from tests.conftest import basic_auth, serve_api
 
 
 def _connections(server: PostgresServer, database: str, allowed: bool) -> None:

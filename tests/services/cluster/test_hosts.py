@@ -188,7 +188,7 @@ def test_a_host_registered_by_another_daemon_at_the_same_moment_is_updated_in_pl
         platform.close()
 
 
-def test_host_set_records_an_agent_and_registers_a_new_host_offline_until_reached(
+def test_host_set_records_a_reachable_agent_and_registers_a_new_host_offline_until_reached(
     tmp_path: Path,
 ) -> None:
     platform = open_platform(host_config(tmp_path))
@@ -202,27 +202,9 @@ def test_host_set_records_an_agent_and_registers_a_new_host_offline_until_reache
             hosts.set_agent("hv-test", "127.0.0.1:7430")
         with pytest.raises(MissingError, match="hv-none"):
             hosts.set_agent("hv-none", "")
-        record = hosts.set_agent("hv-a", "10.0.0.5:7430")
-        assert (record.agent, record.heartbeat_at) == ("10.0.0.5:7430", 0.0)
-        hosts.register()  # this host measured again: another host's agent stays
-        views = {view.record.name: view for view in hosts.overview()}
-        assert views["hv-a"].record.agent == "10.0.0.5:7430"
-        assert views["hv-a"].state == "offline"
-        assert hosts.set_agent("hv-a", "").agent == ""
-    finally:
-        platform.close()
-
-
-def test_host_set_refuses_a_name_no_certificate_can_carry_or_an_agent_no_call_can_reach(
-    tmp_path: Path,
-) -> None:
-    # A host's name is the TLS server name every call to its agent asks for (`host add`
-    # issues certificates to lowercase DNS names only): a row under another name was an agent
-    # no daemon could ever reach, and "x..y" or "" made every daemon fail at its start.
-    platform = open_platform(host_config(tmp_path))
-    try:
-        hosts = platform.hosts
-        hosts.register()
+        # A host's name is the TLS server name every call to its agent asks for (`host add`
+        # issues certificates to lowercase DNS names only): a row under another name was an
+        # agent no daemon could ever reach, and "x..y" or "" made every daemon fail at start.
         for name in ("", "Bad Name", "x..y", "HV-A", "control", "h" * 254):
             with pytest.raises(UsageError, match="Invalid host name"):
                 hosts.set_agent(name, "10.0.0.5:7430")
@@ -230,8 +212,15 @@ def test_host_set_refuses_a_name_no_certificate_can_carry_or_an_agent_no_call_ca
             with pytest.raises(UsageError, match="Invalid agent address"):
                 hosts.set_agent("hv-a", agent)
         assert {view.record.name for view in hosts.overview()} == {"hv-test"}
-        for agent in ("[fd00::5]:7430", "agent-1.example:7430", "10.0.0.5:7430"):
+        for agent in ("[fd00::5]:7430", "agent-1.example:7430"):
             assert hosts.set_agent("hv-a", agent).agent == agent
+        record = hosts.set_agent("hv-a", "10.0.0.5:7430")
+        assert (record.agent, record.heartbeat_at) == ("10.0.0.5:7430", 0.0)
+        hosts.register()  # this host measured again: another host's agent stays
+        views = {view.record.name: view for view in hosts.overview()}
+        assert views["hv-a"].record.agent == "10.0.0.5:7430"
+        assert views["hv-a"].state == "offline"
+        assert hosts.set_agent("hv-a", "").agent == ""
     finally:
         platform.close()
 
