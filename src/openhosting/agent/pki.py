@@ -142,6 +142,12 @@ def add_host(state_path: Path, name: str, out: Path) -> Bundle:
     bundle = host_bundle(out)
     if existing := [path for path in (bundle.ca_cert, bundle.cert, bundle.key) if path.exists()]:
         raise ClusterTlsError(f"Refusing to overwrite {existing[0]}")
+    # A directory of its own: one that holds other files (`.`, /tmp) is someone else's, and
+    # would be made 0700 for the key, shutting them out.
+    if out.is_dir() and any(out.iterdir()):
+        raise ClusterTlsError(
+            f"Cannot write the bundle to {out}: it holds other files; name a new directory"
+        )
     try:
         _make_directory(out)
         write_whole(bundle.ca_cert, _pem(ca[0]), 0o600, exclusive=True)
