@@ -151,6 +151,12 @@ def test_an_agent_reporting_more_than_a_hosts_row_holds_beats_no_host_offline(
         ):
             with pytest.raises(CallError, match="more than"):
                 decode(HostCapacity, lying)
+        # Tier names are shown as keys of `host list` (`disk:NAME`): one with a line break
+        # put lines of the agent's choosing into the operator's listing.
+        for tiers in ({"x\nstate online": 1}, {"Disk": 1}, {f"t{n}": 1 for n in range(65)}):
+            with pytest.raises(CallError, match="tier"):
+                decode(HostCapacity, {"cores": 4, "core_mhz": 1, "memory_mb": 1,
+                                      "disk_bytes_by_tier": tiers})  # fmt: skip
         sound = HostCapacity(cores=4, core_mhz=1000, memory_mb=1024, disk_bytes_by_tier={})
         hosts.heartbeat({"hv-b": sound})
         assert {v.record.name for v in hosts.overview() if v.state == "online"} == {
