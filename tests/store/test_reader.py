@@ -170,6 +170,8 @@ def test_a_reader_in_use_keeps_other_processes_from_resetting_the_wal_index(
         with sqlite_engine.begin() as connection:  # still told by the header
             connection.execute(insert(users).values(uuid="u1", key_hash="h", created_at=1))
         assert reader.data_version() != version
+        sqlite_engine.dispose()  # under the reader: it then trusts nothing it read
+        assert reader.data_version() != reader.data_version()
     finally:
         reader.close()
     sqlite_engine.dispose()

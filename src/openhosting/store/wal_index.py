@@ -69,9 +69,12 @@ class WalIndex:
         return first
 
     def close(self) -> None:
-        """Only once no connection of this process has the database open (see the module)."""
+        """Only once no connection of this process has the database open (see the module).
+        A Reader still holding it (its engine disposed under it) is told nothing from then
+        on (`header` is None): it trusts nothing it read before."""
         if self._map is not None:
             self._map.close()
+            self._map = None
         os.close(self._descriptor)
 
 
