@@ -300,6 +300,23 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     postgres_server.drop_database(name)
 
 
+@pytest.fixture
+def pg_platform(tmp_path: Path, postgres_url: str) -> Iterator[Platform]:
+    """The platform (no daemon) on a PostgreSQL database of this test's own."""
+    config = load_config(
+        env={},
+        overrides={
+            "state_dir": str(tmp_path / "state"),
+            "first_user": False,
+            "store": {"url": postgres_url},
+        },
+    )
+    opened = open_platform(config)
+    yield opened
+    opened.close()
+    kill_leftover_vms(config.run_path)
+
+
 @pytest.hookimpl(trylast=True)  # after tests/integration/conftest.py marks its tests
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`--dist loadgroup`), the tests that boot guests or drive real

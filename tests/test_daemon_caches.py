@@ -1,6 +1,6 @@
 """A serving daemon's caches (the verified Basic header, the listings) hold only while its
 database shows no commit: a commit of another process, the admin tool's, is seen from the
-daemon's next request (`PRAGMA data_version`, store/reader.py)."""
+daemon's next request (the WAL-index header, store/wal_index.py)."""
 
 import subprocess
 from pathlib import Path

@@ -319,6 +319,11 @@ DEFAULT_TIER = "disk"
 _TIER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 
 
+def is_tier_name(name: str) -> bool:
+    """Whether `name` can name a storage tier."""
+    return _TIER_NAME.fullmatch(name) is not None
+
+
 def parse_tiers(text: str, disk_dir: Path) -> dict[str, Path]:
     """The tiers of `storage.tiers` (`NAME=DIR ...`) with `disk` in `disk_dir` and `ssd`
     sharing it unless named."""
@@ -326,7 +331,7 @@ def parse_tiers(text: str, disk_dir: Path) -> dict[str, Path]:
     named: set[str] = set()
     for entry in text.split():
         name, equals, directory = entry.partition("=")
-        if not equals or not _TIER_NAME.fullmatch(name) or not directory:
+        if not equals or not is_tier_name(name) or not directory:
             raise ConfigError(
                 f"Invalid storage.tiers entry {entry!r}: expected NAME=DIR, NAME in lower case"
                 " letters, digits, - and _ (16 at most)"

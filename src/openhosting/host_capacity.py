@@ -11,7 +11,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from openhosting.config import Config
+from openhosting.config import Config, is_tier_name
+
+# The largest figure each column of the hosts table holds on both engines (PostgreSQL's
+# INTEGER is 32 bits): an agent's report beyond it would fail the heartbeat's one transaction,
+# which beats every host a node reached, so it is refused as it is decoded.
+MAX_INTEGER = 2**31 - 1
+MAX_BIG_INTEGER = 2**63 - 1
+# Tiers a host may report: each is a key of `host list` and a part of the host's row.
+MAX_TIERS = 64
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,11 @@ class HostCapacity:
         figures = [self.cores, self.core_mhz, self.memory_mb, *self.disk_bytes_by_tier.values()]
         if any(figure < 0 for figure in figures):
             raise ValueError(f"a negative capacity: {self}")
+        if max(self.cores, self.core_mhz) > MAX_INTEGER or max(figures) > MAX_BIG_INTEGER:
+            raise ValueError(f"more than a host's row holds: {self}"[:300])
+        tiers = self.disk_bytes_by_tier
+        if len(tiers) > MAX_TIERS or not all(is_tier_name(tier) for tier in tiers):
+            raise ValueError(f"not the tiers of a host: {sorted(tiers)}"[:300])
 
 
 def memory_total_mb(meminfo: str) -> int:

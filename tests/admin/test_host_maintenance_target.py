@@ -54,3 +54,16 @@ def test_the_daemon_of_another_platform_refuses_and_is_named(
 def test_the_daemon_of_the_platform_named_does_it(other_platform: DaemonProcess) -> None:
     done = admin(other_platform.state_dir, other_platform.metrics_port, "host", "resume")
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_host_drain_asks_for_the_host_named_whatever_its_characters(
+    other_platform: DaemonProcess,
+) -> None:
+    # The name went into the URL as typed: `hv-a?x=1` or `hv-a#2` asked the daemon to drain
+    # hv-a, a space or a non-ASCII letter was a traceback of the tool's HTTP client.
+    for name in ["hv-a?x=1", "hv-a#2", "a b", "x/y", "../suspend", "h\u00e9"]:
+        done = admin(other_platform.state_dir, other_platform.metrics_port, "host", "drain", name)
+        assert (done.returncode, done.stdout) == (1, ""), name
+        assert done.stderr == (
+            f"openhosting-admin: openhostingd refused host drain: Host {name} is not registered\n"
+        )

@@ -104,3 +104,28 @@ def test_host_add_needs_the_ca_and_never_overwrites_a_bundle(
     assert main(["--state-dir", str(state), "host", "add", "hv-b", "--out", str(out)]) == 1
     assert "overwrite" in capsys.readouterr().err
     assert host_bundle(out).key.read_bytes() == key
+
+
+def test_host_add_refuses_an_out_that_is_no_directory_it_can_make_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    assert main(["--state-dir", str(state), "cluster", "init"]) == 0
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    monkeypatch.chdir(tmp_path)  # an empty --out wrote the host's key where the tool ran
+    shared = tmp_path / "shared"  # a directory others use, such as /tmp
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    (shared / "theirs").write_text("")
+    tmp_path.chmod(0o755)  # the directory the tool runs in
+    for out in (a_file, a_file / "sub", "", ".", shared):
+        capsys.readouterr()
+        # Before: a traceback (FileExistsError, NotADirectoryError), or the bundle written
+        # into the directory, made 0700 for it: `--out ''` or `--out .` run in /tmp shut
+        # every other user of the machine out of /tmp.
+        assert main(["--state-dir", str(state), "host", "add", "hv-a", "--out", str(out)]) == 1
+        assert capsys.readouterr().err.startswith("openhosting-admin: Cannot write the bundle")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "shared", "state"]
+    assert (_mode(shared), _mode(tmp_path)) == (0o1777, 0o755)
+    assert [path.name for path in shared.iterdir()] == ["theirs"]

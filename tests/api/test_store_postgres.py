@@ -4,8 +4,6 @@ event loop, so a query held up by another node's lock stalls no other request.""
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,34 +14,17 @@ from sqlalchemy import event, update
 from openhosting.api.app import RUNNER_OPTIONS, build_app
 from openhosting.api.handlers import HANDLERS
 from openhosting.api.ops import build_ops_app
-from openhosting.config import load_config
-from openhosting.services.platform import Platform, open_platform
+from openhosting.services.platform import Platform
 from openhosting.store.database import open_engine
 from openhosting.store.tables import drives, servers
 from openhosting.wire.text import parse_properties
-from tests.conftest import basic_auth, changes_heard, kill_leftover_vms, serve_api
+from tests.conftest import basic_auth, changes_heard, serve_api
 
 # Long enough that a blocked event loop shows; the safety release ends a test of code that
 # blocks (the old code) instead of hanging it.
 LOCK_SAFETY_SECONDS = 6.0
 # What an answer on a free event loop may take on a busy shared machine: well under the lock.
 PROMPT_SECONDS = 2.0
-
-
-@pytest.fixture
-def pg_platform(tmp_path: Path, postgres_url: str) -> Iterator[Platform]:
-    config = load_config(
-        env={},
-        overrides={
-            "state_dir": str(tmp_path / "state"),
-            "first_user": False,
-            "store": {"url": postgres_url},
-        },
-    )
-    opened = open_platform(config)
-    yield opened
-    opened.close()
-    kill_leftover_vms(config.run_path)
 
 
 # A read command and the table whose lock holds it up.

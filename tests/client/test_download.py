@@ -150,6 +150,24 @@ def test_a_block_device_can_be_the_target(api: ApiDaemon, tmp_path: Path) -> Non
     assert disk.read_bytes() == data
 
 
+def test_a_block_device_smaller_than_the_drive_is_refused_before_any_chunk(
+    api: ApiDaemon, tmp_path: Path
+) -> None:
+    # Before: the chunks that fit were fetched, the next failed with ENOSPC ("OSError: [Errno
+    # 28] No space left on device"), and the '-o' printed failed the same way.
+    drive = drive_holding(api, os.urandom(4 * CHUNK), "none")
+    image = tmp_path / "disk"
+    image.write_bytes(bytes(2 * CHUNK))
+    with loop_device(image) as device:
+        done = api.run("openhosting-download", "-c", str(CHUNK), drive, device)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == (
+        f"{device} holds {2 * CHUNK} bytes: too small for drive {drive} ({4 * CHUNK} bytes)\n"
+    )
+    assert api.info(drive)["read:requests"] == "0"
+    assert image.read_bytes() == bytes(2 * CHUNK)
+
+
 def test_both_tools_wait_out_a_platform_that_caps_transfers_at_once(tmp_path: Path) -> None:
     """With at most 2 transfers per account, 8 chunks at a time get 429 `busy` answers: the
     tools wait as told and send them again, and the round trip is whole."""

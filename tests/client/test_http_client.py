@@ -57,6 +57,19 @@ def test_a_malformed_ohuri_is_a_usage_error(uri: str) -> None:
         parse_endpoint(uri)
 
 
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [("http://u:s3cret@h:port/", "'http://…@h:port/'"), ("ftp://u:s3cret@h/", "'ftp://…@h/'"),
+     ("u:s3cret@h:8080", "'…@h:8080'"), ("http://u:s3/cret@h/", "'http://…@h/'")],
+)  # fmt: skip
+def test_a_malformed_ohuri_is_named_without_its_password(uri: str, shown: str) -> None:
+    # Before: the whole OHURI was in the message, the password of its user part with it.
+    with pytest.raises(UsageError) as raised:
+        parse_endpoint(uri)
+    assert raised.value.message.startswith(f"Invalid OHURI {shown}: ")
+    assert "s3" not in raised.value.message
+
+
 def test_path_components_are_percent_encoded_where_a_url_needs_it() -> None:
     assert api_path("drives", "a b", "read", "0", "1k") == "drives/a%20b/read/0/1k"
     assert api_path("drives", "x?y#z") == "drives/x%3Fy%23z"
@@ -188,8 +201,8 @@ class _Answer:
     def __init__(self, body: bytes) -> None:
         self._body = body
 
-    def read(self) -> bytes:
-        return self._body
+    def read(self, amount: int | None = None) -> bytes:
+        return self._body[:amount]
 
 
 def test_a_gzip_answer_must_inflate_to_exactly_the_length_asked() -> None:

@@ -133,6 +133,26 @@ def test_a_file_that_is_not_gzip_is_refused_with_z(api: ApiDaemon, tmp_path: Pat
     assert done.stdout == b""
 
 
+def test_gzipped_input_from_a_pipe_is_refused_before_a_drive_is_made(
+    api: ApiDaemon, tmp_path: Path
+) -> None:
+    # Before: the pipe was read to its end for the size, a drive of that size was made, then
+    # the upload found the pipe empty ("the gzip stream ended early"), as would every resume.
+    packed = tmp_path / "image.gz"
+    packed.write_bytes(gzip.compress(os.urandom(3 * CHUNK)))
+    before = api.check("openhosting", "drives", "list")
+    done = subprocess.run(
+        ["bash", "-c", f'exec "$0" -z <(cat {packed})', str(BIN / "openhosting-upload")],
+        capture_output=True, text=True, env=api.env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.endswith(
+        ": not a regular file or a block device (-z reads it twice: once for the drive's size,"
+        " then to upload it)\n"
+    )
+    assert api.check("openhosting", "drives", "list") == before
+
+
 def test_name_shared_and_tier_options_shape_the_new_drive(api: ApiDaemon, tmp_path: Path) -> None:
     image = make_image(tmp_path / "image", os.urandom(1000))
     done = api.run("openhosting-upload", "-n", "My Disk", "-s", "-t", "ssd", "-e", "none", image)
@@ -140,6 +160,22 @@ def test_name_shared_and_tier_options_shape_the_new_drive(api: ApiDaemon, tmp_pa
     info = api.info(created_drive(done.stdout.decode()))
     assert info["name"] == "My Disk" and info["claim:type"] == "shared"
     assert info["tier"] == "ssd" and info["encryption:cipher"] == "none"
+
+
+@pytest.mark.parametrize("option", ["file", "-n"])
+def test_a_newline_in_the_name_stays_in_the_name_and_adds_no_key(
+    api: ApiDaemon, tmp_path: Path, option: str
+) -> None:
+    # Before: the name went into the body as it was, so a file called (or -n given)
+    # "disk\nencryption:cipher none" made an unencrypted drive, its name "disk".
+    name = "disk\nencryption:cipher none"
+    image = make_image(tmp_path / (name if option == "file" else "image"), os.urandom(1000))
+    args = ["-n", name] if option == "-n" else []
+    done = api.run("openhosting-upload", *args, image)
+    assert done.returncode == 0, done.stderr
+    info = api.info(created_drive(done.stdout.decode()))
+    assert info["encryption:cipher"] == "aes-xts-plain"  # the platform's default
+    assert info["name"] == "disk\\nencryption:cipher none"  # the text codec's escape
 
 
 def test_an_existing_drive_too_small_is_refused_before_sending(

@@ -67,6 +67,15 @@ def link_names(namespace: str) -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in output.splitlines()}
 
 
+def neighbour(namespace: str, address: str) -> str:
+    """The entry for `address` in `namespace`'s neighbour table, as `ip neigh` shows it."""
+    done = subprocess.run(
+        ["ip", "-n", namespace, "neigh", "show", address],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
 _CLIENT = """\
 import socket, sys
 kind, address, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

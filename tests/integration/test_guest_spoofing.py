@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 
+from openhosting.network.spoof_guard import link_local
 from openhosting.services.platform import Platform
 from openhosting.services.servers.server_network import default_mac
 from tests.integration.bridge_platform import (  # noqa: F401 (fixtures, by their names)
@@ -16,6 +17,7 @@ from tests.integration.bridge_platform import (  # noqa: F401 (fixtures, by thei
     bridge_platform_fixture,
     namespace_fixture,
 )
+from tests.integration.netns_helpers import neighbour
 from tests.integration.server_helpers import create_server, upload_guest, wait_ready
 from tests.integration.test_bridge_networking import (
     console_run,
@@ -54,15 +56,6 @@ def mac_of(namespace: str, link: str) -> str:
     return done.stdout.split()[2]
 
 
-def neighbour(namespace: str, address: str) -> str:
-    """The host's neighbour entry for `address` on the public bridge, as `ip neigh` shows it."""
-    done = subprocess.run(
-        ["ip", "-n", namespace, "neigh", "show", address],
-        capture_output=True, text=True, timeout=10, check=True,
-    )  # fmt: skip
-    return done.stdout
-
-
 async def test_a_guest_cannot_send_as_another_address_or_mac_nor_claim_one_in_arp(
     client: TestClient, auth: dict[str, str], bridge_platform: Platform, namespace: str,
     tiny_guest_image: Path,
@@ -82,6 +75,9 @@ async def test_a_guest_cannot_send_as_another_address_or_mac_nor_claim_one_in_ar
         nic = f"$(grep -l {mac} /sys/class/net/*/address | cut -d/ -f5)"
         await console_run(platform, server, f"export NIC={nic}; echo $NIC")
         assert await pings_soon(platform, server, PEER)  # as itself: through
+        # Over IPv6 as itself too: from the link-local address its kernel makes of its MAC.
+        assert link_local(mac) in await console_run(platform, server, "ip -6 addr show dev $NIC")
+        assert await pings_soon(platform, server, f"{link_local(mac_of(peer, 'ohpeer0'))}%$NIC")
 
         # From an address of the pool that is not its own (another tenant's, say).
         await console_run(platform, server, "ifconfig $NIC 192.0.2.251 netmask 255.255.255.0")

@@ -9,7 +9,7 @@ def test_each_public_bridge_has_its_own_fence_tables() -> None:
 
 
 def test_frames_from_taps_are_marked_and_get_only_dhcp_vnc_and_ping_of_the_host() -> None:
-    rules = fence_ruleset("openhosting_fence_oh_public", "oh-t")
+    rules = fence_ruleset("openhosting_fence_oh_public", "oh-t", "oh-v")
     mark = f"{GUEST_MARK:#x}"
     # The bridge family knows the port a frame came in by: only our taps are guests.
     assert f'iifname "oh-t*" meta mark set meta mark | {mark}' in rules
@@ -23,9 +23,24 @@ def test_frames_from_taps_are_marked_and_get_only_dhcp_vnc_and_ping_of_the_host(
         "udp dport 67 accept",  # DHCP
         "tcp dport 5900-6899 accept",  # every VNC display
         "icmp type echo-request accept",
-        "meta l4proto ipv6-icmp accept",  # neighbour discovery
+        # Ping and neighbour discovery; no router advertisement nor redirect (the host took
+        # a default route from a guest's).
+        "icmpv6 type { echo-request, nd-neighbor-solicit, nd-neighbor-advert } accept",
         "reject",
     ]
     # Loaded again, it replaces both tables.
     assert "delete table bridge openhosting_fence_oh_public" in rules
     assert "delete table inet openhosting_fence_oh_public" in rules
+
+
+def test_nothing_that_comes_from_a_vlans_bridge_is_routed() -> None:
+    rules = fence_ruleset("openhosting_fence_oh_public", "oh-t", "oh-v")
+    lines = [line.strip() for line in rules.splitlines()]
+    start = lines.index("chain forward {")
+    assert lines[start : start + 3] == [
+        "chain forward {",
+        "type filter hook forward priority 0; policy accept;",
+        # From a VLAN's bridge to another link: the host has no address on the VLAN.
+        # (With br_netfilter, frames bridged within the VLAN come here too, from and to it.)
+        'iifname "oh-v*" oifname != "oh-v*" drop',
+    ]

@@ -43,7 +43,7 @@ def test_every_owner_of_tables_takes_them_down_twice_even_if_never_made() -> Non
             await overlay.close("192.0.2.10")  # a guest it never opened
             for owner in (
                 GuestFence(TABLE, namespace),
-                BridgeFence(namespace, BRIDGE, "oh-t"),
+                BridgeFence(namespace, BRIDGE, "oh-t", "oh-v"),
                 NicFirewall(namespace, BRIDGE),
                 overlay,
             ):

@@ -3,54 +3,67 @@
 tests/integration/test_guest_spoofing.py."""
 
 import asyncio
-import shutil
 import struct
 import subprocess
-import sys
-import tempfile
-from contextlib import ExitStack
-from pathlib import Path
 
-from openhosting.config import NetworkSettings
-from openhosting.network.bridge_mode import BridgeNetwork
 from openhosting.network.driver import NicPlan
-from openhosting.network.pool import AddressPool
 from openhosting.network.spoof_guard import (
     GuestIdentity,
     SpoofGuard,
     chain_name,
     full_ruleset,
     guard_rules,
+    link_local,
     table_name,
 )
-from tests.integration.netns_helpers import network_namespace
+from tests.integration.netns_helpers import neighbour, network_namespace
+from tests.network import guest_frames as frames
 
 MAC, ADDRESS = "52:54:00:0A:0B:0C", "192.0.2.12"
-SETTINGS = NetworkSettings()
-POOL = AddressPool.parse(
-    SETTINGS.pool_subnet, SETTINGS.pool_gateway, SETTINGS.pool_nameservers, SETTINGS.pool_range
-)
-HOST = str(POOL.gateway)  # the host's address on the bridge, dnsmasq's server id
+HOST = str(frames.POOL.gateway)  # the host's address on the bridge, dnsmasq's server id
 SERVER, OTHER = "0f962616-2071-4173-be79-7dd084271edf", "8d2b1c3e-5f40-4a61-9b7c-2e3d4f5a6b7c"
 VICTIM_MAC = "52:54:00:00:00:0c"
 
 
+# What every public NIC is held to, by its MAC alone.
+MAC_RULES = [
+    "ether saddr != 52:54:00:0a:0b:0c drop",
+    "ether type != { ip, arp, ip6 } drop",  # no VLAN tag, BPDU, LLDP, other protocol
+    "arp saddr ether != 52:54:00:0a:0b:0c drop",
+    "udp dport 67 @th,288,48 != 0x5254000a0b0c drop",  # DHCP's chaddr: itself
+    "udp dport { 68, 546 } drop",  # a DHCP server's answers, v4 and v6
+    # IPv6 from its MAC's link-local address only (or ::, detecting a duplicate)...
+    "ip6 saddr != { ::, fe80::5054:ff:fe0a:b0c } drop",
+    # ... no router's messages ...
+    "icmpv6 type { nd-router-advert, nd-redirect, router-renumbering, mld-listener-query } drop",
+    # ... and neighbour discovery claiming (or probing) no other address.
+    "icmpv6 type nd-neighbor-advert @th,64,128 != 0xfe80000000000000505400fffe0a0b0c drop",
+    "ip6 saddr :: icmpv6 type nd-neighbor-solicit @th,64,128"
+    " != 0xfe80000000000000505400fffe0a0b0c drop",
+]
+
+
+def test_a_nics_ipv6_address_is_its_macs_link_local_one() -> None:
+    assert link_local("52:54:00:0A:0B:0C") == "fe80::5054:ff:fe0a:b0c"
+    assert link_local("00:16:3e:00:00:01") == "fe80::216:3eff:fe00:1"  # the U/L bit flipped
+    assert link_local("02:00:00:00:00:01") == "fe80::ff:fe00:1"
+
+
 def test_a_nic_with_an_address_sends_only_from_its_mac_and_address() -> None:
     assert guard_rules(GuestIdentity(MAC, ADDRESS)) == [
-        "ether saddr != 52:54:00:0a:0b:0c drop",
-        "arp saddr ether != 52:54:00:0a:0b:0c drop",
-        "udp dport 67 @th,288,48 != 0x5254000a0b0c drop",  # DHCP's chaddr: itself
+        *MAC_RULES,
         "arp saddr ip != { 0.0.0.0, 192.0.2.12 } drop",  # an ARP probe, or its address
         "ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept",  # asking DHCP for its lease
         "ip saddr != 192.0.2.12 drop",
     ]
 
 
-def test_a_nic_without_an_address_is_held_to_its_mac() -> None:
+def test_a_nic_without_an_address_claims_and_sends_from_none() -> None:
     assert guard_rules(GuestIdentity(MAC, None)) == [
-        "ether saddr != 52:54:00:0a:0b:0c drop",
-        "arp saddr ether != 52:54:00:0a:0b:0c drop",
-        "udp dport 67 @th,288,48 != 0x5254000a0b0c drop",
+        *MAC_RULES,
+        "arp saddr ip != 0.0.0.0 drop",  # an ARP probe only
+        "ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept",
+        "ip saddr != 0.0.0.0 drop",
     ]
 
 
@@ -93,25 +106,6 @@ async def test_taps_are_guarded_forgotten_and_replaced_one_transaction_each() ->
         assert "openhosting_guard" not in listing(namespace)
 
 
-# Writes one Ethernet frame into a tap, as the guest's QEMU would (run inside its namespace).
-TAP_WRITER = """\
-import fcntl, os, struct, sys, time
-TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
-fd = os.open("/dev/net/tun", os.O_RDWR)
-fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", sys.argv[1].encode(), IFF_TAP | IFF_NO_PI))
-time.sleep(1)  # the tap has a carrier once opened: its bridge port forwards from then
-for _ in range(3):
-    os.write(fd, bytes.fromhex(sys.argv[2]))
-    time.sleep(0.2)
-"""
-
-
-def checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
-
-
 def dhcp_decline_frame(source_mac: str, client_mac: str, address: str, server: str) -> bytes:
     """A broadcast DHCPDECLINE of `address` in the name of `client_mac` (its chaddr), sent
     from `source_mac` and 0.0.0.0."""
@@ -120,12 +114,8 @@ def dhcp_decline_frame(source_mac: str, client_mac: str, address: str, server: s
     bootp += client + bytes(10 + 64 + 128) + bytes.fromhex("63825363")
     bootp += bytes([53, 1, 4, 50, 4, *map(int, address.split("."))])
     bootp += bytes([54, 4, *map(int, server.split(".")), 255])
-    udp = struct.pack("!4H", 68, 67, 8 + len(bootp), 0) + bootp  # checksum 0: none (IPv4)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                     bytes(4), bytes([255] * 4))  # fmt: skip
-    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    ether = bytes([255] * 6) + bytes.fromhex(source_mac.replace(":", "")) + b"\x08\x00"
-    return ether + ip + udp
+    packet = frames.ipv4("0.0.0.0", "255.255.255.255", 17, frames.udp(68, 67, bootp))
+    return frames.ethernet("ff:ff:ff:ff:ff:ff", source_mac, 0x0800, packet)
 
 
 def lease_of(namespace: str, link: str) -> str:
@@ -144,36 +134,34 @@ async def test_a_guest_cannot_decline_another_guests_address_to_dnsmasq() -> Non
     its next DHCP (a reboot, an expired lease) got none. Real dnsmasq, bridge and taps of the
     bridge driver; the victim is a machine cabled to the bridge, the attacker writes into its
     own guest's tap."""
-    with ExitStack() as cleanup:
-        namespace = cleanup.enter_context(network_namespace())
-        victim = cleanup.enter_context(network_namespace())
-        # dnsmasq runs as nobody: its directory must be reachable (pytest's tmp_path is not).
-        run = Path(tempfile.mkdtemp(prefix="ohn-", dir="/tmp"))
-        run.chmod(0o755)
-        cleanup.callback(shutil.rmtree, run, ignore_errors=True)
-        settings = NetworkSettings(mode="bridge", namespace=namespace, lease_seconds=120)
-        bridge = BridgeNetwork(settings, POOL, run / "network")
-        try:
-            attacker = NicPlan(SERVER, 0, "52:54:00:00:00:0b", address="192.0.2.11")
-            held = NicPlan(OTHER, 0, VICTIM_MAC, address="192.0.2.12")  # the victim's entry
-            await bridge.attach([attacker, held])
-            cable = ["ip", "link", "add", "v0", "netns", victim, "address", VICTIM_MAC,
-                     "type", "veth", "peer", "name", "ohvictim", "netns", namespace]  # fmt: skip
-            subprocess.run(cable, check=True, timeout=10)
-            subprocess.run(["ip", "-n", namespace, "link", "set", "ohvictim", "master",
-                            settings.public_bridge, "up"], check=True, timeout=10)  # fmt: skip
-            subprocess.run(["ip", "-n", victim, "link", "set", "v0", "up"], check=True, timeout=10)
+    attacker = NicPlan(SERVER, 0, "52:54:00:00:00:0b", address="192.0.2.11")
+    held = NicPlan(OTHER, 0, VICTIM_MAC, address="192.0.2.12")  # the victim's entry
+    with network_namespace() as namespace, network_namespace() as victim:
+        async with frames.bridge_driver(namespace, [attacker, held]) as bridge:
+            frames.cable(namespace, frames.SETTINGS.public_bridge, victim, "v0", VICTIM_MAC)
             assert "lease of 192.0.2.12 obtained" in lease_of(victim, "v0")
 
             frame = dhcp_decline_frame(attacker.mac, VICTIM_MAC, "192.0.2.12", HOST)
-            subprocess.run(
-                ["ip", "netns", "exec", namespace, sys.executable, "-c", TAP_WRITER,
-                 bridge.tap_name(attacker), frame.hex()],
-                check=True, timeout=10,
-            )  # fmt: skip
+            frames.write_frames(namespace, bridge.tap_name(attacker), [frame])
             await asyncio.sleep(0.5)
             assert "lease of 192.0.2.12 obtained" in lease_of(victim, "v0")
-        finally:
-            await bridge.detach([attacker, held])
-            await bridge.close(idle=True)
-            await bridge.dhcp.stop()
+
+
+async def test_a_nic_without_an_address_claims_none_of_the_public_networks() -> None:
+    """Without `nic:0:dhcp` a guest has no address on the public bridge: any it took would
+    be another machine's (a guest's, the gateway's, the host's) or one the pool hands out
+    next. Its gratuitous ARP for a peer's address moved the host's entry for the peer to the
+    guest's MAC, and so the host's traffic to it."""
+    guest = NicPlan(SERVER, 0, "52:54:00:00:00:0b", address=None, dhcp=False)
+    with network_namespace() as namespace, network_namespace() as peer:
+        async with frames.bridge_driver(namespace, [guest]) as bridge:
+            frames.cable(namespace, frames.SETTINGS.public_bridge, peer, "v0", VICTIM_MAC)
+            subprocess.run(["ip", "-n", peer, "addr", "add", "192.0.2.250/24", "dev", "v0"],
+                           check=True, timeout=10)  # fmt: skip
+            ping = ["busybox", "ping", "-c", "1", "-W", "2", "192.0.2.250"]
+            subprocess.run(["ip", "netns", "exec", namespace, *ping], check=True, timeout=10,
+                           capture_output=True)  # fmt: skip
+            await asyncio.sleep(1.5)  # past the neighbour table's locktime (1 s)
+            claim = frames.arp_announcement(guest.mac, "192.0.2.250")
+            frames.write_frames(namespace, bridge.tap_name(guest), [claim])
+            assert VICTIM_MAC in neighbour(namespace, "192.0.2.250")

@@ -41,14 +41,19 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     opened.dispose()
 
 
-def test_data_version_moves_with_every_commit_of_any_connection(sqlite_engine: Engine) -> None:
-    """On SQLite a new number after each commit, whoever makes it: this engine, or another
-    process's connection (the admin tool's). (PostgreSQL has its change feed instead:
-    tests/store/test_notifications.py.)"""
+def test_data_version_moves_with_every_commit_of_any_connection_without_a_statement(
+    sqlite_engine: Engine,
+) -> None:
+    """On SQLite the version is read from the WAL-index header: no statement per request (a
+    `PRAGMA data_version` before), and still a new number after each commit, whoever
+    makes it: this engine, or another process's connection (the admin tool's). (PostgreSQL
+    has its change feed instead: tests/store/test_notifications.py.)"""
     engine = sqlite_engine
     reader = Reader(engine)
+    statements: list[str] = []
     try:
         first = reader.data_version()
+        reader._driver().set_trace_callback(statements.append)
         assert reader.data_version() == reader.data_version() == first
         with engine.begin() as connection:
             connection.execute(insert(users).values(uuid="u1", key_hash="h", created_at=1))
@@ -71,6 +76,9 @@ def test_data_version_moves_with_every_commit_of_any_connection(sqlite_engine: E
         finally:
             other.close()
         assert reader.mappings(BY_UUID, uuid="u1")[0]["key_hash"] == "h3"
+        reader._driver().set_trace_callback(None)
+        # The row read is the only statement this connection ran (and shows it is traced).
+        assert [statement.split()[0] for statement in statements] == ["SELECT"]
     finally:
         reader.close()
 
@@ -101,7 +109,11 @@ def test_data_version_of_a_database_not_in_wal_mode_asks_sqlite(tmp_path: Path) 
 # UNIX_SHM_DMS at 128): "free" means the next process to open the database resets the file.
 DEAD_MAN_SWITCH_PROBE = """
 import fcntl, os, sys
-descriptor = os.open(sys.argv[1], os.O_RDWR)
+try:
+    descriptor = os.open(sys.argv[1], os.O_RDWR)
+except FileNotFoundError:
+    print("gone")  # removed by the last connection to close: nobody has it
+    sys.exit()
 try:
     fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
 except OSError:
@@ -111,8 +123,18 @@ else:
 """
 
 
+def dead_man_switch(engine: Engine) -> str:
+    """ "held" while some process has the database's WAL-index in use, else "free"."""
+    probe = subprocess.run(
+        [sys.executable, "-c", DEAD_MAN_SWITCH_PROBE, f"{engine.url.database}-shm"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    return probe.stdout.strip()
+
+
 def test_a_reader_in_use_keeps_other_processes_from_resetting_the_wal_index(
-    sqlite_engine: Engine,
+    sqlite_engine: Engine, tmp_path: Path
 ) -> None:
     """A process that opens a WAL database finding no other holding it (no read lock on the
     -shm file's dead man switch) truncates the -shm file and builds it again; a process
@@ -120,16 +142,36 @@ def test_a_reader_in_use_keeps_other_processes_from_resetting_the_wal_index(
     (the crash campaign's daemon died so, silently, when the campaign's checker read the
     database) or works on a WAL-index that is no longer the one the others use. The reader
     must leave the lock held: closing any descriptor of the -shm file drops all of this
-    process's locks on it, SQLite's too."""
+    process's locks on it, SQLite's too. Its WAL-index (the mapped header) is the engine's:
+    other Readers of the engine (a worker thread's, made and closed per call) and another
+    engine on the same file, disposed, leave it and the lock alone; the last engine's
+    disposal closes it, after the engine's connections."""
     reader = Reader(sqlite_engine)
     try:
         reader.data_version()
         assert reader.mappings(BY_UUID, uuid="u1") == []
         reader.data_version()
-        probe = subprocess.run(
-            [sys.executable, "-c", DEAD_MAN_SWITCH_PROBE, f"{sqlite_engine.url.database}-shm"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert probe.stdout.strip() == "held", probe.stderr
+        assert reader._wal_index is not None  # the header is what tells commits here
+        assert dead_man_switch(sqlite_engine) == "held"
+        for _ in range(3):  # as drives' info of many drives, in a worker thread
+            passing = Reader(sqlite_engine)
+            assert passing.data_version() is not None
+            assert passing._wal_index is reader._wal_index
+            passing.close()
+        assert dead_man_switch(sqlite_engine) == "held"
+        other_engine = open_engine(f"sqlite:///{sqlite_engine.url.database}")
+        other = Reader(other_engine)
+        other.data_version()
+        assert other._wal_index is reader._wal_index  # one per file in a process
+        other.close()
+        other_engine.dispose()
+        assert dead_man_switch(sqlite_engine) == "held"
+        version = reader.data_version()
+        with sqlite_engine.begin() as connection:  # still told by the header
+            connection.execute(insert(users).values(uuid="u1", key_hash="h", created_at=1))
+        assert reader.data_version() != version
     finally:
         reader.close()
+    sqlite_engine.dispose()
+    # Nothing of this process holds it (the last connection to close may have removed it).
+    assert dead_man_switch(sqlite_engine) in ("free", "gone")

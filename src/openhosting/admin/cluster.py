@@ -30,7 +30,9 @@ def cmd_cluster_init(config: Config, _args: argparse.Namespace) -> str:
 
 def cmd_host_add(config: Config, args: argparse.Namespace) -> str:
     try:
-        bundle = add_host(config.state_path, args.name, args.out)
+        if not args.out:  # Path("") is ".": the host's key where the tool happens to run
+            raise ClusterTlsError("Cannot write the bundle to '': name its directory")
+        bundle = add_host(config.state_path, args.name, Path(args.out))
     except ClusterTlsError as error:
         raise UsageError(str(error)) from None
     return render_text(
@@ -62,5 +64,5 @@ def add_host_parser(commands: Any) -> None:
         "add", help="issue a host agent's certificate and write its bundle to --out"
     )
     add.add_argument("name", help="the host's name (a lowercase DNS name)")
-    add.add_argument("--out", type=Path, required=True, help="the directory for the agent's bundle")
+    add.add_argument("--out", required=True, help="the directory for the agent's bundle")
     add.set_defaults(run_on_state=cmd_host_add)

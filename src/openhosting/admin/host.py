@@ -51,8 +51,9 @@ DAEMON_TIMEOUT = 3600.0
 _DONE = {"suspend": "dumped", "resume": "active"}
 
 
-def ask_daemon(config: Config, action: str) -> dict[str, str] | None:
-    """The daemon's outcome of `action`, or None when no daemon answers on its listener."""
+def ask_daemon(config: Config, action: str, name: str = "") -> dict[str, str] | None:
+    """The daemon's outcome of `action` (on host `name`, for a drain), or None when no daemon
+    answers on its listener."""
     if not config.api.metrics_listen:
         return None
     host, port = parse_listen(config.api.metrics_listen)
@@ -62,7 +63,9 @@ def ask_daemon(config: Config, action: str) -> dict[str, str] | None:
     # told another metrics address): it refuses what is not meant for it.
     meant = urllib.parse.quote(str(config.state_path.resolve()))
     try:
-        connection.request("POST", f"/host/{action}", headers={STATE_DIR_HEADER: meant})
+        # The name quoted whole: as typed, `hv-a?x` or `hv-a#2` named hv-a to the daemon.
+        path = f"/host/{action}" + (f"/{urllib.parse.quote(name, safe='')}" if name else "")
+        connection.request("POST", path, headers={STATE_DIR_HEADER: meant})
         response = connection.getresponse()
         body = response.read().decode()
     except ConnectionRefusedError:
@@ -113,7 +116,7 @@ def cmd_host(config: Config, args: argparse.Namespace) -> str:
 
 
 def cmd_host_drain(config: Config, args: argparse.Namespace) -> str:
-    outcome = ask_daemon(config, f"drain/{args.name}")
+    outcome = ask_daemon(config, "drain", args.name)
     if outcome is None:
         raise FailedError(
             "host drain: no openhostingd answers on api.metrics_listen; the running daemon"

@@ -46,6 +46,7 @@ from openhosting.storage.stream_wire import (
     receive_message,
     send_message,
     send_refusal,
+    time_left,
     widen_socket_buffers,
 )
 
@@ -62,6 +63,10 @@ CACHE_FILL = "cache_fill"
 # Streams served at once, the others' connections closed (each API node has at most
 # `max_transfers`, 64 by default, under way).
 MAX_STREAMS = 256
+# Connections of one address not through their handshake yet, the others closed: a stranger
+# filling the threads from one address leaves the rest to the others (an API node may begin
+# its `max_transfers` streams at once).
+MAX_PENDING_PER_ADDRESS = 64
 
 
 class AgentListener:
@@ -155,20 +160,40 @@ class DriveStreams:
         self._cache = cache
         self._loop = asyncio.get_running_loop()
         self._open: set[socket.socket] = set()
+        # Address → its connections not through their handshake yet.
+        self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def serve(self, connection: socket.socket) -> None:
-        """Serve `connection` in a thread of its own, unless `MAX_STREAMS` are under way (a
-        thread is taken before the handshake: who may not connect must not take them all)."""
+        """Serve `connection` in a thread of its own, unless `MAX_STREAMS` are under way or
+        its address has `MAX_PENDING_PER_ADDRESS` not through their handshake (a thread is
+        taken before the handshake: who may not connect must not take them all)."""
+        try:
+            address = str(connection.getpeername()[0])
+        except OSError:  # gone already
+            connection.close()
+            return
         with self._lock:
-            if len(self._open) >= MAX_STREAMS:
-                log.warning("event=agent_stream_refused reason=too_many streams=%d", MAX_STREAMS)
+            pending = self._pending.get(address, 0)
+            if len(self._open) >= MAX_STREAMS or pending >= MAX_PENDING_PER_ADDRESS:
+                log.warning(
+                    "event=agent_stream_refused reason=too_many streams=%d address=%s pending=%d",
+                    len(self._open), address, pending,
+                )  # fmt: skip
                 connection.close()
                 return
             self._open.add(connection)
+            self._pending[address] = pending + 1
         threading.Thread(
-            target=self._run, args=(connection,), name="drive-stream", daemon=True
+            target=self._run, args=(connection, address), name="drive-stream", daemon=True
         ).start()
+
+    def _proved(self, address: str) -> None:
+        """One connection of `address` no longer waits for its handshake."""
+        with self._lock:
+            left = self._pending.pop(address, 1) - 1
+            if left > 0:
+                self._pending[address] = left
 
     def close(self) -> None:
         """End the streams under way (their connections shut: each thread ends)."""
@@ -177,21 +202,28 @@ class DriveStreams:
                 with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)
 
-    def _run(self, connection: socket.socket) -> None:
+    def _run(self, connection: socket.socket, address: str) -> None:
+        proved = False
         try:
             connection.setblocking(True)
-            connection.settimeout(HANDSHAKE_TIMEOUT)
             widen_socket_buffers(connection)
+            # The preface and the handshake within HANDSHAKE_TIMEOUT as a whole, not per
+            # byte: a byte every few seconds held the thread for as long as they came.
+            deadline = time.monotonic() + HANDSHAKE_TIMEOUT
             preface = bytearray(len(STREAM_PREFACE))
-            receive_exactly(connection, memoryview(preface))
+            _receive_by(connection, memoryview(preface), deadline)
             if preface != STREAM_PREFACE:
                 return
-            stream = TlsStream(connection, self._context, server_side=True)
+            stream = TlsStream(connection, self._context, server_side=True, deadline=deadline)
+            self._proved(address)
+            proved = True
             connection.settimeout(STALL_TIMEOUT)
             self._serve(stream)
         except (OSError, ValueError) as error:  # the control plane gone, or a broken stream
             log.info("event=agent_stream_ended error=%s", error)
         finally:
+            if not proved:
+                self._proved(address)
             with self._lock:
                 self._open.discard(connection)
             connection.close()
@@ -269,6 +301,16 @@ class DriveStreams:
     def _on_loop(self, step: Coroutine[Any, Any, T]) -> T:
         """Run `step` on the event loop (where the storage's pieces are handled), waiting."""
         return asyncio.run_coroutine_threadsafe(step, self._loop).result(STALL_TIMEOUT)
+
+
+def _receive_by(connection: socket.socket, view: memoryview, deadline: float) -> None:
+    """Fill `view` from `connection` by `deadline` (TimeoutError after it)."""
+    while view:
+        connection.settimeout(time_left(deadline))
+        got = connection.recv_into(view)
+        if not got:
+            raise StreamClosed("connection closed")
+        view = view[got:]
 
 
 def _action_of(message: bytes) -> object:

@@ -7,12 +7,14 @@ deadlines, one HTTPS session, and the connections of drive byte streams
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass, field
 
 import aiohttp
 
+from openhosting.agent.pki import is_dns_name
 from openhosting.storage.stream_wire import STREAM_PREFACE, TlsStream, widen_socket_buffers
 
 # Seconds an agent has to answer a call, beyond the call's own timeout.
@@ -57,8 +59,7 @@ class HostConnection:
         """A new connection for one drive byte stream, its TLS handshake done (the agent's
         certificate checked for this host's name); blocking: call it from the stream's
         thread. Then no `stall_timeout` seconds may pass without a byte moving."""
-        name, _, port = self.address.rpartition(":")
-        raw = socket.create_connection((name.strip("[]"), int(port)), self.connect_timeout)
+        raw = socket.create_connection(split_agent_address(self.address), self.connect_timeout)
         try:
             widen_socket_buffers(raw)
             raw.sendall(STREAM_PREFACE)  # in clear: the agent's listener takes it to a thread
@@ -68,3 +69,20 @@ class HostConnection:
             raise
         raw.settimeout(stall_timeout)
         return stream
+
+
+def split_agent_address(address: str) -> tuple[str, int]:
+    """The host (a DNS name, an IPv4 address or a bracketed IPv6 one, brackets removed) and
+    port of an agent's `HOST:PORT`; ValueError saying what is wrong (`host set` refuses such
+    an address rather than record one no call could reach)."""
+    host, _, port = address.rpartition(":")
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError("no port from 1 to 65535 after the last ':'")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1])), int(port)
+        except ValueError:
+            raise ValueError(f"{host[:60]!r} is not an IPv6 address in brackets") from None
+    if not is_dns_name(host.lower()):  # an IPv4 address is one too, by its form
+        raise ValueError(f"{host[:60]!r} is neither a DNS name nor an IP address")
+    return host, int(port)

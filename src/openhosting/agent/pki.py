@@ -90,9 +90,14 @@ def host_bundle(directory: Path) -> Bundle:
     return Bundle.in_directory(directory, HOST)
 
 
+def is_dns_name(name: str) -> bool:
+    """Whether `name` is a lowercase DNS name (what TLS can ask for as a server name)."""
+    return 0 < len(name) <= MAX_NAME and _NAME.fullmatch(name) is not None
+
+
 def check_host_name(name: str) -> str:
     """`name` if it can name a host in the cluster, else `ClusterTlsError` saying why."""
-    if not name or len(name) > MAX_NAME or not _NAME.fullmatch(name):
+    if not is_dns_name(name):
         raise ClusterTlsError(
             f"Invalid host name {name[:80]!r}: use a lowercase DNS name (letters, digits,"
             f" hyphens and dots, at most {MAX_NAME} characters)"
@@ -137,9 +142,18 @@ def add_host(state_path: Path, name: str, out: Path) -> Bundle:
     bundle = host_bundle(out)
     if existing := [path for path in (bundle.ca_cert, bundle.cert, bundle.key) if path.exists()]:
         raise ClusterTlsError(f"Refusing to overwrite {existing[0]}")
-    _make_directory(out)
-    write_whole(bundle.ca_cert, _pem(ca[0]), 0o600, exclusive=True)
-    _issue(bundle, ca, HOST, name)
+    # A directory of its own: one that holds other files (`.`, /tmp) is someone else's, and
+    # would be made 0700 for the key, shutting them out.
+    if out.is_dir() and any(out.iterdir()):
+        raise ClusterTlsError(
+            f"Cannot write the bundle to {out}: it holds other files; name a new directory"
+        )
+    try:
+        _make_directory(out)
+        write_whole(bundle.ca_cert, _pem(ca[0]), 0o600, exclusive=True)
+        _issue(bundle, ca, HOST, name)
+    except OSError as error:  # `out` a file, under one, read-only: the operator's to fix
+        raise ClusterTlsError(f"Cannot write the bundle to {out}: {error}") from None
     return bundle
 
 

@@ -55,13 +55,14 @@ from openhosting.errors import (
     MethodError,
     MissingError,
     SystemError_,
+    UnavailableError,
     UsageError,
 )
 from openhosting.logs import REQUEST_ID
 from openhosting.services.accounts.audit import object_of
 from openhosting.services.off_loop import INLINE_ITEMS
 from openhosting.services.platform import Platform
-from openhosting.store.errors import is_storage_full, storage_io_error
+from openhosting.store.errors import is_database_unreachable, is_storage_full, storage_io_error
 from openhosting.web.routes import DASHBOARD_ROUTES
 from openhosting.wire.payload import Properties, PropertiesList, ValueList
 
@@ -235,8 +236,9 @@ def _route_targets_without_a_path(router: web.UrlDispatcher, route: web.Abstract
 
 def full_error_of(error: BaseException) -> FullError | FailedError | None:
     """The 507 `full` a failure stands for when the platform's storage (the database's disk
-    or the drives') is full, or the 500 `failed` naming the I/O error when that storage
-    fails (EIO), else None. The one place such failures are translated."""
+    or the drives') is full, the 500 `failed` naming the I/O error when that storage
+    fails (EIO), the 503 `failed` when its database cannot be reached now, else None. The
+    one place such failures are translated."""
     if isinstance(error, FullError):
         return error
     if is_storage_full(error):
@@ -244,6 +246,10 @@ def full_error_of(error: BaseException) -> FullError | FailedError | None:
     if (io_error := storage_io_error(error)) is not None:
         log.warning("event=storage_io_error error=%r", io_error)
         return FailedError(f"The platform's storage failed: {io_error.strerror or 'I/O error'}")
+    if is_database_unreachable(error):
+        # One line, no traceback: every request fails so while the database is away.
+        log.warning("event=database_unreachable error=%s", str(error).splitlines()[0][:300])
+        return UnavailableError("The platform's database cannot be reached now: try again")
     return None
 
 

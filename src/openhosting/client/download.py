@@ -11,7 +11,10 @@ the file never has a gap before its end and resuming from its size stays right e
 `kill -9`; aligned chunks are written with O_DIRECT (see `OutputFile`); chunks of zeros past
 the file's end become holes (a sparse file); on a terminal a progress bar replaces the dots;
 `--verify` checks each chunk's SHA-256 against the drive's and fetches one that differs again.
-A regular output file ends with exactly the drive's size.
+A regular output file ends with exactly the drive's size. Into a regular file, `-o` may not
+be past the file's end (the bytes between would be a hole, zeros the drive never held), and
+what the file holds past `-o` is cut before the first chunk, so that the file never claims
+more than the run wrote.
 """
 
 import argparse
@@ -39,22 +42,27 @@ from openhosting.client.verify import (
     local_hash,
     until_verified,
 )
-from openhosting.errors import UsageError
+from openhosting.errors import FailedError, UsageError
 
 # What O_DIRECT needs of offsets, lengths and buffer addresses: the largest logical block size
 # in use (4 KiB disks), which also covers 512-byte ones.
 DIRECT_ALIGNMENT = 4096
 
 
-def resume_offset(path: str, chunk_size: int) -> int:
-    """Where a download into `path` resumes: its size rounded down to a whole chunk."""
+def regular_size(path: str) -> int | None:
+    """The size of the regular file `path` (0 while there is none); None for anything else
+    (a block device)."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
         return 0
-    if not stat.S_ISREG(info.st_mode):
-        return 0
-    return info.st_size - info.st_size % chunk_size
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def resume_offset(path: str, chunk_size: int) -> int:
+    """Where a download into `path` resumes: its size rounded down to a whole chunk."""
+    size = regular_size(path) or 0
+    return size - size % chunk_size
 
 
 class OutputFile:
@@ -117,6 +125,15 @@ class OutputFile:
             os.close(self._direct_fd)
             self._direct_fd = None
 
+    def device_size(self) -> int | None:
+        """The size of a block device (None for a regular file, which grows)."""
+        return None if self.regular else os.lseek(self._fd, 0, os.SEEK_END)
+
+    def cut_to(self, size: int) -> None:
+        """Make a regular file at most `size` bytes long (a block device keeps its size)."""
+        if self.regular and os.fstat(self._fd).st_size > size:
+            os.ftruncate(self._fd, size)
+
     def set_size(self, size: int) -> None:
         """Make a regular file exactly `size` bytes long (a block device keeps its size)."""
         if self.regular and os.fstat(self._fd).st_size != size:
@@ -175,7 +192,13 @@ def read_chunk(
         until_verified(client, drive, chunk, local_hash(data), fetch_again, "fetching it again")
     zero = is_zero(data)
     with turns.turn(chunk.index):
-        output.write(chunk.offset, data, zero)
+        try:
+            output.write(chunk.offset, data, zero)
+        except OSError as error:
+            # Said as what it is: the tool's header says the chunk failed, not where.
+            raise FailedError(
+                f"Cannot write {output.path} at offset {chunk.offset}: {error.strerror or error}"
+            ) from None
 
 
 def fetch_chunk(
@@ -185,8 +208,17 @@ def fetch_chunk(
     path = api_path("drives", drive, "read", str(chunk.offset), str(chunk.length))
     # The daemon answers a never-written chunk with a few bytes of gzip instead of 5 MiB.
     response = client.request("GET", path, headers={"Accept-Encoding": "gzip"})
-    if response.getheader("Content-Encoding", "").lower() == "gzip":
+    encoding = response.getheader("Content-Encoding", "").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
         return client.read_gzip(response, chunk.length)
+    if encoding not in ("", "identity"):
+        # Taken as the drive's bytes, an encoding not asked for (deflate, br) would be written
+        # to the file as they came, the run "completed".
+        client.close()
+        raise FailedError(
+            f"The answer from {client.endpoint.url} is encoded as {encoding[:40]!r}, which was"
+            " not asked for"
+        )
     data = buffers.get(chunk.length)
     client.read_into(response, memoryview(data))
     return data
@@ -226,11 +258,27 @@ def download(args: argparse.Namespace) -> int:
         )
     if start > size:
         raise UsageError(f"Offset {start} is past the end of drive {args.drive} ({size} bytes)")
+    held = regular_size(args.file)
+    if held is not None and start > held:
+        # The bytes between would read as zeros: a file that claims more than it holds.
+        raise UsageError(
+            f"{args.file} holds {held} bytes: -o {start} would leave the bytes before it"
+            " missing (without -o the download resumes from the file's size)"
+        )
     try:
         output = OutputFile(args.file)
     except OSError as error:
         raise UsageError(f"Failed to open {args.file}: {error.strerror}") from None
     try:
+        room = output.device_size()
+        if room is not None and room < size:
+            # Its end would fail the chunk there with ENOSPC, and every resume the same way.
+            raise UsageError(
+                f"{args.file} holds {room} bytes: too small for drive {args.drive} ({size} bytes)"
+            )
+        # What the file holds past `start` is about to be replaced: kept until then, it would
+        # make a run that stops early look done to the next one, which resumes from the size.
+        output.cut_to(start)
         return _download(args, client, output, start, size)
     finally:
         output.close()

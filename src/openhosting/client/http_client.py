@@ -40,6 +40,9 @@ SEND_BLOCK = 1024 * 1024
 # How often a request refused with 429 is sent again, and the longest Retry-After honoured.
 BUSY_RETRIES = 5
 MAX_RETRY_AFTER = 30.0
+# The longest answer read whole (an info, a hash, a created drive, an error's text): a server
+# that sends more is broken or hostile, and memory must not grow with what it sends.
+ANSWER_LIMIT = 1024 * 1024
 # zlib's window bits for the gzip format.
 _GZIP_WBITS = 31
 
@@ -77,17 +80,27 @@ class Endpoint:
         return self.base_path + path.lstrip("/")
 
 
+def _without_userinfo(uri: str) -> str:
+    """`uri` as an error message may show it: what precedes its last "@" (a user and
+    password, however malformed the rest) replaced by "…"."""
+    if "@" not in uri:
+        return uri
+    scheme, separator, _ = uri.partition("://")
+    return f"{scheme + separator if separator else ''}…@{uri.rpartition('@')[2]}"
+
+
 def parse_endpoint(uri: str) -> Endpoint:
     """The endpoint `uri` names (`http://HOST[:PORT][/PATH][/]`; the trailing slash is optional)."""
     parts = urlsplit(uri.strip())
+    shown = repr(_without_userinfo(uri.strip()))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
-            f"Invalid OHURI {uri!r}: expected the API endpoint URI, e.g. http://127.0.0.1:8080/"
+            f"Invalid OHURI {shown}: expected the API endpoint URI, e.g. http://127.0.0.1:8080/"
         )
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise UsageError(f"Invalid OHURI {uri!r}: the port is not a number") from None
+        raise UsageError(f"Invalid OHURI {shown}: the port is not a number") from None
     base = parts.path if parts.path.endswith("/") else parts.path + "/"
     return Endpoint(parts.scheme, parts.hostname, port, base)
 
@@ -114,8 +127,23 @@ def basic_authorization(user: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
 
 
-def error_from_response(status: int, reason: str, kind: str, text: str, url: str) -> ApiError:
-    """The error an HTTP error response stands for: its `X-Elastic-Error` type's class."""
+def terminal_safe(text: str) -> str:
+    """`text` from the server as it may be shown on a terminal: control characters (an escape
+    sequence could retitle, clear or rewrite the user's screen) written as `\\xNN`; line
+    breaks and tabs kept."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char in "\n\t" else ascii(char)[1:-1] for char in text
+    )
+
+
+def error_from_response(
+    status: int, reason: str, kind: str, text: str, url: str, *, location: str = ""
+) -> ApiError:
+    """The error an HTTP error response (any status but 2xx) stands for: its `X-Elastic-Error`
+    type's class; `location` is a redirect's target, named but never followed."""
+    text, reason = terminal_safe(text), terminal_safe(reason)
     text = text.strip() or f"HTTP {status} {reason}"
     error_type = ERROR_TYPES.get(kind.split(" ")[0].strip().lower()) if kind else None
     if error_type is None:
@@ -123,7 +151,10 @@ def error_from_response(status: int, reason: str, kind: str, text: str, url: str
             error_type = AuthError
         else:
             # No API answers without the header: OHURI probably names some other server.
-            foreign = HttpError(f"HTTP {status} {reason} from {url}: is OHURI the API endpoint?")
+            redirect = f" (it redirects to {location!r})" if location else ""
+            foreign = HttpError(
+                f"HTTP {status} {reason} from {url}{redirect}: is OHURI the API endpoint?"
+            )
             foreign.status = status
             return foreign
     if error_type is AuthError:
@@ -199,10 +230,10 @@ class ApiClient:
     ) -> http.client.HTTPResponse:
         """Send a request and return the response, its body still to be read.
 
-        `body` is bytes, or a binary file of `length` bytes that is streamed. An HTTP error
-        status raises the matching `ApiError` after reading its text. A 429 (the platform's
-        request rate or transfer cap) is waited out and sent again, up to BUSY_RETRIES times,
-        when the body can be sent again.
+        `body` is bytes, or a binary file of `length` bytes that is streamed. Any status but
+        2xx raises the matching `ApiError` after reading its text; redirects are not followed.
+        A 429 (the platform's request rate or transfer cap) is waited out and sent again, up
+        to BUSY_RETRIES times, when the body can be sent again.
         """
         if body is not None and not isinstance(body, bytes | bytearray | memoryview):
             if length is None:
@@ -215,11 +246,13 @@ class ApiClient:
             if response.status != 429 or not replayable or attempt == BUSY_RETRIES:
                 break
             wait = retry_after_seconds(response.getheader("Retry-After", ""))
-            self.read_all(response)  # a short error text: the connection stays usable
+            self._skip_error_text(response)
             if self._trace is not None:
                 self._trace(f"* busy: sending again in {wait:g} s")
             time.sleep(wait)
-        if response.status >= 400:
+        if not 200 <= response.status < 300:
+            # A redirect is an error too: followed, it could take the credentials to another
+            # host; taken as a success, a chunk it answered counted as written.
             self._raise_for(response)
         return response
 
@@ -286,9 +319,9 @@ class ApiClient:
             response = connection.getresponse()
         if self._trace is not None:
             version = "HTTP/1.1" if response.version == 11 else "HTTP/1.0"
-            self._trace(f"< {version} {response.status} {response.reason}")
+            self._trace(terminal_safe(f"< {version} {response.status} {response.reason}"))
             for key, value in response.getheaders():
-                self._trace(f"< {key}: {value}")
+                self._trace(terminal_safe(f"< {key}: {value}"))
         return response
 
     @staticmethod
@@ -306,20 +339,27 @@ class ApiClient:
             connection.send(block)
             remaining -= len(block)
 
-    def _raise_for(self, response: http.client.HTTPResponse) -> None:
+    def _skip_error_text(self, response: http.client.HTTPResponse) -> str:
+        """An error answer's text, its first 64 KiB: a longer one is not worth reading to the
+        end (its connection is dropped instead); "" when the connection broke."""
         try:
             text = response.read(64 * 1024).decode("utf-8", "replace")
             if not response.isclosed():
-                self._drop_connection()  # a long error body is not worth reading to the end
+                self._drop_connection()
         except (OSError, http.client.HTTPException):
             self._drop_connection()
             text = ""
+        return text
+
+    def _raise_for(self, response: http.client.HTTPResponse) -> None:
+        text = self._skip_error_text(response)
         raise error_from_response(
             response.status,
             response.reason,
             response.getheader("X-Elastic-Error", ""),
             text,
             self.endpoint.url,
+            location=response.getheader("Location", ""),
         )
 
     @contextmanager
@@ -345,6 +385,13 @@ class ApiClient:
             )
         if isinstance(error, TimeoutError):
             return ConnectionFailed(f"No answer from {url} within {self._timeout:g} s")
+        if isinstance(error, ssl.SSLCertVerificationError):
+            # Failed closed, before the request (and its Authorization) went out.
+            return ConnectionFailed(
+                f"TLS with {url} failed: its certificate is not trusted"
+                f" ({error.verify_message}); nothing was sent. A CA of your own is trusted"
+                " with SSL_CERT_FILE=<its PEM file>"
+            )
         if isinstance(error, ssl.SSLError):
             return ConnectionFailed(f"TLS with {url} failed: {error.reason or error}")
         if isinstance(error, ConnectionResetError | BrokenPipeError):
@@ -377,14 +424,24 @@ class ApiClient:
                 return
             yield piece
 
-    def read_all(self, response: http.client.HTTPResponse) -> bytes:
+    def read_all(self, response: http.client.HTTPResponse, limit: int = ANSWER_LIMIT) -> bytes:
+        """The whole answer, at most `limit` bytes: a longer one is a FailedError (read no
+        further, its connection dropped)."""
         with self._reading_answer():
-            return response.read()
+            data = response.read(limit + 1)  # less only at the body's end
+        if len(data) > limit:
+            self._drop_connection()
+            raise FailedError(
+                f"The answer from {self.endpoint.url} is longer than {limit} bytes: not an"
+                " answer of the API"
+            )
+        return data
 
     def read_gzip(self, response: http.client.HTTPResponse, length: int) -> bytes:
         """The `length` bytes a gzip-encoded answer holds (a small answer: a never-written
         range); any other length is an error."""
-        packed = self.read_all(response)
+        # Deflate grows what it cannot compress by a few bytes per 16 KiB block at most.
+        packed = self.read_all(response, limit=length + length // 1024 + 64 * 1024)
         inflater = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
         try:
             # At most one byte more than expected: a longer answer is refused, not inflated.
@@ -410,7 +467,10 @@ class ApiClient:
                 if not count:
                     break
                 filled += count
-        if filled != len(buffer) or not response.isclosed():
+            # A body without a Content-Length (chunked, as a proxy may send it, or ended by
+            # closing) is not seen to end until read past its last byte: one more is asked.
+            longer = filled == len(buffer) and not response.isclosed() and response.read(1)
+        if filled != len(buffer) or longer:
             self._drop_connection()
             raise FailedError(
                 f"The answer from {self.endpoint.url} had {filled} bytes"

@@ -28,10 +28,35 @@ from openhosting.client.tool import (
     run_tool,
 )
 from openhosting.client.verify import VERIFY_RETRIES
-from openhosting.errors import ApiError, MissingError
+from openhosting.errors import ApiError, FailedError, MissingError
+from openhosting.wire.sizes import MAX_SIZE
 from openhosting.wire.text import parse_properties
 
 DEFAULT_CHUNK = 5242880
+# The largest -c: each chunk in flight is held in memory (an upload's twice, with its gzip),
+# so a slip such as -c 5G for 5M must be refused, not fill the machine's memory.
+MAX_CHUNK = 1 << 30
+# The most -p: the platform serves 16 transfers of a user at once by default (it tells the rest
+# to wait), and each worker holds a connection and a chunk.
+MAX_WORKERS = 64
+
+
+def chunk_size_argument(text: str) -> int:
+    """An argparse type: -c, a byte count above zero and at most MAX_CHUNK."""
+    value = positive_size_argument(text)
+    if value > MAX_CHUNK:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than 1G (each chunk in flight is held in memory)"
+        )
+    return value
+
+
+def workers_argument(text: str) -> int:
+    """An argparse type: -p, a whole number above zero and at most MAX_WORKERS."""
+    value = positive_int_argument(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_WORKERS}")
+    return value
 
 
 def transfer_tool_main(
@@ -52,9 +77,12 @@ def drive_size(client: ApiClient, drive: str) -> int:
         answer = client.call("GET", api_path("drives", drive, "info"))
     except MissingError:
         raise MissingError(f"Drive {drive} not found") from None
-    size = parse_properties(answer.decode("utf-8", "replace")).get("size", "")
-    if not size.isdigit():
+    size = parse_properties(answer.decode("utf-8", "replace")).get("size")
+    if size is None:
         raise MissingError(f"Drive {drive} not found")
+    # str.isdigit() also takes '²' (which int() refuses) and other scripts' digits.
+    if not (size.isascii() and size.isdigit()) or int(size) > MAX_SIZE:
+        raise FailedError(f"The info of drive {drive} has no valid size: {size[:40]!r}")
     return int(size)
 
 
@@ -90,18 +118,18 @@ def transfer_parser(prog: str, description: str, sent: str) -> argparse.Argument
     parser.add_argument(
         "-c",
         dest="chunk",
-        type=positive_size_argument,
+        type=chunk_size_argument,
         default=DEFAULT_CHUNK,
         metavar="CHUNK",
-        help=f"size of chunks (default: {DEFAULT_CHUNK})",
+        help=f"size of chunks, at most 1G (default: {DEFAULT_CHUNK})",
     )
     parser.add_argument(
         "-p",
         dest="parallel",
-        type=positive_int_argument,
+        type=workers_argument,
         default=DEFAULT_WORKERS,
         metavar="N",
-        help=f"chunks {sent} at once (default: {DEFAULT_WORKERS})",
+        help=f"chunks {sent} at once, at most {MAX_WORKERS} (default: {DEFAULT_WORKERS})",
     )
     parser.add_argument(
         "--verify",

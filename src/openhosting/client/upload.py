@@ -17,6 +17,7 @@ drive's (`/drives/D/hash/OFFSET/SIZE`) and sends a chunk that differs again (see
 import argparse
 import functools
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable
@@ -39,8 +40,10 @@ from openhosting.client.verify import (
     until_verified,
 )
 from openhosting.errors import ApiError, FailedError, UsageError
-from openhosting.wire.text import parse_properties
+from openhosting.wire.text import parse_properties, render_object
 
+# A drive's UUID as the API writes it (lowercase).
+_DRIVE_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 GZIP_LEVEL = 1  # ISA-L's fastest level: ~10x zlib's default, and the network is not the limit
 READ_BLOCK = 4 * 1024 * 1024
 
@@ -76,9 +79,17 @@ class FileSource:
 def gunzipped_size(path: str) -> int:
     """The size of what the gzip file at `path` holds, by decompressing it once."""
     try:
+        mode = os.stat(path).st_mode
         os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     except OSError as error:
         raise UsageError(f"{path}: {error.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        # A pipe (`-z <(…)`) would be read to its end here, then found empty for the upload,
+        # after the drive was made: a failure that resuming repeats.
+        raise UsageError(
+            f"{path}: not a regular file or a block device (-z reads it twice: once for the"
+            " drive's size, then to upload it)"
+        )
     total = 0
     buffer = bytearray(READ_BLOCK)
     try:
@@ -122,27 +133,31 @@ class GunzipSource:
 
 
 def create_drive(client: ApiClient, args: argparse.Namespace, size: int) -> str:
-    lines = [
-        f"name {args.name or os.path.basename(args.file)}",
-        f"size {size}",
-        f"claim:type {'shared' if args.shared else 'exclusive'}",
-    ]
+    properties = {
+        "name": args.name or os.path.basename(args.file),
+        "size": str(size),
+        "claim:type": "shared" if args.shared else "exclusive",
+    }
     if args.tier:
-        lines.append(f"tier {args.tier}")
+        properties["tier"] = args.tier
     if args.cipher:
-        lines.append(f"encryption:cipher {args.cipher}")
+        properties["encryption:cipher"] = args.cipher
     try:
         answer = client.call(
             "POST",
             "drives/create",
-            ("\n".join(lines) + "\n").encode(),
+            # Rendered by the codec, whose escapes keep a newline in a value (a file's name
+            # may hold one) from becoming a key line of its own, e.g. `encryption:cipher none`.
+            render_object(properties).encode(),
             headers={"Content-Type": "text/plain"},
         )
     except ApiError as error:
         raise type(error)(f"Failed to create drive of size {size}: {error.message}") from None
     drive = parse_properties(answer.decode("utf-8", "replace")).get("drive", "")
-    if not drive:
-        raise FailedError(f"Failed to create drive of size {size}")
+    if not _DRIVE_UUID.fullmatch(drive):
+        # It is printed and put in every chunk's path: anything but a UUID (an escape
+        # sequence for the terminal, a "../") is the server's mistake, not ours to pass on.
+        raise FailedError(f"Failed to create drive of size {size}: the answer names no drive")
     return drive
 
 

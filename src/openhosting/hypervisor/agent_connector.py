@@ -10,7 +10,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from openhosting.agent.host_connection import HostConnection
-from openhosting.agent.pki import ClusterTlsError, control_bundle, control_context
+from openhosting.agent.pki import (
+    ClusterTlsError,
+    check_host_name,
+    control_bundle,
+    control_context,
+)
 from openhosting.errors import SystemError_
 from openhosting.host_capacity import HostCapacity
 from openhosting.hypervisor.driver import EventHandler, HypervisorDriver
@@ -40,6 +45,12 @@ def agent_connector(state_path: Path) -> AgentConnector:
     async def connect(
         host: str, address: str, handler: EventHandler
     ) -> tuple[HypervisorDriver, Closer, Measure, NetworkDriver]:
+        try:
+            # Checked again here: a row from before `host set` checked names must leave its
+            # host out, not stop the daemon (TLS refuses some as server names: a ValueError).
+            check_host_name(host)
+        except ClusterTlsError as error:
+            raise HypervisorError(f"host agent {host[:80]!r}: not a host name ({error})") from None
         try:
             tls = context.get()
         except (ClusterTlsError, OSError) as error:

@@ -382,13 +382,15 @@ class RemoteHypervisorDriver:
                     if sink is not None:
                         await _drain_into(response, sink)
                         return None
-                    answer = (await response.json())["answer"]
+                    answer = _field(await response.json(), "answer")
         except HypervisorError:
             raise
         except TimeoutError:
             raise self._unreachable(f"{method} got no answer in time") from None
         except (aiohttp.ClientError, OSError, ssl.SSLError) as error:
             raise self._unreachable(f"{method}: {error}") from None
+        except (ValueError, CallError) as error:  # not JSON, or no answer in it
+            raise HypervisorError(f"host {self.host}: a bad answer to {method}: {error}") from None
         try:
             return decode(_call_of(method).answer if path == "calls" else answer_type, answer)
         except CallError as error:
@@ -414,7 +416,7 @@ class RemoteHypervisorDriver:
                     async for message in socket:
                         if message.type != aiohttp.WSMsgType.TEXT:
                             continue
-                        data = json.loads(message.data)
+                        data = _event_message(message.data)
                         if data.get("hello"):
                             if not following.done():
                                 following.set_result(None)
@@ -450,6 +452,28 @@ class RemoteHypervisorDriver:
                 await self._handler(event)
             except Exception:
                 log.exception("event=remote_event_handler_failed host=%s", self.host)
+
+
+def _field(body: Any, name: str) -> Any:
+    """Field `name` of an agent's JSON answer; CallError when the answer has none."""
+    if not isinstance(body, dict) or name not in body:
+        raise CallError(f"no {name!r} in the answer")
+    return body[name]
+
+
+def _event_message(text: str) -> dict[str, Any]:
+    """One message of the agent's event stream: its hello, or an event with its number.
+    CallError for anything else: the stream is given up and followed again, where an error
+    escaping the follower ended it for good (the host's events never heard again)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise CallError("an event message that is not JSON") from None
+    if not isinstance(data, dict):
+        raise CallError("an event message that is not an object")
+    if not data.get("hello") and not ("event" in data and isinstance(data.get("seq"), int)):
+        raise CallError("an event message with no event or number")
+    return data
 
 
 def _call_of(method: str) -> Call:

@@ -95,7 +95,9 @@ class BridgeNetwork:
         )
         self._lock = asyncio.Lock()
         self._vnc = VncOverlay(settings.namespace, self._public)
-        self._fence = BridgeFence(settings.namespace, self._public, self._tap_prefix)
+        self._fence = BridgeFence(
+            settings.namespace, self._public, self._tap_prefix, self._vlan_prefix
+        )
         self._firewall = NicFirewall(settings.namespace, self._public)
         self._guard = SpoofGuard(settings.namespace, self._public)
 

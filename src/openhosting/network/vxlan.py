@@ -69,7 +69,9 @@ def underlay_address(text: str) -> IPv4Address:
         address = IPv4Address(text)
     except ValueError:
         raise ValueError(f"{text!r} is not an IPv4 address") from None
-    if address.is_multicast or address.is_unspecified or address.is_loopback:
+    # 240/4, 255.255.255.255 among them (`is_reserved`), is no host's either: the other hosts
+    # would send their VLANs' frames to the whole underlay, or nowhere.
+    if address.is_multicast or address.is_unspecified or address.is_loopback or address.is_reserved:
         raise ValueError(f"{address} is not a host's unicast address")
     return address
 

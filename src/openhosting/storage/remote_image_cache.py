@@ -17,7 +17,7 @@ from typing import TypeVar
 import aiohttp
 
 from openhosting.reverter import Reverter
-from openhosting.storage.remote_storage import SEND_PIECE, RemoteDriveStorage
+from openhosting.storage.remote_storage import SEND_PIECE, RemoteDriveStorage, answer_of
 from openhosting.storage.storage_calls import CachedCopy, encode_call
 
 CACHE_FILL = "cache_fill"
@@ -36,8 +36,8 @@ class RemoteImageCache:
         response = await self._storage.post(action, encode_call(**fields), timeout, "cache")
         try:
             async with asyncio.timeout(self._storage.agent.call_timeout):
-                return (await response.json())["answer"]
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+                return answer_of(await response.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             raise self._storage.unreachable(error) from None
         finally:
             response.release()

@@ -101,6 +101,8 @@ class RemoteDriveStorage:
                 refusal = {}
             finally:
                 response.release()
+            if not isinstance(refusal, dict):  # JSON, but not a refusal's: its status says
+                refusal = {}
             kind = ERROR_TYPES.get(str(refusal.get("kind")), FailedError)
             message = refusal.get("error") or f"status {response.status}"
             raise kind(f"{message} (host {self.host})")
@@ -111,8 +113,8 @@ class RemoteDriveStorage:
         response = await self.post(action, encode_call(**fields), timeout)
         try:
             async with asyncio.timeout(self.agent.call_timeout):
-                return (await response.json())["answer"]
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+                return answer_of(await response.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             raise self.unreachable(error) from None
         finally:
             response.release()
@@ -156,8 +158,8 @@ class RemoteDriveStorage:
         )
         response = await self.post("hash", encode_call(**fields), timeout)
         try:
-            return str((await response.json())["answer"])
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+            return str(answer_of(await response.json()))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             raise self.unreachable(error) from None
         finally:
             response.release()
@@ -375,3 +377,11 @@ def _named(drive_bytes: DriveBytes) -> dict[str, str | bytes | None]:
         "tier": drive_bytes.tier,
         "master_key": drive_bytes.master_key,
     }
+
+
+def answer_of(body: Any) -> Any:
+    """The `answer` of an agent's call's JSON body; ValueError when it has none (a bad answer
+    is the agent's failure, 503, not a TypeError of ours, 500)."""
+    if not isinstance(body, dict) or "answer" not in body:
+        raise ValueError(f"an answer not understood: {str(body)[:80]!r}")
+    return body["answer"]

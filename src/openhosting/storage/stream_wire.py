@@ -28,6 +28,7 @@ import select
 import socket
 import ssl
 import struct
+import time
 from typing import Any, Protocol
 
 from openhosting.errors import ERROR_TYPES, ApiError, FailedError
@@ -62,6 +63,14 @@ def widen_socket_buffers(sock: socket.socket) -> None:
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+
+
+def time_left(deadline: float) -> float:
+    """Seconds until `deadline` (`time.monotonic()`); TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("out of time")
+    return left
 
 
 def receive_exactly(sock: ByteStream, view: memoryview) -> None:
@@ -156,7 +165,10 @@ class TlsStream:
         *,
         server_side: bool = False,
         server_hostname: str | None = None,
+        deadline: float | None = None,
     ) -> None:
+        """The handshake done over `sock`; by `deadline` (`time.monotonic()`), if given, as a
+        whole: a peer sending a byte now and then must not hold it longer (TimeoutError)."""
         self.socket = sock
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(
@@ -169,6 +181,8 @@ class TlsStream:
                 break
             except ssl.SSLWantReadError:
                 self._flush()
+                if deadline is not None:
+                    sock.settimeout(time_left(deadline))
                 self._fill()
         self._flush()
 

@@ -16,11 +16,13 @@ import asyncio
 import itertools
 import threading
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, PoolProxiedConnection, Select
 from sqlalchemy.sql import Executable
 
+from openhosting.store import wal_index
 from openhosting.store.notifications import ChangeFeed
 
 MAX_CACHED = 4096
@@ -48,6 +50,13 @@ class Reader:
         self._version: int | None = None
         self._local_file = engine.dialect.name == "sqlite"
         self._versions = itertools.count()
+        # SQLite in WAL mode: commits are told by the WAL-index header (store/wal_index.py,
+        # the engine's, held until the engine is disposed); each new header seen is one more
+        # version.
+        self._wal_index: wal_index.WalIndex | None = None
+        self._wal_index_tried = False
+        self._wal_header: bytes | None = None
+        self._wal_headers_seen = 0
 
     @property
     def local(self) -> bool:
@@ -149,16 +158,12 @@ class Reader:
         """A number that changes whenever another connection commits to the database: what
         was read before is still true while it stays the same.
 
-        On SQLite `PRAGMA data_version`, asked once within one uninterrupted run of the event
-        loop (a request's authentication and its listing, say): a commit landing in those
-        microseconds is indistinguishable from one landing just after the request. Not read
-        from the WAL-index header in the -shm file's shared memory, which would save the
-        statement: mapping it takes a descriptor of that file, and closing one (Python's mmap
-        closes the duplicate it keeps) drops every POSIX lock of this process on the file,
-        SQLite's "dead man switch" among them; the next process to open the database then
-        truncates the -shm file and builds it again under this one's connections, which died
-        of SIGBUS touching their mapped pages (the crash campaign's daemon, when its checker
-        read the database).
+        On SQLite in WAL mode (the daemon's), read from the WAL-index header in shared
+        memory every time it is asked: no statement, no system call (store/wal_index.py, and
+        why its file is never closed while the engine lives). Otherwise `PRAGMA
+        data_version`, asked once within one uninterrupted run of the event loop (a
+        request's authentication and its listing, say): a commit landing in those
+        microseconds is indistinguishable from one landing just after the request.
 
         On PostgreSQL the change feed's number (it moves with every write heard of); while
         the feed hears nothing, a new number every time: nothing read before may be trusted.
@@ -166,6 +171,18 @@ class Reader:
         if not self._local_file:
             heard = self._changes.version() if self._changes is not None else None
             return heard if heard is not None else -1 - next(self._versions)
+        index = self._wal_index if self._wal_index_tried else self._open_wal_index()
+        if index is not None:
+            header = index.header()
+            if header is None:  # a commit is being written: nothing read before is trusted
+                self._wal_header = None
+                return -1 - next(self._versions)
+            if header != self._wal_header:
+                # Counted before the header is kept: whoever sees the new header as known
+                # also sees the new number.
+                self._wal_headers_seen += 1
+                self._wal_header = header
+            return self._wal_headers_seen
         if self._version is not None:
             return self._version
         version = int(self._driver().execute("PRAGMA data_version").fetchall()[0][0])
@@ -176,10 +193,28 @@ class Reader:
         self._version = version
         return version
 
+    def _open_wal_index(self) -> wal_index.WalIndex | None:
+        """The engine's WAL-index header, once this Reader's connection has the database
+        open in WAL mode; None when the database is not a plain file in WAL mode."""
+        self._wal_index_tried = True
+        database = self._engine.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        driver = self._driver()
+        if driver.execute("PRAGMA journal_mode").fetchall()[0][0] != "wal":
+            return None
+        driver.execute("PRAGMA data_version").fetchall()  # a read: the -shm file is open
+        self._wal_index = wal_index.of_engine(self._engine, Path(database))
+        return self._wal_index
+
     def _forget_version(self) -> None:
         self._version = None
 
     def close(self) -> None:
+        # The WAL-index stays: it is the engine's, closed when the engine is disposed.
+        self._wal_index_tried = False
+        self._wal_index = None
+        self._wal_header = None
         if self._connection is not None:
             self._connection.close()
             self._connection = None

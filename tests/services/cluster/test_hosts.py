@@ -11,7 +11,13 @@ from sqlalchemy import Connection, update
 
 from openhosting.config import Config, load_config
 from openhosting.errors import FullError, MissingError, UsageError
-from openhosting.host_capacity import file_system_bytes, measure_capacity, memory_total_mb
+from openhosting.host_capacity import (
+    HostCapacity,
+    file_system_bytes,
+    measure_capacity,
+    memory_total_mb,
+)
+from openhosting.hypervisor.calls import CallError, decode
 from openhosting.services.cluster.hosts import Hosts, measure_host
 from openhosting.services.platform import open_platform
 from openhosting.store import hosts as host_store
@@ -116,6 +122,51 @@ def test_a_heartbeat_after_the_row_went_registers_the_host_again(tmp_path: Path)
         platform.close()
 
 
+def test_an_agent_reporting_more_than_a_hosts_row_holds_beats_no_host_offline(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # One transaction beats every host a node reached: a figure PostgreSQL's INTEGER cannot
+    # hold (an agent misconfigured, or lying) failed it whole, at every beat, and every host
+    # went offline: no placement anywhere, every server's action 503.
+    platform = open_platform(
+        config_in(
+            tmp_path,
+            hypervisor={"core_mhz": 2345, "driver": "fake"},
+            host={"name": "hv-test"},
+            store={"url": postgres_url},
+        )
+    )
+    try:
+        hosts = platform.hosts
+        hosts.register()
+        hosts.set_agent("hv-a", "10.0.0.5:7430")
+        hosts.set_agent("hv-b", "10.0.0.6:7430")
+        # hv-a's answer to the capacity call, as the remote driver decodes it: refused (the
+        # driver's call fails, and the node beats the hosts that answered: hv-b).
+        for lying in (
+            {"cores": 2**31, "core_mhz": 1000, "memory_mb": 1024, "disk_bytes_by_tier": {}},
+            {"cores": 4, "core_mhz": 2**31, "memory_mb": 1024, "disk_bytes_by_tier": {}},
+            {"cores": 4, "core_mhz": 1000, "memory_mb": 2**63, "disk_bytes_by_tier": {}},
+            {"cores": 4, "core_mhz": 1000, "memory_mb": 1, "disk_bytes_by_tier": {"d": 2**63}},
+        ):
+            with pytest.raises(CallError, match="more than"):
+                decode(HostCapacity, lying)
+        # Tier names are shown as keys of `host list` (`disk:NAME`): one with a line break
+        # put lines of the agent's choosing into the operator's listing.
+        for tiers in ({"x\nstate online": 1}, {"Disk": 1}, {f"t{n}": 1 for n in range(65)}):
+            with pytest.raises(CallError, match="tier"):
+                decode(HostCapacity, {"cores": 4, "core_mhz": 1, "memory_mb": 1,
+                                      "disk_bytes_by_tier": tiers})  # fmt: skip
+        sound = HostCapacity(cores=4, core_mhz=1000, memory_mb=1024, disk_bytes_by_tier={})
+        hosts.heartbeat({"hv-b": sound})
+        assert {v.record.name for v in hosts.overview() if v.state == "online"} == {
+            "hv-test",
+            "hv-b",
+        }
+    finally:
+        platform.close()
+
+
 def test_a_host_registered_by_another_daemon_at_the_same_moment_is_updated_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,7 +194,7 @@ def test_a_host_registered_by_another_daemon_at_the_same_moment_is_updated_in_pl
         platform.close()
 
 
-def test_host_set_records_an_agent_and_registers_a_new_host_offline_until_reached(
+def test_host_set_records_a_reachable_agent_and_registers_a_new_host_offline_until_reached(
     tmp_path: Path,
 ) -> None:
     platform = open_platform(host_config(tmp_path))
@@ -157,6 +208,18 @@ def test_host_set_records_an_agent_and_registers_a_new_host_offline_until_reache
             hosts.set_agent("hv-test", "127.0.0.1:7430")
         with pytest.raises(MissingError, match="hv-none"):
             hosts.set_agent("hv-none", "")
+        # A host's name is the TLS server name every call to its agent asks for (`host add`
+        # issues certificates to lowercase DNS names only): a row under another name was an
+        # agent no daemon could ever reach, and "x..y" or "" made every daemon fail at start.
+        for name in ("", "Bad Name", "x..y", "HV-A", "control", "h" * 254):
+            with pytest.raises(UsageError, match="Invalid host name"):
+                hosts.set_agent(name, "10.0.0.5:7430")
+        for agent in ("bad host:7430", "a" * 300 + ":7430", "[::1:7430", "10.0.0.5:07430x"):
+            with pytest.raises(UsageError, match="Invalid agent address"):
+                hosts.set_agent("hv-a", agent)
+        assert {view.record.name for view in hosts.overview()} == {"hv-test"}
+        for agent in ("[fd00::5]:7430", "agent-1.example:7430"):
+            assert hosts.set_agent("hv-a", agent).agent == agent
         record = hosts.set_agent("hv-a", "10.0.0.5:7430")
         assert (record.agent, record.heartbeat_at) == ("10.0.0.5:7430", 0.0)
         hosts.register()  # this host measured again: another host's agent stays

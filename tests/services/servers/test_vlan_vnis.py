@@ -158,7 +158,14 @@ async def test_a_vlans_nics_carry_its_database_vni_to_the_peers_of_the_hosts_tab
 
 @pytest.mark.parametrize(
     ("address", "message"),
-    [("hv", "not an IPv4 address"), ("127.0.0.1", "unicast"), ("239.0.0.1", "unicast")],
+    [
+        ("hv", "not an IPv4 address"),
+        ("127.0.0.1", "unicast"),
+        ("239.0.0.1", "unicast"),
+        # Every other host sends its VLANs' frames there: the underlay's broadcast, to all.
+        ("255.255.255.255", "unicast"),
+        ("240.0.0.1", "unicast"),
+    ],
 )
 def test_a_bad_underlay_address_is_refused(tmp_path: Path, address: str, message: str) -> None:
     platform = open_platform(config_in(tmp_path, hypervisor={"driver": "fake"}))

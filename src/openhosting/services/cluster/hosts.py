@@ -20,6 +20,8 @@ from types import MappingProxyType
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from openhosting.agent.host_connection import split_agent_address
+from openhosting.agent.pki import ClusterTlsError, check_host_name
 from openhosting.config import Config
 from openhosting.errors import FullError, MissingError, UnavailableError, UsageError
 from openhosting.host_capacity import HostCapacity, measure_capacity
@@ -253,9 +255,18 @@ class Hosts:
         """Record HOST:PORT of host `name`'s agent (empty: none). A host not registered yet
         is registered with nothing to offer and no heartbeat: offline until a daemon reaches
         its agent, which then reports the host's capacity at each heartbeat."""
-        address, _, port = agent.rpartition(":")
-        if agent and not (address and port.isdigit() and 0 < int(port) < 65536):
-            raise UsageError(f"Invalid agent address {agent!r}: expected HOST:PORT")
+        try:
+            # Its name is the TLS server name of every call to its agent: another could never
+            # be reached (and one TLS cannot even ask for stopped every daemon at its start).
+            # Removing an agent is left to any name: a row from before this check can go.
+            if agent:
+                check_host_name(name)
+                split_agent_address(agent)
+        except ClusterTlsError as error:
+            raise UsageError(str(error)) from None
+        except ValueError as error:
+            message = f"Invalid agent address {agent[:80]!r}: expected HOST:PORT, {error}"
+            raise UsageError(message) from None
         if name == self.name and agent:
             raise UsageError(f"Host {name} is this daemon's own host: its VMs run in-process")
         with self._engine.begin() as connection:
