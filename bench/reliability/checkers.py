@@ -24,10 +24,18 @@ class Ledger:
     present: set[str]
     absent: set[str]
     in_doubt: set[str]
+    # Whether the platform hands a destroyed object's identifier out again (IP addresses,
+    # from a pool): then a create that lost its answer may explain a destroyed one back.
+    reuses_ids: bool = False
 
     @classmethod
-    def empty(cls, kind: str) -> "Ledger":
-        return cls(kind, set(), set(), set())
+    def empty(cls, kind: str, reuses_ids: bool = False) -> "Ledger":
+        return cls(kind, set(), set(), set(), reuses_ids)
+
+    def unexplained(self, observed: Collection[str]) -> set[str]:
+        """What is observed and no acknowledged create explains: a lost create may."""
+        known = self.present | (set() if self.reuses_ids else self.absent)
+        return set(observed) - known
 
     def created(self, uuid: str) -> None:
         self.present.add(uuid)
@@ -48,7 +56,7 @@ class Ledger:
         count them as unexplained again)."""
         for uuid in list(self.in_doubt):
             (self.created if uuid in observed else self.destroyed)(uuid)
-        unknown = set(observed) - self.present - self.absent
+        unknown = self.unexplained(observed)
         if len(unknown) <= unanswered_creates:
             for uuid in unknown:
                 self.created(uuid)
@@ -61,9 +69,9 @@ def check_presence(
     acknowledged are allowed only as many as creates lost their answer."""
     problems = [f"{ledger.kind} {u}: acknowledged created, missing" for u in
                 sorted(ledger.present - ledger.in_doubt - set(observed))]  # fmt: skip
+    unknown = ledger.unexplained(observed) - ledger.in_doubt
     problems += [f"{ledger.kind} {u}: acknowledged destroyed, back" for u in
-                 sorted(ledger.absent & set(observed))]  # fmt: skip
-    unknown = set(observed) - ledger.present - ledger.absent - ledger.in_doubt
+                 sorted(ledger.absent & set(observed) - unknown)]  # fmt: skip
     if len(unknown) > unanswered_creates:
         problems.append(
             f"{ledger.kind}: {len(unknown)} unacknowledged objects appeared"

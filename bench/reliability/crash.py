@@ -236,8 +236,9 @@ class CrashCampaign:
         env = {"OH_HYPERVISOR_RUN_DIR": str(self.run_dir), "OH_HYPERVISOR_ACCELERATOR": "tcg"}
         self.daemon = DaemonProcess(self.state_dir, work_dir / "daemon.log", env=env)
         self.api = Api(self.account, self.daemon.url, timeout=30)
-        self.ledgers = {kind: checkers.Ledger.empty(kind) for kind in
-                        ("drive", "server", "resource")}  # fmt: skip
+        # IP addresses come back from the pool; drive and server UUIDs never do.
+        self.ledgers = {kind: checkers.Ledger.empty(kind, reuses_ids=kind == "resource")
+                        for kind in ("drive", "server", "resource")}  # fmt: skip
         self.unanswered_creates = {kind: 0 for kind in self.ledgers}
         self.violations: list[str] = []
         self.operations = self.faults = 0
