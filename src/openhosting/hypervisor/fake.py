@@ -85,6 +85,7 @@ class FakeHypervisor:
         self._held: set[str] = set()
         self._handler: driver.EventHandler | None = None
         self._next_start_error: str | None = None
+        self._next_start_delay = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.qmp_timeout = QMP_TIMEOUT
         # Each VM asked to move in (`prepare_incoming`), as asked: its secrets and headers.
@@ -97,6 +98,11 @@ class FakeHypervisor:
 
     def fail_next_start(self, message: str = "QEMU failed to start (simulated)") -> None:
         self._next_start_error = message
+
+    def delay_next_start(self, seconds: float) -> None:
+        """The next start takes `seconds` before its VM runs (a slow QEMU): time for a test
+        to kill whoever asked for it meanwhile."""
+        self._next_start_delay = seconds
 
     async def crash(self, server: str) -> None:
         """The VM vanishes (killed, died): EXITED with CRASH once handled."""
@@ -153,6 +159,9 @@ class FakeHypervisor:
         spec = request.spec
         if (restore is None) == spec.incoming:
             raise ValueError("a saved state goes with spec.incoming, and only with it")
+        if self._next_start_delay:
+            delay, self._next_start_delay = self._next_start_delay, 0.0
+            await asyncio.sleep(delay)
         vm = self._new_vm(request, time.time())
         if restore is not None:
             vm.memory = json.loads(await _receive(restore, request.timeout))
