@@ -86,6 +86,7 @@ class FakeHypervisor:
         self._handler: driver.EventHandler | None = None
         self._next_start_error: str | None = None
         self._next_start_delay = 0.0
+        self._next_start_lost = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.qmp_timeout = QMP_TIMEOUT
         # Each VM asked to move in (`prepare_incoming`), as asked: its secrets and headers.
@@ -98,6 +99,11 @@ class FakeHypervisor:
 
     def fail_next_start(self, message: str = "QEMU failed to start (simulated)") -> None:
         self._next_start_error = message
+
+    def lose_next_start(self) -> None:
+        """The next start runs its VM but fails as if its agent had died before answering:
+        a restarted agent finds the VM running, held by nobody."""
+        self._next_start_lost = True
 
     def delay_next_start(self, seconds: float) -> None:
         """The next start takes `seconds` before its VM runs (a slow QEMU): time for a test
@@ -169,6 +175,9 @@ class FakeHypervisor:
             self.host.logs.pop(spec.uuid, None)  # a booting VM's log starts empty
         self.host.vms[spec.uuid] = vm
         self.host.ended.pop(spec.uuid, None)
+        if self._next_start_lost:
+            self._next_start_lost = False
+            raise HypervisorError(f"the agent died while starting {spec.uuid} (simulated)")
         self._held.add(spec.uuid)
         return self._status_of(vm)
 

@@ -638,13 +638,16 @@ class ServerLifecycle:
         for host in reached:
             await self._adopt_on(host, None)
             await self._agent_back(host)
-        await self._look_at_agents()
+        unheld = await self._look_at_agents()
+        await self._undo_dead_starts(unheld)
         for host in sorted(self._networks_due - self._agents_down):
             await self._recover_network_of(host)  # left at a previous look: once more
 
-    async def _look_at_agents(self) -> None:
+    async def _look_at_agents(self) -> dict[str, set[str]]:
         """Ask each connected agent which VMs run unheld on its host: none answering, it
-        is down; answering again, its VMs are adopted again and its host reconciled."""
+        is down; answering again, its VMs are adopted again and its host reconciled.
+        Returns, per host that answered, the VMs it ran unheld that were not adopted."""
+        left: dict[str, set[str]] = {}
         for host, driver in list(self.drivers.remote.items()):
             try:
                 unheld = set(await driver.unheld())
@@ -666,26 +669,31 @@ class ServerLifecycle:
             elif unheld:  # restarted between two looks: its VMs run on, held by nobody
                 await self._adopt_on(host, unheld)
                 self._tell_agent_back(host)
-        await self._undo_dead_starts()
+            left[host] = unheld - set(self.active)
+        return left
 
-    async def _undo_dead_starts(self) -> None:
+    async def _undo_dead_starts(self, unheld: Mapping[str, set[str]]) -> None:
         """Undo the starts whose API node died (SIGKILL, its host lost) before their server
         was active: nobody will answer them, yet the server's drives stay claimed by it
         (its next start `409 in use`) and the VM the agent ran for it (if it got that far)
-        runs on, held by the agent, where no daemon's start-up finds it. Such a start is one
+        runs on, held by the agent, where no daemon's start-up finds it; an agent that died
+        in a start leaves a QEMU that its next run finds `unheld` (the start failed, 503)
+        and that the adoption leaves alone (no active server), while the server may be
+        started again, a second guest on its drives. Such a start is one
         no operation has in hand any longer (its node's lease ran out) of a server neither
         `active` nor `dumped` that holds claims or has a VM on an agent's host: its VM is
         stopped and its claims, display, NICs and exports released, its status left as it
         was before the start, in a turn of this node's own on the server."""
-        vms: dict[str, tuple[str, HypervisorDriver]] = {}
+        vms: dict[str, tuple[str, HypervisorDriver, bool]] = {}  # host, driver, held
         for host, driver in list(self.drivers.remote.items()):
-            if host in self._agents_down:
+            if host in self._agents_down or host not in unheld:
                 continue
             try:
-                for server in await _vms_on(driver):
-                    vms[server] = (host, driver)
+                holding = await _vms_on(driver)
             except HypervisorError:
                 continue  # its agent went meanwhile: the next look
+            vms.update({server: (host, driver, False) for server in unheld[host]})
+            vms.update({server: (host, driver, True) for server in holding})
         with self._engine.connect() as connection:
             candidates = server_store.claimants_not_running(connection)
             candidates |= {
@@ -706,13 +714,16 @@ class ServerLifecycle:
                 if row is not None and row.status in ("active", DUMPED):
                     continue  # its start got through meanwhile
                 if uuid in vms:
-                    host, driver = vms[uuid]
+                    host, driver, held = vms[uuid]
                     log.warning("event=server_orphan_stopped server=%s host=%s", uuid, host)
                     # Placed nowhere meanwhile: its EXITED is ignored here, as on every
                     # other node (the persistence rules are not for a start undone).
                     self.placed.pop(uuid, None)
                     with contextlib.suppress(HypervisorError):  # gone already: as well
-                        await driver.kill(uuid, self._settings.stop_timeout)
+                        if held:
+                            await driver.kill(uuid, self._settings.stop_timeout)
+                        else:
+                            await driver.stop_unheld(uuid, self._settings.stop_timeout)
                     self._place_on(uuid, host)  # its NICs and exports are released there
                 await self.vm_exited(uuid, VmEnd.SHUTDOWN, started=False)
 
