@@ -121,3 +121,74 @@ def _call_quietly(api: Api, path: str) -> None:
     """A call whose daemon is killed under it: how it ends does not matter."""
     with suppress(OSError, http.client.HTTPException):
         api.call(path, b"")
+
+
+def _database_connections(url: str, allowed: bool) -> None:
+    """Let the test's database take connections or not; refusing, its open ones are ended
+    too (pg_terminate_backend, as a restart of PostgreSQL ends them)."""
+    name = url.rsplit("/", 1)[1]
+    admin = url.replace("postgresql+psycopg", "postgresql").rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allowed}")  # type: ignore[arg-type]
+        if not allowed:
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+
+
+def test_a_start_that_lost_its_database_is_answered_503_and_leaves_no_claim(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with ExitStack() as stack:
+        hosts = Hosts(tmp_path, postgres_url, stack)
+        agent = hosts.start_agent("hv-a")
+        hosts.admin("host", "set", "hv-a", "--agent", agent.address)
+        env = {
+            **hosts.env,
+            "OH_HOST_MEMORY_RESERVE_MB": str(1 << 30),
+            "OH_HOST_OPERATION_LEASE_SECONDS": str(LEASE_SECONDS),
+        }
+        logs = [tmp_path / "a.log", tmp_path / "agent-hv-a" / "agent.log"]
+        node = DaemonProcess(hosts.state, logs[0], env=env)
+        stack.callback(node.stop)
+        api = Api(hosts.account, node.url)
+        drive = api.properties("/drives/create", b"name d\nsize 1M\n")["drive"]
+        body = f"name s\ncpu 500\nmem 64\npersistent true\nide:0:0 {drive}\nboot ide:0:0\n"
+        server = api.properties("/servers/create/stopped", body.encode())["server"]
+
+        # The database goes while the agent runs the VM: the start cannot record it active,
+        # nor release its claims.
+        _fault(hosts, "hv-a", "delay_next_start", {"seconds": START_DELAY})
+        answers: list[object] = []
+        starting = threading.Thread(
+            target=lambda: answers.append(api.call(f"/servers/{server}/start", b"")), daemon=True
+        )
+        starting.start()
+        _wait_for(
+            lambda: _rows(hosts.url, "SELECT 1 FROM claims WHERE drive = %s", drive),
+            "the start claimed the drive",
+            logs,
+        )
+        _database_connections(postgres_url, allowed=False)
+        try:
+            starting.join(timeout=WAIT)
+        finally:
+            _database_connections(postgres_url, allowed=True)
+        (answer,) = answers
+        assert getattr(answer, "status", None) == 503, answer
+        assert getattr(answer, "headers", {}).get("X-Elastic-Error") == "failed", answer
+        assert hosts.held("hv-a") == []  # the start killed its VM
+
+        # Back: the claims the start could not release are released (before, they stayed,
+        # and every later start was 409 `in use (guest S)`), and the server starts.
+        _wait_for(
+            lambda: not _rows(hosts.url, "SELECT 1 FROM claims WHERE drive = %s", drive),
+            "the failed start's claims released",
+            logs,
+        )
+        assert api.properties(f"/servers/{server}/info")["status"] == "stopped"
+        started = api.call(f"/servers/{server}/start", b"")
+        assert started.status == 204, started
+        assert hosts.held("hv-a") == [server]
+        assert api.call(f"/servers/{server}/stop", b"").status == 204

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.config import Config
 from openhosting.errors import FailedError, FullError, UnavailableError
@@ -471,13 +472,15 @@ class ServerLifecycle:
         """The VM of `uuid` is gone: release its drives and apply the persistence rules.
         Not `started`: the VM (if any) of a start that never made its server active, whose
         API node died: what the start took is released, the server's status stays."""
+        # Neither failing (the database away, too) stops what follows: the VM is gone, and
+        # a server left in `active` here would be a ghost, never started again nor undone.
         try:
             await self.vnc.close_overlay(uuid)
-        except (FailedError, OSError) as error:
+        except (FailedError, OSError, SQLAlchemyError) as error:
             log.warning("event=vnc_overlay_close_failed server=%s error=%s", uuid, error)
         try:
             await self._networks.release(uuid)  # its taps, DHCP entries and addresses
-        except (FailedError, OSError) as error:
+        except (FailedError, OSError, SQLAlchemyError) as error:
             log.warning("event=network_release_failed server=%s error=%s", uuid, error)
         # The database first, and no await until the VM has left `active`: whoever sees the
         # server no longer active must also see its drives released.
