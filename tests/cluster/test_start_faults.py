@@ -9,6 +9,7 @@ VM is stopped, the claims released, the server left `stopped`, and it starts aga
 
 import asyncio
 import http.client
+import os
 import signal
 import threading
 import time
@@ -190,5 +191,55 @@ def test_a_start_that_lost_its_database_is_answered_503_and_leaves_no_claim(
         assert api.properties(f"/servers/{server}/info")["status"] == "stopped"
         started = api.call(f"/servers/{server}/start", b"")
         assert started.status == 204, started
+        assert hosts.held("hv-a") == [server]
+        assert api.call(f"/servers/{server}/stop", b"").status == 204
+
+
+def test_a_start_whose_agent_dies_is_503_naming_the_host_and_leaves_nothing(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with ExitStack() as stack:
+        hosts = Hosts(tmp_path, postgres_url, stack)
+        agent = hosts.start_agent("hv-a")
+        hosts.admin("host", "set", "hv-a", "--agent", agent.address)
+        env = {**hosts.env, "OH_HOST_MEMORY_RESERVE_MB": str(1 << 30)}
+        logs = [tmp_path / "a.log", tmp_path / "agent-hv-a" / "agent.log"]
+        node = DaemonProcess(hosts.state, logs[0], env=env)
+        stack.callback(node.stop)
+        api = Api(hosts.account, node.url)
+        drive = api.properties("/drives/create", b"name d\nsize 1M\n")["drive"]
+        body = f"name s\ncpu 500\nmem 64\npersistent true\nide:0:0 {drive}\nboot ide:0:0\n"
+        server = api.properties("/servers/create/stopped", body.encode())["server"]
+
+        _fault(hosts, "hv-a", "delay_next_start", {"seconds": START_DELAY})
+        answers: list[object] = []
+        starting = threading.Thread(
+            target=lambda: answers.append(api.call(f"/servers/{server}/start", b"")), daemon=True
+        )
+        starting.start()
+        _wait_for(
+            lambda: _rows(hosts.url, "SELECT 1 FROM claims WHERE drive = %s", drive),
+            "the start claimed the drive",
+            logs,
+        )
+        time.sleep(0.5)  # its call to the agent under way
+        os.kill(agent.pid, signal.SIGKILL)
+        starting.join(timeout=WAIT)
+        (answer,) = answers
+        assert getattr(answer, "status", None) == 503, answer
+        assert getattr(answer, "headers", {}).get("X-Elastic-Error") == "failed", answer
+        assert "hv-a" in getattr(answer, "body", b"").decode(), answer
+        assert not _rows(hosts.url, "SELECT 1 FROM claims WHERE drive = %s", drive)
+        assert api.properties(f"/servers/{server}/info")["status"] == "stopped"
+        # While the host is away its start is 503 naming it, at once; back, it starts.
+        refused = api.call(f"/servers/{server}/start", b"")
+        assert (refused.status, refused.headers.get("X-Elastic-Error")) == (503, "failed")
+        assert "hv-a" in refused.body.decode(), refused
+        hosts.start_agent("hv-a", listen=agent.address)
+        _wait_for(
+            lambda: api.call(f"/servers/{server}/start", b"").status == 204,
+            "a start once the agent is back",
+            logs,
+        )
         assert hosts.held("hv-a") == [server]
         assert api.call(f"/servers/{server}/stop", b"").status == 204
