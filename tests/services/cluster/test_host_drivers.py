@@ -35,6 +35,13 @@ async def drive_on(platform: Platform, user: str, host: str) -> str:
     return drive
 
 
+async def server_on(platform: Platform, user: str, host: str, start: bool) -> tuple[str, str]:
+    """A server booting from a new drive on `host`: its UUID and the drive's."""
+    drive = await drive_on(platform, user, host)
+    made = await platform.servers.create(user, {**SERVER, "ide:0:0": drive}, start=start)
+    return str(made["server"]), drive
+
+
 async def test_a_server_runs_on_its_boot_drives_host_through_that_hosts_driver(
     two_hosts: tuple[Platform, FakeHypervisor, FakeHypervisor, str],
 ) -> None:
@@ -84,10 +91,8 @@ async def test_a_host_gone_offline_shows_in_info_refuses_its_commands_and_takes_
     platform, _local, remote, user = two_hosts
     servers = platform.servers
     await servers.recover()
-    drive = await drive_on(platform, user, "hv-a")
-    running = str((await servers.create(user, {**SERVER, "ide:0:0": drive}, start=True))["server"])
-    other = await drive_on(platform, user, "hv-a")
-    stopped = str((await servers.create(user, {**SERVER, "ide:0:0": other}, start=False))["server"])
+    running, drive = await server_on(platform, user, "hv-a", start=True)
+    stopped, _other = await server_on(platform, user, "hv-a", start=False)
     here = await drive_on(platform, user, platform.hosts.name)
     assert "host:state" not in await servers.info(user, running)
 
@@ -144,12 +149,10 @@ async def test_a_vm_left_by_an_agent_that_died_in_its_start_is_stopped_by_the_wa
     # the watch adopted only active servers' VMs and left this one running unseen, while
     # the server, stopped, could be started again: a second guest on its drive.
     platform, _local, remote, user = two_hosts
-    servers = platform.servers
-    await servers.recover()
-    drive = await drive_on(platform, user, "hv-a")
-    made = await servers.create(user, {**SERVER, "ide:0:0": drive}, start=False)
-    server = str(made["server"])
+    await platform.servers.recover()
+    server, drive = await server_on(platform, user, "hv-a", start=False)
     remote.lose_next_start()
+    servers = platform.servers
     with pytest.raises(HypervisorError, match="simulated"):
         await servers.start(user, server)
     assert (await remote.unheld(), remote.held()) == ([server], [])
