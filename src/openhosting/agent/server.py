@@ -21,8 +21,8 @@ certificate of the cluster CA, and `_control_only` refuses one whose role is not
   waits for that, so `stop` still returns once EXITED has been handled. One follower at a
   time (a control plane that reconnects replaces its old stream); with none, events are
   logged and dropped (a control plane that comes back adopts and reconciles).
-- `POST /faults/{name}`: only over the fake driver (tests): crash, pause, fail the next start,
-  print on a VM's serial port, take a port (as another program would).
+- `POST /faults/{name}`: only over the fake driver (tests): crash, pause, fail (or delay)
+  the next start, print on a VM's serial port, take a port (as another program would).
 - `POST /storage/{action}`: the bytes of the drives this host holds (agent/storage_routes.py).
 - `POST /calls/export_drive`, `end_exports`, `exports`: this host's drives served over NBD
   to the VMs of other hosts (agent/export_calls.py).
@@ -412,6 +412,8 @@ async def _fault(request: web.Request) -> web.Response:
             await fake.pause(str(body["server"]), str(body.get("reason", "paused")))
         elif name == "fail_next_start":
             fake.fail_next_start()
+        elif name == "delay_next_start":
+            fake.delay_next_start(min(float(body["seconds"]), 60.0))
         elif name == "print_serial":
             fake.print_serial(str(body["server"]), str(body["text"]).encode())
         elif name == "take_port":

@@ -85,6 +85,8 @@ class FakeHypervisor:
         self._held: set[str] = set()
         self._handler: driver.EventHandler | None = None
         self._next_start_error: str | None = None
+        self._next_start_delay = 0.0
+        self._next_start_lost = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.qmp_timeout = QMP_TIMEOUT
         # Each VM asked to move in (`prepare_incoming`), as asked: its secrets and headers.
@@ -97,6 +99,16 @@ class FakeHypervisor:
 
     def fail_next_start(self, message: str = "QEMU failed to start (simulated)") -> None:
         self._next_start_error = message
+
+    def lose_next_start(self) -> None:
+        """The next start runs its VM but fails as if its agent had died before answering:
+        a restarted agent finds the VM running, held by nobody."""
+        self._next_start_lost = True
+
+    def delay_next_start(self, seconds: float) -> None:
+        """The next start takes `seconds` before its VM runs (a slow QEMU): time for a test
+        to kill whoever asked for it meanwhile."""
+        self._next_start_delay = seconds
 
     async def crash(self, server: str) -> None:
         """The VM vanishes (killed, died): EXITED with CRASH once handled."""
@@ -153,6 +165,9 @@ class FakeHypervisor:
         spec = request.spec
         if (restore is None) == spec.incoming:
             raise ValueError("a saved state goes with spec.incoming, and only with it")
+        if self._next_start_delay:
+            delay, self._next_start_delay = self._next_start_delay, 0.0
+            await asyncio.sleep(delay)
         vm = self._new_vm(request, time.time())
         if restore is not None:
             vm.memory = json.loads(await _receive(restore, request.timeout))
@@ -160,6 +175,9 @@ class FakeHypervisor:
             self.host.logs.pop(spec.uuid, None)  # a booting VM's log starts empty
         self.host.vms[spec.uuid] = vm
         self.host.ended.pop(spec.uuid, None)
+        if self._next_start_lost:
+            self._next_start_lost = False
+            raise HypervisorError(f"the agent died while starting {spec.uuid} (simulated)")
         self._held.add(spec.uuid)
         return self._status_of(vm)
 

@@ -173,6 +173,12 @@ class RemoteHypervisorDriver:
         servers: list[str] = await self._call("unheld")
         return servers
 
+    async def held_on_host(self) -> list[str]:
+        """The servers whose VM the agent holds, whichever API node asked for it (`held`
+        is what this node holds)."""
+        servers: list[str] = await self._call("held")
+        return servers
+
     async def stop_unheld(self, server: str, timeout: float = 10.0) -> None:
         await self._call("stop_unheld", server=server, timeout=timeout)
 

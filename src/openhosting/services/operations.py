@@ -228,6 +228,16 @@ class Operations:
         self._in_flight.setdefault(uuid, Counter())[kind] += 1
         return Operation(self, uuid, kind, ticket)
 
+    def begin_if_idle(self, uuid: str, kind: str) -> Operation | None:
+        """`kind` begun on object `uuid` if nothing runs on it here, nor an action that runs
+        alone through another node; else None (for a reconcile, which looks again later)."""
+        if uuid in self._in_flight or uuid in self._turns:
+            return None
+        try:
+            return self.begin(uuid, kind)
+        except (BusyError, _OtherNodesTurn):
+            return None
+
     def _check_others(self, uuid: str, kind: str, others: Counter[str]) -> None:
         """Refuse `kind` for what the other nodes run on `uuid` (in their transaction)."""
         if doing := self._conflict_in(others, kind):

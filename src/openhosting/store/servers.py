@@ -123,6 +123,18 @@ def remove_guest_claims_except(connection: Connection, active: set[str]) -> int:
     return int(connection.execute(query).rowcount)
 
 
+def claimants_not_running(connection: Connection) -> set[str]:
+    """The servers holding guest claims whose row is neither `active` nor `dumped`: a start
+    under way, or one whose API node died before its server was active."""
+    running = select(servers.c.uuid).where(servers.c.status.in_(["active", "dumped"]))
+    query = (
+        select(claims.c.holder)
+        .distinct()
+        .where(claims.c.kind == "guest", claims.c.holder.not_in(running))
+    )
+    return set(connection.execute(query).scalars())
+
+
 def claims_on_drives(connection: Connection, drives: list[str]) -> list[ClaimRecord]:
     rows = connection.execute(_CLAIMS_ON_DRIVES, {"b_drives": list(drives)}).mappings()
     return [ClaimRecord.from_row(row) for row in rows]

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from openhosting.errors import FullError, UnavailableError
+from openhosting.hypervisor.errors import HypervisorError
 from openhosting.hypervisor.fake import FakeHypervisor
 from openhosting.services.platform import Platform
 from openhosting.store import hosts as host_store
@@ -32,6 +33,13 @@ async def drive_on(platform: Platform, user: str, host: str) -> str:
     with platform.engine.begin() as connection:
         connection.execute(update(drives).where(drives.c.uuid == drive).values(host=host))
     return drive
+
+
+async def server_on(platform: Platform, user: str, host: str, start: bool) -> tuple[str, str]:
+    """A server booting from a new drive on `host`: its UUID and the drive's."""
+    drive = await drive_on(platform, user, host)
+    made = await platform.servers.create(user, {**SERVER, "ide:0:0": drive}, start=start)
+    return str(made["server"]), drive
 
 
 async def test_a_server_runs_on_its_boot_drives_host_through_that_hosts_driver(
@@ -83,10 +91,8 @@ async def test_a_host_gone_offline_shows_in_info_refuses_its_commands_and_takes_
     platform, _local, remote, user = two_hosts
     servers = platform.servers
     await servers.recover()
-    drive = await drive_on(platform, user, "hv-a")
-    running = str((await servers.create(user, {**SERVER, "ide:0:0": drive}, start=True))["server"])
-    other = await drive_on(platform, user, "hv-a")
-    stopped = str((await servers.create(user, {**SERVER, "ide:0:0": other}, start=False))["server"])
+    running, drive = await server_on(platform, user, "hv-a", start=True)
+    stopped, _other = await server_on(platform, user, "hv-a", start=False)
     here = await drive_on(platform, user, platform.hosts.name)
     assert "host:state" not in await servers.info(user, running)
 
@@ -132,4 +138,31 @@ async def test_a_host_gone_offline_shows_in_info_refuses_its_commands_and_takes_
     assert made["host"] == "hv-a"
     await servers.stop(user, running)
     assert remote.held() == []
+    await servers.close()
+
+
+async def test_a_vm_left_by_an_agent_that_died_in_its_start_is_stopped_by_the_watch(
+    two_hosts: tuple[Platform, FakeHypervisor, FakeHypervisor, str],
+) -> None:
+    # The agent ran QEMU, then died before answering: the start failed (its claims and
+    # NICs undone), and the restarted agent finds the VM running, held by nobody. Before,
+    # the watch adopted only active servers' VMs and left this one running unseen, while
+    # the server, stopped, could be started again: a second guest on its drive.
+    platform, _local, remote, user = two_hosts
+    await platform.servers.recover()
+    server, drive = await server_on(platform, user, "hv-a", start=False)
+    remote.lose_next_start()
+    servers = platform.servers
+    with pytest.raises(HypervisorError, match="simulated"):
+        await servers.start(user, server)
+    assert (await remote.unheld(), remote.held()) == ([server], [])
+    assert "claimed" not in platform.drives.info(user, drive)
+
+    await servers.lifecycle.watch_agents()
+    assert (await remote.unheld(), remote.held()) == ([], [])
+    assert (await servers.info(user, server))["status"] == "stopped"
+    # And it starts again, one VM on its drive.
+    await servers.start(user, server)
+    assert remote.held() == [server]
+    await servers.stop(user, server)
     await servers.close()

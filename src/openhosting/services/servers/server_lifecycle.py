@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from openhosting.config import Config
 from openhosting.errors import FailedError, FullError, UnavailableError
@@ -39,6 +40,7 @@ from openhosting.hypervisor.driver import (
     open_driver,
 )
 from openhosting.hypervisor.errors import HypervisorError
+from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.model.server import ServerConfig
 from openhosting.network.links import Counters
@@ -51,7 +53,7 @@ from openhosting.services.drives.drives import AttachableDrive
 from openhosting.services.drives.guest_io import fold_guest_io
 from openhosting.services.drives.standard_copies import StandardCopies
 from openhosting.services.events import EventBus
-from openhosting.services.operations import DUMPED_END, SERVER_RULES, Operations
+from openhosting.services.operations import DUMPED_END, SERVER_RULES, STOP, Operations
 from openhosting.services.servers.server_dumps import ServerDumps
 from openhosting.services.servers.server_info import LiveFigures
 from openhosting.services.servers.server_logs import ServerLogs
@@ -466,15 +468,19 @@ class ServerLifecycle:
 
     # -- end -------------------------------------------------------------------------
 
-    async def vm_exited(self, uuid: str, how: VmEnd) -> None:
-        """The VM of `uuid` is gone: release its drives and apply the persistence rules."""
+    async def vm_exited(self, uuid: str, how: VmEnd, started: bool = True) -> None:
+        """The VM of `uuid` is gone: release its drives and apply the persistence rules.
+        Not `started`: the VM (if any) of a start that never made its server active, whose
+        API node died: what the start took is released, the server's status stays."""
+        # Neither failing (the database away, too) stops what follows: the VM is gone, and
+        # a server left in `active` here would be a ghost, never started again nor undone.
         try:
             await self.vnc.close_overlay(uuid)
-        except (FailedError, OSError) as error:
+        except (FailedError, OSError, SQLAlchemyError) as error:
             log.warning("event=vnc_overlay_close_failed server=%s error=%s", uuid, error)
         try:
             await self._networks.release(uuid)  # its taps, DHCP entries and addresses
-        except (FailedError, OSError) as error:
+        except (FailedError, OSError, SQLAlchemyError) as error:
             log.warning("event=network_release_failed server=%s error=%s", uuid, error)
         # The database first, and no await until the VM has left `active`: whoever sees the
         # server no longer active must also see its drives released.
@@ -491,7 +497,10 @@ class ServerLifecycle:
                     exported_from = {host for host in hosts if host != running_on}
                 if not dumped:
                     server_store.remove_guest_claims(connection, uuid)
-                if dumped and row is not None:
+                if not started:
+                    self.vnc.release(connection, uuid)
+                    log.warning("event=server_start_undone server=%s", uuid)
+                elif dumped and row is not None:
                     # Its drives stay claimed: what they hold belongs with the saved memory.
                     server_store.update_server(connection, uuid, status=DUMPED, started_at=None)
                     self.vnc.release(connection, uuid)
@@ -509,11 +518,13 @@ class ServerLifecycle:
         # Its drives of other hosts are served no longer (a dumped server's too: its
         # restore exports them again).
         await self.exports.close(uuid, exported_from)
-        if dumped and row is not None:
+        if not started:
+            self.placed.pop(uuid, None)
+        elif dumped and row is not None:
             self._events.publish(row.user, "server", uuid, "status", status=DUMPED)
         elif row is not None:
             self._publish_exit(row.user, uuid, row.config, how)
-        if not dumped and row is not None and not persistent:
+        if started and not dumped and row is not None and not persistent:
             await self.remove_run_dir(uuid)
 
     async def remove_run_dir(self, uuid: str) -> None:
@@ -630,13 +641,16 @@ class ServerLifecycle:
         for host in reached:
             await self._adopt_on(host, None)
             await self._agent_back(host)
-        await self._look_at_agents()
+        unheld = await self._look_at_agents()
+        await self._undo_dead_starts(unheld)
         for host in sorted(self._networks_due - self._agents_down):
             await self._recover_network_of(host)  # left at a previous look: once more
 
-    async def _look_at_agents(self) -> None:
+    async def _look_at_agents(self) -> dict[str, set[str]]:
         """Ask each connected agent which VMs run unheld on its host: none answering, it
-        is down; answering again, its VMs are adopted again and its host reconciled."""
+        is down; answering again, its VMs are adopted again and its host reconciled.
+        Returns, per host that answered, the VMs it ran unheld that were not adopted."""
+        left: dict[str, set[str]] = {}
         for host, driver in list(self.drivers.remote.items()):
             try:
                 unheld = set(await driver.unheld())
@@ -658,6 +672,63 @@ class ServerLifecycle:
             elif unheld:  # restarted between two looks: its VMs run on, held by nobody
                 await self._adopt_on(host, unheld)
                 self._tell_agent_back(host)
+            left[host] = unheld - set(self.active)
+        return left
+
+    async def _undo_dead_starts(self, unheld: Mapping[str, set[str]]) -> None:
+        """Undo the starts whose API node died (SIGKILL, its host lost) before their server
+        was active: nobody will answer them, yet the server's drives stay claimed by it
+        (its next start `409 in use`) and the VM the agent ran for it (if it got that far)
+        runs on, held by the agent, where no daemon's start-up finds it; an agent that died
+        in a start leaves a QEMU that its next run finds `unheld` (the start failed, 503)
+        and that the adoption leaves alone (no active server), while the server may be
+        started again, a second guest on its drives. Such a start is one
+        no operation has in hand any longer (its node's lease ran out) of a server neither
+        `active` nor `dumped` that holds claims or has a VM on an agent's host: its VM is
+        stopped and its claims, display, NICs and exports released, its status left as it
+        was before the start, in a turn of this node's own on the server."""
+        vms: dict[str, tuple[str, HypervisorDriver, bool]] = {}  # host, driver, held
+        for host, driver in list(self.drivers.remote.items()):
+            if host in self._agents_down or host not in unheld:
+                continue
+            try:
+                holding = await _vms_on(driver)
+            except HypervisorError:
+                continue  # its agent went meanwhile: the next look
+            vms.update({server: (host, driver, False) for server in unheld[host]})
+            vms.update({server: (host, driver, True) for server in holding})
+        with self._engine.connect() as connection:
+            candidates = server_store.claimants_not_running(connection)
+            candidates |= {
+                uuid for uuid in vms.keys() - self.active
+                if (row := server_store.get_server(connection, uuid)) is None
+                or row.status not in ("active", DUMPED)
+            }  # fmt: skip
+        candidates -= set(self.active)
+        if candidates:
+            candidates -= self.operations.under_way()
+        for uuid in sorted(candidates):
+            operation = self.operations.begin_if_idle(uuid, STOP)
+            if operation is None:
+                continue  # begun meanwhile: that operation's
+            with operation:
+                with self._engine.connect() as connection:  # read again in the turn
+                    row = server_store.get_server(connection, uuid)
+                if row is not None and row.status in ("active", DUMPED):
+                    continue  # its start got through meanwhile
+                if uuid in vms:
+                    host, driver, held = vms[uuid]
+                    log.warning("event=server_orphan_stopped server=%s host=%s", uuid, host)
+                    # Placed nowhere meanwhile: its EXITED is ignored here, as on every
+                    # other node (the persistence rules are not for a start undone).
+                    self.placed.pop(uuid, None)
+                    with contextlib.suppress(HypervisorError):  # gone already: as well
+                        if held:
+                            await driver.kill(uuid, self._settings.stop_timeout)
+                        else:
+                            await driver.stop_unheld(uuid, self._settings.stop_timeout)
+                    self._place_on(uuid, host)  # its NICs and exports are released there
+                await self.vm_exited(uuid, VmEnd.SHUTDOWN, started=False)
 
     async def _agent_back(self, host: str) -> None:
         """`host`'s agent is back, its VMs adopted again: its listeners told, its exports
@@ -805,6 +876,14 @@ class ServerLifecycle:
         await self.drivers.close()
         self.active.clear()
         await self._networks.close()  # what running VMs use stays; with none, all goes
+
+
+async def _vms_on(driver: HypervisorDriver) -> list[str]:
+    """The servers whose VM runs held on the host of `driver`: for an agent's, all those
+    its agent holds, whichever API node started them."""
+    if isinstance(driver, RemoteHypervisorDriver):
+        return await driver.held_on_host()
+    return driver.held()
 
 
 def boot_drive(config: ServerConfig) -> str | None:
