@@ -166,6 +166,7 @@ CALLS: Mapping[str, Call] = {
     "forget": Call(ServerCall, None),
     "status": Call(ServerCall, VmStatus | None),
     "held": Call(NoArguments, list[str]),
+    "held_on_host": Call(NoArguments, list[str]),
     "set_cpu": Call(SetCpuCall, None),
     "set_vnc_password": Call(SetVncPasswordCall, None),
     "blockstats": Call(ServerCall, dict[str, BlockStats]),

@@ -295,6 +295,12 @@ class HypervisorDriver(Protocol):
         """The servers whose VM this driver holds."""
         ...
 
+    async def held_on_host(self) -> list[str]:
+        """The servers whose VM runs held on this driver's host, whoever asked for it: on an
+        agent's host, all those its agent holds, whichever API node started them; on this
+        host, `held`."""
+        ...
+
     async def set_cpu(self, server: str, cpu_mhz: int) -> None:
         """Hold the vCPUs of the VM to `cpu_mhz`."""
         ...

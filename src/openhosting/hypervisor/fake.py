@@ -326,6 +326,9 @@ class FakeHypervisor:
     def held(self) -> list[str]:
         return sorted(self._held)
 
+    async def held_on_host(self) -> list[str]:
+        return self.held()
+
     async def set_cpu(self, server: str, cpu_mhz: int) -> None:
         (await self._monitor(server)).cpu_mhz = cpu_mhz
 

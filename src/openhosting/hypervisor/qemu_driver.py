@@ -503,6 +503,9 @@ class QemuDriver:
     def held(self) -> list[str]:
         return list(self._vms)
 
+    async def held_on_host(self) -> list[str]:
+        return self.held()
+
     async def set_cpu(self, server: str, cpu_mhz: int) -> None:
         await self._limit_cpu(self._held(server), cpu_mhz)
 

@@ -175,7 +175,8 @@ class RemoteHypervisorDriver:
 
     async def held_on_host(self) -> list[str]:
         """The servers whose VM the agent holds, whichever API node asked for it (`held`
-        is what this node holds)."""
+        is what this node holds): the agent's own `held`, which agents of every version
+        answer."""
         servers: list[str] = await self._call("held")
         return servers
 

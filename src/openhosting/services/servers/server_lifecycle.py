@@ -40,7 +40,6 @@ from openhosting.hypervisor.driver import (
     open_driver,
 )
 from openhosting.hypervisor.errors import HypervisorError
-from openhosting.hypervisor.remote_driver import RemoteHypervisorDriver
 from openhosting.hypervisor.spec import HostVmSettings
 from openhosting.model.server import ServerConfig
 from openhosting.network.links import Counters
@@ -692,7 +691,7 @@ class ServerLifecycle:
             if host in self._agents_down or host not in unheld:
                 continue
             try:
-                holding = await _vms_on(driver)
+                holding = await driver.held_on_host()
             except HypervisorError:
                 continue  # its agent went meanwhile: the next look
             vms.update({server: (host, driver, False) for server in unheld[host]})
@@ -876,14 +875,6 @@ class ServerLifecycle:
         await self.drivers.close()
         self.active.clear()
         await self._networks.close()  # what running VMs use stays; with none, all goes
-
-
-async def _vms_on(driver: HypervisorDriver) -> list[str]:
-    """The servers whose VM runs held on the host of `driver`: for an agent's, all those
-    its agent holds, whichever API node started them."""
-    if isinstance(driver, RemoteHypervisorDriver):
-        return await driver.held_on_host()
-    return driver.held()
 
 
 def boot_drive(config: ServerConfig) -> str | None:
