@@ -43,6 +43,29 @@ async def wait_for_log(log: Path, text: str, *, count: int = 1, timeout: float =
         await asyncio.sleep(0.2)
 
 
+def whole_lines(text: str) -> str:
+    """`text` up to its last newline: a line the guest is still printing is left out."""
+    return text[: text.rfind("\n") + 1]
+
+
+async def wait_for_matches(
+    log: Path, pattern: str | re.Pattern[str], *, count: int = 1, timeout: float = 60.0
+) -> list[re.Match[str]]:
+    """Wait until `pattern` matches `count` times in the serial log's whole lines; return every
+    match. A marker alone is not enough to read what follows it on its line: the serial relay
+    may have logged only part of that line yet (an address cut to `192.0.2.`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        content = whole_lines(read_serial_log(log))
+        found = list(re.finditer(pattern, content))
+        if len(found) >= count:
+            return found
+        if loop.time() >= deadline:
+            raise TimeoutError(f"{pattern!r} x{count} not in {log} after {timeout:g} s:\n{content}")
+        await asyncio.sleep(0.2)
+
+
 class SerialConsole:
     """A connection to the guest's shell on ttyS0."""
 

@@ -29,7 +29,7 @@ import pytest
 from openhosting.services.servers.server_network import default_mac
 from testbed.build_guest import BOOT_MARKER, LEASE_MARKER, READY_MARKER, build_tiny_guest
 from testbed.cluster import namespaces
-from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
+from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log, wait_for_matches
 from tests.cluster.bridge_hosts import BridgeHosts, drain_argv
 from tests.integration.netns_helpers import answer_from, link_names
 from tests.integration.test_vxlan_networking import pings
@@ -85,10 +85,10 @@ def vxlan_entries(hosts: BridgeHosts, host: str) -> dict[str, dict[str, str]]:
 
 def lease_of(log: Path, mac: str) -> str:
     """The address the guest's DHCP lease for `mac` gave, as its serial line says."""
-    text = asyncio.run(wait_for_log(log, f"{LEASE_MARKER} ", timeout=BOOT_TIMEOUT))
-    found = re.findall(rf"{LEASE_MARKER} \S+ {mac} ([0-9.]+)", text)
-    assert found, text
-    return str(found[-1])
+    found = asyncio.run(
+        wait_for_matches(log, rf"{LEASE_MARKER} \S+ {mac} ([0-9.]+)", timeout=BOOT_TIMEOUT)
+    )
+    return found[-1].group(1)
 
 
 def test_guests_on_two_bridge_mode_hosts_share_vlans_public_addresses_vnc_and_a_drain(

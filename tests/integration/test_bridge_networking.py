@@ -24,7 +24,7 @@ from openhosting.services.platform import Platform, open_platform
 from openhosting.services.servers.server_network import default_mac
 from openhosting.wire.text import parse_properties
 from testbed.build_guest import LEASE_MARKER
-from testbed.serial_console import SerialConsole, wait_for_log
+from testbed.serial_console import SerialConsole, wait_for_matches
 from tests.integration.bridge_platform import (  # noqa: F401 (fixtures, by their names)
     bridge_config_fixture,
     bridge_platform_fixture,
@@ -47,8 +47,8 @@ LEASE = re.compile(rf"{LEASE_MARKER} (\S+) ([0-9a-f:]{{17}}) ([0-9.]+)")
 
 async def leases(platform: Platform, server: str) -> dict[str, str]:
     """The guest's leases as its serial log shows them: MAC -> address."""
-    text = await wait_for_log(serial_log(platform, server), LEASE_MARKER, timeout=BOOT_TIMEOUT)
-    return {mac: address for _iface, mac, address in LEASE.findall(text)}
+    found = await wait_for_matches(serial_log(platform, server), LEASE, timeout=BOOT_TIMEOUT)
+    return {lease.group(2): lease.group(3) for lease in found}
 
 
 async def console_run(platform: Platform, server: str, command: str) -> str:

@@ -7,7 +7,6 @@ One TCG guest in a namespace this test creates."""
 import asyncio
 import contextlib
 import os
-import re
 import signal
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
 from testbed.build_guest import LEASE_MARKER
-from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
+from testbed.serial_console import SerialConsole, wait_for_log, wait_for_matches
 from tests.integration.bridge_platform import (  # noqa: F401 (fixtures, by their names)
     bridge_config_fixture,
     bridge_platform_fixture,
@@ -69,14 +68,10 @@ async def test_a_killed_dnsmasq_is_started_again_and_a_running_guest_renews_its_
             await console.run("kill -USR1 $(pidof udhcpc)")  # renew now, not at half-lease
         finally:
             await console.close()
-        renewed = await wait_for_log(log, f"{LEASE_MARKER} ", count=2, timeout=RENEW_TIMEOUT)
-        # The second line may still be on its way when its marker is seen: whole lines only.
-        whole_lease = rf"{LEASE_MARKER} \S+ \S+ ([0-9.]+)\r?\n"
-        line_deadline = loop.time() + 10
-        while len(re.findall(whole_lease, renewed)) < 2 and loop.time() < line_deadline:
-            await asyncio.sleep(0.1)
-            renewed = read_serial_log(log)
-        assert re.findall(whole_lease, renewed) == [address, address], renewed
+        renewed = await wait_for_matches(
+            log, rf"{LEASE_MARKER} \S+ \S+ ([0-9.]+)", count=2, timeout=RENEW_TIMEOUT
+        )
+        assert [lease.group(1) for lease in renewed] == [address, address]
     finally:
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):

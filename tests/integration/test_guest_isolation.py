@@ -22,14 +22,13 @@ from aiohttp.test_utils import TestClient
 
 from openhosting.services.platform import Platform
 from testbed.build_guest import LEASE_MARKER
-from testbed.serial_console import SerialConsole
+from testbed.serial_console import SerialConsole, wait_for_matches
 from tests.integration.netns_helpers import network_namespace
 from tests.integration.server_helpers import (
     create_server,
     serial_log,
     server_info,
     upload_guest,
-    wait_for_log,
 )
 
 CLONE_NEWNET = 0x40000000
@@ -154,9 +153,11 @@ async def test_a_user_mode_guest_reaches_the_outside_but_nothing_of_its_host(
             "nic:0:dhcp auto\nvnc:ip auto\nvnc:password XXXXXXXX\n",
         ))["server"]  # fmt: skip
         vnc_port = int((await server_info(client, auth, server)).get("vnc:port", 5900))
-        log = await wait_for_log(serial_log(platform, server), LEASE_MARKER, timeout=BOOT_TIMEOUT)
+        leases = await wait_for_matches(
+            serial_log(platform, server), rf"{LEASE_MARKER} \S+ \S+ ([0-9.]+)", timeout=BOOT_TIMEOUT
+        )
         # The guest keeps user mode's address.
-        assert " 10.0.2.15" in log.split(LEASE_MARKER, 1)[1].splitlines()[0]
+        assert leases[0].group(1) == "10.0.2.15"
         console = await SerialConsole.open(platform.servers.run_dir(server) / "console.sock")
         try:
             # The outside world is reached, through passt, from the guest's own address, and

@@ -6,7 +6,6 @@ Each test boots one VM and checks several behaviours of it, because a boot costs
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ from openhosting.hypervisor.serial_log import DEFAULT_LIMIT
 from openhosting.hypervisor.serial_relay import SerialRelay
 from openhosting.hypervisor.spec import DiskSpec, NicSpec, VmSpec, VncSpec
 from testbed.build_guest import BOOT_MARKER, LEASE_MARKER, POWEROFF_MARKER, READY_MARKER
-from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log
+from testbed.serial_console import SerialConsole, read_serial_log, wait_for_log, wait_for_matches
 
 BOOT_TIMEOUT = 60.0
 LEASE_TIMEOUT = 30.0
@@ -111,11 +110,11 @@ async def test_ide_guest_boots_with_cdrom_nic_and_growing_disk_counters(
     await monitor.expire_vnc_password()
 
     await wait_for_log(spec.paths.serial_log, READY_MARKER, timeout=BOOT_TIMEOUT)
-    log = await wait_for_log(spec.paths.serial_log, LEASE_MARKER, timeout=LEASE_TIMEOUT)
     # The marker may follow the shell prompt on the same line.
-    lease = re.search(rf"{LEASE_MARKER} (\S+) (\S+) (\S+)", log)
-    assert lease is not None
-    assert lease.group(2, 3) == (mac, "10.0.2.15")
+    leases = await wait_for_matches(
+        spec.paths.serial_log, rf"{LEASE_MARKER} (\S+) (\S+) (\S+)", timeout=LEASE_TIMEOUT
+    )
+    assert leases[0].group(2, 3) == (mac, "10.0.2.15")
 
     console = await SerialConsole.open(spec.paths.console_socket)
     try:

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from openhosting.services.platform import Platform
 from openhosting.wire.text import parse_properties
 from testbed.build_guest import LEASE_MARKER
-from testbed.serial_console import wait_for_log
+from testbed.serial_console import wait_for_matches
 from tests.integration.server_helpers import (
     BOOT_TIMEOUT,
     create_server,
@@ -78,6 +78,9 @@ async def test_user_mode_gives_the_guest_its_static_ip_and_auto_takes_no_pool_ad
         f"nic:0:model virtio\nnic:0:dhcp {ip['resource']}\n",
     )  # fmt: skip
     assert server["nic:0:dhcp:ip"] == ip["resource"]
-    log = await wait_for_log(serial_log(platform, server["server"]), LEASE_MARKER,
-                             timeout=BOOT_TIMEOUT)  # fmt: skip
-    assert f" {ip['resource']}" in log.split(LEASE_MARKER, 1)[1].splitlines()[0]
+    leases = await wait_for_matches(
+        serial_log(platform, server["server"]),
+        rf"{LEASE_MARKER} \S+ \S+ ([0-9.]+)",
+        timeout=BOOT_TIMEOUT,
+    )
+    assert leases[0].group(1) == ip["resource"]
