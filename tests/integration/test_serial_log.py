@@ -32,6 +32,9 @@ from tests.integration.server_helpers import create_server, upload_guest, wait_r
 BOOT_TIMEOUT = 60.0
 FLOOD_TIMEOUT = 120.0
 LIMIT = SerialLogLimit(file_bytes=16 * 1024, files=2)
+# Floods of several times what the log keeps: every file rotated away more than once (floods
+# of 2 MiB and 1 MiB, 64 and 32 times the bound, proved no more at many times the cost).
+FLOOD_BYTES = 8 * LIMIT.total_bytes
 # 73-byte lines; `yes` and `head` are busybox applets of the tiny guest.
 FLOOD_LINE = "0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -125,7 +128,7 @@ async def test_a_flooding_guest_keeps_its_log_bounded_across_a_daemon_restart(
 
     # 2 MiB while nobody holds the console: only the log takes it.
     console = await SerialConsole.open(paths.console_socket)
-    await console.send(flood(2 * 1024 * 1024, "OH-FLOOD-ONE"))
+    await console.send(flood(FLOOD_BYTES, "OH-FLOOD-ONE"))
     await console.close()
     kept = await wait_for_marker_within_bound(paths, "OH-FLOOD-ONE")
     assert len(kept) > LIMIT.file_bytes  # rotated, the older file kept too
@@ -163,7 +166,7 @@ async def test_a_flooding_guest_keeps_its_log_bounded_across_a_daemon_restart(
     console = await SerialConsole.open(paths.console_socket)
     try:
         assert await console.run("echo back", timeout=FLOOD_TIMEOUT) == "back"
-        await console.send(flood(1024 * 1024, "OH-FLOOD-TWO"))
+        await console.send(flood(FLOOD_BYTES // 2, "OH-FLOOD-TWO"))
     finally:
         await console.close()
     kept = await wait_for_marker_within_bound(paths, "OH-FLOOD-TWO")
@@ -203,7 +206,7 @@ async def test_a_real_daemon_killed_and_started_again_keeps_the_log_bounded(
     await wait_for_log(paths.serial_log, READY_MARKER, timeout=BOOT_TIMEOUT)
 
     console = await SerialConsole.open(paths.console_socket)
-    await console.send(flood(1024 * 1024, "OH-BEFORE-KILL"))
+    await console.send(flood(FLOOD_BYTES // 2, "OH-BEFORE-KILL"))
     await console.close()
     await wait_for_marker_within_bound(paths, "OH-BEFORE-KILL")
 
@@ -216,7 +219,7 @@ async def test_a_real_daemon_killed_and_started_again_keeps_the_log_bounded(
     console = await SerialConsole.open(paths.console_socket)
     try:
         assert await console.run("echo adopted") == "adopted"
-        await console.send(flood(1024 * 1024, "OH-AFTER-START"))
+        await console.send(flood(FLOOD_BYTES // 2, "OH-AFTER-START"))
     finally:
         await console.close()
     kept = await wait_for_marker_within_bound(paths, "OH-AFTER-START")
