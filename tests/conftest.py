@@ -330,13 +330,3 @@ def pg_platform(tmp_path: Path, postgres_url: str) -> Iterator[Platform]:
     yield opened
     opened.close()
     kill_leftover_vms(config.run_path)
-
-
-@pytest.hookimpl(trylast=True)  # after tests/integration/conftest.py marks its tests
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`), the tests that boot guests or drive real
-    daemons (marked `integration`) run one after another on one worker while the other
-    worker takes the rest: two TCG guests at once on two cores starve each other's timers."""
-    for item in items:
-        if item.get_closest_marker("integration") is not None:
-            item.add_marker(pytest.mark.xdist_group("guests"))

@@ -2,7 +2,7 @@
 
 The session's one PostgreSQL is tests/conftest.py's `postgres_server` (tests/postgres.py);
 each test gets a database of its own. Every test in this folder is marked `integration`: it
-drives real daemons, one after another with the other integration tests.
+drives real daemons.
 """
 
 from collections.abc import Iterator
