@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 _counter = itertools.count()
 # A kernel message on the console: `[   12.345678] …`.
 _KERNEL_MESSAGE = re.compile(r"\[\s*\d+\.\d+\] ")
@@ -30,17 +33,29 @@ def read_serial_log(log: Path) -> str:
     return "".join(path.read_text(errors="replace") for path in files if path.exists())
 
 
-async def wait_for_log(log: Path, text: str, *, count: int = 1, timeout: float = 60.0) -> str:
-    """Wait until `text` occurs `count` times in the serial log; return the log."""
+async def _poll_log(
+    log: Path, found_in: Callable[[str], T | None], wanted: str, timeout: float
+) -> T:
+    """What `found_in` finds in the serial log's content, looked at every 0.2 s until it finds
+    something (not None) or `timeout` seconds have passed (TimeoutError naming `wanted`)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         content = read_serial_log(log)
-        if content.count(text) >= count:
-            return content
+        if (found := found_in(content)) is not None:
+            return found
         if loop.time() >= deadline:
-            raise TimeoutError(f"{text!r} x{count} not in {log} after {timeout:g} s:\n{content}")
+            raise TimeoutError(f"{wanted} not in {log} after {timeout:g} s:\n{content}")
         await asyncio.sleep(0.2)
+
+
+async def wait_for_log(log: Path, text: str, *, count: int = 1, timeout: float = 60.0) -> str:
+    """Wait until `text` occurs `count` times in the serial log; return the log."""
+
+    def enough(content: str) -> str | None:
+        return content if content.count(text) >= count else None
+
+    return await _poll_log(log, enough, f"{text!r} x{count}", timeout)
 
 
 def whole_lines(text: str) -> str:
@@ -54,16 +69,12 @@ async def wait_for_matches(
     """Wait until `pattern` matches `count` times in the serial log's whole lines; return every
     match. A marker alone is not enough to read what follows it on its line: the serial relay
     may have logged only part of that line yet (an address cut to `192.0.2.`)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        content = whole_lines(read_serial_log(log))
-        found = list(re.finditer(pattern, content))
-        if len(found) >= count:
-            return found
-        if loop.time() >= deadline:
-            raise TimeoutError(f"{pattern!r} x{count} not in {log} after {timeout:g} s:\n{content}")
-        await asyncio.sleep(0.2)
+
+    def enough(content: str) -> list[re.Match[str]] | None:
+        found = list(re.finditer(pattern, whole_lines(content)))
+        return found if len(found) >= count else None
+
+    return await _poll_log(log, enough, f"{pattern!r} x{count}", timeout)
 
 
 class SerialConsole:

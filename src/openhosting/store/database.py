@@ -156,17 +156,21 @@ def migrate(engine: Engine) -> None:
 
 
 @functools.cache
+def _scripts() -> ScriptDirectory:
+    """This version's migrations (read once a process: their scripts are modules Alembic
+    loads)."""
+    return ScriptDirectory(str(MIGRATIONS))
+
+
 def _newest_revisions() -> frozenset[str]:
-    """The heads of this version's migrations (read once a process: their scripts are
-    modules Alembic loads)."""
-    return frozenset(ScriptDirectory(str(MIGRATIONS)).get_heads())
+    return frozenset(_scripts().get_heads())
 
 
 def _refuse_a_newer_schema(connection: Connection) -> None:
     """FailedError if the database is at a revision this version does not know: made by a
     newer version (the code rolled back after an upgrade), which Alembic met with a traceback.
     Nothing is changed."""
-    scripts = ScriptDirectory(str(MIGRATIONS))
+    scripts = _scripts()
     known = {revision.revision for revision in scripts.walk_revisions()}
     unknown = sorted(set(MigrationContext.configure(connection).get_current_heads()) - known)
     if unknown:
