@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from openhosting import pidwait
 from openhosting.hypervisor import process
 from openhosting.hypervisor.nbd_exports import EXPORTS_DIRECTORY, PIDFILE, export_pid
 from openhosting.network import passt
@@ -33,8 +34,10 @@ def kill_leftover_vms(run_path: Path) -> None:
     for files in passt.running_files(passt_dir) if passt_dir.exists() else []:
         if (pid := passt.adopt(files)) is not None:
             os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5  # its cgroup empties once it is gone
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            # Its cgroup empties once it has exited. A zombie has: passt daemonizes, so it waits
+            # for PID 1 to reap it, which takes up to 2 s where PID 1 reaps on a timer.
+            deadline = time.monotonic() + 5
+            while not pidwait.exited(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
         if counting.available:  # the NIC's counting table and cgroup
             nic_table = ["nft", "delete", "table", "inet", counting.table_of(files)]

@@ -31,6 +31,7 @@ def test_the_next_daemon_fits_files_to_rows_and_removes_files_without_one(
         # create or destroy left a file without its row.
         with sqlite3.connect(state / "openhosting.sqlite") as database:
             database.execute("UPDATE drives SET size = ? WHERE uuid = ?", (2 * SIZE, drive))
+        database.close()  # the context manager commits only
         orphan = state / "drives" / f"{uuid.uuid4()}.img"
         orphan.write_bytes(b"left behind")
         long_ago = time.time() - 3600
