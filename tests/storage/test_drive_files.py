@@ -5,6 +5,8 @@ import asyncio
 import contextlib
 import os
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,44 @@ async def test_a_watch_started_ahead_is_the_one_descriptor_its_looks_use(tmp_pat
     finally:
         files.close()
     assert inotify_descriptors() == before
+
+
+def test_two_threads_writing_at_once_open_one_direct_descriptor_and_close_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw write flushes two pieces at once, each in a thread: the first aligned write of
+    each opens the O_DIRECT descriptor if none is open yet. Both found none and both opened
+    one; the one kept was closed with the drive, the other held the file (and, once the
+    drive was destroyed, its disk space) until the daemon ended (seen under load)."""
+    files = DriveFiles(tmp_path / "drives")
+    key = files.create_encrypted(DRIVE, 4 * IO_CHUNK, b"secret")
+    path = files.path_of(DRIVE)
+    opened: list[int] = []
+
+    def slow_open_direct(target: Path) -> int | None:
+        # Slow enough that the other thread reaches its own first write meanwhile.
+        time.sleep(0.3)
+        fd = real_open_direct(target)
+        if fd is not None:
+            opened.append(fd)
+        return fd
+
+    real_open_direct = drive_files.open_direct
+    monkeypatch.setattr(drive_files, "open_direct", slow_open_direct)
+    pieces = [random.Random(piece).randbytes(IO_CHUNK) for piece in range(2)]
+    with files.open(DRIVE, key) as drive_io:
+        writers = [
+            threading.Thread(target=drive_io.write_at, args=(index * IO_CHUNK, piece))
+            for index, piece in enumerate(pieces)
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(timeout=30)
+        assert drive_io.read_at(0, 2 * IO_CHUNK) == b"".join(pieces)
+    assert len(opened) == 1
+    held = [
+        name for name in os.listdir("/proc/self/fd")
+        if os.path.realpath(f"/proc/self/fd/{name}") == str(path.resolve())
+    ]  # fmt: skip
+    assert held == []

@@ -169,6 +169,10 @@ class EncryptedDriveIO:
         self._edge_lock = edge_lock
         self._direct_fd: int | None = None  # opened at the first aligned write
         self._direct_refused = False
+        # A raw write's pieces are written by two threads at once: both may make the first
+        # aligned write, and only one may open the direct descriptor (the other's would be
+        # left open, holding the file after its destroy).
+        self._direct_open_lock = threading.Lock()
 
     def fileno(self) -> int:
         return self._fd
@@ -230,9 +234,11 @@ class EncryptedDriveIO:
         ):
             return False
         if self._direct_fd is None:
-            self._direct_fd = open_direct(self.path)
+            with self._direct_open_lock:
+                if self._direct_fd is None and not self._direct_refused:
+                    self._direct_fd = open_direct(self.path)
+                    self._direct_refused = self._direct_fd is None
             if self._direct_fd is None:
-                self._direct_refused = True
                 return False
         with memoryview(_aligned_buffer(length))[:length] as buffer:
             buffer[:] = data.cast("B")
