@@ -165,15 +165,13 @@ def test_two_threads_writing_at_once_open_one_direct_descriptor_and_close_leaves
     files = DriveFiles(tmp_path / "drives")
     key = files.create_encrypted(DRIVE, 4 * IO_CHUNK, b"secret")
     path = files.path_of(DRIVE)
-    opened: list[int] = []
+    opens: list[Path] = []  # every open tried, taken or refused by the file system
 
     def slow_open_direct(target: Path) -> int | None:
+        opens.append(target)
         # Slow enough that the other thread reaches its own first write meanwhile.
         time.sleep(0.3)
-        fd = real_open_direct(target)
-        if fd is not None:
-            opened.append(fd)
-        return fd
+        return real_open_direct(target)
 
     real_open_direct = drive_files.open_direct
     monkeypatch.setattr(drive_files, "open_direct", slow_open_direct)
@@ -188,7 +186,7 @@ def test_two_threads_writing_at_once_open_one_direct_descriptor_and_close_leaves
         for writer in writers:
             writer.join(timeout=30)
         assert drive_io.read_at(0, 2 * IO_CHUNK) == b"".join(pieces)
-    assert len(opened) == 1
+    assert opens == [path]
     held = [
         name for name in os.listdir("/proc/self/fd")
         if os.path.realpath(f"/proc/self/fd/{name}") == str(path.resolve())
