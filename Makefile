@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml setup.py src/openhosting/storage/_xts_tweaks.c \
+$(STAMP): requirements.lock pyproject.toml setup.py src/openhosting/storage/_xts.c \
 		scripts/install-system-packages
 	./scripts/install-system-packages
 	$(PYTHON) -m venv $(VENV)

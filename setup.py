@@ -5,8 +5,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "openhosting.storage._xts_tweaks",
-            ["src/openhosting/storage/_xts_tweaks.c"],
+            "openhosting.storage._xts",
+            ["src/openhosting/storage/_xts.c"],
             extra_compile_args=["-O3"],
         )
     ]
