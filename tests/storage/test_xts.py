@@ -394,7 +394,7 @@ def test_the_compiled_engines_refuse_what_would_write_out_of_bounds(
         schedule = schedule[:schedule_size]
     before = bytes(data)
     with pytest.raises(ValueError, match=error):
-        _xts.crypt(engine, schedule, data, first, numbers, True)
+        _xts.crypt(engine, schedule, data, first, numbers, True, False)
     assert data == before
 
 
@@ -402,10 +402,49 @@ def test_the_compiled_engines_refuse_what_would_write_out_of_bounds(
 def test_the_compiled_engines_refuse_read_only_data_and_negative_sectors(engine: str) -> None:
     schedule = _xts.expand_key(random_key())
     with pytest.raises(TypeError):
-        _xts.crypt(engine, schedule, bytes(512), 0, None, True)
+        _xts.crypt(engine, schedule, bytes(512), 0, None, True, False)
     with pytest.raises(OverflowError):
-        _xts.crypt(engine, schedule, bytearray(512), -1, None, True)
+        _xts.crypt(engine, schedule, bytearray(512), -1, None, True, False)
     with pytest.raises(ValueError, match="not one this CPU can run"):
-        _xts.crypt("openssl", schedule, bytearray(512), 0, None, True)
+        _xts.crypt("openssl", schedule, bytearray(512), 0, None, True, False)
     with pytest.raises(ValueError, match="64 bytes"):
         _xts.expand_key(bytes(32))
+
+
+@each_engine
+def test_decrypting_nonzero_sectors_leaves_zero_sectors_as_zeros(engine: str) -> None:
+    """A sparse drive's holes read as zeros: sectors of zero ciphertext are not decrypted
+    (which would give noise), every other one is, whatever its first bytes."""
+    key = random_key()
+    plain = os.urandom(20 * SECTOR_SIZE)
+    stored = bytearray(XtsCipher(key, "openssl").encrypt(plain, 500))
+    holes = [0, 3, 4, 5, 11, 19]
+    for sector in holes:
+        stored[sector * SECTOR_SIZE : (sector + 1) * SECTOR_SIZE] = bytes(SECTOR_SIZE)
+    # Ciphertext starting with 16 zero bytes is not a hole (the whole sector is looked at).
+    stored[7 * SECTOR_SIZE : 7 * SECTOR_SIZE + 16] = bytes(16)
+    expected = bytearray(XtsCipher(key, "openssl").decrypt(stored, 500))
+    for sector in holes:
+        expected[sector * SECTOR_SIZE : (sector + 1) * SECTOR_SIZE] = bytes(SECTOR_SIZE)
+    buffer = bytearray(stored)
+    assert XtsCipher(key, engine).decrypt_nonzero_sectors(buffer, 500) == 20 - len(holes)
+    assert buffer == expected
+    assert buffer[SECTOR_SIZE : 3 * SECTOR_SIZE] == plain[SECTOR_SIZE : 3 * SECTOR_SIZE]
+
+
+@each_engine
+def test_decrypting_nonzero_sectors_of_all_zeros_or_all_data(engine: str) -> None:
+    key = random_key()
+    cipher = XtsCipher(key, engine)
+    zeros = bytearray(9 * SECTOR_SIZE)
+    assert cipher.decrypt_nonzero_sectors(zeros, 0) == 0
+    assert zeros == bytes(9 * SECTOR_SIZE)
+    plain = os.urandom(9 * SECTOR_SIZE)
+    buffer = bytearray(cipher.encrypt(plain, 2**40))
+    assert cipher.decrypt_nonzero_sectors(buffer, 2**40) == 9
+    assert buffer == plain
+    assert cipher.decrypt_nonzero_sectors(bytearray(), 0) == 0
+    with pytest.raises(ValueError, match="64 bits"):
+        cipher.decrypt_nonzero_sectors(bytearray(2 * SECTOR_SIZE), 2**64 - 1)
+    with pytest.raises(TypeError):
+        cipher.decrypt_nonzero_sectors(memoryview(bytes(SECTOR_SIZE)), 0)

@@ -218,15 +218,32 @@ AESNI static inline void sector_tweaks(const schedule_t *s, uint64_t first,
 
 #define BLOCKS_AT_ONCE 8 /* registers in flight: AES's latency is hidden by the others */
 
-AESNI static void crypt_aesni(const schedule_t *s, unsigned char *data, size_t sectors,
-                              uint64_t first, const uint64_t *numbers, int encrypt) {
+/* Whether a sector is all zeros. Its first block decides but for holes: ciphertext starts
+ * with 16 zero bytes with probability 2^-128. (Which sectors are zeros is no secret: the
+ * ciphertext is what the disk holds.) */
+AESNI static inline int sector_is_zeros(const __m128i *blocks) {
+    __m128i any = _mm_loadu_si128(blocks);
+    if (_mm_movemask_epi8(_mm_cmpeq_epi8(any, _mm_setzero_si128())) != 0xffff)
+        return 0;
+    for (int j = 1; j < BLOCKS_PER_SECTOR; j++)
+        any = _mm_or_si128(any, _mm_loadu_si128(blocks + j));
+    return _mm_movemask_epi8(_mm_cmpeq_epi8(any, _mm_setzero_si128())) == 0xffff;
+}
+
+AESNI static size_t crypt_aesni(const schedule_t *s, unsigned char *data, size_t sectors,
+                              uint64_t first, const uint64_t *numbers, int encrypt,
+                              int keep_zero_sectors) {
     const __m128i *rk = encrypt ? s->encrypt : s->decrypt;
     __m128i tweaks[SECTORS_AT_ONCE][BLOCKS_PER_SECTOR];
+    size_t crypted = 0;
     for (size_t done = 0; done < sectors; done += SECTORS_AT_ONCE) {
         size_t count = sectors - done < SECTORS_AT_ONCE ? sectors - done : SECTORS_AT_ONCE;
         sector_tweaks(s, first + done, numbers ? numbers + done : NULL, count, tweaks);
         for (size_t i = 0; i < count; i++) {
             __m128i *blocks = (__m128i *)(data + (done + i) * SECTOR_SIZE);
+            if (keep_zero_sectors && sector_is_zeros(blocks))
+                continue;
+            crypted++;
             for (int g = 0; g < BLOCKS_PER_SECTOR; g += BLOCKS_AT_ONCE) {
                 __m128i x[BLOCKS_AT_ONCE];
                 for (int k = 0; k < BLOCKS_AT_ONCE; k++)
@@ -251,22 +268,28 @@ AESNI static void crypt_aesni(const schedule_t *s, unsigned char *data, size_t s
         }
     }
     explicit_bzero(tweaks, sizeof tweaks);
+    return crypted;
 }
 
 /* The same with VAES: two blocks a 256-bit register, sixteen blocks in flight; the round
  * keys broadcast to both halves. */
-VAES static void crypt_vaes(const schedule_t *s, unsigned char *data, size_t sectors,
-                            uint64_t first, const uint64_t *numbers, int encrypt) {
+VAES static size_t crypt_vaes(const schedule_t *s, unsigned char *data, size_t sectors,
+                            uint64_t first, const uint64_t *numbers, int encrypt,
+                            int keep_zero_sectors) {
     const __m128i *rk128 = encrypt ? s->encrypt : s->decrypt;
     __m256i rk[ROUNDS + 1];
     for (int r = 0; r <= ROUNDS; r++)
         rk[r] = _mm256_broadcastsi128_si256(rk128[r]);
     __m128i tweaks[SECTORS_AT_ONCE][BLOCKS_PER_SECTOR] __attribute__((aligned(32)));
+    size_t crypted = 0;
     for (size_t done = 0; done < sectors; done += SECTORS_AT_ONCE) {
         size_t count = sectors - done < SECTORS_AT_ONCE ? sectors - done : SECTORS_AT_ONCE;
         sector_tweaks(s, first + done, numbers ? numbers + done : NULL, count, tweaks);
         for (size_t i = 0; i < count; i++) {
             __m256i *pairs = (__m256i *)(data + (done + i) * SECTOR_SIZE);
+            if (keep_zero_sectors && sector_is_zeros((const __m128i *)pairs))
+                continue;
+            crypted++;
             const __m256i *tweak_pairs = (const __m256i *)tweaks[i];
             for (int g = 0; g < BLOCKS_PER_SECTOR / 2; g += BLOCKS_AT_ONCE) {
                 __m256i x[BLOCKS_AT_ONCE];
@@ -293,6 +316,7 @@ VAES static void crypt_vaes(const schedule_t *s, unsigned char *data, size_t sec
     }
     explicit_bzero(tweaks, sizeof tweaks);
     explicit_bzero(rk, sizeof rk);
+    return crypted;
 }
 
 static int has_aesni(void) {
@@ -351,20 +375,22 @@ static PyObject *py_expand_key(PyObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(crypt_doc,
-"crypt(engine, schedule, data, first_sector, sector_numbers, encrypt)\n"
+"crypt(engine, schedule, data, first_sector, sector_numbers, encrypt, keep_zero_sectors)\n"
+"    -> int\n"
 "\n"
-"En- or decrypt `data`, whole 512-byte sectors, in place with AES-256-XTS. The sectors are\n"
-"numbered from `first_sector`, or by `sector_numbers` (native uint64s, one per sector) when\n"
-"it is not None. `schedule` comes from expand_key(), `engine` from engines(). The GIL is\n"
-"released while it runs.");
+"En- or decrypt `data`, whole 512-byte sectors, in place with AES-256-XTS; the number of\n"
+"sectors done. The sectors are numbered from `first_sector`, or by `sector_numbers` (native\n"
+"uint64s, one per sector) when it is not None. With `keep_zero_sectors`, sectors of 512 zero\n"
+"bytes are left as they are. `schedule` comes from expand_key(), `engine` from engines().\n"
+"The GIL is released while it runs.");
 
 static PyObject *py_crypt(PyObject *self, PyObject *args) {
     const char *engine;
     Py_buffer schedule_buffer, data;
     PyObject *first_object, *numbers_object;
-    int encrypt;
-    if (!PyArg_ParseTuple(args, "sy*w*OOp", &engine, &schedule_buffer, &data, &first_object,
-                          &numbers_object, &encrypt))
+    int encrypt, keep_zero_sectors;
+    if (!PyArg_ParseTuple(args, "sy*w*OOpp", &engine, &schedule_buffer, &data, &first_object,
+                          &numbers_object, &encrypt, &keep_zero_sectors))
         return NULL;
     PyObject *result = NULL;
     Py_buffer numbers = {0};
@@ -400,17 +426,20 @@ static PyObject *py_crypt(PyObject *self, PyObject *args) {
         const uint64_t *numbers_at = have_numbers ? numbers.buf : NULL;
         schedule_t schedule; /* aligned for the loads; the buffer may not be */
         memcpy(&schedule, schedule_buffer.buf, sizeof schedule);
+        size_t crypted;
         Py_BEGIN_ALLOW_THREADS
         if (vaes)
-            crypt_vaes(&schedule, data.buf, (size_t)sectors, first, numbers_at, encrypt);
+            crypted = crypt_vaes(&schedule, data.buf, (size_t)sectors, first, numbers_at,
+                                 encrypt, keep_zero_sectors);
         else
-            crypt_aesni(&schedule, data.buf, (size_t)sectors, first, numbers_at, encrypt);
+            crypted = crypt_aesni(&schedule, data.buf, (size_t)sectors, first, numbers_at,
+                                  encrypt, keep_zero_sectors);
         Py_END_ALLOW_THREADS
         explicit_bzero(&schedule, sizeof schedule);
-        result = Py_NewRef(Py_None);
+        result = PyLong_FromSize_t(crypted);
     }
 #else
-    (void)engine, (void)encrypt, (void)first, (void)sectors;
+    (void)engine, (void)encrypt, (void)keep_zero_sectors, (void)first, (void)sectors;
     PyErr_SetString(PyExc_ValueError, "built without the AES instructions' engines");
 #endif
 done:

@@ -10,8 +10,9 @@ def crypt(
     first_sector: int,
     sector_numbers: ReadableBuffer | None,
     encrypt: bool,
+    keep_zero_sectors: bool,
     /,
-) -> None: ...
+) -> int: ...
 def xor_tweaks(
     data: WriteableBuffer, first_tweaks: ReadableBuffer, table: WriteableBuffer, /
 ) -> None: ...

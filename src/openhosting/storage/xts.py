@@ -120,7 +120,33 @@ class XtsCipher:
             self._crypt_with_openssl(view, numbers, encrypt)
         else:
             numbers_buffer = None if numbers is None else numbers.data
-            _xts.crypt(self.engine, self._schedule, view, first, numbers_buffer, encrypt)
+            _xts.crypt(self.engine, self._schedule, view, first, numbers_buffer, encrypt, False)
+
+    def decrypt_nonzero_sectors(self, buffer: bytearray | memoryview, first_sector: int) -> int:
+        """Decrypt in place the sectors of a writable buffer whose ciphertext is not all
+        zeros; the others (a sparse file's holes, never written) stay zeros. How many were
+        decrypted. The compiled engines test each sector as they go; the OpenSSL one gathers
+        the sectors with data for one bulk pass."""
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise TypeError("decrypt_nonzero_sectors needs a writable buffer")
+        count = _sector_count(len(view))
+        _check_sector_range(first_sector, count)
+        if count == 0:
+            return 0
+        if self.engine != "openssl":
+            return _xts.crypt(self.engine, self._schedule, view, first_sector, None, False, True)
+        sectors = np.frombuffer(view, dtype=np.uint64).reshape(count, SECTOR_SIZE // 8)
+        written = _nonzero_sectors(sectors)
+        index = np.flatnonzero(written)
+        if len(index) == count:
+            self._crypt_with_openssl(view, _sector_numbers(first_sector, count), False)
+        elif len(index):
+            picked = sectors[index]
+            numbers = index.astype(np.uint64) + np.uint64(first_sector)
+            self._crypt_with_openssl(picked.data.cast("B"), numbers, False)
+            sectors[index] = picked
+        return len(index)
 
     def _crypt_with_openssl(self, view: memoryview, numbers: np.ndarray, encrypt: bool) -> None:
         count = len(numbers)
@@ -179,6 +205,22 @@ def _thread_work() -> _TweakWork:
     if work is None:
         work = _works.work = _TweakWork(_CHUNK_SECTORS)
     return work
+
+
+def _nonzero_sectors(sectors: np.ndarray) -> np.ndarray:
+    """Which rows of a (count, 64) uint64 view of sectors hold any non-zero byte.
+
+    Only the first 16 bytes of each sector are looked at first: ciphertext starts with 16
+    zero bytes with probability 2^-128, so the whole sector is checked only where they are
+    zero (a hole, in practice), and the answer is exact at a thirty-second of the reads.
+    The two words are ORed rather than reduced with any(axis=1): NumPy's reduction over
+    rows of two cost ten times as much (3% of an encrypted read's CPU).
+    """
+    written: np.ndarray = np.bitwise_or(sectors[:, 0], sectors[:, 1]).astype(bool)
+    doubtful = np.flatnonzero(~written)
+    if len(doubtful):
+        written[doubtful] = sectors[doubtful].any(axis=1)
+    return written
 
 
 def _sector_count(length: int) -> int:
