@@ -448,3 +448,19 @@ def test_decrypting_nonzero_sectors_of_all_zeros_or_all_data(engine: str) -> Non
         cipher.decrypt_nonzero_sectors(bytearray(2 * SECTOR_SIZE), 2**64 - 1)
     with pytest.raises(TypeError):
         cipher.decrypt_nonzero_sectors(memoryview(bytes(SECTOR_SIZE)), 0)
+
+
+@pytest.mark.parametrize("engine", COMPILED_ENGINES)
+def test_the_compiled_engines_take_sector_numbers_from_any_buffer(engine: str) -> None:
+    # Native uint64s, from a buffer that need not be aligned (one byte in).
+    key, data = random_key(), os.urandom(3 * SECTOR_SIZE)
+    numbers = [2**63 + 5, 17, 2**32]
+    raw = b"".join(number.to_bytes(8, "little") for number in numbers)
+    unaligned = memoryview(bytearray(1) + raw)[1:]
+    buffer = bytearray(data)
+    assert _xts.crypt(engine, _xts.expand_key(key), buffer, 0, unaligned, True, False) == 3
+    expected = b"".join(
+        reference_encrypt(key, data[i * SECTOR_SIZE : (i + 1) * SECTOR_SIZE], number)
+        for i, number in enumerate(numbers)
+    )
+    assert buffer == expected

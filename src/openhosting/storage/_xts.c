@@ -197,11 +197,13 @@ AESNI static inline __m128i times_alpha_128(__m128i t) {
 /* The 32 block tweaks of `count` (at most eight) sectors: their T_0 = AES(key2, plain64
  * number) run side by side through the rounds, then the eight doubling chains interleaved. */
 AESNI static inline void sector_tweaks(const schedule_t *s, uint64_t first,
-                                       const uint64_t *numbers, size_t count,
+                                       const unsigned char *numbers, size_t count,
                                        __m128i tweaks[SECTORS_AT_ONCE][BLOCKS_PER_SECTOR]) {
     __m128i t[SECTORS_AT_ONCE];
     for (size_t i = 0; i < count; i++) {
-        uint64_t number = numbers ? numbers[i] : first + i;
+        uint64_t number = first + i;
+        if (numbers) /* native order, and perhaps not aligned: copied, not dereferenced */
+            memcpy(&number, numbers + i * sizeof number, sizeof number);
         t[i] = _mm_xor_si128(_mm_set_epi64x(0, (long long)number), s->tweak[0]);
     }
     for (int r = 1; r < ROUNDS; r++)
@@ -231,14 +233,14 @@ AESNI static inline int sector_is_zeros(const __m128i *blocks) {
 }
 
 AESNI static size_t crypt_aesni(const schedule_t *s, unsigned char *data, size_t sectors,
-                              uint64_t first, const uint64_t *numbers, int encrypt,
+                              uint64_t first, const unsigned char *numbers, int encrypt,
                               int keep_zero_sectors) {
     const __m128i *rk = encrypt ? s->encrypt : s->decrypt;
     __m128i tweaks[SECTORS_AT_ONCE][BLOCKS_PER_SECTOR];
     size_t crypted = 0;
     for (size_t done = 0; done < sectors; done += SECTORS_AT_ONCE) {
         size_t count = sectors - done < SECTORS_AT_ONCE ? sectors - done : SECTORS_AT_ONCE;
-        sector_tweaks(s, first + done, numbers ? numbers + done : NULL, count, tweaks);
+        sector_tweaks(s, first + done, numbers ? numbers + done * sizeof(uint64_t) : NULL, count, tweaks);
         for (size_t i = 0; i < count; i++) {
             __m128i *blocks = (__m128i *)(data + (done + i) * SECTOR_SIZE);
             if (keep_zero_sectors && sector_is_zeros(blocks))
@@ -274,7 +276,7 @@ AESNI static size_t crypt_aesni(const schedule_t *s, unsigned char *data, size_t
 /* The same with VAES: two blocks a 256-bit register, sixteen blocks in flight; the round
  * keys broadcast to both halves. */
 VAES static size_t crypt_vaes(const schedule_t *s, unsigned char *data, size_t sectors,
-                            uint64_t first, const uint64_t *numbers, int encrypt,
+                            uint64_t first, const unsigned char *numbers, int encrypt,
                             int keep_zero_sectors) {
     const __m128i *rk128 = encrypt ? s->encrypt : s->decrypt;
     __m256i rk[ROUNDS + 1];
@@ -284,7 +286,7 @@ VAES static size_t crypt_vaes(const schedule_t *s, unsigned char *data, size_t s
     size_t crypted = 0;
     for (size_t done = 0; done < sectors; done += SECTORS_AT_ONCE) {
         size_t count = sectors - done < SECTORS_AT_ONCE ? sectors - done : SECTORS_AT_ONCE;
-        sector_tweaks(s, first + done, numbers ? numbers + done : NULL, count, tweaks);
+        sector_tweaks(s, first + done, numbers ? numbers + done * sizeof(uint64_t) : NULL, count, tweaks);
         for (size_t i = 0; i < count; i++) {
             __m256i *pairs = (__m256i *)(data + (done + i) * SECTOR_SIZE);
             if (keep_zero_sectors && sector_is_zeros((const __m128i *)pairs))
@@ -423,7 +425,7 @@ static PyObject *py_crypt(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "sector numbers must fit in 64 bits, got %llu+%zd",
                      first, sectors);
     } else {
-        const uint64_t *numbers_at = have_numbers ? numbers.buf : NULL;
+        const unsigned char *numbers_at = have_numbers ? numbers.buf : NULL;
         schedule_t schedule; /* aligned for the loads; the buffer may not be */
         memcpy(&schedule, schedule_buffer.buf, sizeof schedule);
         size_t crypted;
