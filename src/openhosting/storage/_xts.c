@@ -159,12 +159,11 @@ AESNI static inline __m128i expand_step(__m128i key, __m128i assist) {
 }
 
 /* The assist instruction needs its round constant as an immediate: one macro per pair. */
-#define EXPAND_PAIR(rk, i, rcon)                                                            \
-    rk[2 * (i)] = expand_step(rk[2 * (i) - 2],                                              \
-                              _mm_shuffle_epi32(_mm_aeskeygenassist_si128(rk[2 * (i) - 1], rcon), 0xff)); \
-    if ((i) < 7)                                                                            \
-        rk[2 * (i) + 1] = expand_step(rk[2 * (i) - 1],                                      \
-                                      _mm_shuffle_epi32(_mm_aeskeygenassist_si128(rk[2 * (i)], 0), 0xaa));
+#define ASSIST(key, rcon, word) _mm_shuffle_epi32(_mm_aeskeygenassist_si128(key, rcon), word)
+#define EXPAND_PAIR(rk, i, rcon)                                                         \
+    rk[2 * (i)] = expand_step(rk[2 * (i) - 2], ASSIST(rk[2 * (i) - 1], rcon, 0xff));     \
+    if ((i) < 7)                                                                         \
+        rk[2 * (i) + 1] = expand_step(rk[2 * (i) - 1], ASSIST(rk[2 * (i)], 0, 0xaa));
 
 AESNI static void expand_key_256(const unsigned char *key, __m128i *rk) {
     rk[0] = _mm_loadu_si128((const __m128i *)key);
@@ -240,7 +239,8 @@ AESNI static size_t crypt_aesni(const schedule_t *s, unsigned char *data, size_t
     size_t crypted = 0;
     for (size_t done = 0; done < sectors; done += SECTORS_AT_ONCE) {
         size_t count = sectors - done < SECTORS_AT_ONCE ? sectors - done : SECTORS_AT_ONCE;
-        sector_tweaks(s, first + done, numbers ? numbers + done * sizeof(uint64_t) : NULL, count, tweaks);
+        const unsigned char *their_numbers = numbers ? numbers + done * sizeof(uint64_t) : NULL;
+        sector_tweaks(s, first + done, their_numbers, count, tweaks);
         for (size_t i = 0; i < count; i++) {
             __m128i *blocks = (__m128i *)(data + (done + i) * SECTOR_SIZE);
             if (keep_zero_sectors && sector_is_zeros(blocks))
@@ -286,7 +286,8 @@ VAES static size_t crypt_vaes(const schedule_t *s, unsigned char *data, size_t s
     size_t crypted = 0;
     for (size_t done = 0; done < sectors; done += SECTORS_AT_ONCE) {
         size_t count = sectors - done < SECTORS_AT_ONCE ? sectors - done : SECTORS_AT_ONCE;
-        sector_tweaks(s, first + done, numbers ? numbers + done * sizeof(uint64_t) : NULL, count, tweaks);
+        const unsigned char *their_numbers = numbers ? numbers + done * sizeof(uint64_t) : NULL;
+        sector_tweaks(s, first + done, their_numbers, count, tweaks);
         for (size_t i = 0; i < count; i++) {
             __m256i *pairs = (__m256i *)(data + (done + i) * SECTOR_SIZE);
             if (keep_zero_sectors && sector_is_zeros((const __m128i *)pairs))
@@ -312,7 +313,8 @@ VAES static size_t crypt_vaes(const schedule_t *s, unsigned char *data, size_t s
                         x[k] = _mm256_aesdeclast_epi128(x[k], rk[ROUNDS]);
                 }
                 for (int k = 0; k < BLOCKS_AT_ONCE; k++)
-                    _mm256_storeu_si256(pairs + g + k, _mm256_xor_si256(x[k], tweak_pairs[g + k]));
+                    _mm256_storeu_si256(pairs + g + k,
+                                        _mm256_xor_si256(x[k], tweak_pairs[g + k]));
             }
         }
     }
