@@ -219,6 +219,17 @@ AESNI static inline void sector_tweaks(const schedule_t *s, uint64_t first,
 
 #define BLOCKS_AT_ONCE 8 /* registers in flight: AES's latency is hidden by the others */
 
+/* Rounds 1-14 on the BLOCKS_AT_ONCE registers x[] (round 0, the key's XOR, is the caller's),
+ * round by round across the registers; `round` and `last` are the engine's instructions. */
+#define ROUNDS_ON_ALL(x, rk, round, last)                                              \
+    do {                                                                               \
+        for (int r = 1; r < ROUNDS; r++)                                               \
+            for (int k = 0; k < BLOCKS_AT_ONCE; k++)                                   \
+                x[k] = round(x[k], rk[r]);                                             \
+        for (int k = 0; k < BLOCKS_AT_ONCE; k++)                                       \
+            x[k] = last(x[k], rk[ROUNDS]);                                             \
+    } while (0)
+
 /* Whether a sector is all zeros. Its first block decides but for holes: ciphertext starts
  * with 16 zero bytes with probability 2^-128. (Which sectors are zeros is no secret: the
  * ciphertext is what the disk holds.) */
@@ -251,19 +262,10 @@ AESNI static size_t crypt_aesni(const schedule_t *s, unsigned char *data, size_t
                 for (int k = 0; k < BLOCKS_AT_ONCE; k++)
                     x[k] = _mm_xor_si128(_mm_xor_si128(_mm_loadu_si128(blocks + g + k),
                                                        tweaks[i][g + k]), rk[0]);
-                if (encrypt) {
-                    for (int r = 1; r < ROUNDS; r++)
-                        for (int k = 0; k < BLOCKS_AT_ONCE; k++)
-                            x[k] = _mm_aesenc_si128(x[k], rk[r]);
-                    for (int k = 0; k < BLOCKS_AT_ONCE; k++)
-                        x[k] = _mm_aesenclast_si128(x[k], rk[ROUNDS]);
-                } else {
-                    for (int r = 1; r < ROUNDS; r++)
-                        for (int k = 0; k < BLOCKS_AT_ONCE; k++)
-                            x[k] = _mm_aesdec_si128(x[k], rk[r]);
-                    for (int k = 0; k < BLOCKS_AT_ONCE; k++)
-                        x[k] = _mm_aesdeclast_si128(x[k], rk[ROUNDS]);
-                }
+                if (encrypt)
+                    ROUNDS_ON_ALL(x, rk, _mm_aesenc_si128, _mm_aesenclast_si128);
+                else
+                    ROUNDS_ON_ALL(x, rk, _mm_aesdec_si128, _mm_aesdeclast_si128);
                 for (int k = 0; k < BLOCKS_AT_ONCE; k++)
                     _mm_storeu_si128(blocks + g + k, _mm_xor_si128(x[k], tweaks[i][g + k]));
             }
@@ -299,19 +301,10 @@ VAES static size_t crypt_vaes(const schedule_t *s, unsigned char *data, size_t s
                 for (int k = 0; k < BLOCKS_AT_ONCE; k++)
                     x[k] = _mm256_xor_si256(_mm256_xor_si256(_mm256_loadu_si256(pairs + g + k),
                                                              tweak_pairs[g + k]), rk[0]);
-                if (encrypt) {
-                    for (int r = 1; r < ROUNDS; r++)
-                        for (int k = 0; k < BLOCKS_AT_ONCE; k++)
-                            x[k] = _mm256_aesenc_epi128(x[k], rk[r]);
-                    for (int k = 0; k < BLOCKS_AT_ONCE; k++)
-                        x[k] = _mm256_aesenclast_epi128(x[k], rk[ROUNDS]);
-                } else {
-                    for (int r = 1; r < ROUNDS; r++)
-                        for (int k = 0; k < BLOCKS_AT_ONCE; k++)
-                            x[k] = _mm256_aesdec_epi128(x[k], rk[r]);
-                    for (int k = 0; k < BLOCKS_AT_ONCE; k++)
-                        x[k] = _mm256_aesdeclast_epi128(x[k], rk[ROUNDS]);
-                }
+                if (encrypt)
+                    ROUNDS_ON_ALL(x, rk, _mm256_aesenc_epi128, _mm256_aesenclast_epi128);
+                else
+                    ROUNDS_ON_ALL(x, rk, _mm256_aesdec_epi128, _mm256_aesdeclast_epi128);
                 for (int k = 0; k < BLOCKS_AT_ONCE; k++)
                     _mm256_storeu_si256(pairs + g + k,
                                         _mm256_xor_si256(x[k], tweak_pairs[g + k]));
