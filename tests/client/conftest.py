@@ -172,13 +172,6 @@ def wait_for_output(process: subprocess.Popen[bytes], needle: bytes, timeout: fl
     return seen
 
 
-# An image a transfer tool cannot finish between its fourth chunk's dot and a signal or a
-# stop that follows it, on a loaded machine too: 1,024 chunks of 64 KiB. With 16 MiB (256
-# chunks, about a quarter of a second here since encryption is done with the CPU's AES
-# instructions), a test worker delayed for that long saw the tool end with 0 first.
-INTERRUPTIBLE_SIZE = 64 * 1024 * 1024
-
-
 def interrupt_mid_transfer(process: subprocess.Popen[bytes]) -> str:
     """Ctrl-C a transfer tool once four chunks are done; it must end with `E` and a non-zero
     status. Its standard error (which says how to resume)."""

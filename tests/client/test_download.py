@@ -8,13 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import (
-    BIN,
-    INTERRUPTIBLE_SIZE,
-    ApiDaemon,
-    interrupt_mid_transfer,
-    loop_device,
-)
+from tests.client.conftest import BIN, ApiDaemon, interrupt_mid_transfer, loop_device
 
 CHUNK = 65536
 
@@ -113,7 +107,7 @@ def test_without_o_it_resumes_from_the_files_size_rounded_down_to_a_chunk(
 def test_an_interrupted_download_resumes_with_the_printed_offset(
     api: ApiDaemon, tmp_path: Path
 ) -> None:
-    data = os.urandom(INTERRUPTIBLE_SIZE)
+    data = os.urandom(16 * 1024 * 1024)
     drive = drive_holding(api, data)
     target = tmp_path / "image"
     process = subprocess.Popen(

@@ -11,7 +11,6 @@ import pytest
 
 from tests.client.conftest import (
     BIN,
-    INTERRUPTIBLE_SIZE,
     ApiDaemon,
     interrupt_mid_transfer,
     loop_device,
@@ -256,7 +255,7 @@ def start_upload(api: ApiDaemon, image: Path) -> subprocess.Popen[bytes]:
 def test_an_interrupted_upload_resumes_with_the_printed_command(
     api: ApiDaemon, tmp_path: Path
 ) -> None:
-    image = make_image(tmp_path / "image", os.urandom(INTERRUPTIBLE_SIZE))
+    image = make_image(tmp_path / "image", os.urandom(16 * 1024 * 1024))
     process = start_upload(api, image)
     err = interrupt_mid_transfer(process)
     drive, offset = resume_command(err)
@@ -266,7 +265,7 @@ def test_an_interrupted_upload_resumes_with_the_printed_command(
 def test_an_upload_failing_half_way_resumes_once_the_api_is_back(tmp_path: Path) -> None:
     daemon = ApiDaemon(tmp_path / "own")  # this one is stopped under the upload
     try:
-        image = make_image(tmp_path / "image", os.urandom(INTERRUPTIBLE_SIZE))
+        image = make_image(tmp_path / "image", os.urandom(16 * 1024 * 1024))
         process = start_upload(daemon, image)
         try:
             seen = wait_for_output(process, b"....")
