@@ -172,6 +172,13 @@ def wait_for_output(process: subprocess.Popen[bytes], needle: bytes, timeout: fl
     return seen
 
 
+# What starts a tool these tests Ctrl-C: a job a shell started in the background (a CI
+# runner's, `make test &`) runs with SIGINT ignored, its children too, and Python then keeps
+# ignoring it, so the tool would run to its end. coreutils' env resets it to the default, as a
+# terminal's foreground job has it, then execs the tool (same process).
+WITH_CTRL_C = ["env", "--default-signal=INT"]
+
+
 def interrupt_mid_transfer(process: subprocess.Popen[bytes]) -> str:
     """Ctrl-C a transfer tool once four chunks are done; it must end with `E` and a non-zero
     status. Its standard error (which says how to resume)."""

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import BIN, ApiDaemon, interrupt_mid_transfer, loop_device
+from tests.client.conftest import (
+    BIN,
+    WITH_CTRL_C,
+    ApiDaemon,
+    interrupt_mid_transfer,
+    loop_device,
+)
 
 CHUNK = 65536
 
@@ -111,7 +117,8 @@ def test_an_interrupted_download_resumes_with_the_printed_offset(
     drive = drive_holding(api, data)
     target = tmp_path / "image"
     process = subprocess.Popen(
-        [str(BIN / "openhosting-download"), "-c", str(CHUNK), "-p", "2", drive, str(target)],
+        [*WITH_CTRL_C, str(BIN / "openhosting-download"), "-c", str(CHUNK), "-p", "2", drive,
+         str(target)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=api.env(),
     )  # fmt: skip
     err = interrupt_mid_transfer(process)

@@ -11,6 +11,7 @@ import pytest
 
 from tests.client.conftest import (
     BIN,
+    WITH_CTRL_C,
     ApiDaemon,
     interrupt_mid_transfer,
     loop_device,
@@ -247,7 +248,7 @@ def resume_and_compare(api: ApiDaemon, image: Path, drive: str, offset: int, bac
 
 def start_upload(api: ApiDaemon, image: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [str(BIN / "openhosting-upload"), "-c", str(CHUNK), "-p", "2", str(image)],
+        [*WITH_CTRL_C, str(BIN / "openhosting-upload"), "-c", str(CHUNK), "-p", "2", str(image)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=api.env(),
     )  # fmt: skip
 
