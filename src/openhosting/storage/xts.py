@@ -10,12 +10,12 @@ itself (OpenSSL's XTS per 512 bytes: ~1.5 GB/s here, against ~5 GB/s for long ca
 whole buffers are done at once, by one of three engines, the fastest the CPU runs:
 
 - ``vaes`` and ``aesni`` (`_xts.c`): the whole of XTS in one compiled pass with the CPU's AES
-  instructions, every byte loaded and stored once (VAES: two blocks a register). 5-7 GB/s
-  and 4 GB/s a core on this machine's EPYC, where OpenSSL's own XTS does ~5 GB/s.
+  instructions, every byte loaded and stored once (VAES: two blocks a register). 6-8 GB/s
+  and 3.5-5 GB/s a core on this machine's EPYC, where OpenSSL's own XTS does 4.5-5.4 GB/s.
 - ``openssl``, for CPUs without them: a cache-sized step of sectors at a time, one ECB call
   with key2 gives T_0 of every sector, a compiled pass (`_xts.xor_tweaks`) derives the 32
   block tweaks of each sector and XORs them in, one ECB call with key1 runs, and NumPy XORs
-  the tweaks in again (2.3-3.9 GB/s here: three passes over the data and the calls between).
+  the tweaks in again (1.7-3.9 GB/s here: three passes over the data and the calls between).
 """
 
 from __future__ import annotations
