@@ -37,7 +37,7 @@ from openhosting.storage.luks import payload_offset
 from openhosting.storage.sparse import (
     DIRECT_ALIGNMENT,
     DirectCopy,
-    clone_file,
+    clone_range,
     copy_range,
     data_extents,
     data_runs,
@@ -134,7 +134,7 @@ def copy(src: Endpoint, dst: Endpoint, tracker: Tracker) -> None:
     """DST receives SRC's bytes, only SRC's data regions moving (cloned where possible)."""
     length = min(src.size, dst.size)
     empty(dst)
-    if src.plain and dst.plain and _clone(src, dst):
+    if src.plain and dst.plain and _clone(src, dst, length):
         tracker.begin(length)
         tracker.advance(length, paced=False)
         dst.io.sync()
@@ -533,11 +533,15 @@ def empty(dst: Endpoint) -> None:
         os.close(fd)
 
 
-def _clone(src: Endpoint, dst: Endpoint) -> bool:
-    """Share SRC's blocks with DST (reflink), then cut or extend DST to its own size."""
-    if not clone_file(_fileno(src), _fileno(dst)):
+def _clone(src: Endpoint, dst: Endpoint, length: int) -> bool:
+    """Make DST's first `length` bytes share SRC's blocks (reflink) where the file system
+    can, DST keeping its size (a read of it under way is never cut short, as with `empty`);
+    the part of a block past the last whole one is copied. False where it cannot."""
+    shared = clone_range(_fileno(src), _fileno(dst), length)
+    if not shared:
         return False
-    os.ftruncate(_fileno(dst), dst.size)
+    if shared < length:
+        dst.io.write_at(shared, src.io.read_at(shared, length - shared))
     return True
 
 

@@ -18,6 +18,7 @@ import functools
 import itertools
 import mmap
 import os
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -28,8 +29,12 @@ import numpy as np
 from openhosting.reverter import Reverter
 from openhosting.storage.file_writes import pwrite_all
 
-# The FICLONE ioctl (linux/fs.h): make the destination share the source's blocks.
+# The FICLONE and FICLONERANGE ioctls (linux/fs.h): make the destination share the source's
+# blocks, all of them or a range (struct file_clone_range: src_fd, src_offset, src_length,
+# dest_offset).
 FICLONE = 0x40049409
+FICLONERANGE = 0x4020940D
+_CLONE_RANGE = struct.Struct("=qQQQ")
 # Pieces handed to copy_file_range: big enough to keep the kernel busy, small enough that
 # progress and a stop request are seen often.
 COPY_PIECE = 32 * 1024 * 1024
@@ -227,6 +232,28 @@ def clone_file(source_fd: int, target_fd: int) -> bool:
             return False
         raise
     return True
+
+
+def clone_range(source_fd: int, target_fd: int, length: int) -> int:
+    """Make the first `length` bytes of `target_fd` share the blocks of `source_fd`'s
+    (reflink), without changing the target's size; returns how many bytes were shared (0
+    where unsupported), a multiple of the file system's block that the caller copies the
+    rest after.
+
+    A range may end within a block only where it ends both files (XFS refuses it
+    otherwise): between files of another size only whole blocks are cloned."""
+    target = os.fstat(target_fd)
+    whole = length == target.st_size == os.fstat(source_fd).st_size
+    aligned = length if whole else length - length % target.st_blksize
+    if aligned <= 0:
+        return 0
+    try:
+        fcntl.ioctl(target_fd, FICLONERANGE, _CLONE_RANGE.pack(source_fd, 0, aligned, 0))
+    except OSError as error:
+        if error.errno in _UNSUPPORTED:
+            return 0
+        raise
+    return aligned
 
 
 def copy_range(
