@@ -62,11 +62,10 @@ def api_post(daemon: Daemon, path: str, body: bytes = b"") -> str:
         return response.read().decode()
 
 
-def create_drive(daemon: Daemon, size: int, cipher: str) -> str:
-    """A new drive of `size` bytes; returns its UUID."""
-    text = api_post(
-        daemon, "/drives/create", f"name bench\nsize {size}\nencryption:cipher {cipher}\n".encode()
-    )
+def create_drive(daemon: Daemon, size: int, cipher: str, tier: str = "disk") -> str:
+    """A new drive of `size` bytes in `tier`; returns its UUID."""
+    body = f"name bench\nsize {size}\nencryption:cipher {cipher}\ntier {tier}\n"
+    text = api_post(daemon, "/drives/create", body.encode())
     for line in text.splitlines():
         if line.startswith("drive "):
             return line.split()[1]

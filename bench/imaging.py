@@ -5,6 +5,9 @@
   durable copy on this disk, with no daemon: the same extents written with O_DIRECT straight
   from the page cache, then fdatasync (`direct_floor_seconds`): what the disk allows a copy
   that must be durable when it is done, against `cp`, which leaves its copy in the page cache.
+- shared copy: the same copy between two drives of a tier on an XFS with reflink made for the
+  run (a loop device), against `cp --sparse=always` on that file system: both share SRC's
+  blocks instead of writing them (the daemon's copy durable by its `done`). Goal: ≤ 1×.
 - gunzip: `/drives/D/image/STD/gunzip` of a 1 GiB gzip image stored as a standard drive,
   against ISA-L's `igzip -dc` (the fastest inflater at hand) of the same file to the same
   disk, goal ≤ 1×; `gzip -dc` beside it.
@@ -43,9 +46,12 @@ from bench.drive_data import (
 from bench.harness import BIN, Daemon, report, running_daemon, work_directory
 from openhosting.storage.file_writes import pwrite_all
 from openhosting.storage.sparse import data_extents
+from testbed.reflink_fs import reflink_filesystem
 
 GIB = 1024 * MIB
 TIMEOUT = 600
+# The tier of the shared copy's drives: an XFS with reflink made for the run.
+REFLINK_TIER = "xfs"
 
 
 def image_seconds(daemon: Daemon, dst: str, src: str, conversion: str = "") -> float:
@@ -139,15 +145,23 @@ def direct_floor_seconds(source: Path, target: Path) -> float:
         os.close(source_fd)
 
 
-def bench_copy(daemon: Daemon, work_dir: Path) -> float:
+def sparse_source(daemon: Daemon, work_dir: Path, tier: str = "disk") -> str:
+    """A new 10 GiB plain drive in `tier` holding 100 MiB in ten pieces spread over it."""
     size, pieces = 10 * GIB, 10
     piece = work_dir / "piece.bin"
     piece.write_bytes(os.urandom(10 * MIB))
-    src = create_drive(daemon, size, "none")
+    src = create_drive(daemon, size, "none", tier)
     headers = {"Authorization": daemon.auth_header}
-    for index in range(pieces):  # 100 MiB spread over the drive
+    for index in range(pieces):
         offset = index * (size // pieces) + index * 4096
         curl_upload(f"{daemon.url}/drives/{src}/write/{offset}", piece, headers)
+    piece.unlink()
+    return src
+
+
+def bench_copy(daemon: Daemon, work_dir: Path) -> float:
+    size = 10 * GIB
+    src = sparse_source(daemon, work_dir)
     source_file = daemon.state_dir / "drives" / f"{src}.img"
     target = work_dir / "cp.out"
     ours, anchor, anchor_synced, floor = [], [], [], []
@@ -181,6 +195,35 @@ def bench_copy(daemon: Daemon, work_dir: Path) -> float:
     return report(
         "image copy, 10 GiB plain holding 100 MiB", best * 1000,
         "cp --sparse=always", min(anchor) * 1000, "ms", "≤ 1",
+    )  # fmt: skip
+
+
+def bench_shared_copy(daemon: Daemon, work_dir: Path, tier_dir: Path) -> float:
+    """The copy of `bench_copy` within a tier on XFS with reflink (`tier_dir`), where both
+    the daemon and `cp` share SRC's blocks instead of writing them."""
+    size = 10 * GIB
+    src = sparse_source(daemon, work_dir, REFLINK_TIER)
+    source_file = tier_dir / f"{src}.img"
+    target = tier_dir / "cp.out"
+    ours, anchor, anchor_synced = [], [], []
+    for _ in range(ROUNDS):
+        dst = create_drive(daemon, size, "none", REFLINK_TIER)
+        drop_dirty_pages()
+        ours.append(image_seconds(daemon, dst, src))
+        destroy_drive(daemon, dst)
+        drop_dirty_pages()
+        plain, synced, _cpu = command_seconds(f"cp --sparse=always {source_file} {target}", target)
+        anchor.append(plain)
+        anchor_synced.append(synced)
+        target.unlink()
+    report(
+        "image copy on XFS with reflink, 10 GiB plain holding 100 MiB, incl. sync",
+        min(ours) * 1000, "cp --sparse=always + sync -d", min(anchor_synced) * 1000, "ms",
+        "info",
+    )  # fmt: skip
+    return report(
+        "image copy on XFS with reflink, 10 GiB plain holding 100 MiB", min(ours) * 1000,
+        "cp --sparse=always (reflinks too)", min(anchor) * 1000, "ms", "≤ 1",
     )  # fmt: skip
 
 
@@ -300,6 +343,11 @@ def responsiveness(daemon: Daemon, standard: str, size: int) -> None:
 
 
 def run() -> float:
-    with work_directory("imaging") as work_dir, running_daemon(work_dir) as daemon:
+    with (
+        work_directory("imaging") as work_dir,
+        reflink_filesystem(work_dir) as tier_dir,
+        running_daemon(work_dir, {"OH_STORAGE_TIERS": f"{REFLINK_TIER}={tier_dir}"}) as daemon,
+    ):
         bench_copy(daemon, work_dir)
+        bench_shared_copy(daemon, work_dir, tier_dir)
         return bench_gunzip(daemon, work_dir)
