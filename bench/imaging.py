@@ -27,6 +27,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -159,14 +160,22 @@ def sparse_source(daemon: Daemon, work_dir: Path, tier: str = "disk") -> str:
     return src
 
 
-def bench_copy(daemon: Daemon, work_dir: Path) -> float:
-    size = 10 * GIB
-    src = sparse_source(daemon, work_dir)
-    source_file = daemon.state_dir / "drives" / f"{src}.img"
-    target = work_dir / "cp.out"
-    ours, anchor, anchor_synced, floor = [], [], [], []
+def copy_rounds(
+    daemon: Daemon,
+    src: str,
+    source_file: Path,
+    target: Path,
+    tier: str,
+    also: Callable[[], None] = lambda: None,
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of each round's copy of `src` into a new drive of its size in `tier`, and of
+    `cp --sparse=always` of its file to `target`, without and with `sync -d`; `also` runs
+    at the end of each round."""
+    ours: list[float] = []
+    anchor: list[float] = []
+    anchor_synced: list[float] = []
     for _ in range(ROUNDS):
-        dst = create_drive(daemon, size, "none")
+        dst = create_drive(daemon, 10 * GIB, "none", tier)
         drop_dirty_pages()
         ours.append(image_seconds(daemon, dst, src))
         destroy_drive(daemon, dst)
@@ -175,9 +184,24 @@ def bench_copy(daemon: Daemon, work_dir: Path) -> float:
         anchor.append(plain)
         anchor_synced.append(synced)
         target.unlink()
+        also()
+    return ours, anchor, anchor_synced
+
+
+def bench_copy(daemon: Daemon, work_dir: Path) -> float:
+    src = sparse_source(daemon, work_dir)
+    source_file = daemon.state_dir / "drives" / f"{src}.img"
+    target = work_dir / "cp.out"
+    floor: list[float] = []
+
+    def measure_floor() -> None:
         drop_dirty_pages()
         floor.append(direct_floor_seconds(source_file, target))
         target.unlink()
+
+    ours, anchor, anchor_synced = copy_rounds(
+        daemon, src, source_file, target, "disk", measure_floor
+    )
     best = min(ours)
     report(
         "image copy, 10 GiB plain holding 100 MiB", best * 1000,
@@ -201,21 +225,10 @@ def bench_copy(daemon: Daemon, work_dir: Path) -> float:
 def bench_shared_copy(daemon: Daemon, work_dir: Path, tier_dir: Path) -> float:
     """The copy of `bench_copy` within a tier on XFS with reflink (`tier_dir`), where both
     the daemon and `cp` share SRC's blocks instead of writing them."""
-    size = 10 * GIB
     src = sparse_source(daemon, work_dir, REFLINK_TIER)
     source_file = tier_dir / f"{src}.img"
     target = tier_dir / "cp.out"
-    ours, anchor, anchor_synced = [], [], []
-    for _ in range(ROUNDS):
-        dst = create_drive(daemon, size, "none", REFLINK_TIER)
-        drop_dirty_pages()
-        ours.append(image_seconds(daemon, dst, src))
-        destroy_drive(daemon, dst)
-        drop_dirty_pages()
-        plain, synced, _cpu = command_seconds(f"cp --sparse=always {source_file} {target}", target)
-        anchor.append(plain)
-        anchor_synced.append(synced)
-        target.unlink()
+    ours, anchor, anchor_synced = copy_rounds(daemon, src, source_file, target, REFLINK_TIER)
     report(
         "image copy on XFS with reflink, 10 GiB plain holding 100 MiB, incl. sync",
         min(ours) * 1000, "cp --sparse=always + sync -d", min(anchor_synced) * 1000, "ms",
