@@ -397,9 +397,12 @@ class _Stream:
         if len(view) > room:
             view, self.full = view[:room], True
         if view:
-            self._pieces.put(view)
+            # Counted before it is handed over: the staging thread lets go of the view as soon
+            # as it is copied, which on a busy machine came before `len` here (the job failed
+            # with an internal error, "operation forbidden on released memoryview object").
             chunks_before = self._taken // CHUNK
             self._taken += len(view)
+            self._pieces.put(view)
             if self._taken // CHUNK != chunks_before:
                 # A small input can inflate to a lot of output: let a stop request through.
                 self._tracker.tick()
