@@ -237,8 +237,8 @@ def clone_file(source_fd: int, target_fd: int) -> bool:
 def clone_range(source_fd: int, target_fd: int, length: int) -> int:
     """Make the first `length` bytes of `target_fd` share the blocks of `source_fd`'s
     (reflink), without changing the target's size; returns how many bytes were shared (0
-    where unsupported), a multiple of the file system's block that the caller copies the
-    rest after.
+    where unsupported): all `length` where they end both files, else their whole blocks,
+    the caller copying the rest.
 
     A range may end within a block only where it ends both files (XFS refuses it
     otherwise): between files of another size only whole blocks are cloned."""
