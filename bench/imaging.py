@@ -53,6 +53,8 @@ GIB = 1024 * MIB
 TIMEOUT = 600
 # The tier of the shared copy's drives: an XFS with reflink made for the run.
 REFLINK_TIER = "xfs"
+# The copies' drives: this big, holding 100 MiB.
+SPARSE_SIZE = 10 * GIB
 
 
 def image_seconds(daemon: Daemon, dst: str, src: str, conversion: str = "") -> float:
@@ -147,8 +149,9 @@ def direct_floor_seconds(source: Path, target: Path) -> float:
 
 
 def sparse_source(daemon: Daemon, work_dir: Path, tier: str = "disk") -> str:
-    """A new 10 GiB plain drive in `tier` holding 100 MiB in ten pieces spread over it."""
-    size, pieces = 10 * GIB, 10
+    """A new plain drive of SPARSE_SIZE in `tier` holding 100 MiB in ten pieces spread over
+    it."""
+    size, pieces = SPARSE_SIZE, 10
     piece = work_dir / "piece.bin"
     piece.write_bytes(os.urandom(10 * MIB))
     src = create_drive(daemon, size, "none", tier)
@@ -175,7 +178,7 @@ def copy_rounds(
     anchor: list[float] = []
     anchor_synced: list[float] = []
     for _ in range(ROUNDS):
-        dst = create_drive(daemon, 10 * GIB, "none", tier)
+        dst = create_drive(daemon, SPARSE_SIZE, "none", tier)
         drop_dirty_pages()
         ours.append(image_seconds(daemon, dst, src))
         destroy_drive(daemon, dst)

@@ -15,6 +15,8 @@ from pathlib import Path
 # mkfs.xfs refuses file systems under 300 MiB; the file is sparse, so only what is written
 # (the log, the metadata, the test's data) takes space where it lives.
 DEFAULT_SIZE = 1 << 30
+# The file system's block, given to mkfs.xfs (its default too): the unit of sharing.
+BLOCK = 4096
 COMMAND_TIMEOUT = 60
 
 # FS_IOC_FIEMAP (linux/fs.h, linux/fiemap.h): a file's extents and their flags.
@@ -43,7 +45,7 @@ def reflink_filesystem(directory: Path, size: int = DEFAULT_SIZE) -> Iterator[Pa
     with image.open("wb") as file:
         file.truncate(size)
     try:
-        _run("mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image))
+        _run("mkfs.xfs", "-q", "-f", "-m", "reflink=1", "-b", f"size={BLOCK}", str(image))
         loop = _run("losetup", "--find", "--show", str(image)).strip()
         try:
             _run("mount", "-t", "xfs", loop, str(mount_point))

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from openhosting.config import Config
-from testbed.reflink_fs import reflink_filesystem, shared_and_own_bytes
+from testbed.reflink_fs import BLOCK, reflink_filesystem, shared_and_own_bytes
 from tests.api.drive_helpers import create_drive, read_bytes
 from tests.api.imaging_helpers import image, wait_imaged, write
 from tests.conftest import config_in
@@ -18,7 +18,6 @@ from tests.conftest import config_in
 MIB = 1 << 20
 SIZE = 64 * MIB
 ODD_SIZE = SIZE + 123  # ends within a block
-BLOCK = 4096  # XFS's, as mkfs.xfs makes it
 
 
 @pytest.fixture

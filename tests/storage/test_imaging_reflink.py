@@ -10,7 +10,7 @@ import pytest
 
 from openhosting.storage import imaging
 from openhosting.storage.imaging import CHUNK, Tracker
-from testbed.reflink_fs import reflink_filesystem, shared_and_own_bytes
+from testbed.reflink_fs import BLOCK, reflink_filesystem, shared_and_own_bytes
 from tests.storage.test_imaging import ODD_SIZE, Drives, MiB, content, fill, scattered
 
 
@@ -22,9 +22,6 @@ def drives(tmp_path: Path) -> Iterator[Drives]:
             yield made
         finally:
             made.close()
-
-
-BLOCK = 4096  # XFS's, as mkfs.xfs makes it
 
 
 def used_bytes(path: Path) -> int:
